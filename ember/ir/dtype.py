@@ -1,0 +1,64 @@
+"""Element types of tensors in the IR. Strings from files become a ``DType`` once, in frontends."""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class DType(enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT64 = "float64"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    BOOL = "bool"
+
+    @property
+    def itemsize(self) -> int:
+        return _ITEMSIZE[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT64)
+
+    @property
+    def is_int(self) -> bool:
+        return self in (DType.INT8, DType.UINT8, DType.INT16, DType.INT32, DType.INT64)
+
+    def to_numpy(self) -> np.dtype:
+        if self is DType.BFLOAT16:
+            raise TypeError("numpy has no bfloat16; keep bfloat16 tensors in torch")
+        return np.dtype(self.value)
+
+    @staticmethod
+    def from_numpy(dtype: np.dtype | type) -> "DType":
+        name = np.dtype(dtype).name
+        try:
+            return DType(name)
+        except ValueError:
+            raise TypeError(f"numpy dtype {name} has no Ember equivalent") from None
+
+    @staticmethod
+    def parse(name: str) -> "DType":
+        """``DType.parse("fp16")`` -> FLOAT16; accepts numpy and short names."""
+        key = _ALIASES.get(name.lower(), name.lower())
+        try:
+            return DType(key)
+        except ValueError:
+            valid = ", ".join(d.value for d in DType)
+            raise ValueError(f"unknown dtype {name!r}; expected one of {valid}") from None
+
+
+_ITEMSIZE = {
+    DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
+    DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
+}
+_ALIASES = {
+    "fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",
+    "bf16": "bfloat16", "fp64": "float64", "double": "float64", "long": "int64", "int": "int32",
+}

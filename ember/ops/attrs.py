@@ -1,0 +1,236 @@
+"""Frozen attribute dataclasses, one per op that has attributes.
+
+Conventions (frontends canonicalize every opset variant to these):
+- spatial tuples (kernel, strides, dilations) have one entry per spatial dim;
+- ``pads`` is ``(begin_0, ..., begin_n, end_0, ..., end_n)`` as in ONNX;
+- axes are stored as the file gave them (possibly negative); normalize with the rank;
+- parameters that ONNX moved from attributes to inputs across opsets (Squeeze/Unsqueeze/Reduce
+  axes, Split sizes, Clip bounds, Pad pads) are attributes here when they were constant at import;
+  ``None`` means "read it from the extra input at run time" (or the op's default when that input
+  is absent too).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Optional
+
+
+class AutoPad(enum.Enum):
+    NOTSET = "NOTSET"
+    SAME_UPPER = "SAME_UPPER"
+    SAME_LOWER = "SAME_LOWER"
+    VALID = "VALID"
+
+
+class Activation(enum.Enum):
+    """Activations a fused layer can apply in its epilogue."""
+
+    NONE = "none"
+    RELU = "relu"
+    CLIP = "clip"            # params: (min, max); ReLU6 is CLIP(0, 6)
+    LEAKY_RELU = "leaky_relu"  # params: (alpha,)
+    SIGMOID = "sigmoid"
+    SILU = "silu"
+    HARD_SWISH = "hard_swish"
+    HARD_SIGMOID = "hard_sigmoid"  # params: (alpha, beta)
+    TANH = "tanh"
+    GELU_ERF = "gelu_erf"
+    GELU_TANH = "gelu_tanh"
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    group: int = 1
+    auto_pad: AutoPad = AutoPad.NOTSET
+
+
+@dataclass(frozen=True)
+class ConvTransposeAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    group: int = 1
+    auto_pad: AutoPad = AutoPad.NOTSET
+    output_shape: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class BatchNormAttrs:
+    epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class LeakyReluAttrs:
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class HardSigmoidAttrs:
+    alpha: float = 0.2
+    beta: float = 0.5
+
+
+@dataclass(frozen=True)
+class ClipAttrs:
+    min: Optional[float] = None   # None: unbounded (or from input 1 when present)
+    max: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class GeluAttrs:
+    approximate: str = "none"  # "none" (erf) or "tanh"
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    count_include_pad: bool = False
+    auto_pad: AutoPad = AutoPad.NOTSET
+
+
+@dataclass(frozen=True)
+class LRNAttrs:
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    bias: float = 1.0
+
+
+@dataclass(frozen=True)
+class LayerNormAttrs:
+    axis: int = -1
+    epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class SoftmaxAttrs:
+    axis: int = -1
+    legacy_flatten: bool = False  # opset < 13: coerce to 2-D at ``axis`` first
+
+
+@dataclass(frozen=True)
+class GemmAttrs:
+    alpha: float = 1.0
+    beta: float = 1.0
+    trans_a: bool = False
+    trans_b: bool = False
+
+
+@dataclass(frozen=True)
+class ReduceAttrs:
+    axes: Optional[tuple[int, ...]] = None  # None: all axes, or from input 1 when present
+    keepdims: bool = True
+    noop_with_empty_axes: bool = False
+
+
+@dataclass(frozen=True)
+class AxisAttrs:
+    """For Concat, Gather, Flatten, Softmax-like ops that take one axis."""
+
+    axis: int = 0
+
+
+@dataclass(frozen=True)
+class SplitAttrs:
+    axis: int = 0
+    split: Optional[tuple[int, ...]] = None  # None: equal parts (num_outputs) or from input 1
+    num_outputs: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class SliceAttrs:
+    """Slice parameters when they were constant at import; else read from inputs 1..4."""
+
+    starts: Optional[tuple[int, ...]] = None
+    ends: Optional[tuple[int, ...]] = None
+    axes: Optional[tuple[int, ...]] = None
+    steps: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class ReshapeAttrs:
+    allowzero: bool = False
+
+
+@dataclass(frozen=True)
+class TransposeAttrs:
+    perm: Optional[tuple[int, ...]] = None  # None: reverse the dims
+
+
+@dataclass(frozen=True)
+class AxesAttrs:
+    """Squeeze / Unsqueeze axes (None: from input 1, or all size-1 dims for Squeeze)."""
+
+    axes: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class ShapeAttrs:
+    start: int = 0
+    end: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ConstantOfShapeAttrs:
+    value: float | int | bool = 0.0
+    dtype: str = "float32"  # a DType value
+
+
+@dataclass(frozen=True)
+class CastAttrs:
+    to: str  # a DType value
+
+
+@dataclass(frozen=True)
+class PadAttrs:
+    mode: str = "constant"  # constant | reflect | edge
+    pads: Optional[tuple[int, ...]] = None  # None: from input 1
+    value: float = 0.0
+    axes: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class ResizeAttrs:
+    mode: str = "nearest"  # nearest | linear
+    coordinate_transformation_mode: str = "half_pixel"
+    nearest_mode: str = "round_prefer_floor"
+    scales: Optional[tuple[float, ...]] = None  # when constant at import
+    sizes: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class FusedConvAttrs:
+    """conv(x, w) + b [+ residual] -> activation; inputs: (x, w, b?, residual?)."""
+
+    conv: ConvAttrs
+    activation: Activation = Activation.NONE
+    act_params: tuple[float, ...] = ()
+    has_residual: bool = False
+
+
+@dataclass(frozen=True)
+class FusedGemmAttrs:
+    """act(alpha * op(a) @ op(b) + beta * c); inputs: (a, b, c?)."""
+
+    gemm: GemmAttrs = GemmAttrs()
+    activation: Activation = Activation.NONE
+    act_params: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class FusedAttentionAttrs:
+    """softmax(q @ k^T * scale + mask) @ v; inputs: (q, k, v, mask?)."""
+
+    scale: float
+    k_transposed: bool = False  # True when the K input is already [.., d, s]

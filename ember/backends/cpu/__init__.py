@@ -1,0 +1,137 @@
+"""Ember's CPU backend: kernels on PyTorch CPU primitives (oneDNN / MKL underneath).
+
+``CPUBackend`` implements the ``Backend`` contract of ``ember.backends.base``; ``evaluate`` runs
+one node eagerly on numpy arrays (constant folding uses it)::
+
+    >>> import numpy as np
+    >>> from ember.ir.graph import Node
+    >>> from ember.ir.optype import OpType
+    >>> evaluate(Node("add", OpType.ADD, ("a", "b"), ("y",)), [np.ones(2), np.ones(2)])
+    [array([2., 2.])]
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
+from ember.errors import BuildError, EmberError, GraphError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+
+__all__ = ["CPUBackend", "evaluate", "kernel_ops"]
+
+
+def _describe(inputs: Sequence[Optional[torch.Tensor]]) -> str:
+    parts = []
+    for t in inputs:
+        parts.append("-" if t is None else f"{str(t.dtype).replace('torch.', '')}{list(t.shape)}")
+    return ", ".join(parts)
+
+
+def _named(node: Node, kernel: Kernel) -> Kernel:
+    """Wraps a kernel so a failure names the node, its op and the inputs it was given."""
+
+    def run(inputs: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+        try:
+            return kernel(inputs)
+        except EmberError:
+            raise
+        except (RuntimeError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+            raise GraphError(f"node {node.name!r} ({node.op}) failed on inputs ({_describe(inputs)}): "
+                             f"{e}. Check the model's shapes and values for this node") from e
+
+    return run
+
+
+def _unsupported_reason(node: Node) -> Optional[str]:
+    if not has_kernel(node.op):
+        return f"the CPU backend has no kernel for {node.op}"
+    if node.op is OpType.MAX_POOL and len([o for o in node.outputs if o]) > 1:
+        return "MaxPool's Indices output is not supported"
+    if node.op is OpType.RESIZE and node.attrs is not None:
+        from ember.backends.cpu.kernels.resize import COORDINATE_MODES, MODES, NEAREST_MODES
+
+        a = node.attrs
+        if a.mode not in MODES or a.coordinate_transformation_mode not in COORDINATE_MODES \
+                or a.nearest_mode not in NEAREST_MODES:
+            return (f"Resize mode={a.mode!r}, coordinate_transformation_mode="
+                    f"{a.coordinate_transformation_mode!r}, nearest_mode={a.nearest_mode!r}")
+    return None
+
+
+class CPUBackend:
+    """Compiles IR nodes into CPU kernels (closures over prepacked weights)."""
+
+    name = "cpu"
+
+    def supports(self, node: Node) -> bool:
+        """Whether this backend can run ``node`` (op type and attribute values)."""
+        return _unsupported_reason(node) is None
+
+    def tactics(self, node: Node, graph: Graph) -> list[str]:
+        """Candidate implementations of ``node`` in ``graph``, default first."""
+        return candidates(node, graph)
+
+    def may_alias(self, node: Node) -> bool:
+        """Whether the kernel's outputs may be views sharing memory with its inputs."""
+        from ember.backends.cpu.kernels.shape import VIEW_OPS
+
+        return node.op in VIEW_OPS
+
+    def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
+        """The kernel for ``node`` with tactic ``ctx.tactic`` ("" = the default choice)."""
+        reason = _unsupported_reason(node)
+        if reason is not None:
+            raise BuildError(f"node {node.name!r} ({node.op}): {reason}; build for another "
+                             f"device or change the model")
+        entry = lookup(node, ctx.tactic, ctx.graph)
+        try:
+            kernel = entry.factory(node, ctx)
+        except EmberError:
+            raise
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise BuildError(f"node {node.name!r} ({node.op}): CPU tactic {entry.tactic!r} "
+                             f"could not be compiled: {e}") from e
+        return _named(node, kernel)
+
+
+def _to_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+    if a is None:
+        return None
+    arr = np.asarray(a)
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr).copy()
+    return torch.from_numpy(arr)
+
+
+def _to_numpy(t: Optional[torch.Tensor], inputs: Sequence[Optional[np.ndarray]]) -> Optional[np.ndarray]:
+    if t is None:
+        return None
+    if t.dtype is torch.bfloat16:
+        raise GraphError("evaluate cannot return a bfloat16 tensor as numpy; keep it in torch")
+    out = t.detach().contiguous().numpy()
+    if any(a is not None and np.shares_memory(out, a) for a in inputs):
+        out = out.copy()
+    return out
+
+
+def evaluate(node: Node, inputs: Sequence[Optional[np.ndarray]],
+             graph: Optional[Graph] = None) -> list[Optional[np.ndarray]]:
+    """Runs ``node`` once on numpy ``inputs`` (``None`` for omitted ones) with the generic kernels.
+
+    Returns one numpy array per node output (``None`` for an output the node does not produce).
+    Outputs never share memory with the inputs.
+    """
+    host = graph if graph is not None else Graph(f"evaluate:{node.name}", [node], [], [], {})
+    ctx = CompileContext(graph=host, constants={}, device=torch.device("cpu"), tactic=ATEN)
+    kernel = CPUBackend().compile_node(node, ctx)
+    tensors = [_to_tensor(a) for a in inputs]
+    with torch.inference_mode():
+        outs = kernel(tensors)
+    result = [_to_numpy(t, inputs) for t in outs]
+    result += [None] * (len(node.outputs) - len(result))
+    return result

@@ -1,0 +1,120 @@
+"""Unary elementwise kernels: activations and math functions, with ONNX semantics."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import ClipAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs
+
+
+def _unary_kernel(fn: Callable[[Tensor], Tensor]) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        return [fn(inputs[0])]
+
+    return run
+
+
+def _reciprocal(x: Tensor) -> Tensor:
+    return torch.reciprocal(x) if x.is_floating_point() else (1 / x).to(x.dtype)
+
+
+def _relu(x: Tensor) -> Tensor:
+    return torch.relu(x) if x.dtype is not torch.bool else x
+
+
+#: Ops whose kernel is one parameter-free torch function (an explicit list, not a scan).
+_SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
+    OpType.RELU: _relu,
+    OpType.SIGMOID: torch.sigmoid,
+    OpType.TANH: torch.tanh,
+    OpType.HARD_SWISH: F.hardswish,
+    OpType.ERF: torch.erf,
+    OpType.SQRT: torch.sqrt,
+    OpType.EXP: torch.exp,
+    OpType.LOG: torch.log,
+    OpType.NEG: torch.neg,
+    OpType.ABS: torch.abs,
+    OpType.RECIPROCAL: _reciprocal,
+    OpType.NOT: torch.logical_not,
+}
+
+
+def _register_simple(op: OpType, fn: Callable[[Tensor], Tensor]) -> None:
+    @register_kernel(op)
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        return _unary_kernel(fn)
+
+
+for _op, _fn in _SIMPLE.items():
+    _register_simple(_op, _fn)
+
+
+@register_kernel(OpType.LEAKY_RELU)
+def leaky_relu(node: Node, ctx: CompileContext) -> Kernel:
+    alpha = float((node.attrs or LeakyReluAttrs()).alpha)
+    return _unary_kernel(lambda x: F.leaky_relu(x, alpha))
+
+
+@register_kernel(OpType.PRELU)
+def prelu(node: Node, ctx: CompileContext) -> Kernel:
+    """PRelu: ``slope`` broadcasts to ``x`` (unidirectionally), any shape ONNX allows."""
+
+    def run(inputs: Inputs) -> list:
+        x, slope = inputs[0], inputs[1]
+        return [torch.where(x < 0, x * slope, x)]
+
+    return run
+
+
+@register_kernel(OpType.HARD_SIGMOID)
+def hard_sigmoid(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or HardSigmoidAttrs()
+    alpha, beta = float(a.alpha), float(a.beta)
+    if math.isclose(alpha, 1 / 6, rel_tol=1e-7) and beta == 0.5:
+        return _unary_kernel(F.hardsigmoid)
+    return _unary_kernel(lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0))
+
+
+@register_kernel(OpType.GELU)
+def gelu(node: Node, ctx: CompileContext) -> Kernel:
+    approximate = (node.attrs or GeluAttrs()).approximate
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"Gelu approximate={approximate!r}; expected 'none' or 'tanh'")
+    return _unary_kernel(lambda x: F.gelu(x, approximate=approximate))
+
+
+def _bound(value: float | None, t: Tensor | None, x: Tensor) -> float | int | Tensor | None:
+    if t is not None:
+        return t.reshape(()) if t.dim() else t
+    if value is None:
+        return None
+    return value if x.is_floating_point() else int(value)
+
+
+@register_kernel(OpType.CLIP)
+def clip(node: Node, ctx: CompileContext) -> Kernel:
+    """Clip: bounds from attrs (constant at import), else inputs 1 and 2, else unbounded."""
+    a = node.attrs or ClipAttrs()
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        lo = _bound(a.min, None if a.min is not None else arg(inputs, 1), x)
+        hi = _bound(a.max, None if a.max is not None else arg(inputs, 2), x)
+        if lo is None and hi is None:
+            return [x]
+        if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+            if lo is not None and not isinstance(lo, Tensor):
+                lo = torch.tensor(lo, dtype=x.dtype)
+            if hi is not None and not isinstance(hi, Tensor):
+                hi = torch.tensor(hi, dtype=x.dtype)
+        return [torch.clamp(x, lo, hi)]
+
+    return run

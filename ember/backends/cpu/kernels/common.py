@@ -1,0 +1,150 @@
+"""Helpers shared by the CPU kernel families: axes, attrs-or-inputs, dtypes, activations, padding."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ember.errors import BuildError
+from ember.ir.dtype import DType
+from ember.ir.graph import Graph, Node
+from ember.ops.attrs import Activation, AutoPad
+
+Tensor = torch.Tensor
+Inputs = Sequence[Optional[Tensor]]
+
+_TORCH_DTYPES = {
+    DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,
+    DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.UINT8: torch.uint8,
+    DType.INT16: torch.int16, DType.INT32: torch.int32, DType.INT64: torch.int64,
+    DType.BOOL: torch.bool,
+}
+
+
+def torch_dtype(name: str | DType) -> torch.dtype:
+    """The torch dtype of an Ember dtype (``"float32"``, ``DType.INT64`` ...)."""
+    dt = name if isinstance(name, DType) else DType.parse(name)
+    return _TORCH_DTYPES[dt]
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    """``axis`` in ``[0, rank)``; negative axes count from the end, as in ONNX."""
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"axis {axis} is out of range for a tensor of rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def norm_axes(axes: Sequence[int], rank: int) -> list[int]:
+    return [norm_axis(int(a), rank) for a in axes]
+
+
+def ints(t: Optional[Tensor]) -> Optional[list[int]]:
+    """The values of a small integer tensor as Python ints (``None`` passes through)."""
+    if t is None:
+        return None
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def floats(t: Optional[Tensor]) -> Optional[list[float]]:
+    if t is None:
+        return None
+    return [float(v) for v in t.reshape(-1).tolist()]
+
+
+def arg(inputs: Inputs, i: int) -> Optional[Tensor]:
+    """Input ``i`` or ``None`` when the node has fewer inputs or the slot is omitted."""
+    return inputs[i] if i < len(inputs) else None
+
+
+def attr_or_input(value: Optional[Sequence[int]], inputs: Inputs, i: int) -> Optional[list[int]]:
+    """An int-list parameter: the attribute when it was constant at import, else input ``i``."""
+    if value is not None:
+        return [int(v) for v in value]
+    return ints(arg(inputs, i))
+
+
+def const_input(node: Node, graph: Optional[Graph], i: int) -> bool:
+    """Whether input ``i`` of ``node`` is a graph constant (so a tactic may prepack it)."""
+    name = node.input(i)
+    return bool(name) and graph is not None and name in graph.constants
+
+
+# ---- activations of fused layers -------------------------------------------------------------
+
+ActFn = Callable[[Tensor], Tensor]
+
+
+def activation_fn(act: Activation, params: Sequence[float]) -> Optional[ActFn]:
+    """The epilogue ``act`` with its ``params`` as a tensor function (``None`` for NONE)."""
+    p = tuple(float(v) for v in params)
+    if act is Activation.NONE:
+        return None
+    if act is Activation.RELU:
+        return torch.relu
+    if act is Activation.CLIP:
+        lo = p[0] if len(p) > 0 else -math.inf
+        hi = p[1] if len(p) > 1 else math.inf
+        return lambda x: torch.clamp(x, lo, hi)
+    if act is Activation.LEAKY_RELU:
+        slope = p[0] if p else 0.01
+        return lambda x: F.leaky_relu(x, slope)
+    if act is Activation.SIGMOID:
+        return torch.sigmoid
+    if act is Activation.SILU:
+        return F.silu
+    if act is Activation.HARD_SWISH:
+        return F.hardswish
+    if act is Activation.HARD_SIGMOID:
+        alpha = p[0] if len(p) > 0 else 0.2
+        beta = p[1] if len(p) > 1 else 0.5
+        return lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0)
+    if act is Activation.TANH:
+        return torch.tanh
+    if act is Activation.GELU_ERF:
+        return F.gelu
+    if act is Activation.GELU_TANH:
+        return lambda x: F.gelu(x, approximate="tanh")
+    raise BuildError(f"activation {act} has no CPU implementation")
+
+
+# ---- spatial padding (Conv, ConvTranspose, pools) --------------------------------------------
+
+def auto_pads(auto_pad: AutoPad, pads: Sequence[int], in_spatial: Sequence[int],
+              kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]) -> list[int]:
+    """Explicit ``(begins..., ends...)`` pads for Conv/pool, resolving ``auto_pad`` on real sizes.
+
+    SAME_*: output = ceil(input / stride); the odd pixel of padding goes at the end (UPPER) or
+    the beginning (LOWER). VALID: no padding.
+    """
+    n = len(kernel)
+    if auto_pad is AutoPad.NOTSET:
+        return list(pads) if pads else [0] * (2 * n)
+    if auto_pad is AutoPad.VALID:
+        return [0] * (2 * n)
+    begins, ends = [], []
+    for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        if auto_pad is AutoPad.SAME_UPPER:
+            begins.append(small)
+            ends.append(big)
+        else:
+            begins.append(big)
+            ends.append(small)
+    return begins + ends
+
+
+def split_pads(pads: Sequence[int]) -> tuple[list[int], list[int]]:
+    n = len(pads) // 2
+    return list(pads[:n]), list(pads[n:])
+
+
+def torch_pad_arg(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """``F.pad``'s argument (last dim first) for per-spatial-dim begin/end pads."""
+    out: list[int] = []
+    for b, e in zip(reversed(begins), reversed(ends)):
+        out += [int(b), int(e)]
+    return out

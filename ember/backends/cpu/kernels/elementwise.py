@@ -1,0 +1,88 @@
+"""Binary and variadic elementwise kernels with ONNX (numpy) broadcasting and integer rules."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import Inputs, Tensor
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+
+
+def _div(a: Tensor, b: Tensor) -> Tensor:
+    # ONNX integer Div truncates toward zero, as C does (numpy's // floors instead).
+    if a.is_floating_point():
+        return torch.div(a, b)
+    if a.dtype is torch.bool:
+        raise TypeError("Div is not defined on bool tensors")
+    return torch.div(a, b, rounding_mode="trunc")
+
+
+def _pow(a: Tensor, b: Tensor) -> Tensor:
+    # ONNX Pow: the output has the base's dtype, whatever the exponent's type.
+    out = torch.pow(a, b)
+    return out if out.dtype is a.dtype else out.to(a.dtype)
+
+
+#: Binary ops whose kernel is one broadcasting torch function.
+_BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
+    OpType.ADD: torch.add,
+    OpType.SUB: torch.sub,
+    OpType.MUL: torch.mul,
+    OpType.DIV: _div,
+    OpType.POW: _pow,
+    OpType.EQUAL: torch.eq,
+    OpType.LESS: torch.lt,
+    OpType.GREATER: torch.gt,
+}
+
+
+def _register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    @register_kernel(op)
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        def run(inputs: Inputs) -> list:
+            return [fn(inputs[0], inputs[1])]
+
+        return run
+
+
+for _op, _fn in _BINARY.items():
+    _register_binary(_op, _fn)
+
+
+def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        xs = [t for t in inputs if t is not None]
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        if len(xs) == 1:
+            out = out.clone()
+        return [out]
+
+    return run
+
+
+@register_kernel(OpType.MAX)
+def maximum(node: Node, ctx: CompileContext) -> Kernel:
+    """Max over any number of inputs, broadcast together (NaN propagates, as in numpy)."""
+    return _variadic(torch.maximum)
+
+
+@register_kernel(OpType.MIN)
+def minimum(node: Node, ctx: CompileContext) -> Kernel:
+    return _variadic(torch.minimum)
+
+
+@register_kernel(OpType.WHERE)
+def where(node: Node, ctx: CompileContext) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        cond, x, y = inputs[0], inputs[1], inputs[2]
+        if cond.dtype is not torch.bool:
+            cond = cond.to(torch.bool)
+        return [torch.where(cond, x, y)]
+
+    return run

@@ -1,0 +1,90 @@
+"""Normalization kernels: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, norm_axis
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import BatchNormAttrs, LayerNormAttrs, SoftmaxAttrs
+
+
+@register_kernel(OpType.BATCH_NORM)
+def batch_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """Inference BatchNormalization: ``(x - mean) / sqrt(var + eps) * scale + bias`` per channel."""
+    eps = float((node.attrs or BatchNormAttrs()).epsilon)
+
+    def run(inputs: Inputs) -> list:
+        x, scale, bias, mean, var = inputs[:5]
+        return [F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)]
+
+    return run
+
+
+def _layer_norm(x: Tensor, axis: int, scale: Tensor | None, bias: Tensor | None,
+                eps: float) -> Tensor:
+    shape = tuple(x.shape[axis:])
+    if scale is not None and tuple(scale.shape) == shape and (bias is None or tuple(bias.shape) == shape):
+        return F.layer_norm(x, shape, scale, bias, eps)
+    y = F.layer_norm(x, shape, None, None, eps)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def _stats(x: Tensor, axis: int, eps: float) -> tuple[Tensor, Tensor]:
+    dims = tuple(range(axis, x.dim()))
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=dims, keepdim=True, correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+@register_kernel(OpType.LAYER_NORM)
+def layer_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """LayerNormalization over dims ``[axis, rank)``; Mean / InvStdDev outputs when asked for."""
+    a = node.attrs or LayerNormAttrs()
+    eps = float(a.epsilon)
+    want_stats = any(node.outputs[1:])
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axis = norm_axis(a.axis, x.dim())
+        y = _layer_norm(x, axis, arg(inputs, 1), arg(inputs, 2), eps)
+        if not want_stats:
+            return [y]
+        mean, inv_std = _stats(x, axis, eps)
+        return [y, mean, inv_std][:len(node.outputs)]
+
+    return run
+
+
+def _softmax_kernel(node: Node, fn) -> Kernel:
+    a = node.attrs or SoftmaxAttrs()
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axis = norm_axis(a.axis, x.dim())
+        if a.legacy_flatten and axis != x.dim() - 1:
+            # opset < 13: softmax over the flattened trailing block [axis, rank)
+            flat = x.reshape(math.prod(x.shape[:axis]), -1)
+            return [fn(flat, dim=1).reshape(x.shape)]
+        return [fn(x, dim=axis)]
+
+    return run
+
+
+@register_kernel(OpType.SOFTMAX)
+def softmax(node: Node, ctx: CompileContext) -> Kernel:
+    return _softmax_kernel(node, torch.softmax)
+
+
+@register_kernel(OpType.LOG_SOFTMAX)
+def log_softmax(node: Node, ctx: CompileContext) -> Kernel:
+    return _softmax_kernel(node, torch.log_softmax)

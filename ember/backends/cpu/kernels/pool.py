@@ -1,0 +1,179 @@
+"""Pooling kernels: MaxPool, AveragePool, GlobalAveragePool, and LRN.
+
+ONNX and PyTorch agree on pooling only for symmetric pads no larger than half the kernel; the
+general path here pads explicitly and computes ONNX's own output sizes and divisors, so
+asymmetric pads, ceil_mode, dilations and both count_include_pad settings follow the spec.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import Inputs, Tensor, auto_pads, split_pads, torch_pad_arg
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import AutoPad, LRNAttrs, PoolAttrs
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """One pooling window layout resolved for a concrete input."""
+
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    begins: list[int]
+    ends: list[int]
+    ceil: bool
+    ins: list[int]
+    outs: list[int]
+
+    @property
+    def extents(self) -> list[int]:
+        return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+
+    def end_pads_for_floor(self) -> list[int]:
+        """End padding that makes floor-mode pooling produce exactly ``outs`` windows."""
+        return [max((o - 1) * s + ext - i - b, 0)
+                for o, s, ext, i, b in zip(self.outs, self.strides, self.extents, self.ins, self.begins)]
+
+
+def _out_len(size: int, k_ext: int, s: int, b: int, e: int, ceil: bool) -> int:
+    span = size + b + e - k_ext
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + b:
+        out -= 1  # a window may not start inside the end padding (ONNX >= 19, PyTorch)
+    return max(out, 0)
+
+
+def pool_geometry(a: PoolAttrs, x_shape: Sequence[int]) -> PoolGeometry:
+    n = len(a.kernel_shape)
+    kernel = list(a.kernel_shape)
+    strides = list(a.strides) if a.strides else [1] * n
+    dilations = list(a.dilations) if a.dilations else [1] * n
+    ins = [int(v) for v in x_shape[2:]]
+    pads = auto_pads(a.auto_pad, a.pads, ins, kernel, strides, dilations)
+    begins, ends = split_pads(pads)
+    ceil = a.ceil_mode and a.auto_pad is AutoPad.NOTSET
+    outs = [_out_len(i, (k - 1) * d + 1, s, b, e, ceil)
+            for i, k, s, d, b, e in zip(ins, kernel, strides, dilations, begins, ends)]
+    return PoolGeometry(kernel, strides, dilations, begins, ends, ceil, ins, outs)
+
+
+def _torch_native(g: PoolGeometry, allow_dilation: bool) -> bool:
+    """Whether PyTorch's own padding reproduces ONNX's windows for this geometry."""
+    if g.begins != g.ends or any(2 * b > k for b, k in zip(g.begins, g.kernel)):
+        return False
+    if not allow_dilation and any(d != 1 for d in g.dilations):
+        return False
+    torch_outs = [_out_len(i, ext, s, b, b, g.ceil)
+                  for i, ext, s, b in zip(g.ins, g.extents, g.strides, g.begins)]
+    return torch_outs == g.outs
+
+
+def _lowest(dtype: torch.dtype) -> float | int:
+    return -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def max_pool(x: Tensor, a: PoolAttrs) -> Tensor:
+    """ONNX MaxPool: pads behave as -inf, so the pad never wins."""
+    g = pool_geometry(a, x.shape)
+    n = len(g.kernel)
+    if not x.is_floating_point():
+        return max_pool(x.double(), a).to(x.dtype)
+    if _torch_native(g, allow_dilation=True):
+        return _MAX_POOL[n](x, g.kernel, g.strides, g.begins, g.dilations, g.ceil)
+    xp = F.pad(x, torch_pad_arg(g.begins, g.end_pads_for_floor()), value=_lowest(x.dtype))
+    return _MAX_POOL[n](xp, g.kernel, g.strides, 0, g.dilations, False)
+
+
+def _counts(g: PoolGeometry, include_pad: bool) -> list[list[int]]:
+    """Per spatial dim, the number of window taps that count toward each output's divisor."""
+    result = []
+    for i, k, s, d, b, e, o in zip(g.ins, g.kernel, g.strides, g.dilations, g.begins, g.ends, g.outs):
+        lo, hi = (-b, i + e) if include_pad else (0, i)
+        result.append([sum(1 for j in range(k) if lo <= w * s - b + j * d < hi) for w in range(o)])
+    return result
+
+
+def _window_scale(g: PoolGeometry, include_pad: bool, dtype: torch.dtype) -> Tensor:
+    """``prod(kernel) / divisor`` for every output position (turns a full-window mean into ONNX's)."""
+    scale = torch.ones((), dtype=torch.float64)
+    for dim_counts in _counts(g, include_pad):
+        c = torch.tensor(dim_counts, dtype=torch.float64)
+        scale = scale.unsqueeze(-1) * c if scale.dim() else c
+    return (math.prod(g.kernel) / scale.clamp(min=1)).to(dtype)
+
+
+def average_pool(x: Tensor, a: PoolAttrs, cache: dict) -> Tensor:
+    """ONNX AveragePool with either count_include_pad, ceil_mode, asymmetric pads, dilations."""
+    g = pool_geometry(a, x.shape)
+    n = len(g.kernel)
+    if _torch_native(g, allow_dilation=False):
+        return _AVG_POOL[n](x, g.kernel, g.strides, g.begins, g.ceil, a.count_include_pad)
+    xp = F.pad(x, torch_pad_arg(g.begins, g.end_pads_for_floor()))
+    if all(d == 1 for d in g.dilations):
+        mean = _AVG_POOL[n](xp, g.kernel, g.strides, 0, False, True)
+    else:
+        c = x.shape[1]
+        ones = torch.full((c, 1, *g.kernel), 1.0 / math.prod(g.kernel), dtype=x.dtype)
+        mean = _CONV[n](xp, ones, None, g.strides, 0, g.dilations, c)
+    key = (tuple(x.shape[2:]), x.dtype)
+    scale = cache.get(key)
+    if scale is None:
+        scale = cache[key] = _window_scale(g, a.count_include_pad, x.dtype)
+    return mean * scale
+
+
+@register_kernel(OpType.MAX_POOL)
+def max_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: PoolAttrs = node.attrs
+    if len([o for o in node.outputs if o]) > 1:
+        raise ValueError("MaxPool's Indices output is not supported on the CPU backend")
+    return lambda inputs: [max_pool(inputs[0], a)]
+
+
+@register_kernel(OpType.AVERAGE_POOL)
+def average_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: PoolAttrs = node.attrs
+    cache: dict = {}
+    return lambda inputs: [average_pool(inputs[0], a, cache)]
+
+
+@register_kernel(OpType.GLOBAL_AVERAGE_POOL)
+def global_average_pool(node: Node, ctx: CompileContext) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        return [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)]
+
+    return run
+
+
+def lrn(x: Tensor, a: LRNAttrs) -> Tensor:
+    """ONNX LRN: ``x / (bias + alpha / size * sum(x^2 over the channel window)) ** beta``.
+
+    The window of channel c spans ``[c - floor((size-1)/2), c + ceil((size-1)/2)]`` (PyTorch's
+    ``local_response_norm`` centres even sizes the other way, so it is not used).
+    """
+    n, c = x.shape[0], x.shape[1]
+    sq = (x * x).reshape(n, 1, c, -1)
+    front, back = (a.size - 1) // 2, a.size - 1 - (a.size - 1) // 2
+    sq = F.pad(sq, (0, 0, front, back))
+    mean = F.avg_pool2d(sq, (a.size, 1), stride=1).reshape(x.shape)
+    return x / (mean * a.alpha + a.bias).pow(a.beta)
+
+
+@register_kernel(OpType.LRN)
+def lrn_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: LRNAttrs = node.attrs
+    return lambda inputs: [lrn(inputs[0], a)]

@@ -1,0 +1,211 @@
+"""Shape kernels: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Shape,
+ConstantOfShape, Cast, Range, Identity, Dropout.
+
+Several of these return views of their input (no copy), as PyTorch does; ``VIEW_OPS`` lists them
+so a runtime that reuses buffers knows which outputs alias an input.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import (
+    Inputs, Tensor, attr_or_input, ints, norm_axes, torch_dtype,
+)
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import (
+    AxesAttrs, AxisAttrs, CastAttrs, ConstantOfShapeAttrs, ReshapeAttrs, ShapeAttrs, TransposeAttrs,
+)
+
+#: Ops whose CPU kernel may return a view sharing memory with input 0.
+VIEW_OPS = frozenset({
+    OpType.RESHAPE, OpType.FLATTEN, OpType.TRANSPOSE, OpType.SQUEEZE, OpType.UNSQUEEZE,
+    OpType.EXPAND, OpType.IDENTITY, OpType.DROPOUT, OpType.SLICE, OpType.SPLIT,
+})
+
+
+def reshape_target(in_shape: tuple[int, ...], spec: list[int], allowzero: bool) -> list[int]:
+    """ONNX Reshape's output shape: 0 copies the input dim (unless allowzero), -1 is inferred."""
+    out = list(spec)
+    if not allowzero:
+        for i, d in enumerate(spec):
+            if d == 0:
+                if i >= len(in_shape):
+                    raise ValueError(f"Reshape target {spec} copies dim {i} of a rank-{len(in_shape)} input")
+                out[i] = in_shape[i]
+    if out.count(-1) > 1:
+        raise ValueError(f"Reshape target {spec} has more than one -1")
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        total = math.prod(in_shape)
+        if known == 0 or total % known:
+            raise ValueError(f"cannot reshape {list(in_shape)} to {spec}")
+        out[out.index(-1)] = total // known
+    if math.prod(out) != math.prod(in_shape):
+        raise ValueError(f"cannot reshape {list(in_shape)} ({math.prod(in_shape)} elements) to {spec}")
+    return out
+
+
+@register_kernel(OpType.RESHAPE)
+def reshape(node: Node, ctx: CompileContext) -> Kernel:
+    allowzero = (node.attrs or ReshapeAttrs()).allowzero
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        return [x.reshape(reshape_target(tuple(x.shape), ints(inputs[1]), allowzero))]
+
+    return run
+
+
+@register_kernel(OpType.FLATTEN)
+def flatten(node: Node, ctx: CompileContext) -> Kernel:
+    axis = (node.attrs or AxisAttrs(axis=1)).axis
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        a = axis + x.dim() if axis < 0 else axis
+        if not 0 <= a <= x.dim():
+            raise ValueError(f"Flatten axis {axis} is out of range for rank {x.dim()}")
+        outer = math.prod(x.shape[:a])
+        return [x.reshape(outer, math.prod(x.shape[a:]))]
+
+    return run
+
+
+@register_kernel(OpType.TRANSPOSE)
+def transpose(node: Node, ctx: CompileContext) -> Kernel:
+    perm = (node.attrs or TransposeAttrs()).perm
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        p = list(perm) if perm is not None else list(range(x.dim() - 1, -1, -1))
+        return [x.permute(norm_axes(p, x.dim()))]
+
+    return run
+
+
+@register_kernel(OpType.SQUEEZE)
+def squeeze(node: Node, ctx: CompileContext) -> Kernel:
+    axes_attr = (node.attrs or AxesAttrs()).axes
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axes = attr_or_input(axes_attr, inputs, 1)
+        if axes is None:
+            return [x.reshape([d for d in x.shape if d != 1])]
+        drop = set(norm_axes(axes, x.dim()))
+        for a in drop:
+            if x.shape[a] != 1:
+                raise ValueError(f"Squeeze axis {a} has size {x.shape[a]}, not 1")
+        return [x.reshape([d for i, d in enumerate(x.shape) if i not in drop])]
+
+    return run
+
+
+@register_kernel(OpType.UNSQUEEZE)
+def unsqueeze(node: Node, ctx: CompileContext) -> Kernel:
+    axes_attr = (node.attrs or AxesAttrs()).axes
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axes = attr_or_input(axes_attr, inputs, 1)
+        if axes is None:
+            raise ValueError("Unsqueeze needs axes (attribute or input 1)")
+        rank = x.dim() + len(axes)
+        new = set(norm_axes(axes, rank))
+        dims = iter(x.shape)
+        return [x.reshape([1 if i in new else next(dims) for i in range(rank)])]
+
+    return run
+
+
+@register_kernel(OpType.EXPAND)
+def expand(node: Node, ctx: CompileContext) -> Kernel:
+    """Expand broadcasts both ways: a target dim of 1 keeps the input's dim."""
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        shape = torch.broadcast_shapes(tuple(x.shape), tuple(ints(inputs[1])))
+        return [x.expand(shape)]
+
+    return run
+
+
+@register_kernel(OpType.SHAPE)
+def shape(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or ShapeAttrs()
+
+    def run(inputs: Inputs) -> list:
+        dims = list(inputs[0].shape)
+        r = len(dims)
+        start = min(max(a.start + r if a.start < 0 else a.start, 0), r)
+        end = r if a.end is None else a.end
+        end = min(max(end + r if end < 0 else end, 0), r)
+        return [torch.tensor(dims[start:end], dtype=torch.int64)]
+
+    return run
+
+
+@register_kernel(OpType.CONSTANT_OF_SHAPE)
+def constant_of_shape(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or ConstantOfShapeAttrs()
+    dtype = torch_dtype(a.dtype)
+
+    def run(inputs: Inputs) -> list:
+        return [torch.full(ints(inputs[0]), a.value, dtype=dtype)]
+
+    return run
+
+
+@register_kernel(OpType.CAST)
+def cast(node: Node, ctx: CompileContext) -> Kernel:
+    """Cast; float -> int truncates toward zero and any nonzero -> True, as numpy's astype."""
+    dtype = torch_dtype(node.attrs.to if isinstance(node.attrs, CastAttrs) else node.attrs)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        return [x if x.dtype is dtype else x.to(dtype)]
+
+    return run
+
+
+@register_kernel(OpType.RANGE)
+def range_(node: Node, ctx: CompileContext) -> Kernel:
+    """Range: ``start + i * delta`` for ``i < max(ceil((limit - start) / delta), 0)``."""
+
+    def run(inputs: Inputs) -> list:
+        start, limit, delta = (t.reshape(()) for t in inputs[:3])
+        dtype = start.dtype
+        s, l, d = start.item(), limit.item(), delta.item()
+        if d == 0:
+            raise ValueError("Range delta is 0")
+        if dtype.is_floating_point:
+            n = max(int(math.ceil((l - s) / d)), 0)
+            return [start + torch.arange(n, dtype=dtype) * delta]
+        n = max(-(-(l - s) // d), 0)
+        return [torch.arange(n, dtype=dtype) * d + s]
+
+    return run
+
+
+@register_kernel(OpType.IDENTITY)
+def identity(node: Node, ctx: CompileContext) -> Kernel:
+    return lambda inputs: [inputs[0]]
+
+
+@register_kernel(OpType.DROPOUT)
+def dropout(node: Node, ctx: CompileContext) -> Kernel:
+    """Inference Dropout: the input unchanged, and an all-true mask when one is asked for."""
+    want_mask = len(node.outputs) > 1 and bool(node.outputs[1])
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        if want_mask:
+            return [x, torch.ones(x.shape, dtype=torch.bool)]
+        return [x]
+
+    return run

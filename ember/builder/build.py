@@ -1,0 +1,142 @@
+"""``build(model, config) -> Engine``: import, shapes, optimize, lower, plan memory, compile.
+
+>>> engine = build("model.onnx", BuildConfig(device="cpu"))            # doctest: +SKIP
+>>> engine = build("bert.onnx", BuildConfig(profiles={                # doctest: +SKIP
+...     "input_ids": ((1, 1), (1, 128), (8, 512))}))
+
+The steps, in order:
+1. import the model with its frontend (ONNX: ``ember.frontends.onnx.import_onnx``);
+2. apply ``config.shapes`` and ``config.profiles`` to the input types (``ember/builder/shapes.py``)
+   and re-infer every type;
+3. run the pass pipeline (``ember.passes.pipeline.run_pipeline``);
+4. lower to one layer per node with its precision and tactic (``ember/builder/lower.py``);
+5. plan memory at the profiles' max shapes (``ember/builder/memory.py``);
+6. compile the kernels, so that a build that cannot run fails here and not at first inference.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ember.backends.base import Backend, get_backend
+from ember.builder.config import BuildConfig
+from ember.builder.lower import lower
+from ember.builder.memory import plan_memory
+from ember.builder.progress import BuildProgress
+from ember.builder.shapes import (apply_input_shapes, resolve_input_shapes, tensor_specs,
+                                  types_at)
+from ember.errors import BuildError, EmberError, ModelLoadError
+from ember.ir.graph import Graph
+from ember.ir.types import TensorType
+from ember.ir.verifier import verify
+from ember.runtime.device import device_key, fingerprint
+from ember.runtime.engine import Engine
+from ember.runtime.plan import Plan
+
+
+def import_model(model: Any, shapes: Optional[dict] = None) -> Graph:
+    """The IR graph of ``model``: an ``ember.ir.Graph`` as is, or an ONNX model (path, bytes or
+    ``onnx.ModelProto``) through the ONNX frontend."""
+    if isinstance(model, Graph):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise ModelLoadError(f"model file {path} does not exist")
+        if path.suffix.lower() == ".ember":
+            raise ModelLoadError(f"{path} is already a built engine; load it with ember.load() "
+                                 f"(or `ember run {path}`) instead of building it")
+    from ember.frontends.onnx import import_onnx
+
+    return import_onnx(model, shapes=shapes or None)
+
+
+def optimize(graph: Graph, config: BuildConfig,
+             instruments: Optional[Sequence] = None) -> tuple[Graph, list[dict]]:
+    """Runs the pass pipeline (when the optimizer is in this tree); returns the graph and one
+    record per pass (time, node counts, rules fired)."""
+    if importlib.util.find_spec("ember.passes.pipeline") is None:
+        return graph, []
+    from ember.passes.manager import StatsInstrument
+    from ember.passes.pipeline import run_pipeline
+
+    stats = StatsInstrument()
+    graph = run_pipeline(graph, config, instruments=[*(instruments or ()), stats])
+    return graph, [r.to_json() for r in stats.records]
+
+
+def _source_node_count(graph: Graph) -> int:
+    for key in ("source_nodes", "onnx_nodes", "onnx_node_count"):
+        if isinstance(graph.meta.get(key), int):
+            return graph.meta[key]
+    return len(graph.nodes)
+
+
+def _types_at_max(graph: Graph, hi: dict[str, int]) -> dict[str, TensorType]:
+    try:
+        return types_at(graph, hi)
+    except EmberError as e:
+        raise BuildError(f"the model cannot run at the profiles' max shapes ({e}); narrow the "
+                         f"profiles to shapes the model supports") from None
+
+
+def _types_at_min(graph: Graph, lo: dict[str, int]) -> Optional[dict[str, TensorType]]:
+    """Types at the profiles' min shapes, for the output ranges only (None if not inferable)."""
+    if not lo:
+        return None
+    try:
+        return types_at(graph, lo)
+    except EmberError:
+        return None
+
+
+def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optional[bool] = None,
+          backend: Optional[Backend] = None, instruments: Optional[Sequence] = None) -> Engine:
+    """Builds an ``Engine`` for ``config.device`` from a model file/bytes/proto or a ``Graph``.
+
+    ``progress``: show a progress display (default: when stderr is a terminal).
+    ``backend``: use this backend instead of the device's (for tests and experiments).
+    ``instruments``: pass instruments for the pass pipeline (timing, dumps).
+    """
+    config = config or BuildConfig()
+    t0 = time.perf_counter()
+    fp = fingerprint(config.device)  # fails early, with a clear sentence, without the device
+    backend = backend or get_backend(config.device)
+    with BuildProgress(progress) as prog:
+        with prog.phase("import"):
+            graph = import_model(model)
+            source_nodes = _source_node_count(graph)
+            resolved = resolve_input_shapes(graph, config)
+            if resolved.overrides_static and not isinstance(model, Graph):
+                graph = import_model(model, {k: tuple(v) for k, v in resolved.shapes.items()
+                                             if all(isinstance(d, int) for d in v)})
+            graph = apply_input_shapes(graph, resolved)
+        with prog.phase("optimize"):
+            graph, pass_stats = optimize(graph, config, instruments)
+            verify(graph)
+        layers, tuning = lower(graph, config, backend, device_key(fp), prog)
+        with prog.phase("memory plan"):
+            lo = {s: r[0] for s, r in resolved.ranges.items()}
+            hi = {s: r[1] for s, r in resolved.ranges.items() if r[1] is not None}
+            hi_types = _types_at_max(graph, hi)
+            lo_types = _types_at_min(graph, lo)
+            memory = plan_memory(graph, hi_types)
+        plan = Plan(
+            graph=graph, layers=layers,
+            inputs=tensor_specs(graph, graph.inputs, resolved.ranges, lo_types, hi_types),
+            outputs=tensor_specs(graph, graph.outputs, resolved.ranges, lo_types, hi_types),
+            memory=memory, config=config, device=fp,
+            build_info={"source_format": "ir" if isinstance(model, Graph) else "onnx",
+                        "source_nodes": source_nodes, "source": graph.source,
+                        "opset": graph.opset, "layers": len(layers), **tuning,
+                        "passes": pass_stats},
+        )
+        engine = Engine(plan, backend)
+        with prog.phase("compile"):
+            engine.compile()
+    plan.build_info["phases"] = {name: round(sec, 4) for name, sec in prog.times}
+    plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
+    return engine

@@ -1,0 +1,71 @@
+"""Lowering: one layer per graph node, each with its precision and its tactic.
+
+Precision: a layer's entry in ``config.layer_precisions`` (by layer name, then by op type),
+else ``config.precision``; CPU builds compute in fp32 whatever is asked (no fast half precision
+on this CPU path), and the layer records ``fp32`` so the plan says what really runs.
+
+Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
+``config.tactic_tuning`` is on, candidates are timed on this machine (with the timing cache of
+``config.timing_cache``), else the backend's first (default) candidate is kept.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ember.backends.base import Backend
+from ember.builder.config import BuildConfig
+from ember.builder.progress import BuildProgress
+from ember.builder.tactics import TacticSelector, TimingCache, make_kernel_timer
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.runtime.plan import Layer
+from ember.runtime.tensors import numpy_to_torch
+
+
+def layer_precision(node: Node, config: BuildConfig) -> str:
+    if config.device == "cpu":
+        return "fp32"
+    by_name = config.layer_precisions.get(node.name)
+    if by_name is None:
+        by_name = config.layer_precisions.get(node.op.value)
+    return by_name or config.precision
+
+
+def _candidates(backend: Backend, node: Node, graph: Graph) -> list[str]:
+    if not backend.supports(node):
+        raise BuildError(f"node {node.name!r} ({node.op}, from {node.display_name}) has no "
+                         f"{backend.name} kernel; build for another device or report it")
+    return list(backend.tactics(node, graph))
+
+
+def make_selector(graph: Graph, config: BuildConfig, backend: Backend,
+                  device_key: str) -> tuple[TacticSelector, Optional[TimingCache]]:
+    """The tactic selector this build uses, and its timing cache (if any)."""
+    if not config.tactic_tuning:
+        return TacticSelector(), None
+    import torch
+
+    device = torch.device(config.device)
+    constants = {k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
+    cache = TimingCache.open(config.timing_cache, device_key) if config.timing_cache else None
+    return TacticSelector(make_kernel_timer(backend, constants, device), cache), cache
+
+
+def lower(graph: Graph, config: BuildConfig, backend: Backend, device_key: str,
+          progress: Optional[BuildProgress] = None) -> tuple[list[Layer], dict]:
+    """The plan's layers, in execution order (``layers[i]`` runs ``graph.nodes[i]``), and
+    tuning facts (layers timed, timing-cache hits) for the build info."""
+    selector, cache = make_selector(graph, config, backend, device_key)
+    nodes = graph.nodes if progress is None else progress.track(graph.nodes, "tactics")
+    layers = []
+    timed = from_cache = 0
+    for node in nodes:
+        precision = layer_precision(node, config)
+        choice = selector.select(node, graph, _candidates(backend, node, graph), precision)
+        timed += bool(choice.timings) and not choice.cached
+        from_cache += choice.cached
+        layers.append(Layer(node.name, node.op.value, node.inputs, node.outputs, choice.tactic,
+                            precision, node.origin, node.rule, choice.timings))
+    if cache is not None:
+        cache.save()
+    return layers, {"tuning": config.tactic_tuning, "layers_timed": timed, "timing_cache_hits": from_cache}

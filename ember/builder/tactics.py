@@ -1,0 +1,189 @@
+"""Tactic selection: time each candidate implementation of a layer, keep the fastest.
+
+A *tactic* is one implementation of a layer that a backend offers (``Backend.tactics``). The
+``TacticSelector`` asks a timer function for each candidate's time, keeps the fastest, and
+remembers the timings in an optional ``TimingCache`` keyed by the device fingerprint and the
+layer's signature (op, attributes, input types, precision), so that the second build of a
+model on the same device times nothing.
+
+>>> sel = TacticSelector(timer=lambda node, graph, tactic, precision: {"a": 2.0, "b": 1.0}[tactic])
+>>> sel.select(node, graph, ["a", "b"], "fp32").tactic          # doctest: +SKIP
+'b'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+
+#: ``timer(node, graph, tactic, precision) -> milliseconds`` (``math.inf`` if it cannot run).
+Timer = Callable[[Node, Graph, str, str], float]
+
+CACHE_FORMAT = 1
+
+
+def layer_signature(node: Node, graph: Graph, precision: str) -> str:
+    """A stable key for 'this layer on these input types at this precision'."""
+    from ember.runtime.serialize import encode_value
+
+    parts = {
+        "op": node.op.value,
+        "attrs": encode_value(node.attrs),
+        "inputs": [str(graph.types[i]) if i else "-" for i in node.inputs],
+        "const": [i in graph.constants for i in node.inputs],
+        "precision": precision,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class TimingCache:
+    """Tactic timings of one device, persisted as JSON.
+
+    ``entries[signature] = {tactic: ms}``. A cache file written for another device (its
+    ``device_key`` differs) is ignored on load rather than trusted.
+    """
+
+    device_key: str
+    entries: dict[str, dict[str, float]] = field(default_factory=dict)
+    path: Optional[Path] = None
+    hits: int = 0
+    misses: int = 0
+
+    @staticmethod
+    def open(path: str | os.PathLike, device_key: str) -> "TimingCache":
+        """Loads ``path`` if it exists and is for ``device_key``; else an empty cache bound to it."""
+        p = Path(path)
+        cache = TimingCache(device_key, {}, p)
+        if not p.exists():
+            return cache
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise BuildError(f"timing cache {p} cannot be read ({e}); delete it and build again") from None
+        if data.get("format") == CACHE_FORMAT and data.get("device_key") == device_key:
+            cache.entries = {k: dict(v) for k, v in data.get("entries", {}).items()}
+        return cache
+
+    def get(self, signature: str) -> Optional[dict[str, float]]:
+        got = self.entries.get(signature)
+        if got is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return got
+
+    def put(self, signature: str, timings: Mapping[str, float]) -> None:
+        self.entries[signature] = dict(timings)
+
+    def save(self) -> None:
+        """Writes the cache atomically (a crash never leaves half a file)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format": CACHE_FORMAT, "device_key": self.device_key, "entries": self.entries}
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=0, allow_nan=True)
+        os.replace(tmp, self.path)
+
+
+@dataclass(frozen=True)
+class Choice:
+    tactic: str
+    timings: dict[str, float]
+    cached: bool = False
+
+
+class TacticSelector:
+    """Chooses a tactic per layer: the only candidate, or the fastest by ``timer``.
+
+    Without a timer (tuning disabled) the backend's first candidate (its default) is kept.
+    """
+
+    def __init__(self, timer: Optional[Timer] = None, cache: Optional[TimingCache] = None) -> None:
+        self.timer = timer
+        self.cache = cache
+
+    def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: str) -> Choice:
+        if not candidates:
+            return Choice("", {})
+        if len(candidates) == 1 or self.timer is None:
+            return Choice(candidates[0], {})
+        sig = layer_signature(node, graph, precision) if self.cache is not None else ""
+        cached = self.cache.get(sig) if self.cache is not None else None
+        if cached is not None and all(c in cached for c in candidates):
+            timings = {c: cached[c] for c in candidates}
+            return Choice(_fastest(candidates, timings), timings, cached=True)
+        timings = {c: self.timer(node, graph, c, precision) for c in candidates}
+        if self.cache is not None:
+            self.cache.put(sig, timings)
+        return Choice(_fastest(candidates, timings), timings)
+
+
+def _fastest(candidates: Sequence[str], timings: Mapping[str, float]) -> str:
+    """Fastest finite timing; ties and all-failed go to the earlier (preferred) candidate."""
+    best = min(candidates, key=lambda c: (timings.get(c, math.inf), candidates.index(c)))
+    return best if math.isfinite(timings.get(best, math.inf)) else candidates[0]
+
+
+def random_input(t, device: torch.device) -> torch.Tensor:
+    """A tensor of static type ``t`` to time a kernel with (ints are zeros: always valid indices)."""
+    from ember.runtime.tensors import torch_dtype
+
+    dtype = torch_dtype(t.dtype)
+    shape = tuple(int(d) for d in t.shape)
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def make_kernel_timer(backend, constants: Mapping[str, torch.Tensor], device: torch.device,
+                      warmup: int = 2, reps: int = 5) -> Timer:
+    """A ``Timer`` that compiles the node with each tactic and takes the median wall time.
+
+    Nodes with a non-constant input of symbolic shape cannot be timed and report ``inf``;
+    a tactic whose compilation or run raises is reported as ``inf`` too (it is never chosen).
+    """
+    from ember.backends.base import CompileContext
+
+    def timer(node: Node, graph: Graph, tactic: str, precision: str) -> float:
+        types = [graph.types[i] if i else None for i in node.inputs]
+        if any(t is not None and not t.is_static for t in types):
+            return math.inf
+        try:
+            ctx = CompileContext(graph, constants, device, tactic, precision)
+            kernel = backend.compile_node(node, ctx)
+            args = [constants[i] if i in constants else (random_input(t, device) if t else None)
+                    for i, t in zip(node.inputs, types)]
+            with torch.inference_mode():
+                samples = []
+                for k in range(warmup + reps):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    kernel(args)
+                    _sync(device)
+                    if k >= warmup:
+                        samples.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(samples)
+        except Exception:  # noqa: BLE001 - a tactic that cannot run is simply not chosen
+            return math.inf
+
+    return timer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

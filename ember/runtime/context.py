@@ -1,0 +1,59 @@
+"""``ExecutionContext``: runs an engine on inputs; one engine may have many contexts at once.
+
+>>> with engine.create_context() as ctx:                  # doctest: +SKIP
+...     out = ctx.infer({"input": np.zeros((1, 3, 224, 224), np.float32)})
+>>> out["output"].shape                                   # doctest: +SKIP
+(1, 1000)
+
+Numpy inputs give numpy outputs; torch inputs give torch outputs. Contexts of one engine run
+concurrently from several threads; calls on one context from several threads are serialized.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping
+
+import torch
+
+from ember.errors import EmberError
+from ember.runtime.inputs import check_inputs
+from ember.runtime.tensors import torch_to_numpy
+
+
+class ExecutionContext:
+    """Per-run state of an engine. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._program = engine.compile()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.runs = 0
+
+    def __enter__(self) -> "ExecutionContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the context; later ``infer`` calls raise."""
+        self._closed = True
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Runs the engine: ``{input name: array}`` -> ``{output name: array}``.
+
+        Raises ``InputError`` naming the input at fault if a name is missing or unknown, or a
+        dtype, rank, dim or profile range does not match the engine.
+        """
+        if self._closed:
+            raise EmberError("this execution context is closed; create a new one with "
+                             "engine.create_context()")
+        program = self._program
+        feeds, as_torch = check_inputs(self.engine.plan.inputs, inputs, program.device)
+        with self._lock, torch.inference_mode():
+            outputs = program.run(feeds)
+            self.runs += 1
+        if as_torch:
+            return outputs
+        return {k: torch_to_numpy(v) for k, v in outputs.items()}

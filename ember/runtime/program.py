@@ -1,0 +1,96 @@
+"""A compiled plan: one kernel per layer, run in order, freeing tensors after their last use.
+
+A ``Program`` is immutable once made and holds no per-run state, so any number of execution
+contexts may run it from any number of threads at once; each run keeps its tensors in its own
+dictionary. Intermediate tensors are dropped right after the layer that reads them last (the
+memory plan's liveness), so a run's peak memory follows the plan rather than the graph size.
+
+On the CPU, kernels allocate their outputs through PyTorch's caching allocator; the arena
+offsets of the memory plan are used by device backends that write into one arena (CUDA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from ember.backends.base import Backend, CompileContext, Kernel
+from ember.errors import BuildError, EmberError
+from ember.ir.types import format_shape
+from ember.runtime.plan import Plan
+from ember.runtime.tensors import numpy_to_torch
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str
+    kernel: Kernel
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    frees: tuple[str, ...]
+
+
+class Program:
+    """The executable form of a ``Plan`` on one device."""
+
+    def __init__(self, plan: Plan, backend: Backend, device: torch.device) -> None:
+        self.device = device
+        graph = plan.graph
+        self.constants: dict[str, torch.Tensor] = {
+            k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
+        frees = plan.memory.frees_after()
+        keep = set(graph.outputs)
+        steps = []
+        for i, (node, layer) in enumerate(zip(graph.nodes, plan.layers)):
+            if node.name != layer.name:
+                raise BuildError(f"plan layer {i} is {layer.name!r} but graph node {i} is {node.name!r}")
+            ctx = CompileContext(graph, self.constants, device, layer.tactic, layer.precision)
+            try:
+                kernel = backend.compile_node(node, ctx)
+            except EmberError:
+                raise
+            except Exception as e:  # noqa: BLE001 - name the layer, keep the cause
+                raise BuildError(f"layer {node.name!r} ({node.op}) could not be compiled for "
+                                 f"{device.type} with tactic {layer.tactic or 'default'!r}: {e}") from e
+            steps.append(Step(node.name, node.op.value, kernel, node.inputs, node.outputs,
+                              tuple(n for n in frees.get(i, ()) if n not in keep)))
+        self.steps: tuple[Step, ...] = tuple(steps)
+        self.outputs: tuple[str, ...] = tuple(graph.outputs)
+        self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
+                               if t.numel()}
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs every layer on ``feeds`` (checked tensors on this device); returns the outputs."""
+        env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
+        env.update(feeds)
+        for step in self.steps:
+            results = _call(step, [env[n] if n else None for n in step.inputs])
+            env.update({name: value for name, value in zip(step.outputs, results) if name})
+            for name in step.frees:
+                del env[name]
+            del results  # hold nothing past its last use, not even a dead output
+        feed_storage = {t.untyped_storage().data_ptr() for t in feeds.values() if t.numel()}
+        return {o: self._own(env[o], feed_storage) for o in self.outputs}  # type: ignore[arg-type]
+
+    def _own(self, t: torch.Tensor, feed_storage: set[int]) -> torch.Tensor:
+        """The output itself, or a copy when it shares memory with a constant or an input."""
+        if not t.numel():
+            return t
+        ptr = t.untyped_storage().data_ptr()
+        return t.clone() if ptr in self._const_storage or ptr in feed_storage else t
+
+
+def _call(step: Step, args: list[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+    try:
+        return step.kernel(args)
+    except EmberError:
+        raise
+    except Exception as e:  # noqa: BLE001 - name the layer and what it was given
+        raise EmberError(f"layer {step.name!r} ({step.kind}) failed on inputs {_shapes(args)}: {e}") from e
+
+
+def _shapes(args: Sequence[Optional[torch.Tensor]]) -> str:
+    return ", ".join("-" if a is None else f"{str(a.dtype).removeprefix('torch.')}{format_shape(tuple(a.shape))}"
+                     for a in args)

@@ -1,0 +1,83 @@
+"""Readable text of an engine plan: inputs, outputs, layers, memory plan, weights.
+
+Used by ``Engine.summary()`` and ``ember inspect``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ember.ir.types import format_shape
+from ember.runtime.plan import Layer, Plan
+
+
+def human_bytes(n: Optional[int]) -> str:
+    """``human_bytes(1536)`` -> ``'1.5 KiB'``."""
+    if n is None:
+        return "dynamic"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _tensor_text(plan: Plan, name: str) -> str:
+    if not name:
+        return "-"
+    t = plan.graph.types.get(name)
+    prefix = "$" if name in plan.graph.constants else ""
+    return f"{prefix}{name}:{t}" if t is not None else name
+
+
+def layer_row(plan: Plan, index: int, layer: Layer) -> list[str]:
+    """The columns of one layer: #, name, kind, inputs, outputs, tactic, precision, rule."""
+    return [str(index), " + ".join(layer.origin) or layer.name, layer.kind,
+            ", ".join(_tensor_text(plan, n) for n in layer.inputs),
+            ", ".join(_tensor_text(plan, n) for n in layer.outputs),
+            layer.tactic or "default", layer.precision, layer.rule or "-"]
+
+
+LAYER_HEADER = ["#", "layer", "kind", "inputs", "outputs", "tactic", "precision", "rule"]
+
+
+def format_table(header: list[str], rows: list[list[str]], max_width: int = 60) -> str:
+    """A plain-text table; cells longer than ``max_width`` are cut with an ellipsis."""
+    cut = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cut)) if cut else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cut]
+    return "\n".join(lines)
+
+
+def format_engine(plan: Plan, layers: bool = True) -> str:
+    """The whole engine as text."""
+    g, mem = plan.graph, plan.memory
+    weights = sum(int(v.nbytes) for v in g.constants.values())
+    source = plan.build_info.get("source_nodes")
+    source_kind = {"onnx": "ONNX nodes", "ir": "IR nodes"}.get(plan.build_info.get("source_format", ""),
+                                                               "model nodes")
+    lines = [f"engine {g.name!r} for {plan.config.device} ({_device_text(plan.device)}), "
+             f"precision {plan.config.precision}"]
+    for spec in plan.inputs:
+        lines.append(f"  input  {spec.name}: {spec.dtype.value}{format_shape(spec.shape)}"
+                     + ("" if spec.is_static else f"  allowed {spec.range_text()}"))
+    for spec in plan.outputs:
+        lines.append(f"  output {spec.name}: {spec.dtype.value}{format_shape(spec.shape)}")
+    lines.append(f"  layers: {len(plan.layers)}" + (f" (from {source} {source_kind})" if source is not None else ""))
+    saved = f", {mem.sum_bytes / mem.arena_bytes:.2f}x less" if mem.arena_bytes else ""
+    lines.append(f"  memory plan: peak {human_bytes(mem.arena_bytes)} vs {human_bytes(mem.sum_bytes)} "
+                 f"sum of intermediates{saved}; {len(mem.tensors)} tensors"
+                 + (f", {len(mem.dynamic)} dynamic (allocated at run time)" if mem.dynamic else ""))
+    lines.append(f"  weights: {human_bytes(weights)} in {len(g.constants)} constants")
+    if layers:
+        rows = [layer_row(plan, i, layer) for i, layer in enumerate(plan.layers)]
+        lines += ["", format_table(LAYER_HEADER, rows)]
+    return "\n".join(lines)
+
+
+def _device_text(fp: dict) -> str:
+    if fp.get("type") == "cuda":
+        return f"{fp.get('gpu')}, sm {fp.get('capability')}, CUDA {fp.get('cuda')}"
+    return f"{fp.get('cpu')}, {fp.get('isa')}"

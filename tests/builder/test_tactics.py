@@ -1,0 +1,77 @@
+"""Tactic selection and the timing cache."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from ember.backends.cpu import CPUBackend
+from ember.builder.tactics import TacticSelector, TimingCache, layer_signature, make_kernel_timer
+from ember.ir import DType, Graph, Node, OpType, TensorType
+
+
+def _graph(n=4) -> Graph:
+    t = TensorType(DType.FLOAT32, (n, n))
+    node = Node("mm", OpType.MATMUL, ("a", "b"), ("c",))
+    return Graph("g", [node], ["a"], ["c"], {"a": t, "b": t, "c": t}, {"b": np.eye(n, dtype=np.float32)})
+
+
+def test_fastest_candidate_wins_and_ties_keep_the_default():
+    g = _graph()
+    times = {"slow": 3.0, "fast": 1.0, "broken": math.inf}
+    sel = TacticSelector(timer=lambda node, graph, tactic, precision: times[tactic])
+    assert sel.select(g.nodes[0], g, ["slow", "fast", "broken"], "fp32").tactic == "fast"
+    sel = TacticSelector(timer=lambda *a: 1.0)
+    assert sel.select(g.nodes[0], g, ["first", "second"], "fp32").tactic == "first"
+    sel = TacticSelector(timer=lambda *a: math.inf)
+    assert sel.select(g.nodes[0], g, ["first", "second"], "fp32").tactic == "first"
+
+
+def test_without_timer_or_with_one_candidate_nothing_is_timed():
+    g = _graph()
+    calls = []
+    sel = TacticSelector(timer=lambda *a: calls.append(a) or 1.0)
+    assert sel.select(g.nodes[0], g, ["only"], "fp32").tactic == "only"
+    assert TacticSelector().select(g.nodes[0], g, ["a", "b"], "fp32").tactic == "a"
+    assert calls == []
+
+
+def test_timing_cache_spares_the_second_build(tmp_path):
+    g = _graph()
+    path = tmp_path / "cache.json"
+    calls = []
+
+    def timer(node, graph, tactic, precision):
+        calls.append(tactic)
+        return {"x": 2.0, "y": 1.0}[tactic]
+
+    cache = TimingCache.open(path, "cpu:test")
+    assert TacticSelector(timer, cache).select(g.nodes[0], g, ["x", "y"], "fp32").tactic == "y"
+    cache.save()
+    assert calls == ["x", "y"]
+    again = TimingCache.open(path, "cpu:test")
+    choice = TacticSelector(timer, again).select(g.nodes[0], g, ["x", "y"], "fp32")
+    assert choice.tactic == "y" and choice.cached and calls == ["x", "y"] and again.hits == 1
+    other_device = TimingCache.open(path, "cuda:H100")
+    assert other_device.entries == {}
+    assert json.loads(path.read_text())["device_key"] == "cpu:test"
+
+
+def test_signature_depends_on_types_and_precision():
+    a, b = _graph(4), _graph(8)
+    assert layer_signature(a.nodes[0], a, "fp32") != layer_signature(b.nodes[0], b, "fp32")
+    assert layer_signature(a.nodes[0], a, "fp32") != layer_signature(a.nodes[0], a, "fp16")
+    assert layer_signature(a.nodes[0], a, "fp32") == layer_signature(a.nodes[0], _graph(4), "fp32")
+
+
+def test_kernel_timer_times_real_kernels():
+    g = _graph(16)
+    consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
+    timer = make_kernel_timer(CPUBackend(), consts, torch.device("cpu"), warmup=1, reps=2)
+    ms = timer(g.nodes[0], g, "aten", "fp32")
+    assert 0 < ms < 1000
+    assert timer(g.nodes[0], g, "no-such-tactic", "fp32") == math.inf
+    dyn = g.copy(types={**g.types, "a": TensorType(DType.FLOAT32, ("n", 16))})
+    assert timer(dyn.nodes[0], dyn, "aten", "fp32") == math.inf

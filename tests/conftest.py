@@ -13,5 +13,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs CUDA; run `make test-gpu` on a GPU machine")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:  # not `in keywords`: that matches a tests/.../cuda/ folder too
             item.add_marker(skip)

@@ -1,0 +1,76 @@
+"""Triton kernels behind ``triton_ops`` (imported only where Triton is installed)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _activate(x, P0, P1, ACT: tl.constexpr):
+    if ACT == 1:
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:
+        x = tl.minimum(tl.maximum(x, P0), P1)
+    elif ACT == 3:
+        x = tl.where(x >= 0.0, x, x * P0)
+    elif ACT == 4:
+        x = 1.0 / (1.0 + tl.exp(-x))
+    elif ACT == 5:
+        x = x / (1.0 + tl.exp(-x))
+    elif ACT == 6:
+        x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+    elif ACT == 7:
+        x = tl.minimum(tl.maximum(x * P0 + P1, 0.0), 1.0)
+    elif ACT == 8:
+        x = 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+    elif ACT == 9:
+        x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    elif ACT == 10:
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x * (1.0 + (2.0 / (1.0 + tl.exp(-2.0 * u)) - 1.0))
+    return x
+
+
+@triton.jit
+def bias_act_kernel(y_ptr, b_ptr, r_ptr, total, n, P0, P1, HAS_BIAS: tl.constexpr,
+                    HAS_RES: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    x = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(b_ptr + (offs % n), mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        x += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _activate(x, P0, P1, ACT)
+    tl.store(y_ptr + offs, x.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def layer_norm_kernel(x_ptr, y_ptr, w_ptr, b_ptr, n, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / n
+    d = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(d * d, axis=0) / n
+    y = d * (1.0 / tl.sqrt(var + eps))
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=mask, other=1.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * n + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=mask, other=-float("inf")).to(tl.float32)
+    m = tl.max(x, axis=0)
+    e = tl.where(mask, tl.exp(x - m), 0.0)
+    y = e / tl.sum(e, axis=0)
+    tl.store(y_ptr + row * n + cols, y.to(y_ptr.dtype.element_ty), mask=mask)

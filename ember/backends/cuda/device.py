@@ -1,0 +1,83 @@
+"""CUDA-side helpers: precision -> dtype, the TF32 switch around a layer, Triton availability."""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from ember.errors import DeviceError
+
+_COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype float activations and weights take in a layer of ``precision``."""
+    try:
+        return _COMPUTE[precision]
+    except KeyError:
+        raise DeviceError(f"unknown precision {precision!r}; use one of {', '.join(_COMPUTE)}") from None
+
+
+def is_half(precision: str) -> bool:
+    return precision in ("fp16", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether Triton can compile kernels here (needs the package and a CUDA GPU)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "no Triton"
+        return False
+    return True
+
+
+def require_cuda(what: str = "a CUDA engine") -> torch.device:
+    """The current CUDA device, or a ``DeviceError`` saying what to do instead."""
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{what} needs an NVIDIA GPU with a CUDA build of PyTorch, and this machine "
+                          f"has none; build and run with --device cpu instead")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@contextlib.contextmanager
+def tf32_scope(precision: str) -> Iterator[None]:
+    """Sets cuBLAS/cuDNN TF32 for one layer call: on for ``tf32``, off for ``fp32``.
+
+    PyTorch's defaults (cuDNN TF32 on, cuBLAS off) would make fp32 layers silently lossy or tf32
+    layers slow; the flags are read when a kernel is chosen, so a captured CUDA graph keeps them.
+    Half-precision layers leave the flags alone.
+    """
+    if precision not in ("fp32", "tf32"):
+        yield
+        return
+    want = precision == "tf32"
+    old_mm, old_dnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = want
+    torch.backends.cudnn.allow_tf32 = want
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_mm
+        torch.backends.cudnn.allow_tf32 = old_dnn
+
+
+def cast_float(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``t`` in ``dtype`` when it is a float tensor (ints, bools and ``None`` pass through)."""
+    if t is None or not t.is_floating_point() or t.dtype == dtype:
+        return t
+    return t.to(dtype)
+
+
+def cast_inputs(inputs: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) -> list[Optional[torch.Tensor]]:
+    return [cast_float(t, dtype) for t in inputs]
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in channels-last memory order when it is 4-D (the layout cuDNN's fast kernels want)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.contiguous()

@@ -1,0 +1,80 @@
+"""Ops without a CUDA-specific kernel run the CPU backend's generic PyTorch kernel on the GPU.
+
+The CPU backend's ``aten`` kernels are device-agnostic PyTorch code, so they are reused (never
+copied) here. This wrapper adds what the GPU needs around them: float inputs and outputs in the
+layer's precision, and *host slots*: inputs that a kernel reads as Python numbers (a Reshape's
+target shape, Slice bounds, Clip bounds...), which are handed over as host tensors so reading
+them never synchronizes the GPU (that would also break CUDA-graph capture).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cuda.device import cast_float, compute_dtype
+from ember.errors import BuildError
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+
+#: Inputs read as host values (shape parameters), per op.
+HOST_SLOTS: dict[OpType, frozenset[int]] = {
+    OpType.RESHAPE: frozenset({1}),
+    OpType.EXPAND: frozenset({1}),
+    OpType.SLICE: frozenset({1, 2, 3, 4}),
+    OpType.SQUEEZE: frozenset({1}),
+    OpType.UNSQUEEZE: frozenset({1}),
+    OpType.SPLIT: frozenset({1}),
+    OpType.PAD: frozenset({1, 2, 3}),
+    OpType.CLIP: frozenset({1, 2}),
+    OpType.CONSTANT_OF_SHAPE: frozenset({0}),
+    OpType.RANGE: frozenset({0, 1, 2}),
+    OpType.RESIZE: frozenset({1, 2, 3}),
+    OpType.REDUCE_MEAN: frozenset({1}),
+    OpType.REDUCE_SUM: frozenset({1}),
+    OpType.REDUCE_MAX: frozenset({1}),
+}
+
+#: Ops whose output is metadata of the input (never reads its data).
+METADATA_OPS = frozenset({OpType.SHAPE})
+
+
+def host_slots(op: OpType) -> frozenset[int]:
+    return HOST_SLOTS.get(op, frozenset())
+
+
+def cpu_aten_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    """The CPU backend's generic (``aten``) kernel for ``node``, compiled with ``ctx``."""
+    from ember.backends.cpu.registry import ATEN, has_kernel, lookup
+
+    if not has_kernel(node.op):
+        raise BuildError(f"node {node.name!r}: op {node.op} has no GPU kernel in Ember; "
+                         f"build for --device cpu or remove the op")
+    return lookup(node, ATEN, ctx.graph).factory(node, ctx)
+
+
+def wrap_generic(node: Node, ctx: CompileContext) -> Kernel:
+    """The generic kernel on the GPU: floats cast to the layer's precision, outputs on the device."""
+    inner = cpu_aten_kernel(node, ctx)
+    dtype = compute_dtype(ctx.precision)
+    device = ctx.device
+    hosts = host_slots(node.op)
+
+    def run(inputs) -> list:
+        args = [t if i in hosts else cast_float(t, dtype) for i, t in enumerate(inputs)]
+        outs = inner(args)
+        return [_on_device(cast_float(t, dtype), device) for t in outs]
+
+    return run
+
+
+def _on_device(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tensor]:
+    if t is None or t.device == device:
+        return t
+    return t.to(device)
+
+
+def host_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    """The generic kernel run on the host, for shape computations (exact dtypes, no casts)."""
+    return cpu_aten_kernel(node, ctx)

@@ -1,0 +1,239 @@
+"""Convolution on cuDNN: Conv, FusedConv (bias, residual, activation epilogues), BatchNorm,
+ConvTranspose.
+
+Weights are cast to the layer's precision and put in channels-last order once, at compile time;
+activations flow in channels-last between layers, which is what cuDNN's fastest fp16/bf16
+kernels want. FusedConv tactics:
+
+- ``cudnn_fused``: ``torch.cudnn_convolution_relu`` (conv + bias + ReLU) and
+  ``torch.cudnn_convolution_add_relu`` (conv + bias + residual + ReLU): one cuDNN call.
+- ``cudnn``: the convolution with its bias, then the residual add and activation in place.
+- ``cudnn_triton``: the convolution alone, then one Triton pass for bias + residual + activation.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
+from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, tf32_scope
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs
+
+Tensor = torch.Tensor
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class _ConvGeom:
+    """Stride/padding/dilation of one conv, with ONNX's asymmetric or ``auto_pad`` pads resolved."""
+
+    def __init__(self, attrs: ConvAttrs, node: Node, graph: Graph) -> None:
+        self.attrs = attrs
+        self.n = len(attrs.kernel_shape)
+        if self.n not in _CONV:
+            raise BuildError(f"node {node.name!r}: {self.n}-D convolution is not supported on CUDA; "
+                             f"only 1-D, 2-D and 3-D convolutions are")
+        self.stride = tuple(attrs.strides) or (1,) * self.n
+        self.dilation = tuple(attrs.dilations) or (1,) * self.n
+        self.groups = attrs.group
+        x_shape = graph.types[node.inputs[0]].shape if node.inputs[0] in graph.types else ()
+        self._static = all(isinstance(d, int) for d in x_shape[2:]) and len(x_shape) == self.n + 2
+        self._fixed = self._resolve(x_shape[2:]) if self._static else None
+
+    def _resolve(self, spatial) -> tuple[tuple[int, ...], Optional[list[int]]]:
+        a = self.attrs
+        pads = auto_pads(a.auto_pad, a.pads, spatial, a.kernel_shape, self.stride, self.dilation)
+        begins, ends = split_pads(pads)
+        if begins == ends:
+            return tuple(begins), None
+        return (0,) * self.n, torch_pad_arg(begins, ends)
+
+    def padding(self, x: Tensor) -> tuple[tuple[int, ...], Optional[list[int]]]:
+        """(symmetric padding for the conv call, explicit F.pad argument or None)."""
+        return self._fixed if self._fixed is not None else self._resolve(tuple(x.shape[2:]))
+
+
+def _weight(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Tensor:
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        raise BuildError(f"node {node.name!r}: the CUDA conv kernels need a constant weight "
+                         f"(input {node.inputs[1]!r} is computed at run time); fold it or build for cpu")
+    return channels_last(w.to(dtype))
+
+
+def _bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tensor]:
+    b = ctx.const(node.input(2))
+    return None if b is None else b.to(dtype).contiguous()
+
+
+def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype) -> tuple[Tensor, tuple[int, ...]]:
+    x = channels_last(cast_float(x, dtype))
+    padding, extra = geom.padding(x)
+    if extra is not None:
+        x = channels_last(F.pad(x, extra))
+    return x, padding
+
+
+def _conv_attrs(node: Node) -> tuple[ConvAttrs, Activation, tuple[float, ...], bool]:
+    a = node.attrs
+    if isinstance(a, FusedConvAttrs):
+        return a.conv, a.activation, tuple(a.act_params), a.has_residual
+    return a, Activation.NONE, (), False
+
+
+@register_cuda_kernel(OpType.CONV, "cudnn", rank=0)
+@register_cuda_kernel(OpType.FUSED_CONV, "cudnn", rank=10)
+def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
+    """cuDNN convolution with bias, then residual add and activation as separate in-place ops."""
+    conv, act, params, has_res = _conv_attrs(node)
+    dtype = compute_dtype(ctx.precision)
+    geom = _ConvGeom(conv, node, ctx.graph)
+    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    fn, act_fn, prec = _CONV[geom.n], activation_fn(act, params), ctx.precision
+    in_place = act in (Activation.RELU, Activation.CLIP, Activation.NONE)
+
+    def run(inputs) -> list:
+        x, padding = _prepare(inputs[0], geom, dtype)
+        with tf32_scope(prec):
+            y = fn(x, w, b, geom.stride, padding, geom.dilation, geom.groups)
+        if has_res:
+            y.add_(cast_float(arg(inputs, 3), dtype))
+        if act_fn is not None:
+            if in_place and act is Activation.RELU:
+                y.relu_()
+            elif in_place and act is Activation.CLIP:
+                y.clamp_(*_clip_bounds(params))
+            else:
+                y = act_fn(y)
+        return [y]
+
+    return run
+
+
+def _clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[float]]:
+    lo = params[0] if len(params) > 0 else None
+    hi = params[1] if len(params) > 1 else None
+    return lo, hi
+
+
+def _relu_2d(node: Node, graph: Optional[Graph]) -> bool:
+    a = node.attrs
+    return (isinstance(a, FusedConvAttrs) and a.activation is Activation.RELU
+            and len(a.conv.kernel_shape) == 2)
+
+
+@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_fused", rank=0, when=_relu_2d)
+def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
+    """conv + bias (+ residual) + ReLU in one cuDNN call."""
+    conv, _, _, has_res = _conv_attrs(node)
+    dtype = compute_dtype(ctx.precision)
+    geom = _ConvGeom(conv, node, ctx.graph)
+    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    stride, dilation, groups, prec = list(geom.stride), list(geom.dilation), geom.groups, ctx.precision
+
+    def run(inputs) -> list:
+        x, padding = _prepare(inputs[0], geom, dtype)
+        with tf32_scope(prec):
+            if has_res:
+                z = channels_last(cast_float(inputs[3], dtype))
+                y = torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, stride, list(padding), dilation, groups)
+            else:
+                y = torch.cudnn_convolution_relu(x, w, b, stride, list(padding), dilation, groups)
+        return [y]
+
+    return run
+
+
+def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:
+    from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
+
+    a = node.attrs
+    return (isinstance(a, FusedConvAttrs) and len(a.conv.kernel_shape) == 2
+            and a.activation in EPILOGUE_ACTIVATIONS
+            and (a.activation is not Activation.NONE or a.has_residual))
+
+
+@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies,
+                      needs_triton=True)
+def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """cuDNN convolution without bias, then Ember's Triton epilogue: bias + residual + activation."""
+    from ember.backends.cuda.triton_ops import bias_act_
+
+    conv, act, params, has_res = _conv_attrs(node)
+    dtype = compute_dtype(ctx.precision)
+    geom = _ConvGeom(conv, node, ctx.graph)
+    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    prec = ctx.precision
+
+    def run(inputs) -> list:
+        x, padding = _prepare(inputs[0], geom, dtype)
+        with tf32_scope(prec):
+            y = F.conv2d(x, w, None, geom.stride, padding, geom.dilation, geom.groups)
+        res = channels_last(cast_float(inputs[3], dtype)) if has_res else None
+        return [bias_act_(y, b, res, act, params)]
+
+    return run
+
+
+@register_cuda_kernel(OpType.BATCH_NORM, "scale_shift", rank=0)
+def batch_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """Inference BatchNorm as one multiply-add, its scale and shift folded in fp32 at compile time."""
+    eps = (node.attrs or BatchNormAttrs()).epsilon
+    consts = [ctx.const(n) for n in node.inputs[1:5]]
+    if any(c is None for c in consts):
+        raise BuildError(f"node {node.name!r}: BatchNormalization needs constant scale, bias, mean "
+                         f"and var on CUDA; fold them or build for cpu")
+    gamma, beta, mean, var = (c.double() for c in consts)  # type: ignore[union-attr]
+    scale64 = gamma / torch.sqrt(var + eps)
+    shift64 = beta - mean * scale64
+    dtype = compute_dtype(ctx.precision)
+    scale, shift = scale64.to(dtype), shift64.to(dtype)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return [torch.addcmul(shift.view(shape), x, scale.view(shape))]
+
+    return run
+
+
+@register_cuda_kernel(OpType.CONV_TRANSPOSE, "cudnn", rank=0)
+def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
+    """Transposed convolution on cuDNN (explicit pads; ``output_shape`` resolved per call)."""
+    a: ConvTransposeAttrs = node.attrs
+    n = len(a.kernel_shape)
+    fns = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+    if n not in fns:
+        raise BuildError(f"node {node.name!r}: {n}-D ConvTranspose is not supported on CUDA")
+    dtype = compute_dtype(ctx.precision)
+    w = ctx.const(node.inputs[1])
+    if w is None:
+        raise BuildError(f"node {node.name!r}: ConvTranspose needs a constant weight on CUDA")
+    w = w.to(dtype).contiguous()
+    b = _bias(ctx, node, dtype)
+    stride = tuple(a.strides) or (1,) * n
+    dil = tuple(a.dilations) or (1,) * n
+    pads = list(a.pads) or [0] * (2 * n)
+    begins, ends = split_pads(pads)
+    outpad = list(a.output_padding) or [0] * n
+    prec = ctx.precision
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        with tf32_scope(prec):
+            y = fns[n](x, w, b, stride, 0, tuple(outpad), a.group, dil)
+        # crop the ONNX pads (they may be asymmetric) from the full transposed result
+        idx = [slice(None), slice(None)] + [slice(bg, y.shape[2 + i] - e) for i, (bg, e) in
+                                            enumerate(zip(begins, ends))]
+        if a.output_shape is not None:
+            idx = [slice(None), slice(None)] + [slice(s.start, s.start + o) for s, o in
+                                                zip(idx[2:], a.output_shape[-n:])]
+        return [y[tuple(idx)].contiguous()]
+
+    return run

@@ -1,0 +1,157 @@
+"""Normalizations and softmax on the GPU, statistics always in fp32.
+
+LayerNormalization and Softmax have two tactics: PyTorch's kernel (``aten``: it accumulates in
+fp32 for half inputs) and Ember's Triton kernel (``triton``: one pass per row, fp32 math, for the
+last-axis case). LRN and LogSoftmax upcast to fp32 explicitly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import arg, norm_axis
+from ember.backends.cuda.device import cast_float, compute_dtype
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
+
+Tensor = torch.Tensor
+
+
+def _ln_params(node: Node, ctx: CompileContext, dtype: torch.dtype) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    w, b = ctx.const(node.input(1)), ctx.const(node.input(2))
+    return (None if w is None else w.to(dtype).contiguous(),
+            None if b is None else b.to(dtype).contiguous())
+
+
+@register_cuda_kernel(OpType.LAYER_NORM, "aten", rank=0)
+def layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
+    """``F.layer_norm`` over dims ``axis..`` (scale/bias may be run-time inputs too)."""
+    a = node.attrs or LayerNormAttrs()
+    dtype = compute_dtype(ctx.precision)
+    w0, b0 = _ln_params(node, ctx, dtype)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        ax = norm_axis(a.axis, x.dim())
+        w = w0 if w0 is not None else cast_float(arg(inputs, 1), dtype)
+        b = b0 if b0 is not None else cast_float(arg(inputs, 2), dtype)
+        shape = tuple(x.shape[ax:])
+        if w is not None and tuple(w.shape) != shape:
+            w = w.expand(shape)
+        if b is not None and tuple(b.shape) != shape:
+            b = b.expand(shape)
+        return [F.layer_norm(x, shape, w, b, a.epsilon)]
+
+    return run
+
+
+def _last_axis_ln(node: Node, graph: Optional[Graph]) -> bool:
+    if graph is None:
+        return False
+    a = node.attrs or LayerNormAttrs()
+    t = graph.types.get(node.inputs[0])
+    if t is None or a.axis not in (-1, t.rank - 1) or not isinstance(t.shape[-1], int):
+        return False
+    consts_ok = all(not n or n in graph.constants for n in node.inputs[1:3])
+    return consts_ok and t.shape[-1] <= 16384
+
+
+@register_cuda_kernel(OpType.LAYER_NORM, "triton", rank=10, when=_last_axis_ln, needs_triton=True)
+def layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """Ember's Triton LayerNorm over the last axis: one row per program, fp32 statistics."""
+    from ember.backends.cuda.triton_ops import layer_norm
+
+    a = node.attrs or LayerNormAttrs()
+    dtype = compute_dtype(ctx.precision)
+    w, b = _ln_params(node, ctx, dtype)
+    n = int(ctx.graph.types[node.inputs[0]].shape[-1])
+    w = w.expand(n).contiguous() if w is not None else None
+    b = b.expand(n).contiguous() if b is not None else None
+    return lambda inputs: [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon)]
+
+
+def _softmax_2d(x: Tensor, a: SoftmaxAttrs) -> tuple[Tensor, int]:
+    ax = norm_axis(a.axis, x.dim())
+    if a.legacy_flatten:
+        return x.reshape(math.prod(x.shape[:ax]), -1), 1
+    return x, ax
+
+
+@register_cuda_kernel(OpType.SOFTMAX, "aten", rank=0)
+def softmax_aten(node: Node, ctx: CompileContext) -> Kernel:
+    """``torch.softmax`` (fp32 accumulation for half inputs); opset<13 2-D coercion honoured."""
+    a = node.attrs or SoftmaxAttrs()
+    dtype = compute_dtype(ctx.precision)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        y, ax = _softmax_2d(x, a)
+        return [torch.softmax(y, ax).reshape(x.shape)]
+
+    return run
+
+
+def _last_axis_softmax(node: Node, graph: Optional[Graph]) -> bool:
+    if graph is None:
+        return False
+    a = node.attrs or SoftmaxAttrs()
+    t = graph.types.get(node.inputs[0])
+    return (t is not None and isinstance(t.shape[-1], int) and t.shape[-1] <= 16384
+            and (a.axis in (-1, t.rank - 1) or (a.legacy_flatten and a.axis in (-1, t.rank - 1))))
+
+
+@register_cuda_kernel(OpType.SOFTMAX, "triton", rank=10, when=_last_axis_softmax, needs_triton=True)
+def softmax_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """Ember's Triton softmax over the last axis (one row per program, fp32 math)."""
+    from ember.backends.cuda.triton_ops import softmax_lastdim
+
+    dtype = compute_dtype(ctx.precision)
+    return lambda inputs: [softmax_lastdim(cast_float(inputs[0], dtype))]
+
+
+@register_cuda_kernel(OpType.LOG_SOFTMAX, "aten", rank=0)
+def log_softmax(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or SoftmaxAttrs()
+    dtype = compute_dtype(ctx.precision)
+
+    def run(inputs) -> list:
+        x = inputs[0]
+        y, ax = _softmax_2d(x.float(), a)
+        return [torch.log_softmax(y, ax).reshape(x.shape).to(dtype)]
+
+    return run
+
+
+@register_cuda_kernel(OpType.LRN, "aten", rank=0)
+def lrn(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX LRN: ``x / (bias + alpha/size * sum_{window} x^2)^beta`` over channels, in fp32.
+
+    The window spans ``floor((size-1)/2)`` channels before and ``ceil((size-1)/2)`` after, as
+    ONNX defines it; summed with a channel-axis average pool over the squares.
+    """
+    a: LRNAttrs = node.attrs
+    dtype = compute_dtype(ctx.precision)
+    before, after = (a.size - 1) // 2, a.size - 1 - (a.size - 1) // 2
+
+    def run(inputs) -> list:
+        x = inputs[0].float()
+        n, c = x.shape[0], x.shape[1]
+        sq = (x * x).reshape(n, 1, c, -1)
+        sq = F.pad(sq, (0, 0, before, after))
+        s = F.avg_pool2d(sq, (a.size, 1), stride=1, divisor_override=1).reshape(x.shape)
+        y = x / (a.bias + (a.alpha / a.size) * s).pow(a.beta)
+        return [y.to(dtype).contiguous(memory_format=_fmt(inputs[0]))]
+
+    return run
+
+
+def _fmt(t: Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format

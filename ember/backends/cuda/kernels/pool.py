@@ -1,0 +1,109 @@
+"""Pooling on the GPU: MaxPool, AveragePool (any pads, ceil mode), GlobalAveragePool.
+
+PyTorch's pooling takes only symmetric pads of at most half the kernel; other ONNX pads are
+applied explicitly first (-inf for max; zeros plus a per-position divisor for average pools
+that exclude the padding).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import auto_pads, split_pads, torch_pad_arg
+from ember.backends.cuda.device import cast_float, compute_dtype
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.errors import BuildError
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import PoolAttrs
+
+Tensor = torch.Tensor
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _geometry(a: PoolAttrs, x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], list[int], list[int]]:
+    n = len(a.kernel_shape)
+    strides = tuple(a.strides) or (1,) * n
+    dil = tuple(a.dilations) or (1,) * n
+    pads = auto_pads(a.auto_pad, a.pads, tuple(x.shape[2:]), a.kernel_shape, strides, dil)
+    begins, ends = split_pads(pads)
+    return strides, dil, begins, ends
+
+
+def _native(a: PoolAttrs, begins: list[int], ends: list[int]) -> bool:
+    return begins == ends and all(p <= k // 2 for p, k in zip(begins, a.kernel_shape))
+
+
+def _check(node: Node, a: PoolAttrs) -> int:
+    n = len(a.kernel_shape)
+    if n not in _MAX:
+        raise BuildError(f"node {node.name!r}: {n}-D pooling is not supported on CUDA")
+    return n
+
+
+@register_cuda_kernel(OpType.MAX_POOL, "aten", rank=0)
+def max_pool(node: Node, ctx: CompileContext) -> Kernel:
+    a: PoolAttrs = node.attrs
+    n = _check(node, a)
+    dtype = compute_dtype(ctx.precision)
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise BuildError(f"node {node.name!r}: MaxPool's Indices output is not supported on CUDA; "
+                         f"remove it from the model")
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        strides, dil, begins, ends = _geometry(a, x)
+        if _native(a, begins, ends):
+            return [_MAX[n](x, a.kernel_shape, strides, begins, dil, ceil_mode=a.ceil_mode)]
+        xp = F.pad(x, torch_pad_arg(begins, ends), value=float("-inf"))
+        return [_MAX[n](xp, a.kernel_shape, strides, 0, dil, ceil_mode=a.ceil_mode)]
+
+    return run
+
+
+@register_cuda_kernel(OpType.AVERAGE_POOL, "aten", rank=0)
+def average_pool(node: Node, ctx: CompileContext) -> Kernel:
+    a: PoolAttrs = node.attrs
+    n = _check(node, a)
+    if any(d != 1 for d in a.dilations):
+        raise BuildError(f"node {node.name!r}: AveragePool with dilations {a.dilations} is not "
+                         f"supported on CUDA")
+    dtype = compute_dtype(ctx.precision)
+    divisors: dict[tuple, Tensor] = {}
+
+    def divisor(x: Tensor, strides, pad_arg) -> Tensor:
+        key = tuple(x.shape[2:])
+        if key not in divisors:  # computed once per shape, before any graph capture replays it
+            ones = torch.ones((1, 1) + key, dtype=torch.float32, device=x.device)
+            ones = F.pad(ones, pad_arg)
+            divisors[key] = _AVG[n](ones, a.kernel_shape, strides, 0, a.ceil_mode, True,
+                                    divisor_override=1).to(x.dtype)
+        return divisors[key]
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        strides, _, begins, ends = _geometry(a, x)
+        if _native(a, begins, ends):
+            return [_AVG[n](x, a.kernel_shape, strides, begins, a.ceil_mode, a.count_include_pad)]
+        pad_arg = torch_pad_arg(begins, ends)
+        xp = F.pad(x, pad_arg)
+        if a.count_include_pad:
+            return [_AVG[n](xp, a.kernel_shape, strides, 0, a.ceil_mode, True)]
+        s = _AVG[n](xp, a.kernel_shape, strides, 0, a.ceil_mode, True, divisor_override=1)
+        return [s / divisor(x, strides, pad_arg)]
+
+    return run
+
+
+@register_cuda_kernel(OpType.GLOBAL_AVERAGE_POOL, "aten", rank=0)
+def global_average_pool(node: Node, ctx: CompileContext) -> Kernel:
+    """Mean over all spatial dims (fp32 accumulation inside PyTorch's reduction)."""
+    dtype = compute_dtype(ctx.precision)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        return [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)]
+
+    return run

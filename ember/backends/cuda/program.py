@@ -1,0 +1,306 @@
+"""A compiled CUDA engine: kernels in execution order, their streams, and one eager forward.
+
+``CudaProgram`` is built once per engine and shared by all its execution contexts: it holds the
+weights on the device (prepared by each kernel at compile time) and the static schedule:
+
+- *placement*: shape computations (``Shape`` and the small integer arithmetic that follows it)
+  run on the host, so reading a target shape never synchronizes the GPU; every other layer runs
+  on the GPU;
+- *streams*: independent branches go to separate streams (``streams.assign_streams``);
+- *lifetimes*: each intermediate is released after its last reader, so the caching allocator
+  (inside graph capture: the graph's private pool) reuses its memory, like an arena laid out by
+  the memory plan's liveness.
+
+``forward(feeds, streams)`` runs the whole engine once, eagerly; ``executor.CudaRunner`` captures
+it into a CUDA graph per input shape and replays it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cuda.device import compute_dtype, require_cuda
+from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
+from ember.backends.cuda.streams import StreamPlan, assign_streams
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+
+#: A host value is a tensor of at most this many elements (shapes, indices, scalars).
+HOST_MAX_ELEMENTS = 64
+
+# how a step fetches one input
+NONE, CONST, VALUE, VALUE_TO_HOST, VALUE_TO_DEVICE = range(5)
+
+
+@dataclass
+class Arg:
+    kind: int
+    name: str = ""
+    tensor: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Step:
+    """One layer as executed: its kernel, where it runs, and what it waits for and releases."""
+
+    index: int
+    node: Node
+    kernel: Kernel
+    on_host: bool
+    args: list[Arg]
+    stream: int = 0
+    waits: tuple[int, ...] = ()
+    record: bool = False
+    frees: tuple[str, ...] = ()
+    cross_stream: frozenset[str] = frozenset()
+    capturable: bool = True
+    reason: str = ""
+
+
+@dataclass
+class LayerSpec:
+    tactic: str = ""
+    precision: str = "fp32"
+
+
+@dataclass
+class CudaProgram:
+    """The executable form of a CUDA engine (see module docstring)."""
+
+    graph: Graph
+    steps: list[Step]
+    streams: StreamPlan
+    device: torch.device
+    output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    device_consts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_streams(self) -> int:
+        return self.streams.num_streams
+
+    @property
+    def uncapturable(self) -> list[Step]:
+        return [s for s in self.steps if not s.capturable]
+
+    # ---- building ---------------------------------------------------------------------------
+    @staticmethod
+    def build(graph: Graph, layers: Mapping[str, LayerSpec], constants: Mapping[str, object], *,
+              backend=None, device: Optional[torch.device] = None, max_streams: int = 4) -> "CudaProgram":
+        """Compiles every node of ``graph`` with its layer's tactic and precision.
+
+        ``constants`` maps constant names to numpy arrays or torch tensors (any device).
+        """
+        from ember.backends.cuda import CUDABackend
+
+        device = device or require_cuda()
+        backend = backend or CUDABackend()
+        dev_consts = {k: _to_torch(v).to(device) for k, v in constants.items()}
+        host_consts = {k: _to_torch(v).cpu() for k, v in constants.items()}
+        on_host = place(graph, host_consts)
+        steps = []
+        for i, node in enumerate(graph.nodes):
+            spec = layers.get(node.name, LayerSpec())
+            if on_host[node.name]:
+                ctx = CompileContext(graph, host_consts, torch.device("cpu"), "", "fp32")
+                kernel = host_kernel(node, ctx)
+            else:
+                ctx = CompileContext(graph, dev_consts, device, spec.tactic, spec.precision)
+                kernel = backend.compile_node(node, ctx)
+            args = _args(node, on_host, host_consts, dev_consts, spec.precision)
+            steps.append(Step(i, node, kernel, on_host[node.name], args))
+        streams = _schedule(graph, steps, max_streams)
+        _lifetimes(graph, steps)
+        _capturability(graph, steps)
+        from ember.runtime.tensors import torch_dtype
+
+        out_dtypes = {o: torch_dtype(graph.types[o].dtype) for o in graph.outputs if o in graph.types}
+        return CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts)
+
+    # ---- running ----------------------------------------------------------------------------
+    def forward(self, feeds: Mapping[str, torch.Tensor],
+                streams: Sequence[torch.cuda.Stream]) -> dict[str, torch.Tensor]:
+        """Runs every layer once on ``streams`` (``streams[0]`` is the caller's current stream).
+
+        Side streams first wait for the main stream and the main stream joins them at the end,
+        so this is capturable as one CUDA graph.
+        """
+        main = streams[0]
+        env: dict[str, torch.Tensor] = dict(feeds)
+        for s in streams[1:]:
+            s.wait_stream(main)
+        events: dict[int, torch.cuda.Event] = {}
+        for step in self.steps:
+            stream = streams[step.stream] if not step.on_host else main
+            with torch.cuda.stream(stream):
+                for w in step.waits:
+                    stream.wait_event(events[w])
+                args = [self._fetch(a, env, stream, step) for a in step.args]
+                outs = step.kernel(args)
+                for name, t in zip(step.node.outputs, outs):
+                    if name:
+                        env[name] = t
+                if step.record:
+                    ev = torch.cuda.Event()
+                    ev.record(stream)
+                    events[step.index] = ev
+            for name in step.frees:
+                env.pop(name, None)
+        for s in streams[1:]:
+            main.wait_stream(s)
+        return {o: self._output(o, env) for o in self.graph.outputs}
+
+    def _fetch(self, a: Arg, env: dict, stream, step: Step) -> Optional[torch.Tensor]:
+        if a.kind == NONE:
+            return None
+        if a.kind == CONST:
+            return a.tensor
+        t = env[a.name]
+        if a.kind == VALUE_TO_HOST and t.device.type != "cpu":
+            return t.cpu()
+        if a.kind == VALUE_TO_DEVICE and t.device.type == "cpu":
+            return t.to(self.device, non_blocking=False)
+        if a.name in step.cross_stream and t.device.type == "cuda":
+            t.record_stream(stream)
+        return t
+
+    def _output(self, name: str, env: dict) -> torch.Tensor:
+        t = env[name] if name in env else self.device_consts[name]
+        t = t.to(self.device) if t.device.type == "cpu" else t
+        want = self.output_dtypes.get(name)
+        return t.to(want) if want is not None and t.dtype != want else t
+
+
+def _to_torch(v: object) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    arr = np.ascontiguousarray(v)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def place(graph: Graph, host_consts: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+    """Which nodes run on the host: ``Shape``, and nodes whose every non-constant input is a host
+    value and whose outputs are small (shape arithmetic). Everything else runs on the GPU."""
+    host_values: set[str] = set()
+    on_host: dict[str, bool] = {}
+    for node in graph.nodes:
+        runtime_inputs = [i for i in node.inputs if i and i not in host_consts]
+        if node.op in METADATA_OPS:
+            host = True
+        elif node.op in (OpType.CONSTANT_OF_SHAPE, OpType.RANGE):
+            host = all(i in host_values for i in runtime_inputs) and _small_outputs(node, graph)
+        else:
+            host = (bool(runtime_inputs) and all(i in host_values for i in runtime_inputs)
+                    and _small_outputs(node, graph))
+        on_host[node.name] = host
+        if host:
+            host_values.update(o for o in node.outputs if o)
+    return on_host
+
+
+def _small_outputs(node: Node, graph: Graph) -> bool:
+    for o in node.outputs:
+        t = graph.types.get(o) if o else None
+        if t is None:
+            continue
+        if t.is_static and math.prod(t.shape) > HOST_MAX_ELEMENTS:  # type: ignore[arg-type]
+            return False
+        if not t.is_static and t.rank > 1:
+            return False
+    return True
+
+
+def _args(node: Node, on_host: Mapping[str, bool], host_consts, dev_consts, precision: str) -> list[Arg]:
+    """How each input of ``node`` is fetched; constants pre-cast to the layer's dtype once."""
+    hosts = host_slots(node.op)
+    dtype = compute_dtype(precision)
+    args = []
+    for slot, name in enumerate(node.inputs):
+        if not name:
+            args.append(Arg(NONE))
+        elif name in host_consts:
+            if on_host[node.name] or slot in hosts:
+                args.append(Arg(CONST, name, host_consts[name]))
+            else:
+                t = dev_consts[name]
+                args.append(Arg(CONST, name, t.to(dtype) if t.is_floating_point() else t))
+        else:
+            args.append(Arg(VALUE, name))
+    return args
+
+
+def _schedule(graph: Graph, steps: list[Step], max_streams: int) -> StreamPlan:
+    producer: dict[str, int] = {}
+    for s in steps:
+        for o in s.node.outputs:
+            if o:
+                producer[o] = s.index
+    preds = [[producer[a.name] for a in s.args if a.kind == VALUE and a.name in producer
+              and not steps[producer[a.name]].on_host] if not s.on_host else [] for s in steps]
+    plan = assign_streams(preds, max_streams)
+    for s in steps:
+        s.stream = 0 if s.on_host else plan.stream[s.index]
+        s.waits = plan.waits[s.index]
+        s.record = s.index in plan.records
+    host_of = {s.index: s.on_host for s in steps}
+    for s in steps:  # values read on a stream other than their producer's need record_stream
+        s.cross_stream = frozenset(a.name for a in s.args if a.kind == VALUE and a.name in producer
+                                   and not host_of[producer[a.name]]
+                                   and steps[producer[a.name]].stream != s.stream)
+    return plan
+
+
+def _lifetimes(graph: Graph, steps: list[Step]) -> None:
+    last: dict[str, int] = {}
+    for s in steps:
+        for a in s.args:
+            if a.kind != NONE and a.kind != CONST:
+                last[a.name] = s.index
+    keep = set(graph.outputs) | set(graph.inputs)
+    frees: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in keep:
+            frees.setdefault(i, []).append(name)
+    for s in steps:
+        for o in s.node.outputs:  # outputs nobody reads are released at once
+            if o and o not in last and o not in keep:
+                frees.setdefault(s.index, []).append(o)
+        s.frees = tuple(frees.get(s.index, ()))
+
+
+def _capturability(graph: Graph, steps: list[Step]) -> None:
+    """Marks steps that move a run-time value between host and device (not capturable)."""
+    host_of: dict[str, bool] = {name: False for name in graph.inputs}
+    for s in steps:
+        hosts = host_slots(s.node.op)
+        for slot, a in enumerate(s.args):
+            if a.kind != VALUE or a.name not in host_of:
+                continue
+            produced_on_host = host_of[a.name]
+            wants_host = s.on_host or slot in hosts
+            if produced_on_host and not wants_host:
+                a.kind = VALUE_TO_DEVICE
+                s.capturable = False
+                s.reason = f"input {a.name!r} is computed on the host and copied to the GPU"
+            elif not produced_on_host and wants_host and s.node.op not in METADATA_OPS:
+                a.kind = VALUE_TO_HOST
+                s.capturable = False
+                s.reason = f"input {a.name!r} is a GPU value read on the host"
+        for o in s.node.outputs:
+            if o:
+                host_of[o] = s.on_host
+
+
+def check_supported(graph: Graph, backend) -> None:
+    """Raises one ``BuildError`` listing every node the CUDA backend cannot run."""
+    bad = [n for n in graph.nodes if not backend.supports(n)]
+    if bad:
+        names = ", ".join(f"{n.name!r} ({n.op})" for n in bad)
+        raise BuildError(f"the CUDA backend has no kernel for {names}; build for --device cpu")

@@ -1,0 +1,105 @@
+"""Ember's Triton kernels, as plain tensor functions (the kernels live in ``_triton_kernels``,
+imported only when a kernel is first used, so this module imports on machines without Triton).
+
+- ``bias_act_(y, bias, residual, act, params)``: in place on ``y``, one pass: ``y + bias``
+  (per channel / column) ``+ residual``, then the activation. For the epilogues cuDNN/cuBLAS have
+  no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
+- ``layer_norm(x, w, b, eps)``: over the last axis, one row per program, fp32 statistics.
+- ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ember.ops.attrs import Activation
+
+#: Activation codes shared with the kernels.
+ACT_CODES = {
+    Activation.NONE: 0, Activation.RELU: 1, Activation.CLIP: 2, Activation.LEAKY_RELU: 3,
+    Activation.SIGMOID: 4, Activation.SILU: 5, Activation.HARD_SWISH: 6, Activation.HARD_SIGMOID: 7,
+    Activation.TANH: 8, Activation.GELU_ERF: 9, Activation.GELU_TANH: 10,
+}
+#: Activations the Triton epilogue implements.
+EPILOGUE_ACTIVATIONS = frozenset(ACT_CODES)
+
+_INF = 3.0e38
+
+
+def _params(act: Activation, params: Sequence[float]) -> tuple[float, float]:
+    p = [float(v) for v in params]
+    if act is Activation.CLIP:
+        return (p[0] if len(p) > 0 else -_INF, p[1] if len(p) > 1 else _INF)
+    if act is Activation.LEAKY_RELU:
+        return (p[0] if p else 0.01, 0.0)
+    if act is Activation.HARD_SIGMOID:
+        return (p[0] if len(p) > 0 else 0.2, p[1] if len(p) > 1 else 0.5)
+    return (0.0, 0.0)
+
+
+def _rows_view_ok(y: torch.Tensor) -> bool:
+    """``y``'s memory is ``[rows, channels]`` with channels contiguous (2-D/3-D row-major, or
+    4-D channels-last)."""
+    if y.dim() == 4:
+        return y.is_contiguous(memory_format=torch.channels_last)
+    return y.is_contiguous()
+
+
+def bias_act_(y: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+              act: Activation, params: Sequence[float]) -> torch.Tensor:
+    """``act(y + bias + residual)`` written into ``y``; ``bias`` indexes the channel axis (dim 1
+    of a 4-D tensor, else the last)."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    if not _rows_view_ok(y):
+        y = y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y.contiguous()
+    n = y.shape[1] if y.dim() == 4 else y.shape[-1]
+    if residual is not None and residual.stride() != y.stride():
+        residual = (residual.contiguous(memory_format=torch.channels_last) if y.dim() == 4
+                    else residual.contiguous())
+    p0, p1 = _params(act, params)
+    total = y.numel()
+    block = 2048
+    grid = (triton_cdiv(total, block),)
+    K.bias_act_kernel[grid](
+        y, bias if bias is not None else y, residual if residual is not None else y, total, n,
+        p0, p1, HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=ACT_CODES[act],
+        BLOCK=block, num_warps=8)
+    return y
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """LayerNorm over the last axis of ``x`` (fp32 statistics; output in ``x``'s dtype)."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    x = x.contiguous()
+    n = x.shape[-1]
+    rows = x.numel() // n
+    y = torch.empty_like(x)
+    block = _next_pow2(n)
+    K.layer_norm_kernel[(rows,)](x, y, w if w is not None else x, b if b is not None else x, n,
+                                 float(eps), HAS_W=w is not None, HAS_B=b is not None,
+                                 BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    return y
+
+
+def softmax_lastdim(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis of ``x`` (fp32 math; output in ``x``'s dtype)."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    x = x.contiguous()
+    n = x.shape[-1]
+    rows = x.numel() // n
+    y = torch.empty_like(x)
+    block = _next_pow2(n)
+    K.softmax_kernel[(rows,)](x, y, n, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    return y

@@ -1,0 +1,143 @@
+"""Timing CUDA tactics for the builder, with an accuracy check.
+
+``CudaTacticTimer`` is a ``Timer`` for ``ember.builder.tactics.TacticSelector``: for one layer
+and tactic it compiles the kernel, runs it on random inputs of the layer's real shapes, checks the
+result against a reference (the layer's default tactic in fp32, computed once per layer), and
+returns the median time in ms measured with CUDA events. A tactic that raises, or whose error
+exceeds the tolerance of its precision, returns ``inf`` and is never chosen.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel
+from ember.ir.graph import Graph, Node
+
+#: ``||out - ref|| / ||ref||`` allowed per precision (fp32 differs from its reference only by
+#: summation order; tf32/half by their mantissas).
+TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
+
+Measure = Callable[[Callable[[], object]], float]
+
+
+def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3) -> Measure:
+    """Median over ``rounds`` of the mean time of ``reps`` back-to-back calls (CUDA events)."""
+
+    def measure(fn: Callable[[], object]) -> float:
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(rounds):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / reps)
+        return statistics.median(times)
+
+    return measure
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64 (``inf`` on NaN/inf or a shape mismatch)."""
+    if out.shape != ref.shape:
+        return math.inf
+    o, r = out.double(), ref.double()
+    if not torch.isfinite(o).all():
+        return math.inf
+    denom = torch.linalg.vector_norm(r).item()
+    diff = torch.linalg.vector_norm(o - r).item()
+    return diff / denom if denom > 0 else diff
+
+
+def sample_input(t, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """A random tensor of static type ``t`` (floats ~ N(0, 1); ints zero: always valid indices)."""
+    from ember.runtime.tensors import torch_dtype
+
+    dtype = torch_dtype(t.dtype)
+    shape = tuple(int(d) for d in t.shape)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator, device="cpu").to(device=device, dtype=dtype)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+class CudaTacticTimer:
+    """``timer(node, graph, tactic, precision) -> ms`` for the builder's tactic selection."""
+
+    def __init__(self, backend, constants: Mapping[str, torch.Tensor], device: torch.device, *,
+                 measure: Optional[Measure] = None, tolerance: Optional[Mapping[str, float]] = None,
+                 seed: int = 0) -> None:
+        self.backend = backend
+        self.constants = constants
+        self.device = device
+        self.measure = measure or cuda_event_measure()
+        self.tolerance = dict(TOLERANCE, **(tolerance or {}))
+        self.seed = seed
+        self.rejected: dict[tuple[str, str], str] = {}
+        self._inputs: dict[str, list[Optional[torch.Tensor]]] = {}
+        self._refs: dict[str, Optional[list[torch.Tensor]]] = {}
+
+    def __call__(self, node: Node, graph: Graph, tactic: str, precision: str) -> float:
+        args = self._args(node, graph)
+        if args is None:
+            return math.inf
+        try:
+            kernel = self._compile(node, graph, tactic, precision)
+            with torch.inference_mode():
+                outs = kernel(args)
+            err = self._error(node, graph, args, outs)
+            if err > self.tolerance.get(precision, 1e-2):
+                self.rejected[(node.name, tactic)] = f"relative error {err:.2e} over {precision}'s tolerance"
+                return math.inf
+            with torch.inference_mode():
+                return float(self.measure(lambda: kernel(args)))
+        except Exception as e:  # noqa: BLE001 - a tactic that cannot run here is simply not chosen
+            self.rejected[(node.name, tactic)] = f"{type(e).__name__}: {str(e)[:200]}"
+            return math.inf
+
+    def _compile(self, node: Node, graph: Graph, tactic: str, precision: str) -> Kernel:
+        ctx = CompileContext(graph, self.constants, self.device, tactic, precision)
+        return self.backend.compile_node(node, ctx)
+
+    def _args(self, node: Node, graph: Graph) -> Optional[list[Optional[torch.Tensor]]]:
+        if node.name not in self._inputs:
+            gen = torch.Generator().manual_seed(self.seed)
+            args: list[Optional[torch.Tensor]] = []
+            for name in node.inputs:
+                if not name:
+                    args.append(None)
+                elif name in self.constants:
+                    args.append(self.constants[name])
+                else:
+                    t = graph.types.get(name)
+                    if t is None or not t.is_static:
+                        self._inputs[node.name] = None  # type: ignore[assignment]
+                        return None
+                    args.append(sample_input(t, self.device, gen))
+            self._inputs[node.name] = args
+        return self._inputs[node.name]
+
+    def _error(self, node: Node, graph: Graph, args, outs: Sequence[Optional[torch.Tensor]]) -> float:
+        if node.name not in self._refs:
+            try:
+                ref_kernel = self._compile(node, graph, self.backend.tactics(node, graph)[0], "fp32")
+                with torch.inference_mode():
+                    self._refs[node.name] = [None if t is None else t.detach().clone()
+                                             for t in ref_kernel(args)]
+            except Exception:  # noqa: BLE001 - no reference: accept any tactic that runs
+                self._refs[node.name] = None
+        refs = self._refs[node.name]
+        if refs is None:
+            return 0.0
+        errs = [relative_error(o, r) for o, r in zip(outs, refs)
+                if o is not None and r is not None and r.is_floating_point()]
+        return max(errs, default=0.0)

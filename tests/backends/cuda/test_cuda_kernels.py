@@ -1,0 +1,168 @@
+"""Every CUDA tactic of every op family against the CPU backend's generic kernel (the reference).
+
+Tactics that need no CUDA (cuDNN/cuBLAS-style calls work on CPU tensors too) also run on the CPU
+in fp32, so CI checks their padding, pooling, slicing and epilogue logic; the rest, and every
+half-precision case, run on the GPU (``-m cuda``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ember.backends.base import CompileContext
+from ember.backends.cpu import evaluate
+from ember.backends.cuda import CUDABackend
+from ember.backends.cuda.tuning import relative_error
+from ember.ir import OpType
+from ember.ops.attrs import (
+    Activation, AutoPad, BatchNormAttrs, ConvAttrs, FusedAttentionAttrs, FusedConvAttrs,
+    FusedGemmAttrs, GemmAttrs, LayerNormAttrs, LRNAttrs, PoolAttrs, ReduceAttrs, SliceAttrs,
+    SoftmaxAttrs,
+)
+
+from cuda_graphs import conv_attrs, one_node, rand
+
+CUDA_ONLY = {"cudnn_fused", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
+             "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"}
+TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
+
+
+def _fconv(act=Activation.RELU, res=False, params=(), k=3, stride=1, pad=None, group=1, cin=8, cout=16):
+    ins = [("x", (2, cin, 9, 9)), ("w", rand(cout, cin // group, k, k, scale=0.3)), ("b", rand(cout))]
+    if res:
+        ho = (9 + 2 * (k // 2) - k) // stride + 1 if pad is None else None
+        ins.append(("r", (2, cout, ho, ho)))
+    return one_node(OpType.FUSED_CONV, FusedConvAttrs(conv_attrs(k, stride, pad, group), act, params, res), ins)
+
+
+CASES = {
+    "conv_relu": lambda: _fconv(),
+    "conv_add_relu": lambda: _fconv(res=True),
+    "conv_relu6": lambda: _fconv(Activation.CLIP, params=(0.0, 6.0)),
+    "conv_linear_residual": lambda: _fconv(Activation.NONE, res=True, k=1),
+    "conv_depthwise_relu6": lambda: _fconv(Activation.CLIP, params=(0.0, 6.0), group=8, cin=8, cout=8),
+    "conv_stride2_asym_pads": lambda: _fconv(Activation.SILU, stride=2, pad=(0, 0, 1, 1)),
+    "conv_plain_same_upper": lambda: one_node(
+        OpType.CONV, ConvAttrs((3, 3), (2, 2), (), (1, 1), 1, AutoPad.SAME_UPPER),
+        [("x", (1, 4, 8, 8)), ("w", rand(6, 4, 3, 3)), ("b", rand(6))]),
+    "batchnorm": lambda: one_node(OpType.BATCH_NORM, BatchNormAttrs(1e-5), [
+        ("x", (2, 5, 4, 4)), ("g", rand(5)), ("be", rand(5)), ("m", rand(5)),
+        ("v", np.abs(rand(5)) + 0.5)]),
+    "gemm_bias": lambda: one_node(OpType.GEMM, GemmAttrs(alpha=0.5, beta=2.0, trans_b=True),
+                                  [("a", (4, 32)), ("b", rand(24, 32)), ("c", rand(24))]),
+    "gemm_runtime_b": lambda: one_node(OpType.GEMM, GemmAttrs(trans_a=True),
+                                       [("a", (32, 4)), ("b", (32, 24))]),
+    "fused_gemm_relu": lambda: one_node(OpType.FUSED_GEMM, FusedGemmAttrs(GemmAttrs(), Activation.RELU),
+                                        [("a", (3, 7, 32)), ("b", rand(32, 24)), ("c", rand(24))]),
+    "fused_gemm_gelu": lambda: one_node(OpType.FUSED_GEMM, FusedGemmAttrs(GemmAttrs(), Activation.GELU_ERF),
+                                        [("a", (3, 7, 32)), ("b", rand(32, 24)), ("c", rand(24))]),
+    "matmul_const": lambda: one_node(OpType.MATMUL, None, [("a", (2, 5, 16)), ("b", rand(16, 8))]),
+    "matmul_batched": lambda: one_node(OpType.MATMUL, None, [("a", (2, 3, 5, 16)), ("b", (2, 3, 16, 4))]),
+    "attention_mask": lambda: one_node(OpType.FUSED_ATTENTION, FusedAttentionAttrs(0.125), [
+        ("q", (2, 4, 16, 64)), ("k", (2, 4, 16, 64)), ("v", (2, 4, 16, 64)), ("m", (2, 1, 1, 16))]),
+    "attention_kt": lambda: one_node(OpType.FUSED_ATTENTION, FusedAttentionAttrs(0.125, True), [
+        ("q", (2, 4, 16, 64)), ("k", (2, 4, 64, 16)), ("v", (2, 4, 16, 64))]),
+    "layernorm": lambda: one_node(OpType.LAYER_NORM, LayerNormAttrs(-1, 1e-5),
+                                  [("x", (2, 7, 96)), ("w", rand(96)), ("b", rand(96))]),
+    "layernorm_axis1": lambda: one_node(OpType.LAYER_NORM, LayerNormAttrs(1, 1e-5),
+                                        [("x", (2, 3, 8)), ("w", rand(3, 8)), ("b", rand(3, 8))]),
+    "softmax": lambda: one_node(OpType.SOFTMAX, SoftmaxAttrs(-1), [("x", (3, 5, 77))]),
+    "softmax_legacy": lambda: one_node(OpType.SOFTMAX, SoftmaxAttrs(1, True), [("x", (3, 5, 7))]),
+    "log_softmax": lambda: one_node(OpType.LOG_SOFTMAX, SoftmaxAttrs(-1), [("x", (3, 50))]),
+    "lrn": lambda: one_node(OpType.LRN, LRNAttrs(5, 1e-2, 0.75, 2.0), [("x", (2, 12, 5, 5))]),
+    "lrn_even": lambda: one_node(OpType.LRN, LRNAttrs(4, 1e-2, 0.75, 1.0), [("x", (2, 9, 3, 3))]),
+    "maxpool_ceil": lambda: one_node(OpType.MAX_POOL, PoolAttrs((3, 3), (2, 2), (0, 0, 0, 0), (1, 1), True),
+                                     [("x", (2, 4, 10, 10))]),
+    "maxpool_asym": lambda: one_node(OpType.MAX_POOL, PoolAttrs((3, 3), (2, 2), (0, 0, 2, 2), (1, 1)),
+                                     [("x", (2, 4, 9, 9))]),
+    "avgpool_exclude_asym": lambda: one_node(
+        OpType.AVERAGE_POOL, PoolAttrs((3, 3), (2, 2), (1, 1, 2, 2), (1, 1), False, False),
+        [("x", (2, 4, 9, 9))]),
+    "avgpool_include": lambda: one_node(
+        OpType.AVERAGE_POOL, PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False, True),
+        [("x", (2, 4, 6, 6))]),
+    "gap": lambda: one_node(OpType.GLOBAL_AVERAGE_POOL, None, [("x", (2, 4, 6, 6))]),
+    "slice_neg_step": lambda: one_node(OpType.SLICE, SliceAttrs((-1, 1), (-9, 7), (1, 2), (-2, 3)),
+                                       [("x", (2, 8, 9))]),
+    "reduce_mean": lambda: one_node(OpType.REDUCE_MEAN, ReduceAttrs((1, -1), True), [("x", (2, 8, 9))]),
+    "reduce_sum_all": lambda: one_node(OpType.REDUCE_SUM, ReduceAttrs(None, False), [("x", (2, 8, 9))]),
+    "add_generic": lambda: one_node(OpType.ADD, None, [("x", (2, 8)), ("y", rand(8))]),
+}
+
+
+def _inputs(g, seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in g.nodes[0].inputs:
+        if not name:
+            out.append(None)
+        elif name in g.constants:
+            out.append(g.constants[name])
+        else:
+            out.append(rng.standard_normal(tuple(g.types[name].shape)).astype(np.float32))
+    return out
+
+
+def _check_case(case: str, device: torch.device, precision: str) -> list[str]:
+    g = CASES[case]()
+    node = g.nodes[0]
+    arrays = _inputs(g)
+    ref = evaluate(node, arrays, g)
+    backend = CUDABackend()
+    consts = {k: torch.from_numpy(v).to(device) for k, v in g.constants.items()}
+    tried = []
+    for tactic in backend.tactics(node, g):
+        if device.type == "cpu" and tactic in CUDA_ONLY:
+            continue
+        kernel = backend.compile_node(node, CompileContext(g, consts, device, tactic, precision))
+        args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(device))
+                for n, a in zip(node.inputs, arrays)]
+        with torch.inference_mode():
+            outs = kernel(args)
+        for o, r in zip(outs, ref):
+            err = relative_error(o.float().cpu(), torch.from_numpy(r).float())
+            assert err <= TOL[precision], f"{case} tactic {tactic} {precision}: rel err {err:.2e}"
+        tried.append(tactic)
+    return tried
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tactics_on_cpu_tensors_match_reference(case):
+    tried = _check_case(case, torch.device("cpu"), "fp32")
+    if case.startswith(("conv", "gemm", "matmul", "fused_gemm")):
+        assert tried, f"no CPU-runnable tactic was tested for {case}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_tactic_on_gpu_matches_reference(case, precision):
+    tried = _check_case(case, torch.device("cuda"), precision)
+    assert tried
+
+
+@pytest.mark.cuda
+def test_conv_tactics_include_fused_and_triton_on_gpu():
+    g = _fconv(Activation.CLIP, params=(0.0, 6.0))
+    assert "cudnn_triton" in CUDABackend().tactics(g.nodes[0], g)
+    g = _fconv(res=True)
+    assert CUDABackend().tactics(g.nodes[0], g)[0] == "cudnn_fused"
+
+
+def test_every_op_has_a_cuda_kernel():
+    from ember.backends.cpu.registry import kernel_ops
+    from ember.ir.graph import Node
+
+    backend = CUDABackend()
+    missing = [op for op in kernel_ops() if not backend.supports(Node("n", op, ("x",), ("y",)))]
+    assert not missing
+
+
+def test_unknown_tactic_names_the_layer():
+    from ember.errors import BuildError
+
+    g = CASES["softmax"]()
+    ctx = CompileContext(g, {}, torch.device("cpu"), "no_such_tactic", "fp32")
+    with pytest.raises(BuildError, match="layer.*no_such_tactic|no_such_tactic"):
+        CUDABackend().compile_node(g.nodes[0], ctx)

@@ -44,7 +44,7 @@ def run_oracle(model: onnx.ModelProto, feeds: dict[str, np.ndarray], oracle: str
 def ember_runs(node: Node, arrays: list[Optional[np.ndarray]], const: set[int]) -> dict[str, list]:
     """Outputs of ``evaluate`` and of every tactic of ``node`` (constants as graph constants)."""
     results = {"evaluate": evaluate(node, arrays)}
-    constants = {node.inputs[i]: arrays[i] for i in const if arrays[i] is not None}
+    constants = {node.inputs[i]: arrays[i] for i in const if i < len(arrays) and arrays[i] is not None}
     types = {n: TensorType(DType.from_numpy(a.dtype), tuple(a.shape))
              for n, a in zip(node.inputs, arrays) if a is not None}
     graph = Graph("t", [node], [n for n in node.inputs if n and n not in constants],

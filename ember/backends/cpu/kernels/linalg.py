@@ -92,6 +92,8 @@ def fused_attention(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         q, k, v, mask = inputs[0], inputs[1], inputs[2], arg(inputs, 3)
         kk = k.transpose(-1, -2) if kt else k
+        if mask is not None and mask.dim() < 2:
+            mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # SDPA wants >= 2-D
         if _sdpa_ok(q, kk, v, mask):
             return [F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, scale=scale)]
         return [attention_math(q, k, v, mask, scale, kt)]

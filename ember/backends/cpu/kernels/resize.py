@@ -21,28 +21,32 @@ COORDINATE_MODES = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_p
                     "tf_half_pixel_for_nn", "half_pixel_symmetric")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 MODES = ("nearest", "linear")
-_IDENTITY_AT_SCALE_1 = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
-                        "half_pixel_symmetric")
 
 
-def source_coords(n_out: int, n_in: int, scale: float, mode: str) -> Tensor:
-    """The input coordinate (float64) each output position samples along one axis."""
-    x = torch.arange(n_out, dtype=torch.float64)
+def source_coords(n_out: int, n_in: int, inv_scale: float, mode: str) -> Tensor:
+    """The input coordinate each output position samples along one axis.
+
+    ``inv_scale`` is ``1 / scale`` (``n_in / n_out`` when sizes were given). Computed in float32
+    as ONNX Runtime does, so that exact ties in nearest rounding fall the same way as in the
+    runtime everyone compares against.
+    """
+    x = torch.arange(n_out, dtype=torch.float32)
+    inv = torch.tensor(inv_scale, dtype=torch.float32)
     if mode == "half_pixel":
-        return (x + 0.5) / scale - 0.5
+        return (x + 0.5) * inv - 0.5
     if mode == "asymmetric":
-        return x / scale
+        return x * inv
     if mode == "align_corners":
-        return x * ((n_in - 1) / (n_out - 1)) if n_out > 1 else torch.zeros_like(x)
+        return x * (n_in - 1) / (n_out - 1) if n_out > 1 else torch.zeros_like(x)
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if n_out > 1 else torch.zeros_like(x)
+        return (x + 0.5) * inv - 0.5 if n_out > 1 else torch.zeros_like(x)
     if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
+        return (x + 0.5) * inv
     if mode == "half_pixel_symmetric":
-        adjustment = n_out / (scale * n_in)
+        adjustment = n_out * inv / n_in
         center = n_in / 2
         offset = center * (1 - adjustment)
-        return offset + (x + 0.5) / scale - 0.5
+        return offset + (x + 0.5) * inv - 0.5
     raise ValueError(f"Resize coordinate_transformation_mode {mode!r} is not supported; "
                      f"use one of {', '.join(COORDINATE_MODES)}")
 
@@ -67,9 +71,9 @@ def _along(w: Tensor, axis: int, rank: int, dtype: torch.dtype) -> Tensor:
     return w.to(dtype).reshape(shape)
 
 
-def _resample_axis(y: Tensor, axis: int, n_out: int, scale: float, a: ResizeAttrs) -> Tensor:
+def _resample_axis(y: Tensor, axis: int, n_out: int, inv_scale: float, a: ResizeAttrs) -> Tensor:
     n_in = y.shape[axis]
-    c = source_coords(n_out, n_in, scale, a.coordinate_transformation_mode)
+    c = source_coords(n_out, n_in, inv_scale, a.coordinate_transformation_mode)
     if a.mode == "nearest":
         return y.index_select(axis, nearest_index(c, a.nearest_mode, n_in))
     c = c.clamp(0, n_in - 1)
@@ -79,29 +83,35 @@ def _resample_axis(y: Tensor, axis: int, n_out: int, scale: float, a: ResizeAttr
     return y.index_select(axis, lo) * (1 - frac) + y.index_select(axis, hi) * frac
 
 
+def _f32(v: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
 def output_plan(in_shape: Sequence[int], scales: Optional[list[float]],
                 sizes: Optional[list[int]]) -> tuple[list[int], list[float]]:
-    """(output sizes, per-axis scales) from whichever of scales / sizes was given."""
+    """(output sizes, per-axis inverse scales) from whichever of scales / sizes was given."""
     if sizes:
         if len(sizes) != len(in_shape):
             raise ValueError(f"Resize sizes {sizes} do not match input rank {len(in_shape)}")
-        return list(sizes), [o / i if i else 1.0 for o, i in zip(sizes, in_shape)]
+        return list(sizes), [_f32(i / o) if o else 1.0 for o, i in zip(sizes, in_shape)]
     if not scales or len(scales) != len(in_shape):
         raise ValueError(f"Resize needs scales or sizes with one entry per input dim "
                          f"({len(in_shape)}); got scales={scales}, sizes={sizes}")
-    return [int(math.floor(i * s)) for i, s in zip(in_shape, scales)], list(scales)
+    outs = [int(math.floor(i * _f32(s))) for i, s in zip(in_shape, scales)]
+    return outs, [_f32(1 / _f32(s)) for s in scales]
 
 
 def resize(x: Tensor, a: ResizeAttrs, scales: Optional[list[float]], sizes: Optional[list[int]]) -> Tensor:
     """ONNX Resize of ``x`` to ``sizes`` (or ``floor(shape * scales)``)."""
+    # an axis that keeps its size at scale 1 is left alone whatever the mode (as ONNX Runtime does)
     if a.mode not in MODES:
         raise ValueError(f"Resize mode {a.mode!r} is not supported on the CPU backend; use nearest or linear")
-    outs, scl = output_plan(tuple(x.shape), scales, sizes)
+    outs, inv = output_plan(tuple(x.shape), scales, sizes)
     work = x if x.is_floating_point() or a.mode == "nearest" else x.double()
-    for axis, (n_in, n_out, s) in enumerate(zip(x.shape, outs, scl)):
-        if n_in == n_out and s == 1.0 and a.coordinate_transformation_mode in _IDENTITY_AT_SCALE_1:
+    for axis, (n_in, n_out, r) in enumerate(zip(x.shape, outs, inv)):
+        if n_in == n_out and r == 1.0:
             continue
-        work = _resample_axis(work, axis, n_out, s, a)
+        work = _resample_axis(work, axis, n_out, r, a)
     return work if work.dtype is x.dtype else work.round().to(x.dtype)
 
 

@@ -1,0 +1,76 @@
+"""CPUBackend contract: coverage of the op set, tactics, errors, and evaluate's behaviour."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ember.backends.base import CompileContext, get_backend
+from ember.backends.cpu import CPUBackend, evaluate, kernel_ops
+from ember.errors import BuildError, GraphError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import AxisAttrs, PoolAttrs, ResizeAttrs
+
+
+def test_every_unfused_and_fused_op_has_a_kernel():
+    missing = [op for op in OpType if op not in kernel_ops() and op is not OpType.FUSED_ELEMENTWISE]
+    assert missing == []
+
+
+def test_get_backend_returns_cpu_backend():
+    backend = get_backend("cpu")
+    assert isinstance(backend, CPUBackend) and backend.name == "cpu"
+
+
+def test_tactics_default_first_and_aten_always_present():
+    node = Node("r", OpType.RELU, ("x",), ("y",))
+    graph = Graph("g", [node], ["x"], ["y"], {})
+    assert CPUBackend().tactics(node, graph)[0] == "aten"
+    att = Node("a", OpType.FUSED_ATTENTION, ("q", "k", "v"), ("o",))
+    assert set(CPUBackend().tactics(att, graph)) >= {"aten", "math"}
+
+
+def test_unknown_tactic_is_a_build_error_naming_node_and_tactic():
+    node = Node("relu_7", OpType.RELU, ("x",), ("y",))
+    ctx = CompileContext(Graph("g", [node], ["x"], ["y"], {}), {}, torch.device("cpu"), tactic="warp")
+    with pytest.raises(BuildError, match="relu_7.*'warp'.*aten"):
+        CPUBackend().compile_node(node, ctx)
+
+
+def test_kernel_failure_names_the_node_and_inputs():
+    node = Node("cat_3", OpType.CONCAT, ("a", "b"), ("y",), AxisAttrs(0))
+    with pytest.raises(GraphError, match=r"cat_3.*Concat.*float32\[2, 3\], float32\[2, 4\]"):
+        evaluate(node, [np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)])
+
+
+def test_supports_rejects_what_no_kernel_does():
+    backend = CPUBackend()
+    pool = PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
+    assert backend.supports(Node("p", OpType.MAX_POOL, ("x",), ("y",), pool))
+    assert not backend.supports(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool))
+    assert not backend.supports(Node("r", OpType.RESIZE, ("x",), ("y",), ResizeAttrs(mode="cubic")))
+    with pytest.raises(BuildError, match="MaxPool's Indices"):
+        ctx = CompileContext(Graph("g", [], [], [], {}), {}, torch.device("cpu"))
+        backend.compile_node(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool), ctx)
+
+
+def test_evaluate_outputs_never_alias_inputs_and_accept_readonly_arrays():
+    x = np.arange(6, dtype=np.int64).reshape(2, 3)
+    x.setflags(write=False)
+    (y,) = evaluate(Node("i", OpType.IDENTITY, ("x",), ("y",)), [x])
+    assert not np.shares_memory(x, y)
+    np.testing.assert_array_equal(x, y)
+    (s,) = evaluate(Node("s", OpType.SHAPE, ("x",), ("s",)), [x])
+    assert s.dtype == np.int64 and s.tolist() == [2, 3]
+
+
+def test_evaluate_pads_missing_optional_outputs():
+    out = evaluate(Node("d", OpType.DROPOUT, ("x",), ("y", "")), [np.ones(3, np.float32)])
+    assert len(out) == 2 and out[1] is None
+
+
+def test_may_alias_lists_view_ops():
+    backend = CPUBackend()
+    assert backend.may_alias(Node("r", OpType.RESHAPE, ("x", "s"), ("y",)))
+    assert not backend.may_alias(Node("r", OpType.RELU, ("x",), ("y",)))

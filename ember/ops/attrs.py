@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 
 class AutoPad(enum.Enum):
@@ -234,3 +234,27 @@ class FusedAttentionAttrs:
 
     scale: float
     k_transposed: bool = False  # True when the K input is already [.., d, s]
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    """One op of a ``FusedElementwiseAttrs`` program.
+
+    ``operands`` index into ``node.inputs`` followed by the results of earlier steps (so with
+    3 node inputs, operand 3 is step 0's result); ``attrs`` are that op's own attrs (or None).
+    """
+
+    op: "OpType"
+    operands: tuple[int, ...]
+    attrs: object = None
+
+
+@dataclass(frozen=True)
+class FusedElementwiseAttrs:
+    """A chain of elementwise ops run as one kernel; the last step's result is the output."""
+
+    steps: tuple[FusedStep, ...]
+
+
+if TYPE_CHECKING:  # annotation only
+    from ember.ir.optype import OpType

@@ -1,0 +1,26 @@
+"""The ONNX frontend: ``import_onnx(model, shapes=None) -> Graph`` and ``supported_ops()``.
+
+Opsets: the default domain (``""`` / ``"ai.onnx"``) at opset 7 through 21 is accepted; 11
+through 21 is the tested range. Every handler declares the opset its form starts at, so an
+old model imports when every op it uses has a handler for its version (otherwise the error
+lists the ops). Canonical forms (see ``ember.ops.attrs``):
+
+- parameters ONNX moved from attributes to inputs (Squeeze/Unsqueeze/Reduce axes, Split sizes,
+  Clip bounds, Slice starts/ends/axes/steps, Pad pads/value/axes, Resize scales/sizes) are
+  stored in the attrs and the inputs dropped when *all* of the node's such inputs are constants
+  at import; otherwise the node keeps those inputs at their ONNX positions and the attrs fields
+  are ``None``;
+- Reshape's shape, Expand's shape, Range's bounds, ConstantOfShape's shape and Gather's indices
+  stay inputs (constants when known);
+- Softmax/LogSoftmax before opset 13 get ``legacy_flatten=True`` unless the axis is the last;
+- auto_pad is turned into explicit pads whenever the input's spatial dims are static;
+- Dropout becomes an inference-mode ``Dropout`` (data input only); a used mask output becomes
+  an all-True tensor; MaxPool's Indices, BatchNormalization's training outputs and Dropout in
+  training mode are rejected when used; LayerNormalization's Mean/InvStdDev, when used, are
+  computed by extra nodes;
+- inputs' dynamic dims are the ONNX ``dim_param`` or ``"<input>_d<i>"``.
+"""
+from ember.frontends.onnx.importer import import_onnx
+from ember.frontends.onnx.registry import MAX_OPSET, MIN_OPSET, supported_ops
+
+__all__ = ["import_onnx", "supported_ops", "MIN_OPSET", "MAX_OPSET"]

@@ -1,0 +1,98 @@
+"""Conv, ConvTranspose, BatchNormalization."""
+from __future__ import annotations
+
+from ember.frontends.onnx.context import ImportContext, OnnxNode
+from ember.frontends.onnx.handlers.common import ints, reject, reject_used_outputs
+from ember.frontends.onnx.registry import onnx_op
+from ember.ir.optype import OpType
+from ember.ir.types import TensorType
+from ember.ops.attrs import AutoPad, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs
+from ember.ops.conv import resolve_pads
+
+
+def auto_pad(n: OnnxNode) -> AutoPad:
+    value = n.attr("auto_pad", "NOTSET") or "NOTSET"
+    try:
+        return AutoPad(value)
+    except ValueError:
+        raise reject(f"auto_pad={value!r} is not one of "
+                     + ", ".join(a.value for a in AutoPad)) from None
+
+
+def window(n: OnnxNode, kernel: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """(strides, dilations, pads) of a conv/pool node, with ONNX defaults, checked for length."""
+    k = len(kernel)
+    strides = ints(n, "strides", (1,) * k)
+    dilations = ints(n, "dilations", (1,) * k)
+    pads = ints(n, "pads", (0,) * (2 * k))
+    for name, v, want in (("strides", strides, k), ("dilations", dilations, k), ("pads", pads, 2 * k)):
+        if len(v) != want:
+            raise reject(f"{name} {v} must have {want} entries for a {k}-D kernel")
+    return strides, dilations, pads
+
+
+def resolved_padding(n: OnnxNode, x: TensorType, kernel, strides, dilations, pads) -> tuple[tuple[int, ...], AutoPad]:
+    """Turns auto_pad into explicit pads where the spatial input sizes are static."""
+    ap = auto_pad(n)
+    spatial = x.shape[2:]
+    if ap is AutoPad.NOTSET:
+        return pads, ap
+    if ap is AutoPad.VALID or all(isinstance(d, int) for d in spatial):
+        return resolve_pads(ap, spatial, kernel, strides, dilations, pads), AutoPad.NOTSET  # type: ignore[arg-type]
+    if all(s == 1 for s in strides):  # SAME with stride 1 does not depend on the input size
+        return resolve_pads(ap, [1] * len(kernel), kernel, strides, dilations, pads), AutoPad.NOTSET
+    return (0,) * (2 * len(kernel)), ap
+
+
+def _kernel(n: OnnxNode, w: TensorType, what: str) -> tuple[int, ...]:
+    kernel = ints(n, "kernel_shape")
+    if kernel is None:
+        if not all(isinstance(d, int) for d in w.shape[2:]):
+            raise reject(f"it has no kernel_shape and its weight {w} has symbolic spatial dims")
+        kernel = tuple(int(d) for d in w.shape[2:])  # type: ignore[arg-type]
+    return kernel
+
+
+@onnx_op("Conv", since=1)
+def import_conv(ctx: ImportContext, n: OnnxNode) -> None:
+    x, w = ctx.type(n.input(0)), ctx.type(n.input(1))
+    kernel = _kernel(n, w, "Conv")
+    strides, dilations, pads = window(n, kernel)
+    pads, ap = resolved_padding(n, x, kernel, strides, dilations, pads)
+    attrs = ConvAttrs(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
+                      group=int(n.attr("group", 1)), auto_pad=ap)
+    inputs = n.inputs[:3] if n.input(2) else n.inputs[:2]
+    ctx.emit(n, OpType.CONV, inputs, n.outputs[:1], attrs)
+
+
+@onnx_op("ConvTranspose", since=1)
+def import_conv_transpose(ctx: ImportContext, n: OnnxNode) -> None:
+    """Keeps ``output_shape`` / SAME auto_pad; ``ember.ops.conv.conv_transpose_pads`` resolves them."""
+    x, w = ctx.type(n.input(0)), ctx.type(n.input(1))
+    kernel = _kernel(n, w, "ConvTranspose")
+    strides, dilations, pads = window(n, kernel)
+    ap = auto_pad(n)
+    if ap is AutoPad.VALID:
+        pads, ap = (0,) * (2 * len(kernel)), AutoPad.NOTSET
+    output_padding = ints(n, "output_padding", (0,) * len(kernel))
+    output_shape = ints(n, "output_shape")
+    if output_shape is not None and len(output_shape) not in (len(kernel), len(kernel) + 2):
+        raise reject(f"output_shape {output_shape} must list the {len(kernel)} spatial dims")
+    attrs = ConvTransposeAttrs(
+        kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
+        output_padding=output_padding, group=int(n.attr("group", 1)), auto_pad=ap,
+        output_shape=None if output_shape is None else output_shape[-len(kernel):])
+    inputs = n.inputs[:3] if n.input(2) else n.inputs[:2]
+    ctx.emit(n, OpType.CONV_TRANSPOSE, inputs, n.outputs[:1], attrs)
+
+
+@onnx_op("BatchNormalization", since=7)
+def import_batch_norm(ctx: ImportContext, n: OnnxNode) -> None:
+    """Inference-mode BatchNormalization; training outputs and modes are rejected."""
+    if int(n.attr("spatial", 1)) != 1:
+        raise reject("spatial=0 (per-activation statistics) is not supported")
+    if int(n.attr("training_mode", 0)):
+        raise reject("training_mode=1 is not supported; export the model in eval() mode")
+    reject_used_outputs(ctx, n, 1, "training-mode statistics")
+    ctx.emit(n, OpType.BATCH_NORM, n.inputs[:5], n.outputs[:1],
+             BatchNormAttrs(epsilon=float(n.attr("epsilon", 1e-5))))

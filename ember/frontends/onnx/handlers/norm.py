@@ -1,0 +1,77 @@
+"""LRN, LayerNormalization, Softmax, LogSoftmax."""
+from __future__ import annotations
+
+import numpy as np
+
+from ember.frontends.onnx.context import ImportContext, OnnxNode
+from ember.frontends.onnx.handlers.common import reject
+from ember.frontends.onnx.registry import onnx_op
+from ember.ir.dtype import DType
+from ember.ir.optype import OpType
+from ember.ops.attrs import CastAttrs, LayerNormAttrs, LRNAttrs, ReduceAttrs, SoftmaxAttrs
+from ember.ops.common import norm_axis
+
+
+@onnx_op("LRN", since=1)
+def import_lrn(ctx: ImportContext, n: OnnxNode) -> None:
+    size = n.attr("size")
+    if size is None:
+        raise reject("size is missing (it is required)")
+    ctx.emit(n, OpType.LRN, n.inputs[:1], n.outputs[:1],
+             LRNAttrs(size=int(size), alpha=float(n.attr("alpha", 1e-4)),
+                      beta=float(n.attr("beta", 0.75)), bias=float(n.attr("bias", 1.0))))
+
+
+@onnx_op("LayerNormalization", since=17)
+def import_layer_norm(ctx: ImportContext, n: OnnxNode) -> None:
+    """LayerNormalization; used Mean / InvStdDev outputs are computed by extra IR nodes."""
+    axis, eps = int(n.attr("axis", -1)), float(n.attr("epsilon", 1e-5))
+    inputs = n.inputs[:3] if n.input(2) else n.inputs[:2]
+    ctx.emit(n, OpType.LAYER_NORM, inputs, n.outputs[:1], LayerNormAttrs(axis=axis, epsilon=eps))
+    if ctx.is_used(n.output(1)) or ctx.is_used(n.output(2)):
+        _statistics(ctx, n, axis, eps)
+
+
+def _statistics(ctx: ImportContext, n: OnnxNode, axis: int, eps: float) -> None:
+    """Mean and 1/sqrt(var + eps) over axes [axis, rank), in the stash type (float32)."""
+    if int(n.attr("stash_type", 1)) != 1:
+        raise reject("stash_type other than 1 (float32) is not supported")
+    x = n.input(0)
+    t = ctx.type(x)
+    axes = tuple(range(norm_axis(axis, t.rank, "LayerNormalization axis"), t.rank))
+    if t.dtype is not DType.FLOAT32:
+        xf = ctx.temp(n, "x_f32")
+        ctx.emit(n, OpType.CAST, (x,), (xf,), CastAttrs(to=DType.FLOAT32.value), suffix="cast")
+        x = xf
+    red = ReduceAttrs(axes=axes, keepdims=True)
+    mean = n.output(1) or ctx.temp(n, "mean")
+    ctx.emit(n, OpType.REDUCE_MEAN, (x,), (mean,), red, suffix="mean")
+    centered, square, var = ctx.temp(n, "centered"), ctx.temp(n, "square"), ctx.temp(n, "var")
+    ctx.emit(n, OpType.SUB, (x, mean), (centered,), suffix="centered")
+    ctx.emit(n, OpType.MUL, (centered, centered), (square,), suffix="square")
+    ctx.emit(n, OpType.REDUCE_MEAN, (square,), (var,), red, suffix="var")
+    if ctx.is_used(n.output(2)):
+        eps_name = ctx.add_constant(ctx.fresh(f"{n.name}/epsilon"), np.array(eps, dtype=np.float32))
+        shifted, std = ctx.temp(n, "var_eps"), ctx.temp(n, "std")
+        ctx.emit(n, OpType.ADD, (var, eps_name), (shifted,), suffix="var_eps")
+        ctx.emit(n, OpType.SQRT, (shifted,), (std,), suffix="std")
+        ctx.emit(n, OpType.RECIPROCAL, (std,), (n.output(2),), suffix="inv_std")
+
+
+def _softmax(op: OpType, legacy: bool):
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """Opset < 13: axis defaults to 1 and the input is coerced to 2-D at the axis; opset 13+:
+        axis defaults to -1 and only that axis is normalized. A legacy softmax over the last axis
+        is the same as the modern one and is stored as such."""
+        rank = ctx.type(n.input(0)).rank
+        axis = int(n.attr("axis", 1 if legacy else -1))
+        flatten = legacy and rank > 0 and norm_axis(axis, rank, "softmax axis") != rank - 1
+        ctx.emit(n, op, n.inputs[:1], n.outputs[:1], SoftmaxAttrs(axis=axis, legacy_flatten=flatten))
+
+    handler.__name__ = f"import_{op.name.lower()}{'_legacy' if legacy else ''}"
+    return handler
+
+
+for _name, _op in (("Softmax", OpType.SOFTMAX), ("LogSoftmax", OpType.LOG_SOFTMAX)):
+    onnx_op(_name, since=1)(_softmax(_op, legacy=True))
+    onnx_op(_name, since=13)(_softmax(_op, legacy=False))

@@ -1,0 +1,195 @@
+"""``import_onnx``: an ONNX model to an Ember ``Graph``."""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import onnx
+
+from ember.errors import ModelLoadError, ShapeError, UnsupportedOpError
+from ember.frontends.onnx.context import ImportContext, OnnxNode, decode_attribute, onnx_dtype, tensor_to_array
+from ember.frontends.onnx.loader import ModelLike, load_model
+from ember.frontends.onnx.registry import (
+    MAX_OPSET, MIN_OPSET, canonical_domain, find_handler, supported_op_names,
+)
+from ember.ir.graph import Graph
+from ember.ir.types import Dim, TensorType, format_shape
+from ember.ir.verifier import verify
+from ember.ops.infer import infer_graph
+
+ShapeMap = Mapping[str, Sequence[Dim]]
+
+
+def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
+    """Imports an ONNX model (path, bytes or ``onnx.ModelProto``) as an Ember ``Graph``.
+
+    ``shapes`` overrides input shapes (``{"input": (1, 3, 224, 224)}``); dims may be symbolic
+    strings. Every opset variant is canonicalized to the attrs in ``ember.ops.attrs``.
+
+    >>> g = import_onnx("resnet50.onnx", shapes={"input": (1, 3, 224, 224)})  # doctest: +SKIP
+    >>> g.types[g.outputs[0]]                                                 # doctest: +SKIP
+    """
+    proto, label = load_model(model)
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    opsets = _opsets(proto, label)
+    opset = opsets[""]
+    nodes = _wrap_nodes(proto.graph, opsets)
+    _check_handlers(nodes, label, opset)
+    ctx = ImportContext(source=label, opset=opset)
+    _reserve_names(ctx, proto.graph)
+    inputs = _add_inputs(ctx, proto.graph, dict(shapes or {}), label)
+    outputs = [o.name for o in proto.graph.output]
+    ctx.used = {i for n in nodes for i in n.inputs if i} | set(outputs)
+    _convert(ctx, nodes, label)
+    for o in outputs:
+        if o not in ctx.types:
+            raise ModelLoadError(f"{label}: graph output {o!r} is not produced by any node, input "
+                                 f"or initializer; the model is malformed")
+    used = {i for n in ctx.nodes for i in n.inputs if i} | set(outputs)
+    constants = {k: v for k, v in ctx.constants.items() if k in used and k not in inputs}
+    graph = Graph(
+        name=proto.graph.name or "model", nodes=ctx.nodes, inputs=inputs, outputs=outputs,
+        types=ctx.types, constants=constants, opset=opset, source=label,
+        meta={"producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+              "ir_version": proto.ir_version, "opsets": dict(opsets)},
+    )
+    graph = infer_graph(graph)
+    verify(graph)
+    return graph
+
+
+def _opsets(proto: onnx.ModelProto, label: str) -> dict[str, int]:
+    opsets: dict[str, int] = {}
+    for imp in proto.opset_import:
+        opsets[canonical_domain(imp.domain)] = int(imp.version)
+    if "" not in opsets:
+        raise ModelLoadError(f"{label} declares no ai.onnx opset (opset_import is empty); "
+                             f"re-export it with an explicit opset version")
+    v = opsets[""]
+    if not MIN_OPSET <= v <= MAX_OPSET:
+        raise UnsupportedOpError(
+            f"{label} uses ONNX opset {v}; Ember imports opsets {MIN_OPSET} through {MAX_OPSET} "
+            f"(11 through 21 are the tested range). Re-export the model with an opset in that range "
+            f"(torch.onnx.export(..., opset_version=17)) or convert it with "
+            f"onnx.version_converter.convert_version(model, 17)")
+    return opsets
+
+
+def _wrap_nodes(graph: onnx.GraphProto, opsets: Mapping[str, int]) -> list[OnnxNode]:
+    out = []
+    for i, n in enumerate(graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        domain = canonical_domain(n.domain)
+        attrs = {a.name: decode_attribute(a, f"node {name!r} ({n.op_type})") for a in n.attribute}
+        out.append(OnnxNode(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs,
+                            opsets.get(domain, 1)))
+    return out
+
+
+def _op_line(op_type: str, domain: str, names: list[str], opset: int, reason: str = "") -> str:
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    node_word = "node" if len(names) == 1 else "nodes"
+    line = f"  - {op_type} (domain {domain or 'ai.onnx'}, opset {opset}): {node_word} {shown}"
+    return line + (f": {reason}" if reason else "")
+
+
+def _check_handlers(nodes: list[OnnxNode], label: str, opset: int) -> None:
+    """Raises one UnsupportedOpError listing every op with no handler at the model's opset."""
+    missing: dict[tuple[str, str, int], list[str]] = {}
+    for n in nodes:
+        if find_handler(n.domain, n.op_type, n.opset) is None:
+            missing.setdefault((n.op_type, n.domain, n.opset), []).append(n.name)
+    if missing:
+        lines = [_op_line(op, dom, names, v) for (op, dom, v), names in sorted(missing.items())]
+        raise UnsupportedOpError(
+            f"{label} (opset {opset}) uses {len(missing)} operator(s) Ember cannot import:\n"
+            + "\n".join(lines) + "\n" + _supported_hint())
+
+
+def _supported_hint() -> str:
+    return ("Ember supports: " + ", ".join(supported_op_names())
+            + " (see the supported-op table in README.md for opset ranges)")
+
+
+def _reserve_names(ctx: ImportContext, graph: onnx.GraphProto) -> None:
+    ctx.reserve([i.name for i in graph.input] + [t.name for t in graph.initializer])
+    for n in graph.node:
+        ctx.reserve(list(n.input) + list(n.output))
+
+
+def _add_inputs(ctx: ImportContext, graph: onnx.GraphProto, shapes: dict[str, Sequence[Dim]],
+                label: str) -> list[str]:
+    for t in graph.initializer:
+        ctx.add_constant(t.name, tensor_to_array(t, f"initializer {t.name!r}"))
+    inputs = []
+    for vi in graph.input:
+        if vi.name in ctx.constants:
+            continue  # an initializer listed as an input is a constant (ONNX IR < 4 style)
+        inputs.append(vi.name)
+        ctx.types[vi.name] = _input_type(vi, shapes.pop(vi.name, None), label)
+    if shapes:
+        raise ShapeError(f"shapes given for {sorted(shapes)}, which are not inputs of {label}; "
+                         f"its inputs are {inputs}")
+    return inputs
+
+
+def _input_type(vi: onnx.ValueInfoProto, given: Optional[Sequence[Dim]], label: str) -> TensorType:
+    if not vi.type.HasField("tensor_type"):
+        raise UnsupportedOpError(f"{label}: input {vi.name!r} is not a tensor "
+                                 f"({vi.type.WhichOneof('value')}); Ember takes tensor inputs only")
+    tt = vi.type.tensor_type
+    dtype = onnx_dtype(tt.elem_type, f"{label}: input {vi.name!r}")
+    model_dims: Optional[list[Dim]] = None
+    if tt.HasField("shape"):
+        model_dims = []
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                model_dims.append(int(d.dim_value))
+            else:
+                model_dims.append(d.dim_param or f"{vi.name}_d{i}")
+    if given is None:
+        if model_dims is None:
+            raise ShapeError(f"{label}: input {vi.name!r} has no shape (not even a rank); pass "
+                             f"shapes={{{vi.name!r}: (...)}} to import_onnx / --shapes to ember build")
+        return TensorType(dtype, tuple(model_dims))
+    return TensorType(dtype, _override(vi.name, model_dims, tuple(given), label))
+
+
+def _override(name: str, model_dims: Optional[list[Dim]], given: tuple[Dim, ...],
+              label: str) -> tuple[Dim, ...]:
+    if model_dims is None:
+        return given
+    if len(given) != len(model_dims):
+        raise ShapeError(f"shape {format_shape(given)} given for input {name!r} has rank "
+                         f"{len(given)}, but {label} declares rank {len(model_dims)} "
+                         f"({format_shape(model_dims)}); give {len(model_dims)} dims")
+    for i, (m, g) in enumerate(zip(model_dims, given)):
+        if isinstance(m, int) and isinstance(g, int) and m != g:
+            raise ShapeError(f"shape {format_shape(given)} given for input {name!r} conflicts "
+                             f"with the model's fixed dim {i} = {m} ({format_shape(model_dims)})")
+    return given
+
+
+def _convert(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> None:
+    """Runs every node's handler; collects every rejected node, then raises once."""
+    rejected: dict[tuple[str, str, int, str], list[str]] = {}
+    for n in nodes:
+        if any(i and i not in ctx.types for i in n.inputs) and rejected:
+            continue  # reads the output of a rejected node: nothing more to learn here
+        handler = find_handler(n.domain, n.op_type, n.opset)
+        assert handler is not None  # _check_handlers ran
+        try:
+            handler.fn(ctx, n)
+        except UnsupportedOpError as e:
+            rejected.setdefault((n.op_type, n.domain, n.opset, str(e)), []).append(n.name)
+            continue
+        except ShapeError as e:
+            raise ShapeError(f"{label}: {n.label}: {e}") from None
+        for o in n.outputs:
+            if o and o not in ctx.types and ctx.is_used(o):
+                raise ModelLoadError(f"{label}: {n.label} does not define its output {o!r}")
+    if rejected:
+        lines = [_op_line(op, dom, names, v, why) for (op, dom, v, why), names in rejected.items()]
+        raise UnsupportedOpError(
+            f"{label} (opset {ctx.opset}) uses {len(rejected)} operator form(s) Ember cannot import:\n"
+            + "\n".join(lines))

@@ -1,0 +1,54 @@
+"""LRN, LayerNormalization, Softmax and LogSoftmax: the output has the input's shape."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ir.types import TensorType
+from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
+from ember.ops.common import broadcast_shapes, need, norm_axis, require
+from ember.ops.registry import register_op
+
+Types = Sequence[Optional[TensorType]]
+Consts = Sequence[Optional[np.ndarray]]
+
+
+@register_op(OpType.LRN, attrs=LRNAttrs)
+def infer_lrn(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """LRN(x[N, C, ...]) across channels."""
+    x = need(in_types[0] if in_types else None, "X")
+    require(x.rank >= 3, f"LRN needs a rank >= 3 input, got {x}")
+    require(node.attrs.size >= 1, f"LRN size must be positive, got {node.attrs.size}")
+    return [x]
+
+
+@register_op(OpType.LAYER_NORM, attrs=LayerNormAttrs)
+def infer_layer_norm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """LayerNormalization(x, scale, bias?) over axes [axis, rank); scale/bias broadcast there."""
+    x = need(in_types[0] if in_types else None, "X")
+    axis = norm_axis(node.attrs.axis, x.rank, "LayerNormalization axis")
+    normalized = x.shape[axis:]
+    for i, name in ((1, "Scale"), (2, "B")):
+        t = in_types[i] if i < len(in_types) else None
+        if t is None:
+            require(i == 2, "LayerNormalization needs its Scale input")
+            continue
+        require(t.rank <= len(normalized),
+                f"LayerNormalization {name} {t} has more dims than the normalized shape {normalized}")
+        broadcast_shapes(normalized, t.shape)
+    return [x]
+
+
+def _softmax(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    x = need(in_types[0] if in_types else None, "X")
+    require(x.dtype.is_float, f"{node.op} needs a floating-point input, got {x}")
+    if x.rank:
+        norm_axis(node.attrs.axis, x.rank, f"{node.op} axis")
+    return [x]
+
+
+register_op(OpType.SOFTMAX, attrs=SoftmaxAttrs)(_softmax)
+register_op(OpType.LOG_SOFTMAX, attrs=SoftmaxAttrs)(_softmax)

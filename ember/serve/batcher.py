@@ -1,0 +1,310 @@
+"""The per-model scheduler: a queue, a dynamic batcher, and ``instance_count`` execution contexts.
+
+Requests wait in one FIFO queue. Whenever an instance is idle, the batcher takes the oldest
+request and gathers the queued requests with the same non-batch shapes (and dtypes) behind it,
+up to ``max_batch_size`` inferences. It dispatches at once when the batch is full or reaches a
+preferred size, and otherwise waits for more requests until the oldest one has waited
+``max_queue_delay_microseconds``. The batch is concatenated along dim 0, run on the instance's
+own thread, and split back. Without ``dynamic_batching`` each request runs alone.
+
+Every request accepted by ``Scheduler.infer`` is answered exactly once: with its outputs, or with
+an error (timeout in the queue, engine failure, shutdown). A full queue refuses a request before
+accepting it.
+
+>>> sched = Scheduler("m", "1", engine, signature, config, ModelStats("m", "1"))  # doctest: +SKIP
+>>> await sched.start(); out = await sched.infer({"x": batch}, batch_size=4)        # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from ember.errors import InputError
+from ember.serve.config import ModelConfig
+from ember.serve.errors import (
+    BadRequestError, InferenceFailedError, QueueFullError, RequestTimeoutError, ServeError,
+    UnavailableError,
+)
+from ember.serve.signature import Signature
+from ember.serve.stats import ModelStats
+
+log = logging.getLogger("ember.serve")
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(eq=False)
+class _Request:
+    feeds: Feeds
+    batch: int
+    key: tuple
+    future: asyncio.Future
+    arrived_ns: int
+    timer: Optional[asyncio.TimerHandle] = None
+
+
+@dataclass
+class _Timings:
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+def batch_key(feeds: Feeds) -> tuple:
+    """Requests may share a batch only if every input agrees in dtype and non-batch dims."""
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feeds.items()))
+
+
+class _Instance:
+    """One execution context, created, used and closed on its own thread."""
+
+    def __init__(self, runner: Any, label: str) -> None:
+        self.runner = runner
+        self.label = label
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=label)
+        self._cm: Any = None
+        self._ctx: Any = None
+
+    def open(self) -> None:
+        self._cm = self.runner.create_context()
+        self._ctx = self._cm.__enter__()
+
+    def close(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = self._ctx = None
+
+    def run(self, parts: list[tuple[Feeds, int]], batched: bool,
+            outputs: list[str]) -> tuple[list[Feeds], _Timings]:
+        """Runs the requests as one batch; returns each request's outputs (copies it owns)."""
+        t0 = time.perf_counter_ns()
+        if len(parts) == 1:
+            feeds = parts[0][0]
+        else:
+            feeds = {n: np.concatenate([p[0][n] for p in parts], axis=0) for n in parts[0][0]}
+        t1 = time.perf_counter_ns()
+        result = self._ctx.infer(feeds)
+        t2 = time.perf_counter_ns()
+        total = sum(b for _, b in parts)
+        split: list[Feeds] = [{} for _ in parts]
+        for name in outputs:
+            arr = np.asarray(result[name])
+            if batched and (arr.ndim == 0 or arr.shape[0] != total):
+                raise InferenceFailedError(
+                    f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
+                    f"{total}; the model must keep the batch dim first in every output, or set "
+                    f"max_batch_size: 0")
+            start = 0
+            for i, (_, b) in enumerate(parts):
+                split[i][name] = (arr[start:start + b] if batched else arr).copy()
+                start += b
+        t3 = time.perf_counter_ns()
+        return split, _Timings(t1 - t0, t2 - t1, t3 - t2)
+
+
+@dataclass
+class _State:
+    accepting: bool = True
+    flush: bool = False
+    tasks: set = field(default_factory=set)
+
+
+class Scheduler:
+    """Queue, dynamic batcher and instances of one model version (see the module docstring)."""
+
+    def __init__(self, name: str, version: str, runner: Any, signature: Signature,
+                 config: ModelConfig, stats: ModelStats) -> None:
+        self.name, self.version = name, version
+        self.runner, self.signature, self.config, self.stats = runner, signature, config, stats
+        self._queue: deque[_Request] = deque()
+        self._changed = asyncio.Event()
+        self._idle: asyncio.Queue[_Instance] = asyncio.Queue()
+        self._instances: list[_Instance] = []
+        self._state = _State()
+        self._loop_task: Optional[asyncio.Task] = None
+        b = config.dynamic_batching
+        self._delay_ns = b.max_queue_delay_us * 1000 if b else 0
+        self._preferred = set(b.preferred_batch_sizes) if b else set()
+
+    # ---- life cycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Opens ``instance_count`` execution contexts, each on its own thread."""
+        loop = asyncio.get_running_loop()
+        for i in range(self.config.instance_count):
+            inst = _Instance(self.runner, f"ember-{self.name}-v{self.version}-{i}")
+            self._instances.append(inst)
+            await loop.run_in_executor(inst.executor, inst.open)
+            self._idle.put_nowait(inst)
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self.name}")
+
+    async def drain(self) -> None:
+        """Refuses new requests, runs every queued one at once (no delay), waits for all answers."""
+        self._state.accepting = False
+        self._state.flush = True
+        self._changed.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        while self._state.tasks:
+            await asyncio.gather(*list(self._state.tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drains, then closes the execution contexts and their threads."""
+        await self.drain()
+        loop = asyncio.get_running_loop()
+        for inst in self._instances:
+            await loop.run_in_executor(inst.executor, inst.close)
+            inst.executor.shutdown(wait=True)
+        self._instances.clear()
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._queue)
+
+    # ---- requests -----------------------------------------------------------------------
+    async def infer(self, feeds: Feeds, batch_size: int, timeout_us: Optional[int] = None) -> Feeds:
+        """Queues one validated request and returns its outputs (all of the model's outputs).
+
+        ``timeout_us``: longest wait in the queue (``None``: the model's default; 0: none).
+        Raises ``QueueFullError`` before accepting when the queue is full; afterwards the request
+        is answered with its outputs or with a ``ServeError``.
+        """
+        if not self._state.accepting:
+            raise UnavailableError(f"model '{self.name}' version {self.version} is being unloaded or "
+                                   f"the server is shutting down; retry on another server")
+        limit = self.config.max_queue_size
+        if limit and len(self._queue) >= limit:
+            raise QueueFullError(f"the queue of model '{self.name}' is full ({limit} requests waiting, "
+                                 f"max_queue_size {limit}); retry later or raise max_queue_size")
+        loop = asyncio.get_running_loop()
+        req = _Request(feeds, batch_size, batch_key(feeds), loop.create_future(), time.perf_counter_ns())
+        timeout = self.config.default_timeout_us if timeout_us is None else timeout_us
+        if timeout > 0:
+            req.timer = loop.call_later(timeout / 1e6, self._expire, req, timeout)
+        self._queue.append(req)
+        self.stats.pending = len(self._queue)
+        self._changed.set()
+        return await req.future
+
+    def _expire(self, req: _Request, timeout_us: int) -> None:
+        if req.future.done() or req not in self._queue:
+            return
+        self._queue.remove(req)
+        self.stats.pending = len(self._queue)
+        waited = (time.perf_counter_ns() - req.arrived_ns) // 1000
+        req.future.set_exception(RequestTimeoutError(
+            f"request to model '{self.name}' timed out after {waited} us in the queue (timeout "
+            f"{timeout_us} us); raise the request's timeout or the model's default_timeout_microseconds, "
+            f"or add instances"))
+        self._changed.set()
+
+    # ---- batching -----------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        while True:
+            inst = await self._idle.get()
+            batch = await self._next_batch()
+            if batch is None:
+                self._idle.put_nowait(inst)
+                return
+            task = asyncio.create_task(self._execute(inst, batch))
+            self._state.tasks.add(task)
+            task.add_done_callback(self._state.tasks.discard)
+
+    async def _next_batch(self) -> Optional[list[_Request]]:
+        while True:
+            while self._queue and self._queue[0].future.done():   # cancelled by its client
+                self._queue.popleft()
+            if not self._queue:
+                if not self._state.accepting:
+                    return None
+                await self._wait(None)
+                continue
+            head = self._queue[0]
+            picked = self._gather(head)
+            chosen = self._choose(picked, head)
+            if chosen is not None:
+                return self._take(chosen)
+            await self._wait((head.arrived_ns + self._delay_ns - time.perf_counter_ns()) / 1e9)
+
+    def _gather(self, head: _Request) -> list[_Request]:
+        if self.config.dynamic_batching is None:
+            return [head]
+        picked, size = [], 0
+        for r in self._queue:
+            if r.key != head.key or r.future.done():
+                continue
+            if size + r.batch > self.signature.max_batch_size:
+                break
+            picked.append(r)
+            size += r.batch
+        return picked
+
+    def _choose(self, picked: list[_Request], head: _Request) -> Optional[list[_Request]]:
+        """The batch to run now, or ``None`` to wait for more requests."""
+        if self.config.dynamic_batching is None:
+            return picked
+        sizes = np.cumsum([r.batch for r in picked])
+        if sizes[-1] >= self.signature.max_batch_size:
+            return picked
+        best = [i for i, s in enumerate(sizes) if int(s) in self._preferred]
+        if best:
+            return picked[:best[-1] + 1]
+        if self._state.flush or time.perf_counter_ns() >= head.arrived_ns + self._delay_ns:
+            return picked
+        return None
+
+    async def _wait(self, timeout: Optional[float]) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _take(self, chosen: list[_Request]) -> list[_Request]:
+        ids = {id(r) for r in chosen}
+        self._queue = deque(r for r in self._queue if id(r) not in ids)
+        self.stats.pending = len(self._queue)
+        for r in chosen:
+            if r.timer is not None:
+                r.timer.cancel()
+        return chosen
+
+    async def _execute(self, inst: _Instance, batch: list[_Request]) -> None:
+        start = time.perf_counter_ns()
+        loop = asyncio.get_running_loop()
+        batched = self.signature.max_batch_size > 0
+        try:
+            parts = [(r.feeds, r.batch) for r in batch]
+            outs, t = await loop.run_in_executor(inst.executor, inst.run, parts, batched,
+                                                 self.signature.output_names())
+        except Exception as exc:  # every request of the batch must hear of the failure
+            self._fail(batch, exc)
+        else:
+            self.stats.record_execution(sum(r.batch for r in batch), t.input_ns, t.infer_ns, t.output_ns)
+            for r, out in zip(batch, outs):
+                self.stats.record_compute(start - r.arrived_ns, t.input_ns, t.infer_ns, t.output_ns)
+                if not r.future.done():
+                    r.future.set_result(out)
+        finally:
+            self._idle.put_nowait(inst)
+
+    def _fail(self, batch: list[_Request], exc: Exception) -> None:
+        if isinstance(exc, ServeError):
+            err: Exception = exc
+        elif isinstance(exc, InputError):
+            err = BadRequestError(f"model '{self.name}': {exc}")
+        else:
+            log.exception("model %s version %s failed on a batch of %d requests", self.name,
+                          self.version, len(batch), exc_info=exc)
+            err = InferenceFailedError(f"model '{self.name}' version {self.version} failed while running "
+                                       f"a batch of {sum(r.batch for r in batch)}: "
+                                       f"{type(exc).__name__}: {exc}")
+        for r in batch:
+            if not r.future.done():
+                r.future.set_exception(err)

@@ -1,0 +1,57 @@
+"""``ember serve REPOSITORY``: the command-line layer over ``ember.serve.run_server``.
+
+``add_arguments(parser)`` fills an argparse parser (``ember/cli.py`` registers it as the
+``serve`` subcommand); ``run(args)`` serves until SIGINT/SIGTERM and returns the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ember.errors import EmberError
+
+DESCRIPTION = ("Serve the models of a repository over the KServe v2 / Open Inference Protocol "
+               "(HTTP and gRPC, as Triton Inference Server does), with dynamic batching and "
+               "Prometheus metrics.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds ``ember serve``'s arguments to ``parser``."""
+    parser.add_argument("repository", help="model repository: REPOSITORY/<model>/config.yaml and "
+                                           "REPOSITORY/<model>/<version>/model.onnx|model.ember")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; "
+                                                            "0.0.0.0 for every interface)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default 8000; "
+                                                                    "0: any free port, -1: off)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics port "
+                                                                       "(default 8002)")
+    parser.add_argument("--cache-dir", default=None, help="where engines built from ONNX are cached "
+                                                          "(default ~/.cache/ember/engines)")
+    parser.add_argument("--shutdown-timeout", type=float, default=60.0,
+                        help="seconds to wait for in-flight requests on shutdown (default 60)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the server until SIGINT/SIGTERM; 0 on a clean stop, 1 if it could not start."""
+    from ember.serve.server import ServerOptions, run_server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    options = ServerOptions(repository=args.repository, host=args.host, http_port=args.http_port,
+                            grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                            cache_dir=args.cache_dir, shutdown_timeout_s=args.shutdown_timeout,
+                            log_level=args.log_level)
+    try:
+        run_server(options)
+    except (EmberError, OSError) as exc:
+        logging.getLogger("ember.serve").error("ember serve: %s", exc)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ember.serve REPOSITORY ...``"""
+    parser = argparse.ArgumentParser(prog="ember serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

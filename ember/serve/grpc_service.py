@@ -1,0 +1,210 @@
+"""The gRPC front end: ``inference.GRPCInferenceService`` as Triton defines it (``grpc.aio``).
+
+Tensors arrive in ``raw_input_contents`` (what tritonclient sends) or in the typed ``contents``
+fields; outputs always go back in ``raw_output_contents``, as Triton does. Errors abort the call
+with the ``ServeError``'s gRPC code and message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any, Awaitable, Callable, Optional
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+
+from ember.serve.core import Core, now_ns, parse_timeout
+from ember.serve.datatypes import KSERVE_TO_NUMPY, UNSUPPORTED, from_numpy
+from ember.serve.errors import BadRequestError, InferenceFailedError, ServeError
+from ember.serve.proto import SERVICE_NAME, messages, service_methods
+
+log = logging.getLogger("ember.serve")
+
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+_MAX_MESSAGE = 2**31 - 1
+
+
+def parameters(params: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as plain Python values."""
+    out = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = None if which is None else getattr(value, which)
+    return out
+
+
+def decode_tensors(request: Any) -> dict[str, np.ndarray]:
+    """The input tensors of a ``ModelInferRequest``; ``BadRequestError`` names what is wrong."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequestError(f"the request has {len(request.inputs)} inputs but {len(raw)} "
+                              f"raw_input_contents; give raw contents for every input or for none")
+    feeds: dict[str, np.ndarray] = {}
+    for i, inp in enumerate(request.inputs):
+        if inp.name in feeds:
+            raise BadRequestError(f"input '{inp.name}' appears twice in the request")
+        _refuse(parameters(inp.parameters), f"input '{inp.name}'")
+        feeds[inp.name] = _decode_one(inp, raw[i] if raw else None)
+    if not feeds:
+        raise BadRequestError("the request has no inputs; give at least one input tensor")
+    return feeds
+
+
+def _decode_one(inp: Any, raw: Optional[bytes]) -> np.ndarray:
+    if inp.datatype in UNSUPPORTED:
+        raise BadRequestError(f"input '{inp.name}' has datatype {inp.datatype}, which Ember models do not take")
+    if inp.datatype not in KSERVE_TO_NUMPY:
+        raise BadRequestError(f"input '{inp.name}' has datatype {inp.datatype!r}; use one of "
+                              f"{', '.join(KSERVE_TO_NUMPY)}")
+    shape = list(inp.shape)
+    if any(d < 0 for d in shape):
+        raise BadRequestError(f"input '{inp.name}' has shape {shape}; dims must be non-negative")
+    dtype = KSERVE_TO_NUMPY[inp.datatype]
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise BadRequestError(f"input '{inp.name}' has {len(raw)} raw bytes but shape {shape} of "
+                                  f"{inp.datatype} needs {count * dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    field = _CONTENTS.get(inp.datatype)
+    if field is None:
+        raise BadRequestError(f"input '{inp.name}' of {inp.datatype} must be sent in raw_input_contents")
+    values = getattr(inp.contents, field)
+    if len(values) != count:
+        raise BadRequestError(f"input '{inp.name}' has {len(values)} values in contents.{field} but shape "
+                              f"{shape} needs {count}")
+    try:
+        return np.array(values, dtype=dtype).reshape(shape)
+    except OverflowError as exc:
+        raise BadRequestError(f"input '{inp.name}' has values outside the range of {inp.datatype}") from exc
+
+
+def _refuse(params: dict, where: str) -> None:
+    if params.get("sequence_id") not in (None, 0, ""):
+        raise BadRequestError(f"{where} parameter 'sequence_id': sequence batching is not supported")
+    for key in ("shared_memory_region", "classification"):
+        if key in params:
+            raise BadRequestError(f"{where} parameter '{key}': this extension is not supported")
+
+
+class InferenceServicer:
+    """The RPCs; each returns a response message or aborts with the error's code."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.m = messages()
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return self.m["ServerLiveResponse"](live=self.core.live())
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return self.m["ServerReadyResponse"](ready=self.core.ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        return self.m["ModelReadyResponse"](ready=self.core.repository.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.core.server_metadata(), self.m["ServerMetadataResponse"]())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.core.model_metadata(request.name, request.version),
+                                     self.m["ModelMetadataResponse"]())
+
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        config = self.core.model_config(request.name, request.version)
+        return self.m["ModelConfigResponse"](config=json_format.ParseDict(config, self.m["ModelConfig"]()))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        return json_format.ParseDict(self.core.statistics(request.name, request.version),
+                                     self.m["ModelStatisticsResponse"]())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        rows = self.core.repository.index()
+        if request.ready:
+            rows = [r for r in rows if r["state"] == "READY"]
+        return json_format.ParseDict({"models": rows}, self.m["RepositoryIndexResponse"]())
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        params = parameters(request.parameters)
+        if any(k.startswith("file:") for k in params):
+            raise BadRequestError("loading model files sent in the request is not supported; put them "
+                                  "in the repository folder")
+        config = params.get("config")
+        try:
+            parsed = json.loads(config) if config else None
+        except ValueError as exc:
+            raise BadRequestError(f"the load request's config is not valid JSON: {exc}") from exc
+        await self.core.repository.load(request.model_name, parsed)
+        return self.m["RepositoryModelLoadResponse"]()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self.core.repository.unload(request.model_name)
+        return self.m["RepositoryModelUnloadResponse"]()
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        start = now_ns()
+        served = self.core.model_for_infer(request.model_name, request.model_version)
+        try:
+            response = await self._infer(served, request)
+        except ServeError:
+            served.stats.record_request(False, now_ns() - start)
+            raise
+        except Exception as exc:  # a bug must still answer this request
+            log.exception("gRPC inference request to %s failed", request.model_name)
+            served.stats.record_request(False, now_ns() - start)
+            raise InferenceFailedError(f"internal error: {type(exc).__name__}: {exc}") from exc
+        served.stats.record_request(True, now_ns() - start)
+        return response
+
+    async def _infer(self, served: Any, request: Any) -> Any:
+        params = parameters(request.parameters)
+        _refuse(params, "request")
+        feeds = decode_tensors(request)
+        requested = None
+        if request.outputs:
+            for o in request.outputs:
+                _refuse(parameters(o.parameters), f"output '{o.name}'")
+            requested = [o.name for o in request.outputs]
+        outputs = await self.core.infer(served, feeds, requested, parse_timeout(params.get("timeout")))
+        response = self.m["ModelInferResponse"](model_name=served.name, model_version=served.version,
+                                                id=request.id)
+        for name, arr in outputs.items():
+            response.outputs.add(name=name, datatype=from_numpy(arr.dtype), shape=list(arr.shape))
+            response.raw_output_contents.append(
+                np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+        return response
+
+
+def _rpc(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
+        try:
+            return await fn(request, context)
+        except ServeError as exc:
+            error = exc
+        await context.abort(error.grpc_code, str(error))
+    return handler
+
+
+def create_grpc_server(core: Core, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A ``grpc.aio`` server with the inference service, bound to ``host:port`` (0: any free port)."""
+    servicer = InferenceServicer(core)
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _rpc(getattr(servicer, name)), request_deserializer=req.FromString,
+            response_serializer=resp.SerializeToString)
+        for name, (req, resp) in service_methods().items()
+    }
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", _MAX_MESSAGE),
+                                      ("grpc.max_receive_message_length", _MAX_MESSAGE)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC port {host}:{port}; is another server using it?")
+    return server, bound

@@ -1,0 +1,206 @@
+"""The server's life cycle: bind the ports, load the repository, serve, drain on shutdown.
+
+>>> from ember.serve import ServerOptions, ServerThread
+>>> with ServerThread(ServerOptions("models", http_port=0, grpc_port=0, metrics_port=0)) as s:  # doctest: +SKIP
+...     print(s.http_port, s.grpc_port, s.metrics_port)
+
+``run_server`` is what ``ember serve`` calls: it serves until SIGINT or SIGTERM, then stops
+taking requests, answers every queued and running one, and exits. ``ServerThread`` runs the
+same server on a thread of its own (tests, notebooks).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import uvicorn
+
+from ember.serve.core import Core
+from ember.serve.grpc_service import create_grpc_server
+from ember.serve.http_app import create_app, create_metrics_app
+from ember.serve.repository import ModelRepository
+from ember.serve.runner import default_cache_dir
+
+log = logging.getLogger("ember.serve")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Where the server listens and what it serves; a port of 0 takes any free port, -1 turns
+    that endpoint off."""
+
+    repository: str | Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    cache_dir: Optional[str | Path] = None
+    shutdown_timeout_s: float = 60.0
+    log_level: str = "info"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the ``Server`` owns SIGINT/SIGTERM and drains."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
+        pass
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another port") from exc
+    sock.listen(2048)
+    return sock
+
+
+class Server:
+    """One inference server: HTTP, gRPC and metrics endpoints over one model repository."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        repo = ModelRepository(Path(options.repository),
+                               Path(options.cache_dir) if options.cache_dir else default_cache_dir())
+        self.core = Core(repo)
+        self.http_port = self.grpc_port = self.metrics_port = -1
+        self._uvicorns: list[tuple[_Uvicorn, asyncio.Task]] = []
+        self._grpc: Any = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Opens the endpoints (live at once), then loads every model (ready once loaded)."""
+        o = self.options
+        if o.grpc_port >= 0:
+            self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port)
+            await self._grpc.start()
+        if o.http_port >= 0:
+            self.http_port = await self._start_uvicorn(create_app(self.core), o.http_port)
+        if o.metrics_port >= 0:
+            self.metrics_port = await self._start_uvicorn(create_metrics_app(self.core), o.metrics_port)
+        log.info("ember serve: HTTP %s:%d, gRPC %s:%d, metrics %s:%d", o.host, self.http_port, o.host,
+                 self.grpc_port, o.host, self.metrics_port)
+        await self.core.repository.load_all()
+        self.core.started = True
+        log.info("ember serve: ready; models %s", ", ".join(
+            f"{m.name}/{m.version}" for m in self.core.repository.served()) or "none")
+
+    async def _start_uvicorn(self, app: Any, port: int) -> int:
+        sock = _bind(self.options.host, port)
+        config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
+                                timeout_graceful_shutdown=int(self.options.shutdown_timeout_s))
+        server = _Uvicorn(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._uvicorns.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise OSError(f"the HTTP server on port {port} stopped while starting")
+            await asyncio.sleep(0.01)
+        return sock.getsockname()[1]
+
+    async def shutdown(self) -> None:
+        """Refuses new requests, answers every accepted one, then closes the endpoints."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("ember serve: shutting down; answering the queued requests")
+        self.core.accepting = False
+        await self.core.repository.close()
+        for server, _ in self._uvicorns:
+            server.should_exit = True
+        await asyncio.gather(*(t for _, t in self._uvicorns), return_exceptions=True)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=self.options.shutdown_timeout_s)
+        log.info("ember serve: stopped")
+
+
+async def _serve_until_signal(options: ServerOptions) -> None:
+    server = Server(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        start = asyncio.create_task(server.start())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if start.done():
+            start.result()
+            await waiter
+        else:
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+    finally:
+        await server.shutdown()
+
+
+def run_server(options: ServerOptions) -> None:
+    """Serves until SIGINT/SIGTERM, then drains and returns (what ``ember serve`` runs)."""
+    asyncio.run(_serve_until_signal(options))
+
+
+class ServerThread:
+    """A ``Server`` on its own thread and event loop; a context manager that stops it on exit."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.server = Server(options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ember-serve", daemon=True)
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        try:
+            self.call(self.server.start())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def call(self, coro: Any, timeout: Optional[float] = None) -> Any:
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.call(self.server.shutdown())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def http_port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def grpc_port(self) -> int:
+        return self.server.grpc_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.server.metrics_port
+
+    @property
+    def core(self) -> Core:
+        return self.server.core

@@ -1,0 +1,71 @@
+"""Precision assignment: the compute precision of every floating-point layer.
+
+The result is ``graph.meta["precisions"]``: node name -> ``"fp32" | "tf32" | "fp16" | "bf16"``,
+for nodes with a floating-point output (integer and shape arithmetic has no precision). The
+default is ``BuildConfig.precision``; ``BuildConfig.layer_precisions`` overrides it by key, where
+a key is a node name, one of the source-node names a fused layer absorbed (``origin``), its
+display name, or an op type (``"Softmax"``, ``"FusedConv"``). A fused layer also matches the op
+types of what it absorbed (a FusedAttention for ``"Softmax"``). CPU builds run fp32 throughout.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.passes.manager import PassContext, Phase, register_pass
+
+#: Source op types a fused layer stands for, for op-type keys of ``layer_precisions``.
+ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
+    OpType.FUSED_CONV: ("Conv",),
+    OpType.FUSED_GEMM: ("Gemm", "MatMul"),
+    OpType.FUSED_ATTENTION: ("MatMul", "Softmax"),
+}
+
+
+def _override(node: Node, table: Mapping[str, str]) -> Optional[str]:
+    for key in (node.name, node.display_name, *node.origin):
+        if key in table:
+            return table[key]
+    for key in (node.op.value, *ABSORBED_OPS.get(node.op, ())):
+        if key in table:
+            return table[key]
+    return None
+
+
+def layer_precision(node: Node, default: str, table: Mapping[str, str]) -> str:
+    """The precision of ``node`` given the build's default and per-layer table."""
+    return _override(node, table) or default
+
+
+def _check_keys(graph: Graph, table: Mapping[str, str]) -> None:
+    known = {op.value for op in OpType}
+    for node in graph.nodes:
+        known.update((node.name, node.display_name, *node.origin))
+    unknown = sorted(k for k in table if k not in known)
+    if unknown:
+        raise BuildError(f"layer_precisions names {unknown}, which are neither layers of model "
+                         f"{graph.name!r} nor op types; use names shown by `ember inspect`")
+
+
+@register_pass("assign_precisions", Phase.PRECISION)
+def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
+    """Records each floating-point layer's compute precision in ``graph.meta["precisions"]``."""
+    cfg = ctx.config
+    device = getattr(cfg, "device", "cpu")
+    default = getattr(cfg, "precision", "fp32") if device != "cpu" else "fp32"
+    table = dict(getattr(cfg, "layer_precisions", {}) or {}) if device != "cpu" else {}
+    _check_keys(graph, table)
+    precisions: dict[str, str] = {}
+    for node in graph.nodes:
+        outs = [graph.types.get(o) for o in node.outputs if o]
+        if not any(t is not None and t.dtype.is_float for t in outs):
+            continue
+        precisions[node.name] = layer_precision(node, default, table)
+    if graph.meta.get("precisions") == precisions:
+        return graph
+    meta = dict(graph.meta)
+    meta["precisions"] = precisions
+    ctx.count("layer => precision", len(precisions))
+    return graph.copy(meta=meta)

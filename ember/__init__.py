@@ -16,11 +16,13 @@ from ember.errors import (
 __version__ = "0.1.0"
 
 
-def build(model, config: "BuildConfig | None" = None):
-    """Builds an ``Engine`` from an ONNX file path, bytes, or ``onnx.ModelProto``."""
+def build(model, config: "BuildConfig | None" = None, **options):
+    """Builds an ``Engine`` from an ONNX file path, bytes, or ``onnx.ModelProto`` (or an
+    ``ember.ir.Graph``). ``options``: ``progress=True`` shows a progress display; see
+    ``ember.builder.build.build`` for the rest."""
     from ember.builder.build import build as _build
 
-    return _build(model, config or BuildConfig())
+    return _build(model, config or BuildConfig(), **options)
 
 
 def load(path):

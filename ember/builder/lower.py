@@ -48,7 +48,10 @@ def make_selector(graph: Graph, config: BuildConfig, backend: Backend,
     device = torch.device(config.device)
     constants = {k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
     cache = TimingCache.open(config.timing_cache, device_key) if config.timing_cache else None
-    return TacticSelector(make_kernel_timer(backend, constants, device), cache), cache
+    # a backend may bring its own timer (CUDA: event timing inside a graph + accuracy check)
+    make_timer = getattr(backend, "make_timer", None)
+    timer = make_timer(constants, device) if make_timer else make_kernel_timer(backend, constants, device)
+    return TacticSelector(timer, cache), cache
 
 
 def lower(graph: Graph, config: BuildConfig, backend: Backend, device_key: str,

@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
@@ -75,6 +76,11 @@ class TimingCache:
             raise BuildError(f"timing cache {p} cannot be read ({e}); delete it and build again") from None
         if data.get("format") == CACHE_FORMAT and data.get("device_key") == device_key:
             cache.entries = {k: dict(v) for k, v in data.get("entries", {}).items()}
+        elif data.get("device_key") != device_key:
+            warnings.warn(f"timing cache {p} was written on another device "
+                          f"({data.get('device_key')!r}, this is {device_key!r}); its timings are "
+                          f"ignored, re-measured here, and the file is rewritten for this device",
+                          stacklevel=2)
         return cache
 
     def get(self, signature: str) -> Optional[dict[str, float]]:

@@ -58,13 +58,19 @@ class Engine:
 
     # ---- life cycle --------------------------------------------------------------------
     def compile(self):
-        """Compiles every layer's kernel for this machine (done once; thread-safe)."""
+        """Compiles every layer's kernel for this machine (done once; thread-safe).
+
+        The result is the backend's own program when it has ``make_program(plan, device)``
+        (see ``ember.runtime.program`` for the protocol), else the generic ``Program``.
+        """
         with self._lock:
             if self._program is None:
                 from ember.runtime.program import Program
 
                 backend = self._backend or get_backend(self.plan.config.device)
-                self._program = Program(self.plan, backend, self.device)
+                make_program = getattr(backend, "make_program", None)
+                self._program = (make_program(self.plan, self.device) if make_program is not None
+                                 else Program(self.plan, backend, self.device))
             return self._program
 
     def create_context(self):

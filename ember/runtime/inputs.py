@@ -78,12 +78,8 @@ def _check_one(spec: TensorSpec, value: Any, symbols: dict[str, tuple[int, str]]
                              f"'{seen[1]}' gives '{want}' = {seen[0]}; dims named '{want}' must agree")
 
 
-def check_inputs(specs: Sequence[TensorSpec], given: Any,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
-    """Validates ``given`` and converts it to contiguous torch tensors on ``device``.
-
-    Returns the tensors and whether the caller passed torch tensors (then outputs are torch).
-    """
+def validate_inputs(specs: Sequence[TensorSpec], given: Any) -> None:
+    """Raises ``InputError`` unless ``given`` matches ``specs`` (names, dtypes, ranks, dims)."""
     if not isinstance(given, Mapping):
         raise InputError(f"infer() takes a dict of input name -> array, got a {type(given).__name__}; "
                          f"the engine's inputs are {_listing(specs)}")
@@ -91,6 +87,15 @@ def check_inputs(specs: Sequence[TensorSpec], given: Any,
     symbols: dict[str, tuple[int, str]] = {}
     for spec in specs:
         _check_one(spec, given[spec.name], symbols)
+
+
+def check_inputs(specs: Sequence[TensorSpec], given: Any,
+                 device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
+    """Validates ``given`` and converts it to contiguous torch tensors on ``device``.
+
+    Returns the tensors and whether the caller passed torch tensors (then outputs are torch).
+    """
+    validate_inputs(specs, given)
     as_torch = any(isinstance(v, torch.Tensor) for v in given.values())
     out = {}
     for spec in specs:

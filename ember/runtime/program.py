@@ -7,6 +7,13 @@ memory plan's liveness), so a run's peak memory follows the plan rather than the
 
 On the CPU, kernels allocate their outputs through PyTorch's caching allocator; the arena
 offsets of the memory plan are used by device backends that write into one arena (CUDA).
+
+A backend may replace this class: if it has ``make_program(plan, device)``, the engine uses the
+object that returns. Such a program has ``device`` and ``run(feeds) -> outputs`` (torch tensors
+on ``device``, as here), and may have ``create_runner()``: then every execution context gets
+its own runner (per-context state such as captured CUDA graphs and pinned buffers), whose
+``infer(inputs)`` takes the user's validated inputs (numpy or torch) and returns outputs of the
+same kind, and whose optional ``close()`` is called when the context closes.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import torch
 
 import ember
@@ -99,3 +100,49 @@ def test_intermediates_are_freed_after_their_last_use():
         assert alive == expected, f"layer {i}: alive {sorted(alive)}, plan says {sorted(expected)}"
     assert plan.memory.tensors["x_dead"].last == plan.memory.tensors["x_dead"].first
     assert any(t.last < len(plan.layers) for t in plan.memory.tensors.values())  # something was freed
+
+
+class _RunnerBackend(CPUBackend):
+    """A backend with its own program and per-context runners (the CUDA backend's hook)."""
+
+    def __init__(self) -> None:
+        self.runners: list = []
+
+    def make_program(self, plan, device):
+        from ember.runtime.program import Program
+
+        backend = self
+        program = Program(plan, CPUBackend(), device)
+
+        class Runner:
+            def __init__(self):
+                self.closed = False
+                self.calls = 0
+
+            def infer(self, inputs):
+                self.calls += 1
+                feeds = {k: torch.as_tensor(v) for k, v in inputs.items()}
+                return {k: v.numpy() for k, v in program.run(feeds).items()}
+
+            def close(self):
+                self.closed = True
+
+        def create_runner():
+            backend.runners.append(Runner())
+            return backend.runners[-1]
+
+        program.create_runner = create_runner
+        return program
+
+
+def test_backend_program_and_runner_hook():
+    backend = _RunnerBackend()
+    engine = build(mlp_graph(), ember.BuildConfig(shapes={"x": (2, 6)}), backend=backend)
+    x = np.ones((2, 6), np.float32)
+    with engine.create_context() as a, engine.create_context() as b:
+        ya, yb = a.infer({"x": x})["y"], b.infer({"x": x})["y"]
+        with pytest.raises(ember.InputError, match="missing input 'x'"):
+            a.infer({})  # inputs are validated before the runner sees them
+    np.testing.assert_allclose(ya, mlp_reference(engine.plan.graph, x)["y"], rtol=1e-5)
+    np.testing.assert_array_equal(ya, yb)
+    assert [(r.calls, r.closed) for r in backend.runners] == [(1, True), (1, True)]

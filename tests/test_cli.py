@@ -1,0 +1,141 @@
+"""The ember command line end to end: build, run and inspect a small ONNX model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ember.cli import main, parse_shapes
+from ember.errors import InputError
+
+
+def _tiny_cnn() -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "fc_w"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+             helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1)]
+    graph = helper.make_graph(
+        nodes, "tiny_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = _tiny_cnn()
+    onnx.save(model, d / "tiny.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.save(d / "x.npy", x)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession((d / "tiny.onnx").as_posix(), providers=["CPUExecutionProvider"])
+    return d, x, sess.run(None, {"x": x})[0]
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_build_run_inspect(files, capsys):
+    d, _, want = files
+    code, out, err = _run(capsys, "build", d / "tiny.onnx", "-o", d / "tiny.ember", "--shapes", "x:2x3x8x8",
+                          "--timing-cache", d / "cache.json")
+    assert code == 0, err
+    assert out.startswith(f"built {d / 'tiny.ember'}: ") and "from 6 model nodes" in out
+    assert (d / "tiny.ember").exists() and (d / "cache.json").exists()
+
+    code, out, err = _run(capsys, "run", d / "tiny.ember", "--input", f"x={d / 'x.npy'}")
+    assert code == 0, err
+    assert out.startswith("probs: float32[2, 5] [")
+
+    code, out, err = _run(capsys, "run", d / "tiny.ember", "--input", f"x={d / 'x.npy'}",
+                          "--output", d / "out.npz")
+    assert code == 0, err
+    with np.load(d / "out.npz") as got:
+        np.testing.assert_allclose(got["probs"], want, rtol=1e-4, atol=1e-6)
+
+    code, out, err = _run(capsys, "inspect", d / "tiny.ember")
+    assert code == 0, err
+    assert "from 6 ONNX nodes" in out and "memory plan: peak" in out and "weights: " in out
+    assert "input  x: float32[2, 3, 8, 8]" in out
+    for column in ("layer", "kind", "tactic", "precision", "rule"):
+        assert column in out
+    assert "Softmax" in out and "float32[2, 5]" in out
+
+
+def test_inspect_model_and_json(files, capsys):
+    d, _, _ = files
+    code, out, err = _run(capsys, "inspect", d / "tiny.onnx")
+    assert code == 0, err
+    assert "from 6 ONNX nodes" in out and "allowed [0.., 3, 8, 8]" in out
+    code, out, err = _run(capsys, "inspect", "--json", d / "tiny.onnx", "--shapes", "x:1x3x8x8")
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["inputs"][0]["shape"] == [1, 3, 8, 8] and manifest["layers"]
+
+
+def test_run_model_built_on_the_fly_with_profile(files, capsys):
+    d, x, want = files
+    profile = ["--min-shapes", "x:1x3x8x8", "--max-shapes", "x:4x3x8x8"]
+    code, out, err = _run(capsys, "run", d / "tiny.onnx", "--input", f"x={d / 'x.npy'}",
+                          "--output", d / "fly.npz", *profile)
+    assert code == 0, err
+    with np.load(d / "fly.npz") as got:
+        np.testing.assert_allclose(got["probs"], want, rtol=1e-4, atol=1e-6)
+    big = d / "big.npy"
+    np.save(big, np.zeros((5, 3, 8, 8), np.float32))
+    code, out, err = _run(capsys, "run", d / "tiny.onnx", "--input", f"x={big}", *profile)
+    assert code == 1 and err == ("error: input 'x' has shape [5, 3, 8, 8] but the engine's profile allows "
+                                 "[1..4, 3, 8, 8]; rebuild with a wider --max-shapes\n")
+
+
+def test_errors_are_one_line_without_traceback(files, capsys):
+    d, _, _ = files
+    cases = [
+        (["build", d / "nope.onnx"], "error: model file"),
+        (["run", d / "tiny.onnx"], "error: missing input 'x'"),
+        (["run", d / "tiny.onnx", "--input", "x=missing.npy"], "error: --input 'x=missing.npy': cannot read"),
+        (["build", d / "tiny.onnx", "--shapes", "x:2xAx8"], "error: --shapes 'x:2xAx8': bad shape"),
+        (["build", d / "tiny.onnx", "--max-shapes", "x:2x3x8x8"], "error: input 'x' needs both --min-shapes"),
+        (["inspect", d / "x.npy"], "error: "),
+    ]
+    for argv, start in cases:
+        code, out, err = _run(capsys, *argv)
+        assert code == 1 and err.startswith(start), (argv, err)
+        assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_parse_shapes():
+    assert parse_shapes(["a:1x3,b:2", "c:0:4x4"]) == {"a": (1, 3), "b": (2,), "c:0": (4, 4)}
+    with pytest.raises(InputError, match="write name:dims"):
+        parse_shapes(["1x3"])
+
+
+def test_python_dash_m_and_dump_passes(files, tmp_path):
+    d, _, _ = files
+    dump = tmp_path / "passes"
+    proc = subprocess.run([sys.executable, "-m", "ember", "build", str(d / "tiny.onnx"), "-o",
+                           str(tmp_path / "t.ember"), "--dump-passes", str(dump)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dumps = sorted(p.name for p in dump.iterdir())
+    assert dumps and dumps[0].startswith("00-")

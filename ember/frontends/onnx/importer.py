@@ -51,7 +51,8 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
         name=proto.graph.name or "model", nodes=ctx.nodes, inputs=inputs, outputs=outputs,
         types=ctx.types, constants=constants, opset=opset, source=label,
         meta={"producer": f"{proto.producer_name} {proto.producer_version}".strip(),
-              "ir_version": proto.ir_version, "opsets": dict(opsets)},
+              "ir_version": proto.ir_version, "opsets": dict(opsets),
+              "onnx_nodes": len(proto.graph.node)},
     )
     graph = infer_graph(graph)
     verify(graph)

@@ -62,7 +62,12 @@ def import_dropout_12(ctx: ImportContext, n: OnnxNode) -> None:
 def _dropout(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.DROPOUT, n.inputs[:1], n.outputs[:1])
     mask = n.output(1)
-    if ctx.is_used(mask):
+    if not ctx.is_used(mask):
+        return
+    x = ctx.type(n.input(0))
+    if x.is_static:
+        ctx.add_constant(mask, np.ones(x.shape, dtype=bool))
+    else:
         shape = ctx.temp(n, "shape")
         ctx.emit(n, OpType.SHAPE, n.inputs[:1], (shape,), ShapeAttrs(), suffix="mask_shape")
         ctx.emit(n, OpType.CONSTANT_OF_SHAPE, (shape,), (mask,),

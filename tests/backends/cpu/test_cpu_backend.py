@@ -74,3 +74,33 @@ def test_may_alias_lists_view_ops():
     backend = CPUBackend()
     assert backend.may_alias(Node("r", OpType.RESHAPE, ("x", "s"), ("y",)))
     assert not backend.may_alias(Node("r", OpType.RELU, ("x",), ("y",)))
+
+
+def _graph_with(node: Node, arrays: dict[str, np.ndarray], consts: set[str]) -> Graph:
+    from ember.ir.dtype import DType
+    from ember.ir.types import TensorType
+
+    types = {k: TensorType(DType.from_numpy(v.dtype), v.shape) for k, v in arrays.items()}
+    return Graph("g", [node], [k for k in arrays if k not in consts], list(node.outputs), types,
+                 {k: arrays[k] for k in consts})
+
+
+def test_prepacked_tactics_are_offered_first_for_constant_weights():
+    from ember.backends.cpu.kernels.conv_mkldnn import pointwise_available
+    from ember.backends.cpu.kernels.linalg_mkldnn import linear_available
+    from ember.ops.attrs import ConvAttrs, GemmAttrs
+
+    if not (pointwise_available() and linear_available()):
+        pytest.skip("this PyTorch build has no oneDNN fused ops")
+    backend = CPUBackend()
+    arrays = {"x": np.zeros((1, 4, 8, 8), np.float32), "w": np.zeros((4, 4, 3, 3), np.float32)}
+    conv = Node("c", OpType.CONV, ("x", "w"), ("y",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
+    assert backend.tactics(conv, _graph_with(conv, arrays, {"w"}))[:3] == [
+        "mkldnn_prepacked", "channels_last", "aten"]
+    # a weight computed at run time cannot be prepacked
+    assert backend.tactics(conv, _graph_with(conv, arrays, set())) == ["aten"]
+    arrays = {"a": np.zeros((2, 5, 8), np.float32), "b": np.zeros((8, 3), np.float32)}
+    mm = Node("m", OpType.MATMUL, ("a", "b"), ("y",))
+    assert backend.tactics(mm, _graph_with(mm, arrays, {"b"}))[0] == "mkldnn_prepacked"
+    gemm = Node("g", OpType.GEMM, ("a", "b"), ("y",), GemmAttrs(trans_a=True))
+    assert "mkldnn_prepacked" not in backend.tactics(gemm, _graph_with(gemm, arrays, {"b"}))

@@ -69,6 +69,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                        help=f"{which} shapes of a dynamic-shape profile")
     g.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache to read and update")
     g.add_argument("--no-tuning", action="store_true", help="keep each layer's default tactic")
+    g.add_argument("--tune-cpu", action="store_true",
+                   help="time tactics on the CPU too (off: the CPU backend's defaults)")
     g.add_argument("--no-optimize", action="store_true", help="skip the optimizer's fusion passes")
 
 
@@ -91,7 +93,8 @@ def config_from_args(args: argparse.Namespace):
 
     return BuildConfig(device=args.device, precision=args.precision, shapes=parse_shapes(args.shapes),
                        profiles=_profiles(args), timing_cache=args.timing_cache,
-                       tactic_tuning=not args.no_tuning, optimize=not args.no_optimize)
+                       tactic_tuning=not args.no_tuning, tune_cpu=args.tune_cpu,
+                       optimize=not args.no_optimize)
 
 
 def load_or_build(path: str, args: argparse.Namespace):

@@ -46,6 +46,11 @@ class BuildConfig:
     - ``layer_precisions``: force a precision by layer name or op type (``{"Softmax": "fp32"}``).
     - ``timing_cache``: path of the persistent tactic timing cache.
     - ``optimize``: run the optimizer's fusion passes (cleanup and folding always run).
+    - ``tactic_tuning``: time each layer's candidate tactics on the device and keep the fastest
+      (GPU builds); off: every layer keeps the backend's default tactic.
+    - ``tune_cpu``: CPU builds tune too (needs ``tactic_tuning``). Off by default: timing CPU
+      layers one by one ignores the layout conversions between them, and on the 2-core test
+      machine the per-layer winners made MobileNetV2 8x slower than the backend's defaults.
     """
 
     device: str = "cpu"
@@ -57,6 +62,7 @@ class BuildConfig:
     optimize: bool = True
     cuda_graphs: bool = True
     tactic_tuning: bool = True
+    tune_cpu: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

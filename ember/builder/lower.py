@@ -5,8 +5,9 @@ else ``config.precision``; CPU builds compute in fp32 whatever is asked (no fast
 on this CPU path), and the layer records ``fp32`` so the plan says what really runs.
 
 Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
-``config.tactic_tuning`` is on, candidates are timed on this machine (with the timing cache of
-``config.timing_cache``), else the backend's first (default) candidate is kept.
+``config.tactic_tuning`` is on (and, for CPU builds, ``config.tune_cpu``), candidates are timed
+on this machine (with the timing cache of ``config.timing_cache``), else the backend's first
+(default) candidate is kept.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _candidates(backend: Backend, node: Node, graph: Graph) -> list[str]:
 def make_selector(graph: Graph, config: BuildConfig, backend: Backend,
                   device_key: str) -> tuple[TacticSelector, Optional[TimingCache]]:
     """The tactic selector this build uses, and its timing cache (if any)."""
-    if not config.tactic_tuning:
+    if not config.tactic_tuning or (config.device == "cpu" and not config.tune_cpu):
         return TacticSelector(), None
     import torch
 

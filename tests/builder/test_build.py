@@ -103,3 +103,32 @@ def test_build_info_and_progress(capsys):
     assert info["layers"] == len(engine.plan.layers) and info["source_nodes"] == 3
     assert set(info["phases"]) >= {"import", "optimize", "tactics", "memory plan", "compile"}
     assert "memory plan" in capsys.readouterr().err
+
+
+def _conv_graph() -> Graph:
+    from ember.ops.attrs import ConvAttrs
+
+    rng = np.random.default_rng(0)
+    node = Node("conv", OpType.CONV, ("x", "w"), ("y",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
+    types = {"x": TensorType(DType.FLOAT32, (1, 4, 8, 8)), "w": TensorType(DType.FLOAT32, (8, 4, 3, 3)),
+             "y": TensorType(DType.FLOAT32, (1, 8, 8, 8))}
+    return Graph("conv", [node], ["x"], ["y"], types, {"w": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)})
+
+
+def test_cpu_builds_keep_default_tactics_unless_asked(tmp_path):
+    from ember.backends.cpu import CPUBackend
+
+    g = _conv_graph()
+    default = CPUBackend().tactics(g.nodes[0], g)[0]
+    engine = build(g)
+    assert engine.plan.build_info["layers_timed"] == 0 and engine.plan.layers[0].tactic == default
+    cache = tmp_path / "cache.json"
+    tuned = build(g, ember.BuildConfig(tune_cpu=True, timing_cache=str(cache)))
+    layer = tuned.plan.layers[0]
+    if len(CPUBackend().tactics(g.nodes[0], g)) > 1:
+        assert tuned.plan.build_info["layers_timed"] == 1 and set(layer.timings) >= {layer.tactic}
+        again = build(g, ember.BuildConfig(tune_cpu=True, timing_cache=str(cache)))
+        assert again.plan.build_info["timing_cache_hits"] == 1 and again.plan.layers[0].tactic == layer.tactic
+    x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    with engine.create_context() as a, tuned.create_context() as b:
+        np.testing.assert_allclose(a.infer({"x": x})["y"], b.infer({"x": x})["y"], rtol=1e-4, atol=1e-5)

@@ -28,7 +28,7 @@ _PARTIAL_OPS = frozenset({OpType.GATHER, OpType.SLICE, OpType.CONCAT, OpType.UNS
                           OpType.SQUEEZE, OpType.CAST, OpType.IDENTITY})
 _MAX_ROUNDS = 8
 
-Partial = np.ndarray  # 0-D or 1-D object array of int or None
+Partial = np.ndarray  # 0-D or 1-D object array: int where known, the dim's symbol (str) where not
 
 
 def _shape_partial(node: Node, g: Graph) -> Optional[Partial]:
@@ -42,7 +42,7 @@ def _shape_partial(node: Node, g: Graph) -> Optional[Partial]:
     end = r if a is None or a.end is None else a.end
     start = min(max(start + r if start < 0 else start, 0), r)
     end = min(max(end + r if end < 0 else end, 0), r)
-    vals = [d if isinstance(d, int) else None for d in dims[start:end]]
+    vals = dims[start:end]
     out = np.empty(len(vals), dtype=object)
     out[:] = vals
     return out
@@ -73,7 +73,7 @@ def _propagate(node: Node, g: Graph, partial: dict[str, Partial]) -> Optional[Pa
         return x.reshape(out_t.shape)
     if op is OpType.CAST:
         return x if out_t.dtype.is_int else None
-    if op is OpType.GATHER and x.ndim == 1 and ins[1] is not None and None not in ins[1].reshape(-1):
+    if op is OpType.GATHER and x.ndim == 1 and ins[1] is not None and _known(ins[1]):
         if node.attrs is not None and node.attrs.axis not in (0, -1):
             return None
         idx = np.asarray(ins[1].tolist(), dtype=np.int64)
@@ -102,6 +102,10 @@ def _slice_partial(node: Node, g: Graph, x: Partial) -> Optional[Partial]:
     return x[slice(start, end if end != -n - 1 else None, step)]
 
 
+def _known(value: Partial) -> bool:
+    return all(isinstance(v, int) for v in value.reshape(-1))
+
+
 def _to_constant(value: Partial, dtype: DType) -> np.ndarray:
     return np.asarray(value.tolist(), dtype=dtype.to_numpy())
 
@@ -125,7 +129,8 @@ def _evaluate(node: Node, g: Graph) -> Optional[list[Optional[np.ndarray]]]:
     if not has_kernel(node.op):
         return None
     try:
-        return evaluate(node, [g.constants[i] if i else None for i in node.inputs], g)
+        # writable copies: the backend's input conversion turns a read-only 0-d array 1-d
+        return evaluate(node, [np.array(g.constants[i]) if i else None for i in node.inputs], g)
     except BuildError:
         return None  # the backend declines this node's attributes; leave it to run time
 
@@ -145,7 +150,7 @@ def _fold_round(graph: Graph, ctx: PassContext) -> tuple[Graph, int]:
     for node in graph.nodes:
         outs = _fold_node(node, g, ctx, partial)
         if outs is None:
-            nodes.append(_constant_shape_input(node, g, ctx))
+            nodes.append(_constant_shape_input(node, g, ctx, partial))
             continue
         for name, value in zip(node.outputs, outs):
             if name and value is not None:
@@ -174,25 +179,57 @@ def _fold_node(node: Node, g: Graph, ctx: PassContext,
         return outs
     if value is None:
         return None
-    if any(v is None for v in value.reshape(-1)):
+    if not _known(value):
         partial[node.outputs[0]] = value
         return None
     ctx.count("shape arithmetic on static dims => constant")
     return [_to_constant(value, g.type_of(node.outputs[0]).dtype)]
 
 
-def _constant_shape_input(node: Node, g: Graph, ctx: PassContext) -> Node:
-    """A Reshape/Expand/ConstantOfShape with a computed shape but a static output: the shape
-    becomes a constant."""
+def _symbolic_target(node: Node, g: Graph, value: Partial) -> Optional[list[int]]:
+    """A constant target for a Reshape/Expand whose target shape is known up to symbols: a
+    symbol equal to the input's dim at that place becomes 0 (Reshape: copy the dim) or 1
+    (Expand: keep the dim); one remaining symbol of a Reshape becomes -1."""
+    x = g.types.get(node.inputs[0])
+    if x is None or value.ndim != 1:
+        return None
+    vals = list(value)
+    offset = len(vals) - x.rank  # Expand aligns from the right
+    out: list[int] = []
+    for i, v in enumerate(vals):
+        if isinstance(v, int):
+            out.append(v)
+        elif node.op is OpType.RESHAPE and i < x.rank and x.shape[i] == v:
+            out.append(0)
+        elif node.op is OpType.EXPAND and 0 <= i - offset < x.rank and x.shape[i - offset] == v:
+            out.append(1)
+        elif node.op is OpType.RESHAPE and -1 not in vals and -1 not in out:
+            out.append(-1)
+        else:
+            return None
+    allowzero = node.op is OpType.RESHAPE and node.attrs is not None and node.attrs.allowzero
+    return None if allowzero else out
+
+
+def _constant_shape_input(node: Node, g: Graph, ctx: PassContext, partial: dict[str, Partial]) -> Node:
+    """A Reshape/Expand/ConstantOfShape whose shape is computed: the shape becomes a constant
+    when the output type is static, or (Reshape, Expand) when it is known up to symbols that
+    the input's own dims carry (a dynamic batch)."""
     slot = _SHAPE_INPUT.get(node.op)
     if slot is None or slot >= len(node.inputs) or not node.inputs[slot] \
             or node.inputs[slot] in g.constants:
         return node
     t = g.types.get(node.outputs[0])
-    if t is None or not t.is_static:
+    if t is not None and t.is_static:
+        target: Optional[list] = list(t.shape)
+    elif node.inputs[slot] in partial and node.op is not OpType.CONSTANT_OF_SHAPE:
+        target = _symbolic_target(node, g, partial[node.inputs[slot]])
+    else:
+        target = None
+    if target is None:
         return node
     name = g.fresh_name(f"{node.name}_shape")
-    g.constants[name] = np.asarray(t.shape, dtype=np.int64)
+    g.constants[name] = np.asarray(target, dtype=np.int64)
     g.types[name] = const_type(g.constants[name])
     ctx.count("op(x, shape(...)) with static output => op(x, constant shape)")
     ins = list(node.inputs)

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ember.ir.graph import Graph
-from ember.passes import cleanup, fold, fold_weights, precision  # noqa: F401  (register passes)
+from ember.passes import (  # noqa: F401  (each module registers its passes)
+    cleanup, fold, fold_weights, fuse_attention, fuse_conv, fuse_gemm, fuse_horizontal, fuse_norm,
+    precision,
+)
 from ember.passes.manager import (
     DumpInstrument, Instrument, Pass, PassContext, StatsInstrument, VerifyInstrument, get_pass,
     run_passes,
@@ -29,6 +32,9 @@ PIPELINE: tuple[str, ...] = (
     "eliminate_noops", "cancel_transposes", "merge_reshapes", "eliminate_noops", "cse", "dce",
     # fold
     "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
+    # fuse
+    "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv",
+    "fuse_horizontal_conv", "fuse_horizontal_gemm", "dce",
     # precision
     "assign_precisions",
 )

@@ -40,7 +40,7 @@ def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray],
     env: dict[str, Any] = dict(graph.constants)
     env.update(feeds)
     for node in graph.nodes:
-        outs = evaluate(node, [env[i] if i else None for i in node.inputs], graph)
+        outs = evaluate(node, [np.array(env[i]) if i else None for i in node.inputs], graph)
         for o, v in zip(node.outputs, outs):
             if o:
                 env[o] = v

@@ -1,0 +1,227 @@
+"""The scheduler on a Python-function runner: batching, delays, preferred sizes, shapes batched
+apart, queue limits, timeouts, failures, parallel instances and draining."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from ember.serve.batcher import Scheduler
+from ember.serve.config import parse_config
+from ember.serve.errors import BadRequestError, InferenceFailedError, QueueFullError, RequestTimeoutError
+from ember.serve.signature import resolve_signature
+from ember.serve.stats import ModelStats
+
+from servekit import FakeRunner
+
+
+def double(feeds):
+    return {"y": feeds["x"] * 2}
+
+
+def make(config: dict, fn=double, delay_s: float = 0.0, dims=("batch", -1)):
+    runner = FakeRunner(fn, [("x", np.float32, dims)], [("y", np.float32, dims)], delay_s=delay_s)
+    cfg = parse_config(config, "m", "m/config.yaml")
+    stats = ModelStats("m", "1")
+    return Scheduler("m", "1", runner, resolve_signature(cfg, runner), cfg, stats), runner, stats
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_gathers_concurrent_requests_into_one_batch_and_splits_back():
+    async def main():
+        sched, runner, stats = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 200_000}})
+        await sched.start()
+        xs = [np.full((b, 3), i, np.float32) for i, b in enumerate([1, 2, 3, 2])]
+        outs = await asyncio.gather(*(sched.infer({"x": x}, x.shape[0]) for x in xs))
+        await sched.close()
+        return xs, outs, runner, stats
+    xs, outs, runner, stats = run(main())
+    assert runner.calls == [{"x": (8, 3)}]
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out["y"], x * 2)
+    assert (stats.execution_count, stats.inference_count) == (1, 8)
+    assert stats.queue.count == 4 and stats.compute_infer.count == 4
+    assert list(stats.batches) == [8]
+    assert runner.opened == runner.closed == 1
+
+
+def test_waits_at_most_the_queue_delay():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}})
+        await sched.start()
+        t0 = time.perf_counter()
+        await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
+        waited = time.perf_counter() - t0
+        await sched.close()
+        return waited, runner
+    waited, runner = run(main())
+    assert 0.045 <= waited < 1.0
+    assert runner.calls == [{"x": (1, 3)}]
+
+
+def test_preferred_batch_size_dispatches_at_once():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {
+            "max_queue_delay_microseconds": 5_000_000, "preferred_batch_size": [2]}})
+        await sched.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sched.infer({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(4)))
+        took = time.perf_counter() - t0
+        await sched.close()
+        return took, runner
+    took, runner = run(main())
+    assert took < 2.0          # did not wait the 5 s delay
+    assert runner.calls == [{"x": (2, 3)}, {"x": (2, 3)}]
+
+
+def test_different_shapes_are_batched_apart():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
+        await sched.start()
+        reqs = [np.full((1, w), w, np.float32) for w in (3, 5, 3, 5, 3)]
+        outs = await asyncio.gather(*(sched.infer({"x": x}, 1) for x in reqs))
+        await sched.close()
+        return reqs, outs, runner
+    reqs, outs, runner = run(main())
+    assert sorted(c["x"] for c in runner.calls) == [(2, 5), (3, 3)]
+    for x, out in zip(reqs, outs):
+        np.testing.assert_array_equal(out["y"], x * 2)
+
+
+def test_never_exceeds_max_batch_size():
+    async def main():
+        sched, runner, stats = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
+        await sched.start()
+        await asyncio.gather(*(sched.infer({"x": np.ones((3, 3), np.float32)}, 3) for _ in range(3)))
+        await sched.close()
+        return runner, stats
+    runner, stats = run(main())
+    assert [c["x"][0] for c in runner.calls] == [3, 3, 3]
+    assert stats.inference_count == 9
+
+
+def test_without_dynamic_batching_each_request_runs_alone():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8})
+        await sched.start()
+        await asyncio.gather(*(sched.infer({"x": np.ones((2, 3), np.float32)}, 2) for _ in range(3)))
+        await sched.close()
+        return runner
+    assert run(main()).calls == [{"x": (2, 3)}] * 3
+
+
+def test_instances_run_in_parallel():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 1, "instance_count": 3}, delay_s=0.3)
+        await sched.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sched.infer({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(3)))
+        took = time.perf_counter() - t0
+        await sched.close()
+        return took, runner
+    took, runner = run(main())
+    assert runner.max_active == 3 and runner.opened == runner.closed == 3
+    assert took < 0.8
+
+
+def test_full_queue_refuses_with_a_message():
+    async def main():
+        sched, _, _ = make({"max_batch_size": 1, "dynamic_batching": {"max_queue_size": 2}}, delay_s=0.3)
+        await sched.start()
+        first = asyncio.ensure_future(sched.infer({"x": np.ones((1, 3), np.float32)}, 1))
+        await asyncio.sleep(0.05)           # first is running; the next two fill the queue
+        queued = [asyncio.ensure_future(sched.infer({"x": np.ones((1, 3), np.float32)}, 1)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="queue of model 'm' is full"):
+            await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
+        results = await asyncio.gather(first, *queued)
+        await sched.close()
+        return results
+    assert len(run(main())) == 3
+
+
+def test_request_past_its_timeout_gets_an_error():
+    async def main():
+        sched, _, stats = make({"max_batch_size": 1, "dynamic_batching": {"default_timeout_microseconds": 50_000}},
+                               delay_s=0.4)
+        await sched.start()
+        busy = asyncio.ensure_future(sched.infer({"x": np.ones((1, 3), np.float32)}, 1))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeoutError, match="timed out"):
+            await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
+        answered_after = time.perf_counter() - t0
+        ok = await sched.infer({"x": np.ones((1, 3), np.float32)}, 1, timeout_us=0)   # no timeout
+        await busy
+        await sched.close()
+        return answered_after, ok, stats
+    answered_after, ok, stats = run(main())
+    assert answered_after < 0.3            # answered at its deadline, not after the busy batch
+    assert ok["y"].shape == (1, 3)
+    assert stats.execution_count == 2
+
+
+def test_engine_failure_answers_every_request_and_keeps_serving():
+    def flaky(feeds):
+        if (feeds["x"] < 0).any():
+            raise RuntimeError("kernel exploded")
+        return double(feeds)
+
+    async def main():
+        sched, _, _ = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}}, fn=flaky)
+        await sched.start()
+        bad = await asyncio.gather(*(sched.infer({"x": np.full((1, 3), v, np.float32)}, 1) for v in (-1, 1)),
+                                   return_exceptions=True)
+        good = await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
+        await sched.close()
+        return bad, good
+    bad, good = run(main())
+    assert all(isinstance(e, InferenceFailedError) and "kernel exploded" in str(e) for e in bad)
+    np.testing.assert_array_equal(good["y"], np.full((1, 3), 2, np.float32))
+
+
+def test_engine_input_error_becomes_bad_request():
+    from ember.errors import InputError
+
+    def picky(feeds):
+        raise InputError("input 'x' is out of the profile")
+
+    async def main():
+        sched, _, _ = make({"max_batch_size": 2}, fn=picky)
+        await sched.start()
+        with pytest.raises(BadRequestError, match="out of the profile"):
+            await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
+        await sched.close()
+    run(main())
+
+
+def test_output_without_batch_dim_is_an_error():
+    async def main():
+        sched, _, _ = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 20_000}},
+                           fn=lambda f: {"y": np.zeros((5, 3), np.float32)})
+        await sched.start()
+        with pytest.raises(InferenceFailedError, match="dim 0 is not the batch size"):
+            await sched.infer({"x": np.ones((2, 3), np.float32)}, 2)
+        await sched.close()
+    run(main())
+
+
+def test_drain_answers_queued_requests_without_waiting_the_delay():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 10_000_000}})
+        await sched.start()
+        pending = [asyncio.ensure_future(sched.infer({"x": np.ones((1, 3), np.float32)}, 1)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        await sched.close()
+        took = time.perf_counter() - t0
+        results = await asyncio.gather(*pending)
+        return took, results, runner
+    took, results, runner = run(main())
+    assert took < 2.0 and len(results) == 3
+    assert runner.calls == [{"x": (3, 3)}] and runner.closed == 1

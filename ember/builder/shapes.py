@@ -12,11 +12,12 @@ value: fixing it in one input fixes it in all, and profile ranges given for it i
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from ember.builder.config import BuildConfig, Profile
-from ember.errors import BuildError
+from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import Dim, TensorType, format_shape
 from ember.runtime.plan import TensorSpec
@@ -141,14 +142,32 @@ def symbols_of(graph: Graph) -> set[str]:
 
 
 def types_at(graph: Graph, values: Mapping[str, int]) -> dict[str, TensorType]:
-    """Every tensor's type with input symbols replaced by ``values`` (for the max-shape plan)."""
+    """Every tensor's type with input symbols replaced by ``values`` (for the max-shape plan).
+
+    Shape arithmetic (``Shape -> Gather -> Concat -> Reshape``) is folded on a copy at these
+    sizes, so tensors whose shapes come from such chains get static sizes too; tensors the
+    folding removes keep their symbolic types (they are small shape vectors).
+    """
     if not values:
         return dict(graph.types)
     types = dict(graph.types)
     for name in graph.inputs:
         t = types[name]
         types[name] = t.with_shape(tuple(values.get(d, d) if isinstance(d, str) else d for d in t.shape))
-    return infer_types(graph.copy(types=types)).types
+    at = infer_types(graph.copy(types=types))
+    folded = _fold_shapes(at)
+    return {**graph.types, **at.types, **folded.types}
+
+
+def _fold_shapes(graph: Graph) -> Graph:
+    if importlib.util.find_spec("ember.passes.manager") is None:
+        return graph
+    from ember.passes.manager import PassContext, get_pass
+
+    try:
+        return get_pass("fold_constants")(graph, PassContext())
+    except (KeyError, EmberError):
+        return graph  # no folding pass, or a model it cannot fold: plan with what inference gives
 
 
 def tensor_specs(graph: Graph, names: list[str], ranges: Mapping[str, Range],

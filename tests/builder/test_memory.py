@@ -92,7 +92,7 @@ def _requests(draw):
     return reqs, n_layers
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(_requests())
 def test_no_overlap_on_random_lifetimes(case):
     reqs, n_layers = case

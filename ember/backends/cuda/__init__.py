@@ -47,6 +47,13 @@ class CUDABackend:
                              f"known: {known}. Rebuild the engine (or delete the timing cache)")
         return entry.factory(node, ctx)
 
+    def make_program(self, plan, device: torch.device):
+        """The engine's executable form: a ``CudaProgram`` (its ``create_runner()`` gives each
+        execution context CUDA graphs, streams and pinned buffers of its own)."""
+        from ember.backends.cuda.executor import program_from_plan
+
+        return program_from_plan(plan, self, device)
+
     def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device, **kw):
         """A tactic timer for the builder: CUDA-event timing plus an accuracy check per tactic."""
         from ember.backends.cuda.tuning import CudaTacticTimer

@@ -133,6 +133,11 @@ class CudaRunner:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def close(self) -> None:
+        """Drops the captured graphs and buffers of this context (their memory returns to the pool)."""
+        self.stream.synchronize()
+        self._slots.clear()
+
     # ---- internals --------------------------------------------------------------------------
     def _slot(self, feeds: Mapping[str, Any]) -> _Slot:
         key = self._key(feeds)
@@ -242,3 +247,16 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.numpy().copy()
+
+
+def program_from_plan(plan, backend=None, device: Optional[torch.device] = None) -> CudaProgram:
+    """The ``CudaProgram`` of an engine plan (``ember.runtime.plan.Plan``): its graph, each layer's
+    tactic and precision, its constants."""
+    from ember.backends.cuda.program import LayerSpec
+
+    layers = {layer.name: LayerSpec(layer.tactic, layer.precision) for layer in plan.layers}
+    if device is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    program = CudaProgram.build(plan.graph, layers, plan.graph.constants, backend=backend, device=device)
+    program.use_graphs = bool(plan.config.cuda_graphs)
+    return program

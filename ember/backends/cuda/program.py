@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class Step:
 
     index: int
     node: Node
-    kernel: Kernel
+    kernel: Optional[Kernel]
     on_host: bool
     args: list[Arg]
     stream: int = 0
@@ -79,6 +79,7 @@ class CudaProgram:
     device: torch.device
     output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     device_consts: dict[str, torch.Tensor] = field(default_factory=dict)
+    use_graphs: bool = True
 
     @property
     def num_streams(self) -> int:
@@ -102,33 +103,41 @@ class CudaProgram:
         backend = backend or CUDABackend()
         dev_consts = {k: _to_torch(v).to(device) for k, v in constants.items()}
         host_consts = {k: _to_torch(v).cpu() for k, v in constants.items()}
-        on_host = place(graph, host_consts)
-        steps = []
-        for i, node in enumerate(graph.nodes):
-            spec = layers.get(node.name, LayerSpec())
-            if on_host[node.name]:
+        steps = plan_steps(graph, layers, host_consts, dev_consts, max_streams)
+        for step in steps:
+            node, spec = step.node, layers.get(step.node.name, LayerSpec())
+            if step.on_host:
                 ctx = CompileContext(graph, host_consts, torch.device("cpu"), "", "fp32")
-                kernel = host_kernel(node, ctx)
+                step.kernel = host_kernel(node, ctx)
             else:
                 ctx = CompileContext(graph, dev_consts, device, spec.tactic, spec.precision)
-                kernel = backend.compile_node(node, ctx)
-            args = _args(node, on_host, host_consts, dev_consts, spec.precision)
-            steps.append(Step(i, node, kernel, on_host[node.name], args))
-        streams = _schedule(graph, steps, max_streams)
-        _lifetimes(graph, steps)
-        _capturability(graph, steps)
+                step.kernel = backend.compile_node(node, ctx)
+        streams = _stream_plan(steps)
         from ember.runtime.tensors import torch_dtype
 
         out_dtypes = {o: torch_dtype(graph.types[o].dtype) for o in graph.outputs if o in graph.types}
         return CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts)
 
     # ---- running ----------------------------------------------------------------------------
-    def forward(self, feeds: Mapping[str, torch.Tensor],
-                streams: Sequence[torch.cuda.Stream]) -> dict[str, torch.Tensor]:
-        """Runs every layer once on ``streams`` (``streams[0]`` is the caller's current stream).
+    def create_runner(self):
+        """Per-context state (``executor.CudaRunner``): CUDA graphs, streams, pinned buffers."""
+        from ember.backends.cuda.executor import CudaRunner
+
+        return CudaRunner(self, use_graphs=self.use_graphs)
+
+    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One eager run on device tensors, on the current stream (no graphs)."""
+        with torch.inference_mode():
+            return self.forward(feeds, [torch.cuda.current_stream(self.device)])
+
+    def forward(self, feeds: Mapping[str, torch.Tensor], streams: Sequence[torch.cuda.Stream],
+                hook: Optional[Callable[[Step, str], None]] = None) -> dict[str, torch.Tensor]:
+        """Runs every layer once on ``streams`` (``streams[0]`` is the caller's current stream;
+        with fewer streams than planned, layers share them round-robin).
 
         Side streams first wait for the main stream and the main stream joins them at the end,
-        so this is capturable as one CUDA graph.
+        so this is capturable as one CUDA graph. ``hook(step, "start" | "end")`` is called on the
+        step's stream around each layer (the profiler records CUDA events there).
         """
         main = streams[0]
         env: dict[str, torch.Tensor] = dict(feeds)
@@ -136,12 +145,16 @@ class CudaProgram:
             s.wait_stream(main)
         events: dict[int, torch.cuda.Event] = {}
         for step in self.steps:
-            stream = streams[step.stream] if not step.on_host else main
+            stream = streams[step.stream % len(streams)] if not step.on_host else main
             with torch.cuda.stream(stream):
                 for w in step.waits:
                     stream.wait_event(events[w])
                 args = [self._fetch(a, env, stream, step) for a in step.args]
-                outs = step.kernel(args)
+                if hook is not None:
+                    hook(step, "start")
+                outs = step.kernel(args)  # type: ignore[misc]
+                if hook is not None:
+                    hook(step, "end")
                 for name, t in zip(step.node.outputs, outs):
                     if name:
                         env[name] = t
@@ -174,6 +187,27 @@ class CudaProgram:
         t = t.to(self.device) if t.device.type == "cpu" else t
         want = self.output_dtypes.get(name)
         return t.to(want) if want is not None and t.dtype != want else t
+
+
+def plan_steps(graph: Graph, layers: Mapping[str, LayerSpec], host_consts: Mapping[str, torch.Tensor],
+               dev_consts: Mapping[str, torch.Tensor], max_streams: int = 4) -> list[Step]:
+    """The schedule without kernels: placement, argument sources, streams, lifetimes and
+    capturability of every step (pure logic; kernels are compiled by ``CudaProgram.build``)."""
+    on_host = place(graph, host_consts)
+    steps = []
+    for i, node in enumerate(graph.nodes):
+        spec = layers.get(node.name, LayerSpec())
+        args = _args(node, on_host, host_consts, dev_consts, spec.precision)
+        steps.append(Step(i, node, None, on_host[node.name], args))
+    _schedule(graph, steps, max_streams)
+    _lifetimes(graph, steps)
+    _capturability(graph, steps)
+    return steps
+
+
+def _stream_plan(steps: list[Step]) -> StreamPlan:
+    return StreamPlan([s.stream for s in steps], [s.waits for s in steps],
+                      frozenset(s.index for s in steps if s.record))
 
 
 def _to_torch(v: object) -> torch.Tensor:

@@ -99,3 +99,28 @@ def reshape_chain_graph(batch: int = 2) -> Graph:
     types = {"x": TensorType(DType.FLOAT32, (batch, 4, 3))}
     g = Graph("reshape_chain", nodes, ["x"], ["y"], types, consts, opset=17)
     return infer_graph(g)
+
+
+def cpu_reference(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs ``graph`` node by node with the CPU backend's generic kernels (the oracle)."""
+    from ember.backends.cpu import evaluate
+
+    env: dict[str, np.ndarray] = dict(graph.constants)
+    env.update(feeds)
+    for node in graph.nodes:
+        outs = evaluate(node, [env[i] if i else None for i in node.inputs], graph)
+        env.update({o: v for o, v in zip(node.outputs, outs) if o})
+    return {o: env[o] for o in graph.outputs}
+
+
+def host_to_device_graph(batch: int = 2) -> Graph:
+    """A run-time shape value added to data: must be copied host -> GPU (not capturable)."""
+    from ember.ops.attrs import CastAttrs, ShapeAttrs
+
+    nodes = [
+        Node("shape", OpType.SHAPE, ("x",), ("shp",), ShapeAttrs(1, 2)),
+        Node("cast", OpType.CAST, ("shp",), ("c",), CastAttrs("float32")),
+        Node("add", OpType.ADD, ("x", "c"), ("y",)),
+    ]
+    types = {"x": TensorType(DType.FLOAT32, (batch, 5))}
+    return infer_graph(Graph("host_to_device", nodes, ["x"], ["y"], types, {}, opset=17))

@@ -1,0 +1,363 @@
+"""``ember bench``: what ``trtexec`` reports, with the peers measured in the same process.
+
+    ember bench resnet50.onnx --device cuda --precision fp16 --batch 128 --peers torch,torch-compile,onnxruntime
+    ember bench model.ember --iterations 200 --json report.json
+    ember bench resnet-50 --device cpu          # a zoo model by name (exported on the fly)
+
+Ember is timed three ways: GPU compute (CUDA events around one engine run on inputs already on
+the device: the number compared with the peers), the end-to-end ``infer`` call on host arrays
+(wall clock), and that call's split into host-to-device copy / compute / device-to-host copy.
+Peers run on the same inputs (see ``bench_peers``); each gets Ember's speed-up
+``peer median / Ember median``. With onnxruntime importable, Ember's outputs are checked against
+ONNX Runtime fp32 (max relative error). On ``--device cpu`` every time is wall clock.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ember.errors import InputError, ModelLoadError
+from ember.tools.bench_stats import LatencyStats, max_relative_error, measure, wall_clock
+
+HELP = "benchmark a model or engine against PyTorch, torch.compile and ONNX Runtime"
+
+
+@dataclass
+class BenchOptions:
+    model: str
+    device: str = "cuda"
+    precision: str = "fp16"
+    batch: Optional[int] = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    iterations: int = 100
+    warmup: int = 10
+    peers: tuple[str, ...] = ("torch", "torch-compile", "onnxruntime")
+    timing_cache: Optional[str] = None
+    cuda_graphs: bool = True
+    tuning: bool = True
+    peer_budget_s: float = 20.0
+
+
+@dataclass
+class Source:
+    onnx_path: Optional[str]
+    engine_path: Optional[str]
+    zoo_name: Optional[str]
+    feeds: dict[str, np.ndarray]
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def resolve_source(opts: BenchOptions) -> Source:
+    """The model file(s) and the inputs to run: a zoo name, an .onnx file or an .ember engine."""
+    path = Path(opts.model)
+    if not path.exists():
+        from ember import zoo
+
+        if opts.model not in zoo.names():
+            raise ModelLoadError(f"{opts.model} is neither a file nor a zoo model; give an .onnx or "
+                                 f".ember path, or one of: {', '.join(zoo.names())}")
+        batch = opts.batch or 1
+        onnx_path = zoo.export_onnx(opts.model, batch=batch, dynamic_batch=True)
+        return Source(str(onnx_path), None, opts.model, zoo.sample_inputs(opts.model, batch))
+    if path.suffix.lower() == ".ember":
+        from ember.runtime.engine import Engine
+
+        engine = Engine.load(path, compile=False)
+        specs = [(s.name, s.dtype.value, list(s.shape)) for s in engine.plan.inputs]
+        return Source(None, str(path), None, _make_feeds(specs, opts))
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        specs.append((vi.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims))
+    return Source(str(path), None, None, _make_feeds(specs, opts))
+
+
+def _make_feeds(specs: list[tuple[str, str, list]], opts: BenchOptions) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for name, dtype, dims in specs:
+        if name in opts.shapes:
+            shape = tuple(opts.shapes[name])
+        else:
+            shape = tuple(_dim(d, i, name, opts) for i, d in enumerate(dims))
+        dt = np.dtype(dtype)
+        if dt.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b" or "mask" in name.lower():
+            feeds[name] = np.ones(shape, dtype=dt)
+        else:
+            feeds[name] = rng.integers(0, 2, size=shape).astype(dt)  # valid for any lookup table
+    return feeds
+
+
+def _dim(d: Any, axis: int, name: str, opts: BenchOptions) -> int:
+    if isinstance(d, int) and d > 0:
+        return opts.batch if (axis == 0 and opts.batch) else d
+    if axis == 0:
+        return opts.batch or 1
+    raise InputError(f"input {name!r} has a dynamic dim {axis} ({d!r}); give its size with "
+                     f"--shapes {name}:...")
+
+
+# ---- Ember ---------------------------------------------------------------------------------------
+def build_engine(src: Source, opts: BenchOptions):
+    """Builds (or loads) the engine; returns it and the build seconds (``None`` when loaded)."""
+    import time
+
+    import ember
+
+    if src.engine_path:
+        return ember.load(src.engine_path), None
+    shapes = {k: tuple(v.shape) for k, v in src.feeds.items()}
+    config = ember.BuildConfig(device=opts.device, precision=opts.precision, shapes=shapes,
+                               timing_cache=opts.timing_cache, cuda_graphs=opts.cuda_graphs,
+                               tactic_tuning=opts.tuning)
+    t0 = time.perf_counter()
+    engine = ember.build(src.onnx_path, config, progress=False)
+    return engine, time.perf_counter() - t0
+
+
+def cuda_runner(engine):
+    """The CUDA runner of a new execution context of ``engine`` (one is made when the runtime
+    does not expose its own)."""
+    from ember.backends.cuda.executor import CudaRunner
+
+    ctx = engine.create_context()
+    runner = getattr(ctx, "runner", None) or getattr(ctx, "_runner", None)
+    if not isinstance(runner, CudaRunner):
+        from ember.backends.cuda.executor import program_from_plan
+
+        runner = CudaRunner(program_from_plan(engine.plan), use_graphs=engine.plan.config.cuda_graphs)
+    return ctx, runner
+
+
+def measure_ember(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
+    """Ember's timings and its outputs (numpy) on ``feeds``."""
+    if engine.plan.config.device == "cuda":
+        return _measure_cuda(engine, feeds, opts)
+    with engine.create_context() as ctx:
+        outs = ctx.infer(feeds)
+        samples = wall_clock(lambda: ctx.infer(feeds), opts.iterations, opts.warmup)
+    stats = LatencyStats.of(samples)
+    return {"compute_ms": stats.to_json(), "end_to_end_ms": stats.to_json()}, outs
+
+
+def _measure_cuda(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
+    ctx, runner = cuda_runner(engine)
+    outs = runner.infer(feeds)
+    h2d, comp, d2h = [], [], []
+
+    def e2e() -> None:
+        runner.infer(feeds)
+        t = runner.last_timing()
+        h2d.append(t.h2d_ms)
+        comp.append(t.compute_ms)
+        d2h.append(t.d2h_ms)
+
+    end_to_end = wall_clock(e2e, opts.iterations, opts.warmup)
+    bufs = {}
+    for name, v in feeds.items():  # inputs already in the engine's own buffers: no copy at all
+        bufs[name] = runner.input_buffer(feeds, name)
+        bufs[name].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+    compute = measure(lambda: runner.run_device(bufs), "cuda", opts.iterations, opts.warmup)
+    result = {
+        "compute_ms": LatencyStats.of(compute).to_json(),
+        "end_to_end_ms": LatencyStats.of(end_to_end).to_json(),
+        "split_ms": {"h2d": LatencyStats.of(h2d).median, "compute": LatencyStats.of(comp).median,
+                     "d2h": LatencyStats.of(d2h).median},
+        "cuda_graphs": bool(runner.captures), "fallback": list(runner.fallback_reason.values()),
+        "streams": runner.program.num_streams,
+    }
+    ctx.close()
+    return result, outs
+
+
+# ---- the whole benchmark -------------------------------------------------------------------------
+def bench(opts: BenchOptions) -> dict:
+    """Runs the benchmark and returns the JSON-able report."""
+    from ember.tools import bench_peers
+
+    src = resolve_source(opts)
+    batch = next(iter(src.feeds.values())).shape[0] if src.feeds else 1
+    engine, build_s = build_engine(src, opts)
+    ember_stats, ember_outs = measure_ember(engine, src.feeds, opts)
+    median = ember_stats["compute_ms"]["median"]
+    report: dict[str, Any] = {
+        "model": opts.model, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": _device_info(opts.device), "versions": _versions(),
+        "config": {"precision": opts.precision, "batch": batch, "iterations": opts.iterations,
+                   "warmup": opts.warmup, "cuda_graphs": opts.cuda_graphs, "tuning": opts.tuning,
+                   "shapes": {k: list(v.shape) for k, v in src.feeds.items()}},
+        "build": {"seconds": None if build_s is None else round(build_s, 3),
+                  "layers": len(engine.plan.layers),
+                  "info": {k: v for k, v in engine.plan.build_info.items() if k != "passes"}},
+        "ember": {**ember_stats, "throughput": round(batch * 1e3 / median, 2)},
+        "peers": {},
+    }
+    if src.onnx_path:
+        report["accuracy"] = _accuracy(src, ember_outs)
+        report["peers"] = _run_peers(src, engine, opts, median, batch)
+    return report
+
+
+def _run_peers(src: Source, engine, opts: BenchOptions, ember_median: float, batch: int) -> dict:
+    from ember.tools import bench_peers
+
+    results: dict[str, Any] = {}
+    wanted = list(opts.peers)
+    found: list = []
+    torch_names = [p for p in wanted if p in ("torch", "torch-compile")]
+    if torch_names:
+        graph = None if src.zoo_name else _plain_graph(src)
+        try:
+            found += bench_peers.torch_peers(torch_names, zoo_name=src.zoo_name, graph=graph,
+                                             feeds=src.feeds, device=opts.device,
+                                             precision=opts.precision,
+                                             output_names=list(engine.plan.graph.outputs))
+        except Exception as e:  # noqa: BLE001
+            found.append(("torch", f"{type(e).__name__}: {str(e)[:300]}"))
+    if "onnxruntime" in wanted:
+        try:
+            found.append(bench_peers.onnxruntime_peer(src.onnx_path, src.feeds, opts.device))
+        except Exception as e:  # noqa: BLE001
+            found.append(("onnxruntime", f"{type(e).__name__}: {str(e)[:300]}"))
+    for peer in found:
+        if isinstance(peer, tuple):
+            results[peer[0]] = {"error": peer[1]}
+            continue
+        samples = measure(peer.call, peer.device, opts.iterations, min(opts.warmup, 3),
+                          budget_s=opts.peer_budget_s)
+        stats = LatencyStats.of(samples)
+        results[peer.name] = {"compute_ms": stats.to_json(), "throughput": round(batch * 1e3 / stats.median, 2),
+                              "ember_speedup": round(stats.median / ember_median, 3), **peer.info}
+    return results
+
+
+def _plain_graph(src: Source):
+    from ember.builder.build import import_model
+    from ember.builder.config import BuildConfig
+    from ember.builder.shapes import apply_input_shapes, resolve_input_shapes
+
+    graph = import_model(src.onnx_path, {k: tuple(v.shape) for k, v in src.feeds.items()})
+    cfg = BuildConfig(shapes={k: tuple(v.shape) for k, v in src.feeds.items()})
+    return apply_input_shapes(graph, resolve_input_shapes(graph, cfg))
+
+
+def _accuracy(src: Source, ember_outs: dict) -> dict:
+    try:
+        from ember.tools.bench_peers import reference_outputs
+
+        ref = reference_outputs(src.onnx_path, src.feeds)
+    except Exception as e:  # noqa: BLE001 - no oracle: say so
+        return {"reference": "onnxruntime fp32 (CPU)", "error": f"{type(e).__name__}: {str(e)[:200]}"}
+    errs = {k: max_relative_error(_np(ember_outs[k]), v) for k, v in ref.items() if k in ember_outs}
+    return {"reference": "onnxruntime fp32 (CPU)", "max_rel_error": max(errs.values(), default=None),
+            "per_output": errs}
+
+
+def _np(v: Any) -> np.ndarray:
+    return v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def _device_info(device: str) -> dict:
+    if device == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        return {"type": "cuda", "name": p.name, "sms": p.multi_processor_count,
+                "memory_gb": round(p.total_memory / 2**30, 1)}
+    from ember.runtime.device import fingerprint
+
+    return dict(fingerprint("cpu"), cores=torch.get_num_threads())
+
+
+def _versions() -> dict:
+    import ember
+
+    v = {"ember": ember.__version__, "torch": torch.__version__, "python": platform.python_version(),
+         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+    for mod in ("triton", "onnxruntime", "onnx"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - not installed
+            v[mod] = None
+    return v
+
+
+# ---- text --------------------------------------------------------------------------------------
+def format_report(r: dict) -> str:
+    """The report as a short text table (what the CLI prints)."""
+    e = r["ember"]
+    c = e["compute_ms"]
+    lines = [f"{r['model']}  device={r['device'].get('name', r['device'].get('type'))}  "
+             f"precision={r['config']['precision']}  batch={r['config']['batch']}"]
+    if r["build"]["seconds"] is not None:
+        lines.append(f"build: {r['build']['seconds']:.2f} s, {r['build']['layers']} layers")
+    lines.append(f"Ember compute: min {c['min']:.3f}  mean {c['mean']:.3f}  median {c['median']:.3f}  "
+                 f"p90 {c['p90']:.3f}  p95 {c['p95']:.3f}  p99 {c['p99']:.3f} ms   "
+                 f"throughput {e['throughput']:.1f}/s")
+    if "split_ms" in e:
+        s = e["split_ms"]
+        lines.append(f"infer(): median {e['end_to_end_ms']['median']:.3f} ms  = H2D {s['h2d']:.3f} + "
+                     f"GPU {s['compute']:.3f} + D2H {s['d2h']:.3f} ms (CUDA graphs: {e['cuda_graphs']})")
+    if "accuracy" in r and r["accuracy"].get("max_rel_error") is not None:
+        lines.append(f"max rel error vs {r['accuracy']['reference']}: {r['accuracy']['max_rel_error']:.2e}")
+    lines.append(f"{'peer':34s} {'median ms':>10s} {'items/s':>10s} {'Ember x':>8s}")
+    for name, p in r["peers"].items():
+        if "error" in p:
+            lines.append(f"{name:34s} failed: {p['error'][:80]}")
+        else:
+            lines.append(f"{name:34s} {p['compute_ms']['median']:10.3f} {p['throughput']:10.1f} "
+                         f"{p['ember_speedup']:8.2f}")
+    return "\n".join(lines)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``ember bench``."""
+    p.add_argument("model", help=".onnx model, .ember engine, or a zoo model name")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default=None,
+                   help="default fp16 on cuda, fp32 on cpu")
+    p.add_argument("--batch", type=int, help="batch size (dim 0 of every input)")
+    p.add_argument("--shapes", action="append", metavar="NAME:DIMS,...", help="input shapes")
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--peers", default="torch,torch-compile,onnxruntime",
+                   help="comma-separated: torch, torch-compile, onnxruntime (or 'none')")
+    p.add_argument("--timing-cache", metavar="FILE")
+    p.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
+    p.add_argument("--no-tuning", action="store_true", help="keep default tactics")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ember bench``."""
+    from ember.cli import parse_shapes
+
+    peers = tuple(p for p in args.peers.split(",") if p and p != "none")
+    bad = [p for p in peers if p not in ("torch", "torch-compile", "onnxruntime")]
+    if bad:
+        raise InputError(f"--peers {bad[0]!r} is not a peer; use torch, torch-compile, onnxruntime or none")
+    opts = BenchOptions(args.model, args.device, args.precision or ("fp16" if args.device == "cuda" else "fp32"),
+                        args.batch, parse_shapes(args.shapes), args.iterations, args.warmup, peers,
+                        args.timing_cache, not args.no_graphs, not args.no_tuning)
+    report = bench(opts)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    return 0

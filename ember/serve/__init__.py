@@ -6,16 +6,28 @@ HTTP): a model repository, dynamic batching, parallel instances, Prometheus metr
 >>> from ember.serve import ServerOptions, ServerThread
 >>> with ServerThread(ServerOptions("models", http_port=0, grpc_port=0, metrics_port=0)) as srv:  # doctest: +SKIP
 ...     url = f"127.0.0.1:{srv.http_port}"
-"""
-from ember.serve.config import ModelConfig, read_config
-from ember.serve.errors import (
-    BadRequestError, ModelConfigError, ModelNotFoundError, QueueFullError, RequestTimeoutError,
-    ServeError, UnavailableError,
-)
-from ember.serve.server import Server, ServerOptions, ServerThread, run_server
 
-__all__ = [
-    "ModelConfig", "read_config", "Server", "ServerOptions", "ServerThread", "run_server",
-    "ServeError", "BadRequestError", "ModelConfigError", "ModelNotFoundError", "QueueFullError",
-    "RequestTimeoutError", "UnavailableError",
-]
+The names below are imported on first use, so ``ember.serve.cli`` (what ``ember --help`` loads)
+does not pull in FastAPI, uvicorn and gRPC.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ModelConfig": "ember.serve.config", "read_config": "ember.serve.config",
+    "Server": "ember.serve.server", "ServerOptions": "ember.serve.server",
+    "ServerThread": "ember.serve.server", "run_server": "ember.serve.server",
+    "ServeError": "ember.serve.errors", "BadRequestError": "ember.serve.errors",
+    "ModelConfigError": "ember.serve.errors", "ModelNotFoundError": "ember.serve.errors",
+    "QueueFullError": "ember.serve.errors", "RequestTimeoutError": "ember.serve.errors",
+    "UnavailableError": "ember.serve.errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ember.serve' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -10,6 +10,7 @@ import logging
 
 from ember.errors import EmberError
 
+HELP = "serve models over HTTP and gRPC (KServe v2, Triton-compatible) with dynamic batching"
 DESCRIPTION = ("Serve the models of a repository over the KServe v2 / Open Inference Protocol "
                "(HTTP and gRPC, as Triton Inference Server does), with dynamic batching and "
                "Prometheus metrics.")

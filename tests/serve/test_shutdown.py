@@ -1,4 +1,4 @@
-"""``python -m ember.serve`` in a process of its own: SIGTERM/SIGINT drain the queue, every queued
+"""``ember serve`` (and ``python -m ember.serve``) in a process of its own: SIGTERM/SIGINT drain the queue, every queued
 request is answered, and the process exits cleanly."""
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from servekit import matmul_relu_model, reference, write_model
 READY = re.compile(r"HTTP [\d.]+:(\d+), gRPC [\d.]+:(\d+), metrics [\d.]+:(\d+)")
 
 
-def start_server(repo: Path, cache_dir: Path) -> tuple[subprocess.Popen, list[str], dict]:
+def start_server(repo: Path, cache_dir: Path, entry: list[str]) -> tuple[subprocess.Popen, list[str], dict]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ember.serve", str(repo), "--http-port", "0", "--grpc-port", "0",
+        [sys.executable, "-m", *entry, str(repo), "--http-port", "0", "--grpc-port", "0",
          "--metrics-port", "0", "--cache-dir", str(cache_dir)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         cwd=Path(__file__).resolve().parents[2])
@@ -45,11 +45,11 @@ def start_server(repo: Path, cache_dir: Path) -> tuple[subprocess.Popen, list[st
     return proc, lines, ports
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_drains_the_queue(tmp_path, cache_dir, sig):
+@pytest.mark.parametrize("sig, entry", [(signal.SIGTERM, ["ember.cli", "serve"]), (signal.SIGINT, ["ember.serve"])])
+def test_signal_drains_the_queue(tmp_path, cache_dir, sig, entry):
     write_model(tmp_path, "drain", matmul_relu_model(),
                 "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_microseconds: 5000000\n")
-    proc, lines, ports = start_server(tmp_path, cache_dir)
+    proc, lines, ports = start_server(tmp_path, cache_dir, entry)
     url = f"http://127.0.0.1:{ports['http']}/v2/models/drain/infer"
     results: dict[int, httpx.Response] = {}
 
@@ -85,7 +85,7 @@ def test_signal_drains_the_queue(tmp_path, cache_dir, sig):
 
 
 def test_bad_repository_exits_with_a_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ember.serve", str(tmp_path / "missing"), "--http-port", "0"],
+    proc = subprocess.run([sys.executable, "-m", "ember.cli", "serve", str(tmp_path / "missing"), "--http-port", "0"],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 1
     assert "is not a folder" in proc.stderr and "Traceback" not in proc.stderr

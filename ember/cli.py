@@ -32,6 +32,8 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
     }
     for module in (inspect_tool,):
         table[_name(module)] = (module.HELP, module.add_arguments, module.run)
+    from ember.serve import cli as serve_cli
+    table["serve"] = (serve_cli.HELP, serve_cli.add_arguments, serve_cli.run)
     return table
 
 

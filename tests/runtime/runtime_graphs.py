@@ -34,3 +34,34 @@ def mlp_reference(g: Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     r = np.maximum(x @ c["w1"] + c["b1"], 0)
     z = r @ c["w2"]
     return {"y": 1 / (1 + np.exp(-z)) + np.maximum(z, 0), "z": z}
+
+
+def cnn_graph() -> Graph:
+    """x[batch,3,8,8] -> conv 3x3 -> relu -> conv 1x1 (+ residual) -> global average pool."""
+    from ember.ops.attrs import ConvAttrs
+
+    rng = np.random.default_rng(2)
+    f = lambda *s: TensorType(DType.FLOAT32, s)  # noqa: E731
+    nodes = [
+        Node("conv1", OpType.CONV, ("x", "k1", "c1"), ("a",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))),
+        Node("relu1", OpType.RELU, ("a",), ("b",)),
+        Node("conv2", OpType.CONV, ("b", "k2"), ("c",), ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1))),
+        Node("res", OpType.ADD, ("c", "b"), ("d",)),
+        Node("pool", OpType.GLOBAL_AVERAGE_POOL, ("d",), ("y",)),
+    ]
+    types = {"x": f("batch", 3, 8, 8), "k1": f(8, 3, 3, 3), "c1": f(8), "a": f("batch", 8, 8, 8),
+             "b": f("batch", 8, 8, 8), "k2": f(8, 8, 1, 1), "c": f("batch", 8, 8, 8),
+             "d": f("batch", 8, 8, 8), "y": f("batch", 8, 1, 1)}
+    consts = {"k1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+              "c1": rng.standard_normal(8).astype(np.float32),
+              "k2": rng.standard_normal((8, 8, 1, 1)).astype(np.float32)}
+    return Graph("cnn", nodes, ["x"], ["y"], types, consts, opset=17)
+
+
+def cnn_reference(g: Graph, x: np.ndarray) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    c = {k: torch.from_numpy(v) for k, v in g.constants.items()}
+    b = F.relu(F.conv2d(torch.from_numpy(x), c["k1"], c["c1"], padding=1))
+    return (F.conv2d(b, c["k2"]) + b).mean(dim=(2, 3), keepdim=True).numpy()

@@ -15,12 +15,15 @@ from ember.builder.build import build
 from ember.ir import Node, OpType
 from ember.ops.attrs import SplitAttrs
 
-from runtime_graphs import mlp_graph, mlp_reference
+from runtime_graphs import cnn_graph, cnn_reference, mlp_graph, mlp_reference
+
+
+MLP = mlp_graph()  # the unoptimized graph: references use its weights
+CNN = cnn_graph()
 
 
 def test_contexts_run_concurrently_from_threads():
     engine = build(mlp_graph(), ember.BuildConfig(profiles={"x": ((1, 6), (4, 6), (16, 6))}))
-    ref_graph = engine.plan.graph
     barrier = threading.Barrier(4)
 
     def worker(seed: int) -> int:
@@ -32,7 +35,7 @@ def test_contexts_run_concurrently_from_threads():
             ctx = contexts[i % 3]
             x = rng.standard_normal((int(rng.integers(1, 17)), 6)).astype(np.float32)
             out = ctx.infer({"x": torch.from_numpy(x)} if i % 2 else {"x": x})
-            want = mlp_reference(ref_graph, x)
+            want = mlp_reference(MLP, x)
             for k in ("y", "z"):
                 got = out[k].numpy() if isinstance(out[k], torch.Tensor) else out[k]
                 np.testing.assert_allclose(got, want[k], rtol=1e-5, atol=1e-6)
@@ -45,6 +48,22 @@ def test_contexts_run_concurrently_from_threads():
         assert sum(pool.map(worker, range(4))) == 100
 
 
+def test_conv_engine_concurrently_from_threads():
+    engine = build(cnn_graph(), ember.BuildConfig(profiles={"x": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}))
+    assert len(engine.plan.layers) < 5  # the optimizer fused something: real prepacked kernels
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with engine.create_context() as ctx:
+            for _ in range(15):
+                x = rng.standard_normal((int(rng.integers(1, 5)), 3, 8, 8)).astype(np.float32)
+                np.testing.assert_allclose(ctx.infer({"x": x})["y"], cnn_reference(CNN, x),
+                                           rtol=1e-4, atol=1e-5)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(worker, range(4)))
+
+
 def test_one_context_shared_by_threads_is_serialized():
     engine = build(mlp_graph(), ember.BuildConfig(shapes={"x": (2, 6)}))
     ctx = engine.create_context()
@@ -52,7 +71,7 @@ def test_one_context_shared_by_threads_is_serialized():
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda x: ctx.infer({"x": x})["y"], xs))
     for x, y in zip(xs, outs):
-        np.testing.assert_allclose(y, mlp_reference(engine.plan.graph, x)["y"], rtol=1e-5)
+        np.testing.assert_allclose(y, mlp_reference(MLP, x)["y"], rtol=1e-5)
     assert ctx.runs == 16
 
 
@@ -143,6 +162,6 @@ def test_backend_program_and_runner_hook():
         ya, yb = a.infer({"x": x})["y"], b.infer({"x": x})["y"]
         with pytest.raises(ember.InputError, match="missing input 'x'"):
             a.infer({})  # inputs are validated before the runner sees them
-    np.testing.assert_allclose(ya, mlp_reference(engine.plan.graph, x)["y"], rtol=1e-5)
+    np.testing.assert_allclose(ya, mlp_reference(MLP, x)["y"], rtol=1e-5)
     np.testing.assert_array_equal(ya, yb)
     assert [(r.calls, r.closed) for r in backend.runners] == [(1, True), (1, True)]

@@ -106,7 +106,7 @@ def onnx_model(nodes: list, inputs: Mapping[str, tuple], outputs: Sequence[str],
 
     ins = [helper.make_tensor_value_info(k, (input_types or {}).get(k, TensorProto.FLOAT), list(s))
            for k, s in inputs.items()]
-    outs = [helper.make_tensor_value_info(k, TensorProto.UNDEFINED, None) for k in outputs]
+    outs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in outputs]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()]
     graph = helper.make_graph(nodes, "test", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

@@ -34,10 +34,31 @@ def test_shape_chain_folds_a_static_dim_of_a_dynamic_batch():
     assert out.constants[out.nodes[0].inputs[1]].tolist() == [4, -1]
 
 
-def test_shape_chain_on_the_dynamic_dim_stays():
+def test_shape_chain_on_the_dynamic_dim_becomes_a_copy_dim():
     g = shape_chain(("batch", 3, 4), index=0)
     out, _ = run_pass(g, "fold_constants")
-    assert ops(out) == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"]
+    assert ops(out) == ["Reshape"]
+    assert out.constants[out.nodes[0].inputs[1]].tolist() == [0, -1]
+    for batch in (1, 3):
+        assert_same_outputs(g, out, {"x": np.ones((batch, 3, 4), np.float32)})
+
+
+def test_expand_to_a_shape_with_the_input_batch_symbol_keeps_that_dim():
+    nodes = [Node("shape", OpType.SHAPE, ("x",), ("s",), ShapeAttrs(0, 1)),
+             Node("concat", OpType.CONCAT, ("s", "rest"), ("shp",), AxisAttrs(0)),
+             Node("expand", OpType.EXPAND, ("x", "shp"), ("y",))]
+    g = ir_graph(nodes, {"x": ("batch", 1, 4)}, ["y"], {"rest": np.array([5, 4], np.int64)})
+    out, _ = run_pass(g, "fold_constants")
+    assert ops(out) == ["Expand"] and out.constants[out.nodes[0].inputs[1]].tolist() == [1, 5, 4]
+    assert_same_outputs(g, out, {"x": np.ones((2, 1, 4), np.float32)})
+
+
+def test_reshape_with_two_unknown_dims_stays_dynamic():
+    nodes = [Node("shape", OpType.SHAPE, ("x",), ("s",), ShapeAttrs()),
+             Node("reshape", OpType.RESHAPE, ("y0", "s"), ("y",), ReshapeAttrs())]
+    g = ir_graph(nodes, {"x": ("a", "b"), "y0": ("c", "d")}, ["y"])
+    out, _ = run_pass(g, "fold_constants")
+    assert ops(out) == ["Shape", "Reshape"]
 
 
 def test_nodes_on_constants_are_evaluated():

@@ -1,0 +1,65 @@
+"""Decomposed LayerNorm -> LayerNormalization, vs ONNX Runtime."""
+import numpy as np
+import pytest
+from onnx import helper as oh
+
+from passkit import check_against_ort, onnx_model, ops, rng_const
+
+X = {"x": (2, 3, 8)}
+
+
+def layernorm(x, y, square="pow", divide="div", axes=(-1,), affine=True):
+    nodes = [oh.make_node("ReduceMean", [x], ["mu"], name="ln/mean", axes=list(axes)),
+             oh.make_node("Sub", [x, "mu"], ["d"], name="ln/sub")]
+    nodes.append(oh.make_node("Pow", ["d", "two"], ["sq"], name="ln/pow") if square == "pow"
+                 else oh.make_node("Mul", ["d", "d"], ["sq"], name="ln/sq"))
+    nodes += [oh.make_node("ReduceMean", ["sq"], ["var"], name="ln/var", axes=list(axes)),
+              oh.make_node("Add", ["var", "eps"], ["ve"], name="ln/eps"),
+              oh.make_node("Sqrt", ["ve"], ["std"], name="ln/sqrt")]
+    norm = "n" if affine else y
+    if divide == "div":
+        nodes.append(oh.make_node("Div", ["d", "std"], [norm], name="ln/div"))
+    else:
+        nodes += [oh.make_node("Reciprocal", ["std"], ["inv"], name="ln/recip"),
+                  oh.make_node("Mul", ["d", "inv"], [norm], name="ln/div")]
+    if affine:
+        nodes += [oh.make_node("Mul", ["n", "gamma"], ["ng"], name="ln/gamma"),
+                  oh.make_node("Add", ["ng", "beta"], [y], name="ln/beta")]
+    return nodes
+
+
+CONSTS = {"two": np.float32(2), "eps": np.float32(1e-5), "gamma": rng_const(8, low=0.5, high=1.5),
+          "beta": rng_const(8, seed=3)}
+
+
+@pytest.mark.parametrize("square, divide", [("pow", "div"), ("mul", "recip")])
+def test_decomposed_layernorm_becomes_one_node(square, divide):
+    out = check_against_ort(onnx_model(layernorm("x", "y", square, divide), X, ["y"], CONSTS, opset=13))
+    assert ops(out) == ["LayerNormalization"]
+    ln = out.nodes[0]
+    assert ln.attrs.axis == -1 and abs(ln.attrs.epsilon - 1e-5) < 1e-9
+    assert ln.origin[0] == "ln/mean" and ln.origin[-1] == "ln/beta" and len(ln.origin) == 9 + (divide != "div")
+
+
+def test_layernorm_after_a_residual_add_reads_the_sum():
+    nodes = [oh.make_node("Add", ["x", "r"], ["s"], name="residual")] + layernorm("s", "y")
+    out = check_against_ort(onnx_model(nodes, {**X, "r": (2, 3, 8)}, ["y"], CONSTS))
+    assert ops(out) == ["Add", "LayerNormalization"] and out.nodes[1].inputs[0] == "s"
+
+
+def test_layernorm_over_two_trailing_axes():
+    consts = {**CONSTS, "gamma": rng_const(3, 8), "beta": rng_const(3, 8, seed=2)}
+    out = check_against_ort(onnx_model(layernorm("x", "y", axes=(1, 2)), X, ["y"], consts))
+    assert ops(out) == ["LayerNormalization"] and out.nodes[0].attrs.axis == -2
+
+
+def test_normalizing_a_leading_axis_is_not_layernorm():
+    consts = {**CONSTS, "gamma": rng_const(3, 1), "beta": rng_const(3, 1, seed=2)}
+    out = check_against_ort(onnx_model(layernorm("x", "y", axes=(1,)), X, ["y"], consts))
+    assert "LayerNormalization" not in ops(out)
+
+
+def test_mean_with_a_second_reader_blocks_the_fusion():
+    nodes = layernorm("x", "y") + [oh.make_node("Relu", ["mu"], ["z"], name="other")]
+    out = check_against_ort(onnx_model(nodes, X, ["y", "z"], CONSTS))
+    assert "LayerNormalization" not in ops(out)

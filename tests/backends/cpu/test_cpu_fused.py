@@ -139,3 +139,50 @@ def test_fused_attention_broadcast_batch(rng):
     want = _attention_unfused(q, k, v, None, 0.5, False)
     node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v"), ("o",), FusedAttentionAttrs(0.5))
     _check_all(node, [q, k, v], set(), want, 1e-5, 1e-5)
+
+
+def test_fused_elementwise_chain(rng):
+    from ember.ops.attrs import FusedElementwiseAttrs, FusedStep
+
+    x = rng.standard_normal((2, 3, 4)).astype(F32)
+    b = rng.standard_normal(4).astype(F32)
+    # y = relu((x + b) * x) - sigmoid(x + b); operands: 0=x, 1=b, then step results 2, 3, ...
+    steps = (FusedStep(OpType.ADD, (0, 1)), FusedStep(OpType.MUL, (2, 0)), FusedStep(OpType.RELU, (3,)),
+             FusedStep(OpType.SIGMOID, (2,)), FusedStep(OpType.SUB, (4, 5)),
+             FusedStep(OpType.CLIP, (6,), ClipAttrs(-0.5, 2.0)))
+    node = Node("fe", OpType.FUSED_ELEMENTWISE, ("x", "b"), ("y",), FusedElementwiseAttrs(steps))
+    s = x + b
+    want = np.clip(np.maximum(s * x, 0) - 1 / (1 + np.exp(-s)), -0.5, 2.0)
+    x_before = x.copy()
+    _check_all(node, [x, b], set(), want, 1e-5, 1e-6)
+    np.testing.assert_array_equal(x, x_before)  # inputs are never written
+
+
+def test_fused_elementwise_does_not_overwrite_a_shared_intermediate(rng):
+    from ember.ops.attrs import FusedElementwiseAttrs, FusedStep
+
+    x = rng.standard_normal((5,)).astype(F32)
+    # t = x * 2 is read twice: relu(t) must not change t before t + relu(t)
+    steps = (FusedStep(OpType.MUL, (0, 1)), FusedStep(OpType.RELU, (2,)), FusedStep(OpType.ADD, (2, 3)))
+    node = Node("fe", OpType.FUSED_ELEMENTWISE, ("x", "two"), ("y",), FusedElementwiseAttrs(steps))
+    t = x * 2
+    _check_all(node, [x, np.array(2.0, F32)], set(), t + np.maximum(t, 0), 1e-6, 1e-6)
+
+
+def test_fused_elementwise_never_writes_through_a_noop_step(rng):
+    import torch
+
+    from ember.backends.base import CompileContext
+    from ember.backends.cpu import CPUBackend
+    from ember.ir.graph import Graph
+    from ember.ops.attrs import CastAttrs, FusedElementwiseAttrs, FusedStep
+
+    x = torch.from_numpy(rng.standard_normal((5,)).astype(F32))
+    # Cast to the same dtype hands back x itself; the Relu after it must not write into x
+    steps = (FusedStep(OpType.CAST, (0,), CastAttrs("float32")), FusedStep(OpType.RELU, (1,)))
+    node = Node("fe", OpType.FUSED_ELEMENTWISE, ("x",), ("y",), FusedElementwiseAttrs(steps))
+    kernel = CPUBackend().compile_node(node, CompileContext(Graph("g", [], [], [], {}), {}, torch.device("cpu")))
+    before = x.clone()
+    (y,) = kernel([x])
+    torch.testing.assert_close(y, torch.relu(before))
+    torch.testing.assert_close(x, before)

@@ -37,6 +37,7 @@ class Step:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
+    out_index: tuple[int, ...] = ()  # positions of the outputs that have a name
 
 
 class Program:
@@ -61,8 +62,11 @@ class Program:
             except Exception as e:  # noqa: BLE001 - name the layer, keep the cause
                 raise BuildError(f"layer {node.name!r} ({node.op}) could not be compiled for "
                                  f"{device.type} with tactic {layer.tactic or 'default'!r}: {e}") from e
+            if len(node.outputs) > 1:
+                kernel = _padded(kernel, len(node.outputs))
             steps.append(Step(node.name, node.op.value, kernel, node.inputs, node.outputs,
-                              tuple(n for n in frees.get(i, ()) if n not in keep)))
+                              tuple(n for n in frees.get(i, ()) if n not in keep),
+                              tuple(k for k, o in enumerate(node.outputs) if o)))
         self.steps: tuple[Step, ...] = tuple(steps)
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
@@ -72,12 +76,18 @@ class Program:
         """Runs every layer on ``feeds`` (checked tensors on this device); returns the outputs."""
         env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
         env.update(feeds)
-        for step in self.steps:
-            results = _call(step, [env[n] if n else None for n in step.inputs])
-            env.update({name: value for name, value in zip(step.outputs, results) if name})
+        for step in self.steps:  # the hot loop: no helper calls, nothing kept past its use
+            try:
+                results = step.kernel([env[n] if n else None for n in step.inputs])
+            except EmberError:
+                raise
+            except Exception as e:  # noqa: BLE001 - name the layer and what it was given
+                raise _failure(step, env, e) from e
+            for i in step.out_index:
+                env[step.outputs[i]] = results[i]
             for name in step.frees:
                 del env[name]
-            del results  # hold nothing past its last use, not even a dead output
+            results = None
         feed_storage = {t.untyped_storage().data_ptr() for t in feeds.values() if t.numel()}
         return {o: self._own(env[o], feed_storage) for o in self.outputs}  # type: ignore[arg-type]
 
@@ -89,13 +99,19 @@ class Program:
         return t.clone() if ptr in self._const_storage or ptr in feed_storage else t
 
 
-def _call(step: Step, args: list[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
-    try:
-        return step.kernel(args)
-    except EmberError:
-        raise
-    except Exception as e:  # noqa: BLE001 - name the layer and what it was given
-        raise EmberError(f"layer {step.name!r} ({step.kind}) failed on inputs {_shapes(args)}: {e}") from e
+def _padded(kernel: Kernel, n: int) -> Kernel:
+    """A multi-output kernel may leave unused optional outputs off its result list."""
+
+    def run(args: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+        results = list(kernel(args))
+        return results + [None] * (n - len(results))
+
+    return run
+
+
+def _failure(step: Step, env: Mapping[str, Optional[torch.Tensor]], e: Exception) -> EmberError:
+    args = [env.get(n) if n else None for n in step.inputs]
+    return EmberError(f"layer {step.name!r} ({step.kind}) failed on inputs {_shapes(args)}: {e}")
 
 
 def _shapes(args: Sequence[Optional[torch.Tensor]]) -> str:

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ember.ir.graph import Graph
 from ember.passes import (  # noqa: F401  (each module registers its passes)
-    cleanup, fold, fold_weights, fuse_attention, fuse_conv, fuse_gemm, fuse_horizontal, fuse_norm,
-    precision,
+    cleanup, concat, fold, fold_weights, fuse_attention, fuse_conv, fuse_gemm, fuse_horizontal,
+    fuse_norm, layout, precision,
 )
 from ember.passes.manager import (
     DumpInstrument, Instrument, Pass, PassContext, StatsInstrument, VerifyInstrument, get_pass,
@@ -35,6 +35,8 @@ PIPELINE: tuple[str, ...] = (
     # fuse
     "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv",
     "fuse_horizontal_conv", "fuse_horizontal_gemm", "dce",
+    # layout
+    "plan_concat_slices", "assign_layout",
     # precision
     "assign_precisions",
 )

@@ -1,0 +1,113 @@
+"""Layout assignment: channels-last (NHWC) or channels-first (NCHW) memory per 4-D tensor.
+
+Logical shapes stay NCHW in the IR (ONNX semantics); the layout is the *memory format* a
+backend stores a 4-D activation in. The pass writes ``graph.meta["layout"]`` (contract in
+docs/CONTRACTS.md): the preferred format, the 4-D activations to keep channels-last, the conv
+weights to convert once at build time, and every place a conversion happens.
+
+With ``nhwc``: convolution-like layers produce channels-last; layout-agnostic layers
+(elementwise, activations, channel Concat/Split, pooling) follow the format most of their 4-D
+inputs have, so chains of them need no conversion; everything else (Reshape, Flatten, MatMul,
+Softmax, ...) reads NCHW. A conversion is counted where a tensor's format differs from what a
+reader wants, and for graph outputs (users get NCHW). With ``nchw`` nothing is converted.
+
+The preference is ``BuildConfig.layout`` when the config has it (``"nchw"``, ``"nhwc"`` or
+``"auto"``), else the device's default: channels-last on CUDA (tensor cores want it), NCHW on
+the CPU (oneDNN reorders internally; prepacked weights are the CPU's lever).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.passes.manager import PassContext, Phase, register_pass
+
+NCHW, NHWC = "nchw", "nhwc"
+DEVICE_LAYOUT = {"cpu": NCHW, "cuda": NHWC}
+
+#: Layers that compute fastest on channels-last activations.
+ANCHORS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.CONV_TRANSPOSE, OpType.MAX_POOL,
+                     OpType.AVERAGE_POOL, OpType.BATCH_NORM, OpType.RESIZE})
+#: Layers that compute the same on either format and produce the format of their inputs.
+AGNOSTIC = frozenset({
+    OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH, OpType.HARD_SIGMOID,
+    OpType.HARD_SWISH, OpType.CLIP, OpType.GELU, OpType.ERF, OpType.SQRT, OpType.EXP, OpType.LOG,
+    OpType.NEG, OpType.ABS, OpType.RECIPROCAL, OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV,
+    OpType.POW, OpType.MAX, OpType.MIN, OpType.CONCAT, OpType.SPLIT, OpType.GLOBAL_AVERAGE_POOL,
+    OpType.LRN, OpType.PAD, OpType.IDENTITY, OpType.DROPOUT, OpType.FUSED_ELEMENTWISE,
+})
+#: Weight input slots of anchors (converted to channels-last once, at build time).
+WEIGHT_SLOTS = {OpType.CONV: 1, OpType.FUSED_CONV: 1, OpType.CONV_TRANSPOSE: 1}
+
+
+def preferred_layout(config: Any) -> str:
+    """``nchw`` or ``nhwc`` for this build."""
+    chosen = getattr(config, "layout", "auto") or "auto"
+    if chosen == "auto":
+        return DEVICE_LAYOUT.get(getattr(config, "device", "cpu"), NCHW)
+    return chosen
+
+
+def _is_4d_activation(g: Graph, name: str) -> bool:
+    t = g.types.get(name)
+    return bool(name) and name not in g.constants and t is not None and t.rank == 4 and t.dtype.is_float
+
+
+def _node_format(node: Node, g: Graph, fmt: dict[str, str]) -> str:
+    """The format ``node`` computes in (and writes its 4-D outputs in)."""
+    if node.op in ANCHORS:
+        return NHWC
+    if node.op in AGNOSTIC:
+        if node.op in (OpType.CONCAT, OpType.SPLIT) and not _channel_axis(node, g):
+            return NCHW
+        formats = [fmt.get(i, NCHW) for i in node.inputs if _is_4d_activation(g, i)]
+        if formats and formats.count(NHWC) * 2 >= len(formats):
+            return NHWC
+    return NCHW
+
+
+def _channel_axis(node: Node, g: Graph) -> bool:
+    rank = g.type_of(node.outputs[0]).rank
+    axis = node.attrs.axis if node.attrs is not None else 0
+    return (axis + rank if axis < 0 else axis) == 1
+
+
+def assign(graph: Graph) -> dict[str, Any]:
+    """The channels-last plan of ``graph`` (see the module docstring)."""
+    fmt: dict[str, str] = {}
+    conversions: list[dict[str, str]] = []
+    weights: list[str] = []
+    for node in graph.nodes:
+        want = _node_format(node, graph, fmt)
+        for i in node.inputs:
+            if _is_4d_activation(graph, i) and fmt.get(i, NCHW) != want:
+                conversions.append({"tensor": i, "to": want, "reader": node.name})
+        slot = WEIGHT_SLOTS.get(node.op)
+        if slot is not None and node.input(slot) in graph.constants:
+            weights.append(node.input(slot))
+        for o in node.outputs:
+            if _is_4d_activation(graph, o):
+                fmt[o] = want
+    for o in graph.outputs:
+        if fmt.get(o) == NHWC:
+            conversions.append({"tensor": o, "to": NCHW, "reader": "<output>"})
+    return {"preferred": NHWC, "nhwc": sorted(k for k, v in fmt.items() if v == NHWC),
+            "weights": sorted(set(weights)), "conversions": conversions}
+
+
+@register_pass("assign_layout", Phase.LAYOUT)
+def assign_layout(graph: Graph, ctx: PassContext) -> Graph:
+    """Chooses NHWC/NCHW memory per 4-D tensor for the backend's preference."""
+    if preferred_layout(ctx.config) == NHWC:
+        plan = assign(graph)
+    else:
+        plan = {"preferred": NCHW, "nhwc": [], "weights": [], "conversions": []}
+    if graph.meta.get("layout") == plan:
+        return graph
+    if plan["nhwc"]:
+        ctx.count("4-D activation => channels-last", len(plan["nhwc"]))
+        ctx.count("layout conversion", len(plan["conversions"]))
+    meta = dict(graph.meta)
+    meta["layout"] = plan
+    return graph.copy(meta=meta)

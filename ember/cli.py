@@ -128,7 +128,8 @@ def run_build(args: argparse.Namespace) -> int:
     engine.save(out)
     plan = engine.plan
     info = plan.build_info
-    print(f"built {out}: {len(plan.layers)} layers from {info.get('source_nodes')} model nodes, "
+    source = {"onnx": "ONNX nodes"}.get(info.get("source_format", ""), "model nodes")
+    print(f"built {out}: {len(plan.layers)} layers from {info.get('source_nodes')} {source}, "
           f"memory plan {human_bytes(plan.memory.arena_bytes)} (vs {human_bytes(plan.memory.sum_bytes)} "
           f"unplanned), weights {human_bytes(engine.weights_bytes)}, in {info.get('build_seconds', 0):.2f} s")
     return 0

@@ -60,7 +60,7 @@ def test_build_run_inspect(files, capsys):
     code, out, err = _run(capsys, "build", d / "tiny.onnx", "-o", d / "tiny.ember", "--shapes", "x:2x3x8x8",
                           "--timing-cache", d / "cache.json", "--tune-cpu")
     assert code == 0, err
-    assert out.startswith(f"built {d / 'tiny.ember'}: ") and "from 6 model nodes" in out
+    assert out.startswith(f"built {d / 'tiny.ember'}: ") and "from 6 ONNX nodes" in out
     assert (d / "tiny.ember").exists() and (d / "cache.json").exists()
 
     code, out, err = _run(capsys, "run", d / "tiny.ember", "--input", f"x={d / 'x.npy'}")

@@ -69,6 +69,7 @@ def format_engine(plan: Plan, layers: bool = True) -> str:
     saved = f", {mem.sum_bytes / mem.arena_bytes:.2f}x less" if mem.arena_bytes else ""
     lines.append(f"  memory plan: peak {human_bytes(mem.arena_bytes)} vs {human_bytes(mem.sum_bytes)} "
                  f"sum of intermediates{saved}; {len(mem.tensors)} tensors"
+                 + ("" if all(s.is_static for s in plan.inputs) else ", sized at the profiles' max shapes")
                  + (f", {len(mem.dynamic)} dynamic (allocated at run time)" if mem.dynamic else ""))
     lines.append(f"  weights: {human_bytes(weights)} in {len(g.constants)} constants")
     if layers:

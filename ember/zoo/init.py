@@ -39,9 +39,9 @@ def calibrate_batchnorm(model: nn.Module, make_input: Callable[[torch.Generator]
                         generator: torch.Generator, passes: int = 1) -> None:
     """Sets every BatchNorm's running mean/var to the statistics of real forward passes.
 
-    The statistics are those of the random network on random inputs: per-channel means far from
-    zero and variances far from one, which is what BN folding must get right, while keeping each
-    layer's output normalized the way a trained network's is.
+    The statistics are those of the random network on random inputs, then perturbed a little:
+    per-channel means away from zero and variances far from one, which is what BN folding must
+    get right, while each layer's output stays about as normalized as a trained network's.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if not norms:
@@ -56,6 +56,11 @@ def calibrate_batchnorm(model: nn.Module, make_input: Callable[[torch.Generator]
     for m, (momentum, training) in zip(norms, saved):
         m.momentum = momentum
         m.train(training)
+        # A trained network's statistics never match the inference data exactly; shifting them a
+        # little also keeps any BN whose input happens to be centred from having a zero mean.
+        std = m.running_var.sqrt()
+        m.running_mean.add_(torch.randn(m.running_mean.shape, generator=generator) * 0.2 * std)
+        m.running_var.mul_(torch.rand(m.running_var.shape, generator=generator) * 0.6 + 0.7)
 
 
 def _normal(t: torch.Tensor, std: float, generator: torch.Generator) -> None:

@@ -70,7 +70,8 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
     >>> m = build_model("resnet-18")                       # doctest: +SKIP
     """
     generator = torch.Generator().manual_seed(seed)
-    model = get(name).create(generator)
+    with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG
+        model = get(name).create(generator)
     return model.eval()
 
 

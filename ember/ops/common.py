@@ -61,6 +61,11 @@ def const_ints(value: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in np.asarray(value).reshape(-1))
 
 
+def const_dims(value: np.ndarray) -> tuple[Dim, ...]:
+    """Entries of a build-time shape value: ints, or symbolic dims (str) where not known."""
+    return tuple(v if isinstance(v, str) else int(v) for v in np.asarray(value).reshape(-1))
+
+
 def const_floats(value: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(value).reshape(-1))
 

@@ -21,7 +21,7 @@ from ember.ir.types import Dim, TensorType, format_shape
 from ember.ops import shape_gen  # noqa: F401  (registers Expand, Shape, Pad, Resize, ...)
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs, SliceAttrs, SplitAttrs, TransposeAttrs
 from ember.ops.common import (
-    add_dims, const_ints, div_dim, fresh_dims, mul_dims, need, norm_axes, norm_axis, require,
+    add_dims, const_dims, const_ints, div_dim, fresh_dims, mul_dims, need, norm_axes, norm_axis, require,
 )
 from ember.ops.registry import register_op
 
@@ -104,7 +104,7 @@ def slice_params(a: SliceAttrs, consts: Consts, rank: int) -> Optional[tuple[tup
         vals = [_const(consts, i) for i in range(1, 5)]
         if vals[0] is None or vals[1] is None:
             return None
-        starts, ends = const_ints(vals[0]), const_ints(vals[1])
+        starts, ends = const_ints(vals[0]), const_dims(vals[1])
         axes = const_ints(vals[2]) if vals[2] is not None else None
         steps = const_ints(vals[3]) if vals[3] is not None else None
     axes = tuple(range(len(starts))) if axes is None else axes
@@ -115,8 +115,15 @@ def slice_params(a: SliceAttrs, consts: Consts, rank: int) -> Optional[tuple[tup
     return tuple(starts), tuple(ends), norm_axes(axes, rank, "Slice axes"), tuple(steps)
 
 
-def slice_len(dim: Dim, start: int, end: int, step: int) -> Optional[Dim]:
-    """Length of ``range(dim)[start:end:step]`` (ONNX clamping), or None when unknowable."""
+def slice_len(dim: Dim, start: int, end: Dim, step: int) -> Optional[Dim]:
+    """Length of ``range(dim)[start:end:step]`` (ONNX clamping), or None when unknowable.
+
+    A symbolic ``end`` (a run-time size such as ``x[:, :seq]``) is taken to be within the dim.
+    """
+    if isinstance(end, str):
+        if step != 1 or start < 0:
+            return None
+        return end if start == 0 else f"({end}-{start})"
     if isinstance(dim, int):
         return _static_slice_len(dim, start, end, step)
     if step != 1:
@@ -184,13 +191,18 @@ def infer_gather(node: Node, in_types: Types, consts: Consts) -> list[TensorType
     return [x.with_shape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])]
 
 
-def reshape_shape(in_shape: tuple[Dim, ...], target: Sequence[int], allowzero: bool,
+def reshape_shape(in_shape: tuple[Dim, ...], target: Sequence[Dim], allowzero: bool,
                   out_name: str) -> tuple[Dim, ...]:
-    """Resolves 0 (copy the input dim) and -1 (infer) in a Reshape target, symbolically."""
+    """Resolves 0 (copy the input dim) and -1 (infer) in a Reshape target, symbolically.
+
+    Target entries may be symbolic dims (a target built at run time from known dims).
+    """
     require(list(target).count(-1) <= 1, f"Reshape target {tuple(target)} has more than one -1")
     dims: list[Dim] = []
     for i, t in enumerate(target):
-        if t == 0 and not allowzero:
+        if isinstance(t, str):
+            dims.append(t)
+        elif t == 0 and not allowzero:
             require(i < len(in_shape), f"Reshape target {tuple(target)} copies dim {i} (a 0) "
                     f"but the input {format_shape(in_shape)} has rank {len(in_shape)}")
             dims.append(in_shape[i])
@@ -222,7 +234,7 @@ def infer_reshape(node: Node, in_types: Types, consts: Consts) -> list[TensorTyp
     if value is None:
         require(isinstance(s.shape[0], int), f"Reshape shape input {s} has an unknown length")
         return [x.with_shape(fresh_dims(node.outputs[0], s.shape[0]))]  # type: ignore[arg-type]
-    return [x.with_shape(reshape_shape(x.shape, const_ints(value), node.attrs.allowzero,
+    return [x.with_shape(reshape_shape(x.shape, const_dims(value), node.attrs.allowzero,
                                        node.outputs[0]))]
 
 

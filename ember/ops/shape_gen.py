@@ -14,7 +14,7 @@ from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops.attrs import ConstantOfShapeAttrs, PadAttrs, ResizeAttrs, ShapeAttrs
 from ember.ops.common import (
-    add_dims, broadcast_shapes, const_floats, const_ints, fresh_dims, mul_dims, need, norm_axes,
+    add_dims, broadcast_shapes, const_dims, const_floats, const_ints, fresh_dims, mul_dims, need, norm_axes,
     require,
 )
 from ember.ops.registry import register_op
@@ -45,7 +45,7 @@ def infer_expand(node: Node, in_types: Types, consts: Consts) -> list[TensorType
     if value is None:
         rank = max(x.rank, _shape_len(s, "Expand shape"))
         return [x.with_shape(fresh_dims(node.outputs[0], rank))]
-    return [x.with_shape(broadcast_shapes(x.shape, const_ints(value)))]
+    return [x.with_shape(broadcast_shapes(x.shape, const_dims(value)))]
 
 
 @register_op(OpType.SHAPE, attrs=ShapeAttrs)
@@ -64,8 +64,8 @@ def infer_constant_of_shape(node: Node, in_types: Types, consts: Consts) -> list
     value = _const(consts, 0)
     if value is None:
         return [TensorType(dtype, fresh_dims(node.outputs[0], _shape_len(s, "ConstantOfShape input")))]
-    dims = const_ints(value)
-    require(all(d >= 0 for d in dims), f"ConstantOfShape shape {dims} has a negative dim")
+    dims = const_dims(value)
+    require(all(isinstance(d, str) or d >= 0 for d in dims), f"ConstantOfShape shape {dims} has a negative dim")
     return [TensorType(dtype, dims)]
 
 
@@ -81,8 +81,18 @@ def infer_range(node: Node, in_types: Types, consts: Consts) -> list[TensorType]
     if any(v is None for v in vals):
         return [TensorType(dtype, (f"{node.outputs[0]}_d0",))]
     start, limit, delta = (np.asarray(v).reshape(()).item() for v in vals)
+    if any(isinstance(v, str) for v in (start, limit, delta)):
+        return [TensorType(dtype, (_symbolic_range_len(start, limit, delta, node.outputs[0]),))]
     require(delta != 0, "Range delta is 0")
     return [TensorType(dtype, (max(math.ceil((limit - start) / delta), 0),))]
+
+
+def _symbolic_range_len(start, limit, delta, out: str) -> Dim:
+    if delta == 1 and start == 0:
+        return limit
+    if delta == 1 and isinstance(start, int) and isinstance(limit, str):
+        return f"({limit}-{start})"
+    return f"{out}_d0"
 
 
 def pad_amounts(a: PadAttrs, consts: Consts, rank: int) -> Optional[tuple[int, ...]]:

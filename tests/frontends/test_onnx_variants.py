@@ -268,3 +268,32 @@ def test_initializer_listed_as_input_is_a_constant():
 def test_max_min_variadic_become_binary_chains():
     g = import_onnx(single("m", "Max", [feed("a", X), feed("b", X), feed("c", X)], opset=13).model)
     assert [n.op for n in g.nodes] == [OpType.MAX, OpType.MAX] and g.nodes[-1].outputs == ("y0",)
+
+
+def _if_model(dim1):
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, dim1])
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_value_info("t", onnx.TypeProto())])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_value_info("e", onnx.TypeProto())])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
+             helper.make_node("Equal", ["d", "three"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)]
+    inits = [onnx.numpy_helper.from_array(np.array(1, I64), "one"),
+             onnx.numpy_helper.from_array(np.array(3, I64), "three")]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_value_info("y", onnx.TypeProto())], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("dim1, taken", [(3, OpType.RELU), (4, OpType.NEG)])
+def test_if_with_build_time_condition_is_inlined(dim1, taken):
+    g = import_onnx(_if_model(dim1))
+    assert taken in [n.op for n in g.nodes] and g.nodes[-1].op is OpType.IDENTITY
+    assert g.types["y"].shape == (2, dim1)
+
+
+def test_if_with_run_time_condition_is_rejected_with_advice():
+    with pytest.raises(UnsupportedOpError, match=r"If .*'branch'.*condition is only known at run time"):
+        import_onnx(_if_model("n"))
+    assert import_onnx(_if_model("n"), shapes={"x": (2, 3)}).nodes[-2].op is OpType.RELU

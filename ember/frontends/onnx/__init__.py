@@ -18,7 +18,11 @@ lists the ops). Canonical forms (see ``ember.ops.attrs``):
   an all-True tensor; MaxPool's Indices, BatchNormalization's training outputs and Dropout in
   training mode are rejected when used; LayerNormalization's Mean/InvStdDev, when used, are
   computed by extra nodes;
-- inputs' dynamic dims are the ONNX ``dim_param`` or ``"<input>_d<i>"``.
+- inputs' dynamic dims are the ONNX ``dim_param`` or ``"<input>_d<i>"``;
+- ``If`` is imported when its condition is known at build time (from constants and input
+  shapes, through ``ember.ops.shape_values``): the taken branch is inlined. A condition known
+  only at run time is rejected;
+- Max/Min with more than two inputs become chains of binary nodes.
 """
 from ember.frontends.onnx.importer import import_onnx
 from ember.frontends.onnx.registry import MAX_OPSET, MIN_OPSET, supported_ops

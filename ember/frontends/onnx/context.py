@@ -97,8 +97,10 @@ class ImportContext:
 
     source: str
     opset: int
+    opsets: dict[str, int] = field(default_factory=dict)  # domain -> version
     types: dict[str, TensorType] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)  # build-time shape values
     nodes: list[Node] = field(default_factory=list)
     used: set[str] = field(default_factory=set)  # tensors read by a node or a graph output
     _names: set[str] = field(default_factory=set)
@@ -114,6 +116,12 @@ class ImportContext:
     def const(self, name: str) -> Optional[np.ndarray]:
         """The value of a constant tensor (initializer or Constant node), else None."""
         return self.constants.get(name) if name else None
+
+    def value(self, name: str) -> Optional[np.ndarray]:
+        """A constant, or the build-time value of a shape tensor (see ember.ops.shape_values)."""
+        if not name:
+            return None
+        return self.constants[name] if name in self.constants else self.values.get(name)
 
     def const_ints(self, name: str) -> Optional[tuple[int, ...]]:
         value = self.const(name)
@@ -160,7 +168,7 @@ class ImportContext:
             name = f"{base}_{k}"
         self._node_names.add(name)
         node = Node(name, op, tuple(inputs), tuple(outputs), attrs, origin=(src.name,))
-        for t, name in zip(infer_node_types(node, self.types, self.constants), node.outputs):
+        for t, name in zip(infer_node_types(node, self.types, self.constants, self.values), node.outputs):
             if name:
                 self.types[name] = t
         self.nodes.append(node)

@@ -35,7 +35,7 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
     opset = opsets[""]
     nodes = _wrap_nodes(proto.graph, opsets)
     _check_handlers(nodes, label, opset)
-    ctx = ImportContext(source=label, opset=opset)
+    ctx = ImportContext(source=label, opset=opset, opsets=dict(opsets))
     _reserve_names(ctx, proto.graph)
     inputs = _add_inputs(ctx, proto.graph, dict(shapes or {}), label)
     outputs = [o.name for o in proto.graph.output]
@@ -173,13 +173,27 @@ def _override(name: str, model_dims: Optional[list[Dim]], given: tuple[Dim, ...]
 
 def _convert(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> None:
     """Runs every node's handler; collects every rejected node, then raises once."""
-    rejected: dict[tuple[str, str, int, str], list[str]] = {}
+    rejected = convert_nodes(ctx, nodes, label)
+    if rejected:
+        lines = [_op_line(op, dom, names, v, why) for (op, dom, v, why), names in rejected.items()]
+        raise UnsupportedOpError(
+            f"{label} (opset {ctx.opset}) uses {len(rejected)} operator form(s) Ember cannot import:\n"
+            + "\n".join(lines))
+
+
+Rejections = dict[tuple[str, str, int, str], list[str]]
+
+
+def convert_nodes(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> Rejections:
+    """Converts nodes in order; returns the rejected ones grouped by (op, domain, opset, reason)."""
+    rejected: Rejections = {}
     for n in nodes:
         if any(i and i not in ctx.types for i in n.inputs) and rejected:
             continue  # reads the output of a rejected node: nothing more to learn here
         handler = find_handler(n.domain, n.op_type, n.opset)
-        assert handler is not None  # _check_handlers ran
         try:
+            if handler is None:
+                raise UnsupportedOpError("Ember has no handler for it at this opset")
             handler.fn(ctx, n)
         except UnsupportedOpError as e:
             rejected.setdefault((n.op_type, n.domain, n.opset, str(e)), []).append(n.name)
@@ -189,8 +203,19 @@ def _convert(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> None:
         for o in n.outputs:
             if o and o not in ctx.types and ctx.is_used(o):
                 raise ModelLoadError(f"{label}: {n.label} does not define its output {o!r}")
+    return rejected
+
+
+def convert_subgraph(ctx: ImportContext, graph: onnx.GraphProto, parent: OnnxNode) -> list[str]:
+    """Imports the nodes of a control-flow branch inline; returns the branch's output names."""
+    for t in graph.initializer:
+        ctx.add_constant(t.name, tensor_to_array(t, f"initializer {t.name!r} of {parent.label}"))
+    nodes = _wrap_nodes(graph, ctx.opsets)
+    outputs = [o.name for o in graph.output]
+    ctx.used |= {i for n in nodes for i in n.inputs if i} | set(outputs)
+    ctx.reserve([o for n in nodes for o in n.outputs])
+    rejected = convert_nodes(ctx, nodes, ctx.source)
     if rejected:
-        lines = [_op_line(op, dom, names, v, why) for (op, dom, v, why), names in rejected.items()]
-        raise UnsupportedOpError(
-            f"{label} (opset {ctx.opset}) uses {len(rejected)} operator form(s) Ember cannot import:\n"
-            + "\n".join(lines))
+        raise UnsupportedOpError("its branch uses ops Ember cannot import: " + "; ".join(
+            f"{op} ({', '.join(repr(x) for x in names)}: {why})" for (op, _, _, why), names in rejected.items()))
+    return outputs

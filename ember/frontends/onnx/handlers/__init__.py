@@ -1,4 +1,4 @@
 """ONNX op handlers, one module per op family; imported from this explicit list."""
 from ember.frontends.onnx.handlers import (  # noqa: F401
-    activation, constant, conv, elementwise, linalg, norm, pool, reduce, resize, shape,
+    activation, constant, control, conv, elementwise, linalg, norm, pool, reduce, resize, shape,
 )

@@ -1,0 +1,264 @@
+"""Build-time values of small integer "shape tensors", symbolic dims included.
+
+Exporters compute shapes at run time: ``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``.
+When the dims involved are known (ints) or named (symbols such as ``"batch"``), the *value* of
+such a tensor is known at build time even though it is not a constant. ``propagate`` derives
+these values node by node; shape inference then uses them like constants, so a Reshape whose
+target is ``[batch, seq, 12, 32]`` gets that shape instead of fresh symbols, and an ``If`` whose
+condition is ``Equal(Gather(Shape(x), 2), 1)`` can be resolved by the frontend.
+
+A value is a numpy array: ``int64`` (or ``bool``) when every entry is known, ``object`` holding
+``int``/``str`` dims when some are symbols. Only tensors of at most ``MAX_ELEMENTS`` elements are
+tracked. Symbolic values are given only to the inputs listed in ``SYMBOLIC_INPUTS`` (whose
+inference understands symbols); fully known values are given to every consumer.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ember.ir.dtype import DType
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ir.types import Dim, TensorType
+from ember.ops.common import add_dims, div_dim, mul_dims
+
+MAX_ELEMENTS = 64
+Value = np.ndarray
+Values = Sequence[Optional[Value]]
+Rule = Callable[[Node, Sequence[Optional[TensorType]], Values], Optional[Value]]
+
+#: (op, input index) pairs whose inference accepts symbolic (object) values.
+SYMBOLIC_INPUTS = {(OpType.RESHAPE, 1), (OpType.EXPAND, 1), (OpType.CONSTANT_OF_SHAPE, 0),
+                   (OpType.RANGE, 0), (OpType.RANGE, 1), (OpType.RANGE, 2), (OpType.SLICE, 2)}
+
+_TRACKED = (DType.INT64, DType.INT32, DType.BOOL)
+_RULES: dict[OpType, Rule] = {}
+
+
+def is_symbolic(value: Value) -> bool:
+    return value.dtype == object
+
+
+def make_value(items, shape: Optional[tuple[int, ...]] = None) -> Value:
+    """An int64 array when every item is an int, else an object array of dims."""
+    arr = np.array(items, dtype=object)
+    if shape is not None:
+        arr = arr.reshape(shape)
+    if all(isinstance(v, (int, np.integer, bool, np.bool_)) for v in arr.reshape(-1)):
+        if arr.size and all(isinstance(v, (bool, np.bool_)) for v in arr.reshape(-1)):
+            return arr.astype(bool)
+        return arr.astype(np.int64)
+    return arr
+
+
+def value_for(node: Node, index: int, value: Optional[Value]) -> Optional[Value]:
+    """What a node's inference may see of an input's build-time value."""
+    if value is None or not is_symbolic(value) or (node.op, index) in SYMBOLIC_INPUTS:
+        return value
+    return None
+
+
+def propagate(node: Node, in_types: Sequence[Optional[TensorType]], in_values: Values,
+              out_types: Sequence[TensorType]) -> list[Optional[Value]]:
+    """Build-time values of a node's outputs (None where unknown)."""
+    rule = _RULES.get(node.op)
+    outs: list[Optional[Value]] = [None] * len(out_types)
+    if rule is None or not out_types or out_types[0].dtype not in _TRACKED:
+        return outs
+    if not out_types[0].is_static or out_types[0].numel() > MAX_ELEMENTS:
+        return outs
+    try:
+        value = rule(node, in_types, in_values)
+    except (ValueError, TypeError, IndexError, ZeroDivisionError, AttributeError):
+        return outs
+    if value is not None and value.size == out_types[0].numel():
+        outs[0] = value.reshape(out_types[0].shape)
+    return outs
+
+
+def _rule(*ops: OpType) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            _RULES[op] = fn
+        return fn
+
+    return deco
+
+
+def _ints(v: Optional[Value]) -> Optional[list[int]]:
+    if v is None or is_symbolic(v):
+        return None
+    return [int(x) for x in v.reshape(-1)]
+
+
+@_rule(OpType.SHAPE)
+def _shape(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
+    dims = list(t[0].shape)[node.attrs.start:node.attrs.end]
+    return make_value(dims, (len(dims),))
+
+
+@_rule(OpType.IDENTITY, OpType.DROPOUT)
+def _identity(node: Node, t, v: Values) -> Optional[Value]:
+    return v[0]
+
+
+@_rule(OpType.CAST)
+def _cast(node: Node, t, v: Values) -> Optional[Value]:
+    if v[0] is None or DType(node.attrs.to) not in (DType.INT64, DType.INT32):
+        return None
+    return v[0] if is_symbolic(v[0]) else v[0].astype(np.int64)
+
+
+@_rule(OpType.GATHER)
+def _gather(node: Node, t, v: Values) -> Optional[Value]:
+    idx = _ints(v[1])
+    if v[0] is None or idx is None:
+        return None
+    out = np.asarray(np.take(v[0].astype(object), np.array(idx, dtype=np.int64).reshape(v[1].shape),
+                             axis=node.attrs.axis), dtype=object)
+    return make_value(out.reshape(-1).tolist(), out.shape)
+
+
+@_rule(OpType.UNSQUEEZE, OpType.SQUEEZE, OpType.RESHAPE, OpType.FLATTEN)
+def _reshape(node: Node, t, v: Values) -> Optional[Value]:
+    return v[0]  # re-shaped to the output type by ``propagate``'s caller
+
+
+@_rule(OpType.TRANSPOSE)
+def _transpose(node: Node, t, v: Values) -> Optional[Value]:
+    if v[0] is None:
+        return None
+    out = np.transpose(v[0].astype(object), node.attrs.perm)
+    return make_value(out.reshape(-1).tolist(), out.shape)
+
+
+@_rule(OpType.CONCAT)
+def _concat(node: Node, t, v: Values) -> Optional[Value]:
+    if any(x is None for x in v):
+        return None
+    out = np.concatenate([x.astype(object) for x in v], axis=node.attrs.axis)
+    return make_value(out.reshape(-1).tolist(), out.shape)
+
+
+@_rule(OpType.SLICE)
+def _slice(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
+    a = node.attrs
+    if v[0] is None:
+        return None
+    if a.starts is not None:
+        starts, ends, axes, steps = a.starts, a.ends, a.axes, a.steps
+    else:
+        vals = list(v[1:5]) + [None] * (5 - len(v))
+        present = [i + 1 < len(t) and t[i + 1] is not None for i in range(4)]
+        params = [_ints(x) for x in vals[:4]]
+        if any(p and q is None for p, q in zip(present, params)):
+            return None
+        starts, ends, axes, steps = params
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * v[0].ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        index[ax] = slice(s, e, st)
+    out = v[0][tuple(index)]
+    return make_value(out.reshape(-1).tolist(), out.shape)
+
+
+def _sub_dims(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    if b == 0:
+        return a
+    if a == b:
+        return 0
+    return f"({a}-{b})"
+
+
+def _div_dims(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return int(np.trunc(a / b)) if b else 0
+    q = div_dim(a, b)
+    return q if q is not None else f"({a})/({b})"
+
+
+_ARITH: dict[OpType, Callable[[Dim, Dim], Dim]] = {
+    OpType.ADD: add_dims, OpType.SUB: _sub_dims, OpType.MUL: lambda a, b: mul_dims([a, b]),
+    OpType.DIV: _div_dims,
+}
+
+
+def _native(x):
+    return int(x) if isinstance(x, (np.integer, bool, np.bool_)) else x
+
+
+@_rule(OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV)
+def _arith(node: Node, t, v: Values) -> Optional[Value]:
+    if v[0] is None or v[1] is None or not (t[0].dtype.is_int and t[1].dtype.is_int):
+        return None
+    a, b = np.broadcast_arrays(v[0].astype(object), v[1].astype(object))
+    fn = _ARITH[node.op]
+    out = [fn(_native(x), _native(y)) for x, y in zip(a.reshape(-1), b.reshape(-1))]
+    return make_value(out, a.shape)
+
+
+@_rule(OpType.EQUAL)
+def _equal(node: Node, t, v: Values) -> Optional[Value]:
+    if v[0] is None or v[1] is None:
+        return None
+    a, b = np.broadcast_arrays(v[0].astype(object), v[1].astype(object))
+    out = []
+    for x, y in zip(a.reshape(-1), b.reshape(-1)):
+        x, y = _native(x), _native(y)
+        if isinstance(x, int) and isinstance(y, int) or x == y:
+            out.append(bool(x == y))
+        else:
+            return None  # a symbol against another value: unknown until run time
+    return np.array(out, dtype=bool).reshape(a.shape)
+
+
+@_rule(OpType.NOT)
+def _not(node: Node, t, v: Values) -> Optional[Value]:
+    return None if v[0] is None or is_symbolic(v[0]) else ~v[0].astype(bool)
+
+
+@_rule(OpType.WHERE)
+def _where(node: Node, t, v: Values) -> Optional[Value]:
+    if any(x is None for x in v[:3]) or is_symbolic(v[0]):
+        return None
+    out = np.where(v[0].astype(bool), v[1].astype(object), v[2].astype(object))
+    return make_value(out.reshape(-1).tolist(), out.shape)
+
+
+@_rule(OpType.CONSTANT_OF_SHAPE)
+def _constant_of_shape(node: Node, t, v: Values) -> Optional[Value]:
+    dims = _ints(v[0])
+    if dims is None:
+        return None
+    return np.full(dims, node.attrs.value, dtype=DType(node.attrs.dtype).to_numpy())
+
+
+@_rule(OpType.RANGE)
+def _range(node: Node, t, v: Values) -> Optional[Value]:
+    args = [_ints(x) for x in v[:3]]
+    if any(a is None for a in args):
+        return None
+    return np.arange(args[0][0], args[1][0], args[2][0], dtype=np.int64)
+
+
+@_rule(OpType.MAX, OpType.MIN)
+def _max_min(node: Node, t, v: Values) -> Optional[Value]:
+    a, b = _ints(v[0]), _ints(v[1])
+    if a is None or b is None:
+        return None
+    fn = np.maximum if node.op is OpType.MAX else np.minimum
+    return fn(v[0].astype(np.int64), v[1].astype(np.int64))
+
+
+@_rule(OpType.EXPAND)
+def _expand(node: Node, t, v: Values) -> Optional[Value]:
+    shape = _ints(v[1])
+    if v[0] is None or shape is None:
+        return None
+    out = v[0].astype(object) * np.ones(shape, dtype=np.int64).astype(object)
+    return make_value(np.broadcast_to(v[0].astype(object), out.shape).reshape(-1).tolist(), out.shape)

@@ -40,7 +40,8 @@ def test_transpose(check, rng, perm):
 
 def test_squeeze_unsqueeze(check, rng):
     x = rng.standard_normal((1, 3, 1, 4)).astype(F32)
-    check("Squeeze", {"x": x, "a": np.array([0, -2], I64)}, OpType.SQUEEZE, AxesAttrs(None), opset=13)
+    check("Squeeze", {"x": x, "a": np.array([0, -2], I64)}, OpType.SQUEEZE, AxesAttrs(None), opset=13,
+          const=(1,))
     check("Squeeze", {"x": x}, OpType.SQUEEZE, AxesAttrs(None), opset=13)
     check("Squeeze", {"x": x}, OpType.SQUEEZE, AxesAttrs((2,)), {"axes": [2]}, opset=11)
     check("Unsqueeze", {"x": x, "a": np.array([0, -1], I64)}, OpType.UNSQUEEZE, AxesAttrs(None), opset=13)
@@ -140,6 +141,7 @@ def test_slice(check, rng, sl):
               "ax": None if sl["axes"] is None else np.array(sl["axes"], I64),
               "sp": None if sl["steps"] is None else np.array(sl["steps"], I64)}
     check("Slice", inputs, OpType.SLICE, SliceAttrs(), opset=13)
+    check("Slice", inputs, OpType.SLICE, SliceAttrs(), opset=13, const=(1, 2, 3, 4))
     check("Slice", inputs, OpType.SLICE, SliceAttrs(**sl), opset=13)
 
 

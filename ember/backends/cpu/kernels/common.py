@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ember.backends.base import CompileContext
 from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -58,11 +59,18 @@ def arg(inputs: Inputs, i: int) -> Optional[Tensor]:
     return inputs[i] if i < len(inputs) else None
 
 
-def attr_or_input(value: Optional[Sequence[int]], inputs: Inputs, i: int) -> Optional[list[int]]:
-    """An int-list parameter: the attribute when it was constant at import, else input ``i``."""
+def int_param(node: Node, ctx: CompileContext, value: Optional[Sequence[int]],
+              i: int) -> Callable[[Inputs], Optional[list[int]]]:
+    """An int-list parameter resolved as early as possible: the attribute, else input ``i``'s
+    constant value read once at compile time, else input ``i`` read at every run."""
     if value is not None:
-        return [int(v) for v in value]
-    return ints(arg(inputs, i))
+        fixed = [int(v) for v in value]
+        return lambda inputs: fixed
+    t = ctx.const(node.input(i)) if i < len(node.inputs) else None
+    if t is not None:
+        known = ints(t)
+        return lambda inputs: known
+    return lambda inputs: ints(arg(inputs, i))
 
 
 def const_input(node: Node, graph: Optional[Graph], i: int) -> bool:

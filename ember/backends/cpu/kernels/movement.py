@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, arg, attr_or_input, floats, ints, norm_axes, norm_axis, torch_pad_arg,
+    Inputs, Tensor, arg, floats, int_param, norm_axes, norm_axis, torch_pad_arg,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -43,11 +43,12 @@ def split_sizes(dim: int, n_out: int, sizes: list[int] | None, num_outputs: int 
 def split(node: Node, ctx: CompileContext) -> Kernel:
     a = node.attrs or SplitAttrs()
     n_out = len(node.outputs)
+    given = int_param(node, ctx, a.split, 1)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
         axis = norm_axis(a.axis, x.dim())
-        sizes = split_sizes(x.shape[axis], n_out, attr_or_input(a.split, inputs, 1), a.num_outputs)
+        sizes = split_sizes(x.shape[axis], n_out, given(inputs), a.num_outputs)
         return list(torch.split(x, sizes, dim=axis))
 
     return run
@@ -88,12 +89,10 @@ def slice_tensor(x: Tensor, starts: list[int], ends: list[int], axes: list[int] 
 @register_kernel(OpType.SLICE)
 def slice_(node: Node, ctx: CompileContext) -> Kernel:
     a = node.attrs or SliceAttrs()
+    params = [int_param(node, ctx, v, i) for i, v in enumerate((a.starts, a.ends, a.axes, a.steps), 1)]
 
     def run(inputs: Inputs) -> list:
-        starts = attr_or_input(a.starts, inputs, 1)
-        ends = attr_or_input(a.ends, inputs, 2)
-        axes = attr_or_input(a.axes, inputs, 3)
-        steps = attr_or_input(a.steps, inputs, 4)
+        starts, ends, axes, steps = (p(inputs) for p in params)
         return [slice_tensor(inputs[0], starts, ends, axes, steps)]
 
     return run
@@ -158,17 +157,17 @@ def pad_tensor(x: Tensor, pads: list[int], mode: str, value: float | int | bool,
 @register_kernel(OpType.PAD)
 def pad(node: Node, ctx: CompileContext) -> Kernel:
     a = node.attrs or PadAttrs()
+    pads_of, axes_of = int_param(node, ctx, a.pads, 1), int_param(node, ctx, a.axes, 3)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        pads = attr_or_input(a.pads, inputs, 1)
+        pads = pads_of(inputs)
         if pads is None:
             raise ValueError("Pad needs pads (attribute or input 1)")
         value_t = arg(inputs, 2)
         value: float | int | bool = floats(value_t)[0] if value_t is not None and value_t.numel() else a.value
         if not x.is_floating_point():
             value = bool(value) if x.dtype is torch.bool else int(value)
-        axes = attr_or_input(a.axes, inputs, 3)
-        return [pad_tensor(x, pads, a.mode, value, axes)]
+        return [pad_tensor(x, pads, a.mode, value, axes_of(inputs))]
 
     return run

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, attr_or_input, norm_axes
+from ember.backends.cpu.kernels.common import Inputs, Tensor, int_param, norm_axes
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -33,20 +33,20 @@ def _max(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     return torch.amax(x, dim=dims, keepdim=keep)
 
 
-def reduce_axes(a: ReduceAttrs, inputs: Inputs, rank: int) -> Optional[tuple[int, ...]]:
+def reduce_axes(a: ReduceAttrs, axes: Optional[list[int]], rank: int) -> Optional[tuple[int, ...]]:
     """The axes to reduce; ``None`` means "leave x unchanged" (noop_with_empty_axes)."""
-    axes = attr_or_input(a.axes, inputs, 1)
     if not axes:
         return None if a.noop_with_empty_axes else tuple(range(rank))
     return tuple(sorted(set(norm_axes(axes, rank))))
 
 
-def _reduce_kernel(node: Node, fn: Reducer) -> Kernel:
+def _reduce_kernel(node: Node, ctx: CompileContext, fn: Reducer) -> Kernel:
     a = node.attrs or ReduceAttrs()
+    axes_of = int_param(node, ctx, a.axes, 1)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        dims = reduce_axes(a, inputs, x.dim())
+        dims = reduce_axes(a, axes_of(inputs), x.dim())
         if dims is None:
             return [x]
         if not dims:  # rank-0 input reduced over "all" of its zero axes
@@ -58,14 +58,14 @@ def _reduce_kernel(node: Node, fn: Reducer) -> Kernel:
 
 @register_kernel(OpType.REDUCE_MEAN)
 def reduce_mean(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, _mean)
+    return _reduce_kernel(node, ctx, _mean)
 
 
 @register_kernel(OpType.REDUCE_SUM)
 def reduce_sum(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, _sum)
+    return _reduce_kernel(node, ctx, _sum)
 
 
 @register_kernel(OpType.REDUCE_MAX)
 def reduce_max(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, _max)
+    return _reduce_kernel(node, ctx, _max)

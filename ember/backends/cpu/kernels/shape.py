@@ -12,7 +12,7 @@ import torch
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, attr_or_input, ints, norm_axes, torch_dtype,
+    Inputs, Tensor, int_param, ints, norm_axes, torch_dtype,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -53,10 +53,19 @@ def reshape_target(in_shape: tuple[int, ...], spec: list[int], allowzero: bool) 
 @register_kernel(OpType.RESHAPE)
 def reshape(node: Node, ctx: CompileContext) -> Kernel:
     allowzero = (node.attrs or ReshapeAttrs()).allowzero
+    spec = int_param(node, ctx, None, 1)
+    targets: dict[tuple, list[int]] = {}
+    fixed_spec = ctx.const(node.input(1)) is not None
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        return [x.reshape(reshape_target(tuple(x.shape), ints(inputs[1]), allowzero))]
+        shape = tuple(x.shape)
+        target = targets.get(shape) if fixed_spec else None
+        if target is None:
+            target = reshape_target(shape, spec(inputs), allowzero)
+            if fixed_spec:
+                targets[shape] = target
+        return [x.reshape(target)]
 
     return run
 
@@ -90,11 +99,11 @@ def transpose(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.SQUEEZE)
 def squeeze(node: Node, ctx: CompileContext) -> Kernel:
-    axes_attr = (node.attrs or AxesAttrs()).axes
+    axes_of = int_param(node, ctx, (node.attrs or AxesAttrs()).axes, 1)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        axes = attr_or_input(axes_attr, inputs, 1)
+        axes = axes_of(inputs)
         if axes is None:
             return [x.reshape([d for d in x.shape if d != 1])]
         drop = set(norm_axes(axes, x.dim()))
@@ -108,11 +117,11 @@ def squeeze(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.UNSQUEEZE)
 def unsqueeze(node: Node, ctx: CompileContext) -> Kernel:
-    axes_attr = (node.attrs or AxesAttrs()).axes
+    axes_of = int_param(node, ctx, (node.attrs or AxesAttrs()).axes, 1)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        axes = attr_or_input(axes_attr, inputs, 1)
+        axes = axes_of(inputs)
         if axes is None:
             raise ValueError("Unsqueeze needs axes (attribute or input 1)")
         rank = x.dim() + len(axes)
@@ -127,9 +136,11 @@ def unsqueeze(node: Node, ctx: CompileContext) -> Kernel:
 def expand(node: Node, ctx: CompileContext) -> Kernel:
     """Expand broadcasts both ways: a target dim of 1 keeps the input's dim."""
 
+    target = int_param(node, ctx, None, 1)
+
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        shape = torch.broadcast_shapes(tuple(x.shape), tuple(ints(inputs[1])))
+        shape = torch.broadcast_shapes(tuple(x.shape), tuple(target(inputs)))
         return [x.expand(shape)]
 
     return run

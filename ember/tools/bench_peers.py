@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
+from ember.backends.cuda.device import host_tensor
+
 PEER_NAMES = ("torch", "torch-compile", "onnxruntime")
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -78,7 +80,7 @@ def _module(zoo_name: Optional[str], graph, device: torch.device, dtype: torch.d
 def _inputs(feeds: Mapping[str, np.ndarray], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     out = []
     for v in feeds.values():
-        t = _cast(torch.from_numpy(np.ascontiguousarray(v)).to(device), dtype)
+        t = _cast(host_tensor(v).to(device), dtype)
         if t.dim() == 4 and device.type == "cuda" and t.is_floating_point():
             t = t.contiguous(memory_format=torch.channels_last)
         out.append(t)
@@ -157,7 +159,7 @@ def onnxruntime_peer(model_path: str, feeds: Mapping[str, np.ndarray], device: s
                 else "CPUExecutionProvider")
     sess = ort.InferenceSession(model_path, providers=[provider])
     names = [o.name for o in sess.get_outputs()]
-    inputs = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+    inputs = {k: host_tensor(v).numpy() for k, v in feeds.items()}
 
     def call() -> Any:
         return sess.run(None, inputs)

@@ -20,6 +20,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ember.backends.cuda.device import host_tensor
+
 HELP = "time every layer of a model or engine (CUDA events per layer, graphs off)"
 
 
@@ -66,7 +68,7 @@ def _cuda_profiler(engine, feeds: dict[str, np.ndarray]):
 
     ctx, runner = cuda_runner(engine)
     program = runner.program
-    dev = {k: torch.from_numpy(np.ascontiguousarray(v)).to(program.device) for k, v in feeds.items()}
+    dev = {k: host_tensor(v).to(program.device) for k, v in feeds.items()}
     n = len(program.steps)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]

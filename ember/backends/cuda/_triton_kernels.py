@@ -74,3 +74,23 @@ def softmax_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     e = tl.where(mask, tl.exp(x - m), 0.0)
     y = e / tl.sum(e, axis=0)
     tl.store(y_ptr + row * n + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def lrn_kernel(x_ptr, y_ptr, pixels, C, alpha_over_size, beta, bias, BEFORE: tl.constexpr,
+               AFTER: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channels-last LRN: ``y = x / (bias + alpha/size * sum_{c-BEFORE..c+AFTER} x^2)^beta``."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.arange(0, BLOCK_C)
+    pm = p < pixels
+    base = p[:, None] * C
+    x = tl.load(x_ptr + base + c[None, :], mask=pm[:, None] & (c[None, :] < C), other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for j in tl.static_range(BEFORE + AFTER + 1):
+        cc = c + (j - BEFORE)
+        m = pm[:, None] & (cc[None, :] >= 0) & (cc[None, :] < C)
+        v = tl.load(x_ptr + base + cc[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += v * v
+    d = bias + alpha_over_size * acc
+    y = x * tl.exp2(-beta * tl.log2(d))
+    tl.store(y_ptr + base + c[None, :], y.to(y_ptr.dtype.element_ty), mask=pm[:, None] & (c[None, :] < C))

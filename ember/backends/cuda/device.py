@@ -78,6 +78,19 @@ def cast_inputs(inputs: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) ->
     return [cast_float(t, dtype) for t in inputs]
 
 
+def host_tensor(v) -> torch.Tensor:
+    """A CPU torch tensor of a numpy array or tensor, C-contiguous, keeping 0-d arrays 0-d
+    (``np.ascontiguousarray`` would make them 1-d)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach()
+    import numpy as np
+
+    arr = np.asarray(v)
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        arr = arr.copy(order="C")
+    return torch.from_numpy(arr)
+
+
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """``t`` in channels-last memory order when it is 4-D (the layout cuDNN's fast kernels want)."""
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.contiguous()

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from ember.backends.cuda.device import host_tensor
 from ember.backends.cuda.program import CudaProgram
 from ember.errors import InputError
 
@@ -148,9 +149,6 @@ class CudaRunner:
         specs = {name: (shape, dtype) for name, shape, dtype in key}
         inputs = {n: torch.empty(s, dtype=d, device=self.device) for n, (s, d) in specs.items()}
         slot = _Slot(inputs)
-        for n, v in feeds.items():
-            if not (isinstance(v, torch.Tensor) and v.is_cuda):
-                slot.pinned_in[n] = torch.empty(specs[n][0], dtype=specs[n][1], pin_memory=True)
         if len(self._slots) >= self.max_shapes:
             self._slots.popitem(last=False)
         self._slots[key] = slot
@@ -183,9 +181,10 @@ class CudaRunner:
                 if v.data_ptr() != static.data_ptr():
                     static.copy_(v, non_blocking=True)
             else:
-                pinned = slot.pinned_in[n]
-                src = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-                pinned.copy_(src)
+                pinned = slot.pinned_in.get(n)
+                if pinned is None:
+                    pinned = slot.pinned_in[n] = torch.empty(static.shape, dtype=static.dtype, pin_memory=True)
+                pinned.copy_(host_tensor(v))
                 static.copy_(pinned, non_blocking=True)
             out[n] = static
         return out
@@ -205,7 +204,7 @@ class CudaRunner:
             return
         for n, static in slot.inputs.items():  # warm up on real data: lazy init, cuDNN/Triton picks
             v = feeds[n]
-            static.copy_(v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
+            static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
         streams = [self.stream, *self.side]
         try:
             with torch.inference_mode():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cuda.device import compute_dtype, require_cuda
+from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
 from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
 from ember.backends.cuda.streams import StreamPlan, assign_streams
 from ember.errors import BuildError
@@ -211,12 +211,7 @@ def _stream_plan(steps: list[Step]) -> StreamPlan:
 
 
 def _to_torch(v: object) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        return v.detach()
-    arr = np.ascontiguousarray(v)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr)
+    return host_tensor(v)
 
 
 def place(graph: Graph, host_consts: Mapping[str, torch.Tensor]) -> dict[str, bool]:

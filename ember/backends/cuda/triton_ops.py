@@ -6,6 +6,8 @@ imported only when a kernel is first used, so this module imports on machines wi
   no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
 - ``layer_norm(x, w, b, eps)``: over the last axis, one row per program, fp32 statistics.
 - ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
+- ``lrn(x, size, alpha, beta, bias)``: ONNX LRN on a 4-D tensor in one pass (channels-last tiles
+  of pixels x all channels; the channel window summed in registers, fp32).
 """
 from __future__ import annotations
 
@@ -102,4 +104,21 @@ def softmax_lastdim(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     block = _next_pow2(n)
     K.softmax_kernel[(rows,)](x, y, n, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    return y
+
+
+def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
+    """ONNX LRN over dim 1 of a 4-D ``x``; output channels-last in ``x``'s dtype."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    y = torch.empty_like(x)
+    pixels = n * h * w
+    block_c = _next_pow2(c)
+    block_p = max(1, min(64, 4096 // block_c))
+    before = (size - 1) // 2
+    K.lrn_kernel[(triton_cdiv(pixels, block_p),)](
+        x, y, pixels, c, float(alpha) / size, float(beta), float(bias), BEFORE=before,
+        AFTER=size - 1 - before, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return y

@@ -142,6 +142,9 @@ class CudaTacticTimer:
 
     def _args(self, node: Node, graph: Graph) -> Optional[list[Optional[torch.Tensor]]]:
         if node.name not in self._inputs:
+            # layers are tuned one after another: keep one layer's inputs and reference only
+            self._inputs.clear()
+            self._refs.clear()
             gen = torch.Generator().manual_seed(self.seed)
             args: list[Optional[torch.Tensor]] = []
             for name in node.inputs:

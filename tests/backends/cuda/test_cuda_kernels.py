@@ -118,8 +118,14 @@ def _check_case(case: str, device: torch.device, precision: str) -> list[str]:
         kernel = backend.compile_node(node, CompileContext(g, consts, device, tactic, precision))
         args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(device))
                 for n, a in zip(node.inputs, arrays)]
-        with torch.inference_mode():
-            outs = kernel(args)
+        try:
+            with torch.inference_mode():
+                outs = kernel(args)
+        except RuntimeError as e:
+            # an SDPA backend that does not take this dtype/mask: the tuner never picks it
+            if tactic.startswith("sdpa_") and "No available kernel" in str(e):
+                continue
+            raise
         for o, r in zip(outs, ref):
             err = relative_error(o.float().cpu(), torch.from_numpy(r).float())
             assert err <= TOL[precision], f"{case} tactic {tactic} {precision}: rel err {err:.2e}"

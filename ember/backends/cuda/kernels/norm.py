@@ -155,3 +155,18 @@ def _fmt(t: Tensor) -> torch.memory_format:
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _lrn_4d(node: Node, graph: Optional[Graph]) -> bool:
+    t = graph.types.get(node.inputs[0]) if graph is not None else None
+    return t is not None and t.rank == 4 and isinstance(t.shape[1], int) and t.shape[1] <= 2048
+
+
+@register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, needs_triton=True)
+def lrn_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """Ember's one-pass Triton LRN (channels-last, fp32 window sums)."""
+    from ember.backends.cuda.triton_ops import lrn as lrn_op
+
+    a: LRNAttrs = node.attrs
+    dtype = compute_dtype(ctx.precision)
+    return lambda inputs: [lrn_op(cast_float(inputs[0], dtype), a.size, a.alpha, a.beta, a.bias)]

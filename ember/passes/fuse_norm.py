@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import GeluAttrs, LayerNormAttrs
@@ -53,7 +54,8 @@ def _layer_norm(m: Match) -> Optional[list[Node]]:
     x = m["x"]
     xt = m.type(x)
     axes = _reduce_axes(m.node("mean"), m)
-    if axes is None or axes != _reduce_axes(m.node("var"), m) or not xt.dtype.is_float:
+    if axes is None or axes != _reduce_axes(m.node("var"), m) or not xt.dtype.is_float \
+            or xt.dtype is DType.BFLOAT16:
         return None
     axis = axes[0]
     if axes != tuple(range(axis, xt.rank)) or not all(isinstance(d, int) for d in xt.shape[axis:]):

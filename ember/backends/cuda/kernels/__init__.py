@@ -9,5 +9,6 @@ def load_kernels() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     from ember.backends.cuda.kernels import attention, conv, gemm, misc, norm, pool  # noqa: F401
+
+    _loaded = True  # only once every family imported: a failure is raised again, never half-loaded

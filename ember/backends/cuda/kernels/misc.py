@@ -8,7 +8,7 @@ import math
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import attr_or_input, ints, norm_axes, torch_dtype
+from ember.backends.cpu.kernels.common import arg, ints, norm_axes, torch_dtype
 from ember.backends.cpu.kernels.movement import slice_indices
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -17,6 +17,13 @@ from ember.ir.optype import OpType
 from ember.ops.attrs import ConstantOfShapeAttrs, ReduceAttrs, SliceAttrs
 
 Tensor = torch.Tensor
+
+
+def attr_or_input(value, inputs, i: int) -> list[int] | None:
+    """An int-list parameter: the attribute when it was constant at import, else host input ``i``."""
+    if value is not None:
+        return [int(v) for v in value]
+    return ints(arg(inputs, i))
 
 
 @register_cuda_kernel(OpType.SLICE, "view", rank=0)

@@ -45,6 +45,27 @@ class ExecutionContext:
                 self._runner.close()
             self._closed = True
 
+    def infer_async(self, inputs: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
+        """Enqueues a run on ``stream`` (a ``torch.cuda.Stream``; default the context's own) and
+        returns at once: CUDA engines only. Outputs are torch tensors (on the GPU when the inputs
+        were, else in pinned host memory), valid once the stream is synchronized and until the
+        next call with the same input shapes."""
+        if self._closed:
+            raise EmberError("this execution context is closed; create a new one with "
+                             "engine.create_context()")
+        if self._runner is None or not hasattr(self._runner, "infer_async"):
+            raise EmberError(f"infer_async needs an engine built for cuda; this one is for "
+                             f"{self.engine.plan.config.device}: call infer() instead")
+        validate_inputs(self.engine.plan.inputs, inputs)
+        with self._lock, torch.inference_mode():
+            self.runs += 1
+            return self._runner.infer_async(inputs, stream)
+
+    @property
+    def runner(self) -> Any:
+        """The backend's per-context runner (CUDA: graphs, streams, pinned buffers), if any."""
+        return self._runner
+
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Runs the engine: ``{input name: array}`` -> ``{output name: array}``.
 

@@ -156,10 +156,66 @@ RESHAPE_CHAIN = Rule(
     _merge_reshape)
 
 
+#: Elementwise ops of one tensor: a Transpose commutes with them.
+UNARY_ELEMENTWISE = frozenset({
+    OpType.RELU, OpType.LEAKY_RELU, OpType.SIGMOID, OpType.TANH, OpType.HARD_SIGMOID,
+    OpType.HARD_SWISH, OpType.GELU, OpType.ERF, OpType.SQRT, OpType.EXP, OpType.LOG, OpType.NEG,
+    OpType.ABS, OpType.RECIPROCAL, OpType.NOT, OpType.CAST})
+
+
+def _sink_through_unary(m: Match) -> Optional[list[Node]]:
+    inner, unary, outer = m.node("inner"), m.node("unary"), m.root
+    if unary.op is OpType.CLIP and any(unary.inputs[1:]):
+        return None
+    rank = m.type(m["x"]).rank
+    p, q = _perm(inner, rank), _perm(outer, rank)
+    perm = tuple(p[i] for i in q)
+    if perm == tuple(range(rank)):
+        return [m.fuse(unary.op, [m["x"]], unary.attrs, name=unary.name)]
+    moved = m.add_tensor(f"{outer.outputs[0]}_t", m.type(m["x"]).with_shape(
+        tuple(m.type(m["x"]).shape[i] for i in perm)).with_dtype(m.type(inner.outputs[0]).dtype))
+    return [m.fuse(OpType.TRANSPOSE, [m["x"]], TransposeAttrs(perm), outputs=[moved], name=outer.name),
+            m.fuse(unary.op, [moved], unary.attrs, name=unary.name)]
+
+
+TRANSPOSE_AROUND_UNARY = Rule(
+    "transpose(f(transpose(x, p)), q) => f(transpose(x, p[q]))",
+    Op(OpType.TRANSPOSE, (Op(UNARY_ELEMENTWISE, (Op(OpType.TRANSPOSE, (Var("x"),), name="inner",
+                                                    absorb=False),), name="unary"),)),
+    _sink_through_unary)
+
+
+def _global_pool(m: Match) -> Optional[list[Node]]:
+    node = m.root
+    x = m.type(m["x"])
+    a = node.attrs
+    axes = a.axes if a is not None else None
+    if axes is None and node.input(1):
+        value = m.view.const(node.input(1))
+        axes = tuple(int(v) for v in value.reshape(-1)) if value is not None else None
+    if a is None or not a.keepdims or axes is None or x.rank < 3 or not x.dtype.is_float:
+        return None
+    if sorted(v + x.rank if v < 0 else v for v in axes) != list(range(2, x.rank)):
+        return None
+    return [m.fuse(OpType.GLOBAL_AVERAGE_POOL, [m["x"]])]
+
+
+MEAN_TO_GLOBAL_POOL = Rule("reduce_mean(x, spatial axes) => global_average_pool(x)",
+                           Op(OpType.REDUCE_MEAN, (Var("x"),), extra_inputs=True), _global_pool)
+
+
 @register_pass("cancel_transposes", Phase.CLEANUP)
 def cancel_transposes(graph: Graph, ctx: PassContext) -> Graph:
-    """Composes Transpose pairs into one (an identity pair becomes Identity, removed next)."""
-    return apply_rules(graph, [TRANSPOSE_PAIR], ctx)
+    """Composes Transpose pairs into one, also across a one-input elementwise op between them
+    (an identity pair becomes Identity, removed next)."""
+    return apply_rules(graph, [TRANSPOSE_PAIR, TRANSPOSE_AROUND_UNARY], ctx)
+
+
+@register_pass("canonicalize", Phase.CLEANUP)
+def canonicalize(graph: Graph, ctx: PassContext) -> Graph:
+    """Rewrites equivalent spellings into the one kernels know best (mean over H, W ->
+    GlobalAveragePool, as the dynamo exporter writes it)."""
+    return apply_rules(graph, [MEAN_TO_GLOBAL_POOL], ctx)
 
 
 @register_pass("merge_reshapes", Phase.CLEANUP)

@@ -29,7 +29,8 @@ from ember.passes.manager import (
 #: The pipeline, phase by phase. Passes may appear more than once (cleanup after folding).
 PIPELINE: tuple[str, ...] = (
     # cleanup
-    "eliminate_noops", "cancel_transposes", "merge_reshapes", "eliminate_noops", "cse", "dce",
+    "eliminate_noops", "cancel_transposes", "merge_reshapes", "canonicalize", "eliminate_noops",
+    "cse", "dce",
     # fold
     "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
     # fuse

@@ -110,3 +110,34 @@ def test_dce_removes_unused_nodes_and_constants():
     out, fired = run_pass(g, "dce")
     assert ops(out) == ["Relu"] and not out.constants and "z" not in out.types
     assert fired["unused => removed"] == 1
+
+
+def test_transposes_around_an_activation_cancel():
+    nodes = [Node("t1", OpType.TRANSPOSE, ("x",), ("a",), TransposeAttrs((0, 2, 1))),
+             Node("relu", OpType.RELU, ("a",), ("b",)),
+             Node("t2", OpType.TRANSPOSE, ("b",), ("y",), TransposeAttrs((0, 2, 1)))]
+    g = ir_graph(nodes, {"x": (2, 3, 4)}, ["y"])
+    out, fired = run_pass(g, "cancel_transposes", "eliminate_noops")
+    assert ops(out) == ["Relu"] and out.nodes[0].inputs == ("x",) and out.nodes[0].outputs == ("y",)
+    assert fired["transpose(f(transpose(x, p)), q) => f(transpose(x, p[q]))"] == 1
+    assert_same_outputs(g, out)
+
+
+def test_transposes_around_an_activation_compose():
+    nodes = [Node("t1", OpType.TRANSPOSE, ("x",), ("a",), TransposeAttrs((1, 2, 0))),
+             Node("neg", OpType.NEG, ("a",), ("b",)),
+             Node("t2", OpType.TRANSPOSE, ("b",), ("y",), TransposeAttrs((0, 2, 1)))]
+    g = ir_graph(nodes, {"x": (2, 3, 4)}, ["y"])
+    out, _ = run_pass(g, "cancel_transposes", "dce")
+    assert ops(out) == ["Transpose", "Neg"] and out.types["y"].shape == (3, 2, 4)
+    assert_same_outputs(g, out)
+
+
+def test_spatial_mean_becomes_global_average_pool():
+    from ember.ops.attrs import ReduceAttrs
+    nodes = [Node("mean", OpType.REDUCE_MEAN, ("x",), ("y",), ReduceAttrs((-1, 2), True)),
+             Node("mean2", OpType.REDUCE_MEAN, ("x",), ("z",), ReduceAttrs((1, 2), True))]
+    g = ir_graph(nodes, {"x": (1, 3, 4, 5)}, ["y", "z"])
+    out, _ = run_pass(g, "canonicalize")
+    assert ops(out) == ["GlobalAveragePool", "ReduceMean"]
+    assert_same_outputs(g, out)

@@ -138,7 +138,7 @@ class Graph:
     def add_constant(self, base: str, value: np.ndarray) -> str:
         """Adds a constant under a fresh name (mutates this graph; use on a copy)."""
         name = self.fresh_name(base)
-        value = np.ascontiguousarray(value)
+        value = np.asarray(value, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
         self.constants[name] = value
         self.types[name] = TensorType(DType.from_numpy(value.dtype), tuple(value.shape))
         return name

@@ -193,8 +193,8 @@ def _global_pool(m: Match) -> Optional[list[Node]]:
     if axes is None and node.input(1):
         value = m.view.const(node.input(1))
         axes = tuple(int(v) for v in value.reshape(-1)) if value is not None else None
-    if a is None or not a.keepdims or axes is None or x.rank < 3 or not x.dtype.is_float:
-        return None
+    if a is None or not a.keepdims or axes is None or x.rank < 4 or not x.dtype.is_float:
+        return None  # (rank 3 is a sequence: a mean over its last axis is a LayerNorm part)
     if sorted(v + x.rank if v < 0 else v for v in axes) != list(range(2, x.rank)):
         return None
     return [m.fuse(OpType.GLOBAL_AVERAGE_POOL, [m["x"]])]

@@ -77,9 +77,8 @@ def test_conv_transpose(check, rng, xs, ws, attrs):
           const=(1, 2), rtol=1e-4, atol=1e-4, oracle="reference")
 
 
-# ONNX Runtime places SAME_* padding of ConvTranspose differently from the spec; the reference
-# evaluator (above) checks those, and ONNX Runtime the rest (the reference mishandles groups).
-@pytest.mark.parametrize("xs,ws,attrs", [c for c in DECONV_CASES if c[2].auto_pad is AutoPad.NOTSET])
+# both oracles: the reference evaluator mishandles groups, so it skips those cases (above)
+@pytest.mark.parametrize("xs,ws,attrs", DECONV_CASES)
 def test_conv_transpose_ort(check, rng, xs, ws, attrs):
     inputs = {"x": rng.standard_normal(xs).astype(F32), "w": rng.standard_normal(ws).astype(F32)}
     check("ConvTranspose", inputs, OpType.CONV_TRANSPOSE, attrs, _onnx_deconv_attrs(attrs),

@@ -58,10 +58,12 @@ def load_tokenizer() -> Any:
 
 
 def load_transformer() -> nn.Module:
-    """The Hugging Face ``BertModel`` with the real weights, in eval mode (no network)."""
+    """The Hugging Face ``BertModel`` with the real weights, fp32, in eval mode (no network)."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager")
+    # fp32 whatever the checkpoint holds: transformers 5 would otherwise keep the stored dtype.
+    model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True, attn_implementation="eager",
+                                      dtype=torch.float32)
     return model.eval()
 
 

@@ -65,7 +65,9 @@ def _gemm_branch(node: Node, g: Graph) -> Optional[tuple[Hashable, Branch]]:
         return None
     w = g.constant(node.input(1))
     out_t = g.types.get(node.outputs[0])
-    if w is None or w.ndim != 2 or attrs.trans_a or out_t is None or not isinstance(out_t.shape[-1], int):
+    a_t = g.types.get(node.input(0))
+    if w is None or w.ndim != 2 or attrs.trans_a or out_t is None or a_t is None or a_t.rank < 2 \
+            or not isinstance(out_t.shape[-1], int):
         return None
     width = int(w.shape[0] if attrs.trans_b else w.shape[1])
     if node.input(2):

@@ -297,3 +297,16 @@ def test_if_with_run_time_condition_is_rejected_with_advice():
     with pytest.raises(UnsupportedOpError, match=r"If .*'branch'.*condition is only known at run time"):
         import_onnx(_if_model("n"))
     assert import_onnx(_if_model("n"), shapes={"x": (2, 3)}).nodes[-2].op is OpType.RELU
+
+
+def test_local_functions_are_inlined_and_squeeze_without_axes_on_symbolic_input():
+    fn = helper.make_function("custom", "Double", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                              [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Double", ["x"], ["y"], domain="custom"), helper.make_node("Squeeze", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 1, 3])],
+                              [helper.make_value_info("z", onnx.TypeProto())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)],
+                              functions=[fn])
+    g = import_onnx(model)
+    assert [n.op for n in g.nodes] == [OpType.ADD, OpType.SQUEEZE]
+    assert g.nodes[1].attrs == AxesAttrs(axes=None) and g.types["z"].shape == ("n", 3)

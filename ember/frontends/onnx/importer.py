@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 import onnx
+import onnx.inliner
 
 from ember.errors import ModelLoadError, ShapeError, UnsupportedOpError
 from ember.frontends.onnx.context import ImportContext, OnnxNode, decode_attribute, onnx_dtype, tensor_to_array

@@ -82,8 +82,8 @@ def _axes_op(op: OpType, from_input: bool):
             ctx.emit(n, op, n.inputs[:2], n.outputs[:1], AxesAttrs(axes=None))
             return
         if axes is None and op is OpType.SQUEEZE:
-            axes = _static_unit_axes(ctx, n)
-        if axes is None:
+            axes = _static_unit_axes(ctx, n)  # None (squeeze every size-1 dim) when symbolic
+        elif axes is None:
             raise reject("it has no axes (Unsqueeze requires them)")
         ctx.emit(n, op, n.inputs[:1], n.outputs[:1], AxesAttrs(axes=axes))
 

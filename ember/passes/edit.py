@@ -4,7 +4,7 @@ All of them return new graphs or new nodes; none mutates a graph a caller still 
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 

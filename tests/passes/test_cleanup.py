@@ -1,9 +1,9 @@
 """Cleanup passes: each fires on a graph built for it and keeps the outputs."""
 import numpy as np
 
-from ember.ir import DType, Node, OpType
+from ember.ir import Node, OpType
 from ember.ops.attrs import (AxesAttrs, AxisAttrs, CastAttrs, ReshapeAttrs, TransposeAttrs)
-from passkit import assert_same_outputs, ir_graph, ops, rng_const, run_pass
+from passkit import assert_same_outputs, ir_graph, ops, run_pass
 
 
 def test_identity_dropout_cast_reshape_removed():

@@ -1,7 +1,7 @@
 """Constant folding, shape subgraphs included."""
 import numpy as np
 
-from ember.ir import DType, Node, OpType
+from ember.ir import Node, OpType
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs, ShapeAttrs
 from passkit import assert_same_outputs, ir_graph, ops, run_pass
 

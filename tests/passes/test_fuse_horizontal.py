@@ -1,5 +1,4 @@
 """Horizontal fusion: Inception-style 1x1 siblings and Q/K/V projections, vs ONNX Runtime."""
-import numpy as np
 from onnx import helper as oh
 
 from passkit import check_against_ort, onnx_model, ops, rng_const

@@ -1,5 +1,4 @@
 """Concat slices and layout assignment (metadata for backends and the runtime)."""
-import numpy as np
 from onnx import helper as oh
 
 from ember.builder.config import BuildConfig

@@ -1,5 +1,4 @@
 """The pass manager and the pipeline: instruments, dumps, verification, keep, optimize=False."""
-import numpy as np
 import pytest
 
 from ember.errors import BuildError, GraphError

@@ -274,7 +274,7 @@ def reduce_cases() -> list[OpCase]:
         single("ReduceSum-13-nokeep", "ReduceSum", [feed("x", x), axes(1)], opset=13, keepdims=0),
         single("ReduceSum-13-all", "ReduceSum", [feed("x", x)], opset=13),
         single("ReduceSum-13-noop", "ReduceSum", [feed("x", x)], opset=13, noop_with_empty_axes=1),
-        single("ReduceSum-13-dynamic-axes", "ReduceSum", [feed("x", x), feed("axes", np.array([1], I64))], opset=13),
+        single("ReduceSum-13-runtime-axes", "ReduceSum", [feed("x", x), feed("axes", np.array([1], I64))], opset=13),
     ]
     return cases
 

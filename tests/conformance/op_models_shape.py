@@ -28,7 +28,7 @@ def _concat_split_slice(r) -> list[OpCase]:
         single("Slice-13-negative-step", "Slice", [feed("x", x), const("s", np.array([-1], I64)),
                                                    const("e", np.array([-big], I64)), const("a", np.array([1], I64)),
                                                    const("st", np.array([-2], I64))], opset=13),
-        single("Slice-13-dynamic", "Slice", [feed("x", x), feed("s", np.array([1], I64)), feed("e", np.array([4], I64)),
+        single("Slice-13-runtime-starts", "Slice", [feed("x", x), feed("s", np.array([1], I64)), feed("e", np.array([4], I64)),
                                              const("a", np.array([1], I64))], opset=13),
     ]
 
@@ -122,6 +122,30 @@ def _resize(r) -> list[OpCase]:
     return cases
 
 
+def _runtime_params(r) -> list[OpCase]:
+    """Parameters fed at run time (not constants): the node keeps them as inputs."""
+    x = rnd(r, 2, 1, 4, 5)
+    i64 = lambda *v: np.array(v, I64)  # noqa: E731
+    return [
+        single("Pad-13-runtime-pads", "Pad", [feed("x", x), feed("p", i64(0, 0, 1, 2, 0, 0, 2, 1))], opset=13),
+        single("Squeeze-13-runtime-axes", "Squeeze", [feed("x", x), feed("a", i64(1))], opset=13),
+        single("Unsqueeze-13-runtime-axes", "Unsqueeze", [feed("x", x), feed("a", i64(0, -1))], opset=13),
+        single("ReduceMean-18-runtime-axes", "ReduceMean", [feed("x", x), feed("a", i64(-1))], opset=18),
+        single("Reshape-runtime-shape", "Reshape", [feed("x", x), feed("s", i64(4, -1))]),
+        single("Expand-runtime-shape", "Expand", [feed("x", x), feed("s", i64(3, 2, 1, 1, 5))]),
+        single("Split-13-runtime-sizes", "Split", [feed("x", x), feed("s", i64(1, 3))], opset=13, n_out=2, axis=2),
+        single("ConstantOfShape-runtime", "ConstantOfShape", [feed("s", i64(2, 3))],
+               value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [0.5])),
+        single("Range-runtime", "Range", [feed("a", np.array(1, I64)), feed("b", np.array(9, I64)),
+                                          feed("c", np.array(3, I64))]),
+        single("Resize-13-runtime-scales", "Resize", [feed("x", x), None, feed("sc", np.array([1, 1, 2, 2], F32))],
+               opset=13),
+        single("Slice-13-runtime-all", "Slice", [feed("x", x), feed("s", i64(0, 1)), feed("e", i64(-1, 4)),
+                                                 feed("a", i64(3, 2)), feed("st", i64(2, 1))], opset=13),
+    ]
+
+
 def shape_cases() -> list[OpCase]:
     r = _rng("shape")
-    return _concat_split_slice(r) + _gather_reshape(r) + _shape_generators(r) + _pad(r) + _resize(r)
+    return (_concat_split_slice(r) + _gather_reshape(r) + _shape_generators(r) + _pad(r) + _resize(r)
+            + _runtime_params(r))

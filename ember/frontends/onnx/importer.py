@@ -200,7 +200,8 @@ def convert_nodes(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> Reje
             rejected.setdefault((n.op_type, n.domain, n.opset, str(e)), []).append(n.name)
             continue
         except ShapeError as e:
-            raise ShapeError(f"{label}: {n.label}: {e}") from None
+            where = f"{label} (opset {n.opset})" if str(e).startswith("node ") else f"{label}: {n.label}"
+            raise ShapeError(f"{where}: {e}") from None
         for o in n.outputs:
             if o and o not in ctx.types and ctx.is_used(o):
                 raise ModelLoadError(f"{label}: {n.label} does not define its output {o!r}")

@@ -226,6 +226,8 @@ def norm_cases() -> list[OpCase]:
         single("LRN-default", "LRN", [feed("x", rnd(r, 1, 6, 4, 4))], size=3),
         single("LayerNormalization-17", "LayerNormalization",
                [feed("x", x3), const("g", rnd(r, 5)), const("b", rnd(r, 5))], opset=17, epsilon=1e-5),
+        single("LayerNormalization-17-statistics", "LayerNormalization",
+               [feed("x", x3), const("g", rnd(r, 5)), const("b", rnd(r, 5))], opset=17, n_out=3),
         single("LayerNormalization-axis1-nobias", "LayerNormalization",
                [feed("x", x3), const("g", rnd(r, 3, 5))], opset=17, axis=1),
         single("Softmax-11-legacy-axis1", "Softmax", [feed("x", x3)], opset=11),

@@ -15,6 +15,7 @@ from ember.frontends.onnx.registry import (
 from ember.ir.graph import Graph
 from ember.ir.types import Dim, TensorType, format_shape
 from ember.ir.verifier import verify
+from ember.ops.common import factorize, make_dim
 from ember.ops.infer import infer_graph
 
 ShapeMap = Mapping[str, Sequence[Dim]]
@@ -148,7 +149,8 @@ def _input_type(vi: onnx.ValueInfoProto, given: Optional[Sequence[Dim]], label: 
             if d.HasField("dim_value"):
                 model_dims.append(int(d.dim_value))
             else:
-                model_dims.append(d.dim_param or f"{vi.name}_d{i}")
+                # products such as "batch * 2" are written canonically ("batch*2"), once, here
+                model_dims.append(make_dim(*factorize(d.dim_param)) if d.dim_param else f"{vi.name}_d{i}")
     if given is None:
         if model_dims is None:
             raise ShapeError(f"{label}: input {vi.name!r} has no shape (not even a rank); pass "

@@ -6,9 +6,9 @@ A dim is an ``int`` or a ``str``. A string is read as a *product* of factors joi
 the top level (``"batch*128"``, ``"batch*seq"``); a factor that parses as an int is a
 coefficient, anything else (``"batch"``, ``"(h+1)//2"``) is an opaque symbol. Products are
 written in a canonical form: symbols sorted, then the coefficient if it is not 1. This lets
-Reshape/Flatten merge and split symbolic dims exactly (``[batch, seq, 384] -> [-1, 384]`` gives
-``"batch*seq"`` and ``[batch*seq, 384] -> [batch, -1]`` gives ``"seq*384"``... only when the
-symbols divide exactly; otherwise a fresh symbol is made).
+Reshape/Flatten merge and split symbolic dims exactly: ``[batch, seq, 384] -> [-1, 384]`` gives
+``"batch*seq"``, and ``["batch*seq", 384] -> [batch, -1, 384]`` gives ``seq`` back. When a
+division does not come out exactly, a fresh symbol is made instead.
 
 A *fresh* symbol, for a dim whose size only the run time knows (a Reshape whose shape input is
 not constant, say), is named ``"<output tensor>_d<i>"``, the same convention the ONNX frontend

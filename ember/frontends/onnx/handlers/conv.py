@@ -31,7 +31,11 @@ def window(n: OnnxNode, kernel: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     return strides, dilations, pads
 
 
-def resolved_padding(n: OnnxNode, x: TensorType, kernel, strides, dilations, pads) -> tuple[tuple[int, ...], AutoPad]:
+Ints = tuple[int, ...]
+
+
+def resolved_padding(n: OnnxNode, x: TensorType, kernel: Ints, strides: Ints, dilations: Ints,
+                     pads: Ints) -> tuple[Ints, AutoPad]:
     """Turns auto_pad into explicit pads where the spatial input sizes are static."""
     ap = auto_pad(n)
     spatial = x.shape[2:]

@@ -130,7 +130,7 @@ def onnx_build_config(path: Path, config: ModelConfig) -> BuildConfig:
                                    f"config's inputs do not list; list every input or none")
         rest = dims
         if config.max_batch_size > 0:
-            if not dims or dims[0] != -1:
+            if not dims or (dims[0] != -1 and not (dims[0] == 1 and config.max_batch_size == 1)):
                 raise ModelConfigError(
                     f"{path}: input {name!r} has shape {list(dims)} with no dynamic batch dim, but "
                     f"max_batch_size is {config.max_batch_size}; export the model with a dynamic "

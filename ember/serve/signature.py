@@ -160,7 +160,8 @@ def _serve_tensor(spec: Any, declared: Optional[TensorConfig], config: ModelConf
         raise ModelConfigError(f"{where} is {declared.datatype} in the config but {datatype} in the engine")
     dims, lo, hi = _spec_dims(spec)
     if config.max_batch_size > 0:
-        if not dims or isinstance(dims[0], int):
+        batch_one = bool(dims) and dims[0] == 1 and config.max_batch_size == 1   # a batch-1 engine
+        if not dims or (isinstance(dims[0], int) and not batch_one):
             raise ModelConfigError(f"{where} has shape {dims} with no dynamic batch dim, but "
                                    f"max_batch_size is {config.max_batch_size}; rebuild the engine with a "
                                    f"profile over dim 0 or set max_batch_size: 0")

@@ -61,6 +61,16 @@ def test_model_without_dynamic_batch_dim_cannot_batch(onnx_file):
         onnx_build_config(onnx_file(fixed_model()), cfg({"max_batch_size": 4}))
 
 
+def test_batch_one_model_serves_with_max_batch_size_one(onnx_file):
+    fixed_batch = onnx_file(fixed_model())          # x: float32[2, 3]: dim 0 is no batch dim
+    with pytest.raises(ModelConfigError, match="no dynamic batch dim"):
+        onnx_build_config(fixed_batch, cfg({"max_batch_size": 1}))
+    sig = resolve_signature(cfg({"max_batch_size": 1}), runner(shape=(1, 4), out=(1, 4)))
+    assert sig.full_shape(sig.inputs[0]) == [-1, 4] and sig.check({"x": np.zeros((1, 4), np.float32)}) == 1
+    with pytest.raises(BadRequestError, match="exceeds max_batch_size 1"):
+        sig.check({"x": np.zeros((2, 4), np.float32)})
+
+
 def test_config_shape_must_agree_with_the_model(onnx_file):
     with pytest.raises(ModelConfigError, match="dim 0 is 5 in the config but 4"):
         onnx_build_config(onnx_file(matmul_relu_model()), cfg({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [5]}]}))

@@ -192,8 +192,6 @@ def _measure_cuda(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> t
 # ---- the whole benchmark -------------------------------------------------------------------------
 def bench(opts: BenchOptions) -> dict:
     """Runs the benchmark and returns the JSON-able report."""
-    from ember.tools import bench_peers
-
     src = resolve_source(opts)
     batch = next(iter(src.feeds.values())).shape[0] if src.feeds else 1
     engine, build_s = build_engine(src, opts)
@@ -206,18 +204,19 @@ def bench(opts: BenchOptions) -> dict:
                    "warmup": opts.warmup, "cuda_graphs": opts.cuda_graphs, "tuning": opts.tuning,
                    "shapes": {k: list(v.shape) for k, v in src.feeds.items()}},
         "build": {"seconds": None if build_s is None else round(build_s, 3),
-                  "layers": len(engine.plan.layers),
+                  "layers": len(engine.plan.layers), "tactics": _tactic_counts(engine.plan.layers),
                   "info": {k: v for k, v in engine.plan.build_info.items() if k != "passes"}},
         "ember": {**ember_stats, "throughput": round(batch * 1e3 / median, 2)},
         "peers": {},
     }
     if src.onnx_path:
-        report["accuracy"] = _accuracy(src, ember_outs)
-        report["peers"] = _run_peers(src, engine, opts, median, batch)
+        report["accuracy"], reference = _accuracy(src, ember_outs)
+        report["peers"] = _run_peers(src, engine, opts, median, batch, reference)
     return report
 
 
-def _run_peers(src: Source, engine, opts: BenchOptions, ember_median: float, batch: int) -> dict:
+def _run_peers(src: Source, engine, opts: BenchOptions, ember_median: float, batch: int,
+               reference: Optional[dict] = None) -> dict:
     from ember.tools import bench_peers
 
     results: dict[str, Any] = {}
@@ -247,7 +246,22 @@ def _run_peers(src: Source, engine, opts: BenchOptions, ember_median: float, bat
         stats = LatencyStats.of(samples)
         results[peer.name] = {"compute_ms": stats.to_json(), "throughput": round(batch * 1e3 / stats.median, 2),
                               "ember_speedup": float(f"{stats.median / ember_median:.4g}"), **peer.info}
+        if reference:  # the peer's own accuracy against the same oracle, for comparison
+            try:
+                outs = peer.outputs()
+                errs = [max_relative_error(outs[k], v) for k, v in reference.items() if k in outs]
+                results[peer.name]["max_rel_error"] = max(errs, default=None)
+            except Exception as e:  # noqa: BLE001
+                results[peer.name]["max_rel_error_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     return results
+
+
+def _tactic_counts(layers) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for lay in layers:
+        key = f"{lay.kind}:{lay.tactic or 'default'}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _plain_graph(src: Source):
@@ -260,16 +274,16 @@ def _plain_graph(src: Source):
     return apply_input_shapes(graph, resolve_input_shapes(graph, cfg))
 
 
-def _accuracy(src: Source, ember_outs: dict) -> dict:
+def _accuracy(src: Source, ember_outs: dict) -> tuple[dict, Optional[dict]]:
     try:
         from ember.tools.bench_peers import reference_outputs
 
         ref = reference_outputs(src.onnx_path, src.feeds)
     except Exception as e:  # noqa: BLE001 - no oracle: say so
-        return {"reference": "onnxruntime fp32 (CPU)", "error": f"{type(e).__name__}: {str(e)[:200]}"}
+        return {"reference": "onnxruntime fp32 (CPU)", "error": f"{type(e).__name__}: {str(e)[:200]}"}, None
     errs = {k: max_relative_error(_np(ember_outs[k]), v) for k, v in ref.items() if k in ember_outs}
     return {"reference": "onnxruntime fp32 (CPU)", "max_rel_error": max(errs.values(), default=None),
-            "per_output": errs}
+            "per_output": errs}, ref
 
 
 def _np(v: Any) -> np.ndarray:
@@ -317,13 +331,14 @@ def format_report(r: dict) -> str:
                      f"GPU {s['compute']:.3f} + D2H {s['d2h']:.3f} ms (CUDA graphs: {e['cuda_graphs']})")
     if "accuracy" in r and r["accuracy"].get("max_rel_error") is not None:
         lines.append(f"max rel error vs {r['accuracy']['reference']}: {r['accuracy']['max_rel_error']:.2e}")
-    lines.append(f"{'peer':34s} {'median ms':>10s} {'items/s':>10s} {'Ember x':>8s}")
+    lines.append(f"{'peer':34s} {'median ms':>10s} {'items/s':>10s} {'Ember x':>8s} {'rel err':>8s}")
     for name, p in r["peers"].items():
         if "error" in p:
             lines.append(f"{name:34s} failed: {p['error'][:80]}")
         else:
+            err = p.get("max_rel_error")
             lines.append(f"{name:34s} {p['compute_ms']['median']:10.3f} {p['throughput']:10.1f} "
-                         f"{p['ember_speedup']:8.2f}")
+                         f"{p['ember_speedup']:8.2f} {'' if err is None else format(err, '8.1e')}")
     return "\n".join(lines)
 
 

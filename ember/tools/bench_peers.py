@@ -61,6 +61,25 @@ class IRModule(torch.nn.Module):
         return [env[o] for o in self.graph.outputs]
 
 
+class _Autocast(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        with torch.autocast(args[0].device.type, dtype=self.dtype):
+            return self.inner(*args)
+
+
+def _runs(module: torch.nn.Module, args: list[torch.Tensor]) -> bool:
+    try:
+        with torch.inference_mode():
+            module(*args)
+        return True
+    except RuntimeError:
+        return False
+
+
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() else t
 
@@ -113,6 +132,12 @@ def torch_peers(names: list[str], *, zoo_name: Optional[str], graph, feeds: Mapp
     args = _inputs(feeds, dev, dtype)
     source = f"zoo module {zoo_name}" if zoo_name else "ONNX graph on PyTorch kernels"
     peers: list[Peer | tuple[str, str]] = []
+    if dtype != torch.float32 and not _runs(module, args):
+        # a module that mixes dtypes internally (e.g. an fp32 mask bias) runs under autocast,
+        # PyTorch's own way to run it in half precision
+        module = _Autocast(_module(zoo_name, graph, dev, torch.float32, image), dtype)
+        args = _inputs(feeds, dev, torch.float32)
+        source += f" (torch.autocast {precision})"
 
     def eager() -> Any:
         with torch.inference_mode():

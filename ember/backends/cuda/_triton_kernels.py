@@ -94,3 +94,29 @@ def lrn_kernel(x_ptr, y_ptr, pixels, C, alpha_over_size, beta, bias, BEFORE: tl.
     d = bias + alpha_over_size * acc
     y = x * tl.exp2(-beta * tl.log2(d))
     tl.store(y_ptr + base + c[None, :], y.to(y_ptr.dtype.element_ty), mask=pm[:, None] & (c[None, :] < C))
+
+
+@triton.jit
+def maxpool_nhwc_kernel(x_ptr, y_ptr, H, W, C, OH, OW, pixels_out, SH, SW, PH, PW, DH, DW,
+                        KH: tl.constexpr, KW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """2-D max pooling on channels-last tensors: a tile of output pixels x channels per program."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pm = p < pixels_out
+    cm = c < C
+    ow = p % OW
+    t = p // OW
+    oh = t % OH
+    n = t // OH
+    acc = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
+    for kh in tl.static_range(KH):
+        ih = oh * SH - PH + kh * DH
+        for kw in tl.static_range(KW):
+            iw = ow * SW - PW + kw * DW
+            valid = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            off = ((n * H + ih) * W + iw) * C
+            v = tl.load(x_ptr + off[:, None] + c[None, :], mask=valid[:, None] & cm[None, :],
+                        other=float("-inf"))
+            acc = tl.maximum(acc, v.to(tl.float32))
+    tl.store(y_ptr + p[:, None] * C + c[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=pm[:, None] & cm[None, :])

@@ -125,11 +125,16 @@ class CudaRunner:
         return self._slot(feeds_like).inputs[name]
 
     def run_device(self, dev_feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Runs on device tensors already in place (no host copies); returns the static outputs."""
+        """Runs on device tensors already in place (no host copies), ordered after the caller's
+        current stream and before its later work; returns the outputs (static when replayed)."""
         slot = self._slot(dev_feeds)
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
         with torch.cuda.stream(self.stream):
             dev_in = self._copy_in(slot, dev_feeds)
-            return self._run(slot, dev_in, self.stream)
+            outs = self._run(slot, dev_in, self.stream)
+        caller.wait_stream(self.stream)
+        return outs
 
     def synchronize(self) -> None:
         self.stream.synchronize()

@@ -6,6 +6,7 @@ imported only when a kernel is first used, so this module imports on machines wi
   no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
 - ``layer_norm(x, w, b, eps)``: over the last axis, one row per program, fp32 statistics.
 - ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
+- ``max_pool2d_nhwc(x, ...)``: 2-D max pooling, channels-last, any pads / dilation / ceil mode.
 - ``lrn(x, size, alpha, beta, bias)``: ONNX LRN on a 4-D tensor in one pass (channels-last tiles
   of pixels x all channels; the channel window summed in registers, fp32).
 """
@@ -121,4 +122,38 @@ def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> t
     K.lrn_kernel[(triton_cdiv(pixels, block_p),)](
         x, y, pixels, c, float(alpha) / size, float(beta), float(bias), BEFORE=before,
         AFTER=size - 1 - before, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return y
+
+
+def pool_output_size(size: int, k: int, s: int, pb: int, pe: int, d: int, ceil: bool) -> int:
+    """Output length of a pooling window over ``size`` (ONNX/PyTorch rule: with ``ceil`` the last
+    window must still start inside the input or its leading padding)."""
+    span = (k - 1) * d + 1
+    num = size + pb + pe - span
+    out = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (out - 1) * s >= size + pb:
+        out -= 1
+    return max(out, 0)
+
+
+def max_pool2d_nhwc(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int],
+                    begins: Sequence[int], ends: Sequence[int], dilations: Sequence[int],
+                    ceil: bool) -> torch.Tensor:
+    """Max pooling of a 4-D tensor in channels-last order; output channels-last."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    oh = pool_output_size(h, kernel[0], strides[0], begins[0], ends[0], dilations[0], ceil)
+    ow = pool_output_size(w, kernel[1], strides[1], begins[1], ends[1], dilations[1], ceil)
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    pixels = n * oh * ow
+    if pixels == 0 or c == 0:
+        return y
+    block_c = min(_next_pow2(c), 128)
+    block_p = max(1, 4096 // block_c)
+    grid = (triton_cdiv(pixels, block_p), triton_cdiv(c, block_c))
+    K.maxpool_nhwc_kernel[grid](x, y, h, w, c, oh, ow, pixels, strides[0], strides[1], begins[0],
+                                begins[1], dilations[0], dilations[1], KH=kernel[0], KW=kernel[1],
+                                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return y

@@ -73,7 +73,10 @@ def _bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tenso
 
 
 def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype) -> tuple[Tensor, tuple[int, ...]]:
-    x = channels_last(cast_float(x, dtype))
+    if x.dim() == 4:  # cast and reorder in one copy (a no-op when already both)
+        x = x.to(dtype=dtype, memory_format=torch.channels_last)
+    else:
+        x = cast_float(x, dtype).contiguous()
     padding, extra = geom.padding(x)
     if extra is not None:
         x = channels_last(F.pad(x, extra))

@@ -14,7 +14,7 @@ from ember.backends.cpu.kernels.common import auto_pads, split_pads, torch_pad_a
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
-from ember.ir.graph import Node
+from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import PoolAttrs
 
@@ -59,6 +59,28 @@ def max_pool(node: Node, ctx: CompileContext) -> Kernel:
             return [_MAX[n](x, a.kernel_shape, strides, begins, dil, ceil_mode=a.ceil_mode)]
         xp = F.pad(x, torch_pad_arg(begins, ends), value=float("-inf"))
         return [_MAX[n](xp, a.kernel_shape, strides, 0, dil, ceil_mode=a.ceil_mode)]
+
+    return run
+
+
+def _max_pool_2d(node: Node, graph: "Graph | None") -> bool:
+    a = node.attrs
+    single_output = len(node.outputs) < 2 or not node.outputs[1]
+    return isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
+
+
+@register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, needs_triton=True)
+def max_pool_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """Ember's Triton max pooling on channels-last activations (one read of each window row)."""
+    from ember.backends.cuda.triton_ops import max_pool2d_nhwc
+
+    a: PoolAttrs = node.attrs
+    dtype = compute_dtype(ctx.precision)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype)
+        strides, dil, begins, ends = _geometry(a, x)
+        return [max_pool2d_nhwc(x, a.kernel_shape, strides, begins, ends, dil, a.ceil_mode)]
 
     return run
 

@@ -33,15 +33,27 @@ CASES = {
     "bert-tiny@opset14": dict(rules={LAYERNORM: 5, ATTENTION: 2, QKV: 2}, layers=45),
     "bert-tiny@dynamic": dict(rules={ATTENTION: 2, QKV: 2}, layers=46),
     "resnet-50": dict(rules={BN: 53, CONV_ADD: 16}, layers=57, slow=True),
+    "minilm": dict(rules={GELU: 6, ATTENTION: 6, GEMM_BIAS: 36, GEMM_GELU: 6, QKV: 6}, layers=123, slow=True),
 }
 
 
 @functools.lru_cache(maxsize=None)
 def exported(case):
     name, _, variant = case.partition("@")
+    if name == "minilm":
+        from ember.zoo import minilm
+        return name, minilm.export_onnx()
     if variant == "opset14":
         return name, zoo.export_onnx(name, opset=14)
     return name, zoo.export_onnx(name, dynamic_batch=variant == "dynamic")
+
+
+def sample(name, dynamic=False):
+    if name == "minilm":
+        from ember.zoo import minilm
+        sentences = ["Ember builds engines.", "A second, somewhat longer sentence with more tokens in it."]
+        return {k: np.asarray(v) for k, v in minilm.tokenize(minilm.load_tokenizer(), sentences).items()}
+    return zoo.sample_inputs(name, batch=2 if dynamic else 1)
 
 
 def fired(graph):
@@ -64,7 +76,7 @@ def test_zoo_model_optimized_matches_onnxruntime(case):
     for rule, n in expect["rules"].items():
         assert counts.get(rule) == n, (rule, counts)
     assert len(out.nodes) == expect["layers"]
-    feeds = zoo.sample_inputs(name, batch=2 if case.endswith("dynamic") else 1)
+    feeds = sample(name, dynamic=case.endswith("dynamic"))
     ours, ref = run_graph(out, feeds), ort_run(model, feeds)
     for k, v in ref.items():
         err = np.abs(ours[k] - v).max() / np.abs(v).max()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ember.errors import EmberError
 
@@ -36,8 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the server until SIGINT/SIGTERM; 0 on a clean stop, 1 if it could not start."""
-    from ember.serve.server import ServerOptions, run_server
-
+    try:
+        from ember.serve.server import ServerOptions, run_server
+    except ImportError as exc:
+        print(f"error: ember serve needs fastapi, uvicorn, grpcio, protobuf and prometheus-client "
+              f"({exc}); install them with: pip install fastapi uvicorn grpcio protobuf prometheus-client",
+              file=sys.stderr)
+        return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     options = ServerOptions(repository=args.repository, host=args.host, http_port=args.http_port,
                             grpc_port=args.grpc_port, metrics_port=args.metrics_port,

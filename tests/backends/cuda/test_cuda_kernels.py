@@ -23,7 +23,7 @@ from ember.ops.attrs import (
 
 from cuda_graphs import conv_attrs, one_node, rand
 
-CUDA_ONLY = {"cudnn_fused", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
+CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
              "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"}
 TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 
@@ -38,6 +38,7 @@ def _fconv(act=Activation.RELU, res=False, params=(), k=3, stride=1, pad=None, g
 
 CASES = {
     "conv_relu": lambda: _fconv(),
+    "conv_rgb_stem": lambda: _fconv(k=7, stride=2, cin=3, cout=16),
     "conv_add_relu": lambda: _fconv(res=True),
     "conv_relu6": lambda: _fconv(Activation.CLIP, params=(0.0, 6.0)),
     "conv_linear_residual": lambda: _fconv(Activation.NONE, res=True, k=1),

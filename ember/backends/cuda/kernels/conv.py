@@ -153,6 +153,57 @@ def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
+def _channel_pad_applies(node: Node, graph: Optional[Graph]) -> bool:
+    """A 2-D, ungrouped conv whose input channels are not a multiple of 8 (an RGB stem): cuDNN's
+    tensor-core kernels want channels-last inputs with C % 8 == 0."""
+    a = node.attrs
+    conv = a.conv if isinstance(a, FusedConvAttrs) else a
+    if not isinstance(conv, ConvAttrs) or len(conv.kernel_shape) != 2 or conv.group != 1 or graph is None:
+        return False
+    w = graph.constants.get(node.input(1))
+    return w is not None and w.shape[1] % 8 != 0 and w.shape[1] < 64
+
+
+def _with_padded_channels(inner):
+    """The tactic ``inner`` on inputs zero-padded to a multiple of 8 channels (weights padded with
+    zero filters once, at compile time; the padding adds nothing to the result)."""
+
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        w = ctx.const(node.inputs[1])
+        cin = w.shape[1]
+        cpad = -(-cin // 8) * 8
+        wp = torch.zeros((w.shape[0], cpad) + tuple(w.shape[2:]), dtype=w.dtype, device=w.device)
+        wp[:, :cin] = w
+        consts = dict(ctx.constants)
+        consts[node.inputs[1]] = wp
+        kernel = inner(node, CompileContext(ctx.graph, consts, ctx.device, ctx.tactic, ctx.precision,
+                                            ctx.options))
+        dtype = compute_dtype(ctx.precision)
+
+        def run(inputs) -> list:
+            x = inputs[0]
+            xp = torch.empty((x.shape[0], cpad) + tuple(x.shape[2:]), dtype=dtype, device=x.device,
+                             memory_format=torch.channels_last)
+            xp[:, cin:].zero_()
+            xp[:, :cin].copy_(x)
+            return kernel([xp, *inputs[1:]])
+
+        return run
+
+    factory.__name__ = f"{inner.__name__}_cpad8"
+    factory.__doc__ = f"{inner.__doc__} Input channels zero-padded to a multiple of 8."
+    return factory
+
+
+register_cuda_kernel(OpType.FUSED_CONV, "cudnn_fused_cpad8", rank=5,
+                     when=lambda n, g: _relu_2d(n, g) and _channel_pad_applies(n, g))(
+    _with_padded_channels(conv_cudnn_fused))
+register_cuda_kernel(OpType.FUSED_CONV, "cudnn_cpad8", rank=15, when=_channel_pad_applies)(
+    _with_padded_channels(conv_cudnn))
+register_cuda_kernel(OpType.CONV, "cudnn_cpad8", rank=15, when=_channel_pad_applies)(
+    _with_padded_channels(conv_cudnn))
+
+
 def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:
     from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
 

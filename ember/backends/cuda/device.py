@@ -67,6 +67,21 @@ def tf32_scope(precision: str) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = old_dnn
 
 
+@contextlib.contextmanager
+def conv_scope(precision: str) -> Iterator[None]:
+    """Around a cuDNN convolution: ``tf32_scope`` plus cuDNN's benchmark mode, so the first call
+    of each shape (the warm-up before capture, or tactic timing) times cuDNN's algorithms and
+    keeps the fastest, as TensorRT does; later calls and graph replays reuse that choice. Only
+    Ember's own conv calls see the flag (it is restored after each call)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with tf32_scope(precision):
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 def cast_float(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     """``t`` in ``dtype`` when it is a float tensor (ints, bools and ``None`` pass through)."""
     if t is None or not t.is_floating_point() or t.dtype == dtype:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
-from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, tf32_scope
+from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, conv_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -103,7 +103,7 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs) -> list:
         x, padding = _prepare(inputs[0], geom, dtype)
-        with tf32_scope(prec):
+        with conv_scope(prec):
             y = fn(x, w, b, geom.stride, padding, geom.dilation, geom.groups)
         if has_res:
             y.add_(cast_float(arg(inputs, 3), dtype))
@@ -142,7 +142,7 @@ def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs) -> list:
         x, padding = _prepare(inputs[0], geom, dtype)
-        with tf32_scope(prec):
+        with conv_scope(prec):
             if has_res:
                 z = channels_last(cast_float(inputs[3], dtype))
                 y = torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, stride, list(padding), dilation, groups)
@@ -227,7 +227,7 @@ def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs) -> list:
         x, padding = _prepare(inputs[0], geom, dtype)
-        with tf32_scope(prec):
+        with conv_scope(prec):
             y = F.conv2d(x, w, None, geom.stride, padding, geom.dilation, geom.groups)
         res = channels_last(cast_float(inputs[3], dtype)) if has_res else None
         return [bias_act_(y, b, res, act, params)]
@@ -280,7 +280,7 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs) -> list:
         x = cast_float(inputs[0], dtype)
-        with tf32_scope(prec):
+        with conv_scope(prec):
             y = fns[n](x, w, b, stride, 0, tuple(outpad), a.group, dil)
         # crop the ONNX pads (they may be asymmetric) from the full transposed result
         idx = [slice(None), slice(None)] + [slice(bg, y.shape[2 + i] - e) for i, (bg, e) in

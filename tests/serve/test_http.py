@@ -264,3 +264,14 @@ def test_repository_index(http):
     rows = http.post("/v2/repository/index").json()
     states = {(r["name"], r["version"]): r["state"] for r in rows}
     assert states[("simple", "1")] == "READY" and states[("fixed", "1")] == "READY"
+
+
+def test_responses_are_not_held_back_by_nagle(http):
+    """With Nagle's algorithm on, every response waited ~40 ms for the client's delayed ACK."""
+    http.get("/v2/health/live")
+    times = []
+    for _ in range(9):
+        t0 = time.perf_counter()
+        assert http.get("/v2/health/live").status_code == 200
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[4] < 0.02, f"median {sorted(times)[4] * 1000:.1f} ms"

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -158,6 +159,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     rows = []
+    load_before = os.getloadavg()
     for name in filter(None, args.models.split(",")):
         print(f"{name} ...", file=sys.stderr, flush=True)
         rows.append(bench_model(name, args.iterations))
@@ -168,6 +170,7 @@ def main() -> int:
               "batch": 1, "precision": "fp32", "machine": platform.processor() or platform.machine(),
               "versions": {"ember": ember.__version__, "torch": torch.__version__,
                            "onnxruntime": __import__("onnxruntime").__version__},
+              "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
               "rows": rows}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))

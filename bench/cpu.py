@@ -3,9 +3,10 @@
 Each model is exported once per batch size (fixed shapes), built into an Ember CPU engine, and
 run by the three runtimes with the same number of threads (default 2: ``torch.set_num_threads``,
 ORT ``intra_op_num_threads``). Latency is the median of ``--iterations`` timed runs after
-warm-up; each runtime runs its iterations back to back. Ember's max relative error against
-ONNX Runtime is checked on every row. Where Ember is slower than ONNX Runtime, the per-op time
-of both (Ember's layer profiler, ORT's own profiler) says where the time goes.
+warm-up; the runs are split into up to four rounds in which the runtimes take turns, so that
+background load falls on all three alike. Ember's max relative error against ONNX Runtime is
+checked on every row. Where Ember is slower than ONNX Runtime, the per-op times of both
+(Ember's layer profiler, ORT's own profiler) say where the time goes.
 
     python bench/cpu.py                                    # -> bench/results/cpu-<date>.json + markdown
     python bench/cpu.py --models resnet-50,googlenet --batches 1 --iterations 20
@@ -64,10 +65,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
                    "torch": TorchRunner(zoo.build_model(name), [i.name for i in spec.inputs], spec.outputs)}
         ours, ref = ember_runner(feeds), runners["onnxruntime"](feeds)
         error = max(max_rel_error(ours[k], ref[k]) for k in ref)
-        latency = {}
-        for label, runner in runners.items():
-            times = time_ms(runner, feeds, args.warmup, args.iterations, args.max_seconds)
-            latency[label] = common.summarize(times)
+        latency = {label: common.summarize(times) for label, times in _timed_rounds(runners, feeds, args).items()}
         row = {"model": name, "batch": batch, "build_s": round(build_s, 2), "layers": len(engine.plan.layers),
                "onnx_nodes": engine.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": error,
                "latency_ms": latency}
@@ -75,6 +73,19 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
             row["breakdown"] = breakdown(engine, path, feeds, args.threads)
     _print_row(row)
     return row
+
+
+def _timed_rounds(runners: dict[str, Any], feeds: dict, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Each runtime's iterations, split in rounds that take turns, so a change of background load
+    during the run weighs on every runtime alike; each block starts with its own warm-up run."""
+    rounds = max(1, min(4, args.iterations // 3))
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    for r in range(rounds):
+        count = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
+        for label, runner in runners.items():
+            warmup = args.warmup if r == 0 else 1
+            times[label] += time_ms(runner, feeds, warmup, count, args.max_seconds / rounds)
+    return times
 
 
 def breakdown(engine: Any, path: Path, feeds: dict, threads: int) -> dict[str, Any]:

@@ -93,3 +93,31 @@ def test_batch_norm(check, rng, shape):
               "v": rng.uniform(0.5, 2, c).astype(F32)}
     check("BatchNormalization", inputs, OpType.BATCH_NORM, BatchNormAttrs(1e-3), {"epsilon": 1e-3},
           const=(1, 2, 3, 4), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("auto_pad", [AutoPad.SAME_UPPER, AutoPad.NOTSET])
+def test_prepacked_conv_with_dynamic_input_shape(rng, auto_pad):
+    """A weight prepacked without knowing the input size still serves every input size."""
+    import torch
+
+    from ember.backends.base import CompileContext
+    from ember.backends.cpu import CPUBackend
+    from ember.ir.dtype import DType
+    from ember.ir.graph import Graph, Node
+    from ember.ir.types import TensorType
+
+    w = rng.standard_normal((6, 3, 3, 3)).astype(F32)
+    attrs = ConvAttrs((3, 3), (2, 2), (1, 0, 1, 2) if auto_pad is AutoPad.NOTSET else (), (1, 1),
+                      auto_pad=auto_pad)
+    node = Node("c", OpType.CONV, ("x", "w"), ("y",), attrs)
+    types = {"x": TensorType(DType.FLOAT32, ("batch", 3, "h", "w")), "w": TensorType(DType.FLOAT32, w.shape)}
+    graph = Graph("g", [node], ["x"], ["y"], types, {"w": w})
+    backend = CPUBackend()
+    assert backend.tactics(node, graph)[0] == "mkldnn_prepacked"
+    consts = {"w": torch.from_numpy(w)}
+    fast = backend.compile_node(node, CompileContext(graph, consts, torch.device("cpu"), "mkldnn_prepacked"))
+    ref = backend.compile_node(node, CompileContext(graph, consts, torch.device("cpu"), "aten"))
+    for shape in [(1, 3, 9, 11), (2, 3, 16, 7)]:
+        x = torch.from_numpy(rng.standard_normal(shape).astype(F32))
+        with torch.inference_mode():
+            torch.testing.assert_close(fast([x, consts["w"]])[0], ref([x, consts["w"]])[0], rtol=1e-4, atol=1e-4)

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
-    Inputs, activation_fn, const_input, torch_pad_arg,
+    Inputs, activation_fn, const_input, split_pads, torch_pad_arg,
 )
 from ember.backends.cpu.kernels.conv import conv_geometry
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
+from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs
 
 #: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse.
 _UNARY: dict[Activation, Callable[[tuple[float, ...]], Optional[tuple[str, list, str]]]] = {
@@ -124,6 +124,23 @@ class _Padder:
         return hit
 
 
+def _reorder_params(a: ConvAttrs, n: int, in_size: Optional[list[int]], pads: _Padder):
+    """(padding, strides, dilations, input_size) the weight is reordered for.
+
+    With a static input shape these are exactly the run's; with a dynamic one, the attribute
+    values (oneDNN then picks a layout for a typical input; any input size still runs).
+    """
+    if in_size is not None:
+        padding, strides, dilations, explicit = pads(tuple(in_size))
+        if explicit is not None:
+            in_size = list(F.pad(torch.empty(in_size, device="meta"), explicit).shape)
+        return padding, strides, dilations, in_size
+    strides = [int(v) for v in a.strides] if a.strides else [1] * n
+    dilations = [int(v) for v in a.dilations] if a.dilations else [1] * n
+    begins, ends = split_pads(a.pads) if a.pads and a.auto_pad is AutoPad.NOTSET else ([0] * n, [0] * n)
+    return (begins if begins == ends else [0] * n), strides, dilations, None
+
+
 def _input_size(node: Node, ctx: CompileContext) -> Optional[list[int]]:
     t = ctx.graph.types.get(node.input(0)) if ctx.graph is not None else None
     return list(t.shape) if t is not None and t.is_static else None
@@ -138,12 +155,7 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     bias = ctx.const(node.input(2))
     bias = bias.contiguous() if bias is not None else None
     pads = _Padder(a, tuple(w.shape))
-    in_size = _input_size(node, ctx)
-    padding, strides, dilations, explicit = pads(tuple(in_size)) if in_size else (None,) * 4
-    if explicit is not None and in_size is not None:
-        in_size = list(F.pad(torch.empty(in_size, device="meta"), explicit).shape)
-    if padding is None:
-        padding, strides, dilations = [0] * (w.dim() - 2), [1] * (w.dim() - 2), [1] * (w.dim() - 2)
+    padding, strides, dilations, in_size = _reorder_params(a, w.dim() - 2, _input_size(node, ctx), pads)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
     fused = _UNARY.get(act, lambda p: None)(params)

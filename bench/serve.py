@@ -10,7 +10,17 @@ from its statistics over the measured window.
     .venv/bin/python bench/serve.py --device cpu --concurrency 1,4,16 --duration 10
     .venv/bin/python bench/serve.py --device cuda --precision fp16 --concurrency 1,16,64
 
-Results go to ``bench/results/serve-<date>[-<device>].json``.
+Results go to ``bench/results/serve-<date>-<device>.json``.
+
+Needs, beside Ember: fastapi, uvicorn, grpcio, protobuf, prometheus-client (the server) and
+tritonclient[grpc,http] (the clients). The lent GPU image has grpcio, protobuf, prometheus-client,
+httpx, h11, anyio and click but not fastapi (with starlette, pydantic, pydantic-core,
+annotated-types, annotated-doc, typing-inspection, opentelemetry-api), uvicorn or tritonclient
+(with python-rapidjson); carry those as wheels. tritonclient's generated protobuf modules need a
+protobuf runtime at least as new as the one they were generated with (6.33.5 for 2.73); the
+server itself works with any protobuf >= 4.21. The server's own front end costs roughly
+0.1-0.5 ms of event-loop time per gRPC request (grpc.aio internals most of it), so batched
+throughput of one server process tops out at a few thousand requests/s.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ Run = Callable[[argparse.Namespace], int]
 def commands() -> dict[str, tuple[str, AddArguments, Run]]:
     """Subcommand name -> (help, add_arguments, run). Register new tools here."""
     from ember.tools import bench as bench_tool
+    from ember.tools import compare as compare_tool
     from ember.tools import inspect as inspect_tool
     from ember.tools import profile as profile_tool
 
@@ -32,7 +33,7 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
         "build": ("build an engine file from a model", add_build_command, run_build),
         "run": ("run an engine (or a model, built on the fly) on input files", add_run_command, run_run),
     }
-    for module in (inspect_tool, bench_tool, profile_tool):
+    for module in (inspect_tool, compare_tool, bench_tool, profile_tool):
         table[_name(module)] = (module.HELP, module.add_arguments, module.run)
     from ember.serve import cli as serve_cli
     table["serve"] = (serve_cli.HELP, serve_cli.add_arguments, serve_cli.run)

@@ -1,7 +1,7 @@
 """Lowering: one layer per graph node, each with its precision and its tactic.
 
-Precision: a layer's entry in ``config.layer_precisions`` (by layer name, then by op type),
-else ``config.precision``; CPU builds compute in fp32 whatever is asked (no fast half precision
+Precision: as the pass pipeline's ``assign_precisions`` recorded in ``graph.meta["precisions"]``
+(``config.layer_precisions`` by layer name, absorbed name or op type, else ``config.precision``); CPU builds compute in fp32 whatever is asked (no fast half precision
 on this CPU path), and the layer records ``fp32`` so the plan says what really runs.
 
 Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
@@ -23,13 +23,13 @@ from ember.runtime.plan import Layer
 from ember.runtime.tensors import numpy_to_torch
 
 
-def layer_precision(node: Node, config: BuildConfig) -> str:
+def layer_precision(node: Node, graph: Graph, config: BuildConfig) -> str:
+    """The precision the pipeline's ``assign_precisions`` pass chose for this layer (it applies
+    ``layer_precisions`` by layer name, absorbed names and op type); non-float layers and CPU
+    builds compute as ``config.precision`` / fp32."""
     if config.device == "cpu":
         return "fp32"
-    by_name = config.layer_precisions.get(node.name)
-    if by_name is None:
-        by_name = config.layer_precisions.get(node.op.value)
-    return by_name or config.precision
+    return graph.meta.get("precisions", {}).get(node.name, config.precision)
 
 
 def _candidates(backend: Backend, node: Node, graph: Graph) -> list[str]:
@@ -64,7 +64,7 @@ def lower(graph: Graph, config: BuildConfig, backend: Backend, device_key: str,
     layers = []
     timed = from_cache = 0
     for node in nodes:
-        precision = layer_precision(node, config)
+        precision = layer_precision(node, graph, config)
         choice = selector.select(node, graph, _candidates(backend, node, graph), precision)
         timed += bool(choice.timings) and not choice.cached
         from_cache += choice.cached

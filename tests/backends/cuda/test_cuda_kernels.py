@@ -31,7 +31,8 @@ TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 def _fconv(act=Activation.RELU, res=False, params=(), k=3, stride=1, pad=None, group=1, cin=8, cout=16):
     ins = [("x", (2, cin, 9, 9)), ("w", rand(cout, cin // group, k, k, scale=0.3)), ("b", rand(cout))]
     if res:
-        ho = (9 + 2 * (k // 2) - k) // stride + 1 if pad is None else None
+        pb, pe = (k // 2, k // 2) if pad is None else (pad[0], pad[2])
+        ho = (9 + pb + pe - k) // stride + 1
         ins.append(("r", (2, cout, ho, ho)))
     return one_node(OpType.FUSED_CONV, FusedConvAttrs(conv_attrs(k, stride, pad, group), act, params, res), ins)
 
@@ -39,6 +40,8 @@ def _fconv(act=Activation.RELU, res=False, params=(), k=3, stride=1, pad=None, g
 CASES = {
     "conv_relu": lambda: _fconv(),
     "conv_rgb_stem": lambda: _fconv(k=7, stride=2, cin=3, cout=16),
+    "conv_1x1_relu": lambda: _fconv(k=1, pad=(0, 0, 0, 0)),
+    "conv_1x1_add_relu": lambda: _fconv(k=1, res=True, pad=(0, 0, 0, 0)),
     "conv_add_relu": lambda: _fconv(res=True),
     "conv_relu6": lambda: _fconv(Activation.CLIP, params=(0.0, 6.0)),
     "conv_linear_residual": lambda: _fconv(Activation.NONE, res=True, k=1),

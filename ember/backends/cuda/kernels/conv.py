@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
-from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, conv_scope
+from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -202,6 +202,54 @@ register_cuda_kernel(OpType.FUSED_CONV, "cudnn_cpad8", rank=15, when=_channel_pa
     _with_padded_channels(conv_cudnn))
 register_cuda_kernel(OpType.CONV, "cudnn_cpad8", rank=15, when=_channel_pad_applies)(
     _with_padded_channels(conv_cudnn))
+
+
+def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped 2-D conv with a ReLU or no activation: in
+    channels-last order it is exactly a GEMM ``[N*H*W, Cin] x [Cin, Cout]``."""
+    a = node.attrs
+    conv = a.conv if isinstance(a, FusedConvAttrs) else a
+    act = a.activation if isinstance(a, FusedConvAttrs) else Activation.NONE
+    return (isinstance(conv, ConvAttrs) and tuple(conv.kernel_shape) == (1, 1) and conv.group == 1
+            and all(s == 1 for s in (conv.strides or (1, 1))) and not any(conv.pads or ())
+            and conv.auto_pad.value in ("NOTSET", "VALID") and act in (Activation.NONE, Activation.RELU))
+
+
+@register_cuda_kernel(OpType.FUSED_CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
+@register_cuda_kernel(OpType.CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
+def conv_pointwise_gemm(node: Node, ctx: CompileContext) -> Kernel:
+    """A 1x1 conv as one cuBLASLt GEMM on the channels-last activation viewed as a matrix, bias
+    and ReLU in the GEMM's epilogue; a residual is accumulated by the GEMM itself (beta = 1)."""
+    _, act, _, has_res = _conv_attrs(node)
+    dtype = compute_dtype(ctx.precision)
+    w = ctx.const(node.inputs[1])
+    w_t = w.reshape(w.shape[0], w.shape[1]).to(dtype).contiguous().t()  # [Cin, Cout] view of [Cout, Cin]
+    b = _bias(ctx, node, dtype)
+    relu, prec = act is Activation.RELU, ctx.precision
+
+    def run(inputs) -> list:
+        x = inputs[0].to(dtype=dtype, memory_format=torch.channels_last)
+        n, c, h, wd = x.shape
+        x2 = x.permute(0, 2, 3, 1).reshape(n * h * wd, c)
+        with tf32_scope(prec):
+            if has_res:
+                r = inputs[3].to(dtype=dtype, memory_format=torch.channels_last)
+                y2 = torch.addmm(r.permute(0, 2, 3, 1).reshape(n * h * wd, -1), x2, w_t)
+                if b is not None:
+                    y2.add_(b)
+                if relu:
+                    y2.relu_()
+            elif b is not None and relu:
+                y2 = torch._addmm_activation(b, x2, w_t)
+            elif b is not None:
+                y2 = torch.addmm(b, x2, w_t)
+            else:
+                y2 = torch.mm(x2, w_t)
+                if relu:
+                    y2.relu_()
+        return [y2.view(n, h, wd, -1).permute(0, 3, 1, 2)]
+
+    return run
 
 
 def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:

@@ -256,5 +256,103 @@ class FusedElementwiseAttrs:
     steps: tuple[FusedStep, ...]
 
 
+# ---- ops of ember/ops/extra.py ---------------------------------------------------------
+@dataclass(frozen=True)
+class AlphaAttrs:
+    """Elu, Celu, ThresholdedRelu: one ``alpha`` (1.0 by default for all three)."""
+
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class SeluAttrs:
+    alpha: float = 1.67326319217681884765625
+    gamma: float = 1.05070102214813232421875
+
+
+@dataclass(frozen=True)
+class IsInfAttrs:
+    detect_positive: bool = True
+    detect_negative: bool = True
+
+
+@dataclass(frozen=True)
+class ModAttrs:
+    fmod: bool = False  # False: the result has the divisor's sign (Python %); True: C fmod
+
+
+@dataclass(frozen=True)
+class ArgReduceAttrs:
+    """ArgMax / ArgMin."""
+
+    axis: int = 0
+    keepdims: bool = True
+    select_last_index: bool = False
+
+
+@dataclass(frozen=True)
+class CumSumAttrs:
+    axis: Optional[int] = None  # None: from input 1 at run time
+    exclusive: bool = False
+    reverse: bool = False
+
+
+@dataclass(frozen=True)
+class TopKAttrs:
+    k: Optional[int] = None  # None: from input 1 at run time
+    axis: int = -1
+    largest: bool = True
+    sorted: bool = True
+
+
+@dataclass(frozen=True)
+class TileAttrs:
+    repeats: Optional[tuple[int, ...]] = None  # None: from input 1 at run time
+
+
+@dataclass(frozen=True)
+class TriluAttrs:
+    upper: bool = True
+    k: Optional[int] = 0  # None: from input 1 at run time
+
+
+@dataclass(frozen=True)
+class DepthSpaceAttrs:
+    """DepthToSpace (mode DCR or CRD) and SpaceToDepth (mode unused)."""
+
+    blocksize: int
+    mode: str = "DCR"
+
+
+@dataclass(frozen=True)
+class InstanceNormAttrs:
+    epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class GroupNormAttrs:
+    num_groups: int
+    epsilon: float = 1e-5
+    per_channel_affine: bool = True  # opset 21: scale/bias [C]; opset 18: [num_groups]
+
+
+@dataclass(frozen=True)
+class EinsumAttrs:
+    equation: str
+
+
+@dataclass(frozen=True)
+class GatherNDAttrs:
+    batch_dims: int = 0
+
+
+@dataclass(frozen=True)
+class ScatterAttrs:
+    """ScatterND / ScatterElements; ``axis`` is used by ScatterElements only."""
+
+    reduction: str = "none"  # none | add | mul | max | min
+    axis: int = 0
+
+
 if TYPE_CHECKING:  # annotation only
     from ember.ir.optype import OpType

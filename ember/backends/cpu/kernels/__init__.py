@@ -14,3 +14,4 @@ def load_kernels() -> None:
         activation, conv, conv_mkldnn, elementwise, fused, linalg, linalg_mkldnn, movement, norm,
         pool, reduce, resize, shape,
     )
+    from ember.backends.cpu.kernels import extra  # noqa: F401

@@ -34,6 +34,18 @@ HOST_SLOTS: dict[OpType, frozenset[int]] = {
     OpType.REDUCE_MEAN: frozenset({1}),
     OpType.REDUCE_SUM: frozenset({1}),
     OpType.REDUCE_MAX: frozenset({1}),
+    OpType.REDUCE_MIN: frozenset({1}),
+    OpType.REDUCE_PROD: frozenset({1}),
+    OpType.REDUCE_L1: frozenset({1}),
+    OpType.REDUCE_L2: frozenset({1}),
+    OpType.REDUCE_SUM_SQUARE: frozenset({1}),
+    OpType.REDUCE_LOG_SUM: frozenset({1}),
+    OpType.REDUCE_LOG_SUM_EXP: frozenset({1}),
+    OpType.CUM_SUM: frozenset({1}),
+    OpType.TOP_K: frozenset({1}),
+    OpType.TILE: frozenset({1}),
+    OpType.TRILU: frozenset({1}),
+    OpType.ONE_HOT: frozenset({1}),
 }
 
 #: Ops whose output is metadata of the input (never reads its data).

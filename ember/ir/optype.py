@@ -130,6 +130,13 @@ class OpType(enum.Enum):
     GATHER_ND = "GatherND"
     SCATTER_ND = "ScatterND"
     SCATTER_ELEMENTS = "ScatterElements"
+    GRID_SAMPLE = "GridSample"
+    ONE_HOT = "OneHot"
+    EYE_LIKE = "EyeLike"
+    BITWISE_AND = "BitwiseAnd"
+    BITWISE_OR = "BitwiseOr"
+    BITWISE_XOR = "BitwiseXor"
+    BITWISE_NOT = "BitwiseNot"
     # fused layers made by the optimizer (see ember/passes/)
     FUSED_CONV = "FusedConv"            # conv + bias + optional residual add + activation
     FUSED_GEMM = "FusedGemm"            # matmul/gemm + bias + activation

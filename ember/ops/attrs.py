@@ -354,5 +354,24 @@ class ScatterAttrs:
     axis: int = 0
 
 
+@dataclass(frozen=True)
+class GridSampleAttrs:
+    mode: str = "bilinear"  # bilinear | nearest | bicubic (opset 20's linear/cubic are mapped here)
+    padding_mode: str = "zeros"  # zeros | border | reflection
+    align_corners: bool = False
+
+
+@dataclass(frozen=True)
+class OneHotAttrs:
+    axis: int = -1
+    depth: Optional[int] = None  # None: from input 1 at run time
+
+
+@dataclass(frozen=True)
+class EyeLikeAttrs:
+    dtype: Optional[str] = None  # a DType value; None: the input's
+    k: int = 0
+
+
 if TYPE_CHECKING:  # annotation only
     from ember.ir.optype import OpType

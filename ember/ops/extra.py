@@ -20,9 +20,9 @@ from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops import reduce as _reduce_family
 from ember.ops.attrs import (
-    AlphaAttrs, ArgReduceAttrs, CumSumAttrs, DepthSpaceAttrs, EinsumAttrs, GatherNDAttrs,
-    GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, ReduceAttrs, ScatterAttrs, SeluAttrs,
-    TileAttrs, TopKAttrs, TriluAttrs, AxisAttrs,
+    AlphaAttrs, ArgReduceAttrs, AxisAttrs, CumSumAttrs, DepthSpaceAttrs, EinsumAttrs, EyeLikeAttrs,
+    GatherNDAttrs, GridSampleAttrs, GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs,
+    ReduceAttrs, ScatterAttrs, SeluAttrs, TileAttrs, TopKAttrs, TriluAttrs,
 )
 from ember.ops.common import (
     broadcast_shapes, const_ints, div_dim, fresh_dims, mul_dims, need, norm_axis, require, same_dtype,
@@ -105,6 +105,17 @@ def _compare(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
 
 for _op in (OpType.AND, OpType.OR, OpType.XOR):
     register_op(_op)(_logical)
+
+
+def _bitwise(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    present = [_in(in_types, i, "input") for i in range(len(in_types))]
+    dtype = same_dtype(present, f"{node.op} inputs")
+    require(dtype.is_int, f"{node.op} needs integer inputs, got {dtype.value}")
+    return [TensorType(dtype, broadcast_shapes(*(t.shape for t in present)))]
+
+
+for _op in (OpType.BITWISE_AND, OpType.BITWISE_OR, OpType.BITWISE_XOR, OpType.BITWISE_NOT):
+    register_op(_op)(_bitwise)
 for _op in (OpType.GREATER_OR_EQUAL, OpType.LESS_OR_EQUAL):
     register_op(_op)(_compare)
 
@@ -251,6 +262,39 @@ def _scatter(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
 
 for _op in (OpType.SCATTER_ND, OpType.SCATTER_ELEMENTS):
     register_op(_op, attrs=ScatterAttrs)(_scatter)
+
+
+@register_op(OpType.GRID_SAMPLE, attrs=GridSampleAttrs)
+def infer_grid_sample(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """GridSample(X[N, C, *in], grid[N, *out, r]) -> [N, C, *out], with r = len(in)."""
+    x, grid = _in(in_types, 0, "X"), _in(in_types, 1, "grid")
+    require(x.rank in (4, 5), f"GridSample supports 4-D and 5-D inputs, got {x}")
+    last = grid.shape[-1] if grid.rank else None
+    require(grid.rank == x.rank and (not isinstance(last, int) or last == x.rank - 2),
+            f"GridSample grid {grid} does not fit input {x} (want [N, *out, {x.rank - 2}])")
+    return [x.with_shape((x.shape[0], x.shape[1], *grid.shape[1:-1]))]
+
+
+@register_op(OpType.ONE_HOT, attrs=OneHotAttrs)
+def infer_one_hot(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """OneHot(indices, depth, values[off, on]): a ``depth`` axis inserted at ``axis``."""
+    idx, values = _in(in_types, 0, "indices"), _in(in_types, 2, "values")
+    require(values.rank == 1, f"OneHot values must be 1-D [off, on], got {values}")
+    axis = norm_axis(node.attrs.axis, idx.rank + 1, "OneHot axis")
+    depth: Optional[int] = node.attrs.depth
+    if depth is None and _const(consts, 1) is not None:
+        depth = int(np.asarray(consts[1]).reshape(-1)[0])
+    dim: Dim = depth if depth is not None else f"{node.outputs[0]}_d{axis}"
+    shape = list(idx.shape)
+    shape.insert(axis, dim)
+    return [TensorType(values.dtype, tuple(shape))]
+
+
+@register_op(OpType.EYE_LIKE, attrs=EyeLikeAttrs)
+def infer_eye_like(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    x = _in(in_types, 0, "input")
+    require(x.rank == 2, f"EyeLike needs a 2-D input, got {x}")
+    return [x.with_dtype(DType(node.attrs.dtype)) if node.attrs.dtype else x]
 
 
 # ---- normalization ---------------------------------------------------------------------

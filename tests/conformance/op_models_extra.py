@@ -146,6 +146,36 @@ def _indexing(r) -> list[OpCase]:
     ]
 
 
+def _sampling(r) -> list[OpCase]:
+    x = rnd(r, 1, 2, 4, 5)
+    grid = rnd(r, 1, 3, 6, 2, lo=-1.2, hi=1.2)
+    ia, ib = r.integers(0, 64, (3, 4)), np.array([5, 12, 3, 255], I64)
+    ids = np.array([[0, 3, -1], [7, 2, 1]], I64)
+    on_off = const("v", np.array([0.5, 2.0], F32))
+    cases = [
+        single("GridSample-16", "GridSample", [feed("x", x), feed("g", grid)], opset=16),
+        single("GridSample-16-nearest-border-ac", "GridSample", [feed("x", x), feed("g", grid)], opset=16,
+               mode="nearest", padding_mode="border", align_corners=1),
+        single("GridSample-16-bicubic-reflection", "GridSample", [feed("x", x), feed("g", grid)], opset=16,
+               mode="bicubic", padding_mode="reflection"),
+        single("GridSample-20-linear", "GridSample", [feed("x", x), feed("g", grid)], opset=20, mode="linear"),
+        single("OneHot", "OneHot", [feed("i", ids), const("d", np.array(5, I64)), on_off]),
+        single("OneHot-axis0", "OneHot", [feed("i", ids), const("d", np.array([4.0], F32)), on_off], opset=11, axis=0),
+        single("OneHot-9", "OneHot", [feed("i", np.abs(ids)), const("d", np.array([8], I64)), on_off], opset=9),
+        single("OneHot-runtime-depth", "OneHot", [feed("i", ids), feed("d", np.array(6, I64)),
+                                                  const("v", np.array([0, 1], I64))], axis=1),
+        single("EyeLike", "EyeLike", [feed("x", rnd(r, 3, 5))]),
+        single("EyeLike-k-dtype", "EyeLike", [feed("x", rnd(r, 4, 3))], k=-1, dtype=7),
+        single("BitwiseAnd", "BitwiseAnd", [feed("a", ia), const("b", ib)], opset=18),
+        single("BitwiseOr", "BitwiseOr", [feed("a", ia), const("b", ib)], opset=18),
+        single("BitwiseXor", "BitwiseXor", [feed("a", ia), feed("b", ib)], opset=18),
+        single("BitwiseNot", "BitwiseNot", [feed("a", ia)], opset=18),
+    ]
+    for c in cases[:4]:
+        c.rtol, c.atol = 1e-4, 1e-5
+    return cases
+
+
 def _norm_einsum(r) -> list[OpCase]:
     x = rnd(r, 2, 4, 3, 5)
     cases = [
@@ -175,4 +205,4 @@ def _norm_einsum(r) -> list[OpCase]:
 def extra_cases() -> list[OpCase]:
     """Every case for the ops of ``ember.ops.extra``."""
     r = _rng("extra")
-    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _norm_einsum(r)
+    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _norm_einsum(r)

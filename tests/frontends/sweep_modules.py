@@ -112,6 +112,15 @@ def _ids() -> Inputs:
     return (torch.tensor([[1, 4, 7, 0], [9, 2, 2, 5]]),)
 
 
+def _grid() -> Inputs:
+    grid = torch.rand(1, 4, 3, 2, generator=torch.Generator().manual_seed(3)) * 2.2 - 1.1
+    return _randn(1, 3, 5, 6), grid
+
+
+def _x5() -> Inputs:
+    return (_randn(1, 2, 4, 4, 4),)
+
+
 MODULES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]] = {
     "mha": (lambda: MHA(False), _seq),
     "mha_causal": (lambda: MHA(True), _seq),
@@ -162,6 +171,22 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]] = {
     "tile_repeat": (lambda: Lambda(lambda x: (x.repeat(1, 2, 1), x.expand(3, 2, 3, 8), torch.tril(x), torch.triu(x, 1))),
                     _vec),
     "depth_space": (lambda: Lambda(lambda x: (F.pixel_unshuffle(x, 2), F.pixel_shuffle(x, 2))), _x4),
+    "one_hot": (lambda: Lambda(lambda i: F.one_hot(i, 10).float()), _ids),
+    "grid_sample": (lambda: Lambda(lambda x, g: (F.grid_sample(x, g, align_corners=False),
+                                                 F.grid_sample(x, g, mode="nearest", padding_mode="border",
+                                                               align_corners=True),
+                                                 F.grid_sample(x, g, mode="bicubic", padding_mode="reflection",
+                                                               align_corners=False))), _grid),
+    "volumetric": (lambda: nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.BatchNorm3d(3), nn.ReLU(),
+                                         nn.MaxPool3d(2), nn.Upsample(scale_factor=2, mode="trilinear")), _x5),
+    "sort_any": (lambda: Lambda(lambda x: (torch.any(x > 1, -1), torch.all(x > -1, 1), (x > 0).sum(-1),
+                                           torch.max(x, 1)[1], torch.sort(x, -1)[0], torch.argsort(x, -1),
+                                           torch.diagonal(x, 0, 1, 2))), _vec),
+    "misc_math": (lambda: Lambda(lambda x: (torch.log1p(x.abs()), torch.rsqrt(x.abs() + 1), torch.log2(x.abs() + 1),
+                                            x.square(), torch.flip(x, [-1]), torch.roll(x, 2, -1), x[:, ::2],
+                                            torch.var_mean(x, -1)[0], torch.full_like(x, 3.0),
+                                            F.glu(x, -1), F.relu6(x), F.softmin(x, -1), F.tanhshrink(x),
+                                            F.logsigmoid(x), F.hardshrink(x, 0.5))), _vec),
     "minmax": (lambda: Lambda(lambda x: (torch.maximum(x, x.flip(-1)), torch.minimum(x, 0.3 * x),
                                          torch.clamp(x, min=-0.2), torch.abs(x).sqrt())), _vec),
 }

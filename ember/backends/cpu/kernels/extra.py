@@ -18,9 +18,10 @@ from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AlphaAttrs, ArgReduceAttrs, CumSumAttrs, DepthSpaceAttrs, GroupNormAttrs, InstanceNormAttrs,
-    IsInfAttrs, ModAttrs, ScatterAttrs, SeluAttrs, TopKAttrs, TriluAttrs,
+    AlphaAttrs, ArgReduceAttrs, CumSumAttrs, DepthSpaceAttrs, GridSampleAttrs, GroupNormAttrs,
+    InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs, ScatterAttrs, SeluAttrs, TopKAttrs, TriluAttrs,
 )
+from ember.backends.cpu.kernels.common import torch_dtype
 
 Unary = Callable[[Tensor], Tensor]
 
@@ -34,6 +35,7 @@ _UNARY: dict[OpType, Unary] = {
     OpType.SINH: torch.sinh, OpType.COSH: torch.cosh, OpType.ASINH: torch.asinh,
     OpType.ACOSH: torch.acosh, OpType.ATANH: torch.atanh, OpType.IS_NAN: torch.isnan,
     OpType.SOFTPLUS: F.softplus, OpType.SOFTSIGN: F.softsign, OpType.MISH: F.mish,
+    OpType.BITWISE_NOT: torch.bitwise_not,
 }
 
 
@@ -96,6 +98,8 @@ def is_inf(node: Node, ctx: CompileContext) -> Kernel:
 _BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
     OpType.AND: torch.logical_and, OpType.OR: torch.logical_or, OpType.XOR: torch.logical_xor,
     OpType.GREATER_OR_EQUAL: torch.ge, OpType.LESS_OR_EQUAL: torch.le,
+    OpType.BITWISE_AND: torch.bitwise_and, OpType.BITWISE_OR: torch.bitwise_or,
+    OpType.BITWISE_XOR: torch.bitwise_xor,
 }
 
 
@@ -354,6 +358,50 @@ def scatter_elements(node: Node, ctx: CompileContext) -> Kernel:
         if a.reduction == "none":
             return [torch.scatter(data, axis, idx, updates)]
         return [torch.scatter_reduce(data, axis, idx, updates, _SCATTER_REDUCE[a.reduction], include_self=True)]
+
+    return run
+
+
+@register_kernel(OpType.GRID_SAMPLE)
+def grid_sample(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX GridSample is torch's grid_sample (same modes, padding modes and align_corners)."""
+    a = node.attrs or GridSampleAttrs()
+
+    def run(inputs: Inputs) -> list:
+        x, grid = inputs[0], inputs[1]
+        return [F.grid_sample(x, grid.to(x.dtype), mode=a.mode, padding_mode=a.padding_mode,
+                              align_corners=a.align_corners)]
+
+    return run
+
+
+@register_kernel(OpType.ONE_HOT)
+def one_hot(node: Node, ctx: CompileContext) -> Kernel:
+    """Negative indices count from ``depth``; indices out of range give an all-``off`` row."""
+    a = node.attrs or OneHotAttrs()
+    depth_of = _scalar_param(node, ctx, a.depth, 1)
+
+    def run(inputs: Inputs) -> list:
+        idx, values = inputs[0].to(torch.int64), inputs[2].reshape(-1)
+        depth = depth_of(inputs)
+        idx = torch.where(idx < 0, idx + depth, idx)
+        hot = idx.unsqueeze(-1) == torch.arange(depth, device=idx.device)
+        hot = torch.movedim(hot, -1, norm_axis(a.axis, idx.dim() + 1))
+        return [torch.where(hot, values[1], values[0])]
+
+    return run
+
+
+@register_kernel(OpType.EYE_LIKE)
+def eye_like(node: Node, ctx: CompileContext) -> Kernel:
+    k = node.attrs.k if node.attrs else 0
+    dtype = torch_dtype(node.attrs.dtype) if node.attrs and node.attrs.dtype else None
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+        cols = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        return [(cols - rows == k).to(dtype or x.dtype)]
 
     return run
 

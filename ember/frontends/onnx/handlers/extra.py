@@ -9,10 +9,11 @@ from ember.frontends.onnx.handlers.reduce import _reduce_attr_form, _reduce_inpu
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AlphaAttrs, ArgReduceAttrs, AxisAttrs, CumSumAttrs, DepthSpaceAttrs, EinsumAttrs, GatherNDAttrs,
-    GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, ScatterAttrs, SeluAttrs, TileAttrs,
-    TopKAttrs, TriluAttrs,
+    AlphaAttrs, ArgReduceAttrs, AxisAttrs, CumSumAttrs, DepthSpaceAttrs, EinsumAttrs, EyeLikeAttrs,
+    GatherNDAttrs, GridSampleAttrs, GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs,
+    ScatterAttrs, SeluAttrs, TileAttrs, TopKAttrs, TriluAttrs,
 )
+from ember.frontends.onnx.context import onnx_dtype
 
 for _name, _op, _since in (
     ("Floor", OpType.FLOOR, 6), ("Ceil", OpType.CEIL, 6), ("Round", OpType.ROUND, 11),
@@ -26,8 +27,11 @@ for _name, _op, _since in (
 
 for _name, _op, _since in (("And", OpType.AND, 7), ("Or", OpType.OR, 7), ("Xor", OpType.XOR, 7),
                            ("GreaterOrEqual", OpType.GREATER_OR_EQUAL, 12),
-                           ("LessOrEqual", OpType.LESS_OR_EQUAL, 12)):
+                           ("LessOrEqual", OpType.LESS_OR_EQUAL, 12),
+                           ("BitwiseAnd", OpType.BITWISE_AND, 18), ("BitwiseOr", OpType.BITWISE_OR, 18),
+                           ("BitwiseXor", OpType.BITWISE_XOR, 18)):
     onnx_op(_name, since=_since)(direct(_op, nin=2))
+onnx_op("BitwiseNot", since=18)(direct(OpType.BITWISE_NOT, nin=1))
 
 
 def _alpha(op: OpType):
@@ -195,6 +199,43 @@ def _scatter(op: OpType):
 onnx_op("ScatterND", since=11)(_scatter(OpType.SCATTER_ND))
 onnx_op("ScatterElements", since=11)(_scatter(OpType.SCATTER_ELEMENTS))
 onnx_op("Scatter", since=9)(_scatter(OpType.SCATTER_ELEMENTS))  # deprecated at 11 for ScatterElements
+
+
+_GRID_MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest",
+               "bicubic": "bicubic", "cubic": "bicubic"}
+
+
+@onnx_op("GridSample", since=16)
+def import_grid_sample(ctx: ImportContext, n: OnnxNode) -> None:
+    """Opset 16: modes bilinear/nearest/bicubic on 4-D input; opset 20: linear/nearest/cubic, N-D."""
+    mode = n.attr("mode", "linear" if n.opset >= 20 else "bilinear")
+    padding = n.attr("padding_mode", "zeros")
+    if mode not in _GRID_MODES:
+        raise reject(f"mode {mode!r} is not one of {', '.join(_GRID_MODES)}")
+    if padding not in ("zeros", "border", "reflection"):
+        raise reject(f"padding_mode {padding!r} is not one of zeros, border, reflection")
+    rank = ctx.type(n.input(0)).rank
+    if _GRID_MODES[mode] == "bicubic" and rank != 4:
+        raise reject(f"cubic mode on a {rank}-D input; Ember supports cubic GridSample on 4-D inputs only")
+    ctx.emit(n, OpType.GRID_SAMPLE, n.inputs[:2], n.outputs[:1],
+             GridSampleAttrs(_GRID_MODES[mode], padding, bool(n.attr("align_corners", 0))))
+
+
+@onnx_op("OneHot", since=9)
+def import_one_hot(ctx: ImportContext, n: OnnxNode) -> None:
+    """A constant ``depth`` becomes the attr; otherwise it stays input 1."""
+    depth = ctx.const(n.input(1))
+    attrs = OneHotAttrs(axis=int(n.attr("axis", -1)),
+                        depth=None if depth is None else int(depth.reshape(-1)[0]))
+    inputs = (n.input(0), "" if depth is not None else n.input(1), n.input(2))
+    ctx.emit(n, OpType.ONE_HOT, inputs, n.outputs[:1], attrs)
+
+
+@onnx_op("EyeLike", since=9)
+def import_eye_like(ctx: ImportContext, n: OnnxNode) -> None:
+    code = n.attr("dtype")
+    dtype = None if code is None else onnx_dtype(int(code), f"{n.label} dtype").value
+    ctx.emit(n, OpType.EYE_LIKE, n.inputs[:1], n.outputs[:1], EyeLikeAttrs(dtype=dtype, k=int(n.attr("k", 0))))
 
 
 # ---- normalization and einsum ----------------------------------------------------------

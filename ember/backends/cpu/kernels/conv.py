@@ -97,14 +97,16 @@ class DeconvGeometry:
     out_sizes: list[int]
 
 
-def deconv_geometry(a: ConvTransposeAttrs, x_shape: Sequence[int], w_shape: Sequence[int]) -> DeconvGeometry:
+def deconv_geometry(a: ConvTransposeAttrs, x_shape: Sequence[int],
+                    w_shape: Sequence[int]) -> DeconvGeometry:
     """ConvTranspose pads and output sizes, following the ONNX formulas for every auto_pad."""
     n = len(w_shape) - 2
     kernel = list(a.kernel_shape) or list(w_shape[2:])
     strides, dilations = _fill(a.strides, n, 1), _fill(a.dilations, n, 1)
     out_pad = _fill(a.output_padding, n, 0)
     ins = list(x_shape[2:])
-    full = [s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d in zip(strides, ins, out_pad, kernel, dilations)]
+    full = [s * (i - 1) + op + (k - 1) * d + 1
+            for s, i, op, k, d in zip(strides, ins, out_pad, kernel, dilations)]
     target: Optional[list[int]] = None
     if a.output_shape is not None:
         target = list(a.output_shape)[-n:]
@@ -133,7 +135,8 @@ def conv_transpose_forward(x: Tensor, w: Tensor, b: Optional[Tensor], a: ConvTra
     geo = deconv_geometry(a, x.shape, w.shape)
     n = len(geo.kernel)
     torch_ok = (geo.begins == geo.ends and all(p >= 0 for p in geo.begins)
-                and all(op < max(s, d) for op, s, d in zip(geo.output_padding, geo.strides, geo.dilations)))
+                and all(op < max(s, d)
+                        for op, s, d in zip(geo.output_padding, geo.strides, geo.dilations)))
     if torch_ok:
         return torch.convolution(x, w, b, geo.strides, geo.begins, geo.dilations, True,
                                  geo.output_padding, a.group)

@@ -107,12 +107,15 @@ def _memory_format(rank: int) -> torch.memory_format:
     return torch.channels_last if rank == 4 else torch.channels_last_3d
 
 
+_Resolved = tuple[list[int], list[int], list[int], Optional[list[int]]]
+
+
 class _Padder:
     """Resolves pads per input shape (auto_pad) and pads explicitly when they are asymmetric."""
 
     def __init__(self, a: ConvAttrs, w_shape: tuple[int, ...]):
         self.a, self.w_shape = a, w_shape
-        self.cache: dict[tuple[int, ...], tuple[list[int], list[int], list[int], Optional[list[int]]]] = {}
+        self.cache: dict[tuple[int, ...], _Resolved] = {}
 
     def __call__(self, shape: tuple[int, ...]):
         hit = self.cache.get(shape)
@@ -137,7 +140,8 @@ def _reorder_params(a: ConvAttrs, n: int, in_size: Optional[list[int]], pads: _P
         return padding, strides, dilations, in_size
     strides = [int(v) for v in a.strides] if a.strides else [1] * n
     dilations = [int(v) for v in a.dilations] if a.dilations else [1] * n
-    begins, ends = split_pads(a.pads) if a.pads and a.auto_pad is AutoPad.NOTSET else ([0] * n, [0] * n)
+    explicit = bool(a.pads) and a.auto_pad is AutoPad.NOTSET
+    begins, ends = split_pads(a.pads) if explicit else ([0] * n, [0] * n)
     return (begins if begins == ends else [0] * n), strides, dilations, None
 
 

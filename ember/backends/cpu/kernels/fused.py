@@ -58,11 +58,13 @@ def fused_elementwise(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         values: list[Optional[Tensor]] = list(inputs)
         # a step may hand back its input unchanged (a no-op Cast or Clip): never write into those
-        owned = {t.untyped_storage().data_ptr() for t in inputs if t is not None} if any_inplace else set()
+        owned = ({t.untyped_storage().data_ptr() for t in inputs if t is not None}
+                 if any_inplace else set())
         for kernel, operands, inplace in plan:
             args = [values[o] for o in operands]
             out = None
-            if inplace is not None and _fits(args) and args[0].untyped_storage().data_ptr() not in owned:
+            if (inplace is not None and _fits(args)
+                    and args[0].untyped_storage().data_ptr() not in owned):
                 out = inplace(*args)
             if out is None:
                 out = kernel(args)[0]

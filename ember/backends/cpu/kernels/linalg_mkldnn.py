@@ -77,7 +77,8 @@ def linear_applies(node: Node, graph: Optional[Graph]) -> bool:
     return not (g.trans_a and t.rank != 2)
 
 
-def _bias(c: Optional[torch.Tensor], beta: float, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+def _bias(c: Optional[torch.Tensor], beta: float,
+          n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(bias fused as a length-N vector, or a constant term added afterwards)."""
     if c is None or beta == 0:
         return None, None

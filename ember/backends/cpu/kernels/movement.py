@@ -165,7 +165,9 @@ def pad(node: Node, ctx: CompileContext) -> Kernel:
         if pads is None:
             raise ValueError("Pad needs pads (attribute or input 1)")
         value_t = arg(inputs, 2)
-        value: float | int | bool = floats(value_t)[0] if value_t is not None and value_t.numel() else a.value
+        value: float | int | bool = a.value
+        if value_t is not None and value_t.numel():
+            value = floats(value_t)[0]
         if not x.is_floating_point():
             value = bool(value) if x.dtype is torch.bool else int(value)
         return [pad_tensor(x, pads, a.mode, value, axes_of(inputs))]

@@ -105,7 +105,8 @@ def resize(x: Tensor, a: ResizeAttrs, scales: Optional[list[float]], sizes: Opti
     """ONNX Resize of ``x`` to ``sizes`` (or ``floor(shape * scales)``)."""
     # an axis that keeps its size at scale 1 is left alone whatever the mode (as ONNX Runtime does)
     if a.mode not in MODES:
-        raise ValueError(f"Resize mode {a.mode!r} is not supported on the CPU backend; use nearest or linear")
+        raise ValueError(f"Resize mode {a.mode!r} is not supported on the CPU backend; "
+                         f"use nearest or linear")
     outs, inv = output_plan(tuple(x.shape), scales, sizes)
     work = x if x.is_floating_point() or a.mode == "nearest" else x.double()
     for axis, (n_in, n_out, r) in enumerate(zip(x.shape, outs, inv)):

@@ -35,7 +35,8 @@ def reshape_target(in_shape: tuple[int, ...], spec: list[int], allowzero: bool) 
         for i, d in enumerate(spec):
             if d == 0:
                 if i >= len(in_shape):
-                    raise ValueError(f"Reshape target {spec} copies dim {i} of a rank-{len(in_shape)} input")
+                    raise ValueError(f"Reshape target {spec} copies dim {i} of a "
+                                     f"rank-{len(in_shape)} input")
                 out[i] = in_shape[i]
     if out.count(-1) > 1:
         raise ValueError(f"Reshape target {spec} has more than one -1")

@@ -104,3 +104,33 @@ def test_prepacked_tactics_are_offered_first_for_constant_weights():
     assert backend.tactics(mm, _graph_with(mm, arrays, {"b"}))[0] == "mkldnn_prepacked"
     gemm = Node("g", OpType.GEMM, ("a", "b"), ("y",), GemmAttrs(trans_a=True))
     assert "mkldnn_prepacked" not in backend.tactics(gemm, _graph_with(gemm, arrays, {"b"}))
+
+
+def test_compiled_kernels_are_safe_to_share_between_threads():
+    """Execution contexts of one engine share kernels; caches inside them must not race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs, PoolAttrs
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    attrs = FusedConvAttrs(ConvAttrs((3, 3), (2, 2), (1, 0, 1, 1), (1, 1)), Activation.RELU)
+    conv = Node("c", OpType.FUSED_CONV, ("x", "w"), ("y",), attrs)
+    pool = Node("p", OpType.AVERAGE_POOL, ("y",), ("z",), PoolAttrs((2, 2), (1, 1), (0, 1, 1, 0), (1, 1)))
+    graph = _graph_with(conv, {"x": np.zeros((1, 4, 9, 9), np.float32), "w": w}, {"w"})
+    consts = {"w": torch.from_numpy(w)}
+    backend = CPUBackend()
+    k_conv = backend.compile_node(conv, CompileContext(graph, consts, torch.device("cpu")))
+    k_pool = backend.compile_node(pool, CompileContext(graph, consts, torch.device("cpu")))
+    inputs = [torch.from_numpy(rng.standard_normal((1 + i % 2, 4, 9 + i % 3, 9)).astype(np.float32))
+              for i in range(12)]
+
+    def run(x):
+        with torch.inference_mode():
+            return k_pool([k_conv([x, consts["w"]])[0]])[0]
+
+    want = [run(x) for x in inputs]
+    with ThreadPoolExecutor(4) as pool_ex:
+        got = list(pool_ex.map(run, inputs * 4))
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, want[i % len(inputs)])

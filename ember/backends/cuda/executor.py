@@ -16,6 +16,7 @@ enqueues on a stream and returns device (or pinned host) tensors valid once the 
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from ember.backends.cuda.program import CudaProgram
 from ember.errors import InputError
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+#: One capture at a time in this process: capture entry synchronizes the device, which must not
+#: happen while another context's thread is in the middle of its own capture.
+_CAPTURE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -211,22 +216,23 @@ class CudaRunner:
             v = feeds[n]
             static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
         streams = [self.stream, *self.side]
-        try:
-            with torch.inference_mode():
-                self.stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(self.stream):
-                    for _ in range(2):
-                        self.program.forward(slot.inputs, streams)
-                self.stream.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool, stream=self.stream,
-                                      capture_error_mode="thread_local"):
-                    outs = self.program.forward(slot.inputs, streams)
-            torch.cuda.synchronize(self.device)
-        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
-            torch.cuda.synchronize(self.device)
-            self._fallback(key, f"CUDA-graph capture failed: {type(e).__name__}: {str(e)[:300]}")
-            return
+        with _CAPTURE_LOCK:
+            try:
+                with torch.inference_mode():
+                    self.stream.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(self.stream):
+                        for _ in range(2):
+                            self.program.forward(slot.inputs, streams)
+                    self.stream.synchronize()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self._pool, stream=self.stream,
+                                          capture_error_mode="thread_local"):
+                        outs = self.program.forward(slot.inputs, streams)
+                torch.cuda.synchronize(self.device)
+            except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
+                torch.cuda.synchronize(self.device)
+                self._fallback(key, f"CUDA-graph capture failed: {type(e).__name__}: {str(e)[:300]}")
+                return
         slot.graph, slot.outputs = graph, outs
         self.captures += 1
 

@@ -55,13 +55,18 @@ def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5) -> Measure:
         for _ in range(warmup):
             fn()
         torch.cuda.synchronize()
+        from ember.backends.cuda.executor import _CAPTURE_LOCK
+
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                for _ in range(reps):
-                    fn()
-        except Exception:  # noqa: BLE001 - not capturable: time it launch by launch
-            torch.cuda.synchronize()
+        with _CAPTURE_LOCK:  # never while another thread captures an engine
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    for _ in range(reps):
+                        fn()
+            except Exception:  # noqa: BLE001 - not capturable: time it launch by launch
+                torch.cuda.synchronize()
+                graph = None
+        if graph is None:
             return fallback(fn)
         times = []
         for _ in range(rounds):

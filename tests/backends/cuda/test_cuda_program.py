@@ -114,3 +114,23 @@ def test_two_runners_share_one_program():
     o1, o2 = a.infer({"x": x1}), b.infer({"x": x2})
     assert _rel(o1["logits"], cpu_reference(g, {"x": x1})["logits"]) <= 1e-4
     assert _rel(o2["logits"], cpu_reference(g, {"x": x2})["logits"]) <= 1e-4
+
+
+def test_contexts_capture_concurrently_from_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = inception_graph()
+    program = _program(g, "fp16")
+
+    def worker(seed: int) -> int:
+        runner = CudaRunner(program)
+        rng = np.random.default_rng(seed)
+        for batch in (1 + seed % 3, 2, 1 + seed % 3):
+            x = rng.standard_normal((batch, 3, 14, 14)).astype(np.float32)
+            out = runner.infer({"x": x})
+            assert _rel(out["logits"], cpu_reference(g, {"x": x})["logits"]) <= 1e-2
+        assert not runner.fallback_reason, runner.fallback_reason
+        return runner.captures
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(n >= 1 for n in pool.map(worker, range(4)))

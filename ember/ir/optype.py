@@ -137,6 +137,9 @@ class OpType(enum.Enum):
     BITWISE_OR = "BitwiseOr"
     BITWISE_XOR = "BitwiseXor"
     BITWISE_NOT = "BitwiseNot"
+    LSTM = "LSTM"
+    GRU = "GRU"
+    RNN = "RNN"
     # fused layers made by the optimizer (see ember/passes/)
     FUSED_CONV = "FusedConv"            # conv + bias + optional residual add + activation
     FUSED_GEMM = "FusedGemm"            # matmul/gemm + bias + activation

@@ -373,5 +373,21 @@ class EyeLikeAttrs:
     k: int = 0
 
 
+@dataclass(frozen=True)
+class RNNAttrs:
+    """LSTM / GRU / RNN (ONNX forms). ``activations`` has one name per function and direction
+    (LSTM f, g, h; GRU f, g; RNN f), with the alphas/betas of those that take them."""
+
+    hidden_size: int
+    direction: str = "forward"  # forward | reverse | bidirectional
+    activations: tuple[str, ...] = ()
+    activation_alpha: tuple[float, ...] = ()
+    activation_beta: tuple[float, ...] = ()
+    clip: Optional[float] = None
+    layout: int = 0  # 0: [seq, batch, ...]; 1: [batch, seq, ...]
+    input_forget: bool = False  # LSTM only
+    linear_before_reset: bool = False  # GRU only
+
+
 if TYPE_CHECKING:  # annotation only
     from ember.ir.optype import OpType

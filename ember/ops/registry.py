@@ -79,4 +79,4 @@ def _load_families() -> None:
     from ember.ops import (  # noqa: F401
         activation, conv, elementwise, fused, linalg, norm, pool, reduce, shape,
     )
-    from ember.ops import extra  # noqa: F401  (after reduce: it reuses its inference)
+    from ember.ops import extra, recurrent  # noqa: F401  (after reduce: extra reuses its inference)

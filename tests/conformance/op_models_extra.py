@@ -176,6 +176,44 @@ def _sampling(r) -> list[OpCase]:
     return cases
 
 
+def _recurrent(r) -> list[OpCase]:
+    seq, batch, inp, hid = 4, 3, 5, 6
+    x = rnd(r, seq, batch, inp)
+    lens = feed("lens", np.array([4, 2, 3], np.int32))
+
+    def weights(gates: int, dirs: int) -> list:
+        return [const("W", rnd(r, dirs, gates * hid, inp, lo=-0.5, hi=0.5)),
+                const("R", rnd(r, dirs, gates * hid, hid, lo=-0.5, hi=0.5)),
+                const("B", rnd(r, dirs, 2 * gates * hid, lo=-0.5, hi=0.5))]
+
+    def h0(dirs: int, name: str = "h0") -> object:
+        return feed(name, rnd(r, dirs, batch, hid))
+
+    cases = [
+        single("LSTM-forward", "LSTM", [feed("x", x), *weights(4, 1)], n_out=3, hidden_size=hid),
+        single("LSTM-bidirectional-lens-init", "LSTM", [feed("x", x), *weights(4, 2), lens, h0(2), h0(2, "c0")],
+               n_out=3, hidden_size=hid, direction="bidirectional"),
+        single("LSTM-reverse-peepholes-clip", "LSTM", [feed("x", x), *weights(4, 1), None, None, None,
+                                                       const("P", rnd(r, 1, 3 * hid))],
+               n_out=3, hidden_size=hid, direction="reverse", clip=1.5),
+        single("LSTM-input-forget-activations", "LSTM", [feed("x", x), *weights(4, 1)], n_out=3, hidden_size=hid,
+               input_forget=1, activations=["HardSigmoid", "LeakyRelu", "Softsign"], activation_alpha=[0.3, 0.1],
+               activation_beta=[0.6]),
+        single("GRU-forward", "GRU", [feed("x", x), *weights(3, 1)], n_out=2, hidden_size=hid),
+        single("GRU-linear-before-reset-bidirectional", "GRU", [feed("x", x), *weights(3, 2), None, h0(2)],
+               n_out=2, hidden_size=hid, direction="bidirectional", linear_before_reset=1),
+        single("GRU-reverse-lens", "GRU", [feed("x", x), *weights(3, 1), lens], n_out=2, hidden_size=hid,
+               direction="reverse"),
+        single("RNN-tanh", "RNN", [feed("x", x), *weights(1, 1), None, h0(1)], n_out=2, hidden_size=hid),
+        single("RNN-relu-bidirectional", "RNN", [feed("x", x), *weights(1, 2)], n_out=2, hidden_size=hid,
+               direction="bidirectional", activations=["Relu", "Tanh"]),
+        single("RNN-Y-only", "RNN", [feed("x", x), *weights(1, 1)], hidden_size=hid),
+    ]
+    for c in cases:
+        c.rtol, c.atol = 1e-4, 1e-5
+    return cases
+
+
 def _norm_einsum(r) -> list[OpCase]:
     x = rnd(r, 2, 4, 3, 5)
     cases = [
@@ -205,4 +243,4 @@ def _norm_einsum(r) -> list[OpCase]:
 def extra_cases() -> list[OpCase]:
     """Every case for the ops of ``ember.ops.extra``."""
     r = _rng("extra")
-    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _norm_einsum(r)
+    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r) + _norm_einsum(r)

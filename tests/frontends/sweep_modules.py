@@ -58,6 +58,16 @@ class ConvBlock(nn.Module):
         return a, b, c
 
 
+class Recurrent(nn.Module):
+    def __init__(self, kind: str, **kw) -> None:
+        super().__init__()
+        self.rnn = getattr(nn, kind)(16, 8, batch_first=True, **kw)
+
+    def forward(self, x):
+        out = self.rnn(x)
+        return out[0], out[1]
+
+
 def _x4() -> Inputs:
     return (_randn(2, 4, 6, 6),)
 
@@ -187,6 +197,9 @@ MODULES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Inputs]]] = {
                                             torch.var_mean(x, -1)[0], torch.full_like(x, 3.0),
                                             F.glu(x, -1), F.relu6(x), F.softmin(x, -1), F.tanhshrink(x),
                                             F.logsigmoid(x), F.hardshrink(x, 0.5))), _vec),
+    "lstm": (lambda: Recurrent("LSTM", num_layers=2, bidirectional=True), _seq),
+    "gru": (lambda: Recurrent("GRU"), _seq),
+    "rnn_relu": (lambda: Recurrent("RNN", nonlinearity="relu", bidirectional=True), _seq),
     "minmax": (lambda: Lambda(lambda x: (torch.maximum(x, x.flip(-1)), torch.minimum(x, 0.3 * x),
                                          torch.clamp(x, min=-0.2), torch.abs(x).sqrt())), _vec),
 }

@@ -14,4 +14,4 @@ def load_kernels() -> None:
         activation, conv, conv_mkldnn, elementwise, fused, linalg, linalg_mkldnn, movement, norm,
         pool, reduce, resize, shape,
     )
-    from ember.backends.cpu.kernels import extra  # noqa: F401
+    from ember.backends.cpu.kernels import extra, recurrent  # noqa: F401

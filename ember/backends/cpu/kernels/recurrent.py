@@ -1,0 +1,215 @@
+"""LSTM, GRU, RNN kernels with ONNX semantics: a step loop over the sequence in PyTorch.
+
+Handles both directions, layout 1, ``sequence_lens`` (steps past a batch entry's length output 0
+and keep its state; the reverse direction starts at each entry's last valid step), initial
+states, LSTM peepholes and ``input_forget``, GRU ``linear_before_reset``, ``clip`` and every
+ONNX activation. Only tensor ops are used (no host reads), so it also runs on the GPU.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
+from ember.backends.cpu.registry import register_kernel
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import RNNAttrs
+from ember.ops.recurrent import GATES, N_ACTIVATIONS, num_directions
+
+Act = Callable[[Tensor], Tensor]
+
+#: name -> (function of (x, alpha, beta), default alpha, default beta); None: takes no parameter.
+_ACTS: dict[str, tuple[Callable[[Tensor, float, float], Tensor], Optional[float], Optional[float]]] = {
+    "Sigmoid": (lambda x, a, b: torch.sigmoid(x), None, None),
+    "Tanh": (lambda x, a, b: torch.tanh(x), None, None),
+    "Relu": (lambda x, a, b: torch.relu(x), None, None),
+    "Softsign": (lambda x, a, b: F.softsign(x), None, None),
+    "Softplus": (lambda x, a, b: F.softplus(x), None, None),
+    "HardSigmoid": (lambda x, a, b: torch.clamp(a * x + b, 0.0, 1.0), 0.2, 0.5),
+    "LeakyRelu": (lambda x, a, b: F.leaky_relu(x, a), 0.01, None),
+    "ThresholdedRelu": (lambda x, a, b: torch.where(x > a, x, torch.zeros_like(x)), 1.0, None),
+    "ScaledTanh": (lambda x, a, b: a * torch.tanh(b * x), 1.0, 1.0),
+    "Affine": (lambda x, a, b: a * x + b, 1.0, 0.0),
+    "Elu": (lambda x, a, b: F.elu(x, a), 1.0, None),
+}
+
+
+def activation_fns(a: RNNAttrs) -> list[Act]:
+    """One function per listed activation; alphas/betas are consumed in order by those taking them."""
+    alphas, betas = list(a.activation_alpha), list(a.activation_beta)
+    out: list[Act] = []
+    for name in a.activations:
+        fn, da, db = _ACTS[name]
+        alpha = (alphas.pop(0) if alphas else da) if da is not None else 0.0
+        beta = (betas.pop(0) if betas else db) if db is not None else 0.0
+        out.append(lambda x, fn=fn, al=float(alpha), be=float(beta): fn(x, al, be))
+    return out
+
+
+def _clipped(fn: Act, clip: Optional[float]) -> Act:
+    if clip is None:
+        return fn
+    return lambda x: fn(torch.clamp(x, -clip, clip))
+
+
+def _step_order(seq: int, lens: Optional[Tensor], reverse: bool, device: torch.device) -> Optional[Tensor]:
+    """Per (step, batch) source step index for the reverse direction ([seq, batch]), else None."""
+    if not reverse:
+        return None
+    t = torch.arange(seq, device=device).unsqueeze(1)
+    if lens is None:
+        return (seq - 1 - t).expand(seq, 1)
+    lens = lens.to(device=device, dtype=torch.int64).unsqueeze(0)
+    return torch.where(t < lens, lens - 1 - t, t)
+
+
+def _reorder(x: Tensor, order: Optional[Tensor]) -> Tensor:
+    """``x[order[t, b], b]`` for a [seq, batch, ...] tensor."""
+    if order is None:
+        return x
+    idx = order.expand(x.shape[0], x.shape[1]).reshape(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+    return torch.gather(x, 0, idx.expand_as(x))
+
+
+Cell = Callable[[Tensor, list[Tensor]], list[Tensor]]
+
+
+def _run_direction(x: Tensor, state: list[Tensor], cell: Cell, lens: Optional[Tensor],
+                   reverse: bool) -> tuple[Tensor, list[Tensor]]:
+    """Runs ``cell`` over x [seq, batch, in]; returns Y [seq, batch, hidden] and the final states."""
+    seq = x.shape[0]
+    order = _step_order(seq, lens, reverse, x.device)
+    xs = _reorder(x, order)
+    ys = []
+    for t in range(seq):
+        new = cell(xs[t], state)
+        if lens is not None:
+            valid = (t < lens.to(device=x.device)).unsqueeze(1)
+            state = [torch.where(valid, n, s) for n, s in zip(new, state)]
+            ys.append(torch.where(valid, new[0], torch.zeros_like(new[0])))
+        else:
+            state = new
+            ys.append(new[0])
+    y = torch.stack(ys) if ys else x.new_zeros((0, x.shape[1], state[0].shape[-1]))
+    return _reorder(y, order), state
+
+
+def _lstm_cell(w: Tensor, r: Tensor, b: Tensor, p: Tensor, acts: list[Act], a: RNNAttrs) -> Cell:
+    f, g, h = (_clipped(fn, a.clip) for fn in acts)
+    pi, po, pf = p.chunk(3)
+    b = b[:4 * a.hidden_size] + b[4 * a.hidden_size:]  # Wb + Rb
+
+    def cell(xt: Tensor, state: list[Tensor]) -> list[Tensor]:
+        hp, cp = state
+        i, o, fg, c = (xt @ w.T + hp @ r.T + b).chunk(4, dim=-1)
+        i = f(i + pi * cp)
+        fg = 1 - i if a.input_forget else f(fg + pf * cp)
+        c_new = fg * cp + i * g(c)
+        o = f(o + po * c_new)
+        return [o * h(c_new), c_new]
+
+    return cell
+
+
+def _gru_cell(w: Tensor, r: Tensor, b: Tensor, acts: list[Act], a: RNNAttrs) -> Cell:
+    f, g = (_clipped(fn, a.clip) for fn in acts)
+    hidden = a.hidden_size
+    wb, rb = b[:3 * hidden], b[3 * hidden:]
+    rz, rh = r[:2 * hidden], r[2 * hidden:]
+
+    def cell(xt: Tensor, state: list[Tensor]) -> list[Tensor]:
+        hp = state[0]
+        xz, xr, xh = (xt @ w.T + wb).chunk(3, dim=-1)
+        hz, hr = (hp @ rz.T + rb[:2 * hidden]).chunk(2, dim=-1)
+        z, rg = f(xz + hz), f(xr + hr)
+        if a.linear_before_reset:
+            hh = g(xh + rg * (hp @ rh.T + rb[2 * hidden:]))
+        else:
+            hh = g(xh + (rg * hp) @ rh.T + rb[2 * hidden:])
+        return [(1 - z) * hh + z * hp]
+
+    return cell
+
+
+def _rnn_cell(w: Tensor, r: Tensor, b: Tensor, acts: list[Act], a: RNNAttrs) -> Cell:
+    f = _clipped(acts[0], a.clip)
+    bias = b[:a.hidden_size] + b[a.hidden_size:]
+
+    def cell(xt: Tensor, state: list[Tensor]) -> list[Tensor]:
+        return [f(xt @ w.T + state[0] @ r.T + bias)]
+
+    return cell
+
+
+def _initial(t: Optional[Tensor], d: int, batch: int, hidden: int, like: Tensor, layout: int) -> Tensor:
+    if t is None:
+        return like.new_zeros((batch, hidden))
+    return t[:, d] if layout == 1 else t[d]
+
+
+def _recurrent_kernel(node: Node) -> Kernel:
+    a: RNNAttrs = node.attrs
+    op = node.op
+    dirs, hidden, gates = num_directions(a), a.hidden_size, GATES[op]
+    acts = activation_fns(a)
+    per_dir = N_ACTIVATIONS[op]
+
+    def make_cell(d: int, w: Tensor, r: Tensor, b: Tensor, p: Optional[Tensor]) -> Cell:
+        fns = acts[d * per_dir:(d + 1) * per_dir]
+        if op is OpType.LSTM:
+            return _lstm_cell(w, r, b, p, fns, a)
+        return _gru_cell(w, r, b, fns, a) if op is OpType.GRU else _rnn_cell(w, r, b, fns, a)
+
+    def run(inputs: Inputs) -> list:
+        x, w, r = inputs[0], inputs[1], inputs[2]
+        x = x.transpose(0, 1) if a.layout == 1 else x
+        batch = x.shape[1]
+        b = arg(inputs, 3)
+        b = b if b is not None else x.new_zeros((dirs, 2 * gates * hidden))
+        lens = arg(inputs, 4)
+        p = arg(inputs, 7) if op is OpType.LSTM else None
+        ys, hs, cs = [], [], []
+        for d in range(dirs):
+            state = [_initial(arg(inputs, 5), d, batch, hidden, x, a.layout)]
+            if op is OpType.LSTM:
+                state.append(_initial(arg(inputs, 6), d, batch, hidden, x, a.layout))
+            pd = p[d] if p is not None else x.new_zeros((3 * hidden,))
+            reverse = a.direction == "reverse" or d == 1
+            y, final = _run_direction(x, state, make_cell(d, w[d], r[d], b[d], pd), lens, reverse)
+            ys.append(y)
+            hs.append(final[0])
+            if op is OpType.LSTM:
+                cs.append(final[1])
+        return _outputs(ys, hs, cs, a.layout)
+
+    return run
+
+
+def _outputs(ys: list[Tensor], hs: list[Tensor], cs: list[Tensor], layout: int) -> list:
+    y = torch.stack(ys, 1)  # [seq, dirs, batch, hidden]
+    states = [torch.stack(s, 0) for s in (hs, cs) if s]  # [dirs, batch, hidden]
+    if layout == 1:
+        y = y.permute(2, 0, 1, 3)
+        states = [s.transpose(0, 1) for s in states]
+    return [y.contiguous(), *(s.contiguous() for s in states)]
+
+
+@register_kernel(OpType.LSTM)
+def lstm(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX LSTM (gates i, o, f, c; peepholes i, o, f)."""
+    return _recurrent_kernel(node)
+
+
+@register_kernel(OpType.GRU)
+def gru(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX GRU (gates z, r, h)."""
+    return _recurrent_kernel(node)
+
+
+@register_kernel(OpType.RNN)
+def rnn(node: Node, ctx: CompileContext) -> Kernel:
+    return _recurrent_kernel(node)

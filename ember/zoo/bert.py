@@ -135,7 +135,8 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        mask_bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * MASK_BIAS
+        dtype = self.embeddings.word_embeddings.weight.dtype  # fp16 when run as a half-precision peer
+        mask_bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_BIAS
         return self.encoder(self.embeddings(input_ids, token_type_ids), mask_bias)
 
 

@@ -80,7 +80,8 @@ class MiniLMTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * MASK_BIAS
+        dtype = self.bert.get_input_embeddings().weight.dtype  # fp16 when run as a half-precision peer
+        bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_BIAS
         return self.bert(input_ids=input_ids, attention_mask=bias, token_type_ids=token_type_ids).last_hidden_state
 
 

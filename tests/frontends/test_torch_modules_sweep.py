@@ -19,6 +19,7 @@ from torch import nn
 
 import ember
 from ember.errors import UnsupportedOpError
+from ember.frontends.onnx import import_onnx
 from tests.frontends.sweep_modules import MODULES, Inputs
 
 #: The lowest opset the TorchScript exporter (torch 2.13) exports each module at (default 11).
@@ -134,3 +135,27 @@ def test_still_unsupported_op_is_listed_by_name() -> None:
     proto = _export(model, (torch.randn(3, 4),), dynamo=False, opset=17)
     with pytest.raises(UnsupportedOpError, match=r"NonZero \(domain ai.onnx, opset 17\): node"):
         ember.build(proto, ember.BuildConfig(device="cpu"))
+
+
+DYNAMIC_BATCH = ["depth_space", "topk", "one_hot", "lstm", "argmax", "group_norm", "einsum", "grid_sample", "mha"]
+
+
+@pytest.mark.parametrize("name", DYNAMIC_BATCH)
+def test_torchscript_dynamic_batch_runs_at_other_batch_sizes(name: str) -> None:
+    """Exported with a symbolic batch dim: the new ops keep it symbolic and run at batch 1 and 3."""
+    make, inputs = MODULES[name]
+    torch.manual_seed(0)
+    model, args = make().eval(), inputs()
+    names = [f"in{i}" for i in range(len(args))]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, buf, dynamo=False, opset_version=TS_MIN_OPSET.get(name, 17),
+                          input_names=names, dynamic_axes={n: {0: "batch"} for n in names})
+    proto = onnx.load_model_from_string(buf.getvalue())
+    graph = import_onnx(proto)
+    for out in graph.outputs:
+        assert any(isinstance(d, str) for d in graph.types[out].shape), f"{out}: batch dim lost: {graph.types[out]}"
+    for batch in (1, 3):
+        resized = tuple(a.repeat(3, *[1] * (a.dim() - 1))[:batch] for a in args)
+        _check(model, proto, resized, _labels(name, model, resized))

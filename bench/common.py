@@ -102,22 +102,16 @@ def ort_op_times(model_path: str | Path, feeds: Mapping[str, Any], threads: int,
     return dict(per_op)
 
 
-def ember_op_times(engine: Any, feeds: Mapping[str, Any], runs: int = 5) -> dict[str, float]:
-    """Ember's per-layer profiler, summed by layer kind: milliseconds per run per kind."""
+def ember_layer_profile(engine: Any, feeds: Mapping[str, Any], runs: int = 5,
+                        top: int = 5) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Ember's per-layer profiler, one profiling pass: ms per run summed by layer kind, and the
+    ``top`` most expensive layers (name with the source nodes it fused, kind, tactic, ms)."""
     from ember.tools.profile import profile_engine
 
     layers, _ = profile_engine(engine, dict(feeds), iterations=runs, warmup=1)
     per_kind: dict[str, float] = defaultdict(float)
     for layer in layers:
         per_kind[layer.op] += layer.median
-    return dict(per_kind)
-
-
-def top_layers(engine: Any, feeds: Mapping[str, Any], count: int = 5, runs: int = 5) -> list[dict[str, Any]]:
-    """Ember's most expensive layers: name (with the source nodes it fused), kind, tactic, ms."""
-    from ember.tools.profile import profile_engine
-
-    layers, _ = profile_engine(engine, dict(feeds), iterations=runs, warmup=1)
-    ranked = sorted(layers, key=lambda lay: lay.median, reverse=True)[:count]
-    return [{"name": lay.display_name, "kind": lay.op, "tactic": lay.tactic, "ms": round(lay.median, 3)}
-            for lay in ranked]
+    ranked = sorted(layers, key=lambda lay: lay.median, reverse=True)[:top]
+    return dict(per_kind), [{"name": lay.display_name, "kind": lay.op, "tactic": lay.tactic,
+                             "ms": round(lay.median, 3)} for lay in ranked]

@@ -90,9 +90,9 @@ def _timed_rounds(runners: dict[str, Any], feeds: dict, args: argparse.Namespace
 
 def breakdown(engine: Any, path: Path, feeds: dict, threads: int) -> dict[str, Any]:
     """Per-op-kind ms of Ember and ORT, and Ember's most expensive layers."""
-    return {"ember_ms_by_kind": _rounded(common.ember_op_times(engine, feeds)),
-            "ort_ms_by_op": _rounded(common.ort_op_times(path, feeds, threads)),
-            "ember_top_layers": common.top_layers(engine, feeds)}
+    by_kind, top = common.ember_layer_profile(engine, feeds)
+    return {"ember_ms_by_kind": _rounded(by_kind), "ort_ms_by_op": _rounded(common.ort_op_times(path, feeds, threads)),
+            "ember_top_layers": top}
 
 
 def _rounded(d: dict[str, float]) -> dict[str, float]:

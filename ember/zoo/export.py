@@ -212,7 +212,8 @@ def _torchscript_module_path(node: onnx.NodeProto) -> Optional[str]:
     """``/layer1/layer1.0/conv1/Conv`` -> ``layer1/0/conv1``.
 
     Each segment is the name of a called module in its caller, written ``<caller>.<child>`` for
-    container children; a module called twice gets ``_1``, ``_2`` (kept, as in ``relu_1``).
+    container children (``<list>.<index>`` for an iterated ModuleList); a module called twice
+    gets ``_1``, ``_2`` (kept, as in ``relu_1``).
     """
     parts = node.name.split("/")
     if len(parts) < 3 or parts[0] != "":
@@ -222,7 +223,8 @@ def _torchscript_module_path(node: onnx.NodeProto) -> Optional[str]:
     for segment in parts[1:-1]:
         path.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
         previous = segment
-    return "/".join(path) or None
+    # Module names cannot hold ".", so one left is a container step (ModuleList "layer.5").
+    return "/".join(path).replace(".", "/") or None
 
 
 def _unique(name: str, taken: set[str]) -> str:

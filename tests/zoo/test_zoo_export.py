@@ -69,6 +69,8 @@ def test_node_names_are_unique_and_follow_module_paths():
     names = [n.name for n in model.graph.node]
     assert len(names) == len(set(names))
     assert "layer1/0/conv1" in names and "layer2/0/downsample/0" in names and "fc" in names
+    bert = {n.name for n in onnx.load(str(zoo.export_onnx("bert-tiny"))).graph.node}
+    assert {"encoder/layer/1/attention/self/query", "encoder/layer/0/output/LayerNorm"} <= bert
 
 
 def test_dynamic_batch_runs_any_batch():

@@ -214,6 +214,26 @@ def _recurrent(r) -> list[OpCase]:
     return cases
 
 
+def _composite(r) -> list[OpCase]:
+    x, y = rnd(r, 2, 3, 4), rnd(r, 3, 1)
+    img = rnd(r, 2, 3, 4, 5)
+    return [
+        single("CastLike", "CastLike", [feed("x", x * 5), feed("like", np.array([1], I64))], opset=15),
+        single("CastLike-to-float", "CastLike", [feed("x", r.integers(-5, 5, (3,))), const("like", np.zeros(1, F32))],
+               opset=19),
+        single("Size", "Size", [feed("x", x)]),
+        single("Sum-3", "Sum", [feed("a", x), feed("b", y), const("c", rnd(r, 4))]),
+        single("Sum-1", "Sum", [feed("a", x)]),
+        single("Mean-2", "Mean", [feed("a", x), feed("b", y)], opset=13),
+        single("GlobalMaxPool", "GlobalMaxPool", [feed("x", img)]),
+        single("GlobalMaxPool-1d", "GlobalMaxPool", [feed("x", x)]),
+        single("LpNormalization-p2", "LpNormalization", [feed("x", x)]),
+        single("LpNormalization-p1-axis0", "LpNormalization", [feed("x", x)], axis=0, p=1),
+        single("Shrink", "Shrink", [feed("x", x)], lambd=0.6, bias=0.2),
+        single("Shrink-default", "Shrink", [feed("x", x)]),
+    ]
+
+
 def _norm_einsum(r) -> list[OpCase]:
     x = rnd(r, 2, 4, 3, 5)
     cases = [
@@ -243,4 +263,4 @@ def _norm_einsum(r) -> list[OpCase]:
 def extra_cases() -> list[OpCase]:
     """Every case for the ops of ``ember.ops.extra``."""
     r = _rng("extra")
-    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r) + _norm_einsum(r)
+    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r) + _composite(r) + _norm_einsum(r)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, int_param, norm_axis
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, int_param, norm_axis, torch_dtype
 from ember.backends.cpu.kernels.reduce import _reduce_kernel
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -21,7 +21,6 @@ from ember.ops.attrs import (
     AlphaAttrs, ArgReduceAttrs, CumSumAttrs, DepthSpaceAttrs, GridSampleAttrs, GroupNormAttrs,
     InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs, ScatterAttrs, SeluAttrs, TopKAttrs, TriluAttrs,
 )
-from ember.backends.cpu.kernels.common import torch_dtype
 
 Unary = Callable[[Tensor], Tensor]
 
@@ -139,6 +138,11 @@ def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     return _as(x, out)
 
 
+def _float_of(x: Tensor) -> torch.dtype:
+    """x's dtype when floating point, else float64 (integer L2 norms are computed in float)."""
+    return x.dtype if x.is_floating_point() else torch.float64
+
+
 def _sum_square(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     return _as(x, torch.sum(x * x, dim=dims, keepdim=keep))
 
@@ -147,8 +151,7 @@ _REDUCERS: dict[OpType, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
     OpType.REDUCE_MIN: lambda x, d, k: torch.amin(x, dim=d, keepdim=k),
     OpType.REDUCE_PROD: _prod,
     OpType.REDUCE_L1: lambda x, d, k: _as(x, torch.sum(torch.abs(x), dim=d, keepdim=k)),
-    OpType.REDUCE_L2: lambda x, d, k: _as(x, torch.sqrt(torch.sum((x * x).to(torch.float64) if not x.is_floating_point()
-                                                                  else x * x, dim=d, keepdim=k))),
+    OpType.REDUCE_L2: lambda x, d, k: _as(x, torch.sqrt(_sum_square(x, d, k).to(_float_of(x)))),
     OpType.REDUCE_SUM_SQUARE: _sum_square,
     OpType.REDUCE_LOG_SUM: lambda x, d, k: torch.log(torch.sum(x, dim=d, keepdim=k)),
     OpType.REDUCE_LOG_SUM_EXP: lambda x, d, k: torch.logsumexp(x, dim=d, keepdim=k),

@@ -3,7 +3,7 @@ beyond the core families (math, logic, more reductions, CumSum, TopK, Tile, Tril
 DepthToSpace, InstanceNormalization, GroupNormalization, Einsum, Gather/Scatter variants)."""
 from __future__ import annotations
 
-from ember.frontends.onnx.context import ImportContext, OnnxNode
+from ember.frontends.onnx.context import ImportContext, OnnxNode, onnx_dtype
 from ember.frontends.onnx.handlers.common import direct, reject
 from ember.frontends.onnx.handlers.reduce import _reduce_attr_form, _reduce_input_form
 from ember.frontends.onnx.registry import onnx_op
@@ -13,7 +13,6 @@ from ember.ops.attrs import (
     GatherNDAttrs, GridSampleAttrs, GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs,
     ScatterAttrs, SeluAttrs, TileAttrs, TopKAttrs, TriluAttrs,
 )
-from ember.frontends.onnx.context import onnx_dtype
 
 for _name, _op, _since in (
     ("Floor", OpType.FLOOR, 6), ("Ceil", OpType.CEIL, 6), ("Round", OpType.ROUND, 11),

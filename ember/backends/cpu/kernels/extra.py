@@ -220,14 +220,19 @@ def cum_sum(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.TOP_K)
 def top_k(node: Node, ctx: CompileContext) -> Kernel:
-    """TopK -> (values, int64 indices), always sorted (ONNX leaves the order free when sorted=0)."""
+    """TopK -> (values, int64 indices), always sorted (ONNX leaves the order free when sorted=0).
+
+    A stable sort, so that equal values come lowest index first as ONNX requires (torch.topk
+    does not promise an order among ties)."""
     a = node.attrs or TopKAttrs()
     k_of = _scalar_param(node, ctx, a.k, 1)
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        values, indices = torch.topk(x, k_of(inputs), dim=norm_axis(a.axis, x.dim()), largest=a.largest, sorted=True)
-        return [values, indices]
+        axis = norm_axis(a.axis, x.dim())
+        values, indices = torch.sort(x, dim=axis, descending=a.largest, stable=True)
+        k = k_of(inputs)
+        return [values.narrow(axis, 0, k), indices.narrow(axis, 0, k)]
 
     return run
 

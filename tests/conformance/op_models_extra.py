@@ -194,7 +194,7 @@ def _recurrent(r) -> list[OpCase]:
         return feed(name, rnd(r, dirs, batch, hid))
 
     cases = [
-        single("LSTM-forward", "LSTM", [feed("x", x), *weights(4, 1)], n_out=3, hidden_size=hid),
+        single("LSTM-forward-fused", "LSTM", [feed("x", x), *weights(4, 1)], n_out=3, hidden_size=hid),
         single("LSTM-bidirectional-lens-init", "LSTM", [feed("x", x), *weights(4, 2), lens, h0(2), h0(2, "c0")],
                n_out=3, hidden_size=hid, direction="bidirectional"),
         single("LSTM-reverse-peepholes-clip", "LSTM", [feed("x", x), *weights(4, 1), None, None, None,
@@ -203,8 +203,14 @@ def _recurrent(r) -> list[OpCase]:
         single("LSTM-input-forget-activations", "LSTM", [feed("x", x), *weights(4, 1)], n_out=3, hidden_size=hid,
                input_forget=1, activations=["HardSigmoid", "LeakyRelu", "Softsign"], activation_alpha=[0.3, 0.1],
                activation_beta=[0.6]),
+        single("LSTM-bidirectional-init-fused", "LSTM", [feed("x", x), *weights(4, 2), None, h0(2), h0(2, "c0")],
+               n_out=3, hidden_size=hid, direction="bidirectional"),
+        single("LSTM-reverse-no-bias-fused", "LSTM", [feed("x", x), *weights(4, 1)[:2]], n_out=3, hidden_size=hid,
+               direction="reverse"),
+        single("GRU-linear-before-reset-reverse-fused", "GRU", [feed("x", x), *weights(3, 1)], n_out=2,
+               hidden_size=hid, direction="reverse", linear_before_reset=1),
         single("GRU-forward", "GRU", [feed("x", x), *weights(3, 1)], n_out=2, hidden_size=hid),
-        single("GRU-linear-before-reset-bidirectional", "GRU", [feed("x", x), *weights(3, 2), None, h0(2)],
+        single("GRU-linear-before-reset-bidirectional-fused", "GRU", [feed("x", x), *weights(3, 2), None, h0(2)],
                n_out=2, hidden_size=hid, direction="bidirectional", linear_before_reset=1),
         single("GRU-reverse-lens", "GRU", [feed("x", x), *weights(3, 1), lens], n_out=2, hidden_size=hid,
                direction="reverse"),

@@ -1,4 +1,5 @@
-"""LSTM, GRU, RNN kernels with ONNX semantics: a step loop over the sequence in PyTorch.
+"""LSTM, GRU, RNN kernels with ONNX semantics: a step loop over the sequence in PyTorch, and
+``torch.lstm`` / ``torch.gru`` (cuDNN on the GPU) for the forms those compute (``fused_applies``).
 
 Handles both directions, layout 1, ``sequence_lens`` (steps past a batch entry's length output 0
 and keep its state; the reverse direction starts at each entry's last valid step), initial
@@ -18,7 +19,7 @@ from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import RNNAttrs
-from ember.ops.recurrent import GATES, N_ACTIVATIONS, num_directions
+from ember.ops.recurrent import DEFAULT_ACTIVATIONS, GATES, N_ACTIVATIONS, num_directions
 
 Act = Callable[[Tensor], Tensor]
 
@@ -198,16 +199,76 @@ def _outputs(ys: list[Tensor], hs: list[Tensor], cs: list[Tensor], layout: int) 
     return [y.contiguous(), *(s.contiguous() for s in states)]
 
 
+# ---- fused path: torch.lstm / torch.gru (cuDNN on the GPU) for the forms they compute --------
+#: ONNX gate order -> torch's (LSTM: i, o, f, c -> i, f, c, o; GRU: z, r, h -> r, z, h).
+_TORCH_GATES = {OpType.LSTM: (0, 2, 3, 1), OpType.GRU: (1, 0, 2)}
+
+
+def fused_applies(node: Node) -> bool:
+    """Default activations, no clip, no sequence_lens, no peepholes, no input_forget, and for
+    GRU ``linear_before_reset`` (torch's GRU is that form)."""
+    a: RNNAttrs = node.attrs
+    if node.op not in _TORCH_GATES or a.clip is not None or a.input_forget or node.input(4):
+        return False
+    if node.op is OpType.LSTM and node.input(7):
+        return False
+    if node.op is OpType.GRU and not a.linear_before_reset:
+        return False
+    return a.activations == DEFAULT_ACTIVATIONS[node.op] * num_directions(a)
+
+
+def _torch_order(op: OpType, t: Tensor) -> Tensor:
+    chunks = t.chunk(len(_TORCH_GATES[op]), 0)
+    return torch.cat([chunks[i] for i in _TORCH_GATES[op]], 0).contiguous()
+
+
+def _torch_params(op: OpType, a: RNNAttrs, w: Tensor, r: Tensor, b: Optional[Tensor]) -> list[Tensor]:
+    n = GATES[op] * a.hidden_size
+    params = []
+    for d in range(num_directions(a)):
+        bd = b[d] if b is not None else w.new_zeros((2 * n,))
+        params += [_torch_order(op, t) for t in (w[d], r[d], bd[:n], bd[n:])]
+    return params
+
+
+def _fused_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: RNNAttrs = node.attrs
+    op, dirs, hidden = node.op, num_directions(a), a.hidden_size
+    consts = [ctx.const(node.input(i)) if i < len(node.inputs) else None for i in (1, 2, 3)]
+    fixed = _torch_params(op, a, *consts) if consts[0] is not None and consts[1] is not None and (
+        consts[2] is not None or not node.input(3)) else None
+    reverse_only = a.direction == "reverse"
+
+    def state(t: Optional[Tensor], x: Tensor) -> Tensor:
+        if t is None:
+            return x.new_zeros((dirs, x.shape[1], hidden))
+        return (t.transpose(0, 1) if a.layout == 1 else t).contiguous()
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0].transpose(0, 1) if a.layout == 1 else inputs[0]
+        params = fixed or _torch_params(op, a, inputs[1], inputs[2], arg(inputs, 3))
+        xin = (x.flip(0) if reverse_only else x).contiguous()
+        h0 = state(arg(inputs, 5), x)
+        if op is OpType.LSTM:
+            y, hn, cn = torch.lstm(xin, (h0, state(arg(inputs, 6), x)), params, True, 1, 0.0, False, dirs == 2, False)
+        else:
+            (y, hn), cn = torch.gru(xin, h0, params, True, 1, 0.0, False, dirs == 2, False), None
+        y = (y.flip(0) if reverse_only else y).reshape(x.shape[0], x.shape[1], dirs, hidden)
+        return _outputs([y[:, :, d] for d in range(dirs)], list(hn), list(cn) if cn is not None else [], a.layout)
+
+    return run
+
+
 @register_kernel(OpType.LSTM)
 def lstm(node: Node, ctx: CompileContext) -> Kernel:
     """ONNX LSTM (gates i, o, f, c; peepholes i, o, f)."""
-    return _recurrent_kernel(node)
+    return _fused_kernel(node, ctx) if fused_applies(node) else _recurrent_kernel(node)
 
 
 @register_kernel(OpType.GRU)
 def gru(node: Node, ctx: CompileContext) -> Kernel:
     """ONNX GRU (gates z, r, h)."""
-    return _recurrent_kernel(node)
+    return _fused_kernel(node, ctx) if fused_applies(node) else _recurrent_kernel(node)
 
 
 @register_kernel(OpType.RNN)

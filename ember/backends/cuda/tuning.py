@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
@@ -127,6 +128,13 @@ class CudaTacticTimer:
         args = self._args(node, graph)
         if args is None:
             return math.inf
+        # A candidate that cannot run here (e.g. an SDPA backend refusing a mask) makes PyTorch
+        # warn before it raises; the refusal is recorded in ``rejected``, the warning is noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self._time(node, graph, tactic, precision, args)
+
+    def _time(self, node: Node, graph: Graph, tactic: str, precision: str, args) -> float:
         try:
             kernel = self._compile(node, graph, tactic, precision)
             with torch.inference_mode():

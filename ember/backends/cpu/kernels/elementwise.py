@@ -40,7 +40,8 @@ _BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+def register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Registers the kernel of a two-input elementwise op computed by ``fn``."""
     @register_kernel(op)
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         def run(inputs: Inputs) -> list:
@@ -50,7 +51,7 @@ def _register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None
 
 
 for _op, _fn in _BINARY.items():
-    _register_binary(_op, _fn)
+    register_binary(_op, _fn)
 
 
 def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Kernel:

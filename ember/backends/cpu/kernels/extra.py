@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, int_param, norm_axis, torch_dtype
+from ember.backends.cpu.kernels.elementwise import register_binary
 from ember.backends.cpu.kernels.reduce import _reduce_kernel
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -102,17 +103,8 @@ _BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-    @register_kernel(op)
-    def factory(node: Node, ctx: CompileContext) -> Kernel:
-        def run(inputs: Inputs) -> list:
-            return [fn(inputs[0], inputs[1])]
-
-        return run
-
-
 for _op, _fn2 in _BINARY.items():
-    _register_binary(_op, _fn2)
+    register_binary(_op, _fn2)
 
 
 @register_kernel(OpType.MOD)

@@ -48,6 +48,7 @@ class Program:
         graph = plan.graph
         self.constants: dict[str, torch.Tensor] = {
             k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
+        _reserve_memory(plan, backend)
         frees = plan.memory.frees_after()
         keep = set(graph.outputs)
         steps = []
@@ -97,6 +98,16 @@ class Program:
             return t
         ptr = t.untyped_storage().data_ptr()
         return t.clone() if ptr in self._const_storage or ptr in feed_storage else t
+
+
+def _reserve_memory(plan: Plan, backend: Backend) -> None:
+    """Lets the backend prepare its allocator for the plan's largest tensor and peak (the CPU
+    backend keeps such buffers in the C heap instead of re-mapping them on every run)."""
+    reserve = getattr(backend, "reserve_memory", None)
+    if reserve is None:
+        return
+    largest = max((t.nbytes() for t in plan.graph.types.values() if t.is_static), default=0)
+    reserve(largest, plan.memory.arena_bytes)
 
 
 def _padded(kernel: Kernel, n: int) -> Kernel:

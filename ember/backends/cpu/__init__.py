@@ -82,6 +82,13 @@ class CPUBackend:
 
         return node.op in VIEW_OPS
 
+    def reserve_memory(self, largest_bytes: int, peak_bytes: int) -> bool:
+        """Before an engine runs: keep activation buffers of up to ``largest_bytes`` (peaking at
+        ``peak_bytes``) in the C heap between layers and runs (``ember.backends.cpu.heap``)."""
+        from ember.backends.cpu.heap import reserve
+
+        return reserve(largest_bytes, peak_bytes)
+
     def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
         """The kernel for ``node`` with tactic ``ctx.tactic`` ("" = the default choice)."""
         reason = _unsupported_reason(node)

@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import functools
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -38,7 +38,7 @@ _applied = {"mmap": 0, "trim": 0}
 
 
 @functools.cache
-def _mallopt() -> Optional[ctypes._CFuncPtr]:
+def _mallopt() -> Optional[Callable[[int, int], int]]:
     """glibc's ``mallopt``, or ``None`` on another C library."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -34,8 +34,9 @@ from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs
 
-#: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse.
-_UNARY: dict[Activation, Callable[[tuple[float, ...]], Optional[tuple[str, list, str]]]] = {
+#: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse
+#: (shared with the prepacked linear layers).
+ONEDNN_POSTOPS: dict[Activation, Callable[[tuple[float, ...]], Optional[tuple[str, list, str]]]] = {
     Activation.NONE: lambda p: ("none", [], ""),
     Activation.RELU: lambda p: ("relu", [], ""),
     Activation.SIGMOID: lambda p: ("sigmoid", [], ""),
@@ -167,7 +168,7 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     padding, strides, dilations, in_size = _reorder_params(a, w.dim() - 2, _input_size(node, ctx), pads)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
-    fused = _UNARY.get(act, lambda p: None)(params)
+    fused = ONEDNN_POSTOPS.get(act, lambda p: None)(params)
     post = None if fused is not None else activation_fn(act, params)
     unary, scalars, algorithm = fused if fused is not None else ("none", [], "")
     bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None

@@ -16,26 +16,15 @@ import torch
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, activation_fn, arg, const_input
+from ember.backends.cpu.kernels.conv_mkldnn import ONEDNN_POSTOPS
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
 
-#: oneDNN post-op (name, scalars, algorithm) for each epilogue it fuses into a linear layer.
-_UNARY = {
-    Activation.NONE: lambda p: ("none", [], ""),
-    Activation.RELU: lambda p: ("relu", [], ""),
-    Activation.SIGMOID: lambda p: ("sigmoid", [], ""),
-    Activation.TANH: lambda p: ("tanh", [], ""),
-    Activation.SILU: lambda p: ("swish", [], ""),
-    Activation.HARD_SWISH: lambda p: ("hardswish", [], ""),
-    Activation.GELU_ERF: lambda p: ("gelu", [], "none"),
-    Activation.GELU_TANH: lambda p: ("gelu", [], "tanh"),
-    Activation.LEAKY_RELU: lambda p: ("leaky_relu", [p[0] if p else 0.01], ""),
-    Activation.CLIP: lambda p: ("hardtanh", [p[0] if len(p) > 0 else -math.inf,
-                                             p[1] if len(p) > 1 else math.inf], ""),
-}
+#: oneDNN post-ops a prepacked linear layer fuses: the convolution's, less hardsigmoid.
+_UNARY = {a: f for a, f in ONEDNN_POSTOPS.items() if a is not Activation.HARD_SIGMOID}
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from ember.ops.attrs import (
     GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SoftmaxAttrs,
 )
 
-from conftest import assert_same, ember_runs  # noqa: E402  (tests/backends/cpu/conftest.py)
+from cpukit import assert_same, ember_runs  # tests/backends/cpu/cpukit.py
 
 F32 = np.float32
 

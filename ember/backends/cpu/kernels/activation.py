@@ -15,7 +15,9 @@ from ember.ir.optype import OpType
 from ember.ops.attrs import ClipAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs
 
 
-def _unary_kernel(fn: Callable[[Tensor], Tensor]) -> Kernel:
+def unary_kernel(fn: Callable[[Tensor], Tensor]) -> Kernel:
+    """The kernel of a one-input op computed by ``fn``."""
+
     def run(inputs: Inputs) -> list:
         return [fn(inputs[0])]
 
@@ -47,20 +49,21 @@ _SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _register_simple(op: OpType, fn: Callable[[Tensor], Tensor]) -> None:
+def register_unary(op: OpType, fn: Callable[[Tensor], Tensor]) -> None:
+    """Registers the kernel of a one-input op with no attributes, computed by ``fn``."""
     @register_kernel(op)
     def factory(node: Node, ctx: CompileContext) -> Kernel:
-        return _unary_kernel(fn)
+        return unary_kernel(fn)
 
 
 for _op, _fn in _SIMPLE.items():
-    _register_simple(_op, _fn)
+    register_unary(_op, _fn)
 
 
 @register_kernel(OpType.LEAKY_RELU)
 def leaky_relu(node: Node, ctx: CompileContext) -> Kernel:
     alpha = float((node.attrs or LeakyReluAttrs()).alpha)
-    return _unary_kernel(lambda x: F.leaky_relu(x, alpha))
+    return unary_kernel(lambda x: F.leaky_relu(x, alpha))
 
 
 @register_kernel(OpType.PRELU)
@@ -79,8 +82,8 @@ def hard_sigmoid(node: Node, ctx: CompileContext) -> Kernel:
     a = node.attrs or HardSigmoidAttrs()
     alpha, beta = float(a.alpha), float(a.beta)
     if math.isclose(alpha, 1 / 6, rel_tol=1e-7) and beta == 0.5:
-        return _unary_kernel(F.hardsigmoid)
-    return _unary_kernel(lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0))
+        return unary_kernel(F.hardsigmoid)
+    return unary_kernel(lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0))
 
 
 @register_kernel(OpType.GELU)
@@ -88,7 +91,7 @@ def gelu(node: Node, ctx: CompileContext) -> Kernel:
     approximate = (node.attrs or GeluAttrs()).approximate
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu approximate={approximate!r}; expected 'none' or 'tanh'")
-    return _unary_kernel(lambda x: F.gelu(x, approximate=approximate))
+    return unary_kernel(lambda x: F.gelu(x, approximate=approximate))
 
 
 def _bound(value: float | None, t: Tensor | None, x: Tensor) -> float | int | Tensor | None:

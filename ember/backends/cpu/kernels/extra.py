@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, int_param, norm_axis, torch_dtype
+from ember.backends.cpu.kernels.activation import register_unary, unary_kernel
 from ember.backends.cpu.kernels.elementwise import register_binary
 from ember.backends.cpu.kernels.reduce import _reduce_kernel
 from ember.backends.cpu.registry import register_kernel
@@ -39,33 +40,20 @@ _UNARY: dict[OpType, Unary] = {
 }
 
 
-def _unary(fn: Unary) -> Kernel:
-    def run(inputs: Inputs) -> list:
-        return [fn(inputs[0])]
-
-    return run
-
-
-def _register_unary(op: OpType, fn: Unary) -> None:
-    @register_kernel(op)
-    def factory(node: Node, ctx: CompileContext) -> Kernel:
-        return _unary(fn)
-
-
 for _op, _fn in _UNARY.items():
-    _register_unary(_op, _fn)
+    register_unary(_op, _fn)
 
 
 @register_kernel(OpType.ELU)
 def elu(node: Node, ctx: CompileContext) -> Kernel:
     alpha = float((node.attrs or AlphaAttrs()).alpha)
-    return _unary(lambda x: F.elu(x, alpha))
+    return unary_kernel(lambda x: F.elu(x, alpha))
 
 
 @register_kernel(OpType.CELU)
 def celu(node: Node, ctx: CompileContext) -> Kernel:
     alpha = float((node.attrs or AlphaAttrs()).alpha)
-    return _unary(lambda x: F.celu(x, alpha))
+    return unary_kernel(lambda x: F.celu(x, alpha))
 
 
 @register_kernel(OpType.SELU)
@@ -73,25 +61,25 @@ def selu(node: Node, ctx: CompileContext) -> Kernel:
     """``gamma * (x if x > 0 else alpha * (exp(x) - 1))`` for any alpha and gamma."""
     a = node.attrs or SeluAttrs()
     alpha, gamma = float(a.alpha), float(a.gamma)
-    return _unary(lambda x: F.elu(x, alpha) * gamma)
+    return unary_kernel(lambda x: F.elu(x, alpha) * gamma)
 
 
 @register_kernel(OpType.THRESHOLDED_RELU)
 def thresholded_relu(node: Node, ctx: CompileContext) -> Kernel:
     alpha = float((node.attrs or AlphaAttrs()).alpha)
-    return _unary(lambda x: torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    return unary_kernel(lambda x: torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype, device=x.device)))
 
 
 @register_kernel(OpType.IS_INF)
 def is_inf(node: Node, ctx: CompileContext) -> Kernel:
     a = node.attrs or IsInfAttrs()
     if a.detect_positive and a.detect_negative:
-        return _unary(torch.isinf)
+        return unary_kernel(torch.isinf)
     if a.detect_positive:
-        return _unary(torch.isposinf)
+        return unary_kernel(torch.isposinf)
     if a.detect_negative:
-        return _unary(torch.isneginf)
-    return _unary(lambda x: torch.zeros_like(x, dtype=torch.bool))
+        return unary_kernel(torch.isneginf)
+    return unary_kernel(lambda x: torch.zeros_like(x, dtype=torch.bool))
 
 
 # ---- binary ----------------------------------------------------------------------------

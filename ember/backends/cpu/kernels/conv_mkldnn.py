@@ -156,6 +156,17 @@ def _input_size(node: Node, ctx: CompileContext) -> Optional[list[int]]:
     return [t.shape[0] if isinstance(t.shape[0], int) else 1, *t.shape[1:]]
 
 
+def _prepare(x: torch.Tensor, pads: _Padder, fmt: torch.memory_format):
+    """The convolution's input padded (asymmetric pads) and in ``fmt``, with the run's
+    (padding, strides, dilations)."""
+    pad, stride, dil, expl = pads(tuple(x.shape))
+    if expl is not None:
+        x = F.pad(x, expl)
+    if not x.is_contiguous(memory_format=fmt):
+        x = x.contiguous(memory_format=fmt)
+    return x, pad, stride, dil
+
+
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 @register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
@@ -174,16 +185,12 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None
     if residual and bin_unary is None and binary_supports(""):
         bin_unary, post = "none", activation_fn(act, params)
+    act_fn = activation_fn(act, params)  # residual without oneDNN's binary form: add, then this
     group = a.group
     conv_pw = torch.ops.mkldnn._convolution_pointwise
 
     def run(inputs: Inputs) -> list:
-        x = inputs[0]
-        pad, stride, dil, expl = pads(tuple(x.shape))
-        if expl is not None:
-            x = F.pad(x, expl)
-        if not x.is_contiguous(memory_format=fmt):
-            x = x.contiguous(memory_format=fmt)
+        x, pad, stride, dil = _prepare(inputs[0], pads, fmt)
         if residual:
             r = inputs[3]
             if bin_unary is not None:
@@ -193,7 +200,6 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
                                    None if bin_unary == "none" else bin_unary, [], "")
                 return [post(y) if post is not None else y]
             y = conv_pw(x, packed, bias, pad, stride, dil, group, "none", [], "") + r
-            act_fn = activation_fn(act, params)
             return [act_fn(y) if act_fn is not None else y]
         y = conv_pw(x, packed, bias, pad, stride, dil, group, unary, scalars, algorithm)
         return [post(y) if post is not None else y]
@@ -221,12 +227,7 @@ def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
     group = a.group
 
     def run(inputs: Inputs) -> list:
-        x = inputs[0]
-        pad, stride, dil, expl = pads(tuple(x.shape))
-        if expl is not None:
-            x = F.pad(x, expl)
-        if not x.is_contiguous(memory_format=fmt):
-            x = x.contiguous(memory_format=fmt)
+        x, pad, stride, dil = _prepare(inputs[0], pads, fmt)
         y = torch.convolution(x, w, bias, stride, pad, dil, False, [0] * len(pad), group)
         if residual:
             y = y.add_(inputs[3])

@@ -18,7 +18,6 @@ from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops import reduce as _reduce_family
 from ember.ops.attrs import (
     AlphaAttrs, ArgReduceAttrs, AxisAttrs, CumSumAttrs, DepthSpaceAttrs, EinsumAttrs, EyeLikeAttrs,
     GatherNDAttrs, GridSampleAttrs, GroupNormAttrs, InstanceNormAttrs, IsInfAttrs, ModAttrs, OneHotAttrs,
@@ -28,7 +27,8 @@ from ember.ops.common import (
     broadcast_shapes, const_ints, div_dim, fresh_dims, mul_dims, need, norm_axis, require, same_dtype,
 )
 from ember.ops.registry import register_op
-from ember.ops.shape_values import _rule as _value_rule, _ints as _value_ints
+from ember.ops.reduce import infer_reduce
+from ember.ops.shape_values import value_ints, value_rule
 
 Types = Sequence[Optional[TensorType]]
 Consts = Sequence[Optional[np.ndarray]]
@@ -124,7 +124,7 @@ for _op in (OpType.GREATER_OR_EQUAL, OpType.LESS_OR_EQUAL):
 for _op in (OpType.REDUCE_MIN, OpType.REDUCE_PROD, OpType.REDUCE_L1, OpType.REDUCE_L2,
             OpType.REDUCE_SUM_SQUARE, OpType.REDUCE_LOG_SUM, OpType.REDUCE_LOG_SUM_EXP):
     # same shape rules as ReduceSum/Mean/Max (axes attr or input, keepdims, noop_with_empty_axes)
-    register_op(_op, attrs=ReduceAttrs)(_reduce_family._reduce)
+    register_op(_op, attrs=ReduceAttrs)(infer_reduce)
 
 
 def _arg_reduce(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
@@ -371,10 +371,10 @@ def infer_einsum(node: Node, in_types: Types, consts: Consts) -> list[TensorType
 
 
 # ---- build-time values of shape tensors ------------------------------------------------
-@_value_rule(OpType.MOD)
+@value_rule(OpType.MOD)
 def _mod_value(node: Node, t, v) -> Optional[np.ndarray]:
     """Mod of known integer shape values (TorchScript's MultiheadAttention computes head dims so)."""
-    a, b = _value_ints(v[0]), _value_ints(v[1])
+    a, b = value_ints(v[0]), value_ints(v[1])
     if a is None or b is None:
         return None
     x, y = v[0].astype(np.int64), v[1].astype(np.int64)

@@ -35,7 +35,9 @@ def reduced_axes(attrs: ReduceAttrs, rank: int,
     return tuple(sorted(norm_axes(axes, rank, "reduction axes")))
 
 
-def _reduce(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+def infer_reduce(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """Output type of a reduction (axes attr or input 1, keepdims, noop_with_empty_axes); shared
+    by every Reduce* op, including those registered in ``ember.ops.extra``."""
     a: ReduceAttrs = node.attrs
     x = need(in_types[0] if in_types else None, "data")
     axes_t = in_types[1] if len(in_types) > 1 else None
@@ -64,4 +66,4 @@ def _dynamic_axes(node: Node, x: TensorType, axes_t: TensorType) -> TensorType:
 
 
 for _op in (OpType.REDUCE_MEAN, OpType.REDUCE_SUM, OpType.REDUCE_MAX):
-    register_op(_op, attrs=ReduceAttrs)(_reduce)
+    register_op(_op, attrs=ReduceAttrs)(infer_reduce)

@@ -78,7 +78,9 @@ def propagate(node: Node, in_types: Sequence[Optional[TensorType]], in_values: V
     return outs
 
 
-def _rule(*ops: OpType) -> Callable[[Rule], Rule]:
+def value_rule(*ops: OpType) -> Callable[[Rule], Rule]:
+    """Register the decorated function as the build-time value rule of ``ops`` (used by
+    ``propagate``); other modules add rules for their own ops with it."""
     def deco(fn: Rule) -> Rule:
         for op in ops:
             _RULES[op] = fn
@@ -87,33 +89,34 @@ def _rule(*ops: OpType) -> Callable[[Rule], Rule]:
     return deco
 
 
-def _ints(v: Optional[Value]) -> Optional[list[int]]:
+def value_ints(v: Optional[Value]) -> Optional[list[int]]:
+    """A value's entries as a flat list of ints, or None when it is unknown or symbolic."""
     if v is None or is_symbolic(v):
         return None
     return [int(x) for x in v.reshape(-1)]
 
 
-@_rule(OpType.SHAPE)
+@value_rule(OpType.SHAPE)
 def _shape(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
     dims = list(t[0].shape)[node.attrs.start:node.attrs.end]
     return make_value(dims, (len(dims),))
 
 
-@_rule(OpType.IDENTITY, OpType.DROPOUT)
+@value_rule(OpType.IDENTITY, OpType.DROPOUT)
 def _identity(node: Node, t, v: Values) -> Optional[Value]:
     return v[0]
 
 
-@_rule(OpType.CAST)
+@value_rule(OpType.CAST)
 def _cast(node: Node, t, v: Values) -> Optional[Value]:
     if v[0] is None or DType(node.attrs.to) not in (DType.INT64, DType.INT32):
         return None
     return v[0] if is_symbolic(v[0]) else v[0].astype(np.int64)
 
 
-@_rule(OpType.GATHER)
+@value_rule(OpType.GATHER)
 def _gather(node: Node, t, v: Values) -> Optional[Value]:
-    idx = _ints(v[1])
+    idx = value_ints(v[1])
     if v[0] is None or idx is None:
         return None
     out = np.asarray(np.take(v[0].astype(object), np.array(idx, dtype=np.int64).reshape(v[1].shape),
@@ -121,12 +124,12 @@ def _gather(node: Node, t, v: Values) -> Optional[Value]:
     return make_value(out.reshape(-1).tolist(), out.shape)
 
 
-@_rule(OpType.UNSQUEEZE, OpType.SQUEEZE, OpType.RESHAPE, OpType.FLATTEN)
+@value_rule(OpType.UNSQUEEZE, OpType.SQUEEZE, OpType.RESHAPE, OpType.FLATTEN)
 def _reshape(node: Node, t, v: Values) -> Optional[Value]:
     return v[0]  # re-shaped to the output type by ``propagate``'s caller
 
 
-@_rule(OpType.TRANSPOSE)
+@value_rule(OpType.TRANSPOSE)
 def _transpose(node: Node, t, v: Values) -> Optional[Value]:
     if v[0] is None:
         return None
@@ -134,7 +137,7 @@ def _transpose(node: Node, t, v: Values) -> Optional[Value]:
     return make_value(out.reshape(-1).tolist(), out.shape)
 
 
-@_rule(OpType.CONCAT)
+@value_rule(OpType.CONCAT)
 def _concat(node: Node, t, v: Values) -> Optional[Value]:
     if any(x is None for x in v):
         return None
@@ -142,7 +145,7 @@ def _concat(node: Node, t, v: Values) -> Optional[Value]:
     return make_value(out.reshape(-1).tolist(), out.shape)
 
 
-@_rule(OpType.SLICE)
+@value_rule(OpType.SLICE)
 def _slice(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
     a = node.attrs
     if v[0] is None:
@@ -152,7 +155,7 @@ def _slice(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional
     else:
         vals = list(v[1:5]) + [None] * (5 - len(v))
         present = [i + 1 < len(t) and t[i + 1] is not None for i in range(4)]
-        params = [_ints(x) for x in vals[:4]]
+        params = [value_ints(x) for x in vals[:4]]
         if any(p and q is None for p, q in zip(present, params)):
             return None
         starts, ends, axes, steps = params
@@ -192,7 +195,7 @@ def _native(x):
     return int(x) if isinstance(x, (np.integer, bool, np.bool_)) else x
 
 
-@_rule(OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV)
+@value_rule(OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV)
 def _arith(node: Node, t, v: Values) -> Optional[Value]:
     if v[0] is None or v[1] is None or not (t[0].dtype.is_int and t[1].dtype.is_int):
         return None
@@ -202,7 +205,7 @@ def _arith(node: Node, t, v: Values) -> Optional[Value]:
     return make_value(out, a.shape)
 
 
-@_rule(OpType.EQUAL)
+@value_rule(OpType.EQUAL)
 def _equal(node: Node, t, v: Values) -> Optional[Value]:
     if v[0] is None or v[1] is None:
         return None
@@ -217,12 +220,12 @@ def _equal(node: Node, t, v: Values) -> Optional[Value]:
     return np.array(out, dtype=bool).reshape(a.shape)
 
 
-@_rule(OpType.NOT)
+@value_rule(OpType.NOT)
 def _not(node: Node, t, v: Values) -> Optional[Value]:
     return None if v[0] is None or is_symbolic(v[0]) else ~v[0].astype(bool)
 
 
-@_rule(OpType.WHERE)
+@value_rule(OpType.WHERE)
 def _where(node: Node, t, v: Values) -> Optional[Value]:
     if any(x is None for x in v[:3]) or is_symbolic(v[0]):
         return None
@@ -230,34 +233,34 @@ def _where(node: Node, t, v: Values) -> Optional[Value]:
     return make_value(out.reshape(-1).tolist(), out.shape)
 
 
-@_rule(OpType.CONSTANT_OF_SHAPE)
+@value_rule(OpType.CONSTANT_OF_SHAPE)
 def _constant_of_shape(node: Node, t, v: Values) -> Optional[Value]:
-    dims = _ints(v[0])
+    dims = value_ints(v[0])
     if dims is None:
         return None
     return np.full(dims, node.attrs.value, dtype=DType(node.attrs.dtype).to_numpy())
 
 
-@_rule(OpType.RANGE)
+@value_rule(OpType.RANGE)
 def _range(node: Node, t, v: Values) -> Optional[Value]:
-    args = [_ints(x) for x in v[:3]]
+    args = [value_ints(x) for x in v[:3]]
     if any(a is None for a in args):
         return None
     return np.arange(args[0][0], args[1][0], args[2][0], dtype=np.int64)
 
 
-@_rule(OpType.MAX, OpType.MIN)
+@value_rule(OpType.MAX, OpType.MIN)
 def _max_min(node: Node, t, v: Values) -> Optional[Value]:
-    a, b = _ints(v[0]), _ints(v[1])
+    a, b = value_ints(v[0]), value_ints(v[1])
     if a is None or b is None:
         return None
     fn = np.maximum if node.op is OpType.MAX else np.minimum
     return fn(v[0].astype(np.int64), v[1].astype(np.int64))
 
 
-@_rule(OpType.EXPAND)
+@value_rule(OpType.EXPAND)
 def _expand(node: Node, t, v: Values) -> Optional[Value]:
-    shape = _ints(v[1])
+    shape = value_ints(v[1])
     if v[0] is None or shape is None:
         return None
     out = v[0].astype(object) * np.ones(shape, dtype=np.int64).astype(object)

@@ -15,7 +15,7 @@ from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, int_param, norm_axis, torch_dtype
 from ember.backends.cpu.kernels.activation import register_unary, unary_kernel
 from ember.backends.cpu.kernels.elementwise import register_binary
-from ember.backends.cpu.kernels.reduce import _reduce_kernel
+from ember.backends.cpu.kernels.reduce import reduce_kernel
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -141,7 +141,7 @@ _REDUCERS: dict[OpType, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
 def _register_reduce(op: OpType, fn: Callable[[Tensor, tuple[int, ...], bool], Tensor]) -> None:
     @register_kernel(op)
     def factory(node: Node, ctx: CompileContext) -> Kernel:
-        return _reduce_kernel(node, ctx, fn)
+        return reduce_kernel(node, ctx, fn)
 
 
 for _op, _red in _REDUCERS.items():

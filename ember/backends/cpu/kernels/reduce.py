@@ -40,7 +40,10 @@ def reduce_axes(a: ReduceAttrs, axes: Optional[list[int]], rank: int) -> Optiona
     return tuple(sorted(set(norm_axes(axes, rank))))
 
 
-def _reduce_kernel(node: Node, ctx: CompileContext, fn: Reducer) -> Kernel:
+def reduce_kernel(node: Node, ctx: CompileContext, fn: Reducer) -> Kernel:
+    """A kernel for a reduction op: ``fn(x, dims, keepdim)`` over the axes from the attr or
+    the run-time axes input (input 1); with no axes it reduces every axis, or returns x unchanged
+    when ``noop_with_empty_axes`` is set."""
     a = node.attrs or ReduceAttrs()
     axes_of = int_param(node, ctx, a.axes, 1)
 
@@ -58,14 +61,14 @@ def _reduce_kernel(node: Node, ctx: CompileContext, fn: Reducer) -> Kernel:
 
 @register_kernel(OpType.REDUCE_MEAN)
 def reduce_mean(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, ctx, _mean)
+    return reduce_kernel(node, ctx, _mean)
 
 
 @register_kernel(OpType.REDUCE_SUM)
 def reduce_sum(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, ctx, _sum)
+    return reduce_kernel(node, ctx, _sum)
 
 
 @register_kernel(OpType.REDUCE_MAX)
 def reduce_max(node: Node, ctx: CompileContext) -> Kernel:
-    return _reduce_kernel(node, ctx, _max)
+    return reduce_kernel(node, ctx, _max)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode, onnx_dtype
 from ember.frontends.onnx.handlers.common import direct, reject
-from ember.frontends.onnx.handlers.reduce import _reduce_attr_form, _reduce_input_form
+from ember.frontends.onnx.handlers.reduce import reduce_attr_form, reduce_input_form
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
@@ -73,8 +73,8 @@ for _name, _op in (("ReduceMin", OpType.REDUCE_MIN), ("ReduceProd", OpType.REDUC
                    ("ReduceSumSquare", OpType.REDUCE_SUM_SQUARE),
                    ("ReduceLogSum", OpType.REDUCE_LOG_SUM),
                    ("ReduceLogSumExp", OpType.REDUCE_LOG_SUM_EXP)):
-    onnx_op(_name, since=1)(_reduce_attr_form(_op))
-    onnx_op(_name, since=18)(_reduce_input_form(_op))
+    onnx_op(_name, since=1)(reduce_attr_form(_op))
+    onnx_op(_name, since=18)(reduce_input_form(_op))
 
 
 def _arg_reduce(op: OpType):

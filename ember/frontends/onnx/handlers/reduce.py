@@ -8,7 +8,9 @@ from ember.ir.optype import OpType
 from ember.ops.attrs import ReduceAttrs
 
 
-def _reduce_attr_form(op: OpType):
+def reduce_attr_form(op: OpType):
+    """The import handler for a reduction whose axes are an attribute (opsets before the
+    axes-input form); ``op`` is the Ember op it emits."""
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         """Axes attribute; absent means every axis."""
         attrs = ReduceAttrs(axes=ints(n, "axes"), keepdims=bool(n.attr("keepdims", 1)))
@@ -18,7 +20,9 @@ def _reduce_attr_form(op: OpType):
     return handler
 
 
-def _reduce_input_form(op: OpType):
+def reduce_input_form(op: OpType):
+    """The import handler for a reduction whose axes are an optional input (ReduceSum from
+    opset 13, the others from 18); ``op`` is the Ember op it emits."""
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         """Axes input (optional); a constant one becomes the attr, a run-time one stays input 1."""
         keepdims = bool(n.attr("keepdims", 1))
@@ -41,5 +45,5 @@ def _reduce_input_form(op: OpType):
 for _name, _op, _input_since in (("ReduceMean", OpType.REDUCE_MEAN, 18),
                                  ("ReduceSum", OpType.REDUCE_SUM, 13),
                                  ("ReduceMax", OpType.REDUCE_MAX, 18)):
-    onnx_op(_name, since=1)(_reduce_attr_form(_op))
-    onnx_op(_name, since=_input_since)(_reduce_input_form(_op))
+    onnx_op(_name, since=1)(reduce_attr_form(_op))
+    onnx_op(_name, since=_input_since)(reduce_input_form(_op))

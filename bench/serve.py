@@ -31,11 +31,10 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import re
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-READY = re.compile(r"HTTP [\d.]+:(\d+), gRPC [\d.]+:(\d+), metrics [\d.]+:(\d+)")
+
+from ember.errors import EmberError  # noqa: E402  (after the path set-up above)
+from ember.serve.launch import ServeProcess, launch_server  # noqa: E402
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -85,29 +86,10 @@ def write_repository(root: Path, models: list[str], args: argparse.Namespace) ->
 
 
 # ---- server -------------------------------------------------------------------------------------
-def start_server(repo: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, dict]:
-    cmd = [sys.executable, "-m", "ember.serve", str(repo), "--http-port", "0", "--grpc-port", "0",
-           "--metrics-port", "0"]
-    if args.cache_dir:
-        cmd += ["--cache-dir", args.cache_dir]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    ports: dict = {}
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stderr:
-            sys.stderr.write("  [server] " + line)
-            m = READY.search(line)
-            if m:
-                ports.update(http=int(m.group(1)), grpc=int(m.group(2)), metrics=int(m.group(3)))
-            if "ember serve: ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    while not ready.wait(1):
-        if proc.poll() is not None:
-            raise SystemExit(f"ember serve exited with status {proc.returncode} before it was ready")
-    return proc, ports
+def start_server(repo: Path, args: argparse.Namespace) -> ServeProcess:
+    """``python -m ember.serve`` on free ports, its log echoed; waits (without limit) until ready."""
+    return launch_server(repo, cache_dir=args.cache_dir, ready_timeout=None, cwd=ROOT,
+                         echo=lambda line: sys.stderr.write("  [server] " + line))
 
 
 def check_loaded(http_port: int, entries: dict) -> None:
@@ -273,7 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     variants = set(args.variants.split(","))
     with tempfile.TemporaryDirectory(prefix="ember-serve-bench-") as tmp:
         entries = write_repository(Path(tmp), models, args)
-        server, ports = start_server(Path(tmp), args)
+        try:
+            server = start_server(Path(tmp), args)
+        except EmberError as exc:
+            raise SystemExit(str(exc)) from None
+        ports = server.ports
         runs = []
         try:
             check_loaded(ports["http"], entries)
@@ -285,8 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                     runs.append({"entry": entry, "model": info["model"], "variant": info["variant"], **r})
                     print_row(entry, r)
         finally:
-            server.terminate()
-            server.wait(120)
+            server.stop(signal.SIGTERM, timeout=120)
     today = dt.date.today().isoformat()
     result = {"suite": "serve", "date": today, "device": args.device, "device_name": device_name(args.device),
               "precision": args.precision, "protocol": args.protocol, "duration_s": args.duration,

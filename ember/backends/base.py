@@ -8,6 +8,16 @@ A kernel receives ``inputs`` in the node's input order, with ``None`` for omitte
 inputs; inputs that are graph constants are passed too (already as torch tensors on the
 device), so a kernel that prepacked a weight at compile time may simply ignore that slot.
 It returns a list with one tensor per node output (``None`` for an unused optional output).
+
+Optional capability (concat elimination, ``graph.meta["concat_slices"]``): a kernel of a
+single-output node may carry an attribute ``write_into`` (a ``WriteInto``). Calling
+``kernel.write_into(inputs, out)`` computes the output straight into ``out`` (a tensor of the
+output's shape and dtype, usually a strided view of a Concat's buffer) and returns ``True``; or
+returns ``False`` having written nothing, when its primitive cannot write into that particular
+view without a temporary (the runtime then calls the kernel and copies the result into the
+view). ``write_into.accepts(out)`` answers the same question before any run, on a tensor that
+may be on the ``meta`` device (it is a promise only where it returns ``False``). A kernel without
+the attribute is simply called; nothing else changes.
 """
 from __future__ import annotations
 
@@ -19,6 +29,35 @@ import torch
 from ember.ir.graph import Graph, Node
 
 Kernel = Callable[[Sequence[Optional[torch.Tensor]]], list[Optional[torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class WriteInto:
+    """A kernel's ability to write its (single) output into a given tensor (see module docstring).
+
+    ``write(inputs, out) -> bool`` does it (``False``: it could not, nothing written);
+    ``accepts(out) -> bool`` says beforehand whether it can for a view of ``out``'s shape,
+    strides and dtype (``out`` may be a meta tensor).
+    """
+
+    write: Callable[[Sequence[Optional[torch.Tensor]], torch.Tensor], bool]
+    accepts: Callable[[torch.Tensor], bool] = lambda out: True
+
+    def __call__(self, inputs: Sequence[Optional[torch.Tensor]], out: torch.Tensor) -> bool:
+        return self.write(inputs, out)
+
+
+def write_into_of(kernel: object) -> Optional[WriteInto]:
+    """The kernel's ``WriteInto`` capability, or ``None`` (kernels without it are plain)."""
+    w = getattr(kernel, "write_into", None)
+    return w if isinstance(w, WriteInto) else None
+
+
+def with_write_into(kernel: Kernel, write_into: Optional[WriteInto]) -> Kernel:
+    """``kernel`` carrying ``write_into`` (a wrapper kernel passes its inner one's on with this)."""
+    if write_into is not None:
+        kernel.write_into = write_into  # type: ignore[attr-defined]
+    return kernel
 
 
 @dataclass

@@ -8,6 +8,12 @@ memory plan's liveness), so a run's peak memory follows the plan rather than the
 On the CPU, kernels allocate their outputs through PyTorch's caching allocator; the arena
 offsets of the memory plan are used by device backends that write into one arena (CUDA).
 
+Concat elimination (``graph.meta["concat_slices"]``, ``ember.runtime.concat_exec``): a planned
+Concat's buffer is allocated before its first writing producer runs; each producer whose kernel
+can write into a given tensor (``WriteInto``) gets the view of its slice, the Concat step copies
+only the remaining inputs into their slices. Names of written inputs are bound to their views
+(which keep the buffer alive), so the usual frees stay right.
+
 A backend may replace this class: if it has ``make_program(plan, device)``, the engine uses the
 object that returns. Such a program has ``device`` and ``run(feeds) -> outputs`` (torch tensors
 on ``device``, as here), and may have ``create_runner()``: then every execution context gets
@@ -17,7 +23,7 @@ same kind, and whose optional ``close()`` is called when the context closes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -25,6 +31,7 @@ import torch
 from ember.backends.base import Backend, CompileContext, Kernel
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
+from ember.runtime.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
 from ember.runtime.plan import Plan
 from ember.runtime.tensors import numpy_to_torch
 
@@ -38,6 +45,7 @@ class Step:
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
     out_index: tuple[int, ...] = ()  # positions of the outputs that have a name
+    special: bool = False  # takes part in concat elimination (``ember.runtime.concat_exec``)
 
 
 class Program:
@@ -68,18 +76,30 @@ class Program:
             steps.append(Step(node.name, node.op.value, kernel, node.inputs, node.outputs,
                               tuple(n for n in frees.get(i, ()) if n not in keep),
                               tuple(k for k, o in enumerate(node.outputs) if o)))
+        self.concat = plan_concat_exec(graph, [s.kernel for s in steps], static_layout=False)
+        special = self.concat.special_steps()
+        steps = [replace(s, special=True) if i in special else s for i, s in enumerate(steps)]
         self.steps: tuple[Step, ...] = tuple(steps)
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
+        self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}
 
-    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Runs every layer on ``feeds`` (checked tensors on this device); returns the outputs."""
+    def run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict] = None) -> dict[str, torch.Tensor]:
+        """Runs every layer on ``feeds`` (checked tensors on this device); returns the outputs.
+
+        ``stats``, when given, receives this run's concat-elimination counts: ``written`` (inputs
+        their producer wrote into the Concat's buffer), ``declined`` (producers that could not
+        after all: computed, then copied into their slice), ``copied`` (other inputs copied into
+        their slice by the Concat step) and ``concats`` (Concat steps that did no ``cat``)."""
         env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
         env.update(feeds)
         for step in self.steps:  # the hot loop: no helper calls, nothing kept past its use
             try:
-                results = step.kernel([env[n] if n else None for n in step.inputs])
+                if step.special:
+                    results = self._special(step, env, stats)
+                else:
+                    results = step.kernel([env[n] if n else None for n in step.inputs])
             except EmberError:
                 raise
             except Exception as e:  # noqa: BLE001 - name the layer and what it was given
@@ -91,6 +111,21 @@ class Program:
             results = None
         feed_storage = {t.untyped_storage().data_ptr() for t in feeds.values() if t.numel()}
         return {o: self._own(env[o], feed_storage) for o in self.outputs}  # type: ignore[arg-type]
+
+    def _special(self, step: Step, env: dict, stats: Optional[dict]) -> list:
+        """A step taking part in concat elimination: allocates Concat buffers that start here,
+        writes this producer's output into its slice, or finishes an eliminated Concat."""
+        i = self._index[step.name]
+        args = [env[n] if n else None for n in step.inputs]
+        for buf in self.concat.allocs.get(i, ()):
+            env[buf.output] = buf.allocate(self.device, first_tensor(args))
+        target = self.concat.targets.get(i)
+        if target is not None:
+            return [produce_into(target, step.kernel, args, env, stats)]
+        fin = self.concat.finishes.get(i)
+        if fin is not None:
+            return [finish(fin, env, stats)]
+        return step.kernel(args)
 
     def _own(self, t: torch.Tensor, feed_storage: set[int]) -> torch.Tensor:
         """The output itself, or a copy when it shares memory with a constant or an input."""

@@ -51,8 +51,12 @@ def inspect_json(path: str, args: argparse.Namespace | None = None) -> dict:
     """The engine's manifest (what the ``.ember`` file stores, less the weights) as a dict."""
     from ember.runtime.engine_file import encode_weights, manifest_of
 
+    from ember.runtime.summary import concat_text
+
     engine = load_for_inspection(path, args)
-    return manifest_of(engine.plan, encode_weights(engine.plan.graph.constants))
+    data = manifest_of(engine.plan, encode_weights(engine.plan.graph.constants))
+    data["concat_elimination"] = concat_text(engine.plan)
+    return data
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into, write_into_of
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
 from ember.errors import BuildError, EmberError, GraphError
 from ember.ir.graph import Graph, Node
@@ -44,6 +44,18 @@ def _named(node: Node, kernel: Kernel) -> Kernel:
             raise GraphError(f"node {node.name!r} ({node.op}) failed on inputs ({_describe(inputs)}): "
                              f"{e}. Check the model's shapes and values for this node") from e
 
+    inner = write_into_of(kernel)
+    if inner is not None:  # keep the concat-elimination capability through the wrapper
+        def write(inputs: Sequence[Optional[torch.Tensor]], out: torch.Tensor) -> bool:
+            try:
+                return inner(inputs, out)
+            except EmberError:
+                raise
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                raise GraphError(f"node {node.name!r} ({node.op}) failed writing into a view "
+                                 f"{list(out.shape)} on inputs ({_describe(inputs)}): {e}") from e
+
+        with_write_into(run, WriteInto(write, inner.accepts))
     return run
 
 

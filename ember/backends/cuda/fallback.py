@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from ember.backends.base import CompileContext, Kernel
-from ember.backends.cuda.device import cast_float, compute_dtype
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into, write_into_of
+from ember.backends.cuda.device import cast_float, compute_dtype, tf32_scope
 from ember.errors import BuildError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -72,12 +72,24 @@ def wrap_generic(node: Node, ctx: CompileContext) -> Kernel:
     dtype = compute_dtype(ctx.precision)
     device = ctx.device
     hosts = host_slots(node.op)
+    precision = ctx.precision
 
     def run(inputs) -> list:
         args = [t if i in hosts else cast_float(t, dtype) for i, t in enumerate(inputs)]
-        outs = inner(args)
+        with tf32_scope(precision):  # cuDNN RNNs would otherwise run fp32 layers in TF32
+            outs = inner(args)
         return [_on_device(cast_float(t, dtype), device) for t in outs]
 
+    inner_write = write_into_of(inner)
+    if inner_write is not None:  # the generic kernel may write into a Concat's slice here too
+        def write(inputs, out) -> bool:
+            if out.dtype != dtype and out.is_floating_point():
+                return False
+            args = [t if i in hosts else cast_float(t, dtype) for i, t in enumerate(inputs)]
+            with tf32_scope(precision):
+                return inner_write(args, out)
+
+        with_write_into(run, WriteInto(write, inner_write.accepts))
     return run
 
 

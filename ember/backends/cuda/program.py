@@ -9,7 +9,11 @@ weights on the device (prepared by each kernel at compile time) and the static s
 - *streams*: independent branches go to separate streams (``streams.assign_streams``);
 - *lifetimes*: each intermediate is released after its last reader, so the caching allocator
   (inside graph capture: the graph's private pool) reuses its memory, like an arena laid out by
-  the memory plan's liveness.
+  the memory plan's liveness;
+- *concat elimination* (``ember.runtime.concat_exec``): producers whose kernel can write into a
+  Concat's buffer get the view of their slice; the buffer is allocated on the main stream before
+  the side streams fork (inside capture: from the graph's pool) and recorded on every stream
+  that touches it.
 
 ``forward(feeds, streams)`` runs the whole engine once, eagerly; ``executor.CudaRunner`` captures
 it into a CUDA graph per input shape and replays it.
@@ -28,6 +32,7 @@ from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
 from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
 from ember.backends.cuda.streams import StreamPlan, assign_streams
 from ember.errors import BuildError
+from ember.runtime.concat_exec import ConcatExec, finish, plan_concat_exec, produce_into
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 
@@ -80,6 +85,9 @@ class CudaProgram:
     output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     device_consts: dict[str, torch.Tensor] = field(default_factory=dict)
     use_graphs: bool = True
+    concat: ConcatExec = field(default_factory=ConcatExec)
+    #: per eliminated Concat output: the streams (indices) that write, finish or read its buffer
+    concat_streams: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def num_streams(self) -> int:
@@ -116,7 +124,13 @@ class CudaProgram:
         from ember.runtime.tensors import torch_dtype
 
         out_dtypes = {o: torch_dtype(graph.types[o].dtype) for o in graph.outputs if o in graph.types}
-        return CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts)
+        concat = plan_concat_exec(graph, [s.kernel for s in steps], static_layout=True,
+                                  skip=[s.on_host for s in steps],
+                                  float_dtype={n.name: compute_dtype(layers.get(n.name, LayerSpec()).precision)
+                                               for n in graph.nodes if n.op is OpType.CONCAT})
+        program = CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts, concat=concat)
+        program.concat_streams = concat_streams(graph, steps, concat)
+        return program
 
     # ---- running ----------------------------------------------------------------------------
     def create_runner(self):
@@ -141,6 +155,7 @@ class CudaProgram:
         """
         main = streams[0]
         env: dict[str, torch.Tensor] = dict(feeds)
+        self._allocate_concats(env, streams)
         for s in streams[1:]:
             s.wait_stream(main)
         events: dict[int, torch.cuda.Event] = {}
@@ -152,7 +167,12 @@ class CudaProgram:
                 args = [self._fetch(a, env, stream, step) for a in step.args]
                 if hook is not None:
                     hook(step, "start")
-                outs = step.kernel(args)  # type: ignore[misc]
+                if step.index in self.concat.targets:
+                    outs = [produce_into(self.concat.targets[step.index], step.kernel, args, env, None)]
+                elif step.index in self.concat.finishes:
+                    outs = [finish(self.concat.finishes[step.index], env, None)]
+                else:
+                    outs = step.kernel(args)  # type: ignore[misc]
                 if hook is not None:
                     hook(step, "end")
                 for name, t in zip(step.node.outputs, outs):
@@ -167,6 +187,20 @@ class CudaProgram:
         for s in streams[1:]:
             main.wait_stream(s)
         return {o: self._output(o, env) for o in self.graph.outputs}
+
+    def _allocate_concats(self, env: dict, streams: Sequence[torch.cuda.Stream]) -> None:
+        """Allocates every eliminated Concat's buffer on the main stream, before the side streams
+        fork from it (so no stream can write into memory another stream still uses), and marks it
+        used by every other stream that writes, finishes or reads it (``record_stream``: the
+        caching allocator, or the graph's pool, then keeps it until those streams are done)."""
+        main = streams[0]
+        for bufs in self.concat.allocs.values():
+            for buf in bufs:
+                t = buf.allocate(self.device, None)
+                for k in {streams[i % len(streams)] for i in self.concat_streams.get(buf.output, ())}:
+                    if k != main:
+                        t.record_stream(k)
+                env[buf.output] = t
 
     def _fetch(self, a: Arg, env: dict, stream, step: Step) -> Optional[torch.Tensor]:
         if a.kind == NONE:
@@ -187,6 +221,21 @@ class CudaProgram:
         t = t.to(self.device) if t.device.type == "cpu" else t
         want = self.output_dtypes.get(name)
         return t.to(want) if want is not None and t.dtype != want else t
+
+
+def concat_streams(graph: Graph, steps: Sequence[Step], concat: ConcatExec) -> dict[str, tuple[int, ...]]:
+    """For each eliminated Concat's output: the streams of its writers, its Concat step and its
+    readers."""
+    result: dict[str, set[int]] = {}
+    for i, t in concat.targets.items():
+        result.setdefault(t.output, set()).add(steps[i].stream)
+    for i, f in concat.finishes.items():
+        result.setdefault(f.output, set()).add(steps[i].stream)
+    for s in steps:
+        for a in s.args:
+            if a.name in result and a.kind != CONST:
+                result[a.name].add(s.stream)
+    return {k: tuple(sorted(v)) for k, v in result.items()}
 
 
 def plan_steps(graph: Graph, layers: Mapping[str, LayerSpec], host_consts: Mapping[str, torch.Tensor],

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -15,13 +15,42 @@ from ember.ir.optype import OpType
 from ember.ops.attrs import ClipAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs
 
 
-def unary_kernel(fn: Callable[[Tensor], Tensor]) -> Kernel:
-    """The kernel of a one-input op computed by ``fn``."""
+def unary_kernel(fn: Callable[[Tensor], Tensor],
+                 out_fn: Optional[Callable[[Tensor, Tensor], object]] = None) -> Kernel:
+    """The kernel of a one-input op computed by ``fn``. ``out_fn(x, out)``, when given, computes
+    the same into ``out`` (a TensorIterator ``out=`` form: it writes any strided view directly),
+    which lets the kernel write into a Concat's slice (``WriteInto``)."""
 
     def run(inputs: Inputs) -> list:
         return [fn(inputs[0])]
 
-    return run
+    if out_fn is None:
+        return run
+
+    def write(inputs: Inputs, out: Tensor) -> bool:
+        x = inputs[0]
+        if x is None or not x.is_floating_point() or x.dtype != out.dtype or x.shape != out.shape \
+                or x.device != out.device:
+            return False
+        out_fn(x, out)
+        return True
+
+    return with_write_into(run, WriteInto(write, lambda out: out.is_floating_point()))
+
+
+#: ``out=`` forms of the simple float activations (same values as the functions in ``_SIMPLE``;
+#: relu as clamp_min, which propagates NaN as relu does).
+_OUT_FORMS: dict[OpType, Callable[[Tensor, Tensor], object]] = {
+    OpType.RELU: lambda x, out: torch.clamp_min(x, 0.0, out=out),
+    OpType.SIGMOID: lambda x, out: torch.sigmoid(x, out=out),
+    OpType.TANH: lambda x, out: torch.tanh(x, out=out),
+    OpType.ERF: lambda x, out: torch.erf(x, out=out),
+    OpType.SQRT: lambda x, out: torch.sqrt(x, out=out),
+    OpType.EXP: lambda x, out: torch.exp(x, out=out),
+    OpType.LOG: lambda x, out: torch.log(x, out=out),
+    OpType.NEG: lambda x, out: torch.neg(x, out=out),
+    OpType.ABS: lambda x, out: torch.abs(x, out=out),
+}
 
 
 def _reciprocal(x: Tensor) -> Tensor:
@@ -51,9 +80,11 @@ _SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
 
 def register_unary(op: OpType, fn: Callable[[Tensor], Tensor]) -> None:
     """Registers the kernel of a one-input op with no attributes, computed by ``fn``."""
+    out_fn = _OUT_FORMS.get(op)
+
     @register_kernel(op)
     def factory(node: Node, ctx: CompileContext) -> Kernel:
-        return unary_kernel(fn)
+        return unary_kernel(fn, out_fn)
 
 
 for _op, _fn in _SIMPLE.items():

@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, Tensor
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -40,14 +40,40 @@ _BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+#: ``out=`` forms of the float binary ops (TensorIterator: they write any strided view directly).
+_OUT_FORMS: dict[OpType, Callable[[Tensor, Tensor, Tensor], object]] = {
+    OpType.ADD: lambda a, b, out: torch.add(a, b, out=out),
+    OpType.SUB: lambda a, b, out: torch.sub(a, b, out=out),
+    OpType.MUL: lambda a, b, out: torch.mul(a, b, out=out),
+    OpType.DIV: lambda a, b, out: torch.div(a, b, out=out),
+}
+
+
+def binary_write_into(out_fn: Callable[[Tensor, Tensor, Tensor], object]) -> WriteInto:
+    """Writing a float binary op's broadcast result into a given tensor (a Concat's slice)."""
+
+    def write(inputs: Inputs, out: Tensor) -> bool:
+        a, b = inputs[0], inputs[1]
+        if a is None or b is None or not a.is_floating_point() or not (a.dtype == b.dtype == out.dtype):
+            return False
+        if torch.broadcast_shapes(a.shape, b.shape) != out.shape or a.device != out.device:
+            return False
+        out_fn(a, b, out)
+        return True
+
+    return WriteInto(write, lambda out: out.is_floating_point())
+
+
 def register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """Registers the kernel of a two-input elementwise op computed by ``fn``."""
+    out_fn = _OUT_FORMS.get(op)
+
     @register_kernel(op)
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         def run(inputs: Inputs) -> list:
             return [fn(inputs[0], inputs[1])]
 
-        return run
+        return with_write_into(run, binary_write_into(out_fn)) if out_fn is not None else run
 
 
 for _op, _fn in _BINARY.items():

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, Tensor, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -135,19 +135,65 @@ def average_pool(x: Tensor, a: PoolAttrs, cache: dict) -> Tensor:
     return mean * scale
 
 
+def dense_like(out: Tensor, x: Tensor) -> bool:
+    """Whether ``out`` is laid out exactly as a fresh pooling output of ``x`` would be (dense in
+    ``x``'s memory format). PyTorch's pooling ``out=`` kernels write such an ``out`` directly and
+    any other one through a temporary and a copy (measured: ``clone`` + ``copy_`` in the trace),
+    so only these are written in place."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.is_contiguous(memory_format=torch.channels_last)
+    return out.is_contiguous()
+
+
+def _pool_write_into(a: PoolAttrs, kind: str) -> WriteInto:
+    """Max/average 2-D pooling straight into ``out`` (aten's ``.out`` kernels), for float inputs
+    whose geometry PyTorch pools natively and an ``out`` laid out as its own output would be."""
+
+    def write(inputs: Inputs, out: Tensor) -> bool:
+        x = inputs[0]
+        if x is None or x.dim() != 4 or not x.is_floating_point() or x.dtype != out.dtype \
+                or x.device != out.device or not dense_like(out, x):
+            return False
+        g = pool_geometry(a, x.shape)
+        if list(out.shape) != [x.shape[0], x.shape[1], *g.outs]:
+            return False
+        if kind == "max":
+            if not _torch_native(g, allow_dilation=True):
+                return False
+            idx = torch.empty(0, dtype=torch.long, device=x.device)
+            torch.ops.aten.max_pool2d_with_indices.out(x, g.kernel, g.strides, g.begins, g.dilations,
+                                                       g.ceil, out=out, indices=idx)
+            return True
+        if not _torch_native(g, allow_dilation=False):
+            return False
+        torch.ops.aten.avg_pool2d.out(x, g.kernel, g.strides, g.begins, g.ceil, a.count_include_pad,
+                                      None, out=out)
+        return True
+
+    return WriteInto(write, lambda out: out.dim() == 4 and out.is_floating_point())
+
+
 @register_kernel(OpType.MAX_POOL)
 def max_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     if len([o for o in node.outputs if o]) > 1:
         raise ValueError("MaxPool's Indices output is not supported on the CPU backend")
-    return lambda inputs: [max_pool(inputs[0], a)]
+
+    def run(inputs: Inputs) -> list:
+        return [max_pool(inputs[0], a)]
+
+    return with_write_into(run, _pool_write_into(a, "max") if len(a.kernel_shape) == 2 else None)
 
 
 @register_kernel(OpType.AVERAGE_POOL)
 def average_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     cache: dict = {}
-    return lambda inputs: [average_pool(inputs[0], a, cache)]
+
+    def run(inputs: Inputs) -> list:
+        return [average_pool(inputs[0], a, cache)]
+
+    return with_write_into(run, _pool_write_into(a, "avg") if len(a.kernel_shape) == 2 else None)
 
 
 @register_kernel(OpType.GLOBAL_AVERAGE_POOL)

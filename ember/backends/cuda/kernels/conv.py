@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -116,7 +116,47 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
                 y = act_fn(y)
         return [y]
 
-    return run
+    if has_res or not in_place or geom.n != 2:
+        return run
+    return with_write_into(run, _cudnn_write_into(geom, w, b, act, params, dtype, prec))
+
+
+def _packed_channels_last(out: Tensor, dtype: torch.dtype) -> bool:
+    """An output cuDNN can be given directly: 4-D, the layer's dtype, and packed channels-last
+    (the strides of a fresh output). cuDNN itself accepts strided outputs, but PyTorch caches its
+    execution plans by input/weight geometry and alignment only, not by the output's strides
+    (``CacheKeyWrapper`` in aten/src/ATen/native/cudnn/Conv_v8.cpp), so a plan made for a packed
+    output of the same convolution (tactic timing, another layer) could be replayed on a strided
+    one and write the wrong elements. A channel slice of a channels-last Concat buffer is packed
+    only when H = W = 1; slices along the batch axis always are."""
+    return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def _cudnn_write_into(geom: "_ConvGeom", w: Tensor, b: Optional[Tensor], act: Activation,
+                      params: tuple[float, ...], dtype: torch.dtype, prec: str) -> WriteInto:
+    """The ``cudnn`` tactic straight into a given output: ``aten::cudnn_convolution.out`` (a real
+    out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and
+    ReLU/Clip in place on it."""
+    stride, dilation, groups = list(geom.stride), list(geom.dilation), geom.groups
+    bias = None if b is None else b.view(1, -1, 1, 1)
+
+    def write(inputs, out: Tensor) -> bool:
+        if not _packed_channels_last(out, dtype) or inputs[0] is None or inputs[0].dim() != 4:
+            return False
+        x, padding = _prepare(inputs[0], geom, dtype)
+        with conv_scope(prec):
+            torch.ops.aten.cudnn_convolution.out(
+                x, w, list(padding), stride, dilation, groups, torch.backends.cudnn.benchmark,
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, out=out)
+        if bias is not None:
+            out.add_(bias)
+        if act is Activation.RELU:
+            out.relu_()
+        elif act is Activation.CLIP:
+            out.clamp_(*_clip_bounds(params))
+        return True
+
+    return WriteInto(write, lambda out: _packed_channels_last(out, dtype))
 
 
 def _clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[float]]:

@@ -139,3 +139,50 @@ def test_python_dash_m_and_dump_passes(files, tmp_path):
     assert proc.returncode == 0, proc.stderr
     dumps = sorted(p.name for p in dump.iterdir())
     assert dumps and dumps[0].startswith("00-")
+
+
+def test_run_random_inputs_on_an_engine_file(files, capsys, tmp_path):
+    d, _, _ = files
+    import onnxruntime as ort
+
+    engine = tmp_path / "dyn.ember"
+    code, out, err = _run(capsys, "build", d / "tiny.onnx", "-o", engine, "--min-shapes", "x:1x3x8x8",
+                          "--opt-shapes", "x:3x3x8x8", "--max-shapes", "x:4x3x8x8")
+    assert code == 0, err
+    sess = ort.InferenceSession((d / "tiny.onnx").as_posix(), providers=["CPUExecutionProvider"])
+    # no --shapes: the profile's opt shape; the values are N(0, 1) from the seed
+    code, out, err = _run(capsys, "run", engine, "--random", "--seed", "5", "--output", tmp_path / "o.npz")
+    assert code == 0, err
+    assert out.splitlines()[0] == "input x: float32[3, 3, 8, 8] random (seed 5)"
+    x = np.random.default_rng(5).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    with np.load(tmp_path / "o.npz") as got:
+        np.testing.assert_allclose(got["probs"], sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-6)
+    # --shapes sizes the random input of an engine file; outputs printed with their stats
+    code, out, err = _run(capsys, "run", engine, "--random", "--shapes", "x:2x3x8x8")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "input x: float32[2, 3, 8, 8] random (seed 0)"
+    assert lines[1].startswith("probs: float32[2, 5] [")
+    assert lines[2].startswith("  min ") and " max " in lines[2] and " mean 0.2 " in lines[2] and " std " in lines[2]
+
+
+def test_run_random_errors_say_what_to_pass(files, capsys, tmp_path):
+    d, _, _ = files
+    engine = tmp_path / "dyn.ember"
+    assert _run(capsys, "build", d / "tiny.onnx", "-o", engine)[0] == 0
+    cases = [
+        (["run", engine, "--random"],
+         "error: input 'x' has a dynamic dim 0 ('N') and the engine has no profile for it; pass its shape "
+         "with --shapes x:1x3x8x8 (any size for dim 0)\n"),
+        (["run", engine, "--random", "--shapes", "y:1x3x8x8"],
+         "error: --shapes names 'y', which is not an input; the inputs are 'x'\n"),
+        (["run", engine, "--random", "--shapes", "x:1x4x8x8"],
+         "error: --shapes gives input 'x' size 4 in dim 1, which is fixed at 3 (float32['N', 3, 8, 8])\n"),
+        (["run", engine, "--random", "--shapes", "x:2x3x8x8", "--input", f"x={d / 'x.npy'}", "--shapes", "x:1x3x8x8"],
+         "error: input 'x' comes from --input with shape [2, 3, 8, 8] but --shapes gives [1, 3, 8, 8]; "
+         "drop one of them\n"),
+        (["run", engine, "--seed", "1"], "error: --seed only applies to random inputs; add --random\n"),
+    ]
+    for argv, want in cases:
+        code, out, err = _run(capsys, *argv)
+        assert (code, err) == (1, want), argv

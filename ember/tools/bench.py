@@ -27,6 +27,7 @@ import torch
 from ember.backends.cuda.device import host_tensor
 
 from ember.errors import InputError, ModelLoadError
+from ember.tools import inputs
 from ember.tools.bench_stats import LatencyStats, max_relative_error, measure, wall_clock
 
 HELP = "benchmark a model or engine against PyTorch, torch.compile and ONNX Runtime"
@@ -73,47 +74,20 @@ def resolve_source(opts: BenchOptions) -> Source:
         from ember.runtime.engine import Engine
 
         engine = Engine.load(path, compile=False)
-        specs = [(s.name, s.dtype.value, list(s.shape)) for s in engine.plan.inputs]
-        return Source(None, str(path), None, _make_feeds(specs, opts))
+        feeds = _make_feeds(inputs.engine_input_specs(engine), opts, inputs.graph_int_ranges(engine.plan.graph))
+        return Source(None, str(path), None, feeds)
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
-        specs.append((vi.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, dims))
-    return Source(str(path), None, None, _make_feeds(specs, opts))
+    feeds = _make_feeds(inputs.onnx_input_specs(model), opts, inputs.onnx_int_ranges(model))
+    return Source(str(path), None, None, feeds)
 
 
-def _make_feeds(specs: list[tuple[str, str, list]], opts: BenchOptions) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for name, dtype, dims in specs:
-        if name in opts.shapes:
-            shape = tuple(opts.shapes[name])
-        else:
-            shape = tuple(_dim(d, i, name, opts) for i, d in enumerate(dims))
-        dt = np.dtype(dtype)
-        if dt.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind == "b" or "mask" in name.lower():
-            feeds[name] = np.ones(shape, dtype=dt)
-        else:
-            feeds[name] = rng.integers(0, 2, size=shape).astype(dt)  # valid for any lookup table
-    return feeds
-
-
-def _dim(d: Any, axis: int, name: str, opts: BenchOptions) -> int:
-    if isinstance(d, int) and d > 0:
-        return opts.batch if (axis == 0 and opts.batch) else d
-    if axis == 0:
-        return opts.batch or 1
-    raise InputError(f"input {name!r} has a dynamic dim {axis} ({d!r}); give its size with "
-                     f"--shapes {name}:...")
+def _make_feeds(specs: list[inputs.InputSpec], opts: BenchOptions, int_ranges: dict[str, int]) -> dict[str, np.ndarray]:
+    """Random inputs (seed 0): ``--shapes`` first, ``--batch`` for axis 0 (a dynamic one: 1 without
+    it), a profile's opt size for other dynamic dims of an engine, else an error naming the input."""
+    shapes = inputs.resolve_shapes(specs, opts.shapes, dynamic="opt", batch=opts.batch, dynamic_batch=1)
+    return inputs.random_inputs(specs, shapes, seed=0, int_ranges=int_ranges)
 
 
 # ---- Ember ---------------------------------------------------------------------------------------

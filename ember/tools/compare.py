@@ -125,37 +125,14 @@ def diff(name: str, ours: np.ndarray, ref: np.ndarray, rtol: float, atol: float,
 
 
 # ---- inputs ------------------------------------------------------------------------------------
-def _gather_ranges(model) -> dict[str, int]:
-    """Graph input -> number of rows of the initializer it indexes (token ids into embeddings)."""
-    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    sizes: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in inits:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            dims = inits[node.input[0]]
-            sizes[node.input[1]] = min(sizes.get(node.input[1], 1 << 62), dims[axis])
-    return sizes
-
-
 def random_inputs(model, specs: Sequence[Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for ``specs`` (engine ``TensorSpec``s): N(0, 1) floats; integers in the range of the
-    embedding table they index (else 0..1); masks all ones; symbolic dims at their minimum."""
-    rng = np.random.default_rng(seed)
-    ranges = _gather_ranges(model)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = tuple(d if isinstance(d, int) else max(1, int(lo or 1))
-                      for d, lo in zip(spec.shape, spec.min or (1,) * len(spec.shape)))
-        np_dtype = spec.dtype.to_numpy()
-        if spec.dtype.is_float:
-            feeds[spec.name] = rng.standard_normal(shape).astype(np_dtype)
-        elif spec.dtype.value == "bool":
-            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
-        elif "mask" in spec.name.lower():
-            feeds[spec.name] = np.ones(shape, np_dtype)
-        else:
-            feeds[spec.name] = rng.integers(0, ranges.get(spec.name, 2), shape).astype(np_dtype)
-    return feeds
+    embedding table they index (else 0..1); masks all ones; symbolic dims at their minimum
+    (``ember.tools.inputs`` draws them)."""
+    from ember.tools.inputs import InputSpec, onnx_int_ranges, random_inputs as draw, resolve_shapes
+
+    wanted = [InputSpec(s.name, s.dtype, tuple(s.shape), tuple(s.min)) for s in specs]
+    return draw(wanted, resolve_shapes(wanted, dynamic="min"), seed, onnx_int_ranges(model))
 
 
 # ---- running both sides ------------------------------------------------------------------------

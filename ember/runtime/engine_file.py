@@ -1,10 +1,16 @@
-"""The ``.ember`` engine file: a zip of ``manifest.json`` and ``weights.safetensors``.
+"""The ``.ember`` engine file: a zip of ``manifest.json``, ``manifest.sha256`` and
+``weights.safetensors``.
 
 The manifest holds the format version, the Ember/torch/Python versions, the device fingerprint,
 the build configuration, the optimized graph (nodes with op, inputs, outputs, attributes,
 origin and rule), the input/output specs, the layers with tactics and precisions, the memory
-plan, build facts, and the sha256 of the weights member. Loading checks every one of these and
-fails with one sentence saying what is wrong and what to do.
+plan, build facts, and the sha256 of the weights member. ``manifest.sha256`` holds the sha256 of
+the manifest's bytes (hex), so an edited manifest is caught even when the zip around it was
+rewritten with fresh CRCs. Loading checks every one of these and fails with one sentence saying
+what is wrong and what to do.
+
+Format versions: 2 added ``manifest.sha256`` (required from 2 on). Files of format 1, written
+before it, still load: their manifest is read unchecked, their weights are checked as before.
 
 >>> save_plan(engine.plan, "model.ember")          # doctest: +SKIP
 >>> plan = load_plan("model.ember")                # doctest: +SKIP
@@ -33,8 +39,10 @@ from ember.runtime.plan import Layer, Plan, TensorSpec
 from ember.runtime.serialize import graph_from_json, graph_to_json
 
 FORMAT = "ember-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MANIFEST_CHECKSUM_SINCE = 2  # the first format version with a manifest checksum member
 MANIFEST = "manifest.json"
+MANIFEST_SHA256 = "manifest.sha256"
 WEIGHTS = "weights.safetensors"
 _REQUIRED = ("format_version", "ember_version", "device", "config", "graph", "inputs", "outputs",
              "layers", "memory_plan", "weights")
@@ -73,16 +81,22 @@ def manifest_of(plan: Plan, weights: bytes) -> dict[str, Any]:
     }
 
 
+def manifest_digest(manifest: bytes) -> str:
+    """What ``manifest.sha256`` holds for these manifest bytes: their sha256, in hex."""
+    return hashlib.sha256(manifest).hexdigest()
+
+
 def save_plan(plan: Plan, path: str | os.PathLike) -> None:
     """Writes ``plan`` to ``path`` atomically (a crash never leaves a half-written engine)."""
     path = Path(path)
     weights = encode_weights(plan.graph.constants)
-    manifest = json.dumps(manifest_of(plan, weights), indent=1, allow_nan=True)
+    manifest = json.dumps(manifest_of(plan, weights), indent=1, allow_nan=True).encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
             z.writestr(MANIFEST, manifest)
+            z.writestr(MANIFEST_SHA256, manifest_digest(manifest))
             z.writestr(WEIGHTS, weights)
         os.replace(tmp, path)
     except BaseException:
@@ -101,11 +115,17 @@ def _read_members(path: Path) -> tuple[dict[str, Any], bytes]:
                     raise EngineFileError(f"{path} has no {member}; it is not a complete Ember "
                                           f"engine file; {_REBUILD}")
             raw_manifest, weights = z.read(MANIFEST), z.read(WEIGHTS)
+            stored_digest = z.read(MANIFEST_SHA256) if MANIFEST_SHA256 in names else None
     except zipfile.BadZipFile as e:
         what = "is damaged" if "CRC" in str(e) else "is truncated or not an Ember engine file"
         raise EngineFileError(f"{path} {what} ({e}); {_REBUILD}") from None
     except (OSError, EOFError, ValueError) as e:  # zipfile raises these on cut-off members
         raise EngineFileError(f"{path} is truncated or unreadable ({e}); {_REBUILD}") from None
+    # checked before the manifest is parsed or believed: an altered version or field must not
+    # produce some other, misleading, error first
+    if stored_digest is not None and stored_digest.strip() != manifest_digest(raw_manifest).encode("ascii"):
+        raise EngineFileError(f"{path} has a manifest whose sha256 does not match the one in its "
+                              f"{MANIFEST_SHA256} (the file was altered or damaged); {_REBUILD}")
     try:
         manifest = json.loads(raw_manifest)
     except (ValueError, UnicodeDecodeError):
@@ -113,6 +133,10 @@ def _read_members(path: Path) -> tuple[dict[str, Any], bytes]:
                               f"{_REBUILD}") from None
     if not isinstance(manifest, dict):
         raise EngineFileError(f"{path} has a malformed manifest; {_REBUILD}")
+    version = manifest.get("format_version")
+    if stored_digest is None and isinstance(version, int) and MANIFEST_CHECKSUM_SINCE <= version <= FORMAT_VERSION:
+        raise EngineFileError(f"{path} has no {MANIFEST_SHA256}, which engine format {version} requires; "
+                              f"it is not a complete Ember engine file; {_REBUILD}")
     return manifest, weights
 
 

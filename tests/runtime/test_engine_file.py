@@ -14,7 +14,9 @@ from ember.builder.build import build
 from ember.errors import DeviceError, EngineFileError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import Activation, AutoPad, ClipAttrs, ConstantOfShapeAttrs, ConvAttrs, FusedConvAttrs
-from ember.runtime.engine_file import FORMAT_VERSION, MANIFEST, WEIGHTS
+import hashlib
+
+from ember.runtime.engine_file import FORMAT_VERSION, MANIFEST, MANIFEST_SHA256, WEIGHTS
 from ember.runtime.serialize import decode_value, encode_value
 
 from runtime_graphs import mlp_graph, mlp_reference
@@ -61,7 +63,8 @@ def test_manifest_holds_everything(saved):
     _, path = saved
     with zipfile.ZipFile(path) as z:
         m = json.loads(z.read(MANIFEST))
-    assert m["format_version"] == FORMAT_VERSION
+        assert z.read(MANIFEST_SHA256).decode() == hashlib.sha256(z.read(MANIFEST)).hexdigest()
+    assert m["format_version"] == FORMAT_VERSION == 2
     assert m["ember_version"] == ember.__version__ and m["torch_version"] == torch.__version__
     assert m["device"]["type"] == "cpu" and m["device"]["isa"]
     assert m["config"]["profiles"]["x"] == {"min": [1, 6], "opt": [2, 6], "max": [4, 6]}
@@ -152,15 +155,64 @@ def test_missing_member_and_not_a_zip(saved, tmp_path):
         ember.load(tmp_path / "nothing.ember")
 
 
-def _edit_manifest(path, dst, edit):
+def _edit_manifest(path, dst, edit, checksum=True):
+    """A copy with ``edit(manifest dict)`` applied and (``checksum``) manifest.sha256 to match, as
+    a file written that way would have (without it: dropped)."""
+    with zipfile.ZipFile(path) as z:
+        m = json.loads(z.read(MANIFEST))
+    edit(m)
+    raw = json.dumps(m).encode()
+
     def change(name, data):
-        if name != MANIFEST:
-            return data
-        m = json.loads(data)
-        edit(m)
-        return json.dumps(m)
+        if name == MANIFEST:
+            return raw
+        if name == MANIFEST_SHA256:
+            return hashlib.sha256(raw).hexdigest() if checksum else None
+        return data
 
     _rewrite(path, dst, change)
+
+
+def test_altered_manifest(saved, tmp_path):
+    """A byte of the manifest changed and the zip rewritten (fresh CRCs): the manifest checksum
+    catches it before anything in the manifest is believed."""
+    _, path = saved
+    for where in ("format_version", "sha256", "tactic"):
+        bad = tmp_path / f"manifest-{where}.ember"
+
+        def flip(name, data):
+            if name != MANIFEST:
+                return data
+            b = bytearray(data)
+            b[data.find(f'"{where}"'.encode()) + 3] ^= 0x01  # inside the key: still valid JSON
+            return bytes(b)
+
+        _rewrite(path, bad, flip)
+        with pytest.raises(EngineFileError) as err:
+            ember.load(bad)
+        assert str(err.value) == (f"{bad} has a manifest whose sha256 does not match the one in its "
+                                  f"manifest.sha256 (the file was altered or damaged); rebuild it with "
+                                  f"`ember build`")
+
+
+def test_format_1_files_without_a_manifest_checksum_still_load(saved, tmp_path):
+    engine, path = saved
+    old = tmp_path / "v1.ember"
+    _edit_manifest(path, old, lambda m: m.update(format_version=1), checksum=False)
+    with zipfile.ZipFile(old) as z:
+        assert MANIFEST_SHA256 not in z.namelist()
+    loaded = ember.load(old)
+    x = np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32)
+    with engine.create_context() as a, loaded.create_context() as b:
+        np.testing.assert_array_equal(a.infer({"x": x})["y"], b.infer({"x": x})["y"])
+
+
+def test_format_2_file_without_its_manifest_checksum(saved, tmp_path):
+    _, path = saved
+    bad = tmp_path / "nosum.ember"
+    _rewrite(path, bad, lambda n, d: None if n == MANIFEST_SHA256 else d)
+    with pytest.raises(EngineFileError, match=r"has no manifest\.sha256, which engine format 2 requires"):
+        ember.load(bad)
 
 
 def test_newer_format_version(saved, tmp_path):

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ember.ir.graph import Graph
 from ember.passes import (  # noqa: F401  (each module registers its passes)
-    cleanup, concat, fold, fold_weights, fuse_attention, fuse_conv, fuse_gemm, fuse_horizontal,
-    fuse_norm, layout, precision,
+    cleanup, concat, fold, fold_weights, fuse_attention, fuse_conv, fuse_elementwise, fuse_gemm,
+    fuse_horizontal, fuse_norm, layout, precision,
 )
 from ember.passes.manager import (
     DumpInstrument, Instrument, Pass, PassContext, StatsInstrument, VerifyInstrument, get_pass,
@@ -34,7 +34,7 @@ PIPELINE: tuple[str, ...] = (
     # fold
     "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
     # fuse
-    "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv",
+    "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv", "fuse_elementwise",
     "fuse_horizontal_conv", "fuse_horizontal_gemm", "dce",
     # layout
     "plan_concat_slices", "assign_layout",

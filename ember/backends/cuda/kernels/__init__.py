@@ -9,6 +9,8 @@ def load_kernels() -> None:
     global _loaded
     if _loaded:
         return
-    from ember.backends.cuda.kernels import attention, conv, gemm, misc, norm, pool  # noqa: F401
+    from ember.backends.cuda.kernels import (  # noqa: F401
+        attention, conv, elementwise_fused, gemm, misc, norm, pool,
+    )
 
     _loaded = True  # only once every family imported: a failure is raised again, never half-loaded

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -63,11 +63,20 @@ def batch_key(feeds: Feeds) -> tuple:
 
 
 class _Instance:
-    """One execution context, created, used and closed on its own thread."""
+    """One execution context, created, used and closed on its own thread.
 
-    def __init__(self, runner: Any, label: str) -> None:
+    ``buckets``: batch sizes a gathered batch is padded up to (its last row repeated; the padded
+    rows' outputs are dropped), so a CUDA engine sees a handful of shapes, each captured once as
+    a CUDA graph when the instance opens, instead of capturing (and cuDNN-benchmarking) every
+    new batch size while serving. Dynamic batching already requires rows to be independent.
+    """
+
+    def __init__(self, runner: Any, label: str, buckets: tuple[int, ...] = (),
+                 warmup: Optional[Callable[[int], Feeds]] = None) -> None:
         self.runner = runner
         self.label = label
+        self.buckets = buckets
+        self.warmup = warmup
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=label)
         self._cm: Any = None
         self._ctx: Any = None
@@ -75,31 +84,52 @@ class _Instance:
     def open(self) -> None:
         self._cm = self.runner.create_context()
         self._ctx = self._cm.__enter__()
+        if self.warmup is not None:
+            for size in self.buckets:  # capture every bucket's graph before serving
+                try:
+                    self._ctx.infer(self.warmup(size))
+                except Exception as exc:  # noqa: BLE001 - serving works without the warm-up
+                    log.warning("%s: warm-up at batch %d failed (%s: %s); that size is prepared on "
+                                "first use", self.label, size, type(exc).__name__, exc)
+                    break
 
     def close(self) -> None:
         if self._cm is not None:
             self._cm.__exit__(None, None, None)
             self._cm = self._ctx = None
 
+    def padded_size(self, total: int) -> int:
+        """The bucket a batch of ``total`` rows runs as (``total`` itself past the largest)."""
+        for size in self.buckets:
+            if size >= total:
+                return size
+        return total
+
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
             outputs: list[str]) -> tuple[list[Feeds], _Timings]:
         """Runs the requests as one batch; returns each request's outputs (copies it owns)."""
         t0 = time.perf_counter_ns()
-        if len(parts) == 1:
+        total = sum(b for _, b in parts)
+        rows = self.padded_size(total) if batched else total
+        if len(parts) == 1 and rows == total:
             feeds = parts[0][0]
         else:
-            feeds = {n: np.concatenate([p[0][n] for p in parts], axis=0) for n in parts[0][0]}
+            feeds = {}
+            for n in parts[0][0]:
+                pieces = [p[0][n] for p in parts]
+                if rows > total:
+                    pieces.append(np.repeat(pieces[-1][-1:], rows - total, axis=0))
+                feeds[n] = np.concatenate(pieces, axis=0)
         t1 = time.perf_counter_ns()
         result = self._ctx.infer(feeds)
         t2 = time.perf_counter_ns()
-        total = sum(b for _, b in parts)
         split: list[Feeds] = [{} for _ in parts]
         for name in outputs:
             arr = np.asarray(result[name])
-            if batched and (arr.ndim == 0 or arr.shape[0] != total):
+            if batched and (arr.ndim == 0 or arr.shape[0] != rows):
                 raise InferenceFailedError(
                     f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
-                    f"{total}; the model must keep the batch dim first in every output, or set "
+                    f"{rows}; the model must keep the batch dim first in every output, or set "
                     f"max_batch_size: 0")
             start = 0
             for i, (_, b) in enumerate(parts):
@@ -107,6 +137,33 @@ class _Instance:
                 start += b
         t3 = time.perf_counter_ns()
         return split, _Timings(t1 - t0, t2 - t1, t3 - t2)
+
+
+def batch_buckets(config: ModelConfig, max_batch_size: int) -> tuple[int, ...]:
+    """The padded batch sizes of a model (see ``BatchingConfig.batch_buckets``)."""
+    b = config.dynamic_batching
+    if b is None or max_batch_size <= 1:
+        return ()
+    if b.batch_buckets is not None:
+        return tuple(b.batch_buckets)
+    if config.device != "cuda":
+        return ()
+    sizes = {max_batch_size, *b.preferred_batch_sizes}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def _warmup_feeds(signature: Signature) -> Optional[Callable[[int], Feeds]]:
+    """Zero-filled inputs of a given batch size, or ``None`` when a non-batch dim is dynamic."""
+    from ember.serve.datatypes import to_numpy
+
+    if any(d < 0 for t in signature.inputs for d in t.dims):
+        return None
+    specs = [(t.name, to_numpy(t.datatype), tuple(t.dims)) for t in signature.inputs]
+    return lambda size: {n: np.zeros((size, *dims), dtype) for n, dtype, dims in specs}
 
 
 @dataclass
@@ -137,8 +194,10 @@ class Scheduler:
     async def start(self) -> None:
         """Opens ``instance_count`` execution contexts, each on its own thread."""
         loop = asyncio.get_running_loop()
+        buckets = batch_buckets(self.config, self.signature.max_batch_size)
+        warmup = _warmup_feeds(self.signature) if buckets else None
         for i in range(self.config.instance_count):
-            inst = _Instance(self.runner, f"ember-{self.name}-v{self.version}-{i}")
+            inst = _Instance(self.runner, f"ember-{self.name}-v{self.version}-{i}", buckets, warmup)
             self._instances.append(inst)
             await loop.run_in_executor(inst.executor, inst.open)
             self._idle.put_nowait(inst)

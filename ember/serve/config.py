@@ -22,6 +22,7 @@ Keys (Triton's ``config.pbtxt`` spellings are accepted too, shown in brackets)::
       preferred_batch_size: [4, 8]
       max_queue_size: 0          # 0: unbounded; a full queue answers 503
       default_timeout_microseconds: 0   # 0: none; [default_queue_policy: {...}]
+      batch_buckets: auto        # auto | [1, 2, 4, 8] | []: batch sizes a batch is padded up to
     version_policy: latest       # latest | all | {latest: N} | {specific: [1, 3]}
 """
 from __future__ import annotations
@@ -58,6 +59,10 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 0
     default_timeout_us: int = 0
+    #: sizes a gathered batch is padded up to (repeating its last row); ``None``: automatic
+    #: (powers of two up to ``max_batch_size`` on CUDA, where each batch size is a CUDA graph
+    #: captured once; none on the CPU); ``()``: never pad.
+    batch_buckets: Optional[tuple[int, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +259,7 @@ def _batching(value: Any, max_bs: int, source: str) -> Optional[BatchingConfig]:
                                f"have a batch dimension); set max_batch_size or remove dynamic_batching")
     policy = dict(value.get("default_queue_policy") or {})
     known = {"max_queue_delay_microseconds", "preferred_batch_size", "max_queue_size",
-             "default_timeout_microseconds", "default_queue_policy"}
+             "default_timeout_microseconds", "default_queue_policy", "batch_buckets"}
     extra = sorted(set(value) - known) + sorted(set(policy) - {"max_queue_size", "default_timeout_microseconds"})
     if extra:
         raise ModelConfigError(f"{source}: dynamic_batching has unknown keys {extra}; known keys are {sorted(known)}")
@@ -270,7 +275,22 @@ def _batching(value: Any, max_bs: int, source: str) -> Optional[BatchingConfig]:
         max_queue_delay_us=_int(merged.get("max_queue_delay_microseconds", 0), "max_queue_delay_microseconds", source),
         preferred_batch_sizes=sizes,
         max_queue_size=_int(merged.get("max_queue_size", 0), "max_queue_size", source),
-        default_timeout_us=_int(merged.get("default_timeout_microseconds", 0), "default_timeout_microseconds", source))
+        default_timeout_us=_int(merged.get("default_timeout_microseconds", 0), "default_timeout_microseconds", source),
+        batch_buckets=_buckets(merged.get("batch_buckets", "auto"), max_bs, source))
+
+
+def _buckets(value: Any, max_bs: int, source: str) -> Optional[tuple[int, ...]]:
+    if value is None or value == "auto":
+        return None
+    if value is False or value == "none":
+        return ()
+    if not isinstance(value, list):
+        raise ModelConfigError(f"{source}: batch_buckets must be auto, none or a list of batch sizes, "
+                               f"got {value!r}")
+    sizes = tuple(sorted({_int(v, "batch_buckets", source, minimum=1) for v in value}))
+    if sizes and sizes[-1] > max_bs:
+        raise ModelConfigError(f"{source}: batch_buckets {list(sizes)} exceeds max_batch_size {max_bs}")
+    return sizes
 
 
 def _version_policy(value: Any, source: str) -> VersionPolicy:

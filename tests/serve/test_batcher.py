@@ -225,3 +225,52 @@ def test_drain_answers_queued_requests_without_waiting_the_delay():
     took, results, runner = run(main())
     assert took < 2.0 and len(results) == 3
     assert runner.calls == [{"x": (3, 3)}] and runner.closed == 1
+
+
+def test_batches_are_padded_up_to_a_bucket_and_buckets_are_warmed_up_first():
+    async def main():
+        sched, runner, stats = make({"max_batch_size": 8, "dynamic_batching": {
+            "max_queue_delay_microseconds": 200_000, "batch_buckets": [4, 8]}}, dims=("batch", 3))
+        await sched.start()
+        warm = list(runner.calls)
+        xs = [np.arange(3 * b, dtype=np.float32).reshape(b, 3) + 10 * i for i, b in enumerate([2, 3])]
+        outs = await asyncio.gather(*(sched.infer({"x": x}, x.shape[0]) for x in xs))
+        await sched.close()
+        return warm, runner.calls[len(warm):], xs, outs, stats
+    warm, calls, xs, outs, stats = run(main())
+    assert warm == [{"x": (4, 3)}, {"x": (8, 3)}]  # one warm-up run per bucket, before serving
+    assert calls == [{"x": (8, 3)}]  # 5 rows padded up to the bucket of 8
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out["y"], x * 2)  # padded rows never reach a request
+    assert (stats.execution_count, stats.inference_count) == (1, 5)  # warm-ups are not counted
+
+
+def test_bucket_choice_and_defaults():
+    from ember.serve.batcher import batch_buckets
+
+    def cfg(device, **batching):
+        return parse_config({"max_batch_size": 48, "device": device,
+                             "dynamic_batching": {"preferred_batch_size": [24], **batching}}, "m", "m/config.yaml")
+    assert batch_buckets(cfg("cuda"), 48) == (1, 2, 4, 8, 16, 24, 32, 48)
+    assert batch_buckets(cfg("cpu"), 48) == ()  # no graphs to capture: no padding
+    assert batch_buckets(cfg("cuda", batch_buckets="none"), 48) == ()
+    assert batch_buckets(cfg("cpu", batch_buckets=[8, 16]), 48) == (8, 16)
+    assert batch_buckets(parse_config({"max_batch_size": 8, "device": "cuda"}, "m", "m/c.yaml"), 8) == ()
+    with pytest.raises(Exception, match="batch_buckets .*exceeds max_batch_size 48"):
+        cfg("cuda", batch_buckets=[64])
+    with pytest.raises(Exception, match="batch_buckets must be auto, none or a list"):
+        cfg("cuda", batch_buckets=7)
+
+
+def test_a_batch_larger_than_every_bucket_runs_unpadded():
+    async def main():
+        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {
+            "max_queue_delay_microseconds": 100_000, "batch_buckets": [2]}}, dims=("batch", 3))
+        await sched.start()
+        x = np.ones((5, 3), np.float32)
+        out = await sched.infer({"x": x}, 5)
+        await sched.close()
+        return runner.calls, out
+    calls, out = run(main())
+    assert calls == [{"x": (2, 3)}, {"x": (5, 3)}]
+    np.testing.assert_array_equal(out["y"], 2 * np.ones((5, 3)))

@@ -83,7 +83,8 @@ def resolve_source(opts: BenchOptions) -> Source:
     return Source(str(path), None, None, feeds)
 
 
-def _make_feeds(specs: list[inputs.InputSpec], opts: BenchOptions, int_ranges: dict[str, int]) -> dict[str, np.ndarray]:
+def _make_feeds(specs: list[inputs.InputSpec], opts: BenchOptions,
+                int_ranges: dict[str, int]) -> dict[str, np.ndarray]:
     """Random inputs (seed 0): ``--shapes`` first, ``--batch`` for axis 0 (a dynamic one: 1 without
     it), a profile's opt size for other dynamic dims of an engine, else an error naming the input."""
     shapes = inputs.resolve_shapes(specs, opts.shapes, dynamic="opt", batch=opts.batch, dynamic_batch=1)

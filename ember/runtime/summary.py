@@ -72,6 +72,10 @@ def format_engine(plan: Plan, layers: bool = True) -> str:
                  + ("" if all(s.is_static for s in plan.inputs) else ", sized at the profiles' max shapes")
                  + (f", {len(mem.dynamic)} dynamic (allocated at run time)" if mem.dynamic else ""))
     lines.append(f"  weights: {human_bytes(weights)} in {len(g.constants)} constants")
+    if plan.config.device == "cuda":
+        lines.append(f"  device memory (planned): weights {human_bytes(device_weight_bytes(plan))} at their "
+                     f"layers' precisions + activations {human_bytes(_scaled_arena(plan))} per context"
+                     f" (`ember inspect --device-memory` measures it)")
     lines.append(f"  {concat_text(plan)}")
     if layers:
         rows = [layer_row(plan, i, layer) for i, layer in enumerate(plan.layers)]
@@ -95,3 +99,32 @@ def _device_text(fp: dict) -> str:
     if fp.get("type") == "cuda":
         return f"{fp.get('gpu')}, sm {fp.get('capability')}, CUDA {fp.get('cuda')}"
     return f"{fp.get('cpu')}, {fp.get('isa')}"
+
+
+_HALF = ("fp16", "bf16")
+
+
+def device_weight_bytes(plan: Plan) -> int:
+    """Bytes of the constants on the device: float constants read only by half-precision
+    layers are stored in 16 bits there."""
+    precision = {layer.name: layer.precision for layer in plan.layers}
+    half_only: dict[str, bool] = {}
+    for node in plan.graph.nodes:
+        for name in node.inputs:
+            if name in plan.graph.constants:
+                half = precision.get(node.name) in _HALF
+                half_only[name] = half_only.get(name, True) and half
+    total = 0
+    for name, value in plan.graph.constants.items():
+        n = int(value.nbytes)
+        if half_only.get(name) and value.dtype.kind == "f" and value.dtype.itemsize == 4:
+            n //= 2
+        total += n
+    return total
+
+
+def _scaled_arena(plan: Plan) -> int:
+    """The memory plan's peak at the engine's default compute precision (the plan is laid out
+    with the graph's fp32 types)."""
+    arena = plan.memory.arena_bytes or 0
+    return arena // 2 if plan.config.precision in _HALF else arena

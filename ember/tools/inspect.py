@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="engine file (.ember) or model file (.onnx)")
     p.add_argument("--json", action="store_true", help="print the engine's manifest as JSON")
     p.add_argument("--no-layers", action="store_true", help="print the summary without the layer table")
+    p.add_argument("--device-memory", action="store_true",
+                   help="CUDA engines: load the engine on the GPU, run it once on random inputs (the "
+                        "profiles' opt shapes) and report the device memory it holds")
     add_build_options(p)
 
 
@@ -59,9 +62,53 @@ def inspect_json(path: str, args: argparse.Namespace | None = None) -> dict:
     return data
 
 
+def measure_device_memory(engine) -> dict[str, int]:
+    """Device bytes a CUDA engine holds once it has run (CUDA graph captured) at its inputs'
+    opt shapes: ``weights`` (the layers' prepared weights, shared by all contexts), ``graph_pool``
+    (one context's activations: the captured graph's private pool), ``static_buffers`` (that
+    context's input and output buffers), ``total``."""
+    from ember.errors import EmberError
+    from ember.tools.inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+
+    if engine.plan.config.device != "cuda":
+        raise EmberError(f"--device-memory is for engines built for cuda; this one is for "
+                         f"{engine.plan.config.device}")
+    specs = engine_input_specs(engine)
+    shapes = resolve_shapes(specs, dynamic="opt")
+    feeds = random_inputs(specs, shapes, int_ranges=graph_int_ranges(engine.plan.graph))
+    with engine.create_context() as ctx:
+        ctx.infer(feeds)
+        report = dict(ctx.runner.memory())
+    report["total"] = report["weights"] + report["graph_pool"] + report["static_buffers"]
+    return report
+
+
+def device_memory_text(report: dict[str, int]) -> str:
+    from ember.runtime.summary import human_bytes
+
+    return (f"  device memory (measured): {human_bytes(report['total'])} = weights "
+            f"{human_bytes(report['weights'])} + activations (graph pool of one context) "
+            f"{human_bytes(report['graph_pool'])} + input/output buffers "
+            f"{human_bytes(report['static_buffers'])}")
+
+
 def run(args: argparse.Namespace) -> int:
+    memory = None
+    if getattr(args, "device_memory", False):
+        from ember.runtime.engine import Engine
+
+        engine = Engine.load(args.model) if Path(args.model).suffix.lower() == ".ember" else \
+            load_for_inspection(args.model, args)
+        memory = measure_device_memory(engine)
     if args.json:
-        print(json.dumps(inspect_json(args.model, args), indent=1))
+        data = inspect_json(args.model, args)
+        if memory is not None:
+            data["device_memory"] = memory
+        print(json.dumps(data, indent=1))
     else:
-        print(inspect_text(args.model, args, layers=not args.no_layers))
+        text = inspect_text(args.model, args, layers=not args.no_layers)
+        if memory is not None:
+            head, sep, rest = text.partition("\n\n")
+            text = head + "\n" + device_memory_text(memory) + sep + rest
+        print(text)
     return 0

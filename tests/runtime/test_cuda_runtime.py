@@ -52,3 +52,45 @@ def test_cuda_contexts_from_threads():
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(worker, range(4)))
+
+
+def test_a_reused_gpu_input_buffer_is_read_in_place_without_a_copy():
+    """The second run with the same GPU buffer captures a graph bound to it; later runs read it
+    where it is (no copy into the static input), and see whatever the caller wrote into it."""
+    engine = build(cnn_graph(), ember.BuildConfig(device="cuda", profiles=PROFILE))
+    rng = np.random.default_rng(1)
+    buf = torch.empty((2, 3, 8, 8), device="cuda")
+    with engine.create_context() as ctx:
+        runner = ctx.runner
+        for i in range(5):
+            x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+            buf.copy_(torch.from_numpy(x))
+            y = ctx.infer({"x": buf})["y"]
+            np.testing.assert_allclose(y.cpu().numpy(), cnn_reference(CNN, x), rtol=2e-3, atol=2e-3)
+            assert runner.zero_copy_runs == max(0, i)  # from the second run on
+        copies_before = runner.captures
+        for _ in range(3):  # fresh tensors every call: the copy path, no new captures
+            x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+            y = ctx.infer({"x": torch.from_numpy(x).cuda()})["y"]
+            np.testing.assert_allclose(y.cpu().numpy(), cnn_reference(CNN, x), rtol=2e-3, atol=2e-3)
+        assert runner.captures == copies_before and runner.zero_copy_runs == 4
+        strided = torch.randn((3, 2, 8, 8), device="cuda").transpose(0, 1)  # not contiguous
+        y = ctx.infer({"x": strided})["y"]
+        np.testing.assert_allclose(y.cpu().numpy(), cnn_reference(CNN, strided.cpu().numpy()),
+                                   rtol=2e-3, atol=2e-3)
+
+
+def test_device_memory_is_measured_and_inspect_reports_it(tmp_path, capsys):
+    from ember.cli import main
+
+    engine = build(cnn_graph(), ember.BuildConfig(device="cuda", profiles=PROFILE))
+    assert engine.compile().weight_bytes > 0
+    with engine.create_context() as ctx:
+        ctx.infer({"x": np.zeros((2, 3, 8, 8), np.float32)})
+        mem = ctx.runner.memory()
+    assert mem["graphs"] == 1 and mem["weights"] > 0 and mem["static_buffers"] >= 2 * 3 * 8 * 8 * 4
+    path = tmp_path / "cnn.ember"
+    engine.save(path)
+    assert main(["inspect", str(path), "--no-layers", "--device-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "device memory (planned)" in out and "device memory (measured)" in out

@@ -13,6 +13,14 @@ the engine's device is ``cuda``; several runners share one ``CudaProgram`` and i
 ``infer`` is synchronous and returns outputs of the kind given (numpy in -> numpy out; torch
 tensors on the GPU in -> torch tensors on the GPU out, never through the host). ``infer_async``
 enqueues on a stream and returns device (or pinned host) tensors valid once the stream is done.
+
+GPU inputs without a copy: a captured graph reads its inputs from fixed addresses. When the
+same GPU tensors (same addresses, shapes, dtypes; contiguous) come back a second time, the
+runner captures a graph *bound* to them and keeps a reference to them (so their memory cannot
+be freed or reused under the graph); from then on a run with those tensors reads them where
+they are, with no copy into the static buffers. A caller that refills one input buffer per
+request gets this on its second call; fresh tensors every call take the copy path (one
+device-to-device copy per input). At most ``max_bound`` such bindings are kept per shape.
 """
 from __future__ import annotations
 
@@ -45,6 +53,8 @@ class _Slot:
     pinned_out: dict[str, torch.Tensor] = field(default_factory=dict)
     graph: Optional[torch.cuda.CUDAGraph] = None
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    pool_bytes: int = 0  # growth of the graph pool's reserved memory at this slot's capture
+    bound: bool = False  # ``inputs`` are the caller's own tensors (zero-copy)
 
 
 @dataclass
@@ -59,11 +69,16 @@ class Timing:
 class CudaRunner:
     """Executes a ``CudaProgram`` (see module docstring)."""
 
-    def __init__(self, program: CudaProgram, use_graphs: bool = True, max_shapes: int = 16) -> None:
+    def __init__(self, program: CudaProgram, use_graphs: bool = True, max_shapes: int = 16,
+                 max_bound: int = 2) -> None:
         self.program = program
         self.device = program.device
         self.use_graphs = use_graphs
         self.max_shapes = max_shapes
+        self.max_bound = max_bound
+        self._bound: OrderedDict[tuple, _Slot] = OrderedDict()
+        self._seen: OrderedDict[tuple, int] = OrderedDict()
+        self.zero_copy_runs = 0
         self.stream = torch.cuda.Stream(self.device)
         self.side = [torch.cuda.Stream(self.device) for _ in range(program.num_streams - 1)]
         self._pool = torch.cuda.graph_pool_handle()
@@ -92,7 +107,7 @@ class CudaRunner:
         and until the next call with the same input shapes."""
         stream = stream or self.stream
         kind = _kind(feeds)
-        slot = self._slot(feeds)
+        slot = (self._bound_slot(feeds) if kind == "cuda" else None) or self._slot(feeds)
         ev = self._events
         if self._copy_done is not None:
             self._copy_done.synchronize()  # the pinned buffers may still be read by the last copy
@@ -132,7 +147,7 @@ class CudaRunner:
     def run_device(self, dev_feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Runs on device tensors already in place (no host copies), ordered after the caller's
         current stream and before its later work; returns the outputs (static when replayed)."""
-        slot = self._slot(dev_feeds)
+        slot = self._bound_slot(dev_feeds) or self._slot(dev_feeds)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
         with torch.cuda.stream(self.stream):
@@ -144,10 +159,22 @@ class CudaRunner:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def memory(self) -> dict[str, int]:
+        """Device bytes: the engine's weights (shared by all contexts), this context's captured
+        graphs' pool (activations, measured as reserved-memory growth at each capture), its
+        static input and output buffers."""
+        slots = [*self._slots.values(), *self._bound.values()]
+        static = sum(t.numel() * t.element_size() for s in slots if not s.bound for t in s.inputs.values())
+        static += sum(t.numel() * t.element_size() for s in slots for t in s.outputs.values())
+        return {"weights": self.program.weight_bytes, "graph_pool": sum(s.pool_bytes for s in slots),
+                "static_buffers": static, "graphs": sum(s.graph is not None for s in slots)}
+
     def close(self) -> None:
         """Drops the captured graphs and buffers of this context (their memory returns to the pool)."""
         self.stream.synchronize()
         self._slots.clear()
+        self._bound.clear()
+        self._seen.clear()
 
     # ---- internals --------------------------------------------------------------------------
     def _slot(self, feeds: Mapping[str, Any]) -> _Slot:
@@ -164,6 +191,41 @@ class CudaRunner:
         self._slots[key] = slot
         if self.use_graphs:
             self._capture(key, slot, feeds)
+        return slot
+
+    def _bound_slot(self, feeds: Mapping[str, Any]) -> Optional[_Slot]:
+        """The graph bound to these very GPU tensors (see module docstring), capturing it on the
+        second sighting; ``None``: use the shape's slot (and copy)."""
+        if not self.use_graphs or self.max_bound <= 0 or self.program.uncapturable:
+            return None
+        vals = [feeds.get(n) for n in self.program.graph.inputs]
+        if not all(isinstance(v, torch.Tensor) and v.is_cuda and v.is_contiguous() and v.numel()
+                   for v in vals):
+            return None
+        shape_key = self._key(feeds)
+        if shape_key in self.fallback_reason:
+            return None
+        key = (shape_key, tuple(v.data_ptr() for v in vals))  # type: ignore[union-attr]
+        slot = self._bound.get(key)
+        if slot is not None:
+            self._bound.move_to_end(key)
+            self.zero_copy_runs += 1
+            return slot
+        seen = self._seen.pop(key, 0) + 1
+        self._seen[key] = seen
+        if len(self._seen) > 64:
+            self._seen.popitem(last=False)
+        if seen < 2:
+            return None
+        per_shape = [k for k in self._bound if k[0] == shape_key]
+        if len(per_shape) >= self.max_bound:
+            self._bound.pop(per_shape[0])
+        slot = _Slot({n: v for n, v in zip(self.program.graph.inputs, vals)}, bound=True)  # type: ignore[misc]
+        self._capture(shape_key, slot, None)
+        if slot.graph is None:
+            return None
+        self._bound[key] = slot
+        self.zero_copy_runs += 1
         return slot
 
     def _key(self, feeds: Mapping[str, Any]) -> ShapeKey:
@@ -206,17 +268,19 @@ class CudaRunner:
         with torch.inference_mode():
             return self.program.forward(dev_in, [stream, *self.side])
 
-    def _capture(self, key: ShapeKey, slot: _Slot, feeds: Mapping[str, Any]) -> None:
+    def _capture(self, key: ShapeKey, slot: _Slot, feeds: Optional[Mapping[str, Any]]) -> None:
         bad = self.program.uncapturable
         if bad:
             why = f"layer {bad[0].node.name!r} cannot be captured ({bad[0].reason})"
             self._fallback(key, why)
             return
-        for n, static in slot.inputs.items():  # warm up on real data: lazy init, cuDNN/Triton picks
-            v = feeds[n]
-            static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
+        if feeds is not None:  # warm up on real data: lazy init, cuDNN/Triton picks
+            for n, static in slot.inputs.items():
+                v = feeds[n]
+                static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
         streams = [self.stream, *self.side]
         with _CAPTURE_LOCK:
+            reserved = torch.cuda.memory_reserved(self.device)
             try:
                 with torch.inference_mode():
                     self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -233,6 +297,7 @@ class CudaRunner:
                 torch.cuda.synchronize(self.device)
                 self._fallback(key, f"CUDA-graph capture failed: {type(e).__name__}: {str(e)[:300]}")
                 return
+            slot.pool_bytes = max(0, torch.cuda.memory_reserved(self.device) - reserved)
         slot.graph, slot.outputs = graph, outs
         self.captures += 1
 

@@ -88,6 +88,8 @@ class CudaProgram:
     concat: ConcatExec = field(default_factory=ConcatExec)
     #: per eliminated Concat output: the streams (indices) that write, finish or read its buffer
     concat_streams: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: device bytes the compiled engine holds (weights as the layers prepared them), measured
+    weight_bytes: int = 0
 
     @property
     def num_streams(self) -> int:
@@ -109,6 +111,7 @@ class CudaProgram:
 
         device = device or require_cuda()
         backend = backend or CUDABackend()
+        resident_before = torch.cuda.memory_allocated(device)
         dev_consts = {k: _to_torch(v).to(device) for k, v in constants.items()}
         host_consts = {k: _to_torch(v).cpu() for k, v in constants.items()}
         steps = plan_steps(graph, layers, host_consts, dev_consts, max_streams)
@@ -128,8 +131,12 @@ class CudaProgram:
                                   skip=[s.on_host for s in steps],
                                   float_dtype={n.name: compute_dtype(layers.get(n.name, LayerSpec()).precision)
                                                for n in graph.nodes if n.op is OpType.CONCAT})
+        # fp32 device copies that no step kept (the layers hold their own cast/reordered weights)
+        # are released; a constant that is a graph output stays for ``_output``
+        dev_consts = {k: v for k, v in dev_consts.items() if k in set(graph.outputs)}
         program = CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts, concat=concat)
         program.concat_streams = concat_streams(graph, steps, concat)
+        program.weight_bytes = max(0, torch.cuda.memory_allocated(device) - resident_before)
         return program
 
     # ---- running ----------------------------------------------------------------------------

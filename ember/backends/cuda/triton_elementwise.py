@@ -10,8 +10,9 @@ Triton form). ``run_program(program, inputs, out_dtype)`` launches it:
   dims), so broadcasting, channels-last and strided views all work without copies. Dims are
   dropped when of size 1 and merged where every operand is contiguous across them, and the
   kernel source is specialized to the result: inputs laid out like the output are read at the
-  linear index, fully broadcast ones once per program, the rest through the coordinates of the
-  dims they vary along;
+  linear index, fully broadcast ones once per program (then widened to a block, so every value
+  in the body has the block's shape), the rest through the coordinates of the dims they vary
+  along;
 - float values are computed in fp32 registers whatever their storage dtype, integers (int32,
   int64) and bools in their own type, exactly as each op computes them alone; a Cast to
   fp16/bf16 inside the chain rounds as the unfused Cast would; the result is stored in the
@@ -405,7 +406,7 @@ def kernel_source(program: ElementwiseProgram, rank: int, patterns: Sequence[obj
         if p == DENSE:
             load = f"tl.load(in{i} + offs, mask=mask, other=0)"
         elif not p:
-            load = f"tl.load(in{i})"
+            load = f"tl.broadcast_to(tl.load(in{i}), [BLOCK])"  # one read, every value a block
         else:
             offset = " + ".join(f"c{d} * st{i}_{d}" for d in p)
             load = f"tl.load(in{i} + ({offset}), mask=mask, other=0)"

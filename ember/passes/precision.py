@@ -24,11 +24,19 @@ ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
 }
 
 
+def absorbed_ops(node: Node) -> tuple[str, ...]:
+    """The source op types ``node`` stands for: a fused layer's absorbed ops (a FusedElementwise
+    lists its steps' ops), else none."""
+    if node.op is OpType.FUSED_ELEMENTWISE and node.attrs is not None:
+        return tuple(dict.fromkeys(step.op.value for step in node.attrs.steps))
+    return ABSORBED_OPS.get(node.op, ())
+
+
 def _override(node: Node, table: Mapping[str, str]) -> Optional[str]:
     for key in (node.name, node.display_name, *node.origin):
         if key in table:
             return table[key]
-    for key in (node.op.value, *ABSORBED_OPS.get(node.op, ())):
+    for key in (node.op.value, *absorbed_ops(node)):
         if key in table:
             return table[key]
     return None

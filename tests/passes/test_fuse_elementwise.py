@@ -150,3 +150,14 @@ def test_cpu_engine_runs_the_fused_layer():
     with engine.create_context() as ctx:
         got = ctx.infer(feeds)["y"]
     np.testing.assert_allclose(got, ort_run(model, feeds)["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_layer_precisions_by_op_type_reach_the_steps_of_a_fused_chain():
+    from ember.builder.config import BuildConfig
+    from ember.passes.pipeline import run_pipeline
+
+    graph = import_onnx(onnx_model(CHAINS[3], X, ["y"], BIAS))
+    for key, want in (("Sigmoid", "fp32"), ("Mul", "fp32"), ("Relu", "fp16")):
+        out = run_pipeline(graph, BuildConfig(device="cuda", precision="fp16", layer_precisions={key: "fp32"}))
+        fused = next(n for n in out.nodes if n.op is OpType.FUSED_ELEMENTWISE)
+        assert out.meta["precisions"][fused.name] == want, key

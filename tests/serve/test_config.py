@@ -111,3 +111,10 @@ def test_read_errors(tmp_path):
     (tmp_path / "list" / "config.json").write_text("[1, 2]")
     with pytest.raises(ModelConfigError, match="must be a mapping"):
         read_config(tmp_path / "list")
+
+
+def test_serve_refuses_a_non_positive_switch_interval(capsys, tmp_path):
+    from ember.serve.cli import main
+
+    assert main([str(tmp_path), "--switch-interval-us", "0"]) == 2
+    assert "--switch-interval-us must be > 0" in capsys.readouterr().err

@@ -10,6 +10,7 @@ Shape = tuple[int, ...]
 
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+LAYOUTS = ("auto", "nchw", "nhwc")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class BuildConfig:
     - ``tune_cpu``: CPU builds tune too (needs ``tactic_tuning``). Off by default: timing CPU
       layers one by one ignores the layout conversions between them, and on the 2-core test
       machine the per-layer winners made MobileNetV2 8x slower than the backend's defaults.
+    - ``layout``: memory format of 4-D activations, ``auto`` | ``nchw`` | ``nhwc`` (channels-last);
+      ``auto`` is the device's preference (``ember.passes.layout.DEVICE_LAYOUT``).
     """
 
     device: str = "cpu"
@@ -63,12 +66,15 @@ class BuildConfig:
     cuda_graphs: bool = True
     tactic_tuning: bool = True
     tune_cpu: bool = False
+    layout: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise BuildError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise BuildError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.layout not in LAYOUTS:
+            raise BuildError(f"unknown layout {self.layout!r}; use one of {', '.join(LAYOUTS)}")
         object.__setattr__(self, "shapes", {k: tuple(int(d) for d in v) for k, v in self.shapes.items()})
         profiles = {}
         for k, v in self.profiles.items():

@@ -1,6 +1,11 @@
 """Convolution kernels (generic "aten" tactics): Conv, ConvTranspose, FusedConv.
 
 The oneDNN fast paths with prepacked weights live in ``conv_mkldnn.py``.
+
+Layout: where ``graph.meta["layout"]`` plans the output's memory format
+(``ember.backends.layout``), the input is put in that format before the call (aten's
+convolution then writes it), a constant weight the plan lists is made channels-last once, here,
+and the result is checked into the format; without a plan the kernels follow their input.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from ember.backends.cpu.kernels.common import (
     Inputs, Tensor, activation_fn, arg, auto_pads, split_pads, torch_pad_arg,
 )
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.layout import planned_format, planned_weight_format, to_format
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import AutoPad, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs
@@ -59,14 +65,29 @@ def conv_forward(x: Tensor, w: Tensor, b: Optional[Tensor], a: ConvAttrs) -> Ten
                              [0] * len(padding), a.group)
 
 
+def _planned_weight(node: Node, ctx: CompileContext) -> Optional[Tensor]:
+    """The constant weight in the plan's format, converted once (``None``: use the input as given)."""
+    fmt = planned_weight_format(ctx, node.input(1))
+    w = ctx.const(node.input(1)) if fmt is not None else None
+    return to_format(w, fmt) if w is not None else None
+
+
 @register_kernel(OpType.CONV)
 def conv(node: Node, ctx: CompileContext) -> Kernel:
     a: ConvAttrs = node.attrs
+    fmt = planned_format(ctx, node.outputs[0])
+    w0 = _planned_weight(node, ctx)
+    if fmt is None and w0 is None:
+        def run(inputs: Inputs) -> list:
+            return [conv_forward(inputs[0], inputs[1], arg(inputs, 2), a)]
 
-    def run(inputs: Inputs) -> list:
-        return [conv_forward(inputs[0], inputs[1], arg(inputs, 2), a)]
+        return run
 
-    return run
+    def run_planned(inputs: Inputs) -> list:
+        w = w0 if w0 is not None else inputs[1]
+        return [to_format(conv_forward(to_format(inputs[0], fmt), w, arg(inputs, 2), a), fmt)]
+
+    return run_planned
 
 
 @register_kernel(OpType.FUSED_CONV)
@@ -74,12 +95,15 @@ def fused_conv(node: Node, ctx: CompileContext) -> Kernel:
     """``act(conv(x, w) + b [+ residual])`` as separate aten calls (the reference tactic)."""
     a: FusedConvAttrs = node.attrs
     act = activation_fn(a.activation, a.act_params)
+    fmt = planned_format(ctx, node.outputs[0])
+    w0 = _planned_weight(node, ctx)
 
     def run(inputs: Inputs) -> list:
-        y = conv_forward(inputs[0], inputs[1], arg(inputs, 2), a.conv)
+        w = w0 if w0 is not None else inputs[1]
+        y = conv_forward(to_format(inputs[0], fmt), w, arg(inputs, 2), a.conv)
         if a.has_residual:
             y = y + inputs[3]
-        return [act(y) if act is not None else y]
+        return [to_format(act(y) if act is not None else y, fmt)]
 
     return run
 
@@ -152,8 +176,11 @@ def conv_transpose_forward(x: Tensor, w: Tensor, b: Optional[Tensor], a: ConvTra
 @register_kernel(OpType.CONV_TRANSPOSE)
 def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     a: ConvTransposeAttrs = node.attrs
+    fmt = planned_format(ctx, node.outputs[0])
+    w0 = _planned_weight(node, ctx)
 
     def run(inputs: Inputs) -> list:
-        return [conv_transpose_forward(inputs[0], inputs[1], arg(inputs, 2), a)]
+        w = w0 if w0 is not None else inputs[1]
+        return [to_format(conv_transpose_forward(to_format(inputs[0], fmt), w, arg(inputs, 2), a), fmt)]
 
     return run

@@ -10,6 +10,14 @@ Tactics (for ``Conv`` and ``FusedConv`` with constant weights):
   measurement of the unpacked op showed no gain.
 - ``channels_last``: aten convolution with channels-last activations and weights.
 
+Layout (``graph.meta["layout"]``, read through ``ember.backends.layout``): PyTorch runs
+``_convolution_pointwise`` channels-last whenever its weight is a oneDNN tensor (an NCHW input is
+reordered inside the call and the output comes back channels-last), so the prepacked tactic
+computes channels-last whatever the plan, and its weight is packed for a channels-last source
+(``_reorder_convolution_weight`` does so when it is given an input size). Where the plan stores
+the output NCHW, the output is reordered to NCHW after the call; the ``channels_last`` tactic
+does not apply there. Without a plan the output stays channels-last (as before the plan was read).
+
 Every feature is detected at run time (``_convolution_pointwise`` may be missing, and the set of
 post-ops the binary form accepts differs between PyTorch releases); a missing feature makes the
 tactic inapplicable or falls back to an unfused epilogue, never to a wrong result.
@@ -29,6 +37,7 @@ from ember.backends.cpu.kernels.common import (
 )
 from ember.backends.cpu.kernels.conv import conv_geometry
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.layout import NCHW, allows_channels_last, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -128,12 +137,20 @@ class _Padder:
         return hit
 
 
-def _reorder_params(a: ConvAttrs, n: int, in_size: Optional[list[int]], pads: _Padder):
+#: Spatial size of the nominal input a weight is packed for when the real one is dynamic.
+NOMINAL_SPATIAL = 32
+
+
+def _reorder_params(a: ConvAttrs, w_shape: tuple[int, ...], in_size: Optional[list[int]], pads: _Padder):
     """(padding, strides, dilations, input_size) the weight is reordered for.
 
     With a static input shape these are exactly the run's; with a dynamic one, the attribute
-    values (oneDNN then picks a layout for a typical input; any input size still runs).
+    values and a nominal input (batch 1, ``NOMINAL_SPATIAL`` or the kernel's extent per spatial
+    dim). An input size is always given: without one, PyTorch packs the weight for an NCHW
+    source, while the call always computes channels-last (see the module docstring), so the
+    packed weight would not match the source it meets. Any input size still runs.
     """
+    n = len(w_shape) - 2
     if in_size is not None:
         padding, strides, dilations, explicit = pads(tuple(in_size))
         if explicit is not None:
@@ -143,7 +160,9 @@ def _reorder_params(a: ConvAttrs, n: int, in_size: Optional[list[int]], pads: _P
     dilations = [int(v) for v in a.dilations] if a.dilations else [1] * n
     explicit = bool(a.pads) and a.auto_pad is AutoPad.NOTSET
     begins, ends = split_pads(a.pads) if explicit else ([0] * n, [0] * n)
-    return (begins if begins == ends else [0] * n), strides, dilations, None
+    padding = begins if begins == ends else [0] * n
+    spatial = [max(NOMINAL_SPATIAL, (k - 1) * d + 1) for k, d in zip(w_shape[2:], dilations)]
+    return padding, strides, dilations, [1, w_shape[1] * a.group, *spatial]
 
 
 def _input_size(node: Node, ctx: CompileContext) -> Optional[list[int]]:
@@ -176,9 +195,10 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     bias = ctx.const(node.input(2))
     bias = bias.contiguous() if bias is not None else None
     pads = _Padder(a, tuple(w.shape))
-    padding, strides, dilations, in_size = _reorder_params(a, w.dim() - 2, _input_size(node, ctx), pads)
+    padding, strides, dilations, in_size = _reorder_params(a, tuple(w.shape), _input_size(node, ctx), pads)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
+    to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
     fused = ONEDNN_POSTOPS.get(act, lambda p: None)(params)
     post = None if fused is not None else activation_fn(act, params)
     unary, scalars, algorithm = fused if fused is not None else ("none", [], "")
@@ -198,17 +218,21 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
                     r = r.contiguous(memory_format=fmt)
                 y = conv_pw.binary(x, r, packed, bias, pad, stride, dil, group, "add", None,
                                    None if bin_unary == "none" else bin_unary, [], "")
-                return [post(y) if post is not None else y]
-            y = conv_pw(x, packed, bias, pad, stride, dil, group, "none", [], "") + r
-            return [act_fn(y) if act_fn is not None else y]
-        y = conv_pw(x, packed, bias, pad, stride, dil, group, unary, scalars, algorithm)
-        return [post(y) if post is not None else y]
+                y = post(y) if post is not None else y
+            else:
+                y = conv_pw(x, packed, bias, pad, stride, dil, group, "none", [], "") + r
+                y = act_fn(y) if act_fn is not None else y
+        else:
+            y = conv_pw(x, packed, bias, pad, stride, dil, group, unary, scalars, algorithm)
+            y = post(y) if post is not None else y
+        return [y.contiguous() if to_nchw else y]
 
     return run
 
 
 def _channels_last_applies(node: Node, graph: Optional[Graph]) -> bool:
-    if graph is None or not const_input(node, graph, 1):
+    """Constant 4-D/5-D float weights, and an output the layout plan does not store NCHW."""
+    if graph is None or not const_input(node, graph, 1) or not allows_channels_last(graph, node.outputs[0]):
         return False
     return graph.constants[node.input(1)].ndim in (4, 5) and _float32(graph, node.input(0))
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, Tensor, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.layout import planned_format, to_format
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import AutoPad, LRNAttrs, PoolAttrs
@@ -147,7 +148,9 @@ def dense_like(out: Tensor, x: Tensor) -> bool:
 
 def _pool_write_into(a: PoolAttrs, kind: str) -> WriteInto:
     """Max/average 2-D pooling straight into ``out`` (aten's ``.out`` kernels), for float inputs
-    whose geometry PyTorch pools natively and an ``out`` laid out as its own output would be."""
+    whose geometry PyTorch pools natively and an ``out`` laid out as its own output would be.
+    The layout plan's format for the output does not apply here: the output *is* the slice of
+    the Concat's buffer, stored in the buffer's format (the plan converts it for the Concat)."""
 
     def write(inputs: Inputs, out: Tensor) -> bool:
         x = inputs[0]
@@ -173,14 +176,22 @@ def _pool_write_into(a: PoolAttrs, kind: str) -> WriteInto:
     return WriteInto(write, lambda out: out.dim() == 4 and out.is_floating_point())
 
 
+def _pool_format(node: Node, ctx: CompileContext) -> "torch.memory_format | None":
+    """The format the layout plan stores a float pooling output in (the pooling then reads its
+    input in that format and writes it so); ``None``: no plan, follow the input."""
+    t = ctx.graph.types.get(node.inputs[0]) if ctx.graph is not None else None
+    return planned_format(ctx, node.outputs[0]) if t is not None and t.dtype.is_float else None
+
+
 @register_kernel(OpType.MAX_POOL)
 def max_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     if len([o for o in node.outputs if o]) > 1:
         raise ValueError("MaxPool's Indices output is not supported on the CPU backend")
+    fmt = _pool_format(node, ctx)
 
     def run(inputs: Inputs) -> list:
-        return [max_pool(inputs[0], a)]
+        return [to_format(max_pool(to_format(inputs[0], fmt), a), fmt)]
 
     return with_write_into(run, _pool_write_into(a, "max") if len(a.kernel_shape) == 2 else None)
 
@@ -189,9 +200,10 @@ def max_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
 def average_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     cache: dict = {}
+    fmt = _pool_format(node, ctx)
 
     def run(inputs: Inputs) -> list:
-        return [average_pool(inputs[0], a, cache)]
+        return [to_format(average_pool(to_format(inputs[0], fmt), a, cache), fmt)]
 
     return with_write_into(run, _pool_write_into(a, "avg") if len(a.kernel_shape) == 2 else None)
 

@@ -104,8 +104,3 @@ def host_tensor(v) -> torch.Tensor:
     if not arr.flags.c_contiguous or not arr.flags.writeable:
         arr = arr.copy(order="C")
     return torch.from_numpy(arr)
-
-
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in channels-last memory order when it is 4-D (the layout cuDNN's fast kernels want)."""
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.contiguous()

@@ -4,11 +4,15 @@ imported only when a kernel is first used, so this module imports on machines wi
 - ``bias_act_(y, bias, residual, act, params)``: in place on ``y``, one pass: ``y + bias``
   (per channel / column) ``+ residual``, then the activation. For the epilogues cuDNN/cuBLAS have
   no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
+  ``y`` keeps its memory format (an NCHW ``y`` takes its bias in a separate add first).
 - ``layer_norm(x, w, b, eps)``: over the last axis, one row per program, fp32 statistics.
 - ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
 - ``max_pool2d_nhwc(x, ...)``: 2-D max pooling, channels-last, any pads / dilation / ceil mode.
 - ``lrn(x, size, alpha, beta, bias)``: ONNX LRN on a 4-D tensor in one pass (channels-last tiles
   of pixels x all channels; the channel window summed in registers, fp32).
+
+``max_pool2d_nhwc`` and ``lrn`` read and write channels-last only: their tactics do not apply
+where the layout plan (``ember.backends.layout``) stores the output NCHW.
 """
 from __future__ import annotations
 
@@ -49,18 +53,33 @@ def _rows_view_ok(y: torch.Tensor) -> bool:
     return y.is_contiguous()
 
 
+def _nchw(y: torch.Tensor) -> bool:
+    """A 4-D ``y`` packed NCHW (and not also channels-last, as N x C x 1 x 1 is)."""
+    return y.dim() == 4 and y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
+
+
 def bias_act_(y: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
               act: Activation, params: Sequence[float]) -> torch.Tensor:
-    """``act(y + bias + residual)`` written into ``y``; ``bias`` indexes the channel axis (dim 1
-    of a 4-D tensor, else the last)."""
+    """``act(y + bias + residual)`` written into ``y`` (returned); ``bias`` indexes the channel
+    axis (dim 1 of a 4-D tensor, else the last). A channels-last or row-major ``y`` takes all of
+    it in one pass; an NCHW ``y`` keeps its format: the kernel indexes the bias by the fastest
+    dim, so the bias is added first and the pass does residual and activation. Any other ``y``
+    is computed in a channels-last / row-major copy, which is returned."""
     from ember.backends.cuda import _triton_kernels as K
 
-    if not _rows_view_ok(y):
-        y = y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y.contiguous()
+    if _nchw(y):
+        fmt = torch.contiguous_format
+        if bias is not None:
+            y.add_(bias.view(1, -1, 1, 1))
+            bias = None
+    elif not _rows_view_ok(y):
+        fmt = torch.channels_last if y.dim() == 4 else torch.contiguous_format
+        y = y.contiguous(memory_format=fmt)
+    else:
+        fmt = torch.channels_last if y.dim() == 4 else torch.contiguous_format
     n = y.shape[1] if y.dim() == 4 else y.shape[-1]
     if residual is not None and residual.stride() != y.stride():
-        residual = (residual.contiguous(memory_format=torch.channels_last) if y.dim() == 4
-                    else residual.contiguous())
+        residual = residual.contiguous(memory_format=fmt)
     p0, p1 = _params(act, params)
     total = y.numel()
     block = 2048

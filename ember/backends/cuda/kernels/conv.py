@@ -1,14 +1,21 @@
 """Convolution on cuDNN: Conv, FusedConv (bias, residual, activation epilogues), BatchNorm,
 ConvTranspose.
 
-Weights are cast to the layer's precision and put in channels-last order once, at compile time;
-activations flow in channels-last between layers, which is what cuDNN's fastest fp16/bf16
-kernels want. FusedConv tactics:
+Weights are cast to the layer's precision and put in the layer's memory format once, at compile
+time. The format is the layout plan's (``graph.meta["layout"]``, read through
+``ember.backends.layout``): channels-last by default (what cuDNN's fastest fp16/bf16 kernels
+want), NCHW where the plan says so (``BuildConfig(layout="nchw")``); without a plan, channels-last.
+cuDNN computes in the format of its input and weight, so both are put in the output's format and
+the output comes out in it. FusedConv tactics:
 
 - ``cudnn_fused``: ``torch.cudnn_convolution_relu`` (conv + bias + ReLU) and
   ``torch.cudnn_convolution_add_relu`` (conv + bias + residual + ReLU): one cuDNN call.
 - ``cudnn``: the convolution with its bias, then the residual add and activation in place.
 - ``cudnn_triton``: the convolution alone, then one Triton pass for bias + residual + activation.
+
+Tactics that only exist for channels-last (``cublaslt_1x1``: a GEMM over the NHWC matrix;
+``*_cpad8``: channel padding for the NHWC tensor-core kernels; ``cudnn_triton``: its epilogue
+indexes channels as the fastest dim) do not apply where the plan stores the output NCHW.
 """
 from __future__ import annotations
 
@@ -19,8 +26,11 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
-from ember.backends.cuda.device import cast_float, channels_last, compute_dtype, conv_scope, tf32_scope
+from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.layout import (
+    CHANNELS_LAST, allows_channels_last, planned_format, planned_weight_format, to_format,
+)
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -59,12 +69,22 @@ class _ConvGeom:
         return self._fixed if self._fixed is not None else self._resolve(tuple(x.shape[2:]))
 
 
-def _weight(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Tensor:
+def conv_format(node: Node, ctx: CompileContext) -> torch.memory_format:
+    """The memory format a 2-D conv computes and writes in: the layout plan's for its output
+    (else for its weight), channels-last without a plan. Input and weight are put in it."""
+    fmt = planned_format(ctx, node.outputs[0])
+    if fmt is None:
+        fmt = planned_weight_format(ctx, node.input(1))
+    return CHANNELS_LAST if fmt is None else fmt
+
+
+def _weight(ctx: CompileContext, node: Node, dtype: torch.dtype, fmt: torch.memory_format) -> Tensor:
     w = ctx.const(node.inputs[1])
     if w is None:
         raise BuildError(f"node {node.name!r}: the CUDA conv kernels need a constant weight "
                          f"(input {node.inputs[1]!r} is computed at run time); fold it or build for cpu")
-    return channels_last(w.to(dtype))
+    w = w.to(dtype)
+    return w.contiguous(memory_format=fmt) if w.dim() == 4 else w.contiguous()
 
 
 def _bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tensor]:
@@ -72,14 +92,16 @@ def _bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tenso
     return None if b is None else b.to(dtype).contiguous()
 
 
-def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype) -> tuple[Tensor, tuple[int, ...]]:
+def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype,
+             fmt: torch.memory_format) -> tuple[Tensor, tuple[int, ...]]:
     if x.dim() == 4:  # cast and reorder in one copy (a no-op when already both)
-        x = x.to(dtype=dtype, memory_format=torch.channels_last)
+        x = x.to(dtype=dtype, memory_format=fmt)
     else:
         x = cast_float(x, dtype).contiguous()
     padding, extra = geom.padding(x)
     if extra is not None:
-        x = channels_last(F.pad(x, extra))
+        x = F.pad(x, extra)
+        x = x.contiguous(memory_format=fmt) if x.dim() == 4 else x.contiguous()
     return x, padding
 
 
@@ -97,12 +119,13 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
     conv, act, params, has_res = _conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
     geom = _ConvGeom(conv, node, ctx.graph)
-    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    fmt = conv_format(node, ctx)
+    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
     fn, act_fn, prec = _CONV[geom.n], activation_fn(act, params), ctx.precision
     in_place = act in (Activation.RELU, Activation.CLIP, Activation.NONE)
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype)
+        x, padding = _prepare(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             y = fn(x, w, b, geom.stride, padding, geom.dilation, geom.groups)
         if has_res:
@@ -118,22 +141,25 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
 
     if has_res or not in_place or geom.n != 2:
         return run
-    return with_write_into(run, _cudnn_write_into(geom, w, b, act, params, dtype, prec))
+    return with_write_into(run, _cudnn_write_into(geom, w, b, act, params, dtype, prec, fmt))
 
 
-def _packed_channels_last(out: Tensor, dtype: torch.dtype) -> bool:
-    """An output cuDNN can be given directly: 4-D, the layer's dtype, and packed channels-last
-    (the strides of a fresh output). cuDNN itself accepts strided outputs, but PyTorch caches its
-    execution plans by input/weight geometry and alignment only, not by the output's strides
-    (``CacheKeyWrapper`` in aten/src/ATen/native/cudnn/Conv_v8.cpp), so a plan made for a packed
-    output of the same convolution (tactic timing, another layer) could be replayed on a strided
-    one and write the wrong elements. A channel slice of a channels-last Concat buffer is packed
-    only when H = W = 1; slices along the batch axis always are."""
-    return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+def _packed(out: Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> bool:
+    """An output cuDNN can be given directly: 4-D, the layer's dtype, and packed in the layer's
+    memory format ``fmt`` (the strides of a fresh output). cuDNN itself accepts strided outputs,
+    but PyTorch caches its execution plans by input/weight geometry and alignment only, not by
+    the output's strides (``CacheKeyWrapper`` in aten/src/ATen/native/cudnn/Conv_v8.cpp), so a
+    plan made for a packed output of the same convolution (tactic timing, another layer) could be
+    replayed on a strided one and write the wrong elements; and ``cudnn_convolution.out`` puts
+    input and weight in the *output's* format, so an output in the other format would reorder the
+    weight on every call. A channel slice of a channels-last Concat buffer is packed only when
+    H = W = 1; of an NCHW buffer, when N = 1; slices along the batch axis always are."""
+    return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=fmt)
 
 
 def _cudnn_write_into(geom: "_ConvGeom", w: Tensor, b: Optional[Tensor], act: Activation,
-                      params: tuple[float, ...], dtype: torch.dtype, prec: str) -> WriteInto:
+                      params: tuple[float, ...], dtype: torch.dtype, prec: str,
+                      fmt: torch.memory_format) -> WriteInto:
     """The ``cudnn`` tactic straight into a given output: ``aten::cudnn_convolution.out`` (a real
     out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and
     ReLU/Clip in place on it."""
@@ -141,9 +167,9 @@ def _cudnn_write_into(geom: "_ConvGeom", w: Tensor, b: Optional[Tensor], act: Ac
     bias = None if b is None else b.view(1, -1, 1, 1)
 
     def write(inputs, out: Tensor) -> bool:
-        if not _packed_channels_last(out, dtype) or inputs[0] is None or inputs[0].dim() != 4:
+        if not _packed(out, dtype, fmt) or inputs[0] is None or inputs[0].dim() != 4:
             return False
-        x, padding = _prepare(inputs[0], geom, dtype)
+        x, padding = _prepare(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             torch.ops.aten.cudnn_convolution.out(
                 x, w, list(padding), stride, dilation, groups, torch.backends.cudnn.benchmark,
@@ -156,7 +182,7 @@ def _cudnn_write_into(geom: "_ConvGeom", w: Tensor, b: Optional[Tensor], act: Ac
             out.clamp_(*_clip_bounds(params))
         return True
 
-    return WriteInto(write, lambda out: _packed_channels_last(out, dtype))
+    return WriteInto(write, lambda out: _packed(out, dtype, fmt))
 
 
 def _clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[float]]:
@@ -177,14 +203,15 @@ def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
     conv, _, _, has_res = _conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
     geom = _ConvGeom(conv, node, ctx.graph)
-    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    fmt = conv_format(node, ctx)
+    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
     stride, dilation, groups, prec = list(geom.stride), list(geom.dilation), geom.groups, ctx.precision
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype)
+        x, padding = _prepare(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             if has_res:
-                z = channels_last(cast_float(inputs[3], dtype))
+                z = to_format(cast_float(inputs[3], dtype), fmt)
                 y = torch.cudnn_convolution_add_relu(x, w, z, 1.0, b, stride, list(padding), dilation, groups)
             else:
                 y = torch.cudnn_convolution_relu(x, w, b, stride, list(padding), dilation, groups)
@@ -194,11 +221,13 @@ def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
 
 
 def _channel_pad_applies(node: Node, graph: Optional[Graph]) -> bool:
-    """A 2-D, ungrouped conv whose input channels are not a multiple of 8 (an RGB stem): cuDNN's
-    tensor-core kernels want channels-last inputs with C % 8 == 0."""
+    """A 2-D, ungrouped conv whose input channels are not a multiple of 8 (an RGB stem), computed
+    channels-last: cuDNN's tensor-core kernels want channels-last inputs with C % 8 == 0."""
     a = node.attrs
     conv = a.conv if isinstance(a, FusedConvAttrs) else a
     if not isinstance(conv, ConvAttrs) or len(conv.kernel_shape) != 2 or conv.group != 1 or graph is None:
+        return False
+    if not allows_channels_last(graph, node.outputs[0]):
         return False
     w = graph.constants.get(node.input(1))
     return w is not None and w.shape[1] % 8 != 0 and w.shape[1] < 64
@@ -252,7 +281,8 @@ def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
     act = a.activation if isinstance(a, FusedConvAttrs) else Activation.NONE
     return (isinstance(conv, ConvAttrs) and tuple(conv.kernel_shape) == (1, 1) and conv.group == 1
             and all(s == 1 for s in (conv.strides or (1, 1))) and not any(conv.pads or ())
-            and conv.auto_pad.value in ("NOTSET", "VALID") and act in (Activation.NONE, Activation.RELU))
+            and conv.auto_pad.value in ("NOTSET", "VALID") and act in (Activation.NONE, Activation.RELU)
+            and allows_channels_last(graph, node.outputs[0]))
 
 
 @register_cuda_kernel(OpType.FUSED_CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
@@ -298,7 +328,8 @@ def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:
     a = node.attrs
     return (isinstance(a, FusedConvAttrs) and len(a.conv.kernel_shape) == 2
             and a.activation in EPILOGUE_ACTIVATIONS
-            and (a.activation is not Activation.NONE or a.has_residual))
+            and (a.activation is not Activation.NONE or a.has_residual)
+            and allows_channels_last(graph, node.outputs[0]))
 
 
 @register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies,
@@ -310,14 +341,15 @@ def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     conv, act, params, has_res = _conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
     geom = _ConvGeom(conv, node, ctx.graph)
-    w, b = _weight(ctx, node, dtype), _bias(ctx, node, dtype)
+    fmt = conv_format(node, ctx)
+    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
     prec = ctx.precision
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype)
+        x, padding = _prepare(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             y = F.conv2d(x, w, None, geom.stride, padding, geom.dilation, geom.groups)
-        res = channels_last(cast_float(inputs[3], dtype)) if has_res else None
+        res = to_format(cast_float(inputs[3], dtype), fmt) if has_res else None
         return [bias_act_(y, b, res, act, params)]
 
     return run
@@ -325,7 +357,8 @@ def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_cuda_kernel(OpType.BATCH_NORM, "scale_shift", rank=0)
 def batch_norm(node: Node, ctx: CompileContext) -> Kernel:
-    """Inference BatchNorm as one multiply-add, its scale and shift folded in fp32 at compile time."""
+    """Inference BatchNorm as one multiply-add, its scale and shift folded in fp32 at compile time
+    (in the layout plan's format for its output; without a plan, the input's)."""
     eps = (node.attrs or BatchNormAttrs()).epsilon
     consts = [ctx.const(n) for n in node.inputs[1:5]]
     if any(c is None for c in consts):
@@ -336,18 +369,20 @@ def batch_norm(node: Node, ctx: CompileContext) -> Kernel:
     shift64 = beta - mean * scale64
     dtype = compute_dtype(ctx.precision)
     scale, shift = scale64.to(dtype), shift64.to(dtype)
+    fmt = planned_format(ctx, node.outputs[0])
 
     def run(inputs) -> list:
-        x = cast_float(inputs[0], dtype)
+        x = to_format(cast_float(inputs[0], dtype), fmt)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return [torch.addcmul(shift.view(shape), x, scale.view(shape))]
+        return [to_format(torch.addcmul(shift.view(shape), x, scale.view(shape)), fmt)]
 
     return run
 
 
 @register_cuda_kernel(OpType.CONV_TRANSPOSE, "cudnn", rank=0)
 def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
-    """Transposed convolution on cuDNN (explicit pads; ``output_shape`` resolved per call)."""
+    """Transposed convolution on cuDNN (explicit pads; ``output_shape`` resolved per call). With a
+    layout plan, input, weight and output in the plan's format for the output; without, NCHW."""
     a: ConvTransposeAttrs = node.attrs
     n = len(a.kernel_shape)
     fns = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -357,7 +392,9 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     w = ctx.const(node.inputs[1])
     if w is None:
         raise BuildError(f"node {node.name!r}: ConvTranspose needs a constant weight on CUDA")
-    w = w.to(dtype).contiguous()
+    fmt = planned_format(ctx, node.outputs[0]) if n == 2 else None
+    out_fmt = fmt or torch.contiguous_format
+    w = w.to(dtype).contiguous(memory_format=out_fmt)
     b = _bias(ctx, node, dtype)
     stride = tuple(a.strides) or (1,) * n
     dil = tuple(a.dilations) or (1,) * n
@@ -367,7 +404,7 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     prec = ctx.precision
 
     def run(inputs) -> list:
-        x = cast_float(inputs[0], dtype)
+        x = to_format(cast_float(inputs[0], dtype), fmt)
         with conv_scope(prec):
             y = fns[n](x, w, b, stride, 0, tuple(outpad), a.group, dil)
         # crop the ONNX pads (they may be asymmetric) from the full transposed result
@@ -376,6 +413,6 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
         if a.output_shape is not None:
             idx = [slice(None), slice(None)] + [slice(s.start, s.start + o) for s, o in
                                                 zip(idx[2:], a.output_shape[-n:])]
-        return [y[tuple(idx)].contiguous()]
+        return [y[tuple(idx)].contiguous(memory_format=out_fmt)]
 
     return run

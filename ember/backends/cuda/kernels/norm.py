@@ -3,6 +3,10 @@
 LayerNormalization and Softmax have two tactics: PyTorch's kernel (``aten``: it accumulates in
 fp32 for half inputs) and Ember's Triton kernel (``triton``: one pass per row, fp32 math, for the
 last-axis case). LRN and LogSoftmax upcast to fp32 explicitly.
+
+LRN writes the memory format the layout plan gives its output (``ember.backends.layout``;
+without a plan, its input's); the Triton LRN writes channels-last only, so it does not apply
+where the plan stores the output NCHW.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import arg, norm_axis
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.layout import allows_channels_last, planned_format
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
@@ -138,6 +143,7 @@ def lrn(node: Node, ctx: CompileContext) -> Kernel:
     a: LRNAttrs = node.attrs
     dtype = compute_dtype(ctx.precision)
     before, after = (a.size - 1) // 2, a.size - 1 - (a.size - 1) // 2
+    fmt = planned_format(ctx, node.outputs[0])
 
     def run(inputs) -> list:
         x = inputs[0].float()
@@ -146,7 +152,7 @@ def lrn(node: Node, ctx: CompileContext) -> Kernel:
         sq = F.pad(sq, (0, 0, before, after))
         s = F.avg_pool2d(sq, (a.size, 1), stride=1, divisor_override=1).reshape(x.shape)
         y = x / (a.bias + (a.alpha / a.size) * s).pow(a.beta)
-        return [y.to(dtype).contiguous(memory_format=_fmt(inputs[0]))]
+        return [y.to(dtype).contiguous(memory_format=fmt if fmt is not None else _fmt(inputs[0]))]
 
     return run
 
@@ -158,8 +164,10 @@ def _fmt(t: Tensor) -> torch.memory_format:
 
 
 def _lrn_4d(node: Node, graph: Optional[Graph]) -> bool:
+    """4-D, at most 2048 channels, and an output the layout plan does not store NCHW."""
     t = graph.types.get(node.inputs[0]) if graph is not None else None
-    return t is not None and t.rank == 4 and isinstance(t.shape[1], int) and t.shape[1] <= 2048
+    return (t is not None and t.rank == 4 and isinstance(t.shape[1], int) and t.shape[1] <= 2048
+            and allows_channels_last(graph, node.outputs[0]))
 
 
 @register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, needs_triton=True)

@@ -3,6 +3,11 @@
 PyTorch's pooling takes only symmetric pads of at most half the kernel; other ONNX pads are
 applied explicitly first (-inf for max; zeros plus a per-position divisor for average pools
 that exclude the padding).
+
+Layout: where ``graph.meta["layout"]`` plans a pooling output's memory format
+(``ember.backends.layout``), the input is put in that format first (PyTorch's pooling then writes
+it); without a plan the output follows the input. The Triton max pooling writes channels-last
+only, so it does not apply where the plan stores the output NCHW.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.layout import allows_channels_last, planned_format, to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -51,22 +57,25 @@ def max_pool(node: Node, ctx: CompileContext) -> Kernel:
     if len(node.outputs) > 1 and node.outputs[1]:
         raise BuildError(f"node {node.name!r}: MaxPool's Indices output is not supported on CUDA; "
                          f"remove it from the model")
+    fmt = planned_format(ctx, node.outputs[0])
 
     def run(inputs) -> list:
-        x = cast_float(inputs[0], dtype)
+        x = to_format(cast_float(inputs[0], dtype), fmt)
         strides, dil, begins, ends = _geometry(a, x)
         if _native(a, begins, ends):
-            return [_MAX[n](x, a.kernel_shape, strides, begins, dil, ceil_mode=a.ceil_mode)]
+            return [to_format(_MAX[n](x, a.kernel_shape, strides, begins, dil, ceil_mode=a.ceil_mode), fmt)]
         xp = F.pad(x, torch_pad_arg(begins, ends), value=float("-inf"))
-        return [_MAX[n](xp, a.kernel_shape, strides, 0, dil, ceil_mode=a.ceil_mode)]
+        return [to_format(_MAX[n](xp, a.kernel_shape, strides, 0, dil, ceil_mode=a.ceil_mode), fmt)]
 
     return run
 
 
 def _max_pool_2d(node: Node, graph: "Graph | None") -> bool:
+    """2-D, single output, and an output the layout plan does not store NCHW."""
     a = node.attrs
     single_output = len(node.outputs) < 2 or not node.outputs[1]
-    return isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
+    return (isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
+            and allows_channels_last(graph, node.outputs[0]))
 
 
 @register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, needs_triton=True)
@@ -94,6 +103,7 @@ def average_pool(node: Node, ctx: CompileContext) -> Kernel:
                          f"supported on CUDA")
     dtype = compute_dtype(ctx.precision)
     divisors: dict[tuple, Tensor] = {}
+    fmt = planned_format(ctx, node.outputs[0])
 
     def divisor(x: Tensor, strides, pad_arg) -> Tensor:
         key = tuple(x.shape[2:])
@@ -104,17 +114,19 @@ def average_pool(node: Node, ctx: CompileContext) -> Kernel:
                                     divisor_override=1).to(x.dtype)
         return divisors[key]
 
-    def run(inputs) -> list:
-        x = cast_float(inputs[0], dtype)
+    def pool(x: Tensor) -> Tensor:
         strides, _, begins, ends = _geometry(a, x)
         if _native(a, begins, ends):
-            return [_AVG[n](x, a.kernel_shape, strides, begins, a.ceil_mode, a.count_include_pad)]
+            return _AVG[n](x, a.kernel_shape, strides, begins, a.ceil_mode, a.count_include_pad)
         pad_arg = torch_pad_arg(begins, ends)
         xp = F.pad(x, pad_arg)
         if a.count_include_pad:
-            return [_AVG[n](xp, a.kernel_shape, strides, 0, a.ceil_mode, True)]
+            return _AVG[n](xp, a.kernel_shape, strides, 0, a.ceil_mode, True)
         s = _AVG[n](xp, a.kernel_shape, strides, 0, a.ceil_mode, True, divisor_override=1)
-        return [s / divisor(x, strides, pad_arg)]
+        return s / divisor(x, strides, pad_arg)
+
+    def run(inputs) -> list:
+        return [to_format(pool(to_format(cast_float(inputs[0], dtype), fmt)), fmt)]
 
     return run
 

@@ -77,6 +77,7 @@ def format_engine(plan: Plan, layers: bool = True) -> str:
                      f"layers' precisions + activations {human_bytes(_scaled_arena(plan))} per context"
                      f" (`ember inspect --device-memory` measures it)")
     lines.append(f"  {concat_text(plan)}")
+    lines.append(f"  {layout_text(plan)}")
     if layers:
         rows = [layer_row(plan, i, layer) for i, layer in enumerate(plan.layers)]
         lines += ["", format_table(LAYER_HEADER, rows)]
@@ -93,6 +94,16 @@ def concat_text(plan: Plan) -> str:
     except Exception as e:  # noqa: BLE001 - the summary must print; say why the count is missing
         planned = len(plan.graph.meta.get("concat_slices") or {})
         return f"concat elimination: {planned} Concats planned; not checked here ({e})"
+
+
+def layout_text(plan: Plan) -> str:
+    """``layout: 91 tensors channels-last, 3 conversions (nhwc preferred)`` from the plan's
+    ``graph.meta["layout"]``; engines without one say so."""
+    layout = plan.graph.meta.get("layout")
+    if not layout:
+        return "layout: no plan (each kernel keeps its own memory format)"
+    return (f"layout: {len(layout.get('nhwc', ()))} tensors channels-last, "
+            f"{len(layout.get('conversions', ()))} conversions ({layout.get('preferred', '?')} preferred)")
 
 
 def _device_text(fp: dict) -> str:

@@ -48,10 +48,11 @@ def test_channels_last_plan_converts_only_at_the_edges():
 
 
 def test_layout_preference_follows_device_and_config():
-    assert preferred_layout(BuildConfig(device="cpu")) == NCHW
+    assert preferred_layout(BuildConfig(device="cpu")) == NHWC
+    assert preferred_layout(BuildConfig(device="cpu", layout="nchw")) == NCHW
     assert preferred_layout(type("C", (), {"device": "cuda"})()) == NHWC
     assert preferred_layout(type("C", (), {"device": "cpu", "layout": "nhwc"})()) == NHWC
-    out = optimize(import_onnx(inception_like()))
+    out = optimize(import_onnx(inception_like()), layout="nchw")
     assert out.meta["layout"] == {"preferred": NCHW, "nhwc": [], "weights": [], "conversions": []}
 
 

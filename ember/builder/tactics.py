@@ -46,6 +46,12 @@ def layer_signature(node: Node, graph: Graph, precision: str) -> str:
         "const": [i in graph.constants for i in node.inputs],
         "precision": precision,
     }
+    from ember.backends.layout import NCHW, layout_plan, planned_format
+
+    plan = layout_plan(graph)  # an NCHW build times its 4-D layers in NCHW: entries of their own
+    if plan is not None and plan["preferred"] == "nchw" and any(planned_format(graph, o) is NCHW
+                                                                for o in node.outputs):
+        parts["nchw"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -270,6 +270,18 @@ def test_zoo_models_with_nhwc_match_ort(name):
         assert max_rel_error(got[out], ref) <= 1e-4, out
 
 
+def test_timing_cache_keeps_nchw_timings_apart():
+    """A tuned layer of an NCHW build was timed in NCHW: its timing-cache entry is its own; NHWC
+    builds keep the keys they always had."""
+    from ember.builder.tactics import layer_signature
+
+    sigs = {}
+    for key, meta in (("nhwc", NHWC_META), ("nchw", NCHW_META), ("none", {})):
+        g, node = _conv_graph(meta)
+        sigs[key] = layer_signature(node, g, "fp32")
+    assert sigs["nhwc"] == sigs["none"] != sigs["nchw"]
+
+
 # ---- CUDA kernels' format logic, on CPU tensors -----------------------------------------------
 
 @pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw"), ({}, "nhwc")])

@@ -15,7 +15,7 @@ tensors on the GPU in -> torch tensors on the GPU out, never through the host). 
 enqueues on a stream and returns device (or pinned host) tensors valid once the stream is done.
 
 GPU inputs without a copy: a captured graph reads its inputs from fixed addresses. When the
-same GPU tensors (same addresses, shapes, dtypes; contiguous) come back a second time, the
+same GPU tensor objects (same addresses, shapes, dtypes; contiguous) come back a second time, the
 runner captures a graph *bound* to them and keeps a reference to them (so their memory cannot
 be freed or reused under the graph); from then on a run with those tensors reads them where
 they are, with no copy into the static buffers. A caller that refills one input buffer per
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
@@ -77,7 +78,7 @@ class CudaRunner:
         self.max_shapes = max_shapes
         self.max_bound = max_bound
         self._bound: OrderedDict[tuple, _Slot] = OrderedDict()
-        self._seen: OrderedDict[tuple, int] = OrderedDict()
+        self._seen: OrderedDict[tuple, list] = OrderedDict()
         self.zero_copy_runs = 0
         self.stream = torch.cuda.Stream(self.device)
         self.side = [torch.cuda.Stream(self.device) for _ in range(program.num_streams - 1)]
@@ -211,11 +212,13 @@ class CudaRunner:
             self._bound.move_to_end(key)
             self.zero_copy_runs += 1
             return slot
-        seen = self._seen.pop(key, 0) + 1
-        self._seen[key] = seen
+        # the same tensor objects a second time (a fresh tensor that the caching allocator put at
+        # a freed tensor's address is another object: it takes the copy path, never a capture)
+        prev = self._seen.pop(key, None)
+        self._seen[key] = [weakref.ref(v) for v in vals]
         if len(self._seen) > 64:
             self._seen.popitem(last=False)
-        if seen < 2:
+        if prev is None or any(r() is not v for r, v in zip(prev, vals)):
             return None
         per_shape = [k for k in self._bound if k[0] == shape_key]
         if len(per_shape) >= self.max_bound:

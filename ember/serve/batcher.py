@@ -131,9 +131,12 @@ class _Instance:
                     f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
                     f"{rows}; the model must keep the batch dim first in every output, or set "
                     f"max_batch_size: 0")
+            # an array the run made for us alone is handed out as views (no copy per request)
+            own = arr.flags.owndata and arr is not parts[0][0].get(name)
             start = 0
             for i, (_, b) in enumerate(parts):
-                split[i][name] = (arr[start:start + b] if batched else arr).copy()
+                part = arr[start:start + b] if batched else arr
+                split[i][name] = part if own else part.copy()
                 start += b
         t3 = time.perf_counter_ns()
         return split, _Timings(t1 - t0, t2 - t1, t3 - t2)

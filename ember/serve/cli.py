@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-timeout", type=float, default=60.0,
                         help="seconds to wait for in-flight requests on shutdown (default 60)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--switch-interval-us", type=int, default=200,
-                        help="Python's thread switch interval in microseconds (default 200; Python's "
+    parser.add_argument("--switch-interval-us", type=int, default=50,
+                        help="Python's thread switch interval in microseconds (default 50; Python's "
                              "own is 5000): how long a model instance thread may wait for the "
                              "interpreter while the network thread decodes requests")
 

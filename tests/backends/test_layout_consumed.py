@@ -24,7 +24,9 @@ from ember.backends.cpu import CPUBackend
 from ember.backends.layout import allows_channels_last, planned_format, planned_weight_format, to_format
 from ember.errors import BuildError
 from ember.ir import DType, Graph, Node, OpType, TensorType
-from ember.ops.attrs import Activation, BatchNormAttrs, ConvAttrs, FusedConvAttrs, LRNAttrs, PoolAttrs
+from ember.ops.attrs import (
+    Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs, LRNAttrs, PoolAttrs,
+)
 from ember.runtime.summary import format_engine
 from ember.zoo.runners import EmberRunner, OrtRunner, max_rel_error
 
@@ -332,16 +334,21 @@ def test_cuda_channels_last_only_tactics_decline_nchw_outputs():
             assert bool(when(node, g)) == applies, (when.__name__, meta)
 
 
-@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw")])
-def test_cuda_pool_and_batch_norm_write_the_planned_format(meta, want):
-    from ember.backends.cuda.kernels.conv import batch_norm
+@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw"), ({}, None)])
+def test_cuda_pool_norm_deconv_write_the_planned_format(meta, want):
+    """Without a plan: pools and BatchNorm follow their input, ConvTranspose writes NCHW (as before)."""
+    from ember.backends.cuda.kernels.conv import batch_norm, conv_transpose
     from ember.backends.cuda.kernels.pool import average_pool, max_pool
 
     types = {"x": TensorType(DType.FLOAT32, (1, 4, 6, 6)), "y": TensorType(DType.FLOAT32, (1, 4, 6, 6))}
     bn_consts = {k: torch.rand(4) + 0.5 for k in ("s", "b", "m", "v")}
-    cases = [(max_pool, Node("y", OpType.MAX_POOL, ("x",), ("y",), PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))), {}),
-             (average_pool, Node("y", OpType.AVERAGE_POOL, ("x",), ("y",), PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))), {}),
-             (batch_norm, Node("y", OpType.BATCH_NORM, ("x", "s", "b", "m", "v"), ("y",), BatchNormAttrs()), bn_consts)]
+    pool = PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    deconv = ConvTransposeAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (0, 0))
+    cases = [(max_pool, Node("y", OpType.MAX_POOL, ("x",), ("y",), pool), {}),
+             (average_pool, Node("y", OpType.AVERAGE_POOL, ("x",), ("y",), pool), {}),
+             (batch_norm, Node("y", OpType.BATCH_NORM, ("x", "s", "b", "m", "v"), ("y",), BatchNormAttrs()), bn_consts),
+             (conv_transpose, Node("y", OpType.CONV_TRANSPOSE, ("x", "wt"), ("y",), deconv),
+              {"wt": torch.randn(4, 4, 3, 3)})]
     x = torch.randn(1, 4, 6, 6)
     for factory, node, consts in cases:
         g = Graph("t", [node], ["x"], ["y"], types, {}, meta=meta)
@@ -349,7 +356,8 @@ def test_cuda_pool_and_batch_norm_write_the_planned_format(meta, want):
         ref = kernel([x, *consts.values()])[0]
         for given in (x, x.contiguous(memory_format=CL)):
             y = kernel([given, *consts.values()])[0]
-            assert _fmt(y) == want, node.op
+            expected = want or ("nchw" if node.op is OpType.CONV_TRANSPOSE else _fmt(given))
+            assert _fmt(y) == expected, node.op
             torch.testing.assert_close(y, ref)
 
 
@@ -366,7 +374,7 @@ def test_cuda_engine_layouts_match_ort_and_write_the_planned_format(layout):
     model, feeds = conv_net(batch=2), _x((2, 3, 16, 16))
     engine = ember.build(model, ember.BuildConfig(device="cuda", layout=layout, precision="fp32"))
     assert engine.plan.graph.meta["layout"]["preferred"] == layout
-    _check_ort(engine, model, feeds, tol=1e-4)
+    _check_ort(engine, model, feeds, tol=2e-4)  # fp32 (TF32 off); cuDNN may pick Winograd
     env = _run_layers(engine, feeds, CUDABackend(), torch.device("cuda"))
     _assert_formats_follow_plan(engine, env)
     convs = [n.outputs[0] for n in engine.plan.graph.nodes if n.op in (OpType.CONV, OpType.FUSED_CONV)]
@@ -381,9 +389,11 @@ def test_cuda_engine_layouts_match_ort_and_write_the_planned_format(layout):
 @pytest.mark.parametrize("name", ["resnet-18", "googlenet", "mobilenet-v2"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_cuda_zoo_fp32_layouts_match_ort(name, layout):
+    """The backend's default tactics (no tuning: they must all run in either layout), whole
+    engines with CUDA graphs; fp32 with TF32 off, cuDNN free to pick Winograd/FFT algorithms."""
     engine = ember.build(str(zoo.export_onnx(name)),
-                         ember.BuildConfig(device="cuda", layout=layout, precision="fp32"))
+                         ember.BuildConfig(device="cuda", layout=layout, precision="fp32", tactic_tuning=False))
     with EmberRunner(engine) as runner:
         got = runner(zoo.sample_inputs(name, 1))
     for out, ref in _zoo_reference(name).items():
-        assert max_rel_error(got[out], ref) <= 1e-4, (name, layout, out)
+        assert max_rel_error(got[out], ref) <= 1e-3, (name, layout, out)

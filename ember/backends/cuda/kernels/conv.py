@@ -393,7 +393,7 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     if w is None:
         raise BuildError(f"node {node.name!r}: ConvTranspose needs a constant weight on CUDA")
     fmt = planned_format(ctx, node.outputs[0]) if n == 2 else None
-    out_fmt = fmt or torch.contiguous_format
+    out_fmt = fmt if fmt is not None else torch.contiguous_format
     w = w.to(dtype).contiguous(memory_format=out_fmt)
     b = _bias(ctx, node, dtype)
     stride = tuple(a.strides) or (1,) * n

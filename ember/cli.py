@@ -79,6 +79,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tune-cpu", action="store_true",
                    help="time tactics on the CPU too (off: the CPU backend's defaults)")
     g.add_argument("--no-optimize", action="store_true", help="skip the optimizer's fusion passes")
+    g.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
+                   help="memory format of 4-D activations (auto: channels-last, the faster on both "
+                        "backends)")
 
 
 def _profiles(args: argparse.Namespace) -> dict[str, tuple]:
@@ -101,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
     return BuildConfig(device=args.device, precision=args.precision, shapes=parse_shapes(args.shapes),
                        profiles=_profiles(args), timing_cache=args.timing_cache,
                        tactic_tuning=not args.no_tuning, tune_cpu=args.tune_cpu,
-                       optimize=not args.no_optimize)
+                       optimize=not args.no_optimize, layout=getattr(args, "layout", "auto"))
 
 
 def load_or_build(path: str, args: argparse.Namespace):

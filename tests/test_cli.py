@@ -186,3 +186,15 @@ def test_run_random_errors_say_what_to_pass(files, capsys, tmp_path):
     for argv, want in cases:
         code, out, err = _run(capsys, *argv)
         assert (code, err) == (1, want), argv
+
+
+def test_layout_option_reaches_the_build(files, capsys):
+    d, _, _ = files
+    code, out, err = _run(capsys, "inspect", "--json", d / "tiny.onnx", "--shapes", "x:1x3x8x8", "--layout", "nchw")
+    assert code == 0, err
+    assert json.loads(out)["config"]["layout"] == "nchw"
+    code, out, err = _run(capsys, "inspect", "--no-layers", d / "tiny.onnx", "--shapes", "x:1x3x8x8")
+    assert code == 0, err
+    assert "nhwc preferred" in out  # auto: channels-last on the CPU too
+    with pytest.raises(SystemExit):
+        main(["inspect", str(d / "tiny.onnx"), "--layout", "chw"])

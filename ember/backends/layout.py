@@ -35,21 +35,38 @@ def _graph(where: Where) -> Optional[Graph]:
     return where.graph if isinstance(where, CompileContext) else where
 
 
+#: checked plans with their name sets, by ``id``: every kernel of a build asks about one plan,
+#: which must not cost a scan of the whole plan per question (quadratic on large graphs)
+_CHECKED: dict[int, tuple[Mapping, frozenset, frozenset]] = {}
+
+
 def layout_plan(where: Where) -> Optional[Mapping]:
     """``graph.meta["layout"]`` checked for shape, or ``None`` when the graph has none."""
+    found = _checked(where)
+    return None if found is None else found[0]
+
+
+def _checked(where: Where) -> Optional[tuple[Mapping, frozenset, frozenset]]:
+    """The plan, its channels-last activations and its converted weights (checked once)."""
     graph = _graph(where)
     if graph is None:
         return None
     plan = graph.meta.get("layout")
     if plan is None:
         return None
+    hit = _CHECKED.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit
     if not isinstance(plan, Mapping) or plan.get("preferred") not in ("nchw", "nhwc") or not all(
             isinstance(plan.get(k, []), (list, tuple)) and all(isinstance(n, str) for n in plan.get(k, []))
             for k in ("nhwc", "weights")):
         raise BuildError(f"graph {graph.name!r}: meta['layout'] is malformed ({str(plan)[:200]}); it "
                          f"needs 'preferred' ('nchw' or 'nhwc') and lists of tensor names 'nhwc' and "
                          f"'weights'. Rebuild the engine")
-    return plan
+    if len(_CHECKED) >= 16:
+        _CHECKED.clear()
+    hit = _CHECKED[id(plan)] = (plan, frozenset(plan.get("nhwc", ())), frozenset(plan.get("weights", ())))
+    return hit
 
 
 def _is_4d(graph: Graph, name: str) -> bool:
@@ -59,19 +76,19 @@ def _is_4d(graph: Graph, name: str) -> bool:
 
 def planned_format(where: Where, tensor: str) -> Optional[torch.memory_format]:
     """The memory format the plan stores 4-D activation ``tensor`` in (``None``: no plan for it)."""
-    plan = layout_plan(where)
-    if plan is None or not tensor:
+    found = _checked(where)
+    if found is None or not tensor:
         return None
     graph = _graph(where)
     if tensor in graph.constants or not _is_4d(graph, tensor):  # type: ignore[union-attr]
         return None
-    return CHANNELS_LAST if tensor in plan.get("nhwc", ()) else NCHW
+    return CHANNELS_LAST if tensor in found[1] else NCHW
 
 
 def planned_weight_format(where: Where, weight: str) -> Optional[torch.memory_format]:
     """The memory format the plan keeps 4-D conv weight ``weight`` in (``None``: no plan)."""
-    plan = layout_plan(where)
-    if plan is None or not weight:
+    found = _checked(where)
+    if found is None or not weight:
         return None
     graph = _graph(where)
     t = graph.types.get(weight)  # type: ignore[union-attr]
@@ -79,7 +96,7 @@ def planned_weight_format(where: Where, weight: str) -> Optional[torch.memory_fo
     rank = t.rank if t is not None else (c.ndim if c is not None else 0)
     if rank != 4:
         return None
-    return CHANNELS_LAST if weight in plan.get("weights", ()) else NCHW
+    return CHANNELS_LAST if weight in found[2] else NCHW
 
 
 def allows_channels_last(graph: Optional[Graph], tensor: str) -> bool:

@@ -104,8 +104,9 @@ def _is_channels_last(t: torch.Tensor) -> bool:
 
 
 def _layout_hint(graph: Graph, name: str, rank: int, static_layout: bool) -> Optional[bool]:
-    layout = graph.meta.get("layout") or {}
-    if rank in (4, 5) and name in set(layout.get("nhwc", ())):
+    from ember.backends.layout import CHANNELS_LAST, planned_format
+
+    if rank == 4 and planned_format(graph, name) is CHANNELS_LAST:
         return True
     return False if static_layout or rank not in (4, 5) else None
 

@@ -24,6 +24,7 @@ Triton per argument specialization. Triton is imported only when a kernel is fir
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import math
@@ -450,6 +451,13 @@ def load_kernel(source: str) -> Callable:
         return fn
 
 
+@functools.lru_cache(maxsize=256)
+def _kernel_for(program: ElementwiseProgram, rank: int, patterns: tuple) -> Callable:
+    """The kernel of ``program`` for one index layout, generated and loaded once (not per call:
+    eager runs and tactic timing call ``run_program`` in a loop)."""
+    return load_kernel(kernel_source(program, rank, patterns))
+
+
 def run_program(program: ElementwiseProgram, inputs: Sequence[torch.Tensor], shape: Sequence[int],
                 out_dtype: torch.dtype) -> torch.Tensor:
     """Runs ``program`` on ``inputs`` (broadcast to ``shape``); a fresh output of ``out_dtype``."""
@@ -461,8 +469,7 @@ def run_program(program: ElementwiseProgram, inputs: Sequence[torch.Tensor], sha
     if numel == 0:
         return out
     layout = plan_layout(inputs, out)
-    source = kernel_source(program, len(layout.sizes), layout.patterns)
-    kernel = load_kernel(source)
+    kernel = _kernel_for(program, len(layout.sizes), tuple(layout.patterns))
     strides = [v for s, p in zip(layout.strides, layout.patterns) if p != DENSE for v in (s[d] for d in p)]
     grid = ((numel + BLOCK - 1) // BLOCK,)
     kernel[grid](*inputs, out, numel, *layout.sizes, *strides, BLOCK=BLOCK, INDEX64=layout.index64,

@@ -46,17 +46,18 @@ def inspect_text(path: str, args: argparse.Namespace | None = None, layers: bool
     """The inspection report of ``path`` as text."""
     from ember.runtime.summary import format_engine
 
-    engine = load_for_inspection(path, args)
-    return format_engine(engine.plan, layers=layers)
+    return format_engine(load_for_inspection(path, args).plan, layers=layers)
 
 
 def inspect_json(path: str, args: argparse.Namespace | None = None) -> dict:
     """The engine's manifest (what the ``.ember`` file stores, less the weights) as a dict."""
-    from ember.runtime.engine_file import encode_weights, manifest_of
+    return _manifest(load_for_inspection(path, args))
 
+
+def _manifest(engine) -> dict:
+    from ember.runtime.engine_file import encode_weights, manifest_of
     from ember.runtime.summary import concat_text
 
-    engine = load_for_inspection(path, args)
     data = manifest_of(engine.plan, encode_weights(engine.plan.graph.constants))
     data["concat_elimination"] = concat_text(engine.plan)
     return data
@@ -93,20 +94,25 @@ def device_memory_text(report: dict[str, int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ember.runtime.summary import format_engine
+
     memory = None
     if getattr(args, "device_memory", False):
         from ember.runtime.engine import Engine
 
+        # an engine file is loaded with its device check (it will run); a model is built once
         engine = Engine.load(args.model) if Path(args.model).suffix.lower() == ".ember" else \
             load_for_inspection(args.model, args)
         memory = measure_device_memory(engine)
+    else:
+        engine = load_for_inspection(args.model, args)
     if args.json:
-        data = inspect_json(args.model, args)
+        data = _manifest(engine)
         if memory is not None:
             data["device_memory"] = memory
         print(json.dumps(data, indent=1))
     else:
-        text = inspect_text(args.model, args, layers=not args.no_layers)
+        text = format_engine(engine.plan, layers=not args.no_layers)
         if memory is not None:
             head, sep, rest = text.partition("\n\n")
             text = head + "\n" + device_memory_text(memory) + sep + rest

@@ -42,13 +42,24 @@ def _is_residual(n) -> bool:
     return n.op.value == "FusedConv" and bool(getattr(n.attrs, "has_residual", False))
 
 
+def _reads_graph_input(engine) -> list[str]:
+    inputs = set(engine.plan.graph.inputs)
+    return [n.name for n in engine.plan.graph.nodes if any(i in inputs for i in n.inputs)]
+
+
+_HEAD = ["GlobalAveragePool", "Gemm", "MatMul", "Flatten"]
+
 #: name -> function(default engine) -> layer_precisions table for the given precision
 VARIANTS: dict[str, Callable[[Any], list[str]]] = {
     "default rules": lambda e: [],
-    "head in fp32": lambda e: ["GlobalAveragePool", "Gemm", "MatMul", "Flatten"],
+    "head in fp32": lambda e: list(_HEAD),
     "depthwise convs in fp32": lambda e: _layers(e, _is_depthwise),
     "linear (projection) convs in fp32": lambda e: _layers(e, _is_linear_conv),
     "residual convs in fp32": lambda e: _layers(e, _is_residual),
+    "stem (first layer) in fp32": _reads_graph_input,
+    "stem + head in fp32": lambda e: [*_reads_graph_input(e), *_HEAD],
+    "stem + head + linear convs in fp32": lambda e: [*_reads_graph_input(e), *_HEAD,
+                                                     *_layers(e, _is_linear_conv)],
 }
 
 

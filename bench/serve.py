@@ -88,7 +88,8 @@ def write_repository(root: Path, models: list[str], args: argparse.Namespace) ->
 # ---- server -------------------------------------------------------------------------------------
 def start_server(repo: Path, args: argparse.Namespace) -> ServeProcess:
     """``python -m ember.serve`` on free ports, its log echoed; waits (without limit) until ready."""
-    return launch_server(repo, cache_dir=args.cache_dir, ready_timeout=None, cwd=ROOT,
+    extra = ["--grpc-front-ends", args.grpc_front_ends]
+    return launch_server(repo, cache_dir=args.cache_dir, ready_timeout=None, cwd=ROOT, extra_args=extra,
                          echo=lambda line: sys.stderr.write("  [server] " + line))
 
 
@@ -123,20 +124,22 @@ def stats_delta(before: dict, after: dict) -> dict:
 
 # ---- clients ------------------------------------------------------------------------------------
 def client_process(protocol: str, port: int, model: str, feeds: dict, concurrency: int,
-                   start: float, stop: float, out: Any) -> None:
+                   start: float, stop: float, channels: int, out: Any) -> None:
     """Closed-loop clients until ``stop``; sends back (completion time, latency s) and errors."""
-    out.send(asyncio.run(_clients(protocol, port, model, feeds, concurrency, start, stop)))
+    out.send(asyncio.run(_clients(protocol, port, model, feeds, concurrency, start, stop, channels)))
 
 
 async def _clients(protocol: str, port: int, model: str, feeds: dict, concurrency: int,
-                   start: float, stop: float) -> tuple[list, list]:
+                   start: float, stop: float, channels: int) -> tuple[list, list]:
     if protocol == "grpc":
         import tritonclient.grpc.aio as tc
     else:
         import tritonclient.http.aio as tc
     from tritonclient.utils import np_to_triton_dtype
 
-    client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+    # one connection per few clients, as separate client machines would open (and so that the
+    # server's front-end processes, which share the port, each get some)
+    clients = [tc.InferenceServerClient(f"127.0.0.1:{port}") for _ in range(max(1, min(channels, concurrency)))]
     inputs = []
     for name, arr in feeds.items():
         inp = tc.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
@@ -147,7 +150,7 @@ async def _clients(protocol: str, port: int, model: str, feeds: dict, concurrenc
     while time.time() < start:
         await asyncio.sleep(0.001)
 
-    async def loop() -> None:
+    async def loop(client: Any) -> None:
         while time.time() < stop:
             t0 = time.time()
             try:
@@ -158,8 +161,9 @@ async def _clients(protocol: str, port: int, model: str, feeds: dict, concurrenc
             t1 = time.time()
             done.append((t1, t1 - t0))
 
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    await client.close()
+    await asyncio.gather(*(loop(clients[i % len(clients)]) for i in range(concurrency)))
+    for client in clients:
+        await client.close()
     return done, errors
 
 
@@ -174,7 +178,7 @@ def measure(entry: str, feeds: dict, concurrency: int, ports: dict, args: argpar
     for share in shares:
         recv, send = ctx.Pipe(duplex=False)
         p = ctx.Process(target=client_process, args=(args.protocol, port, entry, feeds, share,
-                                                       start, window[1], send))
+                                                       start, window[1], args.channels, send))
         p.start()
         pipes.append(recv)
         workers.append(p)
@@ -242,6 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=1, help="instance_count of every entry")
     p.add_argument("--seq-len", type=int, default=128, help="MiniLM sequence length")
     p.add_argument("--client-procs", type=int, default=0, help="client processes (0: cores/4, at most concurrency)")
+    p.add_argument("--channels", type=int, default=4, help="connections per client process")
+    p.add_argument("--grpc-front-ends", default="auto", help="the server's --grpc-front-ends")
     p.add_argument("--variants", default="b1,dyn", help="b1 (no batching) and/or dyn (dynamic batching)")
     p.add_argument("--cache-dir", default=None, help="engine cache of the server")
     p.add_argument("--out", default=None, help="result file (default bench/results/serve-<date>-<device>.json)")
@@ -276,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"suite": "serve", "date": today, "device": args.device, "device_name": device_name(args.device),
               "precision": args.precision, "protocol": args.protocol, "duration_s": args.duration,
               "warmup_s": args.warmup, "max_batch": args.max_batch, "delay_us": args.delay_us,
-              "instances": args.instances, "seq_len": args.seq_len, "versions": versions(),
+              "instances": args.instances, "grpc_front_ends": args.grpc_front_ends,
+              "channels_per_client_process": args.channels, "seq_len": args.seq_len, "versions": versions(),
               "command": " ".join(sys.argv), "runs": runs}
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"serve-{today}-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

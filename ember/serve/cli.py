@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "(default ~/.cache/ember/engines)")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0,
                         help="seconds to wait for in-flight requests on shutdown (default 60)")
+    parser.add_argument("--grpc-front-ends", default="auto",
+                        help="processes that serve the gRPC port and relay calls to the server "
+                             "process, so gRPC's per-call work does not compete with batching and "
+                             "the models (default auto: a quarter of the CPUs, at most 4, none "
+                             "below 8 CPUs; 0: the server process serves gRPC itself)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--switch-interval-us", type=int, default=50,
                         help="Python's thread switch interval in microseconds (default 50; Python's "
@@ -52,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if args.switch_interval_us <= 0:
         print(f"error: --switch-interval-us must be > 0, got {args.switch_interval_us}", file=sys.stderr)
         return 2
+    front_ends = _front_ends(args.grpc_front_ends)
+    if front_ends is None:
+        print(f"error: --grpc-front-ends must be auto or a whole number >= 0, got "
+              f"{args.grpc_front_ends!r}", file=sys.stderr)
+        return 2
     # An instance thread gives up the interpreter lock around every GPU call and must get it back
     # to go on; with Python's default 5 ms switch interval it waits that long whenever the event
     # loop is busy decoding requests, which multiplied a batch's compute time under load.
@@ -59,13 +69,25 @@ def run(args: argparse.Namespace) -> int:
     options = ServerOptions(repository=args.repository, host=args.host, http_port=args.http_port,
                             grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                             cache_dir=args.cache_dir, shutdown_timeout_s=args.shutdown_timeout,
-                            log_level=args.log_level)
+                            log_level=args.log_level, grpc_front_ends=front_ends)
     try:
         run_server(options)
     except (EmberError, OSError) as exc:
         logging.getLogger("ember.serve").error("ember serve: %s", exc)
         return 1
     return 0
+
+
+def _front_ends(value: str) -> "int | None":
+    from ember.serve.relay import auto_front_ends
+
+    if value == "auto":
+        return auto_front_ends()
+    try:
+        n = int(value)
+    except ValueError:
+        return None
+    return n if n >= 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

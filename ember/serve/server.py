@@ -23,8 +23,9 @@ from typing import Any, Iterator, Optional
 import uvicorn
 
 from ember.serve.core import Core
-from ember.serve.grpc_service import create_grpc_server
+from ember.serve.grpc_service import InferenceServicer, create_grpc_server
 from ember.serve.http_app import create_app, create_metrics_app
+from ember.serve.relay import FrontEnds
 from ember.serve.repository import ModelRepository
 from ember.serve.runner import default_cache_dir
 
@@ -44,6 +45,8 @@ class ServerOptions:
     cache_dir: Optional[str | Path] = None
     shutdown_timeout_s: float = 60.0
     log_level: str = "info"
+    #: gRPC front-end processes (``ember.serve.relay``); 0: the server process speaks gRPC itself
+    grpc_front_ends: int = 0
 
 
 class _Uvicorn(uvicorn.Server):
@@ -83,12 +86,18 @@ class Server:
         self.http_port = self.grpc_port = self.metrics_port = -1
         self._uvicorns: list[tuple[_Uvicorn, asyncio.Task]] = []
         self._grpc: Any = None
+        self.front_ends: Optional[FrontEnds] = None
         self._stopped = False
 
     async def start(self) -> None:
         """Opens the endpoints (live at once), then loads every model (ready once loaded)."""
         o = self.options
-        if o.grpc_port >= 0:
+        if o.grpc_port >= 0 and o.grpc_front_ends > 0:
+            self.front_ends = FrontEnds(InferenceServicer(self.core), o.grpc_front_ends, o.host,
+                                        o.grpc_port, o.shutdown_timeout_s)
+            await self.front_ends.start()
+            self.grpc_port = self.front_ends.port
+        elif o.grpc_port >= 0:
             self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port)
             await self._grpc.start()
         if o.http_port >= 0:
@@ -97,6 +106,9 @@ class Server:
             self.metrics_port = await self._start_uvicorn(create_metrics_app(self.core), o.metrics_port)
         log.info("ember serve: HTTP %s:%d, gRPC %s:%d, metrics %s:%d", o.host, self.http_port, o.host,
                  self.grpc_port, o.host, self.metrics_port)
+        if self.front_ends is not None:
+            log.info("ember serve: gRPC served by %d front-end processes (pids %s)", o.grpc_front_ends,
+                     ", ".join(str(p.pid) for p in self.front_ends.procs))
         await self.core.repository.load_all()
         self.core.started = True
         log.info("ember serve: ready; models %s", ", ".join(
@@ -123,7 +135,13 @@ class Server:
         self._stopped = True
         log.info("ember serve: shutting down; answering the queued requests")
         self.core.accepting = False
-        await self.core.repository.close()
+        # the front ends finish their calls in flight while the queues drain (the hub answers them)
+        stopping = [self.core.repository.close()]
+        if self.front_ends is not None:
+            stopping.append(self.front_ends.stop())
+        for result in await asyncio.gather(*stopping, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("ember serve: error while shutting down: %s: %s", type(result).__name__, result)
         for server, _ in self._uvicorns:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in self._uvicorns), return_exceptions=True)

@@ -6,7 +6,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _activate(x, P0, P1, ACT: tl.constexpr):
+def activate(x, P0, P1, ACT: tl.constexpr):
+    """The epilogue activation ``ACT`` (a ``triton_ops.ACT_CODES`` value) of fp32 ``x``; ``P0``,
+    ``P1`` its parameters (``triton_ops.epilogue_params``). Shared by Ember's Triton kernels."""
     if ACT == 1:
         x = tl.maximum(x, 0.0)
     elif ACT == 2:
@@ -42,7 +44,7 @@ def bias_act_kernel(y_ptr, b_ptr, r_ptr, total, n, P0, P1, HAS_BIAS: tl.constexp
         x += tl.load(b_ptr + (offs % n), mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         x += tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    x = _activate(x, P0, P1, ACT)
+    x = activate(x, P0, P1, ACT)
     tl.store(y_ptr + offs, x.to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -34,7 +34,8 @@ EPILOGUE_ACTIVATIONS = frozenset(ACT_CODES)
 _INF = 3.0e38
 
 
-def _params(act: Activation, params: Sequence[float]) -> tuple[float, float]:
+def epilogue_params(act: Activation, params: Sequence[float]) -> tuple[float, float]:
+    """The two scalar parameters the kernels' ``activate`` takes for ``act`` (defaults filled in)."""
     p = [float(v) for v in params]
     if act is Activation.CLIP:
         return (p[0] if len(p) > 0 else -_INF, p[1] if len(p) > 1 else _INF)
@@ -80,7 +81,7 @@ def bias_act_(y: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[
     n = y.shape[1] if y.dim() == 4 else y.shape[-1]
     if residual is not None and residual.stride() != y.stride():
         residual = residual.contiguous(memory_format=fmt)
-    p0, p1 = _params(act, params)
+    p0, p1 = epilogue_params(act, params)
     total = y.numel()
     block = 2048
     grid = (triton_cdiv(total, block),)

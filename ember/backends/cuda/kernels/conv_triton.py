@@ -1,0 +1,156 @@
+"""Conv / FusedConv on Ember's Triton implicit-GEMM convolution (``ember.backends.cuda.triton_conv``):
+one tactic per tile configuration, ``triton_igemm_<BMxBNxBK>``.
+
+What it is for: it writes its result through any output strides, so the producer of a Concat
+input computes straight into its channel slice of the Concat's buffer (``WriteInto``: concat
+elimination, ``ember.runtime.concat_exec``), where cuDNN (through PyTorch) can only write packed
+outputs and pays a copy; and it fuses bias + residual + any epilogue activation in one pass,
+where cuDNN fuses only ReLU.
+
+Where it is offered (``when``): 2-D, ungrouped convolutions with a constant 4-D weight whose
+output may be channels-last (the kernel indexes channels as the fastest dim for its stores and
+loads; it is correct for any strides, just not fast), and only where it can save a memory pass:
+the output is a planned in-place Concat input (``concat_slices``), or the epilogue is one cuDNN
+cannot fuse (an activation other than ReLU, or a residual without ReLU). Elsewhere cuDNN's own
+kernels are faster and timing the Triton variants would only lengthen the build. The tactic timer
+(``tuning.py``) times a Concat producer into its slice (or + the copy into it), so the choice
+between cuDNN + copy and this kernel is made on what the engine will really run.
+
+The output is in the layer's planned format (``conv_format``), the weight packed once at compile
+time, the input read in whatever strides and float dtype it arrives (cast in registers).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
+from ember.backends.cuda.device import compute_dtype
+from ember.backends.cuda.kernels.conv import conv_format
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.cuda.triton_conv import CONFIGS, TileConfig
+from ember.backends.layout import allows_channels_last
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
+
+TACTIC_PREFIX = "triton_igemm_"
+
+
+def _parts(node: Node) -> tuple[Optional[ConvAttrs], Activation, tuple[float, ...], bool]:
+    a = node.attrs
+    if isinstance(a, FusedConvAttrs):
+        return a.conv, a.activation, tuple(a.act_params), a.has_residual
+    return (a if isinstance(a, ConvAttrs) else None), Activation.NONE, (), False
+
+
+def _saves_a_pass(node: Node, graph: Graph) -> bool:
+    """The output is a planned in-place Concat input, or the epilogue is one cuDNN cannot fuse."""
+    from ember.runtime.concat_exec import planned_slice
+
+    _, act, _, has_res = _parts(node)
+    if act not in (Activation.NONE, Activation.RELU) or (has_res and act is Activation.NONE):
+        return True
+    return planned_slice(graph, node.outputs[0]) is not None
+
+
+def triton_conv_applies(node: Node, graph: Optional[Graph]) -> bool:
+    """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
+    from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
+
+    conv, act, _, _ = _parts(node)
+    if conv is None or graph is None or len(conv.kernel_shape) != 2 or conv.group != 1:
+        return False
+    if act not in EPILOGUE_ACTIVATIONS or not allows_channels_last(graph, node.outputs[0]):
+        return False
+    w = graph.constants.get(node.input(1))
+    if w is None or w.ndim != 4:
+        return False
+    return _saves_a_pass(node, graph)
+
+
+class _Pads:
+    """The conv's (top, left, bottom, right) pads, ``auto_pad`` resolved per input size."""
+
+    def __init__(self, conv: ConvAttrs, stride: tuple[int, int], dilation: tuple[int, int]) -> None:
+        self.conv, self.stride, self.dilation = conv, stride, dilation
+        self._last: Optional[tuple[tuple[int, int], tuple[int, ...]]] = None
+
+    def __call__(self, h: int, w: int) -> tuple[int, ...]:
+        if self._last is not None and self._last[0] == (h, w):
+            return self._last[1]
+        c = self.conv
+        begins, ends = split_pads(auto_pads(c.auto_pad, c.pads, (h, w), c.kernel_shape, self.stride,
+                                            self.dilation))
+        pads = (int(begins[0]), int(begins[1]), int(ends[0]), int(ends[1]))
+        self._last = ((h, w), pads)
+        return pads
+
+
+def _factory(config: TileConfig):
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        from ember.backends.cuda import triton_conv as T
+
+        conv, act, params, has_res = _parts(node)
+        if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
+            raise BuildError(f"node {node.name!r}: the Triton convolution does 2-D ungrouped "
+                             f"convolutions only; choose a cudnn tactic")
+        w = ctx.const(node.inputs[1])
+        if w is None or w.dim() != 4:
+            raise BuildError(f"node {node.name!r}: the Triton convolution needs a constant 4-D weight "
+                             f"(input {node.inputs[1]!r}); fold it or choose a cudnn tactic")
+        dtype = compute_dtype(ctx.precision)
+        packed = T.pack_weight(w, dtype)
+        b = ctx.const(node.input(2))
+        bias = None if b is None else b.detach().to(torch.float32).contiguous()  # fp32 epilogue
+        stride = tuple(int(s) for s in (conv.strides or (1, 1)))
+        dilation = tuple(int(d) for d in (conv.dilations or (1, 1)))
+        pads = _Pads(conv, stride, dilation)
+        fmt = conv_format(node, ctx)
+        prec = ctx.precision
+
+        def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+            n, _, h, wd = x.shape
+            oh, ow = T.output_hw(h, wd, (packed.kh, packed.kw), stride, pads(h, wd), dilation)
+            return (n, packed.cout, oh, ow)
+
+        def compute(inputs, out: torch.Tensor) -> torch.Tensor:
+            x = inputs[0]
+            return T.conv2d(x, packed, bias, arg(inputs, 3) if has_res else None, stride=stride,
+                            pads=pads(x.shape[2], x.shape[3]), dilation=dilation, act=act,
+                            act_params=params, precision=prec, config=config, out=out)
+
+        def run(inputs) -> list:
+            x = inputs[0]
+            return [compute(inputs, torch.empty(out_shape(x), dtype=dtype, device=x.device, memory_format=fmt))]
+
+        def accepts(out: torch.Tensor) -> bool:
+            # any strides; any float dtype (the epilogue rounds once, to the view's dtype)
+            return out.dim() == 4 and out.is_floating_point()
+
+        def write(inputs, out: torch.Tensor) -> bool:
+            x = inputs[0]
+            if not accepts(out) or x is None or x.dim() != 4 or tuple(out.shape) != out_shape(x):
+                return False
+            compute(inputs, out)
+            return True
+
+        return with_write_into(run, WriteInto(write, accepts))
+
+    factory.__name__ = f"conv_triton_{config.name}"
+    factory.__doc__ = (f"Triton implicit-GEMM convolution, {config.block_m}x{config.block_n}x"
+                       f"{config.block_k} tiles, fused epilogue, writes into strided views.")
+    return factory
+
+
+#: tactic name -> kernel factory (registered below for Conv and FusedConv; tests and benchmarks
+#: call a factory directly, e.g. under ``TRITON_INTERPRET=1`` where the registry offers no Triton)
+FACTORIES: dict[str, Callable[[Node, CompileContext], Kernel]] = {
+    TACTIC_PREFIX + cfg.name: _factory(cfg) for cfg in CONFIGS}
+
+for _rank, (_name, _f) in enumerate(FACTORIES.items(), start=40):
+    for _op in (OpType.CONV, OpType.FUSED_CONV):
+        register_cuda_kernel(_op, _name, rank=_rank, when=triton_conv_applies, needs_triton=True)(_f)

@@ -18,6 +18,12 @@ computes channels-last whatever the plan, and its weight is packed for a channel
 the output NCHW, the output is reordered to NCHW after the call; the ``channels_last`` tactic
 does not apply there. Without a plan the output stays channels-last (as before the plan was read).
 
+Concat elimination: a 1x1, stride-1, unpadded, ungrouped conv of either tactic has a
+``write_into`` that computes its Concat slice as one MKL GEMM into the strided slice
+(``gemm_write_into``, ``ember.backends.gemm_into``); it accepts only GEMMs of at most
+``GEMM_INTO_MAX_MACS`` multiply-adds, none by default, because on the CPU measured the GEMM plus
+no copy was slower than oneDNN plus the copy (BENCHMARKS.md).
+
 Every feature is detected at run time (``_convolution_pointwise`` may be missing, and the set of
 post-ops the binary form accepts differs between PyTorch releases); a missing feature makes the
 tactic inapplicable or falls back to an unfused epilogue, never to a wrong result.
@@ -26,17 +32,21 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import (
     Inputs, activation_fn, const_input, split_pads, torch_pad_arg,
 )
 from ember.backends.cpu.kernels.conv import conv_geometry
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.gemm_into import (
+    MatrixViews, gemm_into, inplace_activation, input_matrix, matrix_view, pointwise_conv,
+)
 from ember.backends.layout import NCHW, allows_channels_last, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -186,6 +196,88 @@ def _prepare(x: torch.Tensor, pads: _Padder, fmt: torch.memory_format):
     return x, pad, stride, dil
 
 
+def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
+    """Concat elimination for a 1x1, stride-1, unpadded, ungrouped float32 Conv/FusedConv: the
+    convolution as one MKL GEMM straight into the channel slice of a channels-last Concat buffer
+    (``ember.backends.gemm_into``), bias put into the slice first, residual likewise, activation
+    in place. oneDNN's convolution has no strided-output form (``convolution.out`` computes a
+    temporary and copies), so the ordinary run keeps the prepacked oneDNN call and only this
+    path uses the GEMM. ``None`` for other convolutions and for epilogues with no in-place form.
+
+    ``accepts(out)``: a float32 ``[N, Cout, H, W]`` whose pixel matrix aten's GEMM writes
+    directly (``matrix_view``: a channel slice of a channels-last buffer, or of an NCHW one at
+    N = 1), and a GEMM of no more than ``GEMM_INTO_MAX_MACS`` multiply-adds
+    (see there: by default none, as the GEMM did not pay on the CPU measured)."""
+    a, act, params, residual = _conv_parts(node)
+    w = ctx.const(node.input(1))
+    if w is None or w.dtype != torch.float32 or not pointwise_conv(a, tuple(w.shape)):
+        return None
+    if not _float32(ctx.graph, node.input(0)) or not _float32(ctx.graph, node.outputs[0]):
+        return None
+    act_ = inplace_activation(act, params)
+    if act_ is None:
+        return None
+    cout, cin = int(w.shape[0]), int(w.shape[1])
+    w_t = w.reshape(cout, cin).t().contiguous()  # [Cin, Cout] row-major
+    b = ctx.const(node.input(2))
+    bias = b.reshape(-1).to(torch.float32).contiguous() if b is not None else None
+
+    def fits(out: torch.Tensor) -> bool:
+        return (out.dim() == 4 and out.dtype == torch.float32 and int(out.shape[1]) == cout
+                and matrix_view(out) is not None and worth_it(out, cin))
+
+    out_views, in_views = MatrixViews(), MatrixViews()
+    checked: dict[tuple, bool] = {}  # (x shape, out shape) -> shapes agree and the GEMM pays
+
+    def write(inputs: Inputs, out: torch.Tensor) -> bool:
+        x = inputs[0]
+        if x is None or x.dtype != torch.float32 or out.dtype != torch.float32 or x.device != out.device:
+            return False
+        key = (x.shape, out.shape)
+        ok = checked.get(key)
+        if ok is None:
+            ok = checked[key] = (x.dim() == 4 and int(x.shape[1]) == cin
+                                 and list(out.shape) == [x.shape[0], cout, *x.shape[2:]]
+                                 and worth_it(out, cin))
+        o2 = out_views(out) if ok else None
+        if o2 is None:
+            return False
+        r2 = None
+        if residual:
+            r = inputs[3]
+            if r is None or r.shape != out.shape:
+                return False
+            r2 = in_views(r.to(torch.float32))
+            if r2 is None:
+                r2 = input_matrix(r)
+        x2 = in_views(x)
+        gemm_into(o2, x2 if x2 is not None else input_matrix(x), w_t, bias, r2, act_)
+        return True
+
+    return WriteInto(write, fits)
+
+
+#: The largest GEMM (M*K*N multiply-adds, M = N*H*W) the CPU writes into a Concat slice;
+#: 0 (the default) writes none: on the CPU measured so far the GEMM does not pay.
+#: ``EMBER_CPU_GEMM_INTO_MAX_MACS`` sets it (e.g. 16777216 covers GoogLeNet's batch-1 pool
+#: projections). Measured on the 2-core AVX-512 EPYC, 2 threads (BENCHMARKS.md, "Concat
+#: elimination"): in isolation MKL's GEMM into the slice beats oneDNN's prepacked convolution +
+#: copy on small batch-1 shapes (192->32 at 28x28: 61 vs 81 us warm, 120 vs 155 us cold) and
+#: loses on larger ones (batch 8, 480->192 at 14x14: 1453 vs 1317 us; MKL's kernel is 10-15%
+#: slower than oneDNN's here, the strided output itself costs nothing); but inside GoogLeNet's
+#: run, the nine Inception pool projections took 1461 us as GEMMs into their slices against
+#: 1361 us as oneDNN + copy at batch 1 (8196 vs 7017 us at batch 8), and the whole run was
+#: 0.2-0.5 ms slower, so the copy stays the default.
+GEMM_INTO_MAX_MACS = int(os.environ.get("EMBER_CPU_GEMM_INTO_MAX_MACS", "0"))
+
+
+def worth_it(out: torch.Tensor, cin: int) -> bool:
+    """Whether the GEMM into ``out`` is expected to beat the convolution + copy (see
+    ``GEMM_INTO_MAX_MACS``)."""
+    n, cout, h, w = (int(d) for d in out.shape)
+    return n * h * w * cin * cout <= GEMM_INTO_MAX_MACS
+
+
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 @register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
@@ -227,7 +319,7 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
             y = post(y) if post is not None else y
         return [y.contiguous() if to_nchw else y]
 
-    return run
+    return with_write_into(run, gemm_write_into(node, ctx))
 
 
 def _channels_last_applies(node: Node, graph: Optional[Graph]) -> bool:
@@ -257,7 +349,7 @@ def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
             y = y.add_(inputs[3])
         return [act_fn(y) if act_fn is not None else y]
 
-    return run
+    return with_write_into(run, gemm_write_into(node, ctx))
 
 
 __all__ = ["pointwise_available", "binary_supports", "prepack_applies"]

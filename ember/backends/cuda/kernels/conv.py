@@ -28,6 +28,7 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.gemm_into import MatrixViews, gemm_into, input_matrix, matrix_view
 from ember.backends.layout import (
     CHANNELS_LAST, allows_channels_last, planned_format, planned_weight_format, to_format,
 )
@@ -289,7 +290,10 @@ def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
 @register_cuda_kernel(OpType.CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
 def conv_pointwise_gemm(node: Node, ctx: CompileContext) -> Kernel:
     """A 1x1 conv as one cuBLASLt GEMM on the channels-last activation viewed as a matrix, bias
-    and ReLU in the GEMM's epilogue; a residual is accumulated by the GEMM itself (beta = 1)."""
+    and ReLU in the GEMM's epilogue; a residual is accumulated by the GEMM itself (beta = 1).
+
+    Concat elimination (``write_into``, ``_pointwise_write_into``): the same GEMM straight into
+    a channel slice of a channels-last Concat buffer."""
     _, act, _, has_res = _conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
     w = ctx.const(node.inputs[1])
@@ -319,7 +323,51 @@ def conv_pointwise_gemm(node: Node, ctx: CompileContext) -> Kernel:
                     y2.relu_()
         return [y2.view(n, h, wd, -1).permute(0, 3, 1, 2)]
 
-    return run
+    return with_write_into(run, _pointwise_write_into(w_t, b, relu, has_res, dtype, prec))
+
+
+def _pointwise_write_into(w_t: Tensor, b: Optional[Tensor], relu: bool, has_res: bool,
+                          dtype: torch.dtype, prec: str) -> WriteInto:
+    """``cublaslt_1x1`` into ``out``: a channel slice of a channels-last Concat buffer is the
+    pixel matrix ``[N*H*W, Cout]`` with row stride ``Ctot`` (``ember.backends.gemm_into``), which
+    ``addmm``'s cuBLAS path writes with ``ldc = Ctot`` and no temporary. cuBLASLt's bias/ReLU
+    epilogue needs a contiguous result, so here the bias (or bias + residual) is put into the
+    slice first, the GEMM accumulates onto it (beta = 1) and the ReLU runs in place.
+    ``accepts``: the layer's dtype, ``Cout`` channels, and a pixel matrix cuBLAS writes as is
+    (``matrix_view``); not a packed copy of any other layout."""
+    cin, cout = int(w_t.shape[0]), int(w_t.shape[1])
+    act = torch.relu_ if relu else (lambda t: t)
+    out_views, in_views = MatrixViews(), MatrixViews()
+
+    def accepts(out: Tensor) -> bool:
+        return out.dim() == 4 and out.dtype == dtype and int(out.shape[1]) == cout \
+            and matrix_view(out) is not None
+
+    def write(inputs, out: Tensor) -> bool:
+        x = inputs[0]
+        if x is None or x.dim() != 4 or out.dtype != dtype or x.device != out.device \
+                or int(x.shape[1]) != cin or list(out.shape) != [x.shape[0], cout, *x.shape[2:]]:
+            return False
+        o2 = out_views(out)
+        if o2 is None:
+            return False
+        x2 = in_views(x) if x.dtype == dtype else None
+        if x2 is None:
+            x2 = input_matrix(x.to(dtype))
+        r2 = None
+        if has_res:
+            r = inputs[3]
+            if r is None or r.shape != out.shape:
+                return False
+            r = r.to(dtype)
+            r2 = in_views(r)
+            if r2 is None:
+                r2 = input_matrix(r)
+        with tf32_scope(prec):
+            gemm_into(o2, x2, w_t, b, r2, act)
+        return True
+
+    return WriteInto(write, accepts)
 
 
 def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:

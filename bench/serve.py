@@ -70,7 +70,7 @@ def write_repository(root: Path, models: list[str], args: argparse.Namespace) ->
     entries = {}
     for name in models:
         path, feeds, inputs = export_model(name, args.seq_len)
-        common = f"device: {args.device}\nprecision: {args.precision}\ninstance_count: {args.instances}\n{inputs}"
+        common = f"device: {args.device}\nprecision: {args.precision}\ninstance_count: {args.instances}\ninstance_kind: {args.instance_kind}\n{inputs}"
         variants = {
             "b1": "max_batch_size: 1\n",
             "dyn": (f"max_batch_size: {args.max_batch}\ndynamic_batching:\n"
@@ -149,6 +149,7 @@ async def _clients(protocol: str, port: int, model: str, feeds: dict, concurrenc
     errors: list[str] = []
     while time.time() < start:
         await asyncio.sleep(0.001)
+    cpu0, wall0 = time.process_time(), time.time()
 
     async def loop(client: Any) -> None:
         while time.time() < stop:
@@ -162,12 +163,14 @@ async def _clients(protocol: str, port: int, model: str, feeds: dict, concurrenc
             done.append((t1, t1 - t0))
 
     await asyncio.gather(*(loop(clients[i % len(clients)]) for i in range(concurrency)))
+    cpu = (time.process_time() - cpu0) / max(1e-9, time.time() - wall0)
     for client in clients:
         await client.close()
-    return done, errors
+    return done, errors, cpu
 
 
-def measure(entry: str, feeds: dict, concurrency: int, ports: dict, args: argparse.Namespace) -> dict:
+def measure(entry: str, feeds: dict, concurrency: int, ports: dict, args: argparse.Namespace,
+            server_pid: int) -> dict:
     procs = max(1, min(args.client_procs or max(1, (os.cpu_count() or 2) // 4), concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     start = time.time() + 2.0                       # time for the client processes to start
@@ -184,20 +187,50 @@ def measure(entry: str, feeds: dict, concurrency: int, ports: dict, args: argpar
         workers.append(p)
     time.sleep(max(0.0, window[0] - time.time()))
     before = server_stats(ports["http"], entry)
+    cpu_before = process_cpu(server_pid)
     time.sleep(max(0.0, window[1] - time.time()))
     after = server_stats(ports["http"], entry)
-    done, errors = [], []
+    cpu_after = process_cpu(server_pid)
+    done, errors, client_cpu = [], [], []
     for recv, p in zip(pipes, workers):
-        d, e = recv.recv()
+        d, e, c = recv.recv()
         done += d
         errors += e
+        client_cpu.append(c)
         p.join()
     lat = np.array([l for t, l in done if window[0] <= t <= window[1]]) * 1000
     pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else None for q in (50, 90, 95, 99)}
     return {"concurrency": concurrency, "client_processes": procs, "requests": int(lat.size),
             "inferences_per_s": lat.size / args.duration,
             "latency_ms": {"avg": float(lat.mean()) if lat.size else None, **pct},
-            "server": stats_delta(before, after), "errors": len(errors), "first_errors": errors[:3]}
+            "server": stats_delta(before, after), "errors": len(errors), "first_errors": errors[:3],
+            # busy cores (CPU seconds per second) over the window: is the server or the client the limit?
+            "cpu_cores": {"server_process": round((cpu_after[0] - cpu_before[0]) / args.duration, 2),
+                          "server_children": round((cpu_after[1] - cpu_before[1]) / args.duration, 2),
+                          "client_processes": [round(c, 2) for c in client_cpu]}}
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process and of its child processes (front ends, instances), from /proc."""
+    def stat(p: int) -> tuple[float, int]:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[1])
+
+    try:
+        own = stat(pid)[0]
+    except OSError:
+        return 0.0, 0.0
+    children = 0.0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cpu, parent = stat(int(d))
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                children += cpu
+    return own, children
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -229,7 +262,9 @@ def print_row(entry: str, r: dict) -> None:
     print(f"{entry:18s} conc {r['concurrency']:3d}  {r['inferences_per_s']:9.1f} infer/s  "
           f"p50 {fmt(lat['p50'])} p90 {fmt(lat['p90'])} p95 {fmt(lat['p95'])} p99 {fmt(lat['p99'])} ms  "
           f"server: queue {s['queue_us']:9.0f} us, compute {s['compute_infer_us']:9.0f} us, "
-          f"batch {s['avg_batch']:5.1f}  errors {r['errors']}", flush=True)
+          f"batch {s['avg_batch']:5.1f}  errors {r['errors']}  cores: server {r['cpu_cores']['server_process']:.2f}"
+          f" + {r['cpu_cores']['server_children']:.2f}, clients "
+          f"{'/'.join(f'{c:.2f}' for c in r['cpu_cores']['client_processes'])}", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -246,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=1, help="instance_count of every entry")
     p.add_argument("--seq-len", type=int, default=128, help="MiniLM sequence length")
     p.add_argument("--client-procs", type=int, default=0, help="client processes (0: cores/4, at most concurrency)")
+    p.add_argument("--instance-kind", default="auto", choices=["auto", "thread", "process"],
+                   help="instance_kind of every entry")
     p.add_argument("--channels", type=int, default=4, help="connections per client process")
     p.add_argument("--grpc-front-ends", default="auto", help="the server's --grpc-front-ends")
     p.add_argument("--variants", default="b1,dyn", help="b1 (no batching) and/or dyn (dynamic batching)")
@@ -273,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
                 if info["variant"] not in variants:
                     continue
                 for c in levels:
-                    r = measure(entry, info["feeds"], c, ports, args)
+                    r = measure(entry, info["feeds"], c, ports, args, server.proc.pid)
                     runs.append({"entry": entry, "model": info["model"], "variant": info["variant"], **r})
                     print_row(entry, r)
         finally:
@@ -282,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"suite": "serve", "date": today, "device": args.device, "device_name": device_name(args.device),
               "precision": args.precision, "protocol": args.protocol, "duration_s": args.duration,
               "warmup_s": args.warmup, "max_batch": args.max_batch, "delay_us": args.delay_us,
-              "instances": args.instances, "grpc_front_ends": args.grpc_front_ends,
+              "instances": args.instances, "instance_kind": args.instance_kind, "grpc_front_ends": args.grpc_front_ends,
               "channels_per_client_process": args.channels, "seq_len": args.seq_len, "versions": versions(),
               "command": " ".join(sys.argv), "runs": runs}
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"serve-{today}-{args.device}.json"

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from ember.errors import InputError
 from ember.serve.config import ModelConfig
 from ember.serve.errors import (
-    BadRequestError, InferenceFailedError, QueueFullError, RequestTimeoutError, ServeError,
+    BadRequestError, InferenceFailedError, ModelConfigError, QueueFullError, RequestTimeoutError, ServeError,
     UnavailableError,
 )
 from ember.serve.signature import Signature
@@ -180,8 +181,9 @@ class Scheduler:
     """Queue, dynamic batcher and instances of one model version (see the module docstring)."""
 
     def __init__(self, name: str, version: str, runner: Any, signature: Signature,
-                 config: ModelConfig, stats: ModelStats) -> None:
+                 config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None) -> None:
         self.name, self.version = name, version
+        self.engine_file = engine_file
         self.runner, self.signature, self.config, self.stats = runner, signature, config, stats
         self._queue: deque[_Request] = deque()
         self._changed = asyncio.Event()
@@ -194,13 +196,35 @@ class Scheduler:
         self._preferred = set(b.preferred_batch_sizes) if b else set()
 
     # ---- life cycle ---------------------------------------------------------------------
+    @property
+    def instance_kind(self) -> str:
+        """``thread`` or ``process``: ``instance_kind`` with ``auto`` resolved (a process for cuda
+        engines that have a file, see ``ember.serve.instance_process``)."""
+        kind = self.config.instance_kind
+        if kind == "auto":
+            return "process" if self.config.device == "cuda" and self.engine_file is not None else "thread"
+        if kind == "process" and self.engine_file is None:
+            raise ModelConfigError(
+                f"model '{self.name}': instance_kind process loads the engine from its file, but the "
+                f"engine built from ONNX could not be written to the engine cache; make the cache "
+                f"folder writable (--cache-dir) or use instance_kind: thread")
+        return kind
+
     async def start(self) -> None:
-        """Opens ``instance_count`` execution contexts, each on its own thread."""
+        """Opens ``instance_count`` execution contexts, each on its own thread or process."""
+        from ember.serve.instance_process import ProcessInstance, warmup_specs
+
         loop = asyncio.get_running_loop()
         buckets = batch_buckets(self.config, self.signature.max_batch_size)
         warmup = _warmup_feeds(self.signature) if buckets else None
+        kind = self.instance_kind
         for i in range(self.config.instance_count):
-            inst = _Instance(self.runner, f"ember-{self.name}-v{self.version}-{i}", buckets, warmup)
+            label = f"ember-{self.name}-v{self.version}-{i}"
+            if kind == "process":
+                inst: Any = ProcessInstance(self.engine_file, label, buckets,  # type: ignore[arg-type]
+                                            warmup_specs(self.signature) if buckets else None)
+            else:
+                inst = _Instance(self.runner, label, buckets, warmup)
             self._instances.append(inst)
             await loop.run_in_executor(inst.executor, inst.open)
             self._idle.put_nowait(inst)

@@ -11,6 +11,8 @@ Keys (Triton's ``config.pbtxt`` spellings are accepted too, shown in brackets)::
     device: cpu                  # cpu | cuda
     precision: fp32              # fp32 | tf32 | fp16 | bf16
     instance_count: 2            # [instance_group: [{count: 2}]] execution contexts in parallel
+    instance_kind: auto          # auto | thread | process: where an instance runs (auto: a process
+                                 # of its own for cuda, a thread of the server for cpu)
     inputs:                      # [input] optional: read from the engine when left out
       - name: input_ids
         datatype: INT64          # [data_type: TYPE_INT64]
@@ -92,6 +94,7 @@ class ModelConfig:
     device: str = "cpu"
     precision: str = "fp32"
     instance_count: int = 1
+    instance_kind: str = "auto"
     inputs: Optional[tuple[TensorConfig, ...]] = None
     outputs: Optional[tuple[TensorConfig, ...]] = None
     dynamic_batching: Optional[BatchingConfig] = None
@@ -135,8 +138,10 @@ def read_config(model_dir: Path, replacement: Optional[Mapping[str, Any]] = None
     return parse_config(dict(loaded or {}), model_dir.name, str(path))
 
 
+INSTANCE_KINDS = ("auto", "thread", "process")
+
 _KEYS = {
-    "name", "max_batch_size", "device", "precision", "instance_count", "instance_group",
+    "name", "max_batch_size", "device", "precision", "instance_count", "instance_group", "instance_kind",
     "inputs", "input", "outputs", "output", "dynamic_batching", "version_policy", "platform",
     "backend",
 }
@@ -159,9 +164,12 @@ def parse_config(data: Mapping[str, Any], folder: str, source: str) -> ModelConf
     if precision not in PRECISIONS:
         raise ModelConfigError(f"{source}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     batching = _batching(data.get("dynamic_batching"), max_bs, source)
+    kind = str(data.get("instance_kind", "auto"))
+    if kind not in INSTANCE_KINDS:
+        raise ModelConfigError(f"{source}: instance_kind {kind!r} is not one of {', '.join(INSTANCE_KINDS)}")
     return ModelConfig(
         name=name, max_batch_size=max_bs, device=device, precision=precision,
-        instance_count=_instance_count(data, source),
+        instance_count=_instance_count(data, source), instance_kind=kind,
         inputs=_tensors(data, "inputs", "input", source, with_profile=True),
         outputs=_tensors(data, "outputs", "output", source, with_profile=False),
         dynamic_batching=batching, version_policy=_version_policy(data.get("version_policy"), source),

@@ -16,7 +16,7 @@ from ember.errors import EmberError
 from ember.serve.batcher import Feeds, Scheduler
 from ember.serve.config import ModelConfig, find_config_file, read_config
 from ember.serve.errors import ModelConfigError, ModelNotFoundError
-from ember.serve.runner import find_model_file, load_runner
+from ember.serve.runner import find_model_file, load_engine
 from ember.serve.signature import Signature, resolve_signature
 from ember.serve.stats import ModelStats
 
@@ -191,10 +191,10 @@ class ModelRepository:
 
     async def _load_version(self, config: ModelConfig, vdir: Path) -> ServedModel:
         loop = asyncio.get_running_loop()
-        runner = await loop.run_in_executor(None, load_runner, vdir, config, self.cache_dir)
+        runner, engine_file = await loop.run_in_executor(None, load_engine, vdir, config, self.cache_dir)
         signature = resolve_signature(config, runner)
         stats = ModelStats(config.name, vdir.name)
-        scheduler = Scheduler(config.name, vdir.name, runner, signature, config, stats)
+        scheduler = Scheduler(config.name, vdir.name, runner, signature, config, stats, engine_file)
         await scheduler.start()
         return ServedModel(config.name, vdir.name, config, signature, runner, scheduler, stats,
                            find_model_file(vdir).name)

@@ -58,9 +58,15 @@ def find_model_file(version_dir: Path) -> Path:
 
 def load_runner(version_dir: Path, config: ModelConfig, cache_dir: Path) -> Runner:
     """Loads the engine of one version folder, building (and caching) it if it is ONNX."""
+    return load_engine(version_dir, config, cache_dir)[0]
+
+
+def load_engine(version_dir: Path, config: ModelConfig, cache_dir: Path) -> tuple[Runner, Optional[Path]]:
+    """``load_runner``, and the engine's file (``model.ember`` or the cached build; ``None`` when
+    the cache could not be written), which instance processes load."""
     path = find_model_file(version_dir)
     if path.suffix == ".ember":
-        return ember.load(path)
+        return ember.load(path), path
     build_config = onnx_build_config(path, config)
     key = content_hash(version_dir, build_config)
     cached = cache_dir / f"{config.name}-{version_dir.name}-{key[:20]}.ember"
@@ -68,23 +74,24 @@ def load_runner(version_dir: Path, config: ModelConfig, cache_dir: Path) -> Runn
         try:
             engine = ember.load(cached)
             log.info("model %s version %s: engine from cache %s", config.name, version_dir.name, cached)
-            return engine
+            return engine, cached
         except EmberError as exc:
             log.warning("cached engine %s cannot be used (%s); rebuilding", cached, exc)
     log.info("model %s version %s: building %s", config.name, version_dir.name, path)
     engine = ember.build(str(path), build_config)
-    _save_atomically(engine, cached)
-    return engine
+    return engine, cached if _save_atomically(engine, cached) else None
 
 
-def _save_atomically(engine: Any, target: Path) -> None:
+def _save_atomically(engine: Any, target: Path) -> bool:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.ember")
         engine.save(tmp)
         os.replace(tmp, target)
+        return True
     except OSError as exc:
         log.warning("could not cache the engine at %s (%s); it will be rebuilt next time", target, exc)
+        return False
 
 
 def content_hash(version_dir: Path, build_config: BuildConfig) -> str:

@@ -47,6 +47,11 @@ def layer_signature(node: Node, graph: Graph, precision: str) -> str:
         "precision": precision,
     }
     from ember.backends.layout import NCHW, layout_plan, planned_format
+    from ember.runtime.concat_exec import planned_slice
+
+    into = planned_slice(graph, node.outputs[0]) if len(node.outputs) == 1 else None
+    if into is not None:  # timed writing (or copying) into its Concat slice: entries of their own
+        parts["into_slice"] = into.key()
 
     plan = layout_plan(graph)  # an NCHW build times its 4-D layers in NCHW: entries of their own
     if plan is not None and plan["preferred"] == "nchw" and any(planned_format(graph, o) is NCHW

@@ -18,7 +18,7 @@ same. The counts of both cases are reported through the ``stats`` dictionary of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -122,8 +122,6 @@ def plan_concat_exec(graph: Graph, kernels: Sequence[Optional[Kernel]], *,
     host). ``float_dtype[concat name]``: the dtype a floating-point Concat computes in, where it
     is not the graph's (CUDA's reduced precisions).
     """
-    from ember.runtime.tensors import torch_dtype
-
     from ember.ir.optype import OpType
 
     plan = graph.meta.get("concat_slices") or {}
@@ -134,18 +132,11 @@ def plan_concat_exec(graph: Graph, kernels: Sequence[Optional[Kernel]], *,
     producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
     for cname, entry in plan.items():
         ci = index.get(cname)
-        out_t = graph.types.get(entry.get("output", ""))
-        if ci is None or out_t is None or not out_t.is_static or (skip and skip[ci]):
+        if ci is None or (skip and skip[ci]):
             continue
-        node = graph.nodes[ci]
-        if node.outputs[0] != entry["output"] or [i for i in node.inputs if i] != [s["tensor"] for s in entry["slices"]]:
-            continue  # the graph changed after planning: leave this Concat alone
-        shape = tuple(int(d) for d in out_t.shape)
-        dtype = torch_dtype(out_t.dtype)
-        if float_dtype and dtype.is_floating_point and cname in float_dtype:
-            dtype = float_dtype[cname]
-        buf = Buffer(cname, entry["output"], shape, dtype,
-                     _layout_hint(graph, entry["output"], len(shape), static_layout))
+        buf = _planned_buffer(graph, cname, entry, graph.nodes[ci], static_layout, float_dtype)
+        if buf is None:
+            continue
         axis = int(entry["axis"])
         written: dict[int, Target] = {}
         copies = []
@@ -167,6 +158,65 @@ def plan_concat_exec(graph: Graph, kernels: Sequence[Optional[Kernel]], *,
         result.targets.update(written)
         result.finishes[ci] = Finish(buf.output, axis, tuple(copies))
     return result
+
+
+def _planned_buffer(graph: Graph, cname: str, entry: Mapping[str, Any], node: Any, static_layout: bool,
+                    float_dtype: Optional[Mapping[str, torch.dtype]]) -> Optional[Buffer]:
+    """The buffer of planned Concat ``node`` (``entry`` its plan), or ``None`` where the plan no
+    longer matches the graph (the graph changed after planning: that Concat is left alone)."""
+    from ember.runtime.tensors import torch_dtype
+
+    out_t = graph.types.get(entry.get("output", ""))
+    if out_t is None or not out_t.is_static:
+        return None
+    if node.outputs[0] != entry["output"] or [i for i in node.inputs if i] != [s["tensor"] for s in entry["slices"]]:
+        return None
+    shape = tuple(int(d) for d in out_t.shape)
+    dtype = torch_dtype(out_t.dtype)
+    if float_dtype and dtype.is_floating_point and cname in float_dtype:
+        dtype = float_dtype[cname]
+    return Buffer(cname, entry["output"], shape, dtype,
+                  _layout_hint(graph, entry["output"], len(shape), static_layout))
+
+
+@dataclass(frozen=True)
+class PlannedSlice:
+    """Where an in-place Concat input lives: ``buffer.narrow(axis, start, length)``."""
+
+    buffer: Buffer
+    axis: int
+    start: int
+    length: int
+
+    def key(self) -> list:
+        """What the slice's view depends on (buffer shape and format, position), for keys."""
+        return [list(self.buffer.shape), self.axis, self.start, self.length, self.buffer.channels_last]
+
+    def with_dtype(self, dtype: torch.dtype) -> "PlannedSlice":
+        return replace(self, buffer=replace(self.buffer, dtype=dtype))
+
+    def view(self, device: torch.device, sample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A fresh buffer's view of this slice, laid out as a program allocates it."""
+        return self.buffer.allocate(device, sample).narrow(self.axis, self.start, self.length)
+
+
+def planned_slice(graph: Graph, tensor: str, *, static_layout: bool = True) -> Optional[PlannedSlice]:
+    """The slice of a planned Concat's buffer that ``tensor`` is to be written into in place
+    (``concat_slices``, ``in_place``), with the buffer as ``plan_concat_exec`` allocates it (the
+    graph's dtype: see ``with_dtype``); ``None`` for any other tensor. Tactic timing uses it to
+    time a producer as it will run: writing into that view, or computing and copying into it."""
+    plan = graph.meta.get("concat_slices") or {}
+    for cname, entry in plan.items():
+        for s in entry.get("slices", ()):
+            if s.get("tensor") != tensor or not s.get("in_place"):
+                continue
+            node = next((n for n in graph.nodes if n.name == cname), None)
+            buf = None if node is None else _planned_buffer(graph, cname, entry, node, static_layout, None)
+            if buf is None:
+                return None
+            start = int(s["start"])
+            return PlannedSlice(buf, int(entry["axis"]), start, int(s["stop"]) - start)
+    return None
 
 
 def _static_view(buf: Buffer, axis: int, start: int, length: int) -> torch.Tensor:

@@ -5,6 +5,15 @@ and tactic it compiles the kernel, runs it on random inputs of the layer's real 
 result against a reference (the layer's default tactic in fp32, computed once per layer), and
 returns the median time in ms measured with CUDA events. A tactic that raises, or whose error
 exceeds the tolerance of its precision, returns ``inf`` and is never chosen.
+
+A layer whose output is a planned in-place Concat input (``graph.meta["concat_slices"]``) is
+timed as it will run: each tactic whose kernel can write into the slice (``WriteInto`` that
+accepts a view of the slice, laid out as the program allocates the Concat's buffer) is timed
+writing into that view; every other tactic is timed computing its own output *plus the copy into
+the slice* that the Concat step will then do. So a kernel that saves the copy wins where the copy
+costs more than the speed it gives away, which standalone timing could never see. How each
+tactic was timed is kept in ``modes`` (``INTO_SLICE`` / ``PLUS_COPY``); the timing cache keys
+such layers apart (``layer_signature`` includes the slice).
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, write_into_of
 from ember.ir.graph import Graph, Node
 
 #: ``||out - ref|| / ||ref||`` allowed per precision (fp32 differs from its reference only by
@@ -23,6 +32,10 @@ from ember.ir.graph import Graph, Node
 TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 
 Measure = Callable[[Callable[[], object]], float]
+
+#: How a tactic of a layer that feeds a planned in-place Concat slice was timed (``modes``).
+INTO_SLICE = "into slice"
+PLUS_COPY = "+ copy into slice"
 
 
 def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3) -> Measure:
@@ -121,8 +134,10 @@ class CudaTacticTimer:
         self.tolerance = dict(TOLERANCE, **(tolerance or {}))
         self.seed = seed
         self.rejected: dict[tuple[str, str], str] = {}
+        self.modes: dict[tuple[str, str], str] = {}
         self._inputs: dict[str, list[Optional[torch.Tensor]]] = {}
         self._refs: dict[str, Optional[list[torch.Tensor]]] = {}
+        self._views: dict[str, Optional[torch.Tensor]] = {}
 
     def __call__(self, node: Node, graph: Graph, tactic: str, precision: str) -> float:
         args = self._args(node, graph)
@@ -137,17 +152,47 @@ class CudaTacticTimer:
     def _time(self, node: Node, graph: Graph, tactic: str, precision: str, args) -> float:
         try:
             kernel = self._compile(node, graph, tactic, precision)
+            view = self._slice_view(node, graph, precision)
             with torch.inference_mode():
-                outs = kernel(args)
+                run, outs = self._runner(node, tactic, kernel, args, view)
             err = self._error(node, graph, args, outs)
             if err > self.tolerance.get(precision, 1e-2):
                 self.rejected[(node.name, tactic)] = f"relative error {err:.2e} over {precision}'s tolerance"
                 return math.inf
             with torch.inference_mode():
-                return float(self.measure(lambda: kernel(args)))
+                return float(self.measure(run))
         except Exception as e:  # noqa: BLE001 - a tactic that cannot run here is simply not chosen
             self.rejected[(node.name, tactic)] = f"{type(e).__name__}: {str(e)[:200]}"
             return math.inf
+
+    def _runner(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):
+        """(what to time, the outputs of one run to check). Into a Concat slice (``view``): the
+        kernel's ``write_into`` where it accepts the view (and writes), else kernel + copy, as the
+        program (``ember.runtime.concat_exec``) will run it."""
+        if view is None:
+            return (lambda: kernel(args)), kernel(args)
+        w = write_into_of(kernel)
+        if w is not None and w.accepts(view) and w(args, view):
+            self.modes[(node.name, tactic)] = INTO_SLICE
+            return (lambda: w(args, view)), [view]
+        self.modes[(node.name, tactic)] = PLUS_COPY
+        outs = kernel(args)
+        view.copy_(outs[0])
+        return (lambda: view.copy_(kernel(args)[0])), [view]
+
+    def _slice_view(self, node: Node, graph: Graph, precision: str) -> Optional[torch.Tensor]:
+        """A view of the Concat slice ``node`` writes in place (in a buffer shaped, laid out and
+        typed as the program allocates it), or ``None`` when its output is no such slice."""
+        if node.name not in self._views:
+            from ember.backends.cuda.device import compute_dtype
+            from ember.runtime.concat_exec import planned_slice
+
+            found = planned_slice(graph, node.outputs[0]) if len(node.outputs) == 1 else None
+            if found is not None and found.buffer.dtype.is_floating_point:
+                concat_precision = graph.meta.get("precisions", {}).get(found.buffer.concat, precision)
+                found = found.with_dtype(compute_dtype(concat_precision))
+            self._views[node.name] = None if found is None else found.view(self.device)
+        return self._views[node.name]
 
     def _compile(self, node: Node, graph: Graph, tactic: str, precision: str) -> Kernel:
         ctx = CompileContext(graph, self.constants, self.device, tactic, precision)
@@ -158,6 +203,7 @@ class CudaTacticTimer:
             # layers are tuned one after another: keep one layer's inputs and reference only
             self._inputs.clear()
             self._refs.clear()
+            self._views.clear()
             gen = torch.Generator().manual_seed(self.seed)
             args: list[Optional[torch.Tensor]] = []
             for name in node.inputs:

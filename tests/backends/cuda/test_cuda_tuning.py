@@ -1,6 +1,8 @@
 """Tactic selection with the CUDA tactic timer (CPU-side logic, fake clock): the fastest tactic
 that meets accuracy wins, failing or inaccurate tactics never do, and the timing cache is keyed
-by device so a warm cache skips timing and another device's cache is ignored with a warning."""
+by device so a warm cache skips timing and another device's cache is ignored with a warning.
+A producer of a planned in-place Concat input is timed writing into its slice, or with the copy
+into it."""
 from __future__ import annotations
 
 import json
@@ -9,9 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ember.backends.base import CompileContext
-from ember.backends.cuda.tuning import CudaTacticTimer, relative_error
+from ember.backends.cuda.tuning import INTO_SLICE, PLUS_COPY, CudaTacticTimer, relative_error
 from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
 from ember.ir import OpType
 from ember.ops.attrs import SoftmaxAttrs
@@ -97,3 +100,152 @@ def test_relative_error_flags_nan_and_shape_mismatch():
     assert math.isinf(relative_error(torch.tensor([1.0, float("nan"), 1.0]), a))
     assert math.isinf(relative_error(torch.ones(4), a))
     assert relative_error(torch.from_numpy(np.array([1.0, 1.0, 1.01])), a) == pytest.approx(0.01 / 3 ** 0.5)
+
+
+# ---- producers of a planned in-place Concat input: timed into the slice, or + the copy --------
+COPY_MS = 0.5
+SLICE_MS = {"reference": 1.0, "plain_fast": 0.8, "writer": 1.1, "writer_declines": 0.7, "writer_wrong": 0.1}
+
+
+class SliceBackend:
+    """Relu with tactics of known speed: ``plain_fast`` has no ``write_into``; ``writer`` writes
+    into any view; ``writer_declines`` has one that accepts no view; ``writer_wrong`` writes
+    wrong values into the view."""
+
+    name = "fake"
+    TACTICS = ["reference", "plain_fast", "writer", "writer_declines", "writer_wrong"]
+
+    def __init__(self):
+        self.compiled: list[str] = []
+        self.writes = 0
+
+    def tactics(self, node, graph):
+        return list(self.TACTICS)
+
+    def compile_node(self, node, ctx: CompileContext):
+        from ember.backends.base import WriteInto, with_write_into
+
+        tactic = ctx.tactic
+        self.compiled.append(tactic)
+
+        def run(ins):
+            return [torch.clamp(ins[0], min=0)]
+
+        def write(ins, out):
+            self.writes += 1
+            torch.clamp(ins[0], min=0 if tactic != "writer_wrong" else 1, out=out)
+            return True
+
+        if tactic in ("writer", "writer_wrong"):
+            return with_write_into(run, WriteInto(write))
+        if tactic == "writer_declines":
+            return with_write_into(run, WriteInto(write, lambda out: False))
+        return run
+
+
+class _CountCopies(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.copy_.default:
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _slice_measure(backend):
+    """Fake clock: the tactic's own time plus COPY_MS per copy the timed call really makes."""
+
+    def measure(fn):
+        with _CountCopies() as mode:
+            fn()
+        return SLICE_MS[backend.compiled[-1]] + COPY_MS * mode.copies
+
+    return measure
+
+
+def _concat_graph(planned: bool = True):
+    """p = relu(x), q = relu(y), out = concat(p, q) on channels (channels-last buffer), with the
+    concat-elimination plan recorded as the pass records it."""
+    from ember.ir import DType, Graph, Node, TensorType
+    from ember.ops.attrs import AxisAttrs
+    from ember.ops.infer import infer_graph
+    from ember.passes.concat import plan_concat_slices
+    from ember.passes.manager import PassContext
+
+    nodes = [Node("p", OpType.RELU, ("x",), ("a",)), Node("q", OpType.RELU, ("y",), ("b",)),
+             Node("cat", OpType.CONCAT, ("a", "b"), ("out",), AxisAttrs(1))]
+    types = {"x": TensorType(DType.FLOAT32, (2, 3, 4, 5)), "y": TensorType(DType.FLOAT32, (2, 5, 4, 5))}
+    g = infer_graph(Graph("cat", nodes, ["x", "y"], ["out"], types, {}, opset=17))
+    meta = {"layout": {"preferred": "nhwc", "nhwc": ["x", "y", "a", "b", "out"], "weights": [], "conversions": []}}
+    g = g.copy(meta=meta)
+    if planned:
+        g = plan_concat_slices(g, PassContext())
+        assert g.meta["concat_slices"]["cat"]["slices"][1]["in_place"]
+    return g
+
+
+def test_concat_producer_is_timed_into_its_slice_or_with_the_copy():
+    g = _concat_graph()
+    node = g.nodes[1]  # q: writes channels 3..8 of the 8-channel channels-last buffer (strided)
+    backend = SliceBackend()
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), measure=_slice_measure(backend))
+    choice = TacticSelector(timer).select(node, g, backend.tactics(node, g), "fp32")
+    t = choice.timings
+    assert t["plain_fast"] == pytest.approx(0.8 + COPY_MS)  # its copy into the slice is counted
+    assert t["writer"] == pytest.approx(1.1)                 # writes the view: no copy
+    assert t["writer_declines"] == pytest.approx(0.7 + COPY_MS)
+    assert math.isinf(t["writer_wrong"]), "the values written into the slice are checked too"
+    assert choice.tactic == "writer"
+    assert timer.modes[("q", "writer")] == INTO_SLICE
+    assert timer.modes[("q", "plain_fast")] == PLUS_COPY
+    assert timer.modes[("q", "writer_declines")] == PLUS_COPY
+    assert backend.writes > 0
+
+
+def test_slice_view_is_the_programs_view():
+    """The timed view has the strides of the slice the program will hand the producer."""
+    from ember.runtime.concat_exec import planned_slice
+
+    g = _concat_graph()
+    seen = []
+
+    class Spy(SliceBackend):
+        def compile_node(self, node, ctx):
+            from ember.backends.base import WriteInto, with_write_into
+
+            def write(ins, out):
+                seen.append((tuple(out.shape), out.stride(), out.dtype))
+                out.copy_(torch.clamp(ins[0], min=0))
+                return True
+
+            self.compiled.append(ctx.tactic)
+            return with_write_into(lambda ins: [torch.clamp(ins[0], min=0)], WriteInto(write))
+
+    backend = Spy()
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), measure=lambda fn: 1.0)
+    timer(g.nodes[1], g, "writer", "fp16")
+    buf = torch.empty(2, 8, 4, 5, memory_format=torch.channels_last)
+    # fp16 layers (and their Concat, whose precision the graph records) get an fp16 buffer
+    assert seen[0] == ((2, 5, 4, 5), buf.narrow(1, 3, 5).stride(), torch.float16)
+    ps = planned_slice(g, "b")
+    assert (ps.axis, ps.start, ps.length, ps.buffer.channels_last) == (1, 3, 5, True)
+    assert planned_slice(g, "x") is None and planned_slice(g, "out") is None
+
+
+def test_layer_outside_a_concat_is_timed_alone():
+    g = _concat_graph(planned=False)
+    node = g.nodes[1]
+    backend = SliceBackend()
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), measure=_slice_measure(backend))
+    choice = TacticSelector(timer).select(node, g, backend.tactics(node, g), "fp32")
+    assert choice.timings == pytest.approx(SLICE_MS)  # no copy counted, no write_into used
+    assert choice.tactic == "writer_wrong"  # its plain kernel is right; its wrong write is never run
+    assert not timer.modes and backend.writes == 0
+
+
+def test_signature_tells_a_slice_producer_apart():
+    planned, alone = _concat_graph(), _concat_graph(planned=False)
+    assert layer_signature(planned.nodes[1], planned, "fp16") != layer_signature(alone.nodes[1], alone, "fp16")
+    assert layer_signature(planned.nodes[0], planned, "fp16") != layer_signature(planned.nodes[1], planned, "fp16")

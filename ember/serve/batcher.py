@@ -52,7 +52,7 @@ class _Request:
 
 
 @dataclass
-class _Timings:
+class BatchTimings:
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
@@ -107,7 +107,7 @@ class _Instance:
         return total
 
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
-            outputs: list[str]) -> tuple[list[Feeds], _Timings]:
+            outputs: list[str]) -> tuple[list[Feeds], BatchTimings]:
         """Runs the requests as one batch; returns each request's outputs (copies it owns)."""
         t0 = time.perf_counter_ns()
         total = sum(b for _, b in parts)
@@ -140,7 +140,7 @@ class _Instance:
                 split[i][name] = part if own else part.copy()
                 start += b
         t3 = time.perf_counter_ns()
-        return split, _Timings(t1 - t0, t2 - t1, t3 - t2)
+        return split, BatchTimings(t1 - t0, t2 - t1, t3 - t2)
 
 
 def batch_buckets(config: ModelConfig, max_batch_size: int) -> tuple[int, ...]:

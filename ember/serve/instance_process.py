@@ -247,7 +247,7 @@ class ProcessInstance:
 
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
             outputs: list[str]) -> tuple[list[Feeds], Any]:
-        from ember.serve.batcher import _Timings
+        from ember.serve.batcher import BatchTimings
 
         if self.proc is None or not self.proc.is_alive():
             log.warning("%s: starting the instance process again", self.label)
@@ -312,7 +312,7 @@ class ProcessInstance:
                 start += b
         del result
         t3 = time.perf_counter_ns()
-        return split, _Timings(t1 - t0, t2 - t1, t3 - t2)
+        return split, BatchTimings(t1 - t0, t2 - t1, t3 - t2)
 
 
 def warmup_specs(signature: Any) -> Optional[list[tuple[str, str, tuple[int, ...]]]]:

@@ -105,7 +105,9 @@ class CudaRunner:
                     ) -> dict[str, torch.Tensor]:
         """Enqueues copy-in, the engine and copy-out on ``stream``; returns the outputs (GPU tensors
         if the inputs were GPU tensors, else pinned host tensors), valid once ``stream`` is done
-        and until the next call with the same input shapes."""
+        and until the next call with the same input shapes. Inputs in page-locked host memory
+        are read by the GPU from where they are, asynchronously: leave them unchanged until
+        ``stream`` is done."""
         stream = stream or self.stream
         kind = _kind(feeds)
         slot = (self._bound_slot(feeds) if kind == "cuda" else None) or self._slot(feeds)
@@ -255,6 +257,9 @@ class CudaRunner:
                     continue
                 if v.data_ptr() != static.data_ptr():
                     static.copy_(v, non_blocking=True)
+            elif (isinstance(v, torch.Tensor) and v.dtype == static.dtype and v.is_contiguous()
+                  and v.is_pinned()):  # page-locked already (e.g. registered shared memory)
+                static.copy_(v, non_blocking=True)
             else:
                 pinned = slot.pinned_in.get(n)
                 if pinned is None:

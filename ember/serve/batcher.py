@@ -58,6 +58,23 @@ class BatchTimings:
     output_ns: int = 0
 
 
+def padded_size(buckets: tuple[int, ...], total: int) -> int:
+    """The bucket a batch of ``total`` rows runs as (``total`` itself past the largest)."""
+    for size in buckets:
+        if size >= total:
+            return size
+    return total
+
+
+def check_batch_dim(name: str, arr: np.ndarray, rows: int) -> None:
+    """A batched run's output must keep the batch first: it is split back along dim 0."""
+    if arr.ndim == 0 or arr.shape[0] != rows:
+        raise InferenceFailedError(
+            f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
+            f"{rows}; the model must keep the batch dim first in every output, or set "
+            f"max_batch_size: 0")
+
+
 def batch_key(feeds: Feeds) -> tuple:
     """Requests may share a batch only if every input agrees in dtype and non-batch dims."""
     return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(feeds.items()))
@@ -100,11 +117,7 @@ class _Instance:
             self._cm = self._ctx = None
 
     def padded_size(self, total: int) -> int:
-        """The bucket a batch of ``total`` rows runs as (``total`` itself past the largest)."""
-        for size in self.buckets:
-            if size >= total:
-                return size
-        return total
+        return padded_size(self.buckets, total)
 
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
             outputs: list[str]) -> tuple[list[Feeds], BatchTimings]:
@@ -127,11 +140,8 @@ class _Instance:
         split: list[Feeds] = [{} for _ in parts]
         for name in outputs:
             arr = np.asarray(result[name])
-            if batched and (arr.ndim == 0 or arr.shape[0] != rows):
-                raise InferenceFailedError(
-                    f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
-                    f"{rows}; the model must keep the batch dim first in every output, or set "
-                    f"max_batch_size: 0")
+            if batched:
+                check_batch_dim(name, arr, rows)
             # an array the run made for us alone is handed out as views (no copy per request)
             own = arr.flags.owndata and arr is not parts[0][0].get(name)
             start = 0

@@ -259,10 +259,9 @@ class ProcessInstance:
         return code
 
     def padded_size(self, total: int) -> int:
-        for size in self.buckets:
-            if size >= total:
-                return size
-        return total
+        from ember.serve.batcher import padded_size
+
+        return padded_size(self.buckets, total)
 
     def _region(self, which: str, need: int) -> Region:
         current = self._in if which == "in" else self._out
@@ -281,7 +280,7 @@ class ProcessInstance:
 
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
             outputs: list[str]) -> tuple[list[Feeds], Any]:
-        from ember.serve.batcher import BatchTimings
+        from ember.serve.batcher import BatchTimings, check_batch_dim
 
         if self.proc is None or not self.proc.is_alive():
             log.warning("%s: starting the instance process again", self.label)
@@ -335,11 +334,8 @@ class ProcessInstance:
         split: list[Feeds] = [{} for _ in parts]
         for name in outputs:
             arr = result[name]
-            if batched and (arr.ndim == 0 or arr.shape[0] != rows):
-                raise InferenceFailedError(
-                    f"output '{name}' has shape {list(arr.shape)}, whose dim 0 is not the batch size "
-                    f"{rows}; the model must keep the batch dim first in every output, or set "
-                    f"max_batch_size: 0")
+            if batched:
+                check_batch_dim(name, arr, rows)
             start = 0
             for i, (_, b) in enumerate(parts):
                 split[i][name] = (arr[start:start + b] if batched else arr).copy()

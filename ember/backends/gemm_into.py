@@ -24,13 +24,12 @@ epilogue activations that have an in-place form (TensorIterator: any strides).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ember.ops.attrs import Activation, ConvAttrs
+from ember.ops.attrs import Activation, ConvAttrs, activation_params
 
 Tensor = torch.Tensor
 
@@ -100,18 +99,15 @@ InplaceAct = Callable[[Tensor], object]
 def inplace_activation(act: Activation, params: Sequence[float]) -> Optional[InplaceAct]:
     """``act`` applied in place on a tensor of any strides, or ``None`` when ``act`` has no
     in-place form here (the kernel then offers no ``write_into``). ``NONE`` gives a no-op."""
-    p = tuple(float(v) for v in params)
+    p = activation_params(act, params)
     if act is Activation.NONE:
         return lambda t: t
     if act is Activation.RELU:
         return torch.relu_
     if act is Activation.CLIP:
-        lo = p[0] if len(p) > 0 else -math.inf
-        hi = p[1] if len(p) > 1 else math.inf
-        return lambda t: t.clamp_(lo, hi)
+        return lambda t: t.clamp_(p[0], p[1])
     if act is Activation.LEAKY_RELU:
-        slope = p[0] if p else 0.01
-        return lambda t: F.leaky_relu_(t, slope)
+        return lambda t: F.leaky_relu_(t, p[0])
     if act is Activation.SIGMOID:
         return torch.sigmoid_
     if act is Activation.TANH:
@@ -121,9 +117,7 @@ def inplace_activation(act: Activation, params: Sequence[float]) -> Optional[Inp
     if act is Activation.HARD_SWISH:
         return lambda t: F.hardswish(t, inplace=True)
     if act is Activation.HARD_SIGMOID:
-        alpha = p[0] if len(p) > 0 else 0.2
-        beta = p[1] if len(p) > 1 else 0.5
-        return lambda t: t.mul_(alpha).add_(beta).clamp_(0.0, 1.0)
+        return lambda t: t.mul_(p[0]).add_(p[1]).clamp_(0.0, 1.0)
     return None  # GELU: no in-place aten form on every PyTorch this runs on
 
 

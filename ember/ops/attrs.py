@@ -12,8 +12,9 @@ Conventions (frontends canonicalize every opset variant to these):
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 
 class AutoPad(enum.Enum):
@@ -37,6 +38,20 @@ class Activation(enum.Enum):
     TANH = "tanh"
     GELU_ERF = "gelu_erf"
     GELU_TANH = "gelu_tanh"
+
+
+def activation_params(act: Activation, params: "Sequence[float]") -> tuple[float, ...]:
+    """``act``'s parameters with ONNX's defaults filled in, as floats: CLIP ``(min, max)`` (±inf
+    when absent), LEAKY_RELU ``(alpha,)`` (0.01), HARD_SIGMOID ``(alpha, beta)`` (0.2, 0.5);
+    ``()`` for the others. Every backend reads its epilogue parameters through this."""
+    p = [float(v) for v in params]
+    if act is Activation.CLIP:
+        return (p[0] if len(p) > 0 else -math.inf, p[1] if len(p) > 1 else math.inf)
+    if act is Activation.LEAKY_RELU:
+        return (p[0] if p else 0.01,)
+    if act is Activation.HARD_SIGMOID:
+        return (p[0] if len(p) > 0 else 0.2, p[1] if len(p) > 1 else 0.5)
+    return ()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ember.ops.attrs import Activation
+from ember.ops.attrs import Activation, activation_params
 
 #: Activation codes shared with the kernels.
 ACT_CODES = {
@@ -35,15 +35,10 @@ _INF = 3.0e38
 
 
 def epilogue_params(act: Activation, params: Sequence[float]) -> tuple[float, float]:
-    """The two scalar parameters the kernels' ``activate`` takes for ``act`` (defaults filled in)."""
-    p = [float(v) for v in params]
-    if act is Activation.CLIP:
-        return (p[0] if len(p) > 0 else -_INF, p[1] if len(p) > 1 else _INF)
-    if act is Activation.LEAKY_RELU:
-        return (p[0] if p else 0.01, 0.0)
-    if act is Activation.HARD_SIGMOID:
-        return (p[0] if len(p) > 0 else 0.2, p[1] if len(p) > 1 else 0.5)
-    return (0.0, 0.0)
+    """The two scalar parameters the kernels' ``activate`` takes for ``act`` (defaults filled in;
+    infinite clip bounds as the largest float32 the kernel can take)."""
+    p = [min(max(v, -_INF), _INF) for v in activation_params(act, params)]
+    return (p + [0.0, 0.0])[0], (p + [0.0, 0.0])[1]
 
 
 def _rows_view_ok(y: torch.Tensor) -> bool:

@@ -1,7 +1,6 @@
 """Helpers shared by the CPU kernel families: axes, attrs-or-inputs, dtypes, activations, padding."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -11,7 +10,7 @@ from ember.backends.base import CompileContext
 from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
-from ember.ops.attrs import Activation, AutoPad
+from ember.ops.attrs import Activation, AutoPad, activation_params
 
 Tensor = torch.Tensor
 Inputs = Sequence[Optional[Tensor]]
@@ -86,18 +85,15 @@ ActFn = Callable[[Tensor], Tensor]
 
 def activation_fn(act: Activation, params: Sequence[float]) -> Optional[ActFn]:
     """The epilogue ``act`` with its ``params`` as a tensor function (``None`` for NONE)."""
-    p = tuple(float(v) for v in params)
+    p = activation_params(act, params)
     if act is Activation.NONE:
         return None
     if act is Activation.RELU:
         return torch.relu
     if act is Activation.CLIP:
-        lo = p[0] if len(p) > 0 else -math.inf
-        hi = p[1] if len(p) > 1 else math.inf
-        return lambda x: torch.clamp(x, lo, hi)
+        return lambda x: torch.clamp(x, p[0], p[1])
     if act is Activation.LEAKY_RELU:
-        slope = p[0] if p else 0.01
-        return lambda x: F.leaky_relu(x, slope)
+        return lambda x: F.leaky_relu(x, p[0])
     if act is Activation.SIGMOID:
         return torch.sigmoid
     if act is Activation.SILU:
@@ -105,9 +101,7 @@ def activation_fn(act: Activation, params: Sequence[float]) -> Optional[ActFn]:
     if act is Activation.HARD_SWISH:
         return F.hardswish
     if act is Activation.HARD_SIGMOID:
-        alpha = p[0] if len(p) > 0 else 0.2
-        beta = p[1] if len(p) > 1 else 0.5
-        return lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0)
+        return lambda x: torch.clamp(x * p[0] + p[1], 0.0, 1.0)
     if act is Activation.TANH:
         return torch.tanh
     if act is Activation.GELU_ERF:

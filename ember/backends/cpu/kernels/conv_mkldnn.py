@@ -51,7 +51,7 @@ from ember.backends.layout import NCHW, allows_channels_last, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs
+from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs, activation_params
 
 #: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse
 #: (shared with the prepacked linear layers).
@@ -64,9 +64,8 @@ ONEDNN_POSTOPS: dict[Activation, Callable[[tuple[float, ...]], Optional[tuple[st
     Activation.HARD_SWISH: lambda p: ("hardswish", [], ""),
     Activation.GELU_ERF: lambda p: ("gelu", [], "none"),
     Activation.GELU_TANH: lambda p: ("gelu", [], "tanh"),
-    Activation.LEAKY_RELU: lambda p: ("leaky_relu", [p[0] if p else 0.01], ""),
-    Activation.CLIP: lambda p: ("hardtanh", [p[0] if len(p) > 0 else -math.inf,
-                                             p[1] if len(p) > 1 else math.inf], ""),
+    Activation.LEAKY_RELU: lambda p: ("leaky_relu", list(activation_params(Activation.LEAKY_RELU, p)), ""),
+    Activation.CLIP: lambda p: ("hardtanh", list(activation_params(Activation.CLIP, p)), ""),
     # oneDNN's hardsigmoid is PyTorch's (x / 6 + 0.5); ONNX's alpha/beta must match to fuse
     Activation.HARD_SIGMOID: lambda p: ("hardsigmoid", [], "")
     if len(p) == 2 and math.isclose(p[0], 1 / 6, rel_tol=1e-6) and p[1] == 0.5 else None,

@@ -50,9 +50,9 @@ class Region:
     """A shared-memory region: a file mapped by both processes."""
 
     def __init__(self, path: str, size: int, create: bool) -> None:
+        """Maps ``path``; ``create``: it is a fresh empty file of ours, sized here to ``size``."""
         self.path, self.size = path, size
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(path, os.O_RDWR)
         try:
             if create:
                 os.ftruncate(fd, size)
@@ -62,9 +62,8 @@ class Region:
 
     @classmethod
     def new(cls, size: int, label: str) -> "Region":
-        fd, path = tempfile.mkstemp(prefix=f"ember-{label}-", dir=_shm_dir())
+        fd, path = tempfile.mkstemp(prefix=f"ember-{label}-", dir=_shm_dir())  # mode 0600
         os.close(fd)
-        os.unlink(path)
         return cls(path, max(size, _ALIGN), create=True)
 
     def array(self, dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:

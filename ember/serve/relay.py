@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from typing import Any, Optional
 
 import grpc
 
+from ember.serve.errors import ServeError
 from ember.serve.proto import SERVICE_NAME, service_methods
 
 log = logging.getLogger("ember.serve")
@@ -78,13 +80,14 @@ class FrameReader:
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         self._buf += data
         frames, pos, buf = [], 0, self._buf
-        while len(buf) - pos >= HEADER.size:
-            size, call, code = HEADER.unpack_from(buf, pos)
-            end = pos + HEADER.size + size
-            if len(buf) < end:
-                break
-            frames.append((call, code, bytes(buf[pos + HEADER.size:end])))
-            pos = end
+        with memoryview(buf) as view:  # one copy per payload (a bytearray slice would be two)
+            while len(buf) - pos >= HEADER.size:
+                size, call, code = HEADER.unpack_from(buf, pos)
+                end = pos + HEADER.size + size
+                if len(buf) < end:
+                    break
+                frames.append((call, code, bytes(view[pos + HEADER.size:end])))
+                pos = end
         if pos:
             del buf[:pos]
         return frames
@@ -145,13 +148,11 @@ class RelayHub:
                 conn.transport.close()
             await self._server.wait_closed()
             self._server = None
-        with _suppress_os_error():
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
 
     async def answer(self, method: int, payload: bytes) -> tuple[int, bytes]:
         """``(0, serialized response)`` or ``(gRPC status code, message)``."""
-        from ember.serve.errors import ServeError
-
         if method >= len(self._methods):
             return grpc.StatusCode.UNIMPLEMENTED.value[0], f"unknown relayed method {method}".encode()
         name, request_cls, _ = self._methods[method]
@@ -191,14 +192,6 @@ class RelayHub:
             except asyncio.TimeoutError:
                 pass
         return True
-
-
-class _suppress_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

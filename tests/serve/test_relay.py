@@ -72,12 +72,8 @@ def test_a_dead_front_end_is_replaced(server):
         c.close()
 
 
-class _SlowServicer:
-    """Answers ModelInfer after a delay; enough of a servicer for the hub."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.calls = 0
+class _LiveServicer:
+    """Answers ServerLive: enough of a servicer for the hub."""
 
     async def ServerLive(self, request, context):
         from ember.serve.proto import messages
@@ -87,7 +83,7 @@ class _SlowServicer:
 
 def test_front_end_exits_when_its_server_goes(tmp_path):
     async def scenario() -> int:
-        fe = FrontEnds(_SlowServicer(0), 1, "127.0.0.1", 0, shutdown_timeout_s=5)
+        fe = FrontEnds(_LiveServicer(), 1, "127.0.0.1", 0, shutdown_timeout_s=5)
         await fe.start()
         proc = fe.procs[0]
         stub = grpc.aio.insecure_channel(f"127.0.0.1:{fe.port}")

@@ -88,7 +88,7 @@ def write_repository(root: Path, models: list[str], args: argparse.Namespace) ->
 # ---- server -------------------------------------------------------------------------------------
 def start_server(repo: Path, args: argparse.Namespace) -> ServeProcess:
     """``python -m ember.serve`` on free ports, its log echoed; waits (without limit) until ready."""
-    extra = ["--grpc-front-ends", args.grpc_front_ends]
+    extra = ["--grpc-front-ends", args.grpc_front_ends, "--grpc-staging-mb", str(args.grpc_staging_mb)]
     return launch_server(repo, cache_dir=args.cache_dir, ready_timeout=None, cwd=ROOT, extra_args=extra,
                          echo=lambda line: sys.stderr.write("  [server] " + line))
 
@@ -285,6 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="instance_kind of every entry")
     p.add_argument("--channels", type=int, default=4, help="connections per client process")
     p.add_argument("--grpc-front-ends", default="auto", help="the server's --grpc-front-ends")
+    p.add_argument("--grpc-staging-mb", type=int, default=32,
+                   help="the server's --grpc-staging-mb (0: tensors travel in the relayed messages)")
     p.add_argument("--variants", default="b1,dyn", help="b1 (no batching) and/or dyn (dynamic batching)")
     p.add_argument("--cache-dir", default=None, help="engine cache of the server")
     p.add_argument("--out", default=None, help="result file (default bench/results/serve-<date>-<device>.json)")
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
               "precision": args.precision, "protocol": args.protocol, "duration_s": args.duration,
               "warmup_s": args.warmup, "max_batch": args.max_batch, "delay_us": args.delay_us,
               "instances": args.instances, "instance_kind": args.instance_kind, "grpc_front_ends": args.grpc_front_ends,
+              "grpc_staging_mb": args.grpc_staging_mb,
               "channels_per_client_process": args.channels, "seq_len": args.seq_len, "versions": versions(),
               "command": " ".join(sys.argv), "runs": runs}
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"serve-{today}-{args.device}.json"

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "process, so gRPC's per-call work does not compete with batching and "
                              "the models (default auto: a quarter of the CPUs, at most 4, none "
                              "below 8 CPUs; 0: the server process serves gRPC itself)")
+    parser.add_argument("--grpc-staging-mb", type=int, default=32,
+                        help="shared memory per gRPC front end, in MiB, for the input tensors of "
+                             "large requests: the server process and the model instances read them "
+                             "there instead of receiving copies (default 32; 0: off)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--switch-interval-us", type=int, default=50,
                         help="Python's thread switch interval in microseconds (default 50; Python's "
@@ -57,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if args.switch_interval_us <= 0:
         print(f"error: --switch-interval-us must be > 0, got {args.switch_interval_us}", file=sys.stderr)
         return 2
+    if args.grpc_staging_mb < 0:
+        print(f"error: --grpc-staging-mb must be >= 0, got {args.grpc_staging_mb}", file=sys.stderr)
+        return 2
     front_ends = _front_ends(args.grpc_front_ends)
     if front_ends is None:
         print(f"error: --grpc-front-ends must be auto or a whole number >= 0, got "
@@ -69,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     options = ServerOptions(repository=args.repository, host=args.host, http_port=args.http_port,
                             grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                             cache_dir=args.cache_dir, shutdown_timeout_s=args.shutdown_timeout,
-                            log_level=args.log_level, grpc_front_ends=front_ends)
+                            log_level=args.log_level, grpc_front_ends=front_ends,
+                            grpc_staging_mb=args.grpc_staging_mb)
     try:
         run_server(options)
     except (EmberError, OSError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import grpc
 import numpy as np
@@ -40,9 +40,12 @@ def parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode_tensors(request: Any) -> dict[str, np.ndarray]:
-    """The input tensors of a ``ModelInferRequest``; ``BadRequestError`` names what is wrong."""
-    raw = request.raw_input_contents
+def decode_tensors(request: Any, raw: Optional[Sequence[Any]] = None) -> dict[str, np.ndarray]:
+    """The input tensors of a ``ModelInferRequest``; ``BadRequestError`` names what is wrong.
+
+    ``raw``: the raw_input_contents kept apart from the message (buffers, e.g. views of a gRPC
+    front end's staging pool, read in place); default the message's own."""
+    raw = request.raw_input_contents if raw is None else raw
     if raw and len(raw) != len(request.inputs):
         raise BadRequestError(f"the request has {len(request.inputs)} inputs but {len(raw)} "
                               f"raw_input_contents; give raw contents for every input or for none")
@@ -57,7 +60,7 @@ def decode_tensors(request: Any) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _decode_one(inp: Any, raw: Optional[bytes]) -> np.ndarray:
+def _decode_one(inp: Any, raw: Any) -> np.ndarray:
     if inp.datatype in UNSUPPORTED:
         raise BadRequestError(f"input '{inp.name}' has datatype {inp.datatype}, which Ember models do not take")
     if inp.datatype not in KSERVE_TO_NUMPY:
@@ -148,11 +151,13 @@ class InferenceServicer:
         await self.core.repository.unload(request.model_name)
         return self.m["RepositoryModelUnloadResponse"]()
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, context: Any, raw: Optional[Sequence[Any]] = None) -> Any:
+        """``raw``: the request's raw_input_contents when they travel apart from it (see
+        ``decode_tensors``)."""
         start = now_ns()
         served = self.core.model_for_infer(request.model_name, request.model_version)
         try:
-            response = await self._infer(served, request)
+            response = await self._infer(served, request, raw)
         except ServeError:
             served.stats.record_request(False, now_ns() - start)
             raise
@@ -163,10 +168,10 @@ class InferenceServicer:
         served.stats.record_request(True, now_ns() - start)
         return response
 
-    async def _infer(self, served: Any, request: Any) -> Any:
+    async def _infer(self, served: Any, request: Any, raw: Optional[Sequence[Any]]) -> Any:
         params = parameters(request.parameters)
         _refuse(params, "request")
-        feeds = decode_tensors(request)
+        feeds = decode_tensors(request, raw)
         requested = None
         if request.outputs:
             for o in request.outputs:

@@ -13,6 +13,12 @@ copies. A region too small for a batch is replaced by a larger one (the message 
 to use); an output that does not fit the output region comes back through the pipe once, and the
 region grows for the next batch.
 
+Staged inputs: a request that came through a gRPC front end may hold its tensors in that front
+end's staging pool (``ember.serve.shm``). Then the server copies nothing: the message names each
+request's rows by ``(pool, offset)`` and the child gathers them itself, for a CUDA engine with
+one copy per request from the (page-locked) pool straight into the engine's input buffer on the
+GPU.
+
 The child loads the engine from its file (``model.ember`` or the engine cache), captures every
 batch bucket at start-up, and answers ``run`` messages one at a time. An error in a run comes back
 as an error of that batch; a child that dies fails the batch it was running and is started again
@@ -21,94 +27,26 @@ for the next one.
 from __future__ import annotations
 
 import logging
-import mmap
 import multiprocessing as mp
 import os
-import tempfile
 import time
 import traceback
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ember.errors import InputError
+from ember.runtime.tensors import torch_to_numpy
 from ember.serve.errors import InferenceFailedError, ModelConfigError
+from ember.serve.shm import REGIONS, Region, layout
 
 log = logging.getLogger("ember.serve")
 
 Feeds = dict[str, np.ndarray]
-_ALIGN = 64
 _START_TIMEOUT_S = 600.0  # loading and capturing a large engine's buckets takes a while
-
-
-def _shm_dir() -> str:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-
-
-class Region:
-    """A shared-memory region: a file mapped by both processes."""
-
-    def __init__(self, path: str, size: int, create: bool) -> None:
-        """Maps ``path``; ``create``: it is a fresh empty file of ours, sized here to ``size``."""
-        self.path, self.size = path, size
-        fd = os.open(path, os.O_RDWR)
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def new(cls, size: int, label: str) -> "Region":
-        fd, path = tempfile.mkstemp(prefix=f"ember-{label}-", dir=_shm_dir())  # mode 0600
-        os.close(fd)
-        return cls(path, max(size, _ALIGN), create=True)
-
-    def array(self, dtype: str, shape: tuple[int, ...], offset: int) -> np.ndarray:
-        return np.ndarray(shape, np.dtype(dtype), buffer=self.map, offset=offset)
-
-    def pin(self) -> bool:
-        """Registers the region with CUDA as page-locked memory, so copies to and from the GPU
-        read it directly (no staging copy); ``False`` where the driver refuses."""
-        import torch
-
-        view = np.frombuffer(self.map, np.uint8)
-        try:
-            ok = int(torch.cuda.cudart().cudaHostRegister(view.ctypes.data, self.size, 1)) == 0
-        except (AttributeError, RuntimeError):
-            ok = False
-        self._pinned = view if ok else None
-        return ok
-
-    def close(self, unlink: bool) -> None:
-        pinned = getattr(self, "_pinned", None)
-        if pinned is not None:
-            import torch
-
-            torch.cuda.cudart().cudaHostUnregister(pinned.ctypes.data)
-            self._pinned = None
-            del pinned
-        try:
-            self.map.close()
-        except BufferError:  # a view of it is still alive somewhere: the OS frees it at exit
-            pass
-        if unlink:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-
-
-def layout(arrays: list[tuple[str, str, tuple[int, ...]]]) -> tuple[list[tuple[str, str, tuple[int, ...], int]], int]:
-    """Offsets of tensors packed one after another, each aligned; and the bytes needed."""
-    out, pos = [], 0
-    for name, dtype, shape in arrays:
-        out.append((name, dtype, shape, pos))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        pos += (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-    return out, pos
+_MAX_POOLS = 16  # front-end staging pools a child keeps mapped
 
 
 # ---- the child ------------------------------------------------------------------------------
@@ -134,15 +72,29 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         return
     conn.send(("ready", os.getpid()))
     regions: dict[str, Region] = {}
-
-    pinned: set[str] = set()
+    pools: "OrderedDict[str, Region]" = OrderedDict()  # front ends' staging pools, latest used last
+    runner = ctx.runner if cuda else None
 
     def region(path: str, size: int) -> Region:
         r = regions.get(path)
         if r is None:
             r = regions[path] = Region(path, size, create=False)
-            if cuda and r.pin():
-                pinned.add(path)
+            if cuda:
+                r.pin()
+        return r
+
+    def pool(path: str, size: int) -> Region:
+        r = pools.get(path)
+        if r is not None and r.size == size:
+            pools.move_to_end(path)
+            return r
+        if r is not None:
+            r.close(unlink=False)
+        r = pools[path] = Region(path, size, create=False)
+        if cuda:
+            r.pin()
+        while len(pools) > _MAX_POOLS:  # a pool of a front end that is gone, most likely
+            pools.popitem(last=False)[1].close(unlink=False)
         return r
 
     while True:
@@ -154,21 +106,39 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
             break
         if msg[0] == "forget":  # the server replaced a region
             r = regions.pop(msg[1], None)
-            pinned.discard(msg[1])
             if r is not None:
                 r.close(unlink=False)
             continue
         _, (in_path, in_size), specs, (out_path, out_size) = msg
         try:
             src = region(in_path, in_size)
-            feeds: dict[str, Any] = {name: src.array(dtype, shape, off) for name, dtype, shape, off in specs}
-            if in_path in pinned:  # the engine copies them to the GPU straight from shared memory
-                feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            arrays_in = {name: src.array(dtype, shape, off) for name, dtype, shape, off, _ in specs}
+            staged = any(pieces for *_, pieces in specs)
+            feeds: dict[str, Any]
+            if staged and runner is not None and hasattr(runner, "input_buffer"):
+                # every input straight into the engine's own input buffer on the GPU
+                feeds = {}
+                for name, dtype, shape, _, pieces in specs:
+                    buf = runner.input_buffer(arrays_in, name)
+                    if pieces:
+                        _gather_gpu(buf, pieces, np.dtype(dtype), pool)
+                    else:
+                        buf.copy_(torch.from_numpy(arrays_in[name]), non_blocking=src.pinned)
+                    feeds[name] = buf
+            else:
+                for name, dtype, shape, _, pieces in specs:
+                    if pieces:
+                        _gather_host(arrays_in[name], pieces, pool)
+                feeds = arrays_in
+                if src.pinned:  # the engine copies them to the GPU straight from shared memory
+                    feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
             t0 = time.perf_counter_ns()
             result = ctx.infer(feeds)
             t1 = time.perf_counter_ns()
-            del feeds
-            arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in result.items()}
+            del feeds, arrays_in
+            arrays = {k: (torch_to_numpy(v) if isinstance(v, torch.Tensor) else np.ascontiguousarray(v))
+                      for k, v in result.items()}
+            del result
             placed, need = layout([(k, a.dtype.str, a.shape) for k, a in arrays.items()])
             if need <= out_size:
                 dst = region(out_path, out_size)
@@ -182,8 +152,35 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         except Exception as exc:  # noqa: BLE001 - the batch fails, the instance goes on
             conn.send(("error", type(exc).__name__, f"{exc}\n{traceback.format_exc(limit=4)}"))
     ctx.close()
-    for r in regions.values():
+    for r in (*regions.values(), *pools.values()):
         r.close(unlink=False)
+
+
+Pieces = list[tuple[str, int, int, int]]  # (pool path, pool size, offset, rows), in batch order
+
+
+def _gather_gpu(buf: Any, pieces: Pieces, dtype: np.dtype, pool: Any) -> None:
+    """Copies each request's rows from its staging pool into ``buf`` (a GPU tensor of the
+    padded batch), then repeats the last row into the padding."""
+    import torch
+
+    start, row_shape = 0, tuple(buf.shape[1:])
+    for path, size, off, rows in pieces:
+        r = pool(path, size)
+        host = torch.from_numpy(r.array(dtype.str, (rows, *row_shape), off))
+        buf[start:start + rows].copy_(host, non_blocking=r.pinned)
+        start += rows
+    if start < buf.shape[0]:
+        buf[start:].copy_(buf[start - 1:start].expand_as(buf[start:]))
+
+
+def _gather_host(dst: np.ndarray, pieces: Pieces, pool: Any) -> None:
+    start = 0
+    for path, size, off, rows in pieces:
+        dst[start:start + rows] = pool(path, size).array(dst.dtype.str, (rows, *dst.shape[1:]), off)
+        start += rows
+    if start < dst.shape[0]:
+        dst[start:] = dst[start - 1:start]
 
 
 # ---- the server's side ----------------------------------------------------------------------
@@ -202,6 +199,7 @@ class ProcessInstance:
         self.proc: Optional[Any] = None
         self.conn: Any = None
         self.starts = 0
+        self.staged_batches = 0  # batches the child gathered from front ends' staging pools
         self._in: Optional[Region] = None
         self._out: Optional[Region] = None
 
@@ -297,7 +295,10 @@ class ProcessInstance:
                            else (rows, *first.shape[1:])))
         specs, need = layout(shapes)
         src = self._region("in", need)
+        staged = _staged_pieces(parts, names) if batched else {}
         for (n, dtype, shape, off) in specs:
+            if n in staged:
+                continue  # the child gathers it from the front ends' pools
             view = src.array(dtype, shape, off)
             if not batched or (len(parts) == 1 and rows == total):
                 view[...] = parts[0][0][n]
@@ -309,6 +310,8 @@ class ProcessInstance:
                 if rows > total:
                     view[total:] = view[total - 1:total]
             del view
+        specs = [(n, dtype, shape, off, staged.get(n)) for n, dtype, shape, off in specs]
+        self.staged_batches += bool(staged)
         out_region = self._out or self._region("out", need)
         t1 = time.perf_counter_ns()
         try:
@@ -342,6 +345,22 @@ class ProcessInstance:
         del result
         t3 = time.perf_counter_ns()
         return split, BatchTimings(t1 - t0, t2 - t1, t3 - t2)
+
+
+def _staged_pieces(parts: list[tuple[Feeds, int]], names: list[str]) -> dict[str, Pieces]:
+    """For each input whose every request's rows lie in a front end's staging pool: where."""
+    out = {}
+    for n in names:
+        pieces = []
+        for feeds, b in parts:
+            arr = feeds[n]
+            where = REGIONS.locate(arr) if arr.ndim and arr.shape[0] == b else None
+            if where is None:
+                break
+            pieces.append((*where, b))
+        else:
+            out[n] = pieces
+    return out
 
 
 def warmup_specs(signature: Any) -> Optional[list[tuple[str, str, tuple[int, ...]]]]:

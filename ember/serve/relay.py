@@ -20,6 +20,14 @@ A request's method is its index in ``METHODS``; ``HELLO`` announces a front end 
 pid). A reply's status is 0 with the serialized response, or a gRPC status code number with the
 error message in UTF-8.
 
+Staged tensors: each front end owns a staging pool in shared memory (``--staging-mb``,
+``ember.serve.shm``), announced once with ``POOL`` (payload: u64 size, path). A ``ModelInfer``
+call whose raw tensor bytes are large is relayed as ``STAGED_INFER``: the front end copies its
+``raw_input_contents`` into the pool and sends ``u16 count, count x (u64 offset, u64 size)`` and
+the rest of the message. The hub reads the tensors in place (no copy in the server process) and a
+CUDA instance process copies them to the GPU straight from the pool; the front end frees the
+block when the reply comes. Without room in the pool, a call is relayed whole, as before.
+
 Life cycle: the hub holds the port (bound, not listening) until every front end listens on it;
 a front end that exits while the server runs is started again; on shutdown the hub stops the
 front ends first (SIGTERM: they stop taking calls and finish the ones in flight, which the hub
@@ -48,7 +56,8 @@ from typing import Any, Optional
 import grpc
 
 from ember.serve.errors import ServeError
-from ember.serve.proto import SERVICE_NAME, service_methods
+from ember.serve.proto import SERVICE_NAME, messages, service_methods
+from ember.serve.shm import REGIONS, StagingPool, split_raw_inputs
 
 log = logging.getLogger("ember.serve")
 
@@ -56,6 +65,14 @@ HEADER = struct.Struct("<IIH")
 #: the relayed RPCs, by index (the order of ``service_methods()``: the .proto's)
 METHODS: tuple[str, ...] = tuple(service_methods())
 HELLO = 0xFFFF
+POOL = 0xFFFE
+STAGED_INFER = 0xFFFD
+_POOL = struct.Struct("<Q")
+_COUNT = struct.Struct("<H")
+_BLOCK = struct.Struct("<QQ")
+#: relay a ModelInfer call through the staging pool from this many raw tensor bytes on
+STAGE_MIN_BYTES = 16 << 10
+DEFAULT_STAGING_MB = 32
 _MAX_MESSAGE = 2**31 - 1
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -100,6 +117,7 @@ class _HubConnection(asyncio.Protocol):
         self.frames = FrameReader()
         self.transport: Any = None
         self.pid: Optional[int] = None
+        self.pool: Optional[Any] = None  # the front end's staging pool, mapped here
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -111,7 +129,13 @@ class _HubConnection(asyncio.Protocol):
                 self.pid = int(payload.decode() or 0)
                 self.hub._hello(self.pid)
                 continue
-            task = asyncio.ensure_future(self.hub.answer(method, payload))
+            if method == POOL:
+                self._map_pool(payload)
+                continue
+            if method == STAGED_INFER:
+                task = asyncio.ensure_future(self.hub.answer_staged(self.pool, payload))
+            else:
+                task = asyncio.ensure_future(self.hub.answer(method, payload))
             task.add_done_callback(lambda t, call=call: self._reply(call, t))
 
     def _reply(self, call: int, task: asyncio.Future) -> None:
@@ -119,9 +143,20 @@ class _HubConnection(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.write(encode(call, code, payload))
 
+    def _map_pool(self, payload: bytes) -> None:
+        (size,) = _POOL.unpack_from(payload)
+        path = payload[_POOL.size:].decode()
+        try:
+            self.pool = REGIONS.open(path, size)
+        except (OSError, ValueError) as exc:  # its staged calls fail with a message, nothing else
+            log.error("ember serve: cannot map the staging pool of gRPC front end %s: %s", self.pid, exc)
+
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.hub._connections.discard(self)
         self.hub._lost(self.pid)
+        if self.pool is not None:  # a front end that died could not remove its pool's file
+            REGIONS.close(self.pool.path, unlink=True)
+            self.pool = None
 
 
 class RelayHub:
@@ -136,6 +171,8 @@ class RelayHub:
         self._server: Any = None
         self._connections: set[_HubConnection] = set()
         self._methods = [(name, *service_methods()[name]) for name in METHODS]
+        self._infer_request = messages()["ModelInferRequest"]
+        self.staged_calls = 0  # ModelInfer calls whose tensors came through a staging pool
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,14 +198,39 @@ class RelayHub:
         except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError (and others)
             return (grpc.StatusCode.INVALID_ARGUMENT.value[0],
                     f"the {name} request is not a valid protobuf message: {exc}".encode())
+        return await self._respond(name, getattr(self.servicer, name)(request, None))
+
+    async def _respond(self, name: str, call: Any) -> tuple[int, bytes]:
         try:
-            response = await getattr(self.servicer, name)(request, None)
+            response = await call
             return 0, response.SerializeToString()
         except ServeError as exc:
             return exc.grpc_code.value[0], str(exc).encode()
         except Exception as exc:  # noqa: BLE001 - a bug must still answer the call
             log.exception("relayed gRPC call %s failed", name)
             return grpc.StatusCode.INTERNAL.value[0], f"internal error: {type(exc).__name__}: {exc}".encode()
+
+    async def answer_staged(self, pool: Any, payload: bytes) -> tuple[int, bytes]:
+        """A ``ModelInfer`` call whose raw_input_contents lie in the front end's pool."""
+        if pool is None:
+            return (grpc.StatusCode.INTERNAL.value[0],
+                    b"internal error: a staged call came from a front end whose pool is not mapped")
+        (count,) = _COUNT.unpack_from(payload)
+        pos = _COUNT.size + count * _BLOCK.size
+        view = memoryview(pool.map)
+        raw = []
+        for i in range(count):
+            offset, size = _BLOCK.unpack_from(payload, _COUNT.size + i * _BLOCK.size)
+            if offset + size > pool.size:
+                return grpc.StatusCode.INTERNAL.value[0], b"internal error: a staged block lies outside its pool"
+            raw.append(view[offset:offset + size])
+        try:
+            request = self._infer_request.FromString(payload[pos:])
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError (and others)
+            return (grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                    f"the ModelInfer request is not a valid protobuf message: {exc}".encode())
+        self.staged_calls += 1
+        return await self._respond("ModelInfer", self.servicer.ModelInfer(request, None, raw))
 
     def _hello(self, pid: int) -> None:
         self.connected.add(pid)
@@ -213,10 +275,13 @@ class FrontEnds:
     """Starts, watches and stops the gRPC front-end processes of a server (see module docstring)."""
 
     def __init__(self, servicer: Any, count: int, host: str, port: int,
-                 shutdown_timeout_s: float = 60.0, start_timeout_s: float = 60.0) -> None:
+                 shutdown_timeout_s: float = 60.0, start_timeout_s: float = 60.0,
+                 staging_mb: int = DEFAULT_STAGING_MB) -> None:
         if count < 1:
             raise ValueError(f"FrontEnds needs at least one process, got {count}")
-        self.count, self.host = count, host
+        if staging_mb < 0:
+            raise ValueError(f"the staging pool size must be >= 0 MiB, got {staging_mb}")
+        self.count, self.host, self.staging_mb = count, host, staging_mb
         self.shutdown_timeout_s, self.start_timeout_s = shutdown_timeout_s, start_timeout_s
         self._dir = tempfile.TemporaryDirectory(prefix="ember-serve-")
         self.hub = RelayHub(servicer, str(Path(self._dir.name) / "hub.sock"))
@@ -246,7 +311,8 @@ class FrontEnds:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "ember.serve.relay", "--hub", self.hub.path, "--host", self.host,
-               "--port", str(self.port), "--grace", str(self.shutdown_timeout_s)]
+               "--port", str(self.port), "--grace", str(self.shutdown_timeout_s),
+               "--staging-mb", str(self.staging_mb)]
         self._spawned += 1
         log_path = Path(self._dir.name) / f"front-end-{self._spawned}.log"
         with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe would block it
@@ -320,17 +386,47 @@ class _Upstream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.pending: dict[int, asyncio.Future] = {}
+        self.staged: dict[int, tuple[int, int]] = {}  # call -> its block in the pool
+        self.pool: Optional[StagingPool] = None
         self._next = 0
         self.closed = False
 
     async def call(self, method: int, payload: bytes) -> tuple[int, bytes]:
         if self.closed:
             return grpc.StatusCode.UNAVAILABLE.value[0], b"the server is shutting down; retry on another server"
-        self._next = (self._next + 1) & 0xFFFFFFFF
-        call = self._next
+        call = self._call_id()
         future = asyncio.get_running_loop().create_future()
         self.pending[call] = future
         self.writer.write(encode(call, method, payload))
+        return await future
+
+    def _call_id(self) -> int:
+        self._next = (self._next + 1) & 0xFFFFFFFF
+        return self._next
+
+    async def infer(self, method: int, request: bytes) -> tuple[int, bytes]:
+        """A ModelInfer call: its tensors through the staging pool when they are large and fit."""
+        pool = self.pool
+        split = split_raw_inputs(request) if pool is not None and len(request) >= STAGE_MIN_BYTES else None
+        if split is None or not split[1] or sum(len(r) for r in split[1]) < STAGE_MIN_BYTES or self.closed:
+            return await self.call(method, request)
+        rest, raw = split
+        sizes = [(len(r) + 63) // 64 * 64 for r in raw]
+        base = pool.alloc(sum(sizes))  # type: ignore[union-attr]
+        if base is None:  # the pool is full: relay the whole message
+            return await self.call(method, request)
+        table, pos = [_COUNT.pack(len(raw))], base
+        for r, size in zip(raw, sizes):
+            pool.region.map[pos:pos + len(r)] = r  # type: ignore[union-attr]
+            table.append(_BLOCK.pack(pos, len(r)))
+            pos += size
+        del raw, split
+        call = self._call_id()
+        future = asyncio.get_running_loop().create_future()
+        self.pending[call] = future
+        self.staged[call] = (base, sum(sizes))  # freed when the reply comes, even if the client left
+        table.append(rest)
+        self.writer.write(encode(call, STAGED_INFER, b"".join(table)))
         return await future
 
     async def read_replies(self) -> None:
@@ -340,6 +436,9 @@ class _Upstream:
                 size, call, code = HEADER.unpack(header)
                 payload = await self.reader.readexactly(size) if size else b""
                 future = self.pending.pop(call, None)
+                block = self.staged.pop(call, None)
+                if block is not None and self.pool is not None:
+                    self.pool.free(*block)
                 if future is not None and not future.done():
                     future.set_result((code, payload))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -354,19 +453,37 @@ class _Upstream:
 
 
 def _handler(upstream: _Upstream, index: int) -> Any:
+    send = upstream.infer if METHODS[index] == "ModelInfer" else upstream.call
+
     async def relay(request: bytes, context: Any) -> bytes:
-        code, payload = await upstream.call(index, request)
+        code, payload = await send(index, request)
         if code:
             await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), payload.decode(errors="replace"))
         return payload
     return grpc.unary_unary_rpc_method_handler(relay)  # no (de)serializers: bytes pass through
 
 
-async def serve_front_end(hub: str, host: str, port: int, grace: float) -> int:
+async def serve_front_end(hub: str, host: str, port: int, grace: float,
+                          staging_mb: int = DEFAULT_STAGING_MB) -> int:
     """A front end's life: connect to the hub, listen on the port, relay until SIGTERM/SIGINT or
     until the hub goes away."""
     reader, writer = await asyncio.open_unix_connection(hub)
     upstream = _Upstream(reader, writer)
+    if staging_mb > 0:
+        try:
+            upstream.pool = StagingPool(staging_mb << 20, "staging")
+        except OSError as exc:
+            print(f"ember serve front end: no staging pool, tensors travel in the relayed messages: "
+                  f"{exc}", file=sys.stderr)
+    try:
+        return await _serve(upstream, writer, host, port, grace)
+    finally:
+        if upstream.pool is not None:
+            upstream.pool.close()
+
+
+async def _serve(upstream: _Upstream, writer: asyncio.StreamWriter, host: str, port: int,
+                 grace: float) -> int:
     server = grpc.aio.server(options=[("grpc.max_send_message_length", _MAX_MESSAGE),
                                       ("grpc.max_receive_message_length", _MAX_MESSAGE),
                                       ("grpc.so_reuseport", 1)])
@@ -381,6 +498,8 @@ async def serve_front_end(hub: str, host: str, port: int, grace: float) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     replies = asyncio.create_task(upstream.read_replies())
+    if upstream.pool is not None:
+        writer.write(encode(0, POOL, _POOL.pack(upstream.pool.size) + upstream.pool.path.encode()))
     writer.write(encode(0, HELLO, str(os.getpid()).encode()))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({replies, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -398,9 +517,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--grace", type=float, default=60.0, help="seconds to finish calls on SIGTERM")
+    parser.add_argument("--staging-mb", type=int, default=DEFAULT_STAGING_MB,
+                        help="shared memory for large input tensors (0: none)")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(serve_front_end(args.hub, args.host, args.port, args.grace))
+        return asyncio.run(serve_front_end(args.hub, args.host, args.port, args.grace, args.staging_mb))
     except OSError as exc:
         print(f"ember serve front end: {exc}", file=sys.stderr)
         return 1

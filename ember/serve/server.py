@@ -47,6 +47,8 @@ class ServerOptions:
     log_level: str = "info"
     #: gRPC front-end processes (``ember.serve.relay``); 0: the server process speaks gRPC itself
     grpc_front_ends: int = 0
+    #: MiB of shared memory per front end for large input tensors (0: they travel in the messages)
+    grpc_staging_mb: int = 32
 
 
 class _Uvicorn(uvicorn.Server):
@@ -94,7 +96,7 @@ class Server:
         o = self.options
         if o.grpc_port >= 0 and o.grpc_front_ends > 0:
             self.front_ends = FrontEnds(InferenceServicer(self.core), o.grpc_front_ends, o.host,
-                                        o.grpc_port, o.shutdown_timeout_s)
+                                        o.grpc_port, o.shutdown_timeout_s, staging_mb=o.grpc_staging_mb)
             await self.front_ends.start()
             self.grpc_port = self.front_ends.port
         elif o.grpc_port >= 0:

@@ -80,6 +80,24 @@ def test_a_reused_gpu_input_buffer_is_read_in_place_without_a_copy():
                                    rtol=2e-3, atol=2e-3)
 
 
+def test_the_engines_own_input_buffer_filled_by_the_caller_runs_without_copy_or_capture():
+    """``input_buffer`` gives the static buffer of a shape; feeding it back replays that shape's
+    graph as it is (no copy, no second graph bound to the same tensors)."""
+    engine = build(cnn_graph(), ember.BuildConfig(device="cuda", profiles=PROFILE))
+    rng = np.random.default_rng(2)
+    with engine.create_context() as ctx:
+        runner = ctx.runner
+        like = {"x": np.zeros((2, 3, 8, 8), np.float32)}
+        buf = runner.input_buffer(like, "x")
+        captures = runner.captures
+        for _ in range(4):
+            x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+            buf.copy_(torch.from_numpy(x), non_blocking=True)
+            y = ctx.infer({"x": buf})["y"]
+            np.testing.assert_allclose(y.cpu().numpy(), cnn_reference(CNN, x), rtol=2e-3, atol=2e-3)
+        assert runner.captures == captures and runner.input_buffer(like, "x") is buf
+
+
 def test_device_memory_is_measured_and_inspect_reports_it(tmp_path, capsys):
     from ember.cli import main
 

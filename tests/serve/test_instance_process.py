@@ -16,7 +16,7 @@ from ember.serve import ServerOptions, ServerThread
 from ember.serve.batcher import Scheduler
 from ember.serve.config import parse_config
 from ember.serve.errors import ModelConfigError
-from ember.serve.instance_process import layout
+from ember.serve.shm import layout
 
 CONFIGS = {
     "proc": (matmul_relu_model, "max_batch_size: 8\ninstance_kind: process\ninstance_count: 2\n"

@@ -187,7 +187,8 @@ class CudaRunner:
             self._slots.move_to_end(key)
             return slot
         specs = {name: (shape, dtype) for name, shape, dtype in key}
-        inputs = {n: torch.empty(s, dtype=d, device=self.device) for n, (s, d) in specs.items()}
+        with torch.inference_mode(False):  # ordinary tensors: callers write into them (``input_buffer``)
+            inputs = {n: torch.empty(s, dtype=d, device=self.device) for n, (s, d) in specs.items()}
         slot = _Slot(inputs)
         if len(self._slots) >= self.max_shapes:
             self._slots.popitem(last=False)

@@ -26,14 +26,16 @@ MODELS = ("resnet-50", "googlenet", "mobilenet-v2", "bert-base")
 PEER_ORDER = ("torch", "torch.compile", "torch.compile(reduce-overhead)", "onnxruntime")
 
 
-def run_suite(models, batches, peers, iterations: int, precision: str) -> dict:
+def run_suite(models, batches, peers, iterations: int, precision: str,
+              accuracy_target: float | None = None) -> dict:
     from ember.tools.bench import BenchOptions, bench, format_report
 
     runs = []
     for model in models:
         for batch in batches:
             opts = BenchOptions(model, "cuda", precision, batch, iterations=iterations,
-                                warmup=10, peers=tuple(peers), peer_budget_s=15.0)
+                                warmup=10, peers=tuple(peers), peer_budget_s=15.0,
+                                accuracy_target=accuracy_target)
             t0 = time.perf_counter()
             report = bench(opts)
             report["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--peers", default="torch,torch-compile,onnxruntime")
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--accuracy-target", type=float, default=None,
+                    help="build every engine with this accuracy target (max relative error vs fp32)")
     ap.add_argument("--build-times", action="store_true", help="also time ResNet-50's build, cold/warm cache")
     ap.add_argument("--out", help="result JSON (default bench/results/gpu-<date>.json)")
     ap.add_argument("--merge", nargs="+", help="merge these result files instead of running")
@@ -130,7 +134,7 @@ def main() -> None:
     else:
         result = run_suite([m for m in args.models.split(",") if m], [int(b) for b in args.batches.split(",")],
                            [p for p in args.peers.split(",") if p and p != "none"], args.iterations,
-                           args.precision)
+                           args.precision, args.accuracy_target)
         if args.build_times:
             result["build"] = build_times()
             out.parent.mkdir(parents=True, exist_ok=True)

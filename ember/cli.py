@@ -79,6 +79,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tune-cpu", action="store_true",
                    help="time tactics on the CPU too (off: the CPU backend's defaults)")
     g.add_argument("--no-optimize", action="store_true", help="skip the optimizer's fusion passes")
+    g.add_argument("--accuracy-target", type=float, metavar="MAX_REL_ERR",
+                   help="GPU builds below fp32: keep the earliest layers in fp32 until the outputs' max "
+                        "relative error against an fp32 build is at most this (e.g. 1e-2)")
     g.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
                    help="memory format of 4-D activations (auto: channels-last, the faster on both "
                         "backends)")
@@ -104,7 +107,8 @@ def config_from_args(args: argparse.Namespace):
     return BuildConfig(device=args.device, precision=args.precision, shapes=parse_shapes(args.shapes),
                        profiles=_profiles(args), timing_cache=args.timing_cache,
                        tactic_tuning=not args.no_tuning, tune_cpu=args.tune_cpu,
-                       optimize=not args.no_optimize, layout=getattr(args, "layout", "auto"))
+                       optimize=not args.no_optimize, layout=getattr(args, "layout", "auto"),
+                       accuracy_target=getattr(args, "accuracy_target", None))
 
 
 def load_or_build(path: str, args: argparse.Namespace):
@@ -140,6 +144,10 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"built {out}: {len(plan.layers)} layers from {info.get('source_nodes')} {source}, "
           f"memory plan {human_bytes(plan.memory.arena_bytes)} (vs {human_bytes(plan.memory.sum_bytes)} "
           f"unplanned), weights {human_bytes(engine.weights_bytes)}, in {info.get('build_seconds', 0):.2f} s")
+    if "accuracy" in info:
+        from ember.builder.accuracy import describe
+
+        print(describe(info["accuracy"]))
     return 0
 
 

@@ -11,17 +11,25 @@ The steps, in order:
 3. run the pass pipeline (``ember.passes.pipeline.run_pipeline``);
 4. lower to one layer per node with its precision and tactic (``ember/builder/lower.py``);
 5. plan memory at the profiles' max shapes (``ember/builder/memory.py``);
-6. compile the kernels, so that a build that cannot run fails here and not at first inference.
+6. compile the kernels, so that a build that cannot run fails here and not at first inference;
+7. with ``config.accuracy_target`` (GPU, below fp32): build again with the earliest layers in
+   fp32 until the outputs are that close to an fp32 build's (``ember/builder/accuracy.py``).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 from ember.backends.base import Backend, get_backend
+from ember.builder import accuracy
 from ember.builder.config import BuildConfig
 from ember.builder.lower import lower
 from ember.builder.memory import plan_memory
@@ -94,14 +102,34 @@ def _types_at_min(graph: Graph, lo: dict[str, int]) -> Optional[dict[str, Tensor
 
 
 def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optional[bool] = None,
-          backend: Optional[Backend] = None, instruments: Optional[Sequence] = None) -> Engine:
+          backend: Optional[Backend] = None, instruments: Optional[Sequence] = None,
+          accuracy_inputs: Optional[Mapping[str, np.ndarray]] = None) -> Engine:
     """Builds an ``Engine`` for ``config.device`` from a model file/bytes/proto or a ``Graph``.
 
     ``progress``: show a progress display (default: when stderr is a terminal).
     ``backend``: use this backend instead of the device's (for tests and experiments).
     ``instruments``: pass instruments for the pass pipeline (timing, dumps).
+    ``accuracy_inputs``: calibration inputs for ``config.accuracy_target`` (default: random).
     """
     config = config or BuildConfig()
+    if not accuracy.applies(config):
+        return _build_once(model, config, progress, backend, instruments)
+    t0 = time.perf_counter()
+    source = copy.deepcopy(model) if isinstance(model, Graph) else model  # the passes rewrite a Graph
+    with tempfile.TemporaryDirectory(prefix="ember-accuracy-") as tmp:
+        # the trials share tactic timings: only layers whose precision changed are timed again
+        cfg = config if config.timing_cache else replace(config, timing_cache=str(Path(tmp) / "timings.json"))
+        engine = _build_once(model, cfg, progress, backend, instruments)
+        engine = accuracy.meet_target(
+            engine, cfg, lambda c: _build_once(copy.deepcopy(source) if isinstance(source, Graph) else source,
+                                               c, False, backend, instruments), accuracy_inputs)
+    engine.plan.config = replace(engine.plan.config, timing_cache=config.timing_cache)
+    engine.plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
+    return engine
+
+
+def _build_once(model: Any, config: BuildConfig, progress: Optional[bool], backend: Optional[Backend],
+                instruments: Optional[Sequence]) -> Engine:
     t0 = time.perf_counter()
     fp = fingerprint(config.device)  # fails early, with a clear sentence, without the device
     backend = backend or get_backend(config.device)

@@ -54,6 +54,9 @@ class BuildConfig:
       machine the per-layer winners made MobileNetV2 8x slower than the backend's defaults.
     - ``layout``: memory format of 4-D activations, ``auto`` | ``nchw`` | ``nhwc`` (channels-last);
       ``auto`` is the device's preference (``ember.passes.layout.DEVICE_LAYOUT``).
+    - ``accuracy_target``: GPU builds below fp32 only: the largest max relative error allowed
+      against an fp32 build on calibration inputs; the earliest layers fall back to fp32 until it
+      is met (``ember.builder.accuracy``). ``None``: precisions as the rules give them.
     """
 
     device: str = "cpu"
@@ -67,6 +70,7 @@ class BuildConfig:
     tactic_tuning: bool = True
     tune_cpu: bool = False
     layout: str = "auto"
+    accuracy_target: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -87,6 +91,12 @@ class BuildConfig:
             if p not in PRECISIONS:
                 raise BuildError(f"layer_precisions[{name!r}] = {p!r}; use one of {', '.join(PRECISIONS)}")
         object.__setattr__(self, "layer_precisions", dict(self.layer_precisions))
+        if self.accuracy_target is not None:
+            target = float(self.accuracy_target)
+            if not 0 < target < 1:
+                raise BuildError(f"accuracy_target {self.accuracy_target!r} is a max relative error; give "
+                                 f"a number between 0 and 1 such as 1e-2, or None for no target")
+            object.__setattr__(self, "accuracy_target", target)
 
     def to_json(self) -> dict:
         out = {}

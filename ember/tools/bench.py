@@ -47,6 +47,7 @@ class BenchOptions:
     cuda_graphs: bool = True
     tuning: bool = True
     peer_budget_s: float = 20.0
+    accuracy_target: Optional[float] = None
 
 
 @dataclass
@@ -103,7 +104,7 @@ def build_engine(src: Source, opts: BenchOptions):
     shapes = {k: tuple(v.shape) for k, v in src.feeds.items()}
     config = ember.BuildConfig(device=opts.device, precision=opts.precision, shapes=shapes,
                                timing_cache=opts.timing_cache, cuda_graphs=opts.cuda_graphs,
-                               tactic_tuning=opts.tuning)
+                               tactic_tuning=opts.tuning, accuracy_target=opts.accuracy_target)
     t0 = time.perf_counter()
     engine = ember.build(src.onnx_path, config, progress=False)
     return engine, time.perf_counter() - t0
@@ -177,6 +178,7 @@ def bench(opts: BenchOptions) -> dict:
         "device": _device_info(opts.device), "versions": _versions(),
         "config": {"precision": opts.precision, "batch": batch, "iterations": opts.iterations,
                    "warmup": opts.warmup, "cuda_graphs": opts.cuda_graphs, "tuning": opts.tuning,
+                   "accuracy_target": opts.accuracy_target,
                    "shapes": {k: list(v.shape) for k, v in src.feeds.items()}},
         "build": {"seconds": None if build_s is None else round(build_s, 3),
                   "layers": len(engine.plan.layers), "tactics": _tactic_counts(engine.plan.layers),
@@ -297,6 +299,10 @@ def format_report(r: dict) -> str:
              f"precision={r['config']['precision']}  batch={r['config']['batch']}"]
     if r["build"]["seconds"] is not None:
         lines.append(f"build: {r['build']['seconds']:.2f} s, {r['build']['layers']} layers")
+    if "accuracy" in r["build"]["info"]:
+        from ember.builder.accuracy import describe
+
+        lines.append(describe(r["build"]["info"]["accuracy"]))
     lines.append(f"Ember compute: min {c['min']:.3f}  mean {c['mean']:.3f}  median {c['median']:.3f}  "
                  f"p90 {c['p90']:.3f}  p95 {c['p95']:.3f}  p99 {c['p99']:.3f} ms   "
                  f"throughput {e['throughput']:.1f}/s")
@@ -334,6 +340,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-cache", metavar="FILE")
     p.add_argument("--no-graphs", action="store_true", help="run without CUDA graphs")
     p.add_argument("--no-tuning", action="store_true", help="keep default tactics")
+    p.add_argument("--accuracy-target", type=float, metavar="MAX_REL_ERR",
+                   help="build with this accuracy target (see ember build --accuracy-target)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
 
 
@@ -347,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--peers {bad[0]!r} is not a peer; use torch, torch-compile, onnxruntime or none")
     opts = BenchOptions(args.model, args.device, args.precision or ("fp16" if args.device == "cuda" else "fp32"),
                         args.batch, parse_shapes(args.shapes), args.iterations, args.warmup, peers,
-                        args.timing_cache, not args.no_graphs, not args.no_tuning)
+                        args.timing_cache, not args.no_graphs, not args.no_tuning,
+                        accuracy_target=args.accuracy_target)
     report = bench(opts)
     print(format_report(report))
     if args.json:

@@ -1,0 +1,135 @@
+"""Build to an accuracy target: half-precision layers fall back to fp32 until the engine's outputs
+are within ``BuildConfig.accuracy_target`` of an fp32 build of the same model.
+
+Why a prefix of the network: the rounding error a half-precision layer adds grows through every
+layer after it. On MobileNetV2 at batch 128 (H100, fp16) the error relative to each layer's own
+range goes from 8e-4 after the first convolution to 0.14 before the head, so the first few layers
+own most of what reaches the output: keeping only the first 3 of 66 layers in fp32 takes the
+output's max relative error from 1.2e-2 to 7.7e-3, where keeping all 17 depthwise convolutions
+in fp32 changes nothing (``bench/gpu_accuracy.py``). So the search promotes the earliest
+half-precision layers, in execution order: 1, 2, 4, ... layers until the target is met, then
+bisects for the shortest prefix that meets it.
+
+The measure is that of ``ember bench`` and ``ember compare``: ``max|ours - ref| / max|ref|`` over
+every output, on calibration inputs (``accuracy_inputs``, else random ones drawn as ``ember run
+--random`` does, at each input's profile opt shape). Every trial is a full build (tactic timings
+come from a timing cache shared by the trials); the result and the layers kept in fp32 are in
+``plan.build_info["accuracy"]``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from ember.builder.config import BuildConfig
+
+log = logging.getLogger("ember.build")
+
+REDUCED = ("fp16", "bf16", "tf32")
+
+
+def applies(config: BuildConfig) -> bool:
+    """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32."""
+    return config.accuracy_target is not None and config.device != "cpu" and config.precision in REDUCED
+
+
+def max_relative_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
+    """The largest ``max|ours - ref| / max|ref|`` over the outputs (``inf`` on NaN/Inf)."""
+    from ember.tools.bench_stats import max_relative_error as one
+
+    return max((one(np.asarray(ours[k], np.float64), v) for k, v in ref.items()), default=0.0)
+
+
+def calibration_inputs(engine: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``engine`` at its profiles' opt shapes (as ``ember run --random``)."""
+    from ember.tools.inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+
+    specs = engine_input_specs(engine)
+    shapes = resolve_shapes(specs, {}, dynamic="opt")
+    return random_inputs(specs, shapes, seed, int_ranges=graph_int_ranges(engine.plan.graph))
+
+
+def _outputs(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with engine.create_context() as ctx:
+        out = ctx.infer(dict(feeds))
+    return {k: np.asarray(v.float().cpu() if hasattr(v, "cpu") else v, np.float64) for k, v in out.items()}
+
+
+def half_layers(engine: Any) -> list[str]:
+    """Names of the layers that compute below fp32, in execution order."""
+    return [layer.name for layer in engine.plan.layers if layer.precision in REDUCED]
+
+
+def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfig], Any],
+                feeds: Optional[Mapping[str, np.ndarray]] = None) -> Any:
+    """The engine of the shortest fp32 prefix that meets ``config.accuracy_target`` (``engine``
+    itself when it already does). ``build_fn(config)`` builds the same model with ``config``."""
+    t0 = time.perf_counter()
+    target = float(config.accuracy_target)  # type: ignore[arg-type]
+    feeds = dict(feeds) if feeds is not None else calibration_inputs(engine)
+    ref_config = replace(config, precision="fp32", layer_precisions={}, accuracy_target=None,
+                         tactic_tuning=False)
+    reference = _outputs(build_fn(ref_config), feeds)
+    first = max_relative_error(_outputs(engine, feeds), reference)
+    candidates = half_layers(engine)
+    trials: list[dict] = [{"fp32_layers": 0, "error": first}]
+    best, best_k = (engine, 0) if first <= target else (None, None)
+
+    def trial(k: int) -> tuple[Any, float]:
+        table = {**config.layer_precisions, **{name: "fp32" for name in candidates[:k]}}
+        built = build_fn(replace(config, layer_precisions=table, accuracy_target=None))
+        err = max_relative_error(_outputs(built, feeds), reference)
+        trials.append({"fp32_layers": k, "error": err})
+        log.info("accuracy target %.1e: %d layers in fp32 -> max relative error %.2e", target, k, err)
+        return built, err
+
+    if best is None and candidates:
+        lo, k = 0, 1  # lo: the longest prefix known to miss the target
+        while best is None:
+            built, err = trial(k)
+            if err <= target:
+                best, best_k = built, k
+            elif k == len(candidates):
+                break
+            else:
+                lo, k = k, min(2 * k, len(candidates))
+        while best is not None and best_k - lo > 1:  # the shortest prefix that still meets it
+            mid = (lo + best_k) // 2
+            built, err = trial(mid)
+            if err <= target:
+                best, best_k = built, mid
+            else:
+                lo = mid
+    met = best is not None
+    if not met:
+        warnings.warn(f"accuracy target {target:.1e} not reached even with every layer in fp32 "
+                      f"(max relative error {trials[-1]['error']:.2e} against an fp32 build); the "
+                      f"{config.precision} engine is kept as it is ({first:.2e})", stacklevel=3)
+        best, best_k = engine, 0
+    info = {"target": target, "met": met, "error": next(t["error"] for t in reversed(trials)
+                                                         if t["fp32_layers"] == best_k),
+            "error_before": first, "fp32_layers": candidates[:best_k], "trials": trials,
+            "calibration_shapes": {k: list(v.shape) for k, v in feeds.items()},
+            "seconds": round(time.perf_counter() - t0, 2)}
+    best.plan.config = replace(best.plan.config, accuracy_target=target)
+    best.plan.build_info["accuracy"] = info
+    return best
+
+
+def describe(info: Mapping[str, Any]) -> str:
+    """One line on what a build's accuracy target did (``plan.build_info["accuracy"]``)."""
+    kept = len(info["fp32_layers"])
+    if not info["met"]:
+        return (f"accuracy target {info['target']:.1e} not reached (max relative error "
+                f"{info['error_before']:.2e} vs an fp32 build); precisions left as the rules give them")
+    if not kept:
+        return (f"accuracy target {info['target']:.1e} met as built: max relative error "
+                f"{info['error']:.2e} vs an fp32 build")
+    return (f"accuracy target {info['target']:.1e}: the first {kept} layers kept in fp32, max relative "
+            f"error {info['error_before']:.2e} -> {info['error']:.2e} vs an fp32 build "
+            f"({len(info['trials']) - 1} trial builds, {info['seconds']:.0f} s)")

@@ -60,6 +60,10 @@ VARIANTS: dict[str, Callable[[Any], list[str]]] = {
     "stem + head in fp32": lambda e: [*_reads_graph_input(e), *_HEAD],
     "stem + head + linear convs in fp32": lambda e: [*_reads_graph_input(e), *_HEAD,
                                                      *_layers(e, _is_linear_conv)],
+    # the errors grow through the network, so the earliest layers matter most (ember.builder.accuracy)
+    "first 1 layer in fp32": lambda e: [layer.name for layer in e.plan.layers[:1]],
+    "first 3 layers in fp32": lambda e: [layer.name for layer in e.plan.layers[:3]],
+    "first 6 layers in fp32": lambda e: [layer.name for layer in e.plan.layers[:6]],
 }
 
 

@@ -72,6 +72,25 @@ def _check(server, model: str, x: np.ndarray) -> None:
         c.close()
 
 
+def _concurrently(server, calls: list[tuple[str, np.ndarray]]) -> None:
+    """Sends every ``(model, x)`` at once from its own thread; re-raises the first failure."""
+    errors: list[BaseException] = []
+
+    def one(model, x):
+        try:
+            _check(server, model, x)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 # ---- the pool ---------------------------------------------------------------------------------
 def test_pool_allocates_first_fit_and_merges_freed_blocks():
     pool = StagingPool(4096)
@@ -170,21 +189,8 @@ def test_an_instance_process_gathers_staged_batches_itself(server):
     inst = server.core.repository.get("wide_proc").scheduler._instances[0]
     before = inst.staged_batches
     rng = np.random.default_rng(1)
-    xs = [rng.standard_normal((r, WIDTH)).astype(np.float32) for r in (1, 2, 3, 1, 2)]
-    errors: list[BaseException] = []
-
-    def one(x):
-        try:
-            _check(server, "wide_proc", x)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(x,)) for x in xs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    _concurrently(server, [("wide_proc", rng.standard_normal((r, WIDTH)).astype(np.float32))
+                           for r in (1, 2, 3, 1, 2)])
     assert inst.staged_batches > before
 
 
@@ -193,20 +199,7 @@ def test_a_full_pool_relays_whole_messages_and_every_answer_is_right(server):
     before = hub.staged_calls
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((8, WIDTH)).astype(np.float32) for _ in range(24)]  # 6 MiB in flight
-    errors: list[BaseException] = []
-
-    def one(x, model):
-        try:
-            _check(server, model, x)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(x, ("wide", "wide_proc")[i % 2])) for i, x in enumerate(xs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    _concurrently(server, [(("wide", "wide_proc")[i % 2], x) for i, x in enumerate(xs)])
     assert hub.staged_calls - before < len(xs)  # some found the pools full...
     for conn in hub._connections:  # ...and every block was given back
         assert conn.pool is not None
@@ -241,20 +234,7 @@ def test_a_cuda_instance_copies_staged_requests_to_the_gpu_from_the_pools(tmp_pa
         assert sched.instance_kind == "process"
         rng = np.random.default_rng(3)
         xs = [rng.standard_normal((r, WIDTH)).astype(np.float32) for r in (1, 3, 2, 1, 4, 2, 1, 1)]
-        errors: list[BaseException] = []
-
-        def one(x):
-            try:
-                _check(srv, "wide_gpu", x)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
         for _ in range(3):
-            threads = [threading.Thread(target=one, args=(x,)) for x in xs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        assert not errors, errors[0]
+            _concurrently(srv, [("wide_gpu", x) for x in xs])
         assert sched._instances[0].staged_batches > 0
         assert srv.server.front_ends.hub.staged_calls == 3 * len(xs)

@@ -304,6 +304,7 @@ class FrontEnds:
             await self.stop()
             raise
         self._reserved.close()  # the front ends hold the port now
+        self._check_pools()
         self._watch = asyncio.create_task(self._watch_loop(), name="ember-grpc-front-ends")
 
     def _spawn(self) -> subprocess.Popen:
@@ -339,6 +340,17 @@ class FrontEnds:
             if time.monotonic() > deadline:
                 raise OSError(f"the gRPC front-end processes did not start within "
                               f"{self.start_timeout_s:.0f} s")
+
+    def _check_pools(self) -> None:
+        """Says so when a front end runs without its staging pool (e.g. /dev/shm too small)."""
+        if not self.staging_mb:
+            return
+        by_pid = {p.pid: p for p in self.procs}
+        for conn in self.hub._connections:
+            if conn.pool is None and conn.pid in by_pid:
+                log.warning("ember serve: gRPC front end %d has no staging pool; large tensors travel in "
+                            "the relayed messages (slower): %s", conn.pid,
+                            self._log_tail(by_pid[conn.pid], 400) or "no message")
 
     async def _watch_loop(self) -> None:
         """Starts a front end again when one exits while the server runs."""

@@ -238,3 +238,15 @@ def test_a_cuda_instance_copies_staged_requests_to_the_gpu_from_the_pools(tmp_pa
             _concurrently(srv, [("wide_gpu", x) for x in xs])
         assert sched._instances[0].staged_batches > 0
         assert srv.server.front_ends.hub.staged_calls == 3 * len(xs)
+
+
+def test_a_front_end_without_room_for_its_pool_still_serves_and_is_reported(tmp_path, cache_dir, caplog):
+    write_model(tmp_path, "wide", wide_model(), CONFIGS["wide"])
+    with caplog.at_level("WARNING", logger="ember.serve"):
+        with ServerThread(ServerOptions(tmp_path, http_port=0, grpc_port=0, metrics_port=0, cache_dir=cache_dir,
+                                        log_level="warning", grpc_front_ends=1,
+                                        grpc_staging_mb=1 << 24)) as srv:  # 16 TiB: no /dev/shm has it
+            _check(srv, "wide", np.ones((3, WIDTH), np.float32))
+            assert srv.server.front_ends.hub.staged_calls == 0
+    assert any("has no staging pool" in r.getMessage() and "cannot reserve" in r.getMessage()
+               for r in caplog.records)

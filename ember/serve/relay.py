@@ -57,7 +57,7 @@ import grpc
 
 from ember.serve.errors import ServeError
 from ember.serve.proto import SERVICE_NAME, messages, service_methods
-from ember.serve.shm import REGIONS, StagingPool, split_raw_inputs
+from ember.serve.shm import REGIONS, StagingPool, aligned, split_raw_inputs
 
 log = logging.getLogger("ember.serve")
 
@@ -423,7 +423,7 @@ class _Upstream:
         if split is None or not split[1] or sum(len(r) for r in split[1]) < STAGE_MIN_BYTES or self.closed:
             return await self.call(method, request)
         rest, raw = split
-        sizes = [(len(r) + 63) // 64 * 64 for r in raw]
+        sizes = [aligned(len(r)) for r in raw]
         base = pool.alloc(sum(sizes))  # type: ignore[union-attr]
         if base is None:  # the pool is full: relay the whole message
             return await self.call(method, request)

@@ -251,3 +251,34 @@ def test_a_front_end_without_room_for_its_pool_still_serves_and_is_reported(tmp_
             assert srv.server.front_ends.hub.staged_calls == 0
     assert any("has no staging pool" in r.getMessage() and "cannot reserve" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["raw size", "raw count", "wrong shape"])
+def test_bad_staged_requests_get_the_same_errors_and_the_server_goes_on(server, case):
+    """Staged calls are checked exactly as whole ones: the error names the input, then a good
+    request still succeeds."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                               request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+                               response_deserializer=service_pb2.ModelInferResponse.FromString)
+    req = service_pb2.ModelInferRequest(model_name="wide")
+    rows = 2
+    req.inputs.add(name="x", datatype="FP32", shape=[rows, WIDTH if case != "wrong shape" else WIDTH + 1])
+    size = rows * (WIDTH + (case == "wrong shape")) * 4 - (8 if case == "raw size" else 0)
+    req.raw_input_contents.append(b"\0" * size)
+    if case == "raw count":
+        req.raw_input_contents.append(b"\0" * size)
+    hub = server.server.front_ends.hub
+    before = hub.staged_calls
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            stub(req)
+    finally:
+        channel.close()
+    words = {"raw size": f"input 'x' has {size} raw bytes", "raw count": "1 inputs but 2 raw_input_contents",
+             "wrong shape": "input 'x'"}[case]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in info.value.details()
+    assert hub.staged_calls == before + 1  # it did travel through the pool
+    _check(server, "wide", np.ones((1, WIDTH), np.float32))

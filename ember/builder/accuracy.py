@@ -60,7 +60,7 @@ def _outputs(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
     return {k: np.asarray(v.float().cpu() if hasattr(v, "cpu") else v, np.float64) for k, v in out.items()}
 
 
-def half_layers(engine: Any) -> list[str]:
+def reduced_layers(engine: Any) -> list[str]:
     """Names of the layers that compute below fp32, in execution order."""
     return [layer.name for layer in engine.plan.layers if layer.precision in REDUCED]
 
@@ -76,7 +76,7 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
                          tactic_tuning=False)
     reference = _outputs(build_fn(ref_config), feeds)
     first = max_relative_error(_outputs(engine, feeds), reference)
-    candidates = half_layers(engine)
+    candidates = reduced_layers(engine)
     trials: list[dict] = [{"fp32_layers": 0, "error": first}]
     best, best_k = (engine, 0) if first <= target else (None, None)
 

@@ -115,14 +115,17 @@ def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optiona
     if not accuracy.applies(config):
         return _build_once(model, config, progress, backend, instruments)
     t0 = time.perf_counter()
-    source = copy.deepcopy(model) if isinstance(model, Graph) else model  # the passes rewrite a Graph
+    pristine = copy.deepcopy(model) if isinstance(model, Graph) else None  # the passes rewrite a Graph
+
+    def again(cfg: BuildConfig) -> Engine:
+        return _build_once(copy.deepcopy(pristine) if pristine is not None else model, cfg, False,
+                           backend, instruments)
+
     with tempfile.TemporaryDirectory(prefix="ember-accuracy-") as tmp:
         # the trials share tactic timings: only layers whose precision changed are timed again
         cfg = config if config.timing_cache else replace(config, timing_cache=str(Path(tmp) / "timings.json"))
         engine = _build_once(model, cfg, progress, backend, instruments)
-        engine = accuracy.meet_target(
-            engine, cfg, lambda c: _build_once(copy.deepcopy(source) if isinstance(source, Graph) else source,
-                                               c, False, backend, instruments), accuracy_inputs)
+        engine = accuracy.meet_target(engine, cfg, again, accuracy_inputs)
     engine.plan.config = replace(engine.plan.config, timing_cache=config.timing_cache)
     engine.plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
     return engine

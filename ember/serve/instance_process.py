@@ -71,31 +71,9 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", os.getpid()))
-    regions: dict[str, Region] = {}
-    pools: "OrderedDict[str, Region]" = OrderedDict()  # front ends' staging pools, latest used last
+    region = _Mapped(pin=cuda)  # the server's input and output regions
+    pool = _Mapped(pin=cuda, limit=_MAX_POOLS)  # the front ends' staging pools
     runner = ctx.runner if cuda else None
-
-    def region(path: str, size: int) -> Region:
-        r = regions.get(path)
-        if r is None:
-            r = regions[path] = Region(path, size, create=False)
-            if cuda:
-                r.pin()
-        return r
-
-    def pool(path: str, size: int) -> Region:
-        r = pools.get(path)
-        if r is not None and r.size == size:
-            pools.move_to_end(path)
-            return r
-        if r is not None:
-            r.close(unlink=False)
-        r = pools[path] = Region(path, size, create=False)
-        if cuda:
-            r.pin()
-        while len(pools) > _MAX_POOLS:  # a pool of a front end that is gone, most likely
-            pools.popitem(last=False)[1].close(unlink=False)
-        return r
 
     while True:
         try:
@@ -105,9 +83,7 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         if msg[0] == "close":
             break
         if msg[0] == "forget":  # the server replaced a region
-            r = regions.pop(msg[1], None)
-            if r is not None:
-                r.close(unlink=False)
+            region.forget(msg[1])
             continue
         _, (in_path, in_size), specs, (out_path, out_size) = msg
         try:
@@ -152,8 +128,42 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         except Exception as exc:  # noqa: BLE001 - the batch fails, the instance goes on
             conn.send(("error", type(exc).__name__, f"{exc}\n{traceback.format_exc(limit=4)}"))
     ctx.close()
-    for r in (*regions.values(), *pools.values()):
-        r.close(unlink=False)
+    region.close()
+    pool.close()
+
+
+class _Mapped:
+    """The regions a child has mapped, by path (page-locked for a CUDA engine); with ``limit``,
+    at most that many, the least recently used closed first (a pool of a front end that is gone,
+    most likely)."""
+
+    def __init__(self, pin: bool, limit: Optional[int] = None) -> None:
+        self.pin, self.limit = pin, limit
+        self.maps: OrderedDict[str, Region] = OrderedDict()
+
+    def __call__(self, path: str, size: int) -> Region:
+        r = self.maps.get(path)
+        if r is not None and r.size == size:
+            self.maps.move_to_end(path)
+            return r
+        if r is not None:
+            r.close(unlink=False)
+        r = self.maps[path] = Region(path, size, create=False)
+        if self.pin:
+            r.pin()
+        while self.limit and len(self.maps) > self.limit:
+            self.maps.popitem(last=False)[1].close(unlink=False)
+        return r
+
+    def forget(self, path: str) -> None:
+        r = self.maps.pop(path, None)
+        if r is not None:
+            r.close(unlink=False)
+
+    def close(self) -> None:
+        for r in self.maps.values():
+            r.close(unlink=False)
+        self.maps.clear()
 
 
 Pieces = list[tuple[str, int, int, int]]  # (pool path, pool size, offset, rows), in batch order

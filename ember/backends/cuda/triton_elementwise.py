@@ -2,10 +2,11 @@
 
 ``elementwise_program(steps, in_dtypes)`` turns a FusedElementwise node's steps into the body of
 a Triton kernel (pure Python, no Triton needed: the CUDA registry asks it whether a layer has a
-Triton form). ``run_program(program, inputs, out_dtype)`` launches it:
+Triton form). ``run_program(program, inputs, shape, out_dtype, out=None)`` launches it:
 
 - the output is allocated in the memory format of the first 4-D input of the output's full
-  shape (channels-last stays channels-last), else contiguous;
+  shape (channels-last stays channels-last), else contiguous; or given (``out``: any dense
+  tensor, ``dense``, since the kernel stores at the linear index in the output's memory order);
 - every input is read through its own strides over the output's index space (0 on broadcast
   dims), so broadcasting, channels-last and strided views all work without copies. Dims are
   dropped when of size 1 and merged where every operand is contiguous across them, and the
@@ -333,6 +334,21 @@ def output_like(inputs: Sequence[torch.Tensor], shape: Sequence[int], dtype: tor
     return torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=fmt)
 
 
+def dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: a packed layout in some order of the dims (contiguous,
+    channels-last, any permutation), at any offset; size-1 dims do not count. What an output
+    must be for the kernel, which stores at the linear index over the output's memory order
+    (``plan_layout``). Works on meta tensors."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((t.stride(d), t.shape[d]) for d in range(t.dim()) if t.shape[d] != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def plan_layout(inputs: Sequence[torch.Tensor], out: torch.Tensor) -> Layout:
     """Coalesced sizes and per-input strides over ``out``'s memory order (``out`` is dense)."""
     shape = tuple(out.shape)
@@ -459,12 +475,18 @@ def _kernel_for(program: ElementwiseProgram, rank: int, patterns: tuple) -> Call
 
 
 def run_program(program: ElementwiseProgram, inputs: Sequence[torch.Tensor], shape: Sequence[int],
-                out_dtype: torch.dtype) -> torch.Tensor:
-    """Runs ``program`` on ``inputs`` (broadcast to ``shape``); a fresh output of ``out_dtype``."""
+                out_dtype: torch.dtype, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Runs ``program`` on ``inputs`` (broadcast to ``shape``); a fresh output of ``out_dtype``, or
+    ``out`` (``shape``, ``out_dtype``, ``dense``; ``ValueError`` before any launch otherwise).
+    Every element is computed alone, so the values do not depend on the output's layout."""
     if len(inputs) != program.n_inputs:
         raise ValueError(f"FusedElementwise kernel takes {program.n_inputs} inputs, got {len(inputs)}")
     device = inputs[0].device if inputs else torch.device("cuda")
-    out = output_like(inputs, shape, out_dtype, device)
+    if out is None:
+        out = output_like(inputs, shape, out_dtype, device)
+    elif tuple(out.shape) != tuple(shape) or out.dtype != out_dtype or out.device != device or not dense(out):
+        raise ValueError(f"out ({tuple(out.shape)}, {out.dtype}, strides {out.stride()}, {out.device}) cannot "
+                         f"take the {tuple(shape)} {out_dtype} result on {device}: it must be dense")
     numel = out.numel()
     if numel == 0:
         return out

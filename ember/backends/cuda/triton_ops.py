@@ -13,6 +13,11 @@ imported only when a kernel is first used, so this module imports on machines wi
 
 ``max_pool2d_nhwc`` and ``lrn`` read and write channels-last only: their tactics do not apply
 where the layout plan (``ember.backends.layout``) stores the output NCHW.
+
+``layer_norm``, ``softmax_lastdim`` and ``max_pool2d_nhwc`` take an optional ``out``: the kernel
+stores into it instead of a fresh tensor (a kernel's ``write_into``, ``ember.backends.base``).
+The kernels index their output as packed (row-major, resp. channels-last), so ``out`` must be
+exactly that: ``fits`` is the test (``ValueError`` otherwise, before anything is launched).
 """
 from __future__ import annotations
 
@@ -87,6 +92,25 @@ def bias_act_(y: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[
     return y
 
 
+def fits(out: torch.Tensor, shape: Sequence[int], dtype: torch.dtype,
+         fmt: torch.memory_format = torch.contiguous_format) -> bool:
+    """Whether ``out`` can take a result of ``shape`` and ``dtype`` from a kernel that stores its
+    output packed in ``fmt``: same shape and dtype, and packed in ``fmt`` (any offset; strides of
+    size-1 dims do not matter, no element is addressed through them). Works on meta tensors."""
+    return tuple(out.shape) == tuple(shape) and out.dtype == dtype and out.is_contiguous(memory_format=fmt)
+
+
+def _output(out: Optional[torch.Tensor], like: torch.Tensor, shape: Sequence[int],
+            fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A fresh output like ``like`` (``shape``, packed in ``fmt``), or ``out`` checked by ``fits``."""
+    if out is None:
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=fmt)
+    if not fits(out, shape, like.dtype, fmt) or out.device != like.device:
+        raise ValueError(f"out ({tuple(out.shape)}, {out.dtype}, strides {out.stride()}, {out.device}) cannot "
+                         f"take a packed {fmt} result of shape {tuple(shape)}, {like.dtype} on {like.device}")
+    return out
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
@@ -95,14 +119,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    """LayerNorm over the last axis of ``x`` (fp32 statistics; output in ``x``'s dtype)."""
+def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tensor], eps: float,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LayerNorm over the last axis of ``x`` (fp32 statistics; output in ``x``'s dtype), into
+    ``out`` when given (contiguous, ``x``'s shape and dtype)."""
     from ember.backends.cuda import _triton_kernels as K
 
+    y = _output(out, x, x.shape)
     x = x.contiguous()
     n = x.shape[-1]
     rows = x.numel() // n
-    y = torch.empty_like(x)
     block = _next_pow2(n)
     K.layer_norm_kernel[(rows,)](x, y, w if w is not None else x, b if b is not None else x, n,
                                  float(eps), HAS_W=w is not None, HAS_B=b is not None,
@@ -110,26 +136,29 @@ def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Ten
     return y
 
 
-def softmax_lastdim(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis of ``x`` (fp32 math; output in ``x``'s dtype)."""
+def softmax_lastdim(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax over the last axis of ``x`` (fp32 math; output in ``x``'s dtype), into ``out``
+    when given (contiguous, ``x``'s shape and dtype)."""
     from ember.backends.cuda import _triton_kernels as K
 
+    y = _output(out, x, x.shape)
     x = x.contiguous()
     n = x.shape[-1]
     rows = x.numel() // n
-    y = torch.empty_like(x)
     block = _next_pow2(n)
     K.softmax_kernel[(rows,)](x, y, n, BLOCK=block, num_warps=4 if block <= 2048 else 8)
     return y
 
 
-def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
-    """ONNX LRN over dim 1 of a 4-D ``x``; output channels-last in ``x``'s dtype."""
+def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float,
+        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ONNX LRN over dim 1 of a 4-D ``x``; output channels-last in ``x``'s dtype (into ``out``
+    when given: packed channels-last, ``x``'s shape and dtype)."""
     from ember.backends.cuda import _triton_kernels as K
 
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
-    y = torch.empty_like(x)
+    y = _output(out, x, x.shape, torch.channels_last)
     pixels = n * h * w
     block_c = _next_pow2(c)
     block_p = max(1, min(64, 4096 // block_c))
@@ -151,17 +180,28 @@ def pool_output_size(size: int, k: int, s: int, pb: int, pe: int, d: int, ceil: 
     return max(out, 0)
 
 
-def max_pool2d_nhwc(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int],
-                    begins: Sequence[int], ends: Sequence[int], dilations: Sequence[int],
-                    ceil: bool) -> torch.Tensor:
-    """Max pooling of a 4-D tensor in channels-last order; output channels-last."""
-    from ember.backends.cuda import _triton_kernels as K
-
-    x = x.contiguous(memory_format=torch.channels_last)
-    n, c, h, w = x.shape
+def max_pool2d_shape(shape: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                     begins: Sequence[int], ends: Sequence[int], dilations: Sequence[int],
+                     ceil: bool) -> tuple[int, int, int, int]:
+    """The output shape of ``max_pool2d_nhwc`` on an input of ``shape``."""
+    n, c, h, w = shape
     oh = pool_output_size(h, kernel[0], strides[0], begins[0], ends[0], dilations[0], ceil)
     ow = pool_output_size(w, kernel[1], strides[1], begins[1], ends[1], dilations[1], ceil)
-    y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return n, c, oh, ow
+
+
+def max_pool2d_nhwc(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[int],
+                    begins: Sequence[int], ends: Sequence[int], dilations: Sequence[int],
+                    ceil: bool, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Max pooling of a 4-D tensor in channels-last order; output channels-last (into ``out``
+    when given: packed channels-last, of the output's shape and ``x``'s dtype)."""
+    from ember.backends.cuda import _triton_kernels as K
+
+    shape = max_pool2d_shape(x.shape, kernel, strides, begins, ends, dilations, ceil)
+    y = _output(out, x, shape, torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    oh, ow = shape[2], shape[3]
     pixels = n * oh * ow
     if pixels == 0 or c == 0:
         return y

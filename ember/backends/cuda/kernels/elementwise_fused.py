@@ -8,6 +8,9 @@ Two tactics, timed against each other by the builder:
 - ``triton``: one generated kernel for the whole chain (``triton_elementwise``): every input read
   once through its broadcast strides, fp32 math in registers, one store in the output dtype.
   It applies when every step and dtype has a Triton form; the rest keep ``eager``.
+  ``write_into`` (``ember.backends.base``): the same kernel stores into a given ``out`` of the
+  result's shape and dtype that is dense in any dim order (``triton_elementwise.dense``: it
+  stores at the linear index over the output's memory order, so not into a strided slice).
 """
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ from typing import Optional
 
 import torch
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.fallback import wrap_generic
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+
+Tensor = torch.Tensor
 
 
 @register_cuda_kernel(OpType.FUSED_ELEMENTWISE, "eager", rank=0)
@@ -64,7 +69,7 @@ def _has_triton_form(node: Node, graph: Optional[Graph]) -> bool:
 @register_cuda_kernel(OpType.FUSED_ELEMENTWISE, "triton", rank=10, when=_has_triton_form, needs_triton=True)
 def fused_elementwise_triton(node: Node, ctx: CompileContext) -> Kernel:
     """The whole chain as one generated Triton kernel (fp32 math, output in its own dtype)."""
-    from ember.backends.cuda.triton_elementwise import F, run_program
+    from ember.backends.cuda.triton_elementwise import F, dense, run_program
     from ember.runtime.tensors import torch_dtype
 
     program = _program(node, ctx.graph)
@@ -75,4 +80,16 @@ def fused_elementwise_triton(node: Node, ctx: CompileContext) -> Kernel:
         shape = torch.broadcast_shapes(*(t.shape for t in inputs))
         return [run_program(program, inputs, shape, out_dtype)]
 
-    return run
+    def accepts(out: Tensor) -> bool:
+        return out.dtype == out_dtype and dense(out)
+
+    def write(inputs, out: Tensor) -> bool:
+        if not accepts(out) or any(t is None or t.device != out.device for t in inputs):
+            return False
+        shape = torch.broadcast_shapes(*(t.shape for t in inputs))
+        if tuple(out.shape) != tuple(shape):
+            return False
+        run_program(program, inputs, shape, out_dtype, out=out)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))

@@ -7,19 +7,31 @@ tactics:
 - ``cublas``: ``F.linear`` with the bias (cuBLAS's own bias epilogue), activation after.
 - ``cublaslt_epilogue``: ``torch._addmm_activation`` (cuBLASLt bias + ReLU / tanh-GELU epilogue).
 - ``cublas_triton``: ``F.linear`` without bias, then one Triton pass for bias + activation.
+
+``write_into`` (``ember.backends.base``): the same products straight into a given ``out``, with
+the GEMMs ``F.linear`` itself runs (``addmm``/``mm``/``_addmm_activation`` with ``out=``, real
+structured kernels whose output is handed to cuBLAS as it is when it is a row-major matrix,
+``ldc`` = its row stride: ``_out_matrix``). ``cublas`` takes such a strided view too (a slice of
+a Concat along the last axis); ``cublaslt_epilogue`` only a packed one, as cuBLASLt's epilogue
+needs a contiguous result (on a strided one aten falls back to cuBLAS plus separate bias and
+activation passes: more work than the copy saved); ``cublas_triton`` only a packed one, since
+its Triton epilogue indexes the output linearly. ``matmul`` writes a packed ``out`` through
+``torch.matmul(..., out=)``, which runs the same ``mm``/``bmm`` into views of it.
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import activation_fn, arg
 from ember.backends.cpu.kernels.linalg import gemm_value
 from ember.backends.cuda.device import cast_float, cast_inputs, compute_dtype, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.gemm_into import InplaceAct, inplace_activation
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
@@ -43,6 +55,73 @@ class _Linear:
 
     def a(self, x: Tensor) -> Tensor:
         return x.transpose(-1, -2) if self.trans_a else x
+
+
+def _out_matrix(out: Tensor, n: int) -> Optional[Tensor]:
+    """``out`` (``[..., n]``) as the ``[rows, n]`` matrix cuBLAS writes as it is: row-major with
+    row stride ``>= n`` (``prepare_matrix_for_cublas`` keeps it, ``ldc`` = row stride), its
+    leading dims collapsing into one stride; ``None`` otherwise. Works on meta tensors."""
+    if out.dim() < 2 or out.shape[-1] != n:
+        return None
+    rows = math.prod(out.shape[:-1])
+    try:
+        m = out.view(rows, n)
+    except RuntimeError:  # leading dims not expressible as one stride
+        return None
+    return m if m.stride(1) == 1 and (rows <= 1 or m.stride(0) >= n) else None
+
+
+def _linear_input(x: Tensor, bias: bool) -> Optional[Tensor]:
+    """``x`` (``[..., K]``) as the matrix ``F.linear`` hands to its single GEMM, or ``None`` where
+    ``F.linear`` runs something else (``at::linear``): a 2-D input as it is; with a bias, a
+    contiguous N-D input flattened (``addmm``); without, an N-D input whose leading dims fold
+    into one stride (``matmul``'s ``should_fold``: ``mm``). Others go through ``bmm``."""
+    if x.dim() == 2:
+        return x
+    if x.dim() < 2:
+        return None
+    if bias:
+        ok = x.is_contiguous()
+    else:
+        ok = x.numel() == 0 or all(x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(x.dim() - 2))
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if ok else None
+
+
+Gemm2d = Callable[[Tensor, Tensor], bool]
+
+
+def _linear_write_into(lin: _Linear, dtype: torch.dtype, prec: str, packed: bool, gemm: Gemm2d) -> WriteInto:
+    """The ``WriteInto`` shared by the linear tactics: ``gemm(x, out2)`` computes the product of
+    the (cast, maybe transposed) input ``x`` into ``out2``, the ``[rows, N]`` matrix of ``out``
+    (``_out_matrix``), and returns ``False`` when it cannot (nothing written). ``accepts``: the
+    layer's dtype, ``N`` columns, a matrix cuBLAS writes as it is, and contiguous if ``packed``."""
+    n = int(lin.weight.shape[0])
+
+    def matrix(out: Tensor) -> Optional[Tensor]:
+        ok = out.dtype == dtype and (not packed or out.is_contiguous())
+        return _out_matrix(out, n) if ok else None
+
+    def write(inputs, out: Tensor) -> bool:
+        x, out2 = inputs[0], matrix(out)
+        if x is None or out2 is None or x.dim() < 2 or out.device != x.device:
+            return False
+        x = lin.a(cast_float(x, dtype))
+        if x.dtype != dtype or tuple(out.shape) != (*x.shape[:-1], n):
+            return False
+        with tf32_scope(prec):
+            return gemm(x, out2)
+
+    return WriteInto(write, lambda out: matrix(out) is not None)
+
+
+def _inplace_act(act: Activation, params: tuple[float, ...]) -> Optional[InplaceAct]:
+    """``act`` in place on a tensor of any strides (``gemm_into.inplace_activation``, plus
+    ``aten::gelu_``, the in-place form of ``F.gelu``'s kernel); ``None`` when it has none."""
+    if act is Activation.GELU_ERF:
+        return lambda t: torch.ops.aten.gelu_(t)
+    if act is Activation.GELU_TANH:
+        return lambda t: torch.ops.aten.gelu_(t, approximate="tanh")
+    return inplace_activation(act, params)
 
 
 def _linear_applies(node: Node, graph: Optional[Graph]) -> bool:
@@ -98,7 +177,23 @@ def linear_cublas(node: Node, ctx: CompileContext) -> Kernel:
             y = act_fn(y)
         return [y]
 
-    return run
+    act_ = _inplace_act(act, params)
+    if act_ is None:
+        return run
+    w_t = lin.weight.t()
+
+    def gemm(x: Tensor, out2: Tensor) -> bool:
+        x2 = _linear_input(x, lin.bias is not None)
+        if x2 is None:
+            return False
+        if lin.bias is not None:
+            torch.addmm(lin.bias, x2, w_t, out=out2)
+        else:
+            torch.mm(x2, w_t, out=out2)
+        act_(out2)
+        return True
+
+    return with_write_into(run, _linear_write_into(lin, dtype, prec, False, gemm))
 
 
 def _lt_applies(node: Node, graph: Optional[Graph]) -> bool:
@@ -122,7 +217,11 @@ def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
             y = torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu)
         return [y.reshape(*lead, y.shape[-1])]
 
-    return run
+    def gemm(x: Tensor, out2: Tensor) -> bool:
+        torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu, out=out2)
+        return True
+
+    return with_write_into(run, _linear_write_into(lin, dtype, prec, True, gemm))
 
 
 def _triton_applies(node: Node, graph: Optional[Graph]) -> bool:
@@ -150,7 +249,26 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
             y = F.linear(x, lin.weight)
         return [bias_act_(y, lin.bias, None, act, params)]
 
-    return run
+    w_t = lin.weight.t()
+
+    def gemm(x: Tensor, out2: Tensor) -> bool:
+        x2 = _linear_input(x, False)
+        if x2 is None:
+            return False
+        torch.mm(x2, w_t, out=out2)
+        return True
+
+    write_gemm = _linear_write_into(lin, dtype, prec, True, gemm)
+
+    def write(inputs, out: Tensor) -> bool:
+        # the epilogue runs on ``out`` itself (the shape ``run`` gives it): packed, it is
+        # updated in place, as ``y`` is
+        if not write_gemm(inputs, out):
+            return False
+        bias_act_(out, lin.bias, None, act, params)
+        return True
+
+    return with_write_into(run, WriteInto(write, write_gemm.accepts))
 
 
 @register_cuda_kernel(OpType.GEMM, "matmul", rank=50)
@@ -182,4 +300,26 @@ def matmul_general(node: Node, ctx: CompileContext) -> Kernel:
         with tf32_scope(prec):
             return [torch.matmul(a, b)]
 
-    return run
+    def accepts(out: Tensor) -> bool:
+        return out.dim() >= 2 and out.dtype == dtype and out.is_contiguous()
+
+    def write(inputs, out: Tensor) -> bool:
+        """``torch.matmul(a, b, out=out)``: for operands of 2+ dims and a contiguous ``out`` of
+        the result's shape it runs ``run``'s ``mm`` (folded) or ``bmm`` into views of ``out``
+        (``at::_matmul_impl``); 1-D operands go through ``dot``/``mv``/an ``out`` resize."""
+        a, b = cast_inputs([inputs[0], inputs[1]], dtype)
+        if a is None or b is None or a.dim() < 2 or b.dim() < 2 or not accepts(out) \
+                or a.dtype != out.dtype or b.dtype != out.dtype or out.device != a.device \
+                or a.shape[-1] != b.shape[-2]:
+            return False
+        try:
+            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except RuntimeError:
+            return False
+        if tuple(out.shape) != (*batch, a.shape[-2], b.shape[-1]):
+            return False
+        with tf32_scope(prec):
+            torch.matmul(a, b, out=out)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))

@@ -7,16 +7,24 @@ last-axis case). LRN and LogSoftmax upcast to fp32 explicitly.
 LRN writes the memory format the layout plan gives its output (``ember.backends.layout``;
 without a plan, its input's); the Triton LRN writes channels-last only, so it does not apply
 where the plan stores the output NCHW.
+
+``write_into`` (``ember.backends.base``): the Triton LayerNorm and softmax store straight into a
+contiguous ``out``; the ``aten`` softmax (and LogSoftmax in fp32) write one through
+``aten::_softmax.out`` / ``_log_softmax.out``, real structured kernels (what ``torch.softmax``
+itself runs) that write their output as packed row-major, so ``out`` must be contiguous. The
+``aten`` LayerNorm has none: ``native_layer_norm.out`` is an ``autogen`` out= variant (compute,
+then copy). LogSoftmax in fp16/bf16 has none either: it computes in fp32 and casts, and the
+half-input kernel rounds differently.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import arg, norm_axis
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -78,7 +86,35 @@ def layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
     n = int(ctx.graph.types[node.inputs[0]].shape[-1])
     w = w.expand(n).contiguous() if w is not None else None
     b = b.expand(n).contiguous() if b is not None else None
-    return lambda inputs: [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon)]
+
+    def run(inputs) -> list:
+        return [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon)]
+
+    return with_write_into(run, _rowwise_write_into(
+        lambda x, out: layer_norm(x, w, b, a.epsilon, out=out), dtype))
+
+
+def _rowwise_write_into(write: Callable[[Tensor, Tensor], object], dtype: torch.dtype,
+                        prepare: Optional[Callable[[Tensor], Tensor]] = None) -> WriteInto:
+    """The ``WriteInto`` of a kernel whose output has its input's shape and is stored packed
+    row-major: ``write(x, out)`` with ``x = prepare(input)``, the cast ``run`` does (default:
+    ``cast_float`` to ``dtype``). ``accepts``: ``dtype`` and contiguous (at any offset)."""
+    prepare = prepare or (lambda t: cast_float(t, dtype))
+
+    def accepts(out: Tensor) -> bool:
+        return out.dtype == dtype and out.is_contiguous()
+
+    def write_into(inputs, out: Tensor) -> bool:
+        x = inputs[0]
+        if x is None or not accepts(out) or out.device != x.device or tuple(out.shape) != tuple(x.shape):
+            return False
+        x = prepare(x)
+        if x.dtype != out.dtype:
+            return False
+        write(x, out)
+        return True
+
+    return WriteInto(write_into, accepts)
 
 
 def _softmax_2d(x: Tensor, a: SoftmaxAttrs) -> tuple[Tensor, int]:
@@ -99,7 +135,20 @@ def softmax_aten(node: Node, ctx: CompileContext) -> Kernel:
         y, ax = _softmax_2d(x, a)
         return [torch.softmax(y, ax).reshape(x.shape)]
 
-    return run
+    return with_write_into(run, _rowwise_write_into(
+        _aten_softmax_into(torch.ops.aten._softmax.out, a), dtype))
+
+
+def _aten_softmax_into(op, a: SoftmaxAttrs) -> Callable[[Tensor, Tensor], None]:
+    """``op`` (``aten::_softmax.out`` or ``_log_softmax.out``: what ``torch.softmax`` /
+    ``log_softmax`` run, ``half_to_float=False``) from ``x`` into a contiguous ``out`` of its
+    shape, through the opset<13 2-D view where ``run`` takes one."""
+
+    def write(x: Tensor, out: Tensor) -> None:
+        y, ax = _softmax_2d(x, a)
+        op(y, ax, False, out=out.view(y.shape))
+
+    return write
 
 
 def _last_axis_softmax(node: Node, graph: Optional[Graph]) -> bool:
@@ -117,7 +166,12 @@ def softmax_triton(node: Node, ctx: CompileContext) -> Kernel:
     from ember.backends.cuda.triton_ops import softmax_lastdim
 
     dtype = compute_dtype(ctx.precision)
-    return lambda inputs: [softmax_lastdim(cast_float(inputs[0], dtype))]
+
+    def run(inputs) -> list:
+        return [softmax_lastdim(cast_float(inputs[0], dtype))]
+
+    return with_write_into(run, _rowwise_write_into(
+        lambda x, out: softmax_lastdim(x, out=out), dtype))
 
 
 @register_cuda_kernel(OpType.LOG_SOFTMAX, "aten", rank=0)
@@ -130,7 +184,10 @@ def log_softmax(node: Node, ctx: CompileContext) -> Kernel:
         y, ax = _softmax_2d(x.float(), a)
         return [torch.log_softmax(y, ax).reshape(x.shape).to(dtype)]
 
-    return run
+    if dtype != torch.float32:  # fp32 result cast to half: no out= kernel writes that
+        return run
+    return with_write_into(run, _rowwise_write_into(
+        _aten_softmax_into(torch.ops.aten._log_softmax.out, a), dtype, lambda t: t.float()))
 
 
 @register_cuda_kernel(OpType.LRN, "aten", rank=0)
@@ -175,6 +232,20 @@ def lrn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's one-pass Triton LRN (channels-last, fp32 window sums)."""
     from ember.backends.cuda.triton_ops import lrn as lrn_op
 
+    from ember.backends.cuda.triton_ops import fits
+
     a: LRNAttrs = node.attrs
     dtype = compute_dtype(ctx.precision)
-    return lambda inputs: [lrn_op(cast_float(inputs[0], dtype), a.size, a.alpha, a.beta, a.bias)]
+
+    def write(inputs, out: Tensor) -> bool:
+        x = cast_float(inputs[0], dtype)
+        if tuple(out.shape) != tuple(x.shape) or not accepts(out):
+            return False
+        lrn_op(x, a.size, a.alpha, a.beta, a.bias, out=out)
+        return True
+
+    def accepts(out: Tensor) -> bool:
+        return out.dim() == 4 and fits(out, out.shape, dtype, torch.channels_last)
+
+    run = lambda inputs: [lrn_op(cast_float(inputs[0], dtype), a.size, a.alpha, a.beta, a.bias)]  # noqa: E731
+    return with_write_into(run, WriteInto(write, accepts))

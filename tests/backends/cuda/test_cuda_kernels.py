@@ -14,6 +14,7 @@ from ember.backends.base import CompileContext
 from ember.backends.cpu import evaluate
 from ember.backends.cuda import CUDABackend
 from ember.backends.cuda.tuning import relative_error
+from ember.errors import BuildError
 from ember.ir import OpType
 from ember.ops.attrs import (
     Activation, AutoPad, BatchNormAttrs, ConvAttrs, FusedAttentionAttrs, FusedConvAttrs,
@@ -23,7 +24,7 @@ from ember.ops.attrs import (
 
 from cuda_graphs import conv_attrs, one_node, rand
 
-CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
+CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_graph", "cudnn_graph_cpad8", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
              "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"}
 TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 
@@ -119,15 +120,20 @@ def _check_case(case: str, device: torch.device, precision: str) -> list[str]:
     for tactic in backend.tactics(node, g):
         if device.type == "cpu" and tactic in CUDA_ONLY:
             continue
+        if tactic.startswith("cudnn_graph") and precision not in ("fp16", "bf16"):
+            continue  # a half-precision tactic (the tuner rejects it for other precisions)
         kernel = backend.compile_node(node, CompileContext(g, consts, device, tactic, precision))
         args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(device))
                 for n, a in zip(node.inputs, arrays)]
         try:
             with torch.inference_mode():
                 outs = kernel(args)
-        except RuntimeError as e:
-            # an SDPA backend that does not take this dtype/mask: the tuner never picks it
+        except (RuntimeError, BuildError) as e:
+            # an SDPA backend that does not take this dtype/mask, or a geometry cuDNN's graph API
+            # has no engine for: the tuner never picks it
             if tactic.startswith("sdpa_") and "No available kernel" in str(e):
+                continue
+            if tactic.startswith("cudnn_graph") and "cuDNN" in str(e):
                 continue
             raise
         for o, r in zip(outs, ref):
@@ -176,3 +182,43 @@ def test_unknown_tactic_names_the_layer():
     ctx = CompileContext(g, {}, torch.device("cpu"), "no_such_tactic", "fp32")
     with pytest.raises(BuildError, match="layer.*no_such_tactic|no_such_tactic"):
         CUDABackend().compile_node(g.nodes[0], ctx)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["conv_relu", "conv_add_relu", "conv_1x1_add_relu", "conv_relu6",
+                                  "conv_rgb_stem"])
+def test_cudnn_graph_writes_into_an_arena_place_and_a_concat_slice(case):
+    """The cuDNN-graph conv writes its result at any address it is given: a packed place at an
+    odd (64-byte aligned) offset of a big buffer, and a strided channel slice."""
+    from ember.backends.base import write_into_of
+    from ember.backends.cuda import cudnn_graph
+
+    if not cudnn_graph.available():
+        pytest.skip("nvidia-cudnn-frontend is not installed")
+    g = CASES[case]()
+    node = g.nodes[0]
+    tactic = "cudnn_graph_cpad8" if case == "conv_rgb_stem" else "cudnn_graph"
+    assert tactic in CUDABackend().tactics(node, g)
+    dev = torch.device("cuda")
+    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
+    kernel = CUDABackend().compile_node(node, CompileContext(g, consts, dev, tactic, "fp16"))
+    arrays = _inputs(g)
+    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(dev))
+            for n, a in zip(node.inputs, arrays)]
+    ref = torch.from_numpy(evaluate(node, arrays, g)[0])
+    with torch.inference_mode():
+        y = kernel(args)[0]
+        w = write_into_of(kernel)
+        arena = torch.full((y.numel() * 2 + 4096,), 7, dtype=torch.uint8, device=dev)
+        place = arena[192:192 + y.numel() * 2].view(torch.float16).as_strided(y.shape, y.stride())
+        assert w.accepts(place) and w(args, place)
+        n, c, h, wd = y.shape
+        buf = torch.empty((n, c + 8, h, wd), dtype=torch.float16, device=dev,
+                          memory_format=torch.channels_last).zero_()
+        sl = buf.narrow(1, 8, c)
+        assert w.accepts(sl) and w(args, sl)
+        assert not w.accepts(place.float())
+    for out in (y, place, sl):
+        assert relative_error(out.float().cpu(), ref) <= TOL["fp16"]
+    assert torch.count_nonzero(buf[:, :8]) == 0  # nothing written outside the slice
+    assert torch.all(arena[:192] == 7) and torch.all(arena[192 + y.numel() * 2:] == 7)

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into, write_into_of
 from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -41,7 +41,7 @@ Tensor = torch.Tensor
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-class _ConvGeom:
+class ConvGeom:
     """Stride/padding/dilation of one conv, with ONNX's asymmetric or ``auto_pad`` pads resolved."""
 
     def __init__(self, attrs: ConvAttrs, node: Node, graph: Graph) -> None:
@@ -79,7 +79,7 @@ def conv_format(node: Node, ctx: CompileContext) -> torch.memory_format:
     return CHANNELS_LAST if fmt is None else fmt
 
 
-def _weight(ctx: CompileContext, node: Node, dtype: torch.dtype, fmt: torch.memory_format) -> Tensor:
+def conv_weight(ctx: CompileContext, node: Node, dtype: torch.dtype, fmt: torch.memory_format) -> Tensor:
     w = ctx.const(node.inputs[1])
     if w is None:
         raise BuildError(f"node {node.name!r}: the CUDA conv kernels need a constant weight "
@@ -88,12 +88,12 @@ def _weight(ctx: CompileContext, node: Node, dtype: torch.dtype, fmt: torch.memo
     return w.contiguous(memory_format=fmt) if w.dim() == 4 else w.contiguous()
 
 
-def _bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tensor]:
+def conv_bias(ctx: CompileContext, node: Node, dtype: torch.dtype) -> Optional[Tensor]:
     b = ctx.const(node.input(2))
     return None if b is None else b.to(dtype).contiguous()
 
 
-def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype,
+def prepare_input(x: Tensor, geom: ConvGeom, dtype: torch.dtype,
              fmt: torch.memory_format) -> tuple[Tensor, tuple[int, ...]]:
     if x.dim() == 4:  # cast and reorder in one copy (a no-op when already both)
         x = x.to(dtype=dtype, memory_format=fmt)
@@ -106,7 +106,7 @@ def _prepare(x: Tensor, geom: _ConvGeom, dtype: torch.dtype,
     return x, padding
 
 
-def _conv_attrs(node: Node) -> tuple[ConvAttrs, Activation, tuple[float, ...], bool]:
+def conv_attrs(node: Node) -> tuple[ConvAttrs, Activation, tuple[float, ...], bool]:
     a = node.attrs
     if isinstance(a, FusedConvAttrs):
         return a.conv, a.activation, tuple(a.act_params), a.has_residual
@@ -117,16 +117,16 @@ def _conv_attrs(node: Node) -> tuple[ConvAttrs, Activation, tuple[float, ...], b
 @register_cuda_kernel(OpType.FUSED_CONV, "cudnn", rank=10)
 def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
     """cuDNN convolution with bias, then residual add and activation as separate in-place ops."""
-    conv, act, params, has_res = _conv_attrs(node)
+    conv, act, params, has_res = conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
-    geom = _ConvGeom(conv, node, ctx.graph)
+    geom = ConvGeom(conv, node, ctx.graph)
     fmt = conv_format(node, ctx)
-    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
+    w, b = conv_weight(ctx, node, dtype, fmt), conv_bias(ctx, node, dtype)
     fn, act_fn, prec = _CONV[geom.n], activation_fn(act, params), ctx.precision
     in_place = act in (Activation.RELU, Activation.CLIP, Activation.NONE)
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype, fmt)
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             y = fn(x, w, b, geom.stride, padding, geom.dilation, geom.groups)
         if has_res:
@@ -135,7 +135,7 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
             if in_place and act is Activation.RELU:
                 y.relu_()
             elif in_place and act is Activation.CLIP:
-                y.clamp_(*_clip_bounds(params))
+                y.clamp_(*clip_bounds(params))
             else:
                 y = act_fn(y)
         return [y]
@@ -158,35 +158,31 @@ def _packed(out: Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> bool:
     return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=fmt)
 
 
-def _cudnn_write_into(geom: "_ConvGeom", w: Tensor, b: Optional[Tensor], act: Activation,
+def _cudnn_write_into(geom: "ConvGeom", w: Tensor, b: Optional[Tensor], act: Activation,
                       params: tuple[float, ...], dtype: torch.dtype, prec: str,
                       fmt: torch.memory_format) -> WriteInto:
     """The ``cudnn`` tactic straight into a given output: ``aten::cudnn_convolution.out`` (a real
     out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and
     ReLU/Clip in place on it."""
-    stride, dilation, groups = list(geom.stride), list(geom.dilation), geom.groups
     bias = None if b is None else b.view(1, -1, 1, 1)
 
     def write(inputs, out: Tensor) -> bool:
         if not _packed(out, dtype, fmt) or inputs[0] is None or inputs[0].dim() != 4:
             return False
-        x, padding = _prepare(inputs[0], geom, dtype, fmt)
-        with conv_scope(prec):
-            torch.ops.aten.cudnn_convolution.out(
-                x, w, list(padding), stride, dilation, groups, torch.backends.cudnn.benchmark,
-                torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, out=out)
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
+        _cudnn_out(x, w, padding, geom, prec, out)
         if bias is not None:
             out.add_(bias)
         if act is Activation.RELU:
             out.relu_()
         elif act is Activation.CLIP:
-            out.clamp_(*_clip_bounds(params))
+            out.clamp_(*clip_bounds(params))
         return True
 
     return WriteInto(write, lambda out: _packed(out, dtype, fmt))
 
 
-def _clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[float]]:
+def clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[float]]:
     lo = params[0] if len(params) > 0 else None
     hi = params[1] if len(params) > 1 else None
     return lo, hi
@@ -201,15 +197,15 @@ def _relu_2d(node: Node, graph: Optional[Graph]) -> bool:
 @register_cuda_kernel(OpType.FUSED_CONV, "cudnn_fused", rank=0, when=_relu_2d)
 def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
     """conv + bias (+ residual) + ReLU in one cuDNN call."""
-    conv, _, _, has_res = _conv_attrs(node)
+    conv, _, _, has_res = conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
-    geom = _ConvGeom(conv, node, ctx.graph)
+    geom = ConvGeom(conv, node, ctx.graph)
     fmt = conv_format(node, ctx)
-    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
+    w, b = conv_weight(ctx, node, dtype, fmt), conv_bias(ctx, node, dtype)
     stride, dilation, groups, prec = list(geom.stride), list(geom.dilation), geom.groups, ctx.precision
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype, fmt)
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             if has_res:
                 z = to_format(cast_float(inputs[3], dtype), fmt)
@@ -236,7 +232,8 @@ def _channel_pad_applies(node: Node, graph: Optional[Graph]) -> bool:
 
 def _with_padded_channels(inner):
     """The tactic ``inner`` on inputs zero-padded to a multiple of 8 channels (weights padded with
-    zero filters once, at compile time; the padding adds nothing to the result)."""
+    zero filters once, at compile time; the padding adds nothing to the result). The inner
+    kernel's ``write_into`` is passed on (it then writes from the padded input)."""
 
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         w = ctx.const(node.inputs[1])
@@ -250,28 +247,38 @@ def _with_padded_channels(inner):
                                             ctx.options))
         dtype = compute_dtype(ctx.precision)
 
-        def run(inputs) -> list:
+        def padded(inputs) -> list:
             x = inputs[0]
             xp = torch.empty((x.shape[0], cpad) + tuple(x.shape[2:]), dtype=dtype, device=x.device,
                              memory_format=torch.channels_last)
             xp[:, cin:].zero_()
             xp[:, :cin].copy_(x)
-            return kernel([xp, *inputs[1:]])
+            return [xp, *inputs[1:]]
 
-        return run
+        def run(inputs) -> list:
+            return kernel(padded(inputs))
+
+        inner_write = write_into_of(kernel)
+        if inner_write is None:
+            return run
+        return with_write_into(run, WriteInto(lambda inputs, out: inner_write(padded(inputs), out),
+                                              inner_write.accepts))
 
     factory.__name__ = f"{inner.__name__}_cpad8"
     factory.__doc__ = f"{inner.__doc__} Input channels zero-padded to a multiple of 8."
     return factory
 
 
-register_cuda_kernel(OpType.FUSED_CONV, "cudnn_fused_cpad8", rank=5,
-                     when=lambda n, g: _relu_2d(n, g) and _channel_pad_applies(n, g))(
-    _with_padded_channels(conv_cudnn_fused))
-register_cuda_kernel(OpType.FUSED_CONV, "cudnn_cpad8", rank=15, when=_channel_pad_applies)(
-    _with_padded_channels(conv_cudnn))
-register_cuda_kernel(OpType.CONV, "cudnn_cpad8", rank=15, when=_channel_pad_applies)(
-    _with_padded_channels(conv_cudnn))
+def register_padded(op: OpType, tactic: str, rank: int, when, inner) -> None:
+    """Registers ``inner`` on channel-padded inputs as ``tactic``, where ``when`` and the
+    padding apply."""
+    register_cuda_kernel(op, tactic, rank=rank, when=lambda n, g: when(n, g) and _channel_pad_applies(n, g))(
+        _with_padded_channels(inner))
+
+
+register_padded(OpType.FUSED_CONV, "cudnn_fused_cpad8", 5, _relu_2d, conv_cudnn_fused)
+register_padded(OpType.FUSED_CONV, "cudnn_cpad8", 15, lambda n, g: True, conv_cudnn)
+register_padded(OpType.CONV, "cudnn_cpad8", 15, lambda n, g: True, conv_cudnn)
 
 
 def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
@@ -294,11 +301,11 @@ def conv_pointwise_gemm(node: Node, ctx: CompileContext) -> Kernel:
 
     Concat elimination (``write_into``, ``_pointwise_write_into``): the same GEMM straight into
     a channel slice of a channels-last Concat buffer."""
-    _, act, _, has_res = _conv_attrs(node)
+    _, act, _, has_res = conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
     w = ctx.const(node.inputs[1])
     w_t = w.reshape(w.shape[0], w.shape[1]).to(dtype).contiguous().t()  # [Cin, Cout] view of [Cout, Cin]
-    b = _bias(ctx, node, dtype)
+    b = conv_bias(ctx, node, dtype)
     relu, prec = act is Activation.RELU, ctx.precision
 
     def run(inputs) -> list:
@@ -386,21 +393,41 @@ def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """cuDNN convolution without bias, then Ember's Triton epilogue: bias + residual + activation."""
     from ember.backends.cuda.triton_ops import bias_act_
 
-    conv, act, params, has_res = _conv_attrs(node)
+    conv, act, params, has_res = conv_attrs(node)
     dtype = compute_dtype(ctx.precision)
-    geom = _ConvGeom(conv, node, ctx.graph)
+    geom = ConvGeom(conv, node, ctx.graph)
     fmt = conv_format(node, ctx)
-    w, b = _weight(ctx, node, dtype, fmt), _bias(ctx, node, dtype)
+    w, b = conv_weight(ctx, node, dtype, fmt), conv_bias(ctx, node, dtype)
     prec = ctx.precision
 
     def run(inputs) -> list:
-        x, padding = _prepare(inputs[0], geom, dtype, fmt)
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
         with conv_scope(prec):
             y = F.conv2d(x, w, None, geom.stride, padding, geom.dilation, geom.groups)
         res = to_format(cast_float(inputs[3], dtype), fmt) if has_res else None
         return [bias_act_(y, b, res, act, params)]
 
-    return run
+    def write(inputs, out: Tensor) -> bool:  # the same two passes, the conv writing into ``out``
+        if not _packed(out, dtype, fmt) or inputs[0] is None or inputs[0].dim() != 4:
+            return False
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
+        _cudnn_out(x, w, padding, geom, prec, out)
+        res = to_format(cast_float(inputs[3], dtype), fmt) if has_res else None
+        bias_act_(out, b, res, act, params)
+        return True
+
+    if geom.n != 2:
+        return run
+    return with_write_into(run, WriteInto(write, lambda out: _packed(out, dtype, fmt)))
+
+
+def _cudnn_out(x: Tensor, w: Tensor, padding, geom: "ConvGeom", prec: str, out: Tensor) -> None:
+    """cuDNN's convolution (no bias) straight into ``out`` (``aten::cudnn_convolution.out``)."""
+    with conv_scope(prec):
+        torch.ops.aten.cudnn_convolution.out(
+            x, w, list(padding), list(geom.stride), list(geom.dilation), geom.groups,
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.allow_tf32, out=out)
 
 
 @register_cuda_kernel(OpType.BATCH_NORM, "scale_shift", rank=0)
@@ -443,7 +470,7 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     fmt = planned_format(ctx, node.outputs[0]) if n == 2 else None
     out_fmt = fmt if fmt is not None else torch.contiguous_format
     w = w.to(dtype).contiguous(memory_format=out_fmt)
-    b = _bias(ctx, node, dtype)
+    b = conv_bias(ctx, node, dtype)
     stride = tuple(a.strides) or (1,) * n
     dil = tuple(a.dilations) or (1,) * n
     pads = list(a.pads) or [0] * (2 * n)

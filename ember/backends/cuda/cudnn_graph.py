@@ -1,0 +1,207 @@
+"""cuDNN operation graphs through NVIDIA's cuDNN frontend (the ``nvidia-cudnn-frontend`` package).
+
+PyTorch exposes cuDNN's fused convolutions only as functions that allocate their output
+(``torch.cudnn_convolution_relu`` / ``_add_relu``; their ``out=`` forms compute, then copy). The
+frontend builds the same fused graphs (conv + bias + residual + activation) over tensors Ember
+describes itself, and runs them on any device addresses: the output can be a tensor's place in
+the context's arena or a strided channel slice of a Concat's buffer, with no copy.
+
+A ``CudnnGraph`` is built once per geometry (shapes, strides, dtypes of every operand) and kept
+in a process-wide cache, so tactic timing and the engine share it. Building one times every
+execution plan cuDNN's heuristics offer (as ``torch.backends.cudnn.benchmark`` does) and keeps
+the fastest that gives the right answer; each plan's workspace is allocated at run time from the
+current allocator (inside CUDA-graph capture: the graph's pool).
+
+The package is optional: ``available()`` is ``False`` without it (or without a cuDNN it can load),
+and the tactics that need it do not apply.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ember.errors import BuildError
+
+#: Plans timed per graph at most (cuDNN's heuristics list them best first).
+MAX_PLANS = 10
+
+_LOCK = threading.Lock()
+_CACHE: dict[tuple, "CudnnGraph"] = {}
+_LOCAL = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether the cuDNN frontend can be imported and talks to a cuDNN of version 9 or later."""
+    try:
+        import cudnn  # noqa: F401
+
+        return int(cudnn.backend_version()) >= 90000 and torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - missing package, or a cuDNN it cannot load
+        return False
+
+
+def _cudnn():
+    import cudnn
+
+    return cudnn
+
+
+def _dtype(t: torch.dtype):
+    dt = _cudnn().data_type
+    table = {torch.float16: dt.HALF, torch.bfloat16: dt.BFLOAT16, torch.float32: dt.FLOAT}
+    if t not in table:
+        raise BuildError(f"cuDNN graphs take float16, bfloat16 or float32 tensors, not {t}")
+    return table[t]
+
+
+def _handle():
+    """This thread's cuDNN handle for the current device, set to the current stream."""
+    dev = torch.cuda.current_device()
+    handles = getattr(_LOCAL, "handles", None)
+    if handles is None:
+        handles = _LOCAL.handles = {}
+    entry = handles.get(dev)
+    if entry is None:
+        entry = handles[dev] = [_cudnn().create_handle(), None]
+    stream = torch.cuda.current_stream().cuda_stream
+    if entry[1] != stream:
+        _cudnn().set_stream(handle=entry[0], stream=stream)
+        entry[1] = stream
+    return entry[0]
+
+
+def _geom(t: torch.Tensor) -> tuple:
+    return (tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+@dataclass
+class CudnnGraph:
+    """A built cuDNN graph with its chosen plan; ``run(tensors)`` maps operand names to tensors."""
+
+    graph: object
+    operands: dict
+    plan: int
+    workspace: int
+    plan_name: str
+
+    def run(self, tensors: dict[str, torch.Tensor]) -> None:
+        pack = {self.operands[k]: v for k, v in tensors.items() if k in self.operands}
+        ws = torch.empty(max(self.workspace, 1), dtype=torch.uint8, device=next(iter(tensors.values())).device)
+        self.graph.execute_plan_at_index(pack, ws, self.plan, handle=_handle())
+
+
+def conv_graph(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], z: Optional[torch.Tensor],
+               out: torch.Tensor, padding: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+               act: str, clip: tuple[Optional[float], Optional[float]] = (None, None),
+               check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
+    """``out = act(conv(x, w) + bias + z)`` as one cuDNN graph (cached by geometry). ``act`` is
+    ``"none"``, ``"relu"`` or ``"clip"`` (``clip = (lower, upper)``). ``bias`` is ``[1, K, 1, 1]``.
+    ``check(result)`` gives the reference a plan's result must match (``None``: no check)."""
+    key = ("conv", _geom(x), _geom(w), bias is not None and _geom(bias), z is not None and _geom(z),
+           _geom(out), tuple(padding), tuple(stride), tuple(dilation), act, clip, x.device.index)
+    with _LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("a cuDNN graph is built (and its plans timed) before CUDA-graph capture, "
+                           "not during it; this geometry was first seen while capturing")
+    cudnn = _cudnn()
+    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
+    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
+    ops = {"x": g.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=_dtype(x.dtype)),
+           "w": g.tensor(name="w", dim=list(w.shape), stride=list(w.stride()), data_type=_dtype(w.dtype))}
+    y = g.conv_fprop(image=ops["x"], weight=ops["w"], padding=list(padding), stride=list(stride),
+                     dilation=list(dilation), compute_data_type=f32, name="conv")
+    if bias is not None:
+        ops["bias"] = g.tensor(name="bias", dim=list(bias.shape), stride=list(bias.stride()),
+                               data_type=_dtype(bias.dtype))
+        y = g.bias(input=y, bias=ops["bias"], name="bias_add")
+    if z is not None:
+        ops["z"] = g.tensor(name="z", dim=list(z.shape), stride=list(z.stride()), data_type=_dtype(z.dtype))
+        y = g.add(a=y, b=ops["z"], name="residual_add")
+    if act == "relu":
+        y = g.relu(input=y, name="relu")
+    elif act == "clip":
+        kw = {k: v for k, v in (("lower_clip", clip[0]), ("upper_clip", clip[1])) if v is not None}
+        y = g.relu(input=y, name="clip", **kw)
+    elif act != "none":
+        raise BuildError(f"cuDNN graph convolution: activation {act!r} is not supported")
+    y.set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
+    ops["out"] = y
+    tensors = {"x": x, "w": w, "out": out}
+    if bias is not None:
+        tensors["bias"] = bias
+    if z is not None:
+        tensors["z"] = z
+    built = _build(g, ops, tensors, check)
+    with _LOCK:
+        _CACHE[key] = built
+    return built
+
+
+def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
+           check: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> CudnnGraph:
+    """Validates ``g``, builds its plans and keeps the fastest right one (timed on ``tensors``;
+    ``out`` is overwritten)."""
+    cudnn = _cudnn()
+    try:
+        g.validate()
+        g.build_operation_graph()
+        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        g.check_support()
+    except Exception as e:  # noqa: BLE001 - the geometry has no cuDNN engine
+        raise BuildError(f"cuDNN has no engine for this graph: {str(e).strip()[:300]}") from e
+    out = tensors["out"]
+    want = check(out) if check is not None else None
+    pack = {ops[k]: v for k, v in tensors.items()}
+    best: Optional[tuple[float, int, int]] = None
+    count = min(int(g.get_execution_plan_count()), MAX_PLANS)
+    for i in range(count):
+        try:
+            g.build_plan_at_index(i)
+            size = int(g.get_workspace_size_plan_at_index(i))
+            ws = torch.empty(max(size, 1), dtype=torch.uint8, device=out.device)
+            handle = _handle()
+            g.execute_plan_at_index(pack, ws, i, handle=handle)
+            if want is not None and not _close(out, want):
+                continue
+            ms = _time(lambda: g.execute_plan_at_index(pack, ws, i, handle=handle))
+        except Exception:  # noqa: BLE001 - a plan that does not build or run here is skipped
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, i, size)
+    if best is None:
+        raise BuildError("no cuDNN execution plan for this graph builds, runs and gives the right result")
+    return CudnnGraph(g, ops, best[1], best[2], str(g.get_plan_name_at_index(best[1])))
+
+
+def _close(out: torch.Tensor, want: torch.Tensor) -> bool:
+    tol = 1e-2 if out.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    o, r = out.double(), want.double()
+    if not torch.isfinite(o).all():
+        return False
+    denom = torch.linalg.vector_norm(r).item()
+    return torch.linalg.vector_norm(o - r).item() <= tol * max(denom, 1e-30)
+
+
+def _time(fn: Callable[[], object], reps: int = 5) -> float:
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def cached_graphs() -> int:
+    """How many cuDNN graphs this process has built (for tests and reports)."""
+    with _LOCK:
+        return len(_CACHE)

@@ -45,6 +45,8 @@ def layer_signature(node: Node, graph: Graph, precision: str) -> str:
         "inputs": [str(graph.types[i]) if i else "-" for i in node.inputs],
         "const": [i in graph.constants for i in node.inputs],
         "precision": precision,
+        # 2: timed as the engine runs it, writing into (or copied into) its place in the arena
+        "timing": 2,
     }
     from ember.backends.layout import NCHW, layout_plan, planned_format
     from ember.runtime.concat_exec import planned_slice

@@ -80,17 +80,21 @@ def measure_device_memory(engine) -> dict[str, int]:
     with engine.create_context() as ctx:
         ctx.infer(feeds)
         report = dict(ctx.runner.memory())
-    report["total"] = report["weights"] + report["graph_pool"] + report["static_buffers"]
+    report["total"] = report["weights"] + report["arena"] + report["graph_pool"] + report["static_buffers"]
     return report
 
 
 def device_memory_text(report: dict[str, int]) -> str:
     from ember.runtime.summary import human_bytes
 
+    arena = (f" + activation arena {human_bytes(report['arena'])} (planned "
+             f"{human_bytes(report.get('arena_planned', 0))}, "
+             f"{human_bytes(report.get('arena_unshared', 0))} without reuse; "
+             f"{report.get('arena_copies', 0)} layers copied into place)") if report.get("arena") else ""
     return (f"  device memory (measured): {human_bytes(report['total'])} = weights "
-            f"{human_bytes(report['weights'])} + activations (graph pool of one context) "
-            f"{human_bytes(report['graph_pool'])} + input/output buffers "
-            f"{human_bytes(report['static_buffers'])}")
+            f"{human_bytes(report['weights'])}{arena} + graph pool of one context (library scratch, "
+            f"outputs{'' if report.get('arena') else ', activations'}) {human_bytes(report['graph_pool'])} "
+            f"+ input/output buffers {human_bytes(report['static_buffers'])}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,9 +4,13 @@
 the engine's device is ``cuda``; several runners share one ``CudaProgram`` and its weights):
 
 - its own stream and side streams (for parallel branches inside the graph);
-- per input shape: static device input buffers, a captured ``torch.cuda.CUDAGraph`` whose
-  intermediates live in the runner's private memory pool (a fixed arena: replays allocate
-  nothing), static outputs, and pinned host buffers for the copies in and out;
+- one device arena (``ember.backends.cuda.arena``): before capturing a shape, the runner records
+  one eager run, plans every intermediate's offset (stream-aware lifetimes, best fit) and
+  captures the layers writing there; all shapes share the arena (sized for the largest seen;
+  when a larger shape grows it, the other shapes are captured again into the new one on their
+  next run). Library scratch and the outputs come from the graph's private pool;
+- per input shape: static device input buffers, a captured ``torch.cuda.CUDAGraph`` (replays
+  allocate nothing), static outputs, and pinned host buffers for the copies in and out;
 - a clean fallback: if the engine has a layer that cannot be captured (it moves a run-time value
   between host and GPU) or capture fails, that shape runs eagerly, with one warning naming why.
 
@@ -34,6 +38,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from ember.backends.cuda.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
 from ember.backends.cuda.device import host_tensor
 from ember.backends.cuda.program import CudaProgram
 from ember.errors import InputError
@@ -56,6 +61,9 @@ class _Slot:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     pool_bytes: int = 0  # growth of the graph pool's reserved memory at this slot's capture
     bound: bool = False  # ``inputs`` are the caller's own tensors (zero-copy)
+    arena: Optional[torch.Tensor] = None  # the arena its graph writes into
+    plan: Optional[ArenaPlan] = None
+    stats: Optional[ArenaStats] = None
 
 
 @dataclass
@@ -88,6 +96,9 @@ class CudaRunner:
         self._copy_done: Optional[torch.cuda.Event] = None
         self.fallback_reason: dict[ShapeKey, str] = {}
         self.captures = 0
+        self.recaptures = 0  # shapes captured again into a grown arena
+        self.use_arena = program.use_arena
+        self._arena: Optional[torch.Tensor] = None
 
     # ---- public -----------------------------------------------------------------------------
     def infer(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,8 +180,25 @@ class CudaRunner:
         slots = [*self._slots.values(), *self._bound.values()]
         static = sum(t.numel() * t.element_size() for s in slots if not s.bound for t in s.inputs.values())
         static += sum(t.numel() * t.element_size() for s in slots for t in s.outputs.values())
-        return {"weights": self.program.weight_bytes, "graph_pool": sum(s.pool_bytes for s in slots),
+        arenas = {s.arena.data_ptr(): s.arena.numel() for s in slots if s.arena is not None}
+        if self._arena is not None:
+            arenas[self._arena.data_ptr()] = self._arena.numel()
+        planned = [s for s in slots if s.plan is not None and s.graph is not None]
+        return {"weights": self.program.weight_bytes, "arena": sum(arenas.values()),
+                "arena_planned": max((s.plan.arena_bytes for s in planned), default=0),  # type: ignore[union-attr]
+                "arena_unshared": max((s.plan.memory.sum_bytes for s in planned), default=0),  # type: ignore[union-attr]
+                "arena_copies": max((s.stats.copied for s in planned if s.stats), default=0),
+                "graph_pool": sum(s.pool_bytes for s in slots),
                 "static_buffers": static, "graphs": sum(s.graph is not None for s in slots)}
+
+    def arena_report(self) -> Optional[dict]:
+        """The arena plan of the most recently captured shape: bytes, tensors placed, views,
+        and which layers could not write in place (their outputs are copied there)."""
+        slots = [s for s in [*self._slots.values(), *self._bound.values()] if s.plan is not None]
+        if not slots:
+            return None
+        s = slots[-1]
+        return {**s.plan.summary(), **(s.stats.to_json() if s.stats else {})}  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Drops the captured graphs and buffers of this context (their memory returns to the pool)."""
@@ -178,6 +206,7 @@ class CudaRunner:
         self._slots.clear()
         self._bound.clear()
         self._seen.clear()
+        self._arena = None
 
     # ---- internals --------------------------------------------------------------------------
     def _slot(self, feeds: Mapping[str, Any]) -> _Slot:
@@ -185,6 +214,7 @@ class CudaRunner:
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
+            self._refresh(key, slot)
             return slot
         specs = {name: (shape, dtype) for name, shape, dtype in key}
         with torch.inference_mode(False):  # ordinary tensors: callers write into them (``input_buffer``)
@@ -212,11 +242,16 @@ class CudaRunner:
         own = self._slots.get(shape_key)
         if own is not None and all(v.data_ptr() == own.inputs[n].data_ptr()  # type: ignore[union-attr]
                                    for n, v in zip(self.program.graph.inputs, vals)):
+            self._refresh(shape_key, own)
             return own  # the shape's own input buffers, filled by the caller (``input_buffer``)
         key = (shape_key, tuple(v.data_ptr() for v in vals))  # type: ignore[union-attr]
         slot = self._bound.get(key)
         if slot is not None:
             self._bound.move_to_end(key)
+            self._refresh(shape_key, slot)
+            if slot.graph is None:
+                self._bound.pop(key)
+                return None
             self.zero_copy_runs += 1
             return slot
         # the same tensor objects a second time (a fresh tensor that the caching allocator put at
@@ -293,26 +328,51 @@ class CudaRunner:
                 static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
         streams = [self.stream, *self.side]
         with _CAPTURE_LOCK:
-            reserved = torch.cuda.memory_reserved(self.device)
             try:
                 with torch.inference_mode():
                     self.stream.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(self.stream):
-                        for _ in range(2):
-                            self.program.forward(slot.inputs, streams)
+                        views = self._plan_arena(slot, streams) if self.use_arena else None
+                        for _ in range(1 if views is not None else 2):
+                            self.program.forward(slot.inputs, streams, arena=views)
                     self.stream.synchronize()
+                    reserved = torch.cuda.memory_reserved(self.device)
+                    stats = ArenaStats() if views is not None else None
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=self._pool, stream=self.stream,
                                           capture_error_mode="thread_local"):
-                        outs = self.program.forward(slot.inputs, streams)
+                        outs = self.program.forward(slot.inputs, streams, arena=views, stats=stats)
                 torch.cuda.synchronize(self.device)
             except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
                 torch.cuda.synchronize(self.device)
+                slot.graph, slot.arena, slot.plan = None, None, None
                 self._fallback(key, f"CUDA-graph capture failed: {type(e).__name__}: {str(e)[:300]}")
                 return
             slot.pool_bytes = max(0, torch.cuda.memory_reserved(self.device) - reserved)
-        slot.graph, slot.outputs = graph, outs
+        slot.graph, slot.outputs, slot.stats = graph, outs, stats
         self.captures += 1
+
+    def _plan_arena(self, slot: _Slot, streams: list) -> dict[str, torch.Tensor]:
+        """Records one eager run, plans the arena for this shape and returns its views (growing
+        the context's arena if this shape needs more; see module docstring)."""
+        steps = self.program.steps
+        record = self.program.record(slot.inputs, streams)
+        plan = plan_arena(record, [s.stream % len(streams) for s in steps], [s.waits for s in steps],
+                          [not s.on_host for s in steps], self.program.graph.outputs)
+        if self._arena is None or self._arena.numel() < plan.arena_bytes:
+            self._arena = None  # the old one lives on while a shape's graph still writes into it
+            self._arena = torch.empty(round_arena(plan.arena_bytes), dtype=torch.uint8, device=self.device)
+        slot.arena, slot.plan = self._arena, plan
+        return plan.views(self._arena)
+
+    def _refresh(self, key: ShapeKey, slot: _Slot) -> None:
+        """Captures ``slot`` again if its graph writes into an arena the context has outgrown."""
+        if slot.graph is not None and slot.arena is not None and slot.arena is not self._arena:
+            slot.graph = None
+            self._capture(key, slot, None)
+            if slot.graph is not None:
+                self.captures -= 1
+                self.recaptures += 1
 
     def _fallback(self, key: ShapeKey, why: str) -> None:
         if key not in self.fallback_reason:

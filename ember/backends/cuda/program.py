@@ -21,13 +21,15 @@ it into a CUDA graph per input shape and replays it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, write_into_of
+from ember.backends.cuda.arena import ArenaStats, Layout, Record, placeable, storage_key
 from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
 from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
 from ember.backends.cuda.streams import StreamPlan, assign_streams
@@ -85,6 +87,9 @@ class CudaProgram:
     output_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
     device_consts: dict[str, torch.Tensor] = field(default_factory=dict)
     use_graphs: bool = True
+    #: captured graphs write every intermediate into the context's planned arena
+    #: (``ember.backends.cuda.arena``); ``EMBER_CUDA_ARENA=0`` turns it off (graph pool only)
+    use_arena: bool = field(default_factory=lambda: os.environ.get("EMBER_CUDA_ARENA", "1") != "0")
     concat: ConcatExec = field(default_factory=ConcatExec)
     #: per eliminated Concat output: the streams (indices) that write, finish or read its buffer
     concat_streams: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -152,17 +157,25 @@ class CudaProgram:
             return self.forward(feeds, [torch.cuda.current_stream(self.device)])
 
     def forward(self, feeds: Mapping[str, torch.Tensor], streams: Sequence[torch.cuda.Stream],
-                hook: Optional[Callable[[Step, str], None]] = None) -> dict[str, torch.Tensor]:
+                hook: Optional[Callable[[Step, str], None]] = None, *,
+                arena: Optional[Mapping[str, torch.Tensor]] = None,
+                stats: Optional[ArenaStats] = None,
+                observe: Optional[Callable[[Step, list, list, dict], None]] = None) -> dict[str, torch.Tensor]:
         """Runs every layer once on ``streams`` (``streams[0]`` is the caller's current stream;
         with fewer streams than planned, layers share them round-robin).
 
         Side streams first wait for the main stream and the main stream joins them at the end,
         so this is capturable as one CUDA graph. ``hook(step, "start" | "end")`` is called on the
         step's stream around each layer (the profiler records CUDA events there).
+
+        ``arena`` (tensor name -> its view in the context's arena, ``ember.backends.cuda.arena``):
+        each such tensor is written into its view (by the kernel's ``write_into``, else computed
+        and copied), and the engine's outputs are cloned out of the arena at the end.
+        ``observe(step, args, outputs, env)`` sees every device layer's run (``record``).
         """
         main = streams[0]
         env: dict[str, torch.Tensor] = dict(feeds)
-        self._allocate_concats(env, streams)
+        self._allocate_concats(env, streams, arena)
         for s in streams[1:]:
             s.wait_stream(main)
         events: dict[int, torch.cuda.Event] = {}
@@ -178,10 +191,14 @@ class CudaProgram:
                     outs = [produce_into(self.concat.targets[step.index], step.kernel, args, env, None)]
                 elif step.index in self.concat.finishes:
                     outs = [finish(self.concat.finishes[step.index], env, None)]
+                elif arena is not None and not step.on_host:
+                    outs = _into_arena(step, args, arena, stats)
                 else:
                     outs = step.kernel(args)  # type: ignore[misc]
                 if hook is not None:
                     hook(step, "end")
+                if observe is not None and not step.on_host:
+                    observe(step, args, outs, env)
                 for name, t in zip(step.node.outputs, outs):
                     if name:
                         env[name] = t
@@ -193,9 +210,59 @@ class CudaProgram:
                 env.pop(name, None)
         for s in streams[1:]:
             main.wait_stream(s)
-        return {o: self._output(o, env) for o in self.graph.outputs}
+        outs = {o: self._output(o, env) for o in self.graph.outputs}
+        if arena is not None:  # out of the arena: they must outlive another shape's replay
+            outs = {o: t.clone() if t is env.get(o) and t.is_cuda else t for o, t in outs.items()}
+        return outs
 
-    def _allocate_concats(self, env: dict, streams: Sequence[torch.cuda.Stream]) -> None:
+    def record(self, feeds: Mapping[str, torch.Tensor], streams: Sequence[torch.cuda.Stream]) -> Record:
+        """Runs the engine once eagerly and records what the arena plan needs (``arena.Record``):
+        the layout of every tensor a device layer writes, which outputs are views of their
+        inputs (or slices of an eliminated Concat's buffer), and who reads what."""
+        rec = Record()
+        args_of = {s.index: s.args for s in self.steps}
+        concat_first = {buf.output: i for i, bufs in self.concat.allocs.items() for buf in bufs}
+        # a Concat input its producer cannot write in place is copied into the Concat's buffer
+        # anyway: it stays where its kernel put it (a copy into the arena first would be a second)
+        to_concat = {name for f in self.concat.finishes.values() for name, _, _ in f.copies}
+
+        def observe(step: Step, args: list, outs: list, env: dict) -> None:
+            for name, i in list(concat_first.items()):  # the buffers exist from the first step on
+                if name in env and name not in rec.producer:
+                    rec.producer[name], rec.layouts[name] = i, Layout.of(env[name])
+            for a in args_of[step.index]:
+                if a.kind in (VALUE, VALUE_TO_HOST):
+                    rec.readers.setdefault(a.name, set()).add(step.index)
+            sources = {storage_key(t): a.name for a, t in zip(args_of[step.index], args)
+                       if a.kind == VALUE and isinstance(t, torch.Tensor) and t.is_cuda}
+            consts = {storage_key(t) for a, t in zip(args_of[step.index], args)
+                      if a.kind == CONST and isinstance(t, torch.Tensor) and t.is_cuda}
+            target = self.concat.targets.get(step.index)
+            for name, t in zip(step.node.outputs, outs):
+                if not name or t is None or name in rec.producer:
+                    continue
+                if target is not None:  # a slice of the Concat's buffer, written here
+                    rec.base[name] = target.output
+                    rec.readers.setdefault(name, set()).add(step.index)
+                    continue
+                key = storage_key(t) if t.is_cuda else None
+                if key is not None and key in sources:
+                    rec.base[name] = sources[key]
+                elif name in to_concat:
+                    rec.unplaced[name] = "copied into its Concat's buffer"
+                elif key is not None and key in consts:
+                    rec.unplaced[name] = "a constant"
+                elif (why := placeable(t)) is not None:
+                    rec.unplaced[name] = why
+                else:
+                    rec.producer[name], rec.layouts[name] = step.index, Layout.of(t)
+
+        with torch.inference_mode():
+            self.forward(feeds, streams, observe=observe)
+        return rec
+
+    def _allocate_concats(self, env: dict, streams: Sequence[torch.cuda.Stream],
+                          arena: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         """Allocates every eliminated Concat's buffer on the main stream, before the side streams
         fork from it (so no stream can write into memory another stream still uses), and marks it
         used by every other stream that writes, finishes or reads it (``record_stream``: the
@@ -203,6 +270,9 @@ class CudaProgram:
         main = streams[0]
         for bufs in self.concat.allocs.values():
             for buf in bufs:
+                if arena is not None and buf.output in arena:
+                    env[buf.output] = arena[buf.output]  # planned with every stream's use in mind
+                    continue
                 t = buf.allocate(self.device, None)
                 for k in {streams[i % len(streams)] for i in self.concat_streams.get(buf.output, ())}:
                     if k != main:
@@ -228,6 +298,30 @@ class CudaProgram:
         t = t.to(self.device) if t.device.type == "cpu" else t
         want = self.output_dtypes.get(name)
         return t.to(want) if want is not None and t.dtype != want else t
+
+
+def _into_arena(step: Step, args: list, arena: Mapping[str, torch.Tensor],
+                stats: Optional[ArenaStats]) -> list:
+    """Runs ``step`` with its outputs in their arena views: written there by the kernel where it
+    can (``write_into``), else computed and copied there."""
+    dests = [arena.get(o) if o else None for o in step.node.outputs]
+    if all(d is None for d in dests):
+        return step.kernel(args)  # type: ignore[misc]
+    if len(dests) == 1:
+        w = write_into_of(step.kernel)
+        if w is not None and w.accepts(dests[0]) and w(args, dests[0]):  # type: ignore[arg-type]
+            if stats is not None:
+                stats.written += 1
+            return [dests[0]]
+    outs = list(step.kernel(args))  # type: ignore[misc]
+    for i, (d, t) in enumerate(zip(dests, outs)):
+        if d is not None and t is not None:
+            d.copy_(t)
+            outs[i] = d
+    if stats is not None:
+        stats.copied += 1
+        stats.copied_layers.append(step.node.name)
+    return outs
 
 
 def concat_streams(graph: Graph, steps: Sequence[Step], concat: ConcatExec) -> dict[str, tuple[int, ...]]:

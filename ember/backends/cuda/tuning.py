@@ -14,6 +14,12 @@ the slice* that the Concat step will then do. So a kernel that saves the copy wi
 costs more than the speed it gives away, which standalone timing could never see. How each
 tactic was timed is kept in ``modes`` (``INTO_SLICE`` / ``PLUS_COPY``); the timing cache keys
 such layers apart (``layer_signature`` includes the slice).
+
+Every other layer is timed the same way against its place in the context's arena
+(``ember.backends.cuda.arena``; ``arena=True``, the default): into a fresh tensor laid out as
+the tactic's own output (``INTO_ARENA``), or computed and copied there (``PLUS_ARENA_COPY``), as
+the captured engine will run it. An output that is a view of an input (Reshape, Slice) takes no
+place and is timed alone.
 """
 from __future__ import annotations
 
@@ -36,6 +42,9 @@ Measure = Callable[[Callable[[], object]], float]
 #: How a tactic of a layer that feeds a planned in-place Concat slice was timed (``modes``).
 INTO_SLICE = "into slice"
 PLUS_COPY = "+ copy into slice"
+#: ... and of any other layer, against its place in the arena.
+INTO_ARENA = "into its arena place"
+PLUS_ARENA_COPY = "+ copy into its arena place"
 
 
 def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3) -> Measure:
@@ -96,6 +105,23 @@ def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5) -> Measure:
     return measure
 
 
+def _arena_place(outs: Sequence[Optional[torch.Tensor]], args) -> Optional[torch.Tensor]:
+    """A fresh tensor laid out as the single output ``outs[0]``: its place in the arena. ``None``
+    for a layer with several outputs, or whose output is a view of an input or overlaps itself
+    (it takes no place of its own)."""
+    if len(outs) != 1 or outs[0] is None:
+        return None
+    out = outs[0]
+    key = out.untyped_storage().data_ptr()
+    if any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == key for a in args):
+        return None
+    from ember.backends.cuda.arena import dense
+
+    if not dense(out):
+        return None
+    return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=out.device)
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64 (``inf`` on NaN/inf or a shape mismatch)."""
     if out.shape != ref.shape:
@@ -126,8 +152,9 @@ class CudaTacticTimer:
 
     def __init__(self, backend, constants: Mapping[str, torch.Tensor], device: torch.device, *,
                  measure: Optional[Measure] = None, tolerance: Optional[Mapping[str, float]] = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, arena: bool = True) -> None:
         self.backend = backend
+        self.arena = arena
         self.constants = constants
         self.device = device
         self.measure = measure or graph_measure()
@@ -169,13 +196,18 @@ class CudaTacticTimer:
         """(what to time, the outputs of one run to check). Into a Concat slice (``view``): the
         kernel's ``write_into`` where it accepts the view (and writes), else kernel + copy, as the
         program (``ember.runtime.concat_exec``) will run it."""
+        into, plus = INTO_SLICE, PLUS_COPY
         if view is None:
-            return (lambda: kernel(args)), kernel(args)
+            outs = kernel(args)
+            view = _arena_place(outs, args) if self.arena else None
+            if view is None:
+                return (lambda: kernel(args)), outs
+            into, plus = INTO_ARENA, PLUS_ARENA_COPY
         w = write_into_of(kernel)
         if w is not None and w.accepts(view) and w(args, view):
-            self.modes[(node.name, tactic)] = INTO_SLICE
+            self.modes[(node.name, tactic)] = into
             return (lambda: w(args, view)), [view]
-        self.modes[(node.name, tactic)] = PLUS_COPY
+        self.modes[(node.name, tactic)] = plus
         outs = kernel(args)
         view.copy_(outs[0])
         return (lambda: view.copy_(kernel(args)[0])), [view]

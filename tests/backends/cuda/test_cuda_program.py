@@ -61,12 +61,17 @@ def test_gpu_inputs_give_gpu_outputs_and_torch_cpu_gives_torch():
 def test_each_input_shape_gets_its_own_graph():
     g = inception_graph(batch=2)
     runner = CudaRunner(_program(g))
-    for batch in (2, 3, 2):
+    sizes = []
+    for batch in (2, 96, 2):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 14, 14)).astype(np.float32)
         out = runner.infer({"x": x})
         assert out["prob"].shape == (batch, 10)
         assert _rel(out["logits"], cpu_reference(g, {"x": x})["logits"]) <= 1e-4
+        sizes.append(runner.memory()["arena"])
     assert runner.captures == 2
+    # batch 96 needs a larger arena: batch 2's graph is captured again into it when next used
+    assert sizes[0] < sizes[2] < sizes[1]  # both arenas while batch 2 still wrote into the old one
+    assert runner.recaptures == 1 and runner.memory()["arena"] >= runner.memory()["arena_planned"]
 
 
 def test_shape_arithmetic_on_host_is_captured():
@@ -134,3 +139,46 @@ def test_contexts_capture_concurrently_from_threads():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(n >= 1 for n in pool.map(worker, range(4)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_arena_engine_matches_the_pool_engine_and_reports_its_plan(precision, monkeypatch):
+    """With the arena (every intermediate at its planned offset, side streams included) the
+    engine gives what the graph-pool engine gives, and the plan is reported."""
+    g = inception_graph(batch=4)
+    x = np.random.default_rng(5).standard_normal((4, 3, 14, 14)).astype(np.float32)
+    outs = {}
+    for arena in (True, False):
+        program = _program(g, precision)
+        program.use_arena = arena
+        runner = CudaRunner(program)
+        for _ in range(2):
+            outs[arena] = runner.infer({"x": x})
+        assert runner.captures == 1 and not runner.fallback_reason
+        report = runner.arena_report()
+        if arena:
+            mem = runner.memory()
+            assert report["placed"] > 5 and report["arena_bytes"] <= report["sum_bytes"]
+            assert mem["arena"] >= report["arena_bytes"] > 0
+            assert report["written"] > 0  # untuned default tactics: some copy into place
+            assert len(report["copied_layers"]) == report["copied"]
+        else:
+            assert report is None and runner.memory()["arena"] == 0
+    ref = cpu_reference(g, {"x": x})
+    for k in ref:
+        assert _rel(outs[True][k], ref[k]) <= TOL[precision], k
+        assert _rel(outs[True][k], outs[False][k]) <= TOL[precision], k
+
+
+def test_outputs_survive_another_shapes_replay():
+    """Two shapes share the arena; outputs are cloned out of it, so a run of batch 3 cannot
+    change what batch 2 returned (as GPU tensors, with no copy to the host)."""
+    g = inception_graph(batch=2)
+    runner = CudaRunner(_program(g))
+    x2, x3 = torch.randn(2, 3, 14, 14, device="cuda"), torch.randn(3, 3, 14, 14, device="cuda")
+    outs2 = runner.run_device({"x": x2})
+    kept = {k: v.clone() for k, v in outs2.items()}
+    runner.run_device({"x": x3})
+    torch.cuda.synchronize()
+    for k in kept:
+        assert torch.equal(outs2[k], kept[k])

@@ -14,7 +14,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ember.backends.base import CompileContext
-from ember.backends.cuda.tuning import INTO_SLICE, PLUS_COPY, CudaTacticTimer, relative_error
+from ember.backends.cuda.tuning import (
+    INTO_ARENA, INTO_SLICE, PLUS_ARENA_COPY, PLUS_COPY, CudaTacticTimer, relative_error,
+)
 from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
 from ember.ir import OpType
 from ember.ops.attrs import SoftmaxAttrs
@@ -234,14 +236,45 @@ def test_slice_view_is_the_programs_view():
     assert planned_slice(g, "x") is None and planned_slice(g, "out") is None
 
 
-def test_layer_outside_a_concat_is_timed_alone():
+def test_layer_outside_a_concat_is_timed_into_its_arena_place():
+    """In the arena every output has a place: a tactic that writes there saves the copy the
+    others pay, exactly as for a Concat slice (and its written values are checked too)."""
     g = _concat_graph(planned=False)
     node = g.nodes[1]
     backend = SliceBackend()
     timer = CudaTacticTimer(backend, {}, torch.device("cpu"), measure=_slice_measure(backend))
     choice = TacticSelector(timer).select(node, g, backend.tactics(node, g), "fp32")
+    t = choice.timings
+    assert t["plain_fast"] == pytest.approx(0.8 + COPY_MS)
+    assert t["writer"] == pytest.approx(1.1)
+    assert math.isinf(t["writer_wrong"])
+    assert choice.tactic == "writer"
+    assert timer.modes[("q", "writer")] == INTO_ARENA
+    assert timer.modes[("q", "plain_fast")] == PLUS_ARENA_COPY
+
+
+def test_layer_outside_a_concat_is_timed_alone_without_the_arena():
+    g = _concat_graph(planned=False)
+    node = g.nodes[1]
+    backend = SliceBackend()
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), measure=_slice_measure(backend), arena=False)
+    choice = TacticSelector(timer).select(node, g, backend.tactics(node, g), "fp32")
     assert choice.timings == pytest.approx(SLICE_MS)  # no copy counted, no write_into used
     assert choice.tactic == "writer_wrong"  # its plain kernel is right; its wrong write is never run
+    assert not timer.modes and backend.writes == 0
+
+
+def test_a_view_output_takes_no_arena_place():
+    g = _concat_graph(planned=False)
+    backend = SliceBackend()
+
+    class Viewer(SliceBackend):
+        def compile_node(self, node, ctx):
+            self.compiled.append(ctx.tactic)
+            return lambda ins: [ins[0].view(ins[0].shape)]
+
+    timer = CudaTacticTimer(Viewer(), {}, torch.device("cpu"), measure=lambda fn: 1.0)
+    assert timer(g.nodes[1], g, "reference", "fp32") == 1.0
     assert not timer.modes and backend.writes == 0
 
 

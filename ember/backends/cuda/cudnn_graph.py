@@ -145,6 +145,39 @@ def conv_graph(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], z
     return built
 
 
+def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+               out: torch.Tensor, scale: float,
+               check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
+    """``out = softmax(q k^T * scale + bias) v`` as one cuDNN graph (cached by geometry): 4-D
+    ``[batch, heads, seq, head_dim]`` operands of any strides with the last dim packed, an
+    additive ``bias`` broadcastable to ``[batch, heads, seq_q, seq_k]``, statistics not kept."""
+    key = ("sdpa", _geom(q), _geom(k), _geom(v), bias is not None and _geom(bias), _geom(out), float(scale),
+           q.device.index)
+    with _LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("a cuDNN graph is built (and its plans timed) before CUDA-graph capture, "
+                           "not during it; this geometry was first seen while capturing")
+    cudnn = _cudnn()
+    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
+    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
+    ops = {name: g.tensor(name=name, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
+           for name, t in (("q", q), ("k", k), ("v", v)) + ((("bias", bias),) if bias is not None else ())}
+    o, _ = g.sdpa(name="sdpa", q=ops["q"], k=ops["k"], v=ops["v"], generate_stats=False, attn_scale=float(scale),
+                  bias=ops.get("bias"), use_causal_mask=False)
+    o.set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
+    ops["out"] = o
+    tensors = {"q": q, "k": k, "v": v, "out": out}
+    if bias is not None:
+        tensors["bias"] = bias
+    built = _build(g, ops, tensors, check)
+    with _LOCK:
+        _CACHE[key] = built
+    return built
+
+
 def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
            check: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> CudnnGraph:
     """Validates ``g``, builds its plans and keeps the fastest right one (timed on ``tensors``;

@@ -25,7 +25,8 @@ from ember.ops.attrs import (
 from cuda_graphs import conv_attrs, one_node, rand
 
 CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_graph", "cudnn_graph_cpad8", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
-             "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"}
+             "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_cudnn_graph"}
+HALF_ONLY = ("cudnn_graph", "sdpa_cudnn_graph")  # half-precision tactics (the tuner rejects the rest)
 TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 
 
@@ -120,8 +121,8 @@ def _check_case(case: str, device: torch.device, precision: str) -> list[str]:
     for tactic in backend.tactics(node, g):
         if device.type == "cpu" and tactic in CUDA_ONLY:
             continue
-        if tactic.startswith("cudnn_graph") and precision not in ("fp16", "bf16"):
-            continue  # a half-precision tactic (the tuner rejects it for other precisions)
+        if tactic.startswith(HALF_ONLY) and precision not in ("fp16", "bf16"):
+            continue
         kernel = backend.compile_node(node, CompileContext(g, consts, device, tactic, precision))
         args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(device))
                 for n, a in zip(node.inputs, arrays)]
@@ -133,7 +134,7 @@ def _check_case(case: str, device: torch.device, precision: str) -> list[str]:
             # has no engine for: the tuner never picks it
             if tactic.startswith("sdpa_") and "No available kernel" in str(e):
                 continue
-            if tactic.startswith("cudnn_graph") and "cuDNN" in str(e):
+            if tactic.startswith(HALF_ONLY) and "cuDNN" in str(e):
                 continue
             raise
         for o, r in zip(outs, ref):
@@ -222,3 +223,37 @@ def test_cudnn_graph_writes_into_an_arena_place_and_a_concat_slice(case):
         assert relative_error(out.float().cpu(), ref) <= TOL["fp16"]
     assert torch.count_nonzero(buf[:, :8]) == 0  # nothing written outside the slice
     assert torch.all(arena[:192] == 7) and torch.all(arena[192 + y.numel() * 2:] == 7)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", ["attention_mask", "attention_kt"])
+def test_cudnn_graph_attention_writes_heads_interleaved(case):
+    """cuDNN's attention through the frontend writes ``[b, h, s, d]`` into any place with the
+    head dim packed: here a view whose memory order is ``[b, s, h, d]`` (what the projection
+    after attention reads), in the middle of a larger buffer."""
+    from ember.backends.base import write_into_of
+    from ember.backends.cuda import cudnn_graph
+
+    if not cudnn_graph.available():
+        pytest.skip("nvidia-cudnn-frontend is not installed")
+    g = CASES[case]()
+    node = g.nodes[0]
+    assert "sdpa_cudnn_graph" in CUDABackend().tactics(node, g)
+    dev = torch.device("cuda")
+    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
+    kernel = CUDABackend().compile_node(node, CompileContext(g, consts, dev, "sdpa_cudnn_graph", "fp16"))
+    arrays = _inputs(g)
+    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(dev))
+            for n, a in zip(node.inputs, arrays)]
+    ref = torch.from_numpy(evaluate(node, arrays, g)[0])
+    with torch.inference_mode():
+        y = kernel(args)[0]
+        b, h, s, d = y.shape
+        buf = torch.full((b * h * s * d + 512,), float("nan"), dtype=torch.float16, device=dev)
+        place = buf[256:256 + b * h * s * d].view(b, s, h, d).permute(0, 2, 1, 3)
+        w = write_into_of(kernel)
+        assert w.accepts(place) and w(args, place)
+        assert not w.accepts(place.transpose(-1, -2))
+    for out in (y, place):
+        assert relative_error(out.float().cpu(), ref) <= TOL["fp16"]
+    assert torch.isnan(buf[:256]).all() and torch.isnan(buf[256 + b * h * s * d:]).all()

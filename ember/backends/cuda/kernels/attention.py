@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.device import cast_float, compute_dtype, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.errors import BuildError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import FusedAttentionAttrs
@@ -71,6 +72,72 @@ def _make_sdpa(tactic: str):
 
 for _rank, _name in enumerate(("sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "sdpa_math")):
     register_cuda_kernel(OpType.FUSED_ATTENTION, _name, rank=_rank)(_make_sdpa(_name))
+
+
+def _graph_applies(node: Node, graph) -> bool:
+    """4-D q/k/v and no mask or a float one, where the cuDNN frontend is installed."""
+    from ember.backends.cuda import cudnn_graph
+
+    if graph is not None:
+        types = [graph.types.get(i) for i in node.inputs[:3]]
+        if any(t is None or t.rank != 4 for t in types):
+            return False
+        m = graph.types.get(node.input(3)) if node.input(3) else None
+        if m is not None and (m.dtype.value == "bool" or m.rank > 4):
+            return False
+    return cudnn_graph.available()
+
+
+@register_cuda_kernel(OpType.FUSED_ATTENTION, "sdpa_cudnn_graph", rank=5, when=_graph_applies)
+def attention_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
+    """cuDNN's fused attention through the cuDNN frontend (``ember.backends.cuda.cudnn_graph``):
+    the same kind of kernel as ``sdpa_cudnn``, but it writes its result wherever it is told
+    (``WriteInto``: its place in the context's arena), any strides with the last dim packed."""
+    from ember.backends.cuda import cudnn_graph
+
+    a: FusedAttentionAttrs = node.attrs
+    if ctx.precision not in ("fp16", "bf16"):
+        raise ValueError(f"the sdpa_cudnn_graph tactic runs half-precision layers, not {ctx.precision}")
+    dtype, scale, kt = compute_dtype(ctx.precision), float(a.scale), a.k_transposed
+
+    def operands(inputs):
+        q, k, v = (t.contiguous() for t in _qkv(inputs, dtype, kt))
+        mask = _mask(arg(inputs, 3), dtype)
+        if mask is not None:
+            mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        return q, k, v, mask
+
+    def write(inputs, out: Tensor) -> bool:
+        if not accepts(out):
+            return False
+        q, k, v, mask = operands(inputs)
+        if tuple(out.shape) != (*q.shape[:-1], v.shape[-1]):
+            return False
+
+        def reference(_: Tensor) -> Tensor:
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                  attn_mask=None if mask is None else mask.float(), scale=scale)
+
+        graph = cudnn_graph.sdpa_graph(q, k, v, mask, out, scale, check=reference)
+        tensors = {"q": q, "k": k, "v": v, "out": out}
+        if mask is not None:
+            tensors["bias"] = mask
+        graph.run(tensors)
+        return True
+
+    def accepts(out: Tensor) -> bool:
+        return out.dim() == 4 and out.dtype == dtype and out.stride(-1) == 1
+
+    def run(inputs) -> list:
+        q, _, v, _ = operands(inputs)
+        b, h, s, _ = q.shape  # laid out [b, s, h, d], as PyTorch's fused SDPA kernels return it:
+        out = torch.empty((b, s, h, v.shape[-1]), dtype=dtype, device=q.device).transpose(1, 2)
+        # the usual transpose + reshape back to [b, s, h * d] is then a view, not a copy
+        if not write(inputs, out):
+            raise BuildError(f"node {node.name!r}: the sdpa_cudnn_graph tactic cannot run these shapes")
+        return [out]
+
+    return with_write_into(run, WriteInto(write, accepts))
 
 
 @register_cuda_kernel(OpType.FUSED_ATTENTION, "explicit", rank=10)

@@ -24,12 +24,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ember.backends.cuda.tuning import cuda_event_measure
 from ember.errors import BuildError
 
 #: Plans timed per graph at most (cuDNN's heuristics list them best first).
 MAX_PLANS = 10
 
 _LOCK = threading.Lock()
+_MEASURE = cuda_event_measure(warmup=1, reps=5, rounds=1)
 _CACHE: dict[tuple, "CudnnGraph"] = {}
 _LOCAL = threading.local()
 
@@ -104,26 +106,18 @@ def conv_graph(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], z
     ``check(result)`` gives the reference a plan's result must match (``None``: no check)."""
     key = ("conv", _geom(x), _geom(w), bias is not None and _geom(bias), z is not None and _geom(z),
            _geom(out), tuple(padding), tuple(stride), tuple(dilation), act, clip, x.device.index)
-    with _LOCK:
-        hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
-    if torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("a cuDNN graph is built (and its plans timed) before CUDA-graph capture, "
-                           "not during it; this geometry was first seen while capturing")
-    cudnn = _cudnn()
-    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
-    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
-    ops = {"x": g.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=_dtype(x.dtype)),
-           "w": g.tensor(name="w", dim=list(w.shape), stride=list(w.stride()), data_type=_dtype(w.dtype))}
+    tensors = {"x": x, "w": w, "out": out, "bias": bias, "z": z}
+    return _cached(key, tensors, lambda g, ops: _conv_ops(g, ops, padding, stride, dilation, act, clip),
+                   check)
+
+
+def _conv_ops(g, ops: dict, padding, stride, dilation, act: str, clip) -> None:
+    f32 = _cudnn().data_type.FLOAT
     y = g.conv_fprop(image=ops["x"], weight=ops["w"], padding=list(padding), stride=list(stride),
                      dilation=list(dilation), compute_data_type=f32, name="conv")
-    if bias is not None:
-        ops["bias"] = g.tensor(name="bias", dim=list(bias.shape), stride=list(bias.stride()),
-                               data_type=_dtype(bias.dtype))
+    if "bias" in ops:
         y = g.bias(input=y, bias=ops["bias"], name="bias_add")
-    if z is not None:
-        ops["z"] = g.tensor(name="z", dim=list(z.shape), stride=list(z.stride()), data_type=_dtype(z.dtype))
+    if "z" in ops:
         y = g.add(a=y, b=ops["z"], name="residual_add")
     if act == "relu":
         y = g.relu(input=y, name="relu")
@@ -132,17 +126,7 @@ def conv_graph(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], z
         y = g.relu(input=y, name="clip", **kw)
     elif act != "none":
         raise BuildError(f"cuDNN graph convolution: activation {act!r} is not supported")
-    y.set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
     ops["out"] = y
-    tensors = {"x": x, "w": w, "out": out}
-    if bias is not None:
-        tensors["bias"] = bias
-    if z is not None:
-        tensors["z"] = z
-    built = _build(g, ops, tensors, check)
-    with _LOCK:
-        _CACHE[key] = built
-    return built
 
 
 def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
@@ -153,6 +137,19 @@ def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional
     additive ``bias`` broadcastable to ``[batch, heads, seq_q, seq_k]``, statistics not kept."""
     key = ("sdpa", _geom(q), _geom(k), _geom(v), bias is not None and _geom(bias), _geom(out), float(scale),
            q.device.index)
+
+    def add_ops(g, ops: dict) -> None:
+        ops["out"], _ = g.sdpa(name="sdpa", q=ops["q"], k=ops["k"], v=ops["v"], generate_stats=False,
+                               attn_scale=float(scale), bias=ops.get("bias"), use_causal_mask=False)
+
+    return _cached(key, {"q": q, "k": k, "v": v, "out": out, "bias": bias}, add_ops, check)
+
+
+def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], add_ops: Callable[[object, dict], None],
+            check: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> CudnnGraph:
+    """The graph of ``key`` from the cache, or built: every tensor but ``out`` becomes an operand
+    (``None``: absent), ``add_ops(graph, operands)`` adds the operations and sets
+    ``operands["out"]``, which is then given ``tensors["out"]``'s dims, strides and dtype."""
     with _LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
@@ -160,19 +157,15 @@ def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional
     if torch.cuda.is_current_stream_capturing():
         raise RuntimeError("a cuDNN graph is built (and its plans timed) before CUDA-graph capture, "
                            "not during it; this geometry was first seen while capturing")
-    cudnn = _cudnn()
-    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
-    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
-    ops = {name: g.tensor(name=name, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
-           for name, t in (("q", q), ("k", k), ("v", v)) + ((("bias", bias),) if bias is not None else ())}
-    o, _ = g.sdpa(name="sdpa", q=ops["q"], k=ops["k"], v=ops["v"], generate_stats=False, attn_scale=float(scale),
-                  bias=ops.get("bias"), use_causal_mask=False)
-    o.set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
-    ops["out"] = o
-    tensors = {"q": q, "k": k, "v": v, "out": out}
-    if bias is not None:
-        tensors["bias"] = bias
-    built = _build(g, ops, tensors, check)
+    present = {k: t for k, t in tensors.items() if t is not None}
+    out = present["out"]
+    io, f32 = _dtype(out.dtype), _cudnn().data_type.FLOAT
+    g = _cudnn().pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
+    ops = {k: g.tensor(name=k, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
+           for k, t in present.items() if k != "out"}
+    add_ops(g, ops)
+    ops["out"].set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
+    built = _build(g, ops, present, check)
     with _LOCK:
         _CACHE[key] = built
     return built
@@ -204,7 +197,7 @@ def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
             g.execute_plan_at_index(pack, ws, i, handle=handle)
             if want is not None and not _close(out, want):
                 continue
-            ms = _time(lambda: g.execute_plan_at_index(pack, ws, i, handle=handle))
+            ms = _MEASURE(lambda: g.execute_plan_at_index(pack, ws, i, handle=handle))
         except Exception:  # noqa: BLE001 - a plan that does not build or run here is skipped
             continue
         if best is None or ms < best[0]:
@@ -221,17 +214,6 @@ def _close(out: torch.Tensor, want: torch.Tensor) -> bool:
         return False
     denom = torch.linalg.vector_norm(r).item()
     return torch.linalg.vector_norm(o - r).item() <= tol * max(denom, 1e-30)
-
-
-def _time(fn: Callable[[], object], reps: int = 5) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def cached_graphs() -> int:

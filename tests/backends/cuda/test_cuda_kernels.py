@@ -185,6 +185,20 @@ def test_unknown_tactic_names_the_layer():
         CUDABackend().compile_node(g.nodes[0], ctx)
 
 
+def _compiled_on_gpu(case: str, tactic: str):
+    """(fp16 kernel of ``tactic`` for ``CASES[case]``, its GPU arguments, the CPU reference)."""
+    g = CASES[case]()
+    node = g.nodes[0]
+    assert tactic in CUDABackend().tactics(node, g)
+    dev = torch.device("cuda")
+    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
+    kernel = CUDABackend().compile_node(node, CompileContext(g, consts, dev, tactic, "fp16"))
+    arrays = _inputs(g)
+    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(dev))
+            for n, a in zip(node.inputs, arrays)]
+    return kernel, args, torch.from_numpy(evaluate(node, arrays, g)[0])
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", ["conv_relu", "conv_add_relu", "conv_1x1_add_relu", "conv_relu6",
                                   "conv_rgb_stem"])
@@ -196,17 +210,9 @@ def test_cudnn_graph_writes_into_an_arena_place_and_a_concat_slice(case):
 
     if not cudnn_graph.available():
         pytest.skip("nvidia-cudnn-frontend is not installed")
-    g = CASES[case]()
-    node = g.nodes[0]
     tactic = "cudnn_graph_cpad8" if case == "conv_rgb_stem" else "cudnn_graph"
-    assert tactic in CUDABackend().tactics(node, g)
+    kernel, args, ref = _compiled_on_gpu(case, tactic)
     dev = torch.device("cuda")
-    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
-    kernel = CUDABackend().compile_node(node, CompileContext(g, consts, dev, tactic, "fp16"))
-    arrays = _inputs(g)
-    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(dev))
-            for n, a in zip(node.inputs, arrays)]
-    ref = torch.from_numpy(evaluate(node, arrays, g)[0])
     with torch.inference_mode():
         y = kernel(args)[0]
         w = write_into_of(kernel)
@@ -236,16 +242,8 @@ def test_cudnn_graph_attention_writes_heads_interleaved(case):
 
     if not cudnn_graph.available():
         pytest.skip("nvidia-cudnn-frontend is not installed")
-    g = CASES[case]()
-    node = g.nodes[0]
-    assert "sdpa_cudnn_graph" in CUDABackend().tactics(node, g)
+    kernel, args, ref = _compiled_on_gpu(case, "sdpa_cudnn_graph")
     dev = torch.device("cuda")
-    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
-    kernel = CUDABackend().compile_node(node, CompileContext(g, consts, dev, "sdpa_cudnn_graph", "fp16"))
-    arrays = _inputs(g)
-    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(dev))
-            for n, a in zip(node.inputs, arrays)]
-    ref = torch.from_numpy(evaluate(node, arrays, g)[0])
     with torch.inference_mode():
         y = kernel(args)[0]
         b, h, s, d = y.shape

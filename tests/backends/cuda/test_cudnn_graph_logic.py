@@ -1,0 +1,179 @@
+"""The cuDNN-graph wrapper's logic with a fake ``cudnn`` module (CPU): operands and operations
+as described, the fastest plan that gives the right answer kept, failing or wrong plans skipped,
+one build per geometry, no build during CUDA-graph capture."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.backends.cuda import cudnn_graph as cg
+from ember.errors import BuildError
+
+PLAN_MS = [5.0, 1.0, 2.0, 0.5]   # plan 3 is fastest but gives a wrong result; plan 1 is next
+WRONG, FAILS = {3}, {2}
+
+
+class _Tensor:
+    def __init__(self, name, dim=None, stride=None):
+        self.name, self.dim, self.stride = name, dim, stride
+
+    def set_output(self, flag):
+        return self
+
+    def set_data_type(self, dt):
+        return self
+
+    def set_dim(self, d):
+        self.dim = d
+        return self
+
+    def set_stride(self, s):
+        self.stride = s
+        return self
+
+
+class _Graph:
+    built: list = []
+
+    def __init__(self, **kw):
+        self.ops, self.tensors, self.current = [], {}, None
+        _Graph.built.append(self)
+
+    def tensor(self, name, dim, stride, data_type):
+        t = self.tensors[name] = _Tensor(name, dim, stride)
+        return t
+
+    def _op(self, kind, *ins, **kw):
+        self.ops.append(kind)
+        t = _Tensor(kind)
+        t.result = True
+        return t
+
+    def conv_fprop(self, image, weight, padding, stride, dilation, compute_data_type, name):
+        self.conv = (padding, stride, dilation)
+        return self._op("conv")
+
+    def bias(self, input, bias, name):
+        return self._op("bias")
+
+    def add(self, a, b, name):
+        return self._op("add")
+
+    def relu(self, input, name, **kw):
+        self.clip = kw
+        return self._op(name)
+
+    def sdpa(self, **kw):
+        self.sdpa_kw = kw
+        return self._op("sdpa"), None
+
+    validate = build_operation_graph = check_support = lambda self: None
+
+    def create_execution_plans(self, modes):
+        pass
+
+    def get_execution_plan_count(self):
+        return len(PLAN_MS)
+
+    def build_plan_at_index(self, i):
+        if i in FAILS:
+            raise RuntimeError("no kernel")
+
+    def get_workspace_size_plan_at_index(self, i):
+        return 16 * i
+
+    def get_plan_name_at_index(self, i):
+        return f"eng{i}"
+
+    def execute_plan_at_index(self, pack, ws, i, handle=None):
+        self.last = i
+        out = next(v for k, v in pack.items() if getattr(k, "result", False))
+        out.copy_(self.reference * (2.0 if i in WRONG else 1.0))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    dt = types.SimpleNamespace(HALF="h", BFLOAT16="b", FLOAT="f")
+    mod = types.SimpleNamespace(data_type=dt, pygraph=_Graph, heur_mode=types.SimpleNamespace(A=0, FALLBACK=1))
+    monkeypatch.setitem(sys.modules, "cudnn", mod)
+    monkeypatch.setattr(cg, "_handle", lambda: "handle")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    timed = []
+
+    def measure(fn):
+        fn()
+        ms = PLAN_MS[_Graph.built[-1].last]
+        timed.append(ms)
+        return ms
+
+    monkeypatch.setattr(cg, "_MEASURE", measure)
+    monkeypatch.setattr(cg, "_CACHE", {})
+    _Graph.built = []
+    return timed
+
+
+def _conv_case(z: bool = True):
+    x, w = torch.randn(2, 8, 5, 5), torch.randn(4, 8, 3, 3)
+    b = torch.randn(1, 4, 1, 1)
+    res = torch.randn(2, 4, 5, 5) if z else None
+    ref = F.conv2d(x, w, b.view(-1), 1, 1) + (res if z else 0)
+    return x, w, b, res, ref.relu()
+
+
+def test_the_fastest_right_plan_is_kept_and_cached(fake):
+    x, w, b, z, ref = _conv_case()
+    out = torch.empty_like(ref)
+
+    def check(o):
+        _Graph.built[-1].reference = ref
+        return ref
+
+    built = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=check)
+    assert (built.plan, built.plan_name, built.workspace) == (1, "eng1", 16)  # 3 is wrong, 2 fails
+    assert _Graph.built[-1].ops == ["conv", "bias", "add", "relu"]
+    g0 = _Graph.built[-1]
+    assert set(g0.tensors) == {"x", "w", "bias", "z"} and g0.conv == ([1, 1], [1, 1], [1, 1])
+    out.zero_()
+    built.run({"x": x, "w": w, "bias": b, "z": z, "out": out})
+    assert g0.last == 1 and torch.equal(out, ref)  # runs the kept plan on the given tensors
+    assert cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=check) is built
+    assert len(_Graph.built) == 1  # one build per geometry
+    other = torch.empty_strided(ref.shape, (400, 1, 20, 4))  # channels-last: another geometry
+    cg.conv_graph(x, w, b, z, other, [1, 1], [1, 1], [1, 1], "relu", check=check)
+    assert len(_Graph.built) == 2
+
+
+def test_clip_none_and_sdpa_operations(fake):
+    x, w, b, _, ref = _conv_case(z=False)
+    out = torch.empty_like(ref)
+    _Graph.reference = ref
+    cg.conv_graph(x, w, None, None, out, [1, 1], [1, 1], [1, 1], "clip", (0.0, 6.0))
+    g = _Graph.built[-1]
+    assert g.ops == ["conv", "clip"] and g.clip == {"lower_clip": 0.0, "upper_clip": 6.0}
+    assert set(g.tensors) == {"x", "w"}
+    cg.conv_graph(x, w, b, None, out, [1, 1], [1, 1], [1, 1], "none")
+    assert _Graph.built[-1].ops == ["conv", "bias"]
+    with pytest.raises(BuildError, match="gelu"):
+        cg.conv_graph(x, w, b, None, out, [1, 1], [1, 1], [1, 1], "gelu")
+    q = torch.randn(2, 3, 4, 8)
+    o = torch.empty(2, 4, 3, 8).transpose(1, 2)
+    _Graph.reference = torch.zeros_like(o)
+    cg.sdpa_graph(q, q, q, None, o, 0.125)
+    g = _Graph.built[-1]
+    assert g.ops == ["sdpa"] and g.sdpa_kw["attn_scale"] == 0.125 and g.sdpa_kw["bias"] is None
+    assert g.tensors.keys() == {"q", "k", "v"}
+
+
+def test_no_plan_that_works_is_an_error_and_capture_never_builds(fake, monkeypatch):
+    x, w, b, z, ref = _conv_case()
+    out = torch.empty_like(ref)
+    _Graph.reference = ref * 3  # every plan's result is wrong against the check
+    with pytest.raises(BuildError, match="no cuDNN execution plan"):
+        cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="before CUDA-graph capture"):
+        cg.conv_graph(x, w, b, None, out, [1, 1], [1, 1], [1, 1], "relu")

@@ -195,7 +195,7 @@ def read_inputs(items: Sequence[str]) -> dict:
 def random_feeds(engine, given: dict, args: argparse.Namespace) -> dict:
     """Random arrays for the inputs of ``engine`` missing from ``given`` (``ember run --random``):
     shapes from ``--shapes``, from the dims they share with ``given`` arrays, else the profile's opt."""
-    from ember.tools import inputs as tool_inputs
+    from ember.runtime import example_inputs as tool_inputs
 
     specs = tool_inputs.engine_input_specs(engine)
     shapes = parse_shapes(args.shapes)
@@ -213,7 +213,7 @@ def random_feeds(engine, given: dict, args: argparse.Namespace) -> dict:
 def run_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ember.tools.inputs import array_stats
+    from ember.runtime.example_inputs import array_stats
 
     if args.seed is not None and not args.random:
         raise InputError("--seed only applies to random inputs; add --random")

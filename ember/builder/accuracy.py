@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from ember.builder.config import BuildConfig
+from ember.runtime.tensors import max_relative_error
 
 log = logging.getLogger("ember.build")
 
@@ -38,16 +39,14 @@ def applies(config: BuildConfig) -> bool:
     return config.accuracy_target is not None and config.device != "cpu" and config.precision in REDUCED
 
 
-def max_relative_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
+def max_output_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
     """The largest ``max|ours - ref| / max|ref|`` over the outputs (``inf`` on NaN/Inf)."""
-    from ember.tools.bench_stats import max_relative_error as one
-
-    return max((one(np.asarray(ours[k], np.float64), v) for k, v in ref.items()), default=0.0)
+    return max((max_relative_error(np.asarray(ours[k], np.float64), v) for k, v in ref.items()), default=0.0)
 
 
 def calibration_inputs(engine: Any, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for ``engine`` at its profiles' opt shapes (as ``ember run --random``)."""
-    from ember.tools.inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+    from ember.runtime.example_inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
 
     specs = engine_input_specs(engine)
     shapes = resolve_shapes(specs, {}, dynamic="opt")
@@ -75,7 +74,7 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
     ref_config = replace(config, precision="fp32", layer_precisions={}, accuracy_target=None,
                          tactic_tuning=False)
     reference = _outputs(build_fn(ref_config), feeds)
-    first = max_relative_error(_outputs(engine, feeds), reference)
+    first = max_output_error(_outputs(engine, feeds), reference)
     candidates = reduced_layers(engine)
     trials: list[dict] = [{"fp32_layers": 0, "error": first}]
     best, best_k = (engine, 0) if first <= target else (None, None)
@@ -83,7 +82,7 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
     def trial(k: int) -> tuple[Any, float]:
         table = {**config.layer_precisions, **{name: "fp32" for name in candidates[:k]}}
         built = build_fn(replace(config, layer_precisions=table, accuracy_target=None))
-        err = max_relative_error(_outputs(built, feeds), reference)
+        err = max_output_error(_outputs(built, feeds), reference)
         trials.append({"fp32_layers": k, "error": err})
         log.info("accuracy target %.1e: %d layers in fp32 -> max relative error %.2e", target, k, err)
         return built, err

@@ -42,3 +42,14 @@ def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.cpu().numpy()
+
+
+def max_relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """``max|ours - ref| / max|ref|`` in float64 (``inf`` on a shape mismatch or NaN): the error
+    measure of ``ember bench``, ``ember compare`` and accuracy-targeted builds."""
+    a, b = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if a.shape != b.shape or not np.isfinite(a).all():
+        return float("inf")
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    return diff / scale if scale > 0 else diff

@@ -27,8 +27,9 @@ import torch
 from ember.backends.cuda.device import host_tensor
 
 from ember.errors import InputError, ModelLoadError
-from ember.tools import inputs
-from ember.tools.bench_stats import LatencyStats, max_relative_error, measure, wall_clock
+from ember.runtime import example_inputs as inputs
+from ember.runtime.tensors import max_relative_error
+from ember.tools.bench_stats import LatencyStats, measure, wall_clock
 
 HELP = "benchmark a model or engine against PyTorch, torch.compile and ONNX Runtime"
 

@@ -70,13 +70,3 @@ def wall_clock(fn: Callable[[], object], iterations: int, warmup: int,
                budget_s: Optional[float] = None, min_iterations: int = 3) -> list[float]:
     """Host wall-clock ms per call (the call must wait for its own results, like ``infer``)."""
     return measure(fn, "cpu", iterations, warmup, budget_s, min_iterations)
-
-
-def max_relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
-    """``max|ours - ref| / max|ref|`` in float64 (``inf`` on a shape mismatch or NaN)."""
-    a, b = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    if a.shape != b.shape or not np.isfinite(a).all():
-        return float("inf")
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    diff = float(np.abs(a - b).max()) if a.size else 0.0
-    return diff / scale if scale > 0 else diff

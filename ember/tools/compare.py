@@ -128,8 +128,8 @@ def diff(name: str, ours: np.ndarray, ref: np.ndarray, rtol: float, atol: float,
 def random_inputs(model, specs: Sequence[Any], seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for ``specs`` (engine ``TensorSpec``s): N(0, 1) floats; integers in the range of the
     embedding table they index (else 0..1); masks all ones; symbolic dims at their minimum
-    (``ember.tools.inputs`` draws them)."""
-    from ember.tools.inputs import InputSpec, onnx_int_ranges, random_inputs as draw, resolve_shapes
+    (``ember.runtime.example_inputs`` draws them)."""
+    from ember.runtime.example_inputs import InputSpec, onnx_int_ranges, random_inputs as draw, resolve_shapes
 
     wanted = [InputSpec(s.name, s.dtype, tuple(s.shape), tuple(s.min)) for s in specs]
     return draw(wanted, resolve_shapes(wanted, dynamic="min"), seed, onnx_int_ranges(model))

@@ -69,7 +69,7 @@ def measure_device_memory(engine) -> dict[str, int]:
     (one context's activations: the captured graph's private pool), ``static_buffers`` (that
     context's input and output buffers), ``total``."""
     from ember.errors import EmberError
-    from ember.tools.inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+    from ember.runtime.example_inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
 
     if engine.plan.config.device != "cuda":
         raise EmberError(f"--device-memory is for engines built for cuda; this one is for "

@@ -122,12 +122,12 @@ def test_a_gpu_fp16_build_meets_a_tight_target_with_an_fp32_prefix():
     feeds = accuracy.calibration_inputs(plain)
     ref = ember.build(cnn_model(), BuildConfig(device="cuda", tactic_tuning=False), progress=False)  # as the search's
     ref_out = accuracy._outputs(ref, feeds)
-    before = accuracy.max_relative_error(accuracy._outputs(plain, feeds), ref_out)
+    before = accuracy.max_output_error(accuracy._outputs(plain, feeds), ref_out)
     target = before / 4
     engine = ember.build(cnn_model(), BuildConfig(device="cuda", precision="fp16", accuracy_target=target),
                          progress=False)
     info = engine.plan.build_info["accuracy"]
-    after = accuracy.max_relative_error(accuracy._outputs(engine, feeds), ref_out)
+    after = accuracy.max_output_error(accuracy._outputs(engine, feeds), ref_out)
     promoted = [l.name for l in engine.plan.layers if l.precision == "fp32"]
     assert info["met"] and after <= target * 1.01 + 1e-7
     assert info["error"] == pytest.approx(after, rel=0.01, abs=1e-7)

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.errors import InputError
 from ember.ir.dtype import DType
-from ember.tools import inputs as ti
+from ember.runtime import example_inputs as ti
 from ember.tools.bench import BenchOptions, resolve_source
 
 F32, I64 = DType.FLOAT32, DType.INT64

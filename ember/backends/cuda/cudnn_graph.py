@@ -12,14 +12,25 @@ execution plan cuDNN's heuristics offer (as ``torch.backends.cudnn.benchmark`` d
 the fastest that gives the right answer; each plan's workspace is allocated at run time from the
 current allocator (inside CUDA-graph capture: the graph's pool).
 
+The choice outlives the process: ``$EMBER_CACHE/cudnn-plans.json`` (else
+``~/.cache/ember/cudnn-plans.json``) maps cuDNN version, GPU and geometry to the chosen plan's
+name, so loading an engine (or building again) in a new process builds that one plan, checks its
+result and skips the timing of the others. A choice that no longer builds, runs or gives the
+right answer is ignored and the plans are timed again.
+
 The package is optional: ``available()`` is ``False`` without it (or without a cuDNN it can load),
 and the tactics that need it do not apply.
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
+import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -165,16 +176,20 @@ def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], add_ops: Cal
            for k, t in present.items() if k != "out"}
     add_ops(g, ops)
     ops["out"].set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
-    built = _build(g, ops, present, check)
+    known = PLAN_CHOICES.get(key)
+    built = _build(g, ops, present, check, known)
+    if built.plan_name != known:
+        PLAN_CHOICES.put(key, built.plan_name)
     with _LOCK:
         _CACHE[key] = built
     return built
 
 
 def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
-           check: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> CudnnGraph:
+           check: Optional[Callable[[torch.Tensor], torch.Tensor]], known: Optional[str] = None) -> CudnnGraph:
     """Validates ``g``, builds its plans and keeps the fastest right one (timed on ``tensors``;
-    ``out`` is overwritten)."""
+    ``out`` is overwritten). ``known``: the plan chosen before (``PLAN_CHOICES``), used without
+    timing if it still builds and gives the right result."""
     cudnn = _cudnn()
     try:
         g.validate()
@@ -186,6 +201,10 @@ def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
     out = tensors["out"]
     want = check(out) if check is not None else None
     pack = {ops[k]: v for k, v in tensors.items()}
+    if known is not None:
+        found = _known_plan(g, pack, out, want, known)
+        if found is not None:
+            return CudnnGraph(g, ops, found[0], found[1], known)
     best: Optional[tuple[float, int, int]] = None
     count = min(int(g.get_execution_plan_count()), MAX_PLANS)
     for i in range(count):
@@ -205,6 +224,77 @@ def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
     if best is None:
         raise BuildError("no cuDNN execution plan for this graph builds, runs and gives the right result")
     return CudnnGraph(g, ops, best[1], best[2], str(g.get_plan_name_at_index(best[1])))
+
+
+def _known_plan(g, pack: dict, out: torch.Tensor, want: Optional[torch.Tensor],
+                known: str) -> Optional[tuple[int, int]]:
+    """(index, workspace bytes) of the plan named ``known`` if it builds, runs and is right."""
+    try:
+        for i in range(int(g.get_execution_plan_count())):
+            if str(g.get_plan_name_at_index(i)) != known:
+                continue
+            g.build_plan_at_index(i)
+            size = int(g.get_workspace_size_plan_at_index(i))
+            ws = torch.empty(max(size, 1), dtype=torch.uint8, device=out.device)
+            g.execute_plan_at_index(pack, ws, i, handle=_handle())
+            return (i, size) if want is None or _close(out, want) else None
+    except Exception:  # noqa: BLE001 - the plans are timed again
+        return None
+    return None
+
+
+class PlanChoices:
+    """Chosen plan names by cuDNN version, GPU and graph geometry, in a JSON file shared by
+    processes (read once, merged and replaced atomically on every new choice)."""
+
+    def __init__(self, path: Optional[Path] = None) -> None:
+        self._path = path
+        self._entries: Optional[dict[str, str]] = None
+        self._warned = False
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            root = os.environ.get("EMBER_CACHE")
+            self._path = (Path(root) if root else Path.home() / ".cache" / "ember") / "cudnn-plans.json"
+        return self._path
+
+    def _key(self, key: tuple) -> str:
+        return f"{_cudnn().backend_version()}|{torch.cuda.get_device_name(key[-1])}|{key!r}"
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+            return {str(k): str(v) for k, v in data.get("plans", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def get(self, key: tuple) -> Optional[str]:
+        with _LOCK:
+            if self._entries is None:
+                self._entries = self._read()
+            return self._entries.get(self._key(key))
+
+    def put(self, key: tuple, name: str) -> None:
+        with _LOCK:
+            entries = self._read()
+            entries[self._key(key)] = name
+            self._entries = entries
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cudnn-plans.")
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"version": 1, "plans": entries}, f, indent=0, sort_keys=True)
+                os.replace(tmp, self.path)
+            except OSError as e:
+                if not self._warned:
+                    warnings.warn(f"Ember cannot save cuDNN plan choices to {self.path} ({e}); "
+                                  f"a new process times them again. Set EMBER_CACHE to a writable "
+                                  f"folder.", stacklevel=3)
+                    self._warned = True
+
+
+PLAN_CHOICES = PlanChoices()
 
 
 def _close(out: torch.Tensor, want: torch.Tensor) -> bool:

@@ -3,8 +3,10 @@ as described, the fastest plan that gives the right answer kept, failing or wron
 one build per geometry, no build during CUDA-graph capture."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -12,6 +14,13 @@ import torch.nn.functional as F
 
 from ember.backends.cuda import cudnn_graph as cg
 from ember.errors import BuildError
+
+@contextlib.contextmanager
+def warnings_none():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
 
 PLAN_MS = [5.0, 1.0, 2.0, 0.5]   # plan 3 is fastest but gives a wrong result; plan 1 is next
 WRONG, FAILS = {3}, {2}
@@ -96,9 +105,12 @@ class _Graph:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch, tmp_path):
     dt = types.SimpleNamespace(HALF="h", BFLOAT16="b", FLOAT="f")
-    mod = types.SimpleNamespace(data_type=dt, pygraph=_Graph, heur_mode=types.SimpleNamespace(A=0, FALLBACK=1))
+    mod = types.SimpleNamespace(data_type=dt, pygraph=_Graph, heur_mode=types.SimpleNamespace(A=0, FALLBACK=1),
+                                backend_version=lambda: 91900)
+    monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Fake GPU")
     monkeypatch.setitem(sys.modules, "cudnn", mod)
     monkeypatch.setattr(cg, "_handle", lambda: "handle")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
@@ -177,3 +189,36 @@ def test_no_plan_that_works_is_an_error_and_capture_never_builds(fake, monkeypat
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="before CUDA-graph capture"):
         cg.conv_graph(x, w, b, None, out, [1, 1], [1, 1], [1, 1], "relu")
+
+
+def test_a_new_process_reuses_the_chosen_plan_without_timing(fake, monkeypatch, tmp_path):
+    x, w, b, z, ref = _conv_case()
+    out = torch.empty_like(ref)
+    _Graph.reference = ref
+    first = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
+    assert first.plan == 1 and len(fake) == 2  # plans 0 and 1 timed (2 fails, 3 is wrong)
+    saved = (tmp_path / "cudnn-plans.json").read_text()
+    assert "eng1" in saved and "Fake GPU" in saved and "91900" in saved
+    # a new process: empty in-memory caches, the same file
+    monkeypatch.setattr(cg, "_CACHE", {})
+    monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))
+    again = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
+    assert again.plan == 1 and len(fake) == 2  # built and checked, not timed
+    # a saved choice that gives a wrong result now is dropped: the plans are timed again
+    monkeypatch.setattr(cg, "_CACHE", {})
+    monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))
+    monkeypatch.setattr(sys.modules[__name__], "WRONG", {1, 3})
+    third = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
+    assert third.plan == 0 and len(fake) == 3 and "eng0" in (tmp_path / "cudnn-plans.json").read_text()
+
+
+def test_an_unwritable_plan_file_warns_once(fake, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(blocker / "cudnn-plans.json"))
+    x, w, b, z, ref = _conv_case()
+    _Graph.reference = ref
+    with pytest.warns(UserWarning, match="EMBER_CACHE"):
+        cg.conv_graph(x, w, b, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu")
+    with warnings_none():
+        cg.conv_graph(x, w, None, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu")

@@ -26,7 +26,7 @@ private pool; ``CudaRunner.memory()`` reports both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -200,11 +200,3 @@ class ArenaStats:
 
     def to_json(self) -> dict:
         return {"written": self.written, "copied": self.copied, "copied_layers": list(self.copied_layers)}
-
-
-def check_views(plan: ArenaPlan, views: Mapping[str, torch.Tensor]) -> None:
-    """Every placed tensor has its view, of its layout (a guard for the runner)."""
-    for name, lay in plan.layouts.items():
-        v = views[name]
-        if tuple(v.shape) != lay.shape or v.dtype != lay.dtype:
-            raise AssertionError(f"arena view of {name!r} is {tuple(v.shape)} {v.dtype}, planned {lay}")

@@ -304,9 +304,3 @@ def _close(out: torch.Tensor, want: torch.Tensor) -> bool:
         return False
     denom = torch.linalg.vector_norm(r).item()
     return torch.linalg.vector_norm(o - r).item() <= tol * max(denom, 1e-30)
-
-
-def cached_graphs() -> int:
-    """How many cuDNN graphs this process has built (for tests and reports)."""
-    with _LOCK:
-        return len(_CACHE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import (
     Inputs, Tensor, arg, floats, int_param, norm_axes, norm_axis, torch_pad_arg,
 )
@@ -100,19 +100,33 @@ def slice_(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.GATHER)
 def gather(node: Node, ctx: CompileContext) -> Kernel:
-    """Gather along ``axis``; negative indices count from the end; scalar indices drop the axis."""
+    """Gather along ``axis``; negative indices count from the end; scalar indices drop the axis.
+
+    ``write_into``: the same ``index_select`` straight into a contiguous output (its ``out=`` form,
+    a real kernel on both devices), e.g. an embedding lookup into its place in the CUDA arena."""
     axis_attr = (node.attrs or AxisAttrs()).axis
 
-    def run(inputs: Inputs) -> list:
+    def select(inputs: Inputs) -> tuple[Tensor, int, Tensor, tuple[int, ...]]:
         x, idx = inputs[0], inputs[1]
         axis = norm_axis(axis_attr, x.dim())
         dim = x.shape[axis]
         flat = idx.reshape(-1).to(torch.int64)
         flat = torch.where(flat < 0, flat + dim, flat)
-        out = x.index_select(axis, flat)
-        return [out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))]
+        return x, axis, flat, tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:])
 
-    return run
+    def run(inputs: Inputs) -> list:
+        x, axis, flat, shape = select(inputs)
+        return [x.index_select(axis, flat).reshape(shape)]
+
+    def write(inputs: Inputs, out: Tensor) -> bool:
+        x, axis, flat, shape = select(inputs)
+        if tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+            return False
+        torch.index_select(x, axis, flat, out=out.view(tuple(x.shape[:axis]) + (flat.numel(),)
+                                                        + tuple(x.shape[axis + 1:])))
+        return True
+
+    return with_write_into(run, WriteInto(write, lambda out: out.is_contiguous()))
 
 
 def _pad_index(dim: int, before: int, after: int, mode: str) -> Tensor:

@@ -192,8 +192,8 @@ class CudaRunner:
                 "static_buffers": static, "graphs": sum(s.graph is not None for s in slots)}
 
     def arena_report(self) -> Optional[dict]:
-        """The arena plan of the most recently captured shape: bytes, tensors placed, views,
-        and which layers could not write in place (their outputs are copied there)."""
+        """The arena plan of the most recently used shape: bytes, tensors placed, views, and
+        which layers could not write in place (their outputs are copied there)."""
         slots = [s for s in [*self._slots.values(), *self._bound.values()] if s.plan is not None]
         if not slots:
             return None
@@ -316,7 +316,8 @@ class CudaRunner:
         with torch.inference_mode():
             return self.program.forward(dev_in, [stream, *self.side])
 
-    def _capture(self, key: ShapeKey, slot: _Slot, feeds: Optional[Mapping[str, Any]]) -> None:
+    def _capture(self, key: ShapeKey, slot: _Slot, feeds: Optional[Mapping[str, Any]],
+                 again: bool = False) -> None:
         bad = self.program.uncapturable
         if bad:
             why = f"layer {bad[0].node.name!r} cannot be captured ({bad[0].reason})"
@@ -350,7 +351,10 @@ class CudaRunner:
                 return
             slot.pool_bytes = max(0, torch.cuda.memory_reserved(self.device) - reserved)
         slot.graph, slot.outputs, slot.stats = graph, outs, stats
-        self.captures += 1
+        if again:
+            self.recaptures += 1
+        else:
+            self.captures += 1
 
     def _plan_arena(self, slot: _Slot, streams: list) -> dict[str, torch.Tensor]:
         """Records one eager run, plans the arena for this shape and returns its views (growing
@@ -369,10 +373,7 @@ class CudaRunner:
         """Captures ``slot`` again if its graph writes into an arena the context has outgrown."""
         if slot.graph is not None and slot.arena is not None and slot.arena is not self._arena:
             slot.graph = None
-            self._capture(key, slot, None)
-            if slot.graph is not None:
-                self.captures -= 1
-                self.recaptures += 1
+            self._capture(key, slot, None, again=True)
 
     def _fallback(self, key: ShapeKey, why: str) -> None:
         if key not in self.fallback_reason:

@@ -161,6 +161,7 @@ def _measure_cuda(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> t
                      "d2h": LatencyStats.of(d2h).median},
         "cuda_graphs": bool(runner.captures), "fallback": list(runner.fallback_reason.values()),
         "streams": runner.program.num_streams,
+        "device_memory": runner.memory(), "arena": runner.arena_report(),
     }
     ctx.close()
     return result, outs

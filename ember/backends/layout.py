@@ -104,6 +104,20 @@ def allows_channels_last(graph: Optional[Graph], tensor: str) -> bool:
     return planned_format(graph, tensor) is not NCHW
 
 
+def dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of memory exactly once, in some order of its dims:
+    packed in any memory format (contiguous, channels-last, any permutation), at any offset; not
+    a broadcast, not a slice with gaps. Size-1 dims do not count. Works on meta tensors."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((st, d) for d, st in zip(t.shape, t.stride()) if d != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def to_format(t: Optional[torch.Tensor], fmt: Optional[torch.memory_format]) -> Optional[torch.Tensor]:
     """``t`` in memory format ``fmt`` when it is 4-D (no copy when it already is; ``None``: as is)."""
     if fmt is None or t is None or t.dim() != 4 or t.is_contiguous(memory_format=fmt):
@@ -111,5 +125,5 @@ def to_format(t: Optional[torch.Tensor], fmt: Optional[torch.memory_format]) -> 
     return t.contiguous(memory_format=fmt)
 
 
-__all__ = ["CHANNELS_LAST", "NCHW", "allows_channels_last", "layout_plan", "planned_format",
+__all__ = ["CHANNELS_LAST", "NCHW", "allows_channels_last", "dense", "layout_plan", "planned_format",
            "planned_weight_format", "to_format"]

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ember.backends.layout import dense
 from ember.builder.memory import ALIGNMENT, MemoryPlan, allocate
 
 #: The arena is allocated in multiples of this (the caching allocator's large-segment unit).
@@ -167,18 +168,6 @@ def placeable(t: torch.Tensor) -> Optional[str]:
     if not dense(t):
         return "strides that overlap or skip memory"
     return None
-
-
-def dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill a block of memory exactly once, in some order of its dims
-    (packed in any memory format; not a broadcast, not a slice with gaps)."""
-    dims = sorted((st, d) for d, st in zip(t.shape, t.stride()) if d != 1)
-    expect = 1
-    for st, d in dims:
-        if st != expect:
-            return False
-        expect *= d
-    return True
 
 
 def storage_key(t: torch.Tensor) -> int:

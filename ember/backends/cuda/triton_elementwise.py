@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ember.backends.layout import dense
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -332,21 +333,6 @@ def output_like(inputs: Sequence[torch.Tensor], shape: Sequence[int], dtype: tor
                     fmt = torch.channels_last
                 break
     return torch.empty(tuple(shape), dtype=dtype, device=device, memory_format=fmt)
-
-
-def dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: a packed layout in some order of the dims (contiguous,
-    channels-last, any permutation), at any offset; size-1 dims do not count. What an output
-    must be for the kernel, which stores at the linear index over the output's memory order
-    (``plan_layout``). Works on meta tensors."""
-    if t.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((t.stride(d), t.shape[d]) for d in range(t.dim()) if t.shape[d] != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def plan_layout(inputs: Sequence[torch.Tensor], out: torch.Tensor) -> Layout:

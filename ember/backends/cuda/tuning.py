@@ -111,12 +111,13 @@ def _arena_place(outs: Sequence[Optional[torch.Tensor]], args) -> Optional[torch
     (it takes no place of its own)."""
     if len(outs) != 1 or outs[0] is None:
         return None
-    out = outs[0]
-    key = out.untyped_storage().data_ptr()
-    if any(isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == key for a in args):
-        return None
-    from ember.backends.cuda.arena import dense
+    from ember.backends.cuda.arena import storage_key
+    from ember.backends.layout import dense
 
+    out = outs[0]
+    key = storage_key(out)
+    if any(isinstance(a, torch.Tensor) and storage_key(a) == key for a in args):
+        return None
     if not dense(out):
         return None
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=out.device)

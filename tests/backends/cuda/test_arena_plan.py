@@ -8,9 +8,8 @@ import random
 import pytest
 import torch
 
-from ember.backends.cuda.arena import (
-    Layout, Record, dense, happens_before, plan_arena, release_step,
-)
+from ember.backends.cuda.arena import Layout, Record, happens_before, plan_arena, release_step
+from ember.backends.layout import dense
 from ember.builder.memory import check_no_overlap
 
 

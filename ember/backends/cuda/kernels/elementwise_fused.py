@@ -69,7 +69,8 @@ def _has_triton_form(node: Node, graph: Optional[Graph]) -> bool:
 @register_cuda_kernel(OpType.FUSED_ELEMENTWISE, "triton", rank=10, when=_has_triton_form, needs_triton=True)
 def fused_elementwise_triton(node: Node, ctx: CompileContext) -> Kernel:
     """The whole chain as one generated Triton kernel (fp32 math, output in its own dtype)."""
-    from ember.backends.cuda.triton_elementwise import F, dense, run_program
+    from ember.backends.cuda.triton_elementwise import F, run_program
+    from ember.backends.layout import dense
     from ember.runtime.tensors import torch_dtype
 
     program = _program(node, ctx.graph)

@@ -53,6 +53,18 @@ def write_into_of(kernel: object) -> Optional[WriteInto]:
     return w if isinstance(w, WriteInto) else None
 
 
+def write_or_copy(kernel: Kernel, inputs: Sequence[Optional[torch.Tensor]], out: torch.Tensor,
+                  write: Optional[WriteInto] = None) -> bool:
+    """Puts the kernel's (single) output into ``out``: written there by ``write`` (default: the
+    kernel's ``write_into``) where it accepts ``out``, else computed and copied. ``True``: it was
+    written in place."""
+    w = write if write is not None else write_into_of(kernel)
+    if w is not None and w.accepts(out) and w(inputs, out):
+        return True
+    out.copy_(kernel(inputs)[0])  # type: ignore[index]
+    return False
+
+
 def with_write_into(kernel: Kernel, write_into: Optional[WriteInto]) -> Kernel:
     """``kernel`` carrying ``write_into`` (a wrapper kernel passes its inner one's on with this)."""
     if write_into is not None:

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ember.backends.base import Kernel, WriteInto, write_into_of
+from ember.backends.base import Kernel, WriteInto, write_into_of, write_or_copy
 from ember.ir.graph import Graph
 
 
@@ -229,13 +229,10 @@ def produce_into(target: Target, kernel: Kernel, args: Sequence[Optional[torch.T
                  env: Mapping[str, Any], stats: Optional[dict]) -> torch.Tensor:
     """Runs a writing producer into its slice; returns the slice (the producer's output value)."""
     view = env[target.output].narrow(target.axis, target.start, target.length)
-    if target.write(args, view):
-        if stats is not None:
-            stats["written"] = stats.get("written", 0) + 1
-        return view
-    view.copy_(kernel(args)[0])
+    written = write_or_copy(kernel, args, view, target.write)
     if stats is not None:
-        stats["declined"] = stats.get("declined", 0) + 1
+        key = "written" if written else "declined"
+        stats[key] = stats.get(key, 0) + 1
     return view
 
 

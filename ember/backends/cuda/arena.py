@@ -50,8 +50,7 @@ class Layout:
         """Bytes its view spans (strides may skip elements; empty tensors span nothing)."""
         if any(d == 0 for d in self.shape):
             return 0
-        span = 1 + sum((d - 1) * s for d, s in zip(self.shape, self.stride))
-        return span * torch.empty((), dtype=self.dtype).element_size()
+        return (1 + sum((d - 1) * s for d, s in zip(self.shape, self.stride))) * self.dtype.itemsize
 
     @staticmethod
     def of(t: torch.Tensor) -> "Layout":
@@ -184,8 +183,11 @@ class ArenaStats:
     (computed, then copied into place), and the copied layers' names."""
 
     written: int = 0
-    copied: int = 0
     copied_layers: list[str] = field(default_factory=list)
+
+    @property
+    def copied(self) -> int:
+        return len(self.copied_layers)
 
     def to_json(self) -> dict:
         return {"written": self.written, "copied": self.copied, "copied_layers": list(self.copied_layers)}

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ember.backends.base import CompileContext, Kernel, write_into_of
+from ember.backends.base import CompileContext, Kernel, write_or_copy
 from ember.backends.cuda.arena import ArenaStats, Layout, Record, placeable, storage_key
 from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
 from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
@@ -308,19 +308,18 @@ def _into_arena(step: Step, args: list, arena: Mapping[str, torch.Tensor],
     if all(d is None for d in dests):
         return step.kernel(args)  # type: ignore[misc]
     if len(dests) == 1:
-        w = write_into_of(step.kernel)
-        if w is not None and w.accepts(dests[0]) and w(args, dests[0]):  # type: ignore[arg-type]
-            if stats is not None:
-                stats.written += 1
-            return [dests[0]]
-    outs = list(step.kernel(args))  # type: ignore[misc]
-    for i, (d, t) in enumerate(zip(dests, outs)):
-        if d is not None and t is not None:
-            d.copy_(t)
-            outs[i] = d
+        written = write_or_copy(step.kernel, args, dests[0])  # type: ignore[arg-type]
+        outs = [dests[0]]
+    else:
+        written, outs = False, list(step.kernel(args))  # type: ignore[misc]
+        for i, (d, t) in enumerate(zip(dests, outs)):
+            if d is not None and t is not None:
+                d.copy_(t)
+                outs[i] = d
     if stats is not None:
-        stats.copied += 1
-        stats.copied_layers.append(step.node.name)
+        stats.written += written
+        if not written:
+            stats.copied_layers.append(step.node.name)
     return outs
 
 

@@ -142,7 +142,7 @@ def test_contexts_capture_concurrently_from_threads():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_arena_engine_matches_the_pool_engine_and_reports_its_plan(precision, monkeypatch):
+def test_arena_engine_matches_the_pool_engine_and_reports_its_plan(precision):
     """With the arena (every intermediate at its planned offset, side streams included) the
     engine gives what the graph-pool engine gives, and the plan is reported."""
     g = inception_graph(batch=4)

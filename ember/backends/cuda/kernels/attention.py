@@ -97,7 +97,8 @@ def attention_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
 
     a: FusedAttentionAttrs = node.attrs
     if ctx.precision not in ("fp16", "bf16"):
-        raise ValueError(f"the sdpa_cudnn_graph tactic runs half-precision layers, not {ctx.precision}")
+        raise ValueError(f"node {node.name!r}: the sdpa_cudnn_graph tactic runs fp16/bf16 layers, not "
+                         f"{ctx.precision}; choose another tactic for this layer")
     dtype, scale, kt = compute_dtype(ctx.precision), float(a.scale), a.k_transposed
 
     def operands(inputs):
@@ -107,33 +108,37 @@ def attention_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
             mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
         return q, k, v, mask
 
-    def write(inputs, out: Tensor) -> bool:
-        if not accepts(out):
-            return False
-        q, k, v, mask = operands(inputs)
-        if tuple(out.shape) != (*q.shape[:-1], v.shape[-1]):
+    def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], out: Tensor) -> bool:
+        if not accepts(out) or tuple(out.shape) != (*q.shape[:-1], v.shape[-1]):
             return False
 
         def reference(_: Tensor) -> Tensor:
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                                   attn_mask=None if mask is None else mask.float(), scale=scale)
 
-        graph = cudnn_graph.sdpa_graph(q, k, v, mask, out, scale, check=reference)
         tensors = {"q": q, "k": k, "v": v, "out": out}
         if mask is not None:
             tensors["bias"] = mask
+        try:
+            graph = cudnn_graph.sdpa_graph(q, k, v, mask, out, scale, check=reference)
+        except BuildError as e:
+            raise BuildError(f"node {node.name!r} (sdpa_cudnn_graph tactic): {e}; rebuild the engine on "
+                             f"this machine so the builder picks a tactic that runs here") from e
         graph.run(tensors)
         return True
+
+    def write(inputs, out: Tensor) -> bool:
+        return accepts(out) and attend(*operands(inputs), out)
 
     def accepts(out: Tensor) -> bool:
         return out.dim() == 4 and out.dtype == dtype and out.stride(-1) == 1
 
     def run(inputs) -> list:
-        q, _, v, _ = operands(inputs)
+        q, k, v, mask = operands(inputs)
         b, h, s, _ = q.shape  # laid out [b, s, h, d], as PyTorch's fused SDPA kernels return it:
         out = torch.empty((b, s, h, v.shape[-1]), dtype=dtype, device=q.device).transpose(1, 2)
         # the usual transpose + reshape back to [b, s, h * d] is then a view, not a copy
-        if not write(inputs, out):
+        if not attend(q, k, v, mask, out):
             raise BuildError(f"node {node.name!r}: the sdpa_cudnn_graph tactic cannot run these shapes")
         return [out]
 

@@ -22,7 +22,9 @@ from ember.backends.cuda.kernels.conv import (
     conv_bias, clip_bounds, conv_attrs, ConvGeom, prepare_input, conv_weight, conv_format, register_padded,
 )
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.cuda.triton_ops import pool_output_size
 from ember.backends.layout import to_format
+from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
@@ -48,7 +50,8 @@ def conv_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
     """conv + bias (+ residual) (+ ReLU / clip) as one cuDNN graph, into any output."""
     conv, act, params, has_res = conv_attrs(node)
     if ctx.precision not in ("fp16", "bf16"):
-        raise ValueError(f"the cudnn_graph tactic runs half-precision layers, not {ctx.precision}")
+        raise ValueError(f"node {node.name!r}: the cudnn_graph tactic runs fp16/bf16 layers, not "
+                         f"{ctx.precision}; choose another tactic for this layer")
     dtype = compute_dtype(ctx.precision)
     geom = ConvGeom(conv, node, ctx.graph)
     fmt = conv_format(node, ctx)
@@ -71,19 +74,26 @@ def conv_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
 
         return compute
 
-    def write(inputs, out: Tensor) -> bool:
-        if not accepts(out) or inputs[0] is None or inputs[0].dim() != 4:
-            return False
-        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
+    def convolve(inputs, x: Tensor, padding, out: Tensor) -> None:
         z = to_format(cast_float(inputs[3], dtype), fmt) if has_res else None
-        graph = cudnn_graph.conv_graph(x, w, bias, z, out, list(padding), stride, dilation, kind, clip,
-                                       check=reference(x, list(padding), z))
+        try:
+            graph = cudnn_graph.conv_graph(x, w, bias, z, out, list(padding), stride, dilation, kind, clip,
+                                           check=reference(x, list(padding), z))
+        except BuildError as e:
+            raise BuildError(f"node {node.name!r} (cudnn_graph tactic): {e}; rebuild the engine on this "
+                             f"machine so the builder picks a tactic that runs here") from e
         tensors = {"x": x, "w": w, "out": out}
         if bias is not None:
             tensors["bias"] = bias
         if z is not None:
             tensors["z"] = z
         graph.run(tensors)
+
+    def write(inputs, out: Tensor) -> bool:
+        if not accepts(out) or inputs[0] is None or inputs[0].dim() != 4:
+            return False
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)
+        convolve(inputs, x, padding, out)
         return True
 
     def accepts(out: Tensor) -> bool:  # any strides cuDNN can describe; channels-last: C fastest
@@ -92,15 +102,11 @@ def conv_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
         return out.stride()[1] == 1 if fmt is torch.channels_last else True
 
     def run(inputs) -> list:
-        x = inputs[0]
-        n, _, h, wd = x.shape
-        padding, extra = geom.padding(x)
-        if extra is not None:
-            h, wd = h + extra[2] + extra[3], wd + extra[0] + extra[1]
-        oh = (h + 2 * padding[0] - geom.dilation[0] * (w.shape[2] - 1) - 1) // geom.stride[0] + 1
-        ow = (wd + 2 * padding[1] - geom.dilation[1] * (w.shape[3] - 1) - 1) // geom.stride[1] + 1
-        out = torch.empty((n, w.shape[0], oh, ow), dtype=dtype, device=x.device, memory_format=fmt)
-        write(inputs, out)
+        x, padding = prepare_input(inputs[0], geom, dtype, fmt)  # explicit pads already applied
+        size = [pool_output_size(x.shape[2 + i], w.shape[2 + i], geom.stride[i], padding[i], padding[i],
+                                 geom.dilation[i], False) for i in range(2)]
+        out = torch.empty((x.shape[0], w.shape[0], *size), dtype=dtype, device=x.device, memory_format=fmt)
+        convolve(inputs, x, padding, out)
         return [out]
 
     return with_write_into(run, WriteInto(write, accepts))

@@ -7,10 +7,11 @@ describes itself, and runs them on any device addresses: the output can be a ten
 the context's arena or a strided channel slice of a Concat's buffer, with no copy.
 
 A ``CudnnGraph`` is built once per geometry (shapes, strides, dtypes of every operand) and kept
-in a process-wide cache, so tactic timing and the engine share it. Building one times every
-execution plan cuDNN's heuristics offer (as ``torch.backends.cudnn.benchmark`` does) and keeps
-the fastest that gives the right answer; each plan's workspace is allocated at run time from the
-current allocator (inside CUDA-graph capture: the graph's pool).
+in a process-wide cache, so tactic timing and the engine share it. Building one times the
+execution plans cuDNN's heuristics rank first (as ``torch.backends.cudnn.benchmark`` does: up to
+``MAX_PLANS`` pre-compiled ones and ``MAX_COMPILED_PLANS`` that compile a kernel at run time)
+and keeps the fastest that gives the right answer; each plan's workspace is allocated at run
+time from the current allocator (inside CUDA-graph capture: the graph's pool).
 
 The choice outlives the process: ``$EMBER_CACHE/cudnn-plans.json`` (else
 ``~/.cache/ember/cudnn-plans.json``) maps cuDNN version, GPU and geometry to the chosen plan's
@@ -38,8 +39,10 @@ import torch
 from ember.backends.cuda.tuning import cuda_event_measure
 from ember.errors import BuildError
 
-#: Plans timed per graph at most (cuDNN's heuristics list them best first).
-MAX_PLANS = 10
+#: Plans timed per graph at most (cuDNN's heuristics list them best first): pre-compiled ones
+#: (built in microseconds) and runtime-compiled ones (NVRTC: about half a second each).
+MAX_PLANS = 16
+MAX_COMPILED_PLANS = 3
 
 _LOCK = threading.Lock()
 _MEASURE = cuda_event_measure(warmup=1, reps=5, rounds=1)
@@ -114,29 +117,39 @@ def conv_graph(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], z
                check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
     """``out = act(conv(x, w) + bias + z)`` as one cuDNN graph (cached by geometry). ``act`` is
     ``"none"``, ``"relu"`` or ``"clip"`` (``clip = (lower, upper)``). ``bias`` is ``[1, K, 1, 1]``.
-    ``check(result)`` gives the reference a plan's result must match (``None``: no check)."""
+    ``check(result)`` gives the reference a plan's result must match (``None``: no check).
+
+    With both a bias and a residual, the sum is described in both orders, and the plans of both
+    are timed: cuDNN has pre-compiled engines for conv -> add residual -> add bias -> act (the
+    pattern of ``cudnnConvolutionBiasActivationForward``: no compile, fastest at large batch),
+    while conv -> bias -> residual -> act runs on runtime-compiled engines (NVRTC, about half a
+    second per plan; fastest at batch 1)."""
+    if act not in ("none", "relu", "clip"):
+        raise BuildError(f"cuDNN graph convolution: activation {act!r} is not supported")
     key = ("conv", _geom(x), _geom(w), bias is not None and _geom(bias), z is not None and _geom(z),
            _geom(out), tuple(padding), tuple(stride), tuple(dilation), act, clip, x.device.index)
     tensors = {"x": x, "w": w, "out": out, "bias": bias, "z": z}
-    return _cached(key, tensors, lambda g, ops: _conv_ops(g, ops, padding, stride, dilation, act, clip),
-                   check)
+    orders = [("residual-first", ("z", "bias")), ("bias-first", ("bias", "z"))] \
+        if bias is not None and z is not None else [("", ("bias", "z"))]
+    variants = [(name, functools.partial(_conv_ops, order=order, padding=padding, stride=stride,
+                                         dilation=dilation, act=act, clip=clip)) for name, order in orders]
+    return _cached(key, tensors, variants, check)
 
 
-def _conv_ops(g, ops: dict, padding, stride, dilation, act: str, clip) -> None:
+def _conv_ops(g, ops: dict, order: Sequence[str], padding, stride, dilation, act: str, clip) -> None:
     f32 = _cudnn().data_type.FLOAT
     y = g.conv_fprop(image=ops["x"], weight=ops["w"], padding=list(padding), stride=list(stride),
                      dilation=list(dilation), compute_data_type=f32, name="conv")
-    if "bias" in ops:
-        y = g.bias(input=y, bias=ops["bias"], name="bias_add")
-    if "z" in ops:
-        y = g.add(a=y, b=ops["z"], name="residual_add")
+    for operand in order:
+        if operand == "bias" and "bias" in ops:
+            y = g.bias(input=y, bias=ops["bias"], name="bias_add")
+        elif operand == "z" and "z" in ops:
+            y = g.add(a=y, b=ops["z"], name="residual_add")
     if act == "relu":
         y = g.relu(input=y, name="relu")
     elif act == "clip":
         kw = {k: v for k, v in (("lower_clip", clip[0]), ("upper_clip", clip[1])) if v is not None}
         y = g.relu(input=y, name="clip", **kw)
-    elif act != "none":
-        raise BuildError(f"cuDNN graph convolution: activation {act!r} is not supported")
     ops["out"] = y
 
 
@@ -153,14 +166,19 @@ def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional
         ops["out"], _ = g.sdpa(name="sdpa", q=ops["q"], k=ops["k"], v=ops["v"], generate_stats=False,
                                attn_scale=float(scale), bias=ops.get("bias"), use_causal_mask=False)
 
-    return _cached(key, {"q": q, "k": k, "v": v, "out": out, "bias": bias}, add_ops, check)
+    return _cached(key, {"q": q, "k": k, "v": v, "out": out, "bias": bias}, [("", add_ops)], check)
 
 
-def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], add_ops: Callable[[object, dict], None],
+AddOps = Callable[[object, dict], None]
+
+
+def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], variants: Sequence[tuple[str, AddOps]],
             check: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> CudnnGraph:
     """The graph of ``key`` from the cache, or built: every tensor but ``out`` becomes an operand
-    (``None``: absent), ``add_ops(graph, operands)`` adds the operations and sets
-    ``operands["out"]``, which is then given ``tensors["out"]``'s dims, strides and dtype."""
+    (``None``: absent). ``variants`` are equivalent descriptions of the computation, by name: each
+    ``add_ops(graph, operands)`` adds the operations and sets ``operands["out"]``, which is then
+    given ``tensors["out"]``'s dims, strides and dtype. The plans of every variant are timed and
+    the fastest right one is kept; its choice is saved as ``variant:plan`` (``PLAN_CHOICES``)."""
     with _LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
@@ -169,28 +187,26 @@ def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], add_ops: Cal
         raise RuntimeError("a cuDNN graph is built (and its plans timed) before CUDA-graph capture, "
                            "not during it; this geometry was first seen while capturing")
     present = {k: t for k, t in tensors.items() if t is not None}
-    out = present["out"]
-    io, f32 = _dtype(out.dtype), _cudnn().data_type.FLOAT
-    g = _cudnn().pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
-    ops = {k: g.tensor(name=k, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
-           for k, t in present.items() if k != "out"}
-    add_ops(g, ops)
-    ops["out"].set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
+    want = check(present["out"]) if check is not None else None
     known = PLAN_CHOICES.get(key)
-    built = _build(g, ops, present, check, known)
-    if built.plan_name != known:
+    built = _reuse(known, present, variants, want) if known is not None else None
+    if built is None:
+        built = _time_variants(present, variants, want)
         PLAN_CHOICES.put(key, built.plan_name)
     with _LOCK:
         _CACHE[key] = built
     return built
 
 
-def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
-           check: Optional[Callable[[torch.Tensor], torch.Tensor]], known: Optional[str] = None) -> CudnnGraph:
-    """Validates ``g``, builds its plans and keeps the fastest right one (timed on ``tensors``;
-    ``out`` is overwritten). ``known``: the plan chosen before (``PLAN_CHOICES``), used without
-    timing if it still builds and gives the right result."""
-    cudnn = _cudnn()
+def _graph(tensors: dict[str, torch.Tensor], add_ops: AddOps):
+    """A validated cuDNN graph of ``add_ops`` over ``tensors``, with its execution plans listed."""
+    cudnn, out = _cudnn(), tensors["out"]
+    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
+    g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
+    ops = {k: g.tensor(name=k, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
+           for k, t in tensors.items() if k != "out"}
+    add_ops(g, ops)
+    ops["out"].set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
     try:
         g.validate()
         g.build_operation_graph()
@@ -198,16 +214,56 @@ def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
         g.check_support()
     except Exception as e:  # noqa: BLE001 - the geometry has no cuDNN engine
         raise BuildError(f"cuDNN has no engine for this graph: {str(e).strip()[:300]}") from e
+    return g, ops
+
+
+def _qualified(variant: str, plan: str) -> str:
+    return f"{variant}:{plan}" if variant else plan
+
+
+def _time_variants(tensors: dict[str, torch.Tensor], variants: Sequence[tuple[str, AddOps]],
+                   want: Optional[torch.Tensor]) -> CudnnGraph:
+    best: Optional[tuple[float, CudnnGraph]] = None
+    errors = []
+    for variant, add_ops in variants:
+        try:
+            g, ops = _graph(tensors, add_ops)
+            ms, index, size, name = _time_plans(g, ops, tensors, want)
+        except BuildError as e:
+            errors.append(f"{variant or 'graph'}: {e}")
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, CudnnGraph(g, ops, index, size, _qualified(variant, name)))
+    if best is None:
+        raise BuildError("; ".join(errors))
+    return best[1]
+
+
+def _runtime_compiled(g, i: int) -> bool:
+    """Whether plan ``i`` compiles its kernel when built (NVRTC: about half a second each)."""
+    try:
+        return any("RUNTIME_COMPILATION" in str(n) for n in g.get_behavior_notes_for_plan_at_index(i))
+    except Exception:  # noqa: BLE001 - an older frontend without behaviour notes
+        return False
+
+
+def _time_plans(g, ops: dict, tensors: dict[str, torch.Tensor],
+                want: Optional[torch.Tensor]) -> tuple[float, int, int, str]:
+    """(ms, index, workspace bytes, name) of the fastest plan of ``g`` that builds, runs and gives
+    ``want``, timed on ``tensors`` (``out`` is overwritten). cuDNN's heuristics list the plans
+    best first: the first ``MAX_PLANS`` pre-compiled ones and ``MAX_COMPILED_PLANS``
+    runtime-compiled ones are tried."""
     out = tensors["out"]
-    want = check(out) if check is not None else None
     pack = {ops[k]: v for k, v in tensors.items()}
-    if known is not None:
-        found = _known_plan(g, pack, out, want, known)
-        if found is not None:
-            return CudnnGraph(g, ops, found[0], found[1], known)
     best: Optional[tuple[float, int, int]] = None
-    count = min(int(g.get_execution_plan_count()), MAX_PLANS)
-    for i in range(count):
+    budget = {False: MAX_PLANS, True: MAX_COMPILED_PLANS}
+    for i in range(int(g.get_execution_plan_count())):
+        if not any(budget.values()):
+            break
+        compiled = _runtime_compiled(g, i)
+        if budget[compiled] == 0:
+            continue
+        budget[compiled] -= 1
         try:
             g.build_plan_at_index(i)
             size = int(g.get_workspace_size_plan_at_index(i))
@@ -223,7 +279,25 @@ def _build(g, ops: dict, tensors: dict[str, torch.Tensor],
             best = (ms, i, size)
     if best is None:
         raise BuildError("no cuDNN execution plan for this graph builds, runs and gives the right result")
-    return CudnnGraph(g, ops, best[1], best[2], str(g.get_plan_name_at_index(best[1])))
+    return best[0], best[1], best[2], str(g.get_plan_name_at_index(best[1]))
+
+
+def _reuse(known: str, tensors: dict[str, torch.Tensor], variants: Sequence[tuple[str, AddOps]],
+           want: Optional[torch.Tensor]) -> Optional[CudnnGraph]:
+    """The saved choice ``known`` (``variant:plan``) if its variant's graph offers that plan and it
+    builds, runs and gives ``want``; else ``None`` (the plans are timed again)."""
+    for variant, add_ops in variants:
+        prefix = _qualified(variant, "")
+        if not known.startswith(prefix) or (not variant and ":" in known):
+            continue
+        plan = known[len(prefix):]
+        try:
+            g, ops = _graph(tensors, add_ops)
+            found = _known_plan(g, {ops[k]: v for k, v in tensors.items()}, tensors["out"], want, plan)
+        except BuildError:
+            return None
+        return None if found is None else CudnnGraph(g, ops, found[0], found[1], known)
+    return None
 
 
 def _known_plan(g, pack: dict, out: torch.Tensor, want: Optional[torch.Tensor],

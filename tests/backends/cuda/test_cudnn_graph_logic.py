@@ -24,6 +24,7 @@ def warnings_none():
 
 PLAN_MS = [5.0, 1.0, 2.0, 0.5]   # plan 3 is fastest but gives a wrong result; plan 1 is next
 WRONG, FAILS = {3}, {2}
+COMPILED: set = set()            # plans with the runtime-compilation behaviour note
 
 
 class _Tensor:
@@ -98,6 +99,9 @@ class _Graph:
     def get_plan_name_at_index(self, i):
         return f"eng{i}"
 
+    def get_behavior_notes_for_plan_at_index(self, i):
+        return ["behavior_note.RUNTIME_COMPILATION"] if i in COMPILED else []
+
     def execute_plan_at_index(self, pack, ws, i, handle=None):
         self.last = i
         out = next(v for k, v in pack.items() if getattr(k, "result", False))
@@ -141,22 +145,51 @@ def test_the_fastest_right_plan_is_kept_and_cached(fake):
     out = torch.empty_like(ref)
 
     def check(o):
-        _Graph.built[-1].reference = ref
+        _Graph.reference = ref
         return ref
 
-    built = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=check)
+    built = cg.conv_graph(x, w, b, None, out, [1, 1], [1, 1], [1, 1], "relu", check=check)
     assert (built.plan, built.plan_name, built.workspace) == (1, "eng1", 16)  # 3 is wrong, 2 fails
-    assert _Graph.built[-1].ops == ["conv", "bias", "add", "relu"]
-    g0 = _Graph.built[-1]
+    assert _Graph.built[-1].ops == ["conv", "bias", "relu"]
+    built = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=check)
+    # bias and residual: both orders are described and timed; a tie keeps the first
+    assert [g.ops for g in _Graph.built[1:]] == [["conv", "add", "bias", "relu"], ["conv", "bias", "add", "relu"]]
+    assert (built.plan, built.plan_name) == (1, "residual-first:eng1")
+    g0 = _Graph.built[1]
     assert set(g0.tensors) == {"x", "w", "bias", "z"} and g0.conv == ([1, 1], [1, 1], [1, 1])
     out.zero_()
     built.run({"x": x, "w": w, "bias": b, "z": z, "out": out})
     assert g0.last == 1 and torch.equal(out, ref)  # runs the kept plan on the given tensors
     assert cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=check) is built
-    assert len(_Graph.built) == 1  # one build per geometry
+    assert len(_Graph.built) == 3  # one build per geometry
     other = torch.empty_strided(ref.shape, (400, 1, 20, 4))  # channels-last: another geometry
     cg.conv_graph(x, w, b, z, other, [1, 1], [1, 1], [1, 1], "relu", check=check)
-    assert len(_Graph.built) == 2
+    assert len(_Graph.built) == 5
+
+
+def test_the_faster_order_wins_and_compiled_plans_are_few(fake, monkeypatch):
+    x, w, b, z, ref = _conv_case()
+    _Graph.reference = ref
+    times = {}
+
+    def measure(fn):  # the bias-first graph (built second) is twice as fast
+        fn()
+        g = _Graph.built[-1]
+        ms = PLAN_MS[g.last] * (0.5 if g.ops[1] == "bias" else 1.0)
+        times.setdefault(len(_Graph.built), []).append(g.last)
+        return ms
+
+    monkeypatch.setattr(cg, "_MEASURE", measure)
+    monkeypatch.setattr(sys.modules[__name__], "PLAN_MS", [5.0, 1.0, 2.0, 0.5, 3.0, 4.0, 6.0, 7.0])
+    monkeypatch.setattr(sys.modules[__name__], "COMPILED", {0, 1, 4, 5, 6})
+    monkeypatch.setattr(cg, "MAX_PLANS", 2)
+    monkeypatch.setattr(cg, "MAX_COMPILED_PLANS", 3)
+    built = cg.conv_graph(x, w, b, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu",
+                          check=lambda o: ref)
+    # per graph: compiled plans 0, 1, 4 (not 5, 6: budget 3); pre-compiled 2 (fails) and 3
+    # (wrong) use that budget (2), so 7 is not tried
+    assert times == {1: [0, 1, 4], 2: [0, 1, 4]}
+    assert (built.plan_name, built.plan, built.graph) == ("bias-first:eng1", 1, _Graph.built[-1])
 
 
 def test_clip_none_and_sdpa_operations(fake):
@@ -196,20 +229,23 @@ def test_a_new_process_reuses_the_chosen_plan_without_timing(fake, monkeypatch, 
     out = torch.empty_like(ref)
     _Graph.reference = ref
     first = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
-    assert first.plan == 1 and len(fake) == 2  # plans 0 and 1 timed (2 fails, 3 is wrong)
+    assert first.plan == 1 and len(fake) == 4  # per order, plans 0 and 1 timed (2 fails, 3 is wrong)
     saved = (tmp_path / "cudnn-plans.json").read_text()
-    assert "eng1" in saved and "Fake GPU" in saved and "91900" in saved
+    assert "residual-first:eng1" in saved and "Fake GPU" in saved and "91900" in saved
     # a new process: empty in-memory caches, the same file
     monkeypatch.setattr(cg, "_CACHE", {})
     monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))
+    built = len(_Graph.built)
     again = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
-    assert again.plan == 1 and len(fake) == 2  # built and checked, not timed
+    assert again.plan == 1 and len(fake) == 4  # built and checked, not timed
+    assert len(_Graph.built) == built + 1 and _Graph.built[-1].ops[1] == "add"  # only the saved order
     # a saved choice that gives a wrong result now is dropped: the plans are timed again
     monkeypatch.setattr(cg, "_CACHE", {})
     monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))
     monkeypatch.setattr(sys.modules[__name__], "WRONG", {1, 3})
     third = cg.conv_graph(x, w, b, z, out, [1, 1], [1, 1], [1, 1], "relu", check=lambda o: ref)
-    assert third.plan == 0 and len(fake) == 3 and "eng0" in (tmp_path / "cudnn-plans.json").read_text()
+    assert third.plan == 0 and len(fake) == 6
+    assert "residual-first:eng0" in (tmp_path / "cudnn-plans.json").read_text()
 
 
 def test_an_unwritable_plan_file_warns_once(fake, monkeypatch, tmp_path):

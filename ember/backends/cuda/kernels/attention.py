@@ -101,8 +101,8 @@ def attention_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
                          f"{ctx.precision}; choose another tactic for this layer")
     dtype, scale, kt = compute_dtype(ctx.precision), float(a.scale), a.k_transposed
 
-    def operands(inputs):
-        q, k, v = (t.contiguous() for t in _qkv(inputs, dtype, kt))
+    def operands(inputs):  # any strides with the last dim packed: QKV-split views are not copied
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in _qkv(inputs, dtype, kt))
         mask = _mask(arg(inputs, 3), dtype)
         if mask is not None:
             mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))

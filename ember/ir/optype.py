@@ -145,6 +145,7 @@ class OpType(enum.Enum):
     FUSED_GEMM = "FusedGemm"            # matmul/gemm + bias + activation
     FUSED_ATTENTION = "FusedAttention"  # softmax(q k^T * scale + mask) v
     FUSED_ELEMENTWISE = "FusedElementwise"
+    SKIP_LAYER_NORM = "SkipLayerNormalization"  # LayerNorm(x + skip): a residual add absorbed
 
     def __str__(self) -> str:
         return self.value

@@ -42,6 +42,16 @@ def infer_layer_norm(node: Node, in_types: Types, consts: Consts) -> list[Tensor
     return [x]
 
 
+@register_op(OpType.SKIP_LAYER_NORM, attrs=LayerNormAttrs)
+def infer_skip_layer_norm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """SkipLayerNormalization(x, skip, scale, bias?) = LayerNormalization(x + skip, scale, bias):
+    ``skip`` has ``x``'s type (the residual add it absorbed did not broadcast)."""
+    x = need(in_types[0] if in_types else None, "X")
+    skip = need(in_types[1] if len(in_types) > 1 else None, "Skip")
+    require(skip == x, f"SkipLayerNormalization skip {skip} must have the input's type {x}")
+    return infer_layer_norm(node, [x, *in_types[2:]], [consts[0], *consts[2:]] if consts else consts)
+
+
 def _softmax(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     x = need(in_types[0] if in_types else None, "X")
     require(x.dtype.is_float, f"{node.op} needs a floating-point input, got {x}")

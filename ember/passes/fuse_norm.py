@@ -7,7 +7,14 @@ LayerNorm, as exporters write ``(x - mean) / sqrt(var + eps) * gamma + beta``::
     LayerNormalization(x, s, b) * g  => LayerNormalization(x, s * g, b * g)
     LayerNormalization(x, s, b) + c  => LayerNormalization(x, s, b + c)
 
-so ``* gamma + beta`` compose into one node; a residual Add before it is simply its input x.
+so ``* gamma + beta`` compose into one node. A residual Add before it whose sum nothing else
+reads is absorbed (``fuse_skip_layernorm``, after the GEMM and conv fusions took their bias
+adds)::
+
+    LayerNormalization(a + b, s, bias)  => SkipLayerNormalization(a, b, s, bias)
+
+so the sum is formed in fp32 inside the normalization's kernel, never stored (ONNX Runtime's
+contrib op of that name does the same).
 
 GELU, in the erf and tanh spellings, in any association of the outer product::
 
@@ -128,6 +135,29 @@ LAYER_NORM_SHIFT = Rule("layer_norm(x, s, b) + c => layer_norm(x, s, b + c)",
 def fuse_layernorm(graph: Graph, ctx: PassContext) -> Graph:
     """Decomposed LayerNorm (mean, variance, sqrt, divide, scale, shift) -> LayerNormalization."""
     return apply_rules(graph, [LAYER_NORM_DIV, LAYER_NORM_RECIP, LAYER_NORM_SCALE, LAYER_NORM_SHIFT], ctx)
+
+
+def _skip_layer_norm(m: Match) -> Optional[list[Node]]:
+    ln = m.root
+    if any(ln.outputs[1:]):  # Mean / InvStdDev asked for
+        return None
+    t = m.type(m.node("add").outputs[0])
+    if not t.dtype.is_float or m.type(m["a"]) != t or m.type(m["b"]) != t:
+        return None  # a broadcasting add stays an Add
+    return [m.fuse(OpType.SKIP_LAYER_NORM, [m["a"], m["b"], *ln.inputs[1:]], ln.attrs,
+                   outputs=ln.outputs[:1], name=ln.name)]
+
+
+SKIP_LAYER_NORM = Rule("layer_norm(a + b, s, bias) => skip_layer_norm(a, b, s, bias)",
+                       Op(OpType.LAYER_NORM, (Op(OpType.ADD, (Var("a"), Var("b")), name="add"),),
+                          extra_inputs=True),
+                       _skip_layer_norm)
+
+
+@register_pass("fuse_skip_layernorm", Phase.FUSE)
+def fuse_skip_layernorm(graph: Graph, ctx: PassContext) -> Graph:
+    """A residual Add read only by a LayerNorm -> SkipLayerNormalization."""
+    return apply_rules(graph, [SKIP_LAYER_NORM], ctx)
 
 
 # ---- GELU --------------------------------------------------------------------------------------

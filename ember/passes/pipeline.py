@@ -34,7 +34,8 @@ PIPELINE: tuple[str, ...] = (
     # fold
     "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
     # fuse
-    "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv", "fuse_elementwise",
+    "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv", "fuse_skip_layernorm",
+    "fuse_elementwise",
     "fuse_horizontal_conv", "fuse_horizontal_gemm", "dce",
     # layout
     "plan_concat_slices", "assign_layout",

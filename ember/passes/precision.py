@@ -21,6 +21,7 @@ ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
     OpType.FUSED_CONV: ("Conv",),
     OpType.FUSED_GEMM: ("Gemm", "MatMul"),
     OpType.FUSED_ATTENTION: ("MatMul", "Softmax"),
+    OpType.SKIP_LAYER_NORM: ("Add", "LayerNormalization"),
 }
 
 

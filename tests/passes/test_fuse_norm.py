@@ -1,4 +1,5 @@
-"""Decomposed LayerNorm -> LayerNormalization, vs ONNX Runtime."""
+"""Decomposed LayerNorm -> LayerNormalization; residual Add + LayerNorm -> SkipLayerNormalization;
+vs ONNX Runtime."""
 import numpy as np
 import pytest
 from onnx import helper as oh
@@ -41,10 +42,36 @@ def test_decomposed_layernorm_becomes_one_node(square, divide):
     assert ln.origin[0] == "ln/mean" and ln.origin[-1] == "ln/beta" and len(ln.origin) == 9 + (divide != "div")
 
 
-def test_layernorm_after_a_residual_add_reads_the_sum():
+def test_a_residual_add_before_layernorm_is_absorbed():
     nodes = [oh.make_node("Add", ["x", "r"], ["s"], name="residual")] + layernorm("s", "y")
     out = check_against_ort(onnx_model(nodes, {**X, "r": (2, 3, 8)}, ["y"], CONSTS))
-    assert ops(out) == ["Add", "LayerNormalization"] and out.nodes[1].inputs[0] == "s"
+    assert ops(out) == ["SkipLayerNormalization"]
+    skip = out.nodes[0]
+    assert skip.inputs[:2] == ("x", "r") and skip.origin[0] == "residual" and skip.attrs.axis == -1
+    assert "skip_layer_norm" in skip.rule and skip.name == "ln/mean"
+
+
+def test_onnx_layernormalization_after_an_add_over_two_axes():
+    nodes = [oh.make_node("Add", ["x", "r"], ["s"], name="residual"),
+             oh.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], name="ln", axis=-2)]
+    consts = {"gamma": rng_const(3, 8), "beta": rng_const(3, 8, seed=2)}
+    out = check_against_ort(onnx_model(nodes, {**X, "r": (2, 3, 8)}, ["y"], consts, opset=17))
+    assert ops(out) == ["SkipLayerNormalization"] and out.nodes[0].attrs.axis == -2
+
+
+@pytest.mark.parametrize("case", ["broadcast", "second_reader", "stats"])
+def test_residual_adds_that_stay(case):
+    r_shape = (8,) if case == "broadcast" else (2, 3, 8)
+    ln_outputs = ["y", "mean"] if case == "stats" else ["y"]
+    nodes = [oh.make_node("Add", ["x", "r"], ["s"], name="residual"),
+             oh.make_node("LayerNormalization", ["s", "gamma", "beta"], ln_outputs, name="ln", axis=-1)]
+    outputs = list(ln_outputs)
+    if case == "second_reader":
+        nodes.append(oh.make_node("Relu", ["s"], ["z"], name="other"))
+        outputs.append("z")
+    consts = {"gamma": rng_const(8), "beta": rng_const(8, seed=2)}
+    out = check_against_ort(onnx_model(nodes, {**X, "r": r_shape}, outputs, consts, opset=17))
+    assert "SkipLayerNormalization" not in ops(out) and "Add" in ops(out)
 
 
 def test_layernorm_over_two_trailing_axes():

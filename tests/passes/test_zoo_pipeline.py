@@ -21,7 +21,8 @@ GEMM_BIAS = "matmul(x, w) + b => gemm(x, w, b)"
 GEMM_GELU = "gemm(x, w, c) -> gelu => gemm_gelu(x, w, c)"
 QKV = "matmuls(x, w_i) + b_i => gemm(x, [w_i], [b_i]) + split"
 LAYERNORM = "(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) => layer_norm(x)"
-CHAIN = "elementwise chain => fused_elementwise"  # BERT: mask Cast+Sub+Mul, embedding Add+Add
+CHAIN = "elementwise chain => fused_elementwise"  # BERT: mask Cast+Sub+Mul
+SKIP_LN = "layer_norm(a + b, s, bias) => skip_layer_norm(a, b, s, bias)"  # residuals (+ BERT embeddings)
 
 CASES = {
     "resnet-18": dict(rules={BN: 20, CONV_RELU: 17, CONV_ADD: 8}, layers=24),
@@ -30,11 +31,13 @@ CASES = {
     "mobilenet-v3-small": dict(rules={"conv(x, w, b) -> hardswish => conv_hardswish(x, w, b)": 18,
                                       "conv(x, w, b) -> hardsigmoid => conv_hardsigmoid(x, w, b)": 9,
                                       "gemm(x, w, c) -> hardswish => gemm_hardswish(x, w, c)": 1}, layers=74),
-    "bert-tiny": dict(rules={GELU: 2, ATTENTION: 2, GEMM_BIAS: 12, GEMM_GELU: 2, QKV: 2, CHAIN: 2}, layers=42),
-    "bert-tiny@opset14": dict(rules={LAYERNORM: 5, ATTENTION: 2, QKV: 2, CHAIN: 2}, layers=42),
-    "bert-tiny@dynamic": dict(rules={ATTENTION: 2, QKV: 2, CHAIN: 2}, layers=43),
+    "bert-tiny": dict(rules={GELU: 2, ATTENTION: 2, GEMM_BIAS: 12, GEMM_GELU: 2, QKV: 2, CHAIN: 1, SKIP_LN: 5},
+                      layers=38),
+    "bert-tiny@opset14": dict(rules={LAYERNORM: 5, ATTENTION: 2, QKV: 2, CHAIN: 1, SKIP_LN: 5}, layers=38),
+    "bert-tiny@dynamic": dict(rules={ATTENTION: 2, QKV: 2, CHAIN: 1, SKIP_LN: 5}, layers=39),
     "resnet-50": dict(rules={BN: 53, CONV_ADD: 16}, layers=57, slow=True),
-    "minilm": dict(rules={GELU: 6, ATTENTION: 6, GEMM_BIAS: 36, GEMM_GELU: 6, QKV: 6, CHAIN: 2}, layers=120,
+    "minilm": dict(rules={GELU: 6, ATTENTION: 6, GEMM_BIAS: 36, GEMM_GELU: 6, QKV: 6, CHAIN: 2, SKIP_LN: 12},
+                   layers=108,
                    slow=True),
 }
 

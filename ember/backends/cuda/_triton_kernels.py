@@ -49,12 +49,14 @@ def bias_act_kernel(y_ptr, b_ptr, r_ptr, total, n, P0, P1, HAS_BIAS: tl.constexp
 
 
 @triton.jit
-def layer_norm_kernel(x_ptr, y_ptr, w_ptr, b_ptr, n, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def layer_norm_kernel(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, n, eps, HAS_R: tl.constexpr, HAS_W: tl.constexpr,
+                      HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
     x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_R:  # the residual sum, in fp32, never stored
+        x = x + tl.load(r_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=0) / n
     d = tl.where(mask, x - mean, 0.0)
     var = tl.sum(d * d, axis=0) / n

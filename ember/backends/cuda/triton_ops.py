@@ -5,7 +5,8 @@ imported only when a kernel is first used, so this module imports on machines wi
   (per channel / column) ``+ residual``, then the activation. For the epilogues cuDNN/cuBLAS have
   no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
   ``y`` keeps its memory format (an NCHW ``y`` takes its bias in a separate add first).
-- ``layer_norm(x, w, b, eps)``: over the last axis, one row per program, fp32 statistics.
+- ``layer_norm(x, w, b, eps, residual=)``: over the last axis (of ``x + residual``), one row per
+  program, fp32 statistics.
 - ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
 - ``max_pool2d_nhwc(x, ...)``: 2-D max pooling, channels-last, any pads / dilation / ceil mode.
 - ``lrn(x, size, alpha, beta, bias)``: ONNX LRN on a 4-D tensor in one pass (channels-last tiles
@@ -120,18 +121,25 @@ def _next_pow2(n: int) -> int:
 
 
 def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tensor], eps: float,
-               out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """LayerNorm over the last axis of ``x`` (fp32 statistics; output in ``x``'s dtype), into
-    ``out`` when given (contiguous, ``x``'s shape and dtype)."""
+               out: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """LayerNorm over the last axis of ``x`` (of ``x + residual`` when given: the sum formed in
+    fp32; fp32 statistics; output in ``x``'s dtype), into ``out`` when given (contiguous, ``x``'s
+    shape and dtype)."""
     from ember.backends.cuda import _triton_kernels as K
 
     y = _output(out, x, x.shape)
     x = x.contiguous()
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"layer_norm: residual {tuple(residual.shape)} {residual.dtype} does not match "
+                             f"the input {tuple(x.shape)} {x.dtype}")
+        residual = residual.contiguous()
     n = x.shape[-1]
     rows = x.numel() // n
     block = _next_pow2(n)
-    K.layer_norm_kernel[(rows,)](x, y, w if w is not None else x, b if b is not None else x, n,
-                                 float(eps), HAS_W=w is not None, HAS_B=b is not None,
+    K.layer_norm_kernel[(rows,)](x, residual if residual is not None else x, y, w if w is not None else x,
+                                 b if b is not None else x, n, float(eps), HAS_R=residual is not None,
+                                 HAS_W=w is not None, HAS_B=b is not None,
                                  BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return y
 

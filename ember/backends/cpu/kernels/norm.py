@@ -1,4 +1,5 @@
-"""Normalization kernels: BatchNormalization (inference), LayerNormalization, Softmax, LogSoftmax."""
+"""Normalization kernels: BatchNormalization (inference), LayerNormalization (also of a residual
+sum: SkipLayerNormalization), Softmax, LogSoftmax."""
 from __future__ import annotations
 
 import math
@@ -61,6 +62,19 @@ def layer_norm(node: Node, ctx: CompileContext) -> Kernel:
             return [y]
         mean, inv_std = _stats(x, axis, eps)
         return [y, mean, inv_std][:len(node.outputs)]
+
+    return run
+
+
+@register_kernel(OpType.SKIP_LAYER_NORM)
+def skip_layer_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """LayerNormalization of ``x + skip`` over dims ``[axis, rank)``."""
+    a = node.attrs or LayerNormAttrs()
+    eps = float(a.epsilon)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0] + inputs[1]
+        return [_layer_norm(x, norm_axis(a.axis, x.dim()), arg(inputs, 2), arg(inputs, 3), eps)]
 
     return run
 

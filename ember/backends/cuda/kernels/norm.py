@@ -1,6 +1,7 @@
 """Normalizations and softmax on the GPU, statistics always in fp32.
 
-LayerNormalization and Softmax have two tactics: PyTorch's kernel (``aten``: it accumulates in
+LayerNormalization (and SkipLayerNormalization, the LayerNorm of a residual sum) and Softmax
+have two tactics: PyTorch's kernel (``aten``: it accumulates in
 fp32 for half inputs) and Ember's Triton kernel (``triton``: one pass per row, fp32 math, for the
 last-axis case). LRN and LogSoftmax upcast to fp32 explicitly.
 
@@ -94,11 +95,65 @@ def layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
         lambda x, out: layer_norm(x, w, b, a.epsilon, out=out), dtype))
 
 
-def _rowwise_write_into(write: Callable[[Tensor, Tensor], object], dtype: torch.dtype,
-                        prepare: Optional[Callable[[Tensor], Tensor]] = None) -> WriteInto:
+@register_cuda_kernel(OpType.SKIP_LAYER_NORM, "aten", rank=0)
+def skip_layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
+    """``F.layer_norm`` of ``x + skip`` (the sum stored in the compute dtype first)."""
+    a = node.attrs or LayerNormAttrs()
+    dtype = compute_dtype(ctx.precision)
+    w, b = _ln_params(_without_skip(node), ctx, dtype)
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], dtype) + cast_float(inputs[1], dtype)
+        shape = tuple(x.shape[norm_axis(a.axis, x.dim()):])
+        scale = w if w is not None else cast_float(arg(inputs, 2), dtype)
+        shift = b if b is not None else cast_float(arg(inputs, 3), dtype)
+        return [F.layer_norm(x, shape, None if scale is None else scale.expand(shape),
+                             None if shift is None else shift.expand(shape), a.epsilon)]
+
+    return run
+
+
+def _last_axis_skip_ln(node: Node, graph: Optional[Graph]) -> bool:
+    if graph is None:
+        return False
+    return _last_axis_ln(_without_skip(node), graph)
+
+
+def _without_skip(node: Node) -> Node:
+    """The LayerNormalization of a SkipLayerNormalization's first input (its inputs: x, scale, bias)."""
+    return node.with_(op=OpType.LAYER_NORM, inputs=(node.inputs[0], *node.inputs[2:]))
+
+
+@register_cuda_kernel(OpType.SKIP_LAYER_NORM, "triton", rank=10, when=_last_axis_skip_ln, needs_triton=True)
+def skip_layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
+    """Ember's Triton LayerNorm reading both addends: the residual sum is formed in fp32 in
+    registers and never stored (one read of each input, one write)."""
+    from ember.backends.cuda.triton_ops import layer_norm
+
+    a = node.attrs or LayerNormAttrs()
+    dtype = compute_dtype(ctx.precision)
+    w, b = _ln_params(_without_skip(node), ctx, dtype)
+    n = int(ctx.graph.types[node.inputs[0]].shape[-1])
+    w = w.expand(n).contiguous() if w is not None else None
+    b = b.expand(n).contiguous() if b is not None else None
+
+    def run(inputs) -> list:
+        return [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon,
+                           residual=cast_float(inputs[1], dtype))]
+
+    def write(x: Tensor, out: Tensor, inputs) -> None:
+        layer_norm(x, w, b, a.epsilon, out=out, residual=cast_float(inputs[1], dtype))
+
+    return with_write_into(run, _rowwise_write_into(write, dtype, with_inputs=True))
+
+
+def _rowwise_write_into(write: Callable[..., object], dtype: torch.dtype,
+                        prepare: Optional[Callable[[Tensor], Tensor]] = None,
+                        with_inputs: bool = False) -> WriteInto:
     """The ``WriteInto`` of a kernel whose output has its input's shape and is stored packed
-    row-major: ``write(x, out)`` with ``x = prepare(input)``, the cast ``run`` does (default:
-    ``cast_float`` to ``dtype``). ``accepts``: ``dtype`` and contiguous (at any offset)."""
+    row-major: ``write(x, out)`` (``write(x, out, inputs)`` with ``with_inputs``) with
+    ``x = prepare(inputs[0])``, the cast ``run`` does (default: ``cast_float`` to ``dtype``).
+    ``accepts``: ``dtype`` and contiguous (at any offset)."""
     prepare = prepare or (lambda t: cast_float(t, dtype))
 
     def accepts(out: Tensor) -> bool:
@@ -111,7 +166,10 @@ def _rowwise_write_into(write: Callable[[Tensor, Tensor], object], dtype: torch.
         x = prepare(x)
         if x.dtype != out.dtype:
             return False
-        write(x, out)
+        if with_inputs:
+            write(x, out, inputs)
+        else:
+            write(x, out)
         return True
 
     return WriteInto(write_into, accepts)

@@ -7,6 +7,7 @@ with a warm timing cache.
     python bench/gpu.py --models resnet-50 --batches 1 --out /tmp/r.json
     python bench/gpu.py --merge a.json b.json --out bench/results/gpu-2026-11-25.json --markdown
 
+``--merge``: a later file's row for the same model and batch replaces an earlier one.
 ``--markdown`` prints the BENCHMARKS.md table of a (merged) result file.
 """
 from __future__ import annotations
@@ -147,7 +148,10 @@ def main() -> None:
     out = Path(args.out or ROOT / "bench" / "results" / f"gpu-{dt.date.today().isoformat()}.json")
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        result = {"suite": "gpu", "date": parts[0]["date"], "runs": [r for p in parts for r in p["runs"]]}
+        latest: dict[tuple, dict] = {}  # a later file's row for a model and batch replaces an earlier one
+        for r in (r for p in parts for r in p["runs"]):
+            latest[(r["model"], r["config"]["batch"])] = r
+        result = {"suite": "gpu", "date": parts[0]["date"], "runs": list(latest.values())}
         for p in parts:
             if p.get("build"):
                 result["build"] = p["build"]

@@ -49,23 +49,26 @@ def bias_act_kernel(y_ptr, b_ptr, r_ptr, total, n, P0, P1, HAS_BIAS: tl.constexp
 
 
 @triton.jit
-def layer_norm_kernel(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, n, eps, HAS_R: tl.constexpr, HAS_W: tl.constexpr,
-                      HAS_B: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n
-    x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+def layer_norm_kernel(x_ptr, r_ptr, y_ptr, w_ptr, b_ptr, rows, n, eps, HAS_R: tl.constexpr, HAS_W: tl.constexpr,
+                      HAS_B: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """``ROWS`` rows of ``n`` per program (a [ROWS, BLOCK] tile), fp32 statistics."""
+    row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]
+    cols = tl.arange(0, BLOCK)[None, :]
+    in_row = cols < n
+    mask = (row < rows) & in_row
+    offs = row * n + cols
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_R:  # the residual sum, in fp32, never stored
-        x = x + tl.load(r_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / n
-    d = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / n
-    y = d * (1.0 / tl.sqrt(var + eps))
+        x = x + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / n
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / n
+    y = d * (1.0 / tl.sqrt(var + eps))[:, None]
     if HAS_W:
-        y = y * tl.load(w_ptr + cols, mask=mask, other=1.0).to(tl.float32)
+        y = y * tl.load(w_ptr + cols, mask=in_row, other=1.0).to(tl.float32)
     if HAS_B:
-        y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * n + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        y = y + tl.load(b_ptr + cols, mask=in_row, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

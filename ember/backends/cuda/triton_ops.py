@@ -121,10 +121,12 @@ def _next_pow2(n: int) -> int:
 
 
 def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Tensor], eps: float,
-               out: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+               out: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+               rows_per_program: int = 1) -> torch.Tensor:
     """LayerNorm over the last axis of ``x`` (of ``x + residual`` when given: the sum formed in
     fp32; fp32 statistics; output in ``x``'s dtype), into ``out`` when given (contiguous, ``x``'s
-    shape and dtype)."""
+    shape and dtype). ``rows_per_program`` (a power of two): rows one Triton program normalizes
+    (several short rows per program fill its warps better)."""
     from ember.backends.cuda import _triton_kernels as K
 
     y = _output(out, x, x.shape)
@@ -137,10 +139,12 @@ def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Ten
     n = x.shape[-1]
     rows = x.numel() // n
     block = _next_pow2(n)
-    K.layer_norm_kernel[(rows,)](x, residual if residual is not None else x, y, w if w is not None else x,
-                                 b if b is not None else x, n, float(eps), HAS_R=residual is not None,
-                                 HAS_W=w is not None, HAS_B=b is not None,
-                                 BLOCK=block, num_warps=4 if block <= 1024 else 8)
+    per = rows_per_program
+    warps = 4 if block * per <= 1024 else 8
+    K.layer_norm_kernel[(triton_cdiv(rows, per),)](
+        x, residual if residual is not None else x, y, w if w is not None else x, b if b is not None else x,
+        rows, n, float(eps), HAS_R=residual is not None, HAS_W=w is not None, HAS_B=b is not None,
+        ROWS=per, BLOCK=block, num_warps=warps)
     return y
 
 

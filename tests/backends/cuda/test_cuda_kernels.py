@@ -75,6 +75,8 @@ CASES = {
                                         [("x", (2, 3, 8)), ("w", rand(3, 8)), ("b", rand(3, 8))]),
     "skip_layernorm": lambda: one_node(OpType.SKIP_LAYER_NORM, LayerNormAttrs(-1, 1e-5),
                                        [("x", (2, 7, 96)), ("r", (2, 7, 96)), ("w", rand(96)), ("b", rand(96))]),
+    "skip_layernorm_odd_rows": lambda: one_node(OpType.SKIP_LAYER_NORM, LayerNormAttrs(-1, 1e-5),
+                                                [("x", (5, 3, 40)), ("r", (5, 3, 40)), ("s", rand(40))]),
     "skip_layernorm_axis1": lambda: one_node(OpType.SKIP_LAYER_NORM, LayerNormAttrs(1, 1e-5),
                                              [("x", (2, 3, 8)), ("r", (2, 3, 8)), ("w", rand(3, 8))]),
     "softmax": lambda: one_node(OpType.SOFTMAX, SoftmaxAttrs(-1), [("x", (3, 5, 77))]),

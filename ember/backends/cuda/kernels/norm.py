@@ -76,25 +76,6 @@ def _last_axis_ln(node: Node, graph: Optional[Graph]) -> bool:
     return consts_ok and t.shape[-1] <= 16384
 
 
-@register_cuda_kernel(OpType.LAYER_NORM, "triton", rank=10, when=_last_axis_ln, needs_triton=True)
-def layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
-    """Ember's Triton LayerNorm over the last axis: one row per program, fp32 statistics."""
-    from ember.backends.cuda.triton_ops import layer_norm
-
-    a = node.attrs or LayerNormAttrs()
-    dtype = compute_dtype(ctx.precision)
-    w, b = _ln_params(node, ctx, dtype)
-    n = int(ctx.graph.types[node.inputs[0]].shape[-1])
-    w = w.expand(n).contiguous() if w is not None else None
-    b = b.expand(n).contiguous() if b is not None else None
-
-    def run(inputs) -> list:
-        return [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon)]
-
-    return with_write_into(run, _rowwise_write_into(
-        lambda x, out: layer_norm(x, w, b, a.epsilon, out=out), dtype))
-
-
 @register_cuda_kernel(OpType.SKIP_LAYER_NORM, "aten", rank=0)
 def skip_layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
     """``F.layer_norm`` of ``x + skip`` (the sum stored in the compute dtype first)."""
@@ -124,27 +105,49 @@ def _without_skip(node: Node) -> Node:
     return node.with_(op=OpType.LAYER_NORM, inputs=(node.inputs[0], *node.inputs[2:]))
 
 
-@register_cuda_kernel(OpType.SKIP_LAYER_NORM, "triton", rank=10, when=_last_axis_skip_ln, needs_triton=True)
-def skip_layer_norm_triton(node: Node, ctx: CompileContext) -> Kernel:
-    """Ember's Triton LayerNorm reading both addends: the residual sum is formed in fp32 in
-    registers and never stored (one read of each input, one write)."""
-    from ember.backends.cuda.triton_ops import layer_norm
+def _make_triton_ln(rows_per_program: int):
+    """Ember's Triton LayerNorm over the last axis, ``rows_per_program`` rows per program, fp32
+    statistics; for SkipLayerNormalization it reads both addends (the residual sum is formed in
+    fp32 in registers and never stored: one read of each input, one write)."""
 
-    a = node.attrs or LayerNormAttrs()
-    dtype = compute_dtype(ctx.precision)
-    w, b = _ln_params(_without_skip(node), ctx, dtype)
-    n = int(ctx.graph.types[node.inputs[0]].shape[-1])
-    w = w.expand(n).contiguous() if w is not None else None
-    b = b.expand(n).contiguous() if b is not None else None
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        from ember.backends.cuda.triton_ops import layer_norm
 
-    def run(inputs) -> list:
-        return [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon,
-                           residual=cast_float(inputs[1], dtype))]
+        a = node.attrs or LayerNormAttrs()
+        skip = node.op is OpType.SKIP_LAYER_NORM
+        dtype = compute_dtype(ctx.precision)
+        w, b = _ln_params(_without_skip(node) if skip else node, ctx, dtype)
+        n = int(ctx.graph.types[node.inputs[0]].shape[-1])
+        w = w.expand(n).contiguous() if w is not None else None
+        b = b.expand(n).contiguous() if b is not None else None
 
-    def write(x: Tensor, out: Tensor, inputs) -> None:
-        layer_norm(x, w, b, a.epsilon, out=out, residual=cast_float(inputs[1], dtype))
+        def residual(inputs) -> Optional[Tensor]:
+            return cast_float(inputs[1], dtype) if skip else None
 
-    return with_write_into(run, _rowwise_write_into(write, dtype, with_inputs=True))
+        def run(inputs) -> list:
+            return [layer_norm(cast_float(inputs[0], dtype), w, b, a.epsilon, residual=residual(inputs),
+                               rows_per_program=rows_per_program)]
+
+        def write(x: Tensor, out: Tensor, inputs) -> None:
+            layer_norm(x, w, b, a.epsilon, out=out, residual=residual(inputs), rows_per_program=rows_per_program)
+
+        return with_write_into(run, _rowwise_write_into(write, dtype, with_inputs=True))
+
+    factory.__doc__ = _make_triton_ln.__doc__
+    return factory
+
+
+def _short_rows(applies: Callable[[Node, Optional[Graph]], bool]) -> Callable[[Node, Optional[Graph]], bool]:
+    def when(node: Node, graph: Optional[Graph]) -> bool:
+        return applies(node, graph) and int(graph.types[node.inputs[0]].shape[-1]) <= 2048
+
+    return when
+
+
+for _op, _applies in ((OpType.LAYER_NORM, _last_axis_ln), (OpType.SKIP_LAYER_NORM, _last_axis_skip_ln)):
+    register_cuda_kernel(_op, "triton", rank=10, when=_applies, needs_triton=True)(_make_triton_ln(1))
+    register_cuda_kernel(_op, "triton_rows4", rank=11, when=_short_rows(_applies),
+                         needs_triton=True)(_make_triton_ln(4))
 
 
 def _rowwise_write_into(write: Callable[..., object], dtype: torch.dtype,

@@ -217,10 +217,6 @@ def _graph(tensors: dict[str, torch.Tensor], add_ops: AddOps):
     return g, ops
 
 
-def _qualified(variant: str, plan: str) -> str:
-    return f"{variant}:{plan}" if variant else plan
-
-
 def _time_variants(tensors: dict[str, torch.Tensor], variants: Sequence[tuple[str, AddOps]],
                    want: Optional[torch.Tensor]) -> CudnnGraph:
     best: Optional[tuple[float, CudnnGraph]] = None
@@ -233,7 +229,7 @@ def _time_variants(tensors: dict[str, torch.Tensor], variants: Sequence[tuple[st
             errors.append(f"{variant or 'graph'}: {e}")
             continue
         if best is None or ms < best[0]:
-            best = (ms, CudnnGraph(g, ops, index, size, _qualified(variant, name)))
+            best = (ms, CudnnGraph(g, ops, index, size, f"{variant}:{name}" if variant else name))
     if best is None:
         raise BuildError("; ".join(errors))
     return best[1]
@@ -286,11 +282,10 @@ def _reuse(known: str, tensors: dict[str, torch.Tensor], variants: Sequence[tupl
            want: Optional[torch.Tensor]) -> Optional[CudnnGraph]:
     """The saved choice ``known`` (``variant:plan``) if its variant's graph offers that plan and it
     builds, runs and gives ``want``; else ``None`` (the plans are timed again)."""
+    name, _, plan = known.rpartition(":")
     for variant, add_ops in variants:
-        prefix = _qualified(variant, "")
-        if not known.startswith(prefix) or (not variant and ":" in known):
+        if variant != name:
             continue
-        plan = known[len(prefix):]
         try:
             g, ops = _graph(tensors, add_ops)
             found = _known_plan(g, {ops[k]: v for k, v in tensors.items()}, tensors["out"], want, plan)

@@ -5,8 +5,8 @@ imported only when a kernel is first used, so this module imports on machines wi
   (per channel / column) ``+ residual``, then the activation. For the epilogues cuDNN/cuBLAS have
   no fused form of (ReLU6 = Clip(0, 6), exact GELU, SiLU, hard-swish, linear residual adds).
   ``y`` keeps its memory format (an NCHW ``y`` takes its bias in a separate add first).
-- ``layer_norm(x, w, b, eps, residual=)``: over the last axis (of ``x + residual``), one row per
-  program, fp32 statistics.
+- ``layer_norm(x, w, b, eps, residual=, rows_per_program=)``: over the last axis (of
+  ``x + residual``), a tile of rows per program, fp32 statistics.
 - ``softmax_lastdim(x)``: over the last axis, one row per program, fp32 math.
 - ``max_pool2d_nhwc(x, ...)``: 2-D max pooling, channels-last, any pads / dilation / ceil mode.
 - ``lrn(x, size, alpha, beta, bias)``: ONNX LRN on a 4-D tensor in one pass (channels-last tiles

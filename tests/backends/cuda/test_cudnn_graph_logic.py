@@ -258,3 +258,17 @@ def test_an_unwritable_plan_file_warns_once(fake, monkeypatch, tmp_path):
         cg.conv_graph(x, w, b, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu")
     with warnings_none():
         cg.conv_graph(x, w, None, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu")
+
+
+def test_a_saved_choice_of_an_order_that_is_not_offered_is_timed_again(fake, tmp_path):
+    x, w, b, z, ref = _conv_case()
+    _Graph.reference = ref
+    key_args = (x, w, b, z, torch.empty_like(ref), [1, 1], [1, 1], [1, 1], "relu")
+    cg.conv_graph(*key_args, check=lambda o: ref)
+    path = tmp_path / "cudnn-plans.json"
+    path.write_text(path.read_text().replace("residual-first:eng1", "eng1"))  # a choice without its order
+    cg._CACHE.clear()
+    cg.PLAN_CHOICES._entries = None
+    timed = len(fake)
+    again = cg.conv_graph(*key_args, check=lambda o: ref)
+    assert len(fake) > timed and again.plan_name == "residual-first:eng1"

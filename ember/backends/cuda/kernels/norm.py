@@ -1,9 +1,10 @@
 """Normalizations and softmax on the GPU, statistics always in fp32.
 
 LayerNormalization (and SkipLayerNormalization, the LayerNorm of a residual sum) and Softmax
-have two tactics: PyTorch's kernel (``aten``: it accumulates in
-fp32 for half inputs) and Ember's Triton kernel (``triton``: one pass per row, fp32 math, for the
-last-axis case). LRN and LogSoftmax upcast to fp32 explicitly.
+have PyTorch's kernel (``aten``: it accumulates in fp32 for half inputs) and Ember's Triton kernel
+(``triton``: one pass per row, fp32 math, for the last-axis case); the LayerNorms also have
+``triton_rows4`` (four rows per program, for rows of up to 2048). LRN and LogSoftmax upcast to
+fp32 explicitly.
 
 LRN writes the memory format the layout plan gives its output (``ember.backends.layout``;
 without a plan, its input's); the Triton LRN writes channels-last only, so it does not apply
@@ -78,25 +79,13 @@ def _last_axis_ln(node: Node, graph: Optional[Graph]) -> bool:
 
 @register_cuda_kernel(OpType.SKIP_LAYER_NORM, "aten", rank=0)
 def skip_layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
-    """``F.layer_norm`` of ``x + skip`` (the sum stored in the compute dtype first)."""
-    a = node.attrs or LayerNormAttrs()
+    """The ``aten`` LayerNorm of ``x + skip`` (the sum stored in the compute dtype first)."""
     dtype = compute_dtype(ctx.precision)
-    w, b = _ln_params(_without_skip(node), ctx, dtype)
-
-    def run(inputs) -> list:
-        x = cast_float(inputs[0], dtype) + cast_float(inputs[1], dtype)
-        shape = tuple(x.shape[norm_axis(a.axis, x.dim()):])
-        scale = w if w is not None else cast_float(arg(inputs, 2), dtype)
-        shift = b if b is not None else cast_float(arg(inputs, 3), dtype)
-        return [F.layer_norm(x, shape, None if scale is None else scale.expand(shape),
-                             None if shift is None else shift.expand(shape), a.epsilon)]
-
-    return run
+    ln = layer_norm_aten(_without_skip(node), ctx)
+    return lambda inputs: ln([cast_float(inputs[0], dtype) + cast_float(inputs[1], dtype), *inputs[2:]])
 
 
 def _last_axis_skip_ln(node: Node, graph: Optional[Graph]) -> bool:
-    if graph is None:
-        return False
     return _last_axis_ln(_without_skip(node), graph)
 
 
@@ -131,7 +120,7 @@ def _make_triton_ln(rows_per_program: int):
         def write(x: Tensor, out: Tensor, inputs) -> None:
             layer_norm(x, w, b, a.epsilon, out=out, residual=residual(inputs), rows_per_program=rows_per_program)
 
-        return with_write_into(run, _rowwise_write_into(write, dtype, with_inputs=True))
+        return with_write_into(run, _rowwise_write_into(write, dtype))
 
     factory.__doc__ = _make_triton_ln.__doc__
     return factory
@@ -150,13 +139,11 @@ for _op, _applies in ((OpType.LAYER_NORM, _last_axis_ln), (OpType.SKIP_LAYER_NOR
                          needs_triton=True)(_make_triton_ln(4))
 
 
-def _rowwise_write_into(write: Callable[..., object], dtype: torch.dtype,
-                        prepare: Optional[Callable[[Tensor], Tensor]] = None,
-                        with_inputs: bool = False) -> WriteInto:
+def _rowwise_write_into(write: Callable[[Tensor, Tensor, list], object], dtype: torch.dtype,
+                        prepare: Optional[Callable[[Tensor], Tensor]] = None) -> WriteInto:
     """The ``WriteInto`` of a kernel whose output has its input's shape and is stored packed
-    row-major: ``write(x, out)`` (``write(x, out, inputs)`` with ``with_inputs``) with
-    ``x = prepare(inputs[0])``, the cast ``run`` does (default: ``cast_float`` to ``dtype``).
-    ``accepts``: ``dtype`` and contiguous (at any offset)."""
+    row-major: ``write(x, out, inputs)`` with ``x = prepare(inputs[0])``, the cast ``run`` does
+    (default: ``cast_float`` to ``dtype``). ``accepts``: ``dtype`` and contiguous (at any offset)."""
     prepare = prepare or (lambda t: cast_float(t, dtype))
 
     def accepts(out: Tensor) -> bool:
@@ -169,10 +156,7 @@ def _rowwise_write_into(write: Callable[..., object], dtype: torch.dtype,
         x = prepare(x)
         if x.dtype != out.dtype:
             return False
-        if with_inputs:
-            write(x, out, inputs)
-        else:
-            write(x, out)
+        write(x, out, inputs)
         return True
 
     return WriteInto(write_into, accepts)
@@ -200,12 +184,12 @@ def softmax_aten(node: Node, ctx: CompileContext) -> Kernel:
         _aten_softmax_into(torch.ops.aten._softmax.out, a), dtype))
 
 
-def _aten_softmax_into(op, a: SoftmaxAttrs) -> Callable[[Tensor, Tensor], None]:
+def _aten_softmax_into(op, a: SoftmaxAttrs) -> Callable[[Tensor, Tensor, list], None]:
     """``op`` (``aten::_softmax.out`` or ``_log_softmax.out``: what ``torch.softmax`` /
     ``log_softmax`` run, ``half_to_float=False``) from ``x`` into a contiguous ``out`` of its
     shape, through the opset<13 2-D view where ``run`` takes one."""
 
-    def write(x: Tensor, out: Tensor) -> None:
+    def write(x: Tensor, out: Tensor, _inputs: list) -> None:
         y, ax = _softmax_2d(x, a)
         op(y, ax, False, out=out.view(y.shape))
 
@@ -232,7 +216,7 @@ def softmax_triton(node: Node, ctx: CompileContext) -> Kernel:
         return [softmax_lastdim(cast_float(inputs[0], dtype))]
 
     return with_write_into(run, _rowwise_write_into(
-        lambda x, out: softmax_lastdim(x, out=out), dtype))
+        lambda x, out, _inputs: softmax_lastdim(x, out=out), dtype))
 
 
 @register_cuda_kernel(OpType.LOG_SOFTMAX, "aten", rank=0)

@@ -7,7 +7,7 @@
 >>> with engine.create_context() as ctx:                                  # doctest: +SKIP
 ...     outputs = ctx.infer({"input": array})
 """
-from ember.builder.config import BuildConfig, Profile
+from ember.plan.config import BuildConfig, Profile
 from ember.errors import (
     BuildError, DeviceError, EmberError, EngineFileError, GraphError, InputError, ModelLoadError,
     ShapeError, UnsupportedOpError,

@@ -102,7 +102,7 @@ def _profiles(args: argparse.Namespace) -> dict[str, tuple]:
 
 def config_from_args(args: argparse.Namespace):
     """The ``BuildConfig`` the build options of ``args`` ask for."""
-    from ember.builder.config import BuildConfig
+    from ember.plan.config import BuildConfig
 
     return BuildConfig(device=args.device, precision=args.precision, shapes=parse_shapes(args.shapes),
                        profiles=_profiles(args), timing_cache=args.timing_cache,

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.runtime.tensors import max_relative_error
 
 log = logging.getLogger("ember.build")

@@ -10,7 +10,7 @@ The steps, in order:
    and re-infer every type;
 3. run the pass pipeline (``ember.passes.pipeline.run_pipeline``);
 4. lower to one layer per node with its precision and tactic (``ember/builder/lower.py``);
-5. plan memory at the profiles' max shapes (``ember/builder/memory.py``);
+5. plan memory at the profiles' max shapes (``ember/plan/memory.py``);
 6. compile the kernels, so that a build that cannot run fails here and not at first inference;
 7. with ``config.accuracy_target`` (GPU, below fp32): build again with the earliest layers in
    fp32 until the outputs are that close to an fp32 build's (``ember/builder/accuracy.py``).
@@ -30,9 +30,9 @@ import numpy as np
 
 from ember.backends.base import Backend, get_backend
 from ember.builder import accuracy
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.builder.lower import lower
-from ember.builder.memory import plan_memory
+from ember.plan.memory import plan_memory
 from ember.builder.progress import BuildProgress
 from ember.builder.shapes import (apply_input_shapes, resolve_input_shapes, tensor_specs,
                                   types_at)
@@ -42,7 +42,7 @@ from ember.ir.types import TensorType
 from ember.ir.verifier import verify
 from ember.runtime.device import device_key, fingerprint
 from ember.runtime.engine import Engine
-from ember.runtime.plan import Plan
+from ember.plan.plan import Plan
 
 
 def import_model(model: Any, shapes: Optional[dict] = None) -> Graph:

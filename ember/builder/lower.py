@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Optional
 
 from ember.backends.base import Backend
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.builder.progress import BuildProgress
 from ember.builder.tactics import TacticSelector, TimingCache, make_kernel_timer
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
-from ember.runtime.plan import Layer
+from ember.plan.plan import Layer
 from ember.runtime.tensors import numpy_to_torch
 
 

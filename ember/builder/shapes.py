@@ -16,11 +16,11 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from ember.builder.config import BuildConfig, Profile
+from ember.plan.config import BuildConfig, Profile
 from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import Dim, TensorType, format_shape
-from ember.runtime.plan import TensorSpec
+from ember.plan.plan import TensorSpec
 
 Range = tuple[int, Optional[int]]
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ember.backends.base import Backend, get_backend
-from ember.runtime.plan import Plan, TensorSpec
+from ember.plan.plan import Plan, TensorSpec
 
 
 class Engine:

@@ -31,11 +31,11 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from ember.builder.config import BuildConfig
-from ember.builder.memory import MemoryPlan
+from ember.plan.config import BuildConfig
+from ember.plan.memory import MemoryPlan
 from ember.errors import EmberError, EngineFileError
 from ember.runtime.device import check_compatible
-from ember.runtime.plan import Layer, Plan, TensorSpec
+from ember.plan.plan import Layer, Plan, TensorSpec
 from ember.runtime.serialize import graph_from_json, graph_to_json
 
 FORMAT = "ember-engine"

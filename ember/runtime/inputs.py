@@ -12,7 +12,7 @@ import torch
 from ember.errors import InputError
 from ember.ir.dtype import DType
 from ember.ir.types import format_shape
-from ember.runtime.plan import TensorSpec
+from ember.plan.plan import TensorSpec
 from ember.runtime.tensors import from_torch_dtype, numpy_to_torch
 
 

@@ -32,7 +32,7 @@ from ember.backends.base import Backend, CompileContext, Kernel
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
 from ember.runtime.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
-from ember.runtime.plan import Plan
+from ember.plan.plan import Plan
 from ember.runtime.tensors import numpy_to_torch
 
 

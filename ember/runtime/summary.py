@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ember.ir.types import format_shape
-from ember.runtime.plan import Layer, Plan
+from ember.plan.plan import Layer, Plan
 
 
 def human_bytes(n: Optional[int]) -> str:

@@ -36,7 +36,10 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from ember.builder.config import DEVICES, PRECISIONS
+from ember.plan.config import BUILDABLE_PRECISIONS, Device
+
+DEVICES = tuple(d.value for d in Device)
+PRECISIONS = tuple(p.value for p in BUILDABLE_PRECISIONS)
 from ember.serve.datatypes import parse_datatype
 from ember.serve.errors import ModelConfigError
 

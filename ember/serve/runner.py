@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Mapping, Optional, Protocol, Sequence
 
 import ember
-from ember.builder.config import BuildConfig, Profile
+from ember.plan.config import BuildConfig, Profile
 from ember.errors import EmberError
 from ember.serve.config import ModelConfig, TensorConfig
 from ember.serve.errors import ModelConfigError

@@ -245,7 +245,7 @@ def _tactic_counts(layers) -> dict[str, int]:
 
 def _plain_graph(src: Source):
     from ember.builder.build import import_model
-    from ember.builder.config import BuildConfig
+    from ember.plan.config import BuildConfig
     from ember.builder.shapes import apply_input_shapes, resolve_input_shapes
 
     graph = import_model(src.onnx_path, {k: tuple(v.shape) for k, v in src.feeds.items()})

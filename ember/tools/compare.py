@@ -218,7 +218,7 @@ def compare(model: Any, engine: Any = None, inputs: Optional[Mapping[str, np.nda
     """
     import ember
     from ember.builder.build import build
-    from ember.builder.config import BuildConfig
+    from ember.plan.config import BuildConfig
 
     proto = _load_model(model)
     if engine is None:

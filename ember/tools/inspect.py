@@ -35,7 +35,7 @@ def load_for_inspection(path: str, args: argparse.Namespace | None = None):
     if Path(path).suffix.lower() == ".ember":
         return Engine.load(path, compile=False)
     from ember.builder.build import build
-    from ember.builder.config import BuildConfig
+    from ember.plan.config import BuildConfig
     from ember.cli import config_from_args
 
     config = config_from_args(args) if args is not None else BuildConfig()

@@ -11,7 +11,7 @@ import pytest
 
 import ember
 from ember.builder import accuracy
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.errors import BuildError
 
 N_LAYERS = 10

@@ -7,7 +7,7 @@ import torch
 
 import ember
 from ember.builder.build import build
-from ember.builder.memory import check_no_overlap
+from ember.plan.memory import check_no_overlap
 from ember.errors import BuildError, DeviceError, ModelLoadError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import CastAttrs

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.builder.memory import (ALIGNMENT, MemoryPlan, TensorAlloc, allocate, check_no_overlap,
+from ember.plan.memory import (ALIGNMENT, MemoryPlan, TensorAlloc, allocate, check_no_overlap,
                                   liveness, plan_memory)
 from ember.errors import BuildError
 from ember.ir import DType, Graph, Node, OpType, TensorType

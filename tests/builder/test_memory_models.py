@@ -6,7 +6,7 @@ import pytest
 
 import ember
 from ember import zoo
-from ember.builder.memory import check_no_overlap, liveness
+from ember.plan.memory import check_no_overlap, liveness
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.types import TensorType

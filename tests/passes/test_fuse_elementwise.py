@@ -153,7 +153,7 @@ def test_cpu_engine_runs_the_fused_layer():
 
 
 def test_layer_precisions_by_op_type_reach_the_steps_of_a_fused_chain():
-    from ember.builder.config import BuildConfig
+    from ember.plan.config import BuildConfig
     from ember.passes.pipeline import run_pipeline
 
     graph = import_onnx(onnx_model(CHAINS[3], X, ["y"], BIAS))

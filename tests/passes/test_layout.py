@@ -1,7 +1,7 @@
 """Concat slices and layout assignment (metadata for backends and the runtime)."""
 from onnx import helper as oh
 
-from ember.builder.config import BuildConfig
+from ember.plan.config import BuildConfig
 from ember.frontends.onnx import import_onnx
 from ember.passes.layout import NCHW, NHWC, assign, preferred_layout
 from passkit import check_against_ort, onnx_model, optimize, rng_const

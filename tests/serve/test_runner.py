@@ -6,7 +6,7 @@ import onnx
 import pytest
 from servekit import FakeRunner, fixed_model, matmul_relu_model, two_io_model
 
-from ember.builder.config import BuildConfig, Profile
+from ember.plan.config import BuildConfig, Profile
 from ember.serve.config import parse_config
 from ember.serve.errors import BadRequestError, ModelConfigError
 from ember.serve.runner import content_hash, onnx_build_config

@@ -8,7 +8,7 @@ arena (``plan_arena``):
 
 - every tensor that a kernel writes (not a view, not on the host) is *placed*: it gets
   ``[offset, offset + bytes)`` in one buffer, by the same best-fit offset allocator as the
-  builder's memory plan (``ember.builder.memory.allocate``);
+  builder's memory plan (``ember.plan.memory.allocate``);
 - a view is not placed; it keeps its base alive until the view's last reader;
 - lifetimes are stream-aware. A tensor's bytes may be reused by a tensor written at step ``q``
   only once every reader of the first tensor *happens before* ``q`` (same stream earlier, or
@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import torch
 
 from ember.backends.layout import dense
-from ember.builder.memory import ALIGNMENT, MemoryPlan, allocate
+from ember.plan.memory import ALIGNMENT, MemoryPlan, allocate
 
 #: The arena is allocated in multiples of this (the caching allocator's large-segment unit).
 ARENA_GRANULE = 2 << 20

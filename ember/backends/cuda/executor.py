@@ -399,7 +399,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def program_from_plan(plan, backend=None, device: Optional[torch.device] = None) -> CudaProgram:
-    """The ``CudaProgram`` of an engine plan (``ember.runtime.plan.Plan``): its graph, each layer's
+    """The ``CudaProgram`` of an engine plan (``ember.plan.plan.Plan``): its graph, each layer's
     tactic and precision, its constants."""
     from ember.backends.cuda.program import LayerSpec
 

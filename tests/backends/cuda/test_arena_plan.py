@@ -10,7 +10,7 @@ import torch
 
 from ember.backends.cuda.arena import Layout, Record, happens_before, plan_arena, release_step
 from ember.backends.layout import dense
-from ember.builder.memory import check_no_overlap
+from ember.plan.memory import check_no_overlap
 
 
 def _record(producers: dict[str, int], readers: dict[str, set[int]], nbytes: int = 1000,

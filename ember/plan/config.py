@@ -1,16 +1,80 @@
-"""``BuildConfig``: the one frozen, typed configuration of a build."""
+"""``BuildConfig``: the one frozen, typed configuration of a build, and its enums.
+
+The enums are string-valued (``enum.StrEnum``), so the spellings of the command line, config
+files and engine files stay as they were (``"fp16"``, ``"cuda"``, ``"nhwc"``), a member compares
+equal to its spelling, and ``BuildConfig(device="cuda")`` takes either.
+
+>>> cfg = BuildConfig(device="cpu", precision="fp32", shapes={"input": (1, 3, 224, 224)})
+>>> cfg.device is Device.CPU, cfg.precision == "fp32"
+(True, True)
+"""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field, fields
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, TypeVar
 
 from ember.errors import BuildError
 
 Shape = tuple[int, ...]
 
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
-LAYOUTS = ("auto", "nchw", "nhwc")
+
+class Device(enum.StrEnum):
+    """Where an engine runs."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Precision(enum.StrEnum):
+    """A layer's compute precision. ``INT8`` and ``FP8`` are quantized precisions: their scales
+    come from calibration or from a Q/DQ model (``ember.plan.records.QuantRecord``)."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+    FP8 = "fp8"
+
+    @property
+    def is_quantized(self) -> bool:
+        return self in (Precision.INT8, Precision.FP8)
+
+    @property
+    def is_half(self) -> bool:
+        """fp16 or bf16: 16-bit floating point storage and compute."""
+        return self in (Precision.FP16, Precision.BF16)
+
+
+#: Precisions a build can ask for today; INT8/FP8 engines come with calibration.
+BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16)
+
+
+class Layout(enum.StrEnum):
+    """Memory format of 4-D activations: ``AUTO`` (the device's preference), ``NCHW`` or ``NHWC``
+    (channels-last). A layout plan (``ember.plan.records.LayoutPlan``) is NCHW or NHWC."""
+
+    AUTO = "auto"
+    NCHW = "nchw"
+    NHWC = "nhwc"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def to_enum(kind: type[E], value: Any, what: str, allowed: Optional[tuple[E, ...]] = None) -> E:
+    """``value`` (a member or its spelling) as a member of ``kind``; a ``BuildError`` naming
+    ``what`` and the allowed spellings otherwise."""
+    choices = allowed if allowed is not None else tuple(kind)
+    try:
+        member = kind(value)
+    except ValueError:
+        member = None
+    if member is None or member not in choices:
+        names = ", ".join(str(c.value) for c in choices)
+        raise BuildError(f"unknown {what} {value!r}; use one of {names}")
+    return member
 
 
 @dataclass(frozen=True)
@@ -40,18 +104,24 @@ class BuildConfig:
 
     >>> cfg = BuildConfig(device="cpu", shapes={"input": (1, 3, 224, 224)})
 
-    - ``device``: ``"cpu"`` or ``"cuda"``.
+    - ``device``: ``Device.CPU`` / ``"cpu"`` or ``Device.CUDA`` / ``"cuda"``.
     - ``shapes``: fixed shapes for inputs whose shapes are dynamic (or to override) in the model.
     - ``profiles``: min/opt/max per input for dynamic shapes (``Profile`` or a 3-tuple of shapes).
     - ``precision``: ``fp32`` | ``tf32`` | ``fp16`` | ``bf16`` (GPU; CPU builds run fp32).
     - ``layer_precisions``: force a precision by layer name or op type (``{"Softmax": "fp32"}``).
     - ``timing_cache``: path of the persistent tactic timing cache.
     - ``optimize``: run the optimizer's fusion passes (cleanup and folding always run).
+    - ``cuda_graphs``: CUDA engines replay each input shape as one captured CUDA graph.
+    - ``cuda_arena``: captured CUDA graphs write every intermediate into the context's planned
+      device arena (``docs/ARENA.md``); off: the graph's private pool holds them.
     - ``tactic_tuning``: time each layer's candidate tactics on the device and keep the fastest
       (GPU builds); off: every layer keeps the backend's default tactic.
     - ``tune_cpu``: CPU builds tune too (needs ``tactic_tuning``). Off by default: timing CPU
       layers one by one ignores the layout conversions between them, and on the 2-core test
       machine the per-layer winners made MobileNetV2 8x slower than the backend's defaults.
+    - ``cpu_gemm_into_max_macs``: the largest 1x1 convolution (multiply-adds) the CPU computes as
+      a GEMM straight into its Concat slice; 0 (the default) computes none so: measured slower
+      than oneDNN + copy inside GoogLeNet (``ember.backends.cpu.kernels.conv_mkldnn``).
     - ``layout``: memory format of 4-D activations, ``auto`` | ``nchw`` | ``nhwc`` (channels-last);
       ``auto`` is the device's preference (``ember.passes.layout.DEVICE_LAYOUT``).
     - ``accuracy_target``: GPU builds below fp32 only: the largest max relative error allowed
@@ -59,26 +129,26 @@ class BuildConfig:
       is met (``ember.builder.accuracy``). ``None``: precisions as the rules give them.
     """
 
-    device: str = "cpu"
+    device: Device = Device.CPU
     shapes: Mapping[str, Shape] = field(default_factory=dict)
     profiles: Mapping[str, Profile] = field(default_factory=dict)
-    precision: str = "fp32"
-    layer_precisions: Mapping[str, str] = field(default_factory=dict)
+    precision: Precision = Precision.FP32
+    layer_precisions: Mapping[str, Precision] = field(default_factory=dict)
     timing_cache: Optional[str] = None
     optimize: bool = True
     cuda_graphs: bool = True
+    cuda_arena: bool = True
     tactic_tuning: bool = True
     tune_cpu: bool = False
-    layout: str = "auto"
+    cpu_gemm_into_max_macs: int = 0
+    layout: Layout = Layout.AUTO
     accuracy_target: Optional[float] = None
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise BuildError(f"unknown device {self.device!r}; use one of {', '.join(DEVICES)}")
-        if self.precision not in PRECISIONS:
-            raise BuildError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if self.layout not in LAYOUTS:
-            raise BuildError(f"unknown layout {self.layout!r}; use one of {', '.join(LAYOUTS)}")
+        object.__setattr__(self, "device", to_enum(Device, self.device, "device"))
+        object.__setattr__(self, "precision", to_enum(Precision, self.precision, "precision",
+                                                      BUILDABLE_PRECISIONS))
+        object.__setattr__(self, "layout", to_enum(Layout, self.layout, "layout"))
         object.__setattr__(self, "shapes", {k: tuple(int(d) for d in v) for k, v in self.shapes.items()})
         profiles = {}
         for k, v in self.profiles.items():
@@ -87,10 +157,13 @@ class BuildConfig:
         both = set(self.shapes) & set(self.profiles)
         if both:
             raise BuildError(f"inputs {sorted(both)} have both a fixed shape and a profile; give one")
-        for name, p in self.layer_precisions.items():
-            if p not in PRECISIONS:
-                raise BuildError(f"layer_precisions[{name!r}] = {p!r}; use one of {', '.join(PRECISIONS)}")
-        object.__setattr__(self, "layer_precisions", dict(self.layer_precisions))
+        object.__setattr__(self, "layer_precisions", {
+            name: to_enum(Precision, p, f"precision in layer_precisions[{name!r}]", BUILDABLE_PRECISIONS)
+            for name, p in self.layer_precisions.items()})
+        if int(self.cpu_gemm_into_max_macs) < 0:
+            raise BuildError(f"cpu_gemm_into_max_macs {self.cpu_gemm_into_max_macs!r} is a count of "
+                             f"multiply-adds; give 0 or more")
+        object.__setattr__(self, "cpu_gemm_into_max_macs", int(self.cpu_gemm_into_max_macs))
         if self.accuracy_target is not None:
             target = float(self.accuracy_target)
             if not 0 < target < 1:
@@ -98,21 +171,23 @@ class BuildConfig:
                                  f"a number between 0 and 1 such as 1e-2, or None for no target")
             object.__setattr__(self, "accuracy_target", target)
 
-    def to_json(self) -> dict:
-        out = {}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "profiles":
                 v = {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for k, p in v.items()}
             elif f.name == "shapes":
                 v = {k: list(s) for k, s in v.items()}
-            elif isinstance(v, Mapping):
-                v = dict(v)
+            elif f.name == "layer_precisions":
+                v = {k: str(p) for k, p in v.items()}
+            elif isinstance(v, enum.Enum):
+                v = v.value
             out[f.name] = v
         return out
 
     @staticmethod
-    def from_json(data: dict) -> "BuildConfig":
+    def from_json(data: Mapping[str, Any]) -> "BuildConfig":
         data = dict(data)
         data["profiles"] = {k: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
                             for k, p in data.get("profiles", {}).items()}

@@ -2,18 +2,20 @@
 
 A ``Plan`` holds the optimized graph, one ``Layer`` per graph node (same order: the execution
 order) with the tactic and precision the builder chose, the input/output specs with their
-allowed shape ranges, the static memory plan, the build configuration and build facts.
+allowed shape ranges, the static memory plan, the typed decision records of the passes
+(``ember.plan.records``), the build configuration and build facts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from ember.builder.config import BuildConfig
-from ember.builder.memory import MemoryPlan
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph
 from ember.ir.types import Dim, format_shape
+from ember.plan.config import BuildConfig, Precision
+from ember.plan.memory import MemoryPlan
+from ember.plan.records import Records
 
 
 @dataclass(frozen=True)
@@ -25,20 +27,23 @@ class Layer:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     tactic: str = ""
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     origin: tuple[str, ...] = ()
     rule: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "inputs": list(self.inputs),
-                "outputs": list(self.outputs), "tactic": self.tactic, "precision": self.precision,
+                "outputs": list(self.outputs), "tactic": self.tactic, "precision": self.precision.value,
                 "origin": list(self.origin), "rule": self.rule, "timings": dict(self.timings)}
 
     @staticmethod
     def from_json(d: Mapping) -> "Layer":
         return Layer(d["name"], d["kind"], tuple(d["inputs"]), tuple(d["outputs"]), d["tactic"],
-                     d["precision"], tuple(d["origin"]), d.get("rule", ""), dict(d.get("timings", {})))
+                     Precision(d["precision"]), tuple(d["origin"]), d.get("rule", ""), dict(d.get("timings", {})))
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Plan:
     outputs: list[TensorSpec]
     memory: MemoryPlan
     config: BuildConfig
+    records: Records = field(default_factory=Records)
     device: dict[str, Any] = field(default_factory=dict)
     build_info: dict[str, Any] = field(default_factory=dict)
 

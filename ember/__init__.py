@@ -7,25 +7,30 @@
 >>> with engine.create_context() as ctx:                                  # doctest: +SKIP
 ...     outputs = ctx.infer({"input": array})
 """
-from ember.plan.config import BuildConfig, Profile
+import os
+from typing import TYPE_CHECKING, Any
+
+from ember._version import __version__
+from ember.plan.config import BuildConfig, Device, Layout, Precision, Profile
 from ember.errors import (
     BuildError, DeviceError, EmberError, EngineFileError, GraphError, InputError, ModelLoadError,
     ShapeError, UnsupportedOpError,
 )
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from ember.runtime.engine import Engine
 
 
-def build(model, config: "BuildConfig | None" = None, **options):
-    """Builds an ``Engine`` from an ONNX file path, bytes, or ``onnx.ModelProto`` (or an
-    ``ember.ir.Graph``). ``options``: ``progress=True`` shows a progress display; see
-    ``ember.builder.build.build`` for the rest."""
+def build(model: Any, config: "BuildConfig | None" = None, **options: Any) -> "Engine":
+    """Builds an ``Engine`` from a model: anything ``ember.frontends.load`` takes (an ONNX file
+    path, bytes, an ``onnx.ModelProto``, an ``ember.ir.Graph``). ``options``: ``progress=True``
+    shows a progress display; see ``ember.builder.build.build`` for the rest."""
     from ember.builder.build import build as _build
 
     return _build(model, config or BuildConfig(), **options)
 
 
-def load(path):
+def load(path: "str | os.PathLike[str]") -> "Engine":
     """Loads an engine file written by ``Engine.save``; checks version, checksum and device."""
     from ember.runtime.engine import Engine
 
@@ -33,7 +38,7 @@ def load(path):
 
 
 __all__ = [
-    "BuildConfig", "Profile", "build", "load", "__version__",
+    "BuildConfig", "Device", "Layout", "Precision", "Profile", "build", "load", "__version__",
     "EmberError", "BuildError", "DeviceError", "EngineFileError", "GraphError", "InputError",
     "ModelLoadError", "ShapeError", "UnsupportedOpError",
 ]

@@ -1,4 +1,18 @@
-"""The contract between the builder/runtime and a device backend.
+"""The execution contract between the builder/runtime and a device backend.
+
+Three abstract classes, implemented in full by every backend (nothing is probed with
+``getattr``):
+
+- ``Backend``: which nodes it runs (``supports``), the candidate implementations of a node
+  (``tactics``), one node compiled into a ``Kernel`` (``compile_node``), the timer the builder
+  times tactics with (``make_timer``) and the executable form of a whole plan (``make_program``);
+- ``Program``: a compiled plan, immutable, shared by every execution context of an engine:
+  ``run(feeds)`` on device tensors, and ``create_executor()``;
+- ``Executor``: one execution context's state (CUDA: captured graphs, streams, pinned buffers, the
+  device arena): ``infer(inputs)`` with numpy or torch inputs already validated against the
+  engine's specs, outputs of the same kind; ``infer_async``, ``memory``, ``close``.
+
+Backends are registered by device in ``ember.backends.devices`` (``get_backend``).
 
 A backend turns one IR node into a ``Kernel``: a closure over prepared weights that maps the
 node's input tensors to its output tensors. Kernels are made once per engine load (that is
@@ -9,7 +23,7 @@ inputs; inputs that are graph constants are passed too (already as torch tensors
 device), so a kernel that prepacked a weight at compile time may simply ignore that slot.
 It returns a list with one tensor per node output (``None`` for an unused optional output).
 
-Optional capability (concat elimination, ``graph.meta["concat_slices"]``): a kernel of a
+Optional kernel capability (concat elimination, ``Records.concat``): a kernel of a
 single-output node may carry an attribute ``write_into`` (a ``WriteInto``). Calling
 ``kernel.write_into(inputs, out)`` computes the output straight into ``out`` (a tensor of the
 output's shape and dtype, usually a strided view of a Concat's buffer) and returns ``True``; or
@@ -21,12 +35,17 @@ the attribute is simply called; nothing else changes.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 
+from ember.errors import EmberError
 from ember.ir.graph import Graph, Node
+from ember.plan.config import BuildConfig, Device, Precision
+from ember.plan.plan import Plan
+from ember.plan.records import Records
 
 Kernel = Callable[[Sequence[Optional[torch.Tensor]]], list[Optional[torch.Tensor]]]
 
@@ -78,39 +97,100 @@ class CompileContext:
 
     ``constants`` are the graph's constants as torch tensors on the target device;
     ``tactic`` is the implementation the builder chose for this node ("" = backend default);
-    ``precision`` the layer's compute precision (``fp32``/``tf32``/``fp16``/``bf16``).
+    ``precision`` the layer's compute precision; ``records`` the plan's decision records (the
+    layout plan a kernel's memory formats follow, the concat plan, quantization); ``config``
+    the build's configuration.
     """
 
     graph: Graph
     constants: Mapping[str, torch.Tensor]
     device: torch.device
     tactic: str = ""
-    precision: str = "fp32"
-    options: dict = field(default_factory=dict)
+    precision: Precision = Precision.FP32
+    records: Records = field(default_factory=Records)
+    config: BuildConfig = field(default_factory=BuildConfig)
 
     def const(self, name: str) -> Optional[torch.Tensor]:
         return self.constants.get(name) if name else None
 
 
-class Backend(Protocol):
-    name: str
-
-    def supports(self, node: Node) -> bool: ...
-
-    def tactics(self, node: Node, graph: Graph) -> list[str]:
-        """Candidate implementations of this node, best guess first."""
-        ...
-
-    def compile_node(self, node: Node, ctx: CompileContext) -> Kernel: ...
+#: ``timer(node, graph, tactic, precision) -> milliseconds`` (``math.inf``: cannot run, or
+#: not accurate enough; never chosen).
+TacticTimer = Callable[[Node, Graph, str, Precision], float]
 
 
-def get_backend(device: str) -> Backend:
-    if device == "cpu":
-        from ember.backends.cpu import CPUBackend
+class Executor(abc.ABC):
+    """One execution context's state of a program (``Program.create_executor``).
 
-        return CPUBackend()
-    if device == "cuda":
-        from ember.backends.cuda import CUDABackend
+    ``ExecutionContext`` validates the user's inputs against the engine's specs and serializes
+    calls on one context; the executor runs them.
+    """
 
-        return CUDABackend()
-    raise ValueError(f"unknown device {device!r}")
+    @abc.abstractmethod
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Runs on validated inputs (numpy arrays or torch tensors); outputs of the same kind."""
+
+    def infer_async(self, inputs: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
+        """Enqueues a run on ``stream`` and returns at once (devices with streams only)."""
+        raise EmberError(f"infer_async needs an engine built for cuda; this one runs on "
+                         f"{self.device_type}: call infer() instead")
+
+    @property
+    @abc.abstractmethod
+    def device_type(self) -> str:
+        """``"cpu"`` or ``"cuda"``."""
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this context holds on its device, by kind (empty where nothing is held)."""
+        return {}
+
+    def close(self) -> None:
+        """Releases the context's state."""
+
+
+class Program(abc.ABC):
+    """A compiled plan (one kernel per layer), shared by every context of an engine."""
+
+    device: torch.device
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, torch.Tensor],
+            stats: Optional[dict[str, int]] = None) -> dict[str, torch.Tensor]:
+        """Runs every layer on ``feeds`` (checked tensors on ``device``); returns the outputs.
+        ``stats`` receives the run's concat-elimination counts where the program keeps them."""
+
+    @abc.abstractmethod
+    def create_executor(self) -> Executor:
+        """A new executor: the per-context state an ``ExecutionContext`` runs through."""
+
+
+class Backend(abc.ABC):
+    """A device backend (see the module docstring)."""
+
+    device: ClassVar[Device]
+
+    @property
+    def name(self) -> str:
+        return self.device.value
+
+    @abc.abstractmethod
+    def supports(self, node: Node) -> bool:
+        """Whether this backend can run ``node`` (op type and attribute values)."""
+
+    @abc.abstractmethod
+    def tactics(self, node: Node, graph: Graph, records: Optional[Records] = None) -> list[str]:
+        """Candidate implementations of ``node``, best guess (the default) first; ``records``:
+        the plan's decisions where there are some (no records: kernels keep their own formats)."""
+
+    @abc.abstractmethod
+    def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
+        """The kernel of ``node`` with tactic ``ctx.tactic`` ("" = the default)."""
+
+    @abc.abstractmethod
+    def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
+                   records: Records, config: BuildConfig) -> TacticTimer:
+        """The timer the builder times this backend's tactics with."""
+
+    @abc.abstractmethod
+    def make_program(self, plan: Plan, device: torch.device) -> Program:
+        """The executable form of ``plan`` on ``device``."""

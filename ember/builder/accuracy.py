@@ -26,17 +26,17 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from ember.plan.config import BuildConfig
-from ember.runtime.tensors import max_relative_error
+from ember.backends.tensors import max_relative_error
+from ember.plan.config import BuildConfig, Device, Precision
 
 log = logging.getLogger("ember.build")
 
-REDUCED = ("fp16", "bf16", "tf32")
+REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
 
 
 def applies(config: BuildConfig) -> bool:
     """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32."""
-    return config.accuracy_target is not None and config.device != "cpu" and config.precision in REDUCED
+    return config.accuracy_target is not None and config.device is not Device.CPU and config.precision in REDUCED
 
 
 def max_output_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
@@ -71,7 +71,7 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
     t0 = time.perf_counter()
     target = float(config.accuracy_target)  # type: ignore[arg-type]
     feeds = dict(feeds) if feeds is not None else calibration_inputs(engine)
-    ref_config = replace(config, precision="fp32", layer_precisions={}, accuracy_target=None,
+    ref_config = replace(config, precision=Precision.FP32, layer_precisions={}, accuracy_target=None,
                          tactic_tuning=False)
     reference = _outputs(build_fn(ref_config), feeds)
     first = max_output_error(_outputs(engine, feeds), reference)
@@ -80,7 +80,7 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
     best, best_k = (engine, 0) if first <= target else (None, None)
 
     def trial(k: int) -> tuple[Any, float]:
-        table = {**config.layer_precisions, **{name: "fp32" for name in candidates[:k]}}
+        table = {**config.layer_precisions, **{name: Precision.FP32 for name in candidates[:k]}}
         built = build_fn(replace(config, layer_precisions=table, accuracy_target=None))
         err = max_output_error(_outputs(built, feeds), reference)
         trials.append({"fp32_layers": k, "error": err})

@@ -5,10 +5,11 @@
 ...     "input_ids": ((1, 1), (1, 128), (8, 512))}))
 
 The steps, in order:
-1. import the model with its frontend (ONNX: ``ember.frontends.onnx.import_onnx``);
+1. import the model with its frontend (``ember.frontends.load``: ONNX, or a ``Graph``);
 2. apply ``config.shapes`` and ``config.profiles`` to the input types (``ember/builder/shapes.py``)
    and re-infer every type;
-3. run the pass pipeline (``ember.passes.pipeline.run_pipeline``);
+3. run the pass pipeline (``ember.passes.pipeline.run_pipeline``): the optimized graph and the
+   typed decision records (layout, concat, precision; ``ember.plan.records``);
 4. lower to one layer per node with its precision and tactic (``ember/builder/lower.py``);
 5. plan memory at the profiles' max shapes (``ember/plan/memory.py``);
 6. compile the kernels, so that a build that cannot run fails here and not at first inference;
@@ -18,8 +19,6 @@ The steps, in order:
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -28,26 +27,31 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ember.backends.base import Backend, get_backend
+from ember.backends.base import Backend
+from ember.backends.devices import get_backend
 from ember.builder import accuracy
-from ember.plan.config import BuildConfig
 from ember.builder.lower import lower
-from ember.plan.memory import plan_memory
 from ember.builder.progress import BuildProgress
-from ember.builder.shapes import (apply_input_shapes, resolve_input_shapes, tensor_specs,
-                                  types_at)
-from ember.errors import BuildError, EmberError, ModelLoadError
+from ember.builder.shapes import apply_input_shapes, resolve_input_shapes, tensor_specs, types_at
+from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import TensorType
 from ember.ir.verifier import verify
+from ember.passes.manager import Instrument
+from ember.passes.pipeline import Optimized, run_pipeline
+from ember.plan.config import BuildConfig
+from ember.plan.memory import plan_memory
+from ember.plan.plan import Plan
 from ember.runtime.device import device_key, fingerprint
 from ember.runtime.engine import Engine
-from ember.plan.plan import Plan
 
 
-def import_model(model: Any, shapes: Optional[dict] = None) -> Graph:
-    """The IR graph of ``model``: an ``ember.ir.Graph`` as is, or an ONNX model (path, bytes or
-    ``onnx.ModelProto``) through the ONNX frontend."""
+def import_model(model: Any, shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Graph:
+    """The IR graph of ``model`` through its frontend (``ember.frontends.load``)."""
+    import os
+
+    from ember.errors import ModelLoadError
+
     if isinstance(model, Graph):
         return model
     if isinstance(model, (str, os.PathLike)):
@@ -63,24 +67,14 @@ def import_model(model: Any, shapes: Optional[dict] = None) -> Graph:
 
 
 def optimize(graph: Graph, config: BuildConfig,
-             instruments: Optional[Sequence] = None) -> tuple[Graph, list[dict]]:
-    """Runs the pass pipeline (when the optimizer is in this tree); returns the graph and one
-    record per pass (time, node counts, rules fired)."""
-    if importlib.util.find_spec("ember.passes.pipeline") is None:
-        return graph, []
-    from ember.passes.manager import StatsInstrument
-    from ember.passes.pipeline import run_pipeline
-
-    stats = StatsInstrument()
-    graph = run_pipeline(graph, config, instruments=[*(instruments or ()), stats])
-    return graph, [r.to_json() for r in stats.records]
+             instruments: Optional[Sequence[Instrument]] = None) -> Optimized:
+    """Runs the pass pipeline: the optimized graph, its decision records and one record per pass
+    (time, node counts, rules fired)."""
+    return run_pipeline(graph, config, instruments=instruments)
 
 
 def _source_node_count(graph: Graph) -> int:
-    for key in ("source_nodes", "onnx_nodes", "onnx_node_count"):
-        if isinstance(graph.meta.get(key), int):
-            return graph.meta[key]
-    return len(graph.nodes)
+    return graph.source_info.nodes or len(graph.nodes)
 
 
 def _types_at_max(graph: Graph, hi: dict[str, int]) -> dict[str, TensorType]:
@@ -146,9 +140,10 @@ def _build_once(model: Any, config: BuildConfig, progress: Optional[bool], backe
                                              if all(isinstance(d, int) for d in v)})
             graph = apply_input_shapes(graph, resolved)
         with prog.phase("optimize"):
-            graph, pass_stats = optimize(graph, config, instruments)
+            optimized = optimize(graph, config, instruments)
+            graph, records = optimized.graph, optimized.records
             verify(graph)
-        layers, tuning = lower(graph, config, backend, device_key(fp), prog)
+        layers, tuning = lower(graph, records, config, backend, device_key(fp), prog)
         with prog.phase("memory plan"):
             lo = {s: r[0] for s, r in resolved.ranges.items()}
             hi = {s: r[1] for s, r in resolved.ranges.items() if r[1] is not None}
@@ -159,11 +154,11 @@ def _build_once(model: Any, config: BuildConfig, progress: Optional[bool], backe
             graph=graph, layers=layers,
             inputs=tensor_specs(graph, graph.inputs, resolved.ranges, lo_types, hi_types),
             outputs=tensor_specs(graph, graph.outputs, resolved.ranges, lo_types, hi_types),
-            memory=memory, config=config, device=fp,
-            build_info={"source_format": "ir" if isinstance(model, Graph) else "onnx",
+            memory=memory, config=config, records=records, device=fp,
+            build_info={"source_format": graph.source_info.format,
                         "source_nodes": source_nodes, "source": graph.source,
                         "opset": graph.opset, "layers": len(layers), **tuning,
-                        "passes": pass_stats},
+                        "passes": optimized.stats_json()},
         )
         engine = Engine(plan, backend)
         with prog.phase("compile"):

@@ -7,8 +7,11 @@ layer's signature (op, attributes, input types, precision), so that the second b
 model on the same device times nothing.
 
 >>> sel = TacticSelector(timer=lambda node, graph, tactic, precision: {"a": 2.0, "b": 1.0}[tactic])
->>> sel.select(node, graph, ["a", "b"], "fp32").tactic          # doctest: +SKIP
+>>> sel.select(node, graph, ["a", "b"], Precision.FP32).tactic          # doctest: +SKIP
 'b'
+
+Timers come from the backend (``Backend.make_timer``): the CPU times kernels by wall clock, CUDA
+inside CUDA graphs with events and an accuracy check.
 """
 from __future__ import annotations
 
@@ -16,48 +19,43 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-import torch
-
+from ember.backends.base import TacticTimer
+from ember.backends.concat_exec import planned_slice
+from ember.backends.layout import NCHW, format_in
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
-
-#: ``timer(node, graph, tactic, precision) -> milliseconds`` (``math.inf`` if it cannot run).
-Timer = Callable[[Node, Graph, str, str], float]
+from ember.plan.config import Layout, Precision
+from ember.plan.records import Records
+from ember.runtime.serialize import encode_value
 
 CACHE_FORMAT = 1
 
 
-def layer_signature(node: Node, graph: Graph, precision: str) -> str:
-    """A stable key for 'this layer on these input types at this precision'."""
-    from ember.runtime.serialize import encode_value
-
-    parts = {
+def layer_signature(node: Node, graph: Graph, records: Records, precision: Precision) -> str:
+    """A stable key for 'this layer on these input types at this precision' (and, where the
+    records make it run differently, in its Concat slice or in NCHW)."""
+    parts: dict[str, Any] = {
         "op": node.op.value,
         "attrs": encode_value(node.attrs),
         "inputs": [str(graph.types[i]) if i else "-" for i in node.inputs],
         "const": [i in graph.constants for i in node.inputs],
-        "precision": precision,
+        "precision": str(precision),
         # 2: timed as the engine runs it, writing into (or copied into) its place in the arena
         "timing": 2,
     }
-    from ember.backends.layout import NCHW, layout_plan, planned_format
-    from ember.runtime.concat_exec import planned_slice
-
-    into = planned_slice(graph, node.outputs[0]) if len(node.outputs) == 1 else None
+    into = planned_slice(graph, records, node.outputs[0]) if len(node.outputs) == 1 else None
     if into is not None:  # timed writing (or copying) into its Concat slice: entries of their own
         parts["into_slice"] = into.key()
 
-    plan = layout_plan(graph)  # an NCHW build times its 4-D layers in NCHW: entries of their own
-    if plan is not None and plan["preferred"] == "nchw" and any(planned_format(graph, o) is NCHW
-                                                                for o in node.outputs):
+    layout = records.layout  # an NCHW build times its 4-D layers in NCHW: entries of their own
+    if layout is not None and layout.preferred is Layout.NCHW and any(
+            format_in(graph, layout, o) is NCHW for o in node.outputs):
         parts["nchw"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -132,16 +130,18 @@ class TacticSelector:
     Without a timer (tuning disabled) the backend's first candidate (its default) is kept.
     """
 
-    def __init__(self, timer: Optional[Timer] = None, cache: Optional[TimingCache] = None) -> None:
+    def __init__(self, timer: Optional[TacticTimer] = None, cache: Optional[TimingCache] = None,
+                 records: Optional[Records] = None) -> None:
         self.timer = timer
         self.cache = cache
+        self.records = records if records is not None else Records()
 
-    def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: str) -> Choice:
+    def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision) -> Choice:
         if not candidates:
             return Choice("", {})
         if len(candidates) == 1 or self.timer is None:
             return Choice(candidates[0], {})
-        sig = layer_signature(node, graph, precision) if self.cache is not None else ""
+        sig = layer_signature(node, graph, self.records, precision) if self.cache is not None else ""
         cached = self.cache.get(sig) if self.cache is not None else None
         if cached is not None and all(c in cached for c in candidates):
             timings = {c: cached[c] for c in candidates}
@@ -156,53 +156,3 @@ def _fastest(candidates: Sequence[str], timings: Mapping[str, float]) -> str:
     """Fastest finite timing; ties and all-failed go to the earlier (preferred) candidate."""
     best = min(candidates, key=lambda c: (timings.get(c, math.inf), candidates.index(c)))
     return best if math.isfinite(timings.get(best, math.inf)) else candidates[0]
-
-
-def random_input(t, device: torch.device) -> torch.Tensor:
-    """A tensor of static type ``t`` to time a kernel with (ints are zeros: always valid indices)."""
-    from ember.runtime.tensors import torch_dtype
-
-    dtype = torch_dtype(t.dtype)
-    shape = tuple(int(d) for d in t.shape)
-    if dtype.is_floating_point:
-        return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def make_kernel_timer(backend, constants: Mapping[str, torch.Tensor], device: torch.device,
-                      warmup: int = 2, reps: int = 5) -> Timer:
-    """A ``Timer`` that compiles the node with each tactic and takes the median wall time.
-
-    Nodes with a non-constant input of symbolic shape cannot be timed and report ``inf``;
-    a tactic whose compilation or run raises is reported as ``inf`` too (it is never chosen).
-    """
-    from ember.backends.base import CompileContext
-
-    def timer(node: Node, graph: Graph, tactic: str, precision: str) -> float:
-        types = [graph.types[i] if i else None for i in node.inputs]
-        if any(t is not None and not t.is_static for t in types):
-            return math.inf
-        try:
-            ctx = CompileContext(graph, constants, device, tactic, precision)
-            kernel = backend.compile_node(node, ctx)
-            args = [constants[i] if i in constants else (random_input(t, device) if t else None)
-                    for i, t in zip(node.inputs, types)]
-            with torch.inference_mode():
-                samples = []
-                for k in range(warmup + reps):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    kernel(args)
-                    _sync(device)
-                    if k >= warmup:
-                        samples.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(samples)
-        except Exception:  # noqa: BLE001 - a tactic that cannot run is simply not chosen
-            return math.inf
-
-    return timer
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

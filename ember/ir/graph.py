@@ -51,12 +51,27 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) else ""
 
 
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a graph came from, as its frontend read it: the ``format`` (``"onnx"``, ``"ir"``
+    for a graph built in code), the ``producer`` (exporter name and version), the ``nodes`` of the
+    source model (before any pass), the ``opsets`` by domain and the format's ``ir_version``."""
+
+    format: str = "ir"
+    producer: str = ""
+    nodes: int = 0
+    opsets: Mapping[str, int] = field(default_factory=dict)
+    ir_version: int = 0
+
+
 @dataclass
 class Graph:
     """A computation graph in topological order.
 
     ``types`` maps every tensor name (inputs, constants, node outputs) to its ``TensorType``.
-    ``opset`` and ``source`` remember where the graph came from, for error messages.
+    ``opset`` and ``source`` remember where the graph came from, for error messages;
+    ``source_info`` what the frontend knew of it. Decisions of the optimizer are not kept here:
+    passes hand them on as typed records (``ember.plan.records``).
     """
 
     name: str
@@ -67,14 +82,14 @@ class Graph:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     opset: int = 0
     source: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    source_info: SourceInfo = field(default_factory=SourceInfo)
 
     # ---- copies -------------------------------------------------------------------------
     def copy(self, **changes: Any) -> "Graph":
         base = dict(
             name=self.name, nodes=list(self.nodes), inputs=list(self.inputs),
             outputs=list(self.outputs), types=dict(self.types), constants=dict(self.constants),
-            opset=self.opset, source=self.source, meta=dict(self.meta),
+            opset=self.opset, source=self.source, source_info=self.source_info,
         )
         base.update(changes)
         return Graph(**base)

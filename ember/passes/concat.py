@@ -1,8 +1,8 @@
 """Concat elimination: producers of a Concat write straight into their slice of its output.
 
 The pass does not change the nodes; it records, for every Concat whose inputs can be written
-in place, where each input lives inside the output (``graph.meta["concat_slices"]``, described
-in docs/CONTRACTS.md). A runtime that honours it allocates the Concat's output once, hands each
+in place, where each input lives inside the output (a ``ConcatPlan`` in ``ctx.records.concat``,
+``ember.plan.records``). A runtime that honours it allocates the Concat's output once, hands each
 producer a view of its slice as the output buffer, and skips the Concat (no copy), as TensorRT
 does for Inception blocks.
 
@@ -14,11 +14,12 @@ is in place.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.passes.manager import PassContext, Phase, register_pass
+from ember.plan.records import ConcatEntry, ConcatPlan, ConcatSlice
 
 #: Ops whose CPU/CUDA kernels may return views of their inputs: their output cannot be
 #: redirected into another buffer.
@@ -33,13 +34,14 @@ def _axis(node: Node, rank: int) -> int:
 
 
 def _slices(node: Node, g: Graph, producers: dict[str, Node], readers: dict[str, list[Node]],
-            protected: set[str]) -> Optional[dict[str, Any]]:
+            protected: set[str]) -> Optional[ConcatEntry]:
     out_t = g.types.get(node.outputs[0])
     ins = [i for i in node.inputs if i]
     if out_t is None or not out_t.is_static or len(ins) < 2 or len(set(ins)) != len(ins):
         return None
     axis = _axis(node, out_t.rank)
-    slices, start = [], 0
+    slices: list[ConcatSlice] = []
+    start = 0
     for t in ins:
         p = producers.get(t)
         tt = g.types.get(t)
@@ -49,12 +51,12 @@ def _slices(node: Node, g: Graph, producers: dict[str, Node], readers: dict[str,
                         or [r.name for r in readers.get(t, [])] != [node.name]
                         or len([o for o in p.outputs if o]) != 1)
         size = int(tt.shape[axis])
-        slices.append({"tensor": t, "start": start, "stop": start + size, "in_place": in_place})
+        slices.append(ConcatSlice(t, start, start + size, in_place))
         start += size
-    if not any(s["in_place"] for s in slices):
+    if not any(s.in_place for s in slices):
         return None
     contiguous = all(d == 1 for d in out_t.shape[:axis])
-    return {"output": node.outputs[0], "axis": axis, "slices": slices, "contiguous": contiguous}
+    return ConcatEntry(node.outputs[0], axis, tuple(slices), contiguous)
 
 
 @register_pass("plan_concat_slices", Phase.LAYOUT)
@@ -62,15 +64,15 @@ def plan_concat_slices(graph: Graph, ctx: PassContext) -> Graph:
     """Marks Concats whose inputs can be written into slices of the output buffer."""
     producers, readers = graph.producers(), graph.consumers()
     protected = ctx.protected(graph)
-    plan: dict[str, Any] = {}
+    found: dict[str, ConcatEntry] = {}
     for node in graph.nodes:
         if node.op is OpType.CONCAT:
-            found = _slices(node, graph, producers, readers, protected)
-            if found is not None:
-                plan[node.name] = found
-    if graph.meta.get("concat_slices", {}) == plan:
+            entry = _slices(node, graph, producers, readers, protected)
+            if entry is not None:
+                found[node.name] = entry
+    plan = ConcatPlan(found)
+    if ctx.records.concat == plan:
         return graph
     ctx.count("concat(a, b) => a, b written into slices of one buffer", len(plan))
-    meta = dict(graph.meta)
-    meta["concat_slices"] = plan
-    return graph.copy(meta=meta)
+    ctx.records = ctx.records.with_(concat=plan)
+    return graph

@@ -6,8 +6,9 @@ A pass is a plain function ``(graph, ctx) -> graph`` registered under a name and
     def dce(graph: Graph, ctx: PassContext) -> Graph: ...
 
 It returns a new graph (or the same one when it changed nothing) and never mutates its input.
-``PassContext`` carries the build configuration and the tensors no pass may remove (graph
-outputs always, plus ``keep``). Passes do not print or time themselves: instruments do, around
+``PassContext`` carries the build configuration, the tensors no pass may remove (graph outputs
+always, plus ``keep``) and the typed decision records passes hand on to the builder and the
+backends (``ctx.records``: layout, concat, precision, quantization; ``ember.plan.records``). Passes do not print or time themselves: instruments do, around
 every pass (``StatsInstrument``, ``DumpInstrument``, ``VerifyInstrument``).
 """
 from __future__ import annotations
@@ -18,10 +19,12 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ember.errors import GraphError
 from ember.ir.graph import Graph
+from ember.plan.config import BuildConfig, Device
+from ember.plan.records import Records
 
 
 class Phase(enum.Enum):
@@ -41,18 +44,23 @@ class Phase(enum.Enum):
 
 @dataclass
 class PassContext:
-    """What every pass may read: the build configuration and the protected tensors.
+    """What every pass may read: the build configuration and the protected tensors; and the
+    decision records, which the layout, concat and precision passes write.
 
     ``keep``: tensor names that must survive every pass under the same name (for ``compare
     --per-layer``), in addition to the graph outputs. ``fired`` counts rewrites by rule name;
     the manager reports the counts per pass. ``max_fold_bytes``: constant folding leaves a
-    node alone when its result is larger than this and larger than its inputs.
+    node alone when its result is larger than this and larger than its inputs. ``records``: the
+    typed decisions so far (a pass replaces the record it owns: ``ctx.records =
+    ctx.records.with_(layout=...)``); they name tensors and nodes of the graph the pass returns,
+    so a pass that renames or removes nodes runs before the passes that record decisions.
     """
 
-    config: Any = None
+    config: BuildConfig = field(default_factory=BuildConfig)
     keep: frozenset[str] = frozenset()
     fired: collections.Counter = field(default_factory=collections.Counter)
     max_fold_bytes: int = 64 << 20
+    records: Records = field(default_factory=Records)
 
     def protected(self, graph: Graph) -> set[str]:
         """Tensors a pass must keep, under their names: graph outputs and ``keep``."""
@@ -63,8 +71,8 @@ class PassContext:
         self.fired[rule] += n
 
     @property
-    def device(self) -> str:
-        return getattr(self.config, "device", "cpu")
+    def device(self) -> Device:
+        return self.config.device
 
 
 PassFn = Callable[[Graph, PassContext], Graph]
@@ -202,8 +210,7 @@ def _safe(text: str) -> str:
 def _changed(a: Graph, b: Graph) -> bool:
     if a is b:
         return False
-    return (a.nodes != b.nodes or a.outputs != b.outputs or a.constants.keys() != b.constants.keys()
-            or a.meta != b.meta)
+    return a.nodes != b.nodes or a.outputs != b.outputs or a.constants.keys() != b.constants.keys()
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass], ctx: PassContext,
@@ -214,6 +221,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass], ctx: PassContext,
         for inst in insts:
             inst.before_pass(p, graph)
         fired_before = collections.Counter(ctx.fired)
+        records_before = ctx.records
         t0 = time.perf_counter()
         after = p(graph, ctx)
         seconds = time.perf_counter() - t0
@@ -222,8 +230,8 @@ def run_passes(graph: Graph, passes: Sequence[Pass], ctx: PassContext,
         fired = {k: v - fired_before.get(k, 0) for k, v in ctx.fired.items()
                  if v - fired_before.get(k, 0)}
         record = PassRecord(p.name, p.phase.value, seconds, len(graph.nodes), len(after.nodes),
-                            len(graph.constants), len(after.constants), _changed(graph, after),
-                            fired)
+                            len(graph.constants), len(after.constants),
+                            _changed(graph, after) or ctx.records != records_before, fired)
         for inst in insts:
             inst.after_pass(p, graph, after, record)
         graph = after

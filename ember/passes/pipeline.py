@@ -3,28 +3,33 @@
     cleanup -> fold -> fuse -> layout -> precision
 
 ``BuildConfig.optimize=False`` skips the fuse and layout phases (cleanup, folding and precision
-assignment always run). ``run_pipeline`` puts instruments around every pass and leaves a record
-per pass in ``graph.meta["pass_stats"]`` (name, phase, seconds, node counts, rules fired).
+assignment always run). ``run_pipeline`` puts instruments around every pass and returns an
+``Optimized``: the graph, the typed decision records the passes made (``ember.plan.records``) and
+one ``PassRecord`` per pass (name, phase, seconds, node counts, rules fired).
 
 >>> from ember.passes.pipeline import run_pipeline          # doctest: +SKIP
->>> g = run_pipeline(graph, BuildConfig(), dump_dir="passes/", verify=True)  # doctest: +SKIP
->>> g.meta["pass_stats"][0]["name"]                          # doctest: +SKIP
-'eliminate_noops'
+>>> out = run_pipeline(graph, BuildConfig(), dump_dir="passes/", verify=True)  # doctest: +SKIP
+>>> out.stats[0].name, out.records.layout.preferred          # doctest: +SKIP
+('eliminate_noops', <Layout.NHWC: 'nhwc'>)
 """
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
+from ember.errors import BuildError
 from ember.ir.graph import Graph
 from ember.passes import (  # noqa: F401  (each module registers its passes)
     cleanup, concat, fold, fold_weights, fuse_attention, fuse_conv, fuse_elementwise, fuse_gemm,
     fuse_horizontal, fuse_norm, layout, precision,
 )
 from ember.passes.manager import (
-    DumpInstrument, Instrument, Pass, PassContext, StatsInstrument, VerifyInstrument, get_pass,
-    run_passes,
+    DumpInstrument, Instrument, Pass, PassContext, PassRecord, StatsInstrument, VerifyInstrument,
+    get_pass, run_passes,
 )
+from ember.plan.config import BuildConfig
+from ember.plan.records import Records
 
 #: The pipeline, phase by phase. Passes may appear more than once (cleanup after folding).
 PIPELINE: tuple[str, ...] = (
@@ -44,22 +49,36 @@ PIPELINE: tuple[str, ...] = (
 )
 
 
-def pipeline_passes(config: Any = None) -> list[Pass]:
+@dataclass(frozen=True)
+class Optimized:
+    """What the pipeline made: the optimized ``graph``, the decision ``records`` that go with it
+    (they name its tensors and nodes) and one ``PassRecord`` per pass run, in order."""
+
+    graph: Graph
+    records: Records
+    stats: tuple[PassRecord, ...] = ()
+
+    def stats_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.stats]
+
+
+def pipeline_passes(config: Optional[BuildConfig] = None) -> list[Pass]:
     """The passes ``run_pipeline`` runs for ``config``, in order."""
-    optimize = getattr(config, "optimize", True)
+    optimize = config.optimize if config is not None else True
     passes = [get_pass(name) for name in PIPELINE]
     return [p for p in passes if optimize or not p.phase.is_optimization]
 
 
-def run_pipeline(graph: Graph, config: Any = None, instruments: Optional[Sequence[Instrument]] = None,
+def run_pipeline(graph: Graph, config: Optional[BuildConfig] = None,
+                 instruments: Optional[Sequence[Instrument]] = None,
                  dump_dir: Optional[str | Path] = None, verify: bool = False,
-                 keep: Iterable[str] = ()) -> Graph:
-    """Optimizes ``graph`` for ``config`` (a ``BuildConfig``); returns the new graph.
+                 keep: Iterable[str] = ()) -> Optimized:
+    """Optimizes ``graph`` for ``config`` (default ``BuildConfig()``); returns the new graph
+    with its records and per-pass statistics.
 
     ``instruments``: extra ``Instrument`` objects around every pass. ``dump_dir``: write the
     graph after each pass there. ``verify``: run the IR verifier after every pass (tests do).
     ``keep``: tensor names no pass may remove or rename (besides the graph outputs).
-    The per-pass records land in ``graph.meta["pass_stats"]``.
     """
     stats = StatsInstrument()
     insts: list[Instrument] = [stats]
@@ -70,11 +89,8 @@ def run_pipeline(graph: Graph, config: Any = None, instruments: Optional[Sequenc
     insts.extend(instruments or ())
     missing = sorted(set(keep) - set(graph.types))
     if missing:
-        from ember.errors import BuildError
-
         raise BuildError(f"tensors {missing} asked to be kept are not in graph {graph.name!r}")
+    config = config if config is not None else BuildConfig()
     ctx = PassContext(config=config, keep=frozenset(keep))
     out = run_passes(graph, pipeline_passes(config), ctx, insts)
-    meta = dict(out.meta)
-    meta["pass_stats"] = [r.to_json() for r in stats.records]
-    return out.copy(meta=meta)
+    return Optimized(out, ctx.records, tuple(stats.records))

@@ -1,7 +1,7 @@
 """Precision assignment: the compute precision of every floating-point layer.
 
-The result is ``graph.meta["precisions"]``: node name -> ``"fp32" | "tf32" | "fp16" | "bf16"``,
-for nodes with a floating-point output (integer and shape arithmetic has no precision). The
+The result is a ``PrecisionPlan`` (``ctx.records.precision``): node name -> ``Precision``, for
+nodes with a floating-point output (integer and shape arithmetic has no precision). The
 default is ``BuildConfig.precision``; ``BuildConfig.layer_precisions`` overrides it by key, where
 a key is a node name, one of the source-node names a fused layer absorbed (``origin``), its
 display name, or an op type (``"Softmax"``, ``"FusedConv"``). A fused layer also matches the op
@@ -15,6 +15,8 @@ from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.passes.manager import PassContext, Phase, register_pass
+from ember.plan.config import Device, Precision
+from ember.plan.records import PrecisionPlan
 
 #: Source op types a fused layer stands for, for op-type keys of ``layer_precisions``.
 ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
@@ -33,7 +35,7 @@ def absorbed_ops(node: Node) -> tuple[str, ...]:
     return ABSORBED_OPS.get(node.op, ())
 
 
-def _override(node: Node, table: Mapping[str, str]) -> Optional[str]:
+def _override(node: Node, table: Mapping[str, Precision]) -> Optional[Precision]:
     for key in (node.name, node.display_name, *node.origin):
         if key in table:
             return table[key]
@@ -43,12 +45,12 @@ def _override(node: Node, table: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def layer_precision(node: Node, default: str, table: Mapping[str, str]) -> str:
+def layer_precision(node: Node, default: Precision, table: Mapping[str, Precision]) -> Precision:
     """The precision of ``node`` given the build's default and per-layer table."""
     return _override(node, table) or default
 
 
-def _check_keys(graph: Graph, table: Mapping[str, str]) -> None:
+def _check_keys(graph: Graph, table: Mapping[str, Precision]) -> None:
     known = {op.value for op in OpType}
     for node in graph.nodes:
         known.update((node.name, node.display_name, *node.origin))
@@ -60,21 +62,21 @@ def _check_keys(graph: Graph, table: Mapping[str, str]) -> None:
 
 @register_pass("assign_precisions", Phase.PRECISION)
 def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
-    """Records each floating-point layer's compute precision in ``graph.meta["precisions"]``."""
+    """Records each floating-point layer's compute precision (``ctx.records.precision``)."""
     cfg = ctx.config
-    device = getattr(cfg, "device", "cpu")
-    default = getattr(cfg, "precision", "fp32") if device != "cpu" else "fp32"
-    table = dict(getattr(cfg, "layer_precisions", {}) or {}) if device != "cpu" else {}
+    cpu = cfg.device is Device.CPU
+    default = Precision.FP32 if cpu else cfg.precision
+    table: Mapping[str, Precision] = {} if cpu else cfg.layer_precisions
     _check_keys(graph, table)
-    precisions: dict[str, str] = {}
+    precisions: dict[str, Precision] = {}
     for node in graph.nodes:
         outs = [graph.types.get(o) for o in node.outputs if o]
         if not any(t is not None and t.dtype.is_float for t in outs):
             continue
         precisions[node.name] = layer_precision(node, default, table)
-    if graph.meta.get("precisions") == precisions:
+    plan = PrecisionPlan(precisions)
+    if ctx.records.precision == plan:
         return graph
-    meta = dict(graph.meta)
-    meta["precisions"] = precisions
+    ctx.records = ctx.records.with_(precision=plan)
     ctx.count("layer => precision", len(precisions))
-    return graph.copy(meta=meta)
+    return graph

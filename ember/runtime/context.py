@@ -11,23 +11,29 @@ concurrently from several threads; calls on one context from several threads are
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from ember.backends.base import Executor
 from ember.errors import EmberError
-from ember.runtime.inputs import check_inputs, validate_inputs
-from ember.runtime.tensors import torch_to_numpy
+from ember.runtime.inputs import validate_inputs
+
+if TYPE_CHECKING:
+    from ember.runtime.engine import Engine
 
 
 class ExecutionContext:
-    """Per-run state of an engine. Use as a context manager, or call ``close()``."""
+    """Per-run state of an engine. Use as a context manager, or call ``close()``.
 
-    def __init__(self, engine) -> None:
+    The context validates inputs against the engine's specs and serializes calls; its
+    ``executor`` (the backend's ``Executor``, ``ember.backends.base``) runs them and holds the
+    per-context state (CUDA: captured graphs, streams, pinned buffers, the device arena).
+    """
+
+    def __init__(self, engine: "Engine") -> None:
         self.engine = engine
-        self._program = engine.compile()
-        create_runner = getattr(self._program, "create_runner", None)
-        self._runner = create_runner() if create_runner is not None else None
+        self._executor: Executor = engine.compile().create_executor()
         self._lock = threading.Lock()
         self._closed = False
         self.runs = 0
@@ -41,8 +47,8 @@ class ExecutionContext:
     def close(self) -> None:
         """Releases the context's state; later ``infer`` calls raise."""
         with self._lock:
-            if not self._closed and self._runner is not None and hasattr(self._runner, "close"):
-                self._runner.close()
+            if not self._closed:
+                self._executor.close()
             self._closed = True
 
     def infer_async(self, inputs: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
@@ -53,18 +59,17 @@ class ExecutionContext:
         if self._closed:
             raise EmberError("this execution context is closed; create a new one with "
                              "engine.create_context()")
-        if self._runner is None or not hasattr(self._runner, "infer_async"):
-            raise EmberError(f"infer_async needs an engine built for cuda; this one is for "
-                             f"{self.engine.plan.config.device}: call infer() instead")
         validate_inputs(self.engine.plan.inputs, inputs)
         with self._lock, torch.inference_mode():
+            result = self._executor.infer_async(inputs, stream)
             self.runs += 1
-            return self._runner.infer_async(inputs, stream)
+            return result
 
     @property
-    def runner(self) -> Any:
-        """The backend's per-context runner (CUDA: graphs, streams, pinned buffers), if any."""
-        return self._runner
+    def executor(self) -> Executor:
+        """The backend's per-context executor (CUDA: graphs, streams, pinned buffers, arena;
+        ``memory()`` reports what it holds)."""
+        return self._executor
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Runs the engine: ``{input name: array}`` -> ``{output name: array}``.
@@ -75,16 +80,8 @@ class ExecutionContext:
         if self._closed:
             raise EmberError("this execution context is closed; create a new one with "
                              "engine.create_context()")
-        specs = self.engine.plan.inputs
-        if self._runner is not None:
-            validate_inputs(specs, inputs)
-            with self._lock, torch.inference_mode():
-                self.runs += 1
-                return self._runner.infer(inputs)
-        feeds, as_torch = check_inputs(specs, inputs, self._program.device)
+        validate_inputs(self.engine.plan.inputs, inputs)
         with self._lock, torch.inference_mode():
-            outputs = self._program.run(feeds)
+            outputs = self._executor.infer(inputs)
             self.runs += 1
-        if as_torch:
-            return outputs
-        return {k: torch_to_numpy(v) for k, v in outputs.items()}
+        return outputs

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ember.backends.base import Backend, get_backend
+from ember.backends.base import Backend, Program
+from ember.backends.devices import get_backend
 from ember.plan.plan import Plan, TensorSpec
 
 
@@ -25,13 +26,13 @@ class Engine:
     def __init__(self, plan: Plan, backend: Optional[Backend] = None) -> None:
         self.plan = plan
         self._backend = backend
-        self._program = None
+        self._program: Optional[Program] = None
         self._lock = threading.Lock()
 
     # ---- description -------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return torch.device(self.plan.config.device)
+        return torch.device(self.plan.config.device.value)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -57,20 +58,13 @@ class Engine:
         return format_engine(self.plan)
 
     # ---- life cycle --------------------------------------------------------------------
-    def compile(self):
-        """Compiles every layer's kernel for this machine (done once; thread-safe).
-
-        The result is the backend's own program when it has ``make_program(plan, device)``
-        (see ``ember.runtime.program`` for the protocol), else the generic ``Program``.
-        """
+    def compile(self) -> Program:
+        """Compiles every layer's kernel for this machine (done once; thread-safe): the
+        backend's ``Program`` (``Backend.make_program``)."""
         with self._lock:
             if self._program is None:
-                from ember.runtime.program import Program
-
                 backend = self._backend or get_backend(self.plan.config.device)
-                make_program = getattr(backend, "make_program", None)
-                self._program = (make_program(self.plan, self.device) if make_program is not None
-                                 else Program(self.plan, backend, self.device))
+                self._program = backend.make_program(self.plan, self.device)
             return self._program
 
     def create_context(self):

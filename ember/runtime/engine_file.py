@@ -4,13 +4,15 @@
 The manifest holds the format version, the Ember/torch/Python versions, the device fingerprint,
 the build configuration, the optimized graph (nodes with op, inputs, outputs, attributes,
 origin and rule), the input/output specs, the layers with tactics and precisions, the memory
-plan, build facts, and the sha256 of the weights member. ``manifest.sha256`` holds the sha256 of
+plan, the passes' typed decision records (layout, concat, precision, quantization: schema in
+``ember.plan.records``), build facts, and the sha256 of the weights member. ``manifest.sha256`` holds the sha256 of
 the manifest's bytes (hex), so an edited manifest is caught even when the zip around it was
 rewritten with fresh CRCs. Loading checks every one of these and fails with one sentence saying
 what is wrong and what to do.
 
-Format versions: 2 added ``manifest.sha256`` (required from 2 on). Files of format 1, written
-before it, still load: their manifest is read unchecked, their weights are checked as before.
+Format versions: 2 added ``manifest.sha256``; 3 stores the decision records with a schema
+(``records``) instead of an untyped graph dictionary. Files of an older format are refused with
+a message that names the file and says to rebuild it: their decisions cannot be read as records.
 
 >>> save_plan(engine.plan, "model.ember")          # doctest: +SKIP
 >>> plan = load_plan("model.ember")                # doctest: +SKIP
@@ -31,27 +33,28 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from ember._version import __version__
+from ember.errors import EmberError, EngineFileError
 from ember.plan.config import BuildConfig
 from ember.plan.memory import MemoryPlan
-from ember.errors import EmberError, EngineFileError
-from ember.runtime.device import check_compatible
 from ember.plan.plan import Layer, Plan, TensorSpec
+from ember.plan.records import Records
+from ember.runtime.device import check_compatible
 from ember.runtime.serialize import graph_from_json, graph_to_json
 
 FORMAT = "ember-engine"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+OLDEST_READABLE = 3  # older files keep decisions in an untyped dictionary: rebuild them
 MANIFEST_CHECKSUM_SINCE = 2  # the first format version with a manifest checksum member
 MANIFEST = "manifest.json"
 MANIFEST_SHA256 = "manifest.sha256"
 WEIGHTS = "weights.safetensors"
 _REQUIRED = ("format_version", "ember_version", "device", "config", "graph", "inputs", "outputs",
-             "layers", "memory_plan", "weights")
+             "layers", "memory_plan", "records", "weights")
 _REBUILD = "rebuild it with `ember build`"
 
 
 def _ember_version() -> str:
-    from ember import __version__
-
     return __version__
 
 
@@ -75,6 +78,7 @@ def manifest_of(plan: Plan, weights: bytes) -> dict[str, Any]:
         "outputs": [s.to_json() for s in plan.outputs],
         "layers": [layer.to_json() for layer in plan.layers],
         "memory_plan": plan.memory.to_json(),
+        "records": plan.records.to_json(),
         "build_info": plan.build_info,
         "weights": {"member": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(),
                     "bytes": len(weights), "count": len(plan.graph.constants)},
@@ -151,6 +155,11 @@ def _check_manifest(path: Path, m: Mapping[str, Any], weights: bytes) -> None:
             f"{path} uses engine format {version} (written by Ember {m.get('ember_version', '?')}) but "
             f"this Ember {_ember_version()} reads formats up to {FORMAT_VERSION}; upgrade Ember or "
             f"rebuild the engine with this version")
+    if version < OLDEST_READABLE:
+        raise EngineFileError(
+            f"{path} uses engine format {version} (written by Ember {m.get('ember_version', '?')}), "
+            f"which this Ember {_ember_version()} no longer reads (it reads formats "
+            f"{OLDEST_READABLE} to {FORMAT_VERSION}); rebuild it from its model with `ember build`")
     missing = [k for k in _REQUIRED if k not in m]
     if missing:
         raise EngineFileError(f"{path} has a manifest without {', '.join(missing)}; {_REBUILD}")
@@ -183,6 +192,7 @@ def load_plan(path: str | os.PathLike, check_device: bool = True) -> Plan:
             outputs=[TensorSpec.from_json(d) for d in manifest["outputs"]],
             memory=MemoryPlan.from_json(manifest["memory_plan"]),
             config=BuildConfig.from_json(manifest["config"]),
+            records=Records.from_json(manifest["records"]),
             device=dict(manifest["device"]),
             build_info=dict(manifest.get("build_info", {})),
         )

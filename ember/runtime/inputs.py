@@ -13,7 +13,7 @@ from ember.errors import InputError
 from ember.ir.dtype import DType
 from ember.ir.types import format_shape
 from ember.plan.plan import TensorSpec
-from ember.runtime.tensors import from_torch_dtype, numpy_to_torch
+from ember.backends.tensors import from_torch_dtype
 
 
 def _listing(specs: Sequence[TensorSpec]) -> str:
@@ -87,21 +87,3 @@ def validate_inputs(specs: Sequence[TensorSpec], given: Any) -> None:
     symbols: dict[str, tuple[int, str]] = {}
     for spec in specs:
         _check_one(spec, given[spec.name], symbols)
-
-
-def check_inputs(specs: Sequence[TensorSpec], given: Any,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], bool]:
-    """Validates ``given`` and converts it to contiguous torch tensors on ``device``.
-
-    Returns the tensors and whether the caller passed torch tensors (then outputs are torch).
-    """
-    validate_inputs(specs, given)
-    as_torch = any(isinstance(v, torch.Tensor) for v in given.values())
-    out = {}
-    for spec in specs:
-        v = given[spec.name]
-        if isinstance(v, torch.Tensor):
-            out[spec.name] = v.detach().to(device).contiguous()
-        else:
-            out[spec.name] = numpy_to_torch(v, device)
-    return out, as_torch

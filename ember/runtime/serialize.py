@@ -21,7 +21,7 @@ import numpy as np
 
 from ember.errors import EngineFileError
 from ember.ir.dtype import DType
-from ember.ir.graph import Graph, Node
+from ember.ir.graph import Graph, Node, SourceInfo
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 
@@ -117,16 +117,13 @@ def node_from_json(d: Mapping) -> Node:
 
 def graph_to_json(g: Graph) -> dict:
     """The graph without its constants' data (``constants`` lists their names only)."""
-    meta = {}
-    for k, v in g.meta.items():
-        try:
-            meta[k] = encode_value(v)
-        except TypeError:
-            continue  # build-time bookkeeping that has no file form is not needed to run
+    info = g.source_info
     return {"name": g.name, "opset": g.opset, "source": g.source, "inputs": list(g.inputs),
             "outputs": list(g.outputs), "constants": list(g.constants),
             "types": {k: type_to_json(t) for k, t in g.types.items()},
-            "nodes": [node_to_json(n) for n in g.nodes], "meta": meta}
+            "nodes": [node_to_json(n) for n in g.nodes],
+            "source_info": {"format": info.format, "producer": info.producer, "nodes": info.nodes,
+                            "opsets": dict(info.opsets), "ir_version": info.ir_version}}
 
 
 def graph_from_json(d: Mapping, constants: Mapping[str, np.ndarray]) -> Graph:
@@ -138,5 +135,5 @@ def graph_from_json(d: Mapping, constants: Mapping[str, np.ndarray]) -> Graph:
         name=d["name"], nodes=[node_from_json(n) for n in d["nodes"]], inputs=list(d["inputs"]),
         outputs=list(d["outputs"]), types={k: type_from_json(t) for k, t in d["types"].items()},
         constants={c: constants[c] for c in d["constants"]}, opset=int(d["opset"]),
-        source=d.get("source", ""), meta=decode_value(d.get("meta", {})),
+        source=d.get("source", ""), source_info=SourceInfo(**d["source_info"]),
     )

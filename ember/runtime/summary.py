@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ember.ir.types import format_shape
+from ember.plan.config import Precision
 from ember.plan.plan import Layer, Plan
 
 
@@ -35,7 +36,7 @@ def layer_row(plan: Plan, index: int, layer: Layer) -> list[str]:
     return [str(index), " + ".join(layer.origin) or layer.name, layer.kind,
             ", ".join(_tensor_text(plan, n) for n in layer.inputs),
             ", ".join(_tensor_text(plan, n) for n in layer.outputs),
-            layer.tactic or "default", layer.precision, layer.rule or "-"]
+            layer.tactic or "default", layer.precision.value, layer.rule or "-"]
 
 
 LAYER_HEADER = ["#", "layer", "kind", "inputs", "outputs", "tactic", "precision", "rule"]
@@ -87,23 +88,23 @@ def format_engine(plan: Plan, layers: bool = True) -> str:
 def concat_text(plan: Plan) -> str:
     """``concat elimination: 9 of 9 Concats written in place (27 of 36 inputs)`` for this plan on
     its device (the producers of planned slices are compiled to ask their kernels)."""
-    from ember.runtime.concat_exec import plan_summary, report_line
+    from ember.backends.concat_exec import plan_summary, report_line
 
     try:
         return report_line(plan_summary(plan))
     except Exception as e:  # noqa: BLE001 - the summary must print; say why the count is missing
-        planned = len(plan.graph.meta.get("concat_slices") or {})
+        planned = len(plan.records.concat)
         return f"concat elimination: {planned} Concats planned; not checked here ({e})"
 
 
 def layout_text(plan: Plan) -> str:
     """``layout: 91 tensors channels-last, 3 conversions (nhwc preferred)`` from the plan's
-    ``graph.meta["layout"]``; engines without one say so."""
-    layout = plan.graph.meta.get("layout")
-    if not layout:
+    layout record; engines without one say so."""
+    layout = plan.records.layout
+    if layout is None:
         return "layout: no plan (each kernel keeps its own memory format)"
-    return (f"layout: {len(layout.get('nhwc', ()))} tensors channels-last, "
-            f"{len(layout.get('conversions', ()))} conversions ({layout.get('preferred', '?')} preferred)")
+    return (f"layout: {len(layout.nhwc)} tensors channels-last, "
+            f"{len(layout.conversions)} conversions ({layout.preferred.value} preferred)")
 
 
 def _device_text(fp: dict) -> str:
@@ -112,7 +113,7 @@ def _device_text(fp: dict) -> str:
     return f"{fp.get('cpu')}, {fp.get('isa')}"
 
 
-_HALF = ("fp16", "bf16")
+_HALF = (Precision.FP16, Precision.BF16)
 
 
 def device_weight_bytes(plan: Plan) -> int:

@@ -12,12 +12,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from ember.backends.base import CompileContext, write_into_of
 from ember.backends.cpu import CPUBackend
-from ember.backends.cpu.kernels import conv_mkldnn
+
 from ember.backends.cpu.kernels.common import activation_fn
 from ember.backends.gemm_into import gemm_into, inplace_activation, matrix_view, pointwise_conv
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 from ember.ops.infer import infer_graph
+from ember.plan.config import BuildConfig
 
 CL = torch.channels_last
 SENTINEL = -777.0
@@ -112,15 +113,18 @@ def _conv_graph(act=Activation.RELU, residual=False, k=1, stride=1, group=1, cin
     return infer_graph(g)
 
 
-def _compile_cpu(g, tactic):
+def _compile_cpu(g, tactic, macs=1 << 40):
     consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
-    return CPUBackend().compile_node(g.nodes[0], CompileContext(g, consts, torch.device("cpu"), tactic)), consts
+    ctx = CompileContext(g, consts, torch.device("cpu"), tactic,
+                         config=BuildConfig(cpu_gemm_into_max_macs=macs))
+    return CPUBackend().compile_node(g.nodes[0], ctx), consts
 
 
 @pytest.fixture
-def gemm_into_on(monkeypatch):
-    """The CPU writes every 1x1 conv slice as a GEMM (off by default: see GEMM_INTO_MAX_MACS)."""
-    monkeypatch.setattr(conv_mkldnn, "GEMM_INTO_MAX_MACS", 1 << 40)
+def gemm_into_on():
+    """The CPU writes every 1x1 conv slice as a GEMM (off by default: see
+    ``BuildConfig.cpu_gemm_into_max_macs``); ``_compile_cpu`` asks for it."""
+    return 1 << 40
 
 
 @pytest.mark.parametrize("tactic", ["mkldnn_prepacked", "channels_last"])
@@ -152,7 +156,7 @@ def test_cpu_conv_writes_its_slice(gemm_into_on, tactic, act, residual, params):
         assert not wi.accepts(torch.empty(2, 10, 5, 6, dtype=torch.float64))
 
 
-def test_cpu_gemm_into_is_off_by_default_and_not_offered_where_it_cannot_apply(gemm_into_on, monkeypatch):
+def test_cpu_gemm_into_is_off_by_default_and_not_offered_where_it_cannot_apply(gemm_into_on):
     out = torch.empty(2, 24, 5, 6, device="meta").contiguous(memory_format=CL).narrow(1, 8, 10)
     for g in (_conv_graph(k=3), _conv_graph(stride=2, hw=(9, 11)), _conv_graph(group=2),
               _conv_graph(Activation.GELU_ERF)):
@@ -160,9 +164,10 @@ def test_cpu_gemm_into_is_off_by_default_and_not_offered_where_it_cannot_apply(g
         assert write_into_of(kernel) is None, g.nodes[0].attrs
     kernel, _ = _compile_cpu(_conv_graph(), "mkldnn_prepacked")
     assert write_into_of(kernel).accepts(out)
-    monkeypatch.setattr(conv_mkldnn, "GEMM_INTO_MAX_MACS", 0)
-    kernel, _ = _compile_cpu(_conv_graph(), "mkldnn_prepacked")
-    assert not write_into_of(kernel).accepts(out)
+    kernel, _ = _compile_cpu(_conv_graph(), "mkldnn_prepacked", macs=0)
+    assert write_into_of(kernel) is None  # the default: no GEMM into slices on the CPU
+    small, _ = _compile_cpu(_conv_graph(), "mkldnn_prepacked", macs=100)
+    assert not write_into_of(small).accepts(out)  # larger than the limit: declined
 
 
 # ---- the CUDA tactic (cublaslt_1x1) ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The layout plan (``graph.meta["layout"]``) is consumed by both backends: each conv / pool /
+"""The layout plan (``Records.layout``) is consumed by both backends: each conv / pool /
 norm kernel writes the memory format the plan gives its output (``ember.backends.layout``),
 conv weights are converted once at compile time, tactics that only exist for channels-last
 decline NCHW outputs, and without a plan every kernel keeps the format it always had.
@@ -21,16 +21,20 @@ import ember
 from ember import zoo
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend
-from ember.backends.layout import allows_channels_last, planned_format, planned_weight_format, to_format
-from ember.errors import BuildError
+from ember.backends.layout import format_in, planned_format, planned_weight_format, to_format
+from ember.errors import BuildError, EngineFileError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import (
     Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs, LRNAttrs, PoolAttrs,
 )
+from ember.plan.config import Layout, Precision
+from ember.plan.records import LayoutPlan, Records
 from ember.runtime.summary import format_engine
 from ember.zoo.runners import EmberRunner, OrtRunner, max_rel_error
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
+NHWC_RECORDS = Records(layout=LayoutPlan(Layout.NHWC, frozenset({"y"}), frozenset({"w"})))
+NCHW_RECORDS = Records(layout=LayoutPlan(Layout.NCHW))
 CPU = torch.device("cpu")
 RNG = np.random.default_rng(7)
 
@@ -94,7 +98,7 @@ def _run_layers(engine, feeds, backend, device):
     env.update({k: torch.from_numpy(v).to(device) for k, v in feeds.items()})
     with torch.inference_mode():
         for node, layer in zip(g.nodes, engine.plan.layers):
-            ctx = CompileContext(g, consts, device, layer.tactic, layer.precision)
+            ctx = CompileContext(g, consts, device, layer.tactic, layer.precision, engine.plan.records)
             kernel = backend.compile_node(node, ctx)
             for o, t in zip(node.outputs, kernel([env[i] if i else None for i in node.inputs])):
                 if o:
@@ -109,7 +113,7 @@ def _assert_formats_follow_plan(engine, env, kinds=("Conv", "FusedConv", "MaxPoo
         if node.op.value not in kinds:
             continue
         out = node.outputs[0]
-        want = planned_format(g, out)
+        want = format_in(g, engine.plan.records.layout, out)
         assert want is not None, f"{out} has no planned format"
         got = _fmt(env[out])
         assert got in ("both", "nhwc" if want is CL else "nchw"), f"{node.name}: {got}, plan {want}"
@@ -123,33 +127,35 @@ def _x(shape=(1, 3, 16, 16)):
 
 # ---- the helper -----------------------------------------------------------------------------
 
-def _tiny_graph(meta=None) -> Graph:
+def _tiny_graph() -> Graph:
     types = {"x": TensorType(DType.FLOAT32, (1, 3, 4, 4)), "y": TensorType(DType.FLOAT32, (1, 2, 4, 4)),
              "z": TensorType(DType.FLOAT32, (1, 2, 16)), "w": TensorType(DType.FLOAT32, (2, 3, 1, 1))}
     consts = {"w": np.ones((2, 3, 1, 1), np.float32)}
     node = Node("c", OpType.CONV, ("x", "w"), ("y",), ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1))
-    return Graph("t", [node], ["x"], ["y"], types, consts, meta=meta or {})
+    return Graph("t", [node], ["x"], ["y"], types, consts)
 
 
 def test_planned_format_reads_the_plan():
-    nhwc = _tiny_graph({"layout": {"preferred": "nhwc", "nhwc": ["y"], "weights": ["w"], "conversions": []}})
-    nchw = _tiny_graph({"layout": {"preferred": "nchw", "nhwc": [], "weights": [], "conversions": []}})
-    ctx = CompileContext(nhwc, {}, CPU)
-    assert planned_format(ctx, "y") is CL and planned_format(nhwc, "x") is NCHW
-    assert planned_weight_format(ctx, "w") is CL and planned_weight_format(nchw, "w") is NCHW
+    g = _tiny_graph()
+    nhwc = CompileContext(g, {}, CPU, records=NHWC_RECORDS)
+    nchw = CompileContext(g, {}, CPU, records=NCHW_RECORDS)
+    assert planned_format(nhwc, "y") is CL and planned_format(nhwc, "x") is NCHW
+    assert planned_weight_format(nhwc, "w") is CL and planned_weight_format(nchw, "w") is NCHW
     assert planned_format(nchw, "y") is NCHW
     assert planned_format(nhwc, "z") is None and planned_format(nhwc, "w") is None  # not 4-D activations
-    assert planned_format(_tiny_graph(), "y") is None and planned_format(None, "y") is None
-    assert allows_channels_last(nhwc, "y") and allows_channels_last(_tiny_graph(), "y")
-    assert not allows_channels_last(nchw, "y")
+    assert planned_format(CompileContext(g, {}, CPU), "y") is None  # no plan
+    assert format_in(g, None, "y") is None and format_in(g, NHWC_RECORDS.layout, "y") is CL
     t = torch.randn(1, 2, 3, 3)
     assert to_format(t, None) is t and to_format(t, NCHW) is t and _fmt(to_format(t, CL)) == "nhwc"
 
 
 def test_malformed_plan_is_named():
-    bad = _tiny_graph({"layout": {"preferred": "nhwc", "nhwc": "y"}})
-    with pytest.raises(BuildError, match=r"meta\['layout'\] is malformed"):
-        planned_format(bad, "y")
+    data = NHWC_RECORDS.to_json()
+    data["layout"]["preferred"] = "nwhc"
+    with pytest.raises(EngineFileError, match="plan records are malformed.*rebuild"):
+        Records.from_json(data)
+    with pytest.raises(ValueError, match="nchw or nhwc"):
+        LayoutPlan(Layout.AUTO)
 
 
 def test_build_config_rejects_unknown_layout():
@@ -163,13 +169,13 @@ def test_build_config_rejects_unknown_layout():
 def test_cpu_engine_matches_ort_and_kernels_write_the_planned_format(layout):
     model, feeds = conv_net(), _x()
     engine = ember.build(model, ember.BuildConfig(device="cpu", layout=layout))
-    plan = engine.plan.graph.meta["layout"]
-    assert plan["preferred"] == layout and bool(plan["nhwc"]) == (layout == "nhwc")
+    plan = engine.plan.records.layout
+    assert plan.preferred == layout and bool(plan.nhwc) == (layout == "nhwc")
     _check_ort(engine, model, feeds)
     env = _run_layers(engine, feeds, CPUBackend(), CPU)
     _assert_formats_follow_plan(engine, env)
     if layout == "nhwc":
-        assert {"r0", "p0", "feat"} <= set(plan["nhwc"])
+        assert {"r0", "p0", "feat"} <= plan.nhwc
         assert _fmt(env["feat"]) == "nhwc"  # concat of channels-last inputs stays channels-last
     else:
         assert all(_fmt(t) in ("nchw", "both") for t in env.values() if t.dim() == 4)
@@ -177,7 +183,7 @@ def test_cpu_engine_matches_ort_and_kernels_write_the_planned_format(layout):
 
 def test_cpu_default_layout_is_nhwc():
     engine = ember.build(conv_net(), ember.BuildConfig(device="cpu"))
-    assert engine.plan.graph.meta["layout"]["preferred"] == "nhwc"
+    assert engine.plan.records.layout.preferred is Layout.NHWC
     assert "layout: " in format_engine(engine.plan, layers=False)
     assert "tensors channels-last" in format_engine(engine.plan, layers=False)
 
@@ -192,10 +198,10 @@ def test_cpu_dynamic_spatial_shapes_with_weights_packed_for_a_nominal_input():
 
 
 def test_no_plan_keeps_the_kernels_own_formats():
-    """optimize=False (and graphs built by hand, old engines): no layout meta, as before."""
+    """optimize=False (and graphs built by hand): no layout record, as before."""
     model, feeds = conv_net(), _x()
     engine = ember.build(model, ember.BuildConfig(device="cpu", optimize=False))
-    assert "layout" not in engine.plan.graph.meta
+    assert engine.plan.records.layout is None
     assert "layout: no plan" in format_engine(engine.plan, layers=False)
     _check_ort(engine, model, feeds)
     env = _run_layers(engine, feeds, CPUBackend(), CPU)
@@ -203,7 +209,7 @@ def test_no_plan_keeps_the_kernels_own_formats():
     assert tactics["stem"] == "mkldnn_prepacked" and _fmt(env["c0"]) == "nhwc"  # oneDNN: channels-last
 
 
-def _conv_graph(meta, op=OpType.CONV, act=Activation.NONE):
+def _conv_graph(op=OpType.CONV, act=Activation.NONE):
     attrs = ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     if op is OpType.FUSED_CONV:
         attrs = FusedConvAttrs(attrs, act, (), False)
@@ -212,24 +218,20 @@ def _conv_graph(meta, op=OpType.CONV, act=Activation.NONE):
     consts = {"w": RNG.standard_normal((8, 4, 3, 3)).astype(np.float32),
               "b": RNG.standard_normal(8).astype(np.float32)}
     node = Node("conv", op, ("x", "w", "b"), ("y",), attrs)
-    return Graph("t", [node], ["x"], ["y"], types, consts, meta=meta), node
+    return Graph("t", [node], ["x"], ["y"], types, consts), node
 
 
-NHWC_META = {"layout": {"preferred": "nhwc", "nhwc": ["y"], "weights": ["w"], "conversions": []}}
-NCHW_META = {"layout": {"preferred": "nchw", "nhwc": [], "weights": [], "conversions": []}}
-
-
-@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw"), ({}, None)])
-def test_cpu_conv_tactics_follow_the_plan(meta, want):
-    g, node = _conv_graph(meta)
+@pytest.mark.parametrize("records,want", [(NHWC_RECORDS, "nhwc"), (NCHW_RECORDS, "nchw"), (Records(), None)])
+def test_cpu_conv_tactics_follow_the_plan(records, want):
+    g, node = _conv_graph()
     consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
     x = torch.from_numpy(RNG.standard_normal((1, 4, 6, 6)).astype(np.float32))
     ref = torch.nn.functional.conv2d(x, consts["w"], consts["b"], padding=1)
     backend = CPUBackend()
-    tactics = backend.tactics(node, g)
+    tactics = backend.tactics(node, g, records)
     assert ("channels_last" in tactics) == (want != "nchw")  # channels-last only: declines NCHW
     for tactic in tactics:
-        kernel = backend.compile_node(node, CompileContext(g, consts, CPU, tactic))
+        kernel = backend.compile_node(node, CompileContext(g, consts, CPU, tactic, records=records))
         for given in (x, x.contiguous(memory_format=CL)):
             with torch.inference_mode():
                 y = kernel([given, consts["w"], consts["b"]])[0]
@@ -243,13 +245,13 @@ def test_cpu_conv_tactics_follow_the_plan(meta, want):
             assert _fmt(y) == expected, (tactic, _fmt(given))
 
 
-@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw")])
-def test_cpu_pooling_writes_the_planned_format(meta, want):
+@pytest.mark.parametrize("records,want", [(NHWC_RECORDS, "nhwc"), (NCHW_RECORDS, "nchw")])
+def test_cpu_pooling_writes_the_planned_format(records, want):
     types = {"x": TensorType(DType.FLOAT32, (1, 4, 6, 6)), "y": TensorType(DType.FLOAT32, (1, 4, 3, 3))}
     for op in (OpType.MAX_POOL, OpType.AVERAGE_POOL):
         node = Node("p", op, ("x",), ("y",), PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)))
-        g = Graph("t", [node], ["x"], ["y"], types, {}, meta=meta)
-        kernel = CPUBackend().compile_node(node, CompileContext(g, {}, CPU))
+        g = Graph("t", [node], ["x"], ["y"], types, {})
+        kernel = CPUBackend().compile_node(node, CompileContext(g, {}, CPU, records=records))
         x = torch.randn(1, 4, 6, 6)
         for given in (x, x.contiguous(memory_format=CL)):
             y = kernel([given])[0]
@@ -265,7 +267,7 @@ def _zoo_reference(name):
 @pytest.mark.parametrize("name", ["resnet-18", "googlenet"])
 def test_zoo_models_with_nhwc_match_ort(name):
     engine = ember.build(str(zoo.export_onnx(name)), ember.BuildConfig(device="cpu", layout="nhwc"))
-    assert len(engine.plan.graph.meta["layout"]["nhwc"]) > 10
+    assert len(engine.plan.records.layout.nhwc) > 10
     with EmberRunner(engine) as runner:
         got = runner(zoo.sample_inputs(name, 1))
     for out, ref in _zoo_reference(name).items():
@@ -278,23 +280,23 @@ def test_timing_cache_keeps_nchw_timings_apart():
     from ember.builder.tactics import layer_signature
 
     sigs = {}
-    for key, meta in (("nhwc", NHWC_META), ("nchw", NCHW_META), ("none", {})):
-        g, node = _conv_graph(meta)
-        sigs[key] = layer_signature(node, g, "fp32")
+    for key, records in (("nhwc", NHWC_RECORDS), ("nchw", NCHW_RECORDS), ("none", Records())):
+        g, node = _conv_graph()
+        sigs[key] = layer_signature(node, g, records, Precision.FP32)
     assert sigs["nhwc"] == sigs["none"] != sigs["nchw"]
 
 
 # ---- CUDA kernels' format logic, on CPU tensors -----------------------------------------------
 
-@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw"), ({}, "nhwc")])
-def test_cuda_cudnn_conv_writes_the_planned_format(meta, want):
+@pytest.mark.parametrize("records,want", [(NHWC_RECORDS, "nhwc"), (NCHW_RECORDS, "nchw"), (Records(), "nhwc")])
+def test_cuda_cudnn_conv_writes_the_planned_format(records, want):
     """The ``cudnn`` tactic is F.conv2d: it runs on CPU tensors too, so its layout logic is checked
     here; without a plan it keeps channels-last, as it always did."""
     from ember.backends.cuda.kernels.conv import conv_cudnn
 
-    g, node = _conv_graph(meta, OpType.FUSED_CONV, Activation.RELU)
+    g, node = _conv_graph(OpType.FUSED_CONV, Activation.RELU)
     consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
-    kernel = conv_cudnn(node, CompileContext(g, consts, CPU, "cudnn", "fp32"))
+    kernel = conv_cudnn(node, CompileContext(g, consts, CPU, "cudnn", Precision.FP32, records))
     x = torch.from_numpy(RNG.standard_normal((1, 4, 6, 6)).astype(np.float32))
     ref = torch.relu(torch.nn.functional.conv2d(x, consts["w"], consts["b"], padding=1))
     for given in (x, x.contiguous(memory_format=CL)):
@@ -314,9 +316,11 @@ def test_cuda_cudnn_conv_writes_the_planned_format(meta, want):
 
 
 def test_cuda_channels_last_only_tactics_decline_nchw_outputs():
-    from ember.backends.cuda.kernels.conv import _channel_pad_applies, _pointwise_applies, _triton_epilogue_applies
-    from ember.backends.cuda.kernels.norm import _lrn_4d
-    from ember.backends.cuda.kernels.pool import _max_pool_2d
+    """Tactics registered ``channels_last_only`` do not apply where the plan stores the output
+    NCHW (the registry checks it, so no tactic repeats the check)."""
+    import dataclasses
+
+    from ember.backends.cuda.registry import CUDA_KERNELS
 
     conv = ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     types = {"x": TensorType(DType.FLOAT32, (1, 3, 6, 6)), "y": TensorType(DType.FLOAT32, (1, 8, 6, 6))}
@@ -324,18 +328,19 @@ def test_cuda_channels_last_only_tactics_decline_nchw_outputs():
     fconv = Node("c", OpType.FUSED_CONV, ("x", "w"), ("y",), FusedConvAttrs(conv, Activation.CLIP, (0.0, 6.0), False))
     pool = Node("p", OpType.MAX_POOL, ("x",), ("y",), PoolAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)))
     lrn = Node("l", OpType.LRN, ("x",), ("y",), LRNAttrs(3, 1e-4, 0.75, 1.0))
-    checks = [(_channel_pad_applies, fconv), (_pointwise_applies, fconv), (_triton_epilogue_applies, fconv),
-              (_max_pool_2d, pool), (_lrn_4d, lrn)]
-    for meta, applies in ((NCHW_META, False), (NHWC_META, True), ({}, True)):
-        g = Graph("t", [fconv], ["x"], ["y"], types, consts, meta=meta)
-        for when, node in checks:
-            if when is _pointwise_applies:  # its ReLU/none epilogue: use a plain 1x1 conv
-                node = Node("c", OpType.CONV, ("x", "w"), ("y",), conv)
-            assert bool(when(node, g)) == applies, (when.__name__, meta)
+    checks = [("cudnn_cpad8", fconv), ("cublaslt_1x1", Node("c", OpType.CONV, ("x", "w"), ("y",), conv)),
+              ("cudnn_triton", fconv), ("triton_nhwc", pool), ("triton", lrn)]
+    g = Graph("t", [fconv], ["x"], ["y"], types, consts)
+    for tactic, node in checks:
+        entry = CUDA_KERNELS.table(node.op)[tactic]
+        assert entry.channels_last_only, tactic
+        entry = dataclasses.replace(entry, available=None)  # Triton need not be installed here
+        for records, applies in ((NCHW_RECORDS, False), (NHWC_RECORDS, True), (Records(), True)):
+            assert entry.applies(node, g, records) == applies, (tactic, records)
 
 
-@pytest.mark.parametrize("meta,want", [(NHWC_META, "nhwc"), (NCHW_META, "nchw"), ({}, None)])
-def test_cuda_pool_norm_deconv_write_the_planned_format(meta, want):
+@pytest.mark.parametrize("records,want", [(NHWC_RECORDS, "nhwc"), (NCHW_RECORDS, "nchw"), (Records(), None)])
+def test_cuda_pool_norm_deconv_write_the_planned_format(records, want):
     """Without a plan: pools and BatchNorm follow their input, ConvTranspose writes NCHW (as before)."""
     from ember.backends.cuda.kernels.conv import batch_norm, conv_transpose
     from ember.backends.cuda.kernels.pool import average_pool, max_pool
@@ -351,8 +356,8 @@ def test_cuda_pool_norm_deconv_write_the_planned_format(meta, want):
               {"wt": torch.randn(4, 4, 3, 3)})]
     x = torch.randn(1, 4, 6, 6)
     for factory, node, consts in cases:
-        g = Graph("t", [node], ["x"], ["y"], types, {}, meta=meta)
-        kernel = factory(node, CompileContext(g, consts, CPU, "", "fp32"))
+        g = Graph("t", [node], ["x"], ["y"], types, {})
+        kernel = factory(node, CompileContext(g, consts, CPU, "", Precision.FP32, records))
         ref = kernel([x, *consts.values()])[0]
         for given in (x, x.contiguous(memory_format=CL)):
             y = kernel([given, *consts.values()])[0]
@@ -373,7 +378,7 @@ def test_cuda_engine_layouts_match_ort_and_write_the_planned_format(layout):
 
     model, feeds = conv_net(batch=2), _x((2, 3, 16, 16))
     engine = ember.build(model, ember.BuildConfig(device="cuda", layout=layout, precision="fp32"))
-    assert engine.plan.graph.meta["layout"]["preferred"] == layout
+    assert engine.plan.records.layout.preferred == layout
     _check_ort(engine, model, feeds, tol=2e-4)  # fp32 (TF32 off); cuDNN may pick Winograd
     env = _run_layers(engine, feeds, CUDABackend(), torch.device("cuda"))
     _assert_formats_follow_plan(engine, env)

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from ember.backends.cpu import CPUBackend
-from ember.builder.tactics import TacticSelector, TimingCache, layer_signature, make_kernel_timer
+from ember.backends.timing import wall_clock_timer
+from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
+from ember.plan.config import BuildConfig, Precision
+from ember.plan.records import Records
 from ember.ir import DType, Graph, Node, OpType, TensorType
 
 
@@ -63,15 +66,15 @@ def test_timing_cache_spares_the_second_build(tmp_path):
 
 def test_signature_depends_on_types_and_precision():
     a, b = _graph(4), _graph(8)
-    assert layer_signature(a.nodes[0], a, "fp32") != layer_signature(b.nodes[0], b, "fp32")
-    assert layer_signature(a.nodes[0], a, "fp32") != layer_signature(a.nodes[0], a, "fp16")
-    assert layer_signature(a.nodes[0], a, "fp32") == layer_signature(a.nodes[0], _graph(4), "fp32")
+    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) != layer_signature(b.nodes[0], b, Records(), Precision("fp32"))
+    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) != layer_signature(a.nodes[0], a, Records(), Precision("fp16"))
+    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) == layer_signature(a.nodes[0], _graph(4), Records(), Precision("fp32"))
 
 
 def test_kernel_timer_times_real_kernels():
     g = _graph(16)
     consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
-    timer = make_kernel_timer(CPUBackend(), consts, torch.device("cpu"), warmup=1, reps=2)
+    timer = wall_clock_timer(CPUBackend(), consts, torch.device("cpu"), Records(), BuildConfig(), warmup=1, reps=2)
     ms = timer(g.nodes[0], g, "aten", "fp32")
     assert 0 < ms < 1000
     assert timer(g.nodes[0], g, "no-such-tactic", "fp32") == math.inf

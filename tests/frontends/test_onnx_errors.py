@@ -85,7 +85,7 @@ def test_path_bytes_and_proto_give_the_same_graph(tmp_path):
     onnx.save_model(model, path)
     graphs = [import_onnx(path), import_onnx(str(path)), import_onnx(path.read_bytes()), import_onnx(model)]
     assert len({str(g) for g in graphs}) == 1
-    assert graphs[0].source == str(path) and graphs[0].meta["onnx_nodes"] == 1
+    assert graphs[0].source == str(path) and graphs[0].source_info.nodes == 1
 
 
 def test_external_data_round_trip_and_missing_file(tmp_path):

@@ -5,7 +5,7 @@ oracle that is independent of the builder and runtime, so a pass test fails only
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -13,6 +13,10 @@ from ember.plan.config import BuildConfig
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.types import TensorType
+
+if TYPE_CHECKING:
+    from ember.passes.manager import PassContext
+    from ember.passes.pipeline import Optimized
 
 F32 = np.float32
 
@@ -48,7 +52,12 @@ def run_graph(graph: Graph, feeds: Mapping[str, np.ndarray],
 
 
 def optimize(graph: Graph, keep: Iterable[str] = (), **config: Any) -> Graph:
-    """The full pipeline with the verifier after every pass."""
+    """The full pipeline with the verifier after every pass: the optimized graph."""
+    return optimized(graph, keep, **config).graph
+
+
+def optimized(graph: Graph, keep: Iterable[str] = (), **config: Any) -> "Optimized":
+    """The full pipeline with the verifier after every pass: graph, records and pass statistics."""
     from ember.passes.pipeline import run_pipeline
 
     return run_pipeline(graph, BuildConfig(**config), verify=True, keep=keep)
@@ -56,6 +65,13 @@ def optimize(graph: Graph, keep: Iterable[str] = (), **config: Any) -> Graph:
 
 def run_pass(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any) -> tuple[Graph, dict]:
     """Runs the named passes (verifier after each); returns the graph and the rule counts."""
+    graph, ctx = run_pass_ctx(graph, *names, keep=keep, **config)
+    return graph, dict(ctx.fired)
+
+
+def run_pass_ctx(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any) -> tuple[Graph, "PassContext"]:
+    """Runs the named passes (verifier after each); returns the graph and the pass context (its
+    ``records`` and ``fired`` counts)."""
     from ember.ir.verifier import verify
     from ember.passes.manager import PassContext, get_pass
 
@@ -63,7 +79,7 @@ def run_pass(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any)
     for name in names:
         graph = get_pass(name)(graph, ctx)
         verify(graph)
-    return graph, dict(ctx.fired)
+    return graph, ctx
 
 
 def random_feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -126,13 +142,20 @@ def ort_run(model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def check_against_ort(model, feeds: Optional[dict] = None, rtol: float = 1e-4, atol: float = 1e-5,
                       **config: Any) -> Graph:
-    """Imports ``model``, runs the full pipeline (verified), checks outputs against ORT."""
+    """Imports ``model``, runs the full pipeline (verified), checks outputs against ORT; returns
+    the optimized graph."""
+    return optimized_against_ort(model, feeds, rtol, atol, **config).graph
+
+
+def optimized_against_ort(model, feeds: Optional[dict] = None, rtol: float = 1e-4, atol: float = 1e-5,
+                          **config: Any) -> "Optimized":
+    """``check_against_ort``, returning the pipeline's whole result (graph, records, statistics)."""
     from ember.frontends.onnx import import_onnx
 
     graph = import_onnx(model)
     feeds = feeds if feeds is not None else random_feeds(graph)
-    out = optimize(graph, **config)
-    ours, theirs = run_graph(out, feeds), ort_run(model, feeds)
+    out = optimized(graph, **config)
+    ours, theirs = run_graph(out.graph, feeds), ort_run(model, feeds)
     for k, v in theirs.items():
         np.testing.assert_allclose(ours[k], v, rtol=rtol, atol=atol, err_msg=f"output {k}")
     return out

@@ -7,7 +7,7 @@ from onnx import helper as oh
 import ember
 from ember.ir.optype import OpType
 from ember.passes.fuse_elementwise import RULE
-from passkit import check_against_ort, onnx_model, ops, ort_run, rng_const, run_pass
+from passkit import check_against_ort, onnx_model, ops, optimized_against_ort, ort_run, rng_const, run_pass
 from ember.frontends.onnx import import_onnx
 
 
@@ -49,8 +49,8 @@ def test_chain_fuses_into_one_layer(length):
 
 
 def test_chain_fired_count_is_recorded():
-    out = check_against_ort(onnx_model(CHAINS[3], X, ["y"], BIAS))
-    fired = {k: v for r in out.meta["pass_stats"] if r["name"] == "fuse_elementwise" for k, v in r["fired"].items()}
+    out = optimized_against_ort(onnx_model(CHAINS[3], X, ["y"], BIAS))
+    fired = {k: v for r in out.stats if r.name == "fuse_elementwise" for k, v in r.fired.items()}
     assert fired == {RULE: 1}
 
 
@@ -159,5 +159,5 @@ def test_layer_precisions_by_op_type_reach_the_steps_of_a_fused_chain():
     graph = import_onnx(onnx_model(CHAINS[3], X, ["y"], BIAS))
     for key, want in (("Sigmoid", "fp32"), ("Mul", "fp32"), ("Relu", "fp16")):
         out = run_pipeline(graph, BuildConfig(device="cuda", precision="fp16", layer_precisions={key: "fp32"}))
-        fused = next(n for n in out.nodes if n.op is OpType.FUSED_ELEMENTWISE)
-        assert out.meta["precisions"][fused.name] == want, key
+        fused = next(n for n in out.graph.nodes if n.op is OpType.FUSED_ELEMENTWISE)
+        assert out.records.precision.layers[fused.name] == want, key

@@ -1,10 +1,12 @@
-"""Concat slices and layout assignment (metadata for backends and the runtime)."""
+"""Concat slices, layout and precision assignment: the typed records handed to backends and the
+runtime (``ember.plan.records``)."""
 from onnx import helper as oh
 
-from ember.plan.config import BuildConfig
 from ember.frontends.onnx import import_onnx
 from ember.passes.layout import NCHW, NHWC, assign, preferred_layout
-from passkit import check_against_ort, onnx_model, optimize, rng_const
+from ember.plan.config import BuildConfig, Precision
+from ember.plan.records import OUTPUT_READER, ConcatSlice, LayoutPlan
+from passkit import onnx_model, optimize, optimized, optimized_against_ort, rng_const
 
 
 def inception_like():
@@ -19,54 +21,57 @@ def inception_like():
 
 
 def test_concat_inputs_written_in_place_are_recorded():
-    out = check_against_ort(inception_like())
-    plan = out.meta["concat_slices"]["concat"]
-    assert plan["axis"] == 1 and plan["contiguous"] and plan["output"] == "cat"
-    assert [(s["tensor"], s["start"], s["stop"], s["in_place"]) for s in plan["slices"]] == [
-        ("r0", 0, 4, True), ("c1", 4, 6, True), ("x", 6, 9, False)]
+    out = optimized_against_ort(inception_like())
+    plan = out.records.concat.concats["concat"]
+    assert plan.axis == 1 and plan.contiguous and plan.output == "cat"
+    assert plan.slices == (ConcatSlice("r0", 0, 4, True), ConcatSlice("c1", 4, 6, True),
+                           ConcatSlice("x", 6, 9, False))
+    assert any(r.name == "plan_concat_slices" and r.changed for r in out.stats)
 
 
 def test_concat_input_with_another_reader_is_copied():
     nodes = [oh.make_node("Relu", ["x"], ["a"], name="r1"), oh.make_node("Sigmoid", ["x"], ["b"], name="s1"),
              oh.make_node("Concat", ["a", "b"], ["y"], name="concat", axis=1),
              oh.make_node("Neg", ["a"], ["z"], name="other")]
-    out = check_against_ort(onnx_model(nodes, {"x": (2, 3)}, ["y", "z"]))
-    slices = out.meta["concat_slices"]["concat"]["slices"]
-    assert [s["in_place"] for s in slices] == [False, True]
-    assert out.meta["concat_slices"]["concat"]["contiguous"] is False
+    out = optimized_against_ort(onnx_model(nodes, {"x": (2, 3)}, ["y", "z"]))
+    entry = out.records.concat.concats["concat"]
+    assert [s.in_place for s in entry.slices] == [False, True]
+    assert entry.contiguous is False
 
 
 def test_channels_last_plan_converts_only_at_the_edges():
     graph = optimize(import_onnx(inception_like()))
     plan = assign(graph)
-    assert {"r0", "p", "c1", "cat"} <= set(plan["nhwc"])
-    assert plan["weights"] == sorted(n.inputs[1] for n in graph.nodes if n.op.value in ("Conv", "FusedConv"))
-    readers = sorted((c["tensor"], c["to"], c["reader"]) for c in plan["conversions"])
+    assert {"r0", "p", "c1", "cat"} <= plan.nhwc
+    assert plan.weights == {n.inputs[1] for n in graph.nodes if n.op.value in ("Conv", "FusedConv")}
+    readers = sorted((c.tensor, c.to, c.reader) for c in plan.conversions)
     # the input enters the two convs' branches and the concat; the concat leaves for Flatten
     assert ("cat", NCHW, "flatten") in readers
-    assert all(c["to"] == NHWC for c in plan["conversions"] if c["tensor"] == "x")
+    assert all(c.to == NHWC for c in plan.conversions if c.tensor == "x")
+    assert all(c.reader != OUTPUT_READER for c in plan.conversions)  # y is 2-D
 
 
 def test_layout_preference_follows_device_and_config():
     assert preferred_layout(BuildConfig(device="cpu")) == NHWC
     assert preferred_layout(BuildConfig(device="cpu", layout="nchw")) == NCHW
-    assert preferred_layout(type("C", (), {"device": "cuda"})()) == NHWC
-    assert preferred_layout(type("C", (), {"device": "cpu", "layout": "nhwc"})()) == NHWC
-    out = optimize(import_onnx(inception_like()), layout="nchw")
-    assert out.meta["layout"] == {"preferred": NCHW, "nhwc": [], "weights": [], "conversions": []}
+    assert preferred_layout(BuildConfig(device="cuda")) == NHWC
+    assert preferred_layout(BuildConfig(device="cpu", layout="nhwc")) == NHWC
+    out = optimized(import_onnx(inception_like()), layout="nchw")
+    assert out.records.layout == LayoutPlan(NCHW)
+    assert optimized(import_onnx(inception_like()), optimize=False).records.layout is None
 
 
 def test_precisions_recorded_per_float_layer():
-    out = optimize(import_onnx(inception_like()))
-    assert set(out.meta["precisions"]) == {n.name for n in out.nodes}
-    assert set(out.meta["precisions"].values()) == {"fp32"}
+    out = optimized(import_onnx(inception_like()))
+    assert set(out.records.precision.layers) == {n.name for n in out.graph.nodes}
+    assert set(out.records.precision.layers.values()) == {Precision.FP32}
 
 
 def test_gpu_precisions_follow_the_config_and_per_layer_overrides():
     cfg = dict(device="cuda", precision="fp16", layer_precisions={"a/relu": "fp32", "MaxPool": "bf16"})
-    out = optimize(import_onnx(inception_like()), **cfg)
-    p = out.meta["precisions"]
-    fused = next(n for n in out.nodes if n.display_name == "a/conv + a/relu")
+    out = optimized(import_onnx(inception_like()), **cfg)
+    p = out.records.precision.layers
+    fused = next(n for n in out.graph.nodes if n.display_name == "a/conv + a/relu")
     assert p[fused.name] == "fp32" and p["pool"] == "bf16" and p["b/conv"] == "fp16"
 
 

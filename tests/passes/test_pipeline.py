@@ -6,7 +6,7 @@ from ember.ir import Node, OpType
 from ember.ops.attrs import ConvAttrs
 from ember.passes.manager import Phase, register_pass, run_passes, PassContext, VerifyInstrument, get_pass
 from ember.passes.pipeline import PIPELINE, pipeline_passes, run_pipeline
-from passkit import assert_same_outputs, ir_graph, ops, optimize, rng_const
+from passkit import assert_same_outputs, ir_graph, ops, optimize, optimized, rng_const
 
 
 def conv_relu_graph():
@@ -18,14 +18,15 @@ def conv_relu_graph():
 
 def test_pipeline_records_stats_per_pass():
     g = conv_relu_graph()
-    out = optimize(g)
-    stats = out.meta["pass_stats"]
-    assert [s["name"] for s in stats] == [p.name for p in pipeline_passes(None)]
+    out = optimized(g)
+    stats = out.stats
+    assert [s.name for s in stats] == [p.name for p in pipeline_passes(None)]
     first = stats[0]
-    assert first["name"] == "eliminate_noops" and first["nodes_before"] == 3 and first["nodes_after"] == 2
-    assert first["changed"] and first["fired"] == {"x -> noop(x) => x": 1}
-    assert all(s["seconds"] >= 0 for s in stats)
-    assert_same_outputs(g, out)
+    assert first.name == "eliminate_noops" and first.nodes_before == 3 and first.nodes_after == 2
+    assert first.changed and first.fired == {"x -> noop(x) => x": 1}
+    assert all(s.seconds >= 0 for s in stats)
+    assert out.stats_json()[0]["name"] == "eliminate_noops"
+    assert_same_outputs(g, out.graph)
 
 
 def test_dump_dir_writes_graph_after_each_pass(tmp_path):

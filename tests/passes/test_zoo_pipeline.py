@@ -8,7 +8,7 @@ import pytest
 
 from ember import zoo
 from ember.frontends.onnx import import_onnx
-from passkit import optimize, ort_run, run_graph
+from passkit import optimize, optimized, ort_run, run_graph
 
 BN = "batchnorm(conv(x, w, b)) => conv(x, w * s, b * s + t)"
 CONV_RELU = "conv(x, w, b) -> relu => conv_relu(x, w, b)"
@@ -61,10 +61,10 @@ def sample(name, dynamic=False):
     return zoo.sample_inputs(name, batch=2 if dynamic else 1)
 
 
-def fired(graph):
+def fired(result):
     total = {}
-    for record in graph.meta["pass_stats"]:
-        for rule, n in record["fired"].items():
+    for record in result.stats:
+        for rule, n in record.fired.items():
             total[rule] = total.get(rule, 0) + n
     return total
 
@@ -75,9 +75,10 @@ def test_zoo_model_optimized_matches_onnxruntime(case):
     name, path = exported(case)
     model = onnx.load(str(path))
     graph = import_onnx(model)
-    out = optimize(graph)
+    result = optimized(graph)
+    out = result.graph
     expect = CASES[case]
-    counts = fired(out)
+    counts = fired(result)
     for rule, n in expect["rules"].items():
         assert counts.get(rule) == n, (rule, counts)
     assert len(out.nodes) == expect["layers"]

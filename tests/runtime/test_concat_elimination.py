@@ -1,4 +1,4 @@
-"""Concat elimination at run time (``graph.meta["concat_slices"]`` honoured by the programs):
+"""Concat elimination at run time (``Records.concat`` honoured by the programs):
 producers whose kernel writes into a given tensor fill their slice of the Concat's buffer, the
 rest are copied into their slice, and results match ONNX Runtime."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 import ember
 from ember.backends.base import WriteInto, write_into_of
-from ember.runtime.concat_exec import report_line
+from ember.backends.concat_exec import report_line
 from ember.runtime.summary import format_engine
 
 
@@ -93,8 +93,8 @@ def test_producer_with_second_reader_is_not_in_place():
              helper.make_node("Neg", ["a"], ["z"])]
     x = np.random.default_rng(3).standard_normal((1, 4, 3, 3)).astype(np.float32)
     engine, program, stats, _ = _run(_model(nodes, x.shape, outputs=("y", "z")), x)
-    slices = engine.plan.graph.meta["concat_slices"]["Concat_2"]["slices"]
-    assert [s["in_place"] for s in slices] == [False, True]
+    slices = engine.plan.records.concat.concats["Concat_2"].slices
+    assert [s.in_place for s in slices] == [False, True]
     assert stats == {"written": 1, "copied": 1, "concats": 1}
 
 
@@ -119,7 +119,7 @@ def test_dynamic_batch_is_not_planned():
     x = np.random.default_rng(6).standard_normal((2, 8, 6, 6)).astype(np.float32)
     model = _model(_branches(), ("batch", 8, 6, 6))
     engine, program, stats, _ = _run(model, x)
-    assert not engine.plan.graph.meta.get("concat_slices")
+    assert not engine.plan.records.concat
     assert stats == {} and not program.concat.targets
 
 
@@ -135,7 +135,7 @@ def test_no_capable_producer_keeps_the_concat():
     model.graph.initializer.append(w)
     x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
     engine, program, stats, _ = _run(model, x)
-    if engine.plan.graph.meta.get("concat_slices"):
+    if engine.plan.records.concat:
         assert not program.concat.targets and stats == {}
     assert "concat elimination: 0 of 1 Concats" in format_engine(engine.plan, layers=False)
 
@@ -179,7 +179,7 @@ def test_googlenet_end_to_end_matches_ort():
     path = zoo.export_onnx("googlenet")
     feeds = zoo.sample_inputs("googlenet", batch=1)
     engine = ember.build(str(path), ember.BuildConfig(device="cpu"))
-    assert len(engine.plan.graph.meta["concat_slices"]) == 9
+    assert len(engine.plan.records.concat) == 9
     with engine.create_context() as ctx:
         out = ctx.infer(feeds)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -222,7 +222,7 @@ def test_cuda_conv_writes_packed_channels_last_slices():
         for _ in range(3):
             np.testing.assert_allclose(ctx.infer({"x": x})["y"], ref, rtol=1e-4, atol=1e-4)
     report = program.concat.report
-    if engine.plan.graph.meta.get("concat_slices"):
+    if engine.plan.records.concat:
         tactics = {layer.name: layer.tactic for layer in engine.plan.layers}
         if all(t == "cudnn" for n, t in tactics.items() if n.startswith("Conv")):
             assert report[next(iter(report))]["eliminated"]

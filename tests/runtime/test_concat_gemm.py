@@ -1,7 +1,7 @@
 """Concat elimination through 1x1 convolutions written as GEMMs into their Concat slices
 (``ember.backends.gemm_into``): which inputs are written, which are copied, and outputs equal to
-ONNX Runtime. The CPU writes them only when ``GEMM_INTO_MAX_MACS`` allows (off by default, where
-it did not pay: BENCHMARKS.md), so these tests switch it on."""
+ONNX Runtime. The CPU writes them only when ``BuildConfig.cpu_gemm_into_max_macs`` allows (off by
+default, where it did not pay: BENCHMARKS.md), so these tests switch it on."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,15 +11,17 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.backends.cpu.kernels import conv_mkldnn
 from ember.runtime.summary import concat_text
 
 RNG = np.random.default_rng(0)
 
 
+GEMM_INTO = 1 << 40  # every 1x1 conv slice as a GEMM
+
+
 @pytest.fixture
-def gemm_into_on(monkeypatch):
-    monkeypatch.setattr(conv_mkldnn, "GEMM_INTO_MAX_MACS", 1 << 40)
+def gemm_into_on():
+    return GEMM_INTO
 
 
 def _w(name, *shape):
@@ -33,8 +35,8 @@ def _model(nodes, inits, x_shape, outputs=("y",)):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _run(model, x, device="cpu", rtol=1e-5, atol=1e-5):
-    engine = ember.build(model, ember.BuildConfig(device=device))
+def _run(model, x, device="cpu", rtol=1e-5, atol=1e-5, macs=GEMM_INTO):
+    engine = ember.build(model, ember.BuildConfig(device=device, cpu_gemm_into_max_macs=macs))
     program = engine.compile() if device == "cpu" else None
     feeds = {"x": x}
     if program is not None:
@@ -87,7 +89,7 @@ def test_default_cpu_keeps_the_copies():
     """Off by default on the CPU (the GEMM did not pay there): same answer, plain copies."""
     nodes, inits = _mixed_branches()
     x = RNG.standard_normal((1, 8, 9, 9)).astype(np.float32)
-    engine, program, stats = _run(_model(nodes, inits, x.shape), x)
+    engine, program, stats = _run(_model(nodes, inits, x.shape), x, macs=ember.BuildConfig().cpu_gemm_into_max_macs)
     assert not program.concat.targets and stats == {}
     assert "concat elimination: 0 of 1 Concats written in place" in concat_text(engine.plan)
 
@@ -115,8 +117,8 @@ def test_second_reader_graph_output_and_epilogues(gemm_into_on):
     g = engine.plan.graph
     fused = {n.outputs[0]: n for n in g.nodes}
     assert fused["r"].op.value == "FusedConv" and fused["r"].attrs.has_residual  # the residual case is tested
-    slices = g.meta["concat_slices"][next(iter(g.meta["concat_slices"]))]["slices"]
-    assert [s["in_place"] for s in slices] == [False, False, True, True]
+    (entry,) = engine.plan.records.concat.concats.values()
+    assert [s.in_place for s in entry.slices] == [False, False, True, True]
     (report,) = program.concat.report.values()
     assert report["written"] == ["c", "r"]
     assert stats == {"written": 2, "copied": 2, "concats": 1}
@@ -155,7 +157,7 @@ def test_googlenet_writes_its_pool_projections_in_place(gemm_into_on):
     of 36 inputs; branch 1 is a Split output of the merged 1x1 convs and the 3x3/5x5 convs are
     not GEMMs, so those are copied."""
     path, feeds = _googlenet()
-    engine = ember.build(str(path), ember.BuildConfig(device="cpu"))
+    engine = ember.build(str(path), ember.BuildConfig(device="cpu", cpu_gemm_into_max_macs=GEMM_INTO))
     assert concat_text(engine.plan) == "concat elimination: 9 of 9 Concats written in place (9 of 36 inputs)"
     program = engine.compile()
     stats: dict = {}

@@ -61,7 +61,7 @@ def test_a_reused_gpu_input_buffer_is_read_in_place_without_a_copy():
     rng = np.random.default_rng(1)
     buf = torch.empty((2, 3, 8, 8), device="cuda")
     with engine.create_context() as ctx:
-        runner = ctx.runner
+        runner = ctx.executor
         for i in range(5):
             x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
             buf.copy_(torch.from_numpy(x))
@@ -86,7 +86,7 @@ def test_the_engines_own_input_buffer_filled_by_the_caller_runs_without_copy_or_
     engine = build(cnn_graph(), ember.BuildConfig(device="cuda", profiles=PROFILE))
     rng = np.random.default_rng(2)
     with engine.create_context() as ctx:
-        runner = ctx.runner
+        runner = ctx.executor
         like = {"x": np.zeros((2, 3, 8, 8), np.float32)}
         buf = runner.input_buffer(like, "x")
         captures = runner.captures
@@ -105,7 +105,7 @@ def test_device_memory_is_measured_and_inspect_reports_it(tmp_path, capsys):
     assert engine.compile().weight_bytes > 0
     with engine.create_context() as ctx:
         ctx.infer({"x": np.zeros((2, 3, 8, 8), np.float32)})
-        mem = ctx.runner.memory()
+        mem = ctx.executor.memory()
     assert mem["graphs"] == 1 and mem["weights"] > 0 and mem["static_buffers"] >= 2 * 3 * 8 * 8 * 4
     path = tmp_path / "cnn.ember"
     engine.save(path)

@@ -13,9 +13,13 @@ import ember
 from ember.builder.build import build
 from ember.errors import DeviceError, EngineFileError
 from ember.ir import DType, Graph, Node, OpType, TensorType
-from ember.ops.attrs import Activation, AutoPad, ClipAttrs, ConstantOfShapeAttrs, ConvAttrs, FusedConvAttrs
+from ember.ops.attrs import (
+    Activation, AutoPad, AxisAttrs, ClipAttrs, ConstantOfShapeAttrs, ConvAttrs, FusedConvAttrs,
+)
+from ember.ops.infer import infer_graph
 import hashlib
 
+from ember.runtime.engine import Engine
 from ember.runtime.engine_file import FORMAT_VERSION, MANIFEST, MANIFEST_SHA256, WEIGHTS
 from ember.runtime.serialize import decode_value, encode_value
 
@@ -64,7 +68,7 @@ def test_manifest_holds_everything(saved):
     with zipfile.ZipFile(path) as z:
         m = json.loads(z.read(MANIFEST))
         assert z.read(MANIFEST_SHA256).decode() == hashlib.sha256(z.read(MANIFEST)).hexdigest()
-    assert m["format_version"] == FORMAT_VERSION == 2
+    assert m["format_version"] == FORMAT_VERSION == 3
     assert m["ember_version"] == ember.__version__ and m["torch_version"] == torch.__version__
     assert m["device"]["type"] == "cpu" and m["device"]["isa"]
     assert m["config"]["profiles"]["x"] == {"min": [1, 6], "opt": [2, 6], "max": [4, 6]}
@@ -73,6 +77,7 @@ def test_manifest_holds_everything(saved):
     assert m["memory_plan"]["arena_bytes"] > 0 and len(m["weights"]["sha256"]) == 64
     assert m["build_info"]["layers"] == len(m["layers"]) and m["build_info"]["build_seconds"] > 0
     assert m["build_info"]["source_nodes"] == 6
+    assert m["records"]["schema"] == 1 and set(m["records"]["precision"].values()) == {"fp32"}
 
 
 def test_constants_of_every_kind_survive(tmp_path):
@@ -195,24 +200,57 @@ def test_altered_manifest(saved, tmp_path):
                                   f"`ember build`")
 
 
-def test_format_1_files_without_a_manifest_checksum_still_load(saved, tmp_path):
-    engine, path = saved
-    old = tmp_path / "v1.ember"
-    _edit_manifest(path, old, lambda m: m.update(format_version=1), checksum=False)
-    with zipfile.ZipFile(old) as z:
-        assert MANIFEST_SHA256 not in z.namelist()
-    loaded = ember.load(old)
-    x = np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32)
-    with engine.create_context() as a, loaded.create_context() as b:
-        np.testing.assert_array_equal(a.infer({"x": x})["y"], b.infer({"x": x})["y"])
+@pytest.mark.parametrize("version,checksum", [(1, False), (2, True)])
+def test_files_of_older_formats_are_refused_with_a_rebuild_message(saved, tmp_path, version, checksum):
+    """Formats 1 and 2 kept the passes' decisions in an untyped graph dictionary; they cannot be
+    read as typed records, so they are refused, naming the file and what to do."""
+    _, path = saved
+    old = tmp_path / f"v{version}.ember"
+
+    def downgrade(m):
+        m.update(format_version=version, ember_version="0.0.9")
+        m["graph"]["meta"] = {"layout": {"preferred": "nhwc"}}
+        del m["records"]
+
+    _edit_manifest(path, old, downgrade, checksum=checksum)
+    with pytest.raises(EngineFileError, match=rf"{old}.*format {version} \(written by Ember 0\.0\.9\).*"
+                                              r"no longer reads.*rebuild it from its model with `ember build`"):
+        ember.load(old)
 
 
-def test_format_2_file_without_its_manifest_checksum(saved, tmp_path):
+def test_format_3_file_without_its_manifest_checksum(saved, tmp_path):
     _, path = saved
     bad = tmp_path / "nosum.ember"
     _rewrite(path, bad, lambda n, d: None if n == MANIFEST_SHA256 else d)
-    with pytest.raises(EngineFileError, match=r"has no manifest\.sha256, which engine format 2 requires"):
+    with pytest.raises(EngineFileError, match=r"has no manifest\.sha256, which engine format 3 requires"):
         ember.load(bad)
+
+
+def test_every_record_round_trips(tmp_path):
+    """Layout, concat, precision and quantization records come back from the file as they went in."""
+    import dataclasses
+
+    from ember.plan import Layout, LayoutConversion, LayoutPlan, Precision, QuantDType, QuantizationPlan, QuantRecord
+    from ember.plan.records import OUTPUT_READER
+
+    nodes = [Node("r", OpType.RELU, ("x",), ("a",)), Node("s", OpType.SIGMOID, ("x",), ("b",)),
+             Node("cat", OpType.CONCAT, ("a", "b"), ("y",), AxisAttrs(1))]
+    types = {"x": TensorType(DType.FLOAT32, (1, 3, 4, 4))}
+    engine = build(infer_graph(Graph("cat", nodes, ["x"], ["y"], types, {})))
+    records = engine.plan.records
+    assert records.layout is not None and records.concat and records.precision.layers
+    quant = QuantizationPlan({
+        "a": QuantRecord("a", QuantDType.INT8, (0.02,), (0,), None, "calibration:entropy"),
+        "w": QuantRecord("w", QuantDType.INT8, (0.1, 0.2, 0.3), (0, 0, 0), 0, "qdq")})
+    layout = LayoutPlan(Layout.NHWC, records.layout.nhwc, frozenset({"w"}),
+                        (LayoutConversion("y", Layout.NCHW, OUTPUT_READER),))
+    engine.plan.records = records.with_(layout=layout, quantization=quant,
+                                        precision=dataclasses.replace(records.precision, layers={
+                                            **records.precision.layers, "r": Precision.FP16}))
+    engine.save(tmp_path / "r.ember")
+    loaded = Engine.load(tmp_path / "r.ember", compile=False)
+    assert loaded.plan.records == engine.plan.records
+    assert loaded.plan.records.quantization.get("w").axis == 0
 
 
 def test_newer_format_version(saved, tmp_path):

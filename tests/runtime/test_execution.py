@@ -121,47 +121,50 @@ def test_intermediates_are_freed_after_their_last_use():
     assert any(t.last < len(plan.layers) for t in plan.memory.tensors.values())  # something was freed
 
 
-class _RunnerBackend(CPUBackend):
-    """A backend with its own program and per-context runners (the CUDA backend's hook)."""
+class _ExecutorBackend(CPUBackend):
+    """A backend whose program gives every context an executor of its own (as CUDA's does)."""
 
     def __init__(self) -> None:
         self.runners: list = []
 
     def make_program(self, plan, device):
-        from ember.runtime.program import Program
+        from ember.backends.base import Executor
+        from ember.backends.cpu.program import CPUProgram
 
         backend = self
-        program = Program(plan, CPUBackend(), device)
 
-        class Runner:
-            def __init__(self):
-                self.closed = False
-                self.calls = 0
+        class CountingExecutor(Executor):
+            device_type = "cpu"
+
+            def __init__(self, program):
+                self.program, self.closed, self.calls = program, False, 0
 
             def infer(self, inputs):
                 self.calls += 1
                 feeds = {k: torch.as_tensor(v) for k, v in inputs.items()}
-                return {k: v.numpy() for k, v in program.run(feeds).items()}
+                return {k: v.numpy() for k, v in self.program.run(feeds).items()}
 
             def close(self):
                 self.closed = True
 
-        def create_runner():
-            backend.runners.append(Runner())
-            return backend.runners[-1]
+        class CountingProgram(CPUProgram):
+            def create_executor(self):
+                backend.runners.append(CountingExecutor(self))
+                return backend.runners[-1]
 
-        program.create_runner = create_runner
-        return program
+        return CountingProgram(plan, CPUBackend(), device)
 
 
-def test_backend_program_and_runner_hook():
-    backend = _RunnerBackend()
+def test_backend_program_and_executor_contract():
+    backend = _ExecutorBackend()
     engine = build(mlp_graph(), ember.BuildConfig(shapes={"x": (2, 6)}), backend=backend)
     x = np.ones((2, 6), np.float32)
     with engine.create_context() as a, engine.create_context() as b:
         ya, yb = a.infer({"x": x})["y"], b.infer({"x": x})["y"]
         with pytest.raises(ember.InputError, match="missing input 'x'"):
-            a.infer({})  # inputs are validated before the runner sees them
+            a.infer({})  # inputs are validated before the executor sees them
+        with pytest.raises(ember.EmberError, match="infer_async needs an engine built for cuda"):
+            a.infer_async({"x": x})
     np.testing.assert_allclose(ya, mlp_reference(MLP, x)["y"], rtol=1e-5)
     np.testing.assert_array_equal(ya, yb)
     assert [(r.calls, r.closed) for r in backend.runners] == [(1, True), (1, True)]

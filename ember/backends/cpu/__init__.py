@@ -11,16 +11,23 @@ one node eagerly on numpy arrays (constant folding uses it)::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into, write_into_of
+from ember.backends.base import (
+    Backend, CompileContext, Kernel, TacticTimer, WriteInto, with_write_into, write_into_of,
+)
+from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
+from ember.backends.timing import wall_clock_timer
 from ember.errors import BuildError, EmberError, GraphError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.config import BuildConfig, Device
+from ember.plan.plan import Plan
+from ember.plan.records import Records
 
 __all__ = ["CPUBackend", "evaluate", "kernel_ops"]
 
@@ -75,31 +82,27 @@ def _unsupported_reason(node: Node) -> Optional[str]:
     return None
 
 
-class CPUBackend:
+class CPUBackend(Backend):
     """Compiles IR nodes into CPU kernels (closures over prepacked weights)."""
 
-    name = "cpu"
+    device = Device.CPU
 
     def supports(self, node: Node) -> bool:
         """Whether this backend can run ``node`` (op type and attribute values)."""
         return _unsupported_reason(node) is None
 
-    def tactics(self, node: Node, graph: Graph) -> list[str]:
+    def tactics(self, node: Node, graph: Graph, records: Optional[Records] = None) -> list[str]:
         """Candidate implementations of ``node`` in ``graph``, default first."""
-        return candidates(node, graph)
+        return candidates(node, graph, records)
 
-    def may_alias(self, node: Node) -> bool:
-        """Whether the kernel's outputs may be views sharing memory with its inputs."""
-        from ember.backends.cpu.kernels.shape import VIEW_OPS
+    def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
+                   records: Records, config: BuildConfig) -> TacticTimer:
+        """Wall-clock timing of each tactic's kernel (``ember.backends.timing``)."""
+        return wall_clock_timer(self, constants, device, records, config)
 
-        return node.op in VIEW_OPS
-
-    def reserve_memory(self, largest_bytes: int, peak_bytes: int) -> bool:
-        """Before an engine runs: keep activation buffers of up to ``largest_bytes`` (peaking at
-        ``peak_bytes``) in the C heap between layers and runs (``ember.backends.cpu.heap``)."""
-        from ember.backends.cpu.heap import reserve
-
-        return reserve(largest_bytes, peak_bytes)
+    def make_program(self, plan: Plan, device: torch.device) -> CPUProgram:
+        """The engine's executable form: a ``CPUProgram`` (re-entrant, shared by all contexts)."""
+        return CPUProgram(plan, self, device)
 
     def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
         """The kernel for ``node`` with tactic ``ctx.tactic`` ("" = the default choice)."""
@@ -107,7 +110,7 @@ class CPUBackend:
         if reason is not None:
             raise BuildError(f"node {node.name!r} ({node.op}): {reason}; build for another "
                              f"device or change the model")
-        entry = lookup(node, ctx.tactic, ctx.graph)
+        entry = lookup(node, ctx.tactic, ctx.graph, ctx.records)
         try:
             kernel = entry.factory(node, ctx)
         except EmberError:

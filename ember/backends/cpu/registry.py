@@ -8,7 +8,8 @@ A kernel family module registers each factory with an explicit decorator::
     @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=0, when=weights_are_constant)
     def conv_prepacked(node, ctx): ...
 
-Every op has an ``"aten"`` tactic: the generic implementation that works for any input (it is
+The mechanism is the one of every backend (``ember.backends.kernel_registry``); this module
+holds the CPU's instance. Every op has an ``"aten"`` tactic: the generic implementation that works for any input (it is
 what ``evaluate`` and constant folding use). Other tactics are faster special cases; ``when``
 says whether a tactic applies to a node of a given graph, and ``rank`` orders the candidates
 (lowest first: the default choice). The family modules are imported from an explicit list in
@@ -16,89 +17,59 @@ says whether a tactic applies to a node of a given graph, and ``rank`` orders th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.kernel_registry import Applies, KernelEntry, KernelFactory, KernelRegistry
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-
-KernelFactory = Callable[[Node, CompileContext], Kernel]
-Applies = Callable[[Node, Optional[Graph]], bool]
+from ember.plan.records import Records
 
 #: The generic tactic every op has.
 ATEN = "aten"
 
 
-@dataclass(frozen=True)
-class KernelEntry:
-    op: OpType
-    tactic: str
-    factory: KernelFactory
-    rank: int
-    when: Optional[Applies]
-
-    def applies(self, node: Node, graph: Optional[Graph]) -> bool:
-        return self.when is None or bool(self.when(node, graph))
-
-
-_KERNELS: dict[OpType, dict[str, KernelEntry]] = {}
-
-
-def register_kernel(op: OpType, tactic: str = ATEN, *, rank: int = 100,
-                    when: Optional[Applies] = None) -> Callable[[KernelFactory], KernelFactory]:
-    """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op``."""
-
-    def deco(factory: KernelFactory) -> KernelFactory:
-        table = _KERNELS.setdefault(op, {})
-        if tactic in table:
-            raise RuntimeError(f"CPU kernel for {op} tactic {tactic!r} registered twice")
-        table[tactic] = KernelEntry(op, tactic, factory, rank, when)
-        return factory
-
-    return deco
-
-
-def _table(op: OpType) -> dict[str, KernelEntry]:
+def _load() -> None:
     from ember.backends.cpu.kernels import load_kernels
 
     load_kernels()
-    return _KERNELS.get(op, {})
+
+
+CPU_KERNELS = KernelRegistry("CPU", _load)
+
+
+def register_kernel(op: OpType, tactic: str = ATEN, *, rank: int = 100, when: Optional[Applies] = None,
+                    channels_last_only: bool = False) -> Callable[[KernelFactory], KernelFactory]:
+    """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op`` on the CPU."""
+    return CPU_KERNELS.register(op, tactic, rank=rank, when=when, channels_last_only=channels_last_only)
 
 
 def has_kernel(op: OpType) -> bool:
-    return ATEN in _table(op)
+    return CPU_KERNELS.has(op, ATEN)
 
 
 def kernel_ops() -> list[OpType]:
     """Every op type that has a CPU kernel."""
-    _table(OpType.IDENTITY)
-    return sorted((op for op, t in _KERNELS.items() if ATEN in t), key=lambda o: o.value)
+    return [op for op in CPU_KERNELS.ops() if CPU_KERNELS.has(op, ATEN)]
 
 
-def candidates(node: Node, graph: Optional[Graph]) -> list[str]:
+def candidates(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> list[str]:
     """Tactic names that apply to ``node``, default (lowest rank) first."""
-    entries = [e for e in _table(node.op).values() if e.applies(node, graph)]
-    entries.sort(key=lambda e: (e.rank, e.tactic))
-    return [e.tactic for e in entries]
+    return CPU_KERNELS.candidates(node, graph, records)
 
 
-def lookup(node: Node, tactic: str, graph: Optional[Graph]) -> KernelEntry:
+def lookup(node: Node, tactic: str, graph: Optional[Graph], records: Optional[Records] = None) -> KernelEntry:
     """The entry for ``tactic`` ("" = default) of ``node``; a clear error when there is none."""
-    table = _table(node.op)
+    table = CPU_KERNELS.table(node.op)
     if not table:
         raise BuildError(f"node {node.name!r}: the CPU backend has no kernel for op {node.op}; "
                          f"build for another device or remove the op from the model")
     if not tactic:
-        names = candidates(node, graph)
+        names = candidates(node, graph, records)
         tactic = names[0] if names else ATEN
-    entry = table.get(tactic)
+    entry = CPU_KERNELS.entry(node, tactic, graph, records)
     if entry is None:
         known = ", ".join(sorted(table))
         raise BuildError(f"node {node.name!r} ({node.op}): unknown CPU tactic {tactic!r}; "
                          f"known tactics: {known}. Rebuild the engine (or clear the timing cache)")
-    if not entry.applies(node, graph):
-        raise BuildError(f"node {node.name!r} ({node.op}): CPU tactic {tactic!r} does not apply "
-                         f"to this node; choose one of {', '.join(candidates(node, graph))}")
     return entry

@@ -1,6 +1,6 @@
 """The device arena of a CUDA execution context: every intermediate at its planned offset.
 
-A context captures one CUDA graph per input shape (``executor.CudaRunner``). Before capturing a
+A context captures one CUDA graph per input shape (``executor.CudaExecutor``). Before capturing a
 shape it runs the engine once eagerly and *records* what each layer produced: shape, strides and
 dtype of every output, and which outputs are views of another tensor (a Reshape, a Slice, a
 Concat input written into the Concat's buffer). From the record and the schedule it plans the
@@ -21,7 +21,7 @@ computes its output and it is copied there (``ArenaStats.copied`` counts those, 
 charges the copy, so the builder prefers kernels that write in place). What a library allocates
 inside a call (cuBLAS/cuDNN workspaces, temporary casts) and the engine's outputs (cloned out of
 the arena at the end, so another shape's replay cannot overwrite them) come from the graph's
-private pool; ``CudaRunner.memory()`` reports both.
+private pool; ``CudaExecutor.memory()`` reports both.
 """
 from __future__ import annotations
 

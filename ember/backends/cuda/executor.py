@@ -1,6 +1,6 @@
 """Running a CUDA engine: one CUDA graph per input shape, replayed; pinned host buffers.
 
-``CudaRunner`` is the per-context state (the runtime's ``ExecutionContext`` delegates to it when
+``CudaExecutor`` is the per-context state (the runtime's ``ExecutionContext`` delegates to it when
 the engine's device is ``cuda``; several runners share one ``CudaProgram`` and its weights):
 
 - its own stream and side streams (for parallel branches inside the graph);
@@ -38,10 +38,12 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from ember.backends.base import Backend, Executor
 from ember.backends.cuda.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
 from ember.backends.cuda.device import host_tensor
 from ember.backends.cuda.program import CudaProgram
 from ember.errors import InputError
+from ember.plan.plan import Plan
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
 
@@ -75,8 +77,10 @@ class Timing:
     d2h_ms: float = 0.0
 
 
-class CudaRunner:
+class CudaExecutor(Executor):
     """Executes a ``CudaProgram`` (see module docstring)."""
+
+    device_type = "cuda"
 
     def __init__(self, program: CudaProgram, use_graphs: bool = True, max_shapes: int = 16,
                  max_bound: int = 2) -> None:
@@ -398,14 +402,14 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
-def program_from_plan(plan, backend=None, device: Optional[torch.device] = None) -> CudaProgram:
-    """The ``CudaProgram`` of an engine plan (``ember.plan.plan.Plan``): its graph, each layer's
-    tactic and precision, its constants."""
+def program_from_plan(plan: Plan, backend: Optional[Backend] = None,
+                      device: Optional[torch.device] = None) -> CudaProgram:
+    """The ``CudaProgram`` of an engine plan: its graph and records, each layer's tactic and
+    precision, its constants, and the configuration's ``cuda_graphs`` / ``cuda_arena``."""
     from ember.backends.cuda.program import LayerSpec
 
     layers = {layer.name: LayerSpec(layer.tactic, layer.precision) for layer in plan.layers}
     if device is not None and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    program = CudaProgram.build(plan.graph, layers, plan.graph.constants, backend=backend, device=device)
-    program.use_graphs = bool(plan.config.cuda_graphs)
-    return program
+    return CudaProgram.build(plan.graph, layers, plan.graph.constants, records=plan.records,
+                             config=plan.config, backend=backend, device=device)

@@ -10,33 +10,38 @@ weights on the device (prepared by each kernel at compile time) and the static s
 - *lifetimes*: each intermediate is released after its last reader, so the caching allocator
   (inside graph capture: the graph's private pool) reuses its memory, like an arena laid out by
   the memory plan's liveness;
-- *concat elimination* (``ember.runtime.concat_exec``): producers whose kernel can write into a
+- *concat elimination* (``ember.backends.concat_exec``): producers whose kernel can write into a
   Concat's buffer get the view of their slice; the buffer is allocated on the main stream before
   the side streams fork (inside capture: from the graph's pool) and recorded on every stream
   that touches it.
 
-``forward(feeds, streams)`` runs the whole engine once, eagerly; ``executor.CudaRunner`` captures
+``forward(feeds, streams)`` runs the whole engine once, eagerly; ``executor.CudaExecutor`` captures
 it into a CUDA graph per input shape and replays it.
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ember.backends.base import CompileContext, Kernel, write_or_copy
+from ember.backends.base import CompileContext, Kernel, Program, write_or_copy
+from ember.backends.concat_exec import ConcatExec, finish, plan_concat_exec, produce_into
 from ember.backends.cuda.arena import ArenaStats, Layout, Record, placeable, storage_key
 from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
 from ember.backends.cuda.fallback import METADATA_OPS, host_kernel, host_slots
 from ember.backends.cuda.streams import StreamPlan, assign_streams
+from ember.backends.tensors import torch_dtype
 from ember.errors import BuildError
-from ember.runtime.concat_exec import ConcatExec, finish, plan_concat_exec, produce_into
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.config import BuildConfig, Device, Precision
+from ember.plan.records import Records
+
+if TYPE_CHECKING:
+    from ember.backends.cuda.executor import CudaExecutor
 
 #: A host value is a tensor of at most this many elements (shapes, indices, scalars).
 HOST_MAX_ELEMENTS = 64
@@ -73,11 +78,11 @@ class Step:
 @dataclass
 class LayerSpec:
     tactic: str = ""
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
 
 
 @dataclass
-class CudaProgram:
+class CudaProgram(Program):
     """The executable form of a CUDA engine (see module docstring)."""
 
     graph: Graph
@@ -88,8 +93,8 @@ class CudaProgram:
     device_consts: dict[str, torch.Tensor] = field(default_factory=dict)
     use_graphs: bool = True
     #: captured graphs write every intermediate into the context's planned arena
-    #: (``ember.backends.cuda.arena``); ``EMBER_CUDA_ARENA=0`` turns it off (graph pool only)
-    use_arena: bool = field(default_factory=lambda: os.environ.get("EMBER_CUDA_ARENA", "1") != "0")
+    #: (``ember.backends.cuda.arena``); ``BuildConfig.cuda_arena=False`` turns it off (graph pool only)
+    use_arena: bool = True
     concat: ConcatExec = field(default_factory=ConcatExec)
     #: per eliminated Concat output: the streams (indices) that write, finish or read its buffer
     concat_streams: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -107,6 +112,7 @@ class CudaProgram:
     # ---- building ---------------------------------------------------------------------------
     @staticmethod
     def build(graph: Graph, layers: Mapping[str, LayerSpec], constants: Mapping[str, object], *,
+              records: Optional[Records] = None, config: Optional[BuildConfig] = None,
               backend=None, device: Optional[torch.device] = None, max_streams: int = 4) -> "CudaProgram":
         """Compiles every node of ``graph`` with its layer's tactic and precision.
 
@@ -116,6 +122,8 @@ class CudaProgram:
 
         device = device or require_cuda()
         backend = backend or CUDABackend()
+        records = records if records is not None else Records()
+        config = config if config is not None else BuildConfig(device=Device.CUDA)
         resident_before = torch.cuda.memory_allocated(device)
         dev_consts = {k: _to_torch(v).to(device) for k, v in constants.items()}
         host_consts = {k: _to_torch(v).cpu() for k, v in constants.items()}
@@ -123,35 +131,36 @@ class CudaProgram:
         for step in steps:
             node, spec = step.node, layers.get(step.node.name, LayerSpec())
             if step.on_host:
-                ctx = CompileContext(graph, host_consts, torch.device("cpu"), "", "fp32")
+                ctx = CompileContext(graph, host_consts, torch.device("cpu"), "", Precision.FP32,
+                                     records, config)
                 step.kernel = host_kernel(node, ctx)
             else:
-                ctx = CompileContext(graph, dev_consts, device, spec.tactic, spec.precision)
+                ctx = CompileContext(graph, dev_consts, device, spec.tactic, spec.precision,
+                                     records, config)
                 step.kernel = backend.compile_node(node, ctx)
         streams = _stream_plan(steps)
-        from ember.runtime.tensors import torch_dtype
-
         out_dtypes = {o: torch_dtype(graph.types[o].dtype) for o in graph.outputs if o in graph.types}
-        concat = plan_concat_exec(graph, [s.kernel for s in steps], static_layout=True,
+        concat = plan_concat_exec(graph, records, [s.kernel for s in steps], static_layout=True,
                                   skip=[s.on_host for s in steps],
                                   float_dtype={n.name: compute_dtype(layers.get(n.name, LayerSpec()).precision)
                                                for n in graph.nodes if n.op is OpType.CONCAT})
         # fp32 device copies that no step kept (the layers hold their own cast/reordered weights)
         # are released; a constant that is a graph output stays for ``_output``
         dev_consts = {k: v for k, v in dev_consts.items() if k in set(graph.outputs)}
-        program = CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts, concat=concat)
+        program = CudaProgram(graph, steps, streams, device, out_dtypes, dev_consts,
+                              use_graphs=config.cuda_graphs, use_arena=config.cuda_arena, concat=concat)
         program.concat_streams = concat_streams(graph, steps, concat)
         program.weight_bytes = max(0, torch.cuda.memory_allocated(device) - resident_before)
         return program
 
     # ---- running ----------------------------------------------------------------------------
-    def create_runner(self):
-        """Per-context state (``executor.CudaRunner``): CUDA graphs, streams, pinned buffers."""
-        from ember.backends.cuda.executor import CudaRunner
+    def create_executor(self) -> "CudaExecutor":
+        """Per-context state (``executor.CudaExecutor``): CUDA graphs, streams, pinned buffers."""
+        from ember.backends.cuda.executor import CudaExecutor
 
-        return CudaRunner(self, use_graphs=self.use_graphs)
+        return CudaExecutor(self, use_graphs=self.use_graphs)
 
-    def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict[str, int]] = None) -> dict[str, torch.Tensor]:
         """One eager run on device tensors, on the current stream (no graphs)."""
         with torch.inference_mode():
             return self.forward(feeds, [torch.cuda.current_stream(self.device)])

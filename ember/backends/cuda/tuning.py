@@ -1,12 +1,12 @@
 """Timing CUDA tactics for the builder, with an accuracy check.
 
-``CudaTacticTimer`` is a ``Timer`` for ``ember.builder.tactics.TacticSelector``: for one layer
+``CudaTacticTimer`` is a ``TacticTimer`` (``ember.backends.base``) for the builder's tactic selection: for one layer
 and tactic it compiles the kernel, runs it on random inputs of the layer's real shapes, checks the
 result against a reference (the layer's default tactic in fp32, computed once per layer), and
 returns the median time in ms measured with CUDA events. A tactic that raises, or whose error
 exceeds the tolerance of its precision, returns ``inf`` and is never chosen.
 
-A layer whose output is a planned in-place Concat input (``graph.meta["concat_slices"]``) is
+A layer whose output is a planned in-place Concat input (``Records.concat``) is
 timed as it will run: each tactic whose kernel can write into the slice (``WriteInto`` that
 accepts a view of the slice, laid out as the program allocates the Concat's buffer) is timed
 writing into that view; every other tactic is timed computing its own output *plus the copy into
@@ -30,12 +30,16 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
-from ember.backends.base import CompileContext, Kernel, write_into_of
+from ember.backends.base import Backend, CompileContext, Kernel, write_into_of
+from ember.backends.concat_exec import planned_slice
+from ember.backends.tensors import max_relative_error, random_tensor
 from ember.ir.graph import Graph, Node
+from ember.plan.config import Precision
+from ember.plan.records import Records
 
 #: ``||out - ref|| / ||ref||`` allowed per precision (fp32 differs from its reference only by
 #: summation order; tf32/half by their mantissas).
-TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
+TOLERANCE = {Precision.FP32: 1e-4, Precision.TF32: 5e-3, Precision.FP16: 1e-2, Precision.BF16: 4e-2}
 
 Measure = Callable[[Callable[[], object]], float]
 
@@ -123,38 +127,14 @@ def _arena_place(outs: Sequence[Optional[torch.Tensor]], args) -> Optional[torch
     return torch.empty_strided(out.shape, out.stride(), dtype=out.dtype, device=out.device)
 
 
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref|| / ||ref||`` in float64 (``inf`` on NaN/inf or a shape mismatch)."""
-    if out.shape != ref.shape:
-        return math.inf
-    o, r = out.double(), ref.double()
-    if not torch.isfinite(o).all():
-        return math.inf
-    denom = torch.linalg.vector_norm(r).item()
-    diff = torch.linalg.vector_norm(o - r).item()
-    return diff / denom if denom > 0 else diff
-
-
-def sample_input(t, device: torch.device, generator: torch.Generator) -> torch.Tensor:
-    """A random tensor of static type ``t`` (floats ~ N(0, 1); ints zero: always valid indices)."""
-    from ember.runtime.tensors import torch_dtype
-
-    dtype = torch_dtype(t.dtype)
-    shape = tuple(int(d) for d in t.shape)
-    if dtype.is_floating_point:
-        return torch.randn(shape, generator=generator, device="cpu").to(device=device, dtype=dtype)
-    if dtype == torch.bool:
-        return torch.ones(shape, dtype=dtype, device=device)
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
 class CudaTacticTimer:
     """``timer(node, graph, tactic, precision) -> ms`` for the builder's tactic selection."""
 
-    def __init__(self, backend, constants: Mapping[str, torch.Tensor], device: torch.device, *,
-                 measure: Optional[Measure] = None, tolerance: Optional[Mapping[str, float]] = None,
-                 seed: int = 0, arena: bool = True) -> None:
+    def __init__(self, backend: Backend, constants: Mapping[str, torch.Tensor], device: torch.device,
+                 records: Optional[Records] = None, *, measure: Optional[Measure] = None,
+                 tolerance: Optional[Mapping[str, float]] = None, seed: int = 0, arena: bool = True) -> None:
         self.backend = backend
+        self.records = records if records is not None else Records()
         self.arena = arena
         self.constants = constants
         self.device = device
@@ -196,7 +176,7 @@ class CudaTacticTimer:
     def _runner(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):
         """(what to time, the outputs of one run to check). Into a Concat slice (``view``): the
         kernel's ``write_into`` where it accepts the view (and writes), else kernel + copy, as the
-        program (``ember.runtime.concat_exec``) will run it."""
+        program (``ember.backends.concat_exec``) will run it."""
         into, plus = INTO_SLICE, PLUS_COPY
         if view is None:
             outs = kernel(args)
@@ -218,17 +198,16 @@ class CudaTacticTimer:
         typed as the program allocates it), or ``None`` when its output is no such slice."""
         if node.name not in self._views:
             from ember.backends.cuda.device import compute_dtype
-            from ember.runtime.concat_exec import planned_slice
 
-            found = planned_slice(graph, node.outputs[0]) if len(node.outputs) == 1 else None
+            found = planned_slice(graph, self.records, node.outputs[0]) if len(node.outputs) == 1 else None
             if found is not None and found.buffer.dtype.is_floating_point:
-                concat_precision = graph.meta.get("precisions", {}).get(found.buffer.concat, precision)
+                concat_precision = self.records.precision.of(found.buffer.concat, Precision(precision))
                 found = found.with_dtype(compute_dtype(concat_precision))
             self._views[node.name] = None if found is None else found.view(self.device)
         return self._views[node.name]
 
     def _compile(self, node: Node, graph: Graph, tactic: str, precision: str) -> Kernel:
-        ctx = CompileContext(graph, self.constants, self.device, tactic, precision)
+        ctx = CompileContext(graph, self.constants, self.device, tactic, precision, self.records)
         return self.backend.compile_node(node, ctx)
 
     def _args(self, node: Node, graph: Graph) -> Optional[list[Optional[torch.Tensor]]]:
@@ -249,7 +228,7 @@ class CudaTacticTimer:
                     if t is None or not t.is_static:
                         self._inputs[node.name] = None  # type: ignore[assignment]
                         return None
-                    args.append(sample_input(t, self.device, gen))
+                    args.append(random_tensor(t, self.device, gen))
             self._inputs[node.name] = args
         return self._inputs[node.name]
 
@@ -265,6 +244,6 @@ class CudaTacticTimer:
         refs = self._refs[node.name]
         if refs is None:
             return 0.0
-        errs = [relative_error(o, r) for o, r in zip(outs, refs)
+        errs = [max_relative_error(o, r) for o, r in zip(outs, refs)
                 if o is not None and r is not None and r.is_floating_point()]
         return max(errs, default=0.0)

@@ -12,7 +12,7 @@ from ember.frontends.onnx.loader import ModelLike, load_model
 from ember.frontends.onnx.registry import (
     MAX_OPSET, MIN_OPSET, canonical_domain, find_handler, supported_op_names,
 )
-from ember.ir.graph import Graph
+from ember.ir.graph import Graph, SourceInfo
 from ember.ir.types import Dim, TensorType, format_shape
 from ember.ir.verifier import verify
 from ember.ops.common import factorize, make_dim
@@ -52,9 +52,8 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
     graph = Graph(
         name=proto.graph.name or "model", nodes=ctx.nodes, inputs=inputs, outputs=outputs,
         types=ctx.types, constants=constants, opset=opset, source=label,
-        meta={"producer": f"{proto.producer_name} {proto.producer_version}".strip(),
-              "ir_version": proto.ir_version, "opsets": dict(opsets),
-              "onnx_nodes": len(proto.graph.node)},
+        source_info=SourceInfo("onnx", f"{proto.producer_name} {proto.producer_version}".strip(),
+                               len(proto.graph.node), dict(opsets), int(proto.ir_version)),
     )
     graph = infer_graph(graph)
     verify(graph)

@@ -6,7 +6,7 @@ import resource
 import pytest
 import torch
 
-from ember.backends.cpu import CPUBackend, heap
+from ember.backends.cpu import heap
 
 MIB = 1 << 20
 
@@ -50,7 +50,7 @@ def test_large_buffers_are_reused_without_page_faults() -> None:
     """A 40 MiB tensor allocated and freed repeatedly: above glibc's default mmap ceiling it is
     mapped afresh (and faulted in) every time; after ``reserve`` it comes back from the heap."""
     numel = 40 * MIB // 4
-    assert CPUBackend().reserve_memory(40 * MIB, 80 * MIB)
+    assert heap.reserve(40 * MIB, 80 * MIB)
 
     def faults_per_alloc(n: int = 5) -> float:
         for _ in range(8):  # warm: the heap grows over the first few

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ember
-from ember.backends.cuda.executor import CudaRunner
+from ember.backends.cuda.executor import CudaExecutor
 
 from cuda_graphs import cpu_reference, inception_graph
 
@@ -36,14 +36,14 @@ def test_tuned_fp16_build_warm_cache_and_contexts(tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 3, 14, 14)).astype(np.float32)
     ref = cpu_reference(g, {"x": x})
     with warm.create_context() as ctx:
-        assert isinstance(ctx.runner, CudaRunner)
+        assert isinstance(ctx.executor, CudaExecutor)
         out = ctx.infer({"x": x})
         assert _rel(out["logits"], ref["logits"]) <= 1e-2
         stream = torch.cuda.Stream()
         outs = ctx.infer_async({"x": torch.from_numpy(x).cuda()}, stream)
         stream.synchronize()
         assert outs["prob"].is_cuda and _rel(outs["prob"].cpu().numpy(), ref["prob"]) <= 1e-2
-        assert ctx.runner.captures == 1
+        assert ctx.executor.captures == 1
 
 
 def test_engine_file_round_trip_runs_with_graphs(tmp_path):
@@ -78,7 +78,7 @@ def test_page_locked_host_inputs_are_copied_straight_to_the_gpu(tmp_path):
         with engine.create_context() as ctx:
             for _ in range(2):  # eager warm-up and graph replay
                 got = ctx.infer({"x": t})
-            slot = next(iter(ctx.runner._slots.values()))
+            slot = next(iter(ctx.executor._slots.values()))
             assert not slot.pinned_in  # no staging buffer was needed
         np.testing.assert_allclose(got["logits"].numpy(), want["logits"], rtol=1e-5, atol=1e-5)
     finally:

@@ -13,7 +13,7 @@ import torch
 from ember.backends.base import CompileContext
 from ember.backends.cpu import evaluate
 from ember.backends.cuda import CUDABackend
-from ember.backends.cuda.tuning import relative_error
+from ember.backends.tensors import max_relative_error as relative_error
 from ember.errors import BuildError
 from ember.ir import OpType
 from ember.ops.attrs import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ember.backends.cuda.executor import CudaRunner
+from ember.backends.cuda.executor import CudaExecutor
 from ember.backends.cuda.program import CudaProgram, LayerSpec
 
 from cuda_graphs import cpu_reference, host_to_device_graph, inception_graph, reshape_chain_graph
@@ -31,7 +31,7 @@ def test_inception_is_captured_once_and_replays_new_data(precision):
     g = inception_graph()
     program = _program(g, precision)
     assert program.num_streams >= 4
-    runner = CudaRunner(program)
+    runner = CudaExecutor(program)
     rng = np.random.default_rng(3)
     for _ in range(3):
         x = rng.standard_normal((2, 3, 14, 14)).astype(np.float32)
@@ -47,7 +47,7 @@ def test_inception_is_captured_once_and_replays_new_data(precision):
 
 def test_gpu_inputs_give_gpu_outputs_and_torch_cpu_gives_torch():
     g = inception_graph()
-    runner = CudaRunner(_program(g))
+    runner = CudaExecutor(_program(g))
     x = torch.randn(2, 3, 14, 14)
     ref = cpu_reference(g, {"x": x.numpy()})
     out_gpu = runner.infer({"x": x.cuda()})
@@ -60,7 +60,7 @@ def test_gpu_inputs_give_gpu_outputs_and_torch_cpu_gives_torch():
 
 def test_each_input_shape_gets_its_own_graph():
     g = inception_graph(batch=2)
-    runner = CudaRunner(_program(g))
+    runner = CudaExecutor(_program(g))
     sizes = []
     for batch in (2, 96, 2):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 14, 14)).astype(np.float32)
@@ -76,7 +76,7 @@ def test_each_input_shape_gets_its_own_graph():
 
 def test_shape_arithmetic_on_host_is_captured():
     g = reshape_chain_graph()
-    runner = CudaRunner(_program(g))
+    runner = CudaExecutor(_program(g))
     x = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
     out = runner.infer({"x": x})
     assert runner.captures == 1
@@ -85,7 +85,7 @@ def test_shape_arithmetic_on_host_is_captured():
 
 def test_uncapturable_layer_falls_back_with_one_warning():
     g = host_to_device_graph()
-    runner = CudaRunner(_program(g))
+    runner = CudaExecutor(_program(g))
     x = np.arange(10, dtype=np.float32).reshape(2, 5)
     with pytest.warns(UserWarning, match="without CUDA graphs.*'add'"):
         out = runner.infer({"x": x})
@@ -98,7 +98,7 @@ def test_uncapturable_layer_falls_back_with_one_warning():
 
 def test_infer_async_on_a_user_stream_and_timing_split():
     g = inception_graph()
-    runner = CudaRunner(_program(g, "fp16"))
+    runner = CudaExecutor(_program(g, "fp16"))
     x = np.random.default_rng(1).standard_normal((2, 3, 14, 14)).astype(np.float32)
     ref = cpu_reference(g, {"x": x})
     stream = torch.cuda.Stream()
@@ -113,7 +113,7 @@ def test_infer_async_on_a_user_stream_and_timing_split():
 def test_two_runners_share_one_program():
     g = inception_graph()
     program = _program(g)
-    a, b = CudaRunner(program), CudaRunner(program)
+    a, b = CudaExecutor(program), CudaExecutor(program)
     x1 = np.random.default_rng(1).standard_normal((2, 3, 14, 14)).astype(np.float32)
     x2 = np.random.default_rng(2).standard_normal((2, 3, 14, 14)).astype(np.float32)
     o1, o2 = a.infer({"x": x1}), b.infer({"x": x2})
@@ -128,7 +128,7 @@ def test_contexts_capture_concurrently_from_threads():
     program = _program(g, "fp16")
 
     def worker(seed: int) -> int:
-        runner = CudaRunner(program)
+        runner = CudaExecutor(program)
         rng = np.random.default_rng(seed)
         for batch in (1 + seed % 3, 2, 1 + seed % 3):
             x = rng.standard_normal((batch, 3, 14, 14)).astype(np.float32)
@@ -151,7 +151,7 @@ def test_arena_engine_matches_the_pool_engine_and_reports_its_plan(precision):
     for arena in (True, False):
         program = _program(g, precision)
         program.use_arena = arena
-        runner = CudaRunner(program)
+        runner = CudaExecutor(program)
         for _ in range(2):
             outs[arena] = runner.infer({"x": x})
         assert runner.captures == 1 and not runner.fallback_reason
@@ -174,7 +174,7 @@ def test_outputs_survive_another_shapes_replay():
     """Two shapes share the arena; outputs are cloned out of it, so a run of batch 3 cannot
     change what batch 2 returned (as GPU tensors, with no copy to the host)."""
     g = inception_graph(batch=2)
-    runner = CudaRunner(_program(g))
+    runner = CudaExecutor(_program(g))
     x2, x3 = torch.randn(2, 3, 14, 14, device="cuda"), torch.randn(3, 3, 14, 14, device="cuda")
     outs2 = runner.run_device({"x": x2})
     kept = {k: v.clone() for k, v in outs2.items()}

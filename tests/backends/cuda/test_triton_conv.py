@@ -10,6 +10,7 @@ when the kernel is defined). CI has neither and runs only the CPU-side ``when`` 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
@@ -26,6 +27,8 @@ from ember.backends.base import CompileContext, write_into_of
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import Activation, AxisAttrs, ConvAttrs, FusedConvAttrs
 from ember.ops.infer import infer_graph
+from ember.plan.config import Layout
+from ember.plan.records import LayoutPlan, Records
 
 from cuda_graphs import fused_conv, rand
 
@@ -135,7 +138,8 @@ def check_kernel_case(name: str, case, device: str, precision: str, config_index
     return err
 
 
-def _concat_conv_graph(layout: str = "nhwc", planned: bool = True, act=A.RELU, group: int = 1) -> Graph:
+def _concat_conv_graph(layout: str = "nhwc", planned: bool = True, act=A.RELU,
+                       group: int = 1) -> tuple[Graph, Records]:
     """x -> FusedConv 3x3 ``k3`` (act) -> a; x -> FusedConv 1x1 ``k1`` -> b; y = concat(a, b)."""
     consts: dict = {}
     nodes = [fused_conv("k3", "x", "a", 8, 12, 3, consts, act=act, group=group),
@@ -143,15 +147,14 @@ def _concat_conv_graph(layout: str = "nhwc", planned: bool = True, act=A.RELU, g
              Node("cat", OpType.CONCAT, ("a", "b"), ("y",), AxisAttrs(1))]
     types = {"x": TensorType(DType.FLOAT32, (2, 8, 6, 5))}
     g = infer_graph(Graph("cat_convs", nodes, ["x"], ["y"], types, consts, opset=17))
-    names = ["x", "a", "b", "y"] if layout == "nhwc" else []
-    meta = {"layout": {"preferred": layout, "nhwc": names, "weights": [], "conversions": []}}
-    g = g.copy(meta=meta)
-    if planned:
-        from ember.passes.concat import plan_concat_slices
-        from ember.passes.manager import PassContext
+    names = frozenset({"x", "a", "b", "y"}) if layout == "nhwc" else frozenset()
+    from ember.passes.concat import plan_concat_slices
+    from ember.passes.manager import PassContext
 
-        g = plan_concat_slices(g, PassContext())
-    return g
+    ctx = PassContext(records=Records(layout=LayoutPlan(Layout(layout), names)))
+    if planned:
+        g = plan_concat_slices(g, ctx)
+    return g, ctx.records
 
 
 def check_tactic(device: str, precision: str = "fp32") -> None:
@@ -159,14 +162,14 @@ def check_tactic(device: str, precision: str = "fp32") -> None:
     strided slice (same values), declining a view of the wrong shape with nothing written."""
     from ember.backends.cuda.kernels.conv_triton import FACTORIES
 
-    g = _concat_conv_graph()
+    g, records = _concat_conv_graph()
     node = g.nodes[0]
     consts = {k: torch.from_numpy(v).to(device) for k, v in g.constants.items()}
     dtype = DTYPES[precision]
     x = torch.from_numpy(rand(2, 8, 6, 5)).to(device)
     ref = torch.relu(F.conv2d(x.double(), consts["k3.w"].double(), consts["k3.b"].double(), 1, 1))
     for tactic, factory in FACTORIES.items():
-        kernel = factory(node, CompileContext(g, consts, torch.device(device), tactic, precision))
+        kernel = factory(node, CompileContext(g, consts, torch.device(device), tactic, precision, records))
         (y,) = kernel([x, consts["k3.w"], consts["k3.b"]])
         assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
         assert _rel(y, ref) <= TOL[precision], tactic
@@ -184,16 +187,22 @@ def check_tactic(device: str, precision: str = "fp32") -> None:
 def test_triton_conv_applies_where_it_saves_a_pass():
     from ember.backends.cuda.kernels.conv_triton import triton_conv_applies
 
-    g = _concat_conv_graph()
-    assert triton_conv_applies(g.nodes[0], g) and triton_conv_applies(g.nodes[1], g)  # Concat producers
-    alone = _concat_conv_graph(planned=False)
-    assert not triton_conv_applies(alone.nodes[0], alone)  # conv + ReLU alone: cuDNN fuses it
-    silu = _concat_conv_graph(planned=False, act=A.SILU)
-    assert triton_conv_applies(silu.nodes[0], silu)  # an epilogue cuDNN cannot fuse
-    nchw = _concat_conv_graph(layout="nchw")
-    assert not triton_conv_applies(nchw.nodes[0], nchw)  # the plan stores the output NCHW
-    grouped = _concat_conv_graph(group=2)
-    assert not triton_conv_applies(grouped.nodes[0], grouped)
+    from ember.backends.cuda.registry import CUDA_KERNELS
+
+    def applies(g: Graph, records: Records, node: Node) -> bool:  # as the registry asks it
+        entry = dataclasses.replace(CUDA_KERNELS.table(node.op)["triton_igemm_64x64x64"], available=None)
+        return entry.applies(node, g, records)
+
+    g, recs = _concat_conv_graph()
+    assert applies(g, recs, g.nodes[0]) and applies(g, recs, g.nodes[1])  # Concat producers
+    alone, recs = _concat_conv_graph(planned=False)
+    assert not applies(alone, recs, alone.nodes[0])  # conv + ReLU alone: cuDNN fuses it
+    silu, recs = _concat_conv_graph(planned=False, act=A.SILU)
+    assert applies(silu, recs, silu.nodes[0])  # an epilogue cuDNN cannot fuse
+    nchw, recs = _concat_conv_graph(layout="nchw")
+    assert not applies(nchw, recs, nchw.nodes[0])  # the plan stores the output NCHW
+    grouped, recs = _concat_conv_graph(group=2)
+    assert not applies(grouped, recs, grouped.nodes[0])
     assert not triton_conv_applies(g.nodes[0], None)
 
 
@@ -235,7 +244,7 @@ def test_cuda_program_writes_concat_inputs_with_triton_tactics():
     place and the result matches the CPU oracle."""
     import ember
     from ember.backends.cuda import CUDABackend
-    from ember.backends.cuda.executor import CudaRunner
+    from ember.backends.cuda.executor import CudaExecutor
     from ember.backends.cuda.program import CudaProgram, LayerSpec
 
     from cuda_graphs import cpu_reference, inception_graph
@@ -248,15 +257,15 @@ def test_cuda_program_writes_concat_inputs_with_triton_tactics():
     forced = []
     for layer, node in zip(engine.plan.layers, g.nodes):
         tactic = layer.tactic
-        if "triton_igemm_64x64x64" in backend.tactics(node, g):
+        if "triton_igemm_64x64x64" in backend.tactics(node, g, engine.plan.records):
             tactic = "triton_igemm_64x64x64"
             forced.append(node.outputs[0])
         layers[layer.name] = LayerSpec(tactic, layer.precision)
     assert {"b2o", "b3o"} <= set(forced), forced  # the 3x3 and 5x5 branch convs at least
-    program = CudaProgram.build(g, layers, g.constants)
+    program = CudaProgram.build(g, layers, g.constants, records=engine.plan.records)
     written = {t for r in program.concat.report.values() for t in r["written"]}
     assert {"b2o", "b3o"} <= written, program.concat.report
-    runner = CudaRunner(program)
+    runner = CudaExecutor(program)
     x = np.random.default_rng(5).standard_normal((2, 3, 14, 14)).astype(np.float32)
     ref = cpu_reference(src, {"x": x})
     for _ in range(3):  # capture, then replays

@@ -21,7 +21,7 @@ does not apply there. Without a plan the output stays channels-last (as before t
 Concat elimination: a 1x1, stride-1, unpadded, ungrouped conv of either tactic has a
 ``write_into`` that computes its Concat slice as one MKL GEMM into the strided slice
 (``gemm_write_into``, ``ember.backends.gemm_into``); it accepts only GEMMs of at most
-``GEMM_INTO_MAX_MACS`` multiply-adds, none by default, because on the CPU measured the GEMM plus
+``BuildConfig.cpu_gemm_into_max_macs`` multiply-adds, none by default, because on the CPU measured the GEMM plus
 no copy was slower than oneDNN plus the copy (BENCHMARKS.md).
 
 Every feature is detected at run time (``_convolution_pointwise`` may be missing, and the set of
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Callable, Optional
 
 import torch
@@ -47,10 +46,11 @@ from ember.backends.cpu.registry import register_kernel
 from ember.backends.gemm_into import (
     MatrixViews, gemm_into, inplace_activation, input_matrix, matrix_view, pointwise_conv,
 )
-from ember.backends.layout import NCHW, allows_channels_last, planned_format
+from ember.backends.layout import NCHW, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs, activation_params
 
 #: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse
@@ -112,7 +112,7 @@ def _float32(graph: Optional[Graph], name: str) -> bool:
     return t is None or t.dtype is DType.FLOAT32
 
 
-def prepack_applies(node: Node, graph: Optional[Graph]) -> bool:
+def prepack_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """2-D / 3-D float32 convolutions whose weight (and bias) are graph constants."""
     if not pointwise_available() or graph is None or not const_input(node, graph, 1):
         return False
@@ -205,9 +205,12 @@ def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
 
     ``accepts(out)``: a float32 ``[N, Cout, H, W]`` whose pixel matrix aten's GEMM writes
     directly (``matrix_view``: a channel slice of a channels-last buffer, or of an NCHW one at
-    N = 1), and a GEMM of no more than ``GEMM_INTO_MAX_MACS`` multiply-adds
-    (see there: by default none, as the GEMM did not pay on the CPU measured)."""
+    N = 1), and a GEMM of no more than ``BuildConfig.cpu_gemm_into_max_macs`` multiply-adds
+    (by default none, as the GEMM did not pay on the CPU measured: ``worth_it``)."""
     a, act, params, residual = _conv_parts(node)
+    max_macs = ctx.config.cpu_gemm_into_max_macs
+    if max_macs <= 0:
+        return None
     w = ctx.const(node.input(1))
     if w is None or w.dtype != torch.float32 or not pointwise_conv(a, tuple(w.shape)):
         return None
@@ -223,7 +226,7 @@ def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
 
     def fits(out: torch.Tensor) -> bool:
         return (out.dim() == 4 and out.dtype == torch.float32 and int(out.shape[1]) == cout
-                and matrix_view(out) is not None and worth_it(out, cin))
+                and matrix_view(out) is not None and worth_it(out, cin, max_macs))
 
     out_views, in_views = MatrixViews(), MatrixViews()
     checked: dict[tuple, bool] = {}  # (x shape, out shape) -> shapes agree and the GEMM pays
@@ -237,7 +240,7 @@ def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
         if ok is None:
             ok = checked[key] = (x.dim() == 4 and int(x.shape[1]) == cin
                                  and list(out.shape) == [x.shape[0], cout, *x.shape[2:]]
-                                 and worth_it(out, cin))
+                                 and worth_it(out, cin, max_macs))
         o2 = out_views(out) if ok else None
         if o2 is None:
             return False
@@ -256,25 +259,21 @@ def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
     return WriteInto(write, fits)
 
 
-#: The largest GEMM (M*K*N multiply-adds, M = N*H*W) the CPU writes into a Concat slice;
-#: 0 (the default) writes none: on the CPU measured so far the GEMM does not pay.
-#: ``EMBER_CPU_GEMM_INTO_MAX_MACS`` sets it (e.g. 16777216 covers GoogLeNet's batch-1 pool
-#: projections). Measured on the 2-core AVX-512 EPYC, 2 threads (BENCHMARKS.md, "Concat
-#: elimination"): in isolation MKL's GEMM into the slice beats oneDNN's prepacked convolution +
-#: copy on small batch-1 shapes (192->32 at 28x28: 61 vs 81 us warm, 120 vs 155 us cold) and
-#: loses on larger ones (batch 8, 480->192 at 14x14: 1453 vs 1317 us; MKL's kernel is 10-15%
-#: slower than oneDNN's here, the strided output itself costs nothing); but inside GoogLeNet's
-#: run, the nine Inception pool projections took 1461 us as GEMMs into their slices against
-#: 1361 us as oneDNN + copy at batch 1 (8196 vs 7017 us at batch 8), and the whole run was
-#: 0.2-0.5 ms slower, so the copy stays the default.
-GEMM_INTO_MAX_MACS = int(os.environ.get("EMBER_CPU_GEMM_INTO_MAX_MACS", "0"))
+def worth_it(out: torch.Tensor, cin: int, max_macs: int) -> bool:
+    """Whether the GEMM into ``out`` is expected to beat the convolution + copy: at most
+    ``max_macs`` multiply-adds (``BuildConfig.cpu_gemm_into_max_macs``; M*K*N with M = N*H*W).
 
-
-def worth_it(out: torch.Tensor, cin: int) -> bool:
-    """Whether the GEMM into ``out`` is expected to beat the convolution + copy (see
-    ``GEMM_INTO_MAX_MACS``)."""
+    The default, 0, writes none: on the CPU measured so far the GEMM does not pay (16777216
+    covers GoogLeNet's batch-1 pool projections). Measured on the 2-core AVX-512 EPYC, 2 threads (BENCHMARKS.md, "Concat
+    elimination"): in isolation MKL's GEMM into the slice beats oneDNN's prepacked convolution +
+    copy on small batch-1 shapes (192->32 at 28x28: 61 vs 81 us warm, 120 vs 155 us cold) and
+    loses on larger ones (batch 8, 480->192 at 14x14: 1453 vs 1317 us; MKL's kernel is 10-15%
+    slower than oneDNN's here, the strided output itself costs nothing); but inside GoogLeNet's
+    run, the nine Inception pool projections took 1461 us as GEMMs into their slices against
+    1361 us as oneDNN + copy at batch 1 (8196 vs 7017 us at batch 8), and the whole run was
+    0.2-0.5 ms slower, so the copy stays the default."""
     n, cout, h, w = (int(d) for d in out.shape)
-    return n * h * w * cin * cout <= GEMM_INTO_MAX_MACS
+    return n * h * w * cin * cout <= max_macs
 
 
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
@@ -321,15 +320,15 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, gemm_write_into(node, ctx))
 
 
-def _channels_last_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _channels_last_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """Constant 4-D/5-D float weights, and an output the layout plan does not store NCHW."""
-    if graph is None or not const_input(node, graph, 1) or not allows_channels_last(graph, node.outputs[0]):
+    if graph is None or not const_input(node, graph, 1):
         return False
     return graph.constants[node.input(1)].ndim in (4, 5) and _float32(graph, node.input(0))
 
 
-@register_kernel(OpType.CONV, tactic="channels_last", rank=20, when=_channels_last_applies)
-@register_kernel(OpType.FUSED_CONV, tactic="channels_last", rank=20, when=_channels_last_applies)
+@register_kernel(OpType.CONV, tactic="channels_last", rank=20, when=_channels_last_applies, channels_last_only=True)
+@register_kernel(OpType.FUSED_CONV, tactic="channels_last", rank=20, when=_channels_last_applies, channels_last_only=True)
 def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
     """aten convolution on channels-last activations and a channels-last weight made here."""
     a, act, params, residual = _conv_parts(node)

@@ -21,6 +21,7 @@ from ember.backends.cpu.registry import register_kernel
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
 
 #: oneDNN post-ops a prepacked linear layer fuses: the convolution's, less hardsigmoid.
@@ -52,7 +53,7 @@ def _rank(graph: Graph, name: str) -> Optional[int]:
     return t.rank if t is not None else None
 
 
-def linear_applies(node: Node, graph: Optional[Graph]) -> bool:
+def linear_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """Float32 products whose right operand is a constant matrix and left operand has rank >= 2."""
     if not linear_available() or graph is None or not const_input(node, graph, 1):
         return False

@@ -20,6 +20,7 @@ from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import FusedAttentionAttrs
 
 Tensor = torch.Tensor
@@ -74,7 +75,7 @@ for _rank, _name in enumerate(("sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "sd
     register_cuda_kernel(OpType.FUSED_ATTENTION, _name, rank=_rank)(_make_sdpa(_name))
 
 
-def _graph_applies(node: Node, graph) -> bool:
+def _graph_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """4-D q/k/v and no mask or a float one, where the cuDNN frontend is installed."""
     from ember.backends.cuda import cudnn_graph
 

@@ -19,6 +19,8 @@ indexes channels as the fastest dim) do not apply where the plan stores the outp
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Optional
 
 import torch
@@ -30,11 +32,12 @@ from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.gemm_into import MatrixViews, gemm_into, input_matrix, matrix_view
 from ember.backends.layout import (
-    CHANNELS_LAST, allows_channels_last, planned_format, planned_weight_format, to_format,
+    CHANNELS_LAST, planned_format, planned_weight_format, to_format,
 )
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs
 
 Tensor = torch.Tensor
@@ -188,7 +191,7 @@ def clip_bounds(params: tuple[float, ...]) -> tuple[Optional[float], Optional[fl
     return lo, hi
 
 
-def _relu_2d(node: Node, graph: Optional[Graph]) -> bool:
+def _relu_2d(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
     return (isinstance(a, FusedConvAttrs) and a.activation is Activation.RELU
             and len(a.conv.kernel_shape) == 2)
@@ -217,14 +220,12 @@ def conv_cudnn_fused(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
-def _channel_pad_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _channel_pad_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """A 2-D, ungrouped conv whose input channels are not a multiple of 8 (an RGB stem), computed
     channels-last: cuDNN's tensor-core kernels want channels-last inputs with C % 8 == 0."""
     a = node.attrs
     conv = a.conv if isinstance(a, FusedConvAttrs) else a
     if not isinstance(conv, ConvAttrs) or len(conv.kernel_shape) != 2 or conv.group != 1 or graph is None:
-        return False
-    if not allows_channels_last(graph, node.outputs[0]):
         return False
     w = graph.constants.get(node.input(1))
     return w is not None and w.shape[1] % 8 != 0 and w.shape[1] < 64
@@ -243,8 +244,7 @@ def _with_padded_channels(inner):
         wp[:, :cin] = w
         consts = dict(ctx.constants)
         consts[node.inputs[1]] = wp
-        kernel = inner(node, CompileContext(ctx.graph, consts, ctx.device, ctx.tactic, ctx.precision,
-                                            ctx.options))
+        kernel = inner(node, dataclasses.replace(ctx, constants=consts))
         dtype = compute_dtype(ctx.precision)
 
         def padded(inputs) -> list:
@@ -272,16 +272,17 @@ def _with_padded_channels(inner):
 def register_padded(op: OpType, tactic: str, rank: int, when, inner) -> None:
     """Registers ``inner`` on channel-padded inputs as ``tactic``, where ``when`` and the
     padding apply."""
-    register_cuda_kernel(op, tactic, rank=rank, when=lambda n, g: when(n, g) and _channel_pad_applies(n, g))(
+    register_cuda_kernel(op, tactic, rank=rank, when=lambda n, g, r=None: when(n, g, r) and _channel_pad_applies(n, g, r),
+                         channels_last_only=True)(
         _with_padded_channels(inner))
 
 
 register_padded(OpType.FUSED_CONV, "cudnn_fused_cpad8", 5, _relu_2d, conv_cudnn_fused)
-register_padded(OpType.FUSED_CONV, "cudnn_cpad8", 15, lambda n, g: True, conv_cudnn)
-register_padded(OpType.CONV, "cudnn_cpad8", 15, lambda n, g: True, conv_cudnn)
+register_padded(OpType.FUSED_CONV, "cudnn_cpad8", 15, lambda n, g, r=None: True, conv_cudnn)
+register_padded(OpType.CONV, "cudnn_cpad8", 15, lambda n, g, r=None: True, conv_cudnn)
 
 
-def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _pointwise_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """A 1x1, stride-1, unpadded, ungrouped 2-D conv with a ReLU or no activation: in
     channels-last order it is exactly a GEMM ``[N*H*W, Cin] x [Cin, Cout]``."""
     a = node.attrs
@@ -289,12 +290,11 @@ def _pointwise_applies(node: Node, graph: Optional[Graph]) -> bool:
     act = a.activation if isinstance(a, FusedConvAttrs) else Activation.NONE
     return (isinstance(conv, ConvAttrs) and tuple(conv.kernel_shape) == (1, 1) and conv.group == 1
             and all(s == 1 for s in (conv.strides or (1, 1))) and not any(conv.pads or ())
-            and conv.auto_pad.value in ("NOTSET", "VALID") and act in (Activation.NONE, Activation.RELU)
-            and allows_channels_last(graph, node.outputs[0]))
+            and conv.auto_pad.value in ("NOTSET", "VALID") and act in (Activation.NONE, Activation.RELU))
 
 
-@register_cuda_kernel(OpType.FUSED_CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
-@register_cuda_kernel(OpType.CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies)
+@register_cuda_kernel(OpType.FUSED_CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies, channels_last_only=True)
+@register_cuda_kernel(OpType.CONV, "cublaslt_1x1", rank=30, when=_pointwise_applies, channels_last_only=True)
 def conv_pointwise_gemm(node: Node, ctx: CompileContext) -> Kernel:
     """A 1x1 conv as one cuBLASLt GEMM on the channels-last activation viewed as a matrix, bias
     and ReLU in the GEMM's epilogue; a residual is accumulated by the GEMM itself (beta = 1).
@@ -377,17 +377,16 @@ def _pointwise_write_into(w_t: Tensor, b: Optional[Tensor], relu: bool, has_res:
     return WriteInto(write, accepts)
 
 
-def _triton_epilogue_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _triton_epilogue_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
 
     a = node.attrs
     return (isinstance(a, FusedConvAttrs) and len(a.conv.kernel_shape) == 2
             and a.activation in EPILOGUE_ACTIVATIONS
-            and (a.activation is not Activation.NONE or a.has_residual)
-            and allows_channels_last(graph, node.outputs[0]))
+            and (a.activation is not Activation.NONE or a.has_residual))
 
 
-@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies,
+@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies, channels_last_only=True,
                       needs_triton=True)
 def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """cuDNN convolution without bias, then Ember's Triton epilogue: bias + residual + activation."""

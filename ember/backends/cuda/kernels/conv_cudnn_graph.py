@@ -27,13 +27,14 @@ from ember.backends.layout import to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 
 Tensor = torch.Tensor
 _ACTS = {Activation.NONE: "none", Activation.RELU: "relu", Activation.CLIP: "clip"}
 
 
-def _applies(node: Node, graph: Optional[Graph]) -> bool:
+def _applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
     conv = a.conv if isinstance(a, FusedConvAttrs) else a
     act = a.activation if isinstance(a, FusedConvAttrs) else Activation.NONE

@@ -3,7 +3,7 @@ one tactic per tile configuration, ``triton_igemm_<BMxBNxBK>``.
 
 What it is for: it writes its result through any output strides, so the producer of a Concat
 input computes straight into its channel slice of the Concat's buffer (``WriteInto``: concat
-elimination, ``ember.runtime.concat_exec``), where cuDNN (through PyTorch) can only write packed
+elimination, ``ember.backends.concat_exec``), where cuDNN (through PyTorch) can only write packed
 outputs and pays a copy; and it fuses bias + residual + any epilogue activation in one pass,
 where cuDNN fuses only ReLU.
 
@@ -31,10 +31,11 @@ from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.kernels.conv import conv_format
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.cuda.triton_conv import CONFIGS, TileConfig
-from ember.backends.layout import allows_channels_last
+
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 
 TACTIC_PREFIX = "triton_igemm_"
@@ -47,29 +48,29 @@ def _parts(node: Node) -> tuple[Optional[ConvAttrs], Activation, tuple[float, ..
     return (a if isinstance(a, ConvAttrs) else None), Activation.NONE, (), False
 
 
-def _saves_a_pass(node: Node, graph: Graph) -> bool:
+def _saves_a_pass(node: Node, graph: Graph, records: Optional[Records]) -> bool:
     """The output is a planned in-place Concat input, or the epilogue is one cuDNN cannot fuse."""
-    from ember.runtime.concat_exec import planned_slice
+    from ember.backends.concat_exec import planned_slice
 
     _, act, _, has_res = _parts(node)
     if act not in (Activation.NONE, Activation.RELU) or (has_res and act is Activation.NONE):
         return True
-    return planned_slice(graph, node.outputs[0]) is not None
+    return records is not None and planned_slice(graph, records, node.outputs[0]) is not None
 
 
-def triton_conv_applies(node: Node, graph: Optional[Graph]) -> bool:
+def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
     from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
 
     conv, act, _, _ = _parts(node)
     if conv is None or graph is None or len(conv.kernel_shape) != 2 or conv.group != 1:
         return False
-    if act not in EPILOGUE_ACTIVATIONS or not allows_channels_last(graph, node.outputs[0]):
+    if act not in EPILOGUE_ACTIVATIONS:
         return False
     w = graph.constants.get(node.input(1))
     if w is None or w.ndim != 4:
         return False
-    return _saves_a_pass(node, graph)
+    return _saves_a_pass(node, graph, records)
 
 
 class _Pads:
@@ -153,4 +154,4 @@ FACTORIES: dict[str, Callable[[Node, CompileContext], Kernel]] = {
 
 for _rank, (_name, _f) in enumerate(FACTORIES.items(), start=40):
     for _op in (OpType.CONV, OpType.FUSED_CONV):
-        register_cuda_kernel(_op, _name, rank=_rank, when=triton_conv_applies, needs_triton=True)(_f)
+        register_cuda_kernel(_op, _name, rank=_rank, when=triton_conv_applies, channels_last_only=True, needs_triton=True)(_f)

@@ -25,6 +25,7 @@ from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 
@@ -54,7 +55,7 @@ def _program(node: Node, graph: Graph):
     return elementwise_program(node, in_types)
 
 
-def _has_triton_form(node: Node, graph: Optional[Graph]) -> bool:
+def _has_triton_form(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     if graph is None or not node.inputs:
         return False
     from ember.backends.cuda.triton_elementwise import NoTritonForm
@@ -71,7 +72,7 @@ def fused_elementwise_triton(node: Node, ctx: CompileContext) -> Kernel:
     """The whole chain as one generated Triton kernel (fp32 math, output in its own dtype)."""
     from ember.backends.cuda.triton_elementwise import F, run_program
     from ember.backends.layout import dense
-    from ember.runtime.tensors import torch_dtype
+    from ember.backends.tensors import torch_dtype
 
     program = _program(node, ctx.graph)
     out_type = ctx.graph.types[node.outputs[0]]

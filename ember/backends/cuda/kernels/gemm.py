@@ -34,6 +34,7 @@ from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.gemm_into import InplaceAct, inplace_activation
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
 
 Tensor = torch.Tensor
@@ -124,7 +125,7 @@ def _inplace_act(act: Activation, params: tuple[float, ...]) -> Optional[Inplace
     return inplace_activation(act, params)
 
 
-def _linear_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _linear_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """B constant 2-D and C absent or a constant broadcastable along N (a bias vector)."""
     if graph is None or node.input(1) not in graph.constants:
         return False
@@ -196,7 +197,7 @@ def linear_cublas(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, _linear_write_into(lin, dtype, prec, False, gemm))
 
 
-def _lt_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _lt_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
     return (isinstance(a, FusedGemmAttrs) and a.activation in (Activation.RELU, Activation.GELU_TANH)
             and bool(node.input(2)) and _linear_applies(node, graph))
@@ -224,7 +225,7 @@ def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, _linear_write_into(lin, dtype, prec, True, gemm))
 
 
-def _triton_applies(node: Node, graph: Optional[Graph]) -> bool:
+def _triton_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
 
     a = node.attrs

@@ -30,9 +30,11 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import arg, norm_axis
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.backends.layout import allows_channels_last, planned_format
+from ember.backends.kernel_registry import Applies
+from ember.backends.layout import planned_format
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
 
 Tensor = torch.Tensor
@@ -66,7 +68,7 @@ def layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
-def _last_axis_ln(node: Node, graph: Optional[Graph]) -> bool:
+def _last_axis_ln(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     if graph is None:
         return False
     a = node.attrs or LayerNormAttrs()
@@ -85,7 +87,7 @@ def skip_layer_norm_aten(node: Node, ctx: CompileContext) -> Kernel:
     return lambda inputs: ln([cast_float(inputs[0], dtype) + cast_float(inputs[1], dtype), *inputs[2:]])
 
 
-def _last_axis_skip_ln(node: Node, graph: Optional[Graph]) -> bool:
+def _last_axis_skip_ln(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     return _last_axis_ln(_without_skip(node), graph)
 
 
@@ -126,9 +128,9 @@ def _make_triton_ln(rows_per_program: int):
     return factory
 
 
-def _short_rows(applies: Callable[[Node, Optional[Graph]], bool]) -> Callable[[Node, Optional[Graph]], bool]:
-    def when(node: Node, graph: Optional[Graph]) -> bool:
-        return applies(node, graph) and int(graph.types[node.inputs[0]].shape[-1]) <= 2048
+def _short_rows(applies: Applies) -> Applies:
+    def when(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+        return applies(node, graph, records) and int(graph.types[node.inputs[0]].shape[-1]) <= 2048
 
     return when
 
@@ -196,7 +198,7 @@ def _aten_softmax_into(op, a: SoftmaxAttrs) -> Callable[[Tensor, Tensor, list], 
     return write
 
 
-def _last_axis_softmax(node: Node, graph: Optional[Graph]) -> bool:
+def _last_axis_softmax(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     if graph is None:
         return False
     a = node.attrs or SoftmaxAttrs()
@@ -265,14 +267,13 @@ def _fmt(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _lrn_4d(node: Node, graph: Optional[Graph]) -> bool:
+def _lrn_4d(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """4-D, at most 2048 channels, and an output the layout plan does not store NCHW."""
     t = graph.types.get(node.inputs[0]) if graph is not None else None
-    return (t is not None and t.rank == 4 and isinstance(t.shape[1], int) and t.shape[1] <= 2048
-            and allows_channels_last(graph, node.outputs[0]))
+    return t is not None and t.rank == 4 and isinstance(t.shape[1], int) and t.shape[1] <= 2048
 
 
-@register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, needs_triton=True)
+@register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, channels_last_only=True, needs_triton=True)
 def lrn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's one-pass Triton LRN (channels-last, fp32 window sums)."""
     from ember.backends.cuda.triton_ops import lrn as lrn_op

@@ -31,10 +31,11 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.backends.layout import allows_channels_last, planned_format, to_format
+from ember.backends.layout import planned_format, to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.plan.records import Records
 from ember.ops.attrs import PoolAttrs
 
 Tensor = torch.Tensor
@@ -83,15 +84,14 @@ def max_pool(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
-def _max_pool_2d(node: Node, graph: "Graph | None") -> bool:
+def _max_pool_2d(node: Node, graph: "Graph | None", records: Optional[Records] = None) -> bool:
     """2-D, single output, and an output the layout plan does not store NCHW."""
     a = node.attrs
     single_output = len(node.outputs) < 2 or not node.outputs[1]
-    return (isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
-            and allows_channels_last(graph, node.outputs[0]))
+    return isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
 
 
-@register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, needs_triton=True)
+@register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, channels_last_only=True, needs_triton=True)
 def max_pool_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's Triton max pooling on channels-last activations (one read of each window row)."""
     from ember.backends.cuda.triton_ops import max_pool2d_nhwc, max_pool2d_shape

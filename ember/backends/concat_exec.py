@@ -1,4 +1,4 @@
-"""Carrying out the concat-elimination plan (``graph.meta["concat_slices"]``) in a program.
+"""Carrying out the concat-elimination plan (``Records.concat``, a ``ConcatPlan``) in a program.
 
 For every planned Concat this decides, once, when the program is made:
 
@@ -24,7 +24,12 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 
 from ember.backends.base import Kernel, WriteInto, write_into_of, write_or_copy
-from ember.ir.graph import Graph
+from ember.backends.layout import CHANNELS_LAST, format_in
+from ember.backends.tensors import torch_dtype
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.plan.plan import Plan
+from ember.plan.records import ConcatEntry, Records
 
 
 @dataclass(frozen=True)
@@ -103,53 +108,48 @@ def _is_channels_last(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=_format(t.dim()))
 
 
-def _layout_hint(graph: Graph, name: str, rank: int, static_layout: bool) -> Optional[bool]:
-    from ember.backends.layout import CHANNELS_LAST, planned_format
-
-    if rank == 4 and planned_format(graph, name) is CHANNELS_LAST:
+def _layout_hint(graph: Graph, records: Records, name: str, rank: int, static_layout: bool) -> Optional[bool]:
+    if rank == 4 and format_in(graph, records.layout, name) is CHANNELS_LAST:
         return True
     return False if static_layout or rank not in (4, 5) else None
 
 
-def plan_concat_exec(graph: Graph, kernels: Sequence[Optional[Kernel]], *,
+def plan_concat_exec(graph: Graph, records: Records, kernels: Sequence[Optional[Kernel]], *,
                      static_layout: bool, skip: Sequence[bool] = (),
                      float_dtype: Optional[Mapping[str, torch.dtype]] = None) -> ConcatExec:
-    """The decisions for ``graph`` whose node ``i`` runs ``kernels[i]``.
+    """The decisions for ``graph`` (with its ``records``) whose node ``i`` runs ``kernels[i]``.
 
-    ``static_layout``: the backend stores tensors as ``graph.meta["layout"]`` says (CUDA), so a
+    ``static_layout``: the backend stores tensors as ``records.layout`` says (CUDA), so a
     buffer's memory format is known now; otherwise (CPU) a buffer takes the memory format of the
     data its first producer reads. ``skip[i]``: node ``i`` may not take part (e.g. it runs on the
     host). ``float_dtype[concat name]``: the dtype a floating-point Concat computes in, where it
     is not the graph's (CUDA's reduced precisions).
     """
-    from ember.ir.optype import OpType
-
-    plan = graph.meta.get("concat_slices") or {}
     result = ConcatExec(concats=sum(1 for n in graph.nodes if n.op is OpType.CONCAT))
-    if not plan:
+    if not records.concat:
         return result
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     producer = {o: i for i, n in enumerate(graph.nodes) for o in n.outputs if o}
-    for cname, entry in plan.items():
+    for cname, entry in records.concat.concats.items():
         ci = index.get(cname)
         if ci is None or (skip and skip[ci]):
             continue
-        buf = _planned_buffer(graph, cname, entry, graph.nodes[ci], static_layout, float_dtype)
+        buf = _planned_buffer(graph, records, cname, entry, graph.nodes[ci], static_layout, float_dtype)
         if buf is None:
             continue
-        axis = int(entry["axis"])
+        axis = entry.axis
         written: dict[int, Target] = {}
         copies = []
-        for s in entry["slices"]:
-            start, length = int(s["start"]), int(s["stop"]) - int(s["start"])
-            pi = producer.get(s["tensor"])
-            w = write_into_of(kernels[pi]) if (s.get("in_place") and pi is not None and pi < ci
+        for s in entry.slices:
+            start, length = s.start, s.length
+            pi = producer.get(s.tensor)
+            w = write_into_of(kernels[pi]) if (s.in_place and pi is not None and pi < ci
                                               and not (skip and skip[pi])) else None
             if w is not None and pi not in written and w.accepts(_static_view(buf, axis, start, length)):
                 written[pi] = Target(buf.output, axis, start, length, w)
             else:
-                copies.append((s["tensor"], start, length))
-        result.report[cname] = {"output": buf.output, "inputs": len(entry["slices"]),
+                copies.append((s.tensor, start, length))
+        result.report[cname] = {"output": buf.output, "inputs": len(entry.slices),
                                 "written": [graph.nodes[i].outputs[0] for i in sorted(written)],
                                 "eliminated": bool(written)}
         if not written:
@@ -160,23 +160,21 @@ def plan_concat_exec(graph: Graph, kernels: Sequence[Optional[Kernel]], *,
     return result
 
 
-def _planned_buffer(graph: Graph, cname: str, entry: Mapping[str, Any], node: Any, static_layout: bool,
-                    float_dtype: Optional[Mapping[str, torch.dtype]]) -> Optional[Buffer]:
+def _planned_buffer(graph: Graph, records: Records, cname: str, entry: ConcatEntry, node: Node,
+                    static_layout: bool, float_dtype: Optional[Mapping[str, torch.dtype]]) -> Optional[Buffer]:
     """The buffer of planned Concat ``node`` (``entry`` its plan), or ``None`` where the plan no
     longer matches the graph (the graph changed after planning: that Concat is left alone)."""
-    from ember.runtime.tensors import torch_dtype
-
-    out_t = graph.types.get(entry.get("output", ""))
+    out_t = graph.types.get(entry.output)
     if out_t is None or not out_t.is_static:
         return None
-    if node.outputs[0] != entry["output"] or [i for i in node.inputs if i] != [s["tensor"] for s in entry["slices"]]:
+    if node.outputs[0] != entry.output or [i for i in node.inputs if i] != [s.tensor for s in entry.slices]:
         return None
     shape = tuple(int(d) for d in out_t.shape)
     dtype = torch_dtype(out_t.dtype)
     if float_dtype and dtype.is_floating_point and cname in float_dtype:
         dtype = float_dtype[cname]
-    return Buffer(cname, entry["output"], shape, dtype,
-                  _layout_hint(graph, entry["output"], len(shape), static_layout))
+    return Buffer(cname, entry.output, shape, dtype,
+                  _layout_hint(graph, records, entry.output, len(shape), static_layout))
 
 
 @dataclass(frozen=True)
@@ -200,22 +198,22 @@ class PlannedSlice:
         return self.buffer.allocate(device, sample).narrow(self.axis, self.start, self.length)
 
 
-def planned_slice(graph: Graph, tensor: str, *, static_layout: bool = True) -> Optional[PlannedSlice]:
+def planned_slice(graph: Graph, records: Records, tensor: str, *,
+                  static_layout: bool = True) -> Optional[PlannedSlice]:
     """The slice of a planned Concat's buffer that ``tensor`` is to be written into in place
-    (``concat_slices``, ``in_place``), with the buffer as ``plan_concat_exec`` allocates it (the
+    (``records.concat``, ``in_place``), with the buffer as ``plan_concat_exec`` allocates it (the
     graph's dtype: see ``with_dtype``); ``None`` for any other tensor. Tactic timing uses it to
     time a producer as it will run: writing into that view, or computing and copying into it."""
-    plan = graph.meta.get("concat_slices") or {}
-    for cname, entry in plan.items():
-        for s in entry.get("slices", ()):
-            if s.get("tensor") != tensor or not s.get("in_place"):
+    for cname, entry in records.concat.concats.items():
+        for s in entry.slices:
+            if s.tensor != tensor or not s.in_place:
                 continue
             node = next((n for n in graph.nodes if n.name == cname), None)
-            buf = None if node is None else _planned_buffer(graph, cname, entry, node, static_layout, None)
+            buf = None if node is None else _planned_buffer(graph, records, cname, entry, node,
+                                                            static_layout, None)
             if buf is None:
                 return None
-            start = int(s["start"])
-            return PlannedSlice(buf, int(entry["axis"]), start, int(s["stop"]) - start)
+            return PlannedSlice(buf, entry.axis, s.start, s.length)
     return None
 
 
@@ -267,16 +265,16 @@ def report_line(summary: Mapping[str, int]) -> str:
     return line
 
 
-def plan_summary(plan: Any) -> dict[str, int]:
+def plan_summary(plan: Plan) -> dict[str, int]:
     """The concat-elimination counts of an engine plan without building its program: compiles
     only the producers of the planned in-place slices (on the plan's device)."""
-    from ember.backends.base import CompileContext, get_backend
-    from ember.ir.optype import OpType
-    from ember.runtime.tensors import numpy_to_torch
+    from ember.backends.base import CompileContext
+    from ember.backends.devices import get_backend
+    from ember.backends.tensors import numpy_to_torch
 
-    graph = plan.graph
+    graph, records = plan.graph, plan.records
     concats = sum(1 for n in graph.nodes if n.op is OpType.CONCAT)
-    entries = graph.meta.get("concat_slices") or {}
+    entries = records.concat.concats
     if not entries:
         return {"concats": concats, "planned": 0, "eliminated": 0, "inputs": 0, "written": 0}
     device_type = plan.config.device
@@ -284,7 +282,7 @@ def plan_summary(plan: Any) -> dict[str, int]:
         raise RuntimeError("the plan is for CUDA and this machine has no GPU; the kernels' "
                            "capabilities are known on the device only")
     device = torch.device(device_type)
-    wanted = {s["tensor"] for e in entries.values() for s in e["slices"] if s.get("in_place")}
+    wanted = {s.tensor for e in entries.values() for s in e.slices if s.in_place}
     backend = get_backend(device_type)
     kernels: list[Optional[Kernel]] = []
     for node, layer in zip(graph.nodes, plan.layers):
@@ -293,11 +291,11 @@ def plan_summary(plan: Any) -> dict[str, int]:
             continue
         consts = {n: numpy_to_torch(graph.constants[n], device) for n in node.inputs if n in graph.constants}
         kernels.append(backend.compile_node(node, CompileContext(graph, consts, device, layer.tactic,
-                                                                 layer.precision)))
+                                                                 layer.precision, records, plan.config)))
     float_dtype = None
     if device_type == "cuda":
         from ember.backends.cuda.device import compute_dtype
 
         float_dtype = {lay.name: compute_dtype(lay.precision) for lay in plan.layers if lay.kind == "Concat"}
-    return plan_concat_exec(graph, kernels, static_layout=device_type == "cuda",
+    return plan_concat_exec(graph, records, kernels, static_layout=device_type == "cuda",
                             float_dtype=float_dtype).summary()

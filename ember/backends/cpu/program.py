@@ -1,43 +1,41 @@
-"""A compiled plan: one kernel per layer, run in order, freeing tensors after their last use.
+"""The CPU backend's program: one kernel per layer, run in order, freeing tensors after their last use.
 
 A ``Program`` is immutable once made and holds no per-run state, so any number of execution
 contexts may run it from any number of threads at once; each run keeps its tensors in its own
 dictionary. Intermediate tensors are dropped right after the layer that reads them last (the
 memory plan's liveness), so a run's peak memory follows the plan rather than the graph size.
 
-On the CPU, kernels allocate their outputs through PyTorch's caching allocator; the arena
-offsets of the memory plan are used by device backends that write into one arena (CUDA).
+Kernels allocate their outputs through PyTorch's allocator (with the C heap kept warm for the
+plan's largest buffers, ``ember.backends.cpu.heap``); the arena offsets of the memory plan are
+used by the CUDA backend, which writes into one arena.
 
-Concat elimination (``graph.meta["concat_slices"]``, ``ember.runtime.concat_exec``): a planned
+Concat elimination (``Records.concat``, ``ember.backends.concat_exec``): a planned
 Concat's buffer is allocated before its first writing producer runs; each producer whose kernel
 can write into a given tensor (``WriteInto``) gets the view of its slice, the Concat step copies
 only the remaining inputs into their slices. Names of written inputs are bound to their views
 (which keep the buffer alive), so the usual frees stay right.
 
-A backend may replace this class: if it has ``make_program(plan, device)``, the engine uses the
-object that returns. Such a program has ``device`` and ``run(feeds) -> outputs`` (torch tensors
-on ``device``, as here), and may have ``create_runner()``: then every execution context gets
-its own runner (per-context state such as captured CUDA graphs and pinned buffers), whose
-``infer(inputs)`` takes the user's validated inputs (numpy or torch) and returns outputs of the
-same kind, and whose optional ``close()`` is called when the context closes.
+Each execution context runs the program through a ``CPUExecutor``, which holds no state but
+the conversion of the user's arrays: the program itself is re-entrant.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ember.backends.base import Backend, CompileContext, Kernel
+from ember.backends.base import Backend, CompileContext, Executor, Kernel, Program
+from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
+from ember.backends.cpu.heap import reserve
+from ember.backends.tensors import numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
-from ember.runtime.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
 from ember.plan.plan import Plan
-from ember.runtime.tensors import numpy_to_torch
 
 
 @dataclass(frozen=True)
-class Step:
+class CPUStep:
     name: str
     kind: str
     kernel: Kernel
@@ -45,25 +43,26 @@ class Step:
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
     out_index: tuple[int, ...] = ()  # positions of the outputs that have a name
-    special: bool = False  # takes part in concat elimination (``ember.runtime.concat_exec``)
+    special: bool = False  # takes part in concat elimination (``ember.backends.concat_exec``)
 
 
-class Program:
-    """The executable form of a ``Plan`` on one device."""
+class CPUProgram(Program):
+    """The executable form of a ``Plan`` on the CPU."""
 
     def __init__(self, plan: Plan, backend: Backend, device: torch.device) -> None:
         self.device = device
         graph = plan.graph
         self.constants: dict[str, torch.Tensor] = {
             k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
-        _reserve_memory(plan, backend)
+        _reserve_memory(plan)
         frees = plan.memory.frees_after()
         keep = set(graph.outputs)
         steps = []
         for i, (node, layer) in enumerate(zip(graph.nodes, plan.layers)):
             if node.name != layer.name:
                 raise BuildError(f"plan layer {i} is {layer.name!r} but graph node {i} is {node.name!r}")
-            ctx = CompileContext(graph, self.constants, device, layer.tactic, layer.precision)
+            ctx = CompileContext(graph, self.constants, device, layer.tactic, layer.precision,
+                                 plan.records, plan.config)
             try:
                 kernel = backend.compile_node(node, ctx)
             except EmberError:
@@ -73,13 +72,13 @@ class Program:
                                  f"{device.type} with tactic {layer.tactic or 'default'!r}: {e}") from e
             if len(node.outputs) > 1:
                 kernel = _padded(kernel, len(node.outputs))
-            steps.append(Step(node.name, node.op.value, kernel, node.inputs, node.outputs,
+            steps.append(CPUStep(node.name, node.op.value, kernel, node.inputs, node.outputs,
                               tuple(n for n in frees.get(i, ()) if n not in keep),
                               tuple(k for k, o in enumerate(node.outputs) if o)))
-        self.concat = plan_concat_exec(graph, [s.kernel for s in steps], static_layout=False)
+        self.concat = plan_concat_exec(graph, plan.records, [s.kernel for s in steps], static_layout=False)
         special = self.concat.special_steps()
         steps = [replace(s, special=True) if i in special else s for i, s in enumerate(steps)]
-        self.steps: tuple[Step, ...] = tuple(steps)
+        self.steps: tuple[CPUStep, ...] = tuple(steps)
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
@@ -112,7 +111,7 @@ class Program:
         feed_storage = {t.untyped_storage().data_ptr() for t in feeds.values() if t.numel()}
         return {o: self._own(env[o], feed_storage) for o in self.outputs}  # type: ignore[arg-type]
 
-    def _special(self, step: Step, env: dict, stats: Optional[dict]) -> list:
+    def _special(self, step: CPUStep, env: dict, stats: Optional[dict]) -> list:
         """A step taking part in concat elimination: allocates Concat buffers that start here,
         writes this producer's output into its slice, or finishes an eliminated Concat."""
         i = self._index[step.name]
@@ -134,13 +133,31 @@ class Program:
         ptr = t.untyped_storage().data_ptr()
         return t.clone() if ptr in self._const_storage or ptr in feed_storage else t
 
+    def create_executor(self) -> "CPUExecutor":
+        return CPUExecutor(self)
 
-def _reserve_memory(plan: Plan, backend: Backend) -> None:
-    """Lets the backend prepare its allocator for the plan's largest tensor and peak (the CPU
-    backend keeps such buffers in the C heap instead of re-mapping them on every run)."""
-    reserve = getattr(backend, "reserve_memory", None)
-    if reserve is None:
-        return
+
+class CPUExecutor(Executor):
+    """An execution context's way into a ``CPUProgram``: numpy or torch inputs (validated by the
+    context) to tensors, the run, and outputs of the kind given."""
+
+    device_type = "cpu"
+
+    def __init__(self, program: CPUProgram) -> None:
+        self.program = program
+
+    def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        as_torch = any(isinstance(v, torch.Tensor) for v in inputs.values())
+        device = self.program.device
+        feeds = {k: (v.detach().to(device).contiguous() if isinstance(v, torch.Tensor)
+                     else numpy_to_torch(v, device)) for k, v in inputs.items()}
+        outputs = self.program.run(feeds)
+        return outputs if as_torch else {k: torch_to_numpy(v) for k, v in outputs.items()}
+
+
+def _reserve_memory(plan: Plan) -> None:
+    """Prepares the allocator for the plan's largest tensor and peak: such buffers are kept in
+    the C heap instead of being re-mapped on every run (``ember.backends.cpu.heap``)."""
     largest = max((t.nbytes() for t in plan.graph.types.values() if t.is_static), default=0)
     reserve(largest, plan.memory.arena_bytes)
 
@@ -155,7 +172,7 @@ def _padded(kernel: Kernel, n: int) -> Kernel:
     return run
 
 
-def _failure(step: Step, env: Mapping[str, Optional[torch.Tensor]], e: Exception) -> EmberError:
+def _failure(step: CPUStep, env: Mapping[str, Optional[torch.Tensor]], e: Exception) -> EmberError:
     args = [env.get(n) if n else None for n in step.inputs]
     return EmberError(f"layer {step.name!r} ({step.kind}) failed on inputs {_shapes(args)}: {e}")
 

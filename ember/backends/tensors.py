@@ -1,0 +1,97 @@
+"""Tensors at the edges: ``DType`` <-> torch / numpy, the one error measure, the one maker of
+random tensors for kernel timing.
+
+``max_relative_error`` is the error measure of ``ember bench``, ``ember compare``,
+accuracy-targeted builds and the CUDA tactic timer's accuracy check: one definition, so a
+number printed by one tool means the same in another.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ember.ir.dtype import DType
+from ember.ir.types import TensorType
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+_TORCH = {
+    DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,
+    DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.UINT8: torch.uint8,
+    DType.INT16: torch.int16, DType.INT32: torch.int32, DType.INT64: torch.int64,
+    DType.BOOL: torch.bool,
+}
+_FROM_TORCH = {v: k for k, v in _TORCH.items()}
+
+
+def torch_dtype(dtype: DType) -> torch.dtype:
+    """The torch dtype of an Ember ``DType``."""
+    return _TORCH[dtype]
+
+
+def from_torch_dtype(dtype: torch.dtype) -> DType:
+    """The Ember ``DType`` of a torch dtype; ``TypeError`` if Ember has none."""
+    try:
+        return _FROM_TORCH[dtype]
+    except KeyError:
+        raise TypeError(f"torch dtype {dtype} has no Ember equivalent") from None
+
+
+def numpy_to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A torch tensor holding ``array`` (shares memory on the CPU when it can; never read-only)."""
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        array = np.array(array, order="C", copy=True)
+    t = torch.from_numpy(array)
+    return t if device.type == "cpu" else t.to(device)
+
+
+def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy array of ``tensor`` (bfloat16 becomes float32: numpy has no bfloat16)."""
+    t = tensor.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.cpu().numpy()
+
+
+def max_relative_error(ours: ArrayLike, ref: ArrayLike) -> float:
+    """``max|ours - ref| / max|ref|`` in float64 (``inf`` on a shape mismatch, or where ``ours``
+    has a NaN or infinity that ``ref`` has not); numpy arrays or torch tensors on any device
+    (computed where the tensors are). Where both have NaN (or the same infinity) at the same
+    place, that place counts as equal: NaN in, NaN out is right."""
+    a, b = _as_f64(ours), _as_f64(ref)
+    if a.shape != b.shape:
+        return float("inf")
+    if b.device != a.device:
+        b = b.to(a.device)
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    if not bool((torch.isfinite(a) | same).all()):
+        return float("inf")
+    finite = torch.isfinite(b)
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs())
+    scale = float(b.abs()[finite].max()) if bool(finite.any()) else 0.0
+    worst = float(diff.max()) if diff.numel() else 0.0
+    return worst / scale if scale > 0 else worst
+
+
+def _as_f64(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64)
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def random_tensor(t: TensorType, device: torch.device,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A tensor of static type ``t`` to run or time a kernel with: N(0, 1) floats (drawn on the
+    CPU from ``generator`` when given, so every device sees the same values), zeros for integers
+    (always valid indices, shapes and axes), ones for booleans (an all-true mask)."""
+    dtype = torch_dtype(t.dtype)
+    shape = tuple(int(d) for d in t.shape)
+    if dtype.is_floating_point:
+        if generator is not None:
+            return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+        return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)

@@ -36,7 +36,7 @@ from ember.builder.shapes import apply_input_shapes, resolve_input_shapes, tenso
 from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import TensorType
-from ember.ir.verifier import verify
+from ember.ops.verify import verify_graph as verify
 from ember.passes.manager import Instrument
 from ember.passes.pipeline import Optimized, run_pipeline
 from ember.plan.config import BuildConfig

@@ -193,7 +193,7 @@ class VerifyInstrument(Instrument):
     """Runs the IR verifier after every pass; a failure names the pass that broke the graph."""
 
     def after_pass(self, p: Pass, before: Graph, after: Graph, record: PassRecord) -> None:
-        from ember.ir.verifier import verify
+        from ember.ops.verify import verify_graph as verify
 
         try:
             verify(after)

@@ -72,7 +72,7 @@ def run_pass(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any)
 def run_pass_ctx(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any) -> tuple[Graph, "PassContext"]:
     """Runs the named passes (verifier after each); returns the graph and the pass context (its
     ``records`` and ``fired`` counts)."""
-    from ember.ir.verifier import verify
+    from ember.ops.verify import verify_graph as verify
     from ember.passes.manager import PassContext, get_pass
 
     ctx = PassContext(config=BuildConfig(**config), keep=frozenset(keep))

@@ -1,17 +1,17 @@
-# Two set-up-free commands: `make demo` and `make test`. Each creates .venv on first use.
+# Set-up-free commands: `make demo`, `make test` and `make lint`. Each creates .venv on first use.
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test test-gpu bench-cpu bench-gpu clean
+.PHONY: demo test test-gpu lint bench-cpu bench-gpu clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	@echo "Installing Ember's dependencies into $(VENV) (first run only, about 2 minutes)..."
 	@$(VPY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "is ignored: it is neither" || true
 	@$(VPY) -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
-	@$(VPY) -c "import torch, onnx, onnxruntime, ember" || (echo "dependency install failed"; exit 1)
+	@$(VPY) -c "import torch, onnx, onnxruntime, ember, ruff, mypy, importlinter" || (echo "dependency install failed"; exit 1)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,18 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(VPY) -m pytest -q -m cuda tests
+
+# ruff, mypy and import-linter as configured in pyproject.toml; all three run, then the target
+# fails if any of them did.
+lint: $(STAMP)
+	@status=0; \
+	echo "==== ruff: style, imports, bugbear (ruff check ember tests bench) ===="; \
+	$(VPY) -m ruff check --output-format concise ember tests bench || status=1; \
+	echo "==== mypy: types, strict on ir/ops/plan/passes/builder ([tool.mypy]) ===="; \
+	$(VPY) -m mypy || status=1; \
+	echo "==== import-linter: the layering of DESIGN.md ([tool.importlinter]) ===="; \
+	$(VENV)/bin/lint-imports || status=1; \
+	exit $$status
 
 bench-cpu: $(STAMP)
 	$(VPY) bench/cpu.py

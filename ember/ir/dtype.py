@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +31,14 @@ class DType(enum.Enum):
     def is_int(self) -> bool:
         return self in (DType.INT8, DType.UINT8, DType.INT16, DType.INT32, DType.INT64)
 
-    def to_numpy(self) -> np.dtype:
+    def to_numpy(self) -> np.dtype[Any]:
         if self is DType.BFLOAT16:
             raise TypeError("numpy has no bfloat16; keep bfloat16 tensors in torch")
-        return np.dtype(self.value)
+        dtype: np.dtype[Any] = np.dtype(self.value)  # numpy types np.dtype(str) as Any
+        return dtype
 
     @staticmethod
-    def from_numpy(dtype: np.dtype | type) -> "DType":
+    def from_numpy(dtype: np.dtype | type) -> DType:
         name = np.dtype(dtype).name
         try:
             return DType(name)
@@ -44,7 +46,7 @@ class DType(enum.Enum):
             raise TypeError(f"numpy dtype {name} has no Ember equivalent") from None
 
     @staticmethod
-    def parse(name: str) -> "DType":
+    def parse(name: str) -> DType:
         """``DType.parse("fp16")`` -> FLOAT16; accepts numpy and short names."""
         key = _ALIASES.get(name.lower(), name.lower())
         try:

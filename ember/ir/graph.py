@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Node:
         if not self.origin:
             object.__setattr__(self, "origin", (self.name,))
 
-    def with_(self, **changes: Any) -> "Node":
+    def with_(self, **changes: Any) -> Node:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -85,8 +86,8 @@ class Graph:
     source_info: SourceInfo = field(default_factory=SourceInfo)
 
     # ---- copies -------------------------------------------------------------------------
-    def copy(self, **changes: Any) -> "Graph":
-        base = dict(
+    def copy(self, **changes: Any) -> Graph:
+        base: dict[str, Any] = dict(
             name=self.name, nodes=list(self.nodes), inputs=list(self.inputs),
             outputs=list(self.outputs), types=dict(self.types), constants=dict(self.constants),
             opset=self.opset, source=self.source, source_info=self.source_info,
@@ -94,7 +95,7 @@ class Graph:
         base.update(changes)
         return Graph(**base)
 
-    def replace_nodes(self, nodes: Iterable[Node]) -> "Graph":
+    def replace_nodes(self, nodes: Iterable[Node]) -> Graph:
         return self.copy(nodes=list(nodes))
 
     # ---- queries ------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 from ember.ir.dtype import DType
 
 #: A dimension: a known size, or a symbol (``"batch"``) fixed only at run time.
-Dim = Union[int, str]
+Dim: TypeAlias = int | str
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,17 @@ class TensorType:
     def nbytes(self) -> int:
         return self.numel() * self.dtype.itemsize
 
-    def with_shape(self, shape: tuple[Dim, ...]) -> "TensorType":
+    def with_shape(self, shape: tuple[Dim, ...]) -> TensorType:
         return TensorType(self.dtype, tuple(shape))
 
-    def with_dtype(self, dtype: DType) -> "TensorType":
+    def with_dtype(self, dtype: DType) -> TensorType:
         return TensorType(dtype, self.shape)
 
     def __str__(self) -> str:
         return f"{self.dtype.value}{format_shape(self.shape)}"
 
 
-def format_shape(shape: tuple[Dim, ...] | list) -> str:
+def format_shape(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
 from ember.backends.tensors import max_relative_error
+from ember.errors import BuildError
 from ember.plan.config import BuildConfig, Device, Precision
+from ember.runtime.engine import Engine
 
 log = logging.getLogger("ember.build")
 
@@ -36,50 +39,59 @@ REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
 
 def applies(config: BuildConfig) -> bool:
     """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32."""
-    return config.accuracy_target is not None and config.device is not Device.CPU and config.precision in REDUCED
+    return (config.accuracy_target is not None and config.device is not Device.CPU
+            and config.precision in REDUCED)
 
 
 def max_output_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
     """The largest ``max|ours - ref| / max|ref|`` over the outputs (``inf`` on NaN/Inf)."""
-    return max((max_relative_error(np.asarray(ours[k], np.float64), v) for k, v in ref.items()), default=0.0)
+    return max((max_relative_error(np.asarray(ours[k], np.float64), v) for k, v in ref.items()),
+               default=0.0)
 
 
-def calibration_inputs(engine: Any, seed: int = 0) -> dict[str, np.ndarray]:
+def calibration_inputs(engine: Engine, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs for ``engine`` at its profiles' opt shapes (as ``ember run --random``)."""
-    from ember.runtime.example_inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+    from ember.runtime.example_inputs import (
+        engine_input_specs,
+        graph_int_ranges,
+        random_inputs,
+        resolve_shapes,
+    )
 
     specs = engine_input_specs(engine)
     shapes = resolve_shapes(specs, {}, dynamic="opt")
     return random_inputs(specs, shapes, seed, int_ranges=graph_int_ranges(engine.plan.graph))
 
 
-def _outputs(engine: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _outputs(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     with engine.create_context() as ctx:
         out = ctx.infer(dict(feeds))
     return {k: np.asarray(v.float().cpu() if hasattr(v, "cpu") else v, np.float64) for k, v in out.items()}
 
 
-def reduced_layers(engine: Any) -> list[str]:
+def reduced_layers(engine: Engine) -> list[str]:
     """Names of the layers that compute below fp32, in execution order."""
     return [layer.name for layer in engine.plan.layers if layer.precision in REDUCED]
 
 
-def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfig], Any],
-                feeds: Optional[Mapping[str, np.ndarray]] = None) -> Any:
+def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildConfig], Engine],
+                feeds: Mapping[str, np.ndarray] | None = None) -> Engine:
     """The engine of the shortest fp32 prefix that meets ``config.accuracy_target`` (``engine``
     itself when it already does). ``build_fn(config)`` builds the same model with ``config``."""
     t0 = time.perf_counter()
-    target = float(config.accuracy_target)  # type: ignore[arg-type]
+    if config.accuracy_target is None:
+        raise BuildError("meet_target needs a config with an accuracy_target (see accuracy.applies)")
+    target = float(config.accuracy_target)
     feeds = dict(feeds) if feeds is not None else calibration_inputs(engine)
     ref_config = replace(config, precision=Precision.FP32, layer_precisions={}, accuracy_target=None,
                          tactic_tuning=False)
     reference = _outputs(build_fn(ref_config), feeds)
     first = max_output_error(_outputs(engine, feeds), reference)
     candidates = reduced_layers(engine)
-    trials: list[dict] = [{"fp32_layers": 0, "error": first}]
-    best, best_k = (engine, 0) if first <= target else (None, None)
+    trials: list[dict[str, Any]] = [{"fp32_layers": 0, "error": first}]
+    best: tuple[Engine, int] | None = (engine, 0) if first <= target else None  # (engine, fp32 prefix)
 
-    def trial(k: int) -> tuple[Any, float]:
+    def trial(k: int) -> tuple[Engine, float]:
         table = {**config.layer_precisions, **{name: Precision.FP32 for name in candidates[:k]}}
         built = build_fn(replace(config, layer_precisions=table, accuracy_target=None))
         err = max_output_error(_outputs(built, feeds), reference)
@@ -92,32 +104,33 @@ def meet_target(engine: Any, config: BuildConfig, build_fn: Callable[[BuildConfi
         while best is None:
             built, err = trial(k)
             if err <= target:
-                best, best_k = built, k
+                best = (built, k)
             elif k == len(candidates):
                 break
             else:
                 lo, k = k, min(2 * k, len(candidates))
-        while best is not None and best_k - lo > 1:  # the shortest prefix that still meets it
-            mid = (lo + best_k) // 2
+        while best is not None and best[1] - lo > 1:  # the shortest prefix that still meets it
+            mid = (lo + best[1]) // 2
             built, err = trial(mid)
             if err <= target:
-                best, best_k = built, mid
+                best = (built, mid)
             else:
                 lo = mid
     met = best is not None
-    if not met:
+    if best is None:
         warnings.warn(f"accuracy target {target:.1e} not reached even with every layer in fp32 "
                       f"(max relative error {trials[-1]['error']:.2e} against an fp32 build); the "
                       f"{config.precision} engine is kept as it is ({first:.2e})", stacklevel=3)
-        best, best_k = engine, 0
+        best = (engine, 0)
+    chosen, best_k = best
     info = {"target": target, "met": met, "error": next(t["error"] for t in reversed(trials)
                                                          if t["fp32_layers"] == best_k),
             "error_before": first, "fp32_layers": candidates[:best_k], "trials": trials,
             "calibration_shapes": {k: list(v.shape) for k, v in feeds.items()},
             "seconds": round(time.perf_counter() - t0, 2)}
-    best.plan.config = replace(best.plan.config, accuracy_target=target)
-    best.plan.build_info["accuracy"] = info
-    return best
+    chosen.plan.config = replace(chosen.plan.config, accuracy_target=target)
+    chosen.plan.build_info["accuracy"] = info
+    return chosen
 
 
 def describe(info: Mapping[str, Any]) -> str:

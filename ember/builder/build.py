@@ -21,9 +21,10 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import TensorType
 from ember.ops.verify import verify_graph as verify
+from ember.passes.edit import static_dims
 from ember.passes.manager import Instrument
 from ember.passes.pipeline import Optimized, run_pipeline
 from ember.plan.config import BuildConfig
@@ -46,7 +48,7 @@ from ember.runtime.device import device_key, fingerprint
 from ember.runtime.engine import Engine
 
 
-def import_model(model: Any, shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Graph:
+def import_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """The IR graph of ``model`` through its frontend (``ember.frontends.load``)."""
     import os
 
@@ -67,7 +69,7 @@ def import_model(model: Any, shapes: Optional[dict[str, tuple[int, ...]]] = None
 
 
 def optimize(graph: Graph, config: BuildConfig,
-             instruments: Optional[Sequence[Instrument]] = None) -> Optimized:
+             instruments: Sequence[Instrument] | None = None) -> Optimized:
     """Runs the pass pipeline: the optimized graph, its decision records and one record per pass
     (time, node counts, rules fired)."""
     return run_pipeline(graph, config, instruments=instruments)
@@ -85,7 +87,7 @@ def _types_at_max(graph: Graph, hi: dict[str, int]) -> dict[str, TensorType]:
                          f"profiles to shapes the model supports") from None
 
 
-def _types_at_min(graph: Graph, lo: dict[str, int]) -> Optional[dict[str, TensorType]]:
+def _types_at_min(graph: Graph, lo: dict[str, int]) -> dict[str, TensorType] | None:
     """Types at the profiles' min shapes, for the output ranges only (None if not inferable)."""
     if not lo:
         return None
@@ -95,9 +97,9 @@ def _types_at_min(graph: Graph, lo: dict[str, int]) -> Optional[dict[str, Tensor
         return None
 
 
-def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optional[bool] = None,
-          backend: Optional[Backend] = None, instruments: Optional[Sequence] = None,
-          accuracy_inputs: Optional[Mapping[str, np.ndarray]] = None) -> Engine:
+def build(model: Any, config: BuildConfig | None = None, *, progress: bool | None = None,
+          backend: Backend | None = None, instruments: Sequence[Instrument] | None = None,
+          accuracy_inputs: Mapping[str, np.ndarray] | None = None) -> Engine:
     """Builds an ``Engine`` for ``config.device`` from a model file/bytes/proto or a ``Graph``.
 
     ``progress``: show a progress display (default: when stderr is a terminal).
@@ -117,7 +119,8 @@ def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optiona
 
     with tempfile.TemporaryDirectory(prefix="ember-accuracy-") as tmp:
         # the trials share tactic timings: only layers whose precision changed are timed again
-        cfg = config if config.timing_cache else replace(config, timing_cache=str(Path(tmp) / "timings.json"))
+        cfg = (config if config.timing_cache
+               else replace(config, timing_cache=str(Path(tmp) / "timings.json")))
         engine = _build_once(model, cfg, progress, backend, instruments)
         engine = accuracy.meet_target(engine, cfg, again, accuracy_inputs)
     engine.plan.config = replace(engine.plan.config, timing_cache=config.timing_cache)
@@ -125,8 +128,8 @@ def build(model: Any, config: Optional[BuildConfig] = None, *, progress: Optiona
     return engine
 
 
-def _build_once(model: Any, config: BuildConfig, progress: Optional[bool], backend: Optional[Backend],
-                instruments: Optional[Sequence]) -> Engine:
+def _build_once(model: Any, config: BuildConfig, progress: bool | None, backend: Backend | None,
+                instruments: Sequence[Instrument] | None) -> Engine:
     t0 = time.perf_counter()
     fp = fingerprint(config.device)  # fails early, with a clear sentence, without the device
     backend = backend or get_backend(config.device)
@@ -136,8 +139,8 @@ def _build_once(model: Any, config: BuildConfig, progress: Optional[bool], backe
             source_nodes = _source_node_count(graph)
             resolved = resolve_input_shapes(graph, config)
             if resolved.overrides_static and not isinstance(model, Graph):
-                graph = import_model(model, {k: tuple(v) for k, v in resolved.shapes.items()
-                                             if all(isinstance(d, int) for d in v)})
+                graph = import_model(model, {k: static for k, v in resolved.shapes.items()
+                                             if (static := static_dims(v)) is not None})
             graph = apply_input_shapes(graph, resolved)
         with prog.phase("optimize"):
             optimized = optimize(graph, config, instruments)

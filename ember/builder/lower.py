@@ -12,7 +12,7 @@ on this machine (with the timing cache of ``config.timing_cache``), else the bac
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -44,7 +44,7 @@ def _candidates(backend: Backend, node: Node, graph: Graph, records: Records) ->
 
 
 def make_selector(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
-                  device_key: str) -> tuple[TacticSelector, Optional[TimingCache]]:
+                  device_key: str) -> tuple[TacticSelector, TimingCache | None]:
     """The tactic selector this build uses, and its timing cache (if any)."""
     if not config.tactic_tuning or (config.device is Device.CPU and not config.tune_cpu):
         return TacticSelector(records=records), None
@@ -56,7 +56,7 @@ def make_selector(graph: Graph, records: Records, config: BuildConfig, backend: 
 
 
 def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend, device_key: str,
-          progress: Optional[BuildProgress] = None) -> tuple[list[Layer], dict[str, Any]]:
+          progress: BuildProgress | None = None) -> tuple[list[Layer], dict[str, Any]]:
     """The plan's layers, in execution order (``layers[i]`` runs ``graph.nodes[i]``), and
     tuning facts (layers timed, timing-cache hits) for the build info."""
     selector, cache = make_selector(graph, records, config, backend, device_key)

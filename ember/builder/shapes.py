@@ -13,16 +13,16 @@ value: fixing it in one input fixes it in all, and profile ranges given for it i
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
-from ember.plan.config import BuildConfig, Profile
 from ember.errors import BuildError, EmberError
 from ember.ir.graph import Graph
 from ember.ir.types import Dim, TensorType, format_shape
+from ember.plan.config import BuildConfig, Profile
 from ember.plan.plan import TensorSpec
 
-Range = tuple[int, Optional[int]]
+Range = tuple[int, int | None]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def _bind(symbols: dict[str, int], sym: str, value: int, where: str) -> None:
                          f"inputs sharing a dim name must agree in --shapes / profiles")
 
 
-def _fixed_dims(graph: Graph, config: BuildConfig) -> tuple[dict[str, tuple[Dim, ...]], dict[str, int], dict[str, Range]]:
+def _fixed_dims(graph: Graph, config: BuildConfig
+                ) -> tuple[dict[str, tuple[Dim, ...]], dict[str, int], dict[str, Range]]:
     """New input shapes, symbols bound to ints, and the ranges profiles give to symbols."""
     new_shapes: dict[str, tuple[Dim, ...]] = {}
     symbols: dict[str, int] = {}
@@ -68,7 +69,7 @@ def _fixed_dims(graph: Graph, config: BuildConfig) -> tuple[dict[str, tuple[Dim,
     for name in graph.inputs:
         old = graph.types[name].shape
         given = config.shapes.get(name)
-        profile: Optional[Profile] = config.profiles.get(name)
+        profile: Profile | None = config.profiles.get(name)
         want = len(given) if given is not None else len(profile.min) if profile is not None else None
         if want is not None and want != len(old):
             raise BuildError(f"input {name!r} has rank {len(old)} ({format_shape(old)}) in the model but "
@@ -99,8 +100,9 @@ def _profile_dims(name: str, old: tuple[Dim, ...], p: Profile, symbols: dict[str
         else:
             prev_lo, prev_hi = ranges.get(d, (0, None))
             new_hi = hi if prev_hi is None else min(hi, prev_hi)
-            ranges[d] = (max(lo, prev_lo), new_hi)
-            if ranges[d][1] is not None and ranges[d][0] > ranges[d][1]:  # type: ignore[operator]
+            new_lo = max(lo, prev_lo)
+            ranges[d] = (new_lo, new_hi)
+            if new_hi is not None and new_lo > new_hi:
                 raise BuildError(f"profiles give dim '{d}' disjoint ranges; inputs sharing a dim "
                                  f"name must have overlapping profiles")
             dims.append(d)
@@ -171,8 +173,8 @@ def _fold_shapes(graph: Graph) -> Graph:
 
 
 def tensor_specs(graph: Graph, names: list[str], ranges: Mapping[str, Range],
-                 lo_types: Optional[Mapping[str, TensorType]] = None,
-                 hi_types: Optional[Mapping[str, TensorType]] = None) -> list[TensorSpec]:
+                 lo_types: Mapping[str, TensorType] | None = None,
+                 hi_types: Mapping[str, TensorType] | None = None) -> list[TensorSpec]:
     """Specs of ``names`` with per-dim ranges: profile ranges for input symbols, and for other
     tensors the dims inferred at the profiles' min and max shapes (else unbounded)."""
     specs = []
@@ -180,17 +182,21 @@ def tensor_specs(graph: Graph, names: list[str], ranges: Mapping[str, Range],
         t = graph.types[name]
         lo_t = (lo_types or {}).get(name)
         hi_t = (hi_types or {}).get(name)
-        mins, maxs = [], []
+        mins: list[int] = []
+        maxs: list[int | None] = []
         for axis, d in enumerate(t.shape):
             if isinstance(d, int):
                 mins.append(d)
                 maxs.append(d)
                 continue
             lo, hi = ranges.get(d, (0, None))
-            if d not in ranges and lo_t is not None and isinstance(lo_t.shape[axis], int):
-                lo = lo_t.shape[axis]  # type: ignore[assignment]
-            if d not in ranges and hi_t is not None and isinstance(hi_t.shape[axis], int):
-                hi = hi_t.shape[axis]  # type: ignore[assignment]
+            if d not in ranges:
+                lo_d = lo_t.shape[axis] if lo_t is not None else None
+                hi_d = hi_t.shape[axis] if hi_t is not None else None
+                if isinstance(lo_d, int):
+                    lo = lo_d
+                if isinstance(hi_d, int):
+                    hi = hi_d
             mins.append(lo)
             maxs.append(hi)
         specs.append(TensorSpec(name, t.dtype, t.shape, tuple(mins), tuple(maxs)))

@@ -21,9 +21,10 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from ember.backends.base import TacticTimer
 from ember.backends.concat_exec import planned_slice
@@ -70,12 +71,12 @@ class TimingCache:
 
     device_key: str
     entries: dict[str, dict[str, float]] = field(default_factory=dict)
-    path: Optional[Path] = None
+    path: Path | None = None
     hits: int = 0
     misses: int = 0
 
     @staticmethod
-    def open(path: str | os.PathLike, device_key: str) -> "TimingCache":
+    def open(path: str | os.PathLike[str], device_key: str) -> TimingCache:
         """Loads ``path`` if it exists and is for ``device_key``; else an empty cache bound to it."""
         p = Path(path)
         cache = TimingCache(device_key, {}, p)
@@ -94,7 +95,7 @@ class TimingCache:
                           stacklevel=2)
         return cache
 
-    def get(self, signature: str) -> Optional[dict[str, float]]:
+    def get(self, signature: str) -> dict[str, float] | None:
         got = self.entries.get(signature)
         if got is None:
             self.misses += 1
@@ -130,8 +131,8 @@ class TacticSelector:
     Without a timer (tuning disabled) the backend's first candidate (its default) is kept.
     """
 
-    def __init__(self, timer: Optional[TacticTimer] = None, cache: Optional[TimingCache] = None,
-                 records: Optional[Records] = None) -> None:
+    def __init__(self, timer: TacticTimer | None = None, cache: TimingCache | None = None,
+                 records: Records | None = None) -> None:
         self.timer = timer
         self.cache = cache
         self.records = records if records is not None else Records()

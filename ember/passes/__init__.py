@@ -6,7 +6,7 @@
 - ``rewrite``: patterns + callbacks (``Rule``) and the engine that applies them safely.
 - cleanup: ``cleanup`` (no-ops, transposes, reshapes, CSE, DCE); fold: ``fold`` (constants and
   shape arithmetic), ``fold_weights`` (BatchNorm, per-channel scale/shift into weights);
-  fuse: ``fuse_conv``, ``fuse_gemm``, ``fuse_norm`` (LayerNorm, residual + LayerNorm, GELU), ``fuse_attention``,
-  ``fuse_horizontal``; layout: ``concat`` (in-place concat slices), ``layout`` (NHWC plan);
-  precision: ``precision``.
+  fuse: ``fuse_conv``, ``fuse_gemm``, ``fuse_norm`` (LayerNorm, residual + LayerNorm, GELU),
+  ``fuse_attention``, ``fuse_horizontal``; layout: ``concat`` (in-place concat slices),
+  ``layout`` (NHWC plan); precision: ``precision``.
 """

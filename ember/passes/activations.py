@@ -8,13 +8,14 @@ alpha 1/6, beta 1/2 (HardSwish before opset 14).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
+from ember.errors import GraphError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import Activation
+from ember.ops.attrs import Activation, HardSigmoidAttrs
 from ember.passes.edit import scalar_value
-from ember.passes.rewrite import Op, Pattern, View
+from ember.passes.rewrite import Match, Op, View
 
 Act = tuple[Activation, tuple[float, ...]]
 
@@ -22,7 +23,8 @@ UNARY_ACTIVATIONS = frozenset({OpType.RELU, OpType.CLIP, OpType.LEAKY_RELU, OpTy
                                OpType.TANH, OpType.HARD_SIGMOID, OpType.HARD_SWISH, OpType.GELU})
 
 
-def _clip_bound(node: Node, view: View, slot: int, attr: Optional[float], default: float) -> Optional[float]:
+def _clip_bound(node: Node, view: View, slot: int, attr: float | None,
+                default: float) -> float | None:
     if attr is not None:
         return float(attr)
     name = node.input(slot)
@@ -31,7 +33,7 @@ def _clip_bound(node: Node, view: View, slot: int, attr: Optional[float], defaul
     return scalar_value(view.const(name))  # None when the bound is computed at run time
 
 
-def unary_activation(node: Node, view: View) -> Optional[Act]:
+def unary_activation(node: Node, view: View) -> Act | None:
     """The epilogue that ``node`` (a one-input activation) computes, or ``None``."""
     op, a = node.op, node.attrs
     if op is OpType.RELU:
@@ -62,13 +64,19 @@ def unary_activation(node: Node, view: View) -> Optional[Act]:
 
 def _is_hard_swish_gate(node: Node, view: View) -> bool:
     a = node.attrs
+    if not isinstance(a, HardSigmoidAttrs):  # the op verifier guarantees it on a valid graph
+        raise GraphError(f"node {node.name!r} ({node.op.value}) has attrs {type(a).__name__}, "
+                         f"expected HardSigmoidAttrs")
     return abs(a.alpha - 1.0 / 6.0) < 1e-6 and abs(a.beta - 0.5) < 1e-6
 
 
-def activation_patterns(producer: Callable[[], Op]) -> list[tuple[str, Pattern, Callable]]:
+ActOf = Callable[[Match], Act | None]
+
+
+def activation_patterns(producer: Callable[[], Op]) -> list[tuple[str, Op, ActOf]]:
     """``(spelling, pattern, act_of_match)`` for every activation applied to ``producer()``'s
     output; the producer is captured as ``"lin"``."""
-    out: list[tuple[str, Pattern, Callable]] = []
+    out: list[tuple[str, Op, ActOf]] = []
     lin = producer()
     out.append(("act", Op(UNARY_ACTIVATIONS, (lin,), name="act", extra_inputs=True),
                 lambda m: unary_activation(m.node("act"), m.view)))

@@ -1,7 +1,7 @@
 """Cleanup passes: no-op removal, transpose and reshape chains, common subexpressions, dead code."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _slice_is_noop(node: Node, g: Graph) -> bool:
             and _same_type(g, node.inputs[0], node.outputs[0]))
 
 
-def _neutral_operand(node: Node, g: Graph) -> Optional[str]:
+def _neutral_operand(node: Node, g: Graph) -> str | None:
     """For ``x + 0``, ``x * 1``, ``x / 1``, ``x ** 1``: the input ``x`` (else ``None``)."""
     neutral, positions = _NEUTRAL[node.op]
     for pos in positions:
@@ -67,7 +67,7 @@ def _neutral_operand(node: Node, g: Graph) -> Optional[str]:
 
 
 def forwarded_input(node: Node, g: Graph, users: dict[str, list[Node]],
-                    protected: set[str]) -> Optional[str]:
+                    protected: set[str]) -> str | None:
     """The input that ``node`` passes through unchanged to its output, or ``None``."""
     op, out = node.op, node.outputs[0] if node.outputs else ""
     if not out or not node.inputs or not node.inputs[0]:
@@ -118,7 +118,7 @@ def _perm(node: Node, rank: int) -> tuple[int, ...]:
     return tuple(perm) if perm is not None else tuple(reversed(range(rank)))
 
 
-def _compose_transposes(m: Match) -> Optional[list[Node]]:
+def _compose_transposes(m: Match) -> list[Node] | None:
     inner, outer = m.node("inner"), m.root
     rank = m.type(m["x"]).rank
     p, q = _perm(inner, rank), _perm(outer, rank)
@@ -134,7 +134,7 @@ TRANSPOSE_PAIR = Rule(
     _compose_transposes)
 
 
-def _merge_reshape(m: Match) -> Optional[list[Node]]:
+def _merge_reshape(m: Match) -> list[Node] | None:
     outer = m.root
     out_t = m.type(outer.outputs[0])
     if out_t.is_static:
@@ -163,7 +163,7 @@ UNARY_ELEMENTWISE = frozenset({
     OpType.ABS, OpType.RECIPROCAL, OpType.NOT, OpType.CAST})
 
 
-def _sink_through_unary(m: Match) -> Optional[list[Node]]:
+def _sink_through_unary(m: Match) -> list[Node] | None:
     inner, unary, outer = m.node("inner"), m.node("unary"), m.root
     if unary.op is OpType.CLIP and any(unary.inputs[1:]):
         return None
@@ -185,7 +185,7 @@ TRANSPOSE_AROUND_UNARY = Rule(
     _sink_through_unary)
 
 
-def _global_pool(m: Match) -> Optional[list[Node]]:
+def _global_pool(m: Match) -> list[Node] | None:
     node = m.root
     x = m.type(m["x"])
     a = node.attrs
@@ -228,8 +228,12 @@ def merge_reshapes(graph: Graph, ctx: PassContext) -> Graph:
 _CSE_CONST_BYTES = 1 << 16
 
 
+_ConstKey = tuple[str, tuple[int, ...], bytes]  # dtype, shape, bytes
+_NodeKey = tuple[OpType, tuple[str, ...], Any, int]  # op, inputs, attrs, number of outputs
+
+
 def _dedup_constants(graph: Graph, protected: set[str]) -> dict[str, str]:
-    canon: dict[tuple, str] = {}
+    canon: dict[_ConstKey, str] = {}
     subst: dict[str, str] = {}
     for name, value in graph.constants.items():
         if value.nbytes > _CSE_CONST_BYTES:
@@ -242,8 +246,8 @@ def _dedup_constants(graph: Graph, protected: set[str]) -> dict[str, str]:
     return subst
 
 
-def _node_key(node: Node) -> Optional[tuple]:
-    key = (node.op, node.inputs, node.attrs, len(node.outputs))
+def _node_key(node: Node) -> _NodeKey | None:
+    key: _NodeKey = (node.op, node.inputs, node.attrs, len(node.outputs))
     try:
         hash(key)
     except TypeError:
@@ -257,7 +261,7 @@ def cse(graph: Graph, ctx: PassContext) -> Graph:
     protected = ctx.protected(graph)
     subst = _dedup_constants(graph, protected)
     merged_consts = len(subst)
-    seen: dict[tuple, Node] = {}
+    seen: dict[_NodeKey, Node] = {}
     nodes: list[Node] = []
     merged = 0
     for node in graph.nodes:

@@ -14,8 +14,6 @@ is in place.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.passes.manager import PassContext, Phase, register_pass
@@ -34,7 +32,7 @@ def _axis(node: Node, rank: int) -> int:
 
 
 def _slices(node: Node, g: Graph, producers: dict[str, Node], readers: dict[str, list[Node]],
-            protected: set[str]) -> Optional[ConcatEntry]:
+            protected: set[str]) -> ConcatEntry | None:
     out_t = g.types.get(node.outputs[0])
     ins = [i for i in node.inputs if i]
     if out_t is None or not out_t.is_static or len(ins) < 2 or len(set(ins)) != len(ins):

@@ -4,12 +4,12 @@ All of them return new graphs or new nodes; none mutates a graph a caller still 
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ember.ir.graph import Graph, Node
-from ember.ir.types import TensorType
+from ember.ir.types import Dim, TensorType
 
 
 def rename_inputs(node: Node, mapping: Mapping[str, str]) -> Node:
@@ -72,7 +72,7 @@ def remove_forwarding(graph: Graph, protected: set[str],
         kept.append(node.with_(inputs=(src,) + node.inputs[1:]))
     nodes = [rename_all(n, renames) for n in kept]
     types = dict(graph.types)
-    for src, dst in renames.items():
+    for src in renames:
         types.pop(src, None)
     return graph.copy(nodes=nodes, types=types), removed
 
@@ -105,19 +105,25 @@ def const_type(value: np.ndarray) -> TensorType:
     return TensorType(DType.from_numpy(value.dtype), tuple(int(d) for d in value.shape))
 
 
-def scalar_value(value: Optional[np.ndarray]) -> Optional[float]:
+def static_dims(shape: Sequence[Dim]) -> tuple[int, ...] | None:
+    """``shape`` as ints when every dim is known, else ``None`` (some dim is a symbol)."""
+    dims = tuple(d for d in shape if isinstance(d, int))
+    return dims if len(dims) == len(shape) else None
+
+
+def scalar_value(value: np.ndarray | None) -> float | None:
     """The single value of a constant with one element (any shape), else ``None``."""
     if value is None or value.size != 1:
         return None
     return float(value.reshape(()))
 
 
-def is_scalar(value: Optional[np.ndarray], target: float, rtol: float = 1e-6) -> bool:
+def is_scalar(value: np.ndarray | None, target: float, rtol: float = 1e-6) -> bool:
     """Whether ``value`` is a one-element constant close to ``target``."""
     v = scalar_value(value)
     return v is not None and abs(v - target) <= rtol * max(1.0, abs(target))
 
 
-def all_equal(value: Optional[np.ndarray], target: float) -> bool:
+def all_equal(value: np.ndarray | None, target: float) -> bool:
     """Whether every element of the constant ``value`` equals ``target``."""
     return value is not None and value.size > 0 and bool(np.all(value == target))

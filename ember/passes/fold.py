@@ -11,15 +11,13 @@ round, since folded shapes make downstream types static; rounds repeat until not
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.passes.edit import const_type, contiguous, dead_code
+from ember.passes.edit import const_type, contiguous, dead_code, static_dims
 from ember.passes.manager import PassContext, Phase, register_pass
 
 #: Ops whose shape input (index 1, or 0 for ConstantOfShape) equals their static output shape.
@@ -31,7 +29,7 @@ _MAX_ROUNDS = 8
 Partial = np.ndarray  # 0-D or 1-D object array: int where known, the dim's symbol (str) where not
 
 
-def _shape_partial(node: Node, g: Graph) -> Optional[Partial]:
+def _shape_partial(node: Node, g: Graph) -> Partial | None:
     t = g.types.get(node.inputs[0])
     if t is None:
         return None
@@ -48,7 +46,7 @@ def _shape_partial(node: Node, g: Graph) -> Optional[Partial]:
     return out
 
 
-def _operand(name: str, g: Graph, partial: dict[str, Partial]) -> Optional[np.ndarray]:
+def _operand(name: str, g: Graph, partial: dict[str, Partial]) -> np.ndarray | None:
     if name in partial:
         return partial[name]
     value = g.constants.get(name)
@@ -59,18 +57,19 @@ def _operand(name: str, g: Graph, partial: dict[str, Partial]) -> Optional[np.nd
     return out
 
 
-def _propagate(node: Node, g: Graph, partial: dict[str, Partial]) -> Optional[Partial]:
+def _propagate(node: Node, g: Graph, partial: dict[str, Partial]) -> Partial | None:
     """The partly known value of ``node``'s output from partly known 0-D/1-D int inputs."""
     if not any(i in partial for i in node.inputs):
         return None
     ins = [_operand(i, g, partial) if i else None for i in node.inputs]
     x = ins[0]
     out_t = g.types.get(node.outputs[0])
-    if x is None or out_t is None or not out_t.is_static:
+    out_shape = static_dims(out_t.shape) if out_t is not None else None
+    if x is None or out_t is None or out_shape is None:
         return None
     op = node.op
     if op in (OpType.UNSQUEEZE, OpType.SQUEEZE, OpType.IDENTITY):
-        return x.reshape(out_t.shape)
+        return x.reshape(out_shape)
     if op is OpType.CAST:
         return x if out_t.dtype.is_int else None
     if op is OpType.GATHER and x.ndim == 1 and ins[1] is not None and _known(ins[1]):
@@ -81,15 +80,16 @@ def _propagate(node: Node, g: Graph, partial: dict[str, Partial]) -> Optional[Pa
         return np.asarray(picked, dtype=object).reshape(idx.shape)
     if op is OpType.CONCAT:
         vals = [v for v, name in zip(ins, node.inputs) if name]
-        if all(v is not None and v.ndim == 1 for v in vals):
-            return np.concatenate(vals)
+        vectors = [v for v in vals if v is not None and v.ndim == 1]
+        if len(vectors) == len(vals):
+            return np.concatenate(vectors)
         return None
     if op is OpType.SLICE and x.ndim == 1:
         return _slice_partial(node, g, x)
     return None
 
 
-def _slice_partial(node: Node, g: Graph, x: Partial) -> Optional[Partial]:
+def _slice_partial(node: Node, g: Graph, x: Partial) -> Partial | None:
     from ember.ops.shape import slice_params
 
     consts = [g.constants.get(i) if i else None for i in node.inputs]
@@ -122,7 +122,7 @@ def _too_big(node: Node, g: Graph, ctx: PassContext) -> bool:
     return out_bytes > ctx.max_fold_bytes and out_bytes > in_bytes
 
 
-def _evaluate(node: Node, g: Graph) -> Optional[list[Optional[np.ndarray]]]:
+def _evaluate(node: Node, g: Graph) -> list[np.ndarray | None] | None:
     from ember.backends.cpu import evaluate
     from ember.backends.cpu.registry import has_kernel
 
@@ -163,7 +163,7 @@ def _fold_round(graph: Graph, ctx: PassContext) -> tuple[Graph, int]:
 
 
 def _fold_node(node: Node, g: Graph, ctx: PassContext,
-               partial: dict[str, Partial]) -> Optional[list[Optional[np.ndarray]]]:
+               partial: dict[str, Partial]) -> list[np.ndarray | None] | None:
     """The node's output values when it folds, else ``None`` (recording partial values)."""
     if node.op is OpType.SHAPE:
         value = _shape_partial(node, g)
@@ -186,7 +186,7 @@ def _fold_node(node: Node, g: Graph, ctx: PassContext,
     return [_to_constant(value, g.type_of(node.outputs[0]).dtype)]
 
 
-def _symbolic_target(node: Node, g: Graph, value: Partial) -> Optional[list[int]]:
+def _symbolic_target(node: Node, g: Graph, value: Partial) -> list[int] | None:
     """A constant target for a Reshape/Expand whose target shape is known up to symbols: a
     symbol equal to the input's dim at that place becomes 0 (Reshape: copy the dim) or 1
     (Expand: keep the dim); one remaining symbol of a Reshape becomes -1."""
@@ -220,8 +220,9 @@ def _constant_shape_input(node: Node, g: Graph, ctx: PassContext, partial: dict[
             or node.inputs[slot] in g.constants:
         return node
     t = g.types.get(node.outputs[0])
-    if t is not None and t.is_static:
-        target: Optional[list] = list(t.shape)
+    static = static_dims(t.shape) if t is not None else None
+    if static is not None:
+        target: list[int] | None = list(static)
     elif node.inputs[slot] in partial and node.op is not OpType.CONSTANT_OF_SHAPE:
         target = _symbolic_target(node, g, partial[node.inputs[slot]])
     else:

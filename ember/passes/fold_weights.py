@@ -10,7 +10,6 @@ constant or the layer's output has another reader.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -30,7 +29,7 @@ def channel_axis(node: Node, rank: int) -> int:
     return 1 if node.op in CONV_OPS else rank - 1
 
 
-def per_channel(c: np.ndarray, rank: int, axis: int, channels: int) -> Optional[np.ndarray]:
+def per_channel(c: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
     """``c`` as a vector of ``channels`` values when it broadcasts along ``axis`` only."""
     if c.ndim > rank or not np.issubdtype(c.dtype, np.floating):
         return None
@@ -40,14 +39,15 @@ def per_channel(c: np.ndarray, rank: int, axis: int, channels: int) -> Optional[
     return np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float64)
 
 
-def _channels(m: Match, lin: Node) -> Optional[int]:
+def _channels(m: Match, lin: Node) -> int | None:
     w = m.view.const(lin.input(1))
     if w is None:
         return None
     if lin.op in (OpType.CONV, OpType.FUSED_CONV):
         return int(w.shape[0])
     if lin.op is OpType.CONV_TRANSPOSE:
-        return int(w.shape[1]) * lin.attrs.group
+        group: int = lin.attrs.group
+        return int(w.shape[1]) * group
     if w.ndim != 2:
         return None
     trans_b = lin.op is not OpType.MATMUL and _gemm(lin).trans_b
@@ -68,10 +68,11 @@ def _plain(lin: Node) -> bool:
 
 
 def _scaled_weight(lin: Node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    out: np.ndarray  # numpy's stubs type a product of two dtype-Any arrays as Any
     if lin.op in (OpType.CONV, OpType.FUSED_CONV):
         out = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
     elif lin.op is OpType.CONV_TRANSPOSE:
-        g = lin.attrs.group
+        g: int = lin.attrs.group
         cin_g, cout_g = w.shape[0] // g, w.shape[1]
         ws = w.reshape((g, cin_g, cout_g) + w.shape[2:])
         out = (ws * s.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
@@ -82,7 +83,8 @@ def _scaled_weight(lin: Node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out.astype(w.dtype)
 
 
-def fold_affine(m: Match, lin: Node, s: Optional[np.ndarray], t: Optional[np.ndarray]) -> Optional[list[Node]]:
+def fold_affine(m: Match, lin: Node, s: np.ndarray | None,
+                t: np.ndarray | None) -> list[Node] | None:
     """``lin(x) * s + t`` (per output channel vectors) as one layer with folded constants."""
     w = m.view.const(lin.input(1))
     if w is None or not _plain(lin):
@@ -95,14 +97,15 @@ def fold_affine(m: Match, lin: Node, s: Optional[np.ndarray], t: Optional[np.nda
         return None
     ins = [lin.inputs[0], m.add_constant(f"{lin.name}_w", new_w) if s is not None else lin.inputs[1]]
     if lin.op in CONV_OPS:
-        if s is None and t is None:
+        vec = s if s is not None else t
+        if vec is None:
             return None
-        b = bias.astype(np.float64) if bias is not None else np.zeros(len(s if s is not None else t))
+        b = bias.astype(np.float64) if bias is not None else np.zeros(len(vec))
         b = b * (s if s is not None else 1.0) + (t if t is not None else 0.0)
         ins.append(m.add_constant(f"{lin.name}_b", b.astype(dtype)))
         return [m.fuse(lin.op, ins, lin.attrs)]
     g = _gemm(lin)
-    c = None if bias is None else g.beta * bias.astype(np.float64)
+    c: np.ndarray | float | None = None if bias is None else g.beta * bias.astype(np.float64)
     if c is not None or t is not None:
         c = (0.0 if c is None else c) * (s if s is not None else 1.0) + (0.0 if t is None else t)
     if lin.op is OpType.MATMUL:
@@ -119,7 +122,7 @@ def fold_affine(m: Match, lin: Node, s: Optional[np.ndarray], t: Optional[np.nda
     return [m.fuse(lin.op, ins, attrs)]
 
 
-def _vector(m: Match, lin: Node, name: str) -> Optional[np.ndarray]:
+def _vector(m: Match, lin: Node, name: str) -> np.ndarray | None:
     channels = _channels(m, lin)
     out_t = m.type(m.root.outputs[0])
     if channels is None or out_t != m.type(lin.outputs[0]):
@@ -128,7 +131,7 @@ def _vector(m: Match, lin: Node, name: str) -> Optional[np.ndarray]:
     return per_channel(m.const(name), rank, channel_axis(lin, rank), channels)
 
 
-def _fold_bn(m: Match) -> Optional[list[Node]]:
+def _fold_bn(m: Match) -> list[Node] | None:
     lin, bn = m.node("lin"), m.root
     rank = m.type(lin.outputs[0]).rank
     if channel_axis(lin, rank) != 1 or _channels(m, lin) is None:
@@ -142,12 +145,12 @@ def _fold_bn(m: Match) -> Optional[list[Node]]:
     return fold_affine(m, lin, s, beta - mean * s)
 
 
-def _fold_mul(m: Match) -> Optional[list[Node]]:
+def _fold_mul(m: Match) -> list[Node] | None:
     s = _vector(m, m.node("lin"), "c")
     return None if s is None else fold_affine(m, m.node("lin"), s, None)
 
 
-def _fold_add(m: Match) -> Optional[list[Node]]:
+def _fold_add(m: Match) -> list[Node] | None:
     lin = m.node("lin")
     if lin.op is OpType.MATMUL:
         return None  # MatMul + bias becomes a FusedGemm in the fuse phase

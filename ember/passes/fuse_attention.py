@@ -9,8 +9,6 @@ Softmax over another axis is not attention as FusedAttention computes it, and st
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import FusedAttentionAttrs
@@ -29,7 +27,7 @@ def _last_axis_softmax(node: Node, view: View) -> bool:
     return (axis + rank if axis < 0 else axis) == rank - 1
 
 
-def _scale(m: Match) -> Optional[float]:
+def _scale(m: Match) -> float | None:
     scale = 1.0
     for name in ("sq", "sk"):
         if m.has(name):
@@ -42,7 +40,7 @@ def _scale(m: Match) -> Optional[float]:
     return scale if scale else None
 
 
-def _attention(m: Match) -> Optional[list[Node]]:
+def _attention(m: Match) -> list[Node] | None:
     q, k, v = m["q"], m["k"], m["v"]
     qt, kt, vt = m.type(q), m.type(k), m.type(v)
     if min(qt.rank, kt.rank, vt.rank) < 2 or not qt.dtype.is_float:

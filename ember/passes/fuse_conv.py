@@ -9,12 +9,12 @@ FusedConv computes ``act(conv(x, w) + b + r)``. When both operands of the Add ar
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
-from ember.passes.activations import UNARY_ACTIVATIONS, activation_patterns
+from ember.passes.activations import UNARY_ACTIVATIONS, ActOf, activation_patterns
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.rewrite import Match, Op, Rule, Var, View, apply_rules
 
@@ -37,8 +37,8 @@ def conv_parts(conv: Node) -> tuple[ConvAttrs, list[str], str]:
     return conv.attrs.conv, [conv.input(0), conv.input(1), conv.input(2)], conv.input(3)
 
 
-def _fuse_activation(act_of: Callable[[Match], Optional[tuple]]) -> Callable[[Match], Optional[list[Node]]]:
-    def build(m: Match) -> Optional[list[Node]]:
+def _fuse_activation(act_of: ActOf) -> Callable[[Match], list[Node] | None]:
+    def build(m: Match) -> list[Node] | None:
         act = act_of(m)
         if act is None:
             return None
@@ -50,7 +50,7 @@ def _fuse_activation(act_of: Callable[[Match], Optional[tuple]]) -> Callable[[Ma
     return build
 
 
-def _fuse_residual(m: Match) -> Optional[list[Node]]:
+def _fuse_residual(m: Match) -> list[Node] | None:
     conv, r = m.node("lin"), m["r"]
     out = conv.outputs[0]
     if r == out or r in m.graph.constants or m.type(r) != m.type(out) \

@@ -19,12 +19,9 @@ CUDA Triton kernel types each step the same way).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 from ember.errors import ShapeError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ir.types import TensorType
 from ember.ops.attrs import ClipAttrs, FusedElementwiseAttrs, FusedStep
 from ember.ops.common import broadcast_shapes
 from ember.passes.edit import dead_code, scalar_value
@@ -52,7 +49,11 @@ FUSIBLE = UNARY | BINARY | VARIADIC | frozenset({OpType.WHERE, OpType.CLIP})
 _ARITY = {**{op: 1 for op in UNARY}, **{op: 2 for op in BINARY}, OpType.WHERE: 3}
 
 
-def _clip_bound(graph: Graph, node: Node, slot: int, attr: Optional[float]) -> tuple[bool, Optional[float]]:
+#: (tensors a step reads, its attrs)
+StepForm = tuple[tuple[str, ...], object]
+
+
+def _clip_bound(graph: Graph, node: Node, slot: int, attr: float | None) -> tuple[bool, float | None]:
     """(known, bound): the attribute, else a constant scalar input, else absent (None)."""
     if attr is not None:
         return True, float(attr)
@@ -63,7 +64,7 @@ def _clip_bound(graph: Graph, node: Node, slot: int, attr: Optional[float]) -> t
     return (value is not None), value
 
 
-def _step_form(graph: Graph, node: Node) -> Optional[tuple[tuple[str, ...], object]]:
+def _step_form(graph: Graph, node: Node) -> StepForm | None:
     """(tensors the step reads, its attrs) when ``node`` can be a step, else ``None``."""
     if node.op not in FUSIBLE or len(node.outputs) != 1 or not node.outputs[0]:
         return None
@@ -85,8 +86,8 @@ def _step_form(graph: Graph, node: Node) -> Optional[tuple[tuple[str, ...], obje
     arity = _ARITY.get(node.op)
     if arity is not None and len(ins) != arity:
         return None
-    types = [graph.types.get(i) for i in ins]
-    if any(t is None for t in types):
+    types = [t for i in ins if (t := graph.types.get(i)) is not None]
+    if len(types) != len(ins):
         return None
     try:
         shape = broadcast_shapes(*(t.shape for t in types))
@@ -97,7 +98,7 @@ def _step_form(graph: Graph, node: Node) -> Optional[tuple[tuple[str, ...], obje
     return ins, node.attrs
 
 
-def _groups(graph: Graph, forms: dict[str, tuple], protected: set[str]) -> list[list[Node]]:
+def _groups(graph: Graph, forms: dict[str, StepForm], protected: set[str]) -> list[list[Node]]:
     """Maximal single-output groups of fusible nodes, each in graph order."""
     producers = graph.producers()
     consumers = graph.consumers()
@@ -126,7 +127,7 @@ def _groups(graph: Graph, forms: dict[str, tuple], protected: set[str]) -> list[
     return groups
 
 
-def _fuse(group: list[Node], forms: dict[str, tuple]) -> Node:
+def _fuse(group: list[Node], forms: dict[str, StepForm]) -> Node:
     inputs: list[str] = []
     slot: dict[str, int] = {}
     produced = {n.outputs[0] for n in group}
@@ -153,7 +154,7 @@ def _fuse(group: list[Node], forms: dict[str, tuple]) -> Node:
 @register_pass("fuse_elementwise", Phase.FUSE)
 def fuse_elementwise(graph: Graph, ctx: PassContext) -> Graph:
     """Connected elementwise ops computing one tensor -> one FusedElementwise layer."""
-    forms = {}
+    forms: dict[str, StepForm] = {}
     for n in graph.nodes:
         f = _step_form(graph, n)
         if f is not None:

@@ -9,12 +9,12 @@ N-D activation times a 2-D weight, as in every transformer projection).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
-from ember.passes.activations import UNARY_ACTIVATIONS, activation_patterns
+from ember.passes.activations import UNARY_ACTIVATIONS, ActOf, activation_patterns
 from ember.passes.fold_weights import MUL_INTO_LINEAR, per_channel
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.rewrite import Const, Match, Op, Rule, View, apply_rules
@@ -42,7 +42,7 @@ def gemm_parts(node: Node) -> tuple[GemmAttrs, list[str]]:
     return node.attrs or GemmAttrs(), [node.input(0), node.input(1), node.input(2)]
 
 
-def _fuse_bias(m: Match) -> Optional[list[Node]]:
+def _fuse_bias(m: Match) -> list[Node] | None:
     lin = m.node("lin")
     attrs, (a, b, c) = gemm_parts(lin)
     out_t = m.type(lin.outputs[0])
@@ -55,8 +55,8 @@ def _fuse_bias(m: Match) -> Optional[list[Node]]:
     return [m.fuse(OpType.FUSED_GEMM, [a, b, c], FusedGemmAttrs(attrs))]
 
 
-def _fuse_activation(act_of: Callable[[Match], Optional[tuple]]) -> Callable[[Match], Optional[list[Node]]]:
-    def build(m: Match) -> Optional[list[Node]]:
+def _fuse_activation(act_of: ActOf) -> Callable[[Match], list[Node] | None]:
+    def build(m: Match) -> list[Node] | None:
         act = act_of(m)
         if act is None:
             return None

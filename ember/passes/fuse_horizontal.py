@@ -12,8 +12,8 @@ layer sits where the first branch was, which is before every branch's readers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Callable, Hashable, Optional
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class Branch:
     width: int
 
 
-def _conv_branch(node: Node, g: Graph) -> Optional[tuple[Hashable, Branch]]:
+def _conv_branch(node: Node, g: Graph) -> tuple[Hashable, Branch] | None:
     if node.op not in (OpType.CONV, OpType.FUSED_CONV):
         return None
     if node.op is OpType.FUSED_CONV:
@@ -54,7 +54,7 @@ def _conv_branch(node: Node, g: Graph) -> Optional[tuple[Hashable, Branch]]:
     return key, Branch(node, w, bias, int(w.shape[0]))
 
 
-def _gemm_branch(node: Node, g: Graph) -> Optional[tuple[Hashable, Branch]]:
+def _gemm_branch(node: Node, g: Graph) -> tuple[Hashable, Branch] | None:
     if node.op is OpType.MATMUL:
         attrs, act, params = GemmAttrs(), Activation.NONE, ()
     elif node.op is OpType.FUSED_GEMM:
@@ -96,7 +96,8 @@ def _wide_gemm(group: list[Branch], g: Graph, name: str, out: str) -> Node:
     if first.op is OpType.FUSED_GEMM:
         attrs, act, params = first.attrs.gemm, first.attrs.activation, first.attrs.act_params
     else:
-        attrs, act, params = (first.attrs if first.op is OpType.GEMM else None) or GemmAttrs(), Activation.NONE, ()
+        attrs = (first.attrs if first.op is OpType.GEMM else None) or GemmAttrs()
+        act, params = Activation.NONE, ()
     axis = 0 if attrs.trans_b else 1
     w = g.add_constant(f"{name}_w", np.concatenate([b.weight for b in group], axis=axis))
     c = g.add_constant(f"{name}_bias", np.concatenate([b.bias for b in group]))
@@ -114,11 +115,13 @@ def _origin(group: list[Branch]) -> tuple[str, ...]:
 _RULE_CONV = "convs(x) with one kernel => wide_conv(x) + split"
 _RULE_GEMM = "matmuls(x, w_i) + b_i => gemm(x, [w_i], [b_i]) + split"
 
-Classify = Callable[[Node, Graph], Optional[tuple[Hashable, Branch]]]
+Classify = Callable[[Node, Graph], tuple[Hashable, Branch] | None]
+#: (group, graph, node name, output tensor) -> the wide node computing every branch at once
+MakeWide = Callable[[list[Branch], Graph, str, str], Node]
 
 
-def _merge(graph: Graph, ctx: PassContext, classify: Classify, make: Callable, axis_of: Callable[[int], int],
-           rule: str) -> Graph:
+def _merge(graph: Graph, ctx: PassContext, classify: Classify, make: MakeWide,
+           axis_of: Callable[[int], int], rule: str) -> Graph:
     groups: dict[Hashable, list[Branch]] = {}
     for node in graph.nodes:
         found = classify(node, graph)

@@ -24,24 +24,24 @@ GELU, in the erf and tanh spellings, in any association of the outer product::
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 
+from ember.errors import GraphError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import GeluAttrs, LayerNormAttrs
-from ember.passes.edit import is_scalar, scalar_value
+from ember.passes.edit import is_scalar, scalar_value, static_dims
 from ember.passes.manager import PassContext, Phase, register_pass
-from ember.passes.rewrite import Const, Match, Op, Rule, Var, alt, apply_rules
+from ember.passes.rewrite import Alt, Build, Const, Match, Op, Rule, Var, alt, apply_rules
 
 
 def _scalar() -> Const:
     return Const("eps", lambda v: v.size == 1)
 
 
-def _reduce_axes(node: Node, m: Match) -> Optional[tuple[int, ...]]:
+def _reduce_axes(node: Node, m: Match) -> tuple[int, ...] | None:
     a = node.attrs
     if a is not None and not a.keepdims:
         return None
@@ -57,7 +57,7 @@ def _reduce_axes(node: Node, m: Match) -> Optional[tuple[int, ...]]:
     return tuple(sorted(a + rank if a < 0 else a for a in axes))
 
 
-def _layer_norm(m: Match) -> Optional[list[Node]]:
+def _layer_norm(m: Match) -> list[Node] | None:
     x = m["x"]
     xt = m.type(x)
     axes = _reduce_axes(m.node("mean"), m)
@@ -65,13 +65,17 @@ def _layer_norm(m: Match) -> Optional[list[Node]]:
             or xt.dtype is DType.BFLOAT16:
         return None
     axis = axes[0]
-    if axes != tuple(range(axis, xt.rank)) or not all(isinstance(d, int) for d in xt.shape[axis:]):
+    norm_shape = static_dims(xt.shape[axis:])
+    if axes != tuple(range(axis, xt.rank)) or norm_shape is None:
         return None
     if m.type(m.root.outputs[0]) != xt:
         return None
     eps = scalar_value(m.const("eps"))
+    if eps is None:  # the pattern's Const("eps") only matches one-element constants
+        raise GraphError(f"rule {m.rule.name!r} at node {m.node('mean').name!r}: eps "
+                         f"{m['eps']!r} is not a one-element constant")
     dtype = xt.dtype.to_numpy()
-    scale = m.add_constant(f"{m.node('mean').name}_scale", np.ones(xt.shape[axis:], dtype))
+    scale = m.add_constant(f"{m.node('mean').name}_scale", np.ones(norm_shape, dtype))
     return [m.fuse(OpType.LAYER_NORM, [x, scale], LayerNormAttrs(axis - xt.rank, float(eps)),
                    name=m.node("mean").name)]
 
@@ -88,20 +92,21 @@ def _ln_pattern(root_div: bool) -> Op:
     return Op(OpType.MUL, (d, Op(OpType.RECIPROCAL, (std,))))
 
 
-def _normalized(m: Match, ln: Node, value: np.ndarray) -> Optional[np.ndarray]:
+def _normalized(m: Match, ln: Node, value: np.ndarray) -> np.ndarray | None:
     """``value`` broadcast to the normalized shape of ``ln`` if it varies only within it."""
     out_t = m.type(ln.outputs[0])
     axis = ln.attrs.axis + out_t.rank if ln.attrs.axis < 0 else ln.attrs.axis
     shape = (1,) * (out_t.rank - value.ndim) + value.shape
-    if len(shape) != out_t.rank or any(d != 1 for d in shape[:axis]):
+    norm_shape = static_dims(out_t.shape[axis:])
+    if len(shape) != out_t.rank or any(d != 1 for d in shape[:axis]) or norm_shape is None:
         return None
     try:
-        return np.broadcast_to(value.reshape(shape[axis:]), out_t.shape[axis:])
+        return np.broadcast_to(value.reshape(shape[axis:]), norm_shape)
     except ValueError:
         return None
 
 
-def _ln_affine(m: Match) -> Optional[list[Node]]:
+def _ln_affine(m: Match) -> list[Node] | None:
     ln = m.node("ln")
     if m.type(m.root.outputs[0]) != m.type(ln.outputs[0]):
         return None
@@ -137,7 +142,7 @@ def fuse_layernorm(graph: Graph, ctx: PassContext) -> Graph:
     return apply_rules(graph, [LAYER_NORM_DIV, LAYER_NORM_RECIP, LAYER_NORM_SCALE, LAYER_NORM_SHIFT], ctx)
 
 
-def _skip_layer_norm(m: Match) -> Optional[list[Node]]:
+def _skip_layer_norm(m: Match) -> list[Node] | None:
     ln = m.root
     if any(ln.outputs[1:]):  # Mean / InvStdDev asked for
         return None
@@ -180,7 +185,7 @@ def _is_half_x(m: Match, leaves: list[str]) -> bool:
     return others == [m["x"]] and len(consts) >= 1 and abs(product - 0.5) < 1e-6
 
 
-def _gelu_outer(m: Match, gate: Node) -> Optional[Node]:
+def _gelu_outer(m: Match, gate: Node) -> Node | None:
     """From ``gate`` (Erf or Tanh) up: ``1 + gate`` times ``x`` times 0.5; the last Mul."""
     readers = m.view.readers(gate.outputs[0])
     if len(readers) != 1 or readers[0].op is not OpType.ADD:
@@ -190,7 +195,8 @@ def _gelu_outer(m: Match, gate: Node) -> Optional[Node]:
     if not is_scalar(m.view.const(one), 1.0):
         return None
     m.absorb(plus1)
-    cur, leaves = plus1, []
+    cur = plus1
+    leaves: list[str] = []
     for _ in range(4):
         readers = m.view.readers(cur.outputs[0])
         if len(readers) != 1 or readers[0].op is not OpType.MUL or cur.outputs[0] in m.graph.outputs:
@@ -207,8 +213,8 @@ def _gelu_outer(m: Match, gate: Node) -> Optional[Node]:
     return None
 
 
-def _gelu(approximate: str):
-    def build(m: Match) -> Optional[list[Node]]:
+def _gelu(approximate: str) -> Build:
+    def build(m: Match) -> list[Node] | None:
         k = scalar_value(m.const("k"))
         scale_in = m.node("scale_in")
         if approximate == "none":
@@ -227,7 +233,7 @@ def _gelu(approximate: str):
     return build
 
 
-def _cube(x: Var) -> Op:
+def _cube(x: Var) -> Alt:
     return alt(Op(OpType.POW, (x, Const("three", lambda v: is_scalar(v, 3.0)))),
                Op(OpType.MUL, (Op(OpType.MUL, (x, x)), x)))
 

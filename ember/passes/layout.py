@@ -2,8 +2,9 @@
 
 Logical shapes stay NCHW in the IR (ONNX semantics); the layout is the *memory format* a
 backend stores a 4-D activation in. The pass records a ``LayoutPlan``
-(``ctx.records.layout``, ``ember.plan.records``): the preferred format, the 4-D activations to keep channels-last, the conv
-weights to convert once at build time, and every place a conversion happens.
+(``ctx.records.layout``, ``ember.plan.records``): the preferred format, the 4-D activations to
+keep channels-last, the conv weights to convert once at build time, and every place a
+conversion happens.
 
 With ``nhwc``: convolution-like layers produce channels-last; layout-agnostic layers
 (elementwise, activations, channel Concat/Split, pooling) follow the format most of their 4-D

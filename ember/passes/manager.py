@@ -8,8 +8,9 @@ A pass is a plain function ``(graph, ctx) -> graph`` registered under a name and
 It returns a new graph (or the same one when it changed nothing) and never mutates its input.
 ``PassContext`` carries the build configuration, the tensors no pass may remove (graph outputs
 always, plus ``keep``) and the typed decision records passes hand on to the builder and the
-backends (``ctx.records``: layout, concat, precision, quantization; ``ember.plan.records``). Passes do not print or time themselves: instruments do, around
-every pass (``StatsInstrument``, ``DumpInstrument``, ``VerifyInstrument``).
+backends (``ctx.records``: layout, concat, precision, quantization; ``ember.plan.records``).
+Passes do not print or time themselves: instruments do, around every pass (``StatsInstrument``,
+``DumpInstrument``, ``VerifyInstrument``).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import collections
 import enum
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any
 
 from ember.errors import GraphError
 from ember.ir.graph import Graph
@@ -58,7 +60,7 @@ class PassContext:
 
     config: BuildConfig = field(default_factory=BuildConfig)
     keep: frozenset[str] = frozenset()
-    fired: collections.Counter = field(default_factory=collections.Counter)
+    fired: collections.Counter[str] = field(default_factory=collections.Counter)
     max_fold_bytes: int = 64 << 20
     records: Records = field(default_factory=Records)
 
@@ -139,7 +141,7 @@ class PassRecord:
     changed: bool
     fired: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 6)
         return d
@@ -214,7 +216,7 @@ def _changed(a: Graph, b: Graph) -> bool:
 
 
 def run_passes(graph: Graph, passes: Sequence[Pass], ctx: PassContext,
-               instruments: Optional[Iterable[Instrument]] = None) -> Graph:
+               instruments: Iterable[Instrument] | None = None) -> Graph:
     """Runs ``passes`` in order with ``instruments`` around each; returns the final graph."""
     insts = list(instruments or [])
     for p in passes:

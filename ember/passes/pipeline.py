@@ -14,19 +14,37 @@ one ``PassRecord`` per pass (name, phase, seconds, node counts, rules fired).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from pathlib import Path
+from typing import Any
 
 from ember.errors import BuildError
 from ember.ir.graph import Graph
 from ember.passes import (  # noqa: F401  (each module registers its passes)
-    cleanup, concat, fold, fold_weights, fuse_attention, fuse_conv, fuse_elementwise, fuse_gemm,
-    fuse_horizontal, fuse_norm, layout, precision,
+    cleanup,
+    concat,
+    fold,
+    fold_weights,
+    fuse_attention,
+    fuse_conv,
+    fuse_elementwise,
+    fuse_gemm,
+    fuse_horizontal,
+    fuse_norm,
+    layout,
+    precision,
 )
 from ember.passes.manager import (
-    DumpInstrument, Instrument, Pass, PassContext, PassRecord, StatsInstrument, VerifyInstrument,
-    get_pass, run_passes,
+    DumpInstrument,
+    Instrument,
+    Pass,
+    PassContext,
+    PassRecord,
+    StatsInstrument,
+    VerifyInstrument,
+    get_pass,
+    run_passes,
 )
 from ember.plan.config import BuildConfig
 from ember.plan.records import Records
@@ -62,16 +80,16 @@ class Optimized:
         return [r.to_json() for r in self.stats]
 
 
-def pipeline_passes(config: Optional[BuildConfig] = None) -> list[Pass]:
+def pipeline_passes(config: BuildConfig | None = None) -> list[Pass]:
     """The passes ``run_pipeline`` runs for ``config``, in order."""
     optimize = config.optimize if config is not None else True
     passes = [get_pass(name) for name in PIPELINE]
     return [p for p in passes if optimize or not p.phase.is_optimization]
 
 
-def run_pipeline(graph: Graph, config: Optional[BuildConfig] = None,
-                 instruments: Optional[Sequence[Instrument]] = None,
-                 dump_dir: Optional[str | Path] = None, verify: bool = False,
+def run_pipeline(graph: Graph, config: BuildConfig | None = None,
+                 instruments: Sequence[Instrument] | None = None,
+                 dump_dir: str | Path | None = None, verify: bool = False,
                  keep: Iterable[str] = ()) -> Optimized:
     """Optimizes ``graph`` for ``config`` (default ``BuildConfig()``); returns the new graph
     with its records and per-pass statistics.

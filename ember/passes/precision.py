@@ -9,7 +9,7 @@ types of what it absorbed (a FusedAttention for ``"Softmax"``). CPU builds run f
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -35,7 +35,7 @@ def absorbed_ops(node: Node) -> tuple[str, ...]:
     return ABSORBED_OPS.get(node.op, ())
 
 
-def _override(node: Node, table: Mapping[str, Precision]) -> Optional[Precision]:
+def _override(node: Node, table: Mapping[str, Precision]) -> Precision | None:
     for key in (node.name, node.display_name, *node.origin):
         if key in table:
             return table[key]

@@ -14,8 +14,9 @@ being fused. Sweeps repeat until nothing fires, so rules compose (conv+bias, the
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Var(Pattern):
     """Any tensor (never an omitted input); ``name`` captures it, a second use must agree."""
 
     name: str = ""
-    where: Optional[Callable[[str, "View"], bool]] = None
+    where: Callable[[str, View], bool] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +47,7 @@ class Const(Pattern):
     """A graph constant, optionally checked by ``where(value)``."""
 
     name: str = ""
-    where: Optional[Callable[[np.ndarray], bool]] = None
+    where: Callable[[np.ndarray], bool] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,9 +65,9 @@ class Op(Pattern):
     """
 
     op: OpType | frozenset[OpType]
-    inputs: Optional[tuple[Pattern, ...]] = None
+    inputs: tuple[Pattern, ...] | None = None
     name: str = ""
-    where: Optional[Callable[[Node, "View"], bool]] = None
+    where: Callable[[Node, View], bool] | None = None
     extra_inputs: bool = False
     output: int = 0
     absorb: bool = True  # False: the node is read, not replaced (it stays for its other readers)
@@ -107,7 +108,7 @@ class View:
     index: dict[str, int]
     dead: set[str] = field(default_factory=set)
 
-    def const(self, name: str) -> Optional[np.ndarray]:
+    def const(self, name: str) -> np.ndarray | None:
         return self.graph.constants.get(name) if name else None
 
     def type(self, name: str) -> TensorType:
@@ -116,7 +117,7 @@ class View:
     def readers(self, tensor: str) -> list[Node]:
         return [n for n in self.consumers.get(tensor, []) if n.name not in self.dead]
 
-    def producer(self, tensor: str) -> Optional[Node]:
+    def producer(self, tensor: str) -> Node | None:
         n = self.producers.get(tensor)
         return None if n is None or n.name in self.dead else n
 
@@ -128,12 +129,12 @@ class _Bind:
     matched: tuple[Node, ...]
     read: tuple[Node, ...] = ()  # matched with absorb=False: computed again, not removed
 
-    def with_tensor(self, name: str, t: str) -> "_Bind":
+    def with_tensor(self, name: str, t: str) -> _Bind:
         if not name:
             return self
         return _Bind({**self.tensors, name: t}, self.nodes, self.matched, self.read)
 
-    def with_node(self, name: str, node: Node, absorb: bool = True) -> "_Bind":
+    def with_node(self, name: str, node: Node, absorb: bool = True) -> _Bind:
         nodes = {**self.nodes, name: node} if name else self.nodes
         if not absorb:
             return _Bind(self.tensors, nodes, self.matched, self.read + (node,))
@@ -216,7 +217,7 @@ class Match:
     names; ``fuse`` makes the fused node with the absorbed nodes' origins and the rule's name.
     """
 
-    def __init__(self, rule: "Rule", view: View, root: Node, bind: _Bind, sweep: "_Sweep") -> None:
+    def __init__(self, rule: Rule, view: View, root: Node, bind: _Bind, sweep: _Sweep) -> None:
         self.rule = rule
         self.view = view
         self.root = root
@@ -288,7 +289,7 @@ class Match:
         return sorted(nodes, key=lambda n: self.view.index[n.name])
 
     def fuse(self, op: OpType, inputs: Sequence[str], attrs: Any = None,
-             outputs: Optional[Sequence[str]] = None, name: str = "") -> Node:
+             outputs: Sequence[str] | None = None, name: str = "") -> Node:
         """The fused node standing for every matched node (origins in graph order)."""
         nodes = self.ordered()
         origin: list[str] = []
@@ -306,7 +307,7 @@ class Match:
                     tuple(origin), " ; ".join(rules))
 
 
-Build = Callable[[Match], Optional[list[Node]]]
+Build = Callable[[Match], list[Node] | None]
 
 
 @dataclass(frozen=True)
@@ -399,7 +400,7 @@ def _sweep(graph: Graph, by_op: dict[OpType, list[Rule]], ctx: PassContext) -> t
 
 
 def _try_rule(rule: Rule, node: Node, view: View, sweep: _Sweep, protected: set[str],
-              pos: dict[str, int], dead_tensors: set[str]) -> Optional[tuple[Match, list[Node], int]]:
+              pos: dict[str, int], dead_tensors: set[str]) -> tuple[Match, list[Node], int] | None:
     if rule.pattern.output >= len(node.outputs) or not node.outputs[rule.pattern.output]:
         return None
     for bind in _match(rule.pattern, node.outputs[rule.pattern.output], _Bind({}, {}, ()), view):
@@ -415,7 +416,7 @@ def _try_rule(rule: Rule, node: Node, view: View, sweep: _Sweep, protected: set[
 
 
 def _check(m: Match, new_nodes: list[Node], view: View, protected: set[str],
-           pos: dict[str, int], dead_tensors: set[str]) -> Optional[int]:
+           pos: dict[str, int], dead_tensors: set[str]) -> int | None:
     """The insertion index when the replacement is safe, else ``None``."""
     if any(n.name in view.dead for n in m.matched):
         return None

@@ -12,8 +12,16 @@ from ember.plan.config import BuildConfig, Device, Layout, Precision, Profile
 from ember.plan.memory import MemoryPlan
 from ember.plan.plan import Layer, Plan, TensorSpec
 from ember.plan.records import (
-    ConcatEntry, ConcatPlan, ConcatSlice, LayoutConversion, LayoutPlan, PrecisionPlan, QuantDType,
-    QuantizationPlan, QuantRecord, Records,
+    ConcatEntry,
+    ConcatPlan,
+    ConcatSlice,
+    LayoutConversion,
+    LayoutPlan,
+    PrecisionPlan,
+    QuantDType,
+    QuantizationPlan,
+    QuantRecord,
+    Records,
 )
 
 __all__ = [

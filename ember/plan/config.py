@@ -11,8 +11,9 @@ equal to its spelling, and ``BuildConfig(device="cuda")`` takes either.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, TypeVar
 
 from ember.errors import BuildError
 
@@ -63,7 +64,7 @@ class Layout(enum.StrEnum):
 E = TypeVar("E", bound=enum.Enum)
 
 
-def to_enum(kind: type[E], value: Any, what: str, allowed: Optional[tuple[E, ...]] = None) -> E:
+def to_enum(kind: type[E], value: Any, what: str, allowed: tuple[E, ...] | None = None) -> E:
     """``value`` (a member or its spelling) as a member of ``kind``; a ``BuildError`` naming
     ``what`` and the allowed spellings otherwise."""
     choices = allowed if allowed is not None else tuple(kind)
@@ -134,7 +135,7 @@ class BuildConfig:
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     precision: Precision = Precision.FP32
     layer_precisions: Mapping[str, Precision] = field(default_factory=dict)
-    timing_cache: Optional[str] = None
+    timing_cache: str | None = None
     optimize: bool = True
     cuda_graphs: bool = True
     cuda_arena: bool = True
@@ -142,7 +143,7 @@ class BuildConfig:
     tune_cpu: bool = False
     cpu_gemm_into_max_macs: int = 0
     layout: Layout = Layout.AUTO
-    accuracy_target: Optional[float] = None
+    accuracy_target: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", to_enum(Device, self.device, "device"))
@@ -187,7 +188,7 @@ class BuildConfig:
         return out
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> "BuildConfig":
+    def from_json(data: Mapping[str, Any]) -> BuildConfig:
         data = dict(data)
         data["profiles"] = {k: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
                             for k, p in data.get("profiles", {}).items()}

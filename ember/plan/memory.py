@@ -17,8 +17,9 @@ run time; its liveness is still recorded so the runtime frees it after its last 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Optional
+from typing import Any
 
 from ember.errors import BuildError
 from ember.ir.graph import Graph
@@ -35,8 +36,8 @@ class TensorAlloc:
     """
 
     name: str
-    offset: Optional[int]
-    size: Optional[int]
+    offset: int | None
+    size: int | None
     first: int
     last: int
 
@@ -44,7 +45,7 @@ class TensorAlloc:
     def dynamic(self) -> bool:
         return self.size is None
 
-    def alive_with(self, other: "TensorAlloc") -> bool:
+    def alive_with(self, other: TensorAlloc) -> bool:
         return self.first <= other.last and other.first <= self.last
 
 
@@ -74,13 +75,13 @@ class MemoryPlan:
                 out.setdefault(t.last, []).append(t.name)
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"arena_bytes": self.arena_bytes, "sum_bytes": self.sum_bytes,
                 "alignment": self.alignment, "num_layers": self.num_layers,
                 "tensors": [asdict(t) for t in self.tensors.values()]}
 
     @staticmethod
-    def from_json(data: Mapping) -> "MemoryPlan":
+    def from_json(data: Mapping[str, Any]) -> MemoryPlan:
         tensors = {t["name"]: TensorAlloc(**t) for t in data["tensors"]}
         return MemoryPlan(int(data["arena_bytes"]), int(data["sum_bytes"]), tensors,
                           int(data.get("alignment", ALIGNMENT)), int(data.get("num_layers", 0)))
@@ -112,16 +113,17 @@ def liveness(graph: Graph) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in live.items()}
 
 
-def tensor_bytes(t: TensorType) -> Optional[int]:
+def tensor_bytes(t: TensorType) -> int | None:
     """Bytes of a tensor of static type ``t``; ``None`` when a dim is symbolic."""
     return t.nbytes() if t.is_static else None
 
 
-def allocate(requests: Mapping[str, tuple[Optional[int], int, int]], alignment: int = ALIGNMENT,
+def allocate(requests: Mapping[str, tuple[int | None, int, int]], alignment: int = ALIGNMENT,
              num_layers: int = 0) -> MemoryPlan:
     """Places tensors ``name -> (size or None, first, last)`` into one arena (greedy best fit)."""
     allocs: dict[str, TensorAlloc] = {}
-    placed: list[TensorAlloc] = []
+    placed: list[TensorAlloc] = []  # with their padded sizes
+    arena = 0
     order = sorted(requests.items(), key=lambda kv: (-(kv[1][0] or 0), kv[1][1], kv[0]))
     for name, (size, first, last) in order:
         if first > last:
@@ -129,12 +131,13 @@ def allocate(requests: Mapping[str, tuple[Optional[int], int, int]], alignment: 
         if size is None or size == 0:
             allocs[name] = TensorAlloc(name, None if size is None else 0, size, first, last)
             continue
-        probe = TensorAlloc(name, 0, _round_up(size, alignment), first, last)
+        padded = _round_up(size, alignment)
+        probe = TensorAlloc(name, 0, padded, first, last)
         offset = _best_fit(probe, [p for p in placed if p.alive_with(probe)], alignment)
         alloc = TensorAlloc(name, offset, size, first, last)
-        placed.append(TensorAlloc(name, offset, probe.size, first, last))
+        placed.append(TensorAlloc(name, offset, padded, first, last))
+        arena = max(arena, offset + padded)
         allocs[name] = alloc
-    arena = max((p.offset + p.size for p in placed), default=0)  # type: ignore[operator]
     total = sum(_round_up(a.size, alignment) for a in allocs.values() if a.size)
     ordered = {name: allocs[name] for name in requests}
     return MemoryPlan(arena, total, ordered, alignment, num_layers)
@@ -143,7 +146,7 @@ def allocate(requests: Mapping[str, tuple[Optional[int], int, int]], alignment: 
 def _best_fit(probe: TensorAlloc, conflicts: list[TensorAlloc], alignment: int) -> int:
     """Smallest gap between the conflicting tensors' byte ranges that holds ``probe``."""
     need = probe.size or 0
-    best: Optional[tuple[int, int]] = None  # (gap size, offset)
+    best: tuple[int, int] | None = None  # (gap size, offset)
     cursor = 0
     for c in sorted(conflicts, key=lambda c: c.offset or 0):
         start, end = c.offset or 0, (c.offset or 0) + (c.size or 0)
@@ -154,7 +157,7 @@ def _best_fit(probe: TensorAlloc, conflicts: list[TensorAlloc], alignment: int) 
     return best[1] if best is not None else cursor
 
 
-def plan_memory(graph: Graph, types: Optional[Mapping[str, TensorType]] = None,
+def plan_memory(graph: Graph, types: Mapping[str, TensorType] | None = None,
                 alignment: int = ALIGNMENT) -> MemoryPlan:
     """The memory plan of ``graph``; sizes from ``types`` (default ``graph.types``).
 
@@ -172,21 +175,26 @@ def plan_memory(graph: Graph, types: Optional[Mapping[str, TensorType]] = None,
 def check_no_overlap(plan: MemoryPlan) -> None:
     """Raises ``BuildError`` if two tensors alive at the same time share a byte, if an offset is
     misaligned, or if a tensor runs past the arena."""
-    sized = [t for t in plan.tensors.values() if t.size]
-    for t in sized:
-        assert t.offset is not None
+    spans: list[tuple[TensorAlloc, int, int]] = []  # (tensor, first byte, end byte) of sized ones
+    for t in plan.tensors.values():
+        if not t.size:
+            continue
+        if t.offset is None:
+            raise BuildError(f"tensor {t.name!r} has {t.size} bytes but no offset in the memory plan")
         if t.offset % plan.alignment:
             raise BuildError(f"tensor {t.name!r} offset {t.offset} is not {plan.alignment}-byte aligned")
-        if t.offset + t.size > plan.arena_bytes:  # type: ignore[operator]
-            raise BuildError(f"tensor {t.name!r} [{t.offset}, {t.offset + t.size}) runs past the "  # type: ignore[operator]
+        start, end = t.offset, t.offset + t.size
+        if end > plan.arena_bytes:
+            raise BuildError(f"tensor {t.name!r} [{start}, {end}) runs past the "
                              f"arena of {plan.arena_bytes} bytes")
-    by_first = sorted(sized, key=lambda t: t.first)
-    for i, a in enumerate(by_first):
-        for b in by_first[i + 1:]:
+        spans.append((t, start, end))
+    by_first = sorted(spans, key=lambda span: span[0].first)
+    for i, (a, a_start, a_end) in enumerate(by_first):
+        for b, b_start, b_end in by_first[i + 1:]:
             if b.first > a.last:
                 break
-            if a.offset < b.offset + b.size and b.offset < a.offset + a.size:  # type: ignore[operator]
+            if a_start < b_end and b_start < a_end:
                 raise BuildError(
-                    f"tensors {a.name!r} (layers {a.first}..{a.last}, bytes {a.offset}..{a.offset + a.size}) "  # type: ignore[operator]
-                    f"and {b.name!r} (layers {b.first}..{b.last}, bytes {b.offset}..{b.offset + b.size}) "  # type: ignore[operator]
+                    f"tensors {a.name!r} (layers {a.first}..{a.last}, bytes {a_start}..{a_end}) "
+                    f"and {b.name!r} (layers {b.first}..{b.last}, bytes {b_start}..{b_end}) "
                     f"are alive together and overlap in the arena")

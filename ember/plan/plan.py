@@ -7,8 +7,9 @@ allowed shape ranges, the static memory plan, the typed decision records of the 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph
@@ -35,15 +36,16 @@ class Layer:
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision(self.precision))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "inputs": list(self.inputs),
                 "outputs": list(self.outputs), "tactic": self.tactic, "precision": self.precision.value,
                 "origin": list(self.origin), "rule": self.rule, "timings": dict(self.timings)}
 
     @staticmethod
-    def from_json(d: Mapping) -> "Layer":
+    def from_json(d: Mapping[str, Any]) -> Layer:
         return Layer(d["name"], d["kind"], tuple(d["inputs"]), tuple(d["outputs"]), d["tactic"],
-                     Precision(d["precision"]), tuple(d["origin"]), d.get("rule", ""), dict(d.get("timings", {})))
+                     Precision(d["precision"]), tuple(d["origin"]), d.get("rule", ""),
+                     dict(d.get("timings", {})))
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class TensorSpec:
     dtype: DType
     shape: tuple[Dim, ...]
     min: tuple[int, ...] = ()
-    max: tuple[Optional[int], ...] = ()
+    max: tuple[int | None, ...] = ()
 
     @property
     def is_static(self) -> bool:
@@ -78,12 +80,12 @@ class TensorSpec:
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype.value}{format_shape(self.shape)}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype.value, "shape": list(self.shape),
                 "min": list(self.min), "max": list(self.max)}
 
     @staticmethod
-    def from_json(d: Mapping) -> "TensorSpec":
+    def from_json(d: Mapping[str, Any]) -> TensorSpec:
         return TensorSpec(d["name"], DType(d["dtype"]), tuple(d["shape"]), tuple(d["min"]),
                           tuple(d["max"]))
 

@@ -14,8 +14,9 @@ True
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ember.errors import EngineFileError
 from ember.plan.config import Layout, Precision
@@ -105,7 +106,7 @@ class ConcatPlan:
     def __len__(self) -> int:
         return len(self.concats)
 
-    def get(self, concat: str) -> Optional[ConcatEntry]:
+    def get(self, concat: str) -> ConcatEntry | None:
         return self.concats.get(concat)
 
 
@@ -140,7 +141,7 @@ class QuantRecord:
     dtype: QuantDType
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
-    axis: Optional[int] = None
+    axis: int | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -169,7 +170,7 @@ class QuantizationPlan:
     def __bool__(self) -> bool:
         return bool(self.tensors)
 
-    def get(self, tensor: str) -> Optional[QuantRecord]:
+    def get(self, tensor: str) -> QuantRecord | None:
         return self.tensors.get(tensor)
 
 
@@ -178,12 +179,12 @@ class Records:
     """One of each decision record. ``layout`` is ``None`` where no layout was planned
     (``optimize=False``, a graph built by hand): kernels then keep their own formats."""
 
-    layout: Optional[LayoutPlan] = None
+    layout: LayoutPlan | None = None
     concat: ConcatPlan = ConcatPlan()
     precision: PrecisionPlan = PrecisionPlan()
     quantization: QuantizationPlan = QuantizationPlan()
 
-    def with_(self, **changes: Any) -> "Records":
+    def with_(self, **changes: Any) -> Records:
         return replace(self, **changes)
 
     # ---- the file schema ---------------------------------------------------------------------
@@ -206,7 +207,7 @@ class Records:
         }
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> "Records":
+    def from_json(data: Mapping[str, Any]) -> Records:
         """The records of an engine file's manifest; ``EngineFileError`` when malformed."""
         if not isinstance(data, Mapping) or data.get("schema") != RECORDS_SCHEMA:
             found = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
@@ -216,7 +217,8 @@ class Records:
             lay = data["layout"]
             layout = None if lay is None else LayoutPlan(
                 Layout(lay["preferred"]), frozenset(lay["nhwc"]), frozenset(lay["weights"]),
-                tuple(LayoutConversion(c["tensor"], Layout(c["to"]), c["reader"]) for c in lay["conversions"]))
+                tuple(LayoutConversion(c["tensor"], Layout(c["to"]), c["reader"])
+                      for c in lay["conversions"]))
             concat = ConcatPlan({
                 name: ConcatEntry(e["output"], int(e["axis"]),
                                   tuple(ConcatSlice(s["tensor"], int(s["start"]), int(s["stop"]),

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from ember.backends.base import Backend, Program
 from ember.backends.devices import get_backend
 from ember.plan.plan import Plan, TensorSpec
+
+if TYPE_CHECKING:
+    from ember.runtime.context import ExecutionContext
 
 
 class Engine:
@@ -67,7 +70,7 @@ class Engine:
                 self._program = backend.make_program(self.plan, self.device)
             return self._program
 
-    def create_context(self):
+    def create_context(self) -> ExecutionContext:
         """A new ``ExecutionContext`` (a context manager) to run this engine."""
         from ember.runtime.context import ExecutionContext
 

@@ -27,7 +27,8 @@ def run(model: str, batch: int, iterations: int, cache: str) -> dict:
 
     import ember
     from ember.backends.cuda.device import host_tensor
-    from ember.backends.cuda.executor import CudaRunner, program_from_plan
+    from ember.backends.cuda.exec.executor import CudaExecutor as CudaRunner
+    from ember.backends.cuda.exec.program import program_from_plan
     from ember.tools.bench import BenchOptions, resolve_source
     from ember.tools.bench_stats import measure
 

@@ -34,7 +34,7 @@ SPATIAL = {"inception_3a": 28, "inception_3b": 28, "inception_4a": 14, "inceptio
 def layer_table(batches) -> list[dict]:
     import torch
 
-    from ember.backends.cuda import triton_conv as T
+    from ember.backends.cuda.libs import triton_conv as T
     from ember.backends.cuda.device import conv_scope
     from ember.backends.cuda.tuning import graph_measure
     from ember.ops.attrs import Activation

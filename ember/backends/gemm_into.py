@@ -19,17 +19,18 @@ with ``torch.addmm(bias, x2d, w_t, out=slice2d)`` and no temporary:
   the result (``result.copy_(*args.result)`` runs only when a temporary was made).
 
 ``matrix_view`` is the test both backends' ``WriteInto.accepts`` use: the exact condition under
-which aten's GEMM writes the given view without a temporary. ``inplace_activation`` gives the
-epilogue activations that have an in-place form (TensorIterator: any strides).
+which aten's GEMM writes the given view without a temporary. The epilogue activation is applied
+in place afterwards (``ember.backends.activations.inplace_activation``: TensorIterator ops, any
+strides).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ember.ops.attrs import Activation, ConvAttrs, activation_params
+from ember.backends.activations import InplaceAct
+from ember.ops.attrs import ConvAttrs
 
 Tensor = torch.Tensor
 
@@ -93,34 +94,6 @@ def input_matrix(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-InplaceAct = Callable[[Tensor], object]
-
-
-def inplace_activation(act: Activation, params: Sequence[float]) -> Optional[InplaceAct]:
-    """``act`` applied in place on a tensor of any strides, or ``None`` when ``act`` has no
-    in-place form here (the kernel then offers no ``write_into``). ``NONE`` gives a no-op."""
-    p = activation_params(act, params)
-    if act is Activation.NONE:
-        return lambda t: t
-    if act is Activation.RELU:
-        return torch.relu_
-    if act is Activation.CLIP:
-        return lambda t: t.clamp_(p[0], p[1])
-    if act is Activation.LEAKY_RELU:
-        return lambda t: F.leaky_relu_(t, p[0])
-    if act is Activation.SIGMOID:
-        return torch.sigmoid_
-    if act is Activation.TANH:
-        return torch.tanh_
-    if act is Activation.SILU:
-        return lambda t: F.silu(t, inplace=True)
-    if act is Activation.HARD_SWISH:
-        return lambda t: F.hardswish(t, inplace=True)
-    if act is Activation.HARD_SIGMOID:
-        return lambda t: t.mul_(p[0]).add_(p[1]).clamp_(0.0, 1.0)
-    return None  # GELU: no in-place aten form on every PyTorch this runs on
-
-
 def gemm_into(out2: Tensor, x2: Tensor, w_t: Tensor, bias: Optional[Tensor],
               residual2: Optional[Tensor], act: InplaceAct) -> None:
     """``out2 = act(x2 @ w_t + bias + residual2)`` computed in ``out2`` (a ``matrix_view``):
@@ -139,4 +112,4 @@ def gemm_into(out2: Tensor, x2: Tensor, w_t: Tensor, bias: Optional[Tensor],
     act(out2)
 
 
-__all__ = ["pointwise_conv", "matrix_view", "MatrixViews", "input_matrix", "inplace_activation", "gemm_into"]
+__all__ = ["pointwise_conv", "matrix_view", "MatrixViews", "input_matrix", "gemm_into"]

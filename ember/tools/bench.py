@@ -114,12 +114,12 @@ def build_engine(src: Source, opts: BenchOptions):
 def cuda_runner(engine):
     """The CUDA runner of a new execution context of ``engine`` (one is made when the runtime
     does not expose its own)."""
-    from ember.backends.cuda.executor import CudaRunner
+    from ember.backends.cuda.exec.executor import CudaExecutor as CudaRunner
 
     ctx = engine.create_context()
     runner = getattr(ctx, "runner", None) or getattr(ctx, "_runner", None)
     if not isinstance(runner, CudaRunner):
-        from ember.backends.cuda.executor import program_from_plan
+        from ember.backends.cuda.exec.program import program_from_plan
 
         runner = CudaRunner(program_from_plan(engine.plan), use_graphs=engine.plan.config.cuda_graphs)
     return ctx, runner

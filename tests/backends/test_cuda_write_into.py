@@ -274,7 +274,7 @@ def test_linear_declines_an_input_f_linear_would_run_as_bmm():
 def test_out_checks_work_on_meta_tensors():
     from ember.backends.cuda.kernels.gemm import _out_matrix
     from ember.backends.layout import dense
-    from ember.backends.cuda.triton_ops import fits
+    from ember.backends.cuda.libs.triton_ops import fits
 
     m = torch.empty(4, 5, 20, device="meta")
     assert _out_matrix(m, 20) is not None and _out_matrix(m[..., 2:9], 7) is not None

@@ -1,5 +1,21 @@
 """Ember's CUDA backend: cuDNN/cuBLAS/SDPA kernels through PyTorch, Ember's own Triton kernels,
-several tactics per layer, and a CUDA-graph executor (``executor.CudaProgram``).
+several tactics per layer, and a program replayed as CUDA graphs per execution context.
+
+The package by role:
+
+- ``kernels/``: one module per layer family, each registering its tactics in ``registry``
+  (``CUDA_KERNELS``); ``fallback``: the CPU backend's generic kernels placed on the GPU;
+- ``libs/``: bindings of the libraries the kernels call beyond PyTorch: the cuDNN frontend
+  (``cudnn_graph``) and Ember's Triton code (``triton_ops``, ``triton_conv``,
+  ``triton_elementwise``, the ``@triton.jit`` functions in ``triton_jit``);
+- ``exec/``: running a whole plan: its static ``schedule`` and ``streams``, the ``program``
+  (``CudaProgram``: one eager forward), the per-context ``executor`` (``CudaExecutor``) with its
+  device ``arena`` and CUDA ``graphs``;
+- ``tuning``: the builder's tactic timer (``CudaTacticTimer``); ``device``: precision -> dtype,
+  TF32 scopes, availability checks.
+
+Nothing here needs a GPU to be imported (CI has none); CUDA is touched when a program is built
+or a kernel compiled.
 
 >>> from ember.backends.cuda import CUDABackend
 >>> CUDABackend().name
@@ -22,7 +38,7 @@ from ember.plan.plan import Plan
 from ember.plan.records import Records
 
 if TYPE_CHECKING:
-    from ember.backends.cuda.program import CudaProgram
+    from ember.backends.cuda.exec.program import CudaProgram
     from ember.backends.cuda.tuning import CudaTacticTimer
 
 
@@ -54,16 +70,17 @@ class CUDABackend(Backend):
     def make_program(self, plan: Plan, device: torch.device) -> "CudaProgram":
         """The engine's executable form: a ``CudaProgram`` (its ``create_executor()`` gives each
         execution context CUDA graphs, streams, pinned buffers and a device arena of its own)."""
-        from ember.backends.cuda.executor import program_from_plan
+        from ember.backends.cuda.exec.program import program_from_plan
 
         return program_from_plan(plan, self, device)
 
     def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
                    records: Records, config: BuildConfig) -> "CudaTacticTimer":
-        """A tactic timer for the builder: CUDA-event timing plus an accuracy check per tactic."""
+        """A tactic timer for the builder: CUDA-event timing plus an accuracy check per tactic,
+        compiling with ``records`` and ``config`` (``config.cuda_arena``: timed into the arena)."""
         from ember.backends.cuda.tuning import CudaTacticTimer
 
-        return CudaTacticTimer(self, constants, device, records, arena=config.cuda_arena)
+        return CudaTacticTimer(self, constants, device, records, config)
 
 
 __all__ = ["CUDABackend", "cpu_aten_kernel"]

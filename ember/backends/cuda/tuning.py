@@ -1,10 +1,19 @@
 """Timing CUDA tactics for the builder, with an accuracy check.
 
-``CudaTacticTimer`` is a ``TacticTimer`` (``ember.backends.base``) for the builder's tactic selection: for one layer
-and tactic it compiles the kernel, runs it on random inputs of the layer's real shapes, checks the
-result against a reference (the layer's default tactic in fp32, computed once per layer), and
-returns the median time in ms measured with CUDA events. A tactic that raises, or whose error
-exceeds the tolerance of its precision, returns ``inf`` and is never chosen.
+``CudaTacticTimer`` is the ``TacticTimer`` (``ember.backends.base``) ``CUDABackend.make_timer``
+gives the builder's tactic selection: for one layer and tactic it compiles the kernel (with the
+plan's records and the build's configuration, as the program will), runs it on random inputs of
+the layer's real shapes, checks the result against a reference (the layer's default tactic in
+fp32, computed once per layer) with ``ember.backends.tensors.max_relative_error``, and returns
+the median time in ms measured with CUDA events inside a CUDA graph (``graph_measure``). A
+tactic that raises, or whose error exceeds the tolerance of its precision, returns ``inf`` and is
+never chosen.
+
+It lives at the top of the package, beside ``CUDABackend``, and not in ``exec``: it is the
+build-time half of the backend (kernels timed one by one), while ``exec`` runs a whole
+program in a context; it uses the arena and capture lock of ``exec``, never the reverse. The
+measuring functions (``cuda_event_measure``, ``graph_measure``) are shared with the cuDNN
+binding (``libs.cudnn_graph``, which times its execution plans) and the benchmarks.
 
 A layer whose output is a planned in-place Concat input (``Records.concat``) is
 timed as it will run: each tactic whose kernel can write into the slice (``WriteInto`` that
@@ -16,10 +25,10 @@ tactic was timed is kept in ``modes`` (``INTO_SLICE`` / ``PLUS_COPY``); the timi
 such layers apart (``layer_signature`` includes the slice).
 
 Every other layer is timed the same way against its place in the context's arena
-(``ember.backends.cuda.arena``; ``arena=True``, the default): into a fresh tensor laid out as
-the tactic's own output (``INTO_ARENA``), or computed and copied there (``PLUS_ARENA_COPY``), as
-the captured engine will run it. An output that is a view of an input (Reshape, Slice) takes no
-place and is timed alone.
+(``ember.backends.cuda.exec.arena``; where ``BuildConfig.cuda_arena``, the default): into a
+fresh tensor laid out as the tactic's own output (``INTO_ARENA``), or computed and copied there
+(``PLUS_ARENA_COPY``), as the captured engine will run it. An output that is a view of an input
+(Reshape, Slice) takes no place and is timed alone.
 """
 from __future__ import annotations
 
@@ -34,11 +43,11 @@ from ember.backends.base import Backend, CompileContext, Kernel, write_into_of
 from ember.backends.concat_exec import planned_slice
 from ember.backends.tensors import max_relative_error, random_tensor
 from ember.ir.graph import Graph, Node
-from ember.plan.config import Precision
+from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.records import Records
 
-#: ``||out - ref|| / ||ref||`` allowed per precision (fp32 differs from its reference only by
-#: summation order; tf32/half by their mantissas).
+#: ``max|out - ref| / max|ref|`` (``max_relative_error``) allowed per precision (fp32 differs
+#: from its reference only by summation order; tf32/half by their mantissas).
 TOLERANCE = {Precision.FP32: 1e-4, Precision.TF32: 5e-3, Precision.FP16: 1e-2, Precision.BF16: 4e-2}
 
 Measure = Callable[[Callable[[], object]], float]
@@ -82,14 +91,12 @@ def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5) -> Measure:
         for _ in range(warmup):
             fn()
         torch.cuda.synchronize()
-        from ember.backends.cuda.executor import _CAPTURE_LOCK
+        from ember.backends.cuda.exec.graphs import CAPTURE_LOCK, capture_graph
 
-        graph = torch.cuda.CUDAGraph()
-        with _CAPTURE_LOCK:  # never while another thread captures an engine
+        graph: Optional[torch.cuda.CUDAGraph]
+        with CAPTURE_LOCK:  # never while another thread captures an engine
             try:
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    for _ in range(reps):
-                        fn()
+                graph, _ = capture_graph(lambda: [fn() for _ in range(reps)])
             except Exception:  # noqa: BLE001 - not capturable: time it launch by launch
                 torch.cuda.synchronize()
                 graph = None
@@ -115,7 +122,7 @@ def _arena_place(outs: Sequence[Optional[torch.Tensor]], args) -> Optional[torch
     (it takes no place of its own)."""
     if len(outs) != 1 or outs[0] is None:
         return None
-    from ember.backends.cuda.arena import storage_key
+    from ember.backends.cuda.exec.arena import storage_key
     from ember.backends.layout import dense
 
     out = outs[0]
@@ -128,14 +135,20 @@ def _arena_place(outs: Sequence[Optional[torch.Tensor]], args) -> Optional[torch
 
 
 class CudaTacticTimer:
-    """``timer(node, graph, tactic, precision) -> ms`` for the builder's tactic selection."""
+    """``timer(node, graph, tactic, precision) -> ms`` for the builder's tactic selection.
+
+    ``records`` and ``config`` go into every ``CompileContext`` it compiles with; ``arena``
+    (default: ``config.cuda_arena``) times each output against its place in the arena.
+    """
 
     def __init__(self, backend: Backend, constants: Mapping[str, torch.Tensor], device: torch.device,
-                 records: Optional[Records] = None, *, measure: Optional[Measure] = None,
-                 tolerance: Optional[Mapping[str, float]] = None, seed: int = 0, arena: bool = True) -> None:
+                 records: Optional[Records] = None, config: Optional[BuildConfig] = None, *,
+                 measure: Optional[Measure] = None, tolerance: Optional[Mapping[str, float]] = None,
+                 seed: int = 0, arena: Optional[bool] = None) -> None:
         self.backend = backend
         self.records = records if records is not None else Records()
-        self.arena = arena
+        self.config = config if config is not None else BuildConfig(device=Device.CUDA)
+        self.arena = self.config.cuda_arena if arena is None else arena
         self.constants = constants
         self.device = device
         self.measure = measure or graph_measure()
@@ -207,7 +220,8 @@ class CudaTacticTimer:
         return self._views[node.name]
 
     def _compile(self, node: Node, graph: Graph, tactic: str, precision: str) -> Kernel:
-        ctx = CompileContext(graph, self.constants, self.device, tactic, precision, self.records)
+        ctx = CompileContext(graph, self.constants, self.device, tactic, Precision(precision),
+                             self.records, self.config)
         return self.backend.compile_node(node, ctx)
 
     def _args(self, node: Node, graph: Graph) -> Optional[list[Optional[torch.Tensor]]]:
@@ -235,7 +249,8 @@ class CudaTacticTimer:
     def _error(self, node: Node, graph: Graph, args, outs: Sequence[Optional[torch.Tensor]]) -> float:
         if node.name not in self._refs:
             try:
-                ref_kernel = self._compile(node, graph, self.backend.tactics(node, graph)[0], "fp32")
+                default = self.backend.tactics(node, graph, self.records)[0]
+                ref_kernel = self._compile(node, graph, default, Precision.FP32)
                 with torch.inference_mode():
                     self._refs[node.name] = [None if t is None else t.detach().clone()
                                              for t in ref_kernel(args)]

@@ -8,17 +8,17 @@ import random
 import pytest
 import torch
 
-from ember.backends.cuda.arena import Layout, Record, happens_before, plan_arena, release_step
+from ember.backends.cuda.exec.arena import Trace, ViewSpec, happens_before, plan_arena, release_step
 from ember.backends.layout import dense
 from ember.plan.memory import check_no_overlap
 
 
 def _record(producers: dict[str, int], readers: dict[str, set[int]], nbytes: int = 1000,
-            base: dict[str, str] | None = None) -> Record:
-    rec = Record()
+            base: dict[str, str] | None = None) -> Trace:
+    rec = Trace()
     for name, p in producers.items():
         rec.producer[name] = p
-        rec.layouts[name] = Layout((nbytes // 4,), (1,), torch.float32)
+        rec.specs[name] = ViewSpec((nbytes // 4,), (1,), torch.float32)
     rec.readers = {k: set(v) for k, v in readers.items()}
     rec.base = dict(base or {})
     return rec
@@ -81,11 +81,11 @@ def test_random_schedules_never_overlap_tensors_in_use_together(seed):
             if device[r]:
                 readers.setdefault(name, set()).add(r)
                 waits[r] = tuple(sorted(set(waits[r]) | {p}))
-    rec = Record()
+    rec = Trace()
     for name, p in producers.items():
         size = rnd.choice([0, 4, 64, 100, 4096])
         rec.producer[name] = p
-        rec.layouts[name] = Layout((size // 4,), (1,), torch.float32)
+        rec.specs[name] = ViewSpec((size // 4,), (1,), torch.float32)
     rec.readers = readers
     plan = plan_arena(rec, streams, waits, device, keep=[])
     check_no_overlap(plan.memory)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ember
-from ember.backends.cuda.executor import CudaExecutor
+from ember.backends.cuda.exec.executor import CudaExecutor
 
 from cuda_graphs import cpu_reference, inception_graph
 

@@ -212,7 +212,7 @@ def test_cudnn_graph_writes_into_an_arena_place_and_a_concat_slice(case):
     """The cuDNN-graph conv writes its result at any address it is given: a packed place at an
     odd (64-byte aligned) offset of a big buffer, and a strided channel slice."""
     from ember.backends.base import write_into_of
-    from ember.backends.cuda import cudnn_graph
+    from ember.backends.cuda.libs import cudnn_graph
 
     if not cudnn_graph.available():
         pytest.skip("nvidia-cudnn-frontend is not installed")
@@ -244,7 +244,7 @@ def test_cudnn_graph_attention_writes_heads_interleaved(case):
     head dim packed: here a view whose memory order is ``[b, s, h, d]`` (what the projection
     after attention reads), in the middle of a larger buffer."""
     from ember.backends.base import write_into_of
-    from ember.backends.cuda import cudnn_graph
+    from ember.backends.cuda.libs import cudnn_graph
 
     if not cudnn_graph.available():
         pytest.skip("nvidia-cudnn-frontend is not installed")

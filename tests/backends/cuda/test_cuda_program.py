@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ember.backends.cuda.executor import CudaExecutor
-from ember.backends.cuda.program import CudaProgram, LayerSpec
+from ember.backends.cuda.exec.executor import CudaExecutor
+from ember.backends.cuda.exec.program import CudaProgram, LayerSpec
 
 from cuda_graphs import cpu_reference, host_to_device_graph, inception_graph, reshape_chain_graph
 

@@ -1,11 +1,12 @@
-"""The CUDA executor's static schedule (CPU-only logic): host placement of shape arithmetic,
-stream assignment of parallel branches, lifetimes, and which layers can be captured."""
+"""The CUDA program's static schedule (``execution.schedule``, CPU-only logic): host placement of
+shape arithmetic, stream assignment of parallel branches, lifetimes, and which layers can be
+captured."""
 from __future__ import annotations
 
 import torch
 
-from ember.backends.cuda.program import VALUE_TO_DEVICE, plan_steps
-from ember.backends.cuda.streams import assign_streams
+from ember.backends.cuda.exec.schedule import VALUE_TO_DEVICE, plan_steps
+from ember.backends.cuda.exec.streams import assign_streams
 
 from cuda_graphs import host_to_device_graph, inception_graph, reshape_chain_graph
 
@@ -37,7 +38,7 @@ def test_inception_branches_get_their_own_streams():
     assert steps["b2b"].stream == steps["b2a"].stream  # a chain continues its stream
     cat = steps["cat"]
     assert len(cat.waits) == 3  # joins the three branches not on its own stream
-    assert all(steps[n].record for n in ("b1", "b2b", "b3b", "b4") if steps[n].stream != cat.stream)
+    assert all(steps[n].records_event for n in ("b1", "b2b", "b3b", "b4") if steps[n].stream != cat.stream)
 
 
 def test_values_are_released_after_their_last_reader():
@@ -51,4 +52,4 @@ def test_stream_count_is_capped_round_robin():
     plan = assign_streams([[]] + [[0]] * 6, max_streams=3)
     assert max(plan.stream) == 2 and plan.num_streams == 3
     single = assign_streams([[], [0], [0], [1, 2]], max_streams=1)
-    assert single.stream == [0, 0, 0, 0] and single.records == frozenset()
+    assert single.stream == [0, 0, 0, 0] and single.event_steps == frozenset()

@@ -18,7 +18,7 @@ from ember.backends.cuda.tuning import (
     INTO_ARENA, INTO_SLICE, PLUS_ARENA_COPY, PLUS_COPY, CudaTacticTimer,
 )
 from ember.backends.tensors import max_relative_error
-from ember.plan.config import Layout, Precision
+from ember.plan.config import BuildConfig, Layout, Precision
 from ember.plan.records import LayoutPlan, Records
 from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
 from ember.ir import OpType
@@ -37,7 +37,7 @@ class FakeBackend:
     def __init__(self):
         self.compiled: list[str] = []
 
-    def tactics(self, node, graph):
+    def tactics(self, node, graph, records=None):
         return ["reference", "fast_wrong", "good", "raises", "slow"]
 
     def compile_node(self, node, ctx: CompileContext):
@@ -126,7 +126,7 @@ class SliceBackend:
         self.compiled: list[str] = []
         self.writes = 0
 
-    def tactics(self, node, graph):
+    def tactics(self, node, graph, records=None):
         return list(self.TACTICS)
 
     def compile_node(self, node, ctx: CompileContext):
@@ -287,3 +287,71 @@ def test_signature_tells_a_slice_producer_apart():
     fp16 = Precision.FP16
     assert layer_signature(planned.nodes[1], planned, recs, fp16) != layer_signature(alone.nodes[1], alone, none, fp16)
     assert layer_signature(planned.nodes[0], planned, recs, fp16) != layer_signature(planned.nodes[1], planned, recs, fp16)
+
+
+# ---- the accuracy check and what every compile is given ---------------------------------------
+class NanBackend(FakeBackend):
+    """``nan_where_ref_is_finite`` puts a NaN where the reference has a number."""
+
+    def tactics(self, node, graph, records=None):
+        return ["reference", "nan_where_ref_is_finite"]
+
+    def compile_node(self, node, ctx: CompileContext):
+        self.compiled.append(ctx.tactic)
+
+        def run(ins):
+            y = torch.softmax(ins[0], -1)
+            if ctx.tactic == "nan_where_ref_is_finite":
+                y = y.clone()
+                y[0, 0] = float("nan")
+            return [y]
+
+        return run
+
+
+def test_accuracy_is_checked_with_the_one_error_measure(monkeypatch):
+    """The timer's check is ``ember.backends.tensors.max_relative_error`` (shared with the
+    builder's accuracy search and the tools): a NaN where the reference has a number is an
+    infinite error, not a NaN that compares below every tolerance."""
+    import ember.backends.cuda.tuning as tuning
+    from ember.backends import tensors
+
+    assert tuning.max_relative_error is tensors.max_relative_error
+    calls = []
+
+    def spy(ours, ref):
+        calls.append((ours.shape, ref.shape))
+        return tensors.max_relative_error(ours, ref)
+
+    monkeypatch.setattr(tuning, "max_relative_error", spy)
+    node, g = _node()
+    backend = NanBackend()
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), Records(), measure=lambda fn: 1.0)
+    assert math.isinf(timer(node, g, "nan_where_ref_is_finite", Precision.FP32))
+    assert "relative error inf" in timer.rejected[(node.name, "nan_where_ref_is_finite")]
+    assert timer(node, g, "reference", Precision.FP32) == 1.0
+    assert calls and all(a == b == (4, 33) for a, b in calls)
+
+
+def test_every_compile_gets_the_records_and_config_and_the_reference_is_the_planned_default():
+    node, g = _node()
+    records = Records(layout=LayoutPlan(Layout.NHWC, frozenset()))
+    config = BuildConfig(device="cuda", cuda_arena=False)
+    contexts, asked = [], []
+
+    class Spy(FakeBackend):
+        def tactics(self, node, graph, records=None):
+            asked.append(records)
+            return ["good", "slow"]
+
+        def compile_node(self, node, ctx):
+            contexts.append(ctx)
+            return super().compile_node(node, ctx)
+
+    timer = CudaTacticTimer(Spy(), {}, torch.device("cpu"), records, config, measure=lambda fn: 1.0)
+    assert timer(node, g, "slow", Precision.FP16) == 1.0
+    assert asked == [records]  # the reference is the default under the plan's decisions
+    assert [(c.tactic, c.precision) for c in contexts] == [("slow", Precision.FP16),
+                                                           ("good", Precision.FP32)]
+    assert all(c.records is records and c.config is config for c in contexts)
+    assert not timer.arena  # config.cuda_arena=False: timed alone

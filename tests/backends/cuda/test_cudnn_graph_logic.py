@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ember.backends.cuda import cudnn_graph as cg
+from ember.backends.cuda.libs import cudnn_graph as cg
 from ember.errors import BuildError
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Ember's Triton implicit-GEMM convolution (``ember.backends.cuda.triton_conv``) and its tactics
+"""Ember's Triton implicit-GEMM convolution (``ember.backends.cuda.libs.triton_conv``) and its tactics
 (``kernels/conv_triton.py``): numerics against a float64 reference for kernel sizes 1..7,
 strides, asymmetric pads, dilation, odd channel counts, every epilogue activation, bias and a
 residual read through its own strides, written into a strided channel slice of a channels-last
@@ -97,7 +97,7 @@ def check_kernel_case(name: str, case, device: str, precision: str, config_index
                       x_dtype: torch.dtype | None = None) -> float:
     """Runs one case into the middle channels of a channels-last buffer; checks it against a
     float64 reference and that the buffer's other channels are untouched. Returns the error."""
-    from ember.backends.cuda import triton_conv as T
+    from ember.backends.cuda.libs import triton_conv as T
 
     n, cin, h, w, cout, (kh, kw), stride, pads, dil, act, params, has_bias, has_res = case
     dtype = DTYPES[precision]
@@ -244,8 +244,8 @@ def test_cuda_program_writes_concat_inputs_with_triton_tactics():
     place and the result matches the CPU oracle."""
     import ember
     from ember.backends.cuda import CUDABackend
-    from ember.backends.cuda.executor import CudaExecutor
-    from ember.backends.cuda.program import CudaProgram, LayerSpec
+    from ember.backends.cuda.exec.executor import CudaExecutor
+    from ember.backends.cuda.exec.program import CudaProgram, LayerSpec
 
     from cuda_graphs import cpu_reference, inception_graph
 

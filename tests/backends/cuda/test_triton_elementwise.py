@@ -15,7 +15,7 @@ from ember.backends.base import CompileContext
 from ember.ir import DType, Node, OpType, TensorType
 from ember.ops.attrs import CastAttrs, ClipAttrs, FusedElementwiseAttrs, FusedStep as S, GeluAttrs
 
-from ember.backends.cuda import triton_elementwise as te
+from ember.backends.cuda.libs import triton_elementwise as te
 
 F32 = DType.FLOAT32
 

@@ -1,4 +1,17 @@
-"""CPU kernel families. ``load_kernels`` imports them from this explicit list (no scanning)."""
+"""CPU kernel families, one module per op family. ``load_kernels`` imports them from this
+explicit list (no scanning); importing a family registers its kernels
+(``ember.backends.cpu.registry``).
+
+- ``activation``: unary elementwise (activations, math, IsNaN/IsInf);
+- ``elementwise``: binary and variadic elementwise (arithmetic, Mod, comparisons, logic, Where);
+- ``reduce``: reductions, ArgMax/ArgMin, CumSum, TopK;
+- ``shape``: reshaping and casting, ConstantOfShape, Range, EyeLike, OneHot;
+- ``movement``: Concat, Split, Slice, Pad, Tile, Trilu, DepthToSpace/SpaceToDepth, gathers, scatters;
+- ``norm``: Batch/Layer/Instance/Group normalization, Softmax;
+- ``linalg``, ``linalg_mkldnn``: Gemm, MatMul, FusedGemm, attention, Einsum;
+- ``conv``, ``conv_mkldnn``: convolutions; ``pool``: pooling and LRN; ``resize``: Resize, GridSample;
+- ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN.
+"""
 from __future__ import annotations
 
 _loaded = False
@@ -12,6 +25,5 @@ def load_kernels() -> None:
     _loaded = True
     from ember.backends.cpu.kernels import (  # noqa: F401
         activation, conv, conv_mkldnn, elementwise, fused, linalg, linalg_mkldnn, movement, norm,
-        pool, reduce, resize, shape,
+        pool, recurrent, reduce, resize, shape,
     )
-    from ember.backends.cpu.kernels import extra, recurrent  # noqa: F401

@@ -1,4 +1,5 @@
-"""Unary elementwise kernels: activations and math functions, with ONNX semantics."""
+"""Unary elementwise kernels with ONNX semantics: activations, math functions (rounding,
+trigonometry, Softplus ...), bitwise/logical NOT and the IsNaN/IsInf predicates."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,15 @@ from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import ClipAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs
+from ember.ops.attrs import (
+    AlphaAttrs,
+    ClipAttrs,
+    GeluAttrs,
+    HardSigmoidAttrs,
+    IsInfAttrs,
+    LeakyReluAttrs,
+    SeluAttrs,
+)
 
 
 def unary_kernel(fn: Callable[[Tensor], Tensor],
@@ -75,6 +84,19 @@ _SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
     OpType.ABS: torch.abs,
     OpType.RECIPROCAL: _reciprocal,
     OpType.NOT: torch.logical_not,
+    OpType.BITWISE_NOT: torch.bitwise_not,
+    OpType.FLOOR: torch.floor,
+    OpType.CEIL: torch.ceil,
+    OpType.ROUND: torch.round,  # half to even, as ONNX
+    OpType.SIGN: torch.sign,
+    OpType.SIN: torch.sin, OpType.COS: torch.cos, OpType.TAN: torch.tan,
+    OpType.ASIN: torch.asin, OpType.ACOS: torch.acos, OpType.ATAN: torch.atan,
+    OpType.SINH: torch.sinh, OpType.COSH: torch.cosh, OpType.ASINH: torch.asinh,
+    OpType.ACOSH: torch.acosh, OpType.ATANH: torch.atanh,
+    OpType.IS_NAN: torch.isnan,
+    OpType.SOFTPLUS: F.softplus,
+    OpType.SOFTSIGN: F.softsign,
+    OpType.MISH: F.mish,
 }
 
 
@@ -152,3 +174,42 @@ def clip(node: Node, ctx: CompileContext) -> Kernel:
         return [torch.clamp(x, lo, hi)]
 
     return run
+
+
+@register_kernel(OpType.ELU)
+def elu(node: Node, ctx: CompileContext) -> Kernel:
+    alpha = float((node.attrs or AlphaAttrs()).alpha)
+    return unary_kernel(lambda x: F.elu(x, alpha))
+
+
+@register_kernel(OpType.CELU)
+def celu(node: Node, ctx: CompileContext) -> Kernel:
+    alpha = float((node.attrs or AlphaAttrs()).alpha)
+    return unary_kernel(lambda x: F.celu(x, alpha))
+
+
+@register_kernel(OpType.SELU)
+def selu(node: Node, ctx: CompileContext) -> Kernel:
+    """``gamma * (x if x > 0 else alpha * (exp(x) - 1))`` for any alpha and gamma (``F.selu``
+    has only the fixed ones)."""
+    a = node.attrs or SeluAttrs()
+    alpha, gamma = float(a.alpha), float(a.gamma)
+    return unary_kernel(lambda x: F.elu(x, alpha) * gamma)
+
+
+@register_kernel(OpType.THRESHOLDED_RELU)
+def thresholded_relu(node: Node, ctx: CompileContext) -> Kernel:
+    alpha = float((node.attrs or AlphaAttrs()).alpha)
+    return unary_kernel(lambda x: torch.where(x > alpha, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+
+
+@register_kernel(OpType.IS_INF)
+def is_inf(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or IsInfAttrs()
+    if a.detect_positive and a.detect_negative:
+        return unary_kernel(torch.isinf)
+    if a.detect_positive:
+        return unary_kernel(torch.isposinf)
+    if a.detect_negative:
+        return unary_kernel(torch.isneginf)
+    return unary_kernel(lambda x: torch.zeros_like(x, dtype=torch.bool))

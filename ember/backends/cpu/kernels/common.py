@@ -1,16 +1,16 @@
-"""Helpers shared by the CPU kernel families: axes, attrs-or-inputs, dtypes, activations, padding."""
+"""Helpers shared by the CPU kernel families: axes, attrs-or-inputs, dtypes, padding.
+
+Epilogue activations of fused layers are in ``ember.backends.activations`` (shared with CUDA)."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ember.backends.base import CompileContext
-from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
-from ember.ops.attrs import Activation, AutoPad, activation_params
+from ember.ops.attrs import AutoPad
 
 Tensor = torch.Tensor
 Inputs = Sequence[Optional[Tensor]]
@@ -72,43 +72,24 @@ def int_param(node: Node, ctx: CompileContext, value: Optional[Sequence[int]],
     return lambda inputs: ints(arg(inputs, i))
 
 
+def scalar_param(node: Node, ctx: CompileContext, value: Optional[int], i: int) -> Callable[[Inputs], int]:
+    """``int_param`` for a single int (CumSum's axis, TopK's k, Trilu's k, OneHot's depth)."""
+    get = int_param(node, ctx, None if value is None else (value,), i)
+
+    def resolve(inputs: Inputs) -> int:
+        got = get(inputs)
+        if not got:
+            raise ValueError(f"node {node.name!r} ({node.op}) needs input {i} (or its attribute): "
+                             f"it is missing or empty")
+        return got[0]
+
+    return resolve
+
+
 def const_input(node: Node, graph: Optional[Graph], i: int) -> bool:
     """Whether input ``i`` of ``node`` is a graph constant (so a tactic may prepack it)."""
     name = node.input(i)
     return bool(name) and graph is not None and name in graph.constants
-
-
-# ---- activations of fused layers -------------------------------------------------------------
-
-ActFn = Callable[[Tensor], Tensor]
-
-
-def activation_fn(act: Activation, params: Sequence[float]) -> Optional[ActFn]:
-    """The epilogue ``act`` with its ``params`` as a tensor function (``None`` for NONE)."""
-    p = activation_params(act, params)
-    if act is Activation.NONE:
-        return None
-    if act is Activation.RELU:
-        return torch.relu
-    if act is Activation.CLIP:
-        return lambda x: torch.clamp(x, p[0], p[1])
-    if act is Activation.LEAKY_RELU:
-        return lambda x: F.leaky_relu(x, p[0])
-    if act is Activation.SIGMOID:
-        return torch.sigmoid
-    if act is Activation.SILU:
-        return F.silu
-    if act is Activation.HARD_SWISH:
-        return F.hardswish
-    if act is Activation.HARD_SIGMOID:
-        return lambda x: torch.clamp(x * p[0] + p[1], 0.0, 1.0)
-    if act is Activation.TANH:
-        return torch.tanh
-    if act is Activation.GELU_ERF:
-        return F.gelu
-    if act is Activation.GELU_TANH:
-        return lambda x: F.gelu(x, approximate="tanh")
-    raise BuildError(f"activation {act} has no CPU implementation")
 
 
 # ---- spatial padding (Conv, ConvTranspose, pools) --------------------------------------------

@@ -2,7 +2,7 @@
 
 The oneDNN fast paths with prepacked weights live in ``conv_mkldnn.py``.
 
-Layout: where ``graph.meta["layout"]`` plans the output's memory format
+Layout: where the layout plan (``Records.layout``) plans the output's memory format
 (``ember.backends.layout``), the input is put in that format before the call (aten's
 convolution then writes it), a constant weight the plan lists is made channels-last once, here,
 and the result is checked into the format; without a plan the kernels follow their input.
@@ -15,10 +15,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, activation_fn, arg, auto_pads, split_pads, torch_pad_arg,
-)
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import planned_format, planned_weight_format, to_format
 from ember.ir.graph import Node

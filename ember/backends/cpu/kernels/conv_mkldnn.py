@@ -10,7 +10,7 @@ Tactics (for ``Conv`` and ``FusedConv`` with constant weights):
   measurement of the unpacked op showed no gain.
 - ``channels_last``: aten convolution with channels-last activations and weights.
 
-Layout (``graph.meta["layout"]``, read through ``ember.backends.layout``): PyTorch runs
+Layout (``Records.layout``, read through ``ember.backends.layout``): PyTorch runs
 ``_convolution_pointwise`` channels-last whenever its weight is a oneDNN tensor (an NCHW input is
 reordered inside the call and the output comes back channels-last), so the prepacked tactic
 computes channels-last whatever the plan, and its weight is packed for a channels-last source
@@ -24,52 +24,37 @@ Concat elimination: a 1x1, stride-1, unpadded, ungrouped conv of either tactic h
 ``BuildConfig.cpu_gemm_into_max_macs`` multiply-adds, none by default, because on the CPU measured the GEMM plus
 no copy was slower than oneDNN plus the copy (BENCHMARKS.md).
 
-Every feature is detected at run time (``_convolution_pointwise`` may be missing, and the set of
-post-ops the binary form accepts differs between PyTorch releases); a missing feature makes the
-tactic inapplicable or falls back to an unfused epilogue, never to a wrong result.
+Post-op names come from the activation table (``ember.backends.activations.onednn_postop``);
+whether this PyTorch's oneDNN takes one is decided here. Every feature is detected at run time
+(``_convolution_pointwise`` may be missing, and the set of post-ops the binary form accepts
+differs between PyTorch releases); a missing feature makes the tactic inapplicable or falls back
+to an unfused epilogue, never to a wrong result.
 """
 from __future__ import annotations
 
 import functools
-import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import NO_POSTOP, activation_fn, inplace_activation, onednn_postop
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cpu.kernels.common import (
-    Inputs, activation_fn, const_input, split_pads, torch_pad_arg,
-)
+from ember.backends.cpu.kernels.common import Inputs, const_input, split_pads, torch_pad_arg
 from ember.backends.cpu.kernels.conv import conv_geometry
 from ember.backends.cpu.registry import register_kernel
-from ember.backends.gemm_into import (
-    MatrixViews, gemm_into, inplace_activation, input_matrix, matrix_view, pointwise_conv,
-)
+from ember.backends.gemm_into import MatrixViews, gemm_into, input_matrix, matrix_view, pointwise_conv
 from ember.backends.layout import NCHW, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.plan.records import Records
-from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs, activation_params
+from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs
 
-#: oneDNN post-op name, scalars and algorithm for each epilogue activation it can fuse
-#: (shared with the prepacked linear layers).
-ONEDNN_POSTOPS: dict[Activation, Callable[[tuple[float, ...]], Optional[tuple[str, list, str]]]] = {
-    Activation.NONE: lambda p: ("none", [], ""),
-    Activation.RELU: lambda p: ("relu", [], ""),
-    Activation.SIGMOID: lambda p: ("sigmoid", [], ""),
-    Activation.TANH: lambda p: ("tanh", [], ""),
-    Activation.SILU: lambda p: ("swish", [], ""),
-    Activation.HARD_SWISH: lambda p: ("hardswish", [], ""),
-    Activation.GELU_ERF: lambda p: ("gelu", [], "none"),
-    Activation.GELU_TANH: lambda p: ("gelu", [], "tanh"),
-    Activation.LEAKY_RELU: lambda p: ("leaky_relu", list(activation_params(Activation.LEAKY_RELU, p)), ""),
-    Activation.CLIP: lambda p: ("hardtanh", list(activation_params(Activation.CLIP, p)), ""),
-    # oneDNN's hardsigmoid is PyTorch's (x / 6 + 0.5); ONNX's alpha/beta must match to fuse
-    Activation.HARD_SIGMOID: lambda p: ("hardsigmoid", [], "")
-    if len(p) == 2 and math.isclose(p[0], 1 / 6, rel_tol=1e-6) and p[1] == 0.5 else None,
-}
+#: Epilogues ``gemm_write_into`` leaves to the copy path although they have an in-place form:
+#: GELU's (``aten.gelu_``) joined the activation table with the CUDA GEMMs that use it; this CPU
+#: path (off by default, ``worth_it``) never offered it and keeps it so until it is measured.
+_GEMM_INTO_DECLINED = frozenset({Activation.GELU_ERF, Activation.GELU_TANH})
 
 
 @functools.cache
@@ -216,7 +201,7 @@ def gemm_write_into(node: Node, ctx: CompileContext) -> Optional[WriteInto]:
         return None
     if not _float32(ctx.graph, node.input(0)) or not _float32(ctx.graph, node.outputs[0]):
         return None
-    act_ = inplace_activation(act, params)
+    act_ = inplace_activation(act, params) if act not in _GEMM_INTO_DECLINED else None
     if act_ is None:
         return None
     cout, cin = int(w.shape[0]), int(w.shape[1])
@@ -289,9 +274,9 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
-    fused = ONEDNN_POSTOPS.get(act, lambda p: None)(params)
+    fused = onednn_postop(act, params)
     post = None if fused is not None else activation_fn(act, params)
-    unary, scalars, algorithm = fused if fused is not None else ("none", [], "")
+    unary, scalars, algorithm = (fused or NO_POSTOP).args()
     bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None
     if residual and bin_unary is None and binary_supports(""):
         bin_unary, post = "none", activation_fn(act, params)

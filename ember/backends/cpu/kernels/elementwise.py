@@ -1,4 +1,5 @@
-"""Binary and variadic elementwise kernels with ONNX (numpy) broadcasting and integer rules."""
+"""Binary and variadic elementwise kernels with ONNX (numpy) broadcasting and integer rules:
+arithmetic, Mod, comparisons, logical and bitwise ops, Max/Min, Where."""
 from __future__ import annotations
 
 from typing import Callable
@@ -10,6 +11,7 @@ from ember.backends.cpu.kernels.common import Inputs, Tensor
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
+from ember.ops.attrs import ModAttrs
 
 
 def _div(a: Tensor, b: Tensor) -> Tensor:
@@ -37,6 +39,14 @@ _BINARY: dict[OpType, Callable[[Tensor, Tensor], Tensor]] = {
     OpType.EQUAL: torch.eq,
     OpType.LESS: torch.lt,
     OpType.GREATER: torch.gt,
+    OpType.GREATER_OR_EQUAL: torch.ge,
+    OpType.LESS_OR_EQUAL: torch.le,
+    OpType.AND: torch.logical_and,
+    OpType.OR: torch.logical_or,
+    OpType.XOR: torch.logical_xor,
+    OpType.BITWISE_AND: torch.bitwise_and,
+    OpType.BITWISE_OR: torch.bitwise_or,
+    OpType.BITWISE_XOR: torch.bitwise_xor,
 }
 
 
@@ -78,6 +88,17 @@ def register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
 
 for _op, _fn in _BINARY.items():
     register_binary(_op, _fn)
+
+
+@register_kernel(OpType.MOD)
+def mod(node: Node, ctx: CompileContext) -> Kernel:
+    """fmod: C's fmod (sign of the dividend); else Python's % (sign of the divisor)."""
+    fn = torch.fmod if (node.attrs or ModAttrs()).fmod else torch.remainder
+
+    def run(inputs: Inputs) -> list:
+        return [fn(inputs[0], inputs[1])]
+
+    return run
 
 
 def _variadic(fn: Callable[[Tensor, Tensor], Tensor]) -> Kernel:

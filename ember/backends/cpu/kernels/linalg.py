@@ -1,11 +1,12 @@
-"""Linear-algebra kernels (generic tactics): Gemm, MatMul, FusedGemm, FusedAttention."""
+"""Linear-algebra kernels (generic tactics): Gemm, MatMul, FusedGemm, FusedAttention, Einsum."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, activation_fn, arg
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -108,3 +109,13 @@ def fused_attention_math(node: Node, ctx: CompileContext) -> Kernel:
     return lambda inputs: [attention_math(inputs[0], inputs[1], inputs[2], arg(inputs, 3), scale, kt)]
 
 
+
+
+@register_kernel(OpType.EINSUM)
+def einsum(node: Node, ctx: CompileContext) -> Kernel:
+    equation = node.attrs.equation.replace(" ", "")
+
+    def run(inputs: Inputs) -> list:
+        return [torch.einsum(equation, *inputs)]
+
+    return run

@@ -14,9 +14,9 @@ from typing import Optional
 
 import torch
 
+from ember.backends.activations import NO_POSTOP, OneDNNPostOp, activation_fn, onednn_postop
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, activation_fn, arg, const_input
-from ember.backends.cpu.kernels.conv_mkldnn import ONEDNN_POSTOPS
+from ember.backends.cpu.kernels.common import Inputs, arg, const_input
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -24,8 +24,14 @@ from ember.ir.optype import OpType
 from ember.plan.records import Records
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
 
-#: oneDNN post-ops a prepacked linear layer fuses: the convolution's, less hardsigmoid.
-_UNARY = {a: f for a, f in ONEDNN_POSTOPS.items() if a is not Activation.HARD_SIGMOID}
+#: Post-ops of the activation table that ``_linear_pointwise`` is not given (the convolution
+#: takes hardsigmoid; the linear layer was never offered it and applies it after the call).
+_NOT_FUSED = frozenset({Activation.HARD_SIGMOID})
+
+
+def _linear_postop(act: Activation, params: tuple[float, ...]) -> Optional[OneDNNPostOp]:
+    """The post-op the prepacked linear layer fuses for ``act``, or ``None`` (applied after)."""
+    return None if act in _NOT_FUSED else onednn_postop(act, params)
 
 
 @functools.cache
@@ -103,13 +109,13 @@ def linear_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     bias, extra = _bias(c_const, float(g.beta), n) if c_const is not None else (None, None)
     runtime_c = bool(c_name) and c_const is None and g.beta != 0
     packed = torch.ops.mkldnn._reorder_linear_weight(w, _batch(node, ctx.graph))
-    fused = _UNARY.get(act, lambda p: None)(params)
+    fused = _linear_postop(act, params)
     # the epilogue must come after every addend: fuse it only when nothing is added later
     if fused is None or extra is not None or runtime_c:
-        unary, scalars, algorithm = "none", [], ""
+        unary, scalars, algorithm = NO_POSTOP.args()
         post = activation_fn(act, params)
     else:
-        (unary, scalars, algorithm), post = fused, None
+        (unary, scalars, algorithm), post = fused.args(), None
     beta, trans_a = float(g.beta), g.trans_a
     linear = torch.ops.mkldnn._linear_pointwise
 

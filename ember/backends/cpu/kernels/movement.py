@@ -1,4 +1,5 @@
-"""Data-movement kernels: Concat, Split, Slice, Gather, Pad."""
+"""Data-movement kernels: Concat, Split, Slice, Pad, Tile, Trilu, DepthToSpace/SpaceToDepth, and
+the indexed ones: Gather, GatherElements, GatherND, ScatterND, ScatterElements."""
 from __future__ import annotations
 
 import torch
@@ -6,12 +7,20 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, arg, floats, int_param, norm_axes, norm_axis, torch_pad_arg,
+    Inputs, Tensor, arg, floats, int_param, norm_axes, norm_axis, scalar_param, torch_pad_arg,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import AxisAttrs, PadAttrs, SliceAttrs, SplitAttrs
+from ember.ops.attrs import (
+    AxisAttrs,
+    DepthSpaceAttrs,
+    PadAttrs,
+    ScatterAttrs,
+    SliceAttrs,
+    SplitAttrs,
+    TriluAttrs,
+)
 
 
 @register_kernel(OpType.CONCAT)
@@ -185,5 +194,141 @@ def pad(node: Node, ctx: CompileContext) -> Kernel:
         if not x.is_floating_point():
             value = bool(value) if x.dtype is torch.bool else int(value)
         return [pad_tensor(x, pads, a.mode, value, axes_of(inputs))]
+
+    return run
+
+
+@register_kernel(OpType.TILE)
+def tile(node: Node, ctx: CompileContext) -> Kernel:
+    repeats_of = int_param(node, ctx, node.attrs.repeats if node.attrs else None, 1)
+
+    def run(inputs: Inputs) -> list:
+        return [inputs[0].repeat(*repeats_of(inputs)) if inputs[0].dim() else inputs[0].clone()]
+
+    return run
+
+
+@register_kernel(OpType.TRILU)
+def trilu(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or TriluAttrs()
+    k_of = scalar_param(node, ctx, a.k, 1)
+    fn = torch.triu if a.upper else torch.tril
+
+    def run(inputs: Inputs) -> list:
+        return [fn(inputs[0], k_of(inputs))]
+
+    return run
+
+
+@register_kernel(OpType.DEPTH_TO_SPACE)
+def depth_to_space(node: Node, ctx: CompileContext) -> Kernel:
+    """DCR: channels split as (b, b, C'); CRD: as (C', b, b), which is PixelShuffle."""
+    a: DepthSpaceAttrs = node.attrs
+    b = a.blocksize
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        if a.mode == "CRD":
+            return [F.pixel_shuffle(x, b)]
+        n, c, h, w = x.shape
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+        return [y.reshape(n, c // (b * b), h * b, w * b)]
+
+    return run
+
+
+@register_kernel(OpType.SPACE_TO_DEPTH)
+def space_to_depth(node: Node, ctx: CompileContext) -> Kernel:
+    b = node.attrs.blocksize
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        n, c, h, w = x.shape
+        y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+        return [y.reshape(n, c * b * b, h // b, w // b)]
+
+    return run
+
+
+# ---- indexed gathers and scatters ------------------------------------------------------------
+def _wrap_index(idx: Tensor, size: int) -> Tensor:
+    idx = idx.to(torch.int64)
+    return torch.where(idx < 0, idx + size, idx)
+
+
+@register_kernel(OpType.GATHER_ELEMENTS)
+def gather_elements(node: Node, ctx: CompileContext) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        data, idx = inputs[0], inputs[1]
+        axis = norm_axis(node.attrs.axis, data.dim())
+        return [torch.gather(data, axis, _wrap_index(idx, data.shape[axis]))]
+
+    return run
+
+
+def _linear_index(idx: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Row-major linear index of ``idx[..., m]`` into the leading dims ``dims`` (negatives wrap)."""
+    lin = torch.zeros(idx.shape[:-1], dtype=torch.int64, device=idx.device)
+    for j, size in enumerate(dims):
+        lin = lin * size + _wrap_index(idx[..., j], size)
+    return lin
+
+
+@register_kernel(OpType.GATHER_ND)
+def gather_nd(node: Node, ctx: CompileContext) -> Kernel:
+    bd = node.attrs.batch_dims
+
+    def run(inputs: Inputs) -> list:
+        data, idx = inputs[0], inputs[1]
+        m = idx.shape[-1]
+        batch = int(torch.tensor(data.shape[:bd]).prod()) if bd else 1
+        tail = tuple(data.shape[bd + m:])
+        flat = data.reshape(batch, -1, *tail)
+        lin = _linear_index(idx.reshape(batch, -1, m), tuple(data.shape[bd:bd + m]))
+        rows = torch.arange(batch, device=data.device).unsqueeze(1)
+        return [flat[rows, lin].reshape(*idx.shape[:-1], *tail)]
+
+    return run
+
+
+#: ONNX scatter reductions -> ``scatter_reduce``'s names.
+_SCATTER_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+@register_kernel(OpType.SCATTER_ND)
+def scatter_nd(node: Node, ctx: CompileContext) -> Kernel:
+    """A copy of data with ``updates`` written (or reduced) at the slices ``indices`` name."""
+    reduction = (node.attrs or ScatterAttrs()).reduction
+
+    def run(inputs: Inputs) -> list:
+        data, idx, updates = inputs[0], inputs[1], inputs[2]
+        m = idx.shape[-1]
+        tail = tuple(data.shape[m:])
+        out = data.clone()
+        flat = out.view(-1, *tail)
+        lin = _linear_index(idx, tuple(data.shape[:m])).reshape(-1)
+        upd = updates.reshape(-1, *tail)
+        if reduction == "none":
+            flat[lin] = upd
+        else:
+            where = lin.view(-1, *([1] * len(tail))).expand_as(upd)
+            flat.scatter_reduce_(0, where, upd, _SCATTER_REDUCE[reduction], include_self=True)
+        return [out]
+
+    return run
+
+
+@register_kernel(OpType.SCATTER_ELEMENTS)
+def scatter_elements(node: Node, ctx: CompileContext) -> Kernel:
+    a = node.attrs or ScatterAttrs()
+
+    def run(inputs: Inputs) -> list:
+        data, idx, updates = inputs[0], inputs[1], inputs[2]
+        axis = norm_axis(a.axis, data.dim())
+        idx = _wrap_index(idx, data.shape[axis])
+        if a.reduction == "none":
+            return [torch.scatter(data, axis, idx, updates)]
+        reduce = _SCATTER_REDUCE[a.reduction]
+        return [torch.scatter_reduce(data, axis, idx, updates, reduce, include_self=True)]
 
     return run

@@ -1,5 +1,5 @@
 """Normalization kernels: BatchNormalization (inference), LayerNormalization (also of a residual
-sum: SkipLayerNormalization), Softmax, LogSoftmax."""
+sum: SkipLayerNormalization), InstanceNormalization, GroupNormalization, Softmax, LogSoftmax."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, norm_axis
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import BatchNormAttrs, LayerNormAttrs, SoftmaxAttrs
+from ember.ops.attrs import BatchNormAttrs, GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, SoftmaxAttrs
 
 
 @register_kernel(OpType.BATCH_NORM)
@@ -102,3 +102,36 @@ def softmax(node: Node, ctx: CompileContext) -> Kernel:
 @register_kernel(OpType.LOG_SOFTMAX)
 def log_softmax(node: Node, ctx: CompileContext) -> Kernel:
     return _softmax_kernel(node, torch.log_softmax)
+
+
+@register_kernel(OpType.INSTANCE_NORM)
+def instance_norm(node: Node, ctx: CompileContext) -> Kernel:
+    eps = float((node.attrs or InstanceNormAttrs()).epsilon)
+
+    def run(inputs: Inputs) -> list:
+        x, scale, bias = inputs[0], inputs[1], inputs[2]
+        c = x.shape[1]
+        return [F.instance_norm(x, weight=scale.expand(c), bias=bias.expand(c), eps=eps)]
+
+    return run
+
+
+def _per_channel(t: Tensor, c: int, groups: int, per_channel: bool) -> Tensor:
+    if not per_channel and t.numel() == groups:
+        return t.repeat_interleave(c // groups)
+    return t.reshape(-1).expand(c)
+
+
+@register_kernel(OpType.GROUP_NORM)
+def group_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """GroupNormalization; opset 18's per-group scale/bias is expanded to the channels."""
+    a: GroupNormAttrs = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        c = x.shape[1]
+        scale = _per_channel(inputs[1], c, a.num_groups, a.per_channel_affine)
+        bias = _per_channel(arg(inputs, 2), c, a.num_groups, a.per_channel_affine)
+        return [F.group_norm(x, a.num_groups, scale, bias, float(a.epsilon))]
+
+    return run

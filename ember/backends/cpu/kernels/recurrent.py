@@ -13,25 +13,24 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import ACTIVATIONS, RNN_ACTIVATIONS
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
+from ember.errors import BuildError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import RNNAttrs
+from ember.ops.attrs import RNNAttrs, activation_params
 from ember.ops.recurrent import DEFAULT_ACTIVATIONS, GATES, N_ACTIVATIONS, num_directions
 
 Act = Callable[[Tensor], Tensor]
 
-#: name -> (function of (x, alpha, beta), default alpha, default beta); None: takes no parameter.
-_ACTS: dict[str, tuple[Callable[[Tensor, float, float], Tensor], Optional[float], Optional[float]]] = {
-    "Sigmoid": (lambda x, a, b: torch.sigmoid(x), None, None),
-    "Tanh": (lambda x, a, b: torch.tanh(x), None, None),
-    "Relu": (lambda x, a, b: torch.relu(x), None, None),
+#: The ONNX RNN activations that are no epilogue ``Activation`` (those come from the activation
+#: table, ``RNN_ACTIVATIONS``): name -> (function of (x, alpha, beta), default alpha, default
+#: beta); a default of None: the function takes no such parameter.
+RNN_ONLY: dict[str, tuple[Callable[[Tensor, float, float], Tensor], Optional[float], Optional[float]]] = {
     "Softsign": (lambda x, a, b: F.softsign(x), None, None),
     "Softplus": (lambda x, a, b: F.softplus(x), None, None),
-    "HardSigmoid": (lambda x, a, b: torch.clamp(a * x + b, 0.0, 1.0), 0.2, 0.5),
-    "LeakyRelu": (lambda x, a, b: F.leaky_relu(x, a), 0.01, None),
     "ThresholdedRelu": (lambda x, a, b: torch.where(x > a, x, torch.zeros_like(x)), 1.0, None),
     "ScaledTanh": (lambda x, a, b: a * torch.tanh(b * x), 1.0, 1.0),
     "Affine": (lambda x, a, b: a * x + b, 1.0, 0.0),
@@ -39,12 +38,32 @@ _ACTS: dict[str, tuple[Callable[[Tensor, float, float], Tensor], Optional[float]
 }
 
 
-def activation_fns(a: RNNAttrs) -> list[Act]:
-    """One function per listed activation; alphas/betas are consumed in order by those taking them."""
-    alphas, betas = list(a.activation_alpha), list(a.activation_beta)
+def _table_activation(name: str, alphas: list[float], betas: list[float]) -> Act:
+    """The activation-table row ``name`` names; it takes as many of (alpha, beta) as its
+    ``Activation`` has parameters, ONNX's defaults (``activation_params``) where the lists ran out."""
+    act = RNN_ACTIVATIONS[name]
+    defaults = activation_params(act, ())
+    given = [alphas.pop(0) if alphas else defaults[0]] if len(defaults) > 0 else []
+    if len(defaults) > 1:
+        given.append(betas.pop(0) if betas else defaults[1])
+    return ACTIVATIONS[act].fn(activation_params(act, given))
+
+
+def activation_fns(node: Node) -> list[Act]:
+    """One function per listed activation of ``node``; alphas/betas are consumed in order by
+    those taking them."""
+    a: RNNAttrs = node.attrs
+    alphas, betas = [float(v) for v in a.activation_alpha], [float(v) for v in a.activation_beta]
     out: list[Act] = []
     for name in a.activations:
-        fn, da, db = _ACTS[name]
+        if name in RNN_ACTIVATIONS:
+            out.append(_table_activation(name, alphas, betas))
+            continue
+        if name not in RNN_ONLY:
+            known = ", ".join(sorted({*RNN_ACTIVATIONS, *RNN_ONLY}))
+            raise BuildError(f"node {node.name!r} ({node.op}): activation {name!r} is not an ONNX RNN "
+                             f"activation this backend knows ({known}); fix the model's activations")
+        fn, da, db = RNN_ONLY[name]
         alpha = (alphas.pop(0) if alphas else da) if da is not None else 0.0
         beta = (betas.pop(0) if betas else db) if db is not None else 0.0
         out.append(lambda x, fn=fn, al=float(alpha), be=float(beta): fn(x, al, be))
@@ -156,7 +175,7 @@ def _recurrent_kernel(node: Node) -> Kernel:
     a: RNNAttrs = node.attrs
     op = node.op
     dirs, hidden, gates = num_directions(a), a.hidden_size, GATES[op]
-    acts = activation_fns(a)
+    acts = activation_fns(node)
     per_dir = N_ACTIVATIONS[op]
 
     def make_cell(d: int, w: Tensor, r: Tensor, b: Tensor, p: Optional[Tensor]) -> Cell:

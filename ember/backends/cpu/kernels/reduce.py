@@ -1,4 +1,5 @@
-"""Reduction kernels: ReduceMean, ReduceSum, ReduceMax (axes as attribute or input)."""
+"""Kernels along axes: the reductions (ReduceMean/Sum/Max/Min/Prod/L1/L2/SumSquare/LogSum/
+LogSumExp, axes as attribute or input), ArgMax/ArgMin, and the scan and selection CumSum and TopK."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -6,13 +7,18 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, int_param, norm_axes
+from ember.backends.cpu.kernels.common import Inputs, Tensor, int_param, norm_axes, norm_axis, scalar_param
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import ReduceAttrs
+from ember.ops.attrs import ArgReduceAttrs, CumSumAttrs, ReduceAttrs, TopKAttrs
 
 Reducer = Callable[[Tensor, tuple[int, ...], bool], Tensor]
+
+
+def _as(x: Tensor, out: Tensor) -> Tensor:
+    """``out`` in ``x``'s dtype (torch sums integers as int64, ONNX keeps the input's type)."""
+    return out if out.dtype is x.dtype else out.to(x.dtype)
 
 
 def _mean(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
@@ -25,12 +31,42 @@ def _mean(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
 
 
 def _sum(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
-    out = torch.sum(x, dim=dims, keepdim=keep)
-    return out if out.dtype is x.dtype else out.to(x.dtype)
+    return _as(x, torch.sum(x, dim=dims, keepdim=keep))
 
 
 def _max(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     return torch.amax(x, dim=dims, keepdim=keep)
+
+
+def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    out = x
+    for d in sorted(dims, reverse=True):  # torch.prod takes one dim at a time
+        out = torch.prod(out, dim=d, keepdim=keep)
+    return _as(x, out)
+
+
+def _float_of(x: Tensor) -> torch.dtype:
+    """x's dtype when floating point, else float64 (integer L2 norms are computed in float)."""
+    return x.dtype if x.is_floating_point() else torch.float64
+
+
+def _sum_square(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    return _as(x, torch.sum(x * x, dim=dims, keepdim=keep))
+
+
+#: Every reduction op and its ``fn(x, dims, keepdim)`` (an explicit list, not a scan).
+_REDUCERS: dict[OpType, Reducer] = {
+    OpType.REDUCE_MEAN: _mean,
+    OpType.REDUCE_SUM: _sum,
+    OpType.REDUCE_MAX: _max,
+    OpType.REDUCE_MIN: lambda x, d, k: torch.amin(x, dim=d, keepdim=k),
+    OpType.REDUCE_PROD: _prod,
+    OpType.REDUCE_L1: lambda x, d, k: _as(x, torch.sum(torch.abs(x), dim=d, keepdim=k)),
+    OpType.REDUCE_L2: lambda x, d, k: _as(x, torch.sqrt(_sum_square(x, d, k).to(_float_of(x)))),
+    OpType.REDUCE_SUM_SQUARE: _sum_square,
+    OpType.REDUCE_LOG_SUM: lambda x, d, k: torch.log(torch.sum(x, dim=d, keepdim=k)),
+    OpType.REDUCE_LOG_SUM_EXP: lambda x, d, k: torch.logsumexp(x, dim=d, keepdim=k),
+}
 
 
 def reduce_axes(a: ReduceAttrs, axes: Optional[list[int]], rank: int) -> Optional[tuple[int, ...]]:
@@ -59,16 +95,75 @@ def reduce_kernel(node: Node, ctx: CompileContext, fn: Reducer) -> Kernel:
     return run
 
 
-@register_kernel(OpType.REDUCE_MEAN)
-def reduce_mean(node: Node, ctx: CompileContext) -> Kernel:
-    return reduce_kernel(node, ctx, _mean)
+def _register_reduce(op: OpType, fn: Reducer) -> None:
+    @register_kernel(op)
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        return reduce_kernel(node, ctx, fn)
 
 
-@register_kernel(OpType.REDUCE_SUM)
-def reduce_sum(node: Node, ctx: CompileContext) -> Kernel:
-    return reduce_kernel(node, ctx, _sum)
+for _op, _fn in _REDUCERS.items():
+    _register_reduce(_op, _fn)
 
 
-@register_kernel(OpType.REDUCE_MAX)
-def reduce_max(node: Node, ctx: CompileContext) -> Kernel:
-    return reduce_kernel(node, ctx, _max)
+def _arg_kernel(node: Node, fn: Callable[..., Tensor]) -> Kernel:
+    a: ArgReduceAttrs = node.attrs or ArgReduceAttrs()
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axis = norm_axis(a.axis, x.dim())
+        if not a.select_last_index:
+            return [fn(x, dim=axis, keepdim=a.keepdims)]
+        idx = fn(torch.flip(x, (axis,)), dim=axis, keepdim=a.keepdims)
+        return [x.shape[axis] - 1 - idx]
+
+    return run
+
+
+@register_kernel(OpType.ARG_MAX)
+def arg_max(node: Node, ctx: CompileContext) -> Kernel:
+    """ArgMax; ties give the first index (the last with ``select_last_index``)."""
+    return _arg_kernel(node, torch.argmax)
+
+
+@register_kernel(OpType.ARG_MIN)
+def arg_min(node: Node, ctx: CompileContext) -> Kernel:
+    return _arg_kernel(node, torch.argmin)
+
+
+@register_kernel(OpType.CUM_SUM)
+def cum_sum(node: Node, ctx: CompileContext) -> Kernel:
+    """CumSum along an axis; ``exclusive`` shifts by one (starting at 0), ``reverse`` from the end."""
+    a = node.attrs or CumSumAttrs()
+    axis_of = scalar_param(node, ctx, a.axis, 1)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axis = norm_axis(axis_of(inputs), x.dim())
+        y = torch.flip(x, (axis,)) if a.reverse else x
+        out = torch.cumsum(y, dim=axis)
+        if a.exclusive:
+            head = torch.zeros_like(out.narrow(axis, 0, 1))
+            out = torch.cat([head, out.narrow(axis, 0, out.shape[axis] - 1)], axis)
+        out = torch.flip(out, (axis,)) if a.reverse else out
+        return [_as(x, out)]
+
+    return run
+
+
+@register_kernel(OpType.TOP_K)
+def top_k(node: Node, ctx: CompileContext) -> Kernel:
+    """TopK -> (values, int64 indices), always sorted (ONNX leaves the order free when sorted=0).
+
+    A stable sort, so that equal values come lowest index first as ONNX requires (torch.topk
+    does not promise an order among ties)."""
+    a = node.attrs or TopKAttrs()
+    k_of = scalar_param(node, ctx, a.k, 1)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        axis = norm_axis(a.axis, x.dim())
+        values, indices = torch.sort(x, dim=axis, descending=a.largest, stable=True)
+        k = k_of(inputs)
+        return [values.narrow(axis, 0, k), indices.narrow(axis, 0, k)]
+
+    return run

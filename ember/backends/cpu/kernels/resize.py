@@ -1,4 +1,5 @@
-"""Resize (nearest and linear) with every ONNX coordinate transformation and nearest mode.
+"""Resampling: Resize (nearest and linear) with every ONNX coordinate transformation and nearest
+mode, and GridSample.
 
 Resize is separable: each axis whose size changes is resampled on its own with an index
 gather (nearest) or a two-tap blend (linear), so the kernel works for any rank.
@@ -9,13 +10,14 @@ import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, floats, ints
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import ResizeAttrs
+from ember.ops.attrs import GridSampleAttrs, ResizeAttrs
 
 COORDINATE_MODES = ("half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel",
                     "tf_half_pixel_for_nn", "half_pixel_symmetric")
@@ -138,5 +140,18 @@ def resize_kernel(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         scales, sizes = _runtime_params(a, inputs)
         return [resize(inputs[0], a, scales, sizes)]
+
+    return run
+
+
+@register_kernel(OpType.GRID_SAMPLE)
+def grid_sample(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX GridSample is torch's grid_sample (same modes, padding modes and align_corners)."""
+    a = node.attrs or GridSampleAttrs()
+
+    def run(inputs: Inputs) -> list:
+        x, grid = inputs[0], inputs[1]
+        return [F.grid_sample(x, grid.to(x.dtype), mode=a.mode, padding_mode=a.padding_mode,
+                              align_corners=a.align_corners)]
 
     return run

@@ -1,5 +1,5 @@
-"""Shape kernels: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Shape,
-ConstantOfShape, Cast, Range, Identity, Dropout.
+"""Shape kernels: Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Expand, Shape, Cast, Identity,
+Dropout, and the tensors made from shapes and indices: ConstantOfShape, Range, EyeLike, OneHot.
 
 Several of these return views of their input (no copy), as PyTorch does; ``VIEW_OPS`` lists them
 so a runtime that reuses buffers knows which outputs alias an input.
@@ -12,13 +12,14 @@ import torch
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, int_param, ints, norm_axes, torch_dtype,
+    Inputs, Tensor, int_param, ints, norm_axes, norm_axis, scalar_param, torch_dtype,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxesAttrs, AxisAttrs, CastAttrs, ConstantOfShapeAttrs, ReshapeAttrs, ShapeAttrs, TransposeAttrs,
+    AxesAttrs, AxisAttrs, CastAttrs, ConstantOfShapeAttrs, OneHotAttrs, ReshapeAttrs, ShapeAttrs,
+    TransposeAttrs,
 )
 
 #: Ops whose CPU kernel may return a view sharing memory with input 0.
@@ -219,5 +220,36 @@ def dropout(node: Node, ctx: CompileContext) -> Kernel:
         if want_mask:
             return [x, torch.ones(x.shape, dtype=torch.bool)]
         return [x]
+
+    return run
+
+
+@register_kernel(OpType.EYE_LIKE)
+def eye_like(node: Node, ctx: CompileContext) -> Kernel:
+    k = node.attrs.k if node.attrs else 0
+    dtype = torch_dtype(node.attrs.dtype) if node.attrs and node.attrs.dtype else None
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+        cols = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        return [(cols - rows == k).to(dtype or x.dtype)]
+
+    return run
+
+
+@register_kernel(OpType.ONE_HOT)
+def one_hot(node: Node, ctx: CompileContext) -> Kernel:
+    """Negative indices count from ``depth``; indices out of range give an all-``off`` row."""
+    a = node.attrs or OneHotAttrs()
+    depth_of = scalar_param(node, ctx, a.depth, 1)
+
+    def run(inputs: Inputs) -> list:
+        idx, values = inputs[0].to(torch.int64), inputs[2].reshape(-1)
+        depth = depth_of(inputs)
+        idx = torch.where(idx < 0, idx + depth, idx)
+        hot = idx.unsqueeze(-1) == torch.arange(depth, device=idx.device)
+        hot = torch.movedim(hot, -1, norm_axis(a.axis, idx.dim() + 1))
+        return [torch.where(hot, values[1], values[0])]
 
     return run

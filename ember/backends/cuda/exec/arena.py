@@ -1,9 +1,9 @@
 """The device arena of a CUDA execution context: every intermediate at its planned offset.
 
 A context captures one CUDA graph per input shape (``executor.CudaExecutor``). Before capturing a
-shape it runs the engine once eagerly and *records* what each layer produced: shape, strides and
+shape it runs the engine once eagerly and *traces* what each layer produced: shape, strides and
 dtype of every output, and which outputs are views of another tensor (a Reshape, a Slice, a
-Concat input written into the Concat's buffer). From the record and the schedule it plans the
+Concat input written into the Concat's buffer). From the trace and the schedule it plans the
 arena (``plan_arena``):
 
 - every tensor that a kernel writes (not a view, not on the host) is *placed*: it gets
@@ -22,6 +22,10 @@ charges the copy, so the builder prefers kernels that write in place). What a li
 inside a call (cuBLAS/cuDNN workspaces, temporary casts) and the engine's outputs (cloned out of
 the arena at the end, so another shape's replay cannot overwrite them) come from the graph's
 private pool; ``CudaExecutor.memory()`` reports both.
+
+Names: a ``ViewSpec`` is a placed tensor's shape, strides and dtype (not a memory format of
+``ember.backends.layout``); a ``Trace`` is one eager run's observations (not the plan's decision
+``Records``).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ ARENA_GRANULE = 2 << 20
 
 
 @dataclass(frozen=True)
-class Layout:
+class ViewSpec:
     """How one placed tensor sits in the arena: its view's shape, strides and dtype."""
 
     shape: tuple[int, ...]
@@ -53,16 +57,16 @@ class Layout:
         return (1 + sum((d - 1) * s for d, s in zip(self.shape, self.stride))) * self.dtype.itemsize
 
     @staticmethod
-    def of(t: torch.Tensor) -> "Layout":
-        return Layout(tuple(t.shape), tuple(t.stride()), t.dtype)
+    def of(t: torch.Tensor) -> "ViewSpec":
+        return ViewSpec(tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 @dataclass
-class Record:
-    """What one eager run produced (``CudaProgram.record``): per placed tensor its layout and the
-    step that writes it; per view its base; per tensor the steps that read it."""
+class Trace:
+    """What one eager run produced (``CudaProgram.trace``): per placed tensor its view spec and
+    the step that writes it; per view its base; per tensor the steps that read it."""
 
-    layouts: dict[str, Layout] = field(default_factory=dict)
+    specs: dict[str, ViewSpec] = field(default_factory=dict)
     producer: dict[str, int] = field(default_factory=dict)
     base: dict[str, str] = field(default_factory=dict)       # view -> the placed tensor it views
     readers: dict[str, set[int]] = field(default_factory=dict)
@@ -76,10 +80,10 @@ class Record:
 
 @dataclass
 class ArenaPlan:
-    """Offsets of the placed tensors (``memory``) and their layouts."""
+    """Offsets of the placed tensors (``memory``) and their view specs."""
 
     memory: MemoryPlan
-    layouts: dict[str, Layout]
+    specs: dict[str, ViewSpec]
     views_of: dict[str, str] = field(default_factory=dict)
     unplaced: dict[str, str] = field(default_factory=dict)
 
@@ -92,18 +96,19 @@ class ArenaPlan:
         if arena.numel() < self.arena_bytes:
             raise ValueError(f"arena of {arena.numel()} bytes is smaller than the plan's {self.arena_bytes}")
         out = {}
-        for name, lay in self.layouts.items():
+        for name, spec in self.specs.items():
             a = self.memory.tensors[name]
-            n = lay.nbytes
+            n = spec.nbytes
             if n == 0:
-                out[name] = torch.empty_strided(lay.shape, lay.stride, dtype=lay.dtype, device=arena.device)
+                out[name] = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype,
+                                                device=arena.device)
                 continue
-            flat = arena.narrow(0, int(a.offset or 0), n).view(lay.dtype)
-            out[name] = flat.as_strided(lay.shape, lay.stride)
+            flat = arena.narrow(0, int(a.offset or 0), n).view(spec.dtype)
+            out[name] = flat.as_strided(spec.shape, spec.stride)
         return out
 
     def summary(self) -> dict[str, int]:
-        return {"arena_bytes": self.arena_bytes, "placed": len(self.layouts),
+        return {"arena_bytes": self.arena_bytes, "placed": len(self.specs),
                 "sum_bytes": self.memory.sum_bytes, "views": len(self.views_of),
                 "unplaced": len(self.unplaced)}
 
@@ -137,26 +142,26 @@ def release_step(users: int, first: int, before: Sequence[int], device: Sequence
     return last
 
 
-def plan_arena(record: Record, streams: Sequence[int], waits: Sequence[Sequence[int]],
+def plan_arena(trace: Trace, streams: Sequence[int], waits: Sequence[Sequence[int]],
                device: Sequence[bool], keep: Sequence[str], alignment: int = ALIGNMENT) -> ArenaPlan:
-    """Offsets for every placed tensor of ``record`` (see module docstring). ``keep``: tensors
+    """Offsets for every placed tensor of ``trace`` (see module docstring). ``keep``: tensors
     read after the last step (the engine's outputs)."""
     n = len(streams)
     before = happens_before(streams, waits, device)
-    users: dict[str, int] = {name: 1 << p for name, p in record.producer.items()}
-    for name, steps in record.readers.items():
-        root = record.root(name)
+    users: dict[str, int] = {name: 1 << p for name, p in trace.producer.items()}
+    for name, steps in trace.readers.items():
+        root = trace.root(name)
         if root in users:
             for r in steps:
                 users[root] |= 1 << r
     requests: dict[str, tuple[Optional[int], int, int]] = {}
-    kept = {record.root(k) for k in keep}
+    kept = {trace.root(k) for k in keep}
     for name, mask in users.items():
-        first = record.producer[name]
+        first = trace.producer[name]
         last = n if name in kept else release_step(mask, first, before, device)
-        requests[name] = (record.layouts[name].nbytes, first, last)
+        requests[name] = (trace.specs[name].nbytes, first, last)
     memory = allocate(requests, alignment, num_layers=n)
-    return ArenaPlan(memory, dict(record.layouts), dict(record.base), dict(record.unplaced))
+    return ArenaPlan(memory, dict(trace.specs), dict(trace.base), dict(trace.unplaced))
 
 
 def placeable(t: torch.Tensor) -> Optional[str]:

@@ -1,14 +1,15 @@
 """Running a CUDA engine: one CUDA graph per input shape, replayed; pinned host buffers.
 
 ``CudaExecutor`` is the per-context state (the runtime's ``ExecutionContext`` delegates to it when
-the engine's device is ``cuda``; several runners share one ``CudaProgram`` and its weights):
+the engine's device is ``cuda``; several executors share one ``CudaProgram`` and its weights):
 
 - its own stream and side streams (for parallel branches inside the graph);
-- one device arena (``ember.backends.cuda.arena``): before capturing a shape, the runner records
-  one eager run, plans every intermediate's offset (stream-aware lifetimes, best fit) and
-  captures the layers writing there; all shapes share the arena (sized for the largest seen;
-  when a larger shape grows it, the other shapes are captured again into the new one on their
-  next run). Library scratch and the outputs come from the graph's private pool;
+- one device arena (``arena``): before capturing a shape, the executor traces one eager run
+  (``CudaProgram.trace``), plans every intermediate's offset (stream-aware lifetimes, best fit)
+  and captures the layers writing there (``graphs.capture_graph``); all shapes share the arena
+  (sized for the largest seen; when a larger shape grows it, the other shapes are captured again
+  into the new one on their next run). Library scratch and the outputs come from the graph's
+  private pool;
 - per input shape: static device input buffers, a captured ``torch.cuda.CUDAGraph`` (replays
   allocate nothing), static outputs, and pinned host buffers for the copies in and out;
 - a clean fallback: if the engine has a layer that cannot be captured (it moves a run-time value
@@ -20,7 +21,7 @@ enqueues on a stream and returns device (or pinned host) tensors valid once the 
 
 GPU inputs without a copy: a captured graph reads its inputs from fixed addresses. When the
 same GPU tensor objects (same addresses, shapes, dtypes; contiguous) come back a second time, the
-runner captures a graph *bound* to them and keeps a reference to them (so their memory cannot
+executor captures a graph *bound* to them and keeps a reference to them (so their memory cannot
 be freed or reused under the graph); from then on a run with those tensors reads them where
 they are, with no copy into the static buffers. A caller that refills one input buffer per
 request gets this on its second call; fresh tensors every call take the copy path (one
@@ -28,7 +29,6 @@ device-to-device copy per input). At most ``max_bound`` such bindings are kept p
 """
 from __future__ import annotations
 
-import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -38,18 +38,14 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from ember.backends.base import Backend, Executor
-from ember.backends.cuda.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
+from ember.backends.base import Executor
 from ember.backends.cuda.device import host_tensor
-from ember.backends.cuda.program import CudaProgram
+from ember.backends.cuda.exec.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
+from ember.backends.cuda.exec.graphs import CAPTURE_LOCK, capture_graph
+from ember.backends.cuda.exec.program import CudaProgram
 from ember.errors import InputError
-from ember.plan.plan import Plan
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
-
-#: One capture at a time in this process: capture entry synchronizes the device, which must not
-#: happen while another context's thread is in the middle of its own capture.
-_CAPTURE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -69,7 +65,7 @@ class _Slot:
 
 
 @dataclass
-class Timing:
+class RunTiming:
     """The last run's split, in ms (CUDA events): host-to-device, GPU compute, device-to-host."""
 
     h2d_ms: float = 0.0
@@ -151,11 +147,11 @@ class CudaExecutor(Executor):
         self._copy_done = ev[3]
         return result
 
-    def last_timing(self) -> Timing:
+    def last_timing(self) -> RunTiming:
         """The H2D / compute / D2H split of the last run (waits for it to finish)."""
         self._events[3].synchronize()
         e = self._events
-        return Timing(e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2]), e[2].elapsed_time(e[3]))
+        return RunTiming(e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2]), e[2].elapsed_time(e[3]))
 
     def input_buffer(self, feeds_like: Mapping[str, Any], name: str) -> torch.Tensor:
         """The static device buffer of input ``name`` for these shapes: write into it and pass it
@@ -332,7 +328,7 @@ class CudaExecutor(Executor):
                 v = feeds[n]
                 static.copy_(host_tensor(v) if not isinstance(v, torch.Tensor) else v)
         streams = [self.stream, *self.side]
-        with _CAPTURE_LOCK:
+        with CAPTURE_LOCK:
             try:
                 with torch.inference_mode():
                     self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -343,10 +339,9 @@ class CudaExecutor(Executor):
                     self.stream.synchronize()
                     reserved = torch.cuda.memory_reserved(self.device)
                     stats = ArenaStats() if views is not None else None
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self._pool, stream=self.stream,
-                                          capture_error_mode="thread_local"):
-                        outs = self.program.forward(slot.inputs, streams, arena=views, stats=stats)
+                    graph, outs = capture_graph(
+                        lambda: self.program.forward(slot.inputs, streams, arena=views, stats=stats),
+                        stream=self.stream, pool=self._pool)
                 torch.cuda.synchronize(self.device)
             except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
                 torch.cuda.synchronize(self.device)
@@ -361,11 +356,11 @@ class CudaExecutor(Executor):
             self.captures += 1
 
     def _plan_arena(self, slot: _Slot, streams: list) -> dict[str, torch.Tensor]:
-        """Records one eager run, plans the arena for this shape and returns its views (growing
+        """Traces one eager run, plans the arena for this shape and returns its views (growing
         the context's arena if this shape needs more; see module docstring)."""
         steps = self.program.steps
-        record = self.program.record(slot.inputs, streams)
-        plan = plan_arena(record, [s.stream % len(streams) for s in steps], [s.waits for s in steps],
+        trace = self.program.trace(slot.inputs, streams)
+        plan = plan_arena(trace, [s.stream % len(streams) for s in steps], [s.waits for s in steps],
                           [not s.on_host for s in steps], self.program.graph.outputs)
         if self._arena is None or self._arena.numel() < plan.arena_bytes:
             self._arena = None  # the old one lives on while a shape's graph still writes into it
@@ -400,16 +395,3 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.numpy().copy()
-
-
-def program_from_plan(plan: Plan, backend: Optional[Backend] = None,
-                      device: Optional[torch.device] = None) -> CudaProgram:
-    """The ``CudaProgram`` of an engine plan: its graph and records, each layer's tactic and
-    precision, its constants, and the configuration's ``cuda_graphs`` / ``cuda_arena``."""
-    from ember.backends.cuda.program import LayerSpec
-
-    layers = {layer.name: LayerSpec(layer.tactic, layer.precision) for layer in plan.layers}
-    if device is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return CudaProgram.build(plan.graph, layers, plan.graph.constants, records=plan.records,
-                             config=plan.config, backend=backend, device=device)

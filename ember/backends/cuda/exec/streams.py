@@ -20,11 +20,11 @@ from typing import Sequence
 @dataclass(frozen=True)
 class StreamPlan:
     """``stream[i]``: the stream of step ``i``; ``waits[i]``: steps on other streams it waits for;
-    ``records``: steps whose completion another stream waits for (they record an event)."""
+    ``event_steps``: steps whose completion another stream waits for (they record an event)."""
 
     stream: list[int]
     waits: list[tuple[int, ...]]
-    records: frozenset[int]
+    event_steps: frozenset[int]
 
     @property
     def num_streams(self) -> int:
@@ -51,9 +51,9 @@ def assign_streams(producers: Sequence[Sequence[int]], max_streams: int = 4) -> 
                 next_new += 1
         stream.append(chosen)
     waits = []
-    records: set[int] = set()
+    event_steps: set[int] = set()
     for i, preds in enumerate(producers):
         w = tuple(sorted({p for p in preds if stream[p] != stream[i]}))
         waits.append(w)
-        records.update(w)
-    return StreamPlan(stream, waits, frozenset(records))
+        event_steps.update(w)
+    return StreamPlan(stream, waits, frozenset(event_steps))

@@ -77,7 +77,7 @@ for _rank, _name in enumerate(("sdpa_efficient", "sdpa_flash", "sdpa_cudnn", "sd
 
 def _graph_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """4-D q/k/v and no mask or a float one, where the cuDNN frontend is installed."""
-    from ember.backends.cuda import cudnn_graph
+    from ember.backends.cuda.libs import cudnn_graph
 
     if graph is not None:
         types = [graph.types.get(i) for i in node.inputs[:3]]
@@ -91,10 +91,10 @@ def _graph_applies(node: Node, graph: Optional[Graph], records: Optional[Records
 
 @register_cuda_kernel(OpType.FUSED_ATTENTION, "sdpa_cudnn_graph", rank=5, when=_graph_applies)
 def attention_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
-    """cuDNN's fused attention through the cuDNN frontend (``ember.backends.cuda.cudnn_graph``):
+    """cuDNN's fused attention through the cuDNN frontend (``ember.backends.cuda.libs.cudnn_graph``):
     the same kind of kernel as ``sdpa_cudnn``, but it writes its result wherever it is told
     (``WriteInto``: its place in the context's arena), any strides with the last dim packed."""
-    from ember.backends.cuda import cudnn_graph
+    from ember.backends.cuda.libs import cudnn_graph
 
     a: FusedAttentionAttrs = node.attrs
     if ctx.precision not in ("fp16", "bf16"):

@@ -26,8 +26,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import InplaceAct, activation_fn, inplace_activation
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into, write_into_of
-from ember.backends.cpu.kernels.common import activation_fn, arg, auto_pads, split_pads, torch_pad_arg
+from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.gemm_into import MatrixViews, gemm_into, input_matrix, matrix_view
@@ -42,6 +43,9 @@ from ember.ops.attrs import Activation, BatchNormAttrs, ConvAttrs, ConvTranspose
 
 Tensor = torch.Tensor
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: Epilogues the ``cudnn`` tactic applies in place after the convolution (and so can apply to an
+#: output it writes into); the others run out of place, and the tactic offers no ``write_into``.
+_CUDNN_IN_PLACE = frozenset({Activation.NONE, Activation.RELU, Activation.CLIP})
 
 
 class ConvGeom:
@@ -126,7 +130,8 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
     fmt = conv_format(node, ctx)
     w, b = conv_weight(ctx, node, dtype, fmt), conv_bias(ctx, node, dtype)
     fn, act_fn, prec = _CONV[geom.n], activation_fn(act, params), ctx.precision
-    in_place = act in (Activation.RELU, Activation.CLIP, Activation.NONE)
+    in_place = act in _CUDNN_IN_PLACE
+    act_ = _cudnn_inplace(act, params)
 
     def run(inputs) -> list:
         x, padding = prepare_input(inputs[0], geom, dtype, fmt)
@@ -134,18 +139,23 @@ def conv_cudnn(node: Node, ctx: CompileContext) -> Kernel:
             y = fn(x, w, b, geom.stride, padding, geom.dilation, geom.groups)
         if has_res:
             y.add_(cast_float(arg(inputs, 3), dtype))
-        if act_fn is not None:
-            if in_place and act is Activation.RELU:
-                y.relu_()
-            elif in_place and act is Activation.CLIP:
-                y.clamp_(*clip_bounds(params))
-            else:
-                y = act_fn(y)
+        if act_ is not None:
+            act_(y)
+        elif act_fn is not None:
+            y = act_fn(y)
         return [y]
 
     if has_res or not in_place or geom.n != 2:
         return run
-    return with_write_into(run, _cudnn_write_into(geom, w, b, act, params, dtype, prec, fmt))
+    return with_write_into(run, _cudnn_write_into(geom, w, b, act_, dtype, prec, fmt))
+
+
+def _cudnn_inplace(act: Activation, params: tuple[float, ...]) -> Optional[InplaceAct]:
+    """The in-place epilogue of the ``cudnn`` tactic (``_CUDNN_IN_PLACE``), ``None`` for no
+    activation or one applied out of place."""
+    if act is Activation.NONE or act not in _CUDNN_IN_PLACE:
+        return None
+    return inplace_activation(act, params)
 
 
 def _packed(out: Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> bool:
@@ -161,12 +171,11 @@ def _packed(out: Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> bool:
     return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=fmt)
 
 
-def _cudnn_write_into(geom: "ConvGeom", w: Tensor, b: Optional[Tensor], act: Activation,
-                      params: tuple[float, ...], dtype: torch.dtype, prec: str,
-                      fmt: torch.memory_format) -> WriteInto:
+def _cudnn_write_into(geom: "ConvGeom", w: Tensor, b: Optional[Tensor], act_: Optional[InplaceAct],
+                      dtype: torch.dtype, prec: str, fmt: torch.memory_format) -> WriteInto:
     """The ``cudnn`` tactic straight into a given output: ``aten::cudnn_convolution.out`` (a real
-    out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and
-    ReLU/Clip in place on it."""
+    out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and the
+    in-place activation ``act_`` (ReLU/Clip, ``_cudnn_inplace``) on it."""
     bias = None if b is None else b.view(1, -1, 1, 1)
 
     def write(inputs, out: Tensor) -> bool:
@@ -176,10 +185,8 @@ def _cudnn_write_into(geom: "ConvGeom", w: Tensor, b: Optional[Tensor], act: Act
         _cudnn_out(x, w, padding, geom, prec, out)
         if bias is not None:
             out.add_(bias)
-        if act is Activation.RELU:
-            out.relu_()
-        elif act is Activation.CLIP:
-            out.clamp_(*clip_bounds(params))
+        if act_ is not None:
+            act_(out)
         return True
 
     return WriteInto(write, lambda out: _packed(out, dtype, fmt))
@@ -343,7 +350,8 @@ def _pointwise_write_into(w_t: Tensor, b: Optional[Tensor], relu: bool, has_res:
     ``accepts``: the layer's dtype, ``Cout`` channels, and a pixel matrix cuBLAS writes as is
     (``matrix_view``); not a packed copy of any other layout."""
     cin, cout = int(w_t.shape[0]), int(w_t.shape[1])
-    act = torch.relu_ if relu else (lambda t: t)
+    act = inplace_activation(Activation.RELU if relu else Activation.NONE, ())
+    assert act is not None  # both have an in-place form
     out_views, in_views = MatrixViews(), MatrixViews()
 
     def accepts(out: Tensor) -> bool:
@@ -378,7 +386,7 @@ def _pointwise_write_into(w_t: Tensor, b: Optional[Tensor], relu: bool, has_res:
 
 
 def _triton_epilogue_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
-    from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
+    from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
 
     a = node.attrs
     return (isinstance(a, FusedConvAttrs) and len(a.conv.kernel_shape) == 2
@@ -390,7 +398,7 @@ def _triton_epilogue_applies(node: Node, graph: Optional[Graph], records: Option
                       needs_triton=True)
 def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """cuDNN convolution without bias, then Ember's Triton epilogue: bias + residual + activation."""
-    from ember.backends.cuda.triton_ops import bias_act_
+    from ember.backends.cuda.libs.triton_ops import bias_act_
 
     conv, act, params, has_res = conv_attrs(node)
     dtype = compute_dtype(ctx.precision)

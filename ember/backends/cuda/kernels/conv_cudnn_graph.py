@@ -1,5 +1,5 @@
 """FusedConv / Conv as one cuDNN graph (``cudnn_graph`` tactic): conv + bias (+ residual)
-(+ ReLU / clip) through the cuDNN frontend (``ember.backends.cuda.cudnn_graph``).
+(+ ReLU / clip) through the cuDNN frontend (``ember.backends.cuda.libs.cudnn_graph``).
 
 It runs the same cuDNN engines as ``cudnn_fused`` (``torch.cudnn_convolution_relu``), but writes
 its result wherever it is told (``WriteInto``): its place in the context's arena, or a strided
@@ -15,14 +15,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import ACTIVATIONS
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cuda import cudnn_graph
+from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.kernels.conv import (
     conv_bias, clip_bounds, conv_attrs, ConvGeom, prepare_input, conv_weight, conv_format, register_padded,
 )
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.backends.cuda.triton_ops import pool_output_size
+from ember.backends.cuda.libs.triton_ops import pool_output_size
 from ember.backends.layout import to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -31,14 +32,19 @@ from ember.plan.records import Records
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 
 Tensor = torch.Tensor
-_ACTS = {Activation.NONE: "none", Activation.RELU: "relu", Activation.CLIP: "clip"}
+
+
+def _graph_act(act: Activation) -> Optional[str]:
+    """The cuDNN graph's pointwise step for ``act`` (``ActivationRow.cudnn_graph``), ``None``
+    where the graph has none (the tactic does not apply)."""
+    return ACTIVATIONS[act].cudnn_graph
 
 
 def _applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
     conv = a.conv if isinstance(a, FusedConvAttrs) else a
     act = a.activation if isinstance(a, FusedConvAttrs) else Activation.NONE
-    if not isinstance(conv, ConvAttrs) or len(conv.kernel_shape) != 2 or act not in _ACTS:
+    if not isinstance(conv, ConvAttrs) or len(conv.kernel_shape) != 2 or _graph_act(act) is None:
         return False
     if graph is not None and node.input(1) not in graph.constants:
         return False
@@ -58,7 +64,11 @@ def conv_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
     fmt = conv_format(node, ctx)
     w, b = conv_weight(ctx, node, dtype, fmt), conv_bias(ctx, node, dtype)
     bias = None if b is None else b.view(1, -1, 1, 1)
-    kind, clip = _ACTS[act], clip_bounds(params) if act is Activation.CLIP else (None, None)
+    kind = _graph_act(act)
+    if kind is None:
+        raise BuildError(f"node {node.name!r}: the cudnn_graph tactic has no step for activation "
+                         f"{act.name}; choose another tactic for this layer")
+    clip = clip_bounds(params) if act is Activation.CLIP else (None, None)
     stride, dilation = list(geom.stride), list(geom.dilation)
 
     def reference(x: Tensor, padding, z: Optional[Tensor]):

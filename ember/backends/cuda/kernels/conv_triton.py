@@ -1,4 +1,4 @@
-"""Conv / FusedConv on Ember's Triton implicit-GEMM convolution (``ember.backends.cuda.triton_conv``):
+"""Conv / FusedConv on Ember's Triton implicit-GEMM convolution (``ember.backends.cuda.libs.triton_conv``):
 one tactic per tile configuration, ``triton_igemm_<BMxBNxBK>``.
 
 What it is for: it writes its result through any output strides, so the producer of a Concat
@@ -30,7 +30,7 @@ from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
 from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.kernels.conv import conv_format
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.backends.cuda.triton_conv import CONFIGS, TileConfig
+from ember.backends.cuda.libs.triton_conv import CONFIGS, TileConfig
 
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -60,7 +60,7 @@ def _saves_a_pass(node: Node, graph: Graph, records: Optional[Records]) -> bool:
 
 def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
-    from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
+    from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
 
     conv, act, _, _ = _parts(node)
     if conv is None or graph is None or len(conv.kernel_shape) != 2 or conv.group != 1:
@@ -93,7 +93,7 @@ class _Pads:
 
 def _factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
-        from ember.backends.cuda import triton_conv as T
+        from ember.backends.cuda.libs import triton_conv as T
 
         conv, act, params, has_res = _parts(node)
         if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:

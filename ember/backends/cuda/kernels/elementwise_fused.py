@@ -47,7 +47,7 @@ def fused_elementwise_eager(node: Node, ctx: CompileContext) -> Kernel:
 
 
 def _program(node: Node, graph: Graph):
-    from ember.backends.cuda.triton_elementwise import elementwise_program
+    from ember.backends.cuda.libs.triton_elementwise import elementwise_program
 
     in_types = [graph.types.get(i) for i in node.inputs]
     if any(t is None for t in in_types):
@@ -58,7 +58,7 @@ def _program(node: Node, graph: Graph):
 def _has_triton_form(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     if graph is None or not node.inputs:
         return False
-    from ember.backends.cuda.triton_elementwise import NoTritonForm
+    from ember.backends.cuda.libs.triton_elementwise import NoTritonForm
 
     try:
         _program(node, graph)
@@ -70,7 +70,7 @@ def _has_triton_form(node: Node, graph: Optional[Graph], records: Optional[Recor
 @register_cuda_kernel(OpType.FUSED_ELEMENTWISE, "triton", rank=10, when=_has_triton_form, needs_triton=True)
 def fused_elementwise_triton(node: Node, ctx: CompileContext) -> Kernel:
     """The whole chain as one generated Triton kernel (fp32 math, output in its own dtype)."""
-    from ember.backends.cuda.triton_elementwise import F, run_program
+    from ember.backends.cuda.libs.triton_elementwise import F, run_program
     from ember.backends.layout import dense
     from ember.backends.tensors import torch_dtype
 

@@ -26,12 +26,12 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import ACTIVATIONS, activation_fn, inplace_activation
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cpu.kernels.common import activation_fn, arg
+from ember.backends.cpu.kernels.common import arg
 from ember.backends.cpu.kernels.linalg import gemm_value
 from ember.backends.cuda.device import cast_float, cast_inputs, compute_dtype, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.backends.gemm_into import InplaceAct, inplace_activation
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.plan.records import Records
@@ -115,16 +115,6 @@ def _linear_write_into(lin: _Linear, dtype: torch.dtype, prec: str, packed: bool
     return WriteInto(write, lambda out: matrix(out) is not None)
 
 
-def _inplace_act(act: Activation, params: tuple[float, ...]) -> Optional[InplaceAct]:
-    """``act`` in place on a tensor of any strides (``gemm_into.inplace_activation``, plus
-    ``aten::gelu_``, the in-place form of ``F.gelu``'s kernel); ``None`` when it has none."""
-    if act is Activation.GELU_ERF:
-        return lambda t: torch.ops.aten.gelu_(t)
-    if act is Activation.GELU_TANH:
-        return lambda t: torch.ops.aten.gelu_(t, approximate="tanh")
-    return inplace_activation(act, params)
-
-
 def _linear_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """B constant 2-D and C absent or a constant broadcastable along N (a bias vector)."""
     if graph is None or node.input(1) not in graph.constants:
@@ -178,7 +168,7 @@ def linear_cublas(node: Node, ctx: CompileContext) -> Kernel:
             y = act_fn(y)
         return [y]
 
-    act_ = _inplace_act(act, params)
+    act_ = inplace_activation(act, params)
     if act_ is None:
         return run
     w_t = lin.weight.t()
@@ -197,9 +187,20 @@ def linear_cublas(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, _linear_write_into(lin, dtype, prec, False, gemm))
 
 
+#: The cuBLASLt epilogues (``ActivationRow.cublaslt``) ``torch._addmm_activation`` exposes, with
+#: its ``use_gelu`` for each: bias + ReLU and bias + tanh-GELU only (no plain bias, no erf GELU).
+_ADDMM_ACTIVATION_EPILOGUES = {"RELU_BIAS": False, "GELU_BIAS": True}
+
+
+def _lt_epilogue(act: Activation) -> Optional[bool]:
+    """``use_gelu`` of ``torch._addmm_activation`` for ``act``, or ``None`` when it has no such
+    cuBLASLt epilogue."""
+    return _ADDMM_ACTIVATION_EPILOGUES.get(ACTIVATIONS[act].cublaslt or "")
+
+
 def _lt_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
-    return (isinstance(a, FusedGemmAttrs) and a.activation in (Activation.RELU, Activation.GELU_TANH)
+    return (isinstance(a, FusedGemmAttrs) and _lt_epilogue(a.activation) is not None
             and bool(node.input(2)) and _linear_applies(node, graph))
 
 
@@ -208,7 +209,7 @@ def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
     """Bias + ReLU (or tanh-GELU) in the cuBLASLt epilogue: one kernel, no extra pass."""
     dtype = compute_dtype(ctx.precision)
     lin = _Linear(node, ctx, _gemm_attrs(node), dtype)
-    gelu = _act(node)[0] is Activation.GELU_TANH
+    gelu = bool(_lt_epilogue(_act(node)[0]))
     w_t, prec = lin.weight.t(), ctx.precision
 
     def run(inputs) -> list:
@@ -226,7 +227,7 @@ def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
 
 
 def _triton_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
-    from ember.backends.cuda.triton_ops import EPILOGUE_ACTIVATIONS
+    from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
 
     a = node.attrs
     return (isinstance(a, FusedGemmAttrs) and a.activation in EPILOGUE_ACTIVATIONS
@@ -237,7 +238,7 @@ def _triton_applies(node: Node, graph: Optional[Graph], records: Optional[Record
                       needs_triton=True)
 def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
     """cuBLAS product without bias, then Ember's Triton bias + activation pass (e.g. exact GELU)."""
-    from ember.backends.cuda.triton_ops import bias_act_
+    from ember.backends.cuda.libs.triton_ops import bias_act_
 
     dtype = compute_dtype(ctx.precision)
     lin = _Linear(node, ctx, _gemm_attrs(node), dtype)

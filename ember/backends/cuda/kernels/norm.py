@@ -102,7 +102,7 @@ def _make_triton_ln(rows_per_program: int):
     fp32 in registers and never stored: one read of each input, one write)."""
 
     def factory(node: Node, ctx: CompileContext) -> Kernel:
-        from ember.backends.cuda.triton_ops import layer_norm
+        from ember.backends.cuda.libs.triton_ops import layer_norm
 
         a = node.attrs or LayerNormAttrs()
         skip = node.op is OpType.SKIP_LAYER_NORM
@@ -210,7 +210,7 @@ def _last_axis_softmax(node: Node, graph: Optional[Graph], records: Optional[Rec
 @register_cuda_kernel(OpType.SOFTMAX, "triton", rank=10, when=_last_axis_softmax, needs_triton=True)
 def softmax_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's Triton softmax over the last axis (one row per program, fp32 math)."""
-    from ember.backends.cuda.triton_ops import softmax_lastdim
+    from ember.backends.cuda.libs.triton_ops import softmax_lastdim
 
     dtype = compute_dtype(ctx.precision)
 
@@ -276,9 +276,9 @@ def _lrn_4d(node: Node, graph: Optional[Graph], records: Optional[Records] = Non
 @register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, channels_last_only=True, needs_triton=True)
 def lrn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's one-pass Triton LRN (channels-last, fp32 window sums)."""
-    from ember.backends.cuda.triton_ops import lrn as lrn_op
+    from ember.backends.cuda.libs.triton_ops import lrn as lrn_op
 
-    from ember.backends.cuda.triton_ops import fits
+    from ember.backends.cuda.libs.triton_ops import fits
 
     a: LRNAttrs = node.attrs
     dtype = compute_dtype(ctx.precision)

@@ -94,7 +94,7 @@ def _max_pool_2d(node: Node, graph: "Graph | None", records: Optional[Records] =
 @register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, channels_last_only=True, needs_triton=True)
 def max_pool_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's Triton max pooling on channels-last activations (one read of each window row)."""
-    from ember.backends.cuda.triton_ops import max_pool2d_nhwc, max_pool2d_shape
+    from ember.backends.cuda.libs.triton_ops import max_pool2d_nhwc, max_pool2d_shape
 
     a: PoolAttrs = node.attrs
     dtype = compute_dtype(ctx.precision)

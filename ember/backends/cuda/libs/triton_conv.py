@@ -26,7 +26,7 @@ row ``(kh*KW + kw)*Cin + c``, columns padded with zeros to a multiple of 16, so 
   only; half operands pass Triton's default).
 - Epilogue in fp32: ``act(acc + bias + residual)`` (the residual read through its own strides),
   activations from ``triton_ops.ACT_CODES`` through the shared ``activate`` of
-  ``_triton_kernels`` (none, ReLU, Clip/ReLU6, leaky ReLU, sigmoid, SiLU, hard-swish,
+  ``triton_jit`` (none, ReLU, Clip/ReLU6, leaky ReLU, sigmoid, SiLU, hard-swish,
   hard-sigmoid, tanh, GELU erf/tanh), then one rounding to the output's dtype.
 - Output: a fresh channels-last tensor, or any given ``out`` (e.g. a slice of a Concat's buffer)
   through its strides.
@@ -130,7 +130,7 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
     ``x``: ``[N, Cin, H, W]`` (any strides, any float dtype); ``bias``: ``[Cout]`` or ``None``;
     ``residual``: the output's shape (any strides) or ``None``; ``pads``: (top, left, bottom,
     right); ``precision``: the layer's (``tf32`` lets fp32 operands use TF32 tensor cores)."""
-    from ember.backends.cuda.triton_ops import ACT_CODES, epilogue_params
+    from ember.backends.cuda.libs.triton_ops import ACT_CODES, epilogue_params
 
     if triton is None:
         raise RuntimeError("the Triton convolution needs the triton package; choose another tactic")
@@ -171,7 +171,7 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
 
 
 if triton is not None:
-    from ember.backends.cuda._triton_kernels import activate
+    from ember.backends.cuda.libs.triton_jit import activate
 
     @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "STRIDE_H", "STRIDE_W", "PAD_H",
                                    "PAD_W", "DIL_H", "DIL_W"])

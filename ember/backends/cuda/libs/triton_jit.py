@@ -1,4 +1,5 @@
-"""Triton kernels behind ``triton_ops`` (imported only where Triton is installed)."""
+"""The ``@triton.jit`` functions behind ``triton_ops`` and ``triton_conv`` (imported only where
+Triton is installed, and only when a kernel is first launched)."""
 from __future__ import annotations
 
 import triton

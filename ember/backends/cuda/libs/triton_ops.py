@@ -1,4 +1,4 @@
-"""Ember's Triton kernels, as plain tensor functions (the kernels live in ``_triton_kernels``,
+"""Ember's Triton kernels, as plain tensor functions (the ``@triton.jit`` code lives in ``triton_jit``,
 imported only when a kernel is first used, so this module imports on machines without Triton).
 
 - ``bias_act_(y, bias, residual, act, params)``: in place on ``y``, one pass: ``y + bias``
@@ -26,14 +26,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from ember.backends.activations import ACTIVATIONS
 from ember.ops.attrs import Activation, activation_params
 
-#: Activation codes shared with the kernels.
-ACT_CODES = {
-    Activation.NONE: 0, Activation.RELU: 1, Activation.CLIP: 2, Activation.LEAKY_RELU: 3,
-    Activation.SIGMOID: 4, Activation.SILU: 5, Activation.HARD_SWISH: 6, Activation.HARD_SIGMOID: 7,
-    Activation.TANH: 8, Activation.GELU_ERF: 9, Activation.GELU_TANH: 10,
-}
+#: The ``ACT`` code of each activation the kernels' ``activate`` implements (``triton_jit``), from
+#: the activation table (``ActivationRow.triton``).
+ACT_CODES: dict[Activation, int] = {a: row.triton for a, row in ACTIVATIONS.items() if row.triton is not None}
 #: Activations the Triton epilogue implements.
 EPILOGUE_ACTIVATIONS = frozenset(ACT_CODES)
 
@@ -67,7 +65,7 @@ def bias_act_(y: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[
     it in one pass; an NCHW ``y`` keeps its format: the kernel indexes the bias by the fastest
     dim, so the bias is added first and the pass does residual and activation. Any other ``y``
     is computed in a channels-last / row-major copy, which is returned."""
-    from ember.backends.cuda import _triton_kernels as K
+    from ember.backends.cuda.libs import triton_jit as K
 
     if _nchw(y):
         fmt = torch.contiguous_format
@@ -127,7 +125,7 @@ def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Ten
     fp32; fp32 statistics; output in ``x``'s dtype), into ``out`` when given (contiguous, ``x``'s
     shape and dtype). ``rows_per_program`` (a power of two): rows one Triton program normalizes
     (several short rows per program fill its warps better)."""
-    from ember.backends.cuda import _triton_kernels as K
+    from ember.backends.cuda.libs import triton_jit as K
 
     y = _output(out, x, x.shape)
     x = x.contiguous()
@@ -151,7 +149,7 @@ def layer_norm(x: torch.Tensor, w: Optional[torch.Tensor], b: Optional[torch.Ten
 def softmax_lastdim(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax over the last axis of ``x`` (fp32 math; output in ``x``'s dtype), into ``out``
     when given (contiguous, ``x``'s shape and dtype)."""
-    from ember.backends.cuda import _triton_kernels as K
+    from ember.backends.cuda.libs import triton_jit as K
 
     y = _output(out, x, x.shape)
     x = x.contiguous()
@@ -166,7 +164,7 @@ def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float,
         out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ONNX LRN over dim 1 of a 4-D ``x``; output channels-last in ``x``'s dtype (into ``out``
     when given: packed channels-last, ``x``'s shape and dtype)."""
-    from ember.backends.cuda import _triton_kernels as K
+    from ember.backends.cuda.libs import triton_jit as K
 
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
@@ -207,7 +205,7 @@ def max_pool2d_nhwc(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[in
                     ceil: bool, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Max pooling of a 4-D tensor in channels-last order; output channels-last (into ``out``
     when given: packed channels-last, of the output's shape and ``x``'s dtype)."""
-    from ember.backends.cuda import _triton_kernels as K
+    from ember.backends.cuda.libs import triton_jit as K
 
     shape = max_pool2d_shape(x.shape, kernel, strides, begins, ends, dilations, ceil)
     y = _output(out, x, shape, torch.channels_last)

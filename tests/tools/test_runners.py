@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ember.zoo.runners import OrtRunner, TorchRunner, max_rel_error, time_ms
+from ember.tools.runners import OrtRunner, TorchRunner, max_rel_error, time_ms
 
 
 def test_max_rel_error_is_relative_to_the_reference_peak():

@@ -26,9 +26,9 @@ def run(model: str, batch: int, iterations: int, cache: str) -> dict:
     import torch
 
     import ember
-    from ember.backends.cuda.device import host_tensor
-    from ember.backends.cuda.exec.executor import CudaExecutor as CudaRunner
+    from ember.backends.cuda.exec.executor import CudaExecutor
     from ember.backends.cuda.exec.program import program_from_plan
+    from ember.backends.tensors import numpy_to_torch
     from ember.tools.bench import BenchOptions, resolve_source
     from ember.tools.bench_stats import measure
 
@@ -42,24 +42,25 @@ def run(model: str, batch: int, iterations: int, cache: str) -> dict:
     tactics: dict[str, int] = {}
     for layer in engine.plan.layers:
         tactics[layer.tactic] = tactics.get(layer.tactic, 0) + 1
-    runners, bufs, outs = {}, {}, {}
+    # two executors made here, not through contexts: this A/B switches the arena off in one program
+    executors, bufs, outs = {}, {}, {}
     for arena in (True, False):
         program = program_from_plan(engine.plan)
         program.use_arena = arena
-        runner = runners[arena] = CudaRunner(program)
+        executor = executors[arena] = CudaExecutor(program)
         bufs[arena] = {}
         for name, v in src.feeds.items():
-            bufs[arena][name] = runner.input_buffer(src.feeds, name)
-            bufs[arena][name].copy_(host_tensor(v))
-        outs[arena] = {k: v.float().clone() for k, v in runner.run_device(bufs[arena]).items()}
+            bufs[arena][name] = executor.input_buffer(src.feeds, name)
+            bufs[arena][name].copy_(numpy_to_torch(v, torch.device("cpu")))
+        outs[arena] = {k: v.float().clone() for k, v in executor.run_device(bufs[arena]).items()}
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(5):  # alternate, so drift hits both alike
         for arena in (True, False):
-            times[arena] += measure(lambda: runners[arena].run_device(bufs[arena]), "cuda", iterations // 5, 3)
+            times[arena] += measure(lambda: executors[arena].run_device(bufs[arena]), "cuda", iterations // 5, 3)
     diff = max(float(((outs[True][k] - outs[False][k]).abs().max() / outs[False][k].abs().max().clamp(min=1e-6)))
                for k in outs[True])
-    mem_a, mem_p = runners[True].memory(), runners[False].memory()
-    report = runners[True].arena_report() or {}
+    mem_a, mem_p = executors[True].memory(), executors[False].memory()
+    report = executors[True].arena_report() or {}
     row = {"model": model, "batch": batch, "build_s": round(build_s, 1),
            "arena_ms": round(statistics.median(times[True]), 4), "pool_ms": round(statistics.median(times[False]), 4),
            "arena_bytes": mem_a["arena"], "arena_planned": mem_a["arena_planned"],
@@ -69,8 +70,8 @@ def run(model: str, batch: int, iterations: int, cache: str) -> dict:
            "copied_layers": report.get("copied_layers"), "max_rel_diff": diff, "tactics": tactics}
     row["arena_vs_pool"] = round(row["pool_ms"] / row["arena_ms"], 3)
     row["copied_timings"] = _timings(engine, cache, report.get("copied_layers") or [])
-    for r in runners.values():
-        r.close()
+    for e in executors.values():
+        e.close()
     del engine
     torch.cuda.empty_cache()
     return row

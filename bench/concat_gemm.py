@@ -43,7 +43,7 @@ from ember.backends.cpu.kernels import conv_mkldnn  # noqa: E402
 from ember.backends.gemm_into import pointwise_conv  # noqa: E402
 from ember.ir.optype import OpType  # noqa: E402
 from ember.runtime.concat_exec import plan_summary  # noqa: E402
-from ember.runtime.tensors import numpy_to_torch  # noqa: E402
+from ember.backends.tensors import numpy_to_torch  # noqa: E402
 
 ON = 1 << 40
 

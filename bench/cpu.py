@@ -22,12 +22,13 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402  (puts the repository on sys.path)
 import torch  # noqa: E402
 
 import ember  # noqa: E402
 from ember import zoo  # noqa: E402
-from ember.zoo.runners import EmberRunner, OrtRunner, TorchRunner, max_rel_error, time_ms  # noqa: E402
+from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner, max_rel_error, time_ms  # noqa: E402
+
+import common  # noqa: E402  (puts the repository on sys.path)
 
 MODELS = ("resnet-50", "googlenet", "mobilenet-v2", "bert-base")
 RUNTIMES = ("ember", "onnxruntime", "torch")

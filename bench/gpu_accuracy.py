@@ -90,7 +90,7 @@ def run_model(model: str, batch: int, precision: str, variants: list[str]) -> li
     import ember
     from ember import zoo
     from ember.tools.bench_peers import reference_outputs
-    from ember.runtime.tensors import max_relative_error
+    from ember.backends.tensors import max_relative_error
 
     path = zoo.export_onnx(model, batch=batch)
     feeds = zoo.sample_inputs(model, batch=batch)

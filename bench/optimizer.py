@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import ember  # noqa: E402
 from ember import zoo  # noqa: E402
 from ember.passes import pipeline  # noqa: E402
-from ember.zoo.runners import EmberRunner, OrtRunner, max_rel_error  # noqa: E402
+from ember.tools.runners import EmberRunner, OrtRunner, max_rel_error  # noqa: E402
 
 MODELS = ("resnet-50", "googlenet", "mobilenet-v2", "mobilenet-v3-small", "bert-base", "minilm")
 
@@ -124,7 +124,7 @@ def bench_model(name: str, iterations: int) -> dict:
     for key in engines:
         row[key]["median_ms"], row[key]["median_cpu_ms"] = medians[key]
     row["onnx_runtime_ms"], row["onnx_runtime_cpu_ms"] = medians["onnxruntime"]
-    row["fired"] = _fired(engines["full"].plan.graph.meta.get("pass_stats", []))
+    row["fired"] = _fired(engines["full"].plan.build_info.get("passes") or [])
     row["speedup_full_vs_raw"] = round(row["raw"]["median_ms"] / row["full"]["median_ms"], 2)
     row["cpu_time_ratio_full_vs_raw"] = round(row["raw"]["median_cpu_ms"] / row["full"]["median_cpu_ms"], 2)
     return row

@@ -121,8 +121,8 @@ def engines(batches) -> list[dict]:
                 engine = ember.build(str(path), cfg, progress=False, backend=backend)
                 summary = plan_summary(engine.plan)
                 timing, outs = measure_ember(engine, feeds, BenchOptions("googlenet", iterations=100, warmup=10))
-                slices = engine.plan.graph.meta.get("concat_slices") or {}
-                producers = {s["tensor"] for e in slices.values() for s in e["slices"] if s.get("in_place")}
+                concats = engine.plan.records.concat.concats
+                producers = {s.tensor for e in concats.values() for s in e.slices if s.in_place}
                 chosen = {lay.outputs[0]: {"tactic": lay.tactic, "timings": dict(lay.timings)}
                           for lay in engine.plan.layers if lay.outputs and lay.outputs[0] in producers}
                 results[label] = {"concat": summary, "line": report_line(summary),

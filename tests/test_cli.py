@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ember.cli import main, parse_shapes
+from ember.cli import main
 from ember.errors import InputError
+from ember.tools.args import parse_shapes
 
 
 def _tiny_cnn() -> onnx.ModelProto:

@@ -11,7 +11,7 @@ import pytest
 
 import ember
 from ember import zoo
-from ember.zoo.runners import EmberRunner, OrtRunner, max_rel_error
+from ember.tools.runners import EmberRunner, OrtRunner, max_rel_error
 
 TOLERANCE = 1e-4
 

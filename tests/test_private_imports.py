@@ -11,13 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Inside the CUDA backend, which is being edited elsewhere; each (file, name) is a known private
-# import within that one package. Remove an entry once its name is made public.
-KNOWN = {
-    ("ember/backends/cuda/__init__.py", "_table"),
-    ("ember/backends/cuda/triton_ops.py", "_triton_kernels"),
-    ("ember/backends/cuda/tuning.py", "_CAPTURE_LOCK"),
-}
+# Known private imports, each (file, name); remove an entry once its name is made public.
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _private(name: str) -> bool:

@@ -30,17 +30,17 @@ args = ap.parse_args()
 path = zoo.export_onnx(args.model, batch=args.batch)
 feeds = zoo.sample_inputs(args.model, batch=args.batch)
 engine = ember.build(str(path), ember.BuildConfig(device="cuda", precision="fp16", tactic_tuning=True), progress=False)
-from ember.tools.bench import cuda_runner  # noqa: E402
-from ember.backends.cuda.device import host_tensor  # noqa: E402
+from ember.backends.tensors import numpy_to_torch  # noqa: E402
 
-ctx, runner = cuda_runner(engine)
-runner.infer(feeds)
+ctx = engine.create_context()
+executor = ctx.executor  # the context's CudaExecutor: its own input buffers, CUDA graph replay
+executor.infer(feeds)
 bufs = {}
 for name, v in feeds.items():
-    bufs[name] = runner.input_buffer(feeds, name)
-    bufs[name].copy_(host_tensor(v))
+    bufs[name] = executor.input_buffer(feeds, name)
+    bufs[name].copy_(numpy_to_torch(v, torch.device("cpu")))
 for _ in range(5):
-    runner.run_device(bufs)
+    executor.run_device(bufs)
 torch.cuda.synchronize()
 
 
@@ -62,7 +62,7 @@ def kernel_table(label, fn, reps=10):
     return kern, total
 
 
-ember_kern, ember_total = kernel_table("Ember (CUDA graph replay)", lambda: runner.run_device(bufs))
+ember_kern, ember_total = kernel_table("Ember (CUDA graph replay)", lambda: executor.run_device(bufs))
 by_kind = {}
 for lay in engine.plan.layers:
     if lay.timings and lay.kind in ("FusedAttention", "FusedGemm", "LayerNormalization", "SkipLayerNormalization"):

@@ -1,5 +1,5 @@
 """Probe: cuDNN frontend graphs writing into arena views vs PyTorch's fused cuDNN convs; SDPA."""
-import sys, time, json
+import time, json
 import torch, torch.nn.functional as F
 import cudnn
 print("cudnn frontend", cudnn.__version__, "backend", cudnn.backend_version(), "torch cudnn", torch.backends.cudnn.version(), flush=True)

@@ -35,6 +35,7 @@ from ember.builder.lower import lower
 from ember.builder.progress import BuildProgress
 from ember.builder.shapes import apply_input_shapes, resolve_input_shapes, tensor_specs, types_at
 from ember.errors import BuildError, EmberError
+from ember.frontends import load as load_model
 from ember.ir.graph import Graph
 from ember.ir.types import TensorType
 from ember.ops.verify import verify_graph as verify
@@ -50,22 +51,7 @@ from ember.runtime.engine import Engine
 
 def import_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     """The IR graph of ``model`` through its frontend (``ember.frontends.load``)."""
-    import os
-
-    from ember.errors import ModelLoadError
-
-    if isinstance(model, Graph):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.exists():
-            raise ModelLoadError(f"model file {path} does not exist")
-        if path.suffix.lower() == ".ember":
-            raise ModelLoadError(f"{path} is already a built engine; load it with ember.load() "
-                                 f"(or `ember run {path}`) instead of building it")
-    from ember.frontends.onnx import import_onnx
-
-    return import_onnx(model, shapes=shapes or None)
+    return load_model(model, shapes=shapes or None)
 
 
 def optimize(graph: Graph, config: BuildConfig,

@@ -1,0 +1,14 @@
+"""Frontends: every model format becomes an ``ember.ir.Graph`` through one function, ``load``.
+
+>>> from ember.frontends import load
+>>> graph = load("model.onnx", shapes={"input": (1, 3, 224, 224)})   # doctest: +SKIP
+
+``FRONTENDS`` lists the formats (``ember.frontends.loader``); each format's own package (today
+``ember.frontends.onnx``) parses it and builds the IR with the frontend-neutral
+``ember.frontends.graph_builder.GraphBuilder``. Strings from a file become enums here, once.
+Importing this package does not import any format's library (onnx is imported on first use).
+"""
+from ember.frontends.graph_builder import GraphBuilder, ShapeMap
+from ember.frontends.loader import FRONTENDS, Frontend, detect, formats, load
+
+__all__ = ["FRONTENDS", "Frontend", "GraphBuilder", "ShapeMap", "detect", "formats", "load"]

@@ -7,14 +7,143 @@ Conventions (frontends canonicalize every opset variant to these):
 - parameters that ONNX moved from attributes to inputs across opsets (Squeeze/Unsqueeze/Reduce
   axes, Split sizes, Clip bounds, Pad pads) are attributes here when they were constant at import;
   ``None`` means "read it from the extra input at run time" (or the op's default when that input
-  is absent too).
+  is absent too);
+- a field that names one of a fixed set of choices is an enum (a ``DType`` for element types, an
+  ``AttrEnum`` below for modes): frontends turn a file's strings into these once. The enums are
+  ``StrEnum``s, so code that compares ``attrs.mode == "linear"`` keeps working, and attrs made
+  from strings (older engine files, tests, passes) are coerced to the enum on construction.
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, TypeVar
+
+from ember.ir.dtype import DType
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+class AttrEnum(enum.StrEnum):
+    """Base of the string-valued choice enums of op attributes.
+
+    ``repr`` is the bare value (``'linear'``), so messages and graph dumps that print attrs read
+    as they did when these fields were plain strings.
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """Every allowed spelling, in declaration order (for error messages)."""
+        return tuple(m.value for m in cls)
+
+
+def coerce_enum(obj: object, field: str, kind: type[_E]) -> None:
+    """Replaces ``obj.field`` (a frozen dataclass field) by ``kind(value)``.
+
+    Attrs are frozen, so this runs from ``__post_init__``; a value that names no member raises
+    ValueError listing the allowed ones (frontends check file values earlier, with the node).
+    """
+    value = getattr(obj, field)
+    if isinstance(value, kind):
+        return
+    try:
+        member = kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ValueError(f"{type(obj).__name__}.{field}={value!r} is not one of {allowed}") from None
+    object.__setattr__(obj, field, member)
+
+
+class GeluApproximate(AttrEnum):
+    NONE = "none"  # the exact, erf-based form
+    TANH = "tanh"
+
+
+class PadMode(AttrEnum):
+    CONSTANT = "constant"
+    REFLECT = "reflect"
+    EDGE = "edge"
+    WRAP = "wrap"  # opset 19
+
+
+class ResizeMode(AttrEnum):
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    CUBIC = "cubic"
+
+
+class CoordinateTransform(AttrEnum):
+    """Resize's ``coordinate_transformation_mode``: how an output coordinate maps to the input."""
+
+    HALF_PIXEL = "half_pixel"
+    HALF_PIXEL_SYMMETRIC = "half_pixel_symmetric"
+    PYTORCH_HALF_PIXEL = "pytorch_half_pixel"
+    ALIGN_CORNERS = "align_corners"
+    ASYMMETRIC = "asymmetric"
+    TF_HALF_PIXEL_FOR_NN = "tf_half_pixel_for_nn"  # opsets 11-12 only
+    TF_CROP_AND_RESIZE = "tf_crop_and_resize"
+
+
+class NearestMode(AttrEnum):
+    """Resize's ``nearest_mode``: how a fractional input coordinate picks a pixel."""
+
+    ROUND_PREFER_FLOOR = "round_prefer_floor"
+    ROUND_PREFER_CEIL = "round_prefer_ceil"
+    FLOOR = "floor"
+    CEIL = "ceil"
+
+
+class DepthToSpaceMode(AttrEnum):
+    DCR = "DCR"  # depth-column-row (ONNX's default)
+    CRD = "CRD"  # column-row-depth (PyTorch's PixelShuffle)
+
+
+class ScatterReduction(AttrEnum):
+    NONE = "none"
+    ADD = "add"
+    MUL = "mul"
+    MAX = "max"
+    MIN = "min"
+
+
+class GridSampleMode(AttrEnum):
+    """GridSample's interpolation (opset 20's ``linear``/``cubic`` are stored as these)."""
+
+    BILINEAR = "bilinear"
+    NEAREST = "nearest"
+    BICUBIC = "bicubic"
+
+
+class GridSamplePadding(AttrEnum):
+    ZEROS = "zeros"
+    BORDER = "border"
+    REFLECTION = "reflection"
+
+
+class RNNDirection(AttrEnum):
+    FORWARD = "forward"
+    REVERSE = "reverse"
+    BIDIRECTIONAL = "bidirectional"
+
+
+class RNNActivation(AttrEnum):
+    """Activation functions of LSTM/GRU/RNN gates, in ONNX's spelling (files may use any case)."""
+
+    SIGMOID = "Sigmoid"
+    TANH = "Tanh"
+    RELU = "Relu"
+    HARD_SIGMOID = "HardSigmoid"
+    LEAKY_RELU = "LeakyRelu"
+    THRESHOLDED_RELU = "ThresholdedRelu"
+    SCALED_TANH = "ScaledTanh"
+    AFFINE = "Affine"
+    ELU = "Elu"
+    SOFTSIGN = "Softsign"
+    SOFTPLUS = "Softplus"
 
 
 class AutoPad(enum.Enum):
@@ -100,7 +229,10 @@ class ClipAttrs:
 
 @dataclass(frozen=True)
 class GeluAttrs:
-    approximate: str = "none"  # "none" (erf) or "tanh"
+    approximate: GeluApproximate = GeluApproximate.NONE
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "approximate", GeluApproximate)
 
 
 @dataclass(frozen=True)
@@ -199,29 +331,43 @@ class ShapeAttrs:
 @dataclass(frozen=True)
 class ConstantOfShapeAttrs:
     value: float | int | bool = 0.0
-    dtype: str = "float32"  # a DType value
+    dtype: DType = DType.FLOAT32
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "dtype", DType)
 
 
 @dataclass(frozen=True)
 class CastAttrs:
-    to: str  # a DType value
+    to: DType
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "to", DType)
 
 
 @dataclass(frozen=True)
 class PadAttrs:
-    mode: str = "constant"  # constant | reflect | edge
+    mode: PadMode = PadMode.CONSTANT
     pads: Optional[tuple[int, ...]] = None  # None: from input 1
     value: float = 0.0
     axes: Optional[tuple[int, ...]] = None
 
+    def __post_init__(self) -> None:
+        coerce_enum(self, "mode", PadMode)
+
 
 @dataclass(frozen=True)
 class ResizeAttrs:
-    mode: str = "nearest"  # nearest | linear
-    coordinate_transformation_mode: str = "half_pixel"
-    nearest_mode: str = "round_prefer_floor"
+    mode: ResizeMode = ResizeMode.NEAREST
+    coordinate_transformation_mode: CoordinateTransform = CoordinateTransform.HALF_PIXEL
+    nearest_mode: NearestMode = NearestMode.ROUND_PREFER_FLOOR
     scales: Optional[tuple[float, ...]] = None  # when constant at import
     sizes: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "mode", ResizeMode)
+        coerce_enum(self, "coordinate_transformation_mode", CoordinateTransform)
+        coerce_enum(self, "nearest_mode", NearestMode)
 
 
 @dataclass(frozen=True)
@@ -271,7 +417,7 @@ class FusedElementwiseAttrs:
     steps: tuple[FusedStep, ...]
 
 
-# ---- ops of ember/ops/extra.py ---------------------------------------------------------
+# ---- the ops exporters emit beyond the core: math, logic, indexing, more norms ----------
 @dataclass(frozen=True)
 class AlphaAttrs:
     """Elu, Celu, ThresholdedRelu: one ``alpha`` (1.0 by default for all three)."""
@@ -336,7 +482,10 @@ class DepthSpaceAttrs:
     """DepthToSpace (mode DCR or CRD) and SpaceToDepth (mode unused)."""
 
     blocksize: int
-    mode: str = "DCR"
+    mode: DepthToSpaceMode = DepthToSpaceMode.DCR
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "mode", DepthToSpaceMode)
 
 
 @dataclass(frozen=True)
@@ -365,15 +514,22 @@ class GatherNDAttrs:
 class ScatterAttrs:
     """ScatterND / ScatterElements; ``axis`` is used by ScatterElements only."""
 
-    reduction: str = "none"  # none | add | mul | max | min
+    reduction: ScatterReduction = ScatterReduction.NONE
     axis: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "reduction", ScatterReduction)
 
 
 @dataclass(frozen=True)
 class GridSampleAttrs:
-    mode: str = "bilinear"  # bilinear | nearest | bicubic (opset 20's linear/cubic are mapped here)
-    padding_mode: str = "zeros"  # zeros | border | reflection
+    mode: GridSampleMode = GridSampleMode.BILINEAR
+    padding_mode: GridSamplePadding = GridSamplePadding.ZEROS
     align_corners: bool = False
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "mode", GridSampleMode)
+        coerce_enum(self, "padding_mode", GridSamplePadding)
 
 
 @dataclass(frozen=True)
@@ -384,8 +540,12 @@ class OneHotAttrs:
 
 @dataclass(frozen=True)
 class EyeLikeAttrs:
-    dtype: Optional[str] = None  # a DType value; None: the input's
+    dtype: Optional[DType] = None  # None: the input's
     k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None:
+            coerce_enum(self, "dtype", DType)
 
 
 @dataclass(frozen=True)
@@ -394,14 +554,24 @@ class RNNAttrs:
     (LSTM f, g, h; GRU f, g; RNN f), with the alphas/betas of those that take them."""
 
     hidden_size: int
-    direction: str = "forward"  # forward | reverse | bidirectional
-    activations: tuple[str, ...] = ()
+    direction: RNNDirection = RNNDirection.FORWARD
+    activations: tuple[RNNActivation, ...] = ()
     activation_alpha: tuple[float, ...] = ()
     activation_beta: tuple[float, ...] = ()
     clip: Optional[float] = None
     layout: int = 0  # 0: [seq, batch, ...]; 1: [batch, seq, ...]
     input_forget: bool = False  # LSTM only
     linear_before_reset: bool = False  # GRU only
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "direction", RNNDirection)
+        try:
+            acts = tuple(RNNActivation(a) for a in self.activations)
+        except ValueError:
+            allowed = ", ".join(RNNActivation.values())
+            raise ValueError(f"RNNAttrs.activations={self.activations!r}: each must be one of "
+                             f"{allowed}") from None
+        object.__setattr__(self, "activations", acts)
 
 
 if TYPE_CHECKING:  # annotation only

@@ -26,6 +26,10 @@ from ember.ir.dtype import DType
 from ember.ir.types import Dim, TensorType, format_shape
 
 Shape = tuple[Dim, ...]
+#: What an infer function gets: the input types (None for an omitted optional input) and the
+#: values of inputs known at build time (constants or shape values; None otherwise).
+Types = Sequence[Optional[TensorType]]
+Consts = Sequence[Optional[np.ndarray]]
 
 
 # ---- axes ------------------------------------------------------------------------------
@@ -55,6 +59,21 @@ def need(t: Optional[TensorType], what: str) -> TensorType:
     if t is None:
         raise ShapeError(f"required input {what} is missing")
     return t
+
+
+def input_at(in_types: Types, i: int) -> Optional[TensorType]:
+    """Input ``i``'s type, or None when it is omitted or past the end (optional inputs)."""
+    return in_types[i] if i < len(in_types) else None
+
+
+def need_input(in_types: Types, i: int, what: str) -> TensorType:
+    """Required input ``i``'s type; ShapeError naming it (``what``) when it is absent."""
+    return need(input_at(in_types, i), what)
+
+
+def const_at(consts: Consts, i: int) -> Optional[np.ndarray]:
+    """The build-time value of input ``i``, or None."""
+    return consts[i] if i < len(consts) else None
 
 
 def const_ints(value: np.ndarray) -> tuple[int, ...]:
@@ -87,7 +106,9 @@ def fresh_dims(output: str, rank: int) -> Shape:
 
 # ---- symbolic products -----------------------------------------------------------------
 def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -106,7 +127,8 @@ def factorize(dim: Dim) -> tuple[int, tuple[str, ...]]:
     """``"batch*128"`` -> (128, ("batch",)); ``6`` -> (6, ())."""
     if isinstance(dim, (int, np.integer)):
         return int(dim), ()
-    coeff, syms = 1, []
+    coeff = 1
+    syms: list[str] = []
     for part in _split_top(dim):
         part = part.strip()
         try:
@@ -127,7 +149,8 @@ def make_dim(coeff: int, syms: Iterable[str]) -> Dim:
 
 def mul_dims(dims: Iterable[Dim]) -> Dim:
     """The product of dims, symbolic when any is."""
-    coeff, syms = 1, []
+    coeff = 1
+    syms: list[str] = []
     for d in dims:
         c, s = factorize(d)
         coeff *= c
@@ -227,4 +250,6 @@ def broadcast_shapes(*shapes: Shape) -> Shape:
 
 
 def static_numel(shape: Shape) -> Optional[int]:
-    return math.prod(shape) if all(isinstance(d, int) for d in shape) else None  # type: ignore[arg-type]
+    """The element count of a shape whose dims are all ints, else None."""
+    ints = [d for d in shape if isinstance(d, int)]
+    return math.prod(ints) if len(ints) == len(shape) else None

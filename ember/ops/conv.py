@@ -86,12 +86,14 @@ def infer_conv(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     c = x.shape[1]
     if isinstance(c, int) and isinstance(w.shape[1], int):
         require(c == w.shape[1] * a.group,
-                f"Conv input has {c} channels but weight {w} with group={a.group} expects {w.shape[1] * a.group}")
+                f"Conv input has {c} channels but weight {w} with group={a.group} expects "
+                f"{w.shape[1] * a.group}")
     spatial = window_out_dims(x.shape[2:], a.kernel_shape, a.strides, a.dilations, a.pads, a.auto_pad)
     return [TensorType(x.dtype, (x.shape[0], w.shape[0], *spatial))]
 
 
-def conv_transpose_pads(a: ConvTransposeAttrs, in_spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def conv_transpose_pads(a: ConvTransposeAttrs,
+                        in_spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Explicit (pads, output_padding) of a ConvTranspose for static input sizes.
 
     With ``output_shape`` or SAME auto_pad the total padding follows from the wanted output
@@ -127,7 +129,8 @@ def infer_conv_transpose(node: Node, in_types: Types, consts: Consts) -> list[Te
     n = _check_window(x, a, "ConvTranspose")
     same_dtype([x, w], "ConvTranspose X and W")
     require(w.rank == n + 2, f"ConvTranspose weight {w} must have rank {n + 2}")
-    require(len(a.output_padding) == n, f"ConvTranspose output_padding {a.output_padding} must have {n} entries")
+    require(len(a.output_padding) == n,
+            f"ConvTranspose output_padding {a.output_padding} must have {n} entries")
     cout: Dim = w.shape[1] * a.group if isinstance(w.shape[1], int) else w.shape[1]
     if a.output_shape is not None:
         return [TensorType(x.dtype, (x.shape[0], cout, *a.output_shape[-n:]))]

@@ -1,7 +1,9 @@
 """Binary / variadic elementwise ops with numpy (multidirectional) broadcasting.
 
 Arithmetic ops keep the inputs' common dtype (``Pow`` keeps the base's dtype, as ONNX allows a
-different exponent dtype); comparisons return ``bool``; ``Where(cond, x, y)`` returns x's dtype.
+different exponent dtype; ``Mod`` needs numeric inputs); comparisons return ``bool``; logical ops
+(``And``/``Or``/``Xor``) take and return ``bool``; bitwise ops take integers; ``Where(cond, x,
+y)`` returns x's dtype.
 """
 from __future__ import annotations
 
@@ -13,17 +15,21 @@ from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
-from ember.ops.common import broadcast_shapes, need, require, same_dtype
+from ember.ops.attrs import ModAttrs
+from ember.ops.common import Consts, Types, broadcast_shapes, need, need_input, require, same_dtype
 from ember.ops.registry import register_op
-
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
+from ember.ops.shape_values import Value, value_ints, value_rule
 
 
 def _present(node: Node, in_types: Types) -> list[TensorType]:
     present = [t for t in in_types if t is not None]
     require(len(present) >= 1, f"{node.op} needs at least one input")
     return present
+
+
+def _two(node: Node, in_types: Types) -> tuple[TensorType, TensorType]:
+    require(len(in_types) == 2, f"{node.op} takes 2 inputs, got {len(in_types)}")
+    return need(in_types[0], "A"), need(in_types[1], "B")
 
 
 def _arith(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
@@ -34,17 +40,34 @@ def _arith(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
 
 
 def _compare(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    require(len(in_types) == 2, f"{node.op} takes 2 inputs, got {len(in_types)}")
-    a, b = need(in_types[0], "A"), need(in_types[1], "B")
+    a, b = _two(node, in_types)
     same_dtype([a, b], f"{node.op} inputs")
     return [TensorType(DType.BOOL, broadcast_shapes(a.shape, b.shape))]
 
 
+def _logical(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    a, b = _two(node, in_types)
+    require(a.dtype is DType.BOOL and b.dtype is DType.BOOL,
+            f"{node.op} needs bool inputs, got {a} and {b}; insert a Cast to bool")
+    return [TensorType(DType.BOOL, broadcast_shapes(a.shape, b.shape))]
+
+
+def _bitwise(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    present = [need_input(in_types, i, "input") for i in range(len(in_types))]
+    dtype = same_dtype(present, f"{node.op} inputs")
+    require(dtype.is_int, f"{node.op} needs integer inputs, got {dtype.value}")
+    return [TensorType(dtype, broadcast_shapes(*(t.shape for t in present)))]
+
+
 for _op in (OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV, OpType.MAX, OpType.MIN):
     register_op(_op)(_arith)
-
-for _op in (OpType.EQUAL, OpType.LESS, OpType.GREATER):
+for _op in (OpType.EQUAL, OpType.LESS, OpType.GREATER, OpType.GREATER_OR_EQUAL,
+            OpType.LESS_OR_EQUAL):
     register_op(_op)(_compare)
+for _op in (OpType.AND, OpType.OR, OpType.XOR):
+    register_op(_op)(_logical)
+for _op in (OpType.BITWISE_AND, OpType.BITWISE_OR, OpType.BITWISE_XOR, OpType.BITWISE_NOT):
+    register_op(_op)(_bitwise)
 
 
 @register_op(OpType.POW)
@@ -55,6 +78,15 @@ def infer_pow(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     return [TensorType(x.dtype, broadcast_shapes(x.shape, y.shape))]
 
 
+@register_op(OpType.MOD, attrs=ModAttrs)
+def infer_mod(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """Mod(A, B): broadcast, the inputs' common numeric dtype."""
+    a, b = _two(node, in_types)
+    dtype = same_dtype([a, b], "Mod inputs")
+    require(dtype is not DType.BOOL, "Mod needs numeric inputs, got bool")
+    return [TensorType(dtype, broadcast_shapes(a.shape, b.shape))]
+
+
 @register_op(OpType.WHERE)
 def infer_where(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     require(len(in_types) == 3, f"Where takes 3 inputs, got {len(in_types)}")
@@ -62,3 +94,15 @@ def infer_where(node: Node, in_types: Types, consts: Consts) -> list[TensorType]
     require(cond.dtype is DType.BOOL, f"Where condition must be bool, got {cond}")
     dtype = same_dtype([x, y], "Where X and Y")
     return [TensorType(dtype, broadcast_shapes(cond.shape, x.shape, y.shape))]
+
+
+@value_rule(OpType.MOD)
+def _mod_value(node: Node, t: Types, v: Sequence[Optional[Value]]) -> Optional[Value]:
+    """Mod of known integer shape values (TorchScript's MultiheadAttention computes head dims so)."""
+    a, b = v[0], v[1]
+    if a is None or b is None or value_ints(a) is None or value_ints(b) is None:
+        return None
+    x, y = a.astype(np.int64), b.astype(np.int64)
+    fmod = node.attrs is not None and node.attrs.fmod
+    out: Value = np.fmod(x, y) if fmod else np.mod(x, y)
+    return out

@@ -1,7 +1,7 @@
 """Fused layers made by the optimizer: FusedConv, FusedGemm, FusedAttention, FusedElementwise."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -11,17 +11,10 @@ from ember.ir.types import TensorType
 from ember.ops.attrs import (
     FusedAttentionAttrs, FusedConvAttrs, FusedElementwiseAttrs, FusedGemmAttrs,
 )
-from ember.ops.common import broadcast_shapes, need, require, same_dtype
+from ember.ops.common import Consts, Types, broadcast_shapes, input_at, need, require, same_dtype
 from ember.ops.conv import infer_conv
 from ember.ops.linalg import gemm_shape, matmul_shape
 from ember.ops.registry import infer_node, register_op
-
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
-
-
-def _input(in_types: Types, i: int) -> Optional[TensorType]:
-    return in_types[i] if i < len(in_types) else None
 
 
 def _check_epilogue_operand(out: TensorType, t: Optional[TensorType], what: str) -> None:
@@ -37,7 +30,7 @@ def infer_fused_conv(node: Node, in_types: Types, consts: Consts) -> list[Tensor
     a: FusedConvAttrs = node.attrs
     conv = Node(node.name, OpType.CONV, node.inputs[:3], node.outputs, a.conv)
     out = infer_conv(conv, list(in_types[:3]), list(consts[:3]))[0]
-    residual = _input(in_types, 3)
+    residual = input_at(in_types, 3)
     require(a.has_residual == (residual is not None),
             f"FusedConv has_residual={a.has_residual} but the residual input is "
             f"{'present' if residual is not None else 'absent'}")
@@ -49,8 +42,8 @@ def infer_fused_conv(node: Node, in_types: Types, consts: Consts) -> list[Tensor
 def infer_fused_gemm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """FusedGemm(a, b, c?): Gemm rules for 2-D operands, else batched matmul of op(a), op(b)."""
     g = node.attrs.gemm
-    a, b = need(_input(in_types, 0), "A"), need(_input(in_types, 1), "B")
-    c = _input(in_types, 2)
+    a, b = need(input_at(in_types, 0), "A"), need(input_at(in_types, 1), "B")
+    c = input_at(in_types, 2)
     dtype = same_dtype([a, b, c], "FusedGemm inputs")
     if a.rank == 2 and b.rank == 2:
         return [TensorType(dtype, gemm_shape(a, b, c, g, "FusedGemm"))]
@@ -64,11 +57,11 @@ def infer_fused_gemm(node: Node, in_types: Types, consts: Consts) -> list[Tensor
 @register_op(OpType.FUSED_ATTENTION, attrs=FusedAttentionAttrs)
 def infer_fused_attention(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """FusedAttention(q[.., s, d], k[.., sk, d] or [.., d, sk], v[.., sk, dv], mask?) -> [.., s, dv]."""
-    q, k, v = (need(_input(in_types, i), n) for i, n in enumerate(("Q", "K", "V")))
+    q, k, v = (need(input_at(in_types, i), n) for i, n in enumerate(("Q", "K", "V")))
     dtype = same_dtype([q, k, v], "FusedAttention Q, K, V")
     kt = k.shape if node.attrs.k_transposed else k.shape[:-2] + (k.shape[-1], k.shape[-2])
     scores = matmul_shape(q.shape, kt, "FusedAttention Q @ K^T")
-    mask = _input(in_types, 3)
+    mask = input_at(in_types, 3)
     if mask is not None:
         scores = broadcast_shapes(scores, mask.shape)
     return [TensorType(dtype, matmul_shape(scores, v.shape, "FusedAttention P @ V"))]
@@ -90,4 +83,4 @@ def infer_fused_elementwise(node: Node, in_types: Types, consts: Consts) -> list
         out = infer_node(sub, [types[o] for o in step.operands], [values[o] for o in step.operands])
         types.append(out[0])
         values.append(None)
-    return [types[-1]]
+    return [out[0]]

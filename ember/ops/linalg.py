@@ -1,20 +1,15 @@
-"""Gemm and MatMul (numpy matmul semantics: batch broadcasting, 1-D operands)."""
+"""Gemm, MatMul (numpy matmul semantics: batch broadcasting, 1-D operands) and Einsum."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
-
-import numpy as np
 
 from ember.errors import ShapeError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops.attrs import GemmAttrs
-from ember.ops.common import broadcast_shapes, need, require, same_dtype
+from ember.ops.attrs import EinsumAttrs, GemmAttrs
+from ember.ops.common import Consts, Types, broadcast_shapes, need, require, same_dtype
 from ember.ops.registry import register_op
-
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
 
 
 def _inner(a: Dim, b: Dim, what: str) -> None:
@@ -68,3 +63,45 @@ def infer_gemm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     c = in_types[2] if len(in_types) > 2 else None
     dtype = same_dtype([a, b, c], "Gemm inputs")
     return [TensorType(dtype, gemm_shape(a, b, c, node.attrs))]
+
+
+def parse_einsum(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
+    """Operand subscripts and output subscripts with ``...`` expanded to capital letters.
+
+    The implicit form (no ``->``) outputs the ellipsis dims, then the letters that appear once,
+    in alphabetical order, as ONNX and numpy do.
+    """
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ShapeError(f"Einsum equation {equation!r} has {len(terms)} operands, the node has {len(ranks)}")
+    ell = max((r - len(t.replace("...", "")) for t, r in zip(terms, ranks) if "..." in t), default=0)
+    fill = "".join(chr(ord("A") + i) for i in range(ell))
+    out_terms = []
+    for t, r in zip(terms, ranks):
+        n = r - len(t.replace("...", ""))
+        out_terms.append(t.replace("...", fill[ell - n:] if n else "") if "..." in t else t)
+        if len(out_terms[-1]) != r or not out_terms[-1].isalpha():
+            raise ShapeError(f"Einsum term {t!r} does not match an operand of rank {r}")
+    if arrow:
+        out = rhs.replace("...", fill)
+    else:
+        letters = "".join(out_terms)
+        out = fill + "".join(sorted(c for c in set(letters) if c.islower() and letters.count(c) == 1))
+    return out_terms, out
+
+
+@register_op(OpType.EINSUM, attrs=EinsumAttrs)
+def infer_einsum(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    types = [need(t, f"Inputs[{i}]") for i, t in enumerate(in_types)]
+    require(len(types) >= 1, "Einsum needs at least one input")
+    dtype = same_dtype(types, "Einsum inputs")
+    terms, out = parse_einsum(node.attrs.equation, [t.rank for t in types])
+    sizes: dict[str, Dim] = {}
+    for term, t in zip(terms, types):
+        for letter, d in zip(term, t.shape):
+            sizes[letter] = broadcast_shapes((sizes.get(letter, 1),), (d,))[0]
+    missing = [c for c in out if c not in sizes]
+    require(not missing, f"Einsum output subscripts {missing} appear in no operand")
+    return [TensorType(dtype, tuple(sizes[c] for c in out))]

@@ -1,19 +1,13 @@
-"""LRN, LayerNormalization, Softmax and LogSoftmax: the output has the input's shape."""
+"""Normalizations (LRN, LayerNormalization, SkipLayerNormalization, InstanceNormalization,
+GroupNormalization) and Softmax / LogSoftmax: the output has the input's shape."""
 from __future__ import annotations
-
-from typing import Optional, Sequence
-
-import numpy as np
 
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
-from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
-from ember.ops.common import broadcast_shapes, need, norm_axis, require
+from ember.ops.attrs import GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, LRNAttrs, SoftmaxAttrs
+from ember.ops.common import Consts, Types, broadcast_shapes, need, need_input, norm_axis, require
 from ember.ops.registry import register_op
-
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
 
 
 @register_op(OpType.LRN, attrs=LRNAttrs)
@@ -62,3 +56,32 @@ def _softmax(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
 
 register_op(OpType.SOFTMAX, attrs=SoftmaxAttrs)(_softmax)
 register_op(OpType.LOG_SOFTMAX, attrs=SoftmaxAttrs)(_softmax)
+
+
+@register_op(OpType.INSTANCE_NORM, attrs=InstanceNormAttrs)
+def infer_instance_norm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """InstanceNormalization(x[N, C, ...], scale[C], B[C])."""
+    x = need_input(in_types, 0, "input")
+    require(x.rank >= 3 and x.dtype.is_float, f"InstanceNormalization needs a float rank >= 3 input, got {x}")
+    for i, name in ((1, "scale"), (2, "B")):
+        t = need_input(in_types, i, name)
+        require(t.rank == 1, f"InstanceNormalization {name} must be 1-D [C], got {t}")
+        broadcast_shapes((x.shape[1],), t.shape)
+    return [x]
+
+
+@register_op(OpType.GROUP_NORM, attrs=GroupNormAttrs)
+def infer_group_norm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """GroupNormalization(x[N, C, ...], scale, bias): scale/bias [C] (opset 21) or [groups] (18)."""
+    x = need_input(in_types, 0, "X")
+    g: int = node.attrs.num_groups
+    require(x.rank >= 3 and x.dtype.is_float, f"GroupNormalization needs a float rank >= 3 input, got {x}")
+    c = x.shape[1]
+    if isinstance(c, int):
+        require(g >= 1 and c % g == 0, f"GroupNormalization channels {c} are not divisible by num_groups {g}")
+    want = c if node.attrs.per_channel_affine else g
+    for i, name in ((1, "scale"), (2, "bias")):
+        t = need_input(in_types, i, name)
+        require(t.rank == 1, f"GroupNormalization {name} must be 1-D, got {t}")
+        broadcast_shapes((want,), t.shape)
+    return [x]

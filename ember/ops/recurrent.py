@@ -6,39 +6,30 @@ Outputs: ``Y`` ``[seq, dirs, batch, hidden]`` (layout 1: ``[batch, seq, dirs, hi
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
-import numpy as np
-
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ir.types import TensorType
-from ember.ops.attrs import RNNAttrs
-from ember.ops.common import broadcast_dim, need, require, same_dtype
+from ember.ir.types import Dim, TensorType
+from ember.ops.attrs import RNNActivation, RNNAttrs, RNNDirection
+from ember.ops.common import Consts, Types, broadcast_dim, need_input, require, same_dtype
 from ember.ops.registry import register_op
 
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
+_SIGMOID, _TANH = RNNActivation.SIGMOID, RNNActivation.TANH
 
 #: Gates per op (rows of W are ``gates * hidden_size``) and activation functions per direction.
 GATES = {OpType.LSTM: 4, OpType.GRU: 3, OpType.RNN: 1}
 N_ACTIVATIONS = {OpType.LSTM: 3, OpType.GRU: 2, OpType.RNN: 1}
-DEFAULT_ACTIVATIONS = {OpType.LSTM: ("Sigmoid", "Tanh", "Tanh"), OpType.GRU: ("Sigmoid", "Tanh"),
-                       OpType.RNN: ("Tanh",)}
+DEFAULT_ACTIVATIONS: dict[OpType, tuple[RNNActivation, ...]] = {
+    OpType.LSTM: (_SIGMOID, _TANH, _TANH), OpType.GRU: (_SIGMOID, _TANH), OpType.RNN: (_TANH,)}
 
 
 def num_directions(a: RNNAttrs) -> int:
-    return 2 if a.direction == "bidirectional" else 1
+    return 2 if a.direction is RNNDirection.BIDIRECTIONAL else 1
 
 
 def _infer_rnn(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     a: RNNAttrs = node.attrs
-    x = need(in_types[0] if in_types else None, "X")
-    w = need(in_types[1] if len(in_types) > 1 else None, "W")
-    r = need(in_types[2] if len(in_types) > 2 else None, "R")
+    x, w, r = (need_input(in_types, i, name) for i, name in enumerate(("X", "W", "R")))
     require(x.rank == 3 and w.rank == 3 and r.rank == 3, f"{node.op} X, W, R must be 3-D, got {x}, {w}, {r}")
-    require(a.direction in ("forward", "reverse", "bidirectional"),
-            f"{node.op} direction {a.direction!r} is not forward, reverse or bidirectional")
     require(a.layout in (0, 1), f"{node.op} layout {a.layout} is not 0 or 1")
     dirs, hidden = num_directions(a), a.hidden_size
     same_dtype([x, w, r], f"{node.op} X, W and R")
@@ -46,6 +37,8 @@ def _infer_rnn(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     broadcast_dim(w.shape[1], GATES[node.op] * hidden)
     broadcast_dim(w.shape[2], x.shape[2])
     seq, batch = (x.shape[0], x.shape[1]) if a.layout == 0 else (x.shape[1], x.shape[0])
+    y: tuple[Dim, ...]
+    state: tuple[Dim, ...]
     if a.layout == 0:
         y, state = (seq, dirs, batch, hidden), (dirs, batch, hidden)
     else:

@@ -77,6 +77,17 @@ def _load_families() -> None:
     _loaded = True
     # explicit list, never discovered by scanning
     from ember.ops import (  # noqa: F401
-        activation, conv, elementwise, fused, linalg, norm, pool, reduce, shape,
+        activation,
+        conv,
+        elementwise,
+        fused,
+        index,
+        linalg,
+        movement,
+        norm,
+        pool,
+        recurrent,
+        reduce,
+        shape,
+        shape_gen,
     )
-    from ember.ops import extra, recurrent  # noqa: F401  (after reduce: extra reuses its inference)

@@ -1,6 +1,6 @@
 """Data-movement ops: Concat, Split, Slice, Gather, Reshape, Flatten, Transpose, Squeeze,
 Unsqueeze. The generators and resizers (Expand, Shape, ConstantOfShape, Range, Pad, Resize)
-live in ``ember.ops.shape_gen``, imported here so the registry's family list stays short.
+live in ``ember.ops.shape_gen``; Tile and DepthToSpace/SpaceToDepth in ``ember.ops.movement``.
 
 Inputs whose *values* decide the output shape (Reshape's shape, Slice's parameters, Squeeze's
 axes, ...) are used when they are constants; otherwise the affected dims become fresh symbols
@@ -18,26 +18,15 @@ from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType, format_shape
-from ember.ops import shape_gen  # noqa: F401  (registers Expand, Shape, Pad, Resize, ...)
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs, SliceAttrs, SplitAttrs, TransposeAttrs
 from ember.ops.common import (
-    add_dims, const_dims, const_ints, div_dim, fresh_dims, mul_dims, need, norm_axes, norm_axis, require,
+    Consts, Types, add_dims, const_at, const_dims, const_ints, div_dim, fresh_dims, input_at, mul_dims, need,
+    norm_axes, norm_axis, require,
 )
 from ember.ops.registry import register_op
 
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
-
 #: Slice ends at or beyond this mean "to the end" (exporters write INT64_MAX or INT32_MAX).
 HUGE = 2 ** 31 - 1
-
-
-def _input(in_types: Types, i: int) -> Optional[TensorType]:
-    return in_types[i] if i < len(in_types) else None
-
-
-def _const(consts: Consts, i: int) -> Optional[np.ndarray]:
-    return consts[i] if i < len(consts) else None
 
 
 @register_op(OpType.CONCAT, attrs=AxisAttrs)
@@ -69,7 +58,8 @@ def split_sizes(dim: Dim, n: int) -> list[Dim]:
     """Sizes of ``n`` near-equal parts of ``dim`` (ONNX: the last part may be smaller)."""
     if isinstance(dim, int):
         chunk = -(-dim // n)
-        return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+        sizes: list[Dim] = [chunk] * (n - 1)
+        return sizes + [dim - chunk * (n - 1)]
     part = div_dim(dim, n)
     return [part if part is not None else f"({dim})/{n}"] * n
 
@@ -77,17 +67,20 @@ def split_sizes(dim: Dim, n: int) -> list[Dim]:
 @register_op(OpType.SPLIT, attrs=SplitAttrs)
 def infer_split(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     a: SplitAttrs = node.attrs
-    x = need(_input(in_types, 0), "input")
+    x = need(input_at(in_types, 0), "input")
     axis = norm_axis(a.axis, x.rank, "Split axis")
     n = len(node.outputs)
     sizes: list[Dim]
-    if a.split is not None or _const(consts, 1) is not None:
-        sizes = list(a.split if a.split is not None else const_ints(_const(consts, 1)))
-        require(len(sizes) == n, f"Split has {n} outputs but split sizes {tuple(sizes)}")
+    split_value = const_at(consts, 1)
+    given = a.split if a.split is not None else (
+        const_ints(split_value) if split_value is not None else None)
+    if given is not None:
+        require(len(given) == n, f"Split has {n} outputs but split sizes {tuple(given)}")
         if isinstance(x.shape[axis], int):
-            require(sum(sizes) == x.shape[axis],  # type: ignore[arg-type]
-                    f"Split sizes {tuple(sizes)} do not add up to dim {x.shape[axis]} of {x}")
-    elif _input(in_types, 1) is not None:
+            require(sum(given) == x.shape[axis],
+                    f"Split sizes {tuple(given)} do not add up to dim {x.shape[axis]} of {x}")
+        sizes = list(given)
+    elif input_at(in_types, 1) is not None:
         sizes = [f"{o}_d{axis}" for o in node.outputs]
     else:
         require(a.num_outputs is None or a.num_outputs == n,
@@ -96,12 +89,21 @@ def infer_split(node: Node, in_types: Types, consts: Consts) -> list[TensorType]
     return [x.with_shape(x.shape[:axis] + (s,) + x.shape[axis + 1:]) for s in sizes]
 
 
-def slice_params(a: SliceAttrs, consts: Consts, rank: int) -> Optional[tuple[tuple[int, ...], ...]]:
-    """(starts, ends, axes, steps) normalized to full length, or None when not constant."""
+SliceParams = tuple[tuple[int, ...], tuple[Dim, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def slice_params(a: SliceAttrs, consts: Consts, rank: int) -> Optional[SliceParams]:
+    """(starts, ends, axes, steps) normalized to full length, or None when not constant.
+
+    ``ends`` may hold symbolic dims (a run-time size such as ``x[:, :seq]``)."""
+    starts: tuple[int, ...]
+    ends: tuple[Dim, ...]
+    axes: Optional[tuple[int, ...]]
+    steps: Optional[tuple[int, ...]]
     if a.starts is not None and a.ends is not None:
         starts, ends, axes, steps = a.starts, a.ends, a.axes, a.steps
     else:
-        vals = [_const(consts, i) for i in range(1, 5)]
+        vals = [const_at(consts, i) for i in range(1, 5)]
         if vals[0] is None or vals[1] is None:
             return None
         starts, ends = const_ints(vals[0]), const_dims(vals[1])
@@ -154,14 +156,14 @@ def _static_slice_len(dim: int, start: int, end: int, step: int) -> int:
 
 @register_op(OpType.SLICE, attrs=SliceAttrs)
 def infer_slice(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     params = slice_params(node.attrs, consts, x.rank)
     if params is None:
-        axes_v = _const(consts, 3)
-        if axes_v is None and _input(in_types, 3) is not None:
+        axes_v = const_at(consts, 3)
+        if axes_v is None and input_at(in_types, 3) is not None:
             return [x.with_shape(fresh_dims(node.outputs[0], x.rank))]
         axes = norm_axes(const_ints(axes_v), x.rank) if axes_v is not None else tuple(range(
-            _len1d(_input(in_types, 1), x.rank)))
+            _len1d(input_at(in_types, 1), x.rank)))
         fresh = fresh_dims(node.outputs[0], x.rank)
         return [x.with_shape(tuple(fresh[i] if i in axes else d for i, d in enumerate(x.shape)))]
     shape = list(x.shape)
@@ -180,12 +182,12 @@ def _len1d(t: Optional[TensorType], rank: int) -> int:
 @register_op(OpType.GATHER, attrs=AxisAttrs)
 def infer_gather(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """Gather(data, indices): data.shape[:axis] + indices.shape + data.shape[axis+1:]."""
-    x, idx = need(_input(in_types, 0), "data"), need(_input(in_types, 1), "indices")
+    x, idx = need(input_at(in_types, 0), "data"), need(input_at(in_types, 1), "indices")
     require(idx.dtype in (DType.INT32, DType.INT64), f"Gather indices must be int32/int64, got {idx}")
     axis = norm_axis(node.attrs.axis, x.rank, "Gather axis")
-    values = _const(consts, 1)
-    if values is not None and isinstance(x.shape[axis], int):
-        size = x.shape[axis]
+    values = const_at(consts, 1)
+    size = x.shape[axis]
+    if values is not None and isinstance(size, int):
         bad = [int(v) for v in np.asarray(values).reshape(-1) if not -size <= int(v) < size]
         require(not bad, f"Gather indices {bad[:4]} are out of range for axis {axis} of size {size}")
     return [x.with_shape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])]
@@ -228,9 +230,9 @@ def reshape_shape(in_shape: tuple[Dim, ...], target: Sequence[Dim], allowzero: b
 
 @register_op(OpType.RESHAPE, attrs=ReshapeAttrs)
 def infer_reshape(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x, s = need(_input(in_types, 0), "data"), need(_input(in_types, 1), "shape")
+    x, s = need(input_at(in_types, 0), "data"), need(input_at(in_types, 1), "shape")
     require(s.rank == 1, f"Reshape shape input must be 1-D, got {s}")
-    value = _const(consts, 1)
+    value = const_at(consts, 1)
     if value is None:
         require(isinstance(s.shape[0], int), f"Reshape shape input {s} has an unknown length")
         return [x.with_shape(fresh_dims(node.outputs[0], s.shape[0]))]  # type: ignore[arg-type]
@@ -240,7 +242,7 @@ def infer_reshape(node: Node, in_types: Types, consts: Consts) -> list[TensorTyp
 
 @register_op(OpType.FLATTEN, attrs=AxisAttrs)
 def infer_flatten(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "input")
+    x = need(input_at(in_types, 0), "input")
     axis = node.attrs.axis
     require(-x.rank <= axis <= x.rank, f"Flatten axis {axis} is out of range for {x}")
     axis = axis + x.rank if axis < 0 else axis
@@ -249,7 +251,7 @@ def infer_flatten(node: Node, in_types: Types, consts: Consts) -> list[TensorTyp
 
 @register_op(OpType.TRANSPOSE, attrs=TransposeAttrs)
 def infer_transpose(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     perm = node.attrs.perm if node.attrs.perm is not None else tuple(reversed(range(x.rank)))
     require(sorted(norm_axes(perm, x.rank, "Transpose perm")) == list(range(x.rank)),
             f"Transpose perm {perm} is not a permutation of {x.rank} axes")
@@ -260,16 +262,16 @@ def infer_transpose(node: Node, in_types: Types, consts: Consts) -> list[TensorT
 def _axes(node: Node, in_types: Types, consts: Consts) -> Optional[tuple[int, ...]]:
     if node.attrs.axes is not None:
         return tuple(node.attrs.axes)
-    value = _const(consts, 1)
+    value = const_at(consts, 1)
     return const_ints(value) if value is not None else None
 
 
 @register_op(OpType.SQUEEZE, attrs=AxesAttrs)
 def infer_squeeze(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     axes = _axes(node, in_types, consts)
-    if axes is None and _input(in_types, 1) is not None:
-        n = _len1d(_input(in_types, 1), -1)
+    if axes is None and input_at(in_types, 1) is not None:
+        n = _len1d(input_at(in_types, 1), -1)
         require(n >= 0, "Squeeze axes input has an unknown length; make it a constant")
         return [x.with_shape(fresh_dims(node.outputs[0], x.rank - n))]
     if axes is None:
@@ -283,10 +285,10 @@ def infer_squeeze(node: Node, in_types: Types, consts: Consts) -> list[TensorTyp
 
 @register_op(OpType.UNSQUEEZE, attrs=AxesAttrs)
 def infer_unsqueeze(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     axes = _axes(node, in_types, consts)
     if axes is None:
-        n = _len1d(_input(in_types, 1), -1)
+        n = _len1d(input_at(in_types, 1), -1)
         require(n >= 0, "Unsqueeze needs its axes (attribute or a constant / 1-D input)")
         return [x.with_shape(fresh_dims(node.outputs[0], x.rank + n))]
     out_rank = x.rank + len(axes)

@@ -1,47 +1,39 @@
-"""Ops that make or resize tensors from shape values: Expand, Shape, ConstantOfShape, Range,
-Pad, Resize. Registered through ``ember.ops.shape`` (the registry's family list).
-"""
+"""Ops that make, resize or resample tensors from shape values: Expand, Shape,
+ConstantOfShape, EyeLike, Range, Pad, Resize, GridSample."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
+from ember.errors import ShapeError
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops.attrs import ConstantOfShapeAttrs, PadAttrs, ResizeAttrs, ShapeAttrs
+from ember.ops.attrs import (
+    ConstantOfShapeAttrs, EyeLikeAttrs, GridSampleAttrs, PadAttrs, ResizeAttrs, ShapeAttrs,
+)
 from ember.ops.common import (
-    add_dims, broadcast_shapes, const_dims, const_floats, const_ints, fresh_dims, mul_dims, need, norm_axes,
-    require,
+    Consts, Types, add_dims, broadcast_shapes, const_at, const_dims, const_floats, const_ints, fresh_dims,
+    input_at, mul_dims, need, need_input, norm_axes, require,
 )
 from ember.ops.registry import register_op
 
-Types = Sequence[Optional[TensorType]]
-Consts = Sequence[Optional[np.ndarray]]
-
-
-def _input(in_types: Types, i: int) -> Optional[TensorType]:
-    return in_types[i] if i < len(in_types) else None
-
-
-def _const(consts: Consts, i: int) -> Optional[np.ndarray]:
-    return consts[i] if i < len(consts) else None
-
 
 def _shape_len(t: TensorType, what: str) -> int:
-    require(t.rank == 1 and isinstance(t.shape[0], int),
-            f"{what} must be a 1-D tensor of known length, got {t}")
-    return t.shape[0]  # type: ignore[return-value]
+    n = t.shape[0] if t.rank == 1 else None
+    if not isinstance(n, int):
+        raise ShapeError(f"{what} must be a 1-D tensor of known length, got {t}")
+    return n
 
 
 @register_op(OpType.EXPAND)
 def infer_expand(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """Expand(x, shape): bidirectional broadcast of x with the shape value."""
-    x, s = need(_input(in_types, 0), "input"), need(_input(in_types, 1), "shape")
-    value = _const(consts, 1)
+    x, s = need(input_at(in_types, 0), "input"), need(input_at(in_types, 1), "shape")
+    value = const_at(consts, 1)
     if value is None:
         rank = max(x.rank, _shape_len(s, "Expand shape"))
         return [x.with_shape(fresh_dims(node.outputs[0], rank))]
@@ -51,7 +43,7 @@ def infer_expand(node: Node, in_types: Types, consts: Consts) -> list[TensorType
 @register_op(OpType.SHAPE, attrs=ShapeAttrs)
 def infer_shape(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """Shape(x) -> int64[len]; ``start``/``end`` clamp like Python slicing (opset 15)."""
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     a: ShapeAttrs = node.attrs
     n = len(range(x.rank)[a.start:a.end])
     return [TensorType(DType.INT64, (n,))]
@@ -59,25 +51,35 @@ def infer_shape(node: Node, in_types: Types, consts: Consts) -> list[TensorType]
 
 @register_op(OpType.CONSTANT_OF_SHAPE, attrs=ConstantOfShapeAttrs)
 def infer_constant_of_shape(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    s = need(_input(in_types, 0), "input")
-    dtype = DType(node.attrs.dtype)
-    value = _const(consts, 0)
+    s = need(input_at(in_types, 0), "input")
+    dtype: DType = node.attrs.dtype
+    value = const_at(consts, 0)
     if value is None:
         return [TensorType(dtype, fresh_dims(node.outputs[0], _shape_len(s, "ConstantOfShape input")))]
     dims = const_dims(value)
-    require(all(isinstance(d, str) or d >= 0 for d in dims), f"ConstantOfShape shape {dims} has a negative dim")
+    require(all(isinstance(d, str) or d >= 0 for d in dims),
+            f"ConstantOfShape shape {dims} has a negative dim")
     return [TensorType(dtype, dims)]
+
+
+@register_op(OpType.EYE_LIKE, attrs=EyeLikeAttrs)
+def infer_eye_like(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """EyeLike(x[r, c]): x's shape, the attr's dtype (or x's)."""
+    x = need_input(in_types, 0, "input")
+    require(x.rank == 2, f"EyeLike needs a 2-D input, got {x}")
+    dtype: Optional[DType] = node.attrs.dtype
+    return [x.with_dtype(dtype) if dtype is not None else x]
 
 
 @register_op(OpType.RANGE)
 def infer_range(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """Range(start, limit, delta) -> 1-D of max(ceil((limit - start) / delta), 0)."""
-    ts = [need(_input(in_types, i), n) for i, n in enumerate(("start", "limit", "delta"))]
+    ts = [need(input_at(in_types, i), n) for i, n in enumerate(("start", "limit", "delta"))]
     dtype = ts[0].dtype
     require(all(t.dtype is dtype for t in ts), "Range inputs must have one dtype, got "
             + ", ".join(str(t) for t in ts))
     require(all(t.rank == 0 or t.shape == (1,) for t in ts), "Range inputs must be scalars")
-    vals = [_const(consts, i) for i in range(3)]
+    vals = [const_at(consts, i) for i in range(3)]
     if any(v is None for v in vals):
         return [TensorType(dtype, (f"{node.outputs[0]}_d0",))]
     start, limit, delta = (np.asarray(v).reshape(()).item() for v in vals)
@@ -87,7 +89,8 @@ def infer_range(node: Node, in_types: Types, consts: Consts) -> list[TensorType]
     return [TensorType(dtype, (max(math.ceil((limit - start) / delta), 0),))]
 
 
-def _symbolic_range_len(start, limit, delta, out: str) -> Dim:
+def _symbolic_range_len(start: Dim, limit: Dim, delta: Dim, out: str) -> Dim:
+    """The length of a Range with a symbolic bound, when it is a simple difference."""
     if delta == 1 and start == 0:
         return limit
     if delta == 1 and isinstance(start, int) and isinstance(limit, str):
@@ -97,11 +100,11 @@ def _symbolic_range_len(start, limit, delta, out: str) -> Dim:
 
 def pad_amounts(a: PadAttrs, consts: Consts, rank: int) -> Optional[tuple[int, ...]]:
     """Full-rank ``(begins..., ends...)`` pads, or None when only the run time knows them."""
-    pads = a.pads if a.pads is not None else (
-        const_ints(_const(consts, 1)) if _const(consts, 1) is not None else None)
+    pads_value = const_at(consts, 1)
+    pads = a.pads if a.pads is not None else (const_ints(pads_value) if pads_value is not None else None)
     if pads is None:
         return None
-    axes_v = _const(consts, 3)
+    axes_v = const_at(consts, 3)
     axes = a.axes if a.axes is not None else (const_ints(axes_v) if axes_v is not None else None)
     if axes is None:
         require(len(pads) == 2 * rank, f"Pad pads {pads} must have {2 * rank} entries (2 x rank)")
@@ -116,10 +119,10 @@ def pad_amounts(a: PadAttrs, consts: Consts, rank: int) -> Optional[tuple[int, .
 
 @register_op(OpType.PAD, attrs=PadAttrs)
 def infer_pad(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    x = need(_input(in_types, 0), "data")
+    x = need(input_at(in_types, 0), "data")
     pads = pad_amounts(node.attrs, consts, x.rank)
     if pads is None:
-        axes_known = node.attrs.axes is not None or _input(in_types, 3) is None
+        axes_known = node.attrs.axes is not None or input_at(in_types, 3) is None
         axes = norm_axes(node.attrs.axes, x.rank) if node.attrs.axes is not None else range(x.rank)
         fresh = fresh_dims(node.outputs[0], x.rank)
         if not axes_known:
@@ -147,12 +150,13 @@ def resize_dim(dim: Dim, scale: float) -> Dim:
 @register_op(OpType.RESIZE, attrs=ResizeAttrs)
 def infer_resize(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     """Resize(x, roi?, scales?, sizes?): sizes win; else floor(dim * scale) per axis."""
-    x = need(_input(in_types, 0), "X")
+    x = need(input_at(in_types, 0), "X")
     a: ResizeAttrs = node.attrs
+    sizes_v, scales_v = const_at(consts, 3), const_at(consts, 2)
     sizes = a.sizes if a.sizes is not None else (
-        const_ints(_const(consts, 3)) if _const(consts, 3) is not None and _const(consts, 3).size else None)
+        const_ints(sizes_v) if sizes_v is not None and sizes_v.size else None)
     scales = a.scales if a.scales is not None else (
-        const_floats(_const(consts, 2)) if _const(consts, 2) is not None and _const(consts, 2).size else None)
+        const_floats(scales_v) if scales_v is not None and scales_v.size else None)
     if sizes is not None:
         require(len(sizes) == x.rank, f"Resize sizes {sizes} must have {x.rank} entries for {x}")
         return [x.with_shape(tuple(sizes))]
@@ -161,3 +165,14 @@ def infer_resize(node: Node, in_types: Types, consts: Consts) -> list[TensorType
         require(all(s > 0 for s in scales), f"Resize scales {scales} must be positive")
         return [x.with_shape(tuple(resize_dim(d, s) for d, s in zip(x.shape, scales)))]
     return [x.with_shape(fresh_dims(node.outputs[0], x.rank))]
+
+
+@register_op(OpType.GRID_SAMPLE, attrs=GridSampleAttrs)
+def infer_grid_sample(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """GridSample(X[N, C, *in], grid[N, *out, r]) -> [N, C, *out], with r = len(in)."""
+    x, grid = need_input(in_types, 0, "X"), need_input(in_types, 1, "grid")
+    require(x.rank in (4, 5), f"GridSample supports 4-D and 5-D inputs, got {x}")
+    last = grid.shape[-1] if grid.rank else None
+    require(grid.rank == x.rank and (not isinstance(last, int) or last == x.rank - 2),
+            f"GridSample grid {grid} does not fit input {x} (want [N, *out, {x.rank - 2}])")
+    return [x.with_shape((x.shape[0], x.shape[1], *grid.shape[1:-1]))]

@@ -27,7 +27,8 @@ from ember.ops.common import add_dims, div_dim, mul_dims
 MAX_ELEMENTS = 64
 Value = np.ndarray
 Values = Sequence[Optional[Value]]
-Rule = Callable[[Node, Sequence[Optional[TensorType]], Values], Optional[Value]]
+Types = Sequence[Optional[TensorType]]
+Rule = Callable[[Node, Types, Values], Optional[Value]]
 
 #: (op, input index) pairs whose inference accepts symbolic (object) values.
 SYMBOLIC_INPUTS = {(OpType.RESHAPE, 1), (OpType.EXPAND, 1), (OpType.CONSTANT_OF_SHAPE, 0),
@@ -41,7 +42,7 @@ def is_symbolic(value: Value) -> bool:
     return value.dtype == object
 
 
-def make_value(items, shape: Optional[tuple[int, ...]] = None) -> Value:
+def make_value(items: Sequence[object], shape: Optional[tuple[int, ...]] = None) -> Value:
     """An int64 array when every item is an int, else an object array of dims."""
     arr = np.array(items, dtype=object)
     if shape is not None:
@@ -74,7 +75,7 @@ def propagate(node: Node, in_types: Sequence[Optional[TensorType]], in_values: V
     except (ValueError, TypeError, IndexError, ZeroDivisionError, AttributeError):
         return outs
     if value is not None and value.size == out_types[0].numel():
-        outs[0] = value.reshape(out_types[0].shape)
+        outs[0] = value.reshape(tuple(int(d) for d in out_types[0].shape))
     return outs
 
 
@@ -97,75 +98,86 @@ def value_ints(v: Optional[Value]) -> Optional[list[int]]:
 
 
 @value_rule(OpType.SHAPE)
-def _shape(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
+def _shape(node: Node, t: Types, v: Values) -> Optional[Value]:
+    if t[0] is None:
+        return None
     dims = list(t[0].shape)[node.attrs.start:node.attrs.end]
     return make_value(dims, (len(dims),))
 
 
 @value_rule(OpType.IDENTITY, OpType.DROPOUT)
-def _identity(node: Node, t, v: Values) -> Optional[Value]:
+def _identity(node: Node, t: Types, v: Values) -> Optional[Value]:
     return v[0]
 
 
 @value_rule(OpType.CAST)
-def _cast(node: Node, t, v: Values) -> Optional[Value]:
-    if v[0] is None or DType(node.attrs.to) not in (DType.INT64, DType.INT32):
+def _cast(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x = v[0]
+    if x is None or DType(node.attrs.to) not in (DType.INT64, DType.INT32):
         return None
-    return v[0] if is_symbolic(v[0]) else v[0].astype(np.int64)
+    return x if is_symbolic(x) else x.astype(np.int64)
+
+
+def _rebuilt(out: np.ndarray) -> Value:
+    """``out`` (an object array from a numpy op) as a value: int64 when every entry is known."""
+    return make_value(out.reshape(-1).tolist(), out.shape)
 
 
 @value_rule(OpType.GATHER)
-def _gather(node: Node, t, v: Values) -> Optional[Value]:
-    idx = value_ints(v[1])
-    if v[0] is None or idx is None:
+def _gather(node: Node, t: Types, v: Values) -> Optional[Value]:
+    data, indices = v[0], v[1]
+    idx = value_ints(indices)
+    if data is None or indices is None or idx is None:
         return None
-    out = np.asarray(np.take(v[0].astype(object), np.array(idx, dtype=np.int64).reshape(v[1].shape),
-                             axis=node.attrs.axis), dtype=object)
-    return make_value(out.reshape(-1).tolist(), out.shape)
+    picked = np.take(data.astype(object), np.array(idx, dtype=np.int64).reshape(indices.shape),
+                     axis=node.attrs.axis)
+    return _rebuilt(np.asarray(picked, dtype=object))
 
 
 @value_rule(OpType.UNSQUEEZE, OpType.SQUEEZE, OpType.RESHAPE, OpType.FLATTEN)
-def _reshape(node: Node, t, v: Values) -> Optional[Value]:
-    return v[0]  # re-shaped to the output type by ``propagate``'s caller
+def _reshape(node: Node, t: Types, v: Values) -> Optional[Value]:
+    return v[0]  # re-shaped to the output type by ``propagate``
 
 
 @value_rule(OpType.TRANSPOSE)
-def _transpose(node: Node, t, v: Values) -> Optional[Value]:
-    if v[0] is None:
+def _transpose(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x = v[0]
+    if x is None:
         return None
-    out = np.transpose(v[0].astype(object), node.attrs.perm)
-    return make_value(out.reshape(-1).tolist(), out.shape)
+    return _rebuilt(np.transpose(x.astype(object), node.attrs.perm))
 
 
 @value_rule(OpType.CONCAT)
-def _concat(node: Node, t, v: Values) -> Optional[Value]:
-    if any(x is None for x in v):
+def _concat(node: Node, t: Types, v: Values) -> Optional[Value]:
+    parts = [x for x in v if x is not None]
+    if len(parts) != len(v):
         return None
-    out = np.concatenate([x.astype(object) for x in v], axis=node.attrs.axis)
-    return make_value(out.reshape(-1).tolist(), out.shape)
+    return _rebuilt(np.concatenate([x.astype(object) for x in parts], axis=node.attrs.axis))
 
 
 @value_rule(OpType.SLICE)
-def _slice(node: Node, t: Sequence[Optional[TensorType]], v: Values) -> Optional[Value]:
+def _slice(node: Node, t: Types, v: Values) -> Optional[Value]:
     a = node.attrs
-    if v[0] is None:
+    x = v[0]
+    if x is None:
         return None
     if a.starts is not None:
         starts, ends, axes, steps = a.starts, a.ends, a.axes, a.steps
     else:
         vals = list(v[1:5]) + [None] * (5 - len(v))
         present = [i + 1 < len(t) and t[i + 1] is not None for i in range(4)]
-        params = [value_ints(x) for x in vals[:4]]
+        params = [value_ints(p) for p in vals[:4]]
         if any(p and q is None for p, q in zip(present, params)):
             return None
         starts, ends, axes, steps = params
+    if starts is None or ends is None:
+        return None
     axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
-    index = [slice(None)] * v[0].ndim
+    index: list[slice] = [slice(None)] * x.ndim
     for s, e, ax, st in zip(starts, ends, axes, steps):
         index[ax] = slice(s, e, st)
-    out = v[0][tuple(index)]
-    return make_value(out.reshape(-1).tolist(), out.shape)
+    return _rebuilt(x[tuple(index)])
 
 
 def _sub_dims(a: Dim, b: Dim) -> Dim:
@@ -191,50 +203,58 @@ _ARITH: dict[OpType, Callable[[Dim, Dim], Dim]] = {
 }
 
 
-def _native(x):
-    return int(x) if isinstance(x, (np.integer, bool, np.bool_)) else x
+def _native(x: object) -> Dim:
+    """A value entry as a dim: numpy integers and bools as ``int``, symbols as they are."""
+    if isinstance(x, (np.integer, bool, np.bool_, int)):
+        return int(x)
+    if isinstance(x, str):
+        return x
+    raise TypeError(f"a shape value entry {x!r} is neither an int nor a symbol")
 
 
 @value_rule(OpType.ADD, OpType.SUB, OpType.MUL, OpType.DIV)
-def _arith(node: Node, t, v: Values) -> Optional[Value]:
-    if v[0] is None or v[1] is None or not (t[0].dtype.is_int and t[1].dtype.is_int):
+def _arith(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x, y, tx, ty = v[0], v[1], t[0], t[1]
+    if x is None or y is None or tx is None or ty is None or not (tx.dtype.is_int and ty.dtype.is_int):
         return None
-    a, b = np.broadcast_arrays(v[0].astype(object), v[1].astype(object))
+    a, b = np.broadcast_arrays(x.astype(object), y.astype(object))
     fn = _ARITH[node.op]
-    out = [fn(_native(x), _native(y)) for x, y in zip(a.reshape(-1), b.reshape(-1))]
+    out = [fn(_native(p), _native(q)) for p, q in zip(a.reshape(-1), b.reshape(-1))]
     return make_value(out, a.shape)
 
 
 @value_rule(OpType.EQUAL)
-def _equal(node: Node, t, v: Values) -> Optional[Value]:
-    if v[0] is None or v[1] is None:
+def _equal(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x, y = v[0], v[1]
+    if x is None or y is None:
         return None
-    a, b = np.broadcast_arrays(v[0].astype(object), v[1].astype(object))
+    a, b = np.broadcast_arrays(x.astype(object), y.astype(object))
     out = []
-    for x, y in zip(a.reshape(-1), b.reshape(-1)):
-        x, y = _native(x), _native(y)
-        if isinstance(x, int) and isinstance(y, int) or x == y:
-            out.append(bool(x == y))
+    for p, q in zip(a.reshape(-1), b.reshape(-1)):
+        p, q = _native(p), _native(q)
+        if isinstance(p, int) and isinstance(q, int) or p == q:
+            out.append(bool(p == q))
         else:
             return None  # a symbol against another value: unknown until run time
     return np.array(out, dtype=bool).reshape(a.shape)
 
 
 @value_rule(OpType.NOT)
-def _not(node: Node, t, v: Values) -> Optional[Value]:
-    return None if v[0] is None or is_symbolic(v[0]) else ~v[0].astype(bool)
+def _not(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x = v[0]
+    return None if x is None or is_symbolic(x) else ~x.astype(bool)
 
 
 @value_rule(OpType.WHERE)
-def _where(node: Node, t, v: Values) -> Optional[Value]:
-    if any(x is None for x in v[:3]) or is_symbolic(v[0]):
+def _where(node: Node, t: Types, v: Values) -> Optional[Value]:
+    cond, x, y = v[0], v[1], v[2]
+    if cond is None or x is None or y is None or is_symbolic(cond):
         return None
-    out = np.where(v[0].astype(bool), v[1].astype(object), v[2].astype(object))
-    return make_value(out.reshape(-1).tolist(), out.shape)
+    return _rebuilt(np.where(cond.astype(bool), x.astype(object), y.astype(object)))
 
 
 @value_rule(OpType.CONSTANT_OF_SHAPE)
-def _constant_of_shape(node: Node, t, v: Values) -> Optional[Value]:
+def _constant_of_shape(node: Node, t: Types, v: Values) -> Optional[Value]:
     dims = value_ints(v[0])
     if dims is None:
         return None
@@ -242,26 +262,27 @@ def _constant_of_shape(node: Node, t, v: Values) -> Optional[Value]:
 
 
 @value_rule(OpType.RANGE)
-def _range(node: Node, t, v: Values) -> Optional[Value]:
-    args = [value_ints(x) for x in v[:3]]
-    if any(a is None for a in args):
+def _range(node: Node, t: Types, v: Values) -> Optional[Value]:
+    start, limit, delta = (value_ints(x) for x in v[:3])
+    if start is None or limit is None or delta is None:
         return None
-    return np.arange(args[0][0], args[1][0], args[2][0], dtype=np.int64)
+    return np.arange(start[0], limit[0], delta[0], dtype=np.int64)
 
 
 @value_rule(OpType.MAX, OpType.MIN)
-def _max_min(node: Node, t, v: Values) -> Optional[Value]:
-    a, b = value_ints(v[0]), value_ints(v[1])
-    if a is None or b is None:
+def _max_min(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x, y = v[0], v[1]
+    if x is None or y is None or value_ints(x) is None or value_ints(y) is None:
         return None
     fn = np.maximum if node.op is OpType.MAX else np.minimum
-    return fn(v[0].astype(np.int64), v[1].astype(np.int64))
+    out: Value = fn(x.astype(np.int64), y.astype(np.int64))
+    return out
 
 
 @value_rule(OpType.EXPAND)
-def _expand(node: Node, t, v: Values) -> Optional[Value]:
-    shape = value_ints(v[1])
-    if v[0] is None or shape is None:
+def _expand(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x, shape = v[0], value_ints(v[1])
+    if x is None or shape is None:
         return None
-    out = v[0].astype(object) * np.ones(shape, dtype=np.int64).astype(object)
-    return make_value(np.broadcast_to(v[0].astype(object), out.shape).reshape(-1).tolist(), out.shape)
+    out = x.astype(object) * np.ones(shape, dtype=np.int64).astype(object)
+    return make_value(np.broadcast_to(x.astype(object), out.shape).reshape(-1).tolist(), out.shape)

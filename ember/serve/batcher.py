@@ -23,18 +23,26 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from ember.errors import InputError
 from ember.serve.config import ModelConfig
 from ember.serve.errors import (
-    BadRequestError, InferenceFailedError, ModelConfigError, QueueFullError, RequestTimeoutError, ServeError,
+    BadRequestError,
+    InferenceFailedError,
+    ModelConfigError,
+    QueueFullError,
+    RequestTimeoutError,
+    ServeError,
     UnavailableError,
 )
 from ember.serve.signature import Signature
 from ember.serve.stats import ModelStats
+
+if TYPE_CHECKING:
+    from ember.serve.engines import ModelEngine
 
 log = logging.getLogger("ember.serve")
 
@@ -89,18 +97,18 @@ class _Instance:
     new batch size while serving. Dynamic batching already requires rows to be independent.
     """
 
-    def __init__(self, runner: Any, label: str, buckets: tuple[int, ...] = (),
+    def __init__(self, engine: "ModelEngine", label: str, buckets: tuple[int, ...] = (),
                  warmup: Optional[Callable[[int], Feeds]] = None) -> None:
-        self.runner = runner
+        self.engine = engine
         self.label = label
         self.buckets = buckets
         self.warmup = warmup
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=label)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=label)  # the instance's one thread
         self._cm: Any = None
         self._ctx: Any = None
 
     def open(self) -> None:
-        self._cm = self.runner.create_context()
+        self._cm = self.engine.create_context()
         self._ctx = self._cm.__enter__()
         if self.warmup is not None:
             for size in self.buckets:  # capture every bucket's graph before serving
@@ -190,11 +198,11 @@ class _State:
 class Scheduler:
     """Queue, dynamic batcher and instances of one model version (see the module docstring)."""
 
-    def __init__(self, name: str, version: str, runner: Any, signature: Signature,
+    def __init__(self, name: str, version: str, engine: "ModelEngine", signature: Signature,
                  config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None) -> None:
         self.name, self.version = name, version
         self.engine_file = engine_file
-        self.runner, self.signature, self.config, self.stats = runner, signature, config, stats
+        self.engine, self.signature, self.config, self.stats = engine, signature, config, stats
         self._queue: deque[_Request] = deque()
         self._changed = asyncio.Event()
         self._idle: asyncio.Queue[_Instance] = asyncio.Queue()
@@ -234,9 +242,9 @@ class Scheduler:
                 inst: Any = ProcessInstance(self.engine_file, label, buckets,  # type: ignore[arg-type]
                                             warmup_specs(self.signature) if buckets else None)
             else:
-                inst = _Instance(self.runner, label, buckets, warmup)
+                inst = _Instance(self.engine, label, buckets, warmup)
             self._instances.append(inst)
-            await loop.run_in_executor(inst.executor, inst.open)
+            await loop.run_in_executor(inst.thread, inst.open)
             self._idle.put_nowait(inst)
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name=f"batcher-{self.name}")
 
@@ -255,8 +263,8 @@ class Scheduler:
         await self.drain()
         loop = asyncio.get_running_loop()
         for inst in self._instances:
-            await loop.run_in_executor(inst.executor, inst.close)
-            inst.executor.shutdown(wait=True)
+            await loop.run_in_executor(inst.thread, inst.close)
+            inst.thread.shutdown(wait=True)
         self._instances.clear()
 
     @property
@@ -377,7 +385,7 @@ class Scheduler:
         batched = self.signature.max_batch_size > 0
         try:
             parts = [(r.feeds, r.batch) for r in batch]
-            outs, t = await loop.run_in_executor(inst.executor, inst.run, parts, batched,
+            outs, t = await loop.run_in_executor(inst.thread, inst.run, parts, batched,
                                                  self.signature.output_names())
         except Exception as exc:  # every request of the batch must hear of the failure
             self._fail(batch, exc)

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _front_ends(value: str) -> "int | None":
-    from ember.serve.relay import auto_front_ends
+    from ember.serve.relay.hub import auto_front_ends
 
     if value == "auto":
         return auto_front_ends()

@@ -32,14 +32,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeVar
 
 import yaml
 
-from ember.plan.config import BUILDABLE_PRECISIONS, Device
-
-DEVICES = tuple(d.value for d in Device)
-PRECISIONS = tuple(p.value for p in BUILDABLE_PRECISIONS)
+from ember.plan.config import BUILDABLE_PRECISIONS, Device, Precision
 from ember.serve.datatypes import parse_datatype
 from ember.serve.errors import ModelConfigError
 
@@ -94,8 +91,8 @@ class ModelConfig:
 
     name: str
     max_batch_size: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"
+    device: Device = Device.CPU
+    precision: Precision = Precision.FP32
     instance_count: int = 1
     instance_kind: str = "auto"
     inputs: Optional[tuple[TensorConfig, ...]] = None
@@ -160,12 +157,8 @@ def parse_config(data: Mapping[str, Any], folder: str, source: str) -> ModelConf
         raise ModelConfigError(f"{source}: config name {name!r} differs from its folder {folder!r}; "
                                f"rename one so they agree")
     max_bs = _int(data.get("max_batch_size", 0), "max_batch_size", source, minimum=0)
-    device = str(data.get("device", "cpu"))
-    if device not in DEVICES:
-        raise ModelConfigError(f"{source}: device {device!r} is not one of {', '.join(DEVICES)}")
-    precision = str(data.get("precision", "fp32"))
-    if precision not in PRECISIONS:
-        raise ModelConfigError(f"{source}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    device = _member(data.get("device", "cpu"), tuple(Device), "device", source)
+    precision = _member(data.get("precision", "fp32"), BUILDABLE_PRECISIONS, "precision", source)
     batching = _batching(data.get("dynamic_batching"), max_bs, source)
     kind = str(data.get("instance_kind", "auto"))
     if kind not in INSTANCE_KINDS:
@@ -177,6 +170,19 @@ def parse_config(data: Mapping[str, Any], folder: str, source: str) -> ModelConf
         outputs=_tensors(data, "outputs", "output", source, with_profile=False),
         dynamic_batching=batching, version_policy=_version_policy(data.get("version_policy"), source),
         source=source)
+
+
+E = TypeVar("E", Device, Precision)
+
+
+def _member(value: Any, allowed: tuple[E, ...], key: str, source: str) -> E:
+    """``value`` (a config file's spelling) as one of the ``allowed`` enum members; the error
+    names the file, the key and the spellings it takes."""
+    text = str(value)
+    for member in allowed:
+        if member.value == text:
+            return member
+    raise ModelConfigError(f"{source}: {key} {text!r} is not one of {', '.join(m.value for m in allowed)}")
 
 
 def _int(value: Any, key: str, source: str, minimum: int = 0) -> int:

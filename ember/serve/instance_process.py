@@ -38,7 +38,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ember.errors import InputError
-from ember.runtime.tensors import torch_to_numpy
+from ember.backends.tensors import torch_to_numpy
 from ember.serve.errors import InferenceFailedError, ModelConfigError
 from ember.serve.shm import REGIONS, Region, layout
 
@@ -64,6 +64,9 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
             # every core after each copy (seen: 14 busy cores for ResNet-50 at batch 1)
             torch.set_num_threads(min(4, torch.get_num_threads()))
         ctx = engine.create_context()
+        # a CUDA engine's executor (``ExecutionContext.executor``) owns the static device input
+        # buffers that staged rows are gathered into; a CPU engine takes host arrays as they are
+        executor = ctx.executor if cuda else None
         if warmup_specs is not None:
             for size in buckets:
                 ctx.infer({n: np.zeros((size, *dims), dtype) for n, dtype, dims in warmup_specs})
@@ -73,7 +76,6 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
     conn.send(("ready", os.getpid()))
     region = _Mapped(pin=cuda)  # the server's input and output regions
     pool = _Mapped(pin=cuda, limit=_MAX_POOLS)  # the front ends' staging pools
-    runner = ctx.runner if cuda else None
 
     while True:
         try:
@@ -91,11 +93,11 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
             arrays_in = {name: src.array(dtype, shape, off) for name, dtype, shape, off, _ in specs}
             staged = any(pieces for *_, pieces in specs)
             feeds: dict[str, Any]
-            if staged and runner is not None and hasattr(runner, "input_buffer"):
+            if staged and executor is not None:
                 # every input straight into the engine's own input buffer on the GPU
                 feeds = {}
                 for name, dtype, shape, _, pieces in specs:
-                    buf = runner.input_buffer(arrays_in, name)
+                    buf = executor.input_buffer(arrays_in, name)
                     if pieces:
                         _gather_gpu(buf, pieces, np.dtype(dtype), pool)
                     else:
@@ -205,7 +207,7 @@ class ProcessInstance:
         self.label = label
         self.buckets = buckets
         self.warmup_specs = warmup_specs
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=label)
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=label)  # the instance's one thread
         self.proc: Optional[Any] = None
         self.conn: Any = None
         self.starts = 0

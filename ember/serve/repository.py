@@ -15,8 +15,8 @@ from typing import Any, Mapping, Optional
 from ember.errors import EmberError
 from ember.serve.batcher import Feeds, Scheduler
 from ember.serve.config import ModelConfig, find_config_file, read_config
+from ember.serve.engines import ModelEngine, find_model_file, load_engine
 from ember.serve.errors import ModelConfigError, ModelNotFoundError
-from ember.serve.runner import find_model_file, load_engine
 from ember.serve.signature import Signature, resolve_signature
 from ember.serve.stats import ModelStats
 
@@ -33,7 +33,7 @@ class ServedModel:
     version: str
     config: ModelConfig
     signature: Signature
-    runner: Any
+    engine: ModelEngine
     scheduler: Scheduler
     stats: ModelStats
     model_file: str
@@ -191,12 +191,12 @@ class ModelRepository:
 
     async def _load_version(self, config: ModelConfig, vdir: Path) -> ServedModel:
         loop = asyncio.get_running_loop()
-        runner, engine_file = await loop.run_in_executor(None, load_engine, vdir, config, self.cache_dir)
-        signature = resolve_signature(config, runner)
+        engine, engine_file = await loop.run_in_executor(None, load_engine, vdir, config, self.cache_dir)
+        signature = resolve_signature(config, engine)
         stats = ModelStats(config.name, vdir.name)
-        scheduler = Scheduler(config.name, vdir.name, runner, signature, config, stats, engine_file)
+        scheduler = Scheduler(config.name, vdir.name, engine, signature, config, stats, engine_file)
         await scheduler.start()
-        return ServedModel(config.name, vdir.name, config, signature, runner, scheduler, stats,
+        return ServedModel(config.name, vdir.name, config, signature, engine, scheduler, stats,
                            find_model_file(vdir).name)
 
 

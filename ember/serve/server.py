@@ -23,11 +23,11 @@ from typing import Any, Iterator, Optional
 import uvicorn
 
 from ember.serve.core import Core
+from ember.serve.engines import default_cache_dir
 from ember.serve.grpc_service import InferenceServicer, create_grpc_server
 from ember.serve.http_app import create_app, create_metrics_app
-from ember.serve.relay import FrontEnds
+from ember.serve.relay.hub import FrontEnds
 from ember.serve.repository import ModelRepository
-from ember.serve.runner import default_cache_dir
 
 log = logging.getLogger("ember.serve")
 

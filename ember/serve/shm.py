@@ -6,7 +6,7 @@
 - ``StagingPool``: a region with a first-fit allocator. A gRPC front end copies the large input
   tensors of a request into its pool and relays only the small rest of the message; the server
   process reads the tensors in place and a CUDA instance process copies them to the GPU straight
-  from the pool (see ``ember.serve.relay`` and ``ember.serve.instance_process``).
+  from the pool (see ``ember.serve.relay.frontend`` and ``ember.serve.instance_process``).
 - ``REGIONS``: the server process's index of the foreign regions it has mapped, so an array can
   be traced back to ``(region, offset)`` and handed to another process by reference.
 - ``split_raw_inputs``: the raw tensor bytes of a serialized ``ModelInferRequest`` found by

@@ -199,8 +199,9 @@ def _serve_all(specs: Sequence[Any], declared: Optional[tuple[TensorConfig, ...]
     return tuple(_serve_tensor(s, by_name.get(s.name), config, kind) for s in specs)
 
 
-def resolve_signature(config: ModelConfig, runner: Any) -> Signature:
-    """Joins a runner's specs with the config; ``ModelConfigError`` where they disagree."""
+def resolve_signature(config: ModelConfig, engine: Any) -> Signature:
+    """Joins an engine's specs (a ``ModelEngine``'s inputs and outputs) with the config;
+    ``ModelConfigError`` where they disagree."""
     return Signature(model=config.name, max_batch_size=config.max_batch_size,
-                     inputs=_serve_all(runner.inputs, config.inputs, config, "input"),
-                     outputs=_serve_all(runner.outputs, config.outputs, config, "output"))
+                     inputs=_serve_all(engine.inputs, config.inputs, config, "input"),
+                     outputs=_serve_all(engine.outputs, config.outputs, config, "output"))

@@ -24,11 +24,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ember.backends.cuda.device import host_tensor
-
 from ember.errors import InputError, ModelLoadError
 from ember.runtime import example_inputs as inputs
-from ember.runtime.tensors import max_relative_error
+from ember.backends.tensors import max_relative_error, numpy_to_torch
+from ember.tools.args import parse_shapes
 from ember.tools.bench_stats import LatencyStats, measure, wall_clock
 
 HELP = "benchmark a model or engine against PyTorch, torch.compile and ONNX Runtime"
@@ -94,7 +93,7 @@ def _make_feeds(specs: list[inputs.InputSpec], opts: BenchOptions,
 
 
 # ---- Ember ---------------------------------------------------------------------------------------
-def build_engine(src: Source, opts: BenchOptions):
+def build_engine(src: Source, opts: BenchOptions) -> tuple[Any, Optional[float]]:
     """Builds (or loads) the engine; returns it and the build seconds (``None`` when loaded)."""
     import time
 
@@ -111,21 +110,7 @@ def build_engine(src: Source, opts: BenchOptions):
     return engine, time.perf_counter() - t0
 
 
-def cuda_runner(engine):
-    """The CUDA runner of a new execution context of ``engine`` (one is made when the runtime
-    does not expose its own)."""
-    from ember.backends.cuda.exec.executor import CudaExecutor as CudaRunner
-
-    ctx = engine.create_context()
-    runner = getattr(ctx, "runner", None) or getattr(ctx, "_runner", None)
-    if not isinstance(runner, CudaRunner):
-        from ember.backends.cuda.exec.program import program_from_plan
-
-        runner = CudaRunner(program_from_plan(engine.plan), use_graphs=engine.plan.config.cuda_graphs)
-    return ctx, runner
-
-
-def measure_ember(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
+def measure_ember(engine: Any, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
     """Ember's timings and its outputs (numpy) on ``feeds``."""
     if engine.plan.config.device == "cuda":
         return _measure_cuda(engine, feeds, opts)
@@ -136,34 +121,38 @@ def measure_ember(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> t
     return {"compute_ms": stats.to_json(), "end_to_end_ms": stats.to_json()}, outs
 
 
-def _measure_cuda(engine, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
-    ctx, runner = cuda_runner(engine)
-    outs = runner.infer(feeds)
-    h2d, comp, d2h = [], [], []
+def _measure_cuda(engine: Any, feeds: dict[str, np.ndarray], opts: BenchOptions) -> tuple[dict, dict]:
+    """Three timings of a CUDA engine through its context's public executor (the runtime's
+    ``ExecutionContext.executor``, a ``CudaExecutor``): ``infer`` end to end with its H2D /
+    compute / D2H split (``last_timing``), and compute alone on inputs already in the executor's
+    own buffers (``input_buffer`` + ``run_device``: no copy at all)."""
+    with engine.create_context() as ctx:
+        executor = ctx.executor
+        outs = executor.infer(feeds)
+        h2d, comp, d2h = [], [], []
 
-    def e2e() -> None:
-        runner.infer(feeds)
-        t = runner.last_timing()
-        h2d.append(t.h2d_ms)
-        comp.append(t.compute_ms)
-        d2h.append(t.d2h_ms)
+        def e2e() -> None:
+            executor.infer(feeds)
+            t = executor.last_timing()
+            h2d.append(t.h2d_ms)
+            comp.append(t.compute_ms)
+            d2h.append(t.d2h_ms)
 
-    end_to_end = wall_clock(e2e, opts.iterations, opts.warmup)
-    bufs = {}
-    for name, v in feeds.items():  # inputs already in the engine's own buffers: no copy at all
-        bufs[name] = runner.input_buffer(feeds, name)
-        bufs[name].copy_(host_tensor(v))
-    compute = measure(lambda: runner.run_device(bufs), "cuda", opts.iterations, opts.warmup)
-    result = {
-        "compute_ms": LatencyStats.of(compute).to_json(),
-        "end_to_end_ms": LatencyStats.of(end_to_end).to_json(),
-        "split_ms": {"h2d": LatencyStats.of(h2d).median, "compute": LatencyStats.of(comp).median,
-                     "d2h": LatencyStats.of(d2h).median},
-        "cuda_graphs": bool(runner.captures), "fallback": list(runner.fallback_reason.values()),
-        "streams": runner.program.num_streams,
-        "device_memory": runner.memory(), "arena": runner.arena_report(),
-    }
-    ctx.close()
+        end_to_end = wall_clock(e2e, opts.iterations, opts.warmup)
+        bufs = {}
+        for name, v in feeds.items():
+            bufs[name] = executor.input_buffer(feeds, name)
+            bufs[name].copy_(numpy_to_torch(v, torch.device("cpu")))
+        compute = measure(lambda: executor.run_device(bufs), "cuda", opts.iterations, opts.warmup)
+        result = {
+            "compute_ms": LatencyStats.of(compute).to_json(),
+            "end_to_end_ms": LatencyStats.of(end_to_end).to_json(),
+            "split_ms": {"h2d": LatencyStats.of(h2d).median, "compute": LatencyStats.of(comp).median,
+                         "d2h": LatencyStats.of(d2h).median},
+            "cuda_graphs": bool(executor.captures), "fallback": list(executor.fallback_reason.values()),
+            "streams": engine.compile().num_streams,
+            "device_memory": executor.memory(), "arena": executor.arena_report(),
+        }
     return result, outs
 
 
@@ -245,8 +234,8 @@ def _tactic_counts(layers) -> dict[str, int]:
 
 def _plain_graph(src: Source):
     from ember.builder.build import import_model
-    from ember.plan.config import BuildConfig
     from ember.builder.shapes import apply_input_shapes, resolve_input_shapes
+    from ember.plan.config import BuildConfig
 
     graph = import_model(src.onnx_path, {k: tuple(v.shape) for k, v in src.feeds.items()})
     cfg = BuildConfig(shapes={k: tuple(v.shape) for k, v in src.feeds.items()})
@@ -349,8 +338,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ember bench``."""
-    from ember.cli import parse_shapes
-
     peers = tuple(p for p in args.peers.split(",") if p and p != "none")
     bad = [p for p in peers if p not in ("torch", "torch-compile", "onnxruntime")]
     if bad:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from ember.backends.cuda.device import host_tensor
+from ember.backends.tensors import numpy_to_torch
 
 PEER_NAMES = ("torch", "torch-compile", "onnxruntime")
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,12 +44,14 @@ class IRModule(torch.nn.Module):
     def __init__(self, graph, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         from ember.backends.base import CompileContext
-        from ember.backends.cuda.fallback import cpu_aten_kernel
+        from ember.backends.cpu.registry import ATEN, lookup
 
         self.graph = graph
         self.consts = {k: _cast(torch.from_numpy(np.array(v)).to(device), dtype)
                        for k, v in graph.constants.items()}
-        self.kernels = [cpu_aten_kernel(n, CompileContext(graph, self.consts, device, "aten", "fp32"))
+        # the CPU backend's generic kernels straight from its registry (they are device-agnostic):
+        # the peer is plain PyTorch, with none of the CUDA backend's fusion or casting
+        self.kernels = [lookup(n, ATEN, graph).factory(n, CompileContext(graph, self.consts, device, ATEN, "fp32"))
                         for n in graph.nodes]
 
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -99,7 +101,7 @@ def _module(zoo_name: Optional[str], graph, device: torch.device, dtype: torch.d
 def _inputs(feeds: Mapping[str, np.ndarray], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     out = []
     for v in feeds.values():
-        t = _cast(host_tensor(v).to(device), dtype)
+        t = _cast(numpy_to_torch(np.asarray(v), device), dtype)
         if t.dim() == 4 and device.type == "cuda" and t.is_floating_point():
             t = t.contiguous(memory_format=torch.channels_last)
         out.append(t)
@@ -184,7 +186,7 @@ def onnxruntime_peer(model_path: str, feeds: Mapping[str, np.ndarray], device: s
                 else "CPUExecutionProvider")
     sess = ort.InferenceSession(model_path, providers=[provider])
     names = [o.name for o in sess.get_outputs()]
-    inputs = {k: host_tensor(v).numpy() for k, v in feeds.items()}
+    inputs = {k: np.asarray(v, order="C") for k, v in feeds.items()}  # 0-d stays 0-d
 
     def call() -> Any:
         return sess.run(None, inputs)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ember.errors import InputError, ModelLoadError
+from ember.tools.args import add_build_options, config_from_args, read_inputs
 
 HELP = "compare an engine's outputs (and per-layer tensors) with ONNX Runtime"
 RTOL = {"fp32": 1e-4, "tf32": 1e-3, "fp16": 1e-2, "bf16": 1e-2}
@@ -129,7 +130,8 @@ def random_inputs(model, specs: Sequence[Any], seed: int = 0) -> dict[str, np.nd
     """Inputs for ``specs`` (engine ``TensorSpec``s): N(0, 1) floats; integers in the range of the
     embedding table they index (else 0..1); masks all ones; symbolic dims at their minimum
     (``ember.runtime.example_inputs`` draws them)."""
-    from ember.runtime.example_inputs import InputSpec, onnx_int_ranges, random_inputs as draw, resolve_shapes
+    from ember.runtime.example_inputs import InputSpec, onnx_int_ranges, resolve_shapes
+    from ember.runtime.example_inputs import random_inputs as draw
 
     wanted = [InputSpec(s.name, s.dtype, tuple(s.shape), tuple(s.min)) for s in specs]
     return draw(wanted, resolve_shapes(wanted, dynamic="min"), seed, onnx_int_ranges(model))
@@ -253,8 +255,6 @@ def compare(model: Any, engine: Any = None, inputs: Optional[Mapping[str, np.nda
 # ---- command line ------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``ember compare`` options (the build options apply when no --engine is given)."""
-    from ember.cli import add_build_options
-
     p.add_argument("model", help="the ONNX model (the reference, run by ONNX Runtime)")
     p.add_argument("--engine", metavar="FILE", help="engine file to check (default: build one from the model)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
@@ -272,8 +272,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prints the report; exit status 0 when everything is within tolerance, else 1."""
     import json
-
-    from ember.cli import config_from_args, read_inputs
 
     report = compare(args.model, engine=args.engine, inputs=read_inputs(args.input),
                      per_layer=args.per_layer, seed=args.seed, rtol=args.rtol, atol=args.atol,

@@ -128,8 +128,8 @@ def _build(console: Console, path: Any, device: str, shapes: Optional[dict] = No
 
 
 def _minilm(console: Console, device: str, iterations: int, quick: bool) -> tuple[ModelResult, np.ndarray]:
+    from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner
     from ember.zoo import minilm
-    from ember.zoo.runners import EmberRunner, OrtRunner, TorchRunner
 
     console.rule("all-MiniLM-L6-v2 (real weights, sentence embeddings)")
     path = minilm.export_onnx()
@@ -177,7 +177,7 @@ def _check_against_sentence_transformers(console: Console, embeddings: np.ndarra
 
 def _googlenet(console: Console, device: str, iterations: int) -> ModelResult:
     from ember import zoo
-    from ember.zoo.runners import EmberRunner, OrtRunner, TorchRunner
+    from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner
 
     console.rule("GoogLeNet (Inception v1, Caffe layout with LRN; zoo weights)")
     path = zoo.export_onnx("googlenet")
@@ -195,7 +195,7 @@ def _measure(name: str, batch_desc: str, path: Any, engine: Any, feeds: dict, ru
              iterations: int) -> ModelResult:
     import onnx
 
-    from ember.zoo.runners import max_rel_error, time_ms
+    from ember.tools.runners import max_rel_error, time_ms
 
     ours, reference = runners["Ember"](feeds), runners["ONNX Runtime"](feeds)
     error = max(max_rel_error(ours[k], reference[k]) for k in reference)

@@ -12,13 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ember.tools.args import add_build_options, config_from_args
+
+if TYPE_CHECKING:
+    from ember.runtime.engine import Engine
 
 HELP = "show an engine's layers, shapes, tactics, memory plan and sizes"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ember.cli import add_build_options
-
+    """Options of ``ember inspect`` (the build options apply to a model file)."""
     p.add_argument("model", help="engine file (.ember) or model file (.onnx)")
     p.add_argument("--json", action="store_true", help="print the engine's manifest as JSON")
     p.add_argument("--no-layers", action="store_true", help="print the summary without the layer table")
@@ -28,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_build_options(p)
 
 
-def load_for_inspection(path: str, args: argparse.Namespace | None = None):
+def load_for_inspection(path: str, args: argparse.Namespace | None = None) -> "Engine":
     """The engine of ``path``: loaded without compiling (``.ember``), or built in memory."""
     from ember.runtime.engine import Engine
 
@@ -36,7 +41,6 @@ def load_for_inspection(path: str, args: argparse.Namespace | None = None):
         return Engine.load(path, compile=False)
     from ember.builder.build import build
     from ember.plan.config import BuildConfig
-    from ember.cli import config_from_args
 
     config = config_from_args(args) if args is not None else BuildConfig()
     return build(path, config, progress=None)
@@ -63,13 +67,19 @@ def _manifest(engine) -> dict:
     return data
 
 
-def measure_device_memory(engine) -> dict[str, int]:
+def measure_device_memory(engine: "Engine") -> dict[str, int]:
     """Device bytes a CUDA engine holds once it has run (CUDA graph captured) at its inputs'
     opt shapes: ``weights`` (the layers' prepared weights, shared by all contexts), ``graph_pool``
     (one context's activations: the captured graph's private pool), ``static_buffers`` (that
-    context's input and output buffers), ``total``."""
+    context's input and output buffers), ``total``. Read from the context's public ``executor``
+    (``Executor.memory()``), so the tool needs no knowledge of the CUDA backend's classes."""
     from ember.errors import EmberError
-    from ember.runtime.example_inputs import engine_input_specs, graph_int_ranges, random_inputs, resolve_shapes
+    from ember.runtime.example_inputs import (
+        engine_input_specs,
+        graph_int_ranges,
+        random_inputs,
+        resolve_shapes,
+    )
 
     if engine.plan.config.device != "cuda":
         raise EmberError(f"--device-memory is for engines built for cuda; this one is for "
@@ -79,7 +89,7 @@ def measure_device_memory(engine) -> dict[str, int]:
     feeds = random_inputs(specs, shapes, int_ranges=graph_int_ranges(engine.plan.graph))
     with engine.create_context() as ctx:
         ctx.infer(feeds)
-        report = dict(ctx.runner.memory())
+        report = dict(ctx.executor.memory())
     report["total"] = report["weights"] + report["arena"] + report["graph_pool"] + report["static_buffers"]
     return report
 

@@ -15,12 +15,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from ember.backends.cuda.device import host_tensor
+from ember.backends.tensors import numpy_to_torch
+from ember.tools.args import parse_shapes
 
 HELP = "time every layer of a model or engine (CUDA events per layer, graphs off)"
 
@@ -44,16 +45,16 @@ class LayerTime:
         return float(np.mean(self.samples))
 
 
-def profile_engine(engine, feeds: dict[str, np.ndarray], iterations: int = 20, warmup: int = 3
+def profile_engine(engine: Any, feeds: dict[str, np.ndarray], iterations: int = 20, warmup: int = 3
                    ) -> tuple[list[LayerTime], list[tuple[float, float]]]:
     """Per-layer times of ``engine`` on ``feeds``; also one run's (start, duration) per layer in
     ms from the run's start, for the trace."""
     plan = engine.plan
     layers = [LayerTime(i, lay.name, " + ".join(lay.origin) or lay.name, lay.kind, lay.tactic or "default",
                         lay.precision, []) for i, lay in enumerate(plan.layers)]
-    runner = _cuda_profiler if plan.config.device == "cuda" else _cpu_profiler
+    make_profiler = _cuda_profiler if plan.config.device == "cuda" else _cpu_profiler
     timeline: list[tuple[float, float]] = []
-    run_once = runner(engine, feeds)
+    run_once = make_profiler(engine, feeds)
     for it in range(warmup + iterations):
         starts, durs = run_once()
         if it >= warmup:
@@ -63,22 +64,22 @@ def profile_engine(engine, feeds: dict[str, np.ndarray], iterations: int = 20, w
     return layers, timeline
 
 
-def _cuda_profiler(engine, feeds: dict[str, np.ndarray]):
-    from ember.tools.bench import cuda_runner
-
-    ctx, runner = cuda_runner(engine)
-    program = runner.program
-    dev = {k: host_tensor(v).to(program.device) for k, v in feeds.items()}
+def _cuda_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tuple[list[float], list[float]]]:
+    """One eager run of the engine's compiled program (``Engine.compile()``, shared by every
+    context) per call, on one stream of its own, with CUDA events around each layer: no CUDA
+    graph, so each layer's time is its own, and one stream, so the times add up."""
+    program = engine.compile()
+    dev = {k: numpy_to_torch(v, program.device) for k, v in feeds.items()}
+    stream = torch.cuda.Stream(program.device)
     n = len(program.steps)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     base = torch.cuda.Event(enable_timing=True)
 
-    def hook(step, when: str) -> None:
+    def hook(step: Any, when: str) -> None:
         (starts if when == "start" else ends)[step.index].record()
 
     def run_once() -> tuple[list[float], list[float]]:
-        stream = runner.stream
         with torch.inference_mode(), torch.cuda.stream(stream):
             base.record()
             program.forward(dev, [stream], hook)
@@ -88,9 +89,8 @@ def _cuda_profiler(engine, feeds: dict[str, np.ndarray]):
     return run_once
 
 
-def _cpu_profiler(engine, feeds: dict[str, np.ndarray]):
-    from ember.runtime.tensors import numpy_to_torch
-
+def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tuple[list[float], list[float]]]:
+    """One run of the CPU program's steps per call, each timed on the wall clock."""
     program = engine.compile()
     dev = {k: numpy_to_torch(v, program.device) for k, v in feeds.items()}
 
@@ -165,7 +165,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ember profile``."""
-    from ember.cli import parse_shapes
     from ember.tools.bench import BenchOptions, build_engine, resolve_source
 
     opts = BenchOptions(args.model, args.device, args.precision or ("fp16" if args.device == "cuda" else "fp32"),

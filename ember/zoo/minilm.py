@@ -8,7 +8,7 @@ the PyTorch module) and pools exactly as sentence-transformers does: mean over t
 then L2 normalization.
 
 >>> from ember.zoo import minilm
->>> from ember.zoo.runners import OrtRunner
+>>> from ember.tools.runners import OrtRunner
 >>> path = minilm.export_onnx()                                                  # doctest: +SKIP
 >>> embed = minilm.MiniLMEmbedder(OrtRunner(path))                               # doctest: +SKIP
 >>> vectors = embed(["A man is eating food.", "Someone is having a meal."])      # doctest: +SKIP
@@ -26,7 +26,7 @@ from torch import nn
 
 from ember.errors import ModelLoadError
 from ember.zoo.bert import MASK_BIAS
-from ember.zoo.export import DEFAULT_OPSET, source_fingerprint, cache_dir, export_module
+from ember.zoo.export import DEFAULT_OPSET, cache_dir, export_module, source_fingerprint
 
 NAME = "all-MiniLM-L6-v2"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

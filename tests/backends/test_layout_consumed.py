@@ -30,7 +30,7 @@ from ember.ops.attrs import (
 from ember.plan.config import Layout, Precision
 from ember.plan.records import LayoutPlan, Records
 from ember.runtime.summary import format_engine
-from ember.zoo.runners import EmberRunner, OrtRunner, max_rel_error
+from ember.tools.runners import EmberRunner, OrtRunner, max_rel_error
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
 NHWC_RECORDS = Records(layout=LayoutPlan(Layout.NHWC, frozenset({"y"}), frozenset({"w"})))

@@ -149,7 +149,7 @@ def test_the_outcome_is_described_in_one_line():
 def test_the_command_line_takes_a_target():
     import argparse
 
-    from ember.cli import add_build_options, config_from_args
+    from ember.tools.args import add_build_options, config_from_args
 
     p = argparse.ArgumentParser()
     add_build_options(p)

@@ -281,9 +281,8 @@ def reduce_cases() -> list[OpCase]:
     return cases
 
 
-from tests.conformance.op_models_shape import shape_cases  # noqa: E402
 from tests.conformance.op_models_extra import extra_cases  # noqa: E402
-
+from tests.conformance.op_models_shape import shape_cases  # noqa: E402
 
 FAMILIES: dict[str, Callable[[], list[OpCase]]] = {
     "activation": activation_cases, "elementwise": elementwise_cases, "conv": conv_cases,

@@ -1,10 +1,14 @@
-"""Conformance models for the ops of ``ember.ops.extra`` (see ``op_models``): every op, opset
-variant and attribute form, checked against ONNX Runtime."""
+"""Conformance models for the ops beyond the core families (see ``op_models``): math and logic,
+more reductions, indexing, movement, resampling, recurrent, composite and the other norms, with
+every opset variant and attribute form, checked against ONNX Runtime. Their ops live in their
+families' modules (``ember.ops.activation``, ``reduce``, ``index``, ``movement``, ...); they are
+grouped here because the CUDA backend runs most of them through its generic fallback
+(``test_extra_ops_cuda``)."""
 from __future__ import annotations
 
 import numpy as np
 
-from tests.conformance.op_models import I64, F32, OpCase, _rng, const, feed, rnd, single
+from tests.conformance.op_models import F32, I64, OpCase, _rng, const, feed, rnd, single
 
 
 def _unary(r) -> list[OpCase]:
@@ -271,6 +275,6 @@ def _norm_einsum(r) -> list[OpCase]:
 
 
 def extra_cases() -> list[OpCase]:
-    """Every case for the ops of ``ember.ops.extra``."""
+    """Every case for the ops beyond the core families."""
     r = _rng("extra")
     return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r) + _composite(r) + _norm_einsum(r)

@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from tests.conformance.op_models import I64, F32, OpCase, _rng, const, feed, graph_model, rnd, single
+from tests.conformance.op_models import F32, I64, OpCase, _rng, const, feed, graph_model, rnd, single
 
 
 def _concat_split_slice(r) -> list[OpCase]:

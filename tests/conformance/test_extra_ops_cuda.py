@@ -1,6 +1,7 @@
-"""The ops of ``ember.ops.extra`` / ``ember.ops.recurrent`` built for the GPU (no CUDA-specific
-kernels: the CUDA backend's generic fallback runs the CPU kernels' PyTorch code on the device,
-under CUDA-graph capture), fp32, against ONNX Runtime on the CPU."""
+"""The cases of ``op_models_extra`` (the ops beyond the core families, recurrent ones included)
+built for the GPU (no CUDA-specific kernels: the CUDA backend's generic fallback runs the CPU
+kernels' PyTorch code on the device, under CUDA-graph capture), fp32, against ONNX Runtime on
+the CPU."""
 from __future__ import annotations
 
 import pytest

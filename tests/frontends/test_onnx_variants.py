@@ -200,7 +200,7 @@ def test_gemm_defaults_gelu_hardswish_cast_shape():
     assert n.attrs.approximate == "tanh"
     assert only(single("h", "HardSwish", [feed("x", X)], opset=14))[1].op is OpType.HARD_SWISH
     g, n = only(single("c", "Cast", [feed("x", X)], to=onnx.TensorProto.INT64))
-    assert n.attrs.to == "int64" and g.types["y0"].dtype is DType.INT64
+    assert n.attrs.to is DType.INT64 and g.types["y0"].dtype is DType.INT64
     g, n = only(single("s", "Shape", [feed("x", X)], opset=15, start=1, end=-1))
     assert (n.attrs.start, n.attrs.end) == (1, -1) and g.types["y0"].shape == (1,)
 

@@ -90,3 +90,18 @@ def test_mean_with_a_second_reader_blocks_the_fusion():
     nodes = layernorm("x", "y") + [oh.make_node("Relu", ["mu"], ["z"], name="other")]
     out = check_against_ort(onnx_model(nodes, X, ["y", "z"], CONSTS))
     assert "LayerNormalization" not in ops(out)
+
+
+def test_affine_after_layernorm_over_a_symbolic_dim_is_left_alone():
+    """A scale after a LayerNorm whose normalized dim is symbolic cannot be folded into its weights
+    (the folded weight's shape is unknown): the rule declines instead of failing the build."""
+    from ember.ir import DType, Node, OpType
+    from ember.ops.attrs import LayerNormAttrs
+    from passkit import ir_graph, run_pass
+
+    nodes = [Node("ln", OpType.LAYER_NORM, ("x", "s"), ("n",), LayerNormAttrs(-1, 1e-5)),
+             Node("mul", OpType.MUL, ("n", "c"), ("y",))]
+    g = ir_graph(nodes, {"x": ((2, "hidden"), DType.FLOAT32)}, ["y"],
+                 {"s": np.ones(4, np.float32), "c": np.array([2.0], np.float32)})
+    out, fired = run_pass(g, "fuse_layernorm")
+    assert [n.op for n in out.nodes] == [OpType.LAYER_NORM, OpType.MUL] and not fired

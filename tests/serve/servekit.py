@@ -1,4 +1,4 @@
-"""Helpers of the serve tests: tiny ONNX models, a repository layout, a Python-function runner."""
+"""Helpers of the serve tests: tiny ONNX models, a repository layout, a Python-function engine."""
 from __future__ import annotations
 
 import contextlib
@@ -70,9 +70,10 @@ def reference(x: np.ndarray) -> np.ndarray:
     return np.maximum(x @ W, 0)
 
 
-# ---- a runner made of a Python function, for scheduler tests --------------------------------
-class FakeRunner:
-    """A ``Runner`` whose contexts call ``fn``; records each call's batch size and thread."""
+# ---- an engine made of a Python function, for scheduler tests ------------------------------
+class FakeEngine:
+    """A ``ModelEngine`` (``ember.serve.engines``) whose contexts call ``fn``; records each call's
+    batch size and thread."""
 
     def __init__(self, fn, inputs, outputs, delay_s: float = 0.0) -> None:
         self.fn = fn

@@ -1,4 +1,4 @@
-"""The scheduler on a Python-function runner: batching, delays, preferred sizes, shapes batched
+"""The scheduler on a Python-function engine: batching, delays, preferred sizes, shapes batched
 apart, queue limits, timeouts, failures, parallel instances and draining."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ember.serve.errors import BadRequestError, InferenceFailedError, QueueFullE
 from ember.serve.signature import resolve_signature
 from ember.serve.stats import ModelStats
 
-from servekit import FakeRunner
+from servekit import FakeEngine
 
 
 def double(feeds):
@@ -22,10 +22,10 @@ def double(feeds):
 
 
 def make(config: dict, fn=double, delay_s: float = 0.0, dims=("batch", -1)):
-    runner = FakeRunner(fn, [("x", np.float32, dims)], [("y", np.float32, dims)], delay_s=delay_s)
+    engine = FakeEngine(fn, [("x", np.float32, dims)], [("y", np.float32, dims)], delay_s=delay_s)
     cfg = parse_config(config, "m", "m/config.yaml")
     stats = ModelStats("m", "1")
-    return Scheduler("m", "1", runner, resolve_signature(cfg, runner), cfg, stats), runner, stats
+    return Scheduler("m", "1", engine, resolve_signature(cfg, engine), cfg, stats), engine, stats
 
 
 def run(coro):
@@ -34,98 +34,98 @@ def run(coro):
 
 def test_gathers_concurrent_requests_into_one_batch_and_splits_back():
     async def main():
-        sched, runner, stats = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 200_000}})
+        sched, engine, stats = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 200_000}})
         await sched.start()
         xs = [np.full((b, 3), i, np.float32) for i, b in enumerate([1, 2, 3, 2])]
         outs = await asyncio.gather(*(sched.infer({"x": x}, x.shape[0]) for x in xs))
         await sched.close()
-        return xs, outs, runner, stats
-    xs, outs, runner, stats = run(main())
-    assert runner.calls == [{"x": (8, 3)}]
+        return xs, outs, engine, stats
+    xs, outs, engine, stats = run(main())
+    assert engine.calls == [{"x": (8, 3)}]
     for x, out in zip(xs, outs):
         np.testing.assert_array_equal(out["y"], x * 2)
     assert (stats.execution_count, stats.inference_count) == (1, 8)
     assert stats.queue.count == 4 and stats.compute_infer.count == 4
     assert list(stats.batches) == [8]
-    assert runner.opened == runner.closed == 1
+    assert engine.opened == engine.closed == 1
 
 
 def test_waits_at_most_the_queue_delay():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}})
+        sched, engine, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}})
         await sched.start()
         t0 = time.perf_counter()
         await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
         waited = time.perf_counter() - t0
         await sched.close()
-        return waited, runner
-    waited, runner = run(main())
+        return waited, engine
+    waited, engine = run(main())
     assert 0.045 <= waited < 1.0
-    assert runner.calls == [{"x": (1, 3)}]
+    assert engine.calls == [{"x": (1, 3)}]
 
 
 def test_preferred_batch_size_dispatches_at_once():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {
+        sched, engine, _ = make({"max_batch_size": 8, "dynamic_batching": {
             "max_queue_delay_microseconds": 5_000_000, "preferred_batch_size": [2]}})
         await sched.start()
         t0 = time.perf_counter()
         await asyncio.gather(*(sched.infer({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(4)))
         took = time.perf_counter() - t0
         await sched.close()
-        return took, runner
-    took, runner = run(main())
+        return took, engine
+    took, engine = run(main())
     assert took < 2.0          # did not wait the 5 s delay
-    assert runner.calls == [{"x": (2, 3)}, {"x": (2, 3)}]
+    assert engine.calls == [{"x": (2, 3)}, {"x": (2, 3)}]
 
 
 def test_different_shapes_are_batched_apart():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
+        sched, engine, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
         await sched.start()
         reqs = [np.full((1, w), w, np.float32) for w in (3, 5, 3, 5, 3)]
         outs = await asyncio.gather(*(sched.infer({"x": x}, 1) for x in reqs))
         await sched.close()
-        return reqs, outs, runner
-    reqs, outs, runner = run(main())
-    assert sorted(c["x"] for c in runner.calls) == [(2, 5), (3, 3)]
+        return reqs, outs, engine
+    reqs, outs, engine = run(main())
+    assert sorted(c["x"] for c in engine.calls) == [(2, 5), (3, 3)]
     for x, out in zip(reqs, outs):
         np.testing.assert_array_equal(out["y"], x * 2)
 
 
 def test_never_exceeds_max_batch_size():
     async def main():
-        sched, runner, stats = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
+        sched, engine, stats = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
         await sched.start()
         await asyncio.gather(*(sched.infer({"x": np.ones((3, 3), np.float32)}, 3) for _ in range(3)))
         await sched.close()
-        return runner, stats
-    runner, stats = run(main())
-    assert [c["x"][0] for c in runner.calls] == [3, 3, 3]
+        return engine, stats
+    engine, stats = run(main())
+    assert [c["x"][0] for c in engine.calls] == [3, 3, 3]
     assert stats.inference_count == 9
 
 
 def test_without_dynamic_batching_each_request_runs_alone():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8})
+        sched, engine, _ = make({"max_batch_size": 8})
         await sched.start()
         await asyncio.gather(*(sched.infer({"x": np.ones((2, 3), np.float32)}, 2) for _ in range(3)))
         await sched.close()
-        return runner
+        return engine
     assert run(main()).calls == [{"x": (2, 3)}] * 3
 
 
 def test_instances_run_in_parallel():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 1, "instance_count": 3}, delay_s=0.3)
+        sched, engine, _ = make({"max_batch_size": 1, "instance_count": 3}, delay_s=0.3)
         await sched.start()
         t0 = time.perf_counter()
         await asyncio.gather(*(sched.infer({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(3)))
         took = time.perf_counter() - t0
         await sched.close()
-        return took, runner
-    took, runner = run(main())
-    assert runner.max_active == 3 and runner.opened == runner.closed == 3
+        return took, engine
+    took, engine = run(main())
+    assert engine.max_active == 3 and engine.opened == engine.closed == 3
     assert took < 0.8
 
 
@@ -213,7 +213,7 @@ def test_output_without_batch_dim_is_an_error():
 
 def test_drain_answers_queued_requests_without_waiting_the_delay():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 10_000_000}})
+        sched, engine, _ = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 10_000_000}})
         await sched.start()
         pending = [asyncio.ensure_future(sched.infer({"x": np.ones((1, 3), np.float32)}, 1)) for _ in range(3)]
         await asyncio.sleep(0.05)
@@ -221,22 +221,22 @@ def test_drain_answers_queued_requests_without_waiting_the_delay():
         await sched.close()
         took = time.perf_counter() - t0
         results = await asyncio.gather(*pending)
-        return took, results, runner
-    took, results, runner = run(main())
+        return took, results, engine
+    took, results, engine = run(main())
     assert took < 2.0 and len(results) == 3
-    assert runner.calls == [{"x": (3, 3)}] and runner.closed == 1
+    assert engine.calls == [{"x": (3, 3)}] and engine.closed == 1
 
 
 def test_batches_are_padded_up_to_a_bucket_and_buckets_are_warmed_up_first():
     async def main():
-        sched, runner, stats = make({"max_batch_size": 8, "dynamic_batching": {
+        sched, engine, stats = make({"max_batch_size": 8, "dynamic_batching": {
             "max_queue_delay_microseconds": 200_000, "batch_buckets": [4, 8]}}, dims=("batch", 3))
         await sched.start()
-        warm = list(runner.calls)
+        warm = list(engine.calls)
         xs = [np.arange(3 * b, dtype=np.float32).reshape(b, 3) + 10 * i for i, b in enumerate([2, 3])]
         outs = await asyncio.gather(*(sched.infer({"x": x}, x.shape[0]) for x in xs))
         await sched.close()
-        return warm, runner.calls[len(warm):], xs, outs, stats
+        return warm, engine.calls[len(warm):], xs, outs, stats
     warm, calls, xs, outs, stats = run(main())
     assert warm == [{"x": (4, 3)}, {"x": (8, 3)}]  # one warm-up run per bucket, before serving
     assert calls == [{"x": (8, 3)}]  # 5 rows padded up to the bucket of 8
@@ -264,13 +264,13 @@ def test_bucket_choice_and_defaults():
 
 def test_a_batch_larger_than_every_bucket_runs_unpadded():
     async def main():
-        sched, runner, _ = make({"max_batch_size": 8, "dynamic_batching": {
+        sched, engine, _ = make({"max_batch_size": 8, "dynamic_batching": {
             "max_queue_delay_microseconds": 100_000, "batch_buckets": [2]}}, dims=("batch", 3))
         await sched.start()
         x = np.ones((5, 3), np.float32)
         out = await sched.infer({"x": x}, 5)
         await sched.close()
-        return runner.calls, out
+        return engine.calls, out
     calls, out = run(main())
     assert calls == [{"x": (2, 3)}, {"x": (5, 3)}]
     np.testing.assert_array_equal(out["y"], 2 * np.ones((5, 3)))

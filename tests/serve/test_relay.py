@@ -11,17 +11,19 @@ import time
 import grpc
 import numpy as np
 import pytest
-from servekit import matmul_relu_model, reference, write_model
-
 import tritonclient.grpc as tg
 
 from ember.serve import ServerOptions, ServerThread
-from ember.serve.relay import HEADER, HELLO, METHODS, FrameReader, FrontEnds, auto_front_ends, encode
 from ember.serve.launch import launch_server
+from ember.serve.relay.hub import FRONT_END_MODULE, FrontEnds, auto_front_ends
+from ember.serve.relay.wire import HEADER, HELLO, METHODS, FrameReader, encode
 
+from servekit import matmul_relu_model, reference, write_model
+
+# isort: split
 # the whole gRPC suite again, through two front-end processes (this module's ``server`` fixture)
-from test_grpc import *  # noqa: E402,F401,F403
 from test_concurrency import test_concurrent_clients_are_all_answered_and_counted  # noqa: E402,F401
+from test_grpc import *  # noqa: E402,F401,F403
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,17 @@ def test_frames_split_across_reads_and_joined():
 def test_auto_count():
     assert auto_front_ends(2) == 0 and auto_front_ends(4) == 0
     assert auto_front_ends(8) == 2 and auto_front_ends(16) == 4 and auto_front_ends(128) == 4
+
+
+@pytest.mark.parametrize("module", [FRONT_END_MODULE, "ember.serve.relay"])
+def test_front_end_entry_points(module):
+    """What ``FrontEnds`` spawns runs (and the package's old ``python -m`` name still does)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and "--hub" in done.stdout and "--staging-mb" in done.stdout
 
 
 def test_a_dead_front_end_is_replaced(server):

@@ -13,13 +13,13 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as onh
 import pytest
-from servekit import write_model
-
 import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2
 
 from ember.serve import ServerOptions, ServerThread
 from ember.serve.shm import REGIONS, RegionIndex, StagingPool, shm_dir, split_raw_inputs
+
+from servekit import write_model
 
 WIDTH = 8192  # 32 KiB of float32 per row: every request is staged
 
@@ -190,7 +190,8 @@ class _Wire:
 def test_a_staged_block_is_freed_when_the_reply_comes_even_if_the_client_left():
     import asyncio
 
-    from ember.serve.relay import HEADER, METHODS, STAGED_INFER, _Upstream, encode
+    from ember.serve.relay.frontend import _Upstream
+    from ember.serve.relay.wire import HEADER, METHODS, STAGED_INFER, encode
 
     async def scenario() -> None:
         reader, wire = asyncio.StreamReader(), _Wire()

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ember.cli import main as cli_main
 from ember.tools.bench import BenchOptions, bench, format_report
-from ember.runtime.tensors import max_relative_error
+from ember.backends.tensors import max_relative_error
 from ember.tools.bench_stats import LatencyStats
 from ember.tools.profile import chrome_trace, format_table, profile_engine, to_json
 

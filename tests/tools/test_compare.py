@@ -1,5 +1,6 @@
 """``ember compare``: Ember vs ONNX Runtime, per output and per layer, as a function and a command."""
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -60,14 +61,14 @@ def test_other_engine_fails_and_names_the_output(tmp_path):
 
 
 def test_per_layer_names_the_first_wrong_layer(monkeypatch):
-    table = registry._KERNELS[OpType.SIGMOID]
+    table = registry.CPU_KERNELS.table(OpType.SIGMOID)
     right = table[registry.ATEN]
 
     def wrong(node, ctx):
         kernel = right.factory(node, ctx)
         return lambda inputs: [kernel(inputs)[0] * 1.01]
 
-    monkeypatch.setitem(table, registry.ATEN, registry.KernelEntry(OpType.SIGMOID, registry.ATEN, wrong, 0, None))
+    monkeypatch.setitem(table, registry.ATEN, dataclasses.replace(right, factory=wrong))
     report = cmp.compare(small_model(), per_layer=True)
     assert not report.passed
     names = [d.name for d in report.layers]

@@ -4,8 +4,8 @@ import onnx
 import pytest
 
 import ember
+from ember.tools.runners import EmberRunner, OrtRunner
 from ember.zoo import minilm
-from ember.zoo.runners import EmberRunner, OrtRunner
 
 SENTENCES = [
     "A man is eating food.",

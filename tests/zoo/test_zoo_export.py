@@ -9,8 +9,8 @@ import torch
 
 from ember import zoo
 from ember.errors import ModelLoadError
+from ember.tools.runners import OrtRunner, TorchRunner, max_rel_error
 from ember.zoo import export as zoo_export
-from ember.zoo.runners import OrtRunner, TorchRunner, max_rel_error
 
 
 def _ops(path):

@@ -175,7 +175,7 @@ class CudaTacticTimer:
             kernel = self._compile(node, graph, tactic, precision)
             view = self._slice_view(node, graph, precision)
             with torch.inference_mode():
-                run, outs = self._runner(node, tactic, kernel, args, view)
+                run, outs = self._timed_run(node, tactic, kernel, args, view)
             err = self._error(node, graph, args, outs)
             if err > self.tolerance.get(precision, 1e-2):
                 self.rejected[(node.name, tactic)] = f"relative error {err:.2e} over {precision}'s tolerance"
@@ -186,7 +186,7 @@ class CudaTacticTimer:
             self.rejected[(node.name, tactic)] = f"{type(e).__name__}: {str(e)[:200]}"
             return math.inf
 
-    def _runner(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):
+    def _timed_run(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):
         """(what to time, the outputs of one run to check). Into a Concat slice (``view``): the
         kernel's ``write_into`` where it accepts the view (and writes), else kernel + copy, as the
         program (``ember.backends.concat_exec``) will run it."""

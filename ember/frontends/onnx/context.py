@@ -1,19 +1,20 @@
-"""State of one import: the IR being built, constants, types, and helpers for handlers."""
+"""What ONNX handlers work with: ``OnnxNode`` (one node, attributes decoded), ``ImportContext``
+(the graph being built, on the frontend-neutral ``GraphBuilder``), and ONNX's element types and
+tensors as Ember's."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ember.errors import GraphError, ModelLoadError, UnsupportedOpError
+from ember.errors import ModelLoadError, UnsupportedOpError
+from ember.frontends.graph_builder import GraphBuilder
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ir.types import TensorType
-from ember.ops.infer import constant_type, infer_node_types
 
 #: ONNX TensorProto element types Ember has, mapped once here.
 ONNX_DTYPES: dict[int, DType] = {
@@ -30,7 +31,8 @@ def onnx_dtype(code: int, what: str) -> DType:
     try:
         return ONNX_DTYPES[code]
     except KeyError:
-        name = onnx.TensorProto.DataType.Name(code) if code in onnx.TensorProto.DataType.values() else str(code)
+        known = code in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(code) if known else str(code)
         have = ", ".join(d.value for d in ONNX_DTYPES.values())
         raise UnsupportedOpError(f"{what} has element type {name}, which Ember does not support "
                                  f"(supported: {have})") from None
@@ -91,88 +93,21 @@ class OnnxNode:
         return f"node {self.name!r} ({self.op_type}, opset {self.opset})"
 
 
-@dataclass
-class ImportContext:
-    """What handlers read (types, constants) and write (IR nodes) during one import."""
+class ImportContext(GraphBuilder):
+    """One ONNX import: the frontend-neutral ``GraphBuilder`` plus the model's opsets and the
+    helpers handlers use to emit IR nodes made from an ONNX node (named after it)."""
 
-    source: str
-    opset: int
-    opsets: dict[str, int] = field(default_factory=dict)  # domain -> version
-    types: dict[str, TensorType] = field(default_factory=dict)
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # build-time shape values
-    nodes: list[Node] = field(default_factory=list)
-    used: set[str] = field(default_factory=set)  # tensors read by a node or a graph output
-    _names: set[str] = field(default_factory=set)
-    _node_names: set[str] = field(default_factory=set)
-
-    # ---- reading --------------------------------------------------------------------
-    def type(self, name: str) -> TensorType:
-        try:
-            return self.types[name]
-        except KeyError:
-            raise GraphError(f"{self.source}: tensor {name!r} is used before it is defined") from None
-
-    def const(self, name: str) -> Optional[np.ndarray]:
-        """The value of a constant tensor (initializer or Constant node), else None."""
-        return self.constants.get(name) if name else None
-
-    def value(self, name: str) -> Optional[np.ndarray]:
-        """A constant, or the build-time value of a shape tensor (see ember.ops.shape_values)."""
-        if not name:
-            return None
-        return self.constants[name] if name in self.constants else self.values.get(name)
-
-    def const_ints(self, name: str) -> Optional[tuple[int, ...]]:
-        value = self.const(name)
-        return None if value is None else tuple(int(v) for v in value.reshape(-1))
-
-    def const_floats(self, name: str) -> Optional[tuple[float, ...]]:
-        value = self.const(name)
-        return None if value is None else tuple(float(v) for v in value.reshape(-1))
-
-    def all_const(self, names: Sequence[str]) -> bool:
-        """True when every present (non-empty) name is a constant."""
-        return all(self.const(n) is not None for n in names if n)
-
-    def is_used(self, name: str) -> bool:
-        return bool(name) and name in self.used
-
-    # ---- writing --------------------------------------------------------------------
-    def add_constant(self, name: str, value: np.ndarray) -> str:
-        value = np.require(value, requirements="C")
-        self.constants[name] = value
-        self.types[name] = constant_type(value)
-        self._names.add(name)
-        return name
-
-    def fresh(self, base: str) -> str:
-        """A tensor or node name not used yet."""
-        name, k = base, 0
-        while name in self._names or name in self.types:
-            k += 1
-            name = f"{base}_{k}"
-        self._names.add(name)
-        return name
-
-    def reserve(self, names: Sequence[str]) -> None:
-        self._names.update(n for n in names if n)
+    def __init__(self, source: str, opset: int, opsets: Optional[Mapping[str, int]] = None) -> None:
+        super().__init__(source)
+        self.opset = opset
+        self.opsets: dict[str, int] = dict(opsets or {})  # domain -> version
 
     def emit(self, src: OnnxNode, op: OpType, inputs: Sequence[str], outputs: Sequence[str],
              attrs: Any = None, suffix: str = "") -> Node:
-        """Adds an IR node made from ``src`` and infers its output types right away."""
-        base = src.name + (f"/{suffix}" if suffix else "")
-        name, k = base, 0
-        while name in self._node_names:
-            k += 1
-            name = f"{base}_{k}"
-        self._node_names.add(name)
-        node = Node(name, op, tuple(inputs), tuple(outputs), attrs, origin=(src.name,))
-        for t, name in zip(infer_node_types(node, self.types, self.constants, self.values), node.outputs):
-            if name:
-                self.types[name] = t
-        self.nodes.append(node)
-        return node
+        """Adds an IR node made from ``src`` (named after it, ``/suffix`` for the second and
+        later nodes of one ONNX node) and infers its output types right away."""
+        name = src.name + (f"/{suffix}" if suffix else "")
+        return self.add_node(op, inputs, outputs, attrs, name=name, origin=(src.name,))
 
     def temp(self, src: OnnxNode, what: str) -> str:
         """A fresh name for an intermediate tensor a handler creates."""

@@ -1,24 +1,23 @@
 """``import_onnx``: an ONNX model to an Ember ``Graph``."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import onnx
 import onnx.inliner
 
 from ember.errors import ModelLoadError, ShapeError, UnsupportedOpError
-from ember.frontends.onnx.context import ImportContext, OnnxNode, decode_attribute, onnx_dtype, tensor_to_array
+from ember.frontends.graph_builder import ShapeMap, symbolic_dim
+from ember.frontends.onnx.context import (
+    ImportContext, OnnxNode, decode_attribute, onnx_dtype, tensor_to_array,
+)
 from ember.frontends.onnx.loader import ModelLike, load_model
 from ember.frontends.onnx.registry import (
     MAX_OPSET, MIN_OPSET, canonical_domain, find_handler, supported_op_names,
 )
+from ember.ir.dtype import DType
 from ember.ir.graph import Graph, SourceInfo
-from ember.ir.types import Dim, TensorType, format_shape
-from ember.ir.verifier import verify
-from ember.ops.common import factorize, make_dim
-from ember.ops.infer import infer_graph
-
-ShapeMap = Mapping[str, Sequence[Dim]]
+from ember.ir.types import Dim
 
 
 def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
@@ -37,27 +36,16 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
     opset = opsets[""]
     nodes = _wrap_nodes(proto.graph, opsets)
     _check_handlers(nodes, label, opset)
-    ctx = ImportContext(source=label, opset=opset, opsets=dict(opsets))
+    ctx = ImportContext(source=label, opset=opset, opsets=opsets)
     _reserve_names(ctx, proto.graph)
-    inputs = _add_inputs(ctx, proto.graph, dict(shapes or {}), label)
+    _add_inputs(ctx, proto.graph, shapes or {})
     outputs = [o.name for o in proto.graph.output]
     ctx.used = {i for n in nodes for i in n.inputs if i} | set(outputs)
     _convert(ctx, nodes, label)
-    for o in outputs:
-        if o not in ctx.types:
-            raise ModelLoadError(f"{label}: graph output {o!r} is not produced by any node, input "
-                                 f"or initializer; the model is malformed")
-    used = {i for n in ctx.nodes for i in n.inputs if i} | set(outputs)
-    constants = {k: v for k, v in ctx.constants.items() if k in used and k not in inputs}
-    graph = Graph(
-        name=proto.graph.name or "model", nodes=ctx.nodes, inputs=inputs, outputs=outputs,
-        types=ctx.types, constants=constants, opset=opset, source=label,
+    return ctx.finish(
+        proto.graph.name or "model", outputs, opset=opset,
         source_info=SourceInfo("onnx", f"{proto.producer_name} {proto.producer_version}".strip(),
-                               len(proto.graph.node), dict(opsets), int(proto.ir_version)),
-    )
-    graph = infer_graph(graph)
-    verify(graph)
-    return graph
+                               len(proto.graph.node), dict(opsets), int(proto.ir_version)))
 
 
 def _opsets(proto: onnx.ModelProto, label: str) -> dict[str, int]:
@@ -119,58 +107,38 @@ def _reserve_names(ctx: ImportContext, graph: onnx.GraphProto) -> None:
         ctx.reserve(list(n.input) + list(n.output))
 
 
-def _add_inputs(ctx: ImportContext, graph: onnx.GraphProto, shapes: dict[str, Sequence[Dim]],
-                label: str) -> list[str]:
+def _add_inputs(ctx: ImportContext, graph: onnx.GraphProto, shapes: ShapeMap) -> None:
+    """Initializers become constants; the other graph inputs become inputs (``shapes`` wins)."""
     for t in graph.initializer:
         ctx.add_constant(t.name, tensor_to_array(t, f"initializer {t.name!r}"))
-    inputs = []
     for vi in graph.input:
         if vi.name in ctx.constants:
             continue  # an initializer listed as an input is a constant (ONNX IR < 4 style)
-        inputs.append(vi.name)
-        ctx.types[vi.name] = _input_type(vi, shapes.pop(vi.name, None), label)
-    if shapes:
-        raise ShapeError(f"shapes given for {sorted(shapes)}, which are not inputs of {label}; "
-                         f"its inputs are {inputs}")
-    return inputs
+        dtype, dims = _input_type(vi, ctx.source)
+        ctx.add_input(vi.name, dtype, dims, shapes.get(vi.name))
+    ctx.check_shapes(shapes)
 
 
-def _input_type(vi: onnx.ValueInfoProto, given: Optional[Sequence[Dim]], label: str) -> TensorType:
+def _input_type(vi: onnx.ValueInfoProto, label: str) -> tuple[DType, Optional[list[Dim]]]:
+    """The element type and the dims an input declares (None: no shape, not even a rank).
+
+    Unnamed dynamic dims become ``"<input>_d<i>"``; named ones (``dim_param``) are written in
+    canonical form once, here.
+    """
     if not vi.type.HasField("tensor_type"):
         raise UnsupportedOpError(f"{label}: input {vi.name!r} is not a tensor "
                                  f"({vi.type.WhichOneof('value')}); Ember takes tensor inputs only")
     tt = vi.type.tensor_type
     dtype = onnx_dtype(tt.elem_type, f"{label}: input {vi.name!r}")
-    model_dims: Optional[list[Dim]] = None
-    if tt.HasField("shape"):
-        model_dims = []
-        for i, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value"):
-                model_dims.append(int(d.dim_value))
-            else:
-                # products such as "batch * 2" are written canonically ("batch*2"), once, here
-                model_dims.append(make_dim(*factorize(d.dim_param)) if d.dim_param else f"{vi.name}_d{i}")
-    if given is None:
-        if model_dims is None:
-            raise ShapeError(f"{label}: input {vi.name!r} has no shape (not even a rank); pass "
-                             f"shapes={{{vi.name!r}: (...)}} to import_onnx / --shapes to ember build")
-        return TensorType(dtype, tuple(model_dims))
-    return TensorType(dtype, _override(vi.name, model_dims, tuple(given), label))
-
-
-def _override(name: str, model_dims: Optional[list[Dim]], given: tuple[Dim, ...],
-              label: str) -> tuple[Dim, ...]:
-    if model_dims is None:
-        return given
-    if len(given) != len(model_dims):
-        raise ShapeError(f"shape {format_shape(given)} given for input {name!r} has rank "
-                         f"{len(given)}, but {label} declares rank {len(model_dims)} "
-                         f"({format_shape(model_dims)}); give {len(model_dims)} dims")
-    for i, (m, g) in enumerate(zip(model_dims, given)):
-        if isinstance(m, int) and isinstance(g, int) and m != g:
-            raise ShapeError(f"shape {format_shape(given)} given for input {name!r} conflicts "
-                             f"with the model's fixed dim {i} = {m} ({format_shape(model_dims)})")
-    return given
+    if not tt.HasField("shape"):
+        return dtype, None
+    dims: list[Dim] = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(symbolic_dim(d.dim_param) if d.dim_param else f"{vi.name}_d{i}")
+    return dtype, dims
 
 
 def _convert(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> None:
@@ -220,5 +188,6 @@ def convert_subgraph(ctx: ImportContext, graph: onnx.GraphProto, parent: OnnxNod
     rejected = convert_nodes(ctx, nodes, ctx.source)
     if rejected:
         raise UnsupportedOpError("its branch uses ops Ember cannot import: " + "; ".join(
-            f"{op} ({', '.join(repr(x) for x in names)}: {why})" for (op, _, _, why), names in rejected.items()))
+            f"{op} ({', '.join(repr(x) for x in names)}: {why})"
+            for (op, _, _, why), names in rejected.items()))
     return outputs

@@ -4,10 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import direct, reject
+from ember.frontends.onnx.handlers.common import HandlerFn, choice, direct, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import ClipAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs
+from ember.ops.attrs import (
+    AlphaAttrs, ClipAttrs, GeluApproximate, GeluAttrs, HardSigmoidAttrs, IsInfAttrs, LeakyReluAttrs,
+    SeluAttrs,
+)
 
 for _name, _op, _since in (
     ("Relu", OpType.RELU, 1), ("Sigmoid", OpType.SIGMOID, 1), ("Tanh", OpType.TANH, 1),
@@ -17,6 +20,17 @@ for _name, _op, _since in (
     ("PRelu", OpType.PRELU, 1),
 ):
     onnx_op(_name, since=_since)(direct(_op))
+
+# math functions and smooth activations (one input; any later inputs are not theirs)
+for _name, _op, _since in (
+    ("Floor", OpType.FLOOR, 6), ("Ceil", OpType.CEIL, 6), ("Round", OpType.ROUND, 11),
+    ("Sign", OpType.SIGN, 9), ("Sin", OpType.SIN, 7), ("Cos", OpType.COS, 7), ("Tan", OpType.TAN, 7),
+    ("Asin", OpType.ASIN, 7), ("Acos", OpType.ACOS, 7), ("Atan", OpType.ATAN, 7),
+    ("Sinh", OpType.SINH, 9), ("Cosh", OpType.COSH, 9), ("Asinh", OpType.ASINH, 9),
+    ("Acosh", OpType.ACOSH, 9), ("Atanh", OpType.ATANH, 9), ("IsNaN", OpType.IS_NAN, 9),
+    ("Softplus", OpType.SOFTPLUS, 1), ("Softsign", OpType.SOFTSIGN, 1), ("Mish", OpType.MISH, 18),
+):
+    onnx_op(_name, since=_since)(direct(_op, nin=1))
 
 
 @onnx_op("LeakyRelu", since=1)
@@ -33,10 +47,36 @@ def import_hard_sigmoid(ctx: ImportContext, n: OnnxNode) -> None:
 
 @onnx_op("Gelu", since=20)
 def import_gelu(ctx: ImportContext, n: OnnxNode) -> None:
-    approximate = n.attr("approximate", "none")
-    if approximate not in ("none", "tanh"):
-        raise reject(f"approximate={approximate!r} is not one of 'none', 'tanh'")
+    approximate = choice(n, "approximate", GeluApproximate.NONE)
     ctx.emit(n, OpType.GELU, n.inputs[:1], n.outputs[:1], GeluAttrs(approximate=approximate))
+
+
+def _alpha(op: OpType) -> HandlerFn:
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """One float ``alpha`` attribute (default 1.0)."""
+        ctx.emit(n, op, n.inputs[:1], n.outputs[:1], AlphaAttrs(alpha=float(n.attr("alpha", 1.0))))
+
+    handler.__name__ = f"import_{op.name.lower()}"
+    return handler
+
+
+onnx_op("Elu", since=6)(_alpha(OpType.ELU))
+onnx_op("Celu", since=12)(_alpha(OpType.CELU))
+onnx_op("ThresholdedRelu", since=10)(_alpha(OpType.THRESHOLDED_RELU))
+
+
+@onnx_op("Selu", since=6)
+def import_selu(ctx: ImportContext, n: OnnxNode) -> None:
+    d = SeluAttrs()
+    ctx.emit(n, OpType.SELU, n.inputs[:1], n.outputs[:1],
+             SeluAttrs(alpha=float(n.attr("alpha", d.alpha)), gamma=float(n.attr("gamma", d.gamma))))
+
+
+@onnx_op("IsInf", since=10)
+def import_is_inf(ctx: ImportContext, n: OnnxNode) -> None:
+    ctx.emit(n, OpType.IS_INF, n.inputs[:1], n.outputs[:1],
+             IsInfAttrs(detect_positive=bool(n.attr("detect_positive", 1)),
+                        detect_negative=bool(n.attr("detect_negative", 1))))
 
 
 @onnx_op("Clip", since=6)

@@ -2,26 +2,18 @@
 CastLike, Size, Sum, Mean, GlobalMaxPool, LpNormalization, Shrink."""
 from __future__ import annotations
 
-import numpy as np
-
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import reject
+from ember.frontends.onnx.handlers.common import binary_chain, reject
 from ember.frontends.onnx.registry import onnx_op
-from ember.ir.dtype import DType
 from ember.ir.optype import OpType
 from ember.ops.attrs import CastAttrs, ReduceAttrs, ShapeAttrs
-
-
-def _scalar(ctx: ImportContext, n: OnnxNode, what: str, value: float, dtype: DType) -> str:
-    """A fresh rank-0 constant of the given dtype."""
-    return ctx.add_constant(ctx.fresh(f"{n.name}/{what}"), np.array(value, dtype=dtype.to_numpy()))
 
 
 @onnx_op("CastLike", since=15)
 def import_cast_like(ctx: ImportContext, n: OnnxNode) -> None:
     """Cast to the element type of input 1 (known at import)."""
     to = ctx.type(n.input(1)).dtype
-    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to.value))
+    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))
 
 
 @onnx_op("Size", since=1)
@@ -32,35 +24,19 @@ def import_size(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.REDUCE_PROD, (shape,), n.outputs[:1], ReduceAttrs(axes=(0,), keepdims=False))
 
 
-def _variadic_sum(ctx: ImportContext, n: OnnxNode, out: str) -> int:
-    inputs = [i for i in n.inputs if i]
-    if not inputs:
-        raise reject("it has no inputs")
-    if len(inputs) == 1:
-        ctx.emit(n, OpType.IDENTITY, inputs, (out,))
-        return 1
-    acc = inputs[0]
-    for k, other in enumerate(inputs[1:]):
-        last = k == len(inputs) - 2
-        dst = out if last else ctx.temp(n, f"partial{k}")
-        ctx.emit(n, OpType.ADD, (acc, other), (dst,), suffix="" if last else f"part{k}")
-        acc = dst
-    return len(inputs)
-
-
 @onnx_op("Sum", since=8)
 def import_sum(ctx: ImportContext, n: OnnxNode) -> None:
     """Sum of any number of inputs (broadcast): a chain of Adds."""
-    _variadic_sum(ctx, n, n.output(0))
+    binary_chain(ctx, n, OpType.ADD, n.output(0))
 
 
 @onnx_op("Mean", since=8)
 def import_mean(ctx: ImportContext, n: OnnxNode) -> None:
     """Mean of any number of inputs: their Sum divided by the count."""
     total = ctx.temp(n, "sum")
-    count = _variadic_sum(ctx, n, total)
-    dtype = ctx.type(total).dtype
-    ctx.emit(n, OpType.DIV, (total, _scalar(ctx, n, "count", count, dtype)), n.outputs[:1], suffix="mean")
+    count = binary_chain(ctx, n, OpType.ADD, total)
+    divisor = ctx.add_scalar(f"{n.name}/count", count, ctx.type(total).dtype)
+    ctx.emit(n, OpType.DIV, (total, divisor), n.outputs[:1], suffix="mean")
 
 
 @onnx_op("GlobalMaxPool", since=1)
@@ -91,7 +67,7 @@ def import_shrink(ctx: ImportContext, n: OnnxNode) -> None:
     x = n.input(0)
     dtype = ctx.type(x).dtype
     lambd, bias = float(n.attr("lambd", 0.5)), float(n.attr("bias", 0.0))
-    c = {k: _scalar(ctx, n, k, v, dtype) for k, v in
+    c = {k: ctx.add_scalar(f"{n.name}/{k}", v, dtype) for k, v in
          (("neg_lambd", -lambd), ("lambd", lambd), ("bias", bias), ("zero", 0.0))}
     low, high, plus, minus, inner = (ctx.temp(n, w) for w in ("low", "high", "plus", "minus", "inner"))
     ctx.emit(n, OpType.LESS, (x, c["neg_lambd"]), (low,), suffix="low")

@@ -66,16 +66,19 @@ def _dropout(ctx: ImportContext, n: OnnxNode) -> None:
         return
     x = ctx.type(n.input(0))
     if x.is_static:
-        ctx.add_constant(mask, np.ones(x.shape, dtype=bool))
+        ctx.add_constant(mask, np.ones(tuple(int(d) for d in x.shape), dtype=bool))
     else:
         shape = ctx.temp(n, "shape")
         ctx.emit(n, OpType.SHAPE, n.inputs[:1], (shape,), ShapeAttrs(), suffix="mask_shape")
         ctx.emit(n, OpType.CONSTANT_OF_SHAPE, (shape,), (mask,),
-                 ConstantOfShapeAttrs(value=True, dtype=DType.BOOL.value), suffix="mask")
+                 ConstantOfShapeAttrs(value=True, dtype=DType.BOOL), suffix="mask")
 
 
 @onnx_op("Cast", since=6)
 def import_cast(ctx: ImportContext, n: OnnxNode) -> None:
-    to = onnx_dtype(int(n.attr("to")), f"Cast {n.name!r} target type")
-    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to.value))
+    code = n.attr("to")
+    if code is None:
+        raise reject("to is missing (it is required)")
+    to = onnx_dtype(int(code), f"Cast {n.name!r} target type")
+    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))
 

@@ -72,7 +72,7 @@ def import_conv(ctx: ImportContext, n: OnnxNode) -> None:
 @onnx_op("ConvTranspose", since=1)
 def import_conv_transpose(ctx: ImportContext, n: OnnxNode) -> None:
     """Keeps ``output_shape`` / SAME auto_pad; ``ember.ops.conv.conv_transpose_pads`` resolves them."""
-    x, w = ctx.type(n.input(0)), ctx.type(n.input(1))
+    w = ctx.type(n.input(1))
     kernel = _kernel(n, w, "ConvTranspose")
     strides, dilations, pads = window(n, kernel)
     ap = auto_pad(n)

@@ -1,36 +1,37 @@
-"""Binary and variadic elementwise ops (numpy broadcasting from opset 7 on)."""
+"""Binary and variadic elementwise ops (numpy broadcasting from opset 7 on): arithmetic,
+comparisons, logic and bitwise ops."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import direct, reject
+from ember.frontends.onnx.handlers.common import HandlerFn, binary_chain, direct
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
+from ember.ops.attrs import ModAttrs
 
-for _name, _op in (
-    ("Add", OpType.ADD), ("Sub", OpType.SUB), ("Mul", OpType.MUL), ("Div", OpType.DIV),
-    ("Pow", OpType.POW), ("Equal", OpType.EQUAL), ("Less", OpType.LESS),
-    ("Greater", OpType.GREATER),
+for _name, _op, _since in (
+    ("Add", OpType.ADD, 7), ("Sub", OpType.SUB, 7), ("Mul", OpType.MUL, 7), ("Div", OpType.DIV, 7),
+    ("Pow", OpType.POW, 7), ("Equal", OpType.EQUAL, 7), ("Less", OpType.LESS, 7),
+    ("Greater", OpType.GREATER, 7), ("GreaterOrEqual", OpType.GREATER_OR_EQUAL, 12),
+    ("LessOrEqual", OpType.LESS_OR_EQUAL, 12), ("And", OpType.AND, 7), ("Or", OpType.OR, 7),
+    ("Xor", OpType.XOR, 7), ("BitwiseAnd", OpType.BITWISE_AND, 18),
+    ("BitwiseOr", OpType.BITWISE_OR, 18), ("BitwiseXor", OpType.BITWISE_XOR, 18),
 ):
-    onnx_op(_name, since=7)(direct(_op, nin=2))
+    onnx_op(_name, since=_since)(direct(_op, nin=2))
 
+onnx_op("BitwiseNot", since=18)(direct(OpType.BITWISE_NOT, nin=1))
 onnx_op("Where", since=9)(direct(OpType.WHERE, nin=3))
 
 
-def _variadic(op: OpType):
+@onnx_op("Mod", since=10)
+def import_mod(ctx: ImportContext, n: OnnxNode) -> None:
+    """fmod=0: the result takes the divisor's sign (integer inputs); fmod=1: C fmod."""
+    ctx.emit(n, OpType.MOD, n.inputs[:2], n.outputs[:1], ModAttrs(fmod=bool(n.attr("fmod", 0))))
+
+
+def _variadic(op: OpType) -> HandlerFn:
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         """Max/Min of any number of inputs: a chain of binary IR nodes."""
-        inputs = [i for i in n.inputs if i]
-        if not inputs:
-            raise reject("it has no inputs")
-        if len(inputs) == 1:
-            ctx.emit(n, OpType.IDENTITY, inputs, n.outputs[:1])
-            return
-        acc = inputs[0]
-        for k, other in enumerate(inputs[1:]):
-            last = k == len(inputs) - 2
-            out = n.outputs[0] if last else ctx.temp(n, f"partial{k}")
-            ctx.emit(n, op, (acc, other), (out,), suffix="" if last else f"part{k}")
-            acc = out
+        binary_chain(ctx, n, op, n.outputs[0])
 
     handler.__name__ = f"import_{op.name.lower()}"
     return handler

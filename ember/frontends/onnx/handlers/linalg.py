@@ -1,11 +1,11 @@
-"""Gemm and MatMul."""
+"""Gemm, MatMul and Einsum."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import direct
+from ember.frontends.onnx.handlers.common import direct, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import GemmAttrs
+from ember.ops.attrs import EinsumAttrs, GemmAttrs
 
 
 @onnx_op("Gemm", since=7)
@@ -18,3 +18,11 @@ def import_gemm(ctx: ImportContext, n: OnnxNode) -> None:
 
 
 onnx_op("MatMul", since=1)(direct(OpType.MATMUL, nin=2))
+
+
+@onnx_op("Einsum", since=12)
+def import_einsum(ctx: ImportContext, n: OnnxNode) -> None:
+    equation = n.attr("equation")
+    if not equation:
+        raise reject("equation is missing (it is required)")
+    ctx.emit(n, OpType.EINSUM, n.inputs, n.outputs[:1], EinsumAttrs(equation=str(equation)))

@@ -1,14 +1,15 @@
-"""LRN, LayerNormalization, Softmax, LogSoftmax."""
+"""Normalizations (LRN, LayerNormalization, InstanceNormalization, GroupNormalization) and
+Softmax / LogSoftmax."""
 from __future__ import annotations
 
-import numpy as np
-
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import reject
+from ember.frontends.onnx.handlers.common import HandlerFn, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
-from ember.ops.attrs import CastAttrs, LayerNormAttrs, LRNAttrs, ReduceAttrs, SoftmaxAttrs
+from ember.ops.attrs import (
+    CastAttrs, GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, LRNAttrs, ReduceAttrs, SoftmaxAttrs,
+)
 from ember.ops.common import norm_axis
 
 
@@ -41,7 +42,7 @@ def _statistics(ctx: ImportContext, n: OnnxNode, axis: int, eps: float) -> None:
     axes = tuple(range(norm_axis(axis, t.rank, "LayerNormalization axis"), t.rank))
     if t.dtype is not DType.FLOAT32:
         xf = ctx.temp(n, "x_f32")
-        ctx.emit(n, OpType.CAST, (x,), (xf,), CastAttrs(to=DType.FLOAT32.value), suffix="cast")
+        ctx.emit(n, OpType.CAST, (x,), (xf,), CastAttrs(to=DType.FLOAT32), suffix="cast")
         x = xf
     red = ReduceAttrs(axes=axes, keepdims=True)
     mean = n.output(1) or ctx.temp(n, "mean")
@@ -51,14 +52,14 @@ def _statistics(ctx: ImportContext, n: OnnxNode, axis: int, eps: float) -> None:
     ctx.emit(n, OpType.MUL, (centered, centered), (square,), suffix="square")
     ctx.emit(n, OpType.REDUCE_MEAN, (square,), (var,), red, suffix="var")
     if ctx.is_used(n.output(2)):
-        eps_name = ctx.add_constant(ctx.fresh(f"{n.name}/epsilon"), np.array(eps, dtype=np.float32))
+        eps_name = ctx.add_scalar(f"{n.name}/epsilon", eps, DType.FLOAT32)
         shifted, std = ctx.temp(n, "var_eps"), ctx.temp(n, "std")
         ctx.emit(n, OpType.ADD, (var, eps_name), (shifted,), suffix="var_eps")
         ctx.emit(n, OpType.SQRT, (shifted,), (std,), suffix="std")
         ctx.emit(n, OpType.RECIPROCAL, (std,), (n.output(2),), suffix="inv_std")
 
 
-def _softmax(op: OpType, legacy: bool):
+def _softmax(op: OpType, legacy: bool) -> HandlerFn:
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         """Opset < 13: axis defaults to 1 and the input is coerced to 2-D at the axis; opset 13+:
         axis defaults to -1 and only that axis is normalized. A legacy softmax over the last axis
@@ -75,3 +76,29 @@ def _softmax(op: OpType, legacy: bool):
 for _name, _op in (("Softmax", OpType.SOFTMAX), ("LogSoftmax", OpType.LOG_SOFTMAX)):
     onnx_op(_name, since=1)(_softmax(_op, legacy=True))
     onnx_op(_name, since=13)(_softmax(_op, legacy=False))
+
+
+@onnx_op("InstanceNormalization", since=6)
+def import_instance_norm(ctx: ImportContext, n: OnnxNode) -> None:
+    ctx.emit(n, OpType.INSTANCE_NORM, n.inputs[:3], n.outputs[:1],
+             InstanceNormAttrs(epsilon=float(n.attr("epsilon", 1e-5))))
+
+
+def _group_norm(per_channel: bool) -> HandlerFn:
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """Opset 18: scale/bias per group; opset 21: per channel (18 was deprecated for that)."""
+        groups = n.attr("num_groups")
+        if groups is None:
+            raise reject("num_groups is missing (it is required)")
+        if int(n.attr("stash_type", 1)) != 1:
+            raise reject("stash_type other than 1 (float32) is not supported")
+        ctx.emit(n, OpType.GROUP_NORM, n.inputs[:3], n.outputs[:1],
+                 GroupNormAttrs(num_groups=int(groups), epsilon=float(n.attr("epsilon", 1e-5)),
+                                per_channel_affine=per_channel))
+
+    handler.__name__ = f"import_group_norm_{21 if per_channel else 18}"
+    return handler
+
+
+onnx_op("GroupNormalization", since=18)(_group_norm(per_channel=False))
+onnx_op("GroupNormalization", since=21)(_group_norm(per_channel=True))

@@ -3,19 +3,17 @@ sequence_lens, initial states, peepholes, input_forget, linear_before_reset)."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import reject
+from ember.frontends.onnx.handlers.common import HandlerFn, choice, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import RNNAttrs
+from ember.ops.attrs import RNNActivation, RNNAttrs, RNNDirection
 from ember.ops.recurrent import DEFAULT_ACTIVATIONS, N_ACTIVATIONS
 
-#: Activation names ONNX recurrent ops accept (case-insensitive in files), canonical spelling.
-ACTIVATIONS = {name.lower(): name for name in (
-    "Sigmoid", "Tanh", "Relu", "HardSigmoid", "LeakyRelu", "ThresholdedRelu", "ScaledTanh",
-    "Affine", "Elu", "Softsign", "Softplus")}
+#: Activation names by their lower-case spelling: ONNX files write them in any case.
+_ACTIVATIONS = {a.value.lower(): a for a in RNNActivation}
 
 
-def _activations(op: OpType, n: OnnxNode, dirs: int) -> tuple[str, ...]:
+def _activations(op: OpType, n: OnnxNode, dirs: int) -> tuple[RNNActivation, ...]:
     names = n.attr("activations")
     if names is None:
         return DEFAULT_ACTIVATIONS[op] * dirs
@@ -24,22 +22,21 @@ def _activations(op: OpType, n: OnnxNode, dirs: int) -> tuple[str, ...]:
         raise reject(f"it lists {len(names)} activations; {op} with {dirs} direction(s) needs {want}")
     out = []
     for name in names:
-        if name.lower() not in ACTIVATIONS:
-            raise reject(f"activation {name!r} is not one of {', '.join(ACTIVATIONS.values())}")
-        out.append(ACTIVATIONS[name.lower()])
+        if name.lower() not in _ACTIVATIONS:
+            raise reject(f"attribute activations: {name!r} is not one of "
+                         + ", ".join(repr(a) for a in RNNActivation.values()))
+        out.append(_ACTIVATIONS[name.lower()])
     return tuple(out)
 
 
-def _rnn(op: OpType):
+def _rnn(op: OpType) -> HandlerFn:
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         """Attributes canonicalized into RNNAttrs; inputs and outputs kept in ONNX order."""
         hidden = n.attr("hidden_size")
         if hidden is None:
             raise reject("hidden_size is missing; Ember needs it to size the outputs")
-        direction = n.attr("direction", "forward")
-        if direction not in ("forward", "reverse", "bidirectional"):
-            raise reject(f"direction {direction!r} is not forward, reverse or bidirectional")
-        dirs = 2 if direction == "bidirectional" else 1
+        direction = choice(n, "direction", RNNDirection.FORWARD)
+        dirs = 2 if direction is RNNDirection.BIDIRECTIONAL else 1
         clip = n.attr("clip")
         attrs = RNNAttrs(
             hidden_size=int(hidden), direction=direction, activations=_activations(op, n, dirs),

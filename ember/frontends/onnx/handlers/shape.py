@@ -1,16 +1,19 @@
-"""Data movement and shape ops, with every attribute-vs-input form across opsets."""
+"""Data movement and shape ops, with every attribute-vs-input form across opsets; the tensor
+generators (ConstantOfShape, EyeLike, Range) and Pad."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
-from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import direct, ints, reject, strip_trailing_empty
+from ember.frontends.onnx.context import ImportContext, OnnxNode, onnx_dtype
+from ember.frontends.onnx.handlers.common import HandlerFn, choice, direct, ints, reject, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxesAttrs, AxisAttrs, ConstantOfShapeAttrs, PadAttrs, ReshapeAttrs, ShapeAttrs, SliceAttrs,
-    SplitAttrs, TransposeAttrs,
+    AxesAttrs, AxisAttrs, ConstantOfShapeAttrs, EyeLikeAttrs, PadAttrs, PadMode, ReshapeAttrs, ShapeAttrs,
+    SliceAttrs, SplitAttrs, TransposeAttrs,
 )
 
 
@@ -66,11 +69,19 @@ def import_constant_of_shape(ctx: ImportContext, n: OnnxNode) -> None:
             raise reject(f"its value has {arr.size} elements; it must have exactly one")
         fill, dtype = arr[0].item(), DType.from_numpy(arr.dtype)
     ctx.emit(n, OpType.CONSTANT_OF_SHAPE, n.inputs[:1], n.outputs[:1],
-             ConstantOfShapeAttrs(value=fill, dtype=dtype.value))
+             ConstantOfShapeAttrs(value=fill, dtype=dtype))
+
+
+@onnx_op("EyeLike", since=9)
+def import_eye_like(ctx: ImportContext, n: OnnxNode) -> None:
+    code = n.attr("dtype")
+    dtype = None if code is None else onnx_dtype(int(code), f"{n.label} dtype")
+    ctx.emit(n, OpType.EYE_LIKE, n.inputs[:1], n.outputs[:1],
+             EyeLikeAttrs(dtype=dtype, k=int(n.attr("k", 0))))
 
 
 # ---- Squeeze / Unsqueeze: axes attribute (< 13) or input (>= 13) ------------------------------
-def _axes_op(op: OpType, from_input: bool):
+def _axes_op(op: OpType, from_input: bool) -> HandlerFn:
     def handler(ctx: ImportContext, n: OnnxNode) -> None:
         if not from_input:
             axes = ints(n, "axes")
@@ -91,7 +102,7 @@ def _axes_op(op: OpType, from_input: bool):
     return handler
 
 
-def _static_unit_axes(ctx: ImportContext, n: OnnxNode):
+def _static_unit_axes(ctx: ImportContext, n: OnnxNode) -> Optional[tuple[int, ...]]:
     """Squeeze without axes removes every size-1 dim: fixed now when no dim is symbolic."""
     shape = ctx.type(n.input(0)).shape
     if not all(isinstance(d, int) for d in shape):
@@ -105,7 +116,7 @@ for _name, _op in (("Squeeze", OpType.SQUEEZE), ("Unsqueeze", OpType.UNSQUEEZE))
 
 
 # ---- Split: `split` attribute (< 13), input (>= 13), num_outputs (>= 18) ----------------------
-def _emit_split(ctx: ImportContext, n: OnnxNode, split) -> None:
+def _emit_split(ctx: ImportContext, n: OnnxNode, split: Optional[tuple[int, ...]]) -> None:
     axis = int(n.attr("axis", 0))
     if split is None:
         count = n.attr("num_outputs")
@@ -135,10 +146,7 @@ def import_split_13(ctx: ImportContext, n: OnnxNode) -> None:
 # ---- Slice: attributes (< 10) or inputs (>= 10) ----------------------------------------------
 @onnx_op("Slice", since=1)
 def import_slice_1(ctx: ImportContext, n: OnnxNode) -> None:
-    starts, ends = ints(n, "starts"), ints(n, "ends")
-    if starts is None or ends is None:
-        raise reject("starts and ends are required")
-    _emit_slice(ctx, n, starts, ends, ints(n, "axes"), None)
+    _emit_slice(ctx, n, ints(n, "starts"), ints(n, "ends"), ints(n, "axes"), None)
 
 
 @onnx_op("Slice", since=10)
@@ -151,7 +159,13 @@ def import_slice_10(ctx: ImportContext, n: OnnxNode) -> None:
         ctx.emit(n, OpType.SLICE, strip_trailing_empty(n.inputs[:5]), n.outputs[:1], SliceAttrs())
 
 
-def _emit_slice(ctx: ImportContext, n: OnnxNode, starts, ends, axes, steps) -> None:
+Ints = tuple[int, ...]
+
+
+def _emit_slice(ctx: ImportContext, n: OnnxNode, starts: Optional[Ints], ends: Optional[Ints],
+                axes: Optional[Ints], steps: Optional[Ints]) -> None:
+    if starts is None or ends is None:
+        raise reject("starts and ends are required")
     axes = tuple(range(len(starts))) if axes is None else axes
     steps = (1,) * len(starts) if steps is None else steps
     if not len(starts) == len(ends) == len(axes) == len(steps):
@@ -161,14 +175,12 @@ def _emit_slice(ctx: ImportContext, n: OnnxNode, starts, ends, axes, steps) -> N
 
 
 # ---- Pad: attributes (< 11), inputs (>= 11), axes input (>= 18) ------------------------------
-_PAD_MODES = ("constant", "reflect", "edge")
+#: Pad modes the frontend accepts (opset 19's ``wrap`` is not imported yet).
+_PAD_MODES = (PadMode.CONSTANT, PadMode.REFLECT, PadMode.EDGE)
 
 
-def _pad_mode(n: OnnxNode) -> str:
-    mode = n.attr("mode", "constant")
-    if mode not in _PAD_MODES:
-        raise reject(f"mode={mode!r} is not supported (supported: {', '.join(_PAD_MODES)})")
-    return mode
+def _pad_mode(n: OnnxNode) -> PadMode:
+    return choice(n, "mode", PadMode.CONSTANT, supported=_PAD_MODES)
 
 
 @onnx_op("Pad", since=2)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from servekit import FakeRunner, fixed_model, matmul_relu_model, two_io_model
 
 from ember.plan.config import BuildConfig, Profile
 from ember.serve.config import parse_config
+from ember.serve.engines import content_hash, onnx_build_config
 from ember.serve.errors import BadRequestError, ModelConfigError
-from ember.serve.runner import content_hash, onnx_build_config
 from ember.serve.signature import resolve_signature
+
+from servekit import FakeEngine, fixed_model, matmul_relu_model, two_io_model
 
 
 def cfg(data: dict, name: str = "m"):
@@ -65,7 +66,7 @@ def test_batch_one_model_serves_with_max_batch_size_one(onnx_file):
     fixed_batch = onnx_file(fixed_model())          # x: float32[2, 3]: dim 0 is no batch dim
     with pytest.raises(ModelConfigError, match="no dynamic batch dim"):
         onnx_build_config(fixed_batch, cfg({"max_batch_size": 1}))
-    sig = resolve_signature(cfg({"max_batch_size": 1}), runner(shape=(1, 4), out=(1, 4)))
+    sig = resolve_signature(cfg({"max_batch_size": 1}), fake_engine(shape=(1, 4), out=(1, 4)))
     assert sig.full_shape(sig.inputs[0]) == [-1, 4] and sig.check({"x": np.zeros((1, 4), np.float32)}) == 1
     with pytest.raises(BadRequestError, match="exceeds max_batch_size 1"):
         sig.check({"x": np.zeros((2, 4), np.float32)})
@@ -92,31 +93,31 @@ def test_content_hash_follows_files_and_build_config(tmp_path):
     assert content_hash(tmp_path, BuildConfig()) != h1
 
 
-def runner(shape=("batch", 4), out=("batch", 4), maxs=None):
-    r = FakeRunner(lambda f: f, [("x", np.float32, shape)], [("y", np.float32, out)])
+def fake_engine(shape=("batch", 4), out=("batch", 4), maxs=None):
+    r = FakeEngine(lambda f: f, [("x", np.float32, shape)], [("y", np.float32, out)])
     if maxs is not None:
         r.inputs[0].min, r.inputs[0].max = tuple(1 for _ in shape), maxs
     return r
 
 
 def test_signature_from_engine_and_config():
-    sig = resolve_signature(cfg({"max_batch_size": 8}), runner())
+    sig = resolve_signature(cfg({"max_batch_size": 8}), fake_engine())
     assert sig.full_shape(sig.inputs[0]) == [-1, 4] and sig.inputs[0].datatype == "FP32"
     assert sig.check({"x": np.zeros((3, 4), np.float32)}) == 3
     pinned = resolve_signature(cfg({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [6]}]}),
-                               runner(("batch", "n")))
+                               fake_engine(("batch", "n")))
     assert pinned.inputs[0].dims == (6,)
     with pytest.raises(BadRequestError, match="dim 1 must be 6"):
         pinned.check({"x": np.zeros((1, 5), np.float32)})
 
 
 @pytest.mark.parametrize("data, r, words", [
-    ({"max_batch_size": 2, "inputs": [{"name": "x", "datatype": "FP16"}]}, runner(), "FP16 in the config but FP32"),
-    ({"max_batch_size": 2, "inputs": [{"name": "z"}]}, runner(), "differ from the engine's ['x']"),
-    ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [4, 4]}]}, runner(), "in the engine"),
-    ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [3]}]}, runner(), "dim 0 is 3 in the config but 4"),
-    ({"max_batch_size": 2}, runner(shape=(1, 4)), "no dynamic batch dim"),
-    ({"max_batch_size": 16}, runner(maxs=(8, 4)), "accepts batches up to 8"),
+    ({"max_batch_size": 2, "inputs": [{"name": "x", "datatype": "FP16"}]}, fake_engine(), "FP16 in the config but FP32"),
+    ({"max_batch_size": 2, "inputs": [{"name": "z"}]}, fake_engine(), "differ from the engine's ['x']"),
+    ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [4, 4]}]}, fake_engine(), "in the engine"),
+    ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [3]}]}, fake_engine(), "dim 0 is 3 in the config but 4"),
+    ({"max_batch_size": 2}, fake_engine(shape=(1, 4)), "no dynamic batch dim"),
+    ({"max_batch_size": 16}, fake_engine(maxs=(8, 4)), "accepts batches up to 8"),
 ])
 def test_signature_errors(data, r, words):
     with pytest.raises(ModelConfigError) as info:
@@ -127,7 +128,7 @@ def test_signature_errors(data, r, words):
 def test_bfloat16_engine_interface_is_refused():
     from ember.ir.dtype import DType
 
-    r = runner()
+    r = fake_engine()
     r.inputs[0].dtype = DType.BFLOAT16
     with pytest.raises(ModelConfigError, match="bfloat16, which the KServe protocol cannot carry"):
         resolve_signature(cfg({"max_batch_size": 2}), r)

@@ -1,9 +1,10 @@
 """What the server runs: an Ember engine, loaded from ``model.ember`` or built from ``model.onnx``.
 
-The scheduler needs only the ``Runner`` protocol, which ``ember.runtime.engine.Engine`` satisfies:
-input/output specs and ``create_context()``. ONNX models are built at load with a profile over
-the batch dim (1..max_batch_size) and the dims the config leaves dynamic, and the engine is
-cached under ``cache_dir`` by the content hash of the version folder and the build config.
+The scheduler needs only the ``ModelEngine`` protocol, which ``ember.runtime.engine.Engine``
+satisfies: input/output specs and ``create_context()`` (the scheduler's tests give it a Python
+function instead). ONNX models are built at load with a profile over the batch dim
+(1..max_batch_size) and the dims the config leaves dynamic, and the engine is cached under
+``cache_dir`` by the content hash of the version folder and the build config.
 """
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import ember
-from ember.plan.config import BuildConfig, Profile
 from ember.errors import EmberError
+from ember.plan.config import BuildConfig, Profile
 from ember.serve.config import ModelConfig, TensorConfig
 from ember.serve.errors import ModelConfigError
 
@@ -29,7 +32,7 @@ class InferContext(Protocol):
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
-class Runner(Protocol):
+class ModelEngine(Protocol):
     """An engine as the server sees it (``ember.runtime.engine.Engine`` is one)."""
 
     @property
@@ -38,7 +41,7 @@ class Runner(Protocol):
     @property
     def outputs(self) -> Sequence[Any]: ...
 
-    def create_context(self) -> ContextManager[InferContext]: ...
+    def create_context(self) -> AbstractContextManager[InferContext]: ...
 
 
 def default_cache_dir() -> Path:
@@ -56,14 +59,10 @@ def find_model_file(version_dir: Path) -> Path:
                            f"the version folder")
 
 
-def load_runner(version_dir: Path, config: ModelConfig, cache_dir: Path) -> Runner:
-    """Loads the engine of one version folder, building (and caching) it if it is ONNX."""
-    return load_engine(version_dir, config, cache_dir)[0]
-
-
-def load_engine(version_dir: Path, config: ModelConfig, cache_dir: Path) -> tuple[Runner, Optional[Path]]:
-    """``load_runner``, and the engine's file (``model.ember`` or the cached build; ``None`` when
-    the cache could not be written), which instance processes load."""
+def load_engine(version_dir: Path, config: ModelConfig, cache_dir: Path) -> tuple[ModelEngine, Path | None]:
+    """The engine of one version folder, built (and cached) if it is ONNX, and the engine's file
+    (``model.ember`` or the cached build; ``None`` when the cache could not be written), which
+    instance processes load."""
     path = find_model_file(version_dir)
     if path.suffix == ".ember":
         return ember.load(path), path
@@ -146,7 +145,8 @@ def onnx_build_config(path: Path, config: ModelConfig) -> BuildConfig:
         lo, opt, hi = _dim_ranges(name, rest, declared.get(name), config, path)
         if config.max_batch_size > 0:
             top = config.max_batch_size
-            opt_b = max(config.dynamic_batching.preferred_batch_sizes or (top,)) if config.dynamic_batching else 1
+            batching = config.dynamic_batching
+            opt_b = max(batching.preferred_batch_sizes or (top,)) if batching else 1
             profiles[name] = Profile((1, *lo), (opt_b, *opt), (top, *hi))
         elif lo != hi:
             profiles[name] = Profile(lo, opt, hi)
@@ -155,7 +155,7 @@ def onnx_build_config(path: Path, config: ModelConfig) -> BuildConfig:
     return BuildConfig(device=config.device, precision=config.precision, shapes=shapes, profiles=profiles)
 
 
-def _dim_ranges(name: str, dims: tuple[int, ...], declared: Optional[TensorConfig],
+def _dim_ranges(name: str, dims: tuple[int, ...], declared: TensorConfig | None,
                 config: ModelConfig, path: Path) -> tuple[tuple[int, ...], ...]:
     """min/opt/max of the non-batch dims: the model's fixed dims, the config's, or its profile."""
     want = declared.dims if declared is not None and declared.dims is not None else dims

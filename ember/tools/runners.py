@@ -1,5 +1,9 @@
 """One calling convention for Ember, ONNX Runtime and PyTorch, so they can be compared fairly.
 
+"Runner" in Polygraphy's sense: something that runs a model so its outputs and times can be
+compared with another's. They live with the tools (bench scripts, the demo and the tests use
+them), not in the zoo, which holds only architectures, their export and sample inputs.
+
 A runner has ``prepare(feeds)`` (numpy inputs -> its native form, done once, outside timing),
 ``run(prepared)`` (what is timed; returns when the result is complete, GPU included) and
 ``__call__(feeds) -> dict of numpy arrays``. ``time_ms`` times ``run`` after warm-up.
@@ -11,11 +15,14 @@ A runner has ``prepare(feeds)`` (numpy inputs -> its native form, done once, out
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from ember.backends.tensors import max_relative_error
 from torch import nn
 
 Feeds = Mapping[str, np.ndarray]
@@ -38,7 +45,7 @@ class Runner:
     def close(self) -> None:
         """Releases what the runner holds (contexts, sessions)."""
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -50,7 +57,7 @@ class OrtRunner(Runner):
 
     name = "ONNX Runtime"
 
-    def __init__(self, model: str | Path | bytes, threads: Optional[int] = None) -> None:
+    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -97,7 +104,7 @@ class TorchRunner(Runner):
     name = "PyTorch eager"
 
     def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str],
-                 device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.module = module.to(self.device, dtype) if dtype is not None else module.to(self.device)
@@ -119,7 +126,7 @@ class TorchRunner(Runner):
 
 
 def time_ms(runner: Runner, feeds: Feeds, warmup: int = 3, iterations: int = 10,
-            max_seconds: Optional[float] = None) -> list[float]:
+            max_seconds: float | None = None) -> list[float]:
     """Wall-clock milliseconds of ``runner.run`` per iteration, after ``warmup`` untimed runs.
 
     ``max_seconds`` stops early (after at least 3 timed runs) so slow peers cannot stall a table.
@@ -138,12 +145,14 @@ def time_ms(runner: Runner, feeds: Feeds, warmup: int = 3, iterations: int = 10,
     return times
 
 
-def max_rel_error(actual: np.ndarray, expected: np.ndarray, tiny: float = 1e-12) -> float:
-    """``max|a - b| / max(max|b|, tiny)``: the zoo's accuracy measure against a reference."""
-    a, b = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """The accuracy measure of the zoo's tests and the bench scripts against a reference: the one
+    error measure of Ember (``ember.backends.tensors.max_relative_error``, ``max|a - b| / max|b|``;
+    ``ValueError`` when the shapes differ, where that function says ``inf``)."""
+    a, b = np.asarray(actual), np.asarray(expected)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs reference {b.shape}")
-    return float(np.abs(a - b).max(initial=0.0) / max(float(np.abs(b).max(initial=0.0)), tiny))
+    return max_relative_error(a, b)
 
 
 def _sync(device: torch.device) -> None:
@@ -153,5 +162,6 @@ def _sync(device: torch.device) -> None:
 
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().float().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+        host = value.detach().cpu()
+        return host.float().numpy() if host.is_floating_point() else host.numpy()
     return np.asarray(value)

@@ -56,8 +56,8 @@ def run(model: str, batch: int, iterations: int, cache: str) -> dict:
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(5):  # alternate, so drift hits both alike
         for arena in (True, False):
-            times[arena] += measure(lambda: executors[arena].run_device(bufs[arena]), "cuda", iterations // 5, 3)
-    diff = max(float(((outs[True][k] - outs[False][k]).abs().max() / outs[False][k].abs().max().clamp(min=1e-6)))
+            times[arena] += measure(lambda a=arena: executors[a].run_device(bufs[a]), "cuda", iterations // 5, 3)
+    diff = max(float((outs[True][k] - outs[False][k]).abs().max() / outs[False][k].abs().max().clamp(min=1e-6))
                for k in outs[True])
     mem_a, mem_p = executors[True].memory(), executors[False].memory()
     report = executors[True].arena_report() or {}
@@ -92,7 +92,8 @@ def _timings(engine, cache: str, names: list[str]) -> dict:
     for name in names[:12]:
         node = nodes.get(name)
         if node is not None:
-            out[name] = {"op": node.op.value, "tactics": entries.get(layer_signature(node, graph, prec.get(name, "fp16")))}
+            signature = layer_signature(node, graph, prec.get(name, "fp16"))
+            out[name] = {"op": node.op.value, "tactics": entries.get(signature)}
     return out
 
 

@@ -41,9 +41,9 @@ import ember.runtime.concat_exec as ce  # noqa: E402
 from ember import zoo  # noqa: E402
 from ember.backends.cpu.kernels import conv_mkldnn  # noqa: E402
 from ember.backends.gemm_into import pointwise_conv  # noqa: E402
+from ember.backends.tensors import numpy_to_torch  # noqa: E402
 from ember.ir.optype import OpType  # noqa: E402
 from ember.runtime.concat_exec import plan_summary  # noqa: E402
-from ember.backends.tensors import numpy_to_torch  # noqa: E402
 
 ON = 1 << 40
 
@@ -148,7 +148,8 @@ def in_run(program, dev, rounds: int) -> dict:
     out = {}
     for m, ts in times.items():
         a = np.array(ts[2 * n:]).reshape(-1, n) * 1e6
-        out[m] = {"per_layer_us": [round(float(v), 1) for v in np.median(a, 0)], "sum_us": round(float(np.median(a, 0).sum()), 1)}
+        out[m] = {"per_layer_us": [round(float(v), 1) for v in np.median(a, 0)],
+                  "sum_us": round(float(np.median(a, 0).sum()), 1)}
     return out
 
 

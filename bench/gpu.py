@@ -71,7 +71,8 @@ def build_times(model: str = "resnet-50", batch: int = 128, precision: str = "fp
     out = {"model": model, "batch": batch, "precision": precision, "fresh_process": True}
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "timing.json")
-        env = dict(os.environ, EMBER_CACHE=tmp, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        env = dict(os.environ, EMBER_CACHE=tmp,
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         for label in ("cold_cache_s", "warm_cache_s"):
             proc = subprocess.run([sys.executable, "-c", _BUILD_ONCE, str(path), cache, str(batch), precision],
                                   env=env, capture_output=True, text=True, check=False)

@@ -89,8 +89,8 @@ def run_model(model: str, batch: int, precision: str, variants: list[str]) -> li
 
     import ember
     from ember import zoo
-    from ember.tools.bench_peers import reference_outputs
     from ember.backends.tensors import max_relative_error
+    from ember.tools.bench_peers import reference_outputs
 
     path = zoo.export_onnx(model, batch=batch)
     feeds = zoo.sample_inputs(model, batch=batch)
@@ -104,7 +104,8 @@ def run_model(model: str, batch: int, precision: str, variants: list[str]) -> li
             args = [a.to(dtype) if a.is_floating_point() else a for a in args]
             with torch.inference_mode():
                 out = module(*args)
-            out = out if isinstance(out, torch.Tensor) else next(iter(out.values())) if isinstance(out, dict) else out[0]
+            if not isinstance(out, torch.Tensor):
+                out = next(iter(out.values())) if isinstance(out, dict) else out[0]
             err = max_relative_error(out.float().cpu().numpy(), next(iter(ref.values())))
             rows.append({"model": model, "batch": batch, "variant": f"PyTorch eager {precision}", "max_rel_error": err})
             print(f"{model:14s} b{batch:<4d} {'PyTorch eager ' + precision:36s} err {err:.2e}", flush=True)

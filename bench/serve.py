@@ -70,7 +70,8 @@ def write_repository(root: Path, models: list[str], args: argparse.Namespace) ->
     entries = {}
     for name in models:
         path, feeds, inputs = export_model(name, args.seq_len)
-        common = f"device: {args.device}\nprecision: {args.precision}\ninstance_count: {args.instances}\ninstance_kind: {args.instance_kind}\n{inputs}"
+        common = (f"device: {args.device}\nprecision: {args.precision}\ninstance_count: {args.instances}\n"
+                  f"instance_kind: {args.instance_kind}\n{inputs}")
         variants = {
             "b1": "max_batch_size: 1\n",
             "dyn": (f"max_batch_size: {args.max_batch}\ndynamic_batching:\n"
@@ -198,7 +199,7 @@ def measure(entry: str, feeds: dict, concurrency: int, ports: dict, args: argpar
         errors += e
         client_cpu.append(c)
         p.join()
-    lat = np.array([l for t, l in done if window[0] <= t <= window[1]]) * 1000
+    lat = np.array([dt for t, dt in done if window[0] <= t <= window[1]]) * 1000
     pct = {f"p{q}": float(np.percentile(lat, q)) if lat.size else None for q in (50, 90, 95, 99)}
     return {"concurrency": concurrency, "client_processes": procs, "requests": int(lat.size),
             "inferences_per_s": lat.size / args.duration,

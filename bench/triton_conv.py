@@ -34,8 +34,8 @@ SPATIAL = {"inception_3a": 28, "inception_3b": 28, "inception_4a": 14, "inceptio
 def layer_table(batches) -> list[dict]:
     import torch
 
-    from ember.backends.cuda.libs import triton_conv as T
     from ember.backends.cuda.device import conv_scope
+    from ember.backends.cuda.libs import triton_conv as T
     from ember.backends.cuda.tuning import graph_measure
     from ember.ops.attrs import Activation
     from ember.zoo.googlenet import _INCEPTIONS  # the zoo's block table (read only)
@@ -44,7 +44,7 @@ def layer_table(batches) -> list[dict]:
     rows = []
     dev = torch.device("cuda")
     gen = torch.Generator(device="cpu").manual_seed(0)
-    for block, (cin_block, c1, c3r, c3, c5r, c5, cp) in _INCEPTIONS.items():
+    for block, (_cin_block, c1, c3r, c3, c5r, c5, cp) in _INCEPTIONS.items():
         s = SPATIAL[block]
         ctot = c1 + c3 + c5 + cp
         for branch, cin, cout, k, start in (("3x3", c3r, c3, 3, c1), ("5x5", c5r, c5, 5, c1 + c3)):
@@ -60,11 +60,12 @@ def layer_table(batches) -> list[dict]:
                 view = buf.narrow(1, start, cout)
                 pad = k // 2
 
-                def cudnn():
+                # defaults bind this iteration's tensors (measured here, before the loop moves on)
+                def cudnn(x=x, w16=w16, b16=b16, pad=pad):
                     with conv_scope("fp16"):
                         return torch.cudnn_convolution_relu(x, w16, b16, [1, 1], [pad, pad], [1, 1], 1)
 
-                def cudnn_copy():
+                def cudnn_copy(view=view, cudnn=cudnn):
                     view.copy_(cudnn())
 
                 ref = cudnn().float()
@@ -74,7 +75,7 @@ def layer_table(batches) -> list[dict]:
                 triton_ms = {}
                 max_err = 0.0
                 for cfg in T.CONFIGS:
-                    def triton_into(cfg=cfg):
+                    def triton_into(cfg=cfg, x=x, packed=packed, b=b, pad=pad, view=view):
                         T.conv2d(x, packed, b, None, stride=(1, 1), pads=(pad,) * 4, dilation=(1, 1),
                                  act=Activation.RELU, precision="fp16", config=cfg, out=view)
 
@@ -135,8 +136,9 @@ def engines(batches) -> list[dict]:
                       f"{results[label]['compute_ms']:.3f} ms; producer tactics {tactics}", flush=True)
             a, b = (results[k]["outputs"] for k in ("with_triton_conv", "without_triton_conv"))
             err = max(float(np.abs(a[k] - b[k]).max() / max(np.abs(b[k]).max(), 1e-12)) for k in a)
+            speedup = results["without_triton_conv"]["compute_ms"] / results["with_triton_conv"]["compute_ms"]
             print(f"googlenet b{batch}: max relative difference between the two engines {err:.1e}; "
-                  f"speed-up {results['without_triton_conv']['compute_ms'] / results['with_triton_conv']['compute_ms']:.3f}x")
+                  f"speed-up {speedup:.3f}x")
             for r in results.values():
                 r.pop("outputs")
             out.append({"batch": batch, "max_rel_diff": err, **results})

@@ -11,11 +11,18 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ember._version import __version__
-from ember.plan.config import BuildConfig, Device, Layout, Precision, Profile
 from ember.errors import (
-    BuildError, DeviceError, EmberError, EngineFileError, GraphError, InputError, ModelLoadError,
-    ShapeError, UnsupportedOpError,
+    BuildError,
+    DeviceError,
+    EmberError,
+    EngineFileError,
+    GraphError,
+    InputError,
+    ModelLoadError,
+    ShapeError,
+    UnsupportedOpError,
 )
+from ember.plan.config import BuildConfig, Device, Layout, Precision, Profile
 
 if TYPE_CHECKING:
     from ember.runtime.engine import Engine

@@ -16,7 +16,7 @@ from ember.tools.runners import EmberRunner, OrtRunner, max_rel_error
 TOLERANCE = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(path, name, batch):
     return OrtRunner(path, threads=2)(zoo.sample_inputs(name, batch))
 

@@ -1,8 +1,14 @@
 """Probe: cuDNN frontend graphs writing into arena views vs PyTorch's fused cuDNN convs; SDPA."""
-import time, json
-import torch, torch.nn.functional as F
+import json
+import os
+import time
+
 import cudnn
-print("cudnn frontend", cudnn.__version__, "backend", cudnn.backend_version(), "torch cudnn", torch.backends.cudnn.version(), flush=True)
+import torch
+import torch.nn.functional as F
+
+print("cudnn frontend", cudnn.__version__, "backend", cudnn.backend_version(),
+      "torch cudnn", torch.backends.cudnn.version(), flush=True)
 torch.backends.cudnn.benchmark = True
 dev = torch.device("cuda")
 H = cudnn.data_type.HALF; FL = cudnn.data_type.FLOAT
@@ -65,7 +71,7 @@ def conv_case(name, N, C, Hh, W, K, R, s, p, res):
     for i in range(n):
         try:
             ws = torch.empty(max(1, g.get_workspace_size_plan_at_index(i)), dtype=torch.uint8, device=dev)
-            f = lambda: g.execute_plan_at_index(vp, ws, i, handle=handle)
+            f = lambda ws=ws, i=i: g.execute_plan_at_index(vp, ws, i, handle=handle)
             f(); torch.cuda.synchronize()
             err = (y.float() - want.float()).abs().max().item()
             t = timeit(f, 20)
@@ -129,21 +135,25 @@ def sdpa_case(b, h, s, d, mask):
     n = g.get_execution_plan_count(); best = None
     for i in range(n):
         ws = torch.empty(max(1, g.get_workspace_size_plan_at_index(i)), dtype=torch.uint8, device=dev)
-        f = lambda: g.execute_plan_at_index(vp, ws, i, handle=handle)
+        f = lambda ws=ws, i=i: g.execute_plan_at_index(vp, ws, i, handle=handle)
         f(); torch.cuda.synchronize()
         err = (o.permute(0, 2, 1, 3).float() - want.float()).abs().max().item()
         t = timeit(f, 20)
         if best is None or t < best[0]: best = (t, i, g.get_plan_name_at_index(i), err)
-    r = dict(case=f"sdpa b{b} h{h} s{s} d{d} mask={mask}", torch_sdpa_us=round(t_ref, 1), torch_sdpa_plus_transpose_us=round(t_ref_t, 1),
-             cudnn_fe_best_us=round(best[0], 1), plans=n, plan=best[2], err=best[3])
+    r = dict(case=f"sdpa b{b} h{h} s{s} d{d} mask={mask}", torch_sdpa_us=round(t_ref, 1),
+             torch_sdpa_plus_transpose_us=round(t_ref_t, 1), cudnn_fe_best_us=round(best[0], 1), plans=n,
+             plan=best[2], err=best[3])
     print(json.dumps(r), flush=True); rows.append(r)
 for c in [(128, 12, 128, 64, True), (128, 12, 128, 64, False), (1, 12, 128, 64, True)]:
     try:
         sdpa_case(*c)
     except Exception as ex:
         print("sdpa", c, "FAILED", repr(ex)[:300], flush=True)
-import os
+
 json.dump(rows, open(os.path.join(os.environ.get("OUT", "/tmp"), "probe_cudnn.json"), "w"), indent=1)
-print("\n%-32s %10s %10s %10s %10s" % ("case", "torch", "torch+cp", "fe", "fe-graph"))
+print(f"\n{'case':<32} {'torch':>10} {'torch+cp':>10} {'fe':>10} {'fe-graph':>10}")
 for r in rows:
-    print("%-32s %10s %10s %10s %10s" % (r["case"][:32], r.get("torch_fused_us", r.get("torch_sdpa_us")), r.get("torch_fused_plus_copy_us", r.get("torch_sdpa_plus_transpose_us")), r["cudnn_fe_best_us"], r.get("cudnn_fe_graph_replay_us", "")))
+    torch_us = r.get("torch_fused_us", r.get("torch_sdpa_us"))
+    torch_cp_us = r.get("torch_fused_plus_copy_us", r.get("torch_sdpa_plus_transpose_us"))
+    print(f"{r['case'][:32]:<32} {torch_us!s:>10} {torch_cp_us!s:>10} {r['cudnn_fe_best_us']!s:>10} "
+          f"{r.get('cudnn_fe_graph_replay_us', '')!s:>10}")

@@ -11,8 +11,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 import cudnn
+import torch
 
 dev = torch.device("cuda")
 H, FL = cudnn.data_type.HALF, cudnn.data_type.FLOAT
@@ -95,7 +95,7 @@ def case(label, order, dims, max_plans=12):
             g.build_plan_at_index(i)
             rec["build_s"] = round(time.perf_counter() - t0, 3)
             ws = torch.empty(max(1, int(g.get_workspace_size_plan_at_index(i))), dtype=torch.uint8, device=dev)
-            f = lambda: g.execute_plan_at_index(vp, ws, i, handle=handle)  # noqa: E731
+            f = lambda ws=ws, i=i: g.execute_plan_at_index(vp, ws, i, handle=handle)
             f()
             torch.cuda.synchronize()
             rec["err"] = round(((y.float() - ref).norm() / ref.norm()).item(), 5)
@@ -143,13 +143,16 @@ try:
     n = min(8, int(g.get_execution_plan_count()))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as ex:
-        durs = list(ex.map(lambda i: (lambda t: (g.build_plan_at_index(i), time.perf_counter() - t)[1])(time.perf_counter()), range(n)))
+        durs = list(ex.map(lambda i: (lambda t: (g.build_plan_at_index(i), time.perf_counter() - t)[1])(
+            time.perf_counter()), range(n)))
     thread = {"plans": n, "wall_s": round(time.perf_counter() - t0, 2), "sum_s": round(sum(durs), 2)}
 except Exception as e:  # noqa: BLE001
     thread = {"fail": repr(e)[:200]}
 print("threads", json.dumps(thread), flush=True)
-json.dump({"rows": rows, "threads": thread}, open(os.path.join(os.environ.get("OUT", "/tmp"), "probe_plan_build.json"), "w"), indent=1)
-print("\n%-28s %-22s %6s %8s %8s %10s" % ("case", "order", "plans", "build s", "best us", "best pre us"))
+json.dump({"rows": rows, "threads": thread},
+          open(os.path.join(os.environ.get("OUT", "/tmp"), "probe_plan_build.json"), "w"), indent=1)
+print(f"\n{'case':<28} {'order':<22} {'plans':>6} {'build s':>8} {'best us':>8} {'best pre us':>10}")
 for r in rows:
-    print("%-28s %-22s %6d %8.1f %8s %10s" % (r["case"][:28], "-".join(r["order"]), r["plans_offered"], r["total_build_s"],
-                                             r.get("best", {}).get("us"), r.get("best_precompiled", {}).get("us")))
+    best_us, best_pre_us = r.get("best", {}).get("us"), r.get("best_precompiled", {}).get("us")
+    print(f"{r['case'][:28]:<28} {'-'.join(r['order']):<22} {r['plans_offered']:6d} {r['total_build_s']:8.1f} "
+          f"{best_us!s:>8} {best_pre_us!s:>10}")

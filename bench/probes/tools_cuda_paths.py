@@ -2,8 +2,8 @@
 
     python bench/probes/tools_cuda_paths.py
 
-They reach a CUDA engine only through ``ExecutionContext.executor``; until the runtime has that
-property, this probe stands it in with the context's current per-context state.
+They reach a CUDA engine only through ``ExecutionContext.executor`` (the backend's public
+per-context executor).
 """
 import json
 import sys
@@ -17,11 +17,6 @@ from onnx import numpy_helper as nh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ember.runtime.context import ExecutionContext  # noqa: E402
-
-if not hasattr(ExecutionContext, "executor"):
-    ExecutionContext.executor = property(lambda self: self._runner)
-    print("stand-in: ExecutionContext.executor = the context's runner")
 rng = np.random.default_rng(0)
 inits = [nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
          nh.from_array(rng.standard_normal(8).astype(np.float32), "b"),

@@ -80,7 +80,9 @@ def write_or_copy(kernel: Kernel, inputs: Sequence[Optional[torch.Tensor]], out:
     w = write if write is not None else write_into_of(kernel)
     if w is not None and w.accepts(out) and w(inputs, out):
         return True
-    out.copy_(kernel(inputs)[0])  # type: ignore[index]
+    result = kernel(inputs)[0]
+    assert result is not None  # the kernel has one output, and it computes it
+    out.copy_(result)
     return False
 
 
@@ -144,7 +146,7 @@ class Executor(abc.ABC):
         """Bytes this context holds on its device, by kind (empty where nothing is held)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by design: an executor that holds nothing need not close
         """Releases the context's state."""
 
 

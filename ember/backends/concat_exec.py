@@ -145,7 +145,8 @@ def plan_concat_exec(graph: Graph, records: Records, kernels: Sequence[Optional[
             pi = producer.get(s.tensor)
             w = write_into_of(kernels[pi]) if (s.in_place and pi is not None and pi < ci
                                               and not (skip and skip[pi])) else None
-            if w is not None and pi not in written and w.accepts(_static_view(buf, axis, start, length)):
+            if (w is not None and pi is not None and pi not in written
+                    and w.accepts(_static_view(buf, axis, start, length))):
                 written[pi] = Target(buf.output, axis, start, length, w)
             else:
                 copies.append((s.tensor, start, length))
@@ -190,7 +191,7 @@ class PlannedSlice:
         """What the slice's view depends on (buffer shape and format, position), for keys."""
         return [list(self.buffer.shape), self.axis, self.start, self.length, self.buffer.channels_last]
 
-    def with_dtype(self, dtype: torch.dtype) -> "PlannedSlice":
+    def with_dtype(self, dtype: torch.dtype) -> PlannedSlice:
         return replace(self, buffer=replace(self.buffer, dtype=dtype))
 
     def view(self, device: torch.device, sample: Optional[torch.Tensor] = None) -> torch.Tensor:

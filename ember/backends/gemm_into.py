@@ -70,12 +70,13 @@ class MatrixViews:
     the copy it saves."""
 
     def __init__(self) -> None:
-        self._seen: dict[tuple, Optional[tuple[tuple[int, int], tuple[int, int]]]] = {}
+        self._seen: dict[tuple, Optional[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
 
     def __call__(self, t: Tensor) -> Optional[Tensor]:
         key = (tuple(t.shape), t.stride())
-        geo = self._seen.get(key, False)
-        if geo is False:
+        if key in self._seen:
+            geo = self._seen[key]
+        else:
             m = matrix_view(t)
             geo = None if m is None else (tuple(m.shape), m.stride())
             if len(self._seen) < 64:

@@ -12,7 +12,14 @@ from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import (
-    AlphaAttrs, CastAttrs, ClipAttrs, GeluAttrs, HardSigmoidAttrs, IsInfAttrs, LeakyReluAttrs, SeluAttrs,
+    AlphaAttrs,
+    CastAttrs,
+    ClipAttrs,
+    GeluAttrs,
+    HardSigmoidAttrs,
+    IsInfAttrs,
+    LeakyReluAttrs,
+    SeluAttrs,
 )
 from ember.ops.common import Consts, Types, broadcast_shapes, input_at, need_input, require
 from ember.ops.registry import register_op

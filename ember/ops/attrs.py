@@ -169,7 +169,7 @@ class Activation(enum.Enum):
     GELU_TANH = "gelu_tanh"
 
 
-def activation_params(act: Activation, params: "Sequence[float]") -> tuple[float, ...]:
+def activation_params(act: Activation, params: Sequence[float]) -> tuple[float, ...]:
     """``act``'s parameters with ONNX's defaults filled in, as floats: CLIP ``(min, max)`` (±inf
     when absent), LEAKY_RELU ``(alpha,)`` (0.01), HARD_SIGMOID ``(alpha, beta)`` (0.2, 0.5);
     ``()`` for the others. Every backend reads its epilogue parameters through this."""
@@ -405,7 +405,7 @@ class FusedStep:
     3 node inputs, operand 3 is step 0's result); ``attrs`` are that op's own attrs (or None).
     """
 
-    op: "OpType"
+    op: OpType
     operands: tuple[int, ...]
     attrs: object = None
 

@@ -9,7 +9,10 @@ from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import (
-    FusedAttentionAttrs, FusedConvAttrs, FusedElementwiseAttrs, FusedGemmAttrs,
+    FusedAttentionAttrs,
+    FusedConvAttrs,
+    FusedElementwiseAttrs,
+    FusedGemmAttrs,
 )
 from ember.ops.common import Consts, Types, broadcast_shapes, input_at, need, require, same_dtype
 from ember.ops.conv import infer_conv

@@ -11,7 +11,15 @@ from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops.attrs import DepthSpaceAttrs, TileAttrs
 from ember.ops.common import (
-    Consts, Types, const_at, const_ints, div_dim, fresh_dims, mul_dims, need_input, require,
+    Consts,
+    Types,
+    const_at,
+    const_ints,
+    div_dim,
+    fresh_dims,
+    mul_dims,
+    need_input,
+    require,
 )
 from ember.ops.registry import register_op
 

@@ -19,7 +19,16 @@ from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops.attrs import ArgReduceAttrs, CumSumAttrs, ReduceAttrs, TopKAttrs
 from ember.ops.common import (
-    Consts, Types, const_at, const_ints, fresh_dims, need, need_input, norm_axes, norm_axis, require,
+    Consts,
+    Types,
+    const_at,
+    const_ints,
+    fresh_dims,
+    need,
+    need_input,
+    norm_axes,
+    norm_axis,
+    require,
 )
 from ember.ops.registry import register_op
 

@@ -20,8 +20,20 @@ from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType, format_shape
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs, SliceAttrs, SplitAttrs, TransposeAttrs
 from ember.ops.common import (
-    Consts, Types, add_dims, const_at, const_dims, const_ints, div_dim, fresh_dims, input_at, mul_dims, need,
-    norm_axes, norm_axis, require,
+    Consts,
+    Types,
+    add_dims,
+    const_at,
+    const_dims,
+    const_ints,
+    div_dim,
+    fresh_dims,
+    input_at,
+    mul_dims,
+    need,
+    norm_axes,
+    norm_axis,
+    require,
 )
 from ember.ops.registry import register_op
 

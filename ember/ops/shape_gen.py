@@ -13,11 +13,29 @@ from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops.attrs import (
-    ConstantOfShapeAttrs, EyeLikeAttrs, GridSampleAttrs, PadAttrs, ResizeAttrs, ShapeAttrs,
+    ConstantOfShapeAttrs,
+    EyeLikeAttrs,
+    GridSampleAttrs,
+    PadAttrs,
+    ResizeAttrs,
+    ShapeAttrs,
 )
 from ember.ops.common import (
-    Consts, Types, add_dims, broadcast_shapes, const_at, const_dims, const_floats, const_ints, fresh_dims,
-    input_at, mul_dims, need, need_input, norm_axes, require,
+    Consts,
+    Types,
+    add_dims,
+    broadcast_shapes,
+    const_at,
+    const_dims,
+    const_floats,
+    const_ints,
+    fresh_dims,
+    input_at,
+    mul_dims,
+    need,
+    need_input,
+    norm_axes,
+    require,
 )
 from ember.ops.registry import register_op
 

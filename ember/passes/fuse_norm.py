@@ -31,7 +31,7 @@ from ember.errors import GraphError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import GeluAttrs, LayerNormAttrs
+from ember.ops.attrs import GeluApproximate, GeluAttrs, LayerNormAttrs
 from ember.passes.edit import is_scalar, scalar_value, static_dims
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.rewrite import Alt, Build, Const, Match, Op, Rule, Var, alt, apply_rules
@@ -213,11 +213,11 @@ def _gelu_outer(m: Match, gate: Node) -> Node | None:
     return None
 
 
-def _gelu(approximate: str) -> Build:
+def _gelu(approximate: GeluApproximate) -> Build:
     def build(m: Match) -> list[Node] | None:
         k = scalar_value(m.const("k"))
         scale_in = m.node("scale_in")
-        if approximate == "none":
+        if approximate is GeluApproximate.NONE:
             target = math.sqrt(2.0) if scale_in.op is OpType.DIV else 1.0 / math.sqrt(2.0)
             if k is None or abs(k - target) > 1e-4 * target:
                 return None
@@ -242,11 +242,11 @@ _X = Var("x")
 GELU_ERF = Rule("x * 0.5 * (1 + erf(x / sqrt(2))) => gelu(x)",
                 Op(OpType.ERF, (Op(frozenset({OpType.DIV, OpType.MUL}), (_X, Const("k")),
                                    name="scale_in"),)),
-                _gelu("none"))
+                _gelu(GeluApproximate.NONE))
 GELU_TANH = Rule("x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) => gelu_tanh(x)",
                  Op(OpType.TANH, (Op(OpType.MUL, (Op(OpType.ADD, (_X, Op(OpType.MUL, (
                      _cube(_X), Const("c"))))), Const("k")), name="scale_in"),)),
-                 _gelu("tanh"))
+                 _gelu(GeluApproximate.TANH))
 
 
 @register_pass("fuse_gelu", Phase.FUSE)

@@ -31,14 +31,14 @@ class ExecutionContext:
     per-context state (CUDA: captured graphs, streams, pinned buffers, the device arena).
     """
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._executor: Executor = engine.compile().create_executor()
         self._lock = threading.Lock()
         self._closed = False
         self.runs = 0
 
-    def __enter__(self) -> "ExecutionContext":
+    def __enter__(self) -> ExecutionContext:
         return self
 
     def __exit__(self, *exc: object) -> None:

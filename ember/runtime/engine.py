@@ -76,14 +76,14 @@ class Engine:
 
         return ExecutionContext(self)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the engine to ``path`` (a ``.ember`` zip: manifest + safetensors weights)."""
         from ember.runtime.engine_file import save_plan
 
         save_plan(self.plan, path)
 
     @staticmethod
-    def load(path: str | os.PathLike, compile: bool = True) -> "Engine":
+    def load(path: str | os.PathLike[str], compile: bool = True) -> Engine:
         """Reads an engine file, checking format version, checksum and device; compiles it
         unless ``compile=False`` (enough to inspect it, even one built for a device this
         machine lacks)."""

@@ -90,7 +90,7 @@ def manifest_digest(manifest: bytes) -> str:
     return hashlib.sha256(manifest).hexdigest()
 
 
-def save_plan(plan: Plan, path: str | os.PathLike) -> None:
+def save_plan(plan: Plan, path: str | os.PathLike[str]) -> None:
     """Writes ``plan`` to ``path`` atomically (a crash never leaves a half-written engine)."""
     path = Path(path)
     weights = encode_weights(plan.graph.constants)
@@ -169,7 +169,7 @@ def _check_manifest(path: Path, m: Mapping[str, Any], weights: bytes) -> None:
                               f"file was altered or damaged); {_REBUILD}")
 
 
-def load_plan(path: str | os.PathLike, check_device: bool = True) -> Plan:
+def load_plan(path: str | os.PathLike[str], check_device: bool = True) -> Plan:
     """Reads and checks an engine file; raises ``EngineFileError`` or ``DeviceError``.
 
     ``check_device=False`` skips the device check (to inspect an engine built for a device

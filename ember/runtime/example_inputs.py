@@ -37,8 +37,13 @@ class InputSpec:
     min: tuple[int, ...] = ()
     opt: Optional[tuple[int, ...]] = None
 
+    def static_size(self, axis: int) -> Optional[int]:
+        """The size of dim ``axis`` where it is fixed; ``None`` where it is dynamic."""
+        d = self.shape[axis]
+        return d if isinstance(d, int) and d >= 0 else None
+
     def is_dynamic(self, axis: int) -> bool:
-        return not isinstance(self.shape[axis], int) or self.shape[axis] < 0
+        return self.static_size(axis) is None
 
 
 def engine_input_specs(engine: Any) -> list[InputSpec]:
@@ -98,10 +103,11 @@ def graph_int_ranges(graph: Any) -> dict[str, int]:
 
 def _example(spec: InputSpec, sizes: Mapping[Any, int]) -> str:
     """A shape to suggest for ``spec``: known dims as they are, the others at their minimum."""
-    dims = []
+    dims: list[int] = []
     for axis, d in enumerate(spec.shape):
-        if not spec.is_dynamic(axis):
-            dims.append(d)
+        size = spec.static_size(axis)
+        if size is not None:
+            dims.append(size)
         else:
             dims.append(sizes.get(d, spec.min[axis] if axis < len(spec.min) and spec.min[axis] > 0 else 1))
     return "x".join(str(int(d)) for d in dims) if dims else "(rank 0: no dims)"
@@ -150,14 +156,14 @@ def resolve_shapes(specs: Sequence[InputSpec], shapes: Optional[Mapping[str, Seq
                                      f"{name!r}; inputs that share a dim need the same size")
                 sizes[d], source[d] = n, name
         out[name] = shape
-    for name, shape in (known or {}).items():
-        spec = by_name.get(name)
-        if spec is None or name in out or len(shape) != len(spec.shape):
+    for name, known_shape in (known or {}).items():
+        known_spec = by_name.get(name)
+        if known_spec is None or name in out or len(known_shape) != len(known_spec.shape):
             continue  # the engine names what is wrong with it when it runs
-        for axis, (d, n) in enumerate(zip(spec.shape, shape)):
-            if spec.is_dynamic(axis) and d is not None and d not in sizes:
+        for axis, (d, n) in enumerate(zip(known_spec.shape, known_shape)):
+            if known_spec.is_dynamic(axis) and d is not None and d not in sizes:
                 sizes[d], source[d] = int(n), name
-        out[name] = tuple(int(n) for n in shape)
+        out[name] = tuple(int(n) for n in known_shape)
     for spec in specs:
         if spec.name in out:
             continue
@@ -165,8 +171,8 @@ def resolve_shapes(specs: Sequence[InputSpec], shapes: Optional[Mapping[str, Seq
         for axis, d in enumerate(spec.shape):
             if axis == 0 and batch is not None:
                 n = batch
-            elif not spec.is_dynamic(axis):
-                n = int(d)
+            elif (size := spec.static_size(axis)) is not None:
+                n = size
             elif d is not None and d in sizes:
                 n = sizes[d]
             elif axis == 0 and dynamic_batch is not None:

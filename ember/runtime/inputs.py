@@ -9,11 +9,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ember.backends.tensors import from_torch_dtype
 from ember.errors import InputError
 from ember.ir.dtype import DType
 from ember.ir.types import format_shape
 from ember.plan.plan import TensorSpec
-from ember.backends.tensors import from_torch_dtype
 
 
 def _listing(specs: Sequence[TensorSpec]) -> str:

@@ -92,20 +92,20 @@ def decode_value(v: Any, in_dataclass: bool = False) -> Any:
     return {k: decode_value(x, in_dataclass) for k, x in v.items()}
 
 
-def type_to_json(t: TensorType) -> dict:
+def type_to_json(t: TensorType) -> dict[str, Any]:
     return {"dtype": t.dtype.value, "shape": list(t.shape)}
 
 
-def type_from_json(d: Mapping) -> TensorType:
+def type_from_json(d: Mapping[str, Any]) -> TensorType:
     return TensorType(DType(d["dtype"]), tuple(d["shape"]))
 
 
-def node_to_json(n: Node) -> dict:
+def node_to_json(n: Node) -> dict[str, Any]:
     return {"name": n.name, "op": n.op.value, "inputs": list(n.inputs), "outputs": list(n.outputs),
             "attrs": encode_value(n.attrs), "origin": list(n.origin), "rule": n.rule}
 
 
-def node_from_json(d: Mapping) -> Node:
+def node_from_json(d: Mapping[str, Any]) -> Node:
     try:
         op = OpType(d["op"])
     except ValueError:
@@ -115,7 +115,7 @@ def node_from_json(d: Mapping) -> Node:
                 tuple(d["origin"]), d.get("rule", ""))
 
 
-def graph_to_json(g: Graph) -> dict:
+def graph_to_json(g: Graph) -> dict[str, Any]:
     """The graph without its constants' data (``constants`` lists their names only)."""
     info = g.source_info
     return {"name": g.name, "opset": g.opset, "source": g.source, "inputs": list(g.inputs),
@@ -126,7 +126,7 @@ def graph_to_json(g: Graph) -> dict:
                             "opsets": dict(info.opsets), "ir_version": info.ir_version}}
 
 
-def graph_from_json(d: Mapping, constants: Mapping[str, np.ndarray]) -> Graph:
+def graph_from_json(d: Mapping[str, Any], constants: Mapping[str, np.ndarray]) -> Graph:
     missing = [c for c in d["constants"] if c not in constants]
     if missing:
         raise EngineFileError(f"the engine's weights lack {len(missing)} constants (first: "

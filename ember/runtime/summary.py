@@ -4,7 +4,7 @@ Used by ``Engine.summary()`` and ``ember inspect``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from ember.ir.types import format_shape
 from ember.plan.config import Precision
@@ -107,7 +107,7 @@ def layout_text(plan: Plan) -> str:
             f"{len(layout.conversions)} conversions ({layout.preferred.value} preferred)")
 
 
-def _device_text(fp: dict) -> str:
+def _device_text(fp: Mapping[str, Any]) -> str:
     if fp.get("type") == "cuda":
         return f"{fp.get('gpu')}, sm {fp.get('capability')}, CUDA {fp.get('cuda')}"
     return f"{fp.get('cpu')}, {fp.get('isa')}"

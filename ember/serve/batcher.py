@@ -97,7 +97,7 @@ class _Instance:
     new batch size while serving. Dynamic batching already requires rows to be independent.
     """
 
-    def __init__(self, engine: "ModelEngine", label: str, buckets: tuple[int, ...] = (),
+    def __init__(self, engine: ModelEngine, label: str, buckets: tuple[int, ...] = (),
                  warmup: Optional[Callable[[int], Feeds]] = None) -> None:
         self.engine = engine
         self.label = label
@@ -198,7 +198,7 @@ class _State:
 class Scheduler:
     """Queue, dynamic batcher and instances of one model version (see the module docstring)."""
 
-    def __init__(self, name: str, version: str, engine: "ModelEngine", signature: Signature,
+    def __init__(self, name: str, version: str, engine: ModelEngine, signature: Signature,
                  config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None) -> None:
         self.name, self.version = name, version
         self.engine_file = engine_file
@@ -367,7 +367,7 @@ class Scheduler:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _take(self, chosen: list[_Request]) -> list[_Request]:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _front_ends(value: str) -> "int | None":
+def _front_ends(value: str) -> int | None:
     from ember.serve.relay.hub import auto_front_ends
 
     if value == "auto":

@@ -33,14 +33,17 @@ import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 
-from ember.errors import InputError
 from ember.backends.tensors import torch_to_numpy
+from ember.errors import InputError
 from ember.serve.errors import InferenceFailedError, ModelConfigError
 from ember.serve.shm import REGIONS, Region, layout
+
+if TYPE_CHECKING:
+    from ember.backends.cuda.exec.executor import CudaExecutor
 
 log = logging.getLogger("ember.serve")
 
@@ -66,7 +69,7 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         ctx = engine.create_context()
         # a CUDA engine's executor (``ExecutionContext.executor``) owns the static device input
         # buffers that staged rows are gathered into; a CPU engine takes host arrays as they are
-        executor = ctx.executor if cuda else None
+        executor = cast("CudaExecutor", ctx.executor) if cuda else None
         if warmup_specs is not None:
             for size in buckets:
                 ctx.infer({n: np.zeros((size, *dims), dtype) for n, dtype, dims in warmup_specs})
@@ -96,7 +99,7 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
             if staged and executor is not None:
                 # every input straight into the engine's own input buffer on the GPU
                 feeds = {}
-                for name, dtype, shape, _, pieces in specs:
+                for name, dtype, _shape, _, pieces in specs:
                     buf = executor.input_buffer(arrays_in, name)
                     if pieces:
                         _gather_gpu(buf, pieces, np.dtype(dtype), pool)
@@ -104,7 +107,7 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
                         buf.copy_(torch.from_numpy(arrays_in[name]), non_blocking=src.pinned)
                     feeds[name] = buf
             else:
-                for name, dtype, shape, _, pieces in specs:
+                for name, _dtype, _shape, _, pieces in specs:
                     if pieces:
                         _gather_host(arrays_in[name], pieces, pool)
                 feeds = arrays_in
@@ -322,12 +325,12 @@ class ProcessInstance:
                 if rows > total:
                     view[total:] = view[total - 1:total]
             del view
-        specs = [(n, dtype, shape, off, staged.get(n)) for n, dtype, shape, off in specs]
+        sent_specs = [(n, dtype, shape, off, staged.get(n)) for n, dtype, shape, off in specs]
         self.staged_batches += bool(staged)
         out_region = self._out or self._region("out", need)
         t1 = time.perf_counter_ns()
         try:
-            self.conn.send(("run", (src.path, src.size), specs, (out_region.path, out_region.size)))
+            self.conn.send(("run", (src.path, src.size), sent_specs, (out_region.path, out_region.size)))
             msg = self.conn.recv()
         except (EOFError, OSError) as exc:
             code = self._kill()

@@ -85,7 +85,7 @@ class ServeProcess:
         """The server's log (stderr and stdout) so far."""
         return "".join(self.lines)
 
-    def wait_ready(self, timeout: Optional[float] = 120.0) -> "ServeProcess":
+    def wait_ready(self, timeout: Optional[float] = 120.0) -> ServeProcess:
         """Blocks until the server logs that it is ready (``timeout`` None: no limit).
 
         Raises ``ServeLaunchError`` with the server's log if it exits first, or (after killing
@@ -136,7 +136,7 @@ class ServeProcess:
             self.proc.kill()
         self.wait()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:

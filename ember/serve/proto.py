@@ -18,11 +18,14 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from ember.errors import EmberError
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 PROTO_FILE = Path(__file__).with_name("protos") / "inference.proto"
 
@@ -53,7 +56,7 @@ class _Field:
 class _Message:
     name: str
     fields: list[_Field] = field(default_factory=list)
-    messages: list["_Message"] = field(default_factory=list)
+    messages: list[_Message] = field(default_factory=list)
     enums: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)
     oneofs: list[str] = field(default_factory=list)
 
@@ -83,7 +86,7 @@ class _Parser:
         self.pos += 1
         return tok
 
-    def parse(self) -> "_Parser":
+    def parse(self) -> _Parser:
         while self.peek():
             kw = self.take()
             if kw == "syntax":
@@ -289,7 +292,7 @@ def _message_class(descriptor):
     return GetMessageClass(descriptor)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def file_descriptor(path: str = str(PROTO_FILE)):
     """The ``FileDescriptor`` of the bundled .proto, in a pool of its own."""
     parsed = _Parser(Path(path).read_text(), path).parse()
@@ -299,12 +302,12 @@ def file_descriptor(path: str = str(PROTO_FILE)):
     return pool.FindFileByName(proto.name)
 
 
-@functools.lru_cache(maxsize=None)
-def messages() -> dict[str, type]:
+@functools.cache
+def messages() -> dict[str, type[Message]]:
     """Message classes by name: top-level (``"ModelInferRequest"``) and nested
     (``"ModelInferRequest.InferInputTensor"``)."""
     fd = file_descriptor()
-    out: dict[str, type] = {}
+    out: dict[str, type[Message]] = {}
 
     def visit(desc, prefix: str) -> None:
         if desc.GetOptions().map_entry:
@@ -318,7 +321,7 @@ def messages() -> dict[str, type]:
     return out
 
 
-def service_methods() -> dict[str, tuple[type, type]]:
+def service_methods() -> dict[str, tuple[type[Message], type[Message]]]:
     """``{rpc name: (request class, response class)}`` of ``inference.GRPCInferenceService``."""
     fd = file_descriptor()
     svc = fd.services_by_name["GRPCInferenceService"]

@@ -58,7 +58,7 @@ class Region:
         self._pinned: Optional[np.ndarray] = None
 
     @classmethod
-    def new(cls, size: int, label: str) -> "Region":
+    def new(cls, size: int, label: str) -> Region:
         fd, path = tempfile.mkstemp(prefix=f"ember-{label}-", dir=shm_dir())  # mode 0600
         os.close(fd)
         try:

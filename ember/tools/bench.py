@@ -24,9 +24,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ember.backends.tensors import max_relative_error, numpy_to_torch
 from ember.errors import InputError, ModelLoadError
 from ember.runtime import example_inputs as inputs
-from ember.backends.tensors import max_relative_error, numpy_to_torch
 from ember.tools.args import parse_shapes
 from ember.tools.bench_stats import LatencyStats, measure, wall_clock
 
@@ -98,11 +98,15 @@ def build_engine(src: Source, opts: BenchOptions) -> tuple[Any, Optional[float]]
     import time
 
     import ember
+    from ember.plan.config import BUILDABLE_PRECISIONS, to_enum
 
     if src.engine_path:
         return ember.load(src.engine_path), None
     shapes = {k: tuple(v.shape) for k, v in src.feeds.items()}
-    config = ember.BuildConfig(device=opts.device, precision=opts.precision, shapes=shapes,
+    # to_enum as BuildConfig itself would: the same error for a device or precision it lacks
+    device = to_enum(ember.Device, opts.device, "device")
+    precision = to_enum(ember.Precision, opts.precision, "precision", BUILDABLE_PRECISIONS)
+    config = ember.BuildConfig(device=device, precision=precision, shapes=shapes,
                                timing_cache=opts.timing_cache, cuda_graphs=opts.cuda_graphs,
                                tactic_tuning=opts.tuning, accuracy_target=opts.accuracy_target)
     t0 = time.perf_counter()
@@ -165,7 +169,7 @@ def bench(opts: BenchOptions) -> dict:
     ember_stats, ember_outs = measure_ember(engine, src.feeds, opts)
     median = ember_stats["compute_ms"]["median"]
     report: dict[str, Any] = {
-        "model": opts.model, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": opts.model, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": _device_info(opts.device), "versions": _versions(),
         "config": {"precision": opts.precision, "batch": batch, "iterations": opts.iterations,
                    "warmup": opts.warmup, "cuda_graphs": opts.cuda_graphs, "tuning": opts.tuning,
@@ -187,6 +191,7 @@ def _run_peers(src: Source, engine, opts: BenchOptions, ember_median: float, bat
                reference: Optional[dict] = None) -> dict:
     from ember.tools import bench_peers
 
+    assert src.onnx_path is not None  # bench() compares peers for an ONNX source only
     results: dict[str, Any] = {}
     wanted = list(opts.peers)
     found: list = []
@@ -243,6 +248,7 @@ def _plain_graph(src: Source):
 
 
 def _accuracy(src: Source, ember_outs: dict) -> tuple[dict, Optional[dict]]:
+    assert src.onnx_path is not None  # bench() checks accuracy for an ONNX source only
     try:
         from ember.tools.bench_peers import reference_outputs
 

@@ -45,13 +45,15 @@ class IRModule(torch.nn.Module):
         super().__init__()
         from ember.backends.base import CompileContext
         from ember.backends.cpu.registry import ATEN, lookup
+        from ember.plan.config import Precision
 
         self.graph = graph
         self.consts = {k: _cast(torch.from_numpy(np.array(v)).to(device), dtype)
                        for k, v in graph.constants.items()}
         # the CPU backend's generic kernels straight from its registry (they are device-agnostic):
         # the peer is plain PyTorch, with none of the CUDA backend's fusion or casting
-        self.kernels = [lookup(n, ATEN, graph).factory(n, CompileContext(graph, self.consts, device, ATEN, "fp32"))
+        self.kernels = [lookup(n, ATEN, graph).factory(n, CompileContext(graph, self.consts, device, ATEN,
+                                                                         Precision.FP32))
                         for n in graph.nodes]
 
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -93,7 +95,8 @@ def _module(zoo_name: Optional[str], graph, device: torch.device, dtype: torch.d
 
         m = zoo.build_model(zoo_name).to(device=device, dtype=dtype).eval()
         if image and device.type == "cuda":
-            m = m.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's stubs list no overload with it
+            m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return m
     return IRModule(graph, device, dtype)
 

@@ -28,7 +28,7 @@ class LatencyStats:
     max: float
 
     @staticmethod
-    def of(samples_ms: Sequence[float]) -> "LatencyStats":
+    def of(samples_ms: Sequence[float]) -> LatencyStats:
         if not samples_ms:
             raise ValueError("no timing samples")
         a = np.asarray(samples_ms, dtype=np.float64)

@@ -121,10 +121,11 @@ def _build(console: Console, path: Any, device: str, shapes: Optional[dict] = No
     shapes = shapes or {}
     if device == "cuda":
         try:
-            return ember.build(str(path), ember.BuildConfig(device="cuda", precision="fp16", shapes=shapes))
+            return ember.build(str(path), ember.BuildConfig(device=ember.Device.CUDA, precision=ember.Precision.FP16,
+                                                            shapes=shapes))
         except ember.EmberError as exc:
             console.print(f"[yellow]GPU build failed ({exc}); building for the CPU instead[/yellow]")
-    return ember.build(str(path), ember.BuildConfig(device="cpu", shapes=shapes))
+    return ember.build(str(path), ember.BuildConfig(device=ember.Device.CPU, shapes=shapes))
 
 
 def _minilm(console: Console, device: str, iterations: int, quick: bool) -> tuple[ModelResult, np.ndarray]:

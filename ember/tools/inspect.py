@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_build_options(p)
 
 
-def load_for_inspection(path: str, args: argparse.Namespace | None = None) -> "Engine":
+def load_for_inspection(path: str, args: argparse.Namespace | None = None) -> Engine:
     """The engine of ``path``: loaded without compiling (``.ember``), or built in memory."""
     from ember.runtime.engine import Engine
 
@@ -67,7 +67,7 @@ def _manifest(engine) -> dict:
     return data
 
 
-def measure_device_memory(engine: "Engine") -> dict[str, int]:
+def measure_device_memory(engine: Engine) -> dict[str, int]:
     """Device bytes a CUDA engine holds once it has run (CUDA graph captured) at its inputs'
     opt shapes: ``weights`` (the layers' prepared weights, shared by all contexts), ``graph_pool``
     (one context's activations: the captured graph's private pool), ``static_buffers`` (that

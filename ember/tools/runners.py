@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ember.backends.tensors import max_relative_error
-from torch import nn
 
 Feeds = Mapping[str, np.ndarray]
 

@@ -33,6 +33,8 @@ class BertConfig:
 
 
 class Embeddings(nn.Module):
+    position_ids: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden)

@@ -140,6 +140,7 @@ def _export_dynamo(module: nn.Module, inputs: Mapping[str, torch.Tensor], output
                                     output_names=list(outputs), opset_version=max(opset, _DYNAMO_OPSET),
                                     dynamic_shapes=shapes, dynamo=True, optimize=False, verbose=False,
                                     custom_translation_table=layers.dynamo_translations())
+    assert program is not None  # dynamo=True returns the program (None is the TorchScript exporter's)
     onnxscript.optimizer.fold_constants(program.model)
     onnxscript.optimizer.remove_unused_nodes(program.model)
     proto = program.model_proto

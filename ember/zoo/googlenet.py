@@ -10,6 +10,7 @@ only and left out, as in the Caffe deploy prototxt.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,11 +57,11 @@ class Inception(nn.Module):
 
     def _run(self, x: torch.Tensor, *names: str) -> torch.Tensor:
         for name in names:
-            x = self._modules[name](x)
+            x = cast(nn.Module, self._modules[name])(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._modules["output"](
+        return cast(nn.Module, self._modules["output"])(
             self._run(x, "1x1", "relu_1x1"),
             self._run(x, "3x3_reduce", "relu_3x3_reduce", "3x3", "relu_3x3"),
             self._run(x, "5x5_reduce", "relu_5x5_reduce", "5x5", "relu_5x5"),
@@ -107,8 +108,10 @@ def _create(generator: torch.Generator) -> nn.Module:
     model = GoogLeNet().eval()
     init_weights(model, generator)
     with torch.no_grad():
-        model.conv1[0].weight.mul_(_PIXEL_SCALE)
-        model.conv1[0].bias.mul_(_PIXEL_SCALE)
+        conv = model.get_submodule("conv1.7x7_s2")
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None
+        conv.weight.mul_(_PIXEL_SCALE)
+        conv.bias.mul_(_PIXEL_SCALE)
     return model
 
 

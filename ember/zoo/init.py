@@ -58,9 +58,11 @@ def calibrate_batchnorm(model: nn.Module, make_input: Callable[[torch.Generator]
         m.train(training)
         # A trained network's statistics never match the inference data exactly; shifting them a
         # little also keeps any BN whose input happens to be centred from having a zero mean.
-        std = m.running_var.sqrt()
-        m.running_mean.add_(torch.randn(m.running_mean.shape, generator=generator) * 0.2 * std)
-        m.running_var.mul_(torch.rand(m.running_var.shape, generator=generator) * 0.6 + 0.7)
+        mean, var = m.running_mean, m.running_var
+        assert mean is not None and var is not None  # the forward passes above tracked them
+        std = var.sqrt()
+        mean.add_(torch.randn(mean.shape, generator=generator) * 0.2 * std)
+        var.mul_(torch.rand(var.shape, generator=generator) * 0.6 + 0.7)
 
 
 def _normal(t: torch.Tensor, std: float, generator: torch.Generator) -> None:

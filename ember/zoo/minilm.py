@@ -76,7 +76,8 @@ class MiniLMTransformer(nn.Module):
 
     def __init__(self, bert: Optional[nn.Module] = None) -> None:
         super().__init__()
-        self.bert = bert if bert is not None else load_transformer()
+        # Any: a Hugging Face BertModel, whose methods (get_input_embeddings) nn.Module lacks
+        self.bert: Any = bert if bert is not None else load_transformer()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:

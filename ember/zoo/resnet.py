@@ -62,6 +62,12 @@ def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential | None:
 class ResNet(nn.Module):
     """ImageNet ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages, global average pool, fc."""
 
+    # the stages, set by name in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], depths: Sequence[int],
                  num_classes: int = 1000) -> None:
         super().__init__()

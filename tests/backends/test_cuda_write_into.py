@@ -21,8 +21,14 @@ from ember.backends.base import CompileContext, write_into_of
 from ember.backends.cuda import CUDABackend
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import (
-    Activation, FusedElementwiseAttrs, FusedGemmAttrs, FusedStep, GemmAttrs, LayerNormAttrs,
-    PoolAttrs, SoftmaxAttrs,
+    Activation,
+    FusedElementwiseAttrs,
+    FusedGemmAttrs,
+    FusedStep,
+    GemmAttrs,
+    LayerNormAttrs,
+    PoolAttrs,
+    SoftmaxAttrs,
 )
 from ember.ops.infer import infer_graph
 
@@ -273,8 +279,8 @@ def test_linear_declines_an_input_f_linear_would_run_as_bmm():
 
 def test_out_checks_work_on_meta_tensors():
     from ember.backends.cuda.kernels.gemm import _out_matrix
-    from ember.backends.layout import dense
     from ember.backends.cuda.libs.triton_ops import fits
+    from ember.backends.layout import dense
 
     m = torch.empty(4, 5, 20, device="meta")
     assert _out_matrix(m, 20) is not None and _out_matrix(m[..., 2:9], 7) is not None

@@ -25,7 +25,13 @@ from ember.backends.layout import format_in, planned_format, planned_weight_form
 from ember.errors import BuildError, EngineFileError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import (
-    Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs, LRNAttrs, PoolAttrs,
+    Activation,
+    BatchNormAttrs,
+    ConvAttrs,
+    ConvTransposeAttrs,
+    FusedConvAttrs,
+    LRNAttrs,
+    PoolAttrs,
 )
 from ember.plan.config import Layout, Precision
 from ember.plan.records import LayoutPlan, Records
@@ -259,7 +265,7 @@ def test_cpu_pooling_writes_the_planned_format(records, want):
             torch.testing.assert_close(y, kernel([x])[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zoo_reference(name):
     return OrtRunner(str(zoo.export_onnx(name)), threads=2)(zoo.sample_inputs(name, 1))
 

@@ -11,8 +11,8 @@ import pytest
 
 import ember
 from ember.builder import accuracy
-from ember.plan.config import BuildConfig
 from ember.errors import BuildError
+from ember.plan.config import BuildConfig
 
 N_LAYERS = 10
 X = np.linspace(-1, 1, 16).reshape(4, 4)
@@ -113,7 +113,7 @@ def test_the_target_is_checked_and_only_applies_to_gpu_builds_below_fp32():
 def test_a_cpu_build_with_a_target_is_an_ordinary_build():
     engine = ember.build(cnn_model(), BuildConfig(device="cpu", precision="fp16", accuracy_target=1e-3),
                          progress=False)
-    assert "accuracy" not in engine.plan.build_info and all(l.precision == "fp32" for l in engine.plan.layers)
+    assert "accuracy" not in engine.plan.build_info and all(layer.precision == "fp32" for layer in engine.plan.layers)
 
 
 @pytest.mark.cuda
@@ -128,7 +128,7 @@ def test_a_gpu_fp16_build_meets_a_tight_target_with_an_fp32_prefix():
                          progress=False)
     info = engine.plan.build_info["accuracy"]
     after = accuracy.max_output_error(accuracy._outputs(engine, feeds), ref_out)
-    promoted = [l.name for l in engine.plan.layers if l.precision == "fp32"]
+    promoted = [layer.name for layer in engine.plan.layers if layer.precision == "fp32"]
     assert info["met"] and after <= target * 1.01 + 1e-7
     assert info["error"] == pytest.approx(after, rel=0.01, abs=1e-7)
     assert set(info["fp32_layers"]) <= set(promoted) and info["fp32_layers"]

@@ -7,10 +7,10 @@ import torch
 
 import ember
 from ember.builder.build import build
-from ember.plan.memory import check_no_overlap
 from ember.errors import BuildError, DeviceError, ModelLoadError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import CastAttrs
+from ember.plan.memory import check_no_overlap
 
 
 def _two_inputs(seq="seq") -> Graph:

@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.plan.memory import (ALIGNMENT, MemoryPlan, TensorAlloc, allocate, check_no_overlap,
-                                  liveness, plan_memory)
 from ember.errors import BuildError
 from ember.ir import DType, Graph, Node, OpType, TensorType
+from ember.plan.memory import ALIGNMENT, MemoryPlan, TensorAlloc, allocate, check_no_overlap, liveness, plan_memory
 
 
 def _chain_graph() -> Graph:
@@ -105,6 +104,6 @@ def test_no_overlap_on_random_lifetimes(case):
         for (_, end), (start, _) in zip(live, live[1:]):
             assert end <= start
     # the arena is never smaller than the largest set of tensors alive together
-    peak = max((sum(-(-s // ALIGNMENT) * ALIGNMENT for s, f, l in reqs.values() if s and f <= k <= l)
+    peak = max((sum(-(-s // ALIGNMENT) * ALIGNMENT for s, first, last in reqs.values() if s and first <= k <= last)
                 for k in range(n_layers + 1)), default=0)
     assert peak <= plan.arena_bytes <= plan.sum_bytes

@@ -11,9 +11,9 @@ import torch
 from ember.backends.cpu import CPUBackend
 from ember.backends.timing import wall_clock_timer
 from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
+from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import Records
-from ember.ir import DType, Graph, Node, OpType, TensorType
 
 
 def _graph(n=4) -> Graph:
@@ -66,9 +66,10 @@ def test_timing_cache_spares_the_second_build(tmp_path):
 
 def test_signature_depends_on_types_and_precision():
     a, b = _graph(4), _graph(8)
-    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) != layer_signature(b.nodes[0], b, Records(), Precision("fp32"))
-    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) != layer_signature(a.nodes[0], a, Records(), Precision("fp16"))
-    assert layer_signature(a.nodes[0], a, Records(), Precision("fp32")) == layer_signature(a.nodes[0], _graph(4), Records(), Precision("fp32"))
+    sig = layer_signature(a.nodes[0], a, Records(), Precision("fp32"))
+    assert sig != layer_signature(b.nodes[0], b, Records(), Precision("fp32"))
+    assert sig != layer_signature(a.nodes[0], a, Records(), Precision("fp16"))
+    assert sig == layer_signature(a.nodes[0], _graph(4), Records(), Precision("fp32"))
 
 
 def test_kernel_timer_times_real_kernels():

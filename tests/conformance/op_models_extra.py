@@ -80,7 +80,8 @@ def _reductions(r) -> list[OpCase]:
     cases += [
         single("ReduceMin-18-noop", "ReduceMin", [feed("x", x)], opset=18, noop_with_empty_axes=1),
         single("ReduceMin-18-int64", "ReduceMin", [feed("x", r.integers(-9, 9, (3, 4))), axes(1)], opset=18),
-        single("ReduceProd-18-runtime-axes", "ReduceProd", [feed("x", pos), feed("axes", np.array([1], I64))], opset=18),
+        single("ReduceProd-18-runtime-axes", "ReduceProd", [feed("x", pos), feed("axes", np.array([1], I64))],
+               opset=18),
     ]
     ties = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -1.0, -1.0]], F32)
     for op in ("ArgMax", "ArgMin"):
@@ -136,13 +137,14 @@ def _indexing(r) -> list[OpCase]:
     idx = r.integers(-4, 4, (3, 2, 5))
     return [
         single("GatherElements-axis1-neg-indices", "GatherElements", [feed("x", x), const("i", idx)], opset=11, axis=1),
-        single("GatherElements-runtime", "GatherElements", [feed("x", x), feed("i", r.integers(0, 5, (3, 4, 2)))], axis=-1),
+        single("GatherElements-runtime", "GatherElements", [feed("x", x), feed("i", r.integers(0, 5, (3, 4, 2)))],
+               axis=-1),
         single("GatherND-11", "GatherND", [feed("x", x), const("i", np.array([[0, 1], [2, -1]], I64))], opset=11),
         single("GatherND-12-batch", "GatherND", [feed("x", x), const("i", np.array([[1], [0], [3]], I64))],
                opset=12, batch_dims=1),
         single("GatherND-full", "GatherND", [feed("x", x), const("i", np.array([[0, 1, 2], [2, 3, 4]], I64))]),
-        single("ScatterND", "ScatterND", [feed("x", x), const("i", np.array([[1], [0]], I64)), feed("u", rnd(r, 2, 4, 5))],
-               opset=11),
+        single("ScatterND", "ScatterND",
+               [feed("x", x), const("i", np.array([[1], [0]], I64)), feed("u", rnd(r, 2, 4, 5))], opset=11),
         single("ScatterND-16-add", "ScatterND", [feed("x", x), const("i", np.array([[1, 2], [1, 2]], I64)),
                                                  feed("u", rnd(r, 2, 5))], opset=16, reduction="add"),
         single("ScatterND-18-max", "ScatterND", [feed("x", x), const("i", np.array([[0, 0], [2, 1]], I64)),
@@ -150,7 +152,8 @@ def _indexing(r) -> list[OpCase]:
         single("ScatterElements", "ScatterElements", [feed("x", x), const("i", np.array([[[1, 0, 3, -1, 2]]], I64)),
                                                       feed("u", rnd(r, 1, 1, 5))], opset=11, axis=1),
         single("ScatterElements-16-mul", "ScatterElements", [feed("x", x), const("i", np.array([[[4, 4]]], I64)),
-                                                             feed("u", rnd(r, 1, 1, 2))], opset=16, axis=2, reduction="mul"),
+                                                             feed("u", rnd(r, 1, 1, 2))],
+               opset=16, axis=2, reduction="mul"),
     ]
 
 
@@ -277,4 +280,5 @@ def _norm_einsum(r) -> list[OpCase]:
 def extra_cases() -> list[OpCase]:
     """Every case for the ops beyond the core families."""
     r = _rng("extra")
-    return _unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r) + _composite(r) + _norm_einsum(r)
+    return (_unary(r) + _binary(r) + _reductions(r) + _movement(r) + _indexing(r) + _sampling(r) + _recurrent(r)
+            + _composite(r) + _norm_einsum(r))

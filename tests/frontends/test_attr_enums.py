@@ -13,8 +13,17 @@ from ember.errors import UnsupportedOpError
 from ember.frontends import load
 from ember.ir import DType, OpType
 from ember.ops.attrs import (
-    CoordinateTransform, DepthToSpaceMode, GeluApproximate, GridSampleMode, GridSamplePadding, NearestMode,
-    PadMode, ResizeMode, RNNActivation, RNNDirection, ScatterReduction,
+    CoordinateTransform,
+    DepthToSpaceMode,
+    GeluApproximate,
+    GridSampleMode,
+    GridSamplePadding,
+    NearestMode,
+    PadMode,
+    ResizeMode,
+    RNNActivation,
+    RNNDirection,
+    ScatterReduction,
 )
 from tests.conformance.op_models import F32, I64, const, feed, graph_model, rnd, single
 

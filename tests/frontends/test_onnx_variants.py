@@ -10,7 +10,15 @@ from ember.errors import UnsupportedOpError
 from ember.frontends.onnx import import_onnx
 from ember.ir import DType, OpType
 from ember.ops.attrs import (
-    AutoPad, AxesAttrs, ClipAttrs, GemmAttrs, PadAttrs, ReduceAttrs, SliceAttrs, SoftmaxAttrs, SplitAttrs,
+    AutoPad,
+    AxesAttrs,
+    ClipAttrs,
+    GemmAttrs,
+    PadAttrs,
+    ReduceAttrs,
+    SliceAttrs,
+    SoftmaxAttrs,
+    SplitAttrs,
 )
 from tests.conformance.op_models import F32, I64, const, feed, graph_model, single
 

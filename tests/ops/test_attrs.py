@@ -7,9 +7,23 @@ import pytest
 from ember.ir import DType, Node, OpType, TensorType
 from ember.ir.printer import format_node
 from ember.ops.attrs import (
-    AttrEnum, CastAttrs, ConstantOfShapeAttrs, DepthSpaceAttrs, EyeLikeAttrs, GeluAttrs, GridSampleAttrs,
-    GridSampleMode, PadAttrs, PadMode, ResizeAttrs, ResizeMode, RNNActivation, RNNAttrs, RNNDirection,
-    ScatterAttrs, ScatterReduction,
+    AttrEnum,
+    CastAttrs,
+    ConstantOfShapeAttrs,
+    DepthSpaceAttrs,
+    EyeLikeAttrs,
+    GeluAttrs,
+    GridSampleAttrs,
+    GridSampleMode,
+    PadAttrs,
+    PadMode,
+    ResizeAttrs,
+    ResizeMode,
+    RNNActivation,
+    RNNAttrs,
+    RNNDirection,
+    ScatterAttrs,
+    ScatterReduction,
 )
 from ember.ops.registry import infer_node
 

@@ -184,7 +184,7 @@ def test_reduce_axes_input_constant_and_runtime():
 
 
 # ---- shape ops ----------------------------------------------------------------------------
-I = DType.INT64
+I64 = DType.INT64
 
 
 def test_concat_split():
@@ -208,17 +208,17 @@ def test_slice():
     assert shape(OpType.SLICE, s, t("b", 6, "s")) == ("(b-1)", 6, 2)
     rev = A.SliceAttrs(starts=(-1,), ends=(-big,), axes=(1,), steps=(-2,))
     assert shape(OpType.SLICE, rev, t(2, 7)) == (2, 4)
-    i1 = t(1, dtype=I)
+    i1 = t(1, dtype=I64)
     assert shape(OpType.SLICE, A.SliceAttrs(), t(5, 6), i1, i1, i1,
                  consts=[None, None, None, np.array([1])]) == (5, "y0_d1")
 
 
 def test_gather():
-    idx = t(2, 3, dtype=I)
+    idx = t(2, 3, dtype=I64)
     assert shape(OpType.GATHER, A.AxisAttrs(1), t("b", 10, 4), idx) == ("b", 2, 3, 4)
-    assert shape(OpType.GATHER, A.AxisAttrs(0), t(4, dtype=I), t(dtype=I)) == ()
+    assert shape(OpType.GATHER, A.AxisAttrs(0), t(4, dtype=I64), t(dtype=I64)) == ()
     with pytest.raises(ShapeError, match="out of range"):
-        infer(OpType.GATHER, A.AxisAttrs(0), t(4), t(1, dtype=I), consts=[None, np.array([4])])
+        infer(OpType.GATHER, A.AxisAttrs(0), t(4), t(1, dtype=I64), consts=[None, np.array([4])])
 
 
 @pytest.mark.parametrize("x, target, allowzero, want", [
@@ -232,16 +232,16 @@ def test_gather():
 ])
 def test_reshape(x, target, allowzero, want):
     value = np.array(target, dtype=object if any(isinstance(d, str) for d in target) else np.int64)
-    shape_t = t(len(target), dtype=I)
+    shape_t = t(len(target), dtype=I64)
     assert shape(OpType.RESHAPE, A.ReshapeAttrs(allowzero), t(*x), shape_t, consts=[None, value]) == want
 
 
 def test_reshape_errors_and_runtime_shape():
     with pytest.raises(ShapeError, match="not divisible"):
-        infer(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(2, dtype=I), consts=[None, np.array([3, -1])])
+        infer(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(2, dtype=I64), consts=[None, np.array([3, -1])])
     with pytest.raises(ShapeError, match=r"\(10 elements\)"):
-        infer(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(2, dtype=I), consts=[None, np.array([3, 3])])
-    assert shape(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(3, dtype=I)) == ("y0_d0", "y0_d1", "y0_d2")
+        infer(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(2, dtype=I64), consts=[None, np.array([3, 3])])
+    assert shape(OpType.RESHAPE, A.ReshapeAttrs(), t(2, 5), t(3, dtype=I64)) == ("y0_d0", "y0_d1", "y0_d2")
 
 
 def test_flatten_transpose_squeeze_unsqueeze():
@@ -257,18 +257,18 @@ def test_flatten_transpose_squeeze_unsqueeze():
     with pytest.raises(ShapeError, match="has size 3, not 1"):
         infer(OpType.SQUEEZE, A.AxesAttrs((1,)), t(2, 3))
     assert shape(OpType.UNSQUEEZE, A.AxesAttrs((0, -1)), t("b", 3)) == (1, "b", 3, 1)
-    assert shape(OpType.UNSQUEEZE, A.AxesAttrs(), t(3), t(2, dtype=I), consts=[None, np.array([1, 0])]) == (1, 1, 3)
+    assert shape(OpType.UNSQUEEZE, A.AxesAttrs(), t(3), t(2, dtype=I64), consts=[None, np.array([1, 0])]) == (1, 1, 3)
 
 
 def test_generators():
-    assert shape(OpType.EXPAND, None, t("b", 1, 4), t(3, dtype=I), consts=[None, np.array([1, 5, 1])]) == ("b", 5, 4)
-    assert shape(OpType.EXPAND, None, t(3, 1), t(3, dtype=I)) == ("y0_d0", "y0_d1", "y0_d2")
-    assert infer(OpType.SHAPE, A.ShapeAttrs(), t("b", 3, 4))[0] == t(3, dtype=I)
+    assert shape(OpType.EXPAND, None, t("b", 1, 4), t(3, dtype=I64), consts=[None, np.array([1, 5, 1])]) == ("b", 5, 4)
+    assert shape(OpType.EXPAND, None, t(3, 1), t(3, dtype=I64)) == ("y0_d0", "y0_d1", "y0_d2")
+    assert infer(OpType.SHAPE, A.ShapeAttrs(), t("b", 3, 4))[0] == t(3, dtype=I64)
     assert shape(OpType.SHAPE, A.ShapeAttrs(start=-2), t("b", 3, 4)) == (2,)
     assert shape(OpType.SHAPE, A.ShapeAttrs(start=1, end=-1), t("b", 3, 4)) == (1,)
     cos = A.ConstantOfShapeAttrs(value=1, dtype="int64")
-    assert infer(OpType.CONSTANT_OF_SHAPE, cos, t(2, dtype=I), consts=[np.array([2, 3])])[0] == t(2, 3, dtype=I)
-    scalar = t(dtype=I)
+    assert infer(OpType.CONSTANT_OF_SHAPE, cos, t(2, dtype=I64), consts=[np.array([2, 3])])[0] == t(2, 3, dtype=I64)
+    scalar = t(dtype=I64)
     vals = [np.array(1), np.array(10), np.array(3)]
     assert shape(OpType.RANGE, None, scalar, scalar, scalar, consts=vals) == (3,)
     assert shape(OpType.RANGE, None, scalar, scalar, scalar) == ("y0_d0",)

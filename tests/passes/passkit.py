@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ember.plan.config import BuildConfig
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.types import TensorType
+from ember.plan.config import BuildConfig
 
 if TYPE_CHECKING:
     from ember.passes.manager import PassContext
@@ -56,7 +56,7 @@ def optimize(graph: Graph, keep: Iterable[str] = (), **config: Any) -> Graph:
     return optimized(graph, keep, **config).graph
 
 
-def optimized(graph: Graph, keep: Iterable[str] = (), **config: Any) -> "Optimized":
+def optimized(graph: Graph, keep: Iterable[str] = (), **config: Any) -> Optimized:
     """The full pipeline with the verifier after every pass: graph, records and pass statistics."""
     from ember.passes.pipeline import run_pipeline
 
@@ -69,7 +69,7 @@ def run_pass(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any)
     return graph, dict(ctx.fired)
 
 
-def run_pass_ctx(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any) -> tuple[Graph, "PassContext"]:
+def run_pass_ctx(graph: Graph, *names: str, keep: Iterable[str] = (), **config: Any) -> tuple[Graph, PassContext]:
     """Runs the named passes (verifier after each); returns the graph and the pass context (its
     ``records`` and ``fired`` counts)."""
     from ember.ops.verify import verify_graph as verify
@@ -148,7 +148,7 @@ def check_against_ort(model, feeds: Optional[dict] = None, rtol: float = 1e-4, a
 
 
 def optimized_against_ort(model, feeds: Optional[dict] = None, rtol: float = 1e-4, atol: float = 1e-5,
-                          **config: Any) -> "Optimized":
+                          **config: Any) -> Optimized:
     """``check_against_ort``, returning the pipeline's whole result (graph, records, statistics)."""
     from ember.frontends.onnx import import_onnx
 

@@ -2,7 +2,8 @@
 import numpy as np
 
 from ember.ir import Node, OpType
-from ember.ops.attrs import (AxesAttrs, AxisAttrs, CastAttrs, ReshapeAttrs, TransposeAttrs)
+from ember.ops.attrs import AxesAttrs, AxisAttrs, CastAttrs, ReshapeAttrs, TransposeAttrs
+
 from passkit import assert_same_outputs, ir_graph, ops, run_pass
 
 

@@ -3,6 +3,7 @@ import numpy as np
 
 from ember.ir import Node, OpType
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs, ShapeAttrs
+
 from passkit import assert_same_outputs, ir_graph, ops, run_pass
 
 
@@ -73,8 +74,8 @@ def test_nodes_on_constants_are_evaluated():
 
 def test_huge_results_are_not_folded():
     from ember.ops.attrs import ConstantOfShapeAttrs
-    from ember.passes.manager import PassContext
     from ember.passes.fold import fold_constants
+    from ember.passes.manager import PassContext
     nodes = [Node("cos", OpType.CONSTANT_OF_SHAPE, ("shape",), ("big",), ConstantOfShapeAttrs(1.0, "float32")),
              Node("add", OpType.ADD, ("x", "big"), ("y",))]
     g = ir_graph(nodes, {"x": (64, 64)}, ["y"], {"shape": np.array([64, 64], np.int64)})

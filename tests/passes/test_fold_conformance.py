@@ -9,9 +9,9 @@ import pytest
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from ember.frontends.onnx import import_onnx  # noqa: E402
 from tests.conformance.op_models import all_cases  # noqa: E402
 
-from ember.frontends.onnx import import_onnx  # noqa: E402
 from passkit import optimize, ort_run, run_graph  # noqa: E402
 
 CASES = all_cases()

@@ -4,6 +4,7 @@ import pytest
 
 from ember.ir import Node, OpType
 from ember.ops.attrs import BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, GemmAttrs
+
 from passkit import assert_same_outputs, ir_graph, ops, rng_const, run_pass
 
 BN_RULE = "batchnorm(conv(x, w, b)) => conv(x, w * s, b * s + t)"

@@ -4,6 +4,7 @@ import pytest
 from onnx import helper as oh
 
 from ember.ops.attrs import Activation
+
 from passkit import check_against_ort, onnx_model, ops, rng_const
 
 

@@ -5,10 +5,11 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 import ember
+from ember.frontends.onnx import import_onnx
 from ember.ir.optype import OpType
 from ember.passes.fuse_elementwise import RULE
+
 from passkit import check_against_ort, onnx_model, ops, optimized_against_ort, ort_run, rng_const, run_pass
-from ember.frontends.onnx import import_onnx
 
 
 def node(op, ins, out, **attrs):
@@ -134,7 +135,8 @@ def test_integer_chain_into_a_float_where():
 
 
 def test_integer_division_keeps_truncation():
-    nodes = [node("Sub", ["i", "j"], "d"), node("Div", ["d", "three"], "q"), node("Cast", ["q"], "y", to=TensorProto.FLOAT)]
+    nodes = [node("Sub", ["i", "j"], "d"), node("Div", ["d", "three"], "q"),
+             node("Cast", ["q"], "y", to=TensorProto.FLOAT)]
     model = onnx_model(nodes, {"i": (7,), "j": (7,)}, ["y"], {"three": np.int32(3)},
                        input_types={"i": TensorProto.INT32, "j": TensorProto.INT32})
     feeds = {"i": np.array([-7, -5, -3, 0, 3, 5, 7], np.int32), "j": np.array([1, 0, 0, 0, 0, 0, -1], np.int32)}
@@ -153,8 +155,8 @@ def test_cpu_engine_runs_the_fused_layer():
 
 
 def test_layer_precisions_by_op_type_reach_the_steps_of_a_fused_chain():
-    from ember.plan.config import BuildConfig
     from ember.passes.pipeline import run_pipeline
+    from ember.plan.config import BuildConfig
 
     graph = import_onnx(onnx_model(CHAINS[3], X, ["y"], BIAS))
     for key, want in (("Sigmoid", "fp32"), ("Mul", "fp32"), ("Relu", "fp16")):

@@ -6,6 +6,7 @@ import pytest
 from onnx import helper as oh
 
 from ember.ops.attrs import Activation
+
 from passkit import check_against_ort, onnx_model, ops, rng_const
 
 X = {"x": (2, 3, 4)}
@@ -80,7 +81,8 @@ def test_gemm_relu_and_scale_fold():
 
 
 def test_matmul_of_two_activations_is_not_a_gemm():
-    nodes = [oh.make_node("MatMul", ["x", "z"], ["mm"], name="bmm"), oh.make_node("Add", ["mm", "b"], ["y"], name="bias")]
+    nodes = [oh.make_node("MatMul", ["x", "z"], ["mm"], name="bmm"),
+             oh.make_node("Add", ["mm", "b"], ["y"], name="bias")]
     out = check_against_ort(onnx_model(nodes, {"x": (2, 3, 4), "z": (2, 4, 5)}, ["y"], {"b": rng_const(5)}))
     assert ops(out) == ["MatMul", "Add"]
 

@@ -97,6 +97,7 @@ def test_affine_after_layernorm_over_a_symbolic_dim_is_left_alone():
     (the folded weight's shape is unknown): the rule declines instead of failing the build."""
     from ember.ir import DType, Node, OpType
     from ember.ops.attrs import LayerNormAttrs
+
     from passkit import ir_graph, run_pass
 
     nodes = [Node("ln", OpType.LAYER_NORM, ("x", "s"), ("n",), LayerNormAttrs(-1, 1e-5)),

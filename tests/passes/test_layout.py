@@ -6,6 +6,7 @@ from ember.frontends.onnx import import_onnx
 from ember.passes.layout import NCHW, NHWC, assign, preferred_layout
 from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import OUTPUT_READER, ConcatSlice, LayoutPlan
+
 from passkit import onnx_model, optimize, optimized, optimized_against_ort, rng_const
 
 
@@ -77,6 +78,7 @@ def test_gpu_precisions_follow_the_config_and_per_layer_overrides():
 
 def test_unknown_layer_precision_key_is_an_error():
     import pytest
+
     from ember.errors import BuildError
     with pytest.raises(BuildError, match="no_such_layer"):
         optimize(import_onnx(inception_like()), device="cuda", layer_precisions={"no_such_layer": "fp32"})

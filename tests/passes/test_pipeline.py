@@ -4,9 +4,10 @@ import pytest
 from ember.errors import BuildError, GraphError
 from ember.ir import Node, OpType
 from ember.ops.attrs import ConvAttrs
-from ember.passes.manager import Phase, register_pass, run_passes, PassContext, VerifyInstrument, get_pass
+from ember.passes.manager import PassContext, Phase, VerifyInstrument, get_pass, register_pass, run_passes
 from ember.passes.pipeline import PIPELINE, pipeline_passes, run_pipeline
-from passkit import assert_same_outputs, ir_graph, ops, optimize, optimized, rng_const
+
+from passkit import assert_same_outputs, ir_graph, optimize, optimized, rng_const
 
 
 def conv_relu_graph():

@@ -6,6 +6,7 @@ from ember.errors import GraphError
 from ember.ir import Node, OpType
 from ember.passes.manager import PassContext
 from ember.passes.rewrite import Absent, Const, Op, Rule, Var, alt, apply_rules, optional
+
 from passkit import assert_same_outputs, ir_graph, ops
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ember import zoo
 from ember.frontends.onnx import import_onnx
+
 from passkit import optimize, optimized, ort_run, run_graph
 
 BN = "batchnorm(conv(x, w, b)) => conv(x, w * s, b * s + t)"
@@ -42,7 +43,7 @@ CASES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported(case):
     name, _, variant = case.partition("@")
     if name == "minilm":

@@ -165,7 +165,8 @@ def test_kernel_capabilities():
     assert write_into_of(relu)([x], buf[:, 3:])
     torch.testing.assert_close(buf[:, 3:], torch.relu(x))
     assert not write_into_of(relu)([x.double()], buf[:, 3:])  # dtype mismatch: declined
-    pool = kernel(Node("p", OpType.MAX_POOL, ("x",), ("y",), PoolAttrs(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1))))
+    pool_attrs = PoolAttrs(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1))
+    pool = kernel(Node("p", OpType.MAX_POOL, ("x",), ("y",), pool_attrs))
     out = torch.empty(1, 6, 2, 2)
     assert write_into_of(pool)([x[:1]], out[:, :3])  # batch 1: the slice is dense
     torch.testing.assert_close(out[:, :3], torch.nn.functional.max_pool2d(x[:1], 2))

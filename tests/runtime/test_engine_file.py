@@ -1,6 +1,7 @@
 """The .ember file: round trip, and one clear error for each way a file can be wrong."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zipfile
@@ -14,17 +15,20 @@ from ember.builder.build import build
 from ember.errors import DeviceError, EngineFileError
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import (
-    Activation, AutoPad, AxisAttrs, ClipAttrs, ConstantOfShapeAttrs, ConvAttrs, FusedConvAttrs,
+    Activation,
+    AutoPad,
+    AxisAttrs,
+    ClipAttrs,
+    ConstantOfShapeAttrs,
+    ConvAttrs,
+    FusedConvAttrs,
 )
 from ember.ops.infer import infer_graph
-import hashlib
-
 from ember.runtime.engine import Engine
 from ember.runtime.engine_file import FORMAT_VERSION, MANIFEST, MANIFEST_SHA256, WEIGHTS
 from ember.runtime.serialize import decode_value, encode_value
 
 from runtime_graphs import mlp_graph, mlp_reference
-
 
 MLP = mlp_graph()  # the unoptimized graph: references use its weights
 
@@ -185,7 +189,7 @@ def test_altered_manifest(saved, tmp_path):
     for where in ("format_version", "sha256", "tactic"):
         bad = tmp_path / f"manifest-{where}.ember"
 
-        def flip(name, data):
+        def flip(name, data, where=where):
             if name != MANIFEST:
                 return data
             b = bytearray(data)

@@ -17,7 +17,6 @@ from ember.ops.attrs import SplitAttrs
 
 from runtime_graphs import cnn_graph, cnn_reference, mlp_graph, mlp_reference
 
-
 MLP = mlp_graph()  # the unoptimized graph: references use its weights
 CNN = cnn_graph()
 

@@ -12,7 +12,6 @@ from ember.ir import DType, Graph, Node, OpType, TensorType
 
 from runtime_graphs import mlp_graph, mlp_reference
 
-
 MLP = mlp_graph()  # the unoptimized graph: references use its weights
 
 

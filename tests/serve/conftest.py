@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from servekit import REPOSITORY, write_model
 
 import ember
 from ember.serve import ServerOptions, ServerThread
+
+from servekit import REPOSITORY, write_model
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ REPOSITORY = {
                                   "dynamic_batching:\n  max_queue_delay_microseconds: 2000\n"),
     "simple_nobatch": (matmul_relu_model, "max_batch_size: 8\n"),
     "two_io": (two_io_model, "max_batch_size: 4\ndynamic_batching: {max_queue_delay_microseconds: 1000}\n"
-                             "inputs:\n  - {name: a, datatype: FP32, shape: [-1], profile: {min: [1], opt: [4], max: [16]}}\n"
+                             "inputs:\n"
+                             "  - {name: a, datatype: FP32, shape: [-1], profile: {min: [1], opt: [4], max: [16]}}\n"
                              "  - {name: b, datatype: FP32, shape: [-1], profile: {min: [1], opt: [4], max: [16]}}\n"
                              "  - {name: k, datatype: INT64, shape: [2]}\n"),
     "fixed": (fixed_model, "max_batch_size: 0\n"),

@@ -34,7 +34,8 @@ def run(coro):
 
 def test_gathers_concurrent_requests_into_one_batch_and_splits_back():
     async def main():
-        sched, engine, stats = make({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 200_000}})
+        sched, engine, stats = make({"max_batch_size": 8,
+                                     "dynamic_batching": {"max_queue_delay_microseconds": 200_000}})
         await sched.start()
         xs = [np.full((b, 3), i, np.float32) for i, b in enumerate([1, 2, 3, 2])]
         outs = await asyncio.gather(*(sched.infer({"x": x}, x.shape[0]) for x in xs))
@@ -95,7 +96,8 @@ def test_different_shapes_are_batched_apart():
 
 def test_never_exceeds_max_batch_size():
     async def main():
-        sched, engine, stats = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
+        sched, engine, stats = make({"max_batch_size": 4,
+                                     "dynamic_batching": {"max_queue_delay_microseconds": 100_000}})
         await sched.start()
         await asyncio.gather(*(sched.infer({"x": np.ones((3, 3), np.float32)}, 3) for _ in range(3)))
         await sched.close()
@@ -173,7 +175,8 @@ def test_engine_failure_answers_every_request_and_keeps_serving():
         return double(feeds)
 
     async def main():
-        sched, _, _ = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}}, fn=flaky)
+        sched, _, _ = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}},
+                           fn=flaky)
         await sched.start()
         bad = await asyncio.gather(*(sched.infer({"x": np.full((1, 3), v, np.float32)}, 1) for v in (-1, 1)),
                                    return_exceptions=True)

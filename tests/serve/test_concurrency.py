@@ -7,10 +7,10 @@ import threading
 
 import httpx
 import numpy as np
-from servekit import reference
-
 import tritonclient.grpc as tg
 import tritonclient.http as th
+
+from servekit import reference
 
 CLIENTS = 32
 REQUESTS = 8

@@ -74,7 +74,8 @@ def test_batch_one_model_serves_with_max_batch_size_one(onnx_file):
 
 def test_config_shape_must_agree_with_the_model(onnx_file):
     with pytest.raises(ModelConfigError, match="dim 0 is 5 in the config but 4"):
-        onnx_build_config(onnx_file(matmul_relu_model()), cfg({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [5]}]}))
+        onnx_build_config(onnx_file(matmul_relu_model()),
+                          cfg({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [5]}]}))
 
 
 def test_unreadable_onnx(tmp_path):
@@ -112,7 +113,8 @@ def test_signature_from_engine_and_config():
 
 
 @pytest.mark.parametrize("data, r, words", [
-    ({"max_batch_size": 2, "inputs": [{"name": "x", "datatype": "FP16"}]}, fake_engine(), "FP16 in the config but FP32"),
+    ({"max_batch_size": 2, "inputs": [{"name": "x", "datatype": "FP16"}]}, fake_engine(),
+     "FP16 in the config but FP32"),
     ({"max_batch_size": 2, "inputs": [{"name": "z"}]}, fake_engine(), "differ from the engine's ['x']"),
     ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [4, 4]}]}, fake_engine(), "in the engine"),
     ({"max_batch_size": 2, "inputs": [{"name": "x", "shape": [3]}]}, fake_engine(), "dim 0 is 3 in the config but 4"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from servekit import reference
-
 import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
+
+from servekit import reference
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,8 @@ def test_infer_equals_the_engine(client, simple_engine):
 def test_infer_versions_several_inputs_and_requested_outputs(client):
     a = np.full((1, 3), 2, np.float32)
     k = np.array([[5, 6]], np.int64)
-    inputs = [tg.InferInput("a", [1, 3], "FP32"), tg.InferInput("b", [1, 3], "FP32"), tg.InferInput("k", [1, 2], "INT64")]
+    inputs = [tg.InferInput("a", [1, 3], "FP32"), tg.InferInput("b", [1, 3], "FP32"),
+              tg.InferInput("k", [1, 2], "INT64")]
     for inp, arr in zip(inputs, (a, a, k)):
         inp.set_data_from_numpy(arr)
     result = client.infer("two_io", inputs, model_version="1", outputs=[tg.InferRequestedOutput("sum")])

@@ -8,10 +8,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from servekit import reference
-
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
+
+from servekit import reference
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,8 @@ def test_several_inputs_dynamic_dims_and_requested_outputs(client):
     a = np.random.default_rng(2).standard_normal((2, 7)).astype(np.float32)
     b = np.ones((2, 7), np.float32)
     k = np.array([[1, 2], [3, 4]], np.int64)
-    inputs = [th.InferInput("a", [2, 7], "FP32"), th.InferInput("b", [2, 7], "FP32"), th.InferInput("k", [2, 2], "INT64")]
+    inputs = [th.InferInput("a", [2, 7], "FP32"), th.InferInput("b", [2, 7], "FP32"),
+              th.InferInput("k", [2, 2], "INT64")]
     for inp, arr in zip(inputs, (a, b, k)):
         inp.set_data_from_numpy(arr)
     result = client.infer("two_io", inputs)

@@ -7,8 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-from servekit import fixed_model, matmul_relu_model, reference, two_io_model, write_model
-
 import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
@@ -18,14 +16,19 @@ from ember.serve.config import parse_config
 from ember.serve.errors import ModelConfigError
 from ember.serve.shm import layout
 
+from servekit import fixed_model, matmul_relu_model, reference, two_io_model, write_model
+
 CONFIGS = {
     "proc": (matmul_relu_model, "max_batch_size: 8\ninstance_kind: process\ninstance_count: 2\n"
                                 "dynamic_batching:\n  max_queue_delay_microseconds: 20000\n"
                                 "  batch_buckets: [2, 4, 8]\n"),
     "proc_two_io": (two_io_model, "max_batch_size: 4\ninstance_kind: process\n"
                                   "dynamic_batching: {max_queue_delay_microseconds: 1000}\n"
-                                  "inputs:\n  - {name: a, datatype: FP32, shape: [-1], profile: {min: [1], opt: [4], max: [64]}}\n"
-                                  "  - {name: b, datatype: FP32, shape: [-1], profile: {min: [1], opt: [4], max: [64]}}\n"
+                                  "inputs:\n"
+                                  "  - {name: a, datatype: FP32, shape: [-1], "
+                                  "profile: {min: [1], opt: [4], max: [64]}}\n"
+                                  "  - {name: b, datatype: FP32, shape: [-1], "
+                                  "profile: {min: [1], opt: [4], max: [64]}}\n"
                                   "  - {name: k, datatype: INT64, shape: [2]}\n"),
     "proc_fixed": (fixed_model, "max_batch_size: 0\ninstance_kind: process\n"),
 }

@@ -72,7 +72,8 @@ def test_round_trip_with_tritonclient_messages():
     req.raw_input_contents.append(np.arange(6, dtype=np.float32).tobytes())
     theirs = triton_service.ModelInferRequest.FromString(req.SerializeToString())
     assert theirs.model_name == "simple" and theirs.parameters["timeout"].int64_param == 1000
-    assert list(theirs.inputs[0].shape) == [2, 3] and list(theirs.inputs[0].contents.fp32_contents) == [1, 2, 3, 4, 5, 6]
+    assert list(theirs.inputs[0].shape) == [2, 3]
+    assert list(theirs.inputs[0].contents.fp32_contents) == [1, 2, 3, 4, 5, 6]
     back = m["ModelInferRequest"].FromString(theirs.SerializeToString())
     assert back == req
 

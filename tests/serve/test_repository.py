@@ -10,13 +10,14 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from servekit import fixed_model, matmul_relu_model, reference, write_model
-
-import ember
 import tritonclient.grpc as tg
 import tritonclient.http as th
-from ember.serve import ServerOptions, ServerThread
 from tritonclient.utils import InferenceServerException
+
+import ember
+from ember.serve import ServerOptions, ServerThread
+
+from servekit import fixed_model, matmul_relu_model, reference, write_model
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_unload_then_load(client):
     assert not client.is_model_ready("simple")
     with pytest.raises(InferenceServerException) as info:
         infer(client, "simple", x)
-    assert info.value.status() == "404" and "load it with POST /v2/repository/models/simple/load" in info.value.message()
+    assert info.value.status() == "404"
+    assert "load it with POST /v2/repository/models/simple/load" in info.value.message()
     index = {r["name"]: r for r in client.get_model_repository_index()}
     assert index["simple"]["state"] == "UNAVAILABLE" and index["simple"]["reason"] == "unloaded"
     client.load_model("simple")

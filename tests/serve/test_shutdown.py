@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from servekit import matmul_relu_model, reference, write_model
 
 from ember.serve.launch import PORTS_LINE, ServeLaunchError, launch_server
+
+from servekit import matmul_relu_model, reference, write_model
 
 
 @pytest.mark.parametrize("sig, entry", [(signal.SIGTERM, "ember.cli"), (signal.SIGINT, "ember.serve")])

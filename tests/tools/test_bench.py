@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ember.backends.tensors import max_relative_error
 from ember.cli import main as cli_main
 from ember.tools.bench import BenchOptions, bench, format_report
-from ember.backends.tensors import max_relative_error
 from ember.tools.bench_stats import LatencyStats
 from ember.tools.profile import chrome_trace, format_table, profile_engine, to_json
 
@@ -47,7 +47,7 @@ def test_bench_cpu_reports_latency_peers_and_accuracy(small_onnx):
     assert c["count"] == 5 and 0 < c["min"] <= c["median"] <= c["p99"] <= c["max"]
     assert r["ember"]["throughput"] == pytest.approx(2e3 / c["median"], rel=1e-3)
     assert set(r["peers"]) == {"torch", "onnxruntime"}
-    for name, p in r["peers"].items():
+    for p in r["peers"].values():
         assert "error" not in p, p
         assert p["ember_speedup"] == pytest.approx(p["compute_ms"]["median"] / c["median"], rel=1e-2)
     assert r["peers"]["torch"]["source"] == "ONNX graph on PyTorch kernels"

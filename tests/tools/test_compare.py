@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper as oh, numpy_helper
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
 
 from ember.backends.cpu import registry
 from ember.ir.optype import OpType

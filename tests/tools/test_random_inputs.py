@@ -24,8 +24,9 @@ def ids_model() -> onnx.ModelProto:
              helper.make_node("Unsqueeze", ["m", "axes"], ["mu"]),
              helper.make_node("Mul", ["e", "mu"], ["y"], name="mul")]
     axes = numpy_helper.from_array(np.array([2], np.int64), "axes")
-    graph = helper.make_graph(nodes, "ids", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
-                                             helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])]
+    graph = helper.make_graph(nodes, "ids", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])], [emb, axes])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 

@@ -17,7 +17,7 @@ def _ops(path):
     return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name):
     return zoo.build_model(name)
 

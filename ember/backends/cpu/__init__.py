@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from ember.backends.base import (
-    Backend, CompileContext, Kernel, TacticTimer, WriteInto, with_write_into, write_into_of,
+    Backend,
+    CompileContext,
+    Kernel,
+    TacticTimer,
+    WriteInto,
+    with_write_into,
+    write_into_of,
 )
 from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup

@@ -133,7 +133,7 @@ class CPUProgram(Program):
         ptr = t.untyped_storage().data_ptr()
         return t.clone() if ptr in self._const_storage or ptr in feed_storage else t
 
-    def create_executor(self) -> "CPUExecutor":
+    def create_executor(self) -> CPUExecutor:
         return CPUExecutor(self)
 
 

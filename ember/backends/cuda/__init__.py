@@ -23,7 +23,7 @@ or a kernel compiled.
 """
 from __future__ import annotations
 
-from typing import Optional, TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Optional
 
 import torch
 
@@ -67,7 +67,7 @@ class CUDABackend(Backend):
                              f"known: {known}. Rebuild the engine (or delete the timing cache)")
         return entry.factory(node, ctx)
 
-    def make_program(self, plan: Plan, device: torch.device) -> "CudaProgram":
+    def make_program(self, plan: Plan, device: torch.device) -> CudaProgram:
         """The engine's executable form: a ``CudaProgram`` (its ``create_executor()`` gives each
         execution context CUDA graphs, streams, pinned buffers and a device arena of its own)."""
         from ember.backends.cuda.exec.program import program_from_plan
@@ -75,7 +75,7 @@ class CUDABackend(Backend):
         return program_from_plan(plan, self, device)
 
     def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
-                   records: Records, config: BuildConfig) -> "CudaTacticTimer":
+                   records: Records, config: BuildConfig) -> CudaTacticTimer:
         """A tactic timer for the builder: CUDA-event timing plus an accuracy check per tactic,
         compiling with ``records`` and ``config`` (``config.cuda_arena``: timed into the arena)."""
         from ember.backends.cuda.tuning import CudaTacticTimer

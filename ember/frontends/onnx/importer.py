@@ -9,11 +9,19 @@ import onnx.inliner
 from ember.errors import ModelLoadError, ShapeError, UnsupportedOpError
 from ember.frontends.graph_builder import ShapeMap, symbolic_dim
 from ember.frontends.onnx.context import (
-    ImportContext, OnnxNode, decode_attribute, onnx_dtype, tensor_to_array,
+    ImportContext,
+    OnnxNode,
+    decode_attribute,
+    onnx_dtype,
+    tensor_to_array,
 )
 from ember.frontends.onnx.loader import ModelLike, load_model
 from ember.frontends.onnx.registry import (
-    MAX_OPSET, MIN_OPSET, canonical_domain, find_handler, supported_op_names,
+    MAX_OPSET,
+    MIN_OPSET,
+    canonical_domain,
+    find_handler,
+    supported_op_names,
 )
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, SourceInfo

@@ -11,7 +11,7 @@ from onnx import external_data_helper
 
 from ember.errors import ModelLoadError
 
-ModelLike = Union[str, os.PathLike, bytes, onnx.ModelProto]
+ModelLike = Union[str, os.PathLike[str], bytes, onnx.ModelProto]
 
 
 def load_model(model: ModelLike) -> tuple[onnx.ModelProto, str]:
@@ -54,7 +54,7 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
 
 def _external_tensors(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
     out = []
-    for t in external_data_helper._get_all_tensors(proto):  # type: ignore[attr-defined]
+    for t in external_data_helper._get_all_tensors(proto):
         if external_data_helper.uses_external_data(t):
             out.append(t)
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -82,7 +83,7 @@ class _HubConnection(asyncio.Protocol):
                 task = asyncio.ensure_future(self.hub.answer_staged(self.pool, payload))
             else:
                 task = asyncio.ensure_future(self.hub.answer(method, payload))
-            task.add_done_callback(lambda t, call=call: self._reply(call, t))
+            task.add_done_callback(functools.partial(self._reply, call))
 
     def _reply(self, call: int, task: asyncio.Future) -> None:
         code, payload = task.result()

@@ -6,7 +6,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-
 from cpukit import check_op
 
 

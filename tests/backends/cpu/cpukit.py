@@ -2,12 +2,11 @@
 reference evaluator) against the same node run by Ember's CPU kernels, every tactic."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import helper
 from onnx.reference import ReferenceEvaluator

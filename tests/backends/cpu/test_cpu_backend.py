@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import ember
 import torch
 
+import ember
 from ember.backends.base import CompileContext
-from ember.backends.devices import get_backend
 from ember.backends.cpu import CPUBackend, evaluate, kernel_ops
+from ember.backends.devices import get_backend
 from ember.errors import BuildError, GraphError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType

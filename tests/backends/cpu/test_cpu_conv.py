@@ -6,7 +6,10 @@ import pytest
 
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    Activation, AutoPad, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs,
+    AutoPad,
+    BatchNormAttrs,
+    ConvAttrs,
+    ConvTransposeAttrs,
 )
 
 F32 = np.float32

@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cpukit import assert_same, ember_runs  # tests/backends/cpu/cpukit.py
 
 from ember.backends.cpu import evaluate
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    Activation, ClipAttrs, ConvAttrs, FusedAttentionAttrs, FusedConvAttrs, FusedGemmAttrs, GemmAttrs,
-    GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SoftmaxAttrs,
+    Activation,
+    ClipAttrs,
+    ConvAttrs,
+    FusedAttentionAttrs,
+    FusedConvAttrs,
+    FusedGemmAttrs,
+    GeluAttrs,
+    GemmAttrs,
+    HardSigmoidAttrs,
+    LeakyReluAttrs,
+    SoftmaxAttrs,
 )
-
-from cpukit import assert_same, ember_runs  # tests/backends/cpu/cpukit.py
 
 F32 = np.float32
 
@@ -80,7 +88,8 @@ def test_fused_conv(rng, act, residual, geo):
 
 
 @pytest.mark.parametrize("act", [Activation.NONE, Activation.RELU, Activation.GELU_ERF, Activation.GELU_TANH])
-@pytest.mark.parametrize("a_shape,trans_b", [((3, 16), False), ((3, 16), True), ((2, 5, 16), False), ((2, 5, 16), True)])
+@pytest.mark.parametrize("a_shape,trans_b",
+                         [((3, 16), False), ((3, 16), True), ((2, 5, 16), False), ((2, 5, 16), True)])
 def test_fused_gemm(rng, act, a_shape, trans_b):
     a = rng.standard_normal(a_shape).astype(F32)
     b = rng.standard_normal((12, 16) if trans_b else (16, 12)).astype(F32)

@@ -11,7 +11,13 @@ from ember.backends.cpu import CPUBackend
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxisAttrs, LRNAttrs, PoolAttrs, ReduceAttrs, ResizeAttrs, SoftmaxAttrs, SplitAttrs,
+    AxisAttrs,
+    LRNAttrs,
+    PoolAttrs,
+    ReduceAttrs,
+    ResizeAttrs,
+    SoftmaxAttrs,
+    SplitAttrs,
 )
 
 POOL = PoolAttrs((3, 3), (2, 2), (1, 0, 1, 2), (1, 1), ceil_mode=True)

@@ -6,8 +6,16 @@ import pytest
 
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxesAttrs, AxisAttrs, CastAttrs, ConstantOfShapeAttrs, PadAttrs, ReshapeAttrs, ShapeAttrs,
-    SliceAttrs, SplitAttrs, TransposeAttrs,
+    AxesAttrs,
+    AxisAttrs,
+    CastAttrs,
+    ConstantOfShapeAttrs,
+    PadAttrs,
+    ReshapeAttrs,
+    ShapeAttrs,
+    SliceAttrs,
+    SplitAttrs,
+    TransposeAttrs,
 )
 
 F32 = np.float32
@@ -68,8 +76,9 @@ def test_constant_of_shape(check):
 
     for value, dtype in [(0.0, "float32"), (7, "int64"), (True, "bool"), (2.5, "float32")]:
         arr = np.array([value], dtype=dtype)
+        value_t = h.make_tensor("v", h.np_dtype_to_tensor_dtype(arr.dtype), [1], arr)
         check("ConstantOfShape", {"s": np.array([2, 3], I64)}, OpType.CONSTANT_OF_SHAPE,
-              ConstantOfShapeAttrs(value, dtype), {"value": h.make_tensor("v", h.np_dtype_to_tensor_dtype(arr.dtype), [1], arr)})
+              ConstantOfShapeAttrs(value, dtype), {"value": value_t})
     check("ConstantOfShape", {"s": np.array([], I64)}, OpType.CONSTANT_OF_SHAPE, ConstantOfShapeAttrs())
 
 

@@ -7,7 +7,14 @@ import numpy as np
 
 from ember.ir import DType, Graph, Node, OpType, TensorType
 from ember.ops.attrs import (
-    Activation, AxisAttrs, ConvAttrs, FusedConvAttrs, GemmAttrs, PoolAttrs, ReshapeAttrs, SoftmaxAttrs,
+    Activation,
+    AxisAttrs,
+    ConvAttrs,
+    FusedConvAttrs,
+    GemmAttrs,
+    PoolAttrs,
+    ReshapeAttrs,
+    SoftmaxAttrs,
 )
 from ember.ops.infer import infer_graph
 

@@ -17,15 +17,27 @@ from ember.backends.tensors import max_relative_error as relative_error
 from ember.errors import BuildError
 from ember.ir import OpType
 from ember.ops.attrs import (
-    Activation, AutoPad, BatchNormAttrs, ConvAttrs, FusedAttentionAttrs, FusedConvAttrs,
-    FusedGemmAttrs, GemmAttrs, LayerNormAttrs, LRNAttrs, PoolAttrs, ReduceAttrs, SliceAttrs,
+    Activation,
+    AutoPad,
+    BatchNormAttrs,
+    ConvAttrs,
+    FusedAttentionAttrs,
+    FusedConvAttrs,
+    FusedGemmAttrs,
+    GemmAttrs,
+    LayerNormAttrs,
+    LRNAttrs,
+    PoolAttrs,
+    ReduceAttrs,
+    SliceAttrs,
     SoftmaxAttrs,
 )
 
 from cuda_graphs import conv_attrs, one_node, rand
 
-CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_graph", "cudnn_graph_cpad8", "cudnn_triton", "cublaslt_epilogue", "cublas_triton", "triton",
-             "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_cudnn_graph"}
+CUDA_ONLY = {"cudnn_fused", "cudnn_fused_cpad8", "cudnn_graph", "cudnn_graph_cpad8", "cudnn_triton",
+             "cublaslt_epilogue", "cublas_triton", "triton", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn",
+             "sdpa_cudnn_graph"}
 HALF_ONLY = ("cudnn_graph", "sdpa_cudnn_graph")  # half-precision tactics (the tuner rejects the rest)
 TOL = {"fp32": 2e-5, "tf32": 5e-3, "fp16": 1e-2, "bf16": 4e-2}
 

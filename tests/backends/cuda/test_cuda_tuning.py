@@ -15,14 +15,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ember.backends.base import CompileContext
 from ember.backends.cuda.tuning import (
-    INTO_ARENA, INTO_SLICE, PLUS_ARENA_COPY, PLUS_COPY, CudaTacticTimer,
+    INTO_ARENA,
+    INTO_SLICE,
+    PLUS_ARENA_COPY,
+    PLUS_COPY,
+    CudaTacticTimer,
 )
 from ember.backends.tensors import max_relative_error
-from ember.plan.config import BuildConfig, Layout, Precision
-from ember.plan.records import LayoutPlan, Records
 from ember.builder.tactics import TacticSelector, TimingCache, layer_signature
 from ember.ir import OpType
 from ember.ops.attrs import SoftmaxAttrs
+from ember.plan.config import BuildConfig, Layout, Precision
+from ember.plan.records import LayoutPlan, Records
 
 from cuda_graphs import one_node
 
@@ -95,8 +99,9 @@ def test_warm_cache_skips_timing_and_other_device_is_ignored(tmp_path):
 def test_signature_depends_on_precision_and_shape():
     node, g = _node()
     g2 = one_node(OpType.SOFTMAX, SoftmaxAttrs(-1), [("x", (8, 33))])
-    assert layer_signature(node, g, Records(), Precision("fp16")) != layer_signature(node, g, Records(), Precision("fp32"))
-    assert layer_signature(node, g, Records(), Precision("fp16")) != layer_signature(g2.nodes[0], g2, Records(), Precision("fp16"))
+    sig = layer_signature(node, g, Records(), Precision("fp16"))
+    assert sig != layer_signature(node, g, Records(), Precision("fp32"))
+    assert sig != layer_signature(g2.nodes[0], g2, Records(), Precision("fp16"))
 
 
 def test_relative_error_flags_nan_and_shape_mismatch():
@@ -286,7 +291,8 @@ def test_signature_tells_a_slice_producer_apart():
     (planned, recs), (alone, none) = _concat_graph(), _concat_graph(planned=False)
     fp16 = Precision.FP16
     assert layer_signature(planned.nodes[1], planned, recs, fp16) != layer_signature(alone.nodes[1], alone, none, fp16)
-    assert layer_signature(planned.nodes[0], planned, recs, fp16) != layer_signature(planned.nodes[1], planned, recs, fp16)
+    assert (layer_signature(planned.nodes[0], planned, recs, fp16)
+            != layer_signature(planned.nodes[1], planned, recs, fp16))
 
 
 # ---- the accuracy check and what every compile is given ---------------------------------------

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ember.backends.cuda.libs import cudnn_graph as cg
 from ember.errors import BuildError
 
+
 @contextlib.contextmanager
 def warnings_none():
     with warnings.catch_warnings():

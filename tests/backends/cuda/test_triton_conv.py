@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, write_into_of
 from ember.ir import DType, Graph, Node, OpType, TensorType
-from ember.ops.attrs import Activation, AxisAttrs, ConvAttrs, FusedConvAttrs
+from ember.ops.attrs import Activation, AxisAttrs
 from ember.ops.infer import infer_graph
 from ember.plan.config import Layout
 from ember.plan.records import LayoutPlan, Records
@@ -186,7 +186,6 @@ def check_tactic(device: str, precision: str = "fp32") -> None:
 # ---- CPU: where the tactics apply (no Triton needed) ------------------------------------------
 def test_triton_conv_applies_where_it_saves_a_pass():
     from ember.backends.cuda.kernels.conv_triton import triton_conv_applies
-
     from ember.backends.cuda.registry import CUDA_KERNELS
 
     def applies(g: Graph, records: Records, node: Node) -> bool:  # as the registry asks it

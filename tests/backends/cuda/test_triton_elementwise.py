@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ember.backends.base import CompileContext
-from ember.ir import DType, Node, OpType, TensorType
-from ember.ops.attrs import CastAttrs, ClipAttrs, FusedElementwiseAttrs, FusedStep as S, GeluAttrs
-
 from ember.backends.cuda.libs import triton_elementwise as te
+from ember.ir import DType, Node, OpType, TensorType
+from ember.ops.attrs import CastAttrs, ClipAttrs, FusedElementwiseAttrs, GeluAttrs
+from ember.ops.attrs import FusedStep as S
 
 F32 = DType.FLOAT32
 
@@ -216,7 +216,8 @@ def test_runs_inside_a_cuda_graph():
 def _chain_model():
     """A chain the optimizer fuses: (x - m) * s -> swish -> + z (a diamond inside). No conv in
     front: the folding passes would fold - m and * s into its weights and fuse_conv the rest."""
-    from onnx import TensorProto, helper as oh, numpy_helper
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
 
     nodes = [oh.make_node("Sub", ["x", "m"], ["a"], name="sub"), oh.make_node("Mul", ["a", "s"], ["p"], name="mul"),
              oh.make_node("Sigmoid", ["p"], ["g"], name="gate"), oh.make_node("Mul", ["p", "g"], ["q"], name="swish"),

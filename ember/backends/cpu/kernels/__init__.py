@@ -24,6 +24,18 @@ def load_kernels() -> None:
         return
     _loaded = True
     from ember.backends.cpu.kernels import (  # noqa: F401
-        activation, conv, conv_mkldnn, elementwise, fused, linalg, linalg_mkldnn, movement, norm,
-        pool, recurrent, reduce, resize, shape,
+        activation,
+        conv,
+        conv_mkldnn,
+        elementwise,
+        fused,
+        linalg,
+        linalg_mkldnn,
+        movement,
+        norm,
+        pool,
+        recurrent,
+        reduce,
+        resize,
+        shape,
     )

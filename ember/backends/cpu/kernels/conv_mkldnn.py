@@ -48,8 +48,8 @@ from ember.backends.layout import NCHW, planned_format
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs
+from ember.plan.records import Records
 
 #: Epilogues ``gemm_write_into`` leaves to the copy path although they have an in-place form:
 #: GELU's (``aten.gelu_``) joined the activation table with the CUDA GEMMs that use it; this CPU
@@ -313,7 +313,8 @@ def _channels_last_applies(node: Node, graph: Optional[Graph], records: Optional
 
 
 @register_kernel(OpType.CONV, tactic="channels_last", rank=20, when=_channels_last_applies, channels_last_only=True)
-@register_kernel(OpType.FUSED_CONV, tactic="channels_last", rank=20, when=_channels_last_applies, channels_last_only=True)
+@register_kernel(OpType.FUSED_CONV, tactic="channels_last", rank=20, when=_channels_last_applies,
+                 channels_last_only=True)
 def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
     """aten convolution on channels-last activations and a channels-last weight made here."""
     a, act, params, residual = _conv_parts(node)

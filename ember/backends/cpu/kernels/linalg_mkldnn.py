@@ -21,8 +21,8 @@ from ember.backends.cpu.registry import register_kernel
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
+from ember.plan.records import Records
 
 #: Post-ops of the activation table that ``_linear_pointwise`` is not given (the convolution
 #: takes hardsigmoid; the linear layer was never offered it and applies it after the call).

@@ -7,7 +7,15 @@ import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, arg, floats, int_param, norm_axes, norm_axis, scalar_param, torch_pad_arg,
+    Inputs,
+    Tensor,
+    arg,
+    floats,
+    int_param,
+    norm_axes,
+    norm_axis,
+    scalar_param,
+    torch_pad_arg,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node

@@ -176,7 +176,7 @@ def _pool_write_into(a: PoolAttrs, kind: str) -> WriteInto:
     return WriteInto(write, lambda out: out.dim() == 4 and out.is_floating_point())
 
 
-def _pool_format(node: Node, ctx: CompileContext) -> "torch.memory_format | None":
+def _pool_format(node: Node, ctx: CompileContext) -> torch.memory_format | None:
     """The format the layout plan stores a float pooling output in (the pooling then reads its
     input in that format and writes it so); ``None``: no plan, follow the input."""
     t = ctx.graph.types.get(node.inputs[0]) if ctx.graph is not None else None

@@ -12,13 +12,25 @@ import torch
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
-    Inputs, Tensor, int_param, ints, norm_axes, norm_axis, scalar_param, torch_dtype,
+    Inputs,
+    int_param,
+    ints,
+    norm_axes,
+    norm_axis,
+    scalar_param,
+    torch_dtype,
 )
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxesAttrs, AxisAttrs, CastAttrs, ConstantOfShapeAttrs, OneHotAttrs, ReshapeAttrs, ShapeAttrs,
+    AxesAttrs,
+    AxisAttrs,
+    CastAttrs,
+    ConstantOfShapeAttrs,
+    OneHotAttrs,
+    ReshapeAttrs,
+    ShapeAttrs,
     TransposeAttrs,
 )
 
@@ -193,13 +205,13 @@ def range_(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         start, limit, delta = (t.reshape(()) for t in inputs[:3])
         dtype = start.dtype
-        s, l, d = start.item(), limit.item(), delta.item()
+        s, lim, d = start.item(), limit.item(), delta.item()
         if d == 0:
             raise ValueError("Range delta is 0")
         if dtype.is_floating_point:
-            n = max(int(math.ceil((l - s) / d)), 0)
+            n = max(int(math.ceil((lim - s) / d)), 0)
             return [start + torch.arange(n, dtype=dtype) * delta]
-        n = max(-(-(l - s) // d), 0)
+        n = max(-(-(lim - s) // d), 0)
         return [torch.arange(n, dtype=dtype) * d + s]
 
     return run

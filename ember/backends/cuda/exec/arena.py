@@ -57,7 +57,7 @@ class ViewSpec:
         return (1 + sum((d - 1) * s for d, s in zip(self.shape, self.stride))) * self.dtype.itemsize
 
     @staticmethod
-    def of(t: torch.Tensor) -> "ViewSpec":
+    def of(t: torch.Tensor) -> ViewSpec:
         return ViewSpec(tuple(t.shape), tuple(t.stride()), t.dtype)
 
 

@@ -86,7 +86,7 @@ class CudaProgram(Program):
     def build(graph: Graph, layers: Mapping[str, LayerSpec], constants: Mapping[str, object], *,
               records: Optional[Records] = None, config: Optional[BuildConfig] = None,
               backend: Optional[Backend] = None, device: Optional[torch.device] = None,
-              max_streams: int = 4) -> "CudaProgram":
+              max_streams: int = 4) -> CudaProgram:
         """Compiles every node of ``graph`` with its layer's tactic and precision.
 
         ``constants`` maps constant names to numpy arrays or torch tensors (any device). Every
@@ -130,7 +130,7 @@ class CudaProgram(Program):
         return program
 
     # ---- running ----------------------------------------------------------------------------
-    def create_executor(self) -> "CudaExecutor":
+    def create_executor(self) -> CudaExecutor:
         """Per-context state (``executor.CudaExecutor``): CUDA graphs, streams, pinned buffers."""
         from ember.backends.cuda.exec.executor import CudaExecutor
 

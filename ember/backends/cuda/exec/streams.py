@@ -36,7 +36,7 @@ def assign_streams(producers: Sequence[Sequence[int]], max_streams: int = 4) -> 
     stream: list[int] = []
     handed_on: set[int] = set()
     next_new = 1
-    for i, preds in enumerate(producers):
+    for preds in producers:
         chosen = None
         for p in sorted(set(preds)):
             if p not in handed_on:

@@ -10,7 +10,15 @@ def load_kernels() -> None:
     if _loaded:
         return
     from ember.backends.cuda.kernels import (  # noqa: F401
-        attention, conv, conv_cudnn_graph, conv_triton, elementwise_fused, gemm, misc, norm, pool,
+        attention,
+        conv,
+        conv_cudnn_graph,
+        conv_triton,
+        elementwise_fused,
+        gemm,
+        misc,
+        norm,
+        pool,
     )
 
     _loaded = True  # only once every family imported: a failure is raised again, never half-loaded

@@ -18,10 +18,10 @@ from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.device import cast_float, compute_dtype, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
-from ember.ir.graph import Node
+from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import FusedAttentionAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 

@@ -20,7 +20,6 @@ indexes channels as the fastest dim) do not apply where the plan stores the outp
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Optional
 
 import torch
@@ -33,13 +32,16 @@ from ember.backends.cuda.device import cast_float, compute_dtype, conv_scope, tf
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.gemm_into import MatrixViews, gemm_into, input_matrix, matrix_view
 from ember.backends.layout import (
-    CHANNELS_LAST, planned_format, planned_weight_format, to_format,
+    CHANNELS_LAST,
+    planned_format,
+    planned_weight_format,
+    to_format,
 )
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs, FusedConvAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -171,7 +173,7 @@ def _packed(out: Tensor, dtype: torch.dtype, fmt: torch.memory_format) -> bool:
     return out.dim() == 4 and out.dtype == dtype and out.is_contiguous(memory_format=fmt)
 
 
-def _cudnn_write_into(geom: "ConvGeom", w: Tensor, b: Optional[Tensor], act_: Optional[InplaceAct],
+def _cudnn_write_into(geom: ConvGeom, w: Tensor, b: Optional[Tensor], act_: Optional[InplaceAct],
                       dtype: torch.dtype, prec: str, fmt: torch.memory_format) -> WriteInto:
     """The ``cudnn`` tactic straight into a given output: ``aten::cudnn_convolution.out`` (a real
     out= kernel: ConvShared.cpp hands ``out`` to cuDNN as the y tensor), then bias and the
@@ -279,7 +281,8 @@ def _with_padded_channels(inner):
 def register_padded(op: OpType, tactic: str, rank: int, when, inner) -> None:
     """Registers ``inner`` on channel-padded inputs as ``tactic``, where ``when`` and the
     padding apply."""
-    register_cuda_kernel(op, tactic, rank=rank, when=lambda n, g, r=None: when(n, g, r) and _channel_pad_applies(n, g, r),
+    register_cuda_kernel(op, tactic, rank=rank,
+                         when=lambda n, g, r=None: when(n, g, r) and _channel_pad_applies(n, g, r),
                          channels_last_only=True)(
         _with_padded_channels(inner))
 
@@ -394,8 +397,8 @@ def _triton_epilogue_applies(node: Node, graph: Optional[Graph], records: Option
             and (a.activation is not Activation.NONE or a.has_residual))
 
 
-@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies, channels_last_only=True,
-                      needs_triton=True)
+@register_cuda_kernel(OpType.FUSED_CONV, "cudnn_triton", rank=20, when=_triton_epilogue_applies,
+                      channels_last_only=True, needs_triton=True)
 def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """cuDNN convolution without bias, then Ember's Triton epilogue: bias + residual + activation."""
     from ember.backends.cuda.libs.triton_ops import bias_act_
@@ -428,7 +431,7 @@ def conv_cudnn_triton(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, WriteInto(write, lambda out: _packed(out, dtype, fmt)))
 
 
-def _cudnn_out(x: Tensor, w: Tensor, padding, geom: "ConvGeom", prec: str, out: Tensor) -> None:
+def _cudnn_out(x: Tensor, w: Tensor, padding, geom: ConvGeom, prec: str, out: Tensor) -> None:
     """cuDNN's convolution (no bias) straight into ``out`` (``aten::cudnn_convolution.out``)."""
     with conv_scope(prec):
         torch.ops.aten.cudnn_convolution.out(

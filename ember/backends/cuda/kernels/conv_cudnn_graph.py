@@ -17,19 +17,26 @@ import torch.nn.functional as F
 
 from ember.backends.activations import ACTIVATIONS
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.kernels.conv import (
-    conv_bias, clip_bounds, conv_attrs, ConvGeom, prepare_input, conv_weight, conv_format, register_padded,
+    ConvGeom,
+    clip_bounds,
+    conv_attrs,
+    conv_bias,
+    conv_format,
+    conv_weight,
+    prepare_input,
+    register_padded,
 )
-from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.libs.triton_ops import pool_output_size
+from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.layout import to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 

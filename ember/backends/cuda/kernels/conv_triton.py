@@ -29,14 +29,13 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
 from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.kernels.conv import conv_format
-from ember.backends.cuda.registry import register_cuda_kernel
 from ember.backends.cuda.libs.triton_conv import CONFIGS, TileConfig
-
+from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
+from ember.plan.records import Records
 
 TACTIC_PREFIX = "triton_igemm_"
 
@@ -154,4 +153,5 @@ FACTORIES: dict[str, Callable[[Node, CompileContext], Kernel]] = {
 
 for _rank, (_name, _f) in enumerate(FACTORIES.items(), start=40):
     for _op in (OpType.CONV, OpType.FUSED_CONV):
-        register_cuda_kernel(_op, _name, rank=_rank, when=triton_conv_applies, channels_last_only=True, needs_triton=True)(_f)
+        register_cuda_kernel(_op, _name, rank=_rank, when=triton_conv_applies, channels_last_only=True,
+                             needs_triton=True)(_f)

@@ -34,8 +34,8 @@ from ember.backends.cuda.device import cast_float, cast_inputs, compute_dtype, t
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 

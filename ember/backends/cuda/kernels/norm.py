@@ -34,8 +34,8 @@ from ember.backends.kernel_registry import Applies
 from ember.backends.layout import planned_format
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import LayerNormAttrs, LRNAttrs, SoftmaxAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 
@@ -276,9 +276,8 @@ def _lrn_4d(node: Node, graph: Optional[Graph], records: Optional[Records] = Non
 @register_cuda_kernel(OpType.LRN, "triton", rank=10, when=_lrn_4d, channels_last_only=True, needs_triton=True)
 def lrn_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's one-pass Triton LRN (channels-last, fp32 window sums)."""
-    from ember.backends.cuda.libs.triton_ops import lrn as lrn_op
-
     from ember.backends.cuda.libs.triton_ops import fits
+    from ember.backends.cuda.libs.triton_ops import lrn as lrn_op
 
     a: LRNAttrs = node.attrs
     dtype = compute_dtype(ctx.precision)

@@ -35,8 +35,8 @@ from ember.backends.layout import planned_format, to_format
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.records import Records
 from ember.ops.attrs import PoolAttrs
+from ember.plan.records import Records
 
 Tensor = torch.Tensor
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -84,14 +84,15 @@ def max_pool(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
-def _max_pool_2d(node: Node, graph: "Graph | None", records: Optional[Records] = None) -> bool:
+def _max_pool_2d(node: Node, graph: Graph | None, records: Optional[Records] = None) -> bool:
     """2-D, single output, and an output the layout plan does not store NCHW."""
     a = node.attrs
     single_output = len(node.outputs) < 2 or not node.outputs[1]
     return isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
 
 
-@register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, channels_last_only=True, needs_triton=True)
+@register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, channels_last_only=True,
+                      needs_triton=True)
 def max_pool_triton(node: Node, ctx: CompileContext) -> Kernel:
     """Ember's Triton max pooling on channels-last activations (one read of each window row)."""
     from ember.backends.cuda.libs.triton_ops import max_pool2d_nhwc, max_pool2d_shape

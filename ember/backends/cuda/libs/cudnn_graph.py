@@ -46,7 +46,7 @@ MAX_COMPILED_PLANS = 3
 
 _LOCK = threading.Lock()
 _MEASURE = cuda_event_measure(warmup=1, reps=5, rounds=1)
-_CACHE: dict[tuple, "CudnnGraph"] = {}
+_CACHE: dict[tuple, CudnnGraph] = {}
 _LOCAL = threading.local()
 
 
@@ -268,7 +268,7 @@ def _time_plans(g, ops: dict, tensors: dict[str, torch.Tensor],
             g.execute_plan_at_index(pack, ws, i, handle=handle)
             if want is not None and not _close(out, want):
                 continue
-            ms = _MEASURE(lambda: g.execute_plan_at_index(pack, ws, i, handle=handle))
+            ms = _MEASURE(functools.partial(g.execute_plan_at_index, pack, ws, i, handle=handle))
         except Exception:  # noqa: BLE001 - a plan that does not build or run here is skipped
             continue
         if best is None or ms < best[0]:

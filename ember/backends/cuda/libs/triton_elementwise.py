@@ -43,8 +43,15 @@ from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import (
-    AlphaAttrs, CastAttrs, ClipAttrs, GeluAttrs, HardSigmoidAttrs, IsInfAttrs, LeakyReluAttrs,
-    ModAttrs, SeluAttrs,
+    AlphaAttrs,
+    CastAttrs,
+    ClipAttrs,
+    GeluAttrs,
+    HardSigmoidAttrs,
+    IsInfAttrs,
+    LeakyReluAttrs,
+    ModAttrs,
+    SeluAttrs,
 )
 
 BLOCK = 1024

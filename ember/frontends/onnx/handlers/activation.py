@@ -8,7 +8,13 @@ from ember.frontends.onnx.handlers.common import HandlerFn, choice, direct, reje
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AlphaAttrs, ClipAttrs, GeluApproximate, GeluAttrs, HardSigmoidAttrs, IsInfAttrs, LeakyReluAttrs,
+    AlphaAttrs,
+    ClipAttrs,
+    GeluApproximate,
+    GeluAttrs,
+    HardSigmoidAttrs,
+    IsInfAttrs,
+    LeakyReluAttrs,
     SeluAttrs,
 )
 

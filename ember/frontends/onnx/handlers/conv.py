@@ -53,7 +53,7 @@ def _kernel(n: OnnxNode, w: TensorType, what: str) -> tuple[int, ...]:
     if kernel is None:
         if not all(isinstance(d, int) for d in w.shape[2:]):
             raise reject(f"it has no kernel_shape and its weight {w} has symbolic spatial dims")
-        kernel = tuple(int(d) for d in w.shape[2:])  # type: ignore[arg-type]
+        kernel = tuple(int(d) for d in w.shape[2:])
     return kernel
 
 

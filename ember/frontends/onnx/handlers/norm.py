@@ -8,7 +8,13 @@ from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    CastAttrs, GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, LRNAttrs, ReduceAttrs, SoftmaxAttrs,
+    CastAttrs,
+    GroupNormAttrs,
+    InstanceNormAttrs,
+    LayerNormAttrs,
+    LRNAttrs,
+    ReduceAttrs,
+    SoftmaxAttrs,
 )
 from ember.ops.common import norm_axis
 

@@ -10,7 +10,12 @@ from ember.frontends.onnx.handlers.common import choice, ints, reject, strip_tra
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    CoordinateTransform, GridSampleAttrs, GridSampleMode, GridSamplePadding, NearestMode, ResizeAttrs,
+    CoordinateTransform,
+    GridSampleAttrs,
+    GridSampleMode,
+    GridSamplePadding,
+    NearestMode,
+    ResizeAttrs,
     ResizeMode,
 )
 from ember.ops.common import norm_axes

@@ -12,8 +12,17 @@ from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
-    AxesAttrs, AxisAttrs, ConstantOfShapeAttrs, EyeLikeAttrs, PadAttrs, PadMode, ReshapeAttrs, ShapeAttrs,
-    SliceAttrs, SplitAttrs, TransposeAttrs,
+    AxesAttrs,
+    AxisAttrs,
+    ConstantOfShapeAttrs,
+    EyeLikeAttrs,
+    PadAttrs,
+    PadMode,
+    ReshapeAttrs,
+    ShapeAttrs,
+    SliceAttrs,
+    SplitAttrs,
+    TransposeAttrs,
 )
 
 

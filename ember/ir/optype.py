@@ -77,7 +77,7 @@ class OpType(enum.Enum):
     RESIZE = "Resize"
     IDENTITY = "Identity"
     DROPOUT = "Dropout"
-    # ops exporters emit beyond the core set (ember/ops/extra.py)
+    # ops exporters emit beyond the core set (index, movement and the other ember/ops families)
     FLOOR = "Floor"
     CEIL = "Ceil"
     ROUND = "Round"

@@ -103,6 +103,8 @@ CASES = {
     "avgpool_exclude_asym": lambda: one_node(
         OpType.AVERAGE_POOL, PoolAttrs((3, 3), (2, 2), (1, 1, 2, 2), (1, 1), False, False),
         [("x", (2, 4, 9, 9))]),
+    "avgpool_1d_exclude_asym": lambda: one_node(  # 1-D: avg_pool1d has no divisor_override
+        OpType.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 2), (1,), False, False), [("x", (2, 4, 9))]),
     "avgpool_include": lambda: one_node(
         OpType.AVERAGE_POOL, PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False, True),
         [("x", (2, 4, 6, 6))]),

@@ -22,6 +22,7 @@ pooling is ``max_pool2d_with_indices``, whose out= variant also wants an indices
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -40,7 +41,17 @@ from ember.plan.records import Records
 
 Tensor = torch.Tensor
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+def _avg_pool1d(x: Tensor, kernel: Sequence[int], strides: Sequence[int], pad: int | Sequence[int],
+                ceil_mode: bool, include: bool, divisor_override: Optional[int] = None) -> Tensor:
+    """1-D average pooling as 2-D pooling over a height of 1: ``F.avg_pool1d`` has no
+    ``divisor_override``, which the asymmetric-padding path needs."""
+    p = pad if isinstance(pad, int) else int(pad[0])
+    y = F.avg_pool2d(x.unsqueeze(-2), (1, int(kernel[0])), (1, int(strides[0])), (0, p), ceil_mode, include,
+                     divisor_override=divisor_override)
+    return y.squeeze(-2)
+
+
+_AVG = {1: _avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 def _geometry(a: PoolAttrs, x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...], list[int], list[int]]:

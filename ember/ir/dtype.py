@@ -15,6 +15,7 @@ class DType(enum.Enum):
     INT8 = "int8"
     UINT8 = "uint8"
     INT16 = "int16"
+    UINT16 = "uint16"
     INT32 = "int32"
     INT64 = "int64"
     BOOL = "bool"
@@ -29,7 +30,7 @@ class DType(enum.Enum):
 
     @property
     def is_int(self) -> bool:
-        return self in (DType.INT8, DType.UINT8, DType.INT16, DType.INT32, DType.INT64)
+        return self in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, DType.INT32, DType.INT64)
 
     def to_numpy(self) -> np.dtype[Any]:
         if self is DType.BFLOAT16:
@@ -58,7 +59,7 @@ class DType(enum.Enum):
 
 _ITEMSIZE = {
     DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
-    DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
+    DType.UINT8: 1, DType.INT16: 2, DType.UINT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
 }
 _ALIASES = {
     "fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",

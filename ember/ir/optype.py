@@ -140,6 +140,12 @@ class OpType(enum.Enum):
     LSTM = "LSTM"
     GRU = "GRU"
     RNN = "RNN"
+    # quantization (explicit Q/DQ models)
+    QUANTIZE_LINEAR = "QuantizeLinear"
+    DEQUANTIZE_LINEAR = "DequantizeLinear"
+    DYNAMIC_QUANTIZE_LINEAR = "DynamicQuantizeLinear"
+    MATMUL_INTEGER = "MatMulInteger"
+    CONV_INTEGER = "ConvInteger"
     # fused layers made by the optimizer (see ember/passes/)
     FUSED_CONV = "FusedConv"            # conv + bias + optional residual add + activation
     FUSED_GEMM = "FusedGemm"            # matmul/gemm + bias + activation

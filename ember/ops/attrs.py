@@ -574,5 +574,30 @@ class RNNAttrs:
         object.__setattr__(self, "activations", acts)
 
 
+
+# ---- quantization ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuantizeAttrs:
+    """QuantizeLinear / DequantizeLinear (every opset's attributes, canonical).
+
+    The scale's shape says the granularity: a scalar (or one value) is per-tensor, a 1-D scale
+    is per-axis along ``axis``, and ``block_size > 0`` is blocked quantization (the scale has
+    the input's rank, ``ceil(D[axis] / block_size)`` entries along ``axis``). ``output_dtype``:
+    QuantizeLinear's quantized type when no zero point gives it (None: uint8), or
+    DequantizeLinear's float output type (None: the scale's). ``saturate`` applies to float8
+    outputs only, which Ember refuses at import; it is kept as the file said.
+    """
+
+    axis: int = 1
+    block_size: int = 0
+    saturate: bool = True
+    output_dtype: Optional[DType] = None
+
+    def __post_init__(self) -> None:
+        if self.output_dtype is not None:
+            coerce_enum(self, "output_dtype", DType)
+        if self.block_size < 0:
+            raise ValueError(f"QuantizeAttrs.block_size={self.block_size} must be >= 0")
+
 if TYPE_CHECKING:  # annotation only
     from ember.ir.optype import OpType

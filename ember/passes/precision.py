@@ -27,6 +27,13 @@ ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
 }
 
 
+#: Ops whose arithmetic ONNX defines in float32 (the scale division, the dequantized product):
+#: they keep FP32 whatever the build's precision, or a half-precision build would round their
+#: scales and change which integer a value quantizes to. Integer-output ones are recorded too, so
+#: a backend that casts a layer's float inputs to its precision leaves their scales alone.
+FP32_ONLY_OPS = frozenset({OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR, OpType.DYNAMIC_QUANTIZE_LINEAR})
+
+
 def absorbed_ops(node: Node) -> tuple[str, ...]:
     """The source op types ``node`` stands for: a fused layer's absorbed ops (a FusedElementwise
     lists its steps' ops), else none."""
@@ -70,6 +77,9 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
     _check_keys(graph, table)
     precisions: dict[str, Precision] = {}
     for node in graph.nodes:
+        if node.op in FP32_ONLY_OPS:
+            precisions[node.name] = Precision.FP32
+            continue
         outs = [graph.types.get(o) for o in node.outputs if o]
         if not any(t is not None and t.dtype.is_float for t in outs):
             continue

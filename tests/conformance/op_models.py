@@ -285,12 +285,13 @@ def reduce_cases() -> list[OpCase]:
 
 
 from tests.conformance.op_models_extra import extra_cases  # noqa: E402
+from tests.conformance.op_models_quant import quant_cases  # noqa: E402
 from tests.conformance.op_models_shape import shape_cases  # noqa: E402
 
 FAMILIES: dict[str, Callable[[], list[OpCase]]] = {
     "activation": activation_cases, "elementwise": elementwise_cases, "conv": conv_cases,
     "pool": pool_cases, "norm": norm_cases, "linalg": linalg_cases, "reduce": reduce_cases,
-    "shape": shape_cases, "extra": extra_cases,
+    "shape": shape_cases, "extra": extra_cases, "quant": quant_cases,
 }
 
 

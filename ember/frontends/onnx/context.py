@@ -21,7 +21,8 @@ ONNX_DTYPES: dict[int, DType] = {
     onnx.TensorProto.FLOAT: DType.FLOAT32, onnx.TensorProto.FLOAT16: DType.FLOAT16,
     onnx.TensorProto.BFLOAT16: DType.BFLOAT16, onnx.TensorProto.DOUBLE: DType.FLOAT64,
     onnx.TensorProto.INT8: DType.INT8, onnx.TensorProto.UINT8: DType.UINT8,
-    onnx.TensorProto.INT16: DType.INT16, onnx.TensorProto.INT32: DType.INT32,
+    onnx.TensorProto.INT16: DType.INT16,
+    onnx.TensorProto.UINT16: DType.UINT16, onnx.TensorProto.INT32: DType.INT32,
     onnx.TensorProto.INT64: DType.INT64, onnx.TensorProto.BOOL: DType.BOOL,
 }
 

@@ -15,6 +15,7 @@ from ember.frontends.onnx.context import (
     onnx_dtype,
     tensor_to_array,
 )
+from ember.frontends.onnx.handlers.quantize import check_quantized_types
 from ember.frontends.onnx.loader import ModelLike, load_model
 from ember.frontends.onnx.registry import (
     MAX_OPSET,
@@ -42,6 +43,7 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
         proto = onnx.inliner.inline_local_functions(proto)
     opsets = _opsets(proto, label)
     opset = opsets[""]
+    check_quantized_types(proto.graph, label)
     nodes = _wrap_nodes(proto.graph, opsets)
     _check_handlers(nodes, label, opset)
     ctx = ImportContext(source=label, opset=opset, opsets=opsets)

@@ -73,7 +73,7 @@ def supported_ops() -> list[tuple[str, str, int, int]]:
     rows = []
     for (domain, op_type), versions in sorted(_HANDLERS.items()):
         for i, h in enumerate(versions):
-            hi = versions[i + 1].since - 1 if i + 1 < len(versions) else MAX_OPSET
+            hi = min(versions[i + 1].since - 1, MAX_OPSET) if i + 1 < len(versions) else MAX_OPSET
             lo = max(h.since, MIN_OPSET)
             if lo <= hi:
                 rows.append((domain, op_type, lo, hi))

@@ -10,7 +10,8 @@ explicit list (no scanning); importing a family registers its kernels
 - ``norm``: Batch/Layer/Instance/Group normalization, Softmax;
 - ``linalg``, ``linalg_mkldnn``: Gemm, MatMul, FusedGemm, attention, Einsum;
 - ``conv``, ``conv_mkldnn``: convolutions; ``pool``: pooling and LRN; ``resize``: Resize, GridSample;
-- ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN.
+- ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN;
+- ``quantize``: QuantizeLinear, DequantizeLinear (ONNX's exact arithmetic).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def load_kernels() -> None:
         movement,
         norm,
         pool,
+        quantize,
         recurrent,
         reduce,
         resize,

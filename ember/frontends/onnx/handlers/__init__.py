@@ -12,6 +12,7 @@ from ember.frontends.onnx.handlers import (  # noqa: F401
     movement,
     norm,
     pool,
+    quantize,
     recurrent,
     reduce,
     resize,

@@ -1,0 +1,67 @@
+"""The optimizer on explicitly quantized graphs: constant folding turns the DequantizeLinear of
+constant weights into float32 weights (exact: the CPU kernels evaluate it), the Q/DQ pair on an
+activation stays and no fusion reaches across it; a half-precision build keeps the Q/DQ nodes in
+fp32, whose arithmetic ONNX defines in float32."""
+from __future__ import annotations
+
+import numpy as np
+
+from ember.ir import Node, OpType
+from ember.ir.dtype import DType
+from ember.ops.attrs import ConvAttrs, QuantizeAttrs
+
+from passkit import assert_same_outputs, ir_graph, ops, run_pass
+
+
+def _qdq_conv_relu():
+    nodes = [
+        Node("q", OpType.QUANTIZE_LINEAR, ("x", "s", "z"), ("xq",), QuantizeAttrs()),
+        Node("dq", OpType.DEQUANTIZE_LINEAR, ("xq", "s", "z"), ("xd",), QuantizeAttrs()),
+        Node("dq_w", OpType.DEQUANTIZE_LINEAR, ("w", "ws"), ("wd",), QuantizeAttrs(axis=0)),
+        Node("conv", OpType.CONV, ("xd", "wd", "b"), ("c",),
+             ConvAttrs(kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))),
+        Node("relu", OpType.RELU, ("c",), ("r",)),
+        Node("q2", OpType.QUANTIZE_LINEAR, ("r", "s2", "z"), ("rq",), QuantizeAttrs()),
+        Node("dq2", OpType.DEQUANTIZE_LINEAR, ("rq", "s2", "z"), ("y",), QuantizeAttrs()),
+    ]
+    r = np.random.default_rng(0)
+    consts = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8), "s2": np.array(0.02, np.float32),
+              "w": r.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+              "ws": r.uniform(0.005, 0.02, 4).astype(np.float32), "b": r.normal(0, 0.1, 4).astype(np.float32)}
+    return ir_graph(nodes, {"x": (1, 3, 6, 6)}, ["y"], consts)
+
+
+def test_fold_turns_weight_dequantize_into_float_weights_and_keeps_activation_qdq():
+    g = _qdq_conv_relu()
+    out, fired = run_pass(g, "fold_constants")
+    assert ops(out) == ["QuantizeLinear", "DequantizeLinear", "Conv", "Relu", "QuantizeLinear", "DequantizeLinear"]
+    assert out.constants["wd"].dtype == np.float32 and fired["f(constants) => constant"] == 1
+    assert_same_outputs(g, out, rtol=0, atol=0)
+
+
+def test_whole_pipeline_keeps_every_activation_qdq_pair():
+    from ember.passes.pipeline import run_pipeline
+    from ember.plan.config import BuildConfig
+
+    g = _qdq_conv_relu()
+    out = run_pipeline(g, BuildConfig(device="cpu"))
+    kept = [n.op for n in out.graph.nodes]
+    assert kept.count(OpType.QUANTIZE_LINEAR) == 2 and kept.count(OpType.DEQUANTIZE_LINEAR) == 2
+    # conv + relu fuse between the pairs, never across one
+    fused = [n for n in out.graph.nodes if n.op in (OpType.FUSED_CONV, OpType.CONV)]
+    assert len(fused) == 1 and fused[0].inputs[0] == "xd"
+    x = np.random.default_rng(1).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
+    assert_same_outputs(g, out.graph, {"x": x}, rtol=1e-6, atol=1e-6)
+
+
+def test_half_precision_build_keeps_quantization_ops_in_fp32():
+    from ember.passes.pipeline import run_pipeline
+    from ember.plan.config import BuildConfig
+
+    out = run_pipeline(_qdq_conv_relu(), BuildConfig(device="cuda", precision="fp16"))
+    layers = out.records.precision.layers
+    for n in out.graph.nodes:
+        if n.op in (OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR):
+            assert layers[n.name] == "fp32", n.name
+        elif out.graph.types[n.outputs[0]].dtype is DType.FLOAT32:
+            assert layers[n.name] == "fp16", n.name

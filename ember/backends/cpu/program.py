@@ -21,7 +21,7 @@ the conversion of the user's arrays: the program itself is re-entrant.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -32,6 +32,9 @@ from ember.backends.tensors import numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
 from ember.plan.plan import Plan
+
+#: ``observe(name, tensor)``: sees a tensor of a run as it is produced (``CPUProgram.run``).
+Observer = Callable[[str, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -84,16 +87,27 @@ class CPUProgram(Program):
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}
 
-    def run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    def run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict] = None,
+            observe: Optional[Observer] = None) -> dict[str, torch.Tensor]:
         """Runs every layer on ``feeds`` (checked tensors on this device); returns the outputs.
 
         ``stats``, when given, receives this run's concat-elimination counts: ``written`` (inputs
         their producer wrote into the Concat's buffer), ``declined`` (producers that could not
         after all: computed, then copied into their slice), ``copied`` (other inputs copied into
-        their slice by the Concat step) and ``concats`` (Concat steps that did no ``cat``)."""
+        their slice by the Concat step) and ``concats`` (Concat steps that did no ``cat``).
+
+        ``observe``, when given, is called as ``observe(name, tensor)`` for each feed, then for
+        each named output of each layer right after the layer ran (before any tensor is freed);
+        it must not modify the tensor. Calibration uses it (``ember.builder.calibration``)::
+
+            program.run(feeds, observe=lambda name, t: print(name, tuple(t.shape)))
+        """
         env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
         env.update(feeds)
-        for step in self.steps:  # the hot loop: no helper calls, nothing kept past its use
+        if observe is not None:
+            for name, t in feeds.items():
+                observe(name, t)
+        for step in self.steps:  # the hot loop: no helper calls unless observing, nothing kept past its use
             try:
                 if step.special:
                     results = self._special(step, env, stats)
@@ -105,6 +119,8 @@ class CPUProgram(Program):
                 raise _failure(step, env, e) from e
             for i in step.out_index:
                 env[step.outputs[i]] = results[i]
+            if observe is not None:
+                _observe_outputs(observe, step, results)
             for name in step.frees:
                 del env[name]
             results = None
@@ -153,6 +169,13 @@ class CPUExecutor(Executor):
                      else numpy_to_torch(v, device)) for k, v in inputs.items()}
         outputs = self.program.run(feeds)
         return outputs if as_torch else {k: torch_to_numpy(v) for k, v in outputs.items()}
+
+
+def _observe_outputs(observe: Observer, step: CPUStep, results: Sequence[Optional[torch.Tensor]]) -> None:
+    for i in step.out_index:
+        t = results[i]
+        if t is not None:
+            observe(step.outputs[i], t)
 
 
 def _reserve_memory(plan: Plan) -> None:

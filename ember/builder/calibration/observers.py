@@ -1,0 +1,178 @@
+"""Observers: running statistics of tensors over calibration batches, and the observation run.
+
+A ``TensorObserver`` keeps, per tensor, the running min/max, a count of NaN/inf values (left out
+of every statistic) and a histogram of ``|x|`` over ``[0, range]`` in a fixed number of bins
+(2048 by default). The first batch sets ``range`` to its largest ``|x|``; when a later batch
+goes past it, ``range`` grows by the smallest whole factor ``k`` that covers the new value and
+every ``k`` neighbouring bins merge into one, so the histogram stays exact (no interpolation)
+at a coarser resolution: the usual way of growing a calibration histogram.
+
+``observe_engine`` runs an fp32 CPU engine over the batches once and feeds every graph input
+and every intermediate float tensor (or a chosen subset) to its observer, through the
+``observe`` hook of ``CPUProgram.run``.
+
+>>> import torch
+>>> obs = TensorObserver("x")
+>>> obs.update(torch.tensor([-3.0, 0.0, 1.0, float("nan")]))
+>>> obs.min, obs.max, obs.amax, obs.count, obs.zeros, obs.nonfinite
+(-3.0, 1.0, 3.0, 3, 1, 1)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ember.backends.cpu.program import CPUProgram
+from ember.backends.tensors import numpy_to_torch
+from ember.builder.progress import BuildProgress
+from ember.errors import BuildError
+from ember.ir.graph import Graph
+from ember.plan.config import Device, Precision
+from ember.runtime.engine import Engine
+
+#: Histogram bins of an observer (TensorRT's entropy calibration uses 2048 too).
+DEFAULT_BINS = 2048
+
+
+class TensorObserver:
+    """Running min/max and a histogram of ``|x|`` of one tensor (see the module's docstring).
+
+    ``count``: finite values seen; ``zeros``: how many of them were exactly 0 (they are in
+    ``hist[0]`` too); ``nonfinite``: NaN/inf values seen and ignored; ``range``: the histogram
+    covers ``[0, range]`` in ``bins`` bins of ``bin_width``.
+    """
+
+    def __init__(self, name: str, bins: int = DEFAULT_BINS) -> None:
+        if bins < 1:
+            raise ValueError(f"an observer needs at least one histogram bin, not {bins}")
+        self.name = name
+        self.bins = bins
+        self.min = math.inf
+        self.max = -math.inf
+        self.count = 0
+        self.zeros = 0
+        self.nonfinite = 0
+        self.range = 0.0
+        self.hist = np.zeros(bins, dtype=np.int64)
+
+    @property
+    def amax(self) -> float:
+        """The largest ``|x|`` seen (0 before any finite value)."""
+        return max(-self.min, self.max, 0.0) if self.count else 0.0
+
+    @property
+    def bin_width(self) -> float:
+        return self.range / self.bins
+
+    def update(self, tensor: torch.Tensor) -> None:
+        """Adds the values of ``tensor`` (any shape, any float dtype; left unchanged)."""
+        x = tensor.detach().reshape(-1)
+        if x.dtype != torch.float32:
+            x = x.float()
+        if not x.numel():
+            return
+        lo_t, hi_t = torch.aminmax(x)
+        lo, hi = float(lo_t), float(hi_t)
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through aminmax
+            finite = torch.isfinite(x)
+            x = x[finite]
+            self.nonfinite += int(finite.numel() - x.numel())
+            if not x.numel():
+                return
+            lo_t, hi_t = torch.aminmax(x)
+            lo, hi = float(lo_t), float(hi_t)
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += int(x.numel())
+        a = x.abs()
+        self.zeros += int((a == 0).sum())
+        amax = max(-lo, hi)
+        if amax > self.range:
+            self._grow(amax)
+        if self.range == 0.0:  # every value so far is 0
+            self.hist[0] += x.numel()
+            return
+        idx = (a * (self.bins / self.range)).long().clamp_(max=self.bins - 1)
+        self.hist += torch.bincount(idx, minlength=self.bins).numpy()
+
+    def _grow(self, amax: float) -> None:
+        """Widens the histogram's range to cover ``amax``, merging bins by a whole factor."""
+        if self.range == 0.0:  # only zeros so far: they stay in bin 0 at any range
+            self.range = amax
+            return
+        k = max(2, math.ceil(amax / self.range))
+        while k * self.range < amax:  # rounding of the division
+            k += 1
+        merged = np.bincount(np.arange(self.bins) // k, weights=self.hist, minlength=self.bins)
+        self.hist = merged.astype(np.int64)
+        self.range *= k
+
+    def nonzero_hist(self) -> np.ndarray:
+        """The histogram without the exact zeros (an int64 copy)."""
+        h = self.hist.copy()
+        h[0] -= self.zeros
+        return h
+
+
+def calibration_tensors(graph: Graph, tensors: Iterable[str] | None = None) -> list[str]:
+    """The tensors calibration observes, in execution order: by default every float graph input
+    and every float tensor a layer produces (graph outputs included); with ``tensors``, those,
+    each checked to be such a tensor (``BuildError`` naming the others)."""
+    floating = [n for n in graph.inputs if graph.types[n].dtype.is_float]
+    floating += [o for node in graph.nodes for o in node.outputs
+                 if o and o in graph.types and graph.types[o].dtype.is_float]
+    if tensors is None:
+        return floating
+    wanted = list(dict.fromkeys(tensors))
+    known = set(floating)
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        sample = ", ".join(repr(t) for t in floating[:5])
+        raise BuildError(f"cannot calibrate tensors {unknown}: they are not float inputs or layer outputs "
+                         f"of the engine's graph (names of the optimized graph, e.g. {sample})")
+    return wanted
+
+
+def cpu_program(engine: Engine) -> CPUProgram:
+    """The compiled program of ``engine``, which must be an fp32 CPU engine (``BuildError``)."""
+    config = engine.plan.config
+    if config.device is not Device.CPU or config.precision is not Precision.FP32:
+        raise BuildError(f"calibration runs an fp32 CPU engine, not a {config.precision} engine for "
+                         f"{config.device}; build one with BuildConfig(device='cpu', precision='fp32')")
+    program = engine.compile()
+    if not isinstance(program, CPUProgram):
+        raise BuildError(f"calibration runs the CPU backend's program, and this engine's is a "
+                         f"{type(program).__name__}; build it without a custom backend")
+    return program
+
+
+def observe_engine(engine: Engine, batches: Iterable[Mapping[str, Any]], tensors: Sequence[str],
+                   progress: BuildProgress | None = None,
+                   bins: int = DEFAULT_BINS) -> dict[str, TensorObserver]:
+    """Runs the fp32 CPU ``engine`` once per batch (validated feed dicts: see
+    ``calibration_batches``) and returns an observer per tensor of ``tensors``.
+
+    ``progress``: a running ``BuildProgress`` to show a bar on (one step per batch).
+
+    >>> observers = observe_engine(engine, batches, calibration_tensors(engine.plan.graph))  # doctest: +SKIP
+    """
+    program = cpu_program(engine)
+    observers = {name: TensorObserver(name, bins) for name in tensors}
+
+    def observe(name: str, tensor: torch.Tensor) -> None:
+        obs = observers.get(name)
+        if obs is not None:
+            obs.update(tensor)
+
+    device = program.device
+    items = progress.track(batches, "calibrate") if progress is not None else batches
+    with torch.inference_mode():
+        for batch in items:
+            feeds = {k: (v.detach().to(device).contiguous() if isinstance(v, torch.Tensor)
+                         else numpy_to_torch(np.asarray(v), device)) for k, v in batch.items()}
+            program.run(feeds, observe=observe)
+    return observers

@@ -32,10 +32,12 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
     from ember.tools import compare as compare_tool
     from ember.tools import inspect as inspect_tool
     from ember.tools import profile as profile_tool
+    from ember.tools import quantize as quantize_tool
     from ember.tools import run as run_tool
 
     table: dict[str, tuple[str, AddArguments, Run]] = {}
-    for module in (build_tool, run_tool, inspect_tool, compare_tool, bench_tool, profile_tool):
+    for module in (build_tool, run_tool, inspect_tool, compare_tool, bench_tool, profile_tool,
+                   quantize_tool):
         table[_name(module)] = (module.HELP, module.add_arguments, module.run)
     table["serve"] = (serve_cli.HELP, serve_cli.add_arguments, serve_cli.run)
     return table

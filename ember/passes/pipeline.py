@@ -34,6 +34,7 @@ from ember.passes import (  # noqa: F401  (each module registers its passes)
     fuse_norm,
     layout,
     precision,
+    quantization,
 )
 from ember.passes.manager import (
     DumpInstrument,
@@ -54,8 +55,8 @@ PIPELINE: tuple[str, ...] = (
     # cleanup
     "eliminate_noops", "cancel_transposes", "merge_reshapes", "canonicalize", "eliminate_noops",
     "cse", "dce",
-    # fold
-    "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
+    # fold ("record_qdq" reads the Q/DQ scales while the weights' DQs are still nodes)
+    "record_qdq", "fold_constants", "fold_batchnorm", "fold_scales", "eliminate_noops", "cse", "dce",
     # fuse
     "fuse_gelu", "fuse_layernorm", "fuse_attention", "fuse_gemm", "fuse_conv", "fuse_skip_layernorm",
     "fuse_elementwise",
@@ -63,7 +64,7 @@ PIPELINE: tuple[str, ...] = (
     # layout
     "plan_concat_slices", "assign_layout",
     # precision
-    "assign_precisions",
+    "assign_precisions", "prune_quant_records",
 )
 
 

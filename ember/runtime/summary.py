@@ -40,6 +40,17 @@ def layer_row(plan: Plan, index: int, layer: Layer) -> list[str]:
 
 
 LAYER_HEADER = ["#", "layer", "kind", "inputs", "outputs", "tactic", "precision", "rule"]
+#: The extra column of engines with quantization records: the scale of each layer's first input.
+INPUT_SCALE_HEADER = "input scale"
+
+
+def input_scale_text(plan: Plan, layer: Layer) -> str:
+    """The quantization scale recorded for ``layer``'s first input: ``0.0235`` per tensor,
+    ``per-channel(8)`` per channel, ``-`` when none is recorded."""
+    rec = plan.records.quantization.get(layer.inputs[0]) if layer.inputs else None
+    if rec is None:
+        return "-"
+    return f"per-channel({len(rec.scale)})" if rec.per_channel else f"{rec.scale[0]:.4g}"
 
 
 def format_table(header: list[str], rows: list[list[str]], max_width: int = 60) -> str:
@@ -79,9 +90,15 @@ def format_engine(plan: Plan, layers: bool = True) -> str:
                      f" (`ember inspect --device-memory` measures it)")
     lines.append(f"  {concat_text(plan)}")
     lines.append(f"  {layout_text(plan)}")
+    if plan.records.quantization:
+        lines.append(f"  {quantization_text(plan)}")
     if layers:
         rows = [layer_row(plan, i, layer) for i, layer in enumerate(plan.layers)]
-        lines += ["", format_table(LAYER_HEADER, rows)]
+        header = LAYER_HEADER
+        if plan.records.quantization:  # engines without records print the table as before
+            header = [*LAYER_HEADER, INPUT_SCALE_HEADER]
+            rows = [[*row, input_scale_text(plan, layer)] for row, layer in zip(rows, plan.layers)]
+        lines += ["", format_table(header, rows)]
     return "\n".join(lines)
 
 
@@ -105,6 +122,15 @@ def layout_text(plan: Plan) -> str:
         return "layout: no plan (each kernel keeps its own memory format)"
     return (f"layout: {len(layout.nhwc)} tensors channels-last, "
             f"{len(layout.conversions)} conversions ({layout.preferred.value} preferred)")
+
+
+def quantization_text(plan: Plan) -> str:
+    """``quantization: 12 tensors (qdq), 4 per-channel`` from the plan's quantization records
+    (their sources, sorted)."""
+    records = plan.records.quantization.tensors.values()
+    sources = ", ".join(sorted({r.source or "unknown" for r in records}))
+    per_channel = sum(r.per_channel for r in records)
+    return f"quantization: {len(records)} tensors ({sources}), {per_channel} per-channel"
 
 
 def _device_text(fp: Mapping[str, Any]) -> str:

@@ -174,3 +174,23 @@ def test_activation_read_twice_gets_one_pair_and_float_readers_stay_float():
     assert [n.op_type for n in qdq.graph.node].count("QuantizeLinear") == 1
     assert next(n for n in qdq.graph.node if n.op_type == "Sigmoid").input[0] == "x"
     assert not {"wa", "wb"} & {t.name for t in qdq.graph.initializer}
+
+
+@pytest.mark.parametrize("make, shape", [(cnn, (2, 3, 8, 8)), (mlp, (4, 16))])
+def test_built_qdq_model_records_the_written_scales(make, shape):
+    """Building the written QDQ model gives one record per 8-bit Q/DQ (``record_qdq``): the
+    activations' Q inputs and DQ outputs, the weights' DQ outputs, with the initializers' values;
+    the int32 biases are not recorded; every record names a tensor of the engine's graph."""
+    qdq = quantize_model(make(), _data(shape, 4), calibrator="minmax")
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    engine = ember.build(qdq, ember.BuildConfig(device="cpu"))
+    quant = engine.plan.records.quantization
+    want = {}
+    for n in qdq.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and inits[n.input[2]].dtype == np.int8:
+            want[n.input[0] if n.op_type == "QuantizeLinear" else n.output[0]] = (inits[n.input[1]], inits[n.input[2]])
+    assert set(quant.tensors) == set(want) and all(t in engine.plan.graph.types for t in want)
+    for tensor, (scale, zp) in want.items():
+        rec = quant.get(tensor)
+        assert rec.scale == tuple(scale.reshape(-1).tolist()) and rec.zero_point == tuple(zp.reshape(-1).tolist())
+        assert rec.per_channel == (scale.size > 1) and rec.source == "qdq"

@@ -202,6 +202,8 @@ def test_importlinter_contracts_match_the_rule():
         assert c["type"] == "forbidden" and c["source_modules"] == [f"ember.{src}"]
         assert set(c["forbidden_modules"]) == {f"ember.{m}" for m in forbidden_members(src)}, src
         assert not c.get("ignore_imports"), f"layer-{src} ignores imports; fix them instead"
+    c = contracts.pop("passes-cpu-backend-only")  # constant folding's arrow is to the CPU backend alone
+    assert c["source_modules"] == ["ember.passes"] and c["forbidden_modules"] == ["ember.backends.cuda"]
     c = contracts.pop("no-top-package")
     assert c["as_packages"] is False and c["forbidden_modules"] == [TOP]
     assert c["allow_indirect_imports"] is True

@@ -25,7 +25,7 @@ import torch
 
 from ember.backends.base import Kernel, WriteInto, write_into_of, write_or_copy
 from ember.backends.layout import CHANNELS_LAST, format_in
-from ember.backends.tensors import torch_dtype
+from ember.backends.tensors import compute_dtype, torch_dtype
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.plan.plan import Plan
@@ -295,8 +295,6 @@ def plan_summary(plan: Plan) -> dict[str, int]:
                                                                  layer.precision, records, plan.config)))
     float_dtype = None
     if device_type == "cuda":
-        from ember.backends.cuda.device import compute_dtype
-
         float_dtype = {lay.name: compute_dtype(lay.precision) for lay in plan.layers if lay.kind == "Concat"}
     return plan_concat_exec(graph, records, kernels, static_layout=device_type == "cuda",
                             float_dtype=float_dtype).summary()

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ember.errors import DeviceError
 from ember.ir.dtype import DType
 from ember.ir.types import TensorType
 
@@ -24,6 +25,19 @@ _TORCH = {
     DType.BOOL: torch.bool,
 }
 _FROM_TORCH = {v: k for k, v in _TORCH.items()}
+
+
+_COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype float activations and weights take in a layer of ``precision`` (a ``Precision``
+    or its spelling): fp32 and tf32 compute in float32, fp16 and bf16 in their own type."""
+    try:
+        return _COMPUTE[str(precision)]
+    except KeyError:
+        raise DeviceError(f"precision {str(precision)!r} has no floating-point compute dtype; use one of "
+                          f"{', '.join(_COMPUTE)}") from None
 
 
 def torch_dtype(dtype: DType) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""CUDA-side helpers: precision -> dtype, the TF32 switch around a layer, Triton availability."""
+"""CUDA-side helpers: the TF32 switch around a layer, Triton availability; ``compute_dtype``
+(precision -> dtype) lives with the other tensor helpers in ``ember.backends.tensors``."""
 from __future__ import annotations
 
 import contextlib
@@ -7,17 +8,10 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from ember.backends.tensors import compute_dtype
 from ember.errors import DeviceError
 
-_COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype float activations and weights take in a layer of ``precision``."""
-    try:
-        return _COMPUTE[precision]
-    except KeyError:
-        raise DeviceError(f"unknown precision {precision!r}; use one of {', '.join(_COMPUTE)}") from None
+__all__ = ["compute_dtype"]  # re-exported for the CUDA kernels
 
 
 def is_half(precision: str) -> bool:

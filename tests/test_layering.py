@@ -177,7 +177,7 @@ def test_checker_applies_the_rule():
 
     ok = [imp("ember.ir.graph", "ember.errors"), imp("ember.ops.conv", "ember.plan.config"),
           imp("ember.passes.fold", "ember.backends.cpu"), imp("ember.tools.bench", "ember"),
-          imp("ember.backends.cuda.program", "ember.backends.base"), imp("ember", "ember.builder")]
+          imp("ember.backends.cuda.exec.program", "ember.backends.base"), imp("ember", "ember.builder")]
     bad = [imp("ember.ir.verifier", "ember.ops.registry"), imp("ember.plan.plan", "ember.runtime"),
            imp("ember.ops.conv", "ember.backends.cpu"), imp("ember.runtime.engine", "ember"),
            imp("ember.backends.cpu", "ember.passes.fold"), imp("ember.tools.demo", "ember.cli")]

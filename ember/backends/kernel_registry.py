@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ember.backends.base import CompileContext, Kernel
+from ember.backends.layout import NCHW, format_in
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -46,20 +47,16 @@ class KernelEntry:
     def applies(self, node: Node, graph: Optional[Graph], records: Optional[Records]) -> bool:
         if self.available is not None and not self.available():
             return False
-        if self.channels_last_only and records is not None and records.layout is not None \
-                and _stored_nchw(node, graph, records):
+        if self.channels_last_only and records is not None and _stored_nchw(node, graph, records):
             return False
         return self.when is None or bool(self.when(node, graph, records))
 
 
 def _stored_nchw(node: Node, graph: Optional[Graph], records: Records) -> bool:
     """Whether the layout plan stores ``node``'s first output as an NCHW 4-D activation."""
-    out = node.outputs[0] if node.outputs else ""
-    layout = records.layout
-    if layout is None or not out or graph is None or out in graph.constants:
+    if graph is None or not node.outputs:
         return False
-    t = graph.types.get(out)
-    return t is not None and t.rank == 4 and not layout.is_channels_last(out)
+    return format_in(graph, records.layout, node.outputs[0]) is NCHW
 
 
 class KernelRegistry:

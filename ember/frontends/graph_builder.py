@@ -19,7 +19,7 @@ stays in that frontend's package.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -109,18 +109,12 @@ class GraphBuilder:
 
     def fresh(self, base: str) -> str:
         """A tensor name not used yet: ``base``, else ``base_1``, ``base_2``, ..."""
-        name, k = base, 0
-        while name in self._names or name in self.types:
-            k += 1
-            name = f"{base}_{k}"
+        name = _unused(base, lambda n: n in self._names or n in self.types)
         self._names.add(name)
         return name
 
     def _node_name(self, base: str) -> str:
-        name, k = base, 0
-        while name in self._node_names:
-            k += 1
-            name = f"{base}_{k}"
+        name = _unused(base, self._node_names.__contains__)
         self._node_names.add(name)
         return name
 
@@ -210,3 +204,12 @@ class GraphBuilder:
         graph = infer_graph(graph)
         verify_graph(graph)
         return graph
+
+
+def _unused(base: str, taken: Callable[[str], bool]) -> str:
+    """``base``, else the first of ``base_1``, ``base_2``, ... that ``taken`` says is free."""
+    name, k = base, 0
+    while taken(name):
+        k += 1
+        name = f"{base}_{k}"
+    return name

@@ -106,9 +106,6 @@ class ConcatPlan:
     def __len__(self) -> int:
         return len(self.concats)
 
-    def get(self, concat: str) -> ConcatEntry | None:
-        return self.concats.get(concat)
-
 
 @dataclass(frozen=True)
 class PrecisionPlan:

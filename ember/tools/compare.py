@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ember.errors import InputError, ModelLoadError
+from ember.errors import InputError
 from ember.tools.args import add_build_options, config_from_args, read_inputs
 
 HELP = "compare an engine's outputs (and per-layer tensors) with ONNX Runtime"
@@ -138,18 +138,11 @@ def random_inputs(model, specs: Sequence[Any], seed: int = 0) -> dict[str, np.nd
 
 
 # ---- running both sides ------------------------------------------------------------------------
-def _load_model(model: Any):
-    import onnx
+def _load_model(model: Any) -> Any:
+    """The ONNX model through the ONNX frontend's reader (paths, bytes, external data)."""
+    from ember.frontends.onnx.loader import load_model
 
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = Path(model)
-    if not path.exists():
-        raise ModelLoadError(f"model file {path} does not exist")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
-        raise ModelLoadError(f"cannot read {path} as an ONNX model: {e}") from None
+    return load_model(model)[0]
 
 
 def run_ort(model, feeds: Mapping[str, np.ndarray], extra_outputs: Sequence[tuple[str, Any]] = ()) -> dict:

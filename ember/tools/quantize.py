@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.errors import BuildError, InputError
+from ember.errors import BuildError
 
 if TYPE_CHECKING:
     import onnx
@@ -217,17 +217,12 @@ def _site(index: int, node: Any, consts: dict[str, np.ndarray], live: set[str]) 
 
 # ---- checks and opset -------------------------------------------------------------------------
 def _load(model: Any) -> onnx.ModelProto:
-    import onnx
+    """The ONNX model through the ONNX frontend's reader (paths, bytes, external data), as a copy
+    that the rewrite may change without touching the caller's proto."""
+    from ember.frontends.onnx.loader import load_model
 
-    if isinstance(model, onnx.ModelProto):
-        return copy.deepcopy(model)
-    path = Path(model)
-    if not path.exists():
-        raise InputError(f"model file {str(path)!r} does not exist")
-    try:
-        return onnx.load(str(path))
-    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
-        raise InputError(f"cannot read {str(path)!r} as an ONNX model: {e}") from None
+    proto, _ = load_model(model)
+    return copy.deepcopy(proto) if proto is model else proto
 
 
 def _check_unquantized(model: onnx.ModelProto) -> None:
@@ -282,11 +277,9 @@ class _Names:
 def weight_scale(w: np.ndarray, axis: int | None) -> np.ndarray:
     """Symmetric INT8 scales of ``w``: per index of ``axis``, or one (``axis=None``)."""
     from ember.builder.calibration import weight_scales
-    from ember.builder.calibration.calibrators import scale_of
 
-    if axis is None:
-        return np.array(scale_of(float(np.abs(w.astype(np.float64)).max(initial=0.0))), dtype=np.float32)
-    return np.asarray(weight_scales(w, axis).scale, dtype=np.float32)
+    scales = np.asarray(weight_scales(w, axis).scale, dtype=np.float32)
+    return scales if axis is not None else scales.reshape(())
 
 
 def _quantize_int(values: np.ndarray, scale: np.ndarray, axis: int | None, lo: int, hi: int) -> np.ndarray:

@@ -194,3 +194,11 @@ def test_entropy_matches_the_candidate_by_candidate_loop(data):
          "uniform": RNG.uniform(-1, 1, 50_000)}[data]
     obs = observed(x)
     assert threshold(obs, "entropy") == pytest.approx(reference_entropy_threshold(obs), abs=obs.bin_width * 1.01)
+
+
+def test_per_tensor_weight_scale():
+    w = np.array([[0.5, -2.54], [1.0, 0.0]], dtype=np.float32)
+    r = weight_scales(w, axis=None, tensor="fc.w")
+    assert r.axis is None and r.zero_point == (0,) and r.scale == pytest.approx((2.54 / QMAX,))
+    with pytest.raises(BuildError, match="'fc.w' holds NaN"):
+        weight_scales(np.array([1.0, np.nan]), axis=None, tensor="fc.w")

@@ -200,9 +200,10 @@ def activation_record(obs: TensorObserver, calibrator: Calibrator | str = Calibr
     return scale_record(obs.name, scale_of(threshold(obs, calibrator, percentile)), calibrator)
 
 
-def weight_scales(array: np.ndarray, axis: int = 0, tensor: str = "") -> QuantRecord:
+def weight_scales(array: np.ndarray, axis: int | None = 0, tensor: str = "") -> QuantRecord:
     """Per-channel symmetric INT8 scales of a weight: one per index along ``axis`` (the output
-    channels: 0 for conv weights ``[out, in, kh, kw]``), ``max |w|`` over the channel / 127.
+    channels: 0 for conv weights ``[out, in, kh, kw]``), ``max |w|`` over the channel / 127;
+    ``axis=None``: one scale for the whole weight.
 
     >>> w = np.array([[1.27, -0.5], [0.0, 0.0]], dtype=np.float32)
     >>> r = weight_scales(w, axis=0, tensor="conv.w")
@@ -210,6 +211,12 @@ def weight_scales(array: np.ndarray, axis: int = 0, tensor: str = "") -> QuantRe
     (0.01, True, 0, (0, 0))
     """
     w = np.asarray(array)
+    if axis is None:
+        amax = np.abs(w.astype(np.float64)).max(initial=0.0)
+        if not np.isfinite(amax):
+            raise BuildError(f"weight {tensor!r} holds NaN or inf values; it cannot be quantized")
+        return QuantRecord(tensor, QuantDType.INT8, (scale_of(float(amax)),), (0,), None,
+                           source_of(Calibrator.MINMAX))
     if not w.ndim:
         raise BuildError(f"weight {tensor!r} is a scalar; per-channel scales need an axis")
     if not -w.ndim <= axis < w.ndim:

@@ -13,8 +13,12 @@ The steps, in order:
 4. lower to one layer per node with its precision and tactic (``ember/builder/lower.py``);
 5. plan memory at the profiles' max shapes (``ember/plan/memory.py``);
 6. compile the kernels, so that a build that cannot run fails here and not at first inference;
-7. with ``config.accuracy_target`` (GPU, below fp32): build again with the earliest layers in
-   fp32 until the outputs are that close to an fp32 build's (``ember/builder/accuracy.py``).
+7. with ``config.accuracy_target`` (below fp32): build again with layers in fp32 until the
+   outputs are that close to an fp32 build's (``ember/builder/accuracy.py``).
+
+INT8 builds (``precision="int8"``, CPU) first build the fp32 engine and calibrate it on the
+calibration data (or read the calibration cache), then build again with those scales: the
+pipeline's ``quantize_layers`` makes the INT8 layers (``ember/builder/int8.py``).
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import numpy as np
 
 from ember.backends.base import Backend
 from ember.backends.devices import get_backend
-from ember.builder import accuracy
+from ember.builder import accuracy, int8
+from ember.builder.calibration.data import CalibrationData
 from ember.builder.lower import lower
 from ember.builder.progress import BuildProgress
 from ember.builder.shapes import apply_input_shapes, resolve_input_shapes, tensor_specs, types_at
@@ -45,6 +50,7 @@ from ember.passes.pipeline import Optimized, run_pipeline
 from ember.plan.config import BuildConfig
 from ember.plan.memory import plan_memory
 from ember.plan.plan import Plan
+from ember.plan.records import QuantizationPlan
 from ember.runtime.device import device_key, fingerprint
 from ember.runtime.engine import Engine
 
@@ -85,29 +91,47 @@ def _types_at_min(graph: Graph, lo: dict[str, int]) -> dict[str, TensorType] | N
 
 def build(model: Any, config: BuildConfig | None = None, *, progress: bool | None = None,
           backend: Backend | None = None, instruments: Sequence[Instrument] | None = None,
-          accuracy_inputs: Mapping[str, np.ndarray] | None = None) -> Engine:
+          accuracy_inputs: Mapping[str, np.ndarray] | None = None,
+          calibration_data: CalibrationData | None = None) -> Engine:
     """Builds an ``Engine`` for ``config.device`` from a model file/bytes/proto or a ``Graph``.
 
     ``progress``: show a progress display (default: when stderr is a terminal).
     ``backend``: use this backend instead of the device's (for tests and experiments).
     ``instruments``: pass instruments for the pass pipeline (timing, dumps).
-    ``accuracy_inputs``: calibration inputs for ``config.accuracy_target`` (default: random).
+    ``accuracy_inputs``: inputs for ``config.accuracy_target`` (default: the first calibration
+    batch of an INT8 build, else random ones).
+    ``calibration_data``: INT8 builds: representative inputs (an iterable of ``{input name:
+    array}`` batches, an ``.npz`` file of arrays named after the inputs and stacked along the
+    batch axis, or a folder of such files; ``ember.builder.calibration.calibration_batches``).
+    Not needed with a usable ``config.calibration_cache`` or for a Q/DQ model.
     """
     config = config or BuildConfig()
-    if not accuracy.applies(config):
-        return _build_once(model, config, progress, backend, instruments)
     t0 = time.perf_counter()
     pristine = copy.deepcopy(model) if isinstance(model, Graph) else None  # the passes rewrite a Graph
 
+    def fresh() -> Any:
+        return copy.deepcopy(pristine) if pristine is not None else model
+
+    quantization = None
+    if int8.wanted(config):
+        quantization, calib_feeds = int8.calibration(fresh(), config, calibration_data, progress,
+                                                     lambda m, c, p: _build_once(m, c, p, backend, instruments))
+        if accuracy_inputs is None and calib_feeds is not None:
+            accuracy_inputs = calib_feeds
+    if not accuracy.applies(config):
+        engine = _build_once(fresh(), config, progress, backend, instruments, quantization)
+        if quantization is not None:
+            engine.plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
+        return engine
+
     def again(cfg: BuildConfig) -> Engine:
-        return _build_once(copy.deepcopy(pristine) if pristine is not None else model, cfg, False,
-                           backend, instruments)
+        return _build_once(fresh(), cfg, False, backend, instruments, quantization)
 
     with tempfile.TemporaryDirectory(prefix="ember-accuracy-") as tmp:
         # the trials share tactic timings: only layers whose precision changed are timed again
         cfg = (config if config.timing_cache
                else replace(config, timing_cache=str(Path(tmp) / "timings.json")))
-        engine = _build_once(model, cfg, progress, backend, instruments)
+        engine = _build_once(fresh(), cfg, progress, backend, instruments, quantization)
         engine = accuracy.meet_target(engine, cfg, again, accuracy_inputs)
     engine.plan.config = replace(engine.plan.config, timing_cache=config.timing_cache)
     engine.plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
@@ -115,7 +139,8 @@ def build(model: Any, config: BuildConfig | None = None, *, progress: bool | Non
 
 
 def _build_once(model: Any, config: BuildConfig, progress: bool | None, backend: Backend | None,
-                instruments: Sequence[Instrument] | None) -> Engine:
+                instruments: Sequence[Instrument] | None,
+                quantization: QuantizationPlan | None = None) -> Engine:
     t0 = time.perf_counter()
     fp = fingerprint(config.device)  # fails early, with a clear sentence, without the device
     backend = backend or get_backend(config.device)
@@ -129,7 +154,7 @@ def _build_once(model: Any, config: BuildConfig, progress: bool | None, backend:
                                              if (static := static_dims(v)) is not None})
             graph = apply_input_shapes(graph, resolved)
         with prog.phase("optimize"):
-            optimized = optimize(graph, config, instruments)
+            optimized = run_pipeline(graph, config, instruments=instruments, calibrated=quantization)
             graph, records = optimized.graph, optimized.records
             verify(graph)
         layers, tuning = lower(graph, records, config, backend, device_key(fp), prog)

@@ -2,8 +2,8 @@
 
 Precision: as the pass pipeline's ``assign_precisions`` recorded (``Records.precision``:
 ``config.layer_precisions`` by layer name, absorbed name or op type, else ``config.precision``);
-CPU builds compute in fp32 whatever is asked (no fast half precision on this CPU path), and the
-layer records ``fp32`` so the plan says what really runs.
+CPU builds compute in fp32 whatever is asked (no fast half precision on this CPU path), except
+the INT8 layers (QConv / QGemm), and each layer records what really runs.
 
 Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
 ``config.tactic_tuning`` is on (and, for CPU builds, ``config.tune_cpu``), candidates are timed
@@ -31,8 +31,9 @@ def layer_precision(node: Node, records: Records, config: BuildConfig) -> Precis
     """The precision the pipeline's ``assign_precisions`` pass chose for this layer (it applies
     ``layer_precisions`` by layer name, absorbed names and op type); non-float layers and CPU
     builds compute as ``config.precision`` / fp32."""
-    if config.device is Device.CPU:
-        return Precision.FP32
+    if config.device is Device.CPU:  # fp32, or int8 where ``quantize_layers`` made an INT8 layer
+        chosen = records.precision.of(node.name, Precision.FP32)
+        return chosen if chosen is Precision.INT8 else Precision.FP32
     return records.precision.of(node.name, config.precision)
 
 

@@ -152,6 +152,9 @@ class OpType(enum.Enum):
     FUSED_ATTENTION = "FusedAttention"  # softmax(q k^T * scale + mask) v
     FUSED_ELEMENTWISE = "FusedElementwise"
     SKIP_LAYER_NORM = "SkipLayerNormalization"  # LayerNorm(x + skip): a residual add absorbed
+    # INT8 layers made by the optimizer from calibration or Q/DQ records (ember/passes/int8.py)
+    QCONV = "QConv"                     # FusedConv on 8-bit activations and per-channel int8 weights
+    QGEMM = "QGemm"                     # FusedGemm on 8-bit activations and per-channel int8 weights
 
     def __str__(self) -> str:
         return self.value

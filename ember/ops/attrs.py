@@ -390,6 +390,58 @@ class FusedGemmAttrs:
 
 
 @dataclass(frozen=True)
+class QuantParams:
+    """How an 8-bit activation is stored: ``real = (q - zero_point) * scale``, ``dtype`` uint8 or
+    int8 (per tensor)."""
+
+    scale: float
+    zero_point: int = 0
+    dtype: DType = DType.UINT8
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "dtype", DType)
+        if self.dtype not in (DType.UINT8, DType.INT8):
+            raise ValueError(f"QuantParams.dtype must be uint8 or int8, not {self.dtype}")
+        if not self.scale > 0:
+            raise ValueError(f"QuantParams.scale must be positive, not {self.scale}")
+
+
+@dataclass(frozen=True)
+class QConvAttrs:
+    """An INT8 FusedConv; inputs (x, w, b?, residual?) as FusedConv's, ``w`` and ``b`` float.
+
+    ``x``: the quantization of input 0 (a float input is quantized by the kernel, an 8-bit one
+    must be stored so); ``w_scales``: the weight's symmetric int8 scale per output channel (the
+    float weight is quantized with them when the layer is compiled); ``out``: the quantized
+    output, or None for a float32 output; ``residual``: how the residual is stored in 8 bits: as
+    it arrives (from an INT8 layer), or as the kernel quantizes a float32 residual for the 8-bit
+    sum of a quantized output (None: a float32 residual and a float32 output)."""
+
+    conv: ConvAttrs
+    x: QuantParams
+    w_scales: tuple[float, ...]
+    activation: Activation = Activation.NONE
+    act_params: tuple[float, ...] = ()
+    has_residual: bool = False
+    out: Optional[QuantParams] = None
+    residual: Optional[QuantParams] = None
+
+
+@dataclass(frozen=True)
+class QGemmAttrs:
+    """An INT8 FusedGemm ``act(op(a) @ op(b) + c)``; inputs (a, b, c?), ``b`` a float constant
+    matrix quantized per output column with ``w_scales``, ``c`` a float bias of that length.
+    ``x``/``out`` as ``QConvAttrs``'."""
+
+    gemm: GemmAttrs
+    x: QuantParams
+    w_scales: tuple[float, ...]
+    activation: Activation = Activation.NONE
+    act_params: tuple[float, ...] = ()
+    out: Optional[QuantParams] = None
+
+
+@dataclass(frozen=True)
 class FusedAttentionAttrs:
     """softmax(q @ k^T * scale + mask) @ v; inputs: (q, k, v, mask?)."""
 

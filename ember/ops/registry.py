@@ -86,6 +86,7 @@ def _load_families() -> None:
         movement,
         norm,
         pool,
+        qlayers,
         quantize,
         recurrent,
         reduce,

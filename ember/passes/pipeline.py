@@ -32,6 +32,7 @@ from ember.passes import (  # noqa: F401  (each module registers its passes)
     fuse_gemm,
     fuse_horizontal,
     fuse_norm,
+    int8,
     layout,
     precision,
     quantization,
@@ -48,7 +49,7 @@ from ember.passes.manager import (
     run_passes,
 )
 from ember.plan.config import BuildConfig
-from ember.plan.records import Records
+from ember.plan.records import QuantizationPlan, Records
 
 #: The pipeline, phase by phase. Passes may appear more than once (cleanup after folding).
 PIPELINE: tuple[str, ...] = (
@@ -64,7 +65,7 @@ PIPELINE: tuple[str, ...] = (
     # layout
     "plan_concat_slices", "assign_layout",
     # precision
-    "assign_precisions", "prune_quant_records",
+    "assign_precisions", "quantize_layers", "prune_quant_records",
 )
 
 
@@ -91,13 +92,16 @@ def pipeline_passes(config: BuildConfig | None = None) -> list[Pass]:
 def run_pipeline(graph: Graph, config: BuildConfig | None = None,
                  instruments: Sequence[Instrument] | None = None,
                  dump_dir: str | Path | None = None, verify: bool = False,
-                 keep: Iterable[str] = ()) -> Optimized:
+                 keep: Iterable[str] = (), calibrated: QuantizationPlan | None = None) -> Optimized:
     """Optimizes ``graph`` for ``config`` (default ``BuildConfig()``); returns the new graph
     with its records and per-pass statistics.
 
     ``instruments``: extra ``Instrument`` objects around every pass. ``dump_dir``: write the
     graph after each pass there. ``verify``: run the IR verifier after every pass (tests do).
     ``keep``: tensor names no pass may remove or rename (besides the graph outputs).
+    ``calibrated``: calibrated scales of the tensors of this pipeline's optimized graph (an
+    INT8 build's second run, ``ember.builder.build``): the Q/DQ records join them and
+    ``quantize_layers`` reads them.
     """
     stats = StatsInstrument()
     insts: list[Instrument] = [stats]
@@ -110,6 +114,7 @@ def run_pipeline(graph: Graph, config: BuildConfig | None = None,
     if missing:
         raise BuildError(f"tensors {missing} asked to be kept are not in graph {graph.name!r}")
     config = config if config is not None else BuildConfig()
-    ctx = PassContext(config=config, keep=frozenset(keep))
+    ctx = PassContext(config=config, keep=frozenset(keep),
+                      records=Records(quantization=calibrated or QuantizationPlan()))
     out = run_passes(graph, pipeline_passes(config), ctx, insts)
     return Optimized(out, ctx.records, tuple(stats.records))

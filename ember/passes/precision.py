@@ -5,7 +5,9 @@ nodes with a floating-point output (integer and shape arithmetic has no precisio
 default is ``BuildConfig.precision``; ``BuildConfig.layer_precisions`` overrides it by key, where
 a key is a node name, one of the source-node names a fused layer absorbed (``origin``), its
 display name, or an op type (``"Softmax"``, ``"FusedConv"``). A fused layer also matches the op
-types of what it absorbed (a FusedAttention for ``"Softmax"``). CPU builds run fp32 throughout.
+types of what it absorbed (a FusedAttention for ``"Softmax"``). CPU builds run fp32, except the
+convolutions and GEMMs that ``precision="int8"`` or an ``int8`` entry marks (``INT8_OPS``); the
+``quantize_layers`` pass that follows makes them INT8 layers where it can, fp32 where not.
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
 #: scales and change which integer a value quantizes to. Integer-output ones are recorded too, so
 #: a backend that casts a layer's float inputs to its precision leaves their scales alone.
 FP32_ONLY_OPS = frozenset({OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR, OpType.DYNAMIC_QUANTIZE_LINEAR})
+
+#: Precisions a CPU build computes in: fp32, and int8 for the layers of ``INT8_OPS``.
+CPU_PRECISIONS = (Precision.FP32, Precision.INT8)
+#: Ops that ``BuildConfig.precision="int8"`` (or an ``int8`` entry of ``layer_precisions``) makes
+#: INT8 layers, where their form allows (``ember.passes.int8``); every other layer stays fp32.
+INT8_OPS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
 
 
 def absorbed_ops(node: Node) -> tuple[str, ...]:
@@ -72,9 +80,13 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
     """Records each floating-point layer's compute precision (``ctx.records.precision``)."""
     cfg = ctx.config
     cpu = cfg.device is Device.CPU
-    default = Precision.FP32 if cpu else cfg.precision
-    table: Mapping[str, Precision] = {} if cpu else cfg.layer_precisions
-    _check_keys(graph, table)
+    _check_keys(graph, cfg.layer_precisions)
+    if cpu:  # the CPU computes fp32, or int8 where a layer can (``ember.passes.int8``)
+        default = Precision.FP32
+        table: Mapping[str, Precision] = {k: p for k, p in cfg.layer_precisions.items() if p in CPU_PRECISIONS}
+    else:
+        default, table = cfg.precision, cfg.layer_precisions
+    int8_default = cfg.precision is Precision.INT8
     precisions: dict[str, Precision] = {}
     for node in graph.nodes:
         if node.op in FP32_ONLY_OPS:
@@ -83,7 +95,12 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
         outs = [graph.types.get(o) for o in node.outputs if o]
         if not any(t is not None and t.dtype.is_float for t in outs):
             continue
-        precisions[node.name] = layer_precision(node, default, table)
+        chosen = _override(node, table)
+        if chosen is None:
+            chosen = Precision.INT8 if int8_default and node.op in INT8_OPS else default
+        elif chosen is Precision.INT8 and node.op not in INT8_OPS:
+            chosen = default  # only convolutions and GEMMs have INT8 kernels
+        precisions[node.name] = chosen
     plan = PrecisionPlan(precisions)
     if ctx.records.precision == plan:
         return graph

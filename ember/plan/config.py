@@ -48,8 +48,11 @@ class Precision(enum.StrEnum):
         return self in (Precision.FP16, Precision.BF16)
 
 
-#: Precisions a build can ask for today; INT8/FP8 engines come with calibration.
-BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16)
+#: Precisions a build can ask for; ``INT8`` on the CPU only (its kernels are oneDNN's), FP8 not yet.
+BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8)
+
+#: Calibrators of INT8 builds (``ember.builder.calibration``).
+CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 
 
 class Layout(enum.StrEnum):
@@ -108,7 +111,9 @@ class BuildConfig:
     - ``device``: ``Device.CPU`` / ``"cpu"`` or ``Device.CUDA`` / ``"cuda"``.
     - ``shapes``: fixed shapes for inputs whose shapes are dynamic (or to override) in the model.
     - ``profiles``: min/opt/max per input for dynamic shapes (``Profile`` or a 3-tuple of shapes).
-    - ``precision``: ``fp32`` | ``tf32`` | ``fp16`` | ``bf16`` (GPU; CPU builds run fp32).
+    - ``precision``: ``fp32`` | ``tf32`` | ``fp16`` | ``bf16`` (GPU; CPU builds run fp32) |
+      ``int8`` (CPU: convolutions and GEMMs in INT8, scales from calibration data given to
+      ``ember.build`` or from the cache; a Q/DQ model runs its quantized layers in INT8 anyway).
     - ``layer_precisions``: force a precision by layer name or op type (``{"Softmax": "fp32"}``).
     - ``timing_cache``: path of the persistent tactic timing cache.
     - ``optimize``: run the optimizer's fusion passes (cleanup and folding always run).
@@ -125,9 +130,14 @@ class BuildConfig:
       than oneDNN + copy inside GoogLeNet (``ember.backends.cpu.kernels.conv_mkldnn``).
     - ``layout``: memory format of 4-D activations, ``auto`` | ``nchw`` | ``nhwc`` (channels-last);
       ``auto`` is the device's preference (``ember.passes.layout.DEVICE_LAYOUT``).
-    - ``accuracy_target``: GPU builds below fp32 only: the largest max relative error allowed
-      against an fp32 build on calibration inputs; the earliest layers fall back to fp32 until it
-      is met (``ember.builder.accuracy``). ``None``: precisions as the rules give them.
+    - ``accuracy_target``: builds below fp32 (GPU half precision, CPU int8): the largest max
+      relative error allowed against an fp32 build on calibration inputs; layers fall back to
+      fp32 until it is met (``ember.builder.accuracy``). ``None``: precisions as the rules give them.
+    - ``calibrator``: how INT8 builds pick activation scales from the calibration data:
+      ``entropy`` (KL divergence, the default for CNNs) | ``minmax`` (transformers) |
+      ``percentile`` (``calibration_percentile``, 99.99 by default) | ``mse``.
+    - ``calibration_cache``: path of the calibration cache (TensorRT's text format): a rebuild
+      with a cache that fits the model and calibrator needs no calibration data.
     """
 
     device: Device = Device.CPU
@@ -144,12 +154,28 @@ class BuildConfig:
     cpu_gemm_into_max_macs: int = 0
     layout: Layout = Layout.AUTO
     accuracy_target: float | None = None
+    calibrator: str = "entropy"
+    calibration_cache: str | None = None
+    calibration_percentile: float = 99.99
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", to_enum(Device, self.device, "device"))
         object.__setattr__(self, "precision", to_enum(Precision, self.precision, "precision",
                                                       BUILDABLE_PRECISIONS))
         object.__setattr__(self, "layout", to_enum(Layout, self.layout, "layout"))
+        if self.device is Device.CUDA and (self.precision is Precision.INT8
+                                           or Precision.INT8 in dict(self.layer_precisions).values()):
+            raise BuildError("int8 engines run on the CPU for now (device='cpu'); CUDA builds take fp32, "
+                             "tf32, fp16 or bf16")
+        if self.calibrator not in CALIBRATORS:
+            raise BuildError(f"unknown calibrator {self.calibrator!r}; use one of {', '.join(CALIBRATORS)}")
+        pct = float(self.calibration_percentile)
+        if not 0 < pct <= 100:
+            raise BuildError(f"calibration_percentile {self.calibration_percentile!r} must be in (0, 100], "
+                             f"e.g. 99.99")
+        object.__setattr__(self, "calibration_percentile", pct)
+        if self.calibration_cache is not None:
+            object.__setattr__(self, "calibration_cache", str(self.calibration_cache))
         object.__setattr__(self, "shapes", {k: tuple(int(d) for d in v) for k, v in self.shapes.items()})
         profiles = {}
         for k, v in self.profiles.items():

@@ -39,19 +39,32 @@ def test_fold_turns_weight_dequantize_into_float_weights_and_keeps_activation_qd
     assert_same_outputs(g, out, rtol=0, atol=0)
 
 
-def test_whole_pipeline_keeps_every_activation_qdq_pair():
+def test_whole_pipeline_folds_the_input_pair_into_an_int8_conv_and_keeps_the_output_pair():
     from ember.passes.pipeline import run_pipeline
     from ember.plan.config import BuildConfig
 
     g = _qdq_conv_relu()
     out = run_pipeline(g, BuildConfig(device="cpu"))
+    assert [n.op for n in out.graph.nodes] == [OpType.QCONV, OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR]
+    qconv = out.graph.nodes[0]
+    assert qconv.inputs[0] == "x" and qconv.attrs.activation.value == "relu"
+    assert (qconv.attrs.x.scale, qconv.attrs.x.zero_point) == (np.float32(0.05), 128)
+    assert out.records.precision.layers[qconv.name] == "int8"
+    x = np.random.default_rng(1).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
+    # the output pair quantizes to steps of 0.02: the INT8 conv is within one step of ONNX's arithmetic
+    assert_same_outputs(g, out.graph, {"x": x}, rtol=0, atol=0.0201)
+
+
+def test_whole_pipeline_keeps_every_activation_qdq_pair_off_the_cpu():
+    from ember.passes.pipeline import run_pipeline
+    from ember.plan.config import BuildConfig
+
+    out = run_pipeline(_qdq_conv_relu(), BuildConfig(device="cuda"))
     kept = [n.op for n in out.graph.nodes]
     assert kept.count(OpType.QUANTIZE_LINEAR) == 2 and kept.count(OpType.DEQUANTIZE_LINEAR) == 2
     # conv + relu fuse between the pairs, never across one
     fused = [n for n in out.graph.nodes if n.op in (OpType.FUSED_CONV, OpType.CONV)]
     assert len(fused) == 1 and fused[0].inputs[0] == "xd"
-    x = np.random.default_rng(1).uniform(-4, 4, (1, 3, 6, 6)).astype(np.float32)
-    assert_same_outputs(g, out.graph, {"x": x}, rtol=1e-6, atol=1e-6)
 
 
 def test_half_precision_build_keeps_quantization_ops_in_fp32():

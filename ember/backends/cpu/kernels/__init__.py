@@ -11,7 +11,8 @@ explicit list (no scanning); importing a family registers its kernels
 - ``linalg``, ``linalg_mkldnn``: Gemm, MatMul, FusedGemm, attention, Einsum;
 - ``conv``, ``conv_mkldnn``: convolutions; ``pool``: pooling and LRN; ``resize``: Resize, GridSample;
 - ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN;
-- ``quantize``: QuantizeLinear, DequantizeLinear (ONNX's exact arithmetic).
+- ``quantize``: QuantizeLinear, DequantizeLinear (ONNX's exact arithmetic);
+- ``qlayers``: the INT8 layers QConv and QGemm (oneDNN's INT8 primitives).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def load_kernels() -> None:
         movement,
         norm,
         pool,
+        qlayers,
         quantize,
         recurrent,
         reduce,

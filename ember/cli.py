@@ -4,18 +4,23 @@
     ember run model.ember --input name=file.npy [--output out.npz]
     ember run model.ember --random [--seed N] [--shapes name:1x3x224x224]
     ember inspect model.onnx|model.ember
+    ember build model.onnx -o model.ember --precision int8 --calib-data calib.npz [--calib-cache model.calib]
+    ember debug-precision model.onnx --calib-data calib.npz [--top 20] [--json errors.json]
 
 This module only assembles the subcommand table and reports errors; every subcommand is a module
 of ``ember.tools`` (or ``ember.serve.cli``) with ``HELP``, ``add_arguments(parser)`` and
 ``run(args) -> int``, so adding one is one entry in ``commands()``. The tools never import this
 module (the layering rule: ``cli`` sits above ``tools`` and ``serve``). Every ``EmberError`` is
-printed as ``error: <message>`` (exit status 1), never as a traceback.
+printed as ``error: <message>`` (exit status 1), never as a traceback, and every warning Ember
+raises (a calibration cache not used, data not needed) as ``warning: <message>``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 
 from ember.errors import EmberError
@@ -30,6 +35,7 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
     from ember.tools import bench as bench_tool
     from ember.tools import build as build_tool
     from ember.tools import compare as compare_tool
+    from ember.tools import debug_precision as debug_precision_tool
     from ember.tools import inspect as inspect_tool
     from ember.tools import profile as profile_tool
     from ember.tools import quantize as quantize_tool
@@ -37,8 +43,8 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
 
     table: dict[str, tuple[str, AddArguments, Run]] = {}
     for module in (build_tool, run_tool, inspect_tool, compare_tool, bench_tool, profile_tool,
-                   quantize_tool):
-        table[_name(module)] = (module.HELP, module.add_arguments, module.run)
+                   quantize_tool, debug_precision_tool):
+        table[_name(module).replace("_", "-")] = (module.HELP, module.add_arguments, module.run)
     table["serve"] = (serve_cli.HELP, serve_cli.add_arguments, serve_cli.run)
     return table
 
@@ -64,13 +70,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+                print(f"warning: {message}", file=sys.stderr) if _from_ember(category, filename)
+                else shown(message, category, filename, lineno, file, line))
+            return int(args._run(args) or 0)
     except EmberError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+_EMBER_DIR = Path(__file__).resolve().parent
+
+
+def _from_ember(category: type[Warning], filename: str) -> bool:
+    """Whether a warning is Ember's own (its class or the code that raised it is in ``ember``):
+    those are printed as one line for a person, others as Python prints them."""
+    if category.__module__.split(".")[0] == "ember":
+        return True
+    try:
+        return Path(filename).resolve().is_relative_to(_EMBER_DIR)
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -199,3 +199,34 @@ def test_layout_option_reaches_the_build(files, capsys):
     assert "nhwc preferred" in out  # auto: channels-last on the CPU too
     with pytest.raises(SystemExit):
         main(["inspect", str(d / "tiny.onnx"), "--layout", "chw"])
+
+
+def test_int8_commands_are_registered(capsys):
+    from ember.cli import make_parser
+
+    parser = make_parser()
+    args = parser.parse_args(["build", "m.onnx", "--precision", "int8", "--calib-data", "c.npz",
+                              "--calibrator", "mse", "--calib-cache", "m.calib", "--calib-percentile", "99.9"])
+    assert (args.precision, args.calib_data, args.calibrator, args.calib_cache, args.calib_percentile) == \
+        ("int8", "c.npz", "mse", "m.calib", 99.9)
+    args = parser.parse_args(["debug-precision", "m.onnx", "--calib-data", "c.npz", "--top", "5"])
+    assert args.top == 5 and args.batches == 8 and not hasattr(args, "precision")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "m.onnx", "--calibrator", "kl"])
+    assert "debug-precision" in parser.format_help()
+    capsys.readouterr()
+
+
+def test_ember_warnings_are_one_line(capsys, monkeypatch):
+    import warnings
+
+    from ember.builder.calibration import CalibrationWarning
+    from ember.tools import build as build_tool
+
+    def warn(args):
+        warnings.warn("a cache is not used", CalibrationWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(build_tool, "run", warn)
+    assert main(["build", "m.onnx"]) == 0
+    assert capsys.readouterr().err == "warning: a cache is not used\n"

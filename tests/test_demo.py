@@ -20,7 +20,8 @@ def quick_run():
 def test_demo_prints_the_comparison_table(quick_run):
     _, text = quick_run
     assert "Ember vs ONNX Runtime vs PyTorch eager (cpu)" in text
-    for word in ("MiniLM-L6", "GoogLeNet", "ONNX nodes ->", "nearest neighbour", "A cheetah is chasing"):
+    for word in ("MiniLM-L6", "GoogLeNet", "ONNX nodes ->", "nearest neighbour", "A cheetah is chasing",
+                 "INT8 next to fp32 (CPU)", "mean cosine", "speed-up"):
         assert word in text
 
 
@@ -44,6 +45,17 @@ def test_demo_embeddings_pair_up_the_paraphrases(quick_run):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     sims = emb @ emb.T - 2 * np.eye(len(emb))
     assert [int(j) for j in sims.argmax(1)] == [1, 0, 3, 2, 5, 4, 7, 6]
+
+
+@pytest.mark.slow
+def test_demo_shows_int8_next_to_fp32(quick_run):
+    result, _ = quick_run
+    int8 = result.int8
+    assert int8 is not None and 0 < int8.int8_layers < int8.layers
+    assert int8.cosines.shape == (len(demo.SENTENCES),)
+    assert int8.mean_cosine >= demo.INT8_COSINE_TARGET  # issue 14's target on real sentences
+    assert int8.fp32_ms > 0 and int8.int8_ms > 0 and int8.speedup == int8.fp32_ms / int8.int8_ms
+    assert not set(demo.CALIBRATION_SENTENCES) & set(demo.SENTENCES)  # calibrated on other sentences
 
 
 def test_demo_reports_ember_errors_in_one_line(monkeypatch, capsys):

@@ -1,5 +1,10 @@
-"""Build to an accuracy target: half-precision layers fall back to fp32 until the engine's outputs
-are within ``BuildConfig.accuracy_target`` of an fp32 build of the same model.
+"""Build to an accuracy target: half-precision (GPU) or INT8 (CPU) layers fall back to fp32 until
+the engine's outputs are within ``BuildConfig.accuracy_target`` of an fp32 build of the same model.
+
+INT8 layers fall back the most damaging first: the order of ``ember.builder.int8.layer_errors``
+(the error each INT8 layer adds on its own, on the calibration batch), which is what Polygraphy's
+``debug precision`` finds by hand; the search below is the same. Half-precision layers fall back
+in execution order, for the reason that follows.
 
 Why a prefix of the network: the rounding error a half-precision layer adds grows through every
 layer after it. On MobileNetV2 at batch 128 (H100, fp16) the error relative to each layer's own
@@ -38,9 +43,13 @@ REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
 
 
 def applies(config: BuildConfig) -> bool:
-    """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32."""
-    return (config.accuracy_target is not None and config.device is not Device.CPU
-            and config.precision in REDUCED)
+    """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32, or a CPU
+    build with INT8 layers."""
+    if config.accuracy_target is None:
+        return False
+    if config.device is Device.CPU:
+        return config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
+    return config.precision in REDUCED
 
 
 def max_output_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
@@ -70,8 +79,20 @@ def _outputs(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
 
 def reduced_layers(engine: Engine) -> list[str]:
-    """Names of the layers that compute below fp32, in execution order."""
-    return [layer.name for layer in engine.plan.layers if layer.precision in REDUCED]
+    """Names of the layers that compute below fp32 (half precision, tf32 or int8), in execution order."""
+    return [layer.name for layer in engine.plan.layers
+            if layer.precision in REDUCED or layer.precision is Precision.INT8]
+
+
+def by_damage(engine: Engine, reference: Engine, candidates: list[str],
+              feeds: Mapping[str, np.ndarray]) -> list[str]:
+    """The INT8 ``candidates`` ordered by the error each adds on its own, the most damaging
+    first (``ember.builder.int8.layer_errors``); other layers keep their order after them."""
+    from ember.builder.int8 import layer_errors
+
+    worst = [e.layer for e in layer_errors(engine, reference, [feeds])]
+    rank = {name: i for i, name in enumerate(worst)}
+    return sorted(candidates, key=lambda n: (rank.get(n, len(rank)), candidates.index(n)))
 
 
 def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildConfig], Engine],
@@ -85,9 +106,13 @@ def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildCo
     feeds = dict(feeds) if feeds is not None else calibration_inputs(engine)
     ref_config = replace(config, precision=Precision.FP32, layer_precisions={}, accuracy_target=None,
                          tactic_tuning=False)
-    reference = _outputs(build_fn(ref_config), feeds)
+    ref_engine = build_fn(ref_config)
+    reference = _outputs(ref_engine, feeds)
     first = max_output_error(_outputs(engine, feeds), reference)
     candidates = reduced_layers(engine)
+    int8_layers = any(layer.precision is Precision.INT8 for layer in engine.plan.layers)
+    if int8_layers:
+        candidates = by_damage(engine, ref_engine, candidates, feeds)
     trials: list[dict[str, Any]] = [{"fp32_layers": 0, "error": first}]
     best: tuple[Engine, int] | None = (engine, 0) if first <= target else None  # (engine, fp32 prefix)
 
@@ -126,6 +151,7 @@ def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildCo
     info = {"target": target, "met": met, "error": next(t["error"] for t in reversed(trials)
                                                          if t["fp32_layers"] == best_k),
             "error_before": first, "fp32_layers": candidates[:best_k], "trials": trials,
+            "order": "damage" if int8_layers else "execution",
             "calibration_shapes": {k: list(v.shape) for k, v in feeds.items()},
             "seconds": round(time.perf_counter() - t0, 2)}
     chosen.plan.config = replace(chosen.plan.config, accuracy_target=target)
@@ -142,6 +168,7 @@ def describe(info: Mapping[str, Any]) -> str:
     if not kept:
         return (f"accuracy target {info['target']:.1e} met as built: max relative error "
                 f"{info['error']:.2e} vs an fp32 build")
-    return (f"accuracy target {info['target']:.1e}: the first {kept} layers kept in fp32, max relative "
+    which = "most damaging" if info.get("order") == "damage" else "first"
+    return (f"accuracy target {info['target']:.1e}: the {which} {kept} layers kept in fp32, max relative "
             f"error {info['error_before']:.2e} -> {info['error']:.2e} vs an fp32 build "
             f"({len(info['trials']) - 1} trial builds, {info['seconds']:.0f} s)")

@@ -120,7 +120,7 @@ def build(model: Any, config: BuildConfig | None = None, *, progress: bool | Non
             accuracy_inputs = calib_feeds
     if not accuracy.applies(config):
         engine = _build_once(fresh(), config, progress, backend, instruments, quantization)
-        if quantization is not None:
+        if int8.wanted(config):  # the fp32 build and the calibration count too
             engine.plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
         return engine
 

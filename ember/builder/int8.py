@@ -68,6 +68,14 @@ def int8_tensors(graph: Graph) -> list[str]:
     return floats
 
 
+def gemm_inputs(graph: Graph) -> list[str]:
+    """The float inputs of GEMMs with constant weights: calibration measures their per-channel
+    maxima, for smoothing (``ember.passes.int8.smoothing``)."""
+    return list(dict.fromkeys(n.inputs[0] for n in graph.nodes
+                              if n.op in (OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM)
+                              and n.input(1) in graph.constants and graph.types[n.inputs[0]].dtype.is_float))
+
+
 def is_qdq(engine: Engine) -> bool:
     """Whether the engine's model is explicitly quantized (Q/DQ nodes or records)."""
     return (any(n.op in QDQ_OPS for n in engine.plan.graph.nodes)
@@ -98,7 +106,8 @@ def calibration(model: Any, config: BuildConfig, data: CalibrationData | None, p
                       "can); the engine is fp32", CalibrationWarning, stacklevel=3)
         return None, None
     plan = calibrate(engine, data, config.calibrator, config.calibration_percentile,
-                     config.calibration_cache, tensors=names, progress=progress)
+                     config.calibration_cache, tensors=names, progress=progress,
+                     channels=gemm_inputs(engine.plan.graph))
     first = None
     if data is not None:
         first = {k: np.asarray(v) for k, v in next(iter(calibration_batches(data, engine.inputs))).items()}

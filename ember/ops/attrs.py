@@ -431,7 +431,10 @@ class QConvAttrs:
 class QGemmAttrs:
     """An INT8 FusedGemm ``act(op(a) @ op(b) + c)``; inputs (a, b, c?), ``b`` a float constant
     matrix quantized per output column with ``w_scales``, ``c`` a float bias of that length.
-    ``x``/``out`` as ``QConvAttrs``'."""
+    ``x``/``out`` as ``QConvAttrs``'. ``smooth``: empty, or one divisor per input channel (K): a
+    float input is quantized as ``x / smooth`` and the weight as ``smooth * b`` (the same product:
+    SmoothQuant's migration of activation outliers into the weight, ``ember.passes.int8``); ``x``
+    then describes ``x / smooth``."""
 
     gemm: GemmAttrs
     x: QuantParams
@@ -439,6 +442,7 @@ class QGemmAttrs:
     activation: Activation = Activation.NONE
     act_params: tuple[float, ...] = ()
     out: Optional[QuantParams] = None
+    smooth: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ of weights that are only dequantized survive.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ember.ir.dtype import DType
@@ -114,16 +116,17 @@ def record_qdq(graph: Graph, ctx: PassContext) -> Graph:
             tensors[rec.tensor] = rec
             added = True
     if added:
-        ctx.records = ctx.records.with_(quantization=QuantizationPlan(tensors))
+        ctx.records = ctx.records.with_(quantization=replace(ctx.records.quantization, tensors=tensors))
     return graph
 
 
 @register_pass("prune_quant_records", Phase.PRECISION)
 def prune_quant_records(graph: Graph, ctx: PassContext) -> Graph:
     """Drops quantization records of tensors the optimizer removed or renamed."""
-    tensors = ctx.records.quantization.tensors
-    kept = {name: rec for name, rec in tensors.items() if name in graph.types}
-    if len(kept) != len(tensors):
-        ctx.count(STALE, len(tensors) - len(kept))
-        ctx.records = ctx.records.with_(quantization=QuantizationPlan(kept))
+    plan = ctx.records.quantization
+    kept = {name: rec for name, rec in plan.tensors.items() if name in graph.types}
+    channels = {name: v for name, v in plan.channel_max.items() if name in graph.types}
+    if len(kept) != len(plan.tensors) or len(channels) != len(plan.channel_max):
+        ctx.count(STALE, len(plan.tensors) - len(kept))
+        ctx.records = ctx.records.with_(quantization=QuantizationPlan(kept, channels))
     return graph

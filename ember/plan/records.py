@@ -160,9 +160,12 @@ class QuantRecord:
 
 @dataclass(frozen=True)
 class QuantizationPlan:
-    """Tensor name -> its ``QuantRecord``; empty: nothing is quantized."""
+    """Tensor name -> its ``QuantRecord``; empty: nothing is quantized. ``channel_max``: for the
+    float inputs of GEMMs, calibration's largest ``|x|`` per input channel (the last dim), from
+    which ``quantize_layers`` smooths them (``ember.passes.int8``)."""
 
     tensors: Mapping[str, QuantRecord] = field(default_factory=dict)
+    channel_max: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.tensors)
@@ -201,6 +204,7 @@ class Records:
             "quantization": {name: {"dtype": q.dtype.value, "scale": list(q.scale),
                                     "zero_point": list(q.zero_point), "axis": q.axis, "source": q.source}
                              for name, q in self.quantization.tensors.items()},
+            "channel_max": {name: list(v) for name, v in self.quantization.channel_max.items()},
         }
 
     @staticmethod
@@ -226,7 +230,8 @@ class Records:
             quant = QuantizationPlan({
                 name: QuantRecord(name, QuantDType(q["dtype"]), tuple(q["scale"]), tuple(q["zero_point"]),
                                   None if q["axis"] is None else int(q["axis"]), str(q.get("source", "")))
-                for name, q in data["quantization"].items()})
+                for name, q in data["quantization"].items()},
+                {name: tuple(float(x) for x in v) for name, v in data.get("channel_max", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise EngineFileError(f"the engine's plan records are malformed ({type(e).__name__}: {e}); "
                                   f"rebuild the engine with `ember build`") from None

@@ -1,9 +1,9 @@
 """Command-line arguments the tools share: the build options, input files, shape lists.
 
 Every tool that builds an engine (``ember build``, ``ember run`` on a model, ``inspect``,
-``compare``) takes the same build options, so they live here once rather than in ``ember.cli``:
-``ember.cli`` only assembles the subcommand table and imports the tools, and a tool must never
-import ``ember.cli`` back.
+``compare``, ``debug-precision``) takes the same build options (with the INT8 calibration
+options), so they live here once rather than in ``ember.cli``: ``ember.cli`` only assembles the
+subcommand table and imports the tools, and a tool must never import ``ember.cli`` back.
 
 >>> import argparse
 >>> p = argparse.ArgumentParser()
@@ -47,11 +47,18 @@ def parse_shapes(items: Sequence[str] | None, flag: str = "--shapes") -> Shapes:
     return shapes
 
 
-def add_build_options(p: argparse.ArgumentParser) -> None:
-    """The options of a build (shared by ``build``, ``run`` on a model, and other tools)."""
+def add_build_options(p: argparse.ArgumentParser, precision: bool = True, calibration: bool = True) -> None:
+    """The options of a build (shared by ``build``, ``run`` on a model, and other tools), with
+    the INT8 calibration options; ``precision=False`` leaves ``--precision`` out and
+    ``calibration=False`` the calibration options (a tool that picks the precisions itself, such
+    as ``debug-precision``, adds its own)."""
     g = p.add_argument_group("build options")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="target device (default cpu)")
-    g.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default="fp32")
+    if precision:
+        g.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16", "int8"), default="fp32",
+                       help="compute precision (default fp32); int8: CPU engines whose convolutions and "
+                            "GEMMs run in INT8, with scales from --calib-data or --calib-cache (a Q/DQ "
+                            "model brings its own)")
     g.add_argument("--shapes", action="append", metavar="NAME:DIMS,...",
                    help="fixed input shapes, e.g. input:1x3x224x224")
     for which in ("min", "opt", "max"):
@@ -63,11 +70,45 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                    help="time tactics on the CPU too (off: the CPU backend's defaults)")
     g.add_argument("--no-optimize", action="store_true", help="skip the optimizer's fusion passes")
     g.add_argument("--accuracy-target", type=float, metavar="MAX_REL_ERR",
-                   help="GPU builds below fp32: keep the earliest layers in fp32 until the outputs' max "
-                        "relative error against an fp32 build is at most this (e.g. 1e-2)")
+                   help="builds below fp32 (GPU half precision, CPU int8): return layers to fp32 until "
+                        "the outputs' max relative error against an fp32 build is at most this (e.g. 1e-2)")
     g.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
                    help="memory format of 4-D activations (auto: channels-last, the faster on both "
                         "backends)")
+    if calibration:
+        add_calibration_options(p)
+
+
+def add_calibration_options(p: argparse.ArgumentParser, data_required: bool = False) -> None:
+    """The INT8 calibration options: ``--calib-data``, ``--calibrator``, ``--calib-cache``,
+    ``--calib-percentile`` (``BuildConfig.calibrator`` and its neighbours)."""
+    from ember.plan.config import CALIBRATORS
+
+    g = p.add_argument_group("int8 calibration")
+    g.add_argument("--calib-data", metavar="PATH", required=data_required,
+                   help="calibration data: an .npz file of arrays named after the model's inputs, samples "
+                        "stacked along axis 0, or a folder of such files"
+                        + ("" if data_required else " (not needed with a usable --calib-cache)"))
+    g.add_argument("--calibrator", choices=CALIBRATORS, default="entropy",
+                   help="how activation scales are chosen: entropy (KL divergence, CNNs; the default), "
+                        "minmax (transformers), percentile, mse")
+    g.add_argument("--calib-cache", metavar="FILE",
+                   help="calibration cache (TensorRT's text format): read when it fits the model and "
+                        "calibrator, written after a calibration")
+    g.add_argument("--calib-percentile", type=float, default=99.99, metavar="P",
+                   help="the percentile calibrator's percentile (default 99.99)")
+
+
+def calibration_data_from_args(args: argparse.Namespace) -> str | None:
+    """``--calib-data`` (``None`` without it); an ``InputError`` when the build is not INT8, so
+    data given by mistake is not silently ignored."""
+    data = getattr(args, "calib_data", None)
+    if data is None:
+        return None
+    if getattr(args, "precision", "int8") != "int8":
+        raise InputError(f"--calib-data is for INT8 builds; add --precision int8 (the build asks for "
+                         f"{args.precision})")
+    return str(data)
 
 
 def profiles_from_args(args: argparse.Namespace) -> dict[str, Profile]:
@@ -91,12 +132,20 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     from ember.plan.config import BUILDABLE_PRECISIONS, BuildConfig, Device, Layout, Precision, to_enum
 
     return BuildConfig(device=to_enum(Device, args.device, "device"),
-                       precision=to_enum(Precision, args.precision, "precision", BUILDABLE_PRECISIONS),
+                       precision=to_enum(Precision, getattr(args, "precision", "fp32"), "precision",
+                                         BUILDABLE_PRECISIONS),
                        shapes=parse_shapes(args.shapes), profiles=profiles_from_args(args),
                        timing_cache=args.timing_cache, tactic_tuning=not args.no_tuning,
                        tune_cpu=args.tune_cpu, optimize=not args.no_optimize,
                        layout=to_enum(Layout, getattr(args, "layout", "auto"), "layout"),
-                       accuracy_target=getattr(args, "accuracy_target", None))
+                       accuracy_target=getattr(args, "accuracy_target", None),
+                       calibrator=getattr(args, "calibrator", None) or "entropy",
+                       calibration_cache=getattr(args, "calib_cache", None),
+                       calibration_percentile=_given(getattr(args, "calib_percentile", None), 99.99))
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def load_or_build(path: str, args: argparse.Namespace) -> Engine:
@@ -108,7 +157,8 @@ def load_or_build(path: str, args: argparse.Namespace) -> Engine:
         return ember.load(path)
     from ember.builder.build import build
 
-    return build(path, config_from_args(args), progress=None)
+    return build(path, config_from_args(args), progress=None,
+                 calibration_data=calibration_data_from_args(args))
 
 
 def read_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:

@@ -1,9 +1,15 @@
 """``ember build``: a model file in, an engine file out.
 
     ember build model.onnx -o model.ember [--device cpu|cuda] [--shapes name:1x3x224x224,...]
+    ember build model.onnx -o model.ember --precision int8 --calib-data calib.npz
+                [--calibrator entropy|minmax|percentile|mse] [--calib-cache model.calib]
+                [--calib-percentile 99.99]
+    ember build model_qdq.onnx -o model.ember       # a Q/DQ model: its layers run in INT8 as written
 
 Prints one line on what was built (layers from how many source nodes, memory plan, weights, build
-time) and, with ``--accuracy-target``, which layers were kept in higher precision.
+time), for an engine with INT8 layers one line on them (how many, where the scales came from,
+the cache), and, with ``--accuracy-target``, which layers were kept in higher precision. The
+engine file is written only once the build has succeeded.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ember.tools.args import add_build_options, config_from_args
+from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args
 
 HELP = "build an engine file from a model"
 
@@ -30,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from ember.runtime.summary import human_bytes
 
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".ember")
-    engine = build(args.model, config_from_args(args), progress=None,
-                   instruments=dump_instruments(args.dump_passes))
-    engine.save(out)
+    config = config_from_args(args)
+    data = calibration_data_from_args(args)
+    cache_before = _stamp(config.calibration_cache)
+    engine = build(args.model, config, progress=None, instruments=dump_instruments(args.dump_passes),
+                   calibration_data=data)
+    save_engine(engine, out)
     plan = engine.plan
     info = plan.build_info
     source = {"onnx": "ONNX nodes"}.get(info.get("source_format", ""), "model nodes")
@@ -43,7 +52,50 @@ def run(args: argparse.Namespace) -> int:
         from ember.builder.accuracy import describe
 
         print(describe(info["accuracy"]))
+    line = int8_text(engine, config.calibration_cache, cache_before)
+    if line:
+        print(line)
     return 0
+
+
+def save_engine(engine: Any, out: Path) -> None:
+    """Writes ``engine`` to ``out`` (atomically: ``save_plan`` writes a temporary file and renames
+    it); a failed write is an ``EngineFileError``, not a traceback."""
+    from ember.errors import EngineFileError
+
+    try:
+        engine.save(out)
+    except OSError as e:
+        raise EngineFileError(f"cannot write {out}: {e}") from None
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    """(modification time, size) of a file, ``None`` when there is none."""
+    try:
+        st = Path(path).stat() if path else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st else None
+
+
+def int8_text(engine: Any, cache: str | None = None, cache_before: tuple[int, int] | None = None) -> str:
+    """``int8: 2 of 5 layers; scales of 6 tensors (calibration:entropy), 2 weights per-channel;
+    calibration cache model.calib written`` for an engine with INT8 layers (``read`` where the
+    cache file is as it was before the build: ``cache_before``), ``""`` otherwise."""
+    plan = engine.plan
+    quantized = [layer for layer in plan.layers if layer.precision.is_quantized]
+    if not quantized:
+        if plan.config.precision == "int8":
+            return "int8: no layer runs in int8 (convolutions and GEMMs with constant weights can); the engine is fp32"
+        return ""
+    records = list(plan.records.quantization.tensors.values())
+    activations = sorted({r.source or "unknown" for r in records if not r.per_channel})
+    per_channel = sum(r.per_channel for r in records)
+    text = (f"int8: {len(quantized)} of {len(plan.layers)} layers; scales of {len(records)} tensors "
+            f"({', '.join(activations) or 'none'}), {per_channel} weights per-channel")
+    if cache and Path(cache).is_file() and not any(r.source == "qdq" for r in records):
+        text += f"; calibration cache {cache} {'read' if _stamp(cache) == cache_before else 'written'}"
+    return text
 
 
 def dump_instruments(directory: str | None) -> list[Any] | None:

@@ -24,10 +24,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ember.errors import InputError
-from ember.tools.args import add_build_options, config_from_args, read_inputs
+from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args, read_inputs
 
 HELP = "compare an engine's outputs (and per-layer tensors) with ONNX Runtime"
-RTOL = {"fp32": 1e-4, "tf32": 1e-3, "fp16": 1e-2, "bf16": 1e-2}
+RTOL = {"fp32": 1e-4, "tf32": 1e-3, "fp16": 1e-2, "bf16": 1e-2, "int8": 5e-2}
 ATOL_FRACTION = 1e-2  # default atol = rtol * this (only matters for all-zero outputs)
 
 
@@ -186,7 +186,7 @@ def _layer_tensors(engine, model) -> list[tuple[str, str, Any]]:
     return found
 
 
-def _per_layer_engine(model, engine, tensors: Sequence[str]):
+def _per_layer_engine(model, engine, tensors: Sequence[str], calibration_data: Any = None):
     """The engine rebuilt with ``tensors`` kept as extra outputs (same build configuration)."""
     from onnx import helper
 
@@ -197,19 +197,20 @@ def _per_layer_engine(model, engine, tensors: Sequence[str]):
     for t in tensors:
         extra.graph.output.append(helper.make_tensor_value_info(
             t, helper.np_dtype_to_tensor_dtype(dtypes[t].to_numpy()), None))
-    return build(extra, engine.plan.config, progress=False)
+    return build(extra, engine.plan.config, progress=False, calibration_data=calibration_data)
 
 
 def compare(model: Any, engine: Any = None, inputs: Optional[Mapping[str, np.ndarray]] = None,
             per_layer: bool = False, seed: int = 0, rtol: Optional[float] = None,
-            atol: Optional[float] = None, config: Any = None) -> CompareReport:
+            atol: Optional[float] = None, config: Any = None, calibration_data: Any = None) -> CompareReport:
     """Runs Ember and ONNX Runtime on the same inputs and compares every output.
 
     ``model``: the ONNX model (path or ``onnx.ModelProto``). ``engine``: an ``Engine``, an
     ``.ember`` path, or ``None`` to build one from ``model`` with ``config`` (default: CPU fp32).
     ``inputs``: arrays by input name (missing ones are drawn at random from ``seed``).
     ``per_layer``: also compare each layer output the model has under the same name; for that the
-    engine is rebuilt from ``model`` with those tensors kept as outputs.
+    engine is rebuilt from ``model`` with those tensors kept as outputs. ``calibration_data``: for
+    an INT8 ``config`` (``ember.build``'s).
     """
     import ember
     from ember.builder.build import build
@@ -217,10 +218,11 @@ def compare(model: Any, engine: Any = None, inputs: Optional[Mapping[str, np.nda
 
     proto = _load_model(model)
     if engine is None:
-        engine = build(proto, config or BuildConfig(), progress=False)
+        engine = build(proto, config or BuildConfig(), progress=False, calibration_data=calibration_data)
     elif isinstance(engine, (str, Path)):
         engine = ember.load(engine)
-    precision = engine.plan.config.precision if engine.plan.config.device != "cpu" else "fp32"
+    cfg = engine.plan.config
+    precision = cfg.precision if cfg.device != "cpu" or cfg.precision == "int8" else "fp32"
     rtol = RTOL[precision] if rtol is None else rtol
     atol = rtol * ATOL_FRACTION if atol is None else atol
     feeds = dict(inputs or {})
@@ -233,7 +235,7 @@ def compare(model: Any, engine: Any = None, inputs: Optional[Mapping[str, np.nda
     report = CompareReport(precision, rtol, atol, {k: (tuple(v.shape), str(v.dtype)) for k, v in feeds.items()})
     layer_tensors = _layer_tensors(engine, proto) if per_layer else []
     if layer_tensors:
-        engine = _per_layer_engine(proto, engine, [t for t, _, _ in layer_tensors])
+        engine = _per_layer_engine(proto, engine, [t for t, _, _ in layer_tensors], calibration_data)
     ref = run_ort(proto, feeds, [(t, dt) for t, _, dt in layer_tensors])
     ours = _run_engine(engine, feeds)
     for t, layer, _ in layer_tensors:
@@ -268,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = compare(args.model, engine=args.engine, inputs=read_inputs(args.input),
                      per_layer=args.per_layer, seed=args.seed, rtol=args.rtol, atol=args.atol,
-                     config=None if args.engine else config_from_args(args))
+                     config=None if args.engine else config_from_args(args),
+                     calibration_data=None if args.engine else calibration_data_from_args(args))
     print(report.format())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2))

@@ -5,6 +5,9 @@
 2. GoogLeNet (Inception v1, Caffe layout with LRN) from Ember's zoo: export, build, run.
 3. A side-by-side latency table (Ember vs ONNX Runtime vs PyTorch eager) and Ember's max error
    against ONNX Runtime.
+4. INT8 next to fp32 on the CPU: MiniLM built as an INT8 engine (``calibrator="minmax"``,
+   calibrated on a handful of other real sentences), the mean cosine of its sentence embeddings
+   to the fp32 engine's and its speed-up (median latency, both engines timed in turns).
 
 Runs on the GPU (fp16 engines) when one is present and on the CPU (fp32) otherwise.
 
@@ -35,6 +38,18 @@ SENTENCES = (
     "A wild cat hunts an animal in the grassland.",
 )
 MINILM_SEQ = 32  # tokens per sentence in the engine (the longest sentence above has 13)
+#: The INT8 engine's calibration data: real sentences, none of them among ``SENTENCES``.
+CALIBRATION_SENTENCES = (
+    "A dog runs along the beach.",
+    "The chef is chopping vegetables in the kitchen.",
+    "Children are playing football in the park.",
+    "The train arrived at the station late in the evening.",
+    "She reads a novel on a rainy afternoon.",
+    "The company announced record profits this quarter.",
+    "A bird sings on the branch of an old tree.",
+    "He repairs the engine of his car in the garage.",
+)
+INT8_COSINE_TARGET = 0.99  # issue 14: mean cosine of INT8 embeddings to fp32
 
 
 @dataclass
@@ -50,12 +65,33 @@ class ModelResult:
 
 
 @dataclass
+class Int8Result:
+    """INT8 against fp32 on the CPU (MiniLM): embeddings' cosine and median latencies."""
+
+    cpu: str
+    int8_layers: int
+    layers: int
+    cosines: np.ndarray
+    fp32_ms: float
+    int8_ms: float
+
+    @property
+    def mean_cosine(self) -> float:
+        return float(np.mean(self.cosines))
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_ms / self.int8_ms
+
+
+@dataclass
 class DemoResult:
     device: str
     precision: str
     models: list[ModelResult]
     embeddings: np.ndarray
     cosine_to_sentence_transformers: Optional[float]
+    int8: Optional[Int8Result] = None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -97,9 +133,10 @@ def run_demo(console: Console, device: str = "auto", quick: bool = False,
     googlenet_result = _googlenet(console, device, iterations)
     precision = "fp16" if device == "cuda" else "fp32"
     _latency_table(console, [minilm_result, googlenet_result], device, precision)
+    int8 = _minilm_int8(console, iterations)
     console.print(f"[dim]Ember {ember.__version__}; rerun with --device cpu|cuda, or see bench/ for "
                   f"the full benchmarks.[/dim]")
-    return DemoResult(device, precision, [minilm_result, googlenet_result], embeddings, cosine)
+    return DemoResult(device, precision, [minilm_result, googlenet_result], embeddings, cosine, int8)
 
 
 def _header(console: Console, device: str) -> None:
@@ -223,6 +260,59 @@ def _latency_table(console: Console, results: list[ModelResult], device: str, pr
                       f"{ms['PyTorch eager']:.1f}", f"{ms['ONNX Runtime'] / ms['Ember']:.2f}x",
                       f"{ms['PyTorch eager'] / ms['Ember']:.2f}x", f"{r.max_rel_error:.1e}")
     console.print(table)
+
+
+def _minilm_int8(console: Console, iterations: int) -> Int8Result:
+    """MiniLM as an INT8 CPU engine (min-max calibration on ``CALIBRATION_SENTENCES``) next to
+    the fp32 CPU engine: cosine of the sentence embeddings, median latency of both, timed in
+    turns (one fp32 run, one INT8 run, ...) so that both see the same machine load."""
+    import time
+
+    import ember
+    from ember.tools.runners import EmberRunner
+    from ember.zoo import minilm
+
+    console.rule("INT8 next to fp32 (CPU): all-MiniLM-L6-v2")
+    path = str(minilm.export_onnx())
+    shapes = {name: (len(SENTENCES), MINILM_SEQ) for name in minilm.INPUTS}
+    tokenizer = minilm.load_tokenizer()
+    fp32 = ember.build(path, ember.BuildConfig(device="cpu", shapes=shapes))
+    calibration = minilm.tokenize(tokenizer, CALIBRATION_SENTENCES, MINILM_SEQ, pad_to_max=True)
+    int8 = ember.build(path, ember.BuildConfig(device="cpu", shapes=shapes, precision="int8", calibrator="minmax"),
+                       calibration_data=[calibration])
+    int8_layers = sum(layer.precision == "int8" for layer in int8.plan.layers)
+    feeds = minilm.tokenize(tokenizer, SENTENCES, MINILM_SEQ, pad_to_max=True)
+    with EmberRunner(fp32) as fp32_runner, EmberRunner(int8) as int8_runner:
+        embed = {name: minilm.MiniLMEmbedder(r, tokenizer, MINILM_SEQ, pad_to_max=True)(SENTENCES)
+                 for name, r in (("fp32", fp32_runner), ("int8", int8_runner))}
+        cosines = (embed["fp32"] * embed["int8"]).sum(axis=1) / (
+            np.linalg.norm(embed["fp32"], axis=1) * np.linalg.norm(embed["int8"], axis=1))
+        runners = {"fp32": fp32_runner, "int8": int8_runner}
+        prepared = {name: r.prepare(feeds) for name, r in runners.items()}
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for turn in range(-2, iterations):  # two untimed turns first
+            for name, r in runners.items():
+                t0 = time.perf_counter()
+                r.run(prepared[name])
+                if turn >= 0:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+    fp = int8.plan.device
+    result = Int8Result(f"{fp.get('cpu')}, {fp.get('isa')}", int8_layers, len(int8.plan.layers), cosines,
+                        statistics.median(times["fp32"]), statistics.median(times["int8"]))
+    console.print(f"INT8 engine: {int8_layers} of {len(int8.plan.layers)} layers in INT8, scales "
+                  f"from min-max calibration on {len(CALIBRATION_SENTENCES)} other sentences; CPU: {result.cpu}")
+    table = Table(title=f"MiniLM-L6, {len(SENTENCES)}x{MINILM_SEQ} tokens, CPU engines",
+                  caption=f"Median ms of {iterations} runs each, the two engines timed in turns. Cosine: "
+                          f"of each sentence's INT8 embedding to its fp32 one (target: mean >= "
+                          f"{INT8_COSINE_TARGET}).")
+    for col in ("engine", "median ms", "speed-up", "mean cosine", "lowest cosine"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    table.add_row("fp32", f"{result.fp32_ms:.1f}", "1.00x", "1", "1")
+    ok = "green" if result.mean_cosine >= INT8_COSINE_TARGET else "red"
+    table.add_row("int8", f"[bold]{result.int8_ms:.1f}[/bold]", f"[bold]{result.speedup:.2f}x[/bold]",
+                  f"[{ok}]{result.mean_cosine:.4f}[/{ok}]", f"{float(np.min(cosines)):.4f}")
+    console.print(table)
+    return result
 
 
 def _quiet_hf_progress_bars() -> None:

@@ -26,7 +26,13 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from ember.builder.calibration.cache import CalibrationCache, read_cache, write_cache
+from ember.builder.calibration.cache import (
+    CalibrationCache,
+    read_cache,
+    read_channel_max,
+    write_cache,
+    write_channel_max,
+)
 from ember.builder.calibration.calibrators import (
     DEFAULT_PERCENTILE,
     Calibrator,
@@ -65,7 +71,7 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
               calibrator: Calibrator | str = Calibrator.ENTROPY, percentile: float = DEFAULT_PERCENTILE,
               cache: str | os.PathLike[str] | None = None, tensors: Iterable[str] | None = None,
               progress: bool | BuildProgress | None = None, *,
-              batch_size: int | None = None) -> QuantizationPlan:
+              batch_size: int | None = None, channels: Iterable[str] = ()) -> QuantizationPlan:
     """Per-tensor INT8 activation scales of ``engine`` (an fp32 CPU engine) from ``data``.
 
     ``data``: calibration batches (``calibration_batches``: feed dicts, an ``.npz`` file or a
@@ -79,17 +85,23 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
     ``tensors``: calibrate only these (names of the engine's graph); default: every float graph
     input and layer output. ``progress``: show a bar (``None``: when stderr is a terminal), or a
     running ``BuildProgress`` to show it on. ``batch_size``: samples a batch for ``.npz`` data.
+    ``channels``: tensors (of those calibrated) whose largest ``|x|`` per channel of the last dim
+    is measured too (``QuantizationPlan.channel_max``: GEMM inputs, for smoothing); a cache keeps
+    them in a side file, ``<cache>.channels.npz``, which other tools' caches do not have (their
+    GEMM inputs are then not smoothed).
 
     >>> plan = calibrate(engine, [{"input": x} for x in batches], "minmax")   # doctest: +SKIP
     """
     method = to_calibrator(calibrator)
     pct = check_percentile(percentile)
     names = calibration_tensors(engine.plan.graph, tensors)
+    per_channel = [n for n in dict.fromkeys(channels) if n in set(names)]
     if cache is not None and Path(cache).exists():
         cached = read_cache(cache)
         why = cached.mismatch(method, pct, names)
         if why is None:
-            return QuantizationPlan({n: scale_record(n, cached.scales[n], method) for n in names})
+            return QuantizationPlan({n: scale_record(n, cached.scales[n], method) for n in names},
+                                    read_channel_max(cache, per_channel))
         warnings.warn(f"calibration cache {str(cache)!r} is not used: {why}; calibrating afresh",
                       CalibrationWarning, stacklevel=2)
     if data is None:
@@ -99,12 +111,15 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
     shown: contextlib.AbstractContextManager[BuildProgress] = (
         contextlib.nullcontext(progress) if isinstance(progress, BuildProgress) else BuildProgress(progress))
     with shown as prog:
-        observers = observe_engine(engine, batches, names, prog)
+        observers = observe_engine(engine, batches, names, prog, channels=per_channel)
     _warn_nonfinite(observers.values())
     scales = {n: scale_of(threshold(observers[n], method, pct)) for n in names}
+    channel_max = {n: tuple(float(v) for v in cm) for n in per_channel
+                   if (cm := observers[n].channel_amax) is not None}
     if cache is not None:
         write_cache(cache, method, scales, pct)
-    return QuantizationPlan({n: scale_record(n, s, method) for n, s in scales.items()})
+        write_channel_max(cache, channel_max)
+    return QuantizationPlan({n: scale_record(n, s, method) for n, s in scales.items()}, channel_max)
 
 
 def _warn_nonfinite(observers: Iterable[TensorObserver]) -> None:

@@ -24,9 +24,12 @@ import os
 import re
 import struct
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ember._version import __version__
 from ember.builder.calibration.calibrators import Calibrator
@@ -186,3 +189,43 @@ def write_cache(path: str | os.PathLike[str], calibrator: Calibrator, scales: Ma
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise BuildError(f"cannot write calibration cache {str(p)!r}: {e.strerror or e}") from None
+
+
+def channels_path(path: str | os.PathLike[str]) -> Path:
+    """The side file of a calibration cache holding per-channel maxima (``<cache>.channels.npz``)."""
+    p = Path(path)
+    return p.with_name(p.name + ".channels.npz")
+
+
+def write_channel_max(path: str | os.PathLike[str], channel_max: Mapping[str, Sequence[float]]) -> None:
+    """Writes the per-channel maxima beside the cache ``path`` (removes a stale side file when
+    there are none); written beside it, then renamed."""
+    side = channels_path(path)
+    if not channel_max:
+        side.unlink(missing_ok=True)
+        return
+    tmp = side.with_name(side.name + ".tmp.npz")
+    try:
+        names = list(channel_max)
+        np.savez(tmp, names=np.array(names), **{f"t{i}": np.asarray(channel_max[n], np.float32)
+                                               for i, n in enumerate(names)})
+        os.replace(tmp, side)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BuildError(f"cannot write calibration side file {str(side)!r}: {e.strerror or e}") from None
+
+
+def read_channel_max(path: str | os.PathLike[str], tensors: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """The per-channel maxima of ``tensors`` the side file of cache ``path`` holds (those it has;
+    none without a side file, as for another tool's cache); a damaged side file is a ``BuildError``."""
+    side = channels_path(path)
+    if not tensors or not side.exists():
+        return {}
+    try:
+        with np.load(side, allow_pickle=False) as f:
+            names = [str(n) for n in f["names"]]
+            found = {n: tuple(float(v) for v in f[f"t{i}"].reshape(-1)) for i, n in enumerate(names)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise BuildError(f"calibration side file {str(side)!r} is damaged ({e}); delete it and the cache "
+                         f"to calibrate afresh") from None
+    return {n: found[n] for n in tensors if n in found}

@@ -43,6 +43,8 @@ MIN_SCALE = float(np.finfo(np.float32).eps)
 DEFAULT_PERCENTILE = 99.99
 #: Levels of the quantized distribution the entropy calibrator compares (|q| in 0..127).
 ENTROPY_LEVELS = 128
+#: The largest fraction of a tensor's values the entropy calibrator may clip.
+MAX_CLIPPED = 0.01
 
 
 class Calibrator(enum.StrEnum):
@@ -136,6 +138,9 @@ def entropy_divergences(hist: np.ndarray, zeros: float = 0.0, levels: int = ENTR
         p_total, q_total = csum[n] + zeros, csum[i] + zeros
         kl = (plogp - plogq) / p_total + np.log(q_total / p_total)
     lacking = np.any((p_mass > 0) & (merged <= 0), axis=1) | (csum[i] <= 0)
+    # A threshold below most of the values makes P all one bin, which Q matches exactly (KL 0):
+    # a tensor whose values all lie away from zero would be clipped to its smallest value.
+    lacking |= outliers > MAX_CLIPPED * (csum[n] + zeros)
     return np.where(lacking, np.inf, kl)
 
 

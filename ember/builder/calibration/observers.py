@@ -46,7 +46,7 @@ class TensorObserver:
     covers ``[0, range]`` in ``bins`` bins of ``bin_width``.
     """
 
-    def __init__(self, name: str, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, name: str, bins: int = DEFAULT_BINS, channels: bool = False) -> None:
         if bins < 1:
             raise ValueError(f"an observer needs at least one histogram bin, not {bins}")
         self.name = name
@@ -58,6 +58,10 @@ class TensorObserver:
         self.nonfinite = 0
         self.range = 0.0
         self.hist = np.zeros(bins, dtype=np.int64)
+        #: with ``channels``: the largest finite ``|x|`` of each index of the last dim (the input
+        #: channels of a GEMM), for smoothing (``ember.passes.int8``)
+        self.channels = channels
+        self.channel_amax: np.ndarray | None = None
 
     @property
     def amax(self) -> float:
@@ -70,6 +74,12 @@ class TensorObserver:
 
     def update(self, tensor: torch.Tensor) -> None:
         """Adds the values of ``tensor`` (any shape, any float dtype; left unchanged)."""
+        if self.channels and tensor.dim() >= 1 and tensor.shape[-1] and tensor.numel():
+            a = tensor.detach().float().abs().reshape(-1, tensor.shape[-1])
+            cm = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype)).amax(0).numpy()
+            have = self.channel_amax
+            fresh = have is None or have.shape != cm.shape
+            self.channel_amax = cm.astype(np.float64) if fresh else np.maximum(have, cm)
         x = tensor.detach().reshape(-1)
         if x.dtype != torch.float32:
             x = x.float()
@@ -152,16 +162,18 @@ def cpu_program(engine: Engine) -> CPUProgram:
 
 def observe_engine(engine: Engine, batches: Iterable[Mapping[str, Any]], tensors: Sequence[str],
                    progress: BuildProgress | None = None,
-                   bins: int = DEFAULT_BINS) -> dict[str, TensorObserver]:
+                   bins: int = DEFAULT_BINS, channels: Iterable[str] = ()) -> dict[str, TensorObserver]:
     """Runs the fp32 CPU ``engine`` once per batch (validated feed dicts: see
     ``calibration_batches``) and returns an observer per tensor of ``tensors``.
 
     ``progress``: a running ``BuildProgress`` to show a bar on (one step per batch).
+    ``channels``: tensors (of ``tensors``) whose per-channel (last dim) max ``|x|`` is kept too.
 
     >>> observers = observe_engine(engine, batches, calibration_tensors(engine.plan.graph))  # doctest: +SKIP
     """
     program = cpu_program(engine)
-    observers = {name: TensorObserver(name, bins) for name in tensors}
+    per_channel = set(channels)
+    observers = {name: TensorObserver(name, bins, name in per_channel) for name in tensors}
 
     def observe(name: str, tensor: torch.Tensor) -> None:
         obs = observers.get(name)

@@ -114,7 +114,7 @@ def _memory_format(rank: int) -> torch.memory_format:
 _Resolved = tuple[list[int], list[int], list[int], Optional[list[int]]]
 
 
-class _Padder:
+class ConvPadder:
     """Resolves pads per input shape (auto_pad) and pads explicitly when they are asymmetric."""
 
     def __init__(self, a: ConvAttrs, w_shape: tuple[int, ...]):
@@ -135,7 +135,7 @@ class _Padder:
 NOMINAL_SPATIAL = 32
 
 
-def _reorder_params(a: ConvAttrs, w_shape: tuple[int, ...], in_size: Optional[list[int]], pads: _Padder):
+def reorder_params(a: ConvAttrs, w_shape: tuple[int, ...], in_size: Optional[list[int]], pads: ConvPadder):
     """(padding, strides, dilations, input_size) the weight is reordered for.
 
     With a static input shape these are exactly the run's; with a dynamic one, the attribute
@@ -169,7 +169,7 @@ def _input_size(node: Node, ctx: CompileContext) -> Optional[list[int]]:
     return [t.shape[0] if isinstance(t.shape[0], int) else 1, *t.shape[1:]]
 
 
-def _prepare(x: torch.Tensor, pads: _Padder, fmt: torch.memory_format):
+def _prepare(x: torch.Tensor, pads: ConvPadder, fmt: torch.memory_format):
     """The convolution's input padded (asymmetric pads) and in ``fmt``, with the run's
     (padding, strides, dilations)."""
     pad, stride, dil, expl = pads(tuple(x.shape))
@@ -269,8 +269,8 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     w = ctx.const(node.input(1)).contiguous()
     bias = ctx.const(node.input(2))
     bias = bias.contiguous() if bias is not None else None
-    pads = _Padder(a, tuple(w.shape))
-    padding, strides, dilations, in_size = _reorder_params(a, tuple(w.shape), _input_size(node, ctx), pads)
+    pads = ConvPadder(a, tuple(w.shape))
+    padding, strides, dilations, in_size = reorder_params(a, tuple(w.shape), _input_size(node, ctx), pads)
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
@@ -322,7 +322,7 @@ def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
     fmt = _memory_format(w.dim())
     w = w.contiguous(memory_format=fmt)
     bias = ctx.const(node.input(2))
-    pads = _Padder(a, tuple(w.shape))
+    pads = ConvPadder(a, tuple(w.shape))
     act_fn = activation_fn(act, params)
     group = a.group
 

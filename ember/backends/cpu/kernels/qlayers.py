@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs
-from ember.backends.cpu.kernels.conv_mkldnn import _Padder, _reorder_params
+from ember.backends.cpu.kernels.conv_mkldnn import ConvPadder, reorder_params
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
-from ember.errors import BuildError
+from ember.errors import BuildError, EmberError
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -55,12 +55,15 @@ def int8_available() -> bool:
         return False
 
 
-def quantize(x: torch.Tensor, p: QuantParams, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def quantize(x: torch.Tensor, p: QuantParams, out: Optional[torch.Tensor] = None,
+             inv: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x`` (float) stored as ``p`` says: ``clamp(x / scale + zero_point)`` rounded half up, in
-    ``out``'s memory format when given (one pass writes the float temporary in that format)."""
+    ``out``'s memory format when given (one pass writes the float temporary in that format).
+    ``inv``: a multiplier along the last dim used instead of ``1 / scale`` (smoothing folded in)."""
     lo, hi = _RANGE[p.dtype]
     shift = -lo  # compute in the non-negative range, so that narrowing (truncation) rounds
-    v = torch.mul(x, 1.0 / p.scale, out=out) if out is not None else torch.mul(x, 1.0 / p.scale)
+    m = inv if inv is not None else 1.0 / p.scale
+    v = torch.mul(x, m, out=out) if out is not None else torch.mul(x, m)
     v.add_(p.zero_point + shift + 0.5).clamp_(0.0, hi + shift + 0.5)
     q = v.to(torch.uint8)
     return q if p.dtype is DType.UINT8 else q.bitwise_xor_(0x80).view(torch.int8)
@@ -162,8 +165,8 @@ def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torc
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
     qw = quantize_weight(w.to(torch.float32), w_scales, 0)
     bias = bias.reshape(-1).to(torch.float32).contiguous() if bias is not None else None
-    pads = _Padder(a.conv, tuple(w.shape))
-    padding, strides, dilations, in_size = _reorder_params(a.conv, tuple(w.shape), _static_input(node, ctx), pads)
+    pads = ConvPadder(a.conv, tuple(w.shape))
+    padding, strides, dilations, in_size = reorder_params(a.conv, tuple(w.shape), _static_input(node, ctx), pads)
     xp = a.x
     x_zp = xp.zero_point
     if x_zp and not _padded(a.conv):
@@ -250,6 +253,11 @@ def qgemm(node: Node, ctx: CompileContext) -> Kernel:
 def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:
     a: QGemmAttrs = node.attrs
     w_nk = (w if a.gemm.trans_b else w.t()).to(torch.float32).contiguous()  # [N, K]
+    inv = None
+    if a.smooth:  # x @ w == (x / s) @ (s * w)
+        s = torch.tensor(a.smooth, dtype=torch.float64)
+        w_nk = (w_nk.double() * s[None, :]).to(torch.float32)
+        inv = (1.0 / (s * a.x.scale)).to(torch.float32)
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
     qw = quantize_weight(w_nk, w_scales, 0)
@@ -272,7 +280,9 @@ def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.T
     def run(inputs: Inputs) -> list:
         x = inputs[0]
         if x.dtype != x_dtype:
-            x = quantize(x.contiguous(), xp)
+            x = quantize(x.contiguous(), xp, inv=inv)
+        elif inv is not None:
+            raise EmberError(f"INT8 layer {node.name!r} smooths its input and must be given it in float32")
         elif not x.is_contiguous():
             x = x.contiguous()
         lead = x.shape[:-1]

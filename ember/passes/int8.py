@@ -17,8 +17,9 @@ the optimized graph's tensors) or from a Q/DQ model (``record_qdq``). Two ways i
 The output of an INT8 layer stays 8-bit (``QConvAttrs.out``) when it has a record and every
 reader is an INT8 layer (as its input or a QConv's residual) and it is no graph output; else it is
 float32. How an 8-bit tensor is stored (``tensor_params``): the record's scale and zero point as
-uint8 (oneDNN's INT8 convolution takes unsigned activations only: an int8 record becomes uint8
-with its zero point moved by 128, the same values) or, read by GEMMs only, as int8. A calibrated
+uint8: oneDNN's INT8 convolution takes unsigned activations only, and quantizing to uint8 takes
+one op less than to int8 while oneDNN's INT8 GEMM runs both at the same speed, so an int8 record
+becomes uint8 with its zero point moved by 128 (the same values). A calibrated
 tensor bounded below (``lower_bound``: 0 after ReLU, ReLU6 or max pooling of such, -0.17 after
 GELU) spreads the 256 uint8 steps over ``[bound, threshold]`` instead of ``[-threshold,
 threshold]``, with the zero point where 0 falls.
@@ -222,7 +223,7 @@ def lower_bound(name: str, graph: Graph, producers: Mapping[str, Node],
 
 def tensor_params(rec: QuantRecord, readers: set[str], low: float | None) -> QuantParams:
     """How an activation with record ``rec`` is stored for INT8 layers of ``readers`` kinds
-    (``"conv"``, ``"gemm"``). ``low``: the smallest value a *calibrated* tensor can hold (its
+    (``"conv"``, ``"gemm"``; both read uint8, so the kinds do not change it today). ``low``: the smallest value a *calibrated* tensor can hold (its
     symmetric range ``[-T, T]`` then narrows to ``[max(low, -T), T]`` over the 256 uint8 steps:
     after ReLU twice the resolution, after GELU nearly so), None where unknown."""
     scale, zp = rec.scale[0], rec.zero_point[0]
@@ -233,9 +234,7 @@ def tensor_params(rec: QuantRecord, readers: set[str], low: float | None) -> Qua
         low = max(min(low, 0.0), -top)
         step = float(np.float32((top - low) / 255))
         return QuantParams(step, int(round(-low / step)), DType.UINT8)
-    if "conv" in readers:
-        return QuantParams(scale, zp + 128, DType.UINT8)
-    return QuantParams(scale, zp, DType.INT8)
+    return QuantParams(scale, zp + 128, DType.UINT8)  # the int8 values, shifted: one op less to quantize
 
 
 def smoothing(node: Node, graph: Graph, records: QuantizationPlan) -> tuple[QuantParams, tuple[float, ...],
@@ -244,7 +243,7 @@ def smoothing(node: Node, graph: Graph, records: QuantizationPlan) -> tuple[Quan
     per-channel maxima: ``x @ W == (x / s) @ (s W)`` with ``s_k = sqrt(max|x_k| / max|W_k|)``, which
     moves the outlier channels of the input (a LayerNorm's, in transformers) into the weight,
     where per-output-channel scales absorb them. Returns the input's params (symmetric int8 over
-    ``max_k max|x_k| / s_k``), the smoothed weight's per-column scales and ``s``; None where it
+    ``max_k max|x_k| / s_k``, stored uint8 with zero point 128), the smoothed weight's per-column scales and ``s``; None where it
     does not apply (other calibrators, no per-channel maxima, a shape that does not match)."""
     x = node.inputs[0]
     rec, cmax = records.get(x), records.channel_max.get(x)
@@ -261,7 +260,7 @@ def smoothing(node: Node, graph: Graph, records: QuantizationPlan) -> tuple[Quan
     s = np.sqrt(np.maximum(ax, MIN_SCALE) / np.maximum(aw, MIN_SCALE))
     s = np.clip(s, 1e-4, 1e4).astype(np.float32).astype(np.float64)
     top = float((ax / s).max())
-    xp = QuantParams(float(np.float32(max(top / QMAX, MIN_SCALE))), 0, DType.INT8)
+    xp = QuantParams(float(np.float32(max(top / QMAX, MIN_SCALE))), 128, DType.UINT8)
     return xp, symmetric_scales(w_kn * s[:, None], 1), tuple(float(v) for v in s)
 
 

@@ -114,7 +114,8 @@ def test_lower_bounds_and_storage():
     assert lower_bound("a", g, producers) == 0.0 and lower_bound("b", g, producers) is None
     assert lower_bound("f", g, producers) == 0.0  # relu -> pool -> flatten
     rec = QuantRecord("t", QuantDType.INT8, (0.1,), (0,))
-    assert tensor_params(rec, {"gemm"}, None).dtype is DType.INT8
+    assert (tensor_params(rec, {"gemm"}, None).dtype, tensor_params(rec, {"gemm"}, None).zero_point) == (
+        DType.UINT8, 128)
     assert tensor_params(rec, {"conv", "gemm"}, None).zero_point == 128
     gelu = tensor_params(rec, {"gemm"}, -0.17)
     assert gelu.dtype is DType.UINT8 and 0 < gelu.zero_point < 10 and gelu.scale < 0.1 * 127 / 255 * 1.1

@@ -27,8 +27,8 @@ test-gpu: $(STAMP)
 # fails if any of them did.
 lint: $(STAMP)
 	@status=0; \
-	echo "==== ruff: style, imports, bugbear (ruff check ember tests bench) ===="; \
-	$(VPY) -m ruff check --output-format concise ember tests bench || status=1; \
+	echo "==== ruff: style, imports, bugbear (ruff check ember tests bench tools) ===="; \
+	$(VPY) -m ruff check --output-format concise ember tests bench tools || status=1; \
 	echo "==== mypy: types, strict on ir/ops/plan/passes/builder/frontends/runtime ([tool.mypy]) ===="; \
 	$(VPY) -m mypy || status=1; \
 	echo "==== import-linter: the layering of DESIGN.md ([tool.importlinter]) ===="; \

@@ -174,6 +174,7 @@ def layer_errors(int8_engine: Engine, fp32_engine: Engine,
             if ref is None or any(i and i not in env for i in node.inputs):
                 continue
             out = steps[node.name].kernel([env[i] if i else None for i in node.inputs])[0]
+            assert out is not None
             attrs: QConvAttrs | QGemmAttrs = node.attrs
             if attrs.out is not None:
                 out = dequantize(out, attrs.out)

@@ -166,7 +166,7 @@ def _weight_scales(node: Node, form: _Form, graph: Graph, records: QuantizationP
         if rec.dtype is not QuantDType.INT8 or any(rec.zero_point):
             return BAD_WEIGHT
         if rec.axis is None:
-            return rec.scale * channels
+            return tuple(rec.scale) * int(channels)
         if rec.axis != form.out_axis or len(rec.scale) != channels:
             return BAD_WEIGHT
         return rec.scale
@@ -223,8 +223,9 @@ def lower_bound(name: str, graph: Graph, producers: Mapping[str, Node],
 
 def tensor_params(rec: QuantRecord, readers: set[str], low: float | None) -> QuantParams:
     """How an activation with record ``rec`` is stored for INT8 layers of ``readers`` kinds
-    (``"conv"``, ``"gemm"``; both read uint8, so the kinds do not change it today). ``low``: the smallest value a *calibrated* tensor can hold (its
-    symmetric range ``[-T, T]`` then narrows to ``[max(low, -T), T]`` over the 256 uint8 steps:
+    (``"conv"``, ``"gemm"``; both read uint8, so the kinds do not change it today). ``low``: the
+    smallest value a *calibrated* tensor can hold (its symmetric range ``[-T, T]`` then narrows
+    to ``[max(low, -T), T]`` over the 256 uint8 steps:
     after ReLU twice the resolution, after GELU nearly so), None where unknown."""
     scale, zp = rec.scale[0], rec.zero_point[0]
     if rec.dtype is QuantDType.UINT8:
@@ -243,8 +244,9 @@ def smoothing(node: Node, graph: Graph, records: QuantizationPlan) -> tuple[Quan
     per-channel maxima: ``x @ W == (x / s) @ (s W)`` with ``s_k = sqrt(max|x_k| / max|W_k|)``, which
     moves the outlier channels of the input (a LayerNorm's, in transformers) into the weight,
     where per-output-channel scales absorb them. Returns the input's params (symmetric int8 over
-    ``max_k max|x_k| / s_k``, stored uint8 with zero point 128), the smoothed weight's per-column scales and ``s``; None where it
-    does not apply (other calibrators, no per-channel maxima, a shape that does not match)."""
+    ``max_k max|x_k| / s_k``, stored uint8 with zero point 128), the smoothed weight's per-column
+    scales and ``s``; None where it does not apply (other calibrators, no per-channel maxima, a
+    shape that does not match)."""
     x = node.inputs[0]
     rec, cmax = records.get(x), records.channel_max.get(x)
     w = graph.constants.get(node.inputs[1])
@@ -370,8 +372,9 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
             new_records[node.outputs[0]] = _record(node.outputs[0], out, records.tensors[node.outputs[0]].source)
             ctx.count(KEPT_8BIT)
         w = node.inputs[1]
+        w_rec = records.get(w)
         new_records[w] = QuantRecord(w, QuantDType.INT8, w_scales, (0,) * len(w_scales), form.out_axis,
-                                     (records.get(w).source if records.get(w) else "minmax"))
+                                     w_rec.source if w_rec is not None else "minmax")
         attrs: Any
         if form.kind == "conv":
             assert isinstance(form.base, ConvAttrs)

@@ -269,6 +269,7 @@ def _minilm_int8(console: Console, iterations: int) -> Int8Result:
     import time
 
     import ember
+    from ember.plan.config import Device, Precision
     from ember.tools.runners import EmberRunner
     from ember.zoo import minilm
 
@@ -276,9 +277,10 @@ def _minilm_int8(console: Console, iterations: int) -> Int8Result:
     path = str(minilm.export_onnx())
     shapes = {name: (len(SENTENCES), MINILM_SEQ) for name in minilm.INPUTS}
     tokenizer = minilm.load_tokenizer()
-    fp32 = ember.build(path, ember.BuildConfig(device="cpu", shapes=shapes))
+    fp32 = ember.build(path, ember.BuildConfig(device=Device.CPU, shapes=shapes))
     calibration = minilm.tokenize(tokenizer, CALIBRATION_SENTENCES, MINILM_SEQ, pad_to_max=True)
-    int8 = ember.build(path, ember.BuildConfig(device="cpu", shapes=shapes, precision="int8", calibrator="minmax"),
+    int8 = ember.build(path, ember.BuildConfig(device=Device.CPU, shapes=shapes, precision=Precision.INT8,
+                                               calibrator="minmax"),
                        calibration_data=[calibration])
     int8_layers = sum(layer.precision == "int8" for layer in int8.plan.layers)
     feeds = minilm.tokenize(tokenizer, SENTENCES, MINILM_SEQ, pad_to_max=True)

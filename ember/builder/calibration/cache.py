@@ -207,8 +207,9 @@ def write_channel_max(path: str | os.PathLike[str], channel_max: Mapping[str, Se
     tmp = side.with_name(side.name + ".tmp.npz")
     try:
         names = list(channel_max)
-        np.savez(tmp, names=np.array(names), **{f"t{i}": np.asarray(channel_max[n], np.float32)
-                                               for i, n in enumerate(names)})
+        arrays: dict[str, np.ndarray] = {f"t{i}": np.asarray(channel_max[n], np.float32) for i, n in enumerate(names)}
+        arrays["names"] = np.array(names)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, side)
     except OSError as e:
         tmp.unlink(missing_ok=True)

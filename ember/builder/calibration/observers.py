@@ -78,8 +78,10 @@ class TensorObserver:
             a = tensor.detach().float().abs().reshape(-1, tensor.shape[-1])
             cm = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype)).amax(0).numpy()
             have = self.channel_amax
-            fresh = have is None or have.shape != cm.shape
-            self.channel_amax = cm.astype(np.float64) if fresh else np.maximum(have, cm)
+            if have is None or have.shape != cm.shape:
+                self.channel_amax = cm.astype(np.float64)
+            else:
+                self.channel_amax = np.maximum(have, cm)
         x = tensor.detach().reshape(-1)
         if x.dtype != torch.float32:
             x = x.float()

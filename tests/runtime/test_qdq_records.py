@@ -42,7 +42,9 @@ def _qdq_cnn() -> onnx.ModelProto:
 def test_built_qdq_engine_keeps_its_quantization_records_through_the_engine_file(tmp_path):
     engine = ember.build(_qdq_cnn(), ember.BuildConfig(device="cpu"))
     quant = engine.plan.records.quantization
-    assert set(quant.tensors) == {"x", "x_dq", "w_dq", "r", "y"}
+    # the input pair folds into the INT8 conv (x_dq is gone); its Q record stays under x
+    assert set(quant.tensors) == {"x", "w_dq", "r", "y"}
+    assert [layer.kind for layer in engine.plan.layers] == ["QConv", "QuantizeLinear", "DequantizeLinear"]
     assert quant.get("w_dq").axis == 0 and quant.get("w_dq").dtype is QuantDType.INT8
     assert quant.get("x").dtype is QuantDType.UINT8 and quant.get("x").zero_point == (128,)
     assert all(name in engine.plan.graph.types for name in quant.tensors)
@@ -55,11 +57,14 @@ def test_built_qdq_engine_keeps_its_quantization_records_through_the_engine_file
 def test_inspect_summarizes_the_quantization_records():
     engine = ember.build(_qdq_cnn(), ember.BuildConfig(device="cpu"))
     text = format_engine(engine.plan)
-    assert "  quantization: 5 tensors (qdq), 1 per-channel" in text.splitlines()
+    assert "  quantization: 4 tensors (qdq), 1 per-channel" in text.splitlines()
     header = next(line for line in text.splitlines() if line.startswith("#"))
     assert header.endswith("input scale")
-    quantize_rows = [line for line in text.splitlines() if "QuantizeLinear" in line and "Dequantize" not in line]
-    assert quantize_rows and quantize_rows[0].rstrip().endswith("0.021")  # the Q of x reads x's scale
+    rows = text.splitlines()
+    qconv = [line for line in rows if "QConv" in line]
+    assert qconv and qconv[0].rstrip().endswith("0.021")  # the INT8 conv reads x at x's scale
+    quantize_rows = [line for line in rows if "QuantizeLinear" in line and "Dequantize" not in line]
+    assert quantize_rows and quantize_rows[0].rstrip().endswith("0.013")  # the Q of r reads r's scale
 
 
 def test_engines_without_quantization_records_print_as_before():

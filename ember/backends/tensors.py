@@ -57,7 +57,10 @@ def numpy_to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A torch tensor holding ``array`` (shares memory on the CPU when it can; never read-only)."""
     if not array.flags.c_contiguous or not array.flags.writeable:
         array = np.array(array, order="C", copy=True)
-    t = torch.from_numpy(array)
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (what onnx's numpy_helper makes)
+        t = torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(array)
     return t if device.type == "cpu" else t.to(device)
 
 

@@ -140,6 +140,12 @@ class OpType(enum.Enum):
     LSTM = "LSTM"
     GRU = "GRU"
     RNN = "RNN"
+    # ops of ONNX's backend suite (issue 15): newer ops and the ones models seldom use
+    ATTENTION = "Attention"             # ONNX Attention (23+), not the optimizer's FusedAttention
+    RMS_NORM = "RMSNormalization"
+    HARDMAX = "Hardmax"
+    CUM_PROD = "CumProd"
+    BIT_SHIFT = "BitShift"
     # quantization (explicit Q/DQ models)
     QUANTIZE_LINEAR = "QuantizeLinear"
     DEQUANTIZE_LINEAR = "DequantizeLinear"

@@ -261,6 +261,57 @@ class LayerNormAttrs:
 
 
 @dataclass(frozen=True)
+class RMSNormAttrs:
+    """RMSNormalization (opset 23): ``x / sqrt(mean(x^2 over [axis, rank)) + epsilon) * scale``,
+    the statistics in float32 (stash_type 1, the only one Ember runs)."""
+
+    axis: int = -1
+    epsilon: float = 1e-5
+
+
+@dataclass(frozen=True)
+class AttentionAttrs:
+    """ONNX Attention (opsets 23-25), every attribute as the file gave it (None: absent).
+
+    Inputs ``(Q, K, V, attn_mask?, past_key?, past_value?, nonpad_kv_seqlen?)``, 3-D
+    ``[B, S, H * D]`` (then ``q_num_heads``/``kv_num_heads`` are required) or 4-D ``[B, H, S, D]``;
+    outputs ``(Y, present_key?, present_value?, qk_matmul_output?)``. ``softmax_precision``: the
+    type the softmax runs in (None: the inputs'). ``left/right_window_size`` (opset 25): -1 is
+    unbounded.
+    """
+
+    is_causal: bool = False
+    q_num_heads: Optional[int] = None
+    kv_num_heads: Optional[int] = None
+    qk_matmul_output_mode: int = 0
+    scale: Optional[float] = None
+    softcap: float = 0.0
+    softmax_precision: Optional[DType] = None
+    left_window_size: int = -1
+    right_window_size: int = -1
+
+    def __post_init__(self) -> None:
+        if self.softmax_precision is not None:
+            coerce_enum(self, "softmax_precision", DType)
+        if self.qk_matmul_output_mode not in (0, 1, 2, 3):
+            raise ValueError(f"AttentionAttrs.qk_matmul_output_mode={self.qk_matmul_output_mode} "
+                             f"must be 0, 1, 2 or 3")
+
+
+class BitShiftDirection(AttrEnum):
+    LEFT = "LEFT"
+    RIGHT = "RIGHT"
+
+
+@dataclass(frozen=True)
+class BitShiftAttrs:
+    direction: BitShiftDirection = BitShiftDirection.LEFT
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "direction", BitShiftDirection)
+
+
+@dataclass(frozen=True)
 class SoftmaxAttrs:
     axis: int = -1
     legacy_flatten: bool = False  # opset < 13: coerce to 2-D at ``axis`` first
@@ -535,7 +586,7 @@ class TriluAttrs:
 
 @dataclass(frozen=True)
 class DepthSpaceAttrs:
-    """DepthToSpace (mode DCR or CRD) and SpaceToDepth (mode unused)."""
+    """DepthToSpace and SpaceToDepth (mode DCR or CRD; SpaceToDepth has a mode from opset 28)."""
 
     blocksize: int
     mode: DepthToSpaceMode = DepthToSpaceMode.DCR

@@ -15,7 +15,7 @@ from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
-from ember.ops.attrs import ModAttrs
+from ember.ops.attrs import BitShiftAttrs, ModAttrs
 from ember.ops.common import Consts, Types, broadcast_shapes, need, need_input, require, same_dtype
 from ember.ops.registry import register_op
 from ember.ops.shape_values import Value, value_ints, value_rule
@@ -68,6 +68,7 @@ for _op in (OpType.AND, OpType.OR, OpType.XOR):
     register_op(_op)(_logical)
 for _op in (OpType.BITWISE_AND, OpType.BITWISE_OR, OpType.BITWISE_XOR, OpType.BITWISE_NOT):
     register_op(_op)(_bitwise)
+register_op(OpType.BIT_SHIFT, attrs=BitShiftAttrs)(_bitwise)
 
 
 @register_op(OpType.POW)

@@ -7,8 +7,19 @@ from ember.errors import ShapeError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops.attrs import EinsumAttrs, GemmAttrs
-from ember.ops.common import Consts, Types, broadcast_shapes, need, require, same_dtype
+from ember.ops.attrs import AttentionAttrs, EinsumAttrs, GemmAttrs
+from ember.ops.common import (
+    Consts,
+    Types,
+    add_dims,
+    broadcast_shapes,
+    div_dim,
+    input_at,
+    mul_dims,
+    need,
+    require,
+    same_dtype,
+)
 from ember.ops.registry import register_op
 
 
@@ -82,7 +93,7 @@ def parse_einsum(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
     for t, r in zip(terms, ranks):
         n = r - len(t.replace("...", ""))
         out_terms.append(t.replace("...", fill[ell - n:] if n else "") if "..." in t else t)
-        if len(out_terms[-1]) != r or not out_terms[-1].isalpha():
+        if len(out_terms[-1]) != r or (out_terms[-1] and not out_terms[-1].isalpha()):
             raise ShapeError(f"Einsum term {t!r} does not match an operand of rank {r}")
     if arrow:
         out = rhs.replace("...", fill)
@@ -105,3 +116,35 @@ def infer_einsum(node: Node, in_types: Types, consts: Consts) -> list[TensorType
     missing = [c for c in out if c not in sizes]
     require(not missing, f"Einsum output subscripts {missing} appear in no operand")
     return [TensorType(dtype, tuple(sizes[c] for c in out))]
+
+
+def _heads(t: TensorType, heads: Optional[int], what: str) -> tuple[Dim, Dim, Dim]:
+    """(heads, sequence, head size) of a 3-D ``[B, S, H * D]`` or 4-D ``[B, H, S, D]`` input."""
+    if t.rank == 4:
+        return t.shape[1], t.shape[2], t.shape[3]
+    require(heads is not None and heads > 0,
+            f"Attention {what} {t} is 3-D, so q_num_heads and kv_num_heads are required")
+    size = div_dim(t.shape[2], heads)  # type: ignore[arg-type]
+    require(size is not None, f"Attention {what} hidden size {t.shape[2]} is not a multiple of {heads} heads")
+    return heads, t.shape[1], size  # type: ignore[return-value]
+
+
+@register_op(OpType.ATTENTION, attrs=AttentionAttrs)
+def infer_attention(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """Attention(Q, K, V, mask?, past_key?, past_value?, nonpad_kv_seqlen?) ->
+    (Y, present_key, present_value, qk_matmul_output), as ONNX's Attention (23-25)."""
+    a: AttentionAttrs = node.attrs
+    q, k, v = (need(input_at(in_types, i), n) for i, n in enumerate(("Q", "K", "V")))
+    require(q.rank in (3, 4) and k.rank == q.rank and v.rank == q.rank,
+            f"Attention needs Q, K, V all 3-D or all 4-D, got {q}, {k}, {v}")
+    dtype = same_dtype([q, k, v], "Attention Q, K, V")
+    hq, sq, _ = _heads(q, a.q_num_heads, "Q")
+    hkv, skv, _ = _heads(k, a.kv_num_heads, "K")
+    _, _, dv = _heads(v, a.kv_num_heads, "V")
+    past = input_at(in_types, 4)
+    total = skv if past is None else add_dims(past.shape[2], skv)
+    batch = q.shape[0]
+    y: tuple[Dim, ...] = (batch, sq, mul_dims((hq, dv))) if q.rank == 3 else (batch, hq, sq, dv)
+    _, _, dk = _heads(k, a.kv_num_heads, "K")
+    return [TensorType(dtype, y), TensorType(dtype, (batch, hkv, total, dk)),
+            TensorType(dtype, (batch, hkv, total, dv)), TensorType(dtype, (batch, hq, sq, total))]

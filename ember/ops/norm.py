@@ -5,7 +5,15 @@ from __future__ import annotations
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
-from ember.ops.attrs import GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, LRNAttrs, SoftmaxAttrs
+from ember.ops.attrs import (
+    AxisAttrs,
+    GroupNormAttrs,
+    InstanceNormAttrs,
+    LayerNormAttrs,
+    LRNAttrs,
+    RMSNormAttrs,
+    SoftmaxAttrs,
+)
 from ember.ops.common import Consts, Types, broadcast_shapes, need, need_input, norm_axis, require
 from ember.ops.registry import register_op
 
@@ -33,6 +41,28 @@ def infer_layer_norm(node: Node, in_types: Types, consts: Consts) -> list[Tensor
         require(t.rank <= len(normalized),
                 f"LayerNormalization {name} {t} has more dims than the normalized shape {normalized}")
         broadcast_shapes(normalized, t.shape)
+    return [x]
+
+
+@register_op(OpType.RMS_NORM, attrs=RMSNormAttrs)
+def infer_rms_norm(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """RMSNormalization(x, scale) over axes [axis, rank); scale broadcasts there."""
+    x = need(in_types[0] if in_types else None, "X")
+    require(x.dtype.is_float, f"RMSNormalization needs a floating-point input, got {x}")
+    axis = norm_axis(node.attrs.axis, x.rank, "RMSNormalization axis")
+    scale = need_input(in_types, 1, "scale")
+    require(scale.rank <= x.rank - axis,
+            f"RMSNormalization scale {scale} has more dims than the normalized shape {x.shape[axis:]}")
+    broadcast_shapes(x.shape[axis:], scale.shape)
+    return [x]
+
+
+@register_op(OpType.HARDMAX, attrs=AxisAttrs)
+def infer_hardmax(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """Hardmax(x): 1 at the first maximum along ``axis``, 0 elsewhere (the input's type)."""
+    x = need(in_types[0] if in_types else None, "X")
+    if x.rank:
+        norm_axis(node.attrs.axis, x.rank, "Hardmax axis")
     return [x]
 
 

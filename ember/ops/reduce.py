@@ -98,18 +98,19 @@ for _op in (OpType.ARG_MAX, OpType.ARG_MIN):
     register_op(_op, attrs=ArgReduceAttrs)(_arg_reduce)
 
 
+@register_op(OpType.CUM_PROD, attrs=CumSumAttrs)
 @register_op(OpType.CUM_SUM, attrs=CumSumAttrs)
 def infer_cumsum(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    """CumSum(x, axis): the input's type; the axis (attr or scalar input 1) must be in range."""
+    """CumSum/CumProd(x, axis): the input's type; the axis (attr or scalar input 1) must be in range."""
     x = need_input(in_types, 0, "x")
     axis: Optional[int] = node.attrs.axis
     if axis is None:
         axis_t = need_input(in_types, 1, "axis")
-        require(axis_t.rank == 0 or axis_t.shape == (1,), f"CumSum axis must be a scalar, got {axis_t}")
+        require(axis_t.rank == 0 or axis_t.shape == (1,), f"{node.op} axis must be a scalar, got {axis_t}")
         value = const_at(consts, 1)
         axis = const_ints(value)[0] if value is not None else None
     if axis is not None:
-        norm_axis(axis, x.rank, "CumSum axis")
+        norm_axis(axis, x.rank, f"{node.op} axis")
     return [x]
 
 

@@ -269,6 +269,32 @@ def _range(node: Node, t: Types, v: Values) -> Optional[Value]:
     return np.arange(start[0], limit[0], delta[0], dtype=np.int64)
 
 
+@value_rule(OpType.NEG)
+def _neg(node: Node, t: Types, v: Values) -> Optional[Value]:
+    x = value_ints(v[0])
+    return None if x is None or v[0] is None else np.array([-d for d in x], dtype=np.int64).reshape(v[0].shape)
+
+
+@value_rule(OpType.REDUCE_PROD, OpType.REDUCE_SUM)
+def _reduce_1d(node: Node, t: Types, v: Values) -> Optional[Value]:
+    """The product / sum of a 1-D value (ONNX's Size is ReduceProd(Shape(x)): the element count)."""
+    x = v[0]
+    axes = getattr(node.attrs, "axes", None)
+    if x is None or x.ndim != 1 or len(node.inputs) > 1 or axes not in (None, (0,), (-1,)):
+        return None
+    items = [_native(d) for d in x.reshape(-1)]
+    total = mul_dims(items) if node.op is OpType.REDUCE_PROD else _sum_dims(items)
+    keep = bool(getattr(node.attrs, "keepdims", True))
+    return make_value([total], (1,) if keep else ())
+
+
+def _sum_dims(items: Sequence[Dim]) -> Dim:
+    total: Dim = 0
+    for d in items:
+        total = add_dims(total, d)
+    return total
+
+
 @value_rule(OpType.MAX, OpType.MIN)
 def _max_min(node: Node, t: Types, v: Values) -> Optional[Value]:
     x, y = v[0], v[1]

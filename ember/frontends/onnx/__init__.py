@@ -4,10 +4,11 @@ Most callers go through ``ember.frontends.load``, which picks this frontend for 
 ONNX bytes and ``onnx.ModelProto``s. onnx itself is imported on the first import, not with this
 package (``import_onnx`` is loaded on first use).
 
-Opsets: the default domain (``""`` / ``"ai.onnx"``) at opset 7 through 21 is accepted; 11
-through 21 is the tested range. Every handler declares the opset its form starts at, so an
-old model imports when every op it uses has a handler for its version (otherwise the error
-lists the ops). Canonical forms (see ``ember.ops.attrs``):
+Opsets: the default domain (``""`` / ``"ai.onnx"``) at opset 1 through 28 (the newest of onnx
+1.23) is accepted; ONNX's backend test suite (``tests/test_onnx_backend.py``) covers them. Every
+handler declares the opset its form starts at, so a model imports when every op it uses has a
+handler for its version (otherwise the error lists the ops). Canonical forms (see
+``ember.ops.attrs``):
 
 - parameters ONNX moved from attributes to inputs (Squeeze/Unsqueeze/Reduce axes, Split sizes,
   Clip bounds, Slice starts/ends/axes/steps, Pad pads/value/axes, Resize scales/sizes) are

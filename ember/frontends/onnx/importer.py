@@ -68,17 +68,18 @@ def _opsets(proto: onnx.ModelProto, label: str) -> dict[str, int]:
     v = opsets[""]
     if not MIN_OPSET <= v <= MAX_OPSET:
         raise UnsupportedOpError(
-            f"{label} uses ONNX opset {v}; Ember imports opsets {MIN_OPSET} through {MAX_OPSET} "
-            f"(11 through 21 are the tested range). Re-export the model with an opset in that range "
-            f"(torch.onnx.export(..., opset_version=17)) or convert it with "
-            f"onnx.version_converter.convert_version(model, 17)")
+            f"{label} uses ONNX opset {v}; Ember imports opsets {MIN_OPSET} through {MAX_OPSET}. "
+            f"Re-export the model with an opset in that range (torch.onnx.export(..., "
+            f"opset_version=17)) or convert it with onnx.version_converter.convert_version(model, 17)")
     return opsets
 
 
 def _wrap_nodes(graph: onnx.GraphProto, opsets: Mapping[str, int]) -> list[OnnxNode]:
     out = []
     for i, n in enumerate(graph.node):
-        name = n.name or f"{n.op_type}_{i}"
+        # an unnamed node takes the name of its first output (onnx-tensorrt's convention), so
+        # profiles and inspections of models exported without node names read as the model does
+        name = n.name or next((o for o in n.output if o), f"{n.op_type}_{i}")
         domain = canonical_domain(n.domain)
         attrs = {a.name: decode_attribute(a, f"node {name!r} ({n.op_type})") for a in n.attribute}
         out.append(OnnxNode(name, n.op_type, domain, tuple(n.input), tuple(n.output), attrs,

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 HandlerFn = Callable[["ImportContext", "OnnxNode"], None]
 
-#: Opsets of the default domain this frontend accepts (see ``ember.frontends.onnx`` docs).
-MIN_OPSET = 7
-MAX_OPSET = 21
+#: Opsets of the default domain this frontend accepts (see ``ember.frontends.onnx`` docs): every
+#: opset of the installed ``onnx`` up to its newest; an op version Ember does not implement has no
+#: handler and is refused by name.
+MIN_OPSET = 1
+MAX_OPSET = 28
 #: Spellings of the default ONNX domain.
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -66,7 +68,7 @@ def find_handler(domain: str, op_type: str, opset: int) -> Optional[Handler]:
 def supported_ops() -> list[tuple[str, str, int, int]]:
     """``(domain, op_type, min_opset, max_opset)`` for each handler, within the accepted range.
 
-    >>> ("", "Conv", 7, 21) in supported_ops()
+    >>> ("", "Conv", 1, 28) in supported_ops()
     True
     """
     _load_handlers()

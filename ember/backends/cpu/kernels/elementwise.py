@@ -11,7 +11,7 @@ from ember.backends.cpu.kernels.common import Inputs, Tensor
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import ModAttrs
+from ember.ops.attrs import BitShiftAttrs, ModAttrs
 
 
 def _div(a: Tensor, b: Tensor) -> Tensor:
@@ -88,6 +88,38 @@ def register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
 
 for _op, _fn in _BINARY.items():
     register_binary(_op, _fn)
+
+
+@register_kernel(OpType.BIT_SHIFT)
+def bit_shift(node: Node, ctx: CompileContext) -> Kernel:
+    """BitShift LEFT/RIGHT as ONNX's reference does it: a shift outside [0, width) gives 0 (and
+    -1 for a right shift of a negative signed value); a left shift wraps in the width. Computed
+    in int64 (torch has few unsigned kernels), then wrapped back to the input's type."""
+    left = (node.attrs or BitShiftAttrs()).direction == "LEFT"
+
+    def run(inputs: Inputs) -> list:
+        x, s = torch.broadcast_tensors(inputs[0], inputs[1])
+        bits = x.element_size() * 8
+        signed = x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)
+        wide, shift = x.to(torch.int64), s.to(torch.int64)
+        out_of_range = (shift < 0) | (shift >= bits)
+        safe = torch.where(out_of_range, torch.zeros_like(shift), shift)
+        if left:
+            y = torch.bitwise_left_shift(wide, safe)
+            fill = torch.zeros_like(y)
+        else:
+            if not signed and bits < 64:
+                wide = torch.bitwise_and(wide, (1 << bits) - 1)
+            y = torch.bitwise_right_shift(wide, safe)
+            fill = torch.where(wide < 0, -torch.ones_like(y), torch.zeros_like(y)) if signed else torch.zeros_like(y)
+        y = torch.where(out_of_range, fill, y)
+        if bits < 64:  # wrap into the width (two's complement for the signed types)
+            y = torch.bitwise_and(y, (1 << bits) - 1)
+            if signed:
+                y = torch.where(y >= (1 << (bits - 1)), y - (1 << bits), y)
+        return [y.to(x.dtype)]
+
+    return run
 
 
 @register_kernel(OpType.MOD)

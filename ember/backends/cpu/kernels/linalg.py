@@ -1,5 +1,8 @@
-"""Linear-algebra kernels (generic tactics): Gemm, MatMul, FusedGemm, FusedAttention, Einsum."""
+"""Linear-algebra kernels (generic tactics): Gemm, MatMul, FusedGemm, FusedAttention, Einsum and
+ONNX's Attention op."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -8,9 +11,10 @@ from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.tensors import torch_dtype
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import FusedAttentionAttrs, FusedGemmAttrs, GemmAttrs
+from ember.ops.attrs import AttentionAttrs, FusedAttentionAttrs, FusedGemmAttrs, GemmAttrs
 
 
 def _op(x: Tensor, trans: bool) -> Tensor:
@@ -117,5 +121,121 @@ def einsum(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs: Inputs) -> list:
         return [torch.einsum(equation, *inputs)]
+
+    return run
+
+
+# ---- ONNX Attention (opsets 23-25) ------------------------------------------------------------
+def _to_heads(x: Tensor, heads: int) -> Tensor:
+    """[B, S, H * D] -> [B, H, S, D]."""
+    return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _masked(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """0 where ``allowed``, -inf elsewhere (select, not multiply: 0 * -inf is NaN)."""
+    return torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), -math.inf, dtype=dtype))
+
+
+def _frontier(base: Tensor, offset: Tensor | int, keep) -> Tensor:
+    """``base`` plus a -inf bias where ``keep(query + offset - key)`` is False; ``offset`` a
+    scalar or one per batch (then the result gains a [B, 1, q, kv] batch axis)."""
+    q, kv = base.shape[-2:]
+    i = torch.arange(q).reshape(q, 1)
+    j = torch.arange(kv).reshape(1, kv)
+    if isinstance(offset, Tensor):
+        diff = (i + offset.reshape(-1, 1, 1).to(torch.int64)) - j  # [B, q, kv]
+        return base + _masked(keep(diff), base.dtype).reshape(-1, 1, q, kv)
+    return base + _masked(keep((i + offset) - j), base.dtype)
+
+
+def _safe_softmax(x: Tensor) -> Tensor:
+    """Softmax over the last axis; a row of -inf gives zeros, not NaN."""
+    m = x.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros((), dtype=x.dtype), m)
+    e = torch.exp(x - m)
+    total = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(total == 0, torch.ones((), dtype=x.dtype), total)
+
+
+def onnx_attention(a: AttentionAttrs, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                   past_k: Tensor | None, past_v: Tensor | None, nonpad: Tensor | None,
+                   softmax_dtype: torch.dtype | None) -> list[Tensor]:
+    """ONNX's Attention, step for step as its reference (onnx.reference's op_attention), so that
+    masks, causal frontiers, windows, softcap and the fully-masked-row rule agree exactly."""
+    rank3 = q.dim() == 3
+    dtype = q.dtype
+    if rank3:
+        q, k, v = _to_heads(q, a.q_num_heads), _to_heads(k, a.kv_num_heads), _to_heads(v, a.kv_num_heads)
+    scale = a.scale if a.scale is not None else 1 / math.sqrt(q.shape[3])
+    s = torch.tensor(math.sqrt(scale), dtype=torch.float64).to(dtype)
+    present_k = torch.cat([past_k, k], dim=2) if past_k is not None else k
+    present_v = torch.cat([past_v, v], dim=2) if past_v is not None else v
+    k, v = present_k, present_v
+    n_q, n_kv = q.shape[2], k.shape[2]
+    bias = torch.zeros((n_q, n_kv), dtype=dtype)
+    if mask is not None and mask.shape[-1] < n_kv:
+        fill = False if mask.dtype == torch.bool else -math.inf
+        mask = F.pad(mask, (0, n_kv - mask.shape[-1]), value=fill)
+    left, right = a.left_window_size, a.right_window_size
+    windowed = left >= 0 or right >= 0
+    if past_k is None and nonpad is not None:
+        offset: Tensor | int = nonpad.reshape(-1) - n_q
+    else:
+        offset = past_k.shape[2] if past_k is not None else 0
+    if a.is_causal:
+        if mask is not None and mask.dtype == torch.bool:
+            mask = _masked(mask, dtype)
+        base = torch.zeros((n_q, n_kv), dtype=dtype) if mask is None else mask.to(dtype)
+        if windowed:
+            base = torch.zeros((n_q, n_kv), dtype=dtype) + base
+        bias = _frontier(base, offset, lambda d: d >= 0)
+    elif mask is not None:
+        bias = bias + (_masked(mask, dtype) if mask.dtype == torch.bool else mask.to(dtype))
+    if windowed:
+        bias = torch.zeros((n_q, n_kv), dtype=dtype) + bias
+
+        def keep(d: Tensor) -> Tensor:
+            ok = torch.ones_like(d, dtype=torch.bool)
+            if left >= 0:
+                ok &= d <= left
+            if right >= 0:
+                ok &= -d <= right
+            return ok
+
+        bias = _frontier(bias, offset, keep)
+    if nonpad is not None:
+        pad = torch.arange(n_kv).reshape(1, n_kv) < nonpad.reshape(-1, 1).to(torch.int64)
+        bias = bias + _masked(pad, dtype).reshape(q.shape[0], 1, 1, n_kv)
+    hq = a.q_num_heads if a.q_num_heads is not None else q.shape[1]
+    hk = a.kv_num_heads if a.kv_num_heads is not None else k.shape[1]
+    if hq != hk and hq % hk == 0:
+        k = k.repeat_interleave(hq // hk, dim=1)
+        v = v.repeat_interleave(hq // hk, dim=1)
+    qk = torch.matmul(q * s, (k * s).transpose(-1, -2))
+    if a.softcap > 0:
+        qk = torch.tanh(qk / a.softcap) * a.softcap
+    scores = qk + bias
+    qk_out = scores if a.qk_matmul_output_mode == 2 else qk
+    p = _safe_softmax(scores.to(softmax_dtype) if softmax_dtype is not None else scores)
+    all_masked = torch.isneginf(bias.amax(dim=-1, keepdim=True))
+    p = torch.where(all_masked, torch.zeros((), dtype=p.dtype), p)
+    if a.qk_matmul_output_mode == 3:
+        qk_out = p
+    y = torch.matmul(p.to(dtype), v)
+    if rank3:
+        y = y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1)
+    return [y, present_k, present_v, qk_out.to(dtype)]
+
+
+@register_kernel(OpType.ATTENTION)
+def attention(node: Node, ctx: CompileContext) -> Kernel:
+    a: AttentionAttrs = node.attrs
+    softmax_dtype = torch_dtype(a.softmax_precision) if a.softmax_precision is not None else None
+
+    def run(inputs: Inputs) -> list:
+        q, k, v = inputs[0], inputs[1], inputs[2]
+        out = onnx_attention(a, q, k, v, arg(inputs, 3), arg(inputs, 4), arg(inputs, 5), arg(inputs, 6),
+                             softmax_dtype)
+        return [t if name else None for t, name in zip(out, node.outputs)]
 
     return run

@@ -247,10 +247,14 @@ def depth_to_space(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.SPACE_TO_DEPTH)
 def space_to_depth(node: Node, ctx: CompileContext) -> Kernel:
-    b = node.attrs.blocksize
+    """The inverse of DepthToSpace: DCR (blocks outermost in the channels), CRD (PixelUnshuffle)."""
+    a: DepthSpaceAttrs = node.attrs
+    b = a.blocksize
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
+        if a.mode == "CRD":
+            return [F.pixel_unshuffle(x, b)]
         n, c, h, w = x.shape
         y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
         return [y.reshape(n, c * b * b, h // b, w // b)]

@@ -12,7 +12,15 @@ from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, norm_axis
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import BatchNormAttrs, GroupNormAttrs, InstanceNormAttrs, LayerNormAttrs, SoftmaxAttrs
+from ember.ops.attrs import (
+    AxisAttrs,
+    BatchNormAttrs,
+    GroupNormAttrs,
+    InstanceNormAttrs,
+    LayerNormAttrs,
+    RMSNormAttrs,
+    SoftmaxAttrs,
+)
 
 
 @register_kernel(OpType.BATCH_NORM)
@@ -133,5 +141,39 @@ def group_norm(node: Node, ctx: CompileContext) -> Kernel:
         scale = _per_channel(inputs[1], c, a.num_groups, a.per_channel_affine)
         bias = _per_channel(arg(inputs, 2), c, a.num_groups, a.per_channel_affine)
         return [F.group_norm(x, a.num_groups, scale, bias, float(a.epsilon))]
+
+    return run
+
+
+@register_kernel(OpType.RMS_NORM)
+def rms_norm(node: Node, ctx: CompileContext) -> Kernel:
+    """RMSNormalization: ``x / sqrt(mean(x^2 over [axis, rank)) + eps) * scale``, statistics in
+    float32 (ONNX's stash_type 1)."""
+    a = node.attrs or RMSNormAttrs()
+    eps = float(a.epsilon)
+
+    def run(inputs: Inputs) -> list:
+        x, scale = inputs[0], inputs[1]
+        axis = norm_axis(a.axis, x.dim())
+        xf = x.float()
+        ms = (xf * xf).mean(dim=tuple(range(axis, x.dim())), keepdim=True)
+        y = (xf * torch.rsqrt(ms + eps)).to(x.dtype)
+        return [y * scale]
+
+    return run
+
+
+@register_kernel(OpType.HARDMAX)
+def hardmax(node: Node, ctx: CompileContext) -> Kernel:
+    """1 at the first maximum along ``axis``, 0 elsewhere."""
+    a = node.attrs or AxisAttrs(axis=-1)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        if x.dim() == 0 or x.numel() == 0:
+            return [torch.ones_like(x) if x.dim() == 0 else torch.zeros_like(x)]
+        axis = norm_axis(a.axis, x.dim())
+        idx = torch.argmax(x, dim=axis, keepdim=True)  # the first maximum
+        return [torch.zeros_like(x).scatter_(axis, idx, 1)]
 
     return run

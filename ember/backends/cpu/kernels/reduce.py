@@ -130,19 +130,22 @@ def arg_min(node: Node, ctx: CompileContext) -> Kernel:
     return _arg_kernel(node, torch.argmin)
 
 
+@register_kernel(OpType.CUM_PROD)
 @register_kernel(OpType.CUM_SUM)
 def cum_sum(node: Node, ctx: CompileContext) -> Kernel:
-    """CumSum along an axis; ``exclusive`` shifts by one (starting at 0), ``reverse`` from the end."""
+    """CumSum / CumProd along an axis; ``exclusive`` shifts by one (starting at 0, or 1 for a
+    product), ``reverse`` from the end."""
     a = node.attrs or CumSumAttrs()
     axis_of = scalar_param(node, ctx, a.axis, 1)
+    prod = node.op is OpType.CUM_PROD
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
         axis = norm_axis(axis_of(inputs), x.dim())
         y = torch.flip(x, (axis,)) if a.reverse else x
-        out = torch.cumsum(y, dim=axis)
-        if a.exclusive:
-            head = torch.zeros_like(out.narrow(axis, 0, 1))
+        out = torch.cumprod(y, dim=axis) if prod else torch.cumsum(y, dim=axis)
+        if a.exclusive and x.shape[axis] > 0:
+            head = (torch.ones_like if prod else torch.zeros_like)(out.narrow(axis, 0, 1))
             out = torch.cat([head, out.narrow(axis, 0, out.shape[axis] - 1)], axis)
         out = torch.flip(out, (axis,)) if a.reverse else out
         return [_as(x, out)]

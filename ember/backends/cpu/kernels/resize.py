@@ -30,7 +30,10 @@ def source_coords(n_out: int, n_in: int, inv_scale: float, mode: str) -> Tensor:
 
     ``inv_scale`` is ``1 / scale`` (``n_in / n_out`` when sizes were given). Computed in float32
     as ONNX Runtime does, so that exact ties in nearest rounding fall the same way as in the
-    runtime everyone compares against.
+    runtime everyone compares against. align_corners divides by the integer output length
+    ``n_out - 1``, as the spec's formula, ONNX Runtime and PyTorch do; ONNX's reference
+    implementation (and so the backend suite's expected outputs) divides by the fractional
+    ``n_in * scale - 1`` instead when scales give a non-integral length.
     """
     x = torch.arange(n_out, dtype=torch.float32)
     inv = torch.tensor(inv_scale, dtype=torch.float32)

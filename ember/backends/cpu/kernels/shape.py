@@ -209,8 +209,11 @@ def range_(node: Node, ctx: CompileContext) -> Kernel:
         if d == 0:
             raise ValueError("Range delta is 0")
         if dtype.is_floating_point:
+            # 16-bit floats accumulate in float32 (opset 27's stash_type=1, its default)
+            wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
             n = max(int(math.ceil((lim - s) / d)), 0)
-            return [start + torch.arange(n, dtype=dtype) * delta]
+            out = start.to(wide) + torch.arange(n, dtype=wide) * delta.to(wide)
+            return [out.to(dtype)]
         n = max(-(-(lim - s) // d), 0)
         return [torch.arange(n, dtype=dtype) * d + s]
 

@@ -51,14 +51,18 @@ def import_global_max_pool(ctx: ImportContext, n: OnnxNode) -> None:
 
 @onnx_op("LpNormalization", since=1)
 def import_lp_normalization(ctx: ImportContext, n: OnnxNode) -> None:
-    """x / ||x||_p along ``axis`` (p = 1 or 2)."""
+    """x / ||x||_p along ``axis`` (p = 1 or 2); 0 where the norm is 0 (the spec's rule)."""
     p, axis = int(n.attr("p", 2)), int(n.attr("axis", -1))
     if p not in (1, 2):
         raise reject(f"p={p} is not 1 or 2")
-    norm = ctx.temp(n, "norm")
+    x = n.input(0)
+    norm, is_zero, quotient = ctx.temp(n, "norm"), ctx.temp(n, "is_zero"), ctx.temp(n, "quotient")
+    zero = ctx.add_scalar(f"{n.name}/zero", 0.0, ctx.type(x).dtype)
     op = OpType.REDUCE_L2 if p == 2 else OpType.REDUCE_L1
-    ctx.emit(n, op, n.inputs[:1], (norm,), ReduceAttrs(axes=(axis,), keepdims=True), suffix="norm")
-    ctx.emit(n, OpType.DIV, (n.input(0), norm), n.outputs[:1], suffix="div")
+    ctx.emit(n, op, (x,), (norm,), ReduceAttrs(axes=(axis,), keepdims=True), suffix="norm")
+    ctx.emit(n, OpType.EQUAL, (norm, zero), (is_zero,), suffix="is_zero")
+    ctx.emit(n, OpType.DIV, (x, norm), (quotient,), suffix="div")
+    ctx.emit(n, OpType.WHERE, (is_zero, zero, quotient), n.outputs[:1], suffix="where")
 
 
 @onnx_op("Shrink", since=9)

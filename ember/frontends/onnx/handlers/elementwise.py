@@ -3,10 +3,10 @@ comparisons, logic and bitwise ops."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import HandlerFn, binary_chain, direct
+from ember.frontends.onnx.handlers.common import HandlerFn, binary_chain, choice, direct
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import ModAttrs
+from ember.ops.attrs import BitShiftAttrs, BitShiftDirection, ModAttrs
 
 for _name, _op, _since in (
     ("Add", OpType.ADD, 7), ("Sub", OpType.SUB, 7), ("Mul", OpType.MUL, 7), ("Div", OpType.DIV, 7),
@@ -19,6 +19,12 @@ for _name, _op, _since in (
     onnx_op(_name, since=_since)(direct(_op, nin=2))
 
 onnx_op("BitwiseNot", since=18)(direct(OpType.BITWISE_NOT, nin=1))
+
+
+@onnx_op("BitShift", since=11)
+def import_bit_shift(ctx: ImportContext, n: OnnxNode) -> None:
+    direction = choice(n, "direction", BitShiftDirection.LEFT)
+    ctx.emit(n, OpType.BIT_SHIFT, n.inputs[:2], n.outputs[:1], BitShiftAttrs(direction=direction))
 onnx_op("Where", since=9)(direct(OpType.WHERE, nin=3))
 
 

@@ -1,11 +1,11 @@
-"""Gemm, MatMul and Einsum."""
+"""Gemm, MatMul, Einsum and Attention."""
 from __future__ import annotations
 
-from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import direct, reject
+from ember.frontends.onnx.context import ImportContext, OnnxNode, onnx_dtype
+from ember.frontends.onnx.handlers.common import direct, reject, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import EinsumAttrs, GemmAttrs
+from ember.ops.attrs import AttentionAttrs, EinsumAttrs, GemmAttrs
 
 
 @onnx_op("Gemm", since=7)
@@ -26,3 +26,26 @@ def import_einsum(ctx: ImportContext, n: OnnxNode) -> None:
     if not equation:
         raise reject("equation is missing (it is required)")
     ctx.emit(n, OpType.EINSUM, n.inputs, n.outputs[:1], EinsumAttrs(equation=str(equation)))
+
+
+@onnx_op("Attention", since=23)
+def import_attention(ctx: ImportContext, n: OnnxNode) -> None:
+    """Attention 23 (24 adds the nonpad_kv_seqlen input, 25 the window attributes): every
+    attribute kept as given; the outputs present_key/value and qk_matmul_output when named."""
+    def opt_int(name: str) -> int | None:
+        v = n.attr(name)
+        return None if v is None else int(v)
+
+    code = n.attr("softmax_precision")
+    scale = n.attr("scale")
+    attrs = AttentionAttrs(
+        is_causal=bool(n.attr("is_causal", 0)), q_num_heads=opt_int("q_num_heads"),
+        kv_num_heads=opt_int("kv_num_heads"), qk_matmul_output_mode=int(n.attr("qk_matmul_output_mode", 0)),
+        scale=None if scale is None else float(scale), softcap=float(n.attr("softcap", 0.0)),
+        softmax_precision=None if code is None else onnx_dtype(int(code), f"{n.label} softmax_precision"),
+        left_window_size=int(n.attr("left_window_size", -1)), right_window_size=int(n.attr("right_window_size", -1)))
+    if attrs.qk_matmul_output_mode not in (0, 1, 2, 3):
+        raise reject(f"qk_matmul_output_mode={attrs.qk_matmul_output_mode} is not 0, 1, 2 or 3")
+    if (n.input(4) == "") != (n.input(5) == ""):
+        raise reject("it has one of past_key / past_value without the other")
+    ctx.emit(n, OpType.ATTENTION, strip_trailing_empty(n.inputs[:7]), n.outputs[:4], attrs)

@@ -31,4 +31,6 @@ def import_depth_to_space(ctx: ImportContext, n: OnnxNode) -> None:
 
 @onnx_op("SpaceToDepth", since=1)
 def import_space_to_depth(ctx: ImportContext, n: OnnxNode) -> None:
-    ctx.emit(n, OpType.SPACE_TO_DEPTH, n.inputs[:1], n.outputs[:1], DepthSpaceAttrs(_blocksize(n)))
+    """``mode`` exists from opset 28 (DCR, the default, or CRD: PixelUnshuffle)."""
+    mode = choice(n, "mode", DepthToSpaceMode.DCR) if n.opset >= 28 else DepthToSpaceMode.DCR
+    ctx.emit(n, OpType.SPACE_TO_DEPTH, n.inputs[:1], n.outputs[:1], DepthSpaceAttrs(_blocksize(n), mode))

@@ -2,18 +2,23 @@
 Softmax / LogSoftmax."""
 from __future__ import annotations
 
+import numpy as np
+
 from ember.frontends.onnx.context import ImportContext, OnnxNode
 from ember.frontends.onnx.handlers.common import HandlerFn, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
+    AxisAttrs,
     CastAttrs,
     GroupNormAttrs,
     InstanceNormAttrs,
     LayerNormAttrs,
     LRNAttrs,
     ReduceAttrs,
+    ReshapeAttrs,
+    RMSNormAttrs,
     SoftmaxAttrs,
 )
 from ember.ops.common import norm_axis
@@ -108,3 +113,36 @@ def _group_norm(per_channel: bool) -> HandlerFn:
 
 onnx_op("GroupNormalization", since=18)(_group_norm(per_channel=False))
 onnx_op("GroupNormalization", since=21)(_group_norm(per_channel=True))
+
+
+@onnx_op("RMSNormalization", since=23)
+def import_rms_norm(ctx: ImportContext, n: OnnxNode) -> None:
+    if int(n.attr("stash_type", 1)) != 1:
+        raise reject("stash_type other than 1 (float32) is not supported")
+    ctx.emit(n, OpType.RMS_NORM, n.inputs[:2], n.outputs[:1],
+             RMSNormAttrs(axis=int(n.attr("axis", -1)), epsilon=float(n.attr("epsilon", 1e-5))))
+
+
+def _hardmax(legacy: bool) -> HandlerFn:
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """Opset < 13: axis defaults to 1 and the input is coerced to 2-D there (a Flatten, the
+        Hardmax over axis 1, a Reshape back); opset 13+: axis defaults to -1, that axis only."""
+        axis = int(n.attr("axis", 1 if legacy else -1))
+        x = ctx.type(n.input(0))
+        if not legacy or x.rank == 0 or norm_axis(axis, x.rank, "Hardmax axis") == x.rank - 1:
+            ctx.emit(n, OpType.HARDMAX, n.inputs[:1], n.outputs[:1], AxisAttrs(axis=-1 if legacy else axis))
+            return
+        if not x.is_static:
+            raise reject(f"opset {n.opset} Hardmax over axis {axis} of a symbolic shape {x}")
+        flat, out2d = ctx.temp(n, "flat"), ctx.temp(n, "hardmax2d")
+        ctx.emit(n, OpType.FLATTEN, n.inputs[:1], (flat,), AxisAttrs(axis=axis), suffix="flatten")
+        ctx.emit(n, OpType.HARDMAX, (flat,), (out2d,), AxisAttrs(axis=1), suffix="hardmax")
+        shape = ctx.add_constant(ctx.temp(n, "shape"), np.array(x.shape, dtype=np.int64))
+        ctx.emit(n, OpType.RESHAPE, (out2d, shape), n.outputs[:1], ReshapeAttrs(), suffix="reshape")
+
+    handler.__name__ = f"import_hardmax{'_legacy' if legacy else ''}"
+    return handler
+
+
+onnx_op("Hardmax", since=1)(_hardmax(legacy=True))
+onnx_op("Hardmax", since=13)(_hardmax(legacy=False))

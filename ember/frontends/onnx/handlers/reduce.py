@@ -69,11 +69,19 @@ onnx_op("ArgMax", since=1)(_arg_reduce(OpType.ARG_MAX))
 onnx_op("ArgMin", since=1)(_arg_reduce(OpType.ARG_MIN))
 
 
-@onnx_op("CumSum", since=11)
-def import_cumsum(ctx: ImportContext, n: OnnxNode) -> None:
-    axis = scalar_input(ctx, n, 1, "axis")
-    attrs = CumSumAttrs(axis=axis, exclusive=bool(n.attr("exclusive", 0)), reverse=bool(n.attr("reverse", 0)))
-    ctx.emit(n, OpType.CUM_SUM, n.inputs[:1] if axis is not None else n.inputs[:2], n.outputs[:1], attrs)
+def _cumulative(op: OpType) -> HandlerFn:
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """CumSum (11) / CumProd (26): a constant axis becomes the attr, else it stays input 1."""
+        axis = scalar_input(ctx, n, 1, "axis")
+        attrs = CumSumAttrs(axis=axis, exclusive=bool(n.attr("exclusive", 0)), reverse=bool(n.attr("reverse", 0)))
+        ctx.emit(n, op, n.inputs[:1] if axis is not None else n.inputs[:2], n.outputs[:1], attrs)
+
+    handler.__name__ = f"import_{op.name.lower()}"
+    return handler
+
+
+onnx_op("CumSum", since=11)(_cumulative(OpType.CUM_SUM))
+onnx_op("CumProd", since=26)(_cumulative(OpType.CUM_PROD))
 
 
 @onnx_op("TopK", since=1)

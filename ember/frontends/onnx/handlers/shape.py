@@ -59,6 +59,17 @@ onnx_op("Expand", since=8)(direct(OpType.EXPAND, nin=2))
 onnx_op("Range", since=11)(direct(OpType.RANGE, nin=3))
 
 
+@onnx_op("Range", since=27)
+def import_range_27(ctx: ImportContext, n: OnnxNode) -> None:
+    """Opset 27 adds ``stash_type`` (16-bit floats accumulate in float32 by default, as Ember's
+    kernel always does)."""
+    stash = n.attr("stash_type")
+    if stash is not None and int(stash) != 1 and ctx.type(n.input(0)).dtype in (DType.FLOAT16, DType.BFLOAT16):
+        raise reject(f"stash_type={stash} (accumulate in the 16-bit type) is not supported; Ember "
+                     f"accumulates in float32 (stash_type=1)")
+    ctx.emit(n, OpType.RANGE, n.inputs[:3], n.outputs[:1])
+
+
 @onnx_op("Shape", since=1)
 def import_shape(ctx: ImportContext, n: OnnxNode) -> None:
     """``start``/``end`` exist from opset 15; earlier they are absent (whole shape)."""

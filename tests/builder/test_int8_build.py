@@ -155,3 +155,36 @@ def test_config_refusals():
         ember.BuildConfig(precision="int8", calibration_percentile=0)
     with pytest.raises(BuildError, match="fp8"):
         ember.BuildConfig(precision="fp8")
+
+
+def test_modelopt_style_qdq_weights_run_int8():
+    """NVIDIA ModelOpt writes float weights behind their own Q -> DQ pair (fake quantization of a
+    constant): constant folding makes the Q int8 and the DQ float again, and the INT8 conv takes
+    the weight's per-channel scales from the pair, so it computes what the model says."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    r = np.random.default_rng(5)
+    w = r.normal(0, 0.2, (8, 3, 3, 3)).astype(np.float32)
+    ws = (np.abs(w).reshape(8, -1).max(1) / 127).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"),
+             numpy_helper.from_array(np.zeros(8, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+             numpy_helper.from_array(np.array(0, np.int8), "xz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "modelopt",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    engine = ember.build(model, ember.BuildConfig(device="cpu"))
+    assert [layer.kind for layer in engine.plan.layers] == ["QConv"]
+    assert engine.plan.records.quantization.get("wd").scale == tuple(float(v) for v in ws)
+    x = r.normal(0, 1, (1, 3, 6, 6)).astype(np.float32)
+    xq = np.clip(np.round(x / 0.02), -128, 127) * 0.02
+    wq = np.clip(np.round(w / ws[:, None, None, None]), -127, 127) * ws[:, None, None, None]
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xq), torch.from_numpy(wq.astype(np.float32)), padding=1).numpy()
+    assert np.abs(_run(engine, {"x": x}) - ref).max() < 1e-4

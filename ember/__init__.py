@@ -22,6 +22,7 @@ from ember.errors import (
     ShapeError,
     UnsupportedOpError,
 )
+from ember.frontends.network import Network
 from ember.plan.config import BuildConfig, Device, Layout, Precision, Profile
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def load(path: "str | os.PathLike[str]") -> "Engine":
 
 
 __all__ = [
-    "BuildConfig", "Device", "Layout", "Precision", "Profile", "build", "load", "__version__",
+    "BuildConfig", "Device", "Layout", "Network", "Precision", "Profile", "build", "load", "__version__",
     "EmberError", "BuildError", "DeviceError", "EngineFileError", "GraphError", "InputError",
     "ModelLoadError", "ShapeError", "UnsupportedOpError",
 ]

@@ -55,9 +55,11 @@ from ember.runtime.device import device_key, fingerprint
 from ember.runtime.engine import Engine
 
 
-def import_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
-    """The IR graph of ``model`` through its frontend (``ember.frontends.load``)."""
-    return load_model(model, shapes=shapes or None)
+def import_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None,
+                 **options: Any) -> Graph:
+    """The IR graph of ``model`` through its frontend (``ember.frontends.load``); ``options`` go
+    to the frontend (``example_inputs=``, ``dynamic_shapes=`` for a ``torch.nn.Module``)."""
+    return load_model(model, shapes=shapes or None, **options)
 
 
 def optimize(graph: Graph, config: BuildConfig,
@@ -92,7 +94,7 @@ def _types_at_min(graph: Graph, lo: dict[str, int]) -> dict[str, TensorType] | N
 def build(model: Any, config: BuildConfig | None = None, *, progress: bool | None = None,
           backend: Backend | None = None, instruments: Sequence[Instrument] | None = None,
           accuracy_inputs: Mapping[str, np.ndarray] | None = None,
-          calibration_data: CalibrationData | None = None) -> Engine:
+          calibration_data: CalibrationData | None = None, **frontend_options: Any) -> Engine:
     """Builds an ``Engine`` for ``config.device`` from a model file/bytes/proto or a ``Graph``.
 
     ``progress``: show a progress display (default: when stderr is a terminal).
@@ -104,9 +106,14 @@ def build(model: Any, config: BuildConfig | None = None, *, progress: bool | Non
     array}`` batches, an ``.npz`` file of arrays named after the inputs and stacked along the
     batch axis, or a folder of such files; ``ember.builder.calibration.calibration_batches``).
     Not needed with a usable ``config.calibration_cache`` or for a Q/DQ model.
+    ``frontend_options``: for the model's frontend (``ember.frontends.load``), e.g.
+    ``example_inputs=(x,)`` and ``dynamic_shapes=`` for a ``torch.nn.Module``; the model is then
+    imported once, here, and built from its graph.
     """
     config = config or BuildConfig()
     t0 = time.perf_counter()
+    if frontend_options:
+        model = import_model(model, **frontend_options)
     pristine = copy.deepcopy(model) if isinstance(model, Graph) else None  # the passes rewrite a Graph
 
     def fresh() -> Any:

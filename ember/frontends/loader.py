@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ember.errors import ModelLoadError
+from ember.frontends import network, torch_export
 from ember.frontends.graph_builder import ShapeMap
 from ember.frontends.onnx import source as onnx_source
 from ember.ir.graph import Graph
@@ -46,6 +47,10 @@ class Frontend:
 FRONTENDS: tuple[Frontend, ...] = (
     Frontend(name=onnx_source.NAME, accepts=onnx_source.ACCEPTS, suffixes=onnx_source.SUFFIXES,
              recognizes=onnx_source.recognizes, sniffs=onnx_source.sniffs, load=onnx_source.load),
+    Frontend(name=network.NAME, accepts=network.ACCEPTS, suffixes=network.SUFFIXES,
+             recognizes=network.recognizes, sniffs=network.sniffs, load=network.load),
+    Frontend(name=torch_export.NAME, accepts=torch_export.ACCEPTS, suffixes=torch_export.SUFFIXES,
+             recognizes=torch_export.recognizes, sniffs=torch_export.sniffs, load=torch_export.load),
 )
 
 #: Files ``load`` refuses with a pointer to what reads them instead.
@@ -56,7 +61,7 @@ def formats() -> list[str]:
     """The names ``format=`` accepts, in table order.
 
     >>> formats()
-    ['onnx']
+    ['onnx', 'network', 'torch']
     """
     return [f.name for f in FRONTENDS]
 

@@ -22,7 +22,7 @@ _EXPORTS = {
     "ServeError": "ember.serve.errors", "BadRequestError": "ember.serve.errors",
     "ModelConfigError": "ember.serve.errors", "ModelNotFoundError": "ember.serve.errors",
     "QueueFullError": "ember.serve.errors", "RequestTimeoutError": "ember.serve.errors",
-    "UnavailableError": "ember.serve.errors",
+    "UnavailableError": "ember.serve.errors", "Limits": "ember.serve.limits",
 }
 __all__ = list(_EXPORTS)
 

@@ -32,11 +32,13 @@ from ember.serve.config import ModelConfig
 from ember.serve.errors import (
     BadRequestError,
     InferenceFailedError,
+    InstanceFailedError,
     ModelConfigError,
     QueueFullError,
     RequestTimeoutError,
     ServeError,
     UnavailableError,
+    internal_error,
 )
 from ember.serve.signature import Signature
 from ember.serve.stats import ModelStats
@@ -199,8 +201,11 @@ class Scheduler:
     """Queue, dynamic batcher and instances of one model version (see the module docstring)."""
 
     def __init__(self, name: str, version: str, engine: ModelEngine, signature: Signature,
-                 config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None) -> None:
+                 config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None,
+                 default_max_queue_size: int = 0) -> None:
         self.name, self.version = name, version
+        #: the bound of the queue: the config's max_queue_size, else the server's default (0: none)
+        self.max_queue_size = config.max_queue_size or default_max_queue_size
         self.engine_file = engine_file
         self.engine, self.signature, self.config, self.stats = engine, signature, config, stats
         self._queue: deque[_Request] = deque()
@@ -282,10 +287,11 @@ class Scheduler:
         if not self._state.accepting:
             raise UnavailableError(f"model '{self.name}' version {self.version} is being unloaded or "
                                    f"the server is shutting down; retry on another server")
-        limit = self.config.max_queue_size
+        limit = self.max_queue_size
         if limit and len(self._queue) >= limit:
             raise QueueFullError(f"the queue of model '{self.name}' is full ({limit} requests waiting, "
-                                 f"max_queue_size {limit}); retry later or raise max_queue_size")
+                                 f"max_queue_size {limit}); retry later or raise max_queue_size "
+                                 f"(model config) or --max-queue-size")
         loop = asyncio.get_running_loop()
         req = _Request(feeds, batch_size, batch_key(feeds), loop.create_future(), time.perf_counter_ns())
         timeout = self.config.default_timeout_us if timeout_us is None else timeout_us
@@ -381,34 +387,94 @@ class Scheduler:
 
     async def _execute(self, inst: _Instance, batch: list[_Request]) -> None:
         start = time.perf_counter_ns()
-        loop = asyncio.get_running_loop()
-        batched = self.signature.max_batch_size > 0
         try:
-            parts = [(r.feeds, r.batch) for r in batch]
-            outs, t = await loop.run_in_executor(inst.thread, inst.run, parts, batched,
-                                                 self.signature.output_names())
-        except Exception as exc:  # every request of the batch must hear of the failure
-            self._fail(batch, exc)
-        else:
-            self.stats.record_execution(sum(r.batch for r in batch), t.input_ns, t.infer_ns, t.output_ns)
-            for r, out in zip(batch, outs):
-                self.stats.record_compute(start - r.arrived_ns, t.input_ns, t.infer_ns, t.output_ns)
-                if not r.future.done():
-                    r.future.set_result(out)
+            try:
+                outs, t = await self._run(inst, batch)
+            except Exception as exc:  # noqa: BLE001 - find the request at fault, answer every one
+                if len(batch) > 1 and not isinstance(exc, UnavailableError):
+                    await self._isolate(inst, batch, start)
+                else:
+                    self._fail(batch, exc)
+            else:
+                self._answer(batch, outs, t, start)
         finally:
             self._idle.put_nowait(inst)
 
-    def _fail(self, batch: list[_Request], exc: Exception) -> None:
-        if isinstance(exc, ServeError):
+    async def _run(self, inst: _Instance, batch: list[_Request]) -> tuple[list[Feeds], BatchTimings]:
+        loop = asyncio.get_running_loop()
+        parts = [(r.feeds, r.batch) for r in batch]
+        return await loop.run_in_executor(inst.thread, inst.run, parts, self.signature.max_batch_size > 0,
+                                          self.signature.output_names())
+
+    def _answer(self, batch: list[_Request], outs: list[Feeds], t: BatchTimings, start: int) -> None:
+        self.stats.record_execution(sum(r.batch for r in batch), t.input_ns, t.infer_ns, t.output_ns)
+        for r, out in zip(batch, outs):
+            self.stats.record_compute(start - r.arrived_ns, t.input_ns, t.infer_ns, t.output_ns)
+            if not r.future.done():
+                r.future.set_result(out)
+
+    async def _isolate(self, inst: _Instance, batch: list[_Request], start: int) -> None:
+        """A batch failed: runs its requests one by one, so that only the request at fault hears
+        of the failure and its batchmates get their outputs. A request that fails alone while a
+        batchmate succeeds failed on its own input data: a client error (400)."""
+        failed: list[tuple[_Request, Exception]] = []
+        succeeded = False
+        for r in batch:
+            if r.future.done():  # its client went away meanwhile
+                continue
+            try:
+                outs, t = await self._run(inst, [r])
+            except Exception as exc:  # noqa: BLE001 - answered below
+                failed.append((r, exc))
+            else:
+                succeeded = True
+                self._answer([r], outs, t, start)
+        if failed and not succeeded:  # nothing runs: not the data's fault, one error for all
+            self._fail([r for r, _ in failed], failed[0][1])
+            return
+        for r, error in failed:
+            self._fail([r], error, data_fault=True)
+
+    def _fail(self, batch: list[_Request], exc: Exception, data_fault: bool = False) -> None:
+        """Answers ``batch`` with the error ``exc`` stands for: a client's error (400) when the
+        engine failed on the request's input data, else the error itself or an internal error."""
+        if isinstance(exc, ServeError) and not isinstance(exc, InstanceFailedError):
             err: Exception = exc
         elif isinstance(exc, InputError):
             err = BadRequestError(f"model '{self.name}': {exc}")
+        elif data_fault or _is_data_error(exc):
+            err = BadRequestError(
+                f"model '{self.name}' failed on the values of {self._suspects(batch[0], exc)}: "
+                f"{_first_line(exc)}; its batchmates were answered; fix the values of this request")
         else:
-            log.exception("model %s version %s failed on a batch of %d requests", self.name,
-                          self.version, len(batch), exc_info=exc)
-            err = InferenceFailedError(f"model '{self.name}' version {self.version} failed while running "
-                                       f"a batch of {sum(r.batch for r in batch)}: "
-                                       f"{type(exc).__name__}: {exc}")
+            err = internal_error(f"model '{self.name}' version {self.version} ran a batch of "
+                                 f"{sum(r.batch for r in batch)}", exc)
         for r in batch:
             if not r.future.done():
                 r.future.set_exception(err)
+
+    def _suspects(self, req: _Request, exc: Exception) -> str:
+        """The inputs a data error most likely comes from: integer inputs for index errors."""
+        names = sorted(req.feeds)
+        ints = [n for n in names if req.feeds[n].dtype.kind in "iu"]
+        chosen = ints if ints and _is_data_error(exc) else names
+        return ", ".join(f"input '{n}'" for n in chosen)
+
+
+#: What an engine error says when an index input held a value out of range (a client error).
+_DATA_ERRORS = ("index out of range", "out of bounds", "index out of bound", "indices out of range",
+                "out of range for dimension", "index is out of bounds")
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(p in text for p in _DATA_ERRORS)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The engine error's message without the instance label or a traceback, bounded."""
+    lines = str(exc).splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, InstanceFailedError):  # "<instance label>: <type>: <message>"
+        text = text.split(": ", 2)[-1]
+    return text if len(text) <= 300 else text[:300] + "..."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ember.errors import EmberError
@@ -41,6 +42,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shared memory per gRPC front end, in MiB, for the input tensors of "
                              "large requests: the server process and the model instances read them "
                              "there instead of receiving copies (default 32; 0: off)")
+    parser.add_argument("--model-control-mode", default="none", choices=["none", "explicit"],
+                        help="none (default): serve the models loaded at start-up, refuse load and "
+                             "unload requests (403); explicit: clients may load and unload models")
+    parser.add_argument("--model-control-token", default=None,
+                        help="with explicit model control: loads and unloads must send "
+                             "'Authorization: Bearer TOKEN' (HTTP header or gRPC metadata); default "
+                             "the EMBER_MODEL_CONTROL_TOKEN environment variable, else no token")
+    parser.add_argument("--exit-on-error", action="store_true",
+                        help="stop at start-up when a model fails to load (default: report it as "
+                             "UNAVAILABLE with the reason and serve the other models)")
+    limits = parser.add_argument_group("request limits (a request over one is refused with 4xx)")
+    limits.add_argument("--http-max-body-mb", type=float, default=256,
+                        help="largest HTTP request body, as sent (default 256 MiB; 413 beyond)")
+    limits.add_argument("--max-decompressed-mb", type=float, default=256,
+                        help="largest HTTP body once gzip/deflate is undone, checked while "
+                             "inflating (default 256 MiB; 413 beyond)")
+    limits.add_argument("--grpc-max-message-mb", type=float, default=256,
+                        help="largest gRPC message received or sent (default 256 MiB; "
+                             "RESOURCE_EXHAUSTED beyond)")
+    limits.add_argument("--max-json-depth", type=int, default=64,
+                        help="deepest nesting of an HTTP request's JSON (default 64)")
+    limits.add_argument("--max-input-dims", type=int, default=16,
+                        help="most dims of one input tensor (default 16)")
+    limits.add_argument("--max-input-elements", type=int, default=2**31 - 1,
+                        help="most elements of one input tensor, zero dims counted as 1 "
+                             "(default 2**31-1)")
+    limits.add_argument("--max-queue-size", type=int, default=4096,
+                        help="requests a model's queue holds when its config sets no "
+                             "max_queue_size (default 4096; 0: unbounded); a full queue answers 503")
+    limits.add_argument("--http-max-connections", type=int, default=2048,
+                        help="open HTTP connections plus requests in progress; past it new requests "
+                             "answer 503 (default 2048)")
+    limits.add_argument("--http-header-timeout", type=float, default=30.0,
+                        help="seconds a connection may take to send a request's headers; then it is "
+                             "closed (default 30)")
+    limits.add_argument("--http-keep-alive-timeout", type=float, default=5.0,
+                        help="seconds an idle kept-alive HTTP connection stays open (default 5)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--switch-interval-us", type=int, default=50,
                         help="Python's thread switch interval in microseconds (default 50; Python's "
@@ -64,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
     if args.grpc_staging_mb < 0:
         print(f"error: --grpc-staging-mb must be >= 0, got {args.grpc_staging_mb}", file=sys.stderr)
         return 2
+    limits = _limits(args)
+    if isinstance(limits, str):
+        print(f"error: {limits}", file=sys.stderr)
+        return 2
+    token = args.model_control_token or os.environ.get("EMBER_MODEL_CONTROL_TOKEN") or None
     front_ends = _front_ends(args.grpc_front_ends)
     if front_ends is None:
         print(f"error: --grpc-front-ends must be auto or a whole number >= 0, got "
@@ -77,13 +120,43 @@ def run(args: argparse.Namespace) -> int:
                             grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                             cache_dir=args.cache_dir, shutdown_timeout_s=args.shutdown_timeout,
                             log_level=args.log_level, grpc_front_ends=front_ends,
-                            grpc_staging_mb=args.grpc_staging_mb)
+                            grpc_staging_mb=args.grpc_staging_mb, limits=limits,
+                            model_control_mode=args.model_control_mode, model_control_token=token,
+                            exit_on_error=args.exit_on_error)
     try:
         run_server(options)
     except (EmberError, OSError) as exc:
         logging.getLogger("ember.serve").error("ember serve: %s", exc)
         return 1
     return 0
+
+
+def _limits(args: argparse.Namespace):
+    """The ``Limits`` of the flags, or a message naming the flag that is out of range."""
+    from ember.serve.limits import Limits, MiB
+
+    sizes = {"--http-max-body-mb": args.http_max_body_mb, "--max-decompressed-mb": args.max_decompressed_mb,
+             "--grpc-max-message-mb": args.grpc_max_message_mb}
+    counts = {"--max-json-depth": args.max_json_depth, "--max-input-dims": args.max_input_dims,
+              "--max-input-elements": args.max_input_elements,
+              "--http-max-connections": args.http_max_connections,
+              "--http-header-timeout": args.http_header_timeout,
+              "--http-keep-alive-timeout": args.http_keep_alive_timeout}
+    for flag, value in {**sizes, **counts}.items():
+        if not value > 0:
+            return f"{flag} must be > 0, got {value}"
+    if args.grpc_max_message_mb * MiB > 2**31 - 1:
+        return f"--grpc-max-message-mb must be below 2048 (gRPC's own limit), got {args.grpc_max_message_mb}"
+    if args.max_queue_size < 0:
+        return f"--max-queue-size must be >= 0, got {args.max_queue_size}"
+    return Limits(max_body_bytes=int(args.http_max_body_mb * MiB),
+                  max_decompressed_bytes=int(args.max_decompressed_mb * MiB),
+                  grpc_max_message_bytes=int(args.grpc_max_message_mb * MiB),
+                  max_json_depth=args.max_json_depth, max_input_dims=args.max_input_dims,
+                  max_input_elements=args.max_input_elements, max_queue_size=args.max_queue_size,
+                  http_max_connections=args.http_max_connections,
+                  http_header_timeout_s=args.http_header_timeout,
+                  http_keep_alive_s=args.http_keep_alive_timeout)
 
 
 def _front_ends(value: str) -> int | None:

@@ -38,7 +38,7 @@ import yaml
 
 from ember.plan.config import BUILDABLE_PRECISIONS, Device, Precision
 from ember.serve.datatypes import parse_datatype
-from ember.serve.errors import ModelConfigError
+from ember.serve.errors import ModelConfigError, safe_text
 
 CONFIG_FILES = ("config.yaml", "config.yml", "config.json")
 
@@ -185,15 +185,20 @@ def _member(value: Any, allowed: tuple[E, ...], key: str, source: str) -> E:
     raise ModelConfigError(f"{source}: {key} {text!r} is not one of {', '.join(m.value for m in allowed)}")
 
 
+_INT_MAX = 2**62  # larger numbers in a config are mistakes (and would overflow int64 arithmetic)
+
+
 def _int(value: Any, key: str, source: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ModelConfigError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}")
+        raise ModelConfigError(f"{source}: {key} must be an integer >= {minimum}, got {safe_text(value)}")
     try:
         out = int(value)
     except ValueError:
-        raise ModelConfigError(f"{source}: {key} must be an integer >= {minimum}, got {value!r}") from None
+        raise ModelConfigError(f"{source}: {key} must be an integer >= {minimum}, got {safe_text(value)}") from None
     if out < minimum:
         raise ModelConfigError(f"{source}: {key} must be an integer >= {minimum}, got {out}")
+    if out > _INT_MAX:
+        raise ModelConfigError(f"{source}: {key} must be at most 2**62, got {safe_text(out)}")
     return out
 
 

@@ -5,28 +5,61 @@ answer the same way and count requests the same way.
 """
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Optional
 
 import ember
 from ember.serve.batcher import Feeds
 from ember.serve.datatypes import triton_name
-from ember.serve.errors import BadRequestError, UnavailableError
+from ember.serve.errors import BadRequestError, ModelControlError, UnauthenticatedError, UnavailableError
+from ember.serve.limits import DEFAULT_LIMITS, Limits
 from ember.serve.repository import ModelRepository, ServedModel
 
 SERVER_NAME = "ember"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration",
               "schedule_policy")
 PLATFORM = "ember"
+#: ``--model-control-mode`` values, as Triton spells them: ``none`` serves what start-up loaded,
+#: ``explicit`` lets clients load and unload models
+MODEL_CONTROL_MODES = ("none", "explicit")
 
 
 class Core:
     """Server state shared by the front ends."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, limits: Limits = DEFAULT_LIMITS,
+                 model_control_mode: str = "none", model_control_token: Optional[str] = None) -> None:
+        if model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model control mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                             f"got {model_control_mode!r}")
         self.repository = repository
+        self.limits = limits
+        self.model_control_mode = model_control_mode
+        self.model_control_token = model_control_token or None
         self.accepting = True
         self.started = False
+
+    # ---- model control ------------------------------------------------------------------
+    def check_model_control(self, authorization: Optional[str], relayed: bool = False) -> None:
+        """Refuses a load or unload unless model control is on and, when the server has a token,
+        the request carries it (``Authorization: Bearer <token>``, HTTP header or gRPC metadata)."""
+        if self.model_control_mode != "explicit":
+            raise ModelControlError("loading and unloading models is turned off on this server "
+                                    "(--model-control-mode none)")
+        token = self.model_control_token
+        if token is None:
+            return
+        if relayed:
+            raise UnauthenticatedError("a model-control token cannot be checked through the gRPC "
+                                       "front ends; load and unload over HTTP or with "
+                                       "--grpc-front-ends 0")
+        given = (authorization or "").strip()
+        if given[:7].lower() == "bearer ":
+            given = given[7:].strip()
+        if not hmac.compare_digest(given.encode("utf-8", "backslashreplace"), token.encode()):
+            raise UnauthenticatedError("model control needs the server's token: send the header "
+                                       "'Authorization: Bearer <token>'")
 
     # ---- health and metadata --------------------------------------------------------------
     def live(self) -> bool:
@@ -71,7 +104,7 @@ class Core:
             out["dynamic_batching"] = {
                 "preferred_batch_size": list(b.preferred_batch_sizes),
                 "max_queue_delay_microseconds": b.max_queue_delay_us,
-                "default_queue_policy": {"max_queue_size": b.max_queue_size,
+                "default_queue_policy": {"max_queue_size": m.scheduler.max_queue_size,
                                          "default_timeout_microseconds": b.default_timeout_us},
             }
         return out

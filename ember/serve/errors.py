@@ -6,9 +6,14 @@ answers ``{"error": str(exc)}`` with ``exc.http_status``, the gRPC front end abo
 """
 from __future__ import annotations
 
+import logging
+import secrets
+
 import grpc
 
 from ember.errors import EmberError, InputError
+
+log = logging.getLogger("ember.serve")
 
 
 class ServeError(EmberError):
@@ -56,3 +61,69 @@ class RequestTimeoutError(UnavailableError):
 
 class InferenceFailedError(ServeError):
     """The engine failed while executing a batch (HTTP 500)."""
+
+
+class InstanceFailedError(InferenceFailedError):
+    """An instance process failed a batch or died; its message carries the engine's own text,
+    which goes to the log, never to the client (see ``internal_error``)."""
+
+
+class PayloadTooLargeError(BadRequestError):
+    """The request is larger than a configured limit (HTTP 413; gRPC RESOURCE_EXHAUSTED, as gRPC
+    itself answers a message over its size limit)."""
+
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ModelControlError(ServeError):
+    """Loading and unloading models is turned off (``--model-control-mode none``) (HTTP 403)."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(ServeError):
+    """The model-control request lacks the token the server was started with (HTTP 401)."""
+
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+def internal_error(what: str, exc: BaseException) -> InferenceFailedError:
+    """An error of the server itself (a bug, a dead instance): logged once with an id and its
+    traceback; the client hears only the id, never the exception's text."""
+    eid = secrets.token_hex(6)
+    remote = getattr(exc, "remote_traceback", "")
+    log.error("internal error %s while %s: %s: %s%s", eid, what, type(exc).__name__,
+              str(exc).splitlines()[0][:500] if str(exc) else "",
+              f"\n{remote}" if remote else "", exc_info=exc)
+    return InferenceFailedError(f"internal error {eid} while {what}; the server log has the details "
+                                f"under this id")
+
+
+def bounded(text: str, limit: int = 300) -> str:
+    """``text`` with lone surrogates escaped and at most ``limit`` characters (then ``...``): what
+    a client sent can be long, and a lone surrogate breaks UTF-8 writers."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def client_message(exc: BaseException, limit: int = 800) -> str:
+    """An error's message as answered (a request can put a long name in it)."""
+    return bounded(str(exc), limit)
+
+
+def safe_text(value: object, limit: int = 200) -> str:
+    """A short, printable repr of a client-given value for error messages (bounded in length and
+    depth; lone surrogates escaped)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, 60, 60, 6, 6
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a repr must never fail an error message
+        text = f"<{type(value).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."

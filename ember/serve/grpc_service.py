@@ -2,7 +2,9 @@
 
 Tensors arrive in ``raw_input_contents`` (what tritonclient sends) or in the typed ``contents``
 fields; outputs always go back in ``raw_output_contents``, as Triton does. Errors abort the call
-with the ``ServeError``'s gRPC code and message.
+with the ``ServeError``'s gRPC code and message; a message that is not valid protobuf answers
+INVALID_ARGUMENT, one over ``--grpc-max-message-mb`` RESOURCE_EXHAUSTED (gRPC refuses it before
+it is read), an error of the server itself INTERNAL with an id that the log line carries.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from google.protobuf import json_format
 
 from ember.serve.core import Core, now_ns, parse_timeout
 from ember.serve.datatypes import KSERVE_TO_NUMPY, UNSUPPORTED, from_numpy
-from ember.serve.errors import BadRequestError, InferenceFailedError, ServeError
+from ember.serve.errors import BadRequestError, ServeError, bounded, client_message, internal_error, safe_text
+from ember.serve.limits import DEFAULT_LIMITS, Limits
 from ember.serve.proto import SERVICE_NAME, messages, service_methods
 
 log = logging.getLogger("ember.serve")
@@ -40,7 +43,8 @@ def parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode_tensors(request: Any, raw: Optional[Sequence[Any]] = None) -> dict[str, np.ndarray]:
+def decode_tensors(request: Any, raw: Optional[Sequence[Any]] = None,
+                   limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
     """The input tensors of a ``ModelInferRequest``; ``BadRequestError`` names what is wrong.
 
     ``raw``: the raw_input_contents kept apart from the message (buffers, e.g. views of a gRPC
@@ -54,6 +58,7 @@ def decode_tensors(request: Any, raw: Optional[Sequence[Any]] = None) -> dict[st
         if inp.name in feeds:
             raise BadRequestError(f"input '{inp.name}' appears twice in the request")
         _refuse(parameters(inp.parameters), f"input '{inp.name}'")
+        limits.check_shape(inp.name, inp.shape)
         feeds[inp.name] = _decode_one(inp, raw[i] if raw else None)
     if not feeds:
         raise BadRequestError("the request has no inputs; give at least one input tensor")
@@ -64,7 +69,7 @@ def _decode_one(inp: Any, raw: Any) -> np.ndarray:
     if inp.datatype in UNSUPPORTED:
         raise BadRequestError(f"input '{inp.name}' has datatype {inp.datatype}, which Ember models do not take")
     if inp.datatype not in KSERVE_TO_NUMPY:
-        raise BadRequestError(f"input '{inp.name}' has datatype {inp.datatype!r}; use one of "
+        raise BadRequestError(f"input '{inp.name}' has datatype {safe_text(inp.datatype, 60)}; use one of "
                               f"{', '.join(KSERVE_TO_NUMPY)}")
     shape = list(inp.shape)
     if any(d < 0 for d in shape):
@@ -134,20 +139,35 @@ class InferenceServicer:
             rows = [r for r in rows if r["state"] == "READY"]
         return json_format.ParseDict({"models": rows}, self.m["RepositoryIndexResponse"]())
 
+    def _check_control(self, context: Any) -> None:
+        if context is None:  # relayed by a front end: its metadata stays there
+            self.core.check_model_control(None, relayed=True)
+            return
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        self.core.check_model_control(metadata.get("authorization"))
+
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._check_control(context)
         params = parameters(request.parameters)
         if any(k.startswith("file:") for k in params):
             raise BadRequestError("loading model files sent in the request is not supported; put them "
                                   "in the repository folder")
         config = params.get("config")
+        if config is not None and not isinstance(config, str):
+            raise BadRequestError("the load request's config parameter must be a JSON string")
         try:
             parsed = json.loads(config) if config else None
         except ValueError as exc:
-            raise BadRequestError(f"the load request's config is not valid JSON: {exc}") from exc
+            raise BadRequestError(f"the load request's config is not valid JSON: {bounded(str(exc), 160)}") from None
+        except RecursionError:
+            raise BadRequestError("the load request's config nests too deeply") from None
+        if parsed is not None and not isinstance(parsed, dict):
+            raise BadRequestError("the load request's config must be a JSON object")
         await self.core.repository.load(request.model_name, parsed)
         return self.m["RepositoryModelLoadResponse"]()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._check_control(context)
         await self.core.repository.unload(request.model_name)
         return self.m["RepositoryModelUnloadResponse"]()
 
@@ -161,17 +181,16 @@ class InferenceServicer:
         except ServeError:
             served.stats.record_request(False, now_ns() - start)
             raise
-        except Exception as exc:  # a bug must still answer this request
-            log.exception("gRPC inference request to %s failed", request.model_name)
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer this request
             served.stats.record_request(False, now_ns() - start)
-            raise InferenceFailedError(f"internal error: {type(exc).__name__}: {exc}") from exc
+            raise internal_error(f"answering a gRPC inference request to model '{served.name}'", exc) from None
         served.stats.record_request(True, now_ns() - start)
         return response
 
     async def _infer(self, served: Any, request: Any, raw: Optional[Sequence[Any]]) -> Any:
         params = parameters(request.parameters)
         _refuse(params, "request")
-        feeds = decode_tensors(request, raw)
+        feeds = decode_tensors(request, raw, self.core.limits)
         requested = None
         if request.outputs:
             for o in request.outputs:
@@ -187,27 +206,57 @@ class InferenceServicer:
         return response
 
 
-def _rpc(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def handler(request: Any, context: Any) -> Any:
+class _Undecodable:
+    """What a request that is not valid protobuf deserializes to: the handler answers it
+    INVALID_ARGUMENT (gRPC itself would answer UNKNOWN or INTERNAL)."""
+
+    def __init__(self, method: str, error: str) -> None:
+        self.method, self.error = method, error
+
+
+def _deserializer(method: str, message: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
         try:
-            return await fn(request, context)
-        except ServeError as exc:
-            error = exc
-        await context.abort(error.grpc_code, str(error))
+            return message.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError (and others)
+            return _Undecodable(method, bounded(str(exc), 120))
+    return parse
+
+
+def _rpc(fn: Callable[[Any, Any], Awaitable[Any]], method: str = "") -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
+        code, message = grpc.StatusCode.INTERNAL, ""
+        if isinstance(request, _Undecodable):
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            message = f"the {request.method} request is not a valid protobuf message: {request.error}"
+        else:
+            try:
+                return await fn(request, context)
+            except ServeError as exc:  # only its code and text outlive the except: no cycle holds
+                code, message = exc.grpc_code, client_message(exc)  # the request's tensors past this call
+            except Exception as exc:  # noqa: BLE001 - a bug answers INTERNAL with an error id
+                code, message = grpc.StatusCode.INTERNAL, str(internal_error(f"answering gRPC {method}", exc))
+        del request
+        if code != grpc.StatusCode.INTERNAL:
+            log.info("gRPC %s %s: %s", code.name, method, bounded(message, 300))
+        await context.abort(code, message)
     return handler
 
 
-def create_grpc_server(core: Core, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """A ``grpc.aio`` server with the inference service, bound to ``host:port`` (0: any free port)."""
+def create_grpc_server(core: Core, host: str, port: int,
+                       max_message_bytes: int = _MAX_MESSAGE) -> tuple[grpc.aio.Server, int]:
+    """A ``grpc.aio`` server with the inference service, bound to ``host:port`` (0: any free port);
+    messages over ``max_message_bytes`` are refused (RESOURCE_EXHAUSTED) before they are read."""
     servicer = InferenceServicer(core)
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _rpc(getattr(servicer, name)), request_deserializer=req.FromString,
+            _rpc(getattr(servicer, name), name), request_deserializer=_deserializer(name, req),
             response_serializer=resp.SerializeToString)
         for name, (req, resp) in service_methods().items()
     }
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", _MAX_MESSAGE),
-                                      ("grpc.max_receive_message_length", _MAX_MESSAGE)])
+    size = min(max_message_bytes, _MAX_MESSAGE)
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", size),
+                                      ("grpc.max_receive_message_length", size)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

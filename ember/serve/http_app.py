@@ -1,13 +1,16 @@
 """The KServe v2 HTTP/REST front end (FastAPI), plus the Prometheus ``/metrics`` app.
 
 Every error is answered ``{"error": "<what is wrong>"}`` with the status of its ``ServeError``:
-404 for an unknown model, 400 for a bad request, 503 for a full queue, a timeout or shutdown.
+404 for an unknown model, 400 for a bad request, 413 for a request over a limit, 401/403 for
+model control without its token or turned off, 503 for a full queue, a timeout or shutdown. Each
+is logged as one line; an error of the server itself answers 500 with an id that its log line
+(with the traceback) carries, never the exception's text.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, MutableMapping, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,8 +18,18 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.serve.core import Core, now_ns
-from ember.serve.errors import BadRequestError, InferenceFailedError, ServeError
+from ember.serve.errors import (
+    BadRequestError,
+    InferenceFailedError,
+    PayloadTooLargeError,
+    ServeError,
+    bounded,
+    client_message,
+    internal_error,
+    safe_text,
+)
 from ember.serve.http_codec import HEADER_LENGTH, compress, decode_infer, decompress, encode_infer
+from ember.serve.limits import json_depth_exceeds
 from ember.serve.stats import render_metrics
 
 log = logging.getLogger("ember.serve")
@@ -24,13 +37,54 @@ log = logging.getLogger("ember.serve")
 MODEL_PATHS = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
 
 
-def error_response(exc: ServeError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
+def error_response(exc: ServeError, request: Optional[Request] = None) -> Response:
+    """``{"error": ...}`` with the error's status; logged as one line (internal errors were
+    logged with their id already). ASCII JSON: a client's lone surrogate cannot break it."""
+    message = client_message(exc)
+    if request is not None and not isinstance(exc, InferenceFailedError):
+        log.info("HTTP %d %s %s: %s", exc.http_status, request.method,
+                 bounded(request.url.path, 120), bounded(message, 300))
+    return Response(json.dumps({"error": message}, ensure_ascii=True), status_code=exc.http_status,
+                    media_type="application/json")
+
+
+class _CatchAll:
+    """ASGI middleware: an exception no handler took (a bug) answers 500 with an error id and
+    one log entry, instead of a plain-text 500 and uvicorn's traceback. Once the server shuts
+    down, every response says ``Connection: close``, so clients stop reusing connections that
+    are about to close (a request sent on one would go unanswered)."""
+
+    def __init__(self, app: Any, core: Optional[Core] = None) -> None:
+        self.app = app
+        self.core = core
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if self.core is not None and not self.core.accepting:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            err = internal_error(f"answering {scope.get('method')} {bounded(str(scope.get('path')), 120)}", exc)
+            if started:
+                raise
+            response = error_response(err)
+            await response(scope, receive, tracked)
 
 
 def create_app(core: Core) -> FastAPI:
     """The FastAPI application of the KServe v2 HTTP protocol for ``core``."""
     app = FastAPI(title="Ember inference server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_CatchAll, core=core)
     _add_error_handlers(app)
     _add_health_routes(app, core)
     _add_model_routes(app, core)
@@ -40,18 +94,21 @@ def create_app(core: Core) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if exc.status_code != 404 else (
-            f"no endpoint {request.method} {request.url.path}; see the KServe v2 protocol")
-        return JSONResponse({"error": str(detail)}, status_code=exc.status_code)
+            f"no endpoint {request.method} {bounded(request.url.path, 120)}; see the KServe v2 "
+            f"protocol")
+        err = ServeError(str(detail))
+        err.http_status = exc.status_code
+        return error_response(err, request)
 
     @app.exception_handler(ServeError)
-    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        return error_response(exc)
+    async def serve_error(request: Request, exc: ServeError) -> Response:
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": f"bad request: {exc.errors()}"}, status_code=400)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(BadRequestError(f"bad request: {safe_text(exc.errors(), 300)}"), request)
 
 
 def _add_health_routes(app: FastAPI, core: Core) -> None:
@@ -118,10 +175,13 @@ async def _infer(core: Core, request: Request, model: str, version: str) -> Resp
     try:
         served = core.model_for_infer(model, version)
     except ServeError as exc:
-        return error_response(exc)
+        return error_response(exc, request)
+    limits = core.limits
     try:
-        body = decompress(await request.body(), request.headers.get("content-encoding"))
-        req = decode_infer(body, request.headers.get(HEADER_LENGTH))
+        body = await read_body(request, limits.max_body_bytes)
+        body = decompress(body, request.headers.get("content-encoding"), limits.max_decompressed_bytes)
+        req = decode_infer(body, request.headers.get(HEADER_LENGTH), limits)
+        del body
         outputs = await core.infer(served, req.feeds, req.requested, req.timeout_us)
         content, header_len = encode_infer(served.name, served.version, req, outputs)
         content, encoding = compress(content, request.headers.get("accept-encoding"))
@@ -132,13 +192,32 @@ async def _infer(core: Core, request: Request, model: str, version: str) -> Resp
         response = Response(content, media_type=media, headers=headers)
     except ServeError as exc:
         served.stats.record_request(False, now_ns() - start)
-        return error_response(exc)
-    except Exception as exc:  # a bug must still answer this request, and the server keeps serving
-        log.exception("inference request to %s failed", model)
+        return error_response(exc, request)
+    except Exception as exc:  # noqa: BLE001 - a bug must still answer this request
         served.stats.record_request(False, now_ns() - start)
-        return error_response(InferenceFailedError(f"internal error: {type(exc).__name__}: {exc}"))
+        return error_response(internal_error(f"answering an inference request to model '{served.name}'", exc))
     served.stats.record_request(True, now_ns() - start)
     return response
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) without reading it past ``limit`` bytes: a larger
+    ``Content-Length`` is refused before its first byte is read."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise BadRequestError(f"Content-Length must be a whole number, got {safe_text(length, 40)}")
+        if int(length) > limit:
+            raise PayloadTooLargeError(f"the request body has {int(length)} bytes, over the server's limit "
+                                       f"of {limit} (--http-max-body-mb)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body is over the server's limit of {limit} bytes "
+                                       f"(--http-max-body-mb)")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _add_repository_routes(app: FastAPI, core: Core) -> None:
@@ -148,24 +227,29 @@ def _add_repository_routes(app: FastAPI, core: Core) -> None:
 
     @app.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> JSONResponse:
-        config = _load_config(await request.body())
+        core.check_model_control(request.headers.get("authorization"))
+        config = _load_config(await read_body(request, min(core.limits.max_body_bytes, 16 * 2**20)),
+                              core.limits.max_json_depth)
         await core.repository.load(model, config)
         return JSONResponse({})
 
     @app.post("/v2/repository/models/{model}/unload")
-    async def unload(model: str) -> JSONResponse:
+    async def unload(request: Request, model: str) -> JSONResponse:
+        core.check_model_control(request.headers.get("authorization"))
         await core.repository.unload(model)
         return JSONResponse({})
 
 
-def _load_config(body: bytes) -> Any:
+def _load_config(body: bytes, max_depth: int = 64) -> Any:
     """The ``config`` parameter of a load request (a JSON string, as tritonclient sends it)."""
     if not body.strip():
         return None
     try:
-        params = json.loads(body).get("parameters", {})
+        params = _parse_json(body, max_depth).get("parameters", {})
     except (ValueError, AttributeError) as exc:
-        raise BadRequestError(f"the load request's body must be a JSON object: {exc}") from exc
+        raise BadRequestError(f"the load request's body must be a JSON object: {bounded(str(exc), 160)}") from None
+    if not isinstance(params, dict):
+        raise BadRequestError("the load request's 'parameters' must be a JSON object")
     if any(k.startswith("file:") for k in params):
         raise BadRequestError("loading model files sent in the request is not supported; put them in "
                               "the repository folder")
@@ -173,12 +257,23 @@ def _load_config(body: bytes) -> Any:
     if config is None:
         return None
     try:
-        parsed = json.loads(config) if isinstance(config, str) else config
+        parsed = _parse_json(config, max_depth) if isinstance(config, str) else config
     except ValueError as exc:
-        raise BadRequestError(f"the load request's config is not valid JSON: {exc}") from exc
+        raise BadRequestError(f"the load request's config is not valid JSON: {bounded(str(exc), 160)}") from None
     if not isinstance(parsed, dict):
         raise BadRequestError("the load request's config must be a JSON object")
     return parsed
+
+
+def _parse_json(text: Any, max_depth: int) -> Any:
+    """JSON with the nesting limit (``ValueError`` names what is wrong)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"it nests deeper than {max_depth} levels") from None
+    if json_depth_exceeds(value, max_depth):
+        raise ValueError(f"it nests deeper than {max_depth} levels")
+    return value
 
 
 def create_metrics_app(core: Core) -> FastAPI:

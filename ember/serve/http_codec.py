@@ -5,6 +5,10 @@ the ``Inference-Header-Content-Length`` HTTP header, and each binary input says 
 ``parameters.binary_data_size`` (inputs take consecutive slices, in order). Outputs go back as
 binary when the output's ``parameters.binary_data`` or the request's ``binary_data_output`` asks
 for it (``tritonclient.http`` does by default), otherwise as JSON ``data``.
+
+Non-finite numbers in JSON ``data`` are written as Triton writes them (RapidJSON with NaN and Inf
+allowed): the bare tokens ``NaN``, ``Infinity`` and ``-Infinity``. Python's ``json`` (so
+``tritonclient.http``) reads them back as NaN and infinities; JSON inputs may hold them too.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import numpy as np
 
 from ember.serve.core import parse_timeout
 from ember.serve.datatypes import KSERVE_TO_NUMPY, UNSUPPORTED, from_numpy
-from ember.serve.errors import BadRequestError
+from ember.serve.errors import BadRequestError, PayloadTooLargeError, bounded, safe_text
+from ember.serve.limits import DEFAULT_LIMITS, Limits, json_depth_exceeds
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -36,25 +41,44 @@ class HttpInferRequest:
     timeout_us: Optional[int] = None
 
 
-def decompress(body: bytes, encoding: Optional[str]) -> bytes:
-    """Undoes a request's ``Content-Encoding`` (gzip or deflate, as tritonclient sends them)."""
-    if not encoding or encoding == "identity":
+def decompress(body: bytes, encoding: Optional[str], limit: int = Limits.max_decompressed_bytes) -> bytes:
+    """Undoes a request's ``Content-Encoding`` (gzip or deflate, as tritonclient sends them),
+    refusing (413) as soon as the inflated data passes ``limit`` bytes: a small bomb never
+    becomes a large buffer."""
+    enc = (encoding or "").strip().lower()
+    if not enc or enc == "identity":
         return body
+    if enc not in ("gzip", "deflate"):
+        raise BadRequestError(f"unsupported Content-Encoding {safe_text(encoding, 60)}; send gzip, "
+                              f"deflate or none")
+    wbits = 16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS
+    out = bytearray()
+    data: bytes = body
     try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
-        raise BadRequestError(f"the request body is not valid {encoding} data: {exc}") from exc
-    raise BadRequestError(f"unsupported Content-Encoding {encoding!r}; send gzip, deflate or none")
+        while True:  # gzip allows several members one after another
+            inflater = zlib.decompressobj(wbits)
+            while not inflater.eof:
+                chunk = inflater.decompress(data, limit - len(out) + 1)  # max_length >= 1
+                out += chunk
+                if len(out) > limit:
+                    raise PayloadTooLargeError(
+                        f"the request body inflates to more than {limit} bytes, the server's limit "
+                        f"(--max-decompressed-mb)")
+                data = inflater.unconsumed_tail
+                if not chunk and not data:
+                    raise BadRequestError(f"the request body is truncated {enc} data")
+            data = inflater.unused_data
+            if enc != "gzip" or not data:
+                return bytes(out)
+    except zlib.error as exc:
+        raise BadRequestError(f"the request body is not valid {enc} data: {exc}") from None
 
 
-def decode_infer(body: bytes, header_length: Optional[str]) -> HttpInferRequest:
+def decode_infer(body: bytes, header_length: Optional[str], limits: Limits = DEFAULT_LIMITS) -> HttpInferRequest:
     """Parses an inference request body; ``BadRequestError`` names what is malformed."""
     size = _header_size(header_length, len(body))
     view = memoryview(body)
-    header = _json_header(bytes(view[:size]))
+    header = _json_header(bytes(view[:size]), limits.max_json_depth)
     params = _mapping(header.get("parameters", {}), "the request's parameters")
     _refuse_unsupported(params, "request")
     feeds: dict[str, np.ndarray] = {}
@@ -63,7 +87,7 @@ def decode_infer(body: bytes, header_length: Optional[str]) -> HttpInferRequest:
     if not isinstance(inputs, list) or not inputs:
         raise BadRequestError("the request has no 'inputs' list; give at least one input tensor")
     for item in inputs:
-        name, array, used = _decode_input(item, view, offset)
+        name, array, used = _decode_input(item, view, offset, limits)
         if name in feeds:
             raise BadRequestError(f"input '{name}' appears twice in the request")
         feeds[name] = array
@@ -76,7 +100,9 @@ def decode_infer(body: bytes, header_length: Optional[str]) -> HttpInferRequest:
     if not isinstance(binary_default, bool):
         raise BadRequestError(f"parameter 'binary_data_output' must be true or false, got {binary_default!r}")
     rid = header.get("id")
-    return HttpInferRequest(id=None if rid is None else str(rid), feeds=feeds, requested=requested,
+    if rid is not None and not isinstance(rid, str):
+        raise BadRequestError(f"the request's 'id' must be a string, got {safe_text(rid, 60)}")
+    return HttpInferRequest(id=rid, feeds=feeds, requested=requested,
                             binary_outputs=binary, binary_default=binary_default,
                             timeout_us=parse_timeout(params.get("timeout")))
 
@@ -87,17 +113,25 @@ def _header_size(header_length: Optional[str], total: int) -> int:
     try:
         size = int(header_length)
     except ValueError:
-        raise BadRequestError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        raise BadRequestError(f"{HEADER_LENGTH} must be an integer, got {safe_text(header_length, 60)}") from None
     if not 0 < size <= total:
         raise BadRequestError(f"{HEADER_LENGTH} is {size} but the body has {total} bytes")
     return size
 
 
-def _json_header(raw: bytes) -> dict:
+def _json_header(raw: bytes, max_depth: int = Limits.max_json_depth) -> dict:
     try:
         header = json.loads(raw)
+    except RecursionError:
+        header = None
+        deep = True
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"the request's JSON is malformed: {exc}") from exc
+        raise BadRequestError(f"the request's JSON is malformed: {bounded(str(exc), 160)}") from None
+    else:
+        deep = json_depth_exceeds(header, max_depth)
+    if deep:
+        raise BadRequestError(f"the request's JSON nests deeper than {max_depth} levels, the server's "
+                              f"limit (--max-json-depth)")
     if not isinstance(header, dict):
         raise BadRequestError(f"the request's JSON must be an object with 'inputs', got {type(header).__name__}")
     return header
@@ -105,7 +139,7 @@ def _json_header(raw: bytes) -> dict:
 
 def _mapping(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
-        raise BadRequestError(f"{what} must be a JSON object, got {value!r}")
+        raise BadRequestError(f"{what} must be a JSON object, got {safe_text(value)}")
     return value
 
 
@@ -118,28 +152,39 @@ def _refuse_unsupported(params: dict, where: str) -> None:
                                   f"tensor data in the request and read raw outputs")
 
 
-def _decode_input(item: Any, view: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+def _decode_input(item: Any, view: memoryview, offset: int,
+                  limits: Limits = DEFAULT_LIMITS) -> tuple[str, np.ndarray, int]:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise BadRequestError(f"every input must be an object with a 'name', got {item!r:.200}")
+        raise BadRequestError(f"every input must be an object with a 'name', got {safe_text(item)}")
     name = item["name"]
+    shown = bounded(name, 100)
     datatype = item.get("datatype")
+    if not isinstance(datatype, str):
+        raise BadRequestError(f"input '{shown}' has datatype {safe_text(datatype, 60)}; give a string, "
+                              f"one of {', '.join(KSERVE_TO_NUMPY)}")
     if datatype in UNSUPPORTED:
-        raise BadRequestError(f"input '{name}' has datatype {datatype}, which Ember models do not take")
+        raise BadRequestError(f"input '{shown}' has datatype {datatype}, which Ember models do not take")
     if datatype not in KSERVE_TO_NUMPY:
-        raise BadRequestError(f"input '{name}' has datatype {datatype!r}; use one of {', '.join(KSERVE_TO_NUMPY)}")
+        raise BadRequestError(f"input '{shown}' has datatype {safe_text(datatype, 60)}; use one of "
+                              f"{', '.join(KSERVE_TO_NUMPY)}")
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise BadRequestError(f"input '{name}' has shape {shape!r}; give a list of non-negative ints")
-    params = _mapping(item.get("parameters", {}), f"parameters of input '{name}'")
-    _refuse_unsupported(params, f"input '{name}'")
+        raise BadRequestError(f"input '{shown}' has shape {safe_text(shape)}; give a list of "
+                              f"non-negative ints")
+    limits.check_shape(shown, shape)
+    params = _mapping(item.get("parameters", {}), f"parameters of input '{shown}'")
+    _refuse_unsupported(params, f"input '{shown}'")
     dtype = KSERVE_TO_NUMPY[datatype]
     count = math.prod(shape)
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         want = count * dtype.itemsize
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise BadRequestError(f"input '{shown}' has binary_data_size {safe_text(size, 60)}; give a "
+                                  f"whole number of bytes ({want} for shape {shape} of {datatype})")
         if size != want:
-            raise BadRequestError(f"input '{name}' has binary_data_size {size!r} but shape {shape} of "
+            raise BadRequestError(f"input '{shown}' has binary_data_size {size} but shape {shape} of "
                                   f"{datatype} needs {want} bytes")
         if offset + size > len(view):
             raise BadRequestError(f"input '{name}' needs {size} binary bytes but the body has only "
@@ -158,8 +203,9 @@ def json_tensor(name: str, datatype: str, shape: list[int], data: Any) -> np.nda
     """A tensor from JSON ``data`` (flat or nested, row-major), checked against datatype and shape."""
     try:
         raw = np.array(data)
-    except ValueError as exc:
-        raise BadRequestError(f"input '{name}': data is not a regular list of numbers: {exc}") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise BadRequestError(f"input '{name}': data is not a regular list of numbers: "
+                              f"{bounded(str(exc), 160)}") from None
     allowed = _KINDS.get(datatype, "iu")
     if raw.size and raw.dtype.kind not in allowed:
         raise BadRequestError(f"input '{name}' is {datatype} but its data holds "
@@ -179,11 +225,11 @@ def _decode_outputs(outputs: Any) -> tuple[Optional[list[str]], dict[str, bool]]
     if outputs is None:
         return None, {}
     if not isinstance(outputs, list):
-        raise BadRequestError(f"'outputs' must be a list of {{name, parameters}} objects, got {outputs!r:.200}")
+        raise BadRequestError(f"'outputs' must be a list of {{name, parameters}} objects, got {safe_text(outputs)}")
     names, binary = [], {}
     for o in outputs:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise BadRequestError(f"every requested output must be an object with a 'name', got {o!r:.200}")
+            raise BadRequestError(f"every requested output must be an object with a 'name', got {safe_text(o)}")
         params = _mapping(o.get("parameters", {}), f"parameters of output '{o['name']}'")
         _refuse_unsupported(params, f"output '{o['name']}'")
         if "binary_data" in params:

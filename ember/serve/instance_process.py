@@ -39,7 +39,7 @@ import numpy as np
 
 from ember.backends.tensors import torch_to_numpy
 from ember.errors import InputError
-from ember.serve.errors import InferenceFailedError, ModelConfigError
+from ember.serve.errors import InstanceFailedError, ModelConfigError
 from ember.serve.shm import REGIONS, Region, layout
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def _child_main(conn: Any, engine_file: str, buckets: tuple[int, ...],
         except InputError as exc:
             conn.send(("error", "input", str(exc)))
         except Exception as exc:  # noqa: BLE001 - the batch fails, the instance goes on
-            conn.send(("error", type(exc).__name__, f"{exc}\n{traceback.format_exc(limit=4)}"))
+            conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc(limit=4)))
     ctx.close()
     region.close()
     pool.close()
@@ -334,14 +334,16 @@ class ProcessInstance:
             msg = self.conn.recv()
         except (EOFError, OSError) as exc:
             code = self._kill()
-            raise InferenceFailedError(f"{self.label}: the instance process exited (status {code}) "
+            raise InstanceFailedError(f"{self.label}: the instance process exited (status {code}) "
                                        f"while running a batch of {total}; it is started again for "
                                        f"the next batch") from exc
         t2 = time.perf_counter_ns()
         if msg[0] == "error":
             if msg[1] == "input":
                 raise InputError(msg[2])
-            raise InferenceFailedError(f"{self.label}: {msg[1]}: {msg[2]}")
+            err = InstanceFailedError(f"{self.label}: {msg[1]}: {msg[2]}")
+            err.remote_traceback = msg[3] if len(msg) > 3 else ""  # type: ignore[attr-defined]
+            raise err
         _, placed, arrays, out_need, _ = msg
         if arrays is None:
             result = {name: out_region.array(dtype, shape, off) for name, dtype, shape, off in placed}

@@ -47,9 +47,11 @@ class ServedModel:
 class ModelRepository:
     """The models of one repository folder and their load state."""
 
-    def __init__(self, root: Path, cache_dir: Path) -> None:
+    def __init__(self, root: Path, cache_dir: Path, default_max_queue_size: int = 0) -> None:
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
+        #: the queue bound of models whose config sets no max_queue_size (0: unbounded)
+        self.default_max_queue_size = default_max_queue_size
         self._served: dict[str, dict[str, ServedModel]] = {}
         self._state: dict[str, tuple[str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -119,18 +121,22 @@ class ModelRepository:
         return self._state.get(name, (READY, ""))[0] == READY
 
     # ---- load / unload ------------------------------------------------------------------
-    async def load_all(self) -> None:
-        """Loads every model of the repository; failures are logged and kept as state."""
+    async def load_all(self, exit_on_error: bool = False) -> None:
+        """Loads every model of the repository; a failure is logged, kept as the model's state
+        (UNAVAILABLE with the reason) and the other models are served, unless ``exit_on_error``:
+        then the first failure is raised."""
         for name in self.names_on_disk():
             try:
                 await self.load(name)
             except EmberError as exc:
+                if exit_on_error:
+                    raise
                 log.error("%s", exc)
 
     async def load(self, name: str, config: Optional[Mapping[str, Any]] = None) -> None:
         """(Re)loads a model from its folder; ``config`` replaces its config file when given."""
         if name not in self.names_on_disk():
-            raise ModelNotFoundError(f"model '{name}' is not in the repository {self.root}; its models "
+            raise ModelNotFoundError(f"model '{name}' is not in the model repository; its models "
                                      f"are: {', '.join(self.names_on_disk()) or 'none'}")
         async with self._locks.setdefault(name, asyncio.Lock()):
             self._attempted.add(name)
@@ -138,18 +144,31 @@ class ModelRepository:
             self._state[name] = (LOADING, "")
             try:
                 fresh = await self._load_versions(name, config)
-            except EmberError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the model UNAVAILABLE, never LOADING
+                reason = self._reason(exc)
                 keep = previous if previous and previous[0] == READY and self._served.get(name) else None
-                self._state[name] = keep or (UNAVAILABLE, str(exc))
+                self._state[name] = keep or (UNAVAILABLE, reason)
                 if isinstance(exc, ModelConfigError):
-                    raise
-                raise ModelConfigError(f"failed to load model '{name}': {exc}") from exc
+                    raise ModelConfigError(reason) from None
+                if not isinstance(exc, EmberError):
+                    log.error("model %s: loading failed with %s", name, type(exc).__name__, exc_info=exc)
+                raise ModelConfigError(f"failed to load model '{name}': {reason}") from None
+            except BaseException:
+                self._state[name] = previous or (UNAVAILABLE, "loading was interrupted")
+                raise
             old = self._served.get(name, {})
             self._served[name] = fresh
             self._state[name] = (READY, "")
             for m in old.values():
                 await m.scheduler.close()
             log.info("model %s ready: versions %s", name, ", ".join(fresh))
+
+    def _reason(self, exc: BaseException) -> str:
+        """An error's text for clients: paths relative to the repository, one bounded line."""
+        text = f"{exc}" if isinstance(exc, EmberError) else f"{type(exc).__name__}: {exc}"
+        text = text.replace(f"{self.root.resolve()}/", "").replace(f"{self.root}/", "")
+        text = " ".join(text.split())
+        return text if len(text) <= 500 else text[:500] + "..."
 
     async def unload(self, name: str) -> None:
         """Stops routing requests to the model, answers its queued ones, closes its instances."""
@@ -194,7 +213,8 @@ class ModelRepository:
         engine, engine_file = await loop.run_in_executor(None, load_engine, vdir, config, self.cache_dir)
         signature = resolve_signature(config, engine)
         stats = ModelStats(config.name, vdir.name)
-        scheduler = Scheduler(config.name, vdir.name, engine, signature, config, stats, engine_file)
+        scheduler = Scheduler(config.name, vdir.name, engine, signature, config, stats, engine_file,
+                              default_max_queue_size=self.default_max_queue_size)
         await scheduler.start()
         return ServedModel(config.name, vdir.name, config, signature, engine, scheduler, stats,
                            find_model_file(vdir).name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -26,8 +27,10 @@ from ember.serve.core import Core
 from ember.serve.engines import default_cache_dir
 from ember.serve.grpc_service import InferenceServicer, create_grpc_server
 from ember.serve.http_app import create_app, create_metrics_app
+from ember.serve.limits import DEFAULT_LIMITS, Limits
 from ember.serve.relay.hub import FrontEnds
 from ember.serve.repository import ModelRepository
+from ember.serve.shm import OWNER_ENV, Owner, remove_stale
 
 log = logging.getLogger("ember.serve")
 
@@ -49,6 +52,14 @@ class ServerOptions:
     grpc_front_ends: int = 0
     #: MiB of shared memory per front end for large input tensors (0: they travel in the messages)
     grpc_staging_mb: int = 32
+    #: what one request may hold (``ember.serve.limits``)
+    limits: Limits = DEFAULT_LIMITS
+    #: ``none``: clients cannot load or unload models; ``explicit``: they can (as Triton's flag)
+    model_control_mode: str = "none"
+    #: with ``explicit``: loads and unloads must carry ``Authorization: Bearer <token>``
+    model_control_token: Optional[str] = None
+    #: stop at start-up when a model fails to load (default: report it, serve the others)
+    exit_on_error: bool = False
 
 
 class _Uvicorn(uvicorn.Server):
@@ -77,30 +88,79 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with a header timeout: a
+    connection that has not sent a whole request head ``header_timeout_s`` after it opened or
+    after its last response is closed, so clients that drip bytes cannot hold connections."""
+    base: type
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        base = HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        base = H11Protocol
+
+    class HeaderTimeoutProtocol(base):  # type: ignore[misc,valid-type]
+        _header_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            if not self.transport.is_closing():
+                self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _header_timeout(self) -> None:
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:  # no request head came in time
+                log.info("HTTP: closing a connection that sent no request head in %.0f s "
+                         "(--http-header-timeout)", header_timeout_s)
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
 class Server:
     """One inference server: HTTP, gRPC and metrics endpoints over one model repository."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         repo = ModelRepository(Path(options.repository),
-                               Path(options.cache_dir) if options.cache_dir else default_cache_dir())
-        self.core = Core(repo)
+                               Path(options.cache_dir) if options.cache_dir else default_cache_dir(),
+                               default_max_queue_size=options.limits.max_queue_size)
+        self.core = Core(repo, options.limits, options.model_control_mode, options.model_control_token)
         self.http_port = self.grpc_port = self.metrics_port = -1
         self._uvicorns: list[tuple[_Uvicorn, asyncio.Task]] = []
         self._grpc: Any = None
         self.front_ends: Optional[FrontEnds] = None
         self._stopped = False
+        self._owner: Optional[Owner] = None
 
     async def start(self) -> None:
         """Opens the endpoints (live at once), then loads every model (ready once loaded)."""
         o = self.options
+        self._claim_leftovers()
         if o.grpc_port >= 0 and o.grpc_front_ends > 0:
             self.front_ends = FrontEnds(InferenceServicer(self.core), o.grpc_front_ends, o.host,
-                                        o.grpc_port, o.shutdown_timeout_s, staging_mb=o.grpc_staging_mb)
+                                        o.grpc_port, o.shutdown_timeout_s, staging_mb=o.grpc_staging_mb,
+                                        max_message_bytes=o.limits.grpc_max_message_bytes)
             await self.front_ends.start()
             self.grpc_port = self.front_ends.port
         elif o.grpc_port >= 0:
-            self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port)
+            self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port,
+                                                            o.limits.grpc_max_message_bytes)
             await self._grpc.start()
         if o.http_port >= 0:
             self.http_port = await self._start_uvicorn(create_app(self.core), o.http_port)
@@ -111,15 +171,33 @@ class Server:
         if self.front_ends is not None:
             log.info("ember serve: gRPC served by %d front-end processes (pids %s)", o.grpc_front_ends,
                      ", ".join(str(p.pid) for p in self.front_ends.procs))
-        await self.core.repository.load_all()
+        await self.core.repository.load_all(exit_on_error=o.exit_on_error)
         self.core.started = True
         log.info("ember serve: ready; models %s", ", ".join(
             f"{m.name}/{m.version}" for m in self.core.repository.served()) or "none")
 
+    def _claim_leftovers(self) -> None:
+        """Removes what servers killed without cleaning up left in /dev/shm and the temp folder,
+        and marks this server's own files so that the next server can do the same for it."""
+        try:
+            removed = remove_stale()
+            self._owner = Owner()
+        except OSError as exc:  # a read-only /dev/shm, say: serve anyway, unmarked
+            log.warning("ember serve: cannot keep track of shared-memory leftovers (%s)", exc)
+            return
+        os.environ[OWNER_ENV] = self._owner.token  # inherited by the instance and front-end processes
+        if removed:
+            log.info("ember serve: removed %d files left by servers that died: %s", len(removed),
+                     ", ".join(os.path.basename(p) for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
+
     async def _start_uvicorn(self, app: Any, port: int) -> int:
         sock = _bind(self.options.host, port)
+        limits = self.options.limits
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
-                                timeout_graceful_shutdown=int(self.options.shutdown_timeout_s))
+                                timeout_graceful_shutdown=int(self.options.shutdown_timeout_s),
+                                http=_http_protocol(limits.http_header_timeout_s),
+                                limit_concurrency=limits.http_max_connections,
+                                timeout_keep_alive=max(1, round(limits.http_keep_alive_s)))
         server = _Uvicorn(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         self._uvicorns.append((server, task))
@@ -149,6 +227,10 @@ class Server:
         await asyncio.gather(*(t for _, t in self._uvicorns), return_exceptions=True)
         if self._grpc is not None:
             await self._grpc.stop(grace=self.options.shutdown_timeout_s)
+        if self._owner is not None:
+            if os.environ.get(OWNER_ENV) == self._owner.token:
+                del os.environ[OWNER_ENV]
+            self._owner.release()
         log.info("ember serve: stopped")
 
 

@@ -11,11 +11,21 @@
   be traced back to ``(region, offset)`` and handed to another process by reference.
 - ``split_raw_inputs``: the raw tensor bytes of a serialized ``ModelInferRequest`` found by
   walking its top-level protobuf fields, without parsing (copying) the message.
+- ``Owner``: the files a server (and its child processes) leaves in ``/dev/shm`` and the temp
+  folder carry its owner token (``ember-o<token>-...``); the server holds an ``flock`` on
+  ``ember-o<token>.lock`` while it runs. A server killed with ``kill -9`` leaves its files and the
+  lock file behind; the next server to start takes the free lock and removes them
+  (``remove_stale``). A lock still held means its server is alive, whatever PID namespace it runs in.
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import re
+import secrets
+import shutil
+import stat
 import tempfile
 import threading
 from typing import Optional
@@ -23,6 +33,93 @@ from typing import Optional
 import numpy as np
 
 ALIGN = 64
+#: the environment variable that hands a server's owner token to its child processes
+OWNER_ENV = "EMBER_SERVE_OWNER"
+_OWNED = re.compile(r"^ember-(?:serve-)?o([0-9a-f]{8,32})[-.]")
+
+
+def owner_token() -> str:
+    """The token this process's shared files carry: its server's (``OWNER_ENV``), else none."""
+    token = os.environ.get(OWNER_ENV, "")
+    return token if re.fullmatch(r"[0-9a-f]{8,32}", token) else ""
+
+
+def owned_prefix(kind: str = "") -> str:
+    """``ember-[kind-]o<token>-`` (``ember-[kind-]`` outside a server)."""
+    token = owner_token()
+    return f"ember-{kind + '-' if kind else ''}{'o' + token + '-' if token else ''}"
+
+
+class Owner:
+    """A running server's claim on its leftovers: an ``flock`` held on its lock file, released by
+    the kernel however the process ends. ``release`` removes the lock file (a clean exit)."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(6)
+        self.lock_path = os.path.join(shm_dir(), f"ember-o{self.token}.lock")
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd: Optional[int] = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_stale() -> list[str]:
+    """Removes the shared-memory regions and temp folders of servers that died without cleaning
+    up (their lock file is there and no process holds it); returns what it removed."""
+    folders = {os.path.realpath(shm_dir()), os.path.realpath(tempfile.gettempdir())}
+    found: dict[str, list[str]] = {}
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            m = _OWNED.match(name)
+            if m:
+                found.setdefault(m.group(1), []).append(os.path.join(folder, name))
+    removed = []
+    for token, paths in found.items():
+        lock = os.path.join(shm_dir(), f"ember-o{token}.lock")
+        if not _dead(lock):
+            continue
+        for path in sorted(paths, key=lambda p: p == lock):  # the lock file last
+            try:
+                st = os.lstat(path)
+                if st.st_uid != os.getuid():
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(path)
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+                    os.unlink(path)
+                else:
+                    continue
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
+
+
+def _dead(lock: str) -> bool:
+    """Whether ``lock`` exists and no process holds it (its server is gone)."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return False  # no lock file: a server we cannot judge (or one that exited cleanly)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # releases the lock we took, if any
+    return True
 
 
 def shm_dir() -> str:
@@ -59,7 +156,7 @@ class Region:
 
     @classmethod
     def new(cls, size: int, label: str) -> Region:
-        fd, path = tempfile.mkstemp(prefix=f"ember-{label}-", dir=shm_dir())  # mode 0600
+        fd, path = tempfile.mkstemp(prefix=f"{owned_prefix()}{label}-", dir=shm_dir())  # mode 0600
         os.close(fd)
         try:
             return cls(path, max(size, ALIGN), create=True)

@@ -3,6 +3,7 @@ apart, queue limits, timeouts, failures, parallel instances and draining."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import numpy as np
@@ -184,8 +185,31 @@ def test_engine_failure_answers_every_request_and_keeps_serving():
         await sched.close()
         return bad, good
     bad, good = run(main())
-    assert all(isinstance(e, InferenceFailedError) and "kernel exploded" in str(e) for e in bad)
+    # the batch failed; run alone, the request with negative values fails (its data's fault: 400)
+    # and its batchmate is answered
+    assert isinstance(bad[0], BadRequestError) and "kernel exploded" in str(bad[0])
+    np.testing.assert_array_equal(bad[1]["y"], np.full((1, 3), 2, np.float32))
     np.testing.assert_array_equal(good["y"], np.full((1, 3), 2, np.float32))
+
+
+def test_a_failure_of_every_request_is_an_internal_error_with_an_id(caplog):
+    def broken(feeds):
+        raise RuntimeError("secret /opt/path exploded")
+
+    async def main():
+        sched, _, _ = make({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": 50_000}},
+                           fn=broken)
+        await sched.start()
+        out = await asyncio.gather(*(sched.infer({"x": np.ones((1, 3), np.float32)}, 1) for _ in range(3)),
+                                   return_exceptions=True)
+        await sched.close()
+        return out
+    with caplog.at_level("ERROR", logger="ember.serve"):
+        errors = run(main())
+    for e in errors:
+        assert isinstance(e, InferenceFailedError) and "secret" not in str(e)
+        eid = re.search(r"internal error ([0-9a-f]{12})", str(e)).group(1)
+        assert any(eid in r.getMessage() and "secret" in r.getMessage() for r in caplog.records)
 
 
 def test_engine_input_error_becomes_bad_request():

@@ -125,7 +125,7 @@ def _handler(upstream: _Upstream, index: int) -> Any:
 
 
 async def serve_front_end(hub: str, host: str, port: int, grace: float,
-                          staging_mb: int = DEFAULT_STAGING_MB) -> int:
+                          staging_mb: int = DEFAULT_STAGING_MB, max_message: int = _MAX_MESSAGE) -> int:
     """A front end's life: connect to the hub, listen on the port, relay until SIGTERM/SIGINT or
     until the hub goes away."""
     reader, writer = await asyncio.open_unix_connection(hub)
@@ -137,16 +137,16 @@ async def serve_front_end(hub: str, host: str, port: int, grace: float,
             print(f"ember serve front end: no staging pool, tensors travel in the relayed messages: "
                   f"{exc}", file=sys.stderr)
     try:
-        return await _serve(upstream, writer, host, port, grace)
+        return await _serve(upstream, writer, host, port, grace, max_message)
     finally:
         if upstream.pool is not None:
             upstream.pool.close()
 
 
 async def _serve(upstream: _Upstream, writer: asyncio.StreamWriter, host: str, port: int,
-                 grace: float) -> int:
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", _MAX_MESSAGE),
-                                      ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                 grace: float, max_message: int = _MAX_MESSAGE) -> int:
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", max_message),
+                                      ("grpc.max_receive_message_length", max_message),
                                       ("grpc.so_reuseport", 1)])
     handlers = {name: _handler(upstream, i) for i, name in enumerate(METHODS)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -180,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=60.0, help="seconds to finish calls on SIGTERM")
     parser.add_argument("--staging-mb", type=int, default=DEFAULT_STAGING_MB,
                         help="shared memory for large input tensors (0: none)")
+    parser.add_argument("--max-message-bytes", type=int, default=_MAX_MESSAGE,
+                        help="largest gRPC message received or sent")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(serve_front_end(args.hub, args.host, args.port, args.grace, args.staging_mb))
+        return asyncio.run(serve_front_end(args.hub, args.host, args.port, args.grace, args.staging_mb,
+                                           args.max_message_bytes))
     except OSError as exc:
         print(f"ember serve front end: {exc}", file=sys.stderr)
         return 1

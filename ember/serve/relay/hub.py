@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from ember.serve.errors import ServeError
+from ember.serve.errors import InferenceFailedError, ServeError, client_message, internal_error
 from ember.serve.proto import messages, service_methods
 from ember.serve.relay.wire import (
     BLOCK,
@@ -43,7 +43,7 @@ from ember.serve.relay.wire import (
     FrameReader,
     encode,
 )
-from ember.serve.shm import REGIONS
+from ember.serve.shm import REGIONS, owned_prefix
 
 log = logging.getLogger("ember.serve")
 
@@ -152,10 +152,13 @@ class RelayHub:
             response = await call
             return 0, response.SerializeToString()
         except ServeError as exc:
-            return exc.grpc_code.value[0], str(exc).encode()
+            message = client_message(exc)
+            if not isinstance(exc, InferenceFailedError):  # those were logged with their id
+                log.info("gRPC %s %s (relayed): %s", exc.grpc_code.name, name, message[:300])
+            return exc.grpc_code.value[0], message.encode()
         except Exception as exc:  # noqa: BLE001 - a bug must still answer the call
-            log.exception("relayed gRPC call %s failed", name)
-            return grpc.StatusCode.INTERNAL.value[0], f"internal error: {type(exc).__name__}: {exc}".encode()
+            err = internal_error(f"answering relayed gRPC {name}", exc)
+            return grpc.StatusCode.INTERNAL.value[0], str(err).encode()
 
     async def answer_staged(self, pool: Any, payload: bytes) -> tuple[int, bytes]:
         """A ``ModelInfer`` call whose raw_input_contents lie in the front end's pool."""
@@ -224,14 +227,15 @@ class FrontEnds:
 
     def __init__(self, servicer: Any, count: int, host: str, port: int,
                  shutdown_timeout_s: float = 60.0, start_timeout_s: float = 60.0,
-                 staging_mb: int = DEFAULT_STAGING_MB) -> None:
+                 staging_mb: int = DEFAULT_STAGING_MB, max_message_bytes: int = 2**31 - 1) -> None:
         if count < 1:
             raise ValueError(f"FrontEnds needs at least one process, got {count}")
         if staging_mb < 0:
             raise ValueError(f"the staging pool size must be >= 0 MiB, got {staging_mb}")
         self.count, self.host, self.staging_mb = count, host, staging_mb
+        self.max_message_bytes = max_message_bytes
         self.shutdown_timeout_s, self.start_timeout_s = shutdown_timeout_s, start_timeout_s
-        self._dir = tempfile.TemporaryDirectory(prefix="ember-serve-")
+        self._dir = tempfile.TemporaryDirectory(prefix=owned_prefix("serve"))
         self.hub = RelayHub(servicer, str(Path(self._dir.name) / "hub.sock"))
         self._reserved = reserve_port(host, port)
         self.port = self._reserved.getsockname()[1]
@@ -261,7 +265,7 @@ class FrontEnds:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", FRONT_END_MODULE, "--hub", self.hub.path, "--host", self.host,
                "--port", str(self.port), "--grace", str(self.shutdown_timeout_s),
-               "--staging-mb", str(self.staging_mb)]
+               "--staging-mb", str(self.staging_mb), "--max-message-bytes", str(self.max_message_bytes)]
         self._spawned += 1
         log_path = Path(self._dir.name) / f"front-end-{self._spawned}.log"
         with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe would block it

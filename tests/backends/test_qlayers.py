@@ -79,6 +79,10 @@ CASES = [
      Activation.CLIP, (0.0, 6.0), QuantParams(6 / 255, 0, U8)),
     ("sigmoid after float", ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), 8, 8, QuantParams(0.03, 0, U8),
      Activation.SIGMOID, (), QuantParams(1 / 255, 0, U8)),
+    ("grouped 4, dilated 2", ConvAttrs((3, 3), (1, 1), (2, 2, 2, 2), (2, 2), group=4), 8, 16,
+     QuantParams(0.03, 0, U8), Activation.RELU, (), None),
+    ("5x5 stride 3", ConvAttrs((5, 5), (3, 3), (2, 2, 2, 2), (1, 1)), 4, 8, QuantParams(0.02, 128, U8),
+     Activation.NONE, (), QuantParams(0.1, 128, U8)),
 ]
 
 

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+from test_minilm import SENTENCES, _cosines
 
 import ember
 from ember.tools.runners import EmberRunner
@@ -21,20 +22,8 @@ CALIBRATION = [
     "A young boy is kicking a ball in the park.",
     "Researchers published the results in a medical journal.",
 ]
-EVALUATION = [
-    "A man is eating food.",
-    "Someone is having a meal.",
-    "The new movie is awesome.",
-    "A cheetah is running behind its prey.",
-    "The stock market fell sharply after the announcement.",
-    "Ember builds an optimized engine from an ONNX model and runs it on the CPU or the GPU.",
-    "Two children are playing chess at the kitchen table.",
-    "The train to the airport leaves every fifteen minutes.",
-]
-
-
-def _cosines(a, b):
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+EVALUATION = [*SENTENCES, "Two children are playing chess at the kitchen table.",
+              "The train to the airport leaves every fifteen minutes."]
 
 
 @pytest.fixture(scope="module")

@@ -133,13 +133,18 @@ def _static_input(node: Node, ctx: CompileContext) -> Optional[list[int]]:
 @register_kernel(OpType.QCONV)
 def qconv(node: Node, ctx: CompileContext) -> Kernel:
     """QConv through ``onednn.qconv2d_pointwise`` (``.binary`` with a residual)."""
+    return _compile(node, ctx, _qconv)
+
+
+def _compile(node: Node, ctx: CompileContext, make) -> Kernel:
+    """``make(node, ctx, weight, bias)`` on the constant weight, or on each weight it is given."""
     if not int8_available():
-        raise BuildError(f"layer {node.name!r} is an INT8 convolution, and this PyTorch has no oneDNN INT8 "
-                         f"kernels; build with precision fp32")
+        raise BuildError(f"layer {node.name!r} is an INT8 layer ({node.op}), and this PyTorch has no oneDNN "
+                         f"INT8 kernels; build with precision fp32")
     w = ctx.const(node.input(1))
     if w is None:
-        return _with_runtime_weights(node, ctx, _qconv)
-    return _qconv(node, ctx, w, ctx.const(node.input(2)))
+        return _with_runtime_weights(node, ctx, make)
+    return make(node, ctx, w, ctx.const(node.input(2)))
 
 
 def _with_runtime_weights(node: Node, ctx: CompileContext, make) -> Kernel:
@@ -241,13 +246,7 @@ def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torc
 @register_kernel(OpType.QGEMM)
 def qgemm(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm through ``onednn.qlinear_pointwise``: ``[.., K] @ [K, N]`` on any leading dims."""
-    if not int8_available():
-        raise BuildError(f"layer {node.name!r} is an INT8 GEMM, and this PyTorch has no oneDNN INT8 "
-                         f"kernels; build with precision fp32")
-    w = ctx.const(node.input(1))
-    if w is None:
-        return _with_runtime_weights(node, ctx, _qgemm)
-    return _qgemm(node, ctx, w, ctx.const(node.input(2)))
+    return _compile(node, ctx, _qgemm)
 
 
 def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:

@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 
 def build(model: Any, config: "BuildConfig | None" = None, **options: Any) -> "Engine":
     """Builds an ``Engine`` from a model: anything ``ember.frontends.load`` takes (an ONNX file
-    path, bytes, an ``onnx.ModelProto``, an ``ember.ir.Graph``). ``options``: ``progress=True``
-    shows a progress display; see ``ember.builder.build.build`` for the rest."""
+    path, bytes, an ``onnx.ModelProto``, an ``ember.Network``, a ``torch.nn.Module`` with
+    ``example_inputs=``, an ``ember.ir.Graph``). ``options``: ``progress=True`` shows a progress
+    display, ``calibration_data=`` feeds an INT8 build; see ``ember.builder.build.build`` for the
+    rest."""
     from ember.builder.build import build as _build
 
     return _build(model, config or BuildConfig(), **options)

@@ -3,10 +3,11 @@
 >>> from ember.frontends import load
 >>> graph = load("model.onnx", shapes={"input": (1, 3, 224, 224)})   # doctest: +SKIP
 
-``FRONTENDS`` lists the formats (``ember.frontends.loader``); each format's own package (today
-``ember.frontends.onnx``) parses it and builds the IR with the frontend-neutral
+``FRONTENDS`` lists the formats (``ember.frontends.loader``): ONNX (``ember.frontends.onnx``), a
+network written in code (``ember.frontends.network.Network``) and a ``torch.nn.Module`` through
+``torch.export`` (``ember.frontends.torch_export``). Each builds the IR with the frontend-neutral
 ``ember.frontends.graph_builder.GraphBuilder``. Strings from a file become enums here, once.
-Importing this package does not import any format's library (onnx is imported on first use).
+Importing this package does not import any format's library (onnx and torch on first use).
 """
 from ember.frontends.graph_builder import GraphBuilder, ShapeMap
 from ember.frontends.loader import FRONTENDS, Frontend, detect, formats, load

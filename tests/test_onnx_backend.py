@@ -112,8 +112,12 @@ def test_run_node_and_refusals():
     x = np.array([[1.0, 3.0, 2.0], [5.0, 4.0, 5.0]], np.float32)
     (y,) = EmberBackend.run_node(helper.make_node("Hardmax", ["x"], ["y"]), [x])
     np.testing.assert_array_equal(y, [[0, 1, 0], [1, 0, 0]])
-    with pytest.raises(ember_errors.UnsupportedOpError, match="NonZero"):
-        EmberBackend.run_node(helper.make_node("NonZero", ["x"], ["y"]), [x])
+    (nz,) = EmberBackend.run_node(helper.make_node("NonZero", ["x"], ["y"]), [x])
+    np.testing.assert_array_equal(nz, np.array(np.nonzero(x)))
+    with pytest.raises(ember_errors.UnsupportedOpError, match="TfIdfVectorizer"):
+        EmberBackend.run_node(helper.make_node("TfIdfVectorizer", ["x"], ["y"], mode="TF", min_gram_length=1,
+                                               max_gram_length=1, max_skip_count=0, ngram_counts=[0],
+                                               ngram_indexes=[0], pool_int64s=[1]), [x])
     assert EmberBackend.supports_device("CPU")
     with pytest.raises(ember_errors.DeviceError):
         EmberBackend.prepare(_conv_relu(13), "CUDA:1")

@@ -367,11 +367,6 @@ def _md(text: str) -> str:
 
 #: What is known of the cases that give a wrong result (shown instead of the bare mismatch).
 NOTES = {
-    "test_resize_downsample_scales_linear_align_corners":
-        "ONNX's reference and ONNX Runtime disagree: for align_corners with scales giving a "
-        "fractional length (4 x 0.6 = 2.4), the reference divides by 2.4 - 1, ONNX Runtime and "
-        "PyTorch (and the spec's formula, length_resized being the output length) by 2 - 1. "
-        "Ember follows ONNX Runtime and PyTorch, the exporters' semantics; ONNX Runtime fails this case too",
     "test_attention_4d_causal_fp16_expanded":
         "float16 rounding: 2 of 192 outputs differ from the reference by one float16 ulp (4.9e-4 "
         "near 0.5), over the case's rtol of 1e-3; ONNX Runtime differs by the same ulp on others",

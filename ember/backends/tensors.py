@@ -22,7 +22,7 @@ _TORCH = {
     DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,
     DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.UINT8: torch.uint8,
     DType.INT16: torch.int16, DType.UINT16: torch.uint16, DType.INT32: torch.int32, DType.INT64: torch.int64,
-    DType.BOOL: torch.bool,
+    DType.BOOL: torch.bool, DType.UINT32: torch.uint32, DType.UINT64: torch.uint64,
 }
 _FROM_TORCH = {v: k for k, v in _TORCH.items()}
 

@@ -16,6 +16,8 @@ class DType(enum.Enum):
     UINT8 = "uint8"
     INT16 = "int16"
     UINT16 = "uint16"
+    UINT32 = "uint32"
+    UINT64 = "uint64"
     INT32 = "int32"
     INT64 = "int64"
     BOOL = "bool"
@@ -30,7 +32,8 @@ class DType(enum.Enum):
 
     @property
     def is_int(self) -> bool:
-        return self in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, DType.INT32, DType.INT64)
+        return self in (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, DType.INT32, DType.INT64,
+                        DType.UINT32, DType.UINT64)
 
     def to_numpy(self) -> np.dtype[Any]:
         if self is DType.BFLOAT16:
@@ -60,6 +63,7 @@ class DType(enum.Enum):
 _ITEMSIZE = {
     DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
     DType.UINT8: 1, DType.INT16: 2, DType.UINT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
+    DType.UINT32: 4, DType.UINT64: 8,
 }
 _ALIASES = {
     "fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16",

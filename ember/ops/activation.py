@@ -100,6 +100,17 @@ def infer_not(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     return [x]
 
 
+@register_op(OpType.BIT_CAST, attrs=CastAttrs)
+def infer_bit_cast(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """BitCast: the same bits read as another type of the same width."""
+    x = need_input(in_types, 0, "X")
+    a: CastAttrs = node.attrs
+    require(x.dtype.itemsize == a.to.itemsize,
+            f"BitCast from {x.dtype.value} to {a.to.value}: the widths differ "
+            f"({x.dtype.itemsize * 8} and {a.to.itemsize * 8} bits)")
+    return [x.with_dtype(a.to)]
+
+
 @register_op(OpType.CAST, attrs=CastAttrs)
 def infer_cast(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
     x = need_input(in_types, 0, "X")

@@ -97,6 +97,14 @@ class NearestMode(AttrEnum):
     CEIL = "ceil"
 
 
+class KeepAspectRatioPolicy(AttrEnum):
+    """Resize's ``keep_aspect_ratio_policy`` (opset 18): how ``sizes`` keep the aspect ratio."""
+
+    STRETCH = "stretch"
+    NOT_LARGER = "not_larger"
+    NOT_SMALLER = "not_smaller"
+
+
 class DepthToSpaceMode(AttrEnum):
     DCR = "DCR"  # depth-column-row (ONNX's default)
     CRD = "CRD"  # column-row-depth (PyTorch's PixelShuffle)
@@ -244,6 +252,101 @@ class PoolAttrs:
     ceil_mode: bool = False
     count_include_pad: bool = False
     auto_pad: AutoPad = AutoPad.NOTSET
+    storage_order: int = 0  # MaxPool's Indices output: 0 row-major, 1 column-major
+
+
+@dataclass(frozen=True)
+class NMSAttrs:
+    """NonMaxSuppression: ``center_point_box`` True: boxes are ``[x_center, y_center, w, h]``,
+    False: two corners ``[y1, x1, y2, x2]`` in either order."""
+
+    center_point_box: bool = False
+
+
+class LossReduction(AttrEnum):
+    NONE = "none"
+    SUM = "sum"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class LossAttrs:
+    """NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (losses as plain functions of their
+    inputs): ``mean`` divides by the summed weights of the targets not ignored."""
+
+    reduction: LossReduction = LossReduction.MEAN
+    ignore_index: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "reduction", LossReduction)
+
+
+@dataclass(frozen=True)
+class DeformConvAttrs:
+    """DeformConv(X, W, offset, B?, mask?): a 2-D convolution sampling the input bilinearly at
+    positions moved by ``offset`` (``offset_group`` groups of input channels share offsets)."""
+
+    conv: ConvAttrs
+    offset_group: int = 1
+
+
+@dataclass(frozen=True)
+class MaxUnpoolAttrs:
+    """MaxUnpool(X, I, output_shape?): X's values scattered to the flat indices I."""
+
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TensorScatterAttrs:
+    """TensorScatter (opset 24): ``update`` written into ``past_cache`` along ``axis`` from each
+    batch's ``write_indices`` (0 when absent); ``circular`` wraps positions past the end."""
+
+    axis: int = -2
+    circular: bool = False
+
+
+@dataclass(frozen=True)
+class Col2ImAttrs:
+    """Col2Im(input[N, C * prod(block), L], image_shape, block_shape): per spatial axis (empty:
+    1 / 0 everywhere) ``strides``, ``dilations`` and ``pads`` (begins then ends)."""
+
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class UniqueAttrs:
+    """Unique: the distinct elements (``axis`` None: of the flattened input) or slices along
+    ``axis``, sorted ascending or (``sorted`` False) in order of first occurrence."""
+
+    axis: Optional[int] = None
+    sorted: bool = True
+
+
+@dataclass(frozen=True)
+class ReverseSequenceAttrs:
+    batch_axis: int = 1
+    time_axis: int = 0
+
+
+@dataclass(frozen=True)
+class AffineGridAttrs:
+    """AffineGrid(theta[N, 2, 3] or [N, 3, 4], size) -> sampling grid [N, (D,) H, W, 2 or 3]."""
+
+    align_corners: bool = False
+
+
+@dataclass(frozen=True)
+class LpPoolAttrs:
+    """LpPool: ``(sum of |x|^p over the window) ^ (1/p)``, the window as a pool's (pads count
+    as zeros)."""
+
+    pool: PoolAttrs
+    p: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -296,6 +399,61 @@ class AttentionAttrs:
         if self.qk_matmul_output_mode not in (0, 1, 2, 3):
             raise ValueError(f"AttentionAttrs.qk_matmul_output_mode={self.qk_matmul_output_mode} "
                              f"must be 0, 1, 2 or 3")
+
+
+class LinearAttentionRule(AttrEnum):
+    """LinearAttention's ``update_rule``: decay gating and/or delta correction of the state."""
+
+    LINEAR = "linear"
+    GATED = "gated"
+    DELTA = "delta"
+    GATED_DELTA = "gated_delta"
+
+
+@dataclass(frozen=True)
+class LinearAttentionAttrs:
+    """LinearAttention (opset 27): inputs ``(query, key, value, past_state?, decay?, beta?)``,
+    3-D packed ``[B, T, H * D]``; outputs ``(output, present_state)``. ``scale`` 0: 1/sqrt(d_k).
+    ``chunk_size`` is a tuning hint that does not change the result."""
+
+    q_num_heads: int
+    kv_num_heads: int
+    update_rule: LinearAttentionRule = LinearAttentionRule.GATED_DELTA
+    scale: float = 0.0
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "update_rule", LinearAttentionRule)
+        if self.q_num_heads <= 0 or self.kv_num_heads <= 0 or self.q_num_heads % self.kv_num_heads:
+            raise ValueError(f"LinearAttentionAttrs: q_num_heads ({self.q_num_heads}) must be a "
+                             f"positive multiple of kv_num_heads ({self.kv_num_heads})")
+
+    @property
+    def gated(self) -> bool:
+        return self.update_rule in (LinearAttentionRule.GATED, LinearAttentionRule.GATED_DELTA)
+
+    @property
+    def delta(self) -> bool:
+        return self.update_rule in (LinearAttentionRule.DELTA, LinearAttentionRule.GATED_DELTA)
+
+
+@dataclass(frozen=True)
+class RotaryEmbeddingAttrs:
+    """RotaryEmbedding (opset 23): inputs ``(input, cos_cache, sin_cache, position_ids?)``, input
+    4-D ``[B, H, S, D]`` or 3-D ``[B, S, H * D]`` (then ``num_heads`` is needed); the first
+    ``rotary_embedding_dim`` (0: all) of each head's dims rotate, as halves or interleaved pairs."""
+
+    interleaved: bool = False
+    rotary_embedding_dim: int = 0
+    num_heads: int = 0
+
+
+@dataclass(frozen=True)
+class CausalConvAttrs:
+    """CausalConvWithState (opset 27): inputs ``(input[B, C, L], weight[C, 1, k], bias?,
+    past_state[B, C, k - 1]?)``; ``silu``: the fused SiLU/Swish activation."""
+
+    silu: bool = False
 
 
 class BitShiftDirection(AttrEnum):
@@ -412,13 +570,24 @@ class ResizeAttrs:
     mode: ResizeMode = ResizeMode.NEAREST
     coordinate_transformation_mode: CoordinateTransform = CoordinateTransform.HALF_PIXEL
     nearest_mode: NearestMode = NearestMode.ROUND_PREFER_FLOOR
-    scales: Optional[tuple[float, ...]] = None  # when constant at import
+    scales: Optional[tuple[float, ...]] = None  # when constant at import (one per input dim)
     sizes: Optional[tuple[int, ...]] = None
+    # opset 11+ attributes (defaults: ONNX's)
+    cubic_coeff_a: float = -0.75
+    exclude_outside: bool = False
+    extrapolation_value: float = 0.0  # tf_crop_and_resize outside the input
+    antialias: bool = False  # opset 18: linear/cubic filters stretched when downscaling
+    keep_aspect_ratio_policy: KeepAspectRatioPolicy = KeepAspectRatioPolicy.STRETCH
+    #: opset 18: the (normalized) axes run-time scales/sizes/roi are given for; None: all.
+    #: ``scales``/``sizes``/``roi`` above are always one per input dim.
+    axes: Optional[tuple[int, ...]] = None
+    roi: Optional[tuple[float, ...]] = None  # tf_crop_and_resize, when constant: starts + ends
 
     def __post_init__(self) -> None:
         coerce_enum(self, "mode", ResizeMode)
         coerce_enum(self, "coordinate_transformation_mode", CoordinateTransform)
         coerce_enum(self, "nearest_mode", NearestMode)
+        coerce_enum(self, "keep_aspect_ratio_policy", KeepAspectRatioPolicy)
 
 
 @dataclass(frozen=True)

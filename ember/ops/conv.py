@@ -13,8 +13,16 @@ from ember.errors import ShapeError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops.attrs import AutoPad, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs
-from ember.ops.common import affine_dim, need, require, same_dtype
+from ember.ops.attrs import (
+    AutoPad,
+    BatchNormAttrs,
+    CausalConvAttrs,
+    Col2ImAttrs,
+    ConvAttrs,
+    ConvTransposeAttrs,
+    DeformConvAttrs,
+)
+from ember.ops.common import affine_dim, input_at, need, require, same_dtype
 from ember.ops.registry import register_op
 
 Types = Sequence[Optional[TensorType]]
@@ -163,3 +171,49 @@ def infer_batch_norm(node: Node, in_types: Types, consts: Consts) -> list[Tensor
             require(t.shape[0] == x.shape[1],
                     f"BatchNormalization {name} has {t.shape[0]} entries for {x.shape[1]} channels")
     return [x]
+
+
+@register_op(OpType.CAUSAL_CONV_WITH_STATE, attrs=CausalConvAttrs)
+def infer_causal_conv(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """CausalConvWithState(input[B, C, L], weight[C, 1, k], bias[C]?, past_state[B, C, k-1]?)
+    -> (output[B, C, L], present_state[B, C, k-1])."""
+    x, w = need(input_at(in_types, 0), "input"), need(input_at(in_types, 1), "weight")
+    require(x.rank == 3 and w.rank == 3,
+            f"CausalConvWithState needs a 3-D input and a 3-D (channels, 1, k) weight, got {x}, {w}")
+    require(x.dtype.is_float, f"CausalConvWithState needs a floating-point input, got {x}")
+    k = w.shape[2]
+    state = (x.shape[0], x.shape[1], k - 1 if isinstance(k, int) else f"{k}-1")
+    return [x, TensorType(x.dtype, state)]
+
+
+@register_op(OpType.COL2IM, attrs=Col2ImAttrs)
+def infer_col2im(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """Col2Im(input[N, C * prod(block), L], image_shape[r], block_shape[r]) -> [N, C, *image]."""
+    x = need(input_at(in_types, 0), "input")
+    image = need(input_at(in_types, 1), "image_shape")
+    require(x.rank == 3, f"Col2Im needs a 3-D input [N, C * prod(block), L], got {x}")
+    require(image.rank == 1 and isinstance(image.shape[0], int), f"Col2Im image_shape must be 1-D, got {image}")
+    r = int(image.shape[0])
+    img_v, block_v = (consts[i] if i < len(consts) else None for i in (1, 2))
+    if img_v is None or block_v is None:
+        c: Dim = f"{node.outputs[0]}#c"
+        spatial: tuple[Dim, ...] = tuple(f"{node.outputs[0]}#{i}" for i in range(r))
+        return [x.with_shape((x.shape[0], c, *spatial))]
+    block = int(np.prod([int(v) for v in np.asarray(block_v).reshape(-1)]))
+    cb = x.shape[1]
+    require(not isinstance(cb, int) or cb % block == 0,
+            f"Col2Im input channels {cb} are not a multiple of the block size {block}")
+    c = cb // block if isinstance(cb, int) else f"{cb}/{block}"
+    return [x.with_shape((x.shape[0], c, *(int(v) for v in np.asarray(img_v).reshape(-1))))]
+
+
+@register_op(OpType.DEFORM_CONV, attrs=DeformConvAttrs)
+def infer_deform_conv(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """DeformConv(X[N, C, H, W], W[OC, C/group, kh, kw], offset[N, G*kh*kw*2, oh, ow], B?, mask?)
+    -> [N, OC, oh, ow]."""
+    x, w = need(input_at(in_types, 0), "X"), need(input_at(in_types, 1), "W")
+    offset = need(input_at(in_types, 2), "offset")
+    require(x.rank == 4 and w.rank == 4 and offset.rank == 4,
+            f"DeformConv supports 2-D convolutions (4-D X, W, offset), got {x}, {w}, {offset}")
+    require(x.dtype.is_float, f"DeformConv needs a floating-point input, got {x}")
+    return [x.with_shape((x.shape[0], w.shape[0], offset.shape[2], offset.shape[3]))]

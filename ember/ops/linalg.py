@@ -7,7 +7,7 @@ from ember.errors import ShapeError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
-from ember.ops.attrs import AttentionAttrs, EinsumAttrs, GemmAttrs
+from ember.ops.attrs import AttentionAttrs, EinsumAttrs, GemmAttrs, LinearAttentionAttrs, RotaryEmbeddingAttrs
 from ember.ops.common import (
     Consts,
     Types,
@@ -148,3 +148,46 @@ def infer_attention(node: Node, in_types: Types, consts: Consts) -> list[TensorT
     _, _, dk = _heads(k, a.kv_num_heads, "K")
     return [TensorType(dtype, y), TensorType(dtype, (batch, hkv, total, dk)),
             TensorType(dtype, (batch, hkv, total, dv)), TensorType(dtype, (batch, hq, sq, total))]
+
+
+@register_op(OpType.LINEAR_ATTENTION, attrs=LinearAttentionAttrs)
+def infer_linear_attention(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """LinearAttention(query[B, T, Hq*dk], key[B, T, Hkv*dk], value[B, T, Hkv*dv], past_state?,
+    decay?, beta?) -> (output[B, T, Hq*dv], present_state[B, Hkv, dk, dv])."""
+    a: LinearAttentionAttrs = node.attrs
+    q, k, v = (need(input_at(in_types, i), n) for i, n in enumerate(("query", "key", "value")))
+    require(q.rank == 3 and k.rank == 3 and v.rank == 3,
+            f"LinearAttention needs 3-D packed query, key, value, got {q}, {k}, {v}")
+    require(q.dtype.is_float, f"LinearAttention needs floating-point inputs, got {q}")
+    _, _, dk = _heads(q, a.q_num_heads, "query")
+    _, _, dk2 = _heads(k, a.kv_num_heads, "key")
+    _, _, dv = _heads(v, a.kv_num_heads, "value")
+    require(not (isinstance(dk, int) and isinstance(dk2, int)) or dk == dk2,
+            f"LinearAttention query head size {dk} differs from key head size {dk2}")
+    names = ("past_state", "decay", "beta")
+    given = {name: input_at(in_types, 3 + i) for i, name in enumerate(names)}
+    require((given["decay"] is not None) == a.gated,
+            f"LinearAttention update_rule {a.update_rule.value!r} "
+            f"{'requires' if a.gated else 'forbids'} the decay input")
+    require((given["beta"] is not None) == a.delta,
+            f"LinearAttention update_rule {a.update_rule.value!r} "
+            f"{'requires' if a.delta else 'forbids'} the beta input")
+    past = given["past_state"]
+    state_dtype = past.dtype if past is not None else q.dtype
+    return [TensorType(q.dtype, (q.shape[0], q.shape[1], mul_dims((a.q_num_heads, dv)))),
+            TensorType(state_dtype, (q.shape[0], a.kv_num_heads, dk, dv))]
+
+
+@register_op(OpType.ROTARY_EMBEDDING, attrs=RotaryEmbeddingAttrs)
+def infer_rotary_embedding(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """RotaryEmbedding(input, cos_cache, sin_cache, position_ids?) -> the input's type."""
+    a: RotaryEmbeddingAttrs = node.attrs
+    x = need(input_at(in_types, 0), "input")
+    require(x.rank in (3, 4), f"RotaryEmbedding needs a 3-D or 4-D input, got {x}")
+    require(x.dtype.is_float, f"RotaryEmbedding needs a floating-point input, got {x}")
+    require(x.rank == 4 or a.num_heads > 0, f"RotaryEmbedding input {x} is 3-D, so num_heads is required")
+    require(a.rotary_embedding_dim % 2 == 0 and a.rotary_embedding_dim >= 0,
+            f"RotaryEmbedding rotary_embedding_dim {a.rotary_embedding_dim} must be even")
+    need(input_at(in_types, 1), "cos_cache")
+    need(input_at(in_types, 2), "sin_cache")
+    return [x]

@@ -10,6 +10,8 @@ from ember.ops.attrs import (
     GroupNormAttrs,
     InstanceNormAttrs,
     LayerNormAttrs,
+    LossAttrs,
+    LossReduction,
     LRNAttrs,
     RMSNormAttrs,
     SoftmaxAttrs,
@@ -115,3 +117,19 @@ def infer_group_norm(node: Node, in_types: Types, consts: Consts) -> list[Tensor
         require(t.rank == 1, f"GroupNormalization {name} must be 1-D, got {t}")
         broadcast_shapes((want,), t.shape)
     return [x]
+
+
+def _infer_loss(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """NLL / softmax cross-entropy loss(x[N, C, *d], target[N, *d] int, weight[C]?) -> the loss
+    (a scalar, or target's shape for reduction none) and, for the softmax one, log_prob."""
+    x, target = need_input(in_types, 0, "input"), need_input(in_types, 1, "target")
+    require(x.rank >= 2 and x.dtype.is_float, f"{node.op} needs a float input [N, C, ...], got {x}")
+    require(target.rank == x.rank - 1 and target.dtype.is_int,
+            f"{node.op} target {target} must be integer [N, ...] for input {x}")
+    a: LossAttrs = node.attrs
+    loss = x.with_shape(target.shape if a.reduction is LossReduction.NONE else ())
+    return [loss, x] if node.op is OpType.SOFTMAX_CROSS_ENTROPY else [loss]
+
+
+register_op(OpType.NLL_LOSS, attrs=LossAttrs)(_infer_loss)
+register_op(OpType.SOFTMAX_CROSS_ENTROPY, attrs=LossAttrs)(_infer_loss)

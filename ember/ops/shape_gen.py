@@ -3,7 +3,7 @@ ConstantOfShape, EyeLike, Range, Pad, Resize, GridSample."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -13,9 +13,12 @@ from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ir.types import Dim, TensorType
 from ember.ops.attrs import (
+    AffineGridAttrs,
+    AxesAttrs,
     ConstantOfShapeAttrs,
     EyeLikeAttrs,
     GridSampleAttrs,
+    KeepAspectRatioPolicy,
     PadAttrs,
     ResizeAttrs,
     ShapeAttrs,
@@ -38,6 +41,8 @@ from ember.ops.common import (
     require,
 )
 from ember.ops.registry import register_op
+
+T = TypeVar("T")
 
 
 def _shape_len(t: TensorType, what: str) -> int:
@@ -165,18 +170,51 @@ def resize_dim(dim: Dim, scale: float) -> Dim:
     return f"floor({dim}*{scale:g})"
 
 
+def resize_full(values: Sequence[T], axes: Optional[Sequence[int]], rank: int,
+                others: Sequence[T]) -> tuple[T, ...]:
+    """Resize's per-``axes`` scales/sizes as one per input dim (``others[i]`` for dims not in
+    ``axes``); values one per dim already (no ``axes``) come back as they are."""
+    if axes is None:
+        return tuple(values)
+    require(len(values) == len(axes),
+            f"Resize axes {tuple(axes)} and scales/sizes {tuple(values)} differ in length")
+    return tuple(values[list(axes).index(i)] if i in axes else others[i] for i in range(rank))
+
+
+def keep_aspect_sizes(in_shape: Sequence[int], sizes: Sequence[int], axes: Optional[Sequence[int]],
+                      policy: KeepAspectRatioPolicy) -> tuple[tuple[int, ...], Optional[float]]:
+    """Resize's ``keep_aspect_ratio_policy`` applied to full-rank ``sizes``: (output sizes, the
+    one scale of the resized axes, None for ``stretch``). ``not_larger`` takes the smallest
+    ``sizes[d] / in[d]`` over ``axes``, ``not_smaller`` the largest; the output is
+    ``round_half_up(scale * in[d])`` on ``axes`` and the input's size elsewhere."""
+    if policy is KeepAspectRatioPolicy.STRETCH:
+        return tuple(sizes), None
+    chosen = range(len(in_shape)) if axes is None else axes
+    ratios = [sizes[d] / in_shape[d] for d in chosen]
+    scale = min(ratios) if policy is KeepAspectRatioPolicy.NOT_LARGER else max(ratios)
+    return tuple(int(scale * d + 0.5) if i in chosen else d for i, d in enumerate(in_shape)), scale
+
+
 @register_op(OpType.RESIZE, attrs=ResizeAttrs)
 def infer_resize(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
-    """Resize(x, roi?, scales?, sizes?): sizes win; else floor(dim * scale) per axis."""
+    """Resize(x, roi?, scales?, sizes?): sizes win (after keep_aspect_ratio_policy); else
+    floor(dim * scale) per axis. Run-time scales/sizes are per ``axes`` when it is given."""
     x = need(input_at(in_types, 0), "X")
     a: ResizeAttrs = node.attrs
     sizes_v, scales_v = const_at(consts, 3), const_at(consts, 2)
     sizes = a.sizes if a.sizes is not None else (
-        const_ints(sizes_v) if sizes_v is not None and sizes_v.size else None)
+        resize_full(const_ints(sizes_v), a.axes, x.rank, x.shape)
+        if sizes_v is not None and sizes_v.size else None)
     scales = a.scales if a.scales is not None else (
-        const_floats(scales_v) if scales_v is not None and scales_v.size else None)
+        resize_full(const_floats(scales_v), a.axes, x.rank, [1.0] * x.rank)
+        if scales_v is not None and scales_v.size else None)
     if sizes is not None:
         require(len(sizes) == x.rank, f"Resize sizes {sizes} must have {x.rank} entries for {x}")
+        if a.keep_aspect_ratio_policy is not KeepAspectRatioPolicy.STRETCH:
+            if not x.is_static:
+                return [x.with_shape(fresh_dims(node.outputs[0], x.rank))]
+            sizes = keep_aspect_sizes([int(d) for d in x.shape], [int(s) for s in sizes], a.axes,
+                                      a.keep_aspect_ratio_policy)[0]
         return [x.with_shape(tuple(sizes))]
     if scales is not None:
         require(len(scales) == x.rank, f"Resize scales {scales} must have {x.rank} entries for {x}")
@@ -194,3 +232,33 @@ def infer_grid_sample(node: Node, in_types: Types, consts: Consts) -> list[Tenso
     require(grid.rank == x.rank and (not isinstance(last, int) or last == x.rank - 2),
             f"GridSample grid {grid} does not fit input {x} (want [N, *out, {x.rank - 2}])")
     return [x.with_shape((x.shape[0], x.shape[1], *grid.shape[1:-1]))]
+
+
+@register_op(OpType.AFFINE_GRID, attrs=AffineGridAttrs)
+def infer_affine_grid(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """AffineGrid(theta[N, r, r + 1], size[r + 2]) -> [N, *size[2:], r] (r = 2 or 3)."""
+    theta, size = need_input(in_types, 0, "theta"), need_input(in_types, 1, "size")
+    require(theta.rank == 3 and theta.dtype.is_float, f"AffineGrid theta must be float [N, r, r+1], got {theta}")
+    require(size.rank == 1 and isinstance(size.shape[0], int) and size.shape[0] in (4, 5),
+            f"AffineGrid size must be a 1-D tensor of 4 or 5 values, got {size}")
+    r = int(size.shape[0]) - 2
+    v = const_at(consts, 1)
+    spatial: tuple[Dim, ...] = tuple(const_ints(v)[2:]) if v is not None else \
+        fresh_dims(node.outputs[0], r)
+    return [TensorType(theta.dtype, (theta.shape[0], *spatial, r))]
+
+
+@register_op(OpType.CENTER_CROP_PAD, attrs=AxesAttrs)
+def infer_center_crop_pad(node: Node, in_types: Types, consts: Consts) -> list[TensorType]:
+    """CenterCropPad(x, shape): each of ``axes`` (all: None) cropped or zero-padded around the
+    centre to ``shape``."""
+    x, shape = need_input(in_types, 0, "input_data"), need_input(in_types, 1, "shape")
+    axes = norm_axes(node.attrs.axes, x.rank) if node.attrs.axes is not None else tuple(range(x.rank))
+    require(shape.rank == 1 and shape.shape[0] in (len(axes),) or not isinstance(shape.shape[0], int),
+            f"CenterCropPad shape {shape} must have one value per axis {tuple(axes)}")
+    v = const_at(consts, 1)
+    sizes: Sequence[Dim] = const_ints(v) if v is not None else fresh_dims(node.outputs[0], len(axes))
+    out = list(x.shape)
+    for a, d in zip(axes, sizes):
+        out[a] = d
+    return [x.with_shape(tuple(out))]

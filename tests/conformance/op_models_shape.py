@@ -115,7 +115,10 @@ def _resize(r) -> list[OpCase]:
                mode="nearest"),
         single("Resize-11-sizes", "Resize", [feed("x", x), const("roi", empty), const("sc", empty), const("sz", sizes)],
                opset=11, mode="linear"),
-        single("Resize-13-linear-align", "Resize", [feed("x", x), None, const("sc", scales)], opset=13, mode="linear",
+        # align_corners with whole output lengths (4 x 2, 5 x 3): with a fractional one (5 x 1.5)
+        # ONNX's reference and ONNX Runtime disagree, and Ember refuses it
+        single("Resize-13-linear-align", "Resize",
+               [feed("x", x), None, const("sc", np.array([1, 1, 2, 3], F32))], opset=13, mode="linear",
                coordinate_transformation_mode="align_corners"),
         single("Resize-13-linear-pytorch", "Resize", [feed("x", x), None, None, const("sz", sizes)], opset=13,
                mode="linear", coordinate_transformation_mode="pytorch_half_pixel"),

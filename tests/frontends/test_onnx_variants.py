@@ -121,9 +121,9 @@ def test_pad_forms():
     assert n.attrs.pads is None and n.inputs == ("x", "p")
 
 
-def test_pad_wrap_mode_is_rejected():
-    with pytest.raises(UnsupportedOpError, match="wrap"):
-        import_onnx(single("p", "Pad", [feed("x", X4), const("p", np.zeros(8, I64))], opset=19, mode="wrap").model)
+def test_pad_wrap_mode_is_imported():
+    _, n = only(single("p", "Pad", [feed("x", X4), const("p", np.zeros(8, I64))], opset=19, mode="wrap"))
+    assert n.op is OpType.PAD and n.attrs.mode == "wrap"
 
 
 def test_slice_forms():
@@ -168,10 +168,10 @@ def test_resize_forms():
     assert n.attrs.sizes is None and n.inputs == ("x", "", "", "z")
 
 
-@pytest.mark.parametrize("attrs, why", [({"mode": "cubic"}, "cubic"),
-                                        ({"coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop")])
-def test_resize_unsupported_modes_are_named(attrs, why):
-    case = single("r", "Resize", [feed("x", X4), None, const("s", np.ones(4, F32))], opset=13, **attrs)
+@pytest.mark.parametrize("attrs, why", [({"mode": "nearest", "antialias": 1}, "antialias=1 with mode='nearest'"),
+                                        ({"coordinate_transformation_mode": "tf_crop_and_resize"}, "without a roi")])
+def test_resize_unsupported_forms_are_named(attrs, why):
+    case = single("r", "Resize", [feed("x", X4), None, const("s", np.ones(4, F32))], opset=19, **attrs)
     with pytest.raises(UnsupportedOpError, match=why):
         import_onnx(case.model)
 
@@ -195,10 +195,9 @@ def test_batch_norm_training_outputs_are_rejected():
         import_onnx(case.model)
 
 
-def test_max_pool_indices_are_rejected():
-    case = single("mp", "MaxPool", [feed("x", X4)], n_out=2, kernel_shape=[2, 2])
-    with pytest.raises(UnsupportedOpError, match="Indices output 'y1'"):
-        import_onnx(case.model)
+def test_max_pool_indices_are_imported():
+    g, n = only(single("mp", "MaxPool", [feed("x", X4)], n_out=2, kernel_shape=[2, 2], storage_order=1))
+    assert n.outputs == ("y0", "y1") and n.attrs.storage_order == 1 and g.types["y1"].dtype is DType.INT64
 
 
 def test_gemm_defaults_gelu_hardswish_cast_shape():
@@ -278,11 +277,11 @@ def test_max_min_variadic_become_binary_chains():
     assert [n.op for n in g.nodes] == [OpType.MAX, OpType.MAX] and g.nodes[-1].outputs == ("y0",)
 
 
-def _if_model(dim1):
+def _if_model(dim1, else_node=None):
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, dim1])
     then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
                                [helper.make_value_info("t", onnx.TypeProto())])
-    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+    else_g = helper.make_graph([else_node or helper.make_node("Neg", ["x"], ["e"])], "else", [],
                                [helper.make_value_info("e", onnx.TypeProto())])
     nodes = [helper.make_node("Shape", ["x"], ["s"]),
              helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
@@ -301,10 +300,15 @@ def test_if_with_build_time_condition_is_inlined(dim1, taken):
     assert g.types["y"].shape == (2, dim1)
 
 
-def test_if_with_run_time_condition_is_rejected_with_advice():
-    with pytest.raises(UnsupportedOpError, match=r"If .*'branch'.*condition is only known at run time"):
-        import_onnx(_if_model("n"))
+def test_if_with_run_time_condition_computes_both_branches_and_selects():
+    g = import_onnx(_if_model("n"))
+    ops = [n.op for n in g.nodes]
+    assert OpType.RELU in ops and OpType.NEG in ops and ops[-1] is OpType.WHERE
+    assert g.types["y"].shape == (2, "n")
     assert import_onnx(_if_model("n"), shapes={"x": (2, 3)}).nodes[-2].op is OpType.RELU
+    other_shape = helper.make_node("ReduceSum", ["x"], ["e"], keepdims=0)
+    with pytest.raises(UnsupportedOpError, match=r"If .*'branch'.*condition is only known at run time"):
+        import_onnx(_if_model("n", other_shape))
 
 
 def test_local_functions_are_inlined_and_squeeze_without_axes_on_symbolic_input():

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 import ember
-from ember.errors import UnsupportedOpError
 from ember.frontends.onnx import import_onnx
 from tests.frontends.sweep_modules import MODULES, Inputs
 
@@ -128,13 +127,16 @@ def test_dynamo_export_matches_torch(dynamo_exports, bundle: str, opset: int) ->
     _check(model, proto, args, labels)
 
 
-def test_still_unsupported_op_is_listed_by_name() -> None:
-    """An op Ember has no handler for (NonZero: data-dependent shape) fails at import, named."""
+def test_data_dependent_shape_op_runs() -> None:
+    """NonZero (an output length known only at run time) imports and runs."""
     model = nn.Module()
     model.forward = lambda x: torch.nonzero(x > 0)  # type: ignore[method-assign]
-    proto = _export(model, (torch.randn(3, 4),), dynamo=False, opset=17)
-    with pytest.raises(UnsupportedOpError, match=r"NonZero \(domain ai.onnx, opset 17\): node"):
-        ember.build(proto, ember.BuildConfig(device="cpu"))
+    x = torch.randn(3, 4)
+    proto = _export(model, (x,), dynamo=False, opset=17)
+    engine = ember.build(proto, ember.BuildConfig(device="cpu"))
+    with engine.create_context() as ctx:
+        (out,) = ctx.infer({engine.inputs[0].name: x.numpy()}).values()
+    np.testing.assert_array_equal(np.asarray(out), torch.nonzero(x > 0).numpy())
 
 
 DYNAMIC_BATCH = ["depth_space", "topk", "one_hot", "lstm", "argmax", "group_norm", "einsum", "grid_sample", "mha"]

@@ -75,8 +75,6 @@ def _named(node: Node, kernel: Kernel) -> Kernel:
 def _unsupported_reason(node: Node) -> Optional[str]:
     if not has_kernel(node.op):
         return f"the CPU backend has no kernel for {node.op}"
-    if node.op is OpType.MAX_POOL and len([o for o in node.outputs if o]) > 1:
-        return "MaxPool's Indices output is not supported"
     if node.op is OpType.RESIZE and node.attrs is not None:
         from ember.backends.cpu.kernels.resize import COORDINATE_MODES, MODES, NEAREST_MODES
 

@@ -17,8 +17,10 @@ says whether a tactic applies to a node of a given graph, and ``rank`` orders th
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
+from ember.backends.base import CompileContext, Kernel, with_write_into, write_into_of
 from ember.backends.kernel_registry import Applies, KernelEntry, KernelFactory, KernelRegistry
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -72,4 +74,20 @@ def lookup(node: Node, tactic: str, graph: Optional[Graph], records: Optional[Re
         known = ", ".join(sorted(table))
         raise BuildError(f"node {node.name!r} ({node.op}): unknown CPU tactic {tactic!r}; "
                          f"known tactics: {known}. Rebuild the engine (or clear the timing cache)")
-    return entry
+    return replace(entry, factory=_unsigned_aware(entry.factory))
+
+
+def _unsigned_aware(factory: KernelFactory) -> KernelFactory:
+    """``factory`` whose kernels also run on uint16/uint32/uint64 inputs where the node may get
+    them (``ember.backends.cpu.unsigned``); other nodes get the kernel as it is."""
+    from ember.backends.cpu.unsigned import may_see_unsigned, unsigned_kernel
+
+    def make(node: Node, ctx: CompileContext) -> Kernel:
+        kernel = factory(node, ctx)
+        if not may_see_unsigned(node, ctx):
+            return kernel
+        wrapped = unsigned_kernel(node, kernel)
+        inner = write_into_of(kernel)
+        return with_write_into(wrapped, inner) if inner is not None else wrapped
+
+    return make

@@ -46,6 +46,12 @@ HOST_SLOTS: dict[OpType, frozenset[int]] = {
     OpType.TILE: frozenset({1}),
     OpType.TRILU: frozenset({1}),
     OpType.ONE_HOT: frozenset({1}),
+    OpType.AFFINE_GRID: frozenset({1}),
+    OpType.CENTER_CROP_PAD: frozenset({1}),
+    OpType.NON_MAX_SUPPRESSION: frozenset({2, 3, 4}),
+    OpType.REVERSE_SEQUENCE: frozenset({1}),
+    OpType.COL2IM: frozenset({1, 2}),
+    OpType.MAX_UNPOOL: frozenset({2}),
 }
 
 #: Ops whose output is metadata of the input (never reads its data).

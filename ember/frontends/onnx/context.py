@@ -24,6 +24,7 @@ ONNX_DTYPES: dict[int, DType] = {
     onnx.TensorProto.INT16: DType.INT16,
     onnx.TensorProto.UINT16: DType.UINT16, onnx.TensorProto.INT32: DType.INT32,
     onnx.TensorProto.INT64: DType.INT64, onnx.TensorProto.BOOL: DType.BOOL,
+    onnx.TensorProto.UINT32: DType.UINT32, onnx.TensorProto.UINT64: DType.UINT64,
 }
 
 

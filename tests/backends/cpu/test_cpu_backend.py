@@ -1,6 +1,8 @@
 """CPUBackend contract: coverage of the op set, tactics, errors, and evaluate's behaviour."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -46,15 +48,17 @@ def test_kernel_failure_names_the_node_and_inputs():
         evaluate(node, [np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)])
 
 
-def test_supports_rejects_what_no_kernel_does():
+def test_supports_what_the_kernels_do():
     backend = CPUBackend()
     pool = PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
     assert backend.supports(Node("p", OpType.MAX_POOL, ("x",), ("y",), pool))
-    assert not backend.supports(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool))
-    assert not backend.supports(Node("r", OpType.RESIZE, ("x",), ("y",), ResizeAttrs(mode="cubic")))
-    with pytest.raises(BuildError, match="MaxPool's Indices"):
-        ctx = CompileContext(Graph("g", [], [], [], {}), {}, torch.device("cpu"))
-        backend.compile_node(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool), ctx)
+    assert backend.supports(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool))
+    assert backend.supports(Node("r", OpType.RESIZE, ("x",), ("y",), ResizeAttrs(mode="cubic")))
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)[:, :, ::-1].copy()
+    y, idx = evaluate(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), pool), [x])
+    np.testing.assert_array_equal(x.reshape(-1)[idx.reshape(-1)], y.reshape(-1))
+    _, cols = evaluate(Node("p", OpType.MAX_POOL, ("x",), ("y", "idx"), replace(pool, storage_order=1)), [x])
+    np.testing.assert_array_equal(x[0, 0].T.reshape(-1)[cols.reshape(-1)], y.reshape(-1))
 
 
 def test_evaluate_outputs_never_alias_inputs_and_accept_readonly_arrays():

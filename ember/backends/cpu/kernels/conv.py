@@ -9,6 +9,7 @@ and the result is checked into the format; without a plan the kernels follow the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, split_pads, torch_pad_arg
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, ints, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import planned_format, planned_weight_format, to_format
 from ember.ir.graph import Node
@@ -181,5 +182,118 @@ def conv_transpose(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         w = w0 if w0 is not None else inputs[1]
         return [to_format(conv_transpose_forward(to_format(inputs[0], fmt), w, arg(inputs, 2), a), fmt)]
+
+    return run
+
+
+@register_kernel(OpType.CAUSAL_CONV_WITH_STATE)
+def causal_conv_with_state(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX CausalConvWithState: a depthwise conv1d over ``past_state ++ input`` (zeros when no
+    past state), SiLU when asked; the state out is the last ``k - 1`` positions of that sequence."""
+    silu = node.attrs.silu if node.attrs is not None else False
+
+    def run(inputs: Inputs) -> list:
+        x, w, bias, past = inputs[0], inputs[1], arg(inputs, 2), arg(inputs, 3)
+        b, c, _ = x.shape
+        k = w.shape[2]
+        if past is None:
+            past = torch.zeros((b, c, k - 1), dtype=x.dtype, device=x.device)
+        padded = torch.cat([past.to(x.dtype), x], dim=2)
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        y = F.conv1d(padded.to(work), w.to(work), None if bias is None else bias.to(work), groups=c)
+        if silu:
+            y = F.silu(y)
+        return [y.to(x.dtype), padded.narrow(2, padded.shape[2] - (k - 1), k - 1)]
+
+    return run
+
+
+@register_kernel(OpType.COL2IM)
+def col2im(node: Node, ctx: CompileContext) -> Kernel:
+    """Col2Im for any number of spatial axes: every column entry added at its place in the
+    padded image (``index_add_``), the pads cropped off."""
+    a = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        x, image, block = inputs[0], ints(inputs[1]), ints(inputs[2])
+        r = len(image)
+        strides = list(a.strides) or [1] * r
+        dilations = list(a.dilations) or [1] * r
+        pads = list(a.pads) or [0] * (2 * r)
+        padded = [image[d] + pads[d] + pads[d + r] for d in range(r)]
+        counts = [(padded[d] - dilations[d] * (block[d] - 1) - 1) // strides[d] + 1 for d in range(r)]
+        n, cb, length = x.shape
+        k = math.prod(block)
+        if cb % k or length != math.prod(counts):
+            raise ValueError(f"Col2Im input {list(x.shape)} does not fit image {image}, block {block} "
+                             f"({math.prod(counts)} blocks)")
+        offs = torch.cartesian_prod(*[torch.arange(b) * dl for b, dl in zip(block, dilations)]).reshape(k, r)
+        pos = torch.cartesian_prod(*[torch.arange(c) * s for c, s in zip(counts, strides)]).reshape(length, r)
+        coord = offs[:, None, :] + pos[None, :, :]  # [k, L, r] in the padded image
+        place = torch.tensor([math.prod(padded[d + 1:]) for d in range(r)], dtype=torch.int64)
+        flat = (coord * place).sum(-1).reshape(-1).to(x.device)
+        out = x.new_zeros((n, cb // k, math.prod(padded)))
+        out.index_add_(2, flat, x.reshape(n, cb // k, k * length))
+        out = out.reshape(n, cb // k, *padded)
+        crop = tuple(slice(pads[d], pads[d] + image[d]) for d in range(r))
+        return [out[(slice(None), slice(None)) + crop].contiguous()]
+
+    return run
+
+
+def _bilinear(x: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """``x[N, C, H, W]`` sampled at fractional ``(h, w)`` of shape ``[N, P]`` (zeros outside)."""
+    n, c, height, width = x.shape
+    flat = x.reshape(n, c, height * width)
+    h0, w0 = torch.floor(h), torch.floor(w)
+    out = x.new_zeros((n, c, h.shape[1]))
+    for dh in (0, 1):
+        for dw in (0, 1):
+            hi, wi = h0 + dh, w0 + dw
+            weight = (1 - (h - hi).abs()) * (1 - (w - wi).abs())
+            inside = (hi >= 0) & (hi < height) & (wi >= 0) & (wi < width)
+            index = (hi.clamp(0, height - 1) * width + wi.clamp(0, width - 1)).long()
+            vals = flat.gather(2, index.unsqueeze(1).expand(n, c, index.shape[1]))
+            out += vals * (weight * inside).unsqueeze(1).to(x.dtype)
+    return out
+
+
+@register_kernel(OpType.DEFORM_CONV)
+def deform_conv(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX DeformConv (2-D): each kernel tap samples the input bilinearly at its place moved by
+    the offset (scaled by the mask), then a grouped matrix product with the weights."""
+    a = node.attrs
+    conv = a.conv
+
+    def run(inputs: Inputs) -> list:
+        x, w, offset, bias, mask = inputs[0], inputs[1], inputs[2], arg(inputs, 3), arg(inputs, 4)
+        work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        x, w, offset = x.to(work), w.to(work), offset.to(work)
+        n, c, _, _ = x.shape
+        oc, _, kh, kw = w.shape
+        oh, ow = offset.shape[2:]
+        g_off, group = a.offset_group, conv.group
+        sh, sw = conv.strides
+        dh, dw = conv.dilations
+        off = offset.reshape(n, g_off, kh, kw, 2, oh, ow)
+        base_h = (torch.arange(oh, dtype=work) * sh - conv.pads[0]).reshape(1, 1, 1, oh, 1) + \
+            (torch.arange(kh, dtype=work) * dh).reshape(kh, 1, 1, 1)
+        base_w = (torch.arange(ow, dtype=work) * sw - conv.pads[1]).reshape(1, 1, 1, 1, ow) + \
+            (torch.arange(kw, dtype=work) * dw).reshape(1, kw, 1, 1)
+        hs = off[:, :, :, :, 0] + base_h.reshape(1, 1, kh, 1, oh, 1).to(x.device)
+        ws = off[:, :, :, :, 1] + base_w.reshape(1, 1, 1, kw, 1, ow).to(x.device)
+        m = mask.to(work).reshape(n, g_off, kh, kw, oh, ow) if mask is not None else None
+        per = c // g_off
+        cols = []
+        for g in range(g_off):
+            sampled = _bilinear(x[:, g * per:(g + 1) * per], hs[:, g].reshape(n, -1), ws[:, g].reshape(n, -1))
+            sampled = sampled.reshape(n, per, kh, kw, oh, ow)
+            cols.append(sampled * m[:, g].unsqueeze(1) if m is not None else sampled)
+        col = torch.cat(cols, dim=1).reshape(n, group, (c // group) * kh * kw, oh * ow)
+        wg = w.reshape(group, oc // group, (c // group) * kh * kw)
+        out = torch.einsum("gok,ngkp->ngop", wg, col).reshape(n, oc, oh, ow)
+        if bias is not None:
+            out = out + bias.to(work).reshape(1, -1, 1, 1)
+        return [out.to(inputs[0].dtype)]
 
     return run

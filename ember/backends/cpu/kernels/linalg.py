@@ -3,6 +3,7 @@ ONNX's Attention op."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,14 @@ from ember.backends.cpu.registry import register_kernel
 from ember.backends.tensors import torch_dtype
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import AttentionAttrs, FusedAttentionAttrs, FusedGemmAttrs, GemmAttrs
+from ember.ops.attrs import (
+    AttentionAttrs,
+    FusedAttentionAttrs,
+    FusedGemmAttrs,
+    GemmAttrs,
+    LinearAttentionAttrs,
+    RotaryEmbeddingAttrs,
+)
 
 
 def _op(x: Tensor, trans: bool) -> Tensor:
@@ -239,3 +247,93 @@ def attention(node: Node, ctx: CompileContext) -> Kernel:
         return [t if name else None for t, name in zip(out, node.outputs)]
 
     return run
+
+
+def linear_attention(a: LinearAttentionAttrs, query: Tensor, key: Tensor, value: Tensor,
+                     past: Optional[Tensor], decay: Optional[Tensor], beta: Optional[Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+    """ONNX LinearAttention: the recurrence over T in float32, state ``[B, Hkv, dk, dv]``;
+    a query head reads the state of its KV head (``h // (Hq / Hkv)``)."""
+    b, t, _ = query.shape
+    hq, hkv = a.q_num_heads, a.kv_num_heads
+    dk, dv = query.shape[-1] // hq, value.shape[-1] // hkv
+
+    def heads(x: Tensor, h: int) -> Tensor:  # [B, T, H*D] -> [B, H, T, D] in float32
+        return x.float().reshape(b, t, h, -1).transpose(1, 2)
+
+    q4, k4, v4 = heads(query, hq), heads(key, hkv), heads(value, hkv)
+    g4 = None
+    if a.gated:
+        if decay is None:
+            raise ValueError(f"update_rule {a.update_rule.value!r} needs the decay input")
+        if decay.shape[-1] not in (hkv, hkv * dk):
+            raise ValueError(f"decay last dim {decay.shape[-1]} must be kv_num_heads ({hkv}) "
+                             f"or kv_num_heads*d_k ({hkv * dk})")
+        g4 = torch.exp(heads(decay, hkv))  # [B, Hkv, T, 1 or dk]
+    b4 = None
+    if a.delta:
+        if beta is None:
+            raise ValueError(f"update_rule {a.update_rule.value!r} needs the beta input")
+        b4 = heads(beta, beta.shape[-1])  # [B, Hkv or 1, T, 1]
+    state = past.float().clone() if past is not None else \
+        torch.zeros((b, hkv, dk, dv), dtype=torch.float32, device=query.device)
+    scale = float(a.scale) if a.scale else 1.0 / math.sqrt(dk)
+    group = hq // hkv
+    out = torch.empty((b, hq, t, dv), dtype=torch.float32, device=query.device)
+    for i in range(t):
+        k_t, v_t = k4[:, :, i], v4[:, :, i]
+        if g4 is not None:
+            state = state * g4[:, :, i].unsqueeze(-1)
+        if b4 is not None:
+            retrieved = torch.einsum("bhdm,bhd->bhm", state, k_t)
+            v_t = b4[:, :, i] * (v_t - retrieved)
+        state = state + k_t.unsqueeze(-1) * v_t.unsqueeze(-2)
+        read = state if group == 1 else state.repeat_interleave(group, dim=1)
+        out[:, :, i] = scale * torch.einsum("bhd,bhdm->bhm", q4[:, :, i], read)
+    y = out.transpose(1, 2).reshape(b, t, hq * dv).to(query.dtype)
+    return y, state.to(past.dtype if past is not None else query.dtype)
+
+
+@register_kernel(OpType.LINEAR_ATTENTION)
+def linear_attention_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: LinearAttentionAttrs = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        return list(linear_attention(a, inputs[0], inputs[1], inputs[2], arg(inputs, 3), arg(inputs, 4),
+                                     arg(inputs, 5)))
+
+    return run
+
+
+def rotary_embedding(a: RotaryEmbeddingAttrs, x: Tensor, cos: Tensor, sin: Tensor,
+                     position_ids: Optional[Tensor]) -> Tensor:
+    """ONNX RotaryEmbedding: each head's first ``rotary_embedding_dim`` dims rotate by the
+    cached angles (gathered by ``position_ids`` when given), as halves or interleaved pairs."""
+    shape = x.shape
+    if x.dim() == 4:
+        work = x.transpose(1, 2)  # [B, S, H, D]
+    else:
+        work = x.reshape(shape[0], shape[1], a.num_heads, shape[2] // a.num_heads)
+    dim = a.rotary_embedding_dim or work.shape[-1]
+    rot, rest = work[..., :dim], work[..., dim:]
+    if position_ids is not None:
+        cos, sin = cos[position_ids.long()], sin[position_ids.long()]
+    if cos.shape[-1] != dim // 2 or sin.shape[-1] != dim // 2:
+        raise ValueError(f"cos/sin caches' last dim ({cos.shape[-1]}, {sin.shape[-1]}) is not "
+                         f"rotary_embedding_dim / 2 ({dim // 2})")
+    cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)
+    if a.interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    else:
+        x1, x2 = rot[..., : dim // 2], rot[..., dim // 2:]
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rotated = torch.stack((real, imag), dim=-1).reshape(rot.shape) if a.interleaved \
+        else torch.cat((real, imag), dim=-1)
+    out = torch.cat((rotated, rest), dim=-1)
+    return out.transpose(1, 2).contiguous() if x.dim() == 4 else out.reshape(shape)
+
+
+@register_kernel(OpType.ROTARY_EMBEDDING)
+def rotary_embedding_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: RotaryEmbeddingAttrs = node.attrs
+    return lambda inputs: [rotary_embedding(a, inputs[0], inputs[1], inputs[2], arg(inputs, 3))]

@@ -2,6 +2,7 @@
 the indexed ones: Gather, GatherElements, GatherND, ScatterND, ScatterElements."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +13,7 @@ from ember.backends.cpu.kernels.common import (
     arg,
     floats,
     int_param,
+    ints,
     norm_axes,
     norm_axis,
     scalar_param,
@@ -181,7 +183,7 @@ def pad_tensor(x: Tensor, pads: list[int], mode: str, value: float | int | bool,
         if b or e:
             if out.shape[ax] == 0:
                 raise ValueError(f"Pad mode {mode!r} cannot pad an empty axis {ax}")
-            out = out.index_select(ax, _pad_index(out.shape[ax], b, e, mode))
+            out = out.index_select(ax, _pad_index(out.shape[ax], b, e, mode).to(out.device))
     return out
 
 
@@ -342,5 +344,175 @@ def scatter_elements(node: Node, ctx: CompileContext) -> Kernel:
             return [torch.scatter(data, axis, idx, updates)]
         reduce = _SCATTER_REDUCE[a.reduction]
         return [torch.scatter_reduce(data, axis, idx, updates, reduce, include_self=True)]
+
+    return run
+
+
+def _nms_keep(boxes: np.ndarray, order: np.ndarray, center: bool, iou_threshold: float,
+              limit: int) -> list[int]:
+    """Greedy NMS over ``order`` (best first), ONNX's suppression test in the boxes' precision."""
+    if center:
+        half_w, half_h = boxes[:, 2] / 2, boxes[:, 3] / 2
+        x0, x1 = boxes[:, 0] - half_w, boxes[:, 0] + half_w
+        y0, y1 = boxes[:, 1] - half_h, boxes[:, 1] + half_h
+    else:
+        x0, x1 = np.minimum(boxes[:, 1], boxes[:, 3]), np.maximum(boxes[:, 1], boxes[:, 3])
+        y0, y1 = np.minimum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 0], boxes[:, 2])
+    area = (x1 - x0) * (y1 - y0)
+    kept: list[int] = []
+    for i in order:
+        if len(kept) >= limit:
+            break
+        if kept:
+            k = np.array(kept)
+            ix = np.minimum(x1[k], x1[i]) - np.maximum(x0[k], x0[i])
+            iy = np.minimum(y1[k], y1[i]) - np.maximum(y0[k], y0[i])
+            inter = ix * iy
+            union = area[k] + area[i] - inter
+            with np.errstate(divide="ignore", invalid="ignore"):
+                overlap = (ix > 0) & (iy > 0) & (inter > 0) & (area[k] > 0) & (area[i] > 0) & (union > 0) \
+                    & (inter / union > iou_threshold)
+            if overlap.any():
+                continue
+        kept.append(int(i))
+    return kept
+
+
+@register_kernel(OpType.NON_MAX_SUPPRESSION)
+def non_max_suppression(node: Node, ctx: CompileContext) -> Kernel:
+    """ONNX NonMaxSuppression per batch and class: boxes over ``score_threshold`` (when given),
+    best score first (ties: lower index), dropped when their IoU with a kept box exceeds
+    ``iou_threshold``, at most ``max_output_boxes_per_class`` each."""
+    center = bool(node.attrs.center_point_box) if node.attrs is not None else False
+
+    def run(inputs: Inputs) -> list:
+        boxes_t, scores_t = inputs[0], inputs[1]
+        limit_t, iou_t, score_t = arg(inputs, 2), arg(inputs, 3), arg(inputs, 4)
+        limit = max(ints(limit_t)[0], 0) if limit_t is not None and limit_t.numel() else 0
+        iou = floats(iou_t)[0] if iou_t is not None and iou_t.numel() else 0.0
+        threshold = floats(score_t)[0] if score_t is not None and score_t.numel() else None
+        boxes, scores = boxes_t.detach().cpu().numpy(), scores_t.detach().cpu().numpy()
+        iou_c = boxes.dtype.type(iou)
+        rows: list[tuple[int, int, int]] = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                s = scores[b, c]
+                idx = np.arange(s.shape[0])
+                if threshold is not None:
+                    idx = idx[s > s.dtype.type(threshold)]
+                order = idx[np.lexsort((idx, -s[idx]))]
+                rows += [(b, c, i) for i in _nms_keep(boxes[b], order, center, iou_c, limit)]
+        out = torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
+        return [out.to(boxes_t.device)]
+
+    return run
+
+
+@register_kernel(OpType.NON_ZERO)
+def non_zero(node: Node, ctx: CompileContext) -> Kernel:
+    return lambda inputs: [torch.nonzero(inputs[0]).T.contiguous()]
+
+
+@register_kernel(OpType.COMPRESS)
+def compress(node: Node, ctx: CompileContext) -> Kernel:
+    """Compress: the slices where ``condition`` is true (a shorter condition counts as false
+    past its end) along ``axis``, or the elements of the flattened input."""
+    axes = node.attrs.axes if node.attrs is not None else None
+
+    def run(inputs: Inputs) -> list:
+        x, cond = inputs[0], inputs[1].reshape(-1).bool()
+        if axes is None:
+            x, axis = x.reshape(-1), 0
+        else:
+            axis = axes[0] % x.dim()
+        n = x.shape[axis]
+        if cond.numel() > n:
+            raise ValueError(f"Compress condition has {cond.numel()} values for an axis of {n}")
+        idx = torch.nonzero(cond).reshape(-1)
+        return [x.index_select(axis, idx)]
+
+    return run
+
+
+@register_kernel(OpType.REVERSE_SEQUENCE)
+def reverse_sequence(node: Node, ctx: CompileContext) -> Kernel:
+    """ReverseSequence: in batch ``b`` the first ``lens[b]`` time steps reversed, the rest kept."""
+    a = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        x, lens = inputs[0], ints(inputs[1])
+        batch_axis, time_axis = a.batch_axis % x.dim(), a.time_axis % x.dim()
+        t = x.shape[time_axis]
+        steps = torch.arange(t, device=x.device)
+        out = x.clone()
+        for b, n in enumerate(lens):
+            n = max(0, min(int(n), t))
+            src = torch.where(steps < n, n - 1 - steps, steps)
+            xb = x.select(batch_axis, b)
+            tb = time_axis - (1 if time_axis > batch_axis else 0)
+            out.select(batch_axis, b).copy_(xb.index_select(tb, src))
+        return [out]
+
+    return run
+
+
+@register_kernel(OpType.DET)
+def det(node: Node, ctx: CompileContext) -> Kernel:
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return [torch.linalg.det(work).to(x.dtype)]
+
+    return run
+
+
+@register_kernel(OpType.UNIQUE)
+def unique(node: Node, ctx: CompileContext) -> Kernel:
+    """Unique (numpy's, on the host): values, first-occurrence indices, inverse indices and
+    counts; ``sorted`` False orders them by first occurrence."""
+    a = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        host = x.detach().cpu()
+        arr = (host.float() if host.dtype is torch.bfloat16 else host).numpy()
+        axis = None if a.axis is None else a.axis % x.dim()
+        values, first, inverse, counts = np.unique(arr, return_index=True, return_inverse=True,
+                                                   return_counts=True, axis=axis)
+        inverse = inverse.reshape(-1)
+        if not a.sorted:
+            order = np.argsort(first, kind="stable")
+            values = np.take(values, order, axis=0 if axis is None else axis)
+            first, counts = first[order], counts[order]
+            inverse = np.argsort(order)[inverse]
+        y = torch.from_numpy(np.ascontiguousarray(values)).to(x.dtype)
+        outs = [y] + [torch.from_numpy(np.ascontiguousarray(v).astype(np.int64)) for v in (first, inverse, counts)]
+        return [t.to(x.device) for t in outs]
+
+    return run
+
+
+@register_kernel(OpType.TENSOR_SCATTER)
+def tensor_scatter(node: Node, ctx: CompileContext) -> Kernel:
+    """TensorScatter: batch ``b``'s update steps written at ``write_indices[b] + s`` along
+    ``axis`` (modulo the cache length in circular mode)."""
+    a = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        past, update, where = inputs[0], inputs[1], arg(inputs, 2)
+        axis = a.axis % past.dim()
+        batch, steps, length = past.shape[0], update.shape[axis], past.shape[axis]
+        start = where.to(torch.int64).reshape(-1) if where is not None else \
+            torch.zeros(batch, dtype=torch.int64, device=past.device)
+        pos = start.reshape(-1, 1) + torch.arange(steps, device=past.device).reshape(1, -1)
+        if a.circular:
+            pos = pos.remainder(length)
+        elif steps and bool(((pos < 0) | (pos >= length)).any()):
+            raise ValueError(f"TensorScatter write_indices {start.tolist()} with {steps} steps run past "
+                             f"the cache length {length} (mode linear)")
+        shape = [1] * past.dim()
+        shape[0], shape[axis] = batch, steps
+        index = pos.reshape(shape).expand(update.shape)
+        return [past.clone().scatter_(axis, index, update)]
 
     return run

@@ -3,6 +3,7 @@ sum: SkipLayerNormalization), InstanceNormalization, GroupNormalization, Softmax
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from ember.ops.attrs import (
     GroupNormAttrs,
     InstanceNormAttrs,
     LayerNormAttrs,
+    LossAttrs,
     RMSNormAttrs,
     SoftmaxAttrs,
 )
@@ -177,3 +179,44 @@ def hardmax(node: Node, ctx: CompileContext) -> Kernel:
         return [torch.zeros_like(x).scatter_(axis, idx, 1)]
 
     return run
+
+
+def nll_loss(log_prob: Tensor, target: Tensor, weight: Optional[Tensor], a: LossAttrs) -> Tensor:
+    """ONNX NegativeLogLikelihoodLoss: ``-log_prob[n, target[n, d], d] * weight[target]``,
+    ignored targets weighing 0; ``mean`` divides by the summed weights."""
+    c = log_prob.shape[1]
+    target = target.long()
+    ignored = target == a.ignore_index if a.ignore_index is not None else torch.zeros_like(target, dtype=torch.bool)
+    safe = torch.where(ignored, torch.zeros_like(target), target)
+    if bool(((safe < 0) | (safe >= c)).any()):
+        raise ValueError(f"loss targets must lie in [0, {c}) (or be the ignore_index)")
+    picked = -log_prob.gather(1, safe.unsqueeze(1)).squeeze(1)
+    w = weight[safe].to(log_prob.dtype) if weight is not None else torch.ones_like(picked)
+    w = torch.where(ignored, torch.zeros_like(w), w)
+    loss = picked * w
+    if a.reduction == "none":
+        return loss
+    if a.reduction == "sum":
+        return loss.sum()
+    return loss.sum() / w.sum()
+
+
+def _loss_kernel(softmax: bool) -> Callable[[Node, CompileContext], Kernel]:
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        a: LossAttrs = node.attrs
+
+        def run(inputs: Inputs) -> list:
+            x, target, weight = inputs[0], inputs[1], arg(inputs, 2)
+            work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+            log_prob = torch.log_softmax(work, dim=1) if softmax else work
+            loss = nll_loss(log_prob, target, None if weight is None else weight.to(work.dtype), a)
+            out = [loss.to(x.dtype)]
+            return out + [log_prob.to(x.dtype)] if softmax else out
+
+        return run
+
+    return factory
+
+
+register_kernel(OpType.NLL_LOSS)(_loss_kernel(softmax=False))
+register_kernel(OpType.SOFTMAX_CROSS_ENTROPY)(_loss_kernel(softmax=True))

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cpu.kernels.common import Inputs, Tensor, auto_pads, split_pads, torch_pad_arg
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import planned_format, to_format
+from ember.errors import UnsupportedOpError
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import AutoPad, LRNAttrs, PoolAttrs
+from ember.ops.attrs import AutoPad, LpPoolAttrs, LRNAttrs, PoolAttrs
 
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -183,11 +184,34 @@ def _pool_format(node: Node, ctx: CompileContext) -> torch.memory_format | None:
     return planned_format(ctx, node.outputs[0]) if t is not None and t.dtype.is_float else None
 
 
+def max_pool_with_indices(x: Tensor, a: PoolAttrs) -> tuple[Tensor, Tensor]:
+    """ONNX MaxPool and its Indices: each maximum's flat position in ``x`` (over N, C and the
+    spatial axes, row-major; storage_order 1: the spatial axes column-major)."""
+    g = pool_geometry(a, x.shape)
+    n = len(g.kernel)
+    work = x if x.is_floating_point() else x.double()
+    xp = F.pad(work, torch_pad_arg(g.begins, g.end_pads_for_floor()), value=-math.inf)
+    y, idx = _MAX_POOL[n](xp, g.kernel, g.strides, 0, g.dilations, False, True)
+    padded, ins = list(xp.shape[2:]), list(g.ins)
+    coords, rest = [], idx
+    for d in reversed(range(n)):  # unravel the padded plane index, back to x's coordinates
+        coords.append(rest.remainder(padded[d]) - g.begins[d])
+        rest = rest.div(padded[d], rounding_mode="floor")
+    coords.reverse()
+    flat = torch.zeros_like(idx)
+    dims = range(n) if a.storage_order == 0 else reversed(range(n))
+    for d in dims:
+        flat = flat * ins[d] + coords[d]
+    plane = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[0], x.shape[1],
+                                                                          *([1] * n))
+    return y.to(x.dtype), flat + plane * math.prod(ins)
+
+
 @register_kernel(OpType.MAX_POOL)
 def max_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     if len([o for o in node.outputs if o]) > 1:
-        raise ValueError("MaxPool's Indices output is not supported on the CPU backend")
+        return lambda inputs: list(max_pool_with_indices(inputs[0].contiguous(), a))
     fmt = _pool_format(node, ctx)
 
     def run(inputs: Inputs) -> list:
@@ -206,6 +230,24 @@ def average_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
         return [to_format(average_pool(to_format(inputs[0], fmt), a, cache), fmt)]
 
     return with_write_into(run, _pool_write_into(a, "avg") if len(a.kernel_shape) == 2 else None)
+
+
+def lp_pool(x: Tensor, a: LpPoolAttrs) -> Tensor:
+    """ONNX LpPool: ``(sum |x|^p over the window) ^ (1/p)``; pads add zeros to the sum."""
+    g = pool_geometry(a.pool, x.shape)
+    n = len(g.kernel)
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    xp = F.pad(work.abs().pow(a.p), torch_pad_arg(g.begins, g.end_pads_for_floor()))
+    c = x.shape[1]
+    ones = torch.ones((c, 1, *g.kernel), dtype=work.dtype, device=x.device)
+    total = _CONV[n](xp, ones, None, g.strides, 0, g.dilations, c)
+    return total.pow(1.0 / a.p).to(x.dtype)
+
+
+@register_kernel(OpType.LP_POOL)
+def lp_pool_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    a: LpPoolAttrs = node.attrs
+    return lambda inputs: [lp_pool(inputs[0], a)]
 
 
 @register_kernel(OpType.GLOBAL_AVERAGE_POOL)
@@ -244,3 +286,29 @@ def lrn(x: Tensor, a: LRNAttrs) -> Tensor:
 def lrn_kernel(node: Node, ctx: CompileContext) -> Kernel:
     a: LRNAttrs = node.attrs
     return lambda inputs: [lrn(inputs[0], a)]
+
+
+@register_kernel(OpType.MAX_UNPOOL)
+def max_unpool(node: Node, ctx: CompileContext) -> Kernel:
+    """MaxUnpool: zeros of the output shape with X's values at the flat indices I."""
+    a = node.attrs
+
+    def run(inputs: Inputs) -> list:
+        x, idx, shape_t = inputs[0], inputs[1], arg(inputs, 2)
+        n = len(a.kernel_shape)
+        strides = list(a.strides) or [1] * n
+        pads = list(a.pads) or [0] * (2 * n)
+        shape = [x.shape[0], x.shape[1]] + [(x.shape[2 + i] - 1) * strides[i] + a.kernel_shape[i]
+                                            - pads[i] - pads[i + n] for i in range(n)]
+        if shape_t is not None and shape_t.numel():
+            given = [int(v) for v in shape_t.reshape(-1).tolist()]
+            if given != shape:
+                raise UnsupportedOpError(
+                    f"MaxUnpool {node.name!r} with output_shape {given} other than the inferred "
+                    f"{shape} is not supported: ONNX's reference places the indices in the "
+                    f"inferred shape and pads it, ONNX Runtime indexes the given shape")
+        out = x.new_zeros(math.prod(shape))
+        out[idx.reshape(-1).long()] = x.reshape(-1)
+        return [out.reshape(shape)]
+
+    return run

@@ -2,6 +2,7 @@
 LogSumExp, axes as attribute or input), ArgMax/ArgMin, and the scan and selection CumSum and TopK."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -34,8 +35,28 @@ def _sum(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     return _as(x, torch.sum(x, dim=dims, keepdim=keep))
 
 
+def _empty_extreme(x: Tensor, dims: tuple[int, ...], keep: bool, largest: bool) -> Tensor:
+    """ReduceMax/ReduceMin over an empty set: the identity of the reduction (ONNX 18+): the
+    lowest value of the type for a max, the highest for a min (infinities for floats)."""
+    shape = [1 if i in dims else n for i, n in enumerate(x.shape)] if keep else \
+        [n for i, n in enumerate(x.shape) if i not in dims]
+    if x.dtype is torch.bool:
+        return torch.full(shape, not largest, dtype=torch.bool, device=x.device)
+    info = torch.finfo(x.dtype) if x.is_floating_point() else torch.iinfo(x.dtype)
+    value = (-math.inf if largest else math.inf) if x.is_floating_point() else (info.min if largest else info.max)
+    return torch.full(shape, value, dtype=x.dtype, device=x.device)
+
+
 def _max(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    if x.numel() == 0 and any(x.shape[d] == 0 for d in dims):
+        return _empty_extreme(x, tuple(d % x.dim() for d in dims), keep, largest=True)
     return torch.amax(x, dim=dims, keepdim=keep)
+
+
+def _min(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    if x.numel() == 0 and any(x.shape[d] == 0 for d in dims):
+        return _empty_extreme(x, tuple(d % x.dim() for d in dims), keep, largest=False)
+    return torch.amin(x, dim=dims, keepdim=keep)
 
 
 def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
@@ -59,7 +80,7 @@ _REDUCERS: dict[OpType, Reducer] = {
     OpType.REDUCE_MEAN: _mean,
     OpType.REDUCE_SUM: _sum,
     OpType.REDUCE_MAX: _max,
-    OpType.REDUCE_MIN: lambda x, d, k: torch.amin(x, dim=d, keepdim=k),
+    OpType.REDUCE_MIN: _min,
     OpType.REDUCE_PROD: _prod,
     OpType.REDUCE_L1: lambda x, d, k: _as(x, torch.sum(torch.abs(x), dim=d, keepdim=k)),
     OpType.REDUCE_L2: lambda x, d, k: _as(x, torch.sqrt(_sum_square(x, d, k).to(_float_of(x)))),

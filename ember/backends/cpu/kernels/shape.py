@@ -186,6 +186,24 @@ def constant_of_shape(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
+@register_kernel(OpType.BIT_CAST)
+def bit_cast(node: Node, ctx: CompileContext) -> Kernel:
+    """BitCast: the same bytes viewed as the target type (same width)."""
+    dtype = torch_dtype(node.attrs.to)
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        if x.dtype is dtype:
+            return [x]
+        src = x.contiguous()
+        if x.dtype is torch.bool:
+            src = src.view(torch.uint8)
+        out = src.view(torch.uint8 if dtype is torch.bool else dtype)
+        return [out != 0 if dtype is torch.bool else out]
+
+    return run
+
+
 @register_kernel(OpType.CAST)
 def cast(node: Node, ctx: CompileContext) -> Kernel:
     """Cast; float -> int truncates toward zero and any nonzero -> True, as numpy's astype."""

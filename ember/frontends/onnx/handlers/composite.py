@@ -24,13 +24,13 @@ def import_size(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.REDUCE_PROD, (shape,), n.outputs[:1], ReduceAttrs(axes=(0,), keepdims=False))
 
 
-@onnx_op("Sum", since=8)
+@onnx_op("Sum", since=6)
 def import_sum(ctx: ImportContext, n: OnnxNode) -> None:
     """Sum of any number of inputs (broadcast): a chain of Adds."""
     binary_chain(ctx, n, OpType.ADD, n.output(0))
 
 
-@onnx_op("Mean", since=8)
+@onnx_op("Mean", since=6)
 def import_mean(ctx: ImportContext, n: OnnxNode) -> None:
     """Mean of any number of inputs: their Sum divided by the count."""
     total = ctx.temp(n, "sum")
@@ -80,3 +80,34 @@ def import_shrink(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.SUB, (x, c["bias"]), (minus,), suffix="minus")
     ctx.emit(n, OpType.WHERE, (high, minus, c["zero"]), (inner,), suffix="inner")
     ctx.emit(n, OpType.WHERE, (low, plus, inner), n.outputs[:1], suffix="where")
+
+
+@onnx_op("Swish", since=24)
+def import_swish(ctx: ImportContext, n: OnnxNode) -> None:
+    """Swish(x) = x * Sigmoid(alpha * x)."""
+    x = n.input(0)
+    dtype = ctx.type(x).dtype
+    scaled, sig = ctx.temp(n, "scaled"), ctx.temp(n, "sigmoid")
+    alpha = ctx.add_scalar(f"{n.name}/alpha", float(n.attr("alpha", 1.0)), dtype)
+    ctx.emit(n, OpType.MUL, (x, alpha), (scaled,), suffix="scale")
+    ctx.emit(n, OpType.SIGMOID, (scaled,), (sig,), suffix="sigmoid")
+    ctx.emit(n, OpType.MUL, (x, sig), n.outputs[:1], suffix="mul")
+
+
+@onnx_op("MeanVarianceNormalization", since=9)
+def import_mvn(ctx: ImportContext, n: OnnxNode) -> None:
+    """(x - E[x]) / (sqrt(E[(x - E[x])^2]) + 1e-9) over ``axes`` (default N, H, W), as ONNX's
+    function body computes it."""
+    x = n.input(0)
+    rank, dtype = ctx.type(x).rank, ctx.type(x).dtype
+    axes = tuple(int(a) % rank for a in n.attr("axes", (0, 2, 3)))
+    mean, diff, sq, var, std, den = (ctx.temp(n, w) for w in ("mean", "diff", "sq", "var", "std", "den"))
+    red = ReduceAttrs(axes=axes, keepdims=True)
+    ctx.emit(n, OpType.REDUCE_MEAN, (x,), (mean,), red, suffix="mean")
+    ctx.emit(n, OpType.SUB, (x, mean), (diff,), suffix="sub")
+    ctx.emit(n, OpType.MUL, (diff, diff), (sq,), suffix="square")
+    ctx.emit(n, OpType.REDUCE_MEAN, (sq,), (var,), red, suffix="var")
+    ctx.emit(n, OpType.SQRT, (var,), (std,), suffix="sqrt")
+    eps = ctx.add_scalar(f"{n.name}/epsilon", 1e-9, dtype)
+    ctx.emit(n, OpType.ADD, (std, eps), (den,), suffix="eps")
+    ctx.emit(n, OpType.DIV, (diff, den), n.outputs[:1], suffix="div")

@@ -82,3 +82,12 @@ def import_cast(ctx: ImportContext, n: OnnxNode) -> None:
     to = onnx_dtype(int(code), f"Cast {n.name!r} target type")
     ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))
 
+
+
+@onnx_op("BitCast", since=26)
+def import_bit_cast(ctx: ImportContext, n: OnnxNode) -> None:
+    code = n.attr("to")
+    if code is None:
+        raise reject("to is missing (it is required)")
+    to = onnx_dtype(int(code), f"BitCast {n.name!r} target type")
+    ctx.emit(n, OpType.BIT_CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))

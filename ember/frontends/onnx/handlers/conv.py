@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import ints, reject, reject_used_outputs
+from ember.frontends.onnx.handlers.common import ints, reject, reject_used_outputs, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ir.types import TensorType
-from ember.ops.attrs import AutoPad, BatchNormAttrs, ConvAttrs, ConvTransposeAttrs
+from ember.ops.attrs import (
+    AutoPad,
+    BatchNormAttrs,
+    CausalConvAttrs,
+    Col2ImAttrs,
+    ConvAttrs,
+    ConvTransposeAttrs,
+    DeformConvAttrs,
+)
 from ember.ops.conv import resolve_pads
 
 
@@ -100,3 +108,33 @@ def import_batch_norm(ctx: ImportContext, n: OnnxNode) -> None:
     reject_used_outputs(ctx, n, 1, "training-mode statistics")
     ctx.emit(n, OpType.BATCH_NORM, n.inputs[:5], n.outputs[:1],
              BatchNormAttrs(epsilon=float(n.attr("epsilon", 1e-5))))
+
+
+@onnx_op("CausalConvWithState", since=27)
+def import_causal_conv_with_state(ctx: ImportContext, n: OnnxNode) -> None:
+    """CausalConvWithState 27: depthwise causal conv over (past_state ++ input), SiLU optional."""
+    activation = str(n.attr("activation", "none"))
+    if activation not in ("none", "silu", "swish"):
+        raise reject(f"activation={activation!r} (ONNX allows 'none', 'silu', 'swish')")
+    ctx.emit(n, OpType.CAUSAL_CONV_WITH_STATE, strip_trailing_empty(n.inputs[:4]), n.outputs[:2],
+             CausalConvAttrs(silu=activation != "none"))
+
+
+@onnx_op("Col2Im", since=18)
+def import_col2im(ctx: ImportContext, n: OnnxNode) -> None:
+    ctx.emit(n, OpType.COL2IM, n.inputs[:3], n.outputs[:1],
+             Col2ImAttrs(strides=ints(n, "strides") or (), dilations=ints(n, "dilations") or (),
+                         pads=ints(n, "pads") or ()))
+
+
+@onnx_op("DeformConv", since=19)
+def import_deform_conv(ctx: ImportContext, n: OnnxNode) -> None:
+    """DeformConv 19/22 on 2-D inputs (ONNX's reference implements 2-D only)."""
+    w = ctx.type(n.input(1))
+    if w.rank != 4:
+        raise reject(f"a {w.rank - 2}-D kernel; Ember runs 2-D DeformConv only")
+    kernel = ints(n, "kernel_shape") or tuple(int(d) for d in w.shape[2:])
+    conv = ConvAttrs(kernel_shape=kernel, strides=ints(n, "strides") or (1, 1), pads=ints(n, "pads") or (0, 0, 0, 0),
+                     dilations=ints(n, "dilations") or (1, 1), group=int(n.attr("group", 1)))
+    ctx.emit(n, OpType.DEFORM_CONV, strip_trailing_empty(n.inputs[:5]), n.outputs[:1],
+             DeformConvAttrs(conv=conv, offset_group=int(n.attr("offset_group", 1))))

@@ -43,5 +43,5 @@ def _variadic(op: OpType) -> HandlerFn:
     return handler
 
 
-onnx_op("Max", since=8)(_variadic(OpType.MAX))
-onnx_op("Min", since=8)(_variadic(OpType.MIN))
+onnx_op("Max", since=6)(_variadic(OpType.MAX))
+onnx_op("Min", since=6)(_variadic(OpType.MIN))

@@ -1,11 +1,24 @@
-"""GatherElements, GatherND, ScatterND, ScatterElements (and the old Scatter), OneHot, Trilu."""
+"""GatherElements, GatherND, ScatterND, ScatterElements (and the old Scatter), OneHot, Trilu,
+NonMaxSuppression, NonZero, Compress, ReverseSequence, Det, Unique, TensorScatter."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import HandlerFn, choice, scalar_input
+from ember.frontends.onnx.handlers.common import HandlerFn, choice, direct, reject, scalar_input, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import AxisAttrs, GatherNDAttrs, OneHotAttrs, ScatterAttrs, ScatterReduction, TriluAttrs
+from ember.ops.attrs import (
+    AxesAttrs,
+    AxisAttrs,
+    GatherNDAttrs,
+    NMSAttrs,
+    OneHotAttrs,
+    ReverseSequenceAttrs,
+    ScatterAttrs,
+    ScatterReduction,
+    TensorScatterAttrs,
+    TriluAttrs,
+    UniqueAttrs,
+)
 
 
 @onnx_op("GatherElements", since=11)
@@ -55,3 +68,45 @@ def import_trilu(ctx: ImportContext, n: OnnxNode) -> None:
     k = scalar_input(ctx, n, 1, "k")
     ctx.emit(n, OpType.TRILU, n.inputs[:1] if k is not None else n.inputs[:2], n.outputs[:1],
              TriluAttrs(upper=upper, k=k))
+
+
+@onnx_op("NonMaxSuppression", since=10)
+def import_nms(ctx: ImportContext, n: OnnxNode) -> None:
+    cpb = int(n.attr("center_point_box", 0))
+    if cpb not in (0, 1):
+        raise reject(f"center_point_box={cpb} (0 or 1)")
+    ctx.emit(n, OpType.NON_MAX_SUPPRESSION, strip_trailing_empty(n.inputs[:5]), n.outputs[:1],
+             NMSAttrs(center_point_box=bool(cpb)))
+
+
+onnx_op("NonZero", since=9)(direct(OpType.NON_ZERO, nin=1))
+onnx_op("Det", since=11)(direct(OpType.DET, nin=1))
+
+
+@onnx_op("Compress", since=9)
+def import_compress(ctx: ImportContext, n: OnnxNode) -> None:
+    axis = n.attr("axis")
+    ctx.emit(n, OpType.COMPRESS, n.inputs[:2], n.outputs[:1],
+             AxesAttrs(axes=None if axis is None else (int(axis),)))
+
+
+@onnx_op("ReverseSequence", since=10)
+def import_reverse_sequence(ctx: ImportContext, n: OnnxNode) -> None:
+    ctx.emit(n, OpType.REVERSE_SEQUENCE, n.inputs[:2], n.outputs[:1],
+             ReverseSequenceAttrs(batch_axis=int(n.attr("batch_axis", 1)), time_axis=int(n.attr("time_axis", 0))))
+
+
+@onnx_op("Unique", since=11)
+def import_unique(ctx: ImportContext, n: OnnxNode) -> None:
+    axis = n.attr("axis")
+    ctx.emit(n, OpType.UNIQUE, n.inputs[:1], n.outputs[:4],
+             UniqueAttrs(axis=None if axis is None else int(axis), sorted=bool(int(n.attr("sorted", 1)))))
+
+
+@onnx_op("TensorScatter", since=24)
+def import_tensor_scatter(ctx: ImportContext, n: OnnxNode) -> None:
+    mode = str(n.attr("mode", "linear"))
+    if mode not in ("linear", "circular"):
+        raise reject(f"mode={mode!r} (ONNX allows 'linear' and 'circular')")
+    ctx.emit(n, OpType.TENSOR_SCATTER, strip_trailing_empty(n.inputs[:3]), n.outputs[:1],
+             TensorScatterAttrs(axis=int(n.attr("axis", -2)), circular=mode == "circular"))

@@ -1,11 +1,18 @@
-"""Gemm, MatMul, Einsum and Attention."""
+"""Gemm, MatMul, Einsum, Attention, LinearAttention and RotaryEmbedding."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode, onnx_dtype
-from ember.frontends.onnx.handlers.common import direct, reject, strip_trailing_empty
+from ember.frontends.onnx.handlers.common import choice, direct, reject, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import AttentionAttrs, EinsumAttrs, GemmAttrs
+from ember.ops.attrs import (
+    AttentionAttrs,
+    EinsumAttrs,
+    GemmAttrs,
+    LinearAttentionAttrs,
+    LinearAttentionRule,
+    RotaryEmbeddingAttrs,
+)
 
 
 @onnx_op("Gemm", since=7)
@@ -49,3 +56,25 @@ def import_attention(ctx: ImportContext, n: OnnxNode) -> None:
     if (n.input(4) == "") != (n.input(5) == ""):
         raise reject("it has one of past_key / past_value without the other")
     ctx.emit(n, OpType.ATTENTION, strip_trailing_empty(n.inputs[:7]), n.outputs[:4], attrs)
+
+
+@onnx_op("LinearAttention", since=27)
+def import_linear_attention(ctx: ImportContext, n: OnnxNode) -> None:
+    """LinearAttention 27: every update rule (linear, gated, delta, gated_delta), GQA heads."""
+    q_heads, kv_heads = n.attr("q_num_heads"), n.attr("kv_num_heads")
+    if q_heads is None or kv_heads is None:
+        raise reject("q_num_heads and kv_num_heads are required")
+    if int(q_heads) <= 0 or int(kv_heads) <= 0 or int(q_heads) % int(kv_heads):
+        raise reject(f"q_num_heads ({q_heads}) is not a positive multiple of kv_num_heads ({kv_heads})")
+    rule = choice(n, "update_rule", LinearAttentionRule.GATED_DELTA)
+    attrs = LinearAttentionAttrs(q_num_heads=int(q_heads), kv_num_heads=int(kv_heads), update_rule=rule,
+                                 scale=float(n.attr("scale", 0.0)), chunk_size=int(n.attr("chunk_size", 64)))
+    ctx.emit(n, OpType.LINEAR_ATTENTION, strip_trailing_empty(n.inputs[:6]), n.outputs[:2], attrs)
+
+
+@onnx_op("RotaryEmbedding", since=23)
+def import_rotary_embedding(ctx: ImportContext, n: OnnxNode) -> None:
+    attrs = RotaryEmbeddingAttrs(interleaved=bool(int(n.attr("interleaved", 0))),
+                                 rotary_embedding_dim=int(n.attr("rotary_embedding_dim", 0)),
+                                 num_heads=int(n.attr("num_heads", 0)))
+    ctx.emit(n, OpType.ROTARY_EMBEDDING, strip_trailing_empty(n.inputs[:4]), n.outputs[:1], attrs)

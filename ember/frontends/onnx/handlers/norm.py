@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import HandlerFn, reject
+from ember.frontends.onnx.handlers.common import HandlerFn, choice, reject, strip_trailing_empty
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.dtype import DType
 from ember.ir.optype import OpType
@@ -15,6 +15,8 @@ from ember.ops.attrs import (
     GroupNormAttrs,
     InstanceNormAttrs,
     LayerNormAttrs,
+    LossAttrs,
+    LossReduction,
     LRNAttrs,
     ReduceAttrs,
     ReshapeAttrs,
@@ -146,3 +148,19 @@ def _hardmax(legacy: bool) -> HandlerFn:
 
 onnx_op("Hardmax", since=1)(_hardmax(legacy=True))
 onnx_op("Hardmax", since=13)(_hardmax(legacy=False))
+
+
+def _loss(op: OpType, n_out: int) -> HandlerFn:
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        """The loss as a function of its inputs (inference: no gradient)."""
+        ignore = n.attr("ignore_index")
+        attrs = LossAttrs(reduction=choice(n, "reduction", LossReduction.MEAN),
+                          ignore_index=None if ignore is None else int(ignore))
+        ctx.emit(n, op, strip_trailing_empty(n.inputs[:3]), n.outputs[:n_out], attrs)
+
+    handler.__name__ = f"import_{op.name.lower()}"
+    return handler
+
+
+onnx_op("NegativeLogLikelihoodLoss", since=12)(_loss(OpType.NLL_LOSS, 1))
+onnx_op("SoftmaxCrossEntropyLoss", since=12)(_loss(OpType.SOFTMAX_CROSS_ENTROPY, 2))

@@ -184,19 +184,28 @@ def _requantize(ctx: ImportContext, n: OnnxNode, acc: str, scales: tuple[str, st
              QuantizeAttrs(), suffix="requantize")
 
 
-def _check_qlinear_types(ctx: ImportContext, n: OnnxNode, scale_inputs: tuple[int, ...]) -> None:
+def _float32_scales(ctx: ImportContext, n: OnnxNode, scale_inputs: tuple[int, ...]) -> list[str]:
+    """The scales as float32 tensors: float16 and bfloat16 ones (opset 21) are cast (exactly),
+    as ONNX Runtime requantizes with float32 scales."""
+    names = []
     for i in scale_inputs:
-        t = ctx.type(n.input(i))
-        if t.dtype is not DType.FLOAT32:
-            raise reject(f"its scale {n.input(i)!r} is {t.dtype.value}; Ember requantizes with "
-                         f"float32 scales only, as ONNX Runtime does")
+        name, t = n.input(i), ctx.type(n.input(i))
+        if t.dtype in (DType.FLOAT16, DType.BFLOAT16):
+            cast = ctx.temp(n, f"scale{i}_float")
+            ctx.emit(n, OpType.CAST, (name,), (cast,), CastAttrs(to=DType.FLOAT32), suffix=f"scale{i}_float")
+            name = cast
+        elif t.dtype is not DType.FLOAT32:
+            raise reject(f"its scale {name!r} is {t.dtype.value}; Ember requantizes with float32 "
+                         f"scales (float16 and bfloat16 ones are cast), as ONNX Runtime does")
+        names.append(name)
+    return names
 
 
 @onnx_op("QLinearMatMul", since=10)
 def import_qlinear_matmul(ctx: ImportContext, n: OnnxNode) -> None:
     """MatMulInteger, then the requantization to (y_scale, y_zero_point)."""
-    a, a_s, a_z, b, b_s, b_z, y_s, y_z = (n.input(i) for i in range(8))
-    _check_qlinear_types(ctx, n, (1, 4, 6))
+    a, _, a_z, b, _, b_z, _, y_z = (n.input(i) for i in range(8))
+    a_s, b_s, y_s = _float32_scales(ctx, n, (1, 4, 6))
     acc = ctx.temp(n, "acc")
     ctx.emit(n, OpType.MATMUL_INTEGER, strip_trailing_empty((a, b, a_z, b_z)), (acc,), suffix="matmul")
     _requantize(ctx, n, acc, (a_s, b_s, y_s), y_z, None)
@@ -205,8 +214,8 @@ def import_qlinear_matmul(ctx: ImportContext, n: OnnxNode) -> None:
 @onnx_op("QLinearConv", since=10)
 def import_qlinear_conv(ctx: ImportContext, n: OnnxNode) -> None:
     """ConvInteger (+ the int32 bias), then the requantization to (y_scale, y_zero_point)."""
-    x, x_s, x_z, w, w_s, w_z, y_s, y_z, bias = (n.input(i) for i in range(9))
-    _check_qlinear_types(ctx, n, (1, 4, 6))
+    x, _, x_z, w, _, w_z, _, y_z, bias = (n.input(i) for i in range(9))
+    x_s, w_s, y_s = _float32_scales(ctx, n, (1, 4, 6))
     xt, wt = ctx.type(x), ctx.type(w)
     kernel = ints(n, "kernel_shape") or tuple(int(d) for d in wt.shape[2:])
     strides, dilations, pads = window(n, kernel)

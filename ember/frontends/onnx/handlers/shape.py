@@ -195,8 +195,8 @@ def _emit_slice(ctx: ImportContext, n: OnnxNode, starts: Optional[Ints], ends: O
 
 
 # ---- Pad: attributes (< 11), inputs (>= 11), axes input (>= 18) ------------------------------
-#: Pad modes the frontend accepts (opset 19's ``wrap`` is not imported yet).
-_PAD_MODES = (PadMode.CONSTANT, PadMode.REFLECT, PadMode.EDGE)
+#: Pad modes the frontend accepts (every one: opset 19 added ``wrap``).
+_PAD_MODES = (PadMode.CONSTANT, PadMode.REFLECT, PadMode.EDGE, PadMode.WRAP)
 
 
 def _pad_mode(n: OnnxNode) -> PadMode:

@@ -261,6 +261,13 @@ def worth_it(out: torch.Tensor, cin: int, max_macs: int) -> bool:
     return n * h * w * cin * cout <= max_macs
 
 
+def _after(act: Activation, params: tuple[float, ...]):
+    """The activation applied to a oneDNN call's fresh output: in place where it can be."""
+    if act is Activation.NONE:
+        return None
+    return inplace_activation(act, params) or activation_fn(act, params)
+
+
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 @register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
@@ -275,11 +282,11 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     fmt = _memory_format(w.dim())
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
     fused = onednn_postop(act, params)
-    post = None if fused is not None else activation_fn(act, params)
+    post = None if fused is not None else _after(act, params)
     unary, scalars, algorithm = (fused or NO_POSTOP).args()
     bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None
     if residual and bin_unary is None and binary_supports(""):
-        bin_unary, post = "none", activation_fn(act, params)
+        bin_unary, post = "none", _after(act, params)
     act_fn = activation_fn(act, params)  # residual without oneDNN's binary form: add, then this
     group = a.group
     conv_pw = torch.ops.mkldnn._convolution_pointwise

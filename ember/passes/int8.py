@@ -75,6 +75,7 @@ NO_RECORD = "int8 layer without an input scale => fp32"
 UNSUPPORTED = "int8 layer of a form with no int8 kernel => fp32"
 BAD_WEIGHT = "int8 layer whose weight scales do not fit => fp32"
 SMOOTHED = "int8 GEMM input smoothed into its weight"
+PASSED_THROUGH = "MaxPool/Concat passes 8-bit tensors on"
 
 
 def symmetric_scales(w: np.ndarray, axis: int | None) -> tuple[float, ...]:
@@ -317,10 +318,16 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     protected = ctx.protected(graph)
     kinds = {name: form.kind for name, (form, _) in chosen.items()}
 
+    through = _pass_through_candidates(graph, consumers, kinds, protected)
+
     def readers(t: str) -> set[str] | None:
-        """The kinds of INT8 layers reading ``t`` as data or residual; None if anything else does."""
+        """The kinds of INT8 layers reading ``t`` as data or residual (``"through"`` for a MaxPool or
+        Concat that may pass 8 bits on); None if anything else reads it."""
         found: set[str] = set()
         for c in consumers.get(t, ()):
+            if c.name in through:
+                found.add("through")
+                continue
             kind = kinds.get(c.name)
             if kind is None or not (c.inputs[0] == t or (kind == "conv" and c.input(3) == t)) or (
                     t in c.inputs[1:3]):
@@ -334,21 +341,50 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         calibrated = rec.source.startswith("calibration")
         return tensor_params(rec, kinds_, lower_bound(t, graph, producers, memo) if calibrated else None)
 
+    # A Concat's inputs share its params (one scale for the whole tensor): decided first, from its
+    # output's record, and only where every input can be written 8-bit by an INT8 layer for it.
+    shared: dict[str, QuantParams] = {}
+    for node in graph.nodes:
+        if node.op is not OpType.CONCAT or node.name not in through:
+            continue
+        out_rec, rd = records.get(node.outputs[0]), readers(node.outputs[0])
+        ins = [i for i in node.inputs if i]
+        ok = out_rec is not None and not out_rec.per_channel and bool(rd) and len(set(ins)) == len(ins)
+        ok = ok and all(_writes_8bit(producers.get(i), chosen, records) and readers(i) == {"through"}
+                        and i not in protected for i in ins)
+        if not ok or out_rec is None or rd is None:
+            through.discard(node.name)
+            continue
+        p = params_of(node.outputs[0], out_rec, rd)
+        shared.update({i: p for i in ins})
+
     new_records = dict(records.tensors)
     params: dict[str, QuantParams] = {}  # 8-bit tensors between INT8 layers
     for node in graph.nodes:
+        t = node.outputs[0] if node.outputs else ""
+        if node.name in through:  # 8 bits in, the same 8 bits out, or float as before
+            ins = [i for i in node.inputs if i]
+            got = [params.get(i) for i in ins]
+            if got and all(g is not None and g == got[0] for g in got) and readers(t):
+                params[t] = got[0]  # type: ignore[assignment]
+                new_records[t] = _record(t, params[t], (records.get(t) or records.tensors[ins[0]]).source
+                                         if records.get(t) or ins[0] in records.tensors else "through")
+                ctx.count(PASSED_THROUGH)
+            continue
         if node.name not in chosen:
             continue
-        t = node.outputs[0]
         rec = records.get(t)
         rd = readers(t)
+        if t in shared:
+            params[t] = shared[t]
+            continue
         if rec is None or rec.per_channel or not rd or t in protected:
             continue
         form = chosen[node.name][0]
         r = node.input(3) if form.residual else ""
         if r and r not in params and (records.get(r) is None or records.tensors[r].per_channel):
             continue  # an 8-bit sum needs the residual's scale: this one accumulates in float32
-        p = params_of(t, rec, rd)
+        p = params_of(t, rec, rd - {"through"} or {"conv"})
         if r and p.dtype is not DType.UINT8:
             continue  # oneDNN sums into an accumulator of the output's type, and conv inputs are uint8
         params[t] = p
@@ -410,6 +446,39 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     ctx.records = ctx.records.with_(precision=PrecisionPlan(precisions),
                                     quantization=QuantizationPlan(new_records))
     return graph.copy(nodes=new_nodes, types=types)
+
+
+def _pass_through_candidates(graph: Graph, consumers: Mapping[str, list[Node]], kinds: Mapping[str, str],
+                             protected: set[str]) -> set[str]:
+    """MaxPool (one output, 2-D) and Concat nodes whose output is read only by INT8 layers (as
+    data or residual) or by other such nodes: they may run on 8-bit tensors, since taking a
+    maximum or placing slices side by side commutes with a shared monotone quantization."""
+    found: set[str] = set()
+    for node in reversed(graph.nodes):
+        out = node.outputs[0] if node.outputs else ""
+        if not out or out in protected:
+            continue
+        if node.op is OpType.MAX_POOL:
+            if len([o for o in node.outputs if o]) != 1 or graph.types[node.inputs[0]].rank != 4:
+                continue
+        elif node.op is not OpType.CONCAT:
+            continue
+        users = consumers.get(out, ())
+        if users and all(u.name in found or (u.name in kinds and (u.inputs[0] == out or u.input(3) == out)
+                                             and out not in u.inputs[1:3]) for u in users):
+            found.add(node.name)
+    return found
+
+
+def _writes_8bit(node: Node | None, chosen: Mapping[str, tuple[_Form, tuple[float, ...]]],
+                 records: QuantizationPlan) -> bool:
+    """Whether ``node`` (the producer of a Concat input) can write its output 8-bit with the
+    Concat's params: an INT8 layer whose residual, if any, has a scale."""
+    if node is None or node.name not in chosen:  # a pass-through's params are its input's, not the Concat's
+        return False
+    form = chosen[node.name][0]
+    r = node.input(3) if form.residual else ""
+    return not r or (records.get(r) is not None and not records.tensors[r].per_channel)
 
 
 def _demote(graph: Graph, ctx: PassContext, marked: set[str], rule: str | None) -> Graph:

@@ -152,3 +152,43 @@ def test_symmetric_scales():
     assert np.allclose(symmetric_scales(w, 0), [0.01, np.finfo(np.float32).eps])
     assert np.allclose(symmetric_scales(w, None), [0.01])
     assert np.allclose(symmetric_scales(w, 1), [0.01, 0.5 / 127])
+
+
+def test_maxpool_and_concat_pass_8bit_tensors_on():
+    """conv+relu -> MaxPool -> conv, and two convs -> Concat -> conv: the pool and the Concat run on
+    uint8 (one shared scale for the Concat's inputs), so nothing is requantized between them."""
+    from ember.ops.attrs import AxisAttrs as Axis
+    from ember.ops.attrs import PoolAttrs
+
+    pool = PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
+    nodes = [
+        Node("c1", OpType.FUSED_CONV, ("x", "w1", "b1"), ("a",), FusedConvAttrs(CONV3, Activation.RELU)),
+        Node("mp", OpType.MAX_POOL, ("a",), ("p",), pool),
+        Node("c2", OpType.FUSED_CONV, ("p", "w2", "b2"), ("b",), FusedConvAttrs(CONV1, Activation.RELU)),
+        Node("c3", OpType.FUSED_CONV, ("p", "w3", "b2"), ("c",), FusedConvAttrs(CONV1)),
+        Node("cat", OpType.CONCAT, ("b", "c"), ("k",), Axis(1)),
+        Node("c4", OpType.FUSED_CONV, ("k", "w4", "b4"), ("y",), FusedConvAttrs(CONV1)),
+    ]
+    consts = {"w1": rng_const(8, 3, 3, 3, seed=1), "b1": rng_const(8, seed=2), "w2": rng_const(8, 8, 1, 1, seed=3),
+              "b2": rng_const(8, seed=4), "w3": rng_const(8, 8, 1, 1, seed=5), "w4": rng_const(4, 16, 1, 1, seed=6),
+              "b4": rng_const(4, seed=7)}
+    g = ir_graph(nodes, {"x": (1, 3, 8, 8)}, ["y"], consts)
+    cfg = BuildConfig(device="cpu", precision="int8")
+    out = run_pipeline(g, cfg, calibrated=_records(g, ["x", "a", "p", "b", "c", "k"], scale=0.1))
+    types = out.graph.types
+    assert all(types[t].dtype is DType.UINT8 for t in ("a", "p", "b", "c", "k")), {t: types[t] for t in "apbck"}
+    by = {n.name: n for n in out.graph.nodes}
+    assert by["c1"].attrs.out == by["c2"].attrs.x == by["c3"].attrs.x  # the pool keeps its input's params
+    assert by["c2"].attrs.out == by["c3"].attrs.out == by["c4"].attrs.x  # the Concat's inputs share its params
+    assert {k: v for s in out.stats for k, v in s.fired.items()}["MaxPool/Concat passes 8-bit tensors on"] == 2
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    from passkit import run_graph
+
+    ref, got = run_graph(g, {"x": x})["y"], run_graph(out.graph, {"x": x})["y"]
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.1  # INT8 with these made-up scales
+    # with the Concat kept (a protected tensor) its inputs are float and the next conv quantizes
+    # the Concat's output with the same params: the same numbers, up to rounding of a step
+    kept = run_pipeline(g, cfg, keep=["k"], calibrated=_records(g, ["x", "a", "p", "b", "c", "k"], scale=0.1))
+    assert kept.graph.types["k"].dtype is DType.FLOAT32 and kept.graph.types["p"].dtype is DType.UINT8
+    plain = run_graph(kept.graph, {"x": x})["y"]
+    assert np.abs(got - plain).max() < 0.1 * np.abs(consts["w4"]).sum(axis=1).max() / 2 + 1e-5

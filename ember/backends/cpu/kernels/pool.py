@@ -91,6 +91,12 @@ def max_pool(x: Tensor, a: PoolAttrs) -> Tensor:
     """ONNX MaxPool: pads behave as -inf, so the pad never wins."""
     g = pool_geometry(a, x.shape)
     n = len(g.kernel)
+    if x.dtype in (torch.uint8, torch.int8) and n == 2 and _torch_native(g, allow_dilation=True):
+        # 8-bit activations between INT8 layers: PyTorch pools them in NCHW only (channels-last
+        # uint8 fails a size check), and a maximum is exact in any type
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
+        y = F.max_pool2d(x.contiguous(), g.kernel, g.strides, g.begins, g.dilations, g.ceil)
+        return y.contiguous(memory_format=fmt) if fmt is not None else y
     if not x.is_floating_point():
         return max_pool(x.double(), a).to(x.dtype)
     if _torch_native(g, allow_dilation=True):

@@ -444,7 +444,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     for t, p in params.items():
         types[t] = TensorType(p.dtype, graph.types[t].shape)
     ctx.records = ctx.records.with_(precision=PrecisionPlan(precisions),
-                                    quantization=QuantizationPlan(new_records))
+                                    quantization=QuantizationPlan(new_records, records.channel_max))
     return graph.copy(nodes=new_nodes, types=types)
 
 

@@ -188,3 +188,19 @@ def test_modelopt_style_qdq_weights_run_int8():
     wq = np.clip(np.round(w / ws[:, None, None, None]), -127, 127) * ws[:, None, None, None]
     ref = torch.nn.functional.conv2d(torch.from_numpy(xq), torch.from_numpy(wq.astype(np.float32)), padding=1).numpy()
     assert np.abs(_run(engine, {"x": x}) - ref).max() < 1e-4
+
+
+def test_smoothed_gemm_survives_the_engine_file(model, tmp_path):
+    """Min-max calibration measures the GEMM input's per-channel maxima and smooths it; the divisors
+    live in the layer's attrs, the maxima in the records and the cache's side file."""
+    cache = tmp_path / "m.calib"
+    engine = _int8(model, _batches(2), calibrator="minmax", calibration_cache=str(cache))
+    fc = next(n for n in engine.plan.graph.nodes if n.op.value == "QGemm")
+    assert len(fc.attrs.smooth) == 16 and engine.plan.records.quantization.channel_max
+    assert (tmp_path / "m.calib.channels.npz").exists()
+    engine.save(tmp_path / "m.ember")
+    loaded = ember.load(tmp_path / "m.ember")
+    x = _batches(1, seed=6)[0]
+    assert np.array_equal(_run(engine, x), _run(loaded, x))
+    again = _int8(model, None, calibrator="minmax", calibration_cache=str(cache))  # from the cache alone
+    assert next(n for n in again.plan.graph.nodes if n.op.value == "QGemm").attrs.smooth == fc.attrs.smooth

@@ -17,6 +17,7 @@ from ember.errors import (
     EmberError,
     EngineFileError,
     GraphError,
+    IndexRangeError,
     InputError,
     ModelLoadError,
     ShapeError,
@@ -49,6 +50,6 @@ def load(path: "str | os.PathLike[str]") -> "Engine":
 
 __all__ = [
     "BuildConfig", "Device", "Layout", "Network", "Precision", "Profile", "build", "load", "__version__",
-    "EmberError", "BuildError", "DeviceError", "EngineFileError", "GraphError", "InputError",
+    "EmberError", "BuildError", "DeviceError", "EngineFileError", "GraphError", "IndexRangeError", "InputError",
     "ModelLoadError", "ShapeError", "UnsupportedOpError",
 ]

@@ -39,5 +39,11 @@ class InputError(EmberError):
     """An input given to ``ExecutionContext.infer`` is missing, unknown, or of the wrong kind."""
 
 
+class IndexRangeError(InputError, GraphError):
+    """An index input held a value out of range (a Gather index past the table, say): the values
+    given to the engine are at fault, so it is an ``InputError`` (a client's error to ``ember
+    serve``) as well as the ``GraphError`` of the node that read it."""
+
+
 class DeviceError(EmberError):
     """The requested device is not available on this machine."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
-from ember.errors import InputError
+from ember.errors import IndexRangeError, InputError
 from ember.serve.config import ModelConfig
 from ember.serve.errors import (
     BadRequestError,
@@ -440,12 +440,12 @@ class Scheduler:
         engine failed on the request's input data, else the error itself or an internal error."""
         if isinstance(exc, ServeError) and not isinstance(exc, InstanceFailedError):
             err: Exception = exc
-        elif isinstance(exc, InputError):
-            err = BadRequestError(f"model '{self.name}': {exc}")
-        elif data_fault or _is_data_error(exc):
+        elif data_fault or isinstance(exc, IndexRangeError) or _is_data_error(exc):
             err = BadRequestError(
                 f"model '{self.name}' failed on the values of {self._suspects(batch[0], exc)}: "
                 f"{_first_line(exc)}; its batchmates were answered; fix the values of this request")
+        elif isinstance(exc, InputError):
+            err = BadRequestError(f"model '{self.name}': {exc}")
         else:
             err = internal_error(f"model '{self.name}' version {self.version} ran a batch of "
                                  f"{sum(r.batch for r in batch)}", exc)

@@ -28,7 +28,7 @@ from ember.backends.base import (
 from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
 from ember.backends.timing import wall_clock_timer
-from ember.errors import BuildError, EmberError, GraphError
+from ember.errors import BuildError, EmberError, GraphError, IndexRangeError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.plan.config import BuildConfig, Device
@@ -45,6 +45,10 @@ def _describe(inputs: Sequence[Optional[torch.Tensor]]) -> str:
     return ", ".join(parts)
 
 
+#: What PyTorch says when an index tensor holds a value out of range (``IndexRangeError``).
+_INDEX_ERRORS = ("index out of range", "out of bounds", "indices out of range", "out of range for dimension")
+
+
 def _named(node: Node, kernel: Kernel) -> Kernel:
     """Wraps a kernel so a failure names the node, its op and the inputs it was given."""
 
@@ -54,6 +58,10 @@ def _named(node: Node, kernel: Kernel) -> Kernel:
         except EmberError:
             raise
         except (RuntimeError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+            if any(p in str(e).lower() for p in _INDEX_ERRORS):
+                raise IndexRangeError(f"node {node.name!r} ({node.op}) read an index out of range in its "
+                                      f"inputs ({_describe(inputs)}): {e}. Check the values of the model's "
+                                      f"index inputs") from e
             raise GraphError(f"node {node.name!r} ({node.op}) failed on inputs ({_describe(inputs)}): "
                              f"{e}. Check the model's shapes and values for this node") from e
 

@@ -58,3 +58,19 @@ def test_non_finite_inputs_stay_non_finite_like_onnxruntime(kind, fill):
     assert np.array_equal(np.isnan(got), np.isnan(want)), f"{kind}: NaN count {nans[0]}, ONNX Runtime's {nans[1]}"
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-5)
+
+
+def test_an_index_out_of_range_is_the_inputs_fault():
+    """A Gather index past the table is an ``IndexRangeError``: an ``InputError`` (the values given
+    are at fault; ``ember serve`` answers 400) and the node's ``GraphError``."""
+    table = numpy_helper.from_array(np.arange(8, dtype=np.float32).reshape(4, 2), "t")
+    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["y"], name="lookup")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])], [table])
+    engine = ember.build(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                         ember.BuildConfig(device="cpu"))
+    with engine.create_context() as ctx:
+        assert ctx.infer({"ids": np.array([0, 1, 2, 3])})["y"].shape == (4, 2)
+        with pytest.raises(ember.IndexRangeError, match="'lookup'.*index out of range") as info:
+            ctx.infer({"ids": np.array([0, 1, 2, 99])})
+    assert isinstance(info.value, ember.InputError) and isinstance(info.value, ember.GraphError)

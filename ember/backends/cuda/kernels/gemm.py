@@ -212,15 +212,25 @@ def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
     gelu = bool(_lt_epilogue(_act(node)[0]))
     w_t, prec = lin.weight.t(), ctx.precision
 
+    # cuBLASLt's half-precision RELU_BIAS epilogue turns NaN into 0 (measured on the H100,
+    # bench/probes/cuda_nan.py; fp32's keeps it): there, bias in the epilogue, ReLU in place after
+    relu_after = not gelu and dtype != torch.float32
+
     def run(inputs) -> list:
         x = lin.a(cast_float(inputs[0], dtype))
         lead = x.shape[:-1]
         with tf32_scope(prec):
-            y = torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu)
+            if relu_after:
+                y = torch.addmm(lin.bias, x.reshape(-1, x.shape[-1]), w_t).relu_()
+            else:
+                y = torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu)
         return [y.reshape(*lead, y.shape[-1])]
 
     def gemm(x: Tensor, out2: Tensor) -> bool:
-        torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu, out=out2)
+        if relu_after:
+            torch.addmm(lin.bias, x.reshape(-1, x.shape[-1]), w_t, out=out2).relu_()
+        else:
+            torch._addmm_activation(lin.bias, x.reshape(-1, x.shape[-1]), w_t, use_gelu=gelu, out=out2)
         return True
 
     return with_write_into(run, _linear_write_into(lin, dtype, prec, True, gemm))

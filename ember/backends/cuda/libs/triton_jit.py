@@ -10,10 +10,12 @@ import triton.language as tl
 def activate(x, P0, P1, ACT: tl.constexpr):
     """The epilogue activation ``ACT`` (a ``triton_ops.ACT_CODES`` value) of fp32 ``x``; ``P0``,
     ``P1`` its parameters (``triton_ops.epilogue_params``). Shared by Ember's Triton kernels."""
+    # maximum/minimum propagate NaN (Triton's default returns the other operand): NaN in, NaN out
     if ACT == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 2:
-        x = tl.minimum(tl.maximum(x, P0), P1)
+        x = tl.minimum(tl.maximum(x, P0, propagate_nan=tl.PropagateNan.ALL), P1,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 3:
         x = tl.where(x >= 0.0, x, x * P0)
     elif ACT == 4:
@@ -23,7 +25,8 @@ def activate(x, P0, P1, ACT: tl.constexpr):
     elif ACT == 6:
         x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
     elif ACT == 7:
-        x = tl.minimum(tl.maximum(x * P0 + P1, 0.0), 1.0)
+        x = tl.minimum(tl.maximum(x * P0 + P1, 0.0, propagate_nan=tl.PropagateNan.ALL), 1.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 8:
         x = 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
     elif ACT == 9:

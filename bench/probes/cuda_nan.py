@@ -1,9 +1,15 @@
 """Probe: does a fused conv/GEMM + ReLU/Clip keep NaN on CUDA (fp32, fp16), as ONNX Runtime does?
 Run on a GPU machine from the repository root: ``python bench/probes/cuda_nan.py``."""
-import sys, numpy as np
+import sys
+
+import numpy as np
+
 sys.path.insert(0, "tests/backends/cpu")
+import onnxruntime as ort
 from test_nan_propagation import _model
-import ember, onnxruntime as ort
+
+import ember
+
 for kind in ("conv_relu", "conv_relu6", "conv_add_relu", "gemm_relu"):
     for prec in ("fp32", "fp16"):
         m = _model(kind)
@@ -13,4 +19,6 @@ for kind in ("conv_relu", "conv_relu6", "conv_add_relu", "gemm_relu"):
         want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         e = ember.build(m, ember.BuildConfig(device="cuda", precision=prec))
         with e.create_context() as c: got = np.asarray(c.infer({"x": x})["y"])
-        print(kind, prec, [l.tactic for l in e.plan.layers], "NaN ok" if np.array_equal(np.isnan(got), np.isnan(want)) else f"NaN LOST {np.isnan(got).sum()} vs {np.isnan(want).sum()}")
+        same = np.array_equal(np.isnan(got), np.isnan(want))
+        verdict = "NaN ok" if same else f"NaN LOST {np.isnan(got).sum()} vs {np.isnan(want).sum()}"
+        print(kind, prec, [layer.tactic for layer in e.plan.layers], verdict)

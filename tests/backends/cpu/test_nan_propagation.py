@@ -36,7 +36,9 @@ def _model(kind: str) -> onnx.ModelProto:
                  helper.make_node("Relu", ["s"], ["y"])]
     graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by older ONNX Runtimes too (the GPU machine's)
+    return model
 
 
 @pytest.mark.parametrize("kind", ["conv_relu", "conv_relu6", "conv_add_relu", "gemm_relu"])
@@ -74,3 +76,20 @@ def test_an_index_out_of_range_is_the_inputs_fault():
         with pytest.raises(ember.IndexRangeError, match="'lookup'.*index out of range") as info:
             ctx.infer({"ids": np.array([0, 1, 2, 99])})
     assert isinstance(info.value, ember.InputError) and isinstance(info.value, ember.GraphError)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["conv_relu", "conv_relu6", "conv_add_relu", "gemm_relu"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_non_finite_inputs_stay_non_finite_on_cuda(kind, precision):
+    """The same on CUDA, every tactic the build picks (cuDNN, cuBLASLt, Triton epilogues); see
+    bench/probes/cuda_nan.py for what each did before the Triton and fp16 cuBLASLt fixes."""
+    model = _model(kind)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = RNG.normal(0, 1, shape).astype(np.float32)
+    x.reshape(-1)[5] = np.nan
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    engine = ember.build(model, ember.BuildConfig(device="cuda", precision=precision))
+    with engine.create_context() as ctx:
+        got = np.asarray(ctx.infer({"x": x})["y"])
+    assert np.array_equal(np.isnan(got), np.isnan(want)), [layer.tactic for layer in engine.plan.layers]

@@ -180,6 +180,22 @@ def inplace_activation(act: Activation, params: Sequence[float]) -> Optional[Inp
     return None if make is None else make(activation_params(act, params))
 
 
+def activation_after(act: Activation, params: Sequence[float]) -> Optional[ActFn]:
+    """``act`` for a library call's fresh output, where it was not fused: in place where it can
+    be (no allocation; the tensor itself is returned), else out of place; ``None`` for ``NONE``."""
+    if act is Activation.NONE:
+        return None
+    inplace = inplace_activation(act, params)
+    if inplace is None:
+        return activation_fn(act, params)
+
+    def run(t: Tensor) -> Tensor:
+        inplace(t)
+        return t
+
+    return run
+
+
 def onednn_postop(act: Activation, params: Sequence[float]) -> Optional[OneDNNPostOp]:
     """The oneDNN post-op computing ``act`` with ``params`` (``NO_POSTOP`` for ``NONE``), or ``None``
     where oneDNN has none (whether a given oneDNN op accepts it is the caller's question)."""
@@ -189,5 +205,5 @@ def onednn_postop(act: Activation, params: Sequence[float]) -> Optional[OneDNNPo
 
 __all__ = [
     "ACTIVATIONS", "ActFn", "ActivationRow", "InplaceAct", "NO_POSTOP", "OneDNNPostOp", "Params",
-    "RNN_ACTIVATIONS", "activation_fn", "inplace_activation", "onednn_postop",
+    "RNN_ACTIVATIONS", "activation_after", "activation_fn", "inplace_activation", "onednn_postop",
 ]

@@ -222,12 +222,11 @@ def lower_bound(name: str, graph: Graph, producers: Mapping[str, Node],
     return result
 
 
-def tensor_params(rec: QuantRecord, readers: set[str], low: float | None) -> QuantParams:
-    """How an activation with record ``rec`` is stored for INT8 layers of ``readers`` kinds
-    (``"conv"``, ``"gemm"``; both read uint8, so the kinds do not change it today). ``low``: the
-    smallest value a *calibrated* tensor can hold (its symmetric range ``[-T, T]`` then narrows
-    to ``[max(low, -T), T]`` over the 256 uint8 steps:
-    after ReLU twice the resolution, after GELU nearly so), None where unknown."""
+def tensor_params(rec: QuantRecord, low: float | None) -> QuantParams:
+    """How an activation with record ``rec`` is stored for the INT8 layers that read it (uint8
+    for convolutions and GEMMs alike). ``low``: the smallest value a *calibrated* tensor can
+    hold (its symmetric range ``[-T, T]`` then narrows to ``[max(low, -T), T]`` over the 256
+    uint8 steps: after ReLU twice the resolution, after GELU nearly so), None where unknown."""
     scale, zp = rec.scale[0], rec.zero_point[0]
     if rec.dtype is QuantDType.UINT8:
         return QuantParams(scale, zp, DType.UINT8)
@@ -337,9 +336,14 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
 
     memo: dict[str, float | None] = {}
 
-    def params_of(t: str, rec: QuantRecord, kinds_: set[str]) -> QuantParams:
+    def params_of(t: str, rec: QuantRecord) -> QuantParams:
         calibrated = rec.source.startswith("calibration")
-        return tensor_params(rec, kinds_, lower_bound(t, graph, producers, memo) if calibrated else None)
+        return tensor_params(rec, lower_bound(t, graph, producers, memo) if calibrated else None)
+
+    def source(t: str, fallback: str = "") -> str:
+        """Where the scales of ``t`` came from (its record's source), for the rewritten record."""
+        rec = records.get(t) or records.get(fallback)
+        return rec.source if rec is not None else "through"
 
     # A Concat's inputs share its params (one scale for the whole tensor): decided first, from its
     # output's record, and only where every input can be written 8-bit by an INT8 layer for it.
@@ -355,7 +359,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         if not ok or out_rec is None or rd is None:
             through.discard(node.name)
             continue
-        p = params_of(node.outputs[0], out_rec, rd)
+        p = params_of(node.outputs[0], out_rec)
         shared.update({i: p for i in ins})
 
     new_records = dict(records.tensors)
@@ -367,8 +371,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
             got = [params.get(i) for i in ins]
             if got and all(g is not None and g == got[0] for g in got) and readers(t):
                 params[t] = got[0]  # type: ignore[assignment]
-                new_records[t] = _record(t, params[t], (records.get(t) or records.tensors[ins[0]]).source
-                                         if records.get(t) or ins[0] in records.tensors else "through")
+                new_records[t] = _record(t, params[t], source(t, ins[0]))
                 ctx.count(PASSED_THROUGH)
             continue
         if node.name not in chosen:
@@ -384,7 +387,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         r = node.input(3) if form.residual else ""
         if r and r not in params and (records.get(r) is None or records.tensors[r].per_channel):
             continue  # an 8-bit sum needs the residual's scale: this one accumulates in float32
-        p = params_of(t, rec, rd - {"through"} or {"conv"})
+        p = params_of(t, rec)
         if r and p.dtype is not DType.UINT8:
             continue  # oneDNN sums into an accumulator of the output's type, and conv inputs are uint8
         params[t] = p
@@ -400,12 +403,11 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         if xp is None:
             rec = records.get(x)
             assert rec is not None
-            rd = {kinds[c.name] for c in consumers.get(x, ()) if c.name in kinds and c.inputs[0] == x}
-            xp = params_of(x, rec, rd or {form.kind})
-        new_records[x] = _record(x, xp, (records.get(x) or _record(x, xp, "")).source)
+            xp = params_of(x, rec)
+        new_records[x] = _record(x, xp, source(x))
         out = params.get(node.outputs[0])
         if out is not None:
-            new_records[node.outputs[0]] = _record(node.outputs[0], out, records.tensors[node.outputs[0]].source)
+            new_records[node.outputs[0]] = _record(node.outputs[0], out, source(node.outputs[0]))
             ctx.count(KEPT_8BIT)
         w = node.inputs[1]
         w_rec = records.get(w)
@@ -419,8 +421,8 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
                 r = node.input(3)
                 res = params.get(r)
                 if res is None and out is not None:
-                    res = params_of(r, records.tensors[r], {"conv"})
-                    new_records[r] = _record(r, res, records.tensors[r].source)
+                    res = params_of(r, records.tensors[r])
+                    new_records[r] = _record(r, res, source(r))
             attrs = QConvAttrs(form.base, xp, w_scales, form.activation, form.act_params, form.residual, out, res)
             op = OpType.QCONV
         else:

@@ -114,13 +114,12 @@ def test_lower_bounds_and_storage():
     assert lower_bound("a", g, producers) == 0.0 and lower_bound("b", g, producers) is None
     assert lower_bound("f", g, producers) == 0.0  # relu -> pool -> flatten
     rec = QuantRecord("t", QuantDType.INT8, (0.1,), (0,))
-    assert (tensor_params(rec, {"gemm"}, None).dtype, tensor_params(rec, {"gemm"}, None).zero_point) == (
-        DType.UINT8, 128)
-    assert tensor_params(rec, {"conv", "gemm"}, None).zero_point == 128
-    gelu = tensor_params(rec, {"gemm"}, -0.17)
+    signed = tensor_params(rec, None)
+    assert (signed.dtype, signed.zero_point, signed.scale) == (DType.UINT8, 128, 0.1)  # int8 shifted by 128
+    gelu = tensor_params(rec, -0.17)
     assert gelu.dtype is DType.UINT8 and 0 < gelu.zero_point < 10 and gelu.scale < 0.1 * 127 / 255 * 1.1
     qdq = QuantRecord("t", QuantDType.UINT8, (0.1,), (3,), None, "qdq")
-    assert (tensor_params(qdq, {"conv"}, 0.0).scale, tensor_params(qdq, {"conv"}, 0.0).zero_point) == (0.1, 3)
+    assert (tensor_params(qdq, 0.0).scale, tensor_params(qdq, 0.0).zero_point) == (0.1, 3)
 
 
 def test_minmax_gemm_input_with_channel_maxima_is_smoothed():

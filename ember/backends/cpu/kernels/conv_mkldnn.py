@@ -38,7 +38,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ember.backends.activations import NO_POSTOP, activation_fn, inplace_activation, onednn_postop
+from ember.backends.activations import (
+    NO_POSTOP,
+    activation_after,
+    activation_fn,
+    inplace_activation,
+    onednn_postop,
+)
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, const_input, split_pads, torch_pad_arg
 from ember.backends.cpu.kernels.conv import conv_geometry
@@ -261,13 +267,6 @@ def worth_it(out: torch.Tensor, cin: int, max_macs: int) -> bool:
     return n * h * w * cin * cout <= max_macs
 
 
-def _after(act: Activation, params: tuple[float, ...]):
-    """The activation applied to a oneDNN call's fresh output: in place where it can be."""
-    if act is Activation.NONE:
-        return None
-    return inplace_activation(act, params) or activation_fn(act, params)
-
-
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 @register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
@@ -282,11 +281,11 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     fmt = _memory_format(w.dim())
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
     fused = onednn_postop(act, params)
-    post = None if fused is not None else _after(act, params)
+    post = None if fused is not None else activation_after(act, params)
     unary, scalars, algorithm = (fused or NO_POSTOP).args()
     bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None
     if residual and bin_unary is None and binary_supports(""):
-        bin_unary, post = "none", _after(act, params)
+        bin_unary, post = "none", activation_after(act, params)
     act_fn = activation_fn(act, params)  # residual without oneDNN's binary form: add, then this
     group = a.group
     conv_pw = torch.ops.mkldnn._convolution_pointwise

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ember.backends.activations import NO_POSTOP, OneDNNPostOp, activation_fn, inplace_activation, onednn_postop
+from ember.backends.activations import NO_POSTOP, OneDNNPostOp, activation_after, onednn_postop
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, arg, const_input
 from ember.backends.cpu.registry import register_kernel
@@ -113,7 +113,7 @@ def linear_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     # the epilogue must come after every addend: fuse it only when nothing is added later
     if fused is None or extra is not None or runtime_c:
         unary, scalars, algorithm = NO_POSTOP.args()
-        post = None if act is Activation.NONE else (inplace_activation(act, params) or activation_fn(act, params))
+        post = activation_after(act, params)
     else:
         (unary, scalars, algorithm), post = fused.args(), None
     beta, trans_a = float(g.beta), g.trans_a

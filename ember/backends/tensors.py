@@ -27,7 +27,10 @@ _TORCH = {
 _FROM_TORCH = {v: k for k, v in _TORCH.items()}
 
 
-_COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: ``int8``: the float operands and outputs of an INT8 layer on CUDA, where an INT8 build's float
+#: layers run in half precision (the CPU's INT8 layers read and write float32 and ask for none).
+_COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+            "int8": torch.float16}
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -43,15 +43,27 @@ BuildFn = Callable[[Any, BuildConfig, "bool | None"], Engine]
 
 
 def wanted(config: BuildConfig) -> bool:
-    """Whether ``config`` asks for INT8 layers (a CPU build)."""
-    return config.device is Device.CPU and (
-        config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values())
+    """Whether ``config`` asks for INT8 layers. On CUDA they need Triton (``BuildError``)."""
+    want = config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
+    if want and config.device is Device.CUDA:
+        from ember.backends.cuda.device import require_cuda, triton_available
+
+        require_cuda("an INT8 engine for cuda")
+        if not triton_available():
+            raise BuildError("INT8 layers on CUDA run on Ember's Triton kernels, and Triton is not installed "
+                             "here: pip install 'ember[cuda]' (or triton), or build with precision fp16")
+    return want
 
 
 def fp32_config(config: BuildConfig) -> BuildConfig:
-    """The fp32 build of an INT8 ``config`` (what calibration runs and errors compare with)."""
+    """The fp32 build of an INT8 ``config`` (what calibration runs and errors compare with). On
+    CUDA it is built without tactic timing or CUDA graphs: calibration runs it eagerly, where only
+    its tensors matter, not its speed."""
     table = {k: p for k, p in config.layer_precisions.items() if p is not Precision.INT8}
-    return replace(config, precision=Precision.FP32, layer_precisions=table, accuracy_target=None)
+    fp32 = replace(config, precision=Precision.FP32, layer_precisions=table, accuracy_target=None)
+    if config.device is Device.CUDA:
+        fp32 = replace(fp32, tactic_tuning=False, cuda_graphs=False)
+    return fp32
 
 
 def int8_tensors(graph: Graph) -> list[str]:

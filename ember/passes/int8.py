@@ -1,6 +1,7 @@
 """INT8 layers: convolutions and GEMMs with constant weights become QConv / QGemm.
 
-CPU builds only (the INT8 kernels are oneDNN's; on CUDA a Q/DQ model runs as written). Runs in
+CPU and CUDA builds (the kernels: oneDNN's on the CPU, Ember's Triton INT8 kernel on CUDA, which
+takes 2-D ungrouped convolutions and GEMMs, and no 8-bit MaxPool / Concat pass-through yet). Runs in
 the precision phase, after ``assign_precisions``, from the quantization records
 (``Records.quantization``), which come from calibration (``ember.builder.calibration``, scales of
 the optimized graph's tensors) or from a Q/DQ model (``record_qdq``). Two ways in:
@@ -74,6 +75,7 @@ KEPT_8BIT = "int8 output kept 8-bit for int8 readers"
 NO_RECORD = "int8 layer without an input scale => fp32"
 UNSUPPORTED = "int8 layer of a form with no int8 kernel => fp32"
 BAD_WEIGHT = "int8 layer whose weight scales do not fit => fp32"
+CUDA_GROUPED = "int8 grouped convolution (no CUDA int8 kernel) => fp16"
 SMOOTHED = "int8 GEMM input smoothed into its weight"
 PASSED_THROUGH = "MaxPool/Concat passes 8-bit tensors on"
 
@@ -109,8 +111,8 @@ def _float32(graph: Graph, name: str, rank_at_least: int = 0) -> bool:
     return t is not None and t.dtype is DType.FLOAT32 and t.rank >= rank_at_least
 
 
-def layer_form(node: Node, graph: Graph) -> _Form | str:
-    """The INT8 form of ``node``, or the rule that says why it has none."""
+def layer_form(node: Node, graph: Graph, device: Device = Device.CPU) -> _Form | str:
+    """The INT8 form of ``node`` on ``device``, or the rule that says why it has none."""
     w = graph.constants.get(node.input(1))
     if node.op not in QUANTIZABLE_OPS or w is None or w.dtype != np.float32:
         return UNSUPPORTED
@@ -123,6 +125,8 @@ def layer_form(node: Node, graph: Graph) -> _Form | str:
                                   if isinstance(a, FusedConvAttrs) else (a, Activation.NONE, (), False))
         if w.ndim != 4 or not _float32(graph, node.inputs[0], 4):
             return UNSUPPORTED
+        if device is Device.CUDA and conv.group != 1:
+            return CUDA_GROUPED
         if res:
             r, out = graph.types.get(node.input(3)), graph.types.get(node.outputs[0])
             if r is None or out is None or r.dtype is not DType.FLOAT32 or r.shape != out.shape:
@@ -273,8 +277,6 @@ def _record(tensor: str, p: QuantParams, source: str) -> QuantRecord:
 @register_pass("quantize_layers", Phase.PRECISION)
 def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     """Replaces int8 layers by QConv / QGemm (see the module docstring)."""
-    if ctx.device is not Device.CPU:  # INT8 kernels are the CPU's for now: Q/DQ stay as written
-        return graph
     records = ctx.records.quantization
     marked = {name for name, p in ctx.records.precision.layers.items() if p is Precision.INT8}
     if not records or not (marked or any(n.op is OpType.DEQUANTIZE_LINEAR for n in graph.nodes)):
@@ -289,7 +291,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         pair = _qdq_pair(node.inputs[0], producers, records)
         if node.name not in marked and pair is None:
             continue
-        form = layer_form(node, graph)
+        form = layer_form(node, graph, ctx.device)
         if isinstance(form, str):
             demoted[node.name] = form
             continue
@@ -317,7 +319,8 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     protected = ctx.protected(graph)
     kinds = {name: form.kind for name, (form, _) in chosen.items()}
 
-    through = _pass_through_candidates(graph, consumers, kinds, protected)
+    # CUDA: no 8-bit MaxPool or Concat kernels yet, so 8 bits pass through neither
+    through = _pass_through_candidates(graph, consumers, kinds, protected) if ctx.device is Device.CPU else set()
 
     def readers(t: str) -> set[str] | None:
         """The kinds of INT8 layers reading ``t`` as data or residual (``"through"`` for a MaxPool or
@@ -441,7 +444,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         ctx.count(MADE)
     for name in demoted:
         if name in precisions:
-            precisions[name] = Precision.FP32
+            precisions[name] = float_fallback(ctx)
     types = dict(graph.types)
     for t, p in params.items():
         types[t] = TensorType(p.dtype, graph.types[t].shape)
@@ -483,12 +486,23 @@ def _writes_8bit(node: Node | None, chosen: Mapping[str, tuple[_Form, tuple[floa
     return not r or (records.get(r) is not None and not records.tensors[r].per_channel)
 
 
+def float_fallback(ctx: PassContext) -> Precision:
+    """The precision of a layer marked int8 that stays float: the build's precision where it is
+    a float one, else the device's float default for INT8 builds (fp32 on the CPU, fp16 on CUDA,
+    as ``assign_precisions`` gives the other layers)."""
+    p = ctx.config.precision
+    if p is not Precision.INT8:
+        return p
+    return Precision.FP32 if ctx.device is Device.CPU else Precision.FP16
+
+
 def _demote(graph: Graph, ctx: PassContext, marked: set[str], rule: str | None) -> Graph:
-    """Marks the ``marked`` layers that were not made INT8 fp32 again."""
+    """Marks the ``marked`` layers that were not made INT8 float again (``float_fallback``)."""
     if not marked:
         return graph
     if rule is not None:
         ctx.count(rule, len(marked))
-    precisions = {k: (Precision.FP32 if k in marked else v) for k, v in ctx.records.precision.layers.items()}
+    fallback = float_fallback(ctx)
+    precisions = {k: (fallback if k in marked else v) for k, v in ctx.records.precision.layers.items()}
     ctx.records = ctx.records.with_(precision=PrecisionPlan(precisions))
     return graph

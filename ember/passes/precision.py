@@ -84,8 +84,9 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
     if cpu:  # the CPU computes fp32, or int8 where a layer can (``ember.passes.int8``)
         default = Precision.FP32
         table: Mapping[str, Precision] = {k: p for k, p in cfg.layer_precisions.items() if p in CPU_PRECISIONS}
-    else:
-        default, table = cfg.precision, cfg.layer_precisions
+    else:  # an INT8 CUDA build runs its float layers in half precision (TensorRT's int8 + fp16)
+        default = Precision.FP16 if cfg.precision is Precision.INT8 else cfg.precision
+        table = cfg.layer_precisions
     int8_default = cfg.precision is Precision.INT8
     precisions: dict[str, Precision] = {}
     for node in graph.nodes:

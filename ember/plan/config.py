@@ -48,7 +48,7 @@ class Precision(enum.StrEnum):
         return self in (Precision.FP16, Precision.BF16)
 
 
-#: Precisions a build can ask for; ``INT8`` on the CPU only (its kernels are oneDNN's), FP8 not yet.
+#: Precisions a build can ask for (FP8 not yet).
 BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8)
 
 #: Calibrators of INT8 builds (``ember.builder.calibration``).
@@ -112,8 +112,9 @@ class BuildConfig:
     - ``shapes``: fixed shapes for inputs whose shapes are dynamic (or to override) in the model.
     - ``profiles``: min/opt/max per input for dynamic shapes (``Profile`` or a 3-tuple of shapes).
     - ``precision``: ``fp32`` | ``tf32`` | ``fp16`` | ``bf16`` (GPU; CPU builds run fp32) |
-      ``int8`` (CPU: convolutions and GEMMs in INT8, scales from calibration data given to
-      ``ember.build`` or from the cache; a Q/DQ model runs its quantized layers in INT8 anyway).
+      ``int8`` (convolutions and GEMMs in INT8, scales from calibration data given to
+      ``ember.build`` or from the cache; a Q/DQ model runs its quantized layers in INT8 anyway;
+      the other layers run fp32 on the CPU, fp16 on CUDA).
     - ``layer_precisions``: force a precision by layer name or op type (``{"Softmax": "fp32"}``).
     - ``timing_cache``: path of the persistent tactic timing cache.
     - ``optimize``: run the optimizer's fusion passes (cleanup and folding always run).
@@ -163,10 +164,6 @@ class BuildConfig:
         object.__setattr__(self, "precision", to_enum(Precision, self.precision, "precision",
                                                       BUILDABLE_PRECISIONS))
         object.__setattr__(self, "layout", to_enum(Layout, self.layout, "layout"))
-        if self.device is Device.CUDA and (self.precision is Precision.INT8
-                                           or Precision.INT8 in dict(self.layer_precisions).values()):
-            raise BuildError("int8 engines run on the CPU for now (device='cpu'); CUDA builds take fp32, "
-                             "tf32, fp16 or bf16")
         if self.calibrator not in CALIBRATORS:
             raise BuildError(f"unknown calibrator {self.calibrator!r}; use one of {', '.join(CALIBRATORS)}")
         pct = float(self.calibration_percentile)

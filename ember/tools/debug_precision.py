@@ -135,7 +135,11 @@ def debug_precision(model: Any, data: Any, config: BuildConfig, batches: int = D
     import ember
     from ember.builder.calibration.data import calibration_batches
     from ember.builder.int8 import fp32_config, is_qdq, layer_errors
+    from ember.plan.config import Device
 
+    if config.device is not Device.CPU:
+        raise InputError(f"ember debug-precision measures each INT8 layer with the CPU engine, not on "
+                         f"{config.device}; drop --device (the CPU build calibrates the same tensors)")
     fp32 = ember.build(model, fp32_config(config), progress=progress)
     if is_qdq(fp32):
         raise InputError(f"{model} is explicitly quantized (QuantizeLinear/DequantizeLinear): its layers run "

@@ -147,8 +147,7 @@ def test_bad_calibration_input(model, tmp_path):
 
 
 def test_config_refusals():
-    with pytest.raises(BuildError, match="CPU"):
-        ember.BuildConfig(device="cuda", precision="int8")
+    assert ember.BuildConfig(device="cuda", precision="int8").precision == "int8"  # CUDA INT8: Triton kernels
     with pytest.raises(BuildError, match="calibrator"):
         ember.BuildConfig(precision="int8", calibrator="kl")
     with pytest.raises(BuildError, match="percentile"):

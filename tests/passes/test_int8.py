@@ -191,3 +191,45 @@ def test_maxpool_and_concat_pass_8bit_tensors_on():
     assert kept.graph.types["k"].dtype is DType.FLOAT32 and kept.graph.types["p"].dtype is DType.UINT8
     plain = run_graph(kept.graph, {"x": x})["y"]
     assert np.abs(got - plain).max() < 0.1 * np.abs(consts["w4"]).sum(axis=1).max() / 2 + 1e-5
+
+
+def test_cuda_build_quantizes_ungrouped_convs_and_gemms_and_runs_the_rest_fp16():
+    """On CUDA (Ember's Triton INT8 kernel): ungrouped convolutions and GEMMs become INT8 layers
+    as on the CPU; a grouped convolution stays float with its rule counted; the float layers, and
+    int8-marked layers left float, run fp16; no MaxPool passes 8 bits on (no CUDA kernel)."""
+    from ember.ops.attrs import PoolAttrs
+    from ember.passes.int8 import CUDA_GROUPED, PASSED_THROUGH
+
+    dw = ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), group=8)
+    nodes = [
+        Node("c1", OpType.FUSED_CONV, ("x", "w1", "b1"), ("a",), FusedConvAttrs(CONV3, Activation.RELU)),
+        Node("mp", OpType.MAX_POOL, ("a",), ("p",), PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))),
+        Node("dw", OpType.FUSED_CONV, ("p", "wd", "bd"), ("d",), FusedConvAttrs(dw, Activation.RELU)),
+        Node("c2", OpType.FUSED_CONV, ("d", "w2", "b2"), ("b",), FusedConvAttrs(CONV1)),
+        Node("gap", OpType.GLOBAL_AVERAGE_POOL, ("b",), ("g",)),
+        Node("flat", OpType.FLATTEN, ("g",), ("f",), AxisAttrs(1)),
+        Node("fc", OpType.FUSED_GEMM, ("f", "wf", "bf"), ("y",), FusedGemmAttrs(GemmAttrs(trans_b=True))),
+    ]
+    consts = {"w1": rng_const(8, 3, 3, 3, seed=1), "b1": rng_const(8, seed=2), "wd": rng_const(8, 1, 3, 3, seed=3),
+              "bd": rng_const(8, seed=4), "w2": rng_const(8, 8, 1, 1, seed=5), "b2": rng_const(8, seed=8),
+              "wf": rng_const(10, 8, seed=6), "bf": rng_const(10, seed=7)}
+    g = ir_graph(nodes, {"x": (2, 3, 8, 8)}, ["y"], consts)
+    records = _records(g, ["x", "a", "p", "d", "b", "f"])
+    cuda = run_pipeline(g, BuildConfig(device="cuda", precision="int8"), calibrated=records)
+    ops = {n.name: n.op for n in cuda.graph.nodes}
+    assert ops["c1"] is OpType.QCONV and ops["c2"] is OpType.QCONV and ops["fc"] is OpType.QGEMM
+    assert ops["dw"] is OpType.FUSED_CONV and ops["mp"] is OpType.MAX_POOL
+    layers = cuda.records.precision.layers
+    assert layers["dw"] == "fp16" and layers["mp"] == "fp16" and layers["gap"] == "fp16"
+    assert layers["c1"] == "int8" and layers["fc"] == "int8"
+    assert cuda.graph.types["a"].dtype is DType.FLOAT32  # read by the MaxPool: float on CUDA
+    fired = {k: v for s in cuda.stats for k, v in s.fired.items()}
+    assert fired[CUDA_GROUPED] == 1 and PASSED_THROUGH not in fired
+    # the CPU build of the same graph quantizes the depthwise conv too and passes 8 bits through the pool
+    cpu = run_pipeline(g, BuildConfig(device="cpu", precision="int8"), calibrated=records)
+    cpu_ops = {n.name: n.op for n in cpu.graph.nodes}
+    assert cpu_ops["dw"] is OpType.QCONV and cpu.records.precision.layers["gap"] == "fp32"
+    # a CUDA fp32 build with one layer marked int8 keeps the others fp32
+    mixed = run_pipeline(g, BuildConfig(device="cuda", precision="fp32", layer_precisions={"dw": "int8"}),
+                         calibrated=records)
+    assert mixed.records.precision.layers["dw"] == "fp32" and mixed.records.precision.layers["c1"] == "fp32"

@@ -104,7 +104,7 @@ def test_errors(files, capsys, tmp_path):
         ([qdq, "--calib-data", d / "calib"], "error: "),
         ([d / "cnn.onnx", "--calib-data", d / "plain.npz"], "error: calibration file"),
         ([d / "cnn.onnx", "--calib-data", d / "calib", "--batches", "0"], "error: --batches 0"),
-        ([d / "cnn.onnx", "--calib-data", d / "calib", "--device", "cuda"], "error: int8 engines run on the CPU"),
+        ([d / "cnn.onnx", "--calib-data", d / "calib", "--device", "cuda"], "error: ember debug-precision measures"),
     ]
     for argv, start in cases:
         code, stdout, err = _run(capsys, "debug-precision", *argv)

@@ -7,9 +7,9 @@ goes past it, ``range`` grows by the smallest whole factor ``k`` that covers the
 every ``k`` neighbouring bins merge into one, so the histogram stays exact (no interpolation)
 at a coarser resolution: the usual way of growing a calibration histogram.
 
-``observe_engine`` runs an fp32 CPU engine over the batches once and feeds every graph input
-and every intermediate float tensor (or a chosen subset) to its observer, through the
-``observe`` hook of ``CPUProgram.run``.
+``observe_engine`` runs an fp32 engine over the batches once and feeds every graph input and
+every intermediate float tensor (or a chosen subset) to its observer, through the ``observe``
+hook of ``CPUProgram.run`` (CPU) or ``CudaProgram.forward`` (CUDA, eager: ``observed_runner``).
 
 >>> import torch
 >>> obs = TensorObserver("x")
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class TensorObserver:
         """Adds the values of ``tensor`` (any shape, any float dtype; left unchanged)."""
         if self.channels and tensor.dim() >= 1 and tensor.shape[-1] and tensor.numel():
             a = tensor.detach().float().abs().reshape(-1, tensor.shape[-1])
-            cm = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype)).amax(0).numpy()
+            cm = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device)).amax(0).cpu().numpy()
             have = self.channel_amax
             if have is None or have.shape != cm.shape:
                 self.channel_amax = cm.astype(np.float64)
@@ -109,7 +109,7 @@ class TensorObserver:
             self.hist[0] += x.numel()
             return
         idx = (a * (self.bins / self.range)).long().clamp_(max=self.bins - 1)
-        self.hist += torch.bincount(idx, minlength=self.bins).numpy()
+        self.hist += torch.bincount(idx, minlength=self.bins).cpu().numpy()
 
     def _grow(self, amax: float) -> None:
         """Widens the histogram's range to cover ``amax``, merging bins by a whole factor."""
@@ -162,10 +162,50 @@ def cpu_program(engine: Engine) -> CPUProgram:
     return program
 
 
+Observe = Callable[[str, torch.Tensor], None]
+
+
+def observed_runner(engine: Engine) -> tuple[torch.device, Callable[[Mapping[str, torch.Tensor], Observe], None]]:
+    """(device, ``run(feeds, observe)``) of an fp32 engine: one run on device tensors that calls
+    ``observe(name, tensor)`` for each feed and each layer output, as it is produced. A CPU engine
+    runs its program (``cpu_program``); a CUDA engine runs its layers eagerly, on the current
+    stream, without CUDA graphs (tensors computed on the host, shape arithmetic, are not seen)."""
+    config = engine.plan.config
+    if config.device is Device.CPU:
+        program = cpu_program(engine)
+        def run_cpu(feeds: Mapping[str, torch.Tensor], observe: Observe) -> None:
+            program.run(dict(feeds), observe=observe)
+
+        return program.device, run_cpu
+    if config.precision is not Precision.FP32:
+        raise BuildError(f"calibration runs an fp32 engine, not a {config.precision} one; build it with "
+                         f"precision='fp32'")
+    from ember.backends.cuda.exec.program import CudaProgram
+
+    cuda = engine.compile()
+    if not isinstance(cuda, CudaProgram):
+        raise BuildError(f"calibration on {config.device} runs the CUDA backend's program, and this engine's "
+                         f"is a {type(cuda).__name__}; build it without a custom backend")
+
+    def run(feeds: Mapping[str, torch.Tensor], observe: Observe) -> None:
+        for name, t in feeds.items():
+            observe(name, t)
+
+        def seen(step: Any, args: list[Any], outs: list[Any], env: dict[str, Any]) -> None:
+            for name, t in zip(step.node.outputs, outs):
+                if name and t is not None:
+                    observe(name, t)
+
+        with torch.cuda.device(cuda.device):
+            cuda.forward(dict(feeds), [torch.cuda.current_stream(cuda.device)], observe=seen)
+
+    return cuda.device, run
+
+
 def observe_engine(engine: Engine, batches: Iterable[Mapping[str, Any]], tensors: Sequence[str],
                    progress: BuildProgress | None = None,
                    bins: int = DEFAULT_BINS, channels: Iterable[str] = ()) -> dict[str, TensorObserver]:
-    """Runs the fp32 CPU ``engine`` once per batch (validated feed dicts: see
+    """Runs the fp32 ``engine`` (CPU or CUDA: ``observed_runner``) once per batch (validated feed dicts: see
     ``calibration_batches``) and returns an observer per tensor of ``tensors``.
 
     ``progress``: a running ``BuildProgress`` to show a bar on (one step per batch).
@@ -173,7 +213,7 @@ def observe_engine(engine: Engine, batches: Iterable[Mapping[str, Any]], tensors
 
     >>> observers = observe_engine(engine, batches, calibration_tensors(engine.plan.graph))  # doctest: +SKIP
     """
-    program = cpu_program(engine)
+    device, run = observed_runner(engine)
     per_channel = set(channels)
     observers = {name: TensorObserver(name, bins, name in per_channel) for name in tensors}
 
@@ -182,11 +222,10 @@ def observe_engine(engine: Engine, batches: Iterable[Mapping[str, Any]], tensors
         if obs is not None:
             obs.update(tensor)
 
-    device = program.device
     items = progress.track(batches, "calibrate") if progress is not None else batches
     with torch.inference_mode():
         for batch in items:
             feeds = {k: (v.detach().to(device).contiguous() if isinstance(v, torch.Tensor)
                          else numpy_to_torch(np.asarray(v), device)) for k, v in batch.items()}
-            program.run(feeds, observe=observe)
+            run(feeds, observe)
     return observers

@@ -19,6 +19,7 @@ def load_kernels() -> None:
         misc,
         norm,
         pool,
+        qlayers,
     )
 
     _loaded = True  # only once every family imported: a failure is raised again, never half-loaded

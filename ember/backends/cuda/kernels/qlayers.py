@@ -1,0 +1,195 @@
+"""INT8 layers on CUDA: QConv and QGemm on Ember's Triton INT8 implicit-GEMM kernel
+(``ember.backends.cuda.libs.triton_qconv``), one tactic per tile configuration,
+``triton_int8_<BMxBNxBK>``.
+
+The layers are the plan's (``QConvAttrs`` / ``QGemmAttrs``, made by ``ember.passes.int8`` from
+calibration or a Q/DQ model), computed as the CPU's oneDNN INT8 layers compute them: the weight is
+quantized once here with the layer's per-output-channel scales; 8-bit activations arrive uint8 with
+their zero point, or float (fp16 from a half-precision neighbour, fp32 from an input) and are
+quantized as the kernel loads them; bias, residual (float, or 8-bit with its own scale),
+activation and the requantization to the output's scale are the kernel's epilogue, so activations
+stay 8-bit between INT8 layers. A float output is half precision (the CUDA INT8 build's float
+layers run fp16; ``compute_dtype("int8")``); a convolution's output is in the layout plan's format
+(channels-last unless the plan says NCHW: the kernel writes through any strides).
+
+What it takes: 2-D ungrouped convolutions (on CUDA the INT8 pass leaves grouped and other
+convolutions in half precision) and GEMMs ``[.., K] @ [K, N]``. Needs Triton: without it a CUDA
+build refuses INT8 (``ember.builder.int8``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
+from ember.backends.cuda.device import compute_dtype
+from ember.backends.cuda.libs.triton_conv import TileConfig
+from ember.backends.cuda.libs.triton_qconv import CONFIGS
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.layout import planned_format
+from ember.errors import BuildError
+from ember.ir.dtype import DType
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import ConvAttrs, QConvAttrs, QGemmAttrs, QuantParams
+
+TACTIC_PREFIX = "triton_int8_"
+
+
+def _uint8(p: Optional[QuantParams], node: Node, what: str) -> None:
+    if p is not None and p.dtype is not DType.UINT8:
+        raise BuildError(f"INT8 layer {node.name!r}: its {what} is stored {p.dtype}; the CUDA INT8 "
+                         f"kernels take 8-bit activations stored uint8 with a zero point")
+
+
+class _Pads:
+    """The conv's (top, left, bottom, right) pads, ``auto_pad`` resolved per input size."""
+
+    def __init__(self, conv: ConvAttrs, stride: tuple[int, ...], dilation: tuple[int, ...]) -> None:
+        self.conv, self.stride, self.dilation = conv, stride, dilation
+        self._last: Optional[tuple[tuple[int, int], tuple[int, ...]]] = None
+
+    def __call__(self, h: int, w: int) -> tuple[int, ...]:
+        if self._last is not None and self._last[0] == (h, w):
+            return self._last[1]
+        c = self.conv
+        begins, ends = split_pads(auto_pads(c.auto_pad, c.pads, (h, w), c.kernel_shape, self.stride,
+                                            self.dilation))
+        pads = (int(begins[0]), int(begins[1]), int(ends[0]), int(ends[1]))
+        self._last = ((h, w), pads)
+        return pads
+
+
+def _float_bias(ctx: CompileContext, name: str, scale: float = 1.0) -> Optional[torch.Tensor]:
+    b = ctx.const(name)
+    return None if b is None else (b.detach().reshape(-1).to(torch.float32) * scale).contiguous()
+
+
+def _qconv_factory(config: TileConfig):
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        from ember.backends.cuda.libs import triton_qconv as Q
+
+        a = node.attrs
+        if not isinstance(a, QConvAttrs) or len(a.conv.kernel_shape) != 2 or a.conv.group != 1:
+            raise BuildError(f"INT8 layer {node.name!r}: the CUDA INT8 convolution does 2-D ungrouped "
+                             f"convolutions only")
+        w = ctx.const(node.inputs[1])
+        if w is None or w.dim() != 4:
+            raise BuildError(f"INT8 layer {node.name!r} needs a constant 4-D weight (input "
+                             f"{node.inputs[1]!r})")
+        for p, what in ((a.x, "input"), (a.out, "output"), (a.residual, "residual")):
+            _uint8(p, node, what)
+        packed = Q.pack_weight(w.to(torch.float32), a.w_scales, a.x.scale, a.x.zero_point, ctx.device)
+        bias = _float_bias(ctx, node.input(2))
+        out = a.out
+        res = a.residual
+        io = Q.QuantIO(a.x.zero_point, 1.0 / a.x.scale, None if out is None else out.scale,
+                       0 if out is None else out.zero_point, 1.0 if res is None else res.scale,
+                       0 if res is None else res.zero_point)
+        stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
+        dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
+        pads = _Pads(a.conv, stride, dilation)
+        float_dtype = compute_dtype(ctx.precision)
+        fmt = planned_format(ctx, node.outputs[0]) or torch.channels_last  # the kernel writes any strides
+        act, params, has_res = a.activation, tuple(a.act_params), a.has_residual
+
+        def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+            n, _, h, wd = x.shape
+            oh, ow = Q.output_hw(h, wd, (packed.kh, packed.kw), stride, pads(h, wd), dilation)
+            return (n, packed.cout, oh, ow)
+
+        def compute(inputs, dest: Optional[torch.Tensor]) -> torch.Tensor:
+            x = inputs[0]
+            r = arg(inputs, 3) if has_res else None
+            if r is not None and not r.is_floating_point() and res is None:
+                raise BuildError(f"INT8 layer {node.name!r} got an 8-bit residual without its scale")
+            return Q.conv2d(x, packed, bias, r, io, stride=stride, pads=pads(x.shape[2], x.shape[3]),
+                            dilation=dilation, act=act, act_params=params, config=config, out=dest,
+                            out_dtype=float_dtype)
+
+        def run(inputs) -> list:
+            x = inputs[0]
+            dest = torch.empty(out_shape(x), dtype=torch.uint8 if out is not None else float_dtype,
+                               device=x.device, memory_format=fmt)
+            return [compute(inputs, dest)]
+
+        def accepts(dest: torch.Tensor) -> bool:
+            return dest.dim() == 4 and (dest.dtype == torch.uint8 if out is not None else dest.is_floating_point())
+
+        def write(inputs, dest: torch.Tensor) -> bool:
+            x = inputs[0]
+            if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
+                return False
+            compute(inputs, dest)
+            return True
+
+        return with_write_into(run, WriteInto(write, accepts))
+
+    factory.__name__ = f"qconv_triton_{config.name}"
+    factory.__doc__ = f"Triton INT8 implicit-GEMM convolution, {config.name} tiles, fused epilogue."
+    return factory
+
+
+def _qgemm_factory(config: TileConfig):
+    def factory(node: Node, ctx: CompileContext) -> Kernel:
+        from ember.backends.cuda.libs import triton_qconv as Q
+
+        a = node.attrs
+        if not isinstance(a, QGemmAttrs) or a.gemm.trans_a or a.gemm.alpha != 1.0:
+            raise BuildError(f"INT8 layer {node.name!r}: the CUDA INT8 GEMM takes op(a) = a and alpha 1")
+        w = ctx.const(node.inputs[1])
+        if w is None or w.dim() != 2:
+            raise BuildError(f"INT8 layer {node.name!r} needs a constant 2-D weight (input {node.inputs[1]!r})")
+        _uint8(a.x, node, "input")
+        _uint8(a.out, node, "output")
+        w_kn = (w.t() if a.gemm.trans_b else w).to(torch.float32)
+        inv: float | torch.Tensor = 1.0 / a.x.scale
+        if a.smooth:  # x @ w == (x / s) @ (s * w): the input quantized with 1 / (s * x_scale)
+            s = torch.tensor(a.smooth, dtype=torch.float64, device=w_kn.device)
+            w_kn = (w_kn.double() * s[:, None]).to(torch.float32)
+            inv = (1.0 / (s * a.x.scale)).to(torch.float32).to(ctx.device)
+        packed = Q.pack_gemm_weight(w_kn, a.w_scales, a.x.scale, a.x.zero_point, ctx.device)
+        bias = _float_bias(ctx, node.input(2), a.gemm.beta)
+        out = a.out
+        io = Q.QuantIO(a.x.zero_point, inv, None if out is None else out.scale,
+                       0 if out is None else out.zero_point)
+        float_dtype = compute_dtype(ctx.precision)
+        act, params = a.activation, tuple(a.act_params)
+
+        def compute(inputs, dest: Optional[torch.Tensor]) -> torch.Tensor:
+            return Q.gemm(inputs[0], packed, bias, io, act=act, act_params=params, config=config, out=dest,
+                          out_dtype=float_dtype)
+
+        def run(inputs) -> list:
+            return [compute(inputs, None)]
+
+        def accepts(dest: torch.Tensor) -> bool:
+            return dest.is_contiguous() and (dest.dtype == torch.uint8 if out is not None
+                                             else dest.is_floating_point())
+
+        def write(inputs, dest: torch.Tensor) -> bool:
+            x = inputs[0]
+            if not accepts(dest) or x is None or tuple(dest.shape) != (*x.shape[:-1], packed.cout):
+                return False
+            compute(inputs, dest)
+            return True
+
+        return with_write_into(run, WriteInto(write, accepts))
+
+    factory.__name__ = f"qgemm_triton_{config.name}"
+    factory.__doc__ = f"Triton INT8 GEMM, {config.name} tiles, fused epilogue."
+    return factory
+
+
+#: tactic name -> kernel factory, per op (registered below; tests call a factory directly, e.g.
+#: under ``TRITON_INTERPRET=1`` where the registry offers no Triton)
+FACTORIES: dict[OpType, dict[str, Callable[[Node, CompileContext], Kernel]]] = {
+    OpType.QCONV: {TACTIC_PREFIX + cfg.name: _qconv_factory(cfg) for cfg in CONFIGS},
+    OpType.QGEMM: {TACTIC_PREFIX + cfg.name: _qgemm_factory(cfg) for cfg in CONFIGS},
+}
+
+for _op, _table in FACTORIES.items():
+    for _rank, (_name, _f) in enumerate(_table.items()):
+        register_cuda_kernel(_op, _name, rank=_rank, needs_triton=True)(_f)

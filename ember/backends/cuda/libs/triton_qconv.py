@@ -1,0 +1,331 @@
+"""Ember's Triton INT8 implicit-GEMM convolution and GEMM: 8-bit activations, per-output-channel
+int8 weights, int32 accumulation on the tensor cores, and the whole epilogue fused (dequantize,
+bias, residual, activation, requantize), written through any output strides.
+
+One kernel serves both INT8 layers of the plan (``QConvAttrs`` / ``QGemmAttrs``): a GEMM
+``[M, K] @ [K, N]`` is the 1x1 convolution of an NHWC image of one row of ``M`` pixels with ``K``
+channels (``gemm`` views it so). The implicit GEMM walks the reduction as
+``conv2d_nhwc_kernel`` of ``triton_conv`` does (taps outer, input channels inner, one flat loop).
+
+Numbers, as the CPU's oneDNN INT8 layers compute them (``ember.backends.cpu.kernels.qlayers``):
+
+- **Input.** 8-bit activations are stored uint8 with a zero point (``QuantParams``: ``real =
+  (q - zp) * scale``; the plan stores them so for both devices). Tensor cores multiply signed
+  int8, so each loaded byte is moved to ``q - 128`` (exact), and the difference is put back once
+  per output channel: ``sum (q - zp) w = sum (q - 128) w + (128 - zp) * sum w``, the second term a
+  constant of the layer (``QPackedWeight.corr``). Zero padding is real 0, the zero point: masked
+  taps load ``zp``. A float input (the first INT8 layer after float ones) is quantized in
+  registers as it is loaded: ``floor(x / scale + zp + 0.5)`` clamped to ``[0, 255]`` (rounding
+  half up, as the CPU path), with SmoothQuant's per-input-channel divisor folded into the
+  multiplier where the layer has one.
+- **Accumulation** in int32 (``tl.dot`` of int8 operands); the weight is quantized once, at
+  compile time, with the layer's symmetric per-output-channel scales (``[-127, 127]``).
+- **Epilogue** in fp32: ``act((acc + corr) * x_scale * w_scale + bias + residual)``, the residual
+  read through its own strides as float, or as 8 bits with its own scale and zero point; then
+  either requantized to the output's scale and zero point (uint8, rounding half up) or rounded
+  once to the output's float dtype. Activations are those of ``triton_jit.activate``.
+
+Tile sizes come from ``CONFIGS``, each a separate tactic of the CUDA INT8 layers
+(``kernels/qlayers.py``) timed by Ember's tactic timer. ``BLOCK_K`` is at least 32 (the int8
+tensor-core step) and ``BLOCK_N`` at least 16; both shrink to the layer's channel counts.
+
+This module imports without Triton; the launchers need it (or ``TRITON_INTERPRET=1`` on CPU
+tensors, which is how CI checks the numerics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from ember.backends.cuda.libs.triton_conv import TileConfig, output_hw
+from ember.ops.attrs import Activation
+
+try:  # the launchers need it; importing this module does not
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
+    triton = None
+    tl = None
+
+#: The INT8 variants offered as tactics: large tiles for batch 128+ (M in the hundreds of
+#: thousands), a deep-K mid tile, small row tiles for batch 1.
+CONFIGS: tuple[TileConfig, ...] = (
+    TileConfig(128, 128, 64, 8, 3),
+    TileConfig(128, 64, 64, 4, 4),
+    TileConfig(64, 64, 128, 4, 3),
+    TileConfig(32, 64, 128, 4, 3),
+)
+
+#: ``mode`` codes of the residual operand (``RES``)
+RES_NONE, RES_FLOAT, RES_8BIT = 0, 1, 2
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+@dataclass(frozen=True)
+class QPackedWeight:
+    """An INT8 layer's weight as the GEMM's B matrix ``[KH*KW*Cin, cols]`` (int8; ``cols`` =
+    Cout rounded up to a multiple of 16, zero columns), with the per-output-channel constants of
+    the epilogue: ``mult = x_scale * w_scale`` and ``corr = (128 - x_zero_point) * sum_k w``."""
+
+    data: torch.Tensor
+    mult: torch.Tensor  # float32 [Cout]
+    corr: torch.Tensor  # int32 [Cout]
+    cout: int
+    cin: int
+    kh: int
+    kw: int
+
+
+def quantize_weight(w: torch.Tensor, scales: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per-channel symmetric int8 weight: ``clamp(round(w / s), -127, 127)`` along ``axis``
+    (round half to even, in float64, as the CPU path)."""
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    s = scales.to(device=w.device, dtype=torch.float64).reshape(shape)
+    return torch.round(w.to(torch.float64) / s).clamp_(-127, 127).to(torch.int8)
+
+
+def pack_weight(w_oihw: torch.Tensor, w_scales: Sequence[float], x_scale: float, x_zero_point: int,
+                device: Optional[torch.device] = None) -> QPackedWeight:
+    """Quantizes a float conv weight ``[Cout, Cin, KH, KW]`` with ``w_scales`` (one per Cout) and
+    packs it with the epilogue's constants, once, at compile time."""
+    if w_oihw.dim() != 4:
+        raise ValueError(f"pack_weight: an INT8 convolution weight is 4-D [Cout, Cin, KH, KW]; "
+                         f"got shape {tuple(w_oihw.shape)}")
+    cout, cin, kh, kw = (int(d) for d in w_oihw.shape)
+    if len(w_scales) != cout:
+        raise ValueError(f"pack_weight: {len(w_scales)} weight scales for {cout} output channels")
+    device = device if device is not None else w_oihw.device
+    scales = torch.tensor([float(s) for s in w_scales], dtype=torch.float64)
+    q = quantize_weight(w_oihw.detach().cpu(), scales, 0)
+    cols = -(-cout // 16) * 16
+    b = torch.zeros((kh * kw * cin, cols), dtype=torch.int8)
+    b[:, :cout] = q.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout)
+    colsum = q.to(torch.int64).sum(dim=(1, 2, 3))
+    corr = ((128 - int(x_zero_point)) * colsum).to(torch.int32)
+    mult = (scales * float(x_scale)).to(torch.float32)
+    return QPackedWeight(b.to(device), mult.to(device), corr.to(device), cout, cin, kh, kw)
+
+
+def pack_gemm_weight(w_kn: torch.Tensor, w_scales: Sequence[float], x_scale: float, x_zero_point: int,
+                     device: Optional[torch.device] = None) -> QPackedWeight:
+    """``pack_weight`` for a GEMM's ``[K, N]`` weight (a 1x1 convolution's ``[N, K, 1, 1]``)."""
+    if w_kn.dim() != 2:
+        raise ValueError(f"pack_gemm_weight: a GEMM weight is 2-D [K, N]; got shape {tuple(w_kn.shape)}")
+    return pack_weight(w_kn.t()[:, :, None, None], w_scales, x_scale, x_zero_point, device)
+
+
+@dataclass(frozen=True)
+class QuantIO:
+    """How the kernel reads its input and writes its output. ``x_zero_point``: the input's zero
+    point (uint8 storage); ``x_inv``: ``1 / x_scale`` (a float input is quantized with it), or a
+    per-input-channel float32 tensor (SmoothQuant: ``1 / (smooth * x_scale)``). ``out_scale`` and
+    ``out_zero_point``: the uint8 output's, or ``None`` for a float output. ``res_scale`` and
+    ``res_zero_point``: an 8-bit residual's."""
+
+    x_zero_point: int
+    x_inv: float | torch.Tensor
+    out_scale: Optional[float] = None
+    out_zero_point: int = 0
+    res_scale: float = 1.0
+    res_zero_point: int = 0
+
+
+def conv2d(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor],
+           residual: Optional[torch.Tensor], io: QuantIO, *, stride: Sequence[int], pads: Sequence[int],
+           dilation: Sequence[int], act: Activation = Activation.NONE, act_params: Sequence[float] = (),
+           config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None,
+           out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The INT8 ``act(conv2d(x, w) + bias + residual)`` into ``out`` (any strides), or into a fresh
+    channels-last tensor (uint8 if ``io.out_scale`` is set, else ``out_dtype``); returns it.
+
+    ``x``: ``[N, Cin, H, W]`` uint8 (stored as ``io`` says) or float (quantized here), any strides;
+    ``bias``: float32 ``[Cout]`` or ``None``; ``residual``: the output's shape, float or uint8
+    (``io.res_scale``/``res_zero_point``), any strides; ``pads``: (top, left, bottom, right)."""
+    if x.dim() != 4 or x.shape[1] != weight.cin:
+        raise ValueError(f"Triton INT8 conv2d: input of shape {tuple(x.shape)} does not match the weight "
+                         f"({weight.cout} x {weight.cin} x {weight.kh} x {weight.kw})")
+    n, _, h, w = (int(d) for d in x.shape)
+    oh, ow = output_hw(h, w, (weight.kh, weight.kw), stride, pads, dilation)
+    shape = (n, weight.cout, oh, ow)
+    if out is None:
+        dtype = torch.uint8 if io.out_scale is not None else out_dtype
+        out = torch.empty(shape, dtype=dtype, device=x.device, memory_format=torch.channels_last)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"Triton INT8 conv2d: out has shape {tuple(out.shape)}, the convolution gives {shape}")
+    if residual is not None and tuple(residual.shape) != shape:
+        raise ValueError(f"Triton INT8 conv2d: residual of shape {tuple(residual.shape)} does not match "
+                         f"the output {shape}")
+    _launch(x, (x.stride(0), x.stride(1), x.stride(2), x.stride(3)), n * oh * ow, h, w, oh, ow, weight, bias,
+            residual, None if residual is None else tuple(residual.stride()), out, tuple(out.stride()), io,
+            stride, pads, dilation, act, act_params, config)
+    return out
+
+
+def gemm(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor], io: QuantIO, *,
+         act: Activation = Activation.NONE, act_params: Sequence[float] = (), config: TileConfig = CONFIGS[0],
+         out: Optional[torch.Tensor] = None, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """The INT8 ``act(x @ w + bias)`` of ``x`` ``[.., K]`` (uint8 or float, its last dim packed)
+    into ``out`` ``[.., N]`` (last dim packed) or a fresh tensor; returns it."""
+    k = weight.cin
+    if x.shape[-1] != k or weight.kh != 1 or weight.kw != 1:
+        raise ValueError(f"Triton INT8 gemm: input of shape {tuple(x.shape)} does not match the weight "
+                         f"[K={k}, N={weight.cout}]")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
+        x2 = x2.contiguous()
+    m = int(x2.shape[0])
+    shape = (*lead, weight.cout)
+    if out is None:
+        dtype = torch.uint8 if io.out_scale is not None else out_dtype
+        out = torch.empty(shape, dtype=dtype, device=x.device)
+    elif tuple(out.shape) != shape or out.stride(-1) != 1:
+        raise ValueError(f"Triton INT8 gemm: out of shape {tuple(out.shape)} (strides {out.stride()}) "
+                         f"is not a {shape} tensor with its last dim packed")
+    o2 = out.view(-1, weight.cout) if out.is_contiguous() else None
+    if o2 is None:
+        raise ValueError("Triton INT8 gemm: out must be contiguous")
+    # [M, K] as an NHWC image [1, K, 1, M]: channel stride 1, pixel stride K
+    _launch(x2, (0, 1, 0, int(x2.stride(0))), m, 1, m, 1, m, weight, bias, None, None, o2,
+            (0, 1, 0, int(o2.stride(0))), io, (1, 1), (0, 0, 0, 0), (1, 1), act, act_params, config)
+    return out
+
+
+def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int, weight: QPackedWeight,
+            bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], rs: Optional[tuple],
+            out: torch.Tensor, ys: tuple, io: QuantIO, stride: Sequence[int], pads: Sequence[int],
+            dilation: Sequence[int], act: Activation, act_params: Sequence[float], config: TileConfig) -> None:
+    from ember.backends.cuda.libs.triton_ops import ACT_CODES, epilogue_params
+
+    if triton is None:
+        raise RuntimeError("the Triton INT8 kernels need the triton package; choose another tactic")
+    if m == 0 or weight.cout == 0:
+        return
+    x_float = x.is_floating_point()
+    if not x_float and x.dtype != torch.uint8:
+        raise ValueError(f"Triton INT8 kernel: an 8-bit input is stored uint8, not {x.dtype}")
+    smooth = isinstance(io.x_inv, torch.Tensor)
+    if smooth and not x_float:
+        raise ValueError("Triton INT8 kernel: a smoothed input must arrive in float")
+    out_q = io.out_scale is not None
+    if out_q and out.dtype != torch.uint8:
+        raise ValueError(f"Triton INT8 kernel: a quantized output is stored uint8, not {out.dtype}")
+    if not out_q and not out.is_floating_point():
+        raise ValueError(f"Triton INT8 kernel: a float output cannot be {out.dtype}")
+    res_mode = RES_NONE if residual is None else (RES_FLOAT if residual.is_floating_point() else RES_8BIT)
+    bn = min(config.block_n, _pow2_at_least(weight.cout, 16))
+    bk = min(config.block_k, _pow2_at_least(weight.cin, 32))
+    p0, p1 = epilogue_params(act, act_params)
+    res = residual if residual is not None else out
+    rs = rs if rs is not None else ys
+    inv_ptr = io.x_inv if smooth else weight.mult  # any pointer when unused
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
+    qconv_nhwc_kernel[grid](
+        x, weight.data, weight.mult, weight.corr, bias if bias is not None else weight.mult, res, out, inv_ptr,
+        m, h, w, weight.cin, oh, ow, weight.cout,
+        xs[0], xs[1], xs[2], xs[3], weight.data.stride(0),
+        rs[0], rs[1], rs[2], rs[3], ys[0], ys[1], ys[2], ys[3],
+        int(stride[0]), int(stride[1]), int(pads[0]), int(pads[1]), int(dilation[0]), int(dilation[1]),
+        float(0.0 if smooth else io.x_inv), float(io.x_zero_point), int(io.x_zero_point),  # type: ignore[arg-type]
+        float(io.res_scale), float(io.res_zero_point),
+        float(1.0 / io.out_scale) if out_q else 1.0, float(io.out_zero_point),  # type: ignore[operator]
+        float(p0), float(p1),
+        KH=weight.kh, KW=weight.kw, X_FLOAT=x_float, SMOOTH=smooth, HAS_BIAS=bias is not None,
+        RES=res_mode, OUT_Q=out_q, ACT=ACT_CODES[act],
+        BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+if triton is not None:
+    from ember.backends.cuda.libs.triton_jit import activate
+
+    @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "STRIDE_H", "STRIDE_W", "PAD_H",
+                                   "PAD_W", "DIL_H", "DIL_W", "X_INV", "X_ZP", "X_ZPI", "R_SCALE", "R_ZP",
+                                   "O_INV", "O_ZP"])
+    def qconv_nhwc_kernel(
+        x_ptr, w_ptr, mult_ptr, corr_ptr, b_ptr, r_ptr, y_ptr, inv_ptr,
+        M, H, W, CIN, OH, OW, COUT,
+        sxn, sxc, sxh, sxw, swk,
+        srn, src, srh, srw,
+        syn, syc, syh, syw,
+        STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
+        X_INV, X_ZP, X_ZPI, R_SCALE, R_ZP, O_INV, O_ZP,
+        P0, P1,
+        KH: tl.constexpr, KW: tl.constexpr, X_FLOAT: tl.constexpr, SMOOTH: tl.constexpr,
+        HAS_BIAS: tl.constexpr, RES: tl.constexpr, OUT_Q: tl.constexpr, ACT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """One ``BLOCK_M`` x ``BLOCK_N`` tile of the INT8 layer's output per program (module
+        docstring)."""
+        pid = tl.program_id(0)
+        num_n = tl.cdiv(COUT, BLOCK_N)
+        pid_m = pid // num_n
+        pid_n = pid - pid_m * num_n
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        mask_m = offs_m < M
+        mask_n = offs_n < COUT
+        ow = offs_m % OW
+        t = offs_m // OW
+        oh = t % OH
+        nb = (t // OH).to(tl.int64)
+        ih0 = oh * STRIDE_H - PAD_H
+        iw0 = ow * STRIDE_W - PAD_W
+        x_rows = x_ptr + nb * sxn
+        c_blocks = tl.cdiv(CIN, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for it in range(0, KH * KW * c_blocks):
+            tap = it // c_blocks
+            c0 = (it - tap * c_blocks) * BLOCK_K
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0 + kh * DIL_H
+            iw = iw0 + kw * DIL_W
+            inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            cs = c0 + offs_k
+            cmask = cs < CIN
+            a_ptrs = x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + cs[None, :] * sxc
+            amask = inside[:, None] & cmask[None, :]
+            if X_FLOAT:
+                v = tl.load(a_ptrs, mask=amask, other=0.0).to(tl.float32)
+                if SMOOTH:
+                    v = v * tl.load(inv_ptr + cs, mask=cmask, other=0.0)[None, :]
+                else:
+                    v = v * X_INV
+                v = tl.floor(v + (X_ZP + 0.5))
+                v = tl.minimum(tl.maximum(v, 0.0), 255.0)
+                a = (v - 128.0).to(tl.int8)
+            else:
+                a = (tl.load(a_ptrs, mask=amask, other=X_ZPI).to(tl.int32) - 128).to(tl.int8)
+            b_ptrs = w_ptr + (tap * CIN + cs)[:, None] * swk + offs_n[None, :]
+            b = tl.load(b_ptrs, mask=cmask[:, None] & (offs_n < swk)[None, :], other=0)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        acc += tl.load(corr_ptr + offs_n, mask=mask_n, other=0)[None, :]
+        y = acc.to(tl.float32) * tl.load(mult_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        mask = mask_m[:, None] & mask_n[None, :]
+        cols = offs_n.to(tl.int64)
+        if RES != 0:
+            r_rows = nb * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
+            r = tl.load(r_ptr + r_rows[:, None] + cols[None, :] * src, mask=mask, other=0).to(tl.float32)
+            if RES == 2:
+                r = (r - R_ZP) * R_SCALE
+            y += r
+        y = activate(y, P0, P1, ACT)
+        y_ptrs = y_ptr + (nb * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + cols[None, :] * syc
+        if OUT_Q:
+            q = tl.floor(y * O_INV + (O_ZP + 0.5))
+            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+            tl.store(y_ptrs, q.to(tl.uint8), mask=mask)
+        else:
+            tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)

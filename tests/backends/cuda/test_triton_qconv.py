@@ -1,0 +1,269 @@
+"""Ember's Triton INT8 convolution / GEMM (``ember.backends.cuda.libs.triton_qconv``) and the CUDA
+INT8 layers on it (``kernels/qlayers.py``): the kernel against a float64 evaluation of the same
+quantized arithmetic (8-bit inputs with any zero point or float inputs quantized in the kernel,
+SmoothQuant divisors, float or 8-bit residuals, every epilogue activation, uint8 or float outputs,
+written into a strided slice whose neighbours must stay untouched); on a GPU also against the
+CPU's oneDNN INT8 layers on the same plan node.
+
+The numerics run on the GPU (``cuda``) and, where Triton is installed but there is no GPU, under
+Triton's interpreter (``TRITON_INTERPRET=1``, in a subprocess: the interpreter is chosen when the
+kernel is defined).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ember.ops.attrs import Activation
+
+A = Activation
+#: name: (n, cin, h, w, cout, k, stride, pads (t, l, b, r), dilation, act, params,
+#:        input ("u8" | "float"), x zero point, residual (None | "float" | "u8"), output ("u8" | "float"))
+CONV_CASES = {
+    "3x3_u8_relu_q": (2, 19, 9, 7, 21, (3, 3), (2, 1), (1, 1, 0, 1), (1, 1), A.RELU, (), "u8", 100, None, "u8"),
+    "1x1_u8_zp128_float_out": (2, 64, 5, 4, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), A.NONE, (), "u8", 128, None,
+                               "float"),
+    "7x7_s2_float_in_relu_q": (1, 3, 13, 13, 16, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), A.RELU, (), "float", 128,
+                               None, "u8"),
+    "3x3_dil2_res_u8_relu_q": (2, 8, 8, 8, 16, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), A.RELU, (), "u8", 0, "u8", "u8"),
+    "1x1_res_float_none_float": (1, 33, 6, 6, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), A.NONE, (), "u8", 7,
+                                 "float", "float"),
+    "3x3_clip_q": (1, 16, 6, 6, 24, (1, 3), (1, 2), (0, 1, 0, 1), (1, 1), A.CLIP, (0.0, 6.0), "u8", 0, None, "u8"),
+    "3x3_silu_float": (1, 5, 5, 5, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.SILU, (), "u8", 131, None, "float"),
+    "3x3_gelu_res_u8_q": (1, 12, 5, 5, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.GELU_ERF, (), "u8", 128, "u8",
+                          "u8"),
+}
+#: name: (leading dims, K, N, act, input ("u8" | "float" | "smooth"), x zero point, output)
+GEMM_CASES = {
+    "bert_like_smooth_float": ((3, 37), 40, 24, A.NONE, "smooth", 128, "float"),
+    "u8_gelu_q": ((50,), 64, 48, A.GELU_ERF, "u8", 112, "u8"),
+    "float_relu_q": ((2, 2, 9), 32, 17, A.RELU, "float", 128, "u8"),
+    "u8_none_float_k100": ((20,), 100, 33, A.NONE, "u8", 128, "float"),
+}
+SENTINEL = 77
+
+
+def _act(y: torch.Tensor, act: Activation, params) -> torch.Tensor:
+    if act is A.NONE:
+        return y
+    if act is A.RELU:
+        return torch.relu(y)
+    if act is A.CLIP:
+        return y.clamp(params[0], params[1])
+    if act is A.SILU:
+        return F.silu(y)
+    if act is A.GELU_ERF:
+        return F.gelu(y)
+    raise AssertionError(act)
+
+
+def _quantize_ref(y: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+    return torch.floor(y / scale + zp + 0.5).clamp(0, 255)
+
+
+def _compare_q(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """8-bit outputs: the kernel's fp32 epilogue may round an exact tie of the float64 reference
+    the other way: at most one step, on a few elements."""
+    diff = (got.cpu().double() - want).abs()
+    assert float(diff.max()) <= 1, f"{name}: 8-bit output off by {float(diff.max())} steps"
+    assert float((diff > 0).double().mean()) <= 0.01, f"{name}: {float((diff > 0).double().mean()):.2%} differ"
+
+
+def _compare_f(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    tol = 1e-5 if got.dtype == torch.float32 else 2e-3
+    a, b = got.cpu().double(), want
+    err = float(torch.linalg.vector_norm(a - b) / max(float(torch.linalg.vector_norm(b)), 1e-12))
+    assert err <= tol, f"{name}: relative error {err:.2e}"
+
+
+def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=torch.float32) -> None:
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    n, cin, h, w, cout, (kh, kw), stride, pads, dil, act, params, kind, zp, res_kind, out_kind = case
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    sx = 0.04
+    if kind == "u8":
+        xq = torch.randint(0, 256, (n, cin, h, w), generator=gen).to(torch.uint8)
+        x = xq
+        x_real = (xq.double() - zp) * sx
+    else:
+        x = torch.randn(n, cin, h, w, generator=gen)
+        x_real = (torch.floor(x.double() / sx + zp + 0.5).clamp(0, 255) - zp) * sx
+    wt = torch.randn(cout, cin, kh, kw, generator=gen) / math.sqrt(cin * kh * kw)
+    ws = (wt.abs().amax(dim=(1, 2, 3)) / 127).tolist()
+    bias = torch.randn(cout, generator=gen) * 0.1
+    oh, ow = Q.output_hw(h, w, (kh, kw), stride, pads, dil)
+    wq = Q.quantize_weight(wt, torch.tensor(ws, dtype=torch.float64), 0).double() * torch.tensor(
+        ws, dtype=torch.float64).view(-1, 1, 1, 1)
+    ref = F.conv2d(F.pad(x_real, (pads[1], pads[3], pads[0], pads[2])), wq, None, stride, 0, dil)
+    ref = ref + bias.double().view(1, -1, 1, 1)
+    res = None
+    rs, rzp = 0.05, 9
+    if res_kind == "u8":
+        res = torch.randint(0, 256, (n, cout, oh, ow), generator=gen).to(torch.uint8)
+        ref = ref + (res.double() - rzp) * rs
+    elif res_kind == "float":
+        res = torch.randn(n, cout, oh, ow, generator=gen)
+        ref = ref + res.double()
+    ref = _act(ref, act, params)
+    so, zo = 0.03, 20
+    io = Q.QuantIO(zp, 1.0 / sx, so if out_kind == "u8" else None, zo if out_kind == "u8" else 0, rs, rzp)
+    packed = Q.pack_weight(wt, ws, sx, zp, torch.device(device))
+    dtype = torch.uint8 if out_kind == "u8" else out_dtype
+    buf = torch.full((n, cout + 5, oh, ow), SENTINEL, dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last)
+    view = buf.narrow(1, 2, cout)
+    xd = x.to(device).contiguous(memory_format=torch.channels_last)
+    got = Q.conv2d(xd, packed, bias.to(device), None if res is None else res.to(device), io, stride=stride,
+                   pads=pads, dilation=dil, act=act, act_params=params, config=Q.CONFIGS[config_index], out=view)
+    assert got.data_ptr() == view.data_ptr()
+    if out_kind == "u8":
+        _compare_q(view, _quantize_ref(ref, so, zo), name)
+    else:
+        _compare_f(view, ref, name)
+    assert bool((buf[:, :2] == SENTINEL).all()) and bool((buf[:, 2 + cout:] == SENTINEL).all()), \
+        f"{name}: the kernel wrote outside its slice"
+    fresh = Q.conv2d(x.to(device), packed, bias.to(device), None if res is None else res.to(device), io,
+                     stride=stride, pads=pads, dilation=dil, act=act, act_params=params,
+                     config=Q.CONFIGS[config_index], out_dtype=out_dtype)
+    assert fresh.is_contiguous(memory_format=torch.channels_last) and fresh.dtype == dtype
+    assert torch.equal(fresh, view)
+
+
+def check_gemm_case(name: str, case, device: str, config_index: int) -> None:
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    lead, k, n, act, kind, zp, out_kind = case
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    sx = 0.03
+    w = torch.randn(k, n, generator=gen) / math.sqrt(k)
+    bias = torch.randn(n, generator=gen) * 0.1
+    inv: float | torch.Tensor = 1.0 / sx
+    if kind == "u8":
+        xq = torch.randint(0, 256, (*lead, k), generator=gen).to(torch.uint8)
+        x, x_real = xq, (xq.double() - zp) * sx
+        w_used = w
+    else:
+        x = torch.randn(*lead, k, generator=gen) * 2
+        s = torch.rand(k, generator=gen).double() + 0.5 if kind == "smooth" else torch.ones(k, dtype=torch.float64)
+        w_used = (w.double() * s[:, None]).float()
+        if kind == "smooth":
+            inv = (1.0 / (s * sx)).float().to(device)
+        x_real = (torch.floor(x.double() / (s * sx) + zp + 0.5).clamp(0, 255) - zp) * sx
+    ws = (w_used.abs().amax(dim=0) / 127).tolist()
+    wq = Q.quantize_weight(w_used.t(), torch.tensor(ws, dtype=torch.float64), 0).double() * torch.tensor(
+        ws, dtype=torch.float64)[:, None]
+    ref = _act(x_real @ wq.t() + bias.double(), act, ())
+    so, zo = 0.05, 30
+    io = Q.QuantIO(zp, inv, so if out_kind == "u8" else None, zo if out_kind == "u8" else 0)
+    packed = Q.pack_gemm_weight(w_used, ws, sx, zp, torch.device(device))
+    got = Q.gemm(x.to(device), packed, bias.to(device), io, act=act, config=Q.CONFIGS[config_index],
+                 out_dtype=torch.float32)
+    assert tuple(got.shape) == (*lead, n)
+    if out_kind == "u8":
+        assert got.dtype == torch.uint8
+        _compare_q(got, _quantize_ref(ref, so, zo), name)
+    else:
+        _compare_f(got, ref, name)
+
+
+def check_all(device: str) -> None:
+    """Every case on ``device``, each with one tile configuration (cycled)."""
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    for i, (name, case) in enumerate(CONV_CASES.items()):
+        check_conv_case(name, case, device, i % len(Q.CONFIGS))
+    for i, (name, case) in enumerate(GEMM_CASES.items()):
+        check_gemm_case(name, case, device, i % len(Q.CONFIGS))
+
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not _HAS_TRITON or torch.cuda.is_available(),
+                    reason="needs Triton without a GPU (the interpreter); on a GPU the cuda tests run it")
+def test_kernel_numerics_under_the_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    here = Path(__file__).resolve().parent
+    code = f"import sys; sys.path.insert(0, {str(here)!r}); import test_triton_qconv as t; t.check_all('cpu')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("name", sorted(CONV_CASES))
+def test_conv_on_cuda(name, config_index):
+    check_conv_case(name, CONV_CASES[name], "cuda", config_index)
+    check_conv_case(name, CONV_CASES[name], "cuda", config_index, out_dtype=torch.float16)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("name", sorted(GEMM_CASES))
+def test_gemm_on_cuda(name, config_index):
+    check_gemm_case(name, GEMM_CASES[name], "cuda", config_index)
+
+
+def _qconv_node(residual: bool, out: bool):
+    from ember.ir import DType, Graph, Node, OpType, TensorType
+    from ember.ops.attrs import ConvAttrs, QConvAttrs, QuantParams
+    from ember.ops.infer import infer_graph
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((24, 16, 3, 3)) / 12).astype(np.float32)
+    consts = {"w": w, "b": (rng.standard_normal(24) * 0.1).astype(np.float32)}
+    ws = tuple(float(v) for v in np.abs(w).max(axis=(1, 2, 3)) / 127)
+    xp = QuantParams(0.05, 3)
+    attrs = QConvAttrs(ConvAttrs(kernel_shape=(3, 3), pads=(1, 1, 1, 1)), xp, ws, Activation.RELU, (), residual,
+                       QuantParams(0.04, 0) if out else None, QuantParams(0.06, 11) if residual else None)
+    ins = ("x", "w", "b") + (("r",) if residual else ())
+    types = {"x": TensorType(DType.UINT8, (2, 16, 10, 10))}
+    inputs = ["x"]
+    if residual:
+        types["r"] = TensorType(DType.UINT8, (2, 24, 10, 10))
+        inputs.append("r")
+    node = Node("q", OpType.QCONV, ins, ("y",), attrs)
+    g = infer_graph(Graph("g", [node], inputs, ["y"], types, consts))
+    return g, node
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("residual,out", [(False, True), (True, True), (False, False)])
+def test_cuda_qconv_layer_matches_the_cpu_onednn_layer(residual, out):
+    from ember.backends.base import CompileContext
+    from ember.backends.cpu.kernels.qlayers import int8_available, qconv
+    from ember.backends.cuda.kernels.qlayers import FACTORIES
+    from ember.ir import OpType
+    from ember.plan.config import Precision
+
+    if not int8_available():
+        pytest.skip("this PyTorch has no oneDNN INT8 kernels")
+    g, node = _qconv_node(residual, out)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 16, 10, 10), generator=gen).to(torch.uint8)
+    r = torch.randint(0, 256, (2, 24, 10, 10), generator=gen).to(torch.uint8) if residual else None
+    cpu_consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
+    cpu = qconv(node, CompileContext(g, cpu_consts, torch.device("cpu"), "", Precision.INT8))
+    want = cpu([x, cpu_consts["w"], cpu_consts["b"], r])[0]
+    dev = torch.device("cuda")
+    gpu_consts = {k: v.to(dev) for k, v in cpu_consts.items()}
+    for tactic, factory in FACTORIES[OpType.QCONV].items():
+        kernel = factory(node, CompileContext(g, gpu_consts, dev, tactic, Precision.INT8))
+        got = kernel([x.to(dev), gpu_consts["w"], gpu_consts["b"], None if r is None else r.to(dev)])[0]
+        if out:
+            diff = (got.cpu().int() - want.int()).abs()
+            assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.02, tactic
+        else:
+            ref = want.double()
+            err = float((got.cpu().double() - ref).norm() / ref.norm())
+            assert err < 2e-3, (tactic, err)  # fp16 output

@@ -41,15 +41,39 @@ def build(model: Any, config: "BuildConfig | None" = None, **options: Any) -> "E
     return _build(model, config or BuildConfig(), **options)
 
 
-def load(path: "str | os.PathLike[str]") -> "Engine":
-    """Loads an engine file written by ``Engine.save``; checks version, checksum and device."""
+def load(path: "str | os.PathLike[str]", *, import_plugins: bool = False) -> "Engine":
+    """Loads an engine file written by ``Engine.save``; checks version, checksum and device.
+    An engine with plugin layers needs their plugins imported first; ``import_plugins=True``
+    imports the modules the file names (only for files you trust: it runs their code)."""
     from ember.runtime.engine import Engine
 
+    if import_plugins:
+        from ember.runtime.engine_file import import_plugins as _import_plugins
+
+        _import_plugins(path)
     return Engine.load(path)
 
 
+def plugin(op_type: str, domain: str = "", version: int = 1) -> Any:
+    """``@ember.plugin(op_type, domain=..., version=...)`` on a class: a custom op's shape
+    function and kernels (``@ember.kernel``), or its lowering into built-in ops; see
+    ``ember.backends.plugins`` and docs/PLUGINS.md."""
+    from ember.backends.plugins import plugin as _plugin
+
+    return _plugin(op_type, domain, version)
+
+
+def kernel(fn: Any = None, /, **options: Any) -> Any:
+    """``@ember.kernel(device="cpu"|"cuda"|"any", tactic=..., prepare=..., available=...)`` marks
+    a method of an ``@ember.plugin`` class as one of its kernels (tactics)."""
+    from ember.backends.plugins import kernel as _kernel
+
+    return _kernel(fn, **options) if fn is not None else _kernel(**options)
+
+
 __all__ = [
-    "BuildConfig", "Device", "Layout", "Network", "Precision", "Profile", "build", "load", "__version__",
+    "BuildConfig", "Device", "Layout", "Network", "Precision", "Profile", "build", "kernel", "load",
+    "plugin", "__version__",
     "EmberError", "BuildError", "DeviceError", "EngineFileError", "GraphError", "IndexRangeError", "InputError",
     "ModelLoadError", "ShapeError", "UnsupportedOpError",
 ]

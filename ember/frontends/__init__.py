@@ -4,9 +4,11 @@
 >>> graph = load("model.onnx", shapes={"input": (1, 3, 224, 224)})   # doctest: +SKIP
 
 ``FRONTENDS`` lists the formats (``ember.frontends.loader``): ONNX (``ember.frontends.onnx``), a
-network written in code (``ember.frontends.network.Network``) and a ``torch.nn.Module`` through
-``torch.export`` (``ember.frontends.torch_export``). Each builds the IR with the frontend-neutral
-``ember.frontends.graph_builder.GraphBuilder``. Strings from a file become enums here, once.
+network written in code (``ember.frontends.network.Network``), a ``torch.nn.Module`` through
+``torch.export`` (``ember.frontends.torch_export``) and a Caffe ``deploy.prototxt`` with its
+``.caffemodel`` (``ember.frontends.caffe``: ``load("deploy.prototxt", weights="model.caffemodel")``).
+Each builds the IR with the frontend-neutral ``ember.frontends.graph_builder.GraphBuilder``.
+Strings from a file become enums here, once.
 Importing this package does not import any format's library (onnx and torch on first use).
 """
 from ember.frontends.graph_builder import GraphBuilder, ShapeMap

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from ember.errors import ModelLoadError
 from ember.frontends import network, torch_export
+from ember.frontends.caffe import source as caffe_source
 from ember.frontends.graph_builder import ShapeMap
 from ember.frontends.onnx import source as onnx_source
 from ember.ir.graph import Graph
@@ -51,6 +52,8 @@ FRONTENDS: tuple[Frontend, ...] = (
              recognizes=network.recognizes, sniffs=network.sniffs, load=network.load),
     Frontend(name=torch_export.NAME, accepts=torch_export.ACCEPTS, suffixes=torch_export.SUFFIXES,
              recognizes=torch_export.recognizes, sniffs=torch_export.sniffs, load=torch_export.load),
+    Frontend(name=caffe_source.NAME, accepts=caffe_source.ACCEPTS, suffixes=caffe_source.SUFFIXES,
+             recognizes=caffe_source.recognizes, sniffs=caffe_source.sniffs, load=caffe_source.load),
 )
 
 #: Files ``load`` refuses with a pointer to what reads them instead.
@@ -61,7 +64,7 @@ def formats() -> list[str]:
     """The names ``format=`` accepts, in table order.
 
     >>> formats()
-    ['onnx', 'network', 'torch']
+    ['onnx', 'network', 'torch', 'caffe']
     """
     return [f.name for f in FRONTENDS]
 

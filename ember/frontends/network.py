@@ -22,12 +22,13 @@ ONNX import makes, so every pass (conv + BatchNorm + ReLU into one ``FusedConv``
 
 Dynamic dims are strings: ``net.input("x", ("batch", 3, 224, 224))`` with
 ``BuildConfig(profiles={"x": (min, opt, max)})``. ``net.op(OpType.X, inputs, attrs)`` adds any
-IR op the named methods do not cover.
+IR op the named methods do not cover; ``net.plugin(op_type, inputs, attrs, domain=...)`` a custom
+op served by a plugin.
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -277,6 +278,22 @@ class Network:
         like = next((t for t in inputs if isinstance(t, Tensor)), None)
         names = ["" if i is None else self._operand(i, like) for i in inputs]
         return self._add(op, names, attrs, name or op.value.lower(), num_outputs=num_outputs)
+
+    def plugin(self, op_type: str, inputs: Sequence[Union[Tensor, ArrayLike, None]],
+               attrs: Optional[Mapping[str, Any]] = None, *, domain: str = "",
+               version: Optional[int] = None, name: Optional[str] = None,
+               num_outputs: Optional[int] = None) -> list[Tensor]:
+        """A custom op served by a registered plugin (``@ember.plugin``, docs/PLUGINS.md):
+        ``net.plugin("Relu6", [x], {"limit": 6.0}, domain="com.example")``. The plugin lowers it
+        into built-in ops or it becomes one Plugin node; returns its outputs (``num_outputs``:
+        default, what the plugin's shape function gives)."""
+        from ember.frontends.plugins import network_plugin
+
+        like = next((t for t in inputs if isinstance(t, Tensor)), None)
+        names = ["" if i is None else self._operand(i, like) for i in inputs]
+        outs = network_plugin(self._builder, op_type, names, attrs, domain=domain, version=version,
+                              name=name, num_outputs=num_outputs)
+        return [Tensor(self, o) for o in outs]
 
     def _own(self, t: Tensor, what: str) -> None:
         if not isinstance(t, Tensor):

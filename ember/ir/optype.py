@@ -180,6 +180,8 @@ class OpType(enum.Enum):
     # INT8 layers made by the optimizer from calibration or Q/DQ records (ember/passes/int8.py)
     QCONV = "QConv"                     # FusedConv on 8-bit activations and per-channel int8 weights
     QGEMM = "QGemm"                     # FusedGemm on 8-bit activations and per-channel int8 weights
+    # a custom op served by a registered plugin (ember/ops/plugin.py): its attrs name the plugin
+    PLUGIN = "Plugin"
 
     def __str__(self) -> str:
         return self.value

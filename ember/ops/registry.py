@@ -85,6 +85,7 @@ def _load_families() -> None:
         linalg,
         movement,
         norm,
+        plugin,
         pool,
         qlayers,
         quantize,

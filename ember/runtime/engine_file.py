@@ -10,6 +10,10 @@ the manifest's bytes (hex), so an edited manifest is caught even when the zip ar
 rewritten with fresh CRCs. Loading checks every one of these and fails with one sentence saying
 what is wrong and what to do.
 
+``plugins`` lists the plugins the engine's Plugin nodes need (name, domain, version, the module
+that declares them): loading fails naming them and their modules unless they are registered,
+and imports those modules only when asked (``import_plugins``).
+
 Format versions: 2 added ``manifest.sha256``; 3 stores the decision records with a schema
 (``records``) instead of an untyped graph dictionary. Files of an older format are refused with
 a message that names the file and says to rebuild it: their decisions cannot be read as records.
@@ -20,6 +24,7 @@ a message that names the file and says to rebuild it: their decisions cannot be 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -35,10 +40,12 @@ from safetensors.numpy import save as st_save
 
 from ember._version import __version__
 from ember.errors import EmberError, EngineFileError
-from ember.plan.config import BuildConfig
+from ember.ir.dtype import DType
+from ember.ops.plugin import PluginRecord, get_plugin, plugins_of
+from ember.plan.config import BuildConfig, Precision
 from ember.plan.memory import MemoryPlan
 from ember.plan.plan import Layer, Plan, TensorSpec
-from ember.plan.records import Records
+from ember.plan.records import QuantDType, Records
 from ember.runtime.device import check_compatible
 from ember.runtime.serialize import graph_from_json, graph_to_json
 
@@ -80,6 +87,7 @@ def manifest_of(plan: Plan, weights: bytes) -> dict[str, Any]:
         "memory_plan": plan.memory.to_json(),
         "records": plan.records.to_json(),
         "build_info": plan.build_info,
+        "plugins": [r.to_json() for r in plugins_of(plan.graph)],
         "weights": {"member": WEIGHTS, "sha256": hashlib.sha256(weights).hexdigest(),
                     "bytes": len(weights), "count": len(plan.graph.constants)},
     }
@@ -132,7 +140,7 @@ def _read_members(path: Path) -> tuple[dict[str, Any], bytes]:
                               f"{MANIFEST_SHA256} (the file was altered or damaged); {_REBUILD}")
     try:
         manifest = json.loads(raw_manifest)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise EngineFileError(f"{path} has a manifest that is not valid JSON (the file was altered); "
                               f"{_REBUILD}") from None
     if not isinstance(manifest, dict):
@@ -169,21 +177,162 @@ def _check_manifest(path: Path, m: Mapping[str, Any], weights: bytes) -> None:
                               f"file was altered or damaged); {_REBUILD}")
 
 
-def load_plan(path: str | os.PathLike[str], check_device: bool = True) -> Plan:
+#: numpy dtypes of the tensors Ember writes (``DType``; bfloat16 has no numpy form)
+_WRITTEN_DTYPES = frozenset(np.dtype(d.value).str for d in DType if d is not DType.BFLOAT16)
+#: packages whose dataclasses and enums the graph's attributes are made of
+_ATTR_PACKAGES = ("ember.ops", "ember.ir", "ember.plan")
+_ATTR_DEPTH = 32  # Ember's attributes nest a few levels (a dataclass of tuples of dataclasses)
+
+
+def check_contents(path: Path, m: Mapping[str, Any], constants: Mapping[str, np.ndarray]) -> None:
+    """Refuses an engine file holding a dtype or record kind Ember does not write: weights,
+    tensor types, engine inputs and outputs of ``DType``s only; node attributes made of Ember's
+    IR classes and arrays of those dtypes; decision records of the kinds ``Records`` writes.
+
+    Each error names the file and the field (``EngineFileError``): such a file was altered or
+    written by something else, and reading on would fail somewhere far from the cause.
+    """
+    def bad(field: str, what: str) -> EngineFileError:
+        return EngineFileError(f"{path}: {field} {what}, which Ember does not write (the file was "
+                               f"altered or not written by Ember); {_REBUILD}")
+
+    for name, arr in constants.items():
+        if arr.dtype.str not in _WRITTEN_DTYPES and arr.dtype.newbyteorder("<").str not in _WRITTEN_DTYPES:
+            raise bad(f"weight {name!r}", f"has dtype {arr.dtype.name}")
+    dtypes = {d.value for d in DType}
+
+    def known(value: Any, allowed: set[str]) -> bool:
+        return isinstance(value, str) and value in allowed
+
+    graph = m.get("graph")
+    if not isinstance(graph, Mapping) or not isinstance(graph.get("types"), Mapping):
+        raise bad("the graph", "has no tensor types")
+    for name, t in graph["types"].items():
+        if not known(_field(t, "dtype"), dtypes):
+            raise bad(f"graph.types[{name!r}].dtype", f"is {_short(_field(t, 'dtype'))}")
+    for key in ("inputs", "outputs"):
+        for i, spec in enumerate(m.get(key) or []):
+            if not known(_field(spec, "dtype"), dtypes):
+                raise bad(f"{key}[{_field(spec, 'name') or i!r}].dtype", f"is {_short(_field(spec, 'dtype'))}")
+    for node in graph.get("nodes") or []:
+        if isinstance(node, Mapping):
+            _check_attr_value(node.get("attrs"), f"node {_short(node.get('name'))} attrs", bad)
+    precisions = {p.value for p in Precision}
+    for layer in m.get("layers") or []:
+        if isinstance(layer, Mapping) and not known(layer.get("precision"), precisions):
+            raise bad(f"layer {_short(layer.get('name'))} precision", f"is {_short(layer.get('precision'))}")
+    records = m.get("records")
+    if isinstance(records, Mapping):
+        kinds = set(Records().to_json())
+        for kind in records:
+            if kind not in kinds:
+                raise bad(f"records.{kind}", "is a kind of decision record")
+        quant = records.get("quantization")
+        qtypes = {q.value for q in QuantDType}
+        if isinstance(quant, Mapping):
+            for tensor, q in quant.items():
+                if isinstance(q, Mapping) and not known(q.get("dtype"), qtypes):
+                    raise bad(f"records.quantization[{tensor!r}].dtype", f"is {_short(q.get('dtype'))}")
+
+
+def _field(record: Any, key: str) -> Any:
+    return record.get(key) if isinstance(record, Mapping) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _check_attr_value(value: Any, field: str, bad: Any) -> None:
+    """Node attributes: ``encode_value``'s forms only, nested at most ``_ATTR_DEPTH`` levels
+    (iterative: a hostile file nests deep, and decoding recurses)."""
+    stack = [(value, field, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if depth > _ATTR_DEPTH and isinstance(v, (list, Mapping)):
+            raise bad(where, f"nests deeper than {_ATTR_DEPTH} levels")
+        if isinstance(v, list):
+            stack.extend((x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, Mapping):
+            for marker in ("__dataclass__", "__enum__"):
+                ref = v.get(marker)
+                if ref is not None and not (isinstance(ref, str) and ref.partition(":")[0].startswith(_ATTR_PACKAGES)):
+                    raise bad(where, f"refers to class {_short(ref)} outside Ember's IR classes")
+            if "__ndarray__" in v:
+                dtype = v.get("dtype")
+                try:
+                    ok = isinstance(dtype, str) and np.dtype(dtype).str in _WRITTEN_DTYPES
+                except TypeError:
+                    ok = False
+                if not ok:
+                    raise bad(where, f"holds an array of dtype {_short(dtype)}")
+                shape = v.get("shape")
+                if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                    raise bad(where, f"holds an array of shape {_short(shape)}")
+                continue
+            stack.extend((x, f"{where}.{k}", depth + 1) for k, x in v.items())
+
+
+def _plugin_records(path: Path, m: Mapping[str, Any]) -> list[PluginRecord]:
+    try:
+        return [PluginRecord.from_json(d) for d in m.get("plugins", [])]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EngineFileError(f"{path} has a malformed plugin list; {_REBUILD}") from None
+
+
+def _check_plugins(path: Path, m: Mapping[str, Any], import_plugins: bool) -> None:
+    """Every plugin the engine's Plugin nodes need must be registered (``ember.ops.plugin``);
+    with ``import_plugins`` the modules the file records are imported first (the user's opt-in:
+    an engine file never runs code on its own)."""
+    records = _plugin_records(path, m)
+    missing = [r for r in records if get_plugin(r.domain, r.op_type, r.version) is None]
+    if missing and import_plugins:
+        for module in dict.fromkeys(r.module for r in missing):
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise EngineFileError(f"{path} needs plugins from module {module!r}, which cannot "
+                                      f"be imported ({e}); install it or put it on sys.path") from None
+        missing = [r for r in records if get_plugin(r.domain, r.op_type, r.version) is None]
+    if missing:
+        listed = "; ".join(f"{r.key} (declared in module {r.module!r})" for r in missing)
+        modules = ", ".join(dict.fromkeys(r.module for r in missing))
+        raise EngineFileError(
+            f"{path} needs plugin(s) that are not registered in this process: {listed}. Import "
+            f"{modules} before loading the engine, or load it with ember.load(path, "
+            f"import_plugins=True) to import the recorded module(s)")
+
+
+def import_plugins(path: str | os.PathLike[str]) -> list[str]:
+    """Imports the modules that declare the plugins an engine file records (the opt-in of
+    ``ember.load(path, import_plugins=True)``); returns them. The file is checked first."""
+    p = Path(path)
+    manifest, weights = _read_members(p)
+    _check_manifest(p, manifest, weights)
+    _check_plugins(p, manifest, import_plugins=True)
+    return list(dict.fromkeys(r.module for r in _plugin_records(p, manifest)))
+
+
+def load_plan(path: str | os.PathLike[str], check_device: bool = True,
+              import_plugins: bool = False) -> Plan:
     """Reads and checks an engine file; raises ``EngineFileError`` or ``DeviceError``.
 
     ``check_device=False`` skips the device check (to inspect an engine built for a device
-    this machine lacks).
+    this machine lacks). The plugins the engine needs must be registered (imported); with
+    ``import_plugins=True`` the modules the file records are imported.
     """
     path = Path(path)
     manifest, weights = _read_members(path)
     _check_manifest(path, manifest, weights)
     if check_device:
         check_compatible(manifest["device"], str(path))
+    _check_plugins(path, manifest, import_plugins)
     try:
         constants = st_load(weights)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise EngineFileError(f"{path} has unreadable weights ({e}); {_REBUILD}") from None
+    check_contents(path, manifest, constants)
     try:
         return Plan(
             graph=graph_from_json(manifest["graph"], constants),

@@ -64,6 +64,9 @@ def add_build_options(p: argparse.ArgumentParser, precision: bool = True, calibr
     for which in ("min", "opt", "max"):
         g.add_argument(f"--{which}-shapes", action="append", metavar="NAME:DIMS,...",
                        help=f"{which} shapes of a dynamic-shape profile")
+    g.add_argument("--weights", metavar="FILE",
+                   help="the trained weights of a model whose file holds none (Caffe: the .caffemodel "
+                        "of a deploy .prototxt)")
     g.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache to read and update")
     g.add_argument("--no-tuning", action="store_true", help="keep each layer's default tactic")
     g.add_argument("--tune-cpu", action="store_true",
@@ -148,6 +151,12 @@ def _given(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+def frontend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options for the model's frontend from the build options: ``weights=`` for ``--weights``."""
+    weights = getattr(args, "weights", None)
+    return {"weights": weights} if weights else {}
+
+
 def load_or_build(path: str, args: argparse.Namespace) -> Engine:
     """An engine from an ``.ember`` file, or built now (with the build options of ``args``) from
     any other model file: tools accept either, so a person need not build first."""
@@ -158,7 +167,7 @@ def load_or_build(path: str, args: argparse.Namespace) -> Engine:
     from ember.builder.build import build
 
     return build(path, config_from_args(args), progress=None,
-                 calibration_data=calibration_data_from_args(args))
+                 calibration_data=calibration_data_from_args(args), **frontend_options(args))
 
 
 def read_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:

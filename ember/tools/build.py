@@ -17,14 +17,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args
+from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args, frontend_options
 
 HELP = "build an engine file from a model"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``ember build``."""
-    p.add_argument("model", help="model file (.onnx)")
+    p.add_argument("model", help="model file (.onnx; a Caffe deploy .prototxt with --weights)")
     p.add_argument("-o", "--output", help="engine file to write (default: the model's name with .ember)")
     p.add_argument("--dump-passes", metavar="DIR", help="write the graph after each pass into DIR")
     add_build_options(p)
@@ -40,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
     data = calibration_data_from_args(args)
     cache_before = _stamp(config.calibration_cache)
     engine = build(args.model, config, progress=None, instruments=dump_instruments(args.dump_passes),
-                   calibration_data=data)
+                   calibration_data=data, **frontend_options(args))
     save_engine(engine, out)
     plan = engine.plan
     info = plan.build_info
-    source = {"onnx": "ONNX nodes"}.get(info.get("source_format", ""), "model nodes")
+    source = {"onnx": "ONNX nodes", "caffe": "Caffe layers"}.get(info.get("source_format", ""), "model nodes")
     print(f"built {out}: {len(plan.layers)} layers from {info.get('source_nodes')} {source}, "
           f"memory plan {human_bytes(plan.memory.arena_bytes)} (vs {human_bytes(plan.memory.sum_bytes)} "
           f"unplanned), weights {human_bytes(engine.weights_bytes)}, in {info.get('build_seconds', 0):.2f} s")

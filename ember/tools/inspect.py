@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args
+from ember.tools.args import add_build_options, calibration_data_from_args, config_from_args, frontend_options
 
 if TYPE_CHECKING:
     from ember.ir.graph import Node
@@ -54,7 +54,8 @@ def load_for_inspection(path: str, args: argparse.Namespace | None = None) -> En
 
     if args is None:
         return build(path, BuildConfig(), progress=None)
-    return build(path, config_from_args(args), progress=None, calibration_data=calibration_data_from_args(args))
+    return build(path, config_from_args(args), progress=None, calibration_data=calibration_data_from_args(args),
+                 **frontend_options(args))
 
 
 def inspect_text(path: str, args: argparse.Namespace | None = None, layers: bool = True) -> str:

@@ -134,8 +134,8 @@ def test_truncated_onnx_file_gets_the_onnx_frontends_error(tmp_path):
 
 
 def test_unknown_format_and_options_are_named():
-    with pytest.raises(ModelLoadError, match=r"unknown model format 'caffe'; Ember reads onnx"):
-        load(MODEL, format="caffe")
+    with pytest.raises(ModelLoadError, match=r"unknown model format 'mxnet'; Ember reads onnx"):
+        load(MODEL, format="mxnet")
     with pytest.raises(ModelLoadError, match=r"no option\(s\) weights.*shapes="):
         load(MODEL, weights="w.caffemodel")
 

@@ -17,9 +17,11 @@ from ember.frontends.onnx.context import (
 )
 from ember.frontends.onnx.handlers.quantize import check_quantized_types
 from ember.frontends.onnx.loader import ModelLike, load_model
+from ember.frontends.onnx.plugins import missing_reason, plugin_handler
 from ember.frontends.onnx.registry import (
     MAX_OPSET,
     MIN_OPSET,
+    HandlerFn,
     canonical_domain,
     find_handler,
     supported_op_names,
@@ -98,13 +100,20 @@ def _check_handlers(nodes: list[OnnxNode], label: str, opset: int) -> None:
     """Raises one UnsupportedOpError listing every op with no handler at the model's opset."""
     missing: dict[tuple[str, str, int], list[str]] = {}
     for n in nodes:
-        if find_handler(n.domain, n.op_type, n.opset) is None:
+        if _handler(n) is None:
             missing.setdefault((n.op_type, n.domain, n.opset), []).append(n.name)
     if missing:
-        lines = [_op_line(op, dom, names, v) for (op, dom, v), names in sorted(missing.items())]
+        lines = [_op_line(op, dom, names, v, missing_reason(dom, op, v))
+                 for (op, dom, v), names in sorted(missing.items())]
         raise UnsupportedOpError(
             f"{label} (opset {opset}) uses {len(missing)} operator(s) Ember cannot import:\n"
             + "\n".join(lines) + "\n" + _supported_hint())
+
+
+def _handler(n: OnnxNode) -> Optional[HandlerFn]:
+    """The built-in handler of ``n`` at its opset, else a registered plugin's (ember.ops.plugin)."""
+    found = find_handler(n.domain, n.op_type, n.opset)
+    return found.fn if found is not None else plugin_handler(n)
 
 
 def _supported_hint() -> str:
@@ -171,11 +180,11 @@ def convert_nodes(ctx: ImportContext, nodes: list[OnnxNode], label: str) -> Reje
     for n in nodes:
         if any(i and i not in ctx.types for i in n.inputs) and rejected:
             continue  # reads the output of a rejected node: nothing more to learn here
-        handler = find_handler(n.domain, n.op_type, n.opset)
+        handler = _handler(n)
         try:
             if handler is None:
                 raise UnsupportedOpError("Ember has no handler for it at this opset")
-            handler.fn(ctx, n)
+            handler(ctx, n)
         except UnsupportedOpError as e:
             rejected.setdefault((n.op_type, n.domain, n.opset, str(e)), []).append(n.name)
             continue

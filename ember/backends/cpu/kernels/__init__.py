@@ -12,7 +12,8 @@ explicit list (no scanning); importing a family registers its kernels
 - ``conv``, ``conv_mkldnn``: convolutions; ``pool``: pooling and LRN; ``resize``: Resize, GridSample;
 - ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN;
 - ``quantize``: QuantizeLinear, DequantizeLinear (ONNX's exact arithmetic);
-- ``qlayers``: the INT8 layers QConv and QGemm (oneDNN's INT8 primitives).
+- ``qlayers``: the INT8 layers QConv and QGemm (oneDNN's INT8 primitives);
+- ``plugin``: custom ops' kernels (``ember.backends.plugins``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def load_kernels() -> None:
         linalg_mkldnn,
         movement,
         norm,
+        plugin,
         pool,
         qlayers,
         quantize,

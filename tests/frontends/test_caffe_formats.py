@@ -180,3 +180,41 @@ def test_supported_layers_and_schema_module_agree_with_the_proto() -> None:
         desc = caffe_pb2.DESCRIPTOR.message_types_by_name[message]
         fields = dict(re.findall(r"^\s+(?:optional|repeated|required) [\w.]+ (\w+) = (\d+)", body, re.M))
         assert {f.name: str(f.number) for f in desc.fields} == fields, message
+
+
+def test_unknown_caffe_layer_served_by_a_plugin():
+    """A layer type Ember does not convert runs through ``@ember.plugin(type, domain="caffe")``,
+    with the fields of the layer's parameter message and its blobs as attributes (``threshold``, ``blob_0``)."""
+    import torch
+
+    from ember.ops.plugin import unregister_plugin
+
+    proto = net('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+                'convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }',
+                'layer { name: "gate" type: "ScaledGate" bottom: "conv" top: "gate" '
+                'threshold_param { threshold: 0.25 } }',
+                inputs='layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 '
+                       'dim: 5 dim: 5 } } }')
+    scale = np.linspace(0.5, 2.0, 4, dtype=np.float32)
+    with pytest.raises(UnsupportedOpError, match=r"(?s)ScaledGate: layer 'gate'.*domain='caffe'"):
+        load_caffe(proto, caffemodel({"conv": [W, B], "gate": [scale]}))
+
+    @ember.plugin("ScaledGate", domain="caffe")
+    class ScaledGate:
+        def infer(self, inputs, attrs):
+            return [inputs[0]]
+
+        @ember.kernel(device="any")
+        def run(self, inputs, attrs):
+            s = torch.as_tensor(np.asarray(attrs["blob_0"]), dtype=inputs[0].dtype).view(1, -1, 1, 1)
+            x = inputs[0]
+            return [torch.where(x > float(attrs["threshold"]), x * s, torch.zeros_like(x))]
+
+    try:
+        graph = load_caffe(proto, caffemodel({"conv": [W, B], "gate": [scale]}))
+        got = infer(graph, {"data": X})["gate"]
+    finally:
+        unregister_plugin("caffe", "ScaledGate")
+    conv = torch.nn.functional.conv2d(torch.from_numpy(X), torch.from_numpy(W), torch.from_numpy(B), padding=1)
+    want = torch.where(conv > 0.25, conv * torch.from_numpy(scale).view(1, -1, 1, 1), torch.zeros(()))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

@@ -2,7 +2,6 @@
 parameters and blobs become the plugin node's attributes."""
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -39,6 +38,7 @@ def _flatten(fields: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
 
 def add_plugin_layer(ctx: CaffeContext, layer: CaffeLayer, spec: Any) -> None:
     """Adds the layer through its plugin (lowered into built-in ops, or one Plugin node)."""
-    plugins = importlib.import_module("ember.frontends.plugins")
-    plugins.add_plugin_node(ctx, spec, layer.bottoms, layer.tops, layer_attributes(layer),
+    from ember.frontends.plugins import add_plugin_node
+
+    add_plugin_node(ctx, spec, layer.bottoms, layer.tops, layer_attributes(layer),
                             name=layer.name, origin=(layer.name,))

@@ -7,8 +7,6 @@ scanning). A layer type with no handler may be served by a plugin registered wit
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from ember.errors import UnsupportedOpError
@@ -57,12 +55,10 @@ def supported_layers() -> list[str]:
 
 def plugin_for(layer_type: str) -> Optional[Any]:
     """The plugin (``ember.ops.plugin.PluginSpec``) serving Caffe layers of ``layer_type``, or
-    None: the one place the frontend asks the plugin registry (when Ember has one)."""
-    if importlib.util.find_spec("ember.frontends.plugins") is None:
-        return None
-    plugins = importlib.import_module("ember.frontends.plugins")
-    finder = getattr(plugins, "caffe_plugin", None)
-    return finder(layer_type) if finder is not None else None
+    None: the one place the frontend asks the plugin registry."""
+    from ember.frontends.plugins import caffe_plugin
+
+    return caffe_plugin(layer_type)
 
 
 def unknown_layers_error(layers: Iterable[Any], label: str) -> Optional[UnsupportedOpError]:

@@ -40,7 +40,7 @@ import torch
 
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.registry import ATEN, CPU_KERNELS
-from ember.backends.cuda.registry import CUDA_KERNELS
+from ember.backends.kernel_registry import KernelRegistry
 from ember.backends.tensors import compute_dtype, torch_dtype
 from ember.errors import BuildError, EmberError, GraphError
 from ember.ir.graph import Graph, Node
@@ -65,6 +65,7 @@ class PluginKernel:
     fn: Callable[..., Any]
     prepare: bool = False
     available: Optional[Callable[[], bool]] = None
+    needs_triton: bool = False
 
     def runs_on(self, device: str) -> bool:
         return self.device in (device, "any")
@@ -72,8 +73,24 @@ class PluginKernel:
 
 #: plugin key -> its kernels, in declaration order (a re-declared plugin replaces its list)
 _KERNELS: dict[str, list[PluginKernel]] = {}
-#: registry entries made so far: (backend, entry tactic name)
-_ENTRIES: set[tuple[str, str]] = set()
+#: registry entries made so far: (id of the registry, entry tactic name)
+_ENTRIES: set[tuple[int, str]] = set()
+#: the kernel registries plugin tactics go into, by backend. The CPU's is here from the start;
+#: the CUDA backend attaches its own when its kernel families load (``attach_registry``), so that
+#: this module, which the CPU kernels (and through them constant folding) import, never imports
+#: the CUDA backend.
+_REGISTRIES: dict[str, KernelRegistry] = {"cpu": CPU_KERNELS}
+#: whether Triton can run here (``needs_triton`` kernels): set by the CUDA backend when attached
+_TRITON: dict[str, Callable[[], bool]] = {}
+
+
+def attach_registry(backend: str, registry: KernelRegistry, triton_available: Callable[[], bool]) -> None:
+    """Makes ``registry`` (a backend's kernels) serve every plugin's kernels for ``backend``: those
+    declared so far and those declared later. Called once by the backend's plugin kernel family."""
+    _TRITON[backend] = triton_available
+    _REGISTRIES[backend] = registry
+    for key, kernels in _KERNELS.items():
+        _register_entries(key, backend, kernels)
 
 
 @overload
@@ -97,15 +114,9 @@ def kernel(fn: Optional[Callable[..., Any]] = None, /, *, device: str = "any", t
     """
     if device not in DEVICES:
         raise ValueError(f"@ember.kernel(device={device!r}): use one of {', '.join(DEVICES)}")
-    avail = available
-    if needs_triton:
-        from ember.backends.cuda.device import triton_available
-
-        avail = triton_available if available is None else (lambda: bool(available()) and triton_available())
-
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         setattr(f, _MARK, {"device": device, "tactic": tactic or f.__name__, "prepare": prepare,
-                           "available": avail})
+                           "available": available, "needs_triton": needs_triton})
         return f
 
     return mark(fn) if fn is not None else mark
@@ -161,7 +172,7 @@ def _kernels_of(cls: type, instance: object) -> list[PluginKernel]:
                 found = [k for k in found if k.tactic != mark["tactic"]]
             seen.add(mark["tactic"])
             found.append(PluginKernel(mark["tactic"], mark["device"], getattr(instance, attr),
-                                      mark["prepare"], mark["available"]))
+                                      mark["prepare"], mark["available"], mark["needs_triton"]))
     return found
 
 
@@ -181,22 +192,33 @@ def _is_plugin(key: str, tactic: str) -> Callable[[Node, Optional[Graph], Option
 
 def _register_kernels(spec: PluginSpec, kernels: list[PluginKernel]) -> None:
     _KERNELS[spec.key] = kernels
-    cpu = [k for k in kernels if k.runs_on("cpu")]
-    cuda = [k for k in kernels if k.runs_on("cuda")]
-    for backend, registry, ks in (("cpu", CPU_KERNELS, cpu[1:]), ("cuda", CUDA_KERNELS, cuda)):
-        for rank, k in enumerate(ks, start=10):
-            name = tactic_name(spec.key, k.tactic)
-            if (backend, name) in _ENTRIES:
-                continue  # re-declared: the entry looks the kernel up by name at compile time
-            _ENTRIES.add((backend, name))
-            registry.register(OpType.PLUGIN, name, rank=rank, when=_is_plugin(spec.key, k.tactic),
-                              available=_available(spec.key, k.tactic))(_factory(backend, k.tactic))
+    for backend in _REGISTRIES:
+        _register_entries(spec.key, backend, kernels)
 
 
-def _available(key: str, tactic: str) -> Callable[[], bool]:
+def _register_entries(key: str, backend: str, kernels: list[PluginKernel]) -> None:
+    """Registry entries for the kernels of plugin ``key`` that run on ``backend`` (the CPU's
+    first kernel is its generic ``aten`` tactic, ``_dispatch``, and gets no entry of its own)."""
+    ks = [k for k in kernels if k.runs_on(backend)]
+    for rank, k in enumerate(ks[1:] if backend == "cpu" else ks, start=10):
+        name = tactic_name(key, k.tactic)
+        registry = _REGISTRIES[backend]
+        if (id(registry), name) in _ENTRIES:
+            continue  # re-declared: the entry looks the kernel up by name at compile time
+        _ENTRIES.add((id(registry), name))
+        registry.register(OpType.PLUGIN, name, rank=rank, when=_is_plugin(key, k.tactic),
+                                      available=_available(key, k.tactic, backend))(_factory(backend, k.tactic))
+
+
+def _available(key: str, tactic: str, backend: str) -> Callable[[], bool]:
     def available() -> bool:
         k = next((k for k in _KERNELS.get(key, []) if k.tactic == tactic), None)
-        return k is not None and (k.available is None or bool(k.available()))
+        if k is None or (k.available is not None and not k.available()):
+            return False
+        if k.needs_triton:
+            triton = _TRITON.get(backend)
+            return triton is not None and bool(triton())
+        return True
 
     return available
 

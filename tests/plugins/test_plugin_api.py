@@ -369,3 +369,45 @@ def test_plugin_kernels_on_cuda(relu_n):
     assert engine.plan.layers[0].tactic == f"{DOMAIN}::ReluN@1/clamp"
     out = _run(engine, {"x": X})["y"]
     np.testing.assert_array_equal(out, np.clip(X, 0, 3))
+
+
+def test_cuda_registry_attaches_to_plugins_declared_before_and_after(relu_n):
+    """The CUDA backend attaches its registry when its kernel families load (the plugin module
+    never imports it): every device-capable kernel, of plugins declared before and after, becomes
+    a tactic there, and a ``needs_triton`` kernel is available only where Triton is."""
+    from ember.backends import plugins
+    from ember.backends.kernel_registry import KernelRegistry
+    from ember.ir import Node
+    from ember.ops.plugin import PluginAttrs
+
+    fake = KernelRegistry("FAKE-CUDA", lambda: None)
+    saved = dict(plugins._REGISTRIES), dict(plugins._TRITON)
+    triton_here = {"on": False}
+    try:
+        plugins.attach_registry("cuda", fake, lambda: triton_here["on"])
+
+        @ember.plugin("Twice", domain=DOMAIN)
+        class Twice:
+            def infer(self, inputs, attrs):
+                return [inputs[0]]
+
+            @ember.kernel(device="cuda", needs_triton=True)
+            def tri(self, inputs, attrs):
+                return [inputs[0] * 2]
+
+        try:
+            relu_key, twice_key = relu_n.ember_plugin.key, Twice.ember_plugin.key
+            relu_node = Node("r", OpType.PLUGIN, ("x",), ("y",), PluginAttrs.make("ReluN", DOMAIN, 1))
+            twice_node = Node("t", OpType.PLUGIN, ("x",), ("y",), PluginAttrs.make("Twice", DOMAIN, 1))
+            # ReluN (declared before): its "any" kernel; its CPU-only tactic is not a CUDA one
+            assert fake.candidates(relu_node, None) == [plugins.tactic_name(relu_key, "clamp")]
+            assert fake.candidates(twice_node, None) == []  # no Triton here
+            triton_here["on"] = True
+            assert fake.candidates(twice_node, None) == [plugins.tactic_name(twice_key, "tri")]
+        finally:
+            unregister_plugin(DOMAIN, "Twice")
+    finally:
+        plugins._REGISTRIES.clear()
+        plugins._REGISTRIES.update(saved[0])
+        plugins._TRITON.clear()
+        plugins._TRITON.update(saved[1])

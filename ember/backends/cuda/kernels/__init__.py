@@ -18,6 +18,7 @@ def load_kernels() -> None:
         gemm,
         misc,
         norm,
+        plugin,
         pool,
         qlayers,
     )

@@ -5,8 +5,10 @@
 
 ``FRONTENDS`` lists the formats (``ember.frontends.loader``): ONNX (``ember.frontends.onnx``), a
 network written in code (``ember.frontends.network.Network``), a ``torch.nn.Module`` through
-``torch.export`` (``ember.frontends.torch_export``) and a Caffe ``deploy.prototxt`` with its
-``.caffemodel`` (``ember.frontends.caffe``: ``load("deploy.prototxt", weights="model.caffemodel")``).
+``torch.export`` (``ember.frontends.torch_export``), a Caffe ``deploy.prototxt`` with its
+``.caffemodel`` (``ember.frontends.caffe``: ``load("deploy.prototxt", weights="model.caffemodel")``),
+and TensorFlow SavedModels, frozen graphs and Keras files (``ember.frontends.tensorflow``, the
+``tensorflow`` extra: converted by tf2onnx, then imported as ONNX).
 Each builds the IR with the frontend-neutral ``ember.frontends.graph_builder.GraphBuilder``.
 Strings from a file become enums here, once.
 Importing this package does not import any format's library (onnx and torch on first use).

@@ -26,6 +26,7 @@ from ember.frontends import network, torch_export
 from ember.frontends.caffe import source as caffe_source
 from ember.frontends.graph_builder import ShapeMap
 from ember.frontends.onnx import source as onnx_source
+from ember.frontends.tensorflow import source as tf_source
 from ember.ir.graph import Graph
 
 #: A load function: ``(source, shapes=None, **options) -> Graph``.
@@ -54,6 +55,10 @@ FRONTENDS: tuple[Frontend, ...] = (
              recognizes=torch_export.recognizes, sniffs=torch_export.sniffs, load=torch_export.load),
     Frontend(name=caffe_source.NAME, accepts=caffe_source.ACCEPTS, suffixes=caffe_source.SUFFIXES,
              recognizes=caffe_source.recognizes, sniffs=caffe_source.sniffs, load=caffe_source.load),
+    Frontend(name=tf_source.TF_NAME, accepts=tf_source.TF_ACCEPTS, suffixes=tf_source.TF_SUFFIXES,
+             recognizes=tf_source.tf_recognizes, sniffs=tf_source.tf_sniffs, load=tf_source.tf_load),
+    Frontend(name=tf_source.KERAS_NAME, accepts=tf_source.KERAS_ACCEPTS, suffixes=tf_source.KERAS_SUFFIXES,
+             recognizes=tf_source.keras_recognizes, sniffs=tf_source.keras_sniffs, load=tf_source.keras_load),
 )
 
 #: Files ``load`` refuses with a pointer to what reads them instead.
@@ -64,7 +69,7 @@ def formats() -> list[str]:
     """The names ``format=`` accepts, in table order.
 
     >>> formats()
-    ['onnx', 'network', 'torch', 'caffe']
+    ['onnx', 'network', 'torch', 'caffe', 'tensorflow', 'keras']
     """
     return [f.name for f in FRONTENDS]
 

@@ -76,7 +76,8 @@ class TensorObserver:
         """Adds the values of ``tensor`` (any shape, any float dtype; left unchanged)."""
         if self.channels and tensor.dim() >= 1 and tensor.shape[-1] and tensor.numel():
             a = tensor.detach().float().abs().reshape(-1, tensor.shape[-1])
-            cm = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device)).amax(0).cpu().numpy()
+            zero = torch.zeros((), dtype=a.dtype, device=a.device)
+            cm = torch.where(torch.isfinite(a), a, zero).amax(0).cpu().numpy()
             have = self.channel_amax
             if have is None or have.shape != cm.shape:
                 self.channel_amax = cm.astype(np.float64)

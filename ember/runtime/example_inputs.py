@@ -54,6 +54,14 @@ def engine_input_specs(engine: Any) -> list[InputSpec]:
             for s in engine.inputs]
 
 
+def graph_input_specs(graph: Any) -> list[InputSpec]:
+    """The inputs of an IR ``Graph`` (any frontend's), dynamic dims by their names."""
+    return [InputSpec(name, graph.types[name].dtype,
+                      tuple(d if isinstance(d, int) else (str(d) if d is not None else None)
+                            for d in graph.types[name].shape))
+            for name in graph.inputs]
+
+
 def onnx_input_specs(model: Any) -> list[InputSpec]:
     """The graph inputs of an ``onnx.ModelProto`` (initializers excluded); a dim without a value
     keeps its ``dim_param`` name (None when it has none)."""

@@ -48,6 +48,7 @@ class BenchOptions:
     tuning: bool = True
     peer_budget_s: float = 20.0
     accuracy_target: Optional[float] = None
+    frontend_options: dict[str, Any] = field(default_factory=dict)  # e.g. Caffe's weights=
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Source:
     engine_path: Optional[str]
     zoo_name: Optional[str]
     feeds: dict[str, np.ndarray]
+    graph: Any = None  # a model of another format (Caffe, TensorFlow, ...), imported: Ember alone
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -77,6 +79,16 @@ def resolve_source(opts: BenchOptions) -> Source:
         engine = Engine.load(path, compile=False)
         feeds = _make_feeds(inputs.engine_input_specs(engine), opts, inputs.graph_int_ranges(engine.plan.graph))
         return Source(None, str(path), None, feeds)
+    from ember.frontends import detect
+
+    if path.is_dir() or detect(path).name != "onnx" or opts.frontend_options:
+        # another format (a Caffe prototxt with --weights, a SavedModel, a Keras file): imported
+        # once; Ember runs alone (the peers read ONNX files)
+        from ember.frontends import load
+
+        graph = load(path, shapes=dict(opts.shapes) or None, **opts.frontend_options)  # e.g. a deploy batch of 10
+        feeds = _make_feeds(inputs.graph_input_specs(graph), opts, inputs.graph_int_ranges(graph))
+        return Source(None, None, None, feeds, graph)
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -110,7 +122,7 @@ def build_engine(src: Source, opts: BenchOptions) -> tuple[Any, Optional[float]]
                                timing_cache=opts.timing_cache, cuda_graphs=opts.cuda_graphs,
                                tactic_tuning=opts.tuning, accuracy_target=opts.accuracy_target)
     t0 = time.perf_counter()
-    engine = ember.build(src.onnx_path, config, progress=False)
+    engine = ember.build(src.graph if src.graph is not None else src.onnx_path, config, progress=False)
     return engine, time.perf_counter() - t0
 
 
@@ -323,7 +335,10 @@ def format_report(r: dict) -> str:
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``ember bench``."""
-    p.add_argument("model", help=".onnx model, .ember engine, or a zoo model name")
+    p.add_argument("model", help="model file (.onnx, a Caffe .prototxt with --weights, a SavedModel folder, "
+                                 ".keras/.h5/.pb), .ember engine, or a zoo model name")
+    p.add_argument("--weights", metavar="FILE", help="the weights of a model whose file holds none (Caffe's "
+                                                     ".caffemodel); such models run without peers")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default=None,
@@ -351,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(args.model, args.device, args.precision or ("fp16" if args.device == "cuda" else "fp32"),
                         args.batch, parse_shapes(args.shapes), args.iterations, args.warmup, peers,
                         args.timing_cache, not args.no_graphs, not args.no_tuning,
-                        accuracy_target=args.accuracy_target)
+                        accuracy_target=args.accuracy_target,
+                        frontend_options={"weights": args.weights} if args.weights else {})
     report = bench(opts)
     print(format_report(report))
     if args.json:

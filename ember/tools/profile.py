@@ -150,7 +150,10 @@ def chrome_trace(layers: list[LayerTime], timeline: list[tuple[float, float]], d
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``ember profile``."""
-    p.add_argument("model", help=".onnx model, .ember engine, or a zoo model name")
+    p.add_argument("model", help="model file (.onnx, a Caffe .prototxt with --weights, a SavedModel folder, "
+                                 ".keras/.h5/.pb), .ember engine, or a zoo model name")
+    p.add_argument("--weights", metavar="FILE", help="the weights of a model whose file holds none (Caffe's "
+                                                     ".caffemodel); such models run without peers")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), default=None)
@@ -168,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     from ember.tools.bench import BenchOptions, build_engine, resolve_source
 
     opts = BenchOptions(args.model, args.device, args.precision or ("fp16" if args.device == "cuda" else "fp32"),
-                        args.batch, parse_shapes(args.shapes), peers=())
+                        args.batch, parse_shapes(args.shapes), peers=(),
+                        frontend_options={"weights": args.weights} if args.weights else {})
     src = resolve_source(opts)
     engine, _ = build_engine(src, opts)
     layers, timeline = profile_engine(engine, src.feeds, args.iterations, args.warmup)

@@ -79,3 +79,15 @@ def test_googlenet_profile_reads_caffe_layer_names(caffe_engine: ember.Engine,
     assert any(n.startswith("inception_3a/1x1 + inception_3a/relu_1x1 + inception_3a/3x3_reduce")
                for n in names)
     assert all(r.median > 0 for r in rows)
+
+
+def test_cli_profile_takes_the_prototxt_and_its_weights(files: tuple[str, str], capsys) -> None:
+    """`ember profile deploy.prototxt --weights model.caffemodel`: the fused-name table in Caffe's
+    layer names, straight from the two Caffe files (Ember alone: no peer reads them)."""
+    from ember.cli import main
+
+    code = main(["profile", files[0], "--weights", files[1], "--device", "cpu", "--shapes",
+                 "data:1x3x224x224", "--iterations", "1", "--warmup", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "conv1/7x7_s2 + conv1/relu_7x7" in out and "inception_3a/1x1 + inception_3a/relu_1x1" in out

@@ -23,7 +23,8 @@ one op less than to int8 while oneDNN's INT8 GEMM runs both at the same speed, s
 becomes uint8 with its zero point moved by 128 (the same values). A calibrated
 tensor bounded below (``lower_bound``: 0 after ReLU, ReLU6 or max pooling of such, -0.17 after
 GELU) spreads the 256 uint8 steps over ``[bound, threshold]`` instead of ``[-threshold,
-threshold]``, with the zero point where 0 falls.
+threshold]``, with the zero point where 0 falls. On CUDA the same values are stored int8 (``signed``: zero
+point moved by -128), which Ember's Triton kernel feeds the tensor cores as loaded.
 
 A GEMM whose float input was calibrated by min-max with per-channel maxima (calibration
 measures them for GEMM inputs) is smoothed (``smoothing``, SmoothQuant): its input is quantized
@@ -274,6 +275,14 @@ def _record(tensor: str, p: QuantParams, source: str) -> QuantRecord:
     return QuantRecord(tensor, QuantDType(p.dtype.value), (p.scale,), (p.zero_point,), None, source)
 
 
+def signed(p: QuantParams) -> QuantParams:
+    """The same values stored int8: zero point moved by -128 (CUDA's INT8 kernels feed the tensor
+    cores signed bytes straight from memory; oneDNN's convolutions take unsigned ones)."""
+    if p.dtype is DType.INT8:
+        return p
+    return QuantParams(p.scale, p.zero_point - 128, DType.INT8)
+
+
 @register_pass("quantize_layers", Phase.PRECISION)
 def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     """Replaces int8 layers by QConv / QGemm (see the module docstring)."""
@@ -366,7 +375,9 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         shared.update({i: p for i in ins})
 
     new_records = dict(records.tensors)
-    params: dict[str, QuantParams] = {}  # 8-bit tensors between INT8 layers
+    # how the 8-bit tensors are stored: uint8 for oneDNN on the CPU, int8 for CUDA's kernels
+    store = signed if ctx.device is Device.CUDA else (lambda p: p)
+    params: dict[str, QuantParams] = {}  # 8-bit tensors between INT8 layers (as computed: uint8)
     for node in graph.nodes:
         t = node.outputs[0] if node.outputs else ""
         if node.name in through:  # 8 bits in, the same 8 bits out, or float as before
@@ -374,7 +385,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
             got = [params.get(i) for i in ins]
             if got and all(g is not None and g == got[0] for g in got) and readers(t):
                 params[t] = got[0]  # type: ignore[assignment]
-                new_records[t] = _record(t, params[t], source(t, ins[0]))
+                new_records[t] = _record(t, store(params[t]), source(t, ins[0]))
                 ctx.count(PASSED_THROUGH)
             continue
         if node.name not in chosen:
@@ -407,10 +418,10 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
             rec = records.get(x)
             assert rec is not None
             xp = params_of(x, rec)
-        new_records[x] = _record(x, xp, source(x))
+        new_records[x] = _record(x, store(xp), source(x))
         out = params.get(node.outputs[0])
         if out is not None:
-            new_records[node.outputs[0]] = _record(node.outputs[0], out, source(node.outputs[0]))
+            new_records[node.outputs[0]] = _record(node.outputs[0], store(out), source(node.outputs[0]))
             ctx.count(KEPT_8BIT)
         w = node.inputs[1]
         w_rec = records.get(w)
@@ -425,8 +436,9 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
                 res = params.get(r)
                 if res is None and out is not None:
                     res = params_of(r, records.tensors[r])
-                    new_records[r] = _record(r, res, source(r))
-            attrs = QConvAttrs(form.base, xp, w_scales, form.activation, form.act_params, form.residual, out, res)
+                    new_records[r] = _record(r, store(res), source(r))
+            attrs = QConvAttrs(form.base, store(xp), w_scales, form.activation, form.act_params, form.residual,
+                               None if out is None else store(out), None if res is None else store(res))
             op = OpType.QCONV
         else:
             assert isinstance(form.base, GemmAttrs)
@@ -437,7 +449,8 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
                 new_records[w] = QuantRecord(w, QuantDType.INT8, w_scales, (0,) * len(w_scales), form.out_axis,
                                              "minmax:smoothed")
                 ctx.count(SMOOTHED)
-            attrs = QGemmAttrs(form.base, xp, w_scales, form.activation, form.act_params, out, smooth)
+            attrs = QGemmAttrs(form.base, store(xp), w_scales, form.activation, form.act_params,
+                               None if out is None else store(out), smooth)
             op = OpType.QGEMM
         new_nodes.append(Node(node.name, op, node.inputs, node.outputs, attrs, node.origin, node.rule or "int8"))
         precisions[node.name] = Precision.INT8
@@ -447,7 +460,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
             precisions[name] = float_fallback(ctx)
     types = dict(graph.types)
     for t, p in params.items():
-        types[t] = TensorType(p.dtype, graph.types[t].shape)
+        types[t] = TensorType(store(p).dtype, graph.types[t].shape)
     ctx.records = ctx.records.with_(precision=PrecisionPlan(precisions),
                                     quantization=QuantizationPlan(new_records, records.channel_max))
     return graph.copy(nodes=new_nodes, types=types)

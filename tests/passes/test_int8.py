@@ -223,11 +223,16 @@ def test_cuda_build_quantizes_ungrouped_convs_and_gemms_and_runs_the_rest_fp16()
     assert layers["dw"] == "fp16" and layers["mp"] == "fp16" and layers["gap"] == "fp16"
     assert layers["c1"] == "int8" and layers["fc"] == "int8"
     assert cuda.graph.types["a"].dtype is DType.FLOAT32  # read by the MaxPool: float on CUDA
+    by = {n.name: n for n in cuda.graph.nodes}
+    # CUDA stores 8-bit tensors int8 (the CPU's uint8 values, zero point moved by -128)
+    assert by["c1"].attrs.x.dtype is DType.INT8 and by["c1"].attrs.x.zero_point == 0
+    assert cuda.records.quantization.get("x").dtype is QuantDType.INT8
     fired = {k: v for s in cuda.stats for k, v in s.fired.items()}
     assert fired[CUDA_GROUPED] == 1 and PASSED_THROUGH not in fired
     # the CPU build of the same graph quantizes the depthwise conv too and passes 8 bits through the pool
     cpu = run_pipeline(g, BuildConfig(device="cpu", precision="int8"), calibrated=records)
     cpu_ops = {n.name: n.op for n in cpu.graph.nodes}
+    assert {n.name: n for n in cpu.graph.nodes}["c1"].attrs.x.dtype is DType.UINT8
     assert cpu_ops["dw"] is OpType.QCONV and cpu.records.precision.layers["gap"] == "fp32"
     # a CUDA fp32 build with one layer marked int8 keeps the others fp32
     mixed = run_pipeline(g, BuildConfig(device="cuda", precision="fp32", layer_precisions={"dw": "int8"}),

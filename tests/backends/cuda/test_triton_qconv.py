@@ -41,6 +41,10 @@ CONV_CASES = {
     "3x3_silu_float": (1, 5, 5, 5, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.SILU, (), "u8", 131, None, "float"),
     "3x3_gelu_res_u8_q": (1, 12, 5, 5, 10, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.GELU_ERF, (), "u8", 128, "u8",
                           "u8"),
+    # int8 storage (CUDA's): signed zero points, 8-bit residual and output int8 too
+    "3x3_s8_relu_s8": (2, 19, 9, 7, 21, (3, 3), (2, 1), (1, 1, 0, 1), (1, 1), A.RELU, (), "s8", -28, None, "s8"),
+    "1x1_s8_res_s8_s8": (1, 40, 6, 6, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), A.RELU, (), "s8", 0, "s8", "s8"),
+    "3x3_s8_float_out": (1, 16, 7, 7, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.NONE, (), "s8", 5, "float", "float"),
 }
 #: name: (leading dims, K, N, act, input ("u8" | "float" | "smooth"), x zero point, output)
 GEMM_CASES = {
@@ -48,6 +52,8 @@ GEMM_CASES = {
     "u8_gelu_q": ((50,), 64, 48, A.GELU_ERF, "u8", 112, "u8"),
     "float_relu_q": ((2, 2, 9), 32, 17, A.RELU, "float", 128, "u8"),
     "u8_none_float_k100": ((20,), 100, 33, A.NONE, "u8", 128, "float"),
+    "s8_relu_s8": ((40,), 64, 48, A.RELU, "s8", -3, "s8"),
+    "s8_none_float": ((2, 21), 96, 20, A.NONE, "s8", 0, "float"),
 }
 SENTINEL = 77
 
@@ -66,8 +72,8 @@ def _act(y: torch.Tensor, act: Activation, params) -> torch.Tensor:
     raise AssertionError(act)
 
 
-def _quantize_ref(y: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
-    return torch.floor(y / scale + zp + 0.5).clamp(0, 255)
+def _quantize_ref(y: torch.Tensor, scale: float, zp: int, signed: bool = False) -> torch.Tensor:
+    return torch.floor(y / scale + zp + 0.5).clamp(*((-128, 127) if signed else (0, 255)))
 
 
 def _compare_q(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
@@ -91,8 +97,9 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     n, cin, h, w, cout, (kh, kw), stride, pads, dil, act, params, kind, zp, res_kind, out_kind = case
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
     sx = 0.04
-    if kind == "u8":
-        xq = torch.randint(0, 256, (n, cin, h, w), generator=gen).to(torch.uint8)
+    if kind in ("u8", "s8"):
+        lo = 0 if kind == "u8" else -128
+        xq = torch.randint(lo, lo + 256, (n, cin, h, w), generator=gen).to(torch.uint8 if kind == "u8" else torch.int8)
         x = xq
         x_real = (xq.double() - zp) * sx
     else:
@@ -108,17 +115,20 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     ref = ref + bias.double().view(1, -1, 1, 1)
     res = None
     rs, rzp = 0.05, 9
-    if res_kind == "u8":
-        res = torch.randint(0, 256, (n, cout, oh, ow), generator=gen).to(torch.uint8)
+    if res_kind in ("u8", "s8"):
+        lo = 0 if res_kind == "u8" else -128
+        res = torch.randint(lo, lo + 256, (n, cout, oh, ow), generator=gen).to(
+            torch.uint8 if res_kind == "u8" else torch.int8)
         ref = ref + (res.double() - rzp) * rs
     elif res_kind == "float":
         res = torch.randn(n, cout, oh, ow, generator=gen)
         ref = ref + res.double()
     ref = _act(ref, act, params)
-    so, zo = 0.03, 20
-    io = Q.QuantIO(zp, 1.0 / sx, so if out_kind == "u8" else None, zo if out_kind == "u8" else 0, rs, rzp)
-    packed = Q.pack_weight(wt, ws, sx, zp, torch.device(device))
-    dtype = torch.uint8 if out_kind == "u8" else out_dtype
+    so, zo = 0.03, (20 if out_kind == "u8" else -7)
+    q_out = out_kind in ("u8", "s8")
+    io = Q.QuantIO(zp, 1.0 / sx, so if q_out else None, zo if q_out else 0, rs, rzp, out_kind == "s8")
+    packed = Q.pack_weight(wt, ws, sx, zp, torch.device(device), x_signed=kind == "s8")
+    dtype = {"u8": torch.uint8, "s8": torch.int8}.get(out_kind, out_dtype)
     buf = torch.full((n, cout + 5, oh, ow), SENTINEL, dtype=dtype, device=device).contiguous(
         memory_format=torch.channels_last)
     view = buf.narrow(1, 2, cout)
@@ -126,8 +136,8 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     got = Q.conv2d(xd, packed, bias.to(device), None if res is None else res.to(device), io, stride=stride,
                    pads=pads, dilation=dil, act=act, act_params=params, config=Q.CONFIGS[config_index], out=view)
     assert got.data_ptr() == view.data_ptr()
-    if out_kind == "u8":
-        _compare_q(view, _quantize_ref(ref, so, zo), name)
+    if q_out:
+        _compare_q(view, _quantize_ref(ref, so, zo, out_kind == "s8"), name)
     else:
         _compare_f(view, ref, name)
     assert bool((buf[:, :2] == SENTINEL).all()) and bool((buf[:, 2 + cout:] == SENTINEL).all()), \
@@ -148,8 +158,9 @@ def check_gemm_case(name: str, case, device: str, config_index: int) -> None:
     w = torch.randn(k, n, generator=gen) / math.sqrt(k)
     bias = torch.randn(n, generator=gen) * 0.1
     inv: float | torch.Tensor = 1.0 / sx
-    if kind == "u8":
-        xq = torch.randint(0, 256, (*lead, k), generator=gen).to(torch.uint8)
+    if kind in ("u8", "s8"):
+        lo = 0 if kind == "u8" else -128
+        xq = torch.randint(lo, lo + 256, (*lead, k), generator=gen).to(torch.uint8 if kind == "u8" else torch.int8)
         x, x_real = xq, (xq.double() - zp) * sx
         w_used = w
     else:
@@ -163,17 +174,83 @@ def check_gemm_case(name: str, case, device: str, config_index: int) -> None:
     wq = Q.quantize_weight(w_used.t(), torch.tensor(ws, dtype=torch.float64), 0).double() * torch.tensor(
         ws, dtype=torch.float64)[:, None]
     ref = _act(x_real @ wq.t() + bias.double(), act, ())
-    so, zo = 0.05, 30
-    io = Q.QuantIO(zp, inv, so if out_kind == "u8" else None, zo if out_kind == "u8" else 0)
-    packed = Q.pack_gemm_weight(w_used, ws, sx, zp, torch.device(device))
+    so, zo = 0.05, (30 if out_kind == "u8" else -2)
+    q_out = out_kind in ("u8", "s8")
+    io = Q.QuantIO(zp, inv, so if q_out else None, zo if q_out else 0, out_signed=out_kind == "s8")
+    packed = Q.pack_gemm_weight(w_used, ws, sx, zp, torch.device(device), x_signed=kind == "s8")
     got = Q.gemm(x.to(device), packed, bias.to(device), io, act=act, config=Q.CONFIGS[config_index],
                  out_dtype=torch.float32)
     assert tuple(got.shape) == (*lead, n)
-    if out_kind == "u8":
-        assert got.dtype == torch.uint8
-        _compare_q(got, _quantize_ref(ref, so, zo), name)
+    if q_out:
+        assert got.dtype == (torch.uint8 if out_kind == "u8" else torch.int8)
+        _compare_q(got, _quantize_ref(ref, so, zo, out_kind == "s8"), name)
     else:
         _compare_f(got, ref, name)
+
+
+def check_quantize(device: str) -> None:
+    """``quantize_int8``: per tensor and per channel (smoothing), rows of any count, a 4-D tensor."""
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    gen = torch.Generator().manual_seed(5)
+    for shape, per_channel, zp in (((37, 70), False, 0), ((3, 5, 130), True, -9), ((2, 7, 3, 300), False, 17)):
+        x = torch.randn(*shape, generator=gen) * 3
+        inv = (torch.rand(shape[-1], generator=gen) + 0.5) * 20 if per_channel else 21.0
+        got = Q.quantize_int8(x.to(device), inv.to(device) if per_channel else inv, zp)
+        want = torch.floor(x.double() * (inv.double() if per_channel else inv) + zp + 0.5).clamp(-128, 127)
+        assert got.dtype == torch.int8 and tuple(got.shape) == shape
+        assert torch.equal(got.cpu().double(), want), shape
+
+
+def check_layers(device: str) -> None:
+    """The CUDA INT8 layers (``kernels/qlayers.py``) on plan nodes stored int8, as the CUDA build
+    makes them, with a float input (quantized once by ``quantize_int8``, smoothing folded in for
+    the GEMM): against the float64 evaluation of the same quantized arithmetic."""
+    from ember.backends.base import CompileContext
+    from ember.backends.cuda.kernels.qlayers import FACTORIES
+    from ember.ir import DType, Graph, Node, OpType, TensorType
+    from ember.ops.attrs import ConvAttrs, GemmAttrs, QConvAttrs, QGemmAttrs, QuantParams
+    from ember.ops.infer import infer_graph
+    from ember.plan.config import Precision
+
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((24, 16, 3, 3)) / 12).astype(np.float32)
+    ws = tuple(float(v) for v in np.abs(w).max(axis=(1, 2, 3)) / 127)
+    xp, op = QuantParams(0.03, -5, DType.INT8), QuantParams(0.02, -128, DType.INT8)
+    conv = Node("q", OpType.QCONV, ("x", "w"), ("y",),
+                QConvAttrs(ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), xp, ws, Activation.RELU, (), False, op))
+    g = infer_graph(Graph("g", [conv], ["x"], ["y"], {"x": TensorType(DType.FLOAT32, (2, 16, 8, 8))}, {"w": w}))
+    x = torch.from_numpy(rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
+    consts = {"w": torch.from_numpy(w).to(device)}
+    xr = (torch.floor(x.double() / 0.03 - 5 + 0.5).clamp(-128, 127) + 5) * 0.03
+    wq = torch.round(torch.from_numpy(w).double() / torch.tensor(ws).double().view(-1, 1, 1, 1)).clamp(-127, 127)
+    ref = torch.relu(F.conv2d(xr, wq * torch.tensor(ws).double().view(-1, 1, 1, 1), padding=1))
+    want = _quantize_ref(ref, 0.02, -128, signed=True)
+    for tactic, factory in FACTORIES[OpType.QCONV].items():
+        kernel = factory(conv, CompileContext(g, consts, torch.device(device), tactic, Precision.INT8))
+        got = kernel([x.to(device), consts["w"]])[0]
+        assert got.dtype == torch.int8
+        _compare_q(got, want, f"layer {tactic}")
+    k, n = 48, 20
+    wk = (rng.standard_normal((k, n)) / 7).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, k)
+    wsm = wk * s[:, None]
+    ws2 = tuple(float(v) for v in np.abs(wsm).max(axis=0) / 127)
+    gemm = Node("m", OpType.QGEMM, ("a", "wk"), ("z",),
+                QGemmAttrs(GemmAttrs(), QuantParams(0.05, 0, DType.INT8), ws2, Activation.NONE, (), None,
+                           tuple(float(v) for v in s)))
+    g2 = infer_graph(Graph("g2", [gemm], ["a"], ["z"], {"a": TensorType(DType.FLOAT32, (3, 9, k))}, {"wk": wk}))
+    a = torch.from_numpy(rng.standard_normal((3, 9, k)).astype(np.float32))
+    ar = torch.floor(a.double() / (torch.from_numpy(s) * 0.05) + 0.5).clamp(-128, 127) * 0.05
+    wq2 = torch.round(torch.from_numpy(wsm).double() / torch.tensor(ws2).double()).clamp(-127, 127)
+    ref2 = ar @ (wq2 * torch.tensor(ws2).double())
+    consts2 = {"wk": torch.from_numpy(wk).to(device)}
+    for tactic, factory in FACTORIES[OpType.QGEMM].items():
+        kernel = factory(gemm, CompileContext(g2, consts2, torch.device(device), tactic, Precision.INT8))
+        got = kernel([a.to(device), consts2["wk"]])[0]
+        assert got.dtype == torch.float16 and tuple(got.shape) == (3, 9, n)  # compute_dtype("int8")
+        err = float((got.cpu().double() - ref2).norm() / ref2.norm())
+        assert err < 2e-3, (tactic, err)
 
 
 def check_all(device: str) -> None:
@@ -184,6 +261,8 @@ def check_all(device: str) -> None:
         check_conv_case(name, case, device, i % len(Q.CONFIGS))
     for i, (name, case) in enumerate(GEMM_CASES.items()):
         check_gemm_case(name, case, device, i % len(Q.CONFIGS))
+    check_quantize(device)
+    check_layers(device)
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -224,7 +303,7 @@ def _qconv_node(residual: bool, out: bool):
     consts = {"w": w, "b": (rng.standard_normal(24) * 0.1).astype(np.float32)}
     ws = tuple(float(v) for v in np.abs(w).max(axis=(1, 2, 3)) / 127)
     xp = QuantParams(0.05, 3)
-    attrs = QConvAttrs(ConvAttrs(kernel_shape=(3, 3), pads=(1, 1, 1, 1)), xp, ws, Activation.RELU, (), residual,
+    attrs = QConvAttrs(ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), xp, ws, Activation.RELU, (), residual,
                        QuantParams(0.04, 0) if out else None, QuantParams(0.06, 11) if residual else None)
     ins = ("x", "w", "b") + (("r",) if residual else ())
     types = {"x": TensorType(DType.UINT8, (2, 16, 10, 10))}
@@ -235,6 +314,12 @@ def _qconv_node(residual: bool, out: bool):
     node = Node("q", OpType.QCONV, ins, ("y",), attrs)
     g = infer_graph(Graph("g", [node], inputs, ["y"], types, consts))
     return g, node
+
+
+@pytest.mark.cuda
+def test_quantize_and_int8_layers_on_cuda():
+    check_quantize("cuda")
+    check_layers("cuda")
 
 
 @pytest.mark.cuda

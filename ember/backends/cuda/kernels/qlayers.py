@@ -4,9 +4,10 @@
 
 The layers are the plan's (``QConvAttrs`` / ``QGemmAttrs``, made by ``ember.passes.int8`` from
 calibration or a Q/DQ model), computed as the CPU's oneDNN INT8 layers compute them: the weight is
-quantized once here with the layer's per-output-channel scales; 8-bit activations arrive uint8 with
-their zero point, or float (fp16 from a half-precision neighbour, fp32 from an input) and are
-quantized as the kernel loads them; bias, residual (float, or 8-bit with its own scale),
+quantized once here with the layer's per-output-channel scales; 8-bit activations arrive int8 with
+their zero point (``ember.passes.int8.signed``: the tensor cores take them as loaded), or float
+(fp16 from a half-precision neighbour, fp32 from an input), quantized to int8 once by a small
+kernel before the layer's (``quantize_int8``); bias, residual (float, or 8-bit with its own scale),
 activation and the requantization to the output's scale are the kernel's epilogue, so activations
 stay 8-bit between INT8 layers. A float output is half precision (the CUDA INT8 build's float
 layers run fp16; ``compute_dtype("int8")``); a convolution's output is in the layout plan's format
@@ -18,6 +19,7 @@ build refuses INT8 (``ember.builder.int8``).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -38,10 +40,20 @@ from ember.ops.attrs import ConvAttrs, QConvAttrs, QGemmAttrs, QuantParams
 TACTIC_PREFIX = "triton_int8_"
 
 
-def _uint8(p: Optional[QuantParams], node: Node, what: str) -> None:
-    if p is not None and p.dtype is not DType.UINT8:
-        raise BuildError(f"INT8 layer {node.name!r}: its {what} is stored {p.dtype}; the CUDA INT8 "
-                         f"kernels take 8-bit activations stored uint8 with a zero point")
+_STORAGE = {DType.UINT8: torch.uint8, DType.INT8: torch.int8}
+
+
+def _prequantize(x: torch.Tensor, p: QuantParams, inv: float | torch.Tensor) -> torch.Tensor:
+    """A float input of an int8-stored ``p`` quantized once, before the layer's kernel (channels
+    last for a 4-D input: the channel is the packed dim ``quantize_int8`` walks)."""
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    if x.dim() == 4:
+        nhwc = x.permute(0, 2, 3, 1)
+        if not nhwc.is_contiguous():
+            nhwc = nhwc.contiguous()
+        return Q.quantize_int8(nhwc, inv, p.zero_point).permute(0, 3, 1, 2)
+    return Q.quantize_int8(x, inv, p.zero_point)
 
 
 class _Pads:
@@ -79,15 +91,14 @@ def _qconv_factory(config: TileConfig):
         if w is None or w.dim() != 4:
             raise BuildError(f"INT8 layer {node.name!r} needs a constant 4-D weight (input "
                              f"{node.inputs[1]!r})")
-        for p, what in ((a.x, "input"), (a.out, "output"), (a.residual, "residual")):
-            _uint8(p, node, what)
-        packed = Q.pack_weight(w.to(torch.float32), a.w_scales, a.x.scale, a.x.zero_point, ctx.device)
+        x_signed = a.x.dtype is DType.INT8
+        packed = Q.pack_weight(w.to(torch.float32), a.w_scales, a.x.scale, a.x.zero_point, ctx.device, x_signed)
         bias = _float_bias(ctx, node.input(2))
         out = a.out
         res = a.residual
         io = Q.QuantIO(a.x.zero_point, 1.0 / a.x.scale, None if out is None else out.scale,
                        0 if out is None else out.zero_point, 1.0 if res is None else res.scale,
-                       0 if res is None else res.zero_point)
+                       0 if res is None else res.zero_point, out is not None and out.dtype is DType.INT8)
         stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
         dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
         pads = _Pads(a.conv, stride, dilation)
@@ -102,6 +113,8 @@ def _qconv_factory(config: TileConfig):
 
         def compute(inputs, dest: Optional[torch.Tensor]) -> torch.Tensor:
             x = inputs[0]
+            if x_signed and x.is_floating_point():
+                x = _prequantize(x, a.x, 1.0 / a.x.scale)
             r = arg(inputs, 3) if has_res else None
             if r is not None and not r.is_floating_point() and res is None:
                 raise BuildError(f"INT8 layer {node.name!r} got an 8-bit residual without its scale")
@@ -111,12 +124,13 @@ def _qconv_factory(config: TileConfig):
 
         def run(inputs) -> list:
             x = inputs[0]
-            dest = torch.empty(out_shape(x), dtype=torch.uint8 if out is not None else float_dtype,
+            dest = torch.empty(out_shape(x), dtype=_STORAGE[out.dtype] if out is not None else float_dtype,
                                device=x.device, memory_format=fmt)
             return [compute(inputs, dest)]
 
         def accepts(dest: torch.Tensor) -> bool:
-            return dest.dim() == 4 and (dest.dtype == torch.uint8 if out is not None else dest.is_floating_point())
+            return dest.dim() == 4 and (dest.dtype == _STORAGE[out.dtype] if out is not None
+                                        else dest.is_floating_point())
 
         def write(inputs, dest: torch.Tensor) -> bool:
             x = inputs[0]
@@ -142,31 +156,35 @@ def _qgemm_factory(config: TileConfig):
         w = ctx.const(node.inputs[1])
         if w is None or w.dim() != 2:
             raise BuildError(f"INT8 layer {node.name!r} needs a constant 2-D weight (input {node.inputs[1]!r})")
-        _uint8(a.x, node, "input")
-        _uint8(a.out, node, "output")
+        x_signed = a.x.dtype is DType.INT8
         w_kn = (w.t() if a.gemm.trans_b else w).to(torch.float32)
         inv: float | torch.Tensor = 1.0 / a.x.scale
         if a.smooth:  # x @ w == (x / s) @ (s * w): the input quantized with 1 / (s * x_scale)
             s = torch.tensor(a.smooth, dtype=torch.float64, device=w_kn.device)
             w_kn = (w_kn.double() * s[:, None]).to(torch.float32)
             inv = (1.0 / (s * a.x.scale)).to(torch.float32).to(ctx.device)
-        packed = Q.pack_gemm_weight(w_kn, a.w_scales, a.x.scale, a.x.zero_point, ctx.device)
+        packed = Q.pack_gemm_weight(w_kn, a.w_scales, a.x.scale, a.x.zero_point, ctx.device, x_signed)
         bias = _float_bias(ctx, node.input(2), a.gemm.beta)
         out = a.out
         io = Q.QuantIO(a.x.zero_point, inv, None if out is None else out.scale,
-                       0 if out is None else out.zero_point)
+                       0 if out is None else out.zero_point, out_signed=out is not None and out.dtype is DType.INT8)
         float_dtype = compute_dtype(ctx.precision)
         act, params = a.activation, tuple(a.act_params)
 
         def compute(inputs, dest: Optional[torch.Tensor]) -> torch.Tensor:
-            return Q.gemm(inputs[0], packed, bias, io, act=act, act_params=params, config=config, out=dest,
+            x = inputs[0]
+            if x_signed and x.is_floating_point():  # quantized once (smoothing folded in)
+                x = _prequantize(x, a.x, inv)
+                return Q.gemm(x, packed, bias, replace(io, x_inv=1.0), act=act, act_params=params, config=config,
+                              out=dest, out_dtype=float_dtype)
+            return Q.gemm(x, packed, bias, io, act=act, act_params=params, config=config, out=dest,
                           out_dtype=float_dtype)
 
         def run(inputs) -> list:
             return [compute(inputs, None)]
 
         def accepts(dest: torch.Tensor) -> bool:
-            return dest.is_contiguous() and (dest.dtype == torch.uint8 if out is not None
+            return dest.is_contiguous() and (dest.dtype == _STORAGE[out.dtype] if out is not None
                                              else dest.is_floating_point())
 
         def write(inputs, dest: torch.Tensor) -> bool:

@@ -58,8 +58,9 @@ CONFIGS: tuple[TileConfig, ...] = (
     TileConfig(32, 64, 128, 4, 3),
 )
 
-#: ``mode`` codes of the residual operand (``RES``)
+#: ``mode`` codes of the residual operand (``RES``) and of the input (``X_MODE``)
 RES_NONE, RES_FLOAT, RES_8BIT = 0, 1, 2
+X_UINT8, X_INT8, X_FLOAT = 0, 1, 2
 
 
 def _pow2_at_least(n: int, lo: int) -> int:
@@ -68,9 +69,10 @@ def _pow2_at_least(n: int, lo: int) -> int:
 
 @dataclass(frozen=True)
 class QPackedWeight:
-    """An INT8 layer's weight as the GEMM's B matrix ``[KH*KW*Cin, cols]`` (int8; ``cols`` =
-    Cout rounded up to a multiple of 16, zero columns), with the per-output-channel constants of
-    the epilogue: ``mult = x_scale * w_scale`` and ``corr = (128 - x_zero_point) * sum_k w``."""
+    """An INT8 layer's weight as the GEMM's B matrix, stored transposed: ``[Cout, KH*KW*Cin]``
+    (int8, the reduction contiguous, rows padded with zeros to a multiple of 16), with the
+    per-output-channel constants of the epilogue: ``mult = x_scale * w_scale`` and ``corr =
+    (128 - x_zero_point) * sum_k w`` (uint8 or float input) or ``-x_zero_point * sum_k w`` (int8)."""
 
     data: torch.Tensor
     mult: torch.Tensor  # float32 [Cout]
@@ -91,9 +93,10 @@ def quantize_weight(w: torch.Tensor, scales: torch.Tensor, axis: int) -> torch.T
 
 
 def pack_weight(w_oihw: torch.Tensor, w_scales: Sequence[float], x_scale: float, x_zero_point: int,
-                device: Optional[torch.device] = None) -> QPackedWeight:
+                device: Optional[torch.device] = None, x_signed: bool = False) -> QPackedWeight:
     """Quantizes a float conv weight ``[Cout, Cin, KH, KW]`` with ``w_scales`` (one per Cout) and
-    packs it with the epilogue's constants, once, at compile time."""
+    packs it with the epilogue's constants, once, at compile time. ``x_signed``: the input is
+    stored int8 (its zero point signed), else uint8 (or float, quantized to uint8 in the kernel)."""
     if w_oihw.dim() != 4:
         raise ValueError(f"pack_weight: an INT8 convolution weight is 4-D [Cout, Cin, KH, KW]; "
                          f"got shape {tuple(w_oihw.shape)}")
@@ -103,21 +106,23 @@ def pack_weight(w_oihw: torch.Tensor, w_scales: Sequence[float], x_scale: float,
     device = device if device is not None else w_oihw.device
     scales = torch.tensor([float(s) for s in w_scales], dtype=torch.float64)
     q = quantize_weight(w_oihw.detach().cpu(), scales, 0)
-    cols = -(-cout // 16) * 16
-    b = torch.zeros((kh * kw * cin, cols), dtype=torch.int8)
-    b[:, :cout] = q.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout)
+    # [Cout, KH*KW*Cin], the reduction contiguous (K-major): Hopper's 8-bit tensor-core MMAs take
+    # K-major operands only; rows padded to a multiple of 16 bytes
+    kk = kh * kw * cin
+    b = torch.zeros((cout, -(-kk // 16) * 16), dtype=torch.int8)
+    b[:, :kk] = q.permute(0, 2, 3, 1).reshape(cout, kk)
     colsum = q.to(torch.int64).sum(dim=(1, 2, 3))
-    corr = ((128 - int(x_zero_point)) * colsum).to(torch.int32)
+    corr = ((-int(x_zero_point) if x_signed else 128 - int(x_zero_point)) * colsum).to(torch.int32)
     mult = (scales * float(x_scale)).to(torch.float32)
     return QPackedWeight(b.to(device), mult.to(device), corr.to(device), cout, cin, kh, kw)
 
 
 def pack_gemm_weight(w_kn: torch.Tensor, w_scales: Sequence[float], x_scale: float, x_zero_point: int,
-                     device: Optional[torch.device] = None) -> QPackedWeight:
+                     device: Optional[torch.device] = None, x_signed: bool = False) -> QPackedWeight:
     """``pack_weight`` for a GEMM's ``[K, N]`` weight (a 1x1 convolution's ``[N, K, 1, 1]``)."""
     if w_kn.dim() != 2:
         raise ValueError(f"pack_gemm_weight: a GEMM weight is 2-D [K, N]; got shape {tuple(w_kn.shape)}")
-    return pack_weight(w_kn.t()[:, :, None, None], w_scales, x_scale, x_zero_point, device)
+    return pack_weight(w_kn.t()[:, :, None, None], w_scales, x_scale, x_zero_point, device, x_signed)
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,11 @@ class QuantIO:
     out_zero_point: int = 0
     res_scale: float = 1.0
     res_zero_point: int = 0
+    out_signed: bool = False  # a fresh quantized output is int8 (else uint8)
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return torch.int8 if self.out_signed else torch.uint8
 
 
 def conv2d(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor],
@@ -154,7 +164,7 @@ def conv2d(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor],
     oh, ow = output_hw(h, w, (weight.kh, weight.kw), stride, pads, dilation)
     shape = (n, weight.cout, oh, ow)
     if out is None:
-        dtype = torch.uint8 if io.out_scale is not None else out_dtype
+        dtype = io.out_dtype if io.out_scale is not None else out_dtype
         out = torch.empty(shape, dtype=dtype, device=x.device, memory_format=torch.channels_last)
     elif tuple(out.shape) != shape:
         raise ValueError(f"Triton INT8 conv2d: out has shape {tuple(out.shape)}, the convolution gives {shape}")
@@ -185,7 +195,7 @@ def gemm(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor], i
     m = int(x2.shape[0])
     shape = (*lead, weight.cout)
     if out is None:
-        dtype = torch.uint8 if io.out_scale is not None else out_dtype
+        dtype = io.out_dtype if io.out_scale is not None else out_dtype
         out = torch.empty(shape, dtype=dtype, device=x.device)
     elif tuple(out.shape) != shape or out.stride(-1) != 1:
         raise ValueError(f"Triton INT8 gemm: out of shape {tuple(out.shape)} (strides {out.stride()}) "
@@ -196,6 +206,36 @@ def gemm(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor], i
     # [M, K] as an NHWC image [1, K, 1, M]: channel stride 1, pixel stride K
     _launch(x2, (0, 1, 0, int(x2.stride(0))), m, 1, m, 1, m, weight, bias, None, None, o2,
             (0, 1, 0, int(o2.stride(0))), io, (1, 1), (0, 0, 0, 0), (1, 1), act, act_params, config)
+    return out
+
+
+def quantize_int8(x: torch.Tensor, inv: float | torch.Tensor, zero_point: int,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x`` (float, its last dim packed) stored int8: ``clamp(floor(x * inv + zp + 0.5), -128,
+    127)``, one pass; ``inv`` is ``1 / scale``, or one multiplier per last-dim channel (SmoothQuant's
+    ``1 / (s * scale)``). The input of an INT8 layer that arrives in float is quantized so once,
+    before the layer's kernel, instead of once per output tile inside it."""
+    if triton is None:
+        raise RuntimeError("the Triton INT8 kernels need the triton package; choose another tactic")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    k = int(x.shape[-1]) if x.dim() else 1
+    x2 = x.reshape(-1, k)
+    if x2.shape[0] > 1 and x2.stride(0) < k:
+        x2 = x2.contiguous()
+    if out is None:
+        out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
+    o2 = out.view(-1, k)
+    rows = int(x2.shape[0])
+    if rows == 0 or k == 0:
+        return out
+    per_channel = isinstance(inv, torch.Tensor)
+    block_k = min(1024, max(16, 1 << (k - 1).bit_length()))
+    block_r = max(1, 4096 // block_k)
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(k, block_k))
+    quantize_kernel[grid](x2, o2, inv if per_channel else x2, rows, k, int(x2.stride(0)), int(o2.stride(0)),
+                          0.0 if per_channel else float(inv), float(zero_point),  # type: ignore[arg-type]
+                          PER_CHANNEL=per_channel, BLOCK_R=block_r, BLOCK_K=block_k)
     return out
 
 
@@ -210,14 +250,15 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
     if m == 0 or weight.cout == 0:
         return
     x_float = x.is_floating_point()
-    if not x_float and x.dtype != torch.uint8:
-        raise ValueError(f"Triton INT8 kernel: an 8-bit input is stored uint8, not {x.dtype}")
+    if not x_float and x.dtype not in (torch.uint8, torch.int8):
+        raise ValueError(f"Triton INT8 kernel: an 8-bit input is stored uint8 or int8, not {x.dtype}")
+    x_mode = X_FLOAT if x_float else (X_INT8 if x.dtype == torch.int8 else X_UINT8)
     smooth = isinstance(io.x_inv, torch.Tensor)
     if smooth and not x_float:
         raise ValueError("Triton INT8 kernel: a smoothed input must arrive in float")
     out_q = io.out_scale is not None
-    if out_q and out.dtype != torch.uint8:
-        raise ValueError(f"Triton INT8 kernel: a quantized output is stored uint8, not {out.dtype}")
+    if out_q and out.dtype not in (torch.uint8, torch.int8):
+        raise ValueError(f"Triton INT8 kernel: a quantized output is stored uint8 or int8, not {out.dtype}")
     if not out_q and not out.is_floating_point():
         raise ValueError(f"Triton INT8 kernel: a float output cannot be {out.dtype}")
     res_mode = RES_NONE if residual is None else (RES_FLOAT if residual.is_floating_point() else RES_8BIT)
@@ -238,14 +279,30 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
         float(io.res_scale), float(io.res_zero_point),
         float(1.0 / io.out_scale) if out_q else 1.0, float(io.out_zero_point),  # type: ignore[operator]
         float(p0), float(p1),
-        KH=weight.kh, KW=weight.kw, X_FLOAT=x_float, SMOOTH=smooth, HAS_BIAS=bias is not None,
-        RES=res_mode, OUT_Q=out_q, ACT=ACT_CODES[act],
+        KH=weight.kh, KW=weight.kw, X_MODE=x_mode, SMOOTH=smooth, HAS_BIAS=bias is not None,
+        RES=res_mode, OUT_Q=out_q, OUT_SIGNED=out.dtype == torch.int8, ACT=ACT_CODES[act],
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 if triton is not None:
     from ember.backends.cuda.libs.triton_jit import activate
+
+    @triton.jit(do_not_specialize=["R", "INV", "ZP"])
+    def quantize_kernel(x_ptr, y_ptr, inv_ptr, R, K, sxr, syr, INV, ZP,
+                        PER_CHANNEL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """One ``BLOCK_R`` x ``BLOCK_K`` tile of ``quantize_int8``."""
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask = (rows < R)[:, None] & (cols < K)[None, :]
+        r64 = rows.to(tl.int64)
+        v = tl.load(x_ptr + r64[:, None] * sxr + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if PER_CHANNEL:
+            v = v * tl.load(inv_ptr + cols, mask=cols < K, other=0.0)[None, :]
+        else:
+            v = v * INV
+        q = tl.minimum(tl.maximum(tl.floor(v + (ZP + 0.5)), -128.0), 127.0)
+        tl.store(y_ptr + r64[:, None] * syr + cols[None, :], q.to(tl.int8), mask=mask)
 
     @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "STRIDE_H", "STRIDE_W", "PAD_H",
                                    "PAD_W", "DIL_H", "DIL_W", "X_INV", "X_ZP", "X_ZPI", "R_SCALE", "R_ZP",
@@ -259,8 +316,9 @@ if triton is not None:
         STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
         X_INV, X_ZP, X_ZPI, R_SCALE, R_ZP, O_INV, O_ZP,
         P0, P1,
-        KH: tl.constexpr, KW: tl.constexpr, X_FLOAT: tl.constexpr, SMOOTH: tl.constexpr,
-        HAS_BIAS: tl.constexpr, RES: tl.constexpr, OUT_Q: tl.constexpr, ACT: tl.constexpr,
+        KH: tl.constexpr, KW: tl.constexpr, X_MODE: tl.constexpr, SMOOTH: tl.constexpr,
+        HAS_BIAS: tl.constexpr, RES: tl.constexpr, OUT_Q: tl.constexpr, OUT_SIGNED: tl.constexpr,
+        ACT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of the INT8 layer's output per program (module
@@ -295,7 +353,7 @@ if triton is not None:
             cmask = cs < CIN
             a_ptrs = x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + cs[None, :] * sxc
             amask = inside[:, None] & cmask[None, :]
-            if X_FLOAT:
+            if X_MODE == 2:  # float: quantized here, to the uint8 values, then shifted
                 v = tl.load(a_ptrs, mask=amask, other=0.0).to(tl.float32)
                 if SMOOTH:
                     v = v * tl.load(inv_ptr + cs, mask=cmask, other=0.0)[None, :]
@@ -304,10 +362,12 @@ if triton is not None:
                 v = tl.floor(v + (X_ZP + 0.5))
                 v = tl.minimum(tl.maximum(v, 0.0), 255.0)
                 a = (v - 128.0).to(tl.int8)
-            else:
+            elif X_MODE == 1:  # int8: to the tensor cores as loaded
+                a = tl.load(a_ptrs, mask=amask, other=X_ZPI)
+            else:  # uint8: shifted to int8
                 a = (tl.load(a_ptrs, mask=amask, other=X_ZPI).to(tl.int32) - 128).to(tl.int8)
-            b_ptrs = w_ptr + (tap * CIN + cs)[:, None] * swk + offs_n[None, :]
-            b = tl.load(b_ptrs, mask=cmask[:, None] & (offs_n < swk)[None, :], other=0)
+            b_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * swk + (tap * CIN + cs)[:, None]
+            b = tl.load(b_ptrs, mask=cmask[:, None] & mask_n[None, :], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         acc += tl.load(corr_ptr + offs_n, mask=mask_n, other=0)[None, :]
         y = acc.to(tl.float32) * tl.load(mult_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
@@ -325,7 +385,11 @@ if triton is not None:
         y_ptrs = y_ptr + (nb * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + cols[None, :] * syc
         if OUT_Q:
             q = tl.floor(y * O_INV + (O_ZP + 0.5))
-            q = tl.minimum(tl.maximum(q, 0.0), 255.0)
-            tl.store(y_ptrs, q.to(tl.uint8), mask=mask)
+            if OUT_SIGNED:
+                q = tl.minimum(tl.maximum(q, -128.0), 127.0)
+                tl.store(y_ptrs, q.to(tl.int8), mask=mask)
+            else:
+                q = tl.minimum(tl.maximum(q, 0.0), 255.0)
+                tl.store(y_ptrs, q.to(tl.uint8), mask=mask)
         else:
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)

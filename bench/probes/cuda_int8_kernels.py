@@ -22,40 +22,46 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
+def conv_row(name: str, n: int, cin: int, hw: int, cout: int, k: int, measure, dev: torch.device) -> dict:
+    from ember.backends.cuda.libs import triton_conv as T
+    from ember.backends.cuda.libs import triton_qconv as Q
+    from ember.ops.attrs import Activation
+
+    pad = k // 2
+    cl = torch.channels_last
+    x = torch.randn(n, cin, hw, hw, device=dev).half().contiguous(memory_format=cl)
+    w = torch.randn(cout, cin, k, k, device=dev) / (cin * k * k) ** 0.5
+    wh = w.half().contiguous(memory_format=cl)
+    row: dict = {"shape": name, "cudnn_fp16_ms": measure(lambda: F.conv2d(x, wh, padding=pad))}
+    pw = T.pack_weight(w, torch.float16)
+    row["triton_fp16_ms"] = min(measure(lambda c=c: T.conv2d(x, pw, None, None, stride=(1, 1), pads=(pad,) * 4,
+                                                              dilation=(1, 1), act=Activation.RELU, config=c))
+                                for c in T.CONFIGS)
+    xq = torch.randint(-128, 128, x.shape, device=dev, dtype=torch.int8).contiguous(memory_format=cl)
+    pq = Q.pack_weight(w, (w.abs().amax(dim=(1, 2, 3)) / 127).tolist(), 0.05, 0, dev, x_signed=True)
+    io = Q.QuantIO(0, 20.0, 0.05, 0, out_signed=True)
+    per = {c.name: measure(lambda c=c: Q.conv2d(xq, pq, None, None, io, stride=(1, 1), pads=(pad,) * 4,
+                                                dilation=(1, 1), act=Activation.RELU, config=c))
+           for c in Q.CONFIGS}
+    row["triton_int8_ms"] = min(per.values())
+    row["triton_int8_per_config"] = per
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     args = p.parse_args()
-    from ember.backends.cuda.libs import triton_conv as T
     from ember.backends.cuda.libs import triton_qconv as Q
     from ember.backends.cuda.tuning import cuda_event_measure
-    from ember.ops.attrs import Activation
 
     measure = cuda_event_measure(warmup=3, reps=20, rounds=3)
     dev = torch.device("cuda")
     rows = []
     for name, (n, cin, hw, cout, k) in {"conv3x3_64_56_b128": (128, 64, 56, 64, 3),
                                         "conv1x1_256to64_56_b128": (128, 256, 56, 64, 1)}.items():
-        pad = k // 2
-        x = torch.randn(n, cin, hw, hw, device=dev).half().contiguous(memory_format=torch.channels_last)
-        w = (torch.randn(cout, cin, k, k, device=dev) / (cin * k * k) ** 0.5)
-        wh = w.half().contiguous(memory_format=torch.channels_last)
-        row = {"shape": name, "cudnn_fp16_ms": measure(lambda: F.conv2d(x, wh, padding=pad))}
-        pw = T.pack_weight(w, torch.float16)
-        row["triton_fp16_ms"] = min(measure(lambda c=c: T.conv2d(x, pw, None, None, stride=(1, 1), pads=(pad,) * 4,
-                                                                  dilation=(1, 1), act=Activation.RELU, config=c))
-                                    for c in T.CONFIGS)
-        xq = torch.randint(-128, 128, x.shape, device=dev, dtype=torch.int8).contiguous(memory_format=torch.channels_last)
-        ws = (w.abs().amax(dim=(1, 2, 3)) / 127).tolist()
-        pq = Q.pack_weight(w, ws, 0.05, 0, dev, x_signed=True)
-        io = Q.QuantIO(0, 20.0, 0.05, 0, out_signed=True)
-        per = {c.name: measure(lambda c=c: Q.conv2d(xq, pq, None, None, io, stride=(1, 1), pads=(pad,) * 4,
-                                                    dilation=(1, 1), act=Activation.RELU, config=c))
-               for c in Q.CONFIGS}
-        row["triton_int8_ms"] = min(per.values())
-        row["triton_int8_per_config"] = per
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append(conv_row(name, n, cin, hw, cout, k, measure, dev))
+        print(json.dumps(rows[-1]), flush=True)
     m, kk, nn = 16384, 768, 3072
     a = torch.randn(m, kk, device=dev).half()
     b = (torch.randn(kk, nn, device=dev) / kk ** 0.5).half()

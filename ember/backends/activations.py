@@ -93,6 +93,27 @@ def _postop(name: str, algorithm: str = "", scalars: bool = False) -> Callable[[
     return lambda p: OneDNNPostOp(name, p if scalars else (), algorithm)
 
 
+def _may_hold_posinf(x: Tensor) -> bool:
+    """Whether a CPU tensor may hold +inf (or NaN): one max pass, about half a GELU's time."""
+    return x.device.type == "cpu" and x.numel() > 0 and not bool(x.max() < math.inf)
+
+
+def gelu_erf(x: Tensor) -> Tensor:
+    """GELU (erf) as ONNX Runtime computes it at the edges: PyTorch's vectorized CPU GELU (and
+    oneDNN's gelu_erf post-op) return NaN for +inf where ONNX and ONNX Runtime return +inf."""
+    y = F.gelu(x)
+    return torch.where(torch.isposinf(x), x, y) if _may_hold_posinf(x) else y
+
+
+def gelu_erf_(t: Tensor) -> Tensor:
+    """``gelu_erf`` in place."""
+    if not _may_hold_posinf(t):
+        return torch.ops.aten.gelu_(t)
+    posinf = torch.isposinf(t)
+    torch.ops.aten.gelu_(t)
+    return t.masked_fill_(posinf, math.inf)
+
+
 def _onednn_hardsigmoid(p: Params) -> Optional[OneDNNPostOp]:
     # oneDNN's hardsigmoid is PyTorch's (x / 6 + 0.5): ONNX's alpha/beta must be those to fuse
     return OneDNNPostOp("hardsigmoid") if math.isclose(p[0], 1 / 6, rel_tol=1e-6) and p[1] == 0.5 else None
@@ -130,10 +151,12 @@ _ROWS: tuple[ActivationRow, ...] = (
                   onednn=_onednn_hardsigmoid, triton=7, onnx_rnn="HardSigmoid"),
     ActivationRow(A.TANH, fn=lambda p: torch.tanh, inplace=lambda p: torch.tanh_,
                   onednn=_postop("tanh"), triton=8, onnx_rnn="Tanh"),
+    # oneDNN's gelu_erf post-op and PyTorch's vectorized CPU GELU turn +inf into NaN (ONNX Runtime:
+    # +inf), so on the CPU GELU (erf) runs after the oneDNN call, with +inf kept (gelu_erf_).
     ActivationRow(A.GELU_ERF,
-                  fn=lambda p: F.gelu,
-                  inplace=lambda p: lambda t: torch.ops.aten.gelu_(t),
-                  onednn=_postop("gelu", "none"), triton=9),
+                  fn=lambda p: gelu_erf,
+                  inplace=lambda p: gelu_erf_,
+                  onednn=None, triton=9),
     ActivationRow(A.GELU_TANH,
                   fn=lambda p: lambda x: F.gelu(x, approximate="tanh"),
                   inplace=lambda p: lambda t: torch.ops.aten.gelu_(t, approximate="tanh"),
@@ -205,5 +228,6 @@ def onednn_postop(act: Activation, params: Sequence[float]) -> Optional[OneDNNPo
 
 __all__ = [
     "ACTIVATIONS", "ActFn", "ActivationRow", "InplaceAct", "NO_POSTOP", "OneDNNPostOp", "Params",
-    "RNN_ACTIVATIONS", "activation_after", "activation_fn", "inplace_activation", "onednn_postop",
+    "RNN_ACTIVATIONS", "activation_after", "activation_fn", "gelu_erf", "gelu_erf_", "inplace_activation",
+    "onednn_postop",
 ]

@@ -32,6 +32,7 @@ from ember.serve.config import ModelConfig
 from ember.serve.errors import (
     BadRequestError,
     InferenceFailedError,
+    InstanceDiedError,
     InstanceFailedError,
     ModelConfigError,
     QueueFullError,
@@ -59,6 +60,7 @@ class _Request:
     future: asyncio.Future
     arrived_ns: int
     timer: Optional[asyncio.TimerHandle] = None
+    retried: bool = False  # put back in the queue once, after its instance process died
 
 
 @dataclass
@@ -128,6 +130,9 @@ class _Instance:
 
     def padded_size(self, total: int) -> int:
         return padded_size(self.buckets, total)
+
+    def restart_if_dead(self) -> None:
+        """Nothing to do: a thread instance does not die (``ProcessInstance`` restarts its process)."""
 
     def run(self, parts: list[tuple[Feeds, int]], batched: bool,
             outputs: list[str]) -> tuple[list[Feeds], BatchTimings]:
@@ -202,10 +207,13 @@ class Scheduler:
 
     def __init__(self, name: str, version: str, engine: ModelEngine, signature: Signature,
                  config: ModelConfig, stats: ModelStats, engine_file: Optional[Path] = None,
-                 default_max_queue_size: int = 0) -> None:
+                 default_max_queue_size: int = 0, default_timeout_us: int = 0) -> None:
         self.name, self.version = name, version
         #: the bound of the queue: the config's max_queue_size, else the server's default (0: none)
         self.max_queue_size = config.max_queue_size or default_max_queue_size
+        #: the longest wait in the queue of a request that sets no timeout: the config's
+        #: default_timeout_microseconds, else the server's --request-timeout (0: none)
+        self.default_timeout_us = config.default_timeout_us or default_timeout_us
         self.engine_file = engine_file
         self.engine, self.signature, self.config, self.stats = engine, signature, config, stats
         self._queue: deque[_Request] = deque()
@@ -267,8 +275,9 @@ class Scheduler:
         """Drains, then closes the execution contexts and their threads."""
         await self.drain()
         loop = asyncio.get_running_loop()
+        # all at once: an instance process takes a while to exit (its engine, torch)
+        await asyncio.gather(*(loop.run_in_executor(inst.thread, inst.close) for inst in self._instances))
         for inst in self._instances:
-            await loop.run_in_executor(inst.thread, inst.close)
             inst.thread.shutdown(wait=True)
         self._instances.clear()
 
@@ -280,7 +289,8 @@ class Scheduler:
     async def infer(self, feeds: Feeds, batch_size: int, timeout_us: Optional[int] = None) -> Feeds:
         """Queues one validated request and returns its outputs (all of the model's outputs).
 
-        ``timeout_us``: longest wait in the queue (``None``: the model's default; 0: none).
+        ``timeout_us``: the request's longest wait in the queue (``None`` or 0: the default, see
+        ``timeout_for``).
         Raises ``QueueFullError`` before accepting when the queue is full; afterwards the request
         is answered with its outputs or with a ``ServeError``.
         """
@@ -294,13 +304,26 @@ class Scheduler:
                                  f"(model config) or --max-queue-size")
         loop = asyncio.get_running_loop()
         req = _Request(feeds, batch_size, batch_key(feeds), loop.create_future(), time.perf_counter_ns())
-        timeout = self.config.default_timeout_us if timeout_us is None else timeout_us
+        timeout = self.timeout_for(timeout_us)
         if timeout > 0:
             req.timer = loop.call_later(timeout / 1e6, self._expire, req, timeout)
         self._queue.append(req)
         self.stats.pending = len(self._queue)
         self._changed.set()
         return await req.future
+
+    def timeout_for(self, requested_us: Optional[int]) -> int:
+        """The queue timeout of a request asking for ``requested_us`` (``None`` or 0: not set):
+        the default unless the request sets one; with ``allow_timeout_override: false`` the
+        default always; when the model's config sets the default, a request may only shorten it
+        (Triton's rule). 0: no timeout."""
+        default = self.default_timeout_us
+        b = self.config.dynamic_batching
+        if not requested_us or (b is not None and not b.allow_timeout_override):
+            return default
+        if self.config.default_timeout_us:
+            return min(requested_us, self.config.default_timeout_us)
+        return requested_us
 
     def _expire(self, req: _Request, timeout_us: int) -> None:
         if req.future.done() or req not in self._queue:
@@ -310,8 +333,8 @@ class Scheduler:
         waited = (time.perf_counter_ns() - req.arrived_ns) // 1000
         req.future.set_exception(RequestTimeoutError(
             f"request to model '{self.name}' timed out after {waited} us in the queue (timeout "
-            f"{timeout_us} us); raise the request's timeout or the model's default_timeout_microseconds, "
-            f"or add instances"))
+            f"{timeout_us} us); raise the request's timeout, the model's default_timeout_microseconds "
+            f"or the server's --request-timeout, or add instances"))
         self._changed.set()
 
     # ---- batching -----------------------------------------------------------------------
@@ -387,18 +410,41 @@ class Scheduler:
 
     async def _execute(self, inst: _Instance, batch: list[_Request]) -> None:
         start = time.perf_counter_ns()
+        died = False
         try:
             try:
                 outs, t = await self._run(inst, batch)
             except Exception as exc:  # noqa: BLE001 - find the request at fault, answer every one
-                if len(batch) > 1 and not isinstance(exc, UnavailableError):
-                    await self._isolate(inst, batch, start)
+                died = isinstance(exc, InstanceDiedError)
+                if died and self._requeue(batch):
+                    log.warning("%s; its batch of %d runs again on the next free instance", exc,
+                                sum(r.batch for r in batch))
+                elif died or (len(batch) > 1 and not isinstance(exc, UnavailableError)):
+                    await self._isolate(inst, batch, start)  # died twice: each request alone
                 else:
                     self._fail(batch, exc)
             else:
                 self._answer(batch, outs, t, start)
         finally:
+            if died:  # started again before it takes a batch (meanwhile the others serve)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(inst.thread, inst.restart_if_dead)
+                except Exception as exc:  # noqa: BLE001 - the next run tries again
+                    log.error("%s: cannot start the instance process again: %s", inst.label, exc)
             self._idle.put_nowait(inst)
+
+    def _requeue(self, batch: list[_Request]) -> bool:
+        """Puts the requests of a batch whose instance process died back at the head of the
+        queue, once each (a request that was in two such batches is run alone instead, see
+        ``_isolate``: it may be what kills the process); ``False`` when it cannot."""
+        if any(r.retried for r in batch) or self._loop_task is None or self._loop_task.done():
+            return False
+        for r in reversed(batch):
+            r.retried = True
+            self._queue.appendleft(r)
+        self.stats.pending = len(self._queue)
+        self._changed.set()
+        return True
 
     async def _run(self, inst: _Instance, batch: list[_Request]) -> tuple[list[Feeds], BatchTimings]:
         loop = asyncio.get_running_loop()
@@ -416,7 +462,8 @@ class Scheduler:
     async def _isolate(self, inst: _Instance, batch: list[_Request], start: int) -> None:
         """A batch failed: runs its requests one by one, so that only the request at fault hears
         of the failure and its batchmates get their outputs. A request that fails alone while a
-        batchmate succeeds failed on its own input data: a client error (400)."""
+        batchmate succeeds failed on its own input data: a client error (400). (A batch whose
+        instance process died comes here too, even a batch of one: each request runs once more.)"""
         failed: list[tuple[_Request, Exception]] = []
         succeeded = False
         for r in batch:

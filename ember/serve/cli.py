@@ -79,6 +79,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "closed (default 30)")
     limits.add_argument("--http-keep-alive-timeout", type=float, default=5.0,
                         help="seconds an idle kept-alive HTTP connection stays open (default 5)")
+    limits.add_argument("--http-body-timeout", type=float, default=60.0,
+                        help="seconds a request body may take to arrive after its headers; then the "
+                             "request is answered 408 and the connection closed (default 60)")
+    limits.add_argument("--request-timeout", type=float, default=60.0,
+                        help="seconds a request may wait in a model's queue when neither the request "
+                             "('timeout' parameter) nor the model config (default_timeout_microseconds) "
+                             "sets it; then it is answered 503 / UNAVAILABLE (default 60; 0: no limit)")
+    limits.add_argument("--grpc-handshake-timeout", type=float, default=30.0,
+                        help="seconds a gRPC connection may take to open its HTTP/2 session (default 30)")
+    limits.add_argument("--grpc-idle-timeout", type=float, default=300.0,
+                        help="seconds an idle gRPC connection stays open; clients reconnect on their "
+                             "own (default 300)")
+    limits.add_argument("--grpc-max-connection-age", type=float, default=3600.0,
+                        help="seconds before a gRPC connection is asked to reconnect, which bounds how "
+                             "long a client dripping a message holds it (default 3600; 0: no limit)")
+    limits.add_argument("--grpc-connection-grace", type=float, default=60.0,
+                        help="seconds calls in progress get once their connection is past its age "
+                             "(default 60)")
+    limits.add_argument("--grpc-max-concurrent-rpcs", type=int, default=2048,
+                        help="gRPC calls in progress at once per process; past it new calls answer "
+                             "RESOURCE_EXHAUSTED (default 2048)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--switch-interval-us", type=int, default=50,
                         help="Python's thread switch interval in microseconds (default 50; Python's "
@@ -141,14 +162,21 @@ def _limits(args: argparse.Namespace):
               "--max-input-elements": args.max_input_elements,
               "--http-max-connections": args.http_max_connections,
               "--http-header-timeout": args.http_header_timeout,
-              "--http-keep-alive-timeout": args.http_keep_alive_timeout}
+              "--http-keep-alive-timeout": args.http_keep_alive_timeout,
+              "--http-body-timeout": args.http_body_timeout,
+              "--grpc-handshake-timeout": args.grpc_handshake_timeout,
+              "--grpc-idle-timeout": args.grpc_idle_timeout,
+              "--grpc-connection-grace": args.grpc_connection_grace,
+              "--grpc-max-concurrent-rpcs": args.grpc_max_concurrent_rpcs}
     for flag, value in {**sizes, **counts}.items():
         if not value > 0:
             return f"{flag} must be > 0, got {value}"
     if args.grpc_max_message_mb * MiB > 2**31 - 1:
         return f"--grpc-max-message-mb must be below 2048 (gRPC's own limit), got {args.grpc_max_message_mb}"
-    if args.max_queue_size < 0:
-        return f"--max-queue-size must be >= 0, got {args.max_queue_size}"
+    for flag, value in {"--max-queue-size": args.max_queue_size, "--request-timeout": args.request_timeout,
+                        "--grpc-max-connection-age": args.grpc_max_connection_age}.items():
+        if not value >= 0:
+            return f"{flag} must be >= 0, got {value}"
     return Limits(max_body_bytes=int(args.http_max_body_mb * MiB),
                   max_decompressed_bytes=int(args.max_decompressed_mb * MiB),
                   grpc_max_message_bytes=int(args.grpc_max_message_mb * MiB),
@@ -156,7 +184,13 @@ def _limits(args: argparse.Namespace):
                   max_input_elements=args.max_input_elements, max_queue_size=args.max_queue_size,
                   http_max_connections=args.http_max_connections,
                   http_header_timeout_s=args.http_header_timeout,
-                  http_keep_alive_s=args.http_keep_alive_timeout)
+                  http_keep_alive_s=args.http_keep_alive_timeout,
+                  http_body_timeout_s=args.http_body_timeout, request_timeout_s=args.request_timeout,
+                  grpc_handshake_timeout_s=args.grpc_handshake_timeout,
+                  grpc_idle_timeout_s=args.grpc_idle_timeout,
+                  grpc_max_connection_age_s=args.grpc_max_connection_age,
+                  grpc_connection_grace_s=args.grpc_connection_grace,
+                  grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs)
 
 
 def _front_ends(value: str) -> int | None:

@@ -22,8 +22,11 @@ Keys (Triton's ``config.pbtxt`` spellings are accepted too, shown in brackets)::
     dynamic_batching:            # present: requests are batched together
       max_queue_delay_microseconds: 100
       preferred_batch_size: [4, 8]
-      max_queue_size: 0          # 0: unbounded; a full queue answers 503
-      default_timeout_microseconds: 0   # 0: none; [default_queue_policy: {...}]
+      max_queue_size: 0          # 0: the server's --max-queue-size; a full queue answers 503
+      default_timeout_microseconds: 0   # 0: the server's --request-timeout
+      allow_timeout_override: true      # false: a request's own 'timeout' is ignored
+      timeout_action: REJECT     # REJECT only: a request past its timeout answers 503
+                                 # [default_queue_policy: {max_queue_size: ..., ...}], as Triton
       batch_buckets: auto        # auto | [1, 2, 4, 8] | []: batch sizes a batch is padded up to
     version_policy: latest       # latest | all | {latest: N} | {specific: [1, 3]}
 """
@@ -61,6 +64,9 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 0
     default_timeout_us: int = 0
+    #: whether a request's ``timeout`` parameter counts; with a ``default_timeout_us`` it may only
+    #: shorten it (Triton's ``allow_timeout_override``)
+    allow_timeout_override: bool = True
     #: sizes a gathered batch is padded up to (repeating its last row); ``None``: automatic
     #: (powers of two up to ``max_batch_size`` on CUDA, where each batch size is a CUDA graph
     #: captured once; none on the CPU); ``()``: never pad.
@@ -279,13 +285,27 @@ def _batching(value: Any, max_bs: int, source: str) -> Optional[BatchingConfig]:
     if max_bs == 0:
         raise ModelConfigError(f"{source}: dynamic_batching needs max_batch_size > 0 (the model must "
                                f"have a batch dimension); set max_batch_size or remove dynamic_batching")
-    policy = dict(value.get("default_queue_policy") or {})
-    known = {"max_queue_delay_microseconds", "preferred_batch_size", "max_queue_size",
-             "default_timeout_microseconds", "default_queue_policy", "batch_buckets"}
-    extra = sorted(set(value) - known) + sorted(set(policy) - {"max_queue_size", "default_timeout_microseconds"})
+    policy = value.get("default_queue_policy") or {}
+    if not isinstance(policy, dict):
+        raise ModelConfigError(f"{source}: default_queue_policy must be a mapping of {sorted(_POLICY_KEYS)}, "
+                               f"got {safe_text(policy)}")
+    known = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy",
+             "batch_buckets"} | _POLICY_KEYS
+    extra = sorted(set(value) - known) + sorted(set(policy) - _POLICY_KEYS)
     if extra:
-        raise ModelConfigError(f"{source}: dynamic_batching has unknown keys {extra}; known keys are {sorted(known)}")
+        raise ModelConfigError(f"{source}: dynamic_batching has unknown keys {extra}; known keys are {sorted(known)} "
+                               f"(default_queue_policy: {sorted(_POLICY_KEYS)}); priority levels are not supported")
+    both = sorted(set(value) & set(policy))
+    if both:
+        raise ModelConfigError(f"{source}: give {both} in dynamic_batching or in its default_queue_policy, not both")
     merged = {**value, **policy}
+    action = str(merged.get("timeout_action", "REJECT")).upper()
+    if action != "REJECT":
+        raise ModelConfigError(f"{source}: timeout_action {safe_text(merged.get('timeout_action'))} is not "
+                               f"supported; Ember answers a request past its timeout at once (REJECT)")
+    override = merged.get("allow_timeout_override", True)
+    if not isinstance(override, bool):
+        raise ModelConfigError(f"{source}: allow_timeout_override must be true or false, got {safe_text(override)}")
     preferred = merged.get("preferred_batch_size", [])
     preferred = [preferred] if isinstance(preferred, int) else preferred
     if not isinstance(preferred, list):
@@ -298,7 +318,13 @@ def _batching(value: Any, max_bs: int, source: str) -> Optional[BatchingConfig]:
         preferred_batch_sizes=sizes,
         max_queue_size=_int(merged.get("max_queue_size", 0), "max_queue_size", source),
         default_timeout_us=_int(merged.get("default_timeout_microseconds", 0), "default_timeout_microseconds", source),
+        allow_timeout_override=override,
         batch_buckets=_buckets(merged.get("batch_buckets", "auto"), max_bs, source))
+
+
+#: Triton's ``ModelQueuePolicy`` fields (in ``dynamic_batching`` or its ``default_queue_policy``)
+_POLICY_KEYS = frozenset({"max_queue_size", "default_timeout_microseconds", "allow_timeout_override",
+                          "timeout_action"})
 
 
 def _buckets(value: Any, max_bs: int, source: str) -> Optional[tuple[int, ...]]:

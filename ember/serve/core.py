@@ -41,19 +41,16 @@ class Core:
         self.started = False
 
     # ---- model control ------------------------------------------------------------------
-    def check_model_control(self, authorization: Optional[str], relayed: bool = False) -> None:
+    def check_model_control(self, authorization: Optional[str]) -> None:
         """Refuses a load or unload unless model control is on and, when the server has a token,
-        the request carries it (``Authorization: Bearer <token>``, HTTP header or gRPC metadata)."""
+        the request carries it (``Authorization: Bearer <token>``, HTTP header or gRPC metadata,
+        which the gRPC front ends relay with the call)."""
         if self.model_control_mode != "explicit":
             raise ModelControlError("loading and unloading models is turned off on this server "
                                     "(--model-control-mode none)")
         token = self.model_control_token
         if token is None:
             return
-        if relayed:
-            raise UnauthenticatedError("a model-control token cannot be checked through the gRPC "
-                                       "front ends; load and unload over HTTP or with "
-                                       "--grpc-front-ends 0")
         given = (authorization or "").strip()
         if given[:7].lower() == "bearer ":
             given = given[7:].strip()
@@ -100,12 +97,14 @@ class Core:
                            "precision": {"string_value": cfg.precision}},
         }
         b = cfg.dynamic_batching
-        if b is not None:
+        if b is not None:  # the queue policy in force: the server's defaults filled in
             out["dynamic_batching"] = {
                 "preferred_batch_size": list(b.preferred_batch_sizes),
                 "max_queue_delay_microseconds": b.max_queue_delay_us,
                 "default_queue_policy": {"max_queue_size": m.scheduler.max_queue_size,
-                                         "default_timeout_microseconds": b.default_timeout_us},
+                                         "default_timeout_microseconds": m.scheduler.default_timeout_us,
+                                         "allow_timeout_override": b.allow_timeout_override,
+                                         "timeout_action": "REJECT"},
             }
         return out
 

@@ -68,12 +68,31 @@ class InstanceFailedError(InferenceFailedError):
     which goes to the log, never to the client (see ``internal_error``)."""
 
 
+class InstanceDiedError(InstanceFailedError):
+    """An instance process died (killed, crashed) while running a batch; the batch runs again on
+    its restarted process (``Scheduler._isolate``), so a single death costs no request."""
+
+
 class PayloadTooLargeError(BadRequestError):
     """The request is larger than a configured limit (HTTP 413; gRPC RESOURCE_EXHAUSTED, as gRPC
     itself answers a message over its size limit)."""
 
     http_status = 413
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class BodyTimeoutError(BadRequestError):
+    """The request's body did not arrive within ``--http-body-timeout`` of its head (HTTP 408;
+    the connection is closed: the rest of a body that slow is not waited for)."""
+
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ClientGoneError(BadRequestError):
+    """The client closed its connection before its request was read (no one hears the answer)."""
+
+    http_status = 400
 
 
 class ModelControlError(ServeError):

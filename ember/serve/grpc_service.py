@@ -31,7 +31,6 @@ _CONTENTS = {
     "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-_MAX_MESSAGE = 2**31 - 1
 
 
 def parameters(params: Any) -> dict[str, Any]:
@@ -140,10 +139,10 @@ class InferenceServicer:
         return json_format.ParseDict({"models": rows}, self.m["RepositoryIndexResponse"]())
 
     def _check_control(self, context: Any) -> None:
-        if context is None:  # relayed by a front end: its metadata stays there
-            self.core.check_model_control(None, relayed=True)
-            return
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        """The call's ``authorization`` metadata against the server's token; a call relayed by
+        a front end carries the metadata as ``RelayedContext`` (``None``: none was sent)."""
+        pairs = context.invocation_metadata() if context is not None else ()
+        metadata = {k.lower(): v for k, v in (pairs or ()) if isinstance(v, str)}
         self.core.check_model_control(metadata.get("authorization"))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
@@ -206,6 +205,17 @@ class InferenceServicer:
         return response
 
 
+class RelayedContext:
+    """What a gRPC front end relays of a call's context: the metadata the server needs (the
+    ``authorization`` of model-control calls)."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = tuple(metadata)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
 class _Undecodable:
     """What a request that is not valid protobuf deserializes to: the handler answers it
     INVALID_ARGUMENT (gRPC itself would answer UNKNOWN or INTERNAL)."""
@@ -244,21 +254,39 @@ def _rpc(fn: Callable[[Any, Any], Awaitable[Any]], method: str = "") -> Callable
 
 
 def create_grpc_server(core: Core, host: str, port: int,
-                       max_message_bytes: int = _MAX_MESSAGE) -> tuple[grpc.aio.Server, int]:
+                       limits: Limits = DEFAULT_LIMITS) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server with the inference service, bound to ``host:port`` (0: any free port);
-    messages over ``max_message_bytes`` are refused (RESOURCE_EXHAUSTED) before they are read."""
-    servicer = InferenceServicer(core)
+    messages over ``limits.grpc_max_message_bytes`` are refused (RESOURCE_EXHAUSTED) before they
+    are read, and the handshake, idle and age timeouts of ``limits`` apply."""
+    return servicer_server(InferenceServicer(core), host, port, limits)
+
+
+def servicer_server(servicer: InferenceServicer, host: str, port: int, limits: Limits = DEFAULT_LIMITS,
+                    reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
+    """``create_grpc_server`` for a given servicer; ``reuse_port``: share the port with other
+    listeners (``SO_REUSEPORT``: the gRPC front ends', see ``ember.serve.relay.hub``)."""
+    server = unbound_server(servicer, limits, reuse_port)
+    return server, bind_server(server, host, port)
+
+
+def bind_server(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Binds ``server`` (of ``unbound_server``) to ``host:port``; returns the port bound."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC port {host}:{port}; is another server using it?")
+    return bound
+
+
+def unbound_server(servicer: InferenceServicer, limits: Limits = DEFAULT_LIMITS,
+                   reuse_port: bool = False) -> grpc.aio.Server:
+    """``servicer_server`` before it binds a port: made ahead of need, it starts in a few ms."""
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             _rpc(getattr(servicer, name), name), request_deserializer=_deserializer(name, req),
             response_serializer=resp.SerializeToString)
         for name, (req, resp) in service_methods().items()
     }
-    size = min(max_message_bytes, _MAX_MESSAGE)
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", size),
-                                      ("grpc.max_receive_message_length", size)])
+    options = [*limits.grpc_server_options(), ("grpc.so_reuseport", 1 if reuse_port else 0)]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=limits.grpc_max_concurrent_rpcs)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind the gRPC port {host}:{port}; is another server using it?")
-    return server, bound
+    return server

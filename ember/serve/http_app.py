@@ -1,13 +1,15 @@
 """The KServe v2 HTTP/REST front end (FastAPI), plus the Prometheus ``/metrics`` app.
 
 Every error is answered ``{"error": "<what is wrong>"}`` with the status of its ``ServeError``:
-404 for an unknown model, 400 for a bad request, 413 for a request over a limit, 401/403 for
-model control without its token or turned off, 503 for a full queue, a timeout or shutdown. Each
+404 for an unknown model, 400 for a bad request, 413 for a request over a limit, 408 (and the
+connection closed) for a body slower than ``--http-body-timeout``, 401/403 for model control
+without its token or turned off, 503 for a full queue, a timeout or shutdown. Each
 is logged as one line; an error of the server itself answers 500 with an id that its log line
 (with the traceback) carries, never the exception's text.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, MutableMapping, Optional
@@ -16,10 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ember.serve.core import Core, now_ns
 from ember.serve.errors import (
     BadRequestError,
+    BodyTimeoutError,
+    ClientGoneError,
     InferenceFailedError,
     PayloadTooLargeError,
     ServeError,
@@ -44,8 +49,10 @@ def error_response(exc: ServeError, request: Optional[Request] = None) -> Respon
     if request is not None and not isinstance(exc, InferenceFailedError):
         log.info("HTTP %d %s %s: %s", exc.http_status, request.method,
                  bounded(request.url.path, 120), bounded(message, 300))
+    # after a 408 the rest of the body may still be coming: the connection cannot be reused
+    headers = {"Connection": "close"} if isinstance(exc, BodyTimeoutError) else None
     return Response(json.dumps({"error": message}, ensure_ascii=True), status_code=exc.http_status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 class _CatchAll:
@@ -83,7 +90,9 @@ class _CatchAll:
 
 def create_app(core: Core) -> FastAPI:
     """The FastAPI application of the KServe v2 HTTP protocol for ``core``."""
-    app = FastAPI(title="Ember inference server", docs_url=None, redoc_url=None, openapi_url=None)
+    # no redirect for a trailing slash: a client of the protocol never sends one; a 404 says what is wrong
+    app = FastAPI(title="Ember inference server", docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
     app.add_middleware(_CatchAll, core=core)
     _add_error_handlers(app)
     _add_health_routes(app, core)
@@ -178,7 +187,7 @@ async def _infer(core: Core, request: Request, model: str, version: str) -> Resp
         return error_response(exc, request)
     limits = core.limits
     try:
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes, limits.http_body_timeout_s)
         body = decompress(body, request.headers.get("content-encoding"), limits.max_decompressed_bytes)
         req = decode_infer(body, request.headers.get(HEADER_LENGTH), limits)
         del body
@@ -200,9 +209,10 @@ async def _infer(core: Core, request: Request, model: str, version: str) -> Resp
     return response
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: Optional[float] = None) -> bytes:
     """The request body, refused (413) without reading it past ``limit`` bytes: a larger
-    ``Content-Length`` is refused before its first byte is read."""
+    ``Content-Length`` is refused before its first byte is read. A body still incomplete
+    ``timeout_s`` seconds after its head arrived is answered 408 (``--http-body-timeout``)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.strip().isdigit():
@@ -210,13 +220,25 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(length) > limit:
             raise PayloadTooLargeError(f"the request body has {int(length)} bytes, over the server's limit "
                                        f"of {limit} (--http-max-body-mb)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the request body is over the server's limit of {limit} bytes "
-                                       f"(--http-max-body-mb)")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"the request body is over the server's limit of {limit} bytes "
+                                           f"(--http-max-body-mb)")
+            chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await read()
+    except TimeoutError:
+        raise BodyTimeoutError(f"the request body did not arrive within {timeout_s:g} s of its headers "
+                               f"({size} bytes came; --http-body-timeout); send it faster or in one go") from None
+    except ClientDisconnect:
+        raise ClientGoneError("the client closed the connection before sending its whole body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -228,8 +250,8 @@ def _add_repository_routes(app: FastAPI, core: Core) -> None:
     @app.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> JSONResponse:
         core.check_model_control(request.headers.get("authorization"))
-        config = _load_config(await read_body(request, min(core.limits.max_body_bytes, 16 * 2**20)),
-                              core.limits.max_json_depth)
+        body = await read_body(request, min(core.limits.max_body_bytes, 16 * 2**20), core.limits.http_body_timeout_s)
+        config = _load_config(body, core.limits.max_json_depth)
         await core.repository.load(model, config)
         return JSONResponse({})
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ember.backends.tensors import torch_to_numpy
 from ember.errors import InputError
-from ember.serve.errors import InstanceFailedError, ModelConfigError
+from ember.serve.errors import InstanceDiedError, InstanceFailedError, ModelConfigError
 from ember.serve.shm import REGIONS, Region, layout
 
 if TYPE_CHECKING:
@@ -270,6 +270,13 @@ class ProcessInstance:
             self.conn = None
         return code
 
+    def restart_if_dead(self) -> None:
+        """Starts the process again if it died (on the instance's thread)."""
+        if self.proc is None or not self.proc.is_alive():
+            log.warning("%s: starting the instance process again", self.label)
+            self._kill()
+            self.open()
+
     def padded_size(self, total: int) -> int:
         from ember.serve.batcher import padded_size
 
@@ -294,10 +301,7 @@ class ProcessInstance:
             outputs: list[str]) -> tuple[list[Feeds], Any]:
         from ember.serve.batcher import BatchTimings, check_batch_dim
 
-        if self.proc is None or not self.proc.is_alive():
-            log.warning("%s: starting the instance process again", self.label)
-            self._kill()
-            self.open()
+        self.restart_if_dead()
         t0 = time.perf_counter_ns()
         total = sum(b for _, b in parts)
         rows = self.padded_size(total) if batched else total
@@ -334,9 +338,8 @@ class ProcessInstance:
             msg = self.conn.recv()
         except (EOFError, OSError) as exc:
             code = self._kill()
-            raise InstanceFailedError(f"{self.label}: the instance process exited (status {code}) "
-                                       f"while running a batch of {total}; it is started again for "
-                                       f"the next batch") from exc
+            raise InstanceDiedError(f"{self.label}: the instance process exited (status {code}) "
+                                    f"while running a batch of {total}; it is started again") from exc
         t2 = time.perf_counter_ns()
         if msg[0] == "error":
             if msg[1] == "input":

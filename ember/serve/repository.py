@@ -47,11 +47,14 @@ class ServedModel:
 class ModelRepository:
     """The models of one repository folder and their load state."""
 
-    def __init__(self, root: Path, cache_dir: Path, default_max_queue_size: int = 0) -> None:
+    def __init__(self, root: Path, cache_dir: Path, default_max_queue_size: int = 0,
+                 default_timeout_us: int = 0) -> None:
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         #: the queue bound of models whose config sets no max_queue_size (0: unbounded)
         self.default_max_queue_size = default_max_queue_size
+        #: the queue timeout of models whose config sets no default_timeout_microseconds (0: none)
+        self.default_timeout_us = default_timeout_us
         self._served: dict[str, dict[str, ServedModel]] = {}
         self._state: dict[str, tuple[str, str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -186,8 +189,8 @@ class ModelRepository:
     async def close(self) -> None:
         """Drains and closes every model (server shutdown)."""
         await asyncio.gather(*(m.scheduler.drain() for m in self.served()))
-        for m in self.served():
-            await m.scheduler.close()
+        log.debug("ember serve: queues drained")
+        await asyncio.gather(*(m.scheduler.close() for m in self.served()))
         self._served.clear()
 
     async def _load_versions(self, name: str, replacement: Optional[Mapping[str, Any]]) -> dict[str, ServedModel]:
@@ -214,7 +217,8 @@ class ModelRepository:
         signature = resolve_signature(config, engine)
         stats = ModelStats(config.name, vdir.name)
         scheduler = Scheduler(config.name, vdir.name, engine, signature, config, stats, engine_file,
-                              default_max_queue_size=self.default_max_queue_size)
+                              default_max_queue_size=self.default_max_queue_size,
+                              default_timeout_us=self.default_timeout_us)
         await scheduler.start()
         return ServedModel(config.name, vdir.name, config, signature, engine, scheduler, stats,
                            find_model_file(vdir).name)

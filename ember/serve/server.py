@@ -5,7 +5,8 @@
 ...     print(s.http_port, s.grpc_port, s.metrics_port)
 
 ``run_server`` is what ``ember serve`` calls: it serves until SIGINT or SIGTERM, then stops
-taking requests, answers every queued and running one, and exits. ``ServerThread`` runs the
+taking requests (503 with ``Connection: close``), answers every queued and running one, waits
+until its kept-alive HTTP connections are quiet (``Server._linger``) and exits. ``ServerThread`` runs the
 same server on a thread of its own (tests, notebooks).
 """
 from __future__ import annotations
@@ -88,10 +89,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _http_protocol(header_timeout_s: float) -> type:
+def _http_protocol(header_timeout_s: float, body_timeout_s: Optional[float] = None) -> type:
     """uvicorn's HTTP protocol (httptools when installed, else h11) with a header timeout: a
     connection that has not sent a whole request head ``header_timeout_s`` after it opened or
-    after its last response is closed, so clients that drip bytes cannot hold connections."""
+    after its last response is closed, so clients that drip bytes cannot hold connections. A
+    response sent before its request's body was all read (a refusal) gives the rest of the body
+    ``body_timeout_s`` to arrive (the server reads and drops it, so the client reads the answer)."""
     base: type
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -102,31 +105,47 @@ def _http_protocol(header_timeout_s: float) -> type:
 
     class HeaderTimeoutProtocol(base):  # type: ignore[misc,valid-type]
         _header_timer: Optional[asyncio.TimerHandle] = None
+        #: loop time of the connection's last sign of life (opened, data came, response sent)
+        last_active: float = 0.0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self.last_active = self.loop.time()
             self._arm_header_timer()
 
+        def data_received(self, data: bytes) -> None:
+            self.last_active = self.loop.time()
+            super().data_received(data)
+
         def on_response_complete(self) -> None:
+            self.last_active = self.loop.time()
+            unread = self.cycle is not None and self.cycle.more_body
             super().on_response_complete()
-            self._arm_header_timer()
+            self._arm_header_timer(body_timeout_s if unread and body_timeout_s else header_timeout_s)
+
+        def quiet_for(self, now: float) -> float:
+            """Seconds since the last sign of life, 0 while a request is in progress."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                return 0.0
+            return now - self.last_active
 
         def connection_lost(self, exc: Optional[Exception]) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
             super().connection_lost(exc)
 
-        def _arm_header_timer(self) -> None:
+        def _arm_header_timer(self, timeout_s: float = header_timeout_s) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
             if not self.transport.is_closing():
-                self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+                self._header_timer = self.loop.call_later(timeout_s, self._header_timeout, timeout_s)
 
-        def _header_timeout(self) -> None:
+        def _header_timeout(self, timeout_s: float) -> None:
             cycle = self.cycle
-            if cycle is None or cycle.response_complete:  # no request head came in time
-                log.info("HTTP: closing a connection that sent no request head in %.0f s "
-                         "(--http-header-timeout)", header_timeout_s)
+            if cycle is None or cycle.response_complete:  # no request head (or body) came in time
+                log.info("HTTP: closing a connection that sent no request head (or the rest of a "
+                         "refused body) in %g s (--http-header-timeout, --http-body-timeout)", timeout_s)
                 self.transport.close()
 
     return HeaderTimeoutProtocol
@@ -139,7 +158,8 @@ class Server:
         self.options = options
         repo = ModelRepository(Path(options.repository),
                                Path(options.cache_dir) if options.cache_dir else default_cache_dir(),
-                               default_max_queue_size=options.limits.max_queue_size)
+                               default_max_queue_size=options.limits.max_queue_size,
+                               default_timeout_us=options.limits.request_timeout_us)
         self.core = Core(repo, options.limits, options.model_control_mode, options.model_control_token)
         self.http_port = self.grpc_port = self.metrics_port = -1
         self._uvicorns: list[tuple[_Uvicorn, asyncio.Task]] = []
@@ -155,12 +175,11 @@ class Server:
         if o.grpc_port >= 0 and o.grpc_front_ends > 0:
             self.front_ends = FrontEnds(InferenceServicer(self.core), o.grpc_front_ends, o.host,
                                         o.grpc_port, o.shutdown_timeout_s, staging_mb=o.grpc_staging_mb,
-                                        max_message_bytes=o.limits.grpc_max_message_bytes)
+                                        limits=o.limits)
             await self.front_ends.start()
             self.grpc_port = self.front_ends.port
         elif o.grpc_port >= 0:
-            self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port,
-                                                            o.limits.grpc_max_message_bytes)
+            self._grpc, self.grpc_port = create_grpc_server(self.core, o.host, o.grpc_port, o.limits)
             await self._grpc.start()
         if o.http_port >= 0:
             self.http_port = await self._start_uvicorn(create_app(self.core), o.http_port)
@@ -195,7 +214,7 @@ class Server:
         limits = self.options.limits
         config = uvicorn.Config(app, lifespan="off", access_log=False, log_level="warning",
                                 timeout_graceful_shutdown=int(self.options.shutdown_timeout_s),
-                                http=_http_protocol(limits.http_header_timeout_s),
+                                http=_http_protocol(limits.http_header_timeout_s, limits.http_body_timeout_s),
                                 limit_concurrency=limits.http_max_connections,
                                 timeout_keep_alive=max(1, round(limits.http_keep_alive_s)))
         server = _Uvicorn(config)
@@ -222,9 +241,13 @@ class Server:
         for result in await asyncio.gather(*stopping, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.error("ember serve: error while shutting down: %s: %s", type(result).__name__, result)
+        log.debug("ember serve: queues drained, models and front ends closed")
+        await self._linger()
+        log.debug("ember serve: HTTP connections quiet; closing them")
         for server, _ in self._uvicorns:
             server.should_exit = True
         await asyncio.gather(*(t for _, t in self._uvicorns), return_exceptions=True)
+        log.debug("ember serve: HTTP servers closed")
         if self._grpc is not None:
             await self._grpc.stop(grace=self.options.shutdown_timeout_s)
         if self._owner is not None:
@@ -232,6 +255,44 @@ class Server:
                 del os.environ[OWNER_ENV]
             self._owner.release()
         log.info("ember serve: stopped")
+
+
+    async def _linger(self) -> None:
+        """Before the HTTP servers close their kept-alive connections: waits until each has been
+        quiet for a moment. Every response since shutdown began says ``Connection: close``, so a
+        client sending requests gets a 503 with it (and closes) instead of its next request
+        meeting a connection closed under it; one idle all along is closed at once. Then the
+        listeners close and connections opened meanwhile get their 503 (a short wait). Bounded
+        by ``LINGER_S``."""
+        quiet = min(QUIET_S, self.options.limits.http_keep_alive_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(LINGER_S, self.options.shutdown_timeout_s)
+        # connections opened from now on hear 503 + close on their first request: only those that
+        # may carry a request sent before the client could know of the shutdown are waited for
+        known = {c for server, _ in self._uvicorns for c in server.server_state.connections}
+        await self._until_quiet(known, quiet, deadline)
+        # then no new connections (refused from now on), and those opened meanwhile get their 503
+        for server, _ in self._uvicorns:
+            for listener in getattr(server, "servers", ()):
+                listener.close()
+        await self._until_quiet(None, quiet, min(deadline, loop.time() + quiet * 2))
+
+    async def _until_quiet(self, among: Optional[set], quiet: float, deadline: float) -> None:
+        """Waits until every open HTTP connection (of ``among``, when given) has been quiet for
+        ``quiet`` seconds, or until ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            now = loop.time()
+            open_now = {c for server, _ in self._uvicorns for c in server.server_state.connections}
+            watched = open_now if among is None else among & open_now
+            if not any(getattr(c, "quiet_for", lambda _: quiet)(now) < quiet for c in watched):
+                return
+            await asyncio.sleep(0.02)
+
+
+#: seconds a kept-alive HTTP connection must have been quiet for shutdown to close it under its
+#: client (its client sends no request on it then, most likely), and the longest wait for that
+QUIET_S, LINGER_S = 0.5, 5.0
 
 
 async def _serve_until_signal(options: ServerOptions) -> None:

@@ -11,7 +11,13 @@ import pytest
 
 from ember.serve.batcher import Scheduler
 from ember.serve.config import parse_config
-from ember.serve.errors import BadRequestError, InferenceFailedError, QueueFullError, RequestTimeoutError
+from ember.serve.errors import (
+    BadRequestError,
+    InferenceFailedError,
+    ModelConfigError,
+    QueueFullError,
+    RequestTimeoutError,
+)
 from ember.serve.signature import resolve_signature
 from ember.serve.stats import ModelStats
 
@@ -159,14 +165,45 @@ def test_request_past_its_timeout_gets_an_error():
         with pytest.raises(RequestTimeoutError, match="timed out"):
             await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
         answered_after = time.perf_counter() - t0
-        ok = await sched.infer({"x": np.ones((1, 3), np.float32)}, 1, timeout_us=0)   # no timeout
+        with pytest.raises(RequestTimeoutError):  # 0 is "not set" (Triton): the default applies
+            await sched.infer({"x": np.ones((1, 3), np.float32)}, 1, timeout_us=0)
         await busy
+        ok = await sched.infer({"x": np.ones((1, 3), np.float32)}, 1)
         await sched.close()
         return answered_after, ok, stats
     answered_after, ok, stats = run(main())
     assert answered_after < 0.3            # answered at its deadline, not after the busy batch
     assert ok["y"].shape == (1, 3)
     assert stats.execution_count == 2
+
+
+@pytest.mark.parametrize("batching, server_default, requested, want", [
+    (None, 0, None, 0), (None, 0, 500, 500), (None, 60_000_000, None, 60_000_000),
+    (None, 60_000_000, 0, 60_000_000), (None, 60_000_000, 90_000_000, 90_000_000),  # server default: a fallback
+    ({"default_timeout_microseconds": 1000}, 60_000_000, None, 1000),                # the model's wins
+    ({"default_timeout_microseconds": 1000}, 0, 500, 500),                           # shortened
+    ({"default_timeout_microseconds": 1000}, 0, 5000, 1000),                         # never lengthened
+    ({"default_queue_policy": {"default_timeout_microseconds": 1000, "allow_timeout_override": False}},
+     0, 500, 1000),
+    ({"allow_timeout_override": False}, 7, 500, 7),
+])
+def test_the_timeout_of_a_request_follows_triton_s_queue_policy(batching, server_default, requested, want):
+    cfg = {"max_batch_size": 4, **({"dynamic_batching": batching} if batching is not None else {})}
+    engine = FakeEngine(double, [("x", "float32", ("batch", 3))], [("y", "float32", ("batch", 3))])
+    config = parse_config(cfg, "m", "m/config.yaml")
+    sched = Scheduler("m", "1", engine, resolve_signature(config, engine), config, ModelStats("m", "1"),
+                      default_timeout_us=server_default)
+    assert sched.timeout_for(requested) == want
+
+
+@pytest.mark.parametrize("batching, says", [
+    ({"timeout_action": "DELAY"}, "REJECT"), ({"allow_timeout_override": "yes"}, "true or false"),
+    ({"default_queue_policy": 5}, "mapping"), ({"priority_levels": 2}, "priority levels"),
+    ({"max_queue_size": 3, "default_queue_policy": {"max_queue_size": 4}}, "not both"),
+])
+def test_queue_policy_mistakes_are_named(batching, says):
+    with pytest.raises(ModelConfigError, match=says):
+        parse_config({"max_batch_size": 4, "dynamic_batching": batching}, "m", "m/config.yaml")
 
 
 def test_engine_failure_answers_every_request_and_keeps_serving():

@@ -1,5 +1,6 @@
-"""The hostile gRPC requests of ``test_hostile`` again, through a gRPC front-end process (the
-relay path): the same codes, the same limits, batchmates of a bad request unaffected."""
+"""The hostile gRPC requests of ``test_hostile`` and ``test_hostile_generated`` again, through a gRPC
+front-end process (the relay path): the same codes, the same limits, batchmates of a bad request
+unaffected, the model-control token checked."""
 from __future__ import annotations
 
 import shutil
@@ -23,6 +24,11 @@ from test_hostile import (  # noqa: E402,F401 - the tests and fixtures run again
     test_grpc_messages_over_the_limit_are_refused,
     test_malformed_grpc_requests_are_invalid_argument,
 )
+from test_hostile_generated import (  # noqa: E402,F401 - the generated gRPC kinds, through a front end
+    test_generated_malformed_grpc_requests_are_client_errors_and_good_ones_stay_correct,
+    test_mutated_grpc_messages_are_client_errors_or_right_answers,
+    test_other_rpcs_with_hostile_names_are_client_errors,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +44,19 @@ def srv(tmp_path_factory, repository, cache_dir):
         yield s
 
 
-def test_a_token_cannot_be_checked_through_a_front_end(gclient):  # noqa: F811
-    with pytest.raises(InferenceServerException) as info:
-        gclient.unload_model("simple", headers={"authorization": f"Bearer {TOKEN}"})
-    assert info.value.status() == "StatusCode.UNAUTHENTICATED" and "front ends" in info.value.message()
+def test_the_model_control_token_is_checked_through_a_front_end(srv, gclient):  # noqa: F811
+    for headers in (None, {"authorization": "Bearer wrong"}, {"authorization": "Bearer"}, {"x-token": TOKEN}):
+        for call in (gclient.unload_model, gclient.load_model):
+            with pytest.raises(InferenceServerException) as info:
+                call("simple", headers=headers)
+            assert info.value.status() == "StatusCode.UNAUTHENTICATED", (headers, info.value.message())
+            assert "Bearer" in info.value.message()
+    assert gclient.is_model_ready("simple")
+    gclient.unload_model("simple", headers={"authorization": f"Bearer {TOKEN}"})
+    assert not gclient.is_model_ready("simple")
+    gclient.load_model("simple", headers={"authorization": f"bearer  {TOKEN} "})
+    assert gclient.is_model_ready("simple")
+    assert srv.server.front_ends is not None and srv.server.front_ends.hub.connected
 
 
 def test_model_control_off_answers_permission_denied_through_a_front_end(repository, cache_dir):

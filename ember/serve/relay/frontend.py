@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import grpc
 
 from ember.serve.proto import SERVICE_NAME
 from ember.serve.relay.wire import (
+    AUTH_HEAD,
+    AUTHED,
     BLOCK,
     BLOCK_COUNT,
+    CONTROL_METHODS,
     DEFAULT_STAGING_MB,
     HEADER,
     HELLO,
@@ -36,7 +40,6 @@ from ember.serve.relay.wire import (
 )
 from ember.serve.shm import StagingPool, aligned, split_raw_inputs
 
-_MAX_MESSAGE = 2**31 - 1
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -113,11 +116,23 @@ class _Upstream:
             self.pending.clear()
 
 
+def _authorization(context: Any) -> bytes:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            return value.encode("utf-8", "backslashreplace")[:4096]
+    return b""
+
+
 def _handler(upstream: _Upstream, index: int) -> Any:
+    control = METHODS[index] in CONTROL_METHODS
     send = upstream.infer if METHODS[index] == "ModelInfer" else upstream.call
 
     async def relay(request: bytes, context: Any) -> bytes:
-        code, payload = await send(index, request)
+        if control:  # the server checks the model-control token: relay the call's authorization
+            auth = _authorization(context)
+            code, payload = await upstream.call(AUTHED, AUTH_HEAD.pack(index, len(auth)) + auth + request)
+        else:
+            code, payload = await send(index, request)
         if code:
             await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), payload.decode(errors="replace"))
         return payload
@@ -125,7 +140,8 @@ def _handler(upstream: _Upstream, index: int) -> Any:
 
 
 async def serve_front_end(hub: str, host: str, port: int, grace: float,
-                          staging_mb: int = DEFAULT_STAGING_MB, max_message: int = _MAX_MESSAGE) -> int:
+                          staging_mb: int = DEFAULT_STAGING_MB, options: Sequence[tuple[str, Any]] = (),
+                          max_concurrent_rpcs: Optional[int] = None) -> int:
     """A front end's life: connect to the hub, listen on the port, relay until SIGTERM/SIGINT or
     until the hub goes away."""
     reader, writer = await asyncio.open_unix_connection(hub)
@@ -137,17 +153,18 @@ async def serve_front_end(hub: str, host: str, port: int, grace: float,
             print(f"ember serve front end: no staging pool, tensors travel in the relayed messages: "
                   f"{exc}", file=sys.stderr)
     try:
-        return await _serve(upstream, writer, host, port, grace, max_message)
+        return await _serve(upstream, writer, host, port, grace, options, max_concurrent_rpcs)
     finally:
         if upstream.pool is not None:
             upstream.pool.close()
 
 
 async def _serve(upstream: _Upstream, writer: asyncio.StreamWriter, host: str, port: int,
-                 grace: float, max_message: int = _MAX_MESSAGE) -> int:
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", max_message),
-                                      ("grpc.max_receive_message_length", max_message),
-                                      ("grpc.so_reuseport", 1)])
+                 grace: float, options: Sequence[tuple[str, Any]] = (),
+                 max_concurrent_rpcs: Optional[int] = None) -> int:
+    # the server's limits (message sizes, handshake, idle and age timeouts); the port is shared
+    server = grpc.aio.server(options=[*options, ("grpc.so_reuseport", 1)],
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     handlers = {name: _handler(upstream, i) for i, name in enumerate(METHODS)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     if server.add_insecure_port(f"{host}:{port}") == 0:
@@ -180,12 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=60.0, help="seconds to finish calls on SIGTERM")
     parser.add_argument("--staging-mb", type=int, default=DEFAULT_STAGING_MB,
                         help="shared memory for large input tensors (0: none)")
-    parser.add_argument("--max-message-bytes", type=int, default=_MAX_MESSAGE,
-                        help="largest gRPC message received or sent")
+    parser.add_argument("--grpc-options", default="[]",
+                        help="the gRPC server's options, a JSON list of [name, value] pairs "
+                             "(ember.serve.limits.Limits.grpc_server_options)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                        help="calls in progress at once; past it new calls answer RESOURCE_EXHAUSTED")
     args = parser.parse_args(argv)
     try:
+        options = [(str(k), v) for k, v in json.loads(args.grpc_options)]
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--grpc-options must be a JSON list of [name, value] pairs: {exc}")
+    try:
         return asyncio.run(serve_front_end(args.hub, args.host, args.port, args.grace, args.staging_mb,
-                                           args.max_message_bytes))
+                                           options, args.max_concurrent_rpcs))
     except OSError as exc:
         print(f"ember serve front end: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,10 @@ A request's method is its index in ``METHODS``; ``HELLO`` announces a front end 
 pid). A reply's status is 0 with the serialized response, or a gRPC status code number with the
 error message in UTF-8.
 
+Metadata: a model-control call (``CONTROL_METHODS``) is relayed as ``AUTHED``, its payload
+``AUTH_HEAD`` (u16 method index, u16 length of the ``authorization`` metadata's UTF-8 bytes), those
+bytes, then the serialized request, so that the server checks the model-control token.
+
 Staged tensors: each front end owns a staging pool in shared memory (``--staging-mb``,
 ``ember.serve.shm``), announced once with ``POOL`` (payload: ``POOL_SIZE`` (u64 size), then the
 pool's path). A ``ModelInfer`` call whose raw tensor bytes are large is relayed as
@@ -34,6 +38,11 @@ METHODS: tuple[str, ...] = tuple(service_methods())
 HELLO = 0xFFFF
 POOL = 0xFFFE
 STAGED_INFER = 0xFFFD
+AUTHED = 0xFFFC
+#: an ``AUTHED`` payload's head: the relayed method's index, the length of its authorization
+AUTH_HEAD = struct.Struct("<HH")
+#: the methods whose calls carry their ``authorization`` metadata to the server
+CONTROL_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
 #: a ``POOL`` payload's head (the pool's size; its path follows)
 POOL_SIZE = struct.Struct("<Q")
 #: a ``STAGED_INFER`` payload: the number of staged blocks, then each block's offset and size

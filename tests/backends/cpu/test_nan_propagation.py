@@ -1,6 +1,13 @@
 """NaN in means NaN out, as ONNX Runtime does, on every CPU tactic of a fused layer: oneDNN's relu
-and hardtanh post-ops turn NaN into 0, so those activations run after the call (issue 17)."""
+and hardtanh post-ops turn NaN into 0, so those activations run after the call (issue 17).
+
+Every epilogue activation (each ONNX spelling the fusion passes recognize) after every kind of
+producer (convolutions 3x3, 1x1, depthwise and residual; MatMul+Add and Gemm; alone), and every
+pooling op, alone and after a fused conv, runs on every CPU tactic its layers have, with NaN,
++inf and -inf inputs; NaN, +inf and -inf must land where ONNX Runtime puts them."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx
@@ -9,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
+from ember.runtime.engine import Engine
 
 RNG = np.random.default_rng(0)
 
@@ -76,6 +84,214 @@ def test_an_index_out_of_range_is_the_inputs_fault():
         with pytest.raises(ember.IndexRangeError, match="'lookup'.*index out of range") as info:
             ctx.infer({"ids": np.array([0, 1, 2, 99])})
     assert isinstance(info.value, ember.InputError) and isinstance(info.value, ember.GraphError)
+
+
+# ---- every activation epilogue, every producer and every CPU tactic ---------------------------------
+#: ONNX spellings of each epilogue ``Activation``: (opset, nodes from "c" to "y", initializers)
+def _act_nodes(kind: str) -> tuple[int, list, list]:
+    make, const = helper.make_node, numpy_helper.from_array
+    one = {"relu": [make("Relu", ["c"], ["y"])],
+           "leaky_relu": [make("LeakyRelu", ["c"], ["y"], alpha=0.1)],
+           "sigmoid": [make("Sigmoid", ["c"], ["y"])],
+           "tanh": [make("Tanh", ["c"], ["y"])],
+           "hard_sigmoid": [make("HardSigmoid", ["c"], ["y"], alpha=0.2, beta=0.5)],
+           "hard_swish": [make("HardSwish", ["c"], ["y"])],
+           "gelu_erf": [make("Gelu", ["c"], ["y"])],
+           "gelu_tanh": [make("Gelu", ["c"], ["y"], approximate="tanh")],
+           "silu": [make("Sigmoid", ["c"], ["g"]), make("Mul", ["c", "g"], ["y"])],
+           "hard_swish_pattern": [make("HardSigmoid", ["c"], ["g"], alpha=1 / 6, beta=0.5),
+                                  make("Mul", ["c", "g"], ["y"])],
+           "clip": [make("Clip", ["c", "lo", "hi"], ["y"])],
+           "relu6": [make("Clip", ["c", "zero", "six"], ["y"])],
+           "none": [make("Identity", ["c"], ["y"])]}[kind]
+    bounds = {"clip": [const(np.array(-1.5, np.float32), "lo"), const(np.array(2.5, np.float32), "hi")],
+              "relu6": [const(np.array(0, np.float32), "zero"), const(np.array(6, np.float32), "six")]}
+    return 20, one, bounds.get(kind, [])
+
+
+ACTIVATIONS = ["relu", "relu6", "clip", "leaky_relu", "sigmoid", "silu", "hard_swish", "hard_swish_pattern",
+               "hard_sigmoid", "tanh", "gelu_erf", "gelu_tanh", "none"]
+PRODUCERS = ["conv3x3", "conv1x1", "depthwise", "conv_residual", "matmul_add", "gemm", "alone"]
+
+
+def _producer(kind: str) -> tuple[list[int], list, list]:
+    """(input shape, nodes from "x" to "c", initializers) of the layer the activation is fused into."""
+    make, const = helper.make_node, numpy_helper.from_array
+    rng = np.random.default_rng(1)
+
+    def w(*shape: int):  # the first half of the outputs only adds: +-inf inputs give +-inf before the act
+        v = rng.normal(0, 0.3, shape).astype(np.float32)
+        half = shape[0] // 2
+        v[:half] = np.abs(v[:half])
+        return v
+    if kind == "conv3x3":
+        return [4, 4, 6, 6], [make("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])], \
+            [const(w(8, 4, 3, 3), "w"), const(w(8), "b")]
+    if kind == "conv1x1":
+        return [4, 8, 5, 5], [make("Conv", ["x", "w", "b"], ["c"])], [const(w(16, 8, 1, 1), "w"), const(w(16), "b")]
+    if kind == "depthwise":
+        return [4, 8, 6, 6], [make("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=8)], \
+            [const(w(8, 1, 3, 3), "w"), const(w(8), "b")]
+    if kind == "conv_residual":  # act(conv(x) + x)
+        nodes = [make("Conv", ["x", "w", "b"], ["r"], pads=[1, 1, 1, 1]), make("Add", ["r", "x"], ["c"])]
+        return [4, 8, 6, 6], nodes, [const(w(8, 8, 3, 3), "w"), const(w(8), "b")]
+    if kind == "matmul_add":
+        return [4, 12], [make("MatMul", ["x", "w"], ["m"]), make("Add", ["m", "b"], ["c"])], \
+            [const(np.ascontiguousarray(w(6, 12).T), "w"), const(w(6), "b")]
+    if kind == "gemm":
+        return [4, 12], [make("Gemm", ["x", "w", "b"], ["c"], transB=1)], [const(w(6, 12), "w"), const(w(6), "b")]
+    return [4, 3, 5], [make("Identity", ["x"], ["c"])], []  # the activation alone (elementwise kernels)
+
+
+def _epilogue_model(producer: str, act: str) -> onnx.ModelProto:
+    shape, nodes, inits = _producer(producer)
+    opset, act_nodes, act_inits = _act_nodes(act)
+    graph = helper.make_graph(nodes + act_nodes, f"{producer}_{act}",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits + act_inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def _non_finite_batch(shape: list[int]) -> np.ndarray:
+    """Sample 0 all NaN, 1 all +inf, 2 all -inf, 3 finite with one NaN, one +inf and one -inf (every
+    producer keeps the samples of a batch apart, so each row checks one kind of input)."""
+    x = np.random.default_rng(2).normal(0, 1, shape).astype(np.float32)
+    x[0], x[1], x[2] = np.nan, np.inf, -np.inf
+    flat = x[3].reshape(-1)
+    flat[[1, flat.size // 2, flat.size - 2]] = [np.nan, np.inf, -np.inf]
+    return x
+
+
+def _with_tactic(engine: ember.Engine, index: int, tactic: str) -> ember.Engine:
+    layers = list(engine.plan.layers)
+    layers[index] = dataclasses.replace(layers[index], tactic=tactic)
+    return Engine(dataclasses.replace(engine.plan, layers=layers))
+
+
+def _tactic_runs(engine: ember.Engine) -> list[tuple[str, ember.Engine]]:
+    """The engine as built, and once more for every other CPU tactic of each of its layers."""
+    from ember.backends.cpu.registry import candidates
+
+    plan, runs = engine.plan, [("built", engine)]
+    for i, (node, layer) in enumerate(zip(plan.graph.nodes, plan.layers)):
+        for tactic in candidates(node, plan.graph, plan.records):
+            if tactic != layer.tactic:
+                runs.append((f"{layer.name}:{tactic}", _with_tactic(engine, i, tactic)))
+    return runs
+
+
+def _onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def assert_like_onnxruntime(model: onnx.ModelProto, x: np.ndarray, label: str, fused: tuple[str, ...] = (),
+                            want: np.ndarray | None = None) -> None:
+    """Every CPU tactic of the engine gives NaN, +inf and -inf where ONNX Runtime does (or where
+    ``want`` has them), and its finite values within fp32 tolerance."""
+    want = _onnxruntime(model, x) if want is None else want
+    engine = ember.build(model, ember.BuildConfig(device="cpu"))
+    if fused:
+        assert any(layer.kind in fused for layer in engine.plan.layers), [layer.kind for layer in engine.plan.layers]
+    for tactic, e in _tactic_runs(engine):
+        with e.create_context() as ctx:
+            got = np.asarray(ctx.infer({"x": x})["y"])
+        where = f"{label}, tactic {tactic}"
+        assert got.shape == want.shape, where
+        for what, mask in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+            bad = np.argwhere(mask(got) != mask(want))
+            assert not len(bad), (f"{where}: {what} at {len(bad)} places where ONNX Runtime differs, first "
+                                  f"{tuple(bad[0])}: got {got[tuple(bad[0])]}, ONNX Runtime {want[tuple(bad[0])]}")
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-5, err_msg=where)
+
+
+@pytest.mark.parametrize("producer, act", [(p, a) for p in PRODUCERS for a in ACTIVATIONS
+                                            if (p, a) != ("alone", "none")])  # that one has no layer
+def test_every_activation_epilogue_keeps_non_finite_values_like_onnxruntime(producer, act):
+    model = _epilogue_model(producer, act)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    fused = ("FusedConv",) if producer.startswith(("conv", "depth")) else \
+        ("FusedGemm",) if producer in ("matmul_add", "gemm") else ()
+    if act == "none" and producer != "conv_residual":
+        fused += ("Conv", "Gemm", "MatMul")
+    assert_like_onnxruntime(model, _non_finite_batch(shape), f"{producer} + {act}", fused)
+
+
+# ---- pooling ---------------------------------------------------------------------------------------
+POOLS = {
+    "maxpool_2x2": lambda: helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    "maxpool_3x3_pad_ceil": lambda: helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                                     pads=[1, 1, 1, 1], ceil_mode=1),
+    "maxpool_dilated": lambda: helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2]),
+    "avgpool_2x2": lambda: helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    "avgpool_pad_exclude": lambda: helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3],
+                                                    pads=[1, 1, 1, 1], count_include_pad=0),
+    "avgpool_pad_include": lambda: helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3],
+                                                    pads=[1, 1, 1, 1], count_include_pad=1),
+    "avgpool_asymmetric": lambda: helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                                                   pads=[0, 0, 1, 2]),
+    "global_avgpool": lambda: helper.make_node("GlobalAveragePool", ["x"], ["y"]),
+    "global_maxpool": lambda: helper.make_node("GlobalMaxPool", ["x"], ["y"]),
+    "lppool_p2": lambda: helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], p=2),
+}
+
+
+def _pool_model(kind: str, after_conv: bool) -> onnx.ModelProto:
+    nodes, inits = [POOLS[kind]()], []
+    if after_conv:  # conv + relu + pool: the pool reads a fused layer's output (and may be written into)
+        nodes[0].input[0] = "a"
+        w = numpy_helper.from_array(np.random.default_rng(3).normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w")
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["a"])] + nodes
+        inits = [w]
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4, 7, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    return model
+
+
+def _max_pool_expected(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's max pooling with a NaN in the window made NaN.
+
+    ONNX Runtime's MaxPool and GlobalMaxPool compare with ``>``, so a window's NaN is dropped or
+    kept by where it lies (and a padded window of NaN alone gives -FLT_MAX): no rule to follow.
+    Ember's max pooling propagates NaN from any place in the window, as PyTorch, NumPy's ``max``
+    and ONNX's ReduceMax do; windows without NaN must match ONNX Runtime exactly (infinities too).
+    """
+    want = _onnxruntime(model, x)
+    first = model.graph.node[0]
+    if first.op_type == "Conv":  # the pool reads relu(conv(x)): find its NaN with ONNX Runtime
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.node[2:]
+        probe.graph.output[0].name = "a"
+        pooled_in = _onnxruntime(probe, x)
+    else:
+        pooled_in = x
+    indicator = onnx.ModelProto()
+    indicator.CopyFrom(model)
+    if first.op_type == "Conv":
+        del indicator.graph.node[:2]
+        indicator.graph.node[0].input[0] = "x"
+        del indicator.graph.initializer[:]
+    has_nan = _onnxruntime(indicator, np.isnan(pooled_in).astype(np.float32)) > 0
+    want[has_nan] = np.nan
+    # ONNX Runtime starts a window's max at -FLT_MAX, so a window of -inf alone gives -FLT_MAX; the
+    # max of -inf values is -inf (ONNX's reference implementation, PyTorch, NumPy)
+    want[want == np.finfo(np.float32).min] = -np.inf
+    return want
+
+
+@pytest.mark.parametrize("after_conv", [False, True], ids=["alone", "after_conv_relu"])
+@pytest.mark.parametrize("kind", list(POOLS))
+def test_pooling_keeps_non_finite_values_like_onnxruntime(kind, after_conv):
+    x = _non_finite_batch([4, 4, 7, 7])
+    model = _pool_model(kind, after_conv)
+    want = _max_pool_expected(model, x) if "maxpool" in kind else None
+    assert_like_onnxruntime(model, x, f"{kind} ({'after conv' if after_conv else 'alone'})", want=want)
 
 
 @pytest.mark.cuda

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ember.backends.activations import gelu_erf
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
 from ember.backends.cpu.registry import register_kernel
@@ -144,7 +145,9 @@ def gelu(node: Node, ctx: CompileContext) -> Kernel:
     approximate = (node.attrs or GeluAttrs()).approximate
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu approximate={approximate!r}; expected 'none' or 'tanh'")
-    return unary_kernel(lambda x: F.gelu(x, approximate=approximate))
+    if approximate == "none":
+        return unary_kernel(gelu_erf)  # keeps +inf, as ONNX Runtime does
+    return unary_kernel(lambda x: F.gelu(x, approximate="tanh"))
 
 
 def _bound(value: float | None, t: Tensor | None, x: Tensor) -> float | int | Tensor | None:

@@ -45,7 +45,11 @@ def commands() -> dict[str, tuple[str, AddArguments, Run]]:
     for module in (build_tool, run_tool, inspect_tool, compare_tool, bench_tool, profile_tool,
                    quantize_tool, debug_precision_tool):
         table[_name(module).replace("_", "-")] = (module.HELP, module.add_arguments, module.run)
-    table["serve"] = (serve_cli.HELP, serve_cli.add_arguments, serve_cli.run)
+    # `ember serve --ray` (ember.integrations.ray.cli): the same command on Ray Serve
+    from ember.integrations.ray import cli as ray_cli
+
+    table["serve"] = (serve_cli.HELP, ray_cli.with_ray_arguments(serve_cli.add_arguments),
+                      ray_cli.with_ray_run(serve_cli.run))
     return table
 
 

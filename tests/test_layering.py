@@ -30,15 +30,17 @@ ALLOWED_ONLY: dict[str, frozenset[str]] = {
 #: Packages that may import anything of Ember but these.
 FORBIDDEN: dict[str, frozenset[str]] = {
     "frontends": frozenset({"passes", "backends", "runtime", "builder", "tools", "serve", "zoo",
-                            "cli"}),
+                            "cli", "integrations"}),
     # constant folding evaluates nodes with ember.backends.cpu: the one passes -> backends arrow
-    "passes": frozenset({"runtime", "builder", "tools", "serve", "zoo", "cli", "frontends"}),
+    "passes": frozenset({"runtime", "builder", "tools", "serve", "zoo", "cli", "frontends", "integrations"}),
     "backends": frozenset({"runtime", "builder", "passes", "frontends", "tools", "serve", "zoo",
-                           "cli"}),
-    "runtime": frozenset({"builder", "passes", "frontends", "tools", "serve", "zoo", "cli"}),
-    "builder": frozenset({"tools", "serve", "cli"}),
-    "serve": frozenset({"tools", "cli"}),
-    "tools": frozenset({"cli"}),
+                           "cli", "integrations"}),
+    "runtime": frozenset({"builder", "passes", "frontends", "tools", "serve", "zoo", "cli", "integrations"}),
+    "builder": frozenset({"tools", "serve", "cli", "integrations"}),
+    "serve": frozenset({"tools", "cli", "integrations"}),
+    "tools": frozenset({"cli", "integrations"}),
+    # Ray Serve / Ray Data over serve's config, codec and signature code; only cli routes to it
+    "integrations": frozenset({"tools", "cli"}),
 }
 #: Packages below tools, which never import the top-level ``ember`` package itself (its
 #: ``build``/``load`` reach up into builder and runtime).

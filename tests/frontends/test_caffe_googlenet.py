@@ -91,3 +91,18 @@ def test_cli_profile_takes_the_prototxt_and_its_weights(files: tuple[str, str], 
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "conv1/7x7_s2 + conv1/relu_7x7" in out and "inception_3a/1x1 + inception_3a/relu_1x1" in out
+
+
+@pytest.mark.cuda
+def test_googlenet_from_caffe_files_on_cuda(files: tuple[str, str], caffe_engine: ember.Engine,
+                                            feeds: dict[str, np.ndarray]) -> None:
+    """The Caffe route built for CUDA: fp32 matches the CPU engine, fp16 within half precision."""
+    with caffe_engine.create_context() as ctx:
+        want = ctx.infer(feeds)["prob"]
+    for precision, tol in (("fp32", 1e-4), ("fp16", 1e-2)):
+        engine = ember.build(files[0], ember.BuildConfig(device="cuda", precision=precision,
+                                                         shapes={"data": (1, 3, 224, 224)}),
+                             weights=files[1], progress=False)
+        with engine.create_context() as ctx:
+            got = np.asarray(ctx.infer(feeds)["prob"], dtype=np.float32)
+        assert np.abs(got - want).max() <= tol * np.abs(want).max(), precision

@@ -308,3 +308,13 @@ def test_erfc_which_tf2onnx_lacks_is_converted() -> None:
     assert "ERF" in {n.op.name for n in graph.nodes}
     (ours,) = infer(ember.build(graph, CPU), {"x": x}).values()
     np.testing.assert_allclose(ours, f(x).numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, feed, out", [("cnn.keras", "image", "probs"), ("lstm.keras", "sequence", "head")])
+def test_keras_models_on_cuda(models: dict[str, Any], name: str, feed: str, out: str) -> None:
+    """The same imports built for CUDA (fp32) give TensorFlow's outputs."""
+    engine = ember.build(models["root"] / name, ember.BuildConfig(device="cuda"))
+    x = models[feed]
+    got = np.asarray(infer(engine, {feed: x})[out])
+    close(got, models[name.split(".")[0]](x, training=False).numpy())

@@ -17,11 +17,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: $(STAMP)
 	$(VPY) -m ember.tools.demo
 
+# TensorFlow and Triton both bundle LLVM, and a process that loads both aborts ("LLVM ERROR:
+# inconsistency in registered CommandLine options"): the TensorFlow tests run in their own process.
+TF_TESTS := tests/frontends/test_tensorflow.py tests/frontends/test_tensorflow_errors.py tests/frontends/test_tensorflow_light.py
+
 test: $(STAMP)
-	$(VPY) -m pytest -q -m "not cuda" tests
+	$(VPY) -m pytest -q -m "not cuda" tests --ignore-glob='tests/frontends/test_tensorflow*.py'
+	$(VPY) -m pytest -q -m "not cuda" $(TF_TESTS)
 
 test-gpu: $(STAMP)
-	$(VPY) -m pytest -q -m cuda tests
+	$(VPY) -m pytest -q -m cuda tests --ignore-glob='tests/frontends/test_tensorflow*.py'
+	$(VPY) -m pytest -q -m cuda $(TF_TESTS)
 
 # ruff, mypy and import-linter as configured in pyproject.toml; all three run, then the target
 # fails if any of them did.

@@ -49,6 +49,10 @@ def wanted(config: BuildConfig) -> bool:
         from ember.backends.cuda.device import require_cuda, triton_available
 
         require_cuda("an INT8 engine for cuda")
+        from ember.backends.cuda.libs import llvm_clash
+
+        if llvm_clash():
+            raise BuildError(f"INT8 layers on CUDA run on Ember's Triton kernels, and {llvm_clash()}")
         if not triton_available():
             raise BuildError("INT8 layers on CUDA run on Ember's Triton kernels, and Triton is not installed "
                              "here: pip install 'ember[cuda]' (or triton), or build with precision fp16")

@@ -3,6 +3,7 @@ are recognized from their suffix or first bytes, ``import ember`` never imports 
 a user without the extra is told how to install it. Runs with or without TensorFlow."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -85,3 +86,27 @@ def test_without_the_extra_the_error_says_how_to_install_it(files: dict[str, Pat
         load(files[kind])
     msg = str(info.value)
     assert "pip install 'ember[tensorflow]'" in msg and files[kind].name in msg
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("triton") is None,
+                    reason="needs TensorFlow and Triton installed")
+def test_tensorflow_and_triton_never_meet_in_one_process() -> None:
+    """Both bundle LLVM and a process that loads both aborts: after TensorFlow, Ember's Triton
+    kernels stand aside (no import, the library tactics serve); after Triton, reading a TensorFlow
+    model is a clear error, not an abort. Each direction in its own subprocess."""
+    import subprocess
+    import sys
+
+    after_tf = ("import tensorflow, sys\n"
+                "from ember.backends.cuda.libs import llvm_clash, triton_conv, triton_qconv\n"
+                "assert triton_conv.triton is None and triton_qconv.triton is None and 'triton' not in sys.modules\n"
+                "assert 'another process' in llvm_clash()\n")
+    after_triton = ("import triton\n"
+                    "from ember.errors import ModelLoadError\n"
+                    "from ember.frontends.tensorflow.libs import require\n"
+                    "try:\n    require('tensorflow', 'model.keras')\nexcept ModelLoadError as e:\n"
+                    "    assert 'Triton' in str(e) and 'another process' in str(e), e\n"
+                    "else:\n    raise SystemExit(3)\n")
+    for code in (after_tf, after_triton):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]

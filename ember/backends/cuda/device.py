@@ -23,6 +23,10 @@ def triton_available() -> bool:
     """Whether Triton can compile kernels here (needs the package and a CUDA GPU)."""
     if not torch.cuda.is_available():
         return False
+    from ember.backends.cuda.libs import llvm_clash
+
+    if llvm_clash():  # Triton next to TensorFlow's LLVM would abort the process
+        return False
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401

@@ -19,6 +19,12 @@ INSTALL_HINT = "pip install 'ember[tensorflow]'"
 def require(module: str, what: str) -> Any:
     """The imported ``module`` (``tensorflow``, ``tf2onnx``, ``keras``, ``h5py``); a missing one
     is a ``ModelLoadError`` naming ``what`` was to be read and the extra that installs it."""
+    if module == "tensorflow" and "tensorflow" not in sys.modules and "triton" in sys.modules:
+        raise ModelLoadError(
+            f"reading {what} needs TensorFlow, and this process has loaded Triton (Ember's CUDA kernels), "
+            f"which bundles its own LLVM: loading TensorFlow next to it would abort the process. Convert "
+            f"the model in another process first (`ember build <model> -o model.ember`, or "
+            f"ember.frontends.tensorflow.to_onnx there), then load or build the result here")
     if module == "tensorflow" and "tensorflow" not in sys.modules:
         # TensorFlow's C++ start-up logs (oneDNN notices, CPU feature lines) would bury Ember's
         # output; errors still show. A level the user set is kept.

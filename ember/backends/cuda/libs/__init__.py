@@ -12,3 +12,20 @@ a kernel is first built or launched, and ``available()`` / ``ember.backends.cuda
 ``triton_available()`` tell the registry whether the tactics that need it apply. The layer
 kernels that use these bindings are in ``ember.backends.cuda.kernels``.
 """
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+
+def llvm_clash() -> Optional[str]:
+    """Why Triton must not be imported into this process, or None. TensorFlow bundles its own LLVM,
+    and loading Triton's next to it aborts the whole process ("LLVM ERROR: inconsistency in
+    registered CommandLine options"), whichever comes second; so once TensorFlow is loaded (a
+    TensorFlow or Keras model converted in this process), Ember's Triton tactics do not apply and
+    the CUDA build uses the library kernels (INT8 on CUDA is refused with this reason)."""
+    if "tensorflow" in sys.modules and "triton" not in sys.modules:
+        return ("TensorFlow is loaded in this process, and Triton next to it would abort the process "
+                "(both bundle LLVM); convert the TensorFlow/Keras model to .onnx or .ember in another "
+                "process (`ember build model.keras -o model.ember`), then build or load it here")
+    return None

@@ -11,6 +11,14 @@ checked on every row. Where Ember is slower than ONNX Runtime, the per-op times 
     python bench/cpu.py                                    # -> bench/results/cpu-<date>.json + markdown
     python bench/cpu.py --models resnet-50,googlenet --batches 1 --iterations 20
     python bench/cpu.py --quick                            # 3 iterations, batch 1 (smoke run)
+    python bench/cpu.py --precision fp32,bf16 --batches 8 # an Ember bf16 engine too (issue 19)
+
+``--precision`` lists Ember's precisions; each is one more runtime taking turns in the same
+rounds (``ember`` is fp32, ``ember-bf16`` bf16, ...), and every Ember row's error is measured
+against ONNX Runtime fp32. ``--repeats N`` runs the whole table N times and reports each
+runtime's median of the N medians with their spread (min-max): the 2-core machine these numbers
+come from is shared, and a single table of it is noisy. Every result names the CPU model and its
+AMX / AVX-512 flags (``ember.backends.cpu.features``).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import torch  # noqa: E402
 
 import ember  # noqa: E402
 from ember import zoo  # noqa: E402
+from ember.backends.cpu.features import cpu_features  # noqa: E402
 from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner, max_rel_error, time_ms  # noqa: E402
 
 import common  # noqa: E402  (puts the repository on sys.path)
@@ -44,8 +53,23 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a runtime's timing after this long")
     p.add_argument("--quick", action="store_true", help="3 iterations, 1 warm-up, batch 1")
     p.add_argument("--no-profile", action="store_true", help="skip the per-op breakdown where Ember is slower")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated Ember precisions, each a runtime of its own: fp32, bf16, fp16")
+    p.add_argument("--peers", default="onnxruntime,torch", help="comma-separated peers: onnxruntime, torch")
+    p.add_argument("--repeats", type=int, default=1, help="measure each row this many times (spread reported)")
+    p.add_argument("--rounds", type=int, default=0,
+                   help="rounds in which the runtimes take turns (default: up to 4; more: finer interleaving)")
+    p.add_argument("--accuracy-target", type=float, default=None,
+                   help="build the reduced-precision Ember engines to this max relative error against fp32")
     p.add_argument("--out", help="result file (default bench/results/cpu-<date>.json)")
     args = p.parse_args(argv)
+    args.precision = [x.strip() for x in args.precision.split(",") if x.strip()]
+    args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+    bad = [x for x in args.precision if x not in ("fp32", "bf16", "fp16")]
+    if bad:
+        p.error(f"--precision {bad}: this suite measures fp32, bf16 and fp16 engines (INT8: bench/int8.py)")
+    if "onnxruntime" not in args.peers:
+        p.error("--peers must include onnxruntime: it is the reference of every error and ratio")
     if args.quick:
         args.iterations, args.warmup, args.batches = 3, 1, "1"
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -53,33 +77,85 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def ember_label(precision: str) -> str:
+    """The runtime label of an Ember engine of ``precision``: ``ember`` (fp32), ``ember-bf16``."""
+    return "ember" if precision == "fp32" else f"ember-{precision}"
+
+
 def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One table row: every runtime's latency on one model and batch, and Ember's error."""
+    """One table row: every runtime's latency on one model and batch, and each Ember engine's error."""
     path = zoo.export_onnx(name, batch=batch)
     feeds = zoo.sample_inputs(name, batch)
-    t0 = time.perf_counter()
-    engine = ember.build(str(path), ember.BuildConfig(device="cpu"))
-    build_s = time.perf_counter() - t0
     spec = zoo.get(name)
-    with EmberRunner(engine) as ember_runner:
-        runners = {"ember": ember_runner, "onnxruntime": OrtRunner(path, threads=args.threads),
-                   "torch": TorchRunner(zoo.build_model(name), [i.name for i in spec.inputs], spec.outputs)}
-        ours, ref = ember_runner(feeds), runners["onnxruntime"](feeds)
-        error = max(max_rel_error(ours[k], ref[k]) for k in ref)
-        latency = {label: common.summarize(times) for label, times in _timed_rounds(runners, feeds, args).items()}
-        row = {"model": name, "batch": batch, "build_s": round(build_s, 2), "layers": len(engine.plan.layers),
-               "onnx_nodes": engine.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": error,
-               "latency_ms": latency}
-        if not args.no_profile and latency["ember"]["median"] > latency["onnxruntime"]["median"]:
-            row["breakdown"] = breakdown(engine, path, feeds, args.threads)
+    engines, build_s, errors = {}, {}, {}
+    for precision in args.precision:
+        t0 = time.perf_counter()
+        target = args.accuracy_target if precision != "fp32" else None
+        engines[ember_label(precision)] = ember.build(
+            str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target))
+        build_s[ember_label(precision)] = round(time.perf_counter() - t0, 2)
+    runners: dict[str, Any] = {label: EmberRunner(engine) for label, engine in engines.items()}
+    runners["onnxruntime"] = OrtRunner(path, threads=args.threads)
+    if "torch" in args.peers:
+        runners["torch"] = TorchRunner(zoo.build_model(name), [i.name for i in spec.inputs], spec.outputs)
+    try:
+        ref = runners["onnxruntime"](feeds)
+        for label in engines:
+            ours = runners[label](feeds)
+            errors[label] = max(max_rel_error(ours[k], ref[k]) for k in ref)
+        repeats = [{label: common.summarize(times) for label, times in _timed_rounds(runners, feeds, args).items()}
+                   for _ in range(max(1, args.repeats))]
+    finally:
+        for label in engines:
+            runners[label].close()
+    latency = _combined(repeats)
+    ratios = {label: _spread([r["onnxruntime"]["median"] / r[label]["median"] for r in repeats]) for label in engines}
+    first = next(iter(engines.values()))
+    row = {"model": name, "batch": batch, "build_s": build_s,
+           "layers": {k: len(e.plan.layers) for k, e in engines.items()},
+           "onnx_nodes": first.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": errors,
+           "precisions": {k: _precisions(e) for k, e in engines.items()}, "latency_ms": latency,
+           "x_ort": ratios}
+    accuracy = {k: e.plan.build_info["accuracy"] for k, e in engines.items() if "accuracy" in e.plan.build_info}
+    if accuracy:
+        row["accuracy"] = {k: {"target": a["target"], "met": a["met"], "fp32_layers": len(a["fp32_layers"]),
+                               "error_before": a["error_before"], "error": a["error"]} for k, a in accuracy.items()}
+    if args.repeats > 1:
+        row["repeats"] = repeats
+    slower = [k for k in engines if latency[k]["median"] > latency["onnxruntime"]["median"]]
+    if not args.no_profile and slower:
+        row["breakdown"] = {k: breakdown(engines[k], path, feeds, args.threads) for k in slower}
     _print_row(row)
     return row
+
+
+def _precisions(engine: Any) -> dict[str, int]:
+    """How many layers compute in each precision (``{"bf16": 52, "fp32": 2}``)."""
+    counts: dict[str, int] = {}
+    for layer in engine.plan.layers:
+        counts[str(layer.precision)] = counts.get(str(layer.precision), 0) + 1
+    return counts
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"median": ordered[len(ordered) // 2], "min": ordered[0], "max": ordered[-1]}
+
+
+def _combined(repeats: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each runtime's summary over the repeats: the median of the medians, their min and max."""
+    out = {}
+    for label in repeats[0]:
+        medians = sorted(r[label]["median"] for r in repeats)
+        out[label] = {**repeats[len(repeats) // 2][label], "median": medians[len(medians) // 2],
+                      "spread_min": medians[0], "spread_max": medians[-1], "repeats": len(medians)}
+    return out
 
 
 def _timed_rounds(runners: dict[str, Any], feeds: dict, args: argparse.Namespace) -> dict[str, list[float]]:
     """Each runtime's iterations, split in rounds that take turns, so a change of background load
     during the run weighs on every runtime alike; each block starts with its own warm-up run."""
-    rounds = max(1, min(4, args.iterations // 3))
+    rounds = args.rounds or max(1, min(4, args.iterations // 3))
     times: dict[str, list[float]] = {label: [] for label in runners}
     for r in range(rounds):
         count = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
@@ -101,29 +177,52 @@ def _rounded(d: dict[str, float]) -> dict[str, float]:
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    lat = {k: v["median"] for k, v in row["latency_ms"].items()}
-    print(f"{row['model']:>13} b{row['batch']:<3} Ember {lat['ember']:8.2f} ms  ORT {lat['onnxruntime']:8.2f} ms  "
-          f"torch {lat['torch']:8.2f} ms  err {row['max_rel_error_vs_ort']:.1e}  "
-          f"({row['onnx_nodes']} nodes -> {row['layers']} layers, built in {row['build_s']} s)", flush=True)
+    lat = row["latency_ms"]
+    parts = []
+    for label, v in lat.items():
+        spread = f" [{v['spread_min']:.2f}-{v['spread_max']:.2f}]" if v.get("repeats", 1) > 1 else ""
+        if label in row["x_ort"]:
+            x = row["x_ort"][label]
+            ratio = f"{x['median']:.2f}x ORT" + (f" [{x['min']:.2f}-{x['max']:.2f}]" if v.get("repeats", 1) > 1 else "")
+            spread += f" ({ratio}, err {row['max_rel_error_vs_ort'][label]:.1e})"
+        parts.append(f"{label} {v['median']:.2f} ms{spread}")
+    print(f"{row['model']:>13} b{row['batch']:<3} " + "  ".join(parts), flush=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The BENCHMARKS.md section: header line with the machine, then one row per model and batch."""
     m = result["machine"]
     v = m["versions"]
-    head = (f"{m['date']} · {m['cpu']} · {m['cores']} cores, {m['threads']} threads per runtime · "
-            f"fp32 · Ember {v['ember']}, torch {v['torch']}, ONNX Runtime {v['onnxruntime']} · "
-            f"median of {result['iterations']} runs after {result['warmup']} warm-up; "
-            f"× = peer median / Ember median (>1: Ember is faster)\n")
+    repeats = result.get("repeats", 1)
+    head = (f"{m['date']} · {m['cpu']} ({', '.join(m.get('isa', [])) or 'no AMX/AVX-512'}) · {m['cores']} cores, "
+            f"{m['threads']} threads per runtime · Ember {v['ember']}, torch {v['torch']}, ONNX Runtime "
+            f"{v['onnxruntime']} (fp32) · median of {result['iterations']} runs after {result['warmup']} warm-up"
+            + (f", median of {repeats} repeats [min-max of their medians; Ember × ORT: of the repeats' ratios]"
+               if repeats > 1 else "")
+            + "; × = peer median / Ember median (>1: Ember is faster)\n")
     rows = []
     for r in result["rows"]:
-        lat = {k: v["median"] for k, v in r["latency_ms"].items()}
-        rows.append([r["model"], r["batch"], f"{lat['ember']:.2f}", f"{lat['onnxruntime']:.2f}", f"{lat['torch']:.2f}",
-                     f"{lat['onnxruntime'] / lat['ember']:.2f}x", f"{lat['torch'] / lat['ember']:.2f}x",
-                     f"{r['batch'] * 1000 / lat['ember']:.1f}", f"{r['max_rel_error_vs_ort']:.1e}"])
-    cols = ["model", "batch", "Ember ms", "ORT ms", "torch eager ms", "Ember × ORT", "Ember × eager",
-            "Ember items/s", "max rel err vs ORT"]
+        lat = r["latency_ms"]
+        for label, err in r["max_rel_error_vs_ort"].items():
+            mine = lat[label]["median"]
+            spread = (f" [{lat[label]['spread_min']:.2f}-{lat[label]['spread_max']:.2f}]"
+                      if lat[label].get("repeats", 1) > 1 else "")
+            torch_ms = lat["torch"]["median"] if "torch" in lat else None
+            rows.append([r["model"], r["batch"], label.removeprefix("ember-") if label != "ember" else "fp32",
+                         f"{mine:.2f}{spread}", f"{lat['onnxruntime']['median']:.2f}",
+                         f"{torch_ms:.2f}" if torch_ms else "-",
+                         _ratio_text(r["x_ort"][label]),
+                         f"{torch_ms / mine:.2f}x" if torch_ms else "-",
+                         f"{r['batch'] * 1000 / mine:.1f}", f"{err:.1e}"])
+    cols = ["model", "batch", "Ember precision", "Ember ms", "ORT fp32 ms", "torch eager ms", "Ember × ORT",
+            "Ember × eager", "Ember items/s", "max rel err vs ORT fp32"]
     return head + "\n" + common.markdown_table(cols, rows)
+
+
+def _ratio_text(x: dict[str, float]) -> str:
+    if x["min"] == x["max"]:
+        return f"{x['median']:.2f}x"
+    return f"{x['median']:.2f}x [{x['min']:.2f}-{x['max']:.2f}]"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -134,8 +233,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"unknown models {unknown}; choose from {', '.join(zoo.names())}", file=sys.stderr)
         return 2
     rows = [bench_one(name, batch, args) for name in args.models for batch in args.batches]
-    result = {"suite": "cpu", "machine": common.machine_info(args.threads), "iterations": args.iterations,
-              "warmup": args.warmup, "rows": rows}
+    machine = {**common.machine_info(args.threads), "isa": cpu_features().reported()}
+    result = {"suite": "cpu", "machine": machine, "iterations": args.iterations, "warmup": args.warmup,
+              "precisions": args.precision, "repeats": args.repeats, "rows": rows}
     path = common.write_result("cpu", result, args.out)
     print(f"\nwrote {path}\n")
     print(markdown(result))

@@ -1,5 +1,6 @@
-"""Build to an accuracy target: half-precision (GPU) or INT8 (CPU) layers fall back to fp32 until
-the engine's outputs are within ``BuildConfig.accuracy_target`` of an fp32 build of the same model.
+"""Build to an accuracy target: half-precision (GPU, or CPU bf16 / fp16) or INT8 layers fall back to
+fp32 until the engine's outputs are within ``BuildConfig.accuracy_target`` of an fp32 build of the
+same model.
 
 INT8 layers fall back the most damaging first: the order of ``ember.builder.int8.layer_errors``
 (the error each INT8 layer adds on its own, on the calibration batch), which is what Polygraphy's
@@ -44,11 +45,12 @@ REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
 
 def applies(config: BuildConfig) -> bool:
     """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32, or a CPU
-    build with INT8 layers."""
+    build with INT8 or half-precision (bf16 / fp16) layers."""
     if config.accuracy_target is None:
         return False
     if config.device is Device.CPU:
-        return config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
+        asked = {config.precision, *config.layer_precisions.values()}
+        return bool(asked & {Precision.INT8, Precision.BF16, Precision.FP16})
     return config.precision in REDUCED
 
 
@@ -79,9 +81,14 @@ def _outputs(engine: Engine, feeds: Mapping[str, np.ndarray]) -> dict[str, np.nd
 
 
 def reduced_layers(engine: Engine) -> list[str]:
-    """Names of the layers that compute below fp32 (half precision, tf32 or int8), in execution order."""
+    """Names of the layers that compute below fp32 (half precision, tf32 or int8), in execution
+    order; not the conversions a CPU build planned between precisions (``ember.passes.cpu_half``:
+    they follow their readers, and a rebuild names them anew)."""
+    from ember.passes.cpu_half import is_conversion
+
     return [layer.name for layer in engine.plan.layers
-            if layer.precision in REDUCED or layer.precision is Precision.INT8]
+            if (layer.precision in REDUCED or layer.precision is Precision.INT8)
+            and not is_conversion(getattr(layer, "rule", ""))]
 
 
 def by_damage(engine: Engine, reference: Engine, candidates: list[str],

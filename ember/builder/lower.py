@@ -2,8 +2,8 @@
 
 Precision: as the pass pipeline's ``assign_precisions`` recorded (``Records.precision``:
 ``config.layer_precisions`` by layer name, absorbed name or op type, else ``config.precision``);
-CPU builds compute in fp32 whatever is asked (no fast half precision on this CPU path), except
-the INT8 layers (QConv / QGemm), and each layer records what really runs.
+CPU builds compute in fp32 except the INT8 layers (QConv / QGemm) and, on CPUs with native bf16
+(fp16), the half-precision layers ``assign_precisions`` chose; each layer records what really runs.
 
 Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
 ``config.tactic_tuning`` is on (and, for CPU builds, ``config.tune_cpu``), candidates are timed
@@ -22,6 +22,7 @@ from ember.builder.progress import BuildProgress
 from ember.builder.tactics import TacticSelector, TimingCache
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
+from ember.passes.precision import CPU_PRECISIONS
 from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.plan import Layer
 from ember.plan.records import Records
@@ -31,9 +32,9 @@ def layer_precision(node: Node, records: Records, config: BuildConfig) -> Precis
     """The precision the pipeline's ``assign_precisions`` pass chose for this layer (it applies
     ``layer_precisions`` by layer name, absorbed names and op type); non-float layers and CPU
     builds compute as ``config.precision`` / fp32."""
-    if config.device is Device.CPU:  # fp32, or int8 where ``quantize_layers`` made an INT8 layer
+    if config.device is Device.CPU:  # fp32; int8 / bf16 / fp16 where the precision passes made them
         chosen = records.precision.of(node.name, Precision.FP32)
-        return chosen if chosen is Precision.INT8 else Precision.FP32
+        return chosen if chosen in CPU_PRECISIONS else Precision.FP32
     return records.precision.of(node.name, config.precision)
 
 

@@ -24,6 +24,7 @@ from ember.ir.graph import Graph
 from ember.passes import (  # noqa: F401  (each module registers its passes)
     cleanup,
     concat,
+    cpu_half,
     fold,
     fold_weights,
     fuse_attention,
@@ -65,7 +66,7 @@ PIPELINE: tuple[str, ...] = (
     # layout
     "plan_concat_slices", "assign_layout",
     # precision
-    "assign_precisions", "quantize_layers", "prune_quant_records",
+    "assign_precisions", "quantize_layers", "plan_half_dtypes", "prune_quant_records",
 )
 
 

@@ -8,16 +8,27 @@ display name, or an op type (``"Softmax"``, ``"FusedConv"``). A fused layer also
 types of what it absorbed (a FusedAttention for ``"Softmax"``). CPU builds run fp32, except the
 convolutions and GEMMs that ``precision="int8"`` or an ``int8`` entry marks (``INT8_OPS``); the
 ``quantize_layers`` pass that follows makes them INT8 layers where it can, fp32 where not.
+
+CPU half precision (``bf16``; ``fp16`` on CPUs with AMX-FP16): the convolutions, GEMMs, MatMuls
+and attention layers (``CPU_HALF_COMPUTE_OPS``) take it, and so do the cheap layers of
+``CPU_HALF_FOLLOW_OPS`` (data movement, elementwise arithmetic, pooling, normalizations and
+softmax that accumulate in fp32) whose float input comes from a half layer, so activations stay
+16-bit from one half layer to the next; every other layer computes fp32. ``plan_half_dtypes``
+(``ember.passes.cpu_half``) then stores the half layers' outputs in 16 bits and plans the
+conversions where a tensor meets a reader of the other precision. A CPU without native support
+(``ember.backends.cpu.features``) keeps fp32 with a ``CPUPrecisionWarning`` for bf16; fp16 there
+is refused with a ``BuildError``.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.passes.manager import PassContext, Phase, register_pass
-from ember.plan.config import Device, Precision
+from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.records import PrecisionPlan
 
 #: Source op types a fused layer stands for, for op-type keys of ``layer_precisions``.
@@ -35,8 +46,34 @@ ABSORBED_OPS: dict[OpType, tuple[str, ...]] = {
 #: a backend that casts a layer's float inputs to its precision leaves their scales alone.
 FP32_ONLY_OPS = frozenset({OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR, OpType.DYNAMIC_QUANTIZE_LINEAR})
 
-#: Precisions a CPU build computes in: fp32, and int8 for the layers of ``INT8_OPS``.
-CPU_PRECISIONS = (Precision.FP32, Precision.INT8)
+#: Precisions a CPU build computes in: fp32; int8 for the layers of ``INT8_OPS``; bf16 and fp16
+#: (where the CPU runs them natively) for the layers of ``CPU_HALF_OPS``.
+CPU_PRECISIONS = (Precision.FP32, Precision.INT8, Precision.BF16, Precision.FP16)
+#: CPU layers whose half-precision kernels do the heavy arithmetic on oneDNN's AMX / AVX512-BF16
+#: paths (a 256-channel 3x3 convolution: 12 ms fp32 against 1.6 ms bf16, bench/probes/cpu_bf16.py).
+CPU_HALF_COMPUTE_OPS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.GEMM, OpType.MATMUL,
+                                  OpType.FUSED_GEMM, OpType.FUSED_ATTENTION})
+#: Elementwise ops that run in half precision, alone or as the steps of a FusedElementwise.
+CPU_HALF_ELEMENTWISE = frozenset({
+    OpType.RELU, OpType.LEAKY_RELU, OpType.PRELU, OpType.SIGMOID, OpType.TANH, OpType.HARD_SIGMOID,
+    OpType.HARD_SWISH, OpType.CLIP, OpType.GELU, OpType.ERF, OpType.NEG, OpType.ABS, OpType.ADD,
+    OpType.SUB, OpType.MUL, OpType.DIV, OpType.MAX, OpType.MIN, OpType.WHERE, OpType.IDENTITY,
+    OpType.DROPOUT})
+#: Cheap layers that run in half precision where a float input is already half, so no conversion
+#: is needed around them: data movement (exact), elementwise arithmetic (one rounding, as storing
+#: the result would), pooling, and normalizations, softmax and means, which accumulate in fp32
+#: (PyTorch's kernels do for LayerNorm, Softmax, BatchNorm, the means and sums; LRN, instance and
+#: group normalization are computed in fp32 by Ember's half-precision wrapper,
+#: ``ember.backends.cpu.half``).
+CPU_HALF_FOLLOW_OPS = CPU_HALF_ELEMENTWISE | frozenset({
+    OpType.FUSED_ELEMENTWISE, OpType.MAX_POOL, OpType.AVERAGE_POOL, OpType.GLOBAL_AVERAGE_POOL,
+    OpType.LRN, OpType.BATCH_NORM, OpType.LAYER_NORM, OpType.SKIP_LAYER_NORM, OpType.INSTANCE_NORM,
+    OpType.GROUP_NORM, OpType.SOFTMAX, OpType.LOG_SOFTMAX, OpType.REDUCE_MEAN, OpType.REDUCE_SUM,
+    OpType.REDUCE_MAX, OpType.REDUCE_MIN, OpType.CONCAT, OpType.SPLIT, OpType.SLICE, OpType.GATHER,
+    OpType.RESHAPE, OpType.FLATTEN, OpType.TRANSPOSE, OpType.SQUEEZE, OpType.UNSQUEEZE, OpType.EXPAND,
+    OpType.PAD, OpType.TILE, OpType.DEPTH_TO_SPACE, OpType.SPACE_TO_DEPTH})
+#: Every op a CPU build may run in half precision (a ``layer_precisions`` entry too).
+CPU_HALF_OPS = CPU_HALF_COMPUTE_OPS | CPU_HALF_FOLLOW_OPS
 #: Ops that ``BuildConfig.precision="int8"`` (or an ``int8`` entry of ``layer_precisions``) makes
 #: INT8 layers, where their form allows (``ember.passes.int8``); every other layer stays fp32.
 INT8_OPS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
@@ -75,15 +112,68 @@ def _check_keys(graph: Graph, table: Mapping[str, Precision]) -> None:
                          f"{graph.name!r} nor op types; use names shown by `ember inspect`")
 
 
+def half_capable(node: Node) -> bool:
+    """Whether the CPU has a half-precision kernel for ``node`` (a FusedElementwise: every step)."""
+    if node.op is OpType.FUSED_ELEMENTWISE:
+        return node.attrs is not None and all(step.op in CPU_HALF_ELEMENTWISE for step in node.attrs.steps)
+    return node.op in CPU_HALF_OPS
+
+
+def usable_half_precisions(cfg: BuildConfig, model: str) -> frozenset[Precision]:
+    """The half precisions a CPU build asks for (``precision`` or ``layer_precisions``) that this
+    CPU runs natively. bf16 without native support warns (``CPUPrecisionWarning``: those layers
+    stay fp32); fp16 without AMX-FP16 is a ``BuildError``."""
+    from ember.backends.cpu.features import CPUPrecisionWarning, cpu_features
+
+    asked = {cfg.precision, *cfg.layer_precisions.values()} & {Precision.BF16, Precision.FP16}
+    if not asked:
+        return frozenset()
+    cpu = cpu_features()
+    usable = set()
+    for p in sorted(asked):
+        if cpu.native(p):
+            usable.add(p)
+        elif p is Precision.FP16:
+            alt = "bf16 (native here) or fp32" if cpu.native(Precision.BF16) else "fp32"
+            raise BuildError(f"model {model!r}: precision fp16 on the CPU needs AMX-FP16 ({cpu.missing(p)}), "
+                             f"which this CPU ({cpu.name}) lacks; without it oneDNN's fp16 is slower than "
+                             f"fp32. Build with precision {alt}, or for --device cuda")
+        else:
+            warnings.warn(f"model {model!r}: precision {p.value} asked, but this CPU ({cpu.name}) has no native "
+                          f"{p.value} ({cpu.missing(p)} missing), where oneDNN would emulate it slower than "
+                          f"fp32; the engine keeps fp32. Build on a CPU with AVX512-BF16 or AMX for {p.value}",
+                          CPUPrecisionWarning, stacklevel=2)
+    return frozenset(usable)
+
+
+def _cpu_default(node: Node, graph: Graph, default: Precision, producer: Mapping[str, str],
+                 precisions: Mapping[str, Precision]) -> Precision:
+    """A CPU layer's precision when nothing names it: a half ``default`` for the compute-heavy
+    layers, and for the cheap ones whose float input comes from a half layer; else fp32."""
+    if not default.is_half or not half_capable(node):
+        return default if not default.is_half else Precision.FP32
+    if node.op in CPU_HALF_COMPUTE_OPS:
+        return default
+    for name in node.inputs:
+        t = graph.types.get(name) if name and name not in graph.constants else None
+        if t is not None and t.dtype.is_float and precisions.get(producer.get(name, ""), Precision.FP32).is_half:
+            return precisions[producer[name]]
+    return Precision.FP32
+
+
 @register_pass("assign_precisions", Phase.PRECISION)
 def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
     """Records each floating-point layer's compute precision (``ctx.records.precision``)."""
     cfg = ctx.config
     cpu = cfg.device is Device.CPU
     _check_keys(graph, cfg.layer_precisions)
-    if cpu:  # the CPU computes fp32, or int8 where a layer can (``ember.passes.int8``)
-        default = Precision.FP32
-        table: Mapping[str, Precision] = {k: p for k, p in cfg.layer_precisions.items() if p in CPU_PRECISIONS}
+    producer = {o: n.name for n in graph.nodes for o in n.outputs if o} if cpu else {}
+    if cpu:  # fp32; int8 where a layer can (``ember.passes.int8``); half where the CPU has it
+        usable = usable_half_precisions(cfg, graph.name)
+        default = cfg.precision if cfg.precision in usable else Precision.FP32
+        table: Mapping[str, Precision] = {
+            k: (p if p in usable or not p.is_half else Precision.FP32)
+            for k, p in cfg.layer_precisions.items() if p in CPU_PRECISIONS}
     else:  # an INT8 CUDA build runs its float layers in half precision (TensorRT's int8 + fp16)
         default = Precision.FP16 if cfg.precision is Precision.INT8 else cfg.precision
         table = cfg.layer_precisions
@@ -97,10 +187,15 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
         if not any(t is not None and t.dtype.is_float for t in outs):
             continue
         chosen = _override(node, table)
+        if chosen is Precision.INT8 and node.op not in INT8_OPS:
+            chosen = None  # only convolutions and GEMMs have INT8 kernels: the default instead
         if chosen is None:
-            chosen = Precision.INT8 if int8_default and node.op in INT8_OPS else default
-        elif chosen is Precision.INT8 and node.op not in INT8_OPS:
-            chosen = default  # only convolutions and GEMMs have INT8 kernels
+            if int8_default and node.op in INT8_OPS:
+                chosen = Precision.INT8
+            else:
+                chosen = _cpu_default(node, graph, default, producer, precisions) if cpu else default
+        elif cpu and chosen.is_half and not half_capable(node):
+            chosen = Precision.FP32  # no half-precision kernel on the CPU
         precisions[node.name] = chosen
     plan = PrecisionPlan(precisions)
     if ctx.records.precision == plan:

@@ -51,6 +51,14 @@ class Precision(enum.StrEnum):
 #: Precisions a build can ask for (FP8 not yet).
 BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8)
 
+#: What each device computes in: TF32 is a GPU tensor-core format that no CPU has. Whether this
+#: CPU runs bf16 / fp16 *natively* is the build's question (``ember.passes.precision``), not the
+#: configuration's: a config read back from an engine file must stay valid on another machine.
+DEVICE_PRECISIONS: dict[Device, tuple[Precision, ...]] = {
+    Device.CPU: (Precision.FP32, Precision.BF16, Precision.FP16, Precision.INT8),
+    Device.CUDA: (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8),
+}
+
 #: Calibrators of INT8 builds (``ember.builder.calibration``).
 CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 
@@ -65,6 +73,14 @@ class Layout(enum.StrEnum):
 
 
 E = TypeVar("E", bound=enum.Enum)
+
+
+def _check_device_precision(device: Device, precision: Precision, what: str) -> None:
+    """A ``BuildError`` naming ``what`` where ``device`` cannot compute in ``precision``."""
+    allowed = DEVICE_PRECISIONS[device]
+    if precision not in allowed:
+        raise BuildError(f"{what} {precision.value} does not exist on {device.value} (a GPU tensor-core "
+                         f"format); {device.value} builds take {', '.join(p.value for p in allowed)}")
 
 
 def to_enum(kind: type[E], value: Any, what: str, allowed: tuple[E, ...] | None = None) -> E:
@@ -111,7 +127,10 @@ class BuildConfig:
     - ``device``: ``Device.CPU`` / ``"cpu"`` or ``Device.CUDA`` / ``"cuda"``.
     - ``shapes``: fixed shapes for inputs whose shapes are dynamic (or to override) in the model.
     - ``profiles``: min/opt/max per input for dynamic shapes (``Profile`` or a 3-tuple of shapes).
-    - ``precision``: ``fp32`` | ``tf32`` | ``fp16`` | ``bf16`` (GPU; CPU builds run fp32) |
+    - ``precision``: ``fp32`` | ``tf32`` (GPU only) | ``fp16`` | ``bf16`` | ``int8``. On the CPU,
+      ``bf16`` runs convolutions, GEMMs and attention in bf16 through oneDNN where the CPU has
+      native bf16 (AVX512-BF16 or AMX; else the build warns and keeps fp32), ``fp16`` likewise
+      where it has AMX-FP16 (else the build is refused; ``ember.passes.precision``) |
       ``int8`` (convolutions and GEMMs in INT8, scales from calibration data given to
       ``ember.build`` or from the cache; a Q/DQ model runs its quantized layers in INT8 anyway;
       the other layers run fp32 on the CPU, fp16 on CUDA).
@@ -131,7 +150,7 @@ class BuildConfig:
       than oneDNN + copy inside GoogLeNet (``ember.backends.cpu.kernels.conv_mkldnn``).
     - ``layout``: memory format of 4-D activations, ``auto`` | ``nchw`` | ``nhwc`` (channels-last);
       ``auto`` is the device's preference (``ember.passes.layout.DEVICE_LAYOUT``).
-    - ``accuracy_target``: builds below fp32 (GPU half precision, CPU int8): the largest max
+    - ``accuracy_target``: builds below fp32 (half precision, int8): the largest max
       relative error allowed against an fp32 build on calibration inputs; layers fall back to
       fp32 until it is met (``ember.builder.accuracy``). ``None``: precisions as the rules give them.
     - ``calibrator``: how INT8 builds pick activation scales from the calibration data:
@@ -164,6 +183,7 @@ class BuildConfig:
         object.__setattr__(self, "precision", to_enum(Precision, self.precision, "precision",
                                                       BUILDABLE_PRECISIONS))
         object.__setattr__(self, "layout", to_enum(Layout, self.layout, "layout"))
+        _check_device_precision(self.device, self.precision, "precision")
         if self.calibrator not in CALIBRATORS:
             raise BuildError(f"unknown calibrator {self.calibrator!r}; use one of {', '.join(CALIBRATORS)}")
         pct = float(self.calibration_percentile)
@@ -184,6 +204,8 @@ class BuildConfig:
         object.__setattr__(self, "layer_precisions", {
             name: to_enum(Precision, p, f"precision in layer_precisions[{name!r}]", BUILDABLE_PRECISIONS)
             for name, p in self.layer_precisions.items()})
+        for name, p in self.layer_precisions.items():
+            _check_device_precision(self.device, p, f"layer_precisions[{name!r}]")
         if int(self.cpu_gemm_into_max_macs) < 0:
             raise BuildError(f"cpu_gemm_into_max_macs {self.cpu_gemm_into_max_macs!r} is a count of "
                              f"multiply-adds; give 0 or more")
@@ -213,6 +235,11 @@ class BuildConfig:
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> BuildConfig:
         data = dict(data)
+        if data.get("device", Device.CPU.value) == Device.CPU.value:  # CPU tf32 ran fp32 before it was refused
+            tf32, fp32 = Precision.TF32.value, Precision.FP32.value
+            data["precision"] = fp32 if data.get("precision") == tf32 else data.get("precision", fp32)
+            data["layer_precisions"] = {k: fp32 if v == tf32 else v
+                                        for k, v in dict(data.get("layer_precisions", {})).items()}
         data["profiles"] = {k: Profile(tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
                             for k, p in data.get("profiles", {}).items()}
         known = {f.name for f in fields(BuildConfig)}

@@ -91,6 +91,8 @@ def _cuda_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tu
 
 def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tuple[list[float], list[float]]]:
     """One run of the CPU program's steps per call, each timed on the wall clock."""
+    from ember.backends.cpu.half import finite_run
+
     program = engine.compile()
     dev = {k: numpy_to_torch(v, program.device) for k, v in feeds.items()}
 
@@ -99,7 +101,7 @@ def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tup
         env.update(dev)
         starts, durs = [], []
         t_base = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), finite_run(dev):  # as CPUProgram.run: half layers' fused epilogues
             for step in program.steps:
                 args = [env[i] if i else None for i in step.inputs]
                 t0 = time.perf_counter()

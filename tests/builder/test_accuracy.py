@@ -104,14 +104,15 @@ def test_the_target_is_checked_and_only_applies_to_gpu_builds_below_fp32():
         BuildConfig(accuracy_target=0)
     with pytest.raises(BuildError, match="between 0 and 1"):
         BuildConfig(accuracy_target=1.5)
-    assert not accuracy.applies(BuildConfig(device="cpu", precision="fp16", accuracy_target=1e-2))
+    assert accuracy.applies(BuildConfig(device="cpu", precision="bf16", accuracy_target=1e-2))
+    assert not accuracy.applies(BuildConfig(device="cpu", precision="fp32", accuracy_target=1e-2))
     assert not accuracy.applies(BuildConfig(device="cuda", precision="fp32", accuracy_target=1e-2))
     assert accuracy.applies(BuildConfig(device="cuda", precision="bf16", accuracy_target=1e-2))
     assert BuildConfig.from_json(BuildConfig(accuracy_target=1e-3).to_json()).accuracy_target == 1e-3
 
 
-def test_a_cpu_build_with_a_target_is_an_ordinary_build():
-    engine = ember.build(cnn_model(), BuildConfig(device="cpu", precision="fp16", accuracy_target=1e-3),
+def test_a_cpu_fp32_build_with_a_target_is_an_ordinary_build():
+    engine = ember.build(cnn_model(), BuildConfig(device="cpu", precision="fp32", accuracy_target=1e-3),
                          progress=False)
     assert "accuracy" not in engine.plan.build_info and all(layer.precision == "fp32" for layer in engine.plan.layers)
 

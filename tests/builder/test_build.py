@@ -83,7 +83,7 @@ def test_disjoint_profiles_for_a_shared_dim():
 
 
 def test_cpu_layers_record_fp32_and_model_errors(tmp_path):
-    engine = build(_two_inputs(), ember.BuildConfig(precision="fp16", shapes={"ids": (1, 2)}))
+    engine = build(_two_inputs(), ember.BuildConfig(precision="fp32", shapes={"ids": (1, 2)}))
     assert {layer.precision for layer in engine.plan.layers} == {"fp32"}
     with pytest.raises(ModelLoadError, match="does not exist"):
         build(tmp_path / "missing.onnx")

@@ -25,13 +25,14 @@ from ember.backends.base import (
     with_write_into,
     write_into_of,
 )
+from ember.backends.cpu.half import half_kernel
 from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
-from ember.backends.timing import wall_clock_timer
+from ember.backends.cpu.timing import cpu_timer
 from ember.errors import BuildError, EmberError, GraphError, IndexRangeError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.config import BuildConfig, Device
+from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.plan import Plan
 from ember.plan.records import Records
 
@@ -109,8 +110,9 @@ class CPUBackend(Backend):
 
     def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
                    records: Records, config: BuildConfig) -> TacticTimer:
-        """Wall-clock timing of each tactic's kernel (``ember.backends.timing``)."""
-        return wall_clock_timer(self, constants, device, records, config)
+        """Wall-clock timing of each tactic's kernel on inputs stored as the engine stores them
+        (``ember.backends.cpu.timing``)."""
+        return cpu_timer(self, constants, device, records, config)
 
     def make_program(self, plan: Plan, device: torch.device) -> CPUProgram:
         """The engine's executable form: a ``CPUProgram`` (re-entrant, shared by all contexts)."""
@@ -125,6 +127,8 @@ class CPUBackend(Backend):
         entry = lookup(node, ctx.tactic, ctx.graph, ctx.records)
         try:
             kernel = entry.factory(node, ctx)
+            if Precision(ctx.precision).is_half:  # 16-bit activations planned around it (``.half``)
+                kernel = half_kernel(node, ctx, entry.tactic, kernel)
         except EmberError:
             raise
         except (RuntimeError, ValueError, TypeError) as e:

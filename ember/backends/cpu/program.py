@@ -27,8 +27,9 @@ import torch
 
 from ember.backends.base import Backend, CompileContext, Executor, Kernel, Program
 from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
+from ember.backends.cpu.half import finite_run
 from ember.backends.cpu.heap import reserve
-from ember.backends.tensors import numpy_to_torch, torch_to_numpy
+from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
 from ember.plan.plan import Plan
@@ -78,7 +79,10 @@ class CPUProgram(Program):
             steps.append(CPUStep(node.name, node.op.value, kernel, node.inputs, node.outputs,
                               tuple(n for n in frees.get(i, ()) if n not in keep),
                               tuple(k for k, o in enumerate(node.outputs) if o)))
-        self.concat = plan_concat_exec(graph, plan.records, [s.kernel for s in steps], static_layout=False)
+        half = {layer.name: compute_dtype(layer.precision) for layer in plan.layers if layer.precision.is_half}
+        self.half = bool(half)
+        self.concat = plan_concat_exec(graph, plan.records, [s.kernel for s in steps], static_layout=False,
+                                       float_dtype=half)  # a half Concat's buffer is 16-bit
         special = self.concat.special_steps()
         steps = [replace(s, special=True) if i in special else s for i, s in enumerate(steps)]
         self.steps: tuple[CPUStep, ...] = tuple(steps)
@@ -102,6 +106,13 @@ class CPUProgram(Program):
 
             program.run(feeds, observe=lambda name, t: print(name, tuple(t.shape)))
         """
+        if self.half:  # fused epilogues in half layers where the inputs are finite (``.half``)
+            with finite_run(feeds):
+                return self._run(feeds, stats, observe)
+        return self._run(feeds, stats, observe)
+
+    def _run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict],
+             observe: Optional[Observer]) -> dict[str, torch.Tensor]:
         env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
         env.update(feeds)
         if observe is not None:

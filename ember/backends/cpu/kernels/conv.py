@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.half import layer_dtype
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, ints, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import planned_format, planned_weight_format, to_format
@@ -66,10 +67,11 @@ def conv_forward(x: Tensor, w: Tensor, b: Optional[Tensor], a: ConvAttrs) -> Ten
 
 
 def _planned_weight(node: Node, ctx: CompileContext) -> Optional[Tensor]:
-    """The constant weight in the plan's format, converted once (``None``: use the input as given)."""
+    """The constant weight in the plan's format (and a half layer's dtype), converted once
+    (``None``: use the input as given)."""
     fmt = planned_weight_format(ctx, node.input(1))
     w = ctx.const(node.input(1)) if fmt is not None else None
-    return to_format(w, fmt) if w is not None else None
+    return to_format(w.to(layer_dtype(ctx)), fmt) if w is not None else None
 
 
 @register_kernel(OpType.CONV)

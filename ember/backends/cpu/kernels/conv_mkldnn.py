@@ -24,6 +24,14 @@ Concat elimination: a 1x1, stride-1, unpadded, ungrouped conv of either tactic h
 ``BuildConfig.cpu_gemm_into_max_macs`` multiply-adds, none by default, because on the CPU measured the GEMM plus
 no copy was slower than oneDNN plus the copy (BENCHMARKS.md).
 
+Half precision (bf16; fp16 on CPUs with AMX-FP16): in a half layer (``CompileContext.precision``)
+the same two tactics convert the weight to the layer's dtype before prepacking it, read and write
+16-bit activations (the build planned them so: ``ember.passes.cpu_half``) and keep the bias in
+float32 (oneDNN accumulates in float32 and adds it there). ``mkldnn_prepacked_fp32`` is the
+alternative a tuned build may time against them: the layer's fp32 kernel on its input converted
+to float32, the output converted back (where a 16-bit kernel is the slower, e.g. on a CPU whose
+oneDNN has no AMX path for that shape).
+
 Post-op names come from the activation table (``ember.backends.activations.onednn_postop``);
 whether this PyTorch's oneDNN takes one is decided here. Every feature is detected at run time
 (``_convolution_pointwise`` may be missing, and the set of post-ops the binary form accepts
@@ -40,12 +48,21 @@ import torch.nn.functional as F
 
 from ember.backends.activations import (
     NO_POSTOP,
+    OneDNNPostOp,
     activation_after,
     activation_fn,
     inplace_activation,
     onednn_postop,
 )
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.cpu.half import (
+    finite_or_exact,
+    finite_postop,
+    finite_safe,
+    half_applies,
+    layer_dtype,
+    owns_constants,
+)
 from ember.backends.cpu.kernels.common import Inputs, const_input, split_pads, torch_pad_arg
 from ember.backends.cpu.kernels.conv import conv_geometry
 from ember.backends.cpu.registry import register_kernel
@@ -75,12 +92,12 @@ def pointwise_available() -> bool:
 
 
 @functools.cache
-def binary_supports(unary: str) -> bool:
-    """Whether ``_convolution_pointwise.binary`` accepts ``add`` followed by ``unary`` here."""
+def binary_supports(unary: str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether ``_convolution_pointwise.binary`` accepts ``add`` followed by ``unary`` here, in ``dtype``."""
     if not pointwise_available():
         return False
-    x = torch.ones(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
-    w = torch.ones(8, 8, 1, 1)
+    x = torch.ones(1, 8, 4, 4, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(8, 8, 1, 1, dtype=dtype)
     try:
         pw = torch.ops.mkldnn._reorder_convolution_weight(w, [0, 0], [1, 1], [1, 1], 1, [1, 8, 4, 4])
         with torch.no_grad():
@@ -111,6 +128,11 @@ def prepack_applies(node: Node, graph: Optional[Graph], records: Optional[Record
         return False
     w = graph.constants[node.input(1)]
     return w.ndim in (4, 5) and _float32(graph, node.input(0)) and str(w.dtype) == "float32"
+
+
+def prepack_fp32_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """``prepack_applies`` to a half layer: its fp32 alternative."""
+    return half_applies(node, records) and prepack_applies(node, graph, records)
 
 
 def _memory_format(rank: int) -> torch.memory_format:
@@ -175,9 +197,11 @@ def _input_size(node: Node, ctx: CompileContext) -> Optional[list[int]]:
     return [t.shape[0] if isinstance(t.shape[0], int) else 1, *t.shape[1:]]
 
 
-def _prepare(x: torch.Tensor, pads: ConvPadder, fmt: torch.memory_format):
-    """The convolution's input padded (asymmetric pads) and in ``fmt``, with the run's
-    (padding, strides, dilations)."""
+def _prepare(x: torch.Tensor, pads: ConvPadder, fmt: torch.memory_format, dtype: torch.dtype = torch.float32):
+    """The convolution's input padded (asymmetric pads), in ``fmt`` and ``dtype`` (a half layer's
+    fp32 tactic converts here), with the run's (padding, strides, dilations)."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
     pad, stride, dil, expl = pads(tuple(x.shape))
     if expl is not None:
         x = F.pad(x, expl)
@@ -270,9 +294,21 @@ def worth_it(out: torch.Tensor, cin: int, max_macs: int) -> bool:
 @register_kernel(OpType.CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 @register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked", rank=10, when=prepack_applies)
 def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
-    """Conv / FusedConv through oneDNN with the weight reordered once, here."""
+    """Conv / FusedConv through oneDNN with the weight reordered once, here (in the layer's dtype)."""
+    return _conv_prepacked(node, ctx, layer_dtype(ctx))
+
+
+@register_kernel(OpType.CONV, tactic="mkldnn_prepacked_fp32", rank=15, when=prepack_fp32_applies)
+@register_kernel(OpType.FUSED_CONV, tactic="mkldnn_prepacked_fp32", rank=15, when=prepack_fp32_applies)
+def conv_prepacked_fp32(node: Node, ctx: CompileContext) -> Kernel:
+    """A half layer's convolution computed in fp32 (input converted; the output converted back by
+    ``ember.backends.cpu.half``)."""
+    return _conv_prepacked(node, ctx, torch.float32)
+
+
+def _conv_prepacked(node: Node, ctx: CompileContext, dtype: torch.dtype) -> Kernel:
     a, act, params, residual = _conv_parts(node)
-    w = ctx.const(node.input(1)).contiguous()
+    w = ctx.const(node.input(1)).to(dtype).contiguous()
     bias = ctx.const(node.input(2))
     bias = bias.contiguous() if bias is not None else None
     pads = ConvPadder(a, tuple(w.shape))
@@ -280,34 +316,47 @@ def conv_prepacked(node: Node, ctx: CompileContext) -> Kernel:
     packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, strides, dilations, a.group, in_size)
     fmt = _memory_format(w.dim())
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW  # the call itself computes channels-last
-    fused = onednn_postop(act, params)
-    post = None if fused is not None else activation_after(act, params)
-    unary, scalars, algorithm = (fused or NO_POSTOP).args()
-    bin_unary = unary if residual and binary_supports("" if unary == "none" else unary) else None
-    if residual and bin_unary is None and binary_supports(""):
-        bin_unary, post = "none", activation_after(act, params)
     act_fn = activation_fn(act, params)  # residual without oneDNN's binary form: add, then this
     group = a.group
     conv_pw = torch.ops.mkldnn._convolution_pointwise
 
-    def run(inputs: Inputs) -> list:
-        x, pad, stride, dil = _prepare(inputs[0], pads, fmt)
-        if residual:
-            r = inputs[3]
-            if bin_unary is not None:
-                if not r.is_contiguous(memory_format=fmt):
-                    r = r.contiguous(memory_format=fmt)
-                y = conv_pw.binary(x, r, packed, bias, pad, stride, dil, group, "add", None,
-                                   None if bin_unary == "none" else bin_unary, [], "")
-                y = post(y) if post is not None else y
-            else:
-                y = conv_pw(x, packed, bias, pad, stride, dil, group, "none", [], "") + r
-                y = act_fn(y) if act_fn is not None else y
-        else:
-            y = conv_pw(x, packed, bias, pad, stride, dil, group, unary, scalars, algorithm)
-            y = post(y) if post is not None else y
-        return [y.contiguous() if to_nchw else y]
+    def build(fused: Optional[OneDNNPostOp]) -> Kernel:
+        """The kernel with ``fused`` as oneDNN's post-op (``None``: the activation after the call)."""
+        post = None if fused is not None else activation_after(act, params)
+        unary, scalars, algorithm = (fused or NO_POSTOP).args()
+        bin_unary = unary if residual and binary_supports("" if unary == "none" else unary, dtype) else None
+        bin_scalars, bin_algorithm = (scalars, algorithm) if bin_unary is not None else ([], "")
+        if residual and bin_unary is None and binary_supports("", dtype):
+            bin_unary, post = "none", activation_after(act, params)
+        bin_bias = bias.to(dtype) if bias is not None and bin_unary is not None else bias  # binary: one dtype
 
+        def run(inputs: Inputs) -> list:
+            x, pad, stride, dil = _prepare(inputs[0], pads, fmt, dtype)
+            if residual:
+                r = inputs[3]
+                if r.dtype != dtype:
+                    r = r.to(dtype)
+                if bin_unary is not None:
+                    if not r.is_contiguous(memory_format=fmt):
+                        r = r.contiguous(memory_format=fmt)
+                    y = conv_pw.binary(x, r, packed, bin_bias, pad, stride, dil, group, "add", None,
+                                       None if bin_unary == "none" else bin_unary, bin_scalars, bin_algorithm)
+                    y = post(y) if post is not None else y
+                else:
+                    y = conv_pw(x, packed, bias, pad, stride, dil, group, "none", [], "") + r
+                    y = act_fn(y) if act_fn is not None else y
+            else:
+                y = conv_pw(x, packed, bias, pad, stride, dil, group, unary, scalars, algorithm)
+                y = post(y) if post is not None else y
+            return [y.contiguous() if to_nchw else y]
+
+        return run
+
+    exact = onednn_postop(act, params)
+    run = build(exact)
+    fast = finite_postop(act, params) if dtype != torch.float32 and finite_safe(node, ctx.graph) else exact
+    if fast != exact:  # a half layer: the epilogue fused when the run's inputs are finite
+        run = finite_or_exact(build(fast), run)
     return with_write_into(run, gemm_write_into(node, ctx))
 
 
@@ -324,16 +373,18 @@ def _channels_last_applies(node: Node, graph: Optional[Graph], records: Optional
 def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
     """aten convolution on channels-last activations and a channels-last weight made here."""
     a, act, params, residual = _conv_parts(node)
+    dtype = layer_dtype(ctx)
     w = ctx.const(node.input(1))
     fmt = _memory_format(w.dim())
-    w = w.contiguous(memory_format=fmt)
+    w = w.to(dtype).contiguous(memory_format=fmt)
     bias = ctx.const(node.input(2))
+    bias = bias.to(dtype) if bias is not None else None  # aten takes one dtype
     pads = ConvPadder(a, tuple(w.shape))
     act_fn = activation_fn(act, params)
     group = a.group
 
     def run(inputs: Inputs) -> list:
-        x, pad, stride, dil = _prepare(inputs[0], pads, fmt)
+        x, pad, stride, dil = _prepare(inputs[0], pads, fmt, dtype)
         y = torch.convolution(x, w, bias, stride, pad, dil, False, [0] * len(pad), group)
         if residual:
             y = y.add_(inputs[3])
@@ -341,5 +392,8 @@ def conv_channels_last(node: Node, ctx: CompileContext) -> Kernel:
 
     return with_write_into(run, gemm_write_into(node, ctx))
 
+
+owns_constants((OpType.CONV, OpType.FUSED_CONV), ("mkldnn_prepacked", "mkldnn_prepacked_fp32", "channels_last"),
+               (1, 2))
 
 __all__ = ["pointwise_available", "binary_supports", "prepack_applies"]

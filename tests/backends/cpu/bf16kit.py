@@ -1,0 +1,92 @@
+"""Helpers of the CPU half-precision tests: one-op ONNX models, a bf16 engine next to its fp32
+twin, and a faked CPU (``ember.backends.cpu.features``) so the bf16 path is tested on any CPU:
+PyTorch computes bf16 everywhere, only slower where the CPU has no native support."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.backends.cpu.features import CPUFeatures, cpu_features, set_cpu_features
+from ember.backends.cpu.half import storage_dtype
+from ember.ir.optype import OpType
+from ember.passes.cpu_half import is_conversion
+from ember.runtime.engine import Engine
+
+#: A CPU with native bf16 (and, with ``fp16=True``, AMX-FP16).
+NATIVE = CPUFeatures("Faked Xeon with AMX", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
+NATIVE_FP16 = CPUFeatures("Faked Xeon with AMX-FP16", NATIVE.flags | {"amx_fp16", "avx512_fp16"})
+#: A CPU without native bf16 (AVX-512 but neither AVX512-BF16 nor AMX).
+PLAIN = CPUFeatures("Faked EPYC without BF16", frozenset({"avx2", "avx512f", "avx512bw"}))
+
+#: Max relative error one bf16 layer may add against fp32 (8-bit mantissa: 2^-9 per rounding,
+#: inputs and weights rounded, float32 accumulation).
+ONE_LAYER = 1.5e-2
+
+
+@contextlib.contextmanager
+def faked_cpu(features: CPUFeatures) -> Iterator[None]:
+    set_cpu_features(features)
+    try:
+        yield
+    finally:
+        set_cpu_features(None)
+
+
+def real_cpu_is_native() -> bool:
+    return cpu_features().native(ember.Precision.BF16)
+
+
+def model(nodes: list, inputs: dict[str, tuple[int, ...]], outputs: dict[str, Optional[tuple[int, ...]]],
+          inits: dict[str, np.ndarray], opset: int = 17, name: str = "m") -> onnx.ModelProto:
+    """An ONNX model of ``nodes``; float32 inputs and outputs (an output shape ``None``: inferred)."""
+    g = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v)) for k, v in inputs.items()],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, None if v is None else list(v))
+         for k, v in outputs.items()],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def engines(m: Any, precision: str = "bf16", features: CPUFeatures = NATIVE,
+            **config: Any) -> tuple[Engine, Engine]:
+    """(fp32 engine, ``precision`` engine) of ``m`` on a CPU with ``features``."""
+    fp32 = ember.build(m, ember.BuildConfig(device="cpu", **config), progress=False)
+    with faked_cpu(features):
+        half = ember.build(m, ember.BuildConfig(device="cpu", precision=precision, **config), progress=False)
+    return fp32, half
+
+
+def run(engine: Engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with engine.create_context() as ctx:
+        return ctx.infer(feeds)
+
+
+def precisions(engine: Engine) -> dict[str, str]:
+    """Layer kind -> its precision(s), e.g. ``{"FusedConv": "bf16", "Cast": "fp32"}``."""
+    out: dict[str, set[str]] = {}
+    for layer in engine.plan.layers:
+        out.setdefault(layer.kind, set()).add(str(layer.precision))
+    return {k: ",".join(sorted(v)) for k, v in out.items()}
+
+
+def casts(engine: Engine) -> list[tuple[str, str]]:
+    """(tensor, precision it is converted to) of every planned conversion of an engine."""
+    plan = engine.plan
+    return [(n.inputs[0], str(layer.precision)) for n, layer in zip(plan.graph.nodes, plan.layers)
+            if n.op is OpType.CAST and is_conversion(n.rule)]
+
+
+def stored(engine: Engine, tensor: str) -> str:
+    """The dtype ``tensor`` is stored in (``ember.backends.cpu.half.storage_dtype``)."""
+    plan = engine.plan
+    producer = next((n.name for n in plan.graph.nodes if tensor in n.outputs), "")
+    precisions = {layer.name: layer.precision for layer in plan.layers}
+    return storage_dtype(plan.graph, precisions, producer, tensor).value

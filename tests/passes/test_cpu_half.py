@@ -1,0 +1,81 @@
+"""``assign_precisions`` (CPU branch) and ``plan_half_dtypes`` (``ember.passes.cpu_half``) on small
+IR graphs: which layers a CPU bf16 build runs in bf16, where the conversions go (Before / After),
+that the rule fired and that the graph computes what it did (the casts are float32 -> float32 in
+IR terms: storage is the layers' precisions' business, so fp32 evaluation is unchanged)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ember.errors import BuildError
+from ember.ir.graph import Node
+from ember.ir.optype import OpType
+from ember.ops.attrs import AxisAttrs, ConvAttrs, FusedElementwiseAttrs, FusedStep, PoolAttrs, TopKAttrs
+from ember.plan.config import Precision
+
+from passkit import assert_same_outputs, ir_graph, ops, rng_const, run_pass_ctx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu"))
+from bf16kit import NATIVE, PLAIN, faked_cpu  # noqa: E402
+
+PASSES = ("assign_precisions", "plan_half_dtypes")
+
+
+def _graph():
+    """x -> conv -> relu -> maxpool -> topk (no half kernel) ; x -> exp (no half kernel)."""
+    conv = ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    nodes = [Node("conv", OpType.CONV, ("x", "w"), ("c",), conv),
+             Node("relu", OpType.RELU, ("c",), ("r",)),
+             Node("pool", OpType.MAX_POOL, ("r",), ("p",), PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))),
+             Node("flat", OpType.FLATTEN, ("p",), ("f",), AxisAttrs(axis=1)),
+             Node("topk", OpType.TOP_K, ("f", "k"), ("v", "i"), TopKAttrs(axis=-1)),
+             Node("exp", OpType.EXP, ("x",), ("e",))]
+    return ir_graph(nodes, {"x": (1, 4, 8, 8)}, ["v", "e", "r"],
+                    {"w": rng_const(8, 4, 3, 3), "k": np.array([3], np.int64)})
+
+
+def test_half_layers_and_planned_conversions():
+    before = _graph()
+    with faked_cpu(NATIVE):
+        after, ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="bf16")
+    layers = ctx.records.precision.layers
+    assert {n: str(layers[n]) for n in ("conv", "relu", "pool", "flat", "topk", "exp")} == {
+        "conv": "bf16", "relu": "bf16", "pool": "bf16", "flat": "bf16", "topk": "fp32", "exp": "fp32"}
+    # Before: conv relu pool flat topk exp. After: one conversion in; the relu writes its graph
+    # output "r" in float32 and the pool reads it converted; one conversion back for TopK
+    assert ops(after) == ["Cast", "Conv", "Relu", "Cast", "MaxPool", "Flatten", "Cast", "TopK", "Exp"]
+    casts = [n for n in after.nodes if n.op is OpType.CAST]
+    assert [(n.inputs[0], n.outputs[0], str(layers[n.name])) for n in casts] == [
+        ("x", "x::bf16", "bf16"), ("r", "r::bf16", "bf16"), ("f", "f::fp32", "fp32")]
+    assert after.node_by_name("conv").inputs[0] == "x::bf16" and after.node_by_name("exp").inputs == ("x",)
+    assert ctx.fired["tensor read in another precision => Cast"] == 3
+    assert all(t.dtype.value != "bfloat16" for t in after.types.values())  # IR types stay the model's
+    assert_same_outputs(before, after)
+
+
+def test_fp32_builds_and_cpus_without_bf16_are_left_alone():
+    before = _graph()
+    after, ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="fp32")
+    assert after is before and set(ctx.records.precision.layers.values()) == {Precision.FP32}
+    with faked_cpu(PLAIN), pytest.warns(UserWarning, match="has no native bf16"):
+        after, ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="bf16")
+    assert after is before and set(ctx.records.precision.layers.values()) == {Precision.FP32}
+    with faked_cpu(NATIVE), pytest.raises(BuildError, match="needs AMX-FP16"):
+        run_pass_ctx(before, *PASSES, device="cpu", precision="fp16")
+
+
+def test_a_fused_elementwise_runs_half_only_when_every_step_can():
+    steps_ok = (FusedStep(OpType.RELU, (0,)), FusedStep(OpType.MUL, (1, 1)))
+    steps_no = (FusedStep(OpType.RELU, (0,)), FusedStep(OpType.EXP, (1,)))
+    conv = ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
+    nodes = [Node("conv", OpType.CONV, ("x", "w"), ("c",), conv),
+             Node("ok", OpType.FUSED_ELEMENTWISE, ("c",), ("a",), FusedElementwiseAttrs(steps_ok)),
+             Node("no", OpType.FUSED_ELEMENTWISE, ("c",), ("b",), FusedElementwiseAttrs(steps_no))]
+    g = ir_graph(nodes, {"x": (1, 4, 4, 4)}, ["a", "b"], {"w": rng_const(4, 4, 1, 1)})
+    with faked_cpu(NATIVE):
+        _, ctx = run_pass_ctx(g, *PASSES, device="cpu", precision="bf16")
+    layers = ctx.records.precision.layers
+    assert layers["ok"] is Precision.BF16 and layers["no"] is Precision.FP32

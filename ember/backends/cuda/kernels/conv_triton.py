@@ -72,8 +72,9 @@ def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Re
     return _saves_a_pass(node, graph, records)
 
 
-class _Pads:
-    """The conv's (top, left, bottom, right) pads, ``auto_pad`` resolved per input size."""
+class ConvPads:
+    """The conv's (top, left, bottom, right) pads, ``auto_pad`` resolved per input size (the
+    last size asked is remembered: an engine sees one shape after another, rarely a new one)."""
 
     def __init__(self, conv: ConvAttrs, stride: tuple[int, int], dilation: tuple[int, int]) -> None:
         self.conv, self.stride, self.dilation = conv, stride, dilation
@@ -108,7 +109,7 @@ def _factory(config: TileConfig):
         bias = None if b is None else b.detach().to(torch.float32).contiguous()  # fp32 epilogue
         stride = tuple(int(s) for s in (conv.strides or (1, 1)))
         dilation = tuple(int(d) for d in (conv.dilations or (1, 1)))
-        pads = _Pads(conv, stride, dilation)
+        pads = ConvPads(conv, stride, dilation)
         fmt = conv_format(node, ctx)
         prec = ctx.precision
 

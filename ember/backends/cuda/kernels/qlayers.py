@@ -25,8 +25,9 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
+from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.device import compute_dtype
+from ember.backends.cuda.kernels.conv_triton import ConvPads
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.libs.triton_qconv import CONFIGS
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -35,7 +36,7 @@ from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import ConvAttrs, QConvAttrs, QGemmAttrs, QuantParams
+from ember.ops.attrs import QConvAttrs, QGemmAttrs, QuantParams
 
 TACTIC_PREFIX = "triton_int8_"
 
@@ -54,24 +55,6 @@ def _prequantize(x: torch.Tensor, p: QuantParams, inv: float | torch.Tensor) -> 
             nhwc = nhwc.contiguous()
         return Q.quantize_int8(nhwc, inv, p.zero_point).permute(0, 3, 1, 2)
     return Q.quantize_int8(x, inv, p.zero_point)
-
-
-class _Pads:
-    """The conv's (top, left, bottom, right) pads, ``auto_pad`` resolved per input size."""
-
-    def __init__(self, conv: ConvAttrs, stride: tuple[int, ...], dilation: tuple[int, ...]) -> None:
-        self.conv, self.stride, self.dilation = conv, stride, dilation
-        self._last: Optional[tuple[tuple[int, int], tuple[int, ...]]] = None
-
-    def __call__(self, h: int, w: int) -> tuple[int, ...]:
-        if self._last is not None and self._last[0] == (h, w):
-            return self._last[1]
-        c = self.conv
-        begins, ends = split_pads(auto_pads(c.auto_pad, c.pads, (h, w), c.kernel_shape, self.stride,
-                                            self.dilation))
-        pads = (int(begins[0]), int(begins[1]), int(ends[0]), int(ends[1]))
-        self._last = ((h, w), pads)
-        return pads
 
 
 def _float_bias(ctx: CompileContext, name: str, scale: float = 1.0) -> Optional[torch.Tensor]:
@@ -101,7 +84,7 @@ def _qconv_factory(config: TileConfig):
                        0 if res is None else res.zero_point, out is not None and out.dtype is DType.INT8)
         stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
         dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
-        pads = _Pads(a.conv, stride, dilation)
+        pads = ConvPads(a.conv, stride, dilation)
         float_dtype = compute_dtype(ctx.precision)
         fmt = planned_format(ctx, node.outputs[0]) or torch.channels_last  # the kernel writes any strides
         act, params, has_res = a.activation, tuple(a.act_params), a.has_residual

@@ -55,16 +55,16 @@ def test_whole_pipeline_folds_the_input_pair_into_an_int8_conv_and_keeps_the_out
     assert_same_outputs(g, out.graph, {"x": x}, rtol=0, atol=0.0201)
 
 
-def test_whole_pipeline_keeps_every_activation_qdq_pair_off_the_cpu():
+def test_whole_pipeline_on_cuda_folds_the_input_pair_and_stores_8_bits_signed():
     from ember.passes.pipeline import run_pipeline
     from ember.plan.config import BuildConfig
 
     out = run_pipeline(_qdq_conv_relu(), BuildConfig(device="cuda"))
-    kept = [n.op for n in out.graph.nodes]
-    assert kept.count(OpType.QUANTIZE_LINEAR) == 2 and kept.count(OpType.DEQUANTIZE_LINEAR) == 2
-    # conv + relu fuse between the pairs, never across one
-    fused = [n for n in out.graph.nodes if n.op in (OpType.FUSED_CONV, OpType.CONV)]
-    assert len(fused) == 1 and fused[0].inputs[0] == "xd"
+    assert [n.op for n in out.graph.nodes] == [OpType.QCONV, OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR]
+    qconv = out.graph.nodes[0]
+    # CUDA's kernels take int8 (the CPU's uint8 128 is int8 0: the same values)
+    assert qconv.inputs[0] == "x" and (qconv.attrs.x.scale, qconv.attrs.x.zero_point) == (np.float32(0.05), 0)
+    assert qconv.attrs.x.dtype is DType.INT8
 
 
 def test_half_precision_build_keeps_quantization_ops_in_fp32():
@@ -76,5 +76,7 @@ def test_half_precision_build_keeps_quantization_ops_in_fp32():
     for n in out.graph.nodes:
         if n.op in (OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR):
             assert layers[n.name] == "fp32", n.name
+        elif n.op is OpType.QCONV:  # the folded input pair: an INT8 layer
+            assert layers[n.name] == "int8", n.name
         elif out.graph.types[n.outputs[0]].dtype is DType.FLOAT32:
             assert layers[n.name] == "fp16", n.name

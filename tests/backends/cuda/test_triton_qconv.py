@@ -202,13 +202,15 @@ def check_quantize(device: str) -> None:
         assert torch.equal(got.cpu().double(), want), shape
 
 
-def check_layers(device: str) -> None:
+def check_layers(device: str, factories=None) -> None:
     """The CUDA INT8 layers (``kernels/qlayers.py``) on plan nodes stored int8, as the CUDA build
     makes them, with a float input (quantized once by ``quantize_int8``, smoothing folded in for
     the GEMM): against the float64 evaluation of the same quantized arithmetic."""
     from ember.backends.base import CompileContext
     from ember.backends.cuda.kernels.qlayers import FACTORIES
     from ember.ir import DType, Graph, Node, OpType, TensorType
+
+    factories = factories or FACTORIES
     from ember.ops.attrs import ConvAttrs, GemmAttrs, QConvAttrs, QGemmAttrs, QuantParams
     from ember.ops.infer import infer_graph
     from ember.plan.config import Precision
@@ -226,7 +228,7 @@ def check_layers(device: str) -> None:
     wq = torch.round(torch.from_numpy(w).double() / torch.tensor(ws).double().view(-1, 1, 1, 1)).clamp(-127, 127)
     ref = torch.relu(F.conv2d(xr, wq * torch.tensor(ws).double().view(-1, 1, 1, 1), padding=1))
     want = _quantize_ref(ref, 0.02, -128, signed=True)
-    for tactic, factory in FACTORIES[OpType.QCONV].items():
+    for tactic, factory in factories[OpType.QCONV].items():
         kernel = factory(conv, CompileContext(g, consts, torch.device(device), tactic, Precision.INT8))
         got = kernel([x.to(device), consts["w"]])[0]
         assert got.dtype == torch.int8
@@ -245,7 +247,7 @@ def check_layers(device: str) -> None:
     wq2 = torch.round(torch.from_numpy(wsm).double() / torch.tensor(ws2).double()).clamp(-127, 127)
     ref2 = ar @ (wq2 * torch.tensor(ws2).double())
     consts2 = {"wk": torch.from_numpy(wk).to(device)}
-    for tactic, factory in FACTORIES[OpType.QGEMM].items():
+    for tactic, factory in factories[OpType.QGEMM].items():
         kernel = factory(gemm, CompileContext(g2, consts2, torch.device(device), tactic, Precision.INT8))
         got = kernel([a.to(device), consts2["wk"]])[0]
         assert got.dtype == torch.float16 and tuple(got.shape) == (3, 9, n)  # compute_dtype("int8")
@@ -314,6 +316,16 @@ def _qconv_node(residual: bool, out: bool):
     node = Node("q", OpType.QCONV, ins, ("y",), attrs)
     g = infer_graph(Graph("g", [node], inputs, ["y"], types, consts))
     return g, node
+
+
+def test_dequantized_fallback_layers_compute_the_same_numbers():
+    """Where Triton cannot run, the CUDA INT8 layers fall back to float32 arithmetic on the
+    dequantized operands: the same results (checked here on CPU tensors, no Triton needed)."""
+    from ember.backends.cuda.kernels.qlayers import qconv_dequantized, qgemm_dequantized
+    from ember.ir import OpType
+
+    check_layers("cpu", {OpType.QCONV: {"dequantized_fp32": qconv_dequantized},
+                         OpType.QGEMM: {"dequantized_fp32": qgemm_dequantized}})
 
 
 @pytest.mark.cuda

@@ -194,3 +194,93 @@ FACTORIES: dict[OpType, dict[str, Callable[[Node, CompileContext], Kernel]]] = {
 for _op, _table in FACTORIES.items():
     for _rank, (_name, _f) in enumerate(_table.items()):
         register_cuda_kernel(_op, _name, rank=_rank, needs_triton=True)(_f)
+
+
+# ---- the fallback where Triton cannot run ---------------------------------------------------------
+def _dequant(t: torch.Tensor, p: QuantParams) -> torch.Tensor:
+    return (t.to(torch.float32) - p.zero_point) * p.scale if not t.is_floating_point() else t.to(torch.float32)
+
+
+def _requant(y: torch.Tensor, p: Optional[QuantParams], float_dtype: torch.dtype) -> torch.Tensor:
+    if p is None:
+        return y.to(float_dtype)
+    lo, hi = (-128, 127) if p.dtype is DType.INT8 else (0, 255)
+    return torch.floor(y / p.scale + (p.zero_point + 0.5)).clamp_(lo, hi).to(_STORAGE[p.dtype])
+
+
+@register_cuda_kernel(OpType.QCONV, "dequantized_fp32", rank=100)
+def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
+    """QConv as float32 arithmetic on the dequantized operands (the weight rounded to its int8
+    grid once), for where Ember's Triton INT8 kernel cannot run (no Triton, or TensorFlow in the
+    process): the same numbers as the INT8 kernel up to float rounding, at float speed."""
+    import torch.nn.functional as F
+
+    from ember.backends.activations import activation_fn
+    from ember.backends.cuda.libs.triton_qconv import quantize_weight
+
+    a = node.attrs
+    w = ctx.const(node.inputs[1])
+    if not isinstance(a, QConvAttrs) or w is None:
+        raise BuildError(f"INT8 layer {node.name!r} needs QConv attributes and a constant weight")
+    scales = torch.tensor(a.w_scales, dtype=torch.float64)
+    wq = (quantize_weight(w.detach().cpu().to(torch.float32), scales, 0).double()
+          * scales.view(-1, 1, 1, 1)).to(torch.float32).to(ctx.device)
+    bias = _float_bias(ctx, node.input(2))
+    stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
+    dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
+    pads = ConvPads(a.conv, stride, dilation)
+    act = activation_fn(a.activation, tuple(a.act_params))
+    float_dtype = compute_dtype(ctx.precision)
+
+    def run(inputs) -> list:
+        x = inputs[0]
+        xf = _dequant(x, a.x) if not x.is_floating_point() else torch.floor(
+            x.to(torch.float32) / a.x.scale + (a.x.zero_point + 0.5)).clamp_(
+            *((-128, 127) if a.x.dtype is DType.INT8 else (0, 255))).sub_(a.x.zero_point).mul_(a.x.scale)
+        t, left, b, r = pads(x.shape[2], x.shape[3])
+        y = F.conv2d(F.pad(xf, (left, r, t, b)), wq, bias, stride, 0, dilation, a.conv.group)
+        if a.has_residual:
+            res = inputs[3]
+            y = y + (_dequant(res, a.residual) if a.residual is not None else res.to(torch.float32))
+        if act is not None:
+            y = act(y)
+        return [_requant(y, a.out, float_dtype).contiguous(memory_format=torch.channels_last)]
+
+    return run
+
+
+@register_cuda_kernel(OpType.QGEMM, "dequantized_fp32", rank=100)
+def qgemm_dequantized(node: Node, ctx: CompileContext) -> Kernel:
+    """QGemm as float32 arithmetic on the dequantized operands (see ``qconv_dequantized``)."""
+    from ember.backends.activations import activation_fn
+    from ember.backends.cuda.libs.triton_qconv import quantize_weight
+
+    a = node.attrs
+    w = ctx.const(node.inputs[1])
+    if not isinstance(a, QGemmAttrs) or w is None or a.gemm.trans_a:
+        raise BuildError(f"INT8 layer {node.name!r} needs QGemm attributes, op(a) = a and a constant weight")
+    w_kn = (w.t() if a.gemm.trans_b else w).detach().cpu().to(torch.float64)
+    s = torch.tensor(a.smooth, dtype=torch.float64) if a.smooth else torch.ones(w_kn.shape[0], dtype=torch.float64)
+    scales = torch.tensor(a.w_scales, dtype=torch.float64)
+    wq = (quantize_weight((w_kn * s[:, None]).to(torch.float32), scales, 1).double() * scales[None, :])
+    wq = wq.to(torch.float32).to(ctx.device)
+    inv = (1.0 / (s * a.x.scale)).to(torch.float32).to(ctx.device)
+    bias = _float_bias(ctx, node.input(2), a.gemm.beta)
+    act = activation_fn(a.activation, tuple(a.act_params))
+    float_dtype = compute_dtype(ctx.precision)
+    lo, hi = (-128, 127) if a.x.dtype is DType.INT8 else (0, 255)
+
+    def run(inputs) -> list:
+        x = inputs[0]
+        if x.is_floating_point():
+            xq = torch.floor(x.to(torch.float32) * inv + (a.x.zero_point + 0.5)).clamp_(lo, hi)
+        else:
+            xq = x.to(torch.float32)
+        y = ((xq - a.x.zero_point) * a.x.scale) @ wq
+        if bias is not None:
+            y = y + bias
+        if act is not None:
+            y = act(y)
+        return [_requant(y, a.out, float_dtype)]
+
+    return run

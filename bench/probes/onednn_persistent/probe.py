@@ -33,6 +33,8 @@ ONNX Runtime ``intra_op_num_threads``):
 
 ``uptime``'s load average is recorded before and after every section: the machine is shared.
 """
+# ruff: noqa: I001  (``build`` is this folder's module; ruff takes it for first- or third-party
+# depending on whether the checkout has a build/ directory, and sorts the block differently)
 from __future__ import annotations
 
 import argparse
@@ -54,11 +56,11 @@ BENCH = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(BENCH))
 
+import build  # noqa: E402
 import layers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import build  # noqa: E402
 import ember  # noqa: E402
 from ember import zoo  # noqa: E402
 from ember.backends.cpu.features import cpu_features  # noqa: E402

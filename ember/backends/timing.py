@@ -9,23 +9,28 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 
 from ember.backends.base import Backend, CompileContext, TacticTimer
 from ember.backends.tensors import random_tensor
+from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import Records
 
 
 def wall_clock_timer(backend: Backend, constants: Mapping[str, torch.Tensor], device: torch.device,
-                     records: Records, config: BuildConfig, warmup: int = 2, reps: int = 5) -> TacticTimer:
+                     records: Records, config: BuildConfig, warmup: int = 2, reps: int = 5,
+                     stored_dtype: Optional[Callable[[Precision], Optional[torch.dtype]]] = None) -> TacticTimer:
     """A ``TacticTimer`` that compiles the node with each tactic and takes the median wall time.
 
     Nodes with a non-constant input of symbolic shape cannot be timed and report ``inf``;
     a tactic whose compilation or run raises is reported as ``inf`` too (it is never chosen).
+    ``stored_dtype(precision)``: the dtype a layer of that precision reads its float32 activations
+    in, where the engine stores them otherwise (the CPU's half layers: 16 bits), so tactics are
+    timed on what they will be given; None: as the graph types them.
     """
 
     def timer(node: Node, graph: Graph, tactic: str, precision: Precision) -> float:
@@ -35,8 +40,12 @@ def wall_clock_timer(backend: Backend, constants: Mapping[str, torch.Tensor], de
         try:
             ctx = CompileContext(graph, constants, device, tactic, precision, records, config)
             kernel = backend.compile_node(node, ctx)
+            cast = stored_dtype(precision) if stored_dtype is not None else None
             args = [constants[i] if i in constants else (random_tensor(t, device) if t else None)
                     for i, t in zip(node.inputs, types)]
+            if cast is not None:
+                args = [a.to(cast) if a is not None and name not in constants and t is not None
+                        and t.dtype is DType.FLOAT32 else a for a, name, t in zip(args, node.inputs, types)]
             with torch.inference_mode():
                 samples = []
                 for k in range(warmup + reps):

@@ -197,15 +197,18 @@ for _op, _table in FACTORIES.items():
 
 
 # ---- the fallback where Triton cannot run ---------------------------------------------------------
-def _dequant(t: torch.Tensor, p: QuantParams) -> torch.Tensor:
-    return (t.to(torch.float32) - p.zero_point) * p.scale if not t.is_floating_point() else t.to(torch.float32)
+def _to_float(t: torch.Tensor, p: Optional[QuantParams]) -> torch.Tensor:
+    """An operand as float32: an 8-bit one dequantized with ``p``."""
+    from ember.backends.cpu.kernels.qlayers import dequantize
+
+    return t.to(torch.float32) if t.is_floating_point() or p is None else dequantize(t, p)
 
 
-def _requant(y: torch.Tensor, p: Optional[QuantParams], float_dtype: torch.dtype) -> torch.Tensor:
-    if p is None:
-        return y.to(float_dtype)
-    lo, hi = (-128, 127) if p.dtype is DType.INT8 else (0, 255)
-    return torch.floor(y / p.scale + (p.zero_point + 0.5)).clamp_(lo, hi).to(_STORAGE[p.dtype])
+def _finish(y: torch.Tensor, p: Optional[QuantParams], float_dtype: torch.dtype) -> torch.Tensor:
+    """The layer's output: quantized as ``p`` stores it (the CPU layers' rounding), or float."""
+    from ember.backends.cpu.kernels.qlayers import quantize
+
+    return y.to(float_dtype) if p is None else quantize(y, p)
 
 
 @register_cuda_kernel(OpType.QCONV, "dequantized_fp32", rank=100)
@@ -216,7 +219,7 @@ def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     import torch.nn.functional as F
 
     from ember.backends.activations import activation_fn
-    from ember.backends.cuda.libs.triton_qconv import quantize_weight
+    from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_weight
 
     a = node.attrs
     w = ctx.const(node.inputs[1])
@@ -234,17 +237,15 @@ def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs) -> list:
         x = inputs[0]
-        xf = _dequant(x, a.x) if not x.is_floating_point() else torch.floor(
-            x.to(torch.float32) / a.x.scale + (a.x.zero_point + 0.5)).clamp_(
-            *((-128, 127) if a.x.dtype is DType.INT8 else (0, 255))).sub_(a.x.zero_point).mul_(a.x.scale)
+        xf = dequantize(quantize(x.to(torch.float32), a.x) if x.is_floating_point() else x, a.x)
         t, left, b, r = pads(x.shape[2], x.shape[3])
         y = F.conv2d(F.pad(xf, (left, r, t, b)), wq, bias, stride, 0, dilation, a.conv.group)
         if a.has_residual:
             res = inputs[3]
-            y = y + (_dequant(res, a.residual) if a.residual is not None else res.to(torch.float32))
+            y = y + _to_float(res, a.residual)
         if act is not None:
             y = act(y)
-        return [_requant(y, a.out, float_dtype).contiguous(memory_format=torch.channels_last)]
+        return [_finish(y, a.out, float_dtype).contiguous(memory_format=torch.channels_last)]
 
     return run
 
@@ -253,7 +254,7 @@ def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
 def qgemm_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm as float32 arithmetic on the dequantized operands (see ``qconv_dequantized``)."""
     from ember.backends.activations import activation_fn
-    from ember.backends.cuda.libs.triton_qconv import quantize_weight
+    from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_weight
 
     a = node.attrs
     w = ctx.const(node.inputs[1])
@@ -268,19 +269,14 @@ def qgemm_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     bias = _float_bias(ctx, node.input(2), a.gemm.beta)
     act = activation_fn(a.activation, tuple(a.act_params))
     float_dtype = compute_dtype(ctx.precision)
-    lo, hi = (-128, 127) if a.x.dtype is DType.INT8 else (0, 255)
 
     def run(inputs) -> list:
         x = inputs[0]
-        if x.is_floating_point():
-            xq = torch.floor(x.to(torch.float32) * inv + (a.x.zero_point + 0.5)).clamp_(lo, hi)
-        else:
-            xq = x.to(torch.float32)
-        y = ((xq - a.x.zero_point) * a.x.scale) @ wq
+        y = dequantize(quantize(x.to(torch.float32), a.x, inv=inv) if x.is_floating_point() else x, a.x) @ wq
         if bias is not None:
             y = y + bias
         if act is not None:
             y = act(y)
-        return [_requant(y, a.out, float_dtype)]
+        return [_finish(y, a.out, float_dtype)]
 
     return run

@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ember.backends.cpu.kernels.qlayers import quantize_weight
 from ember.backends.cuda.libs.triton_conv import TileConfig, output_hw
 from ember.ops.attrs import Activation
 
@@ -85,15 +86,6 @@ class QPackedWeight:
     cin: int
     kh: int
     kw: int
-
-
-def quantize_weight(w: torch.Tensor, scales: torch.Tensor, axis: int) -> torch.Tensor:
-    """Per-channel symmetric int8 weight: ``clamp(round(w / s), -127, 127)`` along ``axis``
-    (round half to even, in float64, as the CPU path)."""
-    shape = [1] * w.dim()
-    shape[axis] = -1
-    s = scales.to(device=w.device, dtype=torch.float64).reshape(shape)
-    return torch.round(w.to(torch.float64) / s).clamp_(-127, 127).to(torch.int8)
 
 
 def pack_weight(w_oihw: torch.Tensor, w_scales: Sequence[float], x_scale: float, x_zero_point: int,

@@ -1,6 +1,6 @@
 """Post-training calibration: INT8 activation scales from running the fp32 engine on data.
 
-``calibrate(engine, data)`` runs an fp32 CPU engine over the calibration batches once,
+``calibrate(engine, data)`` runs an fp32 engine (CPU or CUDA) over the calibration batches once,
 observing every graph input and intermediate float tensor (``observers``), picks a clipping
 threshold per tensor with the chosen calibrator (``calibrators``: entropy, minmax, percentile,
 mse) and returns a ``QuantizationPlan`` of symmetric per-tensor INT8 ``QuantRecord``s
@@ -72,7 +72,7 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
               cache: str | os.PathLike[str] | None = None, tensors: Iterable[str] | None = None,
               progress: bool | BuildProgress | None = None, *,
               batch_size: int | None = None, channels: Iterable[str] = ()) -> QuantizationPlan:
-    """Per-tensor INT8 activation scales of ``engine`` (an fp32 CPU engine) from ``data``.
+    """Per-tensor INT8 activation scales of ``engine`` (an fp32 CPU or CUDA engine) from ``data``.
 
     ``data``: calibration batches (``calibration_batches``: feed dicts, an ``.npz`` file or a
     folder of them); not needed when ``cache`` holds a usable calibration.

@@ -150,43 +150,38 @@ def calibration_tensors(graph: Graph, tensors: Iterable[str] | None = None) -> l
     return wanted
 
 
-def cpu_program(engine: Engine) -> CPUProgram:
-    """The compiled program of ``engine``, which must be an fp32 CPU engine (``BuildError``)."""
-    config = engine.plan.config
-    if config.device is not Device.CPU or config.precision is not Precision.FP32:
-        raise BuildError(f"calibration runs an fp32 CPU engine, not a {config.precision} engine for "
-                         f"{config.device}; build one with BuildConfig(device='cpu', precision='fp32')")
-    program = engine.compile()
-    if not isinstance(program, CPUProgram):
-        raise BuildError(f"calibration runs the CPU backend's program, and this engine's is a "
-                         f"{type(program).__name__}; build it without a custom backend")
-    return program
-
-
 Observe = Callable[[str, torch.Tensor], None]
 
 
 def observed_runner(engine: Engine) -> tuple[torch.device, Callable[[Mapping[str, torch.Tensor], Observe], None]]:
-    """(device, ``run(feeds, observe)``) of an fp32 engine: one run on device tensors that calls
-    ``observe(name, tensor)`` for each feed and each layer output, as it is produced. A CPU engine
-    runs its program (``cpu_program``); a CUDA engine runs its layers eagerly, on the current
-    stream, without CUDA graphs (tensors computed on the host, shape arithmetic, are not seen)."""
+    """(device, ``run(feeds, observe)``) of an fp32 engine (``BuildError`` for any other): one run
+    on device tensors that calls ``observe(name, tensor)`` for each feed and each layer output, as
+    it is produced. A CPU engine runs its program with its ``observe`` hook; a CUDA engine runs its
+    layers eagerly, on the current stream, without CUDA graphs (tensors computed on the host,
+    shape arithmetic, are not seen)."""
     config = engine.plan.config
-    if config.device is Device.CPU:
-        program = cpu_program(engine)
-        def run_cpu(feeds: Mapping[str, torch.Tensor], observe: Observe) -> None:
-            program.run(dict(feeds), observe=observe)
-
-        return program.device, run_cpu
     if config.precision is not Precision.FP32:
         raise BuildError(f"calibration runs an fp32 engine, not a {config.precision} one; build it with "
-                         f"precision='fp32'")
-    from ember.backends.cuda.exec.program import CudaProgram
+                         f"BuildConfig(device={config.device.value!r}, precision='fp32')")
+    if config.device is Device.CPU:
+        expected: type = CPUProgram
+    else:
+        from ember.backends.cuda.exec.program import CudaProgram
 
-    cuda = engine.compile()
-    if not isinstance(cuda, CudaProgram):
-        raise BuildError(f"calibration on {config.device} runs the CUDA backend's program, and this engine's "
-                         f"is a {type(cuda).__name__}; build it without a custom backend")
+        expected = CudaProgram
+    program = engine.compile()
+    if not isinstance(program, expected):
+        raise BuildError(f"calibration on {config.device} runs the {config.device.value.upper()} backend's "
+                         f"program, and this engine's is a {type(program).__name__}; build it without a "
+                         f"custom backend")
+    if isinstance(program, CPUProgram):
+        cpu = program
+
+        def run_cpu(feeds: Mapping[str, torch.Tensor], observe: Observe) -> None:
+            cpu.run(dict(feeds), observe=observe)
+
+        return cpu.device, run_cpu
+    cuda: Any = program  # a CudaProgram (checked above)
 
     def run(feeds: Mapping[str, torch.Tensor], observe: Observe) -> None:
         for name, t in feeds.items():

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grpc_staging_mb < 0:
         print(f"error: --grpc-staging-mb must be >= 0, got {args.grpc_staging_mb}", file=sys.stderr)
         return 2
-    limits = _limits(args)
+    limits = limits_from_args(args)
     if isinstance(limits, str):
         print(f"error: {limits}", file=sys.stderr)
         return 2
@@ -152,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limits(args: argparse.Namespace):
-    """The ``Limits`` of the flags, or a message naming the flag that is out of range."""
+def limits_from_args(args: argparse.Namespace):
+    """The ``Limits`` of the flags, or a message naming the flag that is out of range (also what
+    ``ember serve --ray`` serves with: ``ember.integrations.ray.cli``)."""
     from ember.serve.limits import Limits, MiB
 
     sizes = {"--http-max-body-mb": args.http_max_body_mb, "--max-decompressed-mb": args.max_decompressed_mb,

@@ -317,9 +317,9 @@ def test_the_timeout_flags():
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    limits = cli._limits(parser.parse_args(["repo"]))
+    limits = cli.limits_from_args(parser.parse_args(["repo"]))
     assert limits == Limits() and limits.request_timeout_us == 60_000_000
-    limits = cli._limits(parser.parse_args(["repo", "--http-body-timeout", "2.5", "--request-timeout", "0",
+    limits = cli.limits_from_args(parser.parse_args(["repo", "--http-body-timeout", "2.5", "--request-timeout", "0",
                                             "--grpc-handshake-timeout", "3", "--grpc-idle-timeout", "40",
                                             "--grpc-max-connection-age", "0", "--grpc-connection-grace", "7",
                                             "--grpc-max-concurrent-rpcs", "16"]))
@@ -332,7 +332,7 @@ def test_the_timeout_flags():
     assert dict(Limits().grpc_server_options())["grpc.max_connection_age_grace_ms"] == 60_000
     for flag, value in (("--http-body-timeout", "0"), ("--request-timeout", "-1"), ("--grpc-idle-timeout", "0"),
                         ("--grpc-max-connection-age", "-5"), ("--grpc-max-concurrent-rpcs", "0")):
-        message = cli._limits(parser.parse_args(["repo", flag, value]))
+        message = cli.limits_from_args(parser.parse_args(["repo", flag, value]))
         assert isinstance(message, str) and flag in message, (flag, message)
 
 

@@ -595,14 +595,14 @@ def test_the_limit_and_model_control_flags():
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["repo"])
-    assert cli._limits(args) == Limits() and args.model_control_mode == "none" and not args.exit_on_error
+    assert cli.limits_from_args(args) == Limits() and args.model_control_mode == "none" and not args.exit_on_error
     args = parser.parse_args(["repo", "--http-max-body-mb", "2", "--max-decompressed-mb", "0.5",
                               "--max-queue-size", "0", "--model-control-mode", "explicit", "--exit-on-error"])
-    limits = cli._limits(args)
+    limits = cli.limits_from_args(args)
     assert limits.max_body_bytes == 2 * MiB and limits.max_decompressed_bytes == MiB // 2
     assert limits.max_queue_size == 0 and args.model_control_mode == "explicit" and args.exit_on_error
-    assert "--max-json-depth" in cli._limits(parser.parse_args(["repo", "--max-json-depth", "0"]))
-    assert "2048" in cli._limits(parser.parse_args(["repo", "--grpc-max-message-mb", "4096"]))
+    assert "--max-json-depth" in cli.limits_from_args(parser.parse_args(["repo", "--max-json-depth", "0"]))
+    assert "2048" in cli.limits_from_args(parser.parse_args(["repo", "--grpc-max-message-mb", "4096"]))
 
 
 def test_slow_and_idle_connections_are_closed_and_connections_are_bounded(tmp_path, repository, cache_dir):

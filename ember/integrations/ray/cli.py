@@ -15,8 +15,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Callable, Optional
 
+from ember.serve.cli import limits_from_args
+
 if TYPE_CHECKING:
-    from ember.serve.limits import Limits
+    pass
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -63,23 +65,6 @@ def with_ray_run(run: Run) -> Run:
     return route
 
 
-def request_limits(args: argparse.Namespace) -> Limits | str:
-    """The request limits of ``ember serve``'s flags that apply under Ray (what one HTTP request
-    may hold), or a message naming the flag out of range."""
-    from ember.serve.limits import Limits, MiB
-
-    flags = {"--http-max-body-mb": args.http_max_body_mb, "--max-decompressed-mb": args.max_decompressed_mb,
-             "--max-json-depth": args.max_json_depth, "--max-input-dims": args.max_input_dims,
-             "--max-input-elements": args.max_input_elements}
-    for flag, value in flags.items():
-        if not value > 0:
-            return f"{flag} must be > 0, got {value}"
-    return Limits(max_body_bytes=int(args.http_max_body_mb * MiB),
-                  max_decompressed_bytes=int(args.max_decompressed_mb * MiB),
-                  max_json_depth=args.max_json_depth, max_input_dims=args.max_input_dims,
-                  max_input_elements=args.max_input_elements)
-
-
 def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) -> int:
     """Deploys the repository and serves until SIGINT/SIGTERM (or ``stop``); then removes its
     applications (and stops the local cluster it started)."""
@@ -97,7 +82,7 @@ def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) ->
     if args.http_port <= 0:
         print(f"error: --ray needs a fixed --http-port (Serve's proxy port), got {args.http_port}", file=sys.stderr)
         return 2
-    limits = request_limits(args)
+    limits = limits_from_args(args)  # the same flags and checks as ember serve
     if isinstance(limits, str):
         print(f"error: {limits}", file=sys.stderr)
         return 2

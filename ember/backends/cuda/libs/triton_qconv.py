@@ -193,12 +193,10 @@ def gemm(x: torch.Tensor, weight: QPackedWeight, bias: Optional[torch.Tensor], i
     if out is None:
         dtype = io.out_dtype if io.out_scale is not None else out_dtype
         out = torch.empty(shape, dtype=dtype, device=x.device)
-    elif tuple(out.shape) != shape or out.stride(-1) != 1:
+    elif tuple(out.shape) != shape or not out.is_contiguous():
         raise ValueError(f"Triton INT8 gemm: out of shape {tuple(out.shape)} (strides {out.stride()}) "
-                         f"is not a {shape} tensor with its last dim packed")
-    o2 = out.view(-1, weight.cout) if out.is_contiguous() else None
-    if o2 is None:
-        raise ValueError("Triton INT8 gemm: out must be contiguous")
+                         f"is not a contiguous {shape} tensor")
+    o2 = out.view(-1, weight.cout)
     # [M, K] as an NHWC image [1, K, 1, M]: channel stride 1, pixel stride K
     _launch(x2, (0, 1, 0, int(x2.stride(0))), m, 1, m, 1, m, weight, bias, None, None, o2,
             (0, 1, 0, int(o2.stride(0))), io, (1, 1), (0, 0, 0, 0), (1, 1), act, act_params, config)

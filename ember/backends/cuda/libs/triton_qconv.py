@@ -57,9 +57,9 @@ except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
 #: The INT8 variants offered as tactics: large tiles for batch 128+ (M in the hundreds of
 #: thousands), a deep-K mid tile, small row tiles for batch 1.
 CONFIGS: tuple[TileConfig, ...] = (
-    TileConfig(128, 128, 64, 8, 3),
-    TileConfig(128, 64, 64, 4, 4),
-    TileConfig(64, 64, 128, 4, 3),
+    TileConfig(128, 128, 64, 4, 4),
+    TileConfig(128, 128, 128, 8, 3),
+    TileConfig(128, 64, 128, 8, 3),
     TileConfig(32, 64, 128, 4, 3),
 )
 
@@ -275,6 +275,8 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
         float(p0), float(p1),
         KH=weight.kh, KW=weight.kw, X_MODE=x_mode, SMOOTH=smooth, HAS_BIAS=bias is not None,
         RES=res_mode, OUT_Q=out_q, OUT_SIGNED=out.dtype == torch.int8, ACT=ACT_CODES[act],
+        DENSE=weight.kh == 1 and weight.kw == 1 and not any(int(p) for p in pads),
+        EVEN_K=weight.cin % bk == 0, GROUP_M=8,
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=config.num_warps, num_stages=config.num_stages)
 
@@ -312,15 +314,21 @@ if triton is not None:
         P0, P1,
         KH: tl.constexpr, KW: tl.constexpr, X_MODE: tl.constexpr, SMOOTH: tl.constexpr,
         HAS_BIAS: tl.constexpr, RES: tl.constexpr, OUT_Q: tl.constexpr, OUT_SIGNED: tl.constexpr,
-        ACT: tl.constexpr,
+        ACT: tl.constexpr, DENSE: tl.constexpr, EVEN_K: tl.constexpr, GROUP_M: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of the INT8 layer's output per program (module
         docstring)."""
         pid = tl.program_id(0)
+        # grouped tile order: GROUP_M row blocks walk the output channels together, so their input
+        # rows and the weight stay in L2
+        num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(COUT, BLOCK_N)
-        pid_m = pid // num_n
-        pid_n = pid - pid_m * num_n
+        width = GROUP_M * num_n
+        first_m = (pid // width) * GROUP_M
+        size_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % width) % size_m
+        pid_n = (pid % width) // size_m
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
@@ -332,7 +340,11 @@ if triton is not None:
         nb = (t // OH).to(tl.int64)
         ih0 = oh * STRIDE_H - PAD_H
         iw0 = ow * STRIDE_W - PAD_W
-        x_rows = x_ptr + nb * sxn
+        # the pointers of the first tap's first channel block, built once; each step of the reduction
+        # adds one scalar offset (the tap's and the channel block's), as a plain GEMM's pointers move
+        rows = tl.where(mask_m, nb * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw, 0)
+        a_ptrs = x_ptr + rows[:, None] + (offs_k * sxc)[None, :]
+        b_ptrs = w_ptr + tl.where(mask_n, offs_n, 0).to(tl.int64)[None, :] * swk + offs_k[:, None]
         c_blocks = tl.cdiv(CIN, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for it in range(0, KH * KW * c_blocks):
@@ -340,28 +352,38 @@ if triton is not None:
             c0 = (it - tap * c_blocks) * BLOCK_K
             kh = tap // KW
             kw = tap - kh * KW
-            ih = ih0 + kh * DIL_H
-            iw = iw0 + kw * DIL_W
-            inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            cs = c0 + offs_k
-            cmask = cs < CIN
-            a_ptrs = x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + cs[None, :] * sxc
-            amask = inside[:, None] & cmask[None, :]
+            step = (kh * DIL_H) * sxh + (kw * DIL_W) * sxw + c0 * sxc
+            if DENSE and EVEN_K:  # 1x1, no padding, whole channel blocks: no mask (padded rows read row 0)
+                raw = tl.load(a_ptrs + step)
+            else:
+                if DENSE:
+                    amask = (c0 + offs_k < CIN)[None, :]
+                else:
+                    ih = ih0 + kh * DIL_H
+                    iw = iw0 + kw * DIL_W
+                    inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    amask = inside[:, None] if EVEN_K else inside[:, None] & (c0 + offs_k < CIN)[None, :]
+                if X_MODE == 2:
+                    raw = tl.load(a_ptrs + step, mask=amask, other=0.0)
+                else:  # the zero point: padding is a real 0
+                    raw = tl.load(a_ptrs + step, mask=amask, other=X_ZPI)
             if X_MODE == 2:  # float: quantized here, to the uint8 values, then shifted
-                v = tl.load(a_ptrs, mask=amask, other=0.0).to(tl.float32)
+                v = raw.to(tl.float32)
                 if SMOOTH:
-                    v = v * tl.load(inv_ptr + cs, mask=cmask, other=0.0)[None, :]
+                    v = v * tl.load(inv_ptr + c0 + offs_k, mask=c0 + offs_k < CIN, other=0.0)[None, :]
                 else:
                     v = v * X_INV
                 v = tl.floor(v + (X_ZP + 0.5))
                 v = tl.minimum(tl.maximum(v, 0.0), 255.0)
                 a = (v - 128.0).to(tl.int8)
             elif X_MODE == 1:  # int8: to the tensor cores as loaded
-                a = tl.load(a_ptrs, mask=amask, other=X_ZPI)
+                a = raw
             else:  # uint8: shifted to int8
-                a = (tl.load(a_ptrs, mask=amask, other=X_ZPI).to(tl.int32) - 128).to(tl.int8)
-            b_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * swk + (tap * CIN + cs)[:, None]
-            b = tl.load(b_ptrs, mask=cmask[:, None] & mask_n[None, :], other=0)
+                a = (raw.to(tl.int32) - 128).to(tl.int8)
+            if EVEN_K:
+                b = tl.load(b_ptrs + (tap * CIN + c0))
+            else:
+                b = tl.load(b_ptrs + (tap * CIN + c0), mask=(c0 + offs_k < CIN)[:, None], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         acc += tl.load(corr_ptr + offs_n, mask=mask_n, other=0)[None, :]
         y = acc.to(tl.float32) * tl.load(mult_ptr + offs_n, mask=mask_n, other=0.0)[None, :]

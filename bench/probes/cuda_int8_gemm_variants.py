@@ -117,8 +117,9 @@ def uses_wgmma(compiled) -> str:
 
 
 def run_shape(name: str, m: int, k: int, n: int, measure, dev) -> dict:
-    from ember.backends.cuda.libs import triton_qconv as Q
     from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from ember.backends.cuda.libs import triton_qconv as Q
 
     row: dict = {"shape": name, "ops_g": 2 * m * k * n / 1e9}
     a16 = torch.randn(m, k, device=dev).half()
@@ -164,7 +165,7 @@ def run_shape(name: str, m: int, k: int, n: int, measure, dev) -> dict:
             key = f"{bm}x{bn_}x{bk}w{wn}s{st}"
             grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn_),)
             try:
-                def ptr(bm=bm, bn_=bn_, bk=bk, wn=wn, st=st):
+                def ptr(bm=bm, bn_=bn_, bk=bk, wn=wn, st=st, grid=grid, c=c, out_q=out_q):
                     return gemm_ptr_kernel[grid](a8, bt8, c, mult, corr, bias, m, n, k, a8.stride(0), bt8.stride(0),
                                                  c.stride(0), 20.0, 0.0, OUT_Q=out_q, EVEN_K=k % bk == 0,
                                                  GROUP_M=8, BM=bm, BN=bn_, BK=bk, num_warps=wn, num_stages=st)
@@ -176,7 +177,7 @@ def run_shape(name: str, m: int, k: int, n: int, measure, dev) -> dict:
                 ad = TensorDescriptor.from_tensor(a8, [bm, bk])
                 bd = TensorDescriptor.from_tensor(bt8, [bn_, bk])
 
-                def tma(ad=ad, bd=bd, bm=bm, bn_=bn_, bk=bk, wn=wn, st=st):
+                def tma(ad=ad, bd=bd, bm=bm, bn_=bn_, bk=bk, wn=wn, st=st, grid=grid, c=c, out_q=out_q):
                     return gemm_tma_kernel[grid](ad, bd, c, mult, corr, bias, m, n, k, c.stride(0), 20.0, 0.0,
                                                  OUT_Q=out_q, GROUP_M=8, NUM_STAGES=st, BM=bm, BN=bn_, BK=bk,
                                                  num_warps=wn)

@@ -30,9 +30,10 @@ import torch
 from ember.backends.base import Backend, CompileContext, Kernel
 from ember.backends.cpu.registry import has_kernel
 from ember.backends.cuda.fallback import cpu_aten_kernel, wrap_generic
-from ember.backends.cuda.registry import ATEN, CUDA_KERNELS, cuda_candidates, cuda_entry
+from ember.backends.cuda.registry import ATEN, CUDA_KERNELS, GENERIC, cuda_candidates, cuda_entry
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
 from ember.plan.config import BuildConfig, Device
 from ember.plan.plan import Plan
 from ember.plan.records import Records
@@ -40,6 +41,10 @@ from ember.plan.records import Records
 if TYPE_CHECKING:
     from ember.backends.cuda.exec.program import CudaProgram
     from ember.backends.cuda.tuning import CudaTacticTimer
+
+
+#: Ops whose CUDA table ends in a fallback of its own.
+_OWN_FALLBACK = frozenset({OpType.QCONV, OpType.QGEMM})
 
 
 class CUDABackend(Backend):
@@ -51,14 +56,20 @@ class CUDABackend(Backend):
         return bool(CUDA_KERNELS.table(node.op)) or has_kernel(node.op)
 
     def tactics(self, node: Node, graph: Graph, records: Optional[Records] = None) -> list[str]:
-        """CUDA-specific candidates (default first); ``["aten"]`` for ops with only the generic one."""
+        """CUDA-specific candidates (default first), then ``"generic"`` (the CPU backend's generic
+        kernel on the GPU) where the op has one: the tactic timer falls back to it for forms the
+        CUDA kernels refuse (a weight computed at run time, dilated average pooling, 8-bit max
+        pooling...). ``["aten"]`` for ops with only the generic kernel."""
         names = cuda_candidates(node, graph, records)
-        return names if names else [ATEN]
+        if not names:
+            return [ATEN]
+        # INT8 layers have their own float fallback (``dequantized_fp32``), on CUDA's int8 storage
+        return names + [GENERIC] if has_kernel(node.op) and node.op not in _OWN_FALLBACK else names
 
     def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
         """The kernel of ``node`` for tactic ``ctx.tactic`` ("" = the default candidate)."""
         tactic = ctx.tactic or self.tactics(node, ctx.graph, ctx.records)[0]
-        if tactic == ATEN and not cuda_candidates(node, ctx.graph, ctx.records):
+        if tactic == GENERIC or (tactic == ATEN and not cuda_candidates(node, ctx.graph, ctx.records)):
             return wrap_generic(node, ctx)
         entry = cuda_entry(node, tactic, ctx.graph, ctx.records)
         if entry is None:

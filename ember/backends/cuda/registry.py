@@ -22,6 +22,9 @@ from ember.plan.records import Records
 
 #: The generic tactic: the CPU backend's device-agnostic PyTorch kernel, run on the GPU.
 ATEN = "aten"
+#: The same generic kernel offered as the last candidate of an op that has CUDA-specific ones, for
+#: the forms they refuse (some CUDA kernels of their own are named "aten": torch's CUDA ops).
+GENERIC = "generic"
 
 
 def _load() -> None:
@@ -43,6 +46,9 @@ def register_cuda_kernel(op: OpType, tactic: str, *, rank: int = 100, when: Opti
                          needs_triton: bool = False,
                          channels_last_only: bool = False) -> Callable[[KernelFactory], KernelFactory]:
     """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op`` on CUDA."""
+    if tactic == GENERIC:
+        raise ValueError(f"{GENERIC!r} names the CPU backend's generic kernel on the GPU; register "
+                         f"the CUDA kernel of {op} under another name")
     return CUDA_KERNELS.register(op, tactic, rank=rank, when=when, channels_last_only=channels_last_only,
                                  available=_triton if needs_triton else None)
 

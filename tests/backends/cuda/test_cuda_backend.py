@@ -123,3 +123,116 @@ def test_roles_import_each_other_in_one_direction():
             if _role(module) in FORBIDDEN.get(role, ()):
                 bad.append(f"{path.relative_to(REPO)}:{line} ({role}) imports {module}")
     assert not bad, bad
+
+
+# --- the generic kernel as the CUDA tactics' last resort ------------------------------------------
+
+def _conv_runtime_weight() -> tuple:
+    """A Conv whose weight is a graph input (computed at run time), as ONNX's backend cases and
+    some exporters give it: every CUDA convolution kernel needs a constant weight."""
+    from ember.ir import DType, Graph, Node, OpType, TensorType
+    from ember.ops.attrs import ConvAttrs
+
+    types = {"x": TensorType(DType.FLOAT32, (1, 3, 6, 6)), "w": TensorType(DType.FLOAT32, (4, 3, 3, 3)),
+             "y": TensorType(DType.FLOAT32, (1, 4, 6, 6))}
+    node = Node("c", OpType.CONV, ("x", "w"), ("y",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1))
+    return Graph("t", [node], ["x", "w"], ["y"], types, {}), node
+
+
+def _pool(op_name: str, dtype_name: str, dilations=(1, 1), indices: bool = False) -> tuple:
+    from ember.ir import DType, Graph, Node, OpType, TensorType
+    from ember.ops.attrs import PoolAttrs
+
+    dt = DType[dtype_name]
+    outs = ("y", "i") if indices else ("y",)
+    types = {"x": TensorType(dt, (1, 2, 6, 6)), "y": TensorType(dt, (1, 2, 4, 4)),
+             "i": TensorType(DType.INT64, (1, 2, 4, 4))}
+    node = Node("p", OpType[op_name], ("x",), outs, PoolAttrs((3, 3) if dilations == (1, 1) else (2, 2),
+                                                              (1, 1), (0, 0, 0, 0), dilations))
+    return Graph("t", [node], ["x"], list(outs), types, {}), node
+
+
+def _ctx(graph, tactic: str):
+    from ember.backends.base import CompileContext
+    from ember.plan.config import Precision
+
+    return CompileContext(graph, {}, torch.device("cpu"), tactic, Precision.FP32, Records(),
+                          BuildConfig(device="cuda"))
+
+
+def test_ops_with_cuda_kernels_end_their_tactics_with_the_generic_kernel():
+    from ember.backends.cuda.registry import GENERIC
+
+    graph, node = _conv_runtime_weight()
+    names = CUDABackend().tactics(node, graph)
+    assert names[0] == "cudnn" and names[-1] == GENERIC and names.count(GENERIC) == 1
+
+
+def test_int8_layers_keep_their_own_fallback_last():
+    from ember.backends.cuda.registry import GENERIC, cuda_candidates
+    from ember.ir import Node, OpType
+
+    node = Node("q", OpType.QGEMM, ("x",), ("y",), None)
+    assert GENERIC not in CUDABackend().tactics(node, None)
+    assert CUDABackend().tactics(node, None) == cuda_candidates(node, None)
+
+
+def test_a_runtime_weight_is_refused_by_cudnn_and_computed_by_the_generic_kernel():
+    from ember.errors import BuildError
+
+    graph, node = _conv_runtime_weight()
+    backend = CUDABackend()
+    with pytest.raises(BuildError, match="constant weight"):
+        backend.compile_node(node, _ctx(graph, "cudnn"))
+    kernel = backend.compile_node(node, _ctx(graph, "generic"))
+    x, w = torch.randn(1, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    torch.testing.assert_close(kernel([x, w])[0], torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def test_the_tuner_falls_back_to_the_generic_kernel_where_every_cuda_kernel_refuses():
+    """The tactic selector with a timer that compiles and runs each candidate (on CPU tensors
+    here): the CUDA convolutions refuse the run-time weight (inf), the generic kernel runs."""
+    from ember.backends.timing import wall_clock_timer
+    from ember.builder.tactics import TacticSelector
+    from ember.plan.config import Precision
+
+    graph, node = _conv_runtime_weight()
+    backend = CUDABackend()
+    timer = wall_clock_timer(backend, {}, torch.device("cpu"), Records(), BuildConfig(device="cuda"),
+                             warmup=0, reps=1)
+    choice = TacticSelector(timer).select(node, graph, backend.tactics(node, graph), Precision.FP32)
+    assert choice.tactic == "generic"
+    assert all(t == float("inf") for name, t in choice.timings.items() if name != "generic")
+
+
+@pytest.mark.parametrize("case", ["uint8_max", "int8_max", "max_with_indices", "dilated_average"])
+def test_pooling_forms_the_cuda_kernels_do_not_compute_go_to_the_generic_kernel(case):
+    """torch's CUDA pooling would return float for 8-bit input, has no Indices output here and no
+    dilated average pooling: those forms have no CUDA candidate, so the generic kernel runs them
+    (in their own dtype)."""
+    op, dtype, dil, idx = {"uint8_max": ("MAX_POOL", "UINT8", (1, 1), False),
+                           "int8_max": ("MAX_POOL", "INT8", (1, 1), False),
+                           "max_with_indices": ("MAX_POOL", "FLOAT32", (1, 1), True),
+                           "dilated_average": ("AVERAGE_POOL", "FLOAT32", (2, 2), False)}[case]
+    graph, node = _pool(op, dtype, dil, idx)
+    backend = CUDABackend()
+    assert backend.tactics(node, graph) == ["aten"]
+    kernel = backend.compile_node(node, _ctx(graph, ""))
+    if dtype == "FLOAT32":
+        x = torch.randn(1, 2, 6, 6)
+    else:
+        x = torch.randint(0, 100, (1, 2, 6, 6)).to(getattr(torch, dtype.lower()))
+    outs = kernel([x])
+    assert outs[0].dtype == x.dtype and tuple(outs[0].shape) == (1, 2, 4, 4)
+    if op == "MAX_POOL":
+        want = torch.nn.functional.max_pool2d(x.float(), 3, 1).to(x.dtype)
+    else:
+        want = torch.stack([x[..., i:i + 3:2, j:j + 3:2].mean(dim=(-2, -1)) for i in range(4) for j in range(4)],
+                           dim=-1).reshape(1, 2, 4, 4)
+    torch.testing.assert_close(outs[0], want)
+
+
+def test_float_pooling_keeps_its_cuda_kernels():
+    graph, node = _pool("MAX_POOL", "FLOAT32")
+    names = CUDABackend().tactics(node, graph)
+    assert names[0] == "aten" and names[-1] == "generic"

@@ -74,7 +74,28 @@ def _check(node: Node, a: PoolAttrs) -> int:
     return n
 
 
-@register_cuda_kernel(OpType.MAX_POOL, "aten", rank=0)
+def _float_input(node: Node, graph: Graph | None) -> bool:
+    t = graph.types.get(node.inputs[0]) if graph is not None else None
+    return t is None or t.dtype.is_float
+
+
+def _torch_max_pool(node: Node, graph: Graph | None, records: Optional[Records] = None) -> bool:
+    """Float input, 1-3 spatial dims and no Indices output (8-bit or integer pooling and the
+    Indices output go to the generic kernel)."""
+    a = node.attrs
+    single_output = len(node.outputs) < 2 or not node.outputs[1]
+    return isinstance(a, PoolAttrs) and len(a.kernel_shape) in _MAX and single_output and _float_input(node, graph)
+
+
+def _torch_average_pool(node: Node, graph: Graph | None, records: Optional[Records] = None) -> bool:
+    """Float input, 1-3 spatial dims, no dilations (dilated average pooling goes to the generic
+    kernel)."""
+    a = node.attrs
+    return (isinstance(a, PoolAttrs) and len(a.kernel_shape) in _AVG and all(d == 1 for d in a.dilations)
+            and _float_input(node, graph))
+
+
+@register_cuda_kernel(OpType.MAX_POOL, "aten", rank=0, when=_torch_max_pool)
 def max_pool(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     n = _check(node, a)
@@ -96,10 +117,8 @@ def max_pool(node: Node, ctx: CompileContext) -> Kernel:
 
 
 def _max_pool_2d(node: Node, graph: Graph | None, records: Optional[Records] = None) -> bool:
-    """2-D, single output, and an output the layout plan does not store NCHW."""
-    a = node.attrs
-    single_output = len(node.outputs) < 2 or not node.outputs[1]
-    return isinstance(a, PoolAttrs) and len(a.kernel_shape) == 2 and single_output
+    """2-D, float, single output, and an output the layout plan does not store NCHW."""
+    return _torch_max_pool(node, graph) and len(node.attrs.kernel_shape) == 2
 
 
 @register_cuda_kernel(OpType.MAX_POOL, "triton_nhwc", rank=10, when=_max_pool_2d, channels_last_only=True,
@@ -132,7 +151,7 @@ def max_pool_triton(node: Node, ctx: CompileContext) -> Kernel:
     return with_write_into(run, WriteInto(write, accepts))
 
 
-@register_cuda_kernel(OpType.AVERAGE_POOL, "aten", rank=0)
+@register_cuda_kernel(OpType.AVERAGE_POOL, "aten", rank=0, when=_torch_average_pool)
 def average_pool(node: Node, ctx: CompileContext) -> Kernel:
     a: PoolAttrs = node.attrs
     n = _check(node, a)

@@ -4,6 +4,9 @@
     python tools/gen_onnx_conformance.py --refusals      # also rewrite tests/onnx_backend_refusals.py
     python tools/gen_onnx_conformance.py --from-json     # re-render from the last run's results
     python tools/gen_onnx_conformance.py -k resize       # run only cases matching a regex (no writes)
+    python tools/gen_onnx_conformance.py --device cuda --no-ort --json build/onnx_cuda.json
+                                       # the same cases on the GPU: outcomes and reasons per case,
+                                       # grouped by reason (the table stays the CPU's)
 
 The cases are those ``tests/test_onnx_backend.py`` runs: the node cases generated from the
 installed ``onnx`` package plus its ``simple``, ``pytorch-converted`` and ``pytorch-operator``
@@ -183,14 +186,14 @@ def compare(case: Case, refs: list[Any], outs: list[Any]) -> None:
     Runner.assert_similar_outputs(refs, list(outs), rtol=case.rtol, atol=case.atol)
 
 
-def run_ember(case: Case, model: Any, sets: list[Any]) -> tuple[str, str]:
+def run_ember(case: Case, model: Any, sets: list[Any], device: str = "CPU") -> tuple[str, str]:
     from ember.errors import EmberError
     from ember.onnx_backend import EmberBackend
 
     try:
         with _time_limit(TIME_LIMIT_S), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rep = EmberBackend.prepare(model, "CPU")
+            rep = EmberBackend.prepare(model, device)
             try:
                 for inputs, refs in sets:
                     outs = rep.run(inputs)
@@ -227,7 +230,8 @@ def run_ort(case: Case, model: Any, sets: list[Any]) -> tuple[str, str]:
     return "pass", ""
 
 
-def run_all(selected: list[Case], with_ort: bool = True, progress: bool = True) -> list[Result]:
+def run_all(selected: list[Case], with_ort: bool = True, progress: bool = True,
+            device: str = "CPU") -> list[Result]:
     from onnx_backend_exclusions import exclusion_reason
 
     results = []
@@ -245,7 +249,7 @@ def run_all(selected: list[Case], with_ort: bool = True, progress: bool = True) 
         if excluded:
             outcome, reason = "excluded", excluded
         else:
-            outcome, reason = run_ember(case, model, sets)
+            outcome, reason = run_ember(case, model, sets, device)
         dt = time.perf_counter() - t0
         results.append(Result(case.name, case.kind, case.op, outcome, reason, dt, ort_outcome, ort_reason))
         if progress:
@@ -401,6 +405,9 @@ def main() -> None:
     ap.add_argument("--refusals", action="store_true", help=f"rewrite {REFUSALS.relative_to(ROOT)}")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (with -k)")
     ap.add_argument("-q", action="store_true", help="no per-case progress lines")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where Ember runs the cases; cuda writes only --json and a summary by reason")
+    ap.add_argument("--json", type=Path, help="also write the per-case results to this file")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.from_json:
@@ -408,9 +415,19 @@ def main() -> None:
     else:
         selected = cases(args.k)
         t0 = time.perf_counter()
-        results = run_all(selected, with_ort=not args.no_ort, progress=not args.q)
+        results = run_all(selected, with_ort=not args.no_ort, progress=not args.q, device=args.device.upper())
         print(f"{len(results)} cases in {time.perf_counter() - t0:.0f} s: "
               + ", ".join(f"{k} {v}" for k, v in collections.Counter(r.ember for r in results).items()))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps([asdict(r) for r in results], indent=0))
+            print(f"wrote {args.json}")
+        if args.device != "cpu":
+            by_reason = collections.Counter(_reason_key(r.reason) for r in results
+                                            if r.ember not in ("pass", "excluded"))
+            for reason, n in by_reason.most_common():
+                print(f"{n:5d}  {reason}")
+            return
         if args.k:
             return
         RESULTS.parent.mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -483,29 +483,39 @@ class Scheduler:
             self._fail([r], error, data_fault=True)
 
     def _fail(self, batch: list[_Request], exc: Exception, data_fault: bool = False) -> None:
-        """Answers ``batch`` with the error ``exc`` stands for: a client's error (400) when the
-        engine failed on the request's input data, else the error itself or an internal error."""
-        if isinstance(exc, ServeError) and not isinstance(exc, InstanceFailedError):
-            err: Exception = exc
-        elif data_fault or isinstance(exc, IndexRangeError) or _is_data_error(exc):
-            err = BadRequestError(
-                f"model '{self.name}' failed on the values of {self._suspects(batch[0], exc)}: "
-                f"{_first_line(exc)}; its batchmates were answered; fix the values of this request")
-        elif isinstance(exc, InputError):
-            err = BadRequestError(f"model '{self.name}': {exc}")
-        else:
-            err = internal_error(f"model '{self.name}' version {self.version} ran a batch of "
-                                 f"{sum(r.batch for r in batch)}", exc)
+        """Answers ``batch`` with the error ``exc`` stands for (``request_error``)."""
+        err = request_error(exc, model=self.name, version=self.version, rows=sum(r.batch for r in batch),
+                            feeds=batch[0].feeds, data_fault=data_fault, batchmates=True)
         for r in batch:
             if not r.future.done():
                 r.future.set_exception(err)
 
-    def _suspects(self, req: _Request, exc: Exception) -> str:
-        """The inputs a data error most likely comes from: integer inputs for index errors."""
-        names = sorted(req.feeds)
-        ints = [n for n in names if req.feeds[n].dtype.kind in "iu"]
-        chosen = ints if ints and _is_data_error(exc) else names
-        return ", ".join(f"input '{n}'" for n in chosen)
+
+def request_error(exc: BaseException, *, model: str, version: str, rows: int, feeds: Mapping[str, np.ndarray],
+                  data_fault: bool = False, batchmates: bool = False) -> ServeError:
+    """The error a request whose run failed with ``exc`` is answered with: ``exc`` itself when it
+    is already a serving error; a client's error (400) when the engine failed on the request's
+    own values (``data_fault``: it failed alone; an index out of range) or on its inputs
+    (``InputError``); else an internal error, logged with an id. ``feeds``: the request's inputs
+    (their names are the suspects); ``batchmates``: say that the rest of its batch was answered.
+    ``ember serve``'s batcher and the Ray Serve replicas answer alike through this."""
+    if isinstance(exc, ServeError) and not isinstance(exc, InstanceFailedError):
+        return exc
+    if data_fault or isinstance(exc, IndexRangeError) or _is_data_error(exc):
+        mates = "its batchmates were answered; " if batchmates else ""
+        return BadRequestError(f"model '{model}' failed on the values of {_suspects(feeds, exc)}: "
+                               f"{_first_line(exc)}; {mates}fix the values of this request")
+    if isinstance(exc, InputError):
+        return BadRequestError(f"model '{model}': {exc}")
+    return internal_error(f"model '{model}' version {version} ran a batch of {rows}", exc)
+
+
+def _suspects(feeds: Mapping[str, np.ndarray], exc: BaseException) -> str:
+    """The inputs a data error most likely comes from: integer inputs for index errors."""
+    names = sorted(feeds)
+    ints = [n for n in names if feeds[n].dtype.kind in "iu"]
+    chosen = ints if ints and _is_data_error(exc) else names
+    return ", ".join(f"input '{n}'" for n in chosen)
 
 
 #: What an engine error says when an index input held a value out of range (a client error).

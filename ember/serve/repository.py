@@ -69,7 +69,7 @@ class ModelRepository:
         out = []
         for d in sorted(self.root.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and (
-                    find_config_file(d) is not None or _version_dirs(d)):
+                    find_config_file(d) is not None or version_dirs(d)):
                 out.append(d.name)
         return out
 
@@ -196,7 +196,7 @@ class ModelRepository:
     async def _load_versions(self, name: str, replacement: Optional[Mapping[str, Any]]) -> dict[str, ServedModel]:
         folder = self.root / name
         config = read_config(folder, replacement)
-        available = _version_dirs(folder)
+        available = version_dirs(folder)
         chosen = config.version_policy.select(available)
         if not chosen:
             raise ModelConfigError(f"{folder}: no version folder matches the version policy "
@@ -224,6 +224,7 @@ class ModelRepository:
                            find_model_file(vdir).name)
 
 
-def _version_dirs(folder: Path) -> list[int]:
+def version_dirs(folder: Path) -> list[int]:
+    """The numbered version folders (1/, 2/, ...) of a model folder, in increasing order."""
     return sorted(int(d.name) for d in folder.iterdir()
                   if d.is_dir() and d.name.isdigit() and int(d.name) > 0)

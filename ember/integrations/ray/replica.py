@@ -24,13 +24,14 @@ from typing import Any, Optional, Union
 import numpy as np
 
 import ember
-from ember.errors import EmberError, IndexRangeError, InputError
+from ember.errors import EmberError
 from ember.plan.config import Device
-from ember.serve.batcher import batch_buckets, batch_key, check_batch_dim, padded_size
+from ember.serve.batcher import batch_buckets, batch_key, check_batch_dim, padded_size, request_error
 from ember.serve.config import ModelConfig, read_config
 from ember.serve.datatypes import to_numpy
 from ember.serve.engines import default_cache_dir, find_model_file, load_engine, onnx_build_config
-from ember.serve.errors import BadRequestError, ModelConfigError, ServeError, internal_error
+from ember.serve.errors import BadRequestError, ModelConfigError, ServeError
+from ember.serve.repository import version_dirs
 from ember.serve.signature import Signature, resolve_signature
 
 log = logging.getLogger("ember.integrations.ray")
@@ -58,12 +59,6 @@ class ModelSource:
     device: str
     #: the config's ``max_batch_size`` (0: no batch dim)
     max_batch_size: int = 0
-
-
-def version_dirs(model_dir: Path) -> list[int]:
-    """The numbered version folders of a model folder, in increasing order."""
-    return sorted(int(d.name) for d in model_dir.iterdir()
-                  if d.is_dir() and d.name.isdigit() and int(d.name) > 0)
 
 
 def resolve_model(model_dir: Union[str, Path], cache_dir: Union[str, Path, None] = None,
@@ -306,15 +301,8 @@ class ModelReplica:
         return split
 
     def _error(self, p: Pending, exc: BaseException, data_fault: bool) -> ServeError:
-        """The error a failed request is answered with: a client's error (400) when the engine
-        failed on the request's own values, otherwise an internal error with an id in the log."""
-        if isinstance(exc, ServeError):
-            return exc
-        if data_fault or isinstance(exc, IndexRangeError):
-            ints = sorted(n for n, a in p.feeds.items() if a.dtype.kind in "iu") or sorted(p.feeds)
-            text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            return BadRequestError(f"model '{self.name}' failed on the values of "
-                                   f"{', '.join(repr(n) for n in ints)}: {text}; fix the values of this request")
-        if isinstance(exc, InputError):
-            return BadRequestError(f"model '{self.name}': {exc}")
-        return internal_error(f"model '{self.name}' version {self.version} ran a batch of {p.rows}", exc)
+        """The error a failed request is answered with, as ``ember serve`` answers it
+        (``request_error``): a client's error (400) when the engine failed on the request's own
+        values, otherwise an internal error with an id in the log."""
+        return request_error(exc, model=self.name, version=self.version, rows=p.rows, feeds=p.feeds,
+                             data_fault=data_fault)

@@ -121,6 +121,7 @@ def build(model: Any, config: BuildConfig | None = None, *, progress: bool | Non
 
     quantization = None
     if int8.wanted(config):
+        int8.check_device(config)
         quantization, calib_feeds = int8.calibration(fresh(), config, calibration_data, progress,
                                                      lambda m, c, p: _build_once(m, c, p, backend, instruments))
         if accuracy_inputs is None and calib_feeds is not None:

@@ -43,9 +43,14 @@ BuildFn = Callable[[Any, BuildConfig, "bool | None"], Engine]
 
 
 def wanted(config: BuildConfig) -> bool:
-    """Whether ``config`` asks for INT8 layers. On CUDA they need Triton (``BuildError``)."""
-    want = config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
-    if want and config.device is Device.CUDA:
+    """Whether ``config`` asks for INT8 layers (precision or a per-layer precision)."""
+    return config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
+
+
+def check_device(config: BuildConfig) -> None:
+    """Raises ``BuildError`` when INT8 layers cannot run on ``config``'s device: on CUDA they need
+    a GPU and Triton (and no TensorFlow in the process, whose LLVM clashes with Triton's)."""
+    if config.device is Device.CUDA:
         from ember.backends.cuda.device import require_cuda, triton_available
 
         require_cuda("an INT8 engine for cuda")
@@ -56,7 +61,6 @@ def wanted(config: BuildConfig) -> bool:
         if not triton_available():
             raise BuildError("INT8 layers on CUDA run on Ember's Triton kernels, and Triton is not installed "
                              "here: pip install 'ember[cuda]' (or triton), or build with precision fp16")
-    return want
 
 
 def fp32_config(config: BuildConfig) -> BuildConfig:

@@ -23,6 +23,7 @@ from onnx import helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
 
 import ember
+from ember.backends.tensors import FLOAT8_TORCH, torch_to_numpy
 from ember.errors import DeviceError, EmberError
 
 #: ONNX device types -> Ember devices.
@@ -96,6 +97,8 @@ def _numpy(value: Any) -> np.ndarray:
         import ml_dtypes
 
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
+    if t.dtype in FLOAT8_TORCH:
+        return torch_to_numpy(t)  # ml_dtypes' 8-bit floats (onnx's numpy types for them)
     return t.numpy()  # type: ignore[no-any-return]
 
 

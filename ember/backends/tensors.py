@@ -23,8 +23,12 @@ _TORCH = {
     DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.UINT8: torch.uint8,
     DType.INT16: torch.int16, DType.UINT16: torch.uint16, DType.INT32: torch.int32, DType.INT64: torch.int64,
     DType.BOOL: torch.bool, DType.UINT32: torch.uint32, DType.UINT64: torch.uint64,
+    DType.FLOAT8E4M3FN: torch.float8_e4m3fn, DType.FLOAT8E4M3FNUZ: torch.float8_e4m3fnuz,
+    DType.FLOAT8E5M2: torch.float8_e5m2, DType.FLOAT8E5M2FNUZ: torch.float8_e5m2fnuz,
 }
 _FROM_TORCH = {v: k for k, v in _TORCH.items()}
+#: torch's 8-bit floats: storage, moved through numpy as their bytes (ml_dtypes' types there).
+FLOAT8_TORCH = frozenset(_TORCH[d] for d in DType if d.is_float8)
 
 
 #: ``int8``: the float operands and outputs of an INT8 layer on CUDA, where an INT8 build's float
@@ -62,16 +66,21 @@ def numpy_to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
         array = np.array(array, order="C", copy=True)
     if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (what onnx's numpy_helper makes)
         t = torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    elif array.dtype.name.startswith("float8_"):  # ml_dtypes' 8-bit floats: the same bytes
+        t = torch.from_numpy(array.view(np.uint8)).view(_TORCH[DType(array.dtype.name)])
     else:
         t = torch.from_numpy(array)
     return t if device.type == "cpu" else t.to(device)
 
 
 def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A numpy array of ``tensor`` (bfloat16 becomes float32: numpy has no bfloat16)."""
+    """A numpy array of ``tensor`` (bfloat16 becomes float32: numpy has no bfloat16; the 8-bit
+    floats become ml_dtypes' types, the same bytes)."""
     t = tensor.detach()
     if t.dtype == torch.bfloat16:
         t = t.float()
+    if t.dtype in FLOAT8_TORCH:
+        return t.cpu().contiguous().view(torch.uint8).numpy().view(_FROM_TORCH[t.dtype].to_numpy())
     return t.cpu().numpy()
 
 

@@ -548,7 +548,12 @@ class ConstantOfShapeAttrs:
 
 @dataclass(frozen=True)
 class CastAttrs:
+    """``saturate`` (ONNX 19+): a conversion to an 8-bit float clamps values beyond its range
+    (infinities included) to its largest finite value; without it they become NaN (or infinity
+    for float8e5m2). Other target types ignore it."""
+
     to: DType
+    saturate: bool = True
 
     def __post_init__(self) -> None:
         coerce_enum(self, "to", DType)

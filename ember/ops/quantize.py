@@ -1,7 +1,8 @@
 """QuantizeLinear and DequantizeLinear (ONNX's linear quantization): shape/type inference and
 the checks that keep a Q/DQ node within what Ember runs exactly.
 
-quantize: ``y = saturate(round_half_to_even(x / scale) + zero_point)``;
+quantize: ``y = saturate(round_half_to_even(x / scale) + zero_point)`` (8-bit float types: ``x /
+scale + zero_point`` converted to the type, saturating as ``QuantizeAttrs.saturate`` says);
 dequantize: ``y = (x - zero_point) * scale``. The scale's shape says the granularity (per-tensor,
 per-axis, blocked: see ``QuantizeAttrs``); the zero point has the scale's shape.
 """
@@ -20,8 +21,11 @@ from ember.ops.conv import window_out_dims
 from ember.ops.linalg import matmul_shape
 from ember.ops.registry import register_op
 
+#: The 8-bit float types of FP8 quantization (``y = saturate(x / scale + zero_point)`` converted
+#: to the type, rounding to nearest even; no integer rounding).
+FLOAT8_DTYPES = (DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ)
 #: The quantized types QuantizeLinear writes (DequantizeLinear also reads INT32).
-QUANTIZED_DTYPES = (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16)
+QUANTIZED_DTYPES = (DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, *FLOAT8_DTYPES)
 DEQUANTIZABLE_DTYPES = (*QUANTIZED_DTYPES, DType.INT32)
 SCALE_DTYPES = (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16)
 

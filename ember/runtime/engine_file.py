@@ -65,10 +65,44 @@ def _ember_version() -> str:
     return __version__
 
 
+#: safetensors metadata key naming the weights stored as their bytes (uint8) and their real type
+_FLOAT8_KEY = "ember_float8"
+
+
 def encode_weights(constants: Mapping[str, np.ndarray]) -> bytes:
-    """The safetensors bytes of the graph constants (0-d, empty, bool and int64 arrays included)."""
-    # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
-    return st_save({k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in constants.items()})
+    """The safetensors bytes of the graph constants (0-d, empty, bool and int64 arrays included).
+    8-bit float constants (ml_dtypes' types, which safetensors' numpy side does not take) are
+    stored as their bytes, uint8, and named with their type in the file's metadata."""
+    tensors: dict[str, np.ndarray] = {}
+    float8: dict[str, str] = {}
+    for k, v in constants.items():
+        # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
+        v = v if v.flags.c_contiguous else v.copy(order="C")
+        if v.dtype.name.startswith("float8_"):
+            float8[k] = v.dtype.name
+            v = v.view(np.uint8)
+        tensors[k] = v
+    return st_save(tensors, metadata={_FLOAT8_KEY: json.dumps(float8)} if float8 else None)
+
+
+def decode_weights(weights: bytes) -> dict[str, np.ndarray]:
+    """``encode_weights``'s inverse (8-bit float constants viewed back as their type)."""
+    constants = st_load(weights)
+    float8 = json.loads(_metadata(weights).get(_FLOAT8_KEY, "{}"))
+    for name, dtype in float8.items():
+        if name not in constants or constants[name].dtype != np.uint8 or not DType(dtype).is_float8:
+            raise ValueError(f"metadata names {name!r} as a {dtype} weight stored as bytes, and it is not")
+        constants[name] = constants[name].view(DType(dtype).to_numpy())
+    return constants
+
+
+def _metadata(weights: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (its header: a little-endian u64 length, then
+    JSON)."""
+    n = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + n])
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
 
 
 def manifest_of(plan: Plan, weights: bytes) -> dict[str, Any]:
@@ -178,7 +212,7 @@ def _check_manifest(path: Path, m: Mapping[str, Any], weights: bytes) -> None:
 
 
 #: numpy dtypes of the tensors Ember writes (``DType``; bfloat16 has no numpy form)
-_WRITTEN_DTYPES = frozenset(np.dtype(d.value).str for d in DType if d is not DType.BFLOAT16)
+_WRITTEN_DTYPES = frozenset(d.to_numpy().str for d in DType if d is not DType.BFLOAT16)
 #: packages whose dataclasses and enums the graph's attributes are made of
 _ATTR_PACKAGES = ("ember.ops", "ember.ir", "ember.plan")
 _ATTR_DEPTH = 32  # Ember's attributes nest a few levels (a dataclass of tuples of dataclasses)
@@ -329,7 +363,7 @@ def load_plan(path: str | os.PathLike[str], check_device: bool = True,
         check_compatible(manifest["device"], str(path))
     _check_plugins(path, manifest, import_plugins)
     try:
-        constants = st_load(weights)
+        constants = decode_weights(weights)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise EngineFileError(f"{path} has unreadable weights ({e}); {_REBUILD}") from None
     check_contents(path, manifest, constants)

@@ -29,6 +29,7 @@ from ember.backends.cpu.half import half_kernel
 from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
 from ember.backends.cpu.timing import cpu_timer
+from ember.backends.tensors import FLOAT8_TORCH, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError, GraphError, IndexRangeError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -141,6 +142,8 @@ def _to_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
     if a is None:
         return None
     arr = np.asarray(a)
+    if arr.dtype.name.startswith("float8_"):  # ml_dtypes' 8-bit floats: torch's, the same bytes
+        return numpy_to_torch(arr, torch.device("cpu"))
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr).copy()
     return torch.from_numpy(arr)
@@ -151,7 +154,7 @@ def _to_numpy(t: Optional[torch.Tensor], inputs: Sequence[Optional[np.ndarray]])
         return None
     if t.dtype is torch.bfloat16:
         raise GraphError("evaluate cannot return a bfloat16 tensor as numpy; keep it in torch")
-    out = t.detach().contiguous().numpy()
+    out = torch_to_numpy(t) if t.dtype in FLOAT8_TORCH else t.detach().contiguous().numpy()
     if any(a is not None and np.shares_memory(out, a) for a in inputs):
         out = out.copy()
     return out

@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ember.backends.tensors import compute_dtype
+from ember.backends.tensors import FLOAT8_TORCH, compute_dtype
 from ember.errors import DeviceError
 
 __all__ = ["compute_dtype"]  # re-exported for the CUDA kernels
@@ -81,8 +81,9 @@ def conv_scope(precision: str) -> Iterator[None]:
 
 
 def cast_float(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """``t`` in ``dtype`` when it is a float tensor (ints, bools and ``None`` pass through)."""
-    if t is None or not t.is_floating_point() or t.dtype == dtype:
+    """``t`` in ``dtype`` when it is a float tensor (ints, bools, 8-bit floats, which are storage,
+    and ``None`` pass through)."""
+    if t is None or not t.is_floating_point() or t.dtype == dtype or t.dtype in FLOAT8_TORCH:
         return t
     return t.to(dtype)
 

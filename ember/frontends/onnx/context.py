@@ -25,6 +25,8 @@ ONNX_DTYPES: dict[int, DType] = {
     onnx.TensorProto.UINT16: DType.UINT16, onnx.TensorProto.INT32: DType.INT32,
     onnx.TensorProto.INT64: DType.INT64, onnx.TensorProto.BOOL: DType.BOOL,
     onnx.TensorProto.UINT32: DType.UINT32, onnx.TensorProto.UINT64: DType.UINT64,
+    onnx.TensorProto.FLOAT8E4M3FN: DType.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ: DType.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2: DType.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ: DType.FLOAT8E5M2FNUZ,
 }
 
 

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ember.backends import tensors
 from ember.backends.base import CompileContext
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -15,18 +16,10 @@ from ember.ops.attrs import AutoPad
 Tensor = torch.Tensor
 Inputs = Sequence[Optional[Tensor]]
 
-_TORCH_DTYPES = {
-    DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,
-    DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.UINT8: torch.uint8,
-    DType.INT16: torch.int16, DType.UINT16: torch.uint16, DType.INT32: torch.int32, DType.INT64: torch.int64,
-    DType.BOOL: torch.bool, DType.UINT32: torch.uint32, DType.UINT64: torch.uint64,
-}
-
-
 def torch_dtype(name: str | DType) -> torch.dtype:
     """The torch dtype of an Ember dtype (``"float32"``, ``DType.INT64`` ...)."""
     dt = name if isinstance(name, DType) else DType.parse(name)
-    return _TORCH_DTYPES[dt]
+    return tensors.torch_dtype(dt)
 
 
 def norm_axis(axis: int, rank: int) -> int:

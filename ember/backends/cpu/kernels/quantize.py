@@ -20,8 +20,9 @@ import torch
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, norm_axis, torch_dtype
 from ember.backends.cpu.kernels.conv import conv_forward
+from ember.backends.cpu.kernels.shape import to_float8
 from ember.backends.cpu.registry import register_kernel
-from ember.backends.tensors import from_torch_dtype
+from ember.backends.tensors import FLOAT8_TORCH, from_torch_dtype
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -47,8 +48,14 @@ def broadcast_param(p: Tensor, x: Tensor, axis: int, block_size: int) -> Tensor:
 
 
 def quantize(x: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: DType,
-             axis: int = 1, block_size: int = 0) -> Tensor:
-    """ONNX QuantizeLinear of ``x`` into ``out`` (int8, uint8, int16, uint16)."""
+             axis: int = 1, block_size: int = 0, saturate: bool = True) -> Tensor:
+    """ONNX QuantizeLinear of ``x`` into ``out`` (int8, uint8, int16, uint16, or an 8-bit float:
+    ``x / scale + zero_point`` converted with Cast's rounding and ``saturate``)."""
+    if out.is_float8:
+        v = x.to(torch.float32) / broadcast_param(scale, x, axis, block_size).to(torch.float32)
+        if zero_point is not None:
+            v = v + broadcast_param(zero_point, x, axis, block_size).to(torch.float32)
+        return to_float8(v, out, saturate)
     lo, hi = QUANT_RANGE[out]
     s = broadcast_param(scale, x, axis, block_size).to(torch.float32)
     v = x.to(torch.float32) / s
@@ -62,7 +69,14 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: DType,
 
 def dequantize(q: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: DType,
                axis: int = 1, block_size: int = 0) -> Tensor:
-    """ONNX DequantizeLinear of ``q`` (int8, uint8, int16, uint16, int32) into ``out``."""
+    """ONNX DequantizeLinear of ``q`` (int8, uint8, int16, uint16, int32, or an 8-bit float) into
+    ``out``."""
+    if q.dtype in FLOAT8_TORCH:  # 8-bit floats widen exactly to float32
+        f = q.to(torch.float32)
+        if zero_point is not None:
+            f = f - broadcast_param(zero_point, q, axis, block_size).to(torch.float32)
+        y8 = f * broadcast_param(scale, q, axis, block_size).to(torch.float32)
+        return y8 if out is DType.FLOAT32 else y8.to(torch_dtype(out))
     v = q.to(torch.int32)
     if zero_point is not None:
         v = v - broadcast_param(zero_point, q, axis, block_size).to(torch.int32)
@@ -85,7 +99,7 @@ def quantize_linear(node: Node, ctx: CompileContext) -> Kernel:
     def run(inputs: Inputs) -> list:
         x, scale, zp = inputs[0], inputs[1], arg(inputs, 2)
         assert x is not None and scale is not None
-        return [quantize(x, scale, zp, quantized_dtype(zp, attrs), attrs.axis, attrs.block_size)]
+        return [quantize(x, scale, zp, quantized_dtype(zp, attrs), attrs.axis, attrs.block_size, attrs.saturate)]
 
     return run
 

@@ -13,6 +13,7 @@ import torch
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
     Inputs,
+    Tensor,
     int_param,
     ints,
     norm_axes,
@@ -21,6 +22,8 @@ from ember.backends.cpu.kernels.common import (
     torch_dtype,
 )
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.tensors import FLOAT8_TORCH
+from ember.ir.dtype import FLOAT8_MAX, DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
@@ -206,14 +209,48 @@ def bit_cast(node: Node, ctx: CompileContext) -> Kernel:
 
 @register_kernel(OpType.CAST)
 def cast(node: Node, ctx: CompileContext) -> Kernel:
-    """Cast; float -> int truncates toward zero and any nonzero -> True, as numpy's astype."""
-    dtype = torch_dtype(node.attrs.to if isinstance(node.attrs, CastAttrs) else node.attrs)
+    """Cast; float -> int truncates toward zero and any nonzero -> True, as numpy's astype; to an
+    8-bit float rounds to nearest even, saturating as ``CastAttrs.saturate`` says."""
+    attrs = node.attrs if isinstance(node.attrs, CastAttrs) else CastAttrs(node.attrs)
+    dtype = torch_dtype(attrs.to)
+    if attrs.to.is_float8:
+        def run_f8(inputs: Inputs) -> list:
+            return [to_float8(inputs[0], attrs.to, attrs.saturate)]
+
+        return run_f8
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        return [x if x.dtype is dtype else x.to(dtype)]
+        if x.dtype is dtype:
+            return [x]
+        if x.dtype in FLOAT8_TORCH:  # widened exactly first: torch converts 8-bit floats to floats
+            x = x.to(torch.float32)
+        return [x.to(dtype)]
 
     return run
+
+
+def to_float8(x: Tensor, to: DType, saturate: bool) -> Tensor:
+    """``x`` converted to the 8-bit float ``to``, rounding to nearest even, as ONNX's Cast does:
+    ``saturate`` clamps everything beyond the type's range, infinities included, to its largest
+    finite value (NaN stays NaN); without it, a value that rounds beyond the range becomes NaN, or
+    infinity in float8e5m2 (torch's conversion does that, except for float8e4m3fn, which it
+    saturates: that case is made NaN here)."""
+    dtype = torch_dtype(to)
+    if x.dtype is dtype:
+        return x
+    v = x.to(torch.float32) if x.dtype is not torch.float64 else x
+    big = FLOAT8_MAX[to]
+    if saturate:
+        return torch.clamp(v, -big, big).to(dtype)  # clamp keeps NaN
+    y = v.to(dtype)
+    if to is DType.FLOAT8E4M3FN:  # beyond 464 (halfway to 480, which would be odd) rounds out of range
+        y = torch.where(v.abs() > _E4M3FN_OVERFLOW, torch.full_like(y, float("nan")), y)
+    return y
+
+
+#: float8e4m3fn's 448 is 1.75 * 2**8; values above 464 round past it (ties go to 448, the even one).
+_E4M3FN_OVERFLOW = 464.0
 
 
 @register_kernel(OpType.RANGE)

@@ -43,6 +43,7 @@ from ember.backends.cuda.device import host_tensor
 from ember.backends.cuda.exec.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
 from ember.backends.cuda.exec.graphs import CAPTURE_LOCK, capture_graph
 from ember.backends.cuda.exec.program import CudaProgram
+from ember.backends.tensors import FLOAT8_TORCH, torch_to_numpy
 from ember.errors import InputError
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
@@ -392,6 +393,8 @@ def _kind(feeds: Mapping[str, Any]) -> str:
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype in FLOAT8_TORCH:
+        return torch_to_numpy(t)  # ml_dtypes' 8-bit floats, a copy
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.numpy().copy()

@@ -13,7 +13,7 @@ from ember.ops.attrs import CastAttrs, ReduceAttrs, ShapeAttrs
 def import_cast_like(ctx: ImportContext, n: OnnxNode) -> None:
     """Cast to the element type of input 1 (known at import)."""
     to = ctx.type(n.input(1)).dtype
-    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))
+    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to, saturate=bool(n.attr("saturate", 1))))
 
 
 @onnx_op("Size", since=1)

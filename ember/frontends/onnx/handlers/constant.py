@@ -80,7 +80,7 @@ def import_cast(ctx: ImportContext, n: OnnxNode) -> None:
     if code is None:
         raise reject("to is missing (it is required)")
     to = onnx_dtype(int(code), f"Cast {n.name!r} target type")
-    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to))
+    ctx.emit(n, OpType.CAST, n.inputs[:1], n.outputs[:1], CastAttrs(to=to, saturate=bool(n.attr("saturate", 1))))
 
 
 

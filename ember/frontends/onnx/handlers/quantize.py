@@ -2,9 +2,12 @@
 19 (``saturate``, float8 and 16-bit float scales), 21 (``block_size``, ``output_dtype``, 16-bit
 types), 23 (Q ``precision``, DQ ``output_dtype``) and 24 (float8e8m0 scales).
 
-Ember runs int8, uint8, int16 and uint16 quantization (and int32 dequantization) exactly; int4,
-uint4, float8 and float4 types are refused here, with the node, the type and what to do (the
-importer refuses such constants before any handler runs: ``check_quantized_types``).
+Ember runs int8, uint8, int16, uint16 and the four float8 types' quantization (and int32
+dequantization) exactly; int2/int4, uint2/uint4, float4 and float8e8m0 types are refused here, with
+the node, the type and what to do (the importer refuses such constants before any handler runs:
+``check_quantized_types``). Float8 Q/DQ pairs (NVIDIA ModelOpt's FP8 models) run as written: the
+conversion to and from float8 with its rounding, in the Q/DQ kernels; INT8 layers are made of the
+8-bit integer pairs only.
 DynamicQuantizeLinear, MatMulInteger and ConvInteger (what ``quantize_dynamic`` writes) map 1:1;
 QLinearMatMul and QLinearConv (``quantize_static``'s QOperator format) become the integer op and
 ONNX Runtime's requantization written with Ember's ops.
@@ -134,8 +137,9 @@ def check_quantized_types(graph: onnx.GraphProto, label: str) -> None:
             what, code = found[0]
             raise UnsupportedOpError(
                 f"{label}: node {name!r} ({node.op_type}) uses {type_name(code)} quantization (its {what}); "
-                f"Ember's kernels run int8, uint8, int16 and uint16 quantization only, so it cannot run "
-                f"this model as written. To use it, {REEXPORT_HINT}")
+                f"Ember's kernels run int8, uint8, int16, uint16 and float8 (e4m3fn, e4m3fnuz, e5m2, "
+                f"e5m2fnuz) quantization only, so it cannot run this model as written. To use it, "
+                f"{REEXPORT_HINT}")
 
 
 # ---- dynamic quantization's integer ops -------------------------------------------------------

@@ -31,10 +31,11 @@ _FROM_TORCH = {v: k for k, v in _TORCH.items()}
 FLOAT8_TORCH = frozenset(_TORCH[d] for d in DType if d.is_float8)
 
 
-#: ``int8``: the float operands and outputs of an INT8 layer on CUDA, where an INT8 build's float
-#: layers run in half precision (the CPU's INT8 layers read and write float32 and ask for none).
+#: ``int8`` / ``fp8``: the float operands and outputs of an INT8 or FP8 layer on CUDA, where such a
+#: build's float layers run in half precision (the CPU's INT8 layers read and write float32 and
+#: ask for none).
 _COMPUTE = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-            "int8": torch.float16}
+            "int8": torch.float16, "fp8": torch.float16}
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -44,14 +44,14 @@ REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
 
 
 def applies(config: BuildConfig) -> bool:
-    """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32, or a CPU
-    build with INT8 or half-precision (bf16 / fp16) layers."""
+    """Whether ``config.accuracy_target`` has anything to do: a GPU build below fp32 (half, tf32,
+    INT8, FP8), or a CPU build with INT8 or half-precision (bf16 / fp16) layers."""
     if config.accuracy_target is None:
         return False
     if config.device is Device.CPU:
         asked = {config.precision, *config.layer_precisions.values()}
         return bool(asked & {Precision.INT8, Precision.BF16, Precision.FP16})
-    return config.precision in REDUCED
+    return config.precision in REDUCED or config.precision.is_quantized
 
 
 def max_output_error(ours: Mapping[str, Any], ref: Mapping[str, np.ndarray]) -> float:
@@ -87,7 +87,7 @@ def reduced_layers(engine: Engine) -> list[str]:
     from ember.passes.cpu_half import is_conversion
 
     return [layer.name for layer in engine.plan.layers
-            if (layer.precision in REDUCED or layer.precision is Precision.INT8)
+            if (layer.precision in REDUCED or layer.precision.is_quantized)
             and not is_conversion(getattr(layer, "rule", ""))]
 
 

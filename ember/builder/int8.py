@@ -43,14 +43,20 @@ BuildFn = Callable[[Any, BuildConfig, "bool | None"], Engine]
 
 
 def wanted(config: BuildConfig) -> bool:
-    """Whether ``config`` asks for INT8 layers (precision or a per-layer precision)."""
-    return config.precision is Precision.INT8 or Precision.INT8 in config.layer_precisions.values()
+    """Whether ``config`` asks for quantized (INT8 or FP8) layers, by its precision or a per-layer
+    precision: such a build is calibrated first."""
+    return config.precision.is_quantized or any(p.is_quantized for p in config.layer_precisions.values())
 
 
 def check_device(config: BuildConfig) -> None:
-    """Raises ``BuildError`` when INT8 layers cannot run on ``config``'s device: on CUDA they need
-    a GPU and Triton (and no TensorFlow in the process, whose LLVM clashes with Triton's)."""
-    if config.device is Device.CUDA:
+    """Raises ``BuildError`` when the quantized layers asked for cannot run on ``config``'s device:
+    INT8 on CUDA needs a GPU and Triton (and no TensorFlow in the process, whose LLVM clashes with
+    Triton's); FP8 needs a GPU with FP8 tensor cores (compute capability 8.9: Ada, Hopper and
+    newer), where cuBLASLt runs its GEMMs (``torch._scaled_mm``)."""
+    asked = {config.precision, *config.layer_precisions.values()}
+    if Precision.FP8 in asked:
+        check_fp8_device()
+    if config.device is Device.CUDA and Precision.INT8 in asked:
         from ember.backends.cuda.device import require_cuda, triton_available
 
         require_cuda("an INT8 engine for cuda")
@@ -63,11 +69,23 @@ def check_device(config: BuildConfig) -> None:
                              "here: pip install 'ember[cuda]' (or triton), or build with precision fp16")
 
 
+def check_fp8_device() -> None:
+    """``BuildError`` unless this process's GPU runs FP8 GEMMs."""
+    from ember.backends.cuda.device import require_cuda
+
+    require_cuda("an FP8 engine for cuda")
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9) or not hasattr(torch, "_scaled_mm"):
+        raise BuildError(f"FP8 layers need a GPU with FP8 tensor cores (compute capability 8.9 or newer: "
+                         f"Ada, Hopper, Blackwell); {torch.cuda.get_device_name()} is {major}.{minor}. Build "
+                         f"with precision int8 or fp16")
+
+
 def fp32_config(config: BuildConfig) -> BuildConfig:
     """The fp32 build of an INT8 ``config`` (what calibration runs and errors compare with). On
     CUDA it is built without tactic timing or CUDA graphs: calibration runs it eagerly, where only
     its tensors matter, not its speed."""
-    table = {k: p for k, p in config.layer_precisions.items() if p is not Precision.INT8}
+    table = {k: p for k, p in config.layer_precisions.items() if not p.is_quantized}
     fp32 = replace(config, precision=Precision.FP32, layer_precisions=table, accuracy_target=None)
     if config.device is Device.CUDA:
         fp32 = replace(fp32, tactic_tuning=False, cuda_graphs=False)
@@ -122,8 +140,8 @@ def calibration(model: Any, config: BuildConfig, data: CalibrationData | None, p
         return None, None
     names = int8_tensors(engine.plan.graph)
     if not names:
-        warnings.warn("no layer of this model can run in int8 (convolutions and GEMMs with constant weights "
-                      "can); the engine is fp32", CalibrationWarning, stacklevel=3)
+        warnings.warn("no layer of this model can run in int8 or fp8 (convolutions and GEMMs with constant "
+                      "weights can); the engine is fp32", CalibrationWarning, stacklevel=3)
         return None, None
     plan = calibrate(engine, data, config.calibrator, config.calibration_percentile,
                      config.calibration_cache, tensors=names, progress=progress,

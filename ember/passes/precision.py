@@ -77,6 +77,12 @@ CPU_HALF_OPS = CPU_HALF_COMPUTE_OPS | CPU_HALF_FOLLOW_OPS
 #: Ops that ``BuildConfig.precision="int8"`` (or an ``int8`` entry of ``layer_precisions``) makes
 #: INT8 layers, where their form allows (``ember.passes.int8``); every other layer stays fp32.
 INT8_OPS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
+#: Ops that ``precision="fp8"`` (CUDA only) marks FP8: the GEMMs, whose FP8 kernel
+#: (``ember.backends.cuda.kernels.gemm_fp8``) takes a constant weight; the layers it does not
+#: apply to compute fp16 (their other tactics), as every other layer of an FP8 build.
+FP8_OPS = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
+#: The ops each quantized precision applies to.
+QUANTIZED_OPS = {Precision.INT8: INT8_OPS, Precision.FP8: FP8_OPS}
 
 
 def absorbed_ops(node: Node) -> tuple[str, ...]:
@@ -174,10 +180,10 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
         table: Mapping[str, Precision] = {
             k: (p if p in usable or not p.is_half else Precision.FP32)
             for k, p in cfg.layer_precisions.items() if p in CPU_PRECISIONS}
-    else:  # an INT8 CUDA build runs its float layers in half precision (TensorRT's int8 + fp16)
-        default = Precision.FP16 if cfg.precision is Precision.INT8 else cfg.precision
+    else:  # an INT8 or FP8 CUDA build runs its float layers in half precision (TensorRT's int8 + fp16)
+        default = Precision.FP16 if cfg.precision.is_quantized else cfg.precision
         table = cfg.layer_precisions
-    int8_default = cfg.precision is Precision.INT8
+    quantized_default = cfg.precision if cfg.precision.is_quantized else None
     precisions: dict[str, Precision] = {}
     for node in graph.nodes:
         if node.op in FP32_ONLY_OPS:
@@ -187,11 +193,11 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
         if not any(t is not None and t.dtype.is_float for t in outs):
             continue
         chosen = _override(node, table)
-        if chosen is Precision.INT8 and node.op not in INT8_OPS:
-            chosen = None  # only convolutions and GEMMs have INT8 kernels: the default instead
+        if chosen is not None and chosen.is_quantized and node.op not in QUANTIZED_OPS[chosen]:
+            chosen = None  # only convolutions and GEMMs have INT8 kernels, GEMMs FP8: the default instead
         if chosen is None:
-            if int8_default and node.op in INT8_OPS:
-                chosen = Precision.INT8
+            if quantized_default is not None and node.op in QUANTIZED_OPS[quantized_default]:
+                chosen = quantized_default
             else:
                 chosen = _cpu_default(node, graph, default, producer, precisions) if cpu else default
         elif cpu and chosen.is_half and not half_capable(node):

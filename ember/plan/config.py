@@ -48,15 +48,16 @@ class Precision(enum.StrEnum):
         return self in (Precision.FP16, Precision.BF16)
 
 
-#: Precisions a build can ask for (FP8 not yet).
-BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8)
+#: Precisions a build can ask for.
+BUILDABLE_PRECISIONS = (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8,
+                        Precision.FP8)
 
 #: What each device computes in: TF32 is a GPU tensor-core format that no CPU has. Whether this
 #: CPU runs bf16 / fp16 *natively* is the build's question (``ember.passes.precision``), not the
 #: configuration's: a config read back from an engine file must stay valid on another machine.
 DEVICE_PRECISIONS: dict[Device, tuple[Precision, ...]] = {
     Device.CPU: (Precision.FP32, Precision.BF16, Precision.FP16, Precision.INT8),
-    Device.CUDA: (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8),
+    Device.CUDA: (Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8, Precision.FP8),
 }
 
 #: Calibrators of INT8 builds (``ember.builder.calibration``).

@@ -55,12 +55,13 @@ def add_build_options(p: argparse.ArgumentParser, precision: bool = True, calibr
     g = p.add_argument_group("build options")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="target device (default cpu)")
     if precision:
-        g.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16", "int8"), default="fp32",
+        g.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16", "int8", "fp8"), default="fp32",
                        help="compute precision (default fp32). tf32: CUDA only. fp16/bf16: CUDA, and "
                             "on CPUs with native support (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16), else "
                             "the build says so and keeps fp32. int8: convolutions and GEMMs in INT8 on "
                             "either device (CUDA needs Triton), with scales from --calib-data or "
-                            "--calib-cache (a Q/DQ model brings its own)")
+                            "--calib-cache (a Q/DQ model brings its own). fp8: CUDA GPUs with FP8 tensor "
+                            "cores (Ada, Hopper); GEMMs in e4m3 with calibrated input ranges, the rest fp16")
     g.add_argument("--shapes", action="append", metavar="NAME:DIMS,...",
                    help="fixed input shapes, e.g. input:1x3x224x224")
     for which in ("min", "opt", "max"):

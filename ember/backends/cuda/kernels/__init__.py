@@ -16,6 +16,7 @@ def load_kernels() -> None:
         conv_triton,
         elementwise_fused,
         gemm,
+        gemm_fp8,
         misc,
         norm,
         plugin,

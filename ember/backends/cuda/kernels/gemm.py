@@ -40,7 +40,7 @@ from ember.plan.records import Records
 Tensor = torch.Tensor
 
 
-class _Linear:
+class Linear:
     """``y = alpha * op(a) @ op(B) + beta * c`` with constant 2-D ``B`` and 1-D-like ``c``."""
 
     def __init__(self, node: Node, ctx: CompileContext, g: GemmAttrs, dtype: torch.dtype) -> None:
@@ -91,7 +91,7 @@ def _linear_input(x: Tensor, bias: bool) -> Optional[Tensor]:
 Gemm2d = Callable[[Tensor, Tensor], bool]
 
 
-def _linear_write_into(lin: _Linear, dtype: torch.dtype, prec: str, packed: bool, gemm: Gemm2d) -> WriteInto:
+def _linear_write_into(lin: Linear, dtype: torch.dtype, prec: str, packed: bool, gemm: Gemm2d) -> WriteInto:
     """The ``WriteInto`` shared by the linear tactics: ``gemm(x, out2)`` computes the product of
     the (cast, maybe transposed) input ``x`` into ``out2``, the ``[rows, N]`` matrix of ``out``
     (``_out_matrix``), and returns ``False`` when it cannot (nothing written). ``accepts``: the
@@ -115,14 +115,14 @@ def _linear_write_into(lin: _Linear, dtype: torch.dtype, prec: str, packed: bool
     return WriteInto(write, lambda out: matrix(out) is not None)
 
 
-def _linear_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+def linear_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """B constant 2-D and C absent or a constant broadcastable along N (a bias vector)."""
     if graph is None or node.input(1) not in graph.constants:
         return False
     b = graph.constants[node.input(1)]
     if b.ndim != 2:
         return False
-    g = _gemm_attrs(node)
+    g = gemm_attrs(node)
     c_name = node.input(2)
     if c_name and g.beta != 0:
         c = graph.constants.get(c_name)
@@ -132,7 +132,8 @@ def _linear_applies(node: Node, graph: Optional[Graph], records: Optional[Record
     return True
 
 
-def _gemm_attrs(node: Node) -> GemmAttrs:
+def gemm_attrs(node: Node) -> GemmAttrs:
+    """The ``GemmAttrs`` of a Gemm, MatMul (defaults) or FusedGemm node."""
     a = node.attrs
     if isinstance(a, FusedGemmAttrs):
         return a.gemm
@@ -141,21 +142,22 @@ def _gemm_attrs(node: Node) -> GemmAttrs:
     return GemmAttrs()
 
 
-def _act(node: Node) -> tuple[Activation, tuple[float, ...]]:
+def gemm_activation(node: Node) -> tuple[Activation, tuple[float, ...]]:
+    """A FusedGemm's epilogue activation and its parameters (``NONE`` for Gemm and MatMul)."""
     a = node.attrs
     if isinstance(a, FusedGemmAttrs):
         return a.activation, tuple(a.act_params)
     return Activation.NONE, ()
 
 
-@register_cuda_kernel(OpType.GEMM, "cublas", rank=0, when=_linear_applies)
-@register_cuda_kernel(OpType.MATMUL, "cublas", rank=0, when=_linear_applies)
-@register_cuda_kernel(OpType.FUSED_GEMM, "cublas", rank=0, when=_linear_applies)
+@register_cuda_kernel(OpType.GEMM, "cublas", rank=0, when=linear_applies)
+@register_cuda_kernel(OpType.MATMUL, "cublas", rank=0, when=linear_applies)
+@register_cuda_kernel(OpType.FUSED_GEMM, "cublas", rank=0, when=linear_applies)
 def linear_cublas(node: Node, ctx: CompileContext) -> Kernel:
     """``F.linear`` with the prepared weight and bias; the activation (if any) after."""
     dtype = compute_dtype(ctx.precision)
-    lin = _Linear(node, ctx, _gemm_attrs(node), dtype)
-    act, params = _act(node)
+    lin = Linear(node, ctx, gemm_attrs(node), dtype)
+    act, params = gemm_activation(node)
     act_fn, prec = activation_fn(act, params), ctx.precision
 
     def run(inputs) -> list:
@@ -201,15 +203,15 @@ def _lt_epilogue(act: Activation) -> Optional[bool]:
 def _lt_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     a = node.attrs
     return (isinstance(a, FusedGemmAttrs) and _lt_epilogue(a.activation) is not None
-            and bool(node.input(2)) and _linear_applies(node, graph))
+            and bool(node.input(2)) and linear_applies(node, graph))
 
 
 @register_cuda_kernel(OpType.FUSED_GEMM, "cublaslt_epilogue", rank=10, when=_lt_applies)
 def linear_cublaslt(node: Node, ctx: CompileContext) -> Kernel:
     """Bias + ReLU (or tanh-GELU) in the cuBLASLt epilogue: one kernel, no extra pass."""
     dtype = compute_dtype(ctx.precision)
-    lin = _Linear(node, ctx, _gemm_attrs(node), dtype)
-    gelu = bool(_lt_epilogue(_act(node)[0]))
+    lin = Linear(node, ctx, gemm_attrs(node), dtype)
+    gelu = bool(_lt_epilogue(gemm_activation(node)[0]))
     w_t, prec = lin.weight.t(), ctx.precision
 
     # cuBLASLt's half-precision RELU_BIAS epilogue turns NaN into 0 (measured on the H100,
@@ -241,7 +243,7 @@ def _triton_applies(node: Node, graph: Optional[Graph], records: Optional[Record
 
     a = node.attrs
     return (isinstance(a, FusedGemmAttrs) and a.activation in EPILOGUE_ACTIVATIONS
-            and a.activation is not Activation.NONE and _linear_applies(node, graph))
+            and a.activation is not Activation.NONE and linear_applies(node, graph))
 
 
 @register_cuda_kernel(OpType.FUSED_GEMM, "cublas_triton", rank=20, when=_triton_applies,
@@ -251,8 +253,8 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
     from ember.backends.cuda.libs.triton_ops import bias_act_
 
     dtype = compute_dtype(ctx.precision)
-    lin = _Linear(node, ctx, _gemm_attrs(node), dtype)
-    act, params = _act(node)
+    lin = Linear(node, ctx, gemm_attrs(node), dtype)
+    act, params = gemm_activation(node)
     prec = ctx.precision
 
     def run(inputs) -> list:
@@ -288,8 +290,8 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
 def gemm_general(node: Node, ctx: CompileContext) -> Kernel:
     """Any Gemm/FusedGemm (B or C computed at run time, C of any broadcastable shape)."""
     dtype = compute_dtype(ctx.precision)
-    g = _gemm_attrs(node)
-    act, params = _act(node)
+    g = gemm_attrs(node)
+    act, params = gemm_activation(node)
     act_fn, prec = activation_fn(act, params), ctx.precision
 
     def run(inputs) -> list:

@@ -1,0 +1,108 @@
+"""FP8 (e4m3) GEMMs on Hopper's tensor cores: the layers an FP8 build marks (``precision="fp8"``,
+``ember.passes.precision.FP8_OPS``) with a constant weight, through cuBLASLt's FP8 GEMM
+(``torch._scaled_mm``).
+
+Numbers, as TensorRT's FP8 and NVIDIA ModelOpt define them:
+
+- **Weight:** quantized once, at compile time, per tensor: ``w8 = e4m3(w / sw)`` with ``sw =
+  max|w| / 448`` (448: e4m3's largest finite value), stored ``[N, K]`` row-major, which is the
+  column-major ``[K, N]`` operand cuBLASLt's FP8 GEMM takes.
+- **Input:** quantized per run with the calibrated per-tensor scale of the layer's input:
+  ``x8 = e4m3(clamp(x / sx, -448, 448))``, ``sx = amax / 448``, ``amax`` the calibrated range
+  (``QuantRecord``: an INT8 calibration's ``127 * scale``, or an FP8 record's ``448 * scale``).
+  Values beyond the calibrated range saturate; NaN stays NaN (NaN in, NaN out).
+- **Product and epilogue:** ``y = sx * sw * (x8 @ w8) + bias`` in fp32 inside the GEMM, written
+  fp16 (the FP8 build's float type), then the layer's activation.
+
+The tactic applies where cuBLASLt's FP8 GEMM does: K and N multiples of 16, no transposed input.
+Layers it does not apply to run their fp16 tactics; the tactic timer may also pick an fp16 tactic
+of an FP8 layer where it is faster (small GEMMs), which is only more accurate.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ember.backends.activations import activation_fn
+from ember.backends.base import CompileContext, Kernel
+from ember.backends.cuda.device import cast_float
+from ember.backends.cuda.kernels.gemm import Linear, gemm_activation, gemm_attrs, linear_applies
+from ember.backends.cuda.registry import register_cuda_kernel
+from ember.errors import BuildError
+from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
+from ember.plan.config import Precision
+from ember.plan.records import QuantDType, QuantRecord, Records
+
+Tensor = torch.Tensor
+
+#: e4m3's largest finite value
+E4M3_MAX = 448.0
+
+
+def input_amax(rec: QuantRecord) -> float:
+    """The calibrated ``max |x|`` a per-tensor record stands for: an INT8 symmetric record's
+    ``127 * scale``, an asymmetric uint8 one's farther end, an FP8 one's ``448 * scale``."""
+    s, zp = rec.scale[0], rec.zero_point[0]
+    if rec.dtype is QuantDType.FP8_E4M3:
+        return E4M3_MAX * s
+    if rec.dtype is QuantDType.UINT8:
+        return max(zp, 255 - zp) * s
+    return max(128 + zp, 127 - zp) * s if zp else 127.0 * s
+
+
+def _fp8_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """An FP8 layer (the precision plan says so) with a constant 2-D weight, a calibrated
+    per-tensor range for its input, K and N multiples of 16, and no transposed input."""
+    if records is None or graph is None or not linear_applies(node, graph, records):
+        return False
+    if records.precision.of(node.name, Precision.FP32) is not Precision.FP8:
+        return False
+    rec = records.quantization.get(node.inputs[0])
+    if rec is None or rec.per_channel:
+        return False
+    g = gemm_attrs(node)
+    b = graph.constants[node.input(1)]
+    n, k = (b.shape[0], b.shape[1]) if g.trans_b else (b.shape[1], b.shape[0])
+    return not g.trans_a and k % 16 == 0 and n % 16 == 0
+
+
+@register_cuda_kernel(OpType.GEMM, "cublaslt_fp8", rank=-10, when=_fp8_applies)
+@register_cuda_kernel(OpType.MATMUL, "cublaslt_fp8", rank=-10, when=_fp8_applies)
+@register_cuda_kernel(OpType.FUSED_GEMM, "cublaslt_fp8", rank=-10, when=_fp8_applies)
+def linear_fp8(node: Node, ctx: CompileContext) -> Kernel:
+    """The FP8 GEMM of an FP8 layer (module docstring)."""
+    rec = ctx.records.quantization.get(node.inputs[0]) if ctx.records is not None else None
+    if rec is None:
+        raise BuildError(f"node {node.name!r}: an FP8 layer needs the calibrated range of its input "
+                         f"{node.inputs[0]!r}; build with calibration data or a calibration cache")
+    lin = Linear(node, ctx, gemm_attrs(node), torch.float32)
+    w = lin.weight  # [N, K], alpha folded in
+    n, k = (int(d) for d in w.shape)
+    w_amax = float(w.abs().max()) if w.numel() else 0.0
+    sw = w_amax / E4M3_MAX if w_amax > 0 else 1.0
+    w8 = (w / sw).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).contiguous()
+    x_amax = input_amax(rec)
+    sx = x_amax / E4M3_MAX if x_amax > 0 else 1.0
+    scale_x = torch.tensor(sx, dtype=torch.float32, device=ctx.device)
+    scale_w = torch.tensor(sw, dtype=torch.float32, device=ctx.device)
+    inv_x = 1.0 / sx
+    bias = lin.bias.to(torch.float16) if lin.bias is not None else None
+    act, params = gemm_activation(node)
+    act_fn = activation_fn(act, params)
+    w8_t = w8.t()  # [K, N] column-major
+
+    def run(inputs) -> list:
+        x = cast_float(inputs[0], torch.float16)
+        lead = tuple(x.shape[:-1])
+        x2 = x.reshape(-1, k)
+        x8 = (x2.float() * inv_x).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(x8, w8_t, scale_a=scale_x, scale_b=scale_w, bias=bias, out_dtype=torch.float16)
+        y = y.reshape(*lead, n)
+        return [act_fn(y) if act_fn is not None else y]
+
+    return run
+
+
+__all__ = ["E4M3_MAX", "input_amax", "linear_fp8"]

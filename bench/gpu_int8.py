@@ -19,6 +19,7 @@ the agreement is on random weights and inputs.
 
     python bench/gpu_int8.py                                # -> bench/results/gpu-int8-<date>.json
     python bench/gpu_int8.py --models resnet-50 --batches 256 --out /tmp/r.json
+    python bench/gpu_int8.py --models bert-base --batches 128 --quantized int8 fp8
 """
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def _accuracy(name: str, q: EmberRunner, f: EmberRunner, feeds: list[dict[str, n
     return res
 
 
-def bench_row(name: str, batch: int, iterations: int, calib_samples: int, eval_samples: int) -> dict[str, Any]:
+def bench_row(name: str, batch: int, iterations: int, calib_samples: int, eval_samples: int,
+              quantized: tuple[str, ...] = ("int8",)) -> dict[str, Any]:
     path = zoo.export_onnx(name, batch=batch)
     calib = _samples(name, batch, max(1, calib_samples // batch) if batch > 1 else calib_samples, 1000)
     evals = _samples(name, batch, max(1, eval_samples // batch) if batch > 1 else eval_samples, 2000)
@@ -87,18 +89,21 @@ def bench_row(name: str, batch: int, iterations: int, calib_samples: int, eval_s
             t0 = time.perf_counter()
             engines[prec] = ember.build(path, ember.BuildConfig(device="cuda", precision=prec), progress=False)
             row[f"build_{prec}_s"] = round(time.perf_counter() - t0, 1)
-        cfg = ember.BuildConfig(device="cuda", precision="int8", calibrator=CALIBRATOR.get(name, "entropy"),
-                                calibration_cache=str(Path(tmp) / "model.calib"),
-                                timing_cache=str(Path(tmp) / "timing.json"))
-        t0 = time.perf_counter()
-        engines["int8"] = ember.build(path, cfg, calibration_data=calib, progress=False)
-        row["build_int8_cold_s"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        ember.build(path, cfg, progress=False)  # calibration cache and timing cache warm
-        row["build_int8_warm_s"] = round(time.perf_counter() - t0, 1)
-    layers = engines["int8"].plan.layers
-    row["int8_layers"] = sum(1 for lay in layers if str(lay.precision) == "int8")
-    row["layers"] = len(layers)
+        for q in quantized:
+            cfg = ember.BuildConfig(device="cuda", precision=q, calibrator=CALIBRATOR.get(name, "entropy"),
+                                    calibration_cache=str(Path(tmp) / f"model-{q}.calib"),
+                                    timing_cache=str(Path(tmp) / f"timing-{q}.json"))
+            t0 = time.perf_counter()
+            engines[q] = ember.build(path, cfg, calibration_data=calib, progress=False)
+            row[f"build_{q}_cold_s"] = round(time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            ember.build(path, cfg, progress=False)  # calibration cache and timing cache warm
+            row[f"build_{q}_warm_s"] = round(time.perf_counter() - t0, 1)
+            layers = engines[q].plan.layers
+            row[f"{q}_layers"] = sum(1 for lay in layers if str(lay.precision) == q)
+            if q == "fp8":
+                row["fp8_gemm_layers"] = sum(1 for lay in layers if lay.tactic == "cublaslt_fp8")
+            row["layers"] = len(layers)
     runners = {k: EmberRunner(e) for k, e in engines.items()}
     feed = zoo.sample_inputs(name, batch, seed=0)
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -109,8 +114,9 @@ def bench_row(name: str, batch: int, iterations: int, calib_samples: int, eval_s
     for k, ts in times.items():
         row[f"{k}_ms"] = round(statistics.median(ts), 4)
         row[f"{k}_items_per_s"] = round(batch * 1000.0 / statistics.median(ts), 1)
-    row["int8_vs_fp16"] = round(row["fp16_ms"] / row["int8_ms"], 3)
-    row["accuracy_int8_vs_fp32"] = _accuracy(name, runners["int8"], runners["fp32"], evals)
+    for q in quantized:
+        row[f"{q}_vs_fp16"] = round(row["fp16_ms"] / row[f"{q}_ms"], 3)
+        row[f"accuracy_{q}_vs_fp32"] = _accuracy(name, runners[q], runners["fp32"], evals)
     row["accuracy_fp16_vs_fp32"] = _accuracy(name, runners["fp16"], runners["fp32"], evals)
     for r in runners.values():
         r.close()
@@ -125,6 +131,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--eval-samples", type=int, default=512)
+    p.add_argument("--quantized", nargs="+", choices=("int8", "fp8"), default=["int8"],
+                   help="the quantized precisions measured beside fp16 (fp8: GPUs with FP8 tensor cores)")
     p.add_argument("--out")
     args = p.parse_args()
     import torch
@@ -133,7 +141,8 @@ def main() -> None:
     for name in args.models:
         for batch in args.batches or DEFAULT_BATCHES.get(name, (1,)):
             try:
-                rows.append(bench_row(name, batch, args.iterations, args.calib_samples, args.eval_samples))
+                rows.append(bench_row(name, batch, args.iterations, args.calib_samples, args.eval_samples,
+                                      tuple(args.quantized)))
             except Exception as e:  # noqa: BLE001 - a failed row is recorded and the table goes on
                 rows.append({"model": name, "batch": batch, "error": f"{type(e).__name__}: {e}"[:2000]})
                 print(json.dumps(rows[-1]), flush=True)
@@ -143,14 +152,15 @@ def main() -> None:
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"gpu-int8-{result['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{'model':<12} {'batch':>5} {'fp16 ms':>9} {'int8 ms':>9} {'x fp16':>7} {'int8/s':>9}  accuracy")
+    print(f"{'model':<12} {'batch':>5} {'prec':>5} {'fp16 ms':>9} {'q ms':>9} {'x fp16':>7} {'items/s':>9}  accuracy")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<12} {r['batch']:>5}  ERROR {r['error'][:100]}")
             continue
-        print(f"{r['model']:<12} {r['batch']:>5} {r['fp16_ms']:>9.3f} {r['int8_ms']:>9.3f} {r['int8_vs_fp16']:>7.2f} "
-              f"{r['int8_items_per_s']:>9.0f}  {r['accuracy_int8_vs_fp32']}  build {r['build_int8_cold_s']}/"
-              f"{r['build_int8_warm_s']} s")
+        for q in args.quantized:
+            print(f"{r['model']:<12} {r['batch']:>5} {q:>5} {r['fp16_ms']:>9.3f} {r[f'{q}_ms']:>9.3f} "
+                  f"{r[f'{q}_vs_fp16']:>7.2f} {r[f'{q}_items_per_s']:>9.0f}  {r[f'accuracy_{q}_vs_fp32']}  "
+                  f"build {r[f'build_{q}_cold_s']}/{r[f'build_{q}_warm_s']} s")
 
 
 if __name__ == "__main__":

@@ -286,7 +286,9 @@ def signed(p: QuantParams) -> QuantParams:
 @register_pass("quantize_layers", Phase.PRECISION)
 def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     """Replaces int8 layers by QConv / QGemm (see the module docstring)."""
-    records = ctx.records.quantization
+    everything = ctx.records.quantization  # FP8 records (``fold_fp8_qdq``) are kept, not read
+    records = QuantizationPlan({k: r for k, r in everything.tensors.items() if r.dtype is not QuantDType.FP8_E4M3},
+                               everything.channel_max)
     marked = {name for name, p in ctx.records.precision.layers.items() if p is Precision.INT8}
     if not records or not (marked or any(n.op is OpType.DEQUANTIZE_LINEAR for n in graph.nodes)):
         return _demote(graph, ctx, marked, NO_RECORD)
@@ -374,7 +376,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         p = params_of(node.outputs[0], out_rec)
         shared.update({i: p for i in ins})
 
-    new_records = dict(records.tensors)
+    new_records = dict(everything.tensors)
     # how the 8-bit tensors are stored: uint8 for oneDNN on the CPU, int8 for CUDA's kernels
     store = signed if ctx.device is Device.CUDA else (lambda p: p)
     params: dict[str, QuantParams] = {}  # 8-bit tensors between INT8 layers (as computed: uint8)

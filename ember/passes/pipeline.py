@@ -27,6 +27,7 @@ from ember.passes import (  # noqa: F401  (each module registers its passes)
     cpu_half,
     fold,
     fold_weights,
+    fp8,
     fuse_attention,
     fuse_conv,
     fuse_elementwise,
@@ -66,7 +67,7 @@ PIPELINE: tuple[str, ...] = (
     # layout
     "plan_concat_slices", "assign_layout",
     # precision
-    "assign_precisions", "quantize_layers", "plan_half_dtypes", "prune_quant_records",
+    "assign_precisions", "fold_fp8_qdq", "quantize_layers", "plan_half_dtypes", "prune_quant_records",
 )
 
 

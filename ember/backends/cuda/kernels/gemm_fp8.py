@@ -7,9 +7,10 @@ Numbers, as TensorRT's FP8 and NVIDIA ModelOpt define them:
 - **Weight:** quantized once, at compile time, per tensor: ``w8 = e4m3(w / sw)`` with ``sw =
   max|w| / 448`` (448: e4m3's largest finite value), stored ``[N, K]`` row-major, which is the
   column-major ``[K, N]`` operand cuBLASLt's FP8 GEMM takes.
-- **Input:** quantized per run with the calibrated per-tensor scale of the layer's input:
-  ``x8 = e4m3(clamp(x / sx, -448, 448))``, ``sx = amax / 448``, ``amax`` the calibrated range
-  (``QuantRecord``: an INT8 calibration's ``127 * scale``, or an FP8 record's ``448 * scale``).
+- **Input:** quantized per run with the calibrated per-tensor scale of the layer's input, in one
+  Triton pass (``libs.triton_fp8``): ``x8 = e4m3(clamp(x / sx, -448, 448))``, ``sx = amax /
+  448``, ``amax`` the calibrated range (``QuantRecord``: an INT8 calibration's ``127 * scale``,
+  or an FP8 record's ``448 * scale``).
   Values beyond the calibrated range saturate; NaN stays NaN (NaN in, NaN out).
 - **Product and epilogue:** ``y = sx * sw * (x8 @ w8) + bias`` in fp32 inside the GEMM, written
   fp16 (the FP8 build's float type), then the layer's activation.
@@ -26,8 +27,9 @@ import torch
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cuda.device import cast_float
+from ember.backends.cuda.device import cast_float, triton_available
 from ember.backends.cuda.kernels.gemm import Linear, gemm_activation, gemm_attrs, linear_applies
+from ember.backends.cuda.libs.triton_fp8 import E4M3_MAX, quantize_e4m3
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -37,8 +39,6 @@ from ember.plan.records import QuantDType, QuantRecord, Records
 
 Tensor = torch.Tensor
 
-#: e4m3's largest finite value
-E4M3_MAX = 448.0
 
 
 def input_amax(rec: QuantRecord) -> float:
@@ -88,6 +88,7 @@ def linear_fp8(node: Node, ctx: CompileContext) -> Kernel:
     scale_x = torch.tensor(sx, dtype=torch.float32, device=ctx.device)
     scale_w = torch.tensor(sw, dtype=torch.float32, device=ctx.device)
     inv_x = 1.0 / sx
+    use_triton = triton_available()  # one pass over the input; else three PyTorch operations
     bias = lin.bias.to(torch.float16) if lin.bias is not None else None
     act, params = gemm_activation(node)
     act_fn = activation_fn(act, params)
@@ -97,7 +98,7 @@ def linear_fp8(node: Node, ctx: CompileContext) -> Kernel:
         x = cast_float(inputs[0], torch.float16)
         lead = tuple(x.shape[:-1])
         x2 = x.reshape(-1, k)
-        x8 = (x2.float() * inv_x).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        x8 = quantize_e4m3(x2, inv_x, use_triton)
         y = torch._scaled_mm(x8, w8_t, scale_a=scale_x, scale_b=scale_w, bias=bias, out_dtype=torch.float16)
         y = y.reshape(*lead, n)
         return [act_fn(y) if act_fn is not None else y]

@@ -12,6 +12,7 @@ checked on every row. Where Ember is slower than ONNX Runtime, the per-op times 
     python bench/cpu.py --models resnet-50,googlenet --batches 1 --iterations 20
     python bench/cpu.py --quick                            # 3 iterations, batch 1 (smoke run)
     python bench/cpu.py --precision fp32,bf16 --batches 8 # an Ember bf16 engine too (issue 19)
+    python bench/cpu.py --without-persistent               # + Ember without the onednn_persistent conv tactic
 
 ``--precision`` lists Ember's precisions; each is one more runtime taking turns in the same
 rounds (``ember`` is fp32, ``ember-bf16`` bf16, ...), and every Ember row's error is measured
@@ -23,6 +24,7 @@ AMX / AVX-512 flags (``ember.backends.cpu.features``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch  # noqa: E402
 
 import ember  # noqa: E402
 from ember import zoo  # noqa: E402
+from ember.backends.cpu import native  # noqa: E402
 from ember.backends.cpu.features import cpu_features  # noqa: E402
 from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner, max_rel_error, time_ms  # noqa: E402
 
@@ -61,6 +64,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="rounds in which the runtimes take turns (default: up to 4; more: finer interleaving)")
     p.add_argument("--accuracy-target", type=float, default=None,
                    help="build the reduced-precision Ember engines to this max relative error against fp32")
+    p.add_argument("--without-persistent", action="store_true",
+                   help="also an Ember engine of each precision built without the onednn_persistent conv "
+                        "tactic (EMBER_ONEDNN_PERSISTENT=0; label ember-<precision>-no-persistent), taking "
+                        "turns in the same rounds")
     p.add_argument("--out", help="result file (default bench/results/cpu-<date>.json)")
     args = p.parse_args(argv)
     args.precision = [x.strip() for x in args.precision.split(",") if x.strip()]
@@ -88,12 +95,23 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
     feeds = zoo.sample_inputs(name, batch)
     spec = zoo.get(name)
     engines, build_s, errors = {}, {}, {}
-    for precision in args.precision:
+    load_before = os.getloadavg()
+    variants = [(p, False) for p in args.precision] + [(p, True) for p in args.precision if args.without_persistent]
+    for precision, without in variants:
         t0 = time.perf_counter()
         target = args.accuracy_target if precision != "fp32" else None
-        engines[ember_label(precision)] = ember.build(
-            str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target))
-        build_s[ember_label(precision)] = round(time.perf_counter() - t0, 2)
+        label = f"ember-{precision}-no-persistent" if without else ember_label(precision)
+        saved = os.environ.get(native.SWITCH_ENV)
+        os.environ[native.SWITCH_ENV] = "0" if without else (saved or "1")
+        try:
+            engines[label] = ember.build(
+                str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target))
+        finally:
+            if saved is None:
+                del os.environ[native.SWITCH_ENV]
+            else:
+                os.environ[native.SWITCH_ENV] = saved
+        build_s[label] = round(time.perf_counter() - t0, 2)
     runners: dict[str, Any] = {label: EmberRunner(engine) for label, engine in engines.items()}
     runners["onnxruntime"] = OrtRunner(path, threads=args.threads)
     if "torch" in args.peers:
@@ -115,7 +133,8 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
            "layers": {k: len(e.plan.layers) for k, e in engines.items()},
            "onnx_nodes": first.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": errors,
            "precisions": {k: _precisions(e) for k, e in engines.items()}, "latency_ms": latency,
-           "x_ort": ratios}
+           "x_ort": ratios, "load_avg": {"before": load_before, "after": os.getloadavg()},
+           "conv_tactics": {k: _conv_tactics(e) for k, e in engines.items()}}
     accuracy = {k: e.plan.build_info["accuracy"] for k, e in engines.items() if "accuracy" in e.plan.build_info}
     if accuracy:
         row["accuracy"] = {k: {"target": a["target"], "met": a["met"], "fp32_layers": len(a["fp32_layers"]),
@@ -127,6 +146,15 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
         row["breakdown"] = {k: breakdown(engines[k], path, feeds, args.threads) for k in slower}
     _print_row(row)
     return row
+
+
+def _conv_tactics(engine: Any) -> dict[str, int]:
+    """How many convolution layers run each tactic (``{"onednn_persistent": 52}``)."""
+    counts: dict[str, int] = {}
+    for layer in engine.plan.layers:
+        if layer.kind in ("Conv", "FusedConv", "QConv"):
+            counts[layer.tactic] = counts.get(layer.tactic, 0) + 1
+    return counts
 
 
 def _precisions(engine: Any) -> dict[str, int]:
@@ -186,7 +214,9 @@ def _print_row(row: dict[str, Any]) -> None:
             ratio = f"{x['median']:.2f}x ORT" + (f" [{x['min']:.2f}-{x['max']:.2f}]" if v.get("repeats", 1) > 1 else "")
             spread += f" ({ratio}, err {row['max_rel_error_vs_ort'][label]:.1e})"
         parts.append(f"{label} {v['median']:.2f} ms{spread}")
-    print(f"{row['model']:>13} b{row['batch']:<3} " + "  ".join(parts), flush=True)
+    load = row["load_avg"]["before"][0], row["load_avg"]["after"][0]
+    print(f"{row['model']:>13} b{row['batch']:<3} " + "  ".join(parts) + f"  (load {load[0]:.1f}-{load[1]:.1f})",
+          flush=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -233,7 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"unknown models {unknown}; choose from {', '.join(zoo.names())}", file=sys.stderr)
         return 2
     rows = [bench_one(name, batch, args) for name in args.models for batch in args.batches]
-    machine = {**common.machine_info(args.threads), "isa": cpu_features().reported()}
+    machine = {**common.machine_info(args.threads), "isa": cpu_features().reported(),
+               "onednn_extension": native.version_of(native.extension()) or native.unavailable_reason()}
     result = {"suite": "cpu", "machine": machine, "iterations": args.iterations, "warmup": args.warmup,
               "precisions": args.precision, "repeats": args.repeats, "rows": rows}
     path = common.write_result("cpu", result, args.out)

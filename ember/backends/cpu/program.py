@@ -80,7 +80,8 @@ class CPUProgram(Program):
                               tuple(n for n in frees.get(i, ()) if n not in keep),
                               tuple(k for k, o in enumerate(node.outputs) if o)))
         half = {layer.name: compute_dtype(layer.precision) for layer in plan.layers if layer.precision.is_half}
-        self.half = bool(half)
+        # half layers and persistent oneDNN convolutions fuse ReLU / Clip in runs with finite inputs
+        self.half = bool(half) or any(layer.tactic == "onednn_persistent" for layer in plan.layers)
         self.concat = plan_concat_exec(graph, plan.records, [s.kernel for s in steps], static_layout=False,
                                        float_dtype=half)  # a half Concat's buffer is 16-bit
         special = self.concat.special_steps()

@@ -17,6 +17,7 @@ says whether a tactic applies to a node of a given graph, and ``rank`` orders th
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -26,6 +27,10 @@ from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.plan.records import Records
+
+log = logging.getLogger("ember.build")
+#: tactics whose fallback was logged (once each)
+_FELL_BACK: set[str] = set()
 
 #: The generic tactic every op has.
 ATEN = "aten"
@@ -41,9 +46,13 @@ CPU_KERNELS = KernelRegistry("CPU", _load)
 
 
 def register_kernel(op: OpType, tactic: str = ATEN, *, rank: int = 100, when: Optional[Applies] = None,
-                    channels_last_only: bool = False) -> Callable[[KernelFactory], KernelFactory]:
-    """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op`` on the CPU."""
-    return CPU_KERNELS.register(op, tactic, rank=rank, when=when, channels_last_only=channels_last_only)
+                    channels_last_only: bool = False,
+                    available: Optional[Callable[[], bool]] = None) -> Callable[[KernelFactory], KernelFactory]:
+    """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op`` on the CPU.
+    ``available()``: whether this machine can run the tactic at all (a compiled extension); an
+    engine that recorded it runs the default candidate on a machine where it cannot."""
+    return CPU_KERNELS.register(op, tactic, rank=rank, when=when, channels_last_only=channels_last_only,
+                                available=available)
 
 
 def has_kernel(op: OpType) -> bool:
@@ -69,6 +78,17 @@ def lookup(node: Node, tactic: str, graph: Optional[Graph], records: Optional[Re
     if not tactic:
         names = candidates(node, graph, records)
         tactic = names[0] if names else ATEN
+    recorded = table.get(tactic)
+    if recorded is not None and recorded.available is not None and not recorded.available():
+        # an engine built where this tactic ran (a compiled extension), loaded where it cannot:
+        # the same layer on the default kernel, same results, with a word in the log
+        names = candidates(node, graph, records)
+        fallback = names[0] if names else ATEN
+        if tactic not in _FELL_BACK:
+            _FELL_BACK.add(tactic)
+            log.warning("CPU tactic %r recorded in the engine cannot run on this machine; its layers run %r "
+                        "(same results; rebuild the engine here to choose again)", tactic, fallback)
+        tactic = fallback
     entry = CPU_KERNELS.entry(node, tactic, graph, records)
     if entry is None:
         known = ", ".join(sorted(table))

@@ -109,7 +109,7 @@ def test_prepacked_tactics_are_offered_first_for_constant_weights():
     backend = CPUBackend()
     arrays = {"x": np.zeros((1, 4, 8, 8), np.float32), "w": np.zeros((4, 4, 3, 3), np.float32)}
     conv = Node("c", OpType.CONV, ("x", "w"), ("y",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)))
-    assert backend.tactics(conv, _graph_with(conv, arrays, {"w"}))[:3] == [
+    assert [t for t in backend.tactics(conv, _graph_with(conv, arrays, {"w"})) if t != "onednn_persistent"][:3] == [
         "mkldnn_prepacked", "channels_last", "aten"]
     # a weight computed at run time cannot be prepacked
     assert backend.tactics(conv, _graph_with(conv, arrays, set())) == ["aten"]

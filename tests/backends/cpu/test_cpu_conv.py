@@ -116,7 +116,7 @@ def test_prepacked_conv_with_dynamic_input_shape(rng, auto_pad):
     types = {"x": TensorType(DType.FLOAT32, ("batch", 3, "h", "w")), "w": TensorType(DType.FLOAT32, w.shape)}
     graph = Graph("g", [node], ["x"], ["y"], types, {"w": w})
     backend = CPUBackend()
-    assert backend.tactics(node, graph)[0] == "mkldnn_prepacked"
+    assert [t for t in backend.tactics(node, graph) if t != "onednn_persistent"][0] == "mkldnn_prepacked"
     consts = {"w": torch.from_numpy(w)}
     fast = backend.compile_node(node, CompileContext(graph, consts, torch.device("cpu"), "mkldnn_prepacked"))
     ref = backend.compile_node(node, CompileContext(graph, consts, torch.device("cpu"), "aten"))

@@ -30,6 +30,7 @@ def load_kernels() -> None:
         activation,
         conv,
         conv_mkldnn,
+        conv_persistent,
         elementwise,
         fused,
         linalg,

@@ -1,0 +1,286 @@
+"""Ember's compiled CPU extension: persistent oneDNN convolution primitives (``persistent_conv.cpp``).
+
+The extension is built at first use, on this machine, by ``torch.utils.cpp_extension.load``
+(ninja and the machine's C++ compiler) against a libdnnl installed next to PyTorch, and cached
+under ``$XDG_CACHE_HOME/ember/native/<key>`` (``~/.cache/...``), the key being a hash of the
+source, the library and the PyTorch / Python versions. PyTorch's own oneDNN is linked into
+``libtorch_cpu.so`` with hidden symbols, so a separate libdnnl is needed.
+
+Where the library is looked for: ``$EMBER_ONEDNN_PREFIX`` (a directory with
+``include/oneapi/dnnl/dnnl.hpp`` and ``lib/libdnnl.so``), else this interpreter's prefix
+(``sys.prefix``), where ``pip install ember[onednn]`` puts the ``onednn-cpu-gomp`` /
+``onednn-devel-cpu-gomp`` wheels. Only a GNU-OpenMP build can run in PyTorch's process: it shares
+PyTorch's ``libgomp.so.1`` (one thread pool; ``torch.set_num_threads`` sets oneDNN's thread count
+too). A SYCL build (the ``onednn`` 2026 wheels) has no plain CPU engine; an Intel-OpenMP or TBB
+build adds a second thread pool that fights PyTorch's (bench/probes/onednn_persistent/README.md).
+
+Nothing here raises for a missing piece: ``extension()`` returns ``None`` and
+``unavailable_reason()`` says why (no library, no compiler, no ninja, a SYCL / TBB / Intel-OpenMP
+build, a header / library version mismatch, a failed compile); the reason is logged once, on the
+``ember.backends.cpu.native`` logger. The tactic that uses it (``onednn_persistent``,
+``ember.backends.cpu.kernels.conv_persistent``) is then simply not a candidate::
+
+    >>> from ember.backends.cpu import native
+    >>> ext = native.extension()          # None where unavailable (built on first call)
+    >>> ext is not None or isinstance(native.unavailable_reason(), str)
+    True
+
+``EMBER_ONEDNN_PERSISTENT=0`` takes the tactic out of the candidates (``enabled()``) without
+touching the extension: for measuring with and without it in one process (``bench/cpu.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+SOURCE = Path(__file__).resolve().parent / "persistent_conv.cpp"
+PREFIX_ENV = "EMBER_ONEDNN_PREFIX"
+SWITCH_ENV = "EMBER_ONEDNN_PERSISTENT"
+_RUNTIMES = {0: "none", 1: "sequential", 2: "OpenMP", 4: "TBB", 8: "threadpool", 512: "SYCL"}
+_HOW = ("pip install 'ember[onednn]' (onednn-cpu-gomp and onednn-devel-cpu-gomp 2023.2.0) "
+        f"or set {PREFIX_ENV} to a GNU-OpenMP oneDNN install")
+
+log = logging.getLogger("ember.backends.cpu.native")
+
+
+class Unavailable(Exception):
+    """Why the extension cannot be built or used here (a sentence a person can act on)."""
+
+
+@dataclass(frozen=True)
+class OneDNNConfig:
+    """What a oneDNN install's headers declare."""
+
+    prefix: Path
+    version: str
+    cpu_runtime: str
+    threading_runtime: str
+
+
+def enabled() -> bool:
+    """Whether the persistent tactic may be a candidate (``EMBER_ONEDNN_PERSISTENT`` is not 0/off)."""
+    return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def find_prefix() -> Optional[Path]:
+    """``$EMBER_ONEDNN_PREFIX`` if set, else ``sys.prefix`` where it holds oneDNN's headers and library."""
+    env = os.environ.get(PREFIX_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    here = Path(sys.prefix)
+    if (here / "include" / "oneapi" / "dnnl" / "dnnl.hpp").is_file() and _library(here) is not None:
+        return here
+    return None
+
+
+def _library(prefix: Path) -> Optional[Path]:
+    for name in ("lib/libdnnl.so", "lib64/libdnnl.so"):
+        if (prefix / name).exists():
+            return prefix / name
+    return None
+
+
+def read_config(prefix: Path) -> OneDNNConfig:
+    """The version and runtimes ``prefix``'s ``dnnl_config.h`` / ``dnnl_version.h`` declare."""
+    inc = prefix / "include" / "oneapi" / "dnnl"
+    cfg, ver = inc / "dnnl_config.h", inc / "dnnl_version.h"
+    if not cfg.is_file() or not ver.is_file() or not (inc / "dnnl.hpp").is_file():
+        raise Unavailable(f"{prefix}: no oneDNN headers (include/oneapi/dnnl/dnnl.hpp, dnnl_config.h); "
+                          f"install the development package there (pip install --prefix {prefix} "
+                          f"onednn-devel-cpu-gomp==2023.2.0)")
+    text = cfg.read_text(errors="replace") + ver.read_text(errors="replace")
+
+    def define(name: str) -> str:
+        m = re.search(rf"#define\s+{name}\s+(\S+)", text)
+        return m.group(1) if m else ""
+
+    codes = dict(re.findall(r"#define\s+(DNNL_RUNTIME_\w+)\s+(\d+)u?", text))
+
+    def runtime(name: str) -> str:
+        value = define(name)
+        return _RUNTIMES.get(int(codes.get(value, "-1")), value or "unknown")
+
+    version = ".".join(define(f"DNNL_VERSION_{p}") for p in ("MAJOR", "MINOR", "PATCH"))
+    return OneDNNConfig(prefix, version, runtime("DNNL_CPU_RUNTIME"), runtime("DNNL_CPU_THREADING_RUNTIME"))
+
+
+def check_prefix(prefix: Path) -> tuple[OneDNNConfig, Path]:
+    """The install's config and library when this process can use it, else ``Unavailable``."""
+    cfg = read_config(prefix)
+    if cfg.cpu_runtime == "SYCL":
+        raise Unavailable(f"{prefix}: oneDNN {cfg.version} is a SYCL build (threading: {cfg.threading_runtime}); "
+                          f"its CPU engine needs a SYCL CPU device. Use a GNU-OpenMP build: {_HOW}")
+    if cfg.cpu_runtime != "OpenMP":
+        raise Unavailable(f"{prefix}: oneDNN {cfg.version} uses the {cfg.cpu_runtime} CPU runtime, which would "
+                          f"run a second thread pool next to PyTorch's OpenMP one. Use a GNU-OpenMP build: {_HOW}")
+    lib = _library(prefix)
+    if lib is None:
+        raise Unavailable(f"{prefix}: no lib/libdnnl.so; install the runtime package there "
+                          f"(pip install --prefix {prefix} onednn-cpu-gomp==2023.2.0)")
+    intel = _needs_intel_openmp(lib)
+    if intel:
+        raise Unavailable(f"{lib} links {intel}, a second OpenMP runtime next to PyTorch's libgomp "
+                          f"(its threads would contend with PyTorch's). Use a GNU-OpenMP build: {_HOW}")
+    return cfg, lib
+
+
+def _needs_intel_openmp(lib: Path) -> Optional[str]:
+    """The Intel / LLVM OpenMP runtime ``lib`` names as a dependency, if any (its dynamic strings)."""
+    with open(lib.resolve(), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for name in (b"libiomp5.so", b"libomp.so"):
+            if data.find(name + b"\0") >= 0:
+                return name.decode()
+    return None
+
+
+def loaded_openmp() -> list[str]:
+    """Paths of the OpenMP runtimes mapped into this process (libgomp, libiomp5, libomp)."""
+    seen: list[str] = []
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return seen
+    for line in maps.splitlines():
+        path = line.split()[-1] if "/" in line else ""
+        base = os.path.basename(path)
+        if base.startswith(("libgomp", "libiomp5", "libomp.")) and path not in seen:
+            seen.append(path)
+    return seen
+
+
+def compiler() -> Optional[str]:
+    """The C++ compiler ``torch.utils.cpp_extension`` would use (``$CXX``, else ``c++``), if present."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ember" / "native"
+
+
+def _key(lib: Path) -> str:
+    import torch
+
+    st = lib.resolve().stat()
+    parts = [SOURCE.read_bytes(), str(lib.resolve()).encode(), f"{st.st_size}:{st.st_mtime_ns}".encode(),
+             torch.__version__.encode(), sys.version.encode(), str(sysconfig.get_platform()).encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def build(prefix: Path, verbose: bool = False) -> ModuleType:
+    """Compiles (once per key, cached) and loads the extension for the oneDNN under ``prefix``;
+    ``Unavailable`` with the reason where it cannot."""
+    from torch.utils import cpp_extension
+
+    prefix = prefix.resolve()
+    cfg, lib = check_prefix(prefix)
+    if compiler() is None:
+        raise Unavailable(f"no C++ compiler ({os.environ.get('CXX', 'c++')}) on PATH: install g++ "
+                          f"(apt-get install g++) to build the extension")
+    if not cpp_extension.is_ninja_available():
+        raise Unavailable("ninja is not on PATH: pip install ninja (it builds the extension)")
+    key = _key(lib)
+    name = f"ember_onednn_conv_{key}"
+    loaded = sys.modules.get(name)
+    if loaded is not None:  # built and loaded by an earlier call (a module cannot be loaded twice)
+        return loaded
+    build_dir = cache_root() / key
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Unavailable(f"cannot create the extension's cache folder {build_dir} ({e}); set XDG_CACHE_HOME "
+                          f"to a writable folder") from e
+    if not any(build_dir.glob("*.so")):
+        log.info("compiling Ember's oneDNN extension against oneDNN %s in %s (once; cached in %s)",
+                 cfg.version, prefix, build_dir)
+    lib_dir = str(lib.parent)
+    try:
+        mod = cpp_extension.load(
+            name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+            extra_include_paths=[str(prefix / "include")],  # -I: before torch's bundled oneDNN headers
+            extra_cflags=["-O2", "-std=c++17"],
+            extra_ldflags=[f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}"], verbose=verbose)
+    except (RuntimeError, OSError, ImportError) as e:
+        last = str(e).strip().splitlines()[-1:] or [type(e).__name__]
+        raise Unavailable(f"compiling {SOURCE.name} against oneDNN {cfg.version} in {prefix} failed "
+                          f"({last[0]}); build log under {build_dir}") from e
+    got: dict[str, Any] = mod.version()
+    built = f"{got['major']}.{got['minor']}.{got['patch']}"
+    if got["header_version"] != built:
+        raise Unavailable(f"the extension was compiled against oneDNN {got['header_version']} headers but "
+                          f"loaded libdnnl {built}: remove {build_dir} to rebuild it")
+    omp = loaded_openmp()
+    if len(omp) > 1:
+        raise Unavailable(f"more than one OpenMP runtime is loaded in this process ({', '.join(omp)}); "
+                          f"the extension shares PyTorch's libgomp only")
+    try:
+        mod.engine_ok()
+    except RuntimeError as e:
+        raise Unavailable(f"oneDNN {built} in {prefix} cannot create a CPU engine: {e}") from e
+    return mod
+
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def extension() -> Optional[ModuleType]:
+    """The loaded extension (built on first call), or ``None`` where it is unavailable (the
+    reason, logged once, is ``unavailable_reason()``)."""
+    if "module" in _state:
+        return _state["module"]  # type: ignore[no-any-return]
+    with _lock:
+        if "module" not in _state:
+            mod, reason = None, None
+            prefix = find_prefix()
+            if prefix is None:
+                reason = f"no oneDNN library found (neither ${PREFIX_ENV} nor {sys.prefix} has one): {_HOW}"
+            else:
+                try:
+                    mod = build(prefix)
+                except Unavailable as e:
+                    reason = str(e)
+                except Exception as e:  # noqa: BLE001 - an optional tactic never breaks a build
+                    reason = f"unexpected {type(e).__name__} while loading the extension from {prefix}: {e}"
+            if reason is not None:
+                (log.info if prefix is None else log.warning)(
+                    "CPU tactic onednn_persistent is not a candidate: %s", reason)
+            else:
+                log.info("CPU tactic onednn_persistent: oneDNN %s from %s", version_of(mod), prefix)
+            _state["reason"] = reason
+            _state["module"] = mod
+    return _state["module"]  # type: ignore[no-any-return]
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why ``extension()`` is ``None`` (``None`` when it is available); builds on first call."""
+    extension()
+    return _state.get("reason")
+
+
+def version_of(mod: Optional[ModuleType]) -> str:
+    if mod is None:
+        return ""
+    v = mod.version()
+    return f"{v['major']}.{v['minor']}.{v['patch']}"
+
+
+def reset() -> None:
+    """Forgets the outcome of ``extension()`` so the next call looks again (tests)."""
+    with _lock:
+        _state.clear()
+
+
+__all__ = ["OneDNNConfig", "PREFIX_ENV", "SWITCH_ENV", "Unavailable", "build", "check_prefix", "compiler",
+           "enabled", "extension", "find_prefix", "loaded_openmp", "read_config", "reset", "unavailable_reason"]

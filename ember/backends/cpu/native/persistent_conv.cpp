@@ -1,0 +1,368 @@
+// Persistent oneDNN convolutions: Ember's CPU tactic ``onednn_persistent`` (issue 19).
+//
+// PyTorch's entry point (``mkldnn._convolution_pointwise``) rebuilds memory descriptors, the
+// post-op attribute and a primitive descriptor on every call before its primitive-cache hit:
+// 36-70 us of CPU per call on the 2-core Xeon measured (bench/probes/onednn_persistent). Here a
+// ``Layer`` holds one convolution's constants (its weight reordered once per weight layout a
+// primitive asks for, shared by every input shape; its bias), and ``Layer.prepare`` makes, once
+// per input shape, a ``Conv``: the primitive without the activation ("exact": the caller applies
+// it, so NaN stays NaN) and, where there is a ReLU / clip, a second one with it fused as an
+// eltwise post-op ("fused": oneDNN's relu / clip turn NaN into 0, so the caller uses it only on
+// runs whose inputs are finite). ``Conv.run`` only binds the tensors' data and executes.
+// INT8 layers (an s8 weight, u8/s8 activations, per-output-channel weight scales, source /
+// output scales and zero points as runtime arguments, the residual as oneDNN's ``sum`` post-op
+// into the output the caller fills with it) have one primitive, the activation always fused.
+//
+// Re-entrant: a ``Conv`` holds no per-call state. Memory objects are made per call (cheap
+// handles), the scratchpad is per thread (``thread_local``, grown as needed), and the GIL is
+// released while oneDNN runs, so any number of execution contexts may run one ``Conv`` from any
+// number of threads at once.
+//
+// Built against a separately installed libdnnl (PyTorch's bundled oneDNN exports no symbols)
+// by ``ember/backends/cpu/native/__init__.py``, which checks first that the library's threading
+// runtime is one this process can share (GNU OpenMP, PyTorch's own libgomp).
+#include <oneapi/dnnl/dnnl.hpp>
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#if DNNL_CPU_RUNTIME == DNNL_RUNTIME_SYCL || DNNL_CPU_RUNTIME == DNNL_RUNTIME_NONE
+#error "this libdnnl has no plain CPU engine (DNNL_CPU_RUNTIME is SYCL or none): use an OpenMP build"
+#endif
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+dnnl::engine &cpu_engine() {
+    static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+    return eng;
+}
+
+dnnl::stream &cpu_stream() {
+    thread_local dnnl::stream strm(cpu_engine());
+    return strm;
+}
+
+// The calling thread's scratchpad, grown to the largest any primitive asked for on it.
+void *thread_scratchpad(size_t bytes) {
+    struct Buffer {
+        void *ptr = nullptr;
+        size_t size = 0;
+        ~Buffer() { std::free(ptr); }
+    };
+    thread_local Buffer buf;
+    if (bytes > buf.size) {
+        std::free(buf.ptr);
+        size_t size = (bytes + 4095) / 4096 * 4096;
+        buf.ptr = std::aligned_alloc(64, size);
+        TORCH_CHECK(buf.ptr != nullptr, "could not allocate a ", size, "-byte oneDNN scratchpad");
+        buf.size = size;
+    }
+    return buf.ptr;
+}
+
+at::ScalarType to_scalar(dt d) {
+    switch (d) {
+        case dt::f32: return at::kFloat;
+        case dt::u8: return at::kByte;
+        case dt::s8: return at::kChar;
+        default: TORCH_CHECK(false, "unsupported oneDNN data type");
+    }
+}
+
+dt to_dt(const std::string &name) {
+    if (name == "f32") return dt::f32;
+    if (name == "u8") return dt::u8;
+    if (name == "s8") return dt::s8;
+    TORCH_CHECK_VALUE(false, "unknown data type '", name, "' (f32, u8, s8)");
+}
+
+void check_nhwc(const torch::Tensor &t, const memory::desc &md, const char *what) {
+    const at::ScalarType want = to_scalar(md.get_data_type());
+    TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == want, what, " must be a ", want,
+                      " CPU tensor, got ", t.scalar_type(), " on ", t.device());
+    auto d = md.get_dims();
+    TORCH_CHECK_VALUE(t.dim() == 4, what, " must be 4-D, got ", t.sizes());
+    for (int i = 0; i < 4; ++i)
+        TORCH_CHECK_VALUE(t.size(i) == d[i], what, " has shape ", t.sizes(), ", the primitive was made for [",
+                          d[0], ", ", d[1], ", ", d[2], ", ", d[3], "]");
+    TORCH_CHECK_VALUE(t.is_contiguous(at::MemoryFormat::ChannelsLast), what,
+                      " must be channels-last contiguous (torch.channels_last)");
+}
+
+struct Primitive {
+    dnnl::convolution_forward::primitive_desc pd;
+    dnnl::convolution_forward prim;
+    memory weights;  // the layer's weight in this primitive's layout (shared between primitives)
+};
+
+using Args = std::vector<std::pair<int, memory>>;
+
+class Conv {
+   public:
+    // `residual`: the residual is an input (fp32: oneDNN's binary add reads it); INT8 layers sum
+    // into `out` instead, which the caller fills with the residual first. `extra`: constant
+    // arguments (INT8 scales and zero points).
+    Conv(Primitive exact, std::unique_ptr<Primitive> fused, memory bias, bool residual, Args extra)
+        : exact_(std::move(exact)), fused_(std::move(fused)), bias_(std::move(bias)), residual_(residual),
+          extra_(std::move(extra)) {}
+
+    // x -> out (both NHWC, shapes as made for); with a residual, out = conv(x) + residual, then the
+    // activation when `fused` (valid only where the primitive has one: `has_fused`).
+    void run(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
+             bool fused) {
+        TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
+        const Primitive &p = fused ? *fused_ : exact_;
+        check_nhwc(x, p.pd.src_desc(), "input");
+        check_nhwc(out, p.pd.dst_desc(), "output");
+        TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
+                                                                       : "this convolution has no residual input");
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
+        args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, out.data_ptr()));
+        args.emplace(DNNL_ARG_WEIGHTS, p.weights);
+        args.emplace(DNNL_ARG_BIAS, bias_);
+        if (residual_) {
+            check_nhwc(*residual, p.pd.dst_desc(), "residual");
+            args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                         memory(p.pd.dst_desc(), eng, residual->data_ptr()));
+        }
+        at::internal::lazy_init_num_threads();  // this thread's OpenMP team size = torch's
+        {
+            pybind11::gil_scoped_release nogil;
+            const memory::desc sd = p.pd.scratchpad_desc();
+            args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+            dnnl::stream &s = cpu_stream();
+            p.prim.execute(s, args);
+            s.wait();
+        }
+    }
+
+    bool has_fused() const { return static_cast<bool>(fused_); }
+    std::vector<int64_t> dst_dims() const {
+        auto d = exact_.pd.dst_desc().get_dims();
+        return {d.begin(), d.end()};
+    }
+    std::string impl() const { return exact_.pd.impl_info_str(); }
+    int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
+
+   private:
+    Primitive exact_;
+    std::unique_ptr<Primitive> fused_;
+    memory bias_;
+    bool residual_;
+    Args extra_;
+};
+
+// INT8 quantization of a layer (all values per tensor but the weight's scales, per output channel).
+struct Quant {
+    dt src = dt::f32, dst = dt::f32, sum = dt::undef;
+    float src_scale = 1.f, dst_scale = 1.f, sum_scale = 1.f;
+    int32_t src_zp = 0, dst_zp = 0, sum_zp = 0;
+    torch::Tensor w_scales;
+};
+
+// One convolution layer's constants and attributes; `prepare` makes its primitives for an input shape.
+class Layer {
+   public:
+    Layer(torch::Tensor weight, c10::optional<torch::Tensor> bias, std::vector<int64_t> strides,
+          std::vector<int64_t> dilations, int64_t groups, std::string activation, double alpha, double beta,
+          bool residual, std::string src_dtype, std::string dst_dtype, c10::optional<torch::Tensor> w_scales,
+          double src_scale, int64_t src_zp, double dst_scale, int64_t dst_zp, std::string sum_dtype,
+          double sum_scale, int64_t sum_zp)
+        : strides_(std::move(strides)), dilations_(std::move(dilations)), groups_(groups),
+          activation_(std::move(activation)), alpha_(alpha), beta_(beta), residual_(residual) {
+        int8_ = weight.scalar_type() == at::kChar;
+        TORCH_CHECK_VALUE(weight.dim() == 4 && (weight.scalar_type() == at::kFloat || int8_),
+                          "weight must be a 4-D float32 or int8 tensor [O, I/groups, kh, kw], got ",
+                          weight.scalar_type(), " ", weight.sizes());
+        q_.src = to_dt(src_dtype);
+        q_.dst = to_dt(dst_dtype);
+        TORCH_CHECK_VALUE(int8_ == (q_.src != dt::f32), "an int8 weight needs u8/s8 activations, a float32 one f32");
+        TORCH_CHECK_VALUE(int8_ || q_.dst == dt::f32, "a float32 layer writes f32");
+        if (int8_) {
+            TORCH_CHECK_VALUE(w_scales.has_value() && w_scales->numel() == weight.size(0),
+                              "an int8 weight needs one scale per output channel");
+            q_.w_scales = w_scales->to(torch::kFloat).contiguous().clone();
+            q_.src_scale = static_cast<float>(src_scale);
+            q_.src_zp = static_cast<int32_t>(src_zp);
+            q_.dst_scale = static_cast<float>(dst_scale);
+            q_.dst_zp = static_cast<int32_t>(dst_zp);
+            q_.sum = sum_dtype.empty() ? dt::undef : to_dt(sum_dtype);
+            q_.sum_scale = static_cast<float>(sum_scale);
+            q_.sum_zp = static_cast<int32_t>(sum_zp);
+            auto scalar = [](auto v, auto type) { return torch::full({1}, v, type); };
+            consts_ = {scalar(q_.src_scale, torch::kFloat), scalar(q_.dst_scale, torch::kFloat),
+                       scalar(q_.src_zp, torch::kInt), scalar(q_.dst_zp, torch::kInt)};
+        }
+        TORCH_CHECK_VALUE(groups >= 1 && weight.size(0) % groups == 0, "output channels ", weight.size(0),
+                          " not divisible by groups ", groups);
+        TORCH_CHECK_VALUE(strides_.size() == 2 && dilations_.size() == 2, "strides and dilations need 2 values");
+        TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip",
+                          "activation must be none, relu or clip, got '", activation_, "'");
+        weight_ = weight.contiguous();
+        const int64_t oc = weight_.size(0);
+        bias_ = bias ? bias->to(torch::kFloat).reshape({-1}).contiguous().clone() : torch::zeros({oc}, torch::kFloat);
+        TORCH_CHECK_VALUE(bias_.numel() == oc, "bias has ", bias_.numel(), " values for ", oc, " output channels");
+    }
+
+    std::unique_ptr<Conv> prepare(const std::vector<int64_t> &src_dims, const std::vector<int64_t> &pad_l,
+                                  const std::vector<int64_t> &pad_r) {
+        TORCH_CHECK_VALUE(src_dims.size() == 4 && pad_l.size() == 2 && pad_r.size() == 2,
+                          "src_dims must be [N, C, H, W] and pads 2 values each");
+        const int64_t oc = weight_.size(0), kh = weight_.size(2), kw = weight_.size(3);
+        TORCH_CHECK_VALUE(src_dims[1] == weight_.size(1) * groups_, "input has ", src_dims[1],
+                          " channels, the weight expects ", weight_.size(1) * groups_, " (", groups_, " groups)");
+        auto out_size = [&](int i) {
+            int64_t k = i == 0 ? kh : kw;
+            return (src_dims[2 + i] + pad_l[i] + pad_r[i] - ((k - 1) * dilations_[i] + 1)) / strides_[i] + 1;
+        };
+        memory::dims sd(src_dims.begin(), src_dims.end());
+        memory::dims dd{src_dims[0], oc, out_size(0), out_size(1)};
+        TORCH_CHECK_VALUE(dd[0] > 0 && dd[2] > 0 && dd[3] > 0, "the convolution's output would be empty: [",
+                          dd[0], ", ", dd[1], ", ", dd[2], ", ", dd[3], "]");
+        // INT8 always fuses the activation (it must come before the requantization; no NaN in 8 bits)
+        auto exact = make(sd, dd, pad_l, pad_r, int8_ && activation_ != "none");
+        std::unique_ptr<Primitive> fused;
+        if (activation_ != "none" && !int8_) fused = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, true));
+        auto &eng = cpu_engine();
+        memory bias(memory::desc({oc}, dt::f32, tag::x), eng, bias_.data_ptr());
+        Args extra;
+        if (int8_) {
+            auto f32 = [&](const torch::Tensor &t) { return memory(memory::desc({t.numel()}, dt::f32, tag::x), eng, t.data_ptr()); };
+            auto s32 = [&](const torch::Tensor &t) { return memory(memory::desc({1}, dt::s32, tag::x), eng, t.data_ptr()); };
+            extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, f32(consts_[0]));
+            extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, f32(q_.w_scales));
+            if (q_.dst != dt::f32) extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, f32(consts_[1]));
+            if (q_.src_zp) extra.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, s32(consts_[2]));
+            if (q_.dst_zp && q_.dst != dt::f32) extra.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, s32(consts_[3]));
+        }
+        return std::make_unique<Conv>(std::move(exact), std::move(fused), std::move(bias), residual_ && !int8_,
+                                      std::move(extra));
+    }
+
+    int64_t weight_copies() const { return static_cast<int64_t>(packed_.size()); }
+
+   private:
+    memory::dims weight_dims() const {
+        const int64_t oc = weight_.size(0);
+        return groups_ == 1 ? memory::dims{oc, weight_.size(1), weight_.size(2), weight_.size(3)}
+                            : memory::dims{groups_, oc / groups_, weight_.size(1), weight_.size(2), weight_.size(3)};
+    }
+
+    Primitive make(const memory::dims &sd, const memory::dims &dd, const std::vector<int64_t> &pad_l,
+                   const std::vector<int64_t> &pad_r, bool with_activation) {
+        auto &eng = cpu_engine();
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        dnnl::post_ops po;
+        if (residual_ && int8_)  // dst = conv + sum_scale * (dst_old - sum_zp), dst_old read as sum's type
+            po.append_sum(q_.sum_scale, q_.sum_zp, q_.sum);
+        else if (residual_)
+            po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, dt::f32, tag::nhwc));
+        if (with_activation) {
+            if (activation_ == "relu")
+                po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+            else
+                po.append_eltwise(dnnl::algorithm::eltwise_clip, static_cast<float>(alpha_), static_cast<float>(beta_));
+        }
+        attr.set_post_ops(po);
+        if (int8_) {
+            attr.set_scales_mask(DNNL_ARG_SRC, 0);
+            attr.set_scales_mask(DNNL_ARG_WEIGHTS, groups_ == 1 ? 1 : 3);  // per output channel
+            if (q_.dst != dt::f32) attr.set_scales_mask(DNNL_ARG_DST, 0);
+            if (q_.src_zp) attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
+            if (q_.dst_zp && q_.dst != dt::f32) attr.set_zero_points_mask(DNNL_ARG_DST, 0);
+        }
+        const dt wdt = int8_ ? dt::s8 : dt::f32;
+        auto pd = dnnl::convolution_forward::primitive_desc(
+            eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+            memory::desc(sd, q_.src, tag::nhwc), memory::desc(weight_dims(), wdt, tag::any),
+            memory::desc({dd[1]}, dt::f32, tag::x), memory::desc(dd, q_.dst, tag::nhwc),
+            memory::dims{strides_[0], strides_[1]}, memory::dims{dilations_[0] - 1, dilations_[1] - 1},
+            memory::dims{pad_l[0], pad_l[1]}, memory::dims{pad_r[0], pad_r[1]}, attr);
+        return Primitive{pd, dnnl::convolution_forward(pd), packed(pd.weights_desc())};
+    }
+
+    // The weight in layout `md`, reordered once and shared by every primitive that asks for it.
+    memory packed(const memory::desc &md) {
+        for (auto &entry : packed_)
+            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
+        auto &eng = cpu_engine();
+        torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
+        memory user(memory::desc(weight_dims(), int8_ ? dt::s8 : dt::f32, groups_ == 1 ? tag::oihw : tag::goihw), eng,
+                    weight_.data_ptr());
+        memory dst(md, eng, buf.data_ptr());
+        dnnl::stream &s = cpu_stream();
+        dnnl::reorder(user, dst).execute(s, user, dst);
+        s.wait();
+        packed_.emplace_back(md, buf);
+        return dst;
+    }
+
+    torch::Tensor weight_, bias_;
+    std::vector<int64_t> strides_, dilations_;
+    int64_t groups_;
+    std::string activation_;
+    double alpha_, beta_;
+    bool residual_;
+    bool int8_ = false;
+    Quant q_;
+    std::vector<torch::Tensor> consts_;  // INT8: src scale, dst scale, src zero point, dst zero point
+    std::vector<std::pair<memory::desc, torch::Tensor>> packed_;
+};
+
+pybind11::dict version() {
+    const dnnl_version_t *v = dnnl_version();
+    pybind11::dict d;
+    d["major"] = v->major;
+    d["minor"] = v->minor;
+    d["patch"] = v->patch;
+    d["hash"] = std::string(v->hash);
+    d["cpu_runtime"] = v->cpu_runtime;
+    d["header_version"] = std::to_string(DNNL_VERSION_MAJOR) + "." + std::to_string(DNNL_VERSION_MINOR) + "." +
+                          std::to_string(DNNL_VERSION_PATCH);
+    d["header_cpu_runtime"] = static_cast<unsigned>(DNNL_CPU_RUNTIME);
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "Persistent oneDNN convolution primitives (Ember's CPU tactic onednn_persistent)";
+    m.def("version", &version, "libdnnl's version and CPU runtime, and the headers' it was compiled with");
+    m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
+    pybind11::class_<Conv>(m, "Conv")
+        .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
+             pybind11::arg("fused") = false)
+        .def_property_readonly("has_fused", &Conv::has_fused)
+        .def_property_readonly("dst_dims", &Conv::dst_dims)
+        .def_property_readonly("impl", &Conv::impl)
+        .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
+    pybind11::class_<Layer>(m, "Layer")
+        .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
+                            int64_t, std::string, double, double, bool, std::string, std::string,
+                            c10::optional<torch::Tensor>, double, int64_t, double, int64_t, std::string, double,
+                            int64_t>(),
+             pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("strides"), pybind11::arg("dilations"),
+             pybind11::arg("groups"), pybind11::arg("activation") = "none", pybind11::arg("alpha") = 0.0,
+             pybind11::arg("beta") = 0.0, pybind11::arg("residual") = false, pybind11::arg("src_dtype") = "f32",
+             pybind11::arg("dst_dtype") = "f32", pybind11::arg("w_scales") = pybind11::none(),
+             pybind11::arg("src_scale") = 1.0, pybind11::arg("src_zp") = 0, pybind11::arg("dst_scale") = 1.0,
+             pybind11::arg("dst_zp") = 0, pybind11::arg("sum_dtype") = "", pybind11::arg("sum_scale") = 1.0,
+             pybind11::arg("sum_zp") = 0)
+        .def("prepare", &Layer::prepare, pybind11::arg("src_dims"), pybind11::arg("pad_l"), pybind11::arg("pad_r"),
+             pybind11::keep_alive<0, 1>())  // a Conv reads its Layer's packed weight and bias
+        .def_property_readonly("weight_copies", &Layer::weight_copies);
+}

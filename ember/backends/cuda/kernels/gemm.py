@@ -31,7 +31,9 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cpu.kernels.linalg import gemm_value
 from ember.backends.cuda.device import cast_float, cast_inputs, compute_dtype, tf32_scope
+from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
+from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
@@ -283,6 +285,52 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
         return True
 
     return with_write_into(run, WriteInto(write, write_gemm.accepts))
+
+
+def _fused_triton_gemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """An activation cuBLASLt cannot fuse (erf GELU, SiLU, clip, ...), that Triton's epilogue
+    computes; the product of a constant weight and an untransposed input."""
+
+    return (_triton_applies(node, graph, records) and _lt_epilogue(node.attrs.activation) is None
+            and not gemm_attrs(node).trans_a)
+
+
+def _triton_gemm_factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
+    def linear_triton_gemm(node: Node, ctx: CompileContext) -> Kernel:
+        """One Triton GEMM with bias and activation fused (``libs.triton_gemm``), half precision."""
+        from ember.backends.cuda.libs.triton_gemm import linear
+
+        dtype = compute_dtype(ctx.precision)
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise BuildError(f"node {node.name!r}: the Triton GEMM computes fp16/bf16 layers, not {ctx.precision}")
+        lin = Linear(node, ctx, gemm_attrs(node), dtype)
+        act, params = gemm_activation(node)
+        n, k = (int(d) for d in lin.weight.shape)
+
+        def run(inputs) -> list:
+            x = cast_float(inputs[0], dtype)
+            lead = tuple(x.shape[:-1])
+            y = linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config)
+            return [y.reshape(*lead, n)]
+
+        def gemm(x: Tensor, out2: Tensor) -> bool:
+            linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config, out=out2)
+            return True
+
+        return with_write_into(run, _linear_write_into(lin, dtype, ctx.precision, False, gemm))
+
+    return linear_triton_gemm
+
+
+def _register_triton_gemms() -> None:
+    from ember.backends.cuda.libs.triton_gemm import CONFIGS
+
+    for i, config in enumerate(CONFIGS):
+        register_cuda_kernel(OpType.FUSED_GEMM, f"triton_gemm_{config.name}", rank=25 + i,
+                             when=_fused_triton_gemm_applies, needs_triton=True)(_triton_gemm_factory(config))
+
+
+_register_triton_gemms()
 
 
 @register_cuda_kernel(OpType.GEMM, "matmul", rank=50)

@@ -33,6 +33,7 @@ def load_kernels() -> None:
         conv_persistent,
         elementwise,
         fused,
+        gemm_persistent,
         linalg,
         linalg_mkldnn,
         movement,

@@ -1,4 +1,4 @@
-// Persistent oneDNN convolutions: Ember's CPU tactic ``onednn_persistent`` (issue 19).
+// Persistent oneDNN convolutions and INT8 GEMMs: Ember's CPU tactic ``onednn_persistent`` (issues 19, 14).
 //
 // PyTorch's entry point (``mkldnn._convolution_pointwise``) rebuilds memory descriptors, the
 // post-op attribute and a primitive descriptor on every call before its primitive-cache hit:
@@ -323,6 +323,162 @@ class Layer {
     std::vector<std::pair<memory::desc, torch::Tensor>> packed_;
 };
 
+// ----------------------------------------------------------------------------- INT8 GEMMs (QGemm)
+//
+// ``Linear`` holds one INT8 GEMM's constants: its s8 weight [N, K] (quantized per output column by
+// the caller), reordered once per weight layout a primitive asks for (shared by every row count),
+// its f32 bias, the per-column weight scales and the per-tensor source / output scales and zero
+// points (runtime arguments, constant). ``Linear.prepare(m)`` makes the matmul primitive for m rows
+// (``Matmul``); ``Matmul.run`` binds x [m, K] and out [m, N] (both row-major) and executes. The
+// activation (ReLU, GELU erf / tanh, clip) is always fused before the requantization: 8-bit
+// inputs hold no NaN.
+
+void check_rows(const torch::Tensor &t, const memory::desc &md, const char *what) {
+    const at::ScalarType want = to_scalar(md.get_data_type());
+    TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == want, what, " must be a ", want,
+                      " CPU tensor, got ", t.scalar_type(), " on ", t.device());
+    auto d = md.get_dims();
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == d[0] && t.size(1) == d[1], what, " has shape ", t.sizes(),
+                      ", the primitive was made for [", d[0], ", ", d[1], "]");
+    TORCH_CHECK_VALUE(t.is_contiguous(), what, " must be contiguous (row-major)");
+}
+
+class Matmul {
+   public:
+    Matmul(dnnl::matmul::primitive_desc pd, memory weights, memory bias, Args extra)
+        : pd_(std::move(pd)), prim_(pd_), weights_(std::move(weights)), bias_(std::move(bias)),
+          extra_(std::move(extra)) {}
+
+    void run(const torch::Tensor &x, const torch::Tensor &out) const {
+        check_rows(x, pd_.src_desc(), "input");
+        check_rows(out, pd_.dst_desc(), "output");
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
+        args.emplace(DNNL_ARG_SRC, memory(pd_.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(pd_.dst_desc(), eng, out.data_ptr()));
+        args.emplace(DNNL_ARG_WEIGHTS, weights_);
+        if (bias_) args.emplace(DNNL_ARG_BIAS, bias_);
+        at::internal::lazy_init_num_threads();  // this thread's OpenMP team size = torch's
+        {
+            pybind11::gil_scoped_release nogil;
+            const memory::desc sd = pd_.scratchpad_desc();
+            args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+            dnnl::stream &s = cpu_stream();
+            prim_.execute(s, args);
+            s.wait();
+        }
+    }
+
+    std::vector<int64_t> dst_dims() const {
+        auto d = pd_.dst_desc().get_dims();
+        return {d.begin(), d.end()};
+    }
+    std::string impl() const { return pd_.impl_info_str(); }
+    int64_t scratchpad_bytes() const { return static_cast<int64_t>(pd_.scratchpad_desc().get_size()); }
+
+   private:
+    dnnl::matmul::primitive_desc pd_;
+    dnnl::matmul prim_;
+    memory weights_, bias_;
+    Args extra_;
+};
+
+class Linear {
+   public:
+    Linear(torch::Tensor weight, c10::optional<torch::Tensor> bias, torch::Tensor w_scales, std::string activation,
+           double alpha, double beta, std::string src_dtype, double src_scale, int64_t src_zp,
+           std::string dst_dtype, double dst_scale, int64_t dst_zp)
+        : activation_(std::move(activation)), alpha_(alpha), beta_(beta) {
+        TORCH_CHECK_VALUE(weight.dim() == 2 && weight.scalar_type() == at::kChar,
+                          "weight must be a 2-D int8 tensor [N, K], got ", weight.scalar_type(), " ", weight.sizes());
+        TORCH_CHECK_VALUE(weight.size(0) > 0 && weight.size(1) > 0, "weight is empty: ", weight.sizes());
+        q_.src = to_dt(src_dtype);
+        q_.dst = to_dt(dst_dtype);
+        TORCH_CHECK_VALUE(q_.src != dt::f32, "an INT8 GEMM reads u8 or s8 activations");
+        TORCH_CHECK_VALUE(w_scales.numel() == weight.size(0), "w_scales has ", w_scales.numel(), " values for ",
+                          weight.size(0), " output columns");
+        TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip" ||
+                              activation_ == "gelu_erf" || activation_ == "gelu_tanh",
+                          "activation must be none, relu, clip, gelu_erf or gelu_tanh, got '", activation_, "'");
+        weight_ = weight.contiguous();
+        q_.w_scales = w_scales.to(torch::kFloat).reshape({-1}).contiguous().clone();
+        q_.src_scale = static_cast<float>(src_scale);
+        q_.src_zp = static_cast<int32_t>(src_zp);
+        q_.dst_scale = static_cast<float>(dst_scale);
+        q_.dst_zp = static_cast<int32_t>(dst_zp);
+        auto scalar = [](auto v, auto type) { return torch::full({1}, v, type); };
+        consts_ = {scalar(q_.src_scale, torch::kFloat), scalar(q_.dst_scale, torch::kFloat),
+                   scalar(q_.src_zp, torch::kInt), scalar(q_.dst_zp, torch::kInt)};
+        if (bias) {
+            bias_ = bias->to(torch::kFloat).reshape({1, -1}).contiguous().clone();
+            TORCH_CHECK_VALUE(bias_.numel() == weight_.size(0), "bias has ", bias_.numel(), " values for ",
+                              weight_.size(0), " output columns");
+        }
+    }
+
+    std::unique_ptr<Matmul> prepare(int64_t m) {
+        TORCH_CHECK_VALUE(m > 0, "an INT8 GEMM needs at least one row, got ", m);
+        const int64_t n = weight_.size(0), k = weight_.size(1);
+        auto &eng = cpu_engine();
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        dnnl::post_ops po;
+        const float a = static_cast<float>(alpha_), b = static_cast<float>(beta_);
+        if (activation_ == "relu") po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        if (activation_ == "clip") po.append_eltwise(dnnl::algorithm::eltwise_clip, a, b);
+        if (activation_ == "gelu_erf") po.append_eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+        if (activation_ == "gelu_tanh") po.append_eltwise(dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
+        attr.set_post_ops(po);
+        const bool qdst = q_.dst != dt::f32;
+        attr.set_scales_mask(DNNL_ARG_SRC, 0);
+        attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1 << 1);  // per column of the [K, N] weight
+        if (qdst) attr.set_scales_mask(DNNL_ARG_DST, 0);
+        if (q_.src_zp) attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
+        if (qdst && q_.dst_zp) attr.set_zero_points_mask(DNNL_ARG_DST, 0);
+        memory::desc bias_md = bias_.defined() ? memory::desc({1, n}, dt::f32, tag::ab) : memory::desc();
+        auto pd = dnnl::matmul::primitive_desc(eng, memory::desc({m, k}, q_.src, tag::ab),
+                                               memory::desc({k, n}, dt::s8, tag::any), bias_md,
+                                               memory::desc({m, n}, q_.dst, tag::ab), attr);
+        memory bias = bias_.defined() ? memory(bias_md, eng, bias_.data_ptr()) : memory();
+        auto f32 = [&](const torch::Tensor &t) { return memory(memory::desc({t.numel()}, dt::f32, tag::x), eng, t.data_ptr()); };
+        auto s32 = [&](const torch::Tensor &t) { return memory(memory::desc({1}, dt::s32, tag::x), eng, t.data_ptr()); };
+        Args extra;
+        extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC, f32(consts_[0]));
+        extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, f32(q_.w_scales));
+        if (qdst) extra.emplace_back(DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, f32(consts_[1]));
+        if (q_.src_zp) extra.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, s32(consts_[2]));
+        if (qdst && q_.dst_zp) extra.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, s32(consts_[3]));
+        memory w = packed(pd.weights_desc());
+        return std::make_unique<Matmul>(std::move(pd), std::move(w), std::move(bias), std::move(extra));
+    }
+
+    int64_t weight_copies() const { return static_cast<int64_t>(packed_.size()); }
+
+   private:
+    // The weight in layout `md`, reordered once and shared by every primitive that asks for it.
+    memory packed(const memory::desc &md) {
+        for (auto &entry : packed_)
+            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
+        auto &eng = cpu_engine();
+        torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
+        // [N, K] row-major is the [K, N] matrix in column-major order (tag ba)
+        memory user(memory::desc({weight_.size(1), weight_.size(0)}, dt::s8, tag::ba), eng, weight_.data_ptr());
+        memory dst(md, eng, buf.data_ptr());
+        dnnl::stream &s = cpu_stream();
+        dnnl::reorder(user, dst).execute(s, user, dst);
+        s.wait();
+        packed_.emplace_back(md, buf);
+        return dst;
+    }
+
+    torch::Tensor weight_, bias_;
+    std::string activation_;
+    double alpha_, beta_;
+    Quant q_;
+    std::vector<torch::Tensor> consts_;  // src scale, dst scale, src zero point, dst zero point
+    std::vector<std::pair<memory::desc, torch::Tensor>> packed_;
+};
+
 pybind11::dict version() {
     const dnnl_version_t *v = dnnl_version();
     pybind11::dict d;
@@ -340,7 +496,7 @@ pybind11::dict version() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.doc() = "Persistent oneDNN convolution primitives (Ember's CPU tactic onednn_persistent)";
+    m.doc() = "Persistent oneDNN convolution and INT8 matmul primitives (Ember's CPU tactic onednn_persistent)";
     m.def("version", &version, "libdnnl's version and CPU runtime, and the headers' it was compiled with");
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
     pybind11::class_<Conv>(m, "Conv")
@@ -365,4 +521,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("prepare", &Layer::prepare, pybind11::arg("src_dims"), pybind11::arg("pad_l"), pybind11::arg("pad_r"),
              pybind11::keep_alive<0, 1>())  // a Conv reads its Layer's packed weight and bias
         .def_property_readonly("weight_copies", &Layer::weight_copies);
+    pybind11::class_<Matmul>(m, "Matmul")
+        .def("run", &Matmul::run, pybind11::arg("x"), pybind11::arg("out"))
+        .def_property_readonly("dst_dims", &Matmul::dst_dims)
+        .def_property_readonly("impl", &Matmul::impl)
+        .def_property_readonly("scratchpad_bytes", &Matmul::scratchpad_bytes);
+    pybind11::class_<Linear>(m, "Linear")
+        .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, torch::Tensor, std::string, double, double,
+                            std::string, double, int64_t, std::string, double, int64_t>(),
+             pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("w_scales"),
+             pybind11::arg("activation") = "none", pybind11::arg("alpha") = 0.0, pybind11::arg("beta") = 0.0,
+             pybind11::arg("src_dtype") = "u8", pybind11::arg("src_scale") = 1.0, pybind11::arg("src_zp") = 0,
+             pybind11::arg("dst_dtype") = "f32", pybind11::arg("dst_scale") = 1.0, pybind11::arg("dst_zp") = 0)
+        .def("prepare", &Linear::prepare, pybind11::arg("m"),
+             pybind11::keep_alive<0, 1>())  // a Matmul reads its Linear's packed weight, bias and scales
+        .def_property_readonly("weight_copies", &Linear::weight_copies);
 }

@@ -15,7 +15,7 @@ kernels that use these bindings are in ``ember.backends.cuda.kernels``.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 
 def llvm_clash() -> Optional[str]:
@@ -29,3 +29,17 @@ def llvm_clash() -> Optional[str]:
                 "(both bundle LLVM); convert the TensorFlow/Keras model to .onnx or .ember in another "
                 "process (`ember build model.keras -o model.ember`), then build or load it here")
     return None
+
+
+def triton_modules() -> tuple[Any, Any]:
+    """``(triton, triton.language)`` where Triton may be imported into this process, else
+    ``(None, None)``: no package (CPU CI), or TensorFlow loaded (``llvm_clash``). The kernel modules
+    bind them at import and define their ``@triton.jit`` functions only when they are there."""
+    if llvm_clash():  # Triton next to TensorFlow's LLVM would abort the process
+        return None, None
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
+        return None, None
+    return triton, tl

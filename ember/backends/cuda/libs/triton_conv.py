@@ -46,18 +46,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from ember.backends.cuda.libs import triton_modules
 from ember.ops.attrs import Activation
 
-try:  # the launchers need it; importing this module does not
-    from ember.backends.cuda.libs import llvm_clash
-
-    if llvm_clash():  # Triton next to TensorFlow's LLVM would abort the process
-        raise ImportError(llvm_clash())
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
-    triton = None
-    tl = None
+triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,9 @@ from __future__ import annotations
 
 import torch
 
-try:  # the launcher needs it; importing this module does not
-    from ember.backends.cuda.libs import llvm_clash
+from ember.backends.cuda.libs import triton_modules
 
-    if llvm_clash():
-        raise ImportError(llvm_clash())
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
-    triton = None
-    tl = None
+triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
 
 #: e4m3's largest finite value
 E4M3_MAX = 448.0

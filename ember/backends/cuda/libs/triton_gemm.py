@@ -24,19 +24,11 @@ from typing import Optional, Sequence
 
 import torch
 
+from ember.backends.cuda.libs import triton_modules
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.ops.attrs import Activation
 
-try:  # the launcher needs it; importing this module does not
-    from ember.backends.cuda.libs import llvm_clash
-
-    if llvm_clash():
-        raise ImportError(llvm_clash())
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
-    triton = None
-    tl = None
+triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
 
 #: Variants: large tiles for batch-128 transformers (M in the tens of thousands), a narrow one for
 #: small N, a small-M one for batch 1.

@@ -40,19 +40,11 @@ from typing import Optional, Sequence
 import torch
 
 from ember.backends.cpu.kernels.qlayers import quantize_weight
+from ember.backends.cuda.libs import triton_modules
 from ember.backends.cuda.libs.triton_conv import TileConfig, output_hw
 from ember.ops.attrs import Activation
 
-try:  # the launchers need it; importing this module does not
-    from ember.backends.cuda.libs import llvm_clash
-
-    if llvm_clash():  # Triton next to TensorFlow's LLVM would abort the process
-        raise ImportError(llvm_clash())
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - machines without Triton (CPU CI)
-    triton = None
-    tl = None
+triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
 
 #: The INT8 variants offered as tactics: large tiles for batch 128+ (M in the hundreds of
 #: thousands), a deep-K mid tile, small row tiles for batch 1.

@@ -20,11 +20,11 @@ import numpy as np
 
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
-from ember.ir.optype import OpType
 from ember.ops.attrs import QuantizeAttrs
 from ember.passes.edit import dead_code
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.precision import FP8_OPS
+from ember.passes.quantization import qdq_chain
 from ember.plan.config import Device, Precision
 from ember.plan.records import PrecisionPlan, QuantDType, QuantRecord
 
@@ -49,12 +49,10 @@ def _zero(graph: Graph, name: str) -> bool:
 def fp8_pair(graph: Graph, name: str, producers: dict[str, Node]) -> tuple[str, float] | None:
     """``(x, scale)`` when ``name`` is ``DQ(Q(x))`` in float8e4m3fn, per tensor, with the same
     constant scale on both and zero points 0 (saturating Q); else ``None``."""
-    dq = producers.get(name)
-    if dq is None or dq.op is not OpType.DEQUANTIZE_LINEAR:
+    chain = qdq_chain(name, producers)
+    if chain is None:
         return None
-    q = producers.get(dq.inputs[0])
-    if q is None or q.op is not OpType.QUANTIZE_LINEAR:
-        return None
+    q, dq = chain
     q8 = graph.types.get(q.outputs[0])
     if q8 is None or q8.dtype is not DType.FLOAT8E4M3FN:
         return None

@@ -62,6 +62,7 @@ from ember.ops.attrs import (
 from ember.passes.edit import dead_code
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.precision import INT8_OPS as QUANTIZABLE_OPS
+from ember.passes.quantization import qdq_chain
 from ember.plan.config import Device, Precision
 from ember.plan.records import PrecisionPlan, QuantDType, QuantizationPlan, QuantRecord
 
@@ -150,12 +151,10 @@ def layer_form(node: Node, graph: Graph, device: Device = Device.CPU) -> _Form |
 
 def _qdq_pair(name: str, producers: Mapping[str, Node], records: QuantizationPlan) -> tuple[Node, Node] | None:
     """(Q, DQ) when ``name`` is ``DQ(Q(x))`` with the same constant quantization on both sides."""
-    dq = producers.get(name)
-    if dq is None or dq.op is not OpType.DEQUANTIZE_LINEAR:
+    chain = qdq_chain(name, producers)
+    if chain is None:
         return None
-    q = producers.get(dq.inputs[0])
-    if q is None or q.op is not OpType.QUANTIZE_LINEAR:
-        return None
+    q, dq = chain
     rq, rdq = records.get(q.inputs[0]), records.get(dq.outputs[0])
     if rq is None or rdq is None or rq.per_channel or (rq.dtype, rq.scale, rq.zero_point) != (
             rdq.dtype, rdq.scale, rdq.zero_point):

@@ -31,6 +31,7 @@ of weights that are only dequantized survive.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -63,6 +64,18 @@ def float_side(node: Node) -> str:
 def quantized_side(node: Node) -> str:
     """The integer tensor of a Q/DQ node (Q: its output; DQ: its input)."""
     return node.outputs[0] if node.op is OpType.QUANTIZE_LINEAR else node.inputs[0]
+
+
+def qdq_chain(name: str, producers: Mapping[str, Node]) -> tuple[Node, Node] | None:
+    """``(Q, DQ)`` when tensor ``name`` is ``DequantizeLinear(QuantizeLinear(x))``'s output (what
+    the INT8 and FP8 passes fold into their layers), else ``None``."""
+    dq = producers.get(name)
+    if dq is None or dq.op is not OpType.DEQUANTIZE_LINEAR:
+        return None
+    q = producers.get(dq.inputs[0])
+    if q is None or q.op is not OpType.QUANTIZE_LINEAR:
+        return None
+    return q, dq
 
 
 def qdq_record(node: Node, graph: Graph) -> QuantRecord | str:

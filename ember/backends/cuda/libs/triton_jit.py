@@ -38,6 +38,20 @@ def activate(x, P0, P1, ACT: tl.constexpr):
 
 
 @triton.jit
+def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)``: this program's output tile of an ``M`` x ``N`` product, in grouped
+    order: ``GROUP_M`` row blocks walk the columns together, so their input rows and the weight
+    stay in L2. Shared by the GEMM-shaped kernels."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
 def bias_act_kernel(y_ptr, b_ptr, r_ptr, total, n, P0, P1, HAS_BIAS: tl.constexpr,
                     HAS_RES: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)

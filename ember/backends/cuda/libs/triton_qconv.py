@@ -274,7 +274,7 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
 
 
 if triton is not None:
-    from ember.backends.cuda.libs.triton_jit import activate
+    from ember.backends.cuda.libs.triton_jit import activate, grouped_tile
 
     @triton.jit(do_not_specialize=["R", "INV", "ZP"])
     def quantize_kernel(x_ptr, y_ptr, inv_ptr, R, K, sxr, syr, INV, ZP,
@@ -311,16 +311,7 @@ if triton is not None:
     ):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of the INT8 layer's output per program (module
         docstring)."""
-        pid = tl.program_id(0)
-        # grouped tile order: GROUP_M row blocks walk the output channels together, so their input
-        # rows and the weight stay in L2
-        num_m = tl.cdiv(M, BLOCK_M)
-        num_n = tl.cdiv(COUT, BLOCK_N)
-        width = GROUP_M * num_n
-        first_m = (pid // width) * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % width) % size_m
-        pid_n = (pid % width) // size_m
+        pid_m, pid_n = grouped_tile(M, COUT, BLOCK_M, BLOCK_N, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import onnx
@@ -35,23 +35,7 @@ from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 from ember.plan.config import Device, Precision
 
 TACTIC = conv_persistent.TACTIC
-
-
-@pytest.fixture(autouse=True)
-def _fresh_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test looks for the library afresh and leaves no outcome behind for the next one."""
-    monkeypatch.delenv(native.SWITCH_ENV, raising=False)
-    native.reset()
-    yield
-    native.reset()
-
-
-@pytest.fixture
-def ext() -> Any:
-    mod = native.extension()
-    if mod is None:
-        pytest.skip(f"oneDNN extension unavailable: {native.unavailable_reason()}")
-    return mod
+pytestmark = pytest.mark.usefixtures("fresh_native")
 
 
 # ----------------------------------------------------------------------------- models and oracle

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import onnx
@@ -37,23 +37,8 @@ from ember.plan.config import Device, Precision
 
 DEFAULT = "aten"  # qlayers' QGemm kernel
 
-pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(native.SWITCH_ENV, raising=False)
-    native.reset()
-    yield
-    native.reset()
-
-
-@pytest.fixture
-def ext() -> Any:
-    mod = native.extension()
-    if mod is None:
-        pytest.skip(f"oneDNN extension unavailable: {native.unavailable_reason()}")
-    return mod
+pytestmark = [pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels"),
+              pytest.mark.usefixtures("fresh_native")]
 
 
 # ----------------------------------------------------------------------------- layers and oracles

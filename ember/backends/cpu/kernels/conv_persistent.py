@@ -46,6 +46,7 @@ from ember.backends.cpu.kernels.conv_mkldnn import gemm_write_into
 from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_weight
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
+from ember.backends.tensors import torch_dtype
 from ember.errors import BuildError, EmberError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -179,7 +180,6 @@ class _ShapeCache:
 
 
 _DT = {DType.UINT8: "u8", DType.INT8: "s8"}
-_TORCH = {DType.UINT8: torch.uint8, DType.INT8: torch.int8}
 
 
 def _int8_epilogue(a: QConvAttrs) -> Optional[tuple[str, float, float]]:
@@ -244,8 +244,8 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     t = ctx.graph.types.get(node.input(0)) if ctx.graph is not None else None
     if t is not None and len(t.shape) == 4 and all(isinstance(d, int) and d > 0 for d in t.shape):
         shapes.get(tuple(int(d) for d in t.shape))
-    x_dtype = _TORCH[xp.dtype]
-    out_dtype = torch.float32 if out_p is None else _TORCH[out_p.dtype]
+    x_dtype = torch_dtype(xp.dtype)
+    out_dtype = torch.float32 if out_p is None else torch_dtype(out_p.dtype)
     to_nchw = out_p is None and planned_format(ctx, node.outputs[0]) is NCHW
     name = node.name
 

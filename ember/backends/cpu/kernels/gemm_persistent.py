@@ -38,8 +38,9 @@ from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu import native
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv_persistent import TACTIC, available
-from ember.backends.cpu.kernels.qlayers import quantize, quantize_weight
+from ember.backends.cpu.kernels.qlayers import gemm_input, quantize, quantize_weight
 from ember.backends.cpu.registry import register_kernel
+from ember.backends.tensors import torch_dtype
 from ember.errors import BuildError, EmberError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
@@ -51,7 +52,6 @@ from ember.plan.records import Records
 MAX_SHAPES = 32
 
 _DT = {DType.UINT8: "u8", DType.INT8: "s8"}
-_TORCH = {DType.UINT8: torch.uint8, DType.INT8: torch.int8}
 #: The oneDNN eltwise post-op of each activation ``qlayers`` fuses into its INT8 linear.
 _FUSED = {Activation.NONE: "none", Activation.RELU: "relu", Activation.GELU_ERF: "gelu_erf",
           Activation.GELU_TANH: "gelu_tanh"}
@@ -120,18 +120,11 @@ def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
         for d in t.shape[:-1]:
             m *= int(d)
         rows.get(m)  # a static shape: its primitive now, at compile time
-    x_dtype = _TORCH[xp.dtype]
-    dst_dtype = torch.float32 if dst_p is None else _TORCH[dst_p.dtype]
+    dst_dtype = torch.float32 if dst_p is None else torch_dtype(dst_p.dtype)
     name = node.name
 
     def run(inputs: Inputs) -> list:
-        x = inputs[0]
-        if x.dtype != x_dtype:
-            x = quantize(x.contiguous(), xp, inv=inv)
-        elif inv is not None:
-            raise EmberError(f"INT8 layer {name!r} smooths its input and must be given it in float32")
-        elif not x.is_contiguous():
-            x = x.contiguous()
+        x = gemm_input(inputs[0], xp, inv, name)
         if x.dim() < 1 or x.shape[-1] != k:
             raise EmberError(f"INT8 layer {name!r}: input of shape {list(x.shape)}, the weight expects "
                              f"[..., {k}]")

@@ -33,13 +33,13 @@ from ember.backends.cpu.kernels.common import Inputs
 from ember.backends.cpu.kernels.conv_mkldnn import ConvPadder, reorder_params
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
+from ember.backends.tensors import torch_dtype
 from ember.errors import BuildError, EmberError
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, AutoPad, ConvAttrs, QConvAttrs, QGemmAttrs, QuantParams
 
-_TORCH = {DType.UINT8: torch.uint8, DType.INT8: torch.int8}
 _RANGE = {DType.UINT8: (0, 255), DType.INT8: (-128, 127)}
 
 
@@ -53,6 +53,16 @@ def int8_available() -> bool:
                     and hasattr(ops, "qlinear_pointwise"))
     except (AttributeError, RuntimeError):
         return False
+
+
+def gemm_input(x: torch.Tensor, xp: QuantParams, inv: Optional[torch.Tensor], layer: str) -> torch.Tensor:
+    """An INT8 GEMM's input as its kernel takes it: a float one quantized as ``xp`` says (``inv``:
+    the SmoothQuant multipliers, which need it float), an 8-bit one as it is; contiguous."""
+    if x.dtype != torch_dtype(xp.dtype):
+        return quantize(x.contiguous(), xp, inv=inv)
+    if inv is not None:
+        raise EmberError(f"INT8 layer {layer!r} smooths its input and must be given it in float32")
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def quantize(x: torch.Tensor, p: QuantParams, out: Optional[torch.Tensor] = None,
@@ -87,7 +97,7 @@ def quantize_weight(w: torch.Tensor, scales: torch.Tensor, axis: int) -> torch.T
 def _out_args(p: Optional[QuantParams]) -> tuple[float, int, torch.dtype]:
     """oneDNN's (output_scale, output_zero_point, output_dtype) for an output stored as ``p``
     (float32: scale 1, zero point 0)."""
-    return (1.0, 0, torch.float32) if p is None else (p.scale, p.zero_point, _TORCH[p.dtype])
+    return (1.0, 0, torch.float32) if p is None else (p.scale, p.zero_point, torch_dtype(p.dtype))
 
 
 def _conv_postop(act: Activation, params: tuple[float, ...], residual: bool) -> Optional[tuple[str, list, str]]:
@@ -200,7 +210,7 @@ def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torc
         raise BuildError(f"INT8 layer {node.name!r} writes an 8-bit output and has no residual scale")
     cl = torch.channels_last
     conv = torch.ops.onednn.qconv2d_pointwise
-    x_dtype = _TORCH[xp.dtype]
+    x_dtype = torch_dtype(xp.dtype)
     zp_fill = float(xp.zero_point)
 
     def prepare(x: torch.Tensor) -> tuple[torch.Tensor, list, list, list]:
@@ -273,17 +283,10 @@ def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.T
         fused = ("none", [], "")
     post, post_args, algorithm = fused
     xp = a.x
-    x_dtype = _TORCH[xp.dtype]
     linear = torch.ops.onednn.qlinear_pointwise
 
     def run(inputs: Inputs) -> list:
-        x = inputs[0]
-        if x.dtype != x_dtype:
-            x = quantize(x.contiguous(), xp, inv=inv)
-        elif inv is not None:
-            raise EmberError(f"INT8 layer {node.name!r} smooths its input and must be given it in float32")
-        elif not x.is_contiguous():
-            x = x.contiguous()
+        x = gemm_input(inputs[0], xp, inv, node.name)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, k) if x.dim() != 2 else x
         y = linear(x2, xp.scale, xp.zero_point, packed, w_scales, w_zp, bias, o_scale, o_zp, o_dtype,

@@ -290,7 +290,6 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
 def _fused_triton_gemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """An activation cuBLASLt cannot fuse (erf GELU, SiLU, clip, ...), that Triton's epilogue
     computes; the product of a constant weight and an untransposed input."""
-
     return (_triton_applies(node, graph, records) and _lt_epilogue(node.attrs.activation) is None
             and not gemm_attrs(node).trans_a)
 

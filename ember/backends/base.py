@@ -170,6 +170,10 @@ class Backend(abc.ABC):
     """A device backend (see the module docstring)."""
 
     device: ClassVar[Device]
+    #: Tactics that are last resorts: the tactic selector times them only when every other
+    #: candidate of a layer failed (e.g. CUDA's ``generic``: the CPU kernel placed on the GPU), so a
+    #: fallback never wins a layer on timing noise against the kernels written for it.
+    fallback_tactics: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def name(self) -> str:

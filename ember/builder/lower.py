@@ -67,7 +67,8 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     timed = from_cache = 0
     for node in nodes:
         precision = layer_precision(node, records, config)
-        choice = selector.select(node, graph, _candidates(backend, node, graph, records), precision)
+        choice = selector.select(node, graph, _candidates(backend, node, graph, records), precision,
+                                 backend.fallback_tactics)
         timed += bool(choice.timings) and not choice.cached
         from_cache += choice.cached
         layers.append(Layer(node.name, node.op.value, node.inputs, node.outputs, choice.tactic,

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,20 +137,28 @@ class TacticSelector:
         self.cache = cache
         self.records = records if records is not None else Records()
 
-    def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision) -> Choice:
+    def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision,
+               fallbacks: Collection[str] = ()) -> Choice:
+        """The tactic of ``node`` among ``candidates``; those in ``fallbacks`` are timed only when
+        every other candidate failed (infinite time), and win only then."""
         if not candidates:
             return Choice("", {})
         if len(candidates) == 1 or self.timer is None:
             return Choice(candidates[0], {})
+        timer = self.timer
+        primary = [c for c in candidates if c not in fallbacks] or list(candidates)
         sig = layer_signature(node, graph, self.records, precision) if self.cache is not None else ""
         cached = self.cache.get(sig) if self.cache is not None else None
-        if cached is not None and all(c in cached for c in candidates):
-            timings = {c: cached[c] for c in candidates}
-            return Choice(_fastest(candidates, timings), timings, cached=True)
-        timings = {c: self.timer(node, graph, c, precision) for c in candidates}
-        if self.cache is not None:
+        from_cache = cached is not None and all(c in cached for c in primary)
+        timings = {c: cached[c] for c in candidates if c in cached} if cached is not None and from_cache else {}
+        fresh = {c: timer(node, graph, c, precision) for c in primary if c not in timings}
+        if not any(math.isfinite(t) for t in (timings | fresh).values()):
+            fresh |= {c: timer(node, graph, c, precision) for c in candidates
+                      if c not in primary and c not in timings}
+        timings |= fresh
+        if fresh and self.cache is not None:
             self.cache.put(sig, timings)
-        return Choice(_fastest(candidates, timings), timings)
+        return Choice(_fastest(candidates, timings), timings, cached=not fresh)
 
 
 def _fastest(candidates: Sequence[str], timings: Mapping[str, float]) -> str:

@@ -42,6 +42,31 @@ def test_without_timer_or_with_one_candidate_nothing_is_timed():
     assert calls == []
 
 
+def test_a_fallback_is_timed_and_chosen_only_when_every_other_candidate_failed(tmp_path):
+    """A fallback tactic (a backend's ``fallback_tactics``, e.g. CUDA's ``generic``) never wins on
+    timing against working kernels, and stands in for them where they all fail; the timing cache
+    keeps what was timed, so a rebuild times nothing."""
+    g = _graph()
+    calls: list[str] = []
+
+    def timer(times):
+        return lambda node, graph, tactic, precision: calls.append(tactic) or times[tactic]
+
+    fast_fallback = {"a": 2.0, "b": 3.0, "fb": 1.0}
+    choice = TacticSelector(timer(fast_fallback)).select(g.nodes[0], g, ["a", "b", "fb"], "fp32", {"fb"})
+    assert choice.tactic == "a" and calls == ["a", "b"] and "fb" not in choice.timings
+    calls.clear()
+    cache = TimingCache.open(tmp_path / "cache.json", "cpu:test")
+    failing = {"a": math.inf, "b": math.inf, "fb": 5.0}
+    choice = TacticSelector(timer(failing), cache).select(g.nodes[0], g, ["a", "b", "fb"], "fp32", {"fb"})
+    assert choice.tactic == "fb" and calls == ["a", "b", "fb"] and not choice.cached
+    calls.clear()
+    again = TacticSelector(timer(failing), cache).select(g.nodes[0], g, ["a", "b", "fb"], "fp32", {"fb"})
+    assert again.tactic == "fb" and again.cached and calls == []
+    everything_fails = {"a": math.inf, "fb": math.inf}
+    assert TacticSelector(timer(everything_fails)).select(g.nodes[0], g, ["a", "fb"], "fp32", {"fb"}).tactic == "a"
+
+
 def test_timing_cache_spares_the_second_build(tmp_path):
     g = _graph()
     path = tmp_path / "cache.json"

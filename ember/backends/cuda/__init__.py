@@ -51,14 +51,15 @@ class CUDABackend(Backend):
     """The ``cuda`` backend (see ``ember.backends.base.Backend``)."""
 
     device = Device.CUDA
+    fallback_tactics = frozenset({GENERIC})
 
     def supports(self, node: Node) -> bool:
         return bool(CUDA_KERNELS.table(node.op)) or has_kernel(node.op)
 
     def tactics(self, node: Node, graph: Graph, records: Optional[Records] = None) -> list[str]:
         """CUDA-specific candidates (default first), then ``"generic"`` (the CPU backend's generic
-        kernel on the GPU) where the op has one: the tactic timer falls back to it for forms the
-        CUDA kernels refuse (a weight computed at run time, dilated average pooling, 8-bit max
+        kernel on the GPU) where the op has one: a fallback (``fallback_tactics``), timed only for
+        forms every CUDA kernel refuses (a weight computed at run time, dilated average pooling, 8-bit max
         pooling...). ``["aten"]`` for ops with only the generic kernel."""
         names = cuda_candidates(node, graph, records)
         if not names:

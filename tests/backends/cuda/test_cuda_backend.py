@@ -200,7 +200,8 @@ def test_the_tuner_falls_back_to_the_generic_kernel_where_every_cuda_kernel_refu
     backend = CUDABackend()
     timer = wall_clock_timer(backend, {}, torch.device("cpu"), Records(), BuildConfig(device="cuda"),
                              warmup=0, reps=1)
-    choice = TacticSelector(timer).select(node, graph, backend.tactics(node, graph), Precision.FP32)
+    choice = TacticSelector(timer).select(node, graph, backend.tactics(node, graph), Precision.FP32,
+                                          backend.fallback_tactics)
     assert choice.tactic == "generic"
     assert all(t == float("inf") for name, t in choice.timings.items() if name != "generic")
 
@@ -236,3 +237,54 @@ def test_float_pooling_keeps_its_cuda_kernels():
     graph, node = _pool("MAX_POOL", "FLOAT32")
     names = CUDABackend().tactics(node, graph)
     assert names[0] == "aten" and names[-1] == "generic"
+
+
+def test_the_generic_kernel_takes_host_bounds_exact_bits_and_8_bit_floats():
+    """What ONNX's backend cases found on the H100 in the generic kernels: Clip's bounds read on
+    the host (a CUDA host slot) beside data on the device; BitCast's float64 input cast to the
+    layer's float32 before its bits were read; inputs of the 8-bit float types, which
+    ``torch.from_numpy`` refuses. The ``meta`` device stands in for the GPU."""
+    import ml_dtypes
+    import numpy as np
+
+    from ember.backends.base import CompileContext
+    from ember.backends.cuda.device import host_tensor
+    from ember.ir import DType, OpType, TensorType
+    from ember.ops.attrs import CastAttrs, ClipAttrs
+
+    from cuda_graphs import one_node
+
+    meta = torch.device("meta")
+    clip = one_node(OpType.CLIP, ClipAttrs(), [("x", (2, 3)), ("lo", (1,)), ("hi", (1,))])
+    kernel = CUDABackend().compile_node(clip.nodes[0], CompileContext(clip, {}, meta, "aten", "fp32"))
+    out = kernel([torch.empty(2, 3, device=meta), torch.tensor([-1.0]), torch.tensor([1.0])])[0]
+    assert out.device == meta and tuple(out.shape) == (2, 3)
+    from ember.backends.cpu.kernels.activation import _bound
+
+    # CUDA's clamp takes no host tensor beside device data (meta does): the bound becomes a number
+    assert _bound(None, torch.tensor([-1.0]), torch.empty(2, device=meta)) == -1.0
+    assert isinstance(_bound(None, torch.tensor([-1.0]), torch.empty(2)), torch.Tensor)
+
+    cast = one_node(OpType.BIT_CAST, CastAttrs(to=DType.INT64), [("x", TensorType(DType.FLOAT64, (3,)))])
+    kernel = CUDABackend().compile_node(cast.nodes[0], CompileContext(cast, {}, torch.device("cpu"), "aten", "fp32"))
+    x = torch.tensor([1.5, -2.0, float("nan")], dtype=torch.float64)
+    assert torch.equal(kernel([x])[0], x.view(torch.int64))
+
+    f8 = np.array([0.5, -448.0, 3.0], dtype=ml_dtypes.float8_e4m3fn)
+    t = host_tensor(f8)
+    assert t.dtype == torch.float8_e4m3fn and t.view(torch.uint8).tolist() == f8.view(np.uint8).tolist()
+    assert host_tensor(np.float32(2.0)).dim() == 0
+
+
+def test_8_bit_max_pooling_off_the_cpu_pools_in_float():
+    """PyTorch's CUDA max pooling takes floats only: 8- and 16-bit integers pool in float32 there
+    (exact), on the CPU in their own type."""
+    from ember.backends.cpu.kernels.pool import max_pool
+    from ember.ops.attrs import PoolAttrs
+
+    a = PoolAttrs(kernel_shape=(3, 3), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1))
+    x = torch.randint(0, 255, (1, 2, 6, 6), dtype=torch.uint8)
+    want = torch.nn.functional.max_pool2d(x.float(), 3, 1).to(torch.uint8)
+    assert torch.equal(max_pool(x, a), want)
+    y = max_pool(x.to("meta"), a)
+    assert y.device.type == "meta" and y.dtype == torch.uint8 and tuple(y.shape) == (1, 2, 4, 4)

@@ -66,6 +66,14 @@ y = kernel([x])[0]
 ref = F.gelu(x.half().float() @ torch.from_numpy(wk).to(dev) + torch.from_numpy(bias).to(dev))
 assert y.dtype == torch.float16 and tuple(y.shape) == (2, 5, n)
 assert float((y.float() - ref).abs().max()) < 3e-2
+# fp32 layers multiply in full precision, tf32 layers within TF32's rounding
+ref32 = F.gelu(x @ torch.from_numpy(wk).to(dev) + torch.from_numpy(bias).to(dev))
+for precision, tol in ((Precision.FP32, 1e-4), (Precision.TF32, 5e-2)):  # TF32: a 10-bit mantissa
+    ctx32 = CompileContext(graph, ctx.constants, dev, "triton_gemm", precision, Records(),
+                           BuildConfig(device="cuda", precision=precision.value))
+    y32 = _triton_gemm_factory(G.CONFIGS[2])(node, ctx32)([x])[0]
+    err = float((y32 - ref32).abs().max())
+    assert y32.dtype == torch.float32 and err < tol, (precision, err)
 print("ok")
 """
 

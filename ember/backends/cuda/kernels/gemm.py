@@ -33,10 +33,10 @@ from ember.backends.cpu.kernels.linalg import gemm_value
 from ember.backends.cuda.device import cast_float, cast_inputs, compute_dtype, tf32_scope
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
-from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, FusedGemmAttrs, GemmAttrs
+from ember.plan.config import Precision
 from ember.plan.records import Records
 
 Tensor = torch.Tensor
@@ -296,12 +296,12 @@ def _fused_triton_gemm_applies(node: Node, graph: Optional[Graph], records: Opti
 
 def _triton_gemm_factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
     def linear_triton_gemm(node: Node, ctx: CompileContext) -> Kernel:
-        """One Triton GEMM with bias and activation fused (``libs.triton_gemm``), half precision."""
+        """One Triton GEMM with bias and activation fused (``libs.triton_gemm``); fp32 layers
+        multiply in full precision, tf32 layers in TF32."""
         from ember.backends.cuda.libs.triton_gemm import linear
 
         dtype = compute_dtype(ctx.precision)
-        if dtype not in (torch.float16, torch.bfloat16):
-            raise BuildError(f"node {node.name!r}: the Triton GEMM computes fp16/bf16 layers, not {ctx.precision}")
+        tf32 = ctx.precision == Precision.TF32
         lin = Linear(node, ctx, gemm_attrs(node), dtype)
         act, params = gemm_activation(node)
         n, k = (int(d) for d in lin.weight.shape)
@@ -309,11 +309,12 @@ def _triton_gemm_factory(config: TileConfig) -> Callable[[Node, CompileContext],
         def run(inputs) -> list:
             x = cast_float(inputs[0], dtype)
             lead = tuple(x.shape[:-1])
-            y = linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config)
+            y = linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config, tf32=tf32)
             return [y.reshape(*lead, n)]
 
         def gemm(x: Tensor, out2: Tensor) -> bool:
-            linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config, out=out2)
+            linear(x.reshape(-1, k), lin.weight, lin.bias, act=act, act_params=params, config=config, out=out2,
+                   tf32=tf32)
             return True
 
         return with_write_into(run, _linear_write_into(lin, dtype, ctx.precision, False, gemm))

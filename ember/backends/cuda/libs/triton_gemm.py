@@ -1,4 +1,4 @@
-"""A half-precision GEMM with the whole epilogue fused: ``act(x @ W^T + bias)`` in one Triton
+"""A GEMM with the whole epilogue fused: ``act(x @ W^T + bias)`` in one Triton
 kernel, written through any row stride.
 
 cuBLASLt's epilogues (``torch._addmm_activation``) cover bias + ReLU and bias + tanh-GELU only, so a
@@ -6,7 +6,8 @@ FusedGemm with erf-GELU (BERT's FFN), SiLU, sigmoid, clip ... runs cuBLAS and th
 over its output (``cublas_triton``: 0.87 ms of GELU per BERT-base batch-128 forward on the H100).
 This kernel applies any activation of ``triton_jit.activate`` in registers before the one store.
 
-- ``x``: ``[M, K]`` fp16/bf16, its rows at any stride (K contiguous); ``weight``: ``[N, K]``
+- ``x``: ``[M, K]`` fp16/bf16 (or fp32, multiplied in full precision or TF32), its rows at any
+  stride (K contiguous); ``weight``: ``[N, K]``
   (``F.linear``'s layout, K contiguous: the B operand K-major, as Hopper's MMA takes it);
   ``bias``: ``[N]`` or None; the product accumulates in fp32, the epilogue computes in fp32 and
   rounds once to the output's dtype.
@@ -42,9 +43,11 @@ CONFIGS: tuple[TileConfig, ...] = (
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
            act: Activation = Activation.NONE, act_params: Sequence[float] = (),
-           config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+           config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None,
+           tf32: bool = False) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` of ``x`` ``[M, K]`` into ``out`` ``[M, N]`` (rows at any stride,
-    columns contiguous) or a fresh tensor of ``x``'s dtype; returns it."""
+    columns contiguous) or a fresh tensor of ``x``'s dtype; returns it. fp32 operands multiply in
+    full precision (``ieee``), or in TF32 with ``tf32``."""
     from ember.backends.cuda.libs.triton_ops import ACT_CODES, epilogue_params
 
     if triton is None:
@@ -73,6 +76,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
         x, weight, bias if bias is not None else weight, out, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), float(p0), float(p1),
         HAS_BIAS=bias is not None, ACT=ACT_CODES[act], EVEN_K=k % bk == 0, GROUP_M=8,
+        PRECISION="tf32" if tf32 else "ieee",
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk, num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
@@ -83,7 +87,8 @@ if triton is not None:
     @triton.jit(do_not_specialize=["M", "P0", "P1"])
     def gemm_epilogue_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, sam, sbn, scm, P0, P1,
                              HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
-                             GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             GROUP_M: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr,
                              BLOCK_K: tl.constexpr):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of ``linear`` per program."""
         pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -102,7 +107,7 @@ if triton is not None:
             else:
                 a = tl.load(a_ptrs, mask=(k0 + offs_k < K)[None, :], other=0.0)
                 b = tl.load(b_ptrs, mask=(k0 + offs_k < K)[:, None], other=0.0)
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         mask_n = offs_n < N

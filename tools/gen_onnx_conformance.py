@@ -398,6 +398,16 @@ def write_refusals(results: list[Result]) -> None:
     REFUSALS.write_text("\n".join(lines))
 
 
+def _case_names(text: str) -> list[str]:
+    """Case names in ``text``: one per line, bare or as pytest reports them."""
+    names = []
+    for line in text.splitlines():
+        found = re.findall(r"\btest_\w+", line)
+        if found:
+            names.append(re.sub(r"_(cpu|cuda)$", "", found[-1]))
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", help="run only the cases whose name matches this regex (writes nothing)")
@@ -408,12 +418,18 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="where Ember runs the cases; cuda writes only --json and a summary by reason")
     ap.add_argument("--json", type=Path, help="also write the per-case results to this file")
+    ap.add_argument("--names", type=Path,
+                    help="run only the cases named in this file (writes nothing but --json): a name per "
+                         "line, or pytest's FAILED lines (their _cpu/_cuda suffix is dropped)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.from_json:
         results = [Result(**r) for r in json.loads(RESULTS.read_text())]
     else:
         selected = cases(args.k)
+        if args.names:
+            wanted = set(_case_names(args.names.read_text()))
+            selected = [c for c in selected if c.name in wanted]
         t0 = time.perf_counter()
         results = run_all(selected, with_ort=not args.no_ort, progress=not args.q, device=args.device.upper())
         print(f"{len(results)} cases in {time.perf_counter() - t0:.0f} s: "
@@ -428,7 +444,7 @@ def main() -> None:
             for reason, n in by_reason.most_common():
                 print(f"{n:5d}  {reason}")
             return
-        if args.k:
+        if args.k or args.names:
             return
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps([asdict(r) for r in results], indent=0))

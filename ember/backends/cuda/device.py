@@ -8,7 +8,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ember.backends.tensors import FLOAT8_TORCH, compute_dtype
+from ember.backends.tensors import FLOAT8_TORCH, compute_dtype, numpy_to_torch
 from ember.errors import DeviceError
 
 __all__ = ["compute_dtype"]  # re-exported for the CUDA kernels
@@ -99,7 +99,5 @@ def host_tensor(v) -> torch.Tensor:
         return v.detach()
     import numpy as np
 
-    arr = np.asarray(v)
-    if not arr.flags.c_contiguous or not arr.flags.writeable:
-        arr = arr.copy(order="C")
-    return torch.from_numpy(arr)
+    # (ml_dtypes' bfloat16 and 8-bit floats, which torch.from_numpy refuses, as the same bytes)
+    return numpy_to_torch(np.asarray(v), torch.device("cpu"))

@@ -57,6 +57,9 @@ HOST_SLOTS: dict[OpType, frozenset[int]] = {
 #: Ops whose output is metadata of the input (never reads its data).
 METADATA_OPS = frozenset({OpType.SHAPE})
 
+#: Ops that read their inputs' bits as they are (never cast to the layer's precision).
+EXACT_OPS = frozenset({OpType.BIT_CAST})
+
 
 def host_slots(op: OpType) -> frozenset[int]:
     return HOST_SLOTS.get(op, frozenset())
@@ -77,7 +80,7 @@ def wrap_generic(node: Node, ctx: CompileContext) -> Kernel:
     inner = cpu_aten_kernel(node, ctx)
     dtype = compute_dtype(ctx.precision)
     device = ctx.device
-    hosts = host_slots(node.op)
+    hosts = host_slots(node.op) if node.op not in EXACT_OPS else frozenset(range(len(node.inputs)))
     precision = ctx.precision
 
     def run(inputs) -> list:

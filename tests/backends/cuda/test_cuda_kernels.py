@@ -275,3 +275,30 @@ def test_cudnn_graph_attention_writes_heads_interleaved(case):
     for out in (y, place):
         assert relative_error(out.float().cpu(), ref) <= TOL["fp16"]
     assert torch.isnan(buf[:256]).all() and torch.isnan(buf[256 + b * h * s * d:]).all()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_generic_kernel_keeps_everything_on_the_datas_device(case):
+    """The CPU backend's generic kernel runs on the GPU as CUDA's ``generic`` / ``aten`` tactic:
+    every tensor it makes must be on its inputs' device. Checked on PyTorch's ``meta`` device,
+    which refuses a CPU tensor beside its own as CUDA does (the GPU run found slices with a
+    negative step and padded average pooling making their index and divisor on the CPU)."""
+    g = CASES[case]()
+    node = g.nodes[0]
+    backend = CUDABackend()
+    names = backend.tactics(node, g)
+    if "generic" not in names and names != ["aten"]:
+        pytest.skip(f"{case}: no generic tactic")
+    meta = torch.device("meta")
+    consts = {k: torch.from_numpy(v).to(meta) for k, v in g.constants.items()}
+    kernel = backend.compile_node(node, CompileContext(g, consts, meta, "generic" if "generic" in names else "aten",
+                                                       "fp32"))
+    args = [None if a is None else (consts[n] if n in consts else torch.from_numpy(a).to(meta))
+            for n, a in zip(node.inputs, _inputs(g))]
+    try:
+        with torch.inference_mode():
+            outs = kernel(args)
+    except (RuntimeError, NotImplementedError) as e:
+        assert "device" not in str(e), f"{case}: {e}"
+        pytest.skip(f"{case}: reads data, which the meta device has not ({str(e)[:80]})")
+    assert all(o is None or o.device == meta for o in outs)

@@ -152,7 +152,10 @@ def gelu(node: Node, ctx: CompileContext) -> Kernel:
 
 def _bound(value: float | None, t: Tensor | None, x: Tensor) -> float | int | Tensor | None:
     if t is not None:
-        return t.reshape(()) if t.dim() else t
+        t = t.reshape(()) if t.dim() else t
+        # a bound read on the host (a CUDA host slot: a constant, or a step run uncaptured) is a
+        # number to the GPU's clamp, which takes no host tensor
+        return t.item() if t.device != x.device else t
     if value is None:
         return None
     return value if x.is_floating_point() else int(value)

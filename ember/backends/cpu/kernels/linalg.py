@@ -148,10 +148,10 @@ def _frontier(base: Tensor, offset: Tensor | int, keep) -> Tensor:
     """``base`` plus a -inf bias where ``keep(query + offset - key)`` is False; ``offset`` a
     scalar or one per batch (then the result gains a [B, 1, q, kv] batch axis)."""
     q, kv = base.shape[-2:]
-    i = torch.arange(q).reshape(q, 1)
-    j = torch.arange(kv).reshape(1, kv)
+    i = torch.arange(q, device=base.device).reshape(q, 1)
+    j = torch.arange(kv, device=base.device).reshape(1, kv)
     if isinstance(offset, Tensor):
-        diff = (i + offset.reshape(-1, 1, 1).to(torch.int64)) - j  # [B, q, kv]
+        diff = (i + offset.reshape(-1, 1, 1).to(base.device, torch.int64)) - j  # [B, q, kv]
         return base + _masked(keep(diff), base.dtype).reshape(-1, 1, q, kv)
     return base + _masked(keep((i + offset) - j), base.dtype)
 
@@ -180,7 +180,7 @@ def onnx_attention(a: AttentionAttrs, q: Tensor, k: Tensor, v: Tensor, mask: Ten
     present_v = torch.cat([past_v, v], dim=2) if past_v is not None else v
     k, v = present_k, present_v
     n_q, n_kv = q.shape[2], k.shape[2]
-    bias = torch.zeros((n_q, n_kv), dtype=dtype)
+    bias = torch.zeros((n_q, n_kv), dtype=dtype, device=q.device)
     if mask is not None and mask.shape[-1] < n_kv:
         fill = False if mask.dtype == torch.bool else -math.inf
         mask = F.pad(mask, (0, n_kv - mask.shape[-1]), value=fill)
@@ -193,14 +193,14 @@ def onnx_attention(a: AttentionAttrs, q: Tensor, k: Tensor, v: Tensor, mask: Ten
     if a.is_causal:
         if mask is not None and mask.dtype == torch.bool:
             mask = _masked(mask, dtype)
-        base = torch.zeros((n_q, n_kv), dtype=dtype) if mask is None else mask.to(dtype)
+        base = torch.zeros((n_q, n_kv), dtype=dtype, device=q.device) if mask is None else mask.to(dtype)
         if windowed:
-            base = torch.zeros((n_q, n_kv), dtype=dtype) + base
+            base = torch.zeros((n_q, n_kv), dtype=dtype, device=q.device) + base
         bias = _frontier(base, offset, lambda d: d >= 0)
     elif mask is not None:
         bias = bias + (_masked(mask, dtype) if mask.dtype == torch.bool else mask.to(dtype))
     if windowed:
-        bias = torch.zeros((n_q, n_kv), dtype=dtype) + bias
+        bias = torch.zeros((n_q, n_kv), dtype=dtype, device=q.device) + bias
 
         def keep(d: Tensor) -> Tensor:
             ok = torch.ones_like(d, dtype=torch.bool)
@@ -212,7 +212,7 @@ def onnx_attention(a: AttentionAttrs, q: Tensor, k: Tensor, v: Tensor, mask: Ten
 
         bias = _frontier(bias, offset, keep)
     if nonpad is not None:
-        pad = torch.arange(n_kv).reshape(1, n_kv) < nonpad.reshape(-1, 1).to(torch.int64)
+        pad = torch.arange(n_kv, device=q.device).reshape(1, n_kv) < nonpad.reshape(-1, 1).to(q.device, torch.int64)
         bias = bias + _masked(pad, dtype).reshape(q.shape[0], 1, 1, n_kv)
     hq = a.q_num_heads if a.q_num_heads is not None else q.shape[1]
     hk = a.kv_num_heads if a.kv_num_heads is not None else k.shape[1]

@@ -101,7 +101,7 @@ def slice_tensor(x: Tensor, starts: list[int], ends: list[int], axes: list[int] 
             negative.append((ax, s, e, st))
     out = x[tuple(index)]
     for ax, s, e, st in negative:
-        out = out.index_select(ax, torch.arange(s, e, st, dtype=torch.int64))
+        out = out.index_select(ax, torch.arange(s, e, st, dtype=torch.int64, device=x.device))
     return out
 
 

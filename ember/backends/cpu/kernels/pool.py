@@ -91,14 +91,16 @@ def max_pool(x: Tensor, a: PoolAttrs) -> Tensor:
     """ONNX MaxPool: pads behave as -inf, so the pad never wins."""
     g = pool_geometry(a, x.shape)
     n = len(g.kernel)
-    if x.dtype in (torch.uint8, torch.int8) and n == 2 and _torch_native(g, allow_dilation=True):
+    if x.dtype in (torch.uint8, torch.int8) and n == 2 and _torch_native(g, allow_dilation=True) \
+            and x.device.type == "cpu":
         # 8-bit activations between INT8 layers: PyTorch pools them in NCHW only (channels-last
         # uint8 fails a size check), and a maximum is exact in any type
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
         y = F.max_pool2d(x.contiguous(), g.kernel, g.strides, g.begins, g.dilations, g.ceil)
         return y.contiguous(memory_format=fmt) if fmt is not None else y
-    if not x.is_floating_point():
-        return max_pool(x.double(), a).to(x.dtype)
+    if not x.is_floating_point():  # (CUDA pools floats only; float32 holds 8- and 16-bit ints exactly)
+        wide = torch.float32 if x.element_size() <= 2 and x.device.type != "cpu" else torch.float64
+        return max_pool(x.to(wide), a).to(x.dtype)
     if _torch_native(g, allow_dilation=True):
         return _MAX_POOL[n](x, g.kernel, g.strides, g.begins, g.dilations, g.ceil)
     xp = F.pad(x, torch_pad_arg(g.begins, g.end_pads_for_floor()), value=_lowest(x.dtype))
@@ -114,13 +116,13 @@ def _counts(g: PoolGeometry, include_pad: bool) -> list[list[int]]:
     return result
 
 
-def _window_scale(g: PoolGeometry, include_pad: bool, dtype: torch.dtype) -> Tensor:
+def _window_scale(g: PoolGeometry, include_pad: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``prod(kernel) / divisor`` for every output position (turns a full-window mean into ONNX's)."""
     scale = torch.ones((), dtype=torch.float64)
     for dim_counts in _counts(g, include_pad):
         c = torch.tensor(dim_counts, dtype=torch.float64)
         scale = scale.unsqueeze(-1) * c if scale.dim() else c
-    return (math.prod(g.kernel) / scale.clamp(min=1)).to(dtype)
+    return (math.prod(g.kernel) / scale.clamp(min=1)).to(device, dtype)
 
 
 def average_pool(x: Tensor, a: PoolAttrs, cache: dict) -> Tensor:
@@ -134,12 +136,12 @@ def average_pool(x: Tensor, a: PoolAttrs, cache: dict) -> Tensor:
         mean = _AVG_POOL[n](xp, g.kernel, g.strides, 0, False, True)
     else:
         c = x.shape[1]
-        ones = torch.full((c, 1, *g.kernel), 1.0 / math.prod(g.kernel), dtype=x.dtype)
+        ones = torch.full((c, 1, *g.kernel), 1.0 / math.prod(g.kernel), dtype=x.dtype, device=x.device)
         mean = _CONV[n](xp, ones, None, g.strides, 0, g.dilations, c)
-    key = (tuple(x.shape[2:]), x.dtype)
+    key = (tuple(x.shape[2:]), x.dtype, x.device)
     scale = cache.get(key)
     if scale is None:
-        scale = cache[key] = _window_scale(g, a.count_include_pad, x.dtype)
+        scale = cache[key] = _window_scale(g, a.count_include_pad, x.dtype, x.device)
     return mean * scale
 
 

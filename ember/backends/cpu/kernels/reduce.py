@@ -47,13 +47,13 @@ def _empty_extreme(x: Tensor, dims: tuple[int, ...], keep: bool, largest: bool) 
     return torch.full(shape, value, dtype=x.dtype, device=x.device)
 
 
-def _max(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+def max_over(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     if x.numel() == 0 and any(x.shape[d] == 0 for d in dims):
         return _empty_extreme(x, tuple(d % x.dim() for d in dims), keep, largest=True)
     return torch.amax(x, dim=dims, keepdim=keep)
 
 
-def _min(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+def min_over(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
     if x.numel() == 0 and any(x.shape[d] == 0 for d in dims):
         return _empty_extreme(x, tuple(d % x.dim() for d in dims), keep, largest=False)
     return torch.amin(x, dim=dims, keepdim=keep)
@@ -79,8 +79,8 @@ def _sum_square(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
 _REDUCERS: dict[OpType, Reducer] = {
     OpType.REDUCE_MEAN: _mean,
     OpType.REDUCE_SUM: _sum,
-    OpType.REDUCE_MAX: _max,
-    OpType.REDUCE_MIN: _min,
+    OpType.REDUCE_MAX: max_over,
+    OpType.REDUCE_MIN: min_over,
     OpType.REDUCE_PROD: _prod,
     OpType.REDUCE_L1: lambda x, d, k: _as(x, torch.sum(torch.abs(x), dim=d, keepdim=k)),
     OpType.REDUCE_L2: lambda x, d, k: _as(x, torch.sqrt(_sum_square(x, d, k).to(_float_of(x)))),

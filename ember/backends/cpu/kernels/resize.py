@@ -83,7 +83,7 @@ def _along(w: Tensor, axis: int, rank: int, dtype: torch.dtype) -> Tensor:
 
 def _resample_axis(y: Tensor, axis: int, n_out: int, inv_scale: float, a: ResizeAttrs) -> Tensor:
     n_in = y.shape[axis]
-    c = source_coords(n_out, n_in, inv_scale, a.coordinate_transformation_mode)
+    c = source_coords(n_out, n_in, inv_scale, a.coordinate_transformation_mode).to(y.device)
     if a.mode == "nearest":
         return y.index_select(axis, nearest_index(c, a.nearest_mode, n_in))
     c = c.clamp(0, n_in - 1)

@@ -43,10 +43,11 @@ from ember.backends.cuda.device import host_tensor
 from ember.backends.cuda.exec.arena import ArenaPlan, ArenaStats, plan_arena, round_arena
 from ember.backends.cuda.exec.graphs import CAPTURE_LOCK, capture_graph
 from ember.backends.cuda.exec.program import CudaProgram
-from ember.backends.tensors import FLOAT8_TORCH, torch_to_numpy
+from ember.backends.tensors import FLOAT8_TORCH, numpy_to_torch, torch_to_numpy
 from ember.errors import InputError
 
 ShapeKey = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+_CPU = torch.device("cpu")
 
 
 @dataclass
@@ -282,7 +283,7 @@ class CudaExecutor(Executor):
         key = []
         for n in self.program.graph.inputs:
             v = feeds[n]
-            dtype = v.dtype if isinstance(v, torch.Tensor) else torch.from_numpy(np.empty(0, v.dtype)).dtype
+            dtype = v.dtype if isinstance(v, torch.Tensor) else numpy_to_torch(np.empty(0, v.dtype), _CPU).dtype
             key.append((n, tuple(int(d) for d in v.shape), dtype))
         return tuple(key)
 

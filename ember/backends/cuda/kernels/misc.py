@@ -10,6 +10,7 @@ import torch
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import arg, ints, norm_axes, torch_dtype
 from ember.backends.cpu.kernels.movement import slice_indices
+from ember.backends.cpu.kernels.reduce import max_over
 from ember.backends.cuda.device import cast_float, compute_dtype
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.ir.graph import Node
@@ -106,7 +107,7 @@ def _reduce_factory(op: OpType):
                 axes = list(range(x.dim()))
             dims = tuple(norm_axes(axes, x.dim()))
             if op is OpType.REDUCE_MAX:
-                y = torch.amax(x, dim=dims, keepdim=a.keepdims)
+                y = max_over(x, dims, a.keepdims)  # an empty set gives the type's lowest value
             elif x.is_floating_point():
                 xf = x.float()
                 y = (xf.mean(dims, keepdim=a.keepdims) if op is OpType.REDUCE_MEAN

@@ -23,11 +23,6 @@ REFUSED: dict[str, str] = {
     'test_affine_grid_2d_align_corners_expanded': "ShapeError: (opset 20): node 'AffineGrid_test_affine_grid_2d_align_corners_expanded_function_grid_N_DHW_3' (Transpose): Transpose perm (0, 2, 1) is not a permutation of 4 axes",
     'test_affine_grid_2d_expanded': "ShapeError: (opset 20): node 'AffineGrid_test_affine_grid_2d_expanded_function_grid_N_DHW_3' (Transpose): Transpose perm (0, 2, 1) is not a permutation of 4 axes",
     'test_affine_grid_3d_align_corners_expanded': "ShapeError: <onnx.ModelProto>: node 'grid' (If, opset 20): (opset 20): node 'AffineGrid_test_affine_grid_3d_align_corners_expanded_function_grid_else' (Identity) reads 'AffineGrid_test_affine_grid_3d_align_corners_expanded_function_grid_3d', which has no type yet (not a graph input, constant, or earlier node...",
-    'test_attention_3d_causal_bf16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
-    'test_attention_4d_attn_mask_causal_bf16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
-    'test_attention_4d_causal_bf16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
-    'test_attention_4d_causal_padded_kv_bf16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
-    'test_attention_4d_padded_kv_bf16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
     'test_blackmanwindow': "UnsupportedOpError: (opset 17) uses 1 operator(s) Ember cannot import: - BlackmanWindow (domain ai.onnx, opset 17): node 'y'",
     'test_blackmanwindow_symmetric': "UnsupportedOpError: (opset 17) uses 1 operator(s) Ember cannot import: - BlackmanWindow (domain ai.onnx, opset 17): node 'y'",
     'test_cast_FLOAT16_to_FLOAT4E2M1': "UnsupportedOpError: (opset 28) uses 1 operator form(s) Ember cannot import: - Cast (domain ai.onnx, opset 28): node 'output': Cast 'output' target type has element type FLOAT4E2M1, which Ember does not support (supported: float32, float16, bfloat16, float64, int8, uint8, int16, uint16, int32, int64, bool, uint32, ui...",
@@ -106,7 +101,6 @@ REFUSED: dict[str, str] = {
     'test_castlike_UINT4_to_FLOAT_expanded': "UnsupportedOpError: <onnx.ModelProto>: input 'input' has element type UINT4, which Ember does not support (supported: float32, float16, bfloat16, float64, int8, uint8, int16, uint16, int32, int64, bool, uint32, uint64, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz)",
     'test_castlike_UINT4_to_UINT8': "UnsupportedOpError: <onnx.ModelProto>: input 'input' has element type UINT4, which Ember does not support (supported: float32, float16, bfloat16, float64, int8, uint8, int16, uint16, int32, int64, bool, uint32, uint64, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz)",
     'test_castlike_UINT4_to_UINT8_expanded': "UnsupportedOpError: <onnx.ModelProto>: input 'input' has element type UINT4, which Ember does not support (supported: float32, float16, bfloat16, float64, int8, uint8, int16, uint16, int32, int64, bool, uint32, uint64, float8_e4m3fn, float8_e4m3fnuz, float8_e5m2, float8_e5m2fnuz)",
-    'test_celu_bfloat16_expanded': 'GraphError: evaluate cannot return a bfloat16 tensor as numpy; keep it in torch',
     'test_dequantizelinear_float4e2m1': "UnsupportedOpError: <onnx.ModelProto>: node 'DequantizeLinear_0' (DequantizeLinear) uses FLOAT4E2M1 quantization (its input 'x'); Ember's kernels run int8, uint8, int16, uint16 and float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz) quantization only, so it cannot run this model as written. To use it, re-export the model with...",
     'test_dequantizelinear_int2': "UnsupportedOpError: <onnx.ModelProto>: node 'DequantizeLinear_0' (DequantizeLinear) uses INT2 quantization (its input 'x'); Ember's kernels run int8, uint8, int16, uint16 and float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz) quantization only, so it cannot run this model as written. To use it, re-export the model with int8/...",
     'test_dequantizelinear_int4': "UnsupportedOpError: <onnx.ModelProto>: node 'DequantizeLinear_0' (DequantizeLinear) uses INT4 quantization (its input 'x'); Ember's kernels run int8, uint8, int16, uint16 and float8 (e4m3fn, e4m3fnuz, e5m2, e5m2fnuz) quantization only, so it cannot run this model as written. To use it, re-export the model with int8/...",
@@ -173,5 +167,4 @@ REFUSED: dict[str, str] = {
 }
 
 FAILING: dict[str, str] = {
-    'test_attention_4d_causal_fp16_expanded': "wrong: float16 rounding: 2 of 192 outputs differ from the reference by one float16 ulp (4.9e-4 near 0.5), over the case's rtol of 1e-3; ONNX Runtime differs by the same ulp on others",
 }

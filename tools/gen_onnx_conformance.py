@@ -370,11 +370,7 @@ def _md(text: str) -> str:
 
 
 #: What is known of the cases that give a wrong result (shown instead of the bare mismatch).
-NOTES = {
-    "test_attention_4d_causal_fp16_expanded":
-        "float16 rounding: 2 of 192 outputs differ from the reference by one float16 ulp (4.9e-4 "
-        "near 0.5), over the case's rtol of 1e-3; ONNX Runtime differs by the same ulp on others",
-}
+NOTES: dict[str, str] = {}
 
 
 def write_refusals(results: list[Result]) -> None:

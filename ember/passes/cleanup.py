@@ -66,6 +66,18 @@ def _neutral_operand(node: Node, g: Graph) -> str | None:
     return None
 
 
+def _chosen_branch(node: Node, g: Graph) -> str | None:
+    """For ``Where(c, a, b)`` with a constant ``c`` all true (all false): ``a`` (``b``), where it
+    already has the output's type (broadcasting does not widen it). ONNX's Attention function
+    body ends with one: ``Where(row fully masked, 0, softmax)``, the mask a constant of the model."""
+    cond = g.constant(node.inputs[0])
+    if cond is None or cond.size == 0:
+        return None
+    c = np.asarray(cond).astype(bool)
+    branch = node.inputs[1] if c.all() else node.inputs[2] if not c.any() else None
+    return branch if branch and _same_type(g, branch, node.outputs[0]) else None
+
+
 def forwarded_input(node: Node, g: Graph, users: dict[str, list[Node]],
                     protected: set[str]) -> str | None:
     """The input that ``node`` passes through unchanged to its output, or ``None``."""
@@ -92,12 +104,15 @@ def forwarded_input(node: Node, g: Graph, users: dict[str, list[Node]],
         return x if not any(node.attrs.pads) and _same_type(g, x, out) else None
     if op in _NEUTRAL and len(node.inputs) == 2:
         return _neutral_operand(node, g)
+    if op is OpType.WHERE and len(node.inputs) == 3:
+        return _chosen_branch(node, g)
     return None
 
 
 @register_pass("eliminate_noops", Phase.CLEANUP)
 def eliminate_noops(graph: Graph, ctx: PassContext) -> Graph:
-    """Removes Identity, Dropout, no-op Cast/Reshape/Expand/Squeeze/Transpose/Slice/Pad, x+0, x*1."""
+    """Removes Identity, Dropout, no-op Cast/Reshape/Expand/Squeeze/Transpose/Slice/Pad, x+0, x*1,
+    and Where with a constant, uniform condition."""
     protected = ctx.protected(graph)
     users = graph.consumers()
     forwards: dict[str, tuple[str, str]] = {}

@@ -54,6 +54,29 @@ def test_add_zero_and_mul_one_removed_but_broadcasting_ones_stay():
     assert_same_outputs(g, out)
 
 
+def test_where_with_a_uniform_constant_condition_is_its_branch():
+    """ONNX's Attention function body ends with ``Where(row fully masked, 0, softmax)``; with the
+    mask a constant of the model, the condition folds to all-false and the Where goes (so the
+    attention fusion sees Softmax -> MatMul). A mixed condition, or a branch that the other
+    operand would broadcast wider, stays."""
+    def graph(cond, branch_shape=(2, 3)):
+        nodes = [Node("w", OpType.WHERE, ("c", "zero", "x"), ("w_out",)),
+                 Node("relu", OpType.RELU, ("w_out",), ("y",))]
+        return ir_graph(nodes, {"x": branch_shape}, ["y"], {"c": cond, "zero": np.zeros((2, 3), np.float32)})
+
+    g = graph(np.zeros((2, 3), bool))
+    out, fired = run_pass(g, "eliminate_noops")
+    assert ops(out) == ["Relu"] and out.nodes[0].inputs == ("x",) and fired["x -> noop(x) => x"] == 1
+    assert_same_outputs(g, out)
+    g = graph(np.ones((1, 3), bool))  # all true: the zeros branch
+    out, _ = run_pass(g, "eliminate_noops")
+    assert ops(out) == ["Relu"] and out.nodes[0].inputs == ("zero",)
+    assert_same_outputs(graph(np.ones((1, 3), bool)), out)
+    for cond, shape in ((np.array([[True, False, True]]), (2, 3)), (np.zeros((2, 3), bool), (1, 3))):
+        out, fired = run_pass(graph(cond, shape), "eliminate_noops")
+        assert ops(out) == ["Where", "Relu"] and not fired
+
+
 def test_transpose_pair_cancelled():
     nodes = [Node("t1", OpType.TRANSPOSE, ("x",), ("a",), TransposeAttrs((0, 2, 1))),
              Node("t2", OpType.TRANSPOSE, ("a",), ("b",), TransposeAttrs((0, 2, 1))),

@@ -142,7 +142,7 @@ def _to_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
     if a is None:
         return None
     arr = np.asarray(a)
-    if arr.dtype.name.startswith("float8_"):  # ml_dtypes' 8-bit floats: torch's, the same bytes
+    if arr.dtype.name.startswith("float8_") or arr.dtype.name == "bfloat16":  # ml_dtypes': the same bytes
         return numpy_to_torch(arr, torch.device("cpu"))
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr).copy()
@@ -152,9 +152,12 @@ def _to_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
 def _to_numpy(t: Optional[torch.Tensor], inputs: Sequence[Optional[np.ndarray]]) -> Optional[np.ndarray]:
     if t is None:
         return None
-    if t.dtype is torch.bfloat16:
-        raise GraphError("evaluate cannot return a bfloat16 tensor as numpy; keep it in torch")
-    out = torch_to_numpy(t) if t.dtype in FLOAT8_TORCH else t.detach().contiguous().numpy()
+    if t.dtype is torch.bfloat16:  # as ml_dtypes' bfloat16 (what onnx's numpy_helper gives), the same bits
+        import ml_dtypes
+
+        out = t.detach().contiguous().view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    else:
+        out = torch_to_numpy(t) if t.dtype in FLOAT8_TORCH else t.detach().contiguous().numpy()
     if any(a is not None and np.shares_memory(out, a) for a in inputs):
         out = out.copy()
     return out

@@ -195,3 +195,33 @@ def test_fused_elementwise_never_writes_through_a_noop_step(rng):
     (y,) = kernel([x])
     torch.testing.assert_close(y, torch.relu(before))
     torch.testing.assert_close(x, before)
+
+
+@pytest.mark.parametrize("tactic", ["", "math"])
+def test_fused_attention_of_a_half_model_rounds_once_in_an_fp32_layer(rng, tactic):
+    """A model typed float16 whose attention the optimizer fused: an fp32 layer computes it in
+    float32 and rounds the output once, as the unfused graph rounds only its ops' outputs (fused
+    in half, the scores and probabilities would round at each step); a layer the build made fp16
+    keeps half compute."""
+    import torch
+    import torch.nn.functional as tf
+
+    from ember.backends.base import CompileContext
+    from ember.backends.cpu import CPUBackend
+    from ember.ir import DType, Graph, TensorType
+
+    q, k, v = (torch.from_numpy(rng.standard_normal(s).astype(np.float16)) for s in ((2, 3, 4, 8), (2, 3, 6, 8),
+                                                                                     (2, 3, 6, 8)))
+    types = {n: TensorType(DType.FLOAT16, tuple(t.shape)) for n, t in zip("qkv", (q, k, v))}
+    node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v"), ("o",), FusedAttentionAttrs(0.35, False))
+    types["o"] = TensorType(DType.FLOAT16, (2, 3, 4, 8))
+    graph = Graph("g", [node], ["q", "k", "v"], ["o"], types, {})
+    want = tf.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=0.35).half()
+    for precision in ("fp32", "fp16"):
+        kernel = CPUBackend().compile_node(node, CompileContext(graph, {}, torch.device("cpu"), tactic, precision))
+        y = kernel([q, k, v])[0]
+        assert y.dtype == torch.float16
+        if precision == "fp32":
+            torch.testing.assert_close(y, want, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(y.float(), want.float(), rtol=1e-2, atol=1e-2)

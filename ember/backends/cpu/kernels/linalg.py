@@ -96,20 +96,40 @@ def _sdpa_ok(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
     return True
 
 
+def _wide(precision: str) -> Optional[torch.dtype]:
+    """float32 for an fp32 layer: half-precision inputs (a model typed float16 / bfloat16) are
+    computed in float32 and rounded once, as the graph's own ops would round only their outputs
+    (fused, the scores and probabilities would round to half at each step: one ulp off the
+    correctly rounded result, ONNX's backend case ``attention_4d_causal_fp16_expanded``). Layers
+    the build made bf16/fp16 for speed keep their half compute."""
+    return torch.float32 if str(precision) == "fp32" else None
+
+
+def _in_wide(inputs: Inputs, wide: Optional[torch.dtype]) -> tuple[list, Optional[torch.dtype]]:
+    q = inputs[0]
+    if wide is None or q.dtype not in (torch.float16, torch.bfloat16):
+        return list(inputs), None
+    return [t.to(wide) if t is not None and t.is_floating_point() else t for t in inputs], q.dtype
+
+
 @register_kernel(OpType.FUSED_ATTENTION)
 def fused_attention(node: Node, ctx: CompileContext) -> Kernel:
     """Attention through ``scaled_dot_product_attention`` where it applies, else written out."""
     a: FusedAttentionAttrs = node.attrs
     scale, kt = float(a.scale), bool(a.k_transposed)
+    wide = _wide(ctx.precision)
 
     def run(inputs: Inputs) -> list:
-        q, k, v, mask = inputs[0], inputs[1], inputs[2], arg(inputs, 3)
+        args, half = _in_wide(inputs, wide)
+        q, k, v, mask = args[0], args[1], args[2], arg(args, 3)
         kk = k.transpose(-1, -2) if kt else k
         if mask is not None and mask.dim() < 2:
             mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # SDPA wants >= 2-D
         if _sdpa_ok(q, kk, v, mask):
-            return [F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, scale=scale)]
-        return [attention_math(q, k, v, mask, scale, kt)]
+            y = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, scale=scale)
+        else:
+            y = attention_math(q, k, v, mask, scale, kt)
+        return [y.to(half) if half is not None else y]
 
     return run
 
@@ -118,9 +138,14 @@ def fused_attention(node: Node, ctx: CompileContext) -> Kernel:
 def fused_attention_math(node: Node, ctx: CompileContext) -> Kernel:
     a: FusedAttentionAttrs = node.attrs
     scale, kt = float(a.scale), bool(a.k_transposed)
-    return lambda inputs: [attention_math(inputs[0], inputs[1], inputs[2], arg(inputs, 3), scale, kt)]
+    wide = _wide(ctx.precision)
 
+    def run(inputs: Inputs) -> list:
+        args, half = _in_wide(inputs, wide)
+        y = attention_math(args[0], args[1], args[2], arg(args, 3), scale, kt)
+        return [y.to(half) if half is not None else y]
 
+    return run
 
 
 @register_kernel(OpType.EINSUM)

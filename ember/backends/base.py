@@ -192,6 +192,13 @@ class Backend(abc.ABC):
     def compile_node(self, node: Node, ctx: CompileContext) -> Kernel:
         """The kernel of ``node`` with tactic ``ctx.tactic`` ("" = the default)."""
 
+    def effective_precision(self, node: Node, tactic: str, precision: Precision) -> Precision:
+        """The precision ``node`` computes in with ``tactic`` when the plan asked for
+        ``precision``: the same, unless the tactic chosen computes another (CUDA: an FP8 layer
+        whose fp16 tactic was faster is an fp16 layer), so that the plan, ``ember inspect`` and
+        the build's summary say what runs."""
+        return precision
+
     @abc.abstractmethod
     def make_timer(self, constants: Mapping[str, torch.Tensor], device: torch.device,
                    records: Records, config: BuildConfig) -> TacticTimer:

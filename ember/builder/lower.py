@@ -65,14 +65,22 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     nodes = graph.nodes if progress is None else progress.track(graph.nodes, "tactics")
     layers = []
     timed = from_cache = 0
+    fell_back: dict[str, int] = {}
     for node in nodes:
         precision = layer_precision(node, records, config)
         choice = selector.select(node, graph, _candidates(backend, node, graph, records), precision,
                                  backend.fallback_tactics)
         timed += bool(choice.timings) and not choice.cached
         from_cache += choice.cached
+        runs = backend.effective_precision(node, choice.tactic, precision)
+        if runs is not precision:
+            fell_back[f"{precision.value}->{runs.value}"] = fell_back.get(f"{precision.value}->{runs.value}", 0) + 1
+            precision = runs
         layers.append(Layer(node.name, node.op.value, node.inputs, node.outputs, choice.tactic,
                             precision, node.origin, node.rule, choice.timings))
     if cache is not None:
         cache.save()
-    return layers, {"tuning": config.tactic_tuning, "layers_timed": timed, "timing_cache_hits": from_cache}
+    info: dict[str, Any] = {"tuning": config.tactic_tuning, "layers_timed": timed, "timing_cache_hits": from_cache}
+    if fell_back:  # layers whose fastest tactic computes another precision than the plan asked
+        info["precision_fallbacks"] = fell_back
+    return layers, info

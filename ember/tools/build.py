@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from ember.builder.accuracy import describe
 
         print(describe(info["accuracy"]))
-    line = int8_text(engine, config.calibration_cache, cache_before)
+    line = quantized_text(engine, config.calibration_cache, cache_before)
     if line:
         print(line)
     return 0
@@ -78,21 +78,32 @@ def _stamp(path: str | None) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size) if st else None
 
 
-def int8_text(engine: Any, cache: str | None = None, cache_before: tuple[int, int] | None = None) -> str:
+def quantized_text(engine: Any, cache: str | None = None, cache_before: tuple[int, int] | None = None) -> str:
     """``int8: 2 of 5 layers; scales of 6 tensors (calibration:entropy), 2 weights per-channel;
-    calibration cache model.calib written`` for an engine with INT8 layers (``read`` where the
-    cache file is as it was before the build: ``cache_before``), ``""`` otherwise."""
+    calibration cache model.calib written`` for an engine with INT8 or FP8 layers (``read`` where
+    the cache file is as it was before the build: ``cache_before``), and how many layers planned
+    quantized run fp16 because their fp16 tactic was faster; ``""`` for other engines."""
     plan = engine.plan
     quantized = [layer for layer in plan.layers if layer.precision.is_quantized]
+    fell_back = {k: n for k, n in plan.build_info.get("precision_fallbacks", {}).items()
+                 if k.split("->")[0] in ("int8", "fp8")}
+    asked = str(plan.config.precision)
     if not quantized:
-        if plan.config.precision == "int8":
-            return "int8: no layer runs in int8 (convolutions and GEMMs with constant weights can); the engine is fp32"
-        return ""
+        if asked in ("int8", "fp8") and not fell_back:
+            return (f"{asked}: no layer runs in {asked} (convolutions and GEMMs with constant weights can); "
+                    f"the engine is {'fp16' if asked == 'fp8' else 'fp32'}")
+        if not fell_back:
+            return ""
     records = list(plan.records.quantization.tensors.values())
     activations = sorted({r.source or "unknown" for r in records if not r.per_channel})
     per_channel = sum(r.per_channel for r in records)
-    text = (f"int8: {len(quantized)} of {len(plan.layers)} layers; scales of {len(records)} tensors "
+    kinds = sorted({str(layer.precision) for layer in quantized}) or [asked]
+    counts = ", ".join(f"{sum(str(la.precision) == k for la in quantized)}" for k in kinds)
+    text = (f"{'/'.join(kinds)}: {counts} of {len(plan.layers)} layers; scales of {len(records)} tensors "
             f"({', '.join(activations) or 'none'}), {per_channel} weights per-channel")
+    for change, n in fell_back.items():
+        src, dst = change.split("->")
+        text += f"; {n} layers planned {src} run {dst} (their {dst} tactic was faster)"
     if cache and Path(cache).is_file() and not any(r.source == "qdq" for r in records):
         text += f"; calibration cache {cache} {'read' if _stamp(cache) == cache_before else 'written'}"
     return text

@@ -106,3 +106,54 @@ def test_kernel_timer_times_real_kernels():
     assert timer(g.nodes[0], g, "no-such-tactic", "fp32") == math.inf
     dyn = g.copy(types={**g.types, "a": TensorType(DType.FLOAT32, ("n", 16))})
     assert timer(dyn.nodes[0], dyn, "aten", "fp32") == math.inf
+
+
+def test_a_layer_is_labelled_with_the_precision_its_tactic_computes(monkeypatch):
+    """An FP8 layer whose fastest tactic is an fp16 kernel is an fp16 layer in the plan (and the
+    build says how many fell back), so that ``ember inspect`` and the build summary tell what
+    runs: on the H100 all 49 FP8-planned GEMMs of BERT-base chose cuBLAS fp16 and were listed as
+    FP8."""
+    from ember.backends.cuda import CUDABackend
+    from ember.builder import lower as lower_mod
+    from ember.plan.records import PrecisionPlan
+
+    cuda = CUDABackend()
+    node = Node("fc", OpType.GEMM, ("x", "w"), ("y",))
+    assert cuda.effective_precision(node, "cublas", Precision.FP8) is Precision.FP16
+    assert cuda.effective_precision(node, "cublaslt_fp8", Precision.FP8) is Precision.FP8
+    assert cuda.effective_precision(node, "cublas", Precision.FP16) is Precision.FP16
+    assert CPUBackend().effective_precision(node, "aten", Precision.INT8) is Precision.INT8
+
+    class Fp16Wins(CPUBackend):  # a backend whose one candidate computes fp16 in any layer
+        def tactics(self, node, graph, records=None):
+            return ["half"]
+
+        def effective_precision(self, node, tactic, precision):
+            return Precision.FP16 if precision is Precision.INT8 else precision
+
+    g = _graph()
+    records = Records(precision=PrecisionPlan({"mm": Precision.INT8}))
+    layers, info = lower_mod.lower(g, records, BuildConfig(device="cpu", tactic_tuning=False), Fp16Wins(), "cpu:test")
+    assert layers[0].precision is Precision.FP16 and info["precision_fallbacks"] == {"int8->fp16": 1}
+    layers, info = lower_mod.lower(g, Records(), BuildConfig(device="cpu", tactic_tuning=False), Fp16Wins(), "cpu:test")
+    assert layers[0].precision is Precision.FP32 and "precision_fallbacks" not in info
+
+
+def test_the_build_summary_counts_quantized_layers_and_those_that_ran_fp16():
+    from types import SimpleNamespace
+
+    from ember.plan.plan import Layer
+    from ember.tools.build import quantized_text
+
+    def engine(precisions, fallbacks):
+        layers = [Layer(f"l{i}", "Gemm", (), (), "t", p) for i, p in enumerate(precisions)]
+        info = {"precision_fallbacks": fallbacks} if fallbacks else {}
+        plan = SimpleNamespace(layers=layers, build_info=info, records=Records(),
+                               config=SimpleNamespace(precision="fp8"))
+        return SimpleNamespace(plan=plan)
+
+    text = quantized_text(engine([Precision.FP8, Precision.FP16, Precision.FP16], {"fp8->fp16": 1}))
+    assert text.startswith("fp8: 1 of 3 layers") and "1 layers planned fp8 run fp16" in text
+    text = quantized_text(engine([Precision.FP16, Precision.FP16], {"fp8->fp16": 2}))
+    assert text.startswith("fp8: 0 of 2 layers") and "2 layers planned fp8 run fp16" in text
+    assert quantized_text(engine([Precision.FP16], {})).startswith("fp8: no layer runs in fp8")

@@ -34,7 +34,7 @@ from ember.backends.cuda.registry import ATEN, CUDA_KERNELS, GENERIC, cuda_candi
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.plan.config import BuildConfig, Device
+from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.plan import Plan
 from ember.plan.records import Records
 
@@ -78,6 +78,15 @@ class CUDABackend(Backend):
             raise BuildError(f"node {node.name!r} ({node.op}): unknown CUDA tactic {tactic!r}; "
                              f"known: {known}. Rebuild the engine (or delete the timing cache)")
         return entry.factory(node, ctx)
+
+    def effective_precision(self, node: Node, tactic: str, precision: Precision) -> Precision:
+        """An FP8 layer whose chosen tactic is not an FP8 kernel (fp16 was faster, or the layer's
+        sizes do not fit FP8's) computes fp16, as every other layer of an FP8 build."""
+        from ember.backends.cuda.kernels.gemm_fp8 import FP8_TACTICS
+
+        if precision is Precision.FP8 and tactic not in FP8_TACTICS:
+            return Precision.FP16
+        return precision
 
     def make_program(self, plan: Plan, device: torch.device) -> CudaProgram:
         """The engine's executable form: a ``CudaProgram`` (its ``create_executor()`` gives each

@@ -66,6 +66,14 @@ def test_the_fp8_gemm_is_the_product_of_e4m3_operands_with_the_epilogue(trans_b)
     assert err < 2e-3, err  # fp16 output rounding and fp32 accumulation only
     full = torch.relu(x.double() @ w + torch.from_numpy(graph.constants["b"]).double())
     assert (y.double() - full).abs().max() / full.abs().max() > 1e-3  # the e4m3 rounding is real
+    # written straight into a buffer (the arena's), ReLU applied there: the same values
+    from ember.backends.base import write_into_of
+
+    write = write_into_of(kernel)
+    out = torch.full((2, 5, 48), 7.0, dtype=torch.float16)
+    assert write is not None and write.accepts(out) and write([x], out)
+    assert torch.equal(out, y)
+    assert not write.accepts(torch.empty(2, 5, 96, dtype=torch.float16)[..., :48])  # strided: declined
 
 
 def test_nan_in_is_nan_out():

@@ -25,8 +25,8 @@ from typing import Optional
 
 import torch
 
-from ember.backends.activations import activation_fn
-from ember.backends.base import CompileContext, Kernel
+from ember.backends.activations import activation_fn, inplace_activation
+from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cuda.device import cast_float, triton_available
 from ember.backends.cuda.kernels.gemm import Linear, gemm_activation, gemm_attrs, linear_applies
 from ember.backends.cuda.libs.triton_fp8 import E4M3_MAX, quantize_e4m3
@@ -68,6 +68,10 @@ def _fp8_applies(node: Node, graph: Optional[Graph], records: Optional[Records] 
     return not g.trans_a and k % 16 == 0 and n % 16 == 0
 
 
+#: The tactics that compute an FP8 layer in FP8 (any other tactic of it computes fp16).
+FP8_TACTICS = frozenset({"cublaslt_fp8"})
+
+
 @register_cuda_kernel(OpType.GEMM, "cublaslt_fp8", rank=-10, when=_fp8_applies)
 @register_cuda_kernel(OpType.MATMUL, "cublaslt_fp8", rank=-10, when=_fp8_applies)
 @register_cuda_kernel(OpType.FUSED_GEMM, "cublaslt_fp8", rank=-10, when=_fp8_applies)
@@ -103,7 +107,26 @@ def linear_fp8(node: Node, ctx: CompileContext) -> Kernel:
         y = y.reshape(*lead, n)
         return [act_fn(y) if act_fn is not None else y]
 
-    return run
+    in_place = inplace_activation(act, params)
+    if in_place is None:
+        return run
+
+    def accepts(out: Tensor) -> bool:
+        return out.dtype == torch.float16 and out.is_contiguous() and out.dim() >= 1 and out.shape[-1] == n
+
+    def write(inputs, out: Tensor) -> bool:
+        """Straight into ``out`` (the arena's buffer, a Concat's slice when contiguous): no copy of
+        the product; the activation then in place."""
+        x = inputs[0]
+        if x is None or not accepts(out) or out.device != x.device or tuple(out.shape) != (*x.shape[:-1], n):
+            return False
+        x8 = quantize_e4m3(cast_float(x, torch.float16).reshape(-1, k), inv_x, use_triton)
+        torch._scaled_mm(x8, w8_t, scale_a=scale_x, scale_b=scale_w, bias=bias, out_dtype=torch.float16,
+                         out=out.view(-1, n))
+        in_place(out)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))
 
 
-__all__ = ["E4M3_MAX", "input_amax", "linear_fp8"]
+__all__ = ["E4M3_MAX", "FP8_TACTICS", "input_amax", "linear_fp8"]

@@ -322,3 +322,28 @@ def test_local_functions_are_inlined_and_squeeze_without_axes_on_symbolic_input(
     g = import_onnx(model)
     assert [n.op for n in g.nodes] == [OpType.ADD, OpType.SQUEEZE]
     assert g.nodes[1].attrs == AxesAttrs(axes=None) and g.types["z"].shape == ("n", 3)
+
+
+@pytest.mark.parametrize("slope_is_input", [False, True])
+def test_prelu_before_opset_7_applies_a_channel_slope_per_channel(slope_is_input):
+    """PRelu-6: a 1-D slope of the channel count multiplies axis 1 (PyTorch's ``nn.PReLU(C)`` as
+    exported then; ONNX's backend cases ``test_PReLU_*d_multiparam``), constant or a graph input."""
+    import ember
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    slope = np.array([0.1, 0.5, 2.0], np.float32)
+    inputs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)]
+    inits = []
+    if slope_is_input:
+        inputs.append(helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, slope.shape))
+    else:
+        inits.append(onnx.numpy_helper.from_array(slope, "s"))
+    g = helper.make_graph([helper.make_node("PRelu", ["x", "s"], ["y"])], "prelu6", inputs,
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, x.shape)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    feeds = {"x": x, **({"s": slope} if slope_is_input else {})}
+    with engine.create_context() as ctx:
+        y = ctx.infer(feeds)["y"]
+    want = np.where(x >= 0, x, x * slope.reshape(3, 1, 1))
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-6)

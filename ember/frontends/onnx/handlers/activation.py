@@ -9,6 +9,7 @@ from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
 from ember.ops.attrs import (
     AlphaAttrs,
+    AxesAttrs,
     ClipAttrs,
     GeluApproximate,
     GeluAttrs,
@@ -23,7 +24,6 @@ for _name, _op, _since in (
     ("Erf", OpType.ERF, 9), ("Sqrt", OpType.SQRT, 1), ("Exp", OpType.EXP, 1),
     ("Log", OpType.LOG, 1), ("Neg", OpType.NEG, 1), ("Abs", OpType.ABS, 1),
     ("Reciprocal", OpType.RECIPROCAL, 1), ("Not", OpType.NOT, 1), ("HardSwish", OpType.HARD_SWISH, 14),
-    ("PRelu", OpType.PRELU, 1),
 ):
     onnx_op(_name, since=_since)(direct(_op))
 
@@ -112,3 +112,24 @@ def _scalar(ctx: ImportContext, name: str) -> float | None:
     if flat.size != 1:
         raise reject(f"its bound {name!r} has {flat.size} values; Clip bounds are scalars")
     return float(flat[0])
+
+
+@onnx_op("PRelu", since=1)
+def import_prelu(ctx: ImportContext, n: OnnxNode) -> None:
+    """PRelu. Before opset 7 a 1-D slope of the input's channel count applies per channel (axis
+    1, as the PyTorch exporters of that time wrote ``nn.PReLU(C)``); opset 7 made the slope
+    broadcast from the right, where it would meet the last axis instead."""
+    x, slope = n.input(0), n.input(1)
+    xt, st = ctx.type(x), ctx.type(slope)
+    if (ctx.opset < 7 and st.rank == 1 and xt.rank > 2 and st.shape[0] != 1
+            and st.shape[0] == xt.shape[1]):
+        value = ctx.value(slope)
+        per_channel = ctx.temp(n, "slope")
+        if value is not None:
+            ctx.add_constant(per_channel, value.reshape((-1,) + (1,) * (xt.rank - 2)))
+        else:
+            ctx.emit(n, OpType.UNSQUEEZE, (slope,), (per_channel,), AxesAttrs(axes=tuple(range(1, xt.rank - 1))),
+                     suffix="slope")
+        slope = per_channel
+    ctx.emit(n, OpType.PRELU, (x, slope), n.outputs[:1])
+

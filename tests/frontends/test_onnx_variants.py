@@ -347,3 +347,35 @@ def test_prelu_before_opset_7_applies_a_channel_slope_per_channel(slope_is_input
         y = ctx.infer(feeds)["y"]
     want = np.where(x >= 0, x, x * slope.reshape(3, 1, 1))
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis,b_shape", [(1, (3,)), (None, (5,)), (-3, (3, 4)), (0, (2, 3, 4, 5))])
+def test_binary_ops_before_opset_7_broadcast_b_at_axis(axis, b_shape):
+    """Add/Mul... before opset 7: ``broadcast=1`` aligns B with A at ``axis`` (PyTorch's 2017
+    exports: a per-channel bias at axis 1), not from the right as numpy does from opset 7."""
+    import ember
+
+    a = np.random.default_rng(1).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = np.random.default_rng(2).standard_normal(b_shape).astype(np.float32)
+    attrs = {"broadcast": 1, **({"axis": axis} if axis is not None else {})}
+    g = helper.make_graph([helper.make_node("Mul", ["a", "b"], ["y"], **attrs)], "mul6",
+                          [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, a.shape)],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, a.shape)],
+                          [onnx.numpy_helper.from_array(b, "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    with engine.create_context() as ctx:
+        y = np.asarray(ctx.infer({"a": a})["y"])
+    start = (axis + 4 if axis < 0 else axis) if axis is not None else 4 - len(b_shape)
+    want = a * b.reshape(b_shape + (1,) * (4 - start - len(b_shape)))
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+def test_batch_norm_before_opset_7_in_training_mode_is_refused():
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, (1, 2, 3, 3))
+    inits = [onnx.numpy_helper.from_array(np.ones(2, np.float32), n) for n in ("s", "b", "m", "v")]
+    g = helper.make_graph([helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], is_test=0)],
+                          "bn6", [x], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, (1, 2, 3, 3))],
+                          inits)
+    with pytest.raises(UnsupportedOpError, match="is_test=0"):
+        import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)]))

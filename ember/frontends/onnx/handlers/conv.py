@@ -98,9 +98,14 @@ def import_conv_transpose(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.CONV_TRANSPOSE, inputs, n.outputs[:1], attrs)
 
 
+@onnx_op("BatchNormalization", since=1)
 @onnx_op("BatchNormalization", since=7)
 def import_batch_norm(ctx: ImportContext, n: OnnxNode) -> None:
-    """Inference-mode BatchNormalization; training outputs and modes are rejected."""
+    """Inference-mode BatchNormalization; training outputs and modes are rejected (before opset 7:
+    ``is_test=0``, which normalizes with the batch's own statistics)."""
+    if ctx.opset < 7 and not int(n.attr("is_test", 0)):
+        raise reject("is_test=0 (training mode: the batch's own statistics) is not supported; export the "
+                     "model in eval() mode")
     if int(n.attr("spatial", 1)) != 1:
         raise reject("spatial=0 (per-activation statistics) is not supported")
     if int(n.attr("training_mode", 0)):

@@ -3,10 +3,10 @@ comparisons, logic and bitwise ops."""
 from __future__ import annotations
 
 from ember.frontends.onnx.context import ImportContext, OnnxNode
-from ember.frontends.onnx.handlers.common import HandlerFn, binary_chain, choice, direct
+from ember.frontends.onnx.handlers.common import HandlerFn, binary_chain, choice, direct, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
-from ember.ops.attrs import BitShiftAttrs, BitShiftDirection, ModAttrs
+from ember.ops.attrs import AxesAttrs, BitShiftAttrs, BitShiftDirection, ModAttrs
 
 for _name, _op, _since in (
     ("Add", OpType.ADD, 7), ("Sub", OpType.SUB, 7), ("Mul", OpType.MUL, 7), ("Div", OpType.DIV, 7),
@@ -19,6 +19,36 @@ for _name, _op, _since in (
     onnx_op(_name, since=_since)(direct(_op, nin=2))
 
 onnx_op("BitwiseNot", since=18)(direct(OpType.BITWISE_NOT, nin=1))
+
+
+def _legacy_binary(op: OpType) -> HandlerFn:
+    """The binary op before opset 7: no numpy broadcasting, but ``broadcast=1`` lets B broadcast
+    into A aligned at ``axis`` (default: B's dims are A's last), e.g. a per-channel ``[C]`` added to
+    ``[N, C, H, W]`` at axis 1; B's dims after it become size-1 axes here."""
+    def handler(ctx: ImportContext, n: OnnxNode) -> None:
+        a, b = n.input(0), n.input(1)
+        axis = n.attr("axis")
+        if int(n.attr("broadcast", 0)) and axis is not None:
+            at, bt = ctx.type(a), ctx.type(b)
+            start = int(axis) + at.rank if int(axis) < 0 else int(axis)
+            if not 0 <= start <= at.rank - bt.rank:
+                raise reject(f"broadcast axis {axis} does not place B {list(bt.shape)} inside A {list(at.shape)}")
+            trailing = at.rank - start - bt.rank
+            if trailing:
+                aligned = ctx.temp(n, "b_aligned")
+                ctx.emit(n, OpType.UNSQUEEZE, (b,), (aligned,),
+                         AxesAttrs(axes=tuple(range(bt.rank, bt.rank + trailing))), suffix="b_aligned")
+                b = aligned
+        ctx.emit(n, op, (a, b), n.outputs[:1])
+
+    handler.__name__ = f"import_legacy_{op.name.lower()}"
+    return handler
+
+
+for _name, _op in (("Add", OpType.ADD), ("Sub", OpType.SUB), ("Mul", OpType.MUL), ("Div", OpType.DIV),
+                   ("Pow", OpType.POW), ("Equal", OpType.EQUAL), ("Less", OpType.LESS),
+                   ("Greater", OpType.GREATER), ("And", OpType.AND), ("Or", OpType.OR), ("Xor", OpType.XOR)):
+    onnx_op(_name, since=1)(_legacy_binary(_op))
 
 
 @onnx_op("BitShift", since=11)

@@ -24,6 +24,7 @@ def import_gemm(ctx: ImportContext, n: OnnxNode) -> None:
     ctx.emit(n, OpType.GEMM, inputs, n.outputs[:1], attrs)
 
 
+onnx_op("Gemm", since=1)(import_gemm)  # before 7: C broadcasts only with broadcast=1, as it may from 7
 onnx_op("MatMul", since=1)(direct(OpType.MATMUL, nin=2))
 
 

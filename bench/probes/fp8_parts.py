@@ -11,19 +11,10 @@ import torch
 
 sys.path.insert(0, ".")
 from ember.backends.cuda.libs.triton_fp8 import quantize_e4m3, quantize_e4m3_torch  # noqa: E402
+from ember.backends.cuda.tuning import cuda_event_measure  # noqa: E402
 
-
-def t(f, n=50):
-    for _ in range(5):
-        f()
-    s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(n):
-        f()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n
+#: GPU time of a call, ms (the tactic timer's launch-by-launch measure)
+t = cuda_event_measure(warmup=5, reps=50, rounds=3)
 
 
 def row(m: int, k: int, n: int) -> dict[str, float]:

@@ -13,6 +13,7 @@ import triton.language as tl
 
 sys.path.insert(0, ".")
 from ember.backends.cuda.libs.triton_fp8 import quantize_e4m3  # noqa: E402
+from ember.backends.cuda.tuning import cuda_event_measure  # noqa: E402
 
 
 @triton.jit
@@ -30,17 +31,8 @@ def q_kernel(x_ptr, y_ptr, N, INV, BLOCK: tl.constexpr, WIDE: tl.constexpr, NANS
     tl.store(y_ptr + offs, bits, mask=mask)
 
 
-def t(f, n=50):
-    for _ in range(5):
-        f()
-    s, e = torch.cuda.Event(True), torch.cuda.Event(True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(n):
-        f()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n
+#: GPU time of a call, ms (the tactic timer's launch-by-launch measure)
+t = cuda_event_measure(warmup=5, reps=50, rounds=3)
 
 
 x = torch.randn(16384, 3072, device="cuda", dtype=torch.float16)
@@ -66,5 +58,5 @@ torch.cuda.synchronize()
 with torch.cuda.graph(g):
     for _ in range(10):
         quantize_e4m3(x, 0.5)
-graphed = t(g.replay, 10) / 10
+graphed = t(g.replay) / 10
 print(f"module kernel direct {direct:.4f} ms; Ember's wrapper in a CUDA graph {graphed:.4f} ms")

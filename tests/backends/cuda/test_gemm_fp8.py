@@ -205,3 +205,80 @@ def test_the_input_quantization_kernel_matches_torch_exactly_on_the_gpu():
     x.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e4], device="cuda").half()
     a, b = quantize_e4m3(x, 0.75).float(), quantize_e4m3_torch(x, 0.75).float()
     assert bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+_TRITON_FP8_CHECK = r"""
+import sys
+import torch
+sys.path.insert(0, "tests/backends/cuda")
+from test_gemm_fp8 import _layer, _records
+from ember.backends.base import CompileContext, write_into_of
+from ember.backends.cuda import CUDABackend
+from ember.backends.cuda.kernels.gemm_fp8 import FP8_TACTICS, _triton_fp8_factory
+from ember.backends.cuda.libs.triton_gemm import CONFIGS
+from ember.ops.attrs import Activation
+from ember.plan.config import BuildConfig, Precision
+
+dev = torch.device(sys.argv[1])
+backend = CUDABackend()
+triton_names = [f"triton_fp8_{c.name}" for c in CONFIGS]
+assert set(triton_names) < FP8_TACTICS
+for act in (Activation.GELU_ERF, Activation.NONE):
+    graph, node = _layer(k=64, n=48, act=act)
+    names = backend.tactics(node, graph, _records())
+    # offered where Triton compiles (a GPU), first cuBLASLt's
+    assert names[0] == "cublaslt_fp8" and all((t in names) == (dev.type == "cuda") for t in triton_names), names
+    consts = {k: torch.from_numpy(v).to(dev) for k, v in graph.constants.items()}
+
+    def compiled(tactic):
+        ctx = CompileContext(graph, consts, dev, tactic, Precision.FP8, _records(),
+                             BuildConfig(device="cuda", precision="fp8"))
+        if dev.type == "cpu" and tactic in triton_names:  # not offered without a GPU: the factory itself
+            return _triton_fp8_factory(CONFIGS[triton_names.index(tactic)])(node, ctx)
+        return backend.compile_node(node, ctx)
+
+    x = torch.randn(2, 5, 64, device=dev) * 2
+    x[0, 0, 0] = float("nan")
+    ref = compiled("cublaslt_fp8")([x])[0]
+    for name in triton_names:
+        kernel = compiled(name)
+        y = kernel([x])[0]
+        assert y.dtype == torch.float16 and tuple(y.shape) == (2, 5, 48)
+        if dev.type == "cuda":  # NaN in, NaN out: its row (the interpreter reads e4m3's NaN as a number)
+            assert bool(y[0, 0].isnan().all()) and not bool(y[1].isnan().any())
+        ok = ~ref.isnan() & ~y.isnan()
+        err = float((y[ok].float() - ref[ok].float()).abs().max() / ref[ok].float().abs().max())
+        assert err < 2e-3, (act, name, err)  # the same e4m3 operands; fp32 sums in another order
+        out = torch.full((2, 5, 48), 7.0, dtype=torch.float16, device=dev)
+        write = write_into_of(kernel)
+        assert write is not None and write([x], out) and torch.equal(out, y)
+print("ok")
+"""
+
+
+def _run_triton_fp8(device: str, env: dict) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _TRITON_FP8_CHECK, device], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs instead")
+def test_the_triton_fp8_gemm_with_its_epilogue_under_tritons_interpreter():
+    """The Triton FP8 tactics (e4m3 operands on ``tl.dot``, scales, bias and erf GELU in the
+    epilogue) against cuBLASLt's FP8 GEMM (CPU ``_scaled_mm`` here) of the same operands."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    _run_triton_fp8("cpu", dict(os.environ, TRITON_INTERPRET="1"))
+
+
+@pytest.mark.cuda
+def test_the_triton_fp8_gemm_with_its_epilogue_on_the_gpu():
+    import os
+
+    _run_triton_fp8("cuda", dict(os.environ))

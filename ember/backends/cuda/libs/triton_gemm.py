@@ -44,10 +44,12 @@ CONFIGS: tuple[TileConfig, ...] = (
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *,
            act: Activation = Activation.NONE, act_params: Sequence[float] = (),
            config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None,
-           tf32: bool = False) -> torch.Tensor:
-    """``act(x @ weight.T + bias)`` of ``x`` ``[M, K]`` into ``out`` ``[M, N]`` (rows at any stride,
-    columns contiguous) or a fresh tensor of ``x``'s dtype; returns it. fp32 operands multiply in
-    full precision (``ieee``), or in TF32 with ``tf32``."""
+           tf32: bool = False, scale: Optional[float] = None) -> torch.Tensor:
+    """``act(scale * (x @ weight.T) + bias)`` of ``x`` ``[M, K]`` into ``out`` ``[M, N]`` (rows at
+    any stride, columns contiguous) or a fresh tensor of ``x``'s dtype (fp16 for float8 operands);
+    returns it. fp32 operands multiply in full precision (``ieee``), or in TF32 with ``tf32``;
+    float8e4m3fn operands (an FP8 layer's quantized input and weight) on the FP8 tensor cores,
+    ``scale`` then being the product of their two per-tensor scales."""
     from ember.backends.cuda.libs.triton_ops import ACT_CODES, epilogue_params
 
     if triton is None:
@@ -61,21 +63,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
         weight = weight.contiguous()
     m, k = (int(d) for d in x.shape)
     n = int(weight.shape[0])
+    fp8 = x.dtype == torch.float8_e4m3fn
+    if fp8 != (weight.dtype == torch.float8_e4m3fn):
+        raise ValueError(f"Triton GEMM: x is {x.dtype} and weight {weight.dtype}; both are float8_e4m3fn or neither")
     if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        out = torch.empty((m, n), dtype=torch.float16 if fp8 else x.dtype, device=x.device)
     elif tuple(out.shape) != (m, n) or (n > 1 and out.stride(1) != 1):
         raise ValueError(f"Triton GEMM: out {tuple(out.shape)} (strides {out.stride()}) is not an [M={m}, N={n}] "
                          f"matrix with contiguous columns")
     if m == 0 or n == 0:
         return out
     bn = min(config.block_n, max(16, 1 << (n - 1).bit_length()))
-    bk = min(config.block_k, max(16, 1 << (k - 1).bit_length()))
+    bk = min(config.block_k, max(32 if fp8 else 16, 1 << (k - 1).bit_length()))  # FP8 MMA: K in 32s
     p0, p1 = epilogue_params(act, act_params)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, bn),)
     gemm_epilogue_kernel[grid](
         x, weight, bias if bias is not None else weight, out, m, n, k,
-        x.stride(0), weight.stride(0), out.stride(0), float(p0), float(p1),
-        HAS_BIAS=bias is not None, ACT=ACT_CODES[act], EVEN_K=k % bk == 0, GROUP_M=8,
+        x.stride(0), weight.stride(0), out.stride(0), float(p0), float(p1), float(scale or 1.0),
+        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, ACT=ACT_CODES[act], EVEN_K=k % bk == 0, GROUP_M=8,
         PRECISION="tf32" if tf32 else "ieee",
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk, num_warps=config.num_warps, num_stages=config.num_stages)
     return out
@@ -84,9 +89,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
 if triton is not None:
     from ember.backends.cuda.libs.triton_jit import activate, grouped_tile
 
-    @triton.jit(do_not_specialize=["M", "P0", "P1"])
-    def gemm_epilogue_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, sam, sbn, scm, P0, P1,
-                             HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
+    @triton.jit(do_not_specialize=["M", "P0", "P1", "SCALE"])
+    def gemm_epilogue_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, sam, sbn, scm, P0, P1, SCALE,
+                             HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, ACT: tl.constexpr,
+                             EVEN_K: tl.constexpr,
                              GROUP_M: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_N: tl.constexpr,
                              BLOCK_K: tl.constexpr):
@@ -111,6 +117,8 @@ if triton is not None:
             a_ptrs += BLOCK_K
             b_ptrs += BLOCK_K
         mask_n = offs_n < N
+        if HAS_SCALE:
+            acc = acc * SCALE
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         y = activate(acc, P0, P1, ACT)

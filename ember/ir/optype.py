@@ -154,6 +154,7 @@ class OpType(enum.Enum):
     AFFINE_GRID = "AffineGrid"
     CENTER_CROP_PAD = "CenterCropPad"
     NON_MAX_SUPPRESSION = "NonMaxSuppression"
+    ROI_ALIGN = "RoiAlign"
     NON_ZERO = "NonZero"
     COMPRESS = "Compress"
     REVERSE_SEQUENCE = "ReverseSequence"
@@ -165,6 +166,13 @@ class OpType(enum.Enum):
     DEFORM_CONV = "DeformConv"
     NLL_LOSS = "NegativeLogLikelihoodLoss"
     SOFTMAX_CROSS_ENTROPY = "SoftmaxCrossEntropyLoss"
+    # signal processing (opset 17+): window functions, DFT/STFT, mel filter banks
+    HANN_WINDOW = "HannWindow"
+    HAMMING_WINDOW = "HammingWindow"
+    BLACKMAN_WINDOW = "BlackmanWindow"
+    DFT = "DFT"
+    STFT = "STFT"
+    MEL_WEIGHT_MATRIX = "MelWeightMatrix"
     # quantization (explicit Q/DQ models)
     QUANTIZE_LINEAR = "QuantizeLinear"
     DEQUANTIZE_LINEAR = "DequantizeLinear"

@@ -132,6 +132,21 @@ class GridSamplePadding(AttrEnum):
     REFLECTION = "reflection"
 
 
+class RoiAlignMode(AttrEnum):
+    """RoiAlign's pooling over a bin's sampling points."""
+
+    AVG = "avg"
+    MAX = "max"
+
+
+class RoiCoordinateTransform(AttrEnum):
+    """RoiAlign's ``coordinate_transformation_mode`` (opset 16; opset 10 behaves as
+    ``output_half_pixel``): ``half_pixel`` shifts ROI corners by -0.5 pixel after scaling."""
+
+    HALF_PIXEL = "half_pixel"
+    OUTPUT_HALF_PIXEL = "output_half_pixel"
+
+
 class RNNDirection(AttrEnum):
     FORWARD = "forward"
     REVERSE = "reverse"
@@ -814,6 +829,28 @@ class GridSampleAttrs:
 
 
 @dataclass(frozen=True)
+class RoiAlignAttrs:
+    """RoiAlign(X[N, C, H, W], rois[R, 4] as (x1, y1, x2, y2), batch_indices[R]) ->
+    [R, C, output_height, output_width]; ``sampling_ratio`` 0: ceil(roi size / output size)
+    points per bin along each axis, chosen per ROI."""
+
+    mode: RoiAlignMode = RoiAlignMode.AVG
+    coordinate_transformation_mode: RoiCoordinateTransform = RoiCoordinateTransform.HALF_PIXEL
+    output_height: int = 1
+    output_width: int = 1
+    sampling_ratio: int = 0
+    spatial_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "mode", RoiAlignMode)
+        coerce_enum(self, "coordinate_transformation_mode", RoiCoordinateTransform)
+        if self.output_height < 1 or self.output_width < 1:
+            raise ValueError(f"RoiAlign output size {self.output_height}x{self.output_width} must be positive")
+        if self.sampling_ratio < 0:
+            raise ValueError(f"RoiAlign sampling_ratio {self.sampling_ratio} must be 0 (adaptive) or positive")
+
+
+@dataclass(frozen=True)
 class OneHotAttrs:
     axis: int = -1
     depth: Optional[int] = None  # None: from input 1 at run time
@@ -879,6 +916,44 @@ class QuantizeAttrs:
             coerce_enum(self, "output_dtype", DType)
         if self.block_size < 0:
             raise ValueError(f"QuantizeAttrs.block_size={self.block_size} must be >= 0")
+
+# ---- signal processing -------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowAttrs:
+    """HannWindow / HammingWindow / BlackmanWindow: ``periodic`` windows divide by the size
+    (``N``), symmetric ones by ``N - 1``; ``dtype`` is ONNX's ``output_datatype``."""
+
+    periodic: bool = True
+    dtype: DType = DType.FLOAT32
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "dtype", DType)
+
+
+@dataclass(frozen=True)
+class DFTAttrs:
+    """DFT of the signal ``[..., n, ..., 1 or 2]`` (real, or complex as (re, im) pairs) along
+    ``axis``, counted on the input's rank with the last (component) dim included. ``axis`` None:
+    read from input 2 at run time (opset 20's axis input, not a constant at import).
+    ``inverse`` with ``onesided`` is the inverse real DFT (one-sided spectrum in, real signal out)."""
+
+    axis: Optional[int] = 1
+    inverse: bool = False
+    onesided: bool = False
+
+
+@dataclass(frozen=True)
+class STFTAttrs:
+    onesided: bool = True
+
+
+@dataclass(frozen=True)
+class MelWeightMatrixAttrs:
+    dtype: DType = DType.FLOAT32  # ONNX's output_datatype
+
+    def __post_init__(self) -> None:
+        coerce_enum(self, "dtype", DType)
+
 
 if TYPE_CHECKING:  # annotation only
     from ember.ir.optype import OpType

@@ -91,6 +91,8 @@ def _load_families() -> None:
         quantize,
         recurrent,
         reduce,
+        roi,
         shape,
         shape_gen,
+        signal,
     )

@@ -52,6 +52,12 @@ HOST_SLOTS: dict[OpType, frozenset[int]] = {
     OpType.REVERSE_SEQUENCE: frozenset({1}),
     OpType.COL2IM: frozenset({1, 2}),
     OpType.MAX_UNPOOL: frozenset({2}),
+    OpType.HANN_WINDOW: frozenset({0}),
+    OpType.HAMMING_WINDOW: frozenset({0}),
+    OpType.BLACKMAN_WINDOW: frozenset({0}),
+    OpType.DFT: frozenset({1, 2}),
+    OpType.STFT: frozenset({1, 3}),
+    OpType.MEL_WEIGHT_MATRIX: frozenset({0, 1, 2, 3, 4}),
 }
 
 #: Ops whose output is metadata of the input (never reads its data).

@@ -10,10 +10,13 @@ explicit list (no scanning); importing a family registers its kernels
 - ``norm``: Batch/Layer/Instance/Group normalization, Softmax;
 - ``linalg``, ``linalg_mkldnn``: Gemm, MatMul, FusedGemm, attention, Einsum;
 - ``conv``, ``conv_mkldnn``: convolutions; ``pool``: pooling and LRN; ``resize``: Resize, GridSample;
+  ``roi``: RoiAlign;
 - ``fused``: FusedElementwise chains; ``recurrent``: LSTM, GRU, RNN;
 - ``quantize``: QuantizeLinear, DequantizeLinear (ONNX's exact arithmetic);
 - ``qlayers``: the INT8 layers QConv and QGemm (oneDNN's INT8 primitives);
 - ``plugin``: custom ops' kernels (``ember.backends.plugins``).
+- ``signal``: window functions, DFT, STFT, MelWeightMatrix (numpy's FFT on the CPU, ``torch.fft`` on
+  other devices).
 """
 from __future__ import annotations
 
@@ -45,5 +48,7 @@ def load_kernels() -> None:
         recurrent,
         reduce,
         resize,
+        roi,
         shape,
+        signal,
     )

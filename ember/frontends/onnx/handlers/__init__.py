@@ -7,6 +7,7 @@ from ember.frontends.onnx.handlers import (  # noqa: F401
     control,
     conv,
     elementwise,
+    glu,
     index,
     linalg,
     movement,
@@ -16,5 +17,7 @@ from ember.frontends.onnx.handlers import (  # noqa: F401
     recurrent,
     reduce,
     resize,
+    roi,
     shape,
+    signal,
 )

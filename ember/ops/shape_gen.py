@@ -59,7 +59,11 @@ def infer_expand(node: Node, in_types: Types, consts: Consts) -> list[TensorType
     value = const_at(consts, 1)
     if value is None:
         rank = max(x.rank, _shape_len(s, "Expand shape"))
-        return [x.with_shape(fresh_dims(node.outputs[0], rank))]
+        # a shape dim must be 1 or equal an input dim that is not 1, so such input dims stay
+        fresh = fresh_dims(node.outputs[0], rank)
+        kept = (None,) * (rank - x.rank) + tuple(x.shape)
+        return [x.with_shape(tuple(k if isinstance(k, int) and k != 1 else f
+                                   for k, f in zip(kept, fresh)))]
     return [x.with_shape(broadcast_shapes(x.shape, const_dims(value)))]
 
 

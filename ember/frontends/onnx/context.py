@@ -105,6 +105,7 @@ class ImportContext(GraphBuilder):
         super().__init__(source)
         self.opset = opset
         self.opsets: dict[str, int] = dict(opsets or {})  # domain -> version
+        self.graph_outputs: set[str] = set()  # the model's outputs (the If handler reads them)
 
     def emit(self, src: OnnxNode, op: OpType, inputs: Sequence[str], outputs: Sequence[str],
              attrs: Any = None, suffix: str = "") -> Node:

@@ -52,6 +52,7 @@ def import_onnx(model: ModelLike, shapes: Optional[ShapeMap] = None) -> Graph:
     _reserve_names(ctx, proto.graph)
     _add_inputs(ctx, proto.graph, shapes or {})
     outputs = [o.name for o in proto.graph.output]
+    ctx.graph_outputs = set(outputs)
     ctx.used = {i for n in nodes for i in n.inputs if i} | set(outputs)
     _convert(ctx, nodes, label)
     return ctx.finish(

@@ -1,5 +1,6 @@
 """``If`` whose condition is known at build time: the taken branch is imported inline (one known
-only at run time: both branches, and a Where selects, when their outputs agree in type and shape).
+only at run time: both branches, and a Where selects, when their outputs agree in type and in
+shape up to unit dims).
 ``Scan`` over a sequence of build-time length: the body is imported once per step (and, for
 opset 8's batched form, per batch item).
 
@@ -16,12 +17,14 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from ember.errors import ShapeError
 from ember.frontends.onnx.context import ImportContext, OnnxNode
 from ember.frontends.onnx.handlers.common import ints, reject
 from ember.frontends.onnx.registry import onnx_op
 from ember.ir.optype import OpType
+from ember.ir.types import Dim
 from ember.ops.attrs import AxesAttrs, AxisAttrs, ReshapeAttrs
-from ember.ops.common import norm_axis
+from ember.ops.common import broadcast_shapes, norm_axis
 
 #: The most steps a Scan is unrolled to (each step is a copy of the body in the graph).
 MAX_SCAN_STEPS = 4096
@@ -39,6 +42,7 @@ def import_if(ctx: ImportContext, n: OnnxNode) -> None:
     branch = n.attr(taken)
     if branch is None or not hasattr(branch, "g"):
         raise reject(f"it has no {taken} graph")
+    _check_outer_names(ctx, branch.g, taken)
     outputs = convert_subgraph(ctx, branch.g, n)
     if len(outputs) != len(n.outputs):
         raise reject(f"its {taken} has {len(outputs)} outputs for {len(n.outputs)} node outputs")
@@ -53,25 +57,78 @@ def _import_if_at_run_time(ctx: ImportContext, n: OnnxNode) -> None:
     from ember.frontends.onnx.importer import convert_subgraph
 
     why = ("its condition is only known at run time and {}; Ember runs such an If only when both "
-           "branches give outputs of the same type and shape (it computes both and selects). Give "
-           "fixed input shapes (shapes=... / --shapes) so the condition is known at build time")
+           "branches give outputs of one type and one shape, up to unit dims (it computes both and "
+           "selects). Give fixed input shapes (shapes=... / --shapes) so the condition is known at "
+           "build time")
     branches = [n.attr(k) for k in ("then_branch", "else_branch")]
     if any(b is None or not hasattr(b, "g") for b in branches):
         raise reject(why.format("a branch graph is missing"))
+    for key, branch in zip(("then_branch", "else_branch"), branches):
+        _check_outer_names(ctx, branch.g, key)
     then_outs = convert_subgraph(ctx, branches[0].g, n)
     else_outs = convert_subgraph(ctx, branches[1].g, n)
     if not len(then_outs) == len(else_outs) == len(n.outputs):
         raise reject(why.format("its branches have different output counts"))
-    for t, e in zip(then_outs, else_outs):
+    for out, t, e in zip(n.outputs, then_outs, else_outs):
         tt, et = ctx.type(t), ctx.type(e)
-        if tt.dtype is not et.dtype or tt.shape != et.shape:
+        if tt.dtype is not et.dtype or selected_shape(tt.shape, et.shape) is None:
             raise reject(why.format(f"its branches give {tt} and {et}"))
+        if tt.shape != et.shape and out in ctx.graph_outputs:
+            raise reject(why.format(f"its branches give {tt} and {et} for the model output {out!r}, "
+                                    f"whose rank would then depend on the condition"))
     cond = ctx.temp(n, "cond_scalar")
     shape = ctx.add_constant(ctx.temp(n, "scalar_shape"), np.zeros((0,), dtype=np.int64))
     ctx.emit(n, OpType.RESHAPE, (n.input(0), shape), (cond,), ReshapeAttrs(), suffix="cond")
     for i, (out, t, e) in enumerate(zip(n.outputs, then_outs, else_outs)):
         if out:
             ctx.emit(n, OpType.WHERE, (cond, t, e), (out,), suffix=f"select{i}")
+
+
+def selected_shape(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> Optional[tuple[Dim, ...]]:
+    """The shape a run-time If's output takes when its branches give shapes ``a`` and ``b``:
+    their broadcast when it holds exactly the elements of either (they differ only in unit dims,
+    ``[]`` and ``[1]``, ``[n]`` and ``[1, n]``), so the selected data is the taken branch's,
+    viewed with the extra unit dims; None when no such shape exists.
+
+    >>> selected_shape((), (1,)), selected_shape((3,), (1, 3)), selected_shape((1, 3), (3, 1))
+    ((1,), (1, 3), None)
+    """
+    if a == b:
+        return a
+    try:
+        joined = broadcast_shapes(a, b)
+    except ShapeError:
+        return None
+
+    def core(shape: tuple[Dim, ...]) -> tuple[Dim, ...]:
+        return tuple(d for d in shape if d != 1)
+
+    return joined if core(joined) == core(a) == core(b) else None
+
+
+def _outer_names(graph: onnx.GraphProto) -> list[str]:
+    """The names a graph (nested subgraphs included) reads from its enclosing scopes, in order."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    found: list[str] = []
+    for node in graph.node:
+        reads = list(node.input)
+        for a in node.attribute:
+            subgraphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for g in subgraphs:
+                reads += _outer_names(g)
+        found += [x for x in reads if x and x not in defined and x not in found]
+        defined.update(o for o in node.output if o)
+    return found
+
+
+def _check_outer_names(ctx: ImportContext, graph: onnx.GraphProto, which: str) -> None:
+    """A branch reads outer tensors without listing them as the If's inputs, so the importer
+    cannot see that one of them is missing (made by a node it rejected): refuse the If here,
+    naming the tensor, instead of failing inside the branch."""
+    missing = [x for x in _outer_names(graph) if x not in ctx.types]
+    if missing:
+        raise reject(f"its {which} reads {missing[0]!r}, which was not imported: the node that makes "
+                     f"it was refused (see the other refused nodes) or the model does not define it")
 
 
 def _renamed_body(body: onnx.GraphProto, prefix: str) -> onnx.GraphProto:

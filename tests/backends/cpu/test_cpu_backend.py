@@ -118,6 +118,10 @@ def test_prepacked_tactics_are_offered_first_for_constant_weights():
     assert backend.tactics(mm, _graph_with(mm, arrays, {"b"}))[0] == "mkldnn_prepacked"
     gemm = Node("g", OpType.GEMM, ("a", "b"), ("y",), GemmAttrs(trans_a=True))
     assert "mkldnn_prepacked" not in backend.tactics(gemm, _graph_with(gemm, arrays, {"b"}))
+    # one row (a batch-1 classifier) in fp32: MKL's GEMV on the plain weight
+    arrays = {"a": np.zeros((1, 8), np.float32), "b": np.zeros((8, 3), np.float32)}
+    gemv = Node("v", OpType.GEMM, ("a", "b"), ("y",), GemmAttrs())
+    assert backend.tactics(gemv, _graph_with(gemv, arrays, {"b"}))[0] == "aten"
 
 
 def test_compiled_kernels_are_safe_to_share_between_threads():

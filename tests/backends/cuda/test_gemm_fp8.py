@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tritonkit import run_triton_check
 
 import ember
 from ember.backends.base import CompileContext
@@ -184,17 +185,7 @@ print("ok")
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs instead")
 def test_the_input_quantization_kernel_under_tritons_interpreter():
-    import importlib.util
-    import os
-    import subprocess
-    import sys
-
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", _QUANT_CHECK], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    run_triton_check(_QUANT_CHECK, "cpu", timeout=300)
 
 
 @pytest.mark.cuda
@@ -210,7 +201,6 @@ def test_the_input_quantization_kernel_matches_torch_exactly_on_the_gpu():
 _TRITON_FP8_CHECK = r"""
 import sys
 import torch
-sys.path.insert(0, "tests/backends/cuda")
 from test_gemm_fp8 import _layer, _records
 from ember.backends.base import CompileContext, write_into_of
 from ember.backends.cuda import CUDABackend
@@ -256,29 +246,13 @@ print("ok")
 """
 
 
-def _run_triton_fp8(device: str, env: dict) -> None:
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", _TRITON_FP8_CHECK, device], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs instead")
 def test_the_triton_fp8_gemm_with_its_epilogue_under_tritons_interpreter():
     """The Triton FP8 tactics (e4m3 operands on ``tl.dot``, scales, bias and erf GELU in the
     epilogue) against cuBLASLt's FP8 GEMM (CPU ``_scaled_mm`` here) of the same operands."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    _run_triton_fp8("cpu", dict(os.environ, TRITON_INTERPRET="1"))
+    run_triton_check(_TRITON_FP8_CHECK, "cpu")
 
 
 @pytest.mark.cuda
 def test_the_triton_fp8_gemm_with_its_epilogue_on_the_gpu():
-    import os
-
-    _run_triton_fp8("cuda", dict(os.environ))
+    run_triton_check(_TRITON_FP8_CHECK, "cuda")

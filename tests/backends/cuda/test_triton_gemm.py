@@ -4,13 +4,9 @@ fuse, through strided output rows, against PyTorch in fp32. Under Triton's inter
 (a subprocess: the interpreter is chosen when the kernel is defined), and on a GPU."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from tritonkit import run_triton_check
 
 from ember.backends.cuda import CUDABackend
 from ember.ir import DType, Graph, Node, OpType, TensorType
@@ -78,22 +74,14 @@ print("ok")
 """
 
 
-def _run(device: str, env: dict) -> None:
-    done = subprocess.run([sys.executable, "-c", _CHECK, device], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant runs instead")
 def test_the_fused_gemm_under_tritons_interpreter():
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    _run("cpu", dict(os.environ, TRITON_INTERPRET="1"))
+    run_triton_check(_CHECK, "cpu")
 
 
 @pytest.mark.cuda
 def test_the_fused_gemm_on_the_gpu():
-    _run("cuda", dict(os.environ))
+    run_triton_check(_CHECK, "cuda")
 
 
 def _node(act: Activation, trans_a: bool = False) -> tuple[Graph, Node]:

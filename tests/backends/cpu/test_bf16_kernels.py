@@ -293,3 +293,26 @@ def test_epilogues_fuse_only_where_finite_inputs_keep_a_layer_finite():
     half = len(flags) // 2
     assert set(flags[:half]) == {True} and set(flags[half:]) == {False}
     assert not inputs_finite()  # outside a run
+
+
+def test_a_run_is_finite_exactly_when_no_input_holds_nan_or_infinity():
+    """``finite_run``'s check by the inputs' sum: a NaN, an infinity, or infinities of both signs
+    are caught in any float dtype; half inputs sum in float32 (a float16 image of large values is
+    finite); a float32 sum that overflows answers "not finite" (the NaN-safe path: only slower)."""
+    import torch
+
+    from ember.backends.cpu.half import _all_finite
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x = torch.randn(3, 50, dtype=dtype)
+        assert _all_finite(x)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = x.clone()
+            y[1, 7] = bad
+            assert not _all_finite(y), (dtype, bad)
+        y = x.clone()
+        y[0, 0], y[2, 2] = float("inf"), -float("inf")
+        assert not _all_finite(y)
+    assert _all_finite(torch.full((1000,), 60000.0, dtype=torch.float16))  # sums past fp16's range
+    assert not _all_finite(torch.full((4,), 3e38))  # overflowing float32: conservative
+    assert _all_finite(torch.empty(0))

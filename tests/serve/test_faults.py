@@ -104,7 +104,9 @@ def test_a_killed_front_end_s_share_of_the_port_is_covered_while_it_restarts(sim
     failures = [(t - killed, code) for t, code in log if code is not None]
     during = [t for t, code in log if code is None and killed + 0.2 < t < back]
     assert all(code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for _, code in failures), failures
-    assert all(-0.05 < t < 0.2 for t, _ in failures[:-1]), failures  # at the kill (the last: the cover's stop)
+    # at the kill (the last: the cover's stop); a loaded 2-core machine took 0.33 s to see a call's
+    # connection broken, so "at the kill" is its first second, well before the restart is done
+    assert all(-0.05 < t < 1.0 for t, _ in failures[:-1]), failures
     assert len(failures) <= max(30, len(log) // 50), (len(failures), len(log))
     assert during, "no call was answered while the front end restarted"
     assert any(code is None and t > back for t, code in log)

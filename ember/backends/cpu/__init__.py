@@ -79,6 +79,9 @@ def _named(node: Node, kernel: Kernel) -> Kernel:
                                  f"{list(out.shape)} on inputs ({_describe(inputs)}): {e}") from e
 
         with_write_into(run, WriteInto(write, inner.accepts))
+    link = getattr(kernel, "chain_link", None)
+    if link is not None:  # the program may run this layer inside a chain (``chains``)
+        run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 

@@ -27,7 +27,7 @@ import torch
 
 from ember.backends.base import Backend, CompileContext, Executor, Kernel, Program
 from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
-from ember.backends.cpu.half import finite_run
+from ember.backends.cpu.half import finite_run, inputs_finite
 from ember.backends.cpu.heap import reserve
 from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
@@ -87,6 +87,9 @@ class CPUProgram(Program):
         special = self.concat.special_steps()
         steps = [replace(s, special=True) if i in special else s for i, s in enumerate(steps)]
         self.steps: tuple[CPUStep, ...] = tuple(steps)
+        #: the steps with chains of persistent convolutions as one step each (``chains``), for
+        #: runs with finite inputs and no observer; ``None`` where there is no chain
+        self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(graph.outputs)
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
@@ -112,6 +115,51 @@ class CPUProgram(Program):
                 return self._run(feeds, stats, observe)
         return self._run(feeds, stats, observe)
 
+    def _chain_steps(self, graph_outputs: Sequence[str]) -> Optional[tuple[CPUStep, ...]]:
+        from ember.backends.cpu import native
+        from ember.backends.cpu.chains import enabled, plan_chains
+
+        if not enabled():
+            return None
+        chains = plan_chains(self.steps, graph_outputs)
+        ext = native.extension() if chains else None
+        if ext is None or not hasattr(ext, "run_chain"):
+            return None
+        out: list[CPUStep] = []
+        i = 0
+        for chain in chains:
+            out.extend(self.steps[i:chain.start])
+            members = self.steps[chain.start:chain.end]
+            internal = {s.outputs[0] for s in members[:-1]}
+            frees = tuple(dict.fromkeys(n for s in members for n in s.frees if n not in internal))
+            out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members)} layers chained)", "Chain",
+                               self._chain_kernel(ext, chain, members), (chain.input,), (chain.output,), frees, (0,)))
+            i = chain.end
+        out.extend(self.steps[i:])
+        return tuple(out)
+
+    def _chain_kernel(self, ext: Any, chain: Any, members: Sequence[CPUStep]) -> Kernel:
+        from ember.backends.cpu.chains import run_chain
+
+        constants = self.constants
+
+        def one_by_one(x: torch.Tensor) -> torch.Tensor:
+            env: dict[str, Optional[torch.Tensor]] = dict(constants)
+            env[chain.input] = x
+            for s in members:
+                env[s.outputs[0]] = s.kernel([env[n] if n else None for n in s.inputs])[0]
+            return env[chain.output]  # type: ignore[return-value]
+
+        def run(inputs: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+            x = inputs[0]
+            assert x is not None
+            try:
+                return [run_chain(ext, chain, x)]
+            except (RuntimeError, ValueError):  # e.g. an input the primitives were not made for
+                return [one_by_one(x)]  # the layers one by one: the result, or the layer at fault named
+
+        return run
+
     def _run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict],
              observe: Optional[Observer]) -> dict[str, torch.Tensor]:
         env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
@@ -119,7 +167,8 @@ class CPUProgram(Program):
         if observe is not None:
             for name, t in feeds.items():
                 observe(name, t)
-        for step in self.steps:  # the hot loop: no helper calls unless observing, nothing kept past its use
+        steps = self.chained if self.chained is not None and observe is None and inputs_finite() else self.steps
+        for step in steps:  # the hot loop: no helper calls unless observing, nothing kept past its use
             try:
                 if step.special:
                     results = self._special(step, env, stats)

@@ -39,6 +39,7 @@ import torch
 from ember.backends.activations import activation_after
 from ember.backends.base import CompileContext, Kernel, with_write_into
 from ember.backends.cpu import native
+from ember.backends.cpu.chains import ChainLink
 from ember.backends.cpu.half import finite_safe, half_applies, inputs_finite, owns_constants
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv import conv_forward, conv_geometry
@@ -152,7 +153,29 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
             out = after(out)
         return [out.contiguous() if to_nchw else out]
 
-    return with_write_into(run, gemm_write_into(node, ctx))
+    kernel = with_write_into(run, gemm_write_into(node, ctx))
+    link = _chain_link(node, ctx, shapes, t, residual, fusable, after is not None, to_nchw)
+    if link is not None:
+        kernel.chain_link = link  # type: ignore[attr-defined]
+    return kernel
+
+
+def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, residual: bool, fusable: bool,
+                has_after: bool, to_nchw: bool) -> Optional[ChainLink]:
+    """How the program may run this layer inside a chain of persistent convolutions (one C++ call
+    for many layers, ``ember.backends.cpu.chains``): where its input is a static float32 4-D
+    tensor, its output stays channels-last, a residual has the output's shape, and its activation
+    is fused in finite runs (or it has none)."""
+    if t is None or len(t.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in t.shape):
+        return None
+    if to_nchw or t.dtype is not DType.FLOAT32 or (has_after and not fusable):
+        return None
+    conv, out_shape = shapes.get(tuple(int(d) for d in t.shape))
+    if residual:
+        r = ctx.graph.types.get(node.input(3)) if ctx.graph is not None else None
+        if r is None or r.dtype is not DType.FLOAT32 or tuple(r.shape) != tuple(out_shape):
+            return None
+    return ChainLink(conv, residual, fusable)
 
 
 class _ShapeCache:

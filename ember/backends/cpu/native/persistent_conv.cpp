@@ -121,12 +121,28 @@ class Conv {
     // activation when `fused` (valid only where the primitive has one: `has_fused`).
     void run(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
              bool fused) {
+        check(x, out, residual, fused);
+        at::internal::lazy_init_num_threads();  // this thread's OpenMP team size = torch's
+        pybind11::gil_scoped_release nogil;
+        execute(x, out, residual, fused);
+    }
+
+    // The checks of `run`: the arguments fit the primitive (raises ValueError otherwise).
+    void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
+               bool fused) const {
         TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
         const Primitive &p = fused ? *fused_ : exact_;
         check_nhwc(x, p.pd.src_desc(), "input");
         check_nhwc(out, p.pd.dst_desc(), "output");
         TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
                                                                        : "this convolution has no residual input");
+        if (residual_) check_nhwc(*residual, p.pd.dst_desc(), "residual");
+    }
+
+    // The primitive on checked arguments; no Python (callable without the GIL).
+    void execute(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
+                 bool fused) const {
+        const Primitive &p = fused ? *fused_ : exact_;
         auto &eng = cpu_engine();
         std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
         args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
@@ -134,20 +150,17 @@ class Conv {
         args.emplace(DNNL_ARG_WEIGHTS, p.weights);
         args.emplace(DNNL_ARG_BIAS, bias_);
         if (residual_) {
-            check_nhwc(*residual, p.pd.dst_desc(), "residual");
             args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
                          memory(p.pd.dst_desc(), eng, residual->data_ptr()));
         }
-        at::internal::lazy_init_num_threads();  // this thread's OpenMP team size = torch's
-        {
-            pybind11::gil_scoped_release nogil;
-            const memory::desc sd = p.pd.scratchpad_desc();
-            args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-            dnnl::stream &s = cpu_stream();
-            p.prim.execute(s, args);
-            s.wait();
-        }
+        const memory::desc sd = p.pd.scratchpad_desc();
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+        dnnl::stream &s = cpu_stream();
+        p.prim.execute(s, args);
+        s.wait();
     }
+
+    bool has_residual() const { return residual_; }
 
     bool has_fused() const { return static_cast<bool>(fused_); }
     std::vector<int64_t> dst_dims() const {
@@ -493,12 +506,49 @@ pybind11::dict version() {
     return d;
 }
 
+// A chain of fp32 convolutions run in one call (one Python crossing for many layers): step i reads
+// the output of step `src[i]` (-1: the chain's input x) and, with a residual, adds that of step
+// `res[i]` (-1: x); its output is a fresh channels-last float32 tensor, released after step
+// `last[i]` (its last reader in the chain). Returns the last step's output.
+torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
+                        const std::vector<int64_t> &res, const std::vector<int64_t> &last,
+                        const std::vector<bool> &fused) {
+    const size_t n = convs.size();
+    TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && last.size() == n && fused.size() == n,
+                      "a chain needs one src, res, last and fused entry per convolution");
+    for (size_t i = 0; i < n; ++i) {
+        TORCH_CHECK_VALUE(src[i] >= -1 && src[i] < static_cast<int64_t>(i) && res[i] >= -2 &&
+                              res[i] < static_cast<int64_t>(i) && (res[i] != -2) == convs[i]->has_residual() &&
+                              last[i] >= static_cast<int64_t>(i) && last[i] < static_cast<int64_t>(n),
+                          "chain step ", i, ": its inputs must come from earlier steps");
+    }
+    at::internal::lazy_init_num_threads();
+    std::vector<torch::Tensor> outs(n);
+    const auto opts = x.options().dtype(torch::kFloat32);
+    pybind11::gil_scoped_release nogil;
+    for (size_t i = 0; i < n; ++i) {
+        const torch::Tensor &in = src[i] < 0 ? x : outs[src[i]];
+        c10::optional<torch::Tensor> r;
+        if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
+        outs[i] = torch::empty(convs[i]->dst_dims(), opts.memory_format(c10::MemoryFormat::ChannelsLast));
+        convs[i]->check(in, outs[i], r, fused[i]);
+        convs[i]->execute(in, outs[i], r, fused[i]);
+        for (size_t j = 0; j < i; ++j) {  // outputs read for the last time by this step
+            if (last[j] == static_cast<int64_t>(i)) outs[j] = torch::Tensor();
+        }
+    }
+    return outs[n - 1];
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Persistent oneDNN convolution and INT8 matmul primitives (Ember's CPU tactic onednn_persistent)";
     m.def("version", &version, "libdnnl's version and CPU runtime, and the headers' it was compiled with");
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
+    m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
+          pybind11::arg("res"), pybind11::arg("last"), pybind11::arg("fused"),
+          "runs a chain of fp32 convolutions in one call (see the source); returns the last output");
     pybind11::class_<Conv>(m, "Conv")
         .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
              pybind11::arg("fused") = false)

@@ -1,0 +1,150 @@
+"""Chains: runs of persistent oneDNN convolutions executed in one C++ call.
+
+A CPU program runs one Python kernel per layer. For the persistent convolutions (``onednn_persistent``)
+the oneDNN call itself is a few dozen microseconds on small layers, and the Python around it
+(the program's loop, the kernel's checks, the output's allocation) about ten more: a third of
+MobileNetV2's run at batch 1, whose 52 convolutions' kernels are as fast as ONNX Runtime's.
+
+Where consecutive layers are all such convolutions (each kernel says how it may be chained:
+``ChainLink``, set only for a static float32 NHWC input, an output that stays channels-last, a
+residual of the output's shape and an activation oneDNN fuses), whose inputs come from the
+chain's own input or from earlier layers of the chain, and whose outputs but the last are read
+only inside it, the program runs them as one step: the extension's ``run_chain`` allocates each
+output, runs each primitive and releases each output after its last reader, all without
+returning to Python.
+
+A chain runs only in runs with finite inputs (its activations are fused; NaN needs the unfused
+path) and without an observer (calibration sees every tensor); otherwise, and where the chain
+call fails, its layers run one by one as usual. ``EMBER_CPU_CHAINS=0`` switches chains off.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+#: The switch: ``EMBER_CPU_CHAINS=0`` (or off / false / no) runs every layer on its own.
+SWITCH_ENV = "EMBER_CPU_CHAINS"
+CL = torch.channels_last
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """How a layer runs inside a chain: its primitive for the static input shape, whether it adds
+    a residual (input 3), whether its activation is fused (in a finite run)."""
+
+    conv: Any
+    residual: bool
+    fused: bool
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Steps ``start .. end - 1`` of a program as one: the arguments of ``run_chain``."""
+
+    start: int
+    end: int
+    input: str  # the chain's input (the first layer's)
+    output: str  # the last layer's output
+    convs: tuple[Any, ...]
+    src: tuple[int, ...]  # per layer: the chain step whose output it reads (-1: the chain's input)
+    res: tuple[int, ...]  # per layer: the step whose output it adds (-1: the input, -2: none)
+    last: tuple[int, ...]  # per layer: the last step of the chain that reads its output
+    fused: tuple[bool, ...]
+
+
+def enabled() -> bool:
+    return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: int = 2) -> list[Chain]:
+    """The chains of ``steps`` (``CPUStep``s: ``kernel``, ``inputs``, ``outputs``, ``special``):
+    maximal runs of chainable steps that satisfy the module docstring's rules."""
+    readers: dict[str, list[int]] = {}
+    for i, s in enumerate(steps):
+        for name in s.inputs:
+            if name:
+                readers.setdefault(name, []).append(i)
+    outputs = set(graph_outputs)
+    chains: list[Chain] = []
+    i = 0
+    while i < len(steps):
+        end = _extend(steps, i)
+        while end - i >= min_length and not _closed(steps, i, end, readers, outputs):
+            end -= 1
+        if end - i >= min_length:
+            chains.append(_chain(steps, i, end, readers))
+            i = end
+        else:
+            i += 1
+    return chains
+
+
+def _input(step: Any, i: int) -> str:
+    return step.inputs[i] if len(step.inputs) > i else ""
+
+
+def _link(step: Any) -> Optional[ChainLink]:
+    if step.special or len(step.outputs) != 1 or not step.outputs[0]:
+        return None
+    return getattr(step.kernel, "chain_link", None)
+
+
+def _extend(steps: Sequence[Any], start: int) -> int:
+    """The end of the longest run of chainable steps from ``start`` whose layer inputs (0, and 3
+    for a residual) are the chain's input or earlier outputs of the run."""
+    if _link(steps[start]) is None:
+        return start
+    known = {steps[start].inputs[0]}
+    end = start
+    while end < len(steps):
+        s = steps[end]
+        link = _link(s)
+        if link is None or s.inputs[0] not in known or (link.residual and _input(s, 3) not in known):
+            break
+        known.add(s.outputs[0])
+        end += 1
+    return end
+
+
+def _closed(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, list[int]],
+            outputs: set[str]) -> bool:
+    """Whether the outputs of steps ``start .. end - 2`` are read only inside the chain."""
+    for k in range(start, end - 1):
+        name = steps[k].outputs[0]
+        if name in outputs or any(r < start or r >= end for r in readers.get(name, ())):
+            return False
+    return True
+
+
+def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, list[int]]) -> Chain:
+    first = steps[start].inputs[0]
+    index = {steps[k].outputs[0]: k - start for k in range(start, end)}
+
+    def source(name: str) -> int:
+        return -1 if name == first and name not in index else index[name]
+
+    links = [_link(steps[k]) for k in range(start, end)]
+    src = tuple(source(steps[k].inputs[0]) for k in range(start, end))
+    res = tuple(source(_input(steps[k], 3)) if link.residual else -2  # type: ignore[union-attr]
+                for k, link in zip(range(start, end), links))
+    last = tuple(max([k - start for k in range(start, end)
+                      if steps[start + j].outputs[0] in steps[k].inputs] or [j])
+                 for j in range(end - start))
+    return Chain(start, end, first, steps[end - 1].outputs[0], tuple(link.conv for link in links),  # type: ignore[union-attr]
+                 src, res, last, tuple(link.fused for link in links))  # type: ignore[union-attr]
+
+
+def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
+    """The chain on its input ``x`` (made float32 channels-last here, as its first layer would)."""
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    if not x.is_contiguous(memory_format=CL):
+        x = x.contiguous(memory_format=CL)
+    return ext.run_chain(list(chain.convs), x, list(chain.src), list(chain.res), list(chain.last),
+                         list(chain.fused))
+
+
+__all__ = ["Chain", "ChainLink", "SWITCH_ENV", "enabled", "plan_chains", "run_chain"]

@@ -1,0 +1,130 @@
+"""Chains of persistent oneDNN convolutions run in one C++ call (``ember.backends.cpu.chains``):
+which layers form a chain, and that a chained engine computes what the layers one by one and
+ONNX Runtime compute, NaN and infinities included (those runs go layer by layer)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.backends.cpu.chains import SWITCH_ENV, ChainLink, plan_chains
+from ember.tools.runners import max_rel_error
+
+pytestmark = pytest.mark.usefixtures("fresh_native")
+
+
+@dataclass
+class _Step:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    kernel: Any
+    special: bool = False
+
+
+def _k(link: Optional[ChainLink]) -> Any:
+    def kernel(inputs: Any) -> list:
+        return []
+
+    if link is not None:
+        kernel.chain_link = link  # type: ignore[attr-defined]
+    return kernel
+
+
+def _conv(name: str, x: str, out: str, residual: str = "", fused: bool = True) -> _Step:
+    inputs = (x, f"{name}_w", f"{name}_b") + ((residual,) if residual else ())
+    return _Step(name, inputs, (out,), _k(ChainLink(f"conv:{name}", bool(residual), fused)))
+
+
+def test_a_chain_is_the_longest_run_of_chainable_layers_read_only_inside():
+    steps = [_Step("pre", ("img",), ("x",), _k(None)),
+             _conv("a", "x", "a"), _conv("b", "a", "b"), _conv("c", "b", "c", residual="a"),
+             _conv("d", "c", "d", residual="x", fused=False),
+             _Step("pool", ("d",), ("p",), _k(None)),
+             _conv("e", "p", "e"), _Step("cat", ("e",), ("f",), _k(None), special=True)]
+    chains = plan_chains(steps, ["f"])
+    assert len(chains) == 1
+    ch = chains[0]
+    assert (ch.start, ch.end, ch.input, ch.output) == (1, 5, "x", "d")
+    assert ch.convs == ("conv:a", "conv:b", "conv:c", "conv:d")
+    assert ch.src == (-1, 0, 1, 2) and ch.res == (-2, -2, 0, -1) and ch.fused == (True, True, True, False)
+    assert ch.last == (2, 2, 3, 3)  # a: last read by c (its residual); b by c; c by d; d: the output
+
+
+def test_an_output_read_outside_or_a_model_output_ends_the_chain_there():
+    steps = [_conv("a", "x", "a"), _conv("b", "a", "b"), _conv("c", "b", "c"), _Step("use", ("b",), ("u",), _k(None))]
+    chains = plan_chains(steps, ["c", "u"])
+    assert [(c.start, c.end) for c in chains] == [(0, 2)]  # b is read by `use`: the chain ends with b
+    assert [(c.start, c.end) for c in plan_chains(steps[:3], ["b", "c"])] == [(0, 2)]  # b a model output
+    # an input from outside the chain (not its input, not an earlier output) starts a new one
+    steps = [_conv("a", "x", "a"), _conv("b", "a", "b"), _conv("c", "y", "c"), _conv("d", "c", "d")]
+    assert [(c.start, c.end) for c in plan_chains(steps, ["b", "d"])] == [(0, 2), (2, 4)]
+    assert plan_chains([_conv("a", "x", "a")], ["a"]) == []  # one layer is no chain
+
+
+def _model() -> onnx.ModelProto:
+    """conv+relu -> depthwise+clip -> 1x1 (+ the first conv's output) -> 3x3+relu, and the
+    depthwise output also a model output (the chain ends there)."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=16),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"]),
+             helper.make_node("Add", ["c3", "r1"], ["s3"]),
+             helper.make_node("Conv", ["s3", "w4", "b4"], ["c4"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c4"], ["y"])]
+    inits = [init("w1", 16, 8, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
+             init("w3", 16, 16, 1, 1), init("b3", 16), init("w4", 16, 16, 3, 3), init("b4", 16),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_chained_engine_computes_what_its_layers_and_onnx_runtime_compute(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    import onnxruntime as ort
+
+    model = _model()
+    chained = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    monkeypatch.setenv(SWITCH_ENV, "0")
+    alone = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    monkeypatch.delenv(SWITCH_ENV)
+    with chained.create_context() as c1, alone.create_context() as c2:
+        steps = c1.executor.program.chained
+        assert steps is not None and [s.kind for s in steps].count("Chain") == 1
+        assert c2.executor.program.chained is None
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(1).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
+        bad = x.copy()
+        bad[0, 0, 2, 3], bad[0, 3, 7, 7] = np.nan, np.inf
+        for feed in (x, bad, x):
+            got, one_by_one = c1.infer({"x": feed})["y"], c2.infer({"x": feed})["y"]
+            want = sess.run(None, {"x": feed})[0]
+            np.testing.assert_array_equal(got, one_by_one)  # the same primitives, the same order
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-4
+
+
+def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext: Any):
+    import torch
+
+    w = torch.randn(4, 4, 1, 1)
+    conv = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 3, 3], [0, 0], [0, 0])
+    x = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = ext.run_chain([conv, conv], x, [-1, 0], [-2, -2], [1, 1], [False, False])
+    want = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w), w)
+    assert tuple(y.shape) == (1, 4, 3, 3) and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="earlier steps"):
+        ext.run_chain([conv, conv], x, [-1, 1], [-2, -2], [1, 1], [False, False])

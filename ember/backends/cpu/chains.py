@@ -30,14 +30,21 @@ SWITCH_ENV = "EMBER_CPU_CHAINS"
 CL = torch.channels_last
 
 
+#: The output types a chain step may have (``run_chain``'s ``dtypes`` codes).
+DTYPE_CODES = {torch.float32: 0, torch.uint8: 1, torch.int8: 2}
+
+
 @dataclass(frozen=True)
 class ChainLink:
     """How a layer runs inside a chain: its primitive for the static input shape, whether it adds
-    a residual (input 3), whether its activation is fused (in a finite run)."""
+    a residual (input 3) in a binary-add post-op (fp32 layers), or sums into a copy of it (INT8
+    layers: ``sum``), whether its activation is fused (in a finite run), its output type."""
 
     conv: Any
     residual: bool
     fused: bool
+    sum: bool = False
+    dtype: torch.dtype = torch.float32
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,10 @@ class Chain:
     convs: tuple[Any, ...]
     src: tuple[int, ...]  # per layer: the chain step whose output it reads (-1: the chain's input)
     res: tuple[int, ...]  # per layer: the step whose output it adds (-1: the input, -2: none)
+    sum: tuple[int, ...]  # per layer: the step whose output its output starts as (-1: the input, -2: none)
     last: tuple[int, ...]  # per layer: the last step of the chain that reads its output
     fused: tuple[bool, ...]
+    dtypes: tuple[int, ...]  # per layer: the output type (``DTYPE_CODES``)
 
 
 def enabled() -> bool:
@@ -102,7 +111,7 @@ def _extend(steps: Sequence[Any], start: int) -> int:
     while end < len(steps):
         s = steps[end]
         link = _link(s)
-        if link is None or s.inputs[0] not in known or (link.residual and _input(s, 3) not in known):
+        if link is None or s.inputs[0] not in known or ((link.residual or link.sum) and _input(s, 3) not in known):
             break
         known.add(s.outputs[0])
         end += 1
@@ -130,21 +139,22 @@ def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, lis
     src = tuple(source(steps[k].inputs[0]) for k in range(start, end))
     res = tuple(source(_input(steps[k], 3)) if link.residual else -2  # type: ignore[union-attr]
                 for k, link in zip(range(start, end), links))
+    sums = tuple(source(_input(steps[k], 3)) if link.sum else -2  # type: ignore[union-attr]
+                 for k, link in zip(range(start, end), links))
     last = tuple(max([k - start for k in range(start, end)
                       if steps[start + j].outputs[0] in steps[k].inputs] or [j])
                  for j in range(end - start))
     return Chain(start, end, first, steps[end - 1].outputs[0], tuple(link.conv for link in links),  # type: ignore[union-attr]
-                 src, res, last, tuple(link.fused for link in links))  # type: ignore[union-attr]
+                 src, res, sums, last, tuple(link.fused for link in links),  # type: ignore[union-attr]
+                 tuple(DTYPE_CODES[link.dtype] for link in links))  # type: ignore[union-attr]
 
 
 def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
-    """The chain on its input ``x`` (made float32 channels-last here, as its first layer would)."""
-    if x.dtype != torch.float32:
-        x = x.to(torch.float32)
+    """The chain on its input ``x`` (made channels-last here, as its first layer would)."""
     if not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
-    return ext.run_chain(list(chain.convs), x, list(chain.src), list(chain.res), list(chain.last),
-                         list(chain.fused))
+    return ext.run_chain(list(chain.convs), x, list(chain.src), list(chain.res), list(chain.sum), list(chain.last),
+                         list(chain.fused), list(chain.dtypes))
 
 
-__all__ = ["Chain", "ChainLink", "SWITCH_ENV", "enabled", "plan_chains", "run_chain"]
+__all__ = ["DTYPE_CODES", "Chain", "ChainLink", "SWITCH_ENV", "enabled", "plan_chains", "run_chain"]

@@ -53,6 +53,7 @@ def test_a_chain_is_the_longest_run_of_chainable_layers_read_only_inside():
     assert (ch.start, ch.end, ch.input, ch.output) == (1, 5, "x", "d")
     assert ch.convs == ("conv:a", "conv:b", "conv:c", "conv:d")
     assert ch.src == (-1, 0, 1, 2) and ch.res == (-2, -2, 0, -1) and ch.fused == (True, True, True, False)
+    assert ch.sum == (-2, -2, -2, -2) and ch.dtypes == (0, 0, 0, 0)
     assert ch.last == (2, 2, 3, 3)  # a: last read by c (its residual); b by c; c by d; d: the output
 
 
@@ -122,9 +123,32 @@ def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext
     w = torch.randn(4, 4, 1, 1)
     conv = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 3, 3], [0, 0], [0, 0])
     x = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
-    y = ext.run_chain([conv, conv], x, [-1, 0], [-2, -2], [1, 1], [False, False])
+    y = ext.run_chain([conv, conv], x, [-1, 0], [-2, -2], [-2, -2], [1, 1], [False, False], [0, 0])
     want = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w), w)
     assert tuple(y.shape) == (1, 4, 3, 3) and y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="earlier steps"):
-        ext.run_chain([conv, conv], x, [-1, 1], [-2, -2], [1, 1], [False, False])
+        ext.run_chain([conv, conv], x, [-1, 1], [-2, -2], [-2, -2], [1, 1], [False, False], [0, 0])
+    with pytest.raises(ValueError, match="another width"):  # a u8 output cannot start as a float32 copy
+        ext.run_chain([conv], x, [-1], [-2], [-1], [0], [False], [1])
+
+
+def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
+                                                                                    monkeypatch: pytest.MonkeyPatch):
+    """INT8: the layers after the first (whose float input is quantized in Python) chain; a
+    residual summed 8-bit starts the output as a copy of it (``run_chain``'s ``sum``)."""
+    model = _model().SerializeToString()
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32) * 3} for _ in range(4)]
+    config = ember.BuildConfig(device="cpu", precision="int8", calibrator="minmax")
+    chained = ember.build(model, config, calibration_data=calib, progress=False)
+    monkeypatch.setenv(SWITCH_ENV, "0")
+    alone = ember.build(model, config, calibration_data=calib, progress=False)
+    monkeypatch.delenv(SWITCH_ENV)
+    assert sum(lay.kind == "QConv" for lay in chained.plan.layers) == 4
+    with chained.create_context() as c1, alone.create_context() as c2:
+        steps = c1.executor.program.chained
+        assert steps is not None and [s.kind for s in steps].count("Chain") == 1
+        for seed in (5, 6):
+            x = np.random.default_rng(seed).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
+            np.testing.assert_array_equal(c1.infer({"x": x})["y"], c2.infer({"x": x})["y"])

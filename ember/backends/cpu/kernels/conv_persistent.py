@@ -301,7 +301,31 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         conv.run(x, y, None, False)
         return [y.contiguous() if to_nchw else y]
 
+    link = _qchain_link(node, ctx, shapes, t, residual, acc_p is not None, x_dtype, out_dtype, to_nchw)
+    if link is not None:
+        run.chain_link = link  # type: ignore[attr-defined]
     return run
+
+
+def _qchain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, residual: bool, acc_8bit: bool,
+                 x_dtype: torch.dtype, out_dtype: torch.dtype, to_nchw: bool) -> Optional[ChainLink]:
+    """How the program may run this INT8 layer inside a chain: where its input is a static 4-D
+    tensor already in its 8-bit type, its output stays channels-last, and a residual needs no
+    conversion (an 8-bit one summed into an 8-bit output, a float32 one into a float32 output):
+    ``accumulator``'s copy is then ``run_chain``'s ``sum``."""
+    if t is None or len(t.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in t.shape):
+        return None
+    if to_nchw or t.dtype is DType.FLOAT32 or torch_dtype(t.dtype) != x_dtype:
+        return None
+    conv, out_shape = shapes.get(tuple(int(d) for d in t.shape))
+    if residual:
+        r = ctx.graph.types.get(node.input(3)) if ctx.graph is not None else None
+        if r is None or tuple(r.shape) != tuple(out_shape):
+            return None
+        r_dtype = torch_dtype(r.dtype)
+        if (r_dtype == torch.float32) == acc_8bit or r_dtype.itemsize != out_dtype.itemsize:
+            return None
+    return ChainLink(conv, False, False, sum=residual, dtype=out_dtype)
 
 
 def _padded(a: ConvAttrs) -> bool:

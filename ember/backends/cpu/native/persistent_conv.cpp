@@ -506,31 +506,46 @@ pybind11::dict version() {
     return d;
 }
 
-// A chain of fp32 convolutions run in one call (one Python crossing for many layers): step i reads
-// the output of step `src[i]` (-1: the chain's input x) and, with a residual, adds that of step
-// `res[i]` (-1: x); its output is a fresh channels-last float32 tensor, released after step
-// `last[i]` (its last reader in the chain). Returns the last step's output.
+// A chain of convolutions run in one call (one Python crossing for many layers): step i reads the
+// output of step `src[i]` (-1: the chain's input x); with a binary-add residual (fp32 layers) it
+// adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
+// post-op accumulates into the destination) its output starts as a copy of that step's output
+// (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a fresh
+// channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8), released after step `last[i]` (its
+// last reader in the chain). Returns the last step's output.
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
-                        const std::vector<int64_t> &res, const std::vector<int64_t> &last,
-                        const std::vector<bool> &fused) {
+                        const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
+                        const std::vector<int64_t> &last, const std::vector<bool> &fused,
+                        const std::vector<int64_t> &dtypes) {
     const size_t n = convs.size();
-    TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && last.size() == n && fused.size() == n,
-                      "a chain needs one src, res, last and fused entry per convolution");
+    TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && sum.size() == n && last.size() == n &&
+                          fused.size() == n && dtypes.size() == n,
+                      "a chain needs one src, res, sum, last, fused and dtype entry per convolution");
+    const c10::ScalarType types[] = {torch::kFloat32, torch::kUInt8, torch::kInt8};
     for (size_t i = 0; i < n; ++i) {
-        TORCH_CHECK_VALUE(src[i] >= -1 && src[i] < static_cast<int64_t>(i) && res[i] >= -2 &&
-                              res[i] < static_cast<int64_t>(i) && (res[i] != -2) == convs[i]->has_residual() &&
-                              last[i] >= static_cast<int64_t>(i) && last[i] < static_cast<int64_t>(n),
+        const auto before = static_cast<int64_t>(i);
+        TORCH_CHECK_VALUE(src[i] >= -1 && src[i] < before && res[i] >= -2 && res[i] < before && sum[i] >= -2 &&
+                              sum[i] < before && (res[i] != -2) == convs[i]->has_residual() &&
+                              last[i] >= before && last[i] < static_cast<int64_t>(n) && dtypes[i] >= 0 &&
+                              dtypes[i] <= 2,
                           "chain step ", i, ": its inputs must come from earlier steps");
     }
     at::internal::lazy_init_num_threads();
     std::vector<torch::Tensor> outs(n);
-    const auto opts = x.options().dtype(torch::kFloat32);
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
         const torch::Tensor &in = src[i] < 0 ? x : outs[src[i]];
         c10::optional<torch::Tensor> r;
         if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
-        outs[i] = torch::empty(convs[i]->dst_dims(), opts.memory_format(c10::MemoryFormat::ChannelsLast));
+        const auto opts = x.options().dtype(types[dtypes[i]]).memory_format(c10::MemoryFormat::ChannelsLast);
+        if (sum[i] != -2) {
+            const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
+            TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]),
+                              "chain step ", i, ": the accumulator's type has another width than the output's");
+            outs[i] = acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
+        } else {
+            outs[i] = torch::empty(convs[i]->dst_dims(), opts);
+        }
         convs[i]->check(in, outs[i], r, fused[i]);
         convs[i]->execute(in, outs[i], r, fused[i]);
         for (size_t j = 0; j < i; ++j) {  // outputs read for the last time by this step
@@ -547,8 +562,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("version", &version, "libdnnl's version and CPU runtime, and the headers' it was compiled with");
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
     m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
-          pybind11::arg("res"), pybind11::arg("last"), pybind11::arg("fused"),
-          "runs a chain of fp32 convolutions in one call (see the source); returns the last output");
+          pybind11::arg("res"), pybind11::arg("sum"), pybind11::arg("last"), pybind11::arg("fused"),
+          pybind11::arg("dtypes"), "runs a chain of convolutions in one call (see the source); returns the last output");
     pybind11::class_<Conv>(m, "Conv")
         .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
              pybind11::arg("fused") = false)

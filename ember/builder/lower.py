@@ -74,7 +74,8 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
         from_cache += choice.cached
         runs = backend.effective_precision(node, choice.tactic, precision)
         if runs is not precision:
-            fell_back[f"{precision.value}->{runs.value}"] = fell_back.get(f"{precision.value}->{runs.value}", 0) + 1
+            change = f"{precision.value}->{runs.value}"
+            fell_back[change] = fell_back.get(change, 0) + 1
             precision = runs
         layers.append(Layer(node.name, node.op.value, node.inputs, node.outputs, choice.tactic,
                             precision, node.origin, node.rule, choice.timings))

@@ -89,9 +89,11 @@ def quantized_text(engine: Any, cache: str | None = None, cache_before: tuple[in
                  if k.split("->")[0] in ("int8", "fp8")}
     asked = str(plan.config.precision)
     if not quantized:
-        if asked in ("int8", "fp8") and not fell_back:
-            return (f"{asked}: no layer runs in {asked} (convolutions and GEMMs with constant weights can); "
-                    f"the engine is {'fp16' if asked == 'fp8' else 'fp32'}")
+        if asked == "int8" and not fell_back:
+            return "int8: no layer runs in int8 (convolutions and GEMMs with constant weights can); the engine is fp32"
+        if asked == "fp8" and not fell_back:
+            return ("fp8: no layer runs in fp8 (GEMMs and MatMuls with a constant weight, K and N multiples of 16, "
+                    "and a calibrated input can); the engine is fp16")
         if not fell_back:
             return ""
     records = list(plan.records.quantization.tensors.values())

@@ -153,8 +153,7 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
     """The chain on its input ``x`` (made channels-last here, as its first layer would)."""
     if not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
-    return ext.run_chain(list(chain.convs), x, list(chain.src), list(chain.res), list(chain.sum), list(chain.last),
-                         list(chain.fused), list(chain.dtypes))
+    return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes)
 
 
 __all__ = ["DTYPE_CODES", "Chain", "ChainLink", "SWITCH_ENV", "enabled", "plan_chains", "run_chain"]

@@ -115,9 +115,7 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
                       [int(d) for d in a.dilations] if a.dilations else [1, 1],
                       int(a.group), activation=kind, alpha=lo, beta=hi, residual=residual)
     shapes = _ShapeCache(layer, a, tuple(w.shape))
-    t = ctx.graph.types.get(node.input(0)) if ctx.graph is not None else None
-    if t is not None and len(t.shape) == 4 and all(isinstance(d, int) and d > 0 for d in t.shape):
-        shapes.get(tuple(int(d) for d in t.shape))  # a static shape: its primitives now, at compile time
+    t, static = _static_input(node, ctx, shapes)
     after = activation_after(act, params)
     fusable = kind != "none" and ctx.graph is not None and finite_safe(node, ctx.graph)
     to_nchw = planned_format(ctx, node.outputs[0]) is NCHW
@@ -154,26 +152,39 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         return [out.contiguous() if to_nchw else out]
 
     kernel = with_write_into(run, gemm_write_into(node, ctx))
-    link = _chain_link(node, ctx, shapes, t, residual, fusable, after is not None, to_nchw)
+    link = _chain_link(node, ctx, t, static, residual, fusable, after is not None, to_nchw)
     if link is not None:
         kernel.chain_link = link  # type: ignore[attr-defined]
     return kernel
 
 
-def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, residual: bool, fusable: bool,
-                has_after: bool, to_nchw: bool) -> Optional[ChainLink]:
+def _static_input(node: Node, ctx: CompileContext, shapes: _ShapeCache) -> tuple[Any, Optional[tuple[Any, Any]]]:
+    """The input's planned type and, where it is a static 4-D shape, the layer's primitive for it
+    (made now, at compile time) and its output shape."""
+    t = ctx.graph.types.get(node.input(0)) if ctx.graph is not None else None
+    if t is None or len(t.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in t.shape):
+        return t, None
+    return t, shapes.get(tuple(int(d) for d in t.shape))
+
+
+def _residual_type(node: Node, ctx: CompileContext, out_shape: Any) -> Any:
+    """The planned type of the residual (input 3) where it has the output's static shape, else None."""
+    r = ctx.graph.types.get(node.input(3)) if ctx.graph is not None else None
+    return r if r is not None and tuple(r.shape) == tuple(out_shape) else None
+
+
+def _chain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[Any, Any]], residual: bool,
+                fusable: bool, has_after: bool, to_nchw: bool) -> Optional[ChainLink]:
     """How the program may run this layer inside a chain of persistent convolutions (one C++ call
     for many layers, ``ember.backends.cpu.chains``): where its input is a static float32 4-D
     tensor, its output stays channels-last, a residual has the output's shape, and its activation
     is fused in finite runs (or it has none)."""
-    if t is None or len(t.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in t.shape):
+    if static is None or to_nchw or t.dtype is not DType.FLOAT32 or (has_after and not fusable):
         return None
-    if to_nchw or t.dtype is not DType.FLOAT32 or (has_after and not fusable):
-        return None
-    conv, out_shape = shapes.get(tuple(int(d) for d in t.shape))
+    conv, out_shape = static
     if residual:
-        r = ctx.graph.types.get(node.input(3)) if ctx.graph is not None else None
-        if r is None or r.dtype is not DType.FLOAT32 or tuple(r.shape) != tuple(out_shape):
+        r = _residual_type(node, ctx, out_shape)
+        if r is None or r.dtype is not DType.FLOAT32:
             return None
     return ChainLink(conv, residual, fusable)
 
@@ -264,9 +275,7 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         dst_zp=0 if out_p is None else out_p.zero_point, sum_dtype="" if acc_p is None else _DT[acc_p.dtype],
         sum_scale=1.0 if acc_p is None else acc_p.scale, sum_zp=0 if acc_p is None else acc_p.zero_point)
     shapes = _ShapeCache(layer, a.conv, tuple(w.shape))
-    t = ctx.graph.types.get(node.input(0)) if ctx.graph is not None else None
-    if t is not None and len(t.shape) == 4 and all(isinstance(d, int) and d > 0 for d in t.shape):
-        shapes.get(tuple(int(d) for d in t.shape))
+    t, static = _static_input(node, ctx, shapes)
     x_dtype = torch_dtype(xp.dtype)
     out_dtype = torch.float32 if out_p is None else torch_dtype(out_p.dtype)
     to_nchw = out_p is None and planned_format(ctx, node.outputs[0]) is NCHW
@@ -301,26 +310,24 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         conv.run(x, y, None, False)
         return [y.contiguous() if to_nchw else y]
 
-    link = _qchain_link(node, ctx, shapes, t, residual, acc_p is not None, x_dtype, out_dtype, to_nchw)
+    link = _qchain_link(node, ctx, t, static, residual, acc_p is not None, x_dtype, out_dtype, to_nchw)
     if link is not None:
         run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 
-def _qchain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, residual: bool, acc_8bit: bool,
-                 x_dtype: torch.dtype, out_dtype: torch.dtype, to_nchw: bool) -> Optional[ChainLink]:
+def _qchain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[Any, Any]], residual: bool,
+                 acc_8bit: bool, x_dtype: torch.dtype, out_dtype: torch.dtype, to_nchw: bool) -> Optional[ChainLink]:
     """How the program may run this INT8 layer inside a chain: where its input is a static 4-D
     tensor already in its 8-bit type, its output stays channels-last, and a residual needs no
     conversion (an 8-bit one summed into an 8-bit output, a float32 one into a float32 output):
     ``accumulator``'s copy is then ``run_chain``'s ``sum``."""
-    if t is None or len(t.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in t.shape):
+    if static is None or to_nchw or t.dtype is DType.FLOAT32 or torch_dtype(t.dtype) != x_dtype:
         return None
-    if to_nchw or t.dtype is DType.FLOAT32 or torch_dtype(t.dtype) != x_dtype:
-        return None
-    conv, out_shape = shapes.get(tuple(int(d) for d in t.shape))
+    conv, out_shape = static
     if residual:
-        r = ctx.graph.types.get(node.input(3)) if ctx.graph is not None else None
-        if r is None or tuple(r.shape) != tuple(out_shape):
+        r = _residual_type(node, ctx, out_shape)
+        if r is None:
             return None
         r_dtype = torch_dtype(r.dtype)
         if (r_dtype == torch.float32) == acc_8bit or r_dtype.itemsize != out_dtype.itemsize:

@@ -178,6 +178,28 @@ class Conv {
     Args extra_;
 };
 
+// A layer's weight reordered once per layout a primitive asks for, shared by every primitive that
+// asks for it (one copy per distinct layout: `copies`).
+class PackedWeights {
+   public:
+    // The weight `user` (in its plain layout) in layout `md`.
+    memory get(const memory::desc &md, memory user) {
+        for (auto &entry : layouts_)
+            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
+        torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
+        memory dst(md, cpu_engine(), buf.data_ptr());
+        dnnl::stream &s = cpu_stream();
+        dnnl::reorder(user, dst).execute(s, user, dst);
+        s.wait();
+        layouts_.emplace_back(md, buf);
+        return dst;
+    }
+    int64_t copies() const { return static_cast<int64_t>(layouts_.size()); }
+
+   private:
+    std::vector<std::pair<memory::desc, torch::Tensor>> layouts_;
+};
+
 // INT8 quantization of a layer (all values per tensor but the weight's scales, per output channel).
 struct Quant {
     dt src = dt::f32, dst = dt::f32, sum = dt::undef;
@@ -265,7 +287,7 @@ class Layer {
                                       std::move(extra));
     }
 
-    int64_t weight_copies() const { return static_cast<int64_t>(packed_.size()); }
+    int64_t weight_copies() const { return packed_.copies(); }
 
    private:
     memory::dims weight_dims() const {
@@ -308,20 +330,11 @@ class Layer {
         return Primitive{pd, dnnl::convolution_forward(pd), packed(pd.weights_desc())};
     }
 
-    // The weight in layout `md`, reordered once and shared by every primitive that asks for it.
+    // The weight in layout `md` (``PackedWeights``), from its OIHW / GOIHW layout.
     memory packed(const memory::desc &md) {
-        for (auto &entry : packed_)
-            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
-        auto &eng = cpu_engine();
-        torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
-        memory user(memory::desc(weight_dims(), int8_ ? dt::s8 : dt::f32, groups_ == 1 ? tag::oihw : tag::goihw), eng,
-                    weight_.data_ptr());
-        memory dst(md, eng, buf.data_ptr());
-        dnnl::stream &s = cpu_stream();
-        dnnl::reorder(user, dst).execute(s, user, dst);
-        s.wait();
-        packed_.emplace_back(md, buf);
-        return dst;
+        return packed_.get(md, memory(memory::desc(weight_dims(), int8_ ? dt::s8 : dt::f32,
+                                                   groups_ == 1 ? tag::oihw : tag::goihw),
+                                      cpu_engine(), weight_.data_ptr()));
     }
 
     torch::Tensor weight_, bias_;
@@ -333,7 +346,7 @@ class Layer {
     bool int8_ = false;
     Quant q_;
     std::vector<torch::Tensor> consts_;  // INT8: src scale, dst scale, src zero point, dst zero point
-    std::vector<std::pair<memory::desc, torch::Tensor>> packed_;
+    PackedWeights packed_;
 };
 
 // ----------------------------------------------------------------------------- INT8 GEMMs (QGemm)
@@ -465,23 +478,14 @@ class Linear {
         return std::make_unique<Matmul>(std::move(pd), std::move(w), std::move(bias), std::move(extra));
     }
 
-    int64_t weight_copies() const { return static_cast<int64_t>(packed_.size()); }
+    int64_t weight_copies() const { return packed_.copies(); }
 
    private:
-    // The weight in layout `md`, reordered once and shared by every primitive that asks for it.
+    // The weight in layout `md` (``PackedWeights``): [N, K] row-major is the [K, N] matrix in
+    // column-major order (tag ba).
     memory packed(const memory::desc &md) {
-        for (auto &entry : packed_)
-            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
-        auto &eng = cpu_engine();
-        torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
-        // [N, K] row-major is the [K, N] matrix in column-major order (tag ba)
-        memory user(memory::desc({weight_.size(1), weight_.size(0)}, dt::s8, tag::ba), eng, weight_.data_ptr());
-        memory dst(md, eng, buf.data_ptr());
-        dnnl::stream &s = cpu_stream();
-        dnnl::reorder(user, dst).execute(s, user, dst);
-        s.wait();
-        packed_.emplace_back(md, buf);
-        return dst;
+        return packed_.get(md, memory(memory::desc({weight_.size(1), weight_.size(0)}, dt::s8, tag::ba), cpu_engine(),
+                                      weight_.data_ptr()));
     }
 
     torch::Tensor weight_, bias_;
@@ -489,7 +493,7 @@ class Linear {
     double alpha_, beta_;
     Quant q_;
     std::vector<torch::Tensor> consts_;  // src scale, dst scale, src zero point, dst zero point
-    std::vector<std::pair<memory::desc, torch::Tensor>> packed_;
+    PackedWeights packed_;
 };
 
 pybind11::dict version() {

@@ -152,7 +152,9 @@ def test_a_calibrated_fp8_transformer_layer_keeps_its_outputs():
     fp32 = ember.build(buf.getvalue(), ember.BuildConfig(device="cuda"))
     fp8 = ember.build(buf.getvalue(), ember.BuildConfig(device="cuda", precision="fp8", calibrator="minmax"),
                       calibration_data=calib)
-    assert any(lay.tactic == "cublaslt_fp8" for lay in fp8.plan.layers)
+    from ember.backends.cuda.kernels.gemm_fp8 import FP8_TACTICS
+
+    assert any(lay.tactic in FP8_TACTICS for lay in fp8.plan.layers), [lay.tactic for lay in fp8.plan.layers]
     feeds = {"x": r.normal(0, 1, (4, 16, 64)).astype(np.float32)}
     with fp32.create_context() as c1, fp8.create_context() as c2:
         a = np.asarray(c2.infer(feeds)["y"], np.float32).reshape(-1, 64)
@@ -241,7 +243,8 @@ for act in (Activation.GELU_ERF, Activation.NONE):
         assert err < 2e-3, (act, name, err)  # the same e4m3 operands; fp32 sums in another order
         out = torch.full((2, 5, 48), 7.0, dtype=torch.float16, device=dev)
         write = write_into_of(kernel)
-        assert write is not None and write([x], out) and torch.equal(out, y)
+        assert write is not None and write([x], out)
+        assert torch.equal(out.isnan(), y.isnan()) and torch.equal(out.nan_to_num(), y.nan_to_num())
 print("ok")
 """
 

@@ -34,7 +34,7 @@ for step in $STEPS; do
                    --ignore=tests/test_onnx_backend.py --deselect tests/zoo/test_minilm.py ;;
         # per-case lines (not -q): a run cut short still shows every case it ran; 78 s on the H100
         conformance) run conformance "${CONF_S:-240}" python3 tools/gen_onnx_conformance.py --device cuda --no-ort \
-                         --json "$OUT/onnx-cuda.json" ;;
+                         --json "$OUT/onnx-cuda.json" ${CONF_ARGS:-} ;;
         int8) run int8 "${INT8_S:-420}" python3 bench/gpu_int8.py --models bert-base resnet-50 --batches 128 \
                   --quantized int8 fp8 --calib-samples 64 --eval-samples 128 --iterations 30 --out "$OUT/int8.json" ;;
         fp16) run fp16 "${FP16_S:-420}" python3 bench/gpu.py --batches 1,128 --peers torch,torch-compile \

@@ -122,9 +122,21 @@ def lrn_kernel(x_ptr, y_ptr, pixels, C, alpha_over_size, beta, bias, BEFORE: tl.
 
 
 @triton.jit
+def _maxpool_tap(acc, x_ptr, n, ih, iw, c, pm, cm, H, W, C):
+    valid = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off = ((n * H + ih) * W + iw) * C
+    v = tl.load(x_ptr + off[:, None] + c[None, :], mask=valid[:, None] & cm[None, :], other=float("-inf"))
+    # NaN in the window gives NaN (Triton's default maximum would return the other operand)
+    return tl.maximum(acc, v.to(tl.float32), propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def maxpool_nhwc_kernel(x_ptr, y_ptr, H, W, C, OH, OW, pixels_out, SH, SW, PH, PW, DH, DW,
-                        KH: tl.constexpr, KW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """2-D max pooling on channels-last tensors: a tile of output pixels x channels per program."""
+                        KH: tl.constexpr, KW: tl.constexpr, UNROLL: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """2-D max pooling on channels-last tensors: a tile of output pixels x channels per program.
+    ``UNROLL``: the window's taps unrolled (small windows); else loops (a 60x80 window unrolled is
+    4,800 loads, which Triton takes minutes to compile, then fails)."""
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pm = p < pixels_out
@@ -134,14 +146,13 @@ def maxpool_nhwc_kernel(x_ptr, y_ptr, H, W, C, OH, OW, pixels_out, SH, SW, PH, P
     oh = t % OH
     n = t // OH
     acc = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
-    for kh in tl.static_range(KH):
-        ih = oh * SH - PH + kh * DH
-        for kw in tl.static_range(KW):
-            iw = ow * SW - PW + kw * DW
-            valid = pm & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            off = ((n * H + ih) * W + iw) * C
-            v = tl.load(x_ptr + off[:, None] + c[None, :], mask=valid[:, None] & cm[None, :],
-                        other=float("-inf"))
-            acc = tl.maximum(acc, v.to(tl.float32))
+    if UNROLL:
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                acc = _maxpool_tap(acc, x_ptr, n, oh * SH - PH + kh * DH, ow * SW - PW + kw * DW, c, pm, cm, H, W, C)
+    else:
+        for kh in range(KH):
+            for kw in range(KW):
+                acc = _maxpool_tap(acc, x_ptr, n, oh * SH - PH + kh * DH, ow * SW - PW + kw * DW, c, pm, cm, H, W, C)
     tl.store(y_ptr + p[:, None] * C + c[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=pm[:, None] & cm[None, :])

@@ -220,5 +220,5 @@ def max_pool2d_nhwc(x: torch.Tensor, kernel: Sequence[int], strides: Sequence[in
     grid = (triton_cdiv(pixels, block_p), triton_cdiv(c, block_c))
     K.maxpool_nhwc_kernel[grid](x, y, h, w, c, oh, ow, pixels, strides[0], strides[1], begins[0],
                                 begins[1], dilations[0], dilations[1], KH=kernel[0], KW=kernel[1],
-                                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+                                UNROLL=kernel[0] * kernel[1] <= 64, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return y

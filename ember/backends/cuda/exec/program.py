@@ -15,8 +15,9 @@ context's arena (``arena``; ``trace`` records the eager run that plan is made fr
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -40,6 +41,7 @@ from ember.backends.cuda.exec.schedule import (
 from ember.backends.cuda.exec.streams import StreamPlan
 from ember.backends.cuda.fallback import host_kernel
 from ember.backends.tensors import torch_dtype
+from ember.ir.dtype import DType
 from ember.ir.graph import Graph
 from ember.ir.optype import OpType
 from ember.plan.config import BuildConfig, Device, Precision
@@ -115,6 +117,7 @@ class CudaProgram(Program):
                 ctx = CompileContext(graph, dev_consts, device, spec.tactic, spec.precision,
                                      records, config)
                 step.kernel = backend.compile_node(node, ctx)
+        _warn_float64(graph, steps)
         out_dtypes = {o: torch_dtype(graph.types[o].dtype) for o in graph.outputs if o in graph.types}
         concat = plan_concat_exec(graph, records, [s.kernel for s in steps], static_layout=True,
                                   skip=[s.on_host for s in steps],
@@ -326,3 +329,16 @@ def program_from_plan(plan: Plan, backend: Optional[Backend] = None,
         device = torch.device("cuda", torch.cuda.current_device())
     return CudaProgram.build(plan.graph, layers, plan.graph.constants, records=plan.records,
                              config=plan.config, backend=backend, device=device)
+
+
+def _warn_float64(graph: Graph, steps: Sequence[Any]) -> None:
+    """A warning when the GPU computes float64 tensors: CUDA layers compute floats in their
+    precision's type (float32 for fp32), so a float64 model's values beyond float32's range or
+    precision do not survive; the CPU backend keeps float64."""
+    names = [o for s in steps if not s.on_host for o in s.node.outputs
+             if o and o in graph.types and graph.types[o].dtype is DType.FLOAT64]
+    if names:
+        warnings.warn(f"{len(names)} float64 tensor(s) of this model ({', '.join(names[:3])}"
+                      f"{', ...' if len(names) > 3 else ''}) are computed in float32 on CUDA: values beyond "
+                      f"float32's range (3.4e38) become inf and precision drops to float32's; build for "
+                      f"--device cpu to compute in float64", stacklevel=3)

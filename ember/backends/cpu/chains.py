@@ -45,6 +45,9 @@ class ChainLink:
     fused: bool
     sum: bool = False
     dtype: torch.dtype = torch.float32
+    #: an INT8 layer reading a float input: ``quantize_nhwc``'s constants (``qlayers.quantize_constants``),
+    #: applied to the chain's input; such a layer can only start a chain
+    quant: Optional[tuple[float, float, float, bool]] = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Chain:
     last: tuple[int, ...]  # per layer: the last step of the chain that reads its output
     fused: tuple[bool, ...]
     dtypes: tuple[int, ...]  # per layer: the output type (``DTYPE_CODES``)
+    quant: Optional[tuple[float, float, float, bool]] = None  # the input stored 8-bit first (``ChainLink``)
 
 
 def enabled() -> bool:
@@ -103,16 +107,21 @@ def _link(step: Any) -> Optional[ChainLink]:
 
 def _extend(steps: Sequence[Any], start: int) -> int:
     """The end of the longest run of chainable steps from ``start`` whose layer inputs (0, and 3
-    for a residual) are the chain's input or earlier outputs of the run."""
-    if _link(steps[start]) is None:
+    for a residual) are the chain's input or earlier outputs of the run. A layer that quantizes
+    its float input only starts a chain, and then no later layer reads that float input."""
+    first = _link(steps[start])
+    if first is None:
         return start
     known = {steps[start].inputs[0]}
     end = start
     while end < len(steps):
         s = steps[end]
         link = _link(s)
-        if link is None or s.inputs[0] not in known or ((link.residual or link.sum) and _input(s, 3) not in known):
+        if (link is None or s.inputs[0] not in known or (link.quant is not None and end > start)
+                or ((link.residual or link.sum) and _input(s, 3) not in known)):
             break
+        if end == start and first.quant is not None:
+            known.clear()
         known.add(s.outputs[0])
         end += 1
     return end
@@ -146,12 +155,16 @@ def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, lis
                  for j in range(end - start))
     return Chain(start, end, first, steps[end - 1].outputs[0], tuple(link.conv for link in links),  # type: ignore[union-attr]
                  src, res, sums, last, tuple(link.fused for link in links),  # type: ignore[union-attr]
-                 tuple(DTYPE_CODES[link.dtype] for link in links))  # type: ignore[union-attr]
+                 tuple(DTYPE_CODES[link.dtype] for link in links),  # type: ignore[union-attr]
+                 links[0].quant)  # type: ignore[union-attr]
 
 
 def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
-    """The chain on its input ``x`` (made channels-last here, as its first layer would)."""
-    if not x.is_contiguous(memory_format=CL):
+    """The chain on its input ``x`` (made channels-last here, as its first layer would; stored
+    8-bit first where the first layer is INT8 on a float input)."""
+    if chain.quant is not None and x.dtype == torch.float32:
+        x = ext.quantize_nhwc(x, *chain.quant)
+    elif not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
     return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes)
 

@@ -135,8 +135,9 @@ def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext
 
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
-    """INT8: the layers after the first (whose float input is quantized in Python) chain; a
-    residual summed 8-bit starts the output as a copy of it (``run_chain``'s ``sum``)."""
+    """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,
+    ``quantize_nhwc``); a residual summed 8-bit starts the output as a copy of it
+    (``run_chain``'s ``sum``)."""
     model = _model().SerializeToString()
     rng = np.random.default_rng(3)
     calib = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32) * 3} for _ in range(4)]
@@ -148,7 +149,43 @@ def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_com
     assert sum(lay.kind == "QConv" for lay in chained.plan.layers) == 4
     with chained.create_context() as c1, alone.create_context() as c2:
         steps = c1.executor.program.chained
-        assert steps is not None and [s.kind for s in steps].count("Chain") == 1
+        assert steps is not None and [s.kind for s in steps] == ["Chain"] and "(4 layers chained)" in steps[0].name
         for seed in (5, 6):
             x = np.random.default_rng(seed).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
             np.testing.assert_array_equal(c1.infer({"x": x})["y"], c2.infer({"x": x})["y"])
+
+
+def _qconv(name: str, x: str, out: str) -> _Step:
+    return _Step(name, (x, f"{name}_w"), (out,), _k(ChainLink(f"conv:{name}", False, False, quant=(2.0, 128.5, 255.5, False))))
+
+
+def test_a_layer_that_quantizes_its_float_input_only_starts_a_chain():
+    steps = [_qconv("q", "x", "a"), _conv("b", "a", "b"), _conv("c", "b", "c")]
+    ch = plan_chains(steps, ["c"])
+    assert [(c.start, c.end) for c in ch] == [(0, 3)] and ch[0].quant == (2.0, 128.5, 255.5, False)
+    # a later layer reading the chain's float input (not its 8-bit form) ends the chain before it
+    steps = [_qconv("q", "x", "a"), _conv("b", "a", "b"), _conv("c", "x", "c")]
+    assert [(c.start, c.end) for c in plan_chains(steps, ["b", "c"])] == [(0, 2)]
+    # ... and one quantizing in the middle starts a new chain
+    steps = [_conv("a", "x", "a"), _conv("b", "a", "b"), _qconv("q", "b", "c"), _conv("d", "c", "d")]
+    ch = plan_chains(steps, ["d"])
+    assert [(c.start, c.end, c.quant is not None) for c in ch] == [(0, 2, False), (2, 4, True)]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_quantize_nhwc_stores_the_bytes_qlayers_quantize_stores(ext: Any, dtype: str):
+    import torch
+
+    from ember.backends.cpu.kernels.qlayers import quantize, quantize_constants
+    from ember.ir.dtype import DType
+    from ember.ops.attrs import QuantParams
+
+    p = QuantParams(0.0173, 131 if dtype == "uint8" else -3, DType(dtype))
+    x = torch.randn(2, 3, 9, 7) * 3
+    x[0, 0, 0, :4] = torch.tensor([1e9, -1e9, 0.0, (5 - p.zero_point + 0.5) * p.scale])  # saturation, a tie
+    x[1, 2] = torch.arange(63, dtype=torch.float32).reshape(9, 7) * p.scale / 2  # every half step
+    for src in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, ::1]):
+        got = ext.quantize_nhwc(src, *quantize_constants(p))
+        want = quantize(src, p, torch.empty(src.shape, dtype=torch.float32, memory_format=torch.channels_last))
+        assert got.dtype == want.dtype and got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, want)

@@ -44,7 +44,7 @@ from ember.backends.cpu.half import finite_safe, half_applies, inputs_finite, ow
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv import conv_forward, conv_geometry
 from ember.backends.cpu.kernels.conv_mkldnn import gemm_write_into
-from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_weight
+from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_constants, quantize_weight
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
 from ember.backends.tensors import torch_dtype
@@ -52,7 +52,15 @@ from ember.errors import BuildError, EmberError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import Activation, AutoPad, ConvAttrs, FusedConvAttrs, QConvAttrs, activation_params
+from ember.ops.attrs import (
+    Activation,
+    AutoPad,
+    ConvAttrs,
+    FusedConvAttrs,
+    QConvAttrs,
+    QuantParams,
+    activation_params,
+)
 from ember.plan.records import Records
 
 TACTIC = "onednn_persistent"
@@ -310,19 +318,26 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         conv.run(x, y, None, False)
         return [y.contiguous() if to_nchw else y]
 
-    link = _qchain_link(node, ctx, t, static, residual, acc_p is not None, x_dtype, out_dtype, to_nchw)
+    link = _qchain_link(node, ctx, t, static, residual, acc_p is not None, x_dtype, out_dtype, to_nchw, xp)
     if link is not None:
         run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 
 def _qchain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[Any, Any]], residual: bool,
-                 acc_8bit: bool, x_dtype: torch.dtype, out_dtype: torch.dtype, to_nchw: bool) -> Optional[ChainLink]:
+                 acc_8bit: bool, x_dtype: torch.dtype, out_dtype: torch.dtype, to_nchw: bool,
+                 xp: QuantParams) -> Optional[ChainLink]:
     """How the program may run this INT8 layer inside a chain: where its input is a static 4-D
-    tensor already in its 8-bit type, its output stays channels-last, and a residual needs no
-    conversion (an 8-bit one summed into an 8-bit output, a float32 one into a float32 output):
-    ``accumulator``'s copy is then ``run_chain``'s ``sum``."""
-    if static is None or to_nchw or t.dtype is DType.FLOAT32 or torch_dtype(t.dtype) != x_dtype:
+    tensor in its 8-bit type (or a float32 one, which the chain stores 8-bit first: such a layer
+    starts a chain), its output stays channels-last, and a residual needs no conversion (an 8-bit
+    one summed into an 8-bit output, a float32 one into a float32 output): ``accumulator``'s copy
+    is then ``run_chain``'s ``sum``."""
+    if static is None or to_nchw:
+        return None
+    quant = None
+    if t.dtype is DType.FLOAT32:
+        quant = quantize_constants(xp)
+    elif torch_dtype(t.dtype) != x_dtype:
         return None
     conv, out_shape = static
     if residual:
@@ -332,7 +347,7 @@ def _qchain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple
         r_dtype = torch_dtype(r.dtype)
         if (r_dtype == torch.float32) == acc_8bit or r_dtype.itemsize != out_dtype.itemsize:
             return None
-    return ChainLink(conv, False, False, sum=residual, dtype=out_dtype)
+    return ChainLink(conv, False, False, sum=residual, dtype=out_dtype, quant=quant)
 
 
 def _padded(a: ConvAttrs) -> bool:

@@ -79,6 +79,14 @@ def quantize(x: torch.Tensor, p: QuantParams, out: Optional[torch.Tensor] = None
     return q if p.dtype is DType.UINT8 else q.bitwise_xor_(0x80).view(torch.int8)
 
 
+def quantize_constants(p: QuantParams) -> tuple[float, float, float, bool]:
+    """``quantize``'s arithmetic as four numbers, for the native extension's ``quantize_nhwc``
+    (same float32 operations, same bytes): the multiplier ``1 / scale``, the addend, the clamp's
+    upper bound (the value shifted to be non-negative) and whether the result is int8."""
+    lo, hi = _RANGE[p.dtype]
+    return 1.0 / p.scale, float(p.zero_point - lo + 0.5), float(hi - lo + 0.5), p.dtype is DType.INT8
+
+
 def dequantize(q: torch.Tensor, p: QuantParams) -> torch.Tensor:
     """Float32 values of an 8-bit tensor stored as ``p`` says."""
     v = q.to(torch.float32)

@@ -25,6 +25,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <sstream>
@@ -559,6 +561,50 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     return outs[n - 1];
 }
 
+inline uint8_t quantize_one(float x, float m, float add, float hi) {
+    float v = x * m;  // two roundings, as PyTorch's mul then add_ (no fused multiply-add)
+    v = v + add;
+    v = std::min(std::max(v, 0.0f), hi);
+    return static_cast<uint8_t>(static_cast<int32_t>(v));
+}
+
+// The float input of an INT8 chain stored 8-bit and channels-last in one pass, as ``qlayers.quantize``
+// computes it (the same float32 operations, so the same bytes): v = x * m + add, clamped to
+// [0, hi], truncated to u8 (the stored value shifted to be non-negative), then for s8 the top bit
+// flipped. x: a 4-D float32 tensor of any strides (an NCHW image); finite values only (chains run
+// only on finite inputs).
+torch::Tensor quantize_nhwc(const torch::Tensor &x, double m, double add, double hi, bool to_int8) {
+    TORCH_CHECK_VALUE(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "quantize_nhwc takes a 4-D float32 tensor");
+    const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+    const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+    auto out = torch::empty({N, C, H, W}, x.options().dtype(to_int8 ? torch::kInt8 : torch::kUInt8)
+                                              .memory_format(c10::MemoryFormat::ChannelsLast));
+    const float mf = static_cast<float>(m), af = static_cast<float>(add), hf = static_cast<float>(hi);
+    const uint8_t flip = to_int8 ? 0x80 : 0;
+    const float *src = x.data_ptr<float>();
+    auto *dst = static_cast<uint8_t *>(out.data_ptr());
+    pybind11::gil_scoped_release nogil;
+    at::parallel_for(0, N * H, 16, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> plane(static_cast<size_t>(W));
+        for (int64_t row = begin; row < end; ++row) {
+            const int64_t n = row / H, h = row % H;
+            uint8_t *o = dst + row * W * C;
+            for (int64_t c = 0; c < C; ++c) {  // one channel's row at a time: contiguous reads of an NCHW image
+                const float *in = src + n * sn + h * sh + c * sc;
+                uint8_t *q = plane.data();
+                if (sw == 1) {
+#pragma GCC ivdep
+                    for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(in[w], mf, af, hf) ^ flip;
+                } else {
+                    for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(in[w * sw], mf, af, hf) ^ flip;
+                }
+                for (int64_t w = 0; w < W; ++w) o[w * C + c] = q[w];
+            }
+        }
+    });
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -568,6 +614,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
           pybind11::arg("res"), pybind11::arg("sum"), pybind11::arg("last"), pybind11::arg("fused"),
           pybind11::arg("dtypes"), "runs a chain of convolutions in one call (see the source); returns the last output");
+    m.def("quantize_nhwc", &quantize_nhwc, pybind11::arg("x"), pybind11::arg("m"), pybind11::arg("add"),
+          pybind11::arg("hi"), pybind11::arg("to_int8"),
+          "a finite float32 4-D tensor stored 8-bit channels-last as qlayers.quantize computes it");
     pybind11::class_<Conv>(m, "Conv")
         .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
              pybind11::arg("fused") = false)

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from ember.errors import ShapeError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
 from ember.ops.attrs import ReshapeAttrs, TransposeAttrs
@@ -44,16 +45,38 @@ def _dropout_is_noop(node: Node, g: Graph) -> bool:
 
 
 def _slice_is_noop(node: Node, g: Graph) -> bool:
-    a = node.attrs
-    steps = a.steps if a is not None else None
-    if steps is None and node.input(4):
-        value = g.constant(node.input(4))
-        if value is None:
-            return False
-        steps = tuple(int(s) for s in value.reshape(-1))
+    """A Slice that keeps every element: step 1 and the input's own static type, or on each
+    sliced symbolic dim from 0 to the end (``x[:, None]`` of a dynamic batch, as the dynamo
+    exporter writes it: ``Slice(x, 0, INT64_MAX, axis 0)``)."""
+    from ember.ops.shape import HUGE, slice_params
+
     t = g.types.get(node.inputs[0])
-    return (all(s == 1 for s in (steps or ())) and t is not None and t.is_static
-            and _same_type(g, node.inputs[0], node.outputs[0]))
+    if t is None or not _same_type(g, node.inputs[0], node.outputs[0]):
+        return False
+    if t.is_static:
+        a = node.attrs
+        steps = a.steps if a is not None else None
+        if steps is None and node.input(4):
+            value = g.constant(node.input(4))
+            if value is None:
+                return False
+            steps = tuple(int(s) for s in value.reshape(-1))
+        return all(s == 1 for s in (steps or ()))
+    try:
+        params = slice_params(node.attrs, [g.constant(i) if i else None for i in node.inputs], t.rank)
+    except ShapeError:
+        return False
+    if params is None:
+        return False
+    for start, end, axis, step in zip(*params):
+        dim = t.shape[axis]
+        if step != 1:
+            return False
+        if isinstance(dim, int):
+            continue  # step 1 and the same static length: the whole axis
+        if start != 0 or not (end == dim or (isinstance(end, int) and end >= HUGE)):
+            return False
+    return True
 
 
 def _neutral_operand(node: Node, g: Graph) -> str | None:
@@ -149,6 +172,28 @@ TRANSPOSE_PAIR = Rule(
     _compose_transposes)
 
 
+def _swap_via_reshapes(m: Match) -> list[Node] | None:
+    x, inner, outer = m.type(m["x"]), m.type(m.node("inner").outputs[0]), m.type(m.root.outputs[0])
+    perm = _perm(m.node("swap"), inner.rank)
+    if x.rank < 3 or inner.rank != 3 or perm != (0, 2, 1):
+        return None
+    lead, (a, b) = x.shape[:-2], x.shape[-2:]
+    if inner.shape[1:] != (a, b) or outer.shape != (*lead, b, a) or outer.dtype != x.dtype:
+        return None  # the first reshape must only merge the leading dims, the last restore them
+    swap = tuple(range(x.rank - 2)) + (x.rank - 1, x.rank - 2)
+    return [m.fuse(OpType.TRANSPOSE, [m["x"]], TransposeAttrs(swap), name=m.root.name)]
+
+
+#: The dynamo exporter's ``k.transpose(-2, -1)`` inside ``scaled_dot_product_attention``:
+#: ``Reshape(Transpose(Reshape(k, [-1, s, d]), (0, 2, 1)), [b, h, d, s])``.
+SWAP_VIA_RESHAPES = Rule(
+    "reshape(transpose(reshape(x, [-1, a, b]), (0, 2, 1)), [..., b, a]) => transpose(x, swap last two)",
+    Op(OpType.RESHAPE, (Op(OpType.TRANSPOSE, (Op(OpType.RESHAPE, (Var("x"),), name="inner",
+                                                 extra_inputs=True),), name="swap"),),
+       extra_inputs=True),
+    _swap_via_reshapes)
+
+
 def _merge_reshape(m: Match) -> list[Node] | None:
     outer = m.root
     out_t = m.type(outer.outputs[0])
@@ -222,8 +267,9 @@ MEAN_TO_GLOBAL_POOL = Rule("reduce_mean(x, spatial axes) => global_average_pool(
 @register_pass("cancel_transposes", Phase.CLEANUP)
 def cancel_transposes(graph: Graph, ctx: PassContext) -> Graph:
     """Composes Transpose pairs into one, also across a one-input elementwise op between them
-    (an identity pair becomes Identity, removed next)."""
-    return apply_rules(graph, [TRANSPOSE_PAIR, TRANSPOSE_AROUND_UNARY], ctx)
+    (an identity pair becomes Identity, removed next); a swap of the last two axes written with
+    reshapes around a 3-D transpose becomes one Transpose."""
+    return apply_rules(graph, [TRANSPOSE_PAIR, TRANSPOSE_AROUND_UNARY, SWAP_VIA_RESHAPES], ctx)
 
 
 @register_pass("canonicalize", Phase.CLEANUP)

@@ -17,6 +17,7 @@ from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
+from ember.ops.attrs import ReshapeAttrs
 from ember.passes.edit import const_type, contiguous, dead_code, static_dims
 from ember.passes.manager import PassContext, Phase, register_pass
 
@@ -189,11 +190,17 @@ def _fold_node(node: Node, g: Graph, ctx: PassContext,
 def _symbolic_target(node: Node, g: Graph, value: Partial) -> list[int] | None:
     """A constant target for a Reshape/Expand whose target shape is known up to symbols: a
     symbol equal to the input's dim at that place becomes 0 (Reshape: copy the dim) or 1
-    (Expand: keep the dim); one remaining symbol of a Reshape becomes -1."""
+    (Expand: keep the dim); one remaining symbol of a Reshape becomes -1.
+
+    A Reshape with ``allowzero`` (the dynamo exporter writes every Reshape so) takes a 0 as a
+    literal zero-sized dim; its target is then written for ``allowzero=0``
+    (``_constant_shape_input`` clears the flag), which a known 0 in the target forbids."""
     x = g.types.get(node.inputs[0])
     if x is None or value.ndim != 1:
         return None
     vals = list(value)
+    if node.op is OpType.RESHAPE and _allowzero(node) and any(v == 0 for v in vals if isinstance(v, int)):
+        return None
     offset = len(vals) - x.rank  # Expand aligns from the right
     out: list[int] = []
     for i, v in enumerate(vals):
@@ -207,8 +214,11 @@ def _symbolic_target(node: Node, g: Graph, value: Partial) -> list[int] | None:
             out.append(-1)
         else:
             return None
-    allowzero = node.op is OpType.RESHAPE and node.attrs is not None and node.attrs.allowzero
-    return None if allowzero else out
+    return out
+
+
+def _allowzero(node: Node) -> bool:
+    return node.op is OpType.RESHAPE and node.attrs is not None and bool(node.attrs.allowzero)
 
 
 def _constant_shape_input(node: Node, g: Graph, ctx: PassContext, partial: dict[str, Partial]) -> Node:
@@ -221,10 +231,15 @@ def _constant_shape_input(node: Node, g: Graph, ctx: PassContext, partial: dict[
         return node
     t = g.types.get(node.outputs[0])
     static = static_dims(t.shape) if t is not None else None
+    attrs = node.attrs
     if static is not None:
         target: list[int] | None = list(static)
+        if node.op is OpType.RESHAPE and 0 in static:
+            attrs = ReshapeAttrs(allowzero=True)  # a zero-sized dim, not a copied one
     elif node.inputs[slot] in partial and node.op is not OpType.CONSTANT_OF_SHAPE:
         target = _symbolic_target(node, g, partial[node.inputs[slot]])
+        if target is not None and _allowzero(node):
+            attrs = ReshapeAttrs(allowzero=False)  # its 0s copy the input's dims
     else:
         target = None
     if target is None:
@@ -235,7 +250,7 @@ def _constant_shape_input(node: Node, g: Graph, ctx: PassContext, partial: dict[
     ctx.count("op(x, shape(...)) with static output => op(x, constant shape)")
     ins = list(node.inputs)
     ins[slot] = name
-    return node.with_(inputs=tuple(ins))
+    return node.with_(inputs=tuple(ins), attrs=attrs)
 
 
 @register_pass("fold_constants", Phase.FOLD)

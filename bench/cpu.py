@@ -13,6 +13,7 @@ checked on every row. Where Ember is slower than ONNX Runtime, the per-op times 
     python bench/cpu.py --quick                            # 3 iterations, batch 1 (smoke run)
     python bench/cpu.py --precision fp32,bf16 --batches 8 # an Ember bf16 engine too (issue 19)
     python bench/cpu.py --without-persistent               # + Ember without the onednn_persistent conv tactic
+    python bench/cpu.py --exporter torchscript,dynamo      # each model exported both ways, a row each
 
 ``--precision`` lists Ember's precisions; each is one more runtime taking turns in the same
 rounds (``ember`` is fp32, ``ember-bf16`` bf16, ...), and every Ember row's error is measured
@@ -20,6 +21,12 @@ against ONNX Runtime fp32. ``--repeats N`` runs the whole table N times and repo
 runtime's median of the N medians with their spread (min-max): the 2-core machine these numbers
 come from is shared, and a single table of it is noisy. Every result names the CPU model and its
 AMX / AVX-512 flags (``ember.backends.cpu.features``).
+
+``--exporter`` lists the PyTorch ONNX exporters the zoo models go through: ``torchscript``
+(``torch.onnx.export(..., dynamo=False)``, at opset 17) and ``dynamo`` (the ``torch.export``-based
+exporter, at ``--dynamo-opset``, default 20: what ``torch.onnx.export`` writes by default since
+torch 2.9). Each exporter's file is a row of its own, with ONNX Runtime running that same file;
+every row names its exporter and opset.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ from ember import zoo  # noqa: E402
 from ember.backends.cpu import native  # noqa: E402
 from ember.backends.cpu.features import cpu_features  # noqa: E402
 from ember.tools.runners import EmberRunner, OrtRunner, TorchRunner, max_rel_error, time_ms  # noqa: E402
+from ember.zoo.export import DEFAULT_OPSET, EXPORTERS  # noqa: E402
 
 import common  # noqa: E402  (puts the repository on sys.path)
 
@@ -68,8 +76,18 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="also an Ember engine of each precision built without the onednn_persistent conv "
                         "tactic (EMBER_ONEDNN_PERSISTENT=0; label ember-<precision>-no-persistent), taking "
                         "turns in the same rounds")
+    p.add_argument("--exporter", default="torchscript",
+                   help=f"comma-separated PyTorch ONNX exporters, a row each: {', '.join(EXPORTERS)}")
+    p.add_argument("--dynamo-opset", type=int, default=20,
+                   help="opset of the dynamo exporter's files (20: torch.onnx.export's default)")
     p.add_argument("--out", help="result file (default bench/results/cpu-<date>.json)")
     args = p.parse_args(argv)
+    args.exporter = [x.strip() for x in args.exporter.split(",") if x.strip()]
+    bad_exporters = [x for x in args.exporter if x not in EXPORTERS]
+    if bad_exporters or not args.exporter:
+        p.error(f"--exporter {bad_exporters or args.exporter}: choose from {', '.join(EXPORTERS)}")
+    if args.dynamo_opset < 18:
+        p.error(f"--dynamo-opset {args.dynamo_opset}: the dynamo exporter writes opset 18 or later")
     args.precision = [x.strip() for x in args.precision.split(",") if x.strip()]
     args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
     bad = [x for x in args.precision if x not in ("fp32", "bf16", "fp16")]
@@ -89,9 +107,16 @@ def ember_label(precision: str) -> str:
     return "ember" if precision == "fp32" else f"ember-{precision}"
 
 
-def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One table row: every runtime's latency on one model and batch, and each Ember engine's error."""
-    path = zoo.export_onnx(name, batch=batch)
+def exporter_opset(exporter: str, args: argparse.Namespace) -> int:
+    """The opset a row's file is exported at."""
+    return args.dynamo_opset if exporter == "dynamo" else DEFAULT_OPSET
+
+
+def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "torchscript") -> dict[str, Any]:
+    """One table row: every runtime's latency on one model, batch and exporter, and each Ember
+    engine's error."""
+    opset = exporter_opset(exporter, args)
+    path = zoo.export_onnx(name, batch=batch, opset=opset, exporter=exporter)
     feeds = zoo.sample_inputs(name, batch)
     spec = zoo.get(name)
     engines, build_s, errors = {}, {}, {}
@@ -129,7 +154,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
     latency = _combined(repeats)
     ratios = {label: _spread([r["onnxruntime"]["median"] / r[label]["median"] for r in repeats]) for label in engines}
     first = next(iter(engines.values()))
-    row = {"model": name, "batch": batch, "build_s": build_s,
+    row = {"model": name, "batch": batch, "exporter": exporter, "opset": opset, "build_s": build_s,
            "layers": {k: len(e.plan.layers) for k, e in engines.items()},
            "onnx_nodes": first.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": errors,
            "precisions": {k: _precisions(e) for k, e in engines.items()}, "latency_ms": latency,
@@ -215,8 +240,8 @@ def _print_row(row: dict[str, Any]) -> None:
             spread += f" ({ratio}, err {row['max_rel_error_vs_ort'][label]:.1e})"
         parts.append(f"{label} {v['median']:.2f} ms{spread}")
     load = row["load_avg"]["before"][0], row["load_avg"]["after"][0]
-    print(f"{row['model']:>13} b{row['batch']:<3} " + "  ".join(parts) + f"  (load {load[0]:.1f}-{load[1]:.1f})",
-          flush=True)
+    head = f"{row['model']:>13} b{row['batch']:<3} {row.get('exporter', 'torchscript'):<11} "
+    print(head + "  ".join(parts) + f"  (load {load[0]:.1f}-{load[1]:.1f})", flush=True)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -238,13 +263,14 @@ def markdown(result: dict[str, Any]) -> str:
             spread = (f" [{lat[label]['spread_min']:.2f}-{lat[label]['spread_max']:.2f}]"
                       if lat[label].get("repeats", 1) > 1 else "")
             torch_ms = lat["torch"]["median"] if "torch" in lat else None
-            rows.append([r["model"], r["batch"], label.removeprefix("ember-") if label != "ember" else "fp32",
+            rows.append([r["model"], r["batch"], f"{r.get('exporter', 'torchscript')} (opset {r.get('opset', '-')})",
+                         label.removeprefix("ember-") if label != "ember" else "fp32",
                          f"{mine:.2f}{spread}", f"{lat['onnxruntime']['median']:.2f}",
                          f"{torch_ms:.2f}" if torch_ms else "-",
                          _ratio_text(r["x_ort"][label]),
                          f"{torch_ms / mine:.2f}x" if torch_ms else "-",
                          f"{r['batch'] * 1000 / mine:.1f}", f"{err:.1e}"])
-    cols = ["model", "batch", "Ember precision", "Ember ms", "ORT fp32 ms", "torch eager ms", "Ember × ORT",
+    cols = ["model", "batch", "exporter", "Ember precision", "Ember ms", "ORT fp32 ms", "torch eager ms", "Ember × ORT",
             "Ember × eager", "Ember items/s", "max rel err vs ORT fp32"]
     return head + "\n" + common.markdown_table(cols, rows)
 
@@ -262,11 +288,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         print(f"unknown models {unknown}; choose from {', '.join(zoo.names())}", file=sys.stderr)
         return 2
-    rows = [bench_one(name, batch, args) for name in args.models for batch in args.batches]
+    rows = [bench_one(name, batch, args, exporter)
+            for name in args.models for batch in args.batches for exporter in args.exporter]
     machine = {**common.machine_info(args.threads), "isa": cpu_features().reported(),
                "onednn_extension": native.version_of(native.extension()) or native.unavailable_reason()}
     result = {"suite": "cpu", "machine": machine, "iterations": args.iterations, "warmup": args.warmup,
-              "precisions": args.precision, "repeats": args.repeats, "rows": rows}
+              "precisions": args.precision, "exporters": args.exporter, "repeats": args.repeats,
+              "rounds": args.rounds, "rows": rows}
     path = common.write_result("cpu", result, args.out)
     print(f"\nwrote {path}\n")
     print(markdown(result))

@@ -30,6 +30,8 @@ from ember.zoo import layers
 from ember.zoo.registry import build_model, get
 
 DEFAULT_OPSET = 17
+#: The PyTorch ONNX exporters ``export_onnx`` can use (``exporter=``).
+EXPORTERS = ("torchscript", "dynamo")
 _DYNAMO_OPSET = 18  # what torch's dynamo exporter writes before any conversion
 
 
@@ -40,21 +42,34 @@ def cache_dir() -> Path:
 
 
 def export_onnx(name: str, path: str | Path | None = None, batch: int = 1, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, dynamo: bool = False, *, seed: int = 0,
-                progress: Optional[bool] = None) -> Path:
+                dynamic_batch: bool = False, dynamo: bool = False, *, exporter: Optional[str] = None,
+                seed: int = 0, progress: Optional[bool] = None) -> Path:
     """Exports zoo model ``name`` to ONNX and returns the file's path.
 
     The file is made once per key and then served from ``cache_dir()``; with ``path`` a copy is
     written there too. Inputs are named ``input`` (CNNs) or ``input_ids``, ``attention_mask``,
     ``token_type_ids`` (BERT); ``dynamic_batch`` makes dim 0 of every input and output the
-    symbolic ``batch``. ``dynamo=True`` uses the ``torch.export``-based exporter instead of the
-    TorchScript one. ``progress=None`` shows progress when stderr is a terminal.
+    symbolic ``batch``. ``exporter`` picks the PyTorch exporter: ``"torchscript"`` (the default,
+    ``torch.onnx.export(..., dynamo=False)``) or ``"dynamo"`` (the ``torch.export``-based one,
+    ``dynamo=True``; it writes opset 18 or later natively, and a lower ``opset`` is converted);
+    ``dynamo=True`` is the older spelling of ``exporter="dynamo"``. ``progress=None`` shows
+    progress when stderr is a terminal.
 
-    >>> p = export_onnx("resnet-18", batch=1)             # doctest: +SKIP
+    >>> p = export_onnx("resnet-18", batch=1)                                 # doctest: +SKIP
+    >>> q = export_onnx("resnet-18", batch=1, exporter="dynamo", opset=20)    # doctest: +SKIP
     """
     spec = get(name)
     if batch < 1:
         raise ModelLoadError(f"export of zoo model {name!r}: batch must be >= 1, got {batch}")
+    if exporter is None:
+        exporter = "dynamo" if dynamo else "torchscript"
+    if exporter not in EXPORTERS:
+        raise ModelLoadError(f"export of zoo model {name!r}: exporter {exporter!r} is not one of "
+                             f"{', '.join(EXPORTERS)}")
+    if dynamo and exporter != "dynamo":
+        raise ModelLoadError(f"export of zoo model {name!r}: dynamo=True asks for the dynamo exporter but "
+                             f"exporter={exporter!r}; pass only exporter=")
+    dynamo = exporter == "dynamo"
     key = (f"{name}-b{batch}-opset{opset}-{'dyn' if dynamic_batch else 'static'}-"
            f"{'dynamo' if dynamo else 'ts'}-s{seed}-{source_fingerprint()}.onnx")
     cached = cache_dir() / key
@@ -66,8 +81,8 @@ def export_onnx(name: str, path: str | Path | None = None, batch: int = 1, opset
                 model = build_model(name, seed)
             example = _example_inputs(name, max(batch, 2) if (dynamic_batch and dynamo) else batch, seed)
             dynamic = {i.name: {0: "batch"} for i in spec.inputs} if dynamic_batch else None
-            exporter = "dynamo" if dynamo else "TorchScript"
-            with prog.phase(f"{name}: export ({exporter}, opset {opset})"):
+            label = "dynamo" if dynamo else "TorchScript"
+            with prog.phase(f"{name}: export ({label}, opset {opset})"):
                 export_module(model, example, spec.outputs, cached, opset=opset,
                               dynamic=dynamic, dynamo=dynamo)
     if path is None:

@@ -1,0 +1,69 @@
+"""The zoo's exporter choice (``export_onnx(..., exporter=)``) and ``bench/cpu.py --exporter``."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from ember import zoo
+from ember.errors import ModelLoadError
+from ember.frontends.onnx import import_onnx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_exporter_dynamo_is_the_dynamo_flag_and_writes_the_asked_opset():
+    by_name = zoo.export_onnx("bert-tiny", exporter="dynamo", progress=False)
+    assert by_name == zoo.export_onnx("bert-tiny", dynamo=True, progress=False)  # one cache entry
+    native = onnx.load(str(zoo.export_onnx("bert-tiny", exporter="dynamo", opset=20, progress=False)))
+    assert native.opset_import[0].version == 20
+    assert {"LayerNormalization", "Gelu"} <= {n.op_type for n in native.graph.node}  # opset 17+/20 ops
+    classic = onnx.load(str(zoo.export_onnx("bert-tiny", exporter="torchscript", progress=False)))
+    assert classic.opset_import[0].version == 17 and "Gelu" not in {n.op_type for n in classic.graph.node}
+    assert import_onnx(native).outputs == import_onnx(classic).outputs  # same output names
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"exporter": "onnxscript"}, "exporter 'onnxscript' is not one of torchscript, dynamo"),
+    ({"exporter": "torchscript", "dynamo": True}, "pass only exporter="),
+])
+def test_a_wrong_exporter_is_refused_by_name(kwargs, message):
+    with pytest.raises(ModelLoadError, match=message):
+        zoo.export_onnx("bert-tiny", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def bench_cpu():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_cpu", ROOT / "bench" / "cpu.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_cpu_takes_both_exporters(bench_cpu, capsys):
+    args = bench_cpu.parse(["--exporter", "torchscript,dynamo", "--models", "bert-tiny"])
+    assert args.exporter == ["torchscript", "dynamo"]
+    assert [bench_cpu.exporter_opset(e, args) for e in args.exporter] == [17, 20]
+    with pytest.raises(SystemExit):
+        bench_cpu.parse(["--exporter", "tf2onnx"])
+    assert "choose from torchscript, dynamo" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_cpu.parse(["--exporter", "dynamo", "--dynamo-opset", "17"])
+
+
+def test_bench_cpu_markdown_names_each_rows_exporter(bench_cpu):
+    lat = {"ember": {"median": 2.0}, "onnxruntime": {"median": 3.0}}
+    rows = [{"model": "bert-tiny", "batch": 1, "exporter": e, "opset": o, "latency_ms": lat,
+             "max_rel_error_vs_ort": {"ember": 1e-6}, "x_ort": {"ember": {"median": 1.5, "min": 1.5, "max": 1.5}}}
+            for e, o in (("torchscript", 17), ("dynamo", 20))]
+    machine = {"date": "2026-12-06", "cpu": "cpu", "isa": [], "cores": 2, "threads": 2,
+               "versions": {"ember": "0", "torch": "0", "onnxruntime": "0"}}
+    text = bench_cpu.markdown({"machine": machine, "iterations": 3, "warmup": 1, "rows": rows})
+    assert "| exporter |" in text
+    assert "| bert-tiny | 1 | torchscript (opset 17) | fp32 |" in text
+    assert "| bert-tiny | 1 | dynamo (opset 20) | fp32 |" in text

@@ -61,6 +61,12 @@ def make_parser() -> argparse.ArgumentParser:
     """The ``ember`` parser with one subparser per entry of ``commands()``."""
     parser = argparse.ArgumentParser(prog="ember", description="Ember: build and run optimized "
                                      "inference engines from ONNX models.")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of this process's Ember engines and PyTorch peers (PyTorch's "
+                             "intra-op pool, which oneDNN shares). Default: PyTorch's, one per core. On a "
+                             "machine whose cores other processes keep busy, fewer threads than cores avoid "
+                             "OpenMP threads waiting on a descheduled one (a 2-thread MobileNetV2 ran 6.7x "
+                             "slower beside one busy process)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (help_text, add_arguments, run) in commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -73,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``ember`` command; returns the exit status."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give 1 or more threads")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         with warnings.catch_warnings():
             shown = warnings.showwarning

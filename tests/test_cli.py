@@ -230,3 +230,16 @@ def test_ember_warnings_are_one_line(capsys, monkeypatch):
     monkeypatch.setattr(build_tool, "run", warn)
     assert main(["build", "m.onnx"]) == 0
     assert capsys.readouterr().err == "warning: a cache is not used\n"
+
+
+def test_threads_sets_the_cpu_engines_thread_count(files, capsys, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)  # the test process's pool stays as it is
+    model = str(files[0] / "tiny.onnx")
+    assert main(["--threads", "1", "inspect", model]) == 0
+    assert seen == [1]
+    with pytest.raises(SystemExit):
+        main(["--threads", "0", "inspect", model])
+    assert "--threads 0: give 1 or more threads" in capsys.readouterr().err and seen == [1]

@@ -309,3 +309,27 @@ def test_non_finite_inputs_stay_non_finite_on_cuda(kind, precision):
     with engine.create_context() as ctx:
         got = np.asarray(ctx.infer({"x": x})["y"])
     assert np.array_equal(np.isnan(got), np.isnan(want)), [layer.tactic for layer in engine.plan.layers]
+
+
+UNARY_ONNX = ["Sign", "Abs", "Neg", "Floor", "Ceil", "Round", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt",
+              "Erf", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu", "LeakyRelu",
+              "Sin", "Cos", "Atan", "Asinh", "Sinh", "Reciprocal", "Mish", "Gelu"]
+
+
+@pytest.mark.parametrize("op", UNARY_ONNX)
+def test_unary_ops_keep_nan_like_onnxruntime(op):
+    """A one-input op on NaN, infinities and ordinary values: NaN exactly where ONNX Runtime has it
+    (``torch.sign`` alone gave 0 for NaN)."""
+    import onnxruntime as ort
+
+    opset = 20 if op == "Gelu" else 18
+    g = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "unary",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+    x = np.array([np.nan, -np.inf, np.inf, -2.5, -0.5, 0.0, 0.5, 3.0], np.float32)
+    with ember.build(model, ember.BuildConfig(device="cpu"), progress=False).create_context() as ctx:
+        got = ctx.infer({"x": x})["y"]
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[0])

@@ -261,3 +261,55 @@ def test_engine_build_times_both_tactics_and_each_runs(precision):
             got = np.asarray(ctx.infer(feeds)["y"], np.float64)
         err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert err <= tol, (tactic, err)
+
+
+# ---- NaN in, NaN out (under Triton's interpreter in CI, on the GPU with -m cuda) ---------------
+_NAN_CHECK = r"""
+import sys
+import torch
+from test_triton_elementwise import UNARY, S, _reference, _specs, fused
+from ember.backends.cuda.libs import triton_elementwise as te
+from ember.ir import OpType
+
+dev = torch.device(sys.argv[1])
+x = torch.tensor([[float("nan"), -4.0, -0.5, 0.0, 0.5, 4.0, float("inf"), -float("inf")]], device=dev)
+bad, checked = [], []
+for op in UNARY + [OpType.MAX, OpType.MIN]:
+    steps = [S(op, (0,))] if op in UNARY else [S(op, (0, 1))]
+    inputs = [x] if op in UNARY else [x, torch.zeros_like(x)]
+    node = fused(steps, len(inputs))
+    prog = te.elementwise_program(node, _specs(inputs))
+    try:
+        got = te.run_program(prog, inputs, x.shape, torch.float32)
+    except Exception:  # noqa: BLE001
+        if dev.type == "cuda":
+            raise
+        continue  # libdevice's functions (tanh, sinh, ...) do not run under the interpreter
+    checked.append(op)
+    want = _reference(node, inputs)
+    nan_out = op is not OpType.THRESHOLDED_RELU  # x if x > alpha else 0: ONNX's NaN gives 0
+    if bool(got[0, 0].isnan()) != nan_out or not torch.equal(got.isnan(), want.isnan()):
+        bad.append((op.value, got.tolist(), want.tolist()))
+assert not bad, bad
+assert {OpType.HARD_SIGMOID, OpType.HARD_SWISH, OpType.RELU, OpType.MAX, OpType.MIN} <= set(checked), checked
+print("ok")
+"""
+
+
+def test_nan_propagates_through_every_unary_step_under_tritons_interpreter():
+    """Each generated activation keeps NaN where PyTorch's does (Triton's minimum/maximum return
+    the other operand for NaN unless told to propagate it: HardSigmoid lost NaN)."""
+    import importlib.util
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        pytest.skip("CPU check under Triton's interpreter (the GPU variant runs with -m cuda)")
+    from tritonkit import run_triton_check
+
+    run_triton_check(_NAN_CHECK, "cpu")
+
+
+@pytest.mark.cuda
+def test_nan_propagates_through_every_unary_step_on_the_gpu():
+    from tritonkit import run_triton_check
+
+    run_triton_check(_NAN_CHECK, "cuda")

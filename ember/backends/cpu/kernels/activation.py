@@ -71,6 +71,12 @@ def _relu(x: Tensor) -> Tensor:
     return torch.relu(x) if x.dtype is not torch.bool else x
 
 
+def _sign(x: Tensor) -> Tensor:
+    """ONNX Sign: NaN stays NaN (``torch.sign`` gives 0 there; numpy and ONNX Runtime give NaN)."""
+    s = torch.sign(x)
+    return torch.where(torch.isnan(x), x, s) if x.is_floating_point() else s
+
+
 #: Ops whose kernel is one parameter-free torch function (an explicit list, not a scan).
 _SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
     OpType.RELU: _relu,
@@ -89,7 +95,7 @@ _SIMPLE: dict[OpType, Callable[[Tensor], Tensor]] = {
     OpType.FLOOR: torch.floor,
     OpType.CEIL: torch.ceil,
     OpType.ROUND: torch.round,  # half to even, as ONNX
-    OpType.SIGN: torch.sign,
+    OpType.SIGN: _sign,
     OpType.SIN: torch.sin, OpType.COS: torch.cos, OpType.TAN: torch.tan,
     OpType.ASIN: torch.asin, OpType.ACOS: torch.acos, OpType.ATAN: torch.atan,
     OpType.SINH: torch.sinh, OpType.COSH: torch.cosh, OpType.ASINH: torch.asinh,

@@ -136,7 +136,8 @@ def _float_unary(op: OpType, a: str, attrs) -> Optional[str]:
         return f"tl.where({a} < 0.0, {a} * {_lit(alpha)}, {a})"
     if op is OpType.HARD_SIGMOID:
         h = attrs or HardSigmoidAttrs()
-        return f"tl.minimum(tl.maximum({a} * {_lit(h.alpha)} + {_lit(h.beta)}, 0.0), 1.0)"
+        nan = "propagate_nan=tl.PropagateNan.ALL"  # NaN in, NaN out (Triton's default returns the other)
+        return f"tl.minimum(tl.maximum({a} * {_lit(h.alpha)} + {_lit(h.beta)}, 0.0, {nan}), 1.0, {nan})"
     if op is OpType.GELU:
         approximate = (attrs or GeluAttrs()).approximate
         if approximate == "tanh":

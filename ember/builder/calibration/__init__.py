@@ -3,20 +3,21 @@
 ``calibrate(engine, data)`` runs an fp32 engine (CPU or CUDA) over the calibration batches once,
 observing every graph input and intermediate float tensor (``observers``), picks a clipping
 threshold per tensor with the chosen calibrator (``calibrators``: entropy, minmax, percentile,
-mse) and returns a ``QuantizationPlan`` of symmetric per-tensor INT8 ``QuantRecord``s
-(``scale = threshold / 127``, zero point 0, ``source="calibration:<calibrator>"``), named as
-the tensors of the engine's optimized graph. With ``cache``, a cache that fits the engine and
-the calibrator is used instead of data, and a fresh calibration is written to it
-(``cache``: TensorRT's calibration-table format). Per-channel weight scales:
-``weight_scales``.
+mse; the inputs of GEMMs and of convolutions over one pixel, and channel-gated feature maps,
+are never clipped: min-max, ``unclipped_tensors``) and returns a ``QuantizationPlan`` of
+symmetric per-tensor INT8 ``QuantRecord``s (``scale = threshold / 127``, zero point 0,
+``source="calibration:<calibrator>"``), named as the tensors of the engine's optimized graph.
+With ``cache``, a cache that fits the engine and the calibrator is used instead of data, and a
+fresh calibration is written to it (``cache``: TensorRT's calibration-table format).
+Per-channel weight scales: ``weight_scales``.
 
 >>> engine = ember.build("model.onnx", ember.BuildConfig(device="cpu"))            # doctest: +SKIP
 >>> plan = calibrate(engine, "calib.npz", calibrator="entropy", cache="model.calib")  # doctest: +SKIP
 >>> plan.get("conv1_out").scale                                                    # doctest: +SKIP
 (0.0123,)
 
-This is the foundation of INT8 engines: the records say how each tensor would be quantized;
-no Ember kernel runs INT8 yet.
+The records say how each tensor is quantized; ``ember.passes.int8`` makes the INT8 layers
+from them (and smooths a GEMM whose input has min-max scales and per-channel maxima).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from ember.builder.calibration.observers import (
     TensorObserver,
     calibration_tensors,
     observe_engine,
+    unclipped_tensors,
 )
 from ember.builder.progress import BuildProgress
 from ember.errors import BuildError
@@ -59,7 +61,8 @@ from ember.runtime.engine import Engine
 __all__ = [
     "DEFAULT_BINS", "DEFAULT_PERCENTILE", "CalibrationCache", "CalibrationData", "CalibrationWarning",
     "Calibrator", "TensorObserver", "activation_record", "calibrate", "calibration_batches",
-    "calibration_tensors", "observe_engine", "read_cache", "threshold", "weight_scales", "write_cache",
+    "calibration_tensors", "observe_engine", "read_cache", "threshold", "unclipped_tensors", "weight_scales",
+    "write_cache",
 ]
 
 
@@ -71,7 +74,8 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
               calibrator: Calibrator | str = Calibrator.ENTROPY, percentile: float = DEFAULT_PERCENTILE,
               cache: str | os.PathLike[str] | None = None, tensors: Iterable[str] | None = None,
               progress: bool | BuildProgress | None = None, *,
-              batch_size: int | None = None, channels: Iterable[str] = ()) -> QuantizationPlan:
+              batch_size: int | None = None, channels: Iterable[str] = (),
+              unclipped: Iterable[str] | None = None) -> QuantizationPlan:
     """Per-tensor INT8 activation scales of ``engine`` (an fp32 CPU or CUDA engine) from ``data``.
 
     ``data``: calibration batches (``calibration_batches``: feed dicts, an ``.npz`` file or a
@@ -89,6 +93,12 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
     is measured too (``QuantizationPlan.channel_max``: GEMM inputs, for smoothing); a cache keeps
     them in a side file, ``<cache>.channels.npz``, which other tools' caches do not have (their
     GEMM inputs are then not smoothed).
+    ``unclipped``: tensors calibrated by min-max whatever ``calibrator`` is (their records say
+    ``calibration:minmax``); default (``None``): ``unclipped_tensors`` of the engine's graph,
+    the inputs of GEMMs and of convolutions over one pixel and channel-gated feature maps,
+    whose largest values are the same few features in every sample; ``()``: none. A cache
+    keeps their min-max scales; read back from a cache Ember wrote, they are min-max records
+    again (another tool's scales keep the cache's calibrator).
 
     >>> plan = calibrate(engine, [{"input": x} for x in batches], "minmax")   # doctest: +SKIP
     """
@@ -96,12 +106,18 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
     pct = check_percentile(percentile)
     names = calibration_tensors(engine.plan.graph, tensors)
     per_channel = [n for n in dict.fromkeys(channels) if n in set(names)]
+    whole = set(unclipped_tensors(engine.plan.graph, names) if unclipped is None else unclipped) & set(names)
+
+    def method_of(name: str) -> Calibrator:
+        return Calibrator.MINMAX if name in whole else method
+
     if cache is not None and Path(cache).exists():
         cached = read_cache(cache)
         why = cached.mismatch(method, pct, names)
         if why is None:
-            return QuantizationPlan({n: scale_record(n, cached.scales[n], method) for n in names},
-                                    read_channel_max(cache, per_channel))
+            ours = cached.tool == "EMBER"
+            return QuantizationPlan({n: scale_record(n, cached.scales[n], method_of(n) if ours else method)
+                                     for n in names}, read_channel_max(cache, per_channel))
         warnings.warn(f"calibration cache {str(cache)!r} is not used: {why}; calibrating afresh",
                       CalibrationWarning, stacklevel=2)
     if data is None:
@@ -113,13 +129,13 @@ def calibrate(engine: Engine, data: CalibrationData | None = None,
     with shown as prog:
         observers = observe_engine(engine, batches, names, prog, channels=per_channel)
     _warn_nonfinite(observers.values())
-    scales = {n: scale_of(threshold(observers[n], method, pct)) for n in names}
+    scales = {n: scale_of(threshold(observers[n], method_of(n), pct)) for n in names}
     channel_max = {n: tuple(float(v) for v in cm) for n in per_channel
                    if (cm := observers[n].channel_amax) is not None}
     if cache is not None:
         write_cache(cache, method, scales, pct)
         write_channel_max(cache, channel_max)
-    return QuantizationPlan({n: scale_record(n, s, method) for n, s in scales.items()}, channel_max)
+    return QuantizationPlan({n: scale_record(n, s, method_of(n)) for n, s in scales.items()}, channel_max)
 
 
 def _warn_nonfinite(observers: Iterable[TensorObserver]) -> None:

@@ -8,8 +8,9 @@ Per model and batch (fixed shapes, ``zoo.export_onnx``), four runtimes:
 
 - Ember fp32: ``ember.build(path, BuildConfig(device="cpu"))``;
 - Ember INT8: ``ember.build(path, BuildConfig(device="cpu", precision="int8", calibrator=...),
-  calibration_data=[feeds, ...])``; calibrator ``entropy`` for the CNNs, ``minmax`` for BERT
-  (``--calibrator`` overrides). Until that API exists the row records ``{"error": ...}`` and goes on;
+  calibration_data=[feeds, ...])``; calibrator ``mse`` for the CNNs, ``minmax`` for BERT
+  (``DEFAULT_CALIBRATOR``; ``--calibrator`` overrides). A build that fails records ``{"error": ...}``
+  in its row and the run goes on;
 - ONNX Runtime fp32: the exported model;
 - ONNX Runtime INT8: ``quant_pre_process`` (shape inference + ORT's basic graph optimizations, so
   BatchNorm is folded into the convolutions before Q/DQ pairs are placed), then for the CNNs
@@ -34,10 +35,20 @@ rounds in which the runtimes take turns.
     python bench/int8.py                                   # -> bench/results/int8-<date>.json + markdown
     python bench/int8.py --models resnet-50 --batches 1 --iterations 10
     python bench/int8.py --quick --models mobilenet-v2     # 3 iterations, batch 1, 8 eval samples
+    python bench/int8.py --accuracy-only                   # no timing: see bench/int8_accuracy.py
+    python bench/int8.py --accuracy-only --models mobilenet-v2 --calib-samples 8,64 --calibrators entropy,mse
+
+``--accuracy-only`` (``bench/int8_accuracy.py``) measures nothing but accuracy, on 512 samples by
+default, for every calibrator of ``--calibrators`` against ORT on the same calibration arrays (a
+list of ``--calib-samples`` gives one row each): top-1 agreement with its 95% interval, mean and
+max relative logit error, mean KL divergence and cosine of the logits, and the paired mismatches
+against ORT with McNemar's p-value; MobileNetV2, ResNet-50, GoogLeNet and MobileNetV3-small by
+default.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -49,6 +60,7 @@ from typing import Any, Callable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import int8_accuracy  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -59,6 +71,15 @@ from ember.tools.runners import EmberRunner, OrtRunner, Runner, max_rel_error, t
 import common  # noqa: E402  (puts the repository on sys.path)
 
 MODELS = ("resnet-50", "mobilenet-v2", "bert-base")
+ACCURACY_MODELS = ("mobilenet-v2", "resnet-50", "googlenet", "mobilenet-v3-small")  # --accuracy-only's default
+# Ember's calibrator per model kind (``--calibrator`` overrides). CNNs: MSE, the lowest mean KL
+# divergence to fp32 in 8 of 12 rows (MobileNetV2, ResNet-50, GoogLeNet, MobileNetV3-small x 8, 32,
+# 128 calibration samples; entropy 3, min-max 1), at least ONNX Runtime's accuracy on every
+# one (bench/results/cpu-int8-accuracy-2026-12-06.json); it weighs how far a clipped value lies,
+# which entropy's KL divergence does not. Transformers: min-max, as before; every GEMM input is
+# calibrated by min-max and smoothed whatever the calibrator
+# (``ember.builder.calibration.unclipped_tensors``), so the choice barely matters there.
+DEFAULT_CALIBRATOR = {"cnn": "mse", "transformer": "minmax"}
 RUNTIMES = ("ember_fp32", "ember_int8", "ort_fp32", "ort_int8")
 CALIBRATORS = ("entropy", "minmax", "percentile", "mse")
 CALIB_SEED, EVAL_SEED = 1001, 2002  # the timed feed is seed 0, as in bench/cpu.py
@@ -72,15 +93,22 @@ ORT_ACTIVATION = "QUInt8"
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Ember INT8 vs Ember fp32 vs ONNX Runtime fp32/INT8 on the CPU")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated zoo models ({', '.join(zoo.names())})")
-    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--batches", help="comma-separated batch sizes (default 1,8; --accuracy-only: 8, the first used)")
     p.add_argument("--iterations", type=int, default=20, help="timed runs per runtime")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a runtime's timing after this long")
-    p.add_argument("--calib-samples", type=int, default=8, help="calibration samples (rounded up to whole batches)")
-    p.add_argument("--eval-samples", type=int, default=32, help="accuracy samples (rounded up to whole batches)")
+    p.add_argument("--calib-samples", help="calibration samples, rounded up to whole batches (default 8; "
+                   "--accuracy-only: a comma-separated list, one row each, default 32)")
+    p.add_argument("--eval-samples", type=int, help="accuracy samples, rounded up to whole batches "
+                   "(default 32; --accuracy-only: 512)")
     p.add_argument("--calibrator", choices=CALIBRATORS,
-                   help="Ember's calibrator for every model (default: entropy for CNNs, minmax for BERT)")
+                   help="Ember's calibrator for every model (default: mse for CNNs, minmax for BERT)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="no timing: INT8 accuracy of the CNNs on many samples, every calibrator of --calibrators "
+                        "against ONNX Runtime (bench/int8_accuracy.py) -> bench/results/cpu-int8-accuracy-<date>.json")
+    p.add_argument("--calibrators", default=",".join(CALIBRATORS),
+                   help="--accuracy-only: Ember's calibrators to measure, comma-separated (default all)")
     p.add_argument("--ort-activation", choices=("QUInt8", "QInt8"), default=ORT_ACTIVATION,
                    help="activation type of ORT's quantize_static (default QUInt8, ORT's advice for x86)")
     p.add_argument("--cache-dir", default=str(CACHE), help="where ORT's quantized models are kept")
@@ -88,12 +116,32 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 iterations, 1 warm-up, batch 1, 8 eval samples")
     p.add_argument("--out", help="result file (default bench/results/int8-<date>.json)")
     args = p.parse_args(argv)
+    accuracy_only = args.accuracy_only
+    if args.accuracy_only and args.models == ",".join(MODELS):
+        args.models = ",".join(ACCURACY_MODELS)
+    args.batches = args.batches or (str(int8_accuracy.BATCH) if accuracy_only else "1,8")
+    if args.eval_samples is None:
+        args.eval_samples = int8_accuracy.EVAL_SAMPLES if accuracy_only else 32
+    default_calib = ",".join(map(str, int8_accuracy.CALIB_SAMPLES)) if accuracy_only else "8"
+    try:
+        args.calib_samples = [int(c) for c in (args.calib_samples or default_calib).split(",") if c.strip()]
+        args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        p.error("--calib-samples and --batches take whole numbers, comma-separated")
     if args.quick:
-        args.iterations, args.warmup, args.batches, args.eval_samples = 3, 1, "1", min(args.eval_samples, 8)
+        args.iterations, args.warmup, args.batches, args.eval_samples = 3, 1, [1], min(args.eval_samples, 8)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.batches = [int(b) for b in args.batches.split(",")]
-    if args.calib_samples < 1 or args.eval_samples < 1:
-        p.error("--calib-samples and --eval-samples must be at least 1")
+    args.calibrators = [c.strip() for c in args.calibrators.split(",") if c.strip()]
+    unknown = [c for c in args.calibrators if c not in CALIBRATORS]
+    if unknown or not args.calibrators:
+        p.error(f"--calibrators: unknown {unknown}; choose from {', '.join(CALIBRATORS)}")
+    counts = [*args.calib_samples, *args.batches, args.eval_samples]
+    if not args.calib_samples or not args.batches or min(counts) < 1:
+        p.error("--calib-samples, --eval-samples and --batches must be at least 1")
+    if not accuracy_only:
+        if len(args.calib_samples) > 1:
+            p.error("several --calib-samples are for --accuracy-only")
+        args.calib_samples = args.calib_samples[0]
     return args
 
 
@@ -194,7 +242,7 @@ def ort_quantize(name: str, path: Path, calib: Sequence[dict[str, np.ndarray]],
 def ember_int8(path: Path, calib: Sequence[dict[str, np.ndarray]], calibrator: str) -> tuple[Any, float]:
     """Ember's INT8 CPU engine calibrated on ``calib``, and its build time (calibration included)."""
     t0 = time.perf_counter()
-    config = ember.BuildConfig(device="cpu", precision="int8", calibrator=calibrator)  # type: ignore[call-arg]
+    config = ember.BuildConfig(device=ember.Device.CPU, precision=ember.Precision.INT8, calibrator=calibrator)
     engine = ember.build(str(path), config, calibration_data=list(calib), progress=False)
     return engine, time.perf_counter() - t0
 
@@ -243,7 +291,7 @@ def _attempt(fn: Callable[[], Any]) -> tuple[Any, Optional[str]]:
 def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     """One table row: the four runtimes' latency on one model and batch, and INT8 accuracy."""
     transformer = is_transformer(name)
-    calibrator = args.calibrator or ("minmax" if transformer else "entropy")
+    calibrator = args.calibrator or DEFAULT_CALIBRATOR["transformer" if transformer else "cnn"]
     path = zoo.export_onnx(name, batch=batch)
     feeds = zoo.sample_inputs(name, batch)
     calib = batches_of(name, args.calib_samples, batch, CALIB_SEED)
@@ -253,7 +301,8 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
 
     def ember_fp32() -> tuple[Any, float]:
         t0 = time.perf_counter()
-        return ember.build(str(path), ember.BuildConfig(device="cpu"), progress=False), time.perf_counter() - t0
+        engine = ember.build(str(path), ember.BuildConfig(device=ember.Device.CPU), progress=False)
+        return engine, time.perf_counter() - t0
 
     # Every runtime but ORT fp32 (the reference) may fail; its row then says why and the run goes on.
     runners: dict[str, Runner] = {}
@@ -263,7 +312,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
         if error is None:
             row[label].update(build_s=round(built[1], 2), layers=len(built[0].plan.layers),
                               int8_layers=int8_layers(built[0]))
-            runner, error = _attempt(lambda engine=built[0]: EmberRunner(engine))
+            runner, error = _attempt(functools.partial(EmberRunner, built[0]))
         if error is None:
             runners[label] = runner
         else:
@@ -280,7 +329,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]
     try:
         outs: dict[str, dict[str, np.ndarray]] = {}
         for label in list(runners):
-            out, error = _attempt(lambda label=label: outputs_over(runners[label], evals))
+            out, error = _attempt(functools.partial(outputs_over, runners[label], evals))
             if error and label == "ort_fp32":
                 raise RuntimeError(f"ONNX Runtime fp32 failed on {name} b{batch}: {error}")
             if error:
@@ -402,6 +451,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         print(f"unknown models {unknown}; choose from {', '.join(zoo.names())}", file=sys.stderr)
         return 2
+    if args.accuracy_only:
+        int8_accuracy.main(sys.modules[__name__], args)
+        return 0
     rows = [bench_one(name, batch, args) for name in args.models for batch in args.batches]
     result = {"suite": "int8", "machine": common.machine_info(args.threads), "iterations": args.iterations,
               "warmup": args.warmup, "calib_samples": args.calib_samples, "eval_samples": args.eval_samples,

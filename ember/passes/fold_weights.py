@@ -6,6 +6,14 @@ weight), Gemm and 2-D MatMul (output features on the last axis). A Mul by a cons
 per output channel (or a scalar) scales the weights and bias; an Add/Sub of such a constant goes
 into the bias. Both are exact up to float rounding. Nothing folds when a parameter is not a
 constant or the layer's output has another reader.
+
+A weight dequantized from int8 in a Q/DQ model (its ``source="qdq"`` record: per output channel
+or per tensor, zero point 0) stays an int8 weight: scaling output channel ``c`` by ``k_c`` keeps
+its int8 values (up to sign) and multiplies its scale by ``|k_c|``, so the folded weight gets that
+per-channel record (``_carry_weight_record``) and ``quantize_layers`` still makes the layer INT8.
+Without it, a QDQ model whose Conv is followed by BatchNormalization (``ember quantize`` of a
+model with BatchNorm, ONNX Runtime's ``quantize_static`` without ``quant_pre_process``) ran its
+convolutions in fp32.
 """
 from __future__ import annotations
 
@@ -18,6 +26,9 @@ from ember.ir.optype import OpType
 from ember.ops.attrs import Activation, GemmAttrs
 from ember.passes.manager import PassContext, Phase, register_pass
 from ember.passes.rewrite import Const, Match, Op, Rule, apply_rules
+from ember.plan.records import QuantDType, QuantRecord
+
+CARRIED = "int8 weight scaled per channel keeps its Q/DQ record"
 
 CONV_OPS = frozenset({OpType.CONV, OpType.CONV_TRANSPOSE, OpType.FUSED_CONV})
 GEMM_OPS = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
@@ -96,6 +107,8 @@ def fold_affine(m: Match, lin: Node, s: np.ndarray | None,
     if bias_name and bias is None:
         return None
     ins = [lin.inputs[0], m.add_constant(f"{lin.name}_w", new_w) if s is not None else lin.inputs[1]]
+    if s is not None:
+        _carry_weight_record(m, lin, w, ins[1], s)
     if lin.op in CONV_OPS:
         vec = s if s is not None else t
         if vec is None:
@@ -120,6 +133,41 @@ def fold_affine(m: Match, lin: Node, s: np.ndarray | None,
     new_g = dataclasses.replace(g, beta=1.0) if c is not None else g
     attrs = dataclasses.replace(lin.attrs, gemm=new_g) if lin.op is OpType.FUSED_GEMM else new_g
     return [m.fuse(lin.op, ins, attrs)]
+
+
+def _weight_out_axis(lin: Node, w: np.ndarray) -> int | None:
+    """The axis of ``lin``'s weight that holds its output channels (``None``: ConvTranspose,
+    whose grouped output channels span two axes)."""
+    if lin.op in (OpType.CONV, OpType.FUSED_CONV):
+        return 0
+    if lin.op is OpType.CONV_TRANSPOSE or w.ndim != 2:
+        return None
+    return 0 if lin.op is not OpType.MATMUL and _gemm(lin).trans_b else 1
+
+
+def _carry_weight_record(m: Match, lin: Node, w: np.ndarray, new_name: str, s: np.ndarray) -> None:
+    """The folded weight ``new_name`` (``w`` with output channel ``c`` times ``s[c]``) keeps the
+    int8 Q/DQ record of ``w``, its scales times ``|s[c]|`` (module docstring)."""
+    ctx = m.ctx
+    plan = ctx.records.quantization if ctx is not None else None
+    rec = plan.get(lin.input(1)) if plan is not None else None
+    axis = _weight_out_axis(lin, w)
+    if (ctx is None or plan is None or rec is None or axis is None or rec.source != "qdq"
+            or rec.dtype is not QuantDType.INT8 or any(rec.zero_point)):
+        return
+    channels = int(w.shape[axis])
+    if rec.axis is None:
+        base = np.full(channels, rec.scale[0], np.float64)
+    elif rec.axis == axis and len(rec.scale) == channels:
+        base = np.asarray(rec.scale, np.float64)
+    else:
+        return
+    tiny = float(np.finfo(np.float32).eps)  # a channel scaled by 0 is all zeros
+    scales = np.maximum(base * np.abs(s), tiny)
+    carried = QuantRecord(new_name, QuantDType.INT8, tuple(scales.tolist()), (0,) * channels, axis, "qdq")
+    ctx.records = ctx.records.with_(quantization=dataclasses.replace(plan, tensors={**plan.tensors,
+                                                                                    new_name: carried}))
+    ctx.count(CARRIED)
 
 
 def _vector(m: Match, lin: Node, name: str) -> np.ndarray | None:

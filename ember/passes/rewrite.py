@@ -217,8 +217,11 @@ class Match:
     names; ``fuse`` makes the fused node with the absorbed nodes' origins and the rule's name.
     """
 
-    def __init__(self, rule: Rule, view: View, root: Node, bind: _Bind, sweep: _Sweep) -> None:
+    def __init__(self, rule: Rule, view: View, root: Node, bind: _Bind, sweep: _Sweep,
+                 ctx: PassContext | None = None) -> None:
         self.rule = rule
+        #: the pass's context: a callback may read and update its records (``ctx.records``)
+        self.ctx = ctx
         self.view = view
         self.root = root
         self.tensors = dict(bind.tensors)
@@ -370,7 +373,7 @@ def _sweep(graph: Graph, by_op: dict[OpType, list[Rule]], ctx: PassContext) -> t
         if node.name in view.dead:
             continue
         for rule in by_op.get(node.op, ()):
-            found = _try_rule(rule, node, view, sweep, protected, pos, dead_tensors)
+            found = _try_rule(rule, node, view, sweep, protected, pos, dead_tensors, ctx)
             if found is None:
                 continue
             m, new_nodes, at = found
@@ -400,11 +403,12 @@ def _sweep(graph: Graph, by_op: dict[OpType, list[Rule]], ctx: PassContext) -> t
 
 
 def _try_rule(rule: Rule, node: Node, view: View, sweep: _Sweep, protected: set[str],
-              pos: dict[str, int], dead_tensors: set[str]) -> tuple[Match, list[Node], int] | None:
+              pos: dict[str, int], dead_tensors: set[str],
+              ctx: PassContext | None = None) -> tuple[Match, list[Node], int] | None:
     if rule.pattern.output >= len(node.outputs) or not node.outputs[rule.pattern.output]:
         return None
     for bind in _match(rule.pattern, node.outputs[rule.pattern.output], _Bind({}, {}, ()), view):
-        m = Match(rule, view, node, bind, sweep)
+        m = Match(rule, view, node, bind, sweep, ctx)
         new_nodes = rule.build(m)
         if new_nodes is None:
             continue

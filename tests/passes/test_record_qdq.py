@@ -10,6 +10,7 @@ from onnx import helper, numpy_helper
 from ember.ir import Node, OpType
 from ember.ir.dtype import DType
 from ember.ops.attrs import ConvAttrs, QuantizeAttrs
+from ember.passes.fold_weights import CARRIED
 from ember.passes.quantization import BAD_SCALE, BLOCKED, COMPUTED, CONFLICT, NOT_8BIT, RECORDED, STALE
 from ember.plan.records import QuantDType, QuantRecord
 
@@ -123,8 +124,10 @@ def test_records_survive_the_pipeline_under_names_of_the_optimized_graph():
 
 def test_records_of_tensors_the_optimizer_removes_are_dropped():
     """A per-column Mul after a MatMul folds into its dequantized weight (``fold_scales``): the
-    scaled weight is a new constant, the DQ's output is gone, and so is its record (its scales
-    no longer describe the weight); the activation records stay."""
+    scaled weight is a new constant, the DQ's output is gone, and so is its record; the scaled
+    weight carries the int8 record its values still fit (per column, the scale times |k|:
+    ``fold_weights._carry_weight_record``), so the MatMul still becomes an INT8 layer, which
+    folds the input's Q/DQ pair (``xd`` goes too) and reads ``x``."""
     r = np.random.default_rng(2)
     nodes = [Node("q", OpType.QUANTIZE_LINEAR, ("x", "s"), ("xq",), QuantizeAttrs()),
              Node("dq", OpType.DEQUANTIZE_LINEAR, ("xq", "s"), ("xd",), QuantizeAttrs()),
@@ -137,9 +140,16 @@ def test_records_of_tensors_the_optimizer_removes_are_dropped():
     out = optimized(g, device="cpu")
     assert "wd" not in out.graph.types
     recs = out.records.quantization.tensors
-    assert set(recs) == {"x", "xd"} and all(name in out.graph.types for name in recs)
+    (w_name,) = set(recs) - {"x"}
+    assert "xd" not in recs and all(name in out.graph.types for name in recs)
+    assert [n.op for n in out.graph.nodes] == [OpType.QGEMM]
+    carried = recs[w_name]
+    assert carried.source == "qdq" and carried.axis == 1 and carried.zero_point == (0,) * 4
+    np.testing.assert_allclose(carried.scale, 0.5 * g.constants["k"].astype(np.float64), rtol=1e-6)
+    folded = out.graph.constants[w_name]  # the int8 values, exactly, at the new scales
+    np.testing.assert_array_equal(np.round(folded / np.asarray(carried.scale)), g.constants["w"])
     fired = {k: v for s in out.stats for k, v in s.fired.items()}
-    assert fired[RECORDED] == 3 and fired[STALE] == 1
+    assert fired[RECORDED] == 3 and fired[STALE] == 2 and fired[CARRIED] == 1
 
 
 def _onnx_qdq_model() -> onnx.ModelProto:

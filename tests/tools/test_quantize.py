@@ -202,3 +202,46 @@ def test_built_qdq_model_records_the_written_scales(make, shape):
         assert tuple(z - shift for z in rec.zero_point) == tuple(zp.reshape(-1).tolist()), tensor
         assert rec.source == "qdq"
     assert any(n.op.value in ("QConv", "QGemm") for n in graph.nodes)
+
+
+def _cnn_bn() -> onnx.ModelProto:
+    """conv-BN-relu, conv-BN (a negative gamma, a zero gamma) + residual, pool, gemm: BatchNorm
+    after each convolution, as an unfolded export writes it."""
+    r = np.random.default_rng(4)
+
+    def bn(c: int, name: str) -> dict:
+        gamma = r.normal(1.0, 0.3, c)
+        gamma[0], gamma[1] = -0.7, 0.0
+        return {f"{name}_g": gamma, f"{name}_b": r.normal(0, 0.1, c), f"{name}_m": r.normal(0, 0.1, c),
+                f"{name}_v": r.uniform(0.5, 1.5, c)}
+
+    inits = {"w1": r.normal(0, 0.3, (8, 3, 3, 3)), "w2": r.normal(0, 0.2, (8, 8, 3, 3)),
+             "wf": r.normal(0, 0.3, (5, 8)), "bf": r.normal(0, 0.1, 5), **bn(8, "n1"), **bn(8, "n2")}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "n1_g", "n1_b", "n1_m", "n1_v"], ["b1"]),
+             helper.make_node("Relu", ["b1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "n2_g", "n2_b", "n2_m", "n2_v"], ["b2"]),
+             helper.make_node("Add", ["b2", "r1"], ["s2"]),
+             helper.make_node("Relu", ["s2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    return _model("cnn_bn", nodes, inits, [2, 3, 12, 12], [2, 5])
+
+
+def test_a_qdq_model_with_batchnorm_after_its_convolutions_runs_them_in_int8():
+    """BatchNorm folded into a convolution whose weight is DequantizeLinear(int8) keeps the weight
+    int8 (its per-channel scales times |gamma / sigma|): the QDQ model Ember writes for a model
+    with BatchNorm, built again, runs every convolution in INT8 (it ran them in fp32), and
+    computes what ONNX Runtime computes on that QDQ model."""
+    model = _cnn_bn()
+    qdq = quantize_model(model, _data((2, 3, 12, 12), 4), calibrator="minmax")
+    engine = ember.build(qdq.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    kinds = [lay.kind for lay in engine.plan.layers]
+    assert kinds.count("QConv") == 2 and "Conv" not in kinds and "FusedConv" not in kinds, kinds
+    x = _data((2, 3, 12, 12), 1, seed=9)[0]["x"]
+    with engine.create_context() as ctx:
+        got = ctx.infer({"x": x})["y"]
+    want = _ort(qdq, x)
+    assert float(np.abs(got - want).max() / np.abs(want).max()) < 2e-2

@@ -156,7 +156,8 @@ def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_com
 
 
 def _qconv(name: str, x: str, out: str) -> _Step:
-    return _Step(name, (x, f"{name}_w"), (out,), _k(ChainLink(f"conv:{name}", False, False, quant=(2.0, 128.5, 255.5, False))))
+    link = ChainLink(f"conv:{name}", False, False, quant=(2.0, 128.5, 255.5, False))
+    return _Step(name, (x, f"{name}_w"), (out,), _k(link))
 
 
 def test_a_layer_that_quantizes_its_float_input_only_starts_a_chain():

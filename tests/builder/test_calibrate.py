@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from digitskit import digits_split, train_digits
 
 import ember
 from ember.builder.calibration import (
@@ -154,22 +155,9 @@ class DigitsCNN(torch.nn.Module):
 @pytest.fixture(scope="module")
 def digits():
     """A CNN trained on 1200 digits; calibration samples from the training set; the rest held out."""
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")  # requirements-dev.txt
-    data = sklearn_datasets.load_digits()
-    x = (data.images / 16.0).astype(np.float32)[:, None]
-    y = data.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))
-    train, held = order[:1200], order[1200:]
+    x, y, train, held = digits_split()
     torch.manual_seed(0)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    for step in range(120):
-        idx = torch.randint(0, len(xt), (256,), generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-        opt.step()
-    model.eval()
+    model = train_digits(DigitsCNN(), x, y, train, steps=120, batch=256)
     return model, x[train[:256]], x[held], y[held]
 
 

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from digitskit import digits_split, train_digits
 
 import ember
 from ember.backends.cpu.kernels.qlayers import int8_available
@@ -213,22 +214,9 @@ class DigitsResNet(torch.nn.Module):
 @pytest.fixture(scope="module")
 def digits():
     """Trained on 1200 digits; calibration on 256 of them; the other 597 held out."""
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")  # requirements-dev.txt
-    data = sklearn_datasets.load_digits()
-    x = (data.images / 16.0).astype(np.float32)[:, None]
-    y = data.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))
-    train, held = order[:1200], order[1200:]
+    x, y, train, held = digits_split()
     torch.manual_seed(0)
-    net = DigitsResNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
-    net.train()
-    for step in range(150):
-        idx = torch.randint(0, len(xt), (128,), generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-        opt.step()
+    net = train_digits(DigitsResNet(), x, y, train, steps=150, batch=128)
     onnx_bytes = to_onnx(net, (1, 1, 8, 8))
     fp32 = ember.build(onnx_bytes, ember.BuildConfig(device="cpu"), progress=False)
     ref = infer(fp32, x[held])

@@ -568,6 +568,40 @@ inline uint8_t quantize_one(float x, float m, float add, float hi) {
     return static_cast<uint8_t>(static_cast<int32_t>(v));
 }
 
+// x86-64 GCC builds this row function for AVX-512, AVX2 and the baseline and picks one at load
+// (the extension is compiled without -march): 35 against 77 us for a 224x224 image on AVX-512.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define EMBER_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EMBER_CPU_CLONES
+#endif
+
+// One image row: each channel's W values (stride sw, channels sc apart) quantized into its plane
+// of `planes` (C x W, vectorized), then interleaved into the channels-last row `o`.
+EMBER_CPU_CLONES void quantize_row(const float *in, int64_t sw, int64_t sc, int64_t C, int64_t W, float m,
+                                   float add, float hi, uint8_t flip, uint8_t *planes, uint8_t *o) {
+    for (int64_t c = 0; c < C; ++c) {
+        const float *row = in + c * sc;
+        uint8_t *q = planes + c * W;
+        if (sw == 1) {
+            for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(row[w], m, add, hi) ^ flip;
+        } else {
+            for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(row[w * sw], m, add, hi) ^ flip;
+        }
+    }
+    if (C == 3) {  // an RGB image: three planes into one row of pixels
+        const uint8_t *a = planes, *b = planes + W, *d = planes + 2 * W;
+        for (int64_t w = 0; w < W; ++w) {
+            o[3 * w] = a[w];
+            o[3 * w + 1] = b[w];
+            o[3 * w + 2] = d[w];
+        }
+    } else {
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t w = 0; w < W; ++w) o[w * C + c] = planes[c * W + w];
+    }
+}
+
 // The float input of an INT8 chain stored 8-bit and channels-last in one pass, as ``qlayers.quantize``
 // computes it (the same float32 operations, so the same bytes): v = x * m + add, clamped to
 // [0, hi], truncated to u8 (the stored value shifted to be non-negative), then for s8 the top bit
@@ -585,21 +619,10 @@ torch::Tensor quantize_nhwc(const torch::Tensor &x, double m, double add, double
     auto *dst = static_cast<uint8_t *>(out.data_ptr());
     pybind11::gil_scoped_release nogil;
     at::parallel_for(0, N * H, 16, [&](int64_t begin, int64_t end) {
-        std::vector<uint8_t> plane(static_cast<size_t>(W));
+        std::vector<uint8_t> planes(static_cast<size_t>(C * W));
         for (int64_t row = begin; row < end; ++row) {
             const int64_t n = row / H, h = row % H;
-            uint8_t *o = dst + row * W * C;
-            for (int64_t c = 0; c < C; ++c) {  // one channel's row at a time: contiguous reads of an NCHW image
-                const float *in = src + n * sn + h * sh + c * sc;
-                uint8_t *q = plane.data();
-                if (sw == 1) {
-#pragma GCC ivdep
-                    for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(in[w], mf, af, hf) ^ flip;
-                } else {
-                    for (int64_t w = 0; w < W; ++w) q[w] = quantize_one(in[w * sw], mf, af, hf) ^ flip;
-                }
-                for (int64_t w = 0; w < W; ++w) o[w * C + c] = q[w];
-            }
+            quantize_row(src + n * sn + h * sh, sw, sc, C, W, mf, af, hf, flip, planes.data(), dst + row * W * C);
         }
     });
     return out;

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -333,3 +334,66 @@ def test_unary_ops_keep_nan_like_onnxruntime(op):
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert np.isnan(got[0])
+
+
+def _attention_model(mask_shape: list[int]) -> bytes:
+    """softmax(q @ k^T * s + mask) @ v written out, as exporters write it (Ember fuses it)."""
+    b, h, s, d = 2, 2, 4, 8
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"]), helper.make_node("Mul", ["qk", "sc"], ["qks"]),
+             helper.make_node("Add", ["qks", "mask"], ["qkm"]), helper.make_node("Softmax", ["qkm"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [b, h, s, d]) for n in "qkv"]
+    inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, mask_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, h, s, d])
+    scale = numpy_helper.from_array(np.array(d ** -0.5, np.float32), "sc")
+    g = helper.make_graph(nodes, "attention", inputs, [y], [scale])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _attention_feeds(mask_shape: list[int]) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(5)
+    feeds = {n: r.standard_normal((2, 2, 4, 8)).astype(np.float32) for n in "qkv"}
+    mask = np.zeros(mask_shape, np.float32)
+    if mask_shape[2] > 1:
+        mask[0, 0, 1, :] = -np.inf  # query 1 of batch 0 sees no key
+        mask[1, 0, 2, 3] = -np.inf  # a partly masked row
+        mask[1, 0, 3, :] = np.finfo(np.float32).min  # Hugging Face's mask value: a uniform row, not NaN
+    else:
+        mask[1, 0, 0, :] = -np.inf  # batch 1 sees no key at all
+    feeds["mask"] = mask
+    return feeds
+
+
+@pytest.mark.parametrize("mask_shape", [[2, 1, 4, 4], [2, 1, 1, 4]], ids=["per_query", "per_key"])
+def test_attention_rows_a_mask_hides_entirely_are_nan_like_onnxruntime(mask_shape):
+    """ONNX's softmax of a row of -inf is NaN, and so is that query's output (ONNX Runtime on the
+    written-out graph); PyTorch's fused attention gave 0. A row of float32's minimum (Hugging
+    Face's masks) is no NaN: a uniform average. The fused kernel and the written-out one (the
+    ``math`` tactic) agree."""
+    from ember.backends.cpu.kernels.linalg import attention_math
+
+    model = _attention_model(mask_shape)
+    feeds = _attention_feeds(mask_shape)
+    engine = ember.build(model, ember.BuildConfig(device="cpu"), progress=False)
+    assert [lay.kind for lay in engine.plan.layers].count("FusedAttention") == 1
+    with engine.create_context() as ctx:
+        got = ctx.infer(feeds)["y"]
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(want), rtol=1e-5, atol=1e-5)
+    written_out = attention_math(*(torch.from_numpy(feeds[n]) for n in ("q", "k", "v", "mask")), 8 ** -0.5, False)
+    np.testing.assert_array_equal(np.isnan(written_out.numpy()), np.isnan(want))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_attention_rows_a_mask_hides_entirely_are_nan_on_cuda(precision):
+    model = _attention_model([2, 1, 4, 4])
+    feeds = _attention_feeds([2, 1, 4, 4])
+    engine = ember.build(model, ember.BuildConfig(device="cuda", precision=precision), progress=False)
+    with engine.create_context() as ctx:
+        got = np.asarray(ctx.infer(feeds)["y"], np.float32)
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))

@@ -81,6 +81,16 @@ def attention_math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: 
     return torch.matmul(torch.softmax(s, dim=-1), v)
 
 
+def nan_in_hidden_rows(mask: Tensor | None) -> Tensor | None:
+    """``mask`` with NaN in each row it hides entirely (-inf for every key). ONNX's softmax of a
+    row of -inf is 0 / 0, NaN, and so is that query's attention (ONNX Runtime's answer on the
+    written-out graph); PyTorch's fused attention returns zeros there, and a mask clamped to a half
+    type's minimum a uniform average. With NaN in the mask every kernel returns NaN."""
+    if mask is None or not mask.is_floating_point() or mask.numel() == 0:
+        return mask
+    return mask.masked_fill(torch.isneginf(mask).all(dim=-1, keepdim=True), float("nan"))
+
+
 def _sdpa_ok(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
     if q.dim() < 2 or not (q.dim() == k.dim() == v.dim()) or not q.is_floating_point():
         return False
@@ -126,7 +136,7 @@ def fused_attention(node: Node, ctx: CompileContext) -> Kernel:
         if mask is not None and mask.dim() < 2:
             mask = mask.reshape((1,) * (2 - mask.dim()) + tuple(mask.shape))  # SDPA wants >= 2-D
         if _sdpa_ok(q, kk, v, mask):
-            y = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask, scale=scale)
+            y = F.scaled_dot_product_attention(q, kk, v, attn_mask=nan_in_hidden_rows(mask), scale=scale)
         else:
             y = attention_math(q, k, v, mask, scale, kt)
         return [y.to(half) if half is not None else y]

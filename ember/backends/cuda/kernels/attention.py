@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import arg
+from ember.backends.cpu.kernels.linalg import nan_in_hidden_rows
 from ember.backends.cuda.device import cast_float, compute_dtype, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
@@ -34,11 +35,12 @@ _BACKENDS = {
 
 
 def _mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    """An additive mask in the compute dtype, with -inf/-3.4e38 clamped to the dtype's minimum
-    (a row masked everywhere then gives a uniform softmax, as in fp32, instead of NaN)."""
+    """An additive mask in the compute dtype, with -inf/-3.4e38 clamped to the dtype's minimum (a
+    row of -3.4e38 then gives a uniform softmax, as in fp32); a row that is -inf for every key
+    is NaN first (``nan_in_hidden_rows``: ONNX's softmax of it is NaN, and the clamp keeps NaN)."""
     if mask is None or mask.dtype == torch.bool:
         return mask
-    m = mask.to(torch.float32).clamp(min=torch.finfo(dtype).min)
+    m = nan_in_hidden_rows(mask.to(torch.float32)).clamp(min=torch.finfo(dtype).min)  # type: ignore[union-attr]
     return m.to(dtype)
 
 

@@ -88,7 +88,10 @@ def nan_in_hidden_rows(mask: Tensor | None) -> Tensor | None:
     type's minimum a uniform average. With NaN in the mask every kernel returns NaN."""
     if mask is None or not mask.is_floating_point() or mask.numel() == 0:
         return mask
-    return mask.masked_fill(torch.isneginf(mask).all(dim=-1, keepdim=True), float("nan"))
+    hidden = torch.isneginf(mask).all(dim=-1, keepdim=True)
+    if mask.device.type == "cpu" and not bool(hidden.any()):
+        return mask  # the usual case, without a copy (on a GPU the check would synchronize)
+    return mask.masked_fill(hidden, float("nan"))
 
 
 def _sdpa_ok(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:

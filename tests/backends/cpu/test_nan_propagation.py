@@ -397,3 +397,26 @@ def test_attention_rows_a_mask_hides_entirely_are_nan_on_cuda(precision):
         got = np.asarray(ctx.infer(feeds)["y"], np.float32)
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+def test_the_cuda_attention_mask_marks_hidden_rows_nan_and_clamps_the_rest():
+    """The CUDA kernels' mask (``_mask``, checked here on CPU tensors): a row of -inf becomes NaN
+    (which SDPA propagates to that query's output), other -inf entries and float32's minimum clamp
+    to the half type's minimum, and a float32 layer's mask keeps its values."""
+    from ember.backends.cuda.kernels.attention import _mask
+
+    m = torch.zeros(2, 1, 3, 4)
+    m[0, 0, 1, :] = float("-inf")
+    m[0, 0, 2, 0] = float("-inf")
+    m[1, 0, 0, :] = torch.finfo(torch.float32).min
+    half = _mask(m, torch.float16)
+    assert half is not None and half.dtype == torch.float16
+    assert bool(half[0, 0, 1].isnan().all()) and int(half.isnan().sum()) == 4
+    assert float(half[0, 0, 2, 0]) == torch.finfo(torch.float16).min
+    assert bool((half[1, 0, 0] == torch.finfo(torch.float16).min).all())
+    full = _mask(m, torch.float32)
+    assert full is not None and int(full.isnan().sum()) == 4
+    assert float(full[1, 0, 0, 0]) == torch.finfo(torch.float32).min
+    assert _mask(None, torch.float16) is None
+    b = torch.ones(2, 4, dtype=torch.bool)
+    assert _mask(b, torch.float16) is b  # boolean masks pass as they are

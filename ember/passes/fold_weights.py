@@ -54,15 +54,11 @@ def _channels(m: Match, lin: Node) -> int | None:
     w = m.view.const(lin.input(1))
     if w is None:
         return None
-    if lin.op in (OpType.CONV, OpType.FUSED_CONV):
-        return int(w.shape[0])
     if lin.op is OpType.CONV_TRANSPOSE:
         group: int = lin.attrs.group
         return int(w.shape[1]) * group
-    if w.ndim != 2:
-        return None
-    trans_b = lin.op is not OpType.MATMUL and _gemm(lin).trans_b
-    return int(w.shape[0] if trans_b else w.shape[1])
+    axis = _weight_out_axis(lin, w)
+    return None if axis is None else int(w.shape[axis])
 
 
 def _gemm(lin: Node) -> GemmAttrs:

@@ -70,19 +70,19 @@ def quantize(x: torch.Tensor, p: QuantParams, out: Optional[torch.Tensor] = None
     """``x`` (float) stored as ``p`` says: ``clamp(x / scale + zero_point)`` rounded half up, in
     ``out``'s memory format when given (one pass writes the float temporary in that format).
     ``inv``: a multiplier along the last dim used instead of ``1 / scale`` (smoothing folded in)."""
-    lo, hi = _RANGE[p.dtype]
-    shift = -lo  # compute in the non-negative range, so that narrowing (truncation) rounds
-    m = inv if inv is not None else 1.0 / p.scale
+    m, add, top, signed_out = quantize_constants(p)
+    m = inv if inv is not None else m
     v = torch.mul(x, m, out=out) if out is not None else torch.mul(x, m)
-    v.add_(p.zero_point + shift + 0.5).clamp_(0.0, hi + shift + 0.5)
-    q = v.to(torch.uint8)
-    return q if p.dtype is DType.UINT8 else q.bitwise_xor_(0x80).view(torch.int8)
+    q = v.add_(add).clamp_(0.0, top).to(torch.uint8)
+    return q.bitwise_xor_(0x80).view(torch.int8) if signed_out else q
 
 
 def quantize_constants(p: QuantParams) -> tuple[float, float, float, bool]:
-    """``quantize``'s arithmetic as four numbers, for the native extension's ``quantize_nhwc``
-    (same float32 operations, same bytes): the multiplier ``1 / scale``, the addend, the clamp's
-    upper bound (the value shifted to be non-negative) and whether the result is int8."""
+    """``quantize``'s arithmetic as four numbers, shared with the native extension's
+    ``quantize_nhwc`` (same float32 operations, same bytes): the multiplier ``1 / scale``, the
+    addend (the zero point, plus the shift that makes the stored range non-negative so that
+    narrowing truncates as rounding half up, plus 0.5), the clamp's upper bound in that shifted
+    range, and whether the result is int8 (stored as uint8 with the top bit flipped)."""
     lo, hi = _RANGE[p.dtype]
     return 1.0 / p.scale, float(p.zero_point - lo + 0.5), float(hi - lo + 0.5), p.dtype is DType.INT8
 

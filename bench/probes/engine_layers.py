@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import statistics
 import sys
@@ -44,6 +45,12 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--out")
     args = p.parse_args()
+    if args.out:  # every tactic the timer refused, and why
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(args.out) / f"refused-{args.model}-b{args.batch}.log", mode="w")
+        tuning_log = logging.getLogger("ember.backends.cuda.tuning")
+        tuning_log.setLevel(logging.DEBUG)
+        tuning_log.addHandler(handler)
     path = zoo.export_onnx(args.model, batch=args.batch)
     calib = [zoo.sample_inputs(args.model, args.batch, seed=1000)]
     feed = zoo.sample_inputs(args.model, args.batch, seed=0)

@@ -32,6 +32,7 @@ fresh tensor laid out as the tactic's own output (``INTO_ARENA``), or computed a
 """
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import warnings
@@ -45,6 +46,10 @@ from ember.backends.tensors import max_relative_error, random_tensor
 from ember.ir.graph import Graph, Node
 from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.records import Records
+
+#: Each tactic the timer refuses for a layer, and why, at DEBUG level (``logging.getLogger(
+#: "ember.backends.cuda.tuning").setLevel(logging.DEBUG)``): why a layer did not get a kernel.
+log = logging.getLogger(__name__)
 
 #: ``max|out - ref| / max|ref|`` (``max_relative_error``) allowed per precision (fp32 differs
 #: from its reference only by summation order; tf32/half by their mantissas; fp8 by e4m3's 3-bit
@@ -181,11 +186,13 @@ class CudaTacticTimer:
             err = self._error(node, graph, args, outs)
             if err > self.tolerance.get(precision, 1e-2):
                 self.rejected[(node.name, tactic)] = f"relative error {err:.2e} over {precision}'s tolerance"
+                log.debug("layer %r: tactic %s refused: %s", node.name, tactic, self.rejected[(node.name, tactic)])
                 return math.inf
             with torch.inference_mode():
                 return float(self.measure(run))
         except Exception as e:  # noqa: BLE001 - a tactic that cannot run here is simply not chosen
             self.rejected[(node.name, tactic)] = f"{type(e).__name__}: {str(e)[:200]}"
+            log.debug("layer %r: tactic %s refused: %s", node.name, tactic, self.rejected[(node.name, tactic)])
             return math.inf
 
     def _timed_run(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):

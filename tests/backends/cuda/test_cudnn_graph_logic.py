@@ -111,7 +111,7 @@ class _Graph:
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    dt = types.SimpleNamespace(HALF="h", BFLOAT16="b", FLOAT="f")
+    dt = types.SimpleNamespace(HALF="h", BFLOAT16="b", FLOAT="f", INT8="i8", INT32="i32")
     mod = types.SimpleNamespace(data_type=dt, pygraph=_Graph, heur_mode=types.SimpleNamespace(A=0, FALLBACK=1),
                                 backend_version=lambda: 91900)
     monkeypatch.setattr(cg, "PLAN_CHOICES", cg.PlanChoices(tmp_path / "cudnn-plans.json"))

@@ -1,6 +1,8 @@
 """INT8 layers on CUDA: QConv and QGemm on Ember's Triton INT8 implicit-GEMM kernel
 (``ember.backends.cuda.libs.triton_qconv``), one tactic per tile configuration,
-``triton_int8_<BMxBNxBK>``.
+``triton_int8_<BMxBNxBK>``; QConv also on cuDNN's INT8 convolution engines (``cudnn_int8``,
+through the cuDNN frontend: on the H100, 2x cuDNN fp16 on ResNet-50's 14x14 and 7x7 layers, and
+slower than the Triton kernel on its 56x56 ones, so the tactic timer picks per layer).
 
 The layers are the plan's (``QConvAttrs`` / ``QGemmAttrs``, made by ``ember.passes.int8`` from
 calibration or a Q/DQ model), computed as the CPU's oneDNN INT8 layers compute them: the weight is
@@ -19,7 +21,7 @@ build refuses INT8 (``ember.builder.int8``).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -27,7 +29,9 @@ import torch
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.device import compute_dtype
+from ember.backends.cuda.kernels.conv import clip_bounds
 from ember.backends.cuda.kernels.conv_triton import ConvPads
+from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.libs.triton_qconv import CONFIGS
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -36,7 +40,7 @@ from ember.errors import BuildError
 from ember.ir.dtype import DType
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import QConvAttrs, QGemmAttrs, QuantParams
+from ember.ops.attrs import Activation, QConvAttrs, QGemmAttrs, QuantParams
 
 TACTIC_PREFIX = "triton_int8_"
 
@@ -194,6 +198,184 @@ FACTORIES: dict[OpType, dict[str, Callable[[Node, CompileContext], Kernel]]] = {
 for _op, _table in FACTORIES.items():
     for _rank, (_name, _f) in enumerate(_table.items()):
         register_cuda_kernel(_op, _name, rank=_rank, needs_triton=True)(_f)
+
+
+# ---- cuDNN's INT8 convolution ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Int8Epilogue:
+    """The float epilogue of an INT8 convolution on an int32 accumulator, in the output's units:
+    ``t = acc * scale + bias (+ z * z_scale)``, then ``act`` with ``clip`` bounds; an 8-bit output
+    is ``t`` rounded and saturated. Zero points are folded in: the output's and the residual's
+    into the bias, the input's as ``-zp_x * scale * M`` where ``M[k, oh, ow]`` is the sum of the
+    int8 weights of channel k over the taps inside the image at (oh, ow) (the padded taps read
+    ``zp_x``, i.e. a real 0, which the accumulator counts as 0): a per-channel constant for an
+    unpadded convolution, a whole ``[1, K, OH, OW]`` map otherwise (broadcast over the batch)."""
+
+    scale: torch.Tensor
+    bias: torch.Tensor
+    z_scale: Optional[torch.Tensor]
+    act: str
+    clip: tuple[Optional[float], Optional[float]]
+
+
+def int8_epilogue(wq: torch.Tensor, a: QConvAttrs, bias: Optional[torch.Tensor], hw: tuple[int, int],
+                  pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int]
+                  ) -> Int8Epilogue:
+    """The epilogue constants of QConv ``a`` with int8 weight ``wq`` ``[K, C, KH, KW]`` and float
+    ``bias`` ``[K]`` on an input of spatial size ``hw`` (float32, on ``wq``'s device)."""
+    import torch.nn.functional as F
+
+    k = int(wq.shape[0])
+    dev = wq.device
+    so, zo = (a.out.scale, a.out.zero_point) if a.out is not None else (1.0, 0)
+    mult = torch.tensor(a.w_scales, dtype=torch.float64, device=dev) * (a.x.scale / so)
+    const = (bias.to(device=dev, dtype=torch.float64) if bias is not None
+             else torch.zeros(k, dtype=torch.float64, device=dev)) / so + zo
+    z_scale = None
+    if a.has_residual:
+        if a.residual is not None:  # 8-bit residual: real = (q - zp) * s
+            z_scale = a.residual.scale / so
+            const = const - a.residual.zero_point * z_scale
+        else:
+            z_scale = 1.0 / so
+    bias_t = const.view(1, k, 1, 1)
+    if a.x.zero_point:
+        if any(pads):
+            t, left, b, r = pads
+            ones = F.pad(torch.ones(1, int(wq.shape[1]), *hw, dtype=torch.float64, device=dev), (left, r, t, b))
+            taps = F.conv2d(ones, wq.to(torch.float64), None, stride, 0, dilation)  # [1, K, OH, OW]
+        else:
+            taps = wq.to(torch.float64).sum(dim=(1, 2, 3)).view(1, k, 1, 1)
+        bias_t = bias_t - a.x.zero_point * mult.view(1, k, 1, 1) * taps
+    act, clip = "none", (None, None)
+    if a.activation is Activation.RELU:
+        act, clip = "relu", ((float(zo), None) if zo else (None, None))
+    elif a.activation is Activation.CLIP:
+        lo, hi = clip_bounds(tuple(a.act_params))
+        act, clip = "clip", (None if lo is None else lo / so + zo, None if hi is None else hi / so + zo)
+    elif a.activation is not Activation.NONE:
+        raise BuildError(f"the cuDNN INT8 convolution fuses no {a.activation.value} activation")
+    cl = torch.channels_last
+    return Int8Epilogue(mult.to(torch.float32).view(1, k, 1, 1).contiguous(memory_format=cl),
+                        bias_t.to(torch.float32).contiguous(memory_format=cl),
+                        None if z_scale is None else torch.full((1, 1, 1, 1), z_scale, dtype=torch.float32, device=dev),
+                        act, clip)
+
+
+def int8_epilogue_reference(x: torch.Tensor, wq: torch.Tensor, ep: Int8Epilogue, z: Optional[torch.Tensor],
+                            padding: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                            out_dtype: torch.dtype) -> torch.Tensor:
+    """What the cuDNN graph of ``ep`` computes, in float32 (exact products of 8-bit values): the
+    check a cuDNN plan's result must pass, and the CPU tests' model of the graph."""
+    import torch.nn.functional as F
+
+    t = F.conv2d(x.float(), wq.float(), None, stride, padding, dilation) * ep.scale + ep.bias
+    if z is not None and ep.z_scale is not None:
+        t = t + z.float() * ep.z_scale
+    lo, hi = ep.clip
+    if ep.act == "relu" and lo is None:
+        lo = 0.0
+    if ep.act != "none" and (lo is not None or hi is not None):
+        t = t.clamp(lo, hi)
+    if out_dtype == torch.int8:
+        return torch.round(t).clamp_(-128, 127)
+    return t
+
+
+def _cudnn_int8_applies(node: Node, graph, records=None) -> bool:
+    a = node.attrs
+    return (isinstance(a, QConvAttrs) and len(a.conv.kernel_shape) == 2 and a.conv.group == 1
+            and a.x.dtype is DType.INT8 and (a.out is None or a.out.dtype is DType.INT8)
+            and (a.residual is None or a.residual.dtype is DType.INT8)
+            and a.activation in (Activation.NONE, Activation.RELU, Activation.CLIP) and cudnn_graph.available())
+
+
+@register_cuda_kernel(OpType.QCONV, "cudnn_int8", rank=20, when=_cudnn_int8_applies)
+def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
+    """QConv on cuDNN's INT8 convolution engines: int8 channels-last input and weight, int32
+    accumulation, the epilogue (``int8_epilogue``) fused, int8 or half output written anywhere
+    cuDNN can describe (the arena, a Concat's slice)."""
+    from ember.backends.cpu.kernels.qlayers import quantize_weight
+
+    a = node.attrs
+    w = ctx.const(node.inputs[1])
+    if not isinstance(a, QConvAttrs) or w is None or w.dim() != 4 or a.conv.group != 1:
+        raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes a 2-D ungrouped "
+                         f"convolution with a constant 4-D weight")
+    cl = torch.channels_last
+    wq = quantize_weight(w.detach().to(torch.float32).cpu(), torch.tensor(a.w_scales, dtype=torch.float64), 0)
+    wq = wq.to(ctx.device).contiguous(memory_format=cl)
+    bias = _float_bias(ctx, node.input(2))
+    stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
+    dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
+    pads = ConvPads(a.conv, stride, dilation)
+    out_dtype = torch.int8 if a.out is not None else compute_dtype(ctx.precision)
+    fmt = planned_format(ctx, node.outputs[0]) or cl
+    epilogues: dict[tuple[int, int], Int8Epilogue] = {}
+
+    def epilogue(h: int, wd: int) -> tuple[Int8Epilogue, tuple[int, int]]:
+        t, left, b, r = pads(h, wd)
+        if t != b or left != r:
+            raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes symmetric pads, "
+                             f"not {(t, left, b, r)}")
+        ep = epilogues.get((h, wd))
+        if ep is None:
+            ep = epilogues[(h, wd)] = int8_epilogue(wq, a, bias, (h, wd), (t, left, b, r), stride, dilation)
+        return ep, (t, left)
+
+    def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+        n, _, h, wd = x.shape
+        t, left, b, r = pads(h, wd)
+        oh = (h + t + b - dilation[0] * (wq.shape[2] - 1) - 1) // stride[0] + 1
+        ow = (wd + left + r - dilation[1] * (wq.shape[3] - 1) - 1) // stride[1] + 1
+        return (n, int(wq.shape[0]), oh, ow)
+
+    def compute(inputs, dest: torch.Tensor) -> None:
+        x = inputs[0]
+        if x.is_floating_point():
+            x = _prequantize(x, a.x, 1.0 / a.x.scale)
+        if not x.is_contiguous(memory_format=cl):
+            x = x.contiguous(memory_format=cl)
+        z = arg(inputs, 3) if a.has_residual else None
+        if z is not None:
+            if z.is_floating_point() and a.residual is not None:
+                raise BuildError(f"INT8 layer {node.name!r} got a float residual where it expects an 8-bit one")
+            if not z.is_floating_point() and a.residual is None:
+                raise BuildError(f"INT8 layer {node.name!r} got an 8-bit residual without its scale")
+            if not z.is_contiguous(memory_format=cl):
+                z = z.contiguous(memory_format=cl)
+        ep, padding = epilogue(int(x.shape[2]), int(x.shape[3]))
+
+        def check(out: torch.Tensor) -> torch.Tensor:
+            return int8_epilogue_reference(x, wq, ep, z, padding, stride, dilation, out.dtype)
+
+        try:
+            graph = cudnn_graph.qconv_graph(x, wq, ep.scale, ep.bias, z, ep.z_scale, dest, list(padding),
+                                            list(stride), list(dilation), ep.act, ep.clip, check=check)
+        except BuildError as e:
+            raise BuildError(f"INT8 layer {node.name!r} (cudnn_int8 tactic): {e}; rebuild the engine on this "
+                             f"machine so the builder picks a tactic that runs here") from e
+        tensors = {"x": x, "w": wq, "scale": ep.scale, "bias": ep.bias, "out": dest}
+        if z is not None and ep.z_scale is not None:
+            tensors["z"], tensors["zs"] = z, ep.z_scale
+        graph.run(tensors)
+
+    def accepts(dest: torch.Tensor) -> bool:
+        return dest.dim() == 4 and dest.dtype == out_dtype and dest.stride()[1] == 1
+
+    def run(inputs) -> list:  # cuDNN writes channels-last; another planned format is a reorder after
+        dest = torch.empty(out_shape(inputs[0]), dtype=out_dtype, device=inputs[0].device, memory_format=cl)
+        compute(inputs, dest)
+        return [dest if fmt is cl else dest.contiguous(memory_format=fmt)]
+
+    def write(inputs, dest: torch.Tensor) -> bool:
+        x = inputs[0]
+        if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
+            return False
+        compute(inputs, dest)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))
 
 
 # ---- the fallback where Triton cannot run ---------------------------------------------------------

@@ -69,9 +69,10 @@ def _cudnn():
 
 def _dtype(t: torch.dtype):
     dt = _cudnn().data_type
-    table = {torch.float16: dt.HALF, torch.bfloat16: dt.BFLOAT16, torch.float32: dt.FLOAT}
+    table = {torch.float16: dt.HALF, torch.bfloat16: dt.BFLOAT16, torch.float32: dt.FLOAT, torch.int8: dt.INT8,
+             torch.int32: dt.INT32}
     if t not in table:
-        raise BuildError(f"cuDNN graphs take float16, bfloat16 or float32 tensors, not {t}")
+        raise BuildError(f"cuDNN graphs take float16, bfloat16, float32, int8 or int32 tensors, not {t}")
     return table[t]
 
 
@@ -153,6 +154,43 @@ def _conv_ops(g, ops: dict, order: Sequence[str], padding, stride, dilation, act
     ops["out"] = y
 
 
+def qconv_graph(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                z: Optional[torch.Tensor], z_scale: Optional[torch.Tensor], out: torch.Tensor,
+                padding: Sequence[int], stride: Sequence[int], dilation: Sequence[int], act: str,
+                clip: tuple[Optional[float], Optional[float]] = (None, None),
+                check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
+    """An INT8 convolution as one cuDNN graph (cached by geometry): ``out = act(conv(x, w) * scale
+    + bias + z * z_scale)``, ``x`` and ``w`` int8 (channels-last), the product accumulated in
+    int32, the epilogue in float32, ``out`` int8 (rounded to nearest, saturated) or half.
+    ``scale`` is ``[1, K, 1, 1]``; ``bias`` ``[1, K, 1, 1]`` or a whole ``[1, K, OH, OW]`` map
+    (broadcast over the batch: zero points folded in, ``ember.backends.cuda.kernels.qlayers``);
+    ``z_scale`` ``[1, 1, 1, 1]``. ``act``: ``"none"``, ``"relu"`` or ``"clip"`` with ``clip =
+    (lower, upper)`` in the output's units (a ReLU on a shifted output is a clip at its zero
+    point)."""
+    if act not in ("none", "relu", "clip"):
+        raise BuildError(f"cuDNN INT8 convolution: activation {act!r} is not supported")
+    key = ("qconv", _geom(x), _geom(w), _geom(scale), _geom(bias), z is not None and _geom(z),
+           z_scale is not None and _geom(z_scale), _geom(out), tuple(padding), tuple(stride), tuple(dilation),
+           act, clip, x.device.index)
+    tensors = {"x": x, "w": w, "scale": scale, "bias": bias, "z": z, "zs": z_scale, "out": out}
+    add_ops = functools.partial(_qconv_ops, padding=padding, stride=stride, dilation=dilation, act=act, clip=clip)
+    return _cached(key, tensors, [("", add_ops)], check)
+
+
+def _qconv_ops(g, ops: dict, padding, stride, dilation, act: str, clip) -> None:
+    i32 = _cudnn().data_type.INT32
+    y = g.conv_fprop(image=ops["x"], weight=ops["w"], padding=list(padding), stride=list(stride),
+                     dilation=list(dilation), compute_data_type=i32, name="conv")
+    y = g.mul(a=y, b=ops["scale"], name="scale")
+    y = g.add(a=y, b=ops["bias"], name="bias_add")
+    if "z" in ops:
+        y = g.add(a=y, b=g.mul(a=ops["z"], b=ops["zs"], name="residual_scale"), name="residual_add")
+    if act != "none":
+        kw = {k: v for k, v in (("lower_clip", clip[0]), ("upper_clip", clip[1])) if v is not None}
+        y = g.relu(input=y, name=act, **kw)
+    ops["out"] = y
+
+
 def sdpa_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                out: torch.Tensor, scale: float,
                check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
@@ -201,12 +239,14 @@ def _cached(key: tuple, tensors: dict[str, Optional[torch.Tensor]], variants: Se
 def _graph(tensors: dict[str, torch.Tensor], add_ops: AddOps):
     """A validated cuDNN graph of ``add_ops`` over ``tensors``, with its execution plans listed."""
     cudnn, out = _cudnn(), tensors["out"]
-    io, f32 = _dtype(out.dtype), cudnn.data_type.FLOAT
+    # an INT8 graph's I/O type is int8 (its output may still be half: set below)
+    eight = any(t.dtype == torch.int8 for t in tensors.values())
+    io, f32 = _dtype(torch.int8 if eight else out.dtype), cudnn.data_type.FLOAT
     g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=_handle())
     ops = {k: g.tensor(name=k, dim=list(t.shape), stride=list(t.stride()), data_type=_dtype(t.dtype))
            for k, t in tensors.items() if k != "out"}
     add_ops(g, ops)
-    ops["out"].set_output(True).set_data_type(io).set_dim(list(out.shape)).set_stride(list(out.stride()))
+    ops["out"].set_output(True).set_data_type(_dtype(out.dtype)).set_dim(list(out.shape)).set_stride(list(out.stride()))
     try:
         g.validate()
         g.build_operation_graph()
@@ -367,6 +407,10 @@ PLAN_CHOICES = PlanChoices()
 
 
 def _close(out: torch.Tensor, want: torch.Tensor) -> bool:
+    """``out`` matches ``want``: a relative norm within the float type's tolerance; an integer
+    output within one step everywhere (a tie rounded the other way)."""
+    if not out.is_floating_point():
+        return bool((out.to(torch.float64) - want.to(torch.float64)).abs().max().item() <= 1.0) if out.numel() else True
     tol = 1e-2 if out.dtype in (torch.float16, torch.bfloat16) else 1e-4
     o, r = out.double(), want.double()
     if not torch.isfinite(o).all():

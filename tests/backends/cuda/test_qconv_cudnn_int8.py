@@ -1,0 +1,126 @@
+"""The ``cudnn_int8`` QConv tactic: its epilogue constants (zero points folded into the bias, a
+whole bias map where a padded convolution reads a zero point at its borders) give the numbers of
+the float reference layer. Checked on CPU tensors with the model of the cuDNN graph
+(``int8_epilogue_reference``); on a GPU the tactic itself runs (``cuda`` marker)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ember.ir import DType, Graph, Node, OpType, TensorType
+from ember.ops.attrs import Activation, ConvAttrs, QConvAttrs, QuantParams
+from ember.ops.infer import infer_graph
+
+CASES = {  # name: (k, stride, pads, x zp, activation, params, out params, residual params, float residual)
+    "3x3_relu_int8_out_int8_residual": (3, 1, (1, 1, 1, 1), -128, Activation.RELU, (),
+                                        QuantParams(0.04, -128, DType.INT8), QuantParams(0.06, 5, DType.INT8), False),
+    "1x1_unpadded_float_out": (1, 1, (0, 0, 0, 0), -100, Activation.NONE, (), None, None, False),
+    "3x3_stride2_relu6_int8_out": (3, 2, (1, 1, 1, 1), -128, Activation.CLIP, (0.0, 6.0),
+                                   QuantParams(6 / 255, -128, DType.INT8), None, False),
+    "3x3_symmetric_input_float_residual": (3, 1, (1, 1, 1, 1), 0, Activation.RELU, (), None, None, True),
+    "5x5_pad2_zero_point_float_out": (5, 1, (2, 2, 2, 2), 37, Activation.NONE, (), None, None, False),
+}
+
+
+def _case(name: str):
+    k, stride, pads, zp, act, params, out, res, float_res = CASES[name]
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((24, 16, k, k)) / (4 * k)).astype(np.float32)
+    consts = {"w": w, "b": (rng.standard_normal(24) * 0.1).astype(np.float32)}
+    ws = tuple(float(v) for v in np.abs(w).max(axis=(1, 2, 3)) / 127)
+    has_res = res is not None or float_res
+    attrs = QConvAttrs(ConvAttrs((k, k), (stride, stride), pads, (1, 1)), QuantParams(0.05, zp, DType.INT8), ws,
+                       act, params, has_res, out, res)
+    types = {"x": TensorType(DType.INT8, (2, 16, 11, 11))}
+    inputs = ["x"]
+    ins: tuple[str, ...] = ("x", "w", "b")
+    if has_res:
+        oh = (11 + pads[0] + pads[2] - k) // stride + 1
+        types["r"] = TensorType(DType.INT8 if res is not None else DType.FLOAT32, (2, 24, oh, oh))
+        inputs.append("r")
+        ins += ("r",)
+    node = Node("q", OpType.QCONV, ins, ("y",), attrs)
+    g = infer_graph(Graph("g", [node], inputs, ["y"], types, consts))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-128, 128, (2, 16, 11, 11), generator=gen).to(torch.int8)
+    r = None
+    if has_res:
+        shape = types["r"].shape
+        r = (torch.randint(-128, 128, shape, generator=gen).to(torch.int8) if res is not None
+             else torch.randn(shape, generator=gen))
+    return g, node, x, r
+
+
+def _reference(g, node, x, r, device="cpu"):
+    """The float32 reference layer (dequantized operands), as the CUDA fallback computes it."""
+    from ember.backends.base import CompileContext
+    from ember.backends.cuda.kernels.qlayers import qconv_dequantized
+    from ember.plan.config import Precision
+
+    consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
+    kernel = qconv_dequantized(node, CompileContext(g, consts, torch.device(device), "", Precision.INT8))
+    return kernel([x, consts["w"], consts["b"], r])[0]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_int8_epilogue_gives_the_reference_layer(name):
+    from ember.backends.cpu.kernels.qlayers import quantize_weight
+    from ember.backends.cuda.kernels.qlayers import int8_epilogue, int8_epilogue_reference
+
+    g, node, x, r = _case(name)
+    a = node.attrs
+    wq = quantize_weight(torch.from_numpy(g.constants["w"]), torch.tensor(a.w_scales, dtype=torch.float64), 0)
+    k = a.conv.kernel_shape[0]
+    pads = tuple(a.conv.pads)
+    stride = tuple(a.conv.strides)
+    ep = int8_epilogue(wq, a, torch.from_numpy(g.constants["b"]), (11, 11), pads, stride, (1, 1))
+    if a.x.zero_point and any(pads):
+        assert ep.bias.shape[2:] != (1, 1)  # a border-aware map
+    else:
+        assert tuple(ep.bias.shape) == (1, 24, 1, 1)
+    out_dtype = torch.int8 if a.out is not None else torch.float16
+    got = int8_epilogue_reference(x, wq, ep, r, (pads[0], pads[1]), stride, (1, 1), out_dtype)
+    want = _reference(g, node, x, r)
+    if a.out is not None:
+        diff = (got.double() - want.double()).abs()
+        assert float(diff.max()) <= 1.0, name
+        assert float((diff > 0).double().mean()) < 0.02, name
+    else:
+        ref = want.double()
+        err = float((got.double() - ref).norm() / ref.norm())
+        assert err < 2e-3, (name, err, k)
+
+
+def test_int8_epilogue_refuses_an_activation_cudnn_cannot_fuse():
+    from ember.backends.cuda.kernels.qlayers import int8_epilogue
+    from ember.errors import BuildError
+
+    a = QConvAttrs(ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), QuantParams(0.1, 0, DType.INT8), (0.01,) * 4,
+                   Activation.SIGMOID)
+    with pytest.raises(BuildError, match="sigmoid"):
+        int8_epilogue(torch.ones(4, 4, 1, 1, dtype=torch.int8), a, None, (3, 3), (0, 0, 0, 0), (1, 1), (1, 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(CASES))
+def test_cudnn_int8_tactic_on_cuda(name):
+    from ember.backends.base import CompileContext
+    from ember.backends.cuda.kernels.qlayers import qconv_cudnn_int8
+    from ember.backends.cuda.libs import cudnn_graph
+    from ember.plan.config import Precision
+
+    if not cudnn_graph.available():
+        pytest.skip("the cuDNN frontend is not installed")
+    g, node, x, r = _case(name)
+    want = _reference(g, node, x, r)
+    dev = torch.device("cuda")
+    consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
+    kernel = qconv_cudnn_int8(node, CompileContext(g, consts, dev, "cudnn_int8", Precision.INT8))
+    got = kernel([x.to(dev), consts["w"], consts["b"], None if r is None else r.to(dev)])[0].cpu()
+    if node.attrs.out is not None:
+        diff = (got.double() - want.double()).abs()
+        assert float(diff.max()) <= 1.0 and float((diff > 0).double().mean()) < 0.02, name
+    else:
+        ref = want.double()
+        assert float((got.double() - ref).norm() / ref.norm()) < 2e-3, name

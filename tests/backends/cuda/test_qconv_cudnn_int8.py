@@ -20,19 +20,23 @@ CASES = {  # name: (k, stride, pads, x zp, activation, params, out params, resid
                                    QuantParams(6 / 255, -128, DType.INT8), None, False),
     "3x3_symmetric_input_float_residual": (3, 1, (1, 1, 1, 1), 0, Activation.RELU, (), None, None, True),
     "5x5_pad2_zero_point_float_out": (5, 1, (2, 2, 2, 2), 37, Activation.NONE, (), None, None, False),
+    "7x7_stride2_three_channels": (7, 2, (3, 3, 3, 3), -128, Activation.RELU, (),
+                                   QuantParams(0.05, -128, DType.INT8), None, False),
 }
+CHANNELS = {"7x7_stride2_three_channels": 3}  # an image's channels: cuDNN's INT8 kernels read fours
 
 
 def _case(name: str):
     k, stride, pads, zp, act, params, out, res, float_res = CASES[name]
+    cin = CHANNELS.get(name, 16)
     rng = np.random.default_rng(7)
-    w = (rng.standard_normal((24, 16, k, k)) / (4 * k)).astype(np.float32)
+    w = (rng.standard_normal((24, cin, k, k)) / (4 * k)).astype(np.float32)
     consts = {"w": w, "b": (rng.standard_normal(24) * 0.1).astype(np.float32)}
     ws = tuple(float(v) for v in np.abs(w).max(axis=(1, 2, 3)) / 127)
     has_res = res is not None or float_res
     attrs = QConvAttrs(ConvAttrs((k, k), (stride, stride), pads, (1, 1)), QuantParams(0.05, zp, DType.INT8), ws,
                        act, params, has_res, out, res)
-    types = {"x": TensorType(DType.INT8, (2, 16, 11, 11))}
+    types = {"x": TensorType(DType.INT8, (2, cin, 11, 11))}
     inputs = ["x"]
     ins: tuple[str, ...] = ("x", "w", "b")
     if has_res:
@@ -43,7 +47,7 @@ def _case(name: str):
     node = Node("q", OpType.QCONV, ins, ("y",), attrs)
     g = infer_graph(Graph("g", [node], inputs, ["y"], types, consts))
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(-128, 128, (2, 16, 11, 11), generator=gen).to(torch.int8)
+    x = torch.randint(-128, 128, (2, cin, 11, 11), generator=gen).to(torch.int8)
     r = None
     if has_res:
         shape = types["r"].shape

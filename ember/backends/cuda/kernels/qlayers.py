@@ -295,6 +295,8 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
     """QConv on cuDNN's INT8 convolution engines: int8 channels-last input and weight, int32
     accumulation, the epilogue (``int8_epilogue``) fused, int8 or half output written anywhere
     cuDNN can describe (the arena, a Concat's slice)."""
+    import torch.nn.functional as F
+
     from ember.backends.cpu.kernels.qlayers import quantize_weight
 
     a = node.attrs
@@ -304,6 +306,10 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
                          f"convolution with a constant 4-D weight")
     cl = torch.channels_last
     wq = quantize_weight(w.detach().to(torch.float32).cpu(), torch.tensor(a.w_scales, dtype=torch.float64), 0)
+    cin = int(wq.shape[1])
+    extra = -cin % 4  # cuDNN's INT8 convolutions read channels in fours: zero weights for the padding
+    if extra:
+        wq = F.pad(wq.to(torch.int32), (0, 0, 0, 0, 0, extra)).to(torch.int8)
     wq = wq.to(ctx.device).contiguous(memory_format=cl)
     bias = _float_bias(ctx, node.input(2))
     stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
@@ -332,6 +338,8 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
 
     def compute(inputs, dest: torch.Tensor) -> None:
         x = inputs[0]
+        if extra:  # the padded channels meet zero weights: any value does
+            x = F.pad(x.permute(0, 2, 3, 1), (0, extra)).permute(0, 3, 1, 2)
         if x.is_floating_point():
             x = _prequantize(x, a.x, 1.0 / a.x.scale)
         if not x.is_contiguous(memory_format=cl):

@@ -66,6 +66,21 @@ def _float_bias(ctx: CompileContext, name: str, scale: float = 1.0) -> Optional[
     return None if b is None else (b.detach().reshape(-1).to(torch.float32) * scale).contiguous()
 
 
+def _conv_kernel(run: Kernel, compute: Callable[..., object], accepts: Callable[[torch.Tensor], bool],
+                 out_shape: Callable[[torch.Tensor], tuple[int, int, int, int]]) -> Kernel:
+    """``run`` with the ability to write its 4-D output into a given tensor (the arena, a Concat's
+    slice) that ``accepts`` it and has the output's shape: ``compute(inputs, dest)``."""
+
+    def write(inputs, dest: torch.Tensor) -> bool:
+        x = inputs[0]
+        if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
+            return False
+        compute(inputs, dest)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))
+
+
 def _qconv_factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_qconv as Q
@@ -119,14 +134,7 @@ def _qconv_factory(config: TileConfig):
             return dest.dim() == 4 and (dest.dtype == _STORAGE[out.dtype] if out is not None
                                         else dest.is_floating_point())
 
-        def write(inputs, dest: torch.Tensor) -> bool:
-            x = inputs[0]
-            if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
-                return False
-            compute(inputs, dest)
-            return True
-
-        return with_write_into(run, WriteInto(write, accepts))
+        return _conv_kernel(run, compute, accepts, out_shape)
 
     factory.__name__ = f"qconv_triton_{config.name}"
     factory.__doc__ = f"Triton INT8 implicit-GEMM convolution, {config.name} tiles, fused epilogue."
@@ -376,14 +384,7 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
         compute(inputs, dest)
         return [dest if fmt is cl else dest.contiguous(memory_format=fmt)]
 
-    def write(inputs, dest: torch.Tensor) -> bool:
-        x = inputs[0]
-        if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
-            return False
-        compute(inputs, dest)
-        return True
-
-    return with_write_into(run, WriteInto(write, accepts))
+    return _conv_kernel(run, compute, accepts, out_shape)
 
 
 # ---- the fallback where Triton cannot run ---------------------------------------------------------

@@ -190,3 +190,36 @@ def test_quantize_nhwc_stores_the_bytes_qlayers_quantize_stores(ext: Any, dtype:
         want = quantize(src, p, torch.empty(src.shape, dtype=torch.float32, memory_format=torch.channels_last))
         assert got.dtype == want.dtype and got.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("in_place", ["1", "0"])
+def test_an_fp32_residual_read_last_by_its_step_is_added_in_place(ext: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                  in_place: str):
+    """A step whose residual (an earlier step's output) has no later reader adds it with oneDNN's
+    ``sum`` into the residual's own buffer; a residual that is the step's input, the chain's
+    input, or read later still goes through the binary-add post-op. Every form gives the same
+    numbers (``EMBER_CHAIN_SUM=0`` runs all through the binary add)."""
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.setenv("EMBER_CHAIN_SUM", in_place)
+    g = torch.Generator().manual_seed(0)
+    w1, w2, w3 = (torch.randn(8, 8, 3, 3, generator=g) * 0.2 for _ in range(3))
+    plain = ext.Layer(w1, None, [1, 1], [1, 1], 1, "relu").prepare([2, 8, 6, 6], [1, 1], [1, 1])
+    res2 = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu", residual=True).prepare([2, 8, 6, 6], [1, 1], [1, 1])
+    res3 = ext.Layer(w3, None, [1, 1], [1, 1], 1, "clip", 0.0, 0.5, residual=True).prepare([2, 8, 6, 6], [1, 1],
+                                                                                            [1, 1])
+    x = torch.randn(2, 8, 6, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    x_before = x.clone()
+    # a = relu(c1(x)); b = relu(c2(a) + x) [chain input: binary add]; c = relu(c2(b) + b) [its own
+    # input: binary add]; d = clip(c3(c) + a) [a read last here: in place]; e = relu(c2(d) + c) [in place]
+    y = ext.run_chain([plain, res2, res2, res3, res2], x, [-1, 0, 1, 2, 3], [-2, -1, 1, 0, 2], [-2] * 5,
+                      [3, 2, 4, 4, 4], [True] * 5, [0] * 5)
+    a = F.conv2d(x, w1, padding=1).relu()
+    b = (F.conv2d(a, w2, padding=1) + x).relu()
+    c = (F.conv2d(b, w2, padding=1) + b).relu()
+    d = (F.conv2d(c, w3, padding=1) + a).clamp(0.0, 0.5)
+    e = (F.conv2d(d, w2, padding=1) + c).relu()
+    torch.testing.assert_close(y, e, rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, x_before)  # the chain's input is never written

@@ -115,9 +115,12 @@ class Conv {
     // `residual`: the residual is an input (fp32: oneDNN's binary add reads it); INT8 layers sum
     // into `out` instead, which the caller fills with the residual first. `extra`: constant
     // arguments (INT8 scales and zero points).
-    Conv(Primitive exact, std::unique_ptr<Primitive> fused, memory bias, bool residual, Args extra)
+    // `summed` (fp32 layers with a residual): the same layer adding the residual with oneDNN's `sum`
+    // post-op into `out`, which already holds the residual (in place), then the activation fused.
+    Conv(Primitive exact, std::unique_ptr<Primitive> fused, memory bias, bool residual, Args extra,
+         std::unique_ptr<Primitive> summed = nullptr)
         : exact_(std::move(exact)), fused_(std::move(fused)), bias_(std::move(bias)), residual_(residual),
-          extra_(std::move(extra)) {}
+          extra_(std::move(extra)), summed_(std::move(summed)) {}
 
     // x -> out (both NHWC, shapes as made for); with a residual, out = conv(x) + residual, then the
     // activation when `fused` (valid only where the primitive has one: `has_fused`).
@@ -164,6 +167,27 @@ class Conv {
 
     bool has_residual() const { return residual_; }
 
+    // fp32, residual in place: `out` holds the residual and receives act(conv(x) + out). Callable
+    // without the GIL; `out` is checked like an output.
+    bool has_summed() const { return static_cast<bool>(summed_); }
+    void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
+        TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
+        const Primitive &p = *summed_;
+        check_nhwc(x, p.pd.src_desc(), "input");
+        check_nhwc(out, p.pd.dst_desc(), "output");
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
+        args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, out.data_ptr()));
+        args.emplace(DNNL_ARG_WEIGHTS, p.weights);
+        args.emplace(DNNL_ARG_BIAS, bias_);
+        const memory::desc sd = p.pd.scratchpad_desc();
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+        dnnl::stream &s = cpu_stream();
+        p.prim.execute(s, args);
+        s.wait();
+    }
+
     bool has_fused() const { return static_cast<bool>(fused_); }
     std::vector<int64_t> dst_dims() const {
         auto d = exact_.pd.dst_desc().get_dims();
@@ -178,6 +202,7 @@ class Conv {
     memory bias_;
     bool residual_;
     Args extra_;
+    std::unique_ptr<Primitive> summed_;
 };
 
 // A layer's weight reordered once per layout a primitive asks for, shared by every primitive that
@@ -273,6 +298,9 @@ class Layer {
         auto exact = make(sd, dd, pad_l, pad_r, int8_ && activation_ != "none");
         std::unique_ptr<Primitive> fused;
         if (activation_ != "none" && !int8_) fused = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, true));
+        std::unique_ptr<Primitive> summed;  // fp32 residual in place, for chains (finite runs: fused)
+        if (residual_ && !int8_)
+            summed = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, activation_ != "none", true));
         auto &eng = cpu_engine();
         memory bias(memory::desc({oc}, dt::f32, tag::x), eng, bias_.data_ptr());
         Args extra;
@@ -286,7 +314,7 @@ class Layer {
             if (q_.dst_zp && q_.dst != dt::f32) extra.emplace_back(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, s32(consts_[3]));
         }
         return std::make_unique<Conv>(std::move(exact), std::move(fused), std::move(bias), residual_ && !int8_,
-                                      std::move(extra));
+                                      std::move(extra), std::move(summed));
     }
 
     int64_t weight_copies() const { return packed_.copies(); }
@@ -299,13 +327,15 @@ class Layer {
     }
 
     Primitive make(const memory::dims &sd, const memory::dims &dd, const std::vector<int64_t> &pad_l,
-                   const std::vector<int64_t> &pad_r, bool with_activation) {
+                   const std::vector<int64_t> &pad_r, bool with_activation, bool sum_in_place = false) {
         auto &eng = cpu_engine();
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         dnnl::post_ops po;
         if (residual_ && int8_)  // dst = conv + sum_scale * (dst_old - sum_zp), dst_old read as sum's type
             po.append_sum(q_.sum_scale, q_.sum_zp, q_.sum);
+        else if (residual_ && sum_in_place)  // dst = conv + dst_old
+            po.append_sum(1.f);
         else if (residual_)
             po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, dt::f32, tag::nhwc));
         if (with_activation) {
@@ -518,7 +548,10 @@ pybind11::dict version() {
 // post-op accumulates into the destination) its output starts as a copy of that step's output
 // (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a fresh
 // channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8), released after step `last[i]` (its
-// last reader in the chain). Returns the last step's output.
+// last reader in the chain). An fp32 step whose residual is an earlier step's output read last by
+// it (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
+// buffer, which becomes the output: one read of it less; `EMBER_CHAIN_SUM=0` turns this off).
+// Returns the last step's output.
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
                         const std::vector<int64_t> &last, const std::vector<bool> &fused,
@@ -538,9 +571,21 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     }
     at::internal::lazy_init_num_threads();
     std::vector<torch::Tensor> outs(n);
+    const char *sum_env = std::getenv("EMBER_CHAIN_SUM");
+    const bool in_place = sum_env == nullptr || std::string(sum_env) != "0";
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
         const torch::Tensor &in = src[i] < 0 ? x : outs[src[i]];
+        if (in_place && res[i] >= 0 && res[i] != src[i] && last[res[i]] == static_cast<int64_t>(i) &&
+            sum[i] == -2 && dtypes[i] == 0 && convs[i]->has_summed() && fused[i] == convs[i]->has_fused() &&
+            outs[res[i]].scalar_type() == torch::kFloat32) {
+            outs[i] = outs[res[i]];  // the residual's buffer, read by no later step: the output
+            convs[i]->execute_summed(in, outs[i]);
+            for (size_t j = 0; j < i; ++j) {
+                if (last[j] == static_cast<int64_t>(i)) outs[j] = torch::Tensor();
+            }
+            continue;
+        }
         c10::optional<torch::Tensor> r;
         if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
         const auto opts = x.options().dtype(types[dtypes[i]]).memory_format(c10::MemoryFormat::ChannelsLast);

@@ -96,6 +96,32 @@ def test_int8_epilogue_gives_the_reference_layer(name):
         assert err < 2e-3, (name, err, k)
 
 
+@pytest.mark.parametrize("name", ["3x3_stride2_relu6_int8_out", "5x5_pad2_zero_point_float_out"])
+def test_a_border_written_with_the_zero_point_gives_the_same_layer_unpadded(name):
+    """What the tactic runs for a padded convolution whose input has a zero point: the input
+    padded with its zero point in memory, the convolution unpadded, the bias per channel."""
+    import torch.nn.functional as F
+
+    from ember.backends.cpu.kernels.qlayers import quantize_weight
+    from ember.backends.cuda.kernels.qlayers import int8_epilogue, int8_epilogue_reference
+
+    g, node, x, r = _case(name)
+    a = node.attrs
+    wq = quantize_weight(torch.from_numpy(g.constants["w"]), torch.tensor(a.w_scales, dtype=torch.float64), 0)
+    t, left, b, rt = a.conv.pads
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, left, rt, t, b), value=a.x.zero_point).permute(0, 3, 1, 2)
+    stride = tuple(a.conv.strides)
+    ep = int8_epilogue(wq, a, torch.from_numpy(g.constants["b"]), tuple(xp.shape[2:]), (0, 0, 0, 0), stride, (1, 1))
+    assert tuple(ep.bias.shape) == (1, 24, 1, 1)
+    out_dtype = torch.int8 if a.out is not None else torch.float16
+    got = int8_epilogue_reference(xp, wq, ep, r, (0, 0), stride, (1, 1), out_dtype)
+    want = _reference(g, node, x, r)
+    if a.out is not None:
+        assert float((got.double() - want.double()).abs().max()) <= 1.0
+    else:
+        assert float((got.double() - want.double()).norm() / want.double().norm()) < 2e-3
+
+
 def test_int8_epilogue_refuses_an_activation_cudnn_cannot_fuse():
     from ember.backends.cuda.kernels.qlayers import int8_epilogue
     from ember.errors import BuildError
@@ -116,11 +142,18 @@ def test_cudnn_int8_tactic_on_cuda(name):
 
     if not cudnn_graph.available():
         pytest.skip("the cuDNN frontend is not installed")
+    from ember.errors import BuildError
+
     g, node, x, r = _case(name)
     want = _reference(g, node, x, r)
     dev = torch.device("cuda")
     consts = {k: torch.from_numpy(v).to(dev) for k, v in g.constants.items()}
-    kernel = qconv_cudnn_int8(node, CompileContext(g, consts, dev, "cudnn_int8", Precision.INT8))
+    ctx = CompileContext(g, consts, dev, "cudnn_int8", Precision.INT8)
+    if node.attrs.has_residual:  # not offered: the Triton INT8 tactics run residual layers
+        with pytest.raises(BuildError, match="residual"):
+            qconv_cudnn_int8(node, ctx)
+        return
+    kernel = qconv_cudnn_int8(node, ctx)
     got = kernel([x.to(dev), consts["w"], consts["b"], None if r is None else r.to(dev)])[0].cpu()
     if node.attrs.out is not None:
         diff = (got.double() - want.double()).abs()
@@ -128,3 +161,45 @@ def test_cudnn_int8_tactic_on_cuda(name):
     else:
         ref = want.double()
         assert float((got.double() - ref).norm() / ref.norm()) < 2e-3, name
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c[7] is None and not c[8]])
+def test_the_tactic_feeds_cudnn_what_the_layer_needs(name, monkeypatch):
+    """The tactic's own steps (the channel padding to fours, the zero-point border, the epilogue,
+    the destination) on CPU tensors, with the cuDNN graph replaced by its model: the layer's
+    numbers come out, and every operand is what a verified graph takes (per-channel scale and
+    bias, int8 channels-last input with a channel count divisible by 4)."""
+    from ember.backends.base import CompileContext
+    from ember.backends.cuda.kernels import qlayers
+    from ember.plan.config import Precision
+
+    seen: dict = {}
+
+    class FakeGraph:
+        def __init__(self, padding, stride, dilation):
+            self.padding, self.stride, self.dilation = padding, stride, dilation
+
+        def run(self, t):
+            ep = qlayers.Int8Epilogue(t["scale"], t["bias"], t.get("zs"), seen["act"], seen["clip"])
+            t["out"].copy_(qlayers.int8_epilogue_reference(t["x"], t["w"], ep, t.get("z"), tuple(self.padding),
+                                                           tuple(self.stride), tuple(self.dilation), t["out"].dtype))
+
+    def fake_graph(x, w, scale, bias, z, z_scale, out, padding, stride, dilation, act, clip, check=None):
+        assert x.dtype == torch.int8 and x.is_contiguous(memory_format=torch.channels_last)
+        assert x.shape[1] % 4 == 0 and w.shape[1] == x.shape[1]
+        assert tuple(scale.shape) == tuple(bias.shape) == (1, w.shape[0], 1, 1)
+        seen.update(act=act, clip=clip)
+        return FakeGraph(padding, stride, dilation)
+
+    monkeypatch.setattr(qlayers.cudnn_graph, "qconv_graph", fake_graph)
+    g, node, x, r = _case(name)
+    want = _reference(g, node, x, r)
+    consts = {k: torch.from_numpy(v) for k, v in g.constants.items()}
+    kernel = qlayers.qconv_cudnn_int8(node, CompileContext(g, consts, torch.device("cpu"), "cudnn_int8",
+                                                           Precision.INT8))
+    got = kernel([x, consts["w"], consts["b"], r])[0]
+    assert tuple(got.shape) == tuple(want.shape)
+    if node.attrs.out is not None:
+        assert got.dtype == torch.int8 and float((got.double() - want.double()).abs().max()) <= 1.0
+    else:
+        assert float((got.double() - want.double()).norm() / want.double().norm()) < 2e-3

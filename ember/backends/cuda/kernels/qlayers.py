@@ -291,8 +291,13 @@ def int8_epilogue_reference(x: torch.Tensor, wq: torch.Tensor, ep: Int8Epilogue,
 
 
 def _cudnn_int8_applies(node: Node, graph, records=None) -> bool:
+    """A 2-D ungrouped QConv on int8-stored activations with ReLU / Clip / no activation, and no
+    residual: the graphs verified on the H100 take per-channel scale and bias operands only (a
+    whole-map bias broadcast over the batch gave cuDNN a misaligned address, which no process
+    survives), and a graph with the residual's scale has not run on a GPU yet."""
     a = node.attrs
     return (isinstance(a, QConvAttrs) and len(a.conv.kernel_shape) == 2 and a.conv.group == 1
+            and not a.has_residual
             and a.x.dtype is DType.INT8 and (a.out is None or a.out.dtype is DType.INT8)
             and (a.residual is None or a.residual.dtype is DType.INT8)
             and a.activation in (Activation.NONE, Activation.RELU, Activation.CLIP) and cudnn_graph.available())
@@ -301,8 +306,10 @@ def _cudnn_int8_applies(node: Node, graph, records=None) -> bool:
 @register_cuda_kernel(OpType.QCONV, "cudnn_int8", rank=20, when=_cudnn_int8_applies)
 def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
     """QConv on cuDNN's INT8 convolution engines: int8 channels-last input and weight, int32
-    accumulation, the epilogue (``int8_epilogue``) fused, int8 or half output written anywhere
-    cuDNN can describe (the arena, a Concat's slice)."""
+    accumulation, the epilogue (``int8_epilogue``: per-channel scale and bias) fused, int8 or half
+    output written anywhere cuDNN can describe (the arena, a Concat's slice). A padded
+    convolution whose input has a zero point gets its border written (the zero point, a real 0:
+    one pass over the 8-bit input) and runs unpadded, so the zero point folds into the bias."""
     import torch.nn.functional as F
 
     from ember.backends.cpu.kernels.qlayers import quantize_weight
@@ -312,6 +319,9 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
     if not isinstance(a, QConvAttrs) or w is None or w.dim() != 4 or a.conv.group != 1:
         raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes a 2-D ungrouped "
                          f"convolution with a constant 4-D weight")
+    if a.has_residual:
+        raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes no residual yet; "
+                         f"the Triton INT8 tactics run this layer")
     cl = torch.channels_last
     wq = quantize_weight(w.detach().to(torch.float32).cpu(), torch.tensor(a.w_scales, dtype=torch.float64), 0)
     cin = int(wq.shape[1])
@@ -327,15 +337,11 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
     fmt = planned_format(ctx, node.outputs[0]) or cl
     epilogues: dict[tuple[int, int], Int8Epilogue] = {}
 
-    def epilogue(h: int, wd: int) -> tuple[Int8Epilogue, tuple[int, int]]:
-        t, left, b, r = pads(h, wd)
-        if t != b or left != r:
-            raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes symmetric pads, "
-                             f"not {(t, left, b, r)}")
+    def epilogue(h: int, wd: int, p: tuple[int, int, int, int]) -> Int8Epilogue:
         ep = epilogues.get((h, wd))
         if ep is None:
-            ep = epilogues[(h, wd)] = int8_epilogue(wq, a, bias, (h, wd), (t, left, b, r), stride, dilation)
-        return ep, (t, left)
+            ep = epilogues[(h, wd)] = int8_epilogue(wq, a, bias, (h, wd), p, stride, dilation)
+        return ep
 
     def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
         n, _, h, wd = x.shape
@@ -346,10 +352,18 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
 
     def compute(inputs, dest: torch.Tensor) -> None:
         x = inputs[0]
+        t, left, b, r = pads(int(x.shape[2]), int(x.shape[3]))
         if extra:  # the padded channels meet zero weights: any value does
             x = F.pad(x.permute(0, 2, 3, 1), (0, extra)).permute(0, 3, 1, 2)
         if x.is_floating_point():
             x = _prequantize(x, a.x, 1.0 / a.x.scale)
+        if a.x.zero_point and (t or left or b or r):
+            # the border holds the zero point (a real 0) in memory, so the epilogue stays per channel
+            x = F.pad(x.permute(0, 2, 3, 1), (0, 0, left, r, t, b), value=a.x.zero_point).permute(0, 3, 1, 2)
+            t = left = b = r = 0
+        elif t != b or left != r:
+            raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes symmetric pads, "
+                             f"not {(t, left, b, r)}")
         if not x.is_contiguous(memory_format=cl):
             x = x.contiguous(memory_format=cl)
         z = arg(inputs, 3) if a.has_residual else None
@@ -360,7 +374,8 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
                 raise BuildError(f"INT8 layer {node.name!r} got an 8-bit residual without its scale")
             if not z.is_contiguous(memory_format=cl):
                 z = z.contiguous(memory_format=cl)
-        ep, padding = epilogue(int(x.shape[2]), int(x.shape[3]))
+        ep = epilogue(int(x.shape[2]), int(x.shape[3]), (t, left, b, r))
+        padding = (t, left)
 
         def check(out: torch.Tensor) -> torch.Tensor:
             return int8_epilogue_reference(x, wq, ep, z, padding, stride, dilation, out.dtype)

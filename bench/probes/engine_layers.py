@@ -78,10 +78,16 @@ def main() -> None:
             for lay in sorted(layers, key=lambda la: -la.median)[:12]:
                 pr = _prec(lay.precision)
                 print(f"  {lay.median:8.3f} ms  {lay.op:<14} {lay.tactic:<30} {pr:<5} {lay.name[:50]}")
+            timings = {lay.name: dict(lay.timings) for lay in engine.plan.layers}  # the tactic timer's, ms
+            print("  the tactic timer's candidates for the slowest layers (ms):")
+            for lay in sorted(layers, key=lambda la: -la.median)[:4]:
+                cands = ", ".join(f"{k} {v:.3f}" for k, v in sorted(timings.get(lay.name, {}).items(),
+                                                                   key=lambda kv: kv[1]))
+                print(f"    {lay.name[:40]}: {cands or 'not timed'}")
             report["engines"][prec] = {
                 "graph_ms": whole, "layers_sum_ms": total, "build_s": build_s,
                 "layers": [{"name": la.name, "op": la.op, "tactic": la.tactic, "precision": _prec(la.precision),
-                            "ms": la.median} for la in layers]}
+                            "ms": la.median, "timings": timings.get(la.name, {})} for la in layers]}
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -136,8 +136,8 @@ def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
     """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,
-    ``quantize_nhwc``); a residual summed 8-bit starts the output as a copy of it
-    (``run_chain``'s ``sum``)."""
+    ``quantize_nhwc``); a residual summed 8-bit (``run_chain``'s ``sum``) is summed into in place,
+    since nothing after its layer reads it."""
     model = _model().SerializeToString()
     rng = np.random.default_rng(3)
     calib = [{"x": rng.standard_normal((1, 8, 12, 12)).astype(np.float32) * 3} for _ in range(4)]

@@ -550,7 +550,8 @@ pybind11::dict version() {
 // channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8), released after step `last[i]` (its
 // last reader in the chain). An fp32 step whose residual is an earlier step's output read last by
 // it (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
-// buffer, which becomes the output: one read of it less; `EMBER_CHAIN_SUM=0` turns this off).
+// buffer, which becomes the output: one read of it less); an INT8 step sums into such a residual's
+// buffer itself instead of a copy of it. `EMBER_CHAIN_SUM=0` turns both off.
 // Returns the last step's output.
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
@@ -593,7 +594,10 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
             TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]),
                               "chain step ", i, ": the accumulator's type has another width than the output's");
-            outs[i] = acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
+            if (in_place && sum[i] >= 0 && sum[i] != src[i] && last[sum[i]] == static_cast<int64_t>(i))
+                outs[i] = acc.view(types[dtypes[i]]);  // read by no later step: summed into in place
+            else
+                outs[i] = acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
         } else {
             outs[i] = torch::empty(convs[i]->dst_dims(), opts);
         }

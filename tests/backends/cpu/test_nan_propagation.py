@@ -348,7 +348,9 @@ def _attention_model(mask_shape: list[int]) -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, h, s, d])
     scale = numpy_helper.from_array(np.array(d ** -0.5, np.float32), "sc")
     g = helper.make_graph(nodes, "attention", inputs, [y], [scale])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by older ONNX Runtimes too (the GPU machine's)
+    return model.SerializeToString()
 
 
 def _attention_feeds(mask_shape: list[int]) -> dict[str, np.ndarray]:

@@ -195,10 +195,11 @@ def test_maxpool_and_concat_pass_8bit_tensors_on():
 
 def test_cuda_build_quantizes_ungrouped_convs_and_gemms_and_runs_the_rest_fp16():
     """On CUDA (Ember's Triton INT8 kernel): ungrouped convolutions and GEMMs become INT8 layers
-    as on the CPU; a grouped convolution stays float with its rule counted; the float layers, and
-    int8-marked layers left float, run fp16; no MaxPool passes 8 bits on (no CUDA kernel)."""
+    as on the CPU; a grouped convolution, and one reading an image's 3 channels, stay float with
+    their rules counted; the float layers, and int8-marked layers left float, run fp16; no
+    MaxPool passes 8 bits on (no CUDA kernel)."""
     from ember.ops.attrs import PoolAttrs
-    from ember.passes.int8 import CUDA_GROUPED, PASSED_THROUGH
+    from ember.passes.int8 import CUDA_FEW_CHANNELS, CUDA_GROUPED, PASSED_THROUGH
 
     dw = ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), group=8)
     nodes = [
@@ -217,18 +218,19 @@ def test_cuda_build_quantizes_ungrouped_convs_and_gemms_and_runs_the_rest_fp16()
     records = _records(g, ["x", "a", "p", "d", "b", "f"])
     cuda = run_pipeline(g, BuildConfig(device="cuda", precision="int8"), calibrated=records)
     ops = {n.name: n.op for n in cuda.graph.nodes}
-    assert ops["c1"] is OpType.QCONV and ops["c2"] is OpType.QCONV and ops["fc"] is OpType.QGEMM
+    assert ops["c1"] is OpType.FUSED_CONV and ops["c2"] is OpType.QCONV and ops["fc"] is OpType.QGEMM
     assert ops["dw"] is OpType.FUSED_CONV and ops["mp"] is OpType.MAX_POOL
     layers = cuda.records.precision.layers
     assert layers["dw"] == "fp16" and layers["mp"] == "fp16" and layers["gap"] == "fp16"
-    assert layers["c1"] == "int8" and layers["fc"] == "int8"
+    assert layers["c1"] == "fp16" and layers["c2"] == "int8" and layers["fc"] == "int8"
     assert cuda.graph.types["a"].dtype is DType.FLOAT32  # read by the MaxPool: float on CUDA
     by = {n.name: n for n in cuda.graph.nodes}
-    # CUDA stores 8-bit tensors int8 (the CPU's uint8 values, zero point moved by -128)
-    assert by["c1"].attrs.x.dtype is DType.INT8 and by["c1"].attrs.x.zero_point == 0
-    assert cuda.records.quantization.get("x").dtype is QuantDType.INT8
+    # CUDA stores 8-bit tensors int8 (the CPU's uint8 values, zero point moved by -128: a ReLU's
+    # output, calibrated over [0, max], has zero point -128)
+    assert by["c2"].attrs.x.dtype is DType.INT8 and by["c2"].attrs.x.zero_point == -128
+    assert cuda.records.quantization.get("d").dtype is QuantDType.INT8
     fired = {k: v for s in cuda.stats for k, v in s.fired.items()}
-    assert fired[CUDA_GROUPED] == 1 and PASSED_THROUGH not in fired
+    assert fired[CUDA_GROUPED] == 1 and fired[CUDA_FEW_CHANNELS] == 1 and PASSED_THROUGH not in fired
     # the CPU build of the same graph quantizes the depthwise conv too and passes 8 bits through the pool
     cpu = run_pipeline(g, BuildConfig(device="cpu", precision="int8"), calibrated=records)
     cpu_ops = {n.name: n.op for n in cpu.graph.nodes}

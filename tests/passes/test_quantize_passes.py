@@ -13,7 +13,7 @@ from ember.ops.attrs import ConvAttrs, QuantizeAttrs
 from passkit import assert_same_outputs, ir_graph, ops, run_pass
 
 
-def _qdq_conv_relu():
+def _qdq_conv_relu(cin: int = 3):
     nodes = [
         Node("q", OpType.QUANTIZE_LINEAR, ("x", "s", "z"), ("xq",), QuantizeAttrs()),
         Node("dq", OpType.DEQUANTIZE_LINEAR, ("xq", "s", "z"), ("xd",), QuantizeAttrs()),
@@ -26,9 +26,9 @@ def _qdq_conv_relu():
     ]
     r = np.random.default_rng(0)
     consts = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8), "s2": np.array(0.02, np.float32),
-              "w": r.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+              "w": r.integers(-127, 128, (4, cin, 3, 3)).astype(np.int8),
               "ws": r.uniform(0.005, 0.02, 4).astype(np.float32), "b": r.normal(0, 0.1, 4).astype(np.float32)}
-    return ir_graph(nodes, {"x": (1, 3, 6, 6)}, ["y"], consts)
+    return ir_graph(nodes, {"x": (1, cin, 6, 6)}, ["y"], consts)
 
 
 def test_fold_turns_weight_dequantize_into_float_weights_and_keeps_activation_qdq():
@@ -59,12 +59,26 @@ def test_whole_pipeline_on_cuda_folds_the_input_pair_and_stores_8_bits_signed():
     from ember.passes.pipeline import run_pipeline
     from ember.plan.config import BuildConfig
 
-    out = run_pipeline(_qdq_conv_relu(), BuildConfig(device="cuda"))
+    out = run_pipeline(_qdq_conv_relu(cin=4), BuildConfig(device="cuda"))
     assert [n.op for n in out.graph.nodes] == [OpType.QCONV, OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR]
     qconv = out.graph.nodes[0]
     # CUDA's kernels take int8 (the CPU's uint8 128 is int8 0: the same values)
     assert qconv.inputs[0] == "x" and (qconv.attrs.x.scale, qconv.attrs.x.zero_point) == (np.float32(0.05), 0)
     assert qconv.attrs.x.dtype is DType.INT8
+
+
+def test_a_cuda_build_runs_a_three_channel_qdq_convolution_as_written_in_half_precision():
+    """On CUDA a convolution of an image's 3 channels has no fast 8-bit kernel: its Q/DQ pair is
+    not folded, the graph runs as written (Q/DQ in fp32, the convolution fp16), the rule counted."""
+    from ember.passes.int8 import CUDA_FEW_CHANNELS
+    from ember.passes.pipeline import run_pipeline
+    from ember.plan.config import BuildConfig
+
+    out = run_pipeline(_qdq_conv_relu(), BuildConfig(device="cuda"))
+    assert OpType.QCONV not in [n.op for n in out.graph.nodes]
+    assert any(n.op is OpType.QUANTIZE_LINEAR for n in out.graph.nodes)
+    fired = {k: v for st in out.stats for k, v in st.fired.items()}
+    assert fired[CUDA_FEW_CHANNELS] == 1
 
 
 def test_half_precision_build_keeps_quantization_ops_in_fp32():

@@ -147,22 +147,7 @@ class Conv {
     // The primitive on checked arguments; no Python (callable without the GIL).
     void execute(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
                  bool fused) const {
-        const Primitive &p = fused ? *fused_ : exact_;
-        auto &eng = cpu_engine();
-        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
-        args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
-        args.emplace(DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, out.data_ptr()));
-        args.emplace(DNNL_ARG_WEIGHTS, p.weights);
-        args.emplace(DNNL_ARG_BIAS, bias_);
-        if (residual_) {
-            args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-                         memory(p.pd.dst_desc(), eng, residual->data_ptr()));
-        }
-        const memory::desc sd = p.pd.scratchpad_desc();
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-        dnnl::stream &s = cpu_stream();
-        p.prim.execute(s, args);
-        s.wait();
+        launch(fused ? *fused_ : exact_, x, out, residual_ ? residual->data_ptr() : nullptr);
     }
 
     bool has_residual() const { return residual_; }
@@ -172,20 +157,9 @@ class Conv {
     bool has_summed() const { return static_cast<bool>(summed_); }
     void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
         TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
-        const Primitive &p = *summed_;
-        check_nhwc(x, p.pd.src_desc(), "input");
-        check_nhwc(out, p.pd.dst_desc(), "output");
-        auto &eng = cpu_engine();
-        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
-        args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
-        args.emplace(DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, out.data_ptr()));
-        args.emplace(DNNL_ARG_WEIGHTS, p.weights);
-        args.emplace(DNNL_ARG_BIAS, bias_);
-        const memory::desc sd = p.pd.scratchpad_desc();
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-        dnnl::stream &s = cpu_stream();
-        p.prim.execute(s, args);
-        s.wait();
+        check_nhwc(x, summed_->pd.src_desc(), "input");
+        check_nhwc(out, summed_->pd.dst_desc(), "output");
+        launch(*summed_, x, out, nullptr);
     }
 
     bool has_fused() const { return static_cast<bool>(fused_); }
@@ -197,6 +171,23 @@ class Conv {
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
 
    private:
+    // Runs `p` on x -> out; `residual`: the binary-add post-op's operand (nullptr: none).
+    void launch(const Primitive &p, const torch::Tensor &x, const torch::Tensor &out, void *residual) const {
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args(extra_.begin(), extra_.end());
+        args.emplace(DNNL_ARG_SRC, memory(p.pd.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(p.pd.dst_desc(), eng, out.data_ptr()));
+        args.emplace(DNNL_ARG_WEIGHTS, p.weights);
+        args.emplace(DNNL_ARG_BIAS, bias_);
+        if (residual != nullptr)
+            args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(p.pd.dst_desc(), eng, residual));
+        const memory::desc sd = p.pd.scratchpad_desc();
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+        dnnl::stream &s = cpu_stream();
+        p.prim.execute(s, args);
+        s.wait();
+    }
+
     Primitive exact_;
     std::unique_ptr<Primitive> fused_;
     memory bias_;

@@ -91,6 +91,22 @@ class ConvPads:
         return pads
 
 
+def conv_kernel(run: Kernel, compute: Callable[..., object], accepts: Callable[[torch.Tensor], bool],
+                out_shape: Callable[[torch.Tensor], tuple[int, int, int, int]]) -> Kernel:
+    """``run`` with the ability to write its 4-D output into a given tensor (the arena, a Concat's
+    slice) that ``accepts`` it and has the output's shape: ``compute(inputs, dest)`` (the
+    convolution tactics that write through any strides: Triton's, INT8 Triton and cuDNN)."""
+
+    def write(inputs, dest: torch.Tensor) -> bool:
+        x = inputs[0]
+        if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
+            return False
+        compute(inputs, dest)
+        return True
+
+    return with_write_into(run, WriteInto(write, accepts))
+
+
 def _factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
@@ -132,14 +148,7 @@ def _factory(config: TileConfig):
             # any strides; any float dtype (the epilogue rounds once, to the view's dtype)
             return out.dim() == 4 and out.is_floating_point()
 
-        def write(inputs, out: torch.Tensor) -> bool:
-            x = inputs[0]
-            if not accepts(out) or x is None or x.dim() != 4 or tuple(out.shape) != out_shape(x):
-                return False
-            compute(inputs, out)
-            return True
-
-        return with_write_into(run, WriteInto(write, accepts))
+        return conv_kernel(run, compute, accepts, out_shape)
 
     factory.__name__ = f"conv_triton_{config.name}"
     factory.__doc__ = (f"Triton implicit-GEMM convolution, {config.block_m}x{config.block_n}x"

@@ -30,7 +30,7 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.kernels.conv import clip_bounds
-from ember.backends.cuda.kernels.conv_triton import ConvPads
+from ember.backends.cuda.kernels.conv_triton import ConvPads, conv_kernel
 from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.libs.triton_qconv import CONFIGS
@@ -64,21 +64,6 @@ def _prequantize(x: torch.Tensor, p: QuantParams, inv: float | torch.Tensor) -> 
 def _float_bias(ctx: CompileContext, name: str, scale: float = 1.0) -> Optional[torch.Tensor]:
     b = ctx.const(name)
     return None if b is None else (b.detach().reshape(-1).to(torch.float32) * scale).contiguous()
-
-
-def _conv_kernel(run: Kernel, compute: Callable[..., object], accepts: Callable[[torch.Tensor], bool],
-                 out_shape: Callable[[torch.Tensor], tuple[int, int, int, int]]) -> Kernel:
-    """``run`` with the ability to write its 4-D output into a given tensor (the arena, a Concat's
-    slice) that ``accepts`` it and has the output's shape: ``compute(inputs, dest)``."""
-
-    def write(inputs, dest: torch.Tensor) -> bool:
-        x = inputs[0]
-        if not accepts(dest) or x is None or x.dim() != 4 or tuple(dest.shape) != out_shape(x):
-            return False
-        compute(inputs, dest)
-        return True
-
-    return with_write_into(run, WriteInto(write, accepts))
 
 
 def _qconv_factory(config: TileConfig):
@@ -134,7 +119,7 @@ def _qconv_factory(config: TileConfig):
             return dest.dim() == 4 and (dest.dtype == _STORAGE[out.dtype] if out is not None
                                         else dest.is_floating_point())
 
-        return _conv_kernel(run, compute, accepts, out_shape)
+        return conv_kernel(run, compute, accepts, out_shape)
 
     factory.__name__ = f"qconv_triton_{config.name}"
     factory.__doc__ = f"Triton INT8 implicit-GEMM convolution, {config.name} tiles, fused epilogue."
@@ -399,7 +384,7 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
         compute(inputs, dest)
         return [dest if fmt is cl else dest.contiguous(memory_format=fmt)]
 
-    return _conv_kernel(run, compute, accepts, out_shape)
+    return conv_kernel(run, compute, accepts, out_shape)
 
 
 # ---- the fallback where Triton cannot run ---------------------------------------------------------

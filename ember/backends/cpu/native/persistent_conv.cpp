@@ -438,6 +438,59 @@ class Lrn {
     dnnl::lrn_forward prim_;
 };
 
+// 2-D max pooling as a oneDNN primitive on NHWC tensors, made once per shape (f32 or bf16):
+// pads (begin, end per spatial dim) are never chosen, as ONNX's -inf pads.
+class MaxPool {
+   public:
+    MaxPool(const std::vector<int64_t> &src, const std::vector<int64_t> &dst, const std::vector<int64_t> &kernel,
+            const std::vector<int64_t> &strides, const std::vector<int64_t> &dilations,
+            const std::vector<int64_t> &pad_l, const std::vector<int64_t> &pad_r, const std::string &dtype)
+        : pd_(make(src, dst, kernel, strides, dilations, pad_l, pad_r, dtype)), prim_(pd_) {}
+
+    void run(const torch::Tensor &x, const torch::Tensor &out) const {
+        check_nhwc(x, pd_.src_desc(), "input");
+        check_nhwc(out, pd_.dst_desc(), "output");
+        auto &eng = cpu_engine();
+        std::unordered_map<int, memory> args;
+        args.emplace(DNNL_ARG_SRC, memory(pd_.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(pd_.dst_desc(), eng, out.data_ptr()));
+        at::internal::lazy_init_num_threads();
+        pybind11::gil_scoped_release nogil;
+        const memory::desc sd = pd_.scratchpad_desc();
+        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+        dnnl::stream &s = cpu_stream();
+        prim_.execute(s, args);
+        s.wait();
+    }
+
+    std::string impl() const { return pd_.impl_info_str(); }
+
+   private:
+    static dnnl::pooling_forward::primitive_desc make(const std::vector<int64_t> &src, const std::vector<int64_t> &dst,
+                                                      const std::vector<int64_t> &kernel,
+                                                      const std::vector<int64_t> &strides,
+                                                      const std::vector<int64_t> &dilations,
+                                                      const std::vector<int64_t> &pad_l,
+                                                      const std::vector<int64_t> &pad_r, const std::string &dtype) {
+        TORCH_CHECK_VALUE(src.size() == 4 && dst.size() == 4 && kernel.size() == 2 && strides.size() == 2 &&
+                              dilations.size() == 2 && pad_l.size() == 2 && pad_r.size() == 2,
+                          "2-D max pooling takes 4-D shapes and 2 values per window attribute");
+        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16", "max pooling data type must be f32 or bf16");
+        const dt d = dtype == "f32" ? dt::f32 : dt::bf16;
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        return dnnl::pooling_forward::primitive_desc(
+            cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max,
+            memory::desc(memory::dims(src.begin(), src.end()), d, tag::nhwc),
+            memory::desc(memory::dims(dst.begin(), dst.end()), d, tag::nhwc), memory::dims(strides.begin(), strides.end()),
+            memory::dims(kernel.begin(), kernel.end()), memory::dims{dilations[0] - 1, dilations[1] - 1},
+            memory::dims(pad_l.begin(), pad_l.end()), memory::dims(pad_r.begin(), pad_r.end()), attr);
+    }
+
+    dnnl::pooling_forward::primitive_desc pd_;
+    dnnl::pooling_forward prim_;
+};
+
 class Matmul {
    public:
     Matmul(dnnl::matmul::primitive_desc pd, memory weights, memory bias, Args extra)
@@ -754,6 +807,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              pybind11::arg("k"), pybind11::arg("dtype") = "f32")
         .def("run", &Lrn::run, pybind11::arg("x"), pybind11::arg("out"))
         .def_property_readonly("impl", &Lrn::impl);
+    pybind11::class_<MaxPool>(m, "MaxPool")
+        .def(pybind11::init<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                            std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::string>(),
+             pybind11::arg("src"), pybind11::arg("dst"), pybind11::arg("kernel"), pybind11::arg("strides"),
+             pybind11::arg("dilations"), pybind11::arg("pad_l"), pybind11::arg("pad_r"), pybind11::arg("dtype") = "f32")
+        .def("run", &MaxPool::run, pybind11::arg("x"), pybind11::arg("out"))
+        .def_property_readonly("impl", &MaxPool::impl);
     pybind11::class_<Matmul>(m, "Matmul")
         .def("run", &Matmul::run, pybind11::arg("x"), pybind11::arg("out"))
         .def_property_readonly("dst_dims", &Matmul::dst_dims)

@@ -68,11 +68,30 @@ def test_no_oneDNN_path_where_a_non_finite_value_can_arrive_or_for_other_tensors
     graph = Graph("g", nodes, ["x"], ["y"], {"x": TensorType(DType.FLOAT32, shape),
                                              "l": TensorType(DType.FLOAT32, shape)})
     ctx = CompileContext(graph, {}, torch.device("cpu"), "", Precision.FP32)
-    assert _native_max_pool(nodes[1], ctx, a) is None  # log(0) = -inf: NaN-safe pooling always
+    after_log = _native_max_pool(nodes[1], ctx, a)
+    assert after_log is not None  # log(0) = -inf: NaN-safe pooling for floats, whatever the run
+    assert after_log(torch.randn(shape).contiguous(memory_format=CL), True) is None
     _, native = _kernel(a, shape)
     assert native is not None
+    assert native(torch.randn(shape).contiguous(memory_format=CL), False) is None  # a run with NaN
     assert native(torch.randn(shape)) is None  # NCHW
     assert native(torch.randn(shape, dtype=torch.float64).contiguous(memory_format=CL)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_8_bit_activations_pool_on_onednn_in_any_run(ext: Any, window: str, dtype: torch.dtype):
+    """The 8-bit tensors between INT8 layers hold no NaN: oneDNN pools them in every run,
+    channels-last, where PyTorch pools them in NCHW only."""
+    a = WINDOWS[window]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(-128 if dtype == torch.int8 else 0, 128 if dtype == torch.int8 else 256, (2, 24, 11, 13),
+                      generator=gen).to(dtype).contiguous(memory_format=CL)
+    kernel, native = _kernel(a, tuple(x.shape))
+    assert native is not None and native(x, False) is not None
+    got = kernel([x])[0]  # no finite_run: the run is not marked finite
+    want = max_pool(x, a)
+    assert got.dtype == dtype and torch.equal(got, want)
 
 
 def test_an_engine_pools_as_onnxruntime_on_finite_inputs_and_keeps_nan(ext: Any):
@@ -123,4 +142,6 @@ def test_an_lrn_upstream_keeps_finite_values_finite_only_with_a_positive_bias(ex
     graph = Graph("g", nodes, ["x"], ["y"], {"x": TensorType(DType.FLOAT32, shape),
                                              "l": TensorType(DType.FLOAT32, shape)})
     ctx = CompileContext(graph, {}, torch.device("cpu"), "", Precision.FP32)
-    assert (_native_max_pool(nodes[1], ctx, a) is not None) is native
+    prim = _native_max_pool(nodes[1], ctx, a)
+    assert prim is not None
+    assert (prim(torch.randn(shape).contiguous(memory_format=CL), True) is not None) is native

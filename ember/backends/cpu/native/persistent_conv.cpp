@@ -438,8 +438,9 @@ class Lrn {
     dnnl::lrn_forward prim_;
 };
 
-// 2-D max pooling as a oneDNN primitive on NHWC tensors, made once per shape (f32 or bf16):
-// pads (begin, end per spatial dim) are never chosen, as ONNX's -inf pads.
+// 2-D max pooling as a oneDNN primitive on NHWC tensors, made once per shape (f32, bf16, or the
+// 8-bit activations between INT8 layers): pads (begin, end per spatial dim) are never chosen, as
+// ONNX's -inf pads.
 class MaxPool {
    public:
     MaxPool(const std::vector<int64_t> &src, const std::vector<int64_t> &dst, const std::vector<int64_t> &kernel,
@@ -475,8 +476,9 @@ class MaxPool {
         TORCH_CHECK_VALUE(src.size() == 4 && dst.size() == 4 && kernel.size() == 2 && strides.size() == 2 &&
                               dilations.size() == 2 && pad_l.size() == 2 && pad_r.size() == 2,
                           "2-D max pooling takes 4-D shapes and 2 values per window attribute");
-        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16", "max pooling data type must be f32 or bf16");
-        const dt d = dtype == "f32" ? dt::f32 : dt::bf16;
+        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16" || dtype == "u8" || dtype == "s8",
+                          "max pooling data type must be f32, bf16, u8 or s8");
+        const dt d = dtype == "bf16" ? dt::bf16 : to_dt(dtype);
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         return dnnl::pooling_forward::primitive_desc(

@@ -393,6 +393,24 @@ void check_rows(const torch::Tensor &t, const memory::desc &md, const char *what
     TORCH_CHECK_VALUE(t.is_contiguous(), what, " must be contiguous (row-major)");
 }
 
+// Runs a one-input primitive (`pd`, `prim`) on NHWC tensors x -> out, checked against its descriptors.
+template <typename PD, typename P>
+void run_nhwc(const PD &pd, const P &prim, const torch::Tensor &x, const torch::Tensor &out) {
+    check_nhwc(x, pd.src_desc(), "input");
+    check_nhwc(out, pd.dst_desc(), "output");
+    auto &eng = cpu_engine();
+    std::unordered_map<int, memory> args;
+    args.emplace(DNNL_ARG_SRC, memory(pd.src_desc(), eng, x.data_ptr()));
+    args.emplace(DNNL_ARG_DST, memory(pd.dst_desc(), eng, out.data_ptr()));
+    at::internal::lazy_init_num_threads();
+    pybind11::gil_scoped_release nogil;
+    const memory::desc sd = pd.scratchpad_desc();
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+    dnnl::stream &s = cpu_stream();
+    prim.execute(s, args);
+    s.wait();
+}
+
 // ONNX's LRN across channels (odd `size`) as a oneDNN primitive on NHWC tensors, made once per
 // shape: dst = src * (k + alpha / size * sum of src^2 over the channel window)^-beta, f32 or bf16.
 class Lrn {
@@ -400,21 +418,7 @@ class Lrn {
     Lrn(const std::vector<int64_t> &dims, int64_t size, double alpha, double beta, double k, const std::string &dtype)
         : pd_(make(dims, size, alpha, beta, k, dtype)), prim_(pd_) {}
 
-    void run(const torch::Tensor &x, const torch::Tensor &out) const {
-        check_nhwc(x, pd_.src_desc(), "input");
-        check_nhwc(out, pd_.dst_desc(), "output");
-        auto &eng = cpu_engine();
-        std::unordered_map<int, memory> args;
-        args.emplace(DNNL_ARG_SRC, memory(pd_.src_desc(), eng, x.data_ptr()));
-        args.emplace(DNNL_ARG_DST, memory(pd_.dst_desc(), eng, out.data_ptr()));
-        at::internal::lazy_init_num_threads();
-        pybind11::gil_scoped_release nogil;
-        const memory::desc sd = pd_.scratchpad_desc();
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-        dnnl::stream &s = cpu_stream();
-        prim_.execute(s, args);
-        s.wait();
-    }
+    void run(const torch::Tensor &x, const torch::Tensor &out) const { run_nhwc(pd_, prim_, x, out); }
 
     std::string impl() const { return pd_.impl_info_str(); }
 
@@ -448,21 +452,7 @@ class MaxPool {
             const std::vector<int64_t> &pad_l, const std::vector<int64_t> &pad_r, const std::string &dtype)
         : pd_(make(src, dst, kernel, strides, dilations, pad_l, pad_r, dtype)), prim_(pd_) {}
 
-    void run(const torch::Tensor &x, const torch::Tensor &out) const {
-        check_nhwc(x, pd_.src_desc(), "input");
-        check_nhwc(out, pd_.dst_desc(), "output");
-        auto &eng = cpu_engine();
-        std::unordered_map<int, memory> args;
-        args.emplace(DNNL_ARG_SRC, memory(pd_.src_desc(), eng, x.data_ptr()));
-        args.emplace(DNNL_ARG_DST, memory(pd_.dst_desc(), eng, out.data_ptr()));
-        at::internal::lazy_init_num_threads();
-        pybind11::gil_scoped_release nogil;
-        const memory::desc sd = pd_.scratchpad_desc();
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-        dnnl::stream &s = cpu_stream();
-        prim_.execute(s, args);
-        s.wait();
-    }
+    void run(const torch::Tensor &x, const torch::Tensor &out) const { run_nhwc(pd_, prim_, x, out); }
 
     std::string impl() const { return pd_.impl_info_str(); }
 

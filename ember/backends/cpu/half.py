@@ -199,8 +199,8 @@ def _finite_safe(graph: Graph) -> frozenset[str]:
     clean.update(name for name, v in graph.constants.items()
                  if v.dtype.kind != "f" or not v.size or bool(np.isfinite(v).all()))
     safe: set[str] = set()
-    for node in graph.nodes:
-        if all(not i or i in clean or not graph.types[i].dtype.is_float for i in node.inputs):
+    for node in graph.nodes:  # an input of unknown type counts as a float one that may not be finite
+        if all(not i or i in clean or (i in graph.types and not graph.types[i].dtype.is_float) for i in node.inputs):
             safe.add(node.name)
             if (node.op in FINITE_OPS or node.op is OpType.LRN) and _finite_steps(node):
                 clean.update(o for o in node.outputs if o)

@@ -41,8 +41,8 @@ def served(ray_cluster, repository, cache_dir):
     serve.shutdown()
 
 
-def _client(url: str):
-    return http.InferenceServerClient(url, connection_timeout=30.0, network_timeout=30.0)
+def _client(url: str, timeout: float = 30.0):
+    return http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
 
 
 def _infer(client, x: np.ndarray, binary: bool) -> np.ndarray:
@@ -126,7 +126,11 @@ def test_two_named_inputs_and_outputs(served):
 
 def test_killing_a_replica_under_load_loses_no_request_silently(served, mlp_engine, ray_cluster):
     """Every request gets exactly one answer, in bounded time: its own correct outputs, or a 5xx
-    error (the requests in flight on the killed replica) that succeeds when sent again."""
+    error (the requests in flight on the killed replica) that succeeds when sent again.
+
+    The bound is Serve's recovery time on a loaded machine, not a latency: on the 2-core CI
+    machine a request Serve had routed to the killed replica once waited over 30 s for its
+    answer (the router waits for the replica's death to be known), so the clients wait 90 s."""
     ray = ray_cluster
     rng = np.random.default_rng(2)
     requests = [rng.standard_normal((2, 16)).astype(np.float32) for _ in range(240)]
@@ -136,7 +140,7 @@ def test_killing_a_replica_under_load_loses_no_request_silently(served, mlp_engi
     started = threading.Event()
 
     def run(worker: int) -> None:
-        client = _client(served)
+        client = _client(served, timeout=90.0)
         with mlp_engine.create_context() as ctx:
             for i in range(worker, len(requests), 6):
                 started.set()
@@ -161,8 +165,8 @@ def test_killing_a_replica_under_load_loses_no_request_silently(served, mlp_engi
         time.sleep(0.3)
         ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
         for f in futures:
-            f.result(timeout=120)
-    assert time.monotonic() - t0 < 120
+            f.result(timeout=240)
+    assert time.monotonic() - t0 < 240
     assert not wrong, f"requests answered with another request's outputs: {wrong}"
     assert all(len(o) == 1 for o in outcomes.values()), "a request was answered twice or not at all"
     failed = [i for i, o in outcomes.items() if o[0] != "ok"]

@@ -77,3 +77,19 @@ def test_an_engine_with_lrn_after_a_convolution_matches_onnxruntime(ext: Any):
         got = np.asarray(ctx.infer({"x": x})["y"])
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_parameters_onednn_refuses_fall_back_to_the_tensor_operations(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(ext, "Lrn", refuse)
+    a = LRNAttrs(size=5)
+    x = torch.randn(1, 8, 3, 3).contiguous(memory_format=CL)
+    kernel = _kernel(a)
+    for _ in range(2):
+        torch.testing.assert_close(kernel([x])[0], lrn(x, a), rtol=0, atol=0)
+    assert len(calls) == 1  # refused once, remembered

@@ -250,8 +250,12 @@ def _native_max_pool(node: Node, ctx: CompileContext, a: PoolAttrs):
             made[key] = None
             if ext is not None and hasattr(ext, "MaxPool") and min(g.outs) > 0 and min(ends) >= 0 \
                     and all(b < e for b, e in zip(g.begins, g.extents)):
-                made[key] = (ext.MaxPool(list(x.shape), [x.shape[0], x.shape[1], *g.outs], g.kernel, g.strides,
-                                         g.dilations, g.begins, ends, kind), (x.shape[0], x.shape[1], *g.outs))
+                try:
+                    made[key] = (ext.MaxPool(list(x.shape), [x.shape[0], x.shape[1], *g.outs], g.kernel,
+                                             g.strides, g.dilations, g.begins, ends, kind),
+                                 (x.shape[0], x.shape[1], *g.outs))
+                except (RuntimeError, ValueError):  # a geometry oneDNN refuses: PyTorch pools it
+                    made[key] = None
         return made[key]
 
     return prim
@@ -360,13 +364,15 @@ def lrn_kernel(node: Node, ctx: CompileContext) -> Kernel:
                 or not x.is_contiguous(memory_format=torch.channels_last) or not native.enabled()):
             return None
         key = (tuple(x.shape), kind)
-        prim = made.get(key)
-        if prim is None:
+        if key not in made:
             ext = native.extension()
-            if ext is None or not hasattr(ext, "Lrn"):
-                return None
-            prim = made[key] = ext.Lrn(list(x.shape), a.size, a.alpha, a.beta, a.bias, kind)
-        return prim
+            made[key] = None
+            if ext is not None and hasattr(ext, "Lrn"):
+                try:
+                    made[key] = ext.Lrn(list(x.shape), a.size, a.alpha, a.beta, a.bias, kind)
+                except (RuntimeError, ValueError):  # parameters oneDNN refuses: the tensor operations
+                    pass
+        return made[key]
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]

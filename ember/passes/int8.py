@@ -303,17 +303,17 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
     chosen: dict[str, tuple[_Form, tuple[float, ...]]] = {}
     rewired: dict[str, str] = {}  # layer name -> its new input 0 (a folded Q/DQ pair's x)
     demoted: dict[str, str] = {}
+    asked: set[str] = set()  # the layers that asked for INT8
     for node in graph.nodes:
         if node.op not in QUANTIZABLE_OPS:
             continue
         pair = _qdq_pair(node.inputs[0], producers, records)
         if node.name not in marked and pair is None:
             continue
+        asked.add(node.name)
         form = layer_form(node, graph, ctx.device)
         if isinstance(form, str):
             demoted[node.name] = form
-            if node.name not in marked:  # a Q/DQ layer that runs as written, in float: say so
-                ctx.count(form)
             continue
         if pair is None and records.get(node.inputs[0]) is None:
             demoted[node.name] = NO_RECORD
@@ -326,7 +326,7 @@ def quantize_layers(graph: Graph, ctx: PassContext) -> Graph:
         if pair is not None:
             rewired[node.name] = pair[0].inputs[0]
             ctx.count(FOLDED)
-    for name in marked & set(demoted):
+    for name in asked & set(demoted):  # marked int8, or a Q/DQ layer that runs as written in float
         ctx.count(demoted[name])
     if not chosen:
         return _demote(graph, ctx, marked, None)

@@ -46,7 +46,7 @@ from ember.backends.tensors import compute_dtype, torch_dtype
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
-from ember.ops.attrs import Activation, activation_params
+from ember.ops.attrs import Activation, LRNAttrs, activation_params
 from ember.plan.config import Precision
 from ember.plan.records import Records
 
@@ -157,7 +157,8 @@ FINITE_OPS = frozenset({
     OpType.REDUCE_MEAN, OpType.REDUCE_SUM, OpType.REDUCE_MAX, OpType.REDUCE_MIN, OpType.CONCAT, OpType.SPLIT,
     OpType.SLICE, OpType.GATHER, OpType.RESHAPE, OpType.FLATTEN, OpType.TRANSPOSE, OpType.SQUEEZE,
     OpType.UNSQUEEZE, OpType.EXPAND, OpType.IDENTITY, OpType.DROPOUT, OpType.PAD, OpType.TILE,
-    OpType.DEPTH_TO_SPACE, OpType.SPACE_TO_DEPTH, OpType.CAST, OpType.SHAPE})
+    OpType.DEPTH_TO_SPACE, OpType.SPACE_TO_DEPTH, OpType.CAST, OpType.SHAPE,
+    OpType.LRN})  # LRN only with a positive bias (``_finite_steps``)
 
 _FINITE_INPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("ember_cpu_finite_inputs", default=False)
 
@@ -202,7 +203,7 @@ def _finite_safe(graph: Graph) -> frozenset[str]:
     for node in graph.nodes:  # an input of unknown type counts as a float one that may not be finite
         if all(not i or i in clean or (i in graph.types and not graph.types[i].dtype.is_float) for i in node.inputs):
             safe.add(node.name)
-            if (node.op in FINITE_OPS or node.op is OpType.LRN) and _finite_steps(node):
+            if node.op in FINITE_OPS and _finite_steps(node):
                 clean.update(o for o in node.outputs if o)
     if len(_SAFE_CACHE) >= 8:
         _SAFE_CACHE.pop(next(iter(_SAFE_CACHE)))
@@ -211,8 +212,9 @@ def _finite_safe(graph: Graph) -> frozenset[str]:
 
 
 def _finite_steps(node: Node) -> bool:
+    """The node's own conditions for being finite-preserving, beyond its op being in ``FINITE_OPS``."""
     if node.op is OpType.LRN:  # x * (bias + ...)^-beta: finite for finite x when bias > 0 (0^-beta is inf)
-        return float(getattr(node.attrs, "bias", 0.0)) > 0
+        return isinstance(node.attrs, LRNAttrs) and node.attrs.bias > 0
     if node.op is not OpType.FUSED_ELEMENTWISE:
         return True
     return node.attrs is not None and all(step.op in FINITE_OPS for step in node.attrs.steps)

@@ -185,15 +185,17 @@ class CudaTacticTimer:
                 run, outs = self._timed_run(node, tactic, kernel, args, view)
             err = self._error(node, graph, args, outs)
             if err > self.tolerance.get(precision, 1e-2):
-                self.rejected[(node.name, tactic)] = f"relative error {err:.2e} over {precision}'s tolerance"
-                log.debug("layer %r: tactic %s refused: %s", node.name, tactic, self.rejected[(node.name, tactic)])
-                return math.inf
+                return self._refuse(node, tactic, f"relative error {err:.2e} over {precision}'s tolerance")
             with torch.inference_mode():
                 return float(self.measure(run))
         except Exception as e:  # noqa: BLE001 - a tactic that cannot run here is simply not chosen
-            self.rejected[(node.name, tactic)] = f"{type(e).__name__}: {str(e)[:200]}"
-            log.debug("layer %r: tactic %s refused: %s", node.name, tactic, self.rejected[(node.name, tactic)])
-            return math.inf
+            return self._refuse(node, tactic, f"{type(e).__name__}: {str(e)[:200]}")
+
+    def _refuse(self, node: Node, tactic: str, reason: str) -> float:
+        """Records (and logs at DEBUG) why ``tactic`` cannot be ``node``'s; its time: infinite."""
+        self.rejected[(node.name, tactic)] = reason
+        log.debug("layer %r: tactic %s refused: %s", node.name, tactic, reason)
+        return math.inf
 
     def _timed_run(self, node: Node, tactic: str, kernel: Kernel, args, view: Optional[torch.Tensor]):
         """(what to time, the outputs of one run to check). Into a Concat slice (``view``): the

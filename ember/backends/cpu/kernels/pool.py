@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,47 +216,65 @@ def max_pool_with_indices(x: Tensor, a: PoolAttrs) -> tuple[Tensor, Tensor]:
 
 
 _NATIVE_KINDS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int8: "s8"}
+NativeMaker = Callable[[Any, Tensor, str], object]
 
 
-def _native_max_pool(node: Node, ctx: CompileContext, a: PoolAttrs):
-    """A 2-D MaxPool's oneDNN primitive per input shape (Ember's extension): for the 8-bit
-    activations between INT8 layers always (PyTorch pools those only in NCHW: ResNet-50 INT8's
-    MaxPool took 3.6 of its 9.8 ms at batch 1), for float ones in runs whose inputs are all finite
-    and a layer no non-finite value can reach (``half.finite_safe``; oneDNN's maximum drops NaN
-    where ONNX keeps it). 3-6x PyTorch's channels-last float pooling on GoogLeNet's and
-    ResNet-50's layers at batch 8, bitwise the same maxima. ``None`` where it cannot apply; the
-    function it returns gives ``None`` for a tensor it does not take, or one it takes only in
-    finite runs when ``finite`` is false."""
+def _per_shape_native(make: NativeMaker, kinds: Sequence[torch.dtype]) -> Callable[[Tensor], object]:
+    """A primitive of Ember's oneDNN extension (``ember.backends.cpu.native``) per input shape:
+    ``make(ext, x, kind)`` for a 4-D channels-last CPU tensor of one of ``kinds`` (``kind``: its
+    oneDNN name), made at the first run of each shape and kept. ``None`` (the caller computes
+    otherwise) for any other tensor, where the extension is switched off or unavailable, and for
+    a shape oneDNN refuses (remembered, so it is asked once)."""
     from ember.backends.cpu import native
-    from ember.backends.cpu.half import finite_safe
 
-    if len(a.kernel_shape) != 2 or ctx.graph is None or not native.enabled():
-        return None
-    safe = finite_safe(node, ctx.graph)
+    enabled = native.enabled()
     made: dict[tuple, object] = {}
 
-    def prim(x: Tensor, finite: bool = True) -> object | None:
-        kind = _NATIVE_KINDS.get(x.dtype)
-        if (kind is None or x.dim() != 4 or x.device.type != "cpu" or x.numel() == 0
-                or not x.is_contiguous(memory_format=torch.channels_last)
-                or (x.is_floating_point() and not (safe and finite))):
+    def get(x: Tensor) -> object:
+        kind = _NATIVE_KINDS.get(x.dtype) if x.dtype in kinds else None
+        if (not enabled or kind is None or x.dim() != 4 or x.device.type != "cpu" or x.numel() == 0
+                or not x.is_contiguous(memory_format=torch.channels_last)):
             return None
         key = (tuple(x.shape), kind)
         if key not in made:
             ext = native.extension()
-            g = pool_geometry(a, x.shape)
-            # oneDNN's output size is the floor one: the end pad that gives ONNX's (ceil) size
-            ends = [(o - 1) * st + e - i - b for o, st, e, i, b in zip(g.outs, g.strides, g.extents, g.ins, g.begins)]
             made[key] = None
-            if ext is not None and hasattr(ext, "MaxPool") and min(g.outs) > 0 and min(ends) >= 0 \
-                    and all(b < e for b, e in zip(g.begins, g.extents)):
+            if ext is not None:
                 try:
-                    made[key] = (ext.MaxPool(list(x.shape), [x.shape[0], x.shape[1], *g.outs], g.kernel,
-                                             g.strides, g.dilations, g.begins, ends, kind),
-                                 (x.shape[0], x.shape[1], *g.outs))
-                except (RuntimeError, ValueError):  # a geometry oneDNN refuses: PyTorch pools it
-                    made[key] = None
+                    made[key] = make(ext, x, kind)
+                except (RuntimeError, ValueError):  # a shape or parameters oneDNN refuses
+                    pass
         return made[key]
+
+    return get
+
+
+def _native_max_pool(node: Node, ctx: CompileContext, a: PoolAttrs):
+    """A 2-D MaxPool's oneDNN primitive per input shape, with its output shape: for the 8-bit
+    activations between INT8 layers always (PyTorch pools those only in NCHW: ResNet-50 INT8's
+    MaxPool took 3.6 of its 9.8 ms at batch 1), for float ones in runs whose inputs are all finite
+    (``finite``) and a layer no non-finite value can reach (``half.finite_safe``; oneDNN's maximum
+    drops NaN where ONNX keeps it). 3-6x PyTorch's channels-last float pooling on GoogLeNet's and
+    ResNet-50's layers at batch 8, bitwise the same maxima. ``None`` where it cannot apply."""
+    from ember.backends.cpu.half import finite_safe
+
+    if len(a.kernel_shape) != 2 or ctx.graph is None:
+        return None
+    safe = finite_safe(node, ctx.graph)
+
+    def make(ext: Any, x: Tensor, kind: str) -> object:
+        g = pool_geometry(a, x.shape)
+        # oneDNN's output size is the floor one: the end pad that gives ONNX's (ceil) size
+        ends = [(o - 1) * st + e - i - b for o, st, e, i, b in zip(g.outs, g.strides, g.extents, g.ins, g.begins)]
+        if min(g.outs) <= 0 or min(ends) < 0 or any(b >= e for b, e in zip(g.begins, g.extents)):
+            return None
+        shape = (x.shape[0], x.shape[1], *g.outs)
+        return ext.MaxPool(list(x.shape), list(shape), g.kernel, g.strides, g.dilations, g.begins, ends, kind), shape
+
+    get = _per_shape_native(make, tuple(_NATIVE_KINDS))
+
+    def prim(x: Tensor, finite: bool = True) -> object:
+        return None if x.is_floating_point() and not (safe and finite) else get(x)
 
     return prim
 
@@ -354,29 +372,13 @@ def lrn_kernel(node: Node, ctx: CompileContext) -> Kernel:
     otherwise ``lrn``'s tensor operations. Both are the ONNX formula, NaN and infinities as it
     gives them."""
     a: LRNAttrs = node.attrs
-    made: dict[tuple, object] = {}
-
-    def native_lrn(x: Tensor) -> object | None:
-        from ember.backends.cpu import native
-
-        kind = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(x.dtype)
-        if (kind is None or a.size % 2 == 0 or x.dim() != 4 or x.device.type != "cpu" or x.numel() == 0
-                or not x.is_contiguous(memory_format=torch.channels_last) or not native.enabled()):
-            return None
-        key = (tuple(x.shape), kind)
-        if key not in made:
-            ext = native.extension()
-            made[key] = None
-            if ext is not None and hasattr(ext, "Lrn"):
-                try:
-                    made[key] = ext.Lrn(list(x.shape), a.size, a.alpha, a.beta, a.bias, kind)
-                except (RuntimeError, ValueError):  # parameters oneDNN refuses: the tensor operations
-                    pass
-        return made[key]
+    native_lrn = None if a.size % 2 == 0 else _per_shape_native(  # oneDNN centres an even window otherwise
+        lambda ext, x, kind: ext.Lrn(list(x.shape), a.size, a.alpha, a.beta, a.bias, kind),
+        (torch.float32, torch.bfloat16))
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        prim = native_lrn(x)
+        prim = native_lrn(x) if native_lrn is not None else None
         if prim is None:
             return [lrn(x, a)]
         out = torch.empty_like(x, memory_format=torch.channels_last)

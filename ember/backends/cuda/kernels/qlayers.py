@@ -197,49 +197,30 @@ for _op, _table in FACTORIES.items():
 @dataclass(frozen=True)
 class Int8Epilogue:
     """The float epilogue of an INT8 convolution on an int32 accumulator, in the output's units:
-    ``t = acc * scale + bias (+ z * z_scale)``, then ``act`` with ``clip`` bounds; an 8-bit output
-    is ``t`` rounded and saturated. Zero points are folded in: the output's and the residual's
-    into the bias, the input's as ``-zp_x * scale * M`` where ``M[k, oh, ow]`` is the sum of the
-    int8 weights of channel k over the taps inside the image at (oh, ow) (the padded taps read
-    ``zp_x``, i.e. a real 0, which the accumulator counts as 0): a per-channel constant for an
-    unpadded convolution, a whole ``[1, K, OH, OW]`` map otherwise (broadcast over the batch)."""
+    ``t = acc * scale + bias`` (both ``[1, K, 1, 1]``), then ``act`` with ``clip`` bounds; an 8-bit
+    output is ``t`` rounded and saturated. Zero points are folded into the bias: the output's, and
+    the input's as ``-zp_x * scale * sum(w_k)`` (the convolution is unpadded, or its input has no
+    zero point: the tactic writes a zero-pointed input's border itself)."""
 
     scale: torch.Tensor
     bias: torch.Tensor
-    z_scale: Optional[torch.Tensor]
     act: str
     clip: tuple[Optional[float], Optional[float]]
 
 
-def int8_epilogue(wq: torch.Tensor, a: QConvAttrs, bias: Optional[torch.Tensor], hw: tuple[int, int],
-                  pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int]
-                  ) -> Int8Epilogue:
-    """The epilogue constants of QConv ``a`` with int8 weight ``wq`` ``[K, C, KH, KW]`` and float
-    ``bias`` ``[K]`` on an input of spatial size ``hw`` (float32, on ``wq``'s device)."""
-    import torch.nn.functional as F
-
+def int8_epilogue(wq: torch.Tensor, a: QConvAttrs, bias: Optional[torch.Tensor]) -> Int8Epilogue:
+    """The epilogue constants of QConv ``a`` (no residual) with int8 weight ``wq`` ``[K, C, KH, KW]``
+    and float ``bias`` ``[K]`` (float32, on ``wq``'s device)."""
+    if a.has_residual:
+        raise BuildError("the cuDNN INT8 convolution takes no residual yet")
     k = int(wq.shape[0])
     dev = wq.device
     so, zo = (a.out.scale, a.out.zero_point) if a.out is not None else (1.0, 0)
     mult = torch.tensor(a.w_scales, dtype=torch.float64, device=dev) * (a.x.scale / so)
     const = (bias.to(device=dev, dtype=torch.float64) if bias is not None
              else torch.zeros(k, dtype=torch.float64, device=dev)) / so + zo
-    z_scale = None
-    if a.has_residual:
-        if a.residual is not None:  # 8-bit residual: real = (q - zp) * s
-            z_scale = a.residual.scale / so
-            const = const - a.residual.zero_point * z_scale
-        else:
-            z_scale = 1.0 / so
-    bias_t = const.view(1, k, 1, 1)
     if a.x.zero_point:
-        if any(pads):
-            t, left, b, r = pads
-            ones = F.pad(torch.ones(1, int(wq.shape[1]), *hw, dtype=torch.float64, device=dev), (left, r, t, b))
-            taps = F.conv2d(ones, wq.to(torch.float64), None, stride, 0, dilation)  # [1, K, OH, OW]
-        else:
-            taps = wq.to(torch.float64).sum(dim=(1, 2, 3)).view(1, k, 1, 1)
-        bias_t = bias_t - a.x.zero_point * mult.view(1, k, 1, 1) * taps
+        const = const - a.x.zero_point * mult * wq.to(torch.float64).sum(dim=(1, 2, 3))
     act, clip = "none", (None, None)
     if a.activation is Activation.RELU:
         act, clip = "relu", ((float(zo), None) if zo else (None, None))
@@ -250,21 +231,16 @@ def int8_epilogue(wq: torch.Tensor, a: QConvAttrs, bias: Optional[torch.Tensor],
         raise BuildError(f"the cuDNN INT8 convolution fuses no {a.activation.value} activation")
     cl = torch.channels_last
     return Int8Epilogue(mult.to(torch.float32).view(1, k, 1, 1).contiguous(memory_format=cl),
-                        bias_t.to(torch.float32).contiguous(memory_format=cl),
-                        None if z_scale is None else torch.full((1, 1, 1, 1), z_scale, dtype=torch.float32, device=dev),
-                        act, clip)
+                        const.to(torch.float32).view(1, k, 1, 1).contiguous(memory_format=cl), act, clip)
 
 
-def int8_epilogue_reference(x: torch.Tensor, wq: torch.Tensor, ep: Int8Epilogue, z: Optional[torch.Tensor],
-                            padding: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
-                            out_dtype: torch.dtype) -> torch.Tensor:
+def int8_epilogue_reference(x: torch.Tensor, wq: torch.Tensor, ep: Int8Epilogue, padding: tuple[int, int],
+                            stride: tuple[int, int], dilation: tuple[int, int], out_dtype: torch.dtype) -> torch.Tensor:
     """What the cuDNN graph of ``ep`` computes, in float32 (exact products of 8-bit values): the
     check a cuDNN plan's result must pass, and the CPU tests' model of the graph."""
     import torch.nn.functional as F
 
     t = F.conv2d(x.float(), wq.float(), None, stride, padding, dilation) * ep.scale + ep.bias
-    if z is not None and ep.z_scale is not None:
-        t = t + z.float() * ep.z_scale
     lo, hi = ep.clip
     if ep.act == "relu" and lo is None:
         lo = 0.0
@@ -282,9 +258,7 @@ def _cudnn_int8_applies(node: Node, graph, records=None) -> bool:
     survives), and a graph with the residual's scale has not run on a GPU yet."""
     a = node.attrs
     return (isinstance(a, QConvAttrs) and len(a.conv.kernel_shape) == 2 and a.conv.group == 1
-            and not a.has_residual
-            and a.x.dtype is DType.INT8 and (a.out is None or a.out.dtype is DType.INT8)
-            and (a.residual is None or a.residual.dtype is DType.INT8)
+            and not a.has_residual and a.x.dtype is DType.INT8 and (a.out is None or a.out.dtype is DType.INT8)
             and a.activation in (Activation.NONE, Activation.RELU, Activation.CLIP) and cudnn_graph.available())
 
 
@@ -298,6 +272,7 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
     import torch.nn.functional as F
 
     from ember.backends.cpu.kernels.qlayers import quantize_weight
+    from ember.backends.cuda.libs.triton_conv import output_hw
 
     a = node.attrs
     w = ctx.const(node.inputs[1])
@@ -309,31 +284,20 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
                          f"the Triton INT8 tactics run this layer")
     cl = torch.channels_last
     wq = quantize_weight(w.detach().to(torch.float32).cpu(), torch.tensor(a.w_scales, dtype=torch.float64), 0)
-    cin = int(wq.shape[1])
-    extra = -cin % 4  # cuDNN's INT8 convolutions read channels in fours: zero weights for the padding
+    extra = -int(wq.shape[1]) % 4  # cuDNN's INT8 convolutions read channels in fours: zero weights for the padding
     if extra:
         wq = F.pad(wq.to(torch.int32), (0, 0, 0, 0, 0, extra)).to(torch.int8)
     wq = wq.to(ctx.device).contiguous(memory_format=cl)
-    bias = _float_bias(ctx, node.input(2))
+    ep = int8_epilogue(wq, a, _float_bias(ctx, node.input(2)))
     stride = tuple(int(s) for s in (a.conv.strides or (1, 1)))
     dilation = tuple(int(d) for d in (a.conv.dilations or (1, 1)))
     pads = ConvPads(a.conv, stride, dilation)
     out_dtype = torch.int8 if a.out is not None else compute_dtype(ctx.precision)
     fmt = planned_format(ctx, node.outputs[0]) or cl
-    epilogues: dict[tuple[int, int], Int8Epilogue] = {}
-
-    def epilogue(h: int, wd: int, p: tuple[int, int, int, int]) -> Int8Epilogue:
-        ep = epilogues.get((h, wd))
-        if ep is None:
-            ep = epilogues[(h, wd)] = int8_epilogue(wq, a, bias, (h, wd), p, stride, dilation)
-        return ep
 
     def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
         n, _, h, wd = x.shape
-        t, left, b, r = pads(h, wd)
-        oh = (h + t + b - dilation[0] * (wq.shape[2] - 1) - 1) // stride[0] + 1
-        ow = (wd + left + r - dilation[1] * (wq.shape[3] - 1) - 1) // stride[1] + 1
-        return (n, int(wq.shape[0]), oh, ow)
+        return (n, int(wq.shape[0]), *output_hw(h, wd, wq.shape[2:], stride, pads(h, wd), dilation))
 
     def compute(inputs, dest: torch.Tensor) -> None:
         x = inputs[0]
@@ -348,33 +312,21 @@ def qconv_cudnn_int8(node: Node, ctx: CompileContext) -> Kernel:
             t = left = b = r = 0
         elif t != b or left != r:
             raise BuildError(f"INT8 layer {node.name!r}: the cuDNN INT8 convolution takes symmetric pads, "
-                             f"not {(t, left, b, r)}")
+                             f"not {(t, left, b, r)}; the Triton INT8 tactics run this layer")
         if not x.is_contiguous(memory_format=cl):
             x = x.contiguous(memory_format=cl)
-        z = arg(inputs, 3) if a.has_residual else None
-        if z is not None:
-            if z.is_floating_point() and a.residual is not None:
-                raise BuildError(f"INT8 layer {node.name!r} got a float residual where it expects an 8-bit one")
-            if not z.is_floating_point() and a.residual is None:
-                raise BuildError(f"INT8 layer {node.name!r} got an 8-bit residual without its scale")
-            if not z.is_contiguous(memory_format=cl):
-                z = z.contiguous(memory_format=cl)
-        ep = epilogue(int(x.shape[2]), int(x.shape[3]), (t, left, b, r))
         padding = (t, left)
 
         def check(out: torch.Tensor) -> torch.Tensor:
-            return int8_epilogue_reference(x, wq, ep, z, padding, stride, dilation, out.dtype)
+            return int8_epilogue_reference(x, wq, ep, padding, stride, dilation, out.dtype)
 
         try:
-            graph = cudnn_graph.qconv_graph(x, wq, ep.scale, ep.bias, z, ep.z_scale, dest, list(padding),
-                                            list(stride), list(dilation), ep.act, ep.clip, check=check)
+            graph = cudnn_graph.qconv_graph(x, wq, ep.scale, ep.bias, dest, list(padding), list(stride),
+                                            list(dilation), ep.act, ep.clip, check=check)
         except BuildError as e:
             raise BuildError(f"INT8 layer {node.name!r} (cudnn_int8 tactic): {e}; rebuild the engine on this "
                              f"machine so the builder picks a tactic that runs here") from e
-        tensors = {"x": x, "w": wq, "scale": ep.scale, "bias": ep.bias, "out": dest}
-        if z is not None and ep.z_scale is not None:
-            tensors["z"], tensors["zs"] = z, ep.z_scale
-        graph.run(tensors)
+        graph.run({"x": x, "w": wq, "scale": ep.scale, "bias": ep.bias, "out": dest})
 
     def accepts(dest: torch.Tensor) -> bool:
         return dest.dim() == 4 and dest.dtype == out_dtype and dest.stride()[1] == 1

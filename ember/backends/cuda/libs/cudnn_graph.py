@@ -154,25 +154,26 @@ def _conv_ops(g, ops: dict, order: Sequence[str], padding, stride, dilation, act
     ops["out"] = y
 
 
-def qconv_graph(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                z: Optional[torch.Tensor], z_scale: Optional[torch.Tensor], out: torch.Tensor,
+def qconv_graph(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, out: torch.Tensor,
                 padding: Sequence[int], stride: Sequence[int], dilation: Sequence[int], act: str,
                 clip: tuple[Optional[float], Optional[float]] = (None, None),
                 check: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> CudnnGraph:
     """An INT8 convolution as one cuDNN graph (cached by geometry): ``out = act(conv(x, w) * scale
-    + bias + z * z_scale)``, ``x`` and ``w`` int8 (channels-last), the product accumulated in
-    int32, the epilogue in float32, ``out`` int8 (rounded to nearest, saturated) or half.
-    ``scale`` is ``[1, K, 1, 1]``; ``bias`` ``[1, K, 1, 1]`` or a whole ``[1, K, OH, OW]`` map
-    (broadcast over the batch: zero points folded in, ``ember.backends.cuda.kernels.qlayers``);
-    ``z_scale`` ``[1, 1, 1, 1]``. ``act``: ``"none"``, ``"relu"`` or ``"clip"`` with ``clip =
-    (lower, upper)`` in the output's units (a ReLU on a shifted output is a clip at its zero
-    point)."""
+    + bias)``, ``x`` and ``w`` int8 (channels-last), the product accumulated in int32, the
+    epilogue in float32, ``out`` int8 (rounded to nearest, saturated) or half. ``scale`` and
+    ``bias`` are per channel, ``[1, K, 1, 1]`` (a whole-map operand broadcast over the batch made
+    cuDNN fault with a misaligned address on the H200). ``act``: ``"none"``, ``"relu"`` or
+    ``"clip"`` with ``clip = (lower, upper)`` in the output's units (a ReLU on a shifted output is
+    a clip at its zero point)."""
     if act not in ("none", "relu", "clip"):
         raise BuildError(f"cuDNN INT8 convolution: activation {act!r} is not supported")
-    key = ("qconv", _geom(x), _geom(w), _geom(scale), _geom(bias), z is not None and _geom(z),
-           z_scale is not None and _geom(z_scale), _geom(out), tuple(padding), tuple(stride), tuple(dilation),
-           act, clip, x.device.index)
-    tensors = {"x": x, "w": w, "scale": scale, "bias": bias, "z": z, "zs": z_scale, "out": out}
+    k = int(w.shape[0])
+    if tuple(scale.shape) != (1, k, 1, 1) or tuple(bias.shape) != (1, k, 1, 1):
+        raise BuildError(f"cuDNN INT8 convolution: scale and bias must be [1, {k}, 1, 1], not "
+                         f"{tuple(scale.shape)} and {tuple(bias.shape)}")
+    key = ("qconv", _geom(x), _geom(w), _geom(scale), _geom(bias), _geom(out), tuple(padding), tuple(stride),
+           tuple(dilation), act, clip, x.device.index)
+    tensors = {"x": x, "w": w, "scale": scale, "bias": bias, "out": out}
     add_ops = functools.partial(_qconv_ops, padding=padding, stride=stride, dilation=dilation, act=act, clip=clip)
     return _cached(key, tensors, [("", add_ops)], check)
 
@@ -183,8 +184,6 @@ def _qconv_ops(g, ops: dict, padding, stride, dilation, act: str, clip) -> None:
                      dilation=list(dilation), compute_data_type=i32, name="conv")
     y = g.mul(a=y, b=ops["scale"], name="scale")
     y = g.add(a=y, b=ops["bias"], name="bias_add")
-    if "z" in ops:
-        y = g.add(a=y, b=g.mul(a=ops["z"], b=ops["zs"], name="residual_scale"), name="residual_add")
     if act != "none":
         kw = {k: v for k, v in (("lower_clip", clip[0]), ("upper_clip", clip[1])) if v is not None}
         y = g.relu(input=y, name=act, **kw)

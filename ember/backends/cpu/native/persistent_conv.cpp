@@ -87,8 +87,11 @@ dt to_dt(const std::string &name) {
     if (name == "f32") return dt::f32;
     if (name == "u8") return dt::u8;
     if (name == "s8") return dt::s8;
-    TORCH_CHECK_VALUE(false, "unknown data type '", name, "' (f32, u8, s8)");
+    if (name == "bf16") return dt::bf16;
+    TORCH_CHECK_VALUE(false, "unknown data type '", name, "' (f32, bf16, u8, s8)");
 }
+
+bool eight_bit(dt d) { return d == dt::u8 || d == dt::s8; }
 
 void check_nhwc(const torch::Tensor &t, const memory::desc &md, const char *what) {
     const at::ScalarType want = to_scalar(md.get_data_type());
@@ -243,8 +246,10 @@ class Layer {
                           weight.scalar_type(), " ", weight.sizes());
         q_.src = to_dt(src_dtype);
         q_.dst = to_dt(dst_dtype);
-        TORCH_CHECK_VALUE(int8_ == (q_.src != dt::f32), "an int8 weight needs u8/s8 activations, a float32 one f32");
-        TORCH_CHECK_VALUE(int8_ || q_.dst == dt::f32, "a float32 layer writes f32");
+        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.src) : q_.src == dt::f32,
+                          "an int8 weight needs u8/s8 activations, a float32 one f32");
+        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.dst) || q_.dst == dt::f32 : q_.dst == dt::f32,
+                          "an INT8 layer writes u8, s8 or f32, a float32 layer f32");
         if (int8_) {
             TORCH_CHECK_VALUE(w_scales.has_value() && w_scales->numel() == weight.size(0),
                               "an int8 weight needs one scale per output channel");
@@ -427,8 +432,8 @@ class Lrn {
                                                   double beta, double k, const std::string &dtype) {
         TORCH_CHECK_VALUE(dims.size() == 4, "LRN takes a 4-D [N, C, H, W] input");
         TORCH_CHECK_VALUE(size >= 1 && size % 2 == 1, "oneDNN's LRN window is centred: an odd size, not ", size);
-        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16", "LRN data type must be f32 or bf16, not '", dtype, "'");
-        const dt d = dtype == "f32" ? dt::f32 : dt::bf16;
+        const dt d = to_dt(dtype);
+        TORCH_CHECK_VALUE(d == dt::f32 || d == dt::bf16, "LRN data type must be f32 or bf16, not '", dtype, "'");
         memory::desc md(memory::dims(dims.begin(), dims.end()), d, tag::nhwc);
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -466,9 +471,7 @@ class MaxPool {
         TORCH_CHECK_VALUE(src.size() == 4 && dst.size() == 4 && kernel.size() == 2 && strides.size() == 2 &&
                               dilations.size() == 2 && pad_l.size() == 2 && pad_r.size() == 2,
                           "2-D max pooling takes 4-D shapes and 2 values per window attribute");
-        TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16" || dtype == "u8" || dtype == "s8",
-                          "max pooling data type must be f32, bf16, u8 or s8");
-        const dt d = dtype == "bf16" ? dt::bf16 : to_dt(dtype);
+        const dt d = to_dt(dtype);  // f32, bf16, u8 or s8
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         return dnnl::pooling_forward::primitive_desc(
@@ -534,7 +537,8 @@ class Linear {
         TORCH_CHECK_VALUE(weight.size(0) > 0 && weight.size(1) > 0, "weight is empty: ", weight.sizes());
         q_.src = to_dt(src_dtype);
         q_.dst = to_dt(dst_dtype);
-        TORCH_CHECK_VALUE(q_.src != dt::f32, "an INT8 GEMM reads u8 or s8 activations");
+        TORCH_CHECK_VALUE(eight_bit(q_.src), "an INT8 GEMM reads u8 or s8 activations");
+        TORCH_CHECK_VALUE(eight_bit(q_.dst) || q_.dst == dt::f32, "an INT8 GEMM writes u8, s8 or f32");
         TORCH_CHECK_VALUE(w_scales.numel() == weight.size(0), "w_scales has ", w_scales.numel(), " values for ",
                           weight.size(0), " output columns");
         TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip" ||
@@ -659,32 +663,29 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
         const torch::Tensor &in = src[i] < 0 ? x : outs[src[i]];
-        if (in_place && res[i] >= 0 && res[i] != src[i] && last[res[i]] == static_cast<int64_t>(i) &&
-            sum[i] == -2 && dtypes[i] == 0 && convs[i]->has_summed() && fused[i] == convs[i]->has_fused() &&
-            outs[res[i]].scalar_type() == torch::kFloat32) {
-            outs[i] = outs[res[i]];  // the residual's buffer, read by no later step: the output
+        // an earlier step's output that no later step reads (nor this one as its input) may be
+        // this step's output buffer
+        auto free_after = [&](int64_t k) { return in_place && k >= 0 && k != src[i] && last[k] == int64_t(i); };
+        if (sum[i] == -2 && dtypes[i] == 0 && free_after(res[i]) && convs[i]->has_summed() &&
+            fused[i] == convs[i]->has_fused()) {
+            outs[i] = outs[res[i]];  // fp32: the residual added in place
             convs[i]->execute_summed(in, outs[i]);
-            for (size_t j = 0; j < i; ++j) {
-                if (last[j] == static_cast<int64_t>(i)) outs[j] = torch::Tensor();
-            }
-            continue;
-        }
-        c10::optional<torch::Tensor> r;
-        if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
-        const auto opts = x.options().dtype(types[dtypes[i]]).memory_format(c10::MemoryFormat::ChannelsLast);
-        if (sum[i] != -2) {
-            const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
-            TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]),
-                              "chain step ", i, ": the accumulator's type has another width than the output's");
-            if (in_place && sum[i] >= 0 && sum[i] != src[i] && last[sum[i]] == static_cast<int64_t>(i))
-                outs[i] = acc.view(types[dtypes[i]]);  // read by no later step: summed into in place
-            else
-                outs[i] = acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
         } else {
-            outs[i] = torch::empty(convs[i]->dst_dims(), opts);
+            c10::optional<torch::Tensor> r;
+            if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
+            if (sum[i] != -2) {  // INT8: the output starts as the residual, summed into
+                const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
+                TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]), "chain step ", i,
+                                  ": the accumulator's type has another width than the output's");
+                outs[i] = free_after(sum[i]) ? acc.view(types[dtypes[i]])
+                                             : acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
+            } else {
+                outs[i] = torch::empty(convs[i]->dst_dims(),
+                                       x.options().dtype(types[dtypes[i]]).memory_format(c10::MemoryFormat::ChannelsLast));
+            }
+            convs[i]->check(in, outs[i], r, fused[i]);
+            convs[i]->execute(in, outs[i], r, fused[i]);
         }
-        convs[i]->check(in, outs[i], r, fused[i]);
-        convs[i]->execute(in, outs[i], r, fused[i]);
         for (size_t j = 0; j < i; ++j) {  // outputs read for the last time by this step
             if (last[j] == static_cast<int64_t>(i)) outs[j] = torch::Tensor();
         }

@@ -6,12 +6,12 @@ the oneDNN call itself is a few dozen microseconds on small layers, and the Pyth
 MobileNetV2's run at batch 1, whose 52 convolutions' kernels are as fast as ONNX Runtime's.
 
 Where consecutive layers are all such convolutions (each kernel says how it may be chained:
-``ChainLink``, set only for a static float32 NHWC input, an output that stays channels-last, a
-residual of the output's shape and an activation oneDNN fuses), whose inputs come from the
-chain's own input or from earlier layers of the chain, and whose outputs but the last are read
-only inside it, the program runs them as one step: the extension's ``run_chain`` allocates each
-output, runs each primitive and releases each output after its last reader, all without
-returning to Python.
+``ChainLink``, set only for a static NHWC input (float32, bfloat16 or 8-bit), an output that stays
+channels-last, a residual of the output's shape and an activation oneDNN fuses), whose inputs come
+from the chain's own input or from earlier layers of the chain, and whose outputs but the last are
+read only inside it, the program runs them as one step: the extension's ``run_chain`` allocates each
+output, runs each primitive and releases each output after its last reader, all without returning to
+Python.
 
 A chain runs only in runs with finite inputs (its activations are fused; NaN needs the unfused
 path) and without an observer (calibration sees every tensor); otherwise, and where the chain
@@ -31,14 +31,15 @@ CL = torch.channels_last
 
 
 #: The output types a chain step may have (``run_chain``'s ``dtypes`` codes).
-DTYPE_CODES = {torch.float32: 0, torch.uint8: 1, torch.int8: 2}
+DTYPE_CODES = {torch.float32: 0, torch.uint8: 1, torch.int8: 2, torch.bfloat16: 3}
 
 
 @dataclass(frozen=True)
 class ChainLink:
     """How a layer runs inside a chain: its primitive for the static input shape, whether it adds
-    a residual (input 3) in a binary-add post-op (fp32 layers), or sums into a copy of it (INT8
-    layers: ``sum``), whether its activation is fused (in a finite run), its output type."""
+    a residual (input 3) in a binary-add post-op (float layers: fp32 or bf16), or sums into a copy
+    of it (INT8 layers: ``sum``), whether its activation is fused (in a finite run), its output
+    type (a bf16 layer's: bfloat16, or float32 for a graph output)."""
 
     conv: Any
     residual: bool

@@ -143,6 +143,9 @@ def half_kernel(node: Node, ctx: CompileContext, tactic: str, kernel: Kernel) ->
             return inner_write(args_of(inputs), out)
 
         with_write_into(run, WriteInto(write, inner_write.accepts))
+    link = getattr(kernel, "chain_link", None)
+    if link is not None and not consts and not upcast:  # a chain runs the layer as its kernel would
+        run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend, native
+from ember.backends.cpu.features import cpu_features
 from ember.backends.cpu.kernels import conv_persistent
 from ember.backends.tensors import max_relative_error
 from ember.errors import GraphError
@@ -175,6 +176,68 @@ def test_nan_and_inf_kept_as_ort_keeps_them(ext: Any, tmp_path: Path, monkeypatc
             np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
             assert max_relative_error(got, want) < 1e-4
     assert np.isnan(want).any() or feeds is finite
+
+
+needs_bf16 = pytest.mark.skipif(not cpu_features().native(Precision.BF16),
+                                reason="this CPU has no native bf16 (AMX-BF16 / AVX-512 BF16): builds keep fp32")
+
+
+@needs_bf16
+@pytest.mark.parametrize("form", ["1x1", "3x3 + relu", "depthwise stride 2", "asymmetric pads", "residual + relu",
+                                  "stem 3->32 s2 + clip", "residual + leaky relu"])
+def test_bf16_layers_run_persistent_primitives_within_bf16_rounding(ext: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """A bf16 build's convolutions are persistent bf16 primitives (weight packed bf16, bias f32);
+    they agree with ONNX Runtime fp32 to bf16's rounding and with the ``mkldnn_prepacked`` bf16
+    layer closely. The model's output is written float32 (a graph output), the residual read bf16."""
+    model = conv_model(batch=2, **FORMS[form])
+    fast = build(model, tmp_path, True, monkeypatch, precision="bf16")
+    base = build(model, tmp_path, False, monkeypatch, precision="bf16")
+    assert conv_tactics(fast) == {TACTIC} and TACTIC not in conv_tactics(base)
+    assert {str(layer.precision) for layer in fast.plan.layers if layer.kind in ("Conv", "FusedConv")} == {"bf16"}
+    feeds = feeds_for(model, 2)
+    want = ort_run(model, feeds)
+    with fast.create_context() as c1, base.create_context() as c0:
+        got, ref = c1.infer(feeds)["y"], c0.infer(feeds)["y"]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert max_relative_error(got, want) < 3e-2, form
+    assert max_relative_error(got, ref) < 1e-2, form
+
+
+@needs_bf16
+@pytest.mark.parametrize("residual", [False, True])
+def test_bf16_runs_with_nan_compute_in_float32(ext: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               residual: bool) -> None:
+    """oneDNN's AMX kernels spread one NaN beyond the outputs whose windows hold it; a bf16 layer
+    on a run with NaN or infinity computes in float32, so the non-finite values land where ONNX
+    Runtime puts them (and the finite run after it is the fast one again)."""
+    model = conv_model(16, 16, 3, act="relu", residual=residual, hw=12)
+    engine = build(model, tmp_path, True, monkeypatch, precision="bf16")
+    assert conv_tactics(engine) == {TACTIC}
+    finite = feeds_for(model, 1)
+    bad = {k: v.copy() for k, v in finite.items()}
+    bad["x"][0, 2, 3, 4] = np.nan
+    bad["x"][0, 7, 9, 9] = np.inf
+    with engine.create_context() as ctx:
+        for feeds in (finite, bad, finite):
+            got, want = ctx.infer(feeds)["y"], ort_run(model, feeds)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+            assert max_relative_error(got, want) < 3e-2
+
+
+def test_bf16_layer_refuses_mixed_types(ext: Any) -> None:
+    w = torch.randn(8, 8, 3, 3)
+    with pytest.raises(ValueError, match="a float32 one f32 or bf16"):
+        ext.Layer(w, None, [1, 1], [1, 1], 1, src_dtype="u8")
+    with pytest.raises(ValueError, match="a bf16 one bf16 or f32"):
+        ext.Layer(w, None, [1, 1], [1, 1], 1, dst_dtype="bf16")  # f32 activations writing bf16
+    conv = ext.Layer(w, None, [1, 1], [1, 1], 1, src_dtype="bf16", dst_dtype="bf16").prepare([1, 8, 6, 6], [1, 1],
+                                                                                             [1, 1])
+    x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    out = torch.empty(1, 8, 6, 6, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="input must be a BFloat16"):
+        conv.run(x, out)
 
 
 def test_fused_epilogue_used_only_in_finite_runs(ext: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

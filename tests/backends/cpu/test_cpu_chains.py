@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.backends.cpu.chains import SWITCH_ENV, ChainLink, plan_chains
+from ember.backends.cpu.features import cpu_features
+from ember.plan.config import Precision
 from ember.tools.runners import max_rel_error
 
 pytestmark = pytest.mark.usefixtures("fresh_native")
@@ -223,3 +225,65 @@ def test_an_fp32_residual_read_last_by_its_step_is_added_in_place(ext: Any, monk
     torch.testing.assert_close(y, e, rtol=1e-5, atol=1e-5)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(x, x_before)  # the chain's input is never written
+
+
+@pytest.mark.skipif(not cpu_features().native(Precision.BF16), reason="no native bf16 on this CPU: builds keep fp32")
+def test_a_bf16_engine_chains_its_convolutions(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """A bf16 build chains its persistent bf16 convolutions (bf16 activations between them, the
+    residual added in place in bf16, the model output written float32); chained and one by one
+    give the same numbers, within bf16's rounding of ONNX Runtime fp32, NaN where it puts NaN."""
+    import onnxruntime as ort
+
+    model = _model()
+    config = ember.BuildConfig(device="cpu", precision="bf16")
+    chained = ember.build(model.SerializeToString(), config, progress=False)
+    monkeypatch.setenv(SWITCH_ENV, "0")
+    alone = ember.build(model.SerializeToString(), config, progress=False)
+    monkeypatch.delenv(SWITCH_ENV)
+    assert {layer.tactic for layer in chained.plan.layers if "Conv" in layer.kind} == {"onednn_persistent"}
+    with chained.create_context() as c1, alone.create_context() as c2:
+        steps = c1.executor.program.chained
+        assert steps is not None and [s.kind for s in steps].count("Chain") == 1
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(1).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
+        bad = x.copy()
+        bad[0, 0, 2, 3] = np.nan
+        for feed in (x, bad, x):
+            got, one_by_one = c1.infer({"x": feed})["y"], c2.infer({"x": feed})["y"]
+            want = sess.run(None, {"x": feed})[0]
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, one_by_one)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 3e-2
+
+
+def test_a_bf16_residual_is_added_in_place_in_a_chain(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """bf16 steps (``dtypes`` code 3): the residual read last by its step is summed into in place;
+    a step writing float32 reads a bf16 residual through the binary add (its buffer has another
+    type). Checked against PyTorch on the same bf16-rounded tensors."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = (torch.randn(8, 8, 3, 3, generator=g) * 0.2 for _ in range(2))
+    bf = dict(src_dtype="bf16", dst_dtype="bf16")
+    plain = ext.Layer(w1, None, [1, 1], [1, 1], 1, "relu", **bf).prepare([2, 8, 6, 6], [1, 1], [1, 1])
+    res = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu", residual=True, **bf).prepare([2, 8, 6, 6], [1, 1], [1, 1])
+    res_f32 = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu", residual=True, src_dtype="bf16",
+                        dst_dtype="f32").prepare([2, 8, 6, 6], [1, 1], [1, 1])
+    x = torch.randn(2, 8, 6, 6, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    # a = relu(c1(x)); b = relu(c1(a)); c = relu(c2(b) + a) [a read last: in place]; d = relu(c2(c) + b) in f32
+    for in_place in ("1", "0"):
+        monkeypatch.setenv("EMBER_CHAIN_SUM", in_place)
+        y = ext.run_chain([plain, plain, res, res_f32], x, [-1, 0, 1, 2], [-2, -2, 0, 1], [-2] * 4, [2, 3, 3, 3],
+                          [True] * 4, [3, 3, 3, 0])
+        assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+
+        def conv(t: Any, w: Any) -> Any:
+            return F.conv2d(t.float(), w.to(torch.bfloat16).float(), padding=1)
+
+        a = conv(x, w1).relu().to(torch.bfloat16)
+        b = conv(a, w1).relu().to(torch.bfloat16)
+        c = (conv(b, w2) + a.float()).relu().to(torch.bfloat16)
+        d = (conv(c, w2) + b.float()).relu()
+        torch.testing.assert_close(y, d, rtol=2e-2, atol=2e-2)

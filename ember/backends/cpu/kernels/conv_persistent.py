@@ -40,7 +40,14 @@ from ember.backends.activations import activation_after
 from ember.backends.base import CompileContext, Kernel, with_write_into
 from ember.backends.cpu import native
 from ember.backends.cpu.chains import ChainLink
-from ember.backends.cpu.half import finite_safe, half_applies, inputs_finite, owns_constants
+from ember.backends.cpu.half import (
+    finite_safe,
+    half_applies,
+    inputs_finite,
+    layer_dtype,
+    owns_constants,
+    storage_dtype,
+)
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv import conv_forward, conv_geometry
 from ember.backends.cpu.kernels.conv_mkldnn import gemm_write_into
@@ -61,6 +68,7 @@ from ember.ops.attrs import (
     QuantParams,
     activation_params,
 )
+from ember.plan.config import Precision
 from ember.plan.records import Records
 
 TACTIC = "onednn_persistent"
@@ -82,13 +90,14 @@ def _parts(node: Node) -> tuple[ConvAttrs, Activation, tuple[float, ...], bool]:
 
 
 def persistent_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
-    """float32 2-D convolutions with a constant 4-D float32 weight (and constant bias), not in a
-    half layer (the registry asks ``available()`` separately)."""
+    """float32 2-D convolutions with a constant 4-D float32 weight (and constant bias), in an fp32
+    or a bf16 layer (not fp16: ``mkldnn_prepacked`` keeps those); the registry asks
+    ``available()`` separately."""
     if graph is None or node.attrs is None or not const_input(node, graph, 1):
         return False
     if node.input(2) and not const_input(node, graph, 2):
         return False
-    if half_applies(node, records):
+    if half_applies(node, records) and records.precision.layers.get(node.name) is not Precision.BF16:  # type: ignore[union-attr]
         return False
     w = graph.constants[node.input(1)]
     t = graph.types.get(node.input(0))
@@ -118,10 +127,14 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     w = ctx.const(node.input(1)).to(torch.float32).contiguous()
     b = ctx.const(node.input(2))
     kind, lo, hi = _fusable(act, params)
+    dtype = layer_dtype(ctx)  # the activations' type: float32, or bfloat16 in a bf16 layer
+    out_dtype = _output_dtype(node, ctx)
+    names = {torch.float32: "f32", torch.bfloat16: "bf16"}
     layer = ext.Layer(w, None if b is None else b.reshape(-1).to(torch.float32).contiguous(),
                       [int(s) for s in a.strides] if a.strides else [1, 1],
                       [int(d) for d in a.dilations] if a.dilations else [1, 1],
-                      int(a.group), activation=kind, alpha=lo, beta=hi, residual=residual)
+                      int(a.group), activation=kind, alpha=lo, beta=hi, residual=residual,
+                      src_dtype=names[dtype], dst_dtype=names[out_dtype])
     shapes = _ShapeCache(layer, a, tuple(w.shape))
     t, static = _static_input(node, ctx, shapes)
     after = activation_after(act, params)
@@ -131,24 +144,28 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        if x.dtype != torch.float32:
-            x = x.to(torch.float32)
-        if x.dim() != 4 or x.numel() == 0:  # nothing for oneDNN to do (or a clear shape error)
-            y = conv_forward(x, w, bias, a)
+        # nothing for oneDNN to do (or a clear shape error); and a bf16 layer on a run with NaN or
+        # infinity in its inputs: oneDNN's AMX kernels spread a NaN to outputs whose windows do not
+        # hold it (their tiles multiply padding by it), so that run computes in float32
+        if x.dim() != 4 or x.numel() == 0 or (dtype != torch.float32 and not inputs_finite()):
+            y = conv_forward(x.to(torch.float32), w, bias, a)
             if residual:
                 y = y + inputs[3]
-            return [after(y) if after is not None else y]
+            y = (after(y) if after is not None else y).to(out_dtype)
+            return [y.contiguous() if to_nchw or y.dim() != 4 else y.contiguous(memory_format=CL)]
+        if x.dtype != dtype:
+            x = x.to(dtype)
         if not x.is_contiguous(memory_format=CL):
             x = x.contiguous(memory_format=CL)
         conv, out_shape = shapes.get(x.shape)
-        out = torch.empty(out_shape, memory_format=CL)
+        out = torch.empty(out_shape, dtype=out_dtype, memory_format=CL)
         fused = fusable and inputs_finite()
         if residual:
             r = inputs[3]
-            if r.dtype != torch.float32:
-                r = r.to(torch.float32)
+            if r.dtype != dtype:
+                r = r.to(dtype)
             if r.shape != out.shape:  # a broadcast residual: oneDNN's post-op reads a full tensor
-                conv.run(x, out, torch.zeros(out_shape, memory_format=CL), False)
+                conv.run(x, out, torch.zeros(out_shape, dtype=dtype, memory_format=CL), False)
                 out.add_(r)
                 fused = False
             else:
@@ -160,10 +177,19 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         return [out.contiguous() if to_nchw else out]
 
     kernel = with_write_into(run, gemm_write_into(node, ctx))
-    link = _chain_link(node, ctx, t, static, residual, fusable, after is not None, to_nchw)
+    link = _chain_link(node, ctx, t, static, residual, fusable, after is not None, to_nchw, out_dtype)
     if link is not None:
         kernel.chain_link = link  # type: ignore[attr-defined]
     return kernel
+
+
+def _output_dtype(node: Node, ctx: CompileContext) -> torch.dtype:
+    """What a layer's output is stored as: float32, or bfloat16 for a bf16 layer's output that is
+    not a graph output (``half.storage_dtype``)."""
+    precision = Precision(ctx.precision)
+    if precision is not Precision.BF16 or ctx.graph is None:
+        return torch.float32
+    return torch_dtype(storage_dtype(ctx.graph, {node.name: precision}, node.name, node.outputs[0]))
 
 
 def _static_input(node: Node, ctx: CompileContext, shapes: _ShapeCache) -> tuple[Any, Optional[tuple[Any, Any]]]:
@@ -182,11 +208,11 @@ def _residual_type(node: Node, ctx: CompileContext, out_shape: Any) -> Any:
 
 
 def _chain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[Any, Any]], residual: bool,
-                fusable: bool, has_after: bool, to_nchw: bool) -> Optional[ChainLink]:
+                fusable: bool, has_after: bool, to_nchw: bool, out_dtype: torch.dtype) -> Optional[ChainLink]:
     """How the program may run this layer inside a chain of persistent convolutions (one C++ call
-    for many layers, ``ember.backends.cpu.chains``): where its input is a static float32 4-D
-    tensor, its output stays channels-last, a residual has the output's shape, and its activation
-    is fused in finite runs (or it has none)."""
+    for many layers, ``ember.backends.cpu.chains``): where its input is a static float 4-D
+    tensor (stored float32, or bfloat16 in a bf16 layer), its output stays channels-last, a
+    residual has the output's shape, and its activation is fused in finite runs (or it has none)."""
     if static is None or to_nchw or t.dtype is not DType.FLOAT32 or (has_after and not fusable):
         return None
     conv, out_shape = static
@@ -194,7 +220,7 @@ def _chain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[
         r = _residual_type(node, ctx, out_shape)
         if r is None or r.dtype is not DType.FLOAT32:
             return None
-    return ChainLink(conv, residual, fusable)
+    return ChainLink(conv, residual, fusable, dtype=out_dtype)
 
 
 class _ShapeCache:

@@ -9,6 +9,9 @@
 // it, so NaN stays NaN) and, where there is a ReLU / clip, a second one with it fused as an
 // eltwise post-op ("fused": oneDNN's relu / clip turn NaN into 0, so the caller uses it only on
 // runs whose inputs are finite). ``Conv.run`` only binds the tensors' data and executes.
+// A bf16 layer is a float one whose activations (input, residual, and output unless it is asked
+// for f32) are bf16: its float32 weight is packed as bf16 (oneDNN's reorder converts it, once),
+// its bias stays f32 (oneDNN accumulates in f32), and oneDNN runs it on AMX / AVX-512 BF16.
 // INT8 layers (an s8 weight, u8/s8 activations, per-output-channel weight scales, source /
 // output scales and zero points as runtime arguments, the residual as oneDNN's ``sum`` post-op
 // into the output the caller fills with it) have one primitive, the activation always fused.
@@ -145,7 +148,7 @@ class Conv {
         check_nhwc(out, p.pd.dst_desc(), "output");
         TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
                                                                        : "this convolution has no residual input");
-        if (residual_) check_nhwc(*residual, p.pd.dst_desc(), "residual");
+        if (residual_) check_nhwc(*residual, residual_desc(p), "residual");
     }
 
     // The primitive on checked arguments; no Python (callable without the GIL).
@@ -175,6 +178,11 @@ class Conv {
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
 
    private:
+    // The binary-add residual's descriptor (the activations' type: a bf16 layer writing f32 reads a bf16 residual).
+    static memory::desc residual_desc(const Primitive &p) {
+        return p.pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
+    }
+
     // Runs `p` on x -> out; `residual`: the binary-add post-op's operand (nullptr: none).
     void launch(const Primitive &p, const torch::Tensor &x, const torch::Tensor &out, void *residual) const {
         auto &eng = cpu_engine();
@@ -184,7 +192,7 @@ class Conv {
         args.emplace(DNNL_ARG_WEIGHTS, p.weights);
         args.emplace(DNNL_ARG_BIAS, bias_);
         if (residual != nullptr)
-            args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(p.pd.dst_desc(), eng, residual));
+            args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(residual_desc(p), eng, residual));
         const memory::desc sd = p.pd.scratchpad_desc();
         args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
         dnnl::stream &s = cpu_stream();
@@ -246,10 +254,12 @@ class Layer {
                           weight.scalar_type(), " ", weight.sizes());
         q_.src = to_dt(src_dtype);
         q_.dst = to_dt(dst_dtype);
-        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.src) : q_.src == dt::f32,
-                          "an int8 weight needs u8/s8 activations, a float32 one f32");
-        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.dst) || q_.dst == dt::f32 : q_.dst == dt::f32,
-                          "an INT8 layer writes u8, s8 or f32, a float32 layer f32");
+        bf16_ = q_.src == dt::bf16;
+        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.src) : q_.src == dt::f32 || bf16_,
+                          "an int8 weight needs u8/s8 activations, a float32 one f32 or bf16");
+        TORCH_CHECK_VALUE(int8_ ? eight_bit(q_.dst) || q_.dst == dt::f32
+                                : q_.dst == dt::f32 || (bf16_ && q_.dst == dt::bf16),
+                          "an INT8 layer writes u8, s8 or f32, a float32 layer f32, a bf16 one bf16 or f32");
         if (int8_) {
             TORCH_CHECK_VALUE(w_scales.has_value() && w_scales->numel() == weight.size(0),
                               "an int8 weight needs one scale per output channel");
@@ -317,6 +327,10 @@ class Layer {
     int64_t weight_copies() const { return packed_.copies(); }
 
    private:
+    // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is
+    // converted to it when it is packed.
+    dt float_dt() const { return bf16_ ? dt::bf16 : dt::f32; }
+
     memory::dims weight_dims() const {
         const int64_t oc = weight_.size(0);
         return groups_ == 1 ? memory::dims{oc, weight_.size(1), weight_.size(2), weight_.size(3)}
@@ -334,7 +348,7 @@ class Layer {
         else if (residual_ && sum_in_place)  // dst = conv + dst_old
             po.append_sum(1.f);
         else if (residual_)
-            po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, dt::f32, tag::nhwc));
+            po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, float_dt(), tag::nhwc));
         if (with_activation) {
             if (activation_ == "relu")
                 po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -349,7 +363,7 @@ class Layer {
             if (q_.src_zp) attr.set_zero_points_mask(DNNL_ARG_SRC, 0);
             if (q_.dst_zp && q_.dst != dt::f32) attr.set_zero_points_mask(DNNL_ARG_DST, 0);
         }
-        const dt wdt = int8_ ? dt::s8 : dt::f32;
+        const dt wdt = int8_ ? dt::s8 : float_dt();
         auto pd = dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
             memory::desc(sd, q_.src, tag::nhwc), memory::desc(weight_dims(), wdt, tag::any),
@@ -373,6 +387,7 @@ class Layer {
     double alpha_, beta_;
     bool residual_;
     bool int8_ = false;
+    bool bf16_ = false;  // bf16 activations (the float32 weight packed as bf16, the bias kept f32)
     Quant q_;
     std::vector<torch::Tensor> consts_;  // INT8: src scale, dst scale, src zero point, dst zero point
     PackedWeights packed_;
@@ -633,8 +648,8 @@ pybind11::dict version() {
 // adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
 // post-op accumulates into the destination) its output starts as a copy of that step's output
 // (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a fresh
-// channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8), released after step `last[i]` (its
-// last reader in the chain). An fp32 step whose residual is an earlier step's output read last by
+// channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8, 3: bf16), released after step `last[i]`
+// (its last reader in the chain). A float (f32 / bf16) step whose residual is an earlier step's output read last by
 // it (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
 // buffer, which becomes the output: one read of it less); an INT8 step sums into such a residual's
 // buffer itself instead of a copy of it. `EMBER_CHAIN_SUM=0` turns both off.
@@ -647,13 +662,13 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && sum.size() == n && last.size() == n &&
                           fused.size() == n && dtypes.size() == n,
                       "a chain needs one src, res, sum, last, fused and dtype entry per convolution");
-    const c10::ScalarType types[] = {torch::kFloat32, torch::kUInt8, torch::kInt8};
+    const c10::ScalarType types[] = {torch::kFloat32, torch::kUInt8, torch::kInt8, torch::kBFloat16};
     for (size_t i = 0; i < n; ++i) {
         const auto before = static_cast<int64_t>(i);
         TORCH_CHECK_VALUE(src[i] >= -1 && src[i] < before && res[i] >= -2 && res[i] < before && sum[i] >= -2 &&
                               sum[i] < before && (res[i] != -2) == convs[i]->has_residual() &&
                               last[i] >= before && last[i] < static_cast<int64_t>(n) && dtypes[i] >= 0 &&
-                              dtypes[i] <= 2,
+                              dtypes[i] <= 3,
                           "chain step ", i, ": its inputs must come from earlier steps");
     }
     at::internal::lazy_init_num_threads();
@@ -666,9 +681,11 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
         // an earlier step's output that no later step reads (nor this one as its input) may be
         // this step's output buffer
         auto free_after = [&](int64_t k) { return in_place && k >= 0 && k != src[i] && last[k] == int64_t(i); };
-        if (sum[i] == -2 && dtypes[i] == 0 && free_after(res[i]) && convs[i]->has_summed() &&
+        const bool float_out = dtypes[i] == 0 || dtypes[i] == 3;
+        if (sum[i] == -2 && float_out && free_after(res[i]) && outs[res[i]].scalar_type() == types[dtypes[i]] &&
+            convs[i]->has_summed() &&
             fused[i] == convs[i]->has_fused()) {
-            outs[i] = outs[res[i]];  // fp32: the residual added in place
+            outs[i] = outs[res[i]];  // f32 / bf16: the residual added in place
             convs[i]->execute_summed(in, outs[i]);
         } else {
             c10::optional<torch::Tensor> r;

@@ -1,10 +1,12 @@
-"""CUDA-side helpers: the TF32 switch around a layer, Triton availability; ``compute_dtype``
-(precision -> dtype) lives with the other tensor helpers in ``ember.backends.tensors``."""
+"""CUDA-side helpers: the TF32 switch around a layer, Triton availability, the per-forward memo
+(``forward_scope`` / ``per_forward``); ``compute_dtype`` (precision -> dtype) lives with the other
+tensor helpers in ``ember.backends.tensors``."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 import torch
 
@@ -101,3 +103,42 @@ def host_tensor(v) -> torch.Tensor:
 
     # (ml_dtypes' bfloat16 and 8-bit floats, which torch.from_numpy refuses, as the same bytes)
     return numpy_to_torch(np.asarray(v), torch.device("cpu"))
+
+
+_FORWARD_MEMO: contextvars.ContextVar[Optional[tuple[bool, dict[Any, tuple[torch.Tensor, torch.Tensor]]]]] = \
+    contextvars.ContextVar("ember_cuda_forward_memo", default=None)
+
+
+@contextlib.contextmanager
+def forward_scope(per_stream: bool = False) -> Iterator[None]:
+    """One forward of a CUDA program (``CudaProgram.forward``, also while a CUDA graph captures
+    it; the tactic timer's runs of one layer): what ``per_forward`` derives from a tensor is kept
+    until the forward ends. ``per_stream``: the forward runs layers on several streams, so each
+    stream derives its own (a layer on another stream could read the result before the stream
+    that computes it has)."""
+    token = _FORWARD_MEMO.set((per_stream, {}))
+    try:
+        yield
+    finally:
+        _FORWARD_MEMO.reset(token)
+
+
+def per_forward(t: torch.Tensor, tag: Hashable, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn(t)``, computed once per forward and per ``tag`` for the same tensor object ``t``: the
+    attention mask every layer of a transformer reads is prepared by the first layer that reads
+    it, and inside a CUDA graph once per replay (BERT-base: 12 layers, 5 small kernels each). A
+    tensor of the program's environment is never written while layers still read it, so the same
+    object means the same values; the memo holds ``t``, so its ``id`` is not reused within the
+    forward. Outside a forward (a kernel called on its own): ``fn(t)`` every time."""
+    scope = _FORWARD_MEMO.get()
+    if scope is None:
+        return fn(t)
+    per_stream, memo = scope
+    stream = torch.cuda.current_stream(t.device).cuda_stream if per_stream and t.is_cuda else 0
+    key = (id(t), tag, stream)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    out = fn(t)
+    memo[key] = (t, out)
+    return out

@@ -23,7 +23,7 @@ import torch
 
 from ember.backends.base import Backend, CompileContext, Program, write_or_copy
 from ember.backends.concat_exec import ConcatExec, finish, plan_concat_exec, produce_into
-from ember.backends.cuda.device import compute_dtype, host_tensor, require_cuda
+from ember.backends.cuda.device import compute_dtype, forward_scope, host_tensor, require_cuda
 from ember.backends.cuda.exec.arena import ArenaStats, Trace, ViewSpec, placeable, storage_key
 from ember.backends.cuda.exec.schedule import (
     CONST,
@@ -161,6 +161,13 @@ class CudaProgram(Program):
         and copied), and the engine's outputs are cloned out of the arena at the end.
         ``observe(step, args, outputs, env)`` sees every device layer's run (``trace``).
         """
+        with forward_scope(per_stream=len(streams) > 1):  # per-forward preparations (an attention mask) once
+            return self._forward(feeds, streams, hook, arena, stats, observe)
+
+    def _forward(self, feeds: Mapping[str, torch.Tensor], streams: Sequence[torch.cuda.Stream],
+                 hook: Optional[Callable[[CudaStep, str], None]], arena: Optional[Mapping[str, torch.Tensor]],
+                 stats: Optional[ArenaStats],
+                 observe: Optional[Callable[[CudaStep, list, list, dict], None]]) -> dict[str, torch.Tensor]:
         main = streams[0]
         env: dict[str, torch.Tensor] = dict(feeds)
         self._allocate_concats(env, streams, arena)

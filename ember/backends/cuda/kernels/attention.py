@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cpu.kernels.linalg import nan_in_hidden_rows
-from ember.backends.cuda.device import cast_float, compute_dtype, tf32_scope
+from ember.backends.cuda.device import cast_float, compute_dtype, per_forward, tf32_scope
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -37,11 +37,22 @@ _BACKENDS = {
 def _mask(mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     """An additive mask in the compute dtype, with -inf/-3.4e38 clamped to the dtype's minimum (a
     row of -3.4e38 then gives a uniform softmax, as in fp32); a row that is -inf for every key
-    is NaN first (``nan_in_hidden_rows``: ONNX's softmax of it is NaN, and the clamp keeps NaN)."""
+    is NaN first (``nan_in_hidden_rows``: ONNX's softmax of it is NaN, and the clamp keeps NaN).
+    Once per forward for a mask every layer reads (``per_forward``): five small kernels a layer
+    cost BERT-base about 0.1 ms of its 0.7 ms at batch 1 on the H100."""
     if mask is None or mask.dtype == torch.bool:
         return mask
+    return per_forward(mask, ("attention_mask", dtype), lambda m: _prepared(m, dtype))
+
+
+def _prepared(mask: Tensor, dtype: torch.dtype) -> Tensor:
     m = nan_in_hidden_rows(mask.to(torch.float32)).clamp(min=torch.finfo(dtype).min)  # type: ignore[union-attr]
     return m.to(dtype)
+
+
+def _float_mask(mask: Tensor) -> Tensor:
+    """The additive mask in float32, once per forward (``per_forward``)."""
+    return mask if mask.dtype == torch.float32 else per_forward(mask, "float32_mask", lambda m: m.float())
 
 
 def _qkv(inputs, dtype: torch.dtype, k_transposed: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,7 +171,7 @@ def attention_explicit(node: Node, ctx: CompileContext) -> Kernel:
         with tf32_scope(prec):
             s = torch.matmul(q, k.transpose(-1, -2)).float() * scale
             if mask is not None:
-                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
+                s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + _float_mask(mask)
             p = torch.softmax(s, dim=-1).to(dtype)
             return [torch.matmul(p, v)]
 

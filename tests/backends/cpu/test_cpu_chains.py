@@ -287,3 +287,36 @@ def test_a_bf16_residual_is_added_in_place_in_a_chain(ext: Any, monkeypatch: pyt
         c = (conv(b, w2) + a.float()).relu().to(torch.bfloat16)
         d = (conv(c, w2) + b.float()).relu()
         torch.testing.assert_close(y, d, rtol=2e-2, atol=2e-2)
+
+
+def test_pooled_buffers_never_overwrite_a_returned_output(ext: Any):
+    """A chain's outputs come from a per-thread pool of buffers kept across runs (no fresh pages to
+    fault in each run): a run's result, and an output another step still aliases (a residual
+    added in place), never go back to the pool, so a later run cannot overwrite them. The pool's
+    threshold (``EMBER_CHAIN_POOL_MB``, 0.25 MB by default) is read once per thread; these
+    outputs (2x16x48x48 float32, 295 kB) are over it."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = (torch.randn(16, 16, 3, 3, generator=g) * 0.2 for _ in range(2))
+    plain = ext.Layer(w1, None, [1, 1], [1, 1], 1, "relu").prepare([2, 16, 48, 48], [1, 1], [1, 1])
+    res = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu", residual=True).prepare([2, 16, 48, 48], [1, 1], [1, 1])
+
+    def expected(x: Any) -> Any:
+        a = F.conv2d(x, w1, padding=1).relu()
+        b = F.conv2d(a, w1, padding=1).relu()
+        c = (F.conv2d(b, w2, padding=1) + a).relu()  # a read last here: c is written into a's buffer
+        return F.conv2d(c, w1, padding=1).relu()
+
+    results, inputs = [], []
+    for seed in range(4):
+        x = torch.randn(2, 16, 48, 48, generator=torch.Generator().manual_seed(seed + 1))
+        x = x.contiguous(memory_format=torch.channels_last)
+        inputs.append(x)
+        results.append(ext.run_chain([plain, plain, res, plain], x, [-1, 0, 1, 2], [-2, -2, 0, -2], [-2] * 4,
+                                     [2, 2, 3, 3], [True] * 4, [0] * 4))
+    pointers = {r.data_ptr() for r in results}
+    assert len(pointers) == len(results)  # every result kept its own buffer
+    for x, y in zip(inputs, results):
+        torch.testing.assert_close(y, expected(x), rtol=1e-5, atol=1e-5)

@@ -25,6 +25,8 @@ ATEN = "aten"
 #: The same generic kernel offered as the last candidate of an op that has CUDA-specific ones, for
 #: the forms they refuse (some CUDA kernels of their own are named "aten": torch's CUDA ops).
 GENERIC = "generic"
+#: INT8 layers' float fallback on CUDA (``kernels.qlayers``): dequantize, compute in float32, requantize.
+DEQUANTIZED = "dequantized_fp32"
 
 
 def _load() -> None:

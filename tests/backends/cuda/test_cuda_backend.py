@@ -20,7 +20,7 @@ from ember.backends.cuda import CUDABackend
 from ember.backends.cuda.exec.executor import CudaExecutor
 from ember.backends.cuda.exec.program import CudaProgram
 from ember.backends.cuda.tuning import CudaTacticTimer
-from ember.plan.config import BuildConfig
+from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import Records
 
 PKG = Path(cuda_pkg.__file__).parent
@@ -154,7 +154,6 @@ def _pool(op_name: str, dtype_name: str, dilations=(1, 1), indices: bool = False
 
 def _ctx(graph, tactic: str):
     from ember.backends.base import CompileContext
-    from ember.plan.config import Precision
 
     return CompileContext(graph, {}, torch.device("cpu"), tactic, Precision.FP32, Records(),
                           BuildConfig(device="cuda"))
@@ -194,7 +193,6 @@ def test_the_tuner_falls_back_to_the_generic_kernel_where_every_cuda_kernel_refu
     here): the CUDA convolutions refuse the run-time weight (inf), the generic kernel runs."""
     from ember.backends.timing import wall_clock_timer
     from ember.builder.tactics import TacticSelector
-    from ember.plan.config import Precision
 
     graph, node = _conv_runtime_weight()
     backend = CUDABackend()
@@ -288,3 +286,29 @@ def test_8_bit_max_pooling_off_the_cpu_pools_in_float():
     assert torch.equal(max_pool(x, a), want)
     y = max_pool(x.to("meta"), a)
     assert y.device.type == "meta" and y.dtype == torch.uint8 and tuple(y.shape) == (1, 2, 4, 4)
+
+
+def test_int8_layers_time_their_float_fallback_only_when_every_int8_kernel_fails():
+    """``dequantized_fp32`` (dequantize, float32, requantize) is a fallback of the CUDA backend:
+    the tuner times it only where every INT8 tactic of the layer failed, so an INT8 build does not
+    spend ~0.4 s a ResNet-50 layer (batch 256, H100) timing a tactic that never won there."""
+    from ember.backends.cuda.registry import DEQUANTIZED
+    from ember.builder.tactics import TacticSelector
+
+    assert DEQUANTIZED in CUDABackend.fallback_tactics
+    timed: list[str] = []
+
+    def timer(int8_ms: float):
+        def run(node, graph, tactic, precision):
+            timed.append(tactic)
+            return 3.0 if tactic == DEQUANTIZED else int8_ms
+        return run
+
+    candidates = ["triton_int8_128x128x64", "cudnn_int8", DEQUANTIZED]
+    node, graph = object(), object()
+    choice = TacticSelector(timer(1.0)).select(node, graph, candidates, Precision.INT8, CUDABackend.fallback_tactics)
+    assert choice.tactic == "triton_int8_128x128x64" and DEQUANTIZED not in timed
+    timed.clear()
+    choice = TacticSelector(timer(float("inf"))).select(node, graph, candidates, Precision.INT8,
+                                                        CUDABackend.fallback_tactics)
+    assert choice.tactic == DEQUANTIZED and timed[-1] == DEQUANTIZED

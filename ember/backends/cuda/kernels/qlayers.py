@@ -34,7 +34,7 @@ from ember.backends.cuda.kernels.conv_triton import ConvPads, conv_kernel
 from ember.backends.cuda.libs import cudnn_graph
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.backends.cuda.libs.triton_qconv import CONFIGS
-from ember.backends.cuda.registry import register_cuda_kernel
+from ember.backends.cuda.registry import DEQUANTIZED, register_cuda_kernel
 from ember.backends.layout import planned_format
 from ember.errors import BuildError
 from ember.ir.dtype import DType
@@ -354,7 +354,7 @@ def _finish(y: torch.Tensor, p: Optional[QuantParams], float_dtype: torch.dtype)
     return y.to(float_dtype) if p is None else quantize(y, p)
 
 
-@register_cuda_kernel(OpType.QCONV, "dequantized_fp32", rank=100)
+@register_cuda_kernel(OpType.QCONV, DEQUANTIZED, rank=100)
 def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     """QConv as float32 arithmetic on the dequantized operands (the weight rounded to its int8
     grid once), for where Ember's Triton INT8 kernel cannot run (no Triton, or TensorFlow in the
@@ -393,7 +393,7 @@ def qconv_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     return run
 
 
-@register_cuda_kernel(OpType.QGEMM, "dequantized_fp32", rank=100)
+@register_cuda_kernel(OpType.QGEMM, DEQUANTIZED, rank=100)
 def qgemm_dequantized(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm as float32 arithmetic on the dequantized operands (see ``qconv_dequantized``)."""
     from ember.backends.activations import activation_fn

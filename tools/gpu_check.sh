@@ -6,12 +6,13 @@
 #   int8         bench/gpu_int8.py: INT8 and FP8 against fp16, BERT-base and ResNet-50 at b128
 #   int8-bert    the same, BERT-base b128 only; int8-resnet: ResNet-50 b256 only (issue 20's targets)
 #   fp16         bench/gpu.py: the fp16 table against torch and torch.compile
+#   bert-b1      bench/gpu.py: BERT-base fp16 at batch 1 against torch.compile only (fourteenth session: 0.97x)
 #   layers       bench/probes/engine_layers.py: ResNet-50 b256 fp16 and INT8 per layer, with every
 #                tactic the timer refused and why (refused-*.log)
 #   conv-probe   bench/probes/cudnn_int8_fp8_conv.py: cuDNN INT8/FP8 against fp16 per ResNet-50 layer
 # Wheels the machine lacks (serve's, pytest-xdist) go in .whl/ and are installed to /tmp/site. The
-# device tool allows 600 s a call: run one or two steps a call (twelfth session on the H100: tests
-# 178 s, conformance about 80 s, fp16 for two models over 200 s), e.g.
+# device tool allows 600 s a call: run one or two steps a call (fourteenth session on the H100: tests
+# 130 s, conformance 76 s, int8-resnet 253 s, int8-bert 151 s, fp16 for all four models 328 s), e.g.
 #   OUT=$OUT GPU_STEPS="tests conformance" tools/gpu_check.sh   (then GPU_STEPS=int8, GPU_STEPS=fp16)
 set -u
 OUT=${OUT:-gpu-check-$(date +%F)}
@@ -51,6 +52,9 @@ for step in $STEPS; do
                          --out "$OUT/int8-resnet.json" ;;
         fp16) run fp16 "${FP16_S:-420}" python3 bench/gpu.py --batches 1,128 --peers torch,torch-compile \
                   --iterations 50 --out "$OUT/fp16.json" ;;
+        # the row that fell under 1.0x in the fourteenth session (0.97x): BERT-base fp16 at batch 1
+        bert-b1) run bert-b1 "${FP16_S:-200}" python3 bench/gpu.py --models bert-base --batches 1 \
+                     --peers torch-compile --iterations 100 --out "$OUT/bert-b1.json" ;;
         layers) run layers "${LAYERS_S:-300}" python3 bench/probes/engine_layers.py --model resnet-50 --batch 256 \
                     --quantized int8 --out "$OUT" ;;
         conv-probe) run conv-probe "${PROBE_S:-150}" python3 bench/probes/cudnn_int8_fp8_conv.py \

@@ -650,8 +650,8 @@ pybind11::dict version() {
 // against 1.5 ms with a reused one, and the whole batch-1 MobileNetV2 run 5.3 ms against 3.9 ms.
 // A released output of at least `min_bytes` whose buffer nothing else holds comes back here; an
 // output that size takes the smallest buffer that fits. `EMBER_CHAIN_POOL_MB` sets the threshold
-// (default 0.25; 0 turns the pool off); at most `kMaxBuffers` buffers are kept (a chain needs
-// about as many as it has outputs alive at once).
+// (default 0.25; 0 turns the pool off); at most `kMaxBuffers` buffers and `kMaxBytes` (1 GiB) are
+// kept: about the chain's peak working set, held between runs as ONNX Runtime's arena holds it.
 class BufferPool {
    public:
     static BufferPool &local() {
@@ -671,6 +671,7 @@ class BufferPool {
         c10::Storage storage;
         if (best != free_.end()) {
             storage = *best;
+            held_ -= best->nbytes();
             free_.erase(best);
         } else {
             storage = torch::empty({bytes}, torch::kUInt8).storage();
@@ -680,16 +681,21 @@ class BufferPool {
         return t;
     }
 
-    // Keeps `t`'s buffer if nothing but `t` holds it (no alias, no view, not returned).
+    // Keeps `t`'s buffer if nothing but `t` holds it (no alias, no view, not returned) and the
+    // pool stays within `kMaxBuffers` buffers and `kMaxBytes` bytes (the smallest kept go first).
     void give(torch::Tensor &&t) {
         if (!t.defined() || t.use_count() != 1 || t.storage().use_count() != 1) return;
-        if (free_.size() >= kMaxBuffers) {
-            auto smallest = std::min_element(free_.begin(), free_.end(),
-                                             [](const c10::Storage &a, const c10::Storage &b) { return a.nbytes() < b.nbytes(); });
-            if (smallest->nbytes() >= t.storage().nbytes()) return;
+        const size_t bytes = t.storage().nbytes();
+        if (bytes > kMaxBytes) return;
+        auto by_size = [](const c10::Storage &a, const c10::Storage &b) { return a.nbytes() < b.nbytes(); };
+        while (!free_.empty() && (free_.size() >= kMaxBuffers || held_ + bytes > kMaxBytes)) {
+            auto smallest = std::min_element(free_.begin(), free_.end(), by_size);
+            if (smallest->nbytes() >= bytes) return;
+            held_ -= smallest->nbytes();
             free_.erase(smallest);
         }
         free_.push_back(t.storage());
+        held_ += bytes;
     }
 
    private:
@@ -699,7 +705,9 @@ class BufferPool {
         min_bytes_ = mb > 0 ? static_cast<int64_t>(mb * 1024 * 1024) : INT64_MAX;
     }
     static constexpr size_t kMaxBuffers = 32;
+    static constexpr size_t kMaxBytes = size_t{1} << 30;
     int64_t min_bytes_;
+    size_t held_ = 0;  // bytes in `free_`
     std::vector<c10::Storage> free_;
 };
 

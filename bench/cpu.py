@@ -22,6 +22,11 @@ runtime's median of the N medians with their spread (min-max): the 2-core machin
 come from is shared, and a single table of it is noisy. Every result names the CPU model and its
 AMX / AVX-512 flags (``ember.backends.cpu.features``).
 
+``--gap-ms N`` idles N ms before each runtime's block. By default the blocks follow each other,
+the method issue 19 names; ONNX Runtime's intra-op workers keep spinning for tens of milliseconds
+after its block, on the cores the next runtime's threads need (MobileNetV2 batch 1: Ember 3.98 ms
+alone, 9.2 ms in blocks right after ONNX Runtime's, 4.5 ms with a 50 ms gap; BENCHMARKS.md).
+
 ``--exporter`` lists the PyTorch ONNX exporters the zoo models go through: ``torchscript``
 (``torch.onnx.export(..., dynamo=False)``, at opset 17) and ``dynamo`` (the ``torch.export``-based
 exporter, at ``--dynamo-opset``, default 20: what ``torch.onnx.export`` writes by default since
@@ -70,6 +75,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="measure each row this many times (spread reported)")
     p.add_argument("--rounds", type=int, default=0,
                    help="rounds in which the runtimes take turns (default: up to 4; more: finer interleaving)")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="idle milliseconds before each runtime's block (0: the blocks follow each other, the "
+                        "issue's method); ONNX Runtime's workers spin for tens of ms after its block, on the "
+                        "cores the next runtime needs")
     p.add_argument("--accuracy-target", type=float, default=None,
                    help="build the reduced-precision Ember engines to this max relative error against fp32")
     p.add_argument("--without-persistent", action="store_true",
@@ -214,6 +223,8 @@ def _timed_rounds(runners: dict[str, Any], feeds: dict, args: argparse.Namespace
         count = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
         for label, runner in runners.items():
             warmup = args.warmup if r == 0 else 1
+            if args.gap_ms > 0:
+                time.sleep(args.gap_ms / 1e3)
             times[label] += time_ms(runner, feeds, warmup, count, args.max_seconds / rounds)
     return times
 
@@ -293,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine = {**common.machine_info(args.threads), "isa": cpu_features().reported(),
                "onednn_extension": native.version_of(native.extension()) or native.unavailable_reason()}
     result = {"suite": "cpu", "machine": machine, "iterations": args.iterations, "warmup": args.warmup,
-              "precisions": args.precision, "exporters": args.exporter, "repeats": args.repeats,
+              "precisions": args.precision, "exporters": args.exporter, "repeats": args.repeats, "gap_ms": args.gap_ms,
               "rounds": args.rounds, "rows": rows}
     path = common.write_result("cpu", result, args.out)
     print(f"\nwrote {path}\n")

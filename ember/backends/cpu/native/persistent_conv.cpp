@@ -715,12 +715,13 @@ class BufferPool {
 // output of step `src[i]` (-1: the chain's input x); with a binary-add residual (fp32 layers) it
 // adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
 // post-op accumulates into the destination) its output starts as a copy of that step's output
-// (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a fresh
-// channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8, 3: bf16), released after step `last[i]`
-// (its last reader in the chain). A float (f32 / bf16) step whose residual is an earlier step's output read last by
-// it (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
-// buffer, which becomes the output: one read of it less); an INT8 step sums into such a residual's
-// buffer itself instead of a copy of it. `EMBER_CHAIN_SUM=0` turns both off.
+// (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a
+// channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8, 3: bf16), on a buffer of the thread's
+// `BufferPool` when it is large enough, released after step `last[i]` (its last reader in the
+// chain). A float (f32 / bf16) step whose residual is an earlier step's output read last by it
+// (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
+// buffer, which becomes the output: one read of it less); an INT8 step sums into such a
+// residual's buffer itself instead of a copy of it. `EMBER_CHAIN_SUM=0` turns both off.
 // Returns the last step's output.
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
@@ -752,8 +753,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
         auto free_after = [&](int64_t k) { return in_place && k >= 0 && k != src[i] && last[k] == int64_t(i); };
         const bool float_out = dtypes[i] == 0 || dtypes[i] == 3;
         if (sum[i] == -2 && float_out && free_after(res[i]) && outs[res[i]].scalar_type() == types[dtypes[i]] &&
-            convs[i]->has_summed() &&
-            fused[i] == convs[i]->has_fused()) {
+            convs[i]->has_summed() && fused[i] == convs[i]->has_fused()) {
             outs[i] = outs[res[i]];  // f32 / bf16: the residual added in place
             convs[i]->execute_summed(in, outs[i]);
         } else {
@@ -776,8 +776,9 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             convs[i]->execute(in, outs[i], r, fused[i]);
         }
         for (size_t j = 0; j < i; ++j) {  // outputs read for the last time by this step
-            if (last[j] == static_cast<int64_t>(i)) pool.give(std::move(outs[j]));
-            if (last[j] == static_cast<int64_t>(i)) outs[j] = torch::Tensor();
+            if (last[j] != static_cast<int64_t>(i)) continue;
+            pool.give(std::move(outs[j]));
+            outs[j] = torch::Tensor();
         }
     }
     return outs[n - 1];

@@ -113,3 +113,27 @@ def test_explicit_attention_converts_a_half_mask_once_per_forward() -> None:
         torch.testing.assert_close(y, outside)
     ref = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * 0.25 + mask.float(), -1) @ v.float()
     torch.testing.assert_close(outside.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["2d float", "bool", "none", "float32 4d"])
+def test_explicit_attention_masks_match_the_written_out_formula(kind: str) -> None:
+    """``explicit`` folds an additive mask and the scale into one float32 pass (``mask + scale *
+    s``); boolean masks and no mask keep the separate steps. All against softmax(q k^T * scale +
+    mask) v in float32 (CPU tensors)."""
+    node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v", "m"), ("y",), FusedAttentionAttrs(scale=0.125))
+    ctx = CompileContext(Graph("g", [node], ["q", "k", "v", "m"], ["y"], {}), {}, torch.device("cpu"), "explicit",
+                         Precision.FP16)
+    kernel = attention.attention_explicit(node, ctx)
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g).half() for _ in range(3))
+    add = torch.zeros(5, 5)
+    add[:, 4] = float("-inf")
+    masks = {"2d float": add.half(), "bool": add == 0, "none": None, "float32 4d": add.reshape(1, 1, 5, 5)}
+    mask = masks[kind]
+    got = kernel([q, k, v, mask])[0]
+    s = (q.float() @ k.float().transpose(-1, -2)) * 0.125
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.float()
+    want = torch.softmax(s, -1) @ v.float()
+    assert got.dtype == torch.float16 and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2)

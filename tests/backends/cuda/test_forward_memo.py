@@ -85,12 +85,17 @@ def test_attention_mask_prepared_once_per_forward(monkeypatch: pytest.MonkeyPatc
     assert len(calls) == 3
 
 
-def test_explicit_attention_converts_a_half_mask_once_per_forward() -> None:
-    """The ``explicit`` tactic adds the mask in float32: converted once per forward, same result."""
-    node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v", "m"), ("y",), FusedAttentionAttrs(scale=0.25))
+def _explicit(scale: float) -> Any:
+    """The ``explicit`` attention kernel of an fp16 layer, compiled for CPU tensors."""
+    node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v", "m"), ("y",), FusedAttentionAttrs(scale=scale))
     ctx = CompileContext(Graph("g", [node], ["q", "k", "v", "m"], ["y"], {}), {}, torch.device("cpu"), "explicit",
                          Precision.FP16)
-    kernel = attention.attention_explicit(node, ctx)
+    return attention.attention_explicit(node, ctx)
+
+
+def test_explicit_attention_converts_a_half_mask_once_per_forward() -> None:
+    """The ``explicit`` tactic adds the mask in float32: converted once per forward, same result."""
+    kernel = _explicit(0.25)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 4, 8, generator=g).half() for _ in range(3))
     mask = torch.zeros(1, 1, 1, 4, dtype=torch.float16)
@@ -120,10 +125,7 @@ def test_explicit_attention_masks_match_the_written_out_formula(kind: str) -> No
     """``explicit`` folds an additive mask and the scale into one float32 pass (``mask + scale *
     s``); boolean masks and no mask keep the separate steps. All against softmax(q k^T * scale +
     mask) v in float32 (CPU tensors)."""
-    node = Node("att", OpType.FUSED_ATTENTION, ("q", "k", "v", "m"), ("y",), FusedAttentionAttrs(scale=0.125))
-    ctx = CompileContext(Graph("g", [node], ["q", "k", "v", "m"], ["y"], {}), {}, torch.device("cpu"), "explicit",
-                         Precision.FP16)
-    kernel = attention.attention_explicit(node, ctx)
+    kernel = _explicit(0.125)
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, 5, 8, generator=g).half() for _ in range(3))
     add = torch.zeros(5, 5)

@@ -68,7 +68,7 @@ def test_attention_mask_prepared_once_per_forward(monkeypatch: pytest.MonkeyPatc
     calls: list[int] = []
     real = attention.nan_in_hidden_rows
 
-    def spy(m: torch.Tensor) -> torch.Tensor:
+    def spy(m: torch.Tensor | None) -> torch.Tensor | None:
         calls.append(1)
         return real(m)
 
@@ -77,8 +77,9 @@ def test_attention_mask_prepared_once_per_forward(monkeypatch: pytest.MonkeyPatc
     mask[1, ..., 5:] = float("-inf")
     with device.forward_scope():
         outs = [attention._mask(mask, torch.float16) for _ in range(12)]
-    assert len(calls) == 1 and all(o is outs[0] for o in outs)
-    assert outs[0].dtype == torch.float16 and float(outs[0][1, 0, 0, 6]) == torch.finfo(torch.float16).min
+    first = outs[0]
+    assert len(calls) == 1 and first is not None and all(o is first for o in outs)
+    assert first.dtype == torch.float16 and float(first[1, 0, 0, 6]) == torch.finfo(torch.float16).min
     with device.forward_scope():
         attention._mask(mask, torch.float16)
         attention._mask(mask, torch.float32)  # another dtype: its own

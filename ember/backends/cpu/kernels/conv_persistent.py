@@ -42,7 +42,6 @@ from ember.backends.cpu import native
 from ember.backends.cpu.chains import ChainLink
 from ember.backends.cpu.half import (
     finite_safe,
-    half_applies,
     inputs_finite,
     layer_dtype,
     owns_constants,
@@ -97,7 +96,8 @@ def persistent_applies(node: Node, graph: Optional[Graph], records: Optional[Rec
         return False
     if node.input(2) and not const_input(node, graph, 2):
         return False
-    if half_applies(node, records) and records.precision.layers.get(node.name) is not Precision.BF16:  # type: ignore[union-attr]
+    precision = records.precision.layers.get(node.name) if records is not None else None
+    if precision is not None and precision.is_half and precision is not Precision.BF16:
         return False
     w = graph.constants[node.input(1)]
     t = graph.types.get(node.input(0))
@@ -129,12 +129,11 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     kind, lo, hi = _fusable(act, params)
     dtype = layer_dtype(ctx)  # the activations' type: float32, or bfloat16 in a bf16 layer
     out_dtype = _output_dtype(node, ctx)
-    names = {torch.float32: "f32", torch.bfloat16: "bf16"}
     layer = ext.Layer(w, None if b is None else b.reshape(-1).to(torch.float32).contiguous(),
                       [int(s) for s in a.strides] if a.strides else [1, 1],
                       [int(d) for d in a.dilations] if a.dilations else [1, 1],
                       int(a.group), activation=kind, alpha=lo, beta=hi, residual=residual,
-                      src_dtype=names[dtype], dst_dtype=names[out_dtype])
+                      src_dtype=native.dtype_name(dtype), dst_dtype=native.dtype_name(out_dtype))
     shapes = _ShapeCache(layer, a, tuple(w.shape))
     t, static = _static_input(node, ctx, shapes)
     after = activation_after(act, params)
@@ -247,7 +246,9 @@ class _ShapeCache:
         return hit
 
 
-_DT = {DType.UINT8: "u8", DType.INT8: "s8"}
+def _dt(dtype: DType) -> str:
+    """The extension's name of an 8-bit activation type."""
+    return native.dtype_name(torch_dtype(dtype)) or ""
 
 
 def _int8_epilogue(a: QConvAttrs) -> Optional[tuple[str, float, float]]:
@@ -303,10 +304,10 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         qw.contiguous(), None if bias is None else bias.contiguous(),
         [int(v) for v in a.conv.strides] if a.conv.strides else [1, 1],
         [int(v) for v in a.conv.dilations] if a.conv.dilations else [1, 1], int(a.conv.group),
-        activation=kind, alpha=lo, beta=hi, residual=residual, src_dtype=_DT[xp.dtype],
-        dst_dtype="f32" if out_p is None else _DT[out_p.dtype], w_scales=w_scales, src_scale=xp.scale,
+        activation=kind, alpha=lo, beta=hi, residual=residual, src_dtype=_dt(xp.dtype),
+        dst_dtype="f32" if out_p is None else _dt(out_p.dtype), w_scales=w_scales, src_scale=xp.scale,
         src_zp=x_zp, dst_scale=1.0 if out_p is None else out_p.scale,
-        dst_zp=0 if out_p is None else out_p.zero_point, sum_dtype="" if acc_p is None else _DT[acc_p.dtype],
+        dst_zp=0 if out_p is None else out_p.zero_point, sum_dtype="" if acc_p is None else _dt(acc_p.dtype),
         sum_scale=1.0 if acc_p is None else acc_p.scale, sum_zp=0 if acc_p is None else acc_p.zero_point)
     shapes = _ShapeCache(layer, a.conv, tuple(w.shape))
     t, static = _static_input(node, ctx, shapes)

@@ -215,7 +215,6 @@ def max_pool_with_indices(x: Tensor, a: PoolAttrs) -> tuple[Tensor, Tensor]:
     return y.to(x.dtype), flat + plane * math.prod(ins)
 
 
-_NATIVE_KINDS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int8: "s8"}
 NativeMaker = Callable[[Any, Tensor, str], object]
 
 
@@ -231,7 +230,7 @@ def _per_shape_native(make: NativeMaker, kinds: Sequence[torch.dtype]) -> Callab
     made: dict[tuple, object] = {}
 
     def get(x: Tensor) -> object:
-        kind = _NATIVE_KINDS.get(x.dtype) if x.dtype in kinds else None
+        kind = native.dtype_name(x.dtype) if x.dtype in kinds else None
         if (not enabled or kind is None or x.dim() != 4 or x.device.type != "cpu" or x.numel() == 0
                 or not x.is_contiguous(memory_format=torch.channels_last)):
             return None
@@ -271,7 +270,7 @@ def _native_max_pool(node: Node, ctx: CompileContext, a: PoolAttrs):
         shape = (x.shape[0], x.shape[1], *g.outs)
         return ext.MaxPool(list(x.shape), list(shape), g.kernel, g.strides, g.dilations, g.begins, ends, kind), shape
 
-    get = _per_shape_native(make, tuple(_NATIVE_KINDS))
+    get = _per_shape_native(make, (torch.float32, torch.bfloat16, torch.uint8, torch.int8))
 
     def prim(x: Tensor, finite: bool = True) -> object:
         return None if x.is_floating_point() and not (safe and finite) else get(x)

@@ -68,6 +68,16 @@ class OneDNNConfig:
     threading_runtime: str
 
 
+#: The extension's names of the tensor types its primitives take (``to_dt`` in the C++ source).
+_DTYPE_NAMES = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.uint8": "u8", "torch.int8": "s8"}
+
+
+def dtype_name(dtype: Any) -> Optional[str]:
+    """The extension's name of torch dtype ``dtype`` ("f32", "bf16", "u8", "s8"); ``None`` for
+    types its primitives do not take."""
+    return _DTYPE_NAMES.get(str(dtype))
+
+
 def enabled() -> bool:
     """Whether the persistent tactic may be a candidate (``EMBER_ONEDNN_PERSISTENT`` is not 0/off)."""
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")

@@ -76,6 +76,17 @@ void *thread_scratchpad(size_t bytes) {
     return buf.ptr;
 }
 
+// Runs primitive `prim` (of descriptor `pd`) on `args` with the calling thread's scratchpad, and
+// waits for it; no Python (callable without the GIL).
+template <typename PD, typename P>
+void run_primitive(const PD &pd, const P &prim, std::unordered_map<int, memory> &args) {
+    const memory::desc sd = pd.scratchpad_desc();
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, cpu_engine(), thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
+    dnnl::stream &s = cpu_stream();
+    prim.execute(s, args);
+    s.wait();
+}
+
 at::ScalarType to_scalar(dt d) {
     switch (d) {
         case dt::f32: return at::kFloat;
@@ -193,11 +204,7 @@ class Conv {
         args.emplace(DNNL_ARG_BIAS, bias_);
         if (residual != nullptr)
             args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, memory(residual_desc(p), eng, residual));
-        const memory::desc sd = p.pd.scratchpad_desc();
-        args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-        dnnl::stream &s = cpu_stream();
-        p.prim.execute(s, args);
-        s.wait();
+        run_primitive(p.pd, p.prim, args);
     }
 
     Primitive exact_;
@@ -424,11 +431,7 @@ void run_nhwc(const PD &pd, const P &prim, const torch::Tensor &x, const torch::
     args.emplace(DNNL_ARG_DST, memory(pd.dst_desc(), eng, out.data_ptr()));
     at::internal::lazy_init_num_threads();
     pybind11::gil_scoped_release nogil;
-    const memory::desc sd = pd.scratchpad_desc();
-    args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-    dnnl::stream &s = cpu_stream();
-    prim.execute(s, args);
-    s.wait();
+    run_primitive(pd, prim, args);
 }
 
 // ONNX's LRN across channels (odd `size`) as a oneDNN primitive on NHWC tensors, made once per
@@ -517,14 +520,8 @@ class Matmul {
         args.emplace(DNNL_ARG_WEIGHTS, weights_);
         if (bias_) args.emplace(DNNL_ARG_BIAS, bias_);
         at::internal::lazy_init_num_threads();  // this thread's OpenMP team size = torch's
-        {
-            pybind11::gil_scoped_release nogil;
-            const memory::desc sd = pd_.scratchpad_desc();
-            args.emplace(DNNL_ARG_SCRATCHPAD, memory(sd, eng, thread_scratchpad(std::max<size_t>(sd.get_size(), 1))));
-            dnnl::stream &s = cpu_stream();
-            prim_.execute(s, args);
-            s.wait();
-        }
+        pybind11::gil_scoped_release nogil;
+        run_primitive(pd_, prim_, args);
     }
 
     std::vector<int64_t> dst_dims() const {
@@ -659,11 +656,12 @@ class BufferPool {
         return pool;
     }
 
-    int64_t min_bytes() const { return min_bytes_; }
-
-    // A channels-last tensor of `dims` and `type` on a pooled buffer (or a fresh one).
-    torch::Tensor take(const std::vector<int64_t> &dims, c10::ScalarType type) {
+    // A channels-last CPU tensor of `dims` and `type`: on a pooled buffer (or a new one the pool
+    // may keep later) from `min_bytes` up, a plain allocation below.
+    torch::Tensor output(const std::vector<int64_t> &dims, c10::ScalarType type) {
         const int64_t bytes = c10::multiply_integers(dims) * static_cast<int64_t>(c10::elementSize(type));
+        if (bytes < min_bytes_)
+            return torch::empty(dims, torch::TensorOptions().dtype(type).memory_format(c10::MemoryFormat::ChannelsLast));
         auto best = free_.end();
         for (auto it = free_.begin(); it != free_.end(); ++it)
             if (it->nbytes() >= static_cast<size_t>(bytes) && (best == free_.end() || it->nbytes() < best->nbytes()))
@@ -681,12 +679,13 @@ class BufferPool {
         return t;
     }
 
-    // Keeps `t`'s buffer if nothing but `t` holds it (no alias, no view, not returned) and the
-    // pool stays within `kMaxBuffers` buffers and `kMaxBytes` bytes (the smallest kept go first).
-    void give(torch::Tensor &&t) {
+    // Keeps `t`'s buffer if it is one `output` would take (`min_bytes` or more), nothing but `t`
+    // holds it (no alias, no view, not returned), and the pool stays within `kMaxBuffers` buffers
+    // and `kMaxBytes` bytes (the smallest kept go first).
+    void give(const torch::Tensor &t) {
         if (!t.defined() || t.use_count() != 1 || t.storage().use_count() != 1) return;
         const size_t bytes = t.storage().nbytes();
-        if (bytes > kMaxBytes) return;
+        if (static_cast<int64_t>(bytes) < min_bytes_ || bytes > kMaxBytes) return;  // no output would take it
         auto by_size = [](const c10::Storage &a, const c10::Storage &b) { return a.nbytes() < b.nbytes(); };
         while (!free_.empty() && (free_.size() >= kMaxBuffers || held_ + bytes > kMaxBytes)) {
             auto smallest = std::min_element(free_.begin(), free_.end(), by_size);
@@ -766,18 +765,14 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
                 outs[i] = free_after(sum[i]) ? acc.view(types[dtypes[i]])
                                              : acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
             } else {
-                const std::vector<int64_t> dims = convs[i]->dst_dims();
-                const auto type = types[dtypes[i]];
-                outs[i] = c10::multiply_integers(dims) * static_cast<int64_t>(c10::elementSize(type)) >= pool.min_bytes()
-                              ? pool.take(dims, type)
-                              : torch::empty(dims, x.options().dtype(type).memory_format(c10::MemoryFormat::ChannelsLast));
+                outs[i] = pool.output(convs[i]->dst_dims(), types[dtypes[i]]);
             }
             convs[i]->check(in, outs[i], r, fused[i]);
             convs[i]->execute(in, outs[i], r, fused[i]);
         }
         for (size_t j = 0; j < i; ++j) {  // outputs read for the last time by this step
             if (last[j] != static_cast<int64_t>(i)) continue;
-            pool.give(std::move(outs[j]));
+            pool.give(outs[j]);
             outs[j] = torch::Tensor();
         }
     }

@@ -37,8 +37,11 @@ def fresh_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def ext(fresh_native: None) -> Any:
-    """The built extension, or a skip that says why it is unavailable here."""
+    """The built extension; a skip that says why where the machine lacks something it needs, a
+    failure where its source does not compile (a skip there hid a broken build behind 141 skips)."""
     mod = native.extension()
+    if mod is None and native.compile_failed():
+        pytest.fail(f"Ember's oneDNN extension does not compile: {native.unavailable_reason()}")
     if mod is None:
         pytest.skip(f"oneDNN extension unavailable: {native.unavailable_reason()}")
     return mod

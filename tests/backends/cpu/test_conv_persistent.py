@@ -581,6 +581,12 @@ def test_failed_compile_is_a_reason_not_an_error(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(cpp_extension, "load", fail)
     assert_not_candidate_and_build_works(tmp_path, monkeypatch, "failed")
+    assert native.compile_failed()  # the test suite's `ext` fixture fails on it rather than skipping
+
+
+def test_a_missing_library_is_no_compile_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.PREFIX_ENV, str(tmp_path / "nowhere"))
+    assert native.extension() is None and not native.compile_failed()
 
 
 def test_switch_takes_it_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,7 +55,13 @@ log = logging.getLogger("ember.backends.cpu.native")
 
 
 class Unavailable(Exception):
-    """Why the extension cannot be built or used here (a sentence a person can act on)."""
+    """Why the extension cannot be built or used here (a sentence a person can act on).
+    ``compile_failed``: the library and a compiler were there and the source did not compile (a
+    fault of Ember's, not of the machine)."""
+
+    def __init__(self, message: str, compile_failed: bool = False) -> None:
+        super().__init__(message)
+        self.compile_failed = compile_failed
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ def build(prefix: Path, verbose: bool = False) -> ModuleType:
     except (RuntimeError, OSError, ImportError) as e:
         last = str(e).strip().splitlines()[-1:] or [type(e).__name__]
         raise Unavailable(f"compiling {SOURCE.name} against oneDNN {cfg.version} in {prefix} failed "
-                          f"({last[0]}); build log under {build_dir}") from e
+                          f"({last[0]}); build log under {build_dir}", compile_failed=True) from e
     got: dict[str, Any] = mod.version()
     built = f"{got['major']}.{got['minor']}.{got['patch']}"
     if got["header_version"] != built:
@@ -262,7 +268,7 @@ def extension() -> Optional[ModuleType]:
         return _state["module"]  # type: ignore[no-any-return]
     with _lock:
         if "module" not in _state:
-            mod, reason = None, None
+            mod, reason, compile_failed = None, None, False
             prefix = find_prefix()
             if prefix is None:
                 reason = f"no oneDNN library found (neither ${PREFIX_ENV} nor {sys.prefix} has one): {_HOW}"
@@ -270,7 +276,7 @@ def extension() -> Optional[ModuleType]:
                 try:
                     mod = build(prefix)
                 except Unavailable as e:
-                    reason = str(e)
+                    reason, compile_failed = str(e), e.compile_failed
                 except Exception as e:  # noqa: BLE001 - an optional tactic never breaks a build
                     reason = f"unexpected {type(e).__name__} while loading the extension from {prefix}: {e}"
             if reason is not None:
@@ -279,8 +285,15 @@ def extension() -> Optional[ModuleType]:
             else:
                 log.info("CPU tactic onednn_persistent: oneDNN %s from %s", version_of(mod), prefix)
             _state["reason"] = reason
+            _state["compile_failed"] = compile_failed
             _state["module"] = mod
     return _state["module"]  # type: ignore[no-any-return]
+
+
+def compile_failed() -> bool:
+    """Whether the extension is unavailable because its source failed to compile here (library
+    and compiler present): the test suite fails on it instead of skipping the extension's tests."""
+    return bool(_state.get("compile_failed"))
 
 
 def unavailable_reason() -> Optional[str]:
@@ -303,4 +316,5 @@ def reset() -> None:
 
 
 __all__ = ["OneDNNConfig", "PREFIX_ENV", "SWITCH_ENV", "Unavailable", "build", "check_prefix", "compiler",
-           "enabled", "extension", "find_prefix", "loaded_openmp", "read_config", "reset", "unavailable_reason"]
+           "compile_failed", "dtype_name", "enabled", "extension", "find_prefix", "loaded_openmp", "read_config",
+           "reset", "unavailable_reason"]

@@ -91,7 +91,12 @@ def _compare_f(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
     assert err <= tol, f"{name}: relative error {err:.2e}"
 
 
-def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=torch.float32) -> None:
+def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=torch.float32,
+                    aligned: bool = False) -> None:
+    """One case into a channel slice of a wider channels-last buffer whose other channels must stay
+    untouched. ``aligned``: the slice and the buffer's pixel pitch 16-byte aligned and the residual
+    channels-last, as TMA can take them (the engine's arena and Concat slices usually are), and the
+    kernel's TMA operands checked where TMA runs; else a misaligned slice (pointer stores)."""
     from ember.backends.cuda.libs import triton_qconv as Q
 
     n, cin, h, w, cout, (kh, kw), stride, pads, dil, act, params, kind, zp, res_kind, out_kind = case
@@ -123,30 +128,68 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     elif res_kind == "float":
         res = torch.randn(n, cout, oh, ow, generator=gen)
         ref = ref + res.double()
+    if res is not None and aligned:
+        res = res.contiguous(memory_format=torch.channels_last)
     ref = _act(ref, act, params)
     so, zo = 0.03, (20 if out_kind == "u8" else -7)
     q_out = out_kind in ("u8", "s8")
     io = Q.QuantIO(zp, 1.0 / sx, so if q_out else None, zo if q_out else 0, rs, rzp, out_kind == "s8")
     packed = Q.pack_weight(wt, ws, sx, zp, torch.device(device), x_signed=kind == "s8")
     dtype = {"u8": torch.uint8, "s8": torch.int8}.get(out_kind, out_dtype)
-    buf = torch.full((n, cout + 5, oh, ow), SENTINEL, dtype=dtype, device=device).contiguous(
+    lead = 16 // dtype.itemsize if aligned else 2
+    width = -(-(cout + 2 * lead) // lead) * lead if aligned else cout + 5
+    buf = torch.full((n, width, oh, ow), SENTINEL, dtype=dtype, device=device).contiguous(
         memory_format=torch.channels_last)
-    view = buf.narrow(1, 2, cout)
+    view = buf.narrow(1, lead, cout)
     xd = x.to(device).contiguous(memory_format=torch.channels_last)
-    got = Q.conv2d(xd, packed, bias.to(device), None if res is None else res.to(device), io, stride=stride,
-                   pads=pads, dilation=dil, act=act, act_params=params, config=Q.CONFIGS[config_index], out=view)
+    rd = None if res is None else res.to(device)
+    config = Q.CONFIGS[config_index]
+    got = Q.conv2d(xd, packed, bias.to(device), rd, io, stride=stride, pads=pads, dilation=dil, act=act,
+                   act_params=params, config=config, out=view)
     assert got.data_ptr() == view.data_ptr()
+    if aligned and Q.tma_enabled(xd.device):
+        t = _tma_of(xd, packed, rd, view, stride, pads, config)
+        assert t.y is not None and t.b is not None, f"{name}: the output and weight should go through TMA"
+        assert (t.r is not None) == (rd is not None), f"{name}: the residual should go through TMA"
+        assert (t.a is not None) == (kh == kw == 1 and tuple(stride) == (1, 1) and not any(pads)), name
     if q_out:
         _compare_q(view, _quantize_ref(ref, so, zo, out_kind == "s8"), name)
     else:
         _compare_f(view, ref, name)
-    assert bool((buf[:, :2] == SENTINEL).all()) and bool((buf[:, 2 + cout:] == SENTINEL).all()), \
+    assert bool((buf[:, :lead] == SENTINEL).all()) and bool((buf[:, lead + cout:] == SENTINEL).all()), \
         f"{name}: the kernel wrote outside its slice"
     fresh = Q.conv2d(x.to(device), packed, bias.to(device), None if res is None else res.to(device), io,
                      stride=stride, pads=pads, dilation=dil, act=act, act_params=params,
                      config=Q.CONFIGS[config_index], out_dtype=out_dtype)
     assert fresh.is_contiguous(memory_format=torch.channels_last) and fresh.dtype == dtype
     assert torch.equal(fresh, view)
+
+
+def _tma_of(x, packed, residual, out, stride, pads, config):
+    """The TMA operands the kernel's launcher picks for this convolution (as ``_launch`` calls
+    ``tma_operands``)."""
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    n, _, h, w = x.shape
+    oh, ow = Q.output_hw(h, w, (packed.kh, packed.kw), stride, pads, (1, 1))
+    bn = min(config.block_n, Q._pow2_at_least(packed.cout, 16))
+    bk = min(config.block_k, Q._pow2_at_least(packed.cin, 32))
+    dense = packed.kh == 1 and packed.kw == 1 and not any(pads)
+    return Q.tma_operands(x, tuple(x.stride()), n * oh * ow, (h, w), (oh, ow), packed, residual,
+                          tuple(residual.stride()) if residual is not None else tuple(out.stride()), out,
+                          tuple(out.stride()), stride, dense, packed.cin % bk == 0, (config.block_m, bn, bk))
+
+
+#: cases the TMA operands take (aligned slices, channel counts of whole 16-byte rows)
+TMA_CONV_CASES = {
+    "1x1_s8_res_s8_s8_tma": (2, 64, 9, 7, 48, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), A.RELU, (), "s8", -5, "s8",
+                             "s8"),
+    "1x1_s8_k80_float_res_float_tma": (1, 80, 11, 13, 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), A.NONE, (), "s8",
+                                       3, "float", "float"),
+    "3x3_s8_relu_s8_tma": (2, 32, 8, 9, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.RELU, (), "s8", -20, None,
+                           "s8"),
+    "1x1_s2_s8_s8_tma": (2, 32, 10, 10, 64, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), A.NONE, (), "s8", 0, None, "s8"),
+}
 
 
 def check_gemm_case(name: str, case, device: str, config_index: int) -> None:
@@ -261,6 +304,8 @@ def check_all(device: str) -> None:
 
     for i, (name, case) in enumerate(CONV_CASES.items()):
         check_conv_case(name, case, device, i % len(Q.CONFIGS))
+    for i, (name, case) in enumerate(TMA_CONV_CASES.items()):
+        check_conv_case(name, case, device, i % len(Q.CONFIGS), aligned=True)
     for i, (name, case) in enumerate(GEMM_CASES.items()):
         check_gemm_case(name, case, device, i % len(Q.CONFIGS))
     check_quantize(device)
@@ -268,6 +313,7 @@ def check_all(device: str) -> None:
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+Q_CONFIGS = __import__("ember.backends.cuda.libs.triton_qconv", fromlist=["CONFIGS"]).CONFIGS
 
 
 @pytest.mark.skipif(not _HAS_TRITON or torch.cuda.is_available(),
@@ -281,7 +327,7 @@ def test_kernel_numerics_under_the_triton_interpreter():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("config_index", range(len(Q_CONFIGS)))
 @pytest.mark.parametrize("name", sorted(CONV_CASES))
 def test_conv_on_cuda(name, config_index):
     check_conv_case(name, CONV_CASES[name], "cuda", config_index)
@@ -289,7 +335,15 @@ def test_conv_on_cuda(name, config_index):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("config_index", range(len(Q_CONFIGS)))
+@pytest.mark.parametrize("name", sorted(TMA_CONV_CASES))
+def test_conv_through_tma_on_cuda(name, config_index):
+    check_conv_case(name, TMA_CONV_CASES[name], "cuda", config_index, aligned=True)
+    check_conv_case(name, TMA_CONV_CASES[name], "cuda", config_index, out_dtype=torch.float16, aligned=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config_index", range(len(Q_CONFIGS)))
 @pytest.mark.parametrize("name", sorted(GEMM_CASES))
 def test_gemm_on_cuda(name, config_index):
     check_gemm_case(name, GEMM_CASES[name], "cuda", config_index)

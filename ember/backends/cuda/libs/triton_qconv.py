@@ -29,13 +29,26 @@ Tile sizes come from ``CONFIGS``, each a separate tactic of the CUDA INT8 layers
 (``kernels/qlayers.py``) timed by Ember's tactic timer. ``BLOCK_K`` is at least 32 (the int8
 tensor-core step) and ``BLOCK_N`` at least 16; both shrink to the layer's channel counts.
 
+**TMA on Hopper.** Where an operand is a matrix the Tensor Memory Accelerator can address (a
+16-byte-aligned base, 16-byte-aligned row pitch, channels packed; ``tma_operands`` decides), the
+kernel moves it with host TMA descriptors instead of per-thread pointers: the weight always, the
+input of a stride-1 unpadded 1x1 convolution or GEMM, the residual and the output when their pixels
+form rows of one pitch (a Concat's aligned slice included: the bulk store clips at the slice's
+channel count). The output tile is then written from shared memory by one bulk store instead of
+per-thread 1-2 byte stores from the tensor cores' accumulator layout: on the H100 this took
+ResNet-50's batch-256 1x1 layers from 0.11-0.40 ms to 0.03-0.27 ms, 1.2-1.6x
+(``bench/probes/cuda_int8_epilogue_store.py``). Out-of-bounds boxes read zeros (weights past the
+reduction are zero, so a zero in the input's channel tail is harmless) and stores are clipped.
+
 This module imports without Triton; the launchers need it (or ``TRITON_INTERPRET=1`` on CPU
 tensors, which is how CI checks the numerics).
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -47,11 +60,16 @@ from ember.ops.attrs import Activation
 triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
 
 #: The INT8 variants offered as tactics: large tiles for batch 128+ (M in the hundreds of
-#: thousands), a deep-K mid tile, small row tiles for batch 1.
+#: thousands; BERT's GEMMs and ResNet-50's 3x3 layers take 128x128), a narrow 128x64 tile with four
+#: warps for the memory-bound 1x1 layers with a short reduction (on the H100, ResNet-50's batch-256
+#: "expand" layers 64->256, 128->512, 256->1024 with TMA operands: 0.270, 0.160, 0.093 ms, against
+#: 0.505, 0.278, 0.152 ms for the eight-warp 128x64 tile with pointer stores it replaced;
+#: ``bench/results/gpu-int8-epilogue-probe-2026-12-06-session15.json``), small row tiles for
+#: batch 1. Four, as each is timed per layer at build time.
 CONFIGS: tuple[TileConfig, ...] = (
     TileConfig(128, 128, 64, 4, 4),
     TileConfig(128, 128, 128, 8, 3),
-    TileConfig(128, 64, 128, 8, 3),
+    TileConfig(128, 64, 128, 4, 3),
     TileConfig(32, 64, 128, 4, 3),
 )
 
@@ -225,6 +243,94 @@ def quantize_int8(x: torch.Tensor, inv: float | torch.Tensor, zero_point: int,
     return out
 
 
+@dataclass(frozen=True)
+class TmaOperands:
+    """The kernel's operands that go through host TMA descriptors (``None``: through pointers):
+    ``a`` the input ``[M, Cin]``, ``b`` the packed weight, ``r`` the residual and ``y`` the output
+    ``[M, Cout]``."""
+
+    a: Any = None
+    b: Any = None
+    r: Any = None
+    y: Any = None
+
+
+def tma_enabled(device: torch.device) -> bool:
+    """Whether the kernel may use host TMA descriptors on ``device``: a CUDA GPU of compute
+    capability 9.0+ (Hopper) with Triton's ``TensorDescriptor``, or CPU tensors under Triton's
+    interpreter (which emulates them; how CI checks this path). ``EMBER_TRITON_TMA=0`` turns it
+    off (a probe's baseline)."""
+    if os.environ.get("EMBER_TRITON_TMA", "1") == "0" or _descriptor_class() is None:
+        return False
+    if device.type == "cuda":
+        return _sm_major(device.index if device.index is not None else torch.cuda.current_device()) >= 9
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _descriptor_class() -> Any:
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # Triton older than 3.4
+        return None
+    return TensorDescriptor
+
+
+@functools.cache
+def _sm_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def row_pitch(grid: tuple[int, int, int], strides: tuple[int, int, int]) -> Optional[int]:
+    """The pitch ``p`` (elements) where pixel ``(b, y, x)`` of an ``[n, h, w]`` grid with these
+    ``(batch, row, column)`` strides sits at ``(b*h*w + y*w + x) * p``, or ``None`` where the
+    pixels form no such single run of rows (a padded or cropped view). Size-1 dims do not count."""
+    n, h, w = grid
+    sn, sh, sw = strides
+    pitch = sw if w > 1 else (sh if h > 1 else sn)
+    if (w > 1 and sw != pitch) or (h > 1 and sh != w * pitch) or (n > 1 and sn != h * w * pitch):
+        return None
+    return pitch
+
+
+def _matrix(t: torch.Tensor, rows: int, cols: int, pitch: Optional[int], block: list[int]) -> Any:
+    """A TMA descriptor of ``t``'s ``[rows, cols]`` matrix (rows ``pitch`` elements apart, columns
+    packed), or ``None`` where TMA cannot address it (alignment, pitch)."""
+    if pitch is None or rows <= 0 or cols <= 0:
+        return None
+    size = t.element_size()
+    if t.data_ptr() % 16 or (pitch * size) % 16 or pitch < cols or block[-1] * size < 16:
+        return None
+    return _descriptor_class()(t, [rows, cols], [pitch, 1], block)
+
+
+def tma_operands(x: torch.Tensor, xs: tuple, m: int, hw: tuple[int, int], ohw: tuple[int, int],
+                 weight: QPackedWeight, residual: Optional[torch.Tensor], rs: tuple, out: torch.Tensor,
+                 ys: tuple, stride: Sequence[int], dense: bool, even_k: bool,
+                 block: tuple[int, int, int]) -> TmaOperands:
+    """Which of the kernel's operands go through TMA descriptors for this launch (module
+    docstring), with the descriptors. ``xs``/``rs``/``ys``: (n, c, h, w) strides; ``block``:
+    ``(BLOCK_M, BLOCK_N, BLOCK_K)`` after shrinking to the layer."""
+    if not tma_enabled(x.device):
+        return TmaOperands()
+    bm, bn, bk = block
+    cout, cin = weight.cout, weight.cin
+    n = m // max(1, ohw[0] * ohw[1])
+    a = None
+    if dense and tuple(int(s) for s in stride) == (1, 1) and xs[1] == 1 and tuple(hw) == tuple(ohw):
+        a = _matrix(x, m, cin, row_pitch((n, hw[0], hw[1]), (xs[0], xs[2], xs[3])), [bm, bk])
+    # a tap's block must not run into the next tap's weights: whole channel blocks, or one tap
+    b = (_matrix(weight.data, cout, int(weight.data.shape[1]), int(weight.data.stride(0)), [bn, bk])
+         if even_k or weight.kh * weight.kw == 1 else None)
+
+    def pixels(t: torch.Tensor, s: tuple) -> Any:
+        if s[1] != 1:
+            return None
+        return _matrix(t, m, cout, row_pitch((n, ohw[0], ohw[1]), (s[0], s[2], s[3])), [bm, bn])
+
+    return TmaOperands(a, b, None if residual is None else pixels(residual, rs), pixels(out, ys))
+
+
 def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int, weight: QPackedWeight,
             bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], rs: Optional[tuple],
             out: torch.Tensor, ys: tuple, io: QuantIO, stride: Sequence[int], pads: Sequence[int],
@@ -254,8 +360,13 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
     res = residual if residual is not None else out
     rs = rs if rs is not None else ys
     inv_ptr = io.x_inv if smooth else weight.mult  # any pointer when unused
+    dense = weight.kh == 1 and weight.kw == 1 and not any(int(p) for p in pads)
+    even_k = weight.cin % bk == 0
+    t = tma_operands(x, xs, m, (h, w), (oh, ow), weight, residual, rs, out, ys, stride, dense, even_k,
+                     (config.block_m, bn, bk))
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
     qconv_nhwc_kernel[grid](
+        t.a, t.b, t.r, t.y,
         x, weight.data, weight.mult, weight.corr, bias if bias is not None else weight.mult, res, out, inv_ptr,
         m, h, w, weight.cin, oh, ow, weight.cout,
         xs[0], xs[1], xs[2], xs[3], weight.data.stride(0),
@@ -267,8 +378,8 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
         float(p0), float(p1),
         KH=weight.kh, KW=weight.kw, X_MODE=x_mode, SMOOTH=smooth, HAS_BIAS=bias is not None,
         RES=res_mode, OUT_Q=out_q, OUT_SIGNED=out.dtype == torch.int8, ACT=ACT_CODES[act],
-        DENSE=weight.kh == 1 and weight.kw == 1 and not any(int(p) for p in pads),
-        EVEN_K=weight.cin % bk == 0, GROUP_M=8,
+        DENSE=dense, EVEN_K=even_k, GROUP_M=8,
+        A_TMA=t.a is not None, B_TMA=t.b is not None, R_TMA=t.r is not None, Y_TMA=t.y is not None,
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=config.num_warps, num_stages=config.num_stages)
 
@@ -296,6 +407,7 @@ if triton is not None:
                                    "PAD_W", "DIL_H", "DIL_W", "X_INV", "X_ZP", "X_ZPI", "R_SCALE", "R_ZP",
                                    "O_INV", "O_ZP"])
     def qconv_nhwc_kernel(
+        a_desc, b_desc, r_desc, y_desc,
         x_ptr, w_ptr, mult_ptr, corr_ptr, b_ptr, r_ptr, y_ptr, inv_ptr,
         M, H, W, CIN, OH, OW, COUT,
         sxn, sxc, sxh, sxw, swk,
@@ -307,6 +419,7 @@ if triton is not None:
         KH: tl.constexpr, KW: tl.constexpr, X_MODE: tl.constexpr, SMOOTH: tl.constexpr,
         HAS_BIAS: tl.constexpr, RES: tl.constexpr, OUT_Q: tl.constexpr, OUT_SIGNED: tl.constexpr,
         ACT: tl.constexpr, DENSE: tl.constexpr, EVEN_K: tl.constexpr, GROUP_M: tl.constexpr,
+        A_TMA: tl.constexpr, B_TMA: tl.constexpr, R_TMA: tl.constexpr, Y_TMA: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of the INT8 layer's output per program (module
@@ -336,7 +449,9 @@ if triton is not None:
             kh = tap // KW
             kw = tap - kh * KW
             step = (kh * DIL_H) * sxh + (kw * DIL_W) * sxw + c0 * sxc
-            if DENSE and EVEN_K:  # 1x1, no padding, whole channel blocks: no mask (padded rows read row 0)
+            if A_TMA:  # 1x1, stride 1, no padding: the [M, Cin] matrix's box (zeros past its edges)
+                raw = a_desc.load([pid_m * BLOCK_M, c0])
+            elif DENSE and EVEN_K:  # 1x1, no padding, whole channel blocks: no mask (padded rows read row 0)
                 raw = tl.load(a_ptrs + step)
             else:
                 if DENSE:
@@ -363,7 +478,9 @@ if triton is not None:
                 a = raw
             else:  # uint8: shifted to int8
                 a = (raw.to(tl.int32) - 128).to(tl.int8)
-            if EVEN_K:
+            if B_TMA:
+                b = b_desc.load([pid_n * BLOCK_N, tap * CIN + c0]).T
+            elif EVEN_K:
                 b = tl.load(b_ptrs + (tap * CIN + c0))
             else:
                 b = tl.load(b_ptrs + (tap * CIN + c0), mask=(c0 + offs_k < CIN)[:, None], other=0)
@@ -375,20 +492,24 @@ if triton is not None:
         mask = mask_m[:, None] & mask_n[None, :]
         cols = offs_n.to(tl.int64)
         if RES != 0:
-            r_rows = nb * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
-            r = tl.load(r_ptr + r_rows[:, None] + cols[None, :] * src, mask=mask, other=0).to(tl.float32)
+            if R_TMA:
+                r = r_desc.load([pid_m * BLOCK_M, pid_n * BLOCK_N]).to(tl.float32)
+            else:
+                r_rows = nb * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
+                r = tl.load(r_ptr + r_rows[:, None] + cols[None, :] * src, mask=mask, other=0).to(tl.float32)
             if RES == 2:
                 r = (r - R_ZP) * R_SCALE
             y += r
         y = activate(y, P0, P1, ACT)
-        y_ptrs = y_ptr + (nb * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + cols[None, :] * syc
         if OUT_Q:
             q = tl.floor(y * O_INV + (O_ZP + 0.5))
             if OUT_SIGNED:
                 q = tl.minimum(tl.maximum(q, -128.0), 127.0)
-                tl.store(y_ptrs, q.to(tl.int8), mask=mask)
             else:
                 q = tl.minimum(tl.maximum(q, 0.0), 255.0)
-                tl.store(y_ptrs, q.to(tl.uint8), mask=mask)
+            y = q
+        if Y_TMA:  # one bulk store from shared memory, clipped at the matrix's edges
+            y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(y_ptr.dtype.element_ty))
         else:
+            y_ptrs = y_ptr + (nb * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None] + cols[None, :] * syc
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)

@@ -138,3 +138,46 @@ def test_ember_serve_ray_flags(capsys, repository):
     args = parser.parse_args(["serve", str(repository), "--replicas", "2"])
     assert args._run(args) == 2
     assert "--replicas only apply with --ray" in capsys.readouterr().err
+    args = parser.parse_args(["serve", str(repository), "--request-timeout-s", "30"])
+    assert args._run(args) == 2
+    assert "--request-timeout-s only apply with --ray" in capsys.readouterr().err
+    if _has_serve():  # checked before any cluster starts
+        args = parser.parse_args(["serve", str(repository), "--ray", "--request-timeout-s", "0"])
+        assert args._run(args) == 2
+        assert "--request-timeout-s must be a positive number of seconds, got 0.0" in capsys.readouterr().err
+
+
+def _has_serve() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.serve") is not None
+
+
+def test_deploy_repository_gives_serves_proxy_the_request_timeout(monkeypatch, repository):
+    """``request_timeout_s`` reaches Serve's HTTP proxy (which then answers 408 past it); nothing
+    else is started here: ``serve.start`` is replaced."""
+    if not _has_serve():
+        pytest.skip("needs ray[serve] (pip install 'ember[ray]')")
+    from ember.integrations.ray import serve as S
+
+    class Started(Exception):
+        pass
+
+    seen: dict = {}
+
+    def start(http_options):
+        seen.update(http_options)
+        raise Started
+
+    monkeypatch.setattr(S.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(S.serve, "start", start)
+    with pytest.raises(Started):
+        S.deploy_repository(repository, port=8123, request_timeout_s=45)
+    assert seen == {"host": "127.0.0.1", "port": 8123, "request_timeout_s": 45.0}
+    seen.clear()
+    with pytest.raises(Started):
+        S.deploy_repository(repository, port=8124)
+    assert seen == {"host": "127.0.0.1", "port": 8124}  # no limit unless asked
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="request_timeout_s must be a positive number of seconds"):
+            S.deploy_repository(repository, request_timeout_s=bad)

@@ -15,6 +15,9 @@ pytest.importorskip("ray.serve", reason="the Ray Serve tests need ray[serve] (pi
 http = pytest.importorskip("tritonclient.http", reason="the Ray Serve tests talk through tritonclient.http")
 
 REPLICAS = 2
+#: Serve's end-to-end limit in these tests: under the clients' 90 s, over any answer a loaded 2-core
+#: machine gives a request that Serve did not lose
+REQUEST_TIMEOUT_S = 60.0
 
 
 def _free_port() -> int:
@@ -34,7 +37,8 @@ def served(ray_cluster, repository, cache_dir):
     (repository / "broken").mkdir()
     (repository / "broken" / "config.yaml").write_text("max_batch_size: 4\n")  # and no version folder
     options = {"mlp": RayServeOptions(replicas=REPLICAS, num_cpus=0.5), "pair": RayServeOptions(num_cpus=0.5)}
-    states = deploy_repository(repository, options, port=port, cache_dir=cache_dir)
+    # a request Serve routed to a replica that is then killed gets an answer (408) within the bound
+    states = deploy_repository(repository, options, port=port, cache_dir=cache_dir, request_timeout_s=REQUEST_TIMEOUT_S)
     assert states["mlp"] == states["pair"] == "READY"
     assert states["broken"].startswith("broken: no version folder matches"), states
     yield f"127.0.0.1:{port}"
@@ -125,12 +129,14 @@ def test_two_named_inputs_and_outputs(served):
 
 
 def test_killing_a_replica_under_load_loses_no_request_silently(served, mlp_engine, ray_cluster):
-    """Every request gets exactly one answer, in bounded time: its own correct outputs, or a 5xx
-    error (the requests in flight on the killed replica) that succeeds when sent again.
+    """Every request gets exactly one answer, in bounded time: its own correct outputs, or an
+    error (the requests in flight on the killed replica: 500/503, or Serve's 408 at the deployment's
+    ``request_timeout_s``) that succeeds when sent again.
 
     The bound is Serve's recovery time on a loaded machine, not a latency: on the 2-core CI
     machine a request Serve had routed to the killed replica once waited over 30 s for its
-    answer (the router waits for the replica's death to be known), so the clients wait 90 s."""
+    answer (the router waits for the replica's death to be known), and twice, under the whole
+    suite's load, none came within the clients' 90 s; so the deployment answers 408 at 60 s."""
     ray = ray_cluster
     rng = np.random.default_rng(2)
     requests = [rng.standard_normal((2, 16)).astype(np.float32) for _ in range(240)]
@@ -170,7 +176,8 @@ def test_killing_a_replica_under_load_loses_no_request_silently(served, mlp_engi
     assert not wrong, f"requests answered with another request's outputs: {wrong}"
     assert all(len(o) == 1 for o in outcomes.values()), "a request was answered twice or not at all"
     failed = [i for i, o in outcomes.items() if o[0] != "ok"]
-    assert all(outcomes[i][0] in ("error 500", "error 503") for i in failed), {i: outcomes[i] for i in failed}
+    assert all(outcomes[i][0] in ("error 500", "error 503", "error 408") for i in failed), \
+        {i: outcomes[i] for i in failed}
     # only what the killed replica held can fail: at most its max_ongoing_requests (32)
     assert len(failed) <= 32, f"{len(failed)} requests failed"
     client = _client(served)

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="GPUs per replica (default 1 for a cuda model, one engine per GPU; 0 for cpu)")
     group.add_argument("--num-cpus", type=float, default=1.0,
                        help="CPUs Ray reserves per replica, also the threads of a CPU engine (default 1)")
+    group.add_argument("--request-timeout-s", type=float, default=None,
+                       help="answer a request still unanswered after this many seconds with HTTP 408 (Serve's "
+                            "end-to-end timeout; a request routed to a replica that died meanwhile gets an answer "
+                            "in bounded time and can be sent again); default: no limit")
 
 
 def with_ray_arguments(add: AddArguments) -> AddArguments:
@@ -57,6 +61,7 @@ def with_ray_run(run: Run) -> Run:
             return run_ray(args)
         flags = [f for f, v in (("--replicas", args.replicas), ("--min-replicas", args.min_replicas),
                                 ("--max-replicas", args.max_replicas), ("--num-gpus", args.num_gpus),
+                                ("--request-timeout-s", args.request_timeout_s),
                                 ("--ray-address", args.ray_address)) if v is not None]
         if flags:
             print(f"error: {', '.join(flags)} only apply with --ray; add --ray", file=sys.stderr)
@@ -98,8 +103,13 @@ def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) ->
         if threading.current_thread() is threading.main_thread():
             signal.signal(sig, lambda *_: stop.set())
     started_here = not ray.is_initialized() and args.ray_address is None
+    if args.request_timeout_s is not None and not args.request_timeout_s > 0:
+        print(f"error: --request-timeout-s must be a positive number of seconds, got {args.request_timeout_s}",
+              file=sys.stderr)
+        return 2
     states = deploy_repository(args.repository, options, address=args.ray_address, host=args.host,
-                               port=args.http_port, cache_dir=args.cache_dir, exit_on_error=args.exit_on_error)
+                               port=args.http_port, cache_dir=args.cache_dir, exit_on_error=args.exit_on_error,
+                               request_timeout_s=args.request_timeout_s)
     log = logging.getLogger("ember.integrations.ray")
     for name, state in states.items():
         log.info("model %s: %s", name, state)

@@ -155,18 +155,27 @@ def model_application(model: Union[str, Path, ModelSource], options: Optional[Ra
 def deploy_repository(repository: Union[str, Path],
                       options: Union[RayServeOptions, Mapping[str, RayServeOptions], None] = None, *,
                       address: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
-                      cache_dir: Union[str, Path, None] = None, exit_on_error: bool = False) -> dict[str, str]:
+                      cache_dir: Union[str, Path, None] = None, exit_on_error: bool = False,
+                      request_timeout_s: Optional[float] = None) -> dict[str, str]:
     """Deploys every model of ``repository`` on a Ray cluster (``address``; ``None`` starts a
     local one unless this process is connected already) with its front door, Serve's HTTP proxy
     listening on ``host:port``; the models' replicas start together. ``options``: for every
-    model, or per model name (the others get the defaults). Returns each model's state:
-    ``"READY"`` or the reason it failed; with ``exit_on_error`` a failure raises
-    ``ModelConfigError`` instead."""
+    model, or per model name (the others get the defaults). ``request_timeout_s``: Serve's
+    end-to-end limit, after which the proxy answers HTTP 408 (a request routed to a replica that
+    died can otherwise wait on Serve's recovery for as long as that takes); it is the proxy's
+    setting, so it holds for the Serve instance this call starts, not one already running. Returns
+    each model's state: ``"READY"`` or the reason it failed; with ``exit_on_error`` a failure
+    raises ``ModelConfigError`` instead."""
+    if request_timeout_s is not None and not request_timeout_s > 0:
+        raise ValueError(f"request_timeout_s must be a positive number of seconds, got {request_timeout_s!r}")
     root = Path(repository)
     names = ModelRepository(root, Path(cache_dir) if cache_dir else root).names_on_disk()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+    http_options: dict[str, Any] = {"host": host, "port": port}
+    if request_timeout_s is not None:
+        http_options["request_timeout_s"] = float(request_timeout_s)
+    serve.start(http_options=http_options)
     failed: dict[str, str] = {}
     targets = []
     for name in names:

@@ -10,9 +10,13 @@
 #   layers       bench/probes/engine_layers.py: ResNet-50 b256 fp16 and INT8 per layer, with every
 #                tactic the timer refused and why (refused-*.log)
 #   conv-probe   bench/probes/cudnn_int8_fp8_conv.py: cuDNN INT8/FP8 against fp16 per ResNet-50 layer
+#   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial: the stride-1 3x3 INT8 layers as
+#                shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and cuDNN fp16
+#                (fifteenth session: the shifted form checked under the interpreter only; next to time)
 # Wheels the machine lacks (serve's, pytest-xdist) go in .whl/ and are installed to /tmp/site. The
 # device tool allows 600 s a call: run one or two steps a call (fourteenth session on the H100: tests
-# 130 s, conformance 76 s, int8-resnet 253 s, int8-bert 151 s, fp16 for all four models 328 s), e.g.
+# 130 s, conformance 76 s, int8-resnet 253 s, int8-bert 151 s, fp16 for all four models 328 s;
+# fifteenth: int8-resnet with the TMA kernels ran past 280 s, INT8 alone about 200 s), e.g.
 #   OUT=$OUT GPU_STEPS="tests conformance" tools/gpu_check.sh   (then GPU_STEPS=int8, GPU_STEPS=fp16)
 set -u
 OUT=${OUT:-gpu-check-$(date +%F)}
@@ -59,6 +63,8 @@ for step in $STEPS; do
                     --quantized int8 --out "$OUT" ;;
         conv-probe) run conv-probe "${PROBE_S:-150}" python3 bench/probes/cudnn_int8_fp8_conv.py \
                         --out "$OUT/cudnn-int8-fp8.json" ;;
+        int8-3x3) run int8-3x3 "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py --spatial \
+                      --out "$OUT/int8-3x3.json" ;;
         *) echo "unknown step $step" >&2 ;;
     esac
 done

@@ -23,7 +23,11 @@ the CPU and checks it against ``torch`` (no timing).
     python bench/probes/cuda_int8_epilogue_store.py [--out FILE] [--interpret | --engine-kernel]
 
 ``--engine-kernel`` (second run, after the engine's kernel took TMA operands): the engine's kernel
-with TMA on and off on the 3x3, strided 1x1 and 1x1 layers, against cuDNN fp16.
+with TMA on and off on the 3x3, strided 1x1 and 1x1 layers, against cuDNN fp16. ``--spatial``
+(third run): two TMA forms of the stride-1 3x3 convolution against the engine's kernel and cuDNN
+fp16: 4-D boxes of one image (lost on every layer on the H100), and shifted 2-D boxes of the
+``[M, Cin]`` matrix with the rows outside the image set to the zero point in registers (not yet
+timed on a GPU).
 """
 from __future__ import annotations
 
@@ -161,6 +165,64 @@ def q3x3_spatial_tma_kernel(x_desc, w_desc, y_desc, mult_ptr, corr_ptr, wsum_ptr
     y_desc.store([img, oh0, ow0, pid_n * BN], q.reshape(1, BH, BW, BN))
 
 
+@triton.jit
+def q3x3_shift_tma_kernel(x_desc, w_desc, y_desc, mult_ptr, corr_ptr, bias_ptr, M, H, W, CIN, COUT,
+                          X_ZPI, O_INV, O_ZP, KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
+                          NUM_STAGES: tl.constexpr, GROUP_M: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          BK: tl.constexpr):
+    """A stride-1 convolution as shifted 2-D boxes: for tap (kh, kw) the input rows of output
+    pixels ``m .. m+BM`` are rows ``m + (kh-PAD)*W + (kw-PAD) ..`` of the ``[M, Cin]`` matrix, one
+    TMA box (zeros before row 0 and past row M); the rows whose tap falls outside the image (the
+    box wrapped to a neighbouring image row) are set to the zero point in registers before the
+    MMA. No reshape, no per-thread gather."""
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(COUT, BN)
+    pid_m, pid_n = _tile_of(tl.program_id(0), num_m, num_n, GROUP_M)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_k = tl.arange(0, BK)
+    ow = offs_m % W
+    oh = (offs_m // W) % H
+    c_blocks = tl.cdiv(CIN, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.int32)
+    for it in tl.range(0, KH * KW * c_blocks, num_stages=NUM_STAGES):
+        tap = it // c_blocks
+        c0 = (it - tap * c_blocks) * BK
+        dh = tap // KW - PAD
+        dw = tap % KW - PAD
+        a = x_desc.load([pid_m * BM + dh * W + dw, c0])
+        ih = oh + dh
+        iw = ow + dw
+        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        pad = tl.where((c0 + offs_k < CIN)[None, :], X_ZPI, 0).to(tl.int8)  # past Cin: the box's zeros
+        a = tl.where(inside[:, None], a, pad)
+        b = w_desc.load([pid_n * BN, tap * CIN + c0])
+        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    mask_n = offs_n < COUT
+    acc += tl.load(corr_ptr + offs_n, mask=mask_n, other=0)[None, :]
+    y = acc.to(tl.float32) * tl.load(mult_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    y += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    y = tl.maximum(y, 0.0)
+    q = tl.minimum(tl.maximum(tl.floor(y * O_INV + (O_ZP + 0.5)), -128.0), 127.0).to(tl.int8)
+    y_desc.store([pid_m * BM, pid_n * BN], q)
+
+
+SHIFT_CONFIGS = [  # BM, BN, BK, warps, stages
+    (128, 64, 64, 4, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3), (64, 64, 64, 4, 3), (128, 64, 128, 4, 3),
+    (256, 64, 64, 8, 3),
+]
+
+
+def uses_wgmma(fn) -> str:
+    """Whether the last compiled variant of ``fn`` issues Hopper's ``wgmma`` (else ``mma.sync``)."""
+    try:
+        cache = fn.device_caches[0][0]
+        ptx = list(cache.values())[-1].asm["ptx"]
+    except Exception as e:  # noqa: BLE001 - a probe reports what it can
+        return f"? {type(e).__name__}"
+    return "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "neither")
+
+
 SPATIAL_CONFIGS = [  # BH, BW, BN, BK, warps, stages
     (8, 16, 64, 64, 4, 3), (16, 8, 64, 64, 4, 3), (8, 8, 64, 64, 4, 3), (8, 16, 128, 64, 8, 3),
     (8, 8, 128, 64, 4, 3), (8, 16, 128, 128, 8, 3), (4, 8, 128, 128, 4, 3),
@@ -172,10 +234,10 @@ def spatial_rows(dev, measure, shapes: dict) -> list[dict]:
     numerics only, the interpreter)."""
     rows = [_spatial_row(name, shape, dev, measure) for name, shape in shapes.items()]
     if measure is not None:
-        print(f"\n{'3x3 layer':14s} {'cudnn16':>8s} {'engine':>8s} {'spatial':>8s}")
+        print(f"\n{'3x3 layer':14s} {'cudnn16':>8s} {'engine':>8s} {'spatial':>8s} {'shifted':>8s}")
         for r in rows:
             print(f"{r['shape']:14s} {r['cudnn_fp16_ms']:8.3f} {r['engine']:8.3f} {best(r['spatial_tma'])[1]:8.3f}"
-                  f"  {best(r['spatial_tma'])[0]}")
+                  f" {best(r['shift_tma'])[1]:8.3f}  {best(r['spatial_tma'])[0]} / {best(r['shift_tma'])[0]}")
     return rows
 
 
@@ -234,13 +296,44 @@ def _spatial_row(name: str, shape: tuple, dev, measure) -> dict:
         if measure is None:
             break
     row["spatial_tma"] = res
+    if measure is not None:
+        row["spatial_mma"] = uses_wgmma(q3x3_spatial_tma_kernel)
+    shift: dict = {}
+    x2 = xn.reshape(n * h * w, cin)
+    y2 = torch.empty(n * h * w, cout, dtype=torch.int8, device=dev)
+    want = ref.permute(0, 2, 3, 1).reshape(n * h * w, cout).to(torch.int32)
+    for bm, bn, bk, wn, st in SHIFT_CONFIGS:
+        bn_ = min(bn, max(16, triton.next_power_of_2(cout)))
+        bk_ = min(bk, max(32, triton.next_power_of_2(cin)))
+        key = f"{bm}x{bn_}x{bk_}w{wn}s{st}"
+        try:
+            xd = TensorDescriptor.from_tensor(x2, [bm, bk_])
+            wd = TensorDescriptor.from_tensor(packed.data, [bn_, bk_])
+            yd = TensorDescriptor.from_tensor(y2, [bm, bn_])
+            grid = (triton.cdiv(n * h * w, bm) * triton.cdiv(cout, bn_),)
+
+            def g(xd=xd, wd=wd, yd=yd, grid=grid, bm=bm, bn_=bn_, bk_=bk_, wn=wn, st=st):
+                q3x3_shift_tma_kernel[grid](xd, wd, yd, packed.mult, packed.corr, bias, n * h * w, h, w, cin, cout,
+                                            xzp, 1 / o_scale, float(ozp), KH=3, KW=3, PAD=1, NUM_STAGES=st,
+                                            GROUP_M=8, BM=bm, BN=bn_, BK=bk_, num_warps=wn)
+            y2.fill_(0)
+            g()
+            bad = int(((y2.to(torch.int32) - want).abs() > 1).sum())
+            shift[key] = {"bad": bad} if measure is None else {"ms": measure(g), "bad": bad}
+        except Exception as e:  # noqa: BLE001 - a probe reports what it can
+            shift[key] = f"{type(e).__name__}: {e}"[:240]
+        if measure is None and len(shift) == 2:
+            break
+    row["shift_tma"] = shift
+    if measure is not None:
+        row["shift_mma"] = uses_wgmma(q3x3_shift_tma_kernel)
     print(json.dumps(row), flush=True)
     return row
 
 
 SPATIAL_SHAPES = {"l1_3x3_64": (256, 64, 56, 56, 64), "l2_3x3_128": (256, 128, 28, 28, 128),
                   "l3_3x3_256": (256, 256, 14, 14, 256), "l4_3x3_512": (256, 512, 7, 7, 512)}
-SPATIAL_SMALL = {"s_3x3": (2, 32, 9, 11, 48), "s_3x3_c80": (1, 80, 7, 6, 48)}
+SPATIAL_SMALL = {"s_3x3": (2, 32, 9, 11, 48), "s_3x3_c80": (1, 80, 7, 6, 48), "s_3x3_c64": (3, 64, 5, 13, 64)}
 
 SHAPES = {  # name: (M, K, N, residual) at batch 256 (ResNet-50's 1x1 layers, stride 1)
     "l1_expand_64to256_res": (256 * 56 * 56, 64, 256, True),

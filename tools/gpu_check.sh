@@ -10,9 +10,11 @@
 #   layers       bench/probes/engine_layers.py: ResNet-50 b256 fp16 and INT8 per layer, with every
 #                tactic the timer refused and why (refused-*.log)
 #   conv-probe   bench/probes/cudnn_int8_fp8_conv.py: cuDNN INT8/FP8 against fp16 per ResNet-50 layer
-#   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial: the stride-1 3x3 INT8 layers as
-#                shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and cuDNN fp16
-#                (fifteenth session: the shifted form checked under the interpreter only; next to time)
+#   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial, then --engine-kernel: the stride-1
+#                3x3 INT8 layers as shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and
+#                cuDNN fp16, then the engine's kernel with TMA off / on / on with EMBER_TRITON_TMA_SHIFT=1
+#                (fifteenth session: the shifted form checked under the interpreter only; next to time;
+#                if it wins, turn shifted_boxes() on by default and run int8-resnet)
 # Wheels the machine lacks (serve's, pytest-xdist) go in .whl/ and are installed to /tmp/site. The
 # device tool allows 600 s a call: run one or two steps a call (fourteenth session on the H100: tests
 # 130 s, conformance 76 s, int8-resnet 253 s, int8-bert 151 s, fp16 for all four models 328 s;
@@ -64,7 +66,9 @@ for step in $STEPS; do
         conv-probe) run conv-probe "${PROBE_S:-150}" python3 bench/probes/cudnn_int8_fp8_conv.py \
                         --out "$OUT/cudnn-int8-fp8.json" ;;
         int8-3x3) run int8-3x3 "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py --spatial \
-                      --out "$OUT/int8-3x3.json" ;;
+                      --out "$OUT/int8-3x3.json"
+                  run int8-engine "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py \
+                      --engine-kernel --out "$OUT/int8-engine-kernel.json" ;;
         *) echo "unknown step $step" >&2 ;;
     esac
 done

@@ -23,7 +23,8 @@ the CPU and checks it against ``torch`` (no timing).
     python bench/probes/cuda_int8_epilogue_store.py [--out FILE] [--interpret | --engine-kernel]
 
 ``--engine-kernel`` (second run, after the engine's kernel took TMA operands): the engine's kernel
-with TMA on and off on the 3x3, strided 1x1 and 1x1 layers, against cuDNN fp16. ``--spatial``
+with TMA on and off (and on with ``EMBER_TRITON_TMA_SHIFT=1``, the shifted-box input of the KxK
+layers) on the 3x3, strided 1x1 and 1x1 layers, against cuDNN fp16. ``--spatial``
 (third run): two TMA forms of the stride-1 3x3 convolution against the engine's kernel and cuDNN
 fp16: 4-D boxes of one image (lost on every layer on the H100), and shifted 2-D boxes of the
 ``[M, Cin]`` matrix with the rows outside the image set to the zero point in registers (not yet
@@ -473,11 +474,11 @@ def engine_kernel_rows(dev, measure) -> list[dict]:
     where they apply) with TMA on and off (``EMBER_TRITON_TMA``), every tile configuration, against
     cuDNN fp16 (``F.conv2d`` channels-last, no epilogue)."""
     rows = [_engine_row(name, shape, dev, measure) for name, shape in CONV_SHAPES.items()]
-    print(f"\n{'layer (engine kernel)':28s} {'cudnn16':>8s} {'tma on':>8s} {'tma off':>8s}")
+    print(f"\n{'layer (engine kernel)':28s} {'cudnn16':>8s} {'tma on':>8s} {'tma off':>8s} {'shifted':>8s}")
     for r in rows:
-        on = min(v for v in r["tma_on"].values() if isinstance(v, float))
-        off = min(v for v in r["tma_off"].values() if isinstance(v, float))
-        print(f"{r['shape']:28s} {r['cudnn_fp16_ms']:8.3f} {on:8.3f} {off:8.3f}")
+        on, off, sh = (min((v for v in r[k].values() if isinstance(v, float)), default=float("nan"))
+                       for k in ("tma_on", "tma_off", "tma_shift"))
+        print(f"{r['shape']:28s} {r['cudnn_fp16_ms']:8.3f} {on:8.3f} {off:8.3f} {sh:8.3f}")
     return rows
 
 
@@ -503,8 +504,9 @@ def _engine_row(name: str, shape: tuple, dev, measure) -> dict:
     w16 = wt.half().to(dev).contiguous(memory_format=torch.channels_last)
     row: dict = {"shape": name, "cudnn_fp16_ms": measure(lambda: F.conv2d(x16, w16, None, stride, pad))}
     first: dict = {}
-    for tma in ("1", "0"):
-        os.environ["EMBER_TRITON_TMA"] = tma
+    for tma in ("1", "0", "shift"):  # TMA on, off, on with the shifted-box input of KxK layers
+        os.environ["EMBER_TRITON_TMA"] = "0" if tma == "0" else "1"
+        os.environ["EMBER_TRITON_TMA_SHIFT"] = "1" if tma == "shift" else "0"
         times = {}
         for cfg in Q.CONFIGS:
             def f(cfg=cfg):
@@ -517,9 +519,11 @@ def _engine_row(name: str, shape: tuple, dev, measure) -> dict:
                 times[cfg.name] = measure(f)
             except Exception as e:  # noqa: BLE001 - a probe reports what it can
                 times[cfg.name] = f"{type(e).__name__}: {e}"[:200]
-        row["tma_on" if tma == "1" else "tma_off"] = times
+        row[{"1": "tma_on", "0": "tma_off", "shift": "tma_shift"}[tma]] = times
     os.environ.pop("EMBER_TRITON_TMA", None)
-    row["tma_on_equals_off"] = len(first) == 2 and bool(torch.equal(first["1"], first["0"]))
+    os.environ.pop("EMBER_TRITON_TMA_SHIFT", None)
+    row["tma_on_equals_off"] = "1" in first and "0" in first and bool(torch.equal(first["1"], first["0"]))
+    row["shift_equals_off"] = "shift" in first and "0" in first and bool(torch.equal(first["shift"], first["0"]))
     print(json.dumps(row), flush=True)
     return row
 

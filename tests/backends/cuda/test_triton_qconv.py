@@ -148,10 +148,13 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
                    act_params=params, config=config, out=view)
     assert got.data_ptr() == view.data_ptr()
     if aligned and Q.tma_enabled(xd.device):
-        t = _tma_of(xd, packed, rd, view, stride, pads, config)
-        assert t.y is not None and t.b is not None, f"{name}: the output and weight should go through TMA"
+        t = _tma_of(xd, packed, rd, view, stride, pads, dil, config)
+        bk = min(config.block_k, Q._pow2_at_least(cin, 32))
+        assert t.y is not None, f"{name}: the output should go through TMA"
+        assert (t.b is not None) == (cin % bk == 0 or kh * kw == 1), f"{name}: the weight's TMA"
         assert (t.r is not None) == (rd is not None), f"{name}: the residual should go through TMA"
-        assert (t.a is not None) == (kh == kw == 1 and tuple(stride) == (1, 1) and not any(pads)), name
+        same_grid = tuple(stride) == (1, 1) and (oh, ow) == (h, w)
+        assert (t.a is not None) == (same_grid and (kh == kw == 1 and not any(pads) or Q.shifted_boxes())), name
     if q_out:
         _compare_q(view, _quantize_ref(ref, so, zo, out_kind == "s8"), name)
     else:
@@ -165,13 +168,13 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     assert torch.equal(fresh, view)
 
 
-def _tma_of(x, packed, residual, out, stride, pads, config):
+def _tma_of(x, packed, residual, out, stride, pads, dilation, config):
     """The TMA operands the kernel's launcher picks for this convolution (as ``_launch`` calls
     ``tma_operands``)."""
     from ember.backends.cuda.libs import triton_qconv as Q
 
     n, _, h, w = x.shape
-    oh, ow = Q.output_hw(h, w, (packed.kh, packed.kw), stride, pads, (1, 1))
+    oh, ow = Q.output_hw(h, w, (packed.kh, packed.kw), stride, pads, dilation)
     bn = min(config.block_n, Q._pow2_at_least(packed.cout, 16))
     bk = min(config.block_k, Q._pow2_at_least(packed.cin, 32))
     dense = packed.kh == 1 and packed.kw == 1 and not any(pads)
@@ -189,6 +192,14 @@ TMA_CONV_CASES = {
     "3x3_s8_relu_s8_tma": (2, 32, 8, 9, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.RELU, (), "s8", -20, None,
                            "s8"),
     "1x1_s2_s8_s8_tma": (2, 32, 10, 10, 64, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), A.NONE, (), "s8", 0, None, "s8"),
+    # the shifted-box input (EMBER_TRITON_TMA_SHIFT=1): dilated and asymmetric "same" padding, a
+    # channel tail past the tile, a uint8 input with its zero point, a float input
+    "3x3_dil2_u8_res_s8_tma": (2, 48, 7, 9, 32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), A.RELU, (), "u8", 77, "s8",
+                               "s8"),
+    "3x2_asym_s8_float_tma": (1, 80, 6, 11, 48, (3, 2), (1, 1), (2, 0, 0, 1), (1, 1), A.NONE, (), "s8", -9, None,
+                              "float"),
+    "5x5_float_in_q_tma": (2, 16, 9, 8, 16, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), A.CLIP, (0.0, 6.0), "float", 128,
+                           None, "u8"),
 }
 
 
@@ -304,8 +315,13 @@ def check_all(device: str) -> None:
 
     for i, (name, case) in enumerate(CONV_CASES.items()):
         check_conv_case(name, case, device, i % len(Q.CONFIGS))
-    for i, (name, case) in enumerate(TMA_CONV_CASES.items()):
-        check_conv_case(name, case, device, i % len(Q.CONFIGS), aligned=True)
+    for shift in ("0", "1"):  # the shifted-box input path is read from the environment at each launch
+        os.environ["EMBER_TRITON_TMA_SHIFT"] = shift
+        try:
+            for i, (name, case) in enumerate(TMA_CONV_CASES.items()):
+                check_conv_case(name, case, device, i % len(Q.CONFIGS), aligned=True)
+        finally:
+            os.environ.pop("EMBER_TRITON_TMA_SHIFT", None)
     for i, (name, case) in enumerate(GEMM_CASES.items()):
         check_gemm_case(name, case, device, i % len(Q.CONFIGS))
     check_quantize(device)
@@ -337,7 +353,9 @@ def test_conv_on_cuda(name, config_index):
 @pytest.mark.cuda
 @pytest.mark.parametrize("config_index", range(len(Q_CONFIGS)))
 @pytest.mark.parametrize("name", sorted(TMA_CONV_CASES))
-def test_conv_through_tma_on_cuda(name, config_index):
+@pytest.mark.parametrize("shift", ["0", "1"])
+def test_conv_through_tma_on_cuda(name, config_index, shift, monkeypatch):
+    monkeypatch.setenv("EMBER_TRITON_TMA_SHIFT", shift)
     check_conv_case(name, TMA_CONV_CASES[name], "cuda", config_index, aligned=True)
     check_conv_case(name, TMA_CONV_CASES[name], "cuda", config_index, out_dtype=torch.float16, aligned=True)
 

@@ -32,7 +32,8 @@ tensor-core step) and ``BLOCK_N`` at least 16; both shrink to the layer's channe
 **TMA on Hopper.** Where an operand is a matrix the Tensor Memory Accelerator can address (a
 16-byte-aligned base, 16-byte-aligned row pitch, channels packed; ``tma_operands`` decides), the
 kernel moves it with host TMA descriptors instead of per-thread pointers: the weight always, the
-input of a stride-1 unpadded 1x1 convolution or GEMM, the residual and the output when their pixels
+input of a stride-1 unpadded 1x1 convolution or GEMM (and, with ``shifted_boxes``, of any stride-1
+convolution whose output grid is its input's), the residual and the output when their pixels
 form rows of one pitch (a Concat's aligned slice included: the bulk store clips at the slice's
 channel count). The output tile is then written from shared memory by one bulk store instead of
 per-thread 1-2 byte stores from the tensor cores' accumulator layout: on the H100 this took
@@ -267,6 +268,16 @@ def tma_enabled(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def shifted_boxes() -> bool:
+    """Whether a stride-1 KxK convolution whose output grid is its input's also reads its input
+    through TMA, each tap as one box of the ``[M, Cin]`` matrix shifted by the tap's offset, with
+    the rows whose tap leaves the image (the box wrapped to a neighbouring row) set to the zero
+    point in registers. Off unless ``EMBER_TRITON_TMA_SHIFT=1``: correct (checked under the
+    interpreter, like every TMA path) but not yet timed on a GPU against the pointer gather; the
+    standalone form is ``bench/probes/cuda_int8_epilogue_store.py --spatial``."""
+    return os.environ.get("EMBER_TRITON_TMA_SHIFT", "0") == "1"
+
+
 @functools.cache
 def _descriptor_class() -> Any:
     try:
@@ -317,7 +328,8 @@ def tma_operands(x: torch.Tensor, xs: tuple, m: int, hw: tuple[int, int], ohw: t
     cout, cin = weight.cout, weight.cin
     n = m // max(1, ohw[0] * ohw[1])
     a = None
-    if dense and tuple(int(s) for s in stride) == (1, 1) and xs[1] == 1 and tuple(hw) == tuple(ohw):
+    if ((dense or shifted_boxes()) and tuple(int(s) for s in stride) == (1, 1) and xs[1] == 1
+            and tuple(hw) == tuple(ohw)):
         a = _matrix(x, m, cin, row_pitch((n, hw[0], hw[1]), (xs[0], xs[2], xs[3])), [bm, bk])
     # a tap's block must not run into the next tap's weights: whole channel blocks, or one tap
     b = (_matrix(weight.data, cout, int(weight.data.shape[1]), int(weight.data.stride(0)), [bn, bk])
@@ -449,8 +461,16 @@ if triton is not None:
             kh = tap // KW
             kw = tap - kh * KW
             step = (kh * DIL_H) * sxh + (kw * DIL_W) * sxw + c0 * sxc
-            if A_TMA:  # 1x1, stride 1, no padding: the [M, Cin] matrix's box (zeros past its edges)
-                raw = a_desc.load([pid_m * BLOCK_M, c0])
+            if A_TMA:  # stride 1, output grid = input grid: the tap's rows are one shifted box of [M, Cin]
+                raw = a_desc.load([pid_m * BLOCK_M + (kh * DIL_H - PAD_H) * W + (kw * DIL_W - PAD_W), c0])
+                if not DENSE:  # rows whose tap leaves the image read a neighbouring row: the zero point
+                    ih = ih0 + kh * DIL_H
+                    iw = iw0 + kw * DIL_W
+                    inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    if X_MODE == 2:
+                        raw = tl.where(inside[:, None], raw, 0.0).to(raw.dtype)
+                    else:
+                        raw = tl.where(inside[:, None], raw, X_ZPI).to(raw.dtype)
             elif DENSE and EVEN_K:  # 1x1, no padding, whole channel blocks: no mask (padded rows read row 0)
                 raw = tl.load(a_ptrs + step)
             else:

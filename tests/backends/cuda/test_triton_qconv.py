@@ -436,3 +436,38 @@ def test_cuda_qconv_layer_matches_the_cpu_onednn_layer(residual, out):
             ref = want.double()
             err = float((got.cpu().double() - ref).norm() / ref.norm())
             assert err < 2e-3, (tactic, err)  # fp16 output
+
+
+def test_row_pitch_finds_the_one_pitch_of_a_pixel_grid_or_none():
+    """``row_pitch``: the pixels of an [n, h, w] grid as rows of one matrix (what TMA can address),
+    through Concat slices and size-1 dims; None for cropped or padded views."""
+    from ember.backends.cuda.libs.triton_qconv import row_pitch
+
+    t = torch.empty(2, 40, 5, 7).contiguous(memory_format=torch.channels_last)  # n, c, h, w
+    s = t.stride()
+    assert row_pitch((2, 5, 7), (s[0], s[2], s[3])) == 40
+    sl = t.narrow(1, 8, 16)  # a Concat slice: same pitch, the rows just narrower
+    assert row_pitch((2, 5, 7), (sl.stride(0), sl.stride(2), sl.stride(3))) == 40
+    crop = t[:, :, :, 1:6]  # 5 of 7 columns: rows of a pixel row no longer follow each other
+    assert row_pitch((2, 5, 5), (crop.stride(0), crop.stride(2), crop.stride(3))) is None
+    nchw = torch.empty(2, 40, 5, 7)
+    assert row_pitch((2, 5, 7), (nchw.stride(0), nchw.stride(2), nchw.stride(3))) is None  # images 1400 apart, not 35
+    one = torch.empty(1, 40, 5, 7)  # one NCHW image: pitch 1, which _matrix refuses (rows narrower than 40)
+    assert row_pitch((1, 5, 7), (one.stride(0), one.stride(2), one.stride(3))) == 1
+    assert row_pitch((1, 1, 9), (0, 0, 64)) == 64  # a GEMM's [M, K] seen as one image row
+    assert row_pitch((3, 1, 1), (48, 48, 48)) == 48  # [N, C, 1, 1] pooled features
+    assert row_pitch((1, 1, 1), (0, 0, 0)) == 0  # one pixel: no pitch to speak of (TMA then refuses it)
+
+
+def test_tma_is_off_without_hopper_or_the_interpreter(monkeypatch):
+    from ember.backends.cuda.libs import triton_qconv as Q
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not Q.tma_enabled(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert Q.tma_enabled(torch.device("cpu")) == (Q._descriptor_class() is not None)
+    monkeypatch.setenv("EMBER_TRITON_TMA", "0")
+    assert not Q.tma_enabled(torch.device("cpu"))
+    assert not Q.shifted_boxes()
+    monkeypatch.setenv("EMBER_TRITON_TMA_SHIFT", "1")
+    assert Q.shifted_boxes()

@@ -77,7 +77,7 @@ def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) ->
         import ray  # type: ignore[import-not-found]
         from ray import serve  # type: ignore[import-not-found]
 
-        from ember.integrations.ray.options import RayOptionsError, RayServeOptions
+        from ember.integrations.ray.options import RayOptionsError, RayServeOptions, request_timeout
         from ember.integrations.ray.serve import deploy_repository, undeploy_repository
     except ImportError as exc:
         print(f"error: ember serve --ray needs Ray Serve ({exc}); install it with: pip install 'ember[ray]'",
@@ -95,6 +95,7 @@ def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) ->
         options = RayServeOptions(replicas=args.replicas or 1, min_replicas=args.min_replicas,
                                   max_replicas=args.max_replicas, num_gpus=args.num_gpus,
                                   num_cpus=args.num_cpus, limits=limits)
+        timeout = request_timeout(args.request_timeout_s)
     except RayOptionsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -103,13 +104,9 @@ def run_ray(args: argparse.Namespace, stop: Optional[threading.Event] = None) ->
         if threading.current_thread() is threading.main_thread():
             signal.signal(sig, lambda *_: stop.set())
     started_here = not ray.is_initialized() and args.ray_address is None
-    if args.request_timeout_s is not None and not args.request_timeout_s > 0:
-        print(f"error: --request-timeout-s must be a positive number of seconds, got {args.request_timeout_s}",
-              file=sys.stderr)
-        return 2
     states = deploy_repository(args.repository, options, address=args.ray_address, host=args.host,
                                port=args.http_port, cache_dir=args.cache_dir, exit_on_error=args.exit_on_error,
-                               request_timeout_s=args.request_timeout_s)
+                               request_timeout_s=timeout)
     log = logging.getLogger("ember.integrations.ray")
     for name, state in states.items():
         log.info("model %s: %s", name, state)

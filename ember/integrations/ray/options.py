@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -16,6 +17,17 @@ from ember.serve.limits import DEFAULT_LIMITS, Limits
 
 class RayOptionsError(EmberError):
     """An option of the Ray integration is out of range or contradicts another."""
+
+
+def request_timeout(seconds: Optional[float]) -> Optional[float]:
+    """Serve's end-to-end request limit as its HTTP proxy takes it (``None``: no limit); anything
+    but a positive, finite number of seconds is refused."""
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds) or not seconds > 0:
+        raise RayOptionsError(f"the request timeout (--request-timeout-s, request_timeout_s=) must be a positive "
+                              f"number of seconds, got {seconds!r}; leave it out for no limit")
+    return float(seconds)
 
 
 @dataclass(frozen=True)

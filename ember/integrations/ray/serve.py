@@ -26,7 +26,7 @@ from ray import serve  # type: ignore[import-not-found]
 
 from ember.errors import EmberError
 from ember.integrations.ray.http import front_app, model_app
-from ember.integrations.ray.options import RayServeOptions
+from ember.integrations.ray.options import RayServeOptions, request_timeout
 from ember.integrations.ray.replica import Feeds, ModelReplica, ModelSource, Outcome, Pending, resolve_model, total_rows
 from ember.serve.errors import ModelConfigError, ServeError
 from ember.serve.limits import DEFAULT_LIMITS, Limits
@@ -166,16 +166,13 @@ def deploy_repository(repository: Union[str, Path],
     setting, so it holds for the Serve instance this call starts, not one already running. Returns
     each model's state: ``"READY"`` or the reason it failed; with ``exit_on_error`` a failure
     raises ``ModelConfigError`` instead."""
-    if request_timeout_s is not None and not request_timeout_s > 0:
-        raise ValueError(f"request_timeout_s must be a positive number of seconds, got {request_timeout_s!r}")
+    timeout = request_timeout(request_timeout_s)
     root = Path(repository)
     names = ModelRepository(root, Path(cache_dir) if cache_dir else root).names_on_disk()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    http_options: dict[str, Any] = {"host": host, "port": port}
-    if request_timeout_s is not None:
-        http_options["request_timeout_s"] = float(request_timeout_s)
-    serve.start(http_options=http_options)
+    limit = {} if timeout is None else {"request_timeout_s": timeout}
+    serve.start(http_options={"host": host, "port": port, **limit})
     failed: dict[str, str] = {}
     targets = []
     for name in names:

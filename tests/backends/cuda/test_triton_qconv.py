@@ -149,9 +149,8 @@ def check_conv_case(name: str, case, device: str, config_index: int, out_dtype=t
     assert got.data_ptr() == view.data_ptr()
     if aligned and Q.tma_enabled(xd.device):
         t = _tma_of(xd, packed, rd, view, stride, pads, dil, config)
-        bk = min(config.block_k, Q._pow2_at_least(cin, 32))
         assert t.y is not None, f"{name}: the output should go through TMA"
-        assert (t.b is not None) == (cin % bk == 0 or kh * kw == 1), f"{name}: the weight's TMA"
+        assert (t.b is not None) == (Q.Tiles.of(packed, pads, config).even_k or kh * kw == 1), f"{name}: weight"
         assert (t.r is not None) == (rd is not None), f"{name}: the residual should go through TMA"
         same_grid = tuple(stride) == (1, 1) and (oh, ow) == (h, w)
         assert (t.a is not None) == (same_grid and (kh == kw == 1 and not any(pads) or Q.shifted_boxes())), name
@@ -175,12 +174,9 @@ def _tma_of(x, packed, residual, out, stride, pads, dilation, config):
 
     n, _, h, w = x.shape
     oh, ow = Q.output_hw(h, w, (packed.kh, packed.kw), stride, pads, dilation)
-    bn = min(config.block_n, Q._pow2_at_least(packed.cout, 16))
-    bk = min(config.block_k, Q._pow2_at_least(packed.cin, 32))
-    dense = packed.kh == 1 and packed.kw == 1 and not any(pads)
     return Q.tma_operands(x, tuple(x.stride()), n * oh * ow, (h, w), (oh, ow), packed, residual,
                           tuple(residual.stride()) if residual is not None else tuple(out.stride()), out,
-                          tuple(out.stride()), stride, dense, packed.cin % bk == 0, (config.block_m, bn, bk))
+                          tuple(out.stride()), stride, Q.Tiles.of(packed, pads, config))
 
 
 #: cases the TMA operands take (aligned slices, channel counts of whole 16-byte rows)

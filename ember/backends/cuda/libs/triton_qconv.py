@@ -315,16 +315,32 @@ def _matrix(t: torch.Tensor, rows: int, cols: int, pitch: Optional[int], block: 
     return _descriptor_class()(t, [rows, cols], [pitch, 1], block)
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """A launch's tile sizes (``config``'s, ``BLOCK_N``/``BLOCK_K`` shrunk to the layer's channel
+    counts) and the reduction's shape: ``dense`` (1x1, unpadded), ``even_k`` (whole channel blocks)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    dense: bool
+    even_k: bool
+
+    @staticmethod
+    def of(weight: QPackedWeight, pads: Sequence[int], config: TileConfig) -> Tiles:
+        bk = min(config.block_k, _pow2_at_least(weight.cin, 32))
+        return Tiles(config.block_m, min(config.block_n, _pow2_at_least(weight.cout, 16)), bk,
+                     weight.kh == 1 and weight.kw == 1 and not any(int(p) for p in pads), weight.cin % bk == 0)
+
+
 def tma_operands(x: torch.Tensor, xs: tuple, m: int, hw: tuple[int, int], ohw: tuple[int, int],
                  weight: QPackedWeight, residual: Optional[torch.Tensor], rs: tuple, out: torch.Tensor,
-                 ys: tuple, stride: Sequence[int], dense: bool, even_k: bool,
-                 block: tuple[int, int, int]) -> TmaOperands:
+                 ys: tuple, stride: Sequence[int], tiles: Tiles) -> TmaOperands:
     """Which of the kernel's operands go through TMA descriptors for this launch (module
-    docstring), with the descriptors. ``xs``/``rs``/``ys``: (n, c, h, w) strides; ``block``:
-    ``(BLOCK_M, BLOCK_N, BLOCK_K)`` after shrinking to the layer."""
+    docstring), with the descriptors. ``xs``/``rs``/``ys``: (n, c, h, w) strides."""
     if not tma_enabled(x.device):
         return TmaOperands()
-    bm, bn, bk = block
+    bm, bn, bk, dense, even_k = tiles.block_m, tiles.block_n, tiles.block_k, tiles.dense, tiles.even_k
     cout, cin = weight.cout, weight.cin
     n = m // max(1, ohw[0] * ohw[1])
     a = None
@@ -366,16 +382,13 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
     if not out_q and not out.is_floating_point():
         raise ValueError(f"Triton INT8 kernel: a float output cannot be {out.dtype}")
     res_mode = RES_NONE if residual is None else (RES_FLOAT if residual.is_floating_point() else RES_8BIT)
-    bn = min(config.block_n, _pow2_at_least(weight.cout, 16))
-    bk = min(config.block_k, _pow2_at_least(weight.cin, 32))
+    tiles = Tiles.of(weight, pads, config)
+    bn, bk = tiles.block_n, tiles.block_k
     p0, p1 = epilogue_params(act, act_params)
     res = residual if residual is not None else out
     rs = rs if rs is not None else ys
     inv_ptr = io.x_inv if smooth else weight.mult  # any pointer when unused
-    dense = weight.kh == 1 and weight.kw == 1 and not any(int(p) for p in pads)
-    even_k = weight.cin % bk == 0
-    t = tma_operands(x, xs, m, (h, w), (oh, ow), weight, residual, rs, out, ys, stride, dense, even_k,
-                     (config.block_m, bn, bk))
+    t = tma_operands(x, xs, m, (h, w), (oh, ow), weight, residual, rs, out, ys, stride, tiles)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
     qconv_nhwc_kernel[grid](
         t.a, t.b, t.r, t.y,
@@ -390,7 +403,7 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
         float(p0), float(p1),
         KH=weight.kh, KW=weight.kw, X_MODE=x_mode, SMOOTH=smooth, HAS_BIAS=bias is not None,
         RES=res_mode, OUT_Q=out_q, OUT_SIGNED=out.dtype == torch.int8, ACT=ACT_CODES[act],
-        DENSE=dense, EVEN_K=even_k, GROUP_M=8,
+        DENSE=tiles.dense, EVEN_K=tiles.even_k, GROUP_M=8,
         A_TMA=t.a is not None, B_TMA=t.b is not None, R_TMA=t.r is not None, Y_TMA=t.y is not None,
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=config.num_warps, num_stages=config.num_stages)

@@ -23,7 +23,19 @@ from ember.errors import BuildError
 from ember.plan.config import BuildConfig, Precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu"))
-from bf16kit import NATIVE, NATIVE_FP16, PLAIN, casts, engines, faked_cpu, precisions, run, stored  # noqa: E402
+from bf16kit import (  # noqa: E402
+    NATIVE,
+    NATIVE_FP16,
+    NO_TORCH_FP16_CONV,
+    PLAIN,
+    TORCH_FP16_CONV,
+    casts,
+    engines,
+    faked_cpu,
+    precisions,
+    run,
+    stored,
+)
 
 RNG = np.random.default_rng(1)
 
@@ -190,6 +202,10 @@ def test_fp16_needs_amx_fp16():
             ember.build(small_cnn(), BuildConfig(device="cpu", precision="fp16", shapes=SHAPES), progress=False)
         assert cpu.name in str(e.value)
     assert "bf16 (native here)" in _fp16_refusal(NATIVE) and "bf16" not in _fp16_refusal(PLAIN).split("Build with")[1]
+
+
+@pytest.mark.skipif(not TORCH_FP16_CONV, reason=NO_TORCH_FP16_CONV)
+def test_fp16_builds_fp16_layers_with_amx_fp16():
     with faked_cpu(NATIVE_FP16):
         engine = ember.build(small_cnn(), BuildConfig(device="cpu", precision="fp16", shapes=SHAPES), progress=False)
     assert precisions(engine)["FusedConv"] == "fp16" and sorted(casts(engine)) == [("logits", "fp16"), ("x", "fp16")]

@@ -20,6 +20,11 @@ from ember.runtime.engine import Engine
 #: A CPU with native bf16 (and, with ``fp16=True``, AMX-FP16).
 NATIVE = CPUFeatures("Faked Xeon with AMX", frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
 NATIVE_FP16 = CPUFeatures("Faked Xeon with AMX-FP16", NATIVE.flags | {"amx_fp16", "avx512_fp16"})
+#: Whether PyTorch's oneDNN runs fp16 convolutions on this (real) CPU at all: it packs fp16 weights
+#: only with AVX512-FP16 or AVX-NE-CONVERT (a Zen 4 EPYC refuses: "fp16 path needs the cpu support
+#: avx_ne_convert or avx512_fp16"), so a faked ``NATIVE_FP16`` build can run only there.
+TORCH_FP16_CONV = bool({"avx512_fp16", "avx_ne_convert"} & cpu_features().flags)
+NO_TORCH_FP16_CONV = "PyTorch's oneDNN has no fp16 convolutions on this CPU (no AVX512-FP16 / AVX-NE-CONVERT)"
 #: A CPU without native bf16 (AVX-512 but neither AVX512-BF16 nor AMX).
 PLAIN = CPUFeatures("Faked EPYC without BF16", frozenset({"avx2", "avx512f", "avx512bw"}))
 

@@ -11,7 +11,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from bf16kit import NATIVE, ONE_LAYER, casts, engines, faked_cpu, model, precisions, run, stored
+from bf16kit import (
+    NATIVE,
+    NO_TORCH_FP16_CONV,
+    ONE_LAYER,
+    TORCH_FP16_CONV,
+    casts,
+    engines,
+    faked_cpu,
+    model,
+    precisions,
+    run,
+    stored,
+)
 from onnx import helper
 
 from ember.backends.base import CompileContext
@@ -233,9 +245,10 @@ def test_non_finite_values_stay_where_onnxruntime_puts_them(kind, fill):
     assert np.array_equal(np.isposinf(got), np.isposinf(want)) and np.array_equal(np.isneginf(got), np.isneginf(want))
 
 
+@pytest.mark.skipif(not TORCH_FP16_CONV, reason=NO_TORCH_FP16_CONV)
 def test_fp16_layers_run_fp16_on_a_cpu_with_amx_fp16():
-    """With AMX-FP16 (faked: this PyTorch runs fp16 on any AVX-512 CPU, slowly) precision fp16
-    builds fp16 layers the same way, within fp16's finer rounding."""
+    """With AMX-FP16 (faked, on a CPU where PyTorch runs fp16 convolutions at all, slowly)
+    precision fp16 builds fp16 layers the same way, within fp16's finer rounding."""
     from bf16kit import NATIVE_FP16
 
     m, feeds, kinds = _case("residual_block")

@@ -165,6 +165,12 @@ class Program(abc.ABC):
     def create_executor(self) -> Executor:
         """A new executor: the per-context state an ``ExecutionContext`` runs through."""
 
+    def tune(self, feeds: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """Choices above the layers' tactics, timed at build on ``feeds()`` (random inputs, made
+        only if needed) before any context exists; returns what to record in the plan's
+        ``build_info`` (which later programs of the plan follow). None by default."""
+        return {}
+
 
 class Backend(abc.ABC):
     """A device backend (see the module docstring)."""

@@ -184,7 +184,9 @@ def _build_once(model: Any, config: BuildConfig, progress: bool | None, backend:
         )
         engine = Engine(plan, backend)
         with prog.phase("compile"):
-            engine.compile()
+            program = engine.compile()
+            if config.tactic_tuning:  # choices above the layers' (the CPU's chain layouts), recorded
+                plan.build_info.update(program.tune(lambda: accuracy.calibration_inputs(engine)))
     plan.build_info["phases"] = {name: round(sec, 4) for name, sec in prog.times}
     plan.build_info["build_seconds"] = round(time.perf_counter() - t0, 4)
     return engine

@@ -82,13 +82,14 @@ def check_fp8_device() -> None:
 
 
 def fp32_config(config: BuildConfig) -> BuildConfig:
-    """The fp32 build of an INT8 ``config`` (what calibration runs and errors compare with). On
-    CUDA it is built without tactic timing or CUDA graphs: calibration runs it eagerly, where only
-    its tensors matter, not its speed."""
+    """The fp32 build of an INT8 ``config`` (what calibration runs and errors compare with), built
+    without tactic timing (nor the CPU's chain layouts) and, on CUDA, without CUDA graphs:
+    calibration runs it eagerly, where only its tensors matter, not its speed."""
     table = {k: p for k, p in config.layer_precisions.items() if not p.is_quantized}
-    fp32 = replace(config, precision=Precision.FP32, layer_precisions=table, accuracy_target=None)
+    fp32 = replace(config, precision=Precision.FP32, layer_precisions=table, accuracy_target=None,
+                   tactic_tuning=False)
     if config.device is Device.CUDA:
-        fp32 = replace(fp32, tactic_tuning=False, cuda_graphs=False)
+        fp32 = replace(fp32, cuda_graphs=False)
     return fp32
 
 

@@ -20,8 +20,10 @@ call fails, its layers run one by one as usual. ``EMBER_CPU_CHAINS=0`` switches 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+import statistics
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -41,7 +43,7 @@ class ChainLink:
     of it (INT8 layers: ``sum``), whether its activation is fused (in a finite run), its output
     type (a bf16 layer's: bfloat16, or float32 for a graph output)."""
 
-    conv: Any
+    conv: Any  # the primitive (INT8 layers); None: ``relayout("nhwc", "nhwc")`` gives it
     residual: bool
     fused: bool
     sum: bool = False
@@ -49,6 +51,16 @@ class ChainLink:
     #: an INT8 layer reading a float input: ``quantize_nhwc``'s constants (``qlayers.quantize_constants``),
     #: applied to the chain's input; such a layer can only start a chain
     quant: Optional[tuple[float, float, float, bool]] = None
+    #: a float layer: ``relayout(src_layout, dst_layout)`` makes its primitive for the same input
+    #: with other activation layouts ("nhwc", "nchw", "blocked": ``Layer.prepare``'s), for a
+    #: blocked chain; None: the layer runs only channels-last
+    relayout: Optional[Callable[[str, str], Any]] = None
+    #: ``release(kept_layout)``: frees what only the other layout's primitives held (weight copies)
+    release: Optional[Callable[[str], None]] = None
+    in_channels: int = 0
+
+    def nhwc_conv(self) -> Any:
+        return self.conv if self.conv is not None else self.relayout("nhwc", "nhwc")  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -67,15 +79,66 @@ class Chain:
     fused: tuple[bool, ...]
     dtypes: tuple[int, ...]  # per layer: the output type (``DTYPE_CODES``)
     quant: Optional[tuple[float, float, float, bool]] = None  # the input stored 8-bit first (``ChainLink``)
+    #: "nhwc", or "blocked": the activations between the layers in oneDNN's nChw16c (``blocked``)
+    layout: str = "nhwc"
+    #: how the chain's input is passed: channels-last ("nhwc"), or as it is, NCHW, where a blocked
+    #: chain's first layer reads the image directly ("nchw")
+    input_layout: str = "nhwc"
 
 
 def enabled() -> bool:
     return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
+#: ``EMBER_CHAIN_LAYOUT``: the activations' layout between a float chain's layers: ``nhwc``
+#: (channels-last, as between every other layer), ``blocked`` (oneDNN's nChw16c), or ``auto`` (the
+#: default: what the build timed and recorded, ``CPUProgram.tune``; channels-last where nothing was).
+LAYOUT_ENV = "EMBER_CHAIN_LAYOUT"
+LAYOUTS = ("nhwc", "blocked")
+#: A blocked chain's first layer reads an image of fewer channels than this as it is (NCHW), as
+#: ONNX Runtime's first convolution does, instead of a channels-last copy of it.
+PLANAR_INPUT_CHANNELS = 8
+
+
+def forced_layout() -> Optional[str]:
+    """The layout ``LAYOUT_ENV`` forces on every float chain, or None (``auto``, unset); a clear
+    error for another value."""
+    value = os.environ.get(LAYOUT_ENV, "auto").strip().lower() or "auto"
+    if value == "auto":
+        return None
+    if value not in LAYOUTS:
+        from ember.errors import EmberError
+        raise EmberError(f"{LAYOUT_ENV}={value!r}: use one of auto, {', '.join(LAYOUTS)}")
+    return value
+
+
+def links(steps: Sequence[Any], chain: Chain) -> list[ChainLink]:
+    """The ``ChainLink`` of each of ``chain``'s layers."""
+    return [_link(steps[k]) for k in range(chain.start, chain.end)]  # type: ignore[misc]
+
+
+def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
+    """``chain`` with its activations in oneDNN's blocked layout (nChw16c) between its layers:
+    each layer's primitive made again (``ChainLink.relayout``) to write blocked and to read blocked,
+    or, for a first layer reading an image of few channels, the image as it is (NCHW). The
+    extension reorders the chain's input once for layers that read it in another layout, and the
+    last output back to channels-last. None where a layer runs only channels-last (INT8) or
+    oneDNN makes no such primitive."""
+    if any(link.relayout is None for link in members):
+        return None
+    planar = 0 < members[0].in_channels < PLANAR_INPUT_CHANNELS
+    try:
+        convs = tuple(link.relayout("nchw" if planar and k == 0 else "blocked", "blocked")  # type: ignore[misc]
+                      for k, link in enumerate(members))
+    except (RuntimeError, ValueError):  # oneDNN has no primitive for a layout: keep channels-last
+        return None
+    return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc")
+
+
 def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: int = 2) -> list[Chain]:
     """The chains of ``steps`` (``CPUStep``s: ``kernel``, ``inputs``, ``outputs``, ``special``):
-    maximal runs of chainable steps that satisfy the module docstring's rules."""
+    maximal runs of chainable steps that satisfy the module docstring's rules (channels-last:
+    ``blocked`` gives a chain's other layout)."""
     readers: dict[str, list[int]] = {}
     for i, s in enumerate(steps):
         for name in s.inputs:
@@ -154,10 +217,28 @@ def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, lis
     last = tuple(max([k - start for k in range(start, end)
                       if steps[start + j].outputs[0] in steps[k].inputs] or [j])
                  for j in range(end - start))
-    return Chain(start, end, first, steps[end - 1].outputs[0], tuple(link.conv for link in links),  # type: ignore[union-attr]
+    return Chain(start, end, first, steps[end - 1].outputs[0], tuple(link.nhwc_conv() for link in links),  # type: ignore[union-attr]
                  src, res, sums, last, tuple(link.fused for link in links),  # type: ignore[union-attr]
                  tuple(DTYPE_CODES[link.dtype] for link in links),  # type: ignore[union-attr]
                  links[0].quant)  # type: ignore[union-attr]
+
+
+def time_layouts(variants: Mapping[str, Chain], ext: Any, x: torch.Tensor, budget_s: float = 2.0) -> dict[str, float]:
+    """The median milliseconds of each variant of one chain on its input ``x``, the variants taking
+    turns (a warm-up run each, then 3 to 7 turns, fewer past ``budget_s``): taking turns keeps a
+    machine's drift out of the comparison."""
+    for chain in variants.values():
+        run_chain(ext, chain, x)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    start = time.perf_counter()
+    for turn in range(7):
+        for k, chain in variants.items():
+            t0 = time.perf_counter()
+            run_chain(ext, chain, x)
+            times[k].append(time.perf_counter() - t0)
+        if turn >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +246,12 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
     8-bit first where the first layer is INT8 on a float input)."""
     if chain.quant is not None and x.dtype == torch.float32:
         x = ext.quantize_nhwc(x, *chain.quant)
+    elif chain.input_layout == "nchw":
+        x = x.contiguous()
     elif not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
     return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes)
 
 
-__all__ = ["DTYPE_CODES", "Chain", "ChainLink", "SWITCH_ENV", "enabled", "plan_chains", "run_chain"]
+__all__ = ["DTYPE_CODES", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "SWITCH_ENV", "blocked", "enabled",
+           "forced_layout", "links", "plan_chains", "run_chain", "time_layouts"]

@@ -1,6 +1,7 @@
 """The CPU backend's program: one kernel per layer, run in order, freeing tensors after their last use.
 
-A ``Program`` is immutable once made and holds no per-run state, so any number of execution
+A ``Program`` is immutable once made (but for ``tune``, which the build calls before any context
+exists) and holds no per-run state, so any number of execution
 contexts may run it from any number of threads at once; each run keeps its tensors in its own
 dictionary. Intermediate tensors are dropped right after the layer that reads them last (the
 memory plan's liveness), so a run's peak memory follows the plan rather than the graph size.
@@ -89,7 +90,8 @@ class CPUProgram(Program):
         self.steps: tuple[CPUStep, ...] = tuple(steps)
         #: the steps with chains of persistent convolutions as one step each (``chains``), for
         #: runs with finite inputs and no observer; ``None`` where there is no chain
-        self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(graph.outputs)
+        self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(
+            graph.outputs, plan.build_info.get("chain_layouts") or {})
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
@@ -115,28 +117,97 @@ class CPUProgram(Program):
                 return self._run(feeds, stats, observe)
         return self._run(feeds, stats, observe)
 
-    def _chain_steps(self, graph_outputs: Sequence[str]) -> Optional[tuple[CPUStep, ...]]:
+    def _chain_steps(self, graph_outputs: Sequence[str], recorded: Mapping[str, Any]) -> Optional[tuple[CPUStep, ...]]:
+        """The steps with each chain as one step, each float chain in the layout ``EMBER_CHAIN_LAYOUT``
+        forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
-        from ember.backends.cpu.chains import enabled, plan_chains
+        from ember.backends.cpu.chains import enabled, forced_layout, plan_chains
 
+        self._chains: list[Any] = []
         if not enabled():
             return None
         chains = plan_chains(self.steps, graph_outputs)
         ext = native.extension() if chains else None
         if ext is None or not hasattr(ext, "run_chain"):
             return None
+        self._ext = ext
+        forced = forced_layout()
+        for chain in chains:
+            entry = recorded.get(self.steps[chain.start].name)
+            want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
+            self._chains.append(self._keep(chain, want))
+        return self._assemble()
+
+    def _keep(self, chain: Any, layout: str) -> Any:
+        """``chain`` in ``layout`` where its layers allow it (else as it is), what only the other
+        layout held released."""
+        from ember.backends.cpu.chains import blocked, links
+
+        members = links(self.steps, chain)
+        if layout == "blocked" and chain.layout != "blocked":
+            chain = blocked(chain, members) or chain
+        elif layout == "nhwc" and chain.layout != "nhwc":
+            chain = replace(chain, convs=tuple(link.nhwc_conv() for link in members), layout="nhwc",
+                            input_layout="nhwc")
+        for link in members:
+            if link.release is not None:
+                link.release(chain.layout)
+        return chain
+
+    def _assemble(self) -> tuple[CPUStep, ...]:
         out: list[CPUStep] = []
         i = 0
-        for chain in chains:
+        for chain in self._chains:
             out.extend(self.steps[i:chain.start])
             members = self.steps[chain.start:chain.end]
             internal = {s.outputs[0] for s in members[:-1]}
             frees = tuple(dict.fromkeys(n for s in members for n in s.frees if n not in internal))
-            out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members)} layers chained)", "Chain",
-                               self._chain_kernel(ext, chain, members), (chain.input,), (chain.output,), frees, (0,)))
+            out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members)} layers chained"
+                               f"{', blocked' if chain.layout == 'blocked' else ''})", "Chain",
+                               self._chain_kernel(self._ext, chain, members), (chain.input,), (chain.output,), frees,
+                               (0,)))
             i = chain.end
         out.extend(self.steps[i:])
         return tuple(out)
+
+    def tune(self, feeds: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """Times each float chain in both activation layouts (``chains.blocked``) on the chain's
+        input from a run on ``feeds()`` and keeps the faster: oneDNN's blocked kernels win on
+        depthwise networks and at batch 8, its channels-last ones on ResNet-50 at batch 1
+        (docs/CPU_NATIVE.md, "Blocked chains"). Returns ``{"chain_layouts": {first layer: {"layout",
+        "ms": {layout: median ms}}}}`` for the plan's ``build_info``, which later programs follow;
+        nothing where ``EMBER_CHAIN_LAYOUT`` forces a layout or no chain has a choice."""
+        from ember.backends.cpu.chains import blocked, forced_layout, links, time_layouts
+
+        candidates = [k for k, c in enumerate(self._chains)
+                      if all(link.relayout is not None for link in links(self.steps, c))]
+        if not candidates or forced_layout() is not None:
+            return {}
+        wanted = {self._chains[k].input for k in candidates}
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, t: torch.Tensor) -> None:
+            if name in wanted and name not in seen:
+                seen[name] = t.clone()
+
+        try:
+            given = feeds()
+        except EmberError:  # no shapes to time on (a dynamic input without a profile): keep the defaults
+            return {}
+        self.run({k: torch.as_tensor(v) for k, v in given.items()}, observe=keep)
+        chosen: dict[str, Any] = {}
+        for k in candidates:
+            chain = self._chains[k]
+            x = seen.get(chain.input)
+            other = blocked(chain, links(self.steps, chain)) if chain.layout == "nhwc" else None
+            if x is None or other is None:
+                continue
+            ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)
+            best = min(ms, key=ms.__getitem__)
+            self._chains[k] = self._keep(other if best == other.layout else chain, best)
+            chosen[self.steps[chain.start].name] = {"layout": best, "ms": {k: round(v, 4) for k, v in ms.items()}}
+        self.chained = self._assemble()
+        return {"chain_layouts": chosen} if chosen else {}
 
     def _chain_kernel(self, ext: Any, chain: Any, members: Sequence[CPUStep]) -> Kernel:
         from ember.backends.cpu.chains import run_chain

@@ -176,7 +176,7 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
         return [out.contiguous() if to_nchw else out]
 
     kernel = with_write_into(run, gemm_write_into(node, ctx))
-    link = _chain_link(node, ctx, t, static, residual, fusable, after is not None, to_nchw, out_dtype)
+    link = _chain_link(node, ctx, shapes, t, static, residual, fusable, after is not None, to_nchw, out_dtype)
     if link is not None:
         kernel.chain_link = link  # type: ignore[attr-defined]
     return kernel
@@ -206,20 +206,41 @@ def _residual_type(node: Node, ctx: CompileContext, out_shape: Any) -> Any:
     return r if r is not None and tuple(r.shape) == tuple(out_shape) else None
 
 
-def _chain_link(node: Node, ctx: CompileContext, t: Any, static: Optional[tuple[Any, Any]], residual: bool,
-                fusable: bool, has_after: bool, to_nchw: bool, out_dtype: torch.dtype) -> Optional[ChainLink]:
+def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, static: Optional[tuple[Any, Any]],
+                residual: bool, fusable: bool, has_after: bool, to_nchw: bool,
+                out_dtype: torch.dtype) -> Optional[ChainLink]:
     """How the program may run this layer inside a chain of persistent convolutions (one C++ call
     for many layers, ``ember.backends.cpu.chains``): where its input is a static float 4-D
     tensor (stored float32, or bfloat16 in a bf16 layer), its output stays channels-last, a
     residual has the output's shape, and its activation is fused in finite runs (or it has none)."""
     if static is None or to_nchw or t.dtype is not DType.FLOAT32 or (has_after and not fusable):
         return None
+    layer, a, w_shape = shapes.layer, shapes.a, shapes.w_shape
     conv, out_shape = static
     if residual:
         r = _residual_type(node, ctx, out_shape)
         if r is None or r.dtype is not DType.FLOAT32:
             return None
-    return ChainLink(conv, residual, fusable, dtype=out_dtype)
+    shape = [int(d) for d in t.shape]
+    geo = conv_geometry(a, tuple(shape), w_shape)
+
+    def relayout(src_layout: str, dst_layout: str) -> Any:
+        """The layer's primitive for its static input with these activation layouts: channels-last
+        the one the layer runs alone too (from the shape cache), another (a blocked chain's) made now."""
+        if src_layout == dst_layout == "nhwc":
+            return shapes.get(tuple(shape))[0]
+        return layer.prepare(shape, list(geo.begins), list(geo.ends), src_layout, dst_layout)
+
+    def release(kept: str) -> None:
+        """After the program chose layout ``kept`` for this layer's chain: drops the weight copies
+        only the other layout's primitives used (and, for a blocked chain, the channels-last
+        primitives, which a run of the layer alone makes again)."""
+        if kept != "nhwc":
+            shapes.clear()
+        layer.release_unused()
+
+    return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release,
+                     in_channels=shape[1])
 
 
 class _ShapeCache:
@@ -244,6 +265,11 @@ class _ShapeCache:
                     self.prims.pop(next(iter(self.prims)))
                 self.prims = {**self.prims, tuple(shape): hit}  # readers outside the lock see a whole dict
         return hit
+
+    def clear(self) -> None:
+        """Forgets every primitive (the next run of each shape makes its own again)."""
+        with self.lock:
+            self.prims = {}
 
 
 def _dt(dtype: DType) -> str:

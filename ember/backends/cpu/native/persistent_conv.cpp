@@ -34,6 +34,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -120,10 +121,45 @@ void check_nhwc(const torch::Tensor &t, const memory::desc &md, const char *what
                       " must be channels-last contiguous (torch.channels_last)");
 }
 
+// Activation layouts a float convolution may be made for: "nhwc" (channels-last, Ember's
+// tensors), "nchw" (a contiguous NCHW tensor: a chain's image) and "blocked" (oneDNN's nChw16c,
+// AVX-512's native layout, kept between the layers of a chain; its buffers are flat, of
+// `md.get_size()` bytes, the channels padded to 16 with zeros).
+tag to_tag(const std::string &layout) {
+    if (layout == "nhwc") return tag::nhwc;
+    if (layout == "nchw") return tag::nchw;
+    if (layout == "blocked") return tag::nChw16c;
+    TORCH_CHECK_VALUE(false, "unknown activation layout '", layout, "' (nhwc, nchw, blocked)");
+}
+
+bool is_tag(const memory::desc &md, tag t) { return md == memory::desc(md.get_dims(), md.get_data_type(), t); }
+
+// Whether `t` holds a tensor of descriptor `md` (type, and for nhwc / nchw shape and strides; for
+// another layout a contiguous buffer of at least md's size).
+bool holds(const torch::Tensor &t, const memory::desc &md) {
+    if (!t.device().is_cpu() || t.scalar_type() != to_scalar(md.get_data_type())) return false;
+    const auto d = md.get_dims();
+    const bool nhwc = is_tag(md, tag::nhwc);
+    if (nhwc || is_tag(md, tag::nchw))
+        return t.dim() == 4 && t.sizes() == c10::IntArrayRef(d.data(), d.size()) &&
+               t.is_contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    return t.is_contiguous() && t.nbytes() >= md.get_size();
+}
+
+// `check_nhwc` for any layout `to_tag` names (raises ValueError naming `what`).
+void check_layout(const torch::Tensor &t, const memory::desc &md, const char *what) {
+    if (is_tag(md, tag::nhwc)) return check_nhwc(t, md, what);
+    TORCH_CHECK_VALUE(holds(t, md), what, " does not fit the primitive's ",
+                      is_tag(md, tag::nchw) ? "contiguous NCHW" : "blocked (flat buffer)", " layout: got a ",
+                      t.scalar_type(), " tensor of shape ", t.sizes(), " (", t.nbytes(), " bytes, the layout needs ",
+                      md.get_size(), ")");
+}
+
 struct Primitive {
     dnnl::convolution_forward::primitive_desc pd;
     dnnl::convolution_forward prim;
     memory weights;  // the layer's weight in this primitive's layout (shared between primitives)
+    torch::Tensor weight_buf;  // holds `weights`' buffer while this primitive lives
 };
 
 using Args = std::vector<std::pair<int, memory>>;
@@ -155,11 +191,11 @@ class Conv {
                bool fused) const {
         TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
         const Primitive &p = fused ? *fused_ : exact_;
-        check_nhwc(x, p.pd.src_desc(), "input");
-        check_nhwc(out, p.pd.dst_desc(), "output");
+        check_layout(x, p.pd.src_desc(), "input");
+        check_layout(out, p.pd.dst_desc(), "output");
         TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
                                                                        : "this convolution has no residual input");
-        if (residual_) check_nhwc(*residual, residual_desc(p), "residual");
+        if (residual_) check_layout(*residual, residual_desc(p), "residual");
     }
 
     // The primitive on checked arguments; no Python (callable without the GIL).
@@ -175,8 +211,8 @@ class Conv {
     bool has_summed() const { return static_cast<bool>(summed_); }
     void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
         TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
-        check_nhwc(x, summed_->pd.src_desc(), "input");
-        check_nhwc(out, summed_->pd.dst_desc(), "output");
+        check_layout(x, summed_->pd.src_desc(), "input");
+        check_layout(out, summed_->pd.dst_desc(), "output");
         launch(*summed_, x, out, nullptr);
     }
 
@@ -186,6 +222,8 @@ class Conv {
         return {d.begin(), d.end()};
     }
     std::string impl() const { return exact_.pd.impl_info_str(); }
+    memory::desc src_desc() const { return exact_.pd.src_desc(); }
+    memory::desc dst_desc() const { return exact_.pd.dst_desc(); }
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
 
    private:
@@ -219,19 +257,25 @@ class Conv {
 // asks for it (one copy per distinct layout: `copies`).
 class PackedWeights {
    public:
-    // The weight `user` (in its plain layout) in layout `md`.
-    memory get(const memory::desc &md, memory user) {
+    // The weight `user` (in its plain layout) in layout `md`, and the buffer holding it.
+    std::pair<memory, torch::Tensor> get(const memory::desc &md, memory user) {
         for (auto &entry : layouts_)
-            if (entry.first == md) return memory(md, cpu_engine(), entry.second.data_ptr());
+            if (entry.first == md) return {memory(md, cpu_engine(), entry.second.data_ptr()), entry.second};
         torch::Tensor buf = torch::empty({static_cast<int64_t>(std::max<size_t>(md.get_size(), 1))}, torch::kUInt8);
         memory dst(md, cpu_engine(), buf.data_ptr());
         dnnl::stream &s = cpu_stream();
         dnnl::reorder(user, dst).execute(s, user, dst);
         s.wait();
         layouts_.emplace_back(md, buf);
-        return dst;
+        return {dst, buf};
     }
     int64_t copies() const { return static_cast<int64_t>(layouts_.size()); }
+    // Drops the copies no live primitive holds (after a chain's other layout was chosen).
+    void release_unused() {
+        layouts_.erase(std::remove_if(layouts_.begin(), layouts_.end(),
+                                      [](const auto &e) { return e.second.use_count() == 1; }),
+                       layouts_.end());
+    }
 
    private:
     std::vector<std::pair<memory::desc, torch::Tensor>> layouts_;
@@ -293,10 +337,16 @@ class Layer {
         TORCH_CHECK_VALUE(bias_.numel() == oc, "bias has ", bias_.numel(), " values for ", oc, " output channels");
     }
 
+    // `src_layout` / `dst_layout` (`to_tag`): "nhwc" for Ember's tensors; a float layer inside a
+    // chain may read "nchw" (the chain's image) or "blocked", and write "blocked".
     std::unique_ptr<Conv> prepare(const std::vector<int64_t> &src_dims, const std::vector<int64_t> &pad_l,
-                                  const std::vector<int64_t> &pad_r) {
+                                  const std::vector<int64_t> &pad_r, const std::string &src_layout = "nhwc",
+                                  const std::string &dst_layout = "nhwc") {
         TORCH_CHECK_VALUE(src_dims.size() == 4 && pad_l.size() == 2 && pad_r.size() == 2,
                           "src_dims must be [N, C, H, W] and pads 2 values each");
+        const tag st = to_tag(src_layout), dtag = to_tag(dst_layout);
+        TORCH_CHECK_VALUE(!int8_ || (st == tag::nhwc && dtag == tag::nhwc), "an INT8 layer reads and writes nhwc");
+        TORCH_CHECK_VALUE(dtag != tag::nchw, "a convolution writes nhwc or blocked, not nchw");
         const int64_t oc = weight_.size(0), kh = weight_.size(2), kw = weight_.size(3);
         TORCH_CHECK_VALUE(src_dims[1] == weight_.size(1) * groups_, "input has ", src_dims[1],
                           " channels, the weight expects ", weight_.size(1) * groups_, " (", groups_, " groups)");
@@ -309,12 +359,13 @@ class Layer {
         TORCH_CHECK_VALUE(dd[0] > 0 && dd[2] > 0 && dd[3] > 0, "the convolution's output would be empty: [",
                           dd[0], ", ", dd[1], ", ", dd[2], ", ", dd[3], "]");
         // INT8 always fuses the activation (it must come before the requantization; no NaN in 8 bits)
-        auto exact = make(sd, dd, pad_l, pad_r, int8_ && activation_ != "none");
+        auto exact = make(sd, dd, pad_l, pad_r, st, dtag, int8_ && activation_ != "none");
         std::unique_ptr<Primitive> fused;
-        if (activation_ != "none" && !int8_) fused = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, true));
+        if (activation_ != "none" && !int8_)
+            fused = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, st, dtag, true));
         std::unique_ptr<Primitive> summed;  // fp32 residual in place, for chains (finite runs: fused)
         if (residual_ && !int8_)
-            summed = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, activation_ != "none", true));
+            summed = std::make_unique<Primitive>(make(sd, dd, pad_l, pad_r, st, dtag, activation_ != "none", true));
         auto &eng = cpu_engine();
         memory bias(memory::desc({oc}, dt::f32, tag::x), eng, bias_.data_ptr());
         Args extra;
@@ -332,6 +383,7 @@ class Layer {
     }
 
     int64_t weight_copies() const { return packed_.copies(); }
+    void release_unused() { packed_.release_unused(); }
 
    private:
     // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is
@@ -345,7 +397,8 @@ class Layer {
     }
 
     Primitive make(const memory::dims &sd, const memory::dims &dd, const std::vector<int64_t> &pad_l,
-                   const std::vector<int64_t> &pad_r, bool with_activation, bool sum_in_place = false) {
+                   const std::vector<int64_t> &pad_r, tag src_tag, tag dst_tag, bool with_activation,
+                   bool sum_in_place = false) {
         auto &eng = cpu_engine();
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -355,7 +408,7 @@ class Layer {
         else if (residual_ && sum_in_place)  // dst = conv + dst_old
             po.append_sum(1.f);
         else if (residual_)
-            po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, float_dt(), tag::nhwc));
+            po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, float_dt(), dst_tag));
         if (with_activation) {
             if (activation_ == "relu")
                 po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -373,15 +426,16 @@ class Layer {
         const dt wdt = int8_ ? dt::s8 : float_dt();
         auto pd = dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-            memory::desc(sd, q_.src, tag::nhwc), memory::desc(weight_dims(), wdt, tag::any),
-            memory::desc({dd[1]}, dt::f32, tag::x), memory::desc(dd, q_.dst, tag::nhwc),
+            memory::desc(sd, q_.src, src_tag), memory::desc(weight_dims(), wdt, tag::any),
+            memory::desc({dd[1]}, dt::f32, tag::x), memory::desc(dd, q_.dst, dst_tag),
             memory::dims{strides_[0], strides_[1]}, memory::dims{dilations_[0] - 1, dilations_[1] - 1},
             memory::dims{pad_l[0], pad_l[1]}, memory::dims{pad_r[0], pad_r[1]}, attr);
-        return Primitive{pd, dnnl::convolution_forward(pd), packed(pd.weights_desc())};
+        auto w = packed(pd.weights_desc());
+        return Primitive{pd, dnnl::convolution_forward(pd), w.first, w.second};
     }
 
     // The weight in layout `md` (``PackedWeights``), from its OIHW / GOIHW layout.
-    memory packed(const memory::desc &md) {
+    std::pair<memory, torch::Tensor> packed(const memory::desc &md) {
         return packed_.get(md, memory(memory::desc(weight_dims(), int8_ ? dt::s8 : dt::f32,
                                                    groups_ == 1 ? tag::oihw : tag::goihw),
                                       cpu_engine(), weight_.data_ptr()));
@@ -615,7 +669,7 @@ class Linear {
     // column-major order (tag ba).
     memory packed(const memory::desc &md) {
         return packed_.get(md, memory(memory::desc({weight_.size(1), weight_.size(0)}, dt::s8, tag::ba), cpu_engine(),
-                                      weight_.data_ptr()));
+                                      weight_.data_ptr())).first;  // kept: Linear never releases copies
     }
 
     torch::Tensor weight_, bias_;
@@ -662,6 +716,24 @@ class BufferPool {
         const int64_t bytes = c10::multiply_integers(dims) * static_cast<int64_t>(c10::elementSize(type));
         if (bytes < min_bytes_)
             return torch::empty(dims, torch::TensorOptions().dtype(type).memory_format(c10::MemoryFormat::ChannelsLast));
+        auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
+        t.set_(take(bytes), 0, dims, c10::get_channels_last_strides_2d(dims));
+        return t;
+    }
+
+    // A flat buffer of `type` holding at least `bytes` (a oneDNN blocked layout's), pooled as `output`.
+    torch::Tensor flat(int64_t bytes, c10::ScalarType type) {
+        const int64_t size = static_cast<int64_t>(c10::elementSize(type));
+        const int64_t n = (bytes + size - 1) / size;
+        if (n * size < min_bytes_) return torch::empty({n}, torch::TensorOptions().dtype(type));
+        auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
+        t.set_(take(n * size), 0, {n}, {1});
+        return t;
+    }
+
+   private:
+    // The smallest kept buffer of at least `bytes`, or a new one.
+    c10::Storage take(int64_t bytes) {
         auto best = free_.end();
         for (auto it = free_.begin(); it != free_.end(); ++it)
             if (it->nbytes() >= static_cast<size_t>(bytes) && (best == free_.end() || it->nbytes() < best->nbytes()))
@@ -674,10 +746,10 @@ class BufferPool {
         } else {
             storage = torch::empty({bytes}, torch::kUInt8).storage();
         }
-        auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
-        t.set_(storage, 0, dims, c10::get_channels_last_strides_2d(dims));
-        return t;
+        return storage;
     }
+
+   public:
 
     // Keeps `t`'s buffer if it is one `output` would take (`min_bytes` or more), nothing but `t`
     // holds it (no alias, no view, not returned), and the pool stays within `kMaxBuffers` buffers
@@ -710,6 +782,35 @@ class BufferPool {
     std::vector<c10::Storage> free_;
 };
 
+// `src` (laid out as `from`) copied into `dst` (laid out as `to`) by a oneDNN reorder, made once per
+// pair of layouts on the calling thread. Callable without the GIL.
+void reorder_into(void *src, const memory::desc &from, void *dst, const memory::desc &to) {
+    thread_local std::vector<std::tuple<memory::desc, memory::desc, dnnl::reorder>> made;
+    auto &eng = cpu_engine();
+    memory s(from, eng, src), d(to, eng, dst);
+    dnnl::reorder *prim = nullptr;
+    for (auto &m : made)
+        if (std::get<0>(m) == from && std::get<1>(m) == to) prim = &std::get<2>(m);
+    if (prim == nullptr) {
+        if (made.size() >= 64) made.erase(made.begin());
+        made.emplace_back(from, to, dnnl::reorder(s, d));
+        prim = &std::get<2>(made.back());
+    }
+    dnnl::stream &strm = cpu_stream();
+    prim->execute(strm, s, d);
+    strm.wait();
+}
+
+// The descriptor of a 4-D tensor that is channels-last or contiguous (NCHW).
+memory::desc desc_of(const torch::Tensor &t) {
+    TORCH_CHECK_VALUE(t.dim() == 4, "a chain's input must be 4-D, got ", t.sizes());
+    const bool cl = t.is_contiguous(at::MemoryFormat::ChannelsLast);
+    TORCH_CHECK_VALUE(cl || t.is_contiguous(), "a chain's input must be channels-last or contiguous");
+    dt type = t.scalar_type() == at::kFloat ? dt::f32 : t.scalar_type() == at::kBFloat16 ? dt::bf16
+            : t.scalar_type() == at::kByte  ? dt::u8  : dt::s8;
+    return memory::desc(memory::dims(t.sizes().begin(), t.sizes().end()), type, cl ? tag::nhwc : tag::nchw);
+}
+
 // A chain of convolutions run in one call (one Python crossing for many layers): step i reads the
 // output of step `src[i]` (-1: the chain's input x); with a binary-add residual (fp32 layers) it
 // adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
@@ -721,7 +822,10 @@ class BufferPool {
 // (and not its input) adds it in place instead (oneDNN's `sum` post-op into the residual's own
 // buffer, which becomes the output: one read of it less); an INT8 step sums into such a
 // residual's buffer itself instead of a copy of it. `EMBER_CHAIN_SUM=0` turns both off.
-// Returns the last step's output.
+// Float steps made with `Layer.prepare(..., "blocked")` keep their outputs in oneDNN's blocked
+// layout, on flat pooled buffers; a step that reads the chain's input (or adds it) in another
+// layout than the input's reads a copy of it reordered once, and a blocked last output comes
+// back channels-last. Returns the last step's output (channels-last).
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
                         const std::vector<int64_t> &last, const std::vector<bool> &fused,
@@ -744,9 +848,25 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     const char *sum_env = std::getenv("EMBER_CHAIN_SUM");
     const bool in_place = sum_env == nullptr || std::string(sum_env) != "0";
     BufferPool &pool = BufferPool::local();
+    std::vector<std::pair<memory::desc, torch::Tensor>> x_as;  // the chain's input in other layouts
+    const bool plain_chain = std::all_of(convs.begin(), convs.end(), [](const Conv *c) {
+        return is_tag(c->src_desc(), tag::nhwc) && is_tag(c->dst_desc(), tag::nhwc);
+    });
+    const memory::desc x_md = plain_chain ? memory::desc() : desc_of(x);
+    // the chain's input as laid out like `md` (its own type): x, or a copy reordered once
+    auto input_as = [&](const memory::desc &md) -> torch::Tensor {
+        if (plain_chain || holds(x, md)) return x;
+        const memory::desc want(md.get_dims(), x_md.get_data_type(), is_tag(md, tag::nhwc) ? tag::nhwc : tag::nChw16c);
+        for (auto &e : x_as)
+            if (e.first == want) return e.second;
+        torch::Tensor copy = pool.flat(static_cast<int64_t>(want.get_size()), x.scalar_type());
+        reorder_into(x.data_ptr(), x_md, copy.data_ptr(), want);
+        x_as.emplace_back(want, copy);
+        return copy;
+    };
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
-        const torch::Tensor &in = src[i] < 0 ? x : outs[src[i]];
+        const torch::Tensor in = src[i] < 0 ? input_as(convs[i]->src_desc()) : outs[src[i]];
         // an earlier step's output that no later step reads (nor this one as its input) may be
         // this step's output buffer
         auto free_after = [&](int64_t k) { return in_place && k >= 0 && k != src[i] && last[k] == int64_t(i); };
@@ -757,15 +877,17 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             convs[i]->execute_summed(in, outs[i]);
         } else {
             c10::optional<torch::Tensor> r;
-            if (res[i] != -2) r = res[i] < 0 ? x : outs[res[i]];
+            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->dst_desc()) : outs[res[i]];
             if (sum[i] != -2) {  // INT8: the output starts as the residual, summed into
                 const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
                 TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]), "chain step ", i,
                                   ": the accumulator's type has another width than the output's");
                 outs[i] = free_after(sum[i]) ? acc.view(types[dtypes[i]])
                                              : acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
-            } else {
+            } else if (is_tag(convs[i]->dst_desc(), tag::nhwc)) {
                 outs[i] = pool.output(convs[i]->dst_dims(), types[dtypes[i]]);
+            } else {
+                outs[i] = pool.flat(static_cast<int64_t>(convs[i]->dst_desc().get_size()), types[dtypes[i]]);
             }
             convs[i]->check(in, outs[i], r, fused[i]);
             convs[i]->execute(in, outs[i], r, fused[i]);
@@ -776,7 +898,15 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             outs[j] = torch::Tensor();
         }
     }
-    return outs[n - 1];
+    for (auto &e : x_as) pool.give(e.second);
+    const memory::desc last_md = convs[n - 1]->dst_desc();
+    if (is_tag(last_md, tag::nhwc)) return outs[n - 1];
+    const auto dims = convs[n - 1]->dst_dims();
+    auto y = torch::empty(dims, torch::TensorOptions().dtype(types[dtypes[n - 1]]).memory_format(c10::MemoryFormat::ChannelsLast));
+    reorder_into(outs[n - 1].data_ptr(), last_md, y.data_ptr(),
+                 memory::desc(memory::dims(dims.begin(), dims.end()), last_md.get_data_type(), tag::nhwc));
+    pool.give(outs[n - 1]);
+    return y;
 }
 
 inline uint8_t quantize_one(float x, float m, float add, float hi) {
@@ -864,6 +994,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_property_readonly("has_fused", &Conv::has_fused)
         .def_property_readonly("dst_dims", &Conv::dst_dims)
         .def_property_readonly("impl", &Conv::impl)
+        .def_property_readonly("blocked_output", [](const Conv &c) { return !is_tag(c.dst_desc(), tag::nhwc); })
         .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
     pybind11::class_<Layer>(m, "Layer")
         .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
@@ -878,8 +1009,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              pybind11::arg("dst_zp") = 0, pybind11::arg("sum_dtype") = "", pybind11::arg("sum_scale") = 1.0,
              pybind11::arg("sum_zp") = 0)
         .def("prepare", &Layer::prepare, pybind11::arg("src_dims"), pybind11::arg("pad_l"), pybind11::arg("pad_r"),
+             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
              pybind11::keep_alive<0, 1>())  // a Conv reads its Layer's packed weight and bias
-        .def_property_readonly("weight_copies", &Layer::weight_copies);
+        .def_property_readonly("weight_copies", &Layer::weight_copies)
+        .def("release_unused", &Layer::release_unused,
+             "drops the weight copies in layouts no live primitive of the layer uses");
     pybind11::class_<Lrn>(m, "Lrn")
         .def(pybind11::init<std::vector<int64_t>, int64_t, double, double, double, std::string>(),
              pybind11::arg("dims"), pybind11::arg("size"), pybind11::arg("alpha"), pybind11::arg("beta"),

@@ -1,0 +1,240 @@
+"""Chains in oneDNN's blocked layout (``ember.backends.cpu.chains.blocked``): the activations between
+a float chain's layers in nChw16c, the chain's input read as it is (an NCHW image) or reordered once,
+the last output reordered back to channels-last; the build times both layouts per chain and records
+the faster (``CPUProgram.tune``), later programs follow the record, ``EMBER_CHAIN_LAYOUT`` forces one.
+Every form computes what the channels-last chain and ONNX Runtime compute."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.backends.cpu.chains import LAYOUT_ENV, forced_layout
+from ember.backends.cpu.features import cpu_features
+from ember.errors import EmberError
+from ember.plan.config import Precision
+from ember.tools.runners import max_rel_error
+
+pytestmark = pytest.mark.usefixtures("fresh_native")
+
+
+def _cl(t: Any) -> Any:
+    import torch
+
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def test_a_blocked_chain_computes_what_pytorch_computes_padded_channels_and_all(ext: Any):
+    """24 channels (padded to 32 in nChw16c), a 3-channel NCHW image read as it is by the first
+    step, a second step reading the chain's input too (a blocked copy of it, made once), the
+    chain's input added as a residual, a residual added in place, and the output back
+    channels-last. Buffers of the thread's pool that an earlier chain left full of NaN must not
+    leak into the padded channels."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(24, 3, 3, 3, generator=g) * 0.3
+    w1 = torch.randn(24, 3, 1, 1, generator=g) * 0.3
+    w2 = torch.randn(24, 1, 3, 3, generator=g) * 0.3
+    w3 = torch.randn(24, 24, 1, 1, generator=g) * 0.2
+    dims = [2, 3, 40, 40]
+    # step 0: a = relu(c0(x)) reading the NCHW image; step 1: b = c1(x) (x reordered to blocked);
+    # step 2: c = clip(dw(a) + b) [b read last: in place]; step 3: d = relu(c3(c) + a) [in place]
+    c0 = ext.Layer(w0, None, [1, 1], [1, 1], 1, "relu").prepare(dims, [1, 1], [1, 1], "nchw", "blocked")
+    c1 = ext.Layer(w1, None, [1, 1], [1, 1], 1).prepare(dims, [0, 0], [0, 0], "blocked", "blocked")
+    c2 = ext.Layer(w2, None, [1, 1], [1, 1], 24, "clip", 0.0, 6.0, residual=True).prepare(
+        [2, 24, 40, 40], [1, 1], [1, 1], "blocked", "blocked")
+    c3 = ext.Layer(w3, None, [1, 1], [1, 1], 1, "relu", residual=True).prepare(
+        [2, 24, 40, 40], [0, 0], [0, 0], "blocked", "blocked")
+    assert c0.blocked_output and c3.blocked_output
+    plain = ext.Layer(w3, None, [1, 1], [1, 1], 1).prepare([2, 24, 40, 40], [0, 0], [0, 0])
+    assert not plain.blocked_output
+    poison = _cl(torch.full((2, 24, 40, 40), float("nan")))
+    for _ in range(2):  # the pool's buffers now hold NaN
+        assert torch.isnan(ext.run_chain([plain, plain], poison, [-1, 0], [-2, -2], [-2, -2], [1, 1],
+                                         [False, False], [0, 0])).all()
+    x = torch.randn(*dims, generator=g)  # contiguous NCHW
+    before = x.clone()
+    y = ext.run_chain([c0, c1, c2, c3], x, [-1, -1, 0, 2], [-2, -2, 1, 0], [-2] * 4, [3, 2, 2, 3],
+                      [True, False, True, True], [0] * 4)
+    a = F.conv2d(x, w0, padding=1).relu()
+    b = F.conv2d(x, w1)
+    c = (F.conv2d(a, w2, padding=1, groups=24) + b).clamp(0.0, 6.0)
+    d = (F.conv2d(c, w3) + a).relu()
+    assert tuple(y.shape) == (2, 24, 40, 40) and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, d, rtol=1e-4, atol=1e-4)
+    assert torch.equal(x, before)  # the chain's input is never written
+
+
+def test_a_blocked_step_adds_the_chains_input_as_its_residual(ext: Any):
+    """A residual that is the chain's input (channels-last) is read as a blocked copy of it."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    w1, w2 = (torch.randn(16, 16, 3, 3, generator=g) * 0.2 for _ in range(2))
+    a = ext.Layer(w1, None, [1, 1], [1, 1], 1, "relu").prepare([1, 16, 9, 9], [1, 1], [1, 1], "blocked", "blocked")
+    b = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu", residual=True).prepare([1, 16, 9, 9], [1, 1], [1, 1],
+                                                                              "blocked", "blocked")
+    x = _cl(torch.randn(1, 16, 9, 9, generator=g))
+    y = ext.run_chain([a, b], x, [-1, 0], [-2, -1], [-2, -2], [1, 1], [True, True], [0, 0])
+    want = (F.conv2d(F.conv2d(x, w1, padding=1).relu(), w2, padding=1) + x).relu()
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_layouts_are_checked_with_errors_that_say_what_is_wrong(ext: Any):
+    import torch
+
+    w = torch.randn(8, 8, 1, 1)
+    layer = ext.Layer(w, None, [1, 1], [1, 1], 1)
+    with pytest.raises(ValueError, match="unknown activation layout 'nc16'"):
+        layer.prepare([1, 8, 4, 4], [0, 0], [0, 0], "nc16", "blocked")
+    with pytest.raises(ValueError, match="writes nhwc or blocked, not nchw"):
+        layer.prepare([1, 8, 4, 4], [0, 0], [0, 0], "nhwc", "nchw")
+    q = ext.Layer(torch.ones(8, 8, 1, 1, dtype=torch.int8), None, [1, 1], [1, 1], 1, src_dtype="u8",
+                  dst_dtype="u8", w_scales=torch.ones(8))
+    with pytest.raises(ValueError, match="INT8 layer reads and writes nhwc"):
+        q.prepare([1, 8, 4, 4], [0, 0], [0, 0], "blocked", "blocked")
+    conv = layer.prepare([1, 8, 4, 4], [0, 0], [0, 0], "blocked", "blocked")
+    with pytest.raises(ValueError, match=r"input does not fit the primitive's blocked \(flat buffer\) layout"):
+        conv.run(torch.zeros(10), torch.zeros(1024), None, False)  # 40 bytes, the layout needs 512
+
+
+def test_a_weight_copy_goes_when_no_primitive_uses_it(ext: Any):
+    import gc
+
+    import torch
+
+    w = torch.randn(32, 32, 3, 3)
+    layer = ext.Layer(w, None, [1, 1], [1, 1], 1)
+    nhwc = layer.prepare([1, 32, 14, 14], [1, 1], [1, 1])
+    blocked = layer.prepare([1, 32, 14, 14], [1, 1], [1, 1], "blocked", "blocked")
+    copies = layer.weight_copies
+    assert copies in (1, 2)  # one where both primitives want the same weight layout
+    layer.release_unused()
+    assert layer.weight_copies == copies  # both still in use
+    del blocked
+    gc.collect()
+    layer.release_unused()
+    assert layer.weight_copies == 1
+    x = _cl(torch.randn(1, 32, 14, 14))
+    out = _cl(torch.empty(1, 32, 14, 14))
+    nhwc.run(x, out)  # the kept copy is the one the channels-last primitive reads
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+
+
+def _model(channels: int = 24) -> onnx.ModelProto:
+    """A MobileNet-like block on an RGB image: conv+relu, 1x1 expand+clip, depthwise+clip, 1x1
+    project, + the first conv's output, then 3x3+relu; `channels` not a multiple of 16 pads."""
+    rng = np.random.default_rng(0)
+    c, e = channels, channels * 4
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=e),
+             helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"]),
+             helper.make_node("Add", ["c3", "r0"], ["s3"]),
+             helper.make_node("Conv", ["s3", "w4", "b4"], ["c4"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c4"], ["y"])]
+    inits = [init("w0", c, 3, 3, 3), init("b0", c), init("w1", e, c, 1, 1), init("b1", e),
+             init("w2", e, 1, 3, 3), init("b2", e), init("w3", c, e, 1, 1), init("b3", c),
+             init("w4", c, c, 3, 3), init("b4", c),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    g = helper.make_graph(nodes, "mbv2-block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, c, 16, 16])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _build(model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch, layout: str, **config: Any) -> Any:
+    monkeypatch.setenv(LAYOUT_ENV, layout)
+    return ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", **config), progress=False)
+
+
+def _chain_names(engine: Any) -> list[str]:
+    steps = engine.compile().chained
+    return [s.name for s in steps or () if s.kind == "Chain"]
+
+
+def test_a_forced_blocked_engine_computes_what_the_channels_last_one_and_onnx_runtime_compute(
+        ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """NaN and infinity runs go layer by layer on channels-last primitives the blocked chain let
+    go of (made again on that run); the finite runs around them use the chain."""
+    import onnxruntime as ort
+
+    model = _model()
+    blocked = _build(model, monkeypatch, "blocked")
+    nhwc = _build(model, monkeypatch, "nhwc")
+    assert "chain_layouts" not in blocked.plan.build_info  # a forced layout is not timed
+    assert [n.endswith("(5 layers chained, blocked)") for n in _chain_names(blocked)] == [True]
+    assert [n.endswith("(5 layers chained)") for n in _chain_names(nhwc)] == [True]
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    bad = x.copy()
+    bad[0, 1, 5, 5], bad[1, 2, 9, 9] = np.nan, np.inf
+    with blocked.create_context() as c1, nhwc.create_context() as c2:
+        for feed in (x, bad, x):
+            got, chl = c1.infer({"x": feed})["y"], c2.infer({"x": feed})["y"]
+            want = sess.run(None, {"x": feed})[0]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            np.testing.assert_array_equal(np.isnan(chl), np.isnan(want))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(chl)) < 1e-5
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-4
+
+
+@pytest.mark.skipif(not cpu_features().native(Precision.BF16), reason="no native bf16 on this CPU: builds keep fp32")
+def test_a_blocked_bf16_chain_computes_what_the_channels_last_one_computes(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    model = _model(channels=32)
+    blocked = _build(model, monkeypatch, "blocked", precision="bf16")
+    nhwc = _build(model, monkeypatch, "nhwc", precision="bf16")
+    assert [n.endswith("blocked)") for n in _chain_names(blocked)] == [True]
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with blocked.create_context() as c1, nhwc.create_context() as c2:
+        got, chl = c1.infer({"x": x})["y"], c2.infer({"x": x})["y"]
+    assert got.dtype == np.float32
+    assert max_rel_error(got, chl) < 2e-2  # bf16 roundings in another order
+
+
+def test_the_build_times_both_layouts_records_the_faster_and_a_loaded_engine_follows_it(
+        ext: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any):
+    model = _model()
+    engine = _build(model, monkeypatch, "auto")
+    record = engine.plan.build_info["chain_layouts"]
+    (first, entry), = record.items()  # one chain, named by its first layer
+    assert first == engine.plan.layers[0].name
+    assert set(entry["ms"]) == {"nhwc", "blocked"} and all(v > 0 for v in entry["ms"].values())
+    assert entry["layout"] == min(entry["ms"], key=entry["ms"].get)
+    assert _chain_names(engine)[0].endswith("blocked)") == (entry["layout"] == "blocked")
+    # a saved engine follows its record, whichever it is
+    for layout in ("blocked", "nhwc"):
+        engine.plan.build_info["chain_layouts"] = {first: {"layout": layout, "ms": entry["ms"]}}
+        engine.save(tmp_path / f"{layout}.ember")
+        loaded = ember.load(str(tmp_path / f"{layout}.ember"))
+        assert _chain_names(loaded)[0].endswith("blocked)") == (layout == "blocked")
+    # and without a record (an engine from before the timing), channels-last
+    del engine.plan.build_info["chain_layouts"]
+    engine.save(tmp_path / "old.ember")
+    assert _chain_names(ember.load(str(tmp_path / "old.ember")))[0].endswith("(5 layers chained)")
+    # tuning off: nothing timed, nothing recorded
+    assert "chain_layouts" not in _build(model, monkeypatch, "auto", tactic_tuning=False).plan.build_info
+
+
+def test_a_bad_layout_setting_is_named(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(LAYOUT_ENV, "nchw16")
+    with pytest.raises(EmberError, match=r"EMBER_CHAIN_LAYOUT='nchw16': use one of auto, nhwc, blocked"):
+        forced_layout()
+    monkeypatch.setenv(LAYOUT_ENV, " Blocked ")
+    assert forced_layout() == "blocked"
+    monkeypatch.delenv(LAYOUT_ENV)
+    assert forced_layout() is None

@@ -168,7 +168,9 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
            "onnx_nodes": first.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": errors,
            "precisions": {k: _precisions(e) for k, e in engines.items()}, "latency_ms": latency,
            "x_ort": ratios, "load_avg": {"before": load_before, "after": os.getloadavg()},
-           "conv_tactics": {k: _conv_tactics(e) for k, e in engines.items()}}
+           "conv_tactics": {k: _conv_tactics(e) for k, e in engines.items()},
+           "chain_layouts": {k: {name: c["layout"] for name, c in e.plan.build_info.get("chain_layouts", {}).items()}
+                             for k, e in engines.items()}}
     accuracy = {k: e.plan.build_info["accuracy"] for k, e in engines.items() if "accuracy" in e.plan.build_info}
     if accuracy:
         row["accuracy"] = {k: {"target": a["target"], "met": a["met"], "fp32_layers": len(a["fp32_layers"]),

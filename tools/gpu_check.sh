@@ -13,12 +13,13 @@
 #   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial, then --engine-kernel: the stride-1
 #                3x3 INT8 layers as shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and
 #                cuDNN fp16, then the engine's kernel with TMA off / on / on with EMBER_TRITON_TMA_SHIFT=1
-#                (fifteenth session: the shifted form checked under the interpreter only; next to time;
-#                if it wins, turn shifted_boxes() on by default and run int8-resnet)
+#                (sixteenth session: the shifted boxes won 11-14% on every 3x3 layer and are now the
+#                default; EMBER_TRITON_TMA_SHIFT=0 turns them off)
 # Wheels the machine lacks (serve's, pytest-xdist) go in .whl/ and are installed to /tmp/site. The
 # device tool allows 600 s a call: run one or two steps a call (fourteenth session on the H100: tests
 # 130 s, conformance 76 s, int8-resnet 253 s, int8-bert 151 s, fp16 for all four models 328 s;
-# fifteenth: int8-resnet with the TMA kernels ran past 280 s, INT8 alone about 200 s), e.g.
+# fifteenth: int8-resnet with the TMA kernels ran past 280 s, INT8 alone about 200 s; sixteenth:
+# tests 153 s, int8-3x3 46 s; the serve / Ray test files need their wheels in .whl/ or error), e.g.
 #   OUT=$OUT GPU_STEPS="tests conformance" tools/gpu_check.sh   (then GPU_STEPS=int8, GPU_STEPS=fp16)
 set -u
 OUT=${OUT:-gpu-check-$(date +%F)}

@@ -216,6 +216,7 @@ def test_the_build_times_both_layouts_records_the_faster_and_a_loaded_engine_fol
     assert set(entry["ms"]) == {"nhwc", "blocked"} and all(v > 0 for v in entry["ms"].values())
     assert entry["layout"] == min(entry["ms"], key=entry["ms"].get)
     assert _chain_names(engine)[0].endswith("blocked)") == (entry["layout"] == "blocked")
+    assert f"chain layouts (timed at build): {first}.. {entry['layout']} (nhwc " in engine.summary()
     # a saved engine follows its record, whichever it is
     for layout in ("blocked", "nhwc"):
         engine.plan.build_info["chain_layouts"] = {first: {"layout": layout, "ms": entry["ms"]}}

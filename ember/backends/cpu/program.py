@@ -122,6 +122,7 @@ class CPUProgram(Program):
         forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
         from ember.backends.cpu.chains import enabled, forced_layout, plan_chains
+        from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []
         if not enabled():
@@ -132,9 +133,14 @@ class CPUProgram(Program):
             return None
         self._ext = ext
         forced = forced_layout()
+        # nChw16c is AVX-512's layout: an engine file timed on such a CPU and loaded on one without
+        # it (where oneDNN may have only reference kernels for it) keeps channels-last
+        blocked_ok = "avx512f" in cpu_features().flags
         for chain in chains:
             entry = recorded.get(self.steps[chain.start].name)
             want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
+            if want == "blocked" and not forced and not blocked_ok:
+                want = "nhwc"
             self._chains.append(self._keep(chain, want))
         return self._assemble()
 

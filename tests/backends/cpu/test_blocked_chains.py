@@ -223,6 +223,14 @@ def test_the_build_times_both_layouts_records_the_faster_and_a_loaded_engine_fol
         engine.save(tmp_path / f"{layout}.ember")
         loaded = ember.load(str(tmp_path / f"{layout}.ember"))
         assert _chain_names(loaded)[0].endswith("blocked)") == (layout == "blocked")
+    # a record of "blocked" loaded on a CPU without AVX-512 (nChw16c's home): channels-last
+    from ember.backends.cpu.features import CPUFeatures, set_cpu_features
+
+    set_cpu_features(CPUFeatures("Faked AVX2-only CPU", frozenset({"avx2", "fma"})))
+    try:
+        assert _chain_names(ember.load(str(tmp_path / "blocked.ember")))[0].endswith("(5 layers chained)")
+    finally:
+        set_cpu_features(None)
     # and without a record (an engine from before the timing), channels-last
     del engine.plan.build_info["chain_layouts"]
     engine.save(tmp_path / "old.ember")

@@ -57,6 +57,8 @@ class ChainLink:
     relayout: Optional[Callable[[str, str], Any]] = None
     #: ``release(kept_layout)``: frees what only the other layout's primitives held (weight copies)
     release: Optional[Callable[[str], None]] = None
+    #: the extension's ``Layer`` behind the primitives (``weight_copies`` says how many packed weights it holds)
+    layer: Any = None
     in_channels: int = 0
 
     def nhwc_conv(self) -> Any:

@@ -136,29 +136,38 @@ class CPUProgram(Program):
         # nChw16c is AVX-512's layout: an engine file timed on such a CPU and loaded on one without
         # it (where oneDNN may have only reference kernels for it) keeps channels-last
         blocked_ok = "avx512f" in cpu_features().flags
-        for chain in chains:
-            entry = recorded.get(self.steps[chain.start].name)
+        for i in range(len(chains)):
+            entry = recorded.get(self.steps[chains[i].start].name)
             want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
             if want == "blocked" and not forced and not blocked_ok:
                 want = "nhwc"
-            self._chains.append(self._keep(chain, want))
+            chains[i] = self._in_layout(chains[i], want)
+        self._chains = chains
+        for k in range(len(chains)):
+            self._release(k)
         return self._assemble()
 
-    def _keep(self, chain: Any, layout: str) -> Any:
-        """``chain`` in ``layout`` where its layers allow it (else as it is), what only the other
-        layout held released."""
+    def _in_layout(self, chain: Any, layout: str) -> Any:
+        """``chain`` in ``layout`` where its layers allow it, else as it is."""
         from ember.backends.cpu.chains import blocked, links
 
         members = links(self.steps, chain)
         if layout == "blocked" and chain.layout != "blocked":
-            chain = blocked(chain, members) or chain
-        elif layout == "nhwc" and chain.layout != "nhwc":
-            chain = replace(chain, convs=tuple(link.nhwc_conv() for link in members), layout="nhwc",
-                            input_layout="nhwc")
-        for link in members:
+            return blocked(chain, members) or chain
+        if layout == "nhwc" and chain.layout != "nhwc":
+            return replace(chain, convs=tuple(link.nhwc_conv() for link in members), layout="nhwc",
+                           input_layout="nhwc")
+        return chain
+
+    def _release(self, k: int) -> None:
+        """Frees what only chain ``k``'s other layout held (its primitives must be gone by now:
+        nothing but ``self._chains`` may hold a chain)."""
+        from ember.backends.cpu.chains import links
+
+        chain = self._chains[k]
+        for link in links(self.steps, chain):
             if link.release is not None:
                 link.release(chain.layout)
-        return chain
 
     def _assemble(self) -> tuple[CPUStep, ...]:
         out: list[CPUStep] = []
@@ -210,8 +219,10 @@ class CPUProgram(Program):
                 continue
             ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)
             best = min(ms, key=ms.__getitem__)
-            self._chains[k] = self._keep(other if best == other.layout else chain, best)
             chosen[self.steps[chain.start].name] = {"layout": best, "ms": {k: round(v, 4) for k, v in ms.items()}}
+            self._chains[k] = other if best == other.layout else chain
+            other = chain = None  # the loser's primitives go before the weights only they used
+            self._release(k)
         self.chained = self._assemble()
         return {"chain_layouts": chosen} if chosen else {}
 

@@ -162,6 +162,12 @@ def _build(model: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch, layout: str,
     return ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", **config), progress=False)
 
 
+def _weight_copies(engine: Any) -> list[int]:
+    """How many packed weights each chained layer's extension ``Layer`` holds."""
+    links = [getattr(s.kernel, "chain_link", None) for s in engine.compile().steps]
+    return [link.layer.weight_copies for link in links if link is not None]
+
+
 def _chain_names(engine: Any) -> list[str]:
     steps = engine.compile().chained
     return [s.name for s in steps or () if s.kind == "Chain"]
@@ -217,12 +223,15 @@ def test_the_build_times_both_layouts_records_the_faster_and_a_loaded_engine_fol
     assert entry["layout"] == min(entry["ms"], key=entry["ms"].get)
     assert _chain_names(engine)[0].endswith("blocked)") == (entry["layout"] == "blocked")
     assert f"chain layouts (timed at build): {first}.. {entry['layout']} (nhwc " in engine.summary()
+    # whichever layout won, each layer keeps one packed weight: the loser's copies were released
+    assert _weight_copies(engine) == [1] * 5
     # a saved engine follows its record, whichever it is
     for layout in ("blocked", "nhwc"):
         engine.plan.build_info["chain_layouts"] = {first: {"layout": layout, "ms": entry["ms"]}}
         engine.save(tmp_path / f"{layout}.ember")
         loaded = ember.load(str(tmp_path / f"{layout}.ember"))
         assert _chain_names(loaded)[0].endswith("blocked)") == (layout == "blocked")
+        assert _weight_copies(loaded) == [1] * 5
     # a record of "blocked" loaded on a CPU without AVX-512 (nChw16c's home): channels-last
     from ember.backends.cpu.features import CPUFeatures, set_cpu_features
 

@@ -239,7 +239,7 @@ def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, st
             shapes.clear()
         layer.release_unused()
 
-    return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release,
+    return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release, layer=layer,
                      in_channels=shape[1])
 
 

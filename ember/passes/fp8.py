@@ -1,14 +1,15 @@
-"""FP8 Q/DQ models on CUDA: a GEMM whose input is ``DequantizeLinear(QuantizeLinear(x))`` in
-float8e4m3fn becomes an FP8 layer that reads ``x``.
+"""FP8 Q/DQ models on CUDA: a GEMM or convolution whose input is ``DequantizeLinear(QuantizeLinear(x))``
+in float8e4m3fn becomes an FP8 layer that reads ``x``.
 
 NVIDIA ModelOpt's FP8 exports put a Q/DQ pair (float8e4m3fn, one constant scale, zero point 0) in
-front of each GEMM's input and dequantize the GEMM's float8 weight (``DequantizeLinear`` of a
-float8 initializer, folded into a float constant by ``fold_constants``). On CUDA such a GEMM
-(``FP8_OPS`` with a constant 2-D weight) is marked FP8 in the precision plan, its input's scale is
-recorded (``QuantRecord`` of ``x``, dtype ``FP8_E4M3``, ``source="qdq"``), and the pair is folded
-into it: the FP8 GEMM kernel (``ember.backends.cuda.kernels.gemm_fp8``) quantizes ``x`` with that
-scale itself, and its weight per tensor (the model's own weight values where they were quantized
-per tensor, as ModelOpt does for FP8). The pair stays where anything else reads it, and every
+front of each GEMM's (and convolution's) input and dequantize its float8 weight (``DequantizeLinear``
+of a float8 initializer, folded into a float constant by ``fold_constants``). On CUDA such a layer
+(``FP8_OPS`` with a constant 2-D GEMM or 4-D convolution weight) is marked FP8 in the precision
+plan, its input's scale is recorded (``QuantRecord`` of ``x``, dtype ``FP8_E4M3``, ``source="qdq"``),
+and the pair is folded into it: the FP8 kernel (``ember.backends.cuda.kernels.gemm_fp8``,
+``conv_fp8``) quantizes ``x`` with that scale itself, and its weight per tensor (GEMMs: the
+model's own weight values where they were quantized per tensor, as ModelOpt does for FP8) or per
+output channel (convolutions). The pair stays where anything else reads it, and every
 other Q/DQ pair runs as written. On the CPU nothing is folded: the Q/DQ kernels compute the model
 as written, the layers between them in float.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
 from ember.ops.attrs import QuantizeAttrs
 from ember.passes.edit import dead_code
 from ember.passes.manager import PassContext, Phase, register_pass
@@ -69,8 +71,10 @@ def fp8_pair(graph: Graph, name: str, producers: dict[str, Node]) -> tuple[str, 
 
 
 def _weight_ok(node: Node, graph: Graph) -> bool:
+    """A constant float weight: 2-D for a GEMM, 4-D for a convolution (``kernels/conv_fp8.py``)."""
     w = graph.constants.get(node.input(1))
-    return w is not None and w.ndim == 2 and w.dtype.kind == "f"
+    ndim = 4 if node.op in (OpType.CONV, OpType.FUSED_CONV) else 2
+    return w is not None and w.ndim == ndim and w.dtype.kind == "f"
 
 
 @register_pass("fold_fp8_qdq", Phase.PRECISION)

@@ -77,10 +77,10 @@ CPU_HALF_OPS = CPU_HALF_COMPUTE_OPS | CPU_HALF_FOLLOW_OPS
 #: Ops that ``BuildConfig.precision="int8"`` (or an ``int8`` entry of ``layer_precisions``) makes
 #: INT8 layers, where their form allows (``ember.passes.int8``); every other layer stays fp32.
 INT8_OPS = frozenset({OpType.CONV, OpType.FUSED_CONV, OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
-#: Ops that ``precision="fp8"`` (CUDA only) marks FP8: the GEMMs, whose FP8 kernel
-#: (``ember.backends.cuda.kernels.gemm_fp8``) takes a constant weight; the layers it does not
-#: apply to compute fp16 (their other tactics), as every other layer of an FP8 build.
-FP8_OPS = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM})
+#: Ops that ``precision="fp8"`` (CUDA only) marks FP8: the GEMMs and the convolutions, whose FP8
+#: kernels (``ember.backends.cuda.kernels.gemm_fp8``, ``conv_fp8``) take a constant weight; the
+#: layers they do not apply to compute fp16 (their other tactics), as every other layer of an FP8 build.
+FP8_OPS = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM, OpType.CONV, OpType.FUSED_CONV})
 #: The ops each quantized precision applies to.
 QUANTIZED_OPS = {Precision.INT8: INT8_OPS, Precision.FP8: FP8_OPS}
 
@@ -194,7 +194,7 @@ def assign_precisions(graph: Graph, ctx: PassContext) -> Graph:
             continue
         chosen = _override(node, table)
         if chosen is not None and chosen.is_quantized and node.op not in QUANTIZED_OPS[chosen]:
-            chosen = None  # only convolutions and GEMMs have INT8 kernels, GEMMs FP8: the default instead
+            chosen = None  # only convolutions and GEMMs have INT8 and FP8 kernels: the default instead
         if chosen is None:
             if quantized_default is not None and node.op in QUANTIZED_OPS[quantized_default]:
                 chosen = quantized_default

@@ -99,3 +99,38 @@ def test_the_folded_layer_computes_what_onnx_reference_computes():
     # the input in fp16 as the engine's fp16 activations hold it; the rest is the model's arithmetic
     got = kernel([torch.from_numpy(x).half()])[0].float().numpy()
     np.testing.assert_allclose(got, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+def _conv_model() -> bytes:
+    """x [1, 16, 6, 6] -> Q/DQ (float8e4m3fn, per tensor) -> Conv 3x3 with a float8 weight
+    dequantized per tensor -> Relu."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(np.float32)
+    w_scale = np.float32(np.abs(w).max() / 448)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(0, np.float32).astype(F8), "zp"),
+             numpy_helper.from_array((w / w_scale).astype(F8), "w8"),
+             numpy_helper.from_array(np.array(w_scale, np.float32), "ws"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "bias")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w8", "ws"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd", "bias"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "fp8conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
+
+
+def test_on_cuda_a_pair_in_front_of_a_convolution_folds_into_an_fp8_convolution():
+    """The convolution's FP8 layer (``kernels/conv_fp8.py``) reads ``x``, with the pair's scale
+    recorded; on the CPU the same model keeps its Q/DQ nodes."""
+    opt = run_pipeline(import_model(_conv_model()), BuildConfig(device="cuda"), verify=True)
+    (node,) = [n for n in opt.graph.nodes if n.op in (OpType.CONV, OpType.FUSED_CONV)]
+    assert node.inputs[0] == "x"
+    assert not any(n.op in (OpType.QUANTIZE_LINEAR, OpType.DEQUANTIZE_LINEAR) for n in opt.graph.nodes)
+    assert opt.records.precision.of(node.name, Precision.FP32) is Precision.FP8
+    rec = opt.records.quantization.get("x")
+    assert rec is not None and rec.dtype is QuantDType.FP8_E4M3 and rec.scale == (pytest.approx(0.05),)
+    cpu = run_pipeline(import_model(_conv_model()), BuildConfig(device="cpu"), verify=True)
+    assert any(n.op is OpType.QUANTIZE_LINEAR for n in cpu.graph.nodes)

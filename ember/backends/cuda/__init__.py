@@ -85,9 +85,10 @@ class CUDABackend(Backend):
     def effective_precision(self, node: Node, tactic: str, precision: Precision) -> Precision:
         """An FP8 layer whose chosen tactic is not an FP8 kernel (fp16 was faster, or the layer's
         sizes do not fit FP8's) computes fp16, as every other layer of an FP8 build."""
+        from ember.backends.cuda.kernels.conv_fp8 import FP8_CONV_TACTICS
         from ember.backends.cuda.kernels.gemm_fp8 import FP8_TACTICS
 
-        if precision is Precision.FP8 and tactic not in FP8_TACTICS:
+        if precision is Precision.FP8 and tactic not in FP8_TACTICS and tactic not in FP8_CONV_TACTICS:
             return Precision.FP16
         return precision
 

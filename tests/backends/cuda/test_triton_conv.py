@@ -11,6 +11,7 @@ when the kernel is defined). CI has neither and runs only the CPU-side ``when`` 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -273,6 +274,179 @@ def test_cuda_program_writes_concat_inputs_with_triton_tactics():
             assert _rel(torch.from_numpy(np.asarray(out[k], np.float32)), torch.from_numpy(ref[k])) <= 1e-2, k
 
 
+# ---- FP8 (e4m3): the kernel's FP8 mode and the conv_fp8 tactics ----------------------------------
+#: FP8 cases (the same fields as CASES; at least 16 input channels, as the tactic asks)
+FP8_CASES = {
+    "fp8_3x3_c32_c24_relu_residual": (2, 32, 9, 7, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), A.RELU, (), True, True),
+    "fp8_1x1_s2_c48_c40": (1, 48, 8, 8, 40, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), A.NONE, (), True, False),
+    "fp8_5x5_c16_clip_asym": (1, 16, 7, 6, 16, (5, 5), (1, 1), (2, 1, 2, 3), (1, 1), A.CLIP, (0.0, 6.0), False, False),
+}
+
+
+def _e4m3(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(-448.0, 448.0).to(torch.float8_e4m3fn).double()
+
+
+def check_fp8_case(name: str, case, device: str, config_index: int, representable: bool) -> float:
+    """One FP8 case into a channel slice of a channels-last fp16 buffer, against float64 on the
+    e4m3-rounded operands (input per tensor, weight per output channel); a NaN in the input makes
+    exactly the output pixels whose windows hold it NaN, in every channel. ``representable``: the
+    input's values are e4m3 values times a power-of-two scale, so the kernel's ``x / sx`` is exact
+    and no rounding of the input can differ from PyTorch's: Triton 3.9's interpreter casts float32
+    to e4m3 wrongly where rounding up should carry into the exponent (``2 * (1 - 1e-6)`` becomes
+    1.0, ``128 * (1 - 1e-6)`` 64.0) and rounds some ties up; the GPU's ``cvt.rn.satfinite`` does
+    not, so the cuda tests take arbitrary inputs."""
+    from ember.backends.cuda.libs import triton_conv as T
+
+    n, cin, h, w, cout, (kh, kw), stride, pads, dil, act, params, has_bias, has_res = case
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    sx = 2.0 ** -5 if representable else 0.03
+    x = torch.randn(n, cin, h, w, generator=gen) * 2
+    if representable:
+        x = _e4m3(x / sx).float() * sx
+    wt = torch.randn(cout, cin, kh, kw, generator=gen) / math.sqrt(cin * kh * kw)
+    wt[1] = 0.0  # an all-zero output channel: scale 1, output = bias
+    bias = torch.randn(cout, generator=gen) * 0.1 if has_bias else None
+    oh, ow = T.output_hw(h, w, (kh, kw), stride, pads, dil)
+    res = torch.randn(n, cout, oh, ow, generator=gen).half() if has_res else None
+    fw = T.pack_weight_fp8(wt.to(device))
+    assert fw.packed.data.dtype == torch.float8_e4m3fn and fw.scales.shape == (fw.packed.data.shape[1],)
+    sw = fw.scales[:cout].cpu().double()
+    assert float(sw[1]) == 1.0
+    w8 = _e4m3(wt.double() / sw.view(-1, 1, 1, 1)) * sw.view(-1, 1, 1, 1)
+
+    def reference(xin: torch.Tensor) -> torch.Tensor:
+        x8 = _e4m3(xin.double() / sx) * sx
+        x8[torch.isnan(xin)] = float("nan")
+        ref = F.conv2d(F.pad(x8, (pads[1], pads[3], pads[0], pads[2])), w8, None, stride, 0, dil)
+        if bias is not None:
+            ref = ref + bias.double().view(1, -1, 1, 1)
+        if res is not None:
+            ref = ref + res.double()
+        return _reference_act(ref, act, params)
+
+    def run(xin: torch.Tensor, out=None) -> torch.Tensor:
+        return T.conv2d(xin.to(device).contiguous(memory_format=torch.channels_last), fw.packed,
+                        None if bias is None else bias.to(device), None if res is None else res.to(device),
+                        stride=stride, pads=pads, dilation=dil, act=act, act_params=params,
+                        config=T.CONFIGS[config_index], out=out, fp8=(sx, (fw.scales * sx).to(device)))
+
+    buf = torch.full((n, cout + 5, oh, ow), SENTINEL, dtype=torch.float16, device=device).contiguous(
+        memory_format=torch.channels_last)
+    view = buf.narrow(1, 2, cout)
+    run(x, view)
+    ref = reference(x)
+    err = _rel(view, ref)
+    assert err <= TOL["fp16"], f"{name} fp8 config {config_index}: relative error {err:.2e}"
+    assert bool((buf[:, :2] == SENTINEL).all()) and bool((buf[:, 2 + cout:] == SENTINEL).all()), \
+        f"{name}: the FP8 kernel wrote outside its slice"
+    fresh = run(x)
+    assert fresh.dtype == torch.float16 and fresh.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fresh, view)
+    # NaN in, NaN out: exactly the pixels whose windows hold it, in every channel; the rest as before
+    bad = x.clone()
+    bad[0, cin // 2, h // 2, w // 3] = float("nan")
+    got = run(bad).cpu()
+    nan_ref = torch.isnan(reference(bad))
+    assert nan_ref.any() and torch.equal(torch.isnan(got), nan_ref), f"{name}: NaN pixels differ"
+    assert torch.equal(torch.nan_to_num(got).masked_fill(nan_ref, 0), fresh.cpu().masked_fill(nan_ref, 0))
+    # values beyond the calibrated range saturate at 448 * sx, as the FP8 GEMMs' input does
+    big = x.clone()
+    big[0, 0, 0, 0] = 1e4
+    clipped = x.clone()
+    clipped[0, 0, 0, 0] = 448.0 * sx
+    assert torch.equal(run(big), run(clipped))
+    return err
+
+
+def _fp8_conv_graph(cin: int = 32) -> Graph:
+    """x [2, cin, 6, 6] -> FusedConv 3x3 ``c`` (+ residual ``r``, ReLU) -> y [2, 24, 6, 6]."""
+    consts: dict = {}
+    nodes = [fused_conv("c", "x", "y", cin, 24, 3, consts, residual="r")]
+    types = {"x": TensorType(DType.FLOAT32, (2, cin, 6, 6)), "r": TensorType(DType.FLOAT32, (2, 24, 6, 6))}
+    return infer_graph(Graph("fp8_conv", nodes, ["x", "r"], ["y"], types, consts, opset=17))
+
+
+def check_fp8_tactic(device: str) -> None:
+    """The ``triton_fp8_conv_*`` factory on an FP8 layer: computes the kernel's numbers, writes into
+    a given output, and refuses a layer without a calibrated input range with a clear error."""
+    from ember.backends.cuda.kernels.conv_fp8 import FACTORIES, fp8_conv_applies
+    from ember.errors import BuildError
+    from ember.plan.config import Precision
+    from ember.plan.records import PrecisionPlan, QuantDType, QuantizationPlan, QuantRecord
+
+    g = _fp8_conv_graph()
+    sx = 2.0 ** -5  # an FP8 record of this scale: amax 14, x / sx exact (``check_fp8_case``)
+    records = Records(precision=PrecisionPlan({"c": Precision.FP8}),
+                      quantization=QuantizationPlan({"x": QuantRecord("x", QuantDType.FP8_E4M3, (sx,), (0,), None,
+                                                                      "calibration")}))
+    node = g.nodes[0]
+    assert fp8_conv_applies(node, g, records)
+    assert not fp8_conv_applies(node, g, Records(precision=PrecisionPlan({"c": Precision.FP16})))
+    consts = {k: torch.from_numpy(v).to(device) for k, v in g.constants.items()}
+    w, b = g.constants["c.w"], g.constants["c.b"]
+    name = next(iter(FACTORIES))
+    ctx = CompileContext(g, consts, torch.device(device), name, Precision.FP8, records)
+    kernel = FACTORIES[name](node, ctx)
+    x = (_e4m3(torch.randn(2, 32, 6, 6, generator=torch.Generator().manual_seed(3)) * 4 / sx).float() * sx).to(device)
+    res = torch.randn(2, 24, 6, 6, generator=torch.Generator().manual_seed(4)).half().to(device)
+    y = kernel([x, consts["c.w"], consts["c.b"], res])[0]
+    assert y.dtype == torch.float16 and tuple(y.shape) == (2, 24, 6, 6)
+    x8 = _e4m3(x.cpu().double() / sx) * sx
+    wt = torch.from_numpy(w).double()
+    sw = (wt.abs().amax(dim=(1, 2, 3)) / 448).view(-1, 1, 1, 1)
+    ref = F.conv2d(x8, _e4m3(wt / sw) * sw, torch.from_numpy(b).double(), padding=1) + res.cpu().double()
+    assert _rel(y, torch.relu(ref)) <= TOL["fp16"]
+    dest = torch.empty(2, 24, 6, 6, dtype=torch.float16, device=device).contiguous(memory_format=torch.channels_last)
+    assert write_into_of(kernel)([x, consts["c.w"], consts["c.b"], res], dest)
+    assert torch.equal(dest, y)
+    with pytest.raises(BuildError, match="calibrated per-tensor range of its input 'x'"):
+        FACTORIES[name](node, dataclasses.replace(ctx, records=Records(precision=records.precision)))
+
+
+def _needs_fp8_tensor_cores() -> None:
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9 or newer (Ada, Hopper)")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("config_index", range(4))
+@pytest.mark.parametrize("name", sorted(FP8_CASES))
+def test_cuda_fp8_kernel_cases(name, config_index):
+    _needs_fp8_tensor_cores()
+    check_fp8_case(name, FP8_CASES[name], "cuda", config_index, representable=False)
+    check_fp8_case(name, FP8_CASES[name], "cuda", config_index, representable=True)
+
+
+@pytest.mark.cuda
+def test_cuda_fp8_tactic():
+    _needs_fp8_tensor_cores()
+    check_fp8_tactic("cuda")
+
+
+def test_fp8_conv_applies_to_fp8_layers_with_a_calibrated_input():
+    """CPU: where the FP8 convolution is offered (an FP8 layer, 2-D ungrouped, 16+ input channels,
+    a per-tensor calibrated input range), and that precision="fp8" now marks convolutions FP8."""
+    from ember.backends.cuda.kernels.conv_fp8 import fp8_conv_applies
+    from ember.passes.precision import FP8_OPS
+    from ember.plan.config import Precision
+    from ember.plan.records import PrecisionPlan, QuantDType, QuantizationPlan, QuantRecord
+
+    assert {OpType.CONV, OpType.FUSED_CONV} <= FP8_OPS
+    fp8 = PrecisionPlan({"c": Precision.FP8})
+    rec = QuantizationPlan({"x": QuantRecord("x", QuantDType.INT8, (0.02,), (0,), None, "calibration")})
+    per_channel = QuantizationPlan({"x": QuantRecord("x", QuantDType.INT8, (0.02, 0.03), (0, 0), 1, "qdq")})
+    g = _fp8_conv_graph()
+    node = g.nodes[0]
+    assert fp8_conv_applies(node, g, Records(precision=fp8, quantization=rec))
+    assert not fp8_conv_applies(node, g, Records(precision=fp8))  # no calibrated range
+    assert not fp8_conv_applies(node, g, Records(precision=fp8, quantization=per_channel))
+    assert not fp8_conv_applies(node, g, Records(precision=PrecisionPlan({"c": Precision.FP16}), quantization=rec))
+    assert not fp8_conv_applies(node, None, Records(precision=fp8, quantization=rec))
+    small = _fp8_conv_graph(cin=8)  # an RGB-like stem: stays fp16
+    assert not fp8_conv_applies(small.nodes[0], small, Records(precision=fp8, quantization=rec))
+
+
 # ---- CPU with Triton installed: the interpreter ---------------------------------------------------
 def interpreter_main() -> None:
     """Every case (fp32 and fp16, tile configs in turn) and the tactic check, on CPU tensors."""
@@ -284,6 +458,11 @@ def interpreter_main() -> None:
     check_kernel_case("3x3_c3_c17_relu", CASES["3x3_c3_c17_relu"], "cpu", "fp16", 3, x_dtype=torch.float32)
     check_tactic("cpu", "fp32")
     print("tactic write_into: ok")
+    for i, name in enumerate(sorted(FP8_CASES)):
+        err = check_fp8_case(name, FP8_CASES[name], "cpu", i % 4, representable=True)
+        print(f"{name:32s} fp8: relative error {err:.1e}")
+    check_fp8_tactic("cpu")
+    print("fp8 tactic: ok")
 
 
 def _interpreter_skip_reason() -> str:
@@ -291,9 +470,11 @@ def _interpreter_skip_reason() -> str:
         return "a GPU is here: the cuda tests run the kernel for real"
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
-    if tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4):
+    triton_version = tuple(int(p) for p in importlib.metadata.version("triton").split(".")[:2])
+    if tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4) and triton_version < (3, 9):
         # Triton 3.6's interpreter turns a loop bound into int(1-element array), which NumPy 2.4
         # made an error; every kernel with a run-time loop bound fails there, not just this one
+        # (Triton 3.9's interpreter runs them: seen in the sixteenth session)
         return f"Triton's interpreter cannot run run-time loop bounds with NumPy {np.__version__} (needs < 2.4)"
     return ""
 
@@ -307,4 +488,4 @@ def test_interpreter_cases():
     proc = subprocess.run([sys.executable, "-c", "import test_triton_conv as t; t.interpreter_main()"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "tactic write_into: ok" in proc.stdout
+    assert "tactic write_into: ok" in proc.stdout and "fp8 tactic: ok" in proc.stdout

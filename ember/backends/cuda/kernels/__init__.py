@@ -13,6 +13,7 @@ def load_kernels() -> None:
         attention,
         conv,
         conv_cudnn_graph,
+        conv_fp8,
         conv_triton,
         elementwise_fused,
         gemm,

@@ -63,7 +63,7 @@ def _applies(node: Node, graph: Optional[Graph], records: Optional[Records] = No
 def conv_cudnn_graph(node: Node, ctx: CompileContext) -> Kernel:
     """conv + bias (+ residual) (+ ReLU / clip) as one cuDNN graph, into any output."""
     conv, act, params, has_res = conv_attrs(node)
-    if ctx.precision not in ("fp16", "bf16"):
+    if ctx.precision not in ("fp16", "bf16", "fp8"):  # an FP8 layer on a float tactic computes fp16
         raise ValueError(f"node {node.name!r}: the cudnn_graph tactic runs fp16/bf16 layers, not "
                          f"{ctx.precision}; choose another tactic for this layer")
     dtype = compute_dtype(ctx.precision)

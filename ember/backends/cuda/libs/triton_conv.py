@@ -30,6 +30,13 @@ row ``(kh*KW + kw)*Cin + c``, columns padded with zeros to a multiple of 16, so 
   hard-sigmoid, tanh, GELU erf/tanh), then one rounding to the output's dtype.
 - Output: a fresh channels-last tensor, or any given ``out`` (e.g. a slice of a Concat's buffer)
   through its strides.
+- **FP8** (e4m3, Hopper's FP8 tensor cores; ``pack_weight_fp8`` and ``conv2d(..., fp8=...)``):
+  the weight packed once as e4m3 with one scale per output channel (``sw = max|w| / 448``), the
+  input quantized in registers as its tile is loaded (``x8 = e4m3(clamp(x / sx, -448, 448))``
+  with the layer's calibrated per-tensor ``sx``; an output pixel whose window holds a NaN is NaN in
+  every channel, as in float), e4m3 x e4m3 products accumulated
+  in fp32, and ``sx * sw[c]`` applied to each column before the epilogue: the same numbers as
+  ``kernels/gemm_fp8.py``'s FP8 GEMMs, with no pass over the input to quantize it.
 
 Tile sizes come from ``CONFIGS``; each is a separate tactic of the CUDA conv layers
 (``kernels/conv_triton.py``), so Ember's tactic timer and timing cache choose among them with the
@@ -107,6 +114,35 @@ def pack_weight(w: torch.Tensor, dtype: torch.dtype) -> PackedWeight:
     return PackedWeight(b, cout, cin, kh, kw)
 
 
+#: e4m3's largest finite value (``torch.finfo(torch.float8_e4m3fn).max``).
+E4M3_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """A conv weight packed as e4m3 (``packed.data``, ``[KH*KW*Cin, cols]``) and its per-output-
+    channel scales ``[cols]`` (float32; 1 for the zero padding columns)."""
+
+    packed: PackedWeight
+    scales: torch.Tensor
+
+
+def pack_weight_fp8(w: torch.Tensor) -> Fp8Weight:
+    """Packs a 4-D conv weight once as e4m3, one scale per output channel (``max|w[c]| / 448``;
+    1 for an all-zero channel)."""
+    if w.dim() != 4:
+        raise ValueError(f"pack_weight_fp8: a 2-D convolution weight is 4-D [Cout, Cin, KH, KW]; "
+                         f"got shape {tuple(w.shape)}")
+    w32 = w.detach().to(torch.float32)
+    amax = w32.abs().amax(dim=(1, 2, 3))
+    sw = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    scaled = (w32 / sw[:, None, None, None]).clamp(-E4M3_MAX, E4M3_MAX)
+    packed = pack_weight(scaled, torch.float8_e4m3fn)
+    scales = torch.ones(packed.data.shape[1], dtype=torch.float32, device=w.device)
+    scales[:packed.cout] = sw
+    return Fp8Weight(packed, scales)
+
+
 def output_hw(h: int, w: int, kernel: Sequence[int], stride: Sequence[int], pads: Sequence[int],
               dilation: Sequence[int]) -> tuple[int, int]:
     """Output height and width; ``pads`` = (top, left, bottom, right)."""
@@ -119,17 +155,23 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
            residual: Optional[torch.Tensor], *, stride: Sequence[int], pads: Sequence[int],
            dilation: Sequence[int], act: Activation = Activation.NONE,
            act_params: Sequence[float] = (), precision: str = "fp16",
-           config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+           config: TileConfig = CONFIGS[0], out: Optional[torch.Tensor] = None,
+           fp8: Optional[tuple[float, torch.Tensor]] = None) -> torch.Tensor:
     """``act(conv2d(x, weight) + bias + residual)`` into ``out`` (any strides), or into a fresh
-    channels-last tensor of the weight's dtype; returns it.
+    channels-last tensor of the weight's dtype (fp16 for an e4m3 weight); returns it.
 
     ``x``: ``[N, Cin, H, W]`` (any strides, any float dtype); ``bias``: ``[Cout]`` or ``None``;
     ``residual``: the output's shape (any strides) or ``None``; ``pads``: (top, left, bottom,
-    right); ``precision``: the layer's (``tf32`` lets fp32 operands use TF32 tensor cores)."""
+    right); ``precision``: the layer's (``tf32`` lets fp32 operands use TF32 tensor cores).
+    ``fp8``: with an e4m3 weight (``pack_weight_fp8``), ``(sx, column scales)``: the input's
+    calibrated scale and ``sx * sw`` per packed column (module docstring)."""
     from ember.backends.cuda.libs.triton_ops import ACT_CODES, epilogue_params
 
     if triton is None:
         raise RuntimeError("the Triton convolution needs the triton package; choose another tactic")
+    is_fp8 = weight.data.dtype == torch.float8_e4m3fn
+    if is_fp8 != (fp8 is not None):
+        raise ValueError("Triton conv2d: an e4m3 weight needs fp8=(input scale, column scales), and only it")
     if x.dim() != 4 or x.shape[1] != weight.cin:
         raise ValueError(f"Triton conv2d: input of shape {tuple(x.shape)} does not match the weight "
                          f"({weight.cout} x {weight.cin} x {weight.kh} x {weight.kw})")
@@ -137,7 +179,8 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
     oh, ow = output_hw(h, w, (weight.kh, weight.kw), stride, pads, dilation)
     shape = (n, weight.cout, oh, ow)
     if out is None:
-        out = torch.empty(shape, dtype=weight.data.dtype, device=x.device, memory_format=torch.channels_last)
+        out = torch.empty(shape, dtype=torch.float16 if is_fp8 else weight.data.dtype, device=x.device,
+                          memory_format=torch.channels_last)
     elif tuple(out.shape) != shape:
         raise ValueError(f"Triton conv2d: out has shape {tuple(out.shape)}, the convolution gives {shape}")
     if residual is not None and tuple(residual.shape) != shape:
@@ -148,11 +191,14 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
         return out
     bn = min(config.block_n, _pow2_at_least(weight.cout))
     bk = min(config.block_k, _pow2_at_least(weight.cin))
+    if is_fp8:  # FP8 MMAs take K in steps of 32
+        bk = max(bk, 32)
     p0, p1 = epilogue_params(act, act_params)
     res = residual if residual is not None else out
+    inv_x, col_scales = (1.0 / fp8[0], fp8[1]) if fp8 is not None else (1.0, out)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
     conv2d_nhwc_kernel[grid](
-        x, weight.data, bias if bias is not None else weight.data, res, out,
+        x, weight.data, bias if bias is not None else out, res, out, col_scales, float(inv_x),
         m, h, w, weight.cin, oh, ow, weight.cout,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), weight.data.stride(0),
         res.stride(0), res.stride(1), res.stride(2), res.stride(3),
@@ -160,7 +206,7 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
         int(stride[0]), int(stride[1]), int(pads[0]), int(pads[1]), int(dilation[0]), int(dilation[1]),
         float(p0), float(p1),
         KH=weight.kh, KW=weight.kw, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-        ACT=ACT_CODES[act], INPUT_PRECISION="ieee" if precision == "fp32" else "tf32",
+        ACT=ACT_CODES[act], INPUT_PRECISION="ieee" if precision == "fp32" else "tf32", FP8=is_fp8,
         BLOCK_M=config.block_m, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
@@ -170,9 +216,9 @@ if triton is not None:
     from ember.backends.cuda.libs.triton_jit import activate
 
     @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "STRIDE_H", "STRIDE_W", "PAD_H",
-                                   "PAD_W", "DIL_H", "DIL_W"])
+                                   "PAD_W", "DIL_H", "DIL_W", "INV_X"])
     def conv2d_nhwc_kernel(
-        x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+        x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, s_ptr, INV_X,
         M, H, W, CIN, OH, OW, COUT,
         sxn, sxc, sxh, sxw, swk,
         srn, src, srh, srw,
@@ -180,7 +226,7 @@ if triton is not None:
         STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
         P0, P1,
         KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-        ACT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+        ACT: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP8: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         """One ``BLOCK_M`` x ``BLOCK_N`` tile of ``y[n, co, oh, ow]`` per program (module
@@ -204,6 +250,7 @@ if triton is not None:
         x_rows = x_ptr + nb * sxn
         c_blocks = tl.cdiv(CIN, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        nan_rows = tl.zeros((BLOCK_M,), dtype=tl.int32)  # FP8: output pixels whose window holds a NaN
         for it in range(0, KH * KW * c_blocks):
             tap = it // c_blocks
             c0 = (it - tap * c_blocks) * BLOCK_K
@@ -218,7 +265,16 @@ if triton is not None:
             a = tl.load(a_ptrs, mask=inside[:, None] & cmask[None, :], other=0.0)
             b_ptrs = w_ptr + (tap * CIN + cs)[:, None] * swk + offs_n[None, :]
             b = tl.load(b_ptrs, mask=cmask[:, None] & (offs_n < swk)[None, :], other=0.0)
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+            if FP8:  # the input quantized as it is loaded (saturating at the calibrated range)
+                a = a.to(tl.float32)
+                nan_rows = tl.maximum(nan_rows, tl.max((a != a).to(tl.int32), axis=1))
+                a = tl.minimum(tl.maximum(a * INV_X, -448.0), 448.0)
+                acc = tl.dot(a.to(tl.float8e4nv), b, acc)
+            else:
+                acc = tl.dot(a.to(b.dtype), b, acc, input_precision=INPUT_PRECISION)
+        if FP8:  # sx * sw[c]: back to the layer's units; NaN in, NaN out, whatever e4m3's cast does
+            acc *= tl.load(s_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+            acc = tl.where(nan_rows[:, None] > 0, float("nan"), acc)
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         mask = mask_m[:, None] & mask_n[None, :]

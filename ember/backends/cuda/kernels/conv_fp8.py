@@ -27,7 +27,7 @@ import torch
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import arg
 from ember.backends.cuda.kernels.conv import conv_format
-from ember.backends.cuda.kernels.conv_triton import ConvPads, _parts, conv_kernel
+from ember.backends.cuda.kernels.conv_triton import ConvPads, conv_kernel, conv_parts
 from ember.backends.cuda.kernels.gemm_fp8 import input_amax
 from ember.backends.cuda.libs.triton_conv import CONFIGS, E4M3_MAX, TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -48,7 +48,7 @@ def fp8_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Recor
 
     if records is None or graph is None or records.precision.of(node.name, Precision.FP32) is not Precision.FP8:
         return False
-    conv, act, _, _ = _parts(node)
+    conv, act, _, _ = conv_parts(node)
     if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1 or act not in EPILOGUE_ACTIVATIONS:
         return False
     w = graph.constants.get(node.input(1))
@@ -62,7 +62,7 @@ def _factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv, act, params, has_res = _parts(node)
+        conv, act, params, has_res = conv_parts(node)
         if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
             raise BuildError(f"node {node.name!r}: the FP8 convolution does 2-D ungrouped convolutions only; "
                              f"choose a cudnn tactic")

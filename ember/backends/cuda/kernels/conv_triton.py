@@ -40,7 +40,8 @@ from ember.plan.records import Records
 TACTIC_PREFIX = "triton_igemm_"
 
 
-def _parts(node: Node) -> tuple[Optional[ConvAttrs], Activation, tuple[float, ...], bool]:
+def conv_parts(node: Node) -> tuple[Optional[ConvAttrs], Activation, tuple[float, ...], bool]:
+    """A Conv / FusedConv's (conv attributes, activation, its parameters, whether it adds a residual)."""
     a = node.attrs
     if isinstance(a, FusedConvAttrs):
         return a.conv, a.activation, tuple(a.act_params), a.has_residual
@@ -51,7 +52,7 @@ def _saves_a_pass(node: Node, graph: Graph, records: Optional[Records]) -> bool:
     """The output is a planned in-place Concat input, or the epilogue is one cuDNN cannot fuse."""
     from ember.backends.concat_exec import planned_slice
 
-    _, act, _, has_res = _parts(node)
+    _, act, _, has_res = conv_parts(node)
     if act not in (Activation.NONE, Activation.RELU) or (has_res and act is Activation.NONE):
         return True
     return records is not None and planned_slice(graph, records, node.outputs[0]) is not None
@@ -61,7 +62,7 @@ def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Re
     """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
     from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
 
-    conv, act, _, _ = _parts(node)
+    conv, act, _, _ = conv_parts(node)
     if conv is None or graph is None or len(conv.kernel_shape) != 2 or conv.group != 1:
         return False
     if act not in EPILOGUE_ACTIVATIONS:
@@ -111,7 +112,7 @@ def _factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv, act, params, has_res = _parts(node)
+        conv, act, params, has_res = conv_parts(node)
         if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
             raise BuildError(f"node {node.name!r}: the Triton convolution does 2-D ungrouped "
                              f"convolutions only; choose a cudnn tactic")

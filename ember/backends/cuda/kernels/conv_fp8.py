@@ -25,9 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import arg
-from ember.backends.cuda.kernels.conv import conv_format
-from ember.backends.cuda.kernels.conv_triton import ConvPads, conv_kernel, conv_parts
+from ember.backends.cuda.kernels.conv_triton import conv_parts, triton_conv_kernel
 from ember.backends.cuda.kernels.gemm_fp8 import input_amax
 from ember.backends.cuda.libs.triton_conv import CONFIGS, E4M3_MAX, TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
@@ -62,7 +60,7 @@ def _factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv, act, params, has_res = conv_parts(node)
+        conv = conv_parts(node)[0]
         if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
             raise BuildError(f"node {node.name!r}: the FP8 convolution does 2-D ungrouped convolutions only; "
                              f"choose a cudnn tactic")
@@ -75,37 +73,9 @@ def _factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
             raise BuildError(f"node {node.name!r}: the FP8 convolution needs a constant 4-D weight (input "
                              f"{node.inputs[1]!r}); fold it or choose a cudnn tactic")
         fw = T.pack_weight_fp8(w)
-        packed = fw.packed
         x_amax = input_amax(rec)
         sx = x_amax / E4M3_MAX if x_amax > 0 else 1.0
-        col_scales = (fw.scales * sx).contiguous()
-        b = ctx.const(node.input(2))
-        bias = None if b is None else b.detach().to(torch.float32).contiguous()
-        stride = tuple(int(s) for s in (conv.strides or (1, 1)))
-        dilation = tuple(int(d) for d in (conv.dilations or (1, 1)))
-        pads = ConvPads(conv, stride, dilation)
-        fmt = conv_format(node, ctx)
-
-        def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
-            n, _, h, wd = x.shape
-            oh, ow = T.output_hw(h, wd, (packed.kh, packed.kw), stride, pads(h, wd), dilation)
-            return (n, packed.cout, oh, ow)
-
-        def compute(inputs, out: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
-            return T.conv2d(x, packed, bias, arg(inputs, 3) if has_res else None, stride=stride,
-                            pads=pads(x.shape[2], x.shape[3]), dilation=dilation, act=act, act_params=params,
-                            config=config, out=out, fp8=(sx, col_scales))
-
-        def run(inputs) -> list:
-            x = inputs[0]
-            return [compute(inputs, torch.empty(out_shape(x), dtype=torch.float16, device=x.device,
-                                                memory_format=fmt))]
-
-        def accepts(out: torch.Tensor) -> bool:
-            return out.dim() == 4 and out.is_floating_point()
-
-        return conv_kernel(run, compute, accepts, out_shape)
+        return triton_conv_kernel(node, ctx, fw.packed, torch.float16, config, fp8=(sx, (fw.scales * sx).contiguous()))
 
     factory.__name__ = f"conv_fp8_{config.name}"
     factory.__doc__ = (f"FP8 (e4m3) Triton implicit-GEMM convolution, {config.block_m}x{config.block_n}x"

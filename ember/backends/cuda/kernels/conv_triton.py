@@ -29,7 +29,7 @@ from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_in
 from ember.backends.cpu.kernels.common import arg, auto_pads, split_pads
 from ember.backends.cuda.device import compute_dtype
 from ember.backends.cuda.kernels.conv import conv_format
-from ember.backends.cuda.libs.triton_conv import CONFIGS, TileConfig
+from ember.backends.cuda.libs.triton_conv import CONFIGS, PackedWeight, TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -108,11 +108,51 @@ def conv_kernel(run: Kernel, compute: Callable[..., object], accepts: Callable[[
     return with_write_into(run, WriteInto(write, accepts))
 
 
+def triton_conv_kernel(node: Node, ctx: CompileContext, packed: PackedWeight, out_dtype: torch.dtype,
+                       config: TileConfig, fp8: Optional[tuple[float, torch.Tensor]] = None) -> Kernel:
+    """The kernel of a Conv / FusedConv on ``libs.triton_conv`` with its weight ``packed``: the
+    output in the layer's planned format and ``out_dtype``, or written into a given view
+    (``conv_kernel``); ``fp8``: the FP8 mode's scales (``kernels/conv_fp8.py``)."""
+    from ember.backends.cuda.libs import triton_conv as T
+
+    conv, act, params, has_res = conv_parts(node)
+    if conv is None:
+        raise BuildError(f"node {node.name!r} ({node.op}) is no convolution; choose another tactic")
+    b = ctx.const(node.input(2))
+    bias = None if b is None else b.detach().to(torch.float32).contiguous()  # fp32 epilogue
+    stride = tuple(int(s) for s in (conv.strides or (1, 1)))
+    dilation = tuple(int(d) for d in (conv.dilations or (1, 1)))
+    pads = ConvPads(conv, stride, dilation)
+    fmt = conv_format(node, ctx)
+    prec = ctx.precision
+
+    def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
+        n, _, h, wd = x.shape
+        oh, ow = T.output_hw(h, wd, (packed.kh, packed.kw), stride, pads(h, wd), dilation)
+        return (n, packed.cout, oh, ow)
+
+    def compute(inputs, out: torch.Tensor) -> torch.Tensor:
+        x = inputs[0]
+        return T.conv2d(x, packed, bias, arg(inputs, 3) if has_res else None, stride=stride,
+                        pads=pads(x.shape[2], x.shape[3]), dilation=dilation, act=act,
+                        act_params=params, precision=prec, config=config, out=out, fp8=fp8)
+
+    def run(inputs) -> list:
+        x = inputs[0]
+        return [compute(inputs, torch.empty(out_shape(x), dtype=out_dtype, device=x.device, memory_format=fmt))]
+
+    def accepts(out: torch.Tensor) -> bool:
+        # any strides; any float dtype (the epilogue rounds once, to the view's dtype)
+        return out.dim() == 4 and out.is_floating_point()
+
+    return conv_kernel(run, compute, accepts, out_shape)
+
+
 def _factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv, act, params, has_res = conv_parts(node)
+        conv = conv_parts(node)[0]
         if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
             raise BuildError(f"node {node.name!r}: the Triton convolution does 2-D ungrouped "
                              f"convolutions only; choose a cudnn tactic")
@@ -121,35 +161,7 @@ def _factory(config: TileConfig):
             raise BuildError(f"node {node.name!r}: the Triton convolution needs a constant 4-D weight "
                              f"(input {node.inputs[1]!r}); fold it or choose a cudnn tactic")
         dtype = compute_dtype(ctx.precision)
-        packed = T.pack_weight(w, dtype)
-        b = ctx.const(node.input(2))
-        bias = None if b is None else b.detach().to(torch.float32).contiguous()  # fp32 epilogue
-        stride = tuple(int(s) for s in (conv.strides or (1, 1)))
-        dilation = tuple(int(d) for d in (conv.dilations or (1, 1)))
-        pads = ConvPads(conv, stride, dilation)
-        fmt = conv_format(node, ctx)
-        prec = ctx.precision
-
-        def out_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
-            n, _, h, wd = x.shape
-            oh, ow = T.output_hw(h, wd, (packed.kh, packed.kw), stride, pads(h, wd), dilation)
-            return (n, packed.cout, oh, ow)
-
-        def compute(inputs, out: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
-            return T.conv2d(x, packed, bias, arg(inputs, 3) if has_res else None, stride=stride,
-                            pads=pads(x.shape[2], x.shape[3]), dilation=dilation, act=act,
-                            act_params=params, precision=prec, config=config, out=out)
-
-        def run(inputs) -> list:
-            x = inputs[0]
-            return [compute(inputs, torch.empty(out_shape(x), dtype=dtype, device=x.device, memory_format=fmt))]
-
-        def accepts(out: torch.Tensor) -> bool:
-            # any strides; any float dtype (the epilogue rounds once, to the view's dtype)
-            return out.dim() == 4 and out.is_floating_point()
-
-        return conv_kernel(run, compute, accepts, out_shape)
+        return triton_conv_kernel(node, ctx, T.pack_weight(w, dtype), dtype, config)
 
     factory.__name__ = f"conv_triton_{config.name}"
     factory.__doc__ = (f"Triton implicit-GEMM convolution, {config.block_m}x{config.block_n}x"

@@ -256,3 +256,22 @@ def test_a_bad_layout_setting_is_named(monkeypatch: pytest.MonkeyPatch):
     assert forced_layout() == "blocked"
     monkeypatch.delenv(LAYOUT_ENV)
     assert forced_layout() is None
+
+
+def test_a_blocked_chain_runs_from_several_threads_at_once(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """One blocked engine, one context per thread: each thread's pool and reorders are its own,
+    so concurrent runs give each input its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = _build(_model(), monkeypatch, "blocked")
+    assert _chain_names(engine)[0].endswith("blocked)")
+    feeds = [np.random.default_rng(10 + i).standard_normal((2, 3, 32, 32)).astype(np.float32) for i in range(4)]
+    with engine.create_context() as c:
+        want = [c.infer({"x": f})["y"] for f in feeds]
+
+    def work(i: int) -> bool:
+        with engine.create_context() as ctx:
+            return all(np.array_equal(ctx.infer({"x": feeds[i]})["y"], want[i]) for _ in range(5))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))

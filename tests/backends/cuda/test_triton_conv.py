@@ -310,7 +310,8 @@ def check_fp8_case(name: str, case, device: str, config_index: int, representabl
     oh, ow = T.output_hw(h, w, (kh, kw), stride, pads, dil)
     res = torch.randn(n, cout, oh, ow, generator=gen).half() if has_res else None
     fw = T.pack_weight_fp8(wt.to(device))
-    assert fw.packed.data.dtype == torch.float8_e4m3fn and fw.scales.shape == (fw.packed.data.shape[1],)
+    assert fw.packed.data.dtype == torch.float8_e4m3fn and fw.scales.shape == (fw.packed.data.shape[0],)
+    assert fw.packed.data.shape[1] % 16 == 0 and fw.packed.data.stride(1) == 1  # K-major, 16-byte rows
     sw = fw.scales[:cout].cpu().double()
     assert float(sw[1]) == 1.0
     w8 = _e4m3(wt.double() / sw.view(-1, 1, 1, 1)) * sw.view(-1, 1, 1, 1)

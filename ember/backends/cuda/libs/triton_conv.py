@@ -31,7 +31,8 @@ row ``(kh*KW + kw)*Cin + c``, columns padded with zeros to a multiple of 16, so 
 - Output: a fresh channels-last tensor, or any given ``out`` (e.g. a slice of a Concat's buffer)
   through its strides.
 - **FP8** (e4m3, Hopper's FP8 tensor cores; ``pack_weight_fp8`` and ``conv2d(..., fp8=...)``):
-  the weight packed once as e4m3 with one scale per output channel (``sw = max|w| / 448``), the
+  the weight packed once as e4m3, K-major (``[Cout, KH*KW*Cin]``, as the INT8 kernel's: Hopper's
+  8-bit MMAs take K-major operands), with one scale per output channel (``sw = max|w| / 448``), the
   input quantized in registers as its tile is loaded (``x8 = e4m3(clamp(x / sx, -448, 448))``
   with the layer's calibrated per-tensor ``sx``; an output pixel whose window holds a NaN is NaN in
   every channel, as in float), e4m3 x e4m3 products accumulated
@@ -120,8 +121,10 @@ E4M3_MAX = 448.0
 
 @dataclass(frozen=True)
 class Fp8Weight:
-    """A conv weight packed as e4m3 (``packed.data``, ``[KH*KW*Cin, cols]``) and its per-output-
-    channel scales ``[cols]`` (float32; 1 for the zero padding columns)."""
+    """A conv weight packed as e4m3 and stored transposed, ``packed.data`` ``[rows, K]`` with ``K =
+    KH*KW*Cin`` contiguous (K-major: Hopper's 8-bit tensor-core MMAs take K-major operands only;
+    rows = Cout and K padded with zeros to multiples of 16), and its per-output-channel scales
+    ``[rows]`` (float32; 1 for the padding rows)."""
 
     packed: PackedWeight
     scales: torch.Tensor
@@ -133,14 +136,18 @@ def pack_weight_fp8(w: torch.Tensor) -> Fp8Weight:
     if w.dim() != 4:
         raise ValueError(f"pack_weight_fp8: a 2-D convolution weight is 4-D [Cout, Cin, KH, KW]; "
                          f"got shape {tuple(w.shape)}")
+    cout, cin, kh, kw = (int(d) for d in w.shape)
     w32 = w.detach().to(torch.float32)
     amax = w32.abs().amax(dim=(1, 2, 3))
     sw = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     scaled = (w32 / sw[:, None, None, None]).clamp(-E4M3_MAX, E4M3_MAX)
-    packed = pack_weight(scaled, torch.float8_e4m3fn)
-    scales = torch.ones(packed.data.shape[1], dtype=torch.float32, device=w.device)
-    scales[:packed.cout] = sw
-    return Fp8Weight(packed, scales)
+    k = kh * kw * cin
+    rows, cols = -(-cout // 16) * 16, -(-k // 16) * 16
+    data = torch.zeros((rows, cols), dtype=torch.float8_e4m3fn, device=w.device)
+    data[:cout, :k] = scaled.permute(0, 2, 3, 1).reshape(cout, k).to(torch.float8_e4m3fn)
+    scales = torch.ones(rows, dtype=torch.float32, device=w.device)
+    scales[:cout] = sw
+    return Fp8Weight(PackedWeight(data, cout, cin, kh, kw), scales)
 
 
 def output_hw(h: int, w: int, kernel: Sequence[int], stride: Sequence[int], pads: Sequence[int],
@@ -263,8 +270,12 @@ if triton is not None:
             cmask = cs < CIN
             a_ptrs = x_rows[:, None] + (ih * sxh + iw * sxw)[:, None] + cs[None, :] * sxc
             a = tl.load(a_ptrs, mask=inside[:, None] & cmask[None, :], other=0.0)
-            b_ptrs = w_ptr + (tap * CIN + cs)[:, None] * swk + offs_n[None, :]
-            b = tl.load(b_ptrs, mask=cmask[:, None] & (offs_n < swk)[None, :], other=0.0)
+            if FP8:  # stored K-major: [rows, K], the tile read transposed
+                b_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * swk + (tap * CIN + cs)[:, None]
+                b = tl.load(b_ptrs, mask=cmask[:, None] & mask_n[None, :], other=0.0)
+            else:
+                b_ptrs = w_ptr + (tap * CIN + cs)[:, None] * swk + offs_n[None, :]
+                b = tl.load(b_ptrs, mask=cmask[:, None] & (offs_n < swk)[None, :], other=0.0)
             if FP8:  # the input quantized as it is loaded (saturating at the calibrated range)
                 a = a.to(tl.float32)
                 nan_rows = tl.maximum(nan_rows, tl.max((a != a).to(tl.int32), axis=1))

@@ -121,7 +121,7 @@ class CPUProgram(Program):
         """The steps with each chain as one step, each float chain in the layout ``EMBER_CHAIN_LAYOUT``
         forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
-        from ember.backends.cpu.chains import enabled, forced_layout, plan_chains
+        from ember.backends.cpu.chains import blocked, enabled, forced_layout, links, plan_chains
         from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []
@@ -139,25 +139,12 @@ class CPUProgram(Program):
         for i in range(len(chains)):
             entry = recorded.get(self.steps[chains[i].start].name)
             want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
-            if want == "blocked" and not forced and not blocked_ok:
-                want = "nhwc"
-            chains[i] = self._in_layout(chains[i], want)
+            if want == "blocked" and (forced or blocked_ok):
+                chains[i] = blocked(chains[i], links(self.steps, chains[i])) or chains[i]
         self._chains = chains
         for k in range(len(chains)):
             self._release(k)
         return self._assemble()
-
-    def _in_layout(self, chain: Any, layout: str) -> Any:
-        """``chain`` in ``layout`` where its layers allow it, else as it is."""
-        from ember.backends.cpu.chains import blocked, links
-
-        members = links(self.steps, chain)
-        if layout == "blocked" and chain.layout != "blocked":
-            return blocked(chain, members) or chain
-        if layout == "nhwc" and chain.layout != "nhwc":
-            return replace(chain, convs=tuple(link.nhwc_conv() for link in members), layout="nhwc",
-                           input_layout="nhwc")
-        return chain
 
     def _release(self, k: int) -> None:
         """Frees what only chain ``k``'s other layout held (its primitives must be gone by now:
@@ -194,9 +181,12 @@ class CPUProgram(Program):
         nothing where ``EMBER_CHAIN_LAYOUT`` forces a layout or no chain has a choice."""
         from ember.backends.cpu.chains import blocked, forced_layout, links, time_layouts
 
-        candidates = [k for k, c in enumerate(self._chains)
-                      if all(link.relayout is not None for link in links(self.steps, c))]
-        if not candidates or forced_layout() is not None:
+        if forced_layout() is not None:
+            return {}
+        # the channels-last chains (what a build without a record makes) that have a blocked form
+        candidates = [k for k, c in enumerate(self._chains) if c.layout == "nhwc"
+                      and all(link.relayout is not None for link in links(self.steps, c))]
+        if not candidates:
             return {}
         wanted = {self._chains[k].input for k in candidates}
         seen: dict[str, torch.Tensor] = {}
@@ -214,7 +204,7 @@ class CPUProgram(Program):
         for k in candidates:
             chain = self._chains[k]
             x = seen.get(chain.input)
-            other = blocked(chain, links(self.steps, chain)) if chain.layout == "nhwc" else None
+            other = blocked(chain, links(self.steps, chain))
             if x is None or other is None:
                 continue
             ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)

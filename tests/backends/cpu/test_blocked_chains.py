@@ -114,10 +114,10 @@ def test_a_weight_copy_goes_when_no_primitive_uses_it(ext: Any):
     layer = ext.Layer(w, None, [1, 1], [1, 1], 1)
     nhwc = layer.prepare([1, 32, 14, 14], [1, 1], [1, 1])
     blocked = layer.prepare([1, 32, 14, 14], [1, 1], [1, 1], "blocked", "blocked")
-    copies = layer.weight_copies
-    assert copies in (1, 2)  # one where both primitives want the same weight layout
+    if layer.weight_copies == 1:
+        pytest.skip("oneDNN wants one weight layout for both primitives on this CPU: nothing to release")
     layer.release_unused()
-    assert layer.weight_copies == copies  # both still in use
+    assert layer.weight_copies == 2  # both still in use
     del blocked
     gc.collect()
     layer.release_unused()

@@ -106,6 +106,16 @@ dt to_dt(const std::string &name) {
     TORCH_CHECK_VALUE(false, "unknown data type '", name, "' (f32, bf16, u8, s8)");
 }
 
+dt to_dt(at::ScalarType t) {
+    switch (t) {
+        case at::kFloat: return dt::f32;
+        case at::kByte: return dt::u8;
+        case at::kChar: return dt::s8;
+        case at::kBFloat16: return dt::bf16;
+        default: TORCH_CHECK_VALUE(false, "unsupported tensor type ", t, " (float32, bfloat16, uint8, int8)");
+    }
+}
+
 bool eight_bit(dt d) { return d == dt::u8 || d == dt::s8; }
 
 void check_nhwc(const torch::Tensor &t, const memory::desc &md, const char *what) {
@@ -146,9 +156,10 @@ bool holds(const torch::Tensor &t, const memory::desc &md) {
     return t.is_contiguous() && t.nbytes() >= md.get_size();
 }
 
-// `check_nhwc` for any layout `to_tag` names (raises ValueError naming `what`).
-void check_layout(const torch::Tensor &t, const memory::desc &md, const char *what) {
-    if (is_tag(md, tag::nhwc)) return check_nhwc(t, md, what);
+// `check_nhwc` for any layout `to_tag` names (raises ValueError naming `what`); `nhwc`: whether `md`
+// is channels-last (known to the caller, so the per-call check builds no descriptor).
+void check_layout(const torch::Tensor &t, const memory::desc &md, bool nhwc, const char *what) {
+    if (nhwc) return check_nhwc(t, md, what);
     TORCH_CHECK_VALUE(holds(t, md), what, " does not fit the primitive's ",
                       is_tag(md, tag::nchw) ? "contiguous NCHW" : "blocked (flat buffer)", " layout: got a ",
                       t.scalar_type(), " tensor of shape ", t.sizes(), " (", t.nbytes(), " bytes, the layout needs ",
@@ -174,7 +185,8 @@ class Conv {
     Conv(Primitive exact, std::unique_ptr<Primitive> fused, memory bias, bool residual, Args extra,
          std::unique_ptr<Primitive> summed = nullptr)
         : exact_(std::move(exact)), fused_(std::move(fused)), bias_(std::move(bias)), residual_(residual),
-          extra_(std::move(extra)), summed_(std::move(summed)) {}
+          extra_(std::move(extra)), summed_(std::move(summed)),
+          nhwc_src_(is_tag(exact_.pd.src_desc(), tag::nhwc)), nhwc_dst_(is_tag(exact_.pd.dst_desc(), tag::nhwc)) {}
 
     // x -> out (both NHWC, shapes as made for); with a residual, out = conv(x) + residual, then the
     // activation when `fused` (valid only where the primitive has one: `has_fused`).
@@ -191,11 +203,11 @@ class Conv {
                bool fused) const {
         TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
         const Primitive &p = fused ? *fused_ : exact_;
-        check_layout(x, p.pd.src_desc(), "input");
-        check_layout(out, p.pd.dst_desc(), "output");
+        check_layout(x, p.pd.src_desc(), nhwc_src_, "input");
+        check_layout(out, p.pd.dst_desc(), nhwc_dst_, "output");
         TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
                                                                        : "this convolution has no residual input");
-        if (residual_) check_layout(*residual, residual_desc(p), "residual");
+        if (residual_) check_layout(*residual, residual_desc(p), nhwc_dst_, "residual");
     }
 
     // The primitive on checked arguments; no Python (callable without the GIL).
@@ -211,8 +223,8 @@ class Conv {
     bool has_summed() const { return static_cast<bool>(summed_); }
     void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
         TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
-        check_layout(x, summed_->pd.src_desc(), "input");
-        check_layout(out, summed_->pd.dst_desc(), "output");
+        check_layout(x, summed_->pd.src_desc(), nhwc_src_, "input");
+        check_layout(out, summed_->pd.dst_desc(), nhwc_dst_, "output");
         launch(*summed_, x, out, nullptr);
     }
 
@@ -224,6 +236,9 @@ class Conv {
     std::string impl() const { return exact_.pd.impl_info_str(); }
     memory::desc src_desc() const { return exact_.pd.src_desc(); }
     memory::desc dst_desc() const { return exact_.pd.dst_desc(); }
+    // Whether the primitive reads / writes channels-last (else NCHW or blocked: `Layer.prepare`).
+    bool nhwc_src() const { return nhwc_src_; }
+    bool nhwc_dst() const { return nhwc_dst_; }
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
 
    private:
@@ -251,6 +266,7 @@ class Conv {
     bool residual_;
     Args extra_;
     std::unique_ptr<Primitive> summed_;
+    bool nhwc_src_, nhwc_dst_;
 };
 
 // A layer's weight reordered once per layout a primitive asks for, shared by every primitive that
@@ -721,35 +737,20 @@ class BufferPool {
         return t;
     }
 
-    // A flat buffer of `type` holding at least `bytes` (a oneDNN blocked layout's), pooled as `output`.
-    torch::Tensor flat(int64_t bytes, c10::ScalarType type) {
+    // A buffer for a tensor of descriptor `md` and `type`: `output` where `md` is channels-last
+    // (`nhwc`), else a flat one of md's size (a oneDNN blocked layout's, channels padded), pooled alike.
+    torch::Tensor like(const memory::desc &md, bool nhwc, c10::ScalarType type) {
+        if (nhwc) {
+            const auto d = md.get_dims();
+            return output({d.begin(), d.end()}, type);
+        }
         const int64_t size = static_cast<int64_t>(c10::elementSize(type));
-        const int64_t n = (bytes + size - 1) / size;
+        const int64_t n = (static_cast<int64_t>(md.get_size()) + size - 1) / size;
         if (n * size < min_bytes_) return torch::empty({n}, torch::TensorOptions().dtype(type));
         auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
         t.set_(take(n * size), 0, {n}, {1});
         return t;
     }
-
-   private:
-    // The smallest kept buffer of at least `bytes`, or a new one.
-    c10::Storage take(int64_t bytes) {
-        auto best = free_.end();
-        for (auto it = free_.begin(); it != free_.end(); ++it)
-            if (it->nbytes() >= static_cast<size_t>(bytes) && (best == free_.end() || it->nbytes() < best->nbytes()))
-                best = it;
-        c10::Storage storage;
-        if (best != free_.end()) {
-            storage = *best;
-            held_ -= best->nbytes();
-            free_.erase(best);
-        } else {
-            storage = torch::empty({bytes}, torch::kUInt8).storage();
-        }
-        return storage;
-    }
-
-   public:
 
     // Keeps `t`'s buffer if it is one `output` would take (`min_bytes` or more), nothing but `t`
     // holds it (no alias, no view, not returned), and the pool stays within `kMaxBuffers` buffers
@@ -770,6 +771,23 @@ class BufferPool {
     }
 
    private:
+    // The smallest kept buffer of at least `bytes`, or a new one.
+    c10::Storage take(int64_t bytes) {
+        auto best = free_.end();
+        for (auto it = free_.begin(); it != free_.end(); ++it)
+            if (it->nbytes() >= static_cast<size_t>(bytes) && (best == free_.end() || it->nbytes() < best->nbytes()))
+                best = it;
+        c10::Storage storage;
+        if (best != free_.end()) {
+            storage = *best;
+            held_ -= best->nbytes();
+            free_.erase(best);
+        } else {
+            storage = torch::empty({bytes}, torch::kUInt8).storage();
+        }
+        return storage;
+    }
+
     BufferPool() {
         const char *env = std::getenv("EMBER_CHAIN_POOL_MB");
         const double mb = env != nullptr ? std::atof(env) : 0.25;
@@ -806,9 +824,8 @@ memory::desc desc_of(const torch::Tensor &t) {
     TORCH_CHECK_VALUE(t.dim() == 4, "a chain's input must be 4-D, got ", t.sizes());
     const bool cl = t.is_contiguous(at::MemoryFormat::ChannelsLast);
     TORCH_CHECK_VALUE(cl || t.is_contiguous(), "a chain's input must be channels-last or contiguous");
-    dt type = t.scalar_type() == at::kFloat ? dt::f32 : t.scalar_type() == at::kBFloat16 ? dt::bf16
-            : t.scalar_type() == at::kByte  ? dt::u8  : dt::s8;
-    return memory::desc(memory::dims(t.sizes().begin(), t.sizes().end()), type, cl ? tag::nhwc : tag::nchw);
+    return memory::desc(memory::dims(t.sizes().begin(), t.sizes().end()), to_dt(t.scalar_type()),
+                        cl ? tag::nhwc : tag::nchw);
 }
 
 // A chain of convolutions run in one call (one Python crossing for many layers): step i reads the
@@ -849,19 +866,18 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     const bool in_place = sum_env == nullptr || std::string(sum_env) != "0";
     BufferPool &pool = BufferPool::local();
     std::vector<std::pair<memory::desc, torch::Tensor>> x_as;  // the chain's input in other layouts
-    const bool plain_chain = std::all_of(convs.begin(), convs.end(), [](const Conv *c) {
-        return is_tag(c->src_desc(), tag::nhwc) && is_tag(c->dst_desc(), tag::nhwc);
-    });
+    const bool plain_chain =
+        std::all_of(convs.begin(), convs.end(), [](const Conv *c) { return c->nhwc_src() && c->nhwc_dst(); });
     const memory::desc x_md = plain_chain ? memory::desc() : desc_of(x);
-    // the chain's input as laid out like `md` (its own type): x, or a copy reordered once
+    // the chain's input as a step wants it (descriptor `md`): x, or a copy reordered once (a
+    // oneDNN reorder converts layout and type alike)
     auto input_as = [&](const memory::desc &md) -> torch::Tensor {
         if (plain_chain || holds(x, md)) return x;
-        const memory::desc want(md.get_dims(), x_md.get_data_type(), is_tag(md, tag::nhwc) ? tag::nhwc : tag::nChw16c);
         for (auto &e : x_as)
-            if (e.first == want) return e.second;
-        torch::Tensor copy = pool.flat(static_cast<int64_t>(want.get_size()), x.scalar_type());
-        reorder_into(x.data_ptr(), x_md, copy.data_ptr(), want);
-        x_as.emplace_back(want, copy);
+            if (e.first == md) return e.second;
+        torch::Tensor copy = pool.like(md, is_tag(md, tag::nhwc), to_scalar(md.get_data_type()));
+        reorder_into(x.data_ptr(), x_md, copy.data_ptr(), md);
+        x_as.emplace_back(md, copy);
         return copy;
     };
     pybind11::gil_scoped_release nogil;
@@ -884,10 +900,8 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
                                   ": the accumulator's type has another width than the output's");
                 outs[i] = free_after(sum[i]) ? acc.view(types[dtypes[i]])
                                              : acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
-            } else if (is_tag(convs[i]->dst_desc(), tag::nhwc)) {
-                outs[i] = pool.output(convs[i]->dst_dims(), types[dtypes[i]]);
             } else {
-                outs[i] = pool.flat(static_cast<int64_t>(convs[i]->dst_desc().get_size()), types[dtypes[i]]);
+                outs[i] = pool.like(convs[i]->dst_desc(), convs[i]->nhwc_dst(), types[dtypes[i]]);
             }
             convs[i]->check(in, outs[i], r, fused[i]);
             convs[i]->execute(in, outs[i], r, fused[i]);
@@ -899,8 +913,8 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
         }
     }
     for (auto &e : x_as) pool.give(e.second);
+    if (convs[n - 1]->nhwc_dst()) return outs[n - 1];
     const memory::desc last_md = convs[n - 1]->dst_desc();
-    if (is_tag(last_md, tag::nhwc)) return outs[n - 1];
     const auto dims = convs[n - 1]->dst_dims();
     auto y = torch::empty(dims, torch::TensorOptions().dtype(types[dtypes[n - 1]]).memory_format(c10::MemoryFormat::ChannelsLast));
     reorder_into(outs[n - 1].data_ptr(), last_md, y.data_ptr(),
@@ -994,7 +1008,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_property_readonly("has_fused", &Conv::has_fused)
         .def_property_readonly("dst_dims", &Conv::dst_dims)
         .def_property_readonly("impl", &Conv::impl)
-        .def_property_readonly("blocked_output", [](const Conv &c) { return !is_tag(c.dst_desc(), tag::nhwc); })
+        .def_property_readonly("blocked_output", [](const Conv &c) { return !c.nhwc_dst(); })
         .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
     pybind11::class_<Layer>(m, "Layer")
         .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,

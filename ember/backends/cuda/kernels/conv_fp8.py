@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cuda.kernels.conv_triton import conv_parts, triton_conv_kernel
-from ember.backends.cuda.kernels.gemm_fp8 import input_amax
-from ember.backends.cuda.libs.triton_conv import CONFIGS, E4M3_MAX, TileConfig
+from ember.backends.cuda.kernels.conv_triton import triton_conv_fits, triton_conv_kernel, triton_conv_weight
+from ember.backends.cuda.kernels.gemm_fp8 import input_scale
+from ember.backends.cuda.libs.triton_conv import CONFIGS, TileConfig
 from ember.backends.cuda.registry import register_cuda_kernel
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
@@ -42,15 +42,9 @@ MIN_CHANNELS = 16
 
 def fp8_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """``when`` of the ``triton_fp8_conv_*`` tactics (module docstring)."""
-    from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
-
     if records is None or graph is None or records.precision.of(node.name, Precision.FP32) is not Precision.FP8:
         return False
-    conv, act, _, _ = conv_parts(node)
-    if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1 or act not in EPILOGUE_ACTIVATIONS:
-        return False
-    w = graph.constants.get(node.input(1))
-    if w is None or w.ndim != 4 or w.shape[1] < MIN_CHANNELS:
+    if not triton_conv_fits(node, graph) or graph.constants[node.input(1)].shape[1] < MIN_CHANNELS:
         return False
     rec = records.quantization.get(node.inputs[0])
     return rec is not None and not rec.per_channel
@@ -60,21 +54,13 @@ def _factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv = conv_parts(node)[0]
-        if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
-            raise BuildError(f"node {node.name!r}: the FP8 convolution does 2-D ungrouped convolutions only; "
-                             f"choose a cudnn tactic")
+        w = triton_conv_weight(node, ctx)
         rec = ctx.records.quantization.get(node.inputs[0]) if ctx.records is not None else None
         if rec is None or rec.per_channel:
             raise BuildError(f"node {node.name!r}: an FP8 convolution needs the calibrated per-tensor range of "
                              f"its input {node.inputs[0]!r}; build with calibration data or a calibration cache")
-        w = ctx.const(node.inputs[1])
-        if w is None or w.dim() != 4:
-            raise BuildError(f"node {node.name!r}: the FP8 convolution needs a constant 4-D weight (input "
-                             f"{node.inputs[1]!r}); fold it or choose a cudnn tactic")
         fw = T.pack_weight_fp8(w)
-        x_amax = input_amax(rec)
-        sx = x_amax / E4M3_MAX if x_amax > 0 else 1.0
+        sx = input_scale(rec)
         return triton_conv_kernel(node, ctx, fw.packed, torch.float16, config, fp8=(sx, (fw.scales * sx).contiguous()))
 
     factory.__name__ = f"conv_fp8_{config.name}"

@@ -58,19 +58,21 @@ def _saves_a_pass(node: Node, graph: Graph, records: Optional[Records]) -> bool:
     return records is not None and planned_slice(graph, records, node.outputs[0]) is not None
 
 
-def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
-    """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
+def triton_conv_fits(node: Node, graph: Optional[Graph]) -> bool:
+    """Whether the Triton convolution (fp16 or FP8) can compute ``node``: a 2-D ungrouped
+    convolution with a constant 4-D weight and an activation its epilogue computes."""
     from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
 
     conv, act, _, _ = conv_parts(node)
     if conv is None or graph is None or len(conv.kernel_shape) != 2 or conv.group != 1:
         return False
-    if act not in EPILOGUE_ACTIVATIONS:
-        return False
     w = graph.constants.get(node.input(1))
-    if w is None or w.ndim != 4:
-        return False
-    return _saves_a_pass(node, graph, records)
+    return act in EPILOGUE_ACTIVATIONS and w is not None and w.ndim == 4
+
+
+def triton_conv_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """``when`` of the ``triton_igemm_*`` tactics (module docstring)."""
+    return graph is not None and triton_conv_fits(node, graph) and _saves_a_pass(node, graph, records)
 
 
 class ConvPads:
@@ -148,20 +150,26 @@ def triton_conv_kernel(node: Node, ctx: CompileContext, packed: PackedWeight, ou
     return conv_kernel(run, compute, accepts, out_shape)
 
 
+def triton_conv_weight(node: Node, ctx: CompileContext) -> torch.Tensor:
+    """The constant 4-D weight of a 2-D ungrouped convolution the Triton kernel computes; a
+    ``BuildError`` naming the layer and what to do otherwise."""
+    conv = conv_parts(node)[0]
+    if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
+        raise BuildError(f"node {node.name!r}: the Triton convolution does 2-D ungrouped "
+                         f"convolutions only; choose a cudnn tactic")
+    w = ctx.const(node.inputs[1])
+    if w is None or w.dim() != 4:
+        raise BuildError(f"node {node.name!r}: the Triton convolution needs a constant 4-D weight "
+                         f"(input {node.inputs[1]!r}); fold it or choose a cudnn tactic")
+    return w
+
+
 def _factory(config: TileConfig):
     def factory(node: Node, ctx: CompileContext) -> Kernel:
         from ember.backends.cuda.libs import triton_conv as T
 
-        conv = conv_parts(node)[0]
-        if conv is None or len(conv.kernel_shape) != 2 or conv.group != 1:
-            raise BuildError(f"node {node.name!r}: the Triton convolution does 2-D ungrouped "
-                             f"convolutions only; choose a cudnn tactic")
-        w = ctx.const(node.inputs[1])
-        if w is None or w.dim() != 4:
-            raise BuildError(f"node {node.name!r}: the Triton convolution needs a constant 4-D weight "
-                             f"(input {node.inputs[1]!r}); fold it or choose a cudnn tactic")
         dtype = compute_dtype(ctx.precision)
-        return triton_conv_kernel(node, ctx, T.pack_weight(w, dtype), dtype, config)
+        return triton_conv_kernel(node, ctx, T.pack_weight(triton_conv_weight(node, ctx), dtype), dtype, config)
 
     factory.__name__ = f"conv_triton_{config.name}"
     factory.__doc__ = (f"Triton implicit-GEMM convolution, {config.block_m}x{config.block_n}x"

@@ -56,6 +56,13 @@ def input_amax(rec: QuantRecord) -> float:
     return max(128 + zp, 127 - zp) * s if zp else 127.0 * s
 
 
+def input_scale(rec: QuantRecord) -> float:
+    """The e4m3 scale ``sx = amax / 448`` of an input with calibrated record ``rec`` (1 for an
+    all-zero range)."""
+    x_amax = input_amax(rec)
+    return x_amax / E4M3_MAX if x_amax > 0 else 1.0
+
+
 def _fp8_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
     """An FP8 layer (the precision plan says so) with a constant 2-D weight, a calibrated
     per-tensor range for its input, K and N multiples of 16, and no transposed input."""
@@ -87,8 +94,7 @@ class Fp8Layer:
         w_amax = float(w.abs().max()) if w.numel() else 0.0
         self.sw = w_amax / E4M3_MAX if w_amax > 0 else 1.0
         self.w8 = (w / self.sw).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).contiguous()
-        x_amax = input_amax(rec)
-        self.sx = x_amax / E4M3_MAX if x_amax > 0 else 1.0
+        self.sx = input_scale(rec)
         self.inv_x = 1.0 / self.sx
         self.use_triton = triton_available()  # one pass over the input; else three PyTorch operations
         self.bias = lin.bias.to(torch.float16) if lin.bias is not None else None
@@ -188,4 +194,4 @@ def _register_triton_fp8() -> tuple[str, ...]:
 #: The tactics that compute an FP8 layer in FP8 (any other tactic of it computes fp16).
 FP8_TACTICS = frozenset({"cublaslt_fp8", *_register_triton_fp8()})
 
-__all__ = ["E4M3_MAX", "FP8_TACTICS", "Fp8Layer", "input_amax", "linear_fp8"]
+__all__ = ["E4M3_MAX", "FP8_TACTICS", "Fp8Layer", "input_amax", "input_scale", "linear_fp8"]

@@ -55,6 +55,7 @@ from typing import Optional, Sequence
 import torch
 
 from ember.backends.cuda.libs import triton_modules
+from ember.backends.cuda.libs.triton_fp8 import E4M3_MAX
 from ember.ops.attrs import Activation
 
 triton, tl = triton_modules()  # None where Triton cannot run here; the launchers need it
@@ -113,10 +114,6 @@ def pack_weight(w: torch.Tensor, dtype: torch.dtype) -> PackedWeight:
     b = torch.zeros((kh * kw * cin, cols), dtype=dtype, device=w.device)
     b[:, :cout] = w.detach().permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).to(dtype)
     return PackedWeight(b, cout, cin, kh, kw)
-
-
-#: e4m3's largest finite value (``torch.finfo(torch.float8_e4m3fn).max``).
-E4M3_MAX = 448.0
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ the conversion of the user's arrays: the program itself is re-entrant.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -34,6 +35,8 @@ from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
 from ember.plan.plan import Plan
+
+log = logging.getLogger("ember.build")
 
 #: ``observe(name, tensor)``: sees a tensor of a run as it is produced (``CPUProgram.run``).
 Observer = Callable[[str, torch.Tensor], None]
@@ -204,14 +207,23 @@ class CPUProgram(Program):
         for k in candidates:
             chain = self._chains[k]
             x = seen.get(chain.input)
-            other = blocked(chain, links(self.steps, chain))
+            other = blocked(chain, links(self.steps, chain)) if x is not None else None
             if x is None or other is None:
                 continue
-            ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)
-            best = min(ms, key=ms.__getitem__)
-            chosen[self.steps[chain.start].name] = {"layout": best, "ms": {k: round(v, 4) for k, v in ms.items()}}
-            self._chains[k] = other if best == other.layout else chain
-            other = chain = None  # the loser's primitives go before the weights only they used
+            ms: dict[str, float] = {}
+            try:
+                ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)
+            except (RuntimeError, ValueError) as e:  # a layout that cannot run here: keep channels-last
+                log.warning("CPU chain from %r: its blocked layout failed (%s); it stays channels-last",
+                            self.steps[chain.start].name, str(e))  # not e: its frames hold the primitives
+            if ms:
+                best = min(ms, key=ms.__getitem__)
+                chosen[self.steps[chain.start].name] = {"layout": best,
+                                                        "ms": {k: round(v, 4) for k, v in ms.items()}}
+                self._chains[k] = other if best == other.layout else chain
+            # the loser's primitives go before the weight copies only they used (outside the
+            # except block: a caught exception's frames would still hold them)
+            other = chain = None
             self._release(k)
         self.chained = self._assemble()
         return {"chain_layouts": chosen} if chosen else {}

@@ -275,3 +275,21 @@ def test_a_blocked_chain_runs_from_several_threads_at_once(ext: Any, monkeypatch
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, range(4)))
+
+
+def test_a_blocked_layout_that_fails_to_run_at_build_keeps_the_chain_channels_last(
+        ext: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """The build's timing of a chain's layouts raising (a primitive that cannot run here) is no
+    build failure: the chain stays channels-last, nothing is recorded for it, the log says why."""
+    import ember.backends.cpu.chains as chains
+
+    def broken(*args: Any, **kwargs: Any) -> dict:
+        raise RuntimeError("could not execute a primitive")
+
+    monkeypatch.setattr(chains, "time_layouts", broken)
+    with caplog.at_level("WARNING", logger="ember.build"):
+        engine = _build(_model(), monkeypatch, "auto")
+    assert "chain_layouts" not in engine.plan.build_info
+    assert _chain_names(engine)[0].endswith("(5 layers chained)")
+    assert _weight_copies(engine) == [1] * 5  # the blocked primitives' weights went with them
+    assert "its blocked layout failed (could not execute a primitive); it stays channels-last" in caplog.text

@@ -236,6 +236,8 @@ class Conv {
     std::string impl() const { return exact_.pd.impl_info_str(); }
     memory::desc src_desc() const { return exact_.pd.src_desc(); }
     memory::desc dst_desc() const { return exact_.pd.dst_desc(); }
+    // The binary-add residual's descriptor (fp32 / bf16 layers with a residual).
+    memory::desc residual_md() const { return residual_desc(exact_); }
     // Whether the primitive reads / writes channels-last (else NCHW or blocked: `Layer.prepare`).
     bool nhwc_src() const { return nhwc_src_; }
     bool nhwc_dst() const { return nhwc_dst_; }
@@ -893,7 +895,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             convs[i]->execute_summed(in, outs[i]);
         } else {
             c10::optional<torch::Tensor> r;
-            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->dst_desc()) : outs[res[i]];
+            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
             if (sum[i] != -2) {  // INT8: the output starts as the residual, summed into
                 const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
                 TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]), "chain step ", i,

@@ -13,6 +13,10 @@ read only inside it, the program runs them as one step: the extension's ``run_ch
 output, runs each primitive and releases each output after its last reader, all without returning to
 Python.
 
+A chain may end in a head (``HeadRole``): the global average pooling that reads its last output,
+and the classifier after it (Flatten and a float32 Gemm or MatMul by a constant weight), run by
+the extension's ``Head`` on the last output as the chain lays it out, in the same C++ call.
+
 A chain runs only in runs with finite inputs (its activations are fused; NaN needs the unfused
 path) and without an observer (calibration sees every tensor); otherwise, and where the chain
 call fails, its layers run one by one as usual. ``EMBER_CPU_CHAINS=0`` switches chains off.
@@ -66,6 +70,20 @@ class ChainLink:
 
 
 @dataclass(frozen=True)
+class HeadRole:
+    """How a layer after a chain may run in the chain's head: ``pool`` (global average pooling of
+    a static 4-D float32 tensor: GlobalAveragePool, or ReduceMean over H and W; ``flat``: its output
+    is [N, C], keepdims=0), ``flatten`` ([N, C, 1, 1] -> [N, C]: Flatten, Reshape, Squeeze) or
+    ``gemm`` (a float32 Gemm or MatMul of [N, C] by a constant: ``weight`` [O, C], ``bias`` [O] or
+    None). ``head_role`` says which a layer is."""
+
+    kind: str
+    flat: bool = False
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
 class Chain:
     """Steps ``start .. end - 1`` of a program as one: the arguments of ``run_chain``."""
 
@@ -86,6 +104,18 @@ class Chain:
     #: how the chain's input is passed: channels-last ("nhwc"), or as it is, NCHW, where a blocked
     #: chain's first layer reads the image directly ("nchw")
     input_layout: str = "nhwc"
+    #: the last ``head_steps`` steps (``start .. end - 1``) are the chain's head (``HeadRole``),
+    #: run by ``head`` (the extension's ``Head``, made by ``head_layer`` for the last convolution's
+    #: output in ``layout``; ``flat``: its output is [N, C]); ``attach_head`` makes them
+    head_steps: int = 0
+    head: Any = None
+    head_layer: Any = None
+    head_flat: bool = False
+
+    @property
+    def conv_end(self) -> int:
+        """The end of the chain's convolutions (its head, if any, follows)."""
+        return self.end - self.head_steps
 
 
 def enabled() -> bool:
@@ -116,7 +146,7 @@ def forced_layout() -> Optional[str]:
 
 def links(steps: Sequence[Any], chain: Chain) -> list[ChainLink]:
     """The ``ChainLink`` of each of ``chain``'s layers."""
-    return [_link(steps[k]) for k in range(chain.start, chain.end)]  # type: ignore[misc]
+    return [_link(steps[k]) for k in range(chain.start, chain.conv_end)]  # type: ignore[misc]
 
 
 def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
@@ -132,9 +162,124 @@ def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
     try:
         convs = tuple(link.relayout("nchw" if planar and k == 0 else "blocked", "blocked")  # type: ignore[misc]
                       for k, link in enumerate(members))
+        head = (chain.head_layer.prepare(convs[-1].dst_dims, "blocked", chain.head_flat)
+                if chain.head_layer is not None else None)
     except (RuntimeError, ValueError):  # oneDNN has no primitive for a layout: keep channels-last
         return None
-    return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc")
+    return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc", head=head)
+
+
+def head_role(node: Any, precision: Any, types: Mapping[str, Any], constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
+    """The part ``node`` (an IR node computed at ``precision``) may take in a chain's head, or None
+    (``types``: the graph's tensor types; ``constants``: the program's constant tensors)."""
+    from ember.ir.dtype import DType
+    from ember.ir.optype import OpType
+
+    if getattr(precision, "is_half", False) or getattr(precision, "is_quantized", False):
+        return None
+    if not node.inputs or len(node.outputs) != 1 or not node.inputs[0] or not node.outputs[0]:
+        return None
+    x, y = types.get(node.inputs[0]), types.get(node.outputs[0])
+    if (x is None or y is None or not x.is_static or not y.is_static or x.dtype is not DType.FLOAT32
+            or y.dtype is not DType.FLOAT32 or 0 in x.shape):
+        return None
+    op, n_c = node.op, tuple(x.shape[:2])
+    if op is OpType.GLOBAL_AVERAGE_POOL and x.rank == 4:
+        return HeadRole("pool")
+    if op is OpType.REDUCE_MEAN and x.rank == 4 and len(node.inputs) <= 2:
+        axes = node.attrs.axes if node.attrs is not None else None
+        if len(node.inputs) == 2 and node.inputs[1]:
+            given = constants.get(node.inputs[1])
+            axes = tuple(int(v) for v in given.reshape(-1).tolist()) if given is not None else None
+        if axes is not None and {a % 4 for a in axes} == {2, 3} and len(axes) == 2:
+            return HeadRole("pool", flat=tuple(y.shape) == n_c)
+        return None
+    if op in (OpType.FLATTEN, OpType.RESHAPE, OpType.SQUEEZE):
+        ok = x.rank == 4 and tuple(x.shape[2:]) == (1, 1) and tuple(y.shape) == n_c
+        return HeadRole("flatten") if ok else None
+    if op in (OpType.GEMM, OpType.MATMUL) and x.rank == 2 and 2 <= len(node.inputs) <= 3:
+        return _classifier(node, x, y, constants)
+    return None
+
+
+def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
+    """``head_role`` of a Gemm / MatMul: y = x . W^T + b with a constant float32 W [O, C] and b."""
+    from ember.ir.optype import OpType
+
+    b = constants.get(node.inputs[1])
+    bias_name = node.inputs[2] if len(node.inputs) == 3 else ""
+    c = constants.get(bias_name) if bias_name else None
+    if b is None or b.dim() != 2 or b.dtype != torch.float32 or (bias_name and c is None):
+        return None
+    trans_b = False
+    if node.op is OpType.GEMM:
+        a = node.attrs
+        if a is None or a.trans_a or a.alpha != 1.0 or (c is not None and a.beta != 1.0):
+            return None
+        trans_b = a.trans_b
+    elif c is not None:
+        return None
+    weight = (b if trans_b else b.t()).contiguous()
+    o = weight.shape[0]
+    if weight.shape[1] != x.shape[1] or tuple(y.shape) != (x.shape[0], o):
+        return None
+    bias = None
+    if c is not None:  # a bias row broadcast over the batch: [O], [1, O] or a scalar
+        if c.dtype != torch.float32 or c.numel() not in (1, o) or (c.dim() == 2 and c.shape[0] != 1) or c.dim() > 2:
+            return None
+        bias = c.reshape(-1).expand(o).contiguous()
+    return HeadRole("gemm", weight=weight, bias=bias)
+
+
+#: The switch: ``EMBER_CHAIN_HEADS=0`` (or off / false / no) leaves every chain's head layers on their own.
+HEAD_ENV = "EMBER_CHAIN_HEADS"
+
+#: The heads a chain may end with: the kinds of their layers, in order.
+HEADS = (("pool",), ("pool", "flatten"), ("pool", "flatten", "gemm"), ("pool", "gemm"))
+
+
+def _head_steps(steps: Sequence[Any], end: int, output: str, readers: Mapping[str, list[int]],
+                outputs: set[str]) -> int:
+    """How many steps from ``end`` make a head (``HEADS``) on a chain whose last output is
+    ``output``: each reads the one before as its only reader, and no output but the last is the
+    graph's."""
+    roles: list[HeadRole] = []
+    name = output
+    k = end
+    while k < len(steps) and len(roles) < 3:
+        s = steps[k]
+        role = getattr(s, "head", None)
+        if (role is None or s.special or s.inputs[0] != name or name in outputs
+                or readers.get(name, []) != [k]):
+            break
+        # a pooled [N, C, 1, 1] is flattened; a pooled [N, C] (keepdims=0) is not
+        if len(roles) == 1 and (role.kind == "flatten") == roles[0].flat:
+            break
+        roles.append(role)
+        name = s.outputs[0]
+        k += 1
+    kinds = [r.kind for r in roles]
+    while kinds and tuple(kinds) not in HEADS:
+        kinds.pop()
+    return len(kinds)
+
+
+def attach_head(chain: Chain, steps: Sequence[Any], ext: Any) -> Chain:
+    """``chain`` with its head's ``Head`` made (channels-last: ``blocked`` makes the other), or
+    without a head where the extension cannot make one (then its head layers run on their own)."""
+    if not chain.head_steps:
+        return chain
+    if os.environ.get(HEAD_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+        return replace(chain, end=chain.conv_end, output=steps[chain.conv_end - 1].outputs[0], head_steps=0)
+    roles = [steps[k].head for k in range(chain.conv_end, chain.end)]
+    gemm = roles[-1] if roles[-1].kind == "gemm" else None
+    flat = roles[0].flat or any(r.kind == "flatten" for r in roles)
+    try:
+        layer = ext.HeadLayer(gemm.weight if gemm else None, gemm.bias if gemm else None)
+        head = layer.prepare(chain.convs[-1].dst_dims, "nhwc", flat)
+    except (RuntimeError, ValueError, AttributeError):  # AttributeError: an extension without heads
+        return replace(chain, end=chain.conv_end, output=steps[chain.conv_end - 1].outputs[0], head_steps=0)
+    return replace(chain, head=head, head_layer=layer, head_flat=flat)
 
 
 def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: int = 2) -> list[Chain]:
@@ -154,8 +299,12 @@ def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: 
         while end - i >= min_length and not _closed(steps, i, end, readers, outputs):
             end -= 1
         if end - i >= min_length:
-            chains.append(_chain(steps, i, end, readers))
-            i = end
+            chain = _chain(steps, i, end, readers)
+            h = _head_steps(steps, end, chain.output, readers, outputs) if chain.dtypes[-1] == 0 else 0
+            if h:
+                chain = replace(chain, end=end + h, output=steps[end + h - 1].outputs[0], head_steps=h)
+            chains.append(chain)
+            i = chain.end
         else:
             i += 1
     return chains
@@ -252,8 +401,10 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
     elif not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
-    return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes)
+    return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
+                         chain.head)
 
 
-__all__ = ["DTYPE_CODES", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "SWITCH_ENV", "blocked", "enabled",
-           "forced_layout", "links", "plan_chains", "run_chain", "time_layouts"]
+__all__ = ["DTYPE_CODES", "HEADS", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "HeadRole", "SWITCH_ENV",
+           "attach_head", "blocked", "enabled", "forced_layout", "head_role", "links", "plan_chains", "run_chain",
+           "time_layouts"]

@@ -29,6 +29,7 @@ import torch
 
 from ember.backends.base import Backend, CompileContext, Executor, Kernel, Program
 from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
+from ember.backends.cpu.chains import head_role
 from ember.backends.cpu.half import finite_run, inputs_finite
 from ember.backends.cpu.heap import reserve
 from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
@@ -52,6 +53,7 @@ class CPUStep:
     frees: tuple[str, ...]
     out_index: tuple[int, ...] = ()  # positions of the outputs that have a name
     special: bool = False  # takes part in concat elimination (``ember.backends.concat_exec``)
+    head: Any = None  # the part it may take in a chain's head (``chains.HeadRole``), or None
 
 
 class CPUProgram(Program):
@@ -82,7 +84,8 @@ class CPUProgram(Program):
                 kernel = _padded(kernel, len(node.outputs))
             steps.append(CPUStep(node.name, node.op.value, kernel, node.inputs, node.outputs,
                               tuple(n for n in frees.get(i, ()) if n not in keep),
-                              tuple(k for k, o in enumerate(node.outputs) if o)))
+                              tuple(k for k, o in enumerate(node.outputs) if o),
+                              head=head_role(node, layer.precision, graph.types, self.constants)))
         half = {layer.name: compute_dtype(layer.precision) for layer in plan.layers if layer.precision.is_half}
         # half layers and persistent oneDNN convolutions fuse ReLU / Clip in runs with finite inputs
         self.half = bool(half) or any(layer.tactic == "onednn_persistent" for layer in plan.layers)
@@ -124,7 +127,7 @@ class CPUProgram(Program):
         """The steps with each chain as one step, each float chain in the layout ``EMBER_CHAIN_LAYOUT``
         forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
-        from ember.backends.cpu.chains import blocked, enabled, forced_layout, links, plan_chains
+        from ember.backends.cpu.chains import attach_head, blocked, enabled, forced_layout, links, plan_chains
         from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []
@@ -135,6 +138,7 @@ class CPUProgram(Program):
         if ext is None or not hasattr(ext, "run_chain"):
             return None
         self._ext = ext
+        chains = [attach_head(c, self.steps, ext) for c in chains]
         forced = forced_layout()
         # nChw16c is AVX-512's layout: an engine file timed on such a CPU and loaded on one without
         # it (where oneDNN may have only reference kernels for it) keeps channels-last
@@ -158,6 +162,8 @@ class CPUProgram(Program):
         for link in links(self.steps, chain):
             if link.release is not None:
                 link.release(chain.layout)
+        if chain.head_layer is not None:
+            chain.head_layer.release_unused()
 
     def _assemble(self) -> tuple[CPUStep, ...]:
         out: list[CPUStep] = []
@@ -167,8 +173,9 @@ class CPUProgram(Program):
             members = self.steps[chain.start:chain.end]
             internal = {s.outputs[0] for s in members[:-1]}
             frees = tuple(dict.fromkeys(n for s in members for n in s.frees if n not in internal))
-            out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members)} layers chained"
-                               f"{', blocked' if chain.layout == 'blocked' else ''})", "Chain",
+            head = f" and a head of {chain.head_steps}" if chain.head_steps else ""
+            out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members) - chain.head_steps} layers "
+                               f"chained{head}{', blocked' if chain.layout == 'blocked' else ''})", "Chain",
                                self._chain_kernel(self._ext, chain, members), (chain.input,), (chain.output,), frees,
                                (0,)))
             i = chain.end
@@ -221,11 +228,13 @@ class CPUProgram(Program):
                 chosen[self.steps[chain.start].name] = {"layout": best,
                                                         "ms": {k: round(v, 4) for k, v in ms.items()}}
                 self._chains[k] = other if best == other.layout else chain
-            # the loser's primitives go before the weight copies only they used (outside the
-            # except block: a caught exception's frames would still hold them)
-            other = chain = None
-            self._release(k)
+        # the losers' primitives go before the weight copies only they used: the old steps' chain
+        # kernels held the channels-last chains, the loop's variables the last pair (outside the
+        # except block: a caught exception's frames would hold them too)
+        other = chain = None
         self.chained = self._assemble()
+        for k in candidates:
+            self._release(k)
         return {"chain_layouts": chosen} if chosen else {}
 
     def _chain_kernel(self, ext: Any, chain: Any, members: Sequence[CPUStep]) -> Kernel:

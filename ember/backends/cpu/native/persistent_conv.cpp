@@ -830,6 +830,148 @@ memory::desc desc_of(const torch::Tensor &t) {
                         cl ? tag::nhwc : tag::nchw);
 }
 
+// ----------------------------------------------------------------------------- a chain's head
+//
+// What a CNN ends with after its last convolution: global average pooling over H x W, then
+// optionally the float32 classifier, y = pooled . W^T + b (ONNX's GlobalAveragePool, Flatten and
+// Gemm). ``HeadLayer`` holds the classifier's weight [O, C] (packed once per layout a primitive asks
+// for, as ``Layer``'s) and bias; ``HeadLayer.prepare`` makes a ``Head`` that reads the last
+// convolution's output as the chain keeps it (channels-last or blocked) in oneDNN's pooling and
+// inner-product primitives: no reorder back to channels-last, the classifier's GEMV on oneDNN's
+// threads with its weight prepacked, and no return to Python between the three layers (each
+// layer after a chain paid about 0.1 ms of Python on a cache the chain had swept:
+// docs/CPU_NATIVE.md, "Chain heads"). Float32 only.
+class Head {
+   public:
+    Head(dnnl::pooling_forward::primitive_desc pool, std::unique_ptr<dnnl::inner_product_forward::primitive_desc> ip,
+         memory weights, torch::Tensor weight_buf, memory bias, std::vector<int64_t> out_dims)
+        : pool_pd_(std::move(pool)), pool_(pool_pd_), ip_pd_(std::move(ip)), weights_(std::move(weights)),
+          weight_buf_(std::move(weight_buf)), bias_(std::move(bias)), out_dims_(std::move(out_dims)),
+          nhwc_src_(is_tag(pool_pd_.src_desc(), tag::nhwc)) {
+        if (ip_pd_) ip_ = dnnl::inner_product_forward(*ip_pd_);
+    }
+
+    memory::desc src_desc() const { return pool_pd_.src_desc(); }
+    std::vector<int64_t> dst_dims() const { return out_dims_; }
+    bool has_classifier() const { return static_cast<bool>(ip_pd_); }
+    std::string impl() const {
+        return pool_pd_.impl_info_str() + (ip_pd_ ? std::string(" + ") + ip_pd_->impl_info_str() : std::string());
+    }
+
+    // `x` (laid out as `src_desc`) -> a new contiguous float32 tensor of `dst_dims`; no Python
+    // (callable without the GIL).
+    torch::Tensor execute(const torch::Tensor &x) const {
+        auto &eng = cpu_engine();
+        auto y = torch::empty(out_dims_, torch::TensorOptions().dtype(torch::kFloat32));
+        torch::Tensor pooled = y;
+        if (ip_pd_) {  // the pooled [N, C, 1, 1] in the inner product's source layout (small: N * C padded)
+            const int64_t n = static_cast<int64_t>((pool_pd_.dst_desc().get_size() + 3) / 4);
+            pooled = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32));
+        }
+        std::unordered_map<int, memory> args;
+        args.emplace(DNNL_ARG_SRC, memory(pool_pd_.src_desc(), eng, x.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(pool_pd_.dst_desc(), eng, pooled.data_ptr()));
+        run_primitive(pool_pd_, pool_, args);
+        if (ip_pd_) {
+            std::unordered_map<int, memory> ip_args;
+            ip_args.emplace(DNNL_ARG_SRC, memory(ip_pd_->src_desc(), eng, pooled.data_ptr()));
+            ip_args.emplace(DNNL_ARG_WEIGHTS, weights_);
+            if (bias_) ip_args.emplace(DNNL_ARG_BIAS, bias_);
+            ip_args.emplace(DNNL_ARG_DST, memory(ip_pd_->dst_desc(), eng, y.data_ptr()));
+            run_primitive(*ip_pd_, ip_, ip_args);
+        }
+        return y;
+    }
+
+    // The head on its own (tests): x checked against the layout it was made for.
+    torch::Tensor run(const torch::Tensor &x) const {
+        check_layout(x, src_desc(), nhwc_src_, "input");
+        at::internal::lazy_init_num_threads();
+        pybind11::gil_scoped_release nogil;
+        return execute(x);
+    }
+
+   private:
+    dnnl::pooling_forward::primitive_desc pool_pd_;
+    dnnl::pooling_forward pool_;
+    std::unique_ptr<dnnl::inner_product_forward::primitive_desc> ip_pd_;
+    dnnl::inner_product_forward ip_;
+    memory weights_;
+    torch::Tensor weight_buf_;  // holds `weights_`' buffer while this head lives
+    memory bias_;
+    std::vector<int64_t> out_dims_;
+    bool nhwc_src_;
+};
+
+class HeadLayer {
+   public:
+    // `weight` [O, C] float32 (the classifier's, as Gemm with transB reads it) and `bias` [O]; no
+    // weight: the head only pools.
+    HeadLayer(c10::optional<torch::Tensor> weight, c10::optional<torch::Tensor> bias) {
+        if (weight) {
+            TORCH_CHECK_VALUE(weight->dim() == 2 && weight->scalar_type() == at::kFloat && weight->numel() > 0,
+                              "a head's classifier weight must be a non-empty 2-D float32 tensor [O, C], got ",
+                              weight->scalar_type(), " ", weight->sizes());
+            weight_ = weight->contiguous();
+            if (bias) {
+                bias_ = bias->to(torch::kFloat).reshape({-1}).contiguous().clone();
+                TORCH_CHECK_VALUE(bias_.numel() == weight_.size(0), "the head's bias has ", bias_.numel(),
+                                  " values for ", weight_.size(0), " outputs");
+            }
+        } else {
+            TORCH_CHECK_VALUE(!bias, "a head without a classifier weight takes no bias");
+        }
+    }
+
+    // The head for a float32 input of `src_dims` [N, C, H, W] laid out as `layout` ("nhwc" or
+    // "blocked": ``to_tag``). Without a classifier the output is [N, C, 1, 1], or [N, C] where `flat`.
+    std::unique_ptr<Head> prepare(const std::vector<int64_t> &src_dims, const std::string &layout, bool flat) {
+        TORCH_CHECK_VALUE(src_dims.size() == 4 && src_dims[0] > 0 && src_dims[1] > 0 && src_dims[2] > 0 &&
+                              src_dims[3] > 0,
+                          "a head's input must be a non-empty [N, C, H, W]");
+        const tag st = to_tag(layout);
+        const int64_t n = src_dims[0], c = src_dims[1];
+        const bool classifier = weight_.defined();
+        TORCH_CHECK_VALUE(!classifier || weight_.size(1) == c, "the head's input has ", c,
+                          " channels, its classifier weight expects ", weight_.size(1));
+        auto &eng = cpu_engine();
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        memory::dims sd(src_dims.begin(), src_dims.end()), pooled{n, c, 1, 1};
+        const memory::dims window{src_dims[2], src_dims[3]};
+        auto pool_pd = [&](tag dst_tag) {
+            return dnnl::pooling_forward::primitive_desc(
+                eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
+                memory::desc(sd, dt::f32, st), memory::desc(pooled, dt::f32, dst_tag), window, window,
+                memory::dims{0, 0}, memory::dims{0, 0}, memory::dims{0, 0}, attr);
+        };
+        if (!classifier) {  // [N, C, 1, 1] row-major: the same bytes as [N, C]
+            std::vector<int64_t> out = flat ? std::vector<int64_t>{n, c} : std::vector<int64_t>{n, c, 1, 1};
+            return std::make_unique<Head>(pool_pd(tag::nchw), nullptr, memory(), torch::Tensor(), memory(), out);
+        }
+        // the pooled values stay in the input's layout family (oneDNN's pooling wants one layout on
+        // both sides) and the inner product reads them so, its weight packed to match
+        auto pool = pool_pd(st);
+        const int64_t o = weight_.size(0);
+        memory::desc bias_md = bias_.defined() ? memory::desc({o}, dt::f32, tag::x) : memory::desc();
+        auto ip = std::make_unique<dnnl::inner_product_forward::primitive_desc>(
+            eng, dnnl::prop_kind::forward_inference, pool.dst_desc(), memory::desc({o, c, 1, 1}, dt::f32, tag::any),
+            bias_md, memory::desc({n, o}, dt::f32, tag::nc), attr);
+        auto w = packed_.get(ip->weights_desc(),
+                             memory(memory::desc({o, c, 1, 1}, dt::f32, tag::oihw), eng, weight_.data_ptr()));
+        memory bias = bias_.defined() ? memory(bias_md, eng, bias_.data_ptr()) : memory();
+        return std::make_unique<Head>(std::move(pool), std::move(ip), w.first, w.second, std::move(bias),
+                                      std::vector<int64_t>{n, o});
+    }
+
+    int64_t weight_copies() const { return packed_.copies(); }
+    void release_unused() { packed_.release_unused(); }
+
+   private:
+    torch::Tensor weight_, bias_;
+    PackedWeights packed_;
+};
+
 // A chain of convolutions run in one call (one Python crossing for many layers): step i reads the
 // output of step `src[i]` (-1: the chain's input x); with a binary-add residual (fp32 layers) it
 // adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
@@ -844,11 +986,12 @@ memory::desc desc_of(const torch::Tensor &t) {
 // Float steps made with `Layer.prepare(..., "blocked")` keep their outputs in oneDNN's blocked
 // layout, on flat pooled buffers; a step that reads the chain's input (or adds it) in another
 // layout than the input's reads a copy of it reordered once, and a blocked last output comes
-// back channels-last. Returns the last step's output (channels-last).
+// back channels-last. Returns the last step's output (channels-last), or with a `head` (made for
+// the last step's output descriptor) the head's output.
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
                         const std::vector<int64_t> &last, const std::vector<bool> &fused,
-                        const std::vector<int64_t> &dtypes) {
+                        const std::vector<int64_t> &dtypes, const Head *head) {
     const size_t n = convs.size();
     TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && sum.size() == n && last.size() == n &&
                           fused.size() == n && dtypes.size() == n,
@@ -862,6 +1005,8 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
                               dtypes[i] <= 3,
                           "chain step ", i, ": its inputs must come from earlier steps");
     }
+    TORCH_CHECK_VALUE(head == nullptr || head->src_desc() == convs[n - 1]->dst_desc(),
+                      "the chain's head was made for another layout, type or shape than its last step's output");
     at::internal::lazy_init_num_threads();
     std::vector<torch::Tensor> outs(n);
     const char *sum_env = std::getenv("EMBER_CHAIN_SUM");
@@ -915,6 +1060,11 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
         }
     }
     for (auto &e : x_as) pool.give(e.second);
+    if (head != nullptr) {  // the last output as it is laid out, pooled (and classified)
+        torch::Tensor y = head->execute(outs[n - 1]);
+        pool.give(outs[n - 1]);
+        return y;
+    }
     if (convs[n - 1]->nhwc_dst()) return outs[n - 1];
     const memory::desc last_md = convs[n - 1]->dst_desc();
     const auto dims = convs[n - 1]->dst_dims();
@@ -1000,7 +1150,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
     m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
           pybind11::arg("res"), pybind11::arg("sum"), pybind11::arg("last"), pybind11::arg("fused"),
-          pybind11::arg("dtypes"), "runs a chain of convolutions in one call (see the source); returns the last output");
+          pybind11::arg("dtypes"), pybind11::arg("head") = nullptr,
+          "runs a chain of convolutions (and its head) in one call (see the source); returns the last output");
     m.def("quantize_nhwc", &quantize_nhwc, pybind11::arg("x"), pybind11::arg("m"), pybind11::arg("add"),
           pybind11::arg("hi"), pybind11::arg("to_int8"),
           "a finite float32 4-D tensor stored 8-bit channels-last as qlayers.quantize computes it");
@@ -1030,6 +1181,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_property_readonly("weight_copies", &Layer::weight_copies)
         .def("release_unused", &Layer::release_unused,
              "drops the weight copies in layouts no live primitive of the layer uses");
+    pybind11::class_<Head>(m, "Head")
+        .def("run", &Head::run, pybind11::arg("x"))
+        .def_property_readonly("dst_dims", &Head::dst_dims)
+        .def_property_readonly("has_classifier", &Head::has_classifier)
+        .def_property_readonly("impl", &Head::impl);
+    pybind11::class_<HeadLayer>(m, "HeadLayer")
+        .def(pybind11::init<c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>(),
+             pybind11::arg("weight") = pybind11::none(), pybind11::arg("bias") = pybind11::none())
+        .def("prepare", &HeadLayer::prepare, pybind11::arg("src_dims"), pybind11::arg("layout") = "nhwc",
+             pybind11::arg("flat") = false,
+             pybind11::keep_alive<0, 1>())  // a Head reads its HeadLayer's packed weight and bias
+        .def_property_readonly("weight_copies", &HeadLayer::weight_copies)
+        .def("release_unused", &HeadLayer::release_unused,
+             "drops the weight copies in layouts no live head of the layer uses");
     pybind11::class_<Lrn>(m, "Lrn")
         .def(pybind11::init<std::vector<int64_t>, int64_t, double, double, double, std::string>(),
              pybind11::arg("dims"), pybind11::arg("size"), pybind11::arg("alpha"), pybind11::arg("beta"),

@@ -169,7 +169,8 @@ def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
     return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc", head=head)
 
 
-def head_role(node: Any, precision: Any, types: Mapping[str, Any], constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
+def head_role(node: Any, precision: Any, types: Mapping[str, Any],
+              constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
     """The part ``node`` (an IR node computed at ``precision``) may take in a chain's head, or None
     (``types``: the graph's tensor types; ``constants``: the program's constant tensors)."""
     from ember.ir.dtype import DType

@@ -20,7 +20,7 @@ from ember.tools.runners import max_rel_error
 
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
-N, C, HW, O = 2, 24, 10, 7
+N, C, HW, OUT = 2, 24, 10, 7
 
 
 def _blocked(x: Any) -> Any:
@@ -41,13 +41,13 @@ def test_a_head_pools_and_classifies_as_pytorch_does(ext: Any, layout: str, with
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    w, b = torch.randn(O, C, generator=g), torch.randn(O, generator=g)
+    w, b = torch.randn(OUT, C, generator=g), torch.randn(OUT, generator=g)
     x = torch.randn(N, C, HW, HW, generator=g).contiguous(memory_format=torch.channels_last)
     head = ext.HeadLayer(w, b if with_bias else None).prepare([N, C, HW, HW], layout)
-    assert head.has_classifier and head.dst_dims == [N, O]
+    assert head.has_classifier and head.dst_dims == [N, OUT]
     y = head.run(x if layout == "nhwc" else _blocked(x))
     want = F.linear(x.mean((2, 3)), w, b if with_bias else None)
-    assert tuple(y.shape) == (N, O) and y.is_contiguous()
+    assert tuple(y.shape) == (N, OUT) and y.is_contiguous()
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
 
 
@@ -70,7 +70,7 @@ def test_a_chain_ends_in_its_head_and_a_mismatched_head_is_refused(ext: Any):
 
     g = torch.Generator().manual_seed(1)
     w1, w2 = torch.randn(C, C, 3, 3, generator=g) * 0.2, torch.randn(C, C, 1, 1, generator=g) * 0.2
-    wc, bc = torch.randn(O, C, generator=g), torch.randn(O, generator=g)
+    wc, bc = torch.randn(OUT, C, generator=g), torch.randn(OUT, generator=g)
     dims = [N, C, HW, HW]
     a = ext.Layer(w1, None, [1, 1], [1, 1], 1, "relu").prepare(dims, [1, 1], [1, 1])
     b = ext.Layer(w2, None, [1, 1], [1, 1], 1, "relu").prepare(dims, [0, 0], [0, 0])
@@ -120,7 +120,8 @@ def _model(head: list, inits: list, out_shape: list, opset: int = 17,
              helper.make_node("Relu", ["c0"], ["r0"]),
              helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"]),
              helper.make_node("Relu", ["c1"], ["r1"])] + head
-    inits = [_init(rng, "w0", C, 3, 3, 3), _init(rng, "b0", C), _init(rng, "w1", C, C, 1, 1), _init(rng, "b1", C)] + inits
+    inits = [_init(rng, "w0", C, 3, 3, 3), _init(rng, "b0", C), _init(rng, "w1", C, C, 1, 1),
+             _init(rng, "b1", C)] + inits
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)] + (extra_outputs or [])
     g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, 3, HW, HW])],
                           outputs, inits)
@@ -128,20 +129,21 @@ def _model(head: list, inits: list, out_shape: list, opset: int = 17,
 
 
 def _classifier(kind: str) -> tuple[list, list]:
-    """Nodes reading "flat" [N, C], writing "y" [N, O], and their initializers."""
+    """Nodes reading "flat" [N, C], writing "y" [N, OUT], and their initializers."""
     rng = np.random.default_rng(1)
     if kind == "gemm":
         return [helper.make_node("Gemm", ["flat", "wc", "bc"], ["y"], transB=1)], \
-            [_init(rng, "wc", O, C), _init(rng, "bc", O)]
+            [_init(rng, "wc", OUT, C), _init(rng, "bc", OUT)]
     if kind == "gemm-b-not-transposed-bias-row":
-        return [helper.make_node("Gemm", ["flat", "wc", "bc"], ["y"])], [_init(rng, "wc", C, O), _init(rng, "bc", 1, O)]
+        return [helper.make_node("Gemm", ["flat", "wc", "bc"], ["y"])], \
+            [_init(rng, "wc", C, OUT), _init(rng, "bc", 1, OUT)]
     if kind == "gemm-scalar-bias":
         return [helper.make_node("Gemm", ["flat", "wc", "bc"], ["y"], transB=1)], \
-            [_init(rng, "wc", O, C), _init(rng, "bc", 1)]
+            [_init(rng, "wc", OUT, C), _init(rng, "bc", 1)]
     if kind == "gemm-no-bias":
-        return [helper.make_node("Gemm", ["flat", "wc"], ["y"], transB=1)], [_init(rng, "wc", O, C)]
+        return [helper.make_node("Gemm", ["flat", "wc"], ["y"], transB=1)], [_init(rng, "wc", OUT, C)]
     if kind == "matmul":
-        return [helper.make_node("MatMul", ["flat", "wc"], ["y"])], [_init(rng, "wc", C, O)]
+        return [helper.make_node("MatMul", ["flat", "wc"], ["y"])], [_init(rng, "wc", C, OUT)]
     raise AssertionError(kind)
 
 
@@ -197,7 +199,7 @@ def test_every_spelling_of_a_classifier_head_runs_in_the_chain(ext: Any, monkeyp
                                                                 pool: str, layout: str):
     p_nodes, p_inits = _pool_flatten(pool, 18)
     c_nodes, c_inits = _classifier("gemm")
-    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, O], opset=18)
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT], opset=18)
     engine = _engine(model, monkeypatch, layout)
     steps = 2 if pool == "mean-keepdims-0" else 3
     blocked = ", blocked" if layout == "blocked" else ""
@@ -210,7 +212,7 @@ def test_every_spelling_of_a_classifier_head_runs_in_the_chain(ext: Any, monkeyp
 def test_every_form_of_the_classifier_runs_in_the_head(ext: Any, monkeypatch: pytest.MonkeyPatch, kind: str):
     p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
     c_nodes, c_inits = _classifier(kind)
-    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, O])
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
     engine = _engine(model, monkeypatch)
     assert _chain_names(engine)[0].endswith("(2 layers chained and a head of 3)")
     _check_against_ort(engine, model)
@@ -220,7 +222,8 @@ def test_a_head_that_only_pools(ext: Any, monkeypatch: pytest.MonkeyPatch):
     model = _model([helper.make_node("GlobalAveragePool", ["r1"], ["y"])], [], [N, C, 1, 1])
     for layout in ("nhwc", "blocked"):
         engine = _engine(model, monkeypatch, layout)
-        assert _chain_names(engine)[0].endswith(f"(2 layers chained and a head of 1{', blocked' if layout == 'blocked' else ''})")
+        blocked = ", blocked" if layout == "blocked" else ""
+        assert _chain_names(engine)[0].endswith(f"(2 layers chained and a head of 1{blocked})")
         _check_against_ort(engine, model)
 
 
@@ -229,26 +232,26 @@ def test_what_is_not_a_head_stays_outside_the_chain_and_is_still_right(ext: Any,
     # the pooled tensor is also a graph output: the head stops before it is read elsewhere
     p_nodes, _ = _pool_flatten("gap-flatten", 17)
     c_nodes, c_inits = _classifier("gemm")
-    model = _model(p_nodes + c_nodes, c_inits, [N, O],
+    model = _model(p_nodes + c_nodes, c_inits, [N, OUT],
                    extra_outputs=[helper.make_tensor_value_info("p", TensorProto.FLOAT, [N, C, 1, 1])])
     engine = _engine(model, monkeypatch)
     assert _chain_names(engine)[0].endswith("(2 layers chained and a head of 1)")  # the pooling, no further
     _check_against_ort(engine, model)
     # a Gemm with alpha: pooled and flattened in the head, the Gemm on its own
     model = _model(p_nodes + [helper.make_node("Gemm", ["flat", "wc", "bc"], ["y"], transB=1, alpha=0.5)],
-                   c_inits, [N, O])
+                   c_inits, [N, OUT])
     engine = _engine(model, monkeypatch)
     assert _chain_names(engine)[0].endswith("(2 layers chained and a head of 2)")
     _check_against_ort(engine, model)
     # a classifier whose weight is an input, not a constant
-    model = _model(p_nodes + [helper.make_node("MatMul", ["flat", "wc"], ["y"])], [], [N, O])
-    model.graph.input.append(helper.make_tensor_value_info("wc", TensorProto.FLOAT, [C, O]))
+    model = _model(p_nodes + [helper.make_node("MatMul", ["flat", "wc"], ["y"])], [], [N, OUT])
+    model.graph.input.append(helper.make_tensor_value_info("wc", TensorProto.FLOAT, [C, OUT]))
     engine = _engine(model, monkeypatch)
     assert _chain_names(engine)[0].endswith("(2 layers chained and a head of 2)")
     import onnxruntime as ort
 
     x = rng.standard_normal((N, 3, HW, HW)).astype(np.float32)
-    wc = rng.standard_normal((C, O)).astype(np.float32)
+    wc = rng.standard_normal((C, OUT)).astype(np.float32)
     with engine.create_context() as ctx:
         got = ctx.infer({"x": x, "wc": wc})["y"]
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
@@ -256,7 +259,7 @@ def test_what_is_not_a_head_stays_outside_the_chain_and_is_still_right(ext: Any,
     assert max_rel_error(got, want) < 1e-5
     # heads switched off: the chain ends at its last convolution
     p_nodes, _ = _pool_flatten("gap-flatten", 17)
-    model = _model(p_nodes + c_nodes, c_inits, [N, O])
+    model = _model(p_nodes + c_nodes, c_inits, [N, OUT])
     assert _chain_names(_engine(model, monkeypatch, heads="0"))[0].endswith("(2 layers chained)")
 
 
@@ -274,7 +277,7 @@ def test_a_tuned_engine_keeps_one_packed_weight_per_layer_and_a_loaded_one_runs_
     monkeypatch.setattr(chains, "time_layouts", timed)
     p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
     c_nodes, c_inits = _classifier("gemm")
-    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, O])
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
     engine = _engine(model, monkeypatch, "auto")
     assert next(iter(engine.plan.build_info["chain_layouts"].values()))["layout"] == winner
     program = engine.compile()

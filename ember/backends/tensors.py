@@ -63,9 +63,12 @@ def from_torch_dtype(dtype: torch.dtype) -> DType:
 
 def numpy_to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A torch tensor holding ``array`` (shares memory on the CPU when it can; never read-only)."""
-    if not array.flags.c_contiguous or not array.flags.writeable:
+    flags = array.flags
+    if not flags.c_contiguous or not flags.writeable:
         array = np.array(array, order="C", copy=True)
-    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (what onnx's numpy_helper makes)
+    if array.dtype.isbuiltin == 1:  # numpy's own types (ml_dtypes' are not): the common case, first
+        t = torch.from_numpy(array)
+    elif array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16 (what onnx's numpy_helper makes)
         t = torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
     elif array.dtype.name.startswith("float8_"):  # ml_dtypes' 8-bit floats: the same bytes
         t = torch.from_numpy(array.view(np.uint8)).view(_TORCH[DType(array.dtype.name)])

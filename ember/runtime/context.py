@@ -11,7 +11,7 @@ concurrently from several threads; calls on one context from several threads are
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
@@ -37,6 +37,9 @@ class ExecutionContext:
         self._lock = threading.Lock()
         self._closed = False
         self.runs = 0
+        #: the names, types, dtypes and shapes of the last inputs ``validate_inputs`` accepted
+        #: (``_signature``): the same again is valid again, and is not checked field by field
+        self._accepted: Optional[tuple] = None
 
     def __enter__(self) -> ExecutionContext:
         return self
@@ -80,8 +83,25 @@ class ExecutionContext:
         if self._closed:
             raise EmberError("this execution context is closed; create a new one with "
                              "engine.create_context()")
-        validate_inputs(self.engine.plan.inputs, inputs)
+        signature = _signature(inputs)
+        if signature is None or signature != self._accepted:
+            validate_inputs(self.engine.plan.inputs, inputs)
+            self._accepted = signature
         with self._lock, torch.inference_mode():
             outputs = self._executor.infer(inputs)
             self.runs += 1
         return outputs
+
+
+def _signature(inputs: Any) -> Optional[tuple]:
+    """What ``validate_inputs`` checks of ``inputs`` (names, array types, dtypes, shapes), or None
+    where they are not a dict of arrays. Inputs of an accepted signature are valid: comparing it
+    costs a few microseconds where the checks cost a hundred or more after a run of a large
+    model has evicted their code and data from the CPU's caches (MobileNetV2 at batch 1 on a
+    2-core EPYC: 141 against 24 us)."""
+    if type(inputs) is not dict:
+        return None
+    try:
+        return tuple((k, type(v), v.dtype, v.shape) for k, v in inputs.items())
+    except AttributeError:  # not an array: the checks say so
+        return None

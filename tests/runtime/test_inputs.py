@@ -138,3 +138,28 @@ def test_outputs_do_not_alias_inputs_or_weights():
         out["c"][0] = 7
         assert x[0] == 0
         np.testing.assert_array_equal(ctx.infer({"x": x})["c"], [1, 1])
+
+
+def test_a_context_checks_every_call_after_a_valid_one(profiled):
+    """A context skips the field-by-field checks only for inputs exactly like the last valid ones
+    (names, array types, dtypes, shapes): any change after a valid call is checked again."""
+    import torch
+
+    with profiled.create_context() as ctx:
+        ctx.infer(_ok(2, 8))
+        ctx.infer(_ok(2, 8))
+        with pytest.raises(InputError, match=r"has shape \[2, 600\] but the engine.s profile allows"):
+            ctx.infer({"ids": np.ones((2, 600), np.int64), "mask": np.ones((2, 600), np.float32)})
+        with pytest.raises(InputError, match="'mask' has dtype float64"):
+            ctx.infer({"ids": np.ones((2, 8), np.int64), "mask": np.ones((2, 8), np.float64)})
+        with pytest.raises(InputError, match="missing input 'mask'"):
+            ctx.infer({"ids": np.ones((2, 8), np.int64)})
+        with pytest.raises(InputError, match="unknown input 'extra'"):
+            ctx.infer({**_ok(2, 8), "extra": np.ones(1)})
+        with pytest.raises(InputError, match="'mask' is a list"):
+            ctx.infer({"ids": np.ones((2, 8), np.int64), "mask": [[1.0] * 8] * 2})
+        out = ctx.infer({"ids": torch.ones(2, 8, dtype=torch.int64), "mask": torch.ones(2, 8)})
+        assert isinstance(out["y"], torch.Tensor)  # torch in, torch out, the same shapes as before
+        with pytest.raises(InputError, match="'ids' has dtype int32"):
+            ctx.infer({"ids": torch.ones(2, 8, dtype=torch.int32), "mask": torch.ones(2, 8)})
+        np.testing.assert_array_equal(ctx.infer(_ok(2, 8))["y"], np.ones((2, 8), np.float32))

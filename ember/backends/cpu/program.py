@@ -94,11 +94,12 @@ class CPUProgram(Program):
         special = self.concat.special_steps()
         steps = [replace(s, special=True) if i in special else s for i, s in enumerate(steps)]
         self.steps: tuple[CPUStep, ...] = tuple(steps)
+        self.outputs: tuple[str, ...] = tuple(graph.outputs)
+        self._chained_constants: dict[str, torch.Tensor] = {}  # what the chained steps read (``_assemble``)
         #: the steps with chains of persistent convolutions as one step each (``chains``), for
         #: runs with finite inputs and no observer; ``None`` where there is no chain
         self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(
             graph.outputs, plan.build_info.get("chain_layouts") or {})
-        self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}
@@ -180,6 +181,8 @@ class CPUProgram(Program):
                                (0,)))
             i = chain.end
         out.extend(self.steps[i:])
+        read = {n for s in out for n in s.inputs} | set(self.outputs)
+        self._chained_constants = {k: v for k, v in self.constants.items() if k in read}
         return tuple(out)
 
     def tune(self, feeds: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
@@ -261,12 +264,14 @@ class CPUProgram(Program):
 
     def _run(self, feeds: Mapping[str, torch.Tensor], stats: Optional[dict],
              observe: Optional[Observer]) -> dict[str, torch.Tensor]:
-        env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
+        chained = self.chained is not None and observe is None and inputs_finite()
+        # the chained steps read few constants (the chains hold their layers'): a copy of those only
+        env: dict[str, Optional[torch.Tensor]] = dict(self._chained_constants if chained else self.constants)
         env.update(feeds)
         if observe is not None:
             for name, t in feeds.items():
                 observe(name, t)
-        steps = self.chained if self.chained is not None and observe is None and inputs_finite() else self.steps
+        steps = self.chained if chained else self.steps
         for step in steps:  # the hot loop: no helper calls unless observing, nothing kept past its use
             try:
                 if step.special:

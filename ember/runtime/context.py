@@ -39,7 +39,7 @@ class ExecutionContext:
         self.runs = 0
         #: the names, types, dtypes and shapes of the last inputs ``validate_inputs`` accepted
         #: (``_signature``): the same again is valid again, and is not checked field by field
-        self._accepted: Optional[tuple] = None
+        self._accepted: Optional[tuple[Any, ...]] = None
 
     def __enter__(self) -> ExecutionContext:
         return self
@@ -93,7 +93,7 @@ class ExecutionContext:
         return outputs
 
 
-def _signature(inputs: Any) -> Optional[tuple]:
+def _signature(inputs: Any) -> Optional[tuple[Any, ...]]:
     """What ``validate_inputs`` checks of ``inputs`` (names, array types, dtypes, shapes), or None
     where they are not a dict of arrays. Inputs of an accepted signature are valid: comparing it
     costs a few microseconds where the checks cost a hundred or more after a run of a large

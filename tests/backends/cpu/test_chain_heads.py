@@ -289,3 +289,29 @@ def test_a_tuned_engine_keeps_one_packed_weight_per_layer_and_a_loaded_one_runs_
     loaded = ember.load(str(tmp_path / "head.ember"))
     assert "head of 3" in _chain_names(loaded)[0]
     _check_against_ort(loaded, model)
+
+
+def test_an_int8_chain_ends_in_a_head_that_pools_its_float_output(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """In an INT8 engine the last convolution writes float32 for the pooling: the head pools and
+    flattens in the chain, the INT8 classifier stays on its own, and the outputs are those of the
+    engine without heads (within a step of the classifier's 8-bit input)."""
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _classifier("gemm")
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
+    rng = np.random.default_rng(5)
+    calib = [{"x": rng.standard_normal((N, 3, HW, HW)).astype(np.float32)} for _ in range(4)]
+    engines = {}
+    for heads in ("1", "0"):
+        monkeypatch.setenv(HEAD_ENV, heads)
+        monkeypatch.setenv(LAYOUT_ENV, "nhwc")
+        engines[heads] = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision="int8"),
+                                     calibration_data=calib, progress=False)
+    names = _chain_names(engines["1"])
+    if not names:
+        pytest.skip("no INT8 chain here (the INT8 convolutions took another tactic)")
+    assert names[0].endswith("(2 layers chained and a head of 2)")
+    assert _chain_names(engines["0"])[0].endswith("(2 layers chained)")
+    x = calib[0]["x"]
+    with engines["1"].create_context() as a, engines["0"].create_context() as b:
+        got, want = a.infer({"x": x})["y"], b.infer({"x": x})["y"]
+    assert max_rel_error(got, want) < 2e-2

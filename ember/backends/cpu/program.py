@@ -100,6 +100,9 @@ class CPUProgram(Program):
         #: runs with finite inputs and no observer; ``None`` where there is no chain
         self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(
             graph.outputs, plan.build_info.get("chain_layouts") or {})
+        #: the extension's exact finite-input check, where chains loaded it (``finite_run``)
+        self._finite_check: Optional[Callable[[torch.Tensor], bool]] = getattr(
+            getattr(self, "_ext", None), "all_finite", None)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}
@@ -120,7 +123,7 @@ class CPUProgram(Program):
             program.run(feeds, observe=lambda name, t: print(name, tuple(t.shape)))
         """
         if self.half:  # fused epilogues in half layers where the inputs are finite (``.half``)
-            with finite_run(feeds):
+            with finite_run(feeds, self._finite_check):
                 return self._run(feeds, stats, observe)
         return self._run(feeds, stats, observe)
 

@@ -320,3 +320,23 @@ def test_pooled_buffers_never_overwrite_a_returned_output(ext: Any):
     assert len(pointers) == len(results)  # every result kept its own buffer
     for x, y in zip(inputs, results):
         torch.testing.assert_close(y, expected(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 3 * 224 * 224, (1 << 20) + 5, 3 << 20])
+def test_the_extensions_finite_check_finds_every_nan_and_infinity(ext: Any, n: int):
+    """``all_finite`` (the finite-input check of a run): any NaN or infinity anywhere, in the
+    vectorized part, the tail or any thread's share, and not the overflow of a sum of finite values."""
+    import torch
+
+    x = torch.randn(n)
+    assert ext.all_finite(x)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        for pos in sorted({0, n // 2, n - 1}) if n else []:
+            y = x.clone()
+            y[pos] = value
+            assert not ext.all_finite(y), (value, pos)
+    assert ext.all_finite(torch.full((1000,), 3e38))  # the sum overflows; every value is finite
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        ext.all_finite(torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
+        ext.all_finite(torch.ones(4, 4).t())

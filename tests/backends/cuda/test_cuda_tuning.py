@@ -361,3 +361,54 @@ def test_every_compile_gets_the_records_and_config_and_the_reference_is_the_plan
                                                            ("good", Precision.FP32)]
     assert all(c.records is records and c.config is config for c in contexts)
     assert not timer.arena  # config.cuda_arena=False: timed alone
+
+
+def test_a_measurement_keeps_the_gpu_busy_before_it_times(monkeypatch):
+    """``keep_busy`` runs the work back to back until its seconds have passed (an idle GPU's
+    clocks are low: timing straight after a compile misranks tactics), synchronizing every few
+    calls, and stops at ``max_calls`` whatever the clock says; ``cuda_event_measure`` calls it
+    before timing (CPU run: a fake clock and a fake synchronize)."""
+    import time
+
+    from ember.backends.cuda import tuning
+
+    clock = [0.0]
+    syncs = []
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(clock[0]))
+    calls = []
+
+    def work():  # each call "takes" 1 ms
+        calls.append(clock[0])
+        clock[0] += 0.001
+
+    tuning.keep_busy(work, 0.01)
+    assert 10 <= len(calls) <= 13  # stops once 10 ms have passed, at a synchronize (every 4 calls)
+    assert len(syncs) >= len(calls) // 4 + 1
+    calls.clear()
+    tuning.keep_busy(work, 10.0, max_calls=7)
+    assert len(calls) == 7
+    calls.clear()
+    seen = []
+    monkeypatch.setattr(tuning, "keep_busy", lambda fn, s: seen.append(s))
+    events = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing=False):
+            events.append(self)
+
+        def record(self):
+            self.t = clock[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    ms = tuning.cuda_event_measure(warmup=2, reps=5, rounds=3, busy_s=0.02)(work)
+    assert seen == [0.02] and ms == pytest.approx(1.0)
+    seen.clear()
+    tuning.cuda_event_measure(warmup=1, reps=2, rounds=1, busy_s=0.0)(work)
+    assert seen == []  # busy_s=0: no busy phase

@@ -68,40 +68,12 @@ INTO_ARENA = "into its arena place"
 PLUS_ARENA_COPY = "+ copy into its arena place"
 
 
-#: Seconds a measurement keeps the GPU busy before it times (``keep_busy``). The tactic timer
-#: compiles each candidate first (a Triton kernel: up to seconds of CPU), and an idle H100 drops
-#: its clocks meanwhile: the seventeenth session's ResNet-50 FP8 build timed every candidate 4-7x
-#: slower than the engine then ran it, unevenly (compute-bound kernels slow more than
-#: memory-bound ones at a low SM clock), and picked an FP8 convolution that ran 1.8x slower than
-#: the fp16 one it beat at the timer.
-WARM_S = 0.01
-
-
-def keep_busy(fn: Callable[[], object], seconds: float = WARM_S, max_calls: int = 10_000) -> None:
-    """Runs ``fn`` (GPU work) back to back until ``seconds`` of wall time have passed (at most
-    ``max_calls`` calls), so the GPU is at its working clocks when it is timed next."""
-    import time
-
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(max_calls):
-        fn()
-        if i % 4 == 3:  # no more than a few calls queued ahead of the clock
-            torch.cuda.synchronize()
-            if time.perf_counter() - start >= seconds:
-                break
-    torch.cuda.synchronize()
-
-
-def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3, busy_s: float = WARM_S) -> Measure:
-    """Median over ``rounds`` of the mean time of ``reps`` back-to-back calls (CUDA events), after
-    ``warmup`` calls and ``busy_s`` seconds of calls (``keep_busy``)."""
+def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3) -> Measure:
+    """Median over ``rounds`` of the mean time of ``reps`` back-to-back calls (CUDA events)."""
 
     def measure(fn: Callable[[], object]) -> float:
         for _ in range(warmup):
             fn()
-        if busy_s > 0:
-            keep_busy(fn, busy_s)
         torch.cuda.synchronize()
         times = []
         for _ in range(rounds):
@@ -117,12 +89,11 @@ def cuda_event_measure(warmup: int = 3, reps: int = 10, rounds: int = 3, busy_s:
     return measure
 
 
-def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5, busy_s: float = WARM_S) -> Measure:
+def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5) -> Measure:
     """GPU time per call as the engine will see it: ``reps`` calls captured in one CUDA graph,
-    replayed ``rounds`` times (median) after ``busy_s`` seconds of replays (``keep_busy``). No
-    launch overhead, which a CUDA-graph engine never pays. Falls back to ``cuda_event_measure``
-    for a kernel that cannot be captured."""
-    fallback = cuda_event_measure(warmup, reps, 3, busy_s)
+    replayed ``rounds`` times (median). No launch overhead, which a CUDA-graph engine never pays.
+    Falls back to ``cuda_event_measure`` for a kernel that cannot be captured."""
+    fallback = cuda_event_measure(warmup, reps, 3)
 
     def measure(fn: Callable[[], object]) -> float:
         for _ in range(warmup):
@@ -139,8 +110,6 @@ def graph_measure(warmup: int = 2, reps: int = 10, rounds: int = 5, busy_s: floa
                 graph = None
         if graph is None:
             return fallback(fn)
-        if busy_s > 0:
-            keep_busy(graph.replay, busy_s)
         times = []
         for _ in range(rounds):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

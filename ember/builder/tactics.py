@@ -38,17 +38,24 @@ from ember.runtime.serialize import encode_value
 CACHE_FORMAT = 1
 
 
-def layer_signature(node: Node, graph: Graph, records: Records, precision: Precision) -> str:
+def layer_signature(node: Node, graph: Graph, records: Records, precision: Precision,
+                    producers: Mapping[str, str] | None = None) -> str:
     """A stable key for 'this layer on these input types at this precision' (and, where the
-    records make it run differently, in its Concat slice or in NCHW)."""
+    records make it run differently, in its Concat slice or in NCHW). ``producers``: {tensor: the
+    layer that writes it} (``graph``'s, computed here when not given)."""
+    if producers is None:
+        producers = {out: n.name for n in graph.nodes for out in n.outputs if out}
     parts: dict[str, Any] = {
         "op": node.op.value,
         "attrs": encode_value(node.attrs),
         "inputs": [str(graph.types[i]) if i else "-" for i in node.inputs],
         "const": [i in graph.constants for i in node.inputs],
         "precision": str(precision),
-        # 2: timed as the engine runs it, writing into (or copied into) its place in the arena
-        "timing": 2,
+        # 2: timed as the engine runs it, writing into (or copied into) its place in the arena;
+        # 3: on inputs stored as the engine stores them (their producers' precisions, the layout)
+        "timing": 3,
+        "from": [str(records.precision.layers.get(producers.get(i, ""), "-")) if i and i not in graph.constants
+                 else "-" for i in node.inputs],
     }
     into = planned_slice(graph, records, node.outputs[0]) if len(node.outputs) == 1 else None
     if into is not None:  # timed writing (or copying) into its Concat slice: entries of their own
@@ -136,6 +143,8 @@ class TacticSelector:
         self.timer = timer
         self.cache = cache
         self.records = records if records is not None else Records()
+        #: (graph, {tensor: the layer that writes it}) for ``layer_signature``, made once per graph
+        self._producers: tuple[Graph, dict[str, str]] | None = None
 
     def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision,
                fallbacks: Collection[str] = ()) -> Choice:
@@ -147,7 +156,10 @@ class TacticSelector:
             return Choice(candidates[0], {})
         timer = self.timer
         primary = [c for c in candidates if c not in fallbacks] or list(candidates)
-        sig = layer_signature(node, graph, self.records, precision) if self.cache is not None else ""
+        if self.cache is not None and (self._producers is None or self._producers[0] is not graph):
+            self._producers = (graph, {out: n.name for n in graph.nodes for out in n.outputs if out})
+        sig = (layer_signature(node, graph, self.records, precision, self._producers[1])  # type: ignore[index]
+               if self.cache is not None else "")
         cached = self.cache.get(sig) if self.cache is not None else None
         from_cache = cached is not None and all(c in cached for c in primary)
         timings = {c: cached[c] for c in candidates if c in cached} if cached is not None and from_cache else {}

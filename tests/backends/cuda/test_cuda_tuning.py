@@ -361,3 +361,32 @@ def test_every_compile_gets_the_records_and_config_and_the_reference_is_the_plan
                                                            ("good", Precision.FP32)]
     assert all(c.records is records and c.config is config for c in contexts)
     assert not timer.arena  # config.cuda_arena=False: timed alone
+
+
+def test_inputs_are_timed_as_the_engine_stores_them():
+    """A candidate is timed on inputs in the dtype the program stores them in (the producer's
+    compute dtype: a half, INT8 or FP8 layer's float output is half) and the layout plan's memory
+    format; timed on float32 NCHW, every candidate paid its own conversion and the ones that
+    convert less won. The timing cache keys the producers' precisions apart."""
+    from ember.ir import Graph, Node, TensorType
+    from ember.ir.dtype import DType
+    from ember.plan.records import PrecisionPlan
+
+    shape = (2, 4, 5, 5)
+    types = {n: TensorType(DType.FLOAT32, shape) for n in ("x", "a", "b", "c", "y")}
+    nodes = [Node("half", OpType.RELU, ("x",), ("a",)), Node("q", OpType.RELU, ("x",), ("b",)),
+             Node("plain", OpType.RELU, ("x",), ("c",)), Node("timed", OpType.MAX, ("a", "b", "c", "x"), ("y",))]
+    g = Graph("stored", nodes, ["x"], ["y"], types)
+    layout = LayoutPlan(Layout.NHWC, nhwc=frozenset({"a", "b"}))
+    records = Records(layout=layout, precision=PrecisionPlan({"half": Precision.FP16, "q": Precision.INT8,
+                                                              "plain": Precision.FP32}))
+    timer = CudaTacticTimer(FakeBackend(), {}, torch.device("cpu"), records, measure=lambda fn: 1.0)
+    a, b, c, x = timer._args(g.nodes[3], g)
+    assert a.dtype == torch.float16 and a.is_contiguous(memory_format=torch.channels_last)
+    assert b.dtype == torch.float16 and b.is_contiguous(memory_format=torch.channels_last)
+    assert c.dtype == torch.float32 and c.is_contiguous()  # an fp32 layer's output, planned NCHW
+    assert x.dtype == torch.float32 and x.is_contiguous()  # a graph input: as the user gives it
+    other = Records(layout=layout, precision=PrecisionPlan({"half": Precision.FP32, "q": Precision.INT8,
+                                                            "plain": Precision.FP32}))
+    assert layer_signature(g.nodes[3], g, records, Precision.FP16) != layer_signature(g.nodes[3], g, other,
+                                                                                      Precision.FP16)

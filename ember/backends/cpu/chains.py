@@ -79,8 +79,22 @@ class HeadRole:
 
     kind: str
     flat: bool = False
-    weight: Optional[torch.Tensor] = None
-    bias: Optional[torch.Tensor] = None
+    #: the constant B as the layer reads it (no copy: most such layers are never in a head) and
+    #: whether it is [O, C] already (Gemm's transB) or [C, O]
+    b: Optional[torch.Tensor] = None
+    b_is_oc: bool = False
+    c: Optional[torch.Tensor] = None  # the constant bias as the layer reads it ([O], [1, O] or one value)
+
+    def weight(self) -> torch.Tensor:
+        """The classifier's weight [O, C] (a copy only where B is [C, O])."""
+        assert self.b is not None
+        return (self.b if self.b_is_oc else self.b.t()).contiguous()
+
+    def bias(self) -> Optional[torch.Tensor]:
+        """The classifier's bias [O], or None."""
+        if self.c is None or self.b is None:
+            return None
+        return self.c.reshape(-1).expand(self.b.shape[0] if self.b_is_oc else self.b.shape[1]).contiguous()
 
 
 @dataclass(frozen=True)
@@ -220,16 +234,14 @@ def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor]
         trans_b = a.trans_b
     elif c is not None:
         return None
-    weight = (b if trans_b else b.t()).contiguous()
-    o = weight.shape[0]
-    if weight.shape[1] != x.shape[1] or tuple(y.shape) != (x.shape[0], o):
+    o, k = (b.shape[0], b.shape[1]) if trans_b else (b.shape[1], b.shape[0])
+    if k != x.shape[1] or tuple(y.shape) != (x.shape[0], o):
         return None
-    bias = None
-    if c is not None:  # a bias row broadcast over the batch: [O], [1, O] or a scalar
-        if c.dtype != torch.float32 or c.numel() not in (1, o) or (c.dim() == 2 and c.shape[0] != 1) or c.dim() > 2:
-            return None
-        bias = c.reshape(-1).expand(o).contiguous()
-    return HeadRole("gemm", weight=weight, bias=bias)
+    # a bias row broadcast over the batch: [O], [1, O] or a scalar
+    if c is not None and (c.dtype != torch.float32 or c.numel() not in (1, o) or c.dim() > 2
+                          or (c.dim() == 2 and c.shape[0] != 1)):
+        return None
+    return HeadRole("gemm", b=b, b_is_oc=trans_b, c=c)
 
 
 #: The switch: ``EMBER_CHAIN_HEADS=0`` (or off / false / no) leaves every chain's head layers on their own.
@@ -276,7 +288,7 @@ def attach_head(chain: Chain, steps: Sequence[Any], ext: Any) -> Chain:
     gemm = roles[-1] if roles[-1].kind == "gemm" else None
     flat = roles[0].flat or any(r.kind == "flatten" for r in roles)
     try:
-        layer = ext.HeadLayer(gemm.weight if gemm else None, gemm.bias if gemm else None)
+        layer = ext.HeadLayer(gemm.weight() if gemm else None, gemm.bias() if gemm else None)
         head = layer.prepare(chain.convs[-1].dst_dims, "nhwc", flat)
     except (RuntimeError, ValueError, AttributeError):  # AttributeError: an extension without heads
         return replace(chain, end=chain.conv_end, output=steps[chain.conv_end - 1].outputs[0], head_steps=0)

@@ -315,3 +315,15 @@ def test_an_int8_chain_ends_in_a_head_that_pools_its_float_output(ext: Any, monk
     with engines["1"].create_context() as a, engines["0"].create_context() as b:
         got, want = a.infer({"x": x})["y"], b.infer({"x": x})["y"]
     assert max_rel_error(got, want) < 2e-2
+
+
+def test_a_layers_head_role_holds_its_constants_without_copying_them(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """Every Gemm / MatMul by a constant gets a head role, most never run in a head (BERT's): the
+    role refers to the program's constants; only a head's own layer packs a copy."""
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _classifier("matmul")
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
+    program = _engine(model, monkeypatch).compile()
+    (role,) = [s.head for s in program.steps if s.head is not None and s.head.kind == "gemm"]
+    assert role.b.data_ptr() == program.constants["wc"].data_ptr()
+    assert tuple(role.weight().shape) == (OUT, C) and role.bias() is None

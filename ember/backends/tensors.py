@@ -77,22 +77,16 @@ def numpy_to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return t if device.type == "cpu" else t.to(device)
 
 
-#: torch dtypes numpy holds as they are
-_NUMPY_NATIVE = frozenset({torch.float32, torch.float16, torch.float64, torch.int8, torch.uint8, torch.int16,
-                           torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128})
-
-
 def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A numpy array of ``tensor`` (bfloat16 becomes float32: numpy has no bfloat16; the 8-bit
     floats become ml_dtypes' types, the same bytes)."""
-    if tensor.device.type == "cpu" and not tensor.requires_grad and tensor.dtype in _NUMPY_NATIVE:
-        return tensor.numpy()  # the common case (an engine's output), with the fewest operator calls
-    t = tensor.detach()
+    # an engine's CPU output takes no operator call but .numpy(): each is a dispatch on cold caches
+    t = tensor.detach() if tensor.requires_grad else tensor
     if t.dtype == torch.bfloat16:
         t = t.float()
     if t.dtype in FLOAT8_TORCH:
         return t.cpu().contiguous().view(torch.uint8).numpy().view(_FROM_TORCH[t.dtype].to_numpy())
-    return t.cpu().numpy()
+    return (t if t.device.type == "cpu" else t.cpu()).numpy()
 
 
 def max_relative_error(ours: ArrayLike, ref: ArrayLike) -> float:

@@ -39,12 +39,12 @@ CACHE_FORMAT = 1
 
 
 def layer_signature(node: Node, graph: Graph, records: Records, precision: Precision,
-                    producers: Mapping[str, str] | None = None) -> str:
+                    producers: Mapping[str, Node] | None = None) -> str:
     """A stable key for 'this layer on these input types at this precision' (and, where the
-    records make it run differently, in its Concat slice or in NCHW). ``producers``: {tensor: the
-    layer that writes it} (``graph``'s, computed here when not given)."""
+    records make it run differently, in its Concat slice or in NCHW). ``producers``:
+    ``graph.producers()``, computed here when not given."""
     if producers is None:
-        producers = {out: n.name for n in graph.nodes for out in n.outputs if out}
+        producers = graph.producers()
     parts: dict[str, Any] = {
         "op": node.op.value,
         "attrs": encode_value(node.attrs),
@@ -54,8 +54,8 @@ def layer_signature(node: Node, graph: Graph, records: Records, precision: Preci
         # 2: timed as the engine runs it, writing into (or copied into) its place in the arena;
         # 3: on inputs stored as the engine stores them (their producers' precisions, the layout)
         "timing": 3,
-        "from": [str(records.precision.layers.get(producers.get(i, ""), "-")) if i and i not in graph.constants
-                 else "-" for i in node.inputs],
+        "from": [_producer_precision(records, producers, i) if i and i not in graph.constants else "-"
+                 for i in node.inputs],
     }
     into = planned_slice(graph, records, node.outputs[0]) if len(node.outputs) == 1 else None
     if into is not None:  # timed writing (or copying) into its Concat slice: entries of their own
@@ -66,6 +66,12 @@ def layer_signature(node: Node, graph: Graph, records: Records, precision: Preci
             format_in(graph, layout, o) is NCHW for o in node.outputs):
         parts["nchw"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _producer_precision(records: Records, producers: Mapping[str, Node], tensor: str) -> str:
+    """The precision of the layer that writes ``tensor`` ("-": a graph input, or no record)."""
+    p = producers.get(tensor)
+    return str(records.precision.layers.get(p.name, "-")) if p is not None else "-"
 
 
 @dataclass
@@ -144,7 +150,7 @@ class TacticSelector:
         self.cache = cache
         self.records = records if records is not None else Records()
         #: (graph, {tensor: the layer that writes it}) for ``layer_signature``, made once per graph
-        self._producers: tuple[Graph, dict[str, str]] | None = None
+        self._producers: tuple[Graph, dict[str, Node]] | None = None
 
     def select(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision,
                fallbacks: Collection[str] = ()) -> Choice:
@@ -157,7 +163,7 @@ class TacticSelector:
         timer = self.timer
         primary = [c for c in candidates if c not in fallbacks] or list(candidates)
         if self.cache is not None and (self._producers is None or self._producers[0] is not graph):
-            self._producers = (graph, {out: n.name for n in graph.nodes for out in n.outputs if out})
+            self._producers = (graph, graph.producers())
         sig = (layer_signature(node, graph, self.records, precision, self._producers[1])  # type: ignore[index]
                if self.cache is not None else "")
         cached = self.cache.get(sig) if self.cache is not None else None

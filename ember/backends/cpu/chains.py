@@ -132,8 +132,12 @@ class Chain:
         return self.end - self.head_steps
 
 
+def _switched_on(env: str) -> bool:
+    return os.environ.get(env, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def enabled() -> bool:
-    return os.environ.get(SWITCH_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+    return _switched_on(SWITCH_ENV)
 
 
 #: ``EMBER_CHAIN_LAYOUT``: the activations' layout between a float chain's layers: ``nhwc``
@@ -190,7 +194,7 @@ def head_role(node: Any, precision: Any, types: Mapping[str, Any],
     from ember.ir.dtype import DType
     from ember.ir.optype import OpType
 
-    if getattr(precision, "is_half", False) or getattr(precision, "is_quantized", False):
+    if precision.is_half or precision.is_quantized:
         return None
     if not node.inputs or len(node.outputs) != 1 or not node.inputs[0] or not node.outputs[0]:
         return None
@@ -255,7 +259,8 @@ def _head_steps(steps: Sequence[Any], end: int, output: str, readers: Mapping[st
                 outputs: set[str]) -> int:
     """How many steps from ``end`` make a head (``HEADS``) on a chain whose last output is
     ``output``: each reads the one before as its only reader, and no output but the last is the
-    graph's."""
+    graph's (the roles' own shape conditions keep a pooled [N, C, 1, 1] from a GEMM and a pooled
+    [N, C] from a flatten)."""
     roles: list[HeadRole] = []
     name = output
     k = end
@@ -264,9 +269,6 @@ def _head_steps(steps: Sequence[Any], end: int, output: str, readers: Mapping[st
         role = getattr(s, "head", None)
         if (role is None or s.special or s.inputs[0] != name or name in outputs
                 or readers.get(name, []) != [k]):
-            break
-        # a pooled [N, C, 1, 1] is flattened; a pooled [N, C] (keepdims=0) is not
-        if len(roles) == 1 and (role.kind == "flatten") == roles[0].flat:
             break
         roles.append(role)
         name = s.outputs[0]
@@ -282,8 +284,6 @@ def attach_head(chain: Chain, steps: Sequence[Any], ext: Any) -> Chain:
     without a head where the extension cannot make one (then its head layers run on their own)."""
     if not chain.head_steps:
         return chain
-    if os.environ.get(HEAD_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
-        return replace(chain, end=chain.conv_end, output=steps[chain.conv_end - 1].outputs[0], head_steps=0)
     roles = [steps[k].head for k in range(chain.conv_end, chain.end)]
     gemm = roles[-1] if roles[-1].kind == "gemm" else None
     flat = roles[0].flat or any(r.kind == "flatten" for r in roles)
@@ -313,7 +313,8 @@ def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: 
             end -= 1
         if end - i >= min_length:
             chain = _chain(steps, i, end, readers)
-            h = _head_steps(steps, end, chain.output, readers, outputs) if chain.dtypes[-1] == 0 else 0
+            heads = chain.dtypes[-1] == 0 and _switched_on(HEAD_ENV)
+            h = _head_steps(steps, end, chain.output, readers, outputs) if heads else 0
             if h:
                 chain = replace(chain, end=end + h, output=steps[end + h - 1].outputs[0], head_steps=h)
             chains.append(chain)

@@ -96,13 +96,13 @@ class CPUProgram(Program):
         self.steps: tuple[CPUStep, ...] = tuple(steps)
         self.outputs: tuple[str, ...] = tuple(graph.outputs)
         self._chained_constants: dict[str, torch.Tensor] = {}  # what the chained steps read (``_assemble``)
+        self._ext: Any = None  # the extension, where there are chains (``_chain_steps``)
         #: the steps with chains of persistent convolutions as one step each (``chains``), for
         #: runs with finite inputs and no observer; ``None`` where there is no chain
         self.chained: Optional[tuple[CPUStep, ...]] = self._chain_steps(
             graph.outputs, plan.build_info.get("chain_layouts") or {})
         #: the extension's exact finite-input check, where chains loaded it (``finite_run``)
-        self._finite_check: Optional[Callable[[torch.Tensor], bool]] = getattr(
-            getattr(self, "_ext", None), "all_finite", None)
+        self._finite_check: Optional[Callable[[torch.Tensor], bool]] = getattr(self._ext, "all_finite", None)
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}

@@ -169,7 +169,7 @@ class CudaTacticTimer:
         self._refs: dict[str, Optional[list[torch.Tensor]]] = {}
         self._views: dict[str, Optional[torch.Tensor]] = {}
         #: (graph, {tensor: the layer that writes it}) for ``_as_stored``
-        self._producers: Optional[tuple[Graph, dict[str, str]]] = None
+        self._producers: Optional[tuple[Graph, dict[str, Node]]] = None
 
     def __call__(self, node: Node, graph: Graph, tactic: str, precision: str) -> float:
         args = self._args(node, graph)
@@ -276,9 +276,9 @@ class CudaTacticTimer:
         if not x.is_floating_point():
             return x
         if self._producers is None or self._producers[0] is not graph:
-            self._producers = (graph, {out: n.name for n in graph.nodes for out in n.outputs if out})
+            self._producers = (graph, graph.producers())
         producer = self._producers[1].get(name)
-        precision = self.records.precision.layers.get(producer) if producer is not None else None
+        precision = self.records.precision.layers.get(producer.name) if producer is not None else None
         if precision is not None:
             x = x.to(compute_dtype(precision))
         stored = to_format(x, format_in(graph, self.records.layout, name))

@@ -64,6 +64,10 @@ class ChainLink:
     #: the extension's ``Layer`` behind the primitives (``weight_copies`` says how many packed weights it holds)
     layer: Any = None
     in_channels: int = 0
+    #: the static input's shape and the layer's pads [top, left, bottom, right] (a depthwise pair's
+    #: ``Layer.prepare_dw`` arguments: ``with_dw_pairs``)
+    shape: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
 
     def nhwc_conv(self) -> Any:
         return self.conv if self.conv is not None else self.relayout("nhwc", "nhwc")  # type: ignore[misc]
@@ -125,6 +129,9 @@ class Chain:
     head: Any = None
     head_layer: Any = None
     head_flat: bool = False
+    #: the layers (0-based among the chain's convolutions) that run as depthwise pairs, two by two
+    #: (``with_dw_pairs``: ``convs`` then has one entry per pair)
+    paired: tuple[int, ...] = ()
 
     @property
     def conv_end(self) -> int:
@@ -174,7 +181,7 @@ def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
     extension reorders the chain's input once for layers that read it in another layout, and the
     last output back to channels-last. None where a layer runs only channels-last (INT8) or
     oneDNN makes no such primitive."""
-    if any(link.relayout is None for link in members):
+    if chain.paired or any(link.relayout is None for link in members):
         return None
     planar = 0 < members[0].in_channels < PLANAR_INPUT_CHANNELS
     try:
@@ -185,6 +192,78 @@ def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
     except (RuntimeError, ValueError):  # oneDNN has no primitive for a layout: keep channels-last
         return None
     return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc", head=head)
+
+
+#: ``EMBER_CHAIN_DW=0`` (or off / false / no): no depthwise pairs (``with_dw_pairs``), for measuring.
+DW_ENV = "EMBER_CHAIN_DW"
+
+
+def dw_enabled() -> bool:
+    return _switched_on(DW_ENV)
+
+
+#: Whether a pair may run on oneDNN's reference fusion (``ref_fused_convolution``: the two
+#: primitives one after the other, slower than the pair apart); tests set it to exercise pairs on
+#: shapes too small for oneDNN's fused kernels.
+DW_REFERENCE_OK = False
+
+
+def with_dw_pairs(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
+    """``chain`` (in its layout) with each float 1x1 convolution whose output only the 3x3
+    depthwise convolution after it reads run together with it as one primitive (oneDNN's
+    depthwise post-op: ``Layer.prepare_dw``, both activations fused), where oneDNN has a real
+    fused kernel for the pair (not its reference one, which runs the two one after the other).
+    MobileNet's expand -> depthwise pairs: the expanded tensor is never written out whole. None
+    where no pair qualifies."""
+    n = len(members)
+    if chain.paired or len(chain.convs) != n:
+        return None
+    planar = chain.input_layout == "nchw"
+    pairs: dict[int, Any] = {}  # first layer of a pair -> the pair's primitive
+    j = 0
+    while j < n - 1:
+        a, b = members[j], members[j + 1]
+        conv = None
+        if (a.layer is not None and b.layer is not None and a.relayout is not None and b.relayout is not None
+                and chain.src[j + 1] == j and chain.last[j] == j + 1 and chain.res[j] == chain.res[j + 1] == -2
+                and chain.sum[j] == chain.sum[j + 1] == -2 and chain.dtypes[j] in (0, 3)
+                and chain.dtypes[j + 1] in (0, 3)):
+            src = "nchw" if planar and j == 0 else chain.layout
+            try:
+                conv = a.layer.prepare_dw(b.layer, list(a.shape), list(a.pads), list(b.pads), src, chain.layout,
+                                          DW_REFERENCE_OK)
+            except (RuntimeError, ValueError):  # not a 1x1 -> depthwise pair: the checks say why
+                conv = None
+        if conv is not None:
+            pairs[j] = conv
+            j += 2
+        else:
+            j += 1
+    if not pairs:
+        return None
+    new_index: list[int] = []  # old layer -> its step in the new chain
+    convs: list[Any] = []
+    for j in range(n):
+        if j - 1 in pairs:  # the depthwise half of a pair
+            new_index.append(len(convs) - 1)
+            continue
+        new_index.append(len(convs))
+        convs.append(pairs.get(j, chain.convs[j]))
+    firsts = [j for j in range(n) if not (j - 1 in pairs)]  # each new step's first old layer
+    lasts = [j + 1 if j in pairs else j for j in firsts]  # ... and its last
+
+    def at(k: int) -> int:
+        return k if k < 0 else new_index[k]
+
+    head = chain.head
+    if chain.head_layer is not None and n - 2 in pairs:  # the head reads the pair's output
+        head = chain.head_layer.prepare(convs[-1].dst_dims, chain.layout, chain.head_flat)
+    return replace(chain, convs=tuple(convs), src=tuple(at(chain.src[j]) for j in firsts),
+                   res=tuple(at(chain.res[j]) for j in firsts), sum=tuple(at(chain.sum[j]) for j in firsts),
+                   last=tuple(at(chain.last[j]) for j in lasts),
+                   fused=tuple(False if j in pairs else chain.fused[j] for j in firsts),
+                   dtypes=tuple(chain.dtypes[j] for j in lasts), head=head,
+                   paired=tuple(k for j in pairs for k in (j, j + 1)))
 
 
 def head_role(node: Any, precision: Any, types: Mapping[str, Any],
@@ -419,6 +498,6 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
                          chain.head)
 
 
-__all__ = ["DTYPE_CODES", "HEADS", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "HeadRole", "SWITCH_ENV",
-           "attach_head", "blocked", "enabled", "forced_layout", "head_role", "links", "plan_chains", "run_chain",
-           "time_layouts"]
+__all__ = ["DTYPE_CODES", "DW_ENV", "HEADS", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "HeadRole",
+           "SWITCH_ENV", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout", "head_role", "links",
+           "plan_chains", "run_chain", "time_layouts", "with_dw_pairs"]

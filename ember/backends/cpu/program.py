@@ -131,7 +131,8 @@ class CPUProgram(Program):
         """The steps with each chain as one step, each float chain in the layout ``EMBER_CHAIN_LAYOUT``
         forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
-        from ember.backends.cpu.chains import attach_head, blocked, enabled, forced_layout, links, plan_chains
+        from ember.backends.cpu.chains import (attach_head, blocked, dw_enabled, enabled, forced_layout, links,
+                                               plan_chains, with_dw_pairs)
         from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []
@@ -152,6 +153,8 @@ class CPUProgram(Program):
             want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
             if want == "blocked" and (forced or blocked_ok):
                 chains[i] = blocked(chains[i], links(self.steps, chains[i])) or chains[i]
+            if isinstance(entry, Mapping) and entry.get("dw") and dw_enabled():
+                chains[i] = with_dw_pairs(chains[i], links(self.steps, chains[i])) or chains[i]
         self._chains = chains
         for k in range(len(chains)):
             self._release(k)
@@ -163,9 +166,9 @@ class CPUProgram(Program):
         from ember.backends.cpu.chains import links
 
         chain = self._chains[k]
-        for link in links(self.steps, chain):
+        for j, link in enumerate(links(self.steps, chain)):
             if link.release is not None:
-                link.release(chain.layout)
+                link.release("dw" if j in chain.paired else chain.layout)
         if chain.head_layer is not None:
             chain.head_layer.release_unused()
 
@@ -178,8 +181,9 @@ class CPUProgram(Program):
             internal = {s.outputs[0] for s in members[:-1]}
             frees = tuple(dict.fromkeys(n for s in members for n in s.frees if n not in internal))
             head = f" and a head of {chain.head_steps}" if chain.head_steps else ""
+            pairs = f", {len(chain.paired) // 2} depthwise pairs fused" if chain.paired else ""
             out.append(CPUStep(f"{members[0].name} .. {members[-1].name} ({len(members) - chain.head_steps} layers "
-                               f"chained{head}{', blocked' if chain.layout == 'blocked' else ''})", "Chain",
+                               f"chained{head}{pairs}{', blocked' if chain.layout == 'blocked' else ''})", "Chain",
                                self._chain_kernel(self._ext, chain, members), (chain.input,), (chain.output,), frees,
                                (0,)))
             i = chain.end
@@ -189,13 +193,15 @@ class CPUProgram(Program):
         return tuple(out)
 
     def tune(self, feeds: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
-        """Times each float chain in both activation layouts (``chains.blocked``) on the chain's
-        input from a run on ``feeds()`` and keeps the faster: oneDNN's blocked kernels win on
+        """Times each float chain in both activation layouts (``chains.blocked``), each also with
+        its 1x1 -> depthwise pairs fused where it has any (``chains.with_dw_pairs``), on the chain's
+        input from a run on ``feeds()``, and keeps the fastest: oneDNN's blocked kernels win on
         depthwise networks and at batch 8, its channels-last ones on ResNet-50 at batch 1
-        (docs/CPU_NATIVE.md, "Blocked chains"). Returns ``{"chain_layouts": {first layer: {"layout",
-        "ms": {layout: median ms}}}}`` for the plan's ``build_info``, which later programs follow;
-        nothing where ``EMBER_CHAIN_LAYOUT`` forces a layout or no chain has a choice."""
-        from ember.backends.cpu.chains import blocked, forced_layout, links, time_layouts
+        (docs/CPU_NATIVE.md, "Blocked chains"); fused pairs win where the expanded tensor is larger
+        than the caches ("Depthwise pairs"). Returns ``{"chain_layouts": {first layer: {"layout",
+        "dw", "ms": {variant: median ms}}}}`` for the plan's ``build_info``, which later programs
+        follow; nothing where ``EMBER_CHAIN_LAYOUT`` forces a layout or no chain has a choice."""
+        from ember.backends.cpu.chains import forced_layout, links, time_layouts
 
         if forced_layout() is not None:
             return {}
@@ -217,27 +223,31 @@ class CPUProgram(Program):
             return {}
         self.run({k: torch.as_tensor(v) for k, v in given.items()}, observe=keep)
         chosen: dict[str, Any] = {}
+        variants: dict[str, Any] = {}
         for k in candidates:
             chain = self._chains[k]
             x = seen.get(chain.input)
-            other = blocked(chain, links(self.steps, chain)) if x is not None else None
-            if x is None or other is None:
+            if x is None:
+                continue
+            variants = _variants(chain, links(self.steps, chain))
+            if len(variants) < 2:
                 continue
             ms: dict[str, float] = {}
             try:
-                ms = time_layouts({chain.layout: chain, other.layout: other}, self._ext, x)
-            except (RuntimeError, ValueError) as e:  # a layout that cannot run here: keep channels-last
-                log.warning("CPU chain from %r: its blocked layout failed (%s); it stays channels-last",
+                ms = time_layouts(variants, self._ext, x)
+            except (RuntimeError, ValueError) as e:  # a variant that cannot run here: keep channels-last
+                log.warning("CPU chain from %r: a blocked or paired form failed (%s); it stays channels-last",
                             self.steps[chain.start].name, str(e))  # not e: its frames hold the primitives
             if ms:
                 best = min(ms, key=ms.__getitem__)
-                chosen[self.steps[chain.start].name] = {"layout": best,
-                                                        "ms": {k: round(v, 4) for k, v in ms.items()}}
-                self._chains[k] = other if best == other.layout else chain
+                chosen[self.steps[chain.start].name] = {"layout": best.split("+")[0], "dw": best.endswith("+dw"),
+                                                        "ms": {v: round(t, 4) for v, t in ms.items()}}
+                self._chains[k] = variants[best]
         # the losers' primitives go before the weight copies only they used: the old steps' chain
-        # kernels held the channels-last chains, the loop's variables the last pair (outside the
-        # except block: a caught exception's frames would hold them too)
-        other = chain = None
+        # kernels held the channels-last chains, the loop's variables the last variants (outside
+        # the except block: a caught exception's frames would hold them too)
+        variants = {}
+        chain = None
         self.chained = self._assemble()
         for k in candidates:
             self._release(k)
@@ -371,3 +381,21 @@ def _failure(step: CPUStep, env: Mapping[str, Optional[torch.Tensor]], e: Except
 def _shapes(args: Sequence[Optional[torch.Tensor]]) -> str:
     return ", ".join("-" if a is None else f"{str(a.dtype).removeprefix('torch.')}{format_shape(tuple(a.shape))}"
                      for a in args)
+
+
+def _variants(chain: Any, members: Sequence[Any]) -> dict[str, Any]:
+    """The forms of a channels-last chain the build times: "nhwc" (itself), "blocked"
+    (``chains.blocked``) and each with its depthwise pairs fused, "+dw" (``chains.with_dw_pairs``),
+    where they exist."""
+    from ember.backends.cpu.chains import blocked, dw_enabled, with_dw_pairs
+
+    variants = {"nhwc": chain}
+    other = blocked(chain, members)
+    if other is not None:
+        variants["blocked"] = other
+    if dw_enabled():
+        for layout in list(variants):
+            paired = with_dw_pairs(variants[layout], members)
+            if paired is not None:
+                variants[f"{layout}+dw"] = paired
+    return variants

@@ -292,4 +292,4 @@ def test_a_blocked_layout_that_fails_to_run_at_build_keeps_the_chain_channels_la
     assert "chain_layouts" not in engine.plan.build_info
     assert _chain_names(engine)[0].endswith("(5 layers chained)")
     assert _weight_copies(engine) == [1] * 5  # the blocked primitives' weights went with them
-    assert "its blocked layout failed (could not execute a primitive); it stays channels-last" in caplog.text
+    assert "a blocked or paired form failed (could not execute a primitive); it stays channels-last" in caplog.text

@@ -232,15 +232,16 @@ def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, st
         return layer.prepare(shape, list(geo.begins), list(geo.ends), src_layout, dst_layout)
 
     def release(kept: str) -> None:
-        """After the program chose layout ``kept`` for this layer's chain: drops the weight copies
-        only the other layout's primitives used (and, for a blocked chain, the channels-last
-        primitives, which a run of the layer alone makes again)."""
+        """After the program chose layout ``kept`` for this layer's chain ("dw": the layer runs in a
+        depthwise pair, ``chains.with_dw_pairs``): drops the weight copies only the other layout's
+        primitives used (and, for a blocked chain or a pair, the channels-last primitives, which a
+        run of the layer alone makes again)."""
         if kept != "nhwc":
             shapes.clear()
         layer.release_unused()
 
     return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release, layer=layer,
-                     in_channels=shape[1])
+                     in_channels=shape[1], shape=tuple(shape), pads=tuple(geo.begins) + tuple(geo.ends))
 
 
 class _ShapeCache:

@@ -183,10 +183,12 @@ class Conv {
     // arguments (INT8 scales and zero points).
     // `summed` (fp32 layers with a residual): the same layer adding the residual with oneDNN's `sum`
     // post-op into `out`, which already holds the residual (in place), then the activation fused.
+    // `held`: buffers `extra`'s memories point into (a depthwise pair's second weight), kept alive
+    // (and so kept by their layer's `release_unused`) while this convolution lives.
     Conv(Primitive exact, std::unique_ptr<Primitive> fused, memory bias, bool residual, Args extra,
-         std::unique_ptr<Primitive> summed = nullptr)
+         std::unique_ptr<Primitive> summed = nullptr, std::vector<torch::Tensor> held = {})
         : exact_(std::move(exact)), fused_(std::move(fused)), bias_(std::move(bias)), residual_(residual),
-          extra_(std::move(extra)), summed_(std::move(summed)),
+          extra_(std::move(extra)), summed_(std::move(summed)), held_(std::move(held)),
           nhwc_src_(is_tag(exact_.pd.src_desc(), tag::nhwc)), nhwc_dst_(is_tag(exact_.pd.dst_desc(), tag::nhwc)) {}
 
     // x -> out (both NHWC, shapes as made for); with a residual, out = conv(x) + residual, then the
@@ -269,6 +271,7 @@ class Conv {
     bool residual_;
     Args extra_;
     std::unique_ptr<Primitive> summed_;
+    std::vector<torch::Tensor> held_;
     bool nhwc_src_, nhwc_dst_;
 };
 
@@ -401,10 +404,86 @@ class Layer {
                                       std::move(extra), std::move(summed));
     }
 
+    // This layer (a float 1x1 convolution, stride 1, unpadded, no groups or residual) and the 3x3
+    // depthwise layer `dw` that reads its output (stride 1 or 2, pad 1 on every side), as one
+    // primitive: oneDNN's depthwise post-op (`append_dw`), which computes the depthwise rows from
+    // the 1x1's rows while they are in cache instead of writing the expanded tensor out and reading
+    // it back. Both activations are fused (a chain runs only on finite inputs: "fused" primitives),
+    // so the returned convolution's plain primitive already holds them. For an input of
+    // `src_dims` laid out as `src_layout`, writing the depthwise output as `dst_layout` ("nhwc" or
+    // "blocked"). `nullptr` (None) where oneDNN offers only `ref_fused_convolution` for it (the two
+    // primitives run one after the other, no fusion: slower than the pair) unless `reference_ok`,
+    // or where its output would not have the depthwise layer's shape.
+    // `pads` and `dw_pads`: each layer's [top, left, bottom, right] (0s and 1s: checked).
+    std::unique_ptr<Conv> prepare_dw(Layer &dw, const std::vector<int64_t> &src_dims, const std::vector<int64_t> &pads,
+                                     const std::vector<int64_t> &dw_pads, const std::string &src_layout,
+                                     const std::string &dst_layout, bool reference_ok) {
+        const int64_t oc = weight_.size(0);
+        const std::vector<int64_t> ones{1, 1};
+        TORCH_CHECK_VALUE(pads == std::vector<int64_t>(4, 0) && dw_pads == std::vector<int64_t>(4, 1),
+                          "a depthwise pair is an unpadded 1x1 convolution, then a depthwise one padded by 1 on "
+                          "every side");
+        TORCH_CHECK_VALUE(!int8_ && !dw.int8_ && bf16_ == dw.bf16_ && q_.dst == dw.q_.src,
+                          "a depthwise pair is two float layers of one precision, the first's output type the "
+                          "second's input type");
+        TORCH_CHECK_VALUE(weight_.size(2) == 1 && weight_.size(3) == 1 && groups_ == 1 && !residual_ &&
+                              strides_ == ones && dilations_ == ones,
+                          "a depthwise pair starts with a 1x1 stride-1 convolution without groups, dilation or "
+                          "residual");
+        TORCH_CHECK_VALUE(dw.groups_ == oc && dw.weight_.size(0) == oc && dw.weight_.size(1) == 1 &&
+                              dw.weight_.size(2) == 3 && dw.weight_.size(3) == 3 && !dw.residual_ &&
+                              dw.strides_[0] == dw.strides_[1] && (dw.strides_[0] == 1 || dw.strides_[0] == 2) &&
+                              dw.dilations_ == ones,
+                          "a depthwise pair ends with a 3x3 depthwise convolution (stride 1 or 2, no dilation or "
+                          "residual) over the 1x1's ", oc, " channels");
+        TORCH_CHECK_VALUE(src_dims.size() == 4 && src_dims[0] > 0 && src_dims[1] == weight_.size(1) &&
+                              src_dims[2] > 0 && src_dims[3] > 0,
+                          "a depthwise pair's input must be [N, ", weight_.size(1), ", H, W]");
+        const tag st = to_tag(src_layout), dtag = to_tag(dst_layout);
+        TORCH_CHECK_VALUE(dtag != tag::nchw, "a convolution writes nhwc or blocked, not nchw");
+        const int64_t n = src_dims[0], h = src_dims[2], w = src_dims[3], s = dw.strides_[0];
+        auto &eng = cpu_engine();
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        dnnl::post_ops po;
+        append_activation(po);
+        po.append_dw(float_dt(), dt::f32, dw.q_.dst, 3, s, 1);
+        dw.append_activation(po);
+        attr.set_post_ops(po);
+        memory::dims sd(src_dims.begin(), src_dims.end()), mid{n, oc, h, w};
+        auto pd = dnnl::convolution_forward::primitive_desc(
+            eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+            memory::desc(sd, q_.src, st), memory::desc(weight_dims(), float_dt(), tag::any),
+            memory::desc({oc}, dt::f32, tag::x), memory::desc(mid, q_.dst, dtag), memory::dims{1, 1},
+            memory::dims{0, 0}, memory::dims{0, 0}, memory::dims{0, 0}, attr);
+        while (!reference_ok && std::string(pd.impl_info_str()).rfind("ref", 0) == 0)
+            if (!pd.next_impl()) return nullptr;
+        const memory::dims want{n, oc, (h - 1) / s + 1, (w - 1) / s + 1};  // (h + 2 - 3) / s + 1
+        if (pd.dst_desc().get_dims() != want) return nullptr;
+        auto w1 = packed(pd.weights_desc());
+        auto w2 = dw.packed(pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS));
+        Args extra{{DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_WEIGHTS, w2.first},
+                   {DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS,
+                    memory(pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_POST_OP_DW | DNNL_ARG_BIAS), eng,
+                           dw.bias_.data_ptr())}};
+        memory bias(memory::desc({oc}, dt::f32, tag::x), eng, bias_.data_ptr());
+        Primitive p{pd, dnnl::convolution_forward(pd), w1.first, w1.second};
+        return std::make_unique<Conv>(std::move(p), nullptr, std::move(bias), false, std::move(extra), nullptr,
+                                      std::vector<torch::Tensor>{w2.second});
+    }
+
     int64_t weight_copies() const { return packed_.copies(); }
     void release_unused() { packed_.release_unused(); }
 
    private:
+    // The layer's activation as a oneDNN post-op (none: nothing).
+    void append_activation(dnnl::post_ops &po) const {
+        if (activation_ == "relu")
+            po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        else if (activation_ == "clip")
+            po.append_eltwise(dnnl::algorithm::eltwise_clip, static_cast<float>(alpha_), static_cast<float>(beta_));
+    }
+
     // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is
     // converted to it when it is packed.
     dt float_dt() const { return bf16_ ? dt::bf16 : dt::f32; }
@@ -428,12 +507,7 @@ class Layer {
             po.append_sum(1.f);
         else if (residual_)
             po.append_binary(dnnl::algorithm::binary_add, memory::desc(dd, float_dt(), dst_tag));
-        if (with_activation) {
-            if (activation_ == "relu")
-                po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-            else
-                po.append_eltwise(dnnl::algorithm::eltwise_clip, static_cast<float>(alpha_), static_cast<float>(beta_));
-        }
+        if (with_activation) append_activation(po);
         attr.set_post_ops(po);
         if (int8_) {
             attr.set_scales_mask(DNNL_ARG_SRC, 0);
@@ -1214,6 +1288,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("prepare", &Layer::prepare, pybind11::arg("src_dims"), pybind11::arg("pad_l"), pybind11::arg("pad_r"),
              pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
              pybind11::keep_alive<0, 1>())  // a Conv reads its Layer's packed weight and bias
+        .def("prepare_dw", &Layer::prepare_dw, pybind11::arg("dw"), pybind11::arg("src_dims"), pybind11::arg("pads"),
+             pybind11::arg("dw_pads"), pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
+             pybind11::arg("reference_ok") = false, pybind11::keep_alive<0, 1>(),
+             pybind11::keep_alive<0, 2>())  // the pair reads both layers' weights and biases
         .def_property_readonly("weight_copies", &Layer::weight_copies)
         .def("release_unused", &Layer::release_unused,
              "drops the weight copies in layouts no live primitive of the layer uses");

@@ -17,6 +17,11 @@ A chain may end in a head (``HeadRole``): the global average pooling that reads 
 and the classifier after it (Flatten and a float32 Gemm or MatMul by a constant weight), run by
 the extension's ``Head`` on the last output as the chain lays it out, in the same C++ call.
 
+A float chain may run a 1x1 convolution and the 3x3 depthwise convolution that alone reads its
+output as one oneDNN primitive (``with_dw_pairs``: MobileNet's expand -> depthwise pairs), so the
+expanded tensor is computed row by row in cache instead of written out and read back; the build
+times each chain with and without its pairs (``CPUProgram.tune``).
+
 A chain runs only in runs with finite inputs (its activations are fused; NaN needs the unfused
 path) and without an observer (calibration sees every tensor); otherwise, and where the chain
 call fails, its layers run one by one as usual. ``EMBER_CPU_CHAINS=0`` switches chains off.

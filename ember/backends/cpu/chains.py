@@ -254,7 +254,7 @@ def with_dw_pairs(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]
             continue
         new_index.append(len(convs))
         convs.append(pairs.get(j, chain.convs[j]))
-    firsts = [j for j in range(n) if not (j - 1 in pairs)]  # each new step's first old layer
+    firsts = [j for j in range(n) if j - 1 not in pairs]  # each new step's first old layer
     lasts = [j + 1 if j in pairs else j for j in firsts]  # ... and its last
 
     def at(k: int) -> int:

@@ -131,8 +131,16 @@ class CPUProgram(Program):
         """The steps with each chain as one step, each float chain in the layout ``EMBER_CHAIN_LAYOUT``
         forces, else the one the build recorded for it (``recorded``: ``tune``'s), else channels-last."""
         from ember.backends.cpu import native
-        from ember.backends.cpu.chains import (attach_head, blocked, dw_enabled, enabled, forced_layout, links,
-                                               plan_chains, with_dw_pairs)
+        from ember.backends.cpu.chains import (
+            attach_head,
+            blocked,
+            dw_enabled,
+            enabled,
+            forced_layout,
+            links,
+            plan_chains,
+            with_dw_pairs,
+        )
         from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []

@@ -52,15 +52,18 @@ def profile_engine(engine: Any, feeds: dict[str, np.ndarray], iterations: int = 
     plan = engine.plan
     layers = [LayerTime(i, lay.name, " + ".join(lay.origin) or lay.name, lay.kind, lay.tactic or "default",
                         lay.precision, []) for i, lay in enumerate(plan.layers)]
-    make_profiler = _cuda_profiler if plan.config.device == "cuda" else _cpu_profiler
+    notes: list[str] = []
     timeline: list[tuple[float, float]] = []
-    run_once = make_profiler(engine, feeds)
+    run_once = _cuda_profiler(engine, feeds) if plan.config.device == "cuda" else _cpu_profiler(engine, feeds, notes)
     for it in range(warmup + iterations):
         starts, durs = run_once()
         if it >= warmup:
             for lay, d in zip(layers, durs):
                 lay.samples.append(d)
             timeline = list(zip(starts, durs))
+    for lay, note in zip(layers, notes):  # where a CPU layer ran: in a chain, a dw pair, a head
+        if note:
+            lay.tactic = f"{lay.tactic} ({note})"
     return layers, timeline
 
 
@@ -89,12 +92,24 @@ def _cuda_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tu
     return run_once
 
 
-def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tuple[list[float], list[float]]]:
-    """One run of the CPU program's steps per call, each timed on the wall clock."""
+def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray],
+                  notes: Optional[list[str]] = None) -> Callable[[], tuple[list[float], list[float]]]:
+    """One run of the CPU program per call, as the engine runs it: chains of persistent
+    convolutions in one call each, timed per step inside it (``CPUProgram.timed_run``; ``notes``
+    receives what each layer ran in: "chained", "dw pair", "chain head"); other programs step by
+    step, each timed on the wall clock."""
     from ember.backends.cpu.half import finite_run
 
     program = engine.compile()
     dev = {k: numpy_to_torch(v, program.device) for k, v in feeds.items()}
+    if hasattr(program, "timed_run"):
+        def timed() -> tuple[list[float], list[float]]:
+            starts, durs, said = program.timed_run(dev)
+            if notes is not None:
+                notes[:] = said
+            return starts, durs
+
+        return timed
 
     def run_once() -> tuple[list[float], list[float]]:
         env: dict[str, Any] = dict(program.constants)
@@ -122,12 +137,12 @@ def format_table(layers: list[LayerTime], top: Optional[int] = None) -> str:
     total = sum(lay.median for lay in layers) or 1.0
     rows = sorted(layers, key=lambda lay: -lay.median)[:top] if top else layers
     w = min(60, max((len(lay.display_name) for lay in rows), default=5))
-    lines = [f"{'Layer':{w}s} {'Op':17s} {'Tactic':18s} {'Prec':5s} {'ms':>8s} {'avg ms':>8s} {'%':>6s}"]
+    lines = [f"{'Layer':{w}s} {'Op':17s} {'Tactic':30s} {'Prec':5s} {'ms':>8s} {'avg ms':>8s} {'%':>6s}"]
     for lay in rows:
         name = lay.display_name if len(lay.display_name) <= w else lay.display_name[:w - 3] + "..."
-        lines.append(f"{name:{w}s} {lay.op:17s} {lay.tactic[:18]:18s} {lay.precision:5s} "
+        lines.append(f"{name:{w}s} {lay.op:17s} {lay.tactic[:30]:30s} {lay.precision:5s} "
                      f"{lay.median:8.4f} {lay.mean:8.4f} {100 * lay.median / total:6.2f}")
-    lines.append(f"{'Total (' + str(len(layers)) + ' layers)':{w}s} {'':17s} {'':18s} {'':5s} {total:8.4f}")
+    lines.append(f"{'Total (' + str(len(layers)) + ' layers)':{w}s} {'':17s} {'':30s} {'':5s} {total:8.4f}")
     return "\n".join(lines)
 
 

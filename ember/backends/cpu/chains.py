@@ -490,17 +490,22 @@ def time_layouts(variants: Mapping[str, Chain], ext: Any, x: torch.Tensor, budge
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def run_chain(ext: Any, chain: Chain, x: torch.Tensor) -> torch.Tensor:
+def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The chain on its input ``x`` (made channels-last here, as its first layer would; stored
-    8-bit first where the first layer is INT8 on a float input)."""
+    8-bit first where the first layer is INT8 on a float input). ``times`` (profiling): a float64
+    tensor of ``len(chain.convs) + 2`` values that receives each step's milliseconds, then the
+    head's pooling and classifier's."""
     if chain.quant is not None and x.dtype == torch.float32:
         x = ext.quantize_nhwc(x, *chain.quant)
     elif chain.input_layout == "nchw":
         x = x.contiguous()
     elif not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
+    if times is None:
+        return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused,
+                             chain.dtypes, chain.head)
     return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
-                         chain.head)
+                         chain.head, times)
 
 
 __all__ = ["DTYPE_CODES", "DW_ENV", "HEADS", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "HeadRole",

@@ -22,6 +22,7 @@ the conversion of the user's arrays: the program itself is re-entrant.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -312,6 +313,69 @@ class CPUProgram(Program):
             results = None
         feed_storage = {t.untyped_storage().data_ptr() for t in feeds.values() if t.numel()}
         return {o: self._own(env[o], feed_storage) for o in self.outputs}  # type: ignore[arg-type]
+
+    def timed_run(self, feeds: Mapping[str, torch.Tensor]) -> tuple[list[float], list[float], list[str]]:
+        """One run of ``feeds`` as ``run`` runs it, timed per layer (``ember profile``): each
+        layer's start and milliseconds, aligned with ``steps``, and a note per layer. A chain
+        (finite inputs) runs in one C++ call that times each of its steps inside; a depthwise pair's
+        time goes to its 1x1 layer ("dw pair" / "in dw pair", 0 ms), a head's to its
+        pooling and classifier ("chain head"). The chain call's own glue (tens of microseconds)
+        is in no layer. A run with NaN or infinity goes layer by layer, as ``run`` does."""
+        from ember.backends.cpu.chains import run_chain
+
+        n = len(self.steps)
+        starts, durs, notes = [0.0] * n, [0.0] * n, [""] * n
+        check = self._finite_check if self.half else None
+        with torch.inference_mode(), finite_run(feeds, check):
+            chained = self.chained is not None and inputs_finite()
+            env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
+            env.update(feeds)
+            chains = {c.start: c for c in self._chains} if chained else {}
+            base = time.perf_counter()
+            i = 0
+            while i < n:
+                chain = chains.get(i)
+                if chain is None:
+                    step = self.steps[i]
+                    t0 = time.perf_counter()
+                    results = (self._special(step, env, None) if step.special
+                               else step.kernel([env[k] if k else None for k in step.inputs]))
+                    starts[i], durs[i] = (t0 - base) * 1e3, (time.perf_counter() - t0) * 1e3
+                    for k in step.out_index:
+                        env[step.outputs[k]] = results[k]
+                    last = [step]
+                    i += 1
+                else:
+                    times = torch.zeros(len(chain.convs) + 2, dtype=torch.float64)
+                    t0 = (time.perf_counter() - base) * 1e3
+                    env[chain.output] = run_chain(self._ext, chain, env[chain.input], times)  # type: ignore[arg-type]
+                    self._spread(chain, times.tolist(), t0, starts, durs, notes)
+                    last = list(self.steps[chain.start:chain.end])
+                    i = chain.end
+                for step in last:
+                    for name in step.frees:
+                        env.pop(name, None)
+        return starts, durs, notes
+
+    def _spread(self, chain: Any, ms: list[float], t0: float, starts: list[float], durs: list[float],
+                notes: list[str]) -> None:
+        """A chain's per-step milliseconds (``run_chain``'s ``times``) onto its layers."""
+        paired = set(chain.paired)
+        at, j = t0, 0
+        for k in range(len(chain.convs)):
+            layer = chain.start + j
+            starts[layer], durs[layer] = at, ms[k]
+            notes[layer] = "dw pair" if j in paired else "chained"
+            if j in paired:
+                starts[layer + 1], notes[layer + 1] = at, "in dw pair"
+                j += 1
+            at += ms[k]
+            j += 1
+        for layer in range(chain.conv_end, chain.end):
+            kind = self.steps[layer].head.kind
+            share = ms[-2] if kind == "pool" else ms[-1] if kind == "gemm" else 0.0
+            starts[layer], durs[layer], notes[layer] = at, share, "chain head"
+            at += share
 
     def _special(self, step: CPUStep, env: dict, stats: Optional[dict]) -> list:
         """A step taking part in concat elimination: allocates Concat buffers that start here,

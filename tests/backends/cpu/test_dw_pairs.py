@@ -194,3 +194,46 @@ def test_prepare_dw_says_what_is_not_a_pair(ext: Any):
     bf16 = ext.Layer(torch.randn(32, 1, 3, 3), None, [1, 1], [1, 1], 32, "relu", src_dtype="bf16", dst_dtype="bf16")
     with pytest.raises(ValueError, match="two float layers of one precision"):
         one.prepare_dw(bf16, dims, zero, ones, "nhwc", "nhwc", True)
+
+
+def test_ember_profile_times_a_chain_step_by_step_as_the_engine_runs_it(ext: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Any):
+    """``ember profile`` on the CPU runs chains as the engine does, each step timed inside the C++
+    call: every chained layer gets its own time, a depthwise pair's goes to its 1x1 layer (the
+    depthwise one 0), the head's to its pooling and classifier; a run with NaN goes layer by layer,
+    as the engine's does, and says nothing of chains."""
+    from ember.tools.profile import format_table, profile_engine
+
+    monkeypatch.setattr(chains, "DW_REFERENCE_OK", True)
+    rng = np.random.default_rng(3)
+    model = _model()
+    graph = model.graph  # end in a head: GlobalAveragePool, Flatten, Gemm
+    graph.output.pop()
+    graph.node.extend([helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+                       helper.make_node("Flatten", ["p"], ["f"]),
+                       helper.make_node("Gemm", ["f", "wc", "bc"], ["logits"], transB=1)])
+    graph.initializer.extend([numpy_helper.from_array(rng.standard_normal((10, 20)).astype(np.float32), "wc"),
+                              numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "bc")])
+    graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10]))
+    engine = _recorded(_build(model, tactic_tuning=False), tmp_path, "blocked", True)
+    assert _chain_names(engine)[0].endswith("(7 layers chained and a head of 3, 2 depthwise pairs fused, blocked)")
+    x = rng.standard_normal((2, 3, 34, 34)).astype(np.float32)
+    layers, timeline = profile_engine(engine, {"x": x}, iterations=3, warmup=1)
+    notes = [lay.tactic.partition(" (")[2].rstrip(")") for lay in layers]
+    assert notes == ["chained", "dw pair", "in dw pair", "chained", "dw pair", "in dw pair", "chained",
+                     "chain head", "chain head", "chain head"]
+    ms = [lay.median for lay in layers]
+    assert all(ms[k] > 0 for k in (0, 1, 3, 4, 6, 7, 9)) and ms[2] == ms[5] == ms[8] == 0.0
+    starts = [s for s, _ in timeline]
+    assert starts == sorted(starts)  # the chain's steps one after another
+    assert "onednn_persistent (dw pair)" in format_table(layers)
+    # what the profile ran is what the engine computes
+    program = engine.compile()
+    import torch
+
+    starts, durs, said = program.timed_run({"x": torch.from_numpy(x)})
+    assert said[1] == "dw pair"
+    bad = x.copy()
+    bad[0, 0, 0, 0] = np.nan
+    _, durs, said = program.timed_run({"x": torch.from_numpy(bad)})
+    assert said == [""] * 10 and all(d > 0 for k, d in enumerate(durs) if k != 8)  # Flatten may take 0

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -934,8 +935,9 @@ class Head {
     }
 
     // `x` (laid out as `src_desc`) -> a new contiguous float32 tensor of `dst_dims`; no Python
-    // (callable without the GIL).
-    torch::Tensor execute(const torch::Tensor &x) const {
+    // (callable without the GIL). `ms`: where the pooling's and the classifier's milliseconds go.
+    torch::Tensor execute(const torch::Tensor &x, double *ms = nullptr) const {
+        const auto t0 = std::chrono::steady_clock::now();
         auto &eng = cpu_engine();
         auto y = torch::empty(out_dims_, torch::TensorOptions().dtype(torch::kFloat32));
         torch::Tensor pooled = y;
@@ -947,6 +949,7 @@ class Head {
         args.emplace(DNNL_ARG_SRC, memory(pool_pd_.src_desc(), eng, x.data_ptr()));
         args.emplace(DNNL_ARG_DST, memory(pool_pd_.dst_desc(), eng, pooled.data_ptr()));
         run_primitive(pool_pd_, pool_, args);
+        const auto t1 = std::chrono::steady_clock::now();
         if (ip_pd_) {
             std::unordered_map<int, memory> ip_args;
             ip_args.emplace(DNNL_ARG_SRC, memory(ip_pd_->src_desc(), eng, pooled.data_ptr()));
@@ -954,6 +957,10 @@ class Head {
             if (bias_) ip_args.emplace(DNNL_ARG_BIAS, bias_);
             ip_args.emplace(DNNL_ARG_DST, memory(ip_pd_->dst_desc(), eng, y.data_ptr()));
             run_primitive(*ip_pd_, ip_, ip_args);
+        }
+        if (ms != nullptr) {
+            ms[0] = std::chrono::duration<double, std::milli>(t1 - t0).count();
+            ms[1] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count();
         }
         return y;
     }
@@ -1062,11 +1069,14 @@ class HeadLayer {
 // layout, on flat pooled buffers; a step that reads the chain's input (or adds it) in another
 // layout than the input's reads a copy of it reordered once, and a blocked last output comes
 // back channels-last. Returns the last step's output (channels-last), or with a `head` (made for
-// the last step's output descriptor) the head's output.
+// the last step's output descriptor) the head's output. `times` (a float64 CPU tensor of n + 2
+// values, for profiling): each step's milliseconds, then the head's pooling and classifier's (0
+// without them).
 torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
                         const std::vector<int64_t> &last, const std::vector<bool> &fused,
-                        const std::vector<int64_t> &dtypes, const Head *head) {
+                        const std::vector<int64_t> &dtypes, const Head *head,
+                        const c10::optional<torch::Tensor> &times) {
     const size_t n = convs.size();
     TORCH_CHECK_VALUE(n > 0 && src.size() == n && res.size() == n && sum.size() == n && last.size() == n &&
                           fused.size() == n && dtypes.size() == n,
@@ -1082,6 +1092,15 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     }
     TORCH_CHECK_VALUE(head == nullptr || head->src_desc() == convs[n - 1]->dst_desc(),
                       "the chain's head was made for another layout, type or shape than its last step's output");
+    double *ms = nullptr;
+    if (times) {
+        TORCH_CHECK_VALUE(times->device().is_cpu() && times->scalar_type() == at::kDouble && times->is_contiguous() &&
+                              times->numel() == static_cast<int64_t>(n) + 2,
+                          "times must be a contiguous float64 CPU tensor of ", n + 2, " values (one per step, then "
+                          "the head's two)");
+        ms = times->data_ptr<double>();
+        std::fill(ms, ms + n + 2, 0.0);
+    }
     at::internal::lazy_init_num_threads();
     std::vector<torch::Tensor> outs(n);
     const char *sum_env = std::getenv("EMBER_CHAIN_SUM");
@@ -1104,6 +1123,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     };
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
         const torch::Tensor in = src[i] < 0 ? input_as(convs[i]->src_desc()) : outs[src[i]];
         // an earlier step's output that no later step reads (nor this one as its input) may be
         // this step's output buffer
@@ -1133,10 +1153,11 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             pool.give(outs[j]);
             outs[j] = torch::Tensor();
         }
+        if (ms != nullptr) ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }
     for (auto &e : x_as) pool.give(e.second);
     if (head != nullptr) {  // the last output as it is laid out, pooled (and classified)
-        torch::Tensor y = head->execute(outs[n - 1]);
+        torch::Tensor y = head->execute(outs[n - 1], ms != nullptr ? ms + n : nullptr);
         pool.give(outs[n - 1]);
         return y;
     }
@@ -1258,7 +1279,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
     m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
           pybind11::arg("res"), pybind11::arg("sum"), pybind11::arg("last"), pybind11::arg("fused"),
-          pybind11::arg("dtypes"), pybind11::arg("head") = nullptr,
+          pybind11::arg("dtypes"), pybind11::arg("head") = nullptr, pybind11::arg("times") = pybind11::none(),
           "runs a chain of convolutions (and its head) in one call (see the source); returns the last output");
     m.def("all_finite", &all_finite, pybind11::arg("x"),
           "whether every element of a contiguous float32 CPU tensor is finite (no NaN, no infinity)");

@@ -348,7 +348,11 @@ class CPUProgram(Program):
                 else:
                     times = torch.zeros(len(chain.convs) + 2, dtype=torch.float64)
                     t0 = (time.perf_counter() - base) * 1e3
-                    env[chain.output] = run_chain(self._ext, chain, env[chain.input], times)  # type: ignore[arg-type]
+                    try:
+                        env[chain.output] = run_chain(self._ext, chain, env[chain.input], times)  # type: ignore[arg-type]
+                    except (RuntimeError, ValueError):  # as the chain's step does: its layers one by one
+                        del chains[i]
+                        continue
                     self._spread(chain, times.tolist(), t0, starts, durs, notes)
                     last = list(self.steps[chain.start:chain.end])
                     i = chain.end

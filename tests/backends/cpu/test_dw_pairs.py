@@ -237,3 +237,11 @@ def test_ember_profile_times_a_chain_step_by_step_as_the_engine_runs_it(ext: Any
     bad[0, 0, 0, 0] = np.nan
     _, durs, said = program.timed_run({"x": torch.from_numpy(bad)})
     assert said == [""] * 10 and all(d > 0 for k, d in enumerate(durs) if k != 8)  # Flatten may take 0
+    # a chain call that fails (an input its primitives were not made for) runs its layers one by
+    # one, as the engine's chain step does
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("could not execute a primitive")
+
+    monkeypatch.setattr(chains, "run_chain", broken)
+    _, durs, said = program.timed_run({"x": torch.from_numpy(x)})
+    assert said == [""] * 10 and all(d > 0 for k, d in enumerate(durs) if k != 8)

@@ -4,15 +4,14 @@
 
 Each layer (fused layers show every source node they stand for, joined by " + ") is timed with
 CUDA events around its kernel, CUDA graphs off and one stream (so the times add up); on the CPU
-with ``time.perf_counter``. The table shows the median over ``--iterations`` runs, the mean, and
-each layer's share of the total. ``--trace`` writes one run as a Chrome trace (chrome://tracing,
+as the engine runs it, chains of convolutions timed step by step inside their one call. The
+table shows the median over ``--iterations`` runs, the mean, and each layer's share of the total. ``--trace`` writes one run as a Chrome trace (chrome://tracing,
 Perfetto).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -93,40 +92,16 @@ def _cuda_profiler(engine: Any, feeds: dict[str, np.ndarray]) -> Callable[[], tu
 
 
 def _cpu_profiler(engine: Any, feeds: dict[str, np.ndarray],
-                  notes: Optional[list[str]] = None) -> Callable[[], tuple[list[float], list[float]]]:
-    """One run of the CPU program per call, as the engine runs it: chains of persistent
-    convolutions in one call each, timed per step inside it (``CPUProgram.timed_run``; ``notes``
-    receives what each layer ran in: "chained", "dw pair", "chain head"); other programs step by
-    step, each timed on the wall clock."""
-    from ember.backends.cpu.half import finite_run
-
+                  notes: list[str]) -> Callable[[], tuple[list[float], list[float]]]:
+    """One run of the CPU program per call, as the engine runs it (``CPUProgram.timed_run``):
+    chains of persistent convolutions in one call each, timed per step inside it; ``notes``
+    receives what each layer ran in ("chained", "dw pair", "chain head", or nothing)."""
     program = engine.compile()
     dev = {k: numpy_to_torch(v, program.device) for k, v in feeds.items()}
-    if hasattr(program, "timed_run"):
-        def timed() -> tuple[list[float], list[float]]:
-            starts, durs, said = program.timed_run(dev)
-            if notes is not None:
-                notes[:] = said
-            return starts, durs
-
-        return timed
 
     def run_once() -> tuple[list[float], list[float]]:
-        env: dict[str, Any] = dict(program.constants)
-        env.update(dev)
-        starts, durs = [], []
-        t_base = time.perf_counter()
-        with torch.inference_mode(), finite_run(dev):  # as CPUProgram.run: half layers' fused epilogues
-            for step in program.steps:
-                args = [env[i] if i else None for i in step.inputs]
-                t0 = time.perf_counter()
-                outs = step.kernel(args)
-                t1 = time.perf_counter()
-                starts.append((t0 - t_base) * 1e3)
-                durs.append((t1 - t0) * 1e3)
-                env.update({o: v for o, v in zip(step.outputs, outs) if o})
-                for name in step.frees:
-                    env.pop(name, None)
+        starts, durs, said = program.timed_run(dev)
+        notes[:] = said
         return starts, durs
 
     return run_once

@@ -221,7 +221,7 @@ def with_dw_pairs(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]
     MobileNet's expand -> depthwise pairs: the expanded tensor is never written out whole. None
     where no pair qualifies."""
     n = len(members)
-    if chain.paired or len(chain.convs) != n:
+    if chain.paired:
         return None
     planar = chain.input_layout == "nchw"
     pairs: dict[int, Any] = {}  # first layer of a pair -> the pair's primitive

@@ -325,8 +325,7 @@ class CPUProgram(Program):
 
         n = len(self.steps)
         starts, durs, notes = [0.0] * n, [0.0] * n, [""] * n
-        check = self._finite_check if self.half else None
-        with torch.inference_mode(), finite_run(feeds, check):
+        with torch.inference_mode(), finite_run(feeds, self._finite_check):
             chained = self.chained is not None and inputs_finite()
             env: dict[str, Optional[torch.Tensor]] = dict(self.constants)
             env.update(feeds)

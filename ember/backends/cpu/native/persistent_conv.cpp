@@ -173,9 +173,12 @@ struct Primitive {
     dnnl::convolution_forward prim;
     memory weights;  // the layer's weight in this primitive's layout (shared between primitives)
     torch::Tensor weight_buf;  // holds `weights`' buffer while this primitive lives
-    // what each call binds, queried once (each query clones a descriptor), and an id no other
-    // primitive of the process has (`Bound`'s key: an address may be reused after a release)
-    memory::desc src_md = pd.src_desc(), dst_md = pd.dst_desc(), scratch_md = pd.scratchpad_desc();
+    // what each call checks and binds, queried once (each query clones a descriptor): the
+    // binary-add residual's is empty where the primitive has none (it has the activations' type:
+    // a bf16 layer writing f32 reads a bf16 residual); and an id no other primitive of the
+    // process has (`Bound`'s key: an address may be reused after a release)
+    memory::desc src_md = pd.src_desc(), dst_md = pd.dst_desc(), scratch_md = pd.scratchpad_desc(),
+                 residual_md = pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
     uint64_t id = next_id();
 
     static uint64_t next_id() {
@@ -198,10 +201,8 @@ Bound &bound(const Primitive &p) {
     if (it != made.end()) return it->second;
     if (made.size() >= 4096) made.clear();
     auto &eng = cpu_engine();
-    // the binary-add residual's descriptor (an empty one where the primitive has none)
-    const memory::desc res = p.pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
     Bound b{memory(p.src_md, eng, nullptr), memory(p.dst_md, eng, nullptr), memory(p.scratch_md, eng, nullptr),
-            res.get_size() > 0 ? memory(res, eng, nullptr) : memory()};
+            p.residual_md.get_size() > 0 ? memory(p.residual_md, eng, nullptr) : memory()};
     return made.emplace(p.id, std::move(b)).first->second;
 }
 
@@ -220,7 +221,7 @@ class Conv {
          std::unique_ptr<Primitive> summed = nullptr, std::vector<torch::Tensor> held = {})
         : exact_(std::move(exact)), fused_(std::move(fused)), bias_(std::move(bias)), residual_(residual),
           extra_(std::move(extra)), summed_(std::move(summed)), held_(std::move(held)),
-          nhwc_src_(is_tag(exact_.pd.src_desc(), tag::nhwc)), nhwc_dst_(is_tag(exact_.pd.dst_desc(), tag::nhwc)) {
+          nhwc_src_(is_tag(exact_.src_md, tag::nhwc)), nhwc_dst_(is_tag(exact_.dst_md, tag::nhwc)) {
         TORCH_CHECK(extra_.size() <= 10, "a convolution takes at most 10 constant arguments (`launch`)");
     }
 
@@ -239,11 +240,11 @@ class Conv {
                bool fused) const {
         TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
         const Primitive &p = fused ? *fused_ : exact_;
-        check_layout(x, p.pd.src_desc(), nhwc_src_, "input");
-        check_layout(out, p.pd.dst_desc(), nhwc_dst_, "output");
+        check_layout(x, p.src_md, nhwc_src_, "input");
+        check_layout(out, p.dst_md, nhwc_dst_, "output");
         TORCH_CHECK_VALUE(residual.has_value() == residual_, residual_ ? "this convolution adds a residual: pass it"
                                                                        : "this convolution has no residual input");
-        if (residual_) check_layout(*residual, residual_desc(p), nhwc_dst_, "residual");
+        if (residual_) check_layout(*residual, p.residual_md, nhwc_dst_, "residual");
     }
 
     // The primitive on checked arguments; no Python (callable without the GIL).
@@ -259,32 +260,27 @@ class Conv {
     bool has_summed() const { return static_cast<bool>(summed_); }
     void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
         TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
-        check_layout(x, summed_->pd.src_desc(), nhwc_src_, "input");
-        check_layout(out, summed_->pd.dst_desc(), nhwc_dst_, "output");
+        check_layout(x, summed_->src_md, nhwc_src_, "input");
+        check_layout(out, summed_->dst_md, nhwc_dst_, "output");
         launch(*summed_, x, out, nullptr);
     }
 
     bool has_fused() const { return static_cast<bool>(fused_); }
     std::vector<int64_t> dst_dims() const {
-        auto d = exact_.pd.dst_desc().get_dims();
+        auto d = exact_.dst_md.get_dims();
         return {d.begin(), d.end()};
     }
     std::string impl() const { return exact_.pd.impl_info_str(); }
-    memory::desc src_desc() const { return exact_.pd.src_desc(); }
-    memory::desc dst_desc() const { return exact_.pd.dst_desc(); }
+    const memory::desc &src_desc() const { return exact_.src_md; }
+    const memory::desc &dst_desc() const { return exact_.dst_md; }
     // The binary-add residual's descriptor (fp32 / bf16 layers with a residual).
-    memory::desc residual_md() const { return residual_desc(exact_); }
+    const memory::desc &residual_md() const { return exact_.residual_md; }
     // Whether the primitive reads / writes channels-last (else NCHW or blocked: `Layer.prepare`).
     bool nhwc_src() const { return nhwc_src_; }
     bool nhwc_dst() const { return nhwc_dst_; }
-    int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.pd.scratchpad_desc().get_size()); }
+    int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.scratch_md.get_size()); }
 
    private:
-    // The binary-add residual's descriptor (the activations' type: a bf16 layer writing f32 reads a bf16 residual).
-    static memory::desc residual_desc(const Primitive &p) {
-        return p.pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
-    }
-
     // Runs `p` on x -> out; `residual`: the binary-add post-op's operand (nullptr: none). Binds
     // this thread's memory objects for `p` (`bound`) and executes through oneDNN's C API, which
     // takes the arguments as an array: no allocation here per call.
@@ -1170,7 +1166,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     };
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = ms != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
         const torch::Tensor in = src[i] < 0 ? input_as(convs[i]->src_desc()) : outs[src[i]];
         // an earlier step's output that no later step reads (nor this one as its input) may be
         // this step's output buffer

@@ -5,8 +5,8 @@
 Each layer (fused layers show every source node they stand for, joined by " + ") is timed with
 CUDA events around its kernel, CUDA graphs off and one stream (so the times add up); on the CPU
 as the engine runs it, chains of convolutions timed step by step inside their one call. The
-table shows the median over ``--iterations`` runs, the mean, and each layer's share of the total. ``--trace`` writes one run as a Chrome trace (chrome://tracing,
-Perfetto).
+table shows the median over ``--iterations`` runs, the mean, and each layer's share of the total.
+``--trace`` writes one run as a Chrome trace (chrome://tracing, Perfetto).
 """
 from __future__ import annotations
 

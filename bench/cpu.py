@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -155,19 +156,26 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
         for label in engines:
             ours = runners[label](feeds)
             errors[label] = max(max_rel_error(ours[k], ref[k]) for k in ref)
-        repeats = [{label: common.summarize(times) for label, times in _timed_rounds(runners, feeds, args).items()}
-                   for _ in range(max(1, args.repeats))]
+        repeats, round_ratios = [], {label: [] for label in engines}
+        for _ in range(max(1, args.repeats)):
+            timed, per_round = _timed_rounds(runners, feeds, args)
+            repeats.append({label: common.summarize(times) for label, times in timed.items()})
+            for label in engines:  # each round's ORT block against the Ember block beside it
+                round_ratios[label] += [o / e for o, e in zip(per_round["onnxruntime"], per_round[label])]
     finally:
         for label in engines:
             runners[label].close()
     latency = _combined(repeats)
     ratios = {label: _spread([r["onnxruntime"]["median"] / r[label]["median"] for r in repeats]) for label in engines}
+    # drift between rounds cancels out of a ratio taken within each round: the median of those
+    per_round = {label: {**_spread(v), "median": statistics.median(v), "rounds": len(v)}
+                 for label, v in round_ratios.items() if v}
     first = next(iter(engines.values()))
     row = {"model": name, "batch": batch, "exporter": exporter, "opset": opset, "build_s": build_s,
            "layers": {k: len(e.plan.layers) for k, e in engines.items()},
            "onnx_nodes": first.plan.build_info.get("source_nodes"), "max_rel_error_vs_ort": errors,
            "precisions": {k: _precisions(e) for k, e in engines.items()}, "latency_ms": latency,
-           "x_ort": ratios, "load_avg": {"before": load_before, "after": os.getloadavg()},
+           "x_ort": ratios, "x_ort_per_round": per_round, "load_avg": {"before": load_before, "after": os.getloadavg()},
            "conv_tactics": {k: _conv_tactics(e) for k, e in engines.items()},
            "chain_layouts": {k: {name: c["layout"] for name, c in e.plan.build_info.get("chain_layouts", {}).items()}
                              for k, e in engines.items()}}
@@ -216,19 +224,25 @@ def _combined(repeats: list[dict[str, dict[str, float]]]) -> dict[str, dict[str,
     return out
 
 
-def _timed_rounds(runners: dict[str, Any], feeds: dict, args: argparse.Namespace) -> dict[str, list[float]]:
+def _timed_rounds(runners: dict[str, Any], feeds: dict,
+                  args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each runtime's iterations, split in rounds that take turns, so a change of background load
-    during the run weighs on every runtime alike; each block starts with its own warm-up run."""
+    during the run weighs on every runtime alike; each block starts with its own warm-up run.
+    Returns every run's ms per runtime, and each round's median per runtime."""
     rounds = args.rounds or max(1, min(4, args.iterations // 3))
     times: dict[str, list[float]] = {label: [] for label in runners}
+    per_round: dict[str, list[float]] = {label: [] for label in runners}
     for r in range(rounds):
         count = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
         for label, runner in runners.items():
             warmup = args.warmup if r == 0 else 1
             if args.gap_ms > 0:
                 time.sleep(args.gap_ms / 1e3)
-            times[label] += time_ms(runner, feeds, warmup, count, args.max_seconds / rounds)
-    return times
+            block = time_ms(runner, feeds, warmup, count, args.max_seconds / rounds)
+            times[label] += block
+            if block:
+                per_round[label].append(statistics.median(block))
+    return times, per_round
 
 
 def breakdown(engine: Any, path: Path, feeds: dict, threads: int) -> dict[str, Any]:
@@ -250,6 +264,9 @@ def _print_row(row: dict[str, Any]) -> None:
         if label in row["x_ort"]:
             x = row["x_ort"][label]
             ratio = f"{x['median']:.2f}x ORT" + (f" [{x['min']:.2f}-{x['max']:.2f}]" if v.get("repeats", 1) > 1 else "")
+            rounds = row.get("x_ort_per_round", {}).get(label)
+            if rounds and rounds["rounds"] > 1:
+                ratio += f", per round {rounds['median']:.2f}x of {rounds['rounds']}"
             spread += f" ({ratio}, err {row['max_rel_error_vs_ort'][label]:.1e})"
         parts.append(f"{label} {v['median']:.2f} ms{spread}")
     load = row["load_avg"]["before"][0], row["load_avg"]["after"][0]

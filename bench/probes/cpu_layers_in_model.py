@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--exporter", default="torchscript")
     args = ap.parse_args()
-    path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 18,
+    path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 20,
                            exporter=args.exporter)
     feeds = zoo.sample_inputs(args.model, args.batch)
     engine = ember.build(str(path), ember.BuildConfig(device="cpu", precision="fp32"))

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--block", type=int, default=10)
     args = ap.parse_args()
-    path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 18,
+    path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 20,
                            exporter=args.exporter)
     feeds = zoo.sample_inputs(args.model, args.batch)
     ctx = ember.build(str(path), ember.BuildConfig(device="cpu", precision="fp32")).create_context()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -67,3 +68,28 @@ def test_bench_cpu_markdown_names_each_rows_exporter(bench_cpu):
     assert "| exporter |" in text
     assert "| bert-tiny | 1 | torchscript (opset 17) | fp32 |" in text
     assert "| bert-tiny | 1 | dynamo (opset 20) | fp32 |" in text
+
+
+def test_bench_cpu_takes_ratios_within_each_round(bench_cpu):
+    """``_timed_rounds`` keeps each round's median per runtime: a ratio taken within a round is
+    blind to the machine slowing down between rounds, which a ratio of whole-run medians is not."""
+    from ember.tools.runners import Runner
+
+    class Sleeper(Runner):
+        def __init__(self, base_s: float) -> None:
+            self.base_s, self.calls = base_s, 0
+
+        def run(self, prepared: object) -> dict:
+            self.calls += 1
+            # the machine gets 3x slower halfway through (rounds 3 and 4: a block is 3 calls), for
+            # both runtimes alike
+            time.sleep(self.base_s * (3 if self.calls > 6 else 1))
+            return {}
+
+    args = bench_cpu.parse(["--iterations", "8", "--rounds", "4", "--warmup", "1", "--gap-ms", "0"])
+    runners = {"ember": Sleeper(0.002), "onnxruntime": Sleeper(0.003)}
+    times, per_round = bench_cpu._timed_rounds(runners, {}, args)
+    assert [len(v) for v in times.values()] == [8, 8]
+    assert [len(v) for v in per_round.values()] == [4, 4]
+    ratios = [o / e for o, e in zip(per_round["onnxruntime"], per_round["ember"])]
+    assert all(1.2 < r < 1.9 for r in ratios), ratios  # 1.5 in every round, slow or not

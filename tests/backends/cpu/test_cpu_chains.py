@@ -340,3 +340,64 @@ def test_the_extensions_finite_check_finds_every_nan_and_infinity(ext: Any, n: i
         ext.all_finite(torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="contiguous float32 CPU tensor"):
         ext.all_finite(torch.ones(4, 4).t())
+
+
+def _se_model(batch: int = 2) -> onnx.ModelProto:
+    """A MobileNetV3 block on 24 channels: 1x1 expand + HardSwish -> 3x3 depthwise + HardSwish ->
+    squeeze-excite (GlobalAveragePool -> 1x1 + Relu -> 1x1 + HardSigmoid(1/6, 0.5) -> Mul) ->
+    1x1 project + LeakyRelu(0.1) -> 1x1 + HardSigmoid (ONNX's default 0.2, 0.5)."""
+    rng = np.random.default_rng(4)
+    c, e, s = 24, 48, 12
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.4).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("HardSwish", ["c1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], group=e, pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["p"]),
+             helper.make_node("Conv", ["p", "w3", "b3"], ["c3"]), helper.make_node("Relu", ["c3"], ["a3"]),
+             helper.make_node("Conv", ["a3", "w4", "b4"], ["c4"]),
+             helper.make_node("HardSigmoid", ["c4"], ["a4"], alpha=1.0 / 6, beta=0.5),
+             helper.make_node("Mul", ["a2", "a4"], ["m"]),
+             helper.make_node("Conv", ["m", "w5", "b5"], ["c5"]),
+             helper.make_node("LeakyRelu", ["c5"], ["a5"], alpha=0.1),
+             helper.make_node("Conv", ["a5", "w6", "b6"], ["c6"]), helper.make_node("HardSigmoid", ["c6"], ["y"])]
+    inits = [init("w1", e, c, 1, 1), init("b1", e), init("w2", e, 1, 3, 3), init("b2", e),
+             init("w3", s, e, 1, 1), init("b3", s), init("w4", e, s, 1, 1), init("b4", e),
+             init("w5", c, e, 1, 1), init("b5", c), init("w6", c, c, 1, 1), init("b6", c)]
+    g = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_hardswish_hardsigmoid_and_leaky_relu_layers_fuse_and_chain(ext: Any):
+    """HardSwish, HardSigmoid (either alpha) and LeakyRelu are oneDNN post-ops of a persistent
+    convolution in finite runs, so such layers chain (here the expand and depthwise, the
+    squeeze-excite's two 1x1 layers, the projection and the last layer): every run computes what
+    ONNX Runtime computes, and a run with NaN and infinity (layer by layer, activations after the
+    call) keeps them where ONNX Runtime does."""
+    import onnxruntime as ort
+
+    model = _se_model()
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    chained = [s.name for s in engine.compile().chained or () if s.kind == "Chain"]
+    assert len(chained) == 3 and all("(2 layers chained)" in n for n in chained), chained
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 24, 20, 20)) * 3).astype(np.float32)  # past hardswish's -3 / 3 knees
+    bad = x.copy()
+    bad[0, 3, 4, 4], bad[1, 5, 10, 11] = np.nan, -np.inf
+    with engine.create_context() as c:
+        for feed in (x, bad, x):
+            got, want = c.infer({"x": feed})["y"], sess.run(None, {"x": feed})[0]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert np.isnan(want).any() == (feed is bad)
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-5
+
+
+def test_a_layer_rejects_an_activation_onednn_does_not_fuse_here(ext: Any):
+    import torch
+
+    with pytest.raises(ValueError, match="activation must be none, relu, clip, leaky_relu, hardswish or hardsigmoid"):
+        ext.Layer(torch.ones(4, 4, 1, 1), None, [1, 1], [1, 1], 1, activation="gelu")

@@ -12,10 +12,12 @@ kernel, at most ``MAX_SHAPES``), and a call only binds the tensors and executes.
 What it covers: ``Conv`` / ``FusedConv`` in float32 with a constant 4-D weight (and bias):
 groups and depthwise, strides, dilations, asymmetric pads and ``auto_pad`` (oneDNN takes
 begin / end pads), a residual (oneDNN's binary-add post-op, then the activation), any activation.
-ReLU and Clip are fused as oneDNN eltwise post-ops only in runs whose inputs are all finite
-(``ember.backends.cpu.half.inputs_finite``) and where nothing upstream can make a finite value
-non-finite (``finite_safe``), because oneDNN's relu / clip turn NaN into 0 where ONNX keeps it
-(issue 17); other runs, and other activations, apply the activation after the call, in place.
+ReLU, Clip, LeakyRelu, HardSigmoid and HardSwish are fused as oneDNN eltwise post-ops only in
+runs whose inputs are all finite (``ember.backends.cpu.half.inputs_finite``) and where nothing
+upstream can make a finite value non-finite (``finite_safe``), because oneDNN's relu / clip turn
+NaN into 0 where ONNX keeps it (issue 17); other runs, and other activations, apply the
+activation after the call, in place. Fused, they also let the layer join a chain (MobileNetV3's
+HardSwish and squeeze-excite HardSigmoid layers).
 Activations are computed channels-last; where the layout plan stores the output NCHW it is
 reordered after the call, as ``mkldnn_prepacked`` does. Concat elimination: the same
 ``gemm_write_into`` as the other tactics (off by default).
@@ -111,6 +113,14 @@ def _fusable(act: Activation, params: tuple[float, ...]) -> tuple[str, float, fl
     if act is Activation.CLIP:
         lo, hi = (float(v) for v in activation_params(act, params))
         return "clip", lo, hi
+    if act is Activation.LEAKY_RELU:
+        (alpha,) = activation_params(act, params)
+        return "leaky_relu", float(alpha), 0.0
+    if act is Activation.HARD_SIGMOID:
+        alpha, beta = activation_params(act, params)
+        return "hardsigmoid", float(alpha), float(beta)
+    if act is Activation.HARD_SWISH:  # ONNX HardSwish: x * max(0, min(1, x / 6 + 0.5))
+        return "hardswish", 1.0 / 6.0, 0.5
     return "none", 0.0, 0.0
 
 

@@ -395,8 +395,11 @@ class Layer {
         TORCH_CHECK_VALUE(groups >= 1 && weight.size(0) % groups == 0, "output channels ", weight.size(0),
                           " not divisible by groups ", groups);
         TORCH_CHECK_VALUE(strides_.size() == 2 && dilations_.size() == 2, "strides and dilations need 2 values");
-        TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip",
-                          "activation must be none, relu or clip, got '", activation_, "'");
+        TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip" ||
+                              activation_ == "leaky_relu" || activation_ == "hardswish" ||
+                              activation_ == "hardsigmoid",
+                          "activation must be none, relu, clip, leaky_relu, hardswish or hardsigmoid, got '",
+                          activation_, "'");
         weight_ = weight.contiguous();
         const int64_t oc = weight_.size(0);
         bias_ = bias ? bias->to(torch::kFloat).reshape({-1}).contiguous().clone() : torch::zeros({oc}, torch::kFloat);
@@ -520,12 +523,21 @@ class Layer {
     void release_unused() { packed_.release_unused(); }
 
    private:
-    // The layer's activation as a oneDNN post-op (none: nothing).
+    // The layer's activation as a oneDNN post-op (none: nothing): relu; clip to [alpha, beta];
+    // leaky_relu of slope alpha; hardsigmoid max(0, min(1, alpha x + beta)) and hardswish
+    // x hardsigmoid(x) (ONNX's HardSwish: alpha 1/6, beta 0.5).
     void append_activation(dnnl::post_ops &po) const {
+        const float a = static_cast<float>(alpha_), b = static_cast<float>(beta_);
         if (activation_ == "relu")
             po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
         else if (activation_ == "clip")
-            po.append_eltwise(dnnl::algorithm::eltwise_clip, static_cast<float>(alpha_), static_cast<float>(beta_));
+            po.append_eltwise(dnnl::algorithm::eltwise_clip, a, b);
+        else if (activation_ == "leaky_relu")
+            po.append_eltwise(dnnl::algorithm::eltwise_relu, a, 0.f);
+        else if (activation_ == "hardsigmoid")
+            po.append_eltwise(dnnl::algorithm::eltwise_hardsigmoid, a, b);
+        else if (activation_ == "hardswish")
+            po.append_eltwise(dnnl::algorithm::eltwise_hardswish, a, b);
     }
 
     // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is

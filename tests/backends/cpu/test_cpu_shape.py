@@ -193,3 +193,26 @@ def test_pad_reflect_beyond_axis(check, rng):
     x = rng.standard_normal((3, 4)).astype(F32)
     check("Pad", {"x": x, "p": np.array([5, 0, 4, 7], I64)}, OpType.PAD, PadAttrs("reflect", None),
           {"mode": "reflect"}, opset=18, oracle="reference")
+
+
+def test_broadcast_shape_agrees_with_torch():
+    """The kernels' fast broadcasting (``common.broadcast_shape``) gives torch.broadcast_shapes'
+    shape, or raises RuntimeError where torch does, on random shapes with 0s and 1s."""
+    import random
+
+    import torch
+
+    from ember.backends.cpu.kernels.common import broadcast_shape
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        shapes = [tuple(rng.choice([0, 1, 1, 2, 3]) for _ in range(rng.randint(0, 4)))
+                  for _ in range(rng.randint(1, 3))]
+        try:
+            want = tuple(torch.broadcast_shapes(*shapes))
+        except RuntimeError:
+            with pytest.raises(RuntimeError, match="cannot be broadcast together"):
+                broadcast_shape(*shapes)
+            continue
+        assert broadcast_shape(*shapes) == want, shapes
+    assert broadcast_shape(torch.Size([2, 1, 4]), (3, 1)) == (2, 3, 4)

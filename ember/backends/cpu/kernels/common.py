@@ -124,3 +124,24 @@ def torch_pad_arg(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
     for b, e in zip(reversed(begins), reversed(ends)):
         out += [int(b), int(e)]
     return out
+
+
+def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """numpy broadcasting of concrete shapes, as ``torch.broadcast_shapes`` computes it, in a
+    microsecond or two where that takes about 45 (it runs PyTorch's Python reference code): the
+    kernels call it on every run. Raises RuntimeError where the shapes do not broadcast, as torch's."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for s in shapes:
+        offset = rank - len(s)
+        for i, d in enumerate(s):
+            d = int(d)
+            o = out[offset + i]
+            if d != o:
+                if o == 1:
+                    out[offset + i] = d
+                elif d != 1:
+                    raise RuntimeError(f"shapes {[tuple(x) for x in shapes]} cannot be broadcast together "
+                                       f"(axis {offset + i - rank}: {o} and {d})")
+    return tuple(out)
+

@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
-from ember.backends.cpu.kernels.common import Inputs, Tensor
+from ember.backends.cpu.kernels.common import Inputs, Tensor, broadcast_shape
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -66,7 +66,7 @@ def binary_write_into(out_fn: Callable[[Tensor, Tensor, Tensor], object]) -> Wri
         a, b = inputs[0], inputs[1]
         if a is None or b is None or not a.is_floating_point() or not (a.dtype == b.dtype == out.dtype):
             return False
-        if torch.broadcast_shapes(a.shape, b.shape) != out.shape or a.device != out.device:
+        if broadcast_shape(a.shape, b.shape) != tuple(out.shape) or a.device != out.device:
             return False
         out_fn(a, b, out)
         return True

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor
+from ember.backends.cpu.kernels.common import Inputs, Tensor, broadcast_shape
 from ember.backends.cpu.registry import ATEN, lookup, register_kernel
 from ember.ir.graph import Node
 from ember.ir.optype import OpType
@@ -82,6 +82,6 @@ def _fits(args: list) -> bool:
     for other in args[1:]:
         if other is None or other.dtype != first.dtype:
             return False
-        if torch.broadcast_shapes(first.shape, other.shape) != first.shape:
+        if broadcast_shape(first.shape, other.shape) != tuple(first.shape):
             return False
     return True

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.kernels.common import Inputs, Tensor, arg
+from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, broadcast_shape
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.tensors import torch_dtype
 from ember.ir.graph import Node
@@ -103,7 +103,7 @@ def _sdpa_ok(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> bool:
         if mask.dtype is not q.dtype:
             return False
         try:
-            torch.broadcast_shapes(mask.shape, tuple(q.shape[:-1]) + (k.shape[-2],))
+            broadcast_shape(mask.shape, tuple(q.shape[:-1]) + (k.shape[-2],))
         except RuntimeError:
             return False
     return True

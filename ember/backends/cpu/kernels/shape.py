@@ -14,6 +14,7 @@ from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu.kernels.common import (
     Inputs,
     Tensor,
+    broadcast_shape,
     int_param,
     ints,
     norm_axes,
@@ -157,7 +158,7 @@ def expand(node: Node, ctx: CompileContext) -> Kernel:
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
-        shape = torch.broadcast_shapes(tuple(x.shape), tuple(target(inputs)))
+        shape = broadcast_shape(tuple(x.shape), tuple(target(inputs)))
         return [x.expand(shape)]
 
     return run

@@ -197,7 +197,8 @@ def test_pad_reflect_beyond_axis(check, rng):
 
 def test_broadcast_shape_agrees_with_torch():
     """The kernels' fast broadcasting (``common.broadcast_shape``) gives torch.broadcast_shapes'
-    shape, or raises RuntimeError where torch does, on random shapes with 0s and 1s."""
+    shape, or raises where torch does, on random shapes with 0s, 1s and -1s (an Expand to -1 is
+    an error, not PyTorch's "keep this dim")."""
     import random
 
     import torch
@@ -206,12 +207,12 @@ def test_broadcast_shape_agrees_with_torch():
 
     rng = random.Random(0)
     for _ in range(2000):
-        shapes = [tuple(rng.choice([0, 1, 1, 2, 3]) for _ in range(rng.randint(0, 4)))
+        shapes = [tuple(rng.choice([-1, 0, 1, 1, 2, 3, 3]) for _ in range(rng.randint(0, 4)))
                   for _ in range(rng.randint(1, 3))]
         try:
             want = tuple(torch.broadcast_shapes(*shapes))
-        except RuntimeError:
-            with pytest.raises(RuntimeError, match="cannot be broadcast together"):
+        except (RuntimeError, ValueError):
+            with pytest.raises((RuntimeError, ValueError), match="cannot be broadcast"):
                 broadcast_shape(*shapes)
             continue
         assert broadcast_shape(*shapes) == want, shapes

@@ -129,13 +129,17 @@ def torch_pad_arg(begins: Sequence[int], ends: Sequence[int]) -> list[int]:
 def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
     """numpy broadcasting of concrete shapes, as ``torch.broadcast_shapes`` computes it, in a
     microsecond or two where that takes about 45 (it runs PyTorch's Python reference code): the
-    kernels call it on every run. Raises RuntimeError where the shapes do not broadcast, as torch's."""
+    kernels call it on every run. Raises RuntimeError where the shapes do not broadcast, and
+    ValueError for a negative dim (an Expand to -1), as torch's."""
     rank = max((len(s) for s in shapes), default=0)
     out = [1] * rank
     for s in shapes:
         offset = rank - len(s)
         for i, d in enumerate(s):
             d = int(d)
+            if d < 0:
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]}: a dim of negative length ({d}) "
+                                 f"cannot be broadcast")
             o = out[offset + i]
             if d != o:
                 if o == 1:

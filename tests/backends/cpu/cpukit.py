@@ -85,3 +85,23 @@ def check_op(onnx_op: str, inputs: dict[str, Optional[np.ndarray]], op: OpType, 
         for i, w in enumerate(want):
             assert_same(outs[i], w, rtol, atol, f"{onnx_op} [{label}] output {i}")
     return results
+
+
+def assert_runs_like_ort(model: onnx.ModelProto, contexts: list[Any], x: np.ndarray, bad: np.ndarray,
+                         output: str = "y", tol: float = 1e-4, between: float = 1e-5) -> None:
+    """Runs ``x``, then ``bad`` (NaN / infinity in it), then ``x`` again through each Ember execution
+    context (on input "x") and ONNX Runtime: each output has ORT's shape and NaN where ORT has NaN
+    (only in the bad run), finite values within ``tol`` of ORT's and within ``between`` of the first
+    context's (a chained engine's finite runs use its chains, the bad run its layers one by one)."""
+    from ember.tools.runners import max_rel_error
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in (x, bad, x):
+        want = sess.run(None, {"x": feed})[0]
+        assert np.isnan(want).any() == (feed is bad)
+        outs = [c.infer({"x": feed})[output] for c in contexts]
+        for got in outs:
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < tol
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(outs[0])) < between

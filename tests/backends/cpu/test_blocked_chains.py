@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from cpukit import assert_runs_like_ort  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -177,26 +178,17 @@ def test_a_forced_blocked_engine_computes_what_the_channels_last_one_and_onnx_ru
         ext: Any, monkeypatch: pytest.MonkeyPatch):
     """NaN and infinity runs go layer by layer on channels-last primitives the blocked chain let
     go of (made again on that run); the finite runs around them use the chain."""
-    import onnxruntime as ort
-
     model = _model()
     blocked = _build(model, monkeypatch, "blocked")
     nhwc = _build(model, monkeypatch, "nhwc")
     assert "chain_layouts" not in blocked.plan.build_info  # a forced layout is not timed
     assert [n.endswith("(5 layers chained, blocked)") for n in _chain_names(blocked)] == [True]
     assert [n.endswith("(5 layers chained)") for n in _chain_names(nhwc)] == [True]
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
     bad = x.copy()
     bad[0, 1, 5, 5], bad[1, 2, 9, 9] = np.nan, np.inf
     with blocked.create_context() as c1, nhwc.create_context() as c2:
-        for feed in (x, bad, x):
-            got, chl = c1.infer({"x": feed})["y"], c2.infer({"x": feed})["y"]
-            want = sess.run(None, {"x": feed})[0]
-            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-            np.testing.assert_array_equal(np.isnan(chl), np.isnan(want))
-            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(chl)) < 1e-5
-            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-4
+        assert_runs_like_ort(model, [c1, c2], x, bad)
 
 
 @pytest.mark.skipif(not cpu_features().native(Precision.BF16), reason="no native bf16 on this CPU: builds keep fp32")

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 import pytest
+from cpukit import assert_runs_like_ort  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -93,8 +94,6 @@ def test_a_paired_chain_computes_what_onnx_runtime_computes(ext: Any, monkeypatc
     """Both pairs fused (the second one's output into the block's projection, the first one's
     inside a residual block, whose indices the chain renumbers); a run with NaN and infinity goes
     layer by layer and spreads them as ONNX Runtime does; the finite runs around it use the chain."""
-    import onnxruntime as ort
-
     monkeypatch.setattr(chains, "DW_REFERENCE_OK", True)
     model = _model()
     paired = _recorded(_build(model, tactic_tuning=False), tmp_path, layout, True)
@@ -103,19 +102,12 @@ def test_a_paired_chain_computes_what_onnx_runtime_computes(ext: Any, monkeypatc
     assert _chain_names(paired)[0].endswith(f"(7 layers chained, 2 depthwise pairs fused{suffix}")
     assert _chain_names(plain)[0].endswith(f"(7 layers chained{suffix}")
     assert _weight_copies(paired) == [1] * 7  # the pairs' layers let their own primitives go
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((2, 3, 34, 34)).astype(np.float32)
     bad = x.copy()
     bad[0, 1, 5, 5], bad[1, 2, 9, 9] = np.nan, np.inf
     with paired.create_context() as c1, plain.create_context() as c2:
-        for feed in (x, bad, x):
-            got, sep = c1.infer({"x": feed})["y"], c2.infer({"x": feed})["y"]
-            want = sess.run(None, {"x": feed})[0]
-            assert got.shape == want.shape == (2, 20, 9, 9)
-            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-            assert np.isnan(want).any() == (feed is bad)
-            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(sep)) < 1e-5
-            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-4
+        assert c1.infer({"x": x})["y"].shape == (2, 20, 9, 9)
+        assert_runs_like_ort(model, [c1, c2], x, bad)
 
 
 @pytest.mark.parametrize("variant, pairs", [

@@ -68,11 +68,15 @@ class ChainLink:
     release: Optional[Callable[[str], None]] = None
     #: the extension's ``Layer`` behind the primitives (``weight_copies`` says how many packed weights it holds)
     layer: Any = None
-    in_channels: int = 0
     #: the static input's shape and the layer's pads [top, left, bottom, right] (a depthwise pair's
-    #: ``Layer.prepare_dw`` arguments: ``with_dw_pairs``)
+    #: ``Layer.prepare_dw`` arguments: ``with_dw_pairs``); () for an INT8 layer
     shape: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
+
+    @property
+    def in_channels(self) -> int:
+        """The input's channels (0 where the shape is not recorded)."""
+        return self.shape[1] if len(self.shape) > 1 else 0
 
     def nhwc_conv(self) -> Any:
         return self.conv if self.conv is not None else self.relayout("nhwc", "nhwc")  # type: ignore[misc]
@@ -501,9 +505,6 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Ten
         x = x.contiguous()
     elif not x.is_contiguous(memory_format=CL):
         x = x.contiguous(memory_format=CL)
-    if times is None:
-        return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused,
-                             chain.dtypes, chain.head)
     return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
                          chain.head, times)
 

@@ -251,7 +251,7 @@ def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, st
         layer.release_unused()
 
     return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release, layer=layer,
-                     in_channels=shape[1], shape=tuple(shape), pads=tuple(geo.begins) + tuple(geo.ends))
+                     shape=tuple(shape), pads=tuple(geo.begins) + tuple(geo.ends))
 
 
 class _ShapeCache:

@@ -16,8 +16,9 @@
 // output scales and zero points as runtime arguments, the residual as oneDNN's ``sum`` post-op
 // into the output the caller fills with it) have one primitive, the activation always fused.
 //
-// Re-entrant: a ``Conv`` holds no per-call state. Memory objects are made per call (cheap
-// handles), the scratchpad is per thread (``thread_local``, grown as needed), and the GIL is
+// Re-entrant: a ``Conv`` holds no per-call state. The memory objects a call binds are the calling
+// thread's (``Bound``, made once per thread and primitive, re-pointed per call), the scratchpad is
+// per thread (``thread_local``, grown as needed), and the GIL is
 // released while oneDNN runs, so any number of execution contexts may run one ``Conv`` from any
 // number of threads at once.
 //

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -70,26 +69,23 @@ def test_bench_cpu_markdown_names_each_rows_exporter(bench_cpu):
     assert "| bert-tiny | 1 | dynamo (opset 20) | fp32 |" in text
 
 
-def test_bench_cpu_takes_ratios_within_each_round(bench_cpu):
-    """``_timed_rounds`` keeps each round's median per runtime: a ratio taken within a round is
-    blind to the machine slowing down between rounds, which a ratio of whole-run medians is not."""
-    from ember.tools.runners import Runner
+def test_bench_cpu_takes_ratios_within_each_round(bench_cpu, monkeypatch):
+    """``_timed_rounds`` keeps each round's median per runtime beside every run's time, so
+    ``bench_one`` can take ORT / Ember within each round. Timings are faked (no clock): the machine
+    gets 3x slower from round 3 on, for both runtimes alike, and each round's ratio stays 1.5."""
+    blocks: list[tuple[str, int]] = []
 
-    class Sleeper(Runner):
-        def __init__(self, base_s: float) -> None:
-            self.base_s, self.calls = base_s, 0
+    def fake_time_ms(runner, feeds, warmup, count, max_s):
+        blocks.append((runner, count))
+        slow = 3.0 if len(blocks) > 4 else 1.0  # two runtimes a round: rounds 3 and 4 are slow
+        base = {"ember": 2.0, "onnxruntime": 3.0}[runner]
+        return [base * slow + 0.01 * i for i in range(count)]
 
-        def run(self, prepared: object) -> dict:
-            self.calls += 1
-            # the machine gets 3x slower halfway through (rounds 3 and 4: a block is 3 calls), for
-            # both runtimes alike
-            time.sleep(self.base_s * (3 if self.calls > 6 else 1))
-            return {}
-
-    args = bench_cpu.parse(["--iterations", "8", "--rounds", "4", "--warmup", "1", "--gap-ms", "0"])
-    runners = {"ember": Sleeper(0.002), "onnxruntime": Sleeper(0.003)}
-    times, per_round = bench_cpu._timed_rounds(runners, {}, args)
-    assert [len(v) for v in times.values()] == [8, 8]
-    assert [len(v) for v in per_round.values()] == [4, 4]
+    monkeypatch.setattr(bench_cpu, "time_ms", fake_time_ms)
+    args = bench_cpu.parse(["--iterations", "12", "--rounds", "4", "--warmup", "1", "--gap-ms", "0"])
+    times, per_round = bench_cpu._timed_rounds({"ember": "ember", "onnxruntime": "onnxruntime"}, {}, args)
+    assert [len(v) for v in times.values()] == [12, 12] and [c for _, c in blocks] == [3] * 8
+    assert per_round["ember"] == pytest.approx([2.01, 2.01, 6.01, 6.01])
+    assert per_round["onnxruntime"] == pytest.approx([3.01, 3.01, 9.01, 9.01])
     ratios = [o / e for o, e in zip(per_round["onnxruntime"], per_round["ember"])]
-    assert all(1.2 < r < 1.9 for r in ratios), ratios  # 1.5 in every round, slow or not
+    assert ratios == pytest.approx([1.5] * 4, rel=1e-2)

@@ -168,7 +168,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
     latency = _combined(repeats)
     ratios = {label: _spread([r["onnxruntime"]["median"] / r[label]["median"] for r in repeats]) for label in engines}
     # drift between rounds cancels out of a ratio taken within each round: the median of those
-    per_round = {label: {**_spread(v), "median": statistics.median(v), "rounds": len(v)}
+    per_round = {label: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": len(v)}
                  for label, v in round_ratios.items() if v}
     first = next(iter(engines.values()))
     row = {"model": name, "batch": batch, "exporter": exporter, "opset": opset, "build_s": build_s,

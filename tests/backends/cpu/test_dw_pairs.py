@@ -142,7 +142,7 @@ def test_the_build_times_the_pairs_records_the_fastest_and_the_switch_leaves_the
     assert ("2 depthwise pairs fused" in _chain_names(engine)[0]) == entry["dw"]
     assert f"{first}.. {best} (nhwc " in engine.summary()
     assert _weight_copies(engine) == [1] * 7
-    # the record is followed after a load, and a record without "dw" (an older engine) has no pairs
+    # the record is followed after a load
     engine.save(tmp_path / "e.ember")
     assert ("depthwise pairs" in _chain_names(ember.load(str(tmp_path / "e.ember")))[0]) == entry["dw"]
     # EMBER_CHAIN_DW=0: nothing timed with pairs, and a record with pairs is not followed
@@ -219,7 +219,7 @@ def test_ember_profile_times_a_chain_step_by_step_as_the_engine_runs_it(ext: Any
     starts = [s for s, _ in timeline]
     assert starts == sorted(starts)  # the chain's steps one after another
     assert "onednn_persistent (dw pair)" in format_table(layers)
-    # what the profile ran is what the engine computes
+    # the program's own timed run: the notes of a finite run, then of a NaN run (layer by layer)
     program = engine.compile()
     import torch
 

@@ -180,6 +180,7 @@ struct Primitive {
     // process has (`Bound`'s key: an address may be reused after a release)
     memory::desc src_md = pd.src_desc(), dst_md = pd.dst_desc(), scratch_md = pd.scratchpad_desc(),
                  residual_md = pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
+    size_t scratch_bytes = std::max<size_t>(scratch_md.get_size(), 1);  // what a call asks its thread for
     uint64_t id = next_id();
 
     static uint64_t next_id() {
@@ -289,7 +290,7 @@ class Conv {
         Bound &b = bound(p);
         b.src.set_data_handle(x.data_ptr());
         b.dst.set_data_handle(out.data_ptr());
-        b.scratch.set_data_handle(thread_scratchpad(std::max<size_t>(p.scratch_md.get_size(), 1)));
+        b.scratch.set_data_handle(thread_scratchpad(p.scratch_bytes));
         dnnl_exec_arg_t args[16];
         int n = 0;
         auto add = [&](int arg, const memory &m) { args[n++] = {arg, m.get()}; };

@@ -72,6 +72,13 @@ class ChainLink:
     #: ``Layer.prepare_dw`` arguments: ``with_dw_pairs``); () for an INT8 layer
     shape: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
+    #: what the step is: "conv" (a persistent convolution), or a layer between convolutions the
+    #: extension runs too (``chain_steps``): "pool" (global average pooling) or "scale" (a
+    #: per-channel Mul, the residual being its [N, C, 1, 1] factors): a squeeze-excite block's
+    kind: str = "conv"
+    #: which of the node's inputs is the layer's input, and which its residual (``residual``)
+    src_input: int = 0
+    res_input: int = 3
 
     @property
     def in_channels(self) -> int:
@@ -87,8 +94,10 @@ class HeadRole:
     """How a layer after a chain may run in the chain's head: ``pool`` (global average pooling of
     a static 4-D float32 tensor: GlobalAveragePool, or ReduceMean over H and W; ``flat``: its output
     is [N, C], keepdims=0), ``flatten`` ([N, C, 1, 1] -> [N, C]: Flatten, Reshape, Squeeze) or
-    ``gemm`` (a float32 Gemm or MatMul of [N, C] by a constant: ``weight`` [O, C], ``bias`` [O] or
-    None). ``head_role`` says which a layer is."""
+    ``gemm`` (a float32 Gemm, MatMul or FusedGemm of [N, C] by a constant: ``weight`` [O, C],
+    ``bias`` [O] or None, then ``activation``: the extension's (name, alpha, beta), fused in oneDNN
+    as a convolution's is, so only where nothing upstream can turn finite values non-finite).
+    ``head_role`` says which a layer is."""
 
     kind: str
     flat: bool = False
@@ -97,6 +106,7 @@ class HeadRole:
     b: Optional[torch.Tensor] = None
     b_is_oc: bool = False
     c: Optional[torch.Tensor] = None  # the constant bias as the layer reads it ([O], [1, O] or one value)
+    activation: tuple[str, float, float] = ("none", 0.0, 0.0)
 
     def weight(self) -> torch.Tensor:
         """The classifier's weight [O, C] (a copy only where B is [C, O])."""
@@ -148,12 +158,13 @@ class Chain:
         return self.end - self.head_steps
 
 
-def _switched_on(env: str) -> bool:
+def switched_on(env: str) -> bool:
+    """Whether switch `env` is on (unset, or anything but 0 / off / false / no)."""
     return os.environ.get(env, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def enabled() -> bool:
-    return _switched_on(SWITCH_ENV)
+    return switched_on(SWITCH_ENV)
 
 
 #: ``EMBER_CHAIN_LAYOUT``: the activations' layout between a float chain's layers: ``nhwc``
@@ -208,7 +219,7 @@ DW_ENV = "EMBER_CHAIN_DW"
 
 
 def dw_enabled() -> bool:
-    return _switched_on(DW_ENV)
+    return switched_on(DW_ENV)
 
 
 #: Whether a pair may run on oneDNN's reference fusion (``ref_fused_convolution``: the two
@@ -276,9 +287,11 @@ def with_dw_pairs(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]
 
 
 def head_role(node: Any, precision: Any, types: Mapping[str, Any],
-              constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
+              constants: Mapping[str, torch.Tensor], finite: Callable[[], bool] = lambda: False) -> Optional[HeadRole]:
     """The part ``node`` (an IR node computed at ``precision``) may take in a chain's head, or None
-    (``types``: the graph's tensor types; ``constants``: the program's constant tensors)."""
+    (``types``: the graph's tensor types; ``constants``: the program's constant tensors; ``finite()``:
+    whether the node's inputs are finite whenever the graph's are, ``half.finite_safe``, which a
+    FusedGemm's activation needs to be fused)."""
     from ember.ir.dtype import DType
     from ember.ir.optype import OpType
 
@@ -306,11 +319,21 @@ def head_role(node: Any, precision: Any, types: Mapping[str, Any],
         return HeadRole("flatten") if ok else None
     if op in (OpType.GEMM, OpType.MATMUL) and x.rank == 2 and 2 <= len(node.inputs) <= 3:
         return _classifier(node, x, y, constants)
+    if op is OpType.FUSED_GEMM and x.rank == 2 and 2 <= len(node.inputs) <= 3 and node.attrs is not None:
+        from ember.backends.cpu.native import eltwise
+
+        act = eltwise(node.attrs.activation, node.attrs.act_params)
+        if act[0] == "none" or not finite():  # NONE is a plain Gemm's; other activations oneDNN cannot fuse
+            return None
+        role = _classifier(node, x, y, constants, node.attrs.gemm)
+        return replace(role, activation=act) if role is not None else None
     return None
 
 
-def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor]) -> Optional[HeadRole]:
-    """``head_role`` of a Gemm / MatMul: y = x . W^T + b with a constant float32 W [O, C] and b."""
+def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor],
+                gemm_attrs: Any = None) -> Optional[HeadRole]:
+    """``head_role`` of a Gemm / MatMul (or a FusedGemm's, ``gemm_attrs``): y = x . W^T + b with a
+    constant float32 W [O, C] and b."""
     from ember.ir.optype import OpType
 
     b = constants.get(node.inputs[1])
@@ -319,8 +342,8 @@ def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor]
     if b is None or b.dim() != 2 or b.dtype != torch.float32 or (bias_name and c is None):
         return None
     trans_b = False
-    if node.op is OpType.GEMM:
-        a = node.attrs
+    if node.op is OpType.GEMM or gemm_attrs is not None:
+        a = gemm_attrs if gemm_attrs is not None else node.attrs
         if a is None or a.trans_a or a.alpha != 1.0 or (c is not None and a.beta != 1.0):
             return None
         trans_b = a.trans_b
@@ -339,20 +362,31 @@ def _classifier(node: Any, x: Any, y: Any, constants: Mapping[str, torch.Tensor]
 #: The switch: ``EMBER_CHAIN_HEADS=0`` (or off / false / no) leaves every chain's head layers on their own.
 HEAD_ENV = "EMBER_CHAIN_HEADS"
 
-#: The heads a chain may end with: the kinds of their layers, in order.
-HEADS = (("pool",), ("pool", "flatten"), ("pool", "flatten", "gemm"), ("pool", "gemm"))
+#: The most dense layers a head runs (a classifier of up to this many Gemms, VGG's has 3).
+MAX_HEAD_GEMMS = 4
+
+
+def head_shape_ok(kinds: Sequence[str]) -> bool:
+    """Whether a head's layers come in an order a chain's head runs: a pooling, at most one flatten,
+    then up to ``MAX_HEAD_GEMMS`` dense layers."""
+    if not kinds or kinds[0] != "pool":
+        return False
+    rest = list(kinds[1:])
+    if rest and rest[0] == "flatten":
+        rest = rest[1:]
+    return len(rest) <= MAX_HEAD_GEMMS and all(k == "gemm" for k in rest)
 
 
 def _head_steps(steps: Sequence[Any], end: int, output: str, readers: Mapping[str, list[int]],
                 outputs: set[str]) -> int:
-    """How many steps from ``end`` make a head (``HEADS``) on a chain whose last output is
+    """How many steps from ``end`` make a head (``head_shape_ok``) on a chain whose last output is
     ``output``: each reads the one before as its only reader, and no output but the last is the
     graph's (the roles' own shape conditions keep a pooled [N, C, 1, 1] from a GEMM and a pooled
     [N, C] from a flatten)."""
     roles: list[HeadRole] = []
     name = output
     k = end
-    while k < len(steps) and len(roles) < 3:
+    while k < len(steps) and len(roles) < 2 + MAX_HEAD_GEMMS:
         s = steps[k]
         role = getattr(s, "head", None)
         if (role is None or s.special or s.inputs[0] != name or name in outputs
@@ -362,7 +396,7 @@ def _head_steps(steps: Sequence[Any], end: int, output: str, readers: Mapping[st
         name = s.outputs[0]
         k += 1
     kinds = [r.kind for r in roles]
-    while kinds and tuple(kinds) not in HEADS:
+    while kinds and not head_shape_ok(kinds):
         kinds.pop()
     return len(kinds)
 
@@ -373,10 +407,15 @@ def attach_head(chain: Chain, steps: Sequence[Any], ext: Any) -> Chain:
     if not chain.head_steps:
         return chain
     roles = [steps[k].head for k in range(chain.conv_end, chain.end)]
-    gemm = roles[-1] if roles[-1].kind == "gemm" else None
+    gemms = [r for r in roles if r.kind == "gemm"]
     flat = roles[0].flat or any(r.kind == "flatten" for r in roles)
     try:
-        layer = ext.HeadLayer(gemm.weight() if gemm else None, gemm.bias() if gemm else None)
+        if gemms:
+            layer = ext.HeadLayer(gemms[0].weight(), gemms[0].bias(), *gemms[0].activation)
+            for g in gemms[1:]:
+                layer.then(g.weight(), g.bias(), *g.activation)
+        else:
+            layer = ext.HeadLayer(None, None)
         head = layer.prepare(chain.convs[-1].dst_dims, "nhwc", flat)
     except (RuntimeError, ValueError, AttributeError):  # AttributeError: an extension without heads
         return replace(chain, end=chain.conv_end, output=steps[chain.conv_end - 1].outputs[0], head_steps=0)
@@ -397,11 +436,13 @@ def plan_chains(steps: Sequence[Any], graph_outputs: Sequence[str], min_length: 
     i = 0
     while i < len(steps):
         end = _extend(steps, i)
-        while end - i >= min_length and not _closed(steps, i, end, readers, outputs):
+        # a chain ends in a convolution or a scale: a pooling at its end is a head's (or runs alone)
+        while end - i >= min_length and (not _closed(steps, i, end, readers, outputs)
+                                         or _link(steps[end - 1]).kind == "pool"):  # type: ignore[union-attr]
             end -= 1
         if end - i >= min_length:
             chain = _chain(steps, i, end, readers)
-            heads = chain.dtypes[-1] == 0 and _switched_on(HEAD_ENV)
+            heads = chain.dtypes[-1] == 0 and switched_on(HEAD_ENV)
             h = _head_steps(steps, end, chain.output, readers, outputs) if heads else 0
             if h:
                 chain = replace(chain, end=end + h, output=steps[end + h - 1].outputs[0], head_steps=h)
@@ -429,13 +470,13 @@ def _extend(steps: Sequence[Any], start: int) -> int:
     first = _link(steps[start])
     if first is None:
         return start
-    known = {steps[start].inputs[0]}
+    known = {_input(steps[start], first.src_input)}
     end = start
     while end < len(steps):
         s = steps[end]
         link = _link(s)
-        if (link is None or s.inputs[0] not in known or (link.quant is not None and end > start)
-                or ((link.residual or link.sum) and _input(s, 3) not in known)):
+        if (link is None or _input(s, link.src_input) not in known or (link.quant is not None and end > start)
+                or ((link.residual or link.sum) and _input(s, link.res_input) not in known)):
             break
         if end == start and first.quant is not None:
             known.clear()
@@ -455,17 +496,17 @@ def _closed(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, li
 
 
 def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, list[int]]) -> Chain:
-    first = steps[start].inputs[0]
+    links = [_link(steps[k]) for k in range(start, end)]
+    first = _input(steps[start], links[0].src_input)  # type: ignore[union-attr]
     index = {steps[k].outputs[0]: k - start for k in range(start, end)}
 
     def source(name: str) -> int:
         return -1 if name == first and name not in index else index[name]
 
-    links = [_link(steps[k]) for k in range(start, end)]
-    src = tuple(source(steps[k].inputs[0]) for k in range(start, end))
-    res = tuple(source(_input(steps[k], 3)) if link.residual else -2  # type: ignore[union-attr]
+    src = tuple(source(_input(steps[k], link.src_input)) for k, link in zip(range(start, end), links))  # type: ignore[union-attr]
+    res = tuple(source(_input(steps[k], link.res_input)) if link.residual else -2  # type: ignore[union-attr]
                 for k, link in zip(range(start, end), links))
-    sums = tuple(source(_input(steps[k], 3)) if link.sum else -2  # type: ignore[union-attr]
+    sums = tuple(source(_input(steps[k], link.res_input)) if link.sum else -2  # type: ignore[union-attr]
                  for k, link in zip(range(start, end), links))
     last = tuple(max([k - start for k in range(start, end)
                       if steps[start + j].outputs[0] in steps[k].inputs] or [j])
@@ -509,6 +550,6 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Ten
                          chain.head, times)
 
 
-__all__ = ["DTYPE_CODES", "DW_ENV", "HEADS", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "Chain", "ChainLink", "HeadRole",
-           "SWITCH_ENV", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout", "head_role", "links",
-           "plan_chains", "run_chain", "time_layouts", "with_dw_pairs"]
+__all__ = ["DTYPE_CODES", "DW_ENV", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "MAX_HEAD_GEMMS", "SWITCH_ENV", "Chain",
+           "ChainLink", "HeadRole", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout", "head_role",
+           "head_shape_ok", "links", "plan_chains", "run_chain", "switched_on", "time_layouts", "with_dw_pairs"]

@@ -31,7 +31,7 @@ import torch
 from ember.backends.base import Backend, CompileContext, Executor, Kernel, Program
 from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, produce_into
 from ember.backends.cpu.chains import head_role
-from ember.backends.cpu.half import finite_run, inputs_finite
+from ember.backends.cpu.half import finite_run, finite_safe, inputs_finite
 from ember.backends.cpu.heap import reserve
 from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError
@@ -86,7 +86,8 @@ class CPUProgram(Program):
             steps.append(CPUStep(node.name, node.op.value, kernel, node.inputs, node.outputs,
                               tuple(n for n in frees.get(i, ()) if n not in keep),
                               tuple(k for k, o in enumerate(node.outputs) if o),
-                              head=head_role(node, layer.precision, graph.types, self.constants)))
+                              head=head_role(node, layer.precision, graph.types, self.constants,
+                                             lambda node=node: finite_safe(node, graph))))
         half = {layer.name: compute_dtype(layer.precision) for layer in plan.layers if layer.precision.is_half}
         # half layers and persistent oneDNN convolutions fuse ReLU / Clip in runs with finite inputs
         self.half = bool(half) or any(layer.tactic == "onednn_persistent" for layer in plan.layers)

@@ -327,3 +327,97 @@ def test_a_layers_head_role_holds_its_constants_without_copying_them(ext: Any, m
     (role,) = [s.head for s in program.steps if s.head is not None and s.head.kind == "gemm"]
     assert role.b.data_ptr() == program.constants["wc"].data_ptr()
     assert tuple(role.weight().shape) == (OUT, C) and role.bias() is None
+
+
+# ----------------------------------------------------------------------------- classifiers of several layers
+
+
+def test_a_head_runs_dense_layers_one_after_another_with_their_activations(ext: Any):
+    """``HeadLayer.then`` adds a dense layer reading the previous one's output, each with its
+    activation fused (MobileNetV3's Linear -> HardSwish -> Linear, VGG's Linear -> ReLU -> ...)."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    w1, b1 = torch.randn(16, C, generator=g), torch.randn(16, generator=g)
+    w2, w3, b3 = torch.randn(12, 16, generator=g), torch.randn(OUT, 12, generator=g), torch.randn(OUT, generator=g)
+    x = (torch.randn(N, C, HW, HW, generator=g) * 4).contiguous(memory_format=torch.channels_last)
+    for layout in ("nhwc", "blocked"):
+        layer = ext.HeadLayer(w1, b1, "hardswish", 1.0 / 6.0, 0.5)
+        layer.then(w2, None, "clip", -0.5, 2.0)
+        layer.then(w3, b3)
+        head = layer.prepare([N, C, HW, HW], layout)
+        assert head.dense_layers == 3 and head.dst_dims == [N, OUT]
+        y = head.run(x if layout == "nhwc" else _blocked(x))
+        want = F.linear(F.linear(F.hardswish(F.linear(x.mean((2, 3)), w1, b1)), w2).clamp(-0.5, 2.0), w3, b3)
+        torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_dense_layer_that_does_not_fit_the_one_before_is_refused(ext: Any):
+    import torch
+
+    layer = ext.HeadLayer(torch.ones(4, 3), None, "relu")
+    with pytest.raises(ValueError, match="dense layer 1 reads 5 values, the layer before writes 4"):
+        layer.then(torch.ones(2, 5))
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        layer.then(torch.ones(2, 4), None, "gelu")
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        ext.HeadLayer(torch.ones(4, 3), None, "tanh")
+    with pytest.raises(ValueError, match="takes no bias and no activation"):
+        ext.HeadLayer(None, None, "relu")
+
+
+def _mlp(acts: list[str]) -> tuple[list, list]:
+    """A classifier of ``len(acts) + 1`` Gemms reading "flat", an activation (ONNX op) after each
+    but the last, writing "y" [N, OUT]."""
+    rng = np.random.default_rng(6)
+    widths = [C] + [20 - 3 * k for k in range(len(acts))] + [OUT]
+    nodes, inits, x = [], [], "flat"
+    for k in range(len(widths) - 1):
+        out = "y" if k == len(acts) else f"g{k}"
+        nodes.append(helper.make_node("Gemm", [x, f"wm{k}", f"bm{k}"], [out], transB=1))
+        inits += [_init(rng, f"wm{k}", widths[k + 1], widths[k], scale=0.5), _init(rng, f"bm{k}", widths[k + 1])]
+        if k < len(acts):
+            nodes.append(helper.make_node(acts[k], [out], [f"a{k}"]))
+            x = f"a{k}"
+    return nodes, inits
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])
+@pytest.mark.parametrize("acts", [["HardSwish"], ["Relu", "Relu"], ["LeakyRelu", "HardSigmoid", "Relu"]])
+def test_a_classifier_of_several_layers_runs_in_the_head(ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str,
+                                                        acts: list[str]):
+    """Gemm + activation layers (FusedGemm after the optimizer) and the last Gemm all run in the
+    head; a run with NaN goes layer by layer and keeps NaN where ONNX Runtime does."""
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _mlp(acts)
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
+    engine = _engine(model, monkeypatch, layout)
+    blocked = ", blocked" if layout == "blocked" else ""
+    assert _chain_names(engine)[0].endswith(f"(2 layers chained and a head of {3 + len(acts)}{blocked})")
+    _check_against_ort(engine, model)
+
+
+def test_a_dense_layer_whose_activation_is_not_fused_ends_the_head(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """GELU is no head activation (oneDNN's turns +inf into NaN): the head stops before that layer,
+    which runs on its own, as does everything after it."""
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _mlp(["Gelu"])
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT], opset=20)
+    engine = _engine(model, monkeypatch)
+    assert _chain_names(engine)[0].endswith("(2 layers chained and a head of 2)")
+    _check_against_ort(engine, model)
+
+
+def test_a_head_activation_is_fused_only_where_nothing_upstream_makes_infinity(ext: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    """An Exp between the chain and the classifier can turn finite values into infinity (then NaN
+    in the GEMM), which a fused ReLU would turn into 0: that layer runs on its own."""
+    c_nodes, c_inits = _mlp(["Relu"])
+    model = _model([helper.make_node("Exp", ["r1"], ["e"]), helper.make_node("GlobalAveragePool", ["e"], ["p"]),
+                    helper.make_node("Flatten", ["p"], ["flat"], axis=1)] + c_nodes, c_inits, [N, OUT])
+    engine = _engine(model, monkeypatch)
+    program = engine.compile()
+    roles = [s.head.kind for s in program.steps if s.head is not None]
+    assert roles == ["pool", "flatten", "gemm"]  # the last Gemm only: the FusedGemm + Relu has no role
+    _check_against_ort(engine, model)

@@ -67,7 +67,6 @@ from ember.ops.attrs import (
     FusedConvAttrs,
     QConvAttrs,
     QuantParams,
-    activation_params,
 )
 from ember.plan.config import Precision
 from ember.plan.records import Records
@@ -106,24 +105,6 @@ def persistent_applies(node: Node, graph: Optional[Graph], records: Optional[Rec
     return not (w.ndim != 4 or str(w.dtype) != "float32" or (t is not None and t.dtype is not DType.FLOAT32))
 
 
-def _fusable(act: Activation, params: tuple[float, ...]) -> tuple[str, float, float]:
-    """The oneDNN eltwise post-op for ``act`` (``("none", 0, 0)``: not fused, applied after)."""
-    if act is Activation.RELU:
-        return "relu", 0.0, 0.0
-    if act is Activation.CLIP:
-        lo, hi = (float(v) for v in activation_params(act, params))
-        return "clip", lo, hi
-    if act is Activation.LEAKY_RELU:
-        (alpha,) = activation_params(act, params)
-        return "leaky_relu", float(alpha), 0.0
-    if act is Activation.HARD_SIGMOID:
-        alpha, beta = activation_params(act, params)
-        return "hardsigmoid", float(alpha), float(beta)
-    if act is Activation.HARD_SWISH:  # ONNX HardSwish: x * max(0, min(1, x / 6 + 0.5))
-        return "hardswish", 1.0 / 6.0, 0.5
-    return "none", 0.0, 0.0
-
-
 @register_kernel(OpType.CONV, tactic=TACTIC, rank=5, when=persistent_applies, available=available)
 @register_kernel(OpType.FUSED_CONV, tactic=TACTIC, rank=5, when=persistent_applies, available=available)
 def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
@@ -136,7 +117,7 @@ def conv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     a, act, params, residual = _parts(node)
     w = ctx.const(node.input(1)).to(torch.float32).contiguous()
     b = ctx.const(node.input(2))
-    kind, lo, hi = _fusable(act, params)
+    kind, lo, hi = native.eltwise(act, params)
     dtype = layer_dtype(ctx)  # the activations' type: float32, or bfloat16 in a bf16 layer
     out_dtype = _output_dtype(node, ctx)
     layer = ext.Layer(w, None if b is None else b.reshape(-1).to(torch.float32).contiguous(),

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.cpu.kernels.chain_steps import scale_link
 from ember.backends.cpu.kernels.common import Inputs, Tensor, broadcast_shape
 from ember.backends.cpu.registry import register_kernel
 from ember.ir.graph import Node
@@ -83,7 +84,11 @@ def register_binary(op: OpType, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         def run(inputs: Inputs) -> list:
             return [fn(inputs[0], inputs[1])]
 
-        return with_write_into(run, binary_write_into(out_fn)) if out_fn is not None else run
+        kernel = with_write_into(run, binary_write_into(out_fn)) if out_fn is not None else run
+        link = scale_link(node, ctx) if op is OpType.MUL else None
+        if link is not None:  # a squeeze-excite block's scale may run inside a chain
+            kernel.chain_link = link  # type: ignore[attr-defined]
+        return kernel
 
 
 for _op, _fn in _BINARY.items():

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.backends.base import CompileContext, Kernel, WriteInto, with_write_into
+from ember.backends.cpu.kernels.chain_steps import pool_link
 from ember.backends.cpu.kernels.common import Inputs, Tensor, arg, auto_pads, split_pads, torch_pad_arg
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import planned_format, to_format
@@ -337,6 +338,9 @@ def global_average_pool(node: Node, ctx: CompileContext) -> Kernel:
         x = inputs[0]
         return [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)]
 
+    link = pool_link(node, ctx)
+    if link is not None:  # a squeeze-excite block's squeeze may run inside a chain
+        run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 

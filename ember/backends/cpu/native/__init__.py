@@ -315,6 +315,26 @@ def reset() -> None:
         _state.clear()
 
 
-__all__ = ["OneDNNConfig", "PREFIX_ENV", "SWITCH_ENV", "Unavailable", "build", "check_prefix", "compiler",
+def eltwise(act: Any, params: Any) -> tuple[str, float, float]:
+    """The extension's fused activation (``Layer``'s and ``HeadLayer``'s ``activation, alpha, beta``)
+    computing ONNX activation ``act`` (an ``ember.ops.attrs.Activation``) with ``params``, or
+    ``("none", 0, 0)`` where the extension fuses none (the caller applies it after the call)."""
+    from ember.ops.attrs import Activation, activation_params
+
+    p = [float(v) for v in activation_params(act, params)]
+    if act is Activation.RELU:
+        return "relu", 0.0, 0.0
+    if act is Activation.CLIP:
+        return "clip", p[0], p[1]
+    if act is Activation.LEAKY_RELU:
+        return "leaky_relu", p[0], 0.0
+    if act is Activation.HARD_SIGMOID:
+        return "hardsigmoid", p[0], p[1]
+    if act is Activation.HARD_SWISH:  # ONNX HardSwish: x * max(0, min(1, x / 6 + 0.5))
+        return "hardswish", 1.0 / 6.0, 0.5
+    return "none", 0.0, 0.0
+
+
+__all__ = ["OneDNNConfig", "PREFIX_ENV", "SWITCH_ENV", "Unavailable", "build", "check_prefix", "compiler", "eltwise",
            "compile_failed", "dtype_name", "enabled", "extension", "find_prefix", "loaded_openmp", "read_config",
            "reset", "unavailable_reason"]

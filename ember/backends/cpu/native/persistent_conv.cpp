@@ -210,7 +210,43 @@ Bound &bound(const Primitive &p) {
 
 using Args = std::vector<std::pair<int, memory>>;
 
-class Conv {
+// A step of a chain (`run_chain`): a convolution (`Conv`), or one of the layers between
+// convolutions that a chain may run too (`GlobalPool`, `ChannelScale`: a squeeze-excite block's
+// pooling and its scale). A step reads its input (and, where it has one, a second operand: a
+// convolution's residual, a scale's factors) and writes its output, in the layouts it was made
+// for; `execute` runs it on checked arguments without Python (callable without the GIL).
+class Step {
+   public:
+    virtual ~Step() = default;
+    // The arguments fit the step (raises ValueError otherwise); `fused`: the fused activation.
+    virtual void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
+                       bool fused) const = 0;
+    virtual void execute(const torch::Tensor &x, const torch::Tensor &out,
+                         const c10::optional<torch::Tensor> &residual, bool fused) const = 0;
+    virtual bool has_residual() const = 0;
+    // fp32 convolutions: the residual added in place (`Conv::execute_summed`).
+    virtual bool has_summed() const { return false; }
+    virtual void execute_summed(const torch::Tensor &, const torch::Tensor &) const {
+        TORCH_CHECK_VALUE(false, "this chain step adds no residual in place");
+    }
+    virtual bool has_fused() const { return false; }
+    // Whether the output may be the input's own buffer (the step reads each element before it writes it).
+    virtual bool in_place() const { return false; }
+    virtual const memory::desc &src_desc() const = 0;
+    virtual const memory::desc &dst_desc() const = 0;
+    // The second operand's descriptor (empty where the step has none).
+    virtual const memory::desc &residual_md() const = 0;
+    // Whether the step reads / writes channels-last (else NCHW or blocked: `Layer.prepare`).
+    virtual bool nhwc_src() const = 0;
+    virtual bool nhwc_dst() const = 0;
+    virtual std::string impl() const = 0;
+    std::vector<int64_t> dst_dims() const {
+        auto d = dst_desc().get_dims();
+        return {d.begin(), d.end()};
+    }
+};
+
+class Conv : public Step {
    public:
     // `residual`: the residual is an input (fp32: oneDNN's binary add reads it); INT8 layers sum
     // into `out` instead, which the caller fills with the residual first. `extra`: constant
@@ -239,7 +275,7 @@ class Conv {
 
     // The checks of `run`: the arguments fit the primitive (raises ValueError otherwise).
     void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
-               bool fused) const {
+               bool fused) const override {
         TORCH_CHECK_VALUE(!fused || fused_, "this convolution has no fused activation");
         const Primitive &p = fused ? *fused_ : exact_;
         check_layout(x, p.src_md, nhwc_src_, "input");
@@ -251,35 +287,30 @@ class Conv {
 
     // The primitive on checked arguments; no Python (callable without the GIL).
     void execute(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
-                 bool fused) const {
+                 bool fused) const override {
         launch(fused ? *fused_ : exact_, x, out, residual_ ? residual->data_ptr() : nullptr);
     }
 
-    bool has_residual() const { return residual_; }
+    bool has_residual() const override { return residual_; }
 
     // fp32, residual in place: `out` holds the residual and receives act(conv(x) + out). Callable
     // without the GIL; `out` is checked like an output.
-    bool has_summed() const { return static_cast<bool>(summed_); }
-    void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const {
+    bool has_summed() const override { return static_cast<bool>(summed_); }
+    void execute_summed(const torch::Tensor &x, const torch::Tensor &out) const override {
         TORCH_CHECK_VALUE(summed_, "this convolution adds no residual in place");
         check_layout(x, summed_->src_md, nhwc_src_, "input");
         check_layout(out, summed_->dst_md, nhwc_dst_, "output");
         launch(*summed_, x, out, nullptr);
     }
 
-    bool has_fused() const { return static_cast<bool>(fused_); }
-    std::vector<int64_t> dst_dims() const {
-        auto d = exact_.dst_md.get_dims();
-        return {d.begin(), d.end()};
-    }
-    std::string impl() const { return exact_.pd.impl_info_str(); }
-    const memory::desc &src_desc() const { return exact_.src_md; }
-    const memory::desc &dst_desc() const { return exact_.dst_md; }
+    bool has_fused() const override { return static_cast<bool>(fused_); }
+    std::string impl() const override { return exact_.pd.impl_info_str(); }
+    const memory::desc &src_desc() const override { return exact_.src_md; }
+    const memory::desc &dst_desc() const override { return exact_.dst_md; }
     // The binary-add residual's descriptor (fp32 / bf16 layers with a residual).
-    const memory::desc &residual_md() const { return exact_.residual_md; }
-    // Whether the primitive reads / writes channels-last (else NCHW or blocked: `Layer.prepare`).
-    bool nhwc_src() const { return nhwc_src_; }
-    bool nhwc_dst() const { return nhwc_dst_; }
+    const memory::desc &residual_md() const override { return exact_.residual_md; }
+    bool nhwc_src() const override { return nhwc_src_; }
+    bool nhwc_dst() const override { return nhwc_dst_; }
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.scratch_md.get_size()); }
 
    private:
@@ -319,6 +350,186 @@ class Conv {
     std::unique_ptr<Primitive> summed_;
     std::vector<torch::Tensor> held_;
     bool nhwc_src_, nhwc_dst_;
+};
+
+// Appends ``activation`` as a oneDNN eltwise post-op (`Layer`'s names: none, relu, clip of
+// [alpha, beta], leaky_relu of slope alpha, hardsigmoid max(0, min(1, alpha x + beta)), hardswish
+// x hardsigmoid(x)).
+void append_eltwise(dnnl::post_ops &po, const std::string &activation, double alpha, double beta) {
+    const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
+    if (activation == "relu")
+        po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    else if (activation == "clip")
+        po.append_eltwise(dnnl::algorithm::eltwise_clip, a, b);
+    else if (activation == "leaky_relu")
+        po.append_eltwise(dnnl::algorithm::eltwise_relu, a, 0.f);
+    else if (activation == "hardsigmoid")
+        po.append_eltwise(dnnl::algorithm::eltwise_hardsigmoid, a, b);
+    else if (activation == "hardswish")
+        po.append_eltwise(dnnl::algorithm::eltwise_hardswish, a, b);
+    else
+        TORCH_CHECK_VALUE(activation == "none", "unknown activation '", activation,
+                          "' (none, relu, clip, leaky_relu, hardsigmoid, hardswish)");
+}
+
+// A oneDNN primitive other than a convolution, with the descriptors of the arguments a call gives
+// it, run as `Conv` runs its own: the memory objects made once per thread and primitive and
+// re-pointed per call, the scratchpad the thread's; no Python (callable without the GIL).
+class Simple {
+   public:
+    template <typename PD>
+    Simple(const PD &pd, std::vector<std::pair<int, memory::desc>> args)
+        : prim_(pd), args_(std::move(args)), scratch_md_(pd.scratchpad_desc()),
+          scratch_bytes_(std::max<size_t>(scratch_md_.get_size(), 1)), impl_(pd.impl_info_str()) {
+        TORCH_CHECK(args_.size() < 8, "a primitive takes at most 7 arguments here");
+    }
+
+    // `data`: one pointer per argument, in the order of `args`.
+    void run(std::initializer_list<void *> data) const {
+        thread_local std::unordered_map<uint64_t, std::vector<memory>> made;
+        auto it = made.find(id_);
+        if (it == made.end()) {
+            if (made.size() >= 4096) made.clear();
+            std::vector<memory> ms;
+            for (const auto &a : args_) ms.emplace_back(a.second, cpu_engine(), nullptr);
+            ms.emplace_back(scratch_md_, cpu_engine(), nullptr);
+            it = made.emplace(id_, std::move(ms)).first;
+        }
+        std::vector<memory> &ms = it->second;
+        TORCH_CHECK(data.size() == args_.size(), "a primitive got ", data.size(), " arguments for ", args_.size());
+        dnnl_exec_arg_t exec[8];
+        size_t k = 0;
+        for (void *p : data) {
+            ms[k].set_data_handle(p);
+            exec[k] = {args_[k].first, ms[k].get()};
+            ++k;
+        }
+        ms[k].set_data_handle(thread_scratchpad(scratch_bytes_));
+        exec[k] = {DNNL_ARG_SCRATCHPAD, ms[k].get()};
+        dnnl::stream &s = cpu_stream();
+        dnnl::error::wrap_c_api(dnnl_primitive_execute(prim_.get(), s.get(), static_cast<int>(k + 1), exec),
+                                "could not execute a chain step's primitive");
+        s.wait();
+    }
+
+    const std::string &impl() const { return impl_; }
+
+   private:
+    dnnl::primitive prim_;
+    std::vector<std::pair<int, memory::desc>> args_;
+    memory::desc scratch_md_;
+    size_t scratch_bytes_;
+    std::string impl_;
+    uint64_t id_ = Primitive::next_id();
+};
+
+// The [N, C, H, W] dimensions of a step made for a static input (raises ValueError otherwise).
+memory::dims step_dims(const std::vector<int64_t> &dims, const char *what) {
+    TORCH_CHECK_VALUE(dims.size() == 4 && std::all_of(dims.begin(), dims.end(), [](int64_t d) { return d > 0; }),
+                      what, "'s input must be a non-empty [N, C, H, W], got ", dims.size(), " dimensions");
+    return memory::dims(dims.begin(), dims.end());
+}
+
+// The layout of a chain step other than a convolution: "nhwc" or "blocked", on both sides.
+tag step_tag(const std::string &src_layout, const std::string &dst_layout, const char *what) {
+    TORCH_CHECK_VALUE(src_layout == dst_layout && src_layout != "nchw", what, " reads and writes one layout, "
+                      "nhwc or blocked: got ", src_layout, " -> ", dst_layout);
+    return to_tag(src_layout);
+}
+
+// Global average pooling inside a chain, [N, C, H, W] -> [N, C, 1, 1] in the input's layout (a
+// squeeze-excite block's squeeze, whose output the convolution after it reads in the same layout
+// family); float32. ONNX's GlobalAveragePool (and ReduceMean over H and W, keepdims).
+class GlobalPool : public Step {
+   public:
+    GlobalPool(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout)
+        : GlobalPool(make(step_dims(src_dims, "a chain's global pooling"),
+                          step_tag(src_layout, dst_layout, "a chain's global pooling"))) {}
+
+    void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
+               bool fused) const override {
+        TORCH_CHECK_VALUE(!fused && !residual.has_value(), "a global pooling has no activation and no second input");
+        check_layout(x, src_md_, nhwc_, "input");
+        check_layout(out, dst_md_, nhwc_, "output");
+    }
+    void execute(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &,
+                 bool) const override {
+        prim_.run({x.data_ptr(), out.data_ptr()});
+    }
+    bool has_residual() const override { return false; }
+    const memory::desc &src_desc() const override { return src_md_; }
+    const memory::desc &dst_desc() const override { return dst_md_; }
+    const memory::desc &residual_md() const override { return none_; }
+    bool nhwc_src() const override { return nhwc_; }
+    bool nhwc_dst() const override { return nhwc_; }
+    std::string impl() const override { return prim_.impl(); }
+
+   private:
+    explicit GlobalPool(const dnnl::pooling_forward::primitive_desc &pd)
+        : src_md_(pd.src_desc()), dst_md_(pd.dst_desc()), nhwc_(is_tag(src_md_, tag::nhwc)),
+          prim_(pd, {{DNNL_ARG_SRC, src_md_}, {DNNL_ARG_DST, dst_md_}}) {}
+
+    static dnnl::pooling_forward::primitive_desc make(const memory::dims &d, tag t) {
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        const memory::dims window{d[2], d[3]}, zero{0, 0};
+        return dnnl::pooling_forward::primitive_desc(
+            cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
+            memory::desc(d, dt::f32, t), memory::desc({d[0], d[1], 1, 1}, dt::f32, t), window, window, zero, zero,
+            zero, attr);
+    }
+
+    memory::desc src_md_, dst_md_, none_;
+    bool nhwc_;
+    Simple prim_;
+};
+
+// A per-channel scale inside a chain: out = x * s, x [N, C, H, W], s [N, C, 1, 1] (its second
+// operand, passed as a convolution's residual is), both in one layout; float32. A squeeze-excite
+// block's excitation (ONNX's Mul of the block's input by its gate). May write over x.
+class ChannelScale : public Step {
+   public:
+    ChannelScale(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout)
+        : ChannelScale(make(step_dims(src_dims, "a chain's channel scale"),
+                            step_tag(src_layout, dst_layout, "a chain's channel scale"))) {}
+
+    void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &scale,
+               bool fused) const override {
+        TORCH_CHECK_VALUE(!fused, "a channel scale has no activation");
+        TORCH_CHECK_VALUE(scale.has_value(), "a channel scale multiplies by its second input: pass it");
+        check_layout(x, src_md_, nhwc_, "input");
+        check_layout(out, src_md_, nhwc_, "output");
+        check_layout(*scale, scale_md_, nhwc_, "scale");
+    }
+    void execute(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &scale,
+                 bool) const override {
+        prim_.run({x.data_ptr(), scale->data_ptr(), out.data_ptr()});
+    }
+    bool has_residual() const override { return true; }
+    bool in_place() const override { return true; }
+    const memory::desc &src_desc() const override { return src_md_; }
+    const memory::desc &dst_desc() const override { return src_md_; }
+    const memory::desc &residual_md() const override { return scale_md_; }
+    bool nhwc_src() const override { return nhwc_; }
+    bool nhwc_dst() const override { return nhwc_; }
+    std::string impl() const override { return prim_.impl(); }
+
+   private:
+    explicit ChannelScale(const dnnl::binary::primitive_desc &pd)
+        : src_md_(pd.src_desc(0)), scale_md_(pd.src_desc(1)), nhwc_(is_tag(src_md_, tag::nhwc)),
+          prim_(pd, {{DNNL_ARG_SRC_0, src_md_}, {DNNL_ARG_SRC_1, scale_md_}, {DNNL_ARG_DST, src_md_}}) {}
+
+    static dnnl::binary::primitive_desc make(const memory::dims &d, tag t) {
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        const memory::desc x(d, dt::f32, t);
+        return dnnl::binary::primitive_desc(cpu_engine(), dnnl::algorithm::binary_mul, x,
+                                            memory::desc({d[0], d[1], 1, 1}, dt::f32, t), x, attr);
+    }
+
+    memory::desc src_md_, scale_md_;
+    bool nhwc_;
+    Simple prim_;
 };
 
 // A layer's weight reordered once per layout a primitive asks for, shared by every primitive that
@@ -528,19 +739,7 @@ class Layer {
     // The layer's activation as a oneDNN post-op (none: nothing): relu; clip to [alpha, beta];
     // leaky_relu of slope alpha; hardsigmoid max(0, min(1, alpha x + beta)) and hardswish
     // x hardsigmoid(x) (ONNX's HardSwish: alpha 1/6, beta 0.5).
-    void append_activation(dnnl::post_ops &po) const {
-        const float a = static_cast<float>(alpha_), b = static_cast<float>(beta_);
-        if (activation_ == "relu")
-            po.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-        else if (activation_ == "clip")
-            po.append_eltwise(dnnl::algorithm::eltwise_clip, a, b);
-        else if (activation_ == "leaky_relu")
-            po.append_eltwise(dnnl::algorithm::eltwise_relu, a, 0.f);
-        else if (activation_ == "hardsigmoid")
-            po.append_eltwise(dnnl::algorithm::eltwise_hardsigmoid, a, b);
-        else if (activation_ == "hardswish")
-            po.append_eltwise(dnnl::algorithm::eltwise_hardswish, a, b);
-    }
+    void append_activation(dnnl::post_ops &po) const { append_eltwise(po, activation_, alpha_, beta_); }
 
     // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is
     // converted to it when it is packed.
@@ -966,54 +1165,72 @@ memory::desc desc_of(const torch::Tensor &t) {
 // ----------------------------------------------------------------------------- a chain's head
 //
 // What a CNN ends with after its last convolution: global average pooling over H x W, then
-// optionally the float32 classifier, y = pooled . W^T + b (ONNX's GlobalAveragePool, Flatten and
-// Gemm). ``HeadLayer`` holds the classifier's weight [O, C] (packed once per layout a primitive asks
-// for, as ``Layer``'s) and bias; ``HeadLayer.prepare`` makes a ``Head`` that reads the last
-// convolution's output as the chain keeps it (channels-last or blocked) in oneDNN's pooling and
-// inner-product primitives: no reorder back to channels-last, the classifier's GEMV on oneDNN's
-// threads with its weight prepacked, and no return to Python between the three layers (each
-// layer after a chain paid about 0.1 ms of Python on a cache the chain had swept:
+// optionally a classifier of one or more float32 dense layers, y = act(x . W^T + b) each (ONNX's
+// GlobalAveragePool, Flatten, then Gemm / MatMul, or FusedGemm with its activation fused:
+// MobileNetV3's Linear -> HardSwish -> Linear). ``HeadLayer`` holds the dense layers' weights [O, C]
+// (packed once per layout a primitive asks for, as ``Layer``'s), biases and activations;
+// ``HeadLayer.prepare`` makes a ``Head`` that reads the last convolution's output as the chain keeps
+// it (channels-last or blocked) in oneDNN's pooling and inner-product primitives: no reorder back
+// to channels-last, the GEMVs on oneDNN's threads with their weights prepacked (twice as fast as
+// PyTorch's linear at batch 1 on MobileNetV3's classifier), and no return to Python between the
+// layers (each layer after a chain paid about 0.1 ms of Python on a cache the chain had swept:
 // docs/CPU_NATIVE.md, "Chain heads"). Float32 only.
+
+// One dense layer of a head as prepared for its input: the inner product, its packed weight (and
+// the buffer that holds it) and its bias.
+struct Dense {
+    dnnl::inner_product_forward::primitive_desc pd;
+    dnnl::inner_product_forward prim;
+    memory weights;
+    torch::Tensor weight_buf;
+    memory bias;
+};
+
 class Head {
    public:
-    Head(dnnl::pooling_forward::primitive_desc pool, std::unique_ptr<dnnl::inner_product_forward::primitive_desc> ip,
-         memory weights, torch::Tensor weight_buf, memory bias, std::vector<int64_t> out_dims)
-        : pool_pd_(std::move(pool)), pool_(pool_pd_), ip_pd_(std::move(ip)), weights_(std::move(weights)),
-          weight_buf_(std::move(weight_buf)), bias_(std::move(bias)), out_dims_(std::move(out_dims)),
-          nhwc_src_(is_tag(pool_pd_.src_desc(), tag::nhwc)) {
-        if (ip_pd_) ip_ = dnnl::inner_product_forward(*ip_pd_);
-    }
+    Head(dnnl::pooling_forward::primitive_desc pool, std::vector<Dense> dense, std::vector<int64_t> out_dims)
+        : pool_pd_(std::move(pool)), pool_(pool_pd_), dense_(std::move(dense)), out_dims_(std::move(out_dims)),
+          nhwc_src_(is_tag(pool_pd_.src_desc(), tag::nhwc)) {}
 
     memory::desc src_desc() const { return pool_pd_.src_desc(); }
     std::vector<int64_t> dst_dims() const { return out_dims_; }
-    bool has_classifier() const { return static_cast<bool>(ip_pd_); }
+    bool has_classifier() const { return !dense_.empty(); }
+    int64_t dense_layers() const { return static_cast<int64_t>(dense_.size()); }
     std::string impl() const {
-        return pool_pd_.impl_info_str() + (ip_pd_ ? std::string(" + ") + ip_pd_->impl_info_str() : std::string());
+        std::string s = pool_pd_.impl_info_str();
+        for (const auto &d : dense_) s += std::string(" + ") + d.pd.impl_info_str();
+        return s;
     }
 
     // `x` (laid out as `src_desc`) -> a new contiguous float32 tensor of `dst_dims`; no Python
-    // (callable without the GIL). `ms`: where the pooling's and the classifier's milliseconds go.
+    // (callable without the GIL). `ms`: where the pooling's and the dense layers' milliseconds go.
     torch::Tensor execute(const torch::Tensor &x, double *ms = nullptr) const {
         const auto t0 = std::chrono::steady_clock::now();
         auto &eng = cpu_engine();
         auto y = torch::empty(out_dims_, torch::TensorOptions().dtype(torch::kFloat32));
-        torch::Tensor pooled = y;
-        if (ip_pd_) {  // the pooled [N, C, 1, 1] in the inner product's source layout (small: N * C padded)
+        torch::Tensor cur = y;
+        if (!dense_.empty()) {  // the pooled [N, C, 1, 1] in the first layer's source layout (small: N * C padded)
             const int64_t n = static_cast<int64_t>((pool_pd_.dst_desc().get_size() + 3) / 4);
-            pooled = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32));
+            cur = torch::empty({n}, torch::TensorOptions().dtype(torch::kFloat32));
         }
         std::unordered_map<int, memory> args;
         args.emplace(DNNL_ARG_SRC, memory(pool_pd_.src_desc(), eng, x.data_ptr()));
-        args.emplace(DNNL_ARG_DST, memory(pool_pd_.dst_desc(), eng, pooled.data_ptr()));
+        args.emplace(DNNL_ARG_DST, memory(pool_pd_.dst_desc(), eng, cur.data_ptr()));
         run_primitive(pool_pd_, pool_, args);
         const auto t1 = std::chrono::steady_clock::now();
-        if (ip_pd_) {
+        for (size_t k = 0; k < dense_.size(); ++k) {
+            const Dense &d = dense_[k];
+            torch::Tensor out = k + 1 == dense_.size()
+                                    ? y
+                                    : torch::empty({static_cast<int64_t>(d.pd.dst_desc().get_size() / 4)},
+                                                   torch::TensorOptions().dtype(torch::kFloat32));
             std::unordered_map<int, memory> ip_args;
-            ip_args.emplace(DNNL_ARG_SRC, memory(ip_pd_->src_desc(), eng, pooled.data_ptr()));
-            ip_args.emplace(DNNL_ARG_WEIGHTS, weights_);
-            if (bias_) ip_args.emplace(DNNL_ARG_BIAS, bias_);
-            ip_args.emplace(DNNL_ARG_DST, memory(ip_pd_->dst_desc(), eng, y.data_ptr()));
-            run_primitive(*ip_pd_, ip_, ip_args);
+            ip_args.emplace(DNNL_ARG_SRC, memory(d.pd.src_desc(), eng, cur.data_ptr()));
+            ip_args.emplace(DNNL_ARG_WEIGHTS, d.weights);
+            if (d.bias) ip_args.emplace(DNNL_ARG_BIAS, d.bias);
+            ip_args.emplace(DNNL_ARG_DST, memory(d.pd.dst_desc(), eng, out.data_ptr()));
+            run_primitive(d.pd, d.prim, ip_args);
+            cur = out;
         }
         if (ms != nullptr) {
             ms[0] = std::chrono::duration<double, std::milli>(t1 - t0).count();
@@ -1033,33 +1250,44 @@ class Head {
    private:
     dnnl::pooling_forward::primitive_desc pool_pd_;
     dnnl::pooling_forward pool_;
-    std::unique_ptr<dnnl::inner_product_forward::primitive_desc> ip_pd_;
-    dnnl::inner_product_forward ip_;
-    memory weights_;
-    torch::Tensor weight_buf_;  // holds `weights_`' buffer while this head lives
-    memory bias_;
+    std::vector<Dense> dense_;
     std::vector<int64_t> out_dims_;
     bool nhwc_src_;
 };
 
 class HeadLayer {
    public:
-    // `weight` [O, C] float32 (the classifier's, as Gemm with transB reads it) and `bias` [O]; no
-    // weight: the head only pools.
-    HeadLayer(c10::optional<torch::Tensor> weight, c10::optional<torch::Tensor> bias) {
+    // `weight` [O, C] float32 (the first dense layer's, as Gemm with transB reads it), `bias` [O]
+    // and its activation (`append_eltwise`'s); no weight: the head only pools. `then` adds layers.
+    HeadLayer(c10::optional<torch::Tensor> weight, c10::optional<torch::Tensor> bias, const std::string &activation,
+              double alpha, double beta) {
         if (weight) {
-            TORCH_CHECK_VALUE(weight->dim() == 2 && weight->scalar_type() == at::kFloat && weight->numel() > 0,
-                              "a head's classifier weight must be a non-empty 2-D float32 tensor [O, C], got ",
-                              weight->scalar_type(), " ", weight->sizes());
-            weight_ = weight->contiguous();
-            if (bias) {
-                bias_ = bias->to(torch::kFloat).reshape({-1}).contiguous().clone();
-                TORCH_CHECK_VALUE(bias_.numel() == weight_.size(0), "the head's bias has ", bias_.numel(),
-                                  " values for ", weight_.size(0), " outputs");
-            }
+            then(*weight, bias, activation, alpha, beta);
         } else {
-            TORCH_CHECK_VALUE(!bias, "a head without a classifier weight takes no bias");
+            TORCH_CHECK_VALUE(!bias && activation == "none",
+                              "a head without a classifier weight takes no bias and no activation");
         }
+    }
+
+    // Appends a dense layer reading the previous one's output: `weight` [O, C] with C the previous
+    // layer's O, `bias` [O] or none, then `activation`.
+    void then(const torch::Tensor &weight, const c10::optional<torch::Tensor> &bias, const std::string &activation,
+              double alpha, double beta) {
+        TORCH_CHECK_VALUE(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.numel() > 0,
+                          "a head's dense weight must be a non-empty 2-D float32 tensor [O, C], got ",
+                          weight.scalar_type(), " ", weight.sizes());
+        TORCH_CHECK_VALUE(layers_.empty() || weight.size(1) == layers_.back().weight.size(0), "a head's dense layer ",
+                          layers_.size(), " reads ", weight.size(1), " values, the layer before writes ",
+                          layers_.empty() ? 0 : layers_.back().weight.size(0));
+        dnnl::post_ops probe;
+        append_eltwise(probe, activation, alpha, beta);  // an unknown activation fails here, not in `prepare`
+        Spec s{weight.contiguous(), torch::Tensor(), activation, alpha, beta, std::make_unique<PackedWeights>()};
+        if (bias) {
+            s.bias = bias->to(torch::kFloat).reshape({-1}).contiguous().clone();
+            TORCH_CHECK_VALUE(s.bias.numel() == s.weight.size(0), "the head's bias has ", s.bias.numel(),
+                              " values for ", s.weight.size(0), " outputs");
+        }
+        layers_.push_back(std::move(s));
     }
 
     // The head for a float32 input of `src_dims` [N, C, H, W] laid out as `layout` ("nhwc" or
@@ -1070,9 +1298,8 @@ class HeadLayer {
                           "a head's input must be a non-empty [N, C, H, W]");
         const tag st = to_tag(layout);
         const int64_t n = src_dims[0], c = src_dims[1];
-        const bool classifier = weight_.defined();
-        TORCH_CHECK_VALUE(!classifier || weight_.size(1) == c, "the head's input has ", c,
-                          " channels, its classifier weight expects ", weight_.size(1));
+        TORCH_CHECK_VALUE(layers_.empty() || layers_[0].weight.size(1) == c, "the head's input has ", c,
+                          " channels, its classifier weight expects ", layers_.empty() ? 0 : layers_[0].weight.size(1));
         auto &eng = cpu_engine();
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -1084,36 +1311,65 @@ class HeadLayer {
                 memory::desc(sd, dt::f32, st), memory::desc(pooled, dt::f32, dst_tag), window, window,
                 memory::dims{0, 0}, memory::dims{0, 0}, memory::dims{0, 0}, attr);
         };
-        if (!classifier) {  // [N, C, 1, 1] row-major: the same bytes as [N, C]
+        if (layers_.empty()) {  // [N, C, 1, 1] row-major: the same bytes as [N, C]
             std::vector<int64_t> out = flat ? std::vector<int64_t>{n, c} : std::vector<int64_t>{n, c, 1, 1};
-            return std::make_unique<Head>(pool_pd(tag::nchw), nullptr, memory(), torch::Tensor(), memory(), out);
+            return std::make_unique<Head>(pool_pd(tag::nchw), std::vector<Dense>{}, out);
         }
         // the pooled values stay in the input's layout family (oneDNN's pooling wants one layout on
-        // both sides) and the inner product reads them so, its weight packed to match
+        // both sides) and the first inner product reads them so, its weight packed to match; each
+        // later one reads the one before's [N, O]
         auto pool = pool_pd(st);
-        const int64_t o = weight_.size(0);
-        memory::desc bias_md = bias_.defined() ? memory::desc({o}, dt::f32, tag::x) : memory::desc();
-        auto ip = std::make_unique<dnnl::inner_product_forward::primitive_desc>(
-            eng, dnnl::prop_kind::forward_inference, pool.dst_desc(), memory::desc({o, c, 1, 1}, dt::f32, tag::any),
-            bias_md, memory::desc({n, o}, dt::f32, tag::nc), attr);
-        auto w = packed_.get(ip->weights_desc(),
-                             memory(memory::desc({o, c, 1, 1}, dt::f32, tag::oihw), eng, weight_.data_ptr()));
-        memory bias = bias_.defined() ? memory(bias_md, eng, bias_.data_ptr()) : memory();
-        return std::make_unique<Head>(std::move(pool), std::move(ip), w.first, w.second, std::move(bias),
-                                      std::vector<int64_t>{n, o});
+        std::vector<Dense> dense;
+        memory::desc src = pool.dst_desc();
+        for (auto &s : layers_) {
+            const int64_t o = s.weight.size(0), k = s.weight.size(1);
+            const bool first = dense.empty();
+            memory::desc bias_md = s.bias.defined() ? memory::desc({o}, dt::f32, tag::x) : memory::desc();
+            dnnl::primitive_attr ip_attr;
+            ip_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+            dnnl::post_ops po;
+            append_eltwise(po, s.activation, s.alpha, s.beta);
+            ip_attr.set_post_ops(po);
+            const memory::desc w_any = first ? memory::desc({o, k, 1, 1}, dt::f32, tag::any)
+                                             : memory::desc({o, k}, dt::f32, tag::any);
+            auto pd = dnnl::inner_product_forward::primitive_desc(eng, dnnl::prop_kind::forward_inference, src, w_any,
+                                                                  bias_md, memory::desc({n, o}, dt::f32, tag::nc),
+                                                                  ip_attr);
+            const memory::desc w_user = first ? memory::desc({o, k, 1, 1}, dt::f32, tag::oihw)
+                                              : memory::desc({o, k}, dt::f32, tag::oi);
+            auto w = s.packed->get(pd.weights_desc(), memory(w_user, eng, s.weight.data_ptr()));
+            memory bias = s.bias.defined() ? memory(bias_md, eng, s.bias.data_ptr()) : memory();
+            src = pd.dst_desc();
+            dnnl::inner_product_forward prim(pd);
+            dense.push_back(Dense{std::move(pd), std::move(prim), w.first, w.second, std::move(bias)});
+        }
+        return std::make_unique<Head>(std::move(pool), std::move(dense),
+                                      std::vector<int64_t>{n, layers_.back().weight.size(0)});
     }
 
-    int64_t weight_copies() const { return packed_.copies(); }
-    void release_unused() { packed_.release_unused(); }
+    int64_t weight_copies() const {
+        int64_t k = 0;
+        for (const auto &s : layers_) k += s.packed->copies();
+        return k;
+    }
+    void release_unused() {
+        for (auto &s : layers_) s.packed->release_unused();
+    }
 
    private:
-    torch::Tensor weight_, bias_;
-    PackedWeights packed_;
+    struct Spec {
+        torch::Tensor weight, bias;
+        std::string activation;
+        double alpha, beta;
+        std::unique_ptr<PackedWeights> packed;
+    };
+    std::vector<Spec> layers_;
 };
 
 // A chain of convolutions run in one call (one Python crossing for many layers): step i reads the
 // output of step `src[i]` (-1: the chain's input x); with a binary-add residual (fp32 layers) it
-// adds that of step `res[i]` (-1: x, -2: none); with `sum[i]` >= -1 (INT8 layers, whose sum
+// adds that of step `res[i]` (-1: x, -2: none; a `ChannelScale` multiplies by it instead, writing
+// over its input where no later step reads that: a `GlobalPool` takes none); with `sum[i]` >= -1 (INT8 layers, whose sum
 // post-op accumulates into the destination) its output starts as a copy of that step's output
 // (-1: x), the bytes read as the output's type (u8 and s8 alike); -2: none. Its output is a
 // channels-last tensor of `dtypes[i]` (0: f32, 1: u8, 2: s8, 3: bf16), on a buffer of the thread's
@@ -1129,7 +1385,7 @@ class HeadLayer {
 // the last step's output descriptor) the head's output. `times` (a float64 CPU tensor of n + 2
 // values, for profiling): each step's milliseconds, then the head's pooling and classifier's (0
 // without them).
-torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
+torch::Tensor run_chain(const std::vector<Step *> &convs, const torch::Tensor &x, const std::vector<int64_t> &src,
                         const std::vector<int64_t> &res, const std::vector<int64_t> &sum,
                         const std::vector<int64_t> &last, const std::vector<bool> &fused,
                         const std::vector<int64_t> &dtypes, const Head *head,
@@ -1165,7 +1421,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     BufferPool &pool = BufferPool::local();
     std::vector<std::pair<memory::desc, torch::Tensor>> x_as;  // the chain's input in other layouts
     const bool plain_chain =
-        std::all_of(convs.begin(), convs.end(), [](const Conv *c) { return c->nhwc_src() && c->nhwc_dst(); });
+        std::all_of(convs.begin(), convs.end(), [](const Step *c) { return c->nhwc_src() && c->nhwc_dst(); });
     const memory::desc x_md = plain_chain ? memory::desc() : desc_of(x);
     // the chain's input as a step wants it (descriptor `md`): x, or a copy reordered once (a
     // oneDNN reorder converts layout and type alike)
@@ -1180,6 +1436,7 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
     };
     pybind11::gil_scoped_release nogil;
     for (size_t i = 0; i < n; ++i) {
+        const auto before = static_cast<int64_t>(i);
         const auto t0 = ms != nullptr ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
         const torch::Tensor in = src[i] < 0 ? input_as(convs[i]->src_desc()) : outs[src[i]];
         // an earlier step's output that no later step reads (nor this one as its input) may be
@@ -1190,6 +1447,13 @@ torch::Tensor run_chain(const std::vector<Conv *> &convs, const torch::Tensor &x
             convs[i]->has_summed() && fused[i] == convs[i]->has_fused()) {
             outs[i] = outs[res[i]];  // f32 / bf16: the residual added in place
             convs[i]->execute_summed(in, outs[i]);
+        } else if (in_place && convs[i]->in_place() && src[i] >= 0 && last[src[i]] == before &&
+                   in.scalar_type() == types[dtypes[i]]) {  // a scale over its input, read by no later step
+            c10::optional<torch::Tensor> r;
+            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
+            outs[i] = in;
+            convs[i]->check(in, outs[i], r, fused[i]);
+            convs[i]->execute(in, outs[i], r, fused[i]);
         } else {
             c10::optional<torch::Tensor> r;
             if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
@@ -1343,14 +1607,33 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("quantize_nhwc", &quantize_nhwc, pybind11::arg("x"), pybind11::arg("m"), pybind11::arg("add"),
           pybind11::arg("hi"), pybind11::arg("to_int8"),
           "a finite float32 4-D tensor stored 8-bit channels-last as qlayers.quantize computes it");
-    pybind11::class_<Conv>(m, "Conv")
+    pybind11::class_<Step>(m, "Step")
+        .def("run",
+             [](const Step &st, const torch::Tensor &x, const torch::Tensor &out,
+                const c10::optional<torch::Tensor> &residual, bool fused) {
+                 st.check(x, out, residual, fused);
+                 at::internal::lazy_init_num_threads();
+                 pybind11::gil_scoped_release nogil;
+                 st.execute(x, out, residual, fused);
+             },
+             pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
+             pybind11::arg("fused") = false, "the step on x -> out alone (as a chain runs it)")
+        .def_property_readonly("has_fused", &Step::has_fused)
+        .def_property_readonly("dst_dims", &Step::dst_dims)
+        .def_property_readonly("impl", &Step::impl)
+        .def_property_readonly("blocked_output", [](const Step &c) { return !c.nhwc_dst(); });
+    pybind11::class_<Conv, Step>(m, "Conv")
         .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
              pybind11::arg("fused") = false)
-        .def_property_readonly("has_fused", &Conv::has_fused)
-        .def_property_readonly("dst_dims", &Conv::dst_dims)
-        .def_property_readonly("impl", &Conv::impl)
-        .def_property_readonly("blocked_output", [](const Conv &c) { return !c.nhwc_dst(); })
         .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
+    pybind11::class_<GlobalPool, Step>(m, "GlobalPool",
+                                       "global average pooling as a chain step: [N, C, H, W] -> [N, C, 1, 1]")
+        .def(pybind11::init<std::vector<int64_t>, std::string, std::string>(), pybind11::arg("src_dims"),
+             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc");
+    pybind11::class_<ChannelScale, Step>(m, "ChannelScale",
+                                         "x [N, C, H, W] times s [N, C, 1, 1] as a chain step (s: the residual)")
+        .def(pybind11::init<std::vector<int64_t>, std::string, std::string>(), pybind11::arg("src_dims"),
+             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc");
     pybind11::class_<Layer>(m, "Layer")
         .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
                             int64_t, std::string, double, double, bool, std::string, std::string,
@@ -1377,10 +1660,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("run", &Head::run, pybind11::arg("x"))
         .def_property_readonly("dst_dims", &Head::dst_dims)
         .def_property_readonly("has_classifier", &Head::has_classifier)
+        .def_property_readonly("dense_layers", &Head::dense_layers)
         .def_property_readonly("impl", &Head::impl);
     pybind11::class_<HeadLayer>(m, "HeadLayer")
-        .def(pybind11::init<c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>(),
-             pybind11::arg("weight") = pybind11::none(), pybind11::arg("bias") = pybind11::none())
+        .def(pybind11::init<c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, std::string, double, double>(),
+             pybind11::arg("weight") = pybind11::none(), pybind11::arg("bias") = pybind11::none(),
+             pybind11::arg("activation") = "none", pybind11::arg("alpha") = 0.0, pybind11::arg("beta") = 0.0)
+        .def("then", &HeadLayer::then, pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
+             pybind11::arg("activation") = "none", pybind11::arg("alpha") = 0.0, pybind11::arg("beta") = 0.0,
+             "appends a dense layer reading the previous one's output")
         .def("prepare", &HeadLayer::prepare, pybind11::arg("src_dims"), pybind11::arg("layout") = "nhwc",
              pybind11::arg("flat") = false,
              pybind11::keep_alive<0, 1>())  // a Head reads its HeadLayer's packed weight and bias

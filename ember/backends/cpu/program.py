@@ -320,7 +320,7 @@ class CPUProgram(Program):
         layer's start and milliseconds, aligned with ``steps``, and a note per layer. A chain
         (finite inputs) runs in one C++ call that times each of its steps inside; a depthwise pair's
         time goes to its 1x1 layer ("dw pair" / "in dw pair", 0 ms), a head's to its
-        pooling and classifier ("chain head"). The chain call's own glue (tens of microseconds)
+        pooling and its first dense layer ("chain head"; later dense layers "in chain head", 0 ms). The chain call's own glue (tens of microseconds)
         is in no layer. A run with NaN or infinity goes layer by layer, as ``run`` does."""
         from ember.backends.cpu.chains import run_chain
 
@@ -375,10 +375,14 @@ class CPUProgram(Program):
                 j += 1
             at += ms[k]
             j += 1
+        first_gemm = True
         for layer in range(chain.conv_end, chain.end):
             kind = self.steps[layer].head.kind
-            share = ms[-2] if kind == "pool" else ms[-1] if kind == "gemm" else 0.0
-            starts[layer], durs[layer], notes[layer] = at, share, "chain head"
+            # the head times its dense layers together: on the first, the others "in chain head"
+            share = ms[-2] if kind == "pool" else ms[-1] if kind == "gemm" and first_gemm else 0.0
+            note = "in chain head" if kind == "gemm" and not first_gemm else "chain head"
+            first_gemm = first_gemm and kind != "gemm"
+            starts[layer], durs[layer], notes[layer] = at, share, note
             at += share
 
     def _special(self, step: CPUStep, env: dict, stats: Optional[dict]) -> list:

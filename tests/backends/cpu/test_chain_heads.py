@@ -421,3 +421,22 @@ def test_a_head_activation_is_fused_only_where_nothing_upstream_makes_infinity(e
     roles = [s.head.kind for s in program.steps if s.head is not None]
     assert roles == ["pool", "flatten", "gemm"]  # the last Gemm only: the FusedGemm + Relu has no role
     _check_against_ort(engine, model)
+
+
+def test_a_profile_gives_a_heads_dense_time_to_its_first_layer_and_the_steps_of_a_chain_theirs(
+        ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """``ember profile`` of a chain with a squeeze-free tail and a two-layer classifier: each
+    convolution its own time, the pooling and the first dense layer the head's, the second dense
+    layer 0 ms "in chain head", so the layers add up to the chain's time once."""
+    from ember.tools.profile import profile_engine
+
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _mlp(["Relu"])
+    model = _model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT])
+    engine = _engine(model, monkeypatch)
+    x = np.random.default_rng(4).standard_normal((N, 3, HW, HW)).astype(np.float32)
+    layers, _ = profile_engine(engine, {"x": x}, iterations=3, warmup=1)
+    notes = [lay.tactic.partition(" (")[2].rstrip(")") for lay in layers]
+    assert notes == ["chained", "chained", "chain head", "chain head", "chain head", "in chain head"]
+    ms = [lay.median for lay in layers]
+    assert ms[0] > 0 and ms[1] > 0 and ms[4] > 0 and ms[5] == 0.0

@@ -535,21 +535,39 @@ def time_layouts(variants: Mapping[str, Chain], ext: Any, x: torch.Tensor, budge
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def _chain_input(chain: Chain, x: torch.Tensor, ext: Any) -> torch.Tensor:
+    """The chain's input as its first layer reads it (``run_chain``)."""
+    if chain.quant is not None and x.dtype == torch.float32:
+        return ext.quantize_nhwc(x, *chain.quant)
+    if chain.input_layout == "nchw":
+        return x.contiguous()
+    return x if x.is_contiguous(memory_format=CL) else x.contiguous(memory_format=CL)
+
+
+def prepare(ext: Any, chain: Chain) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run_chain(ext, chain, x)`` as a function of ``x`` alone: the chain's description checked
+    and converted once (the extension's ``ChainPlan``; an extension without it: ``run_chain``)."""
+    if not hasattr(ext, "ChainPlan"):
+        return lambda x: run_chain(ext, chain, x)
+    plan = ext.ChainPlan(chain.convs, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
+                         chain.head)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return plan.run(_chain_input(chain, x, ext))
+
+    return run
+
+
 def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The chain on its input ``x`` (made channels-last here, as its first layer would; stored
     8-bit first where the first layer is INT8 on a float input). ``times`` (profiling): a float64
     tensor of ``len(chain.convs) + 2`` values that receives each step's milliseconds, then the
     head's pooling and classifier's."""
-    if chain.quant is not None and x.dtype == torch.float32:
-        x = ext.quantize_nhwc(x, *chain.quant)
-    elif chain.input_layout == "nchw":
-        x = x.contiguous()
-    elif not x.is_contiguous(memory_format=CL):
-        x = x.contiguous(memory_format=CL)
-    return ext.run_chain(chain.convs, x, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
-                         chain.head, times)
+    return ext.run_chain(chain.convs, _chain_input(chain, x, ext), chain.src, chain.res, chain.sum, chain.last,
+                         chain.fused, chain.dtypes, chain.head, times)
 
 
 __all__ = ["DTYPE_CODES", "DW_ENV", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "MAX_HEAD_GEMMS", "SWITCH_ENV", "Chain",
            "ChainLink", "HeadRole", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout", "head_role",
-           "head_shape_ok", "links", "plan_chains", "run_chain", "switched_on", "time_layouts", "with_dw_pairs"]
+           "head_shape_ok", "links", "plan_chains", "prepare", "run_chain", "switched_on", "time_layouts",
+           "with_dw_pairs"]

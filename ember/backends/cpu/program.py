@@ -264,9 +264,10 @@ class CPUProgram(Program):
         return {"chain_layouts": chosen} if chosen else {}
 
     def _chain_kernel(self, ext: Any, chain: Any, members: Sequence[CPUStep]) -> Kernel:
-        from ember.backends.cpu.chains import run_chain
+        from ember.backends.cpu.chains import prepare
 
         constants = self.constants
+        run_chain = prepare(ext, chain)
 
         def one_by_one(x: torch.Tensor) -> torch.Tensor:
             env: dict[str, Optional[torch.Tensor]] = dict(constants)
@@ -279,7 +280,7 @@ class CPUProgram(Program):
             x = inputs[0]
             assert x is not None
             try:
-                return [run_chain(ext, chain, x)]
+                return [run_chain(x)]
             except (RuntimeError, ValueError):  # e.g. an input the primitives were not made for
                 return [one_by_one(x)]  # the layers one by one: the result, or the layer at fault named
 
@@ -319,9 +320,10 @@ class CPUProgram(Program):
         """One run of ``feeds`` as ``run`` runs it, timed per layer (``ember profile``): each
         layer's start and milliseconds, aligned with ``steps``, and a note per layer. A chain
         (finite inputs) runs in one C++ call that times each of its steps inside; a depthwise pair's
-        time goes to its 1x1 layer ("dw pair" / "in dw pair", 0 ms), a head's to its
-        pooling and its first dense layer ("chain head"; later dense layers "in chain head", 0 ms). The chain call's own glue (tens of microseconds)
-        is in no layer. A run with NaN or infinity goes layer by layer, as ``run`` does."""
+        time goes to its 1x1 layer ("dw pair" / "in dw pair", 0 ms), a head's to its pooling and
+        its first dense layer ("chain head"; later dense layers "in chain head", 0 ms). The chain
+        call's own glue (tens of microseconds) is in no layer. A run with NaN or infinity goes layer
+        by layer, as ``run`` does."""
         from ember.backends.cpu.chains import run_chain
 
         n = len(self.steps)

@@ -136,6 +136,30 @@ def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext
         ext.run_chain([conv], x, [-1], [-2], [-1], [0], [False], [1])
 
 
+def test_a_chain_plan_checks_once_keeps_its_steps_and_runs_as_run_chain(ext: Any):
+    """``ChainPlan`` takes ``run_chain``'s description once (refusing a bad one when made), keeps
+    its steps alive after Python drops them, and each run computes what ``run_chain`` computes."""
+    import gc
+
+    import torch
+
+    w = torch.randn(4, 4, 1, 1)
+    x = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="earlier steps"):
+        conv = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 3, 3], [0, 0], [0, 0])
+        ext.ChainPlan([conv, conv], [-1, 1], [-2, -2], [-2, -2], [1, 1], [False, False], [0, 0])
+    plan = ext.ChainPlan([ext.Layer(w, None, [1, 1], [1, 1], 1, "relu").prepare([1, 4, 3, 3], [0, 0], [0, 0]),
+                          ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 3, 3], [0, 0], [0, 0])],
+                         [-1, 0], [-2, -2], [-2, -2], [1, 1], [True, False], [0, 0])
+    gc.collect()  # the steps' and layers' only references are the plan's
+    want = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w).relu(), w)
+    for _ in range(2):
+        torch.testing.assert_close(plan.run(x), want, rtol=1e-5, atol=1e-5)
+    times = torch.zeros(4, dtype=torch.float64)
+    plan.run(x, times)
+    assert times[0] > 0 and times[1] > 0
+
+
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
     """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,

@@ -14,8 +14,10 @@ output, runs each primitive and releases each output after its last reader, all 
 Python.
 
 A chain may end in a head (``HeadRole``): the global average pooling that reads its last output,
-and the classifier after it (Flatten and a float32 Gemm or MatMul by a constant weight), run by
-the extension's ``Head`` on the last output as the chain lays it out, in the same C++ call.
+and the classifier after it (Flatten and up to ``MAX_HEAD_GEMMS`` float32 Gemm / MatMul / FusedGemm
+layers by constant weights), run by the extension's ``Head`` on the last output as the chain lays it
+out, in the same C++ call. Inside a chain a squeeze-excite block's global average pooling and
+per-channel Mul run as steps too (``ChainLink.kind``: ``kernels.chain_steps``).
 
 A float chain may run a 1x1 convolution and the 3x3 depthwise convolution that alone reads its
 output as one oneDNN primitive (``with_dw_pairs``: MobileNet's expand -> depthwise pairs), so the
@@ -72,9 +74,9 @@ class ChainLink:
     #: ``Layer.prepare_dw`` arguments: ``with_dw_pairs``); () for an INT8 layer
     shape: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
-    #: what the step is: "conv" (a persistent convolution), or a layer between convolutions the
-    #: extension runs too (``chain_steps``): "pool" (global average pooling) or "scale" (a
-    #: per-channel Mul, the residual being its [N, C, 1, 1] factors): a squeeze-excite block's
+    #: what the step is: "conv" (a persistent convolution), or one of the two layers of a
+    #: squeeze-excite block between its convolutions (``kernels.chain_steps``): "pool" (global
+    #: average pooling) or "scale" (a per-channel Mul, its [N, C, 1, 1] factors passed as the residual)
     kind: str = "conv"
     #: which of the node's inputs is the layer's input, and which its residual (``residual``)
     src_input: int = 0

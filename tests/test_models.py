@@ -47,7 +47,7 @@ def test_reference_architectures_match_onnx_runtime(name):
     assert len(engine.plan.layers) <= len(onnx.load(str(path)).graph.node)
 
 
-@pytest.mark.parametrize("name", ["resnet-18", "mobilenet-v3-small", "bert-tiny"])
+@pytest.mark.parametrize("name", ["resnet-18", "mobilenet-v3-small", "efficientnet-b0", "bert-tiny"])
 def test_small_models_at_batch_2(name):
     path = zoo.export_onnx(name, batch=2)
     _check(ember.build(str(path), ember.BuildConfig(device="cpu")), path, name, batch=2)

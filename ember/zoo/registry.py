@@ -118,4 +118,4 @@ def _token_ids(shape: tuple[int, ...], lengths: np.ndarray, vocab: int, rng: np.
 
 def _load_all() -> None:
     # Explicit list: importing a module registers its models (no scanning).
-    from ember.zoo import bert, googlenet, mobilenet, resnet  # noqa: F401
+    from ember.zoo import bert, efficientnet, googlenet, mobilenet, resnet  # noqa: F401

@@ -10,7 +10,7 @@ from ember.errors import ModelLoadError
 def test_catalogue_lists_the_four_reference_architectures_and_small_siblings():
     names = zoo.names()
     for name in ("resnet-50", "googlenet", "mobilenet-v2", "bert-base",
-                 "resnet-18", "mobilenet-v3-small", "bert-tiny"):
+                 "resnet-18", "mobilenet-v3-small", "efficientnet-b0", "bert-tiny"):
         assert name in names
 
 

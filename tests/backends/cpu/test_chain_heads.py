@@ -361,8 +361,8 @@ def test_a_dense_layer_that_does_not_fit_the_one_before_is_refused(ext: Any):
         layer.then(torch.ones(2, 5))
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         layer.then(torch.ones(2, 4), None, "gelu")
-    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
-        ext.HeadLayer(torch.ones(4, 3), None, "tanh")
+    with pytest.raises(ValueError, match="unknown activation 'softplus'"):
+        ext.HeadLayer(torch.ones(4, 3), None, "softplus")
     with pytest.raises(ValueError, match="takes no bias and no activation"):
         ext.HeadLayer(None, None, "relu")
 
@@ -384,7 +384,8 @@ def _mlp(acts: list[str]) -> tuple[list, list]:
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
-@pytest.mark.parametrize("acts", [["HardSwish"], ["Relu", "Relu"], ["LeakyRelu", "HardSigmoid", "Relu"]])
+@pytest.mark.parametrize("acts", [["HardSwish"], ["Relu", "Relu"], ["LeakyRelu", "HardSigmoid", "Relu"],
+                                  ["Sigmoid", "Tanh"]])
 def test_a_classifier_of_several_layers_runs_in_the_head(ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str,
                                                         acts: list[str]):
     """Gemm + activation layers (FusedGemm after the optimizer) and the last Gemm all run in the

@@ -81,10 +81,26 @@ def test_pool_and_scale_steps_refuse_what_they_cannot_run_with_errors_that_say_w
         ext.GlobalPool([N, C, HW, HW]).run(x, torch.empty(N, C, 1, 1), x)
 
 
-def _se_model(gate_first: bool = False, dw_kernel: int = 3) -> onnx.ModelProto:
+def _act(kind: str, x: str, y: str) -> list:
+    """Nodes computing activation ``kind`` of ``x`` into ``y``; "silu" as exporters write it (x * sigmoid(x))."""
+    if kind == "silu":
+        return [helper.make_node("Sigmoid", [x], [y + "_s"]), helper.make_node("Mul", [x, y + "_s"], [y])]
+    if kind == "hardsigmoid":
+        return [helper.make_node("HardSigmoid", [x], [y], alpha=1.0 / 6, beta=0.5)]
+    return [helper.make_node(kind, [x], [y])]
+
+
+#: a block's activations: its expand and depthwise layers', the squeeze's and the gate's
+MOBILENET_V3 = ("HardSwish", "Relu", "hardsigmoid")
+EFFICIENTNET = ("silu", "silu", "Sigmoid")
+
+
+def _se_model(gate_first: bool = False, dw_kernel: int = 3, acts: tuple[str, str, str] = MOBILENET_V3
+              ) -> onnx.ModelProto:
     """A MobileNetV3 block on C channels with squeeze-excite (expand + HardSwish, depthwise +
-    HardSwish, GlobalAveragePool -> 1x1 + Relu -> 1x1 + HardSigmoid -> Mul, project) and a residual,
-    then a second block's expand reading the sum. ``gate_first``: the Mul's inputs the other way round."""
+    HardSwish, GlobalAveragePool -> 1x1 + Relu -> 1x1 + HardSigmoid -> Mul, project; ``acts``:
+    EfficientNet's SiLU, SiLU and Sigmoid instead) and a residual, then a second block's expand
+    reading the sum. ``gate_first``: the Mul's inputs the other way round."""
     rng = np.random.default_rng(7)
     e, s = 2 * C, C // 2
 
@@ -92,13 +108,13 @@ def _se_model(gate_first: bool = False, dw_kernel: int = 3) -> onnx.ModelProto:
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
 
     p = dw_kernel // 2
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), helper.make_node("HardSwish", ["c1"], ["a1"]),
+    block, squeeze, gate = acts
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"]), *_act(block, "c1", "a1"),
              helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], group=e, pads=[p] * 4),
-             helper.make_node("HardSwish", ["c2"], ["a2"]),
+             *_act(block, "c2", "a2"),
              helper.make_node("GlobalAveragePool", ["a2"], ["sq"]),
-             helper.make_node("Conv", ["sq", "w3", "b3"], ["c3"]), helper.make_node("Relu", ["c3"], ["a3"]),
-             helper.make_node("Conv", ["a3", "w4", "b4"], ["c4"]),
-             helper.make_node("HardSigmoid", ["c4"], ["gate"], alpha=1.0 / 6, beta=0.5),
+             helper.make_node("Conv", ["sq", "w3", "b3"], ["c3"]), *_act(squeeze, "c3", "a3"),
+             helper.make_node("Conv", ["a3", "w4", "b4"], ["c4"]), *_act(gate, "c4", "gate"),
              helper.make_node("Mul", ["gate", "a2"] if gate_first else ["a2", "gate"], ["m"]),
              helper.make_node("Conv", ["m", "w5", "b5"], ["c5"]),
              helper.make_node("Add", ["c5", "x"], ["r"]),
@@ -123,14 +139,17 @@ def _inputs() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
-@pytest.mark.parametrize("gate_first", [False, True])
-@pytest.mark.parametrize("dw_kernel", [3, 5])
+@pytest.mark.parametrize("gate_first,dw_kernel,acts", [(False, 3, MOBILENET_V3), (True, 5, MOBILENET_V3),
+                                                      (False, 5, EFFICIENTNET), (True, 3, EFFICIENTNET)])
 def test_a_squeeze_excite_block_runs_in_one_chain_as_onnx_runtime_computes_it(
-        ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str, gate_first: bool, dw_kernel: int):
+        ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str, gate_first: bool, dw_kernel: int,
+        acts: tuple[str, str, str]):
     """The whole block, pooling and scale included, is one chain (its 8 layers: 6 convolutions, the
-    pooling, the scale); with the steps switched off the pooling and scale cut it in three; both compute what
-    ONNX Runtime computes, and a run with NaN and infinity keeps them where ONNX Runtime does."""
-    model = _se_model(gate_first, dw_kernel)
+    pooling, the scale), MobileNetV3's activations or EfficientNet's (SiLU, a Sigmoid gate, fused
+    as oneDNN post-ops); with the steps switched off the pooling and scale cut it in three; both
+    compute what ONNX Runtime computes, and a run with NaN and infinity keeps them where ONNX
+    Runtime does."""
+    model = _se_model(gate_first, dw_kernel, acts)
     monkeypatch.setenv(LAYOUT_ENV, layout)
     engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
     blocked = ", blocked" if layout == "blocked" else ""

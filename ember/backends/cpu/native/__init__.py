@@ -332,6 +332,12 @@ def eltwise(act: Any, params: Any) -> tuple[str, float, float]:
         return "hardsigmoid", p[0], p[1]
     if act is Activation.HARD_SWISH:  # ONNX HardSwish: x * max(0, min(1, x / 6 + 0.5))
         return "hardswish", 1.0 / 6.0, 0.5
+    if act is Activation.SIGMOID:
+        return "sigmoid", 0.0, 0.0
+    if act is Activation.SILU:  # x * sigmoid(x): EfficientNet's activation
+        return "silu", 0.0, 0.0
+    if act is Activation.TANH:
+        return "tanh", 0.0, 0.0
     return "none", 0.0, 0.0
 
 

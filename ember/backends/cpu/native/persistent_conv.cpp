@@ -354,7 +354,9 @@ class Conv : public Step {
 
 // Appends ``activation`` as a oneDNN eltwise post-op (`Layer`'s names: none, relu, clip of
 // [alpha, beta], leaky_relu of slope alpha, hardsigmoid max(0, min(1, alpha x + beta)), hardswish
-// x hardsigmoid(x)).
+// x hardsigmoid(x), sigmoid, silu x sigmoid(x), tanh, gelu_erf, gelu_tanh). Each is exact on finite
+// values only (relu and clip turn NaN into numbers, the GELUs +inf into NaN): callers fuse them in
+// runs with finite inputs.
 void append_eltwise(dnnl::post_ops &po, const std::string &activation, double alpha, double beta) {
     const float a = static_cast<float>(alpha), b = static_cast<float>(beta);
     if (activation == "relu")
@@ -367,9 +369,20 @@ void append_eltwise(dnnl::post_ops &po, const std::string &activation, double al
         po.append_eltwise(dnnl::algorithm::eltwise_hardsigmoid, a, b);
     else if (activation == "hardswish")
         po.append_eltwise(dnnl::algorithm::eltwise_hardswish, a, b);
+    else if (activation == "sigmoid")
+        po.append_eltwise(dnnl::algorithm::eltwise_logistic, 0.f, 0.f);
+    else if (activation == "silu")  // x sigmoid(x): oneDNN's swish of alpha 1
+        po.append_eltwise(dnnl::algorithm::eltwise_swish, 1.f, 0.f);
+    else if (activation == "tanh")
+        po.append_eltwise(dnnl::algorithm::eltwise_tanh, 0.f, 0.f);
+    else if (activation == "gelu_erf")
+        po.append_eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+    else if (activation == "gelu_tanh")
+        po.append_eltwise(dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
     else
         TORCH_CHECK_VALUE(activation == "none", "unknown activation '", activation,
-                          "' (none, relu, clip, leaky_relu, hardsigmoid, hardswish)");
+                          "' (none, relu, clip, leaky_relu, hardsigmoid, hardswish, sigmoid, silu, tanh, gelu_erf, "
+                          "gelu_tanh)");
 }
 
 // A oneDNN primitive other than a convolution, with the descriptors of the arguments a call gives
@@ -610,9 +623,10 @@ class Layer {
         TORCH_CHECK_VALUE(strides_.size() == 2 && dilations_.size() == 2, "strides and dilations need 2 values");
         TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip" ||
                               activation_ == "leaky_relu" || activation_ == "hardswish" ||
-                              activation_ == "hardsigmoid",
-                          "activation must be none, relu, clip, leaky_relu, hardswish or hardsigmoid, got '",
-                          activation_, "'");
+                              activation_ == "hardsigmoid" || activation_ == "sigmoid" || activation_ == "silu" ||
+                              activation_ == "tanh",
+                          "activation must be none, relu, clip, leaky_relu, hardswish, hardsigmoid, sigmoid, silu "
+                          "or tanh, got '", activation_, "'");
         weight_ = weight.contiguous();
         const int64_t oc = weight_.size(0);
         bias_ = bias ? bias->to(torch::kFloat).reshape({-1}).contiguous().clone() : torch::zeros({oc}, torch::kFloat);

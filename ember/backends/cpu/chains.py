@@ -78,9 +78,11 @@ class ChainLink:
     #: squeeze-excite block between its convolutions (``kernels.chain_steps``): "pool" (global
     #: average pooling) or "scale" (a per-channel Mul, its [N, C, 1, 1] factors passed as the residual)
     kind: str = "conv"
-    #: which of the node's inputs is the layer's input, and which its residual (``residual``)
+    #: which of the node's inputs is the layer's input, which its residual (``residual``) and which
+    #: the tensor its output starts as (``sum``)
     src_input: int = 0
     res_input: int = 3
+    sum_input: int = 3
 
     @property
     def in_channels(self) -> int:
@@ -478,7 +480,8 @@ def _extend(steps: Sequence[Any], start: int) -> int:
         s = steps[end]
         link = _link(s)
         if (link is None or _input(s, link.src_input) not in known or (link.quant is not None and end > start)
-                or ((link.residual or link.sum) and _input(s, link.res_input) not in known)):
+                or (link.residual and _input(s, link.res_input) not in known)
+                or (link.sum and _input(s, link.sum_input) not in known)):
             break
         if end == start and first.quant is not None:
             known.clear()
@@ -508,7 +511,7 @@ def _chain(steps: Sequence[Any], start: int, end: int, readers: Mapping[str, lis
     src = tuple(source(_input(steps[k], link.src_input)) for k, link in zip(range(start, end), links))  # type: ignore[union-attr]
     res = tuple(source(_input(steps[k], link.res_input)) if link.residual else -2  # type: ignore[union-attr]
                 for k, link in zip(range(start, end), links))
-    sums = tuple(source(_input(steps[k], link.res_input)) if link.sum else -2  # type: ignore[union-attr]
+    sums = tuple(source(_input(steps[k], link.sum_input)) if link.sum else -2  # type: ignore[union-attr]
                  for k, link in zip(range(start, end), links))
     last = tuple(max([k - start for k in range(start, end)
                       if steps[start + j].outputs[0] in steps[k].inputs] or [j])

@@ -276,12 +276,18 @@ class CPUProgram(Program):
                 env[s.outputs[0]] = s.kernel([env[n] if n else None for n in s.inputs])[0]
             return env[chain.output]  # type: ignore[return-value]
 
+        warned = []
+
         def run(inputs: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
             x = inputs[0]
             assert x is not None
             try:
                 return [run_chain(x)]
-            except (RuntimeError, ValueError):  # e.g. an input the primitives were not made for
+            except (RuntimeError, ValueError) as e:  # e.g. an input the primitives were not made for
+                if not warned:  # right but slower: say so once, naming the chain
+                    warned.append(True)
+                    log.warning("CPU chain %s .. %s failed (%s); its layers run one by one", members[0].name,
+                                members[-1].name, str(e).splitlines()[0] if str(e) else type(e).__name__)
                 return [one_by_one(x)]  # the layers one by one: the result, or the layer at fault named
 
         return run

@@ -131,6 +131,18 @@ def _chains(engine: Any) -> list[str]:
     return [s.name for s in engine.compile().chained or () if s.kind == "Chain"]
 
 
+def _first_chain_runs(engine: Any, x: np.ndarray) -> None:
+    """The program's first chain (reading the graph's input) runs in its C++ call without an error:
+    a chain step that does not fit its arguments would otherwise fall back to the layers one by one,
+    right but slow, unseen by an output check."""
+    import torch
+
+    from ember.backends.cpu.chains import run_chain
+
+    program = engine.compile()
+    run_chain(program._ext, program._chains[0], torch.from_numpy(x))
+
+
 def _inputs() -> tuple[np.ndarray, np.ndarray]:
     x = (np.random.default_rng(8).standard_normal((N, C, HW, HW)) * 3).astype(np.float32)
     bad = x.copy()
@@ -159,6 +171,7 @@ def test_a_squeeze_excite_block_runs_in_one_chain_as_onnx_runtime_computes_it(
     assert _chains(apart) == [f"c1 .. c2 (2 layers chained{blocked})",
                               f"c3 .. c4 (2 layers chained{blocked})"]  # c5 adds x, no chain's: alone
     x, bad = _inputs()
+    _first_chain_runs(engine, x)
     with engine.create_context() as a, apart.create_context() as b:
         assert_runs_like_ort(model, [a, b], x, bad, tol=1e-5)
 
@@ -213,3 +226,112 @@ def test_squeeze_excite_steps_stay_out_of_bf16_and_int8_builds(ext: Any, precisi
     with engine.create_context() as c:
         got = c.infer({"x": x})["y"]
     assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
+def _seresnet_model(c: int, identity: str, tail: str = "add-relu") -> onnx.ModelProto:
+    """An SE-ResNet block on c channels: 3x3 + Relu -> 1x1 -> squeeze-excite (Sigmoid gate) ->
+    ``tail`` ("add-relu": Relu(x * gate + identity), "add": no Relu, "relu": Relu(x * gate), no
+    identity), then a 3x3 + Relu. ``identity``: "input" (the block's input, the chain's) or "step"
+    (a 1x1 layer's output inside the chain)."""
+    rng = np.random.default_rng(11)
+    s = max(4, c // 4)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.25).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"]), helper.make_node("Relu", ["c0"], ["a0"]),
+             helper.make_node("Conv", ["a0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
+             helper.make_node("Conv", ["p", "w3", "b3"], ["c3"]), helper.make_node("Relu", ["c3"], ["a3"]),
+             helper.make_node("Conv", ["a3", "w4", "b4"], ["c4"]), helper.make_node("Sigmoid", ["c4"], ["g"]),
+             helper.make_node("Mul", ["c2", "g"], ["m"])]
+    ident = "x" if identity == "input" else "a0"
+    if tail == "add-relu":
+        nodes += [helper.make_node("Add", ["m", ident], ["s"]), helper.make_node("Relu", ["s"], ["r"])]
+    elif tail == "add":
+        nodes += [helper.make_node("Add", [ident, "m"], ["r"])]
+    else:
+        nodes += [helper.make_node("Relu", ["m"], ["r"])]
+    nodes += [helper.make_node("Conv", ["r", "w5", "b5"], ["c5"], pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c5"], ["y"])]
+    inits = [init("w0", c, c, 1, 1), init("b0", c), init("w1", c, c, 3, 3), init("b1", c), init("w2", c, c, 1, 1),
+             init("b2", c), init("w3", s, c, 1, 1), init("b3", s), init("w4", c, s, 1, 1), init("b4", c),
+             init("w5", c, c, 3, 3), init("b5", c)]
+    g = helper.make_graph(nodes, "seresnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, c, HW, HW])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])
+@pytest.mark.parametrize("c", [32, 24])  # 32: the blocked layout as many bytes as channels-last; 24: padded
+@pytest.mark.parametrize("identity,tail", [("input", "add-relu"), ("step", "add-relu"), ("input", "add"),
+                                           ("step", "relu")])
+def test_an_se_resnet_scale_adds_its_identity_and_relu_inside_the_chain(
+        ext: Any, monkeypatch: pytest.MonkeyPatch, layout: str, c: int, identity: str, tail: str):
+    """SE-ResNet's relu(x * gate + identity), one FusedElementwise after the optimizer, runs as a
+    channel scale that sums the identity into its output (oneDNN's sum post-op) and fuses the ReLU:
+    the block is one chain whether the identity is the chain's input (reordered to a blocked chain's
+    layout first) or a step's output, and it computes what ONNX Runtime computes."""
+    model = _seresnet_model(c, identity, tail)
+    monkeypatch.setenv(LAYOUT_ENV, layout)
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    blocked = ", blocked" if layout == "blocked" else ""
+    assert _chains(engine)[0] in (f"c0 .. m (7 layers chained{blocked})", f"c0 .. r (7 layers chained{blocked})")
+    x = np.random.default_rng(12).standard_normal((N, c, HW, HW)).astype(np.float32)
+    bad = x.copy()
+    bad[1, 3, 2, 2] = np.nan
+    _first_chain_runs(engine, x)
+    with engine.create_context() as ctx:
+        assert_runs_like_ort(model, [ctx], x, bad, tol=1e-5)
+
+
+def test_a_scale_whose_relu_could_meet_an_overflow_stays_out_of_chains(ext: Any):
+    """With an Exp upstream, x * gate + identity can overflow to infinity and then NaN, which a fused
+    ReLU would turn into 0: that FusedElementwise keeps its own kernel."""
+    model = _seresnet_model(24, "input")
+    graph = model.graph
+    for node in graph.node:  # the 1x1 layer's output through an Exp before the squeeze-excite
+        if node.output[0] == "c2":
+            node.output[0] = "c2e"
+    graph.node.insert(5, helper.make_node("Exp", ["c2e"], ["c2"]))
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    steps = engine.compile().steps
+    scale = [s for s in steps if s.kind == "FusedElementwise"]
+    assert scale and all(getattr(s.kernel, "chain_link", None) is None for s in scale)
+    x, bad = _inputs()
+    x, bad = x[:, :24] * 0.1, bad[:, :24] * 0.1
+    with engine.create_context() as ctx:
+        assert_runs_like_ort(model, [ctx], x, bad, tol=1e-5)
+
+
+def test_a_channel_scale_refuses_a_fused_flag_that_does_not_match_it(ext: Any):
+    import torch
+
+    x = torch.ones(N, C, HW, HW).contiguous(memory_format=torch.channels_last)
+    g = torch.ones(N, C, 1, 1).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="activation is fused: pass fused"):
+        ext.ChannelScale([N, C, HW, HW], "nhwc", "nhwc", True, "relu").run(x, torch.empty_like(x), g)
+    with pytest.raises(ValueError, match="without an activation fuses none"):
+        ext.ChannelScale([N, C, HW, HW]).run(x, torch.empty_like(x), g, True)
+
+
+def test_a_chain_that_cannot_take_its_input_says_so_once_and_runs_its_layers(ext: Any,
+                                                                            caplog: pytest.LogCaptureFixture):
+    """A chain's step handed an input its primitives were not made for (here a larger image) runs
+    the layers one by one, right, and logs once which chain fell back and why."""
+    import logging
+
+    import torch
+
+    model = _se_model()
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    (step,) = [s for s in engine.compile().chained or () if s.kind == "Chain"]
+    x = torch.randn(N, C, HW + 2, HW + 2)
+    with caplog.at_level(logging.WARNING, logger="ember.build"):
+        outs = [step.kernel([x])[0] for _ in range(2)]
+    warnings = [r.getMessage() for r in caplog.records if "its layers run one by one" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("CPU chain c1 .. c6 failed (")
+    assert tuple(outs[0].shape) == (N, C, HW + 2, HW + 2)
+    torch.testing.assert_close(outs[0], outs[1])

@@ -18,6 +18,7 @@ before.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 from ember.backends.base import CompileContext
@@ -82,6 +83,59 @@ def pool_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     return ChainLink(None, False, False, relayout=_maker(ext.GlobalPool, shape), shape=shape, kind="pool")
 
 
+def fused_scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
+    """The ``ChainLink`` of a FusedElementwise that is a channel scale, then optionally the addition
+    of a residual of the output's shape, then optionally a ReLU (SE-ResNet's ``relu(x * gate +
+    identity)``), that a chain may run, or None."""
+    from ember.ir.optype import OpType
+
+    a = node.attrs
+    n = len(node.inputs)
+    if a is None or not a.steps or not all(node.inputs) or not _eligible(node, ctx):
+        return None
+    if any(ctx.const(name) is not None for name in node.inputs):
+        return None
+    steps = list(a.steps)
+    mul = steps.pop(0)
+    if mul.op is not OpType.MUL or len(mul.operands) != 2 or max(mul.operands) >= n:
+        return None
+    residual, act = None, "none"
+    if steps and steps[0].op is OpType.ADD and len(steps[0].operands) == 2 and n in steps[0].operands:
+        other = [o for o in steps[0].operands if o != n]
+        if len(other) != 1 or other[0] >= n:
+            return None
+        residual = other[0]
+        steps.pop(0)
+    if steps and steps[0].op is OpType.RELU and steps[0].operands == (n + len(a.steps) - len(steps) - 1,):
+        act = "relu"
+        steps.pop(0)
+    if steps or (residual is None and act == "none"):  # more ops; or a plain Mul (``scale_link``'s)
+        return None
+    from ember.backends.cpu.half import finite_safe
+
+    if act != "none" and not finite_safe(node, ctx.graph):  # the ReLU is fused: finite values only
+        return None
+    out = _static_float(ctx, node.outputs[0])
+    if out is None or (residual is not None and _static_float(ctx, node.inputs[residual]) != out):
+        return None
+    gate = (out[0], out[1], 1, 1)
+    for big, small in (mul.operands, tuple(reversed(mul.operands))):
+        if _static_float(ctx, node.inputs[big]) == out and _static_float(ctx, node.inputs[small]) == gate:
+            from ember.backends.cpu import native
+
+            make = functools.partial(_scale_with, native.extension(), residual is not None, act)
+            return ChainLink(None, True, act != "none", sum=residual is not None, relayout=_maker(make, out),
+                             shape=out, kind="scale", src_input=big, res_input=small,
+                             sum_input=residual if residual is not None else 3)
+    return None
+
+
+def _scale_with(ext: Any, summed: bool, act: str, shape: list[int], src: str, dst: str) -> Any:
+    """The extension's ``ChannelScale`` for ``shape`` in these layouts, with a residual summed in
+    (``summed``) and ``act`` after."""
+    return ext.ChannelScale(shape, src, dst, summed, act)
+
+
 def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     """The ``ChainLink`` of a Mul of an [N, C, H, W] tensor by an [N, C, 1, 1] one (either order,
     both computed) that a chain may run, or None."""
@@ -104,4 +158,4 @@ def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     return None
 
 
-__all__ = ["SWITCH_ENV", "pool_link", "scale_link"]
+__all__ = ["SWITCH_ENV", "fused_scale_link", "pool_link", "scale_link"]

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.kernels.chain_steps import fused_scale_link
 from ember.backends.cpu.kernels.common import Inputs, Tensor, broadcast_shape
 from ember.backends.cpu.registry import ATEN, lookup, register_kernel
 from ember.ir.graph import Node
@@ -71,6 +72,9 @@ def fused_elementwise(node: Node, ctx: CompileContext) -> Kernel:
             values.append(out)
         return [values[-1]]
 
+    link = fused_scale_link(node, ctx)
+    if link is not None:  # an SE-ResNet block's relu(x * gate + identity) may run inside a chain
+        run.chain_link = link  # type: ignore[attr-defined]
     return run
 
 

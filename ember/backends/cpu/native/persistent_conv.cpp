@@ -499,16 +499,21 @@ class GlobalPool : public Step {
 
 // A per-channel scale inside a chain: out = x * s, x [N, C, H, W], s [N, C, 1, 1] (its second
 // operand, passed as a convolution's residual is), both in one layout; float32. A squeeze-excite
-// block's excitation (ONNX's Mul of the block's input by its gate). May write over x.
+// block's excitation (ONNX's Mul of the block's input by its gate). May write over x. With `sum`,
+// out = x * s + out (out holding a residual of x's shape first: `run_chain`'s `sum`), then
+// `activation` (`append_eltwise`'s; fused: finite runs only): SE-ResNet's Mul, Add, Relu.
 class ChannelScale : public Step {
    public:
-    ChannelScale(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout)
+    ChannelScale(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout,
+                 bool sum, const std::string &activation)
         : ChannelScale(make(step_dims(src_dims, "a chain's channel scale"),
-                            step_tag(src_layout, dst_layout, "a chain's channel scale"))) {}
+                            step_tag(src_layout, dst_layout, "a chain's channel scale"), sum, activation),
+                       sum, activation != "none") {}
 
     void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &scale,
                bool fused) const override {
-        TORCH_CHECK_VALUE(!fused, "a channel scale has no activation");
+        TORCH_CHECK_VALUE(fused == activation_, activation_ ? "this channel scale's activation is fused: pass fused"
+                                                            : "a channel scale without an activation fuses none");
         TORCH_CHECK_VALUE(scale.has_value(), "a channel scale multiplies by its second input: pass it");
         check_layout(x, src_md_, nhwc_, "input");
         check_layout(out, src_md_, nhwc_, "output");
@@ -519,7 +524,8 @@ class ChannelScale : public Step {
         prim_.run({x.data_ptr(), scale->data_ptr(), out.data_ptr()});
     }
     bool has_residual() const override { return true; }
-    bool in_place() const override { return true; }
+    bool has_fused() const override { return activation_; }
+    bool in_place() const override { return !sum_; }  // with a sum, the output holds the residual
     const memory::desc &src_desc() const override { return src_md_; }
     const memory::desc &dst_desc() const override { return src_md_; }
     const memory::desc &residual_md() const override { return scale_md_; }
@@ -528,20 +534,25 @@ class ChannelScale : public Step {
     std::string impl() const override { return prim_.impl(); }
 
    private:
-    explicit ChannelScale(const dnnl::binary::primitive_desc &pd)
-        : src_md_(pd.src_desc(0)), scale_md_(pd.src_desc(1)), nhwc_(is_tag(src_md_, tag::nhwc)),
+    ChannelScale(const dnnl::binary::primitive_desc &pd, bool sum, bool activation)
+        : src_md_(pd.src_desc(0)), scale_md_(pd.src_desc(1)), nhwc_(is_tag(src_md_, tag::nhwc)), sum_(sum),
+          activation_(activation),
           prim_(pd, {{DNNL_ARG_SRC_0, src_md_}, {DNNL_ARG_SRC_1, scale_md_}, {DNNL_ARG_DST, src_md_}}) {}
 
-    static dnnl::binary::primitive_desc make(const memory::dims &d, tag t) {
+    static dnnl::binary::primitive_desc make(const memory::dims &d, tag t, bool sum, const std::string &activation) {
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+        dnnl::post_ops po;
+        if (sum) po.append_sum(1.f);
+        append_eltwise(po, activation, 0.0, 0.0);
+        attr.set_post_ops(po);
         const memory::desc x(d, dt::f32, t);
         return dnnl::binary::primitive_desc(cpu_engine(), dnnl::algorithm::binary_mul, x,
                                             memory::desc({d[0], d[1], 1, 1}, dt::f32, t), x, attr);
     }
 
     memory::desc src_md_, scale_md_;
-    bool nhwc_;
+    bool nhwc_, sum_, activation_;
     Simple prim_;
 };
 
@@ -1479,12 +1490,18 @@ torch::Tensor execute_chain(const std::vector<Step *> &convs, const torch::Tenso
         } else {
             c10::optional<torch::Tensor> r;
             if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
-            if (sum[i] != -2) {  // INT8: the output starts as the residual, summed into
-                const torch::Tensor &acc = sum[i] < 0 ? x : outs[sum[i]];
+            if (sum[i] != -2) {  // INT8, a scale with a residual: the output starts as the residual, summed into
+                // the chain's input as the step lays out its output (a float step of a blocked chain
+                // reads it reordered); 8-bit bytes are read as the output's type (u8 and s8 alike)
+                const torch::Tensor acc = sum[i] >= 0 ? outs[sum[i]]
+                                          : float_out && !holds(x, convs[i]->dst_desc()) ? input_as(convs[i]->dst_desc())
+                                                                                         : x;
                 TORCH_CHECK_VALUE(acc.element_size() == torch::elementSize(types[dtypes[i]]), "chain step ", i,
                                   ": the accumulator's type has another width than the output's");
                 outs[i] = free_after(sum[i]) ? acc.view(types[dtypes[i]])
-                                             : acc.clone(c10::MemoryFormat::ChannelsLast).view(types[dtypes[i]]);
+                                             : (acc.dim() == 4 ? acc.clone(c10::MemoryFormat::ChannelsLast)
+                                                               : acc.clone())
+                                                   .view(types[dtypes[i]]);
             } else {
                 outs[i] = pool.like(convs[i]->dst_desc(), convs[i]->nhwc_dst(), types[dtypes[i]]);
             }
@@ -1697,8 +1714,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc");
     pybind11::class_<ChannelScale, Step>(m, "ChannelScale",
                                          "x [N, C, H, W] times s [N, C, 1, 1] as a chain step (s: the residual)")
-        .def(pybind11::init<std::vector<int64_t>, std::string, std::string>(), pybind11::arg("src_dims"),
-             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc");
+        .def(pybind11::init<std::vector<int64_t>, std::string, std::string, bool, std::string>(),
+             pybind11::arg("src_dims"), pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
+             pybind11::arg("sum") = false, pybind11::arg("activation") = "none");
     pybind11::class_<Layer>(m, "Layer")
         .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
                             int64_t, std::string, double, double, bool, std::string, std::string,

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ember.zoo.init import calibrate_batchnorm, init_weights
-from ember.zoo.mobilenet import _IMAGE, conv_bn_act
-from ember.zoo.registry import ZooModel, register
+from ember.zoo.mobilenet import conv_bn_act
+from ember.zoo.registry import InputSpec, ZooModel, register
 
 
 class SqueezeExcite(nn.Module):
@@ -88,6 +88,6 @@ X
     return model
 
 
-register(ZooModel("efficientnet-b0", _create, _IMAGE, ("output",),
+register(ZooModel("efficientnet-b0", _create, (InputSpec("input", (3, 224, 224)),), ("output",),
                   "EfficientNet-B0 (SiLU, SE with Sigmoid in every block), 224x224, 1000 classes",
                   tags=("cnn", "small")))

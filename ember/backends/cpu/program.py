@@ -249,9 +249,12 @@ class CPUProgram(Program):
                 log.warning("CPU chain from %r: a blocked or paired form failed (%s); it stays channels-last",
                             self.steps[chain.start].name, str(e))  # not e: its frames hold the primitives
             if ms:
+                # chosen on the times as recorded (a tie goes to the first variant, the plainest), so
+                # the record says why it holds what it holds
+                ms = {v: round(t, 4) for v, t in ms.items()}
                 best = min(ms, key=ms.__getitem__)
                 chosen[self.steps[chain.start].name] = {"layout": best.split("+")[0], "dw": best.endswith("+dw"),
-                                                        "ms": {v: round(t, 4) for v, t in ms.items()}}
+                                                        "ms": ms}
                 self._chains[k] = variants[best]
         # the losers' primitives go before the weight copies only they used: the old steps' chain
         # kernels held the channels-last chains, the loop's variables the last variants (outside

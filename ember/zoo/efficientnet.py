@@ -9,23 +9,8 @@ import torch
 from torch import nn
 
 from ember.zoo.init import calibrate_batchnorm, init_weights
-from ember.zoo.mobilenet import conv_bn_act
+from ember.zoo.mobilenet import SqueezeExcite, conv_bn_act
 from ember.zoo.registry import InputSpec, ZooModel, register
-
-
-class SqueezeExcite(nn.Module):
-    """Channel gate: global pool -> 1x1 reduce -> SiLU -> 1x1 expand -> Sigmoid -> scale."""
-
-    def __init__(self, channels: int, squeeze: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.act = nn.SiLU()
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
 
 class MBConv(nn.Module):
@@ -39,7 +24,8 @@ class MBConv(nn.Module):
         if expand != 1:
             layers.append(conv_bn_act(c_in, c_exp, 1, act=nn.SiLU))
         layers += [conv_bn_act(c_exp, c_exp, k, stride, groups=c_exp, act=nn.SiLU),
-                   SqueezeExcite(c_exp, max(1, c_in // 4)), conv_bn_act(c_exp, c_out, 1, act=None)]
+                   SqueezeExcite(c_exp, max(1, c_in // 4), nn.SiLU, nn.Sigmoid),
+                   conv_bn_act(c_exp, c_out, 1, act=None)]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == c_out
 

@@ -51,15 +51,17 @@ class InvertedResidual(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gate: global pool -> 1x1 reduce -> ReLU -> 1x1 expand -> HardSigmoid -> scale."""
+    """Channel gate: global pool -> 1x1 reduce -> ``act`` -> 1x1 expand -> ``gate`` -> scale
+    (MobileNetV3: ReLU and HardSigmoid; EfficientNet: SiLU and Sigmoid)."""
 
-    def __init__(self, channels: int, squeeze: int) -> None:
+    def __init__(self, channels: int, squeeze: int, act: Callable[[], nn.Module] = nn.ReLU,
+                 gate: Callable[[], nn.Module] = nn.Hardsigmoid) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.relu = nn.ReLU()
+        self.relu = act()
         self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.gate = nn.Hardsigmoid()
+        self.gate = gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))

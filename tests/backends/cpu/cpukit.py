@@ -105,3 +105,13 @@ def assert_runs_like_ort(model: onnx.ModelProto, contexts: list[Any], x: np.ndar
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
             assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < tol
             assert max_rel_error(np.nan_to_num(got), np.nan_to_num(outs[0])) < between
+
+
+def blocked_layout(x: torch.Tensor) -> torch.Tensor:
+    """A float32 NCHW tensor in oneDNN's nChw16c (channels zero-padded to 16) as a flat buffer: what
+    a blocked chain step reads and writes."""
+    n, c, h, w = x.shape
+    cp = (c + 15) // 16 * 16
+    padded = torch.zeros(n, cp, h, w)
+    padded[:, :c] = x
+    return padded.view(n, cp // 16, 16, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 import pytest
+from cpukit import blocked_layout  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -21,17 +22,6 @@ from ember.tools.runners import max_rel_error
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
 N, C, HW, OUT = 2, 24, 10, 7
-
-
-def _blocked(x: Any) -> Any:
-    """A float32 NCHW tensor in oneDNN's nChw16c, channels zero-padded to 16, as a flat buffer."""
-    import torch
-
-    n, c, h, w = x.shape
-    cp = (c + 15) // 16 * 16
-    padded = torch.zeros(n, cp, h, w)
-    padded[:, :c] = x
-    return padded.view(n, cp // 16, 16, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
@@ -45,7 +35,7 @@ def test_a_head_pools_and_classifies_as_pytorch_does(ext: Any, layout: str, with
     x = torch.randn(N, C, HW, HW, generator=g).contiguous(memory_format=torch.channels_last)
     head = ext.HeadLayer(w, b if with_bias else None).prepare([N, C, HW, HW], layout)
     assert head.has_classifier and head.dst_dims == [N, OUT]
-    y = head.run(x if layout == "nhwc" else _blocked(x))
+    y = head.run(x if layout == "nhwc" else blocked_layout(x))
     want = F.linear(x.mean((2, 3)), w, b if with_bias else None)
     assert tuple(y.shape) == (N, OUT) and y.is_contiguous()
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
@@ -348,7 +338,7 @@ def test_a_head_runs_dense_layers_one_after_another_with_their_activations(ext: 
         layer.then(w3, b3)
         head = layer.prepare([N, C, HW, HW], layout)
         assert head.dense_layers == 3 and head.dst_dims == [N, OUT]
-        y = head.run(x if layout == "nhwc" else _blocked(x))
+        y = head.run(x if layout == "nhwc" else blocked_layout(x))
         want = F.linear(F.linear(F.hardswish(F.linear(x.mean((2, 3)), w1, b1)), w2).clamp(-0.5, 2.0), w3, b3)
         torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
 

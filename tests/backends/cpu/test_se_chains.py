@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from cpukit import assert_runs_like_ort  # tests/backends/cpu/cpukit.py
+from cpukit import assert_runs_like_ort, blocked_layout  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -20,17 +20,6 @@ from ember.backends.cpu.kernels.chain_steps import SWITCH_ENV as SE_ENV
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
 N, C, HW = 2, 24, 9
-
-
-def _blocked(x: Any) -> Any:
-    """A float32 NCHW tensor in oneDNN's nChw16c (channels zero-padded to 16) as a flat buffer."""
-    import torch
-
-    n, c, h, w = x.shape
-    cp = (c + 15) // 16 * 16
-    padded = torch.zeros(n, cp, h, w)
-    padded[:, :c] = x
-    return padded.view(n, cp // 16, 16, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
@@ -54,12 +43,12 @@ def test_pool_and_scale_steps_compute_what_pytorch_computes(ext: Any, layout: st
         scale.run(x, x, s)  # in place, as a chain runs it over an input no later step reads
         torch.testing.assert_close(x, scaled_want, rtol=0, atol=0)
     else:
-        xb, sb = _blocked(x), _blocked(s)
+        xb, sb = blocked_layout(x), blocked_layout(s)
         pooled, scaled = torch.empty_like(sb), torch.empty_like(xb)
         pool.run(xb, pooled)
         scale.run(xb, scaled, sb)
-        torch.testing.assert_close(pooled, _blocked(pooled_want), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(scaled, _blocked(scaled_want), rtol=0, atol=0)
+        torch.testing.assert_close(pooled, blocked_layout(pooled_want), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(scaled, blocked_layout(scaled_want), rtol=0, atol=0)
 
 
 def test_pool_and_scale_steps_refuse_what_they_cannot_run_with_errors_that_say_why(ext: Any):

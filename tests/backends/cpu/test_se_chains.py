@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.backends.cpu.chains import LAYOUT_ENV
 from ember.backends.cpu.kernels.chain_steps import SWITCH_ENV as SE_ENV
+from ember.tools.runners import max_rel_error
 
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
@@ -120,16 +121,16 @@ def _chains(engine: Any) -> list[str]:
     return [s.name for s in engine.compile().chained or () if s.kind == "Chain"]
 
 
-def _first_chain_runs(engine: Any, x: np.ndarray) -> None:
-    """The program's first chain (reading the graph's input) runs in its C++ call without an error:
-    a chain step that does not fit its arguments would otherwise fall back to the layers one by one,
-    right but slow, unseen by an output check."""
+def _first_chain_runs(engine: Any, x: np.ndarray, dtype: Any = None) -> None:
+    """The program's first chain (reading the graph's input, as ``dtype``: a bf16 engine converts it
+    first) runs in its C++ call without an error: a chain step that does not fit its arguments would
+    otherwise fall back to the layers one by one, right but slow, unseen by an output check."""
     import torch
 
     from ember.backends.cpu.chains import run_chain
 
     program = engine.compile()
-    run_chain(program._ext, program._chains[0], torch.from_numpy(x))
+    run_chain(program._ext, program._chains[0], torch.from_numpy(x).to(dtype or torch.float32))
 
 
 def _inputs() -> tuple[np.ndarray, np.ndarray]:
@@ -195,15 +196,13 @@ def test_a_mul_that_is_no_channel_scale_stays_out_of_chains(ext: Any, other: str
         assert_runs_like_ort(model, [c], x, bad, tol=1e-5)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_squeeze_excite_steps_stay_out_of_bf16_and_int8_builds(ext: Any, precision: str):
-    """Only float32 builds chain the pooling and scale (their primitives are float32): in a bf16
-    or INT8 build they run on their own, and the engine is still right."""
+def test_squeeze_excite_steps_stay_out_of_int8_builds(ext: Any):
+    """An INT8 build's pooling and scale (between 8-bit layers, on dequantized values) run on their
+    own, and the engine is still right."""
     model = _se_model()
     x, _ = _inputs()
-    calib = [{"x": x}] if precision == "int8" else None
-    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision=precision),
-                         calibration_data=calib, progress=False)
+    engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision="int8"),
+                         calibration_data=[{"x": x}], progress=False)
     program = engine.compile()
     kinds = {s.kind: s for s in program.steps}
     assert kinds["GlobalAveragePool"] and kinds["Mul"]
@@ -324,3 +323,60 @@ def test_a_chain_that_cannot_take_its_input_says_so_once_and_runs_its_layers(ext
     assert len(warnings) == 1 and warnings[0].startswith("CPU chain c1 .. c6 failed (")
     assert tuple(outs[0].shape) == (N, C, HW + 2, HW + 2)
     torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])
+def test_pool_and_scale_steps_compute_in_bf16_as_pytorch_does(ext: Any, layout: str):
+    """A bf16 layer's pooling and scale run on bf16 activations (oneDNN accumulating the average in
+    float32); a type other than f32 / bf16 is refused by name."""
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, C, HW, HW, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    s = torch.randn(N, C, 1, 1, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    r = torch.randn(N, C, HW, HW, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    pool = ext.GlobalPool([N, C, HW, HW], layout, layout, "bf16")
+    scale = ext.ChannelScale([N, C, HW, HW], layout, layout, True, "relu", "bf16")
+    pooled_want = x.float().mean((2, 3), keepdim=True)
+    scaled_want = (x.float() * s.float() + r.float()).relu()
+    if layout == "nhwc":
+        pooled = torch.empty(N, C, 1, 1, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        pool.run(x, pooled)
+        out = r.clone()
+        scale.run(x, out, s, True)
+        torch.testing.assert_close(pooled.float(), pooled_want, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(out.float(), scaled_want, rtol=1e-2, atol=2e-2)
+    else:
+        pooled = torch.empty(blocked_layout(s.float()).numel(), dtype=torch.bfloat16)
+        pool.run(blocked_layout(x.float()).to(torch.bfloat16), pooled)
+        out = blocked_layout(r.float()).to(torch.bfloat16)
+        scale.run(blocked_layout(x.float()).to(torch.bfloat16), out, blocked_layout(s.float()).to(torch.bfloat16), True)
+        torch.testing.assert_close(pooled.float(), blocked_layout(pooled_want), rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(out.float(), blocked_layout(scaled_want), rtol=1e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="computes in f32 or bf16, got 'f16'"):
+        ext.GlobalPool([N, C, HW, HW], "nhwc", "nhwc", "f16")
+
+
+@pytest.mark.parametrize("block", ["mobilenet-v3", "efficientnet", "se-resnet"])
+def test_a_bf16_squeeze_excite_block_is_one_chain(ext: Any, block: str):
+    """In a bf16 build the block's pooling and scale are bf16 chain steps between its bf16
+    convolutions: one chain, within bf16's rounding of the float32 engine, NaN where ONNX Runtime
+    puts it."""
+    import onnxruntime as ort
+    import torch
+
+    model = _seresnet_model(C, "input") if block == "se-resnet" else _se_model(
+        False, 3, MOBILENET_V3 if block == "mobilenet-v3" else EFFICIENTNET)
+    config = ember.BuildConfig(device="cpu", precision="bf16")
+    engine = ember.build(model.SerializeToString(), config, progress=False)
+    assert ("(7 layers chained" if block == "se-resnet" else "(8 layers chained") in _chains(engine)[0]
+    fp32 = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    x, bad = _inputs()
+    _first_chain_runs(engine, x, torch.bfloat16)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with engine.create_context() as c, fp32.create_context() as f:
+        for feed in (x, bad):
+            got, want = c.infer({"x": feed})["y"], f.infer({"x": feed})["y"]
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(sess.run(None, {"x": feed})[0]))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 3e-2

@@ -10,9 +10,10 @@ primitives (``GlobalPool``: average pooling to [N, C, 1, 1]; ``ChannelScale``: a
 blocked chain's layout, and ``ChainLink`` says how: ``kind`` "pool" or "scale", the scale's factors
 passed as a residual is.
 
-A layer may join a chain only in a float32 build, on a static float32 4-D input whose output stays
-channels-last (the layout plan), and for Mul only where one input has the output's shape and the
-other is its [N, C, 1, 1] (both computed: a constant factor is not a chain's tensor). Elsewhere, and
+A layer may join a chain only as a float32 layer of a float32 build or a bf16 layer whose inputs and
+output are stored bf16 (its primitives then compute in bf16), on a static 4-D input whose output
+stays channels-last (the layout plan), and for Mul only where one input has the output's shape and
+the other is its [N, C, 1, 1] (both computed: a constant factor is not a chain's tensor). Elsewhere, and
 in runs a chain does not take (NaN or infinity in the inputs, an observer), the layers run alone as
 before.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import functools
 from typing import Any, Callable, Optional
+
+import torch
 
 from ember.backends.base import CompileContext
 from ember.backends.cpu.chains import ChainLink, switched_on
@@ -42,18 +45,37 @@ def _static_float(ctx: CompileContext, name: str) -> Optional[tuple[int, ...]]:
     return tuple(int(d) for d in t.shape)
 
 
-def _eligible(node: Node, ctx: CompileContext) -> bool:
-    """A float32 layer of a float32 build whose only output the plan keeps channels-last."""
+def _step_dtype(node: Node, ctx: CompileContext) -> Optional[torch.dtype]:
+    """The type a chain step of ``node`` computes and stores in, where it may join a chain (its
+    only output kept channels-last by the plan): float32 for a float32 layer of a float32 build,
+    bfloat16 for a bf16 layer whose inputs and output are all stored bf16 (``half.storage_dtype``:
+    not a graph input or output, not from a float32 layer); else None."""
     if not switched_on(SWITCH_ENV) or ctx.graph is None:
-        return False
-    if ctx.config.precision is not Precision.FP32 or Precision(ctx.precision) is not Precision.FP32:
-        return False
+        return None
     if len(node.outputs) != 1 or not node.outputs[0] or planned_format(ctx, node.outputs[0]) is NCHW:
-        return False
+        return None
     from ember.backends.cpu import native
 
     ext = native.extension()
-    return ext is not None and hasattr(ext, "ChannelScale")
+    if ext is None or not hasattr(ext, "ChannelScale"):
+        return None
+    precision = Precision(ctx.precision)
+    if precision is Precision.FP32 and ctx.config.precision is Precision.FP32:
+        return torch.float32
+    if precision is not Precision.BF16:
+        return None
+    from ember.backends.cpu.half import storage_dtype
+
+    layers = ctx.records.precision.layers
+    producers = ctx.graph.producers()
+    for name in [n for n in node.inputs if n] + [node.outputs[0]]:
+        producer = producers.get(name)
+        if producer is None or storage_dtype(ctx.graph, layers, producer.name, name) is not DType.BFLOAT16:
+            return None
+    return torch.bfloat16
+
+
+_DTYPE_NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
 def _maker(make: Callable[[list[int], str, str], Any], shape: tuple[int, ...]) -> Callable[[str, str], Any]:
@@ -72,15 +94,19 @@ def _maker(make: Callable[[list[int], str, str], Any], shape: tuple[int, ...]) -
 
 def pool_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     """The ``ChainLink`` of a GlobalAveragePool that a chain may run, or None."""
-    if len(node.inputs) != 1 or not _eligible(node, ctx):
-        return None
-    shape = _static_float(ctx, node.inputs[0])
+    dtype = _step_dtype(node, ctx) if len(node.inputs) == 1 else None
+    shape = _static_float(ctx, node.inputs[0]) if dtype is not None else None
     if shape is None:
         return None
     from ember.backends.cpu import native
 
-    ext = native.extension()
-    return ChainLink(None, False, False, relayout=_maker(ext.GlobalPool, shape), shape=shape, kind="pool")
+    make = functools.partial(_pool_with, native.extension(), _DTYPE_NAMES[dtype])
+    return ChainLink(None, False, False, dtype=dtype, relayout=_maker(make, shape), shape=shape, kind="pool")
+
+
+def _pool_with(ext: Any, dtype: str, shape: list[int], src: str, dst: str) -> Any:
+    """The extension's ``GlobalPool`` for ``shape`` in these layouts and type."""
+    return ext.GlobalPool(shape, src, dst, dtype)
 
 
 def fused_scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
@@ -91,7 +117,8 @@ def fused_scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
 
     a = node.attrs
     n = len(node.inputs)
-    if a is None or not a.steps or not all(node.inputs) or not _eligible(node, ctx):
+    dtype = _step_dtype(node, ctx) if a is not None and a.steps and all(node.inputs) else None
+    if dtype is None:
         return None
     if any(ctx.const(name) is not None for name in node.inputs):
         return None
@@ -123,25 +150,24 @@ def fused_scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
         if _static_float(ctx, node.inputs[big]) == out and _static_float(ctx, node.inputs[small]) == gate:
             from ember.backends.cpu import native
 
-            make = functools.partial(_scale_with, native.extension(), residual is not None, act)
-            return ChainLink(None, True, act != "none", sum=residual is not None, relayout=_maker(make, out),
-                             shape=out, kind="scale", src_input=big, res_input=small,
+            make = functools.partial(_scale_with, native.extension(), residual is not None, act, _DTYPE_NAMES[dtype])
+            return ChainLink(None, True, act != "none", sum=residual is not None, dtype=dtype,
+                             relayout=_maker(make, out), shape=out, kind="scale", src_input=big, res_input=small,
                              sum_input=residual if residual is not None else 3)
     return None
 
 
-def _scale_with(ext: Any, summed: bool, act: str, shape: list[int], src: str, dst: str) -> Any:
-    """The extension's ``ChannelScale`` for ``shape`` in these layouts, with a residual summed in
-    (``summed``) and ``act`` after."""
-    return ext.ChannelScale(shape, src, dst, summed, act)
+def _scale_with(ext: Any, summed: bool, act: str, dtype: str, shape: list[int], src: str, dst: str) -> Any:
+    """The extension's ``ChannelScale`` for ``shape`` in these layouts and type, with a residual
+    summed in (``summed``) and ``act`` after."""
+    return ext.ChannelScale(shape, src, dst, summed, act, dtype)
 
 
 def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     """The ``ChainLink`` of a Mul of an [N, C, H, W] tensor by an [N, C, 1, 1] one (either order,
     both computed) that a chain may run, or None."""
-    if len(node.inputs) != 2 or not all(node.inputs) or not _eligible(node, ctx):
-        return None
-    if any(ctx.const(name) is not None for name in node.inputs):
+    dtype = _step_dtype(node, ctx) if len(node.inputs) == 2 and all(node.inputs) else None
+    if dtype is None or any(ctx.const(name) is not None for name in node.inputs):
         return None
     shapes = [_static_float(ctx, name) for name in node.inputs]
     out = _static_float(ctx, node.outputs[0])
@@ -152,8 +178,8 @@ def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
         if shapes[big] == out and shapes[1 - big] == gate:
             from ember.backends.cpu import native
 
-            ext = native.extension()
-            return ChainLink(None, True, False, relayout=_maker(ext.ChannelScale, out), shape=out, kind="scale",
+            make = functools.partial(_scale_with, native.extension(), False, "none", _DTYPE_NAMES[dtype])
+            return ChainLink(None, True, False, dtype=dtype, relayout=_maker(make, out), shape=out, kind="scale",
                              src_input=big, res_input=1 - big)
     return None
 

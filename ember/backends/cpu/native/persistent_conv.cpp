@@ -450,14 +450,22 @@ tag step_tag(const std::string &src_layout, const std::string &dst_layout, const
     return to_tag(src_layout);
 }
 
+// The activations' type of a chain step other than a convolution: "f32" or "bf16" (a bf16 layer's).
+dt step_dt(const std::string &dtype) {
+    TORCH_CHECK_VALUE(dtype == "f32" || dtype == "bf16", "a chain's pooling or scale computes in f32 or bf16, got '",
+                      dtype, "'");
+    return to_dt(dtype);
+}
+
 // Global average pooling inside a chain, [N, C, H, W] -> [N, C, 1, 1] in the input's layout (a
 // squeeze-excite block's squeeze, whose output the convolution after it reads in the same layout
-// family); float32. ONNX's GlobalAveragePool (and ReduceMean over H and W, keepdims).
+// family); float32 or bf16 (oneDNN accumulates in float32). ONNX's GlobalAveragePool (and ReduceMean over H and W, keepdims).
 class GlobalPool : public Step {
    public:
-    GlobalPool(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout)
+    GlobalPool(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout,
+               const std::string &dtype)
         : GlobalPool(make(step_dims(src_dims, "a chain's global pooling"),
-                          step_tag(src_layout, dst_layout, "a chain's global pooling"))) {}
+                          step_tag(src_layout, dst_layout, "a chain's global pooling"), step_dt(dtype))) {}
 
     void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
                bool fused) const override {
@@ -482,13 +490,13 @@ class GlobalPool : public Step {
         : src_md_(pd.src_desc()), dst_md_(pd.dst_desc()), nhwc_(is_tag(src_md_, tag::nhwc)),
           prim_(pd, {{DNNL_ARG_SRC, src_md_}, {DNNL_ARG_DST, dst_md_}}) {}
 
-    static dnnl::pooling_forward::primitive_desc make(const memory::dims &d, tag t) {
+    static dnnl::pooling_forward::primitive_desc make(const memory::dims &d, tag t, dt type) {
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         const memory::dims window{d[2], d[3]}, zero{0, 0};
         return dnnl::pooling_forward::primitive_desc(
             cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
-            memory::desc(d, dt::f32, t), memory::desc({d[0], d[1], 1, 1}, dt::f32, t), window, window, zero, zero,
+            memory::desc(d, type, t), memory::desc({d[0], d[1], 1, 1}, type, t), window, window, zero, zero,
             zero, attr);
     }
 
@@ -498,16 +506,17 @@ class GlobalPool : public Step {
 };
 
 // A per-channel scale inside a chain: out = x * s, x [N, C, H, W], s [N, C, 1, 1] (its second
-// operand, passed as a convolution's residual is), both in one layout; float32. A squeeze-excite
+// operand, passed as a convolution's residual is), both in one layout and type (float32 or bf16). A squeeze-excite
 // block's excitation (ONNX's Mul of the block's input by its gate). May write over x. With `sum`,
 // out = x * s + out (out holding a residual of x's shape first: `run_chain`'s `sum`), then
 // `activation` (`append_eltwise`'s; fused: finite runs only): SE-ResNet's Mul, Add, Relu.
 class ChannelScale : public Step {
    public:
     ChannelScale(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout,
-                 bool sum, const std::string &activation)
+                 bool sum, const std::string &activation, const std::string &dtype)
         : ChannelScale(make(step_dims(src_dims, "a chain's channel scale"),
-                            step_tag(src_layout, dst_layout, "a chain's channel scale"), sum, activation),
+                            step_tag(src_layout, dst_layout, "a chain's channel scale"), sum, activation,
+                            step_dt(dtype)),
                        sum, activation != "none") {}
 
     void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &scale,
@@ -539,16 +548,17 @@ class ChannelScale : public Step {
           activation_(activation),
           prim_(pd, {{DNNL_ARG_SRC_0, src_md_}, {DNNL_ARG_SRC_1, scale_md_}, {DNNL_ARG_DST, src_md_}}) {}
 
-    static dnnl::binary::primitive_desc make(const memory::dims &d, tag t, bool sum, const std::string &activation) {
+    static dnnl::binary::primitive_desc make(const memory::dims &d, tag t, bool sum, const std::string &activation,
+                                             dt type) {
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         dnnl::post_ops po;
         if (sum) po.append_sum(1.f);
         append_eltwise(po, activation, 0.0, 0.0);
         attr.set_post_ops(po);
-        const memory::desc x(d, dt::f32, t);
+        const memory::desc x(d, type, t);
         return dnnl::binary::primitive_desc(cpu_engine(), dnnl::algorithm::binary_mul, x,
-                                            memory::desc({d[0], d[1], 1, 1}, dt::f32, t), x, attr);
+                                            memory::desc({d[0], d[1], 1, 1}, type, t), x, attr);
     }
 
     memory::desc src_md_, scale_md_;
@@ -1710,13 +1720,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
     pybind11::class_<GlobalPool, Step>(m, "GlobalPool",
                                        "global average pooling as a chain step: [N, C, H, W] -> [N, C, 1, 1]")
-        .def(pybind11::init<std::vector<int64_t>, std::string, std::string>(), pybind11::arg("src_dims"),
-             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc");
+        .def(pybind11::init<std::vector<int64_t>, std::string, std::string, std::string>(), pybind11::arg("src_dims"),
+             pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
+             pybind11::arg("dtype") = "f32");
     pybind11::class_<ChannelScale, Step>(m, "ChannelScale",
                                          "x [N, C, H, W] times s [N, C, 1, 1] as a chain step (s: the residual)")
-        .def(pybind11::init<std::vector<int64_t>, std::string, std::string, bool, std::string>(),
+        .def(pybind11::init<std::vector<int64_t>, std::string, std::string, bool, std::string, std::string>(),
              pybind11::arg("src_dims"), pybind11::arg("src_layout") = "nhwc", pybind11::arg("dst_layout") = "nhwc",
-             pybind11::arg("sum") = false, pybind11::arg("activation") = "none");
+             pybind11::arg("sum") = false, pybind11::arg("activation") = "none", pybind11::arg("dtype") = "f32");
     pybind11::class_<Layer>(m, "Layer")
         .def(pybind11::init<torch::Tensor, c10::optional<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>,
                             int64_t, std::string, double, double, bool, std::string, std::string,

@@ -160,6 +160,30 @@ def test_a_chain_plan_checks_once_keeps_its_steps_and_runs_as_run_chain(ext: Any
     assert times[0] > 0 and times[1] > 0
 
 
+def test_a_chain_plan_checks_at_run_only_the_steps_it_cannot_trust(ext: Any):
+    """A plan skips the per-run argument checks of a step whose arguments fit it by construction (it
+    reads earlier steps' outputs of the descriptors it wants); the steps reading the chain's input,
+    and a step wired to a producer of another shape, are still checked on every run."""
+    import torch
+
+    w = torch.randn(4, 4, 1, 1)
+    small = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 3, 3], [0, 0], [0, 0])
+    large = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 4, 5, 5], [0, 0], [0, 0])
+    plan = ext.ChainPlan([small, small, small], [-1, 0, 1], [-2] * 3, [-2] * 3, [1, 2, 2], [False] * 3, [0] * 3)
+    assert [plan.trusted(i) for i in range(3)] == [False, True, True]
+    with pytest.raises(ValueError, match="3 steps, not 4"):
+        plan.trusted(3)
+    miswired = ext.ChainPlan([small, large], [-1, 0], [-2] * 2, [-2] * 2, [1, 1], [False] * 2, [0] * 2)
+    assert not miswired.trusted(1)
+    x = torch.randn(1, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"input has shape \[1, 4, 3, 3\], the primitive was made for \[1, 4, 5, 5\]"):
+        miswired.run(x)
+    with pytest.raises(ValueError, match="input has shape"):  # the first step checks the caller's input
+        plan.run(torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(plan.run(x), torch.nn.functional.conv2d(
+        torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w), w), w), rtol=1e-5, atol=1e-5)
+
+
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
     """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,

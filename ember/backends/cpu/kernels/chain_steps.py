@@ -117,36 +117,49 @@ def fused_scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
 
     a = node.attrs
     n = len(node.inputs)
-    dtype = _step_dtype(node, ctx) if a is not None and a.steps and all(node.inputs) else None
-    if dtype is None:
+    if a is None or not a.steps:
         return None
-    if any(ctx.const(name) is not None for name in node.inputs):
-        return None
-    steps = list(a.steps)
-    mul = steps.pop(0)
+    # the program's steps, each reading the one before (operand n + k is step k's result)
+    mul, *rest = a.steps
     if mul.op is not OpType.MUL or len(mul.operands) != 2 or max(mul.operands) >= n:
         return None
-    residual, act = None, "none"
-    if steps and steps[0].op is OpType.ADD and len(steps[0].operands) == 2 and n in steps[0].operands:
-        other = [o for o in steps[0].operands if o != n]
-        if len(other) != 1 or other[0] >= n:
+    residual, act, previous = None, "none", n
+    if rest and rest[0].op is OpType.ADD and len(rest[0].operands) == 2 and max(rest[0].operands) == previous:
+        other = min(rest[0].operands)
+        if other >= n:
             return None
-        residual = other[0]
-        steps.pop(0)
-    if steps and steps[0].op is OpType.RELU and steps[0].operands == (n + len(a.steps) - len(steps) - 1,):
-        act = "relu"
-        steps.pop(0)
-    if steps or (residual is None and act == "none"):  # more ops; or a plain Mul (``scale_link``'s)
+        residual, previous, rest = other, previous + 1, rest[1:]
+    if rest and rest[0].op is OpType.RELU and rest[0].operands == (previous,):
+        act, rest = "relu", rest[1:]
+    if rest or (residual is None and act == "none"):  # more ops; or a plain Mul (``scale_link``'s)
         return None
     from ember.backends.cpu.half import finite_safe
 
     if act != "none" and not finite_safe(node, ctx.graph):  # the ReLU is fused: finite values only
         return None
+    return _scale_link(node, ctx, tuple(mul.operands), residual, act)
+
+
+def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
+    """The ``ChainLink`` of a Mul of an [N, C, H, W] tensor by an [N, C, 1, 1] one (either order,
+    both computed) that a chain may run, or None."""
+    return _scale_link(node, ctx, (0, 1), None, "none") if len(node.inputs) == 2 else None
+
+
+def _scale_link(node: Node, ctx: CompileContext, operands: tuple[int, ...], residual: Optional[int],
+                act: str) -> Optional[ChainLink]:
+    """The ``ChainLink`` of ``node`` as a channel scale of its inputs ``operands`` (one of the
+    output's shape, the other its [N, C, 1, 1] gate, either order), with input ``residual`` (of the
+    output's shape) summed in and ``act`` after, or None: every input computed (a constant is no
+    chain's tensor), every shape static."""
+    dtype = _step_dtype(node, ctx) if all(node.inputs) else None
+    if dtype is None or any(ctx.const(name) is not None for name in node.inputs):
+        return None
     out = _static_float(ctx, node.outputs[0])
     if out is None or (residual is not None and _static_float(ctx, node.inputs[residual]) != out):
         return None
     gate = (out[0], out[1], 1, 1)
-    for big, small in (mul.operands, tuple(reversed(mul.operands))):
+    for big, small in (operands, tuple(reversed(operands))):
         if _static_float(ctx, node.inputs[big]) == out and _static_float(ctx, node.inputs[small]) == gate:
             from ember.backends.cpu import native
 
@@ -161,27 +174,6 @@ def _scale_with(ext: Any, summed: bool, act: str, dtype: str, shape: list[int], 
     """The extension's ``ChannelScale`` for ``shape`` in these layouts and type, with a residual
     summed in (``summed``) and ``act`` after."""
     return ext.ChannelScale(shape, src, dst, summed, act, dtype)
-
-
-def scale_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
-    """The ``ChainLink`` of a Mul of an [N, C, H, W] tensor by an [N, C, 1, 1] one (either order,
-    both computed) that a chain may run, or None."""
-    dtype = _step_dtype(node, ctx) if len(node.inputs) == 2 and all(node.inputs) else None
-    if dtype is None or any(ctx.const(name) is not None for name in node.inputs):
-        return None
-    shapes = [_static_float(ctx, name) for name in node.inputs]
-    out = _static_float(ctx, node.outputs[0])
-    if out is None or shapes[0] is None or shapes[1] is None:
-        return None
-    gate = (out[0], out[1], 1, 1)
-    for big in (0, 1):
-        if shapes[big] == out and shapes[1 - big] == gate:
-            from ember.backends.cpu import native
-
-            make = functools.partial(_scale_with, native.extension(), False, "none", _DTYPE_NAMES[dtype])
-            return ChainLink(None, True, False, dtype=dtype, relayout=_maker(make, out), shape=out, kind="scale",
-                             src_input=big, res_input=1 - big)
-    return None
 
 
 __all__ = ["SWITCH_ENV", "fused_scale_link", "pool_link", "scale_link"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ember.zoo.init import calibrate_batchnorm, init_weights
-from ember.zoo.mobilenet import SqueezeExcite, conv_bn_act
+from ember.zoo.mobilenet import PooledClassifier, SqueezeExcite, conv_bn_act
 from ember.zoo.registry import InputSpec, ZooModel, register
 
 
@@ -39,9 +39,8 @@ _B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (
        (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 
 
-class EfficientNetB0(nn.Module):
+class EfficientNetB0(PooledClassifier):
     def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn_act(3, 32, 3, 2, act=nn.SiLU)]
         c_in = 32
         for expand, k, s, c, n in _B0:
@@ -49,13 +48,7 @@ class EfficientNetB0(nn.Module):
                 layers.append(MBConv(c_in, expand, c, k, s if i == 0 else 1))
                 c_in = c
         layers.append(conv_bn_act(c_in, 1280, 1, act=nn.SiLU))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        super().__init__(nn.Sequential(*layers), nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes)))
 
 
 def _create(generator: torch.Generator) -> nn.Module:

@@ -67,13 +67,27 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
 
 
+class PooledClassifier(nn.Module):
+    """``features`` -> global average pooling -> flatten -> ``classifier``: the MobileNets' and
+    EfficientNet's outer shape (the attribute names are the ONNX export's node names)."""
+
+    def __init__(self, features: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
 # (expansion t, channels c, repeats n, stride s) from Table 2 of the MobileNetV2 paper
 _V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(PooledClassifier):
     def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn_act(3, 32, 3, 2)]
         c_in = 32
         for t, c, n, s in _V2:
@@ -81,13 +95,7 @@ class MobileNetV2(nn.Module):
                 layers.append(InvertedResidual(c_in, c_in * t, c, 3, s if i == 0 else 1, nn.ReLU6))
                 c_in = c
         layers.append(conv_bn_act(c_in, 1280, 1))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        super().__init__(nn.Sequential(*layers), nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes)))
 
 
 # (kernel, expanded, out, SE, activation, stride) from Table 2 of the MobileNetV3 paper (small)
@@ -100,23 +108,16 @@ _V3_SMALL = (
 _ACTS: dict[str, Callable[[], nn.Module]] = {"RE": nn.ReLU, "HS": nn.Hardswish}
 
 
-class MobileNetV3Small(nn.Module):
+class MobileNetV3Small(PooledClassifier):
     def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
         layers: list[nn.Module] = [conv_bn_act(3, 16, 3, 2, act=nn.Hardswish)]
         c_in = 16
         for k, c_exp, c_out, se, act, s in _V3_SMALL:
             layers.append(InvertedResidual(c_in, c_exp, c_out, k, s, _ACTS[act], se))
             c_in = c_out
         layers.append(conv_bn_act(c_in, 576, 1, act=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.classifier = nn.Sequential(nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(1024, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        super().__init__(nn.Sequential(*layers), nn.Sequential(
+            nn.Linear(576, 1024), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(1024, num_classes)))
 
 
 def _create(cls: type[nn.Module]) -> Callable[[torch.Generator], nn.Module]:

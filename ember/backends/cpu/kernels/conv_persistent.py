@@ -13,12 +13,12 @@ What it covers: ``Conv`` / ``FusedConv`` in float32 with a constant 4-D weight (
 groups and depthwise, strides, dilations, asymmetric pads and ``auto_pad`` (oneDNN takes
 begin / end pads), a residual (oneDNN's binary-add post-op, then the activation), any activation.
 ReLU, Clip, LeakyRelu, HardSigmoid, HardSwish, Sigmoid, SiLU and Tanh (``native.eltwise``) are
-fused as oneDNN eltwise post-ops only in
-runs whose inputs are all finite (``ember.backends.cpu.half.inputs_finite``) and where nothing
-upstream can make a finite value non-finite (``finite_safe``), because oneDNN's relu / clip turn
-NaN into 0 where ONNX keeps it (issue 17); other runs, and other activations, apply the
-activation after the call, in place. Fused, they also let the layer join a chain (MobileNetV3's
-HardSwish and squeeze-excite HardSigmoid layers, EfficientNet's SiLU and Sigmoid ones).
+fused as oneDNN eltwise post-ops only in runs whose inputs are all finite
+(``ember.backends.cpu.half.inputs_finite``) and where nothing upstream can make a finite value
+non-finite (``finite_safe``), because oneDNN's relu / clip turn NaN into 0 where ONNX keeps it
+(issue 17); other runs, and other activations, apply the activation after the call, in place.
+Fused, they also let the layer join a chain (MobileNetV3's HardSwish and squeeze-excite
+HardSigmoid layers, EfficientNet's SiLU and Sigmoid ones).
 Activations are computed channels-last; where the layout plan stores the output NCHW it is
 reordered after the call, as ``mkldnn_prepacked`` does. Concat elimination: the same
 ``gemm_write_into`` as the other tactics (off by default).

@@ -210,6 +210,9 @@ Bound &bound(const Primitive &p) {
 
 using Args = std::vector<std::pair<int, memory>>;
 
+// A chain step's output type by its `run_chain` code (`dtypes`: 0 f32, 1 u8, 2 s8, 3 bf16).
+const c10::ScalarType kChainTypes[] = {torch::kFloat32, torch::kUInt8, torch::kInt8, torch::kBFloat16};
+
 // A step of a chain (`run_chain`): a convolution (`Conv`), or one of the layers between
 // convolutions that a chain may run too (`GlobalPool`, `ChannelScale`: a squeeze-excite block's
 // pooling and its scale). A step reads its input (and, where it has one, a second operand: a
@@ -457,6 +460,18 @@ dt step_dt(const std::string &dtype) {
     return to_dt(dtype);
 }
 
+// Global average pooling of [N, C, H, W] (`d`) to [N, C, 1, 1] in oneDNN's pooling (averaging in
+// float32 whatever the type): a chain's `GlobalPool` and a head's first layer.
+dnnl::pooling_forward::primitive_desc global_pool_pd(const memory::dims &d, dt type, tag src_tag, tag dst_tag) {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const memory::dims window{d[2], d[3]}, zero{0, 0};
+    return dnnl::pooling_forward::primitive_desc(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
+        memory::desc(d, type, src_tag), memory::desc({d[0], d[1], 1, 1}, type, dst_tag), window, window, zero, zero,
+        zero, attr);
+}
+
 // Global average pooling inside a chain, [N, C, H, W] -> [N, C, 1, 1] in the input's layout (a
 // squeeze-excite block's squeeze, whose output the convolution after it reads in the same layout
 // family); float32 or bf16 (oneDNN accumulates in float32). ONNX's GlobalAveragePool (and ReduceMean over H and W, keepdims).
@@ -464,8 +479,10 @@ class GlobalPool : public Step {
    public:
     GlobalPool(const std::vector<int64_t> &src_dims, const std::string &src_layout, const std::string &dst_layout,
                const std::string &dtype)
-        : GlobalPool(make(step_dims(src_dims, "a chain's global pooling"),
-                          step_tag(src_layout, dst_layout, "a chain's global pooling"), step_dt(dtype))) {}
+        : GlobalPool([&] {
+              const tag t = step_tag(src_layout, dst_layout, "a chain's global pooling");
+              return global_pool_pd(step_dims(src_dims, "a chain's global pooling"), step_dt(dtype), t, t);
+          }()) {}
 
     void check(const torch::Tensor &x, const torch::Tensor &out, const c10::optional<torch::Tensor> &residual,
                bool fused) const override {
@@ -489,16 +506,6 @@ class GlobalPool : public Step {
     explicit GlobalPool(const dnnl::pooling_forward::primitive_desc &pd)
         : src_md_(pd.src_desc()), dst_md_(pd.dst_desc()), nhwc_(is_tag(src_md_, tag::nhwc)),
           prim_(pd, {{DNNL_ARG_SRC, src_md_}, {DNNL_ARG_DST, dst_md_}}) {}
-
-    static dnnl::pooling_forward::primitive_desc make(const memory::dims &d, tag t, dt type) {
-        dnnl::primitive_attr attr;
-        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-        const memory::dims window{d[2], d[3]}, zero{0, 0};
-        return dnnl::pooling_forward::primitive_desc(
-            cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
-            memory::desc(d, type, t), memory::desc({d[0], d[1], 1, 1}, type, t), window, window, zero, zero,
-            zero, attr);
-    }
 
     memory::desc src_md_, dst_md_, none_;
     bool nhwc_;
@@ -642,12 +649,8 @@ class Layer {
         TORCH_CHECK_VALUE(groups >= 1 && weight.size(0) % groups == 0, "output channels ", weight.size(0),
                           " not divisible by groups ", groups);
         TORCH_CHECK_VALUE(strides_.size() == 2 && dilations_.size() == 2, "strides and dilations need 2 values");
-        TORCH_CHECK_VALUE(activation_ == "none" || activation_ == "relu" || activation_ == "clip" ||
-                              activation_ == "leaky_relu" || activation_ == "hardswish" ||
-                              activation_ == "hardsigmoid" || activation_ == "sigmoid" || activation_ == "silu" ||
-                              activation_ == "tanh",
-                          "activation must be none, relu, clip, leaky_relu, hardswish, hardsigmoid, sigmoid, silu "
-                          "or tanh, got '", activation_, "'");
+        dnnl::post_ops probe;
+        append_eltwise(probe, activation_, alpha_, beta_);  // an unknown activation fails here, naming the known
         weight_ = weight.contiguous();
         const int64_t oc = weight_.size(0);
         bias_ = bias ? bias->to(torch::kFloat).reshape({-1}).contiguous().clone() : torch::zeros({oc}, torch::kFloat);
@@ -771,9 +774,7 @@ class Layer {
     void release_unused() { packed_.release_unused(); }
 
    private:
-    // The layer's activation as a oneDNN post-op (none: nothing): relu; clip to [alpha, beta];
-    // leaky_relu of slope alpha; hardsigmoid max(0, min(1, alpha x + beta)) and hardswish
-    // x hardsigmoid(x) (ONNX's HardSwish: alpha 1/6, beta 0.5).
+    // The layer's activation as a oneDNN post-op (`append_eltwise`; none: nothing).
     void append_activation(dnnl::post_ops &po) const { append_eltwise(po, activation_, alpha_, beta_); }
 
     // A float layer's activations (and its binary residual's) type: bf16 or f32; the weight is
@@ -1336,16 +1337,8 @@ class HeadLayer {
         TORCH_CHECK_VALUE(layers_.empty() || layers_[0].weight.size(1) == c, "the head's input has ", c,
                           " channels, its classifier weight expects ", layers_.empty() ? 0 : layers_[0].weight.size(1));
         auto &eng = cpu_engine();
-        dnnl::primitive_attr attr;
-        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-        memory::dims sd(src_dims.begin(), src_dims.end()), pooled{n, c, 1, 1};
-        const memory::dims window{src_dims[2], src_dims[3]};
-        auto pool_pd = [&](tag dst_tag) {
-            return dnnl::pooling_forward::primitive_desc(
-                eng, dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_avg_exclude_padding,
-                memory::desc(sd, dt::f32, st), memory::desc(pooled, dt::f32, dst_tag), window, window,
-                memory::dims{0, 0}, memory::dims{0, 0}, memory::dims{0, 0}, attr);
-        };
+        const memory::dims sd(src_dims.begin(), src_dims.end());
+        auto pool_pd = [&](tag dst_tag) { return global_pool_pd(sd, dt::f32, st, dst_tag); };
         if (layers_.empty()) {  // [N, C, 1, 1] row-major: the same bytes as [N, C]
             std::vector<int64_t> out = flat ? std::vector<int64_t>{n, c} : std::vector<int64_t>{n, c, 1, 1};
             return std::make_unique<Head>(pool_pd(tag::nchw), std::vector<Dense>{}, out);
@@ -1447,7 +1440,7 @@ torch::Tensor execute_chain(const std::vector<Step *> &convs, const torch::Tenso
                             const std::vector<int64_t> &dtypes, const Head *head,
                             const c10::optional<torch::Tensor> &times, const std::vector<bool> *trusted = nullptr) {
     const size_t n = convs.size();
-    const c10::ScalarType types[] = {torch::kFloat32, torch::kUInt8, torch::kInt8, torch::kBFloat16};
+    const auto &types = kChainTypes;
     double *ms = nullptr;
     if (times) {
         TORCH_CHECK_VALUE(times->device().is_cpu() && times->scalar_type() == at::kDouble && times->is_contiguous() &&
@@ -1485,6 +1478,11 @@ torch::Tensor execute_chain(const std::vector<Step *> &convs, const torch::Tenso
         // an earlier step's output that no later step reads (nor this one as its input) may be
         // this step's output buffer
         auto free_after = [&](int64_t k) { return in_place && k >= 0 && k != src[i] && last[k] == int64_t(i); };
+        // the second operand (a residual, a scale's factors), as the step reads it
+        auto residual = [&]() -> c10::optional<torch::Tensor> {
+            if (res[i] == -2) return c10::nullopt;
+            return res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
+        };
         const bool float_out = dtypes[i] == 0 || dtypes[i] == 3;
         if (sum[i] == -2 && float_out && free_after(res[i]) && outs[res[i]].scalar_type() == types[dtypes[i]] &&
             convs[i]->has_summed() && fused[i] == convs[i]->has_fused()) {
@@ -1492,14 +1490,12 @@ torch::Tensor execute_chain(const std::vector<Step *> &convs, const torch::Tenso
             convs[i]->execute_summed(in, outs[i]);
         } else if (in_place && convs[i]->in_place() && src[i] >= 0 && last[src[i]] == before &&
                    in.scalar_type() == types[dtypes[i]]) {  // a scale over its input, read by no later step
-            c10::optional<torch::Tensor> r;
-            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
+            const auto r = residual();
             outs[i] = in;
             if (trusted == nullptr || !(*trusted)[i]) convs[i]->check(in, outs[i], r, fused[i]);
             convs[i]->execute(in, outs[i], r, fused[i]);
         } else {
-            c10::optional<torch::Tensor> r;
-            if (res[i] != -2) r = res[i] < 0 ? input_as(convs[i]->residual_md()) : outs[res[i]];
+            const auto r = residual();
             if (sum[i] != -2) {  // INT8, a scale with a residual: the output starts as the residual, summed into
                 // the chain's input as the step lays out its output (a float step of a blocked chain
                 // reads it reordered); 8-bit bytes are read as the output's type (u8 and s8 alike)
@@ -1586,8 +1582,7 @@ class ChainPlan {
         if (!(convs_[src_[i]]->dst_desc() == s->src_desc())) return false;
         if (res_[i] >= 0 && !(convs_[res_[i]]->dst_desc() == s->residual_md())) return false;
         if (fused_[i] && !s->has_fused()) return false;
-        const c10::ScalarType types[] = {torch::kFloat32, torch::kUInt8, torch::kInt8, torch::kBFloat16};
-        if (to_scalar(s->dst_desc().get_data_type()) != types[dtypes_[i]]) return false;  // the output's type
+        if (to_scalar(s->dst_desc().get_data_type()) != kChainTypes[dtypes_[i]]) return false;  // the output's type
         return !s->in_place() || s->dst_desc() == s->src_desc();
     }
 

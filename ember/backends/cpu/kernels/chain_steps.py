@@ -94,9 +94,9 @@ def _maker(make: Callable[[list[int], str, str], Any], shape: tuple[int, ...]) -
 
 def pool_link(node: Node, ctx: CompileContext) -> Optional[ChainLink]:
     """The ``ChainLink`` of a GlobalAveragePool that a chain may run, or None."""
-    dtype = _step_dtype(node, ctx) if len(node.inputs) == 1 else None
-    shape = _static_float(ctx, node.inputs[0]) if dtype is not None else None
-    if shape is None:
+    shape = _static_float(ctx, node.inputs[0]) if len(node.inputs) == 1 else None
+    dtype = _step_dtype(node, ctx) if shape is not None else None  # after the cheap checks: it may scan the graph
+    if dtype is None:
         return None
     from ember.backends.cpu import native
 
@@ -152,11 +152,13 @@ def _scale_link(node: Node, ctx: CompileContext, operands: tuple[int, ...], resi
     output's shape, the other its [N, C, 1, 1] gate, either order), with input ``residual`` (of the
     output's shape) summed in and ``act`` after, or None: every input computed (a constant is no
     chain's tensor), every shape static."""
-    dtype = _step_dtype(node, ctx) if all(node.inputs) else None
-    if dtype is None or any(ctx.const(name) is not None for name in node.inputs):
+    if not all(node.inputs) or any(ctx.const(name) is not None for name in node.inputs):
         return None
     out = _static_float(ctx, node.outputs[0])
     if out is None or (residual is not None and _static_float(ctx, node.inputs[residual]) != out):
+        return None
+    dtype = _step_dtype(node, ctx)  # after the cheap checks (BERT's Muls are 3-D): it may scan the graph
+    if dtype is None:
         return None
     gate = (out[0], out[1], 1, 1)
     for big, small in (operands, tuple(reversed(operands))):

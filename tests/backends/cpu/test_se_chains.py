@@ -167,33 +167,50 @@ def test_a_squeeze_excite_block_runs_in_one_chain_as_onnx_runtime_computes_it(
 
 
 def _mul_model(other: str) -> onnx.ModelProto:
-    """conv -> Mul(c1, f) -> conv, where ``other`` says what f is: a constant [1, C, 1, 1] ("const")
-    or the first conv's own output ("square": equal shapes)."""
+    """conv -> Mul(c1, f) -> conv, where ``other`` says what f is: a constant [1, C, 1, 1] ("const"),
+    the first conv's own output ("square": equal shapes), or a graph input [N, C, 1, 1] ("input": a
+    gate from outside any chain)."""
     rng = np.random.default_rng(9)
     f = "c1" if other == "square" else "f"
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Mul", ["c1", f], ["m"]),
              helper.make_node("Conv", ["m", "w2"], ["y"])]
     inits = [numpy_helper.from_array((rng.standard_normal((C, C, 1, 1)) * 0.3).astype(np.float32), n)
              for n in ("w1", "w2")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, HW, HW])]
     if other == "const":
         inits.append(numpy_helper.from_array(rng.standard_normal((1, C, 1, 1)).astype(np.float32), "f"))
-    g = helper.make_graph(nodes, "mul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, HW, HW])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    if other == "input":
+        inputs.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, [N, C, 1, 1]))
+    g = helper.make_graph(nodes, "mul", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("other", ["const", "square"])
-def test_a_mul_that_is_no_channel_scale_stays_out_of_chains(ext: Any, other: str):
-    """A Mul by a constant (folded into the convolution by the optimizer, or left) or of two equal
-    shapes is no squeeze-excite scale: it never joins a chain, and the engine is right."""
+@pytest.mark.parametrize("other", ["const", "square", "input"])
+def test_a_mul_that_is_no_chains_scale_runs_on_its_own(ext: Any, other: str):
+    """A Mul by a constant is folded into the convolution before it; a Mul of two equal shapes is no
+    channel scale (no chain link); a scale whose gate comes from outside the chain (a graph input)
+    has a link but no chain can take it. The last two run as steps of their own, and every engine
+    computes what ONNX Runtime computes."""
+    import onnxruntime as ort
+
     model = _mul_model(other)
     engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
     program = engine.compile()
-    assert all(getattr(s.kernel, "chain_link", None) is None for s in program.steps if s.kind == "Mul")
-    assert all("Mul" not in n for n in _chains(engine))
+    muls = [s for s in program.steps if s.kind == "Mul"]
+    if other == "const":
+        assert not muls
+    else:
+        assert len(muls) == 1 and (getattr(muls[0].kernel, "chain_link", None) is not None) == (other == "input")
+        assert [s.kind for s in program.chained or program.steps].count("Mul") == 1  # a step of its own
     x, bad = _inputs()
+    gate = np.random.default_rng(13).standard_normal((N, C, 1, 1)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     with engine.create_context() as c:
-        assert_runs_like_ort(model, [c], x, bad, tol=1e-5)
+        for feed in (x, bad):
+            feeds = {"x": feed, **({"f": gate} if other == "input" else {})}
+            got, want = c.infer(feeds)["y"], sess.run(None, feeds)[0]
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 1e-5
 
 
 def test_squeeze_excite_steps_stay_out_of_int8_builds(ext: Any):

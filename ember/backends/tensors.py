@@ -117,14 +117,17 @@ def _as_f64(x: ArrayLike) -> torch.Tensor:
 
 def random_tensor(t: TensorType, device: torch.device,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """A tensor of static type ``t`` to run or time a kernel with: N(0, 1) floats (drawn on the
-    CPU from ``generator`` when given, so every device sees the same values), zeros for integers
-    (always valid indices, shapes and axes), ones for booleans (an all-true mask)."""
+    """A tensor of static type ``t`` to run or time a kernel with: N(0, 1) floats (drawn where
+    ``generator`` lives when one is given, so a seeded generator gives the same values every time),
+    zeros for integers (always valid indices, shapes and axes), ones for booleans (an all-true
+    mask). Give a CUDA tensor a CUDA generator: drawn on the CPU, a batch-256 activation took about
+    0.2 s (the twenty-first session's INT8 ResNet-50 build spent 56 s of its three builds there)."""
     dtype = torch_dtype(t.dtype)
     shape = tuple(int(d) for d in t.shape)
     if dtype.is_floating_point:
         if generator is not None:
-            return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+            drawn = torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
+            return drawn.to(device=device, dtype=dtype)
         return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
     if dtype == torch.bool:
         return torch.ones(shape, dtype=dtype, device=device)

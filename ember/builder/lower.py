@@ -62,14 +62,15 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     """The plan's layers, in execution order (``layers[i]`` runs ``graph.nodes[i]``), and
     tuning facts (layers timed, timing-cache hits) for the build info."""
     selector, cache = make_selector(graph, records, config, backend, device_key)
-    nodes = graph.nodes if progress is None else progress.track(graph.nodes, "tactics")
+    todo = [(node, _candidates(backend, node, graph, records), layer_precision(node, records, config),
+             backend.fallback_tactics) for node in graph.nodes]
+    selector.precompile(graph, todo)  # what timing will compile, compiled together (CUDA: Triton's kernels)
+    steps = todo if progress is None else progress.track(todo, "tactics")
     layers = []
     timed = from_cache = 0
     fell_back: dict[str, int] = {}
-    for node in nodes:
-        precision = layer_precision(node, records, config)
-        choice = selector.select(node, graph, _candidates(backend, node, graph, records), precision,
-                                 backend.fallback_tactics)
+    for node, candidates, precision, fallbacks in steps:
+        choice = selector.select(node, graph, candidates, precision, fallbacks)
         timed += bool(choice.timings) and not choice.cached
         from_cache += choice.cached
         runs = backend.effective_precision(node, choice.tactic, precision)

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,14 +161,7 @@ class TacticSelector:
         if len(candidates) == 1 or self.timer is None:
             return Choice(candidates[0], {})
         timer = self.timer
-        primary = [c for c in candidates if c not in fallbacks] or list(candidates)
-        if self.cache is not None and (self._producers is None or self._producers[0] is not graph):
-            self._producers = (graph, graph.producers())
-        sig = (layer_signature(node, graph, self.records, precision, self._producers[1])  # type: ignore[index]
-               if self.cache is not None else "")
-        cached = self.cache.get(sig) if self.cache is not None else None
-        from_cache = cached is not None and all(c in cached for c in primary)
-        timings = {c: cached[c] for c in candidates if c in cached} if cached is not None and from_cache else {}
+        primary, sig, timings = self._known(node, graph, candidates, precision, fallbacks)
         fresh = {c: timer(node, graph, c, precision) for c in primary if c not in timings}
         if not any(math.isfinite(t) for t in (timings | fresh).values()):
             fresh |= {c: timer(node, graph, c, precision) for c in candidates
@@ -177,6 +170,42 @@ class TacticSelector:
         if fresh and self.cache is not None:
             self.cache.put(sig, timings)
         return Choice(_fastest(candidates, timings), timings, cached=not fresh)
+
+    def _known(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision,
+               fallbacks: Collection[str]) -> tuple[list[str], str, dict[str, float]]:
+        """(the candidates timed first, the layer's timing-cache key, the timings the cache already
+        holds: all of them, or none when a first-timed candidate is missing)."""
+        primary = [c for c in candidates if c not in fallbacks] or list(candidates)
+        if self.cache is None:
+            return primary, "", {}
+        if self._producers is None or self._producers[0] is not graph:
+            self._producers = (graph, graph.producers())
+        sig = layer_signature(node, graph, self.records, precision, self._producers[1])
+        cached = self.cache.get(sig)
+        if cached is None or not all(c in cached for c in primary):
+            return primary, sig, {}
+        return primary, sig, {c: cached[c] for c in candidates if c in cached}
+
+    def precompile(self, graph: Graph,
+                   layers: Iterable[tuple[Node, Sequence[str], Precision, Collection[str]]]) -> None:
+        """Before any layer is timed: hands the timer, at once, every (layer, precision, candidates
+        that ``select`` will time) of ``layers`` (node, candidates, precision, fallbacks), so it can
+        prepare them together. The CUDA timer compiles their Triton kernels in parallel (one at a
+        time, compiling was most of an INT8 ResNet-50's cold build). A timer without a
+        ``precompile(graph, jobs)`` method skips this."""
+        prepare = getattr(self.timer, "precompile", None)
+        if prepare is None:
+            return
+        jobs = []
+        for node, candidates, precision, fallbacks in layers:
+            if len(candidates) < 2:
+                continue
+            primary, _, timings = self._known(node, graph, candidates, precision, fallbacks)
+            todo = [c for c in primary if c not in timings]
+            if todo:
+                jobs.append((node, precision, todo))
+        if jobs:
+            prepare(graph, jobs)
 
 
 def _fastest(candidates: Sequence[str], timings: Mapping[str, float]) -> str:

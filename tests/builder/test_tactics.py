@@ -89,6 +89,48 @@ def test_timing_cache_spares_the_second_build(tmp_path):
     assert json.loads(path.read_text())["device_key"] == "cpu:test"
 
 
+class _PreparingTimer:
+    """A timer with ``precompile``: records what it was handed before any timing, then times."""
+
+    def __init__(self, times):
+        self.times, self.jobs, self.timed = times, [], []
+
+    def precompile(self, graph, jobs):
+        self.jobs.append([(node.name, precision, list(tactics)) for node, precision, tactics in jobs])
+
+    def __call__(self, node, graph, tactic, precision):
+        self.timed.append(tactic)
+        return self.times[tactic]
+
+
+def test_precompile_hands_the_timer_exactly_what_select_will_time(tmp_path):
+    """``precompile`` passes every layer's not-yet-cached first-timed candidates, once, and skips
+    single-candidate layers, fallbacks and layers the timing cache answers."""
+    g = _graph()
+    node = g.nodes[0]
+    other = Node("mm2", OpType.MATMUL, ("c", "b"), ("d",))
+    g2 = Graph("g", [node, other], ["a"], ["d"], dict(g.types, d=g.types["c"]), g.constants)
+    timer = _PreparingTimer({"a": 2.0, "b": 1.0, "fb": 0.5})
+    cache = TimingCache.open(tmp_path / "cache.json", "cpu:test")
+    sel = TacticSelector(timer, cache)
+    layers = [(node, ["a", "b", "fb"], Precision.FP32, {"fb"}), (other, ["only"], Precision.FP32, set())]
+    sel.precompile(g2, layers)
+    assert timer.jobs == [[("mm", Precision.FP32, ["a", "b"])]] and timer.timed == []
+    assert sel.select(node, g2, ["a", "b", "fb"], Precision.FP32, {"fb"}).tactic == "b"
+    assert timer.timed == ["a", "b"]
+    sel.precompile(g2, layers)  # all cached now: nothing to prepare, and the timer is not called
+    assert len(timer.jobs) == 1
+
+
+def test_precompile_is_skipped_for_a_timer_without_it():
+    g = _graph()
+    calls = []
+    sel = TacticSelector(timer=lambda *a: calls.append(a) or 1.0)
+    sel.precompile(g, [(g.nodes[0], ["a", "b"], Precision.FP32, set())])
+    TacticSelector().precompile(g, [(g.nodes[0], ["a", "b"], Precision.FP32, set())])
+    assert calls == []
+
+
 def test_signature_depends_on_types_and_precision():
     a, b = _graph(4), _graph(8)
     sig = layer_signature(a.nodes[0], a, Records(), Precision("fp32"))

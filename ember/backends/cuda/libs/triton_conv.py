@@ -54,7 +54,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ember.backends.cuda.libs import triton_modules
+from ember.backends.cuda.libs import launch, triton_modules
 from ember.backends.cuda.libs.triton_fp8 import E4M3_MAX
 from ember.ops.attrs import Activation
 
@@ -201,7 +201,7 @@ def conv2d(x: torch.Tensor, weight: PackedWeight, bias: Optional[torch.Tensor],
     res = residual if residual is not None else out
     inv_x, col_scales = (1.0 / fp8[0], fp8[1]) if fp8 is not None else (1.0, out)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
-    conv2d_nhwc_kernel[grid](
+    launch(conv2d_nhwc_kernel, grid,
         x, weight.data, bias if bias is not None else out, res, out, col_scales, float(inv_x),
         m, h, w, weight.cin, oh, ow, weight.cout,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), weight.data.stride(0),

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ember.backends.cuda.libs import triton_modules
+from ember.backends.cuda.libs import launch, triton_modules
 from ember.backends.cuda.libs.triton_conv import TileConfig
 from ember.ops.attrs import Activation
 
@@ -77,7 +77,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     bk = min(config.block_k, max(32 if fp8 else 16, 1 << (k - 1).bit_length()))  # FP8 MMA: K in 32s
     p0, p1 = epilogue_params(act, act_params)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, bn),)
-    gemm_epilogue_kernel[grid](
+    launch(gemm_epilogue_kernel, grid,
         x, weight, bias if bias is not None else weight, out, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), float(p0), float(p1), float(scale or 1.0),
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, ACT=ACT_CODES[act], EVEN_K=k % bk == 0, GROUP_M=8,

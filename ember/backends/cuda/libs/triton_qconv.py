@@ -54,7 +54,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ember.backends.cpu.kernels.qlayers import quantize_weight
-from ember.backends.cuda.libs import triton_modules
+from ember.backends.cuda.libs import launch, triton_modules
 from ember.backends.cuda.libs.triton_conv import TileConfig, output_hw
 from ember.ops.attrs import Activation
 
@@ -391,7 +391,7 @@ def _launch(x: torch.Tensor, xs: tuple, m: int, h: int, w: int, oh: int, ow: int
     inv_ptr = io.x_inv if smooth else weight.mult  # any pointer when unused
     t = tma_operands(x, xs, m, (h, w), (oh, ow), weight, residual, rs, out, ys, stride, tiles)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.cout, bn),)
-    qconv_nhwc_kernel[grid](
+    launch(qconv_nhwc_kernel, grid,
         t.a, t.b, t.r, t.y,
         x, weight.data, weight.mult, weight.corr, bias if bias is not None else weight.mult, res, out, inv_ptr,
         m, h, w, weight.cin, oh, ow, weight.cout,

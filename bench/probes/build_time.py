@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import logging
 import os
 import pstats
 import sys
@@ -64,6 +65,8 @@ def main() -> None:
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("ember.backends.cuda.tuning").setLevel(logging.INFO)  # what was compiled ahead, and how long
     path = zoo.export_onnx(args.model, batch=args.batch)
     calib = [zoo.sample_inputs(args.model, args.batch, seed=1000)]
     kw = {}

@@ -227,10 +227,11 @@ def _finite_steps(node: Node) -> bool:
     return node.attrs is not None and all(step.op in FINITE_OPS for step in node.attrs.steps)
 
 
-def finite_safe(node: Node, graph: Graph) -> bool:
+def finite_safe(node: Node, graph: Optional[Graph]) -> bool:
     """Whether every float input of ``node`` is finite whenever the graph's inputs are: only ops of
-    ``FINITE_OPS`` upstream, every constant finite."""
-    return node.name in _finite_safe(graph)
+    ``FINITE_OPS`` upstream, every constant finite. Without its graph (a layer compiled on its own,
+    as a CUDA test's CPU reference is) nothing is known: ``False``."""
+    return graph is not None and node.name in _finite_safe(graph)
 
 
 def finite_or_exact(fast: Kernel, exact: Kernel) -> Kernel:

@@ -311,6 +311,29 @@ def test_a_scale_whose_relu_could_meet_an_overflow_stays_out_of_chains(ext: Any)
         assert_runs_like_ort(model, [ctx], x, bad, tol=1e-5)
 
 
+def test_the_se_resnet_scale_compiled_without_its_graph_runs_and_offers_no_chain_step():
+    """Compiled on its own (no graph, as the CUDA tests' CPU reference compiles it), nothing says its
+    inputs are finite: the kernel runs, NaN stays NaN, and it offers no fused-ReLU chain step (this
+    raised AttributeError in the twentieth session's code)."""
+    import torch
+
+    from ember.backends.base import CompileContext
+    from ember.backends.cpu.kernels.fused import fused_elementwise
+    from ember.ir import Node, OpType
+    from ember.ops.attrs import FusedElementwiseAttrs, FusedStep
+
+    steps = (FusedStep(OpType.MUL, (0, 1)), FusedStep(OpType.ADD, (3, 2)),
+             FusedStep(OpType.RELU, (4,)))
+    node = Node("se", OpType.FUSED_ELEMENTWISE, ("x", "g", "r"), ("y",), FusedElementwiseAttrs(steps))
+    kernel = fused_elementwise(node, CompileContext(None, {}, torch.device("cpu")))
+    assert getattr(kernel, "chain_link", None) is None
+    x, g, r = torch.randn(2, 8, 3, 3), torch.rand(2, 8, 1, 1), torch.randn(2, 8, 3, 3)
+    x[0, 0, 0, 0] = float("nan")
+    got = kernel([x, g, r])[0]
+    want = torch.relu(x * g + r)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.allclose(got.nan_to_num(), want.nan_to_num())
+
+
 def test_a_channel_scale_refuses_a_fused_flag_that_does_not_match_it(ext: Any):
     import torch
 

@@ -314,22 +314,10 @@ def linear_triton_epilogue(node: Node, ctx: CompileContext) -> Kernel:
 
 
 def _fused_triton_gemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
-    """The product of a constant weight and an untransposed input, with an activation Triton's
-    epilogue computes and either cuBLASLt cannot fuse (erf GELU, SiLU, clip, ...) or, in a
-    half-precision layer, any (none included). Replayed in a CUDA graph, each cuBLAS GEMM brings a
-    memset and a gap before the next kernel: the twenty-first session's fp16 BERT-base b128 engine
-    on the H100 spent 0.72 ms between its kernels (5.79 ms of kernels), its INT8 engine, whose 48
-    GEMMs are Triton's, 0.08 ms. The tactic timer times candidates in CUDA graphs, so it sees that
-    cost and picks per layer."""
-    from ember.backends.cuda.libs.triton_ops import EPILOGUE_ACTIVATIONS
-
-    a = node.attrs
-    if not isinstance(a, FusedGemmAttrs) or gemm_attrs(node).trans_a or not linear_applies(node, graph):
-        return False
-    if _triton_applies(node, graph, records) and _lt_epilogue(a.activation) is None:
-        return True
-    return (a.activation in EPILOGUE_ACTIVATIONS and records is not None
-            and records.precision.of(node.name, Precision.FP32) in (Precision.FP16, Precision.BF16))
+    """An activation cuBLASLt cannot fuse (erf GELU, SiLU, clip, ...), that Triton's epilogue
+    computes; the product of a constant weight and an untransposed input."""
+    return (_triton_applies(node, graph, records) and _lt_epilogue(node.attrs.activation) is None
+            and not gemm_attrs(node).trans_a)
 
 
 def _triton_gemm_factory(config: TileConfig) -> Callable[[Node, CompileContext], Kernel]:

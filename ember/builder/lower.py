@@ -12,6 +12,7 @@ on this machine (with the timing cache of ``config.timing_cache``), else the bac
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -64,7 +65,10 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     selector, cache = make_selector(graph, records, config, backend, device_key)
     todo = [(node, _candidates(backend, node, graph, records), layer_precision(node, records, config),
              backend.fallback_tactics) for node in graph.nodes]
-    selector.precompile(graph, todo)  # what timing will compile, compiled together (CUDA: Triton's kernels)
+    # what timing will compile, compiled together first (CUDA: Triton's kernels, in parallel)
+    ahead = progress is not None and getattr(selector.timer, "precompile", None) is not None
+    with progress.phase("compile kernels") if progress is not None and ahead else contextlib.nullcontext():
+        selector.precompile(graph, todo)
     steps = todo if progress is None else progress.track(todo, "tactics")
     layers = []
     timed = from_cache = 0

@@ -10,6 +10,10 @@
 #   layers       bench/probes/engine_layers.py: ResNet-50 b256 fp16 and INT8 per layer, with every
 #                tactic the timer refused and why (refused-*.log)
 #   conv-probe   bench/probes/cudnn_int8_fp8_conv.py: cuDNN INT8/FP8 against fp16 per ResNet-50 layer
+#   gemm-gaps    bench/probes/cuda_gemm_graph_gaps.py: the time cuBLAS GEMMs leave between kernels in a CUDA
+#                graph (BERT-base b128's 48), by cuBLAS setting (twenty-first session: 0.72 ms of the fp16
+#                engine's 6.51 ms a forward fell between kernels, 0.08 ms in the Triton-GEMM INT8 engine)
+#   build-time   bench/probes/build_time.py: a cold INT8 ResNet-50 b256 build by category (twenty-first: 55 s)
 #   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial, then --engine-kernel: the stride-1
 #                3x3 INT8 layers as shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and
 #                cuDNN fp16, then the engine's kernel with TMA off / on / on with EMBER_TRITON_TMA_SHIFT=1
@@ -73,6 +77,10 @@ for step in $STEPS; do
                     --quantized int8 --out "$OUT" ;;
         conv-probe) run conv-probe "${PROBE_S:-150}" python3 bench/probes/cudnn_int8_fp8_conv.py \
                         --out "$OUT/cudnn-int8-fp8.json" ;;
+        gemm-gaps) run gemm-gaps "${PROBE_S:-150}" python3 bench/probes/cuda_gemm_graph_gaps.py \
+                       --out "$OUT/gemm-gaps.json" ;;
+        build-time) run build-time "${PROBE_S:-150}" python3 bench/probes/build_time.py --model resnet-50 \
+                        --batch 256 --precision int8 --out "$OUT" ;;
         int8-3x3) run int8-3x3 "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py --spatial \
                       --out "$OUT/int8-3x3.json"
                   run int8-engine "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py \

@@ -191,7 +191,7 @@ class TacticSelector:
         """Before any layer is timed: hands the timer, at once, every (layer, precision, candidates
         that ``select`` will time) of ``layers`` (node, candidates, precision, fallbacks), so it can
         prepare them together. The CUDA timer compiles their Triton kernels in parallel (one at a
-        time, compiling was most of an INT8 ResNet-50's cold build). A timer without a
+        time, compiling took half of a cold INT8 ResNet-50 build). A timer without a
         ``precompile(graph, jobs)`` method skips this."""
         prepare = getattr(self.timer, "precompile", None)
         if prepare is None:

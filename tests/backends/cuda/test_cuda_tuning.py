@@ -390,3 +390,83 @@ def test_inputs_are_timed_as_the_engine_stores_them():
                                                             "plain": Precision.FP32}))
     assert layer_signature(g.nodes[3], g, records, Precision.FP16) != layer_signature(g.nodes[3], g, other,
                                                                                       Precision.FP16)
+
+
+class _FakeJit:
+    """A Triton kernel stand-in: records warm-ups (compiles started) and launches."""
+
+    def __init__(self):
+        self.warmed, self.launched = 0, 0
+
+    def warmup(self, *args, grid, **kw):
+        self.warmed += 1
+
+    def __getitem__(self, grid):
+        def run(*args, **kw):
+            self.launched += 1
+        return run
+
+
+class _AsyncCompileMode:
+    def __init__(self, pool, ignore_errors=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class TritonishBackend(FakeBackend):
+    """Two Triton tactics (one fails to build) and a library one; the Triton ones launch through
+    ``libs.launch``, then compute their output with torch (what the launch would have written)."""
+
+    def __init__(self):
+        super().__init__()
+        self.jit = _FakeJit()
+
+    def tactics(self, node, graph, records=None):
+        return ["cudnn", "triton_good", "triton_broken"]
+
+    def compile_node(self, node, ctx: CompileContext):
+        from ember.backends.cuda import libs
+
+        self.compiled.append(ctx.tactic)
+        if ctx.tactic == "triton_broken":
+            raise RuntimeError("no such tile here")
+
+        def run(ins):
+            if ctx.tactic.startswith("triton"):
+                libs.launch(self.jit, (1,), ins[0])
+            return [torch.softmax(ins[0], -1)]
+        return run
+
+
+def test_precompile_starts_only_the_triton_tactics_compiles_then_timing_runs_as_before(monkeypatch):
+    """``CudaTacticTimer.precompile`` builds and runs each Triton tactic once inside
+    ``compiling_ahead`` (its launch only starts a compile), leaves library tactics and tactics that
+    fail to build to their timing (which refuses them with the reason), and keeps no input or
+    reference of that pass: the timing afterwards chooses as it would without it."""
+    from ember.backends.cuda import libs
+
+    class Triton:
+        AsyncCompileMode = _AsyncCompileMode
+
+    monkeypatch.setattr(libs, "triton_modules", lambda: (Triton, None))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("EMBER_TRITON_PRECOMPILE", raising=False)
+    node, g = _node()
+    backend = TritonishBackend()
+    ms = {"cudnn": 2.0, "triton_good": 1.0}
+    timer = CudaTacticTimer(backend, {}, torch.device("cpu"), Records(),
+                            measure=lambda fn: ms[backend.compiled[-1]])
+    selector = TacticSelector(timer)
+    selector.precompile(g, [(node, backend.tactics(node, g), Precision.FP16, set())])
+    assert backend.compiled == ["triton_good", "triton_broken"]  # no library tactic, no reference
+    assert backend.jit.warmed == 1 and backend.jit.launched == 0
+    assert timer._inputs == {} and timer._refs == {}
+    backend.compiled.clear()
+    choice = selector.select(node, g, backend.tactics(node, g), Precision.FP16)
+    assert choice.tactic == "triton_good" and backend.jit.launched > 0 and backend.jit.warmed == 1
+    assert "no such tile" in timer.rejected[(node.name, "triton_broken")]

@@ -313,3 +313,40 @@ def test_nan_propagates_through_every_unary_step_on_the_gpu():
     from tritonkit import run_triton_check
 
     run_triton_check(_NAN_CHECK, "cuda")
+
+
+# ---- the GPU tests' scale chains, under Triton's interpreter in CI -----------------------------
+# The GPU tests compare each kernel with the CPU backend's FusedElementwise compiled on its own (no
+# graph). A squeeze-excite scale (Mul, then Add and ReLU) is also a CPU chain step, whose check once
+# raised on a graph-less compile: only the GPU run showed it. These run the same chains on the CPU.
+_SCALE_CHAINS = r"""
+import sys
+import torch
+from test_triton_elementwise import S, _run, _close
+from ember.ir import OpType
+
+dev = torch.device(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 24, 7, 5, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
+r = torch.randn(2, 24, 7, 5, generator=g).to(dev)
+gate = torch.rand(1, 24, 1, 1, generator=g).to(dev)
+x[0, 0, 0, 0] = float("nan")
+got, ref = _run([S(OpType.MUL, (2, 0)), S(OpType.ADD, (3, 1)), S(OpType.RELU, (4,))], [x, r, gate], torch.float32)
+_close(got, ref, torch.float32)
+assert bool(got[0, 0, 0, 0].isnan())
+a, b = torch.randn(3, 17, 13, generator=g).to(dev), torch.randn(13, generator=g).to(dev) * 2.0
+for op in (OpType.RELU, OpType.SIGMOID):
+    got, ref = _run([S(OpType.MUL, (0, 1)), S(op, (2,))], [a, b], torch.float32)
+    _close(got, ref, torch.float32)
+print("ok")
+"""
+
+
+def test_scale_chains_match_the_cpu_reference_under_tritons_interpreter():
+    import importlib.util
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        pytest.skip("CPU check under Triton's interpreter (the GPU tests run these with -m cuda)")
+    from tritonkit import run_triton_check
+
+    run_triton_check(_SCALE_CHAINS, "cpu")

@@ -131,6 +131,43 @@ def test_precompile_is_skipped_for_a_timer_without_it():
     assert calls == []
 
 
+def test_lower_compiles_ahead_as_a_build_phase_of_its_own_before_any_timing():
+    """``lower`` hands a timer with ``precompile`` every layer to prepare before the first timing,
+    as the build's "compile kernels" phase; a build whose timer has none shows no such phase."""
+    from ember.builder.lower import lower
+    from ember.builder.progress import BuildProgress
+
+    class Backend:
+        fallback_tactics: frozenset = frozenset()
+
+        def __init__(self, timer):
+            self.timer = timer
+
+        def supports(self, node):
+            return True
+
+        def tactics(self, node, graph, records=None):
+            return ["a", "b"]
+
+        def make_timer(self, constants, device, records, config):
+            return self.timer
+
+        def effective_precision(self, node, tactic, precision):
+            return precision
+
+    g = _graph()
+    config = BuildConfig(device="cpu", tune_cpu=True)
+    timer = _PreparingTimer({"a": 2.0, "b": 1.0})
+    with BuildProgress(enabled=False) as progress:
+        layers, info = lower(g, Records(), config, Backend(timer), "cpu:test", progress)
+    assert timer.jobs == [[("mm", Precision.FP32, ["a", "b"])]] and timer.timed == ["a", "b"]
+    assert layers[0].tactic == "b" and [name for name, _ in progress.times] == ["compile kernels", "tactics"]
+    plain = Backend(lambda node, graph, tactic, precision: {"a": 2.0, "b": 1.0}[tactic])
+    with BuildProgress(enabled=False) as progress:
+        layers, _ = lower(g, Records(), config, plain, "cpu:test", progress)
+    assert layers[0].tactic == "b" and [name for name, _ in progress.times] == ["tactics"]
+
+
 def test_signature_depends_on_types_and_precision():
     a, b = _graph(4), _graph(8)
     sig = layer_signature(a.nodes[0], a, Records(), Precision("fp32"))

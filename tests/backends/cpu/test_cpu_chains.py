@@ -136,6 +136,27 @@ def test_run_chain_computes_its_steps_and_refuses_a_step_reading_a_later_one(ext
         ext.run_chain([conv], x, [-1], [-2], [-1], [0], [False], [1])
 
 
+@pytest.mark.parametrize("size", [3, 96], ids=["small", "pooled"])  # below / above the pool's 0.25 MB
+def test_a_chains_output_is_an_ordinary_tensor_its_caller_owns(ext: Any, size: int):
+    """The chain makes its step tensors without the dispatcher (``BufferPool.wrap``): the output it
+    returns is an ordinary float32 channels-last CPU tensor on its own resizable storage, and the
+    next run writes elsewhere."""
+    import torch
+
+    w = torch.randn(8, 8, 1, 1)
+    conv = ext.Layer(w, None, [1, 1], [1, 1], 1).prepare([1, 8, size, size], [0, 0], [0, 0])
+    x = torch.randn(1, 8, size, size).contiguous(memory_format=torch.channels_last)
+    y = ext.run_chain([conv, conv], x, [-1, 0], [-2, -2], [-2, -2], [1, 1], [False, False], [0, 0])
+    kept = y.clone()
+    again = ext.run_chain([conv, conv], x * 2, [-1, 0], [-2, -2], [-2, -2], [1, 1], [False, False], [0, 0])
+    assert y.dtype == torch.float32 and y.device.type == "cpu" and y.storage_offset() == 0
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.untyped_storage().resizable()
+    assert y.untyped_storage().data_ptr() != again.untyped_storage().data_ptr() and torch.equal(y, kept)
+    torch.testing.assert_close(again, 2 * y, rtol=1e-5, atol=1e-5)
+    y.resize_(y.numel() * 2)  # its own storage: the caller may even grow it
+    assert y.numel() == 2 * kept.numel()
+
+
 def test_a_chain_plan_checks_once_keeps_its_steps_and_runs_as_run_chain(ext: Any):
     """``ChainPlan`` takes ``run_chain``'s description once (refusing a bad one when made), keeps
     its steps alive after Python drops them, and each run computes what ``run_chain`` computes."""

@@ -28,6 +28,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1100,11 +1101,7 @@ class BufferPool {
     // may keep later) from `min_bytes` up, a plain allocation below.
     torch::Tensor output(const std::vector<int64_t> &dims, c10::ScalarType type) {
         const int64_t bytes = c10::multiply_integers(dims) * static_cast<int64_t>(c10::elementSize(type));
-        if (bytes < min_bytes_)
-            return torch::empty(dims, torch::TensorOptions().dtype(type).memory_format(c10::MemoryFormat::ChannelsLast));
-        auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
-        t.set_(take(bytes), 0, dims, c10::get_channels_last_strides_2d(dims));
-        return t;
+        return wrap(bytes < min_bytes_ ? fresh(bytes) : take(bytes), dims, c10::get_channels_last_strides_2d(dims), type);
     }
 
     // A buffer for a tensor of descriptor `md` and `type`: `output` where `md` is channels-last
@@ -1116,10 +1113,26 @@ class BufferPool {
         }
         const int64_t size = static_cast<int64_t>(c10::elementSize(type));
         const int64_t n = (static_cast<int64_t>(md.get_size()) + size - 1) / size;
-        if (n * size < min_bytes_) return torch::empty({n}, torch::TensorOptions().dtype(type));
-        auto t = torch::empty({0}, torch::TensorOptions().dtype(type));
-        t.set_(take(n * size), 0, {n}, {1});
+        return wrap(n * size < min_bytes_ ? fresh(n * size) : take(n * size), {n}, {1}, type);
+    }
+
+    // A CPU tensor of `type` viewing `storage` with `dims` and `strides`, made without the operator
+    // dispatcher: torch::empty then set_ were two dispatched calls a chain step. Per round, same
+    // process (twenty-first session, 16 rounds): 50 tiny 1x1 layers 1.07x (2 threads) and 1.11x
+    // (1 thread) faster, MobileNetV3-small b1 1.02-1.03x, MobileNetV2 b1 1.00x and b8 0.99x,
+    // EfficientNet-B0 b1 1.00x, ResNet-50 b1 1.00x.
+    static torch::Tensor wrap(c10::Storage storage, c10::IntArrayRef dims, c10::IntArrayRef strides,
+                              c10::ScalarType type) {
+        auto t = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                          c10::scalarTypeToTypeMeta(type));
+        t.unsafeGetTensorImpl()->set_sizes_and_strides(dims, strides);
         return t;
+    }
+
+    // `bytes` of new CPU memory from PyTorch's CPU allocator, resizable, as torch::empty makes it
+    // (a chain's last output reaches the caller).
+    static c10::Storage fresh(int64_t bytes) {
+        return c10::Storage(c10::Storage::use_byte_size_t(), bytes, c10::GetCPUAllocator(), /*resizable=*/true);
     }
 
     // Keeps `t`'s buffer if it is one `output` would take (`min_bytes` or more), nothing but `t`
@@ -1153,7 +1166,7 @@ class BufferPool {
             held_ -= best->nbytes();
             free_.erase(best);
         } else {
-            storage = torch::empty({bytes}, torch::kUInt8).storage();
+            storage = fresh(bytes);
         }
         return storage;
     }

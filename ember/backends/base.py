@@ -132,6 +132,12 @@ class Executor(abc.ABC):
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Runs on validated inputs (numpy arrays or torch tensors); outputs of the same kind."""
 
+    def infer_direct(self, inputs: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+        """The run of validated ``inputs`` by a path that needs neither PyTorch's inference mode nor
+        the generic layer loop, where this executor has one for them (the CPU's programs that are
+        one chain of native layers, on a finite float32 array), else ``None``: ``infer`` runs."""
+        return None
+
     def infer_async(self, inputs: Mapping[str, Any], stream: Any = None) -> dict[str, Any]:
         """Enqueues a run on ``stream`` and returns at once (devices with streams only)."""
         raise EmberError(f"infer_async needs an engine built for cuda; this one runs on "

@@ -1,0 +1,91 @@
+"""A CPU program that is one chain from its input to its output (a MobileNet's shape) runs an array
+straight through the chain (``CPUExecutor.infer_direct``): no inference mode, no step loop. The same
+results as the generic path, bitwise; NaN or infinite inputs, other dtypes, layouts and torch
+inputs take the generic path (NaN in, NaN out); programs of more than the chain have no such path."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from test_chain_heads import HW, OUT, N, _classifier, _engine, _model, _pool_flatten
+
+
+@pytest.fixture
+def one_chain(ext: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _classifier("gemm")
+    engine = _engine(_model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT]), monkeypatch)
+    return engine, engine.create_context()
+
+
+def _generic(ctx: Any, feeds: dict) -> dict:
+    program = ctx.executor.program
+    kept, program.direct = program.direct, None
+    try:
+        return ctx.infer(feeds)
+    finally:
+        program.direct = kept
+
+
+def test_an_array_runs_straight_through_the_chain_with_the_generic_paths_results(one_chain: tuple) -> None:
+    engine, ctx = one_chain
+    program = ctx.executor.program
+    assert program.direct is not None and program.direct[:2] == ("x", "y")
+    x = np.random.default_rng(3).standard_normal((N, 3, HW, HW)).astype(np.float32)
+    assert ctx.executor.infer_direct({"x": x}) is not None  # the path is taken
+    got, want = ctx.infer({"x": x}), _generic(ctx, {"x": x})
+    assert isinstance(got["y"], np.ndarray) and got["y"].dtype == np.float32
+    np.testing.assert_array_equal(got["y"], want["y"])
+    assert ctx.runs == 2
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "float64", "not contiguous", "read-only", "torch"])
+def test_what_the_chain_cannot_take_as_it_is_goes_the_generic_way(one_chain: tuple, case: str) -> None:
+    engine, ctx = one_chain
+    x = np.random.default_rng(4).standard_normal((N, 3, HW, HW)).astype(np.float32)
+    if case == "nan":
+        x[0, 1, 2, 3] = np.nan
+    elif case == "inf":
+        x[1, 0, 0, 0] = np.inf
+    elif case == "float64":
+        x = x.astype(np.float64)
+    elif case == "not contiguous":
+        x = np.asfortranarray(x)
+    elif case == "read-only":
+        x.flags.writeable = False
+    feed: Any = torch.from_numpy(x.copy()) if case == "torch" else x
+    if case != "float64":  # float64 is refused by the input checks before any path
+        assert ctx.executor.infer_direct({"x": feed}) is None
+    if case == "float64":
+        with pytest.raises(Exception, match="float"):
+            ctx.infer({"x": feed})
+        return
+    got = ctx.infer({"x": feed})
+    want = _generic(ctx, {"x": feed})
+    a, b = (np.asarray(got["y"]), np.asarray(want["y"]))
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_array_equal(np.nan_to_num(a), np.nan_to_num(b))
+    if case == "nan":  # the NaN image's logits are NaN, the other image's are not
+        assert np.isnan(a[0]).all() and not np.isnan(a[1]).any()
+    if case == "torch":
+        assert isinstance(got["y"], torch.Tensor)
+
+
+def test_a_program_of_more_than_one_chain_has_no_direct_path(ext: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnx import helper
+
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _classifier("gemm")
+    # a Softmax after the classifier: a step outside the chain
+    c_nodes[-1].output[0] = "logits"
+    model = _model(p_nodes + c_nodes + [helper.make_node("Softmax", ["logits"], ["y"], axis=1)],
+                   p_inits + c_inits, [N, OUT])
+    engine = _engine(model, monkeypatch)
+    with engine.create_context() as ctx:
+        assert ctx.executor.program.direct is None
+        x = np.random.default_rng(5).standard_normal((N, 3, HW, HW)).astype(np.float32)
+        assert ctx.executor.infer_direct({"x": x}) is None
+        y = ctx.infer({"x": x})["y"]
+        np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,15 @@ class CPUStep:
     out_index: tuple[int, ...] = ()  # positions of the outputs that have a name
     special: bool = False  # takes part in concat elimination (``ember.backends.concat_exec``)
     head: Any = None  # the part it may take in a chain's head (``chains.HeadRole``), or None
+
+
+class DirectChain(NamedTuple):
+    """A program that is one chain (``CPUProgram._direct``): its input and output names, the
+    chain's kernel and the finite-input check that admits an array to it."""
+    input: str
+    output: str
+    kernel: Kernel
+    finite: Callable[[torch.Tensor], bool]
 
 
 class CPUProgram(Program):
@@ -107,8 +116,8 @@ class CPUProgram(Program):
             graph.outputs, plan.build_info.get("chain_layouts") or {})
         #: the extension's exact finite-input check, where chains loaded it (``finite_run``)
         self._finite_check: Optional[Callable[[torch.Tensor], bool]] = getattr(self._ext, "all_finite", None)
-        #: (input, output, kernel) of a program that is one chain (``_direct``), else None
-        self.direct: Optional[tuple[str, str, Kernel]] = self._direct()
+        #: (input, output, kernel, finite check) of a program that is one chain (``_direct``), else None
+        self.direct: Optional[DirectChain] = self._direct()
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
                                if t.numel()}
@@ -186,18 +195,18 @@ class CPUProgram(Program):
         if chain.head_layer is not None:
             chain.head_layer.release_unused()
 
-    def _direct(self) -> Optional[tuple[str, str, Kernel]]:
-        """(input, output, the chain's kernel) where the chained program is one chain from the
-        graph's only input to its only output (MobileNets, EfficientNet), else ``None``: such a
-        program runs without the generic step loop (``CPUExecutor.infer_direct``)."""
-        steps = self.chained
-        if steps is None or len(steps) != 1 or self._finite_check is None or len(self.outputs) != 1:
+    def _direct(self) -> Optional[DirectChain]:
+        """(input, output, the chain's kernel, the extension's finite check) where the chained
+        program is one chain from the graph's only input to its only output (MobileNets,
+        EfficientNet), else ``None``: such a program runs without the generic step loop
+        (``CPUExecutor.infer_direct``)."""
+        steps, check = self.chained, self._finite_check
+        if steps is None or len(steps) != 1 or check is None:
             return None
         (step,) = steps
-        if (step.kind != "Chain" or len(step.inputs) != 1 or step.outputs != self.outputs
-                or step.inputs[0] not in self.inputs):
+        if step.kind != "Chain" or step.inputs != self.inputs or step.outputs != self.outputs or len(self.inputs) != 1:
             return None
-        return step.inputs[0], step.outputs[0], step.kernel
+        return DirectChain(step.inputs[0], step.outputs[0], step.kernel, check)
 
     def _assemble(self) -> tuple[CPUStep, ...]:
         out: list[CPUStep] = []
@@ -456,17 +465,16 @@ class CPUExecutor(Executor):
         After a run has swept the caches, those cost MobileNetV3-small b1 about 0.1 ms a run
         (twenty-first session). ``None`` for anything else: ``infer`` runs it."""
         direct = self.program.direct
-        if direct is None or len(inputs) != 1:
+        if direct is None:
             return None
-        name, output, kernel = direct
-        array = inputs.get(name)
+        array = inputs.get(direct.input)  # validated: the program's one input, no other
         if (not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous
                 or not array.flags.writeable):
             return None
         x = torch.from_numpy(array)
-        if not self.program._finite_check(x):  # type: ignore[misc]  # NaN or inf: the layers one by one
+        if not direct.finite(x):  # NaN or inf: the generic path runs the layers one by one
             return None
-        return {output: torch_to_numpy(kernel([x])[0])}
+        return {direct.output: torch_to_numpy(direct.kernel([x])[0])}
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         as_torch = any(isinstance(v, torch.Tensor) for v in inputs.values())

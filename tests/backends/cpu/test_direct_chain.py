@@ -1,7 +1,7 @@
 """A CPU program that is one chain from its input to its output (a MobileNet's shape) runs an array
 straight through the chain (``CPUExecutor.infer_direct``): no inference mode, no step loop. The same
-results as the generic path, bitwise; NaN or infinite inputs, other dtypes, layouts and torch
-inputs take the generic path (NaN in, NaN out); programs of more than the chain have no such path."""
+results as the generic path, bitwise; NaN or infinite inputs, other layouts, read-only arrays and
+torch inputs take the generic path (NaN in, NaN out); programs of more than the chain have no such path."""
 from __future__ import annotations
 
 from typing import Any
@@ -32,7 +32,7 @@ def _generic(ctx: Any, feeds: dict) -> dict:
 def test_an_array_runs_straight_through_the_chain_with_the_generic_paths_results(one_chain: tuple) -> None:
     engine, ctx = one_chain
     program = ctx.executor.program
-    assert program.direct is not None and program.direct[:2] == ("x", "y")
+    assert program.direct is not None and (program.direct.input, program.direct.output) == ("x", "y")
     x = np.random.default_rng(3).standard_normal((N, 3, HW, HW)).astype(np.float32)
     assert ctx.executor.infer_direct({"x": x}) is not None  # the path is taken
     got, want = ctx.infer({"x": x}), _generic(ctx, {"x": x})
@@ -41,7 +41,7 @@ def test_an_array_runs_straight_through_the_chain_with_the_generic_paths_results
     assert ctx.runs == 2
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "float64", "not contiguous", "read-only", "torch"])
+@pytest.mark.parametrize("case", ["nan", "inf", "not contiguous", "read-only", "torch"])
 def test_what_the_chain_cannot_take_as_it_is_goes_the_generic_way(one_chain: tuple, case: str) -> None:
     engine, ctx = one_chain
     x = np.random.default_rng(4).standard_normal((N, 3, HW, HW)).astype(np.float32)
@@ -49,19 +49,12 @@ def test_what_the_chain_cannot_take_as_it_is_goes_the_generic_way(one_chain: tup
         x[0, 1, 2, 3] = np.nan
     elif case == "inf":
         x[1, 0, 0, 0] = np.inf
-    elif case == "float64":
-        x = x.astype(np.float64)
     elif case == "not contiguous":
         x = np.asfortranarray(x)
     elif case == "read-only":
         x.flags.writeable = False
     feed: Any = torch.from_numpy(x.copy()) if case == "torch" else x
-    if case != "float64":  # float64 is refused by the input checks before any path
-        assert ctx.executor.infer_direct({"x": feed}) is None
-    if case == "float64":
-        with pytest.raises(Exception, match="float"):
-            ctx.infer({"x": feed})
-        return
+    assert ctx.executor.infer_direct({"x": feed}) is None
     got = ctx.infer({"x": feed})
     want = _generic(ctx, {"x": feed})
     a, b = (np.asarray(got["y"]), np.asarray(want["y"]))

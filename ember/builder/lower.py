@@ -66,7 +66,7 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     todo = [(node, _candidates(backend, node, graph, records), layer_precision(node, records, config),
              backend.fallback_tactics) for node in graph.nodes]
     # what timing will compile, compiled together first (CUDA: Triton's kernels, in parallel)
-    ahead = getattr(selector.timer, "precompile", None) is not None
+    ahead = selector.preparer is not None
     with progress.phase("compile kernels") if progress is not None and ahead else contextlib.nullcontext():
         selector.precompile(graph, todo)
     steps = todo if progress is None else progress.track(todo, "tactics")

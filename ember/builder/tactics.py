@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,11 @@ class TacticSelector:
             return primary, sig, {}
         return primary, sig, {c: cached[c] for c in candidates if c in cached}
 
+    @property
+    def preparer(self) -> Callable[[Graph, list[tuple[Node, Precision, list[str]]]], None] | None:
+        """The timer's ``precompile(graph, jobs)``, where it has one."""
+        return getattr(self.timer, "precompile", None)
+
     def precompile(self, graph: Graph,
                    layers: Iterable[tuple[Node, Sequence[str], Precision, Collection[str]]]) -> None:
         """Before any layer is timed: hands the timer, at once, every (layer, precision, candidates
@@ -193,7 +198,7 @@ class TacticSelector:
         prepare them together. The CUDA timer compiles their Triton kernels in parallel (one at a
         time, compiling took half of a cold INT8 ResNet-50 build). A timer without a
         ``precompile(graph, jobs)`` method skips this."""
-        prepare = getattr(self.timer, "precompile", None)
+        prepare = self.preparer
         if prepare is None:
             return
         jobs = []

@@ -210,8 +210,7 @@ class CudaTacticTimer:
                             self._compile(node, graph, tactic, precision)(args)
                         except Exception as e:  # noqa: BLE001 - its timing says why it cannot run
                             log.debug("layer %r: tactic %s not compiled ahead: %s", node.name, tactic, e)
-        self._inputs.clear()  # the launches wrote nothing: no output here is a reference
-        self._refs.clear()
+        self._inputs.clear()  # timing draws its inputs afresh: a tactic's non-Triton part may have written to them
         log.info("compiled ahead the Triton kernels of %d tactics on %d layers in %.1f s",
                  sum(len(job[2]) for job in todo), len(todo), time.perf_counter() - t0)
 

@@ -59,11 +59,6 @@ def categorize(stats: pstats.Stats) -> dict[str, float]:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def recategorize(prof_file: str) -> dict[str, float]:
-    """``categorize`` of a saved profile (``build-*.prof``)."""
-    return categorize(pstats.Stats(prof_file))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet-50")
@@ -75,7 +70,7 @@ def main() -> None:
     logging.getLogger("ember.backends.cuda.tuning").setLevel(logging.INFO)  # what was compiled ahead, and how long
     path = zoo.export_onnx(args.model, batch=args.batch)
     calib = [zoo.sample_inputs(args.model, args.batch, seed=1000)]
-    kw = {}
+    kw: dict = {}
     cfg = dict(device="cuda", precision=args.precision, timing_cache=os.path.join(_TMP, "timing.json"))
     if args.precision in ("int8", "fp8"):
         cfg.update(calibrator="minmax", calibration_cache=os.path.join(_TMP, "model.calib"))
@@ -91,10 +86,8 @@ def main() -> None:
     warm = time.perf_counter() - t0
     stats = pstats.Stats(prof)
     cats = categorize(stats)
-    info = engine.plan.build_info if hasattr(engine.plan, "build_info") else {}
     row = {"model": args.model, "batch": args.batch, "precision": args.precision, "cold_s": round(cold, 1),
-           "warm_s": round(warm, 1), "by_category_s": cats,
-           "layers_timed": info.get("layers_timed") if isinstance(info, dict) else None}
+           "warm_s": round(warm, 1), "by_category_s": cats, "layers_timed": engine.plan.build_info.get("layers_timed")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stats.dump_stats(str(out / f"build-{args.model}-{args.precision}.prof"))

@@ -1101,7 +1101,7 @@ class BufferPool {
     // may keep later) from `min_bytes` up, a plain allocation below.
     torch::Tensor output(const std::vector<int64_t> &dims, c10::ScalarType type) {
         const int64_t bytes = c10::multiply_integers(dims) * static_cast<int64_t>(c10::elementSize(type));
-        return wrap(bytes < min_bytes_ ? fresh(bytes) : take(bytes), dims, c10::get_channels_last_strides_2d(dims), type);
+        return wrap(storage(bytes), dims, c10::get_channels_last_strides_2d(dims), type);
     }
 
     // A buffer for a tensor of descriptor `md` and `type`: `output` where `md` is channels-last
@@ -1113,7 +1113,7 @@ class BufferPool {
         }
         const int64_t size = static_cast<int64_t>(c10::elementSize(type));
         const int64_t n = (static_cast<int64_t>(md.get_size()) + size - 1) / size;
-        return wrap(n * size < min_bytes_ ? fresh(n * size) : take(n * size), {n}, {1}, type);
+        return wrap(storage(n * size), {n}, {1}, type);
     }
 
     // A CPU tensor of `type` viewing `storage` with `dims` and `strides`, made without the operator
@@ -1128,6 +1128,9 @@ class BufferPool {
         t.unsafeGetTensorImpl()->set_sizes_and_strides(dims, strides);
         return t;
     }
+
+    // `bytes` for a step's output: a pooled buffer from `min_bytes` up (`take`), new memory below.
+    c10::Storage storage(int64_t bytes) { return bytes < min_bytes_ ? fresh(bytes) : take(bytes); }
 
     // `bytes` of new CPU memory from PyTorch's CPU allocator, resizable, as torch::empty makes it
     // (a chain's last output reaches the caller).

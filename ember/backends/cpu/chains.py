@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 
 #: The switch: ``EMBER_CPU_CHAINS=0`` (or off / false / no) runs every layer on its own.
@@ -554,13 +555,27 @@ def prepare(ext: Any, chain: Chain) -> Callable[[torch.Tensor], torch.Tensor]:
     and converted once (the extension's ``ChainPlan``; an extension without it: ``run_chain``)."""
     if not hasattr(ext, "ChainPlan"):
         return lambda x: run_chain(ext, chain, x)
-    plan = ext.ChainPlan(chain.convs, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
-                         chain.head)
+    plan = _plan(ext, chain)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return plan.run(_chain_input(chain, x, ext))
 
     return run
+
+
+def array_runner(ext: Any, chain: Chain) -> Optional[Callable[[np.ndarray], Optional[np.ndarray]]]:
+    """The chain as a function of a numpy array, made into the chain's input form and run in one
+    native call, its output a numpy array (the extension's ``ChainPlan.run_array``): ``None`` back,
+    before anything ran, for an array it does not take as it is (not writeable, C-contiguous,
+    native float32, or not all finite). ``None`` for an extension without it."""
+    if not hasattr(getattr(ext, "ChainPlan", None), "run_array"):
+        return None
+    return _plan(ext, chain).run_array  # type: ignore[no-any-return]
+
+
+def _plan(ext: Any, chain: Chain) -> Any:
+    return ext.ChainPlan(chain.convs, chain.src, chain.res, chain.sum, chain.last, chain.fused, chain.dtypes,
+                         chain.head, input_layout=chain.input_layout, quant=chain.quant)
 
 
 def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -573,6 +588,6 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Ten
 
 
 __all__ = ["DTYPE_CODES", "DW_ENV", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "MAX_HEAD_GEMMS", "SWITCH_ENV", "Chain",
-           "ChainLink", "HeadRole", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout", "head_role",
-           "head_shape_ok", "links", "plan_chains", "prepare", "run_chain", "switched_on", "time_layouts",
-           "with_dw_pairs"]
+           "ChainLink", "HeadRole", "array_runner", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout",
+           "head_role", "head_shape_ok", "links", "plan_chains", "prepare", "run_chain", "switched_on",
+           "time_layouts", "with_dw_pairs"]

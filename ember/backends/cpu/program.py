@@ -59,12 +59,11 @@ class CPUStep:
 
 
 class DirectChain(NamedTuple):
-    """A program that is one chain (``CPUProgram._direct``): its input and output names, the
-    chain's kernel and the finite-input check that admits an array to it."""
+    """A program that is one chain (``CPUProgram._direct``): its input and output names, and the
+    chain as one native call from a numpy array to one (``chains.array_runner``)."""
     input: str
     output: str
-    kernel: Kernel
-    finite: Callable[[torch.Tensor], bool]
+    run: Callable[[np.ndarray], Optional[np.ndarray]]
 
 
 class CPUProgram(Program):
@@ -116,7 +115,7 @@ class CPUProgram(Program):
             graph.outputs, plan.build_info.get("chain_layouts") or {})
         #: the extension's exact finite-input check, where chains loaded it (``finite_run``)
         self._finite_check: Optional[Callable[[torch.Tensor], bool]] = getattr(self._ext, "all_finite", None)
-        #: (input, output, kernel, finite check) of a program that is one chain (``_direct``), else None
+        #: (input, output, array runner) of a program that is one chain (``_direct``), else None
         self.direct: Optional[DirectChain] = self._direct()
         self._index = {s.name: i for i, s in enumerate(self.steps)}
         self._const_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()
@@ -196,17 +195,19 @@ class CPUProgram(Program):
             chain.head_layer.release_unused()
 
     def _direct(self) -> Optional[DirectChain]:
-        """(input, output, the chain's kernel, the extension's finite check) where the chained
-        program is one chain from the graph's only input to its only output (MobileNets,
-        EfficientNet), else ``None``: such a program runs without the generic step loop
-        (``CPUExecutor.infer_direct``)."""
-        steps, check = self.chained, self._finite_check
-        if steps is None or len(steps) != 1 or check is None:
+        """(input, output, the chain's array runner) where the chained program is one chain from
+        the graph's only input to its only output (MobileNets, EfficientNet), else ``None``: such a
+        program runs without the generic step loop (``CPUExecutor.infer_direct``)."""
+        from ember.backends.cpu.chains import array_runner
+
+        steps = self.chained
+        if steps is None or len(steps) != 1:
             return None
         (step,) = steps
         if step.kind != "Chain" or step.inputs != self.inputs or step.outputs != self.outputs or len(self.inputs) != 1:
             return None
-        return DirectChain(step.inputs[0], step.outputs[0], step.kernel, check)
+        run = array_runner(self._ext, self._chains[0])
+        return None if run is None else DirectChain(step.inputs[0], step.outputs[0], run)
 
     def _assemble(self) -> tuple[CPUStep, ...]:
         out: list[CPUStep] = []
@@ -459,22 +460,23 @@ class CPUExecutor(Executor):
         self.program = program
 
     def infer_direct(self, inputs: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-        """A program that is one chain, run on its one finite float32 array straight through the
-        chain's kernel: no inference mode, no step loop, no finite-run context (the chain's native
-        layers need none of them; the chain itself falls back to its layers if it cannot run).
-        After a run has swept the caches, those cost MobileNetV3-small b1 about 0.1 ms a run
-        (twenty-first session). ``None`` for anything else: ``infer`` runs it."""
+        """A program that is one chain, run on its one finite float32 array in one native call
+        from array to array: no inference mode, no step loop, no finite-run context, no tensor
+        made in Python (the chain's native layers need none of them). After a run has swept the
+        caches, those cost MobileNetV3-small b1 about 0.1 ms a run (twenty-first session).
+        ``None`` for anything else, and where the chain fails: ``infer`` runs it (NaN or inf
+        layer by layer; a failing chain by its layers, saying so)."""
         direct = self.program.direct
         if direct is None:
             return None
         array = inputs.get(direct.input)  # validated: the program's one input, no other
-        if (not isinstance(array, np.ndarray) or array.dtype != np.float32 or not array.flags.c_contiguous
-                or not array.flags.writeable):
+        if type(array) is not np.ndarray:
             return None
-        x = torch.from_numpy(array)
-        if not direct.finite(x):  # NaN or inf: the generic path runs the layers one by one
+        try:
+            out = direct.run(array)  # None: not writeable, contiguous, native float32 or finite
+        except (RuntimeError, ValueError):
             return None
-        return {direct.output: torch_to_numpy(direct.kernel([x])[0])}
+        return None if out is None else {direct.output: out}
 
     def infer(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         as_torch = any(isinstance(v, torch.Tensor) for v in inputs.values())

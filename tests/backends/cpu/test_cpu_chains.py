@@ -222,6 +222,7 @@ def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_com
     with chained.create_context() as c1, alone.create_context() as c2:
         steps = c1.executor.program.chained
         assert steps is not None and [s.kind for s in steps] == ["Chain"] and "(4 layers chained)" in steps[0].name
+        assert c1.executor.program.direct is not None  # the array is stored 8-bit in the native call
         for seed in (5, 6):
             x = np.random.default_rng(seed).standard_normal((1, 8, 12, 12)).astype(np.float32) * 3
             np.testing.assert_array_equal(c1.infer({"x": x})["y"], c2.infer({"x": x})["y"])

@@ -29,8 +29,12 @@ def _generic(ctx: Any, feeds: dict) -> dict:
         program.direct = kept
 
 
-def test_an_array_runs_straight_through_the_chain_with_the_generic_paths_results(one_chain: tuple) -> None:
-    engine, ctx = one_chain
+@pytest.mark.parametrize("layout", ["nhwc", "blocked"])  # blocked: the chain's first layer reads NCHW
+def test_an_array_runs_straight_through_the_chain_with_the_generic_paths_results(ext: Any, layout: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    p_nodes, p_inits = _pool_flatten("gap-flatten", 17)
+    c_nodes, c_inits = _classifier("gemm")
+    ctx = _engine(_model(p_nodes + c_nodes, p_inits + c_inits, [N, OUT]), monkeypatch, layout=layout).create_context()
     program = ctx.executor.program
     assert program.direct is not None and (program.direct.input, program.direct.output) == ("x", "y")
     x = np.random.default_rng(3).standard_normal((N, 3, HW, HW)).astype(np.float32)
@@ -82,3 +86,42 @@ def test_a_program_of_more_than_one_chain_has_no_direct_path(ext: Any, monkeypat
         assert ctx.executor.infer_direct({"x": x}) is None
         y = ctx.infer({"x": x})["y"]
         np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
+
+
+def _unaligned(x: np.ndarray) -> np.ndarray:
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    out = raw[1:].view(np.float32).reshape(x.shape)
+    out[...] = x
+    return out
+
+
+@pytest.mark.parametrize("case", ["big-endian", "unaligned", "read-only", "nan", "float64"])
+def test_the_native_entry_runs_nothing_on_an_array_it_does_not_take_as_it_is(one_chain: tuple, case: str) -> None:
+    """``run_array`` returns None, before running, for what the chain cannot read where it lies;
+    the context's results stay those of the generic path."""
+    engine, ctx = one_chain
+    x = np.random.default_rng(6).standard_normal((N, 3, HW, HW)).astype(np.float32)
+    odd = {"big-endian": lambda: x.astype(">f4"), "unaligned": lambda: _unaligned(x),
+           "float64": lambda: x.astype(np.float64),
+           "read-only": lambda: np.frombuffer(x.tobytes(), np.float32).reshape(x.shape),
+           "nan": lambda: np.where(np.arange(x.size).reshape(x.shape) == 7, np.float32(np.nan), x)}[case]()
+    if case == "unaligned":
+        assert not odd.flags.aligned
+    assert ctx.executor.program.direct.run(odd) is None
+    if case in ("unaligned", "nan"):  # arrays the engine's input checks accept
+        got, want = ctx.infer({"x": odd})["y"], _generic(ctx, {"x": np.ascontiguousarray(odd)})["y"]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_native_entrys_output_is_the_callers_to_keep(one_chain: tuple) -> None:
+    """The array a run returns owns its memory: later runs (whose buffers are pooled) leave it be."""
+    engine, ctx = one_chain
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((N, 3, HW, HW)).astype(np.float32) for _ in range(3)]
+    first = ctx.infer({"x": xs[0]})["y"]
+    kept = first.copy()
+    for x in xs[1:]:
+        ctx.infer({"x": x})
+    np.testing.assert_array_equal(first, kept)
+    first[...] = 0  # writeable, and no later run reads it
+    np.testing.assert_array_equal(ctx.infer({"x": xs[0]})["y"], kept)

@@ -27,6 +27,7 @@
 // runtime is one this process can share (GNU OpenMP, PyTorch's own libgomp).
 #include <oneapi/dnnl/dnnl.hpp>
 #include <torch/extension.h>
+#include <pybind11/numpy.h>
 #include <ATen/Parallel.h>
 #include <c10/core/CPUAllocator.h>
 
@@ -1566,12 +1567,21 @@ torch::Tensor run_chain(const std::vector<Step *> &convs, const torch::Tensor &x
 // run then passes only its input, where `run_chain` converts seven Python lists a call (about 30 us
 // for MobileNetV3-small's 70 steps, hot). Holds its steps and head alive (the Python binding keeps
 // the lists they came in).
+// `input_layout` and `quant` are the chain's input form (`chains._chain_input`), which `run_array`
+// applies to the float32 NCHW array it is given ("nchw": as it is; "nhwc": made channels-last;
+// `quant` (m, add, hi, to_int8): stored 8-bit channels-last by `quantize_nhwc`).
 class ChainPlan {
    public:
+    using Quant = std::tuple<double, double, double, bool>;
+
     ChainPlan(std::vector<Step *> convs, std::vector<int64_t> src, std::vector<int64_t> res, std::vector<int64_t> sum,
-              std::vector<int64_t> last, std::vector<bool> fused, std::vector<int64_t> dtypes, const Head *head)
+              std::vector<int64_t> last, std::vector<bool> fused, std::vector<int64_t> dtypes, const Head *head,
+              const std::string &input_layout, c10::optional<Quant> quant)
         : convs_(std::move(convs)), src_(std::move(src)), res_(std::move(res)), sum_(std::move(sum)),
-          last_(std::move(last)), fused_(std::move(fused)), dtypes_(std::move(dtypes)), head_(head) {
+          last_(std::move(last)), fused_(std::move(fused)), dtypes_(std::move(dtypes)), head_(head),
+          nchw_input_(input_layout == "nchw"), quant_(std::move(quant)) {
+        TORCH_CHECK_VALUE(input_layout == "nchw" || input_layout == "nhwc",
+                          "a chain's input layout is \"nchw\" or \"nhwc\", not \"", input_layout, "\"");
         check_chain(convs_, src_, res_, sum_, last_, fused_, dtypes_, head_);
         trusted_.resize(convs_.size());
         for (size_t i = 0; i < convs_.size(); ++i) trusted_[i] = wired(i);
@@ -1580,6 +1590,9 @@ class ChainPlan {
     torch::Tensor run(const torch::Tensor &x, const c10::optional<torch::Tensor> &times) const {
         return execute_chain(convs_, x, src_, res_, sum_, last_, fused_, dtypes_, head_, times, &trusted_);
     }
+
+    // The chain on a numpy array, the array out (defined below `quantize_nhwc`), or None.
+    pybind11::object run_array(const pybind11::array &a) const;
 
     // Whether step i's arguments fit it by construction, so a run need not check them (`Step::check`
     // cost about 1 us a step in a blocked chain, a tenth of a small layer): it reads only earlier
@@ -1608,6 +1621,8 @@ class ChainPlan {
     std::vector<bool> fused_;
     std::vector<int64_t> dtypes_;
     const Head *head_;
+    bool nchw_input_;
+    c10::optional<Quant> quant_;
 };
 
 inline uint8_t quantize_one(float x, float m, float add, float hi) {
@@ -1668,11 +1683,7 @@ EMBER_CPU_CLONES float nonfinite_probe(const float *x, int64_t n) {
 // allocated, no PyTorch operator (the finite-input check before each run of a program with fused
 // epilogues; PyTorch's sum took 78 us for a 224x224 image right after a MobileNetV2 run evicted
 // its code, this about a fifth). Large tensors are split across the threads.
-bool all_finite(const torch::Tensor &t) {
-    TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
-                      "all_finite takes a contiguous float32 CPU tensor, got ", t.scalar_type(), " ", t.sizes());
-    const float *x = t.data_ptr<float>();
-    const int64_t n = t.numel();
+bool finite_floats(const float *x, int64_t n) {
     constexpr int64_t kSerial = int64_t{1} << 20;
     if (n <= kSerial) return nonfinite_probe(x, n) == 0.f;
     std::atomic<bool> finite{true};
@@ -1682,6 +1693,12 @@ bool all_finite(const torch::Tensor &t) {
             finite.store(false, std::memory_order_relaxed);
     });
     return finite.load();
+}
+
+bool all_finite(const torch::Tensor &t) {
+    TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+                      "all_finite takes a contiguous float32 CPU tensor, got ", t.scalar_type(), " ", t.sizes());
+    return finite_floats(t.data_ptr<float>(), t.numel());
 }
 
 // The float input of an INT8 chain stored 8-bit and channels-last in one pass, as ``qlayers.quantize``
@@ -1710,6 +1727,53 @@ torch::Tensor quantize_nhwc(const torch::Tensor &x, double m, double add, double
     return out;
 }
 
+// A one-chain program's whole run (`CPUExecutor.infer_direct`): a writeable, aligned, C-contiguous,
+// native float32 numpy array whose values are all finite is read where it lies (no copy unless the
+// chain's input form asks for one), the chain runs on it, and its output comes back as a numpy
+// array that holds the output tensor (bfloat16 as float32, as `torch_to_numpy` gives it). Anything
+// else returns None before running, for the generic path: a run's Python steps (`from_numpy`,
+// `.numpy()`, the checks) cost about 0.1 ms once a run has swept the caches (twenty-first session).
+pybind11::object ChainPlan::run_array(const pybind11::array &a) const {
+    namespace py = pybind11;
+    constexpr int kWanted = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    const py::dtype dt = a.dtype();
+    const char order = dt.byteorder();
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    const bool native = order == '=' || order == '>';
+#else
+    const bool native = order == '=' || order == '<';
+#endif
+    if (dt.kind() != 'f' || dt.itemsize() != 4 || !native || (a.flags() & kWanted) != kWanted || !a.writeable())
+        return py::none();
+    const auto *data = static_cast<const float *>(a.data());
+    if (!finite_floats(data, static_cast<int64_t>(a.size()))) return py::none();
+    const std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+    torch::Tensor x = torch::from_blob(const_cast<float *>(data), shape, torch::TensorOptions().dtype(torch::kFloat32));
+    if (quant_) {
+        const auto &[m, add, hi, to_int8] = *quant_;
+        x = quantize_nhwc(x, m, add, hi, to_int8);
+    } else if (!nchw_input_ && !x.is_contiguous(c10::MemoryFormat::ChannelsLast)) {
+        x = x.contiguous(c10::MemoryFormat::ChannelsLast);
+    }
+    torch::Tensor y = run(x, c10::nullopt);
+    if (y.scalar_type() == torch::kBFloat16) y = y.to(torch::kFloat32);
+    py::dtype out_type;
+    switch (y.scalar_type()) {
+        case torch::kFloat32: out_type = py::dtype::of<float>(); break;
+        case torch::kUInt8: out_type = py::dtype::of<uint8_t>(); break;
+        case torch::kInt8: out_type = py::dtype::of<int8_t>(); break;
+        default: TORCH_CHECK_VALUE(false, "a chain's output of type ", y.scalar_type(), " has no numpy form here");
+    }
+    std::vector<py::ssize_t> dims, strides;
+    for (int64_t d = 0; d < y.dim(); ++d) {
+        dims.push_back(y.size(d));
+        strides.push_back(y.stride(d) * static_cast<int64_t>(y.element_size()));
+    }
+    void *ptr = y.data_ptr();
+    py::capsule owner(new torch::Tensor(std::move(y)), [](void *t) { delete static_cast<torch::Tensor *>(t); });
+    return py::array(out_type, dims, strides, ptr, owner);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1722,13 +1786,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "runs a chain of convolutions (and its head) in one call (see the source); returns the last output");
     pybind11::class_<ChainPlan>(m, "ChainPlan")
         .def(pybind11::init<std::vector<Step *>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                            std::vector<int64_t>, std::vector<bool>, std::vector<int64_t>, const Head *>(),
+                            std::vector<int64_t>, std::vector<bool>, std::vector<int64_t>, const Head *,
+                            const std::string &, c10::optional<ChainPlan::Quant>>(),
              pybind11::arg("convs"), pybind11::arg("src"), pybind11::arg("res"), pybind11::arg("sum"),
              pybind11::arg("last"), pybind11::arg("fused"), pybind11::arg("dtypes"),
-             pybind11::arg("head") = nullptr, pybind11::keep_alive<1, 2>(),
+             pybind11::arg("head") = nullptr, pybind11::arg("input_layout") = "nhwc",
+             pybind11::arg("quant") = pybind11::none(), pybind11::keep_alive<1, 2>(),
              pybind11::keep_alive<1, 9>())  // the steps and the head live as long as the plan
         .def("run", &ChainPlan::run, pybind11::arg("x"), pybind11::arg("times") = pybind11::none(),
              "run_chain with this plan's steps on x")
+        .def("run_array", &ChainPlan::run_array, pybind11::arg("x"),
+             "the chain on a writeable, C-contiguous float32 numpy array of finite values, in its input form; "
+             "its output as a numpy array, or None (before running) for any other input")
         .def("trusted", &ChainPlan::trusted, pybind11::arg("step"),
              "whether a run skips the step's argument checks (its arguments fit it by construction)");
     m.def("all_finite", &all_finite, pybind11::arg("x"),

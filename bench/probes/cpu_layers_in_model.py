@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("batch", type=int)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--exporter", default="torchscript")
+    ap.add_argument("--out", help="also write every layer's and node's median ms here (JSON)")
     args = ap.parse_args()
     path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 20,
                            exporter=args.exporter)
@@ -71,6 +72,12 @@ def main() -> None:
     print("Ember, other layers:", [(x[0][:30], x[1], round(x[2], 3)) for x in ours if "Conv" not in x[1]])
     print("ORT, other nodes:", sorted([(x[1], round(x[2], 3)) for x in theirs if "Conv" not in x[1]],
                                       key=lambda t: -t[1])[:12])
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "model": args.model, "batch": args.batch, "exporter": args.exporter, "runs": args.runs,
+            "ember_ms": {"total": sum(t for *_, t in ours), "layers": [[n, op, round(t, 4)] for n, op, t in ours]},
+            "onnxruntime_ms": {"total": sum(t for *_, t in theirs),
+                               "nodes": [[n, op, round(t, 4)] for n, op, t in theirs]}}, indent=1))
 
 
 if __name__ == "__main__":

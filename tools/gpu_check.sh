@@ -12,7 +12,9 @@
 #   conv-probe   bench/probes/cudnn_int8_fp8_conv.py: cuDNN INT8/FP8 against fp16 per ResNet-50 layer
 #   gemm-gaps    bench/probes/cuda_gemm_graph_gaps.py: the time cuBLAS GEMMs leave between kernels in a CUDA
 #                graph (BERT-base b128's 48), by cuBLAS setting (twenty-first session: 0.72 ms of the fp16
-#                engine's 6.51 ms a forward fell between kernels, 0.08 ms in the Triton-GEMM INT8 engine)
+#                engine's 6.51 ms a forward fell between kernels, 0.08 ms in the Triton-GEMM INT8 engine;
+#                twenty-second: the 48 memsets are cuBLASLt's workspace, none with CUBLASLT_WORKSPACE_SIZE=0,
+#                -0.17 ms a forward, a process-wide setting only)
 #   build-time   bench/probes/build_time.py: a cold INT8 ResNet-50 b256 build by category (twenty-first: 55 s)
 #   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial, then --engine-kernel: the stride-1
 #                3x3 INT8 layers as shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and

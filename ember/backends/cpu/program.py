@@ -464,8 +464,9 @@ class CPUExecutor(Executor):
         from array to array: no inference mode, no step loop, no finite-run context, no tensor
         made in Python (the chain's native layers need none of them). After a run has swept the
         caches, those cost MobileNetV3-small b1 about 0.1 ms a run (twenty-first session).
-        ``None`` for anything else, and where the chain fails: ``infer`` runs it (NaN or inf
-        layer by layer; a failing chain by its layers, saying so)."""
+        ``None`` for anything else: ``infer`` runs it (NaN or inf layer by layer). A chain that
+        fails here loses its direct path for good, so a run does not try it twice: the generic
+        path runs its layers one by one and says so, once."""
         direct = self.program.direct
         if direct is None:
             return None
@@ -475,6 +476,7 @@ class CPUExecutor(Executor):
         try:
             out = direct.run(array)  # None: not writeable, contiguous, native float32 or finite
         except (RuntimeError, ValueError):
+            self.program.direct = None
             return None
         return None if out is None else {direct.output: out}
 

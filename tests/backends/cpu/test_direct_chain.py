@@ -125,3 +125,25 @@ def test_the_native_entrys_output_is_the_callers_to_keep(one_chain: tuple) -> No
     np.testing.assert_array_equal(first, kept)
     first[...] = 0  # writeable, and no later run reads it
     np.testing.assert_array_equal(ctx.infer({"x": xs[0]})["y"], kept)
+
+
+def test_a_chain_that_fails_on_the_direct_path_loses_it_and_the_generic_path_answers(one_chain: tuple) -> None:
+    """A native failure is not retried on every run: the program drops its direct path and the
+    generic one answers, now and after."""
+    from ember.backends.cpu.program import DirectChain
+
+    engine, ctx = one_chain
+    program = ctx.executor.program
+    x = np.random.default_rng(8).standard_normal((N, 3, HW, HW)).astype(np.float32)
+    want = _generic(ctx, {"x": x})["y"]
+    calls = []
+
+    def failing(array: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        raise RuntimeError("the primitive could not run")
+
+    program.direct = DirectChain(program.direct.input, program.direct.output, failing)
+    np.testing.assert_array_equal(ctx.infer({"x": x})["y"], want)
+    assert program.direct is None and calls == [1]
+    np.testing.assert_array_equal(ctx.infer({"x": x})["y"], want)
+    assert calls == [1]

@@ -34,6 +34,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (``taskset`` narrows them), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """Where and with what a result was measured: the header of every result file."""
     import numpy
@@ -45,7 +53,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 
     return {
         "date": dt.date.today().isoformat(),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
+        "cpu": cpu_name(), "cores": _usable_cores(), "threads": threads,
         "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
         "versions": {"ember": ember.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                      "onnx": onnx.__version__, "numpy": numpy.__version__},

@@ -69,7 +69,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a runtime's timing after this long")
     p.add_argument("--quick", action="store_true", help="3 iterations, 1 warm-up, batch 1")
-    p.add_argument("--no-profile", action="store_true", help="skip the per-op breakdown where Ember is slower")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-op breakdowns")
+    p.add_argument("--profile-below", type=float, default=1.2,
+                   help="a per-op breakdown of every Ember engine under this many times ONNX Runtime's speed "
+                        "(1.2: issue 19's threshold for BENCHMARKS.md)")
     p.add_argument("--precision", default="fp32",
                    help="comma-separated Ember precisions, each a runtime of its own: fp32, bf16, fp16")
     p.add_argument("--peers", default="onnxruntime,torch", help="comma-separated peers: onnxruntime, torch")
@@ -185,7 +188,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
                                "error_before": a["error_before"], "error": a["error"]} for k, a in accuracy.items()}
     if args.repeats > 1:
         row["repeats"] = repeats
-    slower = [k for k in engines if latency[k]["median"] > latency["onnxruntime"]["median"]]
+    slower = [k for k in engines if ratios[k]["median"] < args.profile_below]
     if not args.no_profile and slower:
         row["breakdown"] = {k: breakdown(engines[k], path, feeds, args.threads) for k in slower}
     _print_row(row)

@@ -308,6 +308,23 @@ def markdown(result: dict[str, Any]) -> str:
     return head + "\n" + common.markdown_table(cols, rows)
 
 
+def breakdown_markdown(result: dict[str, Any], top: int = 4) -> str:
+    """One line per engine that got a per-op breakdown: its costliest layer kinds beside ONNX
+    Runtime's costliest ops, each by its own profiler (both profilers slow their runtime down, so
+    compare shares, not sums, with the timed table)."""
+    lines = []
+    for r in result["rows"]:
+        for label, b in r.get("breakdown", {}).items():
+            def share(d: dict[str, float]) -> str:
+                total = sum(d.values()) or 1.0
+                return ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in list(d.items())[:top])
+            ours, theirs = b["ember_ms_by_kind"], b["ort_ms_by_op"]
+            lines.append(f"- {r['model']} b{r['batch']} {r.get('exporter', 'torchscript')} ({label}, "
+                         f"{_ratio_text(r['x_ort'][label])} ORT): Ember {sum(ours.values()):.2f} ms: {share(ours)}; "
+                         f"ORT {sum(theirs.values()):.2f} ms: {share(theirs)}")
+    return "\n".join(lines)
+
+
 def _ratio_text(x: dict[str, float]) -> str:
     if x["min"] == x["max"]:
         return f"{x['median']:.2f}x"
@@ -331,6 +348,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = common.write_result("cpu", result, args.out)
     print(f"\nwrote {path}\n")
     print(markdown(result))
+    if any("breakdown" in r for r in rows):
+        print(f"\nPer-op breakdowns of the rows under {args.profile_below}x ORT (ms a run by each runtime's profiler):")
+        print(breakdown_markdown(result))
     return 0
 
 

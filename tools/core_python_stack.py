@@ -12,8 +12,8 @@ Needs CPython's debug symbols in the interpreter (pyenv's and python.org's build
 a core file: ``ulimit -c unlimited`` in the shell that runs the crashing process (with
 ``/proc/sys/kernel/core_pattern`` = ``core`` the file lands in that process's working folder), and
 ``-p no:faulthandler`` for pytest, whose handler may itself crash on the overwritten stack and hide
-the first fault. The twenty-third session used it on the rare CPU-test segfault (BENCHMARKS.md is
-silent on it; docs/CPU_NATIVE.md, "A rare crash")."""
+the first fault. The twenty-third session found the rare CPU-test segfault with it
+(docs/CPU_NATIVE.md, "A rare crash")."""
 from __future__ import annotations
 
 import os

@@ -242,6 +242,27 @@ def test_bf16_layer_refuses_mixed_types(ext: Any) -> None:
         conv.run(x, out)
 
 
+def test_residual_descriptor_only_where_a_binary_post_op_adds_one(ext: Any) -> None:
+    """A primitive reads a residual only where its first post-op is a binary add: the plain and the
+    fused-ReLU primitive of a residual layer do, those of a layer without one do not. oneDNN 3.2
+    answers the query for post-op 0's second source whatever kind that post-op is (for a ReLU: the
+    unused bytes of the post-op's union, whatever the heap held there), so the extension asks only
+    where the post-op is binary. Those bytes once read as a descriptor with ndims -1, and oneDNN's
+    size computation wrote over the stack: the rare segmentation fault of sessions 21-23
+    (docs/CPU_NATIVE.md, "A rare crash"). Which bytes a ReLU's union holds depends on the heap's
+    history, so this checks the answers, not the garbage; layers are made and freed in turn so that
+    heap chunks of descriptors and post-ops get reused."""
+    w = torch.randn(16, 16, 3, 3)
+    dims, pads, out_bytes = [2, 16, 8, 8], [1, 1], 2 * 16 * 8 * 8 * 4
+    for _ in range(20):
+        added = ext.Layer(w, None, [1, 1], [1, 1], 1, activation="relu", residual=True).prepare(dims, pads, pads)
+        assert added.residual_bytes == [out_bytes, out_bytes]  # the plain and the fused-ReLU primitive
+        del added
+        plain = ext.Layer(w, None, [1, 1], [1, 1], 1, activation="relu").prepare(dims, pads, pads)
+        assert plain.residual_bytes == [0, 0]
+        del plain
+
+
 def test_fused_epilogue_used_only_in_finite_runs(ext: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused primitive runs where the inputs are finite (the point of the fusion), the exact one else."""
     calls: list[bool] = []

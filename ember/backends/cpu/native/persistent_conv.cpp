@@ -171,6 +171,18 @@ void check_layout(const torch::Tensor &t, const memory::desc &md, bool nhwc, con
                       md.get_size(), ")");
 }
 
+// The descriptor of the binary-add residual where `pd`'s first post-op is a binary one, else an
+// empty descriptor. oneDNN (3.2) answers the query for post-op 0's second source whatever kind
+// that post-op is: for an eltwise or a sum post-op it hands back the unused bytes of the post-op's
+// union, a "descriptor" of whatever the heap held there. A fused-activation primitive's residual
+// descriptor was such garbage; `get_size()` on one whose ndims read -1 looped over the stack (the
+// rare CPU-test segmentation fault of sessions 21-23; docs/CPU_NATIVE.md, "A rare crash").
+memory::desc binary_residual_md(const dnnl::convolution_forward::primitive_desc &pd) {
+    const dnnl::post_ops po = pd.get_primitive_attr().get_post_ops();
+    if (po.len() == 0 || po.kind(0) != dnnl::primitive::kind::binary) return memory::desc();
+    return pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
+}
+
 struct Primitive {
     dnnl::convolution_forward::primitive_desc pd;
     dnnl::convolution_forward prim;
@@ -181,7 +193,7 @@ struct Primitive {
     // a bf16 layer writing f32 reads a bf16 residual); and an id no other primitive of the
     // process has (`Bound`'s key: an address may be reused after a release)
     memory::desc src_md = pd.src_desc(), dst_md = pd.dst_desc(), scratch_md = pd.scratchpad_desc(),
-                 residual_md = pd.query_md(dnnl::query::exec_arg_md, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1);
+                 residual_md = binary_residual_md(pd);
     size_t scratch_bytes = std::max<size_t>(scratch_md.get_size(), 1);  // what a call asks its thread for
     uint64_t id = next_id();
 
@@ -317,6 +329,13 @@ class Conv : public Step {
     bool nhwc_src() const override { return nhwc_src_; }
     bool nhwc_dst() const override { return nhwc_dst_; }
     int64_t scratchpad_bytes() const { return static_cast<int64_t>(exact_.scratch_md.get_size()); }
+    // The bytes of the binary residual each primitive reads (the plain one, then the fused-activation
+    // one where there is one): 0 where a primitive adds no binary residual.
+    std::vector<int64_t> residual_bytes() const {
+        std::vector<int64_t> out{static_cast<int64_t>(exact_.residual_md.get_size())};
+        if (fused_) out.push_back(static_cast<int64_t>(fused_->residual_md.get_size()));
+        return out;
+    }
 
    private:
     // Runs `p` on x -> out; `residual`: the binary-add post-op's operand (nullptr: none). Binds
@@ -1824,7 +1843,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     pybind11::class_<Conv, Step>(m, "Conv")
         .def("run", &Conv::run, pybind11::arg("x"), pybind11::arg("out"), pybind11::arg("residual") = pybind11::none(),
              pybind11::arg("fused") = false)
-        .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes);
+        .def_property_readonly("scratchpad_bytes", &Conv::scratchpad_bytes)
+        .def_property_readonly("residual_bytes", &Conv::residual_bytes);
     pybind11::class_<GlobalPool, Step>(m, "GlobalPool",
                                        "global average pooling as a chain step: [N, C, H, W] -> [N, C, 1, 1]")
         .def(pybind11::init<std::vector<int64_t>, std::string, std::string, std::string>(), pybind11::arg("src_dims"),

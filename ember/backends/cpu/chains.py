@@ -84,6 +84,10 @@ class ChainLink:
     src_input: int = 0
     res_input: int = 3
     sum_input: int = 3
+    #: the layer's part in a depthwise pair (``with_dw_pairs``): "1x1" (a stride-1 1x1 convolution
+    #: without groups or dilation, which may start one), "dw3x3" (a 3x3 depthwise convolution,
+    #: which may end one), "" (neither)
+    pair_role: str = ""
 
     @property
     def in_channels(self) -> int:
@@ -249,7 +253,9 @@ def with_dw_pairs(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]
     while j < n - 1:
         a, b = members[j], members[j + 1]
         conv = None
-        if (a.layer is not None and b.layer is not None and a.relayout is not None and b.relayout is not None
+        if (a.pair_role == "1x1" and b.pair_role == "dw3x3"  # what Layer.prepare_dw checks again, so
+                # that a chain of other layers makes no failed call (each an exception in C++)
+                and a.layer is not None and b.layer is not None and a.relayout is not None and b.relayout is not None
                 and chain.src[j + 1] == j and chain.last[j] == j + 1 and chain.res[j] == chain.res[j + 1] == -2
                 and chain.sum[j] == chain.sum[j + 1] == -2 and chain.dtypes[j] in (0, 3)
                 and chain.dtypes[j + 1] in (0, 3)):

@@ -16,6 +16,11 @@
 #                twenty-second: the 48 memsets are cuBLASLt's workspace, none with CUBLASLT_WORKSPACE_SIZE=0,
 #                -0.17 ms a forward, a process-wide setting only)
 #   build-time   bench/probes/build_time.py: a cold INT8 ResNet-50 b256 build by category (twenty-first: 55 s)
+#   exceptions   bench/probes/extension_exceptions.py: whether a C++ extension's error with a number in its
+#                message reaches Python or crashes (twenty-third session: it crashed on this machine's
+#                torch 2.11+cu130 / GCC 13.3, in Ember's oneDNN extension; cause not found)
+#   cpu-amx      tools/cpu_amx_check.sh: issue 19's bf16 rows on this machine's host CPU (an Xeon with AMX in
+#                the twenty-third session; needs .whl-cpu/ carried, see that script)
 #   int8-3x3     bench/probes/cuda_int8_epilogue_store.py --spatial, then --engine-kernel: the stride-1
 #                3x3 INT8 layers as shifted 2-D TMA boxes (and 4-D ones) against the engine's kernel and
 #                cuDNN fp16, then the engine's kernel with TMA off / on / on with EMBER_TRITON_TMA_SHIFT=1
@@ -87,6 +92,8 @@ for step in $STEPS; do
                       --out "$OUT/int8-3x3.json"
                   run int8-engine "${PROBE_S:-150}" python3 bench/probes/cuda_int8_epilogue_store.py \
                       --engine-kernel --out "$OUT/int8-engine-kernel.json" ;;
+        exceptions) run exceptions "${PROBE_S:-300}" python3 bench/probes/extension_exceptions.py ;;
+        cpu-amx) OUT="$OUT/cpu-amx" run cpu-amx "${CPU_AMX_S:-540}" tools/cpu_amx_check.sh ;;
         *) echo "unknown step $step" >&2 ;;
     esac
 done

@@ -237,3 +237,48 @@ def test_ember_profile_times_a_chain_step_by_step_as_the_engine_runs_it(ext: Any
     monkeypatch.setattr(chains, "run_chain", broken)
     _, durs, said = program.timed_run({"x": torch.from_numpy(x)})
     assert said == [""] * 10 and all(d > 0 for k, d in enumerate(durs) if k != 8)
+
+
+def _bottleneck() -> onnx.ModelProto:
+    """A ResNet bottleneck without its residual: 1x1 + ReLU -> 3x3 (a full convolution, no groups) +
+    ReLU -> 1x1: neighbours that look like a pair's ends but are none."""
+    rng = np.random.default_rng(3)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"]), helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]), helper.make_node("Conv", ["r1", "w2", "b2"], ["y"])]
+    inits = [init("w0", 16, 32, 1, 1), init("b0", 16), init("w1", 16, 16, 3, 3), init("b1", 16),
+             init("w2", 32, 16, 1, 1), init("b2", 32)]
+    g = helper.make_graph(nodes, "bottleneck", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32, 14, 14])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_build_offers_prepare_dw_only_real_pairs(ext: Any, monkeypatch: pytest.MonkeyPatch):
+    """``with_dw_pairs`` calls ``Layer.prepare_dw`` only for a 1x1 then a 3x3 depthwise layer
+    (``ChainLink.pair_role``), so no build raises C++ exceptions as control flow: on the GPU
+    machine's Xeon (torch 2.11+cu130, GCC 13.3) each refusal, whose message holds a number, crashed
+    the process, and every ResNet-50 and GoogLeNet build died there: a bottleneck's 1x1 -> 3x3 is
+    no pair; MobileNet's expand -> depthwise is."""
+    monkeypatch.setattr(chains, "DW_REFERENCE_OK", True)
+    made, refused = [], []
+    real = ext.Layer.prepare_dw
+
+    def counting(self: Any, *args: Any) -> Any:
+        try:
+            out = real(self, *args)
+        except ValueError as e:
+            refused.append(str(e))
+            raise
+        made.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ext.Layer, "prepare_dw", counting)
+    _build(_bottleneck(), tactic_tuning=True)
+    assert made == [] and refused == []
+    _build(_model(), tactic_tuning=True)
+    assert made and all(made), made  # both pairs, in each layout the build timed
+    assert refused == []

@@ -188,9 +188,9 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
                                "error_before": a["error_before"], "error": a["error"]} for k, a in accuracy.items()}
     if args.repeats > 1:
         row["repeats"] = repeats
-    slower = [k for k in engines if ratios[k]["median"] < args.profile_below]
-    if not args.no_profile and slower:
-        row["breakdown"] = {k: breakdown(engines[k], path, feeds, args.threads) for k in slower}
+    profiled = [k for k in engines if ratios[k]["median"] < args.profile_below]
+    if not args.no_profile and profiled:
+        row["breakdown"] = {k: breakdown(engines[k], path, feeds, args.threads) for k in profiled}
     _print_row(row)
     return row
 
@@ -312,12 +312,13 @@ def breakdown_markdown(result: dict[str, Any], top: int = 4) -> str:
     """One line per engine that got a per-op breakdown: its costliest layer kinds beside ONNX
     Runtime's costliest ops, each by its own profiler (both profilers slow their runtime down, so
     compare shares, not sums, with the timed table)."""
+    def share(d: dict[str, float]) -> str:
+        total = sum(d.values()) or 1.0
+        return ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in list(d.items())[:top])
+
     lines = []
     for r in result["rows"]:
         for label, b in r.get("breakdown", {}).items():
-            def share(d: dict[str, float]) -> str:
-                total = sum(d.values()) or 1.0
-                return ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in list(d.items())[:top])
             ours, theirs = b["ember_ms_by_kind"], b["ort_ms_by_op"]
             lines.append(f"- {r['model']} b{r['batch']} {r.get('exporter', 'torchscript')} ({label}, "
                          f"{_ratio_text(r['x_ort'][label])} ORT): Ember {sum(ours.values()):.2f} ms: {share(ours)}; "

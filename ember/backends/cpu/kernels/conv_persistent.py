@@ -234,16 +234,17 @@ def _chain_link(node: Node, ctx: CompileContext, shapes: _ShapeCache, t: Any, st
 
     pads = tuple(geo.begins) + tuple(geo.ends)
     return ChainLink(None, residual, fusable, dtype=out_dtype, relayout=relayout, release=release, layer=layer,
-                     shape=tuple(shape), pads=pads, pair_role=_pair_role(a, w_shape, pads, residual))
+                     shape=tuple(shape), pads=pads, pair_role=_pair_role(a, w_shape, pads))
 
 
-def _pair_role(a: ConvAttrs, w_shape: tuple[int, ...], pads: tuple[int, ...], residual: bool) -> str:
+def _pair_role(a: ConvAttrs, w_shape: tuple[int, ...], pads: tuple[int, ...]) -> str:
     """The layer's part in a depthwise pair (``ChainLink.pair_role``), by the shapes
     ``Layer.prepare_dw`` accepts: an unpadded stride-1 1x1 convolution starts one, a 3x3 depthwise
-    convolution padded by 1 on every side (stride 1 or 2) ends one; neither adds a residual."""
+    convolution padded by 1 on every side (stride 1 or 2) ends one (``with_dw_pairs`` checks that
+    neither adds a residual)."""
     strides = tuple(int(s) for s in a.strides) if a.strides else (1, 1)
     dilations = tuple(int(d) for d in a.dilations) if a.dilations else (1, 1)
-    if residual or len(w_shape) != 4 or dilations != (1, 1):
+    if len(w_shape) != 4 or dilations != (1, 1):
         return ""
     if w_shape[2:] == (1, 1) and int(a.group) == 1 and strides == (1, 1) and not any(pads):
         return "1x1"

@@ -145,7 +145,7 @@ class Chain:
     fused: tuple[bool, ...]
     dtypes: tuple[int, ...]  # per layer: the output type (``DTYPE_CODES``)
     quant: Optional[tuple[float, float, float, bool]] = None  # the input stored 8-bit first (``ChainLink``)
-    #: "nhwc", or "blocked": the activations between the layers in oneDNN's nChw16c (``blocked``)
+    #: "nhwc", or "blocked": the activations between the layers in oneDNN's nChw16c / nChw8c (``blocked``)
     layout: str = "nhwc"
     #: how the chain's input is passed: channels-last ("nhwc"), or as it is, NCHW, where a blocked
     #: chain's first layer reads the image directly ("nchw")
@@ -177,7 +177,7 @@ def enabled() -> bool:
 
 
 #: ``EMBER_CHAIN_LAYOUT``: the activations' layout between a float chain's layers: ``nhwc``
-#: (channels-last, as between every other layer), ``blocked`` (oneDNN's nChw16c), or ``auto`` (the
+#: (channels-last, as between every other layer), ``blocked`` (oneDNN's nChw16c or nChw8c), or ``auto`` (the
 #: default: what the build timed and recorded, ``CPUProgram.tune``; channels-last where nothing was).
 LAYOUT_ENV = "EMBER_CHAIN_LAYOUT"
 LAYOUTS = ("nhwc", "blocked")
@@ -203,13 +203,21 @@ def links(steps: Sequence[Any], chain: Chain) -> list[ChainLink]:
     return [_link(steps[k]) for k in range(chain.start, chain.conv_end)]  # type: ignore[misc]
 
 
+def reference(step: Any) -> bool:
+    """Whether oneDNN runs ``step`` (an extension step) with a reference implementation: its plain
+    C++ loops, 10-100x slower than its JIT kernels, which exist for every layout Ember asks for on
+    a CPU that supports it."""
+    return str(getattr(step, "impl", "")).startswith("ref")
+
+
 def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
-    """``chain`` with its activations in oneDNN's blocked layout (nChw16c) between its layers:
-    each layer's primitive made again (``ChainLink.relayout``) to write blocked and to read blocked,
-    or, for a first layer reading an image of few channels, the image as it is (NCHW). The
-    extension reorders the chain's input once for layers that read it in another layout, and the
-    last output back to channels-last. None where a layer runs only channels-last (INT8) or
-    oneDNN makes no such primitive."""
+    """``chain`` with its activations in oneDNN's blocked layout (nChw16c with AVX-512, nChw8c
+    on an AVX2 CPU) between its layers: each layer's primitive made again
+    (``ChainLink.relayout``) to write blocked and to read blocked, or, for a first layer reading
+    an image of few channels, the image as it is (NCHW). The extension reorders the chain's input
+    once for layers that read it in another layout, and the last output back to channels-last.
+    None where a layer runs only channels-last (INT8), or oneDNN makes no such primitive or only
+    a reference one."""
     if chain.paired or any(link.relayout is None for link in members):
         return None
     planar = 0 < members[0].in_channels < PLANAR_INPUT_CHANNELS
@@ -219,6 +227,8 @@ def blocked(chain: Chain, members: Sequence[ChainLink]) -> Optional[Chain]:
         head = (chain.head_layer.prepare(convs[-1].dst_dims, "blocked", chain.head_flat)
                 if chain.head_layer is not None else None)
     except (RuntimeError, ValueError):  # oneDNN has no primitive for a layout: keep channels-last
+        return None
+    if any(reference(step) for step in convs):  # timing it alone would cost minutes on a large model
         return None
     return replace(chain, convs=convs, layout="blocked", input_layout="nchw" if planar else "nhwc", head=head)
 
@@ -594,6 +604,6 @@ def run_chain(ext: Any, chain: Chain, x: torch.Tensor, times: Optional[torch.Ten
 
 
 __all__ = ["DTYPE_CODES", "DW_ENV", "HEAD_ENV", "LAYOUTS", "LAYOUT_ENV", "MAX_HEAD_GEMMS", "SWITCH_ENV", "Chain",
-           "ChainLink", "HeadRole", "array_runner", "attach_head", "blocked", "dw_enabled", "enabled", "forced_layout",
-           "head_role", "head_shape_ok", "links", "plan_chains", "prepare", "run_chain", "switched_on",
-           "time_layouts", "with_dw_pairs"]
+           "ChainLink", "HeadRole", "array_runner", "attach_head", "blocked", "dw_enabled", "reference", "enabled",
+           "forced_layout", "head_role", "head_shape_ok", "links", "plan_chains", "prepare", "run_chain",
+           "switched_on", "time_layouts", "with_dw_pairs"]

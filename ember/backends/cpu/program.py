@@ -155,7 +155,6 @@ class CPUProgram(Program):
             plan_chains,
             with_dw_pairs,
         )
-        from ember.backends.cpu.features import cpu_features
 
         self._chains: list[Any] = []
         if not enabled():
@@ -167,13 +166,10 @@ class CPUProgram(Program):
         self._ext = ext
         chains = [attach_head(c, self.steps, ext) for c in chains]
         forced = forced_layout()
-        # nChw16c is AVX-512's layout: an engine file timed on such a CPU and loaded on one without
-        # it (where oneDNN may have only reference kernels for it) keeps channels-last
-        blocked_ok = "avx512f" in cpu_features().flags
         for i in range(len(chains)):
             entry = recorded.get(self.steps[chains[i].start].name)
             want = forced or (entry.get("layout") if isinstance(entry, Mapping) else None) or "nhwc"
-            if want == "blocked" and (forced or blocked_ok):
+            if want == "blocked":  # the CPU's own block (``chains.blocked``), whichever CPU timed it
                 chains[i] = blocked(chains[i], links(self.steps, chains[i])) or chains[i]
             if isinstance(entry, Mapping) and entry.get("dw") and dw_enabled():
                 chains[i] = with_dw_pairs(chains[i], links(self.steps, chains[i])) or chains[i]

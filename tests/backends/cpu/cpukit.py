@@ -107,11 +107,15 @@ def assert_runs_like_ort(model: onnx.ModelProto, contexts: list[Any], x: np.ndar
             assert max_rel_error(np.nan_to_num(got), np.nan_to_num(outs[0])) < between
 
 
-def blocked_layout(x: torch.Tensor) -> torch.Tensor:
-    """A float32 NCHW tensor in oneDNN's nChw16c (channels zero-padded to 16) as a flat buffer: what
-    a blocked chain step reads and writes."""
+def blocked_layout(x: torch.Tensor, block: Optional[int] = None) -> torch.Tensor:
+    """A float32 NCHW tensor in oneDNN's nChw<block>c (channels zero-padded to the block) as a flat
+    buffer: what a blocked chain step reads and writes (default: this CPU's block, 16 with AVX-512
+    and 8 without, ``ext.blocked_channels()``)."""
+    if block is None:
+        from ember.backends.cpu import native
+        block = native.extension().blocked_channels()
     n, c, h, w = x.shape
-    cp = (c + 15) // 16 * 16
+    cp = (c + block - 1) // block * block
     padded = torch.zeros(n, cp, h, w)
     padded[:, :c] = x
-    return padded.view(n, cp // 16, 16, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)
+    return padded.view(n, cp // block, block, h, w).permute(0, 1, 3, 4, 2).contiguous().view(-1)

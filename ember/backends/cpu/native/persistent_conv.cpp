@@ -136,14 +136,25 @@ void check_nhwc(const torch::Tensor &t, const memory::desc &md, const char *what
                       " must be channels-last contiguous (torch.channels_last)");
 }
 
+// Whether oneDNN may use AVX-512 here (the CPU has it, and ONEDNN_MAX_CPU_ISA does not mask it).
+bool avx512_isa() {
+    const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+    const auto want = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);
+    return (isa & want) == want;
+}
+
 // Activation layouts a float convolution may be made for: "nhwc" (channels-last, Ember's
-// tensors), "nchw" (a contiguous NCHW tensor: a chain's image) and "blocked" (oneDNN's nChw16c,
-// AVX-512's native layout, kept between the layers of a chain; its buffers are flat, of
-// `md.get_size()` bytes, the channels padded to 16 with zeros).
+// tensors), "nchw" (a contiguous NCHW tensor: a chain's image) and "blocked" (oneDNN's native
+// layout for the CPU's vectors, kept between the layers of a chain: nChw16c with AVX-512,
+// nChw8c on an AVX2 CPU, where oneDNN 3.2 has only its reference convolution for nChw16c, about
+// 100x slower; its buffers are flat, of `md.get_size()` bytes, the channels padded with zeros).
 tag to_tag(const std::string &layout) {
     if (layout == "nhwc") return tag::nhwc;
     if (layout == "nchw") return tag::nchw;
-    if (layout == "blocked") return tag::nChw16c;
+    if (layout == "blocked") {
+        static const tag blocked = avx512_isa() ? tag::nChw16c : tag::nChw8c;
+        return blocked;
+    }
     TORCH_CHECK_VALUE(false, "unknown activation layout '", layout, "' (nhwc, nchw, blocked)");
 }
 
@@ -1800,6 +1811,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Persistent oneDNN convolution and INT8 matmul primitives (Ember's CPU tactic onednn_persistent)";
     m.def("version", &version, "libdnnl's version and CPU runtime, and the headers' it was compiled with");
     m.def("engine_ok", []() { cpu_engine(); return true; }, "creates oneDNN's CPU engine (raises if it cannot)");
+    m.def("blocked_channels", []() { return to_tag("blocked") == tag::nChw16c ? 16 : 8; },
+          "the channel block of the \"blocked\" layout on this CPU: 16 (nChw16c, AVX-512) or 8 (nChw8c)");
     m.def("run_chain", &run_chain, pybind11::arg("convs"), pybind11::arg("x"), pybind11::arg("src"),
           pybind11::arg("res"), pybind11::arg("sum"), pybind11::arg("last"), pybind11::arg("fused"),
           pybind11::arg("dtypes"), pybind11::arg("head") = nullptr, pybind11::arg("times") = pybind11::none(),

@@ -8,6 +8,8 @@
 # Logs, lscpu and one bench/cpu.py result file per model go to $OUT; a summary is printed last.
 #   OUT=$OUT CPU_MODELS="mobilenet-v2 resnet-50" CPU_BATCHES=8 tools/cpu_amx_check.sh
 # CPU_EXTRA adds bench/cpu.py arguments (e.g. "--accuracy-target 1e-2"); CPU_MODEL_S limits each model.
+# CPU_RUN runs that shell command instead of the bench, pinned the same way (CPU_RUN_S limits it), e.g.
+#   CPU_RUN="python3 bench/probes/cpu_bf16_ceiling.py mobilenet-v2 --out $OUT/ceiling.json"
 # Exits 3 without running anything when the CPU has no AMX-BF16 (CPU_FORCE=1 runs anyway).
 set -u
 OUT=${OUT:-cpu-amx-$(date +%F)}
@@ -42,6 +44,10 @@ python3 -c "from ember.backends.cpu import native; m = native.extension(); print
     > "$OUT/extension.log" 2>&1
 tail -n 1 "$OUT/extension.log"
 grep -q 'oneDNN extension: [0-9]' "$OUT/extension.log" || { echo "no oneDNN extension: Ember would not run its best CPU path"; exit 4; }
+if [ -n "${CPU_RUN:-}" ]; then  # another command instead of the bench, pinned alike (probes)
+    timeout "${CPU_RUN_S:-540}" taskset -c "$CORES" bash -c "$CPU_RUN"
+    exit $?
+fi
 summary=()
 for model in $MODELS; do
     t0=$SECONDS

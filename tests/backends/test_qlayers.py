@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ember.backends.cpu import evaluate
+from ember.backends.cpu.features import int8_saturates
+from ember.backends.cpu.kernels import qlayers
 from ember.backends.cpu.kernels.qlayers import dequantize, int8_available, quantize, quantize_weight
 from ember.ir import Node, OpType
 from ember.ir.dtype import DType
@@ -16,6 +18,18 @@ from ember.ops.attrs import Activation, ConvAttrs, GemmAttrs, QConvAttrs, QGemmA
 from ember.passes.int8 import symmetric_scales
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels")
+
+
+@pytest.fixture(params=["onednn", "exact"])
+def int8_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each reference test on both of the INT8 layers' paths: oneDNN's 8-bit kernels (skipped where
+    they saturate: ``features.int8_saturates``) and the float32 arithmetic on the same integers that
+    runs there instead (forced here on any CPU)."""
+    if request.param == "exact":
+        monkeypatch.setattr(qlayers, "int8_saturates", lambda: True)
+    elif int8_saturates():
+        pytest.skip("oneDNN's 8-bit kernels saturate on this CPU (x86 without VNNI or AMX); Ember does not use them")
+    return request.param
 
 U8 = DType.UINT8
 S8 = DType.INT8
@@ -88,6 +102,7 @@ CASES = [
 
 @pytest.mark.parametrize("name, conv, cin, cout, xp, act, params, out", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("feed_8bit", [False, True])
+@pytest.mark.usefixtures("int8_path")
 def test_qconv_matches_reference(name, conv, cin, cout, xp, act, params, out, feed_8bit):
     r = np.random.default_rng(0)
     x = r.normal(0.8, 1.5, (2, cin, 9, 9)).astype(np.float32)
@@ -109,6 +124,7 @@ def test_qconv_matches_reference(name, conv, cin, cout, xp, act, params, out, fe
 
 @pytest.mark.parametrize("out, res_dtype", [(QuantParams(0.06, 0, U8), "f32"), (QuantParams(0.06, 0, U8), "u8"),
                                             (None, "u8"), (None, "f32"), (QuantParams(0.06, 128, U8), "u8")])
+@pytest.mark.usefixtures("int8_path")
 def test_qconv_residual_sum(out, res_dtype):
     """conv + residual -> ReLU (or none for a signed output): the residual summed 8-bit into an
     8-bit output, or in float32; an 8-bit residual is left unchanged (oneDNN sums into a copy)."""
@@ -139,6 +155,7 @@ def test_qconv_residual_sum(out, res_dtype):
     ((2, 5, 32), False, QuantParams(0.02, 0, S8), Activation.GELU_ERF, QuantParams(0.03, 10, U8), False),
     ((4, 32), False, QuantParams(0.02, 0, S8), Activation.NONE, QuantParams(0.05, 0, S8), True),
 ])
+@pytest.mark.usefixtures("int8_path")
 def test_qgemm_matches_reference(shape, trans_b, xp, act, out, smooth):
     r = np.random.default_rng(2)
     x = r.normal(0, 1, shape).astype(np.float32)

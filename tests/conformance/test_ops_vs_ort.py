@@ -7,11 +7,14 @@ import pytest
 
 import ember
 from tests.conformance.op_models import OpCase, all_cases
+from tests.int8ref import needs_other_reference, reference_run
 
 CASES = all_cases()
 
 
 def run_ort(case: OpCase) -> list[np.ndarray]:
+    if needs_other_reference(case.model):  # ONNX Runtime's 8-bit kernels saturate on this CPU
+        return reference_run(case.model, case.inputs)
     sess = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, case.inputs)
 

@@ -12,6 +12,7 @@ import ember
 from ember.cli import main
 from ember.errors import BuildError, InputError
 from ember.tools.quantize import qdq_counts, quantize_model
+from tests.int8ref import ort_options
 
 F32 = np.float32
 
@@ -60,7 +61,9 @@ def _data(shape: tuple, batches: int, seed: int = 2) -> list[dict[str, np.ndarra
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """ONNX Runtime's output; QDQ pairs run as float ops where its fused 8-bit kernels saturate
+    (``tests/int8ref.py``)."""
+    sess = ort.InferenceSession(model.SerializeToString(), ort_options(), providers=["CPUExecutionProvider"])
     return sess.run(["y"], {"x": x})[0]
 
 

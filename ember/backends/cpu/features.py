@@ -81,6 +81,24 @@ def _probe() -> CPUFeatures:
     return CPUFeatures(name or platform.processor() or platform.machine() or "unknown CPU", frozenset(flags))
 
 
+#: x86 flags with which oneDNN's 8-bit kernels sum u8 x s8 products in 32 bits (VNNI dot products,
+#: AMX tiles). Without any of them (AVX2 CPUs, AVX-512 before Cascade Lake) oneDNN, like ONNX
+#: Runtime's MLAS, multiplies with ``vpmaddubsw``, which adds each pair of products in 16 bits and
+#: saturates: 255 x 127 x 2 = 64770 > 32767. Measured on an AVX2 EPYC (twenty-fourth session): a
+#: QConv whose input has zero point 128 was off by up to 68 quantization steps, and ONNX Runtime
+#: 1.32's MatMulInteger by up to 17525 of its int32 results.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+_X86_FLAGS = ("sse4_1", "avx", "avx2")
+
+
+def int8_saturates() -> bool:
+    """Whether oneDNN's 8-bit convolutions and matmuls can saturate on this (real, not faked) CPU:
+    an x86 CPU without VNNI or AMX (``INT8_DOT_FLAGS``). Ember's INT8 layers then compute in
+    float32 arithmetic on the same integer operands (``kernels.qlayers``), which is exact."""
+    flags = _probe().flags
+    return any(f in flags for f in _X86_FLAGS) and not any(f in flags for f in INT8_DOT_FLAGS)
+
+
 def _from_cpuinfo(path: Path) -> tuple[str, set[str]]:
     try:
         text = path.read_text()
@@ -108,4 +126,5 @@ def _from_torch() -> set[str]:
     return {"amx_bf16"} if "amx" in capability else set()
 
 
-__all__ = ["CPUFeatures", "CPUPrecisionWarning", "NATIVE_FLAGS", "cpu_features", "set_cpu_features"]
+__all__ = ["CPUFeatures", "CPUPrecisionWarning", "INT8_DOT_FLAGS", "NATIVE_FLAGS", "cpu_features", "int8_saturates",
+           "set_cpu_features"]

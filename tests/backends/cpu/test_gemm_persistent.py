@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend, native
+from ember.backends.cpu.features import int8_saturates
 from ember.backends.cpu.kernels import gemm_persistent
 from ember.backends.cpu.kernels.conv_persistent import TACTIC
 from ember.backends.cpu.kernels.qlayers import int8_available, quantize_weight
@@ -38,6 +39,8 @@ from ember.plan.config import Device, Precision
 DEFAULT = "aten"  # qlayers' QGemm kernel
 
 pytestmark = [pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels"),
+              pytest.mark.skipif(int8_saturates(), reason="oneDNN's 8-bit kernels saturate on this CPU (x86 without "
+                                 "VNNI or AMX), so the persistent INT8 tactic is not offered here"),
               pytest.mark.usefixtures("fresh_native")]
 
 
@@ -351,6 +354,36 @@ def test_engine_file_runs_where_the_tactic_cannot(ext: Any, tmp_path: Path, monk
     loaded = ember.load(str(saved))
     with loaded.create_context() as ctx:
         assert max_relative_error(ctx.infer({"x": x})["y"], want) < 1e-2
+
+
+def test_engine_file_runs_exactly_where_int8_saturates(ext: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine built where oneDNN's 8-bit kernels are exact (VNNI), loaded on a CPU where they
+    saturate: its QGemms run ``qlayers``' float32 arithmetic on the same integers instead."""
+    from ember.backends.cpu import features
+    from ember.backends.cpu.kernels import conv_persistent, qlayers
+
+    path = mlp_model(tmp_path / "mlp.onnx")
+    monkeypatch.setattr(conv_persistent, "int8_saturates", lambda: False)  # built as on a VNNI CPU
+    engine = build_int8(path, True, monkeypatch)
+    assert qgemm_tactics(engine) == {TACTIC}
+    engine.save(str(tmp_path / "mlp.ember"))
+    x = np.random.default_rng(9).standard_normal((2, 4, 64)).astype(np.float32)
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # fp32
+    for module in (features, conv_persistent, qlayers):
+        monkeypatch.setattr(module, "int8_saturates", lambda: True)
+    exact, made = qlayers._qgemm_exact, []
+
+    def spy(*args: Any) -> Any:
+        made.append(args[0].name)
+        return exact(*args)
+
+    monkeypatch.setattr(qlayers, "_qgemm_exact", spy)
+    loaded = ember.load(str(tmp_path / "mlp.ember"))
+    with loaded.create_context() as ctx:
+        got = ctx.infer({"x": x})["y"]
+    assert sorted(made) == sorted(lay.name for lay in loaded.plan.layers if lay.kind == "QGemm")
+    assert max_relative_error(got, want) < 5e-2
 
 
 # ----------------------------------------------------------------------------- unavailable

@@ -22,6 +22,7 @@ reference.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Optional
 
 import torch
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
+from ember.backends.cpu.features import cpu_features, int8_saturates
 from ember.backends.cpu.kernels.common import Inputs
+from ember.backends.cpu.kernels.conv import conv_forward
 from ember.backends.cpu.kernels.conv_mkldnn import ConvPadder, reorder_params
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
@@ -183,6 +186,8 @@ def _with_runtime_weights(node: Node, ctx: CompileContext, make) -> Kernel:
 
 
 def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:
+    if int8_saturates():
+        return _qconv_exact(node, ctx, w, bias)
     a: QConvAttrs = node.attrs
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
@@ -267,14 +272,21 @@ def qgemm(node: Node, ctx: CompileContext) -> Kernel:
     return _compile(node, ctx, _qgemm)
 
 
-def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:
-    a: QGemmAttrs = node.attrs
+def _gemm_weight(a: QGemmAttrs, w: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The [N, K] float weight (the SmoothQuant factors folded in) and the input's multipliers
+    (``gemm_input``'s ``inv``; None without smoothing)."""
     w_nk = (w if a.gemm.trans_b else w.t()).to(torch.float32).contiguous()  # [N, K]
-    inv = None
-    if a.smooth:  # x @ w == (x / s) @ (s * w)
-        s = torch.tensor(a.smooth, dtype=torch.float64)
-        w_nk = (w_nk.double() * s[None, :]).to(torch.float32)
-        inv = (1.0 / (s * a.x.scale)).to(torch.float32)
+    if not a.smooth:
+        return w_nk, None
+    s = torch.tensor(a.smooth, dtype=torch.float64)  # x @ w == (x / s) @ (s * w)
+    return (w_nk.double() * s[None, :]).to(torch.float32), (1.0 / (s * a.x.scale)).to(torch.float32)
+
+
+def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:
+    if int8_saturates():
+        return _qgemm_exact(node, ctx, w, c)
+    a: QGemmAttrs = node.attrs
+    w_nk, inv = _gemm_weight(a, w)
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
     qw = quantize_weight(w_nk, w_scales, 0)
@@ -302,6 +314,93 @@ def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.T
         if finish is not None:
             y = finish(y)
         return [y.reshape(*lead, y.shape[-1]) if x.dim() != 2 else y]
+
+    return run
+
+
+# On x86 CPUs without VNNI or AMX, oneDNN's 8-bit kernels add pairs of u8 x s8 products in 16 bits
+# and saturate (``features.int8_saturates``). There the INT8 layers compute in float32 arithmetic on
+# the same integer operands: each product is an integer below 2^15 and exact in float32, and sums
+# stay exact below 2^24 (above, a rounding of 6e-8 relative, far under a quantization step); the
+# int32 accumulator's scale, the bias, the residual, the activation and the output quantization
+# then follow in the order of oneDNN's post-ops. Results are those of VNNI hardware, at fp32 speed.
+
+
+_said_exact = False
+
+
+def _say_exact() -> None:
+    """One warning a process that this CPU's INT8 layers take the exact float32 path."""
+    global _said_exact
+    if not _said_exact:
+        _said_exact = True
+        logging.getLogger("ember.build").warning(
+            "this CPU (%s) has no VNNI or AMX: oneDNN's 8-bit kernels would saturate on it (as ONNX Runtime's "
+            "do), so Ember's INT8 layers compute in float32 arithmetic on the same integers: exact results, "
+            "without INT8's speed-up (build fp32, or run INT8 engines on a CPU with AVX512-VNNI, AVX-VNNI or "
+            "AMX)", cpu_features().name)
+
+
+def _centered(x: torch.Tensor, p: QuantParams) -> torch.Tensor:
+    """An 8-bit tensor's integers minus its zero point, as float32 (exact)."""
+    v = x.to(torch.float32)
+    return v.sub_(p.zero_point) if p.zero_point else v
+
+
+def _finish_exact(y: torch.Tensor, a: QConvAttrs | QGemmAttrs, residual: Optional[torch.Tensor],
+                  res_p: Optional[QuantParams]) -> torch.Tensor:
+    """bias-added float32 accumulator -> + residual -> activation -> output quantization. An 8-bit
+    residual counts as ``res_p`` stores it; a float32 one added to an 8-bit output is first stored
+    that way too, as ``_qconv``'s 8-bit sum does."""
+    if residual is not None:
+        if residual.dtype == torch.float32 and a.out is not None and res_p is not None:
+            residual = quantize(residual, res_p)
+        y = y.add_(residual if residual.dtype == torch.float32 else dequantize(residual, res_p))
+    return _epilogue(a.activation, tuple(a.act_params), a.out)(y)
+
+
+def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:
+    """``_qconv``'s result without oneDNN's 8-bit kernels (see above)."""
+    _say_exact()
+    a: QConvAttrs = node.attrs
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
+    qw = quantize_weight(w.to(torch.float32), w_scales, 0).to(torch.float32)
+    shape = (1, -1) + (1,) * (qw.dim() - 2)
+    scale = (a.x.scale * w_scales.double()).to(torch.float32).reshape(shape)
+    b = bias.reshape(shape).to(torch.float32) if bias is not None else None
+    xp, res_p, x_dtype = a.x, a.residual, torch_dtype(a.x.dtype)
+    cl = torch.channels_last if qw.dim() == 4 else torch.contiguous_format
+    nchw = planned_format(ctx, node.outputs[0]) is NCHW
+
+    def run(inputs: Inputs) -> list:
+        x = inputs[0]
+        q = x if x.dtype == x_dtype else quantize(x.contiguous(), xp)
+        acc = conv_forward(_centered(q, xp), qw, None, a.conv)  # zero padding of q - zp: ONNX's zero point
+        y = acc.mul_(scale)
+        if b is not None:
+            y = y.add_(b)
+        y = _finish_exact(y, a, inputs[3] if a.has_residual else None, res_p)
+        return [y.contiguous() if nchw else y.contiguous(memory_format=cl)]
+
+    return run
+
+
+def _qgemm_exact(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:
+    """``_qgemm``'s result without oneDNN's 8-bit kernels (see above)."""
+    _say_exact()
+    a: QGemmAttrs = node.attrs
+    w_nk, inv = _gemm_weight(a, w)
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
+    qw_kn = quantize_weight(w_nk, w_scales, 0).to(torch.float32).t().contiguous()
+    scale = (a.x.scale * w_scales.double()).to(torch.float32)
+    bias = (c.reshape(-1).to(torch.float32) * a.gemm.beta) if c is not None else None
+    xp = a.x
+
+    def run(inputs: Inputs) -> list:
+        y = torch.matmul(_centered(gemm_input(inputs[0], xp, inv, node.name), xp), qw_kn).mul_(scale)
+        if bias is not None:
+            y = y.add_(bias)
+        return [_finish_exact(y, a, None, None)]
 
     return run
 

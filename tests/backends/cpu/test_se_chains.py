@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from bf16kit import NO_ONEDNN_BF16, ONEDNN_BF16, real_cpu_is_native  # tests/backends/cpu/bf16kit.py
 from cpukit import assert_runs_like_ort, blocked_layout  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
@@ -365,6 +366,7 @@ def test_a_chain_that_cannot_take_its_input_says_so_once_and_runs_its_layers(ext
     torch.testing.assert_close(outs[0], outs[1])
 
 
+@pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)  # it makes bf16 primitives
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
 def test_pool_and_scale_steps_compute_in_bf16_as_pytorch_does(ext: Any, layout: str):
     """A bf16 layer's pooling and scale run on bf16 activations (oneDNN accumulating the average in
@@ -397,6 +399,9 @@ def test_pool_and_scale_steps_compute_in_bf16_as_pytorch_does(ext: Any, layout: 
         ext.GlobalPool([N, C, HW, HW], "nhwc", "nhwc", "f16")
 
 
+# The real CPU builds (no fake): without native bf16 the build keeps fp32 and there is no bf16 chain.
+@pytest.mark.skipif(not real_cpu_is_native(),
+                    reason="this CPU has no native bf16 (AMX-BF16 / AVX-512 BF16): builds keep fp32")
 @pytest.mark.parametrize("block", ["mobilenet-v3", "efficientnet", "se-resnet"])
 def test_a_bf16_squeeze_excite_block_is_one_chain(ext: Any, block: str):
     """In a bf16 build the block's pooling and scale are bf16 chain steps between its bf16
@@ -420,3 +425,22 @@ def test_a_bf16_squeeze_excite_block_is_one_chain(ext: Any, block: str):
             assert got.dtype == np.float32
             np.testing.assert_array_equal(np.isnan(got), np.isnan(sess.run(None, {"x": feed})[0]))
             assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 3e-2
+
+
+@pytest.mark.parametrize("block", ["mobilenet-v3", "se-resnet"])
+def test_a_bf16_build_that_keeps_fp32_chains_as_the_fp32_build(ext: Any, block: str):
+    """A bf16 request on a CPU without native bf16 keeps every layer fp32, and its squeeze-excite
+    steps join the chain as in an fp32 build (they used to cut it in two: the steps took float32
+    only in an fp32 build)."""
+    from bf16kit import PLAIN, faked_cpu  # tests/backends/cpu/bf16kit.py
+
+    model = _seresnet_model(C, "input") if block == "se-resnet" else _se_model(False, 3, MOBILENET_V3)
+    with faked_cpu(PLAIN), pytest.warns(UserWarning, match="keeps fp32"):
+        engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision="bf16"),
+                             progress=False)
+    fp32 = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
+    assert _chains(engine) == _chains(fp32)
+    assert ("(7 layers chained" if block == "se-resnet" else "(8 layers chained") in _chains(engine)[0]
+    x, _ = _inputs()
+    with engine.create_context() as c, fp32.create_context() as f:
+        np.testing.assert_allclose(c.infer({"x": x})["y"], f.infer({"x": x})["y"], rtol=1e-5, atol=1e-5)

@@ -48,8 +48,9 @@ def _static_float(ctx: CompileContext, name: str) -> Optional[tuple[int, ...]]:
 def _step_dtype(node: Node, ctx: CompileContext) -> Optional[torch.dtype]:
     """The type a chain step of ``node`` computes and stores in, where it may join a chain (its
     only output kept channels-last by the plan): float32 for a float32 layer of a float32 build,
-    bfloat16 for a bf16 layer whose inputs and output are all stored bf16 (``half.storage_dtype``:
-    not a graph input or output, not from a float32 layer); else None."""
+    or of a bf16 / fp16 build whose inputs and output are all stored float32; bfloat16 for a bf16
+    layer whose inputs and output are all stored bf16 (``half.storage_dtype``: not a graph input
+    or output, not from a float32 layer); else None."""
     if not switched_on(SWITCH_ENV) or ctx.graph is None:
         return None
     if len(node.outputs) != 1 or not node.outputs[0] or planned_format(ctx, node.outputs[0]) is NCHW:
@@ -62,17 +63,24 @@ def _step_dtype(node: Node, ctx: CompileContext) -> Optional[torch.dtype]:
     precision = Precision(ctx.precision)
     if precision is Precision.FP32 and ctx.config.precision is Precision.FP32:
         return torch.float32
-    if precision is not Precision.BF16:
+    if precision is not Precision.BF16 and not (precision is Precision.FP32 and ctx.config.precision.is_half):
         return None
     from ember.backends.cpu.half import storage_dtype
 
+    # a bf16 layer between bf16 tensors, or a float32 layer of a bf16 / fp16 build between float32
+    # tensors (all of them, where the CPU has no native bf16 and the build kept fp32; INT8 builds'
+    # float layers stay out: they sit between 8-bit layers)
+    want = DType.BFLOAT16 if precision is Precision.BF16 else DType.FLOAT32
     layers = ctx.records.precision.layers
     producers = ctx.graph.producers()
     for name in [n for n in node.inputs if n] + [node.outputs[0]]:
         producer = producers.get(name)
-        if producer is None or storage_dtype(ctx.graph, layers, producer.name, name) is not DType.BFLOAT16:
+        t = ctx.graph.types.get(name) if producer is None else None
+        stored = (t.dtype if t is not None else None) if producer is None else storage_dtype(
+            ctx.graph, layers, producer.name, name)
+        if stored is not want:  # a graph input or constant is stored as the graph types it
             return None
-    return torch.bfloat16
+    return torch.bfloat16 if precision is Precision.BF16 else torch.float32
 
 
 _DTYPE_NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}

@@ -4,7 +4,8 @@ conversions; the engine file; per-layer precisions and the accuracy target; a CP
 bf16 (warned, fp32 kept) and fp16 without AMX-FP16 (refused); the configuration's checks.
 
 The CPU is faked (``ember.backends.cpu.features.set_cpu_features``) where a test needs one kind:
-PyTorch computes bf16 on any CPU, so the results do not depend on it."""
+oneDNN emulates bf16 on a CPU without native bf16, so the results do not depend on it. Where it
+has no bf16 kernels at all (AVX2 at most: ``bf16kit.ONEDNN_BF16``) the bf16 builds skip."""
 from __future__ import annotations
 
 import sys
@@ -26,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu")
 from bf16kit import (  # noqa: E402
     NATIVE,
     NATIVE_FP16,
+    NO_ONEDNN_BF16,
     NO_TORCH_FP16_CONV,
+    ONEDNN_BF16,
     PLAIN,
     TORCH_FP16_CONV,
     casts,
@@ -38,6 +41,8 @@ from bf16kit import (  # noqa: E402
 )
 
 RNG = np.random.default_rng(1)
+#: A test that builds and runs bf16 layers on a faked native-bf16 CPU (oneDNN's bf16 kernels).
+needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
 
 
 def _w(*shape: int, scale: float | None = None) -> np.ndarray:
@@ -91,6 +96,7 @@ def cnn_pair():
     return engines(small_cnn(), shapes=SHAPES)
 
 
+@needs_onednn_bf16
 def test_a_small_cnn_runs_bf16_within_1e2_of_fp32(cnn_pair):
     fp32, bf16 = cnn_pair
     runs = precisions(bf16)
@@ -105,6 +111,7 @@ def test_a_small_cnn_runs_bf16_within_1e2_of_fp32(cnn_pair):
     assert (got["probs"].argmax(1) == want["probs"].argmax(1)).mean() >= 0.75
 
 
+@needs_onednn_bf16
 def test_activations_stay_bf16_between_bf16_layers(cnn_pair):
     """One conversion in (the input), none between layers but for the logits, which the Gemm
     writes in float32 as a graph output and the bf16 Softmax reads; the graph keeps the model's
@@ -123,6 +130,7 @@ def test_activations_stay_bf16_between_bf16_layers(cnn_pair):
     assert all(str(seen[o]).removeprefix("torch.") == stored(bf16, o) for o in seen if o != "x"), seen
 
 
+@needs_onednn_bf16
 def test_the_engine_file_keeps_the_bf16_plan(cnn_pair, tmp_path):
     _, bf16 = cnn_pair
     bf16.save(tmp_path / "cnn.ember")
@@ -133,6 +141,7 @@ def test_the_engine_file_keeps_the_bf16_plan(cnn_pair, tmp_path):
     np.testing.assert_array_equal(run(loaded, feeds)["probs"], run(bf16, feeds)["probs"])
 
 
+@needs_onednn_bf16
 def test_a_dynamic_batch_bf16_engine_runs_any_batch_in_its_profile():
     profile = {"x": ((1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))}
     fp32, bf16 = engines(small_cnn(), profiles=profile)
@@ -141,6 +150,7 @@ def test_a_dynamic_batch_bf16_engine_runs_any_batch_in_its_profile():
         assert max_relative_error(run(bf16, feeds)["logits"], run(fp32, feeds)["logits"]) <= 1e-2
 
 
+@needs_onednn_bf16
 def test_layer_precisions_keep_named_layers_in_fp32_with_planned_conversions():
     _, bf16 = engines(small_cnn(), shapes=SHAPES, layer_precisions={"Softmax": "fp32", "stem": "fp32"})
     layers = {layer.name: layer for layer in bf16.plan.layers}
@@ -150,6 +160,7 @@ def test_layer_precisions_keep_named_layers_in_fp32_with_planned_conversions():
     assert sorted(casts(bf16)) == [("p0", "bf16")], casts(bf16)
 
 
+@needs_onednn_bf16
 def test_an_fp32_build_may_name_bf16_layers():
     _, mixed = engines(small_cnn(), precision="fp32", shapes=SHAPES, layer_precisions={"Conv": "bf16"})
     runs = {layer.name: str(layer.precision) for layer in mixed.plan.layers}
@@ -160,6 +171,7 @@ def test_an_fp32_build_may_name_bf16_layers():
     assert max_relative_error(run(mixed, feeds)["logits"], run(fp32, feeds)["logits"]) <= 1e-2
 
 
+@needs_onednn_bf16
 def test_the_accuracy_target_returns_the_first_layers_to_fp32():
     """A bf16 build with an accuracy target: the search of ``ember.builder.accuracy`` (tested on
     its own in test_accuracy.py) over the CPU's bf16 layers, never over the planned conversions
@@ -230,6 +242,7 @@ def test_the_configuration_checks_precision_by_device():
     assert read.precision is Precision.FP32 and read.layer_precisions == {"fc": Precision.FP32}
 
 
+@needs_onednn_bf16
 def test_ember_build_precision_bf16_on_the_command_line(tmp_path, capsys):
     from ember.cli import main
 
@@ -251,6 +264,7 @@ def transformer():
     return path, zoo.sample_inputs("bert-tiny", 2)
 
 
+@needs_onednn_bf16
 def test_a_small_transformer_runs_bf16(transformer):
     """bert-tiny: the GEMMs, attention, residual LayerNorms and the data movement between them in
     bf16; the embeddings (a gather from an fp32 table) and their LayerNorm in fp32; the mask

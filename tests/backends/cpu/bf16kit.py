@@ -1,6 +1,9 @@
 """Helpers of the CPU half-precision tests: one-op ONNX models, a bf16 engine next to its fp32
-twin, and a faked CPU (``ember.backends.cpu.features``) so the bf16 path is tested on any CPU:
-PyTorch computes bf16 everywhere, only slower where the CPU has no native support."""
+twin, and a faked CPU (``ember.backends.cpu.features``) so the bf16 path is tested on CPUs without
+native bf16 too, where oneDNN (PyTorch's and Ember's extension) emulates bf16, only slower. It does
+so only where it has bf16 kernels at all (AVX-512 BW/VL/DQ, AMX or AVX-NE-CONVERT): on a CPU with
+AVX2 at most, such as an AVX2 EPYC, a faked native-bf16 build cannot run, and the tests that need
+one skip (``ONEDNN_BF16``)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +28,17 @@ NATIVE_FP16 = CPUFeatures("Faked Xeon with AMX-FP16", NATIVE.flags | {"amx_fp16"
 #: avx_ne_convert or avx512_fp16"), so a faked ``NATIVE_FP16`` build can run only there.
 TORCH_FP16_CONV = bool({"avx512_fp16", "avx_ne_convert"} & cpu_features().flags)
 NO_TORCH_FP16_CONV = "PyTorch's oneDNN has no fp16 convolutions on this CPU (no AVX512-FP16 / AVX-NE-CONVERT)"
+#: Whether oneDNN has bf16 kernels on this (real) CPU at all, emulated or native: it needs AVX-512
+#: with BW, VL and DQ, AMX or AVX-NE-CONVERT. With AVX2 at most it refuses a bf16 convolution ("could
+#: not create a primitive descriptor for a convolution forward propagation primitive"), a bf16
+#: pooling, and PyTorch packs no bf16 linear weight ("bf16 path needs the cpu support avx_ne_convert
+#: or avx512bw, avx512vl and avx512dq"), so a bf16 primitive of Ember's extension, and a faked
+#: ``NATIVE`` build, can run only where this holds.
+#: Users are not affected: on such a CPU a bf16 build keeps fp32 with a warning.
+ONEDNN_BF16 = ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_features().flags
+               or bool({"amx_bf16", "avx_ne_convert"} & cpu_features().flags))
+NO_ONEDNN_BF16 = ("oneDNN has no bf16 kernels on this CPU (they need AVX-512 BW/VL/DQ, AMX or AVX-NE-CONVERT), "
+                  "so neither a bf16 primitive nor a faked native-bf16 build can run here")
 #: A CPU without native bf16 (AVX-512 but neither AVX512-BF16 nor AMX).
 PLAIN = CPUFeatures("Faked EPYC without BF16", frozenset({"avx2", "avx512f", "avx512bw"}))
 

@@ -3,8 +3,9 @@ model's fp32 engine, within what one bf16 layer may add (``bf16kit.ONE_LAYER``);
 bf16 layer has (the 16-bit oneDNN kernels and their fp32 alternatives) on the tensors that layer
 met in a real run; reductions, normalizations and softmax accumulating in fp32; NaN kept NaN.
 
-The CPU is faked as one with native bf16 (``bf16kit.NATIVE``): PyTorch computes bf16 on any CPU,
-so the results are the same, only slower, where the real CPU has no AVX512-BF16 or AMX."""
+The CPU is faked as one with native bf16 (``bf16kit.NATIVE``): oneDNN emulates bf16 where the real
+CPU has no AVX512-BF16 or AMX, so the results are the same, only slower. Where it has no bf16
+kernels at all (AVX2 at most: ``bf16kit.ONEDNN_BF16``) the tests that build bf16 layers skip."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 import torch
 from bf16kit import (
     NATIVE,
+    NO_ONEDNN_BF16,
     NO_TORCH_FP16_CONV,
     ONE_LAYER,
+    ONEDNN_BF16,
     TORCH_FP16_CONV,
     casts,
     engines,
@@ -33,6 +36,8 @@ from ember.plan.config import Precision
 
 RNG = np.random.default_rng(0)
 mk = helper.make_node
+#: A test whose bf16 layers run on oneDNN's bf16 kernels (convolutions, packed GEMM weights).
+needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
 
 
 def _w(*shape: int, scale: float | None = None) -> np.ndarray:
@@ -101,7 +106,12 @@ def _case(name: str):
     return model(nodes, inputs, outputs, inits, name=name), feeds, kinds
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: Cases of only PyTorch's bf16 matmul of two activations (no weight to pack): they run on any CPU.
+NO_ONEDNN = {"matmul_activations"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=() if name in NO_ONEDNN else needs_onednn_bf16)
+                                  for name in sorted(CASES)])
 def test_bf16_layer_matches_fp32_within_bf16_rounding(name):
     m, feeds, kinds = _case(name)
     fp32, bf16 = engines(m)
@@ -114,6 +124,7 @@ def test_bf16_layer_matches_fp32_within_bf16_rounding(name):
         assert 0 < err <= ONE_LAYER, f"{name}: {k} off by {err:.2e}"  # > 0: it did compute in bf16
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("name", ["conv3x3_relu", "residual_block", "depthwise_relu6", "gemm_transb",
                                   "matmul3d_bias_relu"])
 def test_every_tactic_of_a_bf16_layer_agrees_on_the_tensors_it_met(name):
@@ -165,6 +176,7 @@ def _reduction_model(op: str, n: int):
     return model(nodes, {"x": (2, 16)}, {"y": None}, {"w": w, **inits}, opset=17, name=op), {"x": x}
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("op", ["ReduceSum", "Softmax", "LayerNormalization", "GlobalAveragePool"])
 def test_reductions_accumulate_in_fp32(op):
     """32768 values reduced in a bf16 layer: summed in bf16 the total would stall once the step
@@ -177,6 +189,7 @@ def test_reductions_accumulate_in_fp32(op):
     assert err <= 1e-2, f"{op}: {err:.2e}"
 
 
+@needs_onednn_bf16
 def test_instance_norm_and_lrn_compute_in_fp32():
     """PyTorch's bf16 instance normalization accumulates in bf16; Ember's half wrapper computes it,
     and LRN, from float32 copies of the 16-bit inputs: on the very bf16 tensors the layers read in
@@ -201,6 +214,7 @@ def test_instance_norm_and_lrn_compute_in_fp32():
     assert max_relative_error(seen["y"], lrn(i.double(), bf16.plan.graph.nodes[-1].attrs)) <= 4e-3
 
 
+@needs_onednn_bf16
 def test_conversions_are_planned_once_per_tensor_and_dtype():
     """A graph input read by two bf16 convolutions is converted once; a bf16 tensor read by an
     op without a half kernel (TopK) gets one conversion back to fp32; the output keeps float32."""
@@ -222,6 +236,7 @@ def test_conversions_are_planned_once_per_tensor_and_dtype():
     assert max_relative_error(got["y"], want["y"]) <= ONE_LAYER and got["y"].dtype == np.float32
 
 
+@needs_onednn_bf16
 @pytest.mark.parametrize("kind", ["conv_relu", "conv_relu6", "conv_add_relu", "gemm_relu"])
 @pytest.mark.parametrize("fill", [np.nan, np.inf, "one_nan"])
 def test_non_finite_values_stay_where_onnxruntime_puts_them(kind, fill):
@@ -282,6 +297,7 @@ def test_the_fp32_alternative_wins_where_the_timer_says_it_is_faster():
     assert max_relative_error(run(engine, feeds)["y"], run(fp32, feeds)["y"]) <= ONE_LAYER
 
 
+@needs_onednn_bf16
 def test_epilogues_fuse_only_where_finite_inputs_keep_a_layer_finite():
     """oneDNN's fused ReLU turns NaN into 0, so a bf16 layer fuses it only in runs whose inputs
     are all finite, and only where nothing upstream can make a finite value non-finite (a Log

@@ -3,7 +3,7 @@
 On an x86 CPU without VNNI or AMX (``ember.backends.cpu.features.int8_saturates``), ONNX Runtime's
 MLAS multiplies u8 x s8 with ``vpmaddubsw``, which adds each pair of products in 16 bits and
 saturates: on an AVX2 EPYC its MatMulInteger was off by up to 17525 of its int32 results. Ember
-computes such layers exactly there. On those CPUs the tests take their 8-bit references from
+computes such layers in float32 there. On those CPUs the tests take their 8-bit references from
 ONNX's own reference implementation (``onnx.reference``: integer arithmetic in numpy) for the
 integer ops it has, run QDQ models in ONNX Runtime without its graph optimizations (the Q/DQ
 pairs then run as float ops instead of being fused into 8-bit kernels), and skip, with this

@@ -20,12 +20,12 @@ from ember.passes.int8 import symmetric_scales
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels")
 
 
-@pytest.fixture(params=["onednn", "exact"])
+@pytest.fixture(params=["onednn", "float32"])
 def int8_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each reference test on both of the INT8 layers' paths: oneDNN's 8-bit kernels (skipped where
     they saturate: ``features.int8_saturates``) and the float32 arithmetic on the same integers that
     runs there instead (forced here on any CPU)."""
-    if request.param == "exact":
+    if request.param == "float32":
         monkeypatch.setattr(qlayers, "int8_saturates", lambda: True)
     elif int8_saturates():
         pytest.skip("oneDNN's 8-bit kernels saturate on this CPU (x86 without VNNI or AMX); Ember does not use them")

@@ -94,7 +94,7 @@ _X86_FLAGS = ("sse4_1", "avx", "avx2")
 def int8_saturates() -> bool:
     """Whether oneDNN's 8-bit convolutions and matmuls can saturate on this (real, not faked) CPU:
     an x86 CPU without VNNI or AMX (``INT8_DOT_FLAGS``). Ember's INT8 layers then compute in
-    float32 arithmetic on the same integer operands (``kernels.qlayers``), which is exact."""
+    float32 on the same 8-bit operands (``kernels.qlayers``): no saturation, float32 rounding only."""
     flags = _probe().flags
     return any(f in flags for f in _X86_FLAGS) and not any(f in flags for f in INT8_DOT_FLAGS)
 

@@ -318,7 +318,7 @@ def qconv_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
 
 def int8_available() -> bool:
     """The INT8 layers' ``available()``: the extension, on a CPU where oneDNN's 8-bit kernels do not
-    saturate (``features.int8_saturates``; elsewhere ``qlayers`` computes them exactly, and an
+    saturate (``features.int8_saturates``; elsewhere ``qlayers`` computes them in float32, and an
     engine that recorded this tactic runs them there, with a warning)."""
     return not int8_saturates() and available()
 

@@ -319,37 +319,32 @@ def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.T
 
 
 # On x86 CPUs without VNNI or AMX, oneDNN's 8-bit kernels add pairs of u8 x s8 products in 16 bits
-# and saturate (``features.int8_saturates``). There the INT8 layers compute in float32 arithmetic on
-# the same integer operands: each product is an integer below 2^15 and exact in float32, and sums
-# stay exact below 2^24 (above, a rounding of 6e-8 relative, far under a quantization step); the
-# int32 accumulator's scale, the bias, the residual, the activation and the output quantization
-# then follow in the order of oneDNN's post-ops. Results are those of VNNI hardware, at fp32 speed.
-
+# and saturate (``features.int8_saturates``). There the INT8 layers compute in float32 on the same
+# operands: the 8-bit input's integers (its zero point subtracted, or folded into the bias where
+# no padding reads it) times the weight's integers times their scales, on PyTorch's prepacked
+# fp32 convolution / MKL's GEMM, then the residual, the activation and the output quantization in
+# the order of oneDNN's post-ops. No saturation; the only difference from integer arithmetic is
+# float32 rounding (about 1e-6 relative), far under a quantization step. Speed: an fp32 layer's,
+# plus the conversions at its edges.
 
 _said_exact = False
 
 
 def _say_exact() -> None:
-    """One warning a process that this CPU's INT8 layers take the exact float32 path."""
+    """One warning a process that this CPU's INT8 layers take the float32 path."""
     global _said_exact
     if not _said_exact:
         _said_exact = True
         logging.getLogger("ember.build").warning(
             "this CPU (%s) has no VNNI or AMX: oneDNN's 8-bit kernels would saturate on it (as ONNX Runtime's "
-            "do), so Ember's INT8 layers compute in float32 arithmetic on the same integers: exact results, "
+            "do), so Ember's INT8 layers compute in float32 on the same 8-bit operands: right results, "
             "without INT8's speed-up (build fp32, or run INT8 engines on a CPU with AVX512-VNNI, AVX-VNNI or "
             "AMX)", cpu_features().name)
 
 
-def _centered(x: torch.Tensor, p: QuantParams) -> torch.Tensor:
-    """An 8-bit tensor's integers minus its zero point, as float32 (exact)."""
-    v = x.to(torch.float32)
-    return v.sub_(p.zero_point) if p.zero_point else v
-
-
 def _finish_exact(y: torch.Tensor, a: QConvAttrs | QGemmAttrs, residual: Optional[torch.Tensor],
                   res_p: Optional[QuantParams]) -> torch.Tensor:
-    """bias-added float32 accumulator -> + residual -> activation -> output quantization. An 8-bit
+    """bias-added float32 result -> + residual -> activation -> output quantization. An 8-bit
     residual counts as ``res_p`` stores it; a float32 one added to an 8-bit output is first stored
     that way too, as ``_qconv``'s 8-bit sum does."""
     if residual is not None:
@@ -361,24 +356,44 @@ def _finish_exact(y: torch.Tensor, a: QConvAttrs | QGemmAttrs, residual: Optiona
 
 def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:
     """``_qconv``'s result without oneDNN's 8-bit kernels (see above)."""
+    from ember.backends.cpu.kernels.conv_mkldnn import pointwise_available
+
     _say_exact()
     a: QConvAttrs = node.attrs
-    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
-    qw = quantize_weight(w.to(torch.float32), w_scales, 0).to(torch.float32)
-    shape = (1, -1) + (1,) * (qw.dim() - 2)
-    scale = (a.x.scale * w_scales.double()).to(torch.float32).reshape(shape)
-    b = bias.reshape(shape).to(torch.float32) if bias is not None else None
     xp, res_p, x_dtype = a.x, a.residual, torch_dtype(a.x.dtype)
-    cl = torch.channels_last if qw.dim() == 4 else torch.contiguous_format
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float64)
+    qw = quantize_weight(w.to(torch.float32), w_scales, 0).to(torch.float64)
+    shape = (-1,) + (1,) * (qw.dim() - 1)
+    w_eff = (qw * (xp.scale * w_scales).reshape(shape)).to(torch.float32).contiguous()
+    b = bias.reshape(-1).to(torch.float64) if bias is not None else torch.zeros(qw.shape[0], dtype=torch.float64)
+    zp = float(xp.zero_point)
+    if zp and not _padded(a.conv):  # sum (q - zp) w = sum q w - zp sum w: no pass over the input
+        b, zp = b - zp * w_eff.double().sum(dim=tuple(range(1, qw.dim()))), 0.0
+    b32 = b.to(torch.float32).contiguous()
     nchw = planned_format(ctx, node.outputs[0]) is NCHW
+    prepacked = qw.dim() == 4 and pointwise_available()
+    cl = torch.channels_last if qw.dim() == 4 else torch.contiguous_format
+    if prepacked:
+        pads = ConvPadder(a.conv, tuple(w.shape))
+        padding, strides, dilations, in_size = reorder_params(a.conv, tuple(w.shape), _static_input(node, ctx), pads)
+        packed = torch.ops.mkldnn._reorder_convolution_weight(w_eff, padding, strides, dilations, a.conv.group,
+                                                              in_size)
+        conv_pw, group = torch.ops.mkldnn._convolution_pointwise, a.conv.group
+    b_nd = b32.reshape((1, -1) + (1,) * (qw.dim() - 2))
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
         q = x if x.dtype == x_dtype else quantize(x.contiguous(), xp)
-        acc = conv_forward(_centered(q, xp), qw, None, a.conv)  # zero padding of q - zp: ONNX's zero point
-        y = acc.mul_(scale)
-        if b is not None:
-            y = y.add_(b)
+        v = q.to(torch.float32)
+        if zp:
+            v = v.sub_(zp)  # padding then reads 0: the zero point, as ONNX pads
+        if prepacked:
+            pad, stride, dil, explicit = pads(tuple(v.shape))
+            if explicit is not None:
+                v = F.pad(v, explicit)
+            y = conv_pw(v.contiguous(memory_format=cl), packed, b32, pad, stride, dil, group, "none", [], "")
+        else:
+            y = conv_forward(v, w_eff, None, a.conv).add_(b_nd)
         y = _finish_exact(y, a, inputs[3] if a.has_residual else None, res_p)
         return [y.contiguous() if nchw else y.contiguous(memory_format=cl)]
 
@@ -390,16 +405,18 @@ def _qgemm_exact(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[t
     _say_exact()
     a: QGemmAttrs = node.attrs
     w_nk, inv = _gemm_weight(a, w)
-    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
-    qw_kn = quantize_weight(w_nk, w_scales, 0).to(torch.float32).t().contiguous()
-    scale = (a.x.scale * w_scales.double()).to(torch.float32)
-    bias = (c.reshape(-1).to(torch.float32) * a.gemm.beta) if c is not None else None
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float64)
+    qw = quantize_weight(w_nk, w_scales, 0).to(torch.float64)
+    w_kn = (qw * (a.x.scale * w_scales)[:, None]).t()  # [K, N], dequantized
+    bias = c.reshape(-1).to(torch.float64) * a.gemm.beta if c is not None else torch.zeros(qw.shape[0],
+                                                                                          dtype=torch.float64)
+    bias = (bias - a.x.zero_point * w_kn.sum(dim=0)).to(torch.float32)  # the zero point folded in
+    w_kn = w_kn.to(torch.float32).contiguous()
     xp = a.x
 
     def run(inputs: Inputs) -> list:
-        y = torch.matmul(_centered(gemm_input(inputs[0], xp, inv, node.name), xp), qw_kn).mul_(scale)
-        if bias is not None:
-            y = y.add_(bias)
+        v = gemm_input(inputs[0], xp, inv, node.name).to(torch.float32)
+        y = torch.addmm(bias, v.reshape(-1, v.shape[-1]), w_kn).reshape(*v.shape[:-1], w_kn.shape[1])
         return [_finish_exact(y, a, None, None)]
 
     return run

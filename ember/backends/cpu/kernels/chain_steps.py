@@ -75,10 +75,12 @@ def _step_dtype(node: Node, ctx: CompileContext) -> Optional[torch.dtype]:
     producers = ctx.graph.producers()
     for name in [n for n in node.inputs if n] + [node.outputs[0]]:
         producer = producers.get(name)
-        t = ctx.graph.types.get(name) if producer is None else None
-        stored = (t.dtype if t is not None else None) if producer is None else storage_dtype(
-            ctx.graph, layers, producer.name, name)
-        if stored is not want:  # a graph input or constant is stored as the graph types it
+        if producer is not None:
+            stored = storage_dtype(ctx.graph, layers, producer.name, name)
+        else:  # a graph input or constant: as the graph types it
+            t = ctx.graph.types.get(name)
+            stored = t.dtype if t is not None else None
+        if stored is not want:
             return None
     return torch.bfloat16 if precision is Precision.BF16 else torch.float32
 

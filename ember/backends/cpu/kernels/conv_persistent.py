@@ -316,14 +316,14 @@ def qconv_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return not (a.has_residual and a.out is not None and a.residual is None)
 
 
-def int8_available() -> bool:
+def int8_tactic_available() -> bool:
     """The INT8 layers' ``available()``: the extension, on a CPU where oneDNN's 8-bit kernels do not
     saturate (``features.int8_saturates``; elsewhere ``qlayers`` computes them in float32, and an
     engine that recorded this tactic runs them there, with a warning)."""
     return not int8_saturates() and available()
 
 
-@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=int8_available)
+@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=int8_tactic_available)
 def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QConv on persistent oneDNN INT8 primitives, computing what ``qlayers``' ``qconv2d_pointwise``
     kernel computes (same weight quantization, zero-point folding, residual and output rules)."""
@@ -428,6 +428,6 @@ def _padded(a: ConvAttrs) -> bool:
 
 owns_constants((OpType.CONV, OpType.FUSED_CONV), (TACTIC,), (1, 2))
 
-__all__ = ["MAX_SHAPES", "TACTIC", "available", "int8_available",
+__all__ = ["MAX_SHAPES", "TACTIC", "available", "int8_tactic_available",
            "conv_persistent", "persistent_applies", "qconv_applies",
            "qconv_persistent"]

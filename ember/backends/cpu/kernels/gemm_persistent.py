@@ -37,7 +37,7 @@ from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu import native
 from ember.backends.cpu.kernels.common import Inputs, const_input
-from ember.backends.cpu.kernels.conv_persistent import TACTIC, int8_available
+from ember.backends.cpu.kernels.conv_persistent import TACTIC, int8_tactic_available
 from ember.backends.cpu.kernels.qlayers import gemm_input, quantize, quantize_weight
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.tensors import torch_dtype
@@ -68,7 +68,7 @@ def qgemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return graph.constants[node.input(1)].ndim == 2 and not a.gemm.trans_a and a.gemm.alpha == 1.0
 
 
-@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=int8_available)
+@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=int8_tactic_available)
 def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm on persistent oneDNN INT8 matmul primitives (see the module docstring)."""
     ext = native.extension()

@@ -139,6 +139,18 @@ def _epilogue(act: Activation, params: tuple[float, ...], out: Optional[QuantPar
     return finish
 
 
+def _zero_point_folded(a: QConvAttrs, qw: torch.Tensor, w_scales: torch.Tensor,
+                       bias: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], int]:
+    """(bias, zero point left to the kernel): where no padding reads the input's zero point, the
+    compensation is a constant per output channel, folded into the bias (sum (q - zp) w = sum q w -
+    zp sum w) and the kernel sees zero point 0; elsewhere both as they are."""
+    zp = a.x.zero_point
+    if not zp or _padded(a.conv):
+        return bias, zp
+    comp = (zp * a.x.scale) * w_scales.double() * qw.double().sum(dim=tuple(range(1, qw.dim())))
+    return ((bias.double() if bias is not None else 0.0) - comp).to(torch.float32).contiguous(), 0
+
+
 def _padded(a: ConvAttrs) -> bool:
     """Whether the convolution pads its input at all (explicit pads or ``auto_pad`` SAME)."""
     return any(a.pads or ()) or a.auto_pad not in (AutoPad.NOTSET, AutoPad.VALID)
@@ -196,14 +208,8 @@ def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torc
     pads = ConvPadder(a.conv, tuple(w.shape))
     padding, strides, dilations, in_size = reorder_params(a.conv, tuple(w.shape), _static_input(node, ctx), pads)
     xp = a.x
-    x_zp = xp.zero_point
-    if x_zp and not _padded(a.conv):
-        # A non-zero input zero point makes oneDNN compensate on every call (+50 us a layer
-        # measured); unpadded, the compensation is a constant per output channel, folded into
-        # the bias: sum (q - zp) w = sum q w - zp sum w.
-        comp = (x_zp * xp.scale) * w_scales.double() * qw.double().sum(dim=(1, 2, 3))
-        bias = ((bias.double() if bias is not None else 0.0) - comp).to(torch.float32).contiguous()
-        x_zp = 0
+    # a non-zero input zero point makes oneDNN compensate on every call (+50 us a layer measured)
+    bias, x_zp = _zero_point_folded(a, qw, w_scales, bias)
     packed = torch.ops.onednn.qconv_prepack(qw, w_scales, xp.scale, x_zp, strides, padding,
                                             dilations, a.conv.group, in_size)
     out = a.out
@@ -361,15 +367,11 @@ def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optiona
     _say_exact()
     a: QConvAttrs = node.attrs
     xp, res_p, x_dtype = a.x, a.residual, torch_dtype(a.x.dtype)
-    w_scales = torch.tensor(a.w_scales, dtype=torch.float64)
-    qw = quantize_weight(w.to(torch.float32), w_scales, 0).to(torch.float64)
-    shape = (-1,) + (1,) * (qw.dim() - 1)
-    w_eff = (qw * (xp.scale * w_scales).reshape(shape)).to(torch.float32).contiguous()
-    b = bias.reshape(-1).to(torch.float64) if bias is not None else torch.zeros(qw.shape[0], dtype=torch.float64)
-    zp = float(xp.zero_point)
-    if zp and not _padded(a.conv):  # sum (q - zp) w = sum q w - zp sum w: no pass over the input
-        b, zp = b - zp * w_eff.double().sum(dim=tuple(range(1, qw.dim()))), 0.0
-    b32 = b.to(torch.float32).contiguous()
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
+    qw = quantize_weight(w.to(torch.float32), w_scales, 0)
+    scales = (xp.scale * w_scales.double()).reshape((-1,) + (1,) * (qw.dim() - 1))
+    w_eff = (qw.double() * scales).to(torch.float32).contiguous()  # the dequantized weight
+    bias, zp = _zero_point_folded(a, qw, w_scales, bias)  # zp: subtracted from the input below
     nchw = planned_format(ctx, node.outputs[0]) is NCHW
     prepacked = qw.dim() == 4 and pointwise_available()
     cl = torch.channels_last if qw.dim() == 4 else torch.contiguous_format
@@ -379,7 +381,6 @@ def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optiona
         packed = torch.ops.mkldnn._reorder_convolution_weight(w_eff, padding, strides, dilations, a.conv.group,
                                                               in_size)
         conv_pw, group = torch.ops.mkldnn._convolution_pointwise, a.conv.group
-    b_nd = b32.reshape((1, -1) + (1,) * (qw.dim() - 2))
 
     def run(inputs: Inputs) -> list:
         x = inputs[0]
@@ -391,9 +392,9 @@ def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optiona
             pad, stride, dil, explicit = pads(tuple(v.shape))
             if explicit is not None:
                 v = F.pad(v, explicit)
-            y = conv_pw(v.contiguous(memory_format=cl), packed, b32, pad, stride, dil, group, "none", [], "")
+            y = conv_pw(v.contiguous(memory_format=cl), packed, bias, pad, stride, dil, group, "none", [], "")
         else:
-            y = conv_forward(v, w_eff, None, a.conv).add_(b_nd)
+            y = conv_forward(v, w_eff, bias, a.conv)
         y = _finish_exact(y, a, inputs[3] if a.has_residual else None, res_p)
         return [y.contiguous() if nchw else y.contiguous(memory_format=cl)]
 
@@ -408,10 +409,10 @@ def _qgemm_exact(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[t
     w_scales = torch.tensor(a.w_scales, dtype=torch.float64)
     qw = quantize_weight(w_nk, w_scales, 0).to(torch.float64)
     w_kn = (qw * (a.x.scale * w_scales)[:, None]).t()  # [K, N], dequantized
-    bias = c.reshape(-1).to(torch.float64) * a.gemm.beta if c is not None else torch.zeros(qw.shape[0],
-                                                                                          dtype=torch.float64)
-    bias = (bias - a.x.zero_point * w_kn.sum(dim=0)).to(torch.float32)  # the zero point folded in
-    w_kn = w_kn.to(torch.float32).contiguous()
+    bias = -a.x.zero_point * w_kn.sum(dim=0)  # the zero point folded in: sum (q - zp) w
+    if c is not None:
+        bias += c.reshape(-1).to(torch.float64) * a.gemm.beta
+    bias, w_kn = bias.to(torch.float32), w_kn.to(torch.float32).contiguous()
     xp = a.x
 
     def run(inputs: Inputs) -> list:

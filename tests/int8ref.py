@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import onnx
+import pytest
 
 from ember.backends.cpu.features import int8_saturates
 
@@ -21,6 +22,10 @@ from ember.backends.cpu.features import int8_saturates
 ORT_INT8_WRONG = int8_saturates()
 ORT_INT8_REASON = ("ONNX Runtime's 8-bit kernels saturate on this CPU (x86 without VNNI or AMX: vpmaddubsw adds "
                    "u8 x s8 pairs in 16 bits), so it is no reference for INT8 results here")
+#: The mark of a test of oneDNN's own 8-bit kernels (the persistent INT8 tactic, INT8 chains): on
+#: such a CPU Ember does not use them (``features.int8_saturates``), so there is nothing to test.
+needs_onednn_int8 = pytest.mark.skipif(ORT_INT8_WRONG, reason="oneDNN's 8-bit kernels saturate on this CPU (x86 "
+                                       "without VNNI or AMX), so Ember computes INT8 layers in float32 here")
 #: Ops whose ONNX Runtime kernels run 8-bit arithmetic (ai.onnx, and com.microsoft's).
 INT8_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
                       "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeLSTM", "QAttention", "QLinearAdd",

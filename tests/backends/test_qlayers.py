@@ -16,6 +16,7 @@ from ember.ir import Node, OpType
 from ember.ir.dtype import DType
 from ember.ops.attrs import Activation, ConvAttrs, GemmAttrs, QConvAttrs, QGemmAttrs, QuantParams
 from ember.passes.int8 import symmetric_scales
+from tests.int8ref import needs_onednn_int8
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels")
 
@@ -28,7 +29,7 @@ def int8_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if request.param == "float32":
         monkeypatch.setattr(qlayers, "int8_saturates", lambda: True)
     elif int8_saturates():
-        pytest.skip("oneDNN's 8-bit kernels saturate on this CPU (x86 without VNNI or AMX); Ember does not use them")
+        pytest.skip(needs_onednn_int8.kwargs["reason"])
     return request.param
 
 U8 = DType.UINT8

@@ -27,22 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu")
 from bf16kit import (  # noqa: E402
     NATIVE,
     NATIVE_FP16,
-    NO_ONEDNN_BF16,
     NO_TORCH_FP16_CONV,
-    ONEDNN_BF16,
     PLAIN,
     TORCH_FP16_CONV,
     casts,
     engines,
     faked_cpu,
+    needs_onednn_bf16,
     precisions,
     run,
     stored,
 )
 
 RNG = np.random.default_rng(1)
-#: A test that builds and runs bf16 layers on a faked native-bf16 CPU (oneDNN's bf16 kernels).
-needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
 
 
 def _w(*shape: int, scale: float | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from ember.tools.runners import EmberRunner
 from ember.zoo import minilm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu"))
-from bf16kit import NATIVE, NO_ONEDNN_BF16, ONEDNN_BF16, faked_cpu, precisions  # noqa: E402
+from bf16kit import NATIVE, faked_cpu, needs_onednn_bf16, precisions  # noqa: E402
 
 SEQ = 32
 
@@ -39,7 +39,7 @@ def engines(exported):
     return tokenizer, fp32, bf16
 
 
-@pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
+@needs_onednn_bf16
 def test_bf16_minilm_embeddings_keep_cosine_0999(engines):
     tokenizer, fp32, bf16 = engines
     runs = precisions(bf16)

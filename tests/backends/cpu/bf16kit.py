@@ -11,6 +11,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
@@ -39,6 +40,8 @@ ONEDNN_BF16 = ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= cpu_features()
                or bool({"amx_bf16", "avx_ne_convert"} & cpu_features().flags))
 NO_ONEDNN_BF16 = ("oneDNN has no bf16 kernels on this CPU (they need AVX-512 BW/VL/DQ, AMX or AVX-NE-CONVERT), "
                   "so neither a bf16 primitive nor a faked native-bf16 build can run here")
+#: The mark of a test that makes bf16 primitives or builds bf16 layers on a faked native-bf16 CPU.
+needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
 #: A CPU without native bf16 (AVX-512 but neither AVX512-BF16 nor AMX).
 PLAIN = CPUFeatures("Faked EPYC without BF16", frozenset({"avx2", "avx512f", "avx512bw"}))
 

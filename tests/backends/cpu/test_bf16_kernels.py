@@ -14,15 +14,14 @@ import pytest
 import torch
 from bf16kit import (
     NATIVE,
-    NO_ONEDNN_BF16,
     NO_TORCH_FP16_CONV,
     ONE_LAYER,
-    ONEDNN_BF16,
     TORCH_FP16_CONV,
     casts,
     engines,
     faked_cpu,
     model,
+    needs_onednn_bf16,
     precisions,
     run,
     stored,
@@ -36,8 +35,6 @@ from ember.plan.config import Precision
 
 RNG = np.random.default_rng(0)
 mk = helper.make_node
-#: A test whose bf16 layers run on oneDNN's bf16 kernels (convolutions, packed GEMM weights).
-needs_onednn_bf16 = pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
 
 
 def _w(*shape: int, scale: float | None = None) -> np.ndarray:

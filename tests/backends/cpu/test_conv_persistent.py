@@ -19,13 +19,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from bf16kit import NO_ONEDNN_BF16, ONEDNN_BF16  # tests/backends/cpu/bf16kit.py
+from bf16kit import needs_onednn_bf16  # tests/backends/cpu/bf16kit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend, native
-from ember.backends.cpu.features import cpu_features, int8_saturates
+from ember.backends.cpu.features import cpu_features
 from ember.backends.cpu.kernels import conv_persistent
 from ember.backends.tensors import max_relative_error
 from ember.errors import GraphError
@@ -35,6 +35,7 @@ from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 from ember.plan.config import Device, Precision
+from tests.int8ref import needs_onednn_int8
 
 TACTIC = conv_persistent.TACTIC
 pytestmark = pytest.mark.usefixtures("fresh_native")
@@ -229,7 +230,7 @@ def test_bf16_runs_with_nan_compute_in_float32(ext: Any, tmp_path: Path, monkeyp
     runs_match_ort(engine, model, finite, bad, 3e-2)
 
 
-@pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)  # it prepares a bf16 primitive
+@needs_onednn_bf16  # it prepares a bf16 primitive
 def test_bf16_layer_refuses_mixed_types(ext: Any) -> None:
     w = torch.randn(8, 8, 3, 3)
     with pytest.raises(ValueError, match="a float32 one f32 or bf16"):
@@ -415,8 +416,7 @@ def _int8_model(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.skipif(int8_saturates(), reason="oneDNN's 8-bit kernels saturate on this CPU (x86 without VNNI or "
-                    "AMX), so the persistent INT8 tactic is not offered here")
+@needs_onednn_int8
 def test_int8_engine_matches_the_qconv_kernel(ext: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """INT8 engines with and without the tactic: every QConv on it, the same results within a
     requantization step (oneDNN 3.2 and PyTorch's 3.12 may round a tie differently), any batch."""

@@ -9,15 +9,16 @@ from typing import Any, Optional
 import numpy as np
 import onnx
 import pytest
-from bf16kit import NO_ONEDNN_BF16, ONEDNN_BF16  # tests/backends/cpu/bf16kit.py
+from bf16kit import needs_onednn_bf16  # tests/backends/cpu/bf16kit.py
 from cpukit import assert_runs_like_ort  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
 from ember.backends.cpu.chains import LAYOUT_ENV, SWITCH_ENV, ChainLink, plan_chains
-from ember.backends.cpu.features import cpu_features, int8_saturates
+from ember.backends.cpu.features import cpu_features
 from ember.plan.config import Precision
 from ember.tools.runners import max_rel_error
+from tests.int8ref import needs_onednn_int8
 
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
@@ -209,8 +210,7 @@ def test_a_chain_plan_checks_at_run_only_the_steps_it_cannot_trust(ext: Any):
         torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w), w), w), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(int8_saturates(), reason="oneDNN's 8-bit kernels saturate on this CPU (x86 without VNNI or "
-                    "AMX): INT8 layers compute in float32 there and do not chain")
+@needs_onednn_int8
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
     """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,
@@ -334,7 +334,7 @@ def test_a_bf16_engine_chains_its_convolutions(ext: Any, monkeypatch: pytest.Mon
             assert max_rel_error(np.nan_to_num(got), np.nan_to_num(want)) < 3e-2
 
 
-@pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)
+@needs_onednn_bf16
 def test_a_bf16_residual_is_added_in_place_in_a_chain(ext: Any, monkeypatch: pytest.MonkeyPatch):
     """bf16 steps (``dtypes`` code 3): the residual read last by its step is summed into in place;
     a step writing float32 reads a bf16 residual through the binary add (its buffer has another

@@ -23,7 +23,6 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend, native
-from ember.backends.cpu.features import int8_saturates
 from ember.backends.cpu.kernels import gemm_persistent
 from ember.backends.cpu.kernels.conv_persistent import TACTIC
 from ember.backends.cpu.kernels.qlayers import int8_available, quantize_weight
@@ -35,12 +34,12 @@ from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import Activation, GemmAttrs, QGemmAttrs, QuantParams
 from ember.plan.config import Device, Precision
+from tests.int8ref import needs_onednn_int8
 
 DEFAULT = "aten"  # qlayers' QGemm kernel
 
 pytestmark = [pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels"),
-              pytest.mark.skipif(int8_saturates(), reason="oneDNN's 8-bit kernels saturate on this CPU (x86 without "
-                                 "VNNI or AMX), so the persistent INT8 tactic is not offered here"),
+              needs_onednn_int8,
               pytest.mark.usefixtures("fresh_native")]
 
 
@@ -360,7 +359,6 @@ def test_engine_file_runs_exactly_where_int8_saturates(ext: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine built where oneDNN's 8-bit kernels are exact (VNNI), loaded on a CPU where they
     saturate: its QGemms run ``qlayers``' float32 arithmetic on the same integers instead."""
-    from ember.backends.cpu import features
     from ember.backends.cpu.kernels import conv_persistent, qlayers
 
     path = mlp_model(tmp_path / "mlp.onnx")
@@ -370,7 +368,7 @@ def test_engine_file_runs_exactly_where_int8_saturates(ext: Any, tmp_path: Path,
     engine.save(str(tmp_path / "mlp.ember"))
     x = np.random.default_rng(9).standard_normal((2, 4, 64)).astype(np.float32)
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # fp32
-    for module in (features, conv_persistent, qlayers):
+    for module in (conv_persistent, qlayers):
         monkeypatch.setattr(module, "int8_saturates", lambda: True)
     exact, made = qlayers._qgemm_exact, []
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from bf16kit import NO_ONEDNN_BF16, ONEDNN_BF16  # tests/backends/cpu/bf16kit.py
+from bf16kit import needs_onednn_bf16  # tests/backends/cpu/bf16kit.py
 from onnx import TensorProto, helper
 
 import ember
@@ -38,8 +38,7 @@ def _kernel(a: PoolAttrs, shape: tuple[int, ...]):
 
 
 # bf16: oneDNN refuses the primitive where it has no bf16 kernels (the layer then pools on PyTorch)
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    not ONEDNN_BF16, reason=NO_ONEDNN_BF16))])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_onednn_bf16)])
 @pytest.mark.parametrize("window", list(WINDOWS))
 def test_finite_runs_pool_on_onednn_with_pytorchs_maxima(ext: Any, window: str, dtype: torch.dtype):
     a = WINDOWS[window]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from bf16kit import NO_ONEDNN_BF16, ONEDNN_BF16, real_cpu_is_native  # tests/backends/cpu/bf16kit.py
+from bf16kit import needs_onednn_bf16, real_cpu_is_native  # tests/backends/cpu/bf16kit.py
 from cpukit import assert_runs_like_ort, blocked_layout  # tests/backends/cpu/cpukit.py
 from onnx import TensorProto, helper, numpy_helper
 
@@ -366,7 +366,7 @@ def test_a_chain_that_cannot_take_its_input_says_so_once_and_runs_its_layers(ext
     torch.testing.assert_close(outs[0], outs[1])
 
 
-@pytest.mark.skipif(not ONEDNN_BF16, reason=NO_ONEDNN_BF16)  # it makes bf16 primitives
+@needs_onednn_bf16  # it makes bf16 primitives
 @pytest.mark.parametrize("layout", ["nhwc", "blocked"])
 def test_pool_and_scale_steps_compute_in_bf16_as_pytorch_does(ext: Any, layout: str):
     """A bf16 layer's pooling and scale run on bf16 activations (oneDNN accumulating the average in

@@ -348,16 +348,13 @@ def _say_exact() -> None:
             "AMX)", cpu_features().name)
 
 
-def _finish_exact(y: torch.Tensor, a: QConvAttrs | QGemmAttrs, residual: Optional[torch.Tensor],
-                  res_p: Optional[QuantParams]) -> torch.Tensor:
-    """bias-added float32 result -> + residual -> activation -> output quantization. An 8-bit
-    residual counts as ``res_p`` stores it; a float32 one added to an 8-bit output is first stored
-    that way too, as ``_qconv``'s 8-bit sum does."""
-    if residual is not None:
-        if residual.dtype == torch.float32 and a.out is not None and res_p is not None:
-            residual = quantize(residual, res_p)
-        y = y.add_(residual if residual.dtype == torch.float32 else dequantize(residual, res_p))
-    return _epilogue(a.activation, tuple(a.act_params), a.out)(y)
+def _residual_added(y: torch.Tensor, residual: torch.Tensor, res_p: Optional[QuantParams],
+                    out: Optional[QuantParams]) -> torch.Tensor:
+    """``y`` + the residual, in place. An 8-bit residual counts as ``res_p`` stores it; a float32
+    one added to an 8-bit output is first stored that way too, as ``_qconv``'s 8-bit sum does."""
+    if residual.dtype == torch.float32 and out is not None and res_p is not None:
+        residual = quantize(residual, res_p)
+    return y.add_(residual if residual.dtype == torch.float32 else dequantize(residual, res_p))
 
 
 def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:
@@ -373,6 +370,7 @@ def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optiona
     w_eff = (qw.double() * scales).to(torch.float32).contiguous()  # the dequantized weight
     bias, zp = _zero_point_folded(a, qw, w_scales, bias)  # zp: subtracted from the input below
     nchw = planned_format(ctx, node.outputs[0]) is NCHW
+    finish = _epilogue(a.activation, tuple(a.act_params), a.out)
     prepacked = qw.dim() == 4 and pointwise_available()
     cl = torch.channels_last if qw.dim() == 4 else torch.contiguous_format
     if prepacked:
@@ -395,7 +393,9 @@ def _qconv_exact(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optiona
             y = conv_pw(v.contiguous(memory_format=cl), packed, bias, pad, stride, dil, group, "none", [], "")
         else:
             y = conv_forward(v, w_eff, bias, a.conv)
-        y = _finish_exact(y, a, inputs[3] if a.has_residual else None, res_p)
+        if a.has_residual:
+            y = _residual_added(y, inputs[3], res_p, a.out)
+        y = finish(y)  # the activation, then the output quantization
         return [y.contiguous() if nchw else y.contiguous(memory_format=cl)]
 
     return run
@@ -413,12 +413,12 @@ def _qgemm_exact(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[t
     if c is not None:
         bias += c.reshape(-1).to(torch.float64) * a.gemm.beta
     bias, w_kn = bias.to(torch.float32), w_kn.to(torch.float32).contiguous()
-    xp = a.x
+    xp, finish = a.x, _epilogue(a.activation, tuple(a.act_params), a.out)
 
     def run(inputs: Inputs) -> list:
         v = gemm_input(inputs[0], xp, inv, node.name).to(torch.float32)
         y = torch.addmm(bias, v.reshape(-1, v.shape[-1]), w_kn).reshape(*v.shape[:-1], w_kn.shape[1])
-        return [_finish_exact(y, a, None, None)]
+        return [finish(y)]
 
     return run
 

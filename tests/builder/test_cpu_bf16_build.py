@@ -195,12 +195,15 @@ def test_the_accuracy_target_returns_the_first_layers_to_fp32():
 
 def test_a_cpu_without_native_bf16_warns_and_keeps_fp32():
     model = small_cnn()
+    # both builds untimed: the same default tactics, so the same bits (timed, each build may pick
+    # another kernel or chain layout by a hair, and float rounding differs: a rare flake)
     with faked_cpu(PLAIN), pytest.warns(CPUPrecisionWarning) as caught:
-        engine = ember.build(model, BuildConfig(device="cpu", precision="bf16", shapes=SHAPES), progress=False)
+        engine = ember.build(model, BuildConfig(device="cpu", precision="bf16", shapes=SHAPES, tactic_tuning=False),
+                             progress=False)
     text = str(caught[0].message)
     assert PLAIN.name in text and "amx_bf16 or avx512_bf16" in text and "keeps fp32" in text
     assert all(layer.precision is Precision.FP32 for layer in engine.plan.layers) and not casts(engine)
-    fp32 = ember.build(model, BuildConfig(device="cpu", shapes=SHAPES), progress=False)
+    fp32 = ember.build(model, BuildConfig(device="cpu", shapes=SHAPES, tactic_tuning=False), progress=False)
     feeds = _feeds()
     np.testing.assert_array_equal(run(engine, feeds)["probs"], run(fp32, feeds)["probs"])
 

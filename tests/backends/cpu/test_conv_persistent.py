@@ -571,6 +571,16 @@ def test_intel_openmp_build_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert_not_candidate_and_build_works(tmp_path, monkeypatch, "second OpenMP runtime")
 
 
+def test_a_wheels_private_openmp_copy_does_not_count() -> None:
+    """scikit-learn's renamed libgomp (mapped by loading sentence-transformers) is private to it; a
+    second shared runtime (the system's libgomp, Intel's, LLVM's) is what turns the extension off."""
+    torch_gomp = "/venv/site-packages/torch/lib/libgomp.so.1"
+    vendored = "/venv/site-packages/scikit_learn.libs/libgomp-e985bcbb.so.1.0.0"
+    assert native.shared_openmp([vendored, torch_gomp]) == [torch_gomp]
+    for other in ("/usr/lib/x86_64-linux-gnu/libgomp.so.1", "/opt/intel/lib/libiomp5.so", "/usr/lib/libomp.so.5"):
+        assert native.shared_openmp([torch_gomp, other]) == [torch_gomp, other]
+
+
 def test_missing_headers_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "onednn" / "lib").mkdir(parents=True)
     monkeypatch.setenv(native.PREFIX_ENV, str(tmp_path / "onednn"))

@@ -175,6 +175,20 @@ def loaded_openmp() -> list[str]:
     return seen
 
 
+#: A wheel's private copy of an OpenMP runtime, renamed by auditwheel (``libgomp-e985bcbb.so.1.0.0``,
+#: scikit-learn's): its soname is its own and its package's extension loads it RTLD_LOCAL, so no
+#: other library's ``GOMP_*`` symbols can bind to it.
+_VENDORED = re.compile(r"^lib(gomp|iomp5|omp)-[0-9a-f]{8}\.so")
+
+
+def shared_openmp(paths: list[str]) -> list[str]:
+    """The OpenMP runtimes among ``paths`` that other libraries may bind to: all but wheels' private,
+    renamed copies. More than one of these, and libdnnl's OpenMP calls may not reach PyTorch's pool.
+    (Loading sentence-transformers maps scikit-learn's private libgomp; that must not turn the
+    extension off.)"""
+    return [p for p in paths if not _VENDORED.match(os.path.basename(p))]
+
+
 def compiler() -> Optional[str]:
     """The C++ compiler ``torch.utils.cpp_extension`` would use (``$CXX``, else ``c++``), if present."""
     return shutil.which(os.environ.get("CXX", "c++"))
@@ -248,7 +262,7 @@ def build(prefix: Path, verbose: bool = False) -> ModuleType:
     if got["header_version"] != built:
         raise Unavailable(f"the extension was compiled against oneDNN {got['header_version']} headers but "
                           f"loaded libdnnl {built}: remove {build_dir} to rebuild it")
-    omp = loaded_openmp()
+    omp = shared_openmp(loaded_openmp())
     if len(omp) > 1:
         raise Unavailable(f"more than one OpenMP runtime is loaded in this process ({', '.join(omp)}); "
                           f"the extension shares PyTorch's libgomp only")
@@ -345,4 +359,4 @@ def eltwise(act: Any, params: Any) -> tuple[str, float, float]:
 
 __all__ = ["OneDNNConfig", "PREFIX_ENV", "SWITCH_ENV", "Unavailable", "build", "check_prefix", "compiler", "eltwise",
            "compile_failed", "dtype_name", "enabled", "extension", "find_prefix", "loaded_openmp", "read_config",
-           "reset", "unavailable_reason"]
+           "reset", "shared_openmp", "unavailable_reason"]

@@ -43,6 +43,7 @@ import torch
 
 from ember.errors import EmberError
 from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
 from ember.plan.config import BuildConfig, Device, Precision
 from ember.plan.plan import Plan
 from ember.plan.records import Records
@@ -186,6 +187,10 @@ class Backend(abc.ABC):
     #: candidate of a layer failed (e.g. CUDA's ``generic``: the CPU kernel placed on the GPU), so a
     #: fallback never wins a layer on timing noise against the kernels written for it.
     fallback_tactics: ClassVar[frozenset[str]] = frozenset()
+    #: Op types whose tactics the build times even where this backend's layers are not tuned by
+    #: default (the CPU without ``tune_cpu``): ops whose candidates read and write the same formats,
+    #: so a layer timed on its own is timed as it runs in the engine.
+    always_timed: ClassVar[frozenset[OpType]] = frozenset()
 
     @property
     def name(self) -> str:

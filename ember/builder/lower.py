@@ -6,9 +6,9 @@ CPU builds compute in fp32 except the INT8 layers (QConv / QGemm) and, on CPUs w
 (fp16), the half-precision layers ``assign_precisions`` chose; each layer records what really runs.
 
 Tactic: the backend's candidates (``Backend.tactics``), chosen by a ``TacticSelector``; when
-``config.tactic_tuning`` is on (and, for CPU builds, ``config.tune_cpu``), candidates are timed
-on this machine (with the timing cache of ``config.timing_cache``), else the backend's first
-(default) candidate is kept.
+``config.tactic_tuning`` is on, candidates are timed on this machine (with the timing cache of
+``config.timing_cache``), else the backend's first (default) candidate is kept. CPU builds time
+only the backend's ``always_timed`` ops (GEMMs, attention) unless ``config.tune_cpu`` is on.
 """
 from __future__ import annotations
 
@@ -49,13 +49,18 @@ def _candidates(backend: Backend, node: Node, graph: Graph, records: Records) ->
 def make_selector(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
                   device_key: str) -> tuple[TacticSelector, TimingCache | None]:
     """The tactic selector this build uses, and its timing cache (if any)."""
-    if not config.tactic_tuning or (config.device is Device.CPU and not config.tune_cpu):
+    only = None
+    if config.device is Device.CPU and not config.tune_cpu:
+        only = backend.always_timed
+    if not config.tactic_tuning or (only is not None and not any(n.op in only for n in graph.nodes)):
         return TacticSelector(records=records), None
     device = torch.device(config.device.value)
     constants = {k: numpy_to_torch(v, device) for k, v in graph.constants.items()}
     cache = TimingCache.open(config.timing_cache, device_key) if config.timing_cache else None
     timer = backend.make_timer(constants, device, records, config)
-    return TacticSelector(timer, cache, records), cache
+    # identical layers (a transformer's twelve) are timed once even without a cache file
+    memo = cache if cache is not None else TimingCache(device_key)
+    return TacticSelector(timer, memo, records, only=only), cache
 
 
 def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend, device_key: str,
@@ -75,8 +80,9 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     fell_back: dict[str, int] = {}
     for node, candidates, precision, fallbacks in steps:
         choice = selector.select(node, graph, candidates, precision, fallbacks)
-        timed += bool(choice.timings) and not choice.cached
-        from_cache += choice.cached
+        from_file = choice.cached and cache is not None  # not a twin layer timed earlier in this build
+        timed += bool(choice.timings) and not from_file
+        from_cache += from_file
         runs = backend.effective_precision(node, choice.tactic, precision)
         if runs is not precision:
             change = f"{precision.value}->{runs.value}"

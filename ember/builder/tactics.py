@@ -31,6 +31,7 @@ from ember.backends.concat_exec import planned_slice
 from ember.backends.layout import NCHW, format_in
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
+from ember.ir.optype import OpType
 from ember.plan.config import Layout, Precision
 from ember.plan.records import Records
 from ember.runtime.serialize import encode_value
@@ -141,14 +142,16 @@ class Choice:
 class TacticSelector:
     """Chooses a tactic per layer: the only candidate, or the fastest by ``timer``.
 
-    Without a timer (tuning disabled) the backend's first candidate (its default) is kept.
+    Without a timer (tuning disabled) the backend's first candidate (its default) is kept; with
+    ``only``, so is every layer whose op type is not in it.
     """
 
     def __init__(self, timer: TacticTimer | None = None, cache: TimingCache | None = None,
-                 records: Records | None = None) -> None:
+                 records: Records | None = None, only: Collection[OpType] | None = None) -> None:
         self.timer = timer
         self.cache = cache
         self.records = records if records is not None else Records()
+        self.only = frozenset(only) if only is not None else None
         #: (graph, {tensor: the layer that writes it}) for ``layer_signature``, made once per graph
         self._producers: tuple[Graph, dict[str, Node]] | None = None
 
@@ -158,9 +161,10 @@ class TacticSelector:
         every other candidate failed (infinite time), and win only then."""
         if not candidates:
             return Choice("", {})
-        if len(candidates) == 1 or self.timer is None:
+        if len(candidates) == 1 or not self._times(node):
             return Choice(candidates[0], {})
         timer = self.timer
+        assert timer is not None
         primary, sig, timings = self._known(node, graph, candidates, precision, fallbacks)
         fresh = {c: timer(node, graph, c, precision) for c in primary if c not in timings}
         if not any(math.isfinite(t) for t in (timings | fresh).values()):
@@ -170,6 +174,10 @@ class TacticSelector:
         if fresh and self.cache is not None:
             self.cache.put(sig, timings)
         return Choice(_fastest(candidates, timings), timings, cached=not fresh)
+
+    def _times(self, node: Node) -> bool:
+        """Whether ``node``'s candidates are timed."""
+        return self.timer is not None and (self.only is None or node.op in self.only)
 
     def _known(self, node: Node, graph: Graph, candidates: Sequence[str], precision: Precision,
                fallbacks: Collection[str]) -> tuple[list[str], str, dict[str, float]]:
@@ -203,7 +211,7 @@ class TacticSelector:
             return
         jobs = []
         for node, candidates, precision, fallbacks in layers:
-            if len(candidates) < 2:
+            if len(candidates) < 2 or not self._times(node):
                 continue
             primary, _, timings = self._known(node, graph, candidates, precision, fallbacks)
             todo = [c for c in primary if c not in timings]

@@ -143,9 +143,11 @@ class BuildConfig:
       device arena (``docs/ARENA.md``); off: the graph's private pool holds them.
     - ``tactic_tuning``: time each layer's candidate tactics on the device and keep the fastest
       (GPU builds); off: every layer keeps the backend's default tactic.
-    - ``tune_cpu``: CPU builds tune too (needs ``tactic_tuning``). Off by default: timing CPU
-      layers one by one ignores the layout conversions between them, and on the 2-core test
-      machine the per-layer winners made MobileNetV2 8x slower than the backend's defaults.
+    - ``tune_cpu``: CPU builds time every layer's tactics (needs ``tactic_tuning``). Off by
+      default: timing convolutions one by one ignores the layout conversions between them, and on
+      the 2-core test machine the per-layer winners made MobileNetV2 8x slower than the backend's
+      defaults. Off, a CPU build still times the layers whose tactics share their formats
+      (GEMMs, MatMuls, attention: ``CPUBackend.always_timed``) and keeps the others' defaults.
     - ``cpu_gemm_into_max_macs``: the largest 1x1 convolution (multiply-adds) the CPU computes as
       a GEMM straight into its Concat slice; 0 (the default) computes none so: measured slower
       than oneDNN + copy inside GoogLeNet (``ember.backends.cpu.kernels.conv_mkldnn``).

@@ -73,7 +73,8 @@ def add_build_options(p: argparse.ArgumentParser, precision: bool = True, calibr
     g.add_argument("--timing-cache", metavar="FILE", help="tactic timing cache to read and update")
     g.add_argument("--no-tuning", action="store_true", help="keep each layer's default tactic")
     g.add_argument("--tune-cpu", action="store_true",
-                   help="time tactics on the CPU too (off: the CPU backend's defaults)")
+                   help="time every layer's tactics on the CPU (off: GEMMs and attention are timed, "
+                        "convolutions keep the CPU backend's defaults)")
     g.add_argument("--no-optimize", action="store_true", help="skip the optimizer's fusion passes")
     g.add_argument("--accuracy-target", type=float, metavar="MAX_REL_ERR",
                    help="builds below fp32 (GPU half precision, CPU int8): return layers to fp32 until "

@@ -9,7 +9,7 @@ import ember
 from ember.builder.build import build
 from ember.errors import BuildError, DeviceError, ModelLoadError
 from ember.ir import DType, Graph, Node, OpType, TensorType
-from ember.ops.attrs import CastAttrs
+from ember.ops.attrs import CastAttrs, ConvAttrs
 from ember.plan.memory import check_no_overlap
 
 
@@ -114,6 +114,34 @@ def _conv_graph() -> Graph:
     types = {"x": TensorType(DType.FLOAT32, (1, 4, 8, 8)), "w": TensorType(DType.FLOAT32, (8, 4, 3, 3)),
              "y": TensorType(DType.FLOAT32, (1, 8, 8, 8))}
     return Graph("conv", [node], ["x"], ["y"], types, {"w": rng.standard_normal((8, 4, 3, 3)).astype(np.float32)})
+
+
+def test_cpu_builds_time_gemms_and_attention_but_not_convolutions(monkeypatch):
+    """Without ``tune_cpu`` a CPU build times the backend's ``always_timed`` layers (their tactics
+    read and write the same formats) and keeps every other layer's default."""
+    from ember.backends.cpu import CPUBackend
+
+    rng = np.random.default_rng(0)
+    t = lambda *shape: TensorType(DType.FLOAT32, shape)  # noqa: E731
+    nodes = [Node("conv", OpType.CONV, ("x", "w"), ("c",), ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))),
+             Node("mm1", OpType.MATMUL, ("c", "b1"), ("m1",)),
+             Node("mm2", OpType.MATMUL, ("m1", "b2"), ("m2",))]
+    types = {"x": t(8, 4, 8, 8), "w": t(8, 4, 3, 3), "c": t(8, 8, 8, 8), "b1": t(8, 512),
+             "m1": t(8, 8, 8, 512), "b2": t(512, 512), "m2": t(8, 8, 8, 512)}
+    consts = {"w": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+              "b1": rng.standard_normal((8, 512)).astype(np.float32),
+              "b2": rng.standard_normal((512, 512)).astype(np.float32)}
+    g = Graph("g", nodes, ["x"], ["m2"], types, consts)
+    assert OpType.MATMUL in CPUBackend.always_timed and OpType.CONV not in CPUBackend.always_timed
+    engine = build(g, ember.BuildConfig(optimize=False))
+    by_name = {lay.name: lay for lay in engine.plan.layers}
+    conv, mm1, mm2 = by_name["conv"], by_name["mm1"], by_name["mm2"]
+    assert conv.timings == {} and conv.tactic == CPUBackend().tactics(g.nodes[0], g)[0]
+    assert len(CPUBackend().tactics(g.nodes[2], g)) > 1
+    assert set(mm2.timings) == set(CPUBackend().tactics(g.nodes[2], g)) and mm1.timings
+    assert engine.plan.build_info["layers_timed"] == 2 and engine.plan.build_info["timing_cache_hits"] == 0
+    untuned = build(g, ember.BuildConfig(optimize=False, tactic_tuning=False))
+    assert all(lay.timings == {} for lay in untuned.plan.layers)
 
 
 def test_cpu_builds_keep_default_tactics_unless_asked(tmp_path):

@@ -42,6 +42,24 @@ def test_without_timer_or_with_one_candidate_nothing_is_timed():
     assert calls == []
 
 
+def test_only_the_named_op_types_are_timed():
+    """``only`` (the CPU's ``always_timed`` without ``tune_cpu``): other layers keep the default
+    without a call to the timer; identical layers share one timing through the cache."""
+    g = _graph()
+    calls = []
+    times = {"a": 2.0, "b": 1.0}
+    sel = TacticSelector(timer=lambda node, graph, tactic, precision: calls.append(tactic) or times[tactic],
+                         only={OpType.GEMM})
+    assert sel.select(g.nodes[0], g, ["a", "b"], "fp32").tactic == "a" and calls == []
+    memo = TimingCache("dev")
+    sel = TacticSelector(timer=lambda node, graph, tactic, precision: calls.append(tactic) or times[tactic],
+                         cache=memo, only={OpType.MATMUL})
+    assert sel.select(g.nodes[0], g, ["a", "b"], "fp32").tactic == "b" and calls == ["a", "b"]
+    twin = _graph()
+    again = sel.select(twin.nodes[0], twin, ["a", "b"], "fp32")
+    assert again.tactic == "b" and again.cached and calls == ["a", "b"]
+
+
 def test_a_fallback_is_timed_and_chosen_only_when_every_other_candidate_failed(tmp_path):
     """A fallback tactic (a backend's ``fallback_tactics``, e.g. CUDA's ``generic``) never wins on
     timing against working kernels, and stands in for them where they all fail; the timing cache

@@ -9,28 +9,28 @@ import torch
 import torch.nn.functional as F
 
 from ember.backends.cpu import evaluate
-from ember.backends.cpu.features import int8_saturates
 from ember.backends.cpu.kernels import qlayers
 from ember.backends.cpu.kernels.qlayers import dequantize, int8_available, quantize, quantize_weight
 from ember.ir import Node, OpType
 from ember.ir.dtype import DType
 from ember.ops.attrs import Activation, ConvAttrs, GemmAttrs, QConvAttrs, QGemmAttrs, QuantParams
-from ember.passes.int8 import symmetric_scales
-from tests.int8ref import needs_onednn_int8
+from ember.passes.int8 import symmetric_scales, weight_qmax
+from ember.plan.config import Device
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch has no oneDNN INT8 kernels")
 
 
 @pytest.fixture(params=["onednn", "float32"])
-def int8_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each reference test on both of the INT8 layers' paths: oneDNN's 8-bit kernels (skipped where
-    they saturate: ``features.int8_saturates``) and the float32 arithmetic on the same integers that
-    runs there instead (forced here on any CPU)."""
+def qmax(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Each reference test on both of the INT8 layers' paths; the largest int8 weight its scales
+    make. oneDNN's 8-bit kernels with the weights a calibrated build makes on this CPU (7 bits where
+    the kernels add pairs of products in 16 bits: ``features.int8_saturates``, so on such a CPU this
+    checks that they then never saturate), and the float32 arithmetic on the same integers that
+    full-range weights take there (forced here on any CPU)."""
     if request.param == "float32":
         monkeypatch.setattr(qlayers, "int8_saturates", lambda: True)
-    elif int8_saturates():
-        pytest.skip(needs_onednn_int8.kwargs["reason"])
-    return request.param
+        return 127
+    return weight_qmax(Device.CPU)
 
 U8 = DType.UINT8
 S8 = DType.INT8
@@ -103,15 +103,14 @@ CASES = [
 
 @pytest.mark.parametrize("name, conv, cin, cout, xp, act, params, out", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("feed_8bit", [False, True])
-@pytest.mark.usefixtures("int8_path")
-def test_qconv_matches_reference(name, conv, cin, cout, xp, act, params, out, feed_8bit):
+def test_qconv_matches_reference(name, conv, cin, cout, xp, act, params, out, feed_8bit, qmax):
     r = np.random.default_rng(0)
     x = r.normal(0.8, 1.5, (2, cin, 9, 9)).astype(np.float32)
     if xp.zero_point == 0:
         x = np.abs(x)
     w = r.normal(0, 0.3, (cout, cin // conv.group, *conv.kernel_shape)).astype(np.float32)
     b = r.normal(0, 0.2, cout).astype(np.float32)
-    ws = symmetric_scales(w, 0)
+    ws = symmetric_scales(w, 0, qmax)
     node = Node("qc", OpType.QCONV, ("x", "w", "b"), ("y",), QConvAttrs(conv, xp, ws, act, params, False, out))
     feed = _np(xp, x) if feed_8bit else x
     got = evaluate(node, [feed, w, b])[0]
@@ -125,8 +124,7 @@ def test_qconv_matches_reference(name, conv, cin, cout, xp, act, params, out, fe
 
 @pytest.mark.parametrize("out, res_dtype", [(QuantParams(0.06, 0, U8), "f32"), (QuantParams(0.06, 0, U8), "u8"),
                                             (None, "u8"), (None, "f32"), (QuantParams(0.06, 128, U8), "u8")])
-@pytest.mark.usefixtures("int8_path")
-def test_qconv_residual_sum(out, res_dtype):
+def test_qconv_residual_sum(out, res_dtype, qmax):
     """conv + residual -> ReLU (or none for a signed output): the residual summed 8-bit into an
     8-bit output, or in float32; an 8-bit residual is left unchanged (oneDNN sums into a copy)."""
     r = np.random.default_rng(1)
@@ -136,7 +134,7 @@ def test_qconv_residual_sum(out, res_dtype):
     res = r.normal(0, 1, (1, 8, 5, 5)).astype(np.float32)
     rp = QuantParams(0.03, 128, U8)
     act = Activation.RELU if out is None or out.zero_point == 0 else Activation.NONE
-    ws = symmetric_scales(w, 0)
+    ws = symmetric_scales(w, 0, qmax)
     node = Node("qc", OpType.QCONV, ("x", "w", "", "r"), ("y",),
                 QConvAttrs(conv, QuantParams(0.02, 0, U8), ws, act, (), True, out,
                            rp if (out is not None or res_dtype == "u8") else None))
@@ -156,8 +154,7 @@ def test_qconv_residual_sum(out, res_dtype):
     ((2, 5, 32), False, QuantParams(0.02, 0, S8), Activation.GELU_ERF, QuantParams(0.03, 10, U8), False),
     ((4, 32), False, QuantParams(0.02, 0, S8), Activation.NONE, QuantParams(0.05, 0, S8), True),
 ])
-@pytest.mark.usefixtures("int8_path")
-def test_qgemm_matches_reference(shape, trans_b, xp, act, out, smooth):
+def test_qgemm_matches_reference(shape, trans_b, xp, act, out, smooth, qmax):
     r = np.random.default_rng(2)
     x = r.normal(0, 1, shape).astype(np.float32)
     x[..., 3] *= 20  # an outlier channel
@@ -167,9 +164,9 @@ def test_qgemm_matches_reference(shape, trans_b, xp, act, out, smooth):
     s = np.sqrt(np.abs(x).reshape(-1, 32).max(0) / np.abs(w_kn).max(1)).astype(np.float32) if smooth else None
     if smooth:
         xp = QuantParams(float(np.float32((np.abs(x).reshape(-1, 32).max(0) / s).max() / 127)), 0, S8)
-        ws = symmetric_scales(w_kn * s[:, None], 1)
+        ws = symmetric_scales(w_kn * s[:, None], 1, qmax)
     else:
-        ws = symmetric_scales(w_kn, 1)
+        ws = symmetric_scales(w_kn, 1, qmax)
     attrs = QGemmAttrs(GemmAttrs(trans_b=trans_b), xp, ws, act, (), out, tuple(s.tolist()) if smooth else ())
     node = Node("qg", OpType.QGEMM, ("x", "w", "c"), ("y",), attrs)
     got = evaluate(node, [x, w, c])[0]
@@ -178,6 +175,37 @@ def test_qgemm_matches_reference(shape, trans_b, xp, act, out, smooth):
     wk = (w_kn * s[:, None]) if smooth else w_kn
     ref = _dq(_q(xs, xp), xp) @ _wq(wk.astype(np.float32), ws, 1) + c
     _check(got, _act(ref, act), out, f"gemm {shape} {act}")
+
+
+@pytest.mark.parametrize("kind", ["gemm", "conv"])
+def test_seven_bit_weights_never_saturate(kind):
+    """The worst case for oneDNN's pairwise 8-bit kernels on x86 without VNNI (``vpmaddubsw`` adds
+    two u8 x s8 products in 16 bits): every input 255, every weight of one sign. Weights of at most
+    64 (what a calibrated build makes on such a CPU: ``weight_qmax``) run on those kernels and are
+    exact (255 x 128 = 32640 fits); full-range ones take the float32 path there (``saturates``).
+    Measured on a 2-core AVX2 EPYC: forced onto oneDNN, full-range weights were 10.6% off."""
+    r = np.random.default_rng(7)
+    xp = QuantParams(0.5, 0, U8)
+    for qmax in (64, 127):
+        if kind == "gemm":
+            w = np.abs(r.normal(0, 1, (16, 64))).astype(np.float32)
+            ws = symmetric_scales(w, 0, qmax)
+            node = Node("q", OpType.QGEMM, ("x", "w"), ("y",),
+                        QGemmAttrs(GemmAttrs(trans_b=True), xp, ws, Activation.NONE, (), None, ()))
+            x = np.full((4, 64), 255, np.uint8)
+            ref = _dq(x, xp) @ _wq(w, ws, 0).T
+        else:
+            w = np.abs(r.normal(0, 1, (8, 32, 3, 3))).astype(np.float32)
+            ws = symmetric_scales(w, 0, qmax)
+            conv = ConvAttrs((3, 3), (1, 1), (0, 0, 0, 0), (1, 1))
+            node = Node("q", OpType.QCONV, ("x", "w"), ("y",), QConvAttrs(conv, xp, ws, Activation.NONE, (), False, None))
+            x = np.full((1, 32, 5, 5), 255, np.uint8)
+            ref = F.conv2d(torch.from_numpy(_dq(x, xp)), torch.from_numpy(_wq(w, ws, 0))).numpy()
+        qw = quantize_weight(torch.from_numpy(w), torch.tensor(ws), 0)
+        assert int(qw.abs().max()) == qmax
+        assert qlayers.saturates(qw, xp) == (qlayers.int8_saturates() and qmax > 64)
+        got = evaluate(node, [x, w])[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=f"{kind}, weights up to {qmax}")
 
 
 def test_quantize_dequantize_round_trip_and_layout():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ember.ir import Node, OpType
 from ember.ir.dtype import DType
@@ -11,12 +12,14 @@ from ember.passes.int8 import (
     MADE,
     NO_RECORD,
     SMOOTHED,
+    WEIGHTS_7BIT,
     lower_bound,
     symmetric_scales,
     tensor_params,
+    weight_qmax,
 )
 from ember.passes.pipeline import run_pipeline
-from ember.plan.config import BuildConfig
+from ember.plan.config import BuildConfig, Device
 from ember.plan.records import QuantDType, QuantizationPlan, QuantRecord
 
 from passkit import assert_same_outputs, ir_graph, rng_const
@@ -69,6 +72,28 @@ def test_calibrated_cnn_becomes_int8_with_8bit_activations_between_int8_layers()
     assert fired[MADE] == 4
     x = np.random.default_rng(0).uniform(0, 1, (2, 3, 6, 6)).astype(np.float32)
     assert_same_outputs(g, graph, {"x": x}, rtol=0, atol=0.1)  # within INT8's error of the float graph
+
+
+@pytest.mark.parametrize("saturating", [False, True])
+def test_weights_get_7_bits_where_the_cpus_8_bit_kernels_saturate(monkeypatch, saturating):
+    """On an x86 CPU without VNNI or AMX (``features.int8_saturates``), oneDNN adds pairs of u8 x s8
+    products in 16 bits: a calibrated CPU build then scales weights to +-64, which cannot saturate,
+    and says so; elsewhere (and on CUDA) to +-127."""
+    from ember.backends.cpu import features
+
+    monkeypatch.setattr(features, "int8_saturates", lambda: saturating)
+    assert weight_qmax(Device.CUDA) == 127
+    qmax = weight_qmax(Device.CPU)
+    assert qmax == (64 if saturating else 127)
+    g = _cnn()
+    cfg = BuildConfig(device="cpu", precision="int8")
+    out = run_pipeline(g, cfg, calibrated=_records(g, ["x", "a", "b", "c", "f"]))
+    by = {n.name: n for n in out.graph.nodes}
+    w1 = np.asarray(g.constants["w1"], np.float64)
+    assert np.allclose(by["c1"].attrs.w_scales, np.abs(w1).reshape(8, -1).max(1) / qmax, rtol=1e-6)
+    assert out.records.quantization.get("w1").scale == by["c1"].attrs.w_scales
+    fired = {k: v for s in out.stats for k, v in s.fired.items()}
+    assert fired.get(WEIGHTS_7BIT, 0) == (4 if saturating else 0)
 
 
 def test_layer_precisions_keep_a_layer_fp32_and_its_neighbours_read_float():

@@ -35,7 +35,6 @@ from ember.ir.optype import OpType
 from ember.ir.types import TensorType
 from ember.ops.attrs import Activation, ConvAttrs, FusedConvAttrs
 from ember.plan.config import Device, Precision
-from tests.int8ref import needs_onednn_int8
 
 TACTIC = conv_persistent.TACTIC
 pytestmark = pytest.mark.usefixtures("fresh_native")
@@ -416,7 +415,6 @@ def _int8_model(tmp_path: Path) -> str:
     return str(path)
 
 
-@needs_onednn_int8
 def test_int8_engine_matches_the_qconv_kernel(ext: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """INT8 engines with and without the tactic: every QConv on it, the same results within a
     requantization step (oneDNN 3.2 and PyTorch's 3.12 may round a tie differently), any batch."""

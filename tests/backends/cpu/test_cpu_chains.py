@@ -18,7 +18,6 @@ from ember.backends.cpu.chains import LAYOUT_ENV, SWITCH_ENV, ChainLink, plan_ch
 from ember.backends.cpu.features import cpu_features
 from ember.plan.config import Precision
 from ember.tools.runners import max_rel_error
-from tests.int8ref import needs_onednn_int8
 
 pytestmark = pytest.mark.usefixtures("fresh_native")
 
@@ -210,7 +209,6 @@ def test_a_chain_plan_checks_at_run_only_the_steps_it_cannot_trust(ext: Any):
         torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, w), w), w), rtol=1e-5, atol=1e-5)
 
 
-@needs_onednn_int8
 def test_an_int8_engine_chains_its_8_bit_layers_and_computes_what_its_layers_compute(ext: Any,
                                                                                     monkeypatch: pytest.MonkeyPatch):
     """INT8: every layer chains, the first too (the chain stores its float input 8-bit first,

@@ -357,19 +357,21 @@ def test_engine_file_runs_where_the_tactic_cannot(ext: Any, tmp_path: Path, monk
 
 def test_engine_file_runs_exactly_where_int8_saturates(ext: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """An engine built where oneDNN's 8-bit kernels are exact (VNNI), loaded on a CPU where they
-    saturate: its QGemms run ``qlayers``' float32 arithmetic on the same integers instead."""
-    from ember.backends.cpu.kernels import conv_persistent, qlayers
+    """An engine built where oneDNN's 8-bit kernels are exact (VNNI: 8-bit weights), loaded on a CPU
+    where they saturate: its QGemms run ``qlayers``' float32 arithmetic on the same integers
+    instead, whichever tactic the engine recorded."""
+    from ember.backends.cpu import features
+    from ember.backends.cpu.kernels import qlayers
 
     path = mlp_model(tmp_path / "mlp.onnx")
-    monkeypatch.setattr(conv_persistent, "int8_saturates", lambda: False)  # built as on a VNNI CPU
+    for module in (features, qlayers):  # built as on a VNNI CPU
+        monkeypatch.setattr(module, "int8_saturates", lambda: False)
     engine = build_int8(path, True, monkeypatch)
     assert qgemm_tactics(engine) == {TACTIC}
     engine.save(str(tmp_path / "mlp.ember"))
     x = np.random.default_rng(9).standard_normal((2, 4, 64)).astype(np.float32)
     want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # fp32
-    for module in (conv_persistent, qlayers):
-        monkeypatch.setattr(module, "int8_saturates", lambda: True)
+    monkeypatch.setattr(qlayers, "int8_saturates", lambda: True)
     exact, made = qlayers._qgemm_exact, []
 
     def spy(*args: Any) -> Any:

@@ -43,7 +43,6 @@ from ember.backends.activations import activation_after
 from ember.backends.base import CompileContext, Kernel, with_write_into
 from ember.backends.cpu import native
 from ember.backends.cpu.chains import ChainLink
-from ember.backends.cpu.features import int8_saturates
 from ember.backends.cpu.half import (
     finite_safe,
     inputs_finite,
@@ -54,7 +53,14 @@ from ember.backends.cpu.half import (
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv import conv_forward, conv_geometry
 from ember.backends.cpu.kernels.conv_mkldnn import gemm_write_into
-from ember.backends.cpu.kernels.qlayers import dequantize, quantize, quantize_constants, quantize_weight
+from ember.backends.cpu.kernels.qlayers import (
+    dequantize,
+    qconv,
+    quantize,
+    quantize_constants,
+    quantize_weight,
+    saturates,
+)
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.layout import NCHW, planned_format
 from ember.backends.tensors import torch_dtype
@@ -316,17 +322,12 @@ def qconv_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return not (a.has_residual and a.out is not None and a.residual is None)
 
 
-def int8_tactic_available() -> bool:
-    """The INT8 layers' ``available()``: the extension, on a CPU where oneDNN's 8-bit kernels do not
-    saturate (``features.int8_saturates``; elsewhere ``qlayers`` computes them in float32, and an
-    engine that recorded this tactic runs them there, with a warning)."""
-    return not int8_saturates() and available()
-
-
-@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=int8_tactic_available)
+@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=available)
 def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QConv on persistent oneDNN INT8 primitives, computing what ``qlayers``' ``qconv2d_pointwise``
-    kernel computes (same weight quantization, zero-point folding, residual and output rules)."""
+    kernel computes (same weight quantization, zero-point folding, residual and output rules). A
+    layer whose weights could saturate oneDNN's 8-bit kernels on this CPU (``qlayers.saturates``)
+    gets ``qlayers``' kernel, which computes it in float32."""
     ext = native.extension()
     if ext is None:
         raise BuildError(f"node {node.name!r}: CPU tactic {TACTIC!r} needs Ember's oneDNN extension, which is "
@@ -336,6 +337,8 @@ def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     w = ctx.const(node.input(1)).to(torch.float32)
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     qw = quantize_weight(w, w_scales, 0)
+    if saturates(qw, a.x):
+        return qconv(node, ctx)
     b = ctx.const(node.input(2))
     bias = b.reshape(-1).to(torch.float32) if b is not None else None
     xp, out_p, res_p, residual = a.x, a.out, a.residual, a.has_residual
@@ -428,6 +431,6 @@ def _padded(a: ConvAttrs) -> bool:
 
 owns_constants((OpType.CONV, OpType.FUSED_CONV), (TACTIC,), (1, 2))
 
-__all__ = ["MAX_SHAPES", "TACTIC", "available", "int8_tactic_available",
+__all__ = ["MAX_SHAPES", "TACTIC", "available",
            "conv_persistent", "persistent_applies", "qconv_applies",
            "qconv_persistent"]

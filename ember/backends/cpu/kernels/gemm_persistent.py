@@ -37,8 +37,8 @@ from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu import native
 from ember.backends.cpu.kernels.common import Inputs, const_input
-from ember.backends.cpu.kernels.conv_persistent import TACTIC, int8_tactic_available
-from ember.backends.cpu.kernels.qlayers import gemm_input, quantize, quantize_weight
+from ember.backends.cpu.kernels.conv_persistent import TACTIC, available
+from ember.backends.cpu.kernels.qlayers import gemm_input, qgemm, quantize, quantize_weight, saturates
 from ember.backends.cpu.registry import register_kernel
 from ember.backends.tensors import torch_dtype
 from ember.errors import BuildError, EmberError
@@ -68,7 +68,7 @@ def qgemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return graph.constants[node.input(1)].ndim == 2 and not a.gemm.trans_a and a.gemm.alpha == 1.0
 
 
-@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=int8_tactic_available)
+@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=available)
 def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm on persistent oneDNN INT8 matmul primitives (see the module docstring)."""
     ext = native.extension()
@@ -93,6 +93,8 @@ def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
         raise BuildError(f"INT8 layer {node.name!r}: {len(a.w_scales)} weight scales for N = {n} output columns")
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     qw = quantize_weight(w_nk, w_scales, 0)
+    if saturates(qw, xp):  # could saturate oneDNN's 8-bit kernels here: qlayers' float32 kernel
+        return qgemm(node, ctx)
     c = ctx.const(node.input(2))
     bias = (c.reshape(-1).to(torch.float32) * a.gemm.beta) if c is not None else None
     if bias is not None and bias.numel() != n:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.features import cpu_features, int8_saturates
+from ember.backends.cpu.features import cpu_features, fits_unsaturated, int8_saturates
 from ember.backends.cpu.kernels.common import Inputs
 from ember.backends.cpu.kernels.conv import conv_forward
 from ember.backends.cpu.kernels.conv_mkldnn import ConvPadder, reorder_params
@@ -197,13 +197,24 @@ def _with_runtime_weights(node: Node, ctx: CompileContext, make) -> Kernel:
     return run
 
 
+def saturates(qw: torch.Tensor, x: QuantParams) -> bool:
+    """Whether oneDNN's 8-bit kernels could saturate on this CPU for a layer with int8 weights
+    ``qw`` reading activations stored as ``x`` (``features.int8_saturates``): only where the CPU
+    adds pairs of products in 16 bits, and then unless the input is uint8 and the weights fit
+    ``features.INT8_SAFE_WEIGHT`` (a calibrated build on such a CPU quantizes them so). Such
+    layers compute in float32 on the same integers (``_qconv_exact`` / ``_qgemm_exact``)."""
+    if not int8_saturates():
+        return False
+    return x.dtype is not DType.UINT8 or qw.numel() == 0 or not fits_unsaturated(int(qw.abs().max()))
+
+
 def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:
-    if int8_saturates():
-        return _qconv_exact(node, ctx, w, bias)
     a: QConvAttrs = node.attrs
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
     qw = quantize_weight(w.to(torch.float32), w_scales, 0)
+    if saturates(qw, a.x):
+        return _qconv_exact(node, ctx, w, bias)
     bias = bias.reshape(-1).to(torch.float32).contiguous() if bias is not None else None
     pads = ConvPadder(a.conv, tuple(w.shape))
     padding, strides, dilations, in_size = reorder_params(a.conv, tuple(w.shape), _static_input(node, ctx), pads)
@@ -289,13 +300,13 @@ def _gemm_weight(a: QGemmAttrs, w: torch.Tensor) -> tuple[torch.Tensor, Optional
 
 
 def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.Tensor]) -> Kernel:
-    if int8_saturates():
-        return _qgemm_exact(node, ctx, w, c)
     a: QGemmAttrs = node.attrs
     w_nk, inv = _gemm_weight(a, w)
     w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
     w_zp = torch.zeros(len(a.w_scales), dtype=torch.int64)
     qw = quantize_weight(w_nk, w_scales, 0)
+    if saturates(qw, a.x):
+        return _qgemm_exact(node, ctx, w, c)
     k = int(w_nk.shape[1])
     packed = torch.ops.onednn.qlinear_prepack(qw, None)
     bias = (c.reshape(-1).to(torch.float32) * a.gemm.beta).contiguous() if c is not None else None
@@ -325,7 +336,9 @@ def _qgemm(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[torch.T
 
 
 # On x86 CPUs without VNNI or AMX, oneDNN's 8-bit kernels add pairs of u8 x s8 products in 16 bits
-# and saturate (``features.int8_saturates``). There the INT8 layers compute in float32 on the same
+# and saturate (``features.int8_saturates``) unless the weights fit 7 bits (``saturates``: what a
+# calibrated build there makes). The other INT8 layers (an engine built on a VNNI CPU, a Q/DQ
+# model's full-range weights) compute in float32 on the same
 # operands: the 8-bit input's integers (its zero point subtracted, or folded into the bias where
 # no padding reads it) times the weight's integers times their scales, on PyTorch's prepacked
 # fp32 convolution / MKL's GEMM, then the residual, the activation and the output quantization in
@@ -343,9 +356,10 @@ def _say_exact() -> None:
         _said_exact = True
         logging.getLogger("ember.build").warning(
             "this CPU (%s) has no VNNI or AMX: oneDNN's 8-bit kernels would saturate on it (as ONNX Runtime's "
-            "do), so Ember's INT8 layers compute in float32 on the same 8-bit operands: right results, "
-            "without INT8's speed-up (build fp32, or run INT8 engines on a CPU with AVX512-VNNI, AVX-VNNI or "
-            "AMX)", cpu_features().name)
+            "do) for INT8 layers whose weights use more than 7 bits (an engine built on another CPU, or a "
+            "Q/DQ model's weights), so those compute in float32 on the same 8-bit operands: right results, "
+            "without INT8's speed-up. An INT8 build calibrated on this CPU quantizes weights to 7 bits and "
+            "runs at INT8 speed", cpu_features().name)
 
 
 def _residual_added(y: torch.Tensor, residual: torch.Tensor, res_p: Optional[QuantParams],
@@ -423,4 +437,4 @@ def _qgemm_exact(node: Node, ctx: CompileContext, w: torch.Tensor, c: Optional[t
     return run
 
 
-__all__ = ["dequantize", "int8_available", "quantize", "quantize_weight"]
+__all__ = ["dequantize", "int8_available", "quantize", "quantize_weight", "saturates"]

@@ -191,6 +191,10 @@ class Backend(abc.ABC):
     #: default (the CPU without ``tune_cpu``): ops whose candidates read and write the same formats,
     #: so a layer timed on its own is timed as it runs in the engine.
     always_timed: ClassVar[frozenset[OpType]] = frozenset()
+    #: (fraction, ms) by which a timed candidate must beat the default tactic to replace it
+    #: (``TacticSelector``): where timings are noisy, a near tie keeps the default, so two builds of
+    #: one model choose alike.
+    switch_margin: ClassVar[tuple[float, float]] = (0.0, 0.0)
 
     @property
     def name(self) -> str:

@@ -60,7 +60,7 @@ def make_selector(graph: Graph, records: Records, config: BuildConfig, backend: 
     timer = backend.make_timer(constants, device, records, config)
     # identical layers (a transformer's twelve) are timed once even without a cache file
     memo = cache if cache is not None else TimingCache(device_key)
-    return TacticSelector(timer, memo, records, only=only), cache
+    return TacticSelector(timer, memo, records, only=only, margin=backend.switch_margin), cache
 
 
 def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend, device_key: str,

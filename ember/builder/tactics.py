@@ -147,11 +147,14 @@ class TacticSelector:
     """
 
     def __init__(self, timer: TacticTimer | None = None, cache: TimingCache | None = None,
-                 records: Records | None = None, only: Collection[OpType] | None = None) -> None:
+                 records: Records | None = None, only: Collection[OpType] | None = None,
+                 margin: tuple[float, float] = (0.0, 0.0)) -> None:
         self.timer = timer
         self.cache = cache
         self.records = records if records is not None else Records()
         self.only = frozenset(only) if only is not None else None
+        #: (relative, ms): how much faster than the default another candidate must be to win
+        self.margin = margin
         #: (graph, {tensor: the layer that writes it}) for ``layer_signature``, made once per graph
         self._producers: tuple[Graph, dict[str, Node]] | None = None
 
@@ -173,7 +176,7 @@ class TacticSelector:
         timings |= fresh
         if fresh and self.cache is not None:
             self.cache.put(sig, timings)
-        return Choice(_fastest(candidates, timings), timings, cached=not fresh)
+        return Choice(_fastest(candidates, timings, self.margin), timings, cached=not fresh)
 
     def _times(self, node: Node) -> bool:
         """Whether ``node``'s candidates are timed."""
@@ -221,7 +224,16 @@ class TacticSelector:
             prepare(graph, jobs)
 
 
-def _fastest(candidates: Sequence[str], timings: Mapping[str, float]) -> str:
-    """Fastest finite timing; ties and all-failed go to the earlier (preferred) candidate."""
+def _fastest(candidates: Sequence[str], timings: Mapping[str, float], margin: tuple[float, float] = (0.0, 0.0)) -> str:
+    """Fastest finite timing; ties and all-failed go to the earlier (preferred) candidate, and
+    another candidate beats a default that ran only if it is faster by both parts of ``margin``
+    (a fraction of the default's time, and milliseconds)."""
     best = min(candidates, key=lambda c: (timings.get(c, math.inf), candidates.index(c)))
-    return best if math.isfinite(timings.get(best, math.inf)) else candidates[0]
+    t_best, t_default = timings.get(best, math.inf), timings.get(candidates[0], math.inf)
+    if not math.isfinite(t_best):
+        return candidates[0]
+    if best != candidates[0] and math.isfinite(t_default):
+        rel, ms = margin
+        if t_default - t_best <= max(rel * t_default, ms):
+            return candidates[0]
+    return best

@@ -33,6 +33,22 @@ def test_fastest_candidate_wins_and_ties_keep_the_default():
     assert sel.select(g.nodes[0], g, ["first", "second"], "fp32").tactic == "first"
 
 
+def test_a_near_tie_keeps_the_default_under_a_margin():
+    """``margin`` (the CPU's ``switch_margin``): another candidate must beat the default by both the
+    fraction and the milliseconds; a default that failed loses to anything that ran."""
+    g = _graph()
+
+    def pick(times, margin=(0.05, 0.02)):
+        sel = TacticSelector(timer=lambda node, graph, tactic, precision: times[tactic], margin=margin)
+        return sel.select(g.nodes[0], g, list(times), "fp32").tactic
+
+    assert pick({"default": 1.00, "other": 0.96}) == "default"  # 4%: noise
+    assert pick({"default": 1.00, "other": 0.90}) == "other"
+    assert pick({"default": 0.030, "other": 0.015}) == "default"  # half, but 15 us
+    assert pick({"default": 0.030, "other": 0.015}, margin=(0.0, 0.0)) == "other"
+    assert pick({"default": math.inf, "other": 5.0}) == "other"
+
+
 def test_without_timer_or_with_one_candidate_nothing_is_timed():
     g = _graph()
     calls = []
@@ -157,6 +173,7 @@ def test_lower_compiles_ahead_as_a_build_phase_of_its_own_before_any_timing():
 
     class Backend:
         fallback_tactics: frozenset = frozenset()
+        switch_margin = (0.0, 0.0)
 
         def __init__(self, timer):
             self.timer = timer

@@ -109,6 +109,9 @@ class CPUBackend(Backend):
     #: the defaults and 53.9 ms timed (written-out attention at 32 tokens, MKL for 7 of 24 GEMMs).
     #: Convolutions are not timed by default: their layouts interact (``BuildConfig.tune_cpu``).
     always_timed = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM, OpType.FUSED_ATTENTION})
+    #: Wall-clock timings on a shared CPU move by several percent from run to run: another tactic
+    #: replaces the default only when it is 5% and 20 us faster (a small layer keeps its default).
+    switch_margin = (0.05, 0.02)
 
     def supports(self, node: Node) -> bool:
         """Whether this backend can run ``node`` (op type and attribute values)."""

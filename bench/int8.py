@@ -98,6 +98,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     p.add_argument("--threads", type=int, default=2, help="threads for every runtime")
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a runtime's timing after this long")
+    p.add_argument("--gap-ms", type=float, default=0.0,
+                   help="idle milliseconds before each runtime's block, as bench/cpu.py's (ONNX Runtime's workers "
+                        "spin for tens of ms after its block, on the cores the next runtime needs)")
     p.add_argument("--calib-samples", help="calibration samples, rounded up to whole batches (default 8; "
                    "--accuracy-only: a comma-separated list, one row each, default 32)")
     p.add_argument("--eval-samples", type=int, help="accuracy samples, rounded up to whole batches "
@@ -362,6 +365,8 @@ def _timed_rounds(runners: dict[str, Runner], feeds: dict, args: argparse.Namesp
         count = args.iterations // rounds + (1 if r < args.iterations % rounds else 0)
         for label, runner in runners.items():
             warmup = args.warmup if r == 0 else 1
+            if args.gap_ms > 0:
+                time.sleep(args.gap_ms / 1e3)
             times[label] += time_ms(runner, feeds, warmup, count, args.max_seconds / rounds)
     return times
 
@@ -456,7 +461,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     rows = [bench_one(name, batch, args) for name in args.models for batch in args.batches]
     result = {"suite": "int8", "machine": common.machine_info(args.threads), "iterations": args.iterations,
-              "warmup": args.warmup, "calib_samples": args.calib_samples, "eval_samples": args.eval_samples,
+              "warmup": args.warmup, "gap_ms": args.gap_ms, "calib_samples": args.calib_samples,
+              "eval_samples": args.eval_samples,
               "seeds": {"timing": 0, "calibration": CALIB_SEED, "evaluation": EVAL_SEED},
               "ort_activation": args.ort_activation,
               "ort_activation_why": ("quantize_static's docstring (ORT 1.32) advises QUInt8 activations with QInt8 "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -19,6 +19,22 @@ from ember.ir.dtype import DType
 from ember.ir.graph import Graph, Node
 from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import Records
+
+
+def fastest(candidates: Sequence[str], timings: Mapping[str, float], margin: tuple[float, float] = (0.0, 0.0)) -> str:
+    """The candidate with the fastest finite timing; ties and all-failed go to the earlier
+    (preferred) candidate, and another candidate beats a first (default) one that ran only if it
+    is faster by both parts of ``margin``: a fraction of the default's time, and milliseconds
+    (``Backend.switch_margin``: a near tie on a noisy machine keeps the default)."""
+    best = min(candidates, key=lambda c: (timings.get(c, math.inf), candidates.index(c)))
+    t_best, t_default = timings.get(best, math.inf), timings.get(candidates[0], math.inf)
+    if not math.isfinite(t_best):
+        return candidates[0]
+    if best != candidates[0] and math.isfinite(t_default):
+        rel, ms = margin
+        if t_default - t_best <= max(rel * t_default, ms):
+            return candidates[0]
+    return best
 
 
 def wall_clock_timer(backend: Backend, constants: Mapping[str, torch.Tensor], device: torch.device,

@@ -29,6 +29,7 @@ from typing import Any
 from ember.backends.base import TacticTimer
 from ember.backends.concat_exec import planned_slice
 from ember.backends.layout import NCHW, format_in
+from ember.backends.timing import fastest
 from ember.errors import BuildError
 from ember.ir.graph import Graph, Node
 from ember.ir.optype import OpType
@@ -176,7 +177,7 @@ class TacticSelector:
         timings |= fresh
         if fresh and self.cache is not None:
             self.cache.put(sig, timings)
-        return Choice(_fastest(candidates, timings, self.margin), timings, cached=not fresh)
+        return Choice(fastest(candidates, timings, self.margin), timings, cached=not fresh)
 
     def _times(self, node: Node) -> bool:
         """Whether ``node``'s candidates are timed."""
@@ -224,16 +225,3 @@ class TacticSelector:
             prepare(graph, jobs)
 
 
-def _fastest(candidates: Sequence[str], timings: Mapping[str, float], margin: tuple[float, float] = (0.0, 0.0)) -> str:
-    """Fastest finite timing; ties and all-failed go to the earlier (preferred) candidate, and
-    another candidate beats a default that ran only if it is faster by both parts of ``margin``
-    (a fraction of the default's time, and milliseconds)."""
-    best = min(candidates, key=lambda c: (timings.get(c, math.inf), candidates.index(c)))
-    t_best, t_default = timings.get(best, math.inf), timings.get(candidates[0], math.inf)
-    if not math.isfinite(t_best):
-        return candidates[0]
-    if best != candidates[0] and math.isfinite(t_default):
-        rel, ms = margin
-        if t_default - t_best <= max(rel * t_default, ms):
-            return candidates[0]
-    return best

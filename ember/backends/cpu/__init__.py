@@ -28,7 +28,7 @@ from ember.backends.base import (
 from ember.backends.cpu.half import half_kernel
 from ember.backends.cpu.program import CPUProgram
 from ember.backends.cpu.registry import ATEN, candidates, has_kernel, kernel_ops, lookup
-from ember.backends.cpu.timing import cpu_timer
+from ember.backends.cpu.timing import SWITCH_MARGIN, cpu_timer
 from ember.backends.tensors import FLOAT8_TORCH, numpy_to_torch, torch_to_numpy
 from ember.errors import BuildError, EmberError, GraphError, IndexRangeError
 from ember.ir.graph import Graph, Node
@@ -109,9 +109,7 @@ class CPUBackend(Backend):
     #: the defaults and 53.9 ms timed (written-out attention at 32 tokens, MKL for 7 of 24 GEMMs).
     #: Convolutions are not timed by default: their layouts interact (``BuildConfig.tune_cpu``).
     always_timed = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM, OpType.FUSED_ATTENTION})
-    #: Wall-clock timings on a shared CPU move by several percent from run to run: another tactic
-    #: replaces the default only when it is 5% and 20 us faster (a small layer keeps its default).
-    switch_margin = (0.05, 0.02)
+    switch_margin = SWITCH_MARGIN  # another tactic must be 3% and 20 us faster than the default
 
     def supports(self, node: Node) -> bool:
         """Whether this backend can run ``node`` (op type and attribute values)."""

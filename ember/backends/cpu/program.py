@@ -34,7 +34,9 @@ from ember.backends.concat_exec import finish, first_tensor, plan_concat_exec, p
 from ember.backends.cpu.chains import head_role
 from ember.backends.cpu.half import finite_run, finite_safe, inputs_finite
 from ember.backends.cpu.heap import reserve
+from ember.backends.cpu.timing import SWITCH_MARGIN
 from ember.backends.tensors import compute_dtype, numpy_to_torch, torch_to_numpy
+from ember.backends.timing import fastest
 from ember.errors import BuildError, EmberError
 from ember.ir.types import format_shape
 from ember.plan.plan import Plan
@@ -272,10 +274,10 @@ class CPUProgram(Program):
                 log.warning("CPU chain from %r: a blocked or paired form failed (%s); it stays channels-last",
                             self.steps[chain.start].name, str(e))  # not e: its frames hold the primitives
             if ms:
-                # chosen on the times as recorded (a tie goes to the first variant, the plainest), so
-                # the record says why it holds what it holds
+                # chosen on the times as recorded, so the record says why it holds what it holds; a
+                # near tie goes to the first variant, the plainest (the CPU's switch margin)
                 ms = {v: round(t, 4) for v, t in ms.items()}
-                best = min(ms, key=ms.__getitem__)
+                best = fastest(list(ms), ms, SWITCH_MARGIN)
                 chosen[self.steps[chain.start].name] = {"layout": best.split("+")[0], "dw": best.endswith("+dw"),
                                                         "ms": ms}
                 self._chains[k] = variants[best]

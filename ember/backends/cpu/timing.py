@@ -17,6 +17,12 @@ from ember.backends.timing import wall_clock_timer
 from ember.plan.config import BuildConfig, Precision
 from ember.plan.records import Records
 
+#: (fraction, ms) by which a timed CPU choice must beat the default to replace it
+#: (``Backend.switch_margin``; also the chain layouts, ``CPUProgram.tune``): wall-clock timings on a
+#: shared CPU move by several percent from run to run, and near ties made two builds of one model
+#: choose differently. A small layer or chain keeps its default.
+SWITCH_MARGIN = (0.03, 0.02)
+
 
 def _stored(precision: Precision) -> Optional[torch.dtype]:
     return compute_dtype(precision) if Precision(precision).is_half else None
@@ -30,4 +36,4 @@ def cpu_timer(backend: Backend, constants: Mapping[str, torch.Tensor], device: t
     return wall_clock_timer(backend, constants, device, records, config, warmup, reps, stored_dtype=_stored)
 
 
-__all__ = ["cpu_timer"]
+__all__ = ["SWITCH_MARGIN", "cpu_timer"]

@@ -439,7 +439,11 @@ def test_a_bf16_build_that_keeps_fp32_chains_as_the_fp32_build(ext: Any, block: 
         engine = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu", precision="bf16"),
                              progress=False)
     fp32 = ember.build(model.SerializeToString(), ember.BuildConfig(device="cpu"), progress=False)
-    assert _chains(engine) == _chains(fp32)
+
+    def members(e: Any) -> list[str]:  # the chains' layers; each build times its layout on its own
+        return [name.replace(", blocked", "") for name in _chains(e)]
+
+    assert members(engine) == members(fp32)
     assert ("(7 layers chained" if block == "se-resnet" else "(8 layers chained") in _chains(engine)[0]
     x, _ = _inputs()
     with engine.create_context() as c, fp32.create_context() as f:

@@ -14,7 +14,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import onnx
-import pytest
 
 from ember.backends.cpu.features import int8_saturates
 
@@ -22,12 +21,6 @@ from ember.backends.cpu.features import int8_saturates
 ORT_INT8_WRONG = int8_saturates()
 ORT_INT8_REASON = ("ONNX Runtime's 8-bit kernels saturate on this CPU (x86 without VNNI or AMX: vpmaddubsw adds "
                    "u8 x s8 pairs in 16 bits), so it is no reference for INT8 results here")
-#: The mark of a test of oneDNN's own 8-bit kernels on full-range (8-bit) weights: on such a CPU
-#: Ember does not run those layers on them (``qlayers.saturates``: only 7-bit weights, which
-#: calibrated builds there make, cannot saturate), so there is nothing to test.
-needs_onednn_int8 = pytest.mark.skipif(ORT_INT8_WRONG, reason="oneDNN's 8-bit kernels saturate on this CPU (x86 "
-                                       "without VNNI or AMX) with 8-bit weights, so Ember computes such INT8 "
-                                       "layers in float32 here")
 #: Ops whose ONNX Runtime kernels run 8-bit arithmetic (ai.onnx, and com.microsoft's).
 INT8_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
                       "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeLSTM", "QAttention", "QLinearAdd",

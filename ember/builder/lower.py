@@ -80,7 +80,8 @@ def lower(graph: Graph, records: Records, config: BuildConfig, backend: Backend,
     fell_back: dict[str, int] = {}
     for node, candidates, precision, fallbacks in steps:
         choice = selector.select(node, graph, candidates, precision, fallbacks)
-        from_file = choice.cached and cache is not None  # not a twin layer timed earlier in this build
+        # a cached choice without a cache file is a twin layer timed earlier in this build
+        from_file = choice.cached and cache is not None
         timed += bool(choice.timings) and not from_file
         from_cache += from_file
         runs = backend.effective_precision(node, choice.tactic, precision)

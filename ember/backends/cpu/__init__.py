@@ -105,8 +105,9 @@ class CPUBackend(Backend):
     device = Device.CPU
     #: GEMMs and attention: their tactics (oneDNN's prepacked linear, MKL's GEMM; fused or written-out
     #: attention) read and write plain row-major tensors, so each is timed as it runs. Which wins
-    #: depends on the CPU and the shape: on the AVX2 EPYC, MiniLM at 8x32 tokens ran 60.9 ms with
-    #: the defaults and 53.9 ms timed (written-out attention at 32 tokens, MKL for 7 of 24 GEMMs).
+    #: depends on the CPU and the shape: on the AVX2 EPYC, MiniLM at 8x32 tokens ran 64.7 ms with
+    #: the defaults and 61.8 ms timed (written-out attention at 32 tokens, 2x SDPA there; another
+    #: run 60.9 -> 53.9 ms, with MKL for 7 of 24 GEMMs).
     #: Convolutions are not timed by default: their layouts interact (``BuildConfig.tune_cpu``).
     always_timed = frozenset({OpType.GEMM, OpType.MATMUL, OpType.FUSED_GEMM, OpType.FUSED_ATTENTION})
     switch_margin = SWITCH_MARGIN  # another tactic must be 3% and 20 us faster than the default

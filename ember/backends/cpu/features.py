@@ -94,22 +94,17 @@ _X86_FLAGS = ("sse4_1", "avx", "avx2")
 #: The largest int8 weight magnitude with which no pair can saturate there: two u8 x s8 products add
 #: to at most 255 x (64 + 64) = 32640 <= 32767. Calibrated builds on such a CPU quantize weights to
 #: this range (``ember.passes.int8``), as ONNX Runtime's quantizer does with ``reduce_range``, and
-#: a layer whose weights fit it runs on oneDNN's 8-bit kernels exactly (``fits_unsaturated``).
+#: a layer whose weights fit it runs on oneDNN's 8-bit kernels exactly (``qlayers.saturates``).
 INT8_SAFE_WEIGHT = 64
 
 
 def int8_saturates() -> bool:
     """Whether oneDNN's 8-bit convolutions and matmuls can saturate on this (real, not faked) CPU:
-    an x86 CPU without VNNI or AMX (``INT8_DOT_FLAGS``). Ember's INT8 layers then compute in
-    float32 on the same 8-bit operands (``kernels.qlayers``): no saturation, float32 rounding only."""
+    an x86 CPU without VNNI or AMX (``INT8_DOT_FLAGS``), for weights beyond ``INT8_SAFE_WEIGHT``.
+    Ember's INT8 layers with such weights then compute in float32 on the same 8-bit operands
+    (``kernels.qlayers.saturates``): no saturation, float32 rounding only."""
     flags = _probe().flags
     return any(f in flags for f in _X86_FLAGS) and not any(f in flags for f in INT8_DOT_FLAGS)
-
-
-def fits_unsaturated(qw_absmax: int) -> bool:
-    """Whether int8 weights of largest magnitude ``qw_absmax``, met by uint8 activations, stay
-    under 16-bit saturation in oneDNN's pairwise 8-bit kernels (``INT8_SAFE_WEIGHT``)."""
-    return qw_absmax <= INT8_SAFE_WEIGHT
 
 
 def _from_cpuinfo(path: Path) -> tuple[str, set[str]]:
@@ -140,5 +135,5 @@ def _from_torch() -> set[str]:
 
 
 __all__ = ["CPUFeatures", "CPUPrecisionWarning", "INT8_DOT_FLAGS", "INT8_SAFE_WEIGHT", "NATIVE_FLAGS", "cpu_features",
-           "fits_unsaturated", "int8_saturates",
+           "int8_saturates",
            "set_cpu_features"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
-from ember.backends.cpu.features import cpu_features, fits_unsaturated, int8_saturates
+from ember.backends.cpu.features import INT8_SAFE_WEIGHT, cpu_features, int8_saturates
 from ember.backends.cpu.kernels.common import Inputs
 from ember.backends.cpu.kernels.conv import conv_forward
 from ember.backends.cpu.kernels.conv_mkldnn import ConvPadder, reorder_params
@@ -205,7 +205,7 @@ def saturates(qw: torch.Tensor, x: QuantParams) -> bool:
     layers compute in float32 on the same integers (``_qconv_exact`` / ``_qgemm_exact``)."""
     if not int8_saturates():
         return False
-    return x.dtype is not DType.UINT8 or qw.numel() == 0 or not fits_unsaturated(int(qw.abs().max()))
+    return x.dtype is not DType.UINT8 or qw.numel() == 0 or int(qw.abs().max()) > INT8_SAFE_WEIGHT
 
 
 def _qconv(node: Node, ctx: CompileContext, w: torch.Tensor, bias: Optional[torch.Tensor]) -> Kernel:

@@ -21,6 +21,7 @@ import ember
 from ember.backends.cpu.features import CPUPrecisionWarning
 from ember.backends.tensors import max_relative_error
 from ember.errors import BuildError
+from ember.ir.optype import OpType
 from ember.plan.config import BuildConfig, Precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends" / "cpu"))
@@ -264,24 +265,44 @@ def transformer():
     return path, zoo.sample_inputs("bert-tiny", 2)
 
 
-@needs_onednn_bf16
-def test_a_small_transformer_runs_bf16(transformer):
-    """bert-tiny: the GEMMs, attention, residual LayerNorms and the data movement between them in
-    bf16; the embeddings (a gather from an fp32 table) and their LayerNorm in fp32; the mask
-    converted once for every attention layer."""
+def test_a_small_transformer_runs_bf16_with_its_residual_stream_in_fp32(transformer):
+    """bert-tiny: the GEMMs, attention and the data movement between them in bf16; the embeddings
+    (a gather from an fp32 table) in fp32; the residual LayerNorms in fp32 (``CPU_HALF_FP32_NORMS``),
+    each reading its GEMM's bf16 output converted once and writing the residual stream in fp32,
+    converted once more for the next block's GEMMs."""
     path, feeds = transformer
     fp32, bf16 = engines(str(path))
     runs = precisions(bf16)
-    for kind in ("FusedGemm", "FusedAttention", "SkipLayerNormalization", "Transpose", "Reshape", "Split"):
+    for kind in ("FusedGemm", "FusedAttention", "Transpose", "Reshape", "Split"):
         assert "bf16" in runs[kind], (kind, runs)
-    converted = dict(casts(bf16))
-    assert len(converted) == len(casts(bf16)) <= 3 and set(converted.values()) == {"bf16"}
+    assert runs["SkipLayerNormalization"] == "fp32", runs
+    plan = bf16.plan
+    norms = [n for n in plan.graph.nodes if n.op is OpType.SKIP_LAYER_NORM]
+    assert norms and all(stored(bf16, n.outputs[0]) == "float32" for n in norms)
+    converted = casts(bf16)
+    up = {t for t, p in converted if p == "fp32"}
+    assert up == {i.removesuffix("::fp32") for n in norms for i in n.inputs if i.endswith("::fp32")} != set()
     got, want = run(bf16, feeds), run(fp32, feeds)
     for k, v in want.items():
-        assert max_relative_error(got[k], v) <= 2e-2, k
+        assert max_relative_error(got[k], v) <= 1e-2, k
         a, b = got[k].reshape(-1, v.shape[-1]), v.reshape(-1, v.shape[-1])
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert cos.min() >= 0.999, cos.min()
+
+
+def test_named_layernorms_run_bf16_and_store_the_stream_in_16_bits(transformer):
+    """``layer_precisions`` still puts the normalizations in bf16 (no conversion around them, the
+    stream stored in 16 bits), at a larger error than the default's. (These two tests run on AVX2
+    CPUs too: a transformer's bf16 layers there take PyTorch's bf16 kernels, which need no oneDNN.)"""
+    path, feeds = transformer
+    fp32, default = engines(str(path))
+    _, named = engines(str(path), half_layers={"SkipLayerNormalization": "bf16"})
+    assert "bf16" in precisions(named)["SkipLayerNormalization"]
+    assert len(casts(named)) < len(casts(default))
+    want = run(fp32, feeds)
+    err = {name: max(max_relative_error(run(e, feeds)[k], v) for k, v in want.items())
+           for name, e in (("default", default), ("named", named))}
+    assert err["default"] < err["named"], err
 
 
 def test_the_real_cpu_is_probed():

@@ -79,3 +79,33 @@ def test_a_fused_elementwise_runs_half_only_when_every_step_can():
         _, ctx = run_pass_ctx(g, *PASSES, device="cpu", precision="bf16")
     layers = ctx.records.precision.layers
     assert layers["ok"] is Precision.BF16 and layers["no"] is Precision.FP32
+
+
+def _residual_block():
+    """x -> matmul -> m ; SkipLayerNorm(m, x) -> s (the residual stream) -> matmul -> y."""
+    from ember.ops.attrs import LayerNormAttrs
+
+    nodes = [Node("mm1", OpType.MATMUL, ("x", "w1"), ("m",)),
+             Node("sln", OpType.SKIP_LAYER_NORM, ("m", "x", "g", "b"), ("s",), LayerNormAttrs()),
+             Node("mm2", OpType.MATMUL, ("s", "w2"), ("y",))]
+    return ir_graph(nodes, {"x": (2, 8, 16)}, ["y"],
+                    {"w1": rng_const(16, 16), "w2": rng_const(16, 16), "g": rng_const(16), "b": rng_const(16)})
+
+
+def test_the_residual_layernorms_keep_fp32_unless_named():
+    """A half build keeps LayerNorm / SkipLayerNorm in fp32 (``CPU_HALF_FP32_NORMS``): the norm
+    reads its GEMM's half output converted, writes the residual stream in fp32, and the next GEMM
+    reads it converted; named in ``layer_precisions`` it runs half with no conversion between."""
+    before = _residual_block()
+    with faked_cpu(NATIVE):
+        after, ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="bf16")
+        named, named_ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="bf16",
+                                        layer_precisions={"SkipLayerNormalization": "bf16"})
+    layers = ctx.records.precision.layers
+    assert (str(layers["mm1"]), str(layers["sln"]), str(layers["mm2"])) == ("bf16", "fp32", "bf16")
+    assert ops(after) == ["Cast", "MatMul", "Cast", "SkipLayerNormalization", "Cast", "MatMul"]
+    assert after.node_by_name("sln").inputs[:2] == ("m::fp32", "x")  # the skip is read as it is
+    assert_same_outputs(before, after)
+    assert str(named_ctx.records.precision.layers["sln"]) == "bf16"
+    # the skip input x (a graph input, fp32) is converted once, for mm1 and the norm alike
+    assert ops(named) == ["Cast", "MatMul", "SkipLayerNormalization", "MatMul"]

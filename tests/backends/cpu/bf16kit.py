@@ -78,11 +78,14 @@ def model(nodes: list, inputs: dict[str, tuple[int, ...]], outputs: dict[str, Op
 
 
 def engines(m: Any, precision: str = "bf16", features: CPUFeatures = NATIVE,
-            **config: Any) -> tuple[Engine, Engine]:
-    """(fp32 engine, ``precision`` engine) of ``m`` on a CPU with ``features``."""
+            half_layers: Optional[dict[str, str]] = None, **config: Any) -> tuple[Engine, Engine]:
+    """(fp32 engine, ``precision`` engine) of ``m`` on a CPU with ``features``; ``half_layers``:
+    the ``layer_precisions`` of the second build only (``{"LayerNormalization": "bf16"}``)."""
     fp32 = ember.build(m, ember.BuildConfig(device="cpu", **config), progress=False)
     with faked_cpu(features):
-        half = ember.build(m, ember.BuildConfig(device="cpu", precision=precision, **config), progress=False)
+        half = ember.build(m, ember.BuildConfig(device="cpu", precision=precision,
+                                                layer_precisions=dict(half_layers or {}), **config),
+                           progress=False)
     return fp32, half
 
 

@@ -13,6 +13,7 @@ checked on every row. Where Ember is slower than ONNX Runtime, the per-op times 
     python bench/cpu.py --quick                            # 3 iterations, batch 1 (smoke run)
     python bench/cpu.py --precision fp32,bf16 --batches 8 # an Ember bf16 engine too (issue 19)
     python bench/cpu.py --without-persistent               # + Ember without the onednn_persistent conv tactic
+    python bench/cpu.py --tune-cpu                         # + Ember with every layer's tactics timed (tune_cpu)
     python bench/cpu.py --exporter torchscript,dynamo      # each model exported both ways, a row each
 
 ``--precision`` lists Ember's precisions; each is one more runtime taking turns in the same
@@ -89,6 +90,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="also an Ember engine of each precision built without the onednn_persistent conv "
                         "tactic (EMBER_ONEDNN_PERSISTENT=0; label ember-<precision>-no-persistent), taking "
                         "turns in the same rounds")
+    p.add_argument("--tune-cpu", action="store_true",
+                   help="also an Ember engine of each precision built with every layer's tactics timed "
+                        "(BuildConfig.tune_cpu: convolutions too, so a layer may leave its chain for a faster "
+                        "kernel; label ember-<precision>-tuned), taking turns in the same rounds")
     p.add_argument("--exporter", default="torchscript",
                    help=f"comma-separated PyTorch ONNX exporters, a row each: {', '.join(EXPORTERS)}")
     p.add_argument("--dynamo-opset", type=int, default=20,
@@ -134,16 +139,20 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
     spec = zoo.get(name)
     engines, build_s, errors = {}, {}, {}
     load_before = os.getloadavg()
-    variants = [(p, False) for p in args.precision] + [(p, True) for p in args.precision if args.without_persistent]
-    for precision, without in variants:
+    variants = ([(p, "") for p in args.precision]
+                + [(p, "no-persistent") for p in args.precision if args.without_persistent]
+                + [(p, "tuned") for p in args.precision if args.tune_cpu])
+    for precision, variant in variants:
         t0 = time.perf_counter()
         target = args.accuracy_target if precision != "fp32" else None
-        label = f"ember-{precision}-no-persistent" if without else ember_label(precision)
+        without = variant == "no-persistent"
+        label = f"ember-{precision}-{variant}" if variant else ember_label(precision)
         saved = os.environ.get(native.SWITCH_ENV)
         os.environ[native.SWITCH_ENV] = "0" if without else (saved or "1")
         try:
             engines[label] = ember.build(
-                str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target))
+                str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target,
+                                             tune_cpu=variant == "tuned"))
         finally:
             if saved is None:
                 del os.environ[native.SWITCH_ENV]

@@ -149,8 +149,9 @@ def verbose_summary(args: argparse.Namespace, label: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, args.model, "--batch", str(args.batch), "--threads", str(args.threads),
            "--verbose-runs", str(args.verbose_runs), "--child", label]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode:
-        return {"error": proc.stderr[-2000:]}
+    if proc.returncode:  # negative: killed by that signal (a crash leaves stderr empty)
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        return {"error": f"{how}: {proc.stderr[-2000:]}"}
     text = proc.stdout.split("=== timed ===", 1)[-1]
     totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     versions = sorted(set(re.findall(r"oneDNN v(\d+\.\d+\.\d+)", proc.stdout)))

@@ -12,9 +12,10 @@ convolutions and GEMMs that ``precision="int8"`` or an ``int8`` entry marks (``I
 CPU half precision (``bf16``; ``fp16`` on CPUs with AMX-FP16): the convolutions, GEMMs, MatMuls
 and attention layers (``CPU_HALF_COMPUTE_OPS``) take it, and so do the cheap layers of
 ``CPU_HALF_FOLLOW_OPS`` (data movement, elementwise arithmetic, pooling, normalizations and
-softmax that accumulate in fp32) whose float input comes from a half layer, so activations stay
-16-bit from one half layer to the next; every other layer computes fp32, and so do LayerNorm and
-SkipLayerNorm unless named (``CPU_HALF_FP32_NORMS``: a transformer's residual stream stays fp32).
+softmax that accumulate in fp32) whose float inputs all come from half layers, so activations
+stay 16-bit from one half layer to the next; every other layer computes fp32, and so do LayerNorm
+and SkipLayerNorm unless named (``CPU_HALF_FP32_NORMS``): a transformer's residual stream stays
+fp32, post-LN (the norms' outputs) and pre-LN (an Add reading the fp32 stream stays fp32).
 ``plan_half_dtypes`` (``ember.passes.cpu_half``) then stores the half layers' outputs in 16 bits
 and plans the conversions where a tensor meets a reader of the other precision. A CPU without
 native support (``ember.backends.cpu.features``) keeps fp32 with a ``CPUPrecisionWarning`` for
@@ -162,18 +163,26 @@ def usable_half_precisions(cfg: BuildConfig, model: str) -> frozenset[Precision]
 def _cpu_default(node: Node, graph: Graph, default: Precision, producer: Mapping[str, str],
                  precisions: Mapping[str, Precision]) -> Precision:
     """A CPU layer's precision when nothing names it: a half ``default`` for the compute-heavy
-    layers, and for the cheap ones whose float input comes from a half layer; else fp32."""
+    layers, and for the cheap ones whose float inputs all come from half layers; else fp32. A
+    cheap layer that also reads an fp32 tensor stays fp32 (its half input converted up, not the
+    fp32 one down): a pre-LN transformer's residual ``Add(stream, block output)`` keeps its fp32
+    stream so, as ``CPU_HALF_FP32_NORMS`` keeps a post-LN one's."""
     if not default.is_half or not half_capable(node):
         return default if not default.is_half else Precision.FP32
     if node.op in CPU_HALF_COMPUTE_OPS:
         return default
     if node.op in CPU_HALF_FP32_NORMS:
         return Precision.FP32
+    half: Precision | None = None
     for name in node.inputs:
         t = graph.types.get(name) if name and name not in graph.constants else None
-        if t is not None and t.dtype.is_float and precisions.get(producer.get(name, ""), Precision.FP32).is_half:
-            return precisions[producer[name]]
-    return Precision.FP32
+        if t is None or not t.dtype.is_float:
+            continue
+        read = precisions.get(producer.get(name, ""), Precision.FP32)
+        if not read.is_half:
+            return Precision.FP32
+        half = half or read
+    return half or Precision.FP32
 
 
 @register_pass("assign_precisions", Phase.PRECISION)

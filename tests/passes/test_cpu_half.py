@@ -109,3 +109,28 @@ def test_the_residual_layernorms_keep_fp32_unless_named():
     assert str(named_ctx.records.precision.layers["sln"]) == "bf16"
     # the skip input x (a graph input, fp32) is converted once, for mm1 and the norm alike
     assert ops(named) == ["Cast", "MatMul", "SkipLayerNormalization", "MatMul"]
+
+
+def test_a_pre_ln_residual_stream_stays_fp32():
+    """Pre-LN blocks (``r1 = x + mm(LN(x))``): the residual Add reads the fp32 stream and a half
+    GEMM output, so it runs fp32 (the GEMM output converted up) and the stream stays fp32 through
+    every block; an Add of two half tensors still runs half."""
+    from ember.ops.attrs import LayerNormAttrs
+
+    nodes = [Node("ln1", OpType.LAYER_NORM, ("x", "g", "b"), ("n1",), LayerNormAttrs()),
+             Node("mm1", OpType.MATMUL, ("n1", "w1"), ("m1",)),
+             Node("add1", OpType.ADD, ("x", "m1"), ("r1",)),
+             Node("ln2", OpType.LAYER_NORM, ("r1", "g", "b"), ("n2",), LayerNormAttrs()),
+             Node("mm2", OpType.MATMUL, ("n2", "w2"), ("m2",)),
+             Node("add2", OpType.ADD, ("r1", "m2"), ("r2",)),
+             Node("mm3", OpType.MATMUL, ("r2", "w3"), ("m3",)),
+             Node("both", OpType.ADD, ("m3", "m2"), ("y",))]
+    before = ir_graph(nodes, {"x": (2, 8, 16)}, ["y"],
+                      {f"w{i}": rng_const(16, 16) for i in (1, 2, 3)} | {"g": rng_const(16), "b": rng_const(16)})
+    with faked_cpu(NATIVE):
+        after, ctx = run_pass_ctx(before, *PASSES, device="cpu", precision="bf16")
+    layers = {k: str(v) for k, v in ctx.records.precision.layers.items()}
+    assert [layers[n] for n in ("ln1", "mm1", "add1", "ln2", "mm2", "add2", "mm3", "both")] == [
+        "fp32", "bf16", "fp32", "fp32", "bf16", "fp32", "bf16", "bf16"]
+    assert after.node_by_name("add2").inputs == ("r1", "m2::fp32")
+    assert_same_outputs(before, after)

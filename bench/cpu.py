@@ -194,6 +194,7 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
     accuracy = {k: e.plan.build_info["accuracy"] for k, e in engines.items() if "accuracy" in e.plan.build_info}
     if accuracy:
         row["accuracy"] = {k: {"target": a["target"], "met": a["met"], "fp32_layers": len(a["fp32_layers"]),
+                               "order": a.get("order"), "trials": len(a.get("trials", ())) - 1,
                                "error_before": a["error_before"], "error": a["error"]} for k, a in accuracy.items()}
     if args.repeats > 1:
         row["repeats"] = repeats

@@ -5,16 +5,20 @@ same model.
 INT8 layers fall back the most damaging first: the order of ``ember.builder.int8.layer_errors``
 (the error each INT8 layer adds on its own, on the calibration batch), which is what Polygraphy's
 ``debug precision`` finds by hand; the search below is the same. Half-precision layers fall back
-in execution order, for the reason that follows.
+from one end of the network, for the reasons that follow.
 
-Why a prefix of the network: the rounding error a half-precision layer adds grows through every
+Why from one end: in a CNN the rounding error a half-precision layer adds grows through every
 layer after it. On MobileNetV2 at batch 128 (H100, fp16) the error relative to each layer's own
 range goes from 8e-4 after the first convolution to 0.14 before the head, so the first few layers
 own most of what reaches the output: keeping only the first 3 of 66 layers in fp32 takes the
 output's max relative error from 1.2e-2 to 7.7e-3, where keeping all 17 depthwise convolutions
-in fp32 changes nothing (``bench/gpu_accuracy.py``). So the search promotes the earliest
-half-precision layers, in execution order: 1, 2, 4, ... layers until the target is met, then
-bisects for the shortest prefix that meets it.
+in fp32 changes nothing (``bench/gpu_accuracy.py``). In a post-LN transformer it is the other way:
+each LayerNorm damps what came before, and the last blocks own the error (BERT-base bf16 on the
+CPU, batch 1: 128 of its 168 first half layers in fp32 moved the error from 6.0e-3 to 5.8e-3).
+So with 8 or more half layers the search first keeps an eighth of them in fp32 from each end and
+goes on from the end whose eighth helped more (``order`` "execution" or "reverse" in the build
+info); then 2, 4, ... times as many (from 1 without that probe) until the target is met, and
+bisects for the fewest that meet it.
 
 The measure is that of ``ember bench`` and ``ember compare``: ``max|ours - ref| / max|ref|`` over
 every output, on calibration inputs (``accuracy_inputs``, else random ones drawn as ``ember run
@@ -41,6 +45,9 @@ from ember.runtime.engine import Engine
 log = logging.getLogger("ember.build")
 
 REDUCED = (Precision.FP16, Precision.BF16, Precision.TF32)
+#: Half-precision builds with at least this many reduced layers first try an eighth of them in fp32
+#: from each end of the network and search from the end that helped more (``meet_target``).
+PROBE_MIN_LAYERS = 8
 
 
 def applies(config: BuildConfig) -> bool:
@@ -104,8 +111,10 @@ def by_damage(engine: Engine, reference: Engine, candidates: list[str],
 
 def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildConfig], Engine],
                 feeds: Mapping[str, np.ndarray] | None = None) -> Engine:
-    """The engine of the shortest fp32 prefix that meets ``config.accuracy_target`` (``engine``
-    itself when it already does). ``build_fn(config)`` builds the same model with ``config``."""
+    """The engine with the fewest layers back in fp32 that meets ``config.accuracy_target``
+    (``engine`` itself when it already does): a prefix of the INT8 layers by damage, or of the half
+    layers from the end of the network that owns the error. ``build_fn(config)`` builds the same
+    model with ``config``."""
     t0 = time.perf_counter()
     if config.accuracy_target is None:
         raise BuildError("meet_target needs a config with an accuracy_target (see accuracy.applies)")
@@ -121,44 +130,60 @@ def meet_target(engine: Engine, config: BuildConfig, build_fn: Callable[[BuildCo
     if int8_layers:
         candidates = by_damage(engine, ref_engine, candidates, feeds)
     trials: list[dict[str, Any]] = [{"fp32_layers": 0, "error": first}]
-    best: tuple[Engine, int] | None = (engine, 0) if first <= target else None  # (engine, fp32 prefix)
+    # (engine, fp32 layers from the search's end, its error)
+    best: tuple[Engine, int, float] | None = (engine, 0, first) if first <= target else None
+    order = "damage" if int8_layers else "execution"
 
-    def trial(k: int) -> tuple[Engine, float]:
-        table = {**config.layer_precisions, **{name: Precision.FP32 for name in candidates[:k]}}
+    def trial(k: int, names: list[str]) -> tuple[Engine, float]:
+        table = {**config.layer_precisions, **{name: Precision.FP32 for name in names[:k]}}
         built = build_fn(replace(config, layer_precisions=table, accuracy_target=None))
         err = max_output_error(_outputs(built, feeds), reference)
-        trials.append({"fp32_layers": k, "error": err})
+        trials.append({"fp32_layers": k, "error": err, **({"from": "end"} if names is tail_order else {})})
         log.info("accuracy target %.1e: %d layers in fp32 -> max relative error %.2e", target, k, err)
         return built, err
 
-    if best is None and candidates:
-        lo, k = 0, 1  # lo: the longest prefix known to miss the target
+    tail_order = candidates[::-1]  # the last layers first
+    lo, k = 0, 1  # lo: the most layers known to miss the target; k: the next count to try
+    if best is None and not int8_layers and len(candidates) >= PROBE_MIN_LAYERS:
+        # Which end owns the error: an eighth of the half layers in fp32 from each end. A CNN's
+        # first layers do (their rounding grows through the rest); a post-LN transformer's last
+        # blocks do (each LayerNorm damps what came before): BERT-base bf16 at batch 1 needed 128
+        # of its 168 first layers in fp32 to move the error from 6.0e-3 to 5.8e-3.
+        k0 = max(1, len(candidates) // 8)
+        head, head_err = trial(k0, candidates)
+        tail, tail_err = trial(k0, tail_order)
+        if tail_err < head_err:
+            candidates, order, head, head_err = tail_order, "reverse", tail, tail_err
+        if head_err <= target:
+            best = (head, k0, head_err)
+        else:
+            lo, k = k0, min(2 * k0, len(candidates))
+    if best is None and candidates and lo < len(candidates):
         while best is None:
-            built, err = trial(k)
+            built, err = trial(k, candidates)
             if err <= target:
-                best = (built, k)
+                best = (built, k, err)
             elif k == len(candidates):
                 break
             else:
                 lo, k = k, min(2 * k, len(candidates))
-        while best is not None and best[1] - lo > 1:  # the shortest prefix that still meets it
-            mid = (lo + best[1]) // 2
-            built, err = trial(mid)
-            if err <= target:
-                best = (built, mid)
-            else:
-                lo = mid
+    while best is not None and best[1] - lo > 1:  # the fewest layers that still meet it
+        mid = (lo + best[1]) // 2
+        built, err = trial(mid, candidates)
+        if err <= target:
+            best = (built, mid, err)
+        else:
+            lo = mid
     met = best is not None
     if best is None:
         warnings.warn(f"accuracy target {target:.1e} not reached even with every layer in fp32 "
                       f"(max relative error {trials[-1]['error']:.2e} against an fp32 build); the "
                       f"{config.precision} engine is kept as it is ({first:.2e})", stacklevel=3)
-        best = (engine, 0)
-    chosen, best_k = best
-    info = {"target": target, "met": met, "error": next(t["error"] for t in reversed(trials)
-                                                         if t["fp32_layers"] == best_k),
+        best = (engine, 0, first)
+    chosen, best_k, best_err = best
+    info = {"target": target, "met": met, "error": best_err,
             "error_before": first, "fp32_layers": candidates[:best_k], "trials": trials,
-            "order": "damage" if int8_layers else "execution",
+            "order": order,
             "calibration_shapes": {k: list(v.shape) for k, v in feeds.items()},
             "seconds": round(time.perf_counter() - t0, 2)}
     chosen.plan.config = replace(chosen.plan.config, accuracy_target=target)
@@ -175,7 +200,7 @@ def describe(info: Mapping[str, Any]) -> str:
     if not kept:
         return (f"accuracy target {info['target']:.1e} met as built: max relative error "
                 f"{info['error']:.2e} vs an fp32 build")
-    which = "most damaging" if info.get("order") == "damage" else "first"
+    which = {"damage": "most damaging", "reverse": "last"}.get(info.get("order", ""), "first")
     return (f"accuracy target {info['target']:.1e}: the {which} {kept} layers kept in fp32, max relative "
             f"error {info['error_before']:.2e} -> {info['error']:.2e} vs an fp32 build "
             f"({len(info['trials']) - 1} trial builds, {info['seconds']:.0f} s)")

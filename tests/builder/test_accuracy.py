@@ -39,18 +39,22 @@ def cnn_model():
 
 
 class FakeEngine:
-    """An engine whose output error is ``error_of(k)`` for ``k`` leading layers in fp32."""
+    """An engine whose output error is ``error_of(k)`` for ``k`` leading layers in fp32, and
+    ``tail_error_of(k)`` for ``k`` trailing ones (default: trailing layers change nothing)."""
 
-    def __init__(self, config: BuildConfig, error_of) -> None:
+    def __init__(self, config: BuildConfig, error_of, tail_error_of=None) -> None:
         fp32 = {n for n, p in config.layer_precisions.items() if p == "fp32"}
         names = [f"layer{i}" for i in range(N_LAYERS)]
         precision = "fp32" if config.precision == "fp32" else config.precision
         self.k = sum(n in fp32 for n in names)
-        assert names[:self.k] == [n for n in names if n in fp32], "promotions must be a prefix"
+        promoted = [n for n in names if n in fp32]
+        from_end = bool(promoted) and names[N_LAYERS - self.k:] == promoted and names[:self.k] != promoted
+        assert from_end or names[:self.k] == promoted, "promotions must be a prefix or a suffix"
         self.plan = SimpleNamespace(
             config=config, build_info={},
             layers=[SimpleNamespace(name=n, precision="fp32" if n in fp32 else precision) for n in names])
-        self.error = 0.0 if config.precision == "fp32" else error_of(self.k)
+        tail = tail_error_of or (lambda k: error_of(0))
+        self.error = 0.0 if config.precision == "fp32" else (tail if from_end else error_of)(self.k)
 
     def create_context(self):
         engine = self
@@ -62,15 +66,15 @@ class FakeEngine:
         return contextlib.nullcontext(Ctx())
 
 
-def _search(error_of, target: float):
+def _search(error_of, target: float, tail_error_of=None):
     config = BuildConfig(device="cuda", precision="fp16", accuracy_target=target)
     builds: list[BuildConfig] = []
 
     def build_fn(cfg):
         builds.append(cfg)
-        return FakeEngine(cfg, error_of)
+        return FakeEngine(cfg, error_of, tail_error_of)
 
-    first = FakeEngine(config, error_of)
+    first = FakeEngine(config, error_of, tail_error_of)
     return accuracy.meet_target(first, config, build_fn, {"x": X}), first, builds
 
 
@@ -78,12 +82,26 @@ def test_the_shortest_prefix_that_meets_the_target_is_kept():
     engine, _, builds = _search(lambda k: 0.02 / (1 + k), 0.006)  # needs k >= 2.33: k = 3
     info = engine.plan.build_info["accuracy"]
     assert engine.k == 3 and info["met"] and info["fp32_layers"] == ["layer0", "layer1", "layer2"]
-    assert [t["fp32_layers"] for t in info["trials"]] == [0, 1, 2, 4, 3]  # doubling, then bisection
+    # an eighth (1 layer) from each end, the first helped more: doubling from there, then bisection
+    assert [(t["fp32_layers"], t.get("from", "")) for t in info["trials"]] == [
+        (0, ""), (1, ""), (1, "end"), (2, ""), (4, ""), (3, "")]
+    assert info["order"] == "execution"
     assert info["error"] == pytest.approx(0.005) and info["error_before"] == pytest.approx(0.02)
     assert builds[0].precision == "fp32" and not builds[0].tactic_tuning  # the reference
     assert all(b.accuracy_target is None for b in builds)  # the trials do not search again
     assert engine.plan.config.accuracy_target == 0.006
     assert engine.plan.config.layer_precisions == {"layer0": "fp32", "layer1": "fp32", "layer2": "fp32"}
+
+
+def test_when_the_last_layers_own_the_error_the_search_keeps_them_in_fp32():
+    """A post-LN transformer's case: fp32 first layers change nothing, fp32 last layers help."""
+    engine, _, _ = _search(lambda k: 0.02, 0.006, tail_error_of=lambda k: 0.02 / (1 + k))
+    info = engine.plan.build_info["accuracy"]
+    assert info["met"] and info["order"] == "reverse" and info["fp32_layers"] == ["layer9", "layer8", "layer7"]
+    assert [(t["fp32_layers"], t.get("from", "")) for t in info["trials"]] == [
+        (0, ""), (1, ""), (1, "end"), (2, "end"), (4, "end"), (3, "end")]
+    assert info["error"] == pytest.approx(0.005)
+    assert "the last 3 layers kept in fp32" in accuracy.describe(info)
 
 
 def test_an_engine_within_the_target_is_kept_as_it_is():

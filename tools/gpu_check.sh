@@ -26,6 +26,8 @@
 #                cuDNN fp16, then the engine's kernel with TMA off / on / on with EMBER_TRITON_TMA_SHIFT=1
 #                (sixteenth session: the shifted boxes won 11-14% on every 3x3 layer and are now the
 #                default; EMBER_TRITON_TMA_SHIFT=0 turns them off)
+# Twenty-sixth session (H100): tests 58 s (688 passed) on a machine a call had warmed, past 190 s on a
+# fresh machine's first call: keep TESTS_S at its default there.
 # Seventeenth session (H100, the cuDNN frontend carried): tests 136 s (687 passed; the FP8 convolutions'
 # 13 cuda cases among them), int8-resnet 264 s, `layers` with --quantized fp8 only about 70 s.
 # Wheels the machine lacks (serve's, pytest-xdist, nvidia-cudnn-frontend) go in .whl/ and are installed to /tmp/site. The

@@ -8,6 +8,13 @@ ONNX Runtime runs, and prints Ember's median per position in its block (1st run 
     python bench/probes/taking_turns.py              # ORT as bench/cpu.py makes it (its workers spin)
     python bench/probes/taking_turns.py --no-spin    # session.intra_op.allow_spinning = 0
     python bench/probes/taking_turns.py --gap-ms 50  # idle 50 ms between the blocks
+    python bench/probes/taking_turns.py --model resnet-50 --gap-ms 100 --profile
+                                                     # + the sum of ``ember profile``'s layer medians
+
+``--profile`` answers the twenty-sixth session's question: on the AMX Xeon, ResNet-50 batch 1 ran
+57.9 ms in ``bench/cpu.py``'s turns while its profiled layers summed to 48.2 ms (on the AVX2 EPYC
+the two agree). Alone against in turns says whether ONNX Runtime's workers cost it; alone against
+the profile's sum, whether the time goes between the layers.
 
 Fourteenth session (2-core Xeon, after the chain buffer pool; BENCHMARKS.md): Ember alone 3.98 ms
 (0 faults a run); right after ORT's blocks 9.2 ms (13.4 ms for the first run of a block); with
@@ -52,6 +59,7 @@ def main() -> None:
     p.add_argument("--no-spin", action="store_true", help="ONNX Runtime's workers do not spin")
     p.add_argument("--gap-ms", type=float, default=0.0, help="idle time between the blocks")
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--profile", action="store_true", help="also the sum of ember profile's per-layer medians")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     path = zoo.export_onnx(args.model, batch=args.batch)
@@ -76,6 +84,13 @@ def main() -> None:
         alone, faults = block(ours, 40)
         print(f"Ember alone {statistics.median(alone) * ms:.3f} ms, {faults:.0f} minor faults a run")
         print(f"ONNX Runtime alone {statistics.median(block(theirs, 40)[0]) * ms:.3f} ms")
+        if args.profile:
+            from ember.tools.profile import profile_engine
+
+            layers, _ = profile_engine(engine, {k: v.numpy() if hasattr(v, "numpy") else v
+                                                for k, v in feeds.items()}, iterations=20)
+            print(f"Ember profiled: its {len(layers)} layers' medians sum to "
+                  f"{sum(lay.median for lay in layers):.3f} ms (alone, a whole run: above)")
         ember_times: list[float] = []
         ort_times: list[float] = []
         fault_runs: list[float] = []

@@ -87,8 +87,7 @@ def main() -> None:
         if args.profile:
             from ember.tools.profile import profile_engine
 
-            layers, _ = profile_engine(engine, {k: v.numpy() if hasattr(v, "numpy") else v
-                                                for k, v in feeds.items()}, iterations=20)
+            layers, _ = profile_engine(engine, dict(feeds), iterations=20)
             print(f"Ember profiled: its {len(layers)} layers' medians sum to "
                   f"{sum(lay.median for lay in layers):.3f} ms (alone, a whole run: above)")
         ember_times: list[float] = []

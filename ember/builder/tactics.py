@@ -223,5 +223,3 @@ class TacticSelector:
                 jobs.append((node, precision, todo))
         if jobs:
             prepare(graph, jobs)
-
-

@@ -12,7 +12,10 @@ as a *tactic* with an explicit decorator::
 decisions, e.g. whether its output is a Concat slice written in place); ``rank`` orders the candidates
 (lowest first: the default when no tuning is done); ``channels_last_only``: the kernel can only
 write its output channels-last, so it does not apply where the layout plan stores that output
-NCHW; ``available()`` is checked once per question (a tactic that needs Triton, say). The family
+NCHW; ``available()`` is checked once per question (a tactic that needs Triton, say);
+``offered(node, graph, records)``: whether a build on this machine offers a tactic that applies
+(one that would only run another tactic's kernel here is not offered, so the plan names what
+runs; an engine that recorded it still compiles it). The family
 modules are imported from an explicit list by ``load`` on first use; nothing is discovered by
 scanning.
 """
@@ -43,6 +46,7 @@ class KernelEntry:
     when: Optional[Applies]
     channels_last_only: bool = False
     available: Optional[Callable[[], bool]] = None
+    offered: Optional[Applies] = None
 
     def applies(self, node: Node, graph: Optional[Graph], records: Optional[Records]) -> bool:
         if self.available is not None and not self.available():
@@ -69,14 +73,15 @@ class KernelRegistry:
 
     def register(self, op: OpType, tactic: str, *, rank: int = 100, when: Optional[Applies] = None,
                  channels_last_only: bool = False,
-                 available: Optional[Callable[[], bool]] = None) -> Callable[[KernelFactory], KernelFactory]:
+                 available: Optional[Callable[[], bool]] = None,
+                 offered: Optional[Applies] = None) -> Callable[[KernelFactory], KernelFactory]:
         """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op``."""
 
         def deco(factory: KernelFactory) -> KernelFactory:
             table = self._kernels.setdefault(op, {})
             if tactic in table:
                 raise RuntimeError(f"{self.backend} kernel for {op} tactic {tactic!r} registered twice")
-            table[tactic] = KernelEntry(op, tactic, factory, rank, when, channels_last_only, available)
+            table[tactic] = KernelEntry(op, tactic, factory, rank, when, channels_last_only, available, offered)
             return factory
 
         return deco
@@ -95,8 +100,9 @@ class KernelRegistry:
         return tactic in self.table(op)
 
     def candidates(self, node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> list[str]:
-        """Tactics that apply to ``node``, default (lowest rank) first."""
-        entries = [e for e in self.table(node.op).values() if e.applies(node, graph, records)]
+        """Tactics that apply to ``node`` and a build here offers, default (lowest rank) first."""
+        entries = [e for e in self.table(node.op).values()
+                   if e.applies(node, graph, records) and (e.offered is None or e.offered(node, graph, records))]
         entries.sort(key=lambda e: (e.rank, e.tactic))
         return [e.tactic for e in entries]
 

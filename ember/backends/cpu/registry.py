@@ -47,12 +47,15 @@ CPU_KERNELS = KernelRegistry("CPU", _load)
 
 def register_kernel(op: OpType, tactic: str = ATEN, *, rank: int = 100, when: Optional[Applies] = None,
                     channels_last_only: bool = False,
-                    available: Optional[Callable[[], bool]] = None) -> Callable[[KernelFactory], KernelFactory]:
+                    available: Optional[Callable[[], bool]] = None,
+                    offered: Optional[Applies] = None) -> Callable[[KernelFactory], KernelFactory]:
     """Registers ``factory(node, ctx) -> Kernel`` as tactic ``tactic`` of ``op`` on the CPU.
     ``available()``: whether this machine can run the tactic at all (a compiled extension); an
-    engine that recorded it runs the default candidate on a machine where it cannot."""
+    engine that recorded it runs the default candidate on a machine where it cannot.
+    ``offered(node, graph, records)``: whether a build here offers it for ``node``
+    (``KernelRegistry``)."""
     return CPU_KERNELS.register(op, tactic, rank=rank, when=when, channels_last_only=channels_last_only,
-                                available=available)
+                                available=available, offered=offered)
 
 
 def has_kernel(op: OpType) -> bool:

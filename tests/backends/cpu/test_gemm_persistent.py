@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.backends.base import CompileContext
 from ember.backends.cpu import CPUBackend, native
-from ember.backends.cpu.kernels import gemm_persistent
+from ember.backends.cpu.kernels import gemm_persistent, qlayers
 from ember.backends.cpu.kernels.conv_persistent import TACTIC
 from ember.backends.cpu.kernels.qlayers import int8_available, quantize_weight
 from ember.backends.tensors import max_relative_error
@@ -172,7 +173,9 @@ FORMS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("x_shape", [(5,), (2, 7), (1, 1)], ids=["2d", "3d", "3d-one-row"])
 def test_layer_forms_match_qlayers_kernel(ext: Any, form: str, x_shape: tuple[int, ...]) -> None:
     node, graph = qgemm_graph(48, 40, x_shape=("b",) * (len(x_shape)), **FORMS[form])
-    assert CPUBackend().tactics(node, graph)[0] == TACTIC
+    # an int8 input could saturate where oneDNN adds pairs of products in 16 bits: not offered there
+    offered = not (qlayers.int8_saturates() and node.attrs.x.dtype is not DType.UINT8)
+    assert (CPUBackend().tactics(node, graph)[0] == TACTIC) == offered
     ours_k, ref_k = compile_node(node, graph, TACTIC), compile_node(node, graph, DEFAULT)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn((*x_shape, 48), generator=gen) * 2
@@ -289,6 +292,36 @@ def test_runtime_weight_and_trans_a_keep_the_qlayers_kernel(ext: Any) -> None:
     trans_a = Node("fc0", OpType.QGEMM, node.inputs, node.outputs,
                    QGemmAttrs(GemmAttrs(trans_a=True, trans_b=True), a.x, a.w_scales))
     assert TACTIC not in CPUBackend().tactics(trans_a, graph)
+
+
+@pytest.mark.parametrize("kind", ["QGemm", "QConv"])
+def test_weights_that_would_saturate_take_the_float_tactic(ext: Any, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Where oneDNN's 8-bit kernels add pairs of products in 16 bits (``int8_saturates``), a layer
+    whose weights use more than 7 bits (a Q/DQ model's) computes in float32 (``qlayers``), so the
+    build records ``qlayers``' tactic for it, not the persistent one, and the plan and the profile
+    say what runs. 7-bit weights keep the persistent tactic; so does any layer on a VNNI CPU."""
+    from ember.ops.attrs import ConvAttrs, QConvAttrs
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((8, 16)) * 0.2).astype(np.float32)
+    node, graph = qgemm_graph(16, 8)
+    if kind == "QConv":
+        w = w.reshape(8, 16, 1, 1)
+        conv = QConvAttrs(ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)), U8, ())
+        node = Node("conv0", OpType.QCONV, ("x", "w"), ("y",), conv)
+        graph = Graph("g", [node], ["x"], ["y"], {"x": TensorType(DType.FLOAT32, (1, 16, 4, 4)),
+                                                 "w": TensorType(DType.FLOAT32, w.shape),
+                                                 "y": TensorType(DType.FLOAT32, (1, 8, 4, 4))}, {"w": w})
+    graph.constants["w"] = w
+    peak = np.abs(w.reshape(8, -1)).max(axis=1)
+    for saturating in (True, False):
+        monkeypatch.setattr(qlayers, "int8_saturates", lambda v=saturating: v)
+        for qmax, persistent in ((127, not saturating), (64, True)):
+            scales = tuple(float(v) for v in peak / qmax)
+            attrs = replace(node.attrs, w_scales=scales)
+            tactics = CPUBackend().tactics(replace(node, attrs=attrs), graph)
+            assert (TACTIC in tactics) == persistent, (saturating, qmax, tactics)
+            assert tactics, "qlayers' kernel is always a tactic"
 
 
 # ----------------------------------------------------------------------------- whole engines

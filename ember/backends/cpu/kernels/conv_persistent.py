@@ -50,6 +50,7 @@ from ember.backends.cpu.half import (
     owns_constants,
     storage_dtype,
 )
+from ember.backends.cpu.kernels import qlayers
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv import conv_forward, conv_geometry
 from ember.backends.cpu.kernels.conv_mkldnn import gemm_write_into
@@ -322,7 +323,23 @@ def qconv_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return not (a.has_residual and a.out is not None and a.residual is None)
 
 
-@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=available)
+def qconv_offered(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """Whether a build here offers the tactic: not for weights that could saturate this CPU's 8-bit
+    kernels (``qlayers.saturates``), which the kernel hands to ``qlayers``' float32 one, so the plan
+    names that one (an engine built elsewhere still compiles the tactic, on that fallback)."""
+    if not qlayers.int8_saturates() or graph is None:
+        return True
+    a: QConvAttrs = node.attrs
+    w = torch.from_numpy(graph.constants[node.input(1)]).to(torch.float32)
+    try:
+        qw = quantize_weight(w, torch.tensor(a.w_scales, dtype=torch.float32), 0)
+    except RuntimeError:  # scales that do not fit the weight: the kernel says so
+        return True
+    return not saturates(qw, a.x)
+
+
+@register_kernel(OpType.QCONV, tactic=TACTIC, rank=5, when=qconv_applies, available=available,
+                 offered=qconv_offered)
 def qconv_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QConv on persistent oneDNN INT8 primitives, computing what ``qlayers``' ``qconv2d_pointwise``
     kernel computes (same weight quantization, zero-point folding, residual and output rules). A

@@ -36,6 +36,7 @@ import torch
 from ember.backends.activations import activation_fn
 from ember.backends.base import CompileContext, Kernel
 from ember.backends.cpu import native
+from ember.backends.cpu.kernels import qlayers
 from ember.backends.cpu.kernels.common import Inputs, const_input
 from ember.backends.cpu.kernels.conv_persistent import TACTIC, available
 from ember.backends.cpu.kernels.qlayers import gemm_input, qgemm, quantize, quantize_weight, saturates
@@ -68,7 +69,39 @@ def qgemm_applies(node: Node, graph: Optional[Graph], records: Optional[Records]
     return graph.constants[node.input(1)].ndim == 2 and not a.gemm.trans_a and a.gemm.alpha == 1.0
 
 
-@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=available)
+def qgemm_offered(node: Node, graph: Optional[Graph], records: Optional[Records] = None) -> bool:
+    """Whether a build here offers the tactic: as ``conv_persistent.qconv_offered``."""
+    if not qlayers.int8_saturates() or graph is None:
+        return True
+    try:
+        _, _, qw, _ = _int8_weight(node, torch.from_numpy(graph.constants[node.input(1)]))
+    except BuildError:
+        return True  # the kernel says what is wrong
+    return not saturates(qw, node.attrs.x)
+
+
+def _int8_weight(node: Node, w: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """A QGemm's constant [K, N] (or [N, K] with ``trans_b``) weight as the kernel runs it: K, the
+    per-column scales, the [N, K] int8 weight (SmoothQuant's factors folded in) and the input's
+    multipliers (``inv``; None without smoothing)."""
+    a: QGemmAttrs = node.attrs
+    w_nk = (w if a.gemm.trans_b else w.t()).to(torch.float32).contiguous()  # [N, K]
+    n, k = (int(d) for d in w_nk.shape)
+    inv: Optional[torch.Tensor] = None
+    if a.smooth:  # x @ w == (x / s) @ (s * w)
+        if len(a.smooth) != k:
+            raise BuildError(f"INT8 layer {node.name!r}: {len(a.smooth)} smoothing divisors for K = {k}")
+        s = torch.tensor(a.smooth, dtype=torch.float64)
+        w_nk = (w_nk.double() * s[None, :]).to(torch.float32)
+        inv = (1.0 / (s * a.x.scale)).to(torch.float32)
+    if len(a.w_scales) != n:
+        raise BuildError(f"INT8 layer {node.name!r}: {len(a.w_scales)} weight scales for N = {n} output columns")
+    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
+    return k, w_scales, quantize_weight(w_nk, w_scales, 0), inv
+
+
+@register_kernel(OpType.QGEMM, tactic=TACTIC, rank=5, when=qgemm_applies, available=available,
+                 offered=qgemm_offered)
 def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
     """QGemm on persistent oneDNN INT8 matmul primitives (see the module docstring)."""
     ext = native.extension()
@@ -79,20 +112,9 @@ def qgemm_persistent(node: Node, ctx: CompileContext) -> Kernel:
     w = ctx.const(node.input(1))
     if w is None or w.dim() != 2:
         raise BuildError(f"INT8 layer {node.name!r}: tactic {TACTIC!r} needs a constant 2-D weight")
-    w_nk = (w if a.gemm.trans_b else w.t()).to(torch.float32).contiguous()  # [N, K]
-    n, k = (int(d) for d in w_nk.shape)
+    k, w_scales, qw, inv = _int8_weight(node, w)
+    n = int(qw.shape[0])
     xp = a.x
-    inv: Optional[torch.Tensor] = None
-    if a.smooth:  # x @ w == (x / s) @ (s * w)
-        if len(a.smooth) != k:
-            raise BuildError(f"INT8 layer {node.name!r}: {len(a.smooth)} smoothing divisors for K = {k}")
-        s = torch.tensor(a.smooth, dtype=torch.float64)
-        w_nk = (w_nk.double() * s[None, :]).to(torch.float32)
-        inv = (1.0 / (s * xp.scale)).to(torch.float32)
-    if len(a.w_scales) != n:
-        raise BuildError(f"INT8 layer {node.name!r}: {len(a.w_scales)} weight scales for N = {n} output columns")
-    w_scales = torch.tensor(a.w_scales, dtype=torch.float32)
-    qw = quantize_weight(w_nk, w_scales, 0)
     if saturates(qw, xp):  # could saturate oneDNN's 8-bit kernels here: qlayers' float32 kernel
         return qgemm(node, ctx)
     c = ctx.const(node.input(2))

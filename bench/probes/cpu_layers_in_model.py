@@ -1,7 +1,8 @@
 """Probe: each convolution's time inside the whole model, Ember's profile against ONNX Runtime's
-(issue 19), conv by conv in graph order, fp32, 2 threads.
+(issue 19), conv by conv in graph order, 2 threads; Ember fp32, or bf16 with ``--precision bf16``
+(ONNX Runtime fp32 either way: the issue's reference).
 
-    .venv/bin/python bench/probes/cpu_layers_in_model.py resnet-50 1 [--runs 30]
+    .venv/bin/python bench/probes/cpu_layers_in_model.py resnet-50 1 [--runs 30] [--precision bf16]
 
 Ember's times come from ``ember profile``'s clock inside the chain (``CPUProgram.timed_run``), ONNX
 Runtime's from its own profiler (``enable_profiling``), which slows ONNX Runtime's run by about 15%
@@ -35,12 +36,13 @@ def main() -> None:
     ap.add_argument("batch", type=int)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--exporter", default="torchscript")
+    ap.add_argument("--precision", default="fp32", help="Ember's build precision (fp32, bf16, fp16)")
     ap.add_argument("--out", help="also write every layer's and node's median ms here (JSON)")
     args = ap.parse_args()
     path = zoo.export_onnx(args.model, batch=args.batch, opset=17 if args.exporter == "torchscript" else 20,
                            exporter=args.exporter)
     feeds = zoo.sample_inputs(args.model, args.batch)
-    engine = ember.build(str(path), ember.BuildConfig(device="cpu", precision="fp32"))
+    engine = ember.build(str(path), ember.BuildConfig(device="cpu", precision=args.precision))
     layers, _ = profile_engine(engine, dict(feeds), iterations=args.runs, warmup=3)
     ours = [(lay.display_name, lay.op, lay.median) for lay in layers]
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,6 +77,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "model": args.model, "batch": args.batch, "exporter": args.exporter, "runs": args.runs,
+            "precision": args.precision,
             "ember_ms": {"total": sum(t for *_, t in ours), "layers": [[n, op, round(t, 4)] for n, op, t in ours]},
             "onnxruntime_ms": {"total": sum(t for *_, t in theirs),
                                "nodes": [[n, op, round(t, 4)] for n, op, t in theirs]}}, indent=1))

@@ -295,7 +295,8 @@ def test_runtime_weight_and_trans_a_keep_the_qlayers_kernel(ext: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", ["QGemm", "QConv"])
-def test_weights_that_would_saturate_take_the_float_tactic(ext: Any, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+def test_weights_that_would_saturate_take_the_float_tactic(ext: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          kind: str) -> None:
     """Where oneDNN's 8-bit kernels add pairs of products in 16 bits (``int8_saturates``), a layer
     whose weights use more than 7 bits (a Q/DQ model's) computes in float32 (``qlayers``), so the
     build records ``qlayers``' tactic for it, not the persistent one, and the plan and the profile

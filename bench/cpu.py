@@ -23,6 +23,11 @@ runtime's median of the N medians with their spread (min-max): the 2-core machin
 come from is shared, and a single table of it is noisy. Every result names the CPU model and its
 AMX / AVX-512 flags (``ember.backends.cpu.features``).
 
+``--accuracy-target E`` builds the reduced-precision engines to E against an fp32 build on the
+row's own inputs (``accuracy_inputs``: what a user passes as representative data), so the error
+the row reports is the one the build was held to; ``--accuracy-on-random`` uses the build's own
+random inputs instead (``ember.builder.accuracy.calibration_inputs``).
+
 ``--gap-ms N`` idles N ms before each runtime's block. By default the blocks follow each other,
 the method issue 19 names; ONNX Runtime's intra-op workers keep spinning for tens of milliseconds
 after its block, on the cores the next runtime's threads need (MobileNetV2 batch 1: Ember 3.98 ms
@@ -86,6 +91,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "cores the next runtime needs")
     p.add_argument("--accuracy-target", type=float, default=None,
                    help="build the reduced-precision Ember engines to this max relative error against fp32")
+    p.add_argument("--accuracy-on-random", action="store_true",
+                   help="hold --accuracy-target on the build's random inputs, not on the row's own")
     p.add_argument("--without-persistent", action="store_true",
                    help="also an Ember engine of each precision built without the onednn_persistent conv "
                         "tactic (EMBER_ONEDNN_PERSISTENT=0; label ember-<precision>-no-persistent), taking "
@@ -152,7 +159,8 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
         try:
             engines[label] = ember.build(
                 str(path), ember.BuildConfig(device="cpu", precision=precision, accuracy_target=target,
-                                             tune_cpu=variant == "tuned"))
+                                             tune_cpu=variant == "tuned"),
+                accuracy_inputs=feeds if target is not None and not args.accuracy_on_random else None)
         finally:
             if saved is None:
                 del os.environ[native.SWITCH_ENV]
@@ -195,7 +203,9 @@ def bench_one(name: str, batch: int, args: argparse.Namespace, exporter: str = "
     if accuracy:
         row["accuracy"] = {k: {"target": a["target"], "met": a["met"], "fp32_layers": len(a["fp32_layers"]),
                                "order": a.get("order"), "trials": len(a.get("trials", ())) - 1,
-                               "error_before": a["error_before"], "error": a["error"]} for k, a in accuracy.items()}
+                               "error_before": a["error_before"], "error": a["error"],
+                               "on": "random inputs" if args.accuracy_on_random else "the row's inputs"}
+                           for k, a in accuracy.items()}
     if args.repeats > 1:
         row["repeats"] = repeats
     profiled = [k for k in engines if ratios[k]["median"] < args.profile_below]

@@ -330,10 +330,10 @@ def qconv_offered(node: Node, graph: Optional[Graph], records: Optional[Records]
     if not qlayers.int8_saturates() or graph is None:
         return True
     a: QConvAttrs = node.attrs
-    w = torch.from_numpy(graph.constants[node.input(1)]).to(torch.float32)
     try:
+        w = torch.from_numpy(graph.constants[node.input(1)]).to(torch.float32)
         qw = quantize_weight(w, torch.tensor(a.w_scales, dtype=torch.float32), 0)
-    except RuntimeError:  # scales that do not fit the weight: the kernel says so
+    except (RuntimeError, TypeError, ValueError):  # scales that do not fit the weight: the kernel says so
         return True
     return not saturates(qw, a.x)
 

@@ -547,15 +547,15 @@ WARM_RUNS = 3
 def time_layouts(variants: Mapping[str, Chain], ext: Any, x: torch.Tensor, budget_s: float = 2.0) -> dict[str, float]:
     """The median milliseconds of each variant of one chain on its input ``x``, the variants taking
     turns (a warm-up run each, then 3 to 7 turns, fewer past ``budget_s``): taking turns keeps a
-    machine's drift out of the comparison."""
+    machine's drift out of the comparison. A short chain (warm-up under ``WARM_BELOW_S``) runs
+    ``WARM_RUNS`` times back to back a turn and the last run counts, its weights warm as when an
+    engine runs again and again; one run a turn timed each variant with its weights evicted by the
+    other variants' copies."""
     first: dict[str, float] = {}
     for k, chain in variants.items():
         t0 = time.perf_counter()
         run_chain(ext, chain, x)
         first[k] = time.perf_counter() - t0
-    # a short chain runs a few times back to back in each turn and the last run counts: its weights
-    # warm in the caches, as when an engine runs again and again (single runs in turns measured each
-    # variant with its weights evicted by the other variants' copies)
     reps = WARM_RUNS if max(first.values()) < WARM_BELOW_S else 1
     times: dict[str, list[float]] = {k: [] for k in variants}
     start = time.perf_counter()
